@@ -1,0 +1,93 @@
+//! The JSON shapes of nxd's HTTP API, shared by nxd and the `nx` CLI.
+
+use crate::config::Limits;
+use crate::domain::Desired;
+use crate::names::{DeploymentId, SandboxName};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArtifactInfo {
+    pub sha256: String,
+    pub size: u64,
+    /// "static" or the interpreter path.
+    pub linkage: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LimitsOverride {
+    pub memory_max_mb: Option<u64>,
+    pub cpu_quota_percent: Option<u32>,
+    pub tasks_max: Option<u64>,
+}
+
+impl LimitsOverride {
+    pub fn apply(&self, base: Limits) -> Limits {
+        Limits {
+            memory_max_mb: self.memory_max_mb.unwrap_or(base.memory_max_mb),
+            cpu_quota_percent: self.cpu_quota_percent.unwrap_or(base.cpu_quota_percent),
+            tasks_max: self.tasks_max.unwrap_or(base.tasks_max),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub sandbox: SandboxName,
+    pub artifact: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub limits: LimitsOverride,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    pub deployment: DeploymentId,
+}
+
+/// The live state of a deployment's unit, as systemd reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnitState {
+    /// systemd ActiveState: active, activating, failed, inactive, ...
+    pub active: String,
+    /// systemd SubState: running, auto-restart, dead, ...
+    pub sub: String,
+    pub main_pid: u32,
+    pub restarts: u32,
+    pub memory_bytes: Option<u64>,
+    pub tasks: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub id: DeploymentId,
+    pub sandbox: SandboxName,
+    pub artifact: String,
+    pub port: u16,
+    pub desired: Desired,
+    pub unit: String,
+    pub state: UnitState,
+    pub promoted: bool,
+    pub preview_url: String,
+    pub limits: Limits,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxView {
+    pub name: SandboxName,
+    pub production_url: String,
+    pub promoted: Option<DeploymentId>,
+    pub deployments: Vec<DeploymentView>,
+}
+
+/// Every error nxd returns: what went wrong, and where it helps, the deployment's last log lines.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+}

@@ -1,0 +1,199 @@
+//! The content-addressed store: `<dir>/<sha256>`, read-only files. An upload is written to a
+//! temp file in `<dir>/.incoming` and renamed into place only when its hash matches and the
+//! binary verifies; an interrupted upload leaves nothing (the temp file is removed on drop, and
+//! whatever a crash left in `.incoming` is cleared when the store opens).
+
+use super::verify::{self, ElfInfo, VerifyError};
+use crate::api::ArtifactInfo;
+use crate::names::{check_sha256, NameError};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("artifact {0} is not stored; push it first")]
+    Missing(String),
+    #[error("upload was cut off: {0}; nothing was stored, push again")]
+    Interrupted(String),
+    #[error("upload is larger than the {limit_mb} MiB limit")]
+    TooLarge { limit_mb: u64 },
+    #[error("upload hash mismatch: the client announced {announced} but the bytes hash to {actual}; nothing was stored")]
+    HashMismatch { announced: String, actual: String },
+    #[error("refused: {0}")]
+    Verify(#[from] VerifyError),
+    #[error("artifact store I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+const INCOMING: &str = ".incoming";
+
+impl ArtifactStore {
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, StoreError> {
+        let incoming = dir.join(INCOMING);
+        if incoming.exists() {
+            std::fs::remove_dir_all(&incoming)?;
+        }
+        std::fs::create_dir_all(&incoming)?;
+        // Deployments' uids must reach their binary, and nothing else is kept here.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        std::fs::set_permissions(&incoming, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            max_bytes,
+        })
+    }
+
+    pub fn path(&self, sha256: &str) -> Result<PathBuf, StoreError> {
+        check_sha256(sha256)?;
+        Ok(self.dir.join(sha256))
+    }
+
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.dir.join(INCOMING)
+    }
+
+    /// What is stored under `sha256`, if anything.
+    pub async fn info(&self, sha256: &str) -> Result<ArtifactInfo, StoreError> {
+        let path = self.path(sha256)?;
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing(sha256.into()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let elf = verify::verify_on_host(&bytes)?;
+        Ok(describe(sha256, bytes.len() as u64, &elf))
+    }
+
+    /// Streams an upload into the store under the digest the client announced.
+    #[tracing::instrument(skip(self, body), fields(sha256 = %announced))]
+    pub async fn ingest<S, E>(&self, announced: &str, mut body: S) -> Result<ArtifactInfo, StoreError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let dest = self.path(announced)?;
+        let temp = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempfile_in(self.incoming_dir())?;
+        let mut file = tokio::fs::File::from_std(temp.reopen()?);
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StoreError::Interrupted(e.to_string()))?;
+            size += chunk.len() as u64;
+            if size > self.max_bytes {
+                return Err(StoreError::TooLarge {
+                    limit_mb: self.max_bytes >> 20,
+                });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await?;
+        }
+        file.sync_all().await?;
+        drop(file);
+        let actual = hex::encode(hasher.finalize());
+        if actual != announced {
+            return Err(StoreError::HashMismatch {
+                announced: announced.into(),
+                actual,
+            });
+        }
+        let bytes = tokio::fs::read(temp.path()).await?;
+        let elf = verify::verify_on_host(&bytes)?;
+        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o555))?;
+        temp.persist(&dest).map_err(|e| StoreError::Io(e.error))?;
+        tracing::info!(size, linkage = %elf.linkage.describe(), "artifact stored");
+        Ok(describe(announced, size, &elf))
+    }
+}
+
+fn describe(sha256: &str, size: u64, elf: &ElfInfo) -> ArtifactInfo {
+    ArtifactInfo {
+        sha256: sha256.into(),
+        size,
+        linkage: elf.linkage.describe(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, ArtifactStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path(), 1 << 30).unwrap();
+        (dir, store)
+    }
+
+    fn chunks(bytes: Vec<u8>) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
+        futures_util::stream::iter(
+            bytes
+                .chunks(4096)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn incoming_is_empty(store: &ArtifactStore) -> bool {
+        std::fs::read_dir(store.incoming_dir()).unwrap().next().is_none()
+    }
+
+    #[tokio::test]
+    async fn stores_a_binary_under_its_hash() {
+        let (_d, store) = store();
+        let bin = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let sha = hex::encode(Sha256::digest(&bin));
+        let info = store.ingest(&sha, chunks(bin.clone())).await.unwrap();
+        assert_eq!(info.size, bin.len() as u64);
+        assert_eq!(std::fs::read(store.path(&sha).unwrap()).unwrap(), bin);
+        assert!(incoming_is_empty(&store));
+    }
+
+    #[tokio::test]
+    async fn a_cut_off_upload_or_a_wrong_hash_leaves_nothing() {
+        let (_d, store) = store();
+        let bin = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let sha = hex::encode(Sha256::digest(&bin));
+        let cut = futures_util::stream::iter(vec![
+            Ok(Bytes::copy_from_slice(&bin[..1000])),
+            Err("connection reset".to_string()),
+        ]);
+        assert!(matches!(
+            store.ingest(&sha, cut).await,
+            Err(StoreError::Interrupted(_))
+        ));
+        let wrong = "0".repeat(64);
+        assert!(matches!(
+            store.ingest(&wrong, chunks(bin)).await,
+            Err(StoreError::HashMismatch { .. })
+        ));
+        assert!(!store.path(&sha).unwrap().exists());
+        assert!(!store.path(&wrong).unwrap().exists());
+        assert!(incoming_is_empty(&store));
+    }
+
+    #[tokio::test]
+    async fn a_text_file_is_refused_and_not_stored() {
+        let (_d, store) = store();
+        let text = b"hello\n".to_vec();
+        let sha = hex::encode(Sha256::digest(&text));
+        let e = store.ingest(&sha, chunks(text)).await.unwrap_err();
+        assert!(e.to_string().contains("not an ELF"), "{e}");
+        assert!(!store.path(&sha).unwrap().exists());
+        assert!(incoming_is_empty(&store));
+    }
+}

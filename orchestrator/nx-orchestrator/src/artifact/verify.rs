@@ -1,0 +1,192 @@
+//! `verify-binary`: is this file a Linux executable this host can run? Run by the CLI before a
+//! push and by nxd on every upload. Each refusal names the fix.
+
+use goblin::elf::{header, program_header, Elf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+const BUILD_HINT: &str = "build a static Linux binary: `cargo build --release --target x86_64-unknown-linux-musl` (Rust) or `CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build` (Go)";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("the file is empty; {BUILD_HINT}")]
+    Empty,
+    #[error("not an ELF executable (it starts with {start:?}); NX runs Linux binaries: {BUILD_HINT}")]
+    NotElf { start: String },
+    #[error("truncated or corrupt ELF ({0}); push the complete binary again")]
+    Corrupt(String),
+    #[error("built for {found}, but this host runs {host}; rebuild for {host}: {BUILD_HINT}")]
+    WrongMachine { found: String, host: String },
+    #[error("this ELF is a {0}, not an executable; push the program itself")]
+    NotExecutable(&'static str),
+    #[error("dynamically linked against {interpreter}, which this host does not have; {BUILD_HINT}")]
+    MissingInterpreter { interpreter: String },
+    #[error("{path} is not executable; run `chmod +x {path}`")]
+    NoExecBit { path: String },
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Linkage {
+    Static,
+    Dynamic { interpreter: String },
+}
+
+impl Linkage {
+    pub fn describe(&self) -> String {
+        match self {
+            Linkage::Static => "static".into(),
+            Linkage::Dynamic { interpreter } => interpreter.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElfInfo {
+    pub machine: String,
+    pub linkage: Linkage,
+}
+
+/// The ELF machine this host runs.
+pub fn host_machine() -> u16 {
+    match std::env::consts::ARCH {
+        "x86_64" => header::EM_X86_64,
+        "aarch64" => header::EM_AARCH64,
+        "riscv64" => header::EM_RISCV,
+        _ => header::EM_NONE,
+    }
+}
+
+fn machine_name(machine: u16, is_64: bool) -> String {
+    match (machine, is_64) {
+        (header::EM_X86_64, true) => "x86_64".into(),
+        (header::EM_X86_64, false) => "x32".into(),
+        (header::EM_386, _) => "i386 (32-bit x86)".into(),
+        (header::EM_AARCH64, _) => "aarch64".into(),
+        (header::EM_ARM, _) => "arm (32-bit)".into(),
+        (header::EM_RISCV, true) => "riscv64".into(),
+        (m, _) => header::machine_to_str(m).to_lowercase(),
+    }
+}
+
+/// Checks the bytes of a binary; `interpreter_exists` says whether a path exists on the host.
+pub fn verify_bytes(
+    bytes: &[u8],
+    interpreter_exists: impl Fn(&str) -> bool,
+) -> Result<ElfInfo, VerifyError> {
+    if bytes.is_empty() {
+        return Err(VerifyError::Empty);
+    }
+    if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+        let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(16)]).into();
+        return Err(VerifyError::NotElf { start });
+    }
+    let elf = Elf::parse(bytes).map_err(|e| VerifyError::Corrupt(e.to_string()))?;
+    for ph in &elf.program_headers {
+        let end = ph.p_offset.checked_add(ph.p_filesz);
+        if end.is_none_or(|end| end > bytes.len() as u64) {
+            return Err(VerifyError::Corrupt(format!(
+                "a segment ends at byte {}, past the end of the {}-byte file",
+                end.unwrap_or(u64::MAX),
+                bytes.len()
+            )));
+        }
+    }
+    let host = host_machine();
+    let host_is_64 = cfg!(target_pointer_width = "64");
+    if elf.header.e_machine != host || elf.is_64 != host_is_64 {
+        return Err(VerifyError::WrongMachine {
+            found: machine_name(elf.header.e_machine, elf.is_64),
+            host: machine_name(host, host_is_64),
+        });
+    }
+    match elf.header.e_type {
+        header::ET_EXEC => {}
+        header::ET_DYN if elf.entry != 0 => {}
+        header::ET_DYN => return Err(VerifyError::NotExecutable("shared library")),
+        header::ET_REL => return Err(VerifyError::NotExecutable("relocatable object (.o)")),
+        header::ET_CORE => return Err(VerifyError::NotExecutable("core dump")),
+        _ => return Err(VerifyError::NotExecutable("file of unknown type")),
+    }
+    let has_load = elf
+        .program_headers
+        .iter()
+        .any(|ph| ph.p_type == program_header::PT_LOAD);
+    if !has_load {
+        return Err(VerifyError::Corrupt("no loadable segment".into()));
+    }
+    let linkage = match elf.interpreter {
+        None => Linkage::Static,
+        Some(interp) if interpreter_exists(interp) => Linkage::Dynamic {
+            interpreter: interp.to_owned(),
+        },
+        Some(interp) => {
+            return Err(VerifyError::MissingInterpreter {
+                interpreter: interp.to_owned(),
+            })
+        }
+    };
+    Ok(ElfInfo {
+        machine: machine_name(elf.header.e_machine, elf.is_64),
+        linkage,
+    })
+}
+
+/// Checks bytes against this host's filesystem.
+pub fn verify_on_host(bytes: &[u8]) -> Result<ElfInfo, VerifyError> {
+    verify_bytes(bytes, |p| Path::new(p).is_file())
+}
+
+/// The CLI's check of a local file: readable, executable bit, then the ELF checks.
+pub fn verify_file(path: &Path) -> Result<ElfInfo, VerifyError> {
+    let shown = path.display().to_string();
+    let read_err = |e: std::io::Error| VerifyError::Read {
+        path: shown.clone(),
+        message: e.to_string(),
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    let info = verify_on_host(&bytes)?;
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(VerifyError::NoExecBit { path: shown });
+    }
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn this_test_binary() -> Vec<u8> {
+        std::fs::read(std::env::current_exe().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn accepts_the_test_binary_itself() {
+        let info = verify_on_host(&this_test_binary()).unwrap();
+        assert_eq!(info.machine, "x86_64");
+    }
+
+    #[test]
+    fn refuses_text_empty_and_truncated_files() {
+        assert_eq!(verify_on_host(b""), Err(VerifyError::Empty));
+        let e = verify_on_host(b"#!/bin/sh\necho hi\n").unwrap_err();
+        assert!(e.to_string().contains("x86_64-unknown-linux-musl"), "{e}");
+        let whole = this_test_binary();
+        let e = verify_on_host(&whole[..whole.len() / 3]).unwrap_err();
+        assert!(matches!(e, VerifyError::Corrupt(_)), "{e}");
+    }
+
+    #[test]
+    fn refuses_another_machine_and_a_missing_interpreter() {
+        let mut arm = this_test_binary();
+        arm[18..20].copy_from_slice(&header::EM_AARCH64.to_le_bytes());
+        let e = verify_on_host(&arm).unwrap_err();
+        assert!(e.to_string().contains("built for aarch64"), "{e}");
+        if let Linkage::Dynamic { .. } = verify_on_host(&this_test_binary()).unwrap().linkage {
+            let e = verify_bytes(&this_test_binary(), |_| false).unwrap_err();
+            assert!(matches!(e, VerifyError::MissingInterpreter { .. }), "{e}");
+        }
+    }
+}

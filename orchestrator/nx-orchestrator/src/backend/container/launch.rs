@@ -1,0 +1,51 @@
+//! `nxd launch <launch.json>`: what a deployment's unit runs, as the deployment's uid. It opens
+//! the seccomp programs onto fixed fds, replaces its environment with the program's, and execs
+//! bubblewrap.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::fd::IntoRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+/// bwrap reads seccomp programs from fds SECCOMP_FIRST_FD, SECCOMP_FIRST_FD + 1, ...
+pub const SECCOMP_FIRST_FD: i32 = 10;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub seccomp: Vec<PathBuf>,
+}
+
+/// Returns only on failure, with the reason.
+pub fn run(spec_path: &Path) -> String {
+    let spec: LaunchSpec = match std::fs::read(spec_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(spec) => spec,
+        Err(e) => return format!("cannot read {}: {e}", spec_path.display()),
+    };
+    for (i, path) in spec.seccomp.iter().enumerate() {
+        let target = SECCOMP_FIRST_FD + i as i32;
+        let fd = match std::fs::File::open(path) {
+            Ok(f) => f.into_raw_fd(),
+            Err(e) => return format!("cannot open seccomp program {}: {e}", path.display()),
+        };
+        // dup2 clears FD_CLOEXEC on the new fd, so bwrap inherits it.
+        if let Err(e) = nix::unistd::dup2(fd, target) {
+            return format!("dup2 seccomp fd: {e}");
+        }
+        let _ = nix::unistd::close(fd);
+    }
+    let Some((program, args)) = spec.argv.split_first() else {
+        return "empty argv in launch spec".into();
+    };
+    let err = std::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(&spec.env)
+        .exec();
+    format!("cannot exec {program}: {err}")
+}

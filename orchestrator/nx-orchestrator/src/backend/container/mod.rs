@@ -1,0 +1,132 @@
+//! The `container` backend for bare binaries: each deployment runs under bubblewrap, as its own
+//! unprivileged uid, inside a transient systemd service.
+//!
+//! The unit runs `nxd launch <dir>/launch.json` as the deployment's uid: the launcher opens the
+//! seccomp programs (each bwrap needs freshly opened fds, so this happens at every start and
+//! restart), sets the program's environment (kept out of argv, so not visible in
+//! /proc/*/cmdline) and execs bwrap.
+
+mod bwrap;
+pub mod launch;
+mod seccomp;
+
+use super::{BackendError, SandboxBackend, SandboxHandle, SandboxSpec};
+use crate::api::UnitState;
+use crate::domain::Deployment;
+use crate::supervisor::{Supervisor, UnitSpec};
+use launch::LaunchSpec;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct ContainerBackend {
+    supervisor: Arc<Supervisor>,
+    /// `<state_dir>/deployments`
+    root: PathBuf,
+    /// The seccomp programs, compiled once.
+    seccomp: Vec<PathBuf>,
+    /// The nxd binary, which doubles as the launcher.
+    launcher: PathBuf,
+    restart_delay: Duration,
+}
+
+impl ContainerBackend {
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        state_dir: &Path,
+        launcher: PathBuf,
+        restart_delay: Duration,
+    ) -> Result<Self, BackendError> {
+        let root = state_dir.join("deployments");
+        std::fs::create_dir_all(&root)?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
+        let seccomp = seccomp::write_programs(&state_dir.join("seccomp"))?;
+        Ok(Self {
+            supervisor,
+            root,
+            seccomp,
+            launcher,
+            restart_delay,
+        })
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[async_trait::async_trait]
+impl SandboxBackend for ContainerBackend {
+    fn kind(&self) -> &'static str {
+        "container (bubblewrap)"
+    }
+
+    fn handle(&self, deployment: &Deployment) -> SandboxHandle {
+        SandboxHandle {
+            unit: deployment.unit_name(),
+            dir: self.root.join(deployment.id.as_str()),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(deployment = %spec.deployment.id))]
+    async fn prepare(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
+        let handle = self.handle(&spec.deployment);
+        let uid = spec.deployment.uid;
+        let data = handle.data_dir();
+        std::fs::create_dir_all(&data)?;
+        set_mode(&handle.dir, 0o711)?;
+        // Owned by the deployment's uid, reachable by nobody else; it survives restarts.
+        chown(&data, Some(uid), Some(uid))?;
+        set_mode(&data, 0o700)?;
+        let launch = LaunchSpec {
+            argv: bwrap::command(spec, &data),
+            env: spec.env.clone(),
+            seccomp: self.seccomp.clone(),
+        };
+        let path = handle.dir.join("launch.json");
+        let json = serde_json::to_vec_pretty(&launch).map_err(|e| BackendError::Prepare(e.to_string()))?;
+        std::fs::write(&path, json)?;
+        chown(&path, Some(uid), Some(uid))?;
+        set_mode(&path, 0o400)?;
+        Ok(handle)
+    }
+
+    #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
+    async fn start(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError> {
+        let unit = UnitSpec {
+            name: handle.unit.clone(),
+            description: format!(
+                "NX deployment {} of sandbox {}",
+                spec.deployment.id, spec.deployment.sandbox
+            ),
+            argv: vec![
+                self.launcher.display().to_string(),
+                "launch".into(),
+                handle.dir.join("launch.json").display().to_string(),
+            ],
+            user: Some(spec.deployment.uid.to_string()),
+            limits: Some(spec.deployment.limits),
+            log_file: handle.log_file(),
+            restart_delay: Some(self.restart_delay),
+        };
+        Ok(self.supervisor.start(&unit).await?)
+    }
+
+    async fn stop(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        Ok(self.supervisor.stop(&handle.unit).await?)
+    }
+
+    async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError> {
+        Ok(self.supervisor.state(&handle.unit).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
+    async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        self.supervisor.stop(&handle.unit).await?;
+        match std::fs::remove_dir_all(&handle.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The narrow boundary between NX and an isolation technology. A backend turns a deployment into
+//! something that runs (prepare), runs and stops it, reports on it, and removes every trace of it.
+//! Backends are chosen by cargo features: `container` (bubblewrap) today.
+
+#[cfg(feature = "container")]
+pub mod container;
+
+use crate::api::UnitState;
+use crate::artifact::verify::Linkage;
+use crate::domain::Deployment;
+use crate::supervisor::SupervisorError;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("preparing the sandbox: {0}")]
+    Prepare(String),
+    #[error("sandbox I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a backend needs to run one deployment.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub deployment: Deployment,
+    /// The binary in the artifact store.
+    pub binary: PathBuf,
+    pub linkage: Linkage,
+    /// The complete environment of the program: PORT, NX_* and the user's.
+    pub env: BTreeMap<String, String>,
+}
+
+/// A prepared sandbox: what the backend needs to find it again, also after nxd restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxHandle {
+    pub unit: String,
+    /// Backend-owned directory of this deployment (its data dir, log and launch files).
+    pub dir: PathBuf,
+}
+
+impl SandboxHandle {
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("output.log")
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+#[async_trait::async_trait]
+pub trait SandboxBackend: Send + Sync {
+    /// The backend's name, as `nx status` shows it.
+    fn kind(&self) -> &'static str;
+    /// The handle of a deployment, whether or not it was prepared yet.
+    fn handle(&self, deployment: &Deployment) -> SandboxHandle;
+    /// Lays out what the deployment needs to run; idempotent.
+    async fn prepare(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError>;
+    async fn start(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError>;
+    async fn stop(&self, handle: &SandboxHandle) -> Result<(), BackendError>;
+    async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError>;
+    /// Stops it and removes its files.
+    async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError>;
+}

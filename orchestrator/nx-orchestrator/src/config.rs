@@ -1,0 +1,230 @@
+//! nxd's configuration file (TOML). Every field has a default, so an empty file is a working
+//! single-host setup; `orchestrator/nxd.example.toml` documents each one and is parsed by a test.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where nxd keeps artifacts, deployment data, its token and (embedded) its database.
+    pub state_dir: PathBuf,
+    /// The JSON API (used by `nx`).
+    pub api_listen: SocketAddr,
+    /// The router: `Host: <deployment>.<sandbox>.<base_domain>` and `Host: <sandbox>.<base_domain>`.
+    pub router_listen: SocketAddr,
+    /// The domain under which preview and production URLs live.
+    pub base_domain: String,
+    /// The bearer token file (mode 0600). Created with a random token when missing.
+    /// Default: `<state_dir>/token`.
+    pub token_file: Option<PathBuf>,
+    /// PostgreSQL for nxd's own state. Absent: nxd runs its own cluster in `<state_dir>/postgres`.
+    pub database_url: Option<String>,
+    pub ports: PortRange,
+    pub sandbox: SandboxDefaults,
+    pub limits: Limits,
+    pub systemd: SystemdConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    /// First port handed to a deployment (inclusive).
+    pub start: u16,
+    /// Last port handed to a deployment (inclusive).
+    pub end: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxDefaults {
+    /// Deployments run as uid `uid_base + (port - ports.start)`: one unprivileged uid each.
+    pub uid_base: u32,
+    /// How long a new deployment may take to accept connections on its port.
+    pub ready_timeout_secs: u64,
+    /// When set, ready also needs `GET <health_path>` to answer below 400.
+    pub health_path: Option<String>,
+    /// Seconds systemd waits before restarting a deployment that failed.
+    pub restart_delay_secs: u64,
+}
+
+/// Resource limits of one deployment; the config gives the defaults, a push may lower or raise them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// systemd `MemoryMax`, in MiB.
+    pub memory_max_mb: u64,
+    /// systemd `CPUQuota`, in percent of one CPU.
+    pub cpu_quota_percent: u32,
+    /// systemd `TasksMax`: processes and threads.
+    pub tasks_max: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemdMode {
+    /// The system manager when one answers on the system bus, else the embedded one.
+    Auto,
+    /// The host's systemd (PID 1) on the system bus.
+    System,
+    /// A private systemd manager nxd starts in its own mount and pid namespace.
+    Embedded,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemdConfig {
+    pub mode: SystemdMode,
+    /// Parent slice of every deployment unit.
+    pub slice: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/nx"),
+            api_listen: "127.0.0.1:7700".parse().expect("literal"),
+            router_listen: "127.0.0.1:7780".parse().expect("literal"),
+            base_domain: "nx.localhost".into(),
+            token_file: None,
+            database_url: None,
+            ports: PortRange::default(),
+            sandbox: SandboxDefaults::default(),
+            limits: Limits::default(),
+            systemd: SystemdConfig::default(),
+        }
+    }
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        Self {
+            start: 20000,
+            end: 20999,
+        }
+    }
+}
+
+impl Default for SandboxDefaults {
+    fn default() -> Self {
+        Self {
+            uid_base: 200_000,
+            ready_timeout_secs: 15,
+            health_path: None,
+            restart_delay_secs: 1,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_max_mb: 512,
+            cpu_quota_percent: 100,
+            tasks_max: 256,
+        }
+    }
+}
+
+impl Default for SystemdConfig {
+    fn default() -> Self {
+        Self {
+            mode: SystemdMode::Auto,
+            slice: "nx.slice".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ports.start == 0 || self.ports.end < self.ports.start {
+            return Err(ConfigError::Invalid(format!(
+                "ports.start ({}) must be above 0 and not above ports.end ({})",
+                self.ports.start, self.ports.end
+            )));
+        }
+        if self.sandbox.uid_base < 1000 {
+            return Err(ConfigError::Invalid(
+                "sandbox.uid_base must be 1000 or more: deployments run as unprivileged uids".into(),
+            ));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "state_dir {} must be an absolute path",
+                self.state_dir.display()
+            )));
+        }
+        if !self.systemd.slice.ends_with(".slice") {
+            return Err(ConfigError::Invalid(format!(
+                "systemd.slice {:?} must end in .slice",
+                self.systemd.slice
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_and_matches_the_defaults_it_states() {
+        let example = include_str!("../../nxd.example.toml");
+        let config: Config = toml::from_str(example).expect("example parses");
+        config.validate().unwrap();
+        assert_eq!(config.base_domain, "nx.example.com");
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.systemd.mode, SystemdMode::Auto);
+        assert_eq!(config.ports, PortRange::default());
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_ranges_are_refused() {
+        assert!(toml::from_str::<Config>("statedir = '/x'").is_err());
+        let bad = Config {
+            ports: PortRange { start: 30, end: 20 },
+            ..Config::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("ports.start"));
+    }
+}

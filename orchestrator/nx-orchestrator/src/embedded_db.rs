@@ -1,0 +1,124 @@
+//! The embedded PostgreSQL cluster: with no `database_url`, nxd initdb's a cluster into
+//! `<state_dir>/postgres` and runs it as the unit `nx-postgres.service` under the same systemd
+//! manager as the deployments, listening on a unix socket only (in a 0700 directory owned by
+//! the `postgres` user, so only that user and root reach it).
+
+use crate::supervisor::{Supervisor, SupervisorError, UnitSpec};
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const UNIT: &str = "nx-postgres.service";
+const OS_USER: &str = "postgres";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedDbError {
+    #[error("PostgreSQL's {0} was not found on PATH or in /usr/lib/postgresql/*/bin; install postgresql or pass --database-url")]
+    MissingBinary(&'static str),
+    #[error("the '{OS_USER}' user does not exist; install postgresql (it creates it) or pass --database-url")]
+    MissingUser,
+    #[error("initdb failed ({status}); see {log}")]
+    Initdb { status: String, log: PathBuf },
+    #[error("the embedded PostgreSQL did not accept connections within 30 s; see {0}")]
+    NotReady(PathBuf),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("embedded PostgreSQL I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Finds a PostgreSQL program on PATH, else in the newest /usr/lib/postgresql/<v>/bin.
+pub fn find_binary(name: &'static str) -> Result<PathBuf, EmbeddedDbError> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name));
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join(name))
+        .collect();
+    versioned.sort();
+    versioned.reverse();
+    on_path
+        .chain(versioned)
+        .find(|p| p.is_file())
+        .ok_or(EmbeddedDbError::MissingBinary(name))
+}
+
+/// Starts (or adopts) the embedded cluster and returns its connection URL.
+#[tracing::instrument(skip_all)]
+pub async fn ensure(supervisor: &Supervisor, state_dir: &Path) -> Result<String, EmbeddedDbError> {
+    let dir = state_dir.join("postgres");
+    let data = dir.join("data");
+    let url = format!("postgres://{OS_USER}@localhost/postgres?host={}", dir.display());
+    let user = nix::unistd::User::from_name(OS_USER)
+        .ok()
+        .flatten()
+        .ok_or(EmbeddedDbError::MissingUser)?;
+    if !data.join("PG_VERSION").is_file() {
+        initdb(&dir, &data, &user)?;
+    }
+    if supervisor.state(UNIT).await?.active != "active" {
+        let postgres = find_binary("postgres")?;
+        let spec = UnitSpec {
+            name: UNIT.into(),
+            description: "NX embedded PostgreSQL (nxd state)".into(),
+            argv: vec![
+                postgres.display().to_string(),
+                "-D".into(),
+                data.display().to_string(),
+                "-k".into(),
+                dir.display().to_string(),
+                "-c".into(),
+                "listen_addresses=".into(),
+            ],
+            user: Some(OS_USER.into()),
+            limits: None,
+            log_file: dir.join("postgres.log"),
+            restart_delay: Some(Duration::from_secs(1)),
+        };
+        supervisor.start(&spec).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        use sqlx::Connection;
+        if sqlx::PgConnection::connect(&url).await.is_ok() {
+            return Ok(url);
+        }
+        if Instant::now() > deadline {
+            return Err(EmbeddedDbError::NotReady(dir.join("postgres.log")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn initdb(dir: &Path, data: &Path, user: &nix::unistd::User) -> Result<(), EmbeddedDbError> {
+    let initdb = find_binary("initdb")?;
+    std::fs::create_dir_all(dir)?;
+    chown(dir, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let log_path = dir.join("initdb.log");
+    let log = std::fs::File::create(&log_path)?;
+    chown(&log_path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+    let status = std::process::Command::new(initdb)
+        .args(["--auth-local=trust", "--auth-host=reject", "--encoding=UTF8", "--locale=C", "-U"])
+        .arg(OS_USER)
+        .arg("-D")
+        .arg(data)
+        .current_dir(dir)
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()?;
+    if !status.success() {
+        return Err(EmbeddedDbError::Initdb {
+            status: status.to_string(),
+            log: log_path,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! nxd's state in PostgreSQL (sqlx, migrations embedded from `migrations/`).
+
+use crate::config::{Limits, PortRange};
+use crate::domain::{Deployment, Desired};
+use crate::names::{DeploymentId, NameError, SandboxName};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("state database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no free port left in {start}-{end}; remove deployments (`nx rm`) or widen [ports]")]
+    NoPort { start: u16, end: u16 },
+    #[error("no deployment {0}; `nx ls` lists them")]
+    NoDeployment(String),
+    #[error("sandbox {0} has no earlier promotion to roll back to")]
+    NothingToRollBack(String),
+    #[error("corrupt row in the state database: {0}")]
+    Corrupt(String),
+}
+
+impl From<NameError> for StateError {
+    fn from(e: NameError) -> Self {
+        StateError::Corrupt(e.to_string())
+    }
+}
+
+pub struct StateStore {
+    pool: PgPool,
+}
+
+/// What a push asks for; the store adds id, port and uid.
+pub struct NewDeployment {
+    pub sandbox: SandboxName,
+    pub artifact: String,
+    pub env: BTreeMap<String, String>,
+    pub args: Vec<String>,
+    pub limits: Limits,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeploymentRow {
+    id: String,
+    sandbox: String,
+    artifact: String,
+    port: i32,
+    uid: i64,
+    env: sqlx::types::Json<BTreeMap<String, String>>,
+    args: sqlx::types::Json<Vec<String>>,
+    limits: sqlx::types::Json<Limits>,
+    desired: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl TryFrom<DeploymentRow> for Deployment {
+    type Error = StateError;
+    fn try_from(row: DeploymentRow) -> Result<Self, StateError> {
+        let corrupt = |what: &str| StateError::Corrupt(format!("{what} of deployment {}", row.id));
+        Ok(Deployment {
+            id: DeploymentId::parse(&row.id)?,
+            sandbox: SandboxName::parse(&row.sandbox)?,
+            artifact: row.artifact.clone(),
+            port: u16::try_from(row.port).map_err(|_| corrupt("port"))?,
+            uid: u32::try_from(row.uid).map_err(|_| corrupt("uid"))?,
+            env: row.env.0,
+            args: row.args.0,
+            limits: row.limits.0,
+            desired: Desired::parse(&row.desired).ok_or_else(|| corrupt("desired state"))?,
+            created_at: row.created_at,
+        })
+    }
+}
+
+const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, created_at FROM deployments";
+
+impl StateStore {
+    #[tracing::instrument(skip_all)]
+    pub async fn connect(url: &str) -> Result<Self, StateError> {
+        let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Records a new deployment with the lowest free port of the range.
+    #[tracing::instrument(skip_all, fields(sandbox = %new.sandbox))]
+    pub async fn create_deployment(
+        &self,
+        new: NewDeployment,
+        ports: PortRange,
+        uid_base: u32,
+    ) -> Result<Deployment, StateError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO sandboxes (name) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(new.sandbox.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("LOCK TABLE deployments IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let used: Vec<i32> = sqlx::query_scalar("SELECT port FROM deployments")
+            .fetch_all(&mut *tx)
+            .await?;
+        let port = (ports.start..=ports.end)
+            .find(|p| !used.contains(&i32::from(*p)))
+            .ok_or(StateError::NoPort {
+                start: ports.start,
+                end: ports.end,
+            })?;
+        let deployment = Deployment {
+            id: DeploymentId::generate(),
+            sandbox: new.sandbox,
+            artifact: new.artifact,
+            port,
+            uid: uid_base + u32::from(port - ports.start),
+            env: new.env,
+            args: new.args,
+            limits: new.limits,
+            desired: Desired::Running,
+            created_at: chrono::Utc::now(),
+        };
+        sqlx::query(
+            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(deployment.id.as_str())
+        .bind(deployment.sandbox.as_str())
+        .bind(&deployment.artifact)
+        .bind(i32::from(deployment.port))
+        .bind(i64::from(deployment.uid))
+        .bind(sqlx::types::Json(&deployment.env))
+        .bind(sqlx::types::Json(&deployment.args))
+        .bind(sqlx::types::Json(&deployment.limits))
+        .bind(deployment.desired.as_str())
+        .bind(deployment.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deployment)
+    }
+
+    pub async fn deployments(&self) -> Result<Vec<Deployment>, StateError> {
+        let rows: Vec<DeploymentRow> =
+            sqlx::query_as(&format!("{SELECT_DEPLOYMENTS} ORDER BY sandbox, created_at"))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(Deployment::try_from).collect()
+    }
+
+    pub async fn deployment(&self, id: &DeploymentId) -> Result<Deployment, StateError> {
+        let row: Option<DeploymentRow> = sqlx::query_as(&format!("{SELECT_DEPLOYMENTS} WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.ok_or_else(|| StateError::NoDeployment(id.to_string()))?
+            .try_into()
+    }
+
+    pub async fn set_desired(&self, id: &DeploymentId, desired: Desired) -> Result<(), StateError> {
+        sqlx::query("UPDATE deployments SET desired = $2 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(desired.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_deployment(&self, id: &DeploymentId) -> Result<(), StateError> {
+        sqlx::query("DELETE FROM deployments WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The promoted deployment of every sandbox that has one.
+    pub async fn promoted(&self) -> Result<HashMap<SandboxName, DeploymentId>, StateError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT ON (sandbox) sandbox, deployment FROM promotions ORDER BY sandbox, seq DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(s, d)| Ok((SandboxName::parse(&s)?, DeploymentId::parse(&d)?)))
+            .collect()
+    }
+
+    pub async fn promote(&self, sandbox: &SandboxName, id: &DeploymentId) -> Result<(), StateError> {
+        sqlx::query("INSERT INTO promotions (sandbox, deployment) VALUES ($1, $2)")
+            .bind(sandbox.as_str())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops the newest promotion of `sandbox` and returns the one now in force.
+    pub async fn rollback(&self, sandbox: &SandboxName) -> Result<DeploymentId, StateError> {
+        let mut tx = self.pool.begin().await?;
+        let seqs: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, deployment FROM promotions WHERE sandbox = $1 ORDER BY seq DESC LIMIT 2 FOR UPDATE",
+        )
+        .bind(sandbox.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let [(newest, _), (_, previous)] = seqs.as_slice() else {
+            return Err(StateError::NothingToRollBack(sandbox.to_string()));
+        };
+        sqlx::query("DELETE FROM promotions WHERE seq = $1")
+            .bind(newest)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DeploymentId::parse(previous)?)
+    }
+}

@@ -1,0 +1,227 @@
+//! Every deployment is a transient systemd service, started and watched over D-Bus (zbus).
+//! The manager is the host's systemd on the system bus, or, where none answers (a dev box, CI),
+//! a private one that nxd starts and owns (see `embedded`).
+
+mod dbus_api;
+pub mod embedded;
+
+use crate::api::UnitState;
+use crate::config::{Limits, SystemdMode};
+use dbus_api::{ManagerProxy, ServiceProxy, UnitProxy};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use zbus::proxy::CacheProperties;
+use zbus::zvariant::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("systemd over D-Bus: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("no systemd manager answers on the system bus ({0}); set systemd.mode = \"embedded\" or run nxd where systemd is PID 1")]
+    NoSystemBus(String),
+    #[error("embedded systemd manager: {0}")]
+    Embedded(String),
+    #[error("unit {unit} did not reach {wanted} within {secs} s (it is {state})")]
+    Timeout {
+        unit: String,
+        wanted: &'static str,
+        secs: u64,
+        state: String,
+    },
+}
+
+/// What a unit runs and under which limits.
+#[derive(Debug, Clone)]
+pub struct UnitSpec {
+    pub name: String,
+    pub description: String,
+    pub argv: Vec<String>,
+    /// Run as this uid and gid; `None` runs as root (only for NX's own units).
+    pub user: Option<String>,
+    pub limits: Option<Limits>,
+    /// stdout and stderr are appended here.
+    pub log_file: PathBuf,
+    /// `Restart=on-failure` with this delay; `None` for no restart.
+    pub restart_delay: Option<Duration>,
+}
+
+pub struct Supervisor {
+    conn: zbus::Connection,
+    slice: String,
+    /// Where the manager came from: "system" or the embedded manager's directory.
+    origin: String,
+}
+
+impl Supervisor {
+    /// Connects to the manager the config asks for.
+    #[tracing::instrument(skip_all, fields(mode = ?mode))]
+    pub async fn connect(
+        mode: SystemdMode,
+        state_dir: &Path,
+        slice: &str,
+    ) -> Result<Self, SupervisorError> {
+        let system = || async {
+            let conn = zbus::Connection::system().await?;
+            ManagerProxy::new(&conn).await?.version().await?;
+            Ok::<_, zbus::Error>(conn)
+        };
+        let (conn, origin) = match mode {
+            SystemdMode::System => (
+                system()
+                    .await
+                    .map_err(|e| SupervisorError::NoSystemBus(e.to_string()))?,
+                "system".to_string(),
+            ),
+            SystemdMode::Embedded => embedded::connect(state_dir).await?,
+            SystemdMode::Auto => match tokio::time::timeout(Duration::from_secs(2), system()).await {
+                Ok(Ok(conn)) => (conn, "system".to_string()),
+                _ => embedded::connect(state_dir).await?,
+            },
+        };
+        tracing::info!(%origin, "connected to systemd");
+        Ok(Self {
+            conn,
+            slice: slice.to_owned(),
+            origin,
+        })
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    async fn manager(&self) -> Result<ManagerProxy<'static>, SupervisorError> {
+        Ok(ManagerProxy::new(&self.conn).await?)
+    }
+
+    /// Starts `spec` as a transient service (clearing a failed unit of the same name first).
+    #[tracing::instrument(skip_all, fields(unit = %spec.name))]
+    pub async fn start(&self, spec: &UnitSpec) -> Result<(), SupervisorError> {
+        let manager = self.manager().await?;
+        let _ = manager.reset_failed_unit(&spec.name).await;
+        let exec = vec![(spec.argv[0].clone(), spec.argv.clone(), false)];
+        let log = spec.log_file.display().to_string();
+        let mut props: Vec<(&str, Value<'_>)> = vec![
+            ("Description", spec.description.as_str().into()),
+            ("ExecStart", Value::from(exec)),
+            ("Slice", self.slice.as_str().into()),
+            ("StandardOutputFileToAppend", log.as_str().into()),
+            ("StandardErrorFileToAppend", log.as_str().into()),
+            ("MemoryAccounting", true.into()),
+            ("TasksAccounting", true.into()),
+        ];
+        if let Some(user) = &spec.user {
+            props.push(("User", user.as_str().into()));
+            props.push(("Group", user.as_str().into()));
+        }
+        if let Some(limits) = spec.limits {
+            props.push(("MemoryMax", (limits.memory_max_mb << 20).into()));
+            props.push(("TasksMax", limits.tasks_max.into()));
+            props.push((
+                "CPUQuotaPerSecUSec",
+                (u64::from(limits.cpu_quota_percent) * 10_000).into(),
+            ));
+        }
+        if let Some(delay) = spec.restart_delay {
+            props.push(("Restart", "on-failure".into()));
+            props.push(("RestartUSec", (delay.as_micros() as u64).into()));
+        }
+        manager
+            .start_transient_unit(&spec.name, "replace", &props, &[])
+            .await?;
+        tracing::info!("unit started");
+        Ok(())
+    }
+
+    /// Stops a unit and waits until it is gone or inactive.
+    #[tracing::instrument(skip(self))]
+    pub async fn stop(&self, unit: &str) -> Result<(), SupervisorError> {
+        let manager = self.manager().await?;
+        match manager.stop_unit(unit, "replace").await {
+            Ok(_) => {}
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.wait_for(unit, "inactive", Duration::from_secs(20), |s| {
+            s.active == "inactive" || s.active == "failed"
+        })
+        .await?;
+        let _ = manager.reset_failed_unit(unit).await;
+        Ok(())
+    }
+
+    /// The live state of a unit; a unit systemd does not know is `inactive`/`dead`.
+    pub async fn state(&self, unit: &str) -> Result<UnitState, SupervisorError> {
+        let path = self.manager().await?.load_unit(unit).await?;
+        let unit_proxy = UnitProxy::builder(&self.conn)
+            .path(path.clone())?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        let service = ServiceProxy::builder(&self.conn)
+            .path(path)?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        let known = |v: u64| (v != u64::MAX).then_some(v);
+        Ok(UnitState {
+            active: unit_proxy.active_state().await?,
+            sub: unit_proxy.sub_state().await?,
+            main_pid: service.main_pid().await?,
+            restarts: service.n_restarts().await?,
+            memory_bytes: known(service.memory_current().await?),
+            tasks: known(service.tasks_current().await?),
+        })
+    }
+
+    /// The cgroup path of a unit (relative to the hierarchy roots).
+    pub async fn control_group(&self, unit: &str) -> Result<String, SupervisorError> {
+        let path = self.manager().await?.load_unit(unit).await?;
+        let service = ServiceProxy::builder(&self.conn)
+            .path(path)?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        Ok(service.control_group().await?)
+    }
+
+    /// Names of loaded units matching a glob, e.g. `nx-*.service`.
+    pub async fn list(&self, pattern: &str) -> Result<Vec<String>, SupervisorError> {
+        let rows = self
+            .manager()
+            .await?
+            .list_units_by_patterns(&[], &[pattern])
+            .await?;
+        Ok(rows.into_iter().map(|row| row.0).collect())
+    }
+
+    /// Polls a unit until `done` holds or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        unit: &str,
+        wanted: &'static str,
+        timeout: Duration,
+        done: impl Fn(&UnitState) -> bool,
+    ) -> Result<UnitState, SupervisorError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let state = self.state(unit).await?;
+            if done(&state) {
+                return Ok(state);
+            }
+            if Instant::now() >= deadline {
+                return Err(SupervisorError::Timeout {
+                    unit: unit.into(),
+                    wanted,
+                    secs: timeout.as_secs(),
+                    state: format!("{}/{}", state.active, state.sub),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
