@@ -1,1 +1,133 @@
-fn main(){}
+//! nx, the NX command line: push binaries, list and inspect deployments, promote, roll back.
+
+mod client;
+mod output;
+mod push;
+mod settings;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use client::Client;
+use nx_orchestrator::api::{PromoteRequest, SandboxView};
+use nx_orchestrator::names::{DeploymentId, SandboxName};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "nx", version, about = "Push a binary, get a sandbox and a URL")]
+struct Cli {
+    /// nxd's API, e.g. http://127.0.0.1:7700 (else NX_HOST, else the config file).
+    #[arg(long, global = true, env = "NX_HOST", hide_env_values = true)]
+    host: Option<String>,
+    /// The API token (else NX_TOKEN, else the config file's token or token_file).
+    #[arg(long, global = true, env = "NX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The config file (default: $XDG_CONFIG_HOME/nx/config.toml or ~/.config/nx/config.toml).
+    #[arg(long, global = true, env = "NX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print JSON instead of text (errors too, as {"error": ...}).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload a Linux binary and run it as a new deployment of a sandbox.
+    Push(push::PushArgs),
+    /// List sandboxes and their deployments.
+    Ls,
+    /// Show one sandbox: production URL, promoted deployment, every deployment's state.
+    Status { sandbox: String },
+    /// Point the sandbox's production URL at a deployment.
+    Promote { sandbox: String, deployment: String },
+    /// Point the sandbox's production URL back at the previously promoted deployment.
+    Rollback { sandbox: String },
+    /// Stop a deployment (its data dir is kept).
+    Stop { deployment: String },
+    /// Start a stopped deployment again.
+    Start { deployment: String },
+    /// Remove a deployment: its unit, its data dir, its preview URL.
+    Rm { deployment: String },
+    /// Print a deployment's output.
+    Logs {
+        deployment: String,
+        /// Keep printing what it writes.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to print first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
+    /// Check that a file is a Linux executable this host can run (no daemon needed).
+    VerifyBinary { file: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        output::fail(&e, json);
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    if let Command::VerifyBinary { file } = &cli.command {
+        let info = nx_orchestrator::artifact::verify::verify_file(file)?;
+        output::verified(file, &info, json);
+        return Ok(());
+    }
+    let settings = settings::Settings::resolve(cli.host, cli.token, cli.config)?;
+    let client = Client::new(&settings)?;
+    match cli.command {
+        Command::VerifyBinary { .. } => unreachable!("handled above"),
+        Command::Push(args) => push::run(&client, args, json).await,
+        Command::Ls => {
+            let list: Vec<SandboxView> = client.get("/v1/sandboxes").await?;
+            output::sandboxes(&list, json)
+        }
+        Command::Status { sandbox } => {
+            let name = SandboxName::parse(&sandbox)?;
+            output::sandboxes(&[client.get(&format!("/v1/sandboxes/{name}")).await?], json)
+        }
+        Command::Promote { sandbox, deployment } => {
+            let name = SandboxName::parse(&sandbox)?;
+            let req = PromoteRequest {
+                deployment: DeploymentId::parse(&deployment)?,
+            };
+            let view = client.post(&format!("/v1/sandboxes/{name}/promote"), &req).await?;
+            output::switched(&view, "promoted", json)
+        }
+        Command::Rollback { sandbox } => {
+            let name = SandboxName::parse(&sandbox)?;
+            let view = client.post(&format!("/v1/sandboxes/{name}/rollback"), &()).await?;
+            output::switched(&view, "rolled back to", json)
+        }
+        Command::Stop { deployment } => {
+            let id = DeploymentId::parse(&deployment)?;
+            output::deployment(&client.post(&format!("/v1/deployments/{id}/stop"), &()).await?, json)
+        }
+        Command::Start { deployment } => {
+            let id = DeploymentId::parse(&deployment)?;
+            output::deployment(&client.post(&format!("/v1/deployments/{id}/start"), &()).await?, json)
+        }
+        Command::Rm { deployment } => {
+            let id = DeploymentId::parse(&deployment)?;
+            let removed: serde_json::Value = client.delete(&format!("/v1/deployments/{id}")).await?;
+            output::removed(&id, &removed, json)
+        }
+        Command::Logs { deployment, follow, lines } => {
+            let id = DeploymentId::parse(&deployment)?;
+            client
+                .stream_to_stdout(&format!("/v1/deployments/{id}/logs?follow={follow}&lines={lines}"))
+                .await
+                .context("reading logs")
+        }
+    }
+}

@@ -59,6 +59,10 @@ pub struct UnitState {
     pub restarts: u32,
     pub memory_bytes: Option<u64>,
     pub tasks: Option<u64>,
+    /// systemd's Result of the last run: success, exit-code, signal, oom-kill, ...
+    pub result: String,
+    /// Exit status (or signal number) of the last main process.
+    pub exit_status: i32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -92,7 +92,7 @@ macro_rules! display_and_deserialize {
     ($t:ty) => {
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
         impl<'de> serde::Deserialize<'de> for $t {

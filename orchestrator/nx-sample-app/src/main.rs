@@ -1,1 +1,174 @@
-fn main(){}
+//! The sample app of NX's quick start, tests and benchmarks: a small HTTP service that also
+//! reports what it can see of its sandbox, so that tests can ask it to try to escape.
+//!
+//! - `GET /`            `nx-sample <APP_VERSION> deployment=<NX_DEPLOYMENT>`
+//! - `GET /health`      `ok`
+//! - `GET /env`         its environment, as JSON
+//! - `GET /read?path=P` the file's first 4 KiB, or 404 with the error
+//! - `GET /ls?path=P`   the directory's entries, or 404 with the error
+//! - `GET /ps`          the pids it can see in /proc, as JSON
+//! - `GET /whoami`      its uid and gid
+//! - `GET /write?name=N` writes /data/N and reads it back
+//! - `GET /fork`        forks until the kernel refuses; reports how many, then reaps them
+//! - `GET /hog`         allocates and touches memory until the sandbox's limit ends it
+//! - `GET /exit?code=C` exits with code C
+
+use std::io::Read;
+use tiny_http::{Header, Request, Response, Server};
+
+const WORKERS: usize = 4;
+
+fn main() {
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
+    let server = match Server::http(("127.0.0.1", port)) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            eprintln!("nx-sample: cannot listen on 127.0.0.1:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("nx-sample listening on 127.0.0.1:{port}");
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                for request in server.incoming_requests() {
+                    handle(request);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+fn query<'a>(url: &'a str, key: &str) -> Option<&'a str> {
+    url.split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn text(status: u16, body: impl Into<String>) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(body.into()).with_status_code(status)
+}
+
+fn json(value: serde_json::Value) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(value.to_string())
+        .with_header(Header::from_bytes("Content-Type", "application/json").expect("static header"))
+}
+
+fn handle(request: Request) {
+    let url = request.url().to_owned();
+    let path = url.split('?').next().unwrap_or("/");
+    let response = match path {
+        "/" => text(
+            200,
+            format!(
+                "nx-sample {} deployment={}\n",
+                std::env::var("APP_VERSION").unwrap_or_else(|_| "dev".into()),
+                std::env::var("NX_DEPLOYMENT").unwrap_or_default()
+            ),
+        ),
+        "/health" => text(200, "ok\n"),
+        "/env" => json(serde_json::json!(std::env::vars().collect::<std::collections::BTreeMap<_, _>>())),
+        "/read" => read(query(&url, "path").unwrap_or("")),
+        "/ls" => match std::fs::read_dir(query(&url, "path").unwrap_or("/")) {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                json(serde_json::json!(names))
+            }
+            Err(e) => text(404, format!("error: {e}\n")),
+        },
+        "/ps" => json(serde_json::json!(pids())),
+        "/whoami" => json(serde_json::json!({
+            "uid": nix::unistd::getuid().as_raw(),
+            "gid": nix::unistd::getgid().as_raw(),
+        })),
+        "/write" => {
+            let name = query(&url, "name").unwrap_or("probe");
+            let file = format!("/data/{name}");
+            match std::fs::write(&file, name).and_then(|_| std::fs::read_to_string(&file)) {
+                Ok(back) => text(200, back),
+                Err(e) => text(500, format!("error: {e}\n")),
+            }
+        }
+        "/fork" => json(fork_until_refused()),
+        "/hog" => {
+            hog();
+            text(200, "still alive\n")
+        }
+        "/exit" => {
+            let code = query(&url, "code").and_then(|c| c.parse().ok()).unwrap_or(1);
+            std::process::exit(code);
+        }
+        _ => text(404, "not found\n"),
+    };
+    let _ = request.respond(response);
+}
+
+fn read(path: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut buf = vec![0u8; 4096];
+    match std::fs::File::open(path).and_then(|mut f| f.read(&mut buf)) {
+        Ok(n) => {
+            buf.truncate(n);
+            Response::from_data(buf).with_status_code(200)
+        }
+        Err(e) => text(404, format!("error: {e}\n")),
+    }
+}
+
+fn pids() -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort();
+    pids
+}
+
+fn fork_until_refused() -> serde_json::Value {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::{fork, ForkResult};
+    let mut children = Vec::new();
+    let mut error = None;
+    while children.len() < 100_000 {
+        // SAFETY: the child only sleeps and exits; it touches no lock and allocates nothing.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => loop {
+                nix::unistd::pause();
+            },
+            Ok(ForkResult::Parent { child }) => children.push(child),
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    for child in &children {
+        let _ = kill(*child, Signal::SIGKILL);
+    }
+    for child in &children {
+        let _ = nix::sys::wait::waitpid(*child, None);
+    }
+    serde_json::json!({ "forked": children.len(), "error": error })
+}
+
+fn hog() {
+    const CHUNK: usize = 16 << 20;
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..(64 << 30) / CHUNK {
+        held.push(vec![1u8; CHUNK]);
+    }
+    std::hint::black_box(&held);
+}

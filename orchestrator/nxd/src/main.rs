@@ -1,1 +1,149 @@
-fn main(){}
+//! nxd, the NX daemon: the JSON API, the router, and the lifecycle of deployments.
+
+mod app;
+mod auth;
+mod error;
+mod http_api;
+mod logs;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use nx_orchestrator::config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "nxd", version, about = "The NX daemon: runs pushed binaries in sandboxes behind preview and production URLs")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The config file (TOML; see nxd.example.toml). Without it, the defaults.
+    #[arg(long, env = "NXD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `state_dir`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Overrides `api_listen`.
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    /// Overrides `router_listen`.
+    #[arg(long)]
+    router_listen: Option<SocketAddr>,
+    /// Overrides `database_url`: PostgreSQL for nxd's state instead of the embedded cluster.
+    #[arg(long, env = "NXD_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Overrides `base_domain`.
+    #[arg(long)]
+    base_domain: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Internal: what a deployment's unit runs (opens seccomp fds, execs bubblewrap).
+    #[command(hide = true)]
+    Launch { spec: PathBuf },
+    /// Internal: PID 1 of the embedded systemd manager's namespaces.
+    #[command(hide = true)]
+    ManagerInit { state_dir: PathBuf },
+    /// Stops the embedded systemd manager of a state dir and every deployment it runs.
+    ManagerStop {
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+}
+
+impl RunArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.state_dir {
+            config.state_dir = v.clone();
+        }
+        if let Some(v) = self.api_listen {
+            config.api_listen = v;
+        }
+        if let Some(v) = self.router_listen {
+            config.router_listen = v;
+        }
+        if let Some(v) = &self.database_url {
+            config.database_url = Some(v.clone());
+        }
+        if let Some(v) = &self.base_domain {
+            config.base_domain = v.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Launch { spec }) => {
+            let reason = nx_orchestrator::backend::container::launch::run(&spec);
+            anyhow::bail!("launch: {reason}")
+        }
+        Some(Command::ManagerInit { state_dir }) => {
+            let e = nx_orchestrator::supervisor::embedded::init(&state_dir);
+            anyhow::bail!("manager-init: {e}")
+        }
+        Some(Command::ManagerStop { state_dir }) => {
+            nx_orchestrator::supervisor::embedded::stop(&state_dir);
+            Ok(())
+        }
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let config = cli.run.config()?;
+            tokio::runtime::Runtime::new()
+                .context("starting the tokio runtime")?
+                .block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let api_listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on api_listen {}", config.api_listen))?;
+    let router_listener = tokio::net::TcpListener::bind(config.router_listen)
+        .await
+        .with_context(|| format!("cannot listen on router_listen {}", config.router_listen))?;
+    let token = auth::load_or_create(&config.token_file())?;
+    let app = app::App::start(config).await?;
+    let router = app.router.clone();
+    tracing::info!(
+        api = %api_listener.local_addr()?,
+        router = %router_listener.local_addr()?,
+        "nxd ready"
+    );
+    let api = axum::serve(api_listener, http_api::routes(app, token));
+    tokio::select! {
+        r = api => r.context("API server")?,
+        r = router.serve(router_listener) => r.context("router")?,
+        _ = shutdown_signal() => tracing::info!("nxd stopping; deployments keep running"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -75,4 +75,8 @@ pub trait Service {
     fn tasks_current(&self) -> zbus::Result<u64>;
     #[zbus(property)]
     fn control_group(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn result(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn exec_main_status(&self) -> zbus::Result<i32>;
 }

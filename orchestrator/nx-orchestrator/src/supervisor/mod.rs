@@ -175,6 +175,8 @@ impl Supervisor {
             restarts: service.n_restarts().await?,
             memory_bytes: known(service.memory_current().await?),
             tasks: known(service.tasks_current().await?),
+            result: service.result().await?,
+            exit_status: service.exec_main_status().await?,
         })
     }
 

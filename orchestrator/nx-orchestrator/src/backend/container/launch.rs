@@ -1,6 +1,7 @@
-//! `nxd launch <launch.json>`: what a deployment's unit runs, as the deployment's uid. It opens
-//! the seccomp programs onto fixed fds, replaces its environment with the program's, and execs
-//! bubblewrap.
+//! `nxd launch <launch.json>`: what a deployment's unit runs. As root, it reads the spec (0400,
+//! root's) and opens the seccomp programs onto fixed fds; then it drops to the deployment's uid
+//! and gid with no supplementary groups (numeric ids need no passwd entry, which systemd's
+//! `User=` would), replaces its environment with the program's, and execs bubblewrap.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,6 +17,15 @@ pub struct LaunchSpec {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub seccomp: Vec<PathBuf>,
+    pub uid: u32,
+}
+
+fn drop_privileges(uid: u32) -> nix::Result<()> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(uid));
+    setgroups(&[])?;
+    setresgid(gid, gid, gid)?;
+    setresuid(uid, uid, uid)
 }
 
 /// Returns only on failure, with the reason.
@@ -38,6 +48,9 @@ pub fn run(spec_path: &Path) -> String {
             return format!("dup2 seccomp fd: {e}");
         }
         let _ = nix::unistd::close(fd);
+    }
+    if let Err(e) = drop_privileges(spec.uid) {
+        return format!("cannot switch to uid {}: {e}", spec.uid);
     }
     let Some((program, args)) = spec.argv.split_first() else {
         return "empty argv in launch spec".into();

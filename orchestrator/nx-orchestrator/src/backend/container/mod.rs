@@ -1,9 +1,9 @@
 //! The `container` backend for bare binaries: each deployment runs under bubblewrap, as its own
 //! unprivileged uid, inside a transient systemd service.
 //!
-//! The unit runs `nxd launch <dir>/launch.json` as the deployment's uid: the launcher opens the
-//! seccomp programs (each bwrap needs freshly opened fds, so this happens at every start and
-//! restart), sets the program's environment (kept out of argv, so not visible in
+//! The unit runs `nxd launch <dir>/launch.json`: the launcher opens the seccomp programs (each
+//! bwrap needs freshly opened fds, so this happens at every start and restart), drops to the
+//! deployment's uid, sets the program's environment (kept out of argv, so not visible in
 //! /proc/*/cmdline) and execs bwrap.
 
 mod bwrap;
@@ -83,11 +83,11 @@ impl SandboxBackend for ContainerBackend {
             argv: bwrap::command(spec, &data),
             env: spec.env.clone(),
             seccomp: self.seccomp.clone(),
+            uid,
         };
         let path = handle.dir.join("launch.json");
         let json = serde_json::to_vec_pretty(&launch).map_err(|e| BackendError::Prepare(e.to_string()))?;
         std::fs::write(&path, json)?;
-        chown(&path, Some(uid), Some(uid))?;
         set_mode(&path, 0o400)?;
         Ok(handle)
     }
@@ -105,7 +105,8 @@ impl SandboxBackend for ContainerBackend {
                 "launch".into(),
                 handle.dir.join("launch.json").display().to_string(),
             ],
-            user: Some(spec.deployment.uid.to_string()),
+            // The launcher drops to the deployment's uid itself.
+            user: None,
             limits: Some(spec.deployment.limits),
             log_file: handle.log_file(),
             restart_delay: Some(self.restart_delay),

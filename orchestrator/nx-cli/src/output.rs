@@ -1,0 +1,113 @@
+//! What nx prints: short text for people, or JSON with --json.
+
+use crate::client::ServerError;
+use nx_orchestrator::api::{DeploymentView, SandboxView};
+use nx_orchestrator::artifact::verify::ElfInfo;
+use nx_orchestrator::names::DeploymentId;
+use serde::Serialize;
+use std::path::Path;
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn fail(error: &anyhow::Error, json: bool) {
+    let server = error.downcast_ref::<ServerError>();
+    if json {
+        let body = match server {
+            Some(s) => serde_json::to_value(&s.body).unwrap_or_default(),
+            None => serde_json::json!({ "error": format!("{error:#}") }),
+        };
+        println!("{body}");
+        return;
+    }
+    eprintln!("error: {error:#}");
+    if let Some(s) = server {
+        for line in &s.body.log_tail {
+            eprintln!("  | {line}");
+        }
+    }
+}
+
+pub fn verified(path: &Path, info: &ElfInfo, json: bool) {
+    if json {
+        let _ = print_json(&serde_json::json!({
+            "file": path, "ok": true, "machine": info.machine, "linkage": info.linkage.describe(),
+        }));
+    } else {
+        println!("{}: ok ({}, {})", path.display(), info.machine, info.linkage.describe());
+    }
+}
+
+fn state(d: &DeploymentView) -> String {
+    if d.state.active == "active" {
+        d.state.sub.clone()
+    } else {
+        format!("{}/{}", d.state.active, d.state.sub)
+    }
+}
+
+pub fn pushed(d: &DeploymentView, uploaded: bool, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&serde_json::json!({ "uploaded": uploaded, "deployment": d }));
+    }
+    println!("deployment {} of {} is {}", d.id, d.sandbox, state(d));
+    println!("preview: {}", d.preview_url);
+    println!("promote: nx promote {} {}", d.sandbox, d.id);
+    Ok(())
+}
+
+pub fn deployment(d: &DeploymentView, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(d);
+    }
+    println!("{} {} {} {}", d.id, d.sandbox, state(d), d.preview_url);
+    Ok(())
+}
+
+pub fn switched(s: &SandboxView, verb: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(s);
+    }
+    match &s.promoted {
+        Some(id) => println!("{} {verb} {id}: {}", s.name, s.production_url),
+        None => println!("{} has no promoted deployment", s.name),
+    }
+    Ok(())
+}
+
+pub fn removed(id: &DeploymentId, value: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(value);
+    }
+    println!("removed {id}");
+    Ok(())
+}
+
+pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("no sandboxes yet; `nx push ./app --sandbox NAME` makes one");
+        return Ok(());
+    }
+    println!("{:<20} {:<10} {:<16} {:<6} {:<9} URL", "SANDBOX", "DEPLOYMENT", "STATE", "PORT", "RESTARTS");
+    for s in list {
+        for d in &s.deployments {
+            let url = if d.promoted { &s.production_url } else { &d.preview_url };
+            println!(
+                "{:<20} {:<10} {:<16} {:<6} {:<9} {}{}",
+                s.name,
+                d.id,
+                state(d),
+                d.port,
+                d.state.restarts,
+                url,
+                if d.promoted { "  (production)" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! `nx push`: verify locally, ask nxd by hash, upload only what it lacks (with a progress bar),
+//! then create the deployment and wait until it is ready.
+
+use crate::client::{Client, ServerError};
+use crate::output;
+use anyhow::Context;
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use nx_orchestrator::api::{ArtifactInfo, DeploymentView, LimitsOverride, PushRequest};
+use nx_orchestrator::artifact::verify;
+use nx_orchestrator::names::SandboxName;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// The binary: a Linux ELF executable for the host's architecture.
+    binary: PathBuf,
+    /// The sandbox to deploy into (created on first push): a-z, 0-9 and '-', at most 63.
+    #[arg(long, short)]
+    sandbox: String,
+    /// Environment variable for the program, K=V; repeatable.
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// Memory limit in MiB (systemd MemoryMax); default from nxd's config.
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u64>,
+    /// CPU quota in percent of one CPU (systemd CPUQuota); default from nxd's config.
+    #[arg(long, value_name = "PERCENT")]
+    cpu: Option<u32>,
+    /// Process and thread limit (systemd TasksMax); default from nxd's config.
+    #[arg(long, value_name = "N")]
+    tasks: Option<u64>,
+    /// Arguments for the program.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("--env {pair:?} is not K=V"))?;
+            nx_orchestrator::domain::check_env_name(k).map_err(anyhow::Error::msg)?;
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn progress_bar(size: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("uploading {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("static template"),
+    );
+    bar
+}
+
+async fn upload(client: &Client, path: &Path, sha: &str, json: bool) -> anyhow::Result<ArtifactInfo> {
+    let file = tokio::fs::File::open(path).await?;
+    let size = file.metadata().await?.len();
+    let bar = progress_bar(size, json);
+    let counted = bar.clone();
+    let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
+        if let Ok(c) = chunk {
+            counted.inc(c.len() as u64);
+        }
+    });
+    let req = client
+        .request(reqwest::Method::PUT, &format!("/v1/artifacts/{sha}"))
+        .header(reqwest::header::CONTENT_LENGTH, size)
+        .body(reqwest::Body::wrap_stream(stream));
+    let result = client.send(req).await;
+    bar.finish_and_clear();
+    result
+}
+
+pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<()> {
+    let sandbox = SandboxName::parse(&args.sandbox)?;
+    let env = parse_env(&args.env)?;
+    verify::verify_file(&args.binary)?;
+    let sha = sha256_file(&args.binary)?;
+    let stored: anyhow::Result<ArtifactInfo> = client.get(&format!("/v1/artifacts/{sha}")).await;
+    let uploaded = match stored {
+        Ok(_) => false,
+        Err(e) if e.downcast_ref::<ServerError>().is_some_and(|s| s.status == 404) => {
+            upload(client, &args.binary, &sha, json).await?;
+            true
+        }
+        Err(e) => return Err(e),
+    };
+    if !json {
+        eprintln!(
+            "{} {}; starting a deployment of {sandbox}...",
+            if uploaded { "uploaded" } else { "already stored:" },
+            &sha[..12]
+        );
+    }
+    let req = PushRequest {
+        sandbox,
+        artifact: sha,
+        env,
+        args: args.args,
+        limits: LimitsOverride {
+            memory_max_mb: args.memory,
+            cpu_quota_percent: args.cpu,
+            tasks_max: args.tasks,
+        },
+    };
+    let view: DeploymentView = client.post("/v1/deployments", &req).await?;
+    output::pushed(&view, uploaded, json)
+}

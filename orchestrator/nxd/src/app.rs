@@ -1,0 +1,388 @@
+//! The lifecycle of deployments: push, start, stop, remove, promote, rollback, and adoption of
+//! what is already running when nxd starts. Each step runs in a tracing span.
+
+use crate::error::ApiError;
+use anyhow::Context;
+use axum::http::StatusCode;
+use nx_orchestrator::api::{DeploymentView, PushRequest, SandboxView, UnitState};
+use nx_orchestrator::artifact::verify;
+use nx_orchestrator::artifact::ArtifactStore;
+use nx_orchestrator::backend::{SandboxBackend, SandboxSpec};
+use nx_orchestrator::config::Config;
+use nx_orchestrator::domain::{check_env_name, Deployment, Desired, RouteKey};
+use nx_orchestrator::names::{DeploymentId, SandboxName};
+use nx_orchestrator::router::Router;
+use nx_orchestrator::state::{NewDeployment, StateStore};
+use nx_orchestrator::supervisor::Supervisor;
+use nx_orchestrator::{embedded_db, readiness};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest binary nxd accepts.
+const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+/// Log lines returned with a failed push.
+const FAILURE_LOG_LINES: usize = 20;
+
+pub struct App {
+    pub config: Config,
+    pub artifacts: ArtifactStore,
+    pub router: Arc<Router>,
+    state: StateStore,
+    backend: Arc<dyn SandboxBackend>,
+    /// Serialises changes of desired state and routes, so that the route table always matches
+    /// the database.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    #[tracing::instrument(skip_all, fields(state_dir = %config.state_dir.display()))]
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
+        let state_dir = &config.state_dir;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o711))?;
+        let supervisor = Arc::new(
+            Supervisor::connect(config.systemd.mode, state_dir, &config.systemd.slice).await?,
+        );
+        let database_url = match &config.database_url {
+            Some(url) => url.clone(),
+            None => embedded_db::ensure(&supervisor, state_dir).await?,
+        };
+        let state = StateStore::connect(&database_url).await?;
+        let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
+        let backend = make_backend(&config, supervisor)?;
+        let app = Arc::new(Self {
+            router: Arc::new(Router::new(&config.base_domain)),
+            config,
+            artifacts,
+            state,
+            backend,
+            changes: tokio::sync::Mutex::new(()),
+        });
+        app.adopt().await?;
+        Ok(app)
+    }
+
+    /// Deployments that should run and do are adopted as they are; those that should run and
+    /// do not are started again. Then the routes come back.
+    #[tracing::instrument(skip_all)]
+    async fn adopt(&self) -> anyhow::Result<()> {
+        let _guard = self.changes.lock().await;
+        for deployment in self.state.deployments().await? {
+            if deployment.desired != Desired::Running {
+                continue;
+            }
+            let handle = self.backend.handle(&deployment);
+            let status = self.backend.status(&handle).await?;
+            if status.active == "active" {
+                tracing::info!(deployment = %deployment.id, "adopted running deployment");
+                continue;
+            }
+            tracing::warn!(deployment = %deployment.id, state = %status.active, "restarting deployment");
+            if let Err(e) = self.run(&deployment).await {
+                tracing::error!(deployment = %deployment.id, error = %e.body.error, "could not restart");
+            }
+        }
+        self.rebuild_routes().await?;
+        Ok(())
+    }
+
+    /// Routes from the database: a preview route per running deployment, a production route
+    /// per promoted one.
+    async fn rebuild_routes(&self) -> Result<(), ApiError> {
+        let deployments = self.state.deployments().await?;
+        let promoted = self.state.promoted().await?;
+        let ports: HashMap<&DeploymentId, u16> = deployments
+            .iter()
+            .filter(|d| d.desired == Desired::Running)
+            .map(|d| (&d.id, d.port))
+            .collect();
+        let mut routes: Vec<(RouteKey, u16)> = deployments
+            .iter()
+            .filter(|d| d.desired == Desired::Running)
+            .map(|d| (RouteKey::Preview(d.sandbox.clone(), d.id.clone()), d.port))
+            .collect();
+        routes.extend(promoted.iter().filter_map(|(sandbox, id)| {
+            ports
+                .get(id)
+                .map(|port| (RouteKey::Production(sandbox.clone()), *port))
+        }));
+        self.router.replace(routes);
+        Ok(())
+    }
+
+    fn spec(&self, deployment: &Deployment) -> Result<SandboxSpec, ApiError> {
+        let binary = self.artifacts.path(&deployment.artifact)?;
+        let bytes = std::fs::read(&binary).map_err(ApiError::internal)?;
+        let linkage = verify::verify_on_host(&bytes)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?
+            .linkage;
+        let mut env: BTreeMap<String, String> = BTreeMap::from([
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("HOME".into(), "/data".into()),
+            ("PORT".into(), deployment.port.to_string()),
+            ("NX_DEPLOYMENT".into(), deployment.id.to_string()),
+            ("NX_SANDBOX".into(), deployment.sandbox.to_string()),
+            ("NX_DATA_DIR".into(), "/data".into()),
+            ("NX_PREVIEW_URL".into(), self.preview_url(deployment)),
+        ]);
+        env.extend(deployment.env.clone());
+        Ok(SandboxSpec {
+            deployment: deployment.clone(),
+            binary,
+            linkage,
+            env,
+        })
+    }
+
+    fn url(&self, key: &RouteKey) -> String {
+        let port = self.config.router_listen.port();
+        let host = self.router.host(key);
+        if port == 80 {
+            format!("http://{host}/")
+        } else {
+            format!("http://{host}:{port}/")
+        }
+    }
+
+    fn preview_url(&self, d: &Deployment) -> String {
+        self.url(&RouteKey::Preview(d.sandbox.clone(), d.id.clone()))
+    }
+
+    /// Prepares and starts a deployment and waits until it is ready; on failure the error
+    /// carries its last log lines.
+    #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
+    async fn run(&self, deployment: &Deployment) -> Result<(), ApiError> {
+        let spec = self.spec(deployment)?;
+        let handle = self.backend.prepare(&spec).await?;
+        self.backend.start(&handle, &spec).await?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], deployment.port));
+        let timeout = Duration::from_secs(self.config.sandbox.ready_timeout_secs);
+        let deadline = Instant::now() + timeout;
+        let health = self.config.sandbox.health_path.as_deref();
+        loop {
+            if readiness::probe(addr, health).await {
+                tracing::info!("deployment ready");
+                return Ok(());
+            }
+            let state = self.backend.status(&handle).await?;
+            let gave_up = Instant::now() > deadline;
+            if state.active == "failed" || gave_up {
+                let why = if gave_up {
+                    format!("did not accept connections on $PORT ({}) within {} s", deployment.port, timeout.as_secs())
+                } else {
+                    format!(
+                        "exited before it was ready (systemd result {}, exit status {})",
+                        state.result, state.exit_status
+                    )
+                };
+                let _ = self.backend.stop(&handle).await;
+                self.state.set_desired(&deployment.id, Desired::Stopped).await?;
+                let mut err = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("deployment {} {why}; it is stopped. Its last log lines follow; `nx logs {}` shows all", deployment.id, deployment.id),
+                );
+                err.body.log_tail = crate::logs::tail(&handle.log_file(), FAILURE_LOG_LINES);
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox = %req.sandbox))]
+    pub async fn push(&self, req: PushRequest) -> Result<DeploymentView, ApiError> {
+        for name in req.env.keys() {
+            check_env_name(name).map_err(ApiError::bad_request)?;
+        }
+        self.artifacts.info(&req.artifact).await?;
+        let deployment = self
+            .state
+            .create_deployment(
+                NewDeployment {
+                    sandbox: req.sandbox,
+                    artifact: req.artifact,
+                    env: req.env,
+                    args: req.args,
+                    limits: req.limits.apply(self.config.limits),
+                },
+                self.config.ports,
+                self.config.sandbox.uid_base,
+            )
+            .await?;
+        tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");
+        let result = self.run(&deployment).await;
+        let _guard = self.changes.lock().await;
+        self.rebuild_routes().await?;
+        result?;
+        self.view(&self.state.deployment(&deployment.id).await?, false).await
+    }
+
+    async fn deployment_in(&self, sandbox: &SandboxName, id: &DeploymentId) -> Result<Deployment, ApiError> {
+        let d = self.state.deployment(id).await?;
+        if &d.sandbox != sandbox {
+            return Err(ApiError::bad_request(format!(
+                "deployment {id} belongs to sandbox {}, not {sandbox}",
+                d.sandbox
+            )));
+        }
+        Ok(d)
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn promote(&self, sandbox: &SandboxName, id: &DeploymentId) -> Result<SandboxView, ApiError> {
+        let deployment = self.deployment_in(sandbox, id).await?;
+        let state = self.backend.status(&self.backend.handle(&deployment)).await?;
+        if deployment.desired != Desired::Running || state.active != "active" {
+            return Err(ApiError::conflict(format!(
+                "deployment {id} is not running ({}); `nx start {id}` first",
+                state.active
+            )));
+        }
+        {
+            let _guard = self.changes.lock().await;
+            self.state.promote(sandbox, id).await?;
+            self.rebuild_routes().await?;
+        }
+        tracing::info!("promoted");
+        self.sandbox(sandbox).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn rollback(&self, sandbox: &SandboxName) -> Result<SandboxView, ApiError> {
+        {
+            let _guard = self.changes.lock().await;
+            let now = self.state.rollback(sandbox).await?;
+            self.rebuild_routes().await?;
+            tracing::info!(deployment = %now, "rolled back");
+        }
+        self.sandbox(sandbox).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn stop(&self, id: &DeploymentId) -> Result<DeploymentView, ApiError> {
+        let deployment = self.state.deployment(id).await?;
+        if self.is_promoted(&deployment).await? {
+            return Err(ApiError::conflict(format!(
+                "deployment {id} serves production for {}; promote another deployment or `nx rollback {}` first",
+                deployment.sandbox, deployment.sandbox
+            )));
+        }
+        {
+            let _guard = self.changes.lock().await;
+            self.state.set_desired(id, Desired::Stopped).await?;
+            self.rebuild_routes().await?;
+        }
+        self.backend.stop(&self.backend.handle(&deployment)).await?;
+        self.view(&self.state.deployment(id).await?, false).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn start_deployment(&self, id: &DeploymentId) -> Result<DeploymentView, ApiError> {
+        let deployment = self.state.deployment(id).await?;
+        self.state.set_desired(id, Desired::Running).await?;
+        let result = self.run(&deployment).await;
+        let _guard = self.changes.lock().await;
+        self.rebuild_routes().await?;
+        result?;
+        self.view(&self.state.deployment(id).await?, false).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn remove(&self, id: &DeploymentId) -> Result<(), ApiError> {
+        let deployment = self.state.deployment(id).await?;
+        if self.is_promoted(&deployment).await? {
+            return Err(ApiError::conflict(format!(
+                "deployment {id} serves production for {}; promote another deployment first",
+                deployment.sandbox
+            )));
+        }
+        {
+            let _guard = self.changes.lock().await;
+            self.state.set_desired(id, Desired::Stopped).await?;
+            self.rebuild_routes().await?;
+        }
+        self.backend.destroy(&self.backend.handle(&deployment)).await?;
+        self.state.delete_deployment(id).await?;
+        Ok(())
+    }
+
+    async fn is_promoted(&self, d: &Deployment) -> Result<bool, ApiError> {
+        Ok(self.state.promoted().await?.get(&d.sandbox) == Some(&d.id))
+    }
+
+    async fn view(&self, d: &Deployment, promoted: bool) -> Result<DeploymentView, ApiError> {
+        let handle = self.backend.handle(d);
+        let state: UnitState = self.backend.status(&handle).await?;
+        Ok(DeploymentView {
+            id: d.id.clone(),
+            sandbox: d.sandbox.clone(),
+            artifact: d.artifact.clone(),
+            port: d.port,
+            desired: d.desired,
+            unit: handle.unit,
+            state,
+            promoted,
+            preview_url: self.preview_url(d),
+            limits: d.limits,
+            created_at: d.created_at,
+        })
+    }
+
+    pub async fn sandboxes(&self) -> Result<Vec<SandboxView>, ApiError> {
+        let promoted = self.state.promoted().await?;
+        let mut by_sandbox: BTreeMap<SandboxName, Vec<DeploymentView>> = BTreeMap::new();
+        for d in self.state.deployments().await? {
+            let is_promoted = promoted.get(&d.sandbox) == Some(&d.id);
+            let view = self.view(&d, is_promoted).await?;
+            by_sandbox.entry(d.sandbox.clone()).or_default().push(view);
+        }
+        Ok(by_sandbox
+            .into_iter()
+            .map(|(name, deployments)| SandboxView {
+                production_url: self.url(&RouteKey::Production(name.clone())),
+                promoted: promoted.get(&name).cloned(),
+                name,
+                deployments,
+            })
+            .collect())
+    }
+
+    pub async fn sandbox(&self, name: &SandboxName) -> Result<SandboxView, ApiError> {
+        self.sandboxes()
+            .await?
+            .into_iter()
+            .find(|s| &s.name == name)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no sandbox {name}; `nx ls` lists them")))
+    }
+
+    pub async fn log_file(&self, id: &DeploymentId) -> Result<PathBuf, ApiError> {
+        let d = self.state.deployment(id).await?;
+        Ok(self.backend.handle(&d).log_file())
+    }
+
+    pub fn backend_kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+}
+
+fn make_backend(config: &Config, supervisor: Arc<Supervisor>) -> anyhow::Result<Arc<dyn SandboxBackend>> {
+    #[cfg(feature = "container")]
+    {
+        let launcher = std::env::current_exe().context("locating the nxd binary (the launcher)")?;
+        Ok(Arc::new(nx_orchestrator::backend::container::ContainerBackend::new(
+            supervisor,
+            &config.state_dir,
+            launcher,
+            Duration::from_secs(config.sandbox.restart_delay_secs),
+        )?))
+    }
+    #[cfg(not(feature = "container"))]
+    {
+        let _ = (config, supervisor);
+        anyhow::bail!("nxd was built without a sandbox backend; enable the `container` feature")
+    }
+}

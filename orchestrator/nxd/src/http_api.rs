@@ -1,0 +1,127 @@
+//! nxd's JSON HTTP API. Every route needs `Authorization: Bearer <token>`; without it, 401.
+
+use crate::app::App;
+use crate::auth::Token;
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nx_orchestrator::api::{ArtifactInfo, DeploymentView, PromoteRequest, PushRequest, SandboxView};
+use nx_orchestrator::names::{DeploymentId, SandboxName};
+use serde::Deserialize;
+use std::sync::Arc;
+
+type Shared = State<Arc<App>>;
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+pub fn routes(app: Arc<App>, token: Token) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route(
+            "/v1/artifacts/{sha256}",
+            get(artifact).put(upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/deployments", post(push))
+        .route("/v1/deployments/{id}", axum::routing::delete(remove))
+        .route("/v1/deployments/{id}/stop", post(stop))
+        .route("/v1/deployments/{id}/start", post(start))
+        .route("/v1/deployments/{id}/logs", get(logs))
+        .route("/v1/sandboxes", get(sandboxes))
+        .route("/v1/sandboxes/{name}", get(sandbox))
+        .route("/v1/sandboxes/{name}/promote", post(promote))
+        .route("/v1/sandboxes/{name}/rollback", post(rollback))
+        .layer(middleware::from_fn_with_state(token, require_token))
+        .with_state(app)
+}
+
+async fn require_token(State(token): State<Token>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if token.matches(p.trim()) => next.run(req).await,
+        _ => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API token: pass --token, set NX_TOKEN, or put token_file in ~/.config/nx/config.toml",
+        )
+        .into_response(),
+    }
+}
+
+async fn health(State(app): Shared) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true, "backend": app.backend_kind() }))
+}
+
+async fn artifact(State(app): Shared, Path(sha): Path<String>) -> ApiResult<ArtifactInfo> {
+    Ok(Json(app.artifacts.info(&sha).await?))
+}
+
+async fn upload(State(app): Shared, Path(sha): Path<String>, body: Body) -> ApiResult<ArtifactInfo> {
+    Ok(Json(app.artifacts.ingest(&sha, body.into_data_stream()).await?))
+}
+
+async fn push(State(app): Shared, Json(req): Json<PushRequest>) -> ApiResult<DeploymentView> {
+    Ok(Json(app.push(req).await?))
+}
+
+fn deployment_id(id: &str) -> Result<DeploymentId, ApiError> {
+    Ok(DeploymentId::parse(id)?)
+}
+
+fn sandbox_name(name: &str) -> Result<SandboxName, ApiError> {
+    Ok(SandboxName::parse(name)?)
+}
+
+async fn remove(State(app): Shared, Path(id): Path<String>) -> ApiResult<serde_json::Value> {
+    let id = deployment_id(&id)?;
+    app.remove(&id).await?;
+    Ok(Json(serde_json::json!({ "removed": id })))
+}
+
+async fn stop(State(app): Shared, Path(id): Path<String>) -> ApiResult<DeploymentView> {
+    Ok(Json(app.stop(&deployment_id(&id)?).await?))
+}
+
+async fn start(State(app): Shared, Path(id): Path<String>) -> ApiResult<DeploymentView> {
+    Ok(Json(app.start_deployment(&deployment_id(&id)?).await?))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+    #[serde(default = "default_lines")]
+    lines: usize,
+}
+
+fn default_lines() -> usize {
+    100
+}
+
+async fn logs(State(app): Shared, Path(id): Path<String>, Query(q): Query<LogQuery>) -> Result<Response, ApiError> {
+    let path = app.log_file(&deployment_id(&id)?).await?;
+    let body = Body::from_stream(crate::logs::stream(path, q.lines, q.follow));
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+async fn sandboxes(State(app): Shared) -> ApiResult<Vec<SandboxView>> {
+    Ok(Json(app.sandboxes().await?))
+}
+
+async fn sandbox(State(app): Shared, Path(name): Path<String>) -> ApiResult<SandboxView> {
+    Ok(Json(app.sandbox(&sandbox_name(&name)?).await?))
+}
+
+async fn promote(State(app): Shared, Path(name): Path<String>, Json(req): Json<PromoteRequest>) -> ApiResult<SandboxView> {
+    Ok(Json(app.promote(&sandbox_name(&name)?, &req.deployment).await?))
+}
+
+async fn rollback(State(app): Shared, Path(name): Path<String>) -> ApiResult<SandboxView> {
+    Ok(Json(app.rollback(&sandbox_name(&name)?).await?))
+}
