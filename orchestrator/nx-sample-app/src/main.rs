@@ -11,6 +11,7 @@
 //! - `GET /write?name=N` writes /data/N and reads it back
 //! - `GET /fork`        forks until the kernel refuses; reports how many, then reaps them
 //! - `GET /hog`         allocates and touches memory until the sandbox's limit ends it
+//! - `GET /unshare`     tries to create a user namespace; reports the error
 //! - `GET /exit?code=C` exits with code C
 
 use std::io::Read;
@@ -19,7 +20,9 @@ use tiny_http::{Header, Request, Response, Server};
 const WORKERS: usize = 4;
 
 fn main() {
-    let port: u16 = std::env::var("PORT")
+    // LISTEN_PORT overrides PORT, so that tests can make it fail to start.
+    let port: u16 = std::env::var("LISTEN_PORT")
+        .or_else(|_| std::env::var("PORT"))
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
@@ -106,6 +109,10 @@ fn handle(request: Request) {
             hog();
             text(200, "still alive\n")
         }
+        "/unshare" => match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
+            Ok(()) => text(200, "created a user namespace\n"),
+            Err(e) => text(403, format!("error: {e}\n")),
+        },
         "/exit" => {
             let code = query(&url, "code").and_then(|c| c.parse().ok()).unwrap_or(1);
             std::process::exit(code);

@@ -1,1 +1,296 @@
+//! A real NX host for tests and benchmarks: `nxd` with its embedded systemd manager and
+//! PostgreSQL, in a fresh state dir under /var/tmp (the embedded manager mounts a private /tmp,
+//! so state dirs cannot live there), on free ports. Nothing is mocked.
+//!
+//! The binaries come from the workspace's target dir: `cargo build --workspace` and the static
+//! sample (`cargo build -p nx-sample-app --release --target x86_64-unknown-linux-musl`) first;
+//! `.ci/run` does both.
 
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BASE_DOMAIN: &str = "nx.test";
+/// Deployment ports handed to each host.
+const PORTS_PER_HOST: u16 = 40;
+static HOSTS_STARTED: AtomicU16 = AtomicU16::new(0);
+
+/// `target/<profile>` of the running test or bench binary.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// A workspace binary, built by `cargo build --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` in orchestrator/ first",
+        path.display()
+    );
+    path
+}
+
+/// The static sample app.
+pub fn sample_app() -> PathBuf {
+    let root = target_dir().parent().expect("target dir").to_path_buf();
+    let path = root.join("x86_64-unknown-linux-musl/release/nx-sample-app");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p nx-sample-app --release --target x86_64-unknown-linux-musl`",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+pub struct Host {
+    pub state_dir: tempfile::TempDir,
+    pub api: SocketAddr,
+    pub router: SocketAddr,
+    pub token: String,
+    pub ports: (u16, u16),
+    nxd: Option<Child>,
+    http: reqwest::blocking::Client,
+}
+
+/// What `nx` printed and how it ended.
+pub struct Nx {
+    pub ok: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Nx {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("nx printed no JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl From<Output> for Nx {
+    fn from(o: Output) -> Self {
+        Self {
+            ok: o.status.success(),
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        }
+    }
+}
+
+impl Host {
+    /// Starts nxd on a fresh state dir and waits until its API answers.
+    pub fn start() -> Self {
+        let state_dir = tempfile::Builder::new()
+            .prefix("nx-test-")
+            .tempdir_in("/var/tmp")
+            .expect("state dir in /var/tmp");
+        let n = HOSTS_STARTED.fetch_add(1, Ordering::SeqCst);
+        let block = (std::process::id() as u16 % 50) * 8 + n % 8;
+        let start = 21000 + block * PORTS_PER_HOST;
+        let ports = (start, start + PORTS_PER_HOST - 1);
+        let config = format!(
+            "state_dir = {:?}\napi_listen = \"127.0.0.1:{}\"\nrouter_listen = \"127.0.0.1:{}\"\nbase_domain = \"{BASE_DOMAIN}\"\n\n[ports]\nstart = {}\nend = {}\n\n[sandbox]\nuid_base = {}\nready_timeout_secs = 10\n\n[systemd]\nmode = \"embedded\"\n",
+            state_dir.path(),
+            free_port(),
+            free_port(),
+            ports.0,
+            ports.1,
+            300_000 + u32::from(block) * 100,
+        );
+        std::fs::write(state_dir.path().join("nxd.toml"), config).expect("write config");
+        let mut host = Self {
+            api: "127.0.0.1:0".parse().expect("addr"),
+            router: "127.0.0.1:0".parse().expect("addr"),
+            token: String::new(),
+            ports,
+            nxd: None,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            state_dir,
+        };
+        host.spawn_nxd();
+        host
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.state_dir.path().join("nxd.toml")
+    }
+
+    fn spawn_nxd(&mut self) {
+        let config = std::fs::read_to_string(self.config_path()).expect("config");
+        let listen = |key: &str| -> SocketAddr {
+            let line = config.lines().find(|l| l.starts_with(key)).expect("listen key");
+            line.split('"').nth(1).expect("quoted").parse().expect("addr")
+        };
+        self.api = listen("api_listen");
+        self.router = listen("router_listen");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state_dir.path().join("nxd.log"))
+            .expect("nxd log");
+        let child = Command::new(bin("nxd"))
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn nxd");
+        self.nxd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(token) = std::fs::read_to_string(self.state_dir.path().join("token")) {
+                self.token = token.trim().to_owned();
+                let ok = self
+                    .http
+                    .get(format!("http://{}/v1/health", self.api))
+                    .bearer_auth(&self.token)
+                    .send()
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    return;
+                }
+            }
+            if let Some(status) = self.nxd.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("nxd exited ({status}) while starting:\n{}", self.nxd_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nxd did not answer within 60 s:\n{}",
+                self.nxd_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn nxd_log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.path().join("nxd.log")).unwrap_or_default()
+    }
+
+    /// Stops nxd (SIGTERM) and starts it again on the same state dir; deployments keep running.
+    pub fn restart_nxd(&mut self) {
+        self.stop_nxd();
+        self.spawn_nxd();
+    }
+
+    fn stop_nxd(&mut self) {
+        if let Some(mut child) = self.nxd.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs the CLI against this host.
+    pub fn nx(&self, args: &[&str]) -> Nx {
+        Command::new(bin("nx"))
+            .args(args)
+            .env("NX_HOST", format!("http://{}", self.api))
+            .env("NX_TOKEN", &self.token)
+            .env("NX_CONFIG", "/dev/null")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nx")
+            .into()
+    }
+
+    /// Runs the CLI with --json and asserts it succeeded.
+    pub fn nx_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.nx(&all);
+        assert!(out.ok, "nx {args:?} failed: {}{}", out.stdout, out.stderr);
+        out.json()
+    }
+
+    /// Pushes the sample app and returns the deployment's id.
+    pub fn push_sample(&self, sandbox: &str, extra: &[&str]) -> String {
+        let sample = sample_app();
+        let mut args = vec!["push", sample.to_str().expect("utf-8 path"), "--sandbox", sandbox];
+        args.extend_from_slice(extra);
+        let out = self.nx_json(&args);
+        out["deployment"]["id"].as_str().expect("deployment id").to_owned()
+    }
+
+    /// GET through the router with the given Host; (status, body). Status 0: no answer.
+    pub fn get(&self, host: &str, path: &str) -> (u16, String) {
+        self.http
+            .get(format!("http://{}{path}", self.router))
+            .header("Host", host)
+            .send()
+            .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+            .unwrap_or((0, String::new()))
+    }
+
+    pub fn preview_host(&self, sandbox: &str, deployment: &str) -> String {
+        format!("{deployment}.{sandbox}.{BASE_DOMAIN}")
+    }
+
+    pub fn production_host(&self, sandbox: &str) -> String {
+        format!("{sandbox}.{BASE_DOMAIN}")
+    }
+
+    pub fn http(&self) -> &reqwest::blocking::Client {
+        &self.http
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.state_dir.path().join(rel)
+    }
+
+    /// The cgroup directories the embedded manager lives in, one per hierarchy.
+    pub fn manager_cgroups(&self) -> Vec<PathBuf> {
+        std::fs::read_to_string(self.path("systemd/cgroups"))
+            .unwrap_or_default()
+            .lines()
+            .map(PathBuf::from)
+            .collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop_nxd();
+        let _ = Command::new(bin("nxd"))
+            .arg("manager-stop")
+            .arg("--state-dir")
+            .arg(self.state_dir.path())
+            .status();
+    }
+}
+
+/// Files in a directory, recursively (names only, sorted).
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}

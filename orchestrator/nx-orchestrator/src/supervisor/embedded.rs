@@ -217,15 +217,16 @@ fn start(layout: &Layout) -> Result<(), SupervisorError> {
     Ok(())
 }
 
-/// The cgroup directories the manager lives in: `nx-<tag>` under this process's cgroup in every
-/// mounted hierarchy.
+/// The cgroup directories the manager lives in: `nx-<tag>` at the root of every mounted
+/// hierarchy. systemd derives one root path for all hierarchies (from its unified or
+/// name=systemd cgroup), so the path must be the same in each of them; nesting under this
+/// process's own cgroups would not be, where those differ between hierarchies.
 fn cgroup_dirs(layout: &Layout) -> Vec<PathBuf> {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let root = Path::new("/sys/fs/cgroup");
     own.lines()
         .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let controllers = line.split(':').nth(1)?;
             let mount = match controllers {
                 "" if root.join("unified").is_dir() => root.join("unified"),
                 "" => root.to_owned(),
@@ -235,7 +236,7 @@ fn cgroup_dirs(layout: &Layout) -> Vec<PathBuf> {
             mount
                 .join("cgroup.procs")
                 .is_file()
-                .then(|| mount.join(path.trim_start_matches('/')).join(layout.cgroup_name()))
+                .then(|| mount.join(layout.cgroup_name()))
         })
         .collect()
 }

@@ -1,0 +1,109 @@
+//! What a deployment can see and do: nothing of the host's files or processes, no nested user
+//! namespaces, and its limits hold (TasksMax, MemoryMax with a restart).
+
+use nx_testkit::Host;
+use std::time::{Duration, Instant};
+
+fn status_of(host: &Host, sandbox: &str, id: &str) -> serde_json::Value {
+    let s = host.nx_json(&["status", sandbox]);
+    s[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .cloned()
+        .expect("deployment in status")
+}
+
+#[test]
+fn a_deployment_sees_nothing_of_the_host_or_its_neighbours() {
+    let host = Host::start();
+    let a = host.push_sample("alpha", &[]);
+    let b = host.push_sample("beta", &[]);
+    let get = |path: &str| host.get(&host.preview_host("alpha", &a), path);
+
+    // B writes a file into its own data dir.
+    let (status, _) = host.get(&host.preview_host("beta", &b), "/write?name=secret");
+    assert_eq!(status, 200);
+    let b_data = host.path(&format!("deployments/{b}/data"));
+    assert!(b_data.join("secret").is_file());
+
+    let token = host.path("token");
+    for path in [
+        "/etc/shadow",
+        "/etc/passwd",
+        "/root",
+        "/work",
+        "/home",
+        token.to_str().unwrap(),
+        b_data.join("secret").to_str().unwrap(),
+    ] {
+        let (status, body) = get(&format!("/read?path={path}"));
+        assert_eq!(status, 404, "{path} was readable: {body}");
+        assert!(body.contains("No such file"), "{path}: {body}");
+    }
+    let (_, root) = get("/ls?path=/");
+    assert_eq!(root, r#"["app","data","dev","etc","proc","tmp"]"#);
+    let (_, etc) = get("/ls?path=/etc");
+    assert!(!etc.contains("shadow") && !etc.contains("passwd"), "{etc}");
+
+    // Its own pid namespace: bwrap's init and the app, nothing of the host.
+    let (_, ps) = get("/ps");
+    let pids: Vec<u32> = serde_json::from_str(&ps).unwrap();
+    assert!(pids.len() <= 3, "sees other processes: {pids:?}");
+
+    let (_, who) = get("/whoami");
+    let who: serde_json::Value = serde_json::from_str(&who).unwrap();
+    assert_ne!(who["uid"], 0, "runs as root");
+
+    let (status, body) = get("/unshare");
+    assert_eq!(status, 403, "created a nested user namespace: {body}");
+
+    // Its own data dir is writable and survives a restart.
+    assert_eq!(get("/write?name=mine").0, 200);
+    host.nx_json(&["stop", &a]);
+    host.nx_json(&["start", &a]);
+    assert_eq!(get("/read?path=/data/mine"), (200, "mine".to_string()));
+}
+
+#[test]
+fn limits_hold_a_fork_loop_and_a_memory_hog() {
+    let host = Host::start();
+    let id = host.push_sample("limits", &["--tasks", "40", "--memory", "64"]);
+    let preview = host.preview_host("limits", &id);
+
+    let (status, body) = host.get(&preview, "/fork");
+    assert_eq!(status, 200, "{body}");
+    let fork: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let forked = fork["forked"].as_u64().unwrap();
+    assert!(forked < 40, "forked {forked} processes past TasksMax=40");
+    assert!(fork["error"].as_str().unwrap().contains("EAGAIN"), "{fork}");
+    assert_eq!(host.get(&preview, "/health").0, 200, "still serves after the fork loop");
+
+    // The kernel enforces the limit systemd set.
+    let memory_cgroup = host
+        .manager_cgroups()
+        .into_iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/memory"))
+        .expect("memory hierarchy");
+    let relative = memory_cgroup
+        .strip_prefix("/sys/fs/cgroup/memory")
+        .unwrap()
+        .join(format!("nx.slice/nx-{id}.service"));
+    let cgroup = cgroups_rs::Cgroup::load(cgroups_rs::hierarchies::auto(), relative.to_str().unwrap());
+    let mem: &cgroups_rs::memory::MemController = cgroup.controller_of().expect("memory controller");
+    assert_eq!(mem.memory_stat().limit_in_bytes, 64 << 20);
+
+    let restarts_before = status_of(&host, "limits", &id)["state"]["restarts"].as_u64().unwrap();
+    let (status, _) = host.get(&preview, "/hog");
+    assert_ne!(status, 200, "the hog survived a 64 MiB MemoryMax");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = status_of(&host, "limits", &id);
+        if d["state"]["restarts"].as_u64().unwrap() > restarts_before && host.get(&preview, "/health").0 == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted after the OOM kill: {d}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
