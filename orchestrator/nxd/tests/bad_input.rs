@@ -1,0 +1,163 @@
+//! Bad input is refused with a message that says what to do, and nothing is stored: by the CLI
+//! before uploading, and by nxd for whatever reaches it anyway.
+
+use nx_testkit::{files_under, Host};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    // sha256 through the system's coreutils, to check nxd against an independent implementation.
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+/// (name, bytes, what the refusal must say)
+fn bad_binaries() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let sample = std::fs::read(nx_testkit::sample_app()).unwrap();
+    let mut arm = sample.clone();
+    arm[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+    let dynamic = std::fs::read(nx_testkit::bin("nx")).unwrap();
+    let interp = b"/lib64/ld-linux-x86-64.so.2";
+    let at = dynamic
+        .windows(interp.len())
+        .position(|w| w == interp)
+        .expect("the nx binary is dynamically linked");
+    let mut missing_interp = dynamic.clone();
+    missing_interp[at..at + interp.len()].copy_from_slice(b"/lib64/ld-nxnxx-x86-64.so.2");
+    vec![
+        ("text", b"#!/bin/sh\necho hello\n".to_vec(), "not an ELF executable"),
+        ("aarch64", arm, "built for aarch64"),
+        ("truncated", sample[..sample.len() / 3].to_vec(), "truncated or corrupt ELF"),
+        ("no-interpreter", missing_interp, "ld-nxnxx-x86-64.so.2, which this host does not have"),
+        ("empty", Vec::new(), "the file is empty"),
+    ]
+}
+
+fn stored_artifacts(host: &Host) -> Vec<String> {
+    files_under(&host.path("artifacts"))
+}
+
+fn write_exec(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn bad_binaries_and_names_are_refused_and_nothing_is_stored() {
+    let host = Host::start();
+    let dir = host.path("bad-inputs");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes, says) in bad_binaries() {
+        let path = write_exec(&dir, name, &bytes);
+        let path = path.to_str().unwrap();
+
+        let verify = host.nx(&["verify-binary", path]);
+        assert!(!verify.ok, "{name} verified");
+        assert!(verify.stderr.contains(says), "{name}: {}", verify.stderr);
+
+        let push = host.nx(&["push", path, "--sandbox", "bad"]);
+        assert!(!push.ok, "{name} pushed");
+        assert!(push.stderr.contains(says), "{name}: {}", push.stderr);
+
+        // The same bytes sent straight to the API, past the CLI's check.
+        let sha = sha256_hex(&bytes);
+        let resp = host
+            .http()
+            .put(format!("http://{}/v1/artifacts/{sha}", host.api))
+            .bearer_auth(&host.token)
+            .body(bytes.clone())
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 422, "{name}");
+        let body = resp.text().unwrap();
+        assert!(body.contains(says), "{name}: {body}");
+    }
+    // Refusals name the fix.
+    let text = write_exec(&dir, "again", b"plain text");
+    let out = host.nx(&["verify-binary", text.to_str().unwrap()]);
+    assert!(out.stderr.contains("--target x86_64-unknown-linux-musl") && out.stderr.contains("CGO_ENABLED=0"), "{}", out.stderr);
+
+    let sample = nx_testkit::sample_app();
+    for (bad, says) in [
+        ("../etc", "'.' is not allowed"),
+        ("MyApp", "use lowercase"),
+        (&"a".repeat(200)[..], "200 characters"),
+        ("a;b", "';' is not allowed"),
+    ] {
+        let out = host.nx(&["push", sample.to_str().unwrap(), "--sandbox", bad]);
+        assert!(!out.ok && out.stderr.contains(says), "{bad}: {}", out.stderr);
+        // And from the API, for clients other than nx.
+        let resp = host
+            .http()
+            .post(format!("http://{}/v1/deployments", host.api))
+            .bearer_auth(&host.token)
+            .json(&serde_json::json!({ "sandbox": bad, "artifact": "0".repeat(64) }))
+            .send()
+            .unwrap();
+        assert!(resp.status().is_client_error(), "{bad}: {}", resp.status());
+    }
+    assert_eq!(stored_artifacts(&host), Vec::<String>::new(), "something was stored");
+    assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]), "a deployment was created");
+}
+
+#[test]
+fn a_killed_upload_leaves_no_artifact_and_no_temp_file() {
+    let host = Host::start();
+    let sample = std::fs::read(nx_testkit::sample_app()).unwrap();
+    let sha = sha256_hex(&sample);
+    let mut stream = std::net::TcpStream::connect(host.api).unwrap();
+    write!(
+        stream,
+        "PUT /v1/artifacts/{sha} HTTP/1.1\r\nHost: nx\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+        host.token,
+        sample.len()
+    )
+    .unwrap();
+    stream.write_all(&sample[..sample.len() / 2]).unwrap();
+    stream.flush().unwrap();
+    // Wait until nxd is writing the temp file, then cut the connection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files_under(&host.path("artifacts/.incoming")).is_empty() {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stored_artifacts(&host).is_empty() {
+        assert!(Instant::now() < deadline, "left behind: {:?}", stored_artifacts(&host));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The whole binary then uploads fine.
+    let id = host.push_sample("after-cut", &[]);
+    assert_eq!(host.get(&host.preview_host("after-cut", &id), "/health").0, 200);
+}
+
+#[test]
+fn requests_without_the_token_get_401() {
+    let host = Host::start();
+    for (method, path) in [("GET", "/v1/sandboxes"), ("GET", "/v1/health"), ("POST", "/v1/deployments")] {
+        let req = host
+            .http()
+            .request(method.parse().unwrap(), format!("http://{}{path}", host.api));
+        assert_eq!(req.send().unwrap().status().as_u16(), 401, "{method} {path}");
+    }
+    let wrong = host
+        .http()
+        .get(format!("http://{}/v1/sandboxes", host.api))
+        .bearer_auth("not-the-token")
+        .send()
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(host.path("token")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}
