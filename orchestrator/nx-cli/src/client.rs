@@ -44,9 +44,15 @@ impl Client {
     }
 
     /// Sends a request and reads a JSON answer, or nxd's error.
-    pub async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
         let resp = req.send().await.map_err(|e| {
-            anyhow::anyhow!("cannot reach nxd at {}: {e}; is nxd running, and is --host / NX_HOST right?", self.host)
+            anyhow::anyhow!(
+                "cannot reach nxd at {}: {e}; is nxd running, and is --host / NX_HOST right?",
+                self.host
+            )
         })?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
@@ -68,8 +74,13 @@ impl Client {
         self.send(self.request(reqwest::Method::GET, path)).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.send(self.request(reqwest::Method::POST, path).json(body)).await
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+            .await
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
@@ -85,7 +96,11 @@ impl Client {
                 error: format!("nxd answered {status}: {e}"),
                 log_tail: Vec::new(),
             });
-            return Err(ServerError { status: status.as_u16(), body }.into());
+            return Err(ServerError {
+                status: status.as_u16(),
+                body,
+            }
+            .into());
         }
         let mut stream = resp.bytes_stream();
         let mut out = std::io::stdout().lock();

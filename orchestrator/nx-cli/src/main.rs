@@ -96,36 +96,60 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let name = SandboxName::parse(&sandbox)?;
             output::sandboxes(&[client.get(&format!("/v1/sandboxes/{name}")).await?], json)
         }
-        Command::Promote { sandbox, deployment } => {
+        Command::Promote {
+            sandbox,
+            deployment,
+        } => {
             let name = SandboxName::parse(&sandbox)?;
             let req = PromoteRequest {
                 deployment: DeploymentId::parse(&deployment)?,
             };
-            let view = client.post(&format!("/v1/sandboxes/{name}/promote"), &req).await?;
+            let view = client
+                .post(&format!("/v1/sandboxes/{name}/promote"), &req)
+                .await?;
             output::switched(&view, "promoted", json)
         }
         Command::Rollback { sandbox } => {
             let name = SandboxName::parse(&sandbox)?;
-            let view = client.post(&format!("/v1/sandboxes/{name}/rollback"), &()).await?;
+            let view = client
+                .post(&format!("/v1/sandboxes/{name}/rollback"), &())
+                .await?;
             output::switched(&view, "rolled back to", json)
         }
         Command::Stop { deployment } => {
             let id = DeploymentId::parse(&deployment)?;
-            output::deployment(&client.post(&format!("/v1/deployments/{id}/stop"), &()).await?, json)
+            output::deployment(
+                &client
+                    .post(&format!("/v1/deployments/{id}/stop"), &())
+                    .await?,
+                json,
+            )
         }
         Command::Start { deployment } => {
             let id = DeploymentId::parse(&deployment)?;
-            output::deployment(&client.post(&format!("/v1/deployments/{id}/start"), &()).await?, json)
+            output::deployment(
+                &client
+                    .post(&format!("/v1/deployments/{id}/start"), &())
+                    .await?,
+                json,
+            )
         }
         Command::Rm { deployment } => {
             let id = DeploymentId::parse(&deployment)?;
-            let removed: serde_json::Value = client.delete(&format!("/v1/deployments/{id}")).await?;
+            let removed: serde_json::Value =
+                client.delete(&format!("/v1/deployments/{id}")).await?;
             output::removed(&id, &removed, json)
         }
-        Command::Logs { deployment, follow, lines } => {
+        Command::Logs {
+            deployment,
+            follow,
+            lines,
+        } => {
             let id = DeploymentId::parse(&deployment)?;
             client
-                .stream_to_stdout(&format!("/v1/deployments/{id}/logs?follow={follow}&lines={lines}"))
+                .stream_to_stdout(&format!(
+                    "/v1/deployments/{id}/logs?follow={follow}&lines={lines}"
+                ))
                 .await
                 .context("reading logs")
         }

@@ -36,7 +36,12 @@ pub fn verified(path: &Path, info: &ElfInfo, json: bool) {
             "file": path, "ok": true, "machine": info.machine, "linkage": info.linkage.describe(),
         }));
     } else {
-        println!("{}: ok ({}, {})", path.display(), info.machine, info.linkage.describe());
+        println!(
+            "{}: ok ({}, {})",
+            path.display(),
+            info.machine,
+            info.linkage.describe()
+        );
     }
 }
 
@@ -93,10 +98,17 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
         println!("no sandboxes yet; `nx push ./app --sandbox NAME` makes one");
         return Ok(());
     }
-    println!("{:<20} {:<10} {:<16} {:<6} {:<9} URL", "SANDBOX", "DEPLOYMENT", "STATE", "PORT", "RESTARTS");
+    println!(
+        "{:<20} {:<10} {:<16} {:<6} {:<9} URL",
+        "SANDBOX", "DEPLOYMENT", "STATE", "PORT", "RESTARTS"
+    );
     for s in list {
         for d in &s.deployments {
-            let url = if d.promoted { &s.production_url } else { &d.preview_url };
+            let url = if d.promoted {
+                &s.production_url
+            } else {
+                &d.preview_url
+            };
             println!(
                 "{:<20} {:<10} {:<16} {:<6} {:<9} {}{}",
                 s.name,

@@ -71,13 +71,20 @@ fn progress_bar(size: u64, quiet: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(size);
     bar.set_style(
-        ProgressStyle::with_template("uploading {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("static template"),
+        ProgressStyle::with_template(
+            "uploading {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template"),
     );
     bar
 }
 
-async fn upload(client: &Client, path: &Path, sha: &str, json: bool) -> anyhow::Result<ArtifactInfo> {
+async fn upload(
+    client: &Client,
+    path: &Path,
+    sha: &str,
+    json: bool,
+) -> anyhow::Result<ArtifactInfo> {
     let file = tokio::fs::File::open(path).await?;
     let size = file.metadata().await?.len();
     let bar = progress_bar(size, json);
@@ -104,7 +111,10 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
     let stored: anyhow::Result<ArtifactInfo> = client.get(&format!("/v1/artifacts/{sha}")).await;
     let uploaded = match stored {
         Ok(_) => false,
-        Err(e) if e.downcast_ref::<ServerError>().is_some_and(|s| s.status == 404) => {
+        Err(e)
+            if e.downcast_ref::<ServerError>()
+                .is_some_and(|s| s.status == 404) =>
+        {
             upload(client, &args.binary, &sha, json).await?;
             true
         }
@@ -113,7 +123,11 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
     if !json {
         eprintln!(
             "{} {}; starting a deployment of {sandbox}...",
-            if uploaded { "uploaded" } else { "already stored:" },
+            if uploaded {
+                "uploaded"
+            } else {
+                "already stored:"
+            },
             &sha[..12]
         );
     }

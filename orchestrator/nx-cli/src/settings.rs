@@ -26,12 +26,17 @@ fn default_config_path() -> Option<PathBuf> {
 }
 
 impl Settings {
-    pub fn resolve(host: Option<String>, token: Option<String>, config: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub fn resolve(
+        host: Option<String>,
+        token: Option<String>,
+        config: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let file = match config.clone().or_else(default_config_path) {
             Some(path) if path.exists() || config.is_some() => {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("config file {} is not valid", path.display()))?
             }
             _ => File::default(),
         };

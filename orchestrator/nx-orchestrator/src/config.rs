@@ -172,7 +172,8 @@ impl Config {
         }
         if self.sandbox.uid_base < 1000 {
             return Err(ConfigError::Invalid(
-                "sandbox.uid_base must be 1000 or more: deployments run as unprivileged uids".into(),
+                "sandbox.uid_base must be 1000 or more: deployments run as unprivileged uids"
+                    .into(),
             ));
         }
         if !self.state_dir.is_absolute() {
@@ -225,6 +226,10 @@ mod tests {
             ports: PortRange { start: 30, end: 20 },
             ..Config::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("ports.start"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ports.start"));
     }
 }

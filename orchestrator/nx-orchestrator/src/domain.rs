@@ -77,9 +77,7 @@ pub fn check_env_name(name: &str) -> Result<(), String> {
         ));
     }
     if name == "PORT" || name.starts_with("NX_") {
-        return Err(format!(
-            "{name} is set by NX itself; choose another name"
-        ));
+        return Err(format!("{name} is set by NX itself; choose another name"));
     }
     Ok(())
 }

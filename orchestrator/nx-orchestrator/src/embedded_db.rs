@@ -53,7 +53,10 @@ pub fn find_binary(name: &'static str) -> Result<PathBuf, EmbeddedDbError> {
 pub async fn ensure(supervisor: &Supervisor, state_dir: &Path) -> Result<String, EmbeddedDbError> {
     let dir = state_dir.join("postgres");
     let data = dir.join("data");
-    let url = format!("postgres://{OS_USER}@localhost/postgres?host={}", dir.display());
+    let url = format!(
+        "postgres://{OS_USER}@localhost/postgres?host={}",
+        dir.display()
+    );
     let user = nix::unistd::User::from_name(OS_USER)
         .ok()
         .flatten()
@@ -104,7 +107,13 @@ fn initdb(dir: &Path, data: &Path, user: &nix::unistd::User) -> Result<(), Embed
     let log = std::fs::File::create(&log_path)?;
     chown(&log_path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
     let status = std::process::Command::new(initdb)
-        .args(["--auth-local=trust", "--auth-host=reject", "--encoding=UTF8", "--locale=C", "-U"])
+        .args([
+            "--auth-local=trust",
+            "--auth-host=reject",
+            "--encoding=UTF8",
+            "--locale=C",
+            "-U",
+        ])
         .arg(OS_USER)
         .arg("-D")
         .arg(data)

@@ -23,7 +23,9 @@ fn check_label(what: &'static str, name: &str) -> Result<(), NameError> {
         why,
     };
     if name.is_empty() {
-        return Err(fail("it is empty; use 1 to 63 characters: a-z, 0-9 and '-'".into()));
+        return Err(fail(
+            "it is empty; use 1 to 63 characters: a-z, 0-9 and '-'".into(),
+        ));
     }
     if name.len() > MAX_LABEL {
         return Err(fail(format!(
@@ -136,7 +138,9 @@ mod tests {
         assert!(e.contains("'.' is not allowed"), "{e}");
         let e = SandboxName::parse("MyApp").unwrap_err().to_string();
         assert!(e.contains("use lowercase"), "{e}");
-        let e = SandboxName::parse(&"a".repeat(200)).unwrap_err().to_string();
+        let e = SandboxName::parse(&"a".repeat(200))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("200 characters"), "{e}");
         assert!(SandboxName::parse("").is_err());
         assert!(SandboxName::parse("-a").is_err());

@@ -141,18 +141,20 @@ impl StateStore {
     }
 
     pub async fn deployments(&self) -> Result<Vec<Deployment>, StateError> {
-        let rows: Vec<DeploymentRow> =
-            sqlx::query_as(&format!("{SELECT_DEPLOYMENTS} ORDER BY sandbox, created_at"))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<DeploymentRow> = sqlx::query_as(&format!(
+            "{SELECT_DEPLOYMENTS} ORDER BY sandbox, created_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter().map(Deployment::try_from).collect()
     }
 
     pub async fn deployment(&self, id: &DeploymentId) -> Result<Deployment, StateError> {
-        let row: Option<DeploymentRow> = sqlx::query_as(&format!("{SELECT_DEPLOYMENTS} WHERE id = $1"))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<DeploymentRow> =
+            sqlx::query_as(&format!("{SELECT_DEPLOYMENTS} WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         row.ok_or_else(|| StateError::NoDeployment(id.to_string()))?
             .try_into()
     }
@@ -186,7 +188,11 @@ impl StateStore {
             .collect()
     }
 
-    pub async fn promote(&self, sandbox: &SandboxName, id: &DeploymentId) -> Result<(), StateError> {
+    pub async fn promote(
+        &self,
+        sandbox: &SandboxName,
+        id: &DeploymentId,
+    ) -> Result<(), StateError> {
         sqlx::query("INSERT INTO promotions (sandbox, deployment) VALUES ($1, $2)")
             .bind(sandbox.as_str())
             .bind(id.as_str())

@@ -78,7 +78,9 @@ fn handle(request: Request) {
             ),
         ),
         "/health" => text(200, "ok\n"),
-        "/env" => json(serde_json::json!(std::env::vars().collect::<std::collections::BTreeMap<_, _>>())),
+        "/env" => json(serde_json::json!(std::env::vars()
+            .collect::<std::collections::BTreeMap<_, _>>(
+        ))),
         "/read" => read(query(&url, "path").unwrap_or("")),
         "/ls" => match std::fs::read_dir(query(&url, "path").unwrap_or("/")) {
             Ok(entries) => {
@@ -114,7 +116,9 @@ fn handle(request: Request) {
             Err(e) => text(403, format!("error: {e}\n")),
         },
         "/exit" => {
-            let code = query(&url, "code").and_then(|c| c.parse().ok()).unwrap_or(1);
+            let code = query(&url, "code")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1);
             std::process::exit(code);
         }
         _ => text(404, "not found\n"),

@@ -77,8 +77,9 @@ pub struct Nx {
 
 impl Nx {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("nx printed no JSON ({e}): {}\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("nx printed no JSON ({e}): {}\n{}", self.stdout, self.stderr)
+        })
     }
 }
 
@@ -137,8 +138,15 @@ impl Host {
     fn spawn_nxd(&mut self) {
         let config = std::fs::read_to_string(self.config_path()).expect("config");
         let listen = |key: &str| -> SocketAddr {
-            let line = config.lines().find(|l| l.starts_with(key)).expect("listen key");
-            line.split('"').nth(1).expect("quoted").parse().expect("addr")
+            let line = config
+                .lines()
+                .find(|l| l.starts_with(key))
+                .expect("listen key");
+            line.split('"')
+                .nth(1)
+                .expect("quoted")
+                .parse()
+                .expect("addr")
         };
         self.api = listen("api_listen");
         self.router = listen("router_listen");
@@ -225,10 +233,18 @@ impl Host {
     /// Pushes the sample app and returns the deployment's id.
     pub fn push_sample(&self, sandbox: &str, extra: &[&str]) -> String {
         let sample = sample_app();
-        let mut args = vec!["push", sample.to_str().expect("utf-8 path"), "--sandbox", sandbox];
+        let mut args = vec![
+            "push",
+            sample.to_str().expect("utf-8 path"),
+            "--sandbox",
+            sandbox,
+        ];
         args.extend_from_slice(extra);
         let out = self.nx_json(&args);
-        out["deployment"]["id"].as_str().expect("deployment id").to_owned()
+        out["deployment"]["id"]
+            .as_str()
+            .expect("deployment id")
+            .to_owned()
     }
 
     /// GET through the router with the given Host; (status, body). Status 0: no answer.

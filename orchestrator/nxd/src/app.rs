@@ -173,7 +173,11 @@ impl App {
             let gave_up = Instant::now() > deadline;
             if state.active == "failed" || gave_up {
                 let why = if gave_up {
-                    format!("did not accept connections on $PORT ({}) within {} s", deployment.port, timeout.as_secs())
+                    format!(
+                        "did not accept connections on $PORT ({}) within {} s",
+                        deployment.port,
+                        timeout.as_secs()
+                    )
                 } else {
                     format!(
                         "exited before it was ready (systemd result {}, exit status {})",
@@ -181,7 +185,9 @@ impl App {
                     )
                 };
                 let _ = self.backend.stop(&handle).await;
-                self.state.set_desired(&deployment.id, Desired::Stopped).await?;
+                self.state
+                    .set_desired(&deployment.id, Desired::Stopped)
+                    .await?;
                 let mut err = ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     format!("deployment {} {why}; it is stopped. Its last log lines follow; `nx logs {}` shows all", deployment.id, deployment.id),
@@ -218,10 +224,15 @@ impl App {
         let _guard = self.changes.lock().await;
         self.rebuild_routes().await?;
         result?;
-        self.view(&self.state.deployment(&deployment.id).await?, false).await
+        self.view(&self.state.deployment(&deployment.id).await?, false)
+            .await
     }
 
-    async fn deployment_in(&self, sandbox: &SandboxName, id: &DeploymentId) -> Result<Deployment, ApiError> {
+    async fn deployment_in(
+        &self,
+        sandbox: &SandboxName,
+        id: &DeploymentId,
+    ) -> Result<Deployment, ApiError> {
         let d = self.state.deployment(id).await?;
         if &d.sandbox != sandbox {
             return Err(ApiError::bad_request(format!(
@@ -233,9 +244,16 @@ impl App {
     }
 
     #[tracing::instrument(skip(self))]
-    pub async fn promote(&self, sandbox: &SandboxName, id: &DeploymentId) -> Result<SandboxView, ApiError> {
+    pub async fn promote(
+        &self,
+        sandbox: &SandboxName,
+        id: &DeploymentId,
+    ) -> Result<SandboxView, ApiError> {
         let deployment = self.deployment_in(sandbox, id).await?;
-        let state = self.backend.status(&self.backend.handle(&deployment)).await?;
+        let state = self
+            .backend
+            .status(&self.backend.handle(&deployment))
+            .await?;
         if deployment.desired != Desired::Running || state.active != "active" {
             return Err(ApiError::conflict(format!(
                 "deployment {id} is not running ({}); `nx start {id}` first",
@@ -305,7 +323,9 @@ impl App {
             self.state.set_desired(id, Desired::Stopped).await?;
             self.rebuild_routes().await?;
         }
-        self.backend.destroy(&self.backend.handle(&deployment)).await?;
+        self.backend
+            .destroy(&self.backend.handle(&deployment))
+            .await?;
         self.state.delete_deployment(id).await?;
         Ok(())
     }
@@ -356,7 +376,12 @@ impl App {
             .await?
             .into_iter()
             .find(|s| &s.name == name)
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no sandbox {name}; `nx ls` lists them")))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no sandbox {name}; `nx ls` lists them"),
+                )
+            })
     }
 
     pub async fn log_file(&self, id: &DeploymentId) -> Result<PathBuf, ApiError> {
@@ -369,16 +394,21 @@ impl App {
     }
 }
 
-fn make_backend(config: &Config, supervisor: Arc<Supervisor>) -> anyhow::Result<Arc<dyn SandboxBackend>> {
+fn make_backend(
+    config: &Config,
+    supervisor: Arc<Supervisor>,
+) -> anyhow::Result<Arc<dyn SandboxBackend>> {
     #[cfg(feature = "container")]
     {
         let launcher = std::env::current_exe().context("locating the nxd binary (the launcher)")?;
-        Ok(Arc::new(nx_orchestrator::backend::container::ContainerBackend::new(
-            supervisor,
-            &config.state_dir,
-            launcher,
-            Duration::from_secs(config.sandbox.restart_delay_secs),
-        )?))
+        Ok(Arc::new(
+            nx_orchestrator::backend::container::ContainerBackend::new(
+                supervisor,
+                &config.state_dir,
+                launcher,
+                Duration::from_secs(config.sandbox.restart_delay_secs),
+            )?,
+        ))
     }
     #[cfg(not(feature = "container"))]
     {

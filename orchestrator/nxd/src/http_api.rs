@@ -10,7 +10,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use nx_orchestrator::api::{ArtifactInfo, DeploymentView, PromoteRequest, PushRequest, SandboxView};
+use nx_orchestrator::api::{
+    ArtifactInfo, DeploymentView, PromoteRequest, PushRequest, SandboxView,
+};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -62,8 +64,14 @@ async fn artifact(State(app): Shared, Path(sha): Path<String>) -> ApiResult<Arti
     Ok(Json(app.artifacts.info(&sha).await?))
 }
 
-async fn upload(State(app): Shared, Path(sha): Path<String>, body: Body) -> ApiResult<ArtifactInfo> {
-    Ok(Json(app.artifacts.ingest(&sha, body.into_data_stream()).await?))
+async fn upload(
+    State(app): Shared,
+    Path(sha): Path<String>,
+    body: Body,
+) -> ApiResult<ArtifactInfo> {
+    Ok(Json(
+        app.artifacts.ingest(&sha, body.into_data_stream()).await?,
+    ))
 }
 
 async fn push(State(app): Shared, Json(req): Json<PushRequest>) -> ApiResult<DeploymentView> {
@@ -104,7 +112,11 @@ fn default_lines() -> usize {
     100
 }
 
-async fn logs(State(app): Shared, Path(id): Path<String>, Query(q): Query<LogQuery>) -> Result<Response, ApiError> {
+async fn logs(
+    State(app): Shared,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
     let path = app.log_file(&deployment_id(&id)?).await?;
     let body = Body::from_stream(crate::logs::stream(path, q.lines, q.follow));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
@@ -118,8 +130,14 @@ async fn sandbox(State(app): Shared, Path(name): Path<String>) -> ApiResult<Sand
     Ok(Json(app.sandbox(&sandbox_name(&name)?).await?))
 }
 
-async fn promote(State(app): Shared, Path(name): Path<String>, Json(req): Json<PromoteRequest>) -> ApiResult<SandboxView> {
-    Ok(Json(app.promote(&sandbox_name(&name)?, &req.deployment).await?))
+async fn promote(
+    State(app): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<PromoteRequest>,
+) -> ApiResult<SandboxView> {
+    Ok(Json(
+        app.promote(&sandbox_name(&name)?, &req.deployment).await?,
+    ))
 }
 
 async fn rollback(State(app): Shared, Path(name): Path<String>) -> ApiResult<SandboxView> {

@@ -32,7 +32,10 @@ pub fn stream(
             return None;
         }
         loop {
-            let len = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+            let len = tokio::fs::metadata(&path)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
             if len > offset {
                 let mut file = match tokio::fs::File::open(&path).await {
                     Ok(f) => f,

@@ -13,7 +13,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "nxd", version, about = "The NX daemon: runs pushed binaries in sandboxes behind preview and production URLs")]
+#[command(
+    name = "nxd",
+    version,
+    about = "The NX daemon: runs pushed binaries in sandboxes behind preview and production URLs"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]

@@ -32,10 +32,22 @@ fn bad_binaries() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let mut missing_interp = dynamic.clone();
     missing_interp[at..at + interp.len()].copy_from_slice(b"/lib64/ld-nxnxx-x86-64.so.2");
     vec![
-        ("text", b"#!/bin/sh\necho hello\n".to_vec(), "not an ELF executable"),
+        (
+            "text",
+            b"#!/bin/sh\necho hello\n".to_vec(),
+            "not an ELF executable",
+        ),
         ("aarch64", arm, "built for aarch64"),
-        ("truncated", sample[..sample.len() / 3].to_vec(), "truncated or corrupt ELF"),
-        ("no-interpreter", missing_interp, "ld-nxnxx-x86-64.so.2, which this host does not have"),
+        (
+            "truncated",
+            sample[..sample.len() / 3].to_vec(),
+            "truncated or corrupt ELF",
+        ),
+        (
+            "no-interpreter",
+            missing_interp,
+            "ld-nxnxx-x86-64.so.2, which this host does not have",
+        ),
         ("empty", Vec::new(), "the file is empty"),
     ]
 }
@@ -85,7 +97,12 @@ fn bad_binaries_and_names_are_refused_and_nothing_is_stored() {
     // Refusals name the fix.
     let text = write_exec(&dir, "again", b"plain text");
     let out = host.nx(&["verify-binary", text.to_str().unwrap()]);
-    assert!(out.stderr.contains("--target x86_64-unknown-linux-musl") && out.stderr.contains("CGO_ENABLED=0"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--target x86_64-unknown-linux-musl")
+            && out.stderr.contains("CGO_ENABLED=0"),
+        "{}",
+        out.stderr
+    );
 
     let sample = nx_testkit::sample_app();
     for (bad, says) in [
@@ -95,7 +112,11 @@ fn bad_binaries_and_names_are_refused_and_nothing_is_stored() {
         ("a;b", "';' is not allowed"),
     ] {
         let out = host.nx(&["push", sample.to_str().unwrap(), "--sandbox", bad]);
-        assert!(!out.ok && out.stderr.contains(says), "{bad}: {}", out.stderr);
+        assert!(
+            !out.ok && out.stderr.contains(says),
+            "{bad}: {}",
+            out.stderr
+        );
         // And from the API, for clients other than nx.
         let resp = host
             .http()
@@ -106,8 +127,16 @@ fn bad_binaries_and_names_are_refused_and_nothing_is_stored() {
             .unwrap();
         assert!(resp.status().is_client_error(), "{bad}: {}", resp.status());
     }
-    assert_eq!(stored_artifacts(&host), Vec::<String>::new(), "something was stored");
-    assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]), "a deployment was created");
+    assert_eq!(
+        stored_artifacts(&host),
+        Vec::<String>::new(),
+        "something was stored"
+    );
+    assert_eq!(
+        host.nx_json(&["ls"]),
+        serde_json::json!([]),
+        "a deployment was created"
+    );
 }
 
 #[test]
@@ -134,22 +163,38 @@ fn a_killed_upload_leaves_no_artifact_and_no_temp_file() {
     drop(stream);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !stored_artifacts(&host).is_empty() {
-        assert!(Instant::now() < deadline, "left behind: {:?}", stored_artifacts(&host));
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            stored_artifacts(&host)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // The whole binary then uploads fine.
     let id = host.push_sample("after-cut", &[]);
-    assert_eq!(host.get(&host.preview_host("after-cut", &id), "/health").0, 200);
+    assert_eq!(
+        host.get(&host.preview_host("after-cut", &id), "/health").0,
+        200
+    );
 }
 
 #[test]
 fn requests_without_the_token_get_401() {
     let host = Host::start();
-    for (method, path) in [("GET", "/v1/sandboxes"), ("GET", "/v1/health"), ("POST", "/v1/deployments")] {
-        let req = host
-            .http()
-            .request(method.parse().unwrap(), format!("http://{}{path}", host.api));
-        assert_eq!(req.send().unwrap().status().as_u16(), 401, "{method} {path}");
+    for (method, path) in [
+        ("GET", "/v1/sandboxes"),
+        ("GET", "/v1/health"),
+        ("POST", "/v1/deployments"),
+    ] {
+        let req = host.http().request(
+            method.parse().unwrap(),
+            format!("http://{}{path}", host.api),
+        );
+        assert_eq!(
+            req.send().unwrap().status().as_u16(),
+            401,
+            "{method} {path}"
+        );
     }
     let wrong = host
         .http()
@@ -158,6 +203,8 @@ fn requests_without_the_token_get_401() {
         .send()
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(host.path("token")).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(host.path("token")).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600);
 }

@@ -48,12 +48,29 @@ fn promote_and_rollback_under_load_fail_no_request() {
             switches
         })
     };
-    let failures: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let failures: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     done.store(true, Ordering::Relaxed);
     let switches = switcher.join().unwrap();
-    let (one, two) = (served[0].load(Ordering::Relaxed), served[1].load(Ordering::Relaxed));
-    eprintln!("{} requests: {one} by v1, {two} by v2, across {switches} switches", one + two);
-    assert!(failures.is_empty(), "{} failed, first: {:?}", failures.len(), failures.first());
+    let (one, two) = (
+        served[0].load(Ordering::Relaxed),
+        served[1].load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "{} requests: {one} by v1, {two} by v2, across {switches} switches",
+        one + two
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
     assert_eq!(one + two, CLIENTS * REQUESTS_PER_CLIENT);
-    assert!(switches >= 4 && one > 0 && two > 0, "the switch never happened under load");
+    assert!(
+        switches >= 4 && one > 0 && two > 0,
+        "the switch never happened under load"
+    );
 }

@@ -78,7 +78,11 @@ fn limits_hold_a_fork_loop_and_a_memory_hog() {
     let forked = fork["forked"].as_u64().unwrap();
     assert!(forked < 40, "forked {forked} processes past TasksMax=40");
     assert!(fork["error"].as_str().unwrap().contains("EAGAIN"), "{fork}");
-    assert_eq!(host.get(&preview, "/health").0, 200, "still serves after the fork loop");
+    assert_eq!(
+        host.get(&preview, "/health").0,
+        200,
+        "still serves after the fork loop"
+    );
 
     // The kernel enforces the limit systemd set.
     let memory_cgroup = host
@@ -90,20 +94,29 @@ fn limits_hold_a_fork_loop_and_a_memory_hog() {
         .strip_prefix("/sys/fs/cgroup/memory")
         .unwrap()
         .join(format!("nx.slice/nx-{id}.service"));
-    let cgroup = cgroups_rs::Cgroup::load(cgroups_rs::hierarchies::auto(), relative.to_str().unwrap());
-    let mem: &cgroups_rs::memory::MemController = cgroup.controller_of().expect("memory controller");
+    let cgroup =
+        cgroups_rs::Cgroup::load(cgroups_rs::hierarchies::auto(), relative.to_str().unwrap());
+    let mem: &cgroups_rs::memory::MemController =
+        cgroup.controller_of().expect("memory controller");
     assert_eq!(mem.memory_stat().limit_in_bytes, 64 << 20);
 
-    let restarts_before = status_of(&host, "limits", &id)["state"]["restarts"].as_u64().unwrap();
+    let restarts_before = status_of(&host, "limits", &id)["state"]["restarts"]
+        .as_u64()
+        .unwrap();
     let (status, _) = host.get(&preview, "/hog");
     assert_ne!(status, 200, "the hog survived a 64 MiB MemoryMax");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let d = status_of(&host, "limits", &id);
-        if d["state"]["restarts"].as_u64().unwrap() > restarts_before && host.get(&preview, "/health").0 == 200 {
+        if d["state"]["restarts"].as_u64().unwrap() > restarts_before
+            && host.get(&preview, "/health").0 == 200
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "not restarted after the OOM kill: {d}");
+        assert!(
+            Instant::now() < deadline,
+            "not restarted after the OOM kill: {d}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

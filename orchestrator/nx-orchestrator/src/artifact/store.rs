@@ -80,7 +80,11 @@ impl ArtifactStore {
 
     /// Streams an upload into the store under the digest the client announced.
     #[tracing::instrument(skip(self, body), fields(sha256 = %announced))]
-    pub async fn ingest<S, E>(&self, announced: &str, mut body: S) -> Result<ArtifactInfo, StoreError>
+    pub async fn ingest<S, E>(
+        &self,
+        announced: &str,
+        mut body: S,
+    ) -> Result<ArtifactInfo, StoreError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -149,7 +153,10 @@ mod tests {
     }
 
     fn incoming_is_empty(store: &ArtifactStore) -> bool {
-        std::fs::read_dir(store.incoming_dir()).unwrap().next().is_none()
+        std::fs::read_dir(store.incoming_dir())
+            .unwrap()
+            .next()
+            .is_none()
     }
 
     #[tokio::test]

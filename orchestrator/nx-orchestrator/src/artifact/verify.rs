@@ -11,7 +11,9 @@ const BUILD_HINT: &str = "build a static Linux binary: `cargo build --release --
 pub enum VerifyError {
     #[error("the file is empty; {BUILD_HINT}")]
     Empty,
-    #[error("not an ELF executable (it starts with {start:?}); NX runs Linux binaries: {BUILD_HINT}")]
+    #[error(
+        "not an ELF executable (it starts with {start:?}); NX runs Linux binaries: {BUILD_HINT}"
+    )]
     NotElf { start: String },
     #[error("truncated or corrupt ELF ({0}); push the complete binary again")]
     Corrupt(String),
@@ -19,7 +21,9 @@ pub enum VerifyError {
     WrongMachine { found: String, host: String },
     #[error("this ELF is a {0}, not an executable; push the program itself")]
     NotExecutable(&'static str),
-    #[error("dynamically linked against {interpreter}, which this host does not have; {BUILD_HINT}")]
+    #[error(
+        "dynamically linked against {interpreter}, which this host does not have; {BUILD_HINT}"
+    )]
     MissingInterpreter { interpreter: String },
     #[error("{path} is not executable; run `chmod +x {path}`")]
     NoExecBit { path: String },

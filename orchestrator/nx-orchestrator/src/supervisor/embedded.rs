@@ -20,8 +20,17 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TARGETS: &[&str] = &[
-    "default", "sysinit", "basic", "shutdown", "sockets", "timers", "paths", "slices",
-    "local-fs", "network", "multi-user",
+    "default",
+    "sysinit",
+    "basic",
+    "shutdown",
+    "sockets",
+    "timers",
+    "paths",
+    "slices",
+    "local-fs",
+    "network",
+    "multi-user",
 ];
 /// Mounted fresh inside the namespace.
 const PRIVATE_DIRS: &[&str] = &["/run", "/tmp", "/var/log"];
@@ -124,7 +133,11 @@ fn find_program(candidates: &[&str]) -> Result<PathBuf, SupervisorError> {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
-        .ok_or_else(|| err(format!("none of {candidates:?} exists; install systemd and dbus")))
+        .ok_or_else(|| {
+            err(format!(
+                "none of {candidates:?} exists; install systemd and dbus"
+            ))
+        })
 }
 
 fn write_units(layout: &Layout) -> Result<(), SupervisorError> {
@@ -199,19 +212,28 @@ fn start(layout: &Layout) -> Result<(), SupervisorError> {
     let log = std::fs::File::create(layout.dir.join("manager.log")).map_err(err)?;
     let exe = std::env::current_exe().map_err(err)?;
     let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--mount", "--fork", "--mount-proc", "--propagation", "private"])
-        .arg(exe)
-        .arg("manager-init")
-        .arg(&layout.state_dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(err)?)
-        .stderr(log);
+    cmd.args([
+        "--pid",
+        "--mount",
+        "--fork",
+        "--mount-proc",
+        "--propagation",
+        "private",
+    ])
+    .arg(exe)
+    .arg("manager-init")
+    .arg(&layout.state_dir)
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().map_err(err)?)
+    .stderr(log);
     // SAFETY: setsid is async-signal-safe; it detaches the manager from nxd's session so that
     // it outlives nxd.
     unsafe {
         cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
     }
-    let child = cmd.spawn().map_err(|e| err(format!("cannot run unshare: {e}")))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| err(format!("cannot run unshare: {e}")))?;
     std::fs::write(layout.pid_file(), child.id().to_string()).map_err(err)?;
     tracing::info!(pid = child.id(), "embedded systemd manager starting");
     Ok(())
@@ -273,7 +295,14 @@ fn prepare_namespace(layout: &Layout) -> Result<Command, SupervisorError> {
     let none: Option<&str> = None;
     let state = layout.state_dir.as_path();
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).map_err(err)?;
-    mount(Some(state), state, none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(err)?;
+    mount(
+        Some(state),
+        state,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )
+    .map_err(err)?;
     mount(
         none,
         "/",
@@ -283,7 +312,11 @@ fn prepare_namespace(layout: &Layout) -> Result<Command, SupervisorError> {
     )
     .map_err(|e| err(format!("remount / read-only: {e}")))?;
     for dir in PRIVATE_DIRS {
-        let mode = if *dir == "/tmp" { "mode=1777" } else { "mode=755" };
+        let mode = if *dir == "/tmp" {
+            "mode=1777"
+        } else {
+            "mode=755"
+        };
         mount(
             Some("tmpfs"),
             *dir,
@@ -307,7 +340,10 @@ fn prepare_namespace(layout: &Layout) -> Result<Command, SupervisorError> {
     cmd.args(["--system", "--log-target=console", "--log-level=notice"])
         .env_clear()
         .env("container", "nx")
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("SYSTEMD_UNIT_PATH", layout.units())
         .env("SYSTEMD_GENERATOR_PATH", layout.empty())
         .env("SYSTEMD_ENVIRONMENT_GENERATOR_PATH", layout.empty());
@@ -322,8 +358,8 @@ pub fn stop(state_dir: &Path) {
         return;
     };
     let pid = pid.trim();
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     for child in children.split_whitespace() {
         if let Ok(child) = child.parse::<i32>() {
             let _ = nix::sys::signal::kill(

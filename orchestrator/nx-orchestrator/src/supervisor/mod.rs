@@ -73,7 +73,8 @@ impl Supervisor {
                 "system".to_string(),
             ),
             SystemdMode::Embedded => embedded::connect(state_dir).await?,
-            SystemdMode::Auto => match tokio::time::timeout(Duration::from_secs(2), system()).await {
+            SystemdMode::Auto => match tokio::time::timeout(Duration::from_secs(2), system()).await
+            {
                 Ok(Ok(conn)) => (conn, "system".to_string()),
                 _ => embedded::connect(state_dir).await?,
             },

@@ -28,14 +28,28 @@ pub fn command(spec: &SandboxSpec, data_dir: &Path) -> Vec<String> {
     push(
         &mut argv,
         &[
-            "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup", "--disable-userns", "--die-with-parent", "--new-session",
-            "--cap-drop", "ALL", "--hostname",
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--hostname",
         ],
     );
     argv.push(spec.deployment.sandbox.to_string());
-    push(&mut argv, &["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
-    push(&mut argv, &["--ro-bind", &spec.binary.display().to_string(), APP_PATH]);
+    push(
+        &mut argv,
+        &["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"],
+    );
+    push(
+        &mut argv,
+        &["--ro-bind", &spec.binary.display().to_string(), APP_PATH],
+    );
     for file in HOST_FILES {
         push(&mut argv, &["--ro-bind-try", file, file]);
     }
@@ -45,7 +59,16 @@ pub fn command(spec: &SandboxSpec, data_dir: &Path) -> Vec<String> {
             push(&mut argv, &["--ro-bind-try", dir, dir]);
         }
     }
-    push(&mut argv, &["--bind", &data_dir.display().to_string(), DATA_PATH, "--chdir", DATA_PATH]);
+    push(
+        &mut argv,
+        &[
+            "--bind",
+            &data_dir.display().to_string(),
+            DATA_PATH,
+            "--chdir",
+            DATA_PATH,
+        ],
+    );
     for i in 0..super::seccomp::PROGRAMS {
         argv.push("--add-seccomp-fd".into());
         argv.push((SECCOMP_FIRST_FD + i as i32).to_string());

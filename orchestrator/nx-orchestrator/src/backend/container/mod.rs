@@ -86,7 +86,8 @@ impl SandboxBackend for ContainerBackend {
             uid,
         };
         let path = handle.dir.join("launch.json");
-        let json = serde_json::to_vec_pretty(&launch).map_err(|e| BackendError::Prepare(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&launch).map_err(|e| BackendError::Prepare(e.to_string()))?;
         std::fs::write(&path, json)?;
         set_mode(&path, 0o400)?;
         Ok(handle)

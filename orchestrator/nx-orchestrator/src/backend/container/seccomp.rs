@@ -42,17 +42,32 @@ fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
             CLONE_NEWUSER,
         )
         .map_err(|e| e.to_string())?;
-        Ok(vec![SeccompRule::new(vec![cond]).map_err(|e| e.to_string())?])
+        Ok(vec![
+            SeccompRule::new(vec![cond]).map_err(|e| e.to_string())?
+        ])
     };
     let mut rules = BTreeMap::new();
     rules.insert(libc::SYS_clone, newuser(0)?);
     rules.insert(libc::SYS_unshare, newuser(0)?);
     for always in [
-        libc::SYS_add_key, libc::SYS_request_key, libc::SYS_keyctl, libc::SYS_bpf,
-        libc::SYS_perf_event_open, libc::SYS_kexec_load, libc::SYS_init_module,
-        libc::SYS_finit_module, libc::SYS_delete_module, libc::SYS_ptrace,
-        libc::SYS_userfaultfd, libc::SYS_mount, libc::SYS_umount2, libc::SYS_pivot_root,
-        libc::SYS_setns, libc::SYS_open_tree, libc::SYS_move_mount, libc::SYS_fsopen,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_keyctl,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_kexec_load,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_ptrace,
+        libc::SYS_userfaultfd,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_setns,
+        libc::SYS_open_tree,
+        libc::SYS_move_mount,
+        libc::SYS_fsopen,
     ] {
         rules.insert(always, vec![]);
     }
@@ -76,12 +91,14 @@ fn to_bytes(program: &BpfProgram) -> Vec<u8> {
 /// Compiles both programs into `dir` and returns their paths, in the order bwrap loads them.
 pub fn write_programs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-    let deny = compile(deny_rules().map_err(invalid)?, SeccompAction::Errno(libc::EPERM as u32))
-        .map_err(invalid)?;
+    let deny = compile(
+        deny_rules().map_err(invalid)?,
+        SeccompAction::Errno(libc::EPERM as u32),
+    )
+    .map_err(invalid)?;
     let mut clone3 = BTreeMap::new();
     clone3.insert(libc::SYS_clone3, vec![]);
-    let no_clone3 =
-        compile(clone3, SeccompAction::Errno(libc::ENOSYS as u32)).map_err(invalid)?;
+    let no_clone3 = compile(clone3, SeccompAction::Errno(libc::ENOSYS as u32)).map_err(invalid)?;
     std::fs::create_dir_all(dir)?;
     let mut paths = Vec::new();
     for (name, program) in [("deny.bpf", deny), ("no-clone3.bpf", no_clone3)] {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs NX for real on this machine: installs the packages, builds nxd, nx and the static sample
+# app, starts nxd with its embedded defaults (a private systemd manager and PostgreSQL under
+# $NX_STATE_DIR), pushes the sample, promotes it, and curls its preview and production URLs.
+# nxd keeps running afterwards; stop it with: kill $(cat $NX_STATE_DIR/nxd.pid) &&
+# orchestrator/target/release/nxd manager-stop --state-dir $NX_STATE_DIR
+set -euo pipefail
+cd "$(dirname "$0")"
+state=${NX_STATE_DIR:-/var/lib/nx-quickstart}
+bash install-deps.sh
+cargo build --release --locked -p nxd -p nx-cli
+cargo build --release --locked -p nx-sample-app --target x86_64-unknown-linux-musl
+sample=target/x86_64-unknown-linux-musl/release/nx-sample-app
+
+if [ -f "$state/nxd.pid" ] && kill -0 "$(cat "$state/nxd.pid")" 2>/dev/null; then
+  echo "nxd already running (pid $(cat "$state/nxd.pid"))"
+else
+  mkdir -p "$state"
+  target/release/nxd --state-dir "$state" >"$state/nxd.log" 2>&1 &
+  echo $! >"$state/nxd.pid"
+fi
+export NX_HOST=http://127.0.0.1:7700
+for _ in $(seq 100); do [ -s "$state/token" ] && curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$state/token")" $NX_HOST/v1/health && break; sleep 0.1; done
+export NX_TOKEN=$(cat "$state/token")
+
+nx=target/release/nx
+id=$($nx --json push "$sample" --sandbox hello --env APP_VERSION=v1 | sed -n 's/^    "id": "\(.*\)",$/\1/p' | head -1)
+$nx promote hello "$id"
+$nx ls
+preview="http://$id.hello.nx.localhost:7780/"
+production="http://hello.nx.localhost:7780/"
+echo "preview    $preview -> $(curl -sS --resolve "$id.hello.nx.localhost:7780:127.0.0.1" "$preview")"
+echo "production $production -> $(curl -sS --resolve "hello.nx.localhost:7780:127.0.0.1" "$production")"
+echo "nx is at target/release/nx; export NX_HOST=$NX_HOST NX_TOKEN=\$(cat $state/token)"
