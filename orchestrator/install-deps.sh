@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # System packages NX needs on Debian/Ubuntu: bubblewrap (the container backend), systemd and
-# dbus (the embedded manager), PostgreSQL (nxd's state), util-linux (unshare), curl, and the
+# dbus (the embedded manager), PostgreSQL (nxd's state), util-linux (unshare), curl, wrk (the
+# benchmarks' load generator), and the
 # musl target for static sample binaries. Run as root.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils)
+packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils wrk)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

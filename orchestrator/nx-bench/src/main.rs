@@ -1,1 +1,258 @@
-fn main() {}
+//! Benchmarks of a real NX host (nxd, embedded systemd over D-Bus, bubblewrap, PostgreSQL),
+//! printed as tables:
+//! 1. push-to-ready: `nx push` of the static sample (already stored) until nx returns, which is
+//!    after the deployment accepts connections;
+//! 2. StartTransientUnit-to-first-response: a bare unit running the sample, and a full NX
+//!    sandbox unit (launcher, seccomp, bubblewrap);
+//! 3. the router against direct access, same load (wrk), side by side.
+
+use clap::Parser;
+use nx_orchestrator::config::{Limits, SystemdMode};
+use nx_orchestrator::supervisor::{Supervisor, UnitSpec};
+use nx_testkit::Host;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// Deployments pushed for push-to-ready.
+    #[arg(long, default_value_t = 50)]
+    pushes: usize,
+    /// Units started for StartTransientUnit-to-first-response.
+    #[arg(long, default_value_t = 30)]
+    units: usize,
+    /// Seconds of load for each side of the router comparison.
+    #[arg(long, default_value_t = 5)]
+    load_secs: u64,
+    /// Concurrent connections of that load.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn row(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "| {name:<44} | {:>5} | {:>9} | {:>9} | {:>9} |",
+        samples.len(),
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().expect("samples"))
+    );
+}
+
+fn header(title: &str) {
+    println!("\n{title}\n");
+    println!(
+        "| {:<44} | {:>5} | {:>9} | {:>9} | {:>9} |",
+        "what", "n", "p50 ms", "p99 ms", "max ms"
+    );
+    println!(
+        "|{:-<46}|{:->7}|{:->11}|{:->11}|{:->11}|",
+        "", "", "", "", ""
+    );
+}
+
+fn push_to_ready(host: &Host, n: usize) -> Vec<Duration> {
+    host.push_sample("bench-warmup", &[]); // stores the artifact: later pushes upload nothing
+    (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let id = host.push_sample("bench", &[]);
+            let took = started.elapsed();
+            host.nx_json(&["rm", &id]);
+            took
+        })
+        .collect()
+}
+
+fn wait_for_port(port: u16, deadline: Instant) -> anyhow::Result<()> {
+    while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "port {port} never answered");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// A bare unit: `env PORT=<port> nx-sample-app`, started over D-Bus, until its port answers.
+async fn bare_units(host: &Host, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let supervisor =
+        Supervisor::connect(SystemdMode::Embedded, host.state_dir.path(), "nx.slice").await?;
+    let port = host.ports.1;
+    let sample = nx_testkit::sample_app();
+    let mut samples = Vec::new();
+    for i in 0..n {
+        let spec = UnitSpec {
+            name: format!("nx-bench-bare-{i}.service"),
+            description: "NX bench: bare unit".into(),
+            argv: vec![
+                "/usr/bin/env".into(),
+                format!("PORT={port}"),
+                sample.display().to_string(),
+            ],
+            user: Some("nobody".into()),
+            limits: Some(Limits::default()),
+            log_file: host.path("bench-bare.log"),
+            restart_delay: None,
+        };
+        let started = Instant::now();
+        supervisor.start(&spec).await?;
+        if let Err(e) = wait_for_port(port, started + Duration::from_secs(10)) {
+            let log = std::fs::read_to_string(&spec.log_file).unwrap_or_default();
+            let state = supervisor.state(&spec.name).await?;
+            anyhow::bail!("{e}; unit {state:?}; output:\n{log}");
+        }
+        samples.push(started.elapsed());
+        supervisor.stop(&spec.name).await?;
+    }
+    Ok(samples)
+}
+
+/// A full NX sandbox unit (what `nx start` does): stop a deployment, then time `nx start`
+/// until it returns ready, which covers StartTransientUnit, launcher, seccomp and bwrap.
+fn sandbox_units(host: &Host, n: usize) -> Vec<Duration> {
+    let id = host.push_sample("bench-start", &[]);
+    (0..n)
+        .map(|_| {
+            host.nx_json(&["stop", &id]);
+            let started = Instant::now();
+            host.nx_json(&["start", &id]);
+            started.elapsed()
+        })
+        .collect()
+}
+
+/// One side of the router comparison, measured by wrk (Debian's package).
+struct Load {
+    requests: u64,
+    failed: u64,
+    per_sec: f64,
+    p99_ms: f64,
+}
+
+fn wrk_duration_ms(s: &str) -> Option<f64> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => return None,
+    })
+}
+
+fn load(
+    target: SocketAddr,
+    host_header: &str,
+    connections: usize,
+    secs: u64,
+) -> anyhow::Result<Load> {
+    let out = std::process::Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-H",
+        ])
+        .arg(format!("Host: {host_header}"))
+        .arg(format!("http://{target}/"))
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run wrk ({e}); apt-get install wrk"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        text.lines().map(str::trim).find_map(|l| {
+            l.strip_prefix(prefix)
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+        })
+    };
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("unexpected wrk output:\n{text}"))?;
+    let failed = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        + field("Socket errors:").map_or(0, |_| 1);
+    Ok(Load {
+        requests,
+        failed,
+        per_sec: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        p99_ms: field("99%")
+            .and_then(|v| wrk_duration_ms(&v))
+            .unwrap_or(f64::NAN),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let host = tokio::task::spawn_blocking(Host::start).await?;
+    println!(
+        "NX benchmarks: real nxd, embedded systemd over D-Bus, bubblewrap, PostgreSQL; {} cores",
+        std::thread::available_parallelism()?.get()
+    );
+
+    let host = std::sync::Arc::new(host);
+    let h = host.clone();
+    let pushes = tokio::task::spawn_blocking(move || push_to_ready(&h, args.pushes)).await?;
+    let h = host.clone();
+    let sandboxes = tokio::task::spawn_blocking(move || sandbox_units(&h, args.units)).await?;
+    let bare = bare_units(&host, args.units).await?;
+    header("Latency");
+    row("push-to-ready (nx push, artifact stored)", pushes);
+    row("StartTransientUnit-to-first-response, bare", bare);
+    row("nx start-to-ready (NX sandbox unit)", sandboxes);
+
+    let h = host.clone();
+    let id = tokio::task::spawn_blocking(move || h.push_sample("bench-router", &[])).await?;
+    let status = host.nx_json(&["status", "bench-router"]);
+    let port = status[0]["deployments"][0]["port"].as_u64().expect("port") as u16;
+    let direct = load(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "localhost",
+        args.connections,
+        args.load_secs,
+    )?;
+    let routed = load(
+        host.router,
+        &host.preview_host("bench-router", &id),
+        args.connections,
+        args.load_secs,
+    )?;
+    println!(
+        "\nRouter against direct ({} connections, {} s each, GET / of the sample)\n",
+        args.connections, args.load_secs
+    );
+    println!(
+        "| {:<8} | {:>9} | {:>8} | {:>9} | {:>9} |",
+        "path", "requests", "failed", "req/s", "p99 ms"
+    );
+    println!(
+        "|{:-<10}|{:->11}|{:->10}|{:->11}|{:->11}|",
+        "", "", "", "", ""
+    );
+    for (name, l) in [("direct", &direct), ("router", &routed)] {
+        println!(
+            "| {name:<8} | {:>9} | {:>8} | {:>9.0} | {:>9.2} |",
+            l.requests, l.failed, l.per_sec, l.p99_ms
+        );
+    }
+    println!(
+        "\nrouter/direct: throughput {:.2}x, p99 {:.2}x",
+        routed.per_sec / direct.per_sec,
+        routed.p99_ms / direct.p99_ms
+    );
+    Ok(())
+}

@@ -36,7 +36,7 @@ pub struct UnitSpec {
     pub name: String,
     pub description: String,
     pub argv: Vec<String>,
-    /// Run as this uid and gid; `None` runs as root (only for NX's own units).
+    /// Run as this user (and its primary group); `None` runs as root.
     pub user: Option<String>,
     pub limits: Option<Limits>,
     /// stdout and stderr are appended here.
@@ -112,8 +112,8 @@ impl Supervisor {
             ("TasksAccounting", true.into()),
         ];
         if let Some(user) = &spec.user {
+            // The user's primary group comes with it.
             props.push(("User", user.as_str().into()));
-            props.push(("Group", user.as_str().into()));
         }
         if let Some(limits) = spec.limits {
             props.push(("MemoryMax", (limits.memory_max_mb << 20).into()));
