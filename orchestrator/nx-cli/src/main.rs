@@ -1,6 +1,7 @@
 //! nx, the NX command line: push binaries, list and inspect deployments, promote, roll back.
 
 mod client;
+mod db;
 mod output;
 mod push;
 mod settings;
@@ -59,6 +60,12 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: usize,
     },
+    /// Create or remove sandboxes.
+    #[command(subcommand)]
+    Sandbox(db::SandboxCommand),
+    /// The sandbox's PostgreSQL database: URL, psql, backups, restore.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Check that a file is a Linux executable this host can run (no daemon needed).
     VerifyBinary { file: PathBuf },
 }
@@ -88,6 +95,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::VerifyBinary { .. } => unreachable!("handled above"),
         Command::Push(args) => push::run(&client, args, json).await,
+        Command::Sandbox(cmd) => db::sandbox(&client, cmd, json).await,
+        Command::Db(cmd) => db::db(&client, cmd, json).await,
         Command::Ls => {
             let list: Vec<SandboxView> = client.get("/v1/sandboxes").await?;
             output::sandboxes(&list, json)

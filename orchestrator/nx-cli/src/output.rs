@@ -1,13 +1,15 @@
 //! What nx prints: short text for people, or JSON with --json.
 
 use crate::client::ServerError;
+use indicatif::{ProgressBar, ProgressStyle};
 use nx_orchestrator::api::{DeploymentView, SandboxView};
 use nx_orchestrator::artifact::verify::ElfInfo;
 use nx_orchestrator::names::DeploymentId;
 use serde::Serialize;
+use std::io::IsTerminal;
 use std::path::Path;
 
-fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -122,4 +124,19 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A progress bar on stderr, hidden for --json and when stderr is not a terminal.
+pub fn progress_bar(size: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "uploading {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template"),
+    );
+    bar
 }

@@ -2,16 +2,15 @@
 //! then create the deployment and wait until it is ready.
 
 use crate::client::{Client, ServerError};
-use crate::output;
+use crate::output::{self, progress_bar};
 use anyhow::Context;
 use futures_util::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use nx_orchestrator::api::{ArtifactInfo, DeploymentView, LimitsOverride, PushRequest};
 use nx_orchestrator::artifact::verify;
 use nx_orchestrator::names::SandboxName;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -33,6 +32,10 @@ pub struct PushArgs {
     /// Process and thread limit (systemd TasksMax); default from nxd's config.
     #[arg(long, value_name = "N")]
     tasks: Option<u64>,
+    /// Run against a copy of production's database, made for this deployment and dropped
+    /// with it.
+    #[arg(long)]
+    db_branch: bool,
     /// Arguments for the program.
     #[arg(last = true)]
     args: Vec<String>,
@@ -63,20 +66,6 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
-}
-
-fn progress_bar(size: u64, quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(size);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "uploading {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("static template"),
-    );
-    bar
 }
 
 async fn upload(
@@ -141,6 +130,7 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
             cpu_quota_percent: args.cpu,
             tasks_max: args.tasks,
         },
+        db_branch: args.db_branch,
     };
     let view: DeploymentView = client.post("/v1/deployments", &req).await?;
     output::pushed(&view, uploaded, json)

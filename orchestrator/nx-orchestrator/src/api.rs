@@ -41,6 +41,9 @@ pub struct PushRequest {
     pub args: Vec<String>,
     #[serde(default)]
     pub limits: LimitsOverride,
+    /// Run against a copy of production's database (dropped with the deployment).
+    #[serde(default)]
+    pub db_branch: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +80,7 @@ pub struct DeploymentView {
     pub promoted: bool,
     pub preview_url: String,
     pub limits: Limits,
+    pub db_branch: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -94,4 +98,18 @@ pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateSandbox {
+    pub name: SandboxName,
+}
+
+/// `nx db url`: where the sandbox's database is, from the host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseInfo {
+    pub sandbox: SandboxName,
+    pub database: String,
+    pub role: String,
+    pub url: String,
 }

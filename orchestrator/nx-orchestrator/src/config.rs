@@ -38,6 +38,37 @@ pub struct Config {
     pub sandbox: SandboxDefaults,
     pub limits: Limits,
     pub systemd: SystemdConfig,
+    pub databases: DatabasesConfig,
+}
+
+/// Every sandbox's own PostgreSQL database and role, on the host's cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabasesConfig {
+    /// A superuser connection to the cluster that holds the sandboxes' databases.
+    /// Default: the embedded cluster (which also holds nxd's state).
+    pub admin_url: Option<String>,
+    /// The directory of that cluster's unix socket; its socket is bind-mounted into every
+    /// deployment. Default: the embedded cluster's.
+    pub socket_dir: Option<PathBuf>,
+    /// The cluster's port (it names the socket file `.s.PGSQL.<port>`).
+    pub port: u16,
+    /// Backups kept per sandbox on the host; older ones are deleted.
+    pub backup_retention: usize,
+    /// Scheduled backups of every sandbox, every this many seconds; 0 turns them off.
+    pub backup_interval_secs: u64,
+}
+
+impl Default for DatabasesConfig {
+    fn default() -> Self {
+        Self {
+            admin_url: None,
+            socket_dir: None,
+            port: 5432,
+            backup_retention: 7,
+            backup_interval_secs: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -106,6 +137,7 @@ impl Default for Config {
             sandbox: SandboxDefaults::default(),
             limits: Limits::default(),
             systemd: SystemdConfig::default(),
+            databases: DatabasesConfig::default(),
         }
     }
 }
@@ -181,6 +213,16 @@ impl Config {
                 "state_dir {} must be an absolute path",
                 self.state_dir.display()
             )));
+        }
+        if self.databases.admin_url.is_some() != self.databases.socket_dir.is_some() {
+            return Err(ConfigError::Invalid(
+                "databases.admin_url and databases.socket_dir go together: name the cluster and where its socket is".into(),
+            ));
+        }
+        if self.databases.backup_retention == 0 {
+            return Err(ConfigError::Invalid(
+                "databases.backup_retention must be at least 1".into(),
+            ));
         }
         if !self.systemd.slice.ends_with(".slice") {
             return Err(ConfigError::Invalid(format!(

@@ -42,6 +42,8 @@ pub struct Deployment {
     pub args: Vec<String>,
     pub limits: Limits,
     pub desired: Desired,
+    /// Runs against its own copy of the sandbox's database.
+    pub db_branch: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 

@@ -1,7 +1,9 @@
 //! The embedded PostgreSQL cluster: with no `database_url`, nxd initdb's a cluster into
 //! `<state_dir>/postgres` and runs it as the unit `nx-postgres.service` under the same systemd
-//! manager as the deployments, listening on a unix socket only (in a 0700 directory owned by
-//! the `postgres` user, so only that user and root reach it).
+//! manager as the deployments, listening on a unix socket only (`<state_dir>/postgres/socket`).
+//! It holds nxd's state and, by default, the sandboxes' databases. Authentication: the
+//! `postgres` role by peer only, for the OS users root and postgres; every other role by
+//! password (scram-sha-256), which is how deployments connect through the socket.
 
 use crate::supervisor::{Supervisor, SupervisorError, UnitSpec};
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -48,14 +50,29 @@ pub fn find_binary(name: &'static str) -> Result<PathBuf, EmbeddedDbError> {
         .ok_or(EmbeddedDbError::MissingBinary(name))
 }
 
-/// Starts (or adopts) the embedded cluster and returns its connection URL.
+const PG_HBA: &str =
+    "# Written by nxd.\nlocal all postgres peer map=nx\nlocal all all scram-sha-256\n";
+const PG_IDENT: &str = "# Written by nxd.\nnx root postgres\nnx postgres postgres\n";
+
+/// The running embedded cluster.
+pub struct EmbeddedCluster {
+    /// A superuser connection (the `postgres` role, by peer authentication).
+    pub url: String,
+    pub socket_dir: PathBuf,
+}
+
+/// Starts (or adopts) the embedded cluster.
 #[tracing::instrument(skip_all)]
-pub async fn ensure(supervisor: &Supervisor, state_dir: &Path) -> Result<String, EmbeddedDbError> {
+pub async fn ensure(
+    supervisor: &Supervisor,
+    state_dir: &Path,
+) -> Result<EmbeddedCluster, EmbeddedDbError> {
     let dir = state_dir.join("postgres");
     let data = dir.join("data");
+    let socket_dir = dir.join("socket");
     let url = format!(
         "postgres://{OS_USER}@localhost/postgres?host={}",
-        dir.display()
+        socket_dir.display()
     );
     let user = nix::unistd::User::from_name(OS_USER)
         .ok()
@@ -64,6 +81,17 @@ pub async fn ensure(supervisor: &Supervisor, state_dir: &Path) -> Result<String,
     if !data.join("PG_VERSION").is_file() {
         initdb(&dir, &data, &user)?;
     }
+    // Deployments' uids pass through to the socket, which bwrap binds into their sandboxes.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+    std::fs::create_dir_all(&socket_dir)?;
+    chown(
+        &socket_dir,
+        Some(user.uid.as_raw()),
+        Some(user.gid.as_raw()),
+    )?;
+    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(data.join("pg_hba.conf"), PG_HBA)?;
+    std::fs::write(data.join("pg_ident.conf"), PG_IDENT)?;
     if supervisor.state(UNIT).await?.active != "active" {
         let postgres = find_binary("postgres")?;
         let spec = UnitSpec {
@@ -74,7 +102,7 @@ pub async fn ensure(supervisor: &Supervisor, state_dir: &Path) -> Result<String,
                 "-D".into(),
                 data.display().to_string(),
                 "-k".into(),
-                dir.display().to_string(),
+                socket_dir.display().to_string(),
                 "-c".into(),
                 "listen_addresses=".into(),
             ],
@@ -88,8 +116,13 @@ pub async fn ensure(supervisor: &Supervisor, state_dir: &Path) -> Result<String,
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         use sqlx::Connection;
-        if sqlx::PgConnection::connect(&url).await.is_ok() {
-            return Ok(url);
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+            // An adopted cluster picks up the authentication files written above.
+            sqlx::query("SELECT pg_reload_conf()")
+                .execute(&mut conn)
+                .await
+                .ok();
+            return Ok(EmbeddedCluster { url, socket_dir });
         }
         if Instant::now() > deadline {
             return Err(EmbeddedDbError::NotReady(dir.join("postgres.log")));
@@ -108,7 +141,7 @@ fn initdb(dir: &Path, data: &Path, user: &nix::unistd::User) -> Result<(), Embed
     chown(&log_path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
     let status = std::process::Command::new(initdb)
         .args([
-            "--auth-local=trust",
+            "--auth-local=peer",
             "--auth-host=reject",
             "--encoding=UTF8",
             "--locale=C",

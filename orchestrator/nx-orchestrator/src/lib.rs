@@ -5,6 +5,7 @@ pub mod api;
 pub mod artifact;
 pub mod backend;
 pub mod config;
+pub mod databases;
 pub mod domain;
 pub mod embedded_db;
 pub mod names;

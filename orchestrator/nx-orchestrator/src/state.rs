@@ -39,6 +39,7 @@ pub struct NewDeployment {
     pub env: BTreeMap<String, String>,
     pub args: Vec<String>,
     pub limits: Limits,
+    pub db_branch: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -52,6 +53,7 @@ struct DeploymentRow {
     args: sqlx::types::Json<Vec<String>>,
     limits: sqlx::types::Json<Limits>,
     desired: String,
+    db_branch: bool,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -69,12 +71,13 @@ impl TryFrom<DeploymentRow> for Deployment {
             args: row.args.0,
             limits: row.limits.0,
             desired: Desired::parse(&row.desired).ok_or_else(|| corrupt("desired state"))?,
+            db_branch: row.db_branch,
             created_at: row.created_at,
         })
     }
 }
 
-const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, created_at FROM deployments";
+const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, created_at FROM deployments";
 
 impl StateStore {
     #[tracing::instrument(skip_all)]
@@ -119,10 +122,11 @@ impl StateStore {
             args: new.args,
             limits: new.limits,
             desired: Desired::Running,
+            db_branch: new.db_branch,
             created_at: chrono::Utc::now(),
         };
         sqlx::query(
-            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(deployment.id.as_str())
         .bind(deployment.sandbox.as_str())
@@ -133,6 +137,7 @@ impl StateStore {
         .bind(sqlx::types::Json(&deployment.args))
         .bind(sqlx::types::Json(&deployment.limits))
         .bind(deployment.desired.as_str())
+        .bind(deployment.db_branch)
         .bind(deployment.created_at)
         .execute(&mut *tx)
         .await?;
@@ -173,6 +178,39 @@ impl StateStore {
             .bind(id.as_str())
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Records a sandbox; false if it existed.
+    pub async fn create_sandbox(&self, name: &SandboxName) -> Result<bool, StateError> {
+        let done = sqlx::query("INSERT INTO sandboxes (name) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn sandbox_names(&self) -> Result<Vec<SandboxName>, StateError> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM sandboxes ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        names.iter().map(|n| Ok(SandboxName::parse(n)?)).collect()
+    }
+
+    /// Forgets a sandbox, its promotions and its deployments' records.
+    pub async fn delete_sandbox(&self, name: &SandboxName) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["promotions", "deployments"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE sandbox = $1"))
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM sandboxes WHERE name = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 

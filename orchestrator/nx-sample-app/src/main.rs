@@ -12,6 +12,13 @@
 //! - `GET /fork`        forks until the kernel refuses; reports how many, then reaps them
 //! - `GET /hog`         allocates and touches memory until the sandbox's limit ends it
 //! - `GET /unshare`     tries to create a user namespace; reports the error
+//! - `GET /db/put?v=V`  inserts V into table `items` (made if missing) of its database
+//! - `GET /db/list`     the values in `items`, as JSON
+//! - `GET /db/drop`     drops table `items`
+//! - `GET /db/connect?db=D` connects to database D with its own credentials; reports the error
+//!
+//! The database is reached as libpq would: PGHOST (the socket dir), PGPORT, PGDATABASE,
+//! PGUSER, PGPASSWORD.
 //! - `GET /exit?code=C` exits with code C
 
 use std::io::Read;
@@ -115,6 +122,26 @@ fn handle(request: Request) {
             Ok(()) => text(200, "created a user namespace\n"),
             Err(e) => text(403, format!("error: {e}\n")),
         },
+        "/db/put" => db(&url, |c| {
+            c.batch_execute("CREATE TABLE IF NOT EXISTS items (v text)")?;
+            c.execute(
+                "INSERT INTO items VALUES ($1)",
+                &[&query(&url, "v").unwrap_or("")],
+            )?;
+            Ok(serde_json::json!("ok"))
+        }),
+        "/db/list" => db(&url, |c| {
+            let rows = c.query("SELECT v FROM items ORDER BY v", &[])?;
+            Ok(serde_json::json!(rows
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()))
+        }),
+        "/db/drop" => db(&url, |c| {
+            c.batch_execute("DROP TABLE items")?;
+            Ok(serde_json::json!("dropped"))
+        }),
+        "/db/connect" => db(&url, |_| Ok(serde_json::json!("connected"))),
         "/exit" => {
             let code = query(&url, "code")
                 .and_then(|c| c.parse().ok())
@@ -182,4 +209,36 @@ fn hog() {
         held.push(vec![1u8; CHUNK]);
     }
     std::hint::black_box(&held);
+}
+
+/// Connects with the PG* environment (or to `?db=` instead of PGDATABASE) and runs `work`.
+fn db(
+    url: &str,
+    work: impl FnOnce(&mut postgres::Client) -> Result<serde_json::Value, postgres::Error>,
+) -> Response<std::io::Cursor<Vec<u8>>> {
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let database = query(url, "db")
+        .map(str::to_owned)
+        .unwrap_or_else(|| env("PGDATABASE"));
+    let mut config = postgres::Config::new();
+    config
+        .host_path(env("PGHOST"))
+        .port(env("PGPORT").parse().unwrap_or(5432))
+        .user(&env("PGUSER"))
+        .password(env("PGPASSWORD"))
+        .dbname(&database);
+    match config
+        .connect(postgres::NoTls)
+        .and_then(|mut c| work(&mut c))
+    {
+        Ok(value) => json(value),
+        Err(e) => text(
+            500,
+            format!(
+                "error: {}\n",
+                e.as_db_error()
+                    .map_or(e.to_string(), |d| d.message().to_owned())
+            ),
+        ),
+    }
 }

@@ -9,6 +9,7 @@ use nx_orchestrator::artifact::verify;
 use nx_orchestrator::artifact::ArtifactStore;
 use nx_orchestrator::backend::{SandboxBackend, SandboxSpec};
 use nx_orchestrator::config::Config;
+use nx_orchestrator::databases::{BackupInfo, Databases, RestoreInfo};
 use nx_orchestrator::domain::{check_env_name, Deployment, Desired, RouteKey};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
 use nx_orchestrator::router::Router;
@@ -31,6 +32,7 @@ pub struct App {
     pub config: Config,
     pub artifacts: ArtifactStore,
     pub router: Arc<Router>,
+    pub databases: Databases,
     state: StateStore,
     backend: Arc<dyn SandboxBackend>,
     /// Serialises changes of desired state and routes, so that the route table always matches
@@ -48,22 +50,48 @@ impl App {
         let supervisor = Arc::new(
             Supervisor::connect(config.systemd.mode, state_dir, &config.systemd.slice).await?,
         );
-        let database_url = match &config.database_url {
-            Some(url) => url.clone(),
-            None => embedded_db::ensure(&supervisor, state_dir).await?,
+        let dbs = &config.databases;
+        let embedded = if config.database_url.is_none() || dbs.admin_url.is_none() {
+            Some(embedded_db::ensure(&supervisor, state_dir).await?)
+        } else {
+            None
         };
-        let state = StateStore::connect(&database_url).await?;
+        let from_embedded = |what: &str| {
+            embedded
+                .as_ref()
+                .map(|e| (e.url.clone(), e.socket_dir.clone()))
+                .with_context(|| format!("no {what} and no embedded cluster"))
+        };
+        let state_url = match &config.database_url {
+            Some(url) => url.clone(),
+            None => from_embedded("database_url")?.0,
+        };
+        let (admin_url, socket_dir) = match (&dbs.admin_url, &dbs.socket_dir) {
+            (Some(url), Some(dir)) => (url.clone(), dir.clone()),
+            _ => from_embedded("databases.admin_url")?,
+        };
+        let state = StateStore::connect(&state_url).await?;
+        let databases = Databases::connect(
+            &admin_url,
+            &socket_dir,
+            dbs.port,
+            state_dir,
+            dbs.backup_retention,
+        )
+        .await?;
         let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
         let backend = make_backend(&config, supervisor)?;
         let app = Arc::new(Self {
             router: Arc::new(Router::new(&config.base_domain)),
             config,
             artifacts,
+            databases,
             state,
             backend,
             changes: tokio::sync::Mutex::new(()),
         });
         app.adopt().await?;
+        app.schedule_backups();
         Ok(app)
     }
 
@@ -115,7 +143,32 @@ impl App {
         Ok(())
     }
 
-    fn spec(&self, deployment: &Deployment) -> Result<SandboxSpec, ApiError> {
+    /// Backs up every sandbox's database every `databases.backup_interval_secs`.
+    fn schedule_backups(self: &Arc<Self>) {
+        let every = self.config.databases.backup_interval_secs;
+        if every == 0 {
+            return;
+        }
+        let app = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(every));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(app) = app.upgrade() else { return };
+                let Ok(names) = app.state.sandbox_names().await else {
+                    continue;
+                };
+                for name in names {
+                    if let Err(e) = app.databases.backup(&name).await {
+                        tracing::error!(sandbox = %name, error = %e, "scheduled backup failed");
+                    }
+                }
+            }
+        });
+    }
+
+    async fn spec(&self, deployment: &Deployment) -> Result<SandboxSpec, ApiError> {
         let binary = self.artifacts.path(&deployment.artifact)?;
         let bytes = std::fs::read(&binary).map_err(ApiError::internal)?;
         let linkage = verify::verify_on_host(&bytes)
@@ -130,12 +183,19 @@ impl App {
             ("NX_DATA_DIR".into(), "/data".into()),
             ("NX_PREVIEW_URL".into(), self.preview_url(deployment)),
         ]);
+        let credentials = if deployment.db_branch {
+            self.databases.branch_credentials(&deployment.id).await?
+        } else {
+            self.databases.ensure_sandbox(&deployment.sandbox).await?
+        };
+        env.extend(self.databases.env(&credentials));
         env.extend(deployment.env.clone());
         Ok(SandboxSpec {
             deployment: deployment.clone(),
             binary,
             linkage,
             env,
+            database_socket: Some(self.databases.socket()),
         })
     }
 
@@ -157,7 +217,7 @@ impl App {
     /// carries its last log lines.
     #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
     async fn run(&self, deployment: &Deployment) -> Result<(), ApiError> {
-        let spec = self.spec(deployment)?;
+        let spec = self.spec(deployment).await?;
         let handle = self.backend.prepare(&spec).await?;
         self.backend.start(&handle, &spec).await?;
         let addr = SocketAddr::from(([127, 0, 0, 1], deployment.port));
@@ -205,6 +265,8 @@ impl App {
             check_env_name(name).map_err(ApiError::bad_request)?;
         }
         self.artifacts.info(&req.artifact).await?;
+        self.state.create_sandbox(&req.sandbox).await?;
+        self.databases.ensure_sandbox(&req.sandbox).await?;
         let deployment = self
             .state
             .create_deployment(
@@ -214,12 +276,23 @@ impl App {
                     env: req.env,
                     args: req.args,
                     limits: req.limits.apply(self.config.limits),
+                    db_branch: req.db_branch,
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
             )
             .await?;
         tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");
+        if deployment.db_branch {
+            if let Err(e) = self
+                .databases
+                .branch(&deployment.sandbox, &deployment.id)
+                .await
+            {
+                self.state.delete_deployment(&deployment.id).await?;
+                return Err(e.into());
+            }
+        }
         let result = self.run(&deployment).await;
         let _guard = self.changes.lock().await;
         self.rebuild_routes().await?;
@@ -323,11 +396,83 @@ impl App {
             self.state.set_desired(id, Desired::Stopped).await?;
             self.rebuild_routes().await?;
         }
-        self.backend
-            .destroy(&self.backend.handle(&deployment))
-            .await?;
+        self.destroy(&deployment).await?;
         self.state.delete_deployment(id).await?;
         Ok(())
+    }
+
+    /// Removes a deployment's sandbox and its preview branch, if it has one.
+    async fn destroy(&self, deployment: &Deployment) -> Result<(), ApiError> {
+        self.backend
+            .destroy(&self.backend.handle(deployment))
+            .await?;
+        if deployment.db_branch {
+            self.databases.drop_branch(&deployment.id).await?;
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn create_sandbox(&self, name: &SandboxName) -> Result<SandboxView, ApiError> {
+        if !self.state.create_sandbox(name).await? {
+            return Err(ApiError::conflict(format!("sandbox {name} exists already")));
+        }
+        self.databases.ensure_sandbox(name).await?;
+        self.sandbox(name).await
+    }
+
+    /// Removes every deployment of a sandbox, then (after a final backup, unless told not to)
+    /// its database and role.
+    #[tracing::instrument(skip(self))]
+    pub async fn remove_sandbox(
+        &self,
+        name: &SandboxName,
+        backup: bool,
+    ) -> Result<Option<BackupInfo>, ApiError> {
+        self.existing(name).await?;
+        let deployments: Vec<Deployment> = self
+            .state
+            .deployments()
+            .await?
+            .into_iter()
+            .filter(|d| &d.sandbox == name)
+            .collect();
+        let final_backup = if backup {
+            Some(self.databases.backup(name).await?)
+        } else {
+            None
+        };
+        {
+            let _guard = self.changes.lock().await;
+            self.state.delete_sandbox(name).await?;
+            self.rebuild_routes().await?;
+        }
+        for deployment in &deployments {
+            self.destroy(deployment).await?;
+        }
+        self.databases.drop_sandbox(name).await?;
+        Ok(final_backup)
+    }
+
+    /// A sandbox that exists, or a 404 that says how to list them.
+    pub async fn existing(&self, name: &SandboxName) -> Result<(), ApiError> {
+        if self.state.sandbox_names().await?.contains(name) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no sandbox {name}; `nx ls` lists them"),
+            ))
+        }
+    }
+
+    pub async fn restore(
+        &self,
+        name: &SandboxName,
+        dump: &std::path::Path,
+    ) -> Result<RestoreInfo, ApiError> {
+        self.existing(name).await?;
+        Ok(self.databases.restore(name, dump).await?)
     }
 
     async fn is_promoted(&self, d: &Deployment) -> Result<bool, ApiError> {
@@ -348,13 +493,20 @@ impl App {
             promoted,
             preview_url: self.preview_url(d),
             limits: d.limits,
+            db_branch: d.db_branch,
             created_at: d.created_at,
         })
     }
 
     pub async fn sandboxes(&self) -> Result<Vec<SandboxView>, ApiError> {
         let promoted = self.state.promoted().await?;
-        let mut by_sandbox: BTreeMap<SandboxName, Vec<DeploymentView>> = BTreeMap::new();
+        let mut by_sandbox: BTreeMap<SandboxName, Vec<DeploymentView>> = self
+            .state
+            .sandbox_names()
+            .await?
+            .into_iter()
+            .map(|name| (name, Vec::new()))
+            .collect();
         for d in self.state.deployments().await? {
             let is_promoted = promoted.get(&d.sandbox) == Some(&d.id);
             let view = self.view(&d, is_promoted).await?;

@@ -89,3 +89,15 @@ impl From<SupervisorError> for ApiError {
         Self::internal(e)
     }
 }
+
+impl From<nx_orchestrator::databases::DbError> for ApiError {
+    fn from(e: nx_orchestrator::databases::DbError) -> Self {
+        use nx_orchestrator::databases::DbError;
+        match e {
+            DbError::NoBackup { .. } => Self::new(StatusCode::NOT_FOUND, e),
+            DbError::BadBackupId(_) => Self::bad_request(e),
+            DbError::BadDump(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, e),
+            _ => Self::internal(e),
+        }
+    }
+}

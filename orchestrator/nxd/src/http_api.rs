@@ -10,12 +10,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use nx_orchestrator::api::{
-    ArtifactInfo, DeploymentView, PromoteRequest, PushRequest, SandboxView,
+    ArtifactInfo, CreateSandbox, DatabaseInfo, DeploymentView, PromoteRequest, PushRequest,
+    SandboxView,
 };
+use nx_orchestrator::databases::{BackupInfo, RestoreInfo};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
 use serde::Deserialize;
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 
 type Shared = State<Arc<App>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -32,8 +36,18 @@ pub fn routes(app: Arc<App>, token: Token) -> Router {
         .route("/v1/deployments/{id}/stop", post(stop))
         .route("/v1/deployments/{id}/start", post(start))
         .route("/v1/deployments/{id}/logs", get(logs))
-        .route("/v1/sandboxes", get(sandboxes))
-        .route("/v1/sandboxes/{name}", get(sandbox))
+        .route("/v1/sandboxes", get(sandboxes).post(create_sandbox))
+        .route("/v1/sandboxes/{name}", get(sandbox).delete(remove_sandbox))
+        .route("/v1/sandboxes/{name}/db", get(database))
+        .route("/v1/sandboxes/{name}/db/backups", get(backups).post(backup))
+        .route(
+            "/v1/sandboxes/{name}/db/backups/{id}",
+            get(download_backup).delete(remove_backup),
+        )
+        .route(
+            "/v1/sandboxes/{name}/db/restore",
+            post(restore).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/sandboxes/{name}/promote", post(promote))
         .route("/v1/sandboxes/{name}/rollback", post(rollback))
         .layer(middleware::from_fn_with_state(token, require_token))
@@ -142,4 +156,113 @@ async fn promote(
 
 async fn rollback(State(app): Shared, Path(name): Path<String>) -> ApiResult<SandboxView> {
     Ok(Json(app.rollback(&sandbox_name(&name)?).await?))
+}
+
+async fn create_sandbox(
+    State(app): Shared,
+    Json(req): Json<CreateSandbox>,
+) -> ApiResult<SandboxView> {
+    Ok(Json(app.create_sandbox(&req.name).await?))
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default = "yes")]
+    backup: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn remove_sandbox(
+    State(app): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<serde_json::Value> {
+    let name = sandbox_name(&name)?;
+    let backup = app.remove_sandbox(&name, q.backup).await?;
+    Ok(Json(
+        serde_json::json!({ "removed": name, "final_backup": backup }),
+    ))
+}
+
+async fn database(State(app): Shared, Path(name): Path<String>) -> ApiResult<DatabaseInfo> {
+    let name = sandbox_name(&name)?;
+    app.existing(&name).await?;
+    let creds = app.databases.ensure_sandbox(&name).await?;
+    Ok(Json(DatabaseInfo {
+        url: app.databases.host_url(&creds),
+        database: creds.database,
+        role: creds.role,
+        sandbox: name,
+    }))
+}
+
+async fn backups(State(app): Shared, Path(name): Path<String>) -> ApiResult<Vec<BackupInfo>> {
+    let name = sandbox_name(&name)?;
+    app.existing(&name).await?;
+    Ok(Json(app.databases.backups(&name)?))
+}
+
+async fn backup(State(app): Shared, Path(name): Path<String>) -> ApiResult<BackupInfo> {
+    let name = sandbox_name(&name)?;
+    app.existing(&name).await?;
+    Ok(Json(app.databases.backup(&name).await?))
+}
+
+async fn download_backup(
+    State(app): Shared,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let path = app.databases.backup_path(&sandbox_name(&name)?, &id)?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(ApiError::internal)?;
+    let size = file.metadata().await.map_err(ApiError::internal)?.len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn remove_backup(
+    State(app): Shared,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<serde_json::Value> {
+    app.databases.rm_backup(&sandbox_name(&name)?, &id)?;
+    Ok(Json(serde_json::json!({ "removed": id })))
+}
+
+#[derive(Deserialize)]
+struct RestoreQuery {
+    backup: Option<String>,
+}
+
+/// Restores from a backup kept on the host (`?backup=ID`) or from a dump in the body.
+async fn restore(
+    State(app): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<RestoreQuery>,
+    body: Body,
+) -> ApiResult<RestoreInfo> {
+    let name = sandbox_name(&name)?;
+    if let Some(id) = q.backup {
+        let path = app.databases.backup_path(&name, &id)?;
+        return Ok(Json(app.restore(&name, &path).await?));
+    }
+    let upload = app.databases.upload_file()?;
+    let mut file = tokio::fs::File::from_std(upload.reopen().map_err(ApiError::internal)?);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload was cut off: {e}")))?;
+        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    file.flush().await.map_err(ApiError::internal)?;
+    Ok(Json(app.restore(&name, upload.path()).await?))
 }

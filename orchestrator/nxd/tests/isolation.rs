@@ -43,7 +43,7 @@ fn a_deployment_sees_nothing_of_the_host_or_its_neighbours() {
         assert!(body.contains("No such file"), "{path}: {body}");
     }
     let (_, root) = get("/ls?path=/");
-    assert_eq!(root, r#"["app","data","dev","etc","proc","tmp"]"#);
+    assert_eq!(root, r#"["app","data","dev","etc","proc","run","tmp"]"#);
     let (_, etc) = get("/ls?path=/etc");
     assert!(!etc.contains("shadow") && !etc.contains("passwd"), "{etc}");
 

@@ -29,8 +29,11 @@ pub struct SandboxSpec {
     /// The binary in the artifact store.
     pub binary: PathBuf,
     pub linkage: Linkage,
-    /// The complete environment of the program: PORT, NX_* and the user's.
+    /// The complete environment of the program: PORT, NX_*, the database's and the user's.
     pub env: BTreeMap<String, String>,
+    /// The PostgreSQL socket on the host, made visible in the sandbox (nothing else of the
+    /// cluster is).
+    pub database_socket: Option<PathBuf>,
 }
 
 /// A prepared sandbox: what the backend needs to find it again, also after nxd restarts.

@@ -1,12 +1,14 @@
 //! The bubblewrap command line of a deployment: new user, pid, ipc, uts and cgroup namespaces;
 //! read-only binds of only the binary and what it needs; private /tmp, /dev and /proc; its own
-//! writable /data; no capabilities; no nested user namespaces; dies with its parent.
+//! writable /data; the PostgreSQL socket (the socket file alone); no capabilities; no nested
+//! user namespaces; dies with its parent.
 //! The host network is shared so that the router reaches the port on 127.0.0.1 (a network
 //! namespace per deployment with pasta costs ~30 MiB and ~100 ms each; see the README).
 
 use super::launch::SECCOMP_FIRST_FD;
 use crate::artifact::verify::Linkage;
 use crate::backend::SandboxSpec;
+use crate::databases::SANDBOX_SOCKET_DIR;
 use std::path::Path;
 
 /// Where the binary appears inside the sandbox.
@@ -58,6 +60,14 @@ pub fn command(spec: &SandboxSpec, data_dir: &Path) -> Vec<String> {
         for dir in LIBRARY_DIRS {
             push(&mut argv, &["--ro-bind-try", dir, dir]);
         }
+    }
+    if let Some(socket) = &spec.database_socket {
+        let name = socket.file_name().unwrap_or_default().to_string_lossy();
+        let inside = format!("{SANDBOX_SOCKET_DIR}/{name}");
+        push(
+            &mut argv,
+            &["--bind", &socket.display().to_string(), &inside],
+        );
     }
     push(
         &mut argv,

@@ -1,0 +1,228 @@
+//! `nx sandbox create|rm` and `nx db url|psql|backup|backups|restore|rm-backup`.
+
+use crate::client::{Client, ServerError};
+use crate::output::{print_json, progress_bar};
+use anyhow::Context;
+use futures_util::StreamExt;
+use nx_orchestrator::api::{CreateSandbox, DatabaseInfo, SandboxView};
+use nx_orchestrator::databases::{BackupInfo, RestoreInfo};
+use nx_orchestrator::names::SandboxName;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use tokio::io::AsyncWriteExt;
+
+#[derive(clap::Subcommand)]
+pub enum SandboxCommand {
+    /// Create a sandbox and its database (a first push does this too).
+    Create { name: String },
+    /// Remove a sandbox: its deployments, then its database and role (after a final backup).
+    Rm {
+        name: String,
+        /// Skip the final backup.
+        #[arg(long)]
+        no_backup: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum DbCommand {
+    /// Print the sandbox's database URL (its unix socket, on the nxd host).
+    Url { sandbox: String },
+    /// Open psql on the sandbox's database (run this on the nxd host).
+    Psql { sandbox: String },
+    /// Back up the database (pg_dump custom format): kept on the host and saved here.
+    Backup {
+        sandbox: String,
+        /// Where to save it (default: <sandbox>-<id>.dump in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// List the backups kept on the host.
+    Backups { sandbox: String },
+    /// Restore from a backup id (see `nx db backups`) or a local dump file, into a fresh
+    /// database that replaces the current one only if the restore succeeds.
+    Restore { sandbox: String, from: String },
+    /// Delete a backup kept on the host.
+    RmBackup { sandbox: String, id: String },
+}
+
+fn name(s: &str) -> anyhow::Result<SandboxName> {
+    Ok(SandboxName::parse(s)?)
+}
+
+pub async fn sandbox(client: &Client, cmd: SandboxCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        SandboxCommand::Create { name: n } => {
+            let view: SandboxView = client
+                .post("/v1/sandboxes", &CreateSandbox { name: name(&n)? })
+                .await?;
+            if json {
+                return print_json(&view);
+            }
+            println!(
+                "created sandbox {} (production URL {})",
+                view.name, view.production_url
+            );
+        }
+        SandboxCommand::Rm { name: n, no_backup } => {
+            let n = name(&n)?;
+            let done: serde_json::Value = client
+                .delete(&format!("/v1/sandboxes/{n}?backup={}", !no_backup))
+                .await?;
+            if json {
+                return print_json(&done);
+            }
+            match done["final_backup"]["id"].as_str() {
+                Some(id) => println!("removed sandbox {n}; final backup {id} kept on the host"),
+                None => println!("removed sandbox {n} (no final backup)"),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        DbCommand::Url { sandbox } => {
+            let info: DatabaseInfo = client
+                .get(&format!("/v1/sandboxes/{}/db", name(&sandbox)?))
+                .await?;
+            if json {
+                return print_json(&info);
+            }
+            println!("{}", info.url);
+        }
+        DbCommand::Psql { sandbox } => {
+            let info: DatabaseInfo = client
+                .get(&format!("/v1/sandboxes/{}/db", name(&sandbox)?))
+                .await?;
+            let err = std::process::Command::new("psql").arg(&info.url).exec();
+            anyhow::bail!("cannot run psql: {err}; install postgresql-client, or use `nx db url`");
+        }
+        DbCommand::Backup { sandbox, output } => {
+            let n = name(&sandbox)?;
+            let made: BackupInfo = client
+                .post(&format!("/v1/sandboxes/{n}/db/backups"), &())
+                .await?;
+            let path = output.unwrap_or_else(|| PathBuf::from(format!("{n}-{}.dump", made.id)));
+            download(
+                client,
+                &format!("/v1/sandboxes/{n}/db/backups/{}", made.id),
+                &path,
+                made.size,
+                json,
+            )
+            .await?;
+            if json {
+                return print_json(&serde_json::json!({ "backup": made, "saved": path }));
+            }
+            println!(
+                "backup {} ({} bytes) kept on the host and saved to {}",
+                made.id,
+                made.size,
+                path.display()
+            );
+        }
+        DbCommand::Backups { sandbox } => {
+            let list: Vec<BackupInfo> = client
+                .get(&format!("/v1/sandboxes/{}/db/backups", name(&sandbox)?))
+                .await?;
+            if json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                println!("no backups; `nx db backup {sandbox}` makes one");
+            }
+            for b in list {
+                println!("{}  {:>12} bytes", b.id, b.size);
+            }
+        }
+        DbCommand::Restore { sandbox, from } => {
+            let n = name(&sandbox)?;
+            let path = format!("/v1/sandboxes/{n}/db/restore");
+            let file = PathBuf::from(&from);
+            let restored: RestoreInfo = if file.is_file() {
+                let f = tokio::fs::File::open(&file).await?;
+                let size = f.metadata().await?.len();
+                let bar = progress_bar(size, json);
+                let counted = bar.clone();
+                let stream = tokio_util::io::ReaderStream::new(f).inspect(move |c| {
+                    if let Ok(c) = c {
+                        counted.inc(c.len() as u64);
+                    }
+                });
+                let req = client
+                    .request(reqwest::Method::POST, &path)
+                    .header(reqwest::header::CONTENT_LENGTH, size)
+                    .body(reqwest::Body::wrap_stream(stream));
+                let result = client.send(req).await;
+                bar.finish_and_clear();
+                result?
+            } else {
+                let query = format!("{path}?backup={}", urlencode(&from));
+                client
+                    .send(client.request(reqwest::Method::POST, &query))
+                    .await?
+            };
+            if json {
+                return print_json(&restored);
+            }
+            println!(
+                "restored {n}; the previous database is kept as {} until you drop it",
+                restored.previous_database
+            );
+        }
+        DbCommand::RmBackup { sandbox, id } => {
+            let n = name(&sandbox)?;
+            let done: serde_json::Value = client
+                .delete(&format!("/v1/sandboxes/{n}/db/backups/{}", urlencode(&id)))
+                .await?;
+            if json {
+                return print_json(&done);
+            }
+            println!("removed backup {id} of {n}");
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but unreserved characters, so a bad id reaches nxd as typed and
+/// is refused there.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn download(
+    client: &Client,
+    path: &str,
+    to: &std::path::Path,
+    size: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let resp = client.request(reqwest::Method::GET, path).send().await?;
+    if !resp.status().is_success() {
+        let status = resp.status().as_u16();
+        let body = resp.json().await.context("reading nxd's error")?;
+        return Err(ServerError { status, body }.into());
+    }
+    let bar = progress_bar(size, json);
+    let partial = to.with_extension("partial");
+    let mut file = tokio::fs::File::create(&partial).await?;
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        bar.inc(chunk.len() as u64);
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    tokio::fs::rename(&partial, to).await?;
+    bar.finish_and_clear();
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! Every sandbox's own PostgreSQL database and role, on the host's cluster: provisioning,
+//! preview branches, backups (pg_dump custom format) and restores (into a fresh database,
+//! swapped in only when the restore succeeded). Dumps restore with the stock `pg_restore`.
+
+mod backup;
+pub mod ident;
+
+pub use backup::{BackupInfo, RestoreInfo};
+
+use crate::embedded_db::EmbeddedDbError;
+use crate::names::{DeploymentId, SandboxName};
+use ident::quote;
+use rand::RngCore;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where the cluster's socket appears inside a deployment.
+pub const SANDBOX_SOCKET_DIR: &str = "/run/postgresql";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database files: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tools(#[from] EmbeddedDbError),
+    #[error("{tool} failed: {message}")]
+    Tool { tool: &'static str, message: String },
+    #[error("no backup {id} of sandbox {sandbox}; `nx db backups {sandbox}` lists them")]
+    NoBackup { sandbox: String, id: String },
+    #[error(
+        "invalid backup id {0:?}: ids look like 20261129T052012123Z (`nx db backups` lists them)"
+    )]
+    BadBackupId(String),
+    #[error("not a usable PostgreSQL custom-format dump: {0}; nothing was changed")]
+    BadDump(String),
+}
+
+/// A role, its password and its database.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub database: String,
+    pub role: String,
+    pub password: String,
+}
+
+/// How a preview branch was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BranchMethod {
+    /// `CREATE DATABASE ... TEMPLATE`: a file-level copy.
+    Template,
+    /// pg_dump | pg_restore, when production had open connections (a template needs none).
+    DumpRestore,
+}
+
+pub struct Databases {
+    admin: PgPool,
+    admin_url: String,
+    socket_dir: PathBuf,
+    port: u16,
+    secrets: PathBuf,
+    backups: PathBuf,
+    retention: usize,
+}
+
+fn random_password() -> String {
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// `admin_url` with its database replaced.
+fn with_database(admin_url: &str, database: &str) -> String {
+    let (base, query) = admin_url.split_once('?').unwrap_or((admin_url, ""));
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let host_part = match base[authority_end..].find('/') {
+        Some(i) => &base[..authority_end + i],
+        None => base,
+    };
+    if query.is_empty() {
+        format!("{host_part}/{database}")
+    } else {
+        format!("{host_part}/{database}?{query}")
+    }
+}
+
+impl Databases {
+    #[tracing::instrument(skip_all)]
+    pub async fn connect(
+        admin_url: &str,
+        socket_dir: &Path,
+        port: u16,
+        state_dir: &Path,
+        retention: usize,
+    ) -> Result<Self, DbError> {
+        let admin = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(admin_url)
+            .await?;
+        let secrets = state_dir.join("secrets");
+        let backups = state_dir.join("backups");
+        for dir in [&secrets, &backups] {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(Self {
+            admin,
+            admin_url: admin_url.to_owned(),
+            socket_dir: socket_dir.to_owned(),
+            port,
+            secrets,
+            backups,
+            retention,
+        })
+    }
+
+    /// The cluster's socket on the host (bind-mounted into deployments).
+    pub fn socket(&self) -> PathBuf {
+        self.socket_dir.join(format!(".s.PGSQL.{}", self.port))
+    }
+
+    fn url(&self, c: &Credentials, socket_dir: &str) -> String {
+        format!(
+            "postgres://{}:{}@localhost:{}/{}?host={socket_dir}",
+            c.role, c.password, self.port, c.database
+        )
+    }
+
+    /// The connection URL on the host (for `nx db url`).
+    pub fn host_url(&self, c: &Credentials) -> String {
+        self.url(c, &self.socket_dir.display().to_string())
+    }
+
+    /// What a deployment gets: DATABASE_URL and the libpq variables, through the socket.
+    pub fn env(&self, c: &Credentials) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("DATABASE_URL".into(), self.url(c, SANDBOX_SOCKET_DIR)),
+            ("PGHOST".into(), SANDBOX_SOCKET_DIR.into()),
+            ("PGPORT".into(), self.port.to_string()),
+            ("PGDATABASE".into(), c.database.clone()),
+            ("PGUSER".into(), c.role.clone()),
+            ("PGPASSWORD".into(), c.password.clone()),
+        ])
+    }
+
+    /// The password of a role: read from its 0600 file, or made and written there.
+    fn password(&self, role: &str) -> Result<String, DbError> {
+        let path = self.secrets.join(format!("{role}.password"));
+        match std::fs::read_to_string(&path) {
+            Ok(p) => Ok(p.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let password = random_password();
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                writeln!(file, "{password}")?;
+                Ok(password)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn ensure_role(&self, role: &str) -> Result<Credentials, DbError> {
+        let password = self.password(role)?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(role)
+                .fetch_one(&self.admin)
+                .await?;
+        // The password is hex we generated: safe inside a literal (DDL takes no parameters).
+        let verb = if exists { "ALTER" } else { "CREATE" };
+        sqlx::query(&format!(
+            "{verb} ROLE {} LOGIN PASSWORD '{password}'",
+            quote(role)
+        ))
+        .execute(&self.admin)
+        .await?;
+        Ok(Credentials {
+            database: role.to_owned(),
+            role: role.to_owned(),
+            password,
+        })
+    }
+
+    async fn database_exists(&self, database: &str) -> Result<bool, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(database)
+                .fetch_one(&self.admin)
+                .await?,
+        )
+    }
+
+    /// Only its own role may connect to a database.
+    async fn restrict(&self, database: &str, role: &str) -> Result<(), DbError> {
+        for sql in [
+            format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote(database)),
+            format!(
+                "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}",
+                quote(database),
+                quote(role)
+            ),
+        ] {
+            sqlx::query(&sql).execute(&self.admin).await?;
+        }
+        Ok(())
+    }
+
+    /// The sandbox's role and database, created when missing.
+    #[tracing::instrument(skip(self))]
+    pub async fn ensure_sandbox(&self, sandbox: &SandboxName) -> Result<Credentials, DbError> {
+        let name = ident::sandbox(sandbox);
+        let creds = self.ensure_role(&name).await?;
+        if !self.database_exists(&name).await? {
+            sqlx::query(&format!(
+                "CREATE DATABASE {} OWNER {}",
+                quote(&name),
+                quote(&name)
+            ))
+            .execute(&self.admin)
+            .await?;
+            tracing::info!(database = %name, "sandbox database created");
+        }
+        self.restrict(&name, &name).await?;
+        Ok(creds)
+    }
+
+    async fn drop_database_and_role(&self, name: &str) -> Result<(), DbError> {
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote(name)
+        ))
+        .execute(&self.admin)
+        .await?;
+        sqlx::query(&format!("DROP ROLE IF EXISTS {}", quote(name)))
+            .execute(&self.admin)
+            .await?;
+        let _ = std::fs::remove_file(self.secrets.join(format!("{name}.password")));
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn drop_sandbox(&self, sandbox: &SandboxName) -> Result<(), DbError> {
+        self.drop_database_and_role(&ident::sandbox(sandbox)).await
+    }
+
+    /// A copy of the sandbox's database under a role of its own, for one preview deployment.
+    #[tracing::instrument(skip(self))]
+    pub async fn branch(
+        &self,
+        sandbox: &SandboxName,
+        id: &DeploymentId,
+    ) -> Result<(Credentials, BranchMethod), DbError> {
+        let production = self.ensure_sandbox(sandbox).await?;
+        let name = ident::branch(id);
+        let creds = self.ensure_role(&name).await?;
+        let template = sqlx::query(&format!(
+            "CREATE DATABASE {} TEMPLATE {} OWNER {}",
+            quote(&name),
+            quote(&production.database),
+            quote(&name)
+        ))
+        .execute(&self.admin)
+        .await;
+        let method = match template {
+            Ok(_) => {
+                self.reassign_copied_objects(&name, &production.role)
+                    .await?;
+                BranchMethod::Template
+            }
+            // 55006: production has open connections, which a template copy cannot have.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => {
+                sqlx::query(&format!(
+                    "CREATE DATABASE {} OWNER {}",
+                    quote(&name),
+                    quote(&name)
+                ))
+                .execute(&self.admin)
+                .await?;
+                backup::copy(self, &production.database, &name, &name).await?;
+                BranchMethod::DumpRestore
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.restrict(&name, &name).await?;
+        tracing::info!(branch = %name, ?method, "preview branch created");
+        Ok((creds, method))
+    }
+
+    /// The objects a template copy brought along are production's role's: give them to the
+    /// branch's role. REASSIGN OWNED also moves shared objects (production's database itself),
+    /// so that one is given back in the same transaction.
+    async fn reassign_copied_objects(
+        &self,
+        branch: &str,
+        production_role: &str,
+    ) -> Result<(), DbError> {
+        let mut conn = PgConnection::connect(&with_database(&self.admin_url, branch)).await?;
+        let mut tx = conn.begin().await?;
+        for sql in [
+            format!(
+                "REASSIGN OWNED BY {} TO {}",
+                quote(production_role),
+                quote(branch)
+            ),
+            format!(
+                "ALTER DATABASE {} OWNER TO {}",
+                quote(production_role),
+                quote(production_role)
+            ),
+        ] {
+            sqlx::query(&sql).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The credentials of an existing preview branch.
+    pub async fn branch_credentials(&self, id: &DeploymentId) -> Result<Credentials, DbError> {
+        self.ensure_role(&ident::branch(id)).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn drop_branch(&self, id: &DeploymentId) -> Result<(), DbError> {
+        self.drop_database_and_role(&ident::branch(id)).await
+    }
+
+    fn database_url(&self, database: &str) -> String {
+        with_database(&self.admin_url, database)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        assert_eq!(
+            with_database("postgres://postgres@localhost/postgres?host=/s", "nx_a"),
+            "postgres://postgres@localhost/nx_a?host=/s"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@db:5432/x", "y"),
+            "postgres://u:p@db:5432/y"
+        );
+    }
+}

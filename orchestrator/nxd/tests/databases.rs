@@ -1,0 +1,364 @@
+//! Every sandbox's own PostgreSQL database, on a real cluster: provisioning and isolation,
+//! backup and restore, a dump that restores into a plain PostgreSQL, preview branches, and
+//! names that try to inject SQL.
+
+use nx_testkit::Host;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn psql_as_superuser(host: &Host, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg("-h")
+        .arg(host.path("postgres/socket"))
+        .args(["-U", "postgres", "-d", "postgres", "-tAc", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn database_names(host: &Host) -> Vec<String> {
+    psql_as_superuser(host, "SELECT datname FROM pg_database ORDER BY 1")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn db_info(host: &Host, sandbox: &str) -> serde_json::Value {
+    host.nx_json(&["db", "url", sandbox])
+}
+
+#[test]
+fn each_sandbox_gets_its_own_database_that_others_cannot_reach() {
+    let host = Host::start();
+    let a = host.push_sample("alpha", &[]);
+    let b = host.push_sample("beta", &[]);
+    let alpha = |path: &str| host.get(&host.preview_host("alpha", &a), path);
+
+    assert_eq!(alpha("/db/put?v=one").0, 200);
+    assert_eq!(alpha("/db/put?v=two").0, 200);
+    assert_eq!(alpha("/db/list"), (200, r#"["one","two"]"#.to_string()));
+    assert_eq!(
+        host.get(&host.preview_host("beta", &b), "/db/list").0,
+        500,
+        "beta sees alpha's table"
+    );
+
+    let (_, env) = alpha("/env");
+    let env: serde_json::Value = serde_json::from_str(&env).unwrap();
+    let alpha_db = db_info(&host, "alpha");
+    assert_eq!(env["PGHOST"], "/run/postgresql");
+    assert_eq!(env["PGDATABASE"], alpha_db["database"]);
+    assert!(env["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .contains("host=/run/postgresql"));
+
+    // Alpha's app, with alpha's credentials, at beta's database.
+    let beta_db = db_info(&host, "beta")["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = alpha(&format!("/db/connect?db={beta_db}"));
+    assert_eq!(status, 500);
+    assert!(body.contains("permission denied for database"), "{body}");
+    // And psql with alpha's credentials, on the host.
+    let url = alpha_db["url"].as_str().unwrap().replace(
+        &format!("/{}?", alpha_db["database"].as_str().unwrap()),
+        &format!("/{beta_db}?"),
+    );
+    let out = Command::new("psql")
+        .arg(&url)
+        .args(["-c", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied for database"));
+
+    // The socket, and nothing else of the cluster.
+    assert_eq!(
+        alpha("/ls?path=/run/postgresql"),
+        (200, r#"[".s.PGSQL.5432"]"#.to_string())
+    );
+    let data_dir = host.path("postgres/data");
+    assert_eq!(
+        alpha(&format!("/read?path={}/PG_VERSION", data_dir.display())).0,
+        404
+    );
+}
+
+/// A throwaway plain PostgreSQL, to show an NX dump restores anywhere.
+struct PlainPostgres {
+    dir: tempfile::TempDir,
+    server: std::process::Child,
+}
+
+impl PlainPostgres {
+    fn start() -> Self {
+        let user = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .expect("postgres user");
+        let dir = tempfile::Builder::new()
+            .prefix("nx-plain-pg-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+            .unwrap();
+        let as_postgres = |program: &'static str| {
+            let mut cmd = Command::new(nx_orchestrator::embedded_db::find_binary(program).unwrap());
+            cmd.uid(user.uid.as_raw())
+                .gid(user.gid.as_raw())
+                .current_dir(dir.path());
+            cmd
+        };
+        let data = dir.path().join("data");
+        let ok = as_postgres("initdb")
+            .args(["-U", "postgres", "--auth=trust", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let server = as_postgres("postgres")
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(dir.path())
+            .args(["-c", "listen_addresses="])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let plain = Self { dir, server };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !plain.psql("postgres", "SELECT 1").0 {
+            assert!(Instant::now() < deadline, "plain PostgreSQL did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        plain
+    }
+
+    fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn psql(&self, db: &str, sql: &str) -> (bool, String) {
+        let out = Command::new("psql")
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-U", "postgres", "-d", db, "-tAc", sql])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    }
+}
+
+impl Drop for PlainPostgres {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.server.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.server.wait();
+    }
+}
+
+#[test]
+fn backup_drop_restore_and_the_dump_restores_into_a_plain_postgres() {
+    let host = Host::start();
+    let id = host.push_sample("shop", &[]);
+    let app = |path: &str| host.get(&host.preview_host("shop", &id), path);
+    assert_eq!(app("/db/put?v=a").0, 200);
+    assert_eq!(app("/db/put?v=b").0, 200);
+
+    let saved: PathBuf = host.path("shop.dump");
+    let made = host.nx_json(&["db", "backup", "shop", "-o", saved.to_str().unwrap()]);
+    let backup_id = made["backup"]["id"].as_str().unwrap().to_owned();
+    assert!(saved.is_file());
+    let listed = host.nx_json(&["db", "backups", "shop"]);
+    assert_eq!(listed[0]["id"], backup_id.as_str());
+
+    assert_eq!(app("/db/drop").0, 200);
+    let (status, body) = app("/db/list");
+    assert_eq!(status, 500);
+    assert!(body.contains("does not exist"), "{body}");
+
+    let restored = host.nx_json(&["db", "restore", "shop", &backup_id]);
+    assert!(restored["previous_database"]
+        .as_str()
+        .unwrap()
+        .starts_with("nxo_"));
+    assert_eq!(
+        app("/db/list"),
+        (200, r#"["a","b"]"#.to_string()),
+        "the app answers from the restored table"
+    );
+
+    // A corrupt and a truncated dump fail clearly and leave production as it was.
+    let garbage = host.path("garbage.dump");
+    std::fs::write(&garbage, b"PGDMP but not really").unwrap();
+    let whole = std::fs::read(&saved).unwrap();
+    let truncated = host.path("truncated.dump");
+    std::fs::write(&truncated, &whole[..whole.len() / 2]).unwrap();
+    for bad in [&garbage, &truncated] {
+        let out = host.nx(&["db", "restore", "shop", bad.to_str().unwrap()]);
+        assert!(!out.ok, "{} restored", bad.display());
+        assert!(
+            out.stderr
+                .contains("not a usable PostgreSQL custom-format dump"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(app("/db/list"), (200, r#"["a","b"]"#.to_string()));
+    }
+    // A local file restores too.
+    assert_eq!(app("/db/put?v=c").0, 200);
+    host.nx_json(&["db", "restore", "shop", saved.to_str().unwrap()]);
+    assert_eq!(app("/db/list"), (200, r#"["a","b"]"#.to_string()));
+
+    // No lock-in: the stock pg_restore into a plain PostgreSQL.
+    let plain = PlainPostgres::start();
+    assert!(plain.psql("postgres", "CREATE DATABASE elsewhere").0);
+    let out = Command::new("pg_restore")
+        .arg("-h")
+        .arg(plain.socket_dir())
+        .args(["-U", "postgres", "--no-owner", "-d", "elsewhere"])
+        .arg(&saved)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        plain.psql(
+            "elsewhere",
+            "SELECT string_agg(v, ',' ORDER BY v) FROM items"
+        ),
+        (true, "a,b".into())
+    );
+
+    host.nx_json(&["db", "rm-backup", "shop", &backup_id]);
+    assert_eq!(
+        host.nx_json(&["db", "backups", "shop"]),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn a_preview_branch_starts_with_production_rows_and_goes_with_its_deployment() {
+    let host = Host::start();
+    let prod = host.push_sample("blog", &[]);
+    let on = |id: &str, path: &str| host.get(&host.preview_host("blog", id), path);
+    assert_eq!(on(&prod, "/db/put?v=p1").0, 200);
+    host.nx_json(&["promote", "blog", &prod]);
+
+    let branch = host.push_sample("blog", &["--db-branch"]);
+    assert_eq!(on(&branch, "/db/list"), (200, r#"["p1"]"#.to_string()));
+    assert_eq!(on(&branch, "/db/put?v=b1").0, 200);
+    assert_eq!(on(&branch, "/db/list"), (200, r#"["b1","p1"]"#.to_string()));
+    assert_eq!(
+        on(&prod, "/db/list"),
+        (200, r#"["p1"]"#.to_string()),
+        "a branch write reached production"
+    );
+    let (_, env) = on(&branch, "/env");
+    assert!(
+        env.contains(&format!("\"PGDATABASE\":\"nxb_{branch}\"")),
+        "{env}"
+    );
+    // The branch's role cannot reach production's database.
+    let prod_db = db_info(&host, "blog")["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = on(&branch, &format!("/db/connect?db={prod_db}"));
+    assert_eq!(status, 500, "{body}");
+
+    assert!(database_names(&host).contains(&format!("nxb_{branch}")));
+    host.nx_json(&["rm", &branch]);
+    assert!(
+        !database_names(&host).contains(&format!("nxb_{branch}")),
+        "the branch outlived its deployment"
+    );
+    assert_eq!(on(&prod, "/db/list"), (200, r#"["p1"]"#.to_string()));
+
+    // Removing the sandbox drops its database after a final backup.
+    let removed = host.nx_json(&["sandbox", "rm", "blog"]);
+    assert!(removed["final_backup"]["id"].is_string());
+    assert!(!database_names(&host).contains(&prod_db));
+}
+
+#[test]
+fn bad_names_in_db_commands_are_refused_and_inject_nothing() {
+    let host = Host::start();
+    host.nx_json(&["sandbox", "create", "good"]);
+    let before = database_names(&host);
+    let long = "a".repeat(200);
+    let bad_names = [
+        r#"a"; DROP DATABASE postgres; --"#,
+        "x' OR '1'='1",
+        "a;b",
+        &long,
+        "../x",
+        "Upper",
+    ];
+    for bad in bad_names {
+        for args in [
+            vec!["db", "url", bad],
+            vec!["db", "psql", bad],
+            vec!["db", "backup", bad],
+            vec!["db", "backups", bad],
+            vec!["db", "restore", bad, "20261129T052012123Z"],
+            vec!["db", "rm-backup", bad, "20261129T052012123Z"],
+            vec!["sandbox", "create", bad],
+            vec!["sandbox", "rm", bad],
+        ] {
+            let out = host.nx(&args);
+            assert!(!out.ok, "{args:?} succeeded");
+            assert!(
+                out.stderr.contains("invalid sandbox name"),
+                "{args:?}: {}",
+                out.stderr
+            );
+        }
+        // Straight at the API, past the CLI.
+        let encoded: String = bad.bytes().map(|b| format!("%{b:02X}")).collect();
+        let resp = host
+            .http()
+            .get(format!("http://{}/v1/sandboxes/{encoded}/db", host.api))
+            .bearer_auth(&host.token)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{bad}");
+    }
+    for bad_id in ["../../etc/passwd", "x'; DROP", &long] {
+        for args in [
+            vec!["db", "restore", "good", bad_id],
+            vec!["db", "rm-backup", "good", bad_id],
+        ] {
+            let out = host.nx(&args);
+            assert!(!out.ok, "{args:?} succeeded");
+            assert!(
+                out.stderr.contains("invalid backup id") || out.stderr.contains("not a usable"),
+                "{args:?}: {}",
+                out.stderr
+            );
+        }
+    }
+    assert_eq!(database_names(&host), before, "the cluster changed");
+    assert_eq!(host.nx_json(&["db", "url", "good"])["database"], "nx_good");
+}
