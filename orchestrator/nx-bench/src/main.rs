@@ -4,12 +4,18 @@
 //!    after the deployment accepts connections;
 //! 2. StartTransientUnit-to-first-response: a bare unit running the sample, and a full NX
 //!    sandbox unit (launcher, seccomp, bubblewrap);
-//! 3. the router against direct access, same load (wrk), side by side.
+//! 3. the router against direct access, same load (wrk), side by side;
+//! 4. databases: provisioning a sandbox's role and database, branching a 100 MB database (as a
+//!    template copy, and by dump and restore when production has open connections), and a
+//!    query's round trip over the unix socket against TCP localhost.
 
 use clap::Parser;
 use nx_orchestrator::config::{Limits, SystemdMode};
+use nx_orchestrator::databases::{BranchMethod, Databases};
+use nx_orchestrator::names::{DeploymentId, SandboxName};
 use nx_orchestrator::supervisor::{Supervisor, UnitSpec};
 use nx_testkit::Host;
+use sqlx::Connection;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -27,6 +33,15 @@ struct Args {
     /// Concurrent connections of that load.
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// Sandboxes created for the provisioning figure.
+    #[arg(long, default_value_t = 50)]
+    provisions: usize,
+    /// Size of the database that is branched, in MB.
+    #[arg(long, default_value_t = 100)]
+    branch_mb: usize,
+    /// Queries for the socket/TCP round trip.
+    #[arg(long, default_value_t = 5000)]
+    queries: usize,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -35,7 +50,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
 fn row(name: &str, mut samples: Vec<Duration>) {
@@ -195,6 +210,95 @@ fn load(
     })
 }
 
+fn provision(host: &Host, n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|i| {
+            let name = format!("bench-db-{i}");
+            let started = Instant::now();
+            host.nx_json(&["sandbox", "create", &name]);
+            started.elapsed()
+        })
+        .collect()
+}
+
+/// Branches a sandbox database of `mb` MB, `n` times each way.
+async fn branches(
+    host: &Host,
+    mb: usize,
+    n: usize,
+) -> anyhow::Result<Vec<(BranchMethod, Duration)>> {
+    let socket = host.path("postgres/socket");
+    let admin = format!(
+        "postgres://postgres@localhost/postgres?host={}",
+        socket.display()
+    );
+    let dbs = Databases::connect(&admin, &socket, 5432, host.state_dir.path(), 7).await?;
+    let sandbox = SandboxName::parse("bench-big")?;
+    let prod = dbs.ensure_sandbox(&sandbox).await?;
+    let prod_admin = format!(
+        "postgres://postgres@localhost/{}?host={}",
+        prod.database,
+        socket.display()
+    );
+    let mut conn = sqlx::PgConnection::connect(&prod_admin).await?;
+    sqlx::query(&format!("SET ROLE {}", prod.role))
+        .execute(&mut conn)
+        .await?;
+    sqlx::query(&format!(
+        "CREATE TABLE big AS SELECT i, repeat(md5(i::text), 30) AS payload FROM generate_series(1, {}) i",
+        mb * 1024 * 1024 / 1000
+    ))
+    .execute(&mut conn)
+    .await?;
+    let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+        .fetch_one(&mut conn)
+        .await?;
+    conn.close().await?;
+    println!("\nbranching a {} MB database", size >> 20);
+    let mut out = Vec::new();
+    for busy in [false, true] {
+        // An open connection to production makes a template copy impossible.
+        let holder = if busy {
+            Some(sqlx::PgConnection::connect(&prod_admin).await?)
+        } else {
+            None
+        };
+        for _ in 0..n {
+            let id = DeploymentId::generate();
+            let started = Instant::now();
+            let (_, method) = dbs.branch(&sandbox, &id).await?;
+            out.push((method, started.elapsed()));
+            dbs.drop_branch(&id).await?;
+        }
+        drop(holder);
+    }
+    Ok(out)
+}
+
+/// `SELECT 1` round trips to one throwaway cluster over its socket and over TCP.
+async fn round_trips(n: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let port = 25432;
+    let pg = tokio::task::spawn_blocking(move || nx_testkit::ThrowawayPostgres::start(Some(port)))
+        .await?;
+    let socket = format!(
+        "postgres://postgres@localhost:{port}/postgres?host={}",
+        pg.socket_dir().display()
+    );
+    let tcp = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let mut over_socket = sqlx::PgConnection::connect(&socket).await?;
+    let mut over_tcp = sqlx::PgConnection::connect(&tcp).await?;
+    let (mut socket, mut tcp) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    // Interleaved, so that neither side profits from running second.
+    for _ in 0..n {
+        for (conn, samples) in [(&mut over_socket, &mut socket), (&mut over_tcp, &mut tcp)] {
+            let started = Instant::now();
+            let _: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await?;
+            samples.push(started.elapsed());
+        }
+    }
+    Ok((socket, tcp))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -253,6 +357,37 @@ async fn main() -> anyhow::Result<()> {
         "\nrouter/direct: throughput {:.2}x, p99 {:.2}x",
         routed.per_sec / direct.per_sec,
         routed.p99_ms / direct.p99_ms
+    );
+
+    let h = host.clone();
+    let provisioned = tokio::task::spawn_blocking(move || provision(&h, args.provisions)).await?;
+    let branched = branches(&host, args.branch_mb, 3).await?;
+    let (socket, tcp) = round_trips(args.queries).await?;
+    header("Databases");
+    row("nx sandbox create (role + database)", provisioned);
+    for method in [BranchMethod::Template, BranchMethod::DumpRestore] {
+        let samples: Vec<Duration> = branched
+            .iter()
+            .filter(|(m, _)| *m == method)
+            .map(|(_, d)| *d)
+            .collect();
+        if !samples.is_empty() {
+            row(
+                &format!("branch {} MB, {method:?}", args.branch_mb),
+                samples,
+            );
+        }
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        percentile(&v, 0.5)
+    };
+    let (s50, t50) = (median(socket.clone()), median(tcp.clone()));
+    row("SELECT 1 round trip, unix socket", socket);
+    row("SELECT 1 round trip, TCP 127.0.0.1", tcp);
+    println!(
+        "\nsocket/TCP round trip (p50): {:.2}x",
+        s50.as_secs_f64() / t50.as_secs_f64()
     );
     Ok(())
 }

@@ -310,3 +310,113 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A throwaway plain PostgreSQL cluster (the machine's `initdb` and `postgres`, run as the
+/// `postgres` user), on a socket in a temp dir and, when asked, on 127.0.0.1:`tcp_port`.
+pub struct ThrowawayPostgres {
+    dir: tempfile::TempDir,
+    server: Child,
+    port: u16,
+}
+
+impl ThrowawayPostgres {
+    pub fn start(tcp_port: Option<u16>) -> Self {
+        use std::os::unix::process::CommandExt;
+        let user = nix::unistd::User::from_name("postgres")
+            .ok()
+            .flatten()
+            .expect("the postgres user (install postgresql)");
+        let dir = tempfile::Builder::new()
+            .prefix("nx-plain-pg-")
+            .tempdir_in("/var/tmp")
+            .expect("temp dir");
+        std::os::unix::fs::chown(dir.path(), Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+            .expect("chown");
+        let as_postgres = |program: &'static str| {
+            let mut cmd = Command::new(
+                nx_orchestrator::embedded_db::find_binary(program).expect("postgresql"),
+            );
+            cmd.uid(user.uid.as_raw())
+                .gid(user.gid.as_raw())
+                .current_dir(dir.path());
+            cmd
+        };
+        let data = dir.path().join("data");
+        let init = as_postgres("initdb")
+            .args(["-U", "postgres", "--auth=trust", "-D"])
+            .arg(&data)
+            .output()
+            .expect("initdb");
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let listen = tcp_port.map_or(String::new(), |_| "127.0.0.1".into());
+        let port = tcp_port.unwrap_or(5432);
+        let server = as_postgres("postgres")
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(dir.path())
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-c")
+            .arg(format!("listen_addresses={listen}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres");
+        let pg = Self { dir, server, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pg.psql("postgres", "SELECT 1").0 {
+            assert!(
+                Instant::now() < deadline,
+                "the throwaway PostgreSQL did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// (succeeded, output) of `psql -tAc sql` as the superuser.
+    pub fn psql(&self, db: &str, sql: &str) -> (bool, String) {
+        let out = Command::new("psql")
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-tAc",
+                sql,
+            ])
+            .output()
+            .expect("psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.server.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.server.wait();
+    }
+}

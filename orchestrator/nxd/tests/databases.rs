@@ -3,10 +3,8 @@
 //! names that try to inject SQL.
 
 use nx_testkit::Host;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 fn psql_as_superuser(host: &Host, sql: &str) -> String {
     let out = Command::new("psql")
@@ -93,88 +91,6 @@ fn each_sandbox_gets_its_own_database_that_others_cannot_reach() {
     );
 }
 
-/// A throwaway plain PostgreSQL, to show an NX dump restores anywhere.
-struct PlainPostgres {
-    dir: tempfile::TempDir,
-    server: std::process::Child,
-}
-
-impl PlainPostgres {
-    fn start() -> Self {
-        let user = nix::unistd::User::from_name("postgres")
-            .unwrap()
-            .expect("postgres user");
-        let dir = tempfile::Builder::new()
-            .prefix("nx-plain-pg-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        std::os::unix::fs::chown(dir.path(), Some(user.uid.as_raw()), Some(user.gid.as_raw()))
-            .unwrap();
-        let as_postgres = |program: &'static str| {
-            let mut cmd = Command::new(nx_orchestrator::embedded_db::find_binary(program).unwrap());
-            cmd.uid(user.uid.as_raw())
-                .gid(user.gid.as_raw())
-                .current_dir(dir.path());
-            cmd
-        };
-        let data = dir.path().join("data");
-        let ok = as_postgres("initdb")
-            .args(["-U", "postgres", "--auth=trust", "-D"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            ok.status.success(),
-            "{}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-        let server = as_postgres("postgres")
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .args(["-c", "listen_addresses="])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let plain = Self { dir, server };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !plain.psql("postgres", "SELECT 1").0 {
-            assert!(Instant::now() < deadline, "plain PostgreSQL did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        plain
-    }
-
-    fn socket_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn psql(&self, db: &str, sql: &str) -> (bool, String) {
-        let out = Command::new("psql")
-            .arg("-h")
-            .arg(self.socket_dir())
-            .args(["-U", "postgres", "-d", db, "-tAc", sql])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        )
-    }
-}
-
-impl Drop for PlainPostgres {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.server.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = self.server.wait();
-    }
-}
-
 #[test]
 fn backup_drop_restore_and_the_dump_restores_into_a_plain_postgres() {
     let host = Host::start();
@@ -229,7 +145,7 @@ fn backup_drop_restore_and_the_dump_restores_into_a_plain_postgres() {
     assert_eq!(app("/db/list"), (200, r#"["a","b"]"#.to_string()));
 
     // No lock-in: the stock pg_restore into a plain PostgreSQL.
-    let plain = PlainPostgres::start();
+    let plain = nx_testkit::ThrowawayPostgres::start(None);
     assert!(plain.psql("postgres", "CREATE DATABASE elsewhere").0);
     let out = Command::new("pg_restore")
         .arg("-h")
