@@ -5,7 +5,7 @@
 # musl target for static sample binaries. Run as root.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils wrk)
+packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils wrk nix-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,3 +15,5 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 rustup target add x86_64-unknown-linux-musl >/dev/null
+command -v deadnix >/dev/null || cargo install --locked deadnix --version 1.3.1
+command -v nixpkgs-fmt >/dev/null || cargo install --locked nixpkgs-fmt --version 1.3.0

@@ -255,6 +255,54 @@ mod tests {
         assert_eq!(config.ports, PortRange::default());
     }
 
+    /// Renders services.nx option values with the NixOS module's own renderer
+    /// (modules/nxd-config.nix, evaluated by nix-instantiate).
+    fn render_with_the_nixos_module(overrides: &str) -> serde_json::Value {
+        let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/../../modules");
+        let expr = format!(
+            "let d = import {modules}/nxd-defaults.nix; in (import {modules}/nxd-config.nix) (d // {overrides})"
+        );
+        let out = std::process::Command::new("nix-instantiate")
+            .args(["--eval", "--strict", "--json", "--option", "substituters", ""])
+            .args(["--option", "build-users-group", "", "-E", &expr])
+            .output()
+            .expect("nix-instantiate is needed for this test: apt-get install --no-install-recommends nix-bin");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, v) in map {
+                let path = format!("{prefix}{k}");
+                out.push(path.clone());
+                keys(v, &format!("{path}."), out);
+            }
+        }
+        out.sort();
+    }
+
+    #[test]
+    fn the_nixos_module_renders_exactly_what_nxd_parses() {
+        // The module's defaults are nxd's defaults.
+        let rendered = render_with_the_nixos_module("{ }");
+        let parsed: Config = serde_json::from_value(rendered).expect("nxd parses the module's file");
+        assert_eq!(parsed, Config::default());
+        // With every optional option set, module keys and nxd keys are the same set.
+        let all = render_with_the_nixos_module(
+            r#"{ tokenFile = "/run/keys/nx-token"; databaseUrl = "postgres:///nx?host=/run/postgresql";
+                 sandbox = d.sandbox // { healthPath = "/healthz"; };
+                 databases = d.databases // { adminUrl = "postgres:///nx?host=/run/postgresql"; socketDir = "/run/postgresql"; }; }"#,
+        );
+        let parsed: Config = serde_json::from_value(all.clone()).expect("nxd parses the module's file");
+        parsed.validate().unwrap();
+        assert_eq!(parsed.sandbox.health_path.as_deref(), Some("/healthz"));
+        let (mut from_module, mut from_nxd) = (Vec::new(), Vec::new());
+        keys(&all, "", &mut from_module);
+        keys(&serde_json::to_value(&parsed).unwrap(), "", &mut from_nxd);
+        assert_eq!(from_module, from_nxd, "services.nx and nxd's config differ");
+    }
+
     #[test]
     fn an_empty_file_is_the_defaults() {
         let config: Config = toml::from_str("").unwrap();

@@ -1,0 +1,173 @@
+# services.nx: the NX daemon on a NixOS host. nxd reads one config file, rendered from these
+# options by ./nxd-config.nix (the mapping is in ./README.md).
+{ config, lib, pkgs, ... }:
+let
+  cfg = config.services.nx;
+  defaults = import ./nxd-defaults.nix;
+  settings = import ./nxd-config.nix (cfg // {
+    databaseUrl = if cfg.database.createLocally then "postgres:///nx?host=/run/postgresql" else cfg.database.url;
+    databases = cfg.databases // (lib.optionalAttrs cfg.database.createLocally {
+      adminUrl = "postgres:///nx?host=/run/postgresql";
+      socketDir = "/run/postgresql";
+    });
+  });
+  configFile = (pkgs.formats.toml { }).generate "nxd.toml" settings;
+  inherit (lib) mkOption mkEnableOption mkIf types;
+  port = types.ints.between 1 65535;
+  listenPort = addr: lib.toInt (lib.last (lib.splitString ":" addr));
+in
+{
+  options.services.nx = {
+    enable = mkEnableOption "nxd, the NX daemon";
+    package = mkOption {
+      type = types.package;
+      description = "The package that provides nxd (and nx).";
+    };
+    stateDir = mkOption {
+      type = types.path;
+      default = defaults.stateDir;
+      description = "Artifacts, deployments' data, the embedded manager's files. Not under /tmp, /run or /var/log.";
+    };
+    apiListen = mkOption {
+      type = types.str;
+      default = defaults.apiListen;
+      description = "Address of the JSON API that `nx` uses.";
+    };
+    routerListen = mkOption {
+      type = types.str;
+      default = defaults.routerListen;
+      description = "Address of the router (preview and production URLs).";
+    };
+    baseDomain = mkOption {
+      type = types.str;
+      default = defaults.baseDomain;
+      description = "URLs are <deployment>.<sandbox>.<baseDomain> and <sandbox>.<baseDomain>.";
+    };
+    tokenFile = mkOption {
+      type = types.nullOr types.str;
+      default = defaults.tokenFile;
+      example = "/run/keys/nx-token";
+      description = "The API token file (mode 0600, owned by nx). A path, never the secret: it stays out of the store. Null: nxd creates <stateDir>/token.";
+    };
+    ports = {
+      start = mkOption { type = port; default = defaults.ports.start; description = "First port handed to a deployment."; };
+      end = mkOption { type = port; default = defaults.ports.end; description = "Last port handed to a deployment."; };
+    };
+    sandbox = {
+      uidBase = mkOption { type = types.ints.unsigned; default = defaults.sandbox.uidBase; description = "Deployment uid = uidBase + (port - ports.start)."; };
+      readyTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.sandbox.readyTimeoutSecs; description = "Time a deployment has to accept connections."; };
+      healthPath = mkOption { type = types.nullOr types.str; default = defaults.sandbox.healthPath; description = "If set, ready also needs GET healthPath below 400."; };
+      restartDelaySecs = mkOption { type = types.ints.unsigned; default = defaults.sandbox.restartDelaySecs; description = "RestartSec of Restart=on-failure."; };
+    };
+    limits = {
+      memoryMaxMb = mkOption { type = types.ints.positive; default = defaults.limits.memoryMaxMb; description = "Default MemoryMax of a deployment, MiB."; };
+      cpuQuotaPercent = mkOption { type = types.ints.positive; default = defaults.limits.cpuQuotaPercent; description = "Default CPUQuota of a deployment, percent of one CPU."; };
+      tasksMax = mkOption { type = types.ints.positive; default = defaults.limits.tasksMax; description = "Default TasksMax of a deployment."; };
+    };
+    systemd = {
+      mode = mkOption {
+        type = types.enum [ "auto" "system" "embedded" ];
+        default = "system";
+        description = "On NixOS nxd drives the host's systemd over the system bus.";
+      };
+      slice = mkOption { type = types.str; default = defaults.systemd.slice; description = "Parent slice of every deployment unit."; };
+    };
+    database = {
+      createLocally = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Use the host's services.postgresql: a role and database `nx` (ensureUsers/ensureDatabases), which also creates the sandboxes' roles and databases.";
+      };
+      url = mkOption {
+        type = types.nullOr types.str;
+        default = defaults.databaseUrl;
+        description = "With createLocally = false: PostgreSQL 14+ for nxd's state (null: nxd runs its own cluster).";
+      };
+    };
+    databases = {
+      adminUrl = mkOption { type = types.nullOr types.str; default = defaults.databases.adminUrl; description = "With createLocally = false: a connection that may create roles and databases for the sandboxes."; };
+      socketDir = mkOption { type = types.nullOr types.str; default = defaults.databases.socketDir; description = "With adminUrl: that cluster's unix socket directory."; };
+      port = mkOption { type = port; default = defaults.databases.port; description = "That cluster's port (names its socket)."; };
+      backupRetention = mkOption { type = types.ints.positive; default = defaults.databases.backupRetention; description = "Backups kept per sandbox."; };
+      backupIntervalSecs = mkOption { type = types.ints.unsigned; default = 86400; description = "Scheduled backups of every sandbox; 0 turns them off."; };
+    };
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the router's port (the API stays closed: reach it over SSH or a VPN).";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    users.users.nx = { isSystemUser = true; group = "nx"; home = cfg.stateDir; };
+    users.groups.nx = { };
+
+    services.postgresql = mkIf cfg.database.createLocally {
+      enable = true;
+      ensureDatabases = [ "nx" ];
+      ensureUsers = [{
+        name = "nx";
+        ensureDBOwnership = true;
+        # nxd creates each sandbox's role and database.
+        ensureClauses = { createrole = true; createdb = true; };
+      }];
+      # nx by peer; the sandboxes' roles (nx_*, nxb_*) by password through the socket.
+      authentication = lib.mkBefore ''
+        local all nx peer
+        local all /^nxb?_ scram-sha-256
+      '';
+    };
+
+    systemd.slices.nx = {
+      description = "NX deployments";
+      sliceConfig = { MemoryAccounting = true; TasksAccounting = true; };
+    };
+
+    # nxd starts transient units as the nx user: allow exactly that, for NX's own unit names.
+    security.polkit.enable = true;
+    security.polkit.extraConfig = ''
+      polkit.addRule(function(action, subject) {
+        if (subject.user == "nx" &&
+            (action.id == "org.freedesktop.systemd1.manage-units") &&
+            /^nx-[a-z0-9-]+\.service$/.test(action.lookup("unit") || "")) {
+          return polkit.Result.YES;
+        }
+      });
+    '';
+
+    systemd.services.nxd = {
+      description = "NX daemon";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network.target" ] ++ lib.optional cfg.database.createLocally "postgresql.service";
+      requires = lib.optional cfg.database.createLocally "postgresql.service";
+      path = [ pkgs.bubblewrap config.services.postgresql.package pkgs.util-linux ];
+      serviceConfig = {
+        ExecStart = "${cfg.package}/bin/nxd --config ${configFile}";
+        User = "nx";
+        Group = "nx";
+        StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;
+        StateDirectoryMode = "0711";
+        Restart = "on-failure";
+        # Deployments are units of their own: stopping nxd must not stop them.
+        KillMode = "process";
+        # Data dirs belong to each deployment's uid: nxd needs to chown them, nothing more.
+        AmbientCapabilities = [ "CAP_CHOWN" "CAP_FOWNER" ];
+        CapabilityBoundingSet = [ "CAP_CHOWN" "CAP_FOWNER" ];
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ReadWritePaths = [ cfg.stateDir ];
+        ProtectHome = true;
+        PrivateTmp = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectControlGroups = true;
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+        RestrictNamespaces = true;
+        LockPersonality = true;
+        SystemCallArchitectures = "native";
+      };
+    };
+
+    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall (listenPort cfg.routerListen);
+  };
+}

@@ -1,0 +1,38 @@
+# services.nx option values -> the settings of nxd's config file (TOML, one key per option;
+# see modules/README.md). Plain Nix, no nixpkgs: the workspace's tests evaluate it offline
+# and parse the result with nxd's own config parser.
+cfg:
+let
+  # TOML has no null: an unset optional key is left out.
+  withoutNulls = attrs:
+    builtins.listToAttrs (builtins.filter (kv: kv.value != null)
+      (map (name: { inherit name; value = attrs.${name}; }) (builtins.attrNames attrs)));
+in
+withoutNulls {
+  state_dir = cfg.stateDir;
+  api_listen = cfg.apiListen;
+  router_listen = cfg.routerListen;
+  base_domain = cfg.baseDomain;
+  token_file = cfg.tokenFile;
+  database_url = cfg.databaseUrl;
+  ports = { inherit (cfg.ports) start end; };
+  sandbox = withoutNulls {
+    uid_base = cfg.sandbox.uidBase;
+    ready_timeout_secs = cfg.sandbox.readyTimeoutSecs;
+    health_path = cfg.sandbox.healthPath;
+    restart_delay_secs = cfg.sandbox.restartDelaySecs;
+  };
+  limits = {
+    memory_max_mb = cfg.limits.memoryMaxMb;
+    cpu_quota_percent = cfg.limits.cpuQuotaPercent;
+    tasks_max = cfg.limits.tasksMax;
+  };
+  systemd = { inherit (cfg.systemd) mode slice; };
+  databases = withoutNulls {
+    admin_url = cfg.databases.adminUrl;
+    socket_dir = cfg.databases.socketDir;
+    inherit (cfg.databases) port;
+    backup_retention = cfg.databases.backupRetention;
+    backup_interval_secs = cfg.databases.backupIntervalSecs;
+  };
+}

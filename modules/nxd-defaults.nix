@@ -1,0 +1,36 @@
+# Defaults of services.nx, as data (no nixpkgs needed), so that host.nix and the workspace's
+# config test read the same values. They equal nxd's own defaults (orchestrator/nxd.example.toml).
+{
+  stateDir = "/var/lib/nx";
+  apiListen = "127.0.0.1:7700";
+  routerListen = "127.0.0.1:7780";
+  baseDomain = "nx.localhost";
+  tokenFile = null;
+  databaseUrl = null;
+  ports = {
+    start = 20000;
+    end = 20999;
+  };
+  sandbox = {
+    uidBase = 200000;
+    readyTimeoutSecs = 15;
+    healthPath = null;
+    restartDelaySecs = 1;
+  };
+  limits = {
+    memoryMaxMb = 512;
+    cpuQuotaPercent = 100;
+    tasksMax = 256;
+  };
+  systemd = {
+    mode = "auto";
+    slice = "nx.slice";
+  };
+  databases = {
+    adminUrl = null;
+    socketDir = null;
+    port = 5432;
+    backupRetention = 7;
+    backupIntervalSecs = 0;
+  };
+}

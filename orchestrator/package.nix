@@ -1,0 +1,18 @@
+# nxd and nx from the Cargo workspace. The tests need root, bubblewrap and a systemd manager:
+# they run in .ci/run and in checks/, not in the build sandbox. Default features: container.
+{ lib, rustPlatform, pkg-config, stdenv }:
+rustPlatform.buildRustPackage {
+  pname = "nx";
+  version = "0.1.0";
+  src = lib.cleanSource ./.;
+  cargoLock.lockFile = ./Cargo.lock;
+  # The daemon runs on Linux only; a Mac gets the CLI.
+  cargoBuildFlags = if stdenv.isLinux then [ "-p" "nxd" "-p" "nx-cli" ] else [ "-p" "nx-cli" ];
+  nativeBuildInputs = [ pkg-config ];
+  doCheck = false;
+  meta = {
+    description = "Push a binary, get a sandbox, a database and a URL";
+    license = lib.licenses.mit;
+    mainProgram = "nx";
+  };
+}
