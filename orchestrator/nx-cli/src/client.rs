@@ -87,6 +87,32 @@ impl Client {
         self.send(self.request(reqwest::Method::DELETE, path)).await
     }
 
+    /// Streams a local file as the body of a request, with a progress bar, and reads the answer.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        file: &std::path::Path,
+        quiet: bool,
+    ) -> anyhow::Result<T> {
+        let file = tokio::fs::File::open(file).await?;
+        let size = file.metadata().await?.len();
+        let bar = crate::output::progress_bar(size, quiet);
+        let counted = bar.clone();
+        let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
+            if let Ok(c) = chunk {
+                counted.inc(c.len() as u64);
+            }
+        });
+        let req = self
+            .request(method, path)
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(stream));
+        let result = self.send(req).await;
+        bar.finish_and_clear();
+        result
+    }
+
     /// Copies a streamed text answer to stdout as it arrives.
     pub async fn stream_to_stdout(&self, path: &str) -> anyhow::Result<()> {
         let resp = self.request(reqwest::Method::GET, path).send().await?;

@@ -142,22 +142,9 @@ pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<(
             let path = format!("/v1/sandboxes/{n}/db/restore");
             let file = PathBuf::from(&from);
             let restored: RestoreInfo = if file.is_file() {
-                let f = tokio::fs::File::open(&file).await?;
-                let size = f.metadata().await?.len();
-                let bar = progress_bar(size, json);
-                let counted = bar.clone();
-                let stream = tokio_util::io::ReaderStream::new(f).inspect(move |c| {
-                    if let Ok(c) = c {
-                        counted.inc(c.len() as u64);
-                    }
-                });
-                let req = client
-                    .request(reqwest::Method::POST, &path)
-                    .header(reqwest::header::CONTENT_LENGTH, size)
-                    .body(reqwest::Body::wrap_stream(stream));
-                let result = client.send(req).await;
-                bar.finish_and_clear();
-                result?
+                client
+                    .upload(reqwest::Method::POST, &path, &file, json)
+                    .await?
             } else {
                 let query = format!("{path}?backup={}", urlencode(&from));
                 client

@@ -2,9 +2,8 @@
 //! then create the deployment and wait until it is ready.
 
 use crate::client::{Client, ServerError};
-use crate::output::{self, progress_bar};
+use crate::output;
 use anyhow::Context;
-use futures_util::StreamExt;
 use nx_orchestrator::api::{ArtifactInfo, DeploymentView, LimitsOverride, PushRequest};
 use nx_orchestrator::artifact::verify;
 use nx_orchestrator::names::SandboxName;
@@ -68,30 +67,6 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-async fn upload(
-    client: &Client,
-    path: &Path,
-    sha: &str,
-    json: bool,
-) -> anyhow::Result<ArtifactInfo> {
-    let file = tokio::fs::File::open(path).await?;
-    let size = file.metadata().await?.len();
-    let bar = progress_bar(size, json);
-    let counted = bar.clone();
-    let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
-        if let Ok(c) = chunk {
-            counted.inc(c.len() as u64);
-        }
-    });
-    let req = client
-        .request(reqwest::Method::PUT, &format!("/v1/artifacts/{sha}"))
-        .header(reqwest::header::CONTENT_LENGTH, size)
-        .body(reqwest::Body::wrap_stream(stream));
-    let result = client.send(req).await;
-    bar.finish_and_clear();
-    result
-}
-
 pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<()> {
     let sandbox = SandboxName::parse(&args.sandbox)?;
     let env = parse_env(&args.env)?;
@@ -104,7 +79,14 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
             if e.downcast_ref::<ServerError>()
                 .is_some_and(|s| s.status == 404) =>
         {
-            upload(client, &args.binary, &sha, json).await?;
+            let _: ArtifactInfo = client
+                .upload(
+                    reqwest::Method::PUT,
+                    &format!("/v1/artifacts/{sha}"),
+                    &args.binary,
+                    json,
+                )
+                .await?;
             true
         }
         Err(e) => return Err(e),

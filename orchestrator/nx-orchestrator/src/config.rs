@@ -267,7 +267,11 @@ mod tests {
             .args(["--option", "build-users-group", "", "-E", &expr])
             .output()
             .expect("nix-instantiate is needed for this test: apt-get install --no-install-recommends nix-bin");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -286,7 +290,8 @@ mod tests {
     fn the_nixos_module_renders_exactly_what_nxd_parses() {
         // The module's defaults are nxd's defaults.
         let rendered = render_with_the_nixos_module("{ }");
-        let parsed: Config = serde_json::from_value(rendered).expect("nxd parses the module's file");
+        let parsed: Config =
+            serde_json::from_value(rendered).expect("nxd parses the module's file");
         assert_eq!(parsed, Config::default());
         // With every optional option set, module keys and nxd keys are the same set.
         let all = render_with_the_nixos_module(
@@ -294,7 +299,8 @@ mod tests {
                  sandbox = d.sandbox // { healthPath = "/healthz"; };
                  databases = d.databases // { adminUrl = "postgres:///nx?host=/run/postgresql"; socketDir = "/run/postgresql"; }; }"#,
         );
-        let parsed: Config = serde_json::from_value(all.clone()).expect("nxd parses the module's file");
+        let parsed: Config =
+            serde_json::from_value(all.clone()).expect("nxd parses the module's file");
         parsed.validate().unwrap();
         assert_eq!(parsed.sandbox.health_path.as_deref(), Some("/healthz"));
         let (mut from_module, mut from_nxd) = (Vec::new(), Vec::new());

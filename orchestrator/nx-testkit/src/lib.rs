@@ -389,25 +389,7 @@ impl ThrowawayPostgres {
 
     /// (succeeded, output) of `psql -tAc sql` as the superuser.
     pub fn psql(&self, db: &str, sql: &str) -> (bool, String) {
-        let out = Command::new("psql")
-            .arg("-h")
-            .arg(self.socket_dir())
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-tAc",
-                sql,
-            ])
-            .output()
-            .expect("psql");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        )
+        psql(self.socket_dir(), self.port, db, sql)
     }
 }
 
@@ -419,4 +401,27 @@ impl Drop for ThrowawayPostgres {
         );
         let _ = self.server.wait();
     }
+}
+
+/// (succeeded, output) of `psql -tAc sql` as the `postgres` role, over a cluster's socket.
+pub fn psql(socket_dir: &Path, port: u16, db: &str, sql: &str) -> (bool, String) {
+    let out = Command::new("psql")
+        .arg("-h")
+        .arg(socket_dir)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-tAc",
+            sql,
+        ])
+        .output()
+        .expect("psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
 }

@@ -7,18 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn psql_as_superuser(host: &Host, sql: &str) -> String {
-    let out = Command::new("psql")
-        .arg("-h")
-        .arg(host.path("postgres/socket"))
-        .args(["-U", "postgres", "-d", "postgres", "-tAc", sql])
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let (ok, out) = nx_testkit::psql(&host.path("postgres/socket"), 5432, "postgres", sql);
+    assert!(ok, "psql failed: {sql}");
+    out
 }
 
 fn database_names(host: &Host) -> Vec<String> {

@@ -200,13 +200,7 @@ impl Databases {
         let stamp = now_id().to_lowercase();
         let fresh = format!("nxr_{stamp}");
         let previous = format!("nxo_{stamp}");
-        sqlx::query(&format!(
-            "CREATE DATABASE {} OWNER {}",
-            quote(&fresh),
-            quote(&creds.role)
-        ))
-        .execute(&self.admin)
-        .await?;
+        self.create_database(&fresh, &creds.role).await?;
         if let Err(e) = restore_into(self, dump, &fresh, &creds.role).await {
             sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",

@@ -199,6 +199,12 @@ impl Databases {
         )
     }
 
+    pub(super) async fn create_database(&self, database: &str, owner: &str) -> Result<(), DbError> {
+        let sql = format!("CREATE DATABASE {} OWNER {}", quote(database), quote(owner));
+        sqlx::query(&sql).execute(&self.admin).await?;
+        Ok(())
+    }
+
     /// Only its own role may connect to a database.
     async fn restrict(&self, database: &str, role: &str) -> Result<(), DbError> {
         for sql in [
@@ -220,13 +226,7 @@ impl Databases {
         let name = ident::sandbox(sandbox);
         let creds = self.ensure_role(&name).await?;
         if !self.database_exists(&name).await? {
-            sqlx::query(&format!(
-                "CREATE DATABASE {} OWNER {}",
-                quote(&name),
-                quote(&name)
-            ))
-            .execute(&self.admin)
-            .await?;
+            self.create_database(&name, &name).await?;
             tracing::info!(database = %name, "sandbox database created");
         }
         self.restrict(&name, &name).await?;
@@ -278,13 +278,7 @@ impl Databases {
             }
             // 55006: production has open connections, which a template copy cannot have.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => {
-                sqlx::query(&format!(
-                    "CREATE DATABASE {} OWNER {}",
-                    quote(&name),
-                    quote(&name)
-                ))
-                .execute(&self.admin)
-                .await?;
+                self.create_database(&name, &name).await?;
                 backup::copy(self, &production.database, &name, &name).await?;
                 BranchMethod::DumpRestore
             }
