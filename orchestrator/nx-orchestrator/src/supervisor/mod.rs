@@ -3,6 +3,7 @@
 //! a private one that nxd starts and owns (see `embedded`).
 
 mod dbus_api;
+#[cfg(target_os = "linux")]
 pub mod embedded;
 
 use crate::api::UnitState;
@@ -53,6 +54,19 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// The embedded manager (Linux only: it is namespaces and cgroups).
+    async fn connect_embedded(
+        state_dir: &Path,
+    ) -> Result<(zbus::Connection, String), SupervisorError> {
+        #[cfg(target_os = "linux")]
+        return embedded::connect(state_dir).await;
+        #[cfg(not(target_os = "linux"))]
+        return Err(SupervisorError::Embedded(format!(
+            "the embedded manager runs on Linux only (state dir {})",
+            state_dir.display()
+        )));
+    }
+
     /// Connects to the manager the config asks for.
     #[tracing::instrument(skip_all, fields(mode = ?mode))]
     pub async fn connect(
@@ -72,11 +86,11 @@ impl Supervisor {
                     .map_err(|e| SupervisorError::NoSystemBus(e.to_string()))?,
                 "system".to_string(),
             ),
-            SystemdMode::Embedded => embedded::connect(state_dir).await?,
+            SystemdMode::Embedded => Self::connect_embedded(state_dir).await?,
             SystemdMode::Auto => match tokio::time::timeout(Duration::from_secs(2), system()).await
             {
                 Ok(Ok(conn)) => (conn, "system".to_string()),
-                _ => embedded::connect(state_dir).await?,
+                _ => Self::connect_embedded(state_dir).await?,
             },
         };
         tracing::info!(%origin, "connected to systemd");
