@@ -277,7 +277,7 @@ async fn branches(
 
 /// `SELECT 1` round trips to one throwaway cluster over its socket and over TCP.
 async fn round_trips(n: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    let port = 25432;
+    let port = nx_testkit::free_port();
     let pg = tokio::task::spawn_blocking(move || nx_testkit::ThrowawayPostgres::start(Some(port)))
         .await?;
     let socket = format!(

@@ -50,7 +50,8 @@ pub fn sample_app() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on now (from the ephemeral range).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -102,7 +103,9 @@ impl Host {
             .tempdir_in("/var/tmp")
             .expect("state dir in /var/tmp");
         let n = HOSTS_STARTED.fetch_add(1, Ordering::SeqCst);
-        let block = (std::process::id() as u16 % 50) * 8 + n % 8;
+        // 256 blocks of 40 ports from 21000 to 31239: below the kernel's ephemeral range
+        // (32768 and up), so that no client socket ever holds a deployment's port.
+        let block = (std::process::id() % 64) as u16 * 4 + n % 4;
         let start = 21000 + block * PORTS_PER_HOST;
         let ports = (start, start + PORTS_PER_HOST - 1);
         let config = format!(
@@ -226,7 +229,16 @@ impl Host {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let out = self.nx(&all);
-        assert!(out.ok, "nx {args:?} failed: {}{}", out.stdout, out.stderr);
+        if !out.ok {
+            let log = self.nxd_log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "nx {args:?} failed: {}{}\nlast nxd log lines:\n{}",
+                out.stdout,
+                out.stderr,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         out.json()
     }
 

@@ -141,9 +141,24 @@ impl Supervisor {
             props.push(("Restart", "on-failure".into()));
             props.push(("RestartUSec", (delay.as_micros() as u64).into()));
         }
-        manager
-            .start_transient_unit(&spec.name, "replace", &props, &[])
-            .await?;
+        // A unit of the same name that just stopped is unloaded by systemd a moment later;
+        // until then a new transient unit of that name is refused with UnitExists.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match manager
+                .start_transient_unit(&spec.name, "replace", &props, &[])
+                .await
+            {
+                Ok(_) => break,
+                Err(zbus::Error::MethodError(name, _, _))
+                    if name.as_str() == "org.freedesktop.systemd1.UnitExists"
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         tracing::info!("unit started");
         Ok(())
     }
