@@ -87,7 +87,8 @@ impl StateStore {
         Ok(Self { pool })
     }
 
-    /// Records a new deployment with the lowest free port of the range.
+    /// Records a new deployment with the lowest free port of the range that nothing else on
+    /// the host listens on.
     #[tracing::instrument(skip_all, fields(sandbox = %new.sandbox))]
     pub async fn create_deployment(
         &self,
@@ -106,8 +107,10 @@ impl StateStore {
         let used: Vec<i32> = sqlx::query_scalar("SELECT port FROM deployments")
             .fetch_all(&mut *tx)
             .await?;
+        // Skip ports another program holds: the deployment could not listen there.
+        let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         let port = (ports.start..=ports.end)
-            .find(|p| !used.contains(&i32::from(*p)))
+            .find(|p| !used.contains(&i32::from(*p)) && bindable(*p))
             .ok_or(StateError::NoPort {
                 start: ports.start,
                 end: ports.end,
