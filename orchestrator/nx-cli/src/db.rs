@@ -15,7 +15,8 @@ use tokio::io::AsyncWriteExt;
 pub enum SandboxCommand {
     /// Create a sandbox and its database (a first push does this too).
     Create { name: String },
-    /// Remove a sandbox: its deployments, then its database and role (after a final backup).
+    /// Remove a sandbox: its deployments, then (after a final backup of the current one) its
+    /// role and every database it owns, including those kept by restores and swaps.
     Rm {
         name: String,
         /// Skip the final backup.

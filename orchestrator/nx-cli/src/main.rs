@@ -40,8 +40,20 @@ enum Command {
     Ls,
     /// Show one sandbox: production URL, promoted deployment, every deployment's state.
     Status { sandbox: String },
-    /// Point the sandbox's production URL at a deployment.
-    Promote { sandbox: String, deployment: String },
+    /// Point the sandbox's production URL at a deployment. For a deployment pushed with
+    /// --db-branch, asks (on a terminal) whether to swap its branch in as production's database;
+    /// the default keeps production's database.
+    Promote {
+        sandbox: String,
+        deployment: String,
+        /// Swap the deployment's branch in as production's database without asking (the old
+        /// database is kept, renamed, until you drop it).
+        #[arg(long, conflicts_with = "keep_db")]
+        swap_db: bool,
+        /// Keep production's database without asking.
+        #[arg(long)]
+        keep_db: bool,
+    },
     /// Point the sandbox's production URL back at the previously promoted deployment.
     Rollback { sandbox: String },
     /// Stop a deployment (its data dir is kept).
@@ -83,6 +95,27 @@ fn main() {
     }
 }
 
+/// On a terminal, for a deployment with a preview branch: swap the branch in? (default no)
+async fn ask_swap(
+    client: &Client,
+    sandbox: &SandboxName,
+    id: &DeploymentId,
+) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    let view: SandboxView = client.get(&format!("/v1/sandboxes/{sandbox}")).await?;
+    if !view.deployments.iter().any(|d| &d.id == id && d.db_branch) {
+        return Ok(false);
+    }
+    eprint!("{id} runs against its own copy of the database. Swap that copy in as production's database (the current one is kept)? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     if let Command::VerifyBinary { file } = &cli.command {
@@ -108,10 +141,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Promote {
             sandbox,
             deployment,
+            swap_db,
+            keep_db,
         } => {
             let name = SandboxName::parse(&sandbox)?;
+            let id = DeploymentId::parse(&deployment)?;
+            let swap_db = swap_db || (!keep_db && !json && ask_swap(&client, &name, &id).await?);
             let req = PromoteRequest {
-                deployment: DeploymentId::parse(&deployment)?,
+                deployment: id,
+                swap_db,
             };
             let view = client
                 .post(&format!("/v1/sandboxes/{name}/promote"), &req)

@@ -49,6 +49,10 @@ pub struct PushRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromoteRequest {
     pub deployment: DeploymentId,
+    /// For a deployment with a preview branch: make the branch production's database (the
+    /// old one is kept). Default: keep production's database.
+    #[serde(default)]
+    pub swap_db: bool,
 }
 
 /// The live state of a deployment's unit, as systemd reports it.

@@ -176,6 +176,15 @@ impl StateStore {
         Ok(())
     }
 
+    /// A branched deployment whose branch became production's database runs against it now.
+    pub async fn clear_db_branch(&self, id: &DeploymentId) -> Result<(), StateError> {
+        sqlx::query("UPDATE deployments SET db_branch = false WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn delete_deployment(&self, id: &DeploymentId) -> Result<(), StateError> {
         sqlx::query("DELETE FROM deployments WHERE id = $1")
             .bind(id.as_str())

@@ -321,6 +321,7 @@ impl App {
         &self,
         sandbox: &SandboxName,
         id: &DeploymentId,
+        swap_db: bool,
     ) -> Result<SandboxView, ApiError> {
         let deployment = self.deployment_in(sandbox, id).await?;
         let state = self
@@ -332,6 +333,20 @@ impl App {
                 "deployment {id} is not running ({}); `nx start {id}` first",
                 state.active
             )));
+        }
+        if swap_db {
+            if !deployment.db_branch {
+                return Err(ApiError::bad_request(format!(
+                    "deployment {id} has no preview branch to swap in (push it with --db-branch)"
+                )));
+            }
+            let kept = self.databases.swap_in_branch(sandbox, id).await?;
+            self.state.clear_db_branch(id).await?;
+            tracing::info!(%kept, "branch swapped in; production's database kept");
+            // It reconnects with production's credentials.
+            let deployment = self.state.deployment(id).await?;
+            self.backend.stop(&self.backend.handle(&deployment)).await?;
+            self.run(&deployment).await?;
         }
         {
             let _guard = self.changes.lock().await;

@@ -150,7 +150,8 @@ async fn promote(
     Json(req): Json<PromoteRequest>,
 ) -> ApiResult<SandboxView> {
     Ok(Json(
-        app.promote(&sandbox_name(&name)?, &req.deployment).await?,
+        app.promote(&sandbox_name(&name)?, &req.deployment, req.swap_db)
+            .await?,
     ))
 }
 

@@ -203,6 +203,32 @@ fn a_preview_branch_starts_with_production_rows_and_goes_with_its_deployment() {
     );
     assert_eq!(on(&prod, "/db/list"), (200, r#"["p1"]"#.to_string()));
 
+    // A second branch, promoted with its database swapped in: production's database now has
+    // the branch's rows, the old one is kept, the branch's role is gone.
+    let next = host.push_sample("blog", &["--db-branch"]);
+    assert_eq!(on(&next, "/db/put?v=n1").0, 200);
+    let before = database_names(&host);
+    host.nx_json(&["promote", "blog", &next, "--swap-db"]);
+    let production = |path: &str| host.get(&host.production_host("blog"), path);
+    assert_eq!(production("/db/list"), (200, r#"["n1","p1"]"#.to_string()));
+    assert_eq!(on(&prod, "/db/list"), (200, r#"["n1","p1"]"#.to_string()));
+    let after = database_names(&host);
+    assert!(!after.contains(&format!("nxb_{next}")));
+    assert!(
+        after
+            .iter()
+            .any(|d| d.starts_with("nxo_") && !before.contains(d)),
+        "the old production database was not kept: {after:?}"
+    );
+    let roles = format!("SELECT count(*) FROM pg_roles WHERE rolname = 'nxb_{next}'");
+    assert_eq!(psql_as_superuser(&host, &roles), "0");
+    let out = host.nx(&["promote", "blog", &prod, "--swap-db"]);
+    assert!(
+        !out.ok && out.stderr.contains("no preview branch"),
+        "{}",
+        out.stderr
+    );
+
     // Removing the sandbox drops its database after a final backup.
     let removed = host.nx_json(&["sandbox", "rm", "blog"]);
     assert!(removed["final_backup"]["id"].is_string());

@@ -106,6 +106,55 @@ async fn restore_into(
 }
 
 impl Databases {
+    /// Puts `replacement` in the place of the sandbox's database. The old one is kept, renamed
+    /// `nxo_<time>` and closed to connections, until the user drops it; open connections to
+    /// both are ended (a rename needs none). Returns the old one's new name.
+    pub(super) async fn swap_in(
+        &self,
+        sandbox: &SandboxName,
+        replacement: &str,
+        why: &str,
+    ) -> Result<String, DbError> {
+        let production = ident::sandbox(sandbox);
+        let previous = format!("nxo_{}", now_id().to_lowercase());
+        let mut tx = self.admin.begin().await?;
+        sqlx::query(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            quote(&production)
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 OR datname = $2",
+        )
+        .bind(&production)
+        .bind(replacement)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        for sql in [
+            format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote(&production),
+                quote(&previous)
+            ),
+            format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote(replacement),
+                quote(&production)
+            ),
+            format!(
+                "COMMENT ON DATABASE {} IS {}",
+                quote(&previous),
+                ident::literal(&format!("NX: {sandbox} before {why}"))
+            ),
+        ] {
+            sqlx::query(&sql).execute(&self.admin).await?;
+        }
+        self.restrict(&production, &production).await?;
+        Ok(previous)
+    }
+
     fn backup_dir(&self, sandbox: &SandboxName) -> PathBuf {
         self.backups.join(sandbox.as_str())
     }
@@ -199,7 +248,6 @@ impl Databases {
         let creds = self.ensure_sandbox(sandbox).await?;
         let stamp = now_id().to_lowercase();
         let fresh = format!("nxr_{stamp}");
-        let previous = format!("nxo_{stamp}");
         self.create_database(&fresh, &creds.role).await?;
         if let Err(e) = restore_into(self, dump, &fresh, &creds.role).await {
             sqlx::query(&format!(
@@ -213,37 +261,9 @@ impl Databases {
                 other => other,
             });
         }
-        let production = ident::sandbox(sandbox);
-        let mut tx = self.admin.begin().await?;
-        for sql in [
-            format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote(&production)),
-            format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{production}'"
-            ),
-        ] {
-            sqlx::query(&sql).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        for sql in [
-            format!(
-                "ALTER DATABASE {} RENAME TO {}",
-                quote(&production),
-                quote(&previous)
-            ),
-            format!(
-                "ALTER DATABASE {} RENAME TO {}",
-                quote(&fresh),
-                quote(&production)
-            ),
-            format!(
-                "COMMENT ON DATABASE {} IS 'NX: {} before the restore of {stamp}'",
-                quote(&previous),
-                sandbox
-            ),
-        ] {
-            sqlx::query(&sql).execute(&self.admin).await?;
-        }
-        self.restrict(&production, &creds.role).await?;
+        let previous = self
+            .swap_in(sandbox, &fresh, &format!("the restore of {stamp}"))
+            .await?;
         tracing::info!(%previous, "restored");
         Ok(RestoreInfo {
             previous_database: previous,

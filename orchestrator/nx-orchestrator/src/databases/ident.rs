@@ -31,6 +31,11 @@ pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// A quoted string literal.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +49,6 @@ mod tests {
         assert!(sandbox(&a).len() <= MAX_IDENT);
         assert_ne!(sandbox(&a), sandbox(&b));
         assert_eq!(quote("nx_a"), "\"nx_a\"");
+        assert_eq!(literal("it's"), "'it''s'");
     }
 }

@@ -247,9 +247,26 @@ impl Databases {
         Ok(())
     }
 
+    /// Drops the sandbox's role and every database it owns: the current one and those that
+    /// restores and swaps kept.
     #[tracing::instrument(skip(self))]
     pub async fn drop_sandbox(&self, sandbox: &SandboxName) -> Result<(), DbError> {
-        self.drop_database_and_role(&ident::sandbox(sandbox)).await
+        let role = ident::sandbox(sandbox);
+        let owned: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = $1",
+        )
+        .bind(&role)
+        .fetch_all(&self.admin)
+        .await?;
+        for database in owned.iter().filter(|d| **d != role) {
+            sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote(database)
+            ))
+            .execute(&self.admin)
+            .await?;
+        }
+        self.drop_database_and_role(&role).await
     }
 
     /// A copy of the sandbox's database under a role of its own, for one preview deployment.
@@ -315,6 +332,44 @@ impl Databases {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Makes a preview branch the sandbox's database: its objects go to production's role, it
+    /// takes production's name, and production's database is kept as `nxo_<time>`. The
+    /// branch's role is dropped. Returns the kept database's name.
+    #[tracing::instrument(skip(self))]
+    pub async fn swap_in_branch(
+        &self,
+        sandbox: &SandboxName,
+        id: &DeploymentId,
+    ) -> Result<String, DbError> {
+        let production = self.ensure_sandbox(sandbox).await?;
+        let branch = ident::branch(id);
+        let mut conn = PgConnection::connect(&self.database_url(&branch)).await?;
+        sqlx::query(&format!(
+            "REASSIGN OWNED BY {} TO {}",
+            quote(&branch),
+            quote(&production.role)
+        ))
+        .execute(&mut conn)
+        .await?;
+        conn.close().await?;
+        let previous = self
+            .swap_in(
+                sandbox,
+                &branch,
+                &format!("deployment {id}'s branch was swapped in"),
+            )
+            .await?;
+        sqlx::query(&format!(
+            "REVOKE ALL ON DATABASE {} FROM {}",
+            quote(&production.database),
+            quote(&branch)
+        ))
+        .execute(&self.admin)
+        .await?;
+        self.drop_database_and_role(&branch).await?;
+        Ok(previous)
     }
 
     /// The credentials of an existing preview branch.
