@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# System packages NX needs on Debian/Ubuntu: bubblewrap (the container backend), systemd and
-# dbus (the embedded manager), PostgreSQL (nxd's state), util-linux (unshare), curl, wrk (the
-# benchmarks' load generator), and the
-# musl target for static sample binaries. Run as root.
+# What NX needs on Debian/Ubuntu, as root: bubblewrap (bare binaries), podman with runc and
+# catatonit (images; crun fails on hybrid cgroups), systemd and dbus (the embedded manager),
+# PostgreSQL (nxd's state, the sandboxes' databases), util-linux (unshare), curl, wrk (the
+# benchmarks' load generator), nix-bin (offline checks of the Nix suite), the musl target (static
+# sample binaries) and the pinned Nix linters from crates.io.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils wrk nix-bin)
+packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils wrk nix-bin podman runc catatonit)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

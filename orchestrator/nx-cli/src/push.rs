@@ -5,7 +5,7 @@ use crate::client::{Client, ServerError};
 use crate::output;
 use anyhow::Context;
 use nx_orchestrator::api::{ArtifactInfo, DeploymentView, LimitsOverride, PushRequest};
-use nx_orchestrator::artifact::verify;
+use nx_orchestrator::artifact::{image, verify};
 use nx_orchestrator::names::SandboxName;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -15,7 +15,12 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args)]
 pub struct PushArgs {
     /// The binary: a Linux ELF executable for the host's architecture.
-    binary: PathBuf,
+    #[arg(required_unless_present = "image", conflicts_with = "image")]
+    binary: Option<PathBuf>,
+    /// An image archive instead of a binary (`docker save`, `podman save`, an OCI archive, or
+    /// `nix build .#sandbox-image`), run by Podman.
+    #[arg(long, value_name = "ARCHIVE")]
+    image: Option<PathBuf>,
     /// The sandbox to deploy into (created on first push): a-z, 0-9 and '-', at most 63.
     #[arg(long, short)]
     sandbox: String,
@@ -70,8 +75,20 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
 pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<()> {
     let sandbox = SandboxName::parse(&args.sandbox)?;
     let env = parse_env(&args.env)?;
-    verify::verify_file(&args.binary)?;
-    let sha = sha256_file(&args.binary)?;
+    let file = match (&args.binary, &args.image) {
+        (Some(binary), _) => {
+            verify::verify_file(binary)?;
+            binary.clone()
+        }
+        (None, Some(image)) => {
+            let bytes =
+                std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
+            image::verify_image(&bytes)?;
+            image.clone()
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let sha = sha256_file(&file)?;
     let stored: anyhow::Result<ArtifactInfo> = client.get(&format!("/v1/artifacts/{sha}")).await;
     let uploaded = match stored {
         Ok(_) => false,
@@ -83,7 +100,7 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
                 .upload(
                     reqwest::Method::PUT,
                     &format!("/v1/artifacts/{sha}"),
-                    &args.binary,
+                    &file,
                     json,
                 )
                 .await?;

@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 pub struct ArtifactInfo {
     pub sha256: String,
     pub size: u64,
-    /// "static" or the interpreter path.
-    pub linkage: String,
+    /// "binary" or "image".
+    pub kind: String,
+    /// A binary's linkage ("static" or its interpreter), an image's format and architecture.
+    pub details: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

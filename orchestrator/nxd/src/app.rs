@@ -5,9 +5,9 @@ use crate::error::ApiError;
 use anyhow::Context;
 use axum::http::StatusCode;
 use nx_orchestrator::api::{DeploymentView, PushRequest, SandboxView, UnitState};
-use nx_orchestrator::artifact::verify;
+use nx_orchestrator::artifact::Artifact;
 use nx_orchestrator::artifact::ArtifactStore;
-use nx_orchestrator::backend::{SandboxBackend, SandboxSpec};
+use nx_orchestrator::backend::{Program, SandboxBackend, SandboxSpec};
 use nx_orchestrator::config::Config;
 use nx_orchestrator::databases::{BackupInfo, Databases, RestoreInfo};
 use nx_orchestrator::domain::{check_env_name, Deployment, Desired, RouteKey};
@@ -169,11 +169,18 @@ impl App {
     }
 
     async fn spec(&self, deployment: &Deployment) -> Result<SandboxSpec, ApiError> {
-        let binary = self.artifacts.path(&deployment.artifact)?;
-        let bytes = std::fs::read(&binary).map_err(ApiError::internal)?;
-        let linkage = verify::verify_on_host(&bytes)
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?
-            .linkage;
+        let path = self.artifacts.path(&deployment.artifact)?;
+        let bytes = tokio::fs::read(&path).await.map_err(ApiError::internal)?;
+        let program = match Artifact::inspect(&bytes)? {
+            Artifact::Binary(elf) => Program::Binary {
+                path,
+                linkage: elf.linkage,
+            },
+            Artifact::Image(image) => Program::Image {
+                archive: path,
+                image_id: image.id,
+            },
+        };
         let mut env: BTreeMap<String, String> = BTreeMap::from([
             ("PATH".into(), "/usr/bin:/bin".into()),
             ("HOME".into(), "/data".into()),
@@ -192,8 +199,7 @@ impl App {
         env.extend(deployment.env.clone());
         Ok(SandboxSpec {
             deployment: deployment.clone(),
-            binary,
-            linkage,
+            program,
             env,
             database_socket: Some(self.databases.socket()),
         })

@@ -3,7 +3,9 @@
 //! binary verifies; an interrupted upload leaves nothing (the temp file is removed on drop, and
 //! whatever a crash left in `.incoming` is cleared when the store opens).
 
-use super::verify::{self, ElfInfo, VerifyError};
+use super::image::ImageError;
+use super::verify::VerifyError;
+use super::Artifact;
 use crate::api::ArtifactInfo;
 use crate::names::{check_sha256, NameError};
 use bytes::Bytes;
@@ -27,6 +29,8 @@ pub enum StoreError {
     HashMismatch { announced: String, actual: String },
     #[error("refused: {0}")]
     Verify(#[from] VerifyError),
+    #[error("refused: {0}")]
+    Image(#[from] ImageError),
     #[error("artifact store I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -74,8 +78,8 @@ impl ArtifactStore {
             }
             Err(e) => return Err(e.into()),
         };
-        let elf = verify::verify_on_host(&bytes)?;
-        Ok(describe(sha256, bytes.len() as u64, &elf))
+        let artifact = Artifact::inspect(&bytes)?;
+        Ok(describe(sha256, bytes.len() as u64, &artifact))
     }
 
     /// Streams an upload into the store under the digest the client announced.
@@ -117,19 +121,20 @@ impl ArtifactStore {
             });
         }
         let bytes = tokio::fs::read(temp.path()).await?;
-        let elf = verify::verify_on_host(&bytes)?;
+        let artifact = Artifact::inspect(&bytes)?;
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o555))?;
         temp.persist(&dest).map_err(|e| StoreError::Io(e.error))?;
-        tracing::info!(size, linkage = %elf.linkage.describe(), "artifact stored");
-        Ok(describe(announced, size, &elf))
+        tracing::info!(size, kind = artifact.kind(), details = %artifact.details(), "artifact stored");
+        Ok(describe(announced, size, &artifact))
     }
 }
 
-fn describe(sha256: &str, size: u64, elf: &ElfInfo) -> ArtifactInfo {
+fn describe(sha256: &str, size: u64, artifact: &Artifact) -> ArtifactInfo {
     ArtifactInfo {
         sha256: sha256.into(),
         size,
-        linkage: elf.linkage.describe(),
+        kind: artifact.kind().into(),
+        details: artifact.details(),
     }
 }
 
@@ -190,6 +195,28 @@ mod tests {
         ));
         assert!(!store.path(&sha).unwrap().exists());
         assert!(!store.path(&wrong).unwrap().exists());
+        assert!(incoming_is_empty(&store));
+    }
+
+    #[tokio::test]
+    async fn an_image_archive_is_stored_and_a_tampered_one_is_not() {
+        let (_d, store) = store();
+        let image = crate::artifact::image::tests::docker_archive(
+            b"app",
+            crate::artifact::image::host_architecture(),
+        );
+        let sha = hex::encode(Sha256::digest(&image));
+        let info = store.ingest(&sha, chunks(image.clone())).await.unwrap();
+        assert_eq!(info.kind, "image");
+        let mut tampered = image;
+        let at = tampered.windows(3).position(|w| w == b"app").unwrap();
+        tampered[at] = b'A';
+        let sha = hex::encode(Sha256::digest(&tampered));
+        assert!(matches!(
+            store.ingest(&sha, chunks(tampered)).await,
+            Err(StoreError::Image(_))
+        ));
+        assert!(!store.path(&sha).unwrap().exists());
         assert!(incoming_is_empty(&store));
     }
 

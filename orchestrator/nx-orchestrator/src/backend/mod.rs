@@ -22,13 +22,20 @@ pub enum BackendError {
     Io(#[from] std::io::Error),
 }
 
+/// What a deployment runs, from the artifact store.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// A bare binary, run under bubblewrap.
+    Binary { path: PathBuf, linkage: Linkage },
+    /// An image archive, loaded into Podman and run from there.
+    Image { archive: PathBuf, image_id: String },
+}
+
 /// Everything a backend needs to run one deployment.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
     pub deployment: Deployment,
-    /// The binary in the artifact store.
-    pub binary: PathBuf,
-    pub linkage: Linkage,
+    pub program: Program,
     /// The complete environment of the program: PORT, NX_*, the database's and the user's.
     pub env: BTreeMap<String, String>,
     /// The PostgreSQL socket on the host, made visible in the sandbox (nothing else of the

@@ -31,6 +31,8 @@ pub enum SupervisorError {
     },
 }
 
+const STOP_TIMEOUT_USEC: u64 = 5_000_000;
+
 /// What a unit runs and under which limits.
 #[derive(Debug, Clone)]
 pub struct UnitSpec {
@@ -123,6 +125,8 @@ impl Supervisor {
             ("StandardOutputFileToAppend", log.as_str().into()),
             ("StandardErrorFileToAppend", log.as_str().into()),
             ("MemoryAccounting", true.into()),
+            // A program that ignores SIGTERM is killed after this.
+            ("TimeoutStopUSec", STOP_TIMEOUT_USEC.into()),
             ("TasksAccounting", true.into()),
         ];
         if let Some(user) = &spec.user {

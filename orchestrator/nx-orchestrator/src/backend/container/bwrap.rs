@@ -25,7 +25,12 @@ fn push(argv: &mut Vec<String>, items: &[&str]) {
     argv.extend(items.iter().map(|s| s.to_string()));
 }
 
-pub fn command(spec: &SandboxSpec, data_dir: &Path) -> Vec<String> {
+pub fn command(
+    spec: &SandboxSpec,
+    binary: &Path,
+    linkage: &Linkage,
+    data_dir: &Path,
+) -> Vec<String> {
     let mut argv = vec!["bwrap".to_string()];
     push(
         &mut argv,
@@ -50,12 +55,12 @@ pub fn command(spec: &SandboxSpec, data_dir: &Path) -> Vec<String> {
     );
     push(
         &mut argv,
-        &["--ro-bind", &spec.binary.display().to_string(), APP_PATH],
+        &["--ro-bind", &binary.display().to_string(), APP_PATH],
     );
     for file in HOST_FILES {
         push(&mut argv, &["--ro-bind-try", file, file]);
     }
-    if let Linkage::Dynamic { interpreter } = &spec.linkage {
+    if let Linkage::Dynamic { interpreter } = linkage {
         push(&mut argv, &["--ro-bind", interpreter, interpreter]);
         for dir in LIBRARY_DIRS {
             push(&mut argv, &["--ro-bind-try", dir, dir]);

@@ -11,13 +11,32 @@ use std::path::{Path, PathBuf};
 
 /// bwrap reads seccomp programs from fds SECCOMP_FIRST_FD, SECCOMP_FIRST_FD + 1, ...
 pub const SECCOMP_FIRST_FD: i32 = 10;
+/// An argument replaced by the cgroup the launcher runs in (the unit's), for Podman's
+/// `--cgroup-parent`: the container's cgroups then sit under the unit's and its limits hold.
+pub const OWN_CGROUP: &str = "@nx-own-cgroup@";
+
+/// This process's cgroup path: the unified one where it is set, else name=systemd's.
+fn own_cgroup() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .filter(|p| *p != "/")
+            .map(str::to_owned)
+    };
+    path("0::").or_else(|| {
+        text.lines()
+            .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p.to_owned()))
+    })
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LaunchSpec {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub seccomp: Vec<PathBuf>,
-    pub uid: u32,
+    /// Drop to this uid before exec (None: stay root, for Podman, which drops in the container).
+    pub uid: Option<u32>,
 }
 
 fn drop_privileges(uid: u32) -> nix::Result<()> {
@@ -49,10 +68,21 @@ pub fn run(spec_path: &Path) -> String {
         }
         let _ = nix::unistd::close(fd);
     }
-    if let Err(e) = drop_privileges(spec.uid) {
-        return format!("cannot switch to uid {}: {e}", spec.uid);
+    if let Some(uid) = spec.uid {
+        if let Err(e) = drop_privileges(uid) {
+            return format!("cannot switch to uid {uid}: {e}");
+        }
     }
-    let Some((program, args)) = spec.argv.split_first() else {
+    let mut argv = spec.argv.clone();
+    if argv.iter().any(|a| a == OWN_CGROUP) {
+        let Some(cgroup) = own_cgroup() else {
+            return "cannot read this process's cgroup from /proc/self/cgroup".into();
+        };
+        for arg in argv.iter_mut().filter(|a| *a == OWN_CGROUP) {
+            *arg = cgroup.clone();
+        }
+    }
+    let Some((program, args)) = argv.split_first() else {
         return "empty argv in launch spec".into();
     };
     let err = std::process::Command::new(program)

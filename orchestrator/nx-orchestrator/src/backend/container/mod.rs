@@ -8,13 +8,15 @@
 
 mod bwrap;
 pub mod launch;
+mod podman;
 mod seccomp;
 
-use super::{BackendError, SandboxBackend, SandboxHandle, SandboxSpec};
+use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec};
 use crate::api::UnitState;
 use crate::domain::Deployment;
 use crate::supervisor::{Supervisor, UnitSpec};
 use launch::LaunchSpec;
+use podman::Podman;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub struct ContainerBackend {
     /// The nxd binary, which doubles as the launcher.
     launcher: PathBuf,
     restart_delay: Duration,
+    podman: Podman,
 }
 
 impl ContainerBackend {
@@ -48,6 +51,7 @@ impl ContainerBackend {
             seccomp,
             launcher,
             restart_delay,
+            podman: Podman::new(state_dir)?,
         })
     }
 }
@@ -79,11 +83,27 @@ impl SandboxBackend for ContainerBackend {
         // Owned by the deployment's uid, reachable by nobody else; it survives restarts.
         chown(&data, Some(uid), Some(uid))?;
         set_mode(&data, 0o700)?;
-        let launch = LaunchSpec {
-            argv: bwrap::command(spec, &data),
-            env: spec.env.clone(),
-            seccomp: self.seccomp.clone(),
-            uid,
+        let launch = match &spec.program {
+            Program::Binary { path, linkage } => LaunchSpec {
+                argv: bwrap::command(spec, path, linkage, &data),
+                env: spec.env.clone(),
+                seccomp: self.seccomp.clone(),
+                uid: Some(uid),
+            },
+            // Podman runs as root and starts the container as the deployment's uid.
+            Program::Image { archive, image_id } => {
+                self.podman.load(archive).await?;
+                let env_file = handle.dir.join("env");
+                let lines: String = spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                std::fs::write(&env_file, lines)?;
+                set_mode(&env_file, 0o600)?;
+                LaunchSpec {
+                    argv: self.podman.command(spec, image_id, &data, &env_file),
+                    env: self.podman.env(),
+                    seccomp: Vec::new(),
+                    uid: None,
+                }
+            }
         };
         let path = handle.dir.join("launch.json");
         let json =
@@ -106,7 +126,7 @@ impl SandboxBackend for ContainerBackend {
                 "launch".into(),
                 handle.dir.join("launch.json").display().to_string(),
             ],
-            // The launcher drops to the deployment's uid itself.
+            // The launcher drops to the deployment's uid itself (Podman: the container does).
             user: None,
             limits: Some(spec.deployment.limits),
             log_file: handle.log_file(),
@@ -126,6 +146,10 @@ impl SandboxBackend for ContainerBackend {
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         self.supervisor.stop(&handle.unit).await?;
+        // The unit is `nx-<id>.service`, the container (if any) `nx-<id>`.
+        self.podman
+            .remove(handle.unit.trim_end_matches(".service"))
+            .await;
         match std::fs::remove_dir_all(&handle.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
