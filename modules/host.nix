@@ -15,6 +15,12 @@ let
   inherit (lib) mkOption mkEnableOption mkIf types;
   port = types.ints.between 1 65535;
   listenPort = addr: lib.toInt (lib.last (lib.splitString ":" addr));
+  # MemoryMax, CPUQuota and TasksMax of a deployment or of a task.
+  limitsOptions = d: what: {
+    memoryMaxMb = mkOption { type = types.ints.positive; default = d.memoryMaxMb; description = "Default MemoryMax of ${what}, MiB."; };
+    cpuQuotaPercent = mkOption { type = types.ints.positive; default = d.cpuQuotaPercent; description = "Default CPUQuota of ${what}, percent of one CPU."; };
+    tasksMax = mkOption { type = types.ints.positive; default = d.tasksMax; description = "Default TasksMax of ${what}."; };
+  };
 in
 {
   options.services.nx = {
@@ -59,10 +65,13 @@ in
       healthPath = mkOption { type = types.nullOr types.str; default = defaults.sandbox.healthPath; description = "If set, ready also needs GET healthPath below 400."; };
       restartDelaySecs = mkOption { type = types.ints.unsigned; default = defaults.sandbox.restartDelaySecs; description = "RestartSec of Restart=on-failure."; };
     };
-    limits = {
-      memoryMaxMb = mkOption { type = types.ints.positive; default = defaults.limits.memoryMaxMb; description = "Default MemoryMax of a deployment, MiB."; };
-      cpuQuotaPercent = mkOption { type = types.ints.positive; default = defaults.limits.cpuQuotaPercent; description = "Default CPUQuota of a deployment, percent of one CPU."; };
-      tasksMax = mkOption { type = types.ints.positive; default = defaults.limits.tasksMax; description = "Default TasksMax of a deployment."; };
+    limits = limitsOptions defaults.limits "a deployment";
+    tasks = {
+      poolSize = mkOption { type = types.ints.unsigned; default = defaults.tasks.poolSize; description = "Task units started ahead (the warm pool); 0: every task starts cold."; };
+      uidBase = mkOption { type = types.ints.unsigned; default = defaults.tasks.uidBase; description = "Tasks run as uids uidBase .. uidBase + 65535, in turn."; };
+      defaultTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.tasks.defaultTimeoutSecs; description = "A task's timeout when the request names none."; };
+      maxTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.tasks.maxTimeoutSecs; description = "The longest timeout a request may ask for."; };
+      limits = limitsOptions defaults.tasks.limits "a task";
     };
     systemd = {
       mode = mkOption {

@@ -7,6 +7,12 @@ let
   withoutNulls = attrs:
     builtins.listToAttrs (builtins.filter (kv: kv.value != null)
       (map (name: { inherit name; value = attrs.${name}; }) (builtins.attrNames attrs)));
+  # MemoryMax, CPUQuota and TasksMax of a deployment or of a task.
+  limitsOf = l: {
+    memory_max_mb = l.memoryMaxMb;
+    cpu_quota_percent = l.cpuQuotaPercent;
+    tasks_max = l.tasksMax;
+  };
 in
 withoutNulls {
   state_dir = cfg.stateDir;
@@ -22,11 +28,7 @@ withoutNulls {
     health_path = cfg.sandbox.healthPath;
     restart_delay_secs = cfg.sandbox.restartDelaySecs;
   };
-  limits = {
-    memory_max_mb = cfg.limits.memoryMaxMb;
-    cpu_quota_percent = cfg.limits.cpuQuotaPercent;
-    tasks_max = cfg.limits.tasksMax;
-  };
+  limits = limitsOf cfg.limits;
   systemd = { inherit (cfg.systemd) mode slice; };
   databases = withoutNulls {
     admin_url = cfg.databases.adminUrl;
@@ -34,5 +36,12 @@ withoutNulls {
     inherit (cfg.databases) port;
     backup_retention = cfg.databases.backupRetention;
     backup_interval_secs = cfg.databases.backupIntervalSecs;
+  };
+  tasks = {
+    pool_size = cfg.tasks.poolSize;
+    uid_base = cfg.tasks.uidBase;
+    default_timeout_secs = cfg.tasks.defaultTimeoutSecs;
+    max_timeout_secs = cfg.tasks.maxTimeoutSecs;
+    limits = limitsOf cfg.tasks.limits;
   };
 }

@@ -33,4 +33,15 @@
     backupRetention = 7;
     backupIntervalSecs = 0;
   };
+  tasks = {
+    poolSize = 2;
+    uidBase = 300000;
+    defaultTimeoutSecs = 30;
+    maxTimeoutSecs = 3600;
+    limits = {
+      memoryMaxMb = 256;
+      cpuQuotaPercent = 100;
+      tasksMax = 64;
+    };
+  };
 }

@@ -72,6 +72,9 @@ pub struct UnitState {
     pub result: String,
     /// Exit status (or signal number) of the last main process.
     pub exit_status: i32,
+    /// How it ended (1 exited, 2 killed by a signal, 3 dumped core), as waitid(2) says.
+    #[serde(default)]
+    pub exit_code: i32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,4 +121,53 @@ pub struct DatabaseInfo {
     pub database: String,
     pub role: String,
     pub url: String,
+}
+
+/// `POST /v1/tasks`: run a stored artifact once, in a fresh sandbox with no network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    /// sha256 of a stored binary or image (upload it first, as for a push).
+    pub artifact: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Killed after this many seconds (default and maximum from nxd's config).
+    pub timeout_secs: Option<f64>,
+    /// MemoryMax in MiB (default from nxd's config).
+    pub memory_max_mb: Option<u64>,
+    /// `container` (the default); `microvm` where nxd has that backend.
+    pub backend: Option<String>,
+}
+
+/// One line of the answer to `POST /v1/tasks` (newline-delimited JSON): `started`, then the
+/// program's output as it comes, then `exited`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TaskEvent {
+    Started {
+        task: String,
+        /// Whether a unit from the warm pool ran it.
+        warm: bool,
+        backend: String,
+    },
+    /// Output as UTF-8 text (invalid bytes become U+FFFD; a character is never split).
+    Stdout { data: String },
+    Stderr { data: String },
+    Exited(TaskOutcome),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskOutcome {
+    /// The program's exit code (a program killed by a signal inside the sandbox: 128 + signal).
+    pub exit_code: Option<i32>,
+    /// The signal that ended the sandbox, when one did (at the timeout: 9).
+    pub signal: Option<i32>,
+    /// It ran past its timeout and was killed.
+    pub timed_out: bool,
+    /// systemd's Result for the run: success, exit-code, signal, oom-kill, ...
+    pub result: String,
+    /// From the start of the task to its end.
+    pub duration_ms: u64,
 }

@@ -39,6 +39,40 @@ pub struct Config {
     pub limits: Limits,
     pub systemd: SystemdConfig,
     pub databases: DatabasesConfig,
+    pub tasks: TasksConfig,
+}
+
+/// Tasks: programs run once, in a fresh sandbox with no network, time-limited.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// Task units started ahead and kept waiting, so that a task starts without paying for the
+    /// unit and the launcher; refilled in the background. 0: every task starts cold.
+    pub pool_size: usize,
+    /// Tasks run as uids `uid_base` .. `uid_base + 65535`, a different one for each task in turn.
+    pub uid_base: u32,
+    /// A task's timeout when the request names none.
+    pub default_timeout_secs: u64,
+    /// The longest timeout a request may ask for.
+    pub max_timeout_secs: u64,
+    /// A task's limits when the request names none (`memory_max_mb` may be asked per task).
+    pub limits: Limits,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            pool_size: 2,
+            uid_base: 300_000,
+            default_timeout_secs: 30,
+            max_timeout_secs: 3600,
+            limits: Limits {
+                memory_max_mb: 256,
+                cpu_quota_percent: 100,
+                tasks_max: 64,
+            },
+        }
+    }
 }
 
 /// Every sandbox's own PostgreSQL database and role, on the host's cluster.
@@ -138,6 +172,7 @@ impl Default for Config {
             limits: Limits::default(),
             systemd: SystemdConfig::default(),
             databases: DatabasesConfig::default(),
+            tasks: TasksConfig::default(),
         }
     }
 }
@@ -207,6 +242,19 @@ impl Config {
                 "sandbox.uid_base must be 1000 or more: deployments run as unprivileged uids"
                     .into(),
             ));
+        }
+        if self.tasks.uid_base < 1000 {
+            return Err(ConfigError::Invalid(
+                "tasks.uid_base must be 1000 or more: tasks run as unprivileged uids".into(),
+            ));
+        }
+        if self.tasks.default_timeout_secs == 0
+            || self.tasks.default_timeout_secs > self.tasks.max_timeout_secs
+        {
+            return Err(ConfigError::Invalid(format!(
+                "tasks.default_timeout_secs ({}) must be above 0 and not above tasks.max_timeout_secs ({})",
+                self.tasks.default_timeout_secs, self.tasks.max_timeout_secs
+            )));
         }
         if !self.state_dir.is_absolute() {
             return Err(ConfigError::Invalid(format!(

@@ -5,7 +5,7 @@
 //! `postgres` role by peer only, for the OS users root and postgres; every other role by
 //! password (scram-sha-256), which is how deployments connect through the socket.
 
-use crate::supervisor::{Supervisor, SupervisorError, UnitSpec};
+use crate::supervisor::{Supervisor, SupervisorError, UnitOutput, UnitSpec};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -108,7 +108,7 @@ pub async fn ensure(
             ],
             user: Some(OS_USER.into()),
             limits: None,
-            log_file: dir.join("postgres.log"),
+            output: UnitOutput::File(dir.join("postgres.log")),
             restart_delay: Some(Duration::from_secs(1)),
         };
         supervisor.start(&spec).await?;

@@ -13,3 +13,4 @@ pub mod readiness;
 pub mod router;
 pub mod state;
 pub mod supervisor;
+pub mod tasks;

@@ -20,6 +20,10 @@
 //! The database is reached as libpq would: PGHOST (the socket dir), PGPORT, PGDATABASE,
 //! PGUSER, PGPASSWORD.
 //! - `GET /exit?code=C` exits with code C
+//!
+//! With `task` as its first argument it runs once instead (see `task`).
+
+mod task;
 
 use std::io::Read;
 use tiny_http::{Header, Request, Response, Server};
@@ -27,6 +31,10 @@ use tiny_http::{Header, Request, Response, Server};
 const WORKERS: usize = 4;
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("task") {
+        std::process::exit(task::run(&args[1..]));
+    }
     // LISTEN_PORT overrides PORT, so that tests can make it fail to start.
     let port: u16 = std::env::var("LISTEN_PORT")
         .or_else(|_| std::env::var("PORT"))

@@ -15,6 +15,7 @@ use nx_orchestrator::names::{DeploymentId, SandboxName};
 use nx_orchestrator::router::Router;
 use nx_orchestrator::state::{NewDeployment, StateStore};
 use nx_orchestrator::supervisor::Supervisor;
+use nx_orchestrator::tasks::Tasks;
 use nx_orchestrator::{embedded_db, readiness};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -35,6 +36,9 @@ pub struct App {
     pub databases: Databases,
     state: StateStore,
     backend: Arc<dyn SandboxBackend>,
+    pub tasks: Tasks,
+    /// What each artifact runs as, by sha256 (inspecting means reading the whole file).
+    programs: std::sync::Mutex<HashMap<String, Program>>,
     /// Serialises changes of desired state and routes, so that the route table always matches
     /// the database.
     changes: tokio::sync::Mutex<()>,
@@ -80,7 +84,9 @@ impl App {
         )
         .await?;
         let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
-        let backend = make_backend(&config, supervisor)?;
+        let launcher = std::env::current_exe().context("locating the nxd binary (the launcher)")?;
+        let backend = make_backend(&config, Arc::clone(&supervisor), launcher.clone())?;
+        let tasks = Tasks::start(supervisor, Arc::clone(&backend), launcher, &config.tasks).await?;
         let app = Arc::new(Self {
             router: Arc::new(Router::new(&config.base_domain)),
             config,
@@ -88,6 +94,8 @@ impl App {
             databases,
             state,
             backend,
+            tasks,
+            programs: std::sync::Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
         });
         app.adopt().await?;
@@ -168,9 +176,19 @@ impl App {
         });
     }
 
-    async fn spec(&self, deployment: &Deployment) -> Result<SandboxSpec, ApiError> {
-        let path = self.artifacts.path(&deployment.artifact)?;
-        let bytes = tokio::fs::read(&path).await.map_err(ApiError::internal)?;
+    /// What a stored artifact runs as: a binary (and its linkage) or an image (and its id).
+    pub async fn program(&self, sha256: &str) -> Result<Program, ApiError> {
+        if let Some(program) = self.programs.lock().expect("lock").get(sha256) {
+            return Ok(program.clone());
+        }
+        let path = self.artifacts.path(sha256)?;
+        let bytes = tokio::fs::read(&path).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no artifact {sha256} is stored: upload it first (PUT /v1/artifacts/{sha256}; nx push and nx run-task do)"),
+            ),
+            _ => ApiError::internal(e),
+        })?;
         let program = match Artifact::inspect(&bytes)? {
             Artifact::Binary(elf) => Program::Binary {
                 path,
@@ -181,6 +199,15 @@ impl App {
                 image_id: image.id,
             },
         };
+        self.programs
+            .lock()
+            .expect("lock")
+            .insert(sha256.to_owned(), program.clone());
+        Ok(program)
+    }
+
+    async fn spec(&self, deployment: &Deployment) -> Result<SandboxSpec, ApiError> {
+        let program = self.program(&deployment.artifact).await?;
         let mut env: BTreeMap<String, String> = BTreeMap::from([
             ("PATH".into(), "/usr/bin:/bin".into()),
             ("HOME".into(), "/data".into()),
@@ -570,10 +597,10 @@ impl App {
 fn make_backend(
     config: &Config,
     supervisor: Arc<Supervisor>,
+    launcher: PathBuf,
 ) -> anyhow::Result<Arc<dyn SandboxBackend>> {
     #[cfg(feature = "container")]
     {
-        let launcher = std::env::current_exe().context("locating the nxd binary (the launcher)")?;
         Ok(Arc::new(
             nx_orchestrator::backend::container::ContainerBackend::new(
                 supervisor,
@@ -585,7 +612,7 @@ fn make_backend(
     }
     #[cfg(not(feature = "container"))]
     {
-        let _ = (config, supervisor);
+        let _ = (config, supervisor, launcher);
         anyhow::bail!("nxd was built without a sandbox backend; enable the `container` feature")
     }
 }

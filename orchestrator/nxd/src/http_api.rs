@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use nx_orchestrator::api::{
     ArtifactInfo, CreateSandbox, DatabaseInfo, DeploymentView, PromoteRequest, PushRequest,
-    SandboxView,
+    SandboxView, TaskRequest,
 };
 use nx_orchestrator::databases::{BackupInfo, RestoreInfo};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
@@ -48,6 +48,7 @@ pub fn routes(app: Arc<App>, token: Token) -> Router {
             "/v1/sandboxes/{name}/db/restore",
             post(restore).layer(DefaultBodyLimit::disable()),
         )
+        .route("/v1/tasks", post(run_task))
         .route("/v1/sandboxes/{name}/promote", post(promote))
         .route("/v1/sandboxes/{name}/rollback", post(rollback))
         .layer(middleware::from_fn_with_state(token, require_token))
@@ -72,6 +73,21 @@ async fn require_token(State(token): State<Token>, req: Request, next: Next) -> 
 
 async fn health(State(app): Shared) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "ok": true, "backend": app.backend_kind() }))
+}
+
+/// Runs a task; the body streams its events, one JSON object per line, as they happen.
+async fn run_task(State(app): Shared, Json(req): Json<TaskRequest>) -> Result<Response, ApiError> {
+    let events = crate::tasks::run(&app, req).await?;
+    let lines = futures_util::stream::unfold(events, |mut events| async move {
+        let event = events.recv().await?;
+        let mut line = serde_json::to_vec(&event).expect("events serialise");
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(line), events))
+    });
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .map_err(ApiError::internal)?)
 }
 
 async fn artifact(State(app): Shared, Path(sha): Path<String>) -> ApiResult<ArtifactInfo> {

@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod http_api;
 mod logs;
+mod tasks;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -93,7 +94,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Launch { spec }) => {
-            let reason = nx_orchestrator::backend::container::launch::run(&spec);
+            let reason = nx_orchestrator::backend::launch::run(&spec);
             anyhow::bail!("launch: {reason}")
         }
         Some(Command::ManagerInit { state_dir }) => {

@@ -1,11 +1,14 @@
 //! The narrow boundary between NX and an isolation technology. A backend turns a deployment into
 //! something that runs (prepare), runs and stops it, reports on it, and removes every trace of it.
-//! Backends are chosen by cargo features: `container` (bubblewrap) today.
+//! Backends are chosen by cargo features: `container` (bubblewrap and Podman) today.
+//! Tasks (programs run once) go through the same backends: `task_launch`.
 
 #[cfg(feature = "container")]
 pub mod container;
+pub mod launch;
 
 use crate::api::UnitState;
+use launch::LaunchSpec;
 use crate::artifact::verify::Linkage;
 use crate::domain::Deployment;
 use crate::supervisor::SupervisorError;
@@ -43,6 +46,17 @@ pub struct SandboxSpec {
     pub database_socket: Option<PathBuf>,
 }
 
+/// One run of a task: its program, run once as `uid` with no network but its own loopback.
+#[derive(Debug, Clone)]
+pub struct TaskLaunch {
+    /// The task's id; the backend names what it creates after it.
+    pub id: String,
+    pub program: Program,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub uid: u32,
+}
+
 /// A prepared sandbox: what the backend needs to find it again, also after nxd restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxHandle {
@@ -73,4 +87,9 @@ pub trait SandboxBackend: Send + Sync {
     async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError>;
     /// Stops it and removes its files.
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError>;
+
+    /// What a task's unit execs (see `launch`): the task's sandbox around its program.
+    async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError>;
+    /// Removes what a task's run may have left outside its unit (e.g. a killed container).
+    async fn task_cleanup(&self, id: &str);
 }

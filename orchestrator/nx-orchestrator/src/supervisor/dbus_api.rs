@@ -33,6 +33,15 @@ pub trait Manager {
 
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+
+    fn set_unit_properties(
+        &self,
+        name: &str,
+        runtime: bool,
+        properties: &[(&str, Value<'_>)],
+    ) -> zbus::Result<()>;
+
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
 
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
@@ -79,4 +88,8 @@ pub trait Service {
     fn result(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn exec_main_status(&self) -> zbus::Result<i32>;
+    /// How the main process ended: 1 exited (`ExecMainStatus` is its code), 2 killed, 3 dumped
+    /// (`ExecMainStatus` is the signal); see waitid(2)'s si_code.
+    #[zbus(property)]
+    fn exec_main_code(&self) -> zbus::Result<i32>;
 }

@@ -9,10 +9,12 @@ pub mod embedded;
 use crate::api::UnitState;
 use crate::config::{Limits, SystemdMode};
 use dbus_api::{ManagerProxy, ServiceProxy, UnitProxy};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zbus::proxy::CacheProperties;
-use zbus::zvariant::Value;
+use zbus::zvariant::{Fd, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -42,10 +44,27 @@ pub struct UnitSpec {
     /// Run as this user (and its primary group); `None` runs as root.
     pub user: Option<String>,
     pub limits: Option<Limits>,
-    /// stdout and stderr are appended here.
-    pub log_file: PathBuf,
+    pub output: UnitOutput,
     /// `Restart=on-failure` with this delay; `None` for no restart.
     pub restart_delay: Option<Duration>,
+}
+
+/// Where a unit's standard streams go.
+#[derive(Debug, Clone)]
+pub enum UnitOutput {
+    /// stdout and stderr are appended to this file (a deployment's log).
+    File(PathBuf),
+    /// stdin, stdout and stderr are these pipe ends, passed to systemd over D-Bus (a task's
+    /// live output). systemd holds its copies until the unit ends, so the reader sees EOF then.
+    Pipes(Arc<TaskPipes>),
+}
+
+/// The unit's ends of a task's pipes.
+#[derive(Debug)]
+pub struct TaskPipes {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
 }
 
 pub struct Supervisor {
@@ -117,18 +136,28 @@ impl Supervisor {
         let manager = self.manager().await?;
         let _ = manager.reset_failed_unit(&spec.name).await;
         let exec = vec![(spec.argv[0].clone(), spec.argv.clone(), false)];
-        let log = spec.log_file.display().to_string();
         let mut props: Vec<(&str, Value<'_>)> = vec![
             ("Description", spec.description.as_str().into()),
             ("ExecStart", Value::from(exec)),
             ("Slice", self.slice.as_str().into()),
-            ("StandardOutputFileToAppend", log.as_str().into()),
-            ("StandardErrorFileToAppend", log.as_str().into()),
             ("MemoryAccounting", true.into()),
             // A program that ignores SIGTERM is killed after this.
             ("TimeoutStopUSec", STOP_TIMEOUT_USEC.into()),
             ("TasksAccounting", true.into()),
         ];
+        let log;
+        match &spec.output {
+            UnitOutput::File(path) => {
+                log = path.display().to_string();
+                props.push(("StandardOutputFileToAppend", log.as_str().into()));
+                props.push(("StandardErrorFileToAppend", log.as_str().into()));
+            }
+            UnitOutput::Pipes(pipes) => {
+                props.push(("StandardInputFileDescriptor", Fd::from(pipes.stdin.as_fd()).into()));
+                props.push(("StandardOutputFileDescriptor", Fd::from(pipes.stdout.as_fd()).into()));
+                props.push(("StandardErrorFileDescriptor", Fd::from(pipes.stderr.as_fd()).into()));
+            }
+        }
         if let Some(user) = &spec.user {
             // The user's primary group comes with it.
             props.push(("User", user.as_str().into()));
@@ -188,6 +217,21 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Sends `signal` to every process of the unit.
+    pub async fn kill(&self, unit: &str, signal: i32) -> Result<(), SupervisorError> {
+        Ok(self.manager().await?.kill_unit(unit, "all", signal).await?)
+    }
+
+    /// Changes a running unit's memory limit.
+    pub async fn set_memory_max(&self, unit: &str, bytes: u64) -> Result<(), SupervisorError> {
+        let props: [(&str, Value<'_>); 1] = [("MemoryMax", bytes.into())];
+        Ok(self
+            .manager()
+            .await?
+            .set_unit_properties(unit, true, &props)
+            .await?)
+    }
+
     /// The live state of a unit; a unit systemd does not know is `inactive`/`dead`.
     pub async fn state(&self, unit: &str) -> Result<UnitState, SupervisorError> {
         let path = self.manager().await?.load_unit(unit).await?;
@@ -211,6 +255,7 @@ impl Supervisor {
             tasks: known(service.tasks_current().await?),
             result: service.result().await?,
             exit_status: service.exec_main_status().await?,
+            exit_code: service.exec_main_code().await?,
         })
     }
 

@@ -2,12 +2,12 @@
 //! read-only binds of only the binary and what it needs; private /tmp, /dev and /proc; its own
 //! writable /data; the PostgreSQL socket (the socket file alone); no capabilities; no nested
 //! user namespaces; dies with its parent.
-//! The host network is shared so that the router reaches the port on 127.0.0.1 (a network
-//! namespace per deployment with pasta costs ~30 MiB and ~100 ms each; see the README).
+//! A deployment shares the host network so that the router reaches the port on 127.0.0.1 (a
+//! network namespace per deployment with pasta costs ~30 MiB and ~100 ms each; see the README);
+//! a task gets a network namespace of its own.
 
-use super::launch::SECCOMP_FIRST_FD;
+use crate::backend::launch::SECCOMP_FIRST_FD;
 use crate::artifact::verify::Linkage;
-use crate::backend::SandboxSpec;
 use crate::databases::SANDBOX_SOCKET_DIR;
 use std::path::Path;
 
@@ -25,12 +25,22 @@ fn push(argv: &mut Vec<String>, items: &[&str]) {
     argv.extend(items.iter().map(|s| s.to_string()));
 }
 
-pub fn command(
-    spec: &SandboxSpec,
-    binary: &Path,
-    linkage: &Linkage,
-    data_dir: &Path,
-) -> Vec<String> {
+/// One bubblewrap sandbox: a deployment's or a task's.
+pub struct Sandbox<'a> {
+    pub hostname: &'a str,
+    pub binary: &'a Path,
+    pub linkage: &'a Linkage,
+    pub args: &'a [String],
+    /// The writable /data (a deployment's); without it the program starts in its private /tmp.
+    pub data_dir: Option<&'a Path>,
+    /// The PostgreSQL socket (the socket file alone).
+    pub database_socket: Option<&'a Path>,
+    /// Share the host's network (a deployment's port); else a network namespace of its own,
+    /// which holds only its own loopback (a task's).
+    pub host_network: bool,
+}
+
+pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
     let mut argv = vec!["bwrap".to_string()];
     push(
         &mut argv,
@@ -46,27 +56,30 @@ pub fn command(
             "--cap-drop",
             "ALL",
             "--hostname",
+            sandbox.hostname,
         ],
     );
-    argv.push(spec.deployment.sandbox.to_string());
+    if !sandbox.host_network {
+        argv.push("--unshare-net".into());
+    }
     push(
         &mut argv,
         &["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"],
     );
     push(
         &mut argv,
-        &["--ro-bind", &binary.display().to_string(), APP_PATH],
+        &["--ro-bind", &sandbox.binary.display().to_string(), APP_PATH],
     );
     for file in HOST_FILES {
         push(&mut argv, &["--ro-bind-try", file, file]);
     }
-    if let Linkage::Dynamic { interpreter } = linkage {
+    if let Linkage::Dynamic { interpreter } = sandbox.linkage {
         push(&mut argv, &["--ro-bind", interpreter, interpreter]);
         for dir in LIBRARY_DIRS {
             push(&mut argv, &["--ro-bind-try", dir, dir]);
         }
     }
-    if let Some(socket) = &spec.database_socket {
+    if let Some(socket) = sandbox.database_socket {
         let name = socket.file_name().unwrap_or_default().to_string_lossy();
         let inside = format!("{SANDBOX_SOCKET_DIR}/{name}");
         push(
@@ -74,22 +87,25 @@ pub fn command(
             &["--bind", &socket.display().to_string(), &inside],
         );
     }
-    push(
-        &mut argv,
-        &[
-            "--bind",
-            &data_dir.display().to_string(),
-            DATA_PATH,
-            "--chdir",
-            DATA_PATH,
-        ],
-    );
+    match sandbox.data_dir {
+        Some(dir) => push(
+            &mut argv,
+            &[
+                "--bind",
+                &dir.display().to_string(),
+                DATA_PATH,
+                "--chdir",
+                DATA_PATH,
+            ],
+        ),
+        None => push(&mut argv, &["--chdir", "/tmp"]),
+    }
     for i in 0..super::seccomp::PROGRAMS {
         argv.push("--add-seccomp-fd".into());
         argv.push((SECCOMP_FIRST_FD + i as i32).to_string());
     }
     argv.push("--".into());
     argv.push(APP_PATH.into());
-    argv.extend(spec.deployment.args.iter().cloned());
+    argv.extend(sandbox.args.iter().cloned());
     argv
 }

@@ -1,5 +1,5 @@
-//! The `container` backend for bare binaries: each deployment runs under bubblewrap, as its own
-//! unprivileged uid, inside a transient systemd service.
+//! The `container` backend: each deployment runs a bare binary under bubblewrap (or an image
+//! under Podman), as its own unprivileged uid, inside a transient systemd service.
 //!
 //! The unit runs `nxd launch <dir>/launch.json`: the launcher opens the seccomp programs (each
 //! bwrap needs freshly opened fds, so this happens at every start and restart), drops to the
@@ -7,15 +7,16 @@
 //! /proc/*/cmdline) and execs bwrap.
 
 mod bwrap;
-pub mod launch;
 mod podman;
 mod seccomp;
 
-use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec};
+use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
+use bwrap::Sandbox;
+use podman::{Container, ContainerEnv};
 use crate::api::UnitState;
 use crate::domain::Deployment;
-use crate::supervisor::{Supervisor, UnitSpec};
-use launch::LaunchSpec;
+use crate::supervisor::{Supervisor, UnitOutput, UnitSpec};
+use crate::backend::launch::LaunchSpec;
 use podman::Podman;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -83,22 +84,42 @@ impl SandboxBackend for ContainerBackend {
         // Owned by the deployment's uid, reachable by nobody else; it survives restarts.
         chown(&data, Some(uid), Some(uid))?;
         set_mode(&data, 0o700)?;
+        let hostname = spec.deployment.sandbox.as_str();
+        let socket = spec.database_socket.as_deref();
         let launch = match &spec.program {
             Program::Binary { path, linkage } => LaunchSpec {
-                argv: bwrap::command(spec, path, linkage, &data),
+                argv: bwrap::command(&Sandbox {
+                    hostname,
+                    binary: path,
+                    linkage,
+                    args: &spec.deployment.args,
+                    data_dir: Some(&data),
+                    database_socket: socket,
+                    host_network: true,
+                }),
                 env: spec.env.clone(),
                 seccomp: self.seccomp.clone(),
                 uid: Some(uid),
             },
             // Podman runs as root and starts the container as the deployment's uid.
             Program::Image { archive, image_id } => {
-                self.podman.load(archive).await?;
+                self.podman.load(archive, image_id).await?;
                 let env_file = handle.dir.join("env");
                 let lines: String = spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
                 std::fs::write(&env_file, lines)?;
                 set_mode(&env_file, 0o600)?;
                 LaunchSpec {
-                    argv: self.podman.command(spec, image_id, &data, &env_file),
+                    argv: self.podman.command(&Container {
+                        name: &container_name(&handle.unit),
+                        hostname,
+                        image_id,
+                        uid,
+                        args: &spec.deployment.args,
+                        env: ContainerEnv::File(&env_file),
+                        data_dir: Some(&data),
+                        database_socket: socket,
+                        host_network: true,
+                    }),
                     env: self.podman.env(),
                     seccomp: Vec::new(),
                     uid: None,
@@ -129,7 +150,7 @@ impl SandboxBackend for ContainerBackend {
             // The launcher drops to the deployment's uid itself (Podman: the container does).
             user: None,
             limits: Some(spec.deployment.limits),
-            log_file: handle.log_file(),
+            output: UnitOutput::File(handle.log_file()),
             restart_delay: Some(self.restart_delay),
         };
         Ok(self.supervisor.start(&unit).await?)
@@ -146,13 +167,71 @@ impl SandboxBackend for ContainerBackend {
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         self.supervisor.stop(&handle.unit).await?;
-        // The unit is `nx-<id>.service`, the container (if any) `nx-<id>`.
-        self.podman
-            .remove(handle.unit.trim_end_matches(".service"))
-            .await;
+        self.podman.remove(&container_name(&handle.unit)).await;
         match std::fs::remove_dir_all(&handle.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
     }
+
+    #[tracing::instrument(skip_all, fields(task = %task.id))]
+    async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError> {
+        Ok(match &task.program {
+            Program::Binary { path, linkage } => LaunchSpec {
+                argv: bwrap::command(&Sandbox {
+                    hostname: TASK_HOSTNAME,
+                    binary: path,
+                    linkage,
+                    args: &task.args,
+                    data_dir: None,
+                    database_socket: None,
+                    host_network: false,
+                }),
+                env: task.env.clone(),
+                seccomp: self.seccomp.clone(),
+                uid: Some(task.uid),
+            },
+            Program::Image { archive, image_id } => {
+                self.podman.load(archive, image_id).await?;
+                let mut env = self.podman.env();
+                let names = task.env.keys().filter(|k| !env.contains_key(*k)).cloned();
+                let argv = self.podman.command(&Container {
+                    name: &task_container(&task.id),
+                    hostname: TASK_HOSTNAME,
+                    image_id,
+                    uid: task.uid,
+                    args: &task.args,
+                    env: ContainerEnv::Inherited(names.collect()),
+                    data_dir: None,
+                    database_socket: None,
+                    host_network: false,
+                });
+                for (k, v) in &task.env {
+                    env.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                LaunchSpec {
+                    argv,
+                    env,
+                    seccomp: Vec::new(),
+                    uid: None,
+                }
+            }
+        })
+    }
+
+    async fn task_cleanup(&self, id: &str) {
+        self.podman.remove(&task_container(id)).await;
+    }
+}
+
+/// A task's hostname.
+const TASK_HOSTNAME: &str = "task";
+
+/// The container of a deployment's unit `nx-<id>.service` is `nx-<id>`.
+fn container_name(unit: &str) -> String {
+    unit.trim_end_matches(".service").to_owned()
+}
+
+fn task_container(id: &str) -> String {
+    format!("nxt-{id}")
 }

@@ -6,15 +6,39 @@
 //! bubblewrap deployment gets: the host network's loopback port, its data dir, the database
 //! socket, no capabilities, a read-only root, its environment from a 0600 file.
 
-use super::launch::OWN_CGROUP;
+use crate::backend::launch::OWN_CGROUP;
 use super::BackendError;
-use crate::backend::SandboxSpec;
 use crate::databases::SANDBOX_SOCKET_DIR;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
 use std::path::{Path, PathBuf};
 
 pub struct Podman {
     dir: PathBuf,
+    /// Images loaded since nxd started (loading again is harmless, but slow).
+    loaded: Mutex<HashSet<String>>,
+}
+
+/// Where a container's environment comes from.
+pub enum ContainerEnv<'a> {
+    /// A 0600 env file (a deployment's, written at prepare).
+    File(&'a Path),
+    /// These names, valued from podman's own environment (a task's).
+    Inherited(Vec<String>),
+}
+
+/// One Podman container: a deployment's or a task's.
+pub struct Container<'a> {
+    pub name: &'a str,
+    pub hostname: &'a str,
+    pub image_id: &'a str,
+    pub uid: u32,
+    pub args: &'a [String],
+    pub env: ContainerEnv<'a>,
+    pub data_dir: Option<&'a Path>,
+    pub database_socket: Option<&'a Path>,
+    /// The host's network (a deployment's port), else `--network none` (loopback only).
+    pub host_network: bool,
 }
 
 impl Podman {
@@ -23,7 +47,10 @@ impl Podman {
         for sub in ["storage", "run", "tmp"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
-        let podman = Self { dir };
+        let podman = Self {
+            dir,
+            loaded: Mutex::new(HashSet::new()),
+        };
         std::fs::write(
             podman.dir.join("containers.conf"),
             format!(
@@ -62,8 +89,11 @@ impl Podman {
         ])
     }
 
-    /// Loads an archive into Podman's storage (a no-op when it is there already).
-    pub async fn load(&self, archive: &Path) -> Result<(), BackendError> {
+    /// Loads an archive into Podman's storage (once per image while nxd runs).
+    pub async fn load(&self, archive: &Path, image_id: &str) -> Result<(), BackendError> {
+        if self.loaded.lock().expect("lock").contains(image_id) {
+            return Ok(());
+        }
         let out = tokio::process::Command::new("podman")
             .args(["load", "--quiet", "--input"])
             .arg(archive)
@@ -80,22 +110,13 @@ impl Podman {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
+        self.loaded.lock().expect("lock").insert(image_id.to_owned());
         Ok(())
     }
 
-    pub fn container_name(spec: &SandboxSpec) -> String {
-        format!("nx-{}", spec.deployment.id)
-    }
-
-    /// `podman run` for a deployment; its environment comes from `env_file`.
-    pub fn command(
-        &self,
-        spec: &SandboxSpec,
-        image_id: &str,
-        data_dir: &Path,
-        env_file: &Path,
-    ) -> Vec<String> {
-        let uid = spec.deployment.uid;
+    /// `podman run` of one container (a deployment's or a task's); `--rm`, so that a container
+    /// that ends leaves nothing in Podman's storage.
+    pub fn command(&self, c: &Container<'_>) -> Vec<String> {
         let mut argv: Vec<String> = [
             "podman",
             "run",
@@ -104,8 +125,6 @@ impl Podman {
             "--init",
             "--pull",
             "never",
-            "--network",
-            "host",
             "--cgroup-parent",
             OWN_CGROUP,
             "--read-only",
@@ -113,29 +132,39 @@ impl Podman {
             "all",
             "--security-opt",
             "no-new-privileges",
+            "--network",
+            if c.host_network { "host" } else { "none" },
             "--hostname",
+            c.hostname,
+            "--name",
+            c.name,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        argv.push(spec.deployment.sandbox.to_string());
-        argv.extend([
-            "--name".into(),
-            Self::container_name(spec),
-            "--user".into(),
-            format!("{uid}:{uid}"),
-            "--env-file".into(),
-            env_file.display().to_string(),
-            "--volume".into(),
-            format!("{}:/data", data_dir.display()),
-        ]);
-        if let Some(socket) = &spec.database_socket {
+        argv.extend(["--user".into(), format!("{}:{}", c.uid, c.uid)]);
+        match &c.env {
+            ContainerEnv::File(file) => {
+                argv.extend(["--env-file".into(), file.display().to_string()]);
+            }
+            // `--env NAME` takes the value from podman's own environment: values stay out of
+            // argv (and /proc/*/cmdline).
+            ContainerEnv::Inherited(names) => {
+                for name in names {
+                    argv.extend(["--env".into(), name.clone()]);
+                }
+            }
+        }
+        if let Some(dir) = c.data_dir {
+            argv.extend(["--volume".into(), format!("{}:/data", dir.display())]);
+        }
+        if let Some(socket) = c.database_socket {
             let name = socket.file_name().unwrap_or_default().to_string_lossy();
             argv.push("--volume".into());
             argv.push(format!("{}:{SANDBOX_SOCKET_DIR}/{name}", socket.display()));
         }
-        argv.push(image_id.into());
-        argv.extend(spec.deployment.args.iter().cloned());
+        argv.push(c.image_id.into());
+        argv.extend(c.args.iter().cloned());
         argv
     }
 

@@ -1,7 +1,10 @@
 //! `nxd launch <launch.json>`: what a deployment's unit runs. As root, it reads the spec (0400,
 //! root's) and opens the seccomp programs onto fixed fds; then it drops to the deployment's uid
 //! and gid with no supplementary groups (numeric ids need no passwd entry, which systemd's
-//! `User=` would), replaces its environment with the program's, and execs bubblewrap.
+//! `User=` would), replaces its environment with the program's, and execs bubblewrap (or Podman).
+//!
+//! `nxd launch -` does the same with a spec read from standard input: a task's unit is started
+//! ahead (the warm pool) and waits there until nxd writes the task's spec and closes the pipe.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -47,14 +50,25 @@ fn drop_privileges(uid: u32) -> nix::Result<()> {
     setresuid(uid, uid, uid)
 }
 
-/// Returns only on failure, with the reason.
-pub fn run(spec_path: &Path) -> String {
-    let spec: LaunchSpec = match std::fs::read(spec_path)
+/// Reads the spec from a file, or from standard input (to its end) when the path is `-`.
+fn read(spec_path: &Path) -> Result<LaunchSpec, String> {
+    let bytes = if spec_path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+    } else {
+        std::fs::read(spec_path)
+    };
+    bytes
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
+        .map_err(|e| format!("cannot read {}: {e}", spec_path.display()))
+}
+
+/// Returns only on failure, with the reason.
+pub fn run(spec_path: &Path) -> String {
+    let spec = match read(spec_path) {
         Ok(spec) => spec,
-        Err(e) => return format!("cannot read {}: {e}", spec_path.display()),
+        Err(e) => return e,
     };
     for (i, path) in spec.seccomp.iter().enumerate() {
         let target = SECCOMP_FIRST_FD + i as i32;

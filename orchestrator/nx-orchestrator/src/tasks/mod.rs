@@ -1,0 +1,247 @@
+//! Tasks: a program run once, in a fresh sandbox of the same backends as deployments, with no
+//! network but its own loopback, its output streamed back live, killed at its timeout, and gone
+//! without a trace when it ends (its unit, its cgroup, its container if any).
+//!
+//! A task's unit runs `nxd launch -`, which waits for the launch spec on its stdin. A cold task
+//! starts that unit first; a warm one takes a unit the pool started ahead (see `pool`).
+
+mod pool;
+mod text;
+
+use crate::api::{TaskEvent, TaskOutcome, UnitState};
+use crate::backend::{BackendError, Program, SandboxBackend, TaskLaunch};
+use crate::config::TasksConfig;
+use crate::supervisor::{Supervisor, SupervisorError};
+use pool::{Pool, Slot, TaskUnit};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("handing the task to its unit: {0}")]
+    Handover(std::io::Error),
+}
+
+/// One task to run.
+#[derive(Debug, Clone)]
+pub struct TaskRun {
+    pub program: Program,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub memory_max_mb: u64,
+}
+
+/// How many uids tasks take in turn, from `tasks.uid_base`.
+const TASK_UIDS: u32 = 65_536;
+/// Events buffered for a slow reader before the task's output waits for it.
+const EVENT_BUFFER: usize = 256;
+/// How long a task's unit may take to report its end once its output has closed.
+const EXIT_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Tasks {
+    supervisor: Arc<Supervisor>,
+    backend: Arc<dyn SandboxBackend>,
+    pool: Arc<Pool>,
+    uid_base: u32,
+    next_uid: AtomicU32,
+}
+
+impl Tasks {
+    /// Removes task units an earlier nxd left behind and starts filling the warm pool.
+    #[tracing::instrument(skip_all)]
+    pub async fn start(
+        supervisor: Arc<Supervisor>,
+        backend: Arc<dyn SandboxBackend>,
+        launcher: PathBuf,
+        config: &TasksConfig,
+    ) -> Result<Self, TaskError> {
+        for unit in supervisor.list("nxt-*.service").await? {
+            tracing::info!(%unit, "removing a task unit left from before");
+            supervisor.stop(&unit).await?;
+        }
+        let pool = Arc::new(Pool::new(
+            Arc::clone(&supervisor),
+            launcher,
+            config.limits,
+            config.pool_size,
+        ));
+        pool.refill();
+        Ok(Self {
+            supervisor,
+            backend,
+            pool,
+            uid_base: config.uid_base,
+            next_uid: AtomicU32::new(0),
+        })
+    }
+
+    /// Starts a task; its events follow on the receiver, ending with `Exited`. Dropping the
+    /// receiver kills the task.
+    #[tracing::instrument(skip_all)]
+    pub async fn run(&self, task: TaskRun) -> Result<mpsc::Receiver<TaskEvent>, TaskError> {
+        let uid = self.uid_base + self.next_uid.fetch_add(1, Ordering::Relaxed) % TASK_UIDS;
+        let (mut slot, warm) = match self.pool.take() {
+            Some(slot) => (slot, true),
+            None => (self.pool.start_slot().await?, false),
+        };
+        let launch = TaskLaunch {
+            id: slot.unit.id.clone(),
+            program: task.program,
+            args: task.args,
+            env: task.env,
+            uid,
+        };
+        let handover = async {
+            let spec = self.backend.task_launch(&launch).await?;
+            if task.memory_max_mb != self.pool.limits().memory_max_mb {
+                self.supervisor
+                    .set_memory_max(&slot.unit.name, task.memory_max_mb << 20)
+                    .await?;
+            }
+            slot.send(&spec).await.map_err(TaskError::Handover)
+        };
+        if let Err(e) = handover.await {
+            self.watcher().finish(&slot.unit).await;
+            return Err(e);
+        }
+        let started = Instant::now();
+        tracing::info!(task = %slot.unit.id, warm, uid, "task started");
+        let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+        let _ = events
+            .send(TaskEvent::Started {
+                task: slot.unit.id.clone(),
+                warm,
+                backend: self.backend.kind().into(),
+            })
+            .await;
+        tokio::spawn(self.watcher().watch(slot, task.timeout, started, events));
+        Ok(receiver)
+    }
+
+    fn watcher(&self) -> Watcher {
+        Watcher {
+            supervisor: Arc::clone(&self.supervisor),
+            backend: Arc::clone(&self.backend),
+        }
+    }
+}
+
+/// Follows one running task to its end.
+struct Watcher {
+    supervisor: Arc<Supervisor>,
+    backend: Arc<dyn SandboxBackend>,
+}
+
+/// Forwards one of the task's streams; false when nobody listens any more.
+async fn forward(
+    mut stream: pipe::Receiver,
+    events: &mpsc::Sender<TaskEvent>,
+    wrap: fn(String) -> TaskEvent,
+) -> bool {
+    let mut text = text::Utf8Chunks::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let (chunk, ended) = match stream.read(&mut buf).await {
+            Ok(n) if n > 0 => (text.push(&buf[..n]), false),
+            _ => (text.finish(), true),
+        };
+        if !chunk.is_empty() && events.send(wrap(chunk)).await.is_err() {
+            return false;
+        }
+        if ended {
+            return true;
+        }
+    }
+}
+
+impl Watcher {
+    #[tracing::instrument(skip_all, fields(task = %slot.unit.id))]
+    async fn watch(
+        self,
+        slot: Slot,
+        timeout: Duration,
+        started: Instant,
+        events: mpsc::Sender<TaskEvent>,
+    ) {
+        let (unit, stdout, stderr) = slot.into_output();
+        let output = async {
+            let (out, err) = tokio::join!(
+                forward(stdout, &events, |data| TaskEvent::Stdout { data }),
+                forward(stderr, &events, |data| TaskEvent::Stderr { data }),
+            );
+            out && err
+        };
+        let (timed_out, abandoned) = match tokio::time::timeout(timeout, output).await {
+            Ok(listened) => (false, !listened),
+            Err(_) => (true, false),
+        };
+        if timed_out || abandoned {
+            tracing::info!(timed_out, abandoned, "killing the task");
+            if let Err(e) = self.supervisor.kill(&unit.name, nix::libc::SIGKILL).await {
+                tracing::warn!(error = %e, "kill");
+            }
+        }
+        let state = self
+            .supervisor
+            .wait_for(&unit.name, "exited", EXIT_WAIT, |s| {
+                s.sub == "exited" || s.active == "failed" || s.active == "inactive"
+            })
+            .await;
+        let outcome = outcome(state, timed_out, started.elapsed());
+        self.finish(&unit).await;
+        tracing::info!(?outcome, "task ended");
+        let _ = events.send(TaskEvent::Exited(outcome)).await;
+    }
+
+    async fn finish(&self, unit: &TaskUnit) {
+        if let Err(e) = self.supervisor.stop(&unit.name).await {
+            tracing::warn!(unit = %unit.name, error = %e, "stopping a task unit");
+        }
+        self.backend.task_cleanup(&unit.id).await;
+    }
+}
+
+/// The task's end, from its unit's state (waitid codes: 1 exited, 2 killed, 3 dumped). A unit
+/// that ended well is unloaded at once; systemd then reports it inactive with Result success.
+fn outcome(
+    state: Result<UnitState, SupervisorError>,
+    timed_out: bool,
+    elapsed: Duration,
+) -> TaskOutcome {
+    let duration_ms = elapsed.as_millis() as u64;
+    match state {
+        Ok(s) => {
+            let exited = s.exit_code == 1;
+            let unloaded_after_success = s.active == "inactive" && s.result == "success";
+            TaskOutcome {
+                exit_code: if unloaded_after_success {
+                    Some(0)
+                } else {
+                    exited.then_some(s.exit_status)
+                },
+                signal: (!exited && s.exit_code != 0).then_some(s.exit_status),
+                timed_out,
+                result: s.result,
+                duration_ms,
+            }
+        }
+        Err(e) => TaskOutcome {
+            exit_code: None,
+            signal: None,
+            timed_out,
+            result: format!("unknown ({e})"),
+            duration_ms,
+        },
+    }
+}

@@ -1,0 +1,75 @@
+//! `nx-sample-app task <command> [args]`: the sample as a one-shot program, for NX's tasks.
+//!
+//! - `print WORDS...`  prints the words on stdout and `done` on stderr, exits 0
+//! - `exit N`          prints `exiting with N`, exits N
+//! - `sleep SECS`      prints `sleeping`, sleeps
+//! - `fork`            forks until the kernel refuses, prints how many
+//! - `hog`             allocates and touches memory until the limit ends it
+//! - `connect ADDR`    tries a TCP connection to ADDR, prints the outcome
+//! - `ls PATH`         prints the entries of a directory
+
+use std::io::Write;
+
+pub fn run(args: &[String]) -> i32 {
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let mut out = std::io::stdout();
+    match arg(0) {
+        "print" => {
+            let _ = writeln!(out, "{}", args[1..].join(" "));
+            eprintln!("done");
+            0
+        }
+        "exit" => {
+            let code = arg(1).parse().unwrap_or(1);
+            let _ = writeln!(out, "exiting with {code}");
+            code
+        }
+        "sleep" => {
+            let _ = writeln!(out, "sleeping");
+            let _ = out.flush();
+            std::thread::sleep(std::time::Duration::from_secs_f64(
+                arg(1).parse().unwrap_or(3600.0),
+            ));
+            0
+        }
+        "fork" => {
+            let _ = writeln!(out, "{}", crate::fork_until_refused());
+            0
+        }
+        "hog" => {
+            crate::hog();
+            let _ = writeln!(out, "still alive");
+            0
+        }
+        "connect" => {
+            match std::net::TcpStream::connect_timeout(
+                &arg(1).parse().expect("ADDR is host:port"),
+                std::time::Duration::from_secs(2),
+            ) {
+                Ok(_) => {
+                    let _ = writeln!(out, "connected to {}", arg(1));
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "cannot connect to {}: {e}", arg(1));
+                }
+            }
+            0
+        }
+        "ls" => match std::fs::read_dir(arg(1)) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let _ = writeln!(out, "{}", entry.file_name().to_string_lossy());
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("cannot list {}: {e}", arg(1));
+                2
+            }
+        },
+        other => {
+            eprintln!("unknown task command {other:?}: print, exit, sleep, fork, hog, connect, ls");
+            64
+        }
+    }
+}
