@@ -43,17 +43,19 @@ impl Client {
             .bearer_auth(&self.token)
     }
 
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        anyhow::anyhow!(
+            "cannot reach nxd at {}: {e}; is nxd running, and is --host / NX_HOST right?",
+            self.host
+        )
+    }
+
     /// Sends a request and reads a JSON answer, or nxd's error.
     pub async fn send<T: DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
-        let resp = req.send().await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach nxd at {}: {e}; is nxd running, and is --host / NX_HOST right?",
-                self.host
-            )
-        })?;
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if status.is_success() {
@@ -113,9 +115,12 @@ impl Client {
         result
     }
 
-    /// Copies a streamed text answer to stdout as it arrives.
-    pub async fn stream_to_stdout(&self, path: &str) -> anyhow::Result<()> {
-        let resp = self.request(reqwest::Method::GET, path).send().await?;
+    /// Sends a request whose answer streams; nxd's error when it refuses.
+    pub async fn open_stream(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         if !resp.status().is_success() {
             let status = resp.status();
             let body: ErrorBody = resp.json().await.unwrap_or_else(|e| ErrorBody {
@@ -128,6 +133,14 @@ impl Client {
             }
             .into());
         }
+        Ok(resp)
+    }
+
+    /// Copies a streamed text answer to stdout as it arrives.
+    pub async fn stream_to_stdout(&self, path: &str) -> anyhow::Result<()> {
+        let resp = self
+            .open_stream(self.request(reqwest::Method::GET, path))
+            .await?;
         let mut stream = resp.bytes_stream();
         let mut out = std::io::stdout().lock();
         while let Some(chunk) = stream.next().await {

@@ -5,6 +5,7 @@ mod db;
 mod output;
 mod push;
 mod settings;
+mod task;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -78,6 +79,9 @@ enum Command {
     /// The sandbox's PostgreSQL database: URL, psql, backups, restore.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Run a binary or an image once in a fresh sandbox with no network; its output streams
+    /// here and nx exits with its exit code (124 when killed at the timeout).
+    RunTask(task::RunTaskArgs),
     /// Check that a file is a Linux executable this host can run (no daemon needed).
     VerifyBinary { file: PathBuf },
 }
@@ -128,6 +132,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::VerifyBinary { .. } => unreachable!("handled above"),
         Command::Push(args) => push::run(&client, args, json).await,
+        Command::RunTask(args) => {
+            let code = task::run(&client, args, json).await?;
+            std::process::exit(code)
+        }
         Command::Sandbox(cmd) => db::sandbox(&client, cmd, json).await,
         Command::Db(cmd) => db::db(&client, cmd, json).await,
         Command::Ls => {

@@ -45,7 +45,7 @@ pub struct PushArgs {
     args: Vec<String>,
 }
 
-fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|pair| {
@@ -72,6 +72,31 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Makes sure nxd stores a (verified) local file: asks by hash first and uploads, with a
+/// progress bar, only what nxd lacks. Returns its sha256 and whether it was uploaded.
+pub async fn store(client: &Client, file: &Path, json: bool) -> anyhow::Result<(String, bool)> {
+    let sha = sha256_file(file)?;
+    let stored: anyhow::Result<ArtifactInfo> = client.get(&format!("/v1/artifacts/{sha}")).await;
+    match stored {
+        Ok(_) => Ok((sha, false)),
+        Err(e)
+            if e.downcast_ref::<ServerError>()
+                .is_some_and(|s| s.status == 404) =>
+        {
+            let _: ArtifactInfo = client
+                .upload(
+                    reqwest::Method::PUT,
+                    &format!("/v1/artifacts/{sha}"),
+                    file,
+                    json,
+                )
+                .await?;
+            Ok((sha, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<()> {
     let sandbox = SandboxName::parse(&args.sandbox)?;
     let env = parse_env(&args.env)?;
@@ -88,26 +113,7 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
         }
         (None, None) => unreachable!("clap requires one"),
     };
-    let sha = sha256_file(&file)?;
-    let stored: anyhow::Result<ArtifactInfo> = client.get(&format!("/v1/artifacts/{sha}")).await;
-    let uploaded = match stored {
-        Ok(_) => false,
-        Err(e)
-            if e.downcast_ref::<ServerError>()
-                .is_some_and(|s| s.status == 404) =>
-        {
-            let _: ArtifactInfo = client
-                .upload(
-                    reqwest::Method::PUT,
-                    &format!("/v1/artifacts/{sha}"),
-                    &file,
-                    json,
-                )
-                .await?;
-            true
-        }
-        Err(e) => return Err(e),
-    };
+    let (sha, uploaded) = store(client, &file, json).await?;
     if !json {
         eprintln!(
             "{} {}; starting a deployment of {sandbox}...",

@@ -98,6 +98,11 @@ impl From<Output> for Nx {
 impl Host {
     /// Starts nxd on a fresh state dir and waits until its API answers.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Like `start`, with more config appended (TOML tables).
+    pub fn start_with(extra_config: &str) -> Self {
         let state_dir = tempfile::Builder::new()
             .prefix("nx-test-")
             .tempdir_in("/var/tmp")
@@ -109,13 +114,13 @@ impl Host {
         let start = 21000 + block * PORTS_PER_HOST;
         let ports = (start, start + PORTS_PER_HOST - 1);
         let config = format!(
-            "state_dir = {:?}\napi_listen = \"127.0.0.1:{}\"\nrouter_listen = \"127.0.0.1:{}\"\nbase_domain = \"{BASE_DOMAIN}\"\n\n[ports]\nstart = {}\nend = {}\n\n[sandbox]\nuid_base = {}\nready_timeout_secs = 10\n\n[systemd]\nmode = \"embedded\"\n",
+            "state_dir = {:?}\napi_listen = \"127.0.0.1:{}\"\nrouter_listen = \"127.0.0.1:{}\"\nbase_domain = \"{BASE_DOMAIN}\"\n\n[ports]\nstart = {}\nend = {}\n\n[sandbox]\nuid_base = {}\nready_timeout_secs = 10\n\n[systemd]\nmode = \"embedded\"\n\n{extra_config}\n",
             state_dir.path(),
             free_port(),
             free_port(),
             ports.0,
             ports.1,
-            300_000 + u32::from(block) * 100,
+            200_000 + u32::from(block) * 100,
         );
         std::fs::write(state_dir.path().join("nxd.toml"), config).expect("write config");
         let mut host = Self {
@@ -436,4 +441,75 @@ pub fn psql(socket_dir: &Path, port: u16, db: &str, sql: &str) -> (bool, String)
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),
     )
+}
+
+/// Builds an image of the static sample app (FROM scratch, the sample as its entrypoint) with
+/// Podman, storage and config under `dir` (NX's own Podman config), and saves it as a
+/// docker-archive; returns the archive. `platform` e.g. `linux/amd64`, `linux/arm64`.
+pub fn build_sample_image(dir: &Path, platform: &str) -> PathBuf {
+    // Storage of its own per platform: Podman's build cache would hand an arm64 build the
+    // amd64 image of the same layers.
+    let name = platform.replace('/', "-");
+    let podman = nx_orchestrator::backend::container::podman::Podman::new(&dir.join(&name))
+        .expect("podman config under the test dir");
+    let context = dir.join("context");
+    std::fs::create_dir_all(&context).expect("build context");
+    std::fs::copy(sample_app(), context.join("nx-sample-app")).expect("copy the sample");
+    std::fs::write(
+        context.join("Containerfile"),
+        "FROM scratch\nCOPY nx-sample-app /app\nENTRYPOINT [\"/app\"]\n",
+    )
+    .expect("Containerfile");
+    let tag = format!("localhost/nx-sample-{name}");
+    let archive = dir.join(format!("{name}.tar"));
+    let podman_cmd = |args: &[&str]| {
+        let out = Command::new("podman")
+            .args(args)
+            .env_clear()
+            .envs(podman.env())
+            .output()
+            .expect("podman is needed for this test: apt-get install podman runc");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    podman_cmd(&[
+        "build",
+        "--quiet",
+        "--platform",
+        platform,
+        "--tag",
+        &tag,
+        context.to_str().expect("utf-8 path"),
+    ]);
+    podman_cmd(&[
+        "save",
+        "--quiet",
+        "--format",
+        "docker-archive",
+        "--output",
+        archive.to_str().expect("utf-8 path"),
+        &tag,
+    ]);
+    archive
+}
+
+/// sha256 through the system's coreutils, to check nxd against an independent implementation.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(bytes)
+        .expect("write");
+    let out = child.wait_with_output().expect("sha256sum output");
+    String::from_utf8_lossy(&out.stdout)[..64].to_owned()
 }

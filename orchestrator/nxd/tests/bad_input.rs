@@ -1,22 +1,11 @@
 //! Bad input is refused with a message that says what to do, and nothing is stored: by the CLI
 //! before uploading, and by nxd for whatever reaches it anyway.
 
-use nx_testkit::{files_under, Host};
+use nx_testkit::{files_under, sha256_hex, Host};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    // sha256 through the system's coreutils, to check nxd against an independent implementation.
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
-}
 
 /// (name, bytes, what the refusal must say)
 fn bad_binaries() -> Vec<(&'static str, Vec<u8>, &'static str)> {

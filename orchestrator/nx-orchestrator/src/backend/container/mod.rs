@@ -7,7 +7,7 @@
 //! /proc/*/cmdline) and execs bwrap.
 
 mod bwrap;
-mod podman;
+pub mod podman;
 mod seccomp;
 
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};

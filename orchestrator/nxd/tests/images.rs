@@ -1,0 +1,158 @@
+//! Images through Podman (real podman with runc): an image built here (FROM scratch plus the
+//! static sample) goes push, preview, promote, rollback, reaches its database, and runs as a
+//! task; archives that are not images, whose digests lie, or that are for arm64 are refused with
+//! nothing stored.
+
+use nx_testkit::{build_sample_image, files_under, Host};
+use std::path::Path;
+
+fn podman_containers(host: &Host) -> String {
+    let podman =
+        nx_orchestrator::backend::container::podman::Podman::new(host.state_dir.path()).unwrap();
+    let out = std::process::Command::new("podman")
+        .args(["ps", "--all", "--format", "{{.Names}}"])
+        .env_clear()
+        .envs(podman.env())
+        .output()
+        .expect("podman ps");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn an_image_goes_push_preview_promote_rollback_and_runs_as_a_task() {
+    let host = Host::start();
+    let build = tempfile::tempdir_in("/var/tmp").unwrap();
+    let image = build_sample_image(build.path(), "linux/amd64");
+    let image = image.to_str().unwrap();
+    let push = |version: &str| {
+        let out = host.nx_json(&[
+            "push",
+            "--image",
+            image,
+            "--sandbox",
+            "img",
+            "-e",
+            &format!("APP_VERSION={version}"),
+        ]);
+        out["deployment"]["id"].as_str().unwrap().to_owned()
+    };
+    let v1 = push("v1");
+    let (status, body) = host.get(&host.preview_host("img", &v1), "/");
+    assert_eq!((status, body), (200, format!("nx-sample v1 deployment={v1}\n")));
+    // It runs as the deployment's uid, not root, and reaches its own database over the socket.
+    let (_, whoami) = host.get(&host.preview_host("img", &v1), "/whoami");
+    assert!(!whoami.contains("uid=0"), "{whoami}");
+    assert_eq!(host.get(&host.preview_host("img", &v1), "/db/put?v=from-image").0, 200);
+    assert!(host
+        .get(&host.preview_host("img", &v1), "/db/list")
+        .1
+        .contains("from-image"));
+
+    host.nx_json(&["promote", "img", &v1]);
+    let v2 = push("v2");
+    host.nx_json(&["promote", "img", &v2]);
+    assert_eq!(
+        host.get(&host.production_host("img"), "/").1,
+        format!("nx-sample v2 deployment={v2}\n")
+    );
+    host.nx_json(&["rollback", "img"]);
+    assert_eq!(
+        host.get(&host.production_host("img"), "/").1,
+        format!("nx-sample v1 deployment={v1}\n")
+    );
+
+    // The same image as a task: its entrypoint gets the arguments; its exit code is nx's.
+    let out = host.nx(&["run-task", image, "--", "task", "exit", "3"]);
+    assert_eq!(out.code, Some(3), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "exiting with 3\n");
+    let out = host.nx(&["run-task", image, "--", "task", "connect", &host.api.to_string()]);
+    assert!(out.stdout.contains("cannot connect"), "{}", out.stdout);
+
+    // Removing a deployment removes its container; a task leaves none.
+    host.nx_json(&["rm", &v2]);
+    let left = podman_containers(&host);
+    assert!(!left.contains(&v2), "{left}");
+    assert!(!left.contains("nxt-"), "{left}");
+}
+
+fn stored_artifacts(host: &Host) -> Vec<String> {
+    files_under(&host.path("artifacts"))
+}
+
+fn assert_refused(host: &Host, archive: &Path, expected: &str) {
+    let before = stored_artifacts(host);
+    let out = host.nx(&[
+        "push",
+        "--image",
+        archive.to_str().unwrap(),
+        "--sandbox",
+        "bad",
+    ]);
+    assert!(!out.ok, "{} was accepted", archive.display());
+    assert!(
+        out.stderr.contains(expected),
+        "{}: expected {expected:?} in {}",
+        archive.display(),
+        out.stderr
+    );
+    // nxd refuses it too, when a client skips the local check.
+    let bytes = std::fs::read(archive).unwrap();
+    let sha = nx_testkit::sha256_hex(&bytes);
+    let resp = host
+        .http()
+        .put(format!("http://{}/v1/artifacts/{sha}", host.api))
+        .bearer_auth(&host.token)
+        .body(bytes)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422, "{}", archive.display());
+    assert_eq!(stored_artifacts(host), before, "nothing is stored");
+}
+
+/// Rewrites one member of a tar archive (same length), keeping the rest as it is.
+fn tamper(archive: &Path, out: &Path, member_suffix: &str) {
+    let mut input = tar::Archive::new(std::fs::File::open(archive).unwrap());
+    let mut builder = tar::Builder::new(std::fs::File::create(out).unwrap());
+    for entry in input.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let path = entry.path().unwrap().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if path.to_string_lossy().ends_with(member_suffix) && data.len() > 1000 {
+            data[600] ^= 0xff;
+        }
+        builder.append_data(&mut header, &path, &data[..]).unwrap();
+    }
+    builder.finish().unwrap();
+}
+
+#[test]
+fn archives_that_are_not_good_images_are_refused_and_nothing_is_stored() {
+    let host = Host::start();
+    let build = tempfile::tempdir_in("/var/tmp").unwrap();
+
+    // A tar that is no image.
+    let plain = build.path().join("plain.tar");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&plain).unwrap());
+        let text = b"just some text\n";
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        b.append_data(&mut header, "notes.txt", &text[..]).unwrap();
+        b.finish().unwrap();
+    }
+    assert_refused(&host, &plain, "manifest");
+
+    // A layer whose bytes no longer match the digest the manifest gives.
+    let good = build_sample_image(build.path(), "linux/amd64");
+    let tampered = build.path().join("tampered.tar");
+    tamper(&good, &tampered, ".tar");
+    assert_refused(&host, &tampered, "digest");
+
+    // An image for arm64 on this x86_64 host.
+    let arm = build_sample_image(build.path(), "linux/arm64");
+    assert_refused(&host, &arm, "arm64");
+}
