@@ -62,7 +62,7 @@ impl Podman {
         std::fs::write(
             podman.dir.join("storage.conf"),
             format!(
-                "# Written by nxd.\n[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                "# Written by nxd.\n[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n\n# No private bind mount of the storage onto itself: it would outlive nxd.\n[storage.options.overlay]\nskip_mount_home = \"true\"\n",
                 podman.dir.join("storage").display(),
                 podman.dir.join("run").display()
             ),

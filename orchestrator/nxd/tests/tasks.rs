@@ -1,0 +1,211 @@
+//! Tasks on real bubblewrap under a real systemd manager: output streams back, the exit code is
+//! nx's, the timeout kills, limits hold, the network is the task's own, and hundreds of tasks
+//! leave no unit, cgroup, mount or file behind.
+
+use nx_testkit::{files_under, sample_app, Host};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+fn run(host: &Host, extra: &[&str], args: &[&str]) -> nx_testkit::Nx {
+    let sample = sample_app();
+    let mut all = vec!["run-task", sample.to_str().unwrap()];
+    all.extend_from_slice(extra);
+    all.push("--");
+    all.push("task");
+    all.extend_from_slice(args);
+    host.nx(&all)
+}
+
+/// The `exited` event of a `nx --json run-task`.
+fn exited(out: &nx_testkit::Nx) -> serde_json::Value {
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "exited")
+        .unwrap_or_else(|| panic!("no exited event: {}{}", out.stdout, out.stderr))
+}
+
+#[test]
+fn a_task_streams_its_output_and_its_exit_code_is_nx_s() {
+    let host = Host::start();
+    let out = run(&host, &[], &["print", "hello", "tasks"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "hello tasks\n");
+    assert_eq!(out.stderr, "done\n");
+
+    let out = run(&host, &[], &["exit", "3"]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    assert_eq!(out.stdout, "exiting with 3\n");
+
+    // It sees a fresh sandbox: no host files, no network beyond its own loopback.
+    let out = run(&host, &[], &["ls", "/"]);
+    let mut root: Vec<&str> = out.stdout.lines().collect();
+    root.sort();
+    assert_eq!(root, ["app", "dev", "etc", "proc", "tmp"]);
+    let out = run(&host, &[], &["connect", &host.api.to_string()]);
+    assert!(
+        out.stdout.starts_with("cannot connect"),
+        "a task reached nxd's API: {}",
+        out.stdout
+    );
+    let out = run(&host, &[], &["ls", "/var/tmp"]);
+    assert_eq!(out.code, Some(2), "{}", out.stdout);
+
+    // Bad requests are refused before anything runs.
+    let out = run(&host, &["--timeout", "9999h"], &["exit", "0"]);
+    assert!(out.stderr.contains("max_timeout_secs"), "{}", out.stderr);
+    let out = run(&host, &["--backend", "microvm"], &["exit", "0"]);
+    assert!(out.stderr.contains("not available"), "{}", out.stderr);
+    let out = host.nx(&["run-task", "/etc/hostname"]);
+    assert!(out.stderr.contains("not an ELF"), "{}", out.stderr);
+}
+
+#[test]
+fn the_timeout_kills_within_a_second_and_limits_hold() {
+    let host = Host::start();
+    let out = run(&host, &["--json", "--timeout", "1s"], &["sleep", "60"]);
+    assert_eq!(out.code, Some(124), "{}", out.stderr);
+    let end = exited(&out);
+    assert_eq!(end["timed_out"], true);
+    let ms = end["duration_ms"].as_u64().unwrap();
+    assert!((1000..2000).contains(&ms), "killed {ms} ms after the start");
+    assert!(out.stdout.contains("sleeping"), "its output before the kill arrives");
+    let out = run(&host, &["--timeout", "1s"], &["sleep", "60"]);
+    assert!(out.stderr.contains("timeout"), "{}", out.stderr);
+
+    // A fork loop stops at TasksMax (64 by default for tasks), and the host is fine.
+    let out = run(&host, &[], &["fork"]);
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let forked = report["forked"].as_u64().unwrap();
+    assert!(forked < 64, "{report}");
+    assert!(report["error"].as_str().unwrap().contains("EAGAIN"), "{report}");
+
+    // A memory hog is killed at its MemoryMax; it never reports surviving.
+    let out = run(&host, &["--memory", "48M"], &["hog"]);
+    assert_eq!(out.code, Some(128 + 9), "{}{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("still alive"));
+
+    // The host still runs tasks and deployments.
+    assert_eq!(run(&host, &[], &["exit", "0"]).code, Some(0));
+    let id = host.push_sample("after", &[]);
+    assert_eq!(host.get(&host.preview_host("after", &id), "/health").0, 200);
+}
+
+/// Every directory below `dir` whose name contains one of `ids`.
+fn dirs_naming(dir: &Path, ids: &HashSet<String>) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.is_symlink() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if ids.iter().any(|id| name.contains(id.as_str())) {
+                    found.push(path.clone());
+                }
+                found.extend(dirs_naming(&path, ids));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn five_hundred_tasks_leave_nothing_behind() {
+    let host = Host::start();
+    let sample = std::fs::read(sample_app()).unwrap();
+    let sha = nx_testkit::sha256_hex(&sample);
+    let put = host
+        .http()
+        .put(format!("http://{}/v1/artifacts/{sha}", host.api))
+        .bearer_auth(&host.token)
+        .body(sample)
+        .send()
+        .unwrap();
+    assert!(put.status().is_success());
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (api, token, sha) = (host.api, host.token.clone(), sha.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::new();
+                (0..125)
+                    .map(|i| {
+                        let word = format!("task-{w}-{i}");
+                        let body = http
+                            .post(format!("http://{api}/v1/tasks"))
+                            .bearer_auth(&token)
+                            .json(&serde_json::json!({
+                                "artifact": sha, "args": ["task", "print", word],
+                            }))
+                            .send()
+                            .unwrap()
+                            .text()
+                            .unwrap();
+                        let events: Vec<serde_json::Value> = body
+                            .lines()
+                            .map(|l| serde_json::from_str(l).unwrap())
+                            .collect();
+                        assert!(
+                            events.contains(&serde_json::json!({"event": "stdout", "data": format!("{word}\n")})),
+                            "{body}"
+                        );
+                        assert_eq!(events.last().unwrap()["exit_code"], 0, "{body}");
+                        events[0]["task"].as_str().unwrap().to_owned()
+                    })
+                    .collect::<Vec<String>>()
+            })
+        })
+        .collect();
+    let ids: HashSet<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 500, "every task had its own unit");
+
+    // No unit's cgroup, in any hierarchy of the manager.
+    let mut cgroups = Vec::new();
+    for root in host.manager_cgroups() {
+        cgroups.extend(dirs_naming(&root, &ids));
+    }
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    // No mount.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| ids.iter().any(|id| l.contains(id.as_str())))
+        .collect();
+    assert!(left.is_empty(), "mounts left: {left:?}");
+    // No file in nxd's state dir.
+    let files: Vec<String> = files_under(host.state_dir.path())
+        .into_iter()
+        .filter(|f| ids.iter().any(|id| f.contains(id.as_str())))
+        .collect();
+    assert!(files.is_empty(), "files left: {files:?}");
+    // No unit: the manager knows only the warm pool's units, none of those that ran.
+    let units = std::process::Command::new("busctl")
+        .arg(format!(
+            "--address=unix:path={}",
+            host.path("systemd/bus/system_bus_socket").display()
+        ))
+        .args([
+            "call",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "ListUnitsByPatterns",
+            "asas",
+            "0",
+            "1",
+            "nxt-*",
+        ])
+        .output()
+        .unwrap();
+    assert!(units.status.success(), "{}", String::from_utf8_lossy(&units.stderr));
+    let units = String::from_utf8_lossy(&units.stdout);
+    // `a(ssssssouso) N ...`: N units.
+    let count: usize = units.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(count <= 2, "{units}");
+    assert!(
+        !ids.iter().any(|id| units.contains(id.as_str())),
+        "units left: {units}"
+    );
+}
