@@ -7,13 +7,17 @@
 //! 3. the router against direct access, same load (wrk), side by side;
 //! 4. databases: provisioning a sandbox's role and database, branching a 100 MB database (as a
 //!    template copy, and by dump and restore when production has open connections), and a
-//!    query's round trip over the unix socket against TCP localhost.
+//!    query's round trip over the unix socket against TCP localhost;
+//! 5. tasks: start-to-first-output cold and from the warm pool, bubblewrap and Podman, and
+//!    tasks per second sustained (see `tasks`).
+
+mod tasks;
 
 use clap::Parser;
 use nx_orchestrator::config::{Limits, SystemdMode};
 use nx_orchestrator::databases::{BranchMethod, Databases};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
-use nx_orchestrator::supervisor::{Supervisor, UnitSpec};
+use nx_orchestrator::supervisor::{Supervisor, UnitOutput, UnitSpec};
 use nx_testkit::Host;
 use sqlx::Connection;
 use std::net::{SocketAddr, TcpStream};
@@ -42,6 +46,18 @@ struct Args {
     /// Queries for the socket/TCP round trip.
     #[arg(long, default_value_t = 5000)]
     queries: usize,
+    /// Tasks run for each start-to-first-output row.
+    #[arg(long, default_value_t = 50)]
+    tasks: usize,
+    /// Seconds of back-to-back tasks for the tasks-per-second figure.
+    #[arg(long, default_value_t = 60)]
+    sustain_secs: u64,
+    /// Clients running tasks at once for that figure.
+    #[arg(long, default_value_t = 4)]
+    task_clients: usize,
+    /// Run one part only: latency, router, databases or tasks.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks"])]
+    only: Option<String>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -115,13 +131,13 @@ async fn bare_units(host: &Host, n: usize) -> anyhow::Result<Vec<Duration>> {
             ],
             user: Some("nobody".into()),
             limits: Some(Limits::default()),
-            log_file: host.path("bench-bare.log"),
+            output: UnitOutput::File(host.path("bench-bare.log")),
             restart_delay: None,
         };
         let started = Instant::now();
         supervisor.start(&spec).await?;
         if let Err(e) = wait_for_port(port, started + Duration::from_secs(10)) {
-            let log = std::fs::read_to_string(&spec.log_file).unwrap_or_default();
+            let log = std::fs::read_to_string(host.path("bench-bare.log")).unwrap_or_default();
             let state = supervisor.state(&spec.name).await?;
             anyhow::bail!("{e}; unit {state:?}; output:\n{log}");
         }
@@ -309,16 +325,37 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let host = std::sync::Arc::new(host);
+    let part = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
+    if part("latency") {
+        latency(&host, &args).await?;
+    }
+    if part("router") {
+        router(&host, &args).await?;
+    }
+    if part("databases") {
+        databases(&host, &args).await?;
+    }
+    if part("tasks") {
+        task_table(&host, &args).await?;
+    }
+    Ok(())
+}
+
+async fn latency(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
+    let (pushes_n, units) = (args.pushes, args.units);
     let h = host.clone();
-    let pushes = tokio::task::spawn_blocking(move || push_to_ready(&h, args.pushes)).await?;
+    let pushes = tokio::task::spawn_blocking(move || push_to_ready(&h, pushes_n)).await?;
     let h = host.clone();
-    let sandboxes = tokio::task::spawn_blocking(move || sandbox_units(&h, args.units)).await?;
-    let bare = bare_units(&host, args.units).await?;
+    let sandboxes = tokio::task::spawn_blocking(move || sandbox_units(&h, units)).await?;
+    let bare = bare_units(host, units).await?;
     header("Latency");
     row("push-to-ready (nx push, artifact stored)", pushes);
     row("StartTransientUnit-to-first-response, bare", bare);
     row("nx start-to-ready (NX sandbox unit)", sandboxes);
+    Ok(())
+}
 
+async fn router(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
     let h = host.clone();
     let id = tokio::task::spawn_blocking(move || h.push_sample("bench-router", &[])).await?;
     let status = host.nx_json(&["status", "bench-router"]);
@@ -358,10 +395,13 @@ async fn main() -> anyhow::Result<()> {
         routed.per_sec / direct.per_sec,
         routed.p99_ms / direct.p99_ms
     );
+    Ok(())
+}
 
-    let h = host.clone();
-    let provisioned = tokio::task::spawn_blocking(move || provision(&h, args.provisions)).await?;
-    let branched = branches(&host, args.branch_mb, 3).await?;
+async fn databases(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
+    let (h, n) = (host.clone(), args.provisions);
+    let provisioned = tokio::task::spawn_blocking(move || provision(&h, n)).await?;
+    let branched = branches(host, args.branch_mb, 3).await?;
     let (socket, tcp) = round_trips(args.queries).await?;
     header("Databases");
     row("nx sandbox create (role + database)", provisioned);
@@ -388,6 +428,37 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\nsocket/TCP round trip (p50): {:.2}x",
         s50.as_secs_f64() / t50.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Start-to-first-output on this host (warm pool of 2) and on a second one with no pool.
+async fn task_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
+    let cold_host =
+        tokio::task::spawn_blocking(|| Host::start_with("[tasks]\npool_size = 0\n")).await?;
+    let build = tempfile::tempdir_in("/var/tmp")?;
+    let dir = build.path().to_owned();
+    let image =
+        tokio::task::spawn_blocking(move || nx_testkit::build_sample_image(&dir, "linux/amd64"))
+            .await?;
+    let pause = Duration::from_millis(100);
+    let mut rows = Vec::new();
+    for (program, file) in [("bubblewrap", nx_testkit::sample_app()), ("Podman", image)] {
+        for (pool, h) in [("cold", &cold_host), ("warm pool", &**host)] {
+            let sha = tasks::upload(h, &file)?;
+            let (samples, warm) = tasks::start_to_output(h, &sha, args.tasks, pause).await?;
+            rows.push((format!("{program}, {pool} ({warm} of {} warm)", args.tasks), samples));
+        }
+    }
+    let sha = tasks::upload(host, &nx_testkit::sample_app())?;
+    let per_sec = tasks::sustained(host, &sha, args.task_clients, args.sustain_secs).await?;
+    header("Tasks: start-to-first-output (POST /v1/tasks to the first stdout line)");
+    for (name, samples) in rows {
+        row(&name, samples);
+    }
+    println!(
+        "\ntasks/s sustained over {} s ({} clients back to back, bubblewrap, warm pool of 2): {per_sec:.1}",
+        args.sustain_secs, args.task_clients
     );
     Ok(())
 }

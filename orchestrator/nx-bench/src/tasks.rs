@@ -1,0 +1,94 @@
+//! Task benchmarks: start-to-first-output (from the request to the first line of the program's
+//! stdout, through nxd's HTTP API) cold and from the warm pool, for bubblewrap and Podman; and
+//! tasks per second sustained.
+
+use futures_util::StreamExt;
+use nx_testkit::Host;
+use std::time::{Duration, Instant};
+
+/// Stores a file on a host; returns its sha256.
+pub fn upload(host: &Host, file: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(file)?;
+    let sha = nx_testkit::sha256_hex(&bytes);
+    let resp = host
+        .http()
+        .put(format!("http://{}/v1/artifacts/{sha}", host.api))
+        .bearer_auth(&host.token)
+        .body(bytes)
+        .send()?;
+    anyhow::ensure!(resp.status().is_success(), "upload: {}", resp.status());
+    Ok(sha)
+}
+
+/// One task; returns the time to its first stdout and whether it ran warm.
+async fn one(
+    http: &reqwest::Client,
+    host: &Host,
+    sha: &str,
+) -> anyhow::Result<(Duration, bool)> {
+    let started = Instant::now();
+    let resp = http
+        .post(format!("http://{}/v1/tasks", host.api))
+        .bearer_auth(&host.token)
+        .json(&serde_json::json!({"artifact": sha, "args": ["task", "print", "hi"]}))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "task: {}", resp.status());
+    let mut body = resp.bytes_stream();
+    let (mut first, mut warm, mut exit, mut text) = (None, false, None, String::new());
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(end) = text.find('\n') {
+            let event: serde_json::Value = serde_json::from_str(&text[..end])?;
+            text.drain(..=end);
+            match event["event"].as_str() {
+                Some("started") => warm = event["warm"] == true,
+                Some("stdout") if first.is_none() => first = Some(started.elapsed()),
+                Some("exited") => exit = event["exit_code"].as_i64(),
+                _ => {}
+            }
+        }
+    }
+    anyhow::ensure!(exit == Some(0), "a task ended with {exit:?}");
+    Ok((first.ok_or_else(|| anyhow::anyhow!("no output"))?, warm))
+}
+
+/// `n` tasks one after the other, `pause` between them (time for the pool to refill).
+pub async fn start_to_output(
+    host: &Host,
+    sha: &str,
+    n: usize,
+    pause: Duration,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let http = reqwest::Client::new();
+    one(&http, host, sha).await?; // first use: loads the program (and the image)
+    let mut samples = Vec::with_capacity(n);
+    let mut warm = 0;
+    for _ in 0..n {
+        tokio::time::sleep(pause).await;
+        let (first, was_warm) = one(&http, host, sha).await?;
+        samples.push(first);
+        warm += usize::from(was_warm);
+    }
+    Ok((samples, warm))
+}
+
+/// Tasks completed per second by `workers` clients running tasks back to back for `secs`.
+pub async fn sustained(host: &Host, sha: &str, workers: usize, secs: u64) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let runs = (0..workers).map(|_| async {
+        let http = reqwest::Client::new();
+        let mut done = 0usize;
+        while Instant::now() < deadline {
+            one(&http, host, sha).await?;
+            done += 1;
+        }
+        Ok::<_, anyhow::Error>(done)
+    });
+    let mut total = 0;
+    for done in futures_util::future::join_all(runs).await {
+        total += done?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
