@@ -6,6 +6,7 @@ use crate::output;
 use anyhow::Context;
 use nx_orchestrator::api::{ArtifactInfo, DeploymentView, LimitsOverride, PushRequest};
 use nx_orchestrator::artifact::{image, verify};
+use nx_orchestrator::domain::Runtime;
 use nx_orchestrator::names::SandboxName;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -40,6 +41,10 @@ pub struct PushArgs {
     /// with it.
     #[arg(long)]
     db_branch: bool,
+    /// For an image: the OCI runtime, runc (default) or runsc (gVisor: the program's system
+    /// calls go to a user-space kernel; needs `runsc` on the host).
+    #[arg(long, value_parser = ["runc", "runsc"], requires = "image")]
+    runtime: Option<String>,
     /// Arguments for the program.
     #[arg(last = true)]
     args: Vec<String>,
@@ -136,6 +141,11 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
             tasks_max: args.tasks,
         },
         db_branch: args.db_branch,
+        runtime: args
+            .runtime
+            .as_deref()
+            .and_then(Runtime::parse)
+            .unwrap_or_default(),
     };
     let view: DeploymentView = client.post("/v1/deployments", &req).await?;
     output::pushed(&view, uploaded, json)

@@ -1,7 +1,7 @@
 //! The JSON shapes of nxd's HTTP API, shared by nxd and the `nx` CLI.
 
 use crate::config::Limits;
-use crate::domain::Desired;
+use crate::domain::{Desired, Runtime};
 use crate::names::{DeploymentId, SandboxName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -46,6 +46,9 @@ pub struct PushRequest {
     /// Run against a copy of production's database (dropped with the deployment).
     #[serde(default)]
     pub db_branch: bool,
+    /// For an image: runc (default) or gVisor's runsc.
+    #[serde(default)]
+    pub runtime: Runtime,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +93,7 @@ pub struct DeploymentView {
     pub preview_url: String,
     pub limits: Limits,
     pub db_branch: bool,
+    pub runtime: Runtime,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 

@@ -30,6 +30,33 @@ impl Desired {
     }
 }
 
+/// The OCI runtime an image runs under (a binary runs under bubblewrap either way).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// runc: namespaces and cgroups, like bubblewrap.
+    #[default]
+    Runc,
+    /// gVisor: the program's system calls go to a user-space kernel (Debian's `runsc`).
+    Runsc,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Runc => "runc",
+            Runtime::Runsc => "runsc",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "runc" => Some(Runtime::Runc),
+            "runsc" => Some(Runtime::Runsc),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Deployment {
     pub id: DeploymentId,
@@ -44,6 +71,8 @@ pub struct Deployment {
     pub desired: Desired,
     /// Runs against its own copy of the sandbox's database.
     pub db_branch: bool,
+    /// The OCI runtime, for an image.
+    pub runtime: Runtime,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 

@@ -1,7 +1,7 @@
 //! nxd's state in PostgreSQL (sqlx, migrations embedded from `migrations/`).
 
 use crate::config::{Limits, PortRange};
-use crate::domain::{Deployment, Desired};
+use crate::domain::{Deployment, Desired, Runtime};
 use crate::names::{DeploymentId, NameError, SandboxName};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +40,7 @@ pub struct NewDeployment {
     pub args: Vec<String>,
     pub limits: Limits,
     pub db_branch: bool,
+    pub runtime: Runtime,
 }
 
 #[derive(sqlx::FromRow)]
@@ -54,6 +55,7 @@ struct DeploymentRow {
     limits: sqlx::types::Json<Limits>,
     desired: String,
     db_branch: bool,
+    runtime: String,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -72,12 +74,13 @@ impl TryFrom<DeploymentRow> for Deployment {
             limits: row.limits.0,
             desired: Desired::parse(&row.desired).ok_or_else(|| corrupt("desired state"))?,
             db_branch: row.db_branch,
+            runtime: Runtime::parse(&row.runtime).ok_or_else(|| corrupt("runtime"))?,
             created_at: row.created_at,
         })
     }
 }
 
-const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, created_at FROM deployments";
+const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, created_at FROM deployments";
 
 impl StateStore {
     #[tracing::instrument(skip_all)]
@@ -126,10 +129,11 @@ impl StateStore {
             limits: new.limits,
             desired: Desired::Running,
             db_branch: new.db_branch,
+            runtime: new.runtime,
             created_at: chrono::Utc::now(),
         };
         sqlx::query(
-            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(deployment.id.as_str())
         .bind(deployment.sandbox.as_str())
@@ -141,6 +145,7 @@ impl StateStore {
         .bind(sqlx::types::Json(&deployment.limits))
         .bind(deployment.desired.as_str())
         .bind(deployment.db_branch)
+        .bind(deployment.runtime.as_str())
         .bind(deployment.created_at)
         .execute(&mut *tx)
         .await?;

@@ -10,7 +10,7 @@ use nx_orchestrator::artifact::ArtifactStore;
 use nx_orchestrator::backend::{Program, SandboxBackend, SandboxSpec};
 use nx_orchestrator::config::Config;
 use nx_orchestrator::databases::{BackupInfo, Databases, RestoreInfo};
-use nx_orchestrator::domain::{check_env_name, Deployment, Desired, RouteKey};
+use nx_orchestrator::domain::{check_env_name, Deployment, Desired, RouteKey, Runtime};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
 use nx_orchestrator::router::Router;
 use nx_orchestrator::state::{NewDeployment, StateStore};
@@ -297,7 +297,12 @@ impl App {
         for name in req.env.keys() {
             check_env_name(name).map_err(ApiError::bad_request)?;
         }
-        self.artifacts.info(&req.artifact).await?;
+        let program = self.program(&req.artifact).await?;
+        if req.runtime == Runtime::Runsc && !matches!(program, Program::Image { .. }) {
+            return Err(ApiError::bad_request(
+                "runtime runsc (gVisor) is for images; a binary runs under bubblewrap: drop --runtime, or push an image with --image",
+            ));
+        }
         self.state.create_sandbox(&req.sandbox).await?;
         self.databases.ensure_sandbox(&req.sandbox).await?;
         let deployment = self
@@ -310,6 +315,7 @@ impl App {
                     args: req.args,
                     limits: req.limits.apply(self.config.limits),
                     db_branch: req.db_branch,
+                    runtime: req.runtime,
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
@@ -542,6 +548,7 @@ impl App {
             preview_url: self.preview_url(d),
             limits: d.limits,
             db_branch: d.db_branch,
+            runtime: d.runtime,
             created_at: d.created_at,
         })
     }

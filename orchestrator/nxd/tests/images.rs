@@ -156,3 +156,42 @@ fn archives_that_are_not_good_images_are_refused_and_nothing_is_stored() {
     let arm = build_sample_image(build.path(), "linux/arm64");
     assert_refused(&host, &arm, "arm64");
 }
+
+#[test]
+fn an_image_runs_under_gvisor_when_asked() {
+    let host = Host::start();
+    let build = tempfile::tempdir_in("/var/tmp").unwrap();
+    let image = build_sample_image(build.path(), "linux/amd64");
+    let out = host.nx_json(&[
+        "push",
+        "--image",
+        image.to_str().unwrap(),
+        "--sandbox",
+        "gvisor",
+        "--runtime",
+        "runsc",
+    ]);
+    assert_eq!(out["deployment"]["runtime"], "runsc");
+    let id = out["deployment"]["id"].as_str().unwrap();
+    let preview = host.preview_host("gvisor", id);
+    assert_eq!(host.get(&preview, "/health"), (200, "ok\n".into()));
+    // The kernel it talks to is gVisor's, not the host's.
+    let host_kernel = std::fs::read_to_string("/proc/version").unwrap();
+    let (status, seen) = host.get(&preview, "/read?path=/proc/version");
+    assert_eq!(status, 200, "{seen}");
+    assert_ne!(seen.trim(), host_kernel.trim(), "runsc shows the host's kernel");
+    // It still reaches its database over the socket.
+    assert_eq!(host.get(&preview, "/db/put?v=gvisor").0, 200);
+
+    // runsc is for images: a binary is refused, with the way out.
+    let sample = nx_testkit::sample_app();
+    let out = host.nx(&[
+        "push",
+        sample.to_str().unwrap(),
+        "--sandbox",
+        "gvisor",
+        "--runtime",
+        "runsc",
+    ]);
+    assert!(!out.ok && out.stderr.contains("--image"), "{}", out.stderr);
+}

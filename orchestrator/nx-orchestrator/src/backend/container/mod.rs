@@ -14,7 +14,7 @@ use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, T
 use bwrap::Sandbox;
 use podman::{Container, ContainerEnv};
 use crate::api::UnitState;
-use crate::domain::Deployment;
+use crate::domain::{Deployment, Runtime};
 use crate::supervisor::{Supervisor, UnitOutput, UnitSpec};
 use crate::backend::launch::LaunchSpec;
 use podman::Podman;
@@ -119,6 +119,7 @@ impl SandboxBackend for ContainerBackend {
                         data_dir: Some(&data),
                         database_socket: socket,
                         host_network: true,
+                        runtime: spec.deployment.runtime,
                     }),
                     env: self.podman.env(),
                     seccomp: Vec::new(),
@@ -205,6 +206,7 @@ impl SandboxBackend for ContainerBackend {
                     data_dir: None,
                     database_socket: None,
                     host_network: false,
+                    runtime: Runtime::Runc,
                 });
                 for (k, v) in &task.env {
                     env.entry(k.clone()).or_insert_with(|| v.clone());

@@ -9,6 +9,7 @@
 use crate::backend::launch::OWN_CGROUP;
 use super::BackendError;
 use crate::databases::SANDBOX_SOCKET_DIR;
+use crate::domain::Runtime;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ pub struct Container<'a> {
     pub database_socket: Option<&'a Path>,
     /// The host's network (a deployment's port), else `--network none` (loopback only).
     pub host_network: bool,
+    pub runtime: Runtime,
 }
 
 impl Podman {
@@ -54,7 +56,7 @@ impl Podman {
         std::fs::write(
             podman.dir.join("containers.conf"),
             format!(
-                "# Written by nxd.\n[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nevents_logfile_path = \"{}\"\ntmp_dir = \"{}\"\n",
+                "# Written by nxd.\n[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nevents_logfile_path = \"{}\"\ntmp_dir = \"{}\"\n\n[engine.runtimes]\nrunsc = [\"/usr/bin/runsc\", \"/usr/local/bin/runsc\", \"/run/current-system/sw/bin/runsc\"]\n",
                 podman.dir.join("events.log").display(),
                 podman.dir.join("tmp").display()
             ),
@@ -117,8 +119,22 @@ impl Podman {
     /// `podman run` of one container (a deployment's or a task's); `--rm`, so that a container
     /// that ends leaves nothing in Podman's storage.
     pub fn command(&self, c: &Container<'_>) -> Vec<String> {
-        let mut argv: Vec<String> = [
-            "podman",
+        let network = if c.host_network { "host" } else { "none" };
+        let mut argv: Vec<String> = vec!["podman".into()];
+        if c.runtime == Runtime::Runsc {
+            // gVisor's own network stack needs a namespace of its own; "host" passes the
+            // program's sockets to the host's stack (through the Sentry), "none" gives none.
+            // fsgofer-host-uds lets the database socket be bind-mounted and connected to.
+            argv.extend([
+                "--runtime".into(),
+                "runsc".into(),
+                "--runtime-flag".into(),
+                format!("network={network}"),
+                "--runtime-flag".into(),
+                "fsgofer-host-uds".into(),
+            ]);
+        }
+        argv.extend([
             "run",
             "--rm",
             "--replace",
@@ -133,15 +149,14 @@ impl Podman {
             "--security-opt",
             "no-new-privileges",
             "--network",
-            if c.host_network { "host" } else { "none" },
+            network,
             "--hostname",
             c.hostname,
             "--name",
             c.name,
         ]
         .iter()
-        .map(|s| s.to_string())
-        .collect();
+        .map(|s| s.to_string()));
         argv.extend(["--user".into(), format!("{}:{}", c.uid, c.uid)]);
         match &c.env {
             ContainerEnv::File(file) => {
