@@ -447,7 +447,10 @@ async fn task_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<
         for (pool, h) in [("cold", &cold_host), ("warm pool", &**host)] {
             let sha = tasks::upload(h, &file)?;
             let (samples, warm) = tasks::start_to_output(h, &sha, args.tasks, pause).await?;
-            rows.push((format!("{program}, {pool} ({warm} of {} warm)", args.tasks), samples));
+            rows.push((
+                format!("{program}, {pool} ({warm} of {} warm)", args.tasks),
+                samples,
+            ));
         }
     }
     let sha = tasks::upload(host, &nx_testkit::sample_app())?;

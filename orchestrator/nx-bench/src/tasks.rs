@@ -21,11 +21,7 @@ pub fn upload(host: &Host, file: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// One task; returns the time to its first stdout and whether it ran warm.
-async fn one(
-    http: &reqwest::Client,
-    host: &Host,
-    sha: &str,
-) -> anyhow::Result<(Duration, bool)> {
+async fn one(http: &reqwest::Client, host: &Host, sha: &str) -> anyhow::Result<(Duration, bool)> {
     let started = Instant::now();
     let resp = http
         .post(format!("http://{}/v1/tasks", host.api))

@@ -80,7 +80,11 @@ pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Resu
         backend: args.backend,
     };
     let resp = client
-        .open_stream(client.request(reqwest::Method::POST, "/v1/tasks").json(&req))
+        .open_stream(
+            client
+                .request(reqwest::Method::POST, "/v1/tasks")
+                .json(&req),
+        )
         .await?;
     let mut body = resp.bytes_stream();
     let mut pending = Vec::new();
@@ -108,7 +112,8 @@ pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Resu
                     if outcome.timed_out && !json {
                         eprintln!(
                             "nx: task {task} was killed: it ran past its timeout ({:.1} s)",
-                            req.timeout_secs.unwrap_or(outcome.duration_ms as f64 / 1000.0)
+                            req.timeout_secs
+                                .unwrap_or(outcome.duration_ms as f64 / 1000.0)
                         );
                     }
                     return Ok(exit_code(&outcome));

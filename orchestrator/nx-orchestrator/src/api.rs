@@ -157,8 +157,12 @@ pub enum TaskEvent {
         backend: String,
     },
     /// Output as UTF-8 text (invalid bytes become U+FFFD; a character is never split).
-    Stdout { data: String },
-    Stderr { data: String },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
     Exited(TaskOutcome),
 }
 

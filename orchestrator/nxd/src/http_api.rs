@@ -84,10 +84,10 @@ async fn run_task(State(app): Shared, Json(req): Json<TaskRequest>) -> Result<Re
         line.push(b'\n');
         Some((Ok::<_, std::convert::Infallible>(line), events))
     });
-    Ok(Response::builder()
+    Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(lines))
-        .map_err(ApiError::internal)?)
+        .map_err(ApiError::internal)
 }
 
 async fn artifact(State(app): Shared, Path(sha): Path<String>) -> ApiResult<ArtifactInfo> {

@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-
 /// (name, bytes, what the refusal must say)
 fn bad_binaries() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let sample = std::fs::read(nx_testkit::sample_app()).unwrap();

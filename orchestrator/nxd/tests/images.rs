@@ -38,11 +38,18 @@ fn an_image_goes_push_preview_promote_rollback_and_runs_as_a_task() {
     };
     let v1 = push("v1");
     let (status, body) = host.get(&host.preview_host("img", &v1), "/");
-    assert_eq!((status, body), (200, format!("nx-sample v1 deployment={v1}\n")));
+    assert_eq!(
+        (status, body),
+        (200, format!("nx-sample v1 deployment={v1}\n"))
+    );
     // It runs as the deployment's uid, not root, and reaches its own database over the socket.
     let (_, whoami) = host.get(&host.preview_host("img", &v1), "/whoami");
     assert!(!whoami.contains("uid=0"), "{whoami}");
-    assert_eq!(host.get(&host.preview_host("img", &v1), "/db/put?v=from-image").0, 200);
+    assert_eq!(
+        host.get(&host.preview_host("img", &v1), "/db/put?v=from-image")
+            .0,
+        200
+    );
     assert!(host
         .get(&host.preview_host("img", &v1), "/db/list")
         .1
@@ -65,7 +72,14 @@ fn an_image_goes_push_preview_promote_rollback_and_runs_as_a_task() {
     let out = host.nx(&["run-task", image, "--", "task", "exit", "3"]);
     assert_eq!(out.code, Some(3), "{}{}", out.stdout, out.stderr);
     assert_eq!(out.stdout, "exiting with 3\n");
-    let out = host.nx(&["run-task", image, "--", "task", "connect", &host.api.to_string()]);
+    let out = host.nx(&[
+        "run-task",
+        image,
+        "--",
+        "task",
+        "connect",
+        &host.api.to_string(),
+    ]);
     assert!(out.stdout.contains("cannot connect"), "{}", out.stdout);
 
     // Removing a deployment removes its container; a task leaves none.
@@ -179,7 +193,11 @@ fn an_image_runs_under_gvisor_when_asked() {
     let host_kernel = std::fs::read_to_string("/proc/version").unwrap();
     let (status, seen) = host.get(&preview, "/read?path=/proc/version");
     assert_eq!(status, 200, "{seen}");
-    assert_ne!(seen.trim(), host_kernel.trim(), "runsc shows the host's kernel");
+    assert_ne!(
+        seen.trim(),
+        host_kernel.trim(),
+        "runsc shows the host's kernel"
+    );
     // It still reaches its database over the socket.
     assert_eq!(host.get(&preview, "/db/put?v=gvisor").0, 200);
 

@@ -69,7 +69,10 @@ fn the_timeout_kills_within_a_second_and_limits_hold() {
     assert_eq!(end["timed_out"], true);
     let ms = end["duration_ms"].as_u64().unwrap();
     assert!((1000..2000).contains(&ms), "killed {ms} ms after the start");
-    assert!(out.stdout.contains("sleeping"), "its output before the kill arrives");
+    assert!(
+        out.stdout.contains("sleeping"),
+        "its output before the kill arrives"
+    );
     let out = run(&host, &["--timeout", "1s"], &["sleep", "60"]);
     assert!(out.stderr.contains("timeout"), "{}", out.stderr);
 
@@ -78,7 +81,10 @@ fn the_timeout_kills_within_a_second_and_limits_hold() {
     let report: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     let forked = report["forked"].as_u64().unwrap();
     assert!(forked < 64, "{report}");
-    assert!(report["error"].as_str().unwrap().contains("EAGAIN"), "{report}");
+    assert!(
+        report["error"].as_str().unwrap().contains("EAGAIN"),
+        "{report}"
+    );
 
     // A memory hog is killed at its MemoryMax; it never reports surviving.
     let out = run(&host, &["--memory", "48M"], &["hog"]);
@@ -145,7 +151,9 @@ fn five_hundred_tasks_leave_nothing_behind() {
                             .map(|l| serde_json::from_str(l).unwrap())
                             .collect();
                         assert!(
-                            events.contains(&serde_json::json!({"event": "stdout", "data": format!("{word}\n")})),
+                            events.contains(
+                                &serde_json::json!({"event": "stdout", "data": format!("{word}\n")})
+                            ),
                             "{body}"
                         );
                         assert_eq!(events.last().unwrap()["exit_code"], 0, "{body}");
@@ -199,7 +207,11 @@ fn five_hundred_tasks_leave_nothing_behind() {
         ])
         .output()
         .unwrap();
-    assert!(units.status.success(), "{}", String::from_utf8_lossy(&units.stderr));
+    assert!(
+        units.status.success(),
+        "{}",
+        String::from_utf8_lossy(&units.stderr)
+    );
     let units = String::from_utf8_lossy(&units.stdout);
     // `a(ssssssouso) N ...`: N units.
     let count: usize = units.split_whitespace().nth(1).unwrap().parse().unwrap();

@@ -8,10 +8,10 @@ pub mod container;
 pub mod launch;
 
 use crate::api::UnitState;
-use launch::LaunchSpec;
 use crate::artifact::verify::Linkage;
 use crate::domain::Deployment;
 use crate::supervisor::SupervisorError;
+use launch::LaunchSpec;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

@@ -153,9 +153,18 @@ impl Supervisor {
                 props.push(("StandardErrorFileToAppend", log.as_str().into()));
             }
             UnitOutput::Pipes(pipes) => {
-                props.push(("StandardInputFileDescriptor", Fd::from(pipes.stdin.as_fd()).into()));
-                props.push(("StandardOutputFileDescriptor", Fd::from(pipes.stdout.as_fd()).into()));
-                props.push(("StandardErrorFileDescriptor", Fd::from(pipes.stderr.as_fd()).into()));
+                props.push((
+                    "StandardInputFileDescriptor",
+                    Fd::from(pipes.stdin.as_fd()).into(),
+                ));
+                props.push((
+                    "StandardOutputFileDescriptor",
+                    Fd::from(pipes.stdout.as_fd()).into(),
+                ));
+                props.push((
+                    "StandardErrorFileDescriptor",
+                    Fd::from(pipes.stderr.as_fd()).into(),
+                ));
             }
         }
         if let Some(user) = &spec.user {

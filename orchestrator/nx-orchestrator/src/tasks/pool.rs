@@ -55,7 +55,12 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(supervisor: Arc<Supervisor>, launcher: PathBuf, limits: Limits, size: usize) -> Self {
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        launcher: PathBuf,
+        limits: Limits,
+        size: usize,
+    ) -> Self {
         Self {
             supervisor,
             launcher,

@@ -6,8 +6,8 @@
 //! network namespace per deployment with pasta costs ~30 MiB and ~100 ms each; see the README);
 //! a task gets a network namespace of its own.
 
-use crate::backend::launch::SECCOMP_FIRST_FD;
 use crate::artifact::verify::Linkage;
+use crate::backend::launch::SECCOMP_FIRST_FD;
 use crate::databases::SANDBOX_SOCKET_DIR;
 use std::path::Path;
 

@@ -11,13 +11,13 @@ pub mod podman;
 mod seccomp;
 
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
-use bwrap::Sandbox;
-use podman::{Container, ContainerEnv};
 use crate::api::UnitState;
+use crate::backend::launch::LaunchSpec;
 use crate::domain::{Deployment, Runtime};
 use crate::supervisor::{Supervisor, UnitOutput, UnitSpec};
-use crate::backend::launch::LaunchSpec;
+use bwrap::Sandbox;
 use podman::Podman;
+use podman::{Container, ContainerEnv};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

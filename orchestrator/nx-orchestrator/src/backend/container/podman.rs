@@ -6,13 +6,13 @@
 //! bubblewrap deployment gets: the host network's loopback port, its data dir, the database
 //! socket, no capabilities, a read-only root, its environment from a 0600 file.
 
-use crate::backend::launch::OWN_CGROUP;
 use super::BackendError;
+use crate::backend::launch::OWN_CGROUP;
 use crate::databases::SANDBOX_SOCKET_DIR;
 use crate::domain::Runtime;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 pub struct Podman {
     dir: PathBuf,
@@ -112,7 +112,10 @@ impl Podman {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        self.loaded.lock().expect("lock").insert(image_id.to_owned());
+        self.loaded
+            .lock()
+            .expect("lock")
+            .insert(image_id.to_owned());
         Ok(())
     }
 
@@ -134,29 +137,31 @@ impl Podman {
                 "fsgofer-host-uds".into(),
             ]);
         }
-        argv.extend([
-            "run",
-            "--rm",
-            "--replace",
-            "--init",
-            "--pull",
-            "never",
-            "--cgroup-parent",
-            OWN_CGROUP,
-            "--read-only",
-            "--cap-drop",
-            "all",
-            "--security-opt",
-            "no-new-privileges",
-            "--network",
-            network,
-            "--hostname",
-            c.hostname,
-            "--name",
-            c.name,
-        ]
-        .iter()
-        .map(|s| s.to_string()));
+        argv.extend(
+            [
+                "run",
+                "--rm",
+                "--replace",
+                "--init",
+                "--pull",
+                "never",
+                "--cgroup-parent",
+                OWN_CGROUP,
+                "--read-only",
+                "--cap-drop",
+                "all",
+                "--security-opt",
+                "no-new-privileges",
+                "--network",
+                network,
+                "--hostname",
+                c.hostname,
+                "--name",
+                c.name,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
         argv.extend(["--user".into(), format!("{}:{}", c.uid, c.uid)]);
         match &c.env {
             ContainerEnv::File(file) => {
