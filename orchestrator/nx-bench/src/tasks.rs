@@ -8,15 +8,8 @@ use std::time::{Duration, Instant};
 
 /// Stores a file on a host; returns its sha256.
 pub fn upload(host: &Host, file: &std::path::Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(file)?;
-    let sha = nx_testkit::sha256_hex(&bytes);
-    let resp = host
-        .http()
-        .put(format!("http://{}/v1/artifacts/{sha}", host.api))
-        .bearer_auth(&host.token)
-        .body(bytes)
-        .send()?;
-    anyhow::ensure!(resp.status().is_success(), "upload: {}", resp.status());
+    let (status, body, sha) = host.put_artifact(std::fs::read(file)?);
+    anyhow::ensure!(status == 200, "upload: {status} {body}");
     Ok(sha)
 }
 

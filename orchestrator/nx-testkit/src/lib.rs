@@ -282,6 +282,21 @@ impl Host {
         format!("{sandbox}.{BASE_DOMAIN}")
     }
 
+    /// PUTs bytes into nxd's artifact store straight through the API, past the CLI's checks;
+    /// (HTTP status, body, the bytes' sha256).
+    pub fn put_artifact(&self, bytes: Vec<u8>) -> (u16, String, String) {
+        let sha = sha256_hex(&bytes);
+        let resp = self
+            .http
+            .put(format!("http://{}/v1/artifacts/{sha}", self.api))
+            .bearer_auth(&self.token)
+            .body(bytes)
+            .send()
+            .expect("PUT artifact");
+        let status = resp.status().as_u16();
+        (status, resp.text().unwrap_or_default(), sha)
+    }
+
     pub fn http(&self) -> &reqwest::blocking::Client {
         &self.http
     }

@@ -70,16 +70,8 @@ fn bad_binaries_and_names_are_refused_and_nothing_is_stored() {
         assert!(push.stderr.contains(says), "{name}: {}", push.stderr);
 
         // The same bytes sent straight to the API, past the CLI's check.
-        let sha = sha256_hex(&bytes);
-        let resp = host
-            .http()
-            .put(format!("http://{}/v1/artifacts/{sha}", host.api))
-            .bearer_auth(&host.token)
-            .body(bytes.clone())
-            .send()
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 422, "{name}");
-        let body = resp.text().unwrap();
+        let (status, body, _) = host.put_artifact(bytes.clone());
+        assert_eq!(status, 422, "{name}");
         assert!(body.contains(says), "{name}: {body}");
     }
     // Refusals name the fix.

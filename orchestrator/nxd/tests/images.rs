@@ -110,16 +110,8 @@ fn assert_refused(host: &Host, archive: &Path, expected: &str) {
         out.stderr
     );
     // nxd refuses it too, when a client skips the local check.
-    let bytes = std::fs::read(archive).unwrap();
-    let sha = nx_testkit::sha256_hex(&bytes);
-    let resp = host
-        .http()
-        .put(format!("http://{}/v1/artifacts/{sha}", host.api))
-        .bearer_auth(&host.token)
-        .body(bytes)
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 422, "{}", archive.display());
+    let (status, _, _) = host.put_artifact(std::fs::read(archive).unwrap());
+    assert_eq!(status, 422, "{}", archive.display());
     assert_eq!(stored_artifacts(host), before, "nothing is stored");
 }
 

@@ -118,16 +118,8 @@ fn dirs_naming(dir: &Path, ids: &HashSet<String>) -> Vec<PathBuf> {
 #[test]
 fn five_hundred_tasks_leave_nothing_behind() {
     let host = Host::start();
-    let sample = std::fs::read(sample_app()).unwrap();
-    let sha = nx_testkit::sha256_hex(&sample);
-    let put = host
-        .http()
-        .put(format!("http://{}/v1/artifacts/{sha}", host.api))
-        .bearer_auth(&host.token)
-        .body(sample)
-        .send()
-        .unwrap();
-    assert!(put.status().is_success());
+    let (status, _, sha) = host.put_artifact(std::fs::read(sample_app()).unwrap());
+    assert_eq!(status, 200);
     let workers: Vec<_> = (0..4)
         .map(|w| {
             let (api, token, sha) = (host.api, host.token.clone(), sha.clone());
