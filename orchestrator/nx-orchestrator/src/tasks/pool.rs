@@ -128,16 +128,21 @@ impl Pool {
         }
         let pool = Arc::clone(self);
         tokio::spawn(async move {
-            while pool.slots.lock().expect("pool lock").len() < pool.size {
+            let mut failed = false;
+            while !failed && pool.slots.lock().expect("pool lock").len() < pool.size {
                 match pool.start_slot().await {
                     Ok(slot) => pool.slots.lock().expect("pool lock").push(slot),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start a warm task unit");
-                        break;
+                        failed = true;
                     }
                 }
             }
             pool.refilling.store(false, Ordering::Release);
+            // A slot taken after the last check would otherwise wait for the next take.
+            if !failed && pool.slots.lock().expect("pool lock").len() < pool.size {
+                pool.refill();
+            }
         });
     }
 }
