@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # What NX needs on Debian/Ubuntu, as root: bubblewrap (bare binaries), podman with runc and
-# catatonit (images; crun fails on hybrid cgroups), systemd and dbus (the embedded manager),
+# catatonit (images; crun fails on hybrid cgroups), runsc (gVisor, optional per image),
+# qemu-system-x86, socat and lz4 (the microvm backend: the VMM, the database forward, unpacking
+# the kernel), systemd and dbus (the embedded manager),
 # PostgreSQL (nxd's state, the sandboxes' databases), util-linux (unshare), curl, wrk (the
 # benchmarks' load generator), nix-bin (offline checks of the Nix suite), the musl target (static
 # sample binaries) and the pinned Nix linters from crates.io.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils wrk nix-bin podman runc catatonit runsc)
+packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils wrk nix-bin podman runc catatonit runsc qemu-system-x86 socat lz4)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,3 +20,5 @@ fi
 rustup target add x86_64-unknown-linux-musl >/dev/null
 command -v deadnix >/dev/null || cargo install --locked deadnix --version 1.3.1
 command -v nixpkgs-fmt >/dev/null || cargo install --locked nixpkgs-fmt --version 1.3.0
+# The microvm backend's guest kernel (Debian's linux-image, unpacked, never installed).
+bash "$(dirname "$0")/fetch-kernel.sh"

@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 state=${NX_STATE_DIR:-/var/lib/nx-quickstart}
 bash install-deps.sh
 cargo build --release --locked -p nxd -p nx-cli
-cargo build --release --locked -p nx-sample-app --target x86_64-unknown-linux-musl
+cargo build --release --locked -p nx-sample-app -p nx-vm-init --target x86_64-unknown-linux-musl
 sample=target/x86_64-unknown-linux-musl/release/nx-sample-app
 
 if [ -f "$state/nxd.pid" ] && kill -0 "$(cat "$state/nxd.pid")" 2>/dev/null; then

@@ -6,7 +6,7 @@ use crate::output;
 use anyhow::Context;
 use nx_orchestrator::api::{ArtifactInfo, DeploymentView, LimitsOverride, PushRequest};
 use nx_orchestrator::artifact::{image, verify};
-use nx_orchestrator::domain::Runtime;
+use nx_orchestrator::domain::{BackendKind, Runtime};
 use nx_orchestrator::names::SandboxName;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -41,6 +41,10 @@ pub struct PushArgs {
     /// with it.
     #[arg(long)]
     db_branch: bool,
+    /// Where it runs: container (bubblewrap, or Podman for an image) or microvm (a static binary
+    /// as the only program of a VM).
+    #[arg(long, value_parser = ["container", "microvm"], default_value = "container")]
+    backend: String,
     /// For an image: the OCI runtime, runc (default) or runsc (gVisor: the program's system
     /// calls go to a user-space kernel; needs `runsc` on the host).
     #[arg(long, value_parser = ["runc", "runsc"], requires = "image")]
@@ -146,6 +150,7 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
             .as_deref()
             .and_then(Runtime::parse)
             .unwrap_or_default(),
+        backend: BackendKind::parse(&args.backend).unwrap_or_default(),
     };
     let view: DeploymentView = client.post("/v1/deployments", &req).await?;
     output::pushed(&view, uploaded, json)

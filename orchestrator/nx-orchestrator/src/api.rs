@@ -1,7 +1,7 @@
 //! The JSON shapes of nxd's HTTP API, shared by nxd and the `nx` CLI.
 
 use crate::config::Limits;
-use crate::domain::{Desired, Runtime};
+use crate::domain::{BackendKind, Desired, Runtime};
 use crate::names::{DeploymentId, SandboxName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -49,6 +49,9 @@ pub struct PushRequest {
     /// For an image: runc (default) or gVisor's runsc.
     #[serde(default)]
     pub runtime: Runtime,
+    /// container (default) or microvm.
+    #[serde(default)]
+    pub backend: BackendKind,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +97,9 @@ pub struct DeploymentView {
     pub limits: Limits,
     pub db_branch: bool,
     pub runtime: Runtime,
+    pub backend: BackendKind,
+    /// What the backend runs it with, e.g. the microVM's accelerator.
+    pub runs_on: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 

@@ -40,6 +40,51 @@ pub struct Config {
     pub systemd: SystemdConfig,
     pub databases: DatabasesConfig,
     pub tasks: TasksConfig,
+    pub microvm: MicrovmConfig,
+}
+
+/// The `microvm` backend: a deployment's static binary as the only program of a VM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MicrovmConfig {
+    /// The guest kernel: `vmlinux` (uncompressed) and `modules/` (virtio modules and `order`),
+    /// as `orchestrator/fetch-kernel.sh` lays them out from Debian's linux-image package.
+    /// Unset: nxd has no microvm backend.
+    pub kernel_dir: Option<PathBuf>,
+    /// `nx-vm-init`, the guest's PID 1 (a static binary from the workspace).
+    pub init: PathBuf,
+    /// The VMM that runs guests. Only `qemu` runs on a plain Linux host; `cloud-hypervisor`
+    /// and `firecracker` need the tap devices a NixOS host (microvm.nix) provides.
+    pub vmm: Vmm,
+    /// `auto` probes KVM and TCG once and keeps the faster one that boots; or `kvm`, `tcg`.
+    pub accel: AccelMode,
+}
+
+impl Default for MicrovmConfig {
+    fn default() -> Self {
+        Self {
+            kernel_dir: None,
+            init: PathBuf::from("/usr/lib/nx/nx-vm-init"),
+            vmm: Vmm::Qemu,
+            accel: AccelMode::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Vmm {
+    Qemu,
+    CloudHypervisor,
+    Firecracker,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelMode {
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 /// Tasks: programs run once, in a fresh sandbox with no network, time-limited.
@@ -173,6 +218,7 @@ impl Default for Config {
             systemd: SystemdConfig::default(),
             databases: DatabasesConfig::default(),
             tasks: TasksConfig::default(),
+            microvm: MicrovmConfig::default(),
         }
     }
 }

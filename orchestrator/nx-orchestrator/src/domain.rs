@@ -30,6 +30,33 @@ impl Desired {
     }
 }
 
+/// The backend a deployment runs on.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Namespaces: bubblewrap for a binary, Podman for an image.
+    #[default]
+    Container,
+    /// A KVM (or TCG) microVM whose only program is the binary.
+    Microvm,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Container => "container",
+            BackendKind::Microvm => "microvm",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "container" => Some(BackendKind::Container),
+            "microvm" => Some(BackendKind::Microvm),
+            _ => None,
+        }
+    }
+}
+
 /// The OCI runtime an image runs under (a binary runs under bubblewrap either way).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +100,7 @@ pub struct Deployment {
     pub db_branch: bool,
     /// The OCI runtime, for an image.
     pub runtime: Runtime,
+    pub backend: BackendKind,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 

@@ -1,16 +1,25 @@
-//! Is a deployment ready? Its port accepts a connection, and when a health path is configured,
-//! `GET <path>` answers below 400.
+//! Is a deployment ready? Its port accepts a connection; when a health path is configured,
+//! `GET <path>` answers below 400; behind a VMM's port forward (which accepts before the guest
+//! listens), `GET /` gets any HTTP answer.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub async fn probe(addr: SocketAddr, health_path: Option<&str>) -> bool {
+pub enum Probe<'a> {
+    Connect,
+    Health(&'a str),
+    AnyAnswer,
+}
+
+pub async fn probe(addr: SocketAddr, how: &Probe<'_>) -> bool {
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
-        let Some(path) = health_path else {
-            return Some(true);
+        let path = match how {
+            Probe::Connect => return Some(true),
+            Probe::Health(path) => path,
+            Probe::AnyAnswer => "/",
         };
         let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
@@ -18,7 +27,7 @@ pub async fn probe(addr: SocketAddr, health_path: Option<&str>) -> bool {
         stream.read_exact(&mut head).await.ok()?;
         // "HTTP/1.x NNN"
         let code: u16 = std::str::from_utf8(&head[9..12]).ok()?.parse().ok()?;
-        Some(code < 400)
+        Some(code < 400 || matches!(how, Probe::AnyAnswer))
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(2), attempt).await,

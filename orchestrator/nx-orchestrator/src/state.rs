@@ -1,7 +1,7 @@
 //! nxd's state in PostgreSQL (sqlx, migrations embedded from `migrations/`).
 
 use crate::config::{Limits, PortRange};
-use crate::domain::{Deployment, Desired, Runtime};
+use crate::domain::{BackendKind, Deployment, Desired, Runtime};
 use crate::names::{DeploymentId, NameError, SandboxName};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +41,7 @@ pub struct NewDeployment {
     pub limits: Limits,
     pub db_branch: bool,
     pub runtime: Runtime,
+    pub backend: BackendKind,
 }
 
 #[derive(sqlx::FromRow)]
@@ -56,6 +57,7 @@ struct DeploymentRow {
     desired: String,
     db_branch: bool,
     runtime: String,
+    backend: String,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -75,12 +77,13 @@ impl TryFrom<DeploymentRow> for Deployment {
             desired: Desired::parse(&row.desired).ok_or_else(|| corrupt("desired state"))?,
             db_branch: row.db_branch,
             runtime: Runtime::parse(&row.runtime).ok_or_else(|| corrupt("runtime"))?,
+            backend: BackendKind::parse(&row.backend).ok_or_else(|| corrupt("backend"))?,
             created_at: row.created_at,
         })
     }
 }
 
-const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, created_at FROM deployments";
+const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, created_at FROM deployments";
 
 impl StateStore {
     #[tracing::instrument(skip_all)]
@@ -130,10 +133,11 @@ impl StateStore {
             desired: Desired::Running,
             db_branch: new.db_branch,
             runtime: new.runtime,
+            backend: new.backend,
             created_at: chrono::Utc::now(),
         };
         sqlx::query(
-            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(deployment.id.as_str())
         .bind(deployment.sandbox.as_str())
@@ -146,6 +150,7 @@ impl StateStore {
         .bind(deployment.desired.as_str())
         .bind(deployment.db_branch)
         .bind(deployment.runtime.as_str())
+        .bind(deployment.backend.as_str())
         .bind(deployment.created_at)
         .execute(&mut *tx)
         .await?;

@@ -17,7 +17,7 @@
 //! - `GET /db/drop`     drops table `items`
 //! - `GET /db/connect?db=D` connects to database D with its own credentials; reports the error
 //!
-//! The database is reached as libpq would: PGHOST (the socket dir), PGPORT, PGDATABASE,
+//! The database is reached as libpq would: PGHOST (a socket dir or a host), PGPORT, PGDATABASE,
 //! PGUSER, PGPASSWORD.
 //! - `GET /exit?code=C` exits with code C
 //!
@@ -41,14 +41,16 @@ fn main() {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
-    let server = match Server::http(("127.0.0.1", port)) {
+    // HOST is the address NX says to listen on: 127.0.0.1 in a container, 0.0.0.0 in a microVM.
+    let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let server = match Server::http((host.as_str(), port)) {
         Ok(s) => std::sync::Arc::new(s),
         Err(e) => {
-            eprintln!("nx-sample: cannot listen on 127.0.0.1:{port}: {e}");
+            eprintln!("nx-sample: cannot listen on {host}:{port}: {e}");
             std::process::exit(1);
         }
     };
-    println!("nx-sample listening on 127.0.0.1:{port}");
+    println!("nx-sample listening on {host}:{port}");
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
             let server = server.clone();
@@ -229,8 +231,14 @@ fn db(
         .map(str::to_owned)
         .unwrap_or_else(|| env("PGDATABASE"));
     let mut config = postgres::Config::new();
+    // As libpq: a PGHOST that is a path is a socket directory, anything else a host name.
+    let host = env("PGHOST");
+    if host.starts_with('/') {
+        config.host_path(host);
+    } else {
+        config.host(&host);
+    }
     config
-        .host_path(env("PGHOST"))
         .port(env("PGPORT").parse().unwrap_or(5432))
         .user(&env("PGUSER"))
         .password(env("PGPASSWORD"))

@@ -40,14 +40,34 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The static sample app.
 pub fn sample_app() -> PathBuf {
+    static_binary("nx-sample-app")
+}
+
+/// A static (musl) release build of a workspace crate's binary.
+fn static_binary(name: &str) -> PathBuf {
     let root = target_dir().parent().expect("target dir").to_path_buf();
-    let path = root.join("x86_64-unknown-linux-musl/release/nx-sample-app");
+    let path = root.join(format!("x86_64-unknown-linux-musl/release/{name}"));
     assert!(
         path.is_file(),
-        "{} is missing: run `cargo build -p nx-sample-app --release --target x86_64-unknown-linux-musl`",
+        "{} is missing: run `cargo build -p {name} --release --target x86_64-unknown-linux-musl`",
         path.display()
     );
     path
+}
+
+/// The `[microvm]` config of a test host: the kernel of orchestrator/fetch-kernel.sh
+/// (NX_KERNEL_DIR, default /var/cache/nx/kernel), the static nx-vm-init, and `accel`.
+pub fn microvm_config(accel: &str) -> String {
+    let kernel_dir =
+        std::env::var("NX_KERNEL_DIR").unwrap_or_else(|_| "/var/cache/nx/kernel".into());
+    assert!(
+        Path::new(&kernel_dir).join("vmlinux").is_file(),
+        "no guest kernel in {kernel_dir}: run orchestrator/fetch-kernel.sh (install-deps.sh does)"
+    );
+    format!(
+        "[microvm]\nkernel_dir = {kernel_dir:?}\ninit = {:?}\naccel = {accel:?}\n",
+        static_binary("nx-vm-init")
+    )
 }
 
 /// A port nothing listens on now (from the ephemeral range).

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use nx_orchestrator::api::{DeploymentView, PushRequest, SandboxView, UnitState};
 use nx_orchestrator::artifact::Artifact;
 use nx_orchestrator::artifact::ArtifactStore;
-use nx_orchestrator::backend::{Program, SandboxBackend, SandboxSpec};
+use nx_orchestrator::backend::{Backends, Program, SandboxBackend, SandboxSpec};
 use nx_orchestrator::config::Config;
 use nx_orchestrator::databases::{BackupInfo, Databases, RestoreInfo};
 use nx_orchestrator::domain::{check_env_name, Deployment, Desired, RouteKey, Runtime};
@@ -35,7 +35,7 @@ pub struct App {
     pub router: Arc<Router>,
     pub databases: Databases,
     state: StateStore,
-    backend: Arc<dyn SandboxBackend>,
+    backend: Arc<Backends>,
     pub tasks: Tasks,
     /// What each artifact runs as, by sha256 (inspecting means reading the whole file).
     programs: std::sync::Mutex<HashMap<String, Program>>,
@@ -85,8 +85,8 @@ impl App {
         .await?;
         let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
         let launcher = std::env::current_exe().context("locating the nxd binary (the launcher)")?;
-        let backend = make_backend(&config, Arc::clone(&supervisor), launcher.clone())?;
-        let tasks = Tasks::start(supervisor, Arc::clone(&backend), launcher, &config.tasks).await?;
+        let backend = make_backends(&config, Arc::clone(&supervisor), launcher.clone()).await?;
+        let tasks = Tasks::start(supervisor, backend.clone(), launcher, &config.tasks).await?;
         let app = Arc::new(Self {
             router: Arc::new(Router::new(&config.base_domain)),
             config,
@@ -256,9 +256,15 @@ impl App {
         let addr = SocketAddr::from(([127, 0, 0, 1], deployment.port));
         let timeout = Duration::from_secs(self.config.sandbox.ready_timeout_secs);
         let deadline = Instant::now() + timeout;
-        let health = self.config.sandbox.health_path.as_deref();
+        let probe = match self.config.sandbox.health_path.as_deref() {
+            Some(path) => readiness::Probe::Health(path),
+            None if self.backend.get(deployment.backend)?.port_is_forwarded() => {
+                readiness::Probe::AnyAnswer
+            }
+            None => readiness::Probe::Connect,
+        };
         loop {
-            if readiness::probe(addr, health).await {
+            if readiness::probe(addr, &probe).await {
                 tracing::info!("deployment ready");
                 return Ok(());
             }
@@ -297,6 +303,7 @@ impl App {
         for name in req.env.keys() {
             check_env_name(name).map_err(ApiError::bad_request)?;
         }
+        self.backend.get(req.backend)?;
         let program = self.program(&req.artifact).await?;
         if req.runtime == Runtime::Runsc && !matches!(program, Program::Image { .. }) {
             return Err(ApiError::bad_request(
@@ -316,6 +323,7 @@ impl App {
                     limits: req.limits.apply(self.config.limits),
                     db_branch: req.db_branch,
                     runtime: req.runtime,
+                    backend: req.backend,
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
@@ -549,6 +557,12 @@ impl App {
             limits: d.limits,
             db_branch: d.db_branch,
             runtime: d.runtime,
+            backend: d.backend,
+            runs_on: self
+                .backend
+                .get(d.backend)
+                .map(|b| b.runs_on())
+                .unwrap_or_else(|e| e.to_string()),
             created_at: d.created_at,
         })
     }
@@ -601,25 +615,46 @@ impl App {
     }
 }
 
-fn make_backend(
+/// The container backend, and the microvm backend when the config gives it a kernel.
+async fn make_backends(
     config: &Config,
     supervisor: Arc<Supervisor>,
     launcher: PathBuf,
-) -> anyhow::Result<Arc<dyn SandboxBackend>> {
+) -> anyhow::Result<Arc<Backends>> {
+    let restart_delay = Duration::from_secs(config.sandbox.restart_delay_secs);
     #[cfg(feature = "container")]
-    {
-        Ok(Arc::new(
-            nx_orchestrator::backend::container::ContainerBackend::new(
+    let container: Arc<dyn SandboxBackend> = Arc::new(
+        nx_orchestrator::backend::container::ContainerBackend::new(
+            Arc::clone(&supervisor),
+            &config.state_dir,
+            launcher.clone(),
+            restart_delay,
+        )?,
+    );
+    #[cfg(not(feature = "container"))]
+    anyhow::bail!("nxd was built without the container backend; enable the `container` feature");
+    #[cfg(feature = "microvm")]
+    let microvm: Option<Arc<dyn SandboxBackend>> = match config.microvm.kernel_dir {
+        None => None,
+        Some(_) => Some(Arc::new(
+            nx_orchestrator::backend::microvm::MicrovmBackend::new(
                 supervisor,
                 &config.state_dir,
                 launcher,
-                Duration::from_secs(config.sandbox.restart_delay_secs),
-            )?,
-        ))
-    }
-    #[cfg(not(feature = "container"))]
-    {
-        let _ = (config, supervisor, launcher);
-        anyhow::bail!("nxd was built without a sandbox backend; enable the `container` feature")
-    }
+                restart_delay,
+                &config.microvm,
+            )
+            .await?,
+        )),
+    };
+    #[cfg(not(feature = "microvm"))]
+    let microvm = {
+        let _ = (supervisor, launcher);
+        anyhow::ensure!(
+            config.microvm.kernel_dir.is_none(),
+            "[microvm] is set, but nxd was built without the `microvm` feature"
+        );
+        None
+    };
+    Ok(Arc::new(Backends::new(container, microvm)))
 }

@@ -40,6 +40,45 @@ pub struct LaunchSpec {
     pub seccomp: Vec<PathBuf>,
     /// Drop to this uid before exec (None: stay root, for Podman, which drops in the container).
     pub uid: Option<u32>,
+    /// A VMM: run it as a child, pass its console through, and exit with the code the guest
+    /// printed after `NX-EXIT` (the VMM itself exits 0 when the guest reboots).
+    #[serde(default)]
+    pub console_exit: bool,
+}
+
+/// What the guest's init prints before it powers the VM off.
+pub const EXIT_MARKER: &str = "NX-EXIT ";
+
+/// Runs a VMM and returns the guest program's exit code from its console.
+fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>) -> String {
+    use std::io::{BufRead, Write};
+    let child = std::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => return format!("cannot run {program}: {e}"),
+    };
+    let mut code = None;
+    if let Some(console) = child.stdout.take() {
+        let mut out = std::io::stdout().lock();
+        for line in std::io::BufReader::new(console).lines().map_while(Result::ok) {
+            if let Some(n) = line.trim().strip_prefix(EXIT_MARKER) {
+                code = n.trim().parse::<i32>().ok();
+            }
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+    let status = child.wait();
+    match (code, status) {
+        (Some(code), _) => std::process::exit(code),
+        (None, Ok(status)) => format!("{program} ended ({status}) before the guest reported an exit code"),
+        (None, Err(e)) => format!("waiting for {program}: {e}"),
+    }
 }
 
 fn drop_privileges(uid: u32) -> nix::Result<()> {
@@ -99,6 +138,9 @@ pub fn run(spec_path: &Path) -> String {
     let Some((program, args)) = argv.split_first() else {
         return "empty argv in launch spec".into();
     };
+    if spec.console_exit {
+        return supervise_vmm(program, args, &spec.env);
+    }
     let err = std::process::Command::new(program)
         .args(args)
         .env_clear()

@@ -1,19 +1,27 @@
 //! The narrow boundary between NX and an isolation technology. A backend turns a deployment into
 //! something that runs (prepare), runs and stops it, reports on it, and removes every trace of it.
-//! Backends are chosen by cargo features: `container` (bubblewrap and Podman) today.
+//! Backends are chosen by cargo features: `container` (bubblewrap and Podman) and `microvm`
+//! (QEMU's microvm machine; command lines for Cloud Hypervisor and Firecracker).
 //! Tasks (programs run once) go through the same backends: `task_launch`.
 
+mod by_kind;
 #[cfg(feature = "container")]
 pub mod container;
 pub mod launch;
+#[cfg(feature = "microvm")]
+pub mod microvm;
+
+pub use by_kind::Backends;
 
 use crate::api::UnitState;
 use crate::artifact::verify::Linkage;
-use crate::domain::Deployment;
+use crate::domain::{BackendKind, Deployment};
 use crate::supervisor::SupervisorError;
 use launch::LaunchSpec;
+use crate::supervisor::{UnitOutput, UnitSpec};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -23,6 +31,8 @@ pub enum BackendError {
     Prepare(String),
     #[error("sandbox I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What a deployment runs, from the artifact store.
@@ -57,9 +67,49 @@ pub struct TaskLaunch {
     pub uid: u32,
 }
 
+/// The unit of a deployment: `<launcher> launch <dir>/launch.json` (the launcher drops to the
+/// deployment's uid itself), under the deployment's limits, its output appended to its log,
+/// restarted on failure.
+pub(crate) fn deployment_unit(
+    handle: &SandboxHandle,
+    spec: &SandboxSpec,
+    launcher: &Path,
+    restart_delay: Duration,
+) -> UnitSpec {
+    UnitSpec {
+        name: handle.unit.clone(),
+        description: format!(
+            "NX deployment {} of sandbox {}",
+            spec.deployment.id, spec.deployment.sandbox
+        ),
+        argv: vec![
+            launcher.display().to_string(),
+            "launch".into(),
+            handle.dir.join("launch.json").display().to_string(),
+        ],
+        user: None,
+        limits: Some(spec.deployment.limits),
+        output: UnitOutput::File(handle.log_file()),
+        restart_delay: Some(restart_delay),
+    }
+}
+
+/// Writes a deployment's launch spec (0400, root's) where its unit's launcher reads it.
+pub(crate) fn write_launch_spec(handle: &SandboxHandle, launch: &LaunchSpec) -> Result<(), BackendError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = handle.dir.join("launch.json");
+    let json =
+        serde_json::to_vec_pretty(launch).map_err(|e| BackendError::Prepare(e.to_string()))?;
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, json)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))?;
+    Ok(())
+}
+
 /// A prepared sandbox: what the backend needs to find it again, also after nxd restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxHandle {
+    pub backend: BackendKind,
     pub unit: String,
     /// Backend-owned directory of this deployment (its data dir, log and launch files).
     pub dir: PathBuf,
@@ -78,6 +128,15 @@ impl SandboxHandle {
 pub trait SandboxBackend: Send + Sync {
     /// The backend's name, as `nx status` shows it.
     fn kind(&self) -> &'static str;
+    /// What it runs deployments with, as `nx status` shows it (e.g. the microVM accelerator).
+    fn runs_on(&self) -> String {
+        self.kind().to_owned()
+    }
+    /// Whether the deployment's port is a forward that accepts before the program listens (a
+    /// VMM's), so that readiness needs an HTTP answer.
+    fn port_is_forwarded(&self) -> bool {
+        false
+    }
     /// The handle of a deployment, whether or not it was prepared yet.
     fn handle(&self, deployment: &Deployment) -> SandboxHandle;
     /// Lays out what the deployment needs to run; idempotent.

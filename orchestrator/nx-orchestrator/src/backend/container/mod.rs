@@ -13,8 +13,8 @@ mod seccomp;
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
 use crate::backend::launch::LaunchSpec;
-use crate::domain::{Deployment, Runtime};
-use crate::supervisor::{Supervisor, UnitOutput, UnitSpec};
+use crate::domain::{BackendKind, Deployment, Runtime};
+use crate::supervisor::Supervisor;
 use bwrap::Sandbox;
 use podman::Podman;
 use podman::{Container, ContainerEnv};
@@ -69,6 +69,7 @@ impl SandboxBackend for ContainerBackend {
 
     fn handle(&self, deployment: &Deployment) -> SandboxHandle {
         SandboxHandle {
+            backend: BackendKind::Container,
             unit: deployment.unit_name(),
             dir: self.root.join(deployment.id.as_str()),
         }
@@ -100,6 +101,7 @@ impl SandboxBackend for ContainerBackend {
                 env: spec.env.clone(),
                 seccomp: self.seccomp.clone(),
                 uid: Some(uid),
+                console_exit: false,
             },
             // Podman runs as root and starts the container as the deployment's uid.
             Program::Image { archive, image_id } => {
@@ -124,36 +126,17 @@ impl SandboxBackend for ContainerBackend {
                     env: self.podman.env(),
                     seccomp: Vec::new(),
                     uid: None,
+                    console_exit: false,
                 }
             }
         };
-        let path = handle.dir.join("launch.json");
-        let json =
-            serde_json::to_vec_pretty(&launch).map_err(|e| BackendError::Prepare(e.to_string()))?;
-        std::fs::write(&path, json)?;
-        set_mode(&path, 0o400)?;
+        super::write_launch_spec(&handle, &launch)?;
         Ok(handle)
     }
 
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
     async fn start(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError> {
-        let unit = UnitSpec {
-            name: handle.unit.clone(),
-            description: format!(
-                "NX deployment {} of sandbox {}",
-                spec.deployment.id, spec.deployment.sandbox
-            ),
-            argv: vec![
-                self.launcher.display().to_string(),
-                "launch".into(),
-                handle.dir.join("launch.json").display().to_string(),
-            ],
-            // The launcher drops to the deployment's uid itself (Podman: the container does).
-            user: None,
-            limits: Some(spec.deployment.limits),
-            output: UnitOutput::File(handle.log_file()),
-            restart_delay: Some(self.restart_delay),
-        };
+        let unit = super::deployment_unit(handle, spec, &self.launcher, self.restart_delay);
         Ok(self.supervisor.start(&unit).await?)
     }
 
@@ -191,6 +174,7 @@ impl SandboxBackend for ContainerBackend {
                 env: task.env.clone(),
                 seccomp: self.seccomp.clone(),
                 uid: Some(task.uid),
+                console_exit: false,
             },
             Program::Image { archive, image_id } => {
                 self.podman.load(archive, image_id).await?;
@@ -216,6 +200,7 @@ impl SandboxBackend for ContainerBackend {
                     env,
                     seccomp: Vec::new(),
                     uid: None,
+                    console_exit: false,
                 }
             }
         })

@@ -1,0 +1,309 @@
+//! The `microvm` backend: a deployment's static binary as the only program of a virtual
+//! machine. The guest is a kernel (Debian's, see `orchestrator/fetch-kernel.sh`) and an
+//! initramfs NX builds: `nx-vm-init` as PID 1, the virtio modules, the binary (cached by the
+//! artifact's hash), and the deployment's environment and arguments (readable by the guest's
+//! root only). The VMM runs as the deployment's uid in a transient systemd unit, like every
+//! deployment; the launcher passes the guest's console to the log and exits with the program's
+//! exit code. The host reaches the guest's port through a forward; the guest reaches the host's
+//! PostgreSQL and nothing else.
+
+mod accel;
+mod initramfs;
+pub mod vmm;
+
+use super::launch::LaunchSpec;
+use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
+use crate::api::UnitState;
+use crate::artifact::verify::Linkage;
+use crate::config::{Limits, MicrovmConfig, Vmm};
+use crate::domain::{BackendKind, Deployment};
+use crate::supervisor::Supervisor;
+use initramfs::{nul_separated, Archive};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use vmm::{Accel, Guest, GUEST_DB_ADDR};
+
+/// Memory the VMM itself needs beside the guest's RAM, inside the unit's MemoryMax.
+const VMM_OVERHEAD_MB: u64 = 64;
+const MIN_GUEST_MB: u64 = 64;
+
+pub struct MicrovmBackend {
+    supervisor: Arc<Supervisor>,
+    /// `<state_dir>/microvm`: `initramfs/` (per artifact), `deployments/`, the probe's files.
+    root: PathBuf,
+    launcher: PathBuf,
+    restart_delay: Duration,
+    kernel: PathBuf,
+    /// Module files in the order the guest loads them.
+    modules: Vec<(String, PathBuf)>,
+    init: PathBuf,
+    vmm: Vmm,
+    accel: accel::Choice,
+    tsc_khz: Option<u64>,
+}
+
+/// The host's TSC rate from /proc/cpuinfo, for TCG guests.
+fn tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+fn missing(what: &str, path: &Path) -> BackendError {
+    BackendError::Unavailable(format!(
+        "the microvm backend needs {what} at {}: run orchestrator/fetch-kernel.sh (kernel) or build nx-vm-init (`cargo build --release -p nx-vm-init --target x86_64-unknown-linux-musl`), and set [microvm] in nxd's config",
+        path.display()
+    ))
+}
+
+impl MicrovmBackend {
+    #[tracing::instrument(skip_all)]
+    pub async fn new(
+        supervisor: Arc<Supervisor>,
+        state_dir: &Path,
+        launcher: PathBuf,
+        restart_delay: Duration,
+        config: &MicrovmConfig,
+    ) -> Result<Self, BackendError> {
+        let kernel_dir = config.kernel_dir.as_deref().ok_or_else(|| {
+            BackendError::Unavailable("[microvm] kernel_dir is not set".into())
+        })?;
+        let kernel = kernel_dir.join("vmlinux");
+        if !kernel.is_file() {
+            return Err(missing("an uncompressed kernel", &kernel));
+        }
+        if !config.init.is_file() {
+            return Err(missing("nx-vm-init", &config.init));
+        }
+        let order = kernel_dir.join("modules/order");
+        let modules = std::fs::read_to_string(&order)
+            .map_err(|_| missing("the module list", &order))?
+            .split_whitespace()
+            .map(|name| (name.to_owned(), kernel_dir.join(format!("modules/{name}.ko"))))
+            .collect();
+        let root = state_dir.join("microvm");
+        for sub in ["initramfs", "deployments"] {
+            std::fs::create_dir_all(root.join(sub))?;
+        }
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
+        std::fs::set_permissions(root.join("deployments"), std::fs::Permissions::from_mode(0o711))?;
+        let mut backend = Self {
+            supervisor,
+            root,
+            launcher,
+            restart_delay,
+            kernel,
+            modules,
+            init: config.init.clone(),
+            vmm: config.vmm,
+            accel: accel::Choice {
+                accel: Accel::Tcg,
+                report: String::new(),
+            },
+            tsc_khz: tsc_khz(),
+        };
+        let probe = backend.root.join("probe.cpio");
+        std::fs::write(&probe, backend.guest_archive(None)?.finish()?)?;
+        backend.accel =
+            accel::choose(config.accel, &backend.root, &backend.kernel, &probe, backend.tsc_khz)
+                .await?;
+        Ok(backend)
+    }
+
+    /// NX's init, the modules and (for a deployment) the program; not yet finished.
+    fn guest_archive(&self, program: Option<&Path>) -> Result<Archive<Vec<u8>>, BackendError> {
+        let mut archive = Archive::new(Vec::new());
+        for dir in ["nx", "nx/modules", "app", "dev", "proc", "sys", "tmp"] {
+            archive.dir(dir)?;
+        }
+        archive.file("init", 0o755, &std::fs::read(&self.init)?)?;
+        let mut order = Vec::new();
+        for (name, path) in &self.modules {
+            let module = std::fs::read(path).map_err(|_| missing("a kernel module", path))?;
+            archive.file(&format!("nx/modules/{name}.ko"), 0o644, &module)?;
+            order.push(name.as_str());
+        }
+        archive.file("nx/modules/order", 0o644, order.join(" ").as_bytes())?;
+        if let Some(program) = program {
+            archive.file("app/main", 0o755, &std::fs::read(program)?)?;
+        }
+        Ok(archive)
+    }
+
+    /// The archive of init, modules and program, cached by the artifact's hash (its file name).
+    fn base_initramfs(&self, program: &Path) -> Result<Vec<u8>, BackendError> {
+        let key = program.file_name().unwrap_or_default().to_string_lossy();
+        let cached = self.root.join(format!("initramfs/{key}.cpio"));
+        if let Ok(bytes) = std::fs::read(&cached) {
+            return Ok(bytes);
+        }
+        let bytes = self.guest_archive(Some(program))?.finish()?;
+        let temp = cached.with_extension("tmp");
+        std::fs::write(&temp, &bytes)?;
+        std::fs::rename(&temp, &cached)?;
+        Ok(bytes)
+    }
+
+    /// The guest's environment: the database over the forward, listening on every interface.
+    fn guest_env(spec: &SandboxSpec) -> BTreeMap<String, String> {
+        let mut env = spec.env.clone();
+        env.insert("HOST".into(), "0.0.0.0".into());
+        let get = |k: &str| spec.env.get(k).cloned().unwrap_or_default();
+        if spec.database_socket.is_some() && env.contains_key("PGUSER") {
+            env.insert("PGHOST".into(), GUEST_DB_ADDR.into());
+            env.insert("PGPORT".into(), "5432".into());
+            env.insert(
+                "DATABASE_URL".into(),
+                format!(
+                    "postgres://{}:{}@{GUEST_DB_ADDR}:5432/{}",
+                    get("PGUSER"),
+                    get("PGPASSWORD"),
+                    get("PGDATABASE")
+                ),
+            );
+        }
+        env
+    }
+
+    fn guest_size(limits: &Limits) -> (u64, u32) {
+        let memory = limits
+            .memory_max_mb
+            .saturating_sub(VMM_OVERHEAD_MB)
+            .max(MIN_GUEST_MB);
+        let vcpus = limits.cpu_quota_percent.div_ceil(100).max(1);
+        (memory, vcpus)
+    }
+}
+
+#[async_trait::async_trait]
+impl SandboxBackend for MicrovmBackend {
+    fn kind(&self) -> &'static str {
+        "microvm"
+    }
+
+    fn runs_on(&self) -> String {
+        format!("microvm: {:?} with {}", self.vmm, self.accel.report)
+    }
+
+    fn port_is_forwarded(&self) -> bool {
+        true
+    }
+
+    fn handle(&self, deployment: &Deployment) -> SandboxHandle {
+        SandboxHandle {
+            backend: BackendKind::Microvm,
+            unit: deployment.unit_name(),
+            dir: self.root.join("deployments").join(deployment.id.as_str()),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(deployment = %spec.deployment.id))]
+    async fn prepare(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
+        let Program::Binary { path, linkage } = &spec.program else {
+            return Err(BackendError::Prepare(
+                "images run on the container backend (Podman): push a static binary to the microvm backend".into(),
+            ));
+        };
+        if !matches!(linkage, Linkage::Static) {
+            return Err(BackendError::Prepare(
+                "the microvm backend runs static binaries (the guest has no libraries): build with `--target x86_64-unknown-linux-musl` or `CGO_ENABLED=0`".into(),
+            ));
+        }
+        let handle = self.handle(&spec.deployment);
+        std::fs::create_dir_all(&handle.dir)?;
+        std::fs::set_permissions(&handle.dir, std::fs::Permissions::from_mode(0o711))?;
+        let mut initrd = self.base_initramfs(path)?;
+        let env = Self::guest_env(spec);
+        let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut own = Archive::new(Vec::new());
+        own.file("nx/env", 0o600, &nul_separated(pairs.iter().map(String::as_str)))?;
+        own.file(
+            "nx/args",
+            0o600,
+            &nul_separated(spec.deployment.args.iter().map(String::as_str)),
+        )?;
+        initrd.extend(own.finish()?);
+        let initrd_path = handle.dir.join("initrd.cpio");
+        let _ = std::fs::remove_file(&initrd_path);
+        std::fs::write(&initrd_path, &initrd)?;
+        // The VMM runs as the deployment's uid; nobody else reads the guest's secrets.
+        let uid = spec.deployment.uid;
+        chown(&initrd_path, Some(uid), Some(uid))?;
+        std::fs::set_permissions(&initrd_path, std::fs::Permissions::from_mode(0o600))?;
+        let (memory_mb, vcpus) = Self::guest_size(&spec.deployment.limits);
+        let tap = format!("nx{}", spec.deployment.port);
+        let guest = Guest {
+            kernel: &self.kernel,
+            initrd: &initrd_path,
+            memory_mb,
+            vcpus,
+            port: spec.deployment.port,
+            database_socket: spec.database_socket.as_deref(),
+            tsc_khz: (self.accel.accel == Accel::Tcg).then_some(self.tsc_khz).flatten(),
+            tap: &tap,
+        };
+        let argv = match self.vmm {
+            Vmm::Qemu => vmm::qemu(&guest, self.accel.accel),
+            Vmm::CloudHypervisor => vmm::cloud_hypervisor(&guest),
+            Vmm::Firecracker => {
+                let config_path = handle.dir.join("firecracker.json");
+                let (argv, config) = vmm::firecracker(&guest, &config_path);
+                std::fs::write(&config_path, config.to_string())?;
+                argv
+            }
+        };
+        let launch = LaunchSpec {
+            argv,
+            env: BTreeMap::from([(
+                "PATH".into(),
+                "/run/current-system/sw/bin:/usr/local/bin:/usr/bin:/bin".into(),
+            )]),
+            seccomp: Vec::new(),
+            uid: Some(uid),
+            console_exit: true,
+        };
+        super::write_launch_spec(&handle, &launch)?;
+        Ok(handle)
+    }
+
+    #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
+    async fn start(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError> {
+        let unit = super::deployment_unit(handle, spec, &self.launcher, self.restart_delay);
+        Ok(self.supervisor.start(&unit).await?)
+    }
+
+    async fn stop(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        Ok(self.supervisor.stop(&handle.unit).await?)
+    }
+
+    async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError> {
+        Ok(self.supervisor.state(&handle.unit).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
+    async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        self.supervisor.stop(&handle.unit).await?;
+        match std::fs::remove_dir_all(&handle.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn task_launch(&self, _task: &TaskLaunch) -> Result<LaunchSpec, BackendError> {
+        Err(BackendError::Unavailable(
+            "tasks run on the container backend".into(),
+        ))
+    }
+
+    async fn task_cleanup(&self, _id: &str) {}
+}

@@ -1,0 +1,212 @@
+//! VMM command lines for one guest: QEMU's `microvm` machine (run here, user-mode network with
+//! the deployment's port forwarded in and only the database forwarded out), and Cloud
+//! Hypervisor and Firecracker (on NixOS, from nixpkgs and microvm.nix, on a tap device that the
+//! host's network config provides).
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How the guest's CPU runs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualization, /dev/kvm.
+    Kvm,
+    /// QEMU's software emulation.
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Where the guest finds the database: QEMU forwards this address to the host's socket.
+pub const GUEST_DB_ADDR: &str = "10.0.2.100";
+/// The guest's own address on QEMU's user-mode network.
+pub const GUEST_ADDR: &str = "10.0.2.15";
+
+/// One guest.
+pub struct Guest<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub memory_mb: u64,
+    pub vcpus: u32,
+    /// The deployment's port: host 127.0.0.1:port -> guest port.
+    pub port: u16,
+    /// The host's PostgreSQL socket, reachable from the guest at GUEST_DB_ADDR:5432.
+    pub database_socket: Option<&'a Path>,
+    /// The host's TSC rate, so that a TCG guest skips calibrating it (seconds of boot).
+    pub tsc_khz: Option<u64>,
+    /// The tap device of Cloud Hypervisor and Firecracker guests.
+    pub tap: &'a str,
+}
+
+fn cmdline(guest: &Guest<'_>, extra: &str) -> String {
+    let mut line = format!("console=ttyS0 panic=-1 quiet {extra}");
+    if let Some(khz) = guest.tsc_khz {
+        line.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    line.trim_end().to_owned()
+}
+
+fn s(items: &[&str]) -> Vec<String> {
+    items.iter().map(|i| i.to_string()).collect()
+}
+
+/// `qemu-system-x86_64 -M microvm`: the guest reboots to end (reboot=t with -no-reboot).
+pub fn qemu(guest: &Guest<'_>, accel: Accel) -> Vec<String> {
+    let mut argv = s(&["qemu-system-x86_64", "-M", "microvm,rtc=on", "-accel"]);
+    argv.push(match accel {
+        // A small translation cache: TCG's default (1 GiB) would count against MemoryMax.
+        Accel::Tcg => "tcg,tb-size=32".into(),
+        Accel::Kvm => "kvm".into(),
+    });
+    argv.extend(s(&["-cpu", if accel == Accel::Kvm { "host" } else { "max" }]));
+    argv.extend([
+        "-m".into(),
+        format!("{}M", guest.memory_mb),
+        "-smp".into(),
+        guest.vcpus.to_string(),
+    ]);
+    argv.extend(s(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+    ]));
+    argv.push(guest.kernel.display().to_string());
+    argv.push("-initrd".into());
+    argv.push(guest.initrd.display().to_string());
+    argv.push("-append".into());
+    argv.push(cmdline(guest, "reboot=t"));
+    // restrict=on: the guest reaches nothing but the forwards below.
+    let mut netdev = format!(
+        "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-{GUEST_ADDR}:{port}",
+        port = guest.port
+    );
+    if let Some(socket) = guest.database_socket {
+        netdev.push_str(&format!(
+            ",guestfwd=tcp:{GUEST_DB_ADDR}:5432-cmd:socat STDIO UNIX-CONNECT:{}",
+            socket.display()
+        ));
+    }
+    argv.extend(["-netdev".into(), netdev]);
+    argv.extend(s(&["-device", "virtio-net-device,netdev=n0"]));
+    argv
+}
+
+/// `cloud-hypervisor` with a direct kernel boot.
+pub fn cloud_hypervisor(guest: &Guest<'_>) -> Vec<String> {
+    let mut argv = s(&["cloud-hypervisor", "--kernel"]);
+    argv.push(guest.kernel.display().to_string());
+    argv.push("--initramfs".into());
+    argv.push(guest.initrd.display().to_string());
+    argv.push("--cmdline".into());
+    argv.push(cmdline(guest, "reboot=k"));
+    argv.extend([
+        "--cpus".into(),
+        format!("boot={}", guest.vcpus),
+        "--memory".into(),
+        format!("size={}M", guest.memory_mb),
+        "--net".into(),
+        format!("tap={}", guest.tap),
+    ]);
+    argv.extend(s(&["--serial", "tty", "--console", "off"]));
+    argv
+}
+
+/// `firecracker --no-api --config-file <path>` and the config file's JSON.
+pub fn firecracker(guest: &Guest<'_>, config_path: &Path) -> (Vec<String>, serde_json::Value) {
+    let argv = vec![
+        "firecracker".into(),
+        "--no-api".into(),
+        "--config-file".into(),
+        config_path.display().to_string(),
+    ];
+    let config = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": guest.kernel,
+            "initrd_path": guest.initrd,
+            "boot_args": cmdline(guest, "reboot=k pci=off"),
+        },
+        "drives": [],
+        "machine-config": { "vcpu_count": guest.vcpus, "mem_size_mib": guest.memory_mb },
+        "network-interfaces": [{ "iface_id": "eth0", "host_dev_name": guest.tap }],
+    });
+    (argv, config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest<'a>(socket: Option<&'a Path>) -> Guest<'a> {
+        Guest {
+            kernel: Path::new("/k/vmlinux"),
+            initrd: Path::new("/d/initrd"),
+            memory_mb: 192,
+            vcpus: 2,
+            port: 21001,
+            database_socket: socket,
+            tsc_khz: Some(2_600_000),
+            tap: "nx21001",
+        }
+    }
+
+    fn after<'a>(argv: &'a [String], flag: &str) -> &'a str {
+        let i = argv.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag}"));
+        &argv[i + 1]
+    }
+
+    #[test]
+    fn qemu_boots_the_kernel_with_the_port_and_only_the_database_forwarded() {
+        let socket = Path::new("/s/.s.PGSQL.5432");
+        let argv = qemu(&guest(Some(socket)), Accel::Tcg);
+        assert_eq!(argv[0], "qemu-system-x86_64");
+        assert_eq!(after(&argv, "-M"), "microvm,rtc=on");
+        assert_eq!(after(&argv, "-accel"), "tcg,tb-size=32");
+        assert_eq!(after(&argv, "-m"), "192M");
+        assert_eq!(after(&argv, "-smp"), "2");
+        assert_eq!(after(&argv, "-kernel"), "/k/vmlinux");
+        assert_eq!(after(&argv, "-initrd"), "/d/initrd");
+        assert!(argv.contains(&"-no-reboot".to_string()));
+        let append = after(&argv, "-append");
+        assert!(append.contains("console=ttyS0") && append.contains("reboot=t"));
+        assert!(append.contains("tsc_early_khz=2600000"));
+        assert_eq!(
+            after(&argv, "-netdev"),
+            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:21001-10.0.2.15:21001,guestfwd=tcp:10.0.2.100:5432-cmd:socat STDIO UNIX-CONNECT:/s/.s.PGSQL.5432"
+        );
+        let kvm = qemu(&guest(None), Accel::Kvm);
+        assert_eq!(after(&kvm, "-accel"), "kvm");
+        assert_eq!(after(&kvm, "-cpu"), "host");
+        assert!(!after(&kvm, "-netdev").contains("guestfwd"));
+    }
+
+    #[test]
+    fn cloud_hypervisor_and_firecracker_get_the_same_guest() {
+        let argv = cloud_hypervisor(&guest(None));
+        assert_eq!(after(&argv, "--kernel"), "/k/vmlinux");
+        assert_eq!(after(&argv, "--initramfs"), "/d/initrd");
+        assert_eq!(after(&argv, "--cpus"), "boot=2");
+        assert_eq!(after(&argv, "--memory"), "size=192M");
+        assert_eq!(after(&argv, "--net"), "tap=nx21001");
+        assert!(after(&argv, "--cmdline").contains("console=ttyS0"));
+
+        let (argv, config) = firecracker(&guest(None), Path::new("/d/fc.json"));
+        assert_eq!(argv, ["firecracker", "--no-api", "--config-file", "/d/fc.json"]);
+        assert_eq!(config["boot-source"]["kernel_image_path"], "/k/vmlinux");
+        assert_eq!(config["boot-source"]["initrd_path"], "/d/initrd");
+        assert_eq!(config["machine-config"]["vcpu_count"], 2);
+        assert_eq!(config["machine-config"]["mem_size_mib"], 192);
+        assert_eq!(config["network-interfaces"][0]["host_dev_name"], "nx21001");
+    }
+}

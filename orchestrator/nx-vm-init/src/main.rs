@@ -1,0 +1,141 @@
+//! PID 1 of an NX microVM (a static binary in the initramfs NX builds per deployment):
+//! mounts /proc, /sys, /dev and /tmp, loads the virtio modules listed in /nx/modules/order,
+//! brings up lo and eth0 (QEMU's user-mode network: 10.0.2.15/24), runs /app/main as an
+//! unprivileged uid with the environment of /nx/env and the arguments of /nx/args, reaps every
+//! child, and when /app/main ends prints `NX-EXIT <code>` on the console and reboots, which ends
+//! the VMM (run with -no-reboot / reboot=k).
+
+mod net;
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use std::ffi::CString;
+use std::io::Write;
+
+/// The marker nxd reads from the console to learn the program's exit code.
+const EXIT_MARKER: &str = "NX-EXIT";
+/// The uid (and gid) /app/main runs as inside the guest.
+const APP_UID: u32 = 1000;
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn mounts() -> nix::Result<()> {
+    let none: Option<&str> = None;
+    for (source, target, fstype) in [
+        ("devtmpfs", "/dev", "devtmpfs"),
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("tmpfs", "/tmp", "tmpfs"),
+    ] {
+        let _ = std::fs::create_dir_all(target);
+        mount(Some(source), target, Some(fstype), MsFlags::empty(), none)?;
+    }
+    Ok(())
+}
+
+/// Loads the listed modules; one that needs a symbol of a later one (ENOENT) is tried again
+/// after the others, until a round loads nothing more.
+fn load_modules() -> Result<(), String> {
+    let order = std::fs::read_to_string("/nx/modules/order").unwrap_or_default();
+    let mut pending: Vec<&str> = order.split_whitespace().collect();
+    while !pending.is_empty() {
+        let mut failed = Vec::new();
+        let mut last_error = String::new();
+        for name in &pending {
+            let path = format!("/nx/modules/{name}.ko");
+            let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+            let flags = nix::kmod::ModuleInitFlags::empty();
+            match nix::kmod::finit_module(&file, &CString::default(), flags) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => {
+                    last_error = format!("loading {name}: {e}");
+                    failed.push(*name);
+                }
+            }
+        }
+        if failed.len() == pending.len() {
+            return Err(last_error);
+        }
+        pending = failed;
+    }
+    Ok(())
+}
+
+/// NUL-separated strings of a file (absent: none).
+fn strings(path: &str) -> Vec<CString> {
+    std::fs::read(path)
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| CString::new(s).expect("no NUL inside"))
+        .collect()
+}
+
+fn start_app() -> Result<Pid, String> {
+    let mut argv = vec![CString::new("/app/main").expect("literal")];
+    argv.extend(strings("/nx/args"));
+    let env = strings("/nx/env");
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => {
+            let _ = nix::unistd::setsid();
+            let _ = std::env::set_current_dir("/tmp");
+            let id = nix::unistd::Gid::from_raw(APP_UID);
+            let dropped = nix::unistd::setgroups(&[])
+                .and_then(|_| nix::unistd::setresgid(id, id, id))
+                .and_then(|_| {
+                    let uid = nix::unistd::Uid::from_raw(APP_UID);
+                    nix::unistd::setresuid(uid, uid, uid)
+                });
+            if let Err(e) = dropped {
+                say(&format!("nx-init: cannot drop to uid {APP_UID}: {e}"));
+                std::process::exit(126);
+            }
+            let err = nix::unistd::execve(&argv[0], &argv, &env).unwrap_err();
+            say(&format!("nx-init: cannot run /app/main: {err}"));
+            std::process::exit(127);
+        }
+    }
+}
+
+/// Reaps children until the app ends; returns its exit code (128 + signal when killed).
+fn reap_until(app: Pid) -> i32 {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == app => return code,
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == app => return 128 + signal as i32,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                say(&format!("nx-init: wait: {e}"));
+                return 1;
+            }
+        }
+    }
+}
+
+fn run() -> Result<i32, String> {
+    mounts().map_err(|e| format!("mounts: {e}"))?;
+    load_modules()?;
+    net::configure().map_err(|e| format!("network: {e}"))?;
+    let app = start_app()?;
+    Ok(reap_until(app))
+}
+
+fn main() {
+    let code = run().unwrap_or_else(|e| {
+        say(&format!("nx-init: {e}"));
+        125
+    });
+    say(&format!("{EXIT_MARKER} {code}"));
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}

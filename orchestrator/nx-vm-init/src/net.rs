@@ -1,0 +1,67 @@
+//! lo and eth0 up, eth0 at 10.0.2.15/24: QEMU's user-mode network, whose host side forwards the
+//! deployment's port in and the database (10.0.2.100:5432) out, and nothing else.
+
+use std::time::{Duration, Instant};
+
+const GUEST_ADDR: [u8; 4] = [10, 0, 2, 15];
+const NETMASK: [u8; 4] = [255, 255, 255, 0];
+/// How long eth0 may take to appear once virtio_net is loaded.
+const LINK_WAIT: Duration = Duration::from_secs(2);
+
+fn ifreq(name: &str) -> libc::ifreq {
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req
+}
+
+fn sockaddr(addr: [u8; 4]) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr),
+        },
+        sin_zero: [0; 8],
+    };
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn ioctl(fd: i32, request: libc::Ioctl, req: &mut libc::ifreq, what: &str) -> Result<(), String> {
+    if unsafe { libc::ioctl(fd, request, req as *mut libc::ifreq) } < 0 {
+        return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn up(fd: i32, name: &str) -> Result<(), String> {
+    let mut req = ifreq(name);
+    ioctl(fd, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req, &format!("flags of {name}"))?;
+    unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    ioctl(fd, libc::SIOCSIFFLAGS as libc::Ioctl, &mut req, &format!("{name} up"))
+}
+
+pub fn configure() -> Result<(), String> {
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    up(fd, "lo")?;
+    let deadline = Instant::now() + LINK_WAIT;
+    while !std::path::Path::new("/sys/class/net/eth0").exists() {
+        if Instant::now() > deadline {
+            return Err("no eth0: is virtio_net loaded and a virtio-net device attached?".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut req = ifreq("eth0");
+    req.ifr_ifru.ifru_addr = sockaddr(GUEST_ADDR);
+    ioctl(fd, libc::SIOCSIFADDR as libc::Ioctl, &mut req, "eth0 address")?;
+    let mut req = ifreq("eth0");
+    req.ifr_ifru.ifru_netmask = sockaddr(NETMASK);
+    ioctl(fd, libc::SIOCSIFNETMASK as libc::Ioctl, &mut req, "eth0 netmask")?;
+    up(fd, "eth0")?;
+    unsafe { libc::close(fd) };
+    Ok(())
+}

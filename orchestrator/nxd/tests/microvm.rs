@@ -1,0 +1,99 @@
+//! The microvm backend on real QEMU guests (Debian's kernel, NX's init, the static sample as the
+//! only program): push, preview, database, promote, rollback, logs, the exit code of a crashing
+//! program, and what the guest can see of the host.
+
+use nx_testkit::{microvm_config, Host};
+use std::time::{Duration, Instant};
+
+fn deployment(host: &Host, sandbox: &str, id: &str) -> serde_json::Value {
+    let status = host.nx_json(&["status", sandbox]);
+    status[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} not in {status}"))
+}
+
+#[test]
+fn a_deployment_runs_as_the_only_program_of_a_microvm() {
+    // `auto`: KVM and TCG are probed once; whichever boots faster runs the guests.
+    let host = Host::start_with(&microvm_config("auto"));
+    let push = |version: &str| {
+        host.push_sample("vm", &["--backend", "microvm", "-e", &format!("APP_VERSION={version}")])
+    };
+    let v1 = push("v1");
+    let preview = host.preview_host("vm", &v1);
+    assert_eq!(
+        host.get(&preview, "/").1,
+        format!("nx-sample v1 deployment={v1}\n")
+    );
+    let d = deployment(&host, "vm", &v1);
+    assert_eq!(d["backend"], "microvm");
+    let runs_on = d["runs_on"].as_str().unwrap();
+    assert!(
+        runs_on.contains("kvm") || runs_on.contains("tcg"),
+        "the accelerator is named: {runs_on}"
+    );
+
+    // The guest holds only what NX put in its initramfs; the host's files are not there.
+    for path in ["/etc/shadow", "/etc/passwd", "/work", "/home", "/var/tmp"] {
+        let (status, body) = host.get(&preview, &format!("/read?path={path}"));
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let (_, root) = host.get(&preview, "/ls?path=/");
+    let mut root: Vec<String> = serde_json::from_str(&root).unwrap();
+    root.sort();
+    // (/root is the kernel's own empty mount point.)
+    assert_eq!(root, ["app", "dev", "init", "nx", "proc", "root", "sys", "tmp"]);
+    assert!(host.get(&preview, "/ls?path=/root").1.contains("Permission denied"));
+    // Its secrets are for the guest's init only, not for the program.
+    assert_eq!(host.get(&preview, "/read?path=/nx/env").0, 404);
+    let (_, whoami) = host.get(&preview, "/whoami");
+    assert!(!whoami.contains("uid=0"), "{whoami}");
+
+    // Its database, through the one forward the guest has.
+    let (status, body) = host.get(&preview, "/db/put?v=from-a-vm");
+    assert_eq!(status, 200, "{body}{}", host.nx(&["logs", &v1]).stdout);
+    assert!(host.get(&preview, "/db/list").1.contains("from-a-vm"));
+
+    host.nx_json(&["promote", "vm", &v1]);
+    let v2 = push("v2");
+    host.nx_json(&["promote", "vm", &v2]);
+    assert_eq!(
+        host.get(&host.production_host("vm"), "/").1,
+        format!("nx-sample v2 deployment={v2}\n")
+    );
+    host.nx_json(&["rollback", "vm"]);
+    assert_eq!(
+        host.get(&host.production_host("vm"), "/").1,
+        format!("nx-sample v1 deployment={v1}\n")
+    );
+
+    // Logs: the program's output, from the guest's console.
+    let logs = host.nx(&["logs", &v1]);
+    assert!(logs.stdout.contains("nx-sample listening"), "{}", logs.stdout);
+
+    // A crashing program: its exit code comes out of the guest (the unit's exit status while
+    // it waits to restart), and the unit restarts the VM.
+    let _ = host.get(&host.preview_host("vm", &v2), "/exit?code=7");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = deployment(&host, "vm", &v2);
+        if d["state"]["sub"] == "auto-restart" {
+            assert_eq!(d["state"]["exit_status"], 7, "{d}");
+            assert_eq!(d["state"]["result"], "exit-code", "{d}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no restart after the crash: {d}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let logs = host.nx(&["logs", &v2]);
+    assert!(logs.stdout.contains("NX-EXIT 7"), "{}", logs.stdout);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while host.get(&host.preview_host("vm", &v2), "/health").0 != 200 {
+        assert!(Instant::now() < deadline, "the VM did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
