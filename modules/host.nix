@@ -73,6 +73,12 @@ in
       maxTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.tasks.maxTimeoutSecs; description = "The longest timeout a request may ask for."; };
       limits = limitsOptions defaults.tasks.limits "a task";
     };
+    microvm = {
+      kernelDir = mkOption { type = types.nullOr types.str; default = defaults.microvm.kernelDir; description = "The guest kernel: vmlinux and modules/ (with order). Null: no microvm backend."; };
+      init = mkOption { type = types.str; default = defaults.microvm.init; description = "nx-vm-init, the guest's PID 1 (a static binary of the workspace)."; };
+      vmm = mkOption { type = types.enum [ "qemu" "cloud-hypervisor" "firecracker" ]; default = defaults.microvm.vmm; description = "The VMM; cloud-hypervisor and firecracker use the tap devices of microvm.nix's host networking."; };
+      accel = mkOption { type = types.enum [ "auto" "kvm" "tcg" ]; default = defaults.microvm.accel; description = "auto probes KVM and TCG once and keeps the faster one that boots."; };
+    };
     systemd = {
       mode = mkOption {
         type = types.enum [ "auto" "system" "embedded" ];

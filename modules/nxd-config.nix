@@ -44,4 +44,8 @@ withoutNulls {
     max_timeout_secs = cfg.tasks.maxTimeoutSecs;
     limits = limitsOf cfg.tasks.limits;
   };
+  microvm = withoutNulls {
+    kernel_dir = cfg.microvm.kernelDir;
+    inherit (cfg.microvm) init vmm accel;
+  };
 }

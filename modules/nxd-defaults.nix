@@ -44,4 +44,10 @@
       tasksMax = 64;
     };
   };
+  microvm = {
+    kernelDir = null;
+    init = "/usr/lib/nx/nx-vm-init";
+    vmm = "qemu";
+    accel = "auto";
+  };
 }

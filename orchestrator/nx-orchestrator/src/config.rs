@@ -391,7 +391,8 @@ mod tests {
         let all = render_with_the_nixos_module(
             r#"{ tokenFile = "/run/keys/nx-token"; databaseUrl = "postgres:///nx?host=/run/postgresql";
                  sandbox = d.sandbox // { healthPath = "/healthz"; };
-                 databases = d.databases // { adminUrl = "postgres:///nx?host=/run/postgresql"; socketDir = "/run/postgresql"; }; }"#,
+                 databases = d.databases // { adminUrl = "postgres:///nx?host=/run/postgresql"; socketDir = "/run/postgresql"; };
+                 microvm = d.microvm // { kernelDir = "/var/lib/nx/kernel"; }; }"#,
         );
         let parsed: Config =
             serde_json::from_value(all.clone()).expect("nxd parses the module's file");
