@@ -44,7 +44,9 @@
           default = nx;
         } // nixpkgs.lib.optionalAttrs pkgs.stdenv.isLinux {
           nxd = nx.overrideAttrs (prev: { meta = prev.meta // { mainProgram = "nxd"; }; });
-          sample-app = pkgs.pkgsStatic.callPackage ./orchestrator/sample-app.nix { };
+          sample-app = pkgs.pkgsStatic.callPackage ./orchestrator/static-binary.nix { crate = "nx-sample-app"; };
+          nx-vm-init = pkgs.pkgsStatic.callPackage ./orchestrator/static-binary.nix { crate = "nx-vm-init"; };
+          guest-kernel = pkgs.callPackage ./orchestrator/guest-kernel.nix { };
           sandbox-image = (images pkgs).oci;
           sandbox-microvm = (images pkgs).microvm;
         });

@@ -24,7 +24,7 @@ in
   };
 
   ovh-1 = {
-    imports = [ base (import ./ovh.nix { inherit microvm; }) ];
+    imports = [ base (import ./ovh.nix { inherit self microvm; }) ];
     deployment = {
       targetHost = "ovh-1.nx.example.com";
       tags = [ "ovh" "microvm" ];
