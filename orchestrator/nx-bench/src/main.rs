@@ -9,8 +9,11 @@
 //!    template copy, and by dump and restore when production has open connections), and a
 //!    query's round trip over the unix socket against TCP localhost;
 //! 5. tasks: start-to-first-output cold and from the warm pool, bubblewrap and Podman, and
-//!    tasks per second sustained (see `tasks`).
+//!    tasks per second sustained (see `tasks`);
+//! 6. microVMs: boot-to-ready through NX against the bare VMM, memory per guest, many guests
+//!    at once (see `microvm`).
 
+mod microvm;
 mod tasks;
 
 use clap::Parser;
@@ -55,8 +58,14 @@ struct Args {
     /// Clients running tasks at once for that figure.
     #[arg(long, default_value_t = 4)]
     task_clients: usize,
-    /// Run one part only: latency, router, databases or tasks.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks"])]
+    /// Boots for each microVM row.
+    #[arg(long, default_value_t = 30)]
+    boots: usize,
+    /// Guests up at once.
+    #[arg(long, default_value_t = 20)]
+    guests: usize,
+    /// Run one part only: latency, router, databases, tasks or microvm.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm"])]
     only: Option<String>,
 }
 
@@ -338,6 +347,38 @@ async fn main() -> anyhow::Result<()> {
     if part("tasks") {
         task_table(&host, &args).await?;
     }
+    if part("microvm") {
+        microvm_table(&args).await?;
+    }
+    Ok(())
+}
+
+/// On a host of its own, with the microvm backend (the accelerator probed: `auto`).
+async fn microvm_table(args: &Args) -> anyhow::Result<()> {
+    let (boots, guests) = (args.boots, args.guests);
+    let f = tokio::task::spawn_blocking(move || {
+        let host = Host::start_with(&nx_testkit::microvm_config("auto"));
+        microvm::run(&host, boots, guests)
+    })
+    .await??;
+    let median = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        percentile(&v, 0.5)
+    };
+    let overhead = median(&f.nx_boot).as_secs_f64() / median(&f.bare_answer).as_secs_f64();
+    header(&format!("microVMs ({})", f.accel));
+    row(
+        "NX microvm: nx start to first HTTP answer",
+        f.nx_boot.clone(),
+    );
+    row("bare qemu: start to first HTTP answer", f.bare_answer);
+    row("bare qemu: start to the app's console line", f.bare_marker);
+    row("NX bubblewrap: nx start to ready (same app)", f.bwrap_start);
+    println!(
+        "\nNX over the bare VMM (p50): {overhead:.2}x\nidle guest PSS (VMM process): {} KiB\n{} guests pushed at once: all answering after {:.1} s, {} KiB PSS each",
+        f.idle_pss_kib, f.many, f.many_secs, f.many_pss_kib
+    );
     Ok(())
 }
 

@@ -37,9 +37,19 @@ fn ioctl(fd: i32, request: libc::Ioctl, req: &mut libc::ifreq, what: &str) -> Re
 
 fn up(fd: i32, name: &str) -> Result<(), String> {
     let mut req = ifreq(name);
-    ioctl(fd, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req, &format!("flags of {name}"))?;
+    ioctl(
+        fd,
+        libc::SIOCGIFFLAGS as libc::Ioctl,
+        &mut req,
+        &format!("flags of {name}"),
+    )?;
     unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
-    ioctl(fd, libc::SIOCSIFFLAGS as libc::Ioctl, &mut req, &format!("{name} up"))
+    ioctl(
+        fd,
+        libc::SIOCSIFFLAGS as libc::Ioctl,
+        &mut req,
+        &format!("{name} up"),
+    )
 }
 
 pub fn configure() -> Result<(), String> {
@@ -57,10 +67,20 @@ pub fn configure() -> Result<(), String> {
     }
     let mut req = ifreq("eth0");
     req.ifr_ifru.ifru_addr = sockaddr(GUEST_ADDR);
-    ioctl(fd, libc::SIOCSIFADDR as libc::Ioctl, &mut req, "eth0 address")?;
+    ioctl(
+        fd,
+        libc::SIOCSIFADDR as libc::Ioctl,
+        &mut req,
+        "eth0 address",
+    )?;
     let mut req = ifreq("eth0");
     req.ifr_ifru.ifru_netmask = sockaddr(NETMASK);
-    ioctl(fd, libc::SIOCSIFNETMASK as libc::Ioctl, &mut req, "eth0 netmask")?;
+    ioctl(
+        fd,
+        libc::SIOCSIFNETMASK as libc::Ioctl,
+        &mut req,
+        "eth0 netmask",
+    )?;
     up(fd, "eth0")?;
     unsafe { libc::close(fd) };
     Ok(())

@@ -623,14 +623,13 @@ async fn make_backends(
 ) -> anyhow::Result<Arc<Backends>> {
     let restart_delay = Duration::from_secs(config.sandbox.restart_delay_secs);
     #[cfg(feature = "container")]
-    let container: Arc<dyn SandboxBackend> = Arc::new(
-        nx_orchestrator::backend::container::ContainerBackend::new(
+    let container: Arc<dyn SandboxBackend> =
+        Arc::new(nx_orchestrator::backend::container::ContainerBackend::new(
             Arc::clone(&supervisor),
             &config.state_dir,
             launcher.clone(),
             restart_delay,
-        )?,
-    );
+        )?);
     #[cfg(not(feature = "container"))]
     anyhow::bail!("nxd was built without the container backend; enable the `container` feature");
     #[cfg(feature = "microvm")]

@@ -21,7 +21,15 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     // `auto`: KVM and TCG are probed once; whichever boots faster runs the guests.
     let host = Host::start_with(&microvm_config("auto"));
     let push = |version: &str| {
-        host.push_sample("vm", &["--backend", "microvm", "-e", &format!("APP_VERSION={version}")])
+        host.push_sample(
+            "vm",
+            &[
+                "--backend",
+                "microvm",
+                "-e",
+                &format!("APP_VERSION={version}"),
+            ],
+        )
     };
     let v1 = push("v1");
     let preview = host.preview_host("vm", &v1);
@@ -46,8 +54,14 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     let mut root: Vec<String> = serde_json::from_str(&root).unwrap();
     root.sort();
     // (/root is the kernel's own empty mount point.)
-    assert_eq!(root, ["app", "dev", "init", "nx", "proc", "root", "sys", "tmp"]);
-    assert!(host.get(&preview, "/ls?path=/root").1.contains("Permission denied"));
+    assert_eq!(
+        root,
+        ["app", "dev", "init", "nx", "proc", "root", "sys", "tmp"]
+    );
+    assert!(host
+        .get(&preview, "/ls?path=/root")
+        .1
+        .contains("Permission denied"));
     // Its secrets are for the guest's init only, not for the program.
     assert_eq!(host.get(&preview, "/read?path=/nx/env").0, 404);
     let (_, whoami) = host.get(&preview, "/whoami");
@@ -73,7 +87,11 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
 
     // Logs: the program's output, from the guest's console.
     let logs = host.nx(&["logs", &v1]);
-    assert!(logs.stdout.contains("nx-sample listening"), "{}", logs.stdout);
+    assert!(
+        logs.stdout.contains("nx-sample listening"),
+        "{}",
+        logs.stdout
+    );
 
     // A crashing program: its exit code comes out of the guest (the unit's exit status while
     // it waits to restart), and the unit restarts the VM.

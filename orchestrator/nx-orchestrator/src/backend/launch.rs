@@ -65,7 +65,10 @@ fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>)
     let mut code = None;
     if let Some(console) = child.stdout.take() {
         let mut out = std::io::stdout().lock();
-        for line in std::io::BufReader::new(console).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(console)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(n) = line.trim().strip_prefix(EXIT_MARKER) {
                 code = n.trim().parse::<i32>().ok();
             }
@@ -76,7 +79,9 @@ fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>)
     let status = child.wait();
     match (code, status) {
         (Some(code), _) => std::process::exit(code),
-        (None, Ok(status)) => format!("{program} ended ({status}) before the guest reported an exit code"),
+        (None, Ok(status)) => {
+            format!("{program} ended ({status}) before the guest reported an exit code")
+        }
         (None, Err(e)) => format!("waiting for {program}: {e}"),
     }
 }

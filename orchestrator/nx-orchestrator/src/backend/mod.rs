@@ -17,8 +17,8 @@ use crate::api::UnitState;
 use crate::artifact::verify::Linkage;
 use crate::domain::{BackendKind, Deployment};
 use crate::supervisor::SupervisorError;
-use launch::LaunchSpec;
 use crate::supervisor::{UnitOutput, UnitSpec};
+use launch::LaunchSpec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -95,7 +95,10 @@ pub(crate) fn deployment_unit(
 }
 
 /// Writes a deployment's launch spec (0400, root's) where its unit's launcher reads it.
-pub(crate) fn write_launch_spec(handle: &SandboxHandle, launch: &LaunchSpec) -> Result<(), BackendError> {
+pub(crate) fn write_launch_spec(
+    handle: &SandboxHandle,
+    launch: &LaunchSpec,
+) -> Result<(), BackendError> {
     use std::os::unix::fs::PermissionsExt;
     let path = handle.dir.join("launch.json");
     let json =

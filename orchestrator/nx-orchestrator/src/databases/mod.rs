@@ -67,6 +67,8 @@ pub struct Databases {
     secrets: PathBuf,
     backups: PathBuf,
     retention: usize,
+    /// One provisioning at a time: two first pushes to a new sandbox would both create its role.
+    provisioning: tokio::sync::Mutex<()>,
 }
 
 fn random_password() -> String {
@@ -117,6 +119,7 @@ impl Databases {
             secrets,
             backups,
             retention,
+            provisioning: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -223,6 +226,7 @@ impl Databases {
     /// The sandbox's role and database, created when missing.
     #[tracing::instrument(skip(self))]
     pub async fn ensure_sandbox(&self, sandbox: &SandboxName) -> Result<Credentials, DbError> {
+        let _one_at_a_time = self.provisioning.lock().await;
         let name = ident::sandbox(sandbox);
         let creds = self.ensure_role(&name).await?;
         if !self.database_exists(&name).await? {

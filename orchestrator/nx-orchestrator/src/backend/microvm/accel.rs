@@ -22,7 +22,12 @@ pub struct Choice {
 }
 
 /// Boots the probe guest; the time until its init reported, if it did.
-async fn boot(accel: Accel, kernel: &Path, initrd: &Path, tsc_khz: Option<u64>) -> Option<Duration> {
+async fn boot(
+    accel: Accel,
+    kernel: &Path,
+    initrd: &Path,
+    tsc_khz: Option<u64>,
+) -> Option<Duration> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -124,6 +129,9 @@ pub async fn choose(
         ),
     };
     tracing::info!(report = %choice.report, "microvm accelerator chosen");
-    std::fs::write(&cached, serde_json::to_vec(&choice).map_err(|e| BackendError::Prepare(e.to_string()))?)?;
+    std::fs::write(
+        &cached,
+        serde_json::to_vec(&choice).map_err(|e| BackendError::Prepare(e.to_string()))?,
+    )?;
     Ok(choice)
 }

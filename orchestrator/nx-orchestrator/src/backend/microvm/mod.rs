@@ -75,9 +75,10 @@ impl MicrovmBackend {
         restart_delay: Duration,
         config: &MicrovmConfig,
     ) -> Result<Self, BackendError> {
-        let kernel_dir = config.kernel_dir.as_deref().ok_or_else(|| {
-            BackendError::Unavailable("[microvm] kernel_dir is not set".into())
-        })?;
+        let kernel_dir = config
+            .kernel_dir
+            .as_deref()
+            .ok_or_else(|| BackendError::Unavailable("[microvm] kernel_dir is not set".into()))?;
         let kernel = kernel_dir.join("vmlinux");
         if !kernel.is_file() {
             return Err(missing("an uncompressed kernel", &kernel));
@@ -89,14 +90,22 @@ impl MicrovmBackend {
         let modules = std::fs::read_to_string(&order)
             .map_err(|_| missing("the module list", &order))?
             .split_whitespace()
-            .map(|name| (name.to_owned(), kernel_dir.join(format!("modules/{name}.ko"))))
+            .map(|name| {
+                (
+                    name.to_owned(),
+                    kernel_dir.join(format!("modules/{name}.ko")),
+                )
+            })
             .collect();
         let root = state_dir.join("microvm");
         for sub in ["initramfs", "deployments"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
-        std::fs::set_permissions(root.join("deployments"), std::fs::Permissions::from_mode(0o711))?;
+        std::fs::set_permissions(
+            root.join("deployments"),
+            std::fs::Permissions::from_mode(0o711),
+        )?;
         let mut backend = Self {
             supervisor,
             root,
@@ -114,9 +123,14 @@ impl MicrovmBackend {
         };
         let probe = backend.root.join("probe.cpio");
         std::fs::write(&probe, backend.guest_archive(None)?.finish()?)?;
-        backend.accel =
-            accel::choose(config.accel, &backend.root, &backend.kernel, &probe, backend.tsc_khz)
-                .await?;
+        backend.accel = accel::choose(
+            config.accel,
+            &backend.root,
+            &backend.kernel,
+            &probe,
+            backend.tsc_khz,
+        )
+        .await?;
         Ok(backend)
     }
 
@@ -226,7 +240,11 @@ impl SandboxBackend for MicrovmBackend {
         let env = Self::guest_env(spec);
         let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut own = Archive::new(Vec::new());
-        own.file("nx/env", 0o600, &nul_separated(pairs.iter().map(String::as_str)))?;
+        own.file(
+            "nx/env",
+            0o600,
+            &nul_separated(pairs.iter().map(String::as_str)),
+        )?;
         own.file(
             "nx/args",
             0o600,
@@ -249,7 +267,9 @@ impl SandboxBackend for MicrovmBackend {
             vcpus,
             port: spec.deployment.port,
             database_socket: spec.database_socket.as_deref(),
-            tsc_khz: (self.accel.accel == Accel::Tcg).then_some(self.tsc_khz).flatten(),
+            tsc_khz: (self.accel.accel == Accel::Tcg)
+                .then_some(self.tsc_khz)
+                .flatten(),
             tap: &tap,
         };
         let argv = match self.vmm {

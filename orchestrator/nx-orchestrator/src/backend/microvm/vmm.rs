@@ -66,7 +66,10 @@ pub fn qemu(guest: &Guest<'_>, accel: Accel) -> Vec<String> {
         Accel::Tcg => "tcg,tb-size=32".into(),
         Accel::Kvm => "kvm".into(),
     });
-    argv.extend(s(&["-cpu", if accel == Accel::Kvm { "host" } else { "max" }]));
+    argv.extend(s(&[
+        "-cpu",
+        if accel == Accel::Kvm { "host" } else { "max" },
+    ]));
     argv.extend([
         "-m".into(),
         format!("{}M", guest.memory_mb),
@@ -162,7 +165,10 @@ mod tests {
     }
 
     fn after<'a>(argv: &'a [String], flag: &str) -> &'a str {
-        let i = argv.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag}"));
+        let i = argv
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag}"));
         &argv[i + 1]
     }
 
@@ -202,7 +208,10 @@ mod tests {
         assert!(after(&argv, "--cmdline").contains("console=ttyS0"));
 
         let (argv, config) = firecracker(&guest(None), Path::new("/d/fc.json"));
-        assert_eq!(argv, ["firecracker", "--no-api", "--config-file", "/d/fc.json"]);
+        assert_eq!(
+            argv,
+            ["firecracker", "--no-api", "--config-file", "/d/fc.json"]
+        );
         assert_eq!(config["boot-source"]["kernel_image_path"], "/k/vmlinux");
         assert_eq!(config["boot-source"]["initrd_path"], "/d/initrd");
         assert_eq!(config["machine-config"]["vcpu_count"], 2);
