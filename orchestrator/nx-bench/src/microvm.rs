@@ -148,9 +148,7 @@ pub fn run(host: &Host, boots: usize, many: usize) -> anyhow::Result<Figures> {
         "microvm",
     ];
     let failures: Vec<String> = std::thread::scope(|scope| {
-        let pushes: Vec<_> = (0..many)
-            .map(|_| scope.spawn(|| host.nx(&args)))
-            .collect();
+        let pushes: Vec<_> = (0..many).map(|_| scope.spawn(|| host.nx(&args))).collect();
         pushes
             .into_iter()
             .map(|p| p.join().expect("push thread"))

@@ -101,8 +101,8 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<10} {:<16} {:<6} {:<9} URL",
-        "SANDBOX", "DEPLOYMENT", "STATE", "PORT", "RESTARTS"
+        "{:<20} {:<10} {:<16} {:<6} {:<9} {:<9} URL",
+        "SANDBOX", "DEPLOYMENT", "STATE", "PORT", "RESTARTS", "BACKEND"
     );
     for s in list {
         for d in &s.deployments {
@@ -112,16 +112,26 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
                 &d.preview_url
             };
             println!(
-                "{:<20} {:<10} {:<16} {:<6} {:<9} {}{}",
+                "{:<20} {:<10} {:<16} {:<6} {:<9} {:<9} {}{}",
                 s.name,
                 d.id,
                 state(d),
                 d.port,
                 d.state.restarts,
+                d.backend.as_str(),
                 url,
                 if d.promoted { "  (production)" } else { "" }
             );
         }
+    }
+    let mut runs_on: Vec<&str> = list
+        .iter()
+        .flat_map(|s| s.deployments.iter().map(|d| d.runs_on.as_str()))
+        .collect();
+    runs_on.sort();
+    runs_on.dedup();
+    for line in runs_on {
+        println!("runs on: {line}");
     }
     Ok(())
 }

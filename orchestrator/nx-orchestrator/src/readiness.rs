@@ -35,8 +35,5 @@ pub async fn probe(addr: SocketAddr, how: &Probe<'_>) -> bool {
         Probe::AnyAnswer => Duration::from_millis(100),
         _ => Duration::from_secs(2),
     };
-    matches!(
-        tokio::time::timeout(limit, attempt).await,
-        Ok(Some(true))
-    )
+    matches!(tokio::time::timeout(limit, attempt).await, Ok(Some(true)))
 }

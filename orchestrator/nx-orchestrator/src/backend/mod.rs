@@ -10,6 +10,8 @@ pub mod container;
 pub mod launch;
 #[cfg(feature = "microvm")]
 pub mod microvm;
+#[cfg(any(feature = "container", feature = "microvm"))]
+mod unit;
 
 pub use by_kind::Backends;
 
@@ -17,11 +19,9 @@ use crate::api::UnitState;
 use crate::artifact::verify::Linkage;
 use crate::domain::{BackendKind, Deployment};
 use crate::supervisor::SupervisorError;
-use crate::supervisor::{UnitOutput, UnitSpec};
 use launch::LaunchSpec;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -65,48 +65,6 @@ pub struct TaskLaunch {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub uid: u32,
-}
-
-/// The unit of a deployment: `<launcher> launch <dir>/launch.json` (the launcher drops to the
-/// deployment's uid itself), under the deployment's limits, its output appended to its log,
-/// restarted on failure.
-pub(crate) fn deployment_unit(
-    handle: &SandboxHandle,
-    spec: &SandboxSpec,
-    launcher: &Path,
-    restart_delay: Duration,
-) -> UnitSpec {
-    UnitSpec {
-        name: handle.unit.clone(),
-        description: format!(
-            "NX deployment {} of sandbox {}",
-            spec.deployment.id, spec.deployment.sandbox
-        ),
-        argv: vec![
-            launcher.display().to_string(),
-            "launch".into(),
-            handle.dir.join("launch.json").display().to_string(),
-        ],
-        user: None,
-        limits: Some(spec.deployment.limits),
-        output: UnitOutput::File(handle.log_file()),
-        restart_delay: Some(restart_delay),
-    }
-}
-
-/// Writes a deployment's launch spec (0400, root's) where its unit's launcher reads it.
-pub(crate) fn write_launch_spec(
-    handle: &SandboxHandle,
-    launch: &LaunchSpec,
-) -> Result<(), BackendError> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = handle.dir.join("launch.json");
-    let json =
-        serde_json::to_vec_pretty(launch).map_err(|e| BackendError::Prepare(e.to_string()))?;
-    let _ = std::fs::remove_file(&path);
-    std::fs::write(&path, json)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))?;
-    Ok(())
 }
 
 /// A prepared sandbox: what the backend needs to find it again, also after nxd restarts.

@@ -99,10 +99,9 @@ pub async fn choose(
     {
         return Ok(choice);
     }
-    let initrd = probe_initrd;
-    let tcg = boot(Accel::Tcg, kernel, &initrd, tsc_khz).await;
+    let tcg = boot(Accel::Tcg, kernel, probe_initrd, tsc_khz).await;
     let kvm = if Path::new("/dev/kvm").exists() {
-        boot(Accel::Kvm, kernel, &initrd, tsc_khz).await
+        boot(Accel::Kvm, kernel, probe_initrd, tsc_khz).await
     } else {
         None
     };

@@ -292,13 +292,13 @@ impl SandboxBackend for MicrovmBackend {
             uid: Some(uid),
             console_exit: true,
         };
-        super::write_launch_spec(&handle, &launch)?;
+        super::unit::write_launch_spec(&handle, &launch)?;
         Ok(handle)
     }
 
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
     async fn start(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError> {
-        let unit = super::deployment_unit(handle, spec, &self.launcher, self.restart_delay);
+        let unit = super::unit::deployment_unit(handle, spec, &self.launcher, self.restart_delay);
         Ok(self.supervisor.start(&unit).await?)
     }
 
