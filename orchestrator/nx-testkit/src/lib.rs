@@ -267,6 +267,18 @@ impl Host {
         out.json()
     }
 
+    /// One deployment as `nx status` shows it.
+    pub fn deployment(&self, sandbox: &str, id: &str) -> serde_json::Value {
+        let status = self.nx_json(&["status", sandbox]);
+        status[0]["deployments"]
+            .as_array()
+            .expect("deployments")
+            .iter()
+            .find(|d| d["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in {status}"))
+    }
+
     /// Pushes the sample app and returns the deployment's id.
     pub fn push_sample(&self, sandbox: &str, extra: &[&str]) -> String {
         let sample = sample_app();

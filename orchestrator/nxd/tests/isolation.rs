@@ -4,17 +4,6 @@
 use nx_testkit::Host;
 use std::time::{Duration, Instant};
 
-fn status_of(host: &Host, sandbox: &str, id: &str) -> serde_json::Value {
-    let s = host.nx_json(&["status", sandbox]);
-    s[0]["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["id"] == id)
-        .cloned()
-        .expect("deployment in status")
-}
-
 #[test]
 fn a_deployment_sees_nothing_of_the_host_or_its_neighbours() {
     let host = Host::start();
@@ -100,14 +89,14 @@ fn limits_hold_a_fork_loop_and_a_memory_hog() {
         cgroup.controller_of().expect("memory controller");
     assert_eq!(mem.memory_stat().limit_in_bytes, 64 << 20);
 
-    let restarts_before = status_of(&host, "limits", &id)["state"]["restarts"]
+    let restarts_before = host.deployment("limits", &id)["state"]["restarts"]
         .as_u64()
         .unwrap();
     let (status, _) = host.get(&preview, "/hog");
     assert_ne!(status, 200, "the hog survived a 64 MiB MemoryMax");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let d = status_of(&host, "limits", &id);
+        let d = host.deployment("limits", &id);
         if d["state"]["restarts"].as_u64().unwrap() > restarts_before
             && host.get(&preview, "/health").0 == 200
         {

@@ -5,17 +5,6 @@
 use nx_testkit::{microvm_config, Host};
 use std::time::{Duration, Instant};
 
-fn deployment(host: &Host, sandbox: &str, id: &str) -> serde_json::Value {
-    let status = host.nx_json(&["status", sandbox]);
-    status[0]["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["id"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("{id} not in {status}"))
-}
-
 #[test]
 fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     // `auto`: KVM and TCG are probed once; whichever boots faster runs the guests.
@@ -37,7 +26,7 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
         host.get(&preview, "/").1,
         format!("nx-sample v1 deployment={v1}\n")
     );
-    let d = deployment(&host, "vm", &v1);
+    let d = host.deployment("vm", &v1);
     assert_eq!(d["backend"], "microvm");
     let runs_on = d["runs_on"].as_str().unwrap();
     assert!(
@@ -98,7 +87,7 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     let _ = host.get(&host.preview_host("vm", &v2), "/exit?code=7");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let d = deployment(&host, "vm", &v2);
+        let d = host.deployment("vm", &v2);
         if d["state"]["sub"] == "auto-restart" {
             assert_eq!(d["state"]["exit_status"], 7, "{d}");
             assert_eq!(d["state"]["result"], "exit-code", "{d}");

@@ -1,16 +1,61 @@
-//! What every backend's deployments share: the unit that runs the launcher, and the launch spec
-//! it reads.
+//! What every backend's deployments share: the unit that runs the launcher, the launch spec it
+//! reads, and the unit's life (start, stop, state, removal of the deployment's directory).
 
 use super::launch::LaunchSpec;
 use super::{BackendError, SandboxHandle, SandboxSpec};
-use crate::supervisor::{UnitOutput, UnitSpec};
-use std::path::Path;
+use crate::api::UnitState;
+use crate::supervisor::{Supervisor, UnitOutput, UnitSpec};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The units of one backend's deployments.
+pub struct DeploymentUnits {
+    supervisor: Arc<Supervisor>,
+    /// The nxd binary, which doubles as the launcher.
+    launcher: PathBuf,
+    restart_delay: Duration,
+}
+
+impl DeploymentUnits {
+    pub fn new(supervisor: Arc<Supervisor>, launcher: PathBuf, restart_delay: Duration) -> Self {
+        Self {
+            supervisor,
+            launcher,
+            restart_delay,
+        }
+    }
+
+    pub async fn start(
+        &self,
+        handle: &SandboxHandle,
+        spec: &SandboxSpec,
+    ) -> Result<(), BackendError> {
+        let unit = deployment_unit(handle, spec, &self.launcher, self.restart_delay);
+        Ok(self.supervisor.start(&unit).await?)
+    }
+
+    pub async fn stop(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        Ok(self.supervisor.stop(&handle.unit).await?)
+    }
+
+    pub async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError> {
+        Ok(self.supervisor.state(&handle.unit).await?)
+    }
+
+    /// Removes the deployment's directory (its unit stopped first).
+    pub fn remove_dir(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        match std::fs::remove_dir_all(&handle.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// The unit of a deployment: `<launcher> launch <dir>/launch.json` (the launcher drops to the
 /// deployment's uid itself), under the deployment's limits, its output appended to its log,
 /// restarted on failure.
-pub fn deployment_unit(
+fn deployment_unit(
     handle: &SandboxHandle,
     spec: &SandboxSpec,
     launcher: &Path,

@@ -10,6 +10,7 @@ mod bwrap;
 pub mod podman;
 mod seccomp;
 
+use super::unit::DeploymentUnits;
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
 use crate::backend::launch::LaunchSpec;
@@ -24,14 +25,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct ContainerBackend {
-    supervisor: Arc<Supervisor>,
+    units: DeploymentUnits,
     /// `<state_dir>/deployments`
     root: PathBuf,
     /// The seccomp programs, compiled once.
     seccomp: Vec<PathBuf>,
-    /// The nxd binary, which doubles as the launcher.
-    launcher: PathBuf,
-    restart_delay: Duration,
     podman: Podman,
 }
 
@@ -47,11 +45,9 @@ impl ContainerBackend {
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
         let seccomp = seccomp::write_programs(&state_dir.join("seccomp"))?;
         Ok(Self {
-            supervisor,
+            units: DeploymentUnits::new(supervisor, launcher, restart_delay),
             root,
             seccomp,
-            launcher,
-            restart_delay,
             podman: Podman::new(state_dir)?,
         })
     }
@@ -136,26 +132,22 @@ impl SandboxBackend for ContainerBackend {
 
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
     async fn start(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError> {
-        let unit = super::unit::deployment_unit(handle, spec, &self.launcher, self.restart_delay);
-        Ok(self.supervisor.start(&unit).await?)
+        self.units.start(handle, spec).await
     }
 
     async fn stop(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        Ok(self.supervisor.stop(&handle.unit).await?)
+        self.units.stop(handle).await
     }
 
     async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError> {
-        Ok(self.supervisor.state(&handle.unit).await?)
+        self.units.status(handle).await
     }
 
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        self.supervisor.stop(&handle.unit).await?;
+        self.units.stop(handle).await?;
         self.podman.remove(&container_name(&handle.unit)).await;
-        match std::fs::remove_dir_all(&handle.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        self.units.remove_dir(handle)
     }
 
     #[tracing::instrument(skip_all, fields(task = %task.id))]

@@ -12,6 +12,7 @@ mod initramfs;
 pub mod vmm;
 
 use super::launch::LaunchSpec;
+use super::unit::DeploymentUnits;
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
 use crate::artifact::verify::Linkage;
@@ -31,11 +32,9 @@ const VMM_OVERHEAD_MB: u64 = 64;
 const MIN_GUEST_MB: u64 = 64;
 
 pub struct MicrovmBackend {
-    supervisor: Arc<Supervisor>,
+    units: DeploymentUnits,
     /// `<state_dir>/microvm`: `initramfs/` (per artifact), `deployments/`, the probe's files.
     root: PathBuf,
-    launcher: PathBuf,
-    restart_delay: Duration,
     kernel: PathBuf,
     /// Module files in the order the guest loads them.
     modules: Vec<(String, PathBuf)>,
@@ -107,10 +106,8 @@ impl MicrovmBackend {
             std::fs::Permissions::from_mode(0o711),
         )?;
         let mut backend = Self {
-            supervisor,
+            units: DeploymentUnits::new(supervisor, launcher, restart_delay),
             root,
-            launcher,
-            restart_delay,
             kernel,
             modules,
             init: config.init.clone(),
@@ -298,25 +295,21 @@ impl SandboxBackend for MicrovmBackend {
 
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
     async fn start(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError> {
-        let unit = super::unit::deployment_unit(handle, spec, &self.launcher, self.restart_delay);
-        Ok(self.supervisor.start(&unit).await?)
+        self.units.start(handle, spec).await
     }
 
     async fn stop(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        Ok(self.supervisor.stop(&handle.unit).await?)
+        self.units.stop(handle).await
     }
 
     async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError> {
-        Ok(self.supervisor.state(&handle.unit).await?)
+        self.units.status(handle).await
     }
 
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        self.supervisor.stop(&handle.unit).await?;
-        match std::fs::remove_dir_all(&handle.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        self.units.stop(handle).await?;
+        self.units.remove_dir(handle)
     }
 
     async fn task_launch(&self, _task: &TaskLaunch) -> Result<LaunchSpec, BackendError> {
