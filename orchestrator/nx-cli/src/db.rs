@@ -6,6 +6,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use nx_orchestrator::api::{CreateSandbox, DatabaseInfo, SandboxView};
 use nx_orchestrator::databases::{BackupInfo, RestoreInfo};
+use nx_orchestrator::domain::BackendKind;
 use nx_orchestrator::names::SandboxName;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -14,7 +15,12 @@ use tokio::io::AsyncWriteExt;
 #[derive(clap::Subcommand)]
 pub enum SandboxCommand {
     /// Create a sandbox and its database (a first push does this too).
-    Create { name: String },
+    Create {
+        name: String,
+        /// Where its pushes run when they name no --backend: container or microvm.
+        #[arg(long, value_parser = ["container", "microvm"], default_value = "container")]
+        backend: String,
+    },
     /// Remove a sandbox: its deployments, then (after a final backup of the current one) its
     /// role and every database it owns, including those kept by restores and swaps.
     Rm {
@@ -53,10 +59,12 @@ fn name(s: &str) -> anyhow::Result<SandboxName> {
 
 pub async fn sandbox(client: &Client, cmd: SandboxCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
-        SandboxCommand::Create { name: n } => {
-            let view: SandboxView = client
-                .post("/v1/sandboxes", &CreateSandbox { name: name(&n)? })
-                .await?;
+        SandboxCommand::Create { name: n, backend } => {
+            let req = CreateSandbox {
+                name: name(&n)?,
+                backend: BackendKind::parse(&backend).unwrap_or_default(),
+            };
+            let view: SandboxView = client.post("/v1/sandboxes", &req).await?;
             if json {
                 return print_json(&view);
             }

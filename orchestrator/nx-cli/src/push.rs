@@ -42,9 +42,10 @@ pub struct PushArgs {
     #[arg(long)]
     db_branch: bool,
     /// Where it runs: container (bubblewrap, or Podman for an image) or microvm (a static binary
-    /// as the only program of a VM).
-    #[arg(long, value_parser = ["container", "microvm"], default_value = "container")]
-    backend: String,
+    /// as the only program of a VM). Default: the sandbox's (`nx sandbox create --backend`),
+    /// container for a new sandbox.
+    #[arg(long, value_parser = ["container", "microvm"])]
+    backend: Option<String>,
     /// For an image: the OCI runtime, runc (default) or runsc (gVisor: the program's system
     /// calls go to a user-space kernel; needs `runsc` on the host).
     #[arg(long, value_parser = ["runc", "runsc"], requires = "image")]
@@ -150,7 +151,7 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
             .as_deref()
             .and_then(Runtime::parse)
             .unwrap_or_default(),
-        backend: BackendKind::parse(&args.backend).unwrap_or_default(),
+        backend: args.backend.as_deref().and_then(BackendKind::parse),
     };
     let view: DeploymentView = client.post("/v1/deployments", &req).await?;
     output::pushed(&view, uploaded, json)

@@ -49,9 +49,9 @@ pub struct PushRequest {
     /// For an image: runc (default) or gVisor's runsc.
     #[serde(default)]
     pub runtime: Runtime,
-    /// container (default) or microvm.
+    /// container or microvm; none: the sandbox's default (container for a new sandbox).
     #[serde(default)]
-    pub backend: BackendKind,
+    pub backend: Option<BackendKind>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +122,9 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateSandbox {
     pub name: SandboxName,
+    /// Where its pushes run when they name no backend.
+    #[serde(default)]
+    pub backend: BackendKind,
 }
 
 /// `nx db url`: where the sandbox's database is, from the host.

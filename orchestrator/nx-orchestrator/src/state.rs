@@ -204,12 +204,31 @@ impl StateStore {
     }
 
     /// Records a sandbox; false if it existed.
-    pub async fn create_sandbox(&self, name: &SandboxName) -> Result<bool, StateError> {
-        let done = sqlx::query("INSERT INTO sandboxes (name) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(name.as_str())
-            .execute(&self.pool)
-            .await?;
+    /// Creates a sandbox whose pushes run on `backend` unless they name another; false when it
+    /// exists already (its default is then left as it is).
+    pub async fn create_sandbox(
+        &self,
+        name: &SandboxName,
+        backend: BackendKind,
+    ) -> Result<bool, StateError> {
+        let done = sqlx::query(
+            "INSERT INTO sandboxes (name, backend) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(name.as_str())
+        .bind(backend.as_str())
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// The backend a push to the sandbox runs on when it names none.
+    pub async fn sandbox_backend(&self, name: &SandboxName) -> Result<BackendKind, StateError> {
+        let backend: String = sqlx::query_scalar("SELECT backend FROM sandboxes WHERE name = $1")
+            .bind(name.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        BackendKind::parse(&backend)
+            .ok_or_else(|| StateError::Corrupt(format!("backend of sandbox {name}")))
     }
 
     pub async fn sandbox_names(&self) -> Result<Vec<SandboxName>, StateError> {

@@ -19,6 +19,7 @@
 //!
 //! The database is reached as libpq would: PGHOST (a socket dir or a host), PGPORT, PGDATABASE,
 //! PGUSER, PGPASSWORD.
+//! - `GET /connect?addr=A` tries a TCP connection to A (host:port); reports the outcome
 //! - `GET /exit?code=C` exits with code C
 //!
 //! With `task` as its first argument it runs once instead (see `task`).
@@ -124,6 +125,10 @@ fn handle(request: Request) {
             }
         }
         "/fork" => json(fork_until_refused()),
+        "/connect" => text(
+            200,
+            &format!("{}\n", task::connect(query(&url, "addr").unwrap_or(""))),
+        ),
         "/hog" => {
             hog();
             text(200, "still alive\n")

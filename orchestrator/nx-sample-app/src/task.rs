@@ -42,17 +42,7 @@ pub fn run(args: &[String]) -> i32 {
             0
         }
         "connect" => {
-            match std::net::TcpStream::connect_timeout(
-                &arg(1).parse().expect("ADDR is host:port"),
-                std::time::Duration::from_secs(2),
-            ) {
-                Ok(_) => {
-                    let _ = writeln!(out, "connected to {}", arg(1));
-                }
-                Err(e) => {
-                    let _ = writeln!(out, "cannot connect to {}: {e}", arg(1));
-                }
-            }
+            let _ = writeln!(out, "{}", connect(arg(1)));
             0
         }
         "ls" => match std::fs::read_dir(arg(1)) {
@@ -71,5 +61,20 @@ pub fn run(args: &[String]) -> i32 {
             eprintln!("unknown task command {other:?}: print, exit, sleep, fork, hog, connect, ls");
             64
         }
+    }
+}
+
+/// Tries a TCP connection (2 s at most): `connected to A` or `cannot connect to A: why`.
+pub fn connect(addr: &str) -> String {
+    let outcome = addr
+        .parse()
+        .map_err(|e: std::net::AddrParseError| e.to_string())
+        .and_then(|a| {
+            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2))
+                .map_err(|e| e.to_string())
+        });
+    match outcome {
+        Ok(_) => format!("connected to {addr}"),
+        Err(e) => format!("cannot connect to {addr}: {e}"),
     }
 }

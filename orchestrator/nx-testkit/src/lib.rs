@@ -134,7 +134,7 @@ impl Host {
         let start = 21000 + block * PORTS_PER_HOST;
         let ports = (start, start + PORTS_PER_HOST - 1);
         let config = format!(
-            "state_dir = {:?}\napi_listen = \"127.0.0.1:{}\"\nrouter_listen = \"127.0.0.1:{}\"\nbase_domain = \"{BASE_DOMAIN}\"\n\n[ports]\nstart = {}\nend = {}\n\n[sandbox]\nuid_base = {}\nready_timeout_secs = 10\n\n[systemd]\nmode = \"embedded\"\n\n{extra_config}\n",
+            "state_dir = {:?}\napi_listen = \"127.0.0.1:{}\"\nrouter_listen = \"127.0.0.1:{}\"\nbase_domain = \"{BASE_DOMAIN}\"\n\n[ports]\nstart = {}\nend = {}\n\n[sandbox]\nuid_base = {}\nready_timeout_secs = 60\n\n[systemd]\nmode = \"embedded\"\n\n{extra_config}\n",
             state_dir.path(),
             free_port(),
             free_port(),

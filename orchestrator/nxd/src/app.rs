@@ -10,7 +10,9 @@ use nx_orchestrator::artifact::ArtifactStore;
 use nx_orchestrator::backend::{Backends, Program, SandboxBackend, SandboxSpec};
 use nx_orchestrator::config::Config;
 use nx_orchestrator::databases::{BackupInfo, Databases, RestoreInfo};
-use nx_orchestrator::domain::{check_env_name, Deployment, Desired, RouteKey, Runtime};
+use nx_orchestrator::domain::{
+    check_env_name, BackendKind, Deployment, Desired, RouteKey, Runtime,
+};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
 use nx_orchestrator::router::Router;
 use nx_orchestrator::state::{NewDeployment, StateStore};
@@ -212,6 +214,7 @@ impl App {
             ("PATH".into(), "/usr/bin:/bin".into()),
             ("HOME".into(), "/data".into()),
             ("PORT".into(), deployment.port.to_string()),
+            ("HOST".into(), "127.0.0.1".into()),
             ("NX_DEPLOYMENT".into(), deployment.id.to_string()),
             ("NX_SANDBOX".into(), deployment.sandbox.to_string()),
             ("NX_DATA_DIR".into(), "/data".into()),
@@ -303,14 +306,23 @@ impl App {
         for name in req.env.keys() {
             check_env_name(name).map_err(ApiError::bad_request)?;
         }
-        self.backend.get(req.backend)?;
         let program = self.program(&req.artifact).await?;
         if req.runtime == Runtime::Runsc && !matches!(program, Program::Image { .. }) {
             return Err(ApiError::bad_request(
                 "runtime runsc (gVisor) is for images; a binary runs under bubblewrap: drop --runtime, or push an image with --image",
             ));
         }
-        self.state.create_sandbox(&req.sandbox).await?;
+        if let Some(backend) = req.backend {
+            self.backend.get(backend)?;
+        }
+        self.state
+            .create_sandbox(&req.sandbox, req.backend.unwrap_or_default())
+            .await?;
+        let backend = match req.backend {
+            Some(backend) => backend,
+            None => self.state.sandbox_backend(&req.sandbox).await?,
+        };
+        self.backend.get(backend)?;
         self.databases.ensure_sandbox(&req.sandbox).await?;
         let deployment = self
             .state
@@ -323,7 +335,7 @@ impl App {
                     limits: req.limits.apply(self.config.limits),
                     db_branch: req.db_branch,
                     runtime: req.runtime,
-                    backend: req.backend,
+                    backend,
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
@@ -475,8 +487,13 @@ impl App {
     }
 
     #[tracing::instrument(skip(self))]
-    pub async fn create_sandbox(&self, name: &SandboxName) -> Result<SandboxView, ApiError> {
-        if !self.state.create_sandbox(name).await? {
+    pub async fn create_sandbox(
+        &self,
+        name: &SandboxName,
+        backend: BackendKind,
+    ) -> Result<SandboxView, ApiError> {
+        self.backend.get(backend)?;
+        if !self.state.create_sandbox(name, backend).await? {
             return Err(ApiError::conflict(format!("sandbox {name} exists already")));
         }
         self.databases.ensure_sandbox(name).await?;

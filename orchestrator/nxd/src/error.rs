@@ -80,7 +80,10 @@ impl From<StateError> for ApiError {
 
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
-        Self::internal(e)
+        match e {
+            BackendError::Unavailable(_) => Self::bad_request(e),
+            _ => Self::internal(e),
+        }
     }
 }
 

@@ -179,7 +179,7 @@ async fn create_sandbox(
     State(app): Shared,
     Json(req): Json<CreateSandbox>,
 ) -> ApiResult<SandboxView> {
-    Ok(Json(app.create_sandbox(&req.name).await?))
+    Ok(Json(app.create_sandbox(&req.name, req.backend).await?))
 }
 
 #[derive(Deserialize)]

@@ -56,6 +56,13 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     let (_, whoami) = host.get(&preview, "/whoami");
     assert!(!whoami.contains("uid=0"), "{whoami}");
 
+    // The host's other services are out of reach: only the database is forwarded.
+    let api = format!("10.0.2.2:{}", host.api.port());
+    let (_, reached) = host.get(&preview, &format!("/connect?addr={api}"));
+    assert!(reached.starts_with("cannot connect"), "{reached}");
+    let (_, reached) = host.get(&preview, "/connect?addr=10.0.2.100:5432");
+    assert!(reached.starts_with("connected"), "{reached}");
+
     // Its database, through the one forward the guest has.
     let (status, body) = host.get(&preview, "/db/put?v=from-a-vm");
     assert_eq!(status, 200, "{body}{}", host.nx(&["logs", &v1]).stdout);
@@ -98,6 +105,11 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     }
     let logs = host.nx(&["logs", &v2]);
     assert!(logs.stdout.contains("NX-EXIT 7"), "{}", logs.stdout);
+
+    // A sandbox whose default is the microvm backend: pushes that name none run there.
+    host.nx_json(&["sandbox", "create", "vmdefault", "--backend", "microvm"]);
+    let id = host.push_sample("vmdefault", &[]);
+    assert_eq!(host.deployment("vmdefault", &id)["backend"], "microvm");
     let deadline = Instant::now() + Duration::from_secs(60);
     while host.get(&host.preview_host("vm", &v2), "/health").0 != 200 {
         assert!(Instant::now() < deadline, "the VM did not come back");
