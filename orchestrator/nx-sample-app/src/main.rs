@@ -127,7 +127,7 @@ fn handle(request: Request) {
         "/fork" => json(fork_until_refused()),
         "/connect" => text(
             200,
-            &format!("{}\n", task::connect(query(&url, "addr").unwrap_or(""))),
+            format!("{}\n", task::connect(query(&url, "addr").unwrap_or(""))),
         ),
         "/hog" => {
             hog();

@@ -1,6 +1,7 @@
 //! PID 1 of an NX microVM (a static binary in the initramfs NX builds per deployment):
 //! mounts /proc, /sys, /dev and /tmp, loads the virtio modules listed in /nx/modules/order,
-//! brings up lo and eth0 (QEMU's user-mode network: 10.0.2.15/24), runs /app/main as an
+//! brings up lo and, when /nx/network exists (a deployment, not a task), eth0 (QEMU's
+//! user-mode network: 10.0.2.15/24), runs /app/main as an
 //! unprivileged uid with the environment of /nx/env and the arguments of /nx/args, reaps every
 //! child, and when /app/main ends prints `NX-EXIT <code>` on the console and reboots, which ends
 //! the VMM (run with -no-reboot / reboot=k).
@@ -122,7 +123,8 @@ fn reap_until(app: Pid) -> i32 {
 fn run() -> Result<i32, String> {
     mounts().map_err(|e| format!("mounts: {e}"))?;
     load_modules()?;
-    net::configure().map_err(|e| format!("network: {e}"))?;
+    net::configure(std::path::Path::new("/nx/network").exists())
+        .map_err(|e| format!("network: {e}"))?;
     let app = start_app()?;
     Ok(reap_until(app))
 }

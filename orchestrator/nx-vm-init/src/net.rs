@@ -52,12 +52,17 @@ fn up(fd: i32, name: &str) -> Result<(), String> {
     )
 }
 
-pub fn configure() -> Result<(), String> {
+/// lo, and eth0 when the guest has a network (a task has none).
+pub fn configure(with_eth0: bool) -> Result<(), String> {
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
     if fd < 0 {
         return Err(format!("socket: {}", std::io::Error::last_os_error()));
     }
     up(fd, "lo")?;
+    if !with_eth0 {
+        unsafe { libc::close(fd) };
+        return Ok(());
+    }
     let deadline = Instant::now() + LINK_WAIT;
     while !std::path::Path::new("/sys/class/net/eth0").exists() {
         if Instant::now() > deadline {

@@ -630,6 +630,11 @@ impl App {
     pub fn backend_kind(&self) -> &'static str {
         self.backend.kind()
     }
+
+    /// One of nxd's backends, or why it has none of that kind.
+    pub fn backend(&self, kind: BackendKind) -> Result<&Arc<dyn SandboxBackend>, ApiError> {
+        Ok(self.backend.get(kind)?)
+    }
 }
 
 /// The container backend, and the microvm backend when the config gives it a kernel.

@@ -4,7 +4,7 @@
 use crate::app::App;
 use crate::error::ApiError;
 use nx_orchestrator::api::{TaskEvent, TaskRequest};
-use nx_orchestrator::domain::check_env_name;
+use nx_orchestrator::domain::{check_env_name, BackendKind};
 use nx_orchestrator::tasks::{TaskError, TaskRun};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -29,19 +29,22 @@ fn timeout(app: &App, asked: Option<f64>) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn backend(app: &App, asked: Option<&str>) -> Result<(), ApiError> {
-    match asked {
-        None | Some("container") => Ok(()),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "backend {other:?} is not available in this nxd: it runs tasks on \"container\" ({})",
-            app.backend_kind()
-        ))),
-    }
+fn backend(app: &App, asked: Option<&str>) -> Result<BackendKind, ApiError> {
+    let kind = match asked {
+        None => BackendKind::Container,
+        Some(name) => BackendKind::parse(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "backend {name:?} is not one of: container, microvm"
+            ))
+        })?,
+    };
+    app.backend(kind)?;
+    Ok(kind)
 }
 
 #[tracing::instrument(skip_all, fields(artifact = %req.artifact))]
 pub async fn run(app: &App, req: TaskRequest) -> Result<mpsc::Receiver<TaskEvent>, ApiError> {
-    backend(app, req.backend.as_deref())?;
+    let backend = backend(app, req.backend.as_deref())?;
     let timeout = timeout(app, req.timeout_secs)?;
     for name in req.env.keys() {
         check_env_name(name).map_err(ApiError::bad_request)?;
@@ -68,6 +71,7 @@ pub async fn run(app: &App, req: TaskRequest) -> Result<mpsc::Receiver<TaskEvent
             env,
             timeout,
             memory_max_mb,
+            backend,
         })
         .await?)
 }

@@ -1,5 +1,5 @@
 //! The backends of one nxd, as one `SandboxBackend`: each deployment goes to the backend it was
-//! pushed to (its `BackendKind`, kept in its handle). Tasks run on the container backend.
+//! pushed to (its `BackendKind`, kept in its handle), each task to the one it asked for.
 
 use super::launch::LaunchSpec;
 use super::{BackendError, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
@@ -80,10 +80,12 @@ impl SandboxBackend for Backends {
     }
 
     async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError> {
-        self.container.task_launch(task).await
+        self.get(task.backend)?.task_launch(task).await
     }
 
-    async fn task_cleanup(&self, id: &str) {
-        self.container.task_cleanup(id).await
+    async fn task_cleanup(&self, task: &TaskLaunch) {
+        if let Ok(backend) = self.get(task.backend) {
+            backend.task_cleanup(task).await
+        }
     }
 }

@@ -70,7 +70,10 @@ fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>)
             .map_while(Result::ok)
         {
             if let Some(n) = line.trim().strip_prefix(EXIT_MARKER) {
+                // On stderr: a task's stdout is the program's alone. The rest is the reboot.
                 code = n.trim().parse::<i32>().ok();
+                eprintln!("{}", line.trim());
+                break;
             }
             let _ = writeln!(out, "{line}");
             let _ = out.flush();

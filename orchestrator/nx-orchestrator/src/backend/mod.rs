@@ -65,6 +65,9 @@ pub struct TaskLaunch {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub uid: u32,
+    pub backend: BackendKind,
+    /// The task unit's MemoryMax (a VM's RAM is sized from it).
+    pub memory_max_mb: u64,
 }
 
 /// A prepared sandbox: what the backend needs to find it again, also after nxd restarts.
@@ -111,5 +114,5 @@ pub trait SandboxBackend: Send + Sync {
     /// What a task's unit execs (see `launch`): the task's sandbox around its program.
     async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError>;
     /// Removes what a task's run may have left outside its unit (e.g. a killed container).
-    async fn task_cleanup(&self, id: &str);
+    async fn task_cleanup(&self, task: &TaskLaunch);
 }

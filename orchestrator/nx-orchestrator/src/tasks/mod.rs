@@ -11,6 +11,7 @@ mod text;
 use crate::api::{TaskEvent, TaskOutcome, UnitState};
 use crate::backend::{BackendError, Program, SandboxBackend, TaskLaunch};
 use crate::config::TasksConfig;
+use crate::domain::BackendKind;
 use crate::supervisor::{Supervisor, SupervisorError};
 use pool::{Pool, Slot, TaskUnit};
 use std::collections::BTreeMap;
@@ -40,6 +41,7 @@ pub struct TaskRun {
     pub env: BTreeMap<String, String>,
     pub timeout: Duration,
     pub memory_max_mb: u64,
+    pub backend: BackendKind,
 }
 
 /// How many uids tasks take in turn, from `tasks.uid_base`.
@@ -101,6 +103,8 @@ impl Tasks {
             args: task.args,
             env: task.env,
             uid,
+            backend: task.backend,
+            memory_max_mb: task.memory_max_mb,
         };
         let handover = async {
             let spec = self.backend.task_launch(&launch).await?;
@@ -112,7 +116,7 @@ impl Tasks {
             slot.send(&spec).await.map_err(TaskError::Handover)
         };
         if let Err(e) = handover.await {
-            self.watcher().finish(&slot.unit).await;
+            self.watcher().finish(&slot.unit, &launch).await;
             return Err(e);
         }
         let started = Instant::now();
@@ -122,10 +126,13 @@ impl Tasks {
             .send(TaskEvent::Started {
                 task: slot.unit.id.clone(),
                 warm,
-                backend: self.backend.kind().into(),
+                backend: launch.backend.as_str().into(),
             })
             .await;
-        tokio::spawn(self.watcher().watch(slot, task.timeout, started, events));
+        tokio::spawn(
+            self.watcher()
+                .watch(slot, launch, task.timeout, started, events),
+        );
         Ok(receiver)
     }
 
@@ -170,6 +177,7 @@ impl Watcher {
     async fn watch(
         self,
         slot: Slot,
+        launch: TaskLaunch,
         timeout: Duration,
         started: Instant,
         events: mpsc::Sender<TaskEvent>,
@@ -199,16 +207,16 @@ impl Watcher {
             })
             .await;
         let outcome = outcome(state, timed_out, started.elapsed());
-        self.finish(&unit).await;
+        self.finish(&unit, &launch).await;
         tracing::info!(?outcome, "task ended");
         let _ = events.send(TaskEvent::Exited(outcome)).await;
     }
 
-    async fn finish(&self, unit: &TaskUnit) {
+    async fn finish(&self, unit: &TaskUnit, launch: &TaskLaunch) {
         if let Err(e) = self.supervisor.stop(&unit.name).await {
             tracing::warn!(unit = %unit.name, error = %e, "stopping a task unit");
         }
-        self.backend.task_cleanup(&unit.id).await;
+        self.backend.task_cleanup(launch).await;
     }
 }
 

@@ -198,8 +198,10 @@ impl SandboxBackend for ContainerBackend {
         })
     }
 
-    async fn task_cleanup(&self, id: &str) {
-        self.podman.remove(&task_container(id)).await;
+    async fn task_cleanup(&self, task: &TaskLaunch) {
+        if matches!(task.program, Program::Image { .. }) {
+            self.podman.remove(&task_container(&task.id)).await;
+        }
     }
 }
 

@@ -38,7 +38,7 @@ async fn boot(
             initrd,
             memory_mb: 128,
             vcpus: 1,
-            port,
+            port: Some(port),
             database_socket: None,
             tsc_khz: (accel == Accel::Tcg).then_some(tsc_khz).flatten(),
             tap: "",

@@ -44,6 +44,14 @@ pub struct MicrovmBackend {
     tsc_khz: Option<u64>,
 }
 
+/// The VMM's environment: where to find it (and socat).
+fn vmm_env() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        "PATH".into(),
+        "/run/current-system/sw/bin:/usr/local/bin:/usr/bin:/bin".into(),
+    )])
+}
+
 /// The host's TSC rate from /proc/cpuinfo, for TCG guests.
 fn tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
@@ -97,7 +105,7 @@ impl MicrovmBackend {
             })
             .collect();
         let root = state_dir.join("microvm");
-        for sub in ["initramfs", "deployments"] {
+        for sub in ["initramfs", "deployments", "tasks"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
@@ -187,12 +195,71 @@ impl MicrovmBackend {
     }
 
     fn guest_size(limits: &Limits) -> (u64, u32) {
-        let memory = limits
-            .memory_max_mb
-            .saturating_sub(VMM_OVERHEAD_MB)
-            .max(MIN_GUEST_MB);
         let vcpus = limits.cpu_quota_percent.div_ceil(100).max(1);
-        (memory, vcpus)
+        (guest_memory(limits.memory_max_mb), vcpus)
+    }
+
+    /// The guest's initramfs in `dir`: the cached base, then an archive of the environment and
+    /// arguments (and, for a guest with a network, `/nx/network`); the VMM's uid owns it, 0600.
+    fn write_initrd(
+        &self,
+        dir: &Path,
+        program: &Path,
+        env: &BTreeMap<String, String>,
+        args: &[String],
+        uid: u32,
+        network: bool,
+    ) -> Result<PathBuf, BackendError> {
+        let mut initrd = self.base_initramfs(program)?;
+        let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut own = Archive::new(Vec::new());
+        own.file(
+            "nx/env",
+            0o600,
+            &nul_separated(pairs.iter().map(String::as_str)),
+        )?;
+        own.file(
+            "nx/args",
+            0o600,
+            &nul_separated(args.iter().map(String::as_str)),
+        )?;
+        if network {
+            own.file("nx/network", 0o644, b"")?;
+        }
+        initrd.extend(own.finish()?);
+        let path = dir.join("initrd.cpio");
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, &initrd)?;
+        // The VMM runs as the deployment's (or task's) uid; nobody else reads the guest's secrets.
+        chown(&path, Some(uid), Some(uid))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(path)
+    }
+
+    fn task_dir(&self, id: &str) -> PathBuf {
+        self.root.join("tasks").join(id)
+    }
+}
+
+fn guest_memory(memory_max_mb: u64) -> u64 {
+    memory_max_mb
+        .saturating_sub(VMM_OVERHEAD_MB)
+        .max(MIN_GUEST_MB)
+}
+
+/// The guest runs static binaries only: it has no libraries.
+fn static_binary(program: &Program) -> Result<&Path, BackendError> {
+    match program {
+        Program::Binary {
+            path,
+            linkage: Linkage::Static,
+        } => Ok(path),
+        Program::Binary { .. } => Err(BackendError::Prepare(
+            "the microvm backend runs static binaries (the guest has no libraries): build with `--target x86_64-unknown-linux-musl` or `CGO_ENABLED=0`".into(),
+        )),
+        Program::Image { .. } => Err(BackendError::Prepare(
+            "images run on the container backend (Podman): give the microvm backend a static binary".into(),
+        )),
     }
 }
 
@@ -220,41 +287,20 @@ impl SandboxBackend for MicrovmBackend {
 
     #[tracing::instrument(skip_all, fields(deployment = %spec.deployment.id))]
     async fn prepare(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
-        let Program::Binary { path, linkage } = &spec.program else {
-            return Err(BackendError::Prepare(
-                "images run on the container backend (Podman): push a static binary to the microvm backend".into(),
-            ));
-        };
-        if !matches!(linkage, Linkage::Static) {
-            return Err(BackendError::Prepare(
-                "the microvm backend runs static binaries (the guest has no libraries): build with `--target x86_64-unknown-linux-musl` or `CGO_ENABLED=0`".into(),
-            ));
-        }
+        let path = static_binary(&spec.program)?;
         let handle = self.handle(&spec.deployment);
         std::fs::create_dir_all(&handle.dir)?;
         std::fs::set_permissions(&handle.dir, std::fs::Permissions::from_mode(0o711))?;
-        let mut initrd = self.base_initramfs(path)?;
         let env = Self::guest_env(spec);
-        let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mut own = Archive::new(Vec::new());
-        own.file(
-            "nx/env",
-            0o600,
-            &nul_separated(pairs.iter().map(String::as_str)),
+        let initrd_path = self.write_initrd(
+            &handle.dir,
+            path,
+            &env,
+            &spec.deployment.args,
+            spec.deployment.uid,
+            true,
         )?;
-        own.file(
-            "nx/args",
-            0o600,
-            &nul_separated(spec.deployment.args.iter().map(String::as_str)),
-        )?;
-        initrd.extend(own.finish()?);
-        let initrd_path = handle.dir.join("initrd.cpio");
-        let _ = std::fs::remove_file(&initrd_path);
-        std::fs::write(&initrd_path, &initrd)?;
-        // The VMM runs as the deployment's uid; nobody else reads the guest's secrets.
         let uid = spec.deployment.uid;
-        chown(&initrd_path, Some(uid), Some(uid))?;
-        std::fs::set_permissions(&initrd_path, std::fs::Permissions::from_mode(0o600))?;
         let (memory_mb, vcpus) = Self::guest_size(&spec.deployment.limits);
         let tap = format!("nx{}", spec.deployment.port);
         let guest = Guest {
@@ -262,7 +308,7 @@ impl SandboxBackend for MicrovmBackend {
             initrd: &initrd_path,
             memory_mb,
             vcpus,
-            port: spec.deployment.port,
+            port: Some(spec.deployment.port),
             database_socket: spec.database_socket.as_deref(),
             tsc_khz: (self.accel.accel == Accel::Tcg)
                 .then_some(self.tsc_khz)
@@ -281,10 +327,7 @@ impl SandboxBackend for MicrovmBackend {
         };
         let launch = LaunchSpec {
             argv,
-            env: BTreeMap::from([(
-                "PATH".into(),
-                "/run/current-system/sw/bin:/usr/local/bin:/usr/bin:/bin".into(),
-            )]),
+            env: vmm_env(),
             seccomp: Vec::new(),
             uid: Some(uid),
             console_exit: true,
@@ -312,11 +355,36 @@ impl SandboxBackend for MicrovmBackend {
         self.units.remove_dir(handle)
     }
 
-    async fn task_launch(&self, _task: &TaskLaunch) -> Result<LaunchSpec, BackendError> {
-        Err(BackendError::Unavailable(
-            "tasks run on the container backend".into(),
-        ))
+    /// A guest with no network device at all: only its own loopback.
+    #[tracing::instrument(skip_all, fields(task = %task.id))]
+    async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError> {
+        let program = static_binary(&task.program)?;
+        let dir = self.task_dir(&task.id);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        let initrd = self.write_initrd(&dir, program, &task.env, &task.args, task.uid, false)?;
+        let guest = Guest {
+            kernel: &self.kernel,
+            initrd: &initrd,
+            memory_mb: guest_memory(task.memory_max_mb),
+            vcpus: 1,
+            port: None,
+            database_socket: None,
+            tsc_khz: (self.accel.accel == Accel::Tcg)
+                .then_some(self.tsc_khz)
+                .flatten(),
+            tap: "",
+        };
+        Ok(LaunchSpec {
+            argv: vmm::qemu(&guest, self.accel.accel),
+            env: vmm_env(),
+            seccomp: Vec::new(),
+            uid: Some(task.uid),
+            console_exit: true,
+        })
     }
 
-    async fn task_cleanup(&self, _id: &str) {}
+    async fn task_cleanup(&self, task: &TaskLaunch) {
+        let _ = std::fs::remove_dir_all(self.task_dir(&task.id));
+    }
 }

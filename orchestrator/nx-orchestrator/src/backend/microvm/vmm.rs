@@ -36,8 +36,9 @@ pub struct Guest<'a> {
     pub initrd: &'a Path,
     pub memory_mb: u64,
     pub vcpus: u32,
-    /// The deployment's port: host 127.0.0.1:port -> guest port.
-    pub port: u16,
+    /// The deployment's port: host 127.0.0.1:port -> guest port. None: no network device (a
+    /// task's guest, which has only its loopback).
+    pub port: Option<u16>,
     /// The host's PostgreSQL socket, reachable from the guest at GUEST_DB_ADDR:5432.
     pub database_socket: Option<&'a Path>,
     /// The host's TSC rate, so that a TCG guest skips calibrating it (seconds of boot).
@@ -47,7 +48,8 @@ pub struct Guest<'a> {
 }
 
 fn cmdline(guest: &Guest<'_>, extra: &str) -> String {
-    let mut line = format!("console=ttyS0 panic=-1 quiet {extra}");
+    // loglevel=3: the kernel's errors stay off the console, which is the program's output.
+    let mut line = format!("console=ttyS0 panic=-1 quiet loglevel=3 {extra}");
     if let Some(khz) = guest.tsc_khz {
         line.push_str(&format!(" tsc_early_khz={khz}"));
     }
@@ -90,11 +92,12 @@ pub fn qemu(guest: &Guest<'_>, accel: Accel) -> Vec<String> {
     argv.push(guest.initrd.display().to_string());
     argv.push("-append".into());
     argv.push(cmdline(guest, "reboot=t"));
+    let Some(port) = guest.port else {
+        return argv;
+    };
     // restrict=on: the guest reaches nothing but the forwards below.
-    let mut netdev = format!(
-        "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-{GUEST_ADDR}:{port}",
-        port = guest.port
-    );
+    let mut netdev =
+        format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-{GUEST_ADDR}:{port}");
     if let Some(socket) = guest.database_socket {
         netdev.push_str(&format!(
             ",guestfwd=tcp:{GUEST_DB_ADDR}:5432-cmd:socat STDIO UNIX-CONNECT:{}",
@@ -157,7 +160,7 @@ mod tests {
             initrd: Path::new("/d/initrd"),
             memory_mb: 192,
             vcpus: 2,
-            port: 21001,
+            port: Some(21001),
             database_socket: socket,
             tsc_khz: Some(2_600_000),
             tap: "nx21001",
@@ -195,6 +198,17 @@ mod tests {
         assert_eq!(after(&kvm, "-accel"), "kvm");
         assert_eq!(after(&kvm, "-cpu"), "host");
         assert!(!after(&kvm, "-netdev").contains("guestfwd"));
+        // A task's guest: no network device at all.
+        let task = qemu(
+            &Guest {
+                port: None,
+                ..guest(None)
+            },
+            Accel::Tcg,
+        );
+        assert!(!task
+            .iter()
+            .any(|a| a == "-netdev" || a.starts_with("virtio-net")));
     }
 
     #[test]
