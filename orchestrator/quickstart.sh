@@ -16,11 +16,20 @@ if [ -f "$state/nxd.pid" ] && kill -0 "$(cat "$state/nxd.pid")" 2>/dev/null; the
   echo "nxd already running (pid $(cat "$state/nxd.pid"))"
 else
   mkdir -p "$state"
-  target/release/nxd --state-dir "$state" >"$state/nxd.log" 2>&1 &
+  # The microvm backend too: Debian's kernel (install-deps.sh fetched it) and NX's guest init.
+  cat >"$state/nxd.toml" <<EOF
+state_dir = "$state"
+
+[microvm]
+kernel_dir = "${NX_KERNEL_DIR:-/var/cache/nx/kernel}"
+init = "$PWD/target/x86_64-unknown-linux-musl/release/nx-vm-init"
+EOF
+  target/release/nxd --config "$state/nxd.toml" >"$state/nxd.log" 2>&1 &
   echo $! >"$state/nxd.pid"
 fi
 export NX_HOST=http://127.0.0.1:7700
-for _ in $(seq 100); do [ -s "$state/token" ] && curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$state/token")" $NX_HOST/v1/health && break; sleep 0.1; done
+# (The first start probes KVM and TCG for the microvm backend: up to ~15 s.)
+for _ in $(seq 300); do [ -s "$state/token" ] && curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$state/token")" $NX_HOST/v1/health && break; sleep 0.1; done
 export NX_TOKEN=$(cat "$state/token")
 
 nx=target/release/nx
@@ -32,3 +41,4 @@ production="http://hello.nx.localhost:7780/"
 echo "preview    $preview -> $(curl -sS --resolve "$id.hello.nx.localhost:7780:127.0.0.1" "$preview")"
 echo "production $production -> $(curl -sS --resolve "hello.nx.localhost:7780:127.0.0.1" "$production")"
 echo "nx is at target/release/nx; export NX_HOST=$NX_HOST NX_TOKEN=\$(cat $state/token)"
+echo "a microVM: target/release/nx push $sample --sandbox vm --backend microvm"

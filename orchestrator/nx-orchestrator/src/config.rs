@@ -79,6 +79,16 @@ pub enum Vmm {
     Firecracker,
 }
 
+impl Vmm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vmm::Qemu => "qemu",
+            Vmm::CloudHypervisor => "cloud-hypervisor",
+            Vmm::Firecracker => "firecracker",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AccelMode {
