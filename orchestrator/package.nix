@@ -1,5 +1,6 @@
 # nxd and nx from the Cargo workspace. The tests need root, bubblewrap and a systemd manager:
-# they run in .ci/run and in checks/, not in the build sandbox. Default features: container.
+# they run in .ci/run and in checks/, not in the build sandbox. Default features: container and
+# microvm (the guest kernel and nx-vm-init are packages of their own: guest-kernel, nx-vm-init).
 { lib, rustPlatform, pkg-config, stdenv }:
 rustPlatform.buildRustPackage {
   pname = "nx";
