@@ -13,4 +13,5 @@ pub mod readiness;
 pub mod router;
 pub mod state;
 pub mod supervisor;
+#[cfg(target_os = "linux")]
 pub mod tasks;

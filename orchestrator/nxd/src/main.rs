@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Launch { spec }) => {
-            let reason = nx_orchestrator::backend::launch::run(&spec);
+            let reason = nx_orchestrator::backend::launcher::run(&spec);
             anyhow::bail!("launch: {reason}")
         }
         Some(Command::ManagerInit { state_dir }) => {

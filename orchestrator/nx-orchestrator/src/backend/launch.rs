@@ -8,30 +8,13 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::os::fd::IntoRawFd;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// bwrap reads seccomp programs from fds SECCOMP_FIRST_FD, SECCOMP_FIRST_FD + 1, ...
 pub const SECCOMP_FIRST_FD: i32 = 10;
 /// An argument replaced by the cgroup the launcher runs in (the unit's), for Podman's
 /// `--cgroup-parent`: the container's cgroups then sit under the unit's and its limits hold.
 pub const OWN_CGROUP: &str = "@nx-own-cgroup@";
-
-/// This process's cgroup path: the unified one where it is set, else name=systemd's.
-fn own_cgroup() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .filter(|p| *p != "/")
-            .map(str::to_owned)
-    };
-    path("0::").or_else(|| {
-        text.lines()
-            .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p.to_owned()))
-    })
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LaunchSpec {
@@ -48,111 +31,3 @@ pub struct LaunchSpec {
 
 /// What the guest's init prints before it powers the VM off.
 pub const EXIT_MARKER: &str = "NX-EXIT ";
-
-/// Runs a VMM and returns the guest program's exit code from its console.
-fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>) -> String {
-    use std::io::{BufRead, Write};
-    let child = std::process::Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .stdout(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) => return format!("cannot run {program}: {e}"),
-    };
-    let mut code = None;
-    if let Some(console) = child.stdout.take() {
-        let mut out = std::io::stdout().lock();
-        for line in std::io::BufReader::new(console)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(n) = line.trim().strip_prefix(EXIT_MARKER) {
-                // On stderr: a task's stdout is the program's alone. The rest is the reboot.
-                code = n.trim().parse::<i32>().ok();
-                eprintln!("{}", line.trim());
-                break;
-            }
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-        }
-    }
-    let status = child.wait();
-    match (code, status) {
-        (Some(code), _) => std::process::exit(code),
-        (None, Ok(status)) => {
-            format!("{program} ended ({status}) before the guest reported an exit code")
-        }
-        (None, Err(e)) => format!("waiting for {program}: {e}"),
-    }
-}
-
-fn drop_privileges(uid: u32) -> nix::Result<()> {
-    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
-    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(uid));
-    setgroups(&[])?;
-    setresgid(gid, gid, gid)?;
-    setresuid(uid, uid, uid)
-}
-
-/// Reads the spec from a file, or from standard input (to its end) when the path is `-`.
-fn read(spec_path: &Path) -> Result<LaunchSpec, String> {
-    let bytes = if spec_path == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
-    } else {
-        std::fs::read(spec_path)
-    };
-    bytes
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|e| format!("cannot read {}: {e}", spec_path.display()))
-}
-
-/// Returns only on failure, with the reason.
-pub fn run(spec_path: &Path) -> String {
-    let spec = match read(spec_path) {
-        Ok(spec) => spec,
-        Err(e) => return e,
-    };
-    for (i, path) in spec.seccomp.iter().enumerate() {
-        let target = SECCOMP_FIRST_FD + i as i32;
-        let fd = match std::fs::File::open(path) {
-            Ok(f) => f.into_raw_fd(),
-            Err(e) => return format!("cannot open seccomp program {}: {e}", path.display()),
-        };
-        // dup2 clears FD_CLOEXEC on the new fd, so bwrap inherits it.
-        if let Err(e) = nix::unistd::dup2(fd, target) {
-            return format!("dup2 seccomp fd: {e}");
-        }
-        let _ = nix::unistd::close(fd);
-    }
-    if let Some(uid) = spec.uid {
-        if let Err(e) = drop_privileges(uid) {
-            return format!("cannot switch to uid {uid}: {e}");
-        }
-    }
-    let mut argv = spec.argv.clone();
-    if argv.iter().any(|a| a == OWN_CGROUP) {
-        let Some(cgroup) = own_cgroup() else {
-            return "cannot read this process's cgroup from /proc/self/cgroup".into();
-        };
-        for arg in argv.iter_mut().filter(|a| *a == OWN_CGROUP) {
-            *arg = cgroup.clone();
-        }
-    }
-    let Some((program, args)) = argv.split_first() else {
-        return "empty argv in launch spec".into();
-    };
-    if spec.console_exit {
-        return supervise_vmm(program, args, &spec.env);
-    }
-    let err = std::process::Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(&spec.env)
-        .exec();
-    format!("cannot exec {program}: {err}")
-}

@@ -8,6 +8,8 @@ mod by_kind;
 #[cfg(feature = "container")]
 pub mod container;
 pub mod launch;
+#[cfg(target_os = "linux")]
+pub mod launcher;
 #[cfg(feature = "microvm")]
 pub mod microvm;
 #[cfg(any(feature = "container", feature = "microvm"))]
