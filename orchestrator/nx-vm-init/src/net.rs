@@ -70,22 +70,15 @@ pub fn configure(with_eth0: bool) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut req = ifreq("eth0");
-    req.ifr_ifru.ifru_addr = sockaddr(GUEST_ADDR);
-    ioctl(
-        fd,
-        libc::SIOCSIFADDR as libc::Ioctl,
-        &mut req,
-        "eth0 address",
-    )?;
-    let mut req = ifreq("eth0");
-    req.ifr_ifru.ifru_netmask = sockaddr(NETMASK);
-    ioctl(
-        fd,
-        libc::SIOCSIFNETMASK as libc::Ioctl,
-        &mut req,
-        "eth0 netmask",
-    )?;
+    // The address and the netmask share the request's union: one ioctl each.
+    for (request, value, what) in [
+        (libc::SIOCSIFADDR, GUEST_ADDR, "eth0 address"),
+        (libc::SIOCSIFNETMASK, NETMASK, "eth0 netmask"),
+    ] {
+        let mut req = ifreq("eth0");
+        req.ifr_ifru.ifru_addr = sockaddr(value);
+        ioctl(fd, request as libc::Ioctl, &mut req, what)?;
+    }
     up(fd, "eth0")?;
     unsafe { libc::close(fd) };
     Ok(())
