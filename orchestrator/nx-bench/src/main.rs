@@ -74,6 +74,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+fn median(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    percentile(&sorted, 0.5)
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
@@ -361,11 +367,6 @@ async fn microvm_table(args: &Args) -> anyhow::Result<()> {
         microvm::run(&host, boots, guests)
     })
     .await??;
-    let median = |v: &[Duration]| {
-        let mut v = v.to_vec();
-        v.sort();
-        percentile(&v, 0.5)
-    };
     let overhead = median(&f.nx_boot).as_secs_f64() / median(&f.bare_answer).as_secs_f64();
     header(&format!("microVMs ({})", f.accel));
     row(
@@ -459,11 +460,7 @@ async fn databases(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<(
             );
         }
     }
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        percentile(&v, 0.5)
-    };
-    let (s50, t50) = (median(socket.clone()), median(tcp.clone()));
+    let (s50, t50) = (median(&socket), median(&tcp));
     row("SELECT 1 round trip, unix socket", socket);
     row("SELECT 1 round trip, TCP 127.0.0.1", tcp);
     println!(
