@@ -8,7 +8,7 @@
 # sample binaries) and the pinned Nix linters from crates.io.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils wrk nix-bin podman runc catatonit runsc qemu-system-x86 socat lz4)
+packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils procps wrk nix-bin podman runc catatonit runsc qemu-system-x86 socat lz4)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
