@@ -29,10 +29,12 @@
           environment.APP_VERSION = "from-nix";
         };
       };
-      images = pkgs: import ./sandbox-images {
-        inherit nixpkgs microvm pkgs;
+      images = pkgs: hypervisor: import ./sandbox-images {
+        inherit nixpkgs microvm pkgs hypervisor;
         sandbox = exampleSandbox;
       };
+      # The hypervisors the sandbox guest renders for (sandbox-images/default.nix).
+      hypervisors = [ "cloud-hypervisor" "firecracker" "qemu" ];
     in
     {
       packages = forSystems systems (pkgs:
@@ -47,9 +49,11 @@
           sample-app = pkgs.pkgsStatic.callPackage ./orchestrator/static-binary.nix { crate = "nx-sample-app"; };
           nx-vm-init = pkgs.pkgsStatic.callPackage ./orchestrator/static-binary.nix { crate = "nx-vm-init"; };
           guest-kernel = pkgs.callPackage ./orchestrator/guest-kernel.nix { };
-          sandbox-image = (images pkgs).oci;
-          sandbox-microvm = (images pkgs).microvm;
-        });
+          sandbox-image = (images pkgs "cloud-hypervisor").oci;
+          sandbox-microvm = (images pkgs "cloud-hypervisor").microvm;
+        } // nixpkgs.lib.optionalAttrs pkgs.stdenv.isLinux (nixpkgs.lib.listToAttrs (map
+          (hypervisor: nixpkgs.lib.nameValuePair "sandbox-microvm-${hypervisor}" (images pkgs hypervisor).microvm)
+          hypervisors)));
 
       apps = forSystems systems (pkgs: {
         nx = {
@@ -81,7 +85,7 @@
         {
           aws-1 = host "aws-1";
           ovh-1 = host "ovh-1";
-          sandbox-example = (images nixpkgs.legacyPackages.x86_64-linux).guest;
+          sandbox-example = (images nixpkgs.legacyPackages.x86_64-linux "cloud-hypervisor").guest;
         };
 
       colmenaHive = colmena.lib.makeHive (import ./hosts/hive.nix { inherit self nixpkgs microvm; });

@@ -1,6 +1,6 @@
 # What every NX host shares: nxd with the host's PostgreSQL, SSH for Colmena, the token as a
-# Colmena key (/run/keys/nx-token, never in the store).
-{ self, ... }:
+# Colmena key (/run/keys/<tokenKey>, never in the store).
+{ self, tokenKey }:
 { pkgs, ... }:
 {
   imports = [ self.nixosModules.host ];
@@ -10,8 +10,15 @@
     package = self.packages.${pkgs.stdenv.hostPlatform.system}.nxd;
     baseDomain = "nx.example.com";
     routerListen = "0.0.0.0:80";
-    tokenFile = "/run/keys/nx-token";
+    tokenFile = "/run/keys/${tokenKey}";
     openFirewall = true;
+  };
+  # /run/keys is a tmpfs: after a reboot the token is back only when `colmena upload-keys` (or
+  # apply) uploads it. Colmena's <key>-key.service is active while the file exists (its start
+  # waits for it), so nxd starts once the token is there, not before.
+  systemd.services.nxd = {
+    after = [ "${tokenKey}-key.service" ];
+    wants = [ "${tokenKey}-key.service" ];
   };
   # The router binds port 80 as the nx user.
   systemd.services.nxd.serviceConfig.AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];

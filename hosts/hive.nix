@@ -2,7 +2,9 @@
 # Colmena key, read on the deploying machine by keyCommand, so it never enters the store.
 { self, nixpkgs, microvm }:
 let
-  base = import ./common.nix { inherit self; };
+  # The key's name is its file's name under /run/keys and names Colmena's <name>-key.service.
+  tokenKey = "nx-token";
+  base = import ./common.nix { inherit self tokenKey; };
   token = {
     keyCommand = [ "pass" "show" "nx/api-token" ];
     destDir = "/run/keys";
@@ -19,7 +21,7 @@ in
     deployment = {
       targetHost = "aws-1.nx.example.com";
       tags = [ "aws" "container" ];
-      keys.nx-token = token;
+      keys.${tokenKey} = token;
     };
   };
 
@@ -28,7 +30,7 @@ in
     deployment = {
       targetHost = "ovh-1.nx.example.com";
       tags = [ "ovh" "microvm" ];
-      keys.nx-token = token;
+      keys.${tokenKey} = token;
     };
   };
 }

@@ -16,7 +16,6 @@ in
   };
   boot.loader.systemd-boot.enable = true;
   boot.loader.efi.canTouchEfiVariables = true;
-  boot.kernelModules = [ "kvm-intel" "kvm-amd" "vhost_vsock" ];
   fileSystems."/" = { device = "/dev/disk/by-label/nixos"; fsType = "ext4"; };
   fileSystems."/boot" = { device = "/dev/disk/by-label/boot"; fsType = "vfat"; };
 }

@@ -15,6 +15,15 @@ let
   inherit (lib) mkOption mkEnableOption mkIf types;
   port = types.ints.between 1 65535;
   listenPort = addr: lib.toInt (lib.last (lib.splitString ":" addr));
+  # The microvm backend: QEMU always (nxd's KVM/TCG probe and tasks boot QEMU guests), the
+  # deployments' VMM, and socat (QEMU's guestfwd to the database). nxd finds them on its PATH, the
+  # deployments' units on /run/current-system/sw/bin.
+  microvmEnabled = cfg.microvm.kernelDir != null;
+  vmmPackages = lib.unique ([ pkgs.qemu_kvm pkgs.socat ] ++ {
+    qemu = [ ];
+    cloud-hypervisor = [ pkgs.cloud-hypervisor ];
+    firecracker = [ pkgs.firecracker ];
+  }.${cfg.microvm.vmm});
   # MemoryMax, CPUQuota and TasksMax of a deployment or of a task.
   limitsOptions = d: what: {
     memoryMaxMb = mkOption { type = types.ints.positive; default = d.memoryMaxMb; description = "Default MemoryMax of ${what}, MiB."; };
@@ -114,7 +123,13 @@ in
   };
 
   config = mkIf cfg.enable {
-    users.users.nx = { isSystemUser = true; group = "nx"; home = cfg.stateDir; };
+    users.users.nx = {
+      isSystemUser = true;
+      group = "nx";
+      home = cfg.stateDir;
+      # /dev/kvm is root:kvm; nxd's probe boots a guest with it.
+      extraGroups = lib.optional microvmEnabled "kvm";
+    };
     users.groups.nx = { };
 
     services.postgresql = mkIf cfg.database.createLocally {
@@ -155,7 +170,8 @@ in
       wantedBy = [ "multi-user.target" ];
       after = [ "network.target" ] ++ lib.optional cfg.database.createLocally "postgresql.service";
       requires = lib.optional cfg.database.createLocally "postgresql.service";
-      path = [ pkgs.bubblewrap config.services.postgresql.package pkgs.util-linux ];
+      path = [ pkgs.bubblewrap config.services.postgresql.package pkgs.util-linux ]
+        ++ lib.optionals microvmEnabled vmmPackages;
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/nxd --config ${configFile}";
         User = "nx";
@@ -182,6 +198,9 @@ in
         SystemCallArchitectures = "native";
       };
     };
+
+    environment.systemPackages = lib.optionals microvmEnabled vmmPackages;
+    boot.kernelModules = lib.optionals microvmEnabled [ "kvm-intel" "kvm-amd" "tun" "vhost_net" ];
 
     networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall (listenPort cfg.routerListen);
   };
