@@ -4,8 +4,11 @@
 set -euo pipefail
 usage() {
   cat >&2 <<'USAGE'
-usage: checks/eval.sh --lib DIR --microvm DIR --colmena DIR --flake-utils DIR [--nix-darwin DIR] [OUTPUT...]
-  --lib          a nixpkgs lib tree (nix-community/nixpkgs.lib, or nixpkgs itself): DIR/lib/default.nix
+usage: checks/eval.sh (--lib DIR | --nixpkgs DIR) --microvm DIR --colmena DIR --flake-utils DIR
+                     [--nix-darwin DIR] [OUTPUT...]
+  --lib          a nixpkgs lib tree (nix-community/nixpkgs.lib): DIR/lib/default.nix; NixOS and
+                 the packages are stood in (checks/eval/)
+  --nixpkgs      nixpkgs itself, instead of --lib: no stand-ins (needs Nix >= 2.18)
   --microvm      microvm.nix (microvm-nix/microvm.nix) at flake.lock's revision
   --colmena      Colmena (zhaofengli/colmena) at flake.lock's revision
   --flake-utils  numtide/flake-utils (Colmena's flake calls it)
@@ -14,11 +17,12 @@ Nothing is fetched: give checked-out trees. OUTPUT: evaluate only these (default
 USAGE
   exit 2
 }
-lib="" microvm="" colmena="" flake_utils="" nix_darwin=""
+lib="" nixpkgs="" microvm="" colmena="" flake_utils="" nix_darwin=""
 outputs=()
 while (($#)); do
   case "$1" in
     --lib) lib=$2; shift 2 ;;
+    --nixpkgs) nixpkgs=$2; lib=$2; shift 2 ;;
     --microvm) microvm=$2; shift 2 ;;
     --colmena) colmena=$2; shift 2 ;;
     --flake-utils) flake_utils=$2; shift 2 ;;
@@ -46,6 +50,7 @@ echo "args: ($entry).nixos.evalConfig args" >"$standin/nixos/lib/eval-config.nix
 args=(--arg libPath "$lib/lib" --arg microvmSrc "$microvm" --arg colmenaSrc "$colmena"
   --arg flakeUtilsSrc "$flake_utils" --arg standinPath "$standin")
 [[ -z $nix_darwin ]] || args+=(--arg nixDarwinSrc "$nix_darwin")
+[[ -z $nixpkgs ]] || args+=(--arg nixpkgsSrc "$(abs "$nixpkgs")")
 nixeval() {
   nix-instantiate --option substituters '' --option build-users-group '' --eval --strict --json \
     "${args[@]}" "$@"

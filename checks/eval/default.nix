@@ -1,13 +1,24 @@
 # What checks/eval.sh evaluates: the flake's outputs, called with the real source trees of its
-# inputs (microvm.nix, Colmena, flake-utils for Colmena's flake, nix-darwin) and the stand-in
-# nixpkgs of ./standin.nix. One attribute per output; eval.sh evaluates each with --strict, so an
-# assertion, a throw or a type error of any module or runner fails that output. Each returns the
-# facts it checked, for the report.
-{ libPath, microvmSrc, colmenaSrc, flakeUtilsSrc, nixDarwinSrc ? null, standinPath, repo ? ../.. }:
+# inputs (microvm.nix, Colmena, flake-utils for Colmena's flake, nix-darwin) and nixpkgs: the
+# real one at `nixpkgsSrc` if given (needs a Nix that can evaluate it), else the stand-in of
+# ./standin.nix around the real lib at `libPath`. One attribute per output; eval.sh evaluates each
+# with --strict, so an assertion, a throw or a type error of any module or runner fails that
+# output. Each returns the facts it checked, for the report.
+{ libPath ? nixpkgsSrc + "/lib"
+, nixpkgsSrc ? null
+, microvmSrc
+, colmenaSrc
+, flakeUtilsSrc
+, nixDarwinSrc ? null
+, standinPath
+, repo ? ../..
+}:
 let
   standin = import ./standin.nix { inherit libPath standinPath; };
-  inherit (standin) lib;
-  nixpkgs = standin.input;
+  real = nixpkgsSrc != null;
+  nixpkgs = if real then callFlake nixpkgsSrc { } else standin.input;
+  inherit (nixpkgs) lib;
+  evalNixos = if real then nixpkgs.lib.nixosSystem else standin.nixos.evalConfig;
   # A flake's outputs, called as Nix would call them (self is the result, with outPath).
   callFlake = src: inputs:
     let
@@ -122,12 +133,21 @@ in
   # A package's path covers the scripts it is built from (checks/eval/pkgs.nix): a throw in a
   # runner's command fails here as it would when building.
   "packages.${system}" = lib.mapAttrs (_: p: builtins.seq p.outPath p.name) self.packages.${system};
+  # The Mac's CLI, and what `nix flake check` also evaluates.
+  "packages.aarch64-darwin" = lib.mapAttrs (_: p: builtins.seq p.outPath p.name) self.packages.aarch64-darwin;
+  "apps, devShells, formatter" = lib.genAttrs [ system "aarch64-darwin" ] (s: {
+    apps = lib.mapAttrs (_: a: a.program) self.apps.${s};
+    devShell = builtins.seq self.devShells.${s}.default.outPath (map (p: p.name) self.devShells.${s}.default.packages);
+    formatter = self.formatter.${s}.name;
+  });
   "checks.${system}.host" =
     let t = self.checks.${system}.host;
     in {
       inherit (t) name;
-      # The test node, evaluated as a NixOS configuration of its own.
-      node = (standin.nixos.evalConfig { inherit system; modules = [ t.nodes.host ]; }).config.system.build.toplevel.name;
+      # The test node: nixpkgs' test driver evaluates it; the stand-in's as a configuration of its own.
+      node =
+        if real then t.nodes.host.system.build.toplevel.name
+        else (evalNixos { inherit system; modules = [ t.nodes.host ]; }).config.system.build.toplevel.name;
     };
   # Colmena's own evaluation of the hive (lib.makeHive, its deployment options and key modules).
   colmenaHive =
