@@ -110,6 +110,14 @@ let
       };
     };
   # A command line as escapeShellArgs wrote it ('a' 'b' ...), back to its words.
+  # Every option NX declares has a type that says something and a description.
+  documented = prefix: opts:
+    let
+      all = lib.collect lib.isOption opts;
+      bad = builtins.filter (o: (o.description or null) == null || builtins.elem o.type.name [ "unspecified" "anything" "raw" ]) all;
+    in
+    assert check (bad == [ ]) "${prefix}: options without a type or a description: ${toString (map (o: lib.showOption o.loc) bad)}";
+    builtins.length all;
   # A command line as lib.escapeShellArgs wrote it, back to its words.
   words = cmd: map (m: lib.removePrefix "'" (lib.removeSuffix "'" (builtins.head m)))
     (builtins.filter builtins.isList (builtins.split "('[^']*'|[^ ']+)" cmd));
@@ -118,6 +126,10 @@ let
     in if i == null then throw "no ${flag} in ${toString argv}" else builtins.elemAt argv (i + 1);
 in
 {
+  "options" = {
+    "services.nx" = documented "services.nx" self.nixosConfigurations.ovh-1.options.services.nx;
+    "nx.sandbox" = documented "nx.sandbox" self.nixosConfigurations.sandbox-example.options.nx.sandbox;
+  };
   "nixosConfigurations.aws-1" = host "aws-1" self.nixosConfigurations.aws-1;
   "nixosConfigurations.ovh-1" = host "ovh-1" self.nixosConfigurations.ovh-1;
   "nixosConfigurations.sandbox-example" =
