@@ -43,6 +43,9 @@ let
               id = if onTap then "nx${toString port}" else "nx0";
               mac = "02:00:00:00:00:01";
             }];
+            # Readiness over vsock (systemd's notify socket): Cloud Hypervisor and Firecracker
+            # carry vsock on a unix socket of their own, so the same CID in every guest is fine.
+            vsock.cid = lib.mkIf onTap 3;
             forwardPorts = lib.optional (!onTap) {
               from = "host";
               # The host's loopback only: the router is the way in from outside.
