@@ -59,6 +59,18 @@ if ((${#outputs[@]} == 0)); then
   names=$(nixeval -E "{ ... }@a: builtins.attrNames (import $here/eval a)")
   mapfile -t outputs < <(python3 -c 'import json,sys; print("\n".join(json.loads(sys.argv[1])))' "$names")
 fi
+# Which trees are flake.lock's own: their NAR hash against the lock's narHash.
+for input in microvm:"$microvm" colmena:"$colmena" flake-utils:"$flake_utils" nix-darwin:"$nix_darwin"; do
+  name=${input%%:*} dir=${input#*:}
+  [[ -n $dir ]] || continue
+  have=$(nix --extra-experimental-features nix-command hash path "$dir" 2>/dev/null)
+  locked=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nodes"][sys.argv[2]]["locked"]["narHash"])' "$here/../flake.lock" "$name")
+  if [[ $have == "$locked" ]]; then
+    echo "input $name: $dir is the locked tree ($locked)"
+  else
+    echo "input $name: $dir is NOT the locked tree (NAR hash $have, flake.lock $locked)"
+  fi
+done
 failed=0
 err=$standin/stderr
 for o in "${outputs[@]}"; do
