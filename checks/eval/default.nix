@@ -145,22 +145,28 @@ in
   # A package's path covers the scripts it is built from (checks/eval/pkgs.nix): a throw in a
   # runner's command fails here as it would when building.
   "packages.${system}" = lib.mapAttrs (_: p: builtins.seq p.outPath p.name) self.packages.${system};
-  # The Mac's CLI, and what `nix flake check` also evaluates.
+  # The other systems' packages (`nix flake check` evaluates them all): the Mac's CLI, and
+  # aarch64-linux's guests.
+  "packages.aarch64-linux" = lib.mapAttrs (_: p: builtins.seq p.outPath p.name) self.packages.aarch64-linux;
   "packages.aarch64-darwin" = lib.mapAttrs (_: p: builtins.seq p.outPath p.name) self.packages.aarch64-darwin;
-  "apps, devShells, formatter" = lib.genAttrs [ system "aarch64-darwin" ] (s: {
+  "apps, devShells, formatter" = lib.genAttrs [ system "aarch64-linux" "aarch64-darwin" "x86_64-darwin" ] (s: {
     apps = lib.mapAttrs (_: a: a.program) self.apps.${s};
     devShell = builtins.seq self.devShells.${s}.default.outPath (map (p: p.name) self.devShells.${s}.default.packages);
     formatter = self.formatter.${s}.name;
   });
-  "checks.${system}.host" =
-    let t = self.checks.${system}.host;
-    in {
-      inherit (t) name;
-      # The test node: nixpkgs' test driver evaluates it; the stand-in's as a configuration of its own.
-      node =
-        if real then t.nodes.host.system.build.toplevel.name
-        else (evalNixos { inherit system; modules = [ t.nodes.host ]; }).config.system.build.toplevel.name;
-    };
+  # The VM test (checks/host.nix) of each Linux system: its node and its test script.
+  checks = lib.mapAttrs
+    (s: c:
+      let t = c.host;
+      in {
+        inherit (t) name;
+        # nixpkgs' test driver evaluates the node; the stand-in evaluates it as a configuration.
+        node =
+          if real then t.nodes.host.system.build.toplevel.name
+          else (evalNixos { system = s; modules = [ t.nodes.host ]; }).config.system.build.toplevel.name;
+        testScriptLines = builtins.length (lib.splitString "\n" t.testScript);
+      })
+    self.checks;
   # Colmena's own evaluation of the hive (lib.makeHive, its deployment options and key modules).
   colmenaHive =
     let
