@@ -2,7 +2,8 @@
 //! stdout, through nxd's HTTP API) cold and from the warm pool, for bubblewrap and Podman; and
 //! tasks per second sustained.
 
-use futures_util::StreamExt;
+use nx_api::client::Client;
+use nx_api::{TaskEvent, TaskRequest};
 use nx_testkit::Host;
 use std::time::{Duration, Instant};
 
@@ -14,32 +15,33 @@ pub fn upload(host: &Host, file: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// One task; returns the time to its first stdout and whether it ran warm.
-async fn one(http: &reqwest::Client, host: &Host, sha: &str) -> anyhow::Result<(Duration, bool)> {
+async fn one(client: &Client, sha: &str) -> anyhow::Result<(Duration, bool)> {
     let started = Instant::now();
-    let resp = http
-        .post(format!("http://{}/v1/tasks", host.api))
-        .bearer_auth(&host.token)
-        .json(&serde_json::json!({"artifact": sha, "args": ["task", "print", "hi"]}))
-        .send()
-        .await?;
-    anyhow::ensure!(resp.status().is_success(), "task: {}", resp.status());
-    let mut body = resp.bytes_stream();
-    let (mut first, mut warm, mut exit, mut text) = (None, false, None, String::new());
-    while let Some(chunk) = body.next().await {
-        text.push_str(&String::from_utf8_lossy(&chunk?));
-        while let Some(end) = text.find('\n') {
-            let event: serde_json::Value = serde_json::from_str(&text[..end])?;
-            text.drain(..=end);
-            match event["event"].as_str() {
-                Some("started") => warm = event["warm"] == true,
-                Some("stdout") if first.is_none() => first = Some(started.elapsed()),
-                Some("exited") => exit = event["exit_code"].as_i64(),
-                _ => {}
-            }
+    let req = TaskRequest {
+        artifact: sha.to_owned(),
+        args: vec!["task".into(), "print".into(), "hi".into()],
+        env: Default::default(),
+        timeout_secs: None,
+        memory_max_mb: None,
+        backend: None,
+    };
+    let mut events = client.run_task(&req).await?;
+    let (mut first, mut warm, mut exit) = (None, false, None);
+    while let Some(event) = events.next().await? {
+        match event {
+            TaskEvent::Started { warm: w, .. } => warm = w,
+            TaskEvent::Stdout { .. } if first.is_none() => first = Some(started.elapsed()),
+            TaskEvent::Exited(outcome) => exit = outcome.exit_code,
+            _ => {}
         }
     }
     anyhow::ensure!(exit == Some(0), "a task ended with {exit:?}");
     Ok((first.ok_or_else(|| anyhow::anyhow!("no output"))?, warm))
+}
+
+/// The typed API client of a test host.
+fn client(host: &Host) -> Client {
+    Client::new(format!("http://{}", host.api), host.token.clone())
 }
 
 /// `n` tasks one after the other, `pause` between them (time for the pool to refill).
@@ -49,13 +51,13 @@ pub async fn start_to_output(
     n: usize,
     pause: Duration,
 ) -> anyhow::Result<(Vec<Duration>, usize)> {
-    let http = reqwest::Client::new();
-    one(&http, host, sha).await?; // first use: loads the program (and the image)
+    let http = client(host);
+    one(&http, sha).await?; // first use: loads the program (and the image)
     let mut samples = Vec::with_capacity(n);
     let mut warm = 0;
     for _ in 0..n {
         tokio::time::sleep(pause).await;
-        let (first, was_warm) = one(&http, host, sha).await?;
+        let (first, was_warm) = one(&http, sha).await?;
         samples.push(first);
         warm += usize::from(was_warm);
     }
@@ -67,10 +69,10 @@ pub async fn sustained(host: &Host, sha: &str, workers: usize, secs: u64) -> any
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let runs = (0..workers).map(|_| async {
-        let http = reqwest::Client::new();
+        let http = client(host);
         let mut done = 0usize;
         while Instant::now() < deadline {
-            one(&http, host, sha).await?;
+            one(&http, sha).await?;
             done += 1;
         }
         Ok::<_, anyhow::Error>(done)

@@ -1,13 +1,11 @@
 //! `nx sandbox create|rm` and `nx db url|psql|backup|backups|restore|rm-backup`.
 
-use crate::client::{Client, ServerError};
+use crate::client::Client;
 use crate::output::{print_json, progress_bar};
-use anyhow::Context;
 use futures_util::StreamExt;
-use nx_orchestrator::api::{CreateSandbox, DatabaseInfo, SandboxView};
-use nx_orchestrator::databases::{BackupInfo, RestoreInfo};
-use nx_orchestrator::domain::BackendKind;
-use nx_orchestrator::names::SandboxName;
+use nx_api::names::SandboxName;
+use nx_api::BackendKind;
+use nx_api::CreateSandbox;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
@@ -64,7 +62,7 @@ pub async fn sandbox(client: &Client, cmd: SandboxCommand, json: bool) -> anyhow
                 name: name(&n)?,
                 backend: BackendKind::parse(&backend).unwrap_or_default(),
             };
-            let view: SandboxView = client.post("/v1/sandboxes", &req).await?;
+            let view = client.create_sandbox(&req).await?;
             if json {
                 return print_json(&view);
             }
@@ -75,14 +73,15 @@ pub async fn sandbox(client: &Client, cmd: SandboxCommand, json: bool) -> anyhow
         }
         SandboxCommand::Rm { name: n, no_backup } => {
             let n = name(&n)?;
-            let done: serde_json::Value = client
-                .delete(&format!("/v1/sandboxes/{n}?backup={}", !no_backup))
-                .await?;
+            let done = client.remove_sandbox(&n, !no_backup).await?;
             if json {
                 return print_json(&done);
             }
-            match done["final_backup"]["id"].as_str() {
-                Some(id) => println!("removed sandbox {n}; final backup {id} kept on the host"),
+            match done.final_backup {
+                Some(b) => println!(
+                    "removed sandbox {n}; final backup {} kept on the host",
+                    b.id
+                ),
                 None => println!("removed sandbox {n} (no final backup)"),
             }
         }
@@ -93,35 +92,23 @@ pub async fn sandbox(client: &Client, cmd: SandboxCommand, json: bool) -> anyhow
 pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         DbCommand::Url { sandbox } => {
-            let info: DatabaseInfo = client
-                .get(&format!("/v1/sandboxes/{}/db", name(&sandbox)?))
-                .await?;
+            let info = client.database(&name(&sandbox)?).await?;
             if json {
                 return print_json(&info);
             }
             println!("{}", info.url);
         }
         DbCommand::Psql { sandbox } => {
-            let info: DatabaseInfo = client
-                .get(&format!("/v1/sandboxes/{}/db", name(&sandbox)?))
-                .await?;
+            let info = client.database(&name(&sandbox)?).await?;
             let err = std::process::Command::new("psql").arg(&info.url).exec();
             anyhow::bail!("cannot run psql: {err}; install postgresql-client, or use `nx db url`");
         }
         DbCommand::Backup { sandbox, output } => {
             let n = name(&sandbox)?;
-            let made: BackupInfo = client
-                .post(&format!("/v1/sandboxes/{n}/db/backups"), &())
-                .await?;
+            let made = client.backup(&n).await?;
             let path = output.unwrap_or_else(|| PathBuf::from(format!("{n}-{}.dump", made.id)));
-            download(
-                client,
-                &format!("/v1/sandboxes/{n}/db/backups/{}", made.id),
-                &path,
-                made.size,
-                json,
-            )
-            .await?;
+            let resp = client.download_backup(&n, &made.id).await?;
+            download(resp, &path, made.size, json).await?;
             if json {
                 return print_json(&serde_json::json!({ "backup": made, "saved": path }));
             }
@@ -133,9 +120,7 @@ pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<(
             );
         }
         DbCommand::Backups { sandbox } => {
-            let list: Vec<BackupInfo> = client
-                .get(&format!("/v1/sandboxes/{}/db/backups", name(&sandbox)?))
-                .await?;
+            let list = client.backups(&name(&sandbox)?).await?;
             if json {
                 return print_json(&list);
             }
@@ -148,17 +133,14 @@ pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<(
         }
         DbCommand::Restore { sandbox, from } => {
             let n = name(&sandbox)?;
-            let path = format!("/v1/sandboxes/{n}/db/restore");
             let file = PathBuf::from(&from);
-            let restored: RestoreInfo = if file.is_file() {
-                client
-                    .upload(reqwest::Method::POST, &path, &file, json)
-                    .await?
+            let restored = if file.is_file() {
+                let (body, size, bar) = crate::client::upload_body(&file, json).await?;
+                let restored = client.restore_dump(&n, body, size).await;
+                bar.finish_and_clear();
+                restored?
             } else {
-                let query = format!("{path}?backup={}", urlencode(&from));
-                client
-                    .send(client.request(reqwest::Method::POST, &query))
-                    .await?
+                client.restore_backup(&n, &from).await?
             };
             if json {
                 return print_json(&restored);
@@ -170,9 +152,7 @@ pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<(
         }
         DbCommand::RmBackup { sandbox, id } => {
             let n = name(&sandbox)?;
-            let done: serde_json::Value = client
-                .delete(&format!("/v1/sandboxes/{n}/db/backups/{}", urlencode(&id)))
-                .await?;
+            let done = client.remove_backup(&n, &id).await?;
             if json {
                 return print_json(&done);
             }
@@ -182,32 +162,13 @@ pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<(
     Ok(())
 }
 
-/// Percent-encodes everything but unreserved characters, so a bad id reaches nxd as typed and
-/// is refused there.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
+/// Saves a streamed answer of `size` bytes to `to` (via `to.partial`), with a progress bar.
 async fn download(
-    client: &Client,
-    path: &str,
+    resp: reqwest::Response,
     to: &std::path::Path,
     size: u64,
     json: bool,
 ) -> anyhow::Result<()> {
-    let resp = client.request(reqwest::Method::GET, path).send().await?;
-    if !resp.status().is_success() {
-        let status = resp.status().as_u16();
-        let body = resp.json().await.context("reading nxd's error")?;
-        return Err(ServerError { status, body }.into());
-    }
     let bar = progress_bar(size, json);
     let partial = to.with_extension("partial");
     let mut file = tokio::fs::File::create(&partial).await?;

@@ -10,8 +10,8 @@ mod task;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use client::Client;
-use nx_orchestrator::api::{PromoteRequest, SandboxView};
-use nx_orchestrator::names::{DeploymentId, SandboxName};
+use nx_api::names::{DeploymentId, SandboxName};
+use nx_api::PromoteRequest;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -109,7 +109,7 @@ async fn ask_swap(
     if !std::io::stdin().is_terminal() {
         return Ok(false);
     }
-    let view: SandboxView = client.get(&format!("/v1/sandboxes/{sandbox}")).await?;
+    let view = client.sandbox(sandbox).await?;
     if !view.deployments.iter().any(|d| &d.id == id && d.db_branch) {
         return Ok(false);
     }
@@ -123,12 +123,12 @@ async fn ask_swap(
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     if let Command::VerifyBinary { file } = &cli.command {
-        let info = nx_orchestrator::artifact::verify::verify_file(file)?;
+        let info = nx_artifact::verify::verify_file(file)?;
         output::verified(file, &info, json);
         return Ok(());
     }
     let settings = settings::Settings::resolve(cli.host, cli.token, cli.config)?;
-    let client = Client::new(&settings)?;
+    let client = client::connect(&settings);
     match cli.command {
         Command::VerifyBinary { .. } => unreachable!("handled above"),
         Command::Push(args) => push::run(&client, args, json).await,
@@ -139,12 +139,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sandbox(cmd) => db::sandbox(&client, cmd, json).await,
         Command::Db(cmd) => db::db(&client, cmd, json).await,
         Command::Ls => {
-            let list: Vec<SandboxView> = client.get("/v1/sandboxes").await?;
+            let list = client.sandboxes().await?;
             output::sandboxes(&list, json)
         }
         Command::Status { sandbox } => {
             let name = SandboxName::parse(&sandbox)?;
-            output::sandboxes(&[client.get(&format!("/v1/sandboxes/{name}")).await?], json)
+            output::sandboxes(&[client.sandbox(&name).await?], json)
         }
         Command::Promote {
             sandbox,
@@ -159,41 +159,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 deployment: id,
                 swap_db,
             };
-            let view = client
-                .post(&format!("/v1/sandboxes/{name}/promote"), &req)
-                .await?;
+            let view = client.promote(&name, &req).await?;
             output::switched(&view, "promoted", json)
         }
         Command::Rollback { sandbox } => {
             let name = SandboxName::parse(&sandbox)?;
-            let view = client
-                .post(&format!("/v1/sandboxes/{name}/rollback"), &())
-                .await?;
+            let view = client.rollback(&name).await?;
             output::switched(&view, "rolled back to", json)
         }
         Command::Stop { deployment } => {
             let id = DeploymentId::parse(&deployment)?;
-            output::deployment(
-                &client
-                    .post(&format!("/v1/deployments/{id}/stop"), &())
-                    .await?,
-                json,
-            )
+            output::deployment(&client.stop(&id).await?, json)
         }
         Command::Start { deployment } => {
             let id = DeploymentId::parse(&deployment)?;
-            output::deployment(
-                &client
-                    .post(&format!("/v1/deployments/{id}/start"), &())
-                    .await?,
-                json,
-            )
+            output::deployment(&client.start(&id).await?, json)
         }
         Command::Rm { deployment } => {
             let id = DeploymentId::parse(&deployment)?;
-            let removed: serde_json::Value =
-                client.delete(&format!("/v1/deployments/{id}")).await?;
-            output::removed(&id, &removed, json)
+            let removed = client.remove_deployment(&id).await?;
+            output::removed(&removed, json)
         }
         Command::Logs {
             deployment,
@@ -201,12 +186,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             lines,
         } => {
             let id = DeploymentId::parse(&deployment)?;
-            client
-                .stream_to_stdout(&format!(
-                    "/v1/deployments/{id}/logs?follow={follow}&lines={lines}"
-                ))
-                .await
-                .context("reading logs")
+            let resp = client.logs(&id, lines, follow).await?;
+            client::stream_to_stdout(resp).await.context("reading logs")
         }
     }
 }

@@ -1,10 +1,9 @@
 //! What nx prints: short text for people, or JSON with --json.
 
-use crate::client::ServerError;
+use crate::client::ClientError;
 use indicatif::{ProgressBar, ProgressStyle};
-use nx_orchestrator::api::{DeploymentView, SandboxView};
-use nx_orchestrator::artifact::verify::ElfInfo;
-use nx_orchestrator::names::DeploymentId;
+use nx_api::{DeploymentRemoved, DeploymentView, SandboxView};
+use nx_artifact::verify::ElfInfo;
 use serde::Serialize;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -15,18 +14,21 @@ pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 }
 
 pub fn fail(error: &anyhow::Error, json: bool) {
-    let server = error.downcast_ref::<ServerError>();
+    let server = match error.downcast_ref::<ClientError>() {
+        Some(ClientError::Server { body, .. }) => Some(body),
+        _ => None,
+    };
     if json {
         let body = match server {
-            Some(s) => serde_json::to_value(&s.body).unwrap_or_default(),
+            Some(body) => serde_json::to_value(body).unwrap_or_default(),
             None => serde_json::json!({ "error": format!("{error:#}") }),
         };
         println!("{body}");
         return;
     }
     eprintln!("error: {error:#}");
-    if let Some(s) = server {
-        for line in &s.body.log_tail {
+    if let Some(body) = server {
+        for line in &body.log_tail {
             eprintln!("  | {line}");
         }
     }
@@ -84,11 +86,11 @@ pub fn switched(s: &SandboxView, verb: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn removed(id: &DeploymentId, value: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+pub fn removed(removed: &DeploymentRemoved, json: bool) -> anyhow::Result<()> {
     if json {
-        return print_json(value);
+        return print_json(removed);
     }
-    println!("removed {id}");
+    println!("removed {}", removed.removed);
     Ok(())
 }
 

@@ -1,13 +1,13 @@
 //! `nx push`: verify locally, ask nxd by hash, upload only what it lacks (with a progress bar),
 //! then create the deployment and wait until it is ready.
 
-use crate::client::{Client, ServerError};
+use crate::client::Client;
 use crate::output;
 use anyhow::Context;
-use nx_orchestrator::api::{ArtifactInfo, DeploymentView, LimitsOverride, PushRequest};
-use nx_orchestrator::artifact::{image, verify};
-use nx_orchestrator::domain::{BackendKind, Runtime};
-use nx_orchestrator::names::SandboxName;
+use nx_api::names::SandboxName;
+use nx_api::{BackendKind, Runtime};
+use nx_api::{LimitsOverride, PushRequest};
+use nx_artifact::{image, verify};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -62,7 +62,7 @@ pub fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
             let (k, v) = pair
                 .split_once('=')
                 .with_context(|| format!("--env {pair:?} is not K=V"))?;
-            nx_orchestrator::domain::check_env_name(k).map_err(anyhow::Error::msg)?;
+            nx_api::check_env_name(k).map_err(anyhow::Error::msg)?;
             Ok((k.to_owned(), v.to_owned()))
         })
         .collect()
@@ -86,24 +86,16 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
 /// progress bar, only what nxd lacks. Returns its sha256 and whether it was uploaded.
 pub async fn store(client: &Client, file: &Path, json: bool) -> anyhow::Result<(String, bool)> {
     let sha = sha256_file(file)?;
-    let stored: anyhow::Result<ArtifactInfo> = client.get(&format!("/v1/artifacts/{sha}")).await;
-    match stored {
+    match client.artifact(&sha).await {
         Ok(_) => Ok((sha, false)),
-        Err(e)
-            if e.downcast_ref::<ServerError>()
-                .is_some_and(|s| s.status == 404) =>
-        {
-            let _: ArtifactInfo = client
-                .upload(
-                    reqwest::Method::PUT,
-                    &format!("/v1/artifacts/{sha}"),
-                    file,
-                    json,
-                )
-                .await?;
+        Err(e) if e.status() == Some(404) => {
+            let (body, size, bar) = crate::client::upload_body(file, json).await?;
+            let stored = client.upload_artifact(&sha, body, size).await;
+            bar.finish_and_clear();
+            stored?;
             Ok((sha, true))
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -153,6 +145,6 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
             .unwrap_or_default(),
         backend: args.backend.as_deref().and_then(BackendKind::parse),
     };
-    let view: DeploymentView = client.post("/v1/deployments", &req).await?;
+    let view = client.push(&req).await?;
     output::pushed(&view, uploaded, json)
 }

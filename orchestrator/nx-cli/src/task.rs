@@ -4,9 +4,8 @@
 use crate::client::Client;
 use crate::push::{parse_env, store};
 use anyhow::Context;
-use futures_util::StreamExt;
-use nx_orchestrator::api::{TaskEvent, TaskOutcome, TaskRequest};
-use nx_orchestrator::artifact::Artifact;
+use nx_api::{TaskEvent, TaskOutcome, TaskRequest};
+use nx_artifact::Artifact;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -79,47 +78,34 @@ pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Resu
         memory_max_mb: args.memory,
         backend: args.backend,
     };
-    let resp = client
-        .open_stream(
-            client
-                .request(reqwest::Method::POST, "/v1/tasks")
-                .json(&req),
-        )
-        .await?;
-    let mut body = resp.bytes_stream();
-    let mut pending = Vec::new();
+    let mut events = client.run_task(&req).await?;
     let mut task = String::new();
-    while let Some(chunk) = body.next().await {
-        pending.extend_from_slice(&chunk.context("the task's stream broke off")?);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            if json {
+    while let Some(event) = events.next().await.context("the task's stream broke off")? {
+        if json {
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer(&mut out, &event)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
+        }
+        match event {
+            TaskEvent::Started { task: id, .. } => task = id,
+            TaskEvent::Stdout { data } if !json => {
                 let mut out = std::io::stdout().lock();
-                out.write_all(&line)?;
+                out.write_all(data.as_bytes())?;
                 out.flush()?;
             }
-            let event: TaskEvent = serde_json::from_slice(&line)
-                .with_context(|| format!("nxd sent {:?}", String::from_utf8_lossy(&line)))?;
-            match event {
-                TaskEvent::Started { task: id, .. } => task = id,
-                TaskEvent::Stdout { data } if !json => {
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(data.as_bytes())?;
-                    out.flush()?;
+            TaskEvent::Stderr { data } if !json => eprint!("{data}"),
+            TaskEvent::Exited(outcome) => {
+                if outcome.timed_out && !json {
+                    eprintln!(
+                        "nx: task {task} was killed: it ran past its timeout ({:.1} s)",
+                        req.timeout_secs
+                            .unwrap_or(outcome.duration_ms as f64 / 1000.0)
+                    );
                 }
-                TaskEvent::Stderr { data } if !json => eprint!("{data}"),
-                TaskEvent::Exited(outcome) => {
-                    if outcome.timed_out && !json {
-                        eprintln!(
-                            "nx: task {task} was killed: it ran past its timeout ({:.1} s)",
-                            req.timeout_secs
-                                .unwrap_or(outcome.duration_ms as f64 / 1000.0)
-                        );
-                    }
-                    return Ok(exit_code(&outcome));
-                }
-                _ => {}
+                return Ok(exit_code(&outcome));
             }
+            _ => {}
         }
     }
     anyhow::bail!("nxd ended task {task}'s stream before it reported an exit")

@@ -1,6 +1,7 @@
 //! nxd's configuration file (TOML). Every field has a default, so an empty file is a working
 //! single-host setup; `orchestrator/nxd.example.toml` documents each one and is parsed by a test.
 
+pub use nx_api::Limits;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -182,18 +183,6 @@ pub struct SandboxDefaults {
     pub restart_delay_secs: u64,
 }
 
-/// Resource limits of one deployment; the config gives the defaults, a push may lower or raise them.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// systemd `MemoryMax`, in MiB.
-    pub memory_max_mb: u64,
-    /// systemd `CPUQuota`, in percent of one CPU.
-    pub cpu_quota_percent: u32,
-    /// systemd `TasksMax`: processes and threads.
-    pub tasks_max: u64,
-}
-
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SystemdMode {
@@ -249,16 +238,6 @@ impl Default for SandboxDefaults {
             ready_timeout_secs: 15,
             health_path: None,
             restart_delay_secs: 1,
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            memory_max_mb: 512,
-            cpu_quota_percent: 100,
-            tasks_max: 256,
         }
     }
 }

@@ -1,17 +1,29 @@
-//! The NX orchestrator: the domain, the `SandboxBackend` trait and its backends (by cargo
-//! feature), the systemd supervisor, the artifact store, the router and the state store.
+//! The NX orchestrator: the lifecycle of deployments ([`Orchestrator`], constructed from a
+//! [`config::Config`], failing with [`Error`]), the domain, the `SandboxBackend` trait and its
+//! backends (by cargo feature), the systemd supervisor, the artifact store, the router and the
+//! state store.
 
-pub mod api;
+pub use nx_api as api;
 pub mod artifact;
 pub mod backend;
 pub mod config;
 pub mod databases;
 pub mod domain;
 pub mod embedded_db;
-pub mod names;
+#[cfg(target_os = "linux")]
+mod error;
+pub mod logs;
+pub use nx_api::names;
+#[cfg(target_os = "linux")]
+mod orchestrator;
 pub mod readiness;
 pub mod router;
 pub mod state;
 pub mod supervisor;
 #[cfg(target_os = "linux")]
 pub mod tasks;
+
+#[cfg(target_os = "linux")]
+pub use error::Error;
+#[cfg(target_os = "linux")]
+pub use orchestrator::Orchestrator;

@@ -1,13 +1,15 @@
-//! The API's errors: a status code and an `ErrorBody` that says what to do.
+//! The API's errors: a status code and an `ErrorBody` that says what to do, and the one mapping
+//! from the library's [`Error`] to a status code.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use nx_orchestrator::api::ErrorBody;
 use nx_orchestrator::artifact::StoreError;
 use nx_orchestrator::backend::BackendError;
+use nx_orchestrator::databases::DbError;
 use nx_orchestrator::names::NameError;
 use nx_orchestrator::state::StateError;
-use nx_orchestrator::supervisor::SupervisorError;
+use nx_orchestrator::Error;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -36,9 +38,6 @@ impl ApiError {
     pub fn bad_request(error: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::BAD_REQUEST, error)
     }
-    pub fn conflict(error: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::CONFLICT, error)
-    }
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, error)
@@ -51,56 +50,60 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<NameError> for ApiError {
-    fn from(e: NameError) -> Self {
-        Self::bad_request(e)
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Io(_) => Self::internal(e),
-            StoreError::Missing(_) => Self::new(StatusCode::NOT_FOUND, e),
-            StoreError::TooLarge { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, e),
-            _ => Self::new(StatusCode::UNPROCESSABLE_ENTITY, e),
+/// The one mapping from the lifecycle's errors to HTTP status codes.
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::Invalid(_) | Error::Name(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::NotReady { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Artifact(e) => match e {
+                StoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                StoreError::Missing(_) => StatusCode::NOT_FOUND,
+                StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            },
+            Error::State(e) => match e {
+                StateError::NoDeployment(_) => StatusCode::NOT_FOUND,
+                StateError::NothingToRollBack(_) | StateError::NoPort { .. } => {
+                    StatusCode::CONFLICT
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Error::Backend(BackendError::Unavailable(_)) => StatusCode::BAD_REQUEST,
+            Error::Database(e) => match e {
+                DbError::NoBackup { .. } => StatusCode::NOT_FOUND,
+                DbError::BadBackupId(_) => StatusCode::BAD_REQUEST,
+                DbError::BadDump(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Error::Backend(_)
+            | Error::Supervisor(_)
+            | Error::EmbeddedDb(_)
+            | Error::Task(_)
+            | Error::Setup(_)
+            | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            return Self::internal(e);
         }
-    }
-}
-
-impl From<StateError> for ApiError {
-    fn from(e: StateError) -> Self {
-        match e {
-            StateError::NoDeployment(_) => Self::new(StatusCode::NOT_FOUND, e),
-            StateError::NothingToRollBack(_) | StateError::NoPort { .. } => Self::conflict(e),
-            _ => Self::internal(e),
+        let mut err = Self::new(status, &e);
+        if let Error::NotReady { log_tail, .. } = e {
+            err.body.log_tail = log_tail;
         }
+        err
     }
 }
 
-impl From<BackendError> for ApiError {
-    fn from(e: BackendError) -> Self {
-        match e {
-            BackendError::Unavailable(_) => Self::bad_request(e),
-            _ => Self::internal(e),
+/// Errors of the library's parts that nxd's routes call directly.
+macro_rules! through_library_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ApiError {
+            fn from(e: $t) -> Self {
+                Error::from(e).into()
+            }
         }
-    }
+    )*};
 }
-
-impl From<SupervisorError> for ApiError {
-    fn from(e: SupervisorError) -> Self {
-        Self::internal(e)
-    }
-}
-
-impl From<nx_orchestrator::databases::DbError> for ApiError {
-    fn from(e: nx_orchestrator::databases::DbError) -> Self {
-        use nx_orchestrator::databases::DbError;
-        match e {
-            DbError::NoBackup { .. } => Self::new(StatusCode::NOT_FOUND, e),
-            DbError::BadBackupId(_) => Self::bad_request(e),
-            DbError::BadDump(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, e),
-            _ => Self::internal(e),
-        }
-    }
-}
+through_library_error!(NameError, StoreError, DbError);

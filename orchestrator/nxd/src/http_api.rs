@@ -1,6 +1,5 @@
 //! nxd's JSON HTTP API. Every route needs `Authorization: Bearer <token>`; without it, 401.
 
-use crate::app::App;
 use crate::auth::Token;
 use crate::error::ApiError;
 use axum::body::Body;
@@ -12,19 +11,20 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use nx_orchestrator::api::{
-    ArtifactInfo, CreateSandbox, DatabaseInfo, DeploymentView, PromoteRequest, PushRequest,
-    SandboxView, TaskRequest,
+    ArtifactInfo, BackupRemoved, CreateSandbox, DatabaseInfo, DeploymentRemoved, DeploymentView,
+    Health, PromoteRequest, PushRequest, SandboxRemoved, SandboxView, TaskRequest,
 };
 use nx_orchestrator::databases::{BackupInfo, RestoreInfo};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
+use nx_orchestrator::Orchestrator;
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
-type Shared = State<Arc<App>>;
+type Shared = State<Arc<Orchestrator>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-pub fn routes(app: Arc<App>, token: Token) -> Router {
+pub fn routes(app: Arc<Orchestrator>, token: Token) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route(
@@ -71,13 +71,16 @@ async fn require_token(State(token): State<Token>, req: Request, next: Next) -> 
     }
 }
 
-async fn health(State(app): Shared) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "ok": true, "backend": app.backend_kind() }))
+async fn health(State(app): Shared) -> Json<Health> {
+    Json(Health {
+        ok: true,
+        backend: app.backend_kind().to_owned(),
+    })
 }
 
 /// Runs a task; the body streams its events, one JSON object per line, as they happen.
 async fn run_task(State(app): Shared, Json(req): Json<TaskRequest>) -> Result<Response, ApiError> {
-    let events = crate::tasks::run(&app, req).await?;
+    let events = app.run_task(req).await?;
     let lines = futures_util::stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
         let mut line = serde_json::to_vec(&event).expect("events serialise");
@@ -116,10 +119,10 @@ fn sandbox_name(name: &str) -> Result<SandboxName, ApiError> {
     Ok(SandboxName::parse(name)?)
 }
 
-async fn remove(State(app): Shared, Path(id): Path<String>) -> ApiResult<serde_json::Value> {
+async fn remove(State(app): Shared, Path(id): Path<String>) -> ApiResult<DeploymentRemoved> {
     let id = deployment_id(&id)?;
     app.remove(&id).await?;
-    Ok(Json(serde_json::json!({ "removed": id })))
+    Ok(Json(DeploymentRemoved { removed: id }))
 }
 
 async fn stop(State(app): Shared, Path(id): Path<String>) -> ApiResult<DeploymentView> {
@@ -148,7 +151,7 @@ async fn logs(
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let path = app.log_file(&deployment_id(&id)?).await?;
-    let body = Body::from_stream(crate::logs::stream(path, q.lines, q.follow));
+    let body = Body::from_stream(nx_orchestrator::logs::stream(path, q.lines, q.follow));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
@@ -196,12 +199,13 @@ async fn remove_sandbox(
     State(app): Shared,
     Path(name): Path<String>,
     Query(q): Query<RemoveQuery>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<SandboxRemoved> {
     let name = sandbox_name(&name)?;
-    let backup = app.remove_sandbox(&name, q.backup).await?;
-    Ok(Json(
-        serde_json::json!({ "removed": name, "final_backup": backup }),
-    ))
+    let final_backup = app.remove_sandbox(&name, q.backup).await?;
+    Ok(Json(SandboxRemoved {
+        removed: name,
+        final_backup,
+    }))
 }
 
 async fn database(State(app): Shared, Path(name): Path<String>) -> ApiResult<DatabaseInfo> {
@@ -251,9 +255,9 @@ async fn download_backup(
 async fn remove_backup(
     State(app): Shared,
     Path((name, id)): Path<(String, String)>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<BackupRemoved> {
     app.databases.rm_backup(&sandbox_name(&name)?, &id)?;
-    Ok(Json(serde_json::json!({ "removed": id })))
+    Ok(Json(BackupRemoved { removed: id }))
 }
 
 #[derive(Deserialize)]

@@ -1,11 +1,8 @@
 //! nxd, the NX daemon: the JSON API, the router, and the lifecycle of deployments.
 
-mod app;
 mod auth;
 mod error;
 mod http_api;
-mod logs;
-mod tasks;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -128,7 +125,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on router_listen {}", config.router_listen))?;
     let token = auth::load_or_create(&config.token_file())?;
-    let app = app::App::start(config).await?;
+    let app = nx_orchestrator::Orchestrator::start(config).await?;
     let router = app.router.clone();
     tracing::info!(
         api = %api_listener.local_addr()?,

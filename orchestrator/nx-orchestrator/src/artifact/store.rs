@@ -5,7 +5,7 @@
 
 use super::image::ImageError;
 use super::verify::VerifyError;
-use super::Artifact;
+use super::{Artifact, InspectError};
 use crate::api::ArtifactInfo;
 use crate::names::{check_sha256, NameError};
 use bytes::Bytes;
@@ -33,6 +33,15 @@ pub enum StoreError {
     Image(#[from] ImageError),
     #[error("artifact store I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<InspectError> for StoreError {
+    fn from(e: InspectError) -> Self {
+        match e {
+            InspectError::Verify(e) => Self::Verify(e),
+            InspectError::Image(e) => Self::Image(e),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -201,7 +210,7 @@ mod tests {
     #[tokio::test]
     async fn an_image_archive_is_stored_and_a_tampered_one_is_not() {
         let (_d, store) = store();
-        let image = crate::artifact::image::tests::docker_archive(
+        let image = nx_artifact::image::tests::docker_archive(
             b"app",
             crate::artifact::image::host_architecture(),
         );

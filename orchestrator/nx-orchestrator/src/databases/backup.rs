@@ -4,24 +4,10 @@
 use super::{ident, quote, Databases, DbError};
 use crate::embedded_db::find_binary;
 use crate::names::SandboxName;
-use serde::{Deserialize, Serialize};
+pub use nx_api::{BackupInfo, RestoreInfo};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::process::Command;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BackupInfo {
-    /// When it was made, as `YYYYMMDDTHHMMSSmmmZ` (UTC); also its file name.
-    pub id: String,
-    pub size: u64,
-}
-
-/// What a restore did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RestoreInfo {
-    /// The database that was in use before, kept until the user drops it.
-    pub previous_database: String,
-}
 
 fn check_id(id: &str) -> Result<(), DbError> {
     let ok = id.len() == 19

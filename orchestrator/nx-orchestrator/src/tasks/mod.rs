@@ -6,6 +6,7 @@
 //! starts that unit first; a warm one takes a unit the pool started ahead (see `pool`).
 
 mod pool;
+mod request;
 mod text;
 
 use crate::api::{TaskEvent, TaskOutcome, UnitState};

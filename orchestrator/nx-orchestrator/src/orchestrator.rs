@@ -1,24 +1,20 @@
 //! The lifecycle of deployments: push, start, stop, remove, promote, rollback, and adoption of
 //! what is already running when nxd starts. Each step runs in a tracing span.
 
-use crate::error::ApiError;
-use anyhow::Context;
-use axum::http::StatusCode;
-use nx_orchestrator::api::{DeploymentView, PushRequest, SandboxView, UnitState};
-use nx_orchestrator::artifact::Artifact;
-use nx_orchestrator::artifact::ArtifactStore;
-use nx_orchestrator::backend::{Backends, Program, SandboxBackend, SandboxSpec};
-use nx_orchestrator::config::Config;
-use nx_orchestrator::databases::{BackupInfo, Databases, RestoreInfo};
-use nx_orchestrator::domain::{
-    check_env_name, BackendKind, Deployment, Desired, RouteKey, Runtime,
-};
-use nx_orchestrator::names::{DeploymentId, SandboxName};
-use nx_orchestrator::router::Router;
-use nx_orchestrator::state::{NewDeployment, StateStore};
-use nx_orchestrator::supervisor::Supervisor;
-use nx_orchestrator::tasks::Tasks;
-use nx_orchestrator::{embedded_db, readiness};
+use crate::api::{DeploymentView, PushRequest, SandboxView, UnitState};
+use crate::artifact::Artifact;
+use crate::artifact::ArtifactStore;
+use crate::backend::{Backends, Program, SandboxBackend, SandboxSpec};
+use crate::config::Config;
+use crate::databases::{BackupInfo, Databases, RestoreInfo};
+use crate::domain::{check_env_name, BackendKind, Deployment, Desired, RouteKey, Runtime};
+use crate::error::Error;
+use crate::names::{DeploymentId, SandboxName};
+use crate::router::Router;
+use crate::state::{NewDeployment, StateStore};
+use crate::supervisor::Supervisor;
+use crate::tasks::Tasks;
+use crate::{embedded_db, readiness};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -31,7 +27,10 @@ const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 /// Log lines returned with a failed push.
 const FAILURE_LOG_LINES: usize = 20;
 
-pub struct App {
+/// The NX lifecycle on one host: an embedder constructs it from a [`Config`] with
+/// [`Orchestrator::start`] (which also adopts what already runs) and calls its verbs; each
+/// returns an [`Error`] in the domain's terms.
+pub struct Orchestrator {
     pub config: Config,
     pub artifacts: ArtifactStore,
     pub router: Arc<Router>,
@@ -46,13 +45,20 @@ pub struct App {
     changes: tokio::sync::Mutex<()>,
 }
 
-impl App {
+impl Orchestrator {
     #[tracing::instrument(skip_all, fields(state_dir = %config.state_dir.display()))]
-    pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(config: Config) -> Result<Arc<Self>, Error> {
         let state_dir = &config.state_dir;
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
-        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o711))?;
+        std::fs::create_dir_all(state_dir).map_err(Error::io(format_args!(
+            "cannot create state_dir {}",
+            state_dir.display()
+        )))?;
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o711)).map_err(
+            Error::io(format_args!(
+                "cannot set the mode of {}",
+                state_dir.display()
+            )),
+        )?;
         let supervisor = Arc::new(
             Supervisor::connect(config.systemd.mode, state_dir, &config.systemd.slice).await?,
         );
@@ -66,7 +72,7 @@ impl App {
             embedded
                 .as_ref()
                 .map(|e| (e.url.clone(), e.socket_dir.clone()))
-                .with_context(|| format!("no {what} and no embedded cluster"))
+                .ok_or_else(|| Error::Setup(format!("no {what} and no embedded cluster")))
         };
         let state_url = match &config.database_url {
             Some(url) => url.clone(),
@@ -86,7 +92,8 @@ impl App {
         )
         .await?;
         let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
-        let launcher = std::env::current_exe().context("locating the nxd binary (the launcher)")?;
+        let launcher =
+            std::env::current_exe().map_err(Error::io("locating the nxd binary (the launcher)"))?;
         let backend = make_backends(&config, Arc::clone(&supervisor), launcher.clone()).await?;
         let tasks = Tasks::start(supervisor, backend.clone(), launcher, &config.tasks).await?;
         let app = Arc::new(Self {
@@ -108,7 +115,7 @@ impl App {
     /// Deployments that should run and do are adopted as they are; those that should run and
     /// do not are started again. Then the routes come back.
     #[tracing::instrument(skip_all)]
-    async fn adopt(&self) -> anyhow::Result<()> {
+    async fn adopt(&self) -> Result<(), Error> {
         let _guard = self.changes.lock().await;
         for deployment in self.state.deployments().await? {
             if deployment.desired != Desired::Running {
@@ -122,7 +129,7 @@ impl App {
             }
             tracing::warn!(deployment = %deployment.id, state = %status.active, "restarting deployment");
             if let Err(e) = self.run(&deployment).await {
-                tracing::error!(deployment = %deployment.id, error = %e.body.error, "could not restart");
+                tracing::error!(deployment = %deployment.id, error = %e, "could not restart");
             }
         }
         self.rebuild_routes().await?;
@@ -131,7 +138,7 @@ impl App {
 
     /// Routes from the database: a preview route per running deployment, a production route
     /// per promoted one.
-    async fn rebuild_routes(&self) -> Result<(), ApiError> {
+    async fn rebuild_routes(&self) -> Result<(), Error> {
         let deployments = self.state.deployments().await?;
         let promoted = self.state.promoted().await?;
         let ports: HashMap<&DeploymentId, u16> = deployments
@@ -179,19 +186,20 @@ impl App {
     }
 
     /// What a stored artifact runs as: a binary (and its linkage) or an image (and its id).
-    pub async fn program(&self, sha256: &str) -> Result<Program, ApiError> {
+    pub async fn program(&self, sha256: &str) -> Result<Program, Error> {
         if let Some(program) = self.programs.lock().expect("lock").get(sha256) {
             return Ok(program.clone());
         }
         let path = self.artifacts.path(sha256)?;
         let bytes = tokio::fs::read(&path).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no artifact {sha256} is stored: upload it first (PUT /v1/artifacts/{sha256}; nx push and nx run-task do)"),
+            std::io::ErrorKind::NotFound => Error::NotFound(format!("no artifact {sha256} is stored: upload it first (PUT /v1/artifacts/{sha256}; nx push and nx run-task do)"),
             ),
-            _ => ApiError::internal(e),
+            _ => Error::Io {
+                what: format!("reading artifact {sha256}"),
+                source: e,
+            },
         })?;
-        let program = match Artifact::inspect(&bytes)? {
+        let program = match Artifact::inspect(&bytes).map_err(crate::artifact::StoreError::from)? {
             Artifact::Binary(elf) => Program::Binary {
                 path,
                 linkage: elf.linkage,
@@ -208,7 +216,7 @@ impl App {
         Ok(program)
     }
 
-    async fn spec(&self, deployment: &Deployment) -> Result<SandboxSpec, ApiError> {
+    async fn spec(&self, deployment: &Deployment) -> Result<SandboxSpec, Error> {
         let program = self.program(&deployment.artifact).await?;
         let mut env: BTreeMap<String, String> = BTreeMap::from([
             ("PATH".into(), "/usr/bin:/bin".into()),
@@ -252,7 +260,7 @@ impl App {
     /// Prepares and starts a deployment and waits until it is ready; on failure the error
     /// carries its last log lines.
     #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
-    async fn run(&self, deployment: &Deployment) -> Result<(), ApiError> {
+    async fn run(&self, deployment: &Deployment) -> Result<(), Error> {
         let spec = self.spec(deployment).await?;
         let handle = self.backend.prepare(&spec).await?;
         self.backend.start(&handle, &spec).await?;
@@ -290,26 +298,24 @@ impl App {
                 self.state
                     .set_desired(&deployment.id, Desired::Stopped)
                     .await?;
-                let mut err = ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("deployment {} {why}; it is stopped. Its last log lines follow; `nx logs {}` shows all", deployment.id, deployment.id),
-                );
-                err.body.log_tail = crate::logs::tail(&handle.log_file(), FAILURE_LOG_LINES);
-                return Err(err);
+                return Err(Error::NotReady {
+                    message: format!("deployment {} {why}; it is stopped. Its last log lines follow; `nx logs {}` shows all", deployment.id, deployment.id),
+                    log_tail: crate::logs::tail(&handle.log_file(), FAILURE_LOG_LINES),
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     #[tracing::instrument(skip_all, fields(sandbox = %req.sandbox))]
-    pub async fn push(&self, req: PushRequest) -> Result<DeploymentView, ApiError> {
+    pub async fn push(&self, req: PushRequest) -> Result<DeploymentView, Error> {
         for name in req.env.keys() {
-            check_env_name(name).map_err(ApiError::bad_request)?;
+            check_env_name(name).map_err(Error::Invalid)?;
         }
         let program = self.program(&req.artifact).await?;
         if req.runtime == Runtime::Runsc && !matches!(program, Program::Image { .. }) {
-            return Err(ApiError::bad_request(
-                "runtime runsc (gVisor) is for images; a binary runs under bubblewrap: drop --runtime, or push an image with --image",
+            return Err(Error::Invalid(
+                "runtime runsc (gVisor) is for images; a binary runs under bubblewrap: drop --runtime, or push an image with --image".into(),
             ));
         }
         if let Some(backend) = req.backend {
@@ -364,10 +370,10 @@ impl App {
         &self,
         sandbox: &SandboxName,
         id: &DeploymentId,
-    ) -> Result<Deployment, ApiError> {
+    ) -> Result<Deployment, Error> {
         let d = self.state.deployment(id).await?;
         if &d.sandbox != sandbox {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::Invalid(format!(
                 "deployment {id} belongs to sandbox {}, not {sandbox}",
                 d.sandbox
             )));
@@ -381,21 +387,21 @@ impl App {
         sandbox: &SandboxName,
         id: &DeploymentId,
         swap_db: bool,
-    ) -> Result<SandboxView, ApiError> {
+    ) -> Result<SandboxView, Error> {
         let deployment = self.deployment_in(sandbox, id).await?;
         let state = self
             .backend
             .status(&self.backend.handle(&deployment))
             .await?;
         if deployment.desired != Desired::Running || state.active != "active" {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::Conflict(format!(
                 "deployment {id} is not running ({}); `nx start {id}` first",
                 state.active
             )));
         }
         if swap_db {
             if !deployment.db_branch {
-                return Err(ApiError::bad_request(format!(
+                return Err(Error::Invalid(format!(
                     "deployment {id} has no preview branch to swap in (push it with --db-branch)"
                 )));
             }
@@ -417,7 +423,7 @@ impl App {
     }
 
     #[tracing::instrument(skip(self))]
-    pub async fn rollback(&self, sandbox: &SandboxName) -> Result<SandboxView, ApiError> {
+    pub async fn rollback(&self, sandbox: &SandboxName) -> Result<SandboxView, Error> {
         {
             let _guard = self.changes.lock().await;
             let now = self.state.rollback(sandbox).await?;
@@ -428,10 +434,10 @@ impl App {
     }
 
     #[tracing::instrument(skip(self))]
-    pub async fn stop(&self, id: &DeploymentId) -> Result<DeploymentView, ApiError> {
+    pub async fn stop(&self, id: &DeploymentId) -> Result<DeploymentView, Error> {
         let deployment = self.state.deployment(id).await?;
         if self.is_promoted(&deployment).await? {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::Conflict(format!(
                 "deployment {id} serves production for {}; promote another deployment or `nx rollback {}` first",
                 deployment.sandbox, deployment.sandbox
             )));
@@ -446,7 +452,7 @@ impl App {
     }
 
     #[tracing::instrument(skip(self))]
-    pub async fn start_deployment(&self, id: &DeploymentId) -> Result<DeploymentView, ApiError> {
+    pub async fn start_deployment(&self, id: &DeploymentId) -> Result<DeploymentView, Error> {
         let deployment = self.state.deployment(id).await?;
         self.state.set_desired(id, Desired::Running).await?;
         let result = self.run(&deployment).await;
@@ -457,10 +463,10 @@ impl App {
     }
 
     #[tracing::instrument(skip(self))]
-    pub async fn remove(&self, id: &DeploymentId) -> Result<(), ApiError> {
+    pub async fn remove(&self, id: &DeploymentId) -> Result<(), Error> {
         let deployment = self.state.deployment(id).await?;
         if self.is_promoted(&deployment).await? {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::Conflict(format!(
                 "deployment {id} serves production for {}; promote another deployment first",
                 deployment.sandbox
             )));
@@ -476,7 +482,7 @@ impl App {
     }
 
     /// Removes a deployment's sandbox and its preview branch, if it has one.
-    async fn destroy(&self, deployment: &Deployment) -> Result<(), ApiError> {
+    async fn destroy(&self, deployment: &Deployment) -> Result<(), Error> {
         self.backend
             .destroy(&self.backend.handle(deployment))
             .await?;
@@ -491,10 +497,10 @@ impl App {
         &self,
         name: &SandboxName,
         backend: BackendKind,
-    ) -> Result<SandboxView, ApiError> {
+    ) -> Result<SandboxView, Error> {
         self.backend.get(backend)?;
         if !self.state.create_sandbox(name, backend).await? {
-            return Err(ApiError::conflict(format!("sandbox {name} exists already")));
+            return Err(Error::Conflict(format!("sandbox {name} exists already")));
         }
         self.databases.ensure_sandbox(name).await?;
         self.sandbox(name).await
@@ -507,7 +513,7 @@ impl App {
         &self,
         name: &SandboxName,
         backup: bool,
-    ) -> Result<Option<BackupInfo>, ApiError> {
+    ) -> Result<Option<BackupInfo>, Error> {
         self.existing(name).await?;
         let deployments: Vec<Deployment> = self
             .state
@@ -534,14 +540,13 @@ impl App {
     }
 
     /// A sandbox that exists, or a 404 that says how to list them.
-    pub async fn existing(&self, name: &SandboxName) -> Result<(), ApiError> {
+    pub async fn existing(&self, name: &SandboxName) -> Result<(), Error> {
         if self.state.sandbox_names().await?.contains(name) {
             Ok(())
         } else {
-            Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no sandbox {name}; `nx ls` lists them"),
-            ))
+            Err(Error::NotFound(format!(
+                "no sandbox {name}; `nx ls` lists them"
+            )))
         }
     }
 
@@ -549,16 +554,16 @@ impl App {
         &self,
         name: &SandboxName,
         dump: &std::path::Path,
-    ) -> Result<RestoreInfo, ApiError> {
+    ) -> Result<RestoreInfo, Error> {
         self.existing(name).await?;
         Ok(self.databases.restore(name, dump).await?)
     }
 
-    async fn is_promoted(&self, d: &Deployment) -> Result<bool, ApiError> {
+    async fn is_promoted(&self, d: &Deployment) -> Result<bool, Error> {
         Ok(self.state.promoted().await?.get(&d.sandbox) == Some(&d.id))
     }
 
-    async fn view(&self, d: &Deployment, promoted: bool) -> Result<DeploymentView, ApiError> {
+    async fn view(&self, d: &Deployment, promoted: bool) -> Result<DeploymentView, Error> {
         let handle = self.backend.handle(d);
         let state: UnitState = self.backend.status(&handle).await?;
         Ok(DeploymentView {
@@ -584,7 +589,7 @@ impl App {
         })
     }
 
-    pub async fn sandboxes(&self) -> Result<Vec<SandboxView>, ApiError> {
+    pub async fn sandboxes(&self) -> Result<Vec<SandboxView>, Error> {
         let promoted = self.state.promoted().await?;
         let mut by_sandbox: BTreeMap<SandboxName, Vec<DeploymentView>> = self
             .state
@@ -609,20 +614,15 @@ impl App {
             .collect())
     }
 
-    pub async fn sandbox(&self, name: &SandboxName) -> Result<SandboxView, ApiError> {
+    pub async fn sandbox(&self, name: &SandboxName) -> Result<SandboxView, Error> {
         self.sandboxes()
             .await?
             .into_iter()
             .find(|s| &s.name == name)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("no sandbox {name}; `nx ls` lists them"),
-                )
-            })
+            .ok_or_else(|| Error::NotFound(format!("no sandbox {name}; `nx ls` lists them")))
     }
 
-    pub async fn log_file(&self, id: &DeploymentId) -> Result<PathBuf, ApiError> {
+    pub async fn log_file(&self, id: &DeploymentId) -> Result<PathBuf, Error> {
         let d = self.state.deployment(id).await?;
         Ok(self.backend.handle(&d).log_file())
     }
@@ -632,7 +632,7 @@ impl App {
     }
 
     /// One of nxd's backends, or why it has none of that kind.
-    pub fn backend(&self, kind: BackendKind) -> Result<&Arc<dyn SandboxBackend>, ApiError> {
+    pub fn backend(&self, kind: BackendKind) -> Result<&Arc<dyn SandboxBackend>, Error> {
         Ok(self.backend.get(kind)?)
     }
 }
@@ -642,23 +642,25 @@ async fn make_backends(
     config: &Config,
     supervisor: Arc<Supervisor>,
     launcher: PathBuf,
-) -> anyhow::Result<Arc<Backends>> {
+) -> Result<Arc<Backends>, Error> {
     let restart_delay = Duration::from_secs(config.sandbox.restart_delay_secs);
     #[cfg(feature = "container")]
     let container: Arc<dyn SandboxBackend> =
-        Arc::new(nx_orchestrator::backend::container::ContainerBackend::new(
+        Arc::new(crate::backend::container::ContainerBackend::new(
             Arc::clone(&supervisor),
             &config.state_dir,
             launcher.clone(),
             restart_delay,
         )?);
     #[cfg(not(feature = "container"))]
-    anyhow::bail!("nxd was built without the container backend; enable the `container` feature");
+    return Err(Error::Setup(
+        "nxd was built without the container backend; enable the `container` feature".into(),
+    ));
     #[cfg(feature = "microvm")]
     let microvm: Option<Arc<dyn SandboxBackend>> = match config.microvm.kernel_dir {
         None => None,
         Some(_) => Some(Arc::new(
-            nx_orchestrator::backend::microvm::MicrovmBackend::new(
+            crate::backend::microvm::MicrovmBackend::new(
                 supervisor,
                 &config.state_dir,
                 launcher,
@@ -671,10 +673,11 @@ async fn make_backends(
     #[cfg(not(feature = "microvm"))]
     let microvm = {
         let _ = (supervisor, launcher);
-        anyhow::ensure!(
-            config.microvm.kernel_dir.is_none(),
-            "[microvm] is set, but nxd was built without the `microvm` feature"
-        );
+        if config.microvm.kernel_dir.is_some() {
+            return Err(Error::Setup(
+                "[microvm] is set, but nxd was built without the `microvm` feature".into(),
+            ));
+        }
         None
     };
     Ok(Arc::new(Backends::new(container, microvm)))

@@ -236,8 +236,10 @@ pub fn verify_image(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
     })
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Archives for tests of code that stores images (enabled by the `fixtures` feature).
+#[cfg(any(test, feature = "fixtures"))]
+#[doc(hidden)]
+pub mod tests {
     use super::*;
 
     /// A docker-archive with one layer holding `app`, for `architecture`.

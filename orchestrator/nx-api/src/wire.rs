@@ -1,7 +1,6 @@
-//! The JSON shapes of nxd's HTTP API, shared by nxd and the `nx` CLI.
+//! The JSON request and response bodies of nxd's HTTP API, shared by nxd and its clients.
 
-use crate::config::Limits;
-use crate::domain::{BackendKind, Desired, Runtime};
+use crate::kinds::{BackendKind, Desired, Limits, Runtime};
 use crate::names::{DeploymentId, SandboxName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -187,4 +186,48 @@ pub struct TaskOutcome {
     pub result: String,
     /// From the start of the task to its end.
     pub duration_ms: u64,
+}
+
+/// One backup of a sandbox's database (`pg_dump --format=custom`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// When it was made, as `YYYYMMDDTHHMMSSmmmZ` (UTC); also its file name.
+    pub id: String,
+    pub size: u64,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreInfo {
+    /// The database that was in use before, kept until the user drops it.
+    pub previous_database: String,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    pub ok: bool,
+    /// The backends this nxd runs deployments on: "container" or "container, microvm".
+    pub backend: String,
+}
+
+/// `DELETE /v1/deployments/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeploymentRemoved {
+    pub removed: DeploymentId,
+}
+
+/// `DELETE /v1/sandboxes/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SandboxRemoved {
+    pub removed: SandboxName,
+    /// The backup made just before, kept on the host; none when asked not to make one.
+    pub final_backup: Option<BackupInfo>,
+}
+
+/// `DELETE /v1/sandboxes/{name}/db/backups/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupRemoved {
+    /// The backup's id.
+    pub removed: String,
 }

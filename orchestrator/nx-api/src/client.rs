@@ -1,0 +1,342 @@
+//! A typed client of nxd's HTTP API: one method per route, taking and returning the shapes in
+//! this crate. Every request carries `Authorization: Bearer <token>`.
+
+use crate::names::{DeploymentId, SandboxName};
+use crate::{
+    ArtifactInfo, BackupInfo, BackupRemoved, CreateSandbox, DatabaseInfo, DeploymentRemoved,
+    DeploymentView, ErrorBody, Health, PromoteRequest, PushRequest, RestoreInfo, SandboxRemoved,
+    SandboxView, TaskEvent, TaskRequest,
+};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+
+/// Why a request got no answer of the expected shape.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No HTTP answer at all (connection refused, DNS, TLS, a cut-off body).
+    #[error(
+        "cannot reach nxd at {host}: {source}; is nxd running, and is --host / NX_HOST right?"
+    )]
+    Unreachable {
+        host: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// nxd answered with an error status; `body.error` says what to do.
+    #[error("{}", .body.error)]
+    Server { status: u16, body: ErrorBody },
+    /// nxd answered 2xx with a body this client does not understand (a version mismatch).
+    #[error("nxd's answer to {path} is not what this nx understands ({reason}); are nx and nxd the same version?")]
+    Decode { path: String, reason: String },
+}
+
+impl ClientError {
+    /// The HTTP status nxd answered with, if it answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Server { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// nxd's API at one address, with one token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    host: String,
+    token: String,
+}
+
+impl Client {
+    /// `host`: the API's base URL, e.g. `http://127.0.0.1:7070` (no trailing slash).
+    pub fn new(host: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            host: host.into(),
+            token: token.into(),
+        }
+    }
+
+    /// The API's base URL.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.host))
+            .bearer_auth(&self.token)
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            host: self.host.clone(),
+            source,
+        }
+    }
+
+    /// Sends a request; a 2xx answer as it is, any other as [`ClientError::Server`].
+    async fn open(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+            error: format!("nxd answered {status}: {}", String::from_utf8_lossy(&bytes)),
+            log_tail: Vec::new(),
+        });
+        Err(ClientError::Server {
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    /// Sends a request and reads its JSON answer.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = self.open(build(self.request(method, path))).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// `GET /v1/health`.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.call(Method::GET, "/v1/health", |r| r).await
+    }
+
+    /// `GET /v1/artifacts/{sha256}`: what nxd stores under that hash (404 if nothing).
+    pub async fn artifact(&self, sha256: &str) -> Result<ArtifactInfo, ClientError> {
+        self.call(Method::GET, &format!("/v1/artifacts/{sha256}"), |r| r)
+            .await
+    }
+
+    /// `PUT /v1/artifacts/{sha256}`: uploads `size` bytes, verified and stored by nxd.
+    pub async fn upload_artifact(
+        &self,
+        sha256: &str,
+        body: reqwest::Body,
+        size: u64,
+    ) -> Result<ArtifactInfo, ClientError> {
+        self.call(Method::PUT, &format!("/v1/artifacts/{sha256}"), |r| {
+            r.header(reqwest::header::CONTENT_LENGTH, size).body(body)
+        })
+        .await
+    }
+
+    /// `POST /v1/deployments`: a new deployment, started and ready.
+    pub async fn push(&self, req: &PushRequest) -> Result<DeploymentView, ClientError> {
+        self.call(Method::POST, "/v1/deployments", |r| r.json(req))
+            .await
+    }
+
+    /// `DELETE /v1/deployments/{id}`.
+    pub async fn remove_deployment(
+        &self,
+        id: &DeploymentId,
+    ) -> Result<DeploymentRemoved, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/deployments/{id}"), |r| r)
+            .await
+    }
+
+    /// `POST /v1/deployments/{id}/stop`.
+    pub async fn stop(&self, id: &DeploymentId) -> Result<DeploymentView, ClientError> {
+        self.call(Method::POST, &format!("/v1/deployments/{id}/stop"), |r| r)
+            .await
+    }
+
+    /// `POST /v1/deployments/{id}/start`.
+    pub async fn start(&self, id: &DeploymentId) -> Result<DeploymentView, ClientError> {
+        self.call(Method::POST, &format!("/v1/deployments/{id}/start"), |r| r)
+            .await
+    }
+
+    /// `GET /v1/deployments/{id}/logs`: the last `lines` lines of its output, then (with
+    /// `follow`) what it writes, as a streamed text body.
+    pub async fn logs(
+        &self,
+        id: &DeploymentId,
+        lines: usize,
+        follow: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let path = format!("/v1/deployments/{id}/logs?follow={follow}&lines={lines}");
+        self.open(self.request(Method::GET, &path)).await
+    }
+
+    /// `GET /v1/sandboxes`.
+    pub async fn sandboxes(&self) -> Result<Vec<SandboxView>, ClientError> {
+        self.call(Method::GET, "/v1/sandboxes", |r| r).await
+    }
+
+    /// `GET /v1/sandboxes/{name}`.
+    pub async fn sandbox(&self, name: &SandboxName) -> Result<SandboxView, ClientError> {
+        self.call(Method::GET, &format!("/v1/sandboxes/{name}"), |r| r)
+            .await
+    }
+
+    /// `POST /v1/sandboxes`.
+    pub async fn create_sandbox(&self, req: &CreateSandbox) -> Result<SandboxView, ClientError> {
+        self.call(Method::POST, "/v1/sandboxes", |r| r.json(req))
+            .await
+    }
+
+    /// `DELETE /v1/sandboxes/{name}?backup=`: with `backup`, a final backup is made first.
+    pub async fn remove_sandbox(
+        &self,
+        name: &SandboxName,
+        backup: bool,
+    ) -> Result<SandboxRemoved, ClientError> {
+        let path = format!("/v1/sandboxes/{name}?backup={backup}");
+        self.call(Method::DELETE, &path, |r| r).await
+    }
+
+    /// `POST /v1/sandboxes/{name}/promote`.
+    pub async fn promote(
+        &self,
+        name: &SandboxName,
+        req: &PromoteRequest,
+    ) -> Result<SandboxView, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/promote");
+        self.call(Method::POST, &path, |r| r.json(req)).await
+    }
+
+    /// `POST /v1/sandboxes/{name}/rollback`.
+    pub async fn rollback(&self, name: &SandboxName) -> Result<SandboxView, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/rollback");
+        self.call(Method::POST, &path, |r| r).await
+    }
+
+    /// `GET /v1/sandboxes/{name}/db`.
+    pub async fn database(&self, name: &SandboxName) -> Result<DatabaseInfo, ClientError> {
+        self.call(Method::GET, &format!("/v1/sandboxes/{name}/db"), |r| r)
+            .await
+    }
+
+    /// `GET /v1/sandboxes/{name}/db/backups`, oldest first.
+    pub async fn backups(&self, name: &SandboxName) -> Result<Vec<BackupInfo>, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/db/backups");
+        self.call(Method::GET, &path, |r| r).await
+    }
+
+    /// `POST /v1/sandboxes/{name}/db/backups`: makes a backup now.
+    pub async fn backup(&self, name: &SandboxName) -> Result<BackupInfo, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/db/backups");
+        self.call(Method::POST, &path, |r| r).await
+    }
+
+    /// `GET /v1/sandboxes/{name}/db/backups/{id}`: the dump, as a streamed body.
+    pub async fn download_backup(
+        &self,
+        name: &SandboxName,
+        id: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/db/backups/{}", urlencode(id));
+        self.open(self.request(Method::GET, &path)).await
+    }
+
+    /// `DELETE /v1/sandboxes/{name}/db/backups/{id}`.
+    pub async fn remove_backup(
+        &self,
+        name: &SandboxName,
+        id: &str,
+    ) -> Result<BackupRemoved, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/db/backups/{}", urlencode(id));
+        self.call(Method::DELETE, &path, |r| r).await
+    }
+
+    /// `POST /v1/sandboxes/{name}/db/restore?backup={id}`: restores a backup kept on the host.
+    pub async fn restore_backup(
+        &self,
+        name: &SandboxName,
+        id: &str,
+    ) -> Result<RestoreInfo, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/db/restore?backup={}", urlencode(id));
+        self.call(Method::POST, &path, |r| r).await
+    }
+
+    /// `POST /v1/sandboxes/{name}/db/restore`: restores `size` bytes of a custom-format dump.
+    pub async fn restore_dump(
+        &self,
+        name: &SandboxName,
+        body: reqwest::Body,
+        size: u64,
+    ) -> Result<RestoreInfo, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/db/restore");
+        self.call(Method::POST, &path, |r| {
+            r.header(reqwest::header::CONTENT_LENGTH, size).body(body)
+        })
+        .await
+    }
+
+    /// `POST /v1/tasks`: runs a task; its events arrive as they happen.
+    pub async fn run_task(&self, req: &TaskRequest) -> Result<TaskEvents, ClientError> {
+        let resp = self
+            .open(self.request(Method::POST, "/v1/tasks").json(req))
+            .await?;
+        Ok(TaskEvents {
+            resp,
+            pending: Vec::new(),
+            host: self.host.clone(),
+        })
+    }
+}
+
+/// The events of a running task, in order: `started`, output, `exited` (the answer to
+/// `POST /v1/tasks` is newline-delimited JSON).
+#[derive(Debug)]
+pub struct TaskEvents {
+    resp: reqwest::Response,
+    pending: Vec<u8>,
+    host: String,
+}
+
+impl TaskEvents {
+    /// The next event; `None` once nxd has ended the stream.
+    pub async fn next(&mut self) -> Result<Option<TaskEvent>, ClientError> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return serde_json::from_slice(&line)
+                    .map(Some)
+                    .map_err(|e| ClientError::Decode {
+                        path: "/v1/tasks".into(),
+                        reason: format!("{e} in {:?}", String::from_utf8_lossy(&line)),
+                    });
+            }
+            let chunk = self
+                .resp
+                .chunk()
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    host: self.host.clone(),
+                    source,
+                })?;
+            match chunk {
+                Some(chunk) => self.pending.extend_from_slice(&chunk),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986, 2.3), so an id reaches nxd
+/// as typed and is refused there if bad.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

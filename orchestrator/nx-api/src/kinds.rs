@@ -1,0 +1,121 @@
+//! The small vocabulary the API's shapes are made of: what a deployment should be, where it
+//! runs, under which OCI runtime, with which limits, and which environment names a user may set.
+
+use serde::{Deserialize, Serialize};
+
+/// What the user asked a deployment to be. The live state comes from systemd.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+impl Desired {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(Desired::Running),
+            "stopped" => Some(Desired::Stopped),
+            _ => None,
+        }
+    }
+}
+
+/// The backend a deployment runs on.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Namespaces: bubblewrap for a binary, Podman for an image.
+    #[default]
+    Container,
+    /// A KVM (or TCG) microVM whose only program is the binary.
+    Microvm,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Container => "container",
+            BackendKind::Microvm => "microvm",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "container" => Some(BackendKind::Container),
+            "microvm" => Some(BackendKind::Microvm),
+            _ => None,
+        }
+    }
+}
+
+/// The OCI runtime an image runs under (a binary runs under bubblewrap either way).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// runc: namespaces and cgroups, like bubblewrap.
+    #[default]
+    Runc,
+    /// gVisor: the program's system calls go to a user-space kernel (Debian's `runsc`).
+    Runsc,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Runc => "runc",
+            Runtime::Runsc => "runsc",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "runc" => Some(Runtime::Runc),
+            "runsc" => Some(Runtime::Runsc),
+            _ => None,
+        }
+    }
+}
+
+/// Resource limits of one deployment; the config gives the defaults, a push may lower or raise them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// systemd `MemoryMax`, in MiB.
+    pub memory_max_mb: u64,
+    /// systemd `CPUQuota`, in percent of one CPU.
+    pub cpu_quota_percent: u32,
+    /// systemd `TasksMax`: processes and threads.
+    pub tasks_max: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_max_mb: 512,
+            cpu_quota_percent: 100,
+            tasks_max: 256,
+        }
+    }
+}
+
+/// Environment variable names a user may set: the shell's rules, and not NX's own.
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "invalid environment variable name {name:?}: use letters, digits and '_', not starting with a digit"
+        ));
+    }
+    if name == "PORT" || name.starts_with("NX_") {
+        return Err(format!("{name} is set by NX itself; choose another name"));
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! NX's HTTP API as types: the JSON bodies nxd takes and answers with ([`wire`], re-exported
+//! here), the names in its paths ([`names`]), the vocabulary they are made of ([`kinds`]), and
+//! with the `client` feature a typed client ([`client::Client`]). It depends on no server crate,
+//! so the `nx` CLI and other clients build without sqlx, zbus or cgroups.
+
+pub mod kinds;
+pub mod names;
+mod wire;
+
+#[cfg(feature = "client")]
+pub mod client;
+
+pub use kinds::{check_env_name, BackendKind, Desired, Limits, Runtime};
+pub use wire::*;

@@ -1,0 +1,67 @@
+//! The lifecycle's errors, in the domain's terms. Each message says what to do; an embedder
+//! (nxd) maps the kind to its own answer (an HTTP status).
+
+use crate::artifact::StoreError;
+use crate::backend::BackendError;
+use crate::databases::DbError;
+use crate::embedded_db::EmbeddedDbError;
+use crate::names::NameError;
+use crate::state::StateError;
+use crate::supervisor::SupervisorError;
+use crate::tasks::TaskError;
+
+/// What went wrong in a lifecycle step of [`crate::Orchestrator`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request cannot be carried out as given (an invalid name, environment variable,
+    /// timeout, or a runtime that does not fit the artifact).
+    #[error("{0}")]
+    Invalid(String),
+    /// What the request names does not exist (a sandbox, a deployment, an artifact).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request does not fit the current state (stopping the deployment that serves
+    /// production, promoting one that is not running, creating a sandbox that exists).
+    #[error("{0}")]
+    Conflict(String),
+    /// A deployment did not become ready and was stopped; `log_tail` holds its last output
+    /// lines, oldest first.
+    #[error("{message}")]
+    NotReady {
+        message: String,
+        log_tail: Vec<String>,
+    },
+    /// The host cannot be set up as configured (state dir, embedded services, backends).
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Artifact(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error(transparent)]
+    EmbeddedDb(#[from] EmbeddedDbError),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// A file operation of the lifecycle itself failed; `what` names it.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// An I/O error with what was being done.
+    pub fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.to_string();
+        move |source| Self::Io { what, source }
+    }
+}

@@ -1,0 +1,75 @@
+//! A task request (`POST /v1/tasks`) checked against the config and handed to the task runner;
+//! its events come back on a channel as they happen.
+
+use super::TaskRun;
+use crate::api::{TaskEvent, TaskRequest};
+use crate::domain::{check_env_name, BackendKind};
+use crate::error::Error;
+use crate::Orchestrator;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The smallest memory limit a task may ask for.
+const MIN_MEMORY_MB: u64 = 8;
+
+fn timeout(app: &Orchestrator, asked: Option<f64>) -> Result<Duration, Error> {
+    let max = app.config.tasks.max_timeout_secs;
+    let secs = asked.unwrap_or(app.config.tasks.default_timeout_secs as f64);
+    if !(secs > 0.0 && secs <= max as f64) {
+        return Err(Error::Invalid(format!(
+            "timeout {secs} s is out of range: give more than 0 and at most {max} s (tasks.max_timeout_secs)"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn backend(app: &Orchestrator, asked: Option<&str>) -> Result<BackendKind, Error> {
+    let kind = match asked {
+        None => BackendKind::Container,
+        Some(name) => BackendKind::parse(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "backend {name:?} is not one of: container, microvm"
+            ))
+        })?,
+    };
+    app.backend(kind)?;
+    Ok(kind)
+}
+
+impl Orchestrator {
+    /// Runs a task once; the receiver gets `started`, its output, then `exited`.
+    #[tracing::instrument(skip_all, fields(artifact = %req.artifact))]
+    pub async fn run_task(&self, req: TaskRequest) -> Result<mpsc::Receiver<TaskEvent>, Error> {
+        let app = self;
+        let backend = backend(app, req.backend.as_deref())?;
+        let timeout = timeout(app, req.timeout_secs)?;
+        for name in req.env.keys() {
+            check_env_name(name).map_err(Error::Invalid)?;
+        }
+        let memory_max_mb = req
+            .memory_max_mb
+            .unwrap_or(app.config.tasks.limits.memory_max_mb);
+        if memory_max_mb < MIN_MEMORY_MB {
+            return Err(Error::Invalid(format!(
+                "memory {memory_max_mb} MiB is too little: give at least {MIN_MEMORY_MB} MiB"
+            )));
+        }
+        let program = app.program(&req.artifact).await?;
+        let mut env = std::collections::BTreeMap::from([
+            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+            ("HOME".to_string(), "/tmp".to_string()),
+        ]);
+        env.extend(req.env);
+        Ok(app
+            .tasks
+            .run(TaskRun {
+                program,
+                args: req.args,
+                env,
+                timeout,
+                memory_max_mb,
+                backend,
+            })
+            .await?)
+    }
+}
