@@ -114,6 +114,9 @@ in
       port = mkOption { type = port; default = defaults.databases.port; description = "That cluster's port (names its socket)."; };
       backupRetention = mkOption { type = types.ints.positive; default = defaults.databases.backupRetention; description = "Backups kept per sandbox."; };
       backupIntervalSecs = mkOption { type = types.ints.unsigned; default = 86400; description = "Scheduled backups of every sandbox; 0 turns them off."; };
+      connectionLimitPercent = mkOption { type = types.ints.between 1 100; default = defaults.databases.connectionLimitPercent; description = "Each sandbox role's CONNECTION LIMIT, in percent of the cluster's slots not reserved for superusers (at least 1)."; };
+      statementTimeoutSecs = mkOption { type = types.ints.unsigned; default = defaults.databases.statementTimeoutSecs; description = "statement_timeout of sandbox roles, in seconds; 0: none."; };
+      idleInTransactionTimeoutSecs = mkOption { type = types.ints.unsigned; default = defaults.databases.idleInTransactionTimeoutSecs; description = "idle_in_transaction_session_timeout of sandbox roles, in seconds; 0: none."; };
     };
     openFirewall = mkOption {
       type = types.bool;

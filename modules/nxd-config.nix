@@ -36,6 +36,9 @@ withoutNulls {
     inherit (cfg.databases) port;
     backup_retention = cfg.databases.backupRetention;
     backup_interval_secs = cfg.databases.backupIntervalSecs;
+    connection_limit_percent = cfg.databases.connectionLimitPercent;
+    statement_timeout_secs = cfg.databases.statementTimeoutSecs;
+    idle_in_transaction_timeout_secs = cfg.databases.idleInTransactionTimeoutSecs;
   };
   tasks = {
     pool_size = cfg.tasks.poolSize;

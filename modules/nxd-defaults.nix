@@ -32,6 +32,9 @@
     port = 5432;
     backupRetention = 7;
     backupIntervalSecs = 0;
+    connectionLimitPercent = 25;
+    statementTimeoutSecs = 300;
+    idleInTransactionTimeoutSecs = 60;
   };
   tasks = {
     poolSize = 2;

@@ -263,7 +263,21 @@ async fn branches(
         "postgres://postgres@localhost/postgres?host={}",
         socket.display()
     );
-    let dbs = Databases::connect(&admin, &socket, 5432, host.state_dir.path(), 7).await?;
+    // The host's own embedded manager (adopted): the copy's pg_dump and pg_restore run there.
+    let supervisor = nx_orchestrator::supervisor::Supervisor::connect(
+        nx_orchestrator::config::SystemdMode::Embedded,
+        host.state_dir.path(),
+        "nx.slice",
+    )
+    .await?;
+    let dbs = Databases::connect(
+        &admin,
+        &socket,
+        host.state_dir.path(),
+        &nx_orchestrator::config::DatabasesConfig::default(),
+        std::sync::Arc::new(supervisor),
+    )
+    .await?;
     let sandbox = SandboxName::parse("bench-big")?;
     let prod = dbs.ensure_sandbox(&sandbox).await?;
     let prod_admin = format!(

@@ -147,6 +147,13 @@ pub struct DatabasesConfig {
     pub backup_retention: usize,
     /// Scheduled backups of every sandbox, every this many seconds; 0 turns them off.
     pub backup_interval_secs: u64,
+    /// Each sandbox role's `CONNECTION LIMIT`, in percent of the cluster's slots that are not
+    /// reserved for superusers (`max_connections - superuser_reserved_connections`); at least 1.
+    pub connection_limit_percent: u32,
+    /// `statement_timeout` of sandbox roles, in seconds; 0: none.
+    pub statement_timeout_secs: u64,
+    /// `idle_in_transaction_session_timeout` of sandbox roles, in seconds; 0: none.
+    pub idle_in_transaction_timeout_secs: u64,
 }
 
 impl Default for DatabasesConfig {
@@ -157,6 +164,9 @@ impl Default for DatabasesConfig {
             port: 5432,
             backup_retention: 7,
             backup_interval_secs: 0,
+            connection_limit_percent: 25,
+            statement_timeout_secs: 300,
+            idle_in_transaction_timeout_secs: 60,
         }
     }
 }
@@ -306,6 +316,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "databases.backup_retention must be at least 1".into(),
             ));
+        }
+        if !(1..=100).contains(&self.databases.connection_limit_percent) {
+            return Err(ConfigError::Invalid(format!(
+                "databases.connection_limit_percent ({}) must be 1 to 100",
+                self.databases.connection_limit_percent
+            )));
         }
         if !self.systemd.slice.ends_with(".slice") {
             return Err(ConfigError::Invalid(format!(

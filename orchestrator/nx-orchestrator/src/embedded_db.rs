@@ -1,9 +1,12 @@
 //! The embedded PostgreSQL cluster: with no `database_url`, nxd initdb's a cluster into
 //! `<state_dir>/postgres` and runs it as the unit `nx-postgres.service` under the same systemd
 //! manager as the deployments, listening on a unix socket only (`<state_dir>/postgres/socket`).
-//! It holds nxd's state and, by default, the sandboxes' databases. Authentication: the
-//! `postgres` role by peer only, for the OS users root and postgres; every other role by
-//! password (scram-sha-256), which is how deployments connect through the socket.
+//! It holds nxd's state (in the database `nx`, which only superusers may connect to) and, by
+//! default, the sandboxes' databases. Authentication: the `postgres` role by peer only, for the
+//! OS users root and postgres; every other role by password (scram-sha-256), which is how
+//! deployments connect through the socket. `superuser_reserved_connections` keeps
+//! [`RESERVED_FOR_NXD`] connection slots for nxd, which connects as `postgres`, so tenants
+//! holding every other slot cannot lock it out.
 
 use crate::supervisor::{Supervisor, SupervisorError, UnitOutput, UnitSpec};
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -13,6 +16,11 @@ use std::time::{Duration, Instant};
 
 pub const UNIT: &str = "nx-postgres.service";
 const OS_USER: &str = "postgres";
+/// nxd's own database: its state (sqlx migrations and tables).
+pub const STATE_DATABASE: &str = "nx";
+/// Connection slots only superusers (nxd, its pg_dump and pg_restore) may take: nxd's pools
+/// (12) and its tools, with room to spare. PostgreSQL's `superuser_reserved_connections`.
+pub const RESERVED_FOR_NXD: u32 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedDbError {
@@ -26,6 +34,8 @@ pub enum EmbeddedDbError {
     NotReady(PathBuf),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error("embedded PostgreSQL: {0}")]
+    Sql(#[from] sqlx::Error),
     #[error("embedded PostgreSQL I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -58,6 +68,8 @@ const PG_IDENT: &str = "# Written by nxd.\nnx root postgres\nnx postgres postgre
 pub struct EmbeddedCluster {
     /// A superuser connection (the `postgres` role, by peer authentication).
     pub url: String,
+    /// The same, to nxd's own database [`STATE_DATABASE`].
+    pub state_url: String,
     pub socket_dir: PathBuf,
 }
 
@@ -105,6 +117,8 @@ pub async fn ensure(
                 socket_dir.display().to_string(),
                 "-c".into(),
                 "listen_addresses=".into(),
+                "-c".into(),
+                format!("superuser_reserved_connections={RESERVED_FOR_NXD}"),
             ],
             user: Some(OS_USER.into()),
             limits: None,
@@ -122,13 +136,66 @@ pub async fn ensure(
                 .execute(&mut conn)
                 .await
                 .ok();
-            return Ok(EmbeddedCluster { url, socket_dir });
+            ensure_state_database(&mut conn).await?;
+            let state_url = url.replace("/postgres?", &format!("/{STATE_DATABASE}?"));
+            return Ok(EmbeddedCluster {
+                url,
+                state_url,
+                socket_dir,
+            });
         }
         if Instant::now() > deadline {
             return Err(EmbeddedDbError::NotReady(dir.join("postgres.log")));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Creates nxd's own database, closed to PUBLIC like `postgres` and `template1`. nxd's state
+/// used to live in `postgres`: such a cluster's state is copied over (a template copy) and its
+/// tables then dropped from `postgres`, so tenants' roles reach neither.
+async fn ensure_state_database(conn: &mut sqlx::PgConnection) -> Result<(), EmbeddedDbError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(STATE_DATABASE)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !exists {
+        let legacy: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' \
+             AND EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'public' AND tablename = '_sqlx_migrations')",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        if legacy.is_empty() {
+            sqlx::query(&format!("CREATE DATABASE {STATE_DATABASE}"))
+                .execute(&mut *conn)
+                .await?;
+        } else {
+            tracing::info!(
+                tables = legacy.len(),
+                "moving nxd's state from postgres to {STATE_DATABASE}"
+            );
+            sqlx::query(&format!(
+                "CREATE DATABASE {STATE_DATABASE} TEMPLATE postgres STRATEGY file_copy"
+            ))
+            .execute(&mut *conn)
+            .await?;
+            for table in legacy {
+                sqlx::query(&format!("DROP TABLE IF EXISTS public.\"{table}\" CASCADE"))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+    }
+    for database in ["postgres", "template1", STATE_DATABASE] {
+        sqlx::query(&format!(
+            "REVOKE CONNECT, TEMPORARY ON DATABASE {database} FROM PUBLIC"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 fn initdb(dir: &Path, data: &Path, user: &nix::unistd::User) -> Result<(), EmbeddedDbError> {

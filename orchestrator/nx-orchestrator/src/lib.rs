@@ -12,6 +12,7 @@ pub mod domain;
 pub mod embedded_db;
 #[cfg(target_os = "linux")]
 mod error;
+pub mod failpoint;
 pub mod logs;
 pub use nx_api::names;
 #[cfg(target_os = "linux")]

@@ -74,9 +74,10 @@ impl Orchestrator {
                 .map(|e| (e.url.clone(), e.socket_dir.clone()))
                 .ok_or_else(|| Error::Setup(format!("no {what} and no embedded cluster")))
         };
-        let state_url = match &config.database_url {
-            Some(url) => url.clone(),
-            None => from_embedded("database_url")?.0,
+        let state_url = match (&config.database_url, &embedded) {
+            (Some(url), _) => url.clone(),
+            (None, Some(e)) => e.state_url.clone(),
+            (None, None) => from_embedded("database_url")?.0,
         };
         let (admin_url, socket_dir) = match (&dbs.admin_url, &dbs.socket_dir) {
             (Some(url), Some(dir)) => (url.clone(), dir.clone()),
@@ -86,9 +87,9 @@ impl Orchestrator {
         let databases = Databases::connect(
             &admin_url,
             &socket_dir,
-            dbs.port,
             state_dir,
-            dbs.backup_retention,
+            dbs,
+            Arc::clone(&supervisor),
         )
         .await?;
         let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
@@ -117,6 +118,21 @@ impl Orchestrator {
     #[tracing::instrument(skip_all)]
     async fn adopt(&self) -> Result<(), Error> {
         let _guard = self.changes.lock().await;
+        let branches: Vec<(DeploymentId, SandboxName)> = self
+            .state
+            .deployments()
+            .await?
+            .into_iter()
+            .filter(|d| d.db_branch)
+            .map(|d| (d.id, d.sandbox))
+            .collect();
+        let swapped = self.databases.recover(&branches).await?;
+        for id in &swapped {
+            // Its branch is production's database now: it reconnects with production's role.
+            self.state.clear_db_branch(id).await?;
+            let deployment = self.state.deployment(id).await?;
+            self.backend.stop(&self.backend.handle(&deployment)).await?;
+        }
         for deployment in self.state.deployments().await? {
             if deployment.desired != Desired::Running {
                 continue;

@@ -12,10 +12,14 @@
 //! - `GET /fork`        forks until the kernel refuses; reports how many, then reaps them
 //! - `GET /hog`         allocates and touches memory until the sandbox's limit ends it
 //! - `GET /unshare`     tries to create a user namespace; reports the error
+//! - `GET /io-uring`    tries to set up an io_uring; reports the error
+//! - `GET /socket?family=F` tries to open a socket of address family F (a number); reports the error
 //! - `GET /db/put?v=V`  inserts V into table `items` (made if missing) of its database
 //! - `GET /db/list`     the values in `items`, as JSON
 //! - `GET /db/drop`     drops table `items`
 //! - `GET /db/connect?db=D` connects to database D with its own credentials; reports the error
+//! - `GET /db/hold?n=N` opens N more connections and keeps them open; reports how many it holds
+//!   and the first refusal
 //!
 //! The database is reached as libpq would: PGHOST (a socket dir or a host), PGPORT, PGDATABASE,
 //! PGUSER, PGPASSWORD.
@@ -137,6 +141,33 @@ fn handle(request: Request) {
             Ok(()) => text(200, "created a user namespace\n"),
             Err(e) => text(403, format!("error: {e}\n")),
         },
+        "/io-uring" => {
+            let mut params = [0u8; 120];
+            // SAFETY: io_uring_setup(2) reads and writes a struct io_uring_params (120 bytes).
+            let fd = unsafe {
+                nix::libc::syscall(nix::libc::SYS_io_uring_setup, 8, params.as_mut_ptr())
+            };
+            if fd >= 0 {
+                text(200, "set up an io_uring\n")
+            } else {
+                text(403, format!("error: {}\n", std::io::Error::last_os_error()))
+            }
+        }
+        "/socket" => {
+            let family = query(&url, "family")
+                .and_then(|f| f.parse().ok())
+                .unwrap_or(0);
+            // SAFETY: socket(2) takes plain integers.
+            let fd = unsafe { nix::libc::socket(family, nix::libc::SOCK_STREAM, 0) };
+            if fd >= 0 {
+                // SAFETY: fd was just opened here.
+                unsafe { nix::libc::close(fd) };
+                text(200, "opened a socket\n")
+            } else {
+                text(403, format!("error: {}\n", std::io::Error::last_os_error()))
+            }
+        }
+        "/db/hold" => hold_connections(query(&url, "n").and_then(|n| n.parse().ok()).unwrap_or(1)),
         "/db/put" => db(&url, |c| {
             c.batch_execute("CREATE TABLE IF NOT EXISTS items (v text)")?;
             c.execute(
@@ -226,13 +257,31 @@ fn hog() {
     std::hint::black_box(&held);
 }
 
-/// Connects with the PG* environment (or to `?db=` instead of PGDATABASE) and runs `work`.
-fn db(
-    url: &str,
-    work: impl FnOnce(&mut postgres::Client) -> Result<serde_json::Value, postgres::Error>,
-) -> Response<std::io::Cursor<Vec<u8>>> {
+/// Connections `/db/hold` keeps open.
+static HELD: std::sync::Mutex<Vec<postgres::Client>> = std::sync::Mutex::new(Vec::new());
+
+fn hold_connections(n: usize) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    let mut refused = None;
+    for _ in 0..n {
+        match pg_config(None).connect(postgres::NoTls) {
+            Ok(client) => held.push(client),
+            Err(e) => {
+                refused = Some(
+                    e.as_db_error()
+                        .map_or(e.to_string(), |d| d.message().to_owned()),
+                );
+                break;
+            }
+        }
+    }
+    json(serde_json::json!({ "held": held.len(), "refused": refused }))
+}
+
+/// libpq's view of the PG* environment, with `database` instead of PGDATABASE if given.
+fn pg_config(database: Option<&str>) -> postgres::Config {
     let env = |k: &str| std::env::var(k).unwrap_or_default();
-    let database = query(url, "db")
+    let database = database
         .map(str::to_owned)
         .unwrap_or_else(|| env("PGDATABASE"));
     let mut config = postgres::Config::new();
@@ -248,7 +297,15 @@ fn db(
         .user(&env("PGUSER"))
         .password(env("PGPASSWORD"))
         .dbname(&database);
-    match config
+    config
+}
+
+/// Connects with the PG* environment (or to `?db=` instead of PGDATABASE) and runs `work`.
+fn db(
+    url: &str,
+    work: impl FnOnce(&mut postgres::Client) -> Result<serde_json::Value, postgres::Error>,
+) -> Response<std::io::Cursor<Vec<u8>>> {
+    match pg_config(query(url, "db"))
         .connect(postgres::NoTls)
         .and_then(|mut c| work(&mut c))
     {

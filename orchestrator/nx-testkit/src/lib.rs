@@ -85,6 +85,8 @@ pub struct Host {
     pub token: String,
     pub ports: (u16, u16),
     nxd: Option<Child>,
+    /// `NX_CRASH_AT` of the next nxd started (see `restart_nxd_crashing_at`).
+    crash_at: Option<String>,
     http: reqwest::blocking::Client,
 }
 
@@ -149,6 +151,7 @@ impl Host {
             token: String::new(),
             ports,
             nxd: None,
+            crash_at: None,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -187,6 +190,7 @@ impl Host {
             .arg("--config")
             .arg(self.config_path())
             .env("RUST_LOG", "info")
+            .env("NX_CRASH_AT", self.crash_at.take().unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -227,6 +231,19 @@ impl Host {
     pub fn restart_nxd(&mut self) {
         self.stop_nxd();
         self.spawn_nxd();
+    }
+
+    /// Restarts nxd so that it kills itself with SIGKILL at the crash point `point` (nxd built
+    /// with the `failpoints` feature, as the tests build it; see nx_orchestrator::failpoint).
+    pub fn restart_nxd_crashing_at(&mut self, point: &str) {
+        self.crash_at = Some(point.to_owned());
+        self.restart_nxd();
+    }
+
+    /// Waits until nxd has exited (after a crash point) and reports how it ended.
+    pub fn wait_nxd_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.nxd.take().expect("nxd was started");
+        child.wait().expect("wait for nxd")
     }
 
     fn stop_nxd(&mut self) {

@@ -109,6 +109,7 @@ fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .init();
+            nx_orchestrator::failpoint::arm_from_env();
             let config = cli.run.config()?;
             tokio::runtime::Runtime::new()
                 .context("starting the tokio runtime")?

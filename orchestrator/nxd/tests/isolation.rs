@@ -1,5 +1,6 @@
 //! What a deployment can see and do: nothing of the host's files or processes, no nested user
-//! namespaces, and its limits hold (TasksMax, MemoryMax with a restart).
+//! namespaces, no io_uring or exotic sockets, a log only root reads, and its limits hold
+//! (TasksMax, MemoryMax with a restart).
 
 use nx_testkit::Host;
 use std::time::{Duration, Instant};
@@ -47,6 +48,23 @@ fn a_deployment_sees_nothing_of_the_host_or_its_neighbours() {
 
     let (status, body) = get("/unshare");
     assert_eq!(status, 403, "created a nested user namespace: {body}");
+
+    // The seccomp filter: no io_uring, no hypervisor (AF_VSOCK) or raw (AF_PACKET) sockets;
+    // TCP and unix sockets as usual.
+    let (status, body) = get("/io-uring");
+    assert_eq!(status, 403, "set up an io_uring: {body}");
+    assert!(body.contains("Operation not permitted"), "{body}");
+    for (family, allowed) in [(40, false), (17, false), (2, true), (10, true), (1, true)] {
+        let (status, body) = get(&format!("/socket?family={family}"));
+        assert_eq!(status == 200, allowed, "socket family {family}: {body}");
+    }
+
+    // Its log is root's alone (the CLI reads it through nxd).
+    use std::os::unix::fs::PermissionsExt;
+    let log = host.path(&format!("deployments/{a}/output.log"));
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} is {mode:o}", log.display());
+    assert!(host.nx(&["logs", &a]).ok);
 
     // Its own data dir is writable and survives a restart.
     assert_eq!(get("/write?name=mine").0, 200);

@@ -1,13 +1,27 @@
 //! Backups with the stock tools: `pg_dump --format=custom`, restored by `pg_restore`, so a dump
 //! made by NX restores into any PostgreSQL.
+//!
+//! Crash safety: pg_dump and pg_restore run in transient units `nxdb-*.service` (listed by
+//! systemd, stopped with their job); a restore writes into a scratch database `nxr_<time>`;
+//! the swap that puts a database in production's place is one transaction. Whatever an
+//! interrupted backup or restore left (units, `.partial` files, uploaded dumps, scratch
+//! databases) [`Databases::recover`] removes at nxd's start.
 
-use super::{ident, quote, Databases, DbError};
+use super::{ident, quote, restrict_statements, Databases, DbError};
 use crate::embedded_db::find_binary;
-use crate::names::SandboxName;
+use crate::names::{DeploymentId, SandboxName};
+use crate::supervisor::{UnitOutput, UnitSpec};
 pub use nx_api::{BackupInfo, RestoreInfo};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 use tokio::process::Command;
+
+/// The units pg_dump and pg_restore run in.
+const TOOL_UNITS: &str = "nxdb-*.service";
+/// A swap retries when a client connected in the instant between ending the connections and
+/// the rename's lock (SQLSTATE 55006, object in use).
+const SWAP_ATTEMPTS: usize = 5;
 
 fn check_id(id: &str) -> Result<(), DbError> {
     let ok = id.len() == 19
@@ -28,10 +42,12 @@ fn now_id() -> String {
     chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string()
 }
 
-/// Runs a PostgreSQL tool; its stderr becomes the error.
+/// Runs a PostgreSQL tool once, briefly, as a child of nxd (`pg_restore --list`); its stderr
+/// becomes the error.
 async fn run(tool: &'static str, cmd: &mut Command) -> Result<(), DbError> {
     let out = cmd
         .stdin(Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| DbError::Tool {
@@ -47,6 +63,55 @@ async fn run(tool: &'static str, cmd: &mut Command) -> Result<(), DbError> {
     })
 }
 
+impl Databases {
+    /// Runs pg_dump or pg_restore to its end in a transient unit `nxdb-<tool>-<time>.service`;
+    /// its output becomes the error when it fails.
+    #[tracing::instrument(skip(self, args))]
+    async fn run_unit(&self, tool: &'static str, args: Vec<String>) -> Result<(), DbError> {
+        let name = format!("nxdb-{tool}-{}", now_id().to_lowercase());
+        let log = self.backups.join(format!("{name}.log"));
+        let mut argv = vec![find_binary(tool)?.display().to_string()];
+        argv.extend(args);
+        let spec = UnitSpec {
+            name: format!("{name}.service"),
+            description: format!("NX {tool}"),
+            argv,
+            user: None,
+            limits: None,
+            output: UnitOutput::File(log.clone()),
+            restart_delay: None,
+        };
+        let failed = |message: String| DbError::Tool { tool, message };
+        self.supervisor
+            .start(&spec)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        fail::fail_point!("databases::tool");
+        let state = loop {
+            let state = self
+                .supervisor
+                .state(&spec.name)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if state.active == "inactive" || state.active == "failed" {
+                break state;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let output = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        if state.active == "failed" {
+            let _ = self.supervisor.stop(&spec.name).await;
+            return Err(failed(format!(
+                "{} (exit status {})",
+                output.trim(),
+                state.exit_status
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Copies one database into another through pg_dump | pg_restore, objects owned by `role`.
 pub(super) async fn copy(dbs: &Databases, from: &str, to: &str, role: &str) -> Result<(), DbError> {
     let dir = tempfile::tempdir_in(&dbs.backups)?;
@@ -56,14 +121,13 @@ pub(super) async fn copy(dbs: &Databases, from: &str, to: &str, role: &str) -> R
 }
 
 async fn dump_to(dbs: &Databases, database: &str, file: &Path) -> Result<(), DbError> {
-    run(
+    dbs.run_unit(
         "pg_dump",
-        Command::new(find_binary("pg_dump")?)
-            .arg("--format=custom")
-            .arg("--file")
-            .arg(file)
-            .arg("--dbname")
-            .arg(dbs.database_url(database)),
+        vec![
+            "--format=custom".into(),
+            format!("--file={}", file.display()),
+            format!("--dbname={}", dbs.database_url(database)),
+        ],
     )
     .await
 }
@@ -74,19 +138,17 @@ async fn restore_into(
     database: &str,
     role: &str,
 ) -> Result<(), DbError> {
-    run(
+    dbs.run_unit(
         "pg_restore",
-        Command::new(find_binary("pg_restore")?)
-            .args([
-                "--no-owner",
-                "--no-acl",
-                "--exit-on-error",
-                "--single-transaction",
-            ])
-            .arg(format!("--role={role}"))
-            .arg("--dbname")
-            .arg(dbs.database_url(database))
-            .arg(file),
+        vec![
+            "--no-owner".into(),
+            "--no-acl".into(),
+            "--exit-on-error".into(),
+            "--single-transaction".into(),
+            format!("--role={role}"),
+            format!("--dbname={}", dbs.database_url(database)),
+            file.display().to_string(),
+        ],
     )
     .await
 }
@@ -94,7 +156,8 @@ async fn restore_into(
 impl Databases {
     /// Puts `replacement` in the place of the sandbox's database. The old one is kept, renamed
     /// `nxo_<time>` and closed to connections, until the user drops it; open connections to
-    /// both are ended (a rename needs none). Returns the old one's new name.
+    /// both are ended (a rename needs none). One transaction: a crash at any point leaves
+    /// production's database as it was. Returns the old one's new name.
     pub(super) async fn swap_in(
         &self,
         sandbox: &SandboxName,
@@ -103,42 +166,146 @@ impl Databases {
     ) -> Result<String, DbError> {
         let production = ident::sandbox(sandbox);
         let previous = format!("nxo_{}", now_id().to_lowercase());
+        let comment = format!("NX: {sandbox} before {why}");
+        let mut attempt = 1;
+        loop {
+            match self
+                .swap_once(&production, replacement, &previous, &comment)
+                .await
+            {
+                Err(DbError::Sql(sqlx::Error::Database(e)))
+                    if e.code().as_deref() == Some("55006") && attempt < SWAP_ATTEMPTS =>
+                {
+                    tracing::warn!(attempt, error = %e, "a client connected during the swap; again");
+                    attempt += 1;
+                }
+                other => return other.map(|()| previous),
+            }
+        }
+    }
+
+    async fn swap_once(
+        &self,
+        production: &str,
+        replacement: &str,
+        previous: &str,
+        comment: &str,
+    ) -> Result<(), DbError> {
         let mut tx = self.admin.begin().await?;
-        sqlx::query(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            quote(&production)
-        ))
-        .execute(&mut *tx)
-        .await?;
+        // Waits up to 5 s for each to end; the renames below wait for the rest (and hold
+        // new connections off until the commit).
         sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 OR datname = $2",
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1 OR datname = $2",
         )
-        .bind(&production)
+        .bind(production)
         .bind(replacement)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        for sql in [
+        let mut statements = vec![
             format!(
                 "ALTER DATABASE {} RENAME TO {}",
-                quote(&production),
-                quote(&previous)
+                quote(production),
+                quote(previous)
             ),
             format!(
                 "ALTER DATABASE {} RENAME TO {}",
                 quote(replacement),
-                quote(&production)
+                quote(production)
             ),
+            format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote(previous)),
             format!(
                 "COMMENT ON DATABASE {} IS {}",
-                quote(&previous),
-                ident::literal(&format!("NX: {sandbox} before {why}"))
+                quote(previous),
+                ident::literal(comment)
             ),
-        ] {
-            sqlx::query(&sql).execute(&self.admin).await?;
+        ];
+        statements.extend(restrict_statements(production, production));
+        for (i, sql) in statements.iter().enumerate() {
+            sqlx::query(sql).execute(&mut *tx).await?;
+            if i == 0 {
+                fail::fail_point!("databases::swap");
+            }
         }
-        self.restrict(&production, &production).await?;
-        Ok(previous)
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes what an interrupted backup, restore or swap left: tool units still running,
+    /// `.partial` dumps, uploaded dumps and copies, scratch databases, and the branches of
+    /// deployments that are gone (`branches` are the deployments with a branch, and their
+    /// sandboxes). A branch that was swapped in although nxd did not get to finish is
+    /// finished; those deployments are returned (they must reconnect as production).
+    #[tracing::instrument(skip_all)]
+    pub async fn recover(
+        &self,
+        branches: &[(DeploymentId, SandboxName)],
+    ) -> Result<Vec<DeploymentId>, DbError> {
+        for unit in self
+            .supervisor
+            .list(TOOL_UNITS)
+            .await
+            .map_err(|e| DbError::Tool {
+                tool: "systemd",
+                message: e.to_string(),
+            })?
+        {
+            tracing::warn!(%unit, "stopping a database tool left from before");
+            let _ = self.supervisor.stop(&unit).await;
+        }
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&self.backups)?.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type()?.is_dir() {
+                if name.starts_with(".tmp") {
+                    std::fs::remove_dir_all(&path)?;
+                    removed.push(path);
+                    continue;
+                }
+                for inner in std::fs::read_dir(&path)?.flatten() {
+                    if inner.file_name().to_string_lossy().ends_with(".partial") {
+                        std::fs::remove_file(inner.path())?;
+                        removed.push(inner.path());
+                    }
+                }
+            } else if name.starts_with("upload-") || name.starts_with("nxdb-") {
+                std::fs::remove_file(&path)?;
+                removed.push(path);
+            }
+        }
+        for path in &removed {
+            tracing::warn!(path = %path.display(), "removed a file left from before");
+        }
+        let leftovers: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'nxr\\_%' OR datname LIKE 'nxb\\_%'",
+        )
+        .fetch_all(&self.admin)
+        .await?;
+        let wanted: Vec<String> = branches.iter().map(|(id, _)| ident::branch(id)).collect();
+        for database in leftovers.iter().filter(|d| !wanted.contains(d)) {
+            tracing::warn!(%database, "dropping a database left from before");
+            self.drop_database_and_role(database).await?;
+        }
+        let mut swapped = Vec::new();
+        for (id, sandbox) in branches {
+            let branch = ident::branch(id);
+            if leftovers.contains(&branch) {
+                continue;
+            }
+            let evidence = format!("%deployment {id}'s branch was swapped in%");
+            let was_swapped: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_shdescription WHERE description LIKE $1)",
+            )
+            .bind(&evidence)
+            .fetch_one(&self.admin)
+            .await?;
+            if was_swapped {
+                tracing::warn!(deployment = %id, "finishing the swap of a branch a crash interrupted");
+                self.finish_branch_swap(sandbox, id).await?;
+                swapped.push(id.clone());
+            }
+        }
+        Ok(swapped)
     }
 
     fn backup_dir(&self, sandbox: &SandboxName) -> PathBuf {
@@ -235,6 +402,7 @@ impl Databases {
         let stamp = now_id().to_lowercase();
         let fresh = format!("nxr_{stamp}");
         self.create_database(&fresh, &creds.role).await?;
+        fail::fail_point!("databases::restore");
         if let Err(e) = restore_into(self, dump, &fresh, &creds.role).await {
             sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",

@@ -1,14 +1,21 @@
 //! Every sandbox's own PostgreSQL database and role, on the host's cluster: provisioning,
 //! preview branches, backups (pg_dump custom format) and restores (into a fresh database,
 //! swapped in only when the restore succeeded). Dumps restore with the stock `pg_restore`.
+//!
+//! Isolation: a sandbox's role may connect to its own database only (`CONNECT` is revoked
+//! from PUBLIC on every database NX makes and on `postgres` and `template1`), has a
+//! `CONNECTION LIMIT` and its own `statement_timeout` and `idle_in_transaction_session_timeout`
+//! ([`RolePolicy`]). PostgreSQL cannot cap a database's size; [`Databases::size`] reports it.
 
 mod backup;
 pub mod ident;
 
 pub use backup::{BackupInfo, RestoreInfo};
 
+use crate::config::DatabasesConfig;
 use crate::embedded_db::EmbeddedDbError;
 use crate::names::{DeploymentId, SandboxName};
+use crate::supervisor::Supervisor;
 use ident::quote;
 use rand::RngCore;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -17,6 +24,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where the cluster's socket appears inside a deployment.
 pub const SANDBOX_SOCKET_DIR: &str = "/run/postgresql";
@@ -59,8 +67,52 @@ pub enum BranchMethod {
     DumpRestore,
 }
 
+/// What every sandbox role (production's and preview branches') is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolePolicy {
+    /// `CONNECTION LIMIT`: connections the role may hold at once.
+    pub connection_limit: u32,
+    /// `statement_timeout`, in seconds; 0: none.
+    pub statement_timeout_secs: u64,
+    /// `idle_in_transaction_session_timeout`, in seconds; 0: none.
+    pub idle_in_transaction_timeout_secs: u64,
+}
+
+impl RolePolicy {
+    /// The policy of `config` on a cluster with `open_slots` connection slots not reserved for
+    /// superusers: `connection_limit_percent` of them, at least 1.
+    pub fn new(config: &DatabasesConfig, open_slots: u32) -> Self {
+        Self {
+            connection_limit: (open_slots * config.connection_limit_percent / 100).max(1),
+            statement_timeout_secs: config.statement_timeout_secs,
+            idle_in_transaction_timeout_secs: config.idle_in_transaction_timeout_secs,
+        }
+    }
+
+    /// The `ALTER ROLE` statements that apply it to `role` (a quoted identifier).
+    fn statements(&self, role: &str) -> [String; 3] {
+        [
+            format!(
+                "ALTER ROLE {role} CONNECTION LIMIT {}",
+                self.connection_limit
+            ),
+            format!(
+                "ALTER ROLE {role} SET statement_timeout = '{}s'",
+                self.statement_timeout_secs
+            ),
+            format!(
+                "ALTER ROLE {role} SET idle_in_transaction_session_timeout = '{}s'",
+                self.idle_in_transaction_timeout_secs
+            ),
+        ]
+    }
+}
+
 pub struct Databases {
     admin: PgPool,
+    /// pg_dump and pg_restore run as its transient units.
+    supervisor: Arc<Supervisor>,
+    policy: RolePolicy,
     admin_url: String,
     socket_dir: PathBuf,
     port: u16,
@@ -75,6 +127,18 @@ fn random_password() -> String {
     let mut bytes = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
+}
+
+/// The statements that let only `role` connect to `database`.
+fn restrict_statements(database: &str, role: &str) -> [String; 2] {
+    [
+        format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote(database)),
+        format!(
+            "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}",
+            quote(database),
+            quote(role)
+        ),
+    ]
 }
 
 /// `admin_url` with its database replaced.
@@ -97,14 +161,32 @@ impl Databases {
     pub async fn connect(
         admin_url: &str,
         socket_dir: &Path,
-        port: u16,
         state_dir: &Path,
-        retention: usize,
+        config: &DatabasesConfig,
+        supervisor: Arc<Supervisor>,
     ) -> Result<Self, DbError> {
         let admin = PgPoolOptions::new()
             .max_connections(4)
             .connect(admin_url)
             .await?;
+        // Tenants' roles reach neither the maintenance databases nor the admin connection's.
+        let own: String = sqlx::query_scalar("SELECT current_database()::text")
+            .fetch_one(&admin)
+            .await?;
+        for database in ["postgres", "template1", own.as_str()] {
+            sqlx::query(&format!(
+                "REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC",
+                quote(database)
+            ))
+            .execute(&admin)
+            .await?;
+        }
+        let open_slots: i32 = sqlx::query_scalar(
+            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int",
+        )
+        .fetch_one(&admin)
+        .await?;
+        let policy = RolePolicy::new(config, u32::try_from(open_slots).unwrap_or(1));
         let secrets = state_dir.join("secrets");
         let backups = state_dir.join("backups");
         for dir in [&secrets, &backups] {
@@ -113,12 +195,14 @@ impl Databases {
         }
         Ok(Self {
             admin,
+            supervisor,
+            policy,
             admin_url: admin_url.to_owned(),
             socket_dir: socket_dir.to_owned(),
-            port,
+            port: config.port,
             secrets,
             backups,
-            retention,
+            retention: config.backup_retention,
             provisioning: tokio::sync::Mutex::new(()),
         })
     }
@@ -186,6 +270,9 @@ impl Databases {
         ))
         .execute(&self.admin)
         .await?;
+        for sql in self.policy.statements(&quote(role)) {
+            sqlx::query(&sql).execute(&self.admin).await?;
+        }
         Ok(Credentials {
             database: role.to_owned(),
             role: role.to_owned(),
@@ -210,14 +297,7 @@ impl Databases {
 
     /// Only its own role may connect to a database.
     async fn restrict(&self, database: &str, role: &str) -> Result<(), DbError> {
-        for sql in [
-            format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote(database)),
-            format!(
-                "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}",
-                quote(database),
-                quote(role)
-            ),
-        ] {
+        for sql in restrict_statements(database, role) {
             sqlx::query(&sql).execute(&self.admin).await?;
         }
         Ok(())
@@ -338,42 +418,69 @@ impl Databases {
         Ok(())
     }
 
-    /// Makes a preview branch the sandbox's database: its objects go to production's role, it
-    /// takes production's name, and production's database is kept as `nxo_<time>`. The
-    /// branch's role is dropped. Returns the kept database's name.
+    /// Makes a preview branch the sandbox's database: it takes production's name (production's
+    /// database is kept as `nxo_<time>`), then its objects go to production's role and the
+    /// branch's role is dropped. A crash after the swap is finished by [`Databases::recover`].
+    /// Returns the kept database's name.
     #[tracing::instrument(skip(self))]
     pub async fn swap_in_branch(
         &self,
         sandbox: &SandboxName,
         id: &DeploymentId,
     ) -> Result<String, DbError> {
-        let production = self.ensure_sandbox(sandbox).await?;
+        self.ensure_sandbox(sandbox).await?;
+        let previous = self
+            .swap_in(
+                sandbox,
+                &ident::branch(id),
+                &format!("deployment {id}'s branch was swapped in"),
+            )
+            .await?;
+        fail::fail_point!("databases::swapped");
+        self.finish_branch_swap(sandbox, id).await?;
+        Ok(previous)
+    }
+
+    /// After a branch took production's name: what its role owns there (the database too)
+    /// goes to production's role, and the branch's role is dropped.
+    pub(super) async fn finish_branch_swap(
+        &self,
+        sandbox: &SandboxName,
+        id: &DeploymentId,
+    ) -> Result<(), DbError> {
+        let production = ident::sandbox(sandbox);
         let branch = ident::branch(id);
-        let mut conn = PgConnection::connect(&self.database_url(&branch)).await?;
+        let mut conn = PgConnection::connect(&self.database_url(&production)).await?;
         sqlx::query(&format!(
             "REASSIGN OWNED BY {} TO {}",
             quote(&branch),
-            quote(&production.role)
+            quote(&production)
         ))
         .execute(&mut conn)
         .await?;
         conn.close().await?;
-        let previous = self
-            .swap_in(
-                sandbox,
-                &branch,
-                &format!("deployment {id}'s branch was swapped in"),
-            )
-            .await?;
         sqlx::query(&format!(
             "REVOKE ALL ON DATABASE {} FROM {}",
-            quote(&production.database),
+            quote(&production),
             quote(&branch)
         ))
         .execute(&self.admin)
         .await?;
-        self.drop_database_and_role(&branch).await?;
-        Ok(previous)
+        self.drop_database_and_role(&branch).await
+    }
+
+    /// The size of the sandbox's database, in bytes (`pg_database_size`).
+    pub async fn size(&self, sandbox: &SandboxName) -> Result<u64, DbError> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size($1)")
+            .bind(ident::sandbox(sandbox))
+            .fetch_one(&self.admin)
+            .await?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
+    /// What every sandbox role is held to.
+    pub fn policy(&self) -> RolePolicy {
+        self.policy
     }
 
     /// The credentials of an existing preview branch.
@@ -393,7 +500,17 @@ impl Databases {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{with_database, DatabasesConfig, RolePolicy};
+
+    #[test]
+    fn a_role_gets_its_share_of_the_open_slots_and_at_least_one() {
+        let config = DatabasesConfig::default();
+        assert_eq!(RolePolicy::new(&config, 80).connection_limit, 20);
+        assert_eq!(RolePolicy::new(&config, 2).connection_limit, 1);
+        let sql = RolePolicy::new(&config, 80).statements("\"nx_a\"");
+        assert_eq!(sql[0], "ALTER ROLE \"nx_a\" CONNECTION LIMIT 20");
+        assert_eq!(sql[1], "ALTER ROLE \"nx_a\" SET statement_timeout = '300s'");
+    }
 
     #[test]
     fn replaces_the_database_of_a_url() {

@@ -24,6 +24,11 @@ pub enum SupervisorError {
     NoSystemBus(String),
     #[error("embedded systemd manager: {0}")]
     Embedded(String),
+    #[error("unit log file {path}: {source}")]
+    LogFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("unit {unit} did not reach {wanted} within {secs} s (it is {state})")]
     Timeout {
         unit: String,
@@ -65,6 +70,18 @@ pub struct TaskPipes {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+}
+
+/// Creates a unit's log file for root alone (0600) before systemd appends to it (systemd
+/// would create it 0644), and makes an existing one so: a program's output is its own.
+fn private_log(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 pub struct Supervisor {
@@ -148,6 +165,10 @@ impl Supervisor {
         let log;
         match &spec.output {
             UnitOutput::File(path) => {
+                private_log(path).map_err(|source| SupervisorError::LogFile {
+                    path: path.clone(),
+                    source,
+                })?;
                 log = path.display().to_string();
                 props.push(("StandardOutputFileToAppend", log.as_str().into()));
                 props.push(("StandardErrorFileToAppend", log.as_str().into()));
@@ -223,6 +244,17 @@ impl Supervisor {
         })
         .await?;
         let _ = manager.reset_failed_unit(unit).await;
+        Ok(())
+    }
+
+    /// Restarts a unit (stop, then start, as `systemctl restart`) and waits until it is active.
+    #[tracing::instrument(skip(self))]
+    pub async fn restart(&self, unit: &str) -> Result<(), SupervisorError> {
+        self.manager().await?.restart_unit(unit, "replace").await?;
+        self.wait_for(unit, "active", Duration::from_secs(30), |s| {
+            s.active == "active"
+        })
+        .await?;
         Ok(())
     }
 

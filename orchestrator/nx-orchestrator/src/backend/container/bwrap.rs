@@ -1,7 +1,8 @@
 //! The bubblewrap command line of a deployment: new user, pid, ipc, uts and cgroup namespaces;
 //! read-only binds of only the binary and what it needs; private /tmp, /dev and /proc; its own
-//! writable /data; the PostgreSQL socket (the socket file alone); no capabilities; no nested
-//! user namespaces; dies with its parent.
+//! writable /data; the PostgreSQL socket's directory, read-only (a directory, not the socket
+//! file, so that a restarted server's new socket appears in running sandboxes); no
+//! capabilities; no nested user namespaces; dies with its parent.
 //! A deployment shares the host network so that the router reaches the port on 127.0.0.1 (a
 //! network namespace per deployment with pasta costs ~30 MiB and ~100 ms each; see the README);
 //! a task gets a network namespace of its own.
@@ -33,7 +34,7 @@ pub struct Sandbox<'a> {
     pub args: &'a [String],
     /// The writable /data (a deployment's); without it the program starts in its private /tmp.
     pub data_dir: Option<&'a Path>,
-    /// The PostgreSQL socket (the socket file alone).
+    /// The PostgreSQL socket; its directory is bound at `/run/postgresql`.
     pub database_socket: Option<&'a Path>,
     /// Share the host's network (a deployment's port); else a network namespace of its own,
     /// which holds only its own loopback (a task's).
@@ -79,12 +80,10 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
             push(&mut argv, &["--ro-bind-try", dir, dir]);
         }
     }
-    if let Some(socket) = sandbox.database_socket {
-        let name = socket.file_name().unwrap_or_default().to_string_lossy();
-        let inside = format!("{SANDBOX_SOCKET_DIR}/{name}");
+    if let Some(dir) = sandbox.database_socket.and_then(Path::parent) {
         push(
             &mut argv,
-            &["--bind", &socket.display().to_string(), &inside],
+            &["--ro-bind", &dir.display().to_string(), SANDBOX_SOCKET_DIR],
         );
     }
     match sandbox.data_dir {

@@ -178,10 +178,10 @@ impl Podman {
         if let Some(dir) = c.data_dir {
             argv.extend(["--volume".into(), format!("{}:/data", dir.display())]);
         }
-        if let Some(socket) = c.database_socket {
-            let name = socket.file_name().unwrap_or_default().to_string_lossy();
+        // The socket's directory, so that a restarted server's new socket appears inside.
+        if let Some(dir) = c.database_socket.and_then(Path::parent) {
             argv.push("--volume".into());
-            argv.push(format!("{}:{SANDBOX_SOCKET_DIR}/{name}", socket.display()));
+            argv.push(format!("{}:{SANDBOX_SOCKET_DIR}", dir.display()));
         }
         argv.push(c.image_id.into());
         argv.extend(c.args.iter().cloned());

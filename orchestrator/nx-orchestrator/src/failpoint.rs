@@ -1,0 +1,22 @@
+//! Crash injection for the end-to-end tests (the `fail` crate's fail points). Built with the
+//! `failpoints` feature only: there, `NX_CRASH_AT=<point>[,<point>...]` in nxd's environment
+//! makes nxd kill itself with SIGKILL, as `kill -9` would, when it reaches one of those points.
+//! The points are the steps of the database operations that must survive a crash:
+//! `databases::tool` (pg_dump or pg_restore running), `databases::restore` (the scratch
+//! database made, nothing restored yet), `databases::swap` (inside the swap's transaction) and
+//! `databases::swapped` (a branch swapped in, its role not yet dropped nor recorded).
+//! Code marks such a step with `fail::fail_point!("<point>")`, which compiles to nothing
+//! without the feature.
+
+/// Arms the points named in `NX_CRASH_AT` (a no-op without the `failpoints` feature).
+pub fn arm_from_env() {
+    #[cfg(feature = "failpoints")]
+    for point in std::env::var("NX_CRASH_AT").unwrap_or_default().split(',') {
+        if !point.is_empty() {
+            tracing::warn!(point, "crash point armed: nxd will kill itself there");
+            let _ = fail::cfg_callback(point, || {
+                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            });
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The control plane against its tenants and its own crashes, on a host with the embedded
+//! defaults: a sandbox's role reaches only its own database, cannot delay nxd's start with
+//! locks nor crowd it out of connections; a PostgreSQL restart leaves running deployments
+//! connected; kill -9 of nxd at each step of a backup, a restore and a swap leaves production's
+//! database usable and nothing behind after the next start.
+
+use nx_orchestrator::config::SystemdMode;
+use nx_orchestrator::supervisor::Supervisor;
+use nx_testkit::Host;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn superuser(host: &Host, db: &str, sql: &str) -> String {
+    let (ok, out) = nx_testkit::psql(&host.path("postgres/socket"), 5432, db, sql);
+    assert!(ok, "psql failed: {sql}: {out}");
+    out.trim().to_owned()
+}
+
+/// sqlx's migration lock id for a database name (sqlx-postgres `generate_lock_id`).
+fn sqlx_lock_id(database: &str) -> i64 {
+    0x3d32ad9e * i64::from(crc32fast::hash(database.as_bytes()))
+}
+
+/// The embedded manager of a test host, over D-Bus, as `systemctl` would reach it.
+fn with_manager<T>(host: &Host, f: impl AsyncFnOnce(&Supervisor) -> T) -> T {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let supervisor =
+            Supervisor::connect(SystemdMode::Embedded, host.state_dir.path(), "nx.slice")
+                .await
+                .expect("the host's embedded manager");
+        f(&supervisor).await
+    })
+}
+
+#[test]
+fn a_tenant_reaches_only_its_database_and_cannot_hold_nxd_up_or_crowd_it_out() {
+    let mut host = Host::start();
+    let a = host.push_sample("alpha", &[]);
+    let b = host.push_sample("beta", &[]);
+    let alpha = |host: &Host, path: &str| host.get(&host.preview_host("alpha", &a), path);
+    let beta = |host: &Host, path: &str| host.get(&host.preview_host("beta", &b), path);
+    let beta_db = host.nx_json(&["db", "url", "beta"])["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Only its own database: not nxd's, not the maintenance ones, not a neighbour's.
+    for other in ["nx", "postgres", "template1", beta_db.as_str()] {
+        let (status, body) = alpha(&host, &format!("/db/connect?db={other}"));
+        assert_eq!(status, 500, "alpha connected to {other}");
+        assert!(
+            body.contains("permission denied for database"),
+            "{other}: {body}"
+        );
+    }
+    assert_eq!(alpha(&host, "/db/connect").0, 200);
+    // nxd's state is in its own database, not in `postgres`.
+    assert!(superuser(&host, "nx", "SELECT count(*) FROM deployments") == "2");
+    assert_eq!(
+        superuser(
+            &host,
+            "postgres",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0"
+    );
+
+    // Every lock it can take, held in a session that stays open: sqlx's migration locks of
+    // every database name nxd could use, and an exclusive lock on its own table.
+    assert_eq!(alpha(&host, "/db/put?v=x").0, 200);
+    let url = host.nx_json(&["db", "url", "alpha"])["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut holder = Command::new("psql")
+        .arg(&url)
+        .args(["-v", "ON_ERROR_STOP=1", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sql = String::new();
+    for name in ["nx", "postgres", "template1", "nx_alpha"] {
+        sql.push_str(&format!(
+            "SELECT pg_advisory_lock({});\n",
+            sqlx_lock_id(name)
+        ));
+    }
+    sql.push_str("SELECT 'held';\n");
+    holder
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        holder.try_wait().unwrap().is_none(),
+        "the locks were not taken"
+    );
+    let started = Instant::now();
+    host.restart_nxd();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "nxd took {took:?} to start");
+    assert!(holder.try_wait().unwrap().is_none());
+    let _ = holder.kill();
+
+    // Its connection limit, and the slots left for the others and for nxd.
+    let limit: usize = superuser(
+        &host,
+        "postgres",
+        "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'nx_alpha'",
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(limit, 20, "25% of 100 - 20 reserved slots");
+    let (_, held) = alpha(&host, "/db/hold?n=500");
+    let held: serde_json::Value = serde_json::from_str(&held).unwrap();
+    assert_eq!(held["held"], limit);
+    assert!(
+        held["refused"]
+            .as_str()
+            .unwrap()
+            .contains("too many connections for role"),
+        "{held}"
+    );
+    assert_eq!(beta(&host, "/db/put?v=y").0, 200, "beta could not connect");
+    let listed = host.nx_json(&["ls"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let backup = host.nx_json(&["db", "backup", "alpha"]);
+    assert!(backup["backup"]["id"].is_string(), "{backup}");
+    // Timeouts are set on the role.
+    let settings = superuser(
+        &host,
+        "postgres",
+        "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = 'nx_alpha'",
+    );
+    assert!(settings.contains("statement_timeout=300s"), "{settings}");
+    assert!(
+        settings.contains("idle_in_transaction_session_timeout=60s"),
+        "{settings}"
+    );
+}
+
+#[test]
+fn restarting_postgres_leaves_running_deployments_connected() {
+    let host = Host::start();
+    let ids: Vec<String> = ["one", "two"]
+        .iter()
+        .map(|s| host.push_sample(s, &[]))
+        .collect();
+    let app = |i: usize, path: &str| {
+        let sandbox = ["one", "two"][i];
+        host.get(&host.preview_host(sandbox, &ids[i]), path)
+    };
+    let pids: Vec<serde_json::Value> = (0..2)
+        .map(|i| host.deployment(["one", "two"][i], &ids[i])["state"]["main_pid"].clone())
+        .collect();
+    for i in 0..2 {
+        assert_eq!(app(i, "/db/put?v=before").0, 200);
+    }
+    with_manager(&host, async |s| {
+        s.restart("nx-postgres.service").await.unwrap()
+    });
+    let restarted = Instant::now();
+    for i in 0..2 {
+        loop {
+            let (status, body) = app(i, "/db/list");
+            if status == 200 {
+                assert_eq!(body, r#"["before"]"#);
+                break;
+            }
+            assert!(
+                restarted.elapsed() < Duration::from_secs(10),
+                "deployment {i} cannot reach its database: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for i in 0..2 {
+        let now = host.deployment(["one", "two"][i], &ids[i])["state"]["main_pid"].clone();
+        assert_eq!(now, pids[i], "deployment {i} was restarted");
+    }
+}
+
+/// What an interrupted database operation could leave: tool units, partial and uploaded
+/// dumps, scratch and orphan branch databases.
+fn assert_nothing_left(host: &Host) {
+    let units = with_manager(host, async |s| s.list("nxdb-*.service").await.unwrap());
+    assert!(units.is_empty(), "tool units left: {units:?}");
+    let files = nx_testkit::files_under(&host.path("backups"));
+    let stray: Vec<&String> = files
+        .iter()
+        .filter(|f| {
+            f.ends_with(".partial")
+                || f.contains("upload-")
+                || f.contains(".tmp")
+                || f.contains("nxdb-")
+        })
+        .collect();
+    assert!(stray.is_empty(), "files left: {stray:?}");
+    let scratch = superuser(
+        host,
+        "postgres",
+        "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'nxr\\_%'",
+    );
+    assert_eq!(scratch, "", "scratch databases left");
+}
+
+#[test]
+fn kill_9_of_nxd_at_each_step_of_backup_restore_and_swap_leaves_production_usable() {
+    let mut host = Host::start();
+    let id = host.push_sample("shop", &[]);
+    let dump = host.path("shop.dump");
+    host.nx_json(&["db", "backup", "shop", "-o", dump.to_str().unwrap()]);
+    let app = |host: &Host, path: &str| host.get(&host.preview_host("shop", &id), path);
+    assert_eq!(app(&host, "/db/put?v=a").0, 200);
+    let listed = |host: &Host| app(host, "/db/list");
+
+    let steps: [(&str, &[&str]); 4] = [
+        ("databases::tool", &["db", "backup", "shop"]),
+        (
+            "databases::tool",
+            &["db", "restore", "shop", dump.to_str().unwrap()],
+        ),
+        (
+            "databases::restore",
+            &["db", "restore", "shop", dump.to_str().unwrap()],
+        ),
+        (
+            "databases::swap",
+            &["db", "restore", "shop", dump.to_str().unwrap()],
+        ),
+    ];
+    for (point, command) in steps {
+        host.restart_nxd_crashing_at(point);
+        let out = host.nx(command);
+        assert!(!out.ok, "{command:?} survived the crash at {point}");
+        let status = host.wait_nxd_exit();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "nxd did not die at {point}: {status}"
+        );
+        host.restart_nxd();
+        assert_eq!(
+            listed(&host),
+            (200, r#"["a"]"#.into()),
+            "after a crash at {point}"
+        );
+        assert_nothing_left(&host);
+    }
+
+    // A preview branch swapped in by promote --swap-db: a crash inside the swap leaves both
+    // as they were; a crash after it is finished at the next start.
+    let branch = host.push_sample("shop", &["--db-branch"]);
+    let preview = |host: &Host, path: &str| host.get(&host.preview_host("shop", &branch), path);
+    assert_eq!(preview(&host, "/db/put?v=b").0, 200);
+    for point in ["databases::swap", "databases::swapped"] {
+        host.restart_nxd_crashing_at(point);
+        let out = host.nx(&["promote", "shop", &branch, "--swap-db"]);
+        assert!(!out.ok, "promote survived the crash at {point}");
+        host.wait_nxd_exit();
+        host.restart_nxd();
+        let expected_production = if point == "databases::swap" {
+            r#"["a"]"#
+        } else {
+            r#"["a","b"]"#
+        };
+        assert_eq!(
+            listed(&host),
+            (200, expected_production.into()),
+            "after a crash at {point}"
+        );
+        assert_eq!(
+            preview(&host, "/db/list"),
+            (200, r#"["a","b"]"#.into()),
+            "after {point}"
+        );
+        assert_nothing_left(&host);
+    }
+    let roles = superuser(
+        &host,
+        "postgres",
+        "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'nxb\\_%'",
+    );
+    assert_eq!(roles, "0", "the swapped branch's role is left");
+    assert_eq!(host.deployment("shop", &branch)["db_branch"], false);
+}
