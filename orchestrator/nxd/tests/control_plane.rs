@@ -129,7 +129,8 @@ fn a_tenant_reaches_only_its_database_and_cannot_hold_nxd_up_or_crowd_it_out() {
     assert_eq!(beta(&host, "/db/put?v=y").0, 200, "beta could not connect");
     let listed = host.nx_json(&["ls"]);
     assert_eq!(listed.as_array().unwrap().len(), 2);
-    let backup = host.nx_json(&["db", "backup", "alpha"]);
+    let saved = host.path("alpha.dump");
+    let backup = host.nx_json(&["db", "backup", "alpha", "-o", saved.to_str().unwrap()]);
     assert!(backup["backup"]["id"].is_string(), "{backup}");
     // Timeouts are set on the role.
     let settings = superuser(
@@ -219,8 +220,12 @@ fn kill_9_of_nxd_at_each_step_of_backup_restore_and_swap_leaves_production_usabl
     assert_eq!(app(&host, "/db/put?v=a").0, 200);
     let listed = |host: &Host| app(host, "/db/list");
 
+    let unsaved = host.path("unsaved.dump");
     let steps: [(&str, &[&str]); 4] = [
-        ("databases::tool", &["db", "backup", "shop"]),
+        (
+            "databases::tool",
+            &["db", "backup", "shop", "-o", unsaved.to_str().unwrap()],
+        ),
         (
             "databases::tool",
             &["db", "restore", "shop", dump.to_str().unwrap()],

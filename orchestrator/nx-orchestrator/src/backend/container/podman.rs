@@ -46,7 +46,7 @@ pub struct Container<'a> {
 impl Podman {
     pub fn new(state_dir: &Path) -> Result<Self, BackendError> {
         let dir = state_dir.join("podman");
-        for sub in ["storage", "run", "tmp"] {
+        for sub in ["storage", "run", "tmp", "networks"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         let podman = Self {
@@ -56,9 +56,10 @@ impl Podman {
         std::fs::write(
             podman.dir.join("containers.conf"),
             format!(
-                "# Written by nxd.\n[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nevents_logfile_path = \"{}\"\ntmp_dir = \"{}\"\n\n[engine.runtimes]\nrunsc = [\"/usr/bin/runsc\", \"/usr/local/bin/runsc\", \"/run/current-system/sw/bin/runsc\"]\n",
+                "# Written by nxd.\n[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nevents_logfile_path = \"{}\"\ntmp_dir = \"{}\"\n\n[engine.runtimes]\nrunsc = [\"/usr/bin/runsc\", \"/usr/local/bin/runsc\", \"/run/current-system/sw/bin/runsc\"]\n\n# The embedded manager's / is read-only: netavark's lock and config live here too.\n[network]\nnetwork_config_dir = \"{}\"\n",
                 podman.dir.join("events.log").display(),
-                podman.dir.join("tmp").display()
+                podman.dir.join("tmp").display(),
+                podman.dir.join("networks").display()
             ),
         )?;
         std::fs::write(
