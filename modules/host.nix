@@ -100,7 +100,7 @@ in
       createLocally = mkOption {
         type = types.bool;
         default = true;
-        description = "Use the host's services.postgresql: a role and database `nx` (ensureUsers/ensureDatabases), which also creates the sandboxes' roles and databases.";
+        description = "Use the host's services.postgresql: a superuser role and a database `nx` (ensureUsers/ensureDatabases) for nxd's state and the sandboxes' roles and databases, and 20 connection slots reserved for superusers.";
       };
       url = mkOption {
         type = types.nullOr types.str;
@@ -109,7 +109,7 @@ in
       };
     };
     databases = {
-      adminUrl = mkOption { type = types.nullOr types.str; default = defaults.databases.adminUrl; description = "With createLocally = false: a connection that may create roles and databases for the sandboxes."; };
+      adminUrl = mkOption { type = types.nullOr types.str; default = defaults.databases.adminUrl; description = "With createLocally = false: a superuser connection to the cluster of the sandboxes' roles and databases."; };
       socketDir = mkOption { type = types.nullOr types.str; default = defaults.databases.socketDir; description = "With adminUrl: that cluster's unix socket directory."; };
       port = mkOption { type = port; default = defaults.databases.port; description = "That cluster's port (names its socket)."; };
       backupRetention = mkOption { type = types.ints.positive; default = defaults.databases.backupRetention; description = "Backups kept per sandbox."; };
@@ -141,9 +141,14 @@ in
       ensureUsers = [{
         name = "nx";
         ensureDBOwnership = true;
-        # nxd creates each sandbox's role and database.
-        ensureClauses = { createrole = true; createdb = true; };
+        # databases.admin_url is a superuser connection: nxd creates each sandbox's role and
+        # database, revokes CONNECT on postgres, template1 and nx from PUBLIC, and takes the
+        # slots reserved for superusers, so tenants cannot starve it.
+        ensureClauses.superuser = true;
       }];
+      # As nxd's embedded cluster (RESERVED_FOR_NXD in nx-orchestrator/src/embedded_db.rs):
+      # nxd's pools, pg_dump and pg_restore.
+      settings.superuser_reserved_connections = lib.mkDefault 20;
       # nx by peer; the sandboxes' roles (nx_*, nxb_*) by password through the socket.
       authentication = lib.mkBefore ''
         local all nx peer

@@ -72,6 +72,10 @@ let
         msg = "${name}: the microvm backend is on, but QEMU, ${nx.microvm.vmm} or socat is missing from nxd's path or the system's packages";
       }
       {
+        cond = nx.database.createLocally -> builtins.any (u: u.name == "nx" && (u.ensureClauses.superuser or false)) c.services.postgresql.ensureUsers;
+        msg = "${name}: databases.admin_url must be a superuser connection, but the nx role is not a superuser";
+      }
+      {
         cond = nx.openFirewall -> builtins.elem routerPort c.networking.firewall.allowedTCPPorts;
         msg = "${name}: openFirewall, but the router's port ${toString routerPort} is closed";
       }
