@@ -73,6 +73,8 @@ in
       readyTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.sandbox.readyTimeoutSecs; description = "Time a deployment has to accept connections."; };
       healthPath = mkOption { type = types.nullOr types.str; default = defaults.sandbox.healthPath; description = "If set, ready also needs GET healthPath below 400."; };
       restartDelaySecs = mkOption { type = types.ints.unsigned; default = defaults.sandbox.restartDelaySecs; description = "RestartSec of Restart=on-failure."; };
+      maxArgsBytes = mkOption { type = types.ints.positive; default = defaults.sandbox.maxArgsBytes; description = "A deployment's or task's arguments, all together, in bytes (each with its NUL); larger requests get a 400."; };
+      maxEnvBytes = mkOption { type = types.ints.positive; default = defaults.sandbox.maxEnvBytes; description = "A deployment's or task's -e variables, all together, in bytes (KEY=value and a NUL each); larger requests get a 400."; };
     };
     limits = limitsOptions defaults.limits "a deployment";
     tasks = {

@@ -27,6 +27,8 @@ withoutNulls {
     ready_timeout_secs = cfg.sandbox.readyTimeoutSecs;
     health_path = cfg.sandbox.healthPath;
     restart_delay_secs = cfg.sandbox.restartDelaySecs;
+    max_args_bytes = cfg.sandbox.maxArgsBytes;
+    max_env_bytes = cfg.sandbox.maxEnvBytes;
   };
   limits = limitsOf cfg.limits;
   systemd = { inherit (cfg.systemd) mode slice; };

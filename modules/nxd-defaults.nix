@@ -16,6 +16,8 @@
     readyTimeoutSecs = 15;
     healthPath = null;
     restartDelaySecs = 1;
+    maxArgsBytes = 131072;
+    maxEnvBytes = 131072;
   };
   limits = {
     memoryMaxMb = 512;

@@ -16,6 +16,7 @@ pub struct ArtifactInfo {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LimitsOverride {
     pub memory_max_mb: Option<u64>,
     pub cpu_quota_percent: Option<u32>,
@@ -33,6 +34,7 @@ impl LimitsOverride {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PushRequest {
     pub sandbox: SandboxName,
     pub artifact: String,
@@ -54,6 +56,7 @@ pub struct PushRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
     pub deployment: DeploymentId,
     /// For a deployment with a preview branch: make the branch production's database (the
@@ -119,6 +122,7 @@ pub struct ErrorBody {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
     pub name: SandboxName,
     /// Where its pushes run when they name no backend.
@@ -133,6 +137,12 @@ pub struct DatabaseInfo {
     pub database: String,
     pub role: String,
     pub url: String,
+    /// The database's size in bytes (`pg_database_size`). PostgreSQL cannot cap it; watch it.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// The role's `CONNECTION LIMIT`: connections its deployments may hold at once.
+    #[serde(default)]
+    pub connection_limit: u32,
 }
 
 /// `POST /v1/tasks`: run a stored artifact once, in a fresh sandbox with no network.

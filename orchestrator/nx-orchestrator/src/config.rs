@@ -191,6 +191,10 @@ pub struct SandboxDefaults {
     pub health_path: Option<String>,
     /// Seconds systemd waits before restarting a deployment that failed.
     pub restart_delay_secs: u64,
+    /// The arguments of a deployment or task, all together, in bytes (each with its NUL).
+    pub max_args_bytes: usize,
+    /// The `-e` variables of a deployment or task, all together, in bytes (`KEY=value\0`).
+    pub max_env_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -248,6 +252,8 @@ impl Default for SandboxDefaults {
             ready_timeout_secs: 15,
             health_path: None,
             restart_delay_secs: 1,
+            max_args_bytes: 131_072,
+            max_env_bytes: 131_072,
         }
     }
 }

@@ -58,6 +58,12 @@ pub enum Error {
     },
 }
 
+impl From<crate::api::checks::FieldError> for Error {
+    fn from(e: crate::api::checks::FieldError) -> Self {
+        Error::Invalid(e.to_string())
+    }
+}
+
 impl Error {
     /// An I/O error with what was being done.
     pub fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Self {

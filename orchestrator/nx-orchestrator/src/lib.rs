@@ -18,6 +18,7 @@ pub use nx_api::names;
 #[cfg(target_os = "linux")]
 mod orchestrator;
 pub mod readiness;
+pub mod request_bounds;
 pub mod router;
 pub mod state;
 pub mod supervisor;

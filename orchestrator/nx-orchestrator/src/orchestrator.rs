@@ -1,20 +1,21 @@
 //! The lifecycle of deployments: push, start, stop, remove, promote, rollback, and adoption of
 //! what is already running when nxd starts. Each step runs in a tracing span.
 
+use crate::api::checks;
 use crate::api::{DeploymentView, PushRequest, SandboxView, UnitState};
 use crate::artifact::Artifact;
 use crate::artifact::ArtifactStore;
 use crate::backend::{Backends, Program, SandboxBackend, SandboxSpec};
 use crate::config::Config;
 use crate::databases::{BackupInfo, Databases, RestoreInfo};
-use crate::domain::{check_env_name, BackendKind, Deployment, Desired, RouteKey, Runtime};
+use crate::domain::{BackendKind, Deployment, Desired, RouteKey, Runtime};
 use crate::error::Error;
 use crate::names::{DeploymentId, SandboxName};
 use crate::router::Router;
 use crate::state::{NewDeployment, StateStore};
 use crate::supervisor::Supervisor;
 use crate::tasks::Tasks;
-use crate::{embedded_db, readiness};
+use crate::{embedded_db, readiness, request_bounds};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -325,9 +326,10 @@ impl Orchestrator {
 
     #[tracing::instrument(skip_all, fields(sandbox = %req.sandbox))]
     pub async fn push(&self, req: PushRequest) -> Result<DeploymentView, Error> {
-        for name in req.env.keys() {
-            check_env_name(name).map_err(Error::Invalid)?;
-        }
+        let bounds = request_bounds::for_host(&self.config.sandbox);
+        let limits = req.limits.apply(self.config.limits);
+        checks::check_program_input(&req.args, &req.env, &bounds)?;
+        checks::check_limits(&limits, &bounds)?;
         let program = self.program(&req.artifact).await?;
         if req.runtime == Runtime::Runsc && !matches!(program, Program::Image { .. }) {
             return Err(Error::Invalid(
@@ -354,7 +356,7 @@ impl Orchestrator {
                     artifact: req.artifact,
                     env: req.env,
                     args: req.args,
-                    limits: req.limits.apply(self.config.limits),
+                    limits,
                     db_branch: req.db_branch,
                     runtime: req.runtime,
                     backend,

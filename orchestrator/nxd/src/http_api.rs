@@ -2,6 +2,7 @@
 
 use crate::auth::Token;
 use crate::error::ApiError;
+use crate::json_body::JsonBody;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -79,7 +80,10 @@ async fn health(State(app): Shared) -> Json<Health> {
 }
 
 /// Runs a task; the body streams its events, one JSON object per line, as they happen.
-async fn run_task(State(app): Shared, Json(req): Json<TaskRequest>) -> Result<Response, ApiError> {
+async fn run_task(
+    State(app): Shared,
+    JsonBody(req): JsonBody<TaskRequest>,
+) -> Result<Response, ApiError> {
     let events = app.run_task(req).await?;
     let lines = futures_util::stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
@@ -107,7 +111,10 @@ async fn upload(
     ))
 }
 
-async fn push(State(app): Shared, Json(req): Json<PushRequest>) -> ApiResult<DeploymentView> {
+async fn push(
+    State(app): Shared,
+    JsonBody(req): JsonBody<PushRequest>,
+) -> ApiResult<DeploymentView> {
     Ok(Json(app.push(req).await?))
 }
 
@@ -166,7 +173,7 @@ async fn sandbox(State(app): Shared, Path(name): Path<String>) -> ApiResult<Sand
 async fn promote(
     State(app): Shared,
     Path(name): Path<String>,
-    Json(req): Json<PromoteRequest>,
+    JsonBody(req): JsonBody<PromoteRequest>,
 ) -> ApiResult<SandboxView> {
     Ok(Json(
         app.promote(&sandbox_name(&name)?, &req.deployment, req.swap_db)
@@ -180,7 +187,7 @@ async fn rollback(State(app): Shared, Path(name): Path<String>) -> ApiResult<San
 
 async fn create_sandbox(
     State(app): Shared,
-    Json(req): Json<CreateSandbox>,
+    JsonBody(req): JsonBody<CreateSandbox>,
 ) -> ApiResult<SandboxView> {
     Ok(Json(app.create_sandbox(&req.name, req.backend).await?))
 }
@@ -213,6 +220,8 @@ async fn database(State(app): Shared, Path(name): Path<String>) -> ApiResult<Dat
     app.existing(&name).await?;
     let creds = app.databases.ensure_sandbox(&name).await?;
     Ok(Json(DatabaseInfo {
+        size_bytes: app.databases.size(&name).await?,
+        connection_limit: app.databases.policy().connection_limit,
         url: app.databases.host_url(&creds),
         database: creds.database,
         role: creds.role,

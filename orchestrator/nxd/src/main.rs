@@ -3,6 +3,7 @@
 mod auth;
 mod error;
 mod http_api;
+mod json_body;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

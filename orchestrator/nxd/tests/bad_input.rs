@@ -188,3 +188,126 @@ fn requests_without_the_token_get_401() {
     );
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// Every request field is checked before anything is stored: zero and out-of-range limits, a
+/// NUL byte, oversized arguments and environments, misspelled fields. Each gets a 4xx whose
+/// message names the field, and neither a sandbox nor a deployment nor a unit is left.
+#[test]
+fn bad_request_fields_get_a_4xx_naming_the_field_and_store_nothing() {
+    let host = Host::start();
+    let sample = std::fs::read(nx_testkit::sample_app()).unwrap();
+    let (status, _, sha) = host.put_artifact(sample);
+    assert_eq!(status, 200);
+    let push = |body: serde_json::Value| {
+        let resp = host
+            .http()
+            .post(format!("http://{}/v1/deployments", host.api))
+            .bearer_auth(&host.token)
+            .json(&body)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.text().unwrap())
+    };
+    let base = |extra: serde_json::Value| {
+        let mut body = serde_json::json!({ "sandbox": "web", "artifact": sha });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let huge = "x".repeat(1 << 20);
+    let many: Vec<String> = (0..200).map(|_| "y".repeat(1000)).collect();
+    let cases = [
+        (
+            serde_json::json!({ "limits": { "memory_max_mb": 0 } }),
+            "limits.memory_max_mb",
+        ),
+        (
+            serde_json::json!({ "limits": { "tasks_max": 0 } }),
+            "limits.tasks_max",
+        ),
+        (
+            serde_json::json!({ "limits": { "cpu_quota_percent": 0 } }),
+            "limits.cpu_quota_percent",
+        ),
+        (
+            serde_json::json!({ "limits": { "memory_max_mb": 1u64 << 40 } }),
+            "limits.memory_max_mb",
+        ),
+        (
+            serde_json::json!({ "limits": { "cpu_quota_percent": 100_000 } }),
+            "limits.cpu_quota_percent",
+        ),
+        (
+            serde_json::json!({ "limits": { "memory": 64 } }),
+            "unknown field `memory`",
+        ),
+        (serde_json::json!({ "limts": {} }), "unknown field `limts`"),
+        (
+            serde_json::json!({ "env": { "KEY": "a\u{0}b" } }),
+            "env.KEY",
+        ),
+        (serde_json::json!({ "args": ["ok", "a\u{0}b"] }), "args[1]"),
+        (serde_json::json!({ "args": [huge] }), "args[0]"),
+        (
+            serde_json::json!({ "args": many }),
+            "sandbox.max_args_bytes",
+        ),
+        (
+            serde_json::json!({ "env": { "BIG": "z".repeat(200_000) } }),
+            "env.BIG",
+        ),
+        (
+            serde_json::json!({ "env": { "NX_SECRET": "1" } }),
+            "env.NX_SECRET",
+        ),
+    ];
+    for (extra, names) in cases {
+        let (status, body) = push(base(extra.clone()));
+        assert!((400..500).contains(&status), "{extra}: {status} {body}");
+        assert!(body.contains(names), "{extra}: {body}");
+    }
+    // The same checks hold for tasks.
+    let task = |body: serde_json::Value| {
+        let resp = host
+            .http()
+            .post(format!("http://{}/v1/tasks", host.api))
+            .bearer_auth(&host.token)
+            .json(&body)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.text().unwrap())
+    };
+    for (body, names) in [
+        (
+            serde_json::json!({ "artifact": sha, "args": ["a\u{0}"] }),
+            "args[0]",
+        ),
+        (
+            serde_json::json!({ "artifact": sha, "memory_max_mb": 0 }),
+            "memory_max_mb",
+        ),
+        (
+            serde_json::json!({ "artifact": sha, "timeout": 5 }),
+            "unknown field `timeout`",
+        ),
+    ] {
+        let (status, text) = task(body.clone());
+        assert!((400..500).contains(&status), "{body}: {status} {text}");
+        assert!(text.contains(names), "{body}: {text}");
+    }
+    assert_eq!(
+        host.nx_json(&["ls"]),
+        serde_json::json!([]),
+        "something was stored"
+    );
+    assert!(
+        nx_testkit::files_under(&host.path("deployments")).is_empty(),
+        "a deployment directory was made"
+    );
+    // And a good push still works.
+    let (status, body) = push(base(
+        serde_json::json!({ "limits": { "memory_max_mb": 64 } }),
+    ));
+    assert_eq!(status, 200, "{body}");
+}

@@ -116,6 +116,9 @@ fn a_tenant_reaches_only_its_database_and_cannot_hold_nxd_up_or_crowd_it_out() {
     .parse()
     .unwrap();
     assert_eq!(limit, 20, "25% of 100 - 20 reserved slots");
+    let info = host.nx_json(&["db", "url", "alpha"]);
+    assert_eq!(info["connection_limit"], limit);
+    assert!(info["size_bytes"].as_u64().unwrap() > 1_000_000, "{info}");
     let (_, held) = alpha(&host, "/db/hold?n=500");
     let held: serde_json::Value = serde_json::from_str(&held).unwrap();
     assert_eq!(held["held"], limit);

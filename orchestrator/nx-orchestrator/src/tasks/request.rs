@@ -2,15 +2,13 @@
 //! its events come back on a channel as they happen.
 
 use super::TaskRun;
-use crate::api::{TaskEvent, TaskRequest};
-use crate::domain::{check_env_name, BackendKind};
+use crate::api::{checks, TaskEvent, TaskRequest};
+use crate::domain::BackendKind;
 use crate::error::Error;
+use crate::request_bounds;
 use crate::Orchestrator;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// The smallest memory limit a task may ask for.
-const MIN_MEMORY_MB: u64 = 8;
 
 fn timeout(app: &Orchestrator, asked: Option<f64>) -> Result<Duration, Error> {
     let max = app.config.tasks.max_timeout_secs;
@@ -43,17 +41,12 @@ impl Orchestrator {
         let app = self;
         let backend = backend(app, req.backend.as_deref())?;
         let timeout = timeout(app, req.timeout_secs)?;
-        for name in req.env.keys() {
-            check_env_name(name).map_err(Error::Invalid)?;
-        }
+        let bounds = request_bounds::for_host(&app.config.sandbox);
+        checks::check_program_input(&req.args, &req.env, &bounds)?;
         let memory_max_mb = req
             .memory_max_mb
             .unwrap_or(app.config.tasks.limits.memory_max_mb);
-        if memory_max_mb < MIN_MEMORY_MB {
-            return Err(Error::Invalid(format!(
-                "memory {memory_max_mb} MiB is too little: give at least {MIN_MEMORY_MB} MiB"
-            )));
-        }
+        checks::check_memory("memory_max_mb", memory_max_mb, &bounds)?;
         let program = app.program(&req.artifact).await?;
         let mut env = std::collections::BTreeMap::from([
             ("PATH".to_string(), "/usr/bin:/bin".to_string()),

@@ -1,0 +1,194 @@
+//! The checks every request's program input and limits pass before nxd stores or starts
+//! anything: a [`FieldError`] names the JSON field at fault (`limits.memory_max_mb`,
+//! `args[2]`, `env.KEY`) and says what would be accepted.
+
+use crate::kinds::{check_env_name, Limits};
+use std::collections::BTreeMap;
+
+/// The smallest `MemoryMax` a deployment or task may ask for, in MiB: below it not even the
+/// sandbox's own processes start.
+pub const MIN_MEMORY_MB: u64 = 16;
+/// The smallest `TasksMax`: the launcher, bubblewrap and the program itself.
+pub const MIN_TASKS: u64 = 4;
+/// The longest single argument or environment string, in bytes: the kernel's
+/// `MAX_ARG_STRLEN` (32 pages, see execve(2)), less its NUL.
+pub const MAX_STRING_BYTES: usize = 32 * 4096 - 1;
+
+/// A request field that cannot be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FieldError {
+    /// The field's JSON path, e.g. `limits.memory_max_mb`, `args[1]`, `env.KEY`.
+    pub field: String,
+    /// What is wrong and what would be accepted.
+    pub problem: String,
+}
+
+fn fail<T>(field: impl Into<String>, problem: impl Into<String>) -> Result<T, FieldError> {
+    Err(FieldError {
+        field: field.into(),
+        problem: problem.into(),
+    })
+}
+
+/// What requests are held to: sizes from nxd's config, upper limits from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestBounds {
+    /// All arguments together, in bytes (each counted with its NUL, as execve(2) does).
+    pub max_args_bytes: usize,
+    /// All `-e` variables together, in bytes (`KEY=value` and its NUL each).
+    pub max_env_bytes: usize,
+    /// The host's memory, in MiB.
+    pub max_memory_mb: u64,
+    /// The host's CPUs, in percent of one.
+    pub max_cpu_quota_percent: u32,
+    /// The host's `pid_max`.
+    pub max_tasks: u64,
+}
+
+fn check_string(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.contains('\0') {
+        return fail(
+            field,
+            "contains a NUL byte, which no program argument or environment value can hold",
+        );
+    }
+    if value.len() > MAX_STRING_BYTES {
+        return fail(
+            field,
+            format!(
+                "{} bytes, above the kernel's {MAX_STRING_BYTES} for one argument or variable",
+                value.len()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Arguments and environment of a program: no NUL, no string the kernel would refuse, totals
+/// within the bounds, variable names the shell's and not NX's own.
+pub fn check_program_input(
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    bounds: &RequestBounds,
+) -> Result<(), FieldError> {
+    for (i, arg) in args.iter().enumerate() {
+        check_string(&format!("args[{i}]"), arg)?;
+    }
+    let args_bytes: usize = args.iter().map(|a| a.len() + 1).sum();
+    if args_bytes > bounds.max_args_bytes {
+        return fail(
+            "args",
+            format!(
+                "{args_bytes} bytes in all, above this host's {} (sandbox.max_args_bytes); pass large input through the database or a file in /data",
+                bounds.max_args_bytes
+            ),
+        );
+    }
+    for (name, value) in env {
+        let field = format!("env.{}", name.replace('\0', "\\0"));
+        check_env_name(name).or_else(|problem| fail(&field, problem))?;
+        check_string(&field, value)?;
+    }
+    let env_bytes: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if env_bytes > bounds.max_env_bytes {
+        return fail(
+            "env",
+            format!(
+                "{env_bytes} bytes in all, above this host's {} (sandbox.max_env_bytes)",
+                bounds.max_env_bytes
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn check_range(field: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<(), FieldError> {
+    if value < min || value > max {
+        return fail(
+            field,
+            format!("{value} is out of range: give {min} to {max}{unit} on this host"),
+        );
+    }
+    Ok(())
+}
+
+/// A deployment's limits, within what the sandbox needs and the host has.
+pub fn check_limits(limits: &Limits, bounds: &RequestBounds) -> Result<(), FieldError> {
+    check_memory("limits.memory_max_mb", limits.memory_max_mb, bounds)?;
+    check_range(
+        "limits.cpu_quota_percent",
+        u64::from(limits.cpu_quota_percent),
+        1,
+        u64::from(bounds.max_cpu_quota_percent),
+        " percent of one CPU",
+    )?;
+    check_range(
+        "limits.tasks_max",
+        limits.tasks_max,
+        MIN_TASKS,
+        bounds.max_tasks,
+        " processes and threads",
+    )
+}
+
+/// A memory limit (`field` names it), within what the sandbox needs and the host has.
+pub fn check_memory(field: &str, mb: u64, bounds: &RequestBounds) -> Result<(), FieldError> {
+    check_range(field, mb, MIN_MEMORY_MB, bounds.max_memory_mb, " MiB")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUNDS: RequestBounds = RequestBounds {
+        max_args_bytes: 100,
+        max_env_bytes: 100,
+        max_memory_mb: 1024,
+        max_cpu_quota_percent: 200,
+        max_tasks: 1000,
+    };
+
+    fn field(r: Result<(), FieldError>) -> String {
+        r.unwrap_err().field
+    }
+
+    #[test]
+    fn each_bad_input_names_its_field() {
+        let env = BTreeMap::new();
+        assert_eq!(
+            field(check_program_input(
+                &["ok".into(), "a\0b".into()],
+                &env,
+                &BOUNDS
+            )),
+            "args[1]"
+        );
+        assert_eq!(
+            field(check_program_input(&["x".repeat(100)], &env, &BOUNDS)),
+            "args"
+        );
+        let env = BTreeMap::from([("KEY".to_string(), "a\0".to_string())]);
+        assert_eq!(field(check_program_input(&[], &env, &BOUNDS)), "env.KEY");
+        let env = BTreeMap::from([("NX_X".to_string(), "a".to_string())]);
+        assert_eq!(field(check_program_input(&[], &env, &BOUNDS)), "env.NX_X");
+        let zero = Limits {
+            memory_max_mb: 0,
+            ..Limits::default()
+        };
+        assert_eq!(field(check_limits(&zero, &BOUNDS)), "limits.memory_max_mb");
+        let huge = Limits {
+            memory_max_mb: 512,
+            cpu_quota_percent: 100,
+            tasks_max: 0,
+        };
+        assert_eq!(field(check_limits(&huge, &BOUNDS)), "limits.tasks_max");
+        let fine = Limits {
+            memory_max_mb: 512,
+            cpu_quota_percent: 200,
+            tasks_max: 256,
+        };
+        assert!(check_limits(&fine, &BOUNDS).is_ok());
+        assert!(check_program_input(&["a".into()], &BTreeMap::new(), &BOUNDS).is_ok());
+    }
+}
