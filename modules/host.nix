@@ -4,10 +4,13 @@
 let
   cfg = config.services.nx;
   defaults = import ./nxd-defaults.nix;
+  # The local cluster as the nx role, by peer authentication: for nxd (the nx user) and for the
+  # pg_dump and pg_restore units it starts (root), as nxd's embedded cluster does.
+  localUrl = "postgres://nx@localhost/nx?host=/run/postgresql";
   settings = import ./nxd-config.nix (cfg // {
-    databaseUrl = if cfg.database.createLocally then "postgres:///nx?host=/run/postgresql" else cfg.database.url;
+    databaseUrl = if cfg.database.createLocally then localUrl else cfg.database.url;
     databases = cfg.databases // (lib.optionalAttrs cfg.database.createLocally {
-      adminUrl = "postgres:///nx?host=/run/postgresql";
+      adminUrl = localUrl;
       socketDir = "/run/postgresql";
     });
   });
@@ -153,8 +156,12 @@ in
       settings.superuser_reserved_connections = lib.mkDefault 20;
       # nx by peer; the sandboxes' roles (nx_*, nxb_*) by password through the socket.
       authentication = lib.mkBefore ''
-        local all nx peer
+        local all nx peer map=nx
         local all /^nxb?_ scram-sha-256
+      '';
+      identMap = ''
+        nx nx nx
+        nx root nx
       '';
     };
 
@@ -163,13 +170,14 @@ in
       sliceConfig = { MemoryAccounting = true; TasksAccounting = true; };
     };
 
-    # nxd starts transient units as the nx user: allow exactly that, for NX's own unit names.
+    # nxd starts transient units as the nx user: allow exactly that, for NX's own unit names
+    # (nx-*: deployments; nxt-*: tasks; nxdb-*: pg_dump and pg_restore).
     security.polkit.enable = true;
     security.polkit.extraConfig = ''
       polkit.addRule(function(action, subject) {
         if (subject.user == "nx" &&
             (action.id == "org.freedesktop.systemd1.manage-units") &&
-            /^nx-[a-z0-9-]+\.service$/.test(action.lookup("unit") || "")) {
+            /^nx(t|db)?-[A-Za-z0-9_-]+\.service$/.test(action.lookup("unit") || "")) {
           return polkit.Result.YES;
         }
       });

@@ -76,6 +76,10 @@ let
         msg = "${name}: databases.admin_url must be a superuser connection, but the nx role is not a superuser";
       }
       {
+        cond = nx.database.createLocally -> lib.hasInfix "nx root nx" c.services.postgresql.identMap;
+        msg = "${name}: nxd's pg_dump and pg_restore units run as root and connect as nx, but root may not";
+      }
+      {
         cond = nx.openFirewall -> builtins.elem routerPort c.networking.firewall.allowedTCPPorts;
         msg = "${name}: openFirewall, but the router's port ${toString routerPort} is closed";
       }

@@ -181,6 +181,7 @@ let
           ensureDatabases = strs;
           ensureUsers = mkOption { type = types.listOf types.anything; default = [ ]; };
           authentication = mkOption { type = types.lines; default = ""; };
+          identMap = mkOption { type = types.lines; default = ""; };
           settings = mkOption { type = types.attrsOf types.anything; default = { }; };
         };
         openssh = {
