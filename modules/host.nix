@@ -51,6 +51,11 @@ in
       default = defaults.apiListen;
       description = "Address of the JSON API that `nx` uses.";
     };
+    apiMaxConnections = mkOption {
+      type = types.ints.positive;
+      default = defaults.apiMaxConnections;
+      description = "Open API connections beyond this are closed as soon as they are accepted; open ones keep working.";
+    };
     routerListen = mkOption {
       type = types.str;
       default = defaults.routerListen;
@@ -86,6 +91,16 @@ in
       defaultTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.tasks.defaultTimeoutSecs; description = "A task's timeout when the request names none."; };
       maxTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.tasks.maxTimeoutSecs; description = "The longest timeout a request may ask for."; };
       limits = limitsOptions defaults.tasks.limits "a task";
+    };
+    router = {
+      trustedProxies = mkOption { type = types.listOf types.str; default = defaults.router.trustedProxies; description = "CIDRs (e.g. a CDN's published ranges) whose X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, Forwarded, X-Real-IP and X-Request-Id are kept and appended to; from other peers they are replaced."; };
+      headTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.router.headTimeoutSecs; description = "A request head must arrive within this many seconds of its first byte."; };
+      idleTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.router.idleTimeoutSecs; description = "Idle keep-alive connections, and new ones that send nothing, are closed after this many seconds."; };
+      connectTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.router.connectTimeoutSecs; description = "Connecting to a deployment may take this many seconds (then 502)."; };
+      upstreamReadTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.router.upstreamReadTimeoutSecs; description = "Longest wait for a deployment's next bytes: its response head, a streamed body, a WebSocket (then 504)."; };
+      maxBodyMb = mkOption { type = types.ints.positive; default = defaults.router.maxBodyMb; description = "Largest request body in MiB (413 beyond)."; };
+      maxConnections = mkOption { type = types.ints.positive; default = defaults.router.maxConnections; description = "Open client connections beyond this are closed as soon as they are accepted; open ones keep working."; };
+      accessLogSample = mkOption { type = types.numbers.between 0 1; default = defaults.router.accessLogSample; description = "Share of requests written to the access log; responses of 500 and up are always logged."; };
     };
     microvm = {
       kernelDir = mkOption { type = types.nullOr types.str; default = defaults.microvm.kernelDir; description = "The guest kernel: vmlinux and modules/ (with order). Null: no microvm backend."; };

@@ -17,6 +17,7 @@ in
 withoutNulls {
   state_dir = cfg.stateDir;
   api_listen = cfg.apiListen;
+  api_max_connections = cfg.apiMaxConnections;
   router_listen = cfg.routerListen;
   base_domain = cfg.baseDomain;
   token_file = cfg.tokenFile;
@@ -52,5 +53,15 @@ withoutNulls {
   microvm = withoutNulls {
     kernel_dir = cfg.microvm.kernelDir;
     inherit (cfg.microvm) init vmm accel;
+  };
+  router = {
+    trusted_proxies = cfg.router.trustedProxies;
+    head_timeout_secs = cfg.router.headTimeoutSecs;
+    idle_timeout_secs = cfg.router.idleTimeoutSecs;
+    connect_timeout_secs = cfg.router.connectTimeoutSecs;
+    upstream_read_timeout_secs = cfg.router.upstreamReadTimeoutSecs;
+    max_body_mb = cfg.router.maxBodyMb;
+    max_connections = cfg.router.maxConnections;
+    access_log_sample = cfg.router.accessLogSample;
   };
 }

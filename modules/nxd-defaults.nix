@@ -3,6 +3,7 @@
 {
   stateDir = "/var/lib/nx";
   apiListen = "127.0.0.1:7700";
+  apiMaxConnections = 4096;
   routerListen = "127.0.0.1:7780";
   baseDomain = "nx.localhost";
   tokenFile = null;
@@ -54,5 +55,15 @@
     init = "/usr/lib/nx/nx-vm-init";
     vmm = "qemu";
     accel = "auto";
+  };
+  router = {
+    trustedProxies = [ ];
+    headTimeoutSecs = 10;
+    idleTimeoutSecs = 60;
+    connectTimeoutSecs = 5;
+    upstreamReadTimeoutSecs = 300;
+    maxBodyMb = 1024;
+    maxConnections = 16384;
+    accessLogSample = 1.0;
   };
 }

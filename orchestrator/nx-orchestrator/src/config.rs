@@ -26,6 +26,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The JSON API (used by `nx`).
     pub api_listen: SocketAddr,
+    /// Open API connections beyond this are closed as soon as they are accepted; those already
+    /// open keep working.
+    pub api_max_connections: usize,
     /// The router: `Host: <deployment>.<sandbox>.<base_domain>` and `Host: <sandbox>.<base_domain>`.
     pub router_listen: SocketAddr,
     /// The domain under which preview and production URLs live.
@@ -42,6 +45,7 @@ pub struct Config {
     pub databases: DatabasesConfig,
     pub tasks: TasksConfig,
     pub microvm: MicrovmConfig,
+    pub router: crate::router::RouterConfig,
 }
 
 /// The `microvm` backend: a deployment's static binary as the only program of a VM.
@@ -221,6 +225,7 @@ impl Default for Config {
         Self {
             state_dir: PathBuf::from("/var/lib/nx"),
             api_listen: "127.0.0.1:7700".parse().expect("literal"),
+            api_max_connections: 4096,
             router_listen: "127.0.0.1:7780".parse().expect("literal"),
             base_domain: "nx.localhost".into(),
             token_file: None,
@@ -232,6 +237,7 @@ impl Default for Config {
             databases: DatabasesConfig::default(),
             tasks: TasksConfig::default(),
             microvm: MicrovmConfig::default(),
+            router: crate::router::RouterConfig::default(),
         }
     }
 }
@@ -328,6 +334,12 @@ impl Config {
                 "databases.connection_limit_percent ({}) must be 1 to 100",
                 self.databases.connection_limit_percent
             )));
+        }
+        self.router.validate().map_err(ConfigError::Invalid)?;
+        if self.api_max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "api_max_connections must be at least 1".into(),
+            ));
         }
         if !self.systemd.slice.ends_with(".slice") {
             return Err(ConfigError::Invalid(format!(

@@ -6,6 +6,8 @@ use crate::backend::BackendError;
 use crate::databases::DbError;
 use crate::embedded_db::EmbeddedDbError;
 use crate::names::NameError;
+use crate::router::unit::RouterUnitError;
+use crate::router::RouterClientError;
 use crate::state::StateError;
 use crate::supervisor::SupervisorError;
 use crate::tasks::TaskError;
@@ -50,6 +52,12 @@ pub enum Error {
     EmbeddedDb(#[from] EmbeddedDbError),
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// The router did not take the route table (it is not running or refused it).
+    #[error(transparent)]
+    Router(#[from] RouterClientError),
+    /// The router's unit could not be set up.
+    #[error(transparent)]
+    RouterUnit(#[from] RouterUnitError),
     /// A file operation of the lifecycle itself failed; `what` names it.
     #[error("{what}: {source}")]
     Io {

@@ -11,7 +11,7 @@ use crate::databases::{BackupInfo, Databases, RestoreInfo};
 use crate::domain::{BackendKind, Deployment, Desired, RouteKey, Runtime};
 use crate::error::Error;
 use crate::names::{DeploymentId, SandboxName};
-use crate::router::Router;
+use crate::router::{self, RouteTable, RouterClient, RouterSettings};
 use crate::state::{NewDeployment, StateStore};
 use crate::supervisor::Supervisor;
 use crate::tasks::Tasks;
@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 /// Largest binary nxd accepts.
 const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+/// How long a route change waits for a (re)starting router.
+const ROUTER_PATIENCE: Duration = Duration::from_secs(10);
 /// Log lines returned with a failed push.
 const FAILURE_LOG_LINES: usize = 20;
 
@@ -34,7 +36,7 @@ const FAILURE_LOG_LINES: usize = 20;
 pub struct Orchestrator {
     pub config: Config,
     pub artifacts: ArtifactStore,
-    pub router: Arc<Router>,
+    pub router: RouterClient,
     pub databases: Databases,
     state: StateStore,
     backend: Arc<Backends>,
@@ -97,9 +99,15 @@ impl Orchestrator {
         let launcher =
             std::env::current_exe().map_err(Error::io("locating the nxd binary (the launcher)"))?;
         let backend = make_backends(&config, Arc::clone(&supervisor), launcher.clone()).await?;
+        let router = router::unit::ensure_running(
+            &supervisor,
+            &launcher.with_file_name("nx-router"),
+            &RouterSettings::from_config(&config),
+        )
+        .await?;
         let tasks = Tasks::start(supervisor, backend.clone(), launcher, &config.tasks).await?;
         let app = Arc::new(Self {
-            router: Arc::new(Router::new(&config.base_domain)),
+            router,
             config,
             artifacts,
             databases,
@@ -158,22 +166,32 @@ impl Orchestrator {
     async fn rebuild_routes(&self) -> Result<(), Error> {
         let deployments = self.state.deployments().await?;
         let promoted = self.state.promoted().await?;
-        let ports: HashMap<&DeploymentId, u16> = deployments
+        let running: HashMap<&DeploymentId, SocketAddr> = deployments
             .iter()
             .filter(|d| d.desired == Desired::Running)
-            .map(|d| (&d.id, d.port))
+            .map(|d| (&d.id, SocketAddr::from(([127, 0, 0, 1], d.port))))
             .collect();
-        let mut routes: Vec<(RouteKey, u16)> = deployments
+        let keys: Vec<(RouteKey, &DeploymentId, SocketAddr)> = deployments
             .iter()
-            .filter(|d| d.desired == Desired::Running)
-            .map(|d| (RouteKey::Preview(d.sandbox.clone(), d.id.clone()), d.port))
+            .filter_map(|d| running.get(&d.id).map(|addr| (d, *addr)))
+            .map(|(d, addr)| {
+                (
+                    RouteKey::Preview(d.sandbox.clone(), d.id.clone()),
+                    &d.id,
+                    addr,
+                )
+            })
+            .chain(promoted.iter().filter_map(|(sandbox, id)| {
+                running
+                    .get(id)
+                    .map(|addr| (RouteKey::Production(sandbox.clone()), id, *addr))
+            }))
             .collect();
-        routes.extend(promoted.iter().filter_map(|(sandbox, id)| {
-            ports
-                .get(id)
-                .map(|port| (RouteKey::Production(sandbox.clone()), *port))
-        }));
-        self.router.replace(routes);
+        let table = RouteTable::build(
+            &self.config.base_domain,
+            keys.iter().map(|(key, id, addr)| (key, id.as_str(), *addr)),
+        );
+        self.router.replace(&table, ROUTER_PATIENCE).await?;
         Ok(())
     }
 
@@ -262,7 +280,7 @@ impl Orchestrator {
 
     fn url(&self, key: &RouteKey) -> String {
         let port = self.config.router_listen.port();
-        let host = self.router.host(key);
+        let host = router::host_name(key, &self.config.base_domain);
         if port == 80 {
             format!("http://{host}/")
         } else {
@@ -671,9 +689,11 @@ async fn make_backends(
             restart_delay,
         )?);
     #[cfg(not(feature = "container"))]
-    return Err(Error::Setup(
-        "nxd was built without the container backend; enable the `container` feature".into(),
-    ));
+    let container: Arc<dyn SandboxBackend> = {
+        return Err(Error::Setup(
+            "nxd was built without the container backend; enable the `container` feature".into(),
+        ));
+    };
     #[cfg(feature = "microvm")]
     let microvm: Option<Arc<dyn SandboxBackend>> = match config.microvm.kernel_dir {
         None => None,

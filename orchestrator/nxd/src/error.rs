@@ -56,6 +56,8 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::Invalid(_) | Error::Name(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            // The router is away (restarting): the change is in the database, try again.
+            Error::Router(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::NotReady { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Artifact(e) => match e {
@@ -82,6 +84,7 @@ impl From<Error> for ApiError {
             | Error::Supervisor(_)
             | Error::EmbeddedDb(_)
             | Error::Task(_)
+            | Error::RouterUnit(_)
             | Error::Setup(_)
             | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -4,6 +4,7 @@ mod auth;
 mod error;
 mod http_api;
 mod json_body;
+mod listener;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -112,6 +113,12 @@ fn main() -> anyhow::Result<()> {
                 .init();
             nx_orchestrator::failpoint::arm_from_env();
             let config = cli.run.config()?;
+            // systemd's default soft limit (1024) would cap the API at about a thousand
+            // connections; the hard limit is what the operator allows.
+            match rlimit::increase_nofile_limit(u64::MAX) {
+                Ok(n) => tracing::info!(open_files = n, "open-file limit raised"),
+                Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+            }
             tokio::runtime::Runtime::new()
                 .context("starting the tokio runtime")?
                 .block_on(serve(config))
@@ -123,21 +130,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("cannot listen on api_listen {}", config.api_listen))?;
-    let router_listener = tokio::net::TcpListener::bind(config.router_listen)
-        .await
-        .with_context(|| format!("cannot listen on router_listen {}", config.router_listen))?;
     let token = auth::load_or_create(&config.token_file())?;
     let app = nx_orchestrator::Orchestrator::start(config).await?;
-    let router = app.router.clone();
     tracing::info!(
         api = %api_listener.local_addr()?,
-        router = %router_listener.local_addr()?,
+        router = %app.config.router_listen,
         "nxd ready"
     );
+    let api_listener = listener::CappedListener::new(api_listener, app.config.api_max_connections);
     let api = axum::serve(api_listener, http_api::routes(app, token));
     tokio::select! {
         r = api => r.context("API server")?,
-        r = router.serve(router_listener) => r.context("router")?,
         _ = shutdown_signal() => tracing::info!("nxd stopping; deployments keep running"),
     }
     Ok(())

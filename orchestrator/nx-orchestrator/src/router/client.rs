@@ -1,0 +1,117 @@
+//! nxd's client of the router's control socket: HTTP/1.1 over a unix socket.
+//!
+//! `PUT /v1/routes` with a [`RouteTable`] (JSON) replaces the whole table (204);
+//! `GET /v1/routes` answers the table the router holds.
+
+use super::RouteTable;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterClientError {
+    #[error("the router does not answer on {socket}: {message} (is nx-router.service running? `nx status` and the router's log in <state_dir>/router/router.log tell)")]
+    Unreachable { socket: PathBuf, message: String },
+    #[error("the router refused the request ({status}): {body}")]
+    Refused { status: StatusCode, body: String },
+}
+
+/// Talks to one router's control socket.
+#[derive(Debug, Clone)]
+pub struct RouterClient {
+    socket: PathBuf,
+}
+
+impl RouterClient {
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            socket: socket.to_owned(),
+        }
+    }
+
+    /// Replaces the router's whole table; the router has swapped it when this returns.
+    /// Retries for up to `patience` while the router is (re)starting.
+    pub async fn replace(
+        &self,
+        table: &RouteTable,
+        patience: Duration,
+    ) -> Result<(), RouterClientError> {
+        let body = serde_json::to_vec(table).expect("a route table serializes");
+        self.call_retrying(Method::PUT, body, patience).await?;
+        tracing::debug!(
+            routes = table.routes.len(),
+            "route table sent to the router"
+        );
+        Ok(())
+    }
+
+    /// The table the router holds now.
+    pub async fn table(&self, patience: Duration) -> Result<RouteTable, RouterClientError> {
+        let body = self
+            .call_retrying(Method::GET, Vec::new(), patience)
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| RouterClientError::Refused {
+            status: StatusCode::OK,
+            body: format!("not a route table: {e}"),
+        })
+    }
+
+    async fn call_retrying(
+        &self,
+        method: Method,
+        body: Vec<u8>,
+        patience: Duration,
+    ) -> Result<Bytes, RouterClientError> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match self.call(method.clone(), body.clone()).await {
+                Err(RouterClientError::Unreachable { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call(&self, method: Method, body: Vec<u8>) -> Result<Bytes, RouterClientError> {
+        let unreachable = |message: String| RouterClientError::Unreachable {
+            socket: self.socket.clone(),
+            message,
+        };
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(conn);
+        let request = Request::builder()
+            .method(method)
+            .uri("/v1/routes")
+            .header(hyper::header::HOST, "nx-router")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid request");
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(RouterClientError::Refused {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        Ok(body)
+    }
+}

@@ -1,0 +1,69 @@
+//! The router's systemd unit, `nx-router.service`: started over D-Bus like a deployment's, so
+//! it outlives nxd. nxd adopts a running router whose settings are unchanged (no dropped
+//! connection across an nxd restart) and restarts one whose settings changed.
+
+use super::{RouterClient, RouterSettings};
+use crate::supervisor::{Supervisor, SupervisorError, UnitOutput, UnitSpec};
+use std::path::Path;
+use std::time::Duration;
+
+pub const UNIT: &str = "nx-router.service";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterUnitError {
+    #[error("router: cannot write {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("router unit: {0}")]
+    Supervisor(#[from] SupervisorError),
+}
+
+/// Makes sure `nx-router.service` runs `program` with `settings`; answers its control client.
+#[tracing::instrument(skip_all, fields(listen = %settings.listen))]
+pub async fn ensure_running(
+    supervisor: &Supervisor,
+    program: &Path,
+    settings: &RouterSettings,
+) -> Result<RouterClient, RouterUnitError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| RouterUnitError::Io { path, source }
+    };
+    std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
+    let file = RouterSettings::file(&settings.dir);
+    let wanted = serde_json::to_string_pretty(settings).expect("settings serialize");
+    let current = std::fs::read_to_string(&file).ok();
+    let active = supervisor.state(UNIT).await?.active == "active";
+    if active && current.as_deref() == Some(wanted.as_str()) {
+        tracing::info!("router adopted: it kept serving while nxd was away");
+        return Ok(RouterClient::new(&settings.control_socket()));
+    }
+    if active {
+        tracing::warn!("router settings changed: restarting the router");
+        supervisor.stop(UNIT).await?;
+    }
+    let tmp = file.with_extension("json.tmp");
+    std::fs::write(&tmp, &wanted).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &file).map_err(io(&file))?;
+    supervisor
+        .start(&UnitSpec {
+            name: UNIT.into(),
+            description: "NX router (reverse proxy of preview and production URLs)".into(),
+            argv: vec![
+                program.display().to_string(),
+                "--settings".into(),
+                file.display().to_string(),
+            ],
+            // As nxd's own user (root here, `nx` on NixOS): the control socket is that user's.
+            user: (!nix::unistd::geteuid().is_root())
+                .then(|| nix::unistd::geteuid().as_raw().to_string()),
+            limits: None,
+            output: UnitOutput::File(settings.dir.join("router.log")),
+            restart_delay: Some(Duration::from_secs(1)),
+        })
+        .await?;
+    tracing::info!("router started");
+    Ok(RouterClient::new(&settings.control_socket()))
+}

@@ -1,0 +1,156 @@
+//! What Pingora leaves to its user about client connections: a cap on open connections, and a
+//! deadline for a whole request head (Pingora's timeouts are per read, so a client that sends a
+//! byte every few seconds would never be cut off).
+//!
+//! [`Connections`] wraps the proxy as Pingora's `ServerApp`: it refuses connections over the cap,
+//! reads each HTTP/1 request head itself under `head_timeout` (the first byte under
+//! `idle_timeout`), puts the bytes back into the stream (Pingora's `rewind`) and hands the
+//! request to the proxy; HTTP/2 with prior knowledge (h2c) goes to Pingora's own handling.
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::{GetSocketDigest, Stream};
+use pingora::server::ShutdownWatch;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::time::{timeout, timeout_at, Instant};
+
+/// HTTP/2's connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// A head longer than this goes to Pingora as it is, which refuses it.
+const MAX_HEAD_BYTES: usize = 64 << 10;
+
+pub struct Connections<A> {
+    proxy: Arc<A>,
+    open: Arc<AtomicUsize>,
+    max: usize,
+    idle_timeout: Duration,
+    head_timeout: Duration,
+}
+
+/// Holds one of the `max` connection slots until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+enum Head {
+    /// The client closed, sent nothing in time, or did not finish its head in time.
+    Gone,
+    Http1(Stream),
+    Http2(Stream),
+}
+
+impl<A> Connections<A> {
+    pub fn new(proxy: A, max: usize, idle_timeout: Duration, head_timeout: Duration) -> Self {
+        Self {
+            proxy: Arc::new(proxy),
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+            idle_timeout,
+            head_timeout,
+        }
+    }
+
+    fn slot(&self) -> Option<Slot> {
+        let n = self.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(self.open.clone());
+        (n < self.max).then_some(slot)
+    }
+
+    /// Reads one request head (or h2c's preface) under the deadlines, then rewinds it.
+    async fn read_head(&self, mut stream: Box<TcpStream>, first: bool) -> Head {
+        let mut head = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 4096];
+        match timeout(self.idle_timeout, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+            _ => return Head::Gone,
+        }
+        let deadline = Instant::now() + self.head_timeout;
+        loop {
+            if first && head.starts_with(H2_PREFACE) {
+                stream.rewind(&head);
+                return Head::Http2(stream);
+            }
+            let partial_preface = first && H2_PREFACE.starts_with(&head);
+            let complete =
+                head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n");
+            if (complete && !partial_preface) || head.len() > MAX_HEAD_BYTES {
+                stream.rewind(&head);
+                return Head::Http1(stream);
+            }
+            match timeout_at(deadline, stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                Ok(_) => return Head::Gone,
+                Err(_) => {
+                    tracing::info!(
+                        peer = ?stream.get_socket_digest().and_then(|d| d.peer_addr().cloned()),
+                        bytes = head.len(),
+                        secs = self.head_timeout.as_secs(),
+                        "request head not complete within router.head_timeout_secs: closed"
+                    );
+                    return Head::Gone;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for Connections<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Some(_slot) = self.slot() else {
+            tracing::warn!(
+                max = self.max,
+                "router.max_connections reached: connection refused"
+            );
+            return None;
+        };
+        if !stream.as_any().is::<TcpStream>() {
+            // Not a plain TCP stream (e.g. TLS later): Pingora's own handling, timeouts per read.
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+        let mut stream: Box<TcpStream> = stream.into_any().downcast().ok()?;
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            let stream_after = match self.read_head(stream, first).await {
+                Head::Gone => return None,
+                Head::Http2(s) => return ServerApp::process_new(&self.proxy, s, shutdown).await,
+                Head::Http1(s) => s,
+            };
+            first = false;
+            let mut session = ServerSession::new_http1(stream_after);
+            let keepalive = (!*shutdown.borrow()).then_some(self.idle_timeout.as_secs());
+            session.set_keepalive(keepalive);
+            if let Some(s) = settings.take() {
+                s.apply_to_session(&mut session);
+            }
+            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let (next, persistent) = reused.consume();
+            settings = persistent;
+            stream = match next.into_any().downcast() {
+                Ok(s) => s,
+                Err(_) => return None,
+            };
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}

@@ -1,0 +1,103 @@
+//! The control socket nxd feeds tables through: HTTP/1.1 on a unix socket (mode 0600, so only
+//! root, which nxd runs as, may connect). `PUT /v1/routes` replaces the table (204),
+//! `GET /v1/routes` answers it. Runs on a thread of its own, beside Pingora's runtimes.
+
+use crate::table::Table;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use nx_orchestrator::router::RouteTable;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A table larger than this (bytes of JSON) is refused.
+const MAX_TABLE_BYTES: usize = 64 << 20;
+
+/// Binds `socket` (replacing a stale one) and serves it on a new thread.
+pub fn spawn(socket: &Path, table: Arc<Table>) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .map_err(|e| anyhow::anyhow!("cannot bind the control socket {}: {e}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("nx-router-control".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the control thread's runtime");
+            runtime.block_on(serve(listener, table));
+        })?;
+    Ok(())
+}
+
+async fn serve(listener: std::os::unix::net::UnixListener, table: Arc<Table>) {
+    let listener = tokio::net::UnixListener::from_std(listener).expect("a tokio unix listener");
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: accept failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let table = table.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let table = table.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&table, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(table: &Table, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, body: Vec<u8>| {
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp
+    };
+    if req.uri().path() != "/v1/routes" {
+        return reply(StatusCode::NOT_FOUND, b"only /v1/routes\n".to_vec());
+    }
+    match *req.method() {
+        Method::GET => reply(
+            StatusCode::OK,
+            serde_json::to_vec(&table.snapshot()).expect("a table serializes"),
+        ),
+        Method::PUT => {
+            let body = match Limited::new(req.into_body(), MAX_TABLE_BYTES)
+                .collect()
+                .await
+            {
+                Ok(body) => body.to_bytes(),
+                Err(e) => return reply(StatusCode::BAD_REQUEST, e.to_string().into_bytes()),
+            };
+            let new: RouteTable = match serde_json::from_slice(&body) {
+                Ok(t) => t,
+                Err(e) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        format!("not a route table: {e}\n").into_bytes(),
+                    )
+                }
+            };
+            match table.replace(new) {
+                Ok(()) => reply(StatusCode::NO_CONTENT, Vec::new()),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot keep the table: {e}\n").into_bytes(),
+                ),
+            }
+        }
+        _ => reply(StatusCode::METHOD_NOT_ALLOWED, b"GET or PUT\n".to_vec()),
+    }
+}

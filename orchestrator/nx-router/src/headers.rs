@@ -1,0 +1,167 @@
+//! Header rules of the router: the client-address headers it sets (`X-Forwarded-For`,
+//! `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP`, and `Forwarded` of RFC 7239), and the
+//! hop-by-hop headers it removes (RFC 9110 §7.6.1).
+
+use http::HeaderMap;
+use std::net::IpAddr;
+
+/// The forwarding headers of one request, computed from what the client sent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Forwarding {
+    pub x_forwarded_for: String,
+    pub x_forwarded_proto: String,
+    pub x_forwarded_host: String,
+    pub x_real_ip: String,
+    pub forwarded: String,
+}
+
+/// What to send upstream for a request from `peer` over `proto` ("http"/"https") for `host`.
+/// From a `trusted` peer (in `router.trusted_proxies`) the client's values are kept and this
+/// hop appended; from anyone else they are replaced.
+pub fn forwarding(
+    received: &HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    proto: &str,
+    host: &str,
+) -> Forwarding {
+    let joined = |name: &str| -> Option<String> {
+        let values: Vec<&str> = received
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (trusted && !values.is_empty()).then(|| values.join(", "))
+    };
+    let append = |name: &str, hop: String| match joined(name) {
+        Some(before) => format!("{before}, {hop}"),
+        None => hop,
+    };
+    // RFC 7239 §6: an IPv6 node is quoted and bracketed; §4: values that are not tokens
+    // (a host with a port) are quoted.
+    let node = match peer {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let host_value = host.replace(['"', '\\'], "");
+    Forwarding {
+        x_forwarded_for: append("x-forwarded-for", peer.to_string()),
+        x_forwarded_proto: joined("x-forwarded-proto").unwrap_or_else(|| proto.to_owned()),
+        x_forwarded_host: joined("x-forwarded-host").unwrap_or_else(|| host_value.clone()),
+        x_real_ip: joined("x-real-ip").unwrap_or_else(|| peer.to_string()),
+        forwarded: append(
+            "forwarded",
+            format!("for={node};host=\"{host_value}\";proto={proto}"),
+        ),
+    }
+}
+
+/// The hop-by-hop headers of a message, to remove before it goes on: `Connection`, the names
+/// it lists, `Keep-Alive`, `Proxy-Connection`, `TE` (but `TE: trailers`, which gRPC needs end
+/// to end) and `Upgrade`. In an upgrade (`Connection: upgrade` with `Upgrade`, e.g. a WebSocket
+/// handshake or its 101) `Connection` and `Upgrade` stay: the engine tunnels it.
+pub fn hop_by_hop(headers: &HeaderMap) -> Vec<String> {
+    let listed: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    let upgrade =
+        listed.iter().any(|n| n == "upgrade") && headers.contains_key(http::header::UPGRADE);
+    let te_trailers_only = headers.get_all(http::header::TE).iter().all(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("trailers"))
+    });
+    let mut names: Vec<String> = ["keep-alive", "proxy-connection"]
+        .into_iter()
+        .map(String::from)
+        .chain(listed.into_iter().filter(|n| n != "upgrade" && n != "te"))
+        .collect();
+    if !upgrade {
+        names.extend(["connection".into(), "upgrade".into()]);
+    }
+    if !te_trailers_only {
+        names.push("te".into());
+    }
+    names.retain(|n| headers.contains_key(n.as_str()));
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    const SPOOFED: &[(&str, &str)] = &[
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-real-ip", "6.6.6.6"),
+        ("forwarded", "for=6.6.6.6"),
+    ];
+
+    #[test]
+    fn an_untrusted_peer_cannot_choose_its_address() {
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let f = forwarding(&map(SPOOFED), peer, false, "http", "web.nx.test:7780");
+        assert_eq!(
+            f,
+            Forwarding {
+                x_forwarded_for: "127.0.0.1".into(),
+                x_forwarded_proto: "http".into(),
+                x_forwarded_host: "web.nx.test:7780".into(),
+                x_real_ip: "127.0.0.1".into(),
+                forwarded: "for=127.0.0.1;host=\"web.nx.test:7780\";proto=http".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_appended_to() {
+        let peer: IpAddr = "::1".parse().unwrap();
+        let f = forwarding(&map(SPOOFED), peer, true, "http", "web.nx.test");
+        assert_eq!(f.x_forwarded_for, "6.6.6.6, ::1");
+        assert_eq!(f.x_forwarded_proto, "https");
+        assert_eq!(f.x_real_ip, "6.6.6.6");
+        assert_eq!(
+            f.forwarded,
+            "for=6.6.6.6, for=\"[::1]\";host=\"web.nx.test\";proto=http"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_but_an_upgrade_and_te_trailers_stay() {
+        let plain = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip"),
+            ("host", "a"),
+        ]);
+        assert_eq!(
+            hop_by_hop(&plain),
+            ["connection", "keep-alive", "te", "x-secret"]
+        );
+        let ws = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+        ]);
+        assert!(hop_by_hop(&ws).is_empty());
+    }
+}

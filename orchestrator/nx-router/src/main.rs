@@ -1,0 +1,101 @@
+//! `nx-router`: NX's reverse proxy, on Pingora, in a process of its own (`nx-router.service`,
+//! started by nxd over D-Bus). It serves the last route table nxd gave it, also while nxd is
+//! away, and takes new tables on its control socket.
+//!
+//! `nx-router --settings <dir>/settings.json` (written by nxd). `--upgrade` takes the listening
+//! socket from a running router over `<dir>/upgrade.sock` (send the old one SIGQUIT), Pingora's
+//! graceful upgrade: no connection is refused while the binary is replaced.
+
+mod connections;
+mod control;
+mod headers;
+mod proxy;
+mod table;
+
+use anyhow::Context;
+use clap::Parser;
+use nx_orchestrator::router::RouterSettings;
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "nx-router", version, about = "The NX router (started by nxd)")]
+struct Args {
+    /// The settings file nxd wrote (JSON).
+    #[arg(long)]
+    settings: PathBuf,
+    /// Take the listening socket from the running router (Pingora's graceful upgrade).
+    #[arg(long)]
+    upgrade: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let text = std::fs::read(&args.settings)
+        .with_context(|| format!("reading {}", args.settings.display()))?;
+    let settings: RouterSettings = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not router settings", args.settings.display()))?;
+    settings.config.validate().map_err(anyhow::Error::msg)?;
+    raise_open_files_limit();
+
+    let table = Arc::new(table::Table::load(&settings.table_file())?);
+    control::spawn(&settings.control_socket(), table.clone())?;
+
+    let dir = |name: &str| settings.dir.join(name).display().to_string();
+    let conf = ServerConf {
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        pid_file: dir("router.pid"),
+        upgrade_sock: dir("upgrade.sock"),
+        // On SIGTERM, stop accepting at once and give open requests 5 s.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: args.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    let config = settings.config.clone();
+    let mut proxy = pingora::proxy::http_proxy(
+        &server.configuration,
+        proxy::NxProxy::new(table, config.clone(), settings.base_domain.clone()),
+    );
+    let idle = Duration::from_secs(config.idle_timeout_secs);
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    options.h2_idle_timeout = Some(idle);
+    proxy.server_options = Some(options);
+    let app = connections::Connections::new(
+        proxy,
+        config.max_connections,
+        idle,
+        Duration::from_secs(config.head_timeout_secs),
+    );
+    let mut service = Service::new("nx-router".into(), app);
+    service.add_tcp(&settings.listen.to_string());
+    server.add_service(service);
+    tracing::info!(listen = %settings.listen, "nx-router ready");
+    server.run_forever()
+}
+
+/// Raises the soft limit of open files to the hard limit (systemd's default soft limit, 1024,
+/// would cap the router at about a thousand connections).
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(open_files = n, "open-file limit raised"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}

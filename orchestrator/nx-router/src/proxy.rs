@@ -1,0 +1,299 @@
+//! The proxy logic on Pingora: route by `Host`, set the forwarding headers, strip hop-by-hop
+//! headers, cap the request body, speak h2c to gRPC deployments, add a request id, log access,
+//! and answer with pages that say what to do when there is no route or no answer.
+//!
+//! Pingora does the rest: HTTP/1.1 and HTTP/2 to clients, upgrades (WebSocket) tunnelled both
+//! ways, pooled upstream connections, and one retry on a fresh connection when a reused one
+//! fails before any response byte and the request is safe to send again (idempotent, or its
+//! body still buffered): `ProxyHttp::error_while_proxy`'s default.
+
+use crate::headers::{forwarding, hop_by_hop};
+use crate::table::Table;
+use async_trait::async_trait;
+use bytes::Bytes;
+use nx_orchestrator::router::{Route, RouterConfig};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::proxy::FailToProxy;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct NxProxy {
+    table: Arc<Table>,
+    config: RouterConfig,
+    base_domain: String,
+}
+
+/// Per request.
+pub struct Ctx {
+    started: Instant,
+    request_id: String,
+    host: String,
+    route: Option<Arc<Route>>,
+    body_bytes: u64,
+}
+
+impl NxProxy {
+    pub fn new(table: Arc<Table>, config: RouterConfig, base_domain: String) -> Self {
+        Self {
+            table,
+            config,
+            base_domain,
+        }
+    }
+
+    fn trusted(&self, session: &Session) -> bool {
+        peer_ip(session)
+            .is_some_and(|ip| self.config.trusted_proxies.iter().any(|n| n.contains(&ip)))
+    }
+}
+
+fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// The request's authority: `Host`, or HTTP/2's `:authority` (in the URI).
+fn authority(req: &RequestHeader) -> String {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn is_grpc(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A new request id: 128 random bits, hex.
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Writes a plain-text page and ends the response.
+async fn page(session: &mut Session, ctx: &Ctx, status: u16, text: String) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, text.len())?;
+    resp.insert_header("x-request-id", &ctx.request_id)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(text)), true)
+        .await
+}
+
+fn not_found(host: &str, base: &str) -> String {
+    format!(
+        "NX: no deployment answers at {host:?}.\n\
+         Preview URLs are <deployment>.<sandbox>.{base}; production URLs are <sandbox>.{base} once a deployment is promoted.\n\
+         `nx ls` lists deployments; `nx promote <sandbox> <deployment>` sets production.\n"
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for NxProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            request_id: String::new(),
+            host: String::new(),
+            route: None,
+            body_bytes: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.host = authority(req);
+        ctx.request_id = req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 200 && self.trusted(session))
+            .map_or_else(new_request_id, str::to_owned);
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        ctx.route = self.table.lookup(&ctx.host);
+        if ctx.route.is_none() {
+            let text = not_found(&ctx.host, &self.base_domain);
+            page(session, ctx, 404, text).await?;
+            return Ok(true);
+        }
+        if declared.is_some_and(|n| n > self.config.max_body_mb << 20) {
+            let text = format!(
+                "NX: the request body is larger than this router accepts ({} MiB: router.max_body_mb).\n",
+                self.config.max_body_mb
+            );
+            page(session, ctx, 413, text).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > self.config.max_body_mb << 20 {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "request body over router.max_body_mb",
+            );
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        let mut peer = HttpPeer::new(route.upstream, false, String::new());
+        let options = &mut peer.options;
+        options.connection_timeout = Some(Duration::from_secs(self.config.connect_timeout_secs));
+        options.read_timeout = Some(Duration::from_secs(self.config.upstream_read_timeout_secs));
+        options.idle_timeout = Some(Duration::from_secs(self.config.idle_timeout_secs));
+        if is_grpc(session.req_header()) {
+            // gRPC is HTTP/2 only: a plaintext gRPC server speaks h2c with prior knowledge.
+            options.set_http_version(2, 2);
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        for name in hop_by_hop(&upstream.headers) {
+            upstream.remove_header(&name);
+        }
+        if let Some(peer) = peer_ip(session) {
+            let f = forwarding(
+                &upstream.headers,
+                peer,
+                self.trusted(session),
+                "http",
+                &ctx.host,
+            );
+            upstream.insert_header("x-forwarded-for", f.x_forwarded_for)?;
+            upstream.insert_header("x-forwarded-proto", f.x_forwarded_proto)?;
+            upstream.insert_header("x-forwarded-host", f.x_forwarded_host)?;
+            upstream.insert_header("x-real-ip", f.x_real_ip)?;
+            upstream.insert_header("forwarded", f.forwarded)?;
+        }
+        upstream.insert_header("x-request-id", &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        if upstream.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            for name in hop_by_hop(&upstream.headers) {
+                upstream.remove_header(&name);
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        response.insert_header("x-request-id", &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let host = &ctx.host;
+        let (code, text) = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(413), _) => (
+                413,
+                format!(
+                    "NX: the request body is larger than this router accepts ({} MiB: router.max_body_mb).\n",
+                    self.config.max_body_mb
+                ),
+            ),
+            (ErrorType::HTTPStatus(code), _) => (*code, String::new()),
+            (_, ErrorSource::Downstream) => (0, String::new()),
+            (
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+                ErrorSource::Upstream,
+            ) => (
+                504,
+                format!("NX: the deployment behind {host} did not answer in time ({e}).\nCheck it with `nx status` and `nx logs`.\n"),
+            ),
+            _ => (
+                502,
+                format!("NX: the deployment behind {host} did not answer ({e}).\nCheck it with `nx status` and `nx logs`.\n"),
+            ),
+        };
+        if code > 0 && session.response_written().is_none() {
+            let written = if text.is_empty() {
+                session.respond_error(code).await
+            } else {
+                page(session, ctx, code, text).await
+            };
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "could not send the error page");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if status < 500 && rand::random::<f64>() >= self.config.access_log_sample {
+            return;
+        }
+        let req = session.req_header();
+        let (sandbox, deployment) = ctx
+            .route
+            .as_ref()
+            .map_or(("", ""), |r| (r.sandbox.as_str(), r.deployment.as_str()));
+        tracing::info!(
+            target: "nx_router::access",
+            request_id = %ctx.request_id,
+            peer = ?peer_ip(session),
+            host = %ctx.host,
+            method = %req.method,
+            path = %req.uri.path(),
+            version = ?req.version,
+            sandbox,
+            deployment,
+            status,
+            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            bytes_sent = session.body_bytes_sent(),
+            bytes_received = ctx.body_bytes,
+            error = e.map(|e| e.to_string()),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! Timeouts and limits of a real router: slow request heads and idle connections are cut off,
+//! the connection cap refuses new connections while open ones keep working, the request body
+//! cap answers 413, and 1,100 idle connections do not stop a router started at 1,024 open files.
+
+mod common;
+
+use common::{echo_app, Router};
+use nx_orchestrator::router::RouterConfig;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Waits until the router closes `stream` (EOF or reset); `None` if still open after `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at((start + limit).into(), stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+async fn get_on(stream: &mut TcpStream, host: &str) -> String {
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_slow_heads_are_closed_within_the_head_timeout() {
+    let config = RouterConfig {
+        head_timeout_secs: 2,
+        ..RouterConfig::default()
+    };
+    let router = Router::with_echo(config).await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let addr = router.addr;
+        clients.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: web.nx.test\r\n")
+                .await
+                .unwrap();
+            let (mut read, mut write) = stream.into_split();
+            let trickle = tokio::spawn(async move {
+                // A header byte every second, never the end of the head.
+                while write.write_all(b"X").await.is_ok() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+            let start = Instant::now();
+            let mut buf = [0u8; 64];
+            let closed = tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf)).await;
+            trickle.abort();
+            (closed.is_ok(), start.elapsed())
+        }));
+    }
+    for client in clients {
+        let (closed, after) = client.await.unwrap();
+        assert!(closed, "a slow head was still open after 10 s");
+        assert!(
+            after < Duration::from_millis(3500),
+            "closed only after {after:?}"
+        );
+    }
+    // The router still serves.
+    let mut stream = TcpStream::connect(router.addr).await.unwrap();
+    assert!(get_on(&mut stream, "web.nx.test")
+        .await
+        .starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let config = RouterConfig {
+        idle_timeout_secs: 2,
+        ..RouterConfig::default()
+    };
+    let router = Router::with_echo(config).await;
+    let mut silent = TcpStream::connect(router.addr).await.unwrap();
+    let mut kept_alive = TcpStream::connect(router.addr).await.unwrap();
+    assert!(get_on(&mut kept_alive, "web.nx.test")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    for stream in [&mut silent, &mut kept_alive] {
+        let after = closed_within(stream, Duration::from_secs(6))
+            .await
+            .expect("an idle connection stayed open");
+        assert!(
+            after < Duration::from_millis(3500),
+            "closed only after {after:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_connection_cap_new_connections_are_refused_and_open_ones_work() {
+    let config = RouterConfig {
+        max_connections: 20,
+        ..RouterConfig::default()
+    };
+    let router = Router::with_echo(config).await;
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        open.push(TcpStream::connect(router.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut over = TcpStream::connect(router.addr).await.unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the 21st connection was not refused"
+    );
+    for stream in &mut open {
+        assert!(get_on(stream, "web.nx.test")
+            .await
+            .starts_with("HTTP/1.1 200"));
+    }
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = TcpStream::connect(router.addr).await.unwrap();
+    assert!(get_on(&mut again, "web.nx.test")
+        .await
+        .starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_the_cap_gets_413_and_one_under_it_passes() {
+    let config = RouterConfig {
+        max_body_mb: 1,
+        ..RouterConfig::default()
+    };
+    let router = Router::with_echo(config).await;
+    let client = reqwest::Client::new();
+    let post = |body: reqwest::Body| {
+        client
+            .post(router.url("/upload"))
+            .header("host", "web.nx.test")
+            .body(body)
+            .send()
+    };
+    let ok = post(vec![1u8; 1 << 20].into()).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let declared = post(vec![1u8; (1 << 20) + 1].into()).await.unwrap();
+    assert_eq!(declared.status(), 413);
+    // Chunked, no Content-Length: counted as it streams.
+    let chunks = futures_util::stream::iter(
+        (0..3).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![2u8; 512 << 10]))),
+    );
+    let streamed = post(reqwest::Body::wrap_stream(chunks)).await;
+    match streamed {
+        Ok(resp) => assert_eq!(resp.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"), // closed while the client still sent
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eleven_hundred_idle_connections_leave_a_router_at_1024_open_files_serving() {
+    rlimit::increase_nofile_limit(8192).unwrap();
+    let router = Router::start(RouterConfig::default(), Some(1024)).await;
+    router.routes(&[("web.nx.test", echo_app().await)]).await;
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        idle.push(TcpStream::connect(router.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut fresh = TcpStream::connect(router.addr).await.unwrap();
+    assert!(get_on(&mut fresh, "web.nx.test")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // The control socket answers too.
+    router.routes(&[("web.nx.test", echo_app().await)]).await;
+    assert!(get_on(&mut idle[0], "web.nx.test")
+        .await
+        .starts_with("HTTP/1.1 200"));
+}

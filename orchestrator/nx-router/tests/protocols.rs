@@ -1,0 +1,282 @@
+//! HTTP semantics through a real router: WebSockets, gRPC (unary and streaming), h2c with prior
+//! knowledge, forwarded and hop-by-hop headers, Host, request ids, error pages, and the retry
+//! of a request that a reused upstream connection dropped.
+
+mod common;
+
+use common::Router;
+use futures_util::{SinkExt, StreamExt};
+use nx_orchestrator::router::RouterConfig;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+fn header<'a>(seen: &'a Value, name: &str) -> Vec<&'a str> {
+    seen["headers"][name]
+        .as_array()
+        .map(|v| v.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_frames_echo_both_ways() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        ws.send(msg).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let router = Router::start(RouterConfig::default(), None).await;
+    router.routes(&[("chat.nx.test", upstream)]).await;
+
+    let mut request = format!("ws://{}/socket", router.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("host", "chat.nx.test".parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket handshake through the router");
+    assert_eq!(response.status(), 101);
+    for i in 0..100 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let echoed = ws.next().await.expect("a frame back").unwrap();
+        assert_eq!(echoed, Message::text(format!("hello {i}")));
+    }
+    ws.send(Message::binary(vec![7u8; 100_000])).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![7u8; 100_000])
+    );
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_unary_and_server_streaming_pass_over_h2c() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let (mut reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("nx.Test", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let router = Router::start(RouterConfig::default(), None).await;
+    router.routes(&[("grpc.nx.test", upstream)]).await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", router.addr))
+        .unwrap()
+        .origin("http://grpc.nx.test".parse().unwrap())
+        .connect()
+        .await
+        .expect("h2c connection to the router");
+    let mut client = HealthClient::new(channel);
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let unary = client.check(check("nx.Test")).await.expect("unary call");
+    assert_eq!(unary.into_inner().status, ServingStatus::Serving as i32);
+    let missing = client.check(check("nx.Nothing")).await.unwrap_err();
+    assert_eq!(
+        missing.code(),
+        tonic::Code::NotFound,
+        "grpc-status trailer passed"
+    );
+
+    let mut stream = client.watch(check("nx.Test")).await.unwrap().into_inner();
+    let first = stream
+        .message()
+        .await
+        .unwrap()
+        .expect("first streamed message");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    reporter
+        .set_service_status("nx.Test", tonic_health::ServingStatus::NotServing)
+        .await;
+    let second = stream
+        .message()
+        .await
+        .unwrap()
+        .expect("second streamed message");
+    assert_eq!(second.status, ServingStatus::NotServing as i32);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_with_prior_knowledge_reaches_an_http1_app() {
+    let router = Router::with_echo(RouterConfig::default()).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("web.nx.test", router.addr)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let resp = client
+            .get(format!("http://web.nx.test:{}/h2", router.addr.port()))
+            .send()
+            .await
+            .expect("h2c request");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let seen: Value = resp.json().await.unwrap();
+        assert_eq!(seen["path"], "/h2");
+        assert_eq!(
+            seen["version"], "HTTP/1.1",
+            "the app speaks HTTP/1.1 behind the router"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_headers_are_the_peers_not_the_clients() {
+    let router = Router::with_echo(RouterConfig::default()).await;
+    let resp = reqwest::Client::new()
+        .get(router.url("/who"))
+        .header("host", "web.nx.test.")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "a trailing dot in Host is accepted");
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(request_id.len(), 32);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(header(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(header(&seen, "x-real-ip"), ["127.0.0.1"]);
+    assert_eq!(header(&seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(header(&seen, "x-forwarded-host"), ["web.nx.test."]);
+    assert_eq!(
+        header(&seen, "forwarded"),
+        ["for=127.0.0.1;host=\"web.nx.test.\";proto=http"]
+    );
+    assert_eq!(header(&seen, "host"), ["web.nx.test."], "Host is kept");
+    assert_eq!(header(&seen, "x-request-id"), [request_id.as_str()]);
+    for hop in ["x-hop", "keep-alive"] {
+        assert!(
+            header(&seen, hop).is_empty(),
+            "{hop} reached the app: {seen}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_proxy_is_appended_to() {
+    let config = RouterConfig {
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..RouterConfig::default()
+    };
+    let router = Router::with_echo(config).await;
+    let seen: Value = reqwest::Client::new()
+        .get(router.url("/"))
+        .header("host", "web.nx.test")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(header(&seen, "x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(header(&seen, "x-forwarded-proto"), ["https"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_hosts_and_dead_deployments_get_pages_that_say_what_to_do() {
+    let router = Router::start(RouterConfig::default(), None).await;
+    router
+        .routes(&[("gone.nx.test", common::free_addr())])
+        .await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(router.url("/"))
+        .header("host", "nothing.nx.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.headers().contains_key("x-request-id"));
+    assert!(resp.text().await.unwrap().contains("nx promote"));
+    let resp = client
+        .get(router.url("/"))
+        .header("host", "gone.nx.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(resp.text().await.unwrap().contains("nx logs"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_dropped_by_a_reused_upstream_connection_is_retried_once_when_safe() {
+    // An app that answers the first request of each connection and closes the connection,
+    // without a word, when a second one comes (an early idle keep-alive close).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            n += 1;
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut read = 0;
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => read += k,
+                    }
+                }
+                let body = format!("connection {n}");
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(reply.as_bytes()).await.unwrap();
+                let _ = stream.read(&mut buf).await; // the next request: dropped unanswered
+            });
+        }
+    });
+    let router = Router::start(RouterConfig::default(), None).await;
+    router.routes(&[("flaky.nx.test", upstream)]).await;
+    let client = reqwest::Client::new();
+    let get = || {
+        client
+            .get(router.url("/"))
+            .header("host", "flaky.nx.test")
+            .send()
+    };
+    assert_eq!(get().await.unwrap().text().await.unwrap(), "connection 1");
+    let second = get().await.unwrap();
+    assert_eq!(second.status(), 200, "GET retried on a fresh connection");
+    assert_eq!(second.text().await.unwrap(), "connection 2");
+    let post = client
+        .post(router.url("/"))
+        .header("host", "flaky.nx.test")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 502, "a POST is not sent twice");
+}
