@@ -20,9 +20,6 @@
     after = [ "${tokenKey}-key.service" ];
     wants = [ "${tokenKey}-key.service" ];
   };
-  # The router binds port 80 as the nx user.
-  systemd.services.nxd.serviceConfig.AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
-  systemd.services.nxd.serviceConfig.CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ];
   users.users.nx.extraGroups = [ "keys" ];
 
   services.openssh = {

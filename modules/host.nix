@@ -18,6 +18,7 @@ let
   inherit (lib) mkOption mkEnableOption mkIf types;
   port = types.ints.between 1 65535;
   listenPort = addr: lib.toInt (lib.last (lib.splitString ":" addr));
+  routerPort = listenPort cfg.routerListen;
   # The microvm backend: QEMU always (nxd's KVM/TCG probe and tasks boot QEMU guests), the
   # deployments' VMM, and socat (QEMU's guestfwd to the database). nxd finds them on its PATH, the
   # deployments' units on /run/current-system/sw/bin.
@@ -235,6 +236,12 @@ in
     environment.systemPackages = lib.optionals microvmEnabled vmmPackages;
     boot.kernelModules = lib.optionals microvmEnabled [ "kvm-intel" "kvm-amd" "tun" "vhost_net" ];
 
-    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall (listenPort cfg.routerListen);
+    # The router is a unit of its own (nx-router.service, started by nxd as the nx user), with no
+    # capabilities: a port below 1024 must be open to unprivileged users. The sysctl is per
+    # network namespace: it opens the host's ports from routerPort up, not the deployments'.
+    boot.kernel.sysctl."net.ipv4.ip_unprivileged_port_start" =
+      lib.mkIf (routerPort < 1024) (lib.mkDefault routerPort);
+
+    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall routerPort;
   };
 }

@@ -80,6 +80,10 @@ let
         msg = "${name}: nxd's pg_dump and pg_restore units run as root and connect as nx, but root may not";
       }
       {
+        cond = routerPort < 1024 -> (c.boot.kernel.sysctl."net.ipv4.ip_unprivileged_port_start" or 1024) <= routerPort;
+        msg = "${name}: the router (nx-router.service, as the nx user, no capabilities) cannot bind port ${toString routerPort}";
+      }
+      {
         cond = nx.openFirewall -> builtins.elem routerPort c.networking.firewall.allowedTCPPorts;
         msg = "${name}: openFirewall, but the router's port ${toString routerPort} is closed";
       }
