@@ -204,7 +204,9 @@ in
       wantedBy = [ "multi-user.target" ];
       after = [ "network.target" ] ++ lib.optional cfg.database.createLocally "postgresql.service";
       requires = lib.optional cfg.database.createLocally "postgresql.service";
-      path = [ pkgs.bubblewrap config.services.postgresql.package pkgs.util-linux ]
+      # bubblewrap and util-linux: the sandboxes; PostgreSQL's tools: pg_dump and pg_restore;
+      # e2fsprogs: mkfs.ext4 makes each deployment's /data image.
+      path = [ pkgs.bubblewrap config.services.postgresql.package pkgs.util-linux pkgs.e2fsprogs ]
         ++ lib.optionals microvmEnabled vmmPackages;
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/nxd --config ${configFile}";
