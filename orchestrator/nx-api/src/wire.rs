@@ -216,9 +216,13 @@ pub struct RestoreInfo {
 /// `GET /v1/health`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Health {
+    /// false (and HTTP 503) while something keeps nxd from serving; `problem` says what.
     pub ok: bool,
     /// The backends this nxd runs deployments on: "container" or "container, microvm".
     pub backend: String,
+    /// What is wrong, e.g. the systemd manager died and nxd is starting it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// `DELETE /v1/deployments/{id}`.

@@ -24,6 +24,8 @@ pub mod state;
 pub mod supervisor;
 #[cfg(target_os = "linux")]
 pub mod tasks;
+#[cfg(target_os = "linux")]
+mod watchdog;
 
 #[cfg(target_os = "linux")]
 pub use error::Error;

@@ -46,6 +46,11 @@ pub struct Orchestrator {
     /// Serialises changes of desired state and routes, so that the route table always matches
     /// the database.
     changes: tokio::sync::Mutex<()>,
+    pub(crate) supervisor: Arc<Supervisor>,
+    /// Whether PostgreSQL is the embedded cluster (started again with the manager).
+    pub(crate) embedded_db: bool,
+    /// What the manager's watchdog found wrong, while it is wrong (see `watchdog`).
+    pub(crate) problem: std::sync::Mutex<Option<String>>,
 }
 
 impl Orchestrator {
@@ -105,7 +110,13 @@ impl Orchestrator {
             &RouterSettings::from_config(&config),
         )
         .await?;
-        let tasks = Tasks::start(supervisor, backend.clone(), launcher, &config.tasks).await?;
+        let tasks = Tasks::start(
+            Arc::clone(&supervisor),
+            backend.clone(),
+            launcher,
+            &config.tasks,
+        )
+        .await?;
         let app = Arc::new(Self {
             router,
             config,
@@ -116,16 +127,20 @@ impl Orchestrator {
             tasks,
             programs: std::sync::Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
+            supervisor,
+            embedded_db: embedded.is_some(),
+            problem: std::sync::Mutex::new(None),
         });
         app.adopt().await?;
         app.schedule_backups();
+        app.watch_manager();
         Ok(app)
     }
 
     /// Deployments that should run and do are adopted as they are; those that should run and
     /// do not are started again. Then the routes come back.
     #[tracing::instrument(skip_all)]
-    async fn adopt(&self) -> Result<(), Error> {
+    pub(crate) async fn adopt(&self) -> Result<(), Error> {
         let _guard = self.changes.lock().await;
         let branches: Vec<(DeploymentId, SandboxName)> = self
             .state

@@ -72,11 +72,19 @@ async fn require_token(State(token): State<Token>, req: Request, next: Next) -> 
     }
 }
 
-async fn health(State(app): Shared) -> Json<Health> {
-    Json(Health {
-        ok: true,
+/// 200 when nxd can serve; 503 with the problem while it cannot (e.g. its manager died).
+async fn health(State(app): Shared) -> (StatusCode, Json<Health>) {
+    let problem = app.problem().await;
+    let status = match problem {
+        None => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let health = Health {
+        ok: problem.is_none(),
         backend: app.backend_kind().to_owned(),
-    })
+        problem,
+    };
+    (status, Json(health))
 }
 
 /// Runs a task; the body streams its events, one JSON object per line, as they happen.

@@ -297,3 +297,70 @@ fn kill_9_of_nxd_at_each_step_of_backup_restore_and_swap_leaves_production_usabl
     assert_eq!(roles, "0", "the swapped branch's role is left");
     assert_eq!(host.deployment("shop", &branch)["db_branch"], false);
 }
+
+/// PID 1 of the embedded manager's namespace (the child of the `unshare` nxd started).
+fn manager_pid1(host: &Host) -> i32 {
+    let unshare = std::fs::read_to_string(host.path("systemd/unshare.pid")).unwrap();
+    let unshare = unshare.trim();
+    std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the manager runs")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn killing_the_managers_pid_1_is_repaired_by_nxd_alone() {
+    let host = Host::start();
+    let id = host.push_sample("web", &[]);
+    host.nx_json(&["promote", "web", &id]);
+    let production = host.production_host("web");
+    assert_eq!(host.get(&production, "/db/put?v=kept").0, 200);
+    let health = || {
+        let resp = host
+            .http()
+            .get(format!("http://{}/v1/health", host.api))
+            .bearer_auth(&host.token)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.text().unwrap())
+    };
+    assert_eq!(health().0, 200);
+
+    let pid1 = manager_pid1(&host);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid1),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    let mut said = None;
+    loop {
+        let (status, body) = health();
+        match status {
+            503 => said = Some(body),
+            200 if said.is_some() => break,
+            200 => {}
+            other => panic!("health answered {other}: {body}"),
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "nxd did not recover within 60 s (health said {said:?}):\n{}",
+            host.nxd_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = said.expect("health never said anything was wrong");
+    assert!(said.contains("systemd manager"), "{said}");
+    println!("recovered in {:?}", killed.elapsed());
+    assert_ne!(manager_pid1(&host), pid1);
+    // Production serves again, from its database, without a human.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host.get(&production, "/db/list") != (200, r#"["kept"]"#.into()) {
+        assert!(Instant::now() < deadline, "production did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(host.deployment("web", &id)["state"]["active"], "active");
+}

@@ -85,7 +85,10 @@ fn private_log(path: &Path) -> std::io::Result<()> {
 }
 
 pub struct Supervisor {
-    conn: zbus::Connection,
+    /// Swapped for a new one when the embedded manager is started again ([`Self::revive`]).
+    conn: arc_swap::ArcSwap<zbus::Connection>,
+    /// The embedded manager's state dir; `None` for the host's systemd.
+    embedded: Option<PathBuf>,
     slice: String,
     /// Where the manager came from: "system" or the embedded manager's directory.
     origin: String,
@@ -133,7 +136,8 @@ impl Supervisor {
         };
         tracing::info!(%origin, "connected to systemd");
         Ok(Self {
-            conn,
+            conn: arc_swap::ArcSwap::from_pointee(conn),
+            embedded: (origin != "system").then(|| state_dir.to_owned()),
             slice: slice.to_owned(),
             origin,
         })
@@ -143,8 +147,29 @@ impl Supervisor {
         &self.origin
     }
 
+    /// Whether the manager answers (its version, over D-Bus) within `timeout`.
+    pub async fn answers(&self, timeout: Duration) -> bool {
+        let ask = async { Ok::<_, SupervisorError>(self.manager().await?.version().await?) };
+        matches!(tokio::time::timeout(timeout, ask).await, Ok(Ok(_)))
+    }
+
+    /// Starts the embedded manager again after it died (everything it ran died with it) and
+    /// talks to the new one from now on. The host's systemd is not nxd's to start: an error.
+    #[tracing::instrument(skip(self))]
+    pub async fn revive(&self) -> Result<(), SupervisorError> {
+        let Some(state_dir) = &self.embedded else {
+            return Err(SupervisorError::NoSystemBus(
+                "the host's systemd stopped answering".into(),
+            ));
+        };
+        let (conn, _) = Self::connect_embedded(state_dir).await?;
+        self.conn.store(Arc::new(conn));
+        tracing::warn!("embedded systemd manager started again");
+        Ok(())
+    }
+
     async fn manager(&self) -> Result<ManagerProxy<'static>, SupervisorError> {
-        Ok(ManagerProxy::new(&self.conn).await?)
+        Ok(ManagerProxy::new(&self.conn.load_full()).await?)
     }
 
     /// Starts `spec` as a transient service (clearing a failed unit of the same name first).
@@ -276,12 +301,12 @@ impl Supervisor {
     /// The live state of a unit; a unit systemd does not know is `inactive`/`dead`.
     pub async fn state(&self, unit: &str) -> Result<UnitState, SupervisorError> {
         let path = self.manager().await?.load_unit(unit).await?;
-        let unit_proxy = UnitProxy::builder(&self.conn)
+        let unit_proxy = UnitProxy::builder(&self.conn.load_full())
             .path(path.clone())?
             .cache_properties(CacheProperties::No)
             .build()
             .await?;
-        let service = ServiceProxy::builder(&self.conn)
+        let service = ServiceProxy::builder(&self.conn.load_full())
             .path(path)?
             .cache_properties(CacheProperties::No)
             .build()
@@ -303,7 +328,7 @@ impl Supervisor {
     /// The cgroup path of a unit (relative to the hierarchy roots).
     pub async fn control_group(&self, unit: &str) -> Result<String, SupervisorError> {
         let path = self.manager().await?.load_unit(unit).await?;
-        let service = ServiceProxy::builder(&self.conn)
+        let service = ServiceProxy::builder(&self.conn.load_full())
             .path(path)?
             .cache_properties(CacheProperties::No)
             .build()

@@ -89,6 +89,11 @@ impl Tasks {
         })
     }
 
+    /// Refills the warm pool from scratch, after the manager that ran its units died.
+    pub fn refill_pool(&self) {
+        self.pool.restart();
+    }
+
     /// Starts a task; its events follow on the receiver, ending with `Exited`. Dropping the
     /// receiver kills the task.
     #[tracing::instrument(skip_all)]

@@ -121,6 +121,12 @@ impl Pool {
         slot
     }
 
+    /// Forgets every warm slot (their units died with the manager) and refills.
+    pub fn restart(self: &Arc<Self>) {
+        self.slots.lock().expect("pool lock").clear();
+        self.refill();
+    }
+
     /// Starts units until the pool is full (one refill at a time).
     pub fn refill(self: &Arc<Self>) {
         if self.size == 0 || self.refilling.swap(true, Ordering::AcqRel) {
