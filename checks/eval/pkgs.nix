@@ -79,7 +79,7 @@ let
     rustPlatform.buildRustPackage = args: drv "${args.pname}-${args.version}" args;
     dockerTools.buildLayeredImage = args: drv "${args.name}.tar.gz" args;
     testers.runNixOSTest = args: drv "vm-test-run-${args.name}" args;
-    linux = packageWith "linux" "6.12.0" { target = platform.linux-kernel.target; };
+    linux = packageWith "linux" "6.12.0" { target = platform.linux-kernel.target or (if platform.isAarch64 then "Image" else "bzImage"); };
     linuxPackages.kernel = pkgs.linux;
     linuxPackages_latest.kernel = pkgs.linux;
     cloud-hypervisor = package "cloud-hypervisor" "48.0";
