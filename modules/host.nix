@@ -28,11 +28,15 @@ let
     cloud-hypervisor = [ pkgs.cloud-hypervisor ];
     firecracker = [ pkgs.firecracker ];
   }.${cfg.microvm.vmm});
-  # MemoryMax, CPUQuota and TasksMax of a deployment or of a task.
+  # MemoryMax, CPUQuota, TasksMax, /data and /tmp sizes, RLIMIT_NOFILE, log cap of a deployment or of a task.
   limitsOptions = d: what: {
     memoryMaxMb = mkOption { type = types.ints.positive; default = d.memoryMaxMb; description = "Default MemoryMax of ${what}, MiB."; };
     cpuQuotaPercent = mkOption { type = types.ints.positive; default = d.cpuQuotaPercent; description = "Default CPUQuota of ${what}, percent of one CPU."; };
     tasksMax = mkOption { type = types.ints.positive; default = d.tasksMax; description = "Default TasksMax of ${what}."; };
+    diskMb = mkOption { type = types.ints.unsigned; default = d.diskMb; description = "Default size of /data of ${what}, MiB (its own filesystem image; writes past it get ENOSPC); 0: no limit. A task has no /data."; };
+    tmpMb = mkOption { type = types.ints.positive; default = d.tmpMb; description = "Default size of /tmp of ${what}, MiB (a tmpfs, counted in its memory; writes past it get ENOSPC)."; };
+    nofile = mkOption { type = types.ints.positive; default = d.nofile; description = "Default RLIMIT_NOFILE of ${what}."; };
+    logMaxMb = mkOption { type = types.ints.positive; default = d.logMaxMb; description = "Default cap of the log of ${what} on disk, MiB, rotated files included. A task's output streams to its caller instead."; };
   };
 in
 {
@@ -84,6 +88,7 @@ in
       restartDelaySecs = mkOption { type = types.ints.unsigned; default = defaults.sandbox.restartDelaySecs; description = "RestartSec of Restart=on-failure."; };
       maxArgsBytes = mkOption { type = types.ints.positive; default = defaults.sandbox.maxArgsBytes; description = "A deployment's or task's arguments, all together, in bytes (each with its NUL); larger requests get a 400."; };
       maxEnvBytes = mkOption { type = types.ints.positive; default = defaults.sandbox.maxEnvBytes; description = "A deployment's or task's -e variables, all together, in bytes (KEY=value and a NUL each); larger requests get a 400."; };
+      maxNofile = mkOption { type = types.ints.positive; default = defaults.sandbox.maxNofile; description = "The largest open-files limit (RLIMIT_NOFILE, nx push --nofile) a deployment may ask for; larger requests get a 400."; };
     };
     limits = limitsOptions defaults.limits "a deployment";
     tasks = {

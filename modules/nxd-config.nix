@@ -7,11 +7,16 @@ let
   withoutNulls = attrs:
     builtins.listToAttrs (builtins.filter (kv: kv.value != null)
       (map (name: { inherit name; value = attrs.${name}; }) (builtins.attrNames attrs)));
-  # MemoryMax, CPUQuota and TasksMax of a deployment or of a task.
+  # MemoryMax, CPUQuota, TasksMax, the sizes of /data and /tmp, RLIMIT_NOFILE and the log cap
+  # of a deployment or of a task.
   limitsOf = l: {
     memory_max_mb = l.memoryMaxMb;
     cpu_quota_percent = l.cpuQuotaPercent;
     tasks_max = l.tasksMax;
+    disk_mb = l.diskMb;
+    tmp_mb = l.tmpMb;
+    inherit (l) nofile;
+    log_max_mb = l.logMaxMb;
   };
 in
 withoutNulls {
@@ -30,6 +35,7 @@ withoutNulls {
     restart_delay_secs = cfg.sandbox.restartDelaySecs;
     max_args_bytes = cfg.sandbox.maxArgsBytes;
     max_env_bytes = cfg.sandbox.maxEnvBytes;
+    max_nofile = cfg.sandbox.maxNofile;
   };
   limits = limitsOf cfg.limits;
   systemd = { inherit (cfg.systemd) mode slice; };

@@ -19,11 +19,16 @@
     restartDelaySecs = 1;
     maxArgsBytes = 131072;
     maxEnvBytes = 131072;
+    maxNofile = 1048576;
   };
   limits = {
     memoryMaxMb = 512;
     cpuQuotaPercent = 100;
     tasksMax = 256;
+    diskMb = 1024;
+    tmpMb = 64;
+    nofile = 65536;
+    logMaxMb = 100;
   };
   systemd = {
     mode = "auto";
@@ -48,6 +53,10 @@
       memoryMaxMb = 256;
       cpuQuotaPercent = 100;
       tasksMax = 64;
+      diskMb = 1024;
+      tmpMb = 64;
+      nofile = 65536;
+      logMaxMb = 100;
     };
   };
   microvm = {

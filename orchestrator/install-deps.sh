@@ -5,12 +5,14 @@
 # the kernel), systemd and dbus (the embedded manager),
 # PostgreSQL (nxd's state, the sandboxes' databases), util-linux (unshare), curl, wrk (the
 # benchmarks' load generator), cmake (Pingora's compression libraries, for nx-router), nginx and
-# caddy (plain reverse proxies beside the router in the benchmark), nix-bin (offline checks of
-# the Nix suite), the musl target (static sample binaries) and the pinned Nix linters from
+# caddy (plain reverse proxies beside the router in the benchmark; Caddy is also the third-party
+# Go server of the sandbox tests), e2fsprogs (mkfs.ext4: each deployment's /data image), tzdata
+# and media-types (the zoneinfo and mime.types a sandbox sees), golang-go (the sandbox tests'
+# static Go program), nix-bin (offline checks of the Nix suite), the musl target (static sample binaries) and the pinned Nix linters from
 # crates.io.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils procps wrk nix-bin podman runc catatonit runsc qemu-system-x86 socat lz4 cmake nginx caddy)
+packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils procps wrk nix-bin podman runc catatonit runsc qemu-system-x86 socat lz4 cmake nginx caddy e2fsprogs tzdata media-types golang-go)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

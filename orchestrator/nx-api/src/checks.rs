@@ -44,6 +44,8 @@ pub struct RequestBounds {
     pub max_cpu_quota_percent: u32,
     /// The host's `pid_max`.
     pub max_tasks: u64,
+    /// The largest open-files limit (`sandbox.max_nofile`).
+    pub max_nofile: u64,
 }
 
 fn check_string(field: &str, value: &str) -> Result<(), FieldError> {
@@ -129,6 +131,50 @@ pub fn check_limits(limits: &Limits, bounds: &RequestBounds) -> Result<(), Field
         MIN_TASKS,
         bounds.max_tasks,
         " processes and threads",
+    )?;
+    check_sandbox_sizes(limits, bounds)
+}
+
+/// The smallest `/data` image that holds an ext4 filesystem and some data, in MiB.
+pub const MIN_DISK_MB: u64 = 16;
+/// The largest `/data` image (ext4 with 4 KiB blocks ends at 16 TiB), in MiB.
+pub const MAX_DISK_MB: u64 = 16 << 20;
+/// The fewest open files a program may be limited to (its standard streams, a socket, ...).
+pub const MIN_NOFILE: u64 = 64;
+
+/// The sizes of a deployment's sandbox: `/data` 0 (no limit) or an image of 16 MiB or more;
+/// `/tmp` at least 1 MiB and no more than its memory (it is RAM); the open-files limit within
+/// `sandbox.max_nofile`; a log cap of at least 1 MiB.
+fn check_sandbox_sizes(limits: &Limits, bounds: &RequestBounds) -> Result<(), FieldError> {
+    if limits.disk_mb != 0 {
+        check_range(
+            "limits.disk_mb",
+            limits.disk_mb,
+            MIN_DISK_MB,
+            MAX_DISK_MB,
+            " MiB (or 0: no limit)",
+        )?;
+    }
+    check_range(
+        "limits.tmp_mb",
+        limits.tmp_mb,
+        1,
+        limits.memory_max_mb,
+        " MiB (/tmp is RAM, counted in limits.memory_max_mb)",
+    )?;
+    check_range(
+        "limits.nofile",
+        limits.nofile,
+        MIN_NOFILE,
+        bounds.max_nofile,
+        " open files",
+    )?;
+    check_range(
+        "limits.log_max_mb",
+        limits.log_max_mb,
+        1,
+        MAX_DISK_MB,
+        " MiB",
     )
 }
 
@@ -147,6 +193,7 @@ mod tests {
         max_memory_mb: 1024,
         max_cpu_quota_percent: 200,
         max_tasks: 1000,
+        max_nofile: 65_536,
     };
 
     fn field(r: Result<(), FieldError>) -> String {
@@ -178,15 +225,46 @@ mod tests {
         };
         assert_eq!(field(check_limits(&zero, &BOUNDS)), "limits.memory_max_mb");
         let huge = Limits {
-            memory_max_mb: 512,
-            cpu_quota_percent: 100,
             tasks_max: 0,
+            ..Limits::default()
         };
         assert_eq!(field(check_limits(&huge, &BOUNDS)), "limits.tasks_max");
+        for (bad, name) in [
+            (
+                Limits {
+                    disk_mb: 8,
+                    ..Limits::default()
+                },
+                "limits.disk_mb",
+            ),
+            (
+                Limits {
+                    tmp_mb: 1024,
+                    ..Limits::default()
+                },
+                "limits.tmp_mb",
+            ),
+            (
+                Limits {
+                    nofile: 1 << 20,
+                    ..Limits::default()
+                },
+                "limits.nofile",
+            ),
+            (
+                Limits {
+                    log_max_mb: 0,
+                    ..Limits::default()
+                },
+                "limits.log_max_mb",
+            ),
+        ] {
+            assert_eq!(field(check_limits(&bad, &BOUNDS)), name);
+        }
         let fine = Limits {
-            memory_max_mb: 512,
             cpu_quota_percent: 200,
-            tasks_max: 256,
+            disk_mb: 0,
+            ..Limits::default()
         };
         assert!(check_limits(&fine, &BOUNDS).is_ok());
         assert!(check_program_input(&["a".into()], &BTreeMap::new(), &BOUNDS).is_ok());

@@ -4,8 +4,8 @@
 use crate::names::{DeploymentId, SandboxName};
 use crate::{
     ArtifactInfo, BackupInfo, BackupRemoved, CreateSandbox, DatabaseInfo, DeploymentRemoved,
-    DeploymentView, ErrorBody, Health, PromoteRequest, PushRequest, RestoreInfo, SandboxRemoved,
-    SandboxView, TaskEvent, TaskRequest,
+    DeploymentView, ErrorBody, Health, LogsQuery, PromoteRequest, PushRequest, RestoreInfo,
+    SandboxRemoved, SandboxView, TaskEvent, TaskRequest,
 };
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -160,16 +160,16 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/deployments/{id}/logs`: the last `lines` lines of its output, then (with
-    /// `follow`) what it writes, as a streamed text body.
+    /// `GET /v1/deployments/{id}/logs`: the records `query` asks for, then (with `follow`)
+    /// what it writes, as a streamed body of text or JSON lines.
     pub async fn logs(
         &self,
         id: &DeploymentId,
-        lines: usize,
-        follow: bool,
+        query: &LogsQuery,
     ) -> Result<reqwest::Response, ClientError> {
-        let path = format!("/v1/deployments/{id}/logs?follow={follow}&lines={lines}");
-        self.open(self.request(Method::GET, &path)).await
+        let path = format!("/v1/deployments/{id}/logs");
+        self.open(self.request(Method::GET, &path).query(query))
+            .await
     }
 
     /// `GET /v1/sandboxes`.

@@ -91,6 +91,16 @@ pub struct Limits {
     pub cpu_quota_percent: u32,
     /// systemd `TasksMax`: processes and threads.
     pub tasks_max: u64,
+    /// The size of `/data` in MiB (a filesystem image of its own: writes past it get ENOSPC);
+    /// 0: a plain directory on the state dir's filesystem, unlimited.
+    pub disk_mb: u64,
+    /// The size of `/tmp` in MiB (a tmpfs: it is RAM, counted in `memory_max_mb`; writes past
+    /// it get ENOSPC).
+    pub tmp_mb: u64,
+    /// `RLIMIT_NOFILE` of the program (soft and hard), at most `sandbox.max_nofile`.
+    pub nofile: u64,
+    /// The most its log takes on disk, in MiB, rotated files included.
+    pub log_max_mb: u64,
 }
 
 impl Default for Limits {
@@ -99,6 +109,10 @@ impl Default for Limits {
             memory_max_mb: 512,
             cpu_quota_percent: 100,
             tasks_max: 256,
+            disk_mb: 1024,
+            tmp_mb: 64,
+            nofile: 65_536,
+            log_max_mb: 100,
         }
     }
 }

@@ -21,6 +21,14 @@ pub struct LimitsOverride {
     pub memory_max_mb: Option<u64>,
     pub cpu_quota_percent: Option<u32>,
     pub tasks_max: Option<u64>,
+    #[serde(default)]
+    pub disk_mb: Option<u64>,
+    #[serde(default)]
+    pub tmp_mb: Option<u64>,
+    #[serde(default)]
+    pub nofile: Option<u64>,
+    #[serde(default)]
+    pub log_max_mb: Option<u64>,
 }
 
 impl LimitsOverride {
@@ -29,6 +37,10 @@ impl LimitsOverride {
             memory_max_mb: self.memory_max_mb.unwrap_or(base.memory_max_mb),
             cpu_quota_percent: self.cpu_quota_percent.unwrap_or(base.cpu_quota_percent),
             tasks_max: self.tasks_max.unwrap_or(base.tasks_max),
+            disk_mb: self.disk_mb.unwrap_or(base.disk_mb),
+            tmp_mb: self.tmp_mb.unwrap_or(base.tmp_mb),
+            nofile: self.nofile.unwrap_or(base.nofile),
+            log_max_mb: self.log_max_mb.unwrap_or(base.log_max_mb),
         }
     }
 }
@@ -244,4 +256,19 @@ pub struct SandboxRemoved {
 pub struct BackupRemoved {
     /// The backup's id.
     pub removed: String,
+}
+
+/// `GET /v1/deployments/{id}/logs` (query string).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogsQuery {
+    /// Go on streaming what the program writes, across rotation.
+    #[serde(default)]
+    pub follow: bool,
+    /// The last this many lines; default 100, or all of them since `since`.
+    pub lines: Option<usize>,
+    /// RFC 3339: only lines written at or after it.
+    pub since: Option<String>,
+    /// `json`: one JSON object per line (`time`, `stream`, `text`); else text lines
+    /// `<time> <stdout|stderr|nx> <text>`.
+    pub format: Option<String>,
 }

@@ -11,9 +11,12 @@
 //! 5. tasks: start-to-first-output cold and from the warm pool, bubblewrap and Podman, and
 //!    tasks per second sustained (see `tasks`);
 //! 6. microVMs: boot-to-ready through NX against the bare VMM, memory per guest, many guests
-//!    at once (see `microvm`).
+//!    at once (see `microvm`);
+//! 7. sandbox: log throughput through a unit's log writer, and the cost of a sized `/data`
+//!    (see `sandbox`).
 
 mod microvm;
+mod sandbox;
 mod tasks;
 
 use clap::Parser;
@@ -64,8 +67,11 @@ struct Args {
     /// Guests up at once.
     #[arg(long, default_value_t = 20)]
     guests: usize,
-    /// Run one part only: latency, router, databases, tasks or microvm.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm"])]
+    /// MiB a deployment writes to stdout for the log throughput row.
+    #[arg(long, default_value_t = 500)]
+    log_mib: u64,
+    /// Run one part only: latency, router, databases, tasks, microvm or sandbox.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox"])]
     only: Option<String>,
 }
 
@@ -164,8 +170,8 @@ async fn bare_units(host: &Host, n: usize) -> anyhow::Result<Vec<Duration>> {
 
 /// A full NX sandbox unit (what `nx start` does): stop a deployment, then time `nx start`
 /// until it returns ready, which covers StartTransientUnit, launcher, seccomp and bwrap.
-fn sandbox_units(host: &Host, n: usize) -> Vec<Duration> {
-    let id = host.push_sample("bench-start", &[]);
+fn sandbox_units(host: &Host, n: usize, push_args: &[&str]) -> Vec<Duration> {
+    let id = host.push_sample("bench-start", push_args);
     (0..n)
         .map(|_| {
             host.nx_json(&["stop", &id]);
@@ -370,6 +376,62 @@ async fn main() -> anyhow::Result<()> {
     if part("microvm") {
         microvm_table(&args).await?;
     }
+    if part("sandbox") {
+        sandbox_table(&host, &args).await?;
+    }
+    Ok(())
+}
+
+async fn sandbox_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
+    let (h, mib) = (host.clone(), args.log_mib);
+    let logs = tokio::task::spawn_blocking(move || sandbox::log_throughput(&h, mib)).await??;
+    let n = args.units;
+    let images = tokio::task::spawn_blocking(move || sandbox::image_creation(n)).await??;
+    let h = host.clone();
+    let with_disk =
+        tokio::task::spawn_blocking(move || sandbox_units(&h, n, &["--disk", "1024"])).await?;
+    let h = host.clone();
+    let plain = tokio::task::spawn_blocking(move || sandbox_units(&h, n, &["--disk", "0"])).await?;
+    let secs = logs.to_disk.as_secs_f64();
+    println!(
+        "
+Log pipeline: a deployment writes {} MiB of 100-byte lines to stdout
+",
+        logs.mib
+    );
+    println!(
+        "| what | value |
+|---|---|"
+    );
+    println!(
+        "| the program's time, stdout through NX's log writer | {:.2} s ({:.0} MiB/s) |",
+        logs.program_nx.as_secs_f64(),
+        logs.mib as f64 / logs.program_nx.as_secs_f64()
+    );
+    println!(
+        "| the same program, stdout to /dev/null, outside NX | {:.2} s ({:.0} MiB/s) |",
+        logs.program_bare.as_secs_f64(),
+        logs.mib as f64 / logs.program_bare.as_secs_f64()
+    );
+    println!(
+        "| NX over /dev/null (program's time) | {:.2}x |",
+        logs.program_nx.as_secs_f64() / logs.program_bare.as_secs_f64()
+    );
+    println!(
+        "| stored: lines, lines/s, MiB/s (records, with stamps) | {} lines, {:.0} lines/s, {:.0} MiB/s |",
+        logs.lines_stored,
+        logs.lines_stored as f64 / secs,
+        (logs.bytes_stored >> 20) as f64 / secs
+    );
+    println!(
+        "| dropped (counted in the log) | {} lines ({:.1}%) |",
+        logs.lines_dropped,
+        100.0 * logs.lines_dropped as f64 / (logs.lines_dropped + logs.lines_stored).max(1) as f64
+    );
+    header("Sized /data");
+    row("mkfs.ext4 of a 1 GiB sparse image (per push)", images);
+    row("nx start-to-ready, /data a 1 GiB image", with_disk);
+    row("nx start-to-ready, /data a plain directory", plain);
     Ok(())
 }
 
@@ -402,7 +464,7 @@ async fn latency(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()>
     let h = host.clone();
     let pushes = tokio::task::spawn_blocking(move || push_to_ready(&h, pushes_n)).await?;
     let h = host.clone();
-    let sandboxes = tokio::task::spawn_blocking(move || sandbox_units(&h, units)).await?;
+    let sandboxes = tokio::task::spawn_blocking(move || sandbox_units(&h, units, &[])).await?;
     let bare = bare_units(host, units).await?;
     header("Latency");
     row("push-to-ready (nx push, artifact stored)", pushes);

@@ -69,9 +69,12 @@ enum Command {
         /// Keep printing what it writes.
         #[arg(short, long)]
         follow: bool,
-        /// How many of the last lines to print first.
-        #[arg(short = 'n', long, default_value_t = 100)]
-        lines: usize,
+        /// How many of the last lines to print first (default 100; all with --since).
+        #[arg(short = 'n', long)]
+        lines: Option<usize>,
+        /// Only lines written since then: a time (2026-11-30T03:00:00Z) or an age (10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Create or remove sandboxes.
     #[command(subcommand)]
@@ -184,9 +187,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             deployment,
             follow,
             lines,
+            since,
         } => {
             let id = DeploymentId::parse(&deployment)?;
-            let resp = client.logs(&id, lines, follow).await?;
+            let query = nx_api::LogsQuery {
+                follow,
+                lines,
+                since: since.as_deref().map(output::since_time).transpose()?,
+                format: json.then(|| "json".to_owned()),
+            };
+            let resp = client.logs(&id, &query).await?;
             client::stream_to_stdout(resp).await.context("reading logs")
         }
     }

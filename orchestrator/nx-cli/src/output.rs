@@ -152,3 +152,16 @@ pub fn progress_bar(size: u64, quiet: bool) -> ProgressBar {
     );
     bar
 }
+
+/// `--since`: an RFC 3339 time, or an age such as `10m` (that long before now), as RFC 3339.
+pub fn since_time(since: &str) -> anyhow::Result<String> {
+    let time = match humantime::parse_duration(since) {
+        Ok(age) => std::time::SystemTime::now() - age,
+        Err(_) => humantime::parse_rfc3339_weak(since).map_err(|_| {
+            anyhow::anyhow!(
+                "--since {since:?}: give a time (2026-11-30T03:00:00Z) or an age (10m, 2h)"
+            )
+        })?,
+    };
+    Ok(humantime::format_rfc3339_micros(time).to_string())
+}

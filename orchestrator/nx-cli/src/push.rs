@@ -37,6 +37,20 @@ pub struct PushArgs {
     /// Process and thread limit (systemd TasksMax); default from nxd's config.
     #[arg(long, value_name = "N")]
     tasks: Option<u64>,
+    /// Size of /data in MiB (its own filesystem: writes past it get ENOSPC); 0: no limit.
+    /// Default from nxd's config.
+    #[arg(long, value_name = "MIB")]
+    disk: Option<u64>,
+    /// Size of /tmp in MiB (RAM, counted in --memory; writes past it get ENOSPC).
+    #[arg(long, value_name = "MIB")]
+    tmp: Option<u64>,
+    /// Open-files limit (RLIMIT_NOFILE) of the program; default 65536, at most nxd's
+    /// sandbox.max_nofile.
+    #[arg(long, value_name = "N")]
+    nofile: Option<u64>,
+    /// The most the deployment's log takes on disk, in MiB, rotated files included.
+    #[arg(long, value_name = "MIB")]
+    log_max: Option<u64>,
     /// Run against a copy of production's database, made for this deployment and dropped
     /// with it.
     #[arg(long)]
@@ -136,6 +150,10 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
             memory_max_mb: args.memory,
             cpu_quota_percent: args.cpu,
             tasks_max: args.tasks,
+            disk_mb: args.disk,
+            tmp_mb: args.tmp,
+            nofile: args.nofile,
+            log_max_mb: args.log_max,
         },
         db_branch: args.db_branch,
         runtime: args

@@ -128,8 +128,8 @@ impl Default for TasksConfig {
             max_timeout_secs: 3600,
             limits: Limits {
                 memory_max_mb: 256,
-                cpu_quota_percent: 100,
                 tasks_max: 64,
+                ..Limits::default()
             },
         }
     }
@@ -199,6 +199,9 @@ pub struct SandboxDefaults {
     pub max_args_bytes: usize,
     /// The `-e` variables of a deployment or task, all together, in bytes (`KEY=value\0`).
     pub max_env_bytes: usize,
+    /// The largest `limits.nofile` a push may ask for (`RLIMIT_NOFILE`; the kernel's own
+    /// ceiling is /proc/sys/fs/nr_open).
+    pub max_nofile: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -260,6 +263,7 @@ impl Default for SandboxDefaults {
             restart_delay_secs: 1,
             max_args_bytes: 131_072,
             max_env_bytes: 131_072,
+            max_nofile: 1_048_576,
         }
     }
 }

@@ -37,6 +37,7 @@ pub fn for_host(sandbox: &SandboxDefaults) -> RequestBounds {
         max_memory_mb: host_memory_mb().unwrap_or(u64::MAX >> 20),
         max_cpu_quota_percent: u32::try_from(cpus * 100).unwrap_or(u32::MAX),
         max_tasks: pid_max().unwrap_or(u64::MAX),
+        max_nofile: sandbox.max_nofile,
     }
 }
 

@@ -25,6 +25,8 @@
 //! PGUSER, PGPASSWORD.
 //! - `GET /connect?addr=A` tries a TCP connection to A (host:port); reports the outcome
 //! - `GET /exit?code=C` exits with code C
+//! - `GET /fill?dir=D&mb=M` writes M MiB to D/fill (removed after); reports how much and the error
+//! - `GET /spew?mb=M`   writes M MiB of 100-byte lines to stdout; reports the seconds it took
 //!
 //! With `task` as its first argument it runs once instead (see `task`).
 
@@ -129,6 +131,13 @@ fn handle(request: Request) {
             }
         }
         "/fork" => json(fork_until_refused()),
+        "/fill" => json(fill(
+            query(&url, "dir").unwrap_or("/data"),
+            query(&url, "mb").and_then(|m| m.parse().ok()).unwrap_or(1),
+        )),
+        "/spew" => json(spew(
+            query(&url, "mb").and_then(|m| m.parse().ok()).unwrap_or(1),
+        )),
         "/connect" => text(
             200,
             format!("{}\n", task::connect(query(&url, "addr").unwrap_or(""))),
@@ -197,6 +206,39 @@ fn handle(request: Request) {
         _ => text(404, "not found\n"),
     };
     let _ = request.respond(response);
+}
+
+fn fill(dir: &str, mb: u64) -> serde_json::Value {
+    use std::io::Write;
+    let path = format!("{dir}/fill");
+    let chunk = vec![7u8; 1 << 20];
+    let mut written = 0u64;
+    let result = std::fs::File::create(&path).and_then(|mut f| {
+        for _ in 0..mb {
+            f.write_all(&chunk)?;
+            written += chunk.len() as u64;
+        }
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&path);
+    serde_json::json!({
+        "written_bytes": written,
+        "error": result.err().map(|e| e.to_string()),
+    })
+}
+
+fn spew(mb: u64) -> serde_json::Value {
+    use std::io::Write;
+    let started = std::time::Instant::now();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let line = format!("{}\n", "x".repeat(99));
+    for _ in 0..(mb << 20) / 100 {
+        if out.write_all(line.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let _ = out.flush();
+    serde_json::json!({ "seconds": started.elapsed().as_secs_f64() })
 }
 
 fn read(path: &str) -> Response<std::io::Cursor<Vec<u8>>> {

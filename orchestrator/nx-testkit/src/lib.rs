@@ -227,6 +227,11 @@ impl Host {
         std::fs::read_to_string(self.state_dir.path().join("nxd.log")).unwrap_or_default()
     }
 
+    /// nxd's process id.
+    pub fn nxd_pid(&self) -> u32 {
+        self.nxd.as_ref().expect("nxd runs").id()
+    }
+
     /// Stops nxd (SIGTERM) and starts it again on the same state dir; deployments keep running.
     pub fn restart_nxd(&mut self) {
         self.stop_nxd();

@@ -148,26 +148,34 @@ async fn start(State(app): Shared, Path(id): Path<String>) -> ApiResult<Deployme
     Ok(Json(app.start_deployment(&deployment_id(&id)?).await?))
 }
 
-#[derive(Deserialize)]
-struct LogQuery {
-    #[serde(default)]
-    follow: bool,
-    #[serde(default = "default_lines")]
-    lines: usize,
-}
-
-fn default_lines() -> usize {
-    100
-}
-
 async fn logs(
     State(app): Shared,
     Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
+    Query(q): Query<nx_orchestrator::api::LogsQuery>,
 ) -> Result<Response, ApiError> {
     let path = app.log_file(&deployment_id(&id)?).await?;
-    let body = Body::from_stream(nx_orchestrator::logs::stream(path, q.lines, q.follow));
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+    let since = match q.since.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
+        Some(Ok(t)) => Some(t.with_timezone(&chrono::Utc)),
+        Some(Err(e)) => {
+            return Err(ApiError::bad_request(format!(
+                "since must be an RFC 3339 time such as 2026-11-30T03:00:00Z: {e}"
+            )))
+        }
+        None => None,
+    };
+    let query = nx_orchestrator::logs::reader::Query {
+        lines: q.lines.or(if since.is_some() { None } else { Some(100) }),
+        since,
+        follow: q.follow,
+    };
+    let json = q.format.as_deref() == Some("json");
+    let body = Body::from_stream(nx_orchestrator::logs::stream(path, query, json));
+    let content_type = if json {
+        "application/x-ndjson"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 async fn sandboxes(State(app): Shared) -> ApiResult<Vec<SandboxView>> {

@@ -41,7 +41,7 @@ fn a_task_streams_its_output_and_its_exit_code_is_nx_s() {
     let out = run(&host, &[], &["ls", "/"]);
     let mut root: Vec<&str> = out.stdout.lines().collect();
     root.sort();
-    assert_eq!(root, ["app", "dev", "etc", "proc", "tmp"]);
+    assert_eq!(root, ["app", "dev", "etc", "proc", "tmp", "usr"]);
     let out = run(&host, &[], &["connect", &host.api.to_string()]);
     assert!(
         out.stdout.starts_with("cannot connect"),

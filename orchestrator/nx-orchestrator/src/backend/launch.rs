@@ -6,6 +6,8 @@
 //! `nxd launch -` does the same with a spec read from standard input: a task's unit is started
 //! ahead (the warm pool) and waits there until nxd writes the task's spec and closes the pipe.
 
+use super::data_disk::DataImage;
+use crate::logs::LogFiles;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ pub const SECCOMP_FIRST_FD: i32 = 10;
 /// `--cgroup-parent`: the container's cgroups then sit under the unit's and its limits hold.
 pub const OWN_CGROUP: &str = "@nx-own-cgroup@";
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct LaunchSpec {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -27,6 +29,24 @@ pub struct LaunchSpec {
     /// printed after `NX-EXIT` (the VMM itself exits 0 when the guest reboots).
     #[serde(default)]
     pub console_exit: bool,
+    /// A deployment's: fork the program and monitor it (its log, its end, its disk usage).
+    /// `None` (a task's): exec it, its output on the unit's own streams.
+    #[serde(default)]
+    pub monitor: Option<MonitorSpec>,
+    /// Mount this image on the data dir first, in a mount namespace of the unit's own.
+    #[serde(default)]
+    pub data_image: Option<DataImage>,
+    /// `RLIMIT_NOFILE` (soft and hard) of the program; `None` keeps the unit's.
+    #[serde(default)]
+    pub nofile: Option<u64>,
+}
+
+/// What the monitor of a deployment's unit does (see `monitor`; a task's launcher has none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorSpec {
+    pub log: LogFiles,
+    /// The deployment's directory: `last-exit.json` and `disk-usage.json` go there.
+    pub dir: PathBuf,
 }
 
 /// What the guest's init prints before it powers the VM off.

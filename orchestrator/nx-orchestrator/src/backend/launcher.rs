@@ -101,6 +101,47 @@ pub fn run(spec_path: &Path) -> String {
         }
         let _ = nix::unistd::close(fd);
     }
+    if let Some(image) = &spec.data_image {
+        if let Err(e) = image.mount() {
+            return format!("mounting /data: {e}");
+        }
+    }
+    if let Some(n) = spec.nofile {
+        match set_nofile(n) {
+            // In a deployment's log (a task's stderr is the program's alone).
+            Ok(Some(note)) if spec.monitor.is_some() => eprintln!("{note}"),
+            Ok(_) => {}
+            Err(e) => return e,
+        }
+    }
+    match &spec.monitor {
+        Some(monitor) => super::monitor::run(monitor, spec.data_image.as_ref(), || exec(&spec)),
+        None => exec(&spec),
+    }
+}
+
+/// Sets `RLIMIT_NOFILE` to `n` (soft and hard). Raising the hard limit needs
+/// `CAP_SYS_RESOURCE`; where the unit lacks it, the limit is the hard one it has, and the
+/// returned note says so.
+fn set_nofile(n: u64) -> Result<Option<String>, String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match setrlimit(Resource::RLIMIT_NOFILE, n, n) {
+        Ok(()) => Ok(None),
+        Err(nix::errno::Errno::EPERM) => {
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
+            let limit = n.min(hard);
+            setrlimit(Resource::RLIMIT_NOFILE, limit, limit)
+                .map_err(|e| format!("setrlimit(RLIMIT_NOFILE, {limit}): {e}"))?;
+            Ok(Some(format!("open-files limit {limit}, not {n}: the host's hard limit (the unit may not raise it: no CAP_SYS_RESOURCE)")))
+        }
+        Err(e) => Err(format!(
+            "setrlimit(RLIMIT_NOFILE, {n}): {e} (at most /proc/sys/fs/nr_open)"
+        )),
+    }
+}
+
+/// Drops to the program's uid and execs it (or runs the VMM); returns only on failure.
+fn exec(spec: &LaunchSpec) -> String {
     if let Some(uid) = spec.uid {
         if let Err(e) = drop_privileges(uid) {
             return format!("cannot switch to uid {uid}: {e}");

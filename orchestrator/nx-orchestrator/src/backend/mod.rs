@@ -7,11 +7,15 @@
 mod by_kind;
 #[cfg(feature = "container")]
 pub mod container;
+pub mod data_disk;
+pub mod exit;
 pub mod launch;
 #[cfg(target_os = "linux")]
 pub mod launcher;
 #[cfg(feature = "microvm")]
 pub mod microvm;
+#[cfg(target_os = "linux")]
+mod monitor;
 #[cfg(any(feature = "container", feature = "microvm"))]
 mod unit;
 
@@ -68,8 +72,9 @@ pub struct TaskLaunch {
     pub env: BTreeMap<String, String>,
     pub uid: u32,
     pub backend: BackendKind,
-    /// The task unit's MemoryMax (a VM's RAM is sized from it).
-    pub memory_max_mb: u64,
+    /// The task's limits: its unit's MemoryMax (a VM's RAM is sized from it), `/tmp`'s size,
+    /// `RLIMIT_NOFILE`.
+    pub limits: crate::config::Limits,
 }
 
 /// A prepared sandbox: what the backend needs to find it again, also after nxd restarts.

@@ -1,9 +1,11 @@
 //! What every backend's deployments share: the unit that runs the launcher, the launch spec it
 //! reads, and the unit's life (start, stop, state, removal of the deployment's directory).
 
-use super::launch::LaunchSpec;
+use super::data_disk::DataImage;
+use super::launch::{LaunchSpec, MonitorSpec};
 use super::{BackendError, SandboxHandle, SandboxSpec};
 use crate::api::UnitState;
+use crate::logs::LogFiles;
 use crate::supervisor::{Supervisor, UnitOutput, UnitSpec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +45,42 @@ impl DeploymentUnits {
         Ok(self.supervisor.state(&handle.unit).await?)
     }
 
+    /// What the launcher's monitor does for a deployment: its log, capped at the deployment's
+    /// `log_max_mb` with `LOG_KEEP` rotated files, and its directory.
+    pub fn monitor(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> MonitorSpec {
+        MonitorSpec {
+            log: LogFiles {
+                path: handle.log_file(),
+                max_bytes: spec.deployment.limits.log_max_mb << 20,
+                keep: LOG_KEEP,
+            },
+            dir: handle.dir.clone(),
+        }
+    }
+
+    /// The image of the deployment's `/data` (created if missing), when it has a size: `None`
+    /// for `disk_mb` 0, and for a deployment whose plain data dir already holds files (made
+    /// before sizes existed; an image mounted over it would hide them).
+    pub fn data_image(
+        &self,
+        handle: &SandboxHandle,
+        spec: &SandboxSpec,
+    ) -> Result<Option<DataImage>, BackendError> {
+        let image = DataImage {
+            image: handle.dir.join("data.img"),
+            mountpoint: handle.data_dir(),
+            size_mb: spec.deployment.limits.disk_mb,
+            uid: spec.deployment.uid,
+        };
+        let plain_with_files = !image.image.exists()
+            && std::fs::read_dir(&image.mountpoint).is_ok_and(|mut d| d.next().is_some());
+        if image.size_mb == 0 || plain_with_files {
+            return Ok(None);
+        }
+        image.create().map_err(BackendError::Prepare)?;
+        Ok(Some(image))
+    }
+
     /// Removes the deployment's directory (its unit stopped first).
     pub fn remove_dir(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         match std::fs::remove_dir_all(&handle.dir) {
@@ -51,6 +89,9 @@ impl DeploymentUnits {
         }
     }
 }
+
+/// Rotated log files kept per deployment.
+const LOG_KEEP: u32 = 4;
 
 /// The unit of a deployment: `<launcher> launch <dir>/launch.json` (the launcher drops to the
 /// deployment's uid itself), under the deployment's limits, its output appended to its log,

@@ -110,7 +110,10 @@ impl Tasks {
             env: task.env,
             uid,
             backend: task.backend,
-            memory_max_mb: task.memory_max_mb,
+            limits: crate::config::Limits {
+                memory_max_mb: task.memory_max_mb,
+                ..self.pool.limits()
+            },
         };
         let handover = async {
             let spec = self.backend.task_launch(&launch).await?;

@@ -7,18 +7,17 @@
 //! network namespace per deployment with pasta costs ~30 MiB and ~100 ms each; see the README);
 //! a task gets a network namespace of its own.
 
+use super::host_files::{HOST_FILES, LOADER_FILES};
 use crate::artifact::verify::Linkage;
 use crate::backend::launch::SECCOMP_FIRST_FD;
 use crate::databases::SANDBOX_SOCKET_DIR;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Where the binary appears inside the sandbox.
 pub const APP_PATH: &str = "/app/main";
 /// Where the data dir appears inside the sandbox.
 pub const DATA_PATH: &str = "/data";
 
-/// Read if present: TLS roots and name resolution.
-const HOST_FILES: &[&str] = &["/etc/ssl/certs", "/etc/resolv.conf", "/etc/hosts"];
 /// What a dynamically linked binary may load from.
 const LIBRARY_DIRS: &[&str] = &["/lib", "/lib64", "/usr/lib", "/usr/lib64"];
 
@@ -39,6 +38,10 @@ pub struct Sandbox<'a> {
     /// Share the host's network (a deployment's port); else a network namespace of its own,
     /// which holds only its own loopback (a task's).
     pub host_network: bool,
+    /// The size of `/tmp` (a tmpfs), in bytes.
+    pub tmp_bytes: u64,
+    /// The sandbox's own `/etc/passwd` and `/etc/group` (see `host_files`).
+    pub identity: Option<&'a [PathBuf; 2]>,
 }
 
 pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
@@ -63,9 +66,12 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
     if !sandbox.host_network {
         argv.push("--unshare-net".into());
     }
+    let tmp_bytes = sandbox.tmp_bytes.to_string();
     push(
         &mut argv,
-        &["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"],
+        &[
+            "--proc", "/proc", "--dev", "/dev", "--size", &tmp_bytes, "--tmpfs", "/tmp",
+        ],
     );
     push(
         &mut argv,
@@ -74,9 +80,17 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
     for file in HOST_FILES {
         push(&mut argv, &["--ro-bind-try", file, file]);
     }
+    if let Some(files) = sandbox.identity {
+        for (file, inside) in files.iter().zip(["/etc/passwd", "/etc/group"]) {
+            push(
+                &mut argv,
+                &["--ro-bind", &file.display().to_string(), inside],
+            );
+        }
+    }
     if let Linkage::Dynamic { interpreter } = sandbox.linkage {
         push(&mut argv, &["--ro-bind", interpreter, interpreter]);
-        for dir in LIBRARY_DIRS {
+        for dir in LIBRARY_DIRS.iter().chain(LOADER_FILES) {
             push(&mut argv, &["--ro-bind-try", dir, dir]);
         }
     }

@@ -7,6 +7,7 @@
 //! /proc/*/cmdline) and execs bwrap.
 
 mod bwrap;
+mod host_files;
 pub mod podman;
 mod seccomp;
 
@@ -75,15 +76,20 @@ impl SandboxBackend for ContainerBackend {
     async fn prepare(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
         let handle = self.handle(&spec.deployment);
         let uid = spec.deployment.uid;
+        let limits = spec.deployment.limits;
         let data = handle.data_dir();
         std::fs::create_dir_all(&data)?;
         set_mode(&handle.dir, 0o711)?;
-        // Owned by the deployment's uid, reachable by nobody else; it survives restarts.
-        chown(&data, Some(uid), Some(uid))?;
+        let data_image = self.units.data_image(&handle, spec)?;
+        if data_image.is_none() {
+            // Owned by the deployment's uid, reachable by nobody else; it survives restarts.
+            chown(&data, Some(uid), Some(uid))?;
+        }
         set_mode(&data, 0o700)?;
+        let identity = host_files::write_identity(&handle.dir, uid)?;
         let hostname = spec.deployment.sandbox.as_str();
         let socket = spec.database_socket.as_deref();
-        let launch = match &spec.program {
+        let mut launch = match &spec.program {
             Program::Binary { path, linkage } => LaunchSpec {
                 argv: bwrap::command(&Sandbox {
                     hostname,
@@ -93,11 +99,13 @@ impl SandboxBackend for ContainerBackend {
                     data_dir: Some(&data),
                     database_socket: socket,
                     host_network: true,
+                    tmp_bytes: limits.tmp_mb << 20,
+                    identity: Some(&identity),
                 }),
                 env: spec.env.clone(),
                 seccomp: self.seccomp.clone(),
                 uid: Some(uid),
-                console_exit: false,
+                ..LaunchSpec::default()
             },
             // Podman runs as root and starts the container as the deployment's uid.
             Program::Image { archive, image_id } => {
@@ -118,14 +126,16 @@ impl SandboxBackend for ContainerBackend {
                         database_socket: socket,
                         host_network: true,
                         runtime: spec.deployment.runtime,
+                        tmp_mb: limits.tmp_mb,
                     }),
                     env: self.podman.env(),
-                    seccomp: Vec::new(),
-                    uid: None,
-                    console_exit: false,
+                    ..LaunchSpec::default()
                 }
             }
         };
+        launch.monitor = Some(self.units.monitor(&handle, spec));
+        launch.data_image = data_image;
+        launch.nofile = Some(limits.nofile);
         super::unit::write_launch_spec(&handle, &launch)?;
         Ok(handle)
     }
@@ -162,11 +172,14 @@ impl SandboxBackend for ContainerBackend {
                     data_dir: None,
                     database_socket: None,
                     host_network: false,
+                    tmp_bytes: task.limits.tmp_mb << 20,
+                    identity: None,
                 }),
                 env: task.env.clone(),
                 seccomp: self.seccomp.clone(),
                 uid: Some(task.uid),
-                console_exit: false,
+                nofile: Some(task.limits.nofile),
+                ..LaunchSpec::default()
             },
             Program::Image { archive, image_id } => {
                 self.podman.load(archive, image_id).await?;
@@ -183,6 +196,7 @@ impl SandboxBackend for ContainerBackend {
                     database_socket: None,
                     host_network: false,
                     runtime: Runtime::Runc,
+                    tmp_mb: task.limits.tmp_mb,
                 });
                 for (k, v) in &task.env {
                     env.entry(k.clone()).or_insert_with(|| v.clone());
@@ -190,9 +204,8 @@ impl SandboxBackend for ContainerBackend {
                 LaunchSpec {
                     argv,
                     env,
-                    seccomp: Vec::new(),
-                    uid: None,
-                    console_exit: false,
+                    nofile: Some(task.limits.nofile),
+                    ..LaunchSpec::default()
                 }
             }
         })

@@ -41,6 +41,8 @@ pub struct Container<'a> {
     /// The host's network (a deployment's port), else `--network none` (loopback only).
     pub host_network: bool,
     pub runtime: Runtime,
+    /// The size of `/tmp` (a tmpfs), in MiB.
+    pub tmp_mb: u64,
 }
 
 impl Podman {
@@ -164,6 +166,13 @@ impl Podman {
             .map(|s| s.to_string()),
         );
         argv.extend(["--user".into(), format!("{}:{}", c.uid, c.uid)]);
+        argv.extend([
+            "--tmpfs".into(),
+            format!("/tmp:rw,nosuid,nodev,mode=1777,size={}m", c.tmp_mb),
+            // Podman's own limits, which the launcher set (RLIMIT_NOFILE).
+            "--ulimit".into(),
+            "host".into(),
+        ]);
         match &c.env {
             ContainerEnv::File(file) => {
                 argv.extend(["--env-file".into(), file.display().to_string()]);

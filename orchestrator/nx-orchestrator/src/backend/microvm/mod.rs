@@ -331,6 +331,8 @@ impl SandboxBackend for MicrovmBackend {
             seccomp: Vec::new(),
             uid: Some(uid),
             console_exit: true,
+            monitor: Some(self.units.monitor(&handle, spec)),
+            ..LaunchSpec::default()
         };
         super::unit::write_launch_spec(&handle, &launch)?;
         Ok(handle)
@@ -366,7 +368,7 @@ impl SandboxBackend for MicrovmBackend {
         let guest = Guest {
             kernel: &self.kernel,
             initrd: &initrd,
-            memory_mb: guest_memory(task.memory_max_mb),
+            memory_mb: guest_memory(task.limits.memory_max_mb),
             vcpus: 1,
             port: None,
             database_socket: None,
@@ -381,6 +383,7 @@ impl SandboxBackend for MicrovmBackend {
             seccomp: Vec::new(),
             uid: Some(task.uid),
             console_exit: true,
+            ..LaunchSpec::default()
         })
     }
 

@@ -1,0 +1,243 @@
+//! How a deployment's program ended, named as systemd names a service's `Result` (systemd.exec(5),
+//! `$SERVICE_RESULT`): `success`, `exit-code`, `signal`, `core-dump`, `oom-kill`.
+//!
+//! systemd itself cannot always tell: on cgroup v1 it never reports `oom-kill` (it reads the
+//! unified hierarchy's `memory.events`), and the program runs under bubblewrap, which turns a
+//! signal into exit code 128 + N. So the launcher (which waits for the program inside the
+//! unit) reads its cgroup's counters before and after the run, the `oom_kill` count
+//! (v1: `memory.oom_control`; v2: `memory.events`) and the pids controller's `max` count of
+//! refused forks (`pids.events`), and writes what it found to the log and to
+//! `<deployment dir>/last-exit.json`, which nxd reads for `nx status`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The file in a deployment's directory that holds its last [`ExitRecord`].
+pub const LAST_EXIT_FILE: &str = "last-exit.json";
+
+/// One end of a deployment's program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub at: DateTime<Utc>,
+    /// `success`, `exit-code`, `signal`, `core-dump` or `oom-kill` (systemd's words).
+    pub result: String,
+    /// The exit code, when it exited (for a program under bubblewrap, 128 + N when signal N
+    /// ended it inside the sandbox).
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// What `nx logs` shows, e.g. `killed: out of memory, MemoryMax 128 MiB`.
+    pub message: String,
+}
+
+impl ExitRecord {
+    /// The record in a deployment's directory, if its program ended at least once.
+    pub fn read(dir: &Path) -> Option<Self> {
+        let bytes = std::fs::read(dir.join(LAST_EXIT_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// The counters of the cgroups a process is in that tell why its programs died.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupCounters {
+    /// Processes the OOM killer killed in the memory cgroup.
+    pub oom_kills: u64,
+    /// Forks refused at the pids controller's limit.
+    pub forks_refused: u64,
+}
+
+/// The limits of those cgroups, for the message (`None`: unlimited or unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupLimits {
+    pub memory_max_bytes: Option<u64>,
+    pub tasks_max: Option<u64>,
+}
+
+/// The directories of this process's memory and pids cgroups (v1 controllers, or the unified
+/// hierarchy), from `/proc/self/cgroup`, as (memory, pids, unified).
+fn own_cgroup_dirs() -> (Option<std::path::PathBuf>, Option<std::path::PathBuf>, bool) {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let root = Path::new("/sys/fs/cgroup");
+    let mut memory = None;
+    let mut pids = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), Some(c)) => (a, b, c.trim_start_matches('/')),
+            _ => continue,
+        };
+        for controller in controllers.split(',') {
+            match controller {
+                "memory" => memory = Some(root.join("memory").join(path)),
+                "pids" => pids = Some(root.join("pids").join(path)),
+                _ => {}
+            }
+        }
+    }
+    match (memory, pids) {
+        (None, None) => {
+            let unified = text
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(|p| root.join(p.trim_start_matches('/')));
+            (unified.clone(), unified, true)
+        }
+        (memory, pids) => (memory, pids, false),
+    }
+}
+
+/// `key value` lines (`memory.oom_control`, `memory.events`, `pids.events`).
+fn keyed(path: &Path, key: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn limit(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // v1 says "unlimited" with a page-rounded i64::MAX, v2 with "max".
+    text.trim().parse().ok().filter(|&v: &u64| v < (1 << 62))
+}
+
+impl CgroupCounters {
+    /// Reads this process's counters (zero where a controller is missing).
+    pub fn read() -> Self {
+        let (memory, pids, unified) = own_cgroup_dirs();
+        let oom_file = if unified {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        Self {
+            oom_kills: memory
+                .and_then(|d| keyed(&d.join(oom_file), "oom_kill"))
+                .unwrap_or(0),
+            forks_refused: pids
+                .and_then(|d| keyed(&d.join("pids.events"), "max"))
+                .unwrap_or(0),
+        }
+    }
+}
+
+impl CgroupLimits {
+    pub fn read() -> Self {
+        let (memory, pids, unified) = own_cgroup_dirs();
+        let memory_file = if unified {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        Self {
+            memory_max_bytes: memory.and_then(|d| limit(&d.join(memory_file))),
+            tasks_max: pids.and_then(|d| limit(&d.join("pids.max"))),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|_| format!("signal {signal}"))
+}
+
+/// Names how the program ended: its wait status (`exit_code` or `signal`, `core` when it
+/// dumped one) and what the cgroup's counters did during the run.
+pub fn classify(
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    core: bool,
+    before: CgroupCounters,
+    after: CgroupCounters,
+    limits: CgroupLimits,
+    at: DateTime<Utc>,
+) -> ExitRecord {
+    let oom = after.oom_kills > before.oom_kills && exit_code != Some(0);
+    let refused = after.forks_refused.saturating_sub(before.forks_refused);
+    let (result, mut message) = if oom {
+        let limit = limits
+            .memory_max_bytes
+            .map(|b| format!(", MemoryMax {} MiB", b >> 20))
+            .unwrap_or_default();
+        ("oom-kill", format!("killed: out of memory{limit}"))
+    } else {
+        match (exit_code, signal) {
+            (Some(0), _) => ("success", "exited with code 0".to_owned()),
+            (Some(code), _) if code > 128 && code < 128 + 65 => (
+                "signal",
+                format!(
+                    "killed by {} (exit code {code} from the sandbox)",
+                    signal_name(code - 128)
+                ),
+            ),
+            (Some(code), _) => ("exit-code", format!("exited with code {code}")),
+            (None, Some(sig)) if core => {
+                ("core-dump", format!("dumped core on {}", signal_name(sig)))
+            }
+            (None, Some(sig)) => ("signal", format!("killed by {}", signal_name(sig))),
+            (None, None) => ("exit-code", "ended for an unknown reason".to_owned()),
+        }
+    };
+    if refused > 0 {
+        let limit = limits
+            .tasks_max
+            .map(|n| format!(" (TasksMax {n})"))
+            .unwrap_or_default();
+        message.push_str(&format!(
+            "; {refused} forks were refused at the task limit{limit}"
+        ));
+    }
+    ExitRecord {
+        at,
+        result: result.to_owned(),
+        exit_code,
+        signal,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oom_kill_a_signal_and_refused_forks_are_named() {
+        let at = Utc::now();
+        let none = CgroupCounters::default();
+        let limits = CgroupLimits {
+            memory_max_bytes: Some(128 << 20),
+            tasks_max: Some(64),
+        };
+        let oom = CgroupCounters {
+            oom_kills: 1,
+            forks_refused: 0,
+        };
+        let r = classify(Some(137), None, false, none, oom, limits, at);
+        assert_eq!(r.result, "oom-kill");
+        assert_eq!(r.message, "killed: out of memory, MemoryMax 128 MiB");
+        let r = classify(Some(143), None, false, none, none, limits, at);
+        assert_eq!(
+            (r.result.as_str(), r.message.as_str()),
+            (
+                "signal",
+                "killed by SIGTERM (exit code 143 from the sandbox)"
+            )
+        );
+        let forks = CgroupCounters {
+            oom_kills: 0,
+            forks_refused: 3,
+        };
+        let r = classify(Some(1), None, false, none, forks, limits, at);
+        assert_eq!(r.result, "exit-code");
+        assert_eq!(
+            r.message,
+            "exited with code 1; 3 forks were refused at the task limit (TasksMax 64)"
+        );
+        assert_eq!(
+            classify(Some(0), None, false, none, none, limits, at).result,
+            "success"
+        );
+    }
+}

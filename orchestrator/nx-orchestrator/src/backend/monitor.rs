@@ -1,0 +1,146 @@
+//! The launcher's monitor (Linux only): a deployment's launcher does not exec its program but
+//! forks it, with stdout and stderr on pipes, and stays in the unit as root while it runs:
+//! - the program's output goes through the log writer (`logs::writer`): stamped, marked,
+//!   capped and rotated, never blocking the program;
+//! - `/data`'s usage is written to `<dir>/disk-usage.json` every few seconds;
+//! - when the program ends, how it ended (`exit::classify`, with the cgroup's OOM and refused
+//!   fork counters) is written to the log and to `<dir>/last-exit.json`, and the monitor ends
+//!   the same way (the same exit code, or the same signal), so systemd sees what it would have.
+//!
+//! The monitor is exempt from the OOM killer (`oom_score_adj` -1000; the program gets 0 back),
+//! so that it is always the program that is killed and the monitor that tells.
+
+use super::data_disk::{DataImage, USAGE_FILE};
+use super::exit::{classify, CgroupCounters, CgroupLimits, ExitRecord, LAST_EXIT_FILE};
+use super::launch::MonitorSpec;
+use crate::logs::writer::{note, Capture, RotatingFile, Sink};
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long output is still read after the program ended (a process it left may hold a pipe).
+const DRAIN: Duration = Duration::from_secs(1);
+const USAGE_EVERY: Duration = Duration::from_secs(2);
+
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: nix::libc::c_int) {
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, bytes)?;
+    std::fs::rename(&partial, path)
+}
+
+/// Forks the program (`exec` runs in the child and returns only on failure, with the reason)
+/// and monitors it; never returns on success (the process ends as the program did).
+pub fn run(spec: &MonitorSpec, data: Option<&DataImage>, exec: impl FnOnce() -> String) -> String {
+    let sink = match RotatingFile::open(spec.log.clone()) {
+        Ok(sink) => sink,
+        Err(e) => return format!("cannot open the log {}: {e}", spec.log.path.display()),
+    };
+    let pipes = (
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC),
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC),
+    );
+    let ((out_r, out_w), (err_r, err_w)) = match pipes {
+        (Ok(out), Ok(err)) => (out, err),
+        (Err(e), _) | (_, Err(e)) => return format!("pipe: {e}"),
+    };
+    let before = CgroupCounters::read();
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    // SAFETY: the launcher is single-threaded here; the child only dup2s, writes a file and
+    // execs (or returns the reason it could not).
+    match unsafe { fork() } {
+        Err(e) => format!("fork: {e}"),
+        Ok(ForkResult::Child) => {
+            let redirected = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&out_w), 1)
+                .and_then(|_| nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&err_w), 2));
+            let _ = std::fs::write("/proc/self/oom_score_adj", "0");
+            let reason = match redirected {
+                Ok(_) => exec(),
+                Err(e) => format!("dup2: {e}"),
+            };
+            eprintln!("launch: {reason}");
+            std::process::exit(127);
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop((out_w, err_w));
+            for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+                // SAFETY: the handler only stores to an atomic.
+                let _ = unsafe { signal::signal(sig, SigHandler::Handler(on_stop)) };
+            }
+            let capture = Capture::start(sink, out_r, err_r);
+            if let Some(data) = data.cloned() {
+                let path = spec.dir.join(USAGE_FILE);
+                std::thread::spawn(move || report_usage(&data, &path));
+            }
+            let status = loop {
+                match waitpid(child, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other,
+                }
+            };
+            let mut sink = capture.finish(DRAIN);
+            let record = record(status, before);
+            let _ = sink.write_records(&note(&record.message));
+            if let Ok(json) = serde_json::to_vec(&record) {
+                let _ = write_atomically(&spec.dir.join(LAST_EXIT_FILE), &json);
+            }
+            end_like(status)
+        }
+    }
+}
+
+fn report_usage(data: &DataImage, path: &Path) {
+    let mut last = None;
+    loop {
+        if let Some(usage) = data.usage() {
+            if last != Some((usage.used_bytes, usage.size_bytes)) {
+                last = Some((usage.used_bytes, usage.size_bytes));
+                if let Ok(json) = serde_json::to_vec(&usage) {
+                    let _ = write_atomically(path, &json);
+                }
+            }
+        }
+        std::thread::sleep(USAGE_EVERY);
+    }
+}
+
+fn record(status: nix::Result<WaitStatus>, before: CgroupCounters) -> ExitRecord {
+    let after = CgroupCounters::read();
+    let limits = CgroupLimits::read();
+    let now = chrono::Utc::now();
+    let (code, sig, core) = match status {
+        Ok(WaitStatus::Exited(_, code)) => (Some(code), None, false),
+        Ok(WaitStatus::Signaled(_, sig, core)) => (None, Some(sig as i32), core),
+        _ => (None, None, false),
+    };
+    let mut record = classify(code, sig, core, before, after, limits, now);
+    // Stopped on request (systemd sends SIGTERM to every process of the unit).
+    let by_sigterm = sig == Some(Signal::SIGTERM as i32) || code == Some(128 + 15);
+    if STOPPING.load(Ordering::SeqCst) && by_sigterm && record.result != "oom-kill" {
+        record.result = "success".into();
+        record.message = "stopped".into();
+    }
+    record
+}
+
+/// Ends this process as the program ended.
+fn end_like(status: nix::Result<WaitStatus>) -> String {
+    match status {
+        Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => {
+            // SAFETY: restoring the default action.
+            let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+            let _ = signal::raise(sig);
+            std::process::exit(128 + sig as i32)
+        }
+        other => format!("waiting for the program: {other:?}"),
+    }
+}

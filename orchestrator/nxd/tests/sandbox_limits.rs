@@ -1,0 +1,320 @@
+//! What a real program expects of its sandbox: a log that is capped and rotated and whose tail
+//! costs little, a sized `/data` and `/tmp` that fill up with ENOSPC instead of a kill, the OS
+//! files programs read at start (a static Go program loads a time zone; Debian's Caddy serves
+//! with nothing but its port), its open-files limit, and the reason when it is killed.
+
+use nx_testkit::Host;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The bytes of a deployment's log files on disk (`output.log`, `output.log.N`).
+fn log_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("output.log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// nxd's peak resident memory (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb << 10
+}
+
+/// Has the program write `mb` MiB of lines, and waits until its log stops growing.
+fn spew(host: &Host, sandbox: &str, id: &str, mb: u64) {
+    let (status, body) = host.get(&host.preview_host(sandbox, id), &format!("/spew?mb={mb}"));
+    assert_eq!(status, 200, "{body}");
+    let dir = host.path(&format!("deployments/{id}"));
+    let mut last = log_bytes(&dir);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = log_bytes(&dir);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+#[test]
+fn output_is_capped_on_disk_and_a_tail_costs_memory_in_lines_not_bytes() {
+    let host = Host::start();
+    // 300 MiB of output against a 16 MiB cap.
+    let capped = host.push_sample("chatty", &["--log-max", "16"]);
+    spew(&host, "chatty", &capped, 300);
+    let on_disk = log_bytes(&host.path(&format!("deployments/{capped}")));
+    assert!(on_disk <= 16 << 20, "{on_disk} bytes of log on disk");
+    assert!(on_disk > 8 << 20, "only {on_disk} bytes of log kept");
+
+    // 300 MiB kept (a 1 GiB cap): the last two lines cost nxd no more than a block.
+    let big = host.push_sample("big", &["--log-max", "1024"]);
+    spew(&host, "big", &big, 300);
+    let on_disk = log_bytes(&host.path(&format!("deployments/{big}")));
+    assert!(on_disk > 250 << 20, "{on_disk} bytes of log kept");
+    let before = peak_rss(host.nxd_pid());
+    let out = host.nx(&["logs", &big, "-n", "2"]);
+    let after = peak_rss(host.nxd_pid());
+    assert!(out.ok, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    for line in lines {
+        // <time> stdout <text>
+        let mut parts = line.splitn(3, ' ');
+        let time = parts.next().unwrap();
+        assert!(time.starts_with("20") && time.ends_with('Z'), "{line}");
+        assert_eq!(parts.next(), Some("stdout"), "{line}");
+        assert_eq!(parts.next().unwrap().len(), 99, "{line}");
+    }
+    assert!(
+        after - before < 50 << 20,
+        "nx logs -n 2 raised nxd's peak memory by {} MiB",
+        (after - before) >> 20
+    );
+
+    // --json: one object per line; --since: only what is newer.
+    let out = host.nx(&["--json", "logs", &big, "-n", "1"]);
+    let record: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(record["stream"], "stdout");
+    assert_eq!(record["text"].as_str().unwrap().len(), 99);
+    let out = host.nx(&["logs", &big, "--since", "2099-01-01T00:00:00Z"]);
+    assert!(
+        out.ok && out.stdout.is_empty(),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let out = host.nx(&["logs", &big, "--since", "1h", "-n", "3"]);
+    assert_eq!(out.stdout.lines().count(), 3, "{}", out.stdout);
+}
+
+#[test]
+fn full_data_and_tmp_are_enospc_and_the_program_keeps_serving() {
+    let host = Host::start();
+    let id = host.push_sample("disk", &["--disk", "64", "--tmp", "16"]);
+    let preview = host.preview_host("disk", &id);
+    let fill = |dir: &str, mb: u64| -> serde_json::Value {
+        let (status, body) = host.get(&preview, &format!("/fill?dir={dir}&mb={mb}"));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+
+    let data = fill("/data", 100);
+    let error = data["error"].as_str().unwrap_or_default();
+    assert!(error.contains("No space left on device"), "{data}");
+    let written = data["written_bytes"].as_u64().unwrap();
+    assert!(written > 48 << 20 && written <= 64 << 20, "{data}");
+    assert_eq!(
+        host.get(&preview, "/health").0,
+        200,
+        "serves after a full /data"
+    );
+
+    let tmp = fill("/tmp", 32);
+    assert!(
+        tmp["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("No space left on device"),
+        "{tmp}"
+    );
+    assert!(tmp["written_bytes"].as_u64().unwrap() <= 16 << 20, "{tmp}");
+    assert_eq!(
+        host.get(&preview, "/health").0,
+        200,
+        "serves after a full /tmp"
+    );
+    let state = &host.deployment("disk", &id)["state"];
+    assert_eq!(state["restarts"], 0, "{state}");
+    // The host's state dir holds the image, not the data: the program's writes stay in it.
+    let image = host.path(&format!("deployments/{id}/data.img"));
+    assert_eq!(std::fs::metadata(image).unwrap().len(), 64 << 20);
+}
+
+#[test]
+fn an_oom_kill_and_an_exit_code_are_named_in_the_log() {
+    let host = Host::start();
+    let id = host.push_sample("oom", &["--memory", "128"]);
+    let preview = host.preview_host("oom", &id);
+    let (status, _) = host.get(&preview, "/hog");
+    assert_ne!(status, 200, "the hog survived a 128 MiB MemoryMax");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let logs = loop {
+        let out = host.nx(&["logs", &id, "-n", "20"]);
+        if out.stdout.contains("killed: out of memory") {
+            break out.stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reason in the log:\n{}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        logs.lines()
+            .any(|l| l.ends_with(" nx killed: out of memory, MemoryMax 128 MiB")),
+        "{logs}"
+    );
+    // Restarted; then an exit code.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while host.get(&preview, "/health").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not restarted after the OOM kill"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    host.get(&preview, "/exit?code=3");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = host.nx(&["logs", &id, "-n", "20"]);
+        if out
+            .stdout
+            .lines()
+            .any(|l| l.ends_with(" nx exited with code 3"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit code in the log:\n{}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// This host's hard open-files limit: a unit cannot raise it without CAP_SYS_RESOURCE.
+fn hard_nofile() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap()
+        .1
+}
+
+#[test]
+fn the_open_files_limit_is_65536_unless_set() {
+    let host = Host::start();
+    let open_files = |id: &str| -> Vec<u64> {
+        let (status, limits) = host.get(
+            &host.preview_host("files", id),
+            "/read?path=/proc/self/limits",
+        );
+        assert_eq!(status, 200, "{limits}");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("Max open files");
+        line.split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    };
+    let default = host.push_sample("files", &[]);
+    let expected = 65_536.min(hard_nofile());
+    assert_eq!(open_files(&default), [expected, expected]);
+    if expected < 65_536 {
+        let out = host.nx(&["logs", &default]);
+        assert!(
+            out.stdout.contains("the host's hard limit"),
+            "{}",
+            out.stdout
+        );
+    }
+    let set = host.push_sample("files", &["--nofile", "4096"]);
+    assert_eq!(open_files(&set), [4096, 4096]);
+}
+
+const GO_PROGRAM: &str = r#"package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/user"
+	"time"
+)
+
+func main() {
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		loc, err := time.LoadLocation("America/New_York")
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		winter := time.Date(2026, 1, 15, 12, 0, 0, 0, time.UTC).In(loc)
+		u, err := user.Current()
+		name := "?"
+		if err == nil {
+			name = u.Username + " " + u.HomeDir
+		} else {
+			name = err.Error()
+		}
+		fmt.Fprintf(w, "%s|%s|%s\n", winter.Format("15:04 MST"), time.Now().Location(), name)
+	})
+	panic(http.ListenAndServe(os.Getenv("HOST")+":"+os.Getenv("PORT"), nil))
+}
+"#;
+
+/// Builds GO_PROGRAM with `CGO_ENABLED=0` (static) into `dir`.
+fn build_go(dir: &Path) -> std::path::PathBuf {
+    std::fs::write(dir.join("main.go"), GO_PROGRAM).unwrap();
+    let out = Command::new("go")
+        .args(["build", "-o", "zone", "main.go"])
+        .current_dir(dir)
+        .env("CGO_ENABLED", "0")
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", dir.join("cache"))
+        .env("HOME", dir)
+        .output()
+        .expect("go is needed for this test: apt-get install golang-go (install-deps.sh does)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("zone")
+}
+
+#[test]
+fn a_static_go_program_loads_a_time_zone_and_knows_its_user() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let binary = build_go(dir.path());
+    let host = Host::start();
+    let out = host.nx_json(&["push", binary.to_str().unwrap(), "--sandbox", "zone"]);
+    let id = out["deployment"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = host.get(&host.preview_host("zone", &id), "/");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.trim(), "07:00 EST|Local|app /data");
+}
+
+#[test]
+fn debians_caddy_serves_with_nothing_but_its_port() {
+    let host = Host::start();
+    let out = host.nx_json(&[
+        "push",
+        "/usr/bin/caddy",
+        "--sandbox",
+        "caddy",
+        "--",
+        "file-server",
+        "--listen",
+        "127.0.0.1:{env.PORT}",
+    ]);
+    let id = out["deployment"]["id"].as_str().unwrap().to_owned();
+    let response = host
+        .http()
+        .get(format!("http://{}/", host.router))
+        .header("Host", host.preview_host("caddy", &id))
+        .send()
+        .unwrap();
+    assert_eq!(response.headers()["server"], "Caddy");
+    assert_eq!(response.status(), 404, "an empty /data has no index");
+}
