@@ -186,6 +186,12 @@ in
       '';
     };
 
+    # The OS files a sandbox sees (HOST_FILES in nx-orchestrator's backend/container/host_files.rs)
+    # are bound read-only without /nix/store, so on NixOS they must be files, not links into the
+    # store: the CA bundle is copied into /etc, and the time zones get the usual path.
+    environment.etc."ssl/certs/ca-certificates.crt".mode = "0444";
+    systemd.tmpfiles.rules = [ "L+ /usr/share/zoneinfo - - - - ${pkgs.tzdata}/share/zoneinfo" ];
+
     systemd.slices.nx = {
       description = "NX deployments";
       sliceConfig = { MemoryAccounting = true; TasksAccounting = true; };

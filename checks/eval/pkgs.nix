@@ -118,6 +118,7 @@ let
     "socat"
     "squashfsTools"
     "systemd"
+    "tzdata"
     "util-linux"
     "wrk"
     "xz"
