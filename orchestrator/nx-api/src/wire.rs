@@ -115,6 +115,44 @@ pub struct DeploymentView {
     /// What the backend runs it with, e.g. the microVM's accelerator.
     pub runs_on: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// How its program last ended (none yet: it never ended).
+    #[serde(default)]
+    pub last_exit: Option<LastExit>,
+    /// `/data`'s usage, when it has a size (`limits.disk_mb`) and has run.
+    #[serde(default)]
+    pub disk: Option<DiskUsage>,
+}
+
+/// How a deployment's program ended, as the monitor in its unit saw it, named as systemd names
+/// a service's `Result` (systemd.exec(5), `$SERVICE_RESULT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastExit {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// `success` (also a stop on request), `exit-code`, `signal`, `core-dump` or `oom-kill`.
+    pub result: String,
+    /// The exit code, when it exited (for a program under bubblewrap, 128 + N when signal N
+    /// ended it inside the sandbox).
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// What `nx logs` shows, e.g. `killed: out of memory, MemoryMax 128 MiB`.
+    pub message: String,
+}
+
+impl LastExit {
+    /// Whether it ended in a failure (anything but `success`).
+    pub fn failed(&self) -> bool {
+        self.result != "success"
+    }
+}
+
+/// A deployment's `/data` usage (statvfs(3) of its filesystem image).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    pub used_bytes: u64,
+    pub size_bytes: u64,
+    /// When it was measured (every few seconds while the deployment runs).
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

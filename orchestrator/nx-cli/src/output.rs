@@ -49,12 +49,36 @@ pub fn verified(path: &Path, info: &ElfInfo, json: bool) {
     }
 }
 
+/// `running`; `failed (oom-kill)` when its program's last end was a failure and it does not
+/// run now (restarting, or stopped after it); `stopped`; else systemd's `active/sub`.
 fn state(d: &DeploymentView) -> String {
-    if d.state.active == "active" {
-        d.state.sub.clone()
-    } else {
-        format!("{}/{}", d.state.active, d.state.sub)
+    let failed = d.last_exit.as_ref().filter(|e| e.failed());
+    match (d.state.active.as_str(), failed) {
+        ("active", _) => d.state.sub.clone(),
+        (_, Some(exit)) => format!("failed ({})", exit.result),
+        ("inactive", None) if d.desired == nx_api::Desired::Stopped => "stopped".into(),
+        _ => format!("{}/{}", d.state.active, d.state.sub),
     }
+}
+
+/// The lines under a deployment in `nx ls`/`nx status`: how it last ended, its `/data` use.
+fn details(d: &DeploymentView) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(exit) = d.last_exit.as_ref().filter(|e| e.failed()) {
+        lines.push(format!(
+            "last exit {}: {}",
+            exit.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            exit.message
+        ));
+    }
+    if let Some(disk) = &d.disk {
+        lines.push(format!(
+            "/data: {:.1} of {} MiB used",
+            disk.used_bytes as f64 / f64::from(1 << 20),
+            disk.size_bytes >> 20
+        ));
+    }
+    lines
 }
 
 pub fn pushed(d: &DeploymentView, uploaded: bool, json: bool) -> anyhow::Result<()> {
@@ -124,6 +148,9 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
                 url,
                 if d.promoted { "  (production)" } else { "" }
             );
+            for line in details(d) {
+                println!("{:<20} {line}", "");
+            }
         }
     }
     let mut runs_on: Vec<&str> = list

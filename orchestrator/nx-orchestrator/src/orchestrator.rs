@@ -637,6 +637,8 @@ impl Orchestrator {
                 .map(|b| b.runs_on())
                 .unwrap_or_else(|e| e.to_string()),
             created_at: d.created_at,
+            last_exit: crate::backend::exit::read_last_exit(&handle.dir),
+            disk: crate::backend::data_disk::read_usage(&handle.dir),
         })
     }
 

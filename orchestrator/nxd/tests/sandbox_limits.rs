@@ -134,6 +134,27 @@ fn full_data_and_tmp_are_enospc_and_the_program_keeps_serving() {
     );
     let state = &host.deployment("disk", &id)["state"];
     assert_eq!(state["restarts"], 0, "{state}");
+    // nx status shows /data's usage (measured every 2 s by the unit's monitor).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let disk = loop {
+        let d = host.deployment("disk", &id);
+        if !d["disk"].is_null() {
+            break d["disk"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no /data usage in nx status: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let size = disk["size_bytes"].as_u64().unwrap();
+    assert!(size > 48 << 20 && size <= 64 << 20, "{disk}");
+    assert!(disk["used_bytes"].as_u64().unwrap() < 16 << 20, "{disk}");
+    let text = host.nx(&["status", "disk"]).stdout;
+    assert!(
+        text.contains("/data: ") && text.contains(" MiB used"),
+        "{text}"
+    );
     // The host's state dir holds the image, not the data: the program's writes stay in it.
     let image = host.path(&format!("deployments/{id}/data.img"));
     assert_eq!(std::fs::metadata(image).unwrap().len(), 64 << 20);
@@ -164,6 +185,15 @@ fn an_oom_kill_and_an_exit_code_are_named_in_the_log() {
             .any(|l| l.ends_with(" nx killed: out of memory, MemoryMax 128 MiB")),
         "{logs}"
     );
+    // nx status names it too.
+    let last = host.deployment("oom", &id)["last_exit"].clone();
+    assert_eq!(last["result"], "oom-kill", "{last}");
+    assert_eq!(last["message"], "killed: out of memory, MemoryMax 128 MiB");
+    let text = host.nx(&["status", "oom"]).stdout;
+    assert!(
+        text.contains("killed: out of memory, MemoryMax 128 MiB"),
+        "{text}"
+    );
     // Restarted; then an exit code.
     let deadline = Instant::now() + Duration::from_secs(20);
     while host.get(&preview, "/health").0 != 200 {
@@ -191,6 +221,31 @@ fn an_oom_kill_and_an_exit_code_are_named_in_the_log() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_program_that_exits_reads_failed_with_its_exit_code() {
+    let host = Host::start();
+    let sample = nx_testkit::sample_app();
+    let out = host.nx(&[
+        "push",
+        sample.to_str().unwrap(),
+        "--sandbox",
+        "quits",
+        "--",
+        "task",
+        "exit",
+        "3",
+    ]);
+    assert!(!out.ok, "{}", out.stdout);
+    let status = host.nx_json(&["status", "quits"]);
+    let d = &status[0]["deployments"][0];
+    assert_eq!(d["last_exit"]["result"], "exit-code", "{d}");
+    assert_eq!(d["last_exit"]["exit_code"], 3, "{d}");
+    let ls = host.nx(&["ls"]).stdout;
+    assert!(ls.contains("failed (exit-code)"), "{ls}");
+    assert!(ls.contains("exited with code 3"), "{ls}");
+    assert!(!ls.contains("inactive/dead"), "{ls}");
 }
 
 /// This host's hard open-files limit: a unit cannot raise it without CAP_SYS_RESOURCE.

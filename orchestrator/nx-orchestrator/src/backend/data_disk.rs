@@ -9,7 +9,8 @@
 //! them; the hosts NX was measured on have none, and an image works on any filesystem.
 //! ext4's own metadata (journal, inode tables) takes a few percent of the size.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use nx_api::DiskUsage;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,20 +30,9 @@ pub struct DataImage {
     pub uid: u32,
 }
 
-/// `/data`'s usage, as `nx status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskUsage {
-    pub used_bytes: u64,
-    pub size_bytes: u64,
-    /// When the launcher measured it (every few seconds while the unit runs).
-    pub at: DateTime<Utc>,
-}
-
-impl DiskUsage {
-    /// The last usage reported in a deployment's directory.
-    pub fn read(dir: &Path) -> Option<Self> {
-        serde_json::from_slice(&std::fs::read(dir.join(USAGE_FILE)).ok()?).ok()
-    }
+/// The last usage the launcher reported in a deployment's directory.
+pub fn read_usage(dir: &Path) -> Option<DiskUsage> {
+    serde_json::from_slice(&std::fs::read(dir.join(USAGE_FILE)).ok()?).ok()
 }
 
 fn run(command: &mut Command, what: &str) -> Result<(), String> {

@@ -10,32 +10,25 @@
 //! `<deployment dir>/last-exit.json`, which nxd reads for `nx status`.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use nx_api::{LastExit, UnitState};
 use std::path::Path;
 
-/// The file in a deployment's directory that holds its last [`ExitRecord`].
+/// The file in a deployment's directory that holds its last [`LastExit`], as JSON.
 pub const LAST_EXIT_FILE: &str = "last-exit.json";
 
-/// One end of a deployment's program.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitRecord {
-    pub at: DateTime<Utc>,
-    /// `success`, `exit-code`, `signal`, `core-dump` or `oom-kill` (systemd's words).
-    pub result: String,
-    /// The exit code, when it exited (for a program under bubblewrap, 128 + N when signal N
-    /// ended it inside the sandbox).
-    pub exit_code: Option<i32>,
-    /// The signal that ended it, when one did.
-    pub signal: Option<i32>,
-    /// What `nx logs` shows, e.g. `killed: out of memory, MemoryMax 128 MiB`.
-    pub message: String,
+/// The last end of a deployment's program, from its directory (none if it never ended).
+pub fn read_last_exit(dir: &Path) -> Option<LastExit> {
+    let bytes = std::fs::read(dir.join(LAST_EXIT_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
-impl ExitRecord {
-    /// The record in a deployment's directory, if its program ended at least once.
-    pub fn read(dir: &Path) -> Option<Self> {
-        let bytes = std::fs::read(dir.join(LAST_EXIT_FILE)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+/// Names systemd's `Result` of a unit that is not running as the monitor did: systemd sees
+/// the monitor end as the program did (an exit code, or a signal), but only the monitor can
+/// tell that the kernel's OOM killer was the cause.
+pub fn name_result(state: &mut UnitState, last: Option<&LastExit>) {
+    let ended = state.active != "active" && state.result != "success";
+    if let Some(last) = last.filter(|l| ended && l.result == "oom-kill") {
+        state.result = last.result.clone();
     }
 }
 
@@ -153,7 +146,7 @@ pub fn classify(
     after: CgroupCounters,
     limits: CgroupLimits,
     at: DateTime<Utc>,
-) -> ExitRecord {
+) -> LastExit {
     let oom = after.oom_kills > before.oom_kills && exit_code != Some(0);
     let refused = after.forks_refused.saturating_sub(before.forks_refused);
     let (result, mut message) = if oom {
@@ -189,7 +182,7 @@ pub fn classify(
             "; {refused} forks were refused at the task limit{limit}"
         ));
     }
-    ExitRecord {
+    LastExit {
         at,
         result: result.to_owned(),
         exit_code,
@@ -239,5 +232,40 @@ mod tests {
             classify(Some(0), None, false, none, none, limits, at).result,
             "success"
         );
+    }
+
+    #[test]
+    fn a_failed_unit_reads_oom_kill_when_the_monitor_saw_one() {
+        let mut state = UnitState {
+            active: "failed".into(),
+            sub: "failed".into(),
+            main_pid: 0,
+            restarts: 1,
+            memory_bytes: None,
+            tasks: None,
+            result: "exit-code".into(),
+            exit_status: 137,
+            exit_code: 1,
+        };
+        let none = CgroupCounters::default();
+        let oom = CgroupCounters {
+            oom_kills: 1,
+            forks_refused: 0,
+        };
+        let limits = CgroupLimits::default();
+        let exit = classify(Some(1), None, false, none, none, limits, Utc::now());
+        name_result(&mut state, Some(&exit));
+        assert_eq!(state.result, "exit-code");
+        let killed = classify(Some(137), None, false, none, oom, limits, Utc::now());
+        name_result(&mut state, Some(&killed));
+        assert_eq!(state.result, "oom-kill");
+        // Running again: systemd's word stands.
+        let mut running = UnitState {
+            active: "active".into(),
+            result: "success".into(),
+            ..state
+        };
+        name_result(&mut running, Some(&killed));
+        assert_eq!(running.result, "success");
     }
 }

@@ -11,12 +11,13 @@
 //! so that it is always the program that is killed and the monitor that tells.
 
 use super::data_disk::{DataImage, USAGE_FILE};
-use super::exit::{classify, CgroupCounters, CgroupLimits, ExitRecord, LAST_EXIT_FILE};
+use super::exit::{classify, CgroupCounters, CgroupLimits, LAST_EXIT_FILE};
 use super::launch::MonitorSpec;
 use crate::logs::writer::{note, Capture, RotatingFile, Sink};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
+use nx_api::LastExit;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -112,7 +113,7 @@ fn report_usage(data: &DataImage, path: &Path) {
     }
 }
 
-fn record(status: nix::Result<WaitStatus>, before: CgroupCounters) -> ExitRecord {
+fn record(status: nix::Result<WaitStatus>, before: CgroupCounters) -> LastExit {
     let after = CgroupCounters::read();
     let limits = CgroupLimits::read();
     let now = chrono::Utc::now();

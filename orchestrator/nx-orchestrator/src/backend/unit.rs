@@ -41,8 +41,14 @@ impl DeploymentUnits {
         Ok(self.supervisor.stop(&handle.unit).await?)
     }
 
+    /// systemd's state of the unit, its `Result` named as the monitor saw the end.
     pub async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError> {
-        Ok(self.supervisor.state(&handle.unit).await?)
+        let mut state = self.supervisor.state(&handle.unit).await?;
+        super::exit::name_result(
+            &mut state,
+            super::exit::read_last_exit(&handle.dir).as_ref(),
+        );
+        Ok(state)
     }
 
     /// What the launcher's monitor does for a deployment: its log, capped at the deployment's
