@@ -56,7 +56,10 @@ let
       isColmenaKey = nx.tokenFile != null && lib.hasPrefix "/run/keys/" nx.tokenFile;
       onMicrovm = nx.microvm.kernelDir != null;
       vmm = { qemu = pkgs.qemu_kvm; cloud-hypervisor = pkgs.cloud-hypervisor; firecracker = pkgs.firecracker; }.${nx.microvm.vmm};
-      routerPort = lib.toInt (lib.last (lib.splitString ":" nx.routerListen));
+      portOf = addr: lib.toInt (lib.last (lib.splitString ":" addr));
+      routerPort = portOf nx.routerListen;
+      sftp = nx.sftp or { listen = null; };
+      sftpPort = if sftp.listen != null && (sftp.openFirewall or false) then portOf sftp.listen else null;
     in
     assert checkAll [
       {
@@ -82,6 +85,10 @@ let
       {
         cond = routerPort < 1024 -> (c.boot.kernel.sysctl."net.ipv4.ip_unprivileged_port_start" or 1024) <= routerPort;
         msg = "${name}: the router (nx-router.service, as the nx user, no capabilities) cannot bind port ${toString routerPort}";
+      }
+      {
+        cond = sftpPort != null -> builtins.elem sftpPort c.networking.firewall.allowedTCPPorts;
+        msg = "${name}: sftp.openFirewall, but the SFTP port ${toString sftpPort} is closed";
       }
       {
         cond = nx.openFirewall -> builtins.elem routerPort c.networking.firewall.allowedTCPPorts;
