@@ -121,6 +121,8 @@ in
         description = "On NixOS nxd drives the host's systemd over the system bus.";
       };
       slice = mkOption { type = types.str; default = defaults.systemd.slice; description = "Parent slice of every deployment unit."; };
+      sliceTasksMax = mkOption { type = types.ints.positive; default = defaults.systemd.sliceTasksMax; description = "TasksMax of that slice: the processes and threads of all deployments and tasks together (keep it below the kernel's pid_max)."; };
+      sliceMemoryMaxPercent = mkOption { type = types.ints.between 1 100; default = defaults.systemd.sliceMemoryMaxPercent; description = "MemoryMax of that slice, in percent of the host's memory."; };
     };
     database = {
       createLocally = mkOption {
@@ -192,10 +194,23 @@ in
     environment.etc."ssl/certs/ca-certificates.crt".mode = "0444";
     systemd.tmpfiles.rules = [ "L+ /usr/share/zoneinfo - - - - ${pkgs.tzdata}/share/zoneinfo" ];
 
+    # The tenants' slice under its caps and a low CPU weight; nxd and PostgreSQL in nxd.slice,
+    # which gets 50 times its CPU under contention (nxd sets the same on its embedded manager).
     systemd.slices.nx = {
       description = "NX deployments";
-      sliceConfig = { MemoryAccounting = true; TasksAccounting = true; };
+      sliceConfig = {
+        MemoryAccounting = true;
+        TasksAccounting = true;
+        CPUWeight = 20;
+        TasksMax = cfg.systemd.sliceTasksMax;
+        MemoryMax = "${toString cfg.systemd.sliceMemoryMaxPercent}%";
+      };
     };
+    systemd.slices.nxd = {
+      description = "NX control plane";
+      sliceConfig.CPUWeight = 1000;
+    };
+    systemd.services.postgresql.serviceConfig.Slice = lib.mkIf cfg.database.createLocally "nxd.slice";
 
     # nxd starts transient units as the nx user: allow exactly that, for NX's own unit names
     # (nx-*: deployments; nxt-*: tasks; nxdb-*: pg_dump and pg_restore).
@@ -221,6 +236,7 @@ in
         ++ lib.optionals microvmEnabled vmmPackages;
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/nxd --config ${configFile}";
+        Slice = "nxd.slice";
         User = "nx";
         Group = "nx";
         StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;

@@ -38,7 +38,11 @@ withoutNulls {
     max_nofile = cfg.sandbox.maxNofile;
   };
   limits = limitsOf cfg.limits;
-  systemd = { inherit (cfg.systemd) mode slice; };
+  systemd = {
+    inherit (cfg.systemd) mode slice;
+    slice_tasks_max = cfg.systemd.sliceTasksMax;
+    slice_memory_max_percent = cfg.systemd.sliceMemoryMaxPercent;
+  };
   databases = withoutNulls {
     admin_url = cfg.databases.adminUrl;
     socket_dir = cfg.databases.socketDir;

@@ -33,6 +33,8 @@
   systemd = {
     mode = "auto";
     slice = "nx.slice";
+    sliceTasksMax = 8192;
+    sliceMemoryMaxPercent = 80;
   };
   databases = {
     adminUrl = null;

@@ -23,7 +23,7 @@ use clap::Parser;
 use nx_orchestrator::config::{Limits, SystemdMode};
 use nx_orchestrator::databases::{BranchMethod, Databases};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
-use nx_orchestrator::supervisor::{Supervisor, UnitOutput, UnitSpec};
+use nx_orchestrator::supervisor::{SliceKind, Supervisor, UnitOutput, UnitSpec};
 use nx_testkit::Host;
 use sqlx::Connection;
 use std::net::{SocketAddr, TcpStream};
@@ -154,6 +154,7 @@ async fn bare_units(host: &Host, n: usize) -> anyhow::Result<Vec<Duration>> {
             limits: Some(Limits::default()),
             output: UnitOutput::File(host.path("bench-bare.log")),
             restart_delay: None,
+            slice: SliceKind::Tenants,
         };
         let started = Instant::now();
         supervisor.start(&spec).await?;

@@ -219,8 +219,14 @@ pub enum SystemdMode {
 #[serde(deny_unknown_fields, default)]
 pub struct SystemdConfig {
     pub mode: SystemdMode,
-    /// Parent slice of every deployment unit.
+    /// Parent slice of every deployment and task unit (the control plane's units run in
+    /// `nxd.slice`, with a higher `CPUWeight`).
     pub slice: String,
+    /// `TasksMax` of that slice: processes and threads of all tenants together; keep it below
+    /// the host's `pid_max`.
+    pub slice_tasks_max: u64,
+    /// `MemoryMax` of that slice, in percent of the host's memory.
+    pub slice_memory_max_percent: u32,
 }
 
 impl Default for Config {
@@ -273,6 +279,8 @@ impl Default for SystemdConfig {
         Self {
             mode: SystemdMode::Auto,
             slice: "nx.slice".into(),
+            slice_tasks_max: 8192,
+            slice_memory_max_percent: 80,
         }
     }
 }
@@ -344,6 +352,14 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "api_max_connections must be at least 1".into(),
             ));
+        }
+        if !(1..=100).contains(&self.systemd.slice_memory_max_percent)
+            || self.systemd.slice_tasks_max == 0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "systemd.slice_memory_max_percent ({}) must be 1 to 100 and systemd.slice_tasks_max ({}) above 0",
+                self.systemd.slice_memory_max_percent, self.systemd.slice_tasks_max
+            )));
         }
         if !self.systemd.slice.ends_with(".slice") {
             return Err(ConfigError::Invalid(format!(

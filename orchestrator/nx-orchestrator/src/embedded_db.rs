@@ -8,7 +8,7 @@
 //! [`RESERVED_FOR_NXD`] connection slots for nxd, which connects as `postgres`, so tenants
 //! holding every other slot cannot lock it out.
 
-use crate::supervisor::{Supervisor, SupervisorError, UnitOutput, UnitSpec};
+use crate::supervisor::{SliceKind, Supervisor, SupervisorError, UnitOutput, UnitSpec};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -124,6 +124,7 @@ pub async fn ensure(
             limits: None,
             output: UnitOutput::File(dir.join("postgres.log")),
             restart_delay: Some(Duration::from_secs(1)),
+            slice: SliceKind::Control,
         };
         supervisor.start(&spec).await?;
     }

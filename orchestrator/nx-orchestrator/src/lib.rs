@@ -15,10 +15,10 @@ mod error;
 pub mod failpoint;
 pub mod logs;
 pub use nx_api::names;
+pub mod host_limits;
 #[cfg(target_os = "linux")]
 mod orchestrator;
 pub mod readiness;
-pub mod request_bounds;
 pub mod router;
 pub mod state;
 pub mod supervisor;

@@ -15,7 +15,7 @@ use crate::router::{self, RouteTable, RouterClient, RouterSettings};
 use crate::state::{NewDeployment, StateStore};
 use crate::supervisor::Supervisor;
 use crate::tasks::Tasks;
-use crate::{embedded_db, readiness, request_bounds};
+use crate::{embedded_db, host_limits, readiness};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -70,6 +70,14 @@ impl Orchestrator {
         let supervisor = Arc::new(
             Supervisor::connect(config.systemd.mode, state_dir, &config.systemd.slice).await?,
         );
+        if let Err(e) = supervisor
+            .configure_slices(host_limits::slice_caps(&config.systemd))
+            .await
+        {
+            // The host's systemd may not let nxd's user change slices: there they are declared
+            // with the same values (the NixOS module does).
+            tracing::warn!(error = %e, "the slices keep their declared settings");
+        }
         let dbs = &config.databases;
         let embedded = if config.database_url.is_none() || dbs.admin_url.is_none() {
             Some(embedded_db::ensure(&supervisor, state_dir).await?)
@@ -359,7 +367,7 @@ impl Orchestrator {
 
     #[tracing::instrument(skip_all, fields(sandbox = %req.sandbox))]
     pub async fn push(&self, req: PushRequest) -> Result<DeploymentView, Error> {
-        let bounds = request_bounds::for_host(&self.config.sandbox);
+        let bounds = host_limits::request_bounds(&self.config.sandbox);
         let limits = req.limits.apply(self.config.limits);
         checks::check_program_input(&req.args, &req.env, &bounds)?;
         checks::check_limits(&limits, &bounds)?;
@@ -651,10 +659,18 @@ impl Orchestrator {
             .into_iter()
             .map(|name| (name, Vec::new()))
             .collect();
-        for d in self.state.deployments().await? {
+        // Asked of systemd all at once: one round of D-Bus calls, however many deployments.
+        let deployments = self.state.deployments().await?;
+        let views = futures_util::future::try_join_all(deployments.iter().map(|d| {
             let is_promoted = promoted.get(&d.sandbox) == Some(&d.id);
-            let view = self.view(&d, is_promoted).await?;
-            by_sandbox.entry(d.sandbox.clone()).or_default().push(view);
+            self.view(d, is_promoted)
+        }))
+        .await?;
+        for view in views {
+            by_sandbox
+                .entry(view.sandbox.clone())
+                .or_default()
+                .push(view);
         }
         Ok(by_sandbox
             .into_iter()

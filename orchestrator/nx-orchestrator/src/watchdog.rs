@@ -6,7 +6,7 @@
 
 use crate::error::Error;
 use crate::router::{self, RouterSettings};
-use crate::{embedded_db, Orchestrator};
+use crate::{embedded_db, host_limits, Orchestrator};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ impl Orchestrator {
     #[tracing::instrument(skip_all)]
     async fn revive_manager(&self) -> Result<(), Error> {
         self.supervisor.revive().await?;
+        self.supervisor
+            .configure_slices(host_limits::slice_caps(&self.config.systemd))
+            .await?;
         if self.embedded_db {
             embedded_db::ensure(&self.supervisor, &self.config.state_dir).await?;
         }

@@ -11,6 +11,7 @@
 //! - `GET /write?name=N` writes /data/N and reads it back
 //! - `GET /fork`        forks until the kernel refuses; reports how many, then reaps them
 //! - `GET /hog`         allocates and touches memory until the sandbox's limit ends it
+//! - `GET /spin?threads=T&secs=S` keeps T threads busy for S seconds; answers at once
 //! - `GET /unshare`     tries to create a user namespace; reports the error
 //! - `GET /io-uring`    tries to set up an io_uring; reports the error
 //! - `GET /socket?family=F` tries to open a socket of address family F (a number); reports the error
@@ -142,6 +143,23 @@ fn handle(request: Request) {
             200,
             format!("{}\n", task::connect(query(&url, "addr").unwrap_or(""))),
         ),
+        "/spin" => {
+            let threads: usize = query(&url, "threads")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(1);
+            let secs: u64 = query(&url, "secs")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1);
+            for _ in 0..threads {
+                std::thread::spawn(move || {
+                    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+                    while std::time::Instant::now() < end {
+                        std::hint::spin_loop();
+                    }
+                });
+            }
+            text(200, "spinning\n")
+        }
         "/hog" => {
             hog();
             text(200, "still alive\n")

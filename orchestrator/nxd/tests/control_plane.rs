@@ -364,3 +364,105 @@ fn killing_the_managers_pid_1_is_repaired_by_nxd_alone() {
     }
     assert_eq!(host.deployment("web", &id)["state"]["active"], "active");
 }
+
+/// A cgroup file of the embedded manager's `<slice>`, in whichever hierarchy has it.
+fn slice_file(host: &Host, slice: &str, file: &str) -> String {
+    host.manager_cgroups()
+        .iter()
+        .map(|dir| dir.join(slice).join(file))
+        .find(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap().trim().to_owned())
+        .unwrap_or_else(|| panic!("no {slice}/{file} under {:?}", host.manager_cgroups()))
+}
+
+#[test]
+fn nxd_comes_first_under_a_fork_bomb_a_cpu_spin_and_a_memory_hog() {
+    let host = Host::start();
+    // The tenants' slice is capped and weighs little; the control plane's weighs much more.
+    assert_eq!(
+        slice_file(&host, "nx.slice", "pids.max"),
+        "8192",
+        "{}",
+        host.nxd_log()
+    );
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: u64 = meminfo
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let limit: u64 = slice_file(&host, "nx.slice", "memory.limit_in_bytes")
+        .parse()
+        .unwrap();
+    assert_eq!(limit, ((total_kib / 1024) * 80 / 100) << 20);
+    let tenants: u64 = slice_file(&host, "nx.slice", "cpu.shares").parse().unwrap();
+    let control: u64 = slice_file(&host, "nxd.slice", "cpu.shares")
+        .parse()
+        .unwrap();
+    assert!(
+        control >= 50 * tenants,
+        "nxd.slice {control} against nx.slice {tenants}"
+    );
+    assert_ne!(
+        slice_file(&host, "nxd.slice/nx-postgres.service", "cgroup.procs"),
+        "",
+        "PostgreSQL is not in nxd.slice"
+    );
+
+    let ids: Vec<(String, String)> = (0..5)
+        .map(|i| {
+            let sandbox = format!("load{i}");
+            let id = host.push_sample(&sandbox, &[]);
+            (sandbox, id)
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for (sandbox, id) in &ids {
+        let preview = host.preview_host(sandbox, id);
+        assert_eq!(host.get(&preview, "/spin?threads=4&secs=60").0, 200);
+        for path in ["/fork", "/hog"] {
+            let (preview, stop, router) = (preview.clone(), stop.clone(), host.router);
+            load.push(std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = client
+                        .get(format!("http://{router}{path}"))
+                        .header("Host", &preview)
+                        .send();
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let mut times: Vec<Duration> = (0..30)
+        .map(|_| {
+            let started = Instant::now();
+            let out = host.nx(&["ls", "--json"]);
+            assert!(out.ok, "{}", out.stderr);
+            started.elapsed()
+        })
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    times.sort();
+    let p99 = times[times.len() * 99 / 100];
+    println!(
+        "nx ls under load: p50 {:?}, p99 {p99:?}",
+        times[times.len() / 2]
+    );
+    for thread in load {
+        thread.join().unwrap();
+    }
+    assert!(
+        p99 < Duration::from_secs(1),
+        "nx ls p99 {p99:?} under load: {times:?}"
+    );
+}

@@ -6,7 +6,7 @@ use super::launch::{LaunchSpec, MonitorSpec};
 use super::{BackendError, SandboxHandle, SandboxSpec};
 use crate::api::UnitState;
 use crate::logs::LogFiles;
-use crate::supervisor::{Supervisor, UnitOutput, UnitSpec};
+use crate::supervisor::{SliceKind, Supervisor, UnitOutput, UnitSpec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +123,7 @@ fn deployment_unit(
         limits: Some(spec.deployment.limits),
         output: UnitOutput::File(handle.log_file()),
         restart_delay: Some(restart_delay),
+        slice: SliceKind::Tenants,
     }
 }
 

@@ -10,7 +10,7 @@
 use super::{ident, quote, restrict_statements, Databases, DbError};
 use crate::embedded_db::find_binary;
 use crate::names::{DeploymentId, SandboxName};
-use crate::supervisor::{UnitOutput, UnitSpec};
+use crate::supervisor::{SliceKind, UnitOutput, UnitSpec};
 pub use nx_api::{BackupInfo, RestoreInfo};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -80,6 +80,7 @@ impl Databases {
             limits: None,
             output: UnitOutput::File(log.clone()),
             restart_delay: None,
+            slice: SliceKind::Control,
         };
         let failed = |message: String| DbError::Tool { tool, message };
         self.supervisor

@@ -3,7 +3,7 @@
 //! connection across an nxd restart) and restarts one whose settings changed.
 
 use super::{RouterClient, RouterSettings};
-use crate::supervisor::{Supervisor, SupervisorError, UnitOutput, UnitSpec};
+use crate::supervisor::{SliceKind, Supervisor, SupervisorError, UnitOutput, UnitSpec};
 use std::path::Path;
 use std::time::Duration;
 
@@ -62,6 +62,7 @@ pub async fn ensure_running(
             limits: None,
             output: UnitOutput::File(settings.dir.join("router.log")),
             restart_delay: Some(Duration::from_secs(1)),
+            slice: SliceKind::Control,
         })
         .await?;
     tracing::info!("router started");

@@ -52,6 +52,35 @@ pub struct UnitSpec {
     pub output: UnitOutput,
     /// `Restart=on-failure` with this delay; `None` for no restart.
     pub restart_delay: Option<Duration>,
+    /// Whose work it is: the tenants' (`nx.slice`) or the control plane's ([`CONTROL_SLICE`]).
+    pub slice: SliceKind,
+}
+
+/// The slice a unit runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceKind {
+    /// Deployments and tasks: the configured slice (`systemd.slice`, default `nx.slice`),
+    /// with [`TENANTS_CPU_WEIGHT`] and the overall caps of [`SliceCaps`].
+    Tenants,
+    /// PostgreSQL, the router, pg_dump and pg_restore: [`CONTROL_SLICE`].
+    Control,
+}
+
+/// The control plane's slice (not a child of `nx.slice`: a dash would make it one).
+pub const CONTROL_SLICE: &str = "nxd.slice";
+/// `CPUWeight` of the control plane's slice: under contention it gets 50 times the tenants'
+/// CPU (systemd.resource-control(5); on cgroup v1 systemd writes it as `cpu.shares`).
+pub const CONTROL_CPU_WEIGHT: u64 = 1000;
+/// `CPUWeight` of the tenants' slice.
+pub const TENANTS_CPU_WEIGHT: u64 = 20;
+
+/// What all tenants together may take, so that no fork bomb or memory hog starves the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SliceCaps {
+    /// `TasksMax` of the tenants' slice.
+    pub tasks_max: u64,
+    /// `MemoryMax` of the tenants' slice, in bytes.
+    pub memory_max_bytes: u64,
 }
 
 /// Where a unit's standard streams go.
@@ -181,7 +210,14 @@ impl Supervisor {
         let mut props: Vec<(&str, Value<'_>)> = vec![
             ("Description", spec.description.as_str().into()),
             ("ExecStart", Value::from(exec)),
-            ("Slice", self.slice.as_str().into()),
+            (
+                "Slice",
+                match spec.slice {
+                    SliceKind::Tenants => self.slice.as_str(),
+                    SliceKind::Control => CONTROL_SLICE,
+                }
+                .into(),
+            ),
             ("MemoryAccounting", true.into()),
             // A program that ignores SIGTERM is killed after this.
             ("TimeoutStopUSec", STOP_TIMEOUT_USEC.into()),
@@ -283,6 +319,38 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Sets the slices' weights and the tenants' overall caps. A slice is started as a
+    /// transient unit with them (an idle slice that was merely loaded would be unloaded again,
+    /// and its properties with it); one that exists gets them as runtime properties, as
+    /// `systemctl set-property --runtime` does.
+    #[tracing::instrument(skip(self))]
+    pub async fn configure_slices(&self, caps: SliceCaps) -> Result<(), SupervisorError> {
+        let tenants: Vec<(&str, Value<'_>)> = vec![
+            ("CPUWeight", TENANTS_CPU_WEIGHT.into()),
+            ("TasksAccounting", true.into()),
+            ("TasksMax", caps.tasks_max.into()),
+            ("MemoryAccounting", true.into()),
+            ("MemoryMax", caps.memory_max_bytes.into()),
+        ];
+        let control: Vec<(&str, Value<'_>)> = vec![("CPUWeight", CONTROL_CPU_WEIGHT.into())];
+        let manager = self.manager().await?;
+        for (slice, props) in [(self.slice.as_str(), tenants), (CONTROL_SLICE, control)] {
+            match manager
+                .start_transient_unit(slice, "fail", &props, &[])
+                .await
+            {
+                Ok(_) => {}
+                Err(zbus::Error::MethodError(name, _, _))
+                    if name.as_str() == "org.freedesktop.systemd1.UnitExists" =>
+                {
+                    manager.set_unit_properties(slice, true, &props).await?
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends `signal` to every process of the unit.
     pub async fn kill(&self, unit: &str, signal: i32) -> Result<(), SupervisorError> {
         Ok(self.manager().await?.kill_unit(unit, "all", signal).await?)
@@ -312,16 +380,28 @@ impl Supervisor {
             .build()
             .await?;
         let known = |v: u64| (v != u64::MAX).then_some(v);
+        // All at once: one round trip's wait, not nine, when systemd is busy.
+        let (active, sub, main_pid, restarts, memory, tasks, result, exit_status, exit_code) = tokio::try_join!(
+            unit_proxy.active_state(),
+            unit_proxy.sub_state(),
+            service.main_pid(),
+            service.n_restarts(),
+            service.memory_current(),
+            service.tasks_current(),
+            service.result(),
+            service.exec_main_status(),
+            service.exec_main_code(),
+        )?;
         Ok(UnitState {
-            active: unit_proxy.active_state().await?,
-            sub: unit_proxy.sub_state().await?,
-            main_pid: service.main_pid().await?,
-            restarts: service.n_restarts().await?,
-            memory_bytes: known(service.memory_current().await?),
-            tasks: known(service.tasks_current().await?),
-            result: service.result().await?,
-            exit_status: service.exec_main_status().await?,
-            exit_code: service.exec_main_code().await?,
+            active,
+            sub,
+            main_pid,
+            restarts,
+            memory_bytes: known(memory),
+            tasks: known(tasks),
+            result,
+            exit_status,
+            exit_code,
         })
     }
 

@@ -4,7 +4,7 @@
 
 use crate::backend::launch::LaunchSpec;
 use crate::config::Limits;
-use crate::supervisor::{Supervisor, SupervisorError, TaskPipes, UnitOutput, UnitSpec};
+use crate::supervisor::{SliceKind, Supervisor, SupervisorError, TaskPipes, UnitOutput, UnitSpec};
 use rand::RngCore;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -102,6 +102,7 @@ impl Pool {
                 stderr: stderr_unit,
             })),
             restart_delay: None,
+            slice: SliceKind::Tenants,
         };
         self.supervisor.start(&spec).await?;
         // systemd holds its own copies now; ours must go, or the task's end never shows as EOF.

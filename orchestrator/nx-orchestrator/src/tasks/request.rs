@@ -5,7 +5,7 @@ use super::TaskRun;
 use crate::api::{checks, TaskEvent, TaskRequest};
 use crate::domain::BackendKind;
 use crate::error::Error;
-use crate::request_bounds;
+use crate::host_limits;
 use crate::Orchestrator;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -41,7 +41,7 @@ impl Orchestrator {
         let app = self;
         let backend = backend(app, req.backend.as_deref())?;
         let timeout = timeout(app, req.timeout_secs)?;
-        let bounds = request_bounds::for_host(&app.config.sandbox);
+        let bounds = host_limits::request_bounds(&app.config.sandbox);
         checks::check_program_input(&req.args, &req.env, &bounds)?;
         let memory_max_mb = req
             .memory_max_mb

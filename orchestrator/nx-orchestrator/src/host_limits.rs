@@ -1,8 +1,10 @@
-//! The bounds requests are checked against ([`nx_api::checks`]): sizes from the config, and
-//! limits no larger than this host: its memory (`MemTotal` of /proc/meminfo), its CPUs and its
+//! What this host has, and what nxd derives from it: the bounds requests are checked against
+//! ([`nx_api::checks`]: sizes from the config, limits no larger than the host) and the caps of
+//! the tenants' slice. The host's memory is `MemTotal` of /proc/meminfo, its task limit
 //! `pid_max` (/proc/sys/kernel/pid_max; see proc(5)).
 
-use crate::config::SandboxDefaults;
+use crate::config::{SandboxDefaults, SystemdConfig};
+use crate::supervisor::SliceCaps;
 use nx_api::checks::RequestBounds;
 
 /// `MemTotal` in MiB.
@@ -29,7 +31,7 @@ fn pid_max() -> Option<u64> {
 
 /// This host's bounds under `sandbox`'s sizes. Where /proc cannot say, the host's limit is
 /// taken as unbounded (systemd and the kernel still refuse what cannot be).
-pub fn for_host(sandbox: &SandboxDefaults) -> RequestBounds {
+pub fn request_bounds(sandbox: &SandboxDefaults) -> RequestBounds {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     RequestBounds {
         max_args_bytes: sandbox.max_args_bytes,
@@ -41,11 +43,23 @@ pub fn for_host(sandbox: &SandboxDefaults) -> RequestBounds {
     }
 }
 
+/// The tenants' slice's caps under `systemd`: `slice_tasks_max` tasks and
+/// `slice_memory_max_percent` of the host's memory.
+pub fn slice_caps(systemd: &SystemdConfig) -> SliceCaps {
+    let memory_mb = host_memory_mb().unwrap_or(u64::MAX >> 20);
+    SliceCaps {
+        tasks_max: systemd.slice_tasks_max,
+        memory_max_bytes: (memory_mb * u64::from(systemd.slice_memory_max_percent) / 100) << 20,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn this_host_has_memory_cpus_and_pids() {
-        let bounds = super::for_host(&Default::default());
+        let caps = super::slice_caps(&Default::default());
+        assert!(caps.memory_max_bytes > 64 << 20);
+        let bounds = super::request_bounds(&Default::default());
         assert!(bounds.max_memory_mb > 64 && bounds.max_memory_mb < u64::MAX >> 20);
         assert!(bounds.max_cpu_quota_percent >= 100);
         assert!(bounds.max_tasks >= 1024 && bounds.max_tasks < u64::MAX);
