@@ -114,6 +114,7 @@ in
       vmm = mkOption { type = types.enum [ "qemu" "cloud-hypervisor" "firecracker" ]; default = defaults.microvm.vmm; description = "The VMM; cloud-hypervisor and firecracker use the tap devices of microvm.nix's host networking."; };
       accel = mkOption { type = types.enum [ "auto" "kvm" "tcg" ]; default = defaults.microvm.accel; description = "auto probes KVM and TCG once and keeps the faster one that boots."; };
     };
+    logs.keep = mkOption { type = types.ints.unsigned; default = defaults.logs.keep; description = "Rotated log files kept per deployment beside output.log (each rotates at limits.logMaxMb / (keep + 1)); 0: emptied when full."; };
     systemd = {
       mode = mkOption {
         type = types.enum [ "auto" "system" "embedded" ];

@@ -38,6 +38,7 @@ withoutNulls {
     max_nofile = cfg.sandbox.maxNofile;
   };
   limits = limitsOf cfg.limits;
+  logs = { inherit (cfg.logs) keep; };
   systemd = {
     inherit (cfg.systemd) mode slice;
     slice_tasks_max = cfg.systemd.sliceTasksMax;

@@ -30,6 +30,7 @@
     nofile = 65536;
     logMaxMb = 100;
   };
+  logs.keep = 4;
   systemd = {
     mode = "auto";
     slice = "nx.slice";

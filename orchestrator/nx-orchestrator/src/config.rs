@@ -42,10 +42,26 @@ pub struct Config {
     pub sandbox: SandboxDefaults,
     pub limits: Limits,
     pub systemd: SystemdConfig,
+    pub logs: LogsConfig,
     pub databases: DatabasesConfig,
     pub tasks: TasksConfig,
     pub microvm: MicrovmConfig,
     pub router: crate::router::RouterConfig,
+}
+
+/// Deployments' logs (their size: `limits.log_max_mb`, per push `nx push --log-max`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Rotated files kept beside `output.log`; each file rotates at `log_max_mb / (keep + 1)`.
+    /// 0: `output.log` is emptied when full.
+    pub keep: u32,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self { keep: 4 }
+    }
 }
 
 /// The `microvm` backend: a deployment's static binary as the only program of a VM.
@@ -243,6 +259,7 @@ impl Default for Config {
             sandbox: SandboxDefaults::default(),
             limits: Limits::default(),
             systemd: SystemdConfig::default(),
+            logs: LogsConfig::default(),
             databases: DatabasesConfig::default(),
             tasks: TasksConfig::default(),
             microvm: MicrovmConfig::default(),

@@ -712,14 +712,17 @@ async fn make_backends(
     supervisor: Arc<Supervisor>,
     launcher: PathBuf,
 ) -> Result<Arc<Backends>, Error> {
-    let restart_delay = Duration::from_secs(config.sandbox.restart_delay_secs);
+    let settings = crate::backend::UnitSettings {
+        restart_delay: Duration::from_secs(config.sandbox.restart_delay_secs),
+        log_keep: config.logs.keep,
+    };
     #[cfg(feature = "container")]
     let container: Arc<dyn SandboxBackend> =
         Arc::new(crate::backend::container::ContainerBackend::new(
             Arc::clone(&supervisor),
             &config.state_dir,
             launcher.clone(),
-            restart_delay,
+            settings,
         )?);
     #[cfg(not(feature = "container"))]
     let container: Arc<dyn SandboxBackend> = {
@@ -735,7 +738,7 @@ async fn make_backends(
                 supervisor,
                 &config.state_dir,
                 launcher,
-                restart_delay,
+                settings,
                 &config.microvm,
             )
             .await?,

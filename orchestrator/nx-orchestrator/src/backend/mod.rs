@@ -20,6 +20,8 @@ mod monitor;
 mod unit;
 
 pub use by_kind::Backends;
+#[cfg(any(feature = "container", feature = "microvm"))]
+pub use unit::UnitSettings;
 
 use crate::api::UnitState;
 use crate::artifact::verify::Linkage;

@@ -16,15 +16,24 @@ pub struct DeploymentUnits {
     supervisor: Arc<Supervisor>,
     /// The nxd binary, which doubles as the launcher.
     launcher: PathBuf,
-    restart_delay: Duration,
+    settings: UnitSettings,
+}
+
+/// What every deployment unit of a backend shares.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitSettings {
+    /// `RestartUSec`: the pause before a failed deployment is started again.
+    pub restart_delay: Duration,
+    /// Rotated log files kept beside `output.log` (`[logs] keep`).
+    pub log_keep: u32,
 }
 
 impl DeploymentUnits {
-    pub fn new(supervisor: Arc<Supervisor>, launcher: PathBuf, restart_delay: Duration) -> Self {
+    pub fn new(supervisor: Arc<Supervisor>, launcher: PathBuf, settings: UnitSettings) -> Self {
         Self {
             supervisor,
             launcher,
-            restart_delay,
+            settings,
         }
     }
 
@@ -33,7 +42,7 @@ impl DeploymentUnits {
         handle: &SandboxHandle,
         spec: &SandboxSpec,
     ) -> Result<(), BackendError> {
-        let unit = deployment_unit(handle, spec, &self.launcher, self.restart_delay);
+        let unit = deployment_unit(handle, spec, &self.launcher, self.settings.restart_delay);
         Ok(self.supervisor.start(&unit).await?)
     }
 
@@ -52,13 +61,13 @@ impl DeploymentUnits {
     }
 
     /// What the launcher's monitor does for a deployment: its log, capped at the deployment's
-    /// `log_max_mb` with `LOG_KEEP` rotated files, and its directory.
+    /// `log_max_mb` with `[logs] keep` rotated files, and its directory.
     pub fn monitor(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> MonitorSpec {
         MonitorSpec {
             log: LogFiles {
                 path: handle.log_file(),
                 max_bytes: spec.deployment.limits.log_max_mb << 20,
-                keep: LOG_KEEP,
+                keep: self.settings.log_keep,
             },
             dir: handle.dir.clone(),
         }
@@ -95,9 +104,6 @@ impl DeploymentUnits {
         }
     }
 }
-
-/// Rotated log files kept per deployment.
-const LOG_KEEP: u32 = 4;
 
 /// The unit of a deployment: `<launcher> launch <dir>/launch.json` (the launcher drops to the
 /// deployment's uid itself), under the deployment's limits, its output appended to its log,

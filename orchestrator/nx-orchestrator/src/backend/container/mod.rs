@@ -11,7 +11,7 @@ mod host_files;
 pub mod podman;
 mod seccomp;
 
-use super::unit::DeploymentUnits;
+use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
 use crate::backend::launch::LaunchSpec;
@@ -23,7 +23,6 @@ use podman::{Container, ContainerEnv};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub struct ContainerBackend {
     units: DeploymentUnits,
@@ -39,14 +38,14 @@ impl ContainerBackend {
         supervisor: Arc<Supervisor>,
         state_dir: &Path,
         launcher: PathBuf,
-        restart_delay: Duration,
+        settings: UnitSettings,
     ) -> Result<Self, BackendError> {
         let root = state_dir.join("deployments");
         std::fs::create_dir_all(&root)?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
         let seccomp = seccomp::write_programs(&state_dir.join("seccomp"))?;
         Ok(Self {
-            units: DeploymentUnits::new(supervisor, launcher, restart_delay),
+            units: DeploymentUnits::new(supervisor, launcher, settings),
             root,
             seccomp,
             podman: Podman::new(state_dir)?,

@@ -12,7 +12,7 @@ mod initramfs;
 pub mod vmm;
 
 use super::launch::LaunchSpec;
-use super::unit::DeploymentUnits;
+use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
 use crate::artifact::verify::Linkage;
@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use vmm::{Accel, Guest, GUEST_DB_ADDR};
 
 /// Memory the VMM itself needs beside the guest's RAM, inside the unit's MemoryMax.
@@ -79,7 +78,7 @@ impl MicrovmBackend {
         supervisor: Arc<Supervisor>,
         state_dir: &Path,
         launcher: PathBuf,
-        restart_delay: Duration,
+        settings: UnitSettings,
         config: &MicrovmConfig,
     ) -> Result<Self, BackendError> {
         let kernel_dir = config
@@ -114,7 +113,7 @@ impl MicrovmBackend {
             std::fs::Permissions::from_mode(0o711),
         )?;
         let mut backend = Self {
-            units: DeploymentUnits::new(supervisor, launcher, restart_delay),
+            units: DeploymentUnits::new(supervisor, launcher, settings),
             root,
             kernel,
             modules,
