@@ -115,6 +115,11 @@ in
       accel = mkOption { type = types.enum [ "auto" "kvm" "tcg" ]; default = defaults.microvm.accel; description = "auto probes KVM and TCG once and keeps the faster one that boots."; };
     };
     logs.keep = mkOption { type = types.ints.unsigned; default = defaults.logs.keep; description = "Rotated log files kept per deployment beside output.log (each rotates at limits.logMaxMb / (keep + 1)); 0: emptied when full."; };
+    sftp = {
+      listen = mkOption { type = types.nullOr types.str; default = defaults.sftp.listen; example = "0.0.0.0:2222"; description = "Where the SFTP upload server listens (the SSH user is the sandbox's name; keys from `nx keys add`). Null: no SFTP server."; };
+      maxUploadMb = mkOption { type = types.ints.positive; default = defaults.sftp.maxUploadMb; description = "The largest SFTP upload, MiB; a larger one is refused while it arrives."; };
+      openFirewall = mkOption { type = types.bool; default = false; description = "Open sftp.listen's port in the firewall."; };
+    };
     systemd = {
       mode = mkOption {
         type = types.enum [ "auto" "system" "embedded" ];
@@ -272,6 +277,7 @@ in
     boot.kernel.sysctl."net.ipv4.ip_unprivileged_port_start" =
       lib.mkIf (routerPort < 1024) (lib.mkDefault routerPort);
 
-    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall routerPort;
+    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall routerPort
+      ++ lib.optional (cfg.sftp.openFirewall && cfg.sftp.listen != null) (listenPort cfg.sftp.listen);
   };
 }

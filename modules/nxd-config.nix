@@ -75,4 +75,8 @@ withoutNulls {
     max_connections = cfg.router.maxConnections;
     access_log_sample = cfg.router.accessLogSample;
   };
+  sftp = withoutNulls {
+    inherit (cfg.sftp) listen;
+    max_upload_mb = cfg.sftp.maxUploadMb;
+  };
 }

@@ -78,4 +78,8 @@
     maxConnections = 16384;
     accessLogSample = 1.0;
   };
+  sftp = {
+    listen = null;
+    maxUploadMb = 1024;
+  };
 }

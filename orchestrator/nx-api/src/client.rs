@@ -1,6 +1,10 @@
 //! A typed client of nxd's HTTP API: one method per route, taking and returning the shapes in
 //! this crate. Every request carries `Authorization: Bearer <token>`.
 
+use crate::access::{
+    AddKey, CreateToken, CreatedToken, HostKeyView, KeyRemoved, KeyView, SandboxSettings,
+    TokenRemoved, TokenView,
+};
 use crate::names::{DeploymentId, SandboxName};
 use crate::{
     ArtifactInfo, BackupInfo, BackupRemoved, CreateSandbox, DatabaseInfo, DeploymentRemoved,
@@ -275,6 +279,66 @@ impl Client {
             r.header(reqwest::header::CONTENT_LENGTH, size).body(body)
         })
         .await
+    }
+
+    /// `GET /v1/sandboxes/{name}/settings`: what its deployments start with.
+    pub async fn settings(&self, name: &SandboxName) -> Result<SandboxSettings, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/settings");
+        self.call(Method::GET, &path, |r| r).await
+    }
+
+    /// `PUT /v1/sandboxes/{name}/settings`: replaces them.
+    pub async fn set_settings(
+        &self,
+        name: &SandboxName,
+        settings: &SandboxSettings,
+    ) -> Result<SandboxSettings, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/settings");
+        self.call(Method::PUT, &path, |r| r.json(settings)).await
+    }
+
+    /// `GET /v1/tokens` (root token only).
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, ClientError> {
+        self.call(Method::GET, "/v1/tokens", |r| r).await
+    }
+
+    /// `POST /v1/tokens` (root token only): the answer holds the token, this once.
+    pub async fn create_token(&self, req: &CreateToken) -> Result<CreatedToken, ClientError> {
+        self.call(Method::POST, "/v1/tokens", |r| r.json(req)).await
+    }
+
+    /// `DELETE /v1/tokens/{id}` (root token only).
+    pub async fn remove_token(&self, id: &str) -> Result<TokenRemoved, ClientError> {
+        let path = format!("/v1/tokens/{}", urlencode(id));
+        self.call(Method::DELETE, &path, |r| r).await
+    }
+
+    /// `GET /v1/sandboxes/{name}/keys` (root token only).
+    pub async fn keys(&self, name: &SandboxName) -> Result<Vec<KeyView>, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/keys");
+        self.call(Method::GET, &path, |r| r).await
+    }
+
+    /// `POST /v1/sandboxes/{name}/keys` (root token only).
+    pub async fn add_key(&self, name: &SandboxName, req: &AddKey) -> Result<KeyView, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/keys");
+        self.call(Method::POST, &path, |r| r.json(req)).await
+    }
+
+    /// `DELETE /v1/sandboxes/{name}/keys?key=` (root token only): `key` is a fingerprint
+    /// (`SHA256:...`) or the public key line.
+    pub async fn remove_key(
+        &self,
+        name: &SandboxName,
+        key: &str,
+    ) -> Result<KeyRemoved, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/keys?key={}", urlencode(key));
+        self.call(Method::DELETE, &path, |r| r).await
+    }
+
+    /// `GET /v1/sftp/host-key`: the SFTP server's host key (404 when SFTP is off).
+    pub async fn host_key(&self) -> Result<HostKeyView, ClientError> {
+        self.call(Method::GET, "/v1/sftp/host-key", |r| r).await
     }
 
     /// `POST /v1/tasks`: runs a task; its events arrive as they happen.

@@ -3,6 +3,7 @@
 //! with the `client` feature a typed client ([`client::Client`]). It depends on no server crate,
 //! so the `nx` CLI and other clients build without sqlx, zbus or cgroups.
 
+pub mod access;
 pub mod checks;
 pub mod kinds;
 pub mod names;

@@ -15,7 +15,7 @@ pub struct ArtifactInfo {
     pub details: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsOverride {
     pub memory_max_mb: Option<u64>,
@@ -41,6 +41,19 @@ impl LimitsOverride {
             tmp_mb: self.tmp_mb.unwrap_or(base.tmp_mb),
             nofile: self.nofile.unwrap_or(base.nofile),
             log_max_mb: self.log_max_mb.unwrap_or(base.log_max_mb),
+        }
+    }
+
+    /// These overrides over other ones: each limit set here wins.
+    pub fn over(&self, base: &LimitsOverride) -> LimitsOverride {
+        LimitsOverride {
+            memory_max_mb: self.memory_max_mb.or(base.memory_max_mb),
+            cpu_quota_percent: self.cpu_quota_percent.or(base.cpu_quota_percent),
+            tasks_max: self.tasks_max.or(base.tasks_max),
+            disk_mb: self.disk_mb.or(base.disk_mb),
+            tmp_mb: self.tmp_mb.or(base.tmp_mb),
+            nofile: self.nofile.or(base.nofile),
+            log_max_mb: self.log_max_mb.or(base.log_max_mb),
         }
     }
 }

@@ -18,6 +18,7 @@
 mod microvm;
 mod sandbox;
 mod tasks;
+mod uploads;
 
 use clap::Parser;
 use nx_orchestrator::config::{Limits, SystemdMode};
@@ -70,8 +71,11 @@ struct Args {
     /// MiB a deployment writes to stdout for the log throughput row.
     #[arg(long, default_value_t = 500)]
     log_mib: u64,
-    /// Run one part only: latency, router, databases, tasks, microvm or sandbox.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox"])]
+    /// Uploads of a 50 MiB binary each way (sftp, nx push).
+    #[arg(long, default_value_t = 5)]
+    uploads: usize,
+    /// Run one part only: latency, router, databases, tasks, microvm, sandbox or uploads.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads"])]
     only: Option<String>,
 }
 
@@ -380,6 +384,9 @@ async fn main() -> anyhow::Result<()> {
     if part("sandbox") {
         sandbox_table(&host, &args).await?;
     }
+    if part("uploads") {
+        upload_table(&args).await?;
+    }
     Ok(())
 }
 
@@ -433,6 +440,33 @@ Log pipeline: a deployment writes {} MiB of 100-byte lines to stdout
     row("mkfs.ext4 of a 1 GiB sparse image (per push)", images);
     row("nx start-to-ready, /data a 1 GiB image", with_disk);
     row("nx start-to-ready, /data a plain directory", plain);
+    Ok(())
+}
+
+/// On a host of its own, with SFTP on.
+async fn upload_table(args: &Args) -> anyhow::Result<()> {
+    let rounds = args.uploads;
+    let f = tokio::task::spawn_blocking(move || {
+        let port = nx_testkit::free_port();
+        let host = Host::start_with(&format!("[sftp]\nlisten = \"127.0.0.1:{port}\"\n"));
+        uploads::run_rounds(&host, port, rounds)
+    })
+    .await??;
+    let mib = uploads::MIB as f64;
+    let rate = |d: &[Duration]| mib / median(d).as_secs_f64();
+    header(&format!(
+        "Uploads: a {} MiB binary to a ready deployment (new bytes each round)",
+        uploads::MIB
+    ));
+    row("nx push (HTTP upload, verify, deploy)", f.nx_push.clone());
+    row("sftp put (SFTP upload, verify, deploy)", f.sftp.clone());
+    row("deploy only (nx push, bytes stored)", f.deploy_only.clone());
+    println!(
+        "\nend to end (p50): nx push {:.1} MiB/s, sftp {:.1} MiB/s; sftp/nx push time {:.2}x",
+        rate(&f.nx_push),
+        rate(&f.sftp),
+        median(&f.sftp).as_secs_f64() / median(&f.nx_push).as_secs_f64()
+    );
     Ok(())
 }
 

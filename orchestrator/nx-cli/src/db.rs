@@ -1,4 +1,4 @@
-//! `nx sandbox create|rm` and `nx db url|psql|backup|backups|restore|rm-backup`.
+//! `nx sandbox create|rm` (`set`: `access`) and `nx db url|psql|backup|backups|restore|rm-backup`.
 
 use crate::client::Client;
 use crate::output::{print_json, progress_bar};
@@ -27,6 +27,9 @@ pub enum SandboxCommand {
         #[arg(long)]
         no_backup: bool,
     },
+    /// Set the environment, arguments and limits every deployment of the sandbox starts with
+    /// (SFTP uploads use exactly these; `nx push` flags override them); without flags, print them.
+    Set(crate::access::SetArgs),
 }
 
 #[derive(clap::Subcommand)]
@@ -57,6 +60,7 @@ fn name(s: &str) -> anyhow::Result<SandboxName> {
 
 pub async fn sandbox(client: &Client, cmd: SandboxCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
+        SandboxCommand::Set(args) => crate::access::set(client, args, json).await?,
         SandboxCommand::Create { name: n, backend } => {
             let req = CreateSandbox {
                 name: name(&n)?,

@@ -1,5 +1,6 @@
 //! nx, the NX command line: push binaries, list and inspect deployments, promote, roll back.
 
+mod access;
 mod client;
 mod db;
 mod output;
@@ -76,9 +77,15 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
-    /// Create or remove sandboxes.
+    /// Create or remove sandboxes, or set what their deployments start with.
     #[command(subcommand)]
     Sandbox(db::SandboxCommand),
+    /// Deploy tokens: scoped to one sandbox and to verbs, for CI (needs the root token).
+    #[command(subcommand)]
+    Token(access::TokenCommand),
+    /// The public keys that may upload to a sandbox over SFTP, and the server's host key.
+    #[command(subcommand)]
+    Keys(access::KeysCommand),
     /// The sandbox's PostgreSQL database: URL, psql, backups, restore.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -141,6 +148,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sandbox(cmd) => db::sandbox(&client, cmd, json).await,
         Command::Db(cmd) => db::db(&client, cmd, json).await,
+        Command::Token(cmd) => access::token(&client, cmd, json).await,
+        Command::Keys(cmd) => access::keys(&client, cmd, json).await,
         Command::Ls => {
             let list = client.sandboxes().await?;
             output::sandboxes(&list, json)

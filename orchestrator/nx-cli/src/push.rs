@@ -28,29 +28,8 @@ pub struct PushArgs {
     /// Environment variable for the program, K=V; repeatable.
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<String>,
-    /// Memory limit in MiB (systemd MemoryMax); default from nxd's config.
-    #[arg(long, value_name = "MIB")]
-    memory: Option<u64>,
-    /// CPU quota in percent of one CPU (systemd CPUQuota); default from nxd's config.
-    #[arg(long, value_name = "PERCENT")]
-    cpu: Option<u32>,
-    /// Process and thread limit (systemd TasksMax); default from nxd's config.
-    #[arg(long, value_name = "N")]
-    tasks: Option<u64>,
-    /// Size of /data in MiB (its own filesystem: writes past it get ENOSPC); 0: no limit.
-    /// Default from nxd's config.
-    #[arg(long, value_name = "MIB")]
-    disk: Option<u64>,
-    /// Size of /tmp in MiB (RAM, counted in --memory; writes past it get ENOSPC).
-    #[arg(long, value_name = "MIB")]
-    tmp: Option<u64>,
-    /// Open-files limit (RLIMIT_NOFILE) of the program; default 65536, at most nxd's
-    /// sandbox.max_nofile.
-    #[arg(long, value_name = "N")]
-    nofile: Option<u64>,
-    /// The most the deployment's log takes on disk, in MiB, rotated files included.
-    #[arg(long, value_name = "MIB")]
-    log_max: Option<u64>,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Run against a copy of production's database, made for this deployment and dropped
     /// with it.
     #[arg(long)]
@@ -67,6 +46,48 @@ pub struct PushArgs {
     /// Arguments for the program.
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// `--memory`, `--cpu`, `--tasks`: a deployment's limits; unset ones come from the sandbox's
+/// settings (`nx sandbox set`), else from nxd's `[limits]`.
+#[derive(clap::Args)]
+pub struct LimitArgs {
+    /// Memory limit in MiB (systemd MemoryMax).
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u64>,
+    /// CPU quota in percent of one CPU (systemd CPUQuota).
+    #[arg(long, value_name = "PERCENT")]
+    cpu: Option<u32>,
+    /// Process and thread limit (systemd TasksMax).
+    #[arg(long, value_name = "N")]
+    tasks: Option<u64>,
+    /// Size of /data in MiB (its own filesystem: writes past it get ENOSPC); 0: no limit.
+    #[arg(long, value_name = "MIB")]
+    disk: Option<u64>,
+    /// Size of /tmp in MiB (RAM, counted in --memory; writes past it get ENOSPC).
+    #[arg(long, value_name = "MIB")]
+    tmp: Option<u64>,
+    /// Open-files limit (RLIMIT_NOFILE) of the program; default 65536, at most nxd's
+    /// sandbox.max_nofile.
+    #[arg(long, value_name = "N")]
+    nofile: Option<u64>,
+    /// The most the deployment's log takes on disk, in MiB, rotated files included.
+    #[arg(long, value_name = "MIB")]
+    log_max: Option<u64>,
+}
+
+impl LimitArgs {
+    pub fn overrides(&self) -> LimitsOverride {
+        LimitsOverride {
+            memory_max_mb: self.memory,
+            cpu_quota_percent: self.cpu,
+            tasks_max: self.tasks,
+            disk_mb: self.disk,
+            tmp_mb: self.tmp,
+            nofile: self.nofile,
+            log_max_mb: self.log_max,
+        }
+    }
 }
 
 pub fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -146,15 +167,7 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
         artifact: sha,
         env,
         args: args.args,
-        limits: LimitsOverride {
-            memory_max_mb: args.memory,
-            cpu_quota_percent: args.cpu,
-            tasks_max: args.tasks,
-            disk_mb: args.disk,
-            tmp_mb: args.tmp,
-            nofile: args.nofile,
-            log_max_mb: args.log_max,
-        },
+        limits: args.limits.overrides(),
         db_branch: args.db_branch,
         runtime: args
             .runtime

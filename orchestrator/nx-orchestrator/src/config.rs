@@ -47,6 +47,27 @@ pub struct Config {
     pub tasks: TasksConfig,
     pub microvm: MicrovmConfig,
     pub router: crate::router::RouterConfig,
+    pub sftp: SftpConfig,
+}
+
+/// The SFTP server: uploads without the CLI (the SSH user is the sandbox's name; public keys
+/// from `nx keys add`). Off unless `listen` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftpConfig {
+    /// Where the SFTP server listens, e.g. `0.0.0.0:2222`. Unset: no SFTP server.
+    pub listen: Option<SocketAddr>,
+    /// The largest file an SFTP upload may be, in MiB; a larger one is refused while it arrives.
+    pub max_upload_mb: u64,
+}
+
+impl Default for SftpConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_upload_mb: 1024,
+        }
+    }
 }
 
 /// Deployments' logs (their size: `limits.log_max_mb`, per push `nx push --log-max`).
@@ -264,6 +285,7 @@ impl Default for Config {
             tasks: TasksConfig::default(),
             microvm: MicrovmConfig::default(),
             router: crate::router::RouterConfig::default(),
+            sftp: SftpConfig::default(),
         }
     }
 }
@@ -378,6 +400,11 @@ impl Config {
                 self.systemd.slice_memory_max_percent, self.systemd.slice_tasks_max
             )));
         }
+        if self.sftp.max_upload_mb == 0 {
+            return Err(ConfigError::Invalid(
+                "sftp.max_upload_mb must be at least 1".into(),
+            ));
+        }
         if !self.systemd.slice.ends_with(".slice") {
             return Err(ConfigError::Invalid(format!(
                 "systemd.slice {:?} must end in .slice",
@@ -452,7 +479,8 @@ mod tests {
             r#"{ tokenFile = "/run/keys/nx-token"; databaseUrl = "postgres:///nx?host=/run/postgresql";
                  sandbox = d.sandbox // { healthPath = "/healthz"; };
                  databases = d.databases // { adminUrl = "postgres:///nx?host=/run/postgresql"; socketDir = "/run/postgresql"; };
-                 microvm = d.microvm // { kernelDir = "/var/lib/nx/kernel"; }; }"#,
+                 microvm = d.microvm // { kernelDir = "/var/lib/nx/kernel"; };
+                 sftp = d.sftp // { listen = "0.0.0.0:2222"; }; }"#,
         );
         let parsed: Config =
             serde_json::from_value(all.clone()).expect("nxd parses the module's file");

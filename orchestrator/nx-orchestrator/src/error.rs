@@ -1,6 +1,7 @@
 //! The lifecycle's errors, in the domain's terms. Each message says what to do; an embedder
 //! (nxd) maps the kind to its own answer (an HTTP status).
 
+use crate::access::AccessError;
 use crate::artifact::StoreError;
 use crate::backend::BackendError;
 use crate::databases::DbError;
@@ -58,6 +59,8 @@ pub enum Error {
     /// The router's unit could not be set up.
     #[error(transparent)]
     RouterUnit(#[from] RouterUnitError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
     /// A file operation of the lifecycle itself failed; `what` names it.
     #[error("{what}: {source}")]
     Io {

@@ -3,6 +3,7 @@
 //! backends (by cargo feature), the systemd supervisor, the artifact store, the router and the
 //! state store.
 
+pub mod access;
 pub use nx_api as api;
 pub mod artifact;
 pub mod backend;
@@ -20,6 +21,7 @@ pub mod host_limits;
 mod orchestrator;
 pub mod readiness;
 pub mod router;
+pub mod sandbox_settings;
 pub mod state;
 pub mod supervisor;
 #[cfg(target_os = "linux")]

@@ -1,6 +1,8 @@
 //! The lifecycle of deployments: push, start, stop, remove, promote, rollback, and adoption of
 //! what is already running when nxd starts. Each step runs in a tracing span.
 
+use crate::access::{SshKeyStore, TokenStore};
+use crate::api::access::SandboxSettings;
 use crate::api::checks;
 use crate::api::{DeploymentView, PushRequest, SandboxView, UnitState};
 use crate::artifact::Artifact;
@@ -12,6 +14,8 @@ use crate::domain::{BackendKind, Deployment, Desired, RouteKey, Runtime};
 use crate::error::Error;
 use crate::names::{DeploymentId, SandboxName};
 use crate::router::{self, RouteTable, RouterClient, RouterSettings};
+use crate::sandbox_settings;
+use crate::state::StateError;
 use crate::state::{NewDeployment, StateStore};
 use crate::supervisor::Supervisor;
 use crate::tasks::Tasks;
@@ -41,6 +45,10 @@ pub struct Orchestrator {
     state: StateStore,
     backend: Arc<Backends>,
     pub tasks: Tasks,
+    /// Deploy tokens (`nx token`).
+    pub tokens: TokenStore,
+    /// The public keys that may upload to each sandbox over SFTP (`nx keys`).
+    pub ssh_keys: SshKeyStore,
     /// What each artifact runs as, by sha256 (inspecting means reading the whole file).
     programs: std::sync::Mutex<HashMap<String, Program>>,
     /// Serialises changes of desired state and routes, so that the route table always matches
@@ -100,6 +108,7 @@ impl Orchestrator {
             _ => from_embedded("databases.admin_url")?,
         };
         let state = StateStore::connect(&state_url).await?;
+        let pool = state.pool().clone();
         let databases = Databases::connect(
             &admin_url,
             &socket_dir,
@@ -133,6 +142,8 @@ impl Orchestrator {
             state,
             backend,
             tasks,
+            tokens: TokenStore::new(pool.clone()),
+            ssh_keys: SshKeyStore::new(pool.clone()),
             programs: std::sync::Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             supervisor,
@@ -365,8 +376,48 @@ impl Orchestrator {
         }
     }
 
+    /// The sandbox a deployment belongs to. Errors: `State(NoDeployment)`.
+    pub async fn deployment_sandbox(&self, id: &DeploymentId) -> Result<SandboxName, Error> {
+        Ok(self.state.deployment(id).await?.sandbox)
+    }
+
+    /// A sandbox's deployment settings (`nx sandbox set`). Errors: `NotFound`.
+    pub async fn settings(&self, name: &SandboxName) -> Result<SandboxSettings, Error> {
+        sandbox_settings::get(self.state.pool(), name)
+            .await
+            .map_err(StateError::from)?
+            .ok_or_else(|| no_sandbox(name))
+    }
+
+    /// Replaces a sandbox's deployment settings; the next push or SFTP upload starts with
+    /// them. Errors: `Invalid` (a variable, an argument or a limit out of the host's bounds),
+    /// `NotFound`.
+    pub async fn set_settings(
+        &self,
+        name: &SandboxName,
+        settings: &SandboxSettings,
+    ) -> Result<(), Error> {
+        let bounds = host_limits::request_bounds(&self.config.sandbox);
+        checks::check_program_input(&settings.args, &settings.env, &bounds)?;
+        checks::check_limits(&settings.limits.apply(self.config.limits), &bounds)?;
+        if sandbox_settings::set(self.state.pool(), name, settings)
+            .await
+            .map_err(StateError::from)?
+        {
+            Ok(())
+        } else {
+            Err(no_sandbox(name))
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(sandbox = %req.sandbox))]
-    pub async fn push(&self, req: PushRequest) -> Result<DeploymentView, Error> {
+    pub async fn push(&self, mut req: PushRequest) -> Result<DeploymentView, Error> {
+        if let Some(settings) = sandbox_settings::get(self.state.pool(), &req.sandbox)
+            .await
+            .map_err(StateError::from)?
+        {
+            (req.env, req.args, req.limits) = settings.under(req.env, req.args, &req.limits);
+        }
         let bounds = host_limits::request_bounds(&self.config.sandbox);
         let limits = req.limits.apply(self.config.limits);
         checks::check_program_input(&req.args, &req.env, &bounds)?;
@@ -603,9 +654,7 @@ impl Orchestrator {
         if self.state.sandbox_names().await?.contains(name) {
             Ok(())
         } else {
-            Err(Error::NotFound(format!(
-                "no sandbox {name}; `nx ls` lists them"
-            )))
+            Err(no_sandbox(name))
         }
     }
 
@@ -688,7 +737,7 @@ impl Orchestrator {
             .await?
             .into_iter()
             .find(|s| &s.name == name)
-            .ok_or_else(|| Error::NotFound(format!("no sandbox {name}; `nx ls` lists them")))
+            .ok_or_else(|| no_sandbox(name))
     }
 
     pub async fn log_file(&self, id: &DeploymentId) -> Result<PathBuf, Error> {
@@ -704,6 +753,10 @@ impl Orchestrator {
     pub fn backend(&self, kind: BackendKind) -> Result<&Arc<dyn SandboxBackend>, Error> {
         Ok(self.backend.get(kind)?)
     }
+}
+
+fn no_sandbox(name: &SandboxName) -> Error {
+    Error::NotFound(format!("no sandbox {name}; `nx ls` lists them"))
 }
 
 /// The container backend, and the microvm backend when the config gives it a kernel.

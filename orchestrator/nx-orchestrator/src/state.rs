@@ -93,6 +93,12 @@ impl StateStore {
         Ok(Self { pool })
     }
 
+    /// The connection pool, for the other stores of the same database (`access`,
+    /// `sandbox_settings`).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Records a new deployment with the lowest free port of the range that nothing else on
     /// the host listens on.
     #[tracing::instrument(skip_all, fields(sandbox = %new.sandbox))]

@@ -260,10 +260,15 @@ impl Host {
 
     /// Runs the CLI against this host.
     pub fn nx(&self, args: &[&str]) -> Nx {
+        self.nx_as(&self.token, args)
+    }
+
+    /// Runs the CLI against this host with another API token (a deploy token).
+    pub fn nx_as(&self, token: &str, args: &[&str]) -> Nx {
         Command::new(bin("nx"))
             .args(args)
             .env("NX_HOST", format!("http://{}", self.api))
-            .env("NX_TOKEN", &self.token)
+            .env("NX_TOKEN", token)
             .env("NX_CONFIG", "/dev/null")
             .stdin(Stdio::null())
             .output()

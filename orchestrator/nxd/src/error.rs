@@ -3,6 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use nx_orchestrator::access::AccessError;
 use nx_orchestrator::api::ErrorBody;
 use nx_orchestrator::artifact::StoreError;
 use nx_orchestrator::backend::BackendError;
@@ -74,6 +75,13 @@ impl From<Error> for ApiError {
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Error::Backend(BackendError::Unavailable(_)) => StatusCode::BAD_REQUEST,
+            Error::Access(e) => match e {
+                AccessError::NoSandbox(_) | AccessError::NoToken(_) | AccessError::NoKey { .. } => {
+                    StatusCode::NOT_FOUND
+                }
+                AccessError::Invalid(_) => StatusCode::BAD_REQUEST,
+                AccessError::Db(_) | AccessError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             Error::Database(e) => match e {
                 DbError::NoBackup { .. } => StatusCode::NOT_FOUND,
                 DbError::BadBackupId(_) => StatusCode::BAD_REQUEST,
@@ -109,4 +117,4 @@ macro_rules! through_library_error {
         }
     )*};
 }
-through_library_error!(NameError, StoreError, DbError);
+through_library_error!(NameError, StoreError, DbError, AccessError);

@@ -1,12 +1,13 @@
-//! nxd's JSON HTTP API. Every route needs `Authorization: Bearer <token>`; without it, 401.
+//! nxd's JSON HTTP API. Every route needs `Authorization: Bearer <token>`: the root token or a
+//! deploy token whose scope covers the route (`scopes`); 401 without one, 403 outside its scope.
 
 use crate::auth::Token;
 use crate::error::ApiError;
 use crate::json_body::JsonBody;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -52,24 +53,12 @@ pub fn routes(app: Arc<Orchestrator>, token: Token) -> Router {
         .route("/v1/tasks", post(run_task))
         .route("/v1/sandboxes/{name}/promote", post(promote))
         .route("/v1/sandboxes/{name}/rollback", post(rollback))
-        .layer(middleware::from_fn_with_state(token, require_token))
+        .merge(crate::access_api::routes())
+        .route_layer(middleware::from_fn_with_state(
+            (Arc::clone(&app), token),
+            crate::scopes::authorize,
+        ))
         .with_state(app)
-}
-
-async fn require_token(State(token): State<Token>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(p) if token.matches(p.trim()) => next.run(req).await,
-        _ => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong API token: pass --token, set NX_TOKEN, or put token_file in ~/.config/nx/config.toml",
-        )
-        .into_response(),
-    }
 }
 
 /// 200 when nxd can serve; 503 with the problem while it cannot (e.g. its manager died).

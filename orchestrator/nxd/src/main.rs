@@ -1,16 +1,20 @@
 //! nxd, the NX daemon: the JSON API, the router, and the lifecycle of deployments.
 
+mod access_api;
 mod auth;
 mod error;
 mod http_api;
 mod json_body;
 mod listener;
+mod scopes;
+mod sftp;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use nx_orchestrator::config::Config;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -131,6 +135,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on api_listen {}", config.api_listen))?;
     let token = auth::load_or_create(&config.token_file())?;
+    let sftp_listener = match config.sftp.listen {
+        Some(addr) => Some((
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on sftp.listen {addr}"))?,
+            sftp::host_key::load_or_create(&config.state_dir)?,
+        )),
+        None => None,
+    };
     let app = nx_orchestrator::Orchestrator::start(config).await?;
     tracing::info!(
         api = %api_listener.local_addr()?,
@@ -138,8 +151,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "nxd ready"
     );
     let api_listener = listener::CappedListener::new(api_listener, app.config.api_max_connections);
+    let sftp = {
+        let app = Arc::clone(&app);
+        async move {
+            match sftp_listener {
+                Some((listener, key)) => {
+                    tracing::info!(sftp = %listener.local_addr()?, "SFTP uploads on");
+                    sftp::serve(app, listener, key).await
+                }
+                None => std::future::pending().await,
+            }
+        }
+    };
     let api = axum::serve(api_listener, http_api::routes(app, token));
     tokio::select! {
+        r = sftp => r?,
         r = api => r.context("API server")?,
         _ = shutdown_signal() => tracing::info!("nxd stopping; deployments keep running"),
     }

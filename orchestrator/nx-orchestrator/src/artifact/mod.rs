@@ -4,4 +4,4 @@
 mod store;
 
 pub use nx_artifact::{image, verify, Artifact, InspectError};
-pub use store::{ArtifactStore, StoreError};
+pub use store::{ArtifactStore, StoreError, Upload};

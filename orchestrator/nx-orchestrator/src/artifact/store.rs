@@ -13,7 +13,6 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,6 +90,19 @@ impl ArtifactStore {
         Ok(describe(sha256, bytes.len() as u64, &artifact))
     }
 
+    /// Starts an upload: a temp file in `.incoming` that takes at most `limit_bytes` (and at
+    /// most the store's own limit).
+    pub fn begin_upload(&self, limit_bytes: u64) -> Result<Upload, StoreError> {
+        let temp = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempfile_in(self.incoming_dir())?;
+        Ok(Upload {
+            temp,
+            size: 0,
+            limit_bytes: limit_bytes.min(self.max_bytes),
+        })
+    }
+
     /// Streams an upload into the store under the digest the client announced.
     #[tracing::instrument(skip(self, body), fields(sha256 = %announced))]
     pub async fn ingest<S, E>(
@@ -102,39 +114,71 @@ impl ArtifactStore {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let dest = self.path(announced)?;
-        let temp = tempfile::Builder::new()
-            .prefix("upload-")
-            .tempfile_in(self.incoming_dir())?;
-        let mut file = tokio::fs::File::from_std(temp.reopen()?);
-        let mut hasher = Sha256::new();
-        let mut size: u64 = 0;
+        self.path(announced)?;
+        let mut upload = self.begin_upload(self.max_bytes)?;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StoreError::Interrupted(e.to_string()))?;
-            size += chunk.len() as u64;
-            if size > self.max_bytes {
-                return Err(StoreError::TooLarge {
-                    limit_mb: self.max_bytes >> 20,
-                });
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await?;
+            upload.write_at(upload.size, &chunk)?;
         }
-        file.sync_all().await?;
-        drop(file);
-        let actual = hex::encode(hasher.finalize());
-        if actual != announced {
+        self.store(upload, Some(announced)).await
+    }
+
+    /// Stores a complete upload under the sha256 of its bytes, once they verify (and match
+    /// the digest the client announced, if it announced one); otherwise the temp file goes.
+    #[tracing::instrument(skip_all, fields(size = upload.size))]
+    pub async fn store(
+        &self,
+        upload: Upload,
+        announced: Option<&str>,
+    ) -> Result<ArtifactInfo, StoreError> {
+        let Upload { temp, size, .. } = upload;
+        temp.as_file().sync_all()?;
+        let bytes = tokio::fs::read(temp.path()).await?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if let Some(announced) = announced.filter(|a| *a != actual) {
             return Err(StoreError::HashMismatch {
                 announced: announced.into(),
                 actual,
             });
         }
-        let bytes = tokio::fs::read(temp.path()).await?;
         let artifact = Artifact::inspect(&bytes)?;
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o555))?;
-        temp.persist(&dest).map_err(|e| StoreError::Io(e.error))?;
-        tracing::info!(size, kind = artifact.kind(), details = %artifact.details(), "artifact stored");
-        Ok(describe(announced, size, &artifact))
+        temp.persist(self.path(&actual)?)
+            .map_err(|e| StoreError::Io(e.error))?;
+        tracing::info!(sha256 = %actual, kind = artifact.kind(), details = %artifact.details(), "artifact stored");
+        Ok(describe(&actual, size, &artifact))
+    }
+}
+
+/// An upload on its way into the store: a temp file in `.incoming`, deleted when this is
+/// dropped before `ArtifactStore::store` took it.
+#[derive(Debug)]
+pub struct Upload {
+    temp: tempfile::NamedTempFile,
+    size: u64,
+    limit_bytes: u64,
+}
+
+impl Upload {
+    /// Writes `data` at `offset` (SFTP writes carry offsets; HTTP appends). A write that
+    /// would make the file larger than the limit is refused with `TooLarge`.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let end = offset.saturating_add(data.len() as u64);
+        if end > self.limit_bytes {
+            return Err(StoreError::TooLarge {
+                limit_mb: self.limit_bytes >> 20,
+            });
+        }
+        // Page-cache writes of at most a chunk: short enough to do on the async thread.
+        self.temp.as_file().write_all_at(data, offset)?;
+        self.size = self.size.max(end);
+        Ok(())
+    }
+
+    /// Bytes so far (the end of the furthest write).
+    pub fn size(&self) -> u64 {
+        self.size
     }
 }
 

@@ -1,0 +1,231 @@
+//! `nx token create|ls|rm`, `nx keys add|ls|rm|host` and `nx sandbox set`.
+
+use crate::client::Client;
+use crate::output::print_json;
+use crate::push::{parse_env, LimitArgs};
+use anyhow::Context;
+use nx_api::access::{AddKey, CreateToken, TokenView, VerbSet};
+use nx_api::names::SandboxName;
+use std::io::Read;
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a deploy token and print it (this once: nxd keeps only its hash). Needs the
+    /// root token.
+    Create {
+        /// The one sandbox it may act on (it must exist); without it, every sandbox.
+        #[arg(long, short)]
+        sandbox: Option<String>,
+        /// What it may do, comma-separated: push, promote, rollback, logs, db, tasks.
+        #[arg(long, default_value = "push,promote,rollback")]
+        can: String,
+        /// It stops working after this long, e.g. 90d, 12h; default: never.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<humantime::Duration>,
+    },
+    /// List deploy tokens (ids, scopes, expiry; never the tokens).
+    Ls,
+    /// Remove a deploy token: it gets 401 from then on.
+    Rm { id: String },
+}
+
+#[derive(clap::Subcommand)]
+pub enum KeysCommand {
+    /// Let a public key upload to a sandbox over SFTP (`sftp <sandbox>@host`).
+    Add {
+        sandbox: String,
+        /// The public key file (e.g. ~/.ssh/id_ed25519.pub); default: standard input.
+        file: Option<PathBuf>,
+    },
+    /// List the keys that may upload to a sandbox.
+    Ls { sandbox: String },
+    /// Remove a key, by its file or its fingerprint (SHA256:...).
+    Rm { sandbox: String, key: String },
+    /// Print the SFTP server's host key, to pin it (a known_hosts line and its fingerprint).
+    Host,
+}
+
+#[derive(clap::Args)]
+pub struct SetArgs {
+    name: String,
+    /// Set an environment variable, K=V; repeatable.
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// Remove an environment variable; repeatable.
+    #[arg(long, value_name = "K")]
+    unset: Vec<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Drop the stored arguments.
+    #[arg(long, conflicts_with = "args")]
+    clear_args: bool,
+    /// Arguments for the program (replace the stored ones).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn sandbox(s: &str) -> anyhow::Result<SandboxName> {
+    Ok(SandboxName::parse(s)?)
+}
+
+fn expiry(view: &TokenView) -> String {
+    view.expires_at.map_or("never".to_owned(), |t| {
+        t.format("%Y-%m-%d %H:%M UTC").to_string()
+    })
+}
+
+pub async fn token(client: &Client, cmd: TokenCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            sandbox: s,
+            can,
+            expires,
+        } => {
+            let req = CreateToken {
+                sandbox: s.as_deref().map(sandbox).transpose()?,
+                can: VerbSet::parse(&can).map_err(anyhow::Error::msg)?,
+                expires_in_secs: expires.map(|d| d.as_secs()),
+            };
+            let created = client.create_token(&req).await?;
+            if json {
+                return print_json(&created);
+            }
+            eprintln!(
+                "token {} may {} on {}, expires {}; it is shown this once:",
+                created.view.id,
+                created.view.can,
+                created
+                    .view
+                    .sandbox
+                    .as_ref()
+                    .map_or("every sandbox".into(), |s| format!("sandbox {s}")),
+                expiry(&created.view)
+            );
+            println!("{}", created.token);
+        }
+        TokenCommand::Ls => {
+            let tokens = client.tokens().await?;
+            if json {
+                return print_json(&tokens);
+            }
+            println!("{:<10} {:<20} {:<40} EXPIRES", "ID", "SANDBOX", "CAN");
+            for t in &tokens {
+                let scope = t.sandbox.as_ref().map_or("*".into(), |s| s.to_string());
+                println!(
+                    "{:<10} {:<20} {:<40} {}",
+                    t.id,
+                    scope,
+                    t.can.to_string(),
+                    expiry(t)
+                );
+            }
+        }
+        TokenCommand::Rm { id } => {
+            let done = client.remove_token(&id).await?;
+            if json {
+                return print_json(&done);
+            }
+            println!("removed token {id}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn keys(client: &Client, cmd: KeysCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Add { sandbox: s, file } => {
+            let s = sandbox(&s)?;
+            let public_key = match &file {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_to_string(&mut line)?;
+                    line
+                }
+            };
+            let key = client.add_key(&s, &AddKey { public_key }).await?;
+            if json {
+                return print_json(&key);
+            }
+            println!("{} may upload to {s}: sftp {s}@<host>", key.fingerprint);
+        }
+        KeysCommand::Ls { sandbox: s } => {
+            let s = sandbox(&s)?;
+            let keys = client.keys(&s).await?;
+            if json {
+                return print_json(&keys);
+            }
+            for k in &keys {
+                println!(
+                    "{} {} {}",
+                    k.fingerprint,
+                    k.public_key.split(' ').next().unwrap_or(""),
+                    k.comment
+                );
+            }
+        }
+        KeysCommand::Rm { sandbox: s, key } => {
+            let s = sandbox(&s)?;
+            let key = match std::fs::read_to_string(&key) {
+                Ok(line) => line.trim().to_owned(),
+                Err(_) => key,
+            };
+            let done = client.remove_key(&s, &key).await?;
+            if json {
+                return print_json(&done);
+            }
+            println!("removed {} from {s}", done.removed);
+        }
+        KeysCommand::Host => {
+            let host = client.host_key().await?;
+            if json {
+                return print_json(&host);
+            }
+            println!("{}", host.fingerprint);
+            let port = host.listen.port();
+            println!("[<host>]:{port} {}", host.public_key);
+        }
+    }
+    Ok(())
+}
+
+pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<()> {
+    let s = sandbox(&args.name)?;
+    let mut settings = client.settings(&s).await?;
+    let limits = args.limits.overrides();
+    let changed = !(args.env.is_empty()
+        && args.unset.is_empty()
+        && limits == Default::default()
+        && !args.clear_args
+        && args.args.is_empty());
+    if changed {
+        settings.env.extend(parse_env(&args.env)?);
+        for key in &args.unset {
+            settings.env.remove(key);
+        }
+        settings.limits = limits.over(&settings.limits);
+        if args.clear_args || !args.args.is_empty() {
+            settings.args = args.args;
+        }
+        settings = client.set_settings(&s, &settings).await?;
+    }
+    if json {
+        return print_json(&settings);
+    }
+    println!("{s}: deployments start with");
+    for (k, v) in &settings.env {
+        println!("  env {k}={v}");
+    }
+    println!("  args {:?}", settings.args);
+    let l = &settings.limits;
+    let show = |v: Option<String>| v.unwrap_or_else(|| "nxd's default".into());
+    println!(
+        "  memory {} MiB, cpu {} %, tasks {}",
+        show(l.memory_max_mb.map(|v| v.to_string())),
+        show(l.cpu_quota_percent.map(|v| v.to_string())),
+        show(l.tasks_max.map(|v| v.to_string()))
+    );
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The SFTP upload server: `sftp`/`scp` put a binary, it becomes a deployment, no `nx` needed.
+//! SSH is russh, the SFTP subsystem russh-sftp (both from crates.io): only public-key
+//! authentication is offered; the SSH user is the sandbox's name and a key is accepted only if
+//! it was added to that sandbox (`nx keys add`). No shell, no exec: only the `sftp` subsystem,
+//! which shows the user its sandbox's upload area (`area`).
+
+mod area;
+mod deploy;
+pub mod host_key;
+
+use anyhow::Context;
+use nx_orchestrator::names::SandboxName;
+use nx_orchestrator::Orchestrator;
+use russh::keys::{HashAlg, PrivateKey, PublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serves SFTP on `listener` until it fails.
+pub async fn serve(
+    app: Arc<Orchestrator>,
+    listener: tokio::net::TcpListener,
+    host_key: PrivateKey,
+) -> anyhow::Result<()> {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    let config = Arc::new(russh::server::Config {
+        methods,
+        keys: vec![host_key],
+        auth_rejection_time: Duration::from_millis(500),
+        // OpenSSH clients probe with "none" first: no need to make them wait for that.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: Some(Duration::from_secs(600)),
+        ..Default::default()
+    });
+    let mut server = Server { app };
+    russh::server::Server::run_on_socket(&mut server, config, &listener)
+        .await
+        .context("SFTP server")
+}
+
+struct Server {
+    app: Arc<Orchestrator>,
+}
+
+impl russh::server::Server for Server {
+    type Handler = Connection;
+
+    fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
+        Connection {
+            app: Arc::clone(&self.app),
+            peer,
+            sandbox: None,
+            channels: HashMap::new(),
+        }
+    }
+}
+
+/// One SSH connection: before authentication no sandbox, after it exactly one.
+struct Connection {
+    app: Arc<Orchestrator>,
+    peer: Option<SocketAddr>,
+    sandbox: Option<SandboxName>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+}
+
+impl Connection {
+    /// The sandbox `user` names, if `key` was added to it.
+    async fn sandbox_for(&self, user: &str, key: &PublicKey) -> Option<SandboxName> {
+        let sandbox = SandboxName::parse(user).ok()?;
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        match self.app.ssh_keys.authorizes(&sandbox, &fingerprint).await {
+            Ok(true) => Some(sandbox),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check an SFTP key");
+                None
+            }
+        }
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(match self.sandbox_for(user, offer.public_key).await {
+            Some(_) => Auth::Accept,
+            None => Auth::reject(),
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
+        match self.sandbox_for(user, key.public_key).await {
+            Some(sandbox) => {
+                tracing::info!(%sandbox, %fingerprint, peer = ?self.peer, "SFTP user authenticated");
+                self.sandbox = Some(sandbox);
+                Ok(Auth::Accept)
+            }
+            None => {
+                tracing::info!(user, %fingerprint, peer = ?self.peer, "SFTP key refused");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        id: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let channel = self.channels.remove(&id);
+        let (Some(channel), Some(sandbox), "sftp") = (channel, self.sandbox.clone(), name) else {
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        match area::UploadArea::new(Arc::clone(&self.app), sandbox) {
+            Ok(area) => {
+                session.channel_success(id)?;
+                russh_sftp::server::run(channel.into_stream(), area).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the SFTP upload area");
+                session.channel_failure(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        id: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        refuse_command(id, session)
+    }
+
+    async fn exec_request(
+        &mut self,
+        id: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        refuse_command(id, session)
+    }
+
+    /// The client is done: exit status 0, as sshd sends when its sftp-server exits (scp
+    /// fails without one), then the channel closes.
+    async fn channel_eof(
+        &mut self,
+        id: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.exit_status_request(id, 0)?;
+        session.eof(id)?;
+        session.close(id)?;
+        Ok(())
+    }
+}
+
+/// Shells and commands: refused with a line on stderr that says what this server is for.
+fn refuse_command(id: ChannelId, session: &mut Session) -> Result<(), russh::Error> {
+    session.channel_failure(id)?;
+    session.extended_data(
+        id,
+        1,
+        &b"nxd speaks only SFTP here: `sftp <sandbox>@host` or `scp app <sandbox>@host:`\n"[..],
+    )?;
+    session.close(id)
+}

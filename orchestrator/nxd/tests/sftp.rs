@@ -1,0 +1,339 @@
+//! SFTP uploads with the stock OpenSSH clients (`sftp`, `scp`): a put becomes a running
+//! deployment with the sandbox's settings and a result file that names it; wrong keys,
+//! passwords and paths out of the upload area are refused and store nothing; a killed upload
+//! leaves no artifact and no temp file; a text file and a file over the limit are refused with
+//! what to do.
+
+use nx_testkit::Host;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The upload limit of the test host, MiB.
+const LIMIT_MB: u64 = 64;
+
+struct Sftp {
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Sftp {
+    /// A new key pair `<name>` (ed25519, no passphrase); the public key file.
+    fn keygen(&self, name: &str) -> PathBuf {
+        let key = self.dir.join(name);
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&key)
+            .output()
+            .expect("ssh-keygen (openssh-client)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        key.with_extension("pub")
+    }
+
+    /// OpenSSH options: this key only, the host key pinned from `nx keys host`, no prompts.
+    fn options(&self, key: &str) -> Vec<String> {
+        [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            &format!(
+                "UserKnownHostsFile={}",
+                self.dir.join("known_hosts").display()
+            ),
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+            &self.dir.join(key).display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Runs `sftp -b -` with these batch commands as `user`, with `key`.
+    fn batch(&self, user: &str, key: &str, commands: &str, extra: &[&str]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("sftp")
+            .args(self.options(key))
+            .args(extra)
+            .args(["-P", &self.port.to_string(), "-b", "-"])
+            .arg(format!("{user}@127.0.0.1"))
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sftp (openssh-client)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(commands.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// `scp -s` (the SFTP protocol) from `from` to `to`.
+    fn scp(&self, key: &str, from: &str, to: &str) -> Output {
+        Command::new("scp")
+            .args(self.options(key))
+            .args(["-s", "-P", &self.port.to_string(), from, to])
+            .current_dir(&self.dir)
+            .output()
+            .expect("scp (openssh-client)")
+    }
+
+    fn result(&self, name: &str) -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(self.dir.join(name)).expect("the result file was fetched");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Stored artifacts (not the temp dir) and what is in the temp dir.
+fn store(host: &Host) -> (Vec<String>, Vec<String>) {
+    let names = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.retain(|n| n != ".incoming");
+        v.sort();
+        v
+    };
+    (
+        names(&host.path("artifacts")),
+        names(&host.path("artifacts/.incoming")),
+    )
+}
+
+fn deployments(host: &Host, sandbox: &str) -> usize {
+    host.nx_json(&["status", sandbox])[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn sftp_and_scp_uploads_deploy_and_bad_ones_are_refused() {
+    let port = nx_testkit::free_port();
+    let host = Host::start_with(&format!(
+        "[sftp]\nlisten = \"127.0.0.1:{port}\"\nmax_upload_mb = {LIMIT_MB}\n"
+    ));
+    let dir = host.path("sftp-client");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sftp = Sftp {
+        port,
+        dir: dir.clone(),
+    };
+    host.nx_json(&["sandbox", "create", "web"]);
+    host.nx_json(&["sandbox", "create", "other"]);
+    let web_pub = sftp.keygen("web_key");
+    let other_pub = sftp.keygen("other_key");
+    sftp.keygen("stranger_key");
+    let added = host.nx_json(&["keys", "add", "web", web_pub.to_str().unwrap()]);
+    host.nx_json(&["keys", "add", "other", other_pub.to_str().unwrap()]);
+    // The fingerprint is the one ssh-keygen prints.
+    let printed = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&web_pub)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&printed.stdout).contains(added["fingerprint"].as_str().unwrap())
+    );
+    assert_eq!(
+        host.nx_json(&["keys", "ls", "web"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Pin the host key that `nx keys host` prints.
+    let hostkey = host.nx_json(&["keys", "host"]);
+    std::fs::write(
+        dir.join("known_hosts"),
+        format!(
+            "[127.0.0.1]:{port} {}\n",
+            hostkey["public_key"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    host.nx_json(&["sandbox", "set", "web", "-e", "APP_VERSION=sftp"]);
+    std::fs::copy(nx_testkit::sample_app(), dir.join("app")).unwrap();
+
+    // sftp: put, then get the result file; the deployment runs with the sandbox's settings.
+    let out = sftp.batch("web", "web_key", "put app\nget app.result\nls\n", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let result = sftp.result("app.result");
+    assert_eq!(result["ok"], true, "{result}");
+    let id = result["deployment"].as_str().unwrap().to_owned();
+    assert_eq!(
+        result["sha256"],
+        nx_testkit::sha256_hex(&std::fs::read(dir.join("app")).unwrap())
+    );
+    assert!(result["preview_url"].as_str().unwrap().contains(&id));
+    let (status, body) = host.get(&host.preview_host("web", &id), "/");
+    assert_eq!(
+        (status, body),
+        (200, format!("nx-sample sftp deployment={id}\n"))
+    );
+    assert!(
+        text(&out).contains("app.result"),
+        "ls shows the result file: {}",
+        text(&out)
+    );
+
+    // scp (SFTP mode) into the sandbox, and the result back.
+    let out = sftp.scp("web_key", "app", "web@127.0.0.1:app2");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = sftp.scp("web_key", "web@127.0.0.1:app2.result", "scp.result");
+    assert!(out.status.success(), "{}", text(&out));
+    let second = sftp.result("scp.result");
+    assert_eq!(second["ok"], true, "{second}");
+    assert_ne!(second["deployment"], result["deployment"]);
+    assert_eq!(deployments(&host, "web"), 2);
+
+    let before = store(&host);
+    // Unregistered key, the key of another sandbox, a password: refused.
+    for (user, key, extra) in [
+        ("web", "stranger_key", vec![]),
+        ("web", "other_key", vec![]),
+        ("nosuchsandbox", "web_key", vec![]),
+        (
+            "web",
+            "web_key",
+            vec![
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+                "-o",
+                "PubkeyAuthentication=no",
+            ],
+        ),
+    ] {
+        let out = sftp.batch(user, key, "put app refused\n", &extra);
+        assert!(!out.status.success(), "{user} with {key} {extra:?} got in");
+        assert!(
+            text(&out).contains("Permission denied (publickey)"),
+            "{}",
+            text(&out)
+        );
+    }
+    // A path out of the upload area.
+    let out = sftp.batch("web", "web_key", "put app ../../etc/x\n", &[]);
+    assert!(!out.status.success());
+    // (OpenSSH's sftp prints the status code, not the server's message.)
+    assert!(text(&out).contains("Permission denied"), "{}", text(&out));
+    assert!(!Path::new("/etc/x").exists());
+    assert_eq!(store(&host), before, "nothing was stored");
+    assert_eq!(deployments(&host, "web"), 2);
+
+    // A text file: refused, and the result file names the fix.
+    std::fs::write(dir.join("notes.txt"), "just some notes\n").unwrap();
+    let out = sftp.batch(
+        "web",
+        "web_key",
+        "-put notes.txt notes\nget notes.result\n",
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let refused = sftp.result("notes.result");
+    assert_eq!(refused["ok"], false);
+    let why = refused["error"].as_str().unwrap();
+    assert!(
+        why.contains("not an ELF executable") && why.contains("x86_64-unknown-linux-musl"),
+        "{why}"
+    );
+    assert_eq!(store(&host), before, "nothing was stored");
+
+    // Over the limit: refused while it arrives.
+    let big = dir.join("big");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len((LIMIT_MB + 1) << 20).unwrap();
+    let out = sftp.batch("web", "web_key", "-put big\nget big.result\n", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let refused = sftp.result("big.result");
+    assert_eq!(refused["ok"], false);
+    let why = refused["error"].as_str().unwrap();
+    assert!(
+        why.contains(&format!("larger than the {LIMIT_MB} MiB limit")),
+        "{why}"
+    );
+    assert_eq!(store(&host), before, "nothing was stored");
+
+    // Killed midway (rate-limited so that it is): no artifact, no temp file.
+    let mut bytes = std::fs::read(nx_testkit::sample_app()).unwrap();
+    bytes.resize(32 << 20, 7);
+    std::fs::write(dir.join("slow"), &bytes).unwrap();
+    let mut child = Command::new("sftp")
+        .args(sftp.options("web_key"))
+        .args(["-l", "8000", "-P", &port.to_string(), "-b", "-"])
+        .arg("web@127.0.0.1")
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"put slow\n")
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let incoming = host.path("artifacts/.incoming");
+    loop {
+        let growing = std::fs::read_dir(&incoming)
+            .unwrap()
+            .flatten()
+            .any(|e| e.metadata().map(|m| m.len() > 1 << 20).unwrap_or(false));
+        if growing {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store(&host) != before {
+        assert!(Instant::now() < deadline, "left behind: {:?}", store(&host));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!host.path("uploads/web/slow.result").exists());
+    assert_eq!(deployments(&host, "web"), 2);
+    assert_eq!(deployments(&host, "other"), 0);
+
+    // A removed key gets in no more.
+    host.nx_json(&["keys", "rm", "web", web_pub.to_str().unwrap()]);
+    let out = sftp.batch("web", "web_key", "ls\n", &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+}
