@@ -4,7 +4,9 @@
 //!    after the deployment accepts connections;
 //! 2. StartTransientUnit-to-first-response: a bare unit running the sample, and a full NX
 //!    sandbox unit (launcher, seccomp, bubblewrap);
-//! 3. the router against direct access, same load (wrk), side by side;
+//! 3. the router against direct access, nginx and Caddy, same load (wrk), side by side, its
+//!    WebSocket echo rate, and promote atomicity under load for NX's router and Caddy (see
+//!    `router`);
 //! 4. databases: provisioning a sandbox's role and database, branching a 100 MB database (as a
 //!    template copy, and by dump and restore when production has open connections), and a
 //!    query's round trip over the unix socket against TCP localhost;
@@ -16,6 +18,7 @@
 //!    (see `sandbox`).
 
 mod microvm;
+mod router;
 mod sandbox;
 mod tasks;
 mod uploads;
@@ -38,12 +41,9 @@ struct Args {
     /// Units started for StartTransientUnit-to-first-response.
     #[arg(long, default_value_t = 30)]
     units: usize,
-    /// Seconds of load for each side of the router comparison.
+    /// Seconds of load for each row of the router tables (16 and 256 connections).
     #[arg(long, default_value_t = 5)]
     load_secs: u64,
-    /// Concurrent connections of that load.
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
     /// Sandboxes created for the provisioning figure.
     #[arg(long, default_value_t = 50)]
     provisions: usize,
@@ -187,71 +187,6 @@ fn sandbox_units(host: &Host, n: usize, push_args: &[&str]) -> Vec<Duration> {
         .collect()
 }
 
-/// One side of the router comparison, measured by wrk (Debian's package).
-struct Load {
-    requests: u64,
-    failed: u64,
-    per_sec: f64,
-    p99_ms: f64,
-}
-
-fn wrk_duration_ms(s: &str) -> Option<f64> {
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic())?);
-    let n: f64 = num.parse().ok()?;
-    Some(match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        _ => return None,
-    })
-}
-
-fn load(
-    target: SocketAddr,
-    host_header: &str,
-    connections: usize,
-    secs: u64,
-) -> anyhow::Result<Load> {
-    let out = std::process::Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{secs}s"),
-            "--latency",
-            "-H",
-        ])
-        .arg(format!("Host: {host_header}"))
-        .arg(format!("http://{target}/"))
-        .output()
-        .map_err(|e| anyhow::anyhow!("cannot run wrk ({e}); apt-get install wrk"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |prefix: &str| {
-        text.lines().map(str::trim).find_map(|l| {
-            l.strip_prefix(prefix)
-                .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
-        })
-    };
-    let requests = text
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("unexpected wrk output:\n{text}"))?;
-    let failed = field("Non-2xx or 3xx responses:")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-        + field("Socket errors:").map_or(0, |_| 1);
-    Ok(Load {
-        requests,
-        failed,
-        per_sec: field("Requests/sec:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
-        p99_ms: field("99%")
-            .and_then(|v| wrk_duration_ms(&v))
-            .unwrap_or(f64::NAN),
-    })
-}
-
 fn provision(host: &Host, n: usize) -> Vec<Duration> {
     (0..n)
         .map(|i| {
@@ -370,7 +305,7 @@ async fn main() -> anyhow::Result<()> {
         latency(&host, &args).await?;
     }
     if part("router") {
-        router(&host, &args).await?;
+        router::run(&host, args.load_secs).await?;
     }
     if part("databases") {
         databases(&host, &args).await?;
@@ -505,49 +440,6 @@ async fn latency(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()>
     row("push-to-ready (nx push, artifact stored)", pushes);
     row("StartTransientUnit-to-first-response, bare", bare);
     row("nx start-to-ready (NX sandbox unit)", sandboxes);
-    Ok(())
-}
-
-async fn router(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
-    let h = host.clone();
-    let id = tokio::task::spawn_blocking(move || h.push_sample("bench-router", &[])).await?;
-    let status = host.nx_json(&["status", "bench-router"]);
-    let port = status[0]["deployments"][0]["port"].as_u64().expect("port") as u16;
-    let direct = load(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        "localhost",
-        args.connections,
-        args.load_secs,
-    )?;
-    let routed = load(
-        host.router,
-        &host.preview_host("bench-router", &id),
-        args.connections,
-        args.load_secs,
-    )?;
-    println!(
-        "\nRouter against direct ({} connections, {} s each, GET / of the sample)\n",
-        args.connections, args.load_secs
-    );
-    println!(
-        "| {:<8} | {:>9} | {:>8} | {:>9} | {:>9} |",
-        "path", "requests", "failed", "req/s", "p99 ms"
-    );
-    println!(
-        "|{:-<10}|{:->11}|{:->10}|{:->11}|{:->11}|",
-        "", "", "", "", ""
-    );
-    for (name, l) in [("direct", &direct), ("router", &routed)] {
-        println!(
-            "| {name:<8} | {:>9} | {:>8} | {:>9.0} | {:>9.2} |",
-            l.requests, l.failed, l.per_sec, l.p99_ms
-        );
-    }
-    println!(
-        "\nrouter/direct: throughput {:.2}x, p99 {:.2}x",
-        routed.per_sec / direct.per_sec,
-        routed.p99_ms / direct.p99_ms
-    );
     Ok(())
 }
 

@@ -28,10 +28,12 @@
 //! - `GET /exit?code=C` exits with code C
 //! - `GET /fill?dir=D&mb=M` writes M MiB to D/fill (removed after); reports how much and the error
 //! - `GET /spew?mb=M`   writes M MiB of 100-byte lines to stdout; reports the seconds it took
+//! - `GET /ws`          a WebSocket echo
 //!
 //! With `task` as its first argument it runs once instead (see `task`).
 
 mod task;
+mod ws;
 
 use std::io::Read;
 use tiny_http::{Header, Request, Response, Server};
@@ -93,6 +95,9 @@ fn json(value: serde_json::Value) -> Response<std::io::Cursor<Vec<u8>>> {
 fn handle(request: Request) {
     let url = request.url().to_owned();
     let path = url.split('?').next().unwrap_or("/");
+    if path == "/ws" {
+        return ws::echo(request);
+    }
     let response = match path {
         "/" => text(
             200,

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 pub const UNIT: &str = "nx-router.service";
+/// How long a new router may take to listen.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterUnitError {
@@ -18,6 +20,11 @@ pub enum RouterUnitError {
     },
     #[error("router unit: {0}")]
     Supervisor(#[from] SupervisorError),
+    #[error("the router does not accept connections on {listen} (router_listen) after {} s: is the address taken or not this host's? Its log: {}", LISTEN_TIMEOUT.as_secs(), log.display())]
+    NotListening {
+        listen: std::net::SocketAddr,
+        log: std::path::PathBuf,
+    },
 }
 
 /// Makes sure `nx-router.service` runs `program` with `settings`; answers its control client.
@@ -65,6 +72,30 @@ pub async fn ensure_running(
             slice: SliceKind::Control,
         })
         .await?;
+    wait_listening(settings).await?;
     tracing::info!("router started");
     Ok(RouterClient::new(&settings.control_socket()))
+}
+
+/// Waits until the router accepts connections on its listener (so that nxd is ready only once
+/// its URLs answer).
+async fn wait_listening(settings: &RouterSettings) -> Result<(), RouterUnitError> {
+    let mut addr = settings.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(RouterUnitError::NotListening {
+                listen: settings.listen,
+                log: settings.dir.join("router.log"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@ pub struct Router {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub client: RouterClient,
-    child: Child,
+    pub child: Child,
 }
 
 pub fn free_addr() -> SocketAddr {

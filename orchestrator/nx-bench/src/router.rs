@@ -1,0 +1,396 @@
+//! The router benchmark: the same deployment (the sample app) loaded by wrk directly, through
+//! NX's router (Pingora), and through nginx and Caddy as plain reverse proxies (Debian's
+//! packages, started here on loopback with configs written here), at 16 and 256 connections;
+//! WebSocket echo messages per second through the router against direct; and promote
+//! atomicity under load for the two engines tried: NX's router (table swapped by nxd) and
+//! Caddy (configs swapped through its JSON admin API).
+
+use nx_testkit::Host;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One run of wrk.
+pub struct Load {
+    requests: u64,
+    errors: u64,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn wrk_duration_ms(s: &str) -> Option<f64> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => return None,
+    })
+}
+
+/// wrk (Debian's package) for `secs` with `connections` on `target` with `Host: host_header`.
+/// Errors: non-2xx/3xx answers plus socket errors (connect, read, write, timeout).
+pub fn wrk(
+    target: SocketAddr,
+    host_header: &str,
+    connections: usize,
+    secs: u64,
+) -> anyhow::Result<Load> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-H",
+        ])
+        .arg(format!("Host: {host_header}"))
+        .arg(format!("http://{target}/"))
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run wrk ({e}); apt-get install wrk"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix).map(str::trim))
+    };
+    let first = |prefix: &str| field(prefix).and_then(|v| v.split_whitespace().next());
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("unexpected wrk output:\n{text}"))?;
+    // "Socket errors: connect 0, read 3, write 0, timeout 0"
+    let socket_errors: u64 = field("Socket errors:").map_or(0, |v| {
+        v.split(',')
+            .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    });
+    Ok(Load {
+        requests,
+        errors: first("Non-2xx or 3xx responses:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+            + socket_errors,
+        per_sec: first("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        p50_ms: first("50%").and_then(wrk_duration_ms).unwrap_or(f64::NAN),
+        p99_ms: first("99%").and_then(wrk_duration_ms).unwrap_or(f64::NAN),
+    })
+}
+
+/// A reverse proxy process started for the benchmark; killed when dropped.
+struct Proxy {
+    child: Child,
+    listen: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: nginx's master then ends its workers too.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], nx_testkit::free_port()))
+}
+
+fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "{what} did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// nginx as a plain reverse proxy to `upstream`: two workers (the cores), keep-alive upstream
+/// connections, no access log.
+fn nginx(upstream: SocketAddr) -> anyhow::Result<Proxy> {
+    let dir = tempfile::tempdir()?;
+    let listen = free_addr();
+    let d = dir.path().display();
+    let conf = format!(
+        "worker_processes 2;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\nevents {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n  \
+         fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  \
+         upstream app {{ server {upstream}; keepalive 64; }}\n  \
+         server {{ listen {listen}; location / {{ proxy_pass http://app; proxy_http_version 1.1; \
+         proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}\n}}\n"
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf)?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run nginx ({e}); apt-get install nginx"))?;
+    wait_listening(listen, "nginx")?;
+    Ok(Proxy {
+        child,
+        listen,
+        _dir: dir,
+    })
+}
+
+/// Caddy's JSON config: a server on `listen` proxying `host` (any host when `None`) to `upstream`.
+fn caddy_config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    host: Option<&str>,
+    upstream: SocketAddr,
+) -> String {
+    let matcher = host.map_or(
+        serde_json::Value::Null,
+        |h| serde_json::json!([{ "host": [h] }]),
+    );
+    serde_json::json!({
+        "admin": { "listen": admin.to_string() },
+        "logging": { "logs": { "default": { "level": "ERROR" } } },
+        "apps": { "http": { "servers": { "bench": {
+            "listen": [listen.to_string()],
+            "automatic_https": { "disable": true },
+            "routes": [{
+                "match": matcher,
+                "handle": [{ "handler": "reverse_proxy", "upstreams": [{ "dial": upstream.to_string() }] }]
+            }]
+        } } } }
+    })
+    .to_string()
+}
+
+/// Caddy (Debian's 2.6) as a plain reverse proxy, driven by its JSON config and admin API.
+struct Caddy {
+    proxy: Proxy,
+    admin: SocketAddr,
+}
+
+impl Caddy {
+    fn start(host: Option<&str>, upstream: SocketAddr) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (listen, admin) = (free_addr(), free_addr());
+        let file = dir.path().join("caddy.json");
+        std::fs::write(&file, caddy_config(admin, listen, host, upstream))?;
+        let child = Command::new("caddy")
+            .args(["run", "--config"])
+            .arg(&file)
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run caddy ({e}); apt-get install caddy"))?;
+        wait_listening(listen, "caddy")?;
+        Ok(Self {
+            proxy: Proxy {
+                child,
+                listen,
+                _dir: dir,
+            },
+            admin,
+        })
+    }
+
+    /// Replaces the whole config through the admin API (`POST /load`).
+    fn load(&self, host: Option<&str>, upstream: SocketAddr) -> anyhow::Result<()> {
+        let resp = reqwest::blocking::Client::new()
+            .post(format!("http://{}/load", self.admin))
+            .header("content-type", "application/json")
+            .body(caddy_config(self.admin, self.proxy.listen, host, upstream))
+            .send()?;
+        anyhow::ensure!(resp.status().is_success(), "caddy /load: {}", resp.status());
+        Ok(())
+    }
+}
+
+fn deployment_addr(host: &Host, sandbox: &str, id: &str) -> SocketAddr {
+    let port = host.deployment(sandbox, id)["port"].as_u64().expect("port") as u16;
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// WebSocket echo round trips per second over `connections` connections for `secs`.
+async fn ws_messages_per_sec(
+    target: SocketAddr,
+    host_header: &str,
+    connections: usize,
+    secs: u64,
+) -> anyhow::Result<f64> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let mut request = format!("ws://{target}/ws").into_client_request()?;
+        request.headers_mut().insert("host", host_header.parse()?);
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let count = count.clone();
+        clients.push(tokio::spawn(async move {
+            let payload = "x".repeat(64);
+            while tokio::time::Instant::now() < deadline {
+                ws.send(Message::text(payload.clone())).await?;
+                match ws.next().await {
+                    Some(Ok(_)) => count.fetch_add(1, Ordering::Relaxed),
+                    other => anyhow::bail!("echo lost: {other:?}"),
+                };
+            }
+            Ok(())
+        }));
+    }
+    for c in clients {
+        c.await??;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / secs as f64)
+}
+
+/// Runs `switch` in a loop while wrk loads `target`; (load, switches).
+fn under_switches(
+    target: SocketAddr,
+    host_header: &str,
+    secs: u64,
+    switch: impl Fn(bool) -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<(Load, u64)> {
+    let done = Arc::new(AtomicBool::new(false));
+    let switcher = {
+        let done = done.clone();
+        std::thread::spawn(move || -> anyhow::Result<u64> {
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) {
+                switch(n % 2 == 0)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    };
+    let load = wrk(target, host_header, 16, secs);
+    done.store(true, Ordering::Relaxed);
+    let switches = switcher.join().expect("switcher")?;
+    Ok((load?, switches))
+}
+
+fn print_row(name: &str, l: &Load, direct: &Load) {
+    println!(
+        "| {name:<14} | {:>9.0} | {:>6.2}x | {:>7.2} | {:>7.2} | {:>+7.2} | {:>6} |",
+        l.per_sec,
+        l.per_sec / direct.per_sec,
+        l.p50_ms,
+        l.p99_ms,
+        l.p99_ms - direct.p99_ms,
+        l.errors
+    );
+}
+
+pub async fn run(host: &Arc<Host>, secs: u64) -> anyhow::Result<()> {
+    let h = host.clone();
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (
+            h.push_sample("bench-router", &["-e", "APP_VERSION=a"]),
+            h.push_sample("bench-router", &["-e", "APP_VERSION=b"]),
+        )
+    })
+    .await?;
+    host.nx_json(&["promote", "bench-router", &a]);
+    let upstream_a = deployment_addr(host, "bench-router", &a);
+    let upstream_b = deployment_addr(host, "bench-router", &b);
+    let preview = host.preview_host("bench-router", &a);
+    let production = host.production_host("bench-router");
+    let nginx = nginx(upstream_a)?;
+    let caddy = Caddy::start(None, upstream_a)?;
+
+    println!(
+        "\nRouter, side by side ({secs} s of wrk each, GET / of the sample app; ratio: req/s over direct; \
+         Δp99: p99 minus direct's)"
+    );
+    for connections in [16, 256] {
+        let direct = wrk(upstream_a, "localhost", connections, secs)?;
+        let router = wrk(host.router, &preview, connections, secs)?;
+        let nginx_load = wrk(nginx.listen, "localhost", connections, secs)?;
+        let caddy_load = wrk(caddy.proxy.listen, "localhost", connections, secs)?;
+        println!("\n{connections} connections\n");
+        println!(
+            "| {:<14} | {:>9} | {:>7} | {:>7} | {:>7} | {:>7} | {:>6} |",
+            "path", "req/s", "ratio", "p50 ms", "p99 ms", "Δp99 ms", "errors"
+        );
+        println!(
+            "|{:-<16}|{:->11}|{:->9}|{:->9}|{:->9}|{:->9}|{:->8}|",
+            "", "", "", "", "", "", ""
+        );
+        for (name, l) in [
+            ("direct", &direct),
+            ("NX router", &router),
+            ("nginx", &nginx_load),
+            ("Caddy", &caddy_load),
+        ] {
+            print_row(name, l, &direct);
+        }
+        println!(
+            "\nNX router against nginx: {:.2}x the req/s, p99 {:+.2} ms",
+            router.per_sec / nginx_load.per_sec,
+            router.p99_ms - nginx_load.p99_ms
+        );
+    }
+
+    let direct_ws = ws_messages_per_sec(upstream_a, "localhost", 16, secs).await?;
+    let router_ws = ws_messages_per_sec(host.router, &preview, 16, secs).await?;
+    println!(
+        "\nWebSocket echo, 16 connections, 64-byte messages: direct {direct_ws:.0}/s, NX router {router_ws:.0}/s ({:.2}x)",
+        router_ws / direct_ws
+    );
+
+    drop(caddy);
+    println!("\nPromote atomicity under load (wrk, 16 connections, {secs} s; production switched A↔B in a loop)\n");
+    println!(
+        "| {:<34} | {:>9} | {:>8} | {:>6} |",
+        "engine", "requests", "switches", "errors"
+    );
+    println!("|{:-<36}|{:->11}|{:->10}|{:->8}|", "", "", "", "");
+    let (h, a2, b2) = (host.clone(), a.clone(), b.clone());
+    let (nx_load, nx_switches) = tokio::task::spawn_blocking({
+        let target = host.router;
+        let production = production.clone();
+        move || {
+            under_switches(target, &production, secs, move |to_b| {
+                h.nx_json(&["promote", "bench-router", if to_b { &b2 } else { &a2 }]);
+                Ok(())
+            })
+        }
+    })
+    .await??;
+    println!(
+        "| {:<34} | {:>9} | {:>8} | {:>6} |",
+        "NX router (Pingora; nx promote)", nx_load.requests, nx_switches, nx_load.errors
+    );
+    let caddy = Arc::new(Caddy::start(Some("prod.bench"), upstream_a)?);
+    let target = caddy.proxy.listen;
+    let (caddy_load, caddy_switches) = tokio::task::spawn_blocking(move || {
+        under_switches(target, "prod.bench", secs, move |to_b| {
+            caddy.load(
+                Some("prod.bench"),
+                if to_b { upstream_b } else { upstream_a },
+            )
+        })
+    })
+    .await??;
+    println!(
+        "| {:<34} | {:>9} | {:>8} | {:>6} |",
+        "Caddy 2.6 (POST /load)", caddy_load.requests, caddy_switches, caddy_load.errors
+    );
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! `GET /ws`: a WebSocket echo (RFC 6455), for the tests and the router benchmark: every text
+//! or binary message comes back as it was sent.
+
+use tiny_http::{Header, Request, Response};
+use tungstenite::protocol::Role;
+
+/// Answers the handshake and echoes on a thread of its own, so the worker is free again.
+pub fn echo(request: Request) {
+    let key = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Sec-WebSocket-Key"))
+        .map(|h| h.value.as_str().to_owned());
+    let Some(key) = key else {
+        let _ = request.respond(
+            Response::from_string("a WebSocket handshake is expected\n").with_status_code(400),
+        );
+        return;
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let header = Header::from_bytes("Sec-WebSocket-Accept", accept).expect("a valid header");
+    let stream = request.upgrade("websocket", Response::empty(101).with_header(header));
+    std::thread::spawn(move || {
+        let mut ws = tungstenite::WebSocket::from_raw_socket(stream, Role::Server, None);
+        while let Ok(message) = ws.read() {
+            let echo = message.is_text() || message.is_binary();
+            if message.is_close() || (echo && ws.send(message).is_err()) {
+                return;
+            }
+        }
+    });
+}
