@@ -12,6 +12,11 @@
     routerListen = "0.0.0.0:80";
     tokenFile = "/run/keys/${tokenKey}";
     openFirewall = true;
+    # Uploads without the CLI: `sftp -P 2222 <sandbox>@<host>` with a key from `nx keys add`.
+    sftp = {
+      listen = "0.0.0.0:2222";
+      openFirewall = true;
+    };
   };
   # /run/keys is a tmpfs: after a reboot the token is back only when `colmena upload-keys` (or
   # apply) uploads it. Colmena's <key>-key.service is active while the file exists (its start
