@@ -26,6 +26,8 @@ fn fresh_binary(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     bytes.extend_from_slice(&tail);
     let path = dir.join(name);
     std::fs::write(&path, bytes)?;
+    // `nx push` checks that it is executable, as for any binary.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     Ok(path)
 }
 
