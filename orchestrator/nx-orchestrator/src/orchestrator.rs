@@ -20,6 +20,7 @@ use crate::state::{NewDeployment, StateStore};
 use crate::supervisor::Supervisor;
 use crate::tasks::Tasks;
 use crate::{embedded_db, host_limits, readiness};
+use futures_util::{stream, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -33,6 +34,8 @@ const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 const ROUTER_PATIENCE: Duration = Duration::from_secs(10);
 /// Log lines returned with a failed push.
 const FAILURE_LOG_LINES: usize = 20;
+/// Deployments whose unit state `sandboxes` asks systemd for at once (nine D-Bus calls each).
+const VIEWS_IN_FLIGHT: usize = 8;
 
 /// The NX lifecycle on one host: an embedder constructs it from a [`Config`] with
 /// [`Orchestrator::start`] (which also adopts what already runs) and calls its verbs; each
@@ -708,13 +711,18 @@ impl Orchestrator {
             .into_iter()
             .map(|name| (name, Vec::new()))
             .collect();
-        // Asked of systemd all at once: one round of D-Bus calls, however many deployments.
+        // Asked of systemd concurrently, but at most VIEWS_IN_FLIGHT units at a time: each view
+        // is nine D-Bus calls, and the bus refuses a connection more pending replies than its
+        // limit (LimitsExceeded: dbus-daemon's max_replies_per_connection).
         let deployments = self.state.deployments().await?;
-        let views = futures_util::future::try_join_all(deployments.iter().map(|d| {
-            let is_promoted = promoted.get(&d.sandbox) == Some(&d.id);
-            self.view(d, is_promoted)
-        }))
-        .await?;
+        let asks: Vec<_> = deployments
+            .iter()
+            .map(|d| self.view(d, promoted.get(&d.sandbox) == Some(&d.id)))
+            .collect();
+        let views: Vec<DeploymentView> = stream::iter(asks)
+            .buffered(VIEWS_IN_FLIGHT)
+            .try_collect()
+            .await?;
         for view in views {
             by_sandbox
                 .entry(view.sandbox.clone())
