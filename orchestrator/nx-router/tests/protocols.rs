@@ -8,6 +8,8 @@ use common::Router;
 use futures_util::{SinkExt, StreamExt};
 use nx_orchestrator::router::RouterConfig;
 use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -235,10 +237,14 @@ async fn a_request_dropped_by_a_reused_upstream_connection_is_retried_once_when_
     // without a word, when a second one comes (an early idle keep-alive close).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
+    // POST request heads the app received, answered or not.
+    let posts = Arc::new(AtomicUsize::new(0));
+    let seen = posts.clone();
     tokio::spawn(async move {
         let mut n = 0;
         while let Ok((mut stream, _)) = listener.accept().await {
             n += 1;
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let mut read = 0;
@@ -248,13 +254,19 @@ async fn a_request_dropped_by_a_reused_upstream_connection_is_retried_once_when_
                         Ok(k) => read += k,
                     }
                 }
+                if buf.starts_with(b"POST") {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
                 let body = format!("connection {n}");
                 let reply = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 stream.write_all(reply.as_bytes()).await.unwrap();
-                let _ = stream.read(&mut buf).await; // the next request: dropped unanswered
+                // The next request: dropped unanswered.
+                if matches!(stream.read(&mut buf).await, Ok(k) if buf[..k].starts_with(b"POST")) {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
             });
         }
     });
@@ -278,5 +290,9 @@ async fn a_request_dropped_by_a_reused_upstream_connection_is_retried_once_when_
         .send()
         .await
         .unwrap();
-    assert_eq!(post.status(), 502, "a POST is not sent twice");
+    // Whether the POST went out on the reused connection (dropped: 502) or, when that one had
+    // not yet gone back to the pool, on a fresh one (200), it reached the app once.
+    let status = post.status();
+    assert!(status == 502 || status == 200, "{status}");
+    assert_eq!(posts.load(Ordering::SeqCst), 1, "a POST is not sent twice");
 }
