@@ -152,10 +152,18 @@ impl Client {
             .await
     }
 
-    /// `POST /v1/deployments/{id}/stop`.
-    pub async fn stop(&self, id: &DeploymentId) -> Result<DeploymentView, ClientError> {
-        self.call(Method::POST, &format!("/v1/deployments/{id}/stop"), |r| r)
-            .await
+    /// `POST /v1/deployments/{id}/stop?timeout_secs=`: SIGTERM to its program, SIGKILL after
+    /// `timeout` (nxd's default: 10 s).
+    pub async fn stop(
+        &self,
+        id: &DeploymentId,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<DeploymentView, ClientError> {
+        let path = match timeout {
+            Some(t) => format!("/v1/deployments/{id}/stop?timeout_secs={}", t.as_secs()),
+            None => format!("/v1/deployments/{id}/stop"),
+        };
+        self.call(Method::POST, &path, |r| r).await
     }
 
     /// `POST /v1/deployments/{id}/start`.

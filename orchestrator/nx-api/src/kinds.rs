@@ -1,6 +1,8 @@
 //! The small vocabulary the API's shapes are made of: what a deployment should be, where it
 //! runs, under which OCI runtime, with which limits, and which environment names a user may set.
 
+use crate::systemd::{ActiveState, SubState};
+use crate::UnitState;
 use serde::{Deserialize, Serialize};
 
 /// What the user asked a deployment to be. The live state comes from systemd.
@@ -23,6 +25,45 @@ impl Desired {
             "running" => Some(Desired::Running),
             "stopped" => Some(Desired::Stopped),
             _ => None,
+        }
+    }
+}
+
+/// Where a deployment is in its life, from what the user asked (`Desired`) and what systemd
+/// reports. `nx status` shows it; `nx_orchestrator::state_machine` says which verb moves it where.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, strum::Display)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum Phase {
+    /// Recorded, not started yet.
+    Created,
+    /// Should run; its unit is starting, or waits to be restarted after its program ended.
+    Starting,
+    /// Should run, and its unit is active.
+    Running,
+    /// Should not run; its unit is still active or deactivating.
+    Stopping,
+    /// Should not run, and nothing of it runs.
+    Stopped,
+    /// Should run, but nothing of it runs (its program ended and systemd gave up).
+    Failed,
+    /// Gone: its unit, files and record are removed.
+    Removed,
+}
+
+impl Phase {
+    /// The phase of a deployment that should be `desired` and whose unit is in `unit`.
+    pub fn observe(desired: Desired, unit: &UnitState) -> Phase {
+        let restarting =
+            unit.sub == SubState::AutoRestart || unit.sub == SubState::AutoRestartQueued;
+        match (desired, &unit.active) {
+            (Desired::Running, ActiveState::Active | ActiveState::Reloading) => Phase::Running,
+            (Desired::Running, _) if restarting => Phase::Starting,
+            (Desired::Running, ActiveState::Activating) => Phase::Starting,
+            (Desired::Running, _) => Phase::Failed,
+            (Desired::Stopped, ActiveState::Inactive | ActiveState::Failed) => Phase::Stopped,
+            (Desired::Stopped, _) if restarting => Phase::Stopped,
+            (Desired::Stopped, _) => Phase::Stopping,
         }
     }
 }

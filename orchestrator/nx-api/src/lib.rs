@@ -7,10 +7,11 @@ pub mod access;
 pub mod checks;
 pub mod kinds;
 pub mod names;
+pub mod systemd;
 mod wire;
 
 #[cfg(feature = "client")]
 pub mod client;
 
-pub use kinds::{check_env_name, BackendKind, Desired, Limits, Runtime};
+pub use kinds::{check_env_name, BackendKind, Desired, Limits, Phase, Runtime};
 pub use wire::*;

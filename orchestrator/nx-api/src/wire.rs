@@ -1,7 +1,8 @@
 //! The JSON request and response bodies of nxd's HTTP API, shared by nxd and its clients.
 
-use crate::kinds::{BackendKind, Desired, Limits, Runtime};
+use crate::kinds::{BackendKind, Desired, Limits, Phase, Runtime};
 use crate::names::{DeploymentId, SandboxName};
+use crate::systemd::{ActiveState, ServiceResult, SubState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -94,15 +95,15 @@ pub struct PromoteRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UnitState {
     /// systemd ActiveState: active, activating, failed, inactive, ...
-    pub active: String,
+    pub active: ActiveState,
     /// systemd SubState: running, auto-restart, dead, ...
-    pub sub: String,
+    pub sub: SubState,
     pub main_pid: u32,
     pub restarts: u32,
     pub memory_bytes: Option<u64>,
     pub tasks: Option<u64>,
     /// systemd's Result of the last run: success, exit-code, signal, oom-kill, ...
-    pub result: String,
+    pub result: ServiceResult,
     /// Exit status (or signal number) of the last main process.
     pub exit_status: i32,
     /// How it ended (1 exited, 2 killed by a signal, 3 dumped core), as waitid(2) says.
@@ -117,6 +118,8 @@ pub struct DeploymentView {
     pub artifact: String,
     pub port: u16,
     pub desired: Desired,
+    /// Where it is in its life (from `desired` and `state`).
+    pub phase: Phase,
     pub unit: String,
     pub state: UnitState,
     pub promoted: bool,
@@ -256,7 +259,7 @@ pub struct TaskOutcome {
     /// It ran past its timeout and was killed.
     pub timed_out: bool,
     /// systemd's Result for the run: success, exit-code, signal, oom-kill, ...
-    pub result: String,
+    pub result: ServiceResult,
     /// From the start of the task to its end.
     pub duration_ms: u64,
 }

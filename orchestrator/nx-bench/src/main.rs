@@ -159,6 +159,7 @@ async fn bare_units(host: &Host, n: usize) -> anyhow::Result<Vec<Duration>> {
             output: UnitOutput::File(host.path("bench-bare.log")),
             restart_delay: None,
             slice: SliceKind::Tenants,
+            graceful_stop: None,
         };
         let started = Instant::now();
         supervisor.start(&spec).await?;

@@ -58,8 +58,15 @@ enum Command {
     },
     /// Point the sandbox's production URL back at the previously promoted deployment.
     Rollback { sandbox: String },
-    /// Stop a deployment (its data dir is kept).
-    Stop { deployment: String },
+    /// Stop a deployment (its data dir is kept): SIGTERM to the program, SIGKILL if it has not
+    /// ended after the stop timeout.
+    Stop {
+        deployment: String,
+        /// How long the program may take to shut down after SIGTERM, e.g. 30s (default 10s,
+        /// at most 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        stop_timeout: Option<std::time::Duration>,
+    },
     /// Start a stopped deployment again.
     Start { deployment: String },
     /// Remove a deployment: its unit, its data dir, its preview URL.
@@ -97,6 +104,10 @@ enum Command {
 }
 
 fn main() {
+    // Like coreutils: a reader that goes away (`nx ls | head -c 1`) ends nx quietly, by
+    // SIGPIPE, instead of a failed write to stdout (which `println!` turns into a panic).
+    // SAFETY: setting a signal's action to its default, before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let json = cli.json;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -179,9 +190,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let view = client.rollback(&name).await?;
             output::switched(&view, "rolled back to", json)
         }
-        Command::Stop { deployment } => {
+        Command::Stop {
+            deployment,
+            stop_timeout,
+        } => {
             let id = DeploymentId::parse(&deployment)?;
-            output::deployment(&client.stop(&id).await?, json)
+            output::deployment(&client.stop(&id, stop_timeout).await?, json)
         }
         Command::Start { deployment } => {
             let id = DeploymentId::parse(&deployment)?;

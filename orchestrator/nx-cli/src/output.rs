@@ -2,6 +2,7 @@
 
 use crate::client::ClientError;
 use indicatif::{ProgressBar, ProgressStyle};
+use nx_api::systemd::ActiveState;
 use nx_api::{DeploymentRemoved, DeploymentView, SandboxView};
 use nx_artifact::verify::ElfInfo;
 use serde::Serialize;
@@ -53,10 +54,10 @@ pub fn verified(path: &Path, info: &ElfInfo, json: bool) {
 /// run now (restarting, or stopped after it); `stopped`; else systemd's `active/sub`.
 fn state(d: &DeploymentView) -> String {
     let failed = d.last_exit.as_ref().filter(|e| e.failed());
-    match (d.state.active.as_str(), failed) {
-        ("active", _) => d.state.sub.clone(),
+    match (&d.state.active, failed) {
+        (ActiveState::Active, _) => d.state.sub.to_string(),
         (_, Some(exit)) => format!("failed ({})", exit.result),
-        ("inactive", None) if d.desired == nx_api::Desired::Stopped => "stopped".into(),
+        (ActiveState::Inactive, None) if d.desired == nx_api::Desired::Stopped => "stopped".into(),
         _ => format!("{}/{}", d.state.active, d.state.sub),
     }
 }

@@ -8,6 +8,7 @@
 //! [`RESERVED_FOR_NXD`] connection slots for nxd, which connects as `postgres`, so tenants
 //! holding every other slot cannot lock it out.
 
+use crate::api::systemd::ActiveState;
 use crate::supervisor::{SliceKind, Supervisor, SupervisorError, UnitOutput, UnitSpec};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -104,7 +105,7 @@ pub async fn ensure(
     std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o755))?;
     std::fs::write(data.join("pg_hba.conf"), PG_HBA)?;
     std::fs::write(data.join("pg_ident.conf"), PG_IDENT)?;
-    if supervisor.state(UNIT).await?.active != "active" {
+    if supervisor.state(UNIT).await?.active != ActiveState::Active {
         let postgres = find_binary("postgres")?;
         let spec = UnitSpec {
             name: UNIT.into(),
@@ -125,6 +126,7 @@ pub async fn ensure(
             output: UnitOutput::File(dir.join("postgres.log")),
             restart_delay: Some(Duration::from_secs(1)),
             slice: SliceKind::Control,
+            graceful_stop: None,
         };
         supervisor.start(&spec).await?;
     }

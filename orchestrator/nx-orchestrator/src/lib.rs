@@ -14,15 +14,21 @@ pub mod embedded_db;
 #[cfg(target_os = "linux")]
 mod error;
 pub mod failpoint;
+#[cfg(target_os = "linux")]
+mod launcher_install;
 pub mod logs;
 pub use nx_api::names;
 pub mod host_limits;
 #[cfg(target_os = "linux")]
 mod orchestrator;
 pub mod readiness;
+#[cfg(target_os = "linux")]
+pub mod reexec;
 pub mod router;
 pub mod sandbox_settings;
 pub mod state;
+#[cfg(target_os = "linux")]
+pub mod state_machine;
 pub mod supervisor;
 #[cfg(target_os = "linux")]
 pub mod tasks;
@@ -33,3 +39,9 @@ mod watchdog;
 pub use error::Error;
 #[cfg(target_os = "linux")]
 pub use orchestrator::Orchestrator;
+
+/// The top README's Rust examples (the embedding example), compiled as doc tests; its other code
+/// blocks are ```` ```sh ````.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

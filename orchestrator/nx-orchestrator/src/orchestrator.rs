@@ -7,7 +7,9 @@ use crate::api::checks;
 use crate::api::{DeploymentView, PushRequest, SandboxView, UnitState};
 use crate::artifact::Artifact;
 use crate::artifact::ArtifactStore;
-use crate::backend::{Backends, Program, SandboxBackend, SandboxSpec};
+use crate::backend::{
+    Backends, Program, SandboxBackend, SandboxSpec, DEFAULT_STOP_TIMEOUT, MAX_STOP_TIMEOUT,
+};
 use crate::config::Config;
 use crate::databases::{BackupInfo, Databases, RestoreInfo};
 use crate::domain::{BackendKind, Deployment, Desired, RouteKey, Runtime};
@@ -17,6 +19,7 @@ use crate::router::{self, RouteTable, RouterClient, RouterSettings};
 use crate::sandbox_settings;
 use crate::state::StateError;
 use crate::state::{NewDeployment, StateStore};
+use crate::state_machine::{self, Effects, Phase, Verb};
 use crate::supervisor::Supervisor;
 use crate::tasks::Tasks;
 use crate::{embedded_db, host_limits, readiness};
@@ -121,12 +124,12 @@ impl Orchestrator {
         )
         .await?;
         let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
-        let launcher =
-            std::env::current_exe().map_err(Error::io("locating the nxd binary (the launcher)"))?;
+        let installed = crate::launcher_install::install(state_dir)?;
+        let launcher = installed.launcher;
         let backend = make_backends(&config, Arc::clone(&supervisor), launcher.clone()).await?;
         let router = router::unit::ensure_running(
             &supervisor,
-            &launcher.with_file_name("nx-router"),
+            &installed.router,
             &RouterSettings::from_config(&config),
         )
         .await?;
@@ -159,42 +162,52 @@ impl Orchestrator {
         Ok(app)
     }
 
-    /// Deployments that should run and do are adopted as they are; those that should run and
-    /// do not are started again. Then the routes come back.
+    /// The routes come back from the database at once. Then every deployment that should run
+    /// goes through `Start`: one that runs is adopted as it is, one that does not is started
+    /// again; all at the same time, in the background and outside the change lock, so the API
+    /// answers while they start, however many there are.
     #[tracing::instrument(skip_all)]
-    pub(crate) async fn adopt(&self) -> Result<(), Error> {
-        let _guard = self.changes.lock().await;
-        let branches: Vec<(DeploymentId, SandboxName)> = self
-            .state
-            .deployments()
-            .await?
-            .into_iter()
-            .filter(|d| d.db_branch)
-            .map(|d| (d.id, d.sandbox))
-            .collect();
-        let swapped = self.databases.recover(&branches).await?;
-        for id in &swapped {
-            // Its branch is production's database now: it reconnects with production's role.
-            self.state.clear_db_branch(id).await?;
-            let deployment = self.state.deployment(id).await?;
-            self.backend.stop(&self.backend.handle(&deployment)).await?;
+    pub(crate) async fn adopt(self: &Arc<Self>) -> Result<(), Error> {
+        {
+            let _guard = self.changes.lock().await;
+            let branches: Vec<(DeploymentId, SandboxName)> = self
+                .state
+                .deployments()
+                .await?
+                .into_iter()
+                .filter(|d| d.db_branch)
+                .map(|d| (d.id, d.sandbox))
+                .collect();
+            let swapped = self.databases.recover(&branches).await?;
+            for id in &swapped {
+                // Its branch is production's database now: it reconnects with production's role.
+                self.state.clear_db_branch(id).await?;
+                let deployment = self.state.deployment(id).await?;
+                self.backend
+                    .stop(&self.backend.handle(&deployment), DEFAULT_STOP_TIMEOUT)
+                    .await?;
+            }
+            self.rebuild_routes().await?;
         }
         for deployment in self.state.deployments().await? {
             if deployment.desired != Desired::Running {
                 continue;
             }
-            let handle = self.backend.handle(&deployment);
-            let status = self.backend.status(&handle).await?;
-            if status.active == "active" {
-                tracing::info!(deployment = %deployment.id, "adopted running deployment");
-                continue;
-            }
-            tracing::warn!(deployment = %deployment.id, state = %status.active, "restarting deployment");
-            if let Err(e) = self.run(&deployment).await {
-                tracing::error!(deployment = %deployment.id, error = %e, "could not restart");
-            }
+            let app = Arc::clone(self);
+            tokio::spawn(async move {
+                let id = &deployment.id;
+                let adopted = async {
+                    let phase = app.phase(&deployment).await?;
+                    app.apply(&deployment, phase, Verb::Start, Route::None)
+                        .await
+                        .map(|now| (phase, now))
+                };
+                match adopted.await {
+                    Ok((before, now)) => tracing::info!(deployment = %id, %before, %now, "adopted"),
+                    Err(e) => tracing::error!(deployment = %id, error = %e, "could not restart"),
+                }
+            });
         }
-        self.rebuild_routes().await?;
         Ok(())
     }
 
@@ -346,27 +359,27 @@ impl Orchestrator {
             }
             None => readiness::Probe::Connect,
         };
+        let started = Instant::now();
+        let mut seen_up = false;
         loop {
             if readiness::probe(addr, &probe).await {
                 tracing::info!("deployment ready");
                 return Ok(());
             }
             let state = self.backend.status(&handle).await?;
+            seen_up |= !state.active.is_down();
+            let exited = readiness::exited(&state, seen_up, started.elapsed());
             let gave_up = Instant::now() > deadline;
-            if state.active == "failed" || gave_up {
-                let why = if gave_up {
-                    format!(
-                        "did not accept connections on $PORT ({}) within {} s",
+            if exited.is_some() || gave_up {
+                let why = match exited {
+                    Some(how) => format!("exited before it was ready ({how})"),
+                    None => format!(
+                        "did not accept connections on $PORT ({}) within {} s (it runs: does it listen on $HOST:$PORT?)",
                         deployment.port,
                         timeout.as_secs()
-                    )
-                } else {
-                    format!(
-                        "exited before it was ready (systemd result {}, exit status {})",
-                        state.result, state.exit_status
-                    )
+                    ),
                 };
-                let _ = self.backend.stop(&handle).await;
+                let _ = self.backend.stop(&handle, DEFAULT_STOP_TIMEOUT).await;
                 self.state
                     .set_desired(&deployment.id, Desired::Stopped)
                     .await?;
@@ -471,12 +484,127 @@ impl Orchestrator {
                 return Err(e.into());
             }
         }
-        let result = self.run(&deployment).await;
-        let _guard = self.changes.lock().await;
-        self.rebuild_routes().await?;
-        result?;
+        self.apply(&deployment, Phase::Created, Verb::Start, Route::None)
+            .await?;
         self.view(&self.state.deployment(&deployment.id).await?, false)
             .await
+    }
+
+    /// Where a deployment is in its life, from its desired state and its unit's.
+    pub async fn phase(&self, deployment: &Deployment) -> Result<Phase, Error> {
+        let unit = self
+            .backend
+            .status(&self.backend.handle(deployment))
+            .await?;
+        Ok(Phase::observe(deployment.desired, &unit))
+    }
+
+    /// Moves a deployment from `phase` by `verb`, through the state machine.
+    async fn apply(
+        &self,
+        deployment: &Deployment,
+        phase: Phase,
+        verb: Verb,
+        route: Route,
+    ) -> Result<Phase, Error> {
+        self.apply_with(deployment, phase, verb, route, DEFAULT_STOP_TIMEOUT)
+            .await
+    }
+
+    /// `apply`, with the time a stop gives the program between SIGTERM and SIGKILL.
+    async fn apply_with(
+        &self,
+        deployment: &Deployment,
+        phase: Phase,
+        verb: Verb,
+        route: Route,
+        stop_timeout: Duration,
+    ) -> Result<Phase, Error> {
+        let serves_production = self.is_promoted(deployment).await?;
+        let target = Target {
+            app: self,
+            deployment,
+            route,
+            stop_timeout,
+        };
+        state_machine::apply(
+            &format!("deployment {}", deployment.id),
+            phase,
+            verb,
+            serves_production,
+            &target,
+        )
+        .await
+    }
+
+    /// Marks a deployment to run, starts it and waits until it is ready; the routes follow
+    /// either way (a deployment that did not become ready is stopped).
+    async fn start_and_wait(&self, deployment: &Deployment) -> Result<(), Error> {
+        self.state
+            .set_desired(&deployment.id, Desired::Running)
+            .await?;
+        let result = self.run(deployment).await;
+        let _guard = self.changes.lock().await;
+        self.rebuild_routes().await?;
+        result
+    }
+
+    /// Marks a deployment stopped and takes its routes away; with `stop`, stops its unit.
+    async fn unroute(&self, deployment: &Deployment) -> Result<(), Error> {
+        let _guard = self.changes.lock().await;
+        self.state
+            .set_desired(&deployment.id, Desired::Stopped)
+            .await?;
+        self.rebuild_routes().await
+    }
+
+    /// Production of the deployment's sandbox goes to it (it runs): with `swap_db`, its preview
+    /// branch becomes production's database first, and if it does not come back up on it,
+    /// production's database is put back as it was and nothing is promoted.
+    async fn switch_to(&self, deployment: &Deployment, swap_db: bool) -> Result<(), Error> {
+        let (sandbox, id) = (&deployment.sandbox, &deployment.id);
+        if swap_db {
+            let previous = self.databases.swap_in_branch(sandbox, id).await?;
+            self.state.clear_db_branch(id).await?;
+            tracing::info!(%previous, "branch swapped in; production's database kept");
+            // It reconnects with production's credentials.
+            let now = self.state.deployment(id).await?;
+            let restarted = async {
+                self.backend
+                    .stop(&self.backend.handle(&now), DEFAULT_STOP_TIMEOUT)
+                    .await?;
+                self.start_and_wait(&now).await
+            };
+            if let Err(e) = restarted.await {
+                let kept = self.databases.swap_back(sandbox, &previous).await?;
+                tracing::warn!(error = %e, %kept, "restart after the swap failed; production's database put back");
+                let undone = format!("nothing was promoted and production's database is as it was (the branch's data is kept as database {kept})");
+                return Err(match e {
+                    Error::NotReady { message, log_tail } => Error::NotReady {
+                        message: format!("{message}. {undone}"),
+                        log_tail,
+                    },
+                    e => Error::Conflict(format!("{e}; {undone}")),
+                });
+            }
+        }
+        let _guard = self.changes.lock().await;
+        self.state.promote(sandbox, id).await?;
+        self.rebuild_routes().await?;
+        tracing::info!("promoted");
+        Ok(())
+    }
+
+    /// Production of the deployment's sandbox goes back to it (it runs), unless production
+    /// moved meanwhile.
+    async fn roll_back_to(&self, deployment: &Deployment) -> Result<(), Error> {
+        let _guard = self.changes.lock().await;
+        self.state
+            .rollback(&deployment.sandbox, &deployment.id)
+            .await?;
+        self.rebuild_routes().await?;
+        tracing::info!(deployment = %deployment.id, "rolled back");
+        Ok(())
     }
 
     async fn deployment_in(
@@ -502,95 +630,72 @@ impl Orchestrator {
         swap_db: bool,
     ) -> Result<SandboxView, Error> {
         let deployment = self.deployment_in(sandbox, id).await?;
-        let state = self
-            .backend
-            .status(&self.backend.handle(&deployment))
-            .await?;
-        if deployment.desired != Desired::Running || state.active != "active" {
-            return Err(Error::Conflict(format!(
-                "deployment {id} is not running ({}); `nx start {id}` first",
-                state.active
+        if swap_db && !deployment.db_branch {
+            return Err(Error::Invalid(format!(
+                "deployment {id} has no preview branch to swap in (push it with --db-branch)"
             )));
         }
-        if swap_db {
-            if !deployment.db_branch {
-                return Err(Error::Invalid(format!(
-                    "deployment {id} has no preview branch to swap in (push it with --db-branch)"
-                )));
-            }
-            let kept = self.databases.swap_in_branch(sandbox, id).await?;
-            self.state.clear_db_branch(id).await?;
-            tracing::info!(%kept, "branch swapped in; production's database kept");
-            // It reconnects with production's credentials.
-            let deployment = self.state.deployment(id).await?;
-            self.backend.stop(&self.backend.handle(&deployment)).await?;
-            self.run(&deployment).await?;
-        }
-        {
-            let _guard = self.changes.lock().await;
-            self.state.promote(sandbox, id).await?;
-            self.rebuild_routes().await?;
-        }
-        tracing::info!("promoted");
+        let phase = self.phase(&deployment).await?;
+        self.apply(
+            &deployment,
+            phase,
+            Verb::Promote,
+            Route::Promote { swap_db },
+        )
+        .await?;
         self.sandbox(sandbox).await
     }
 
+    /// Production goes back to the deployment promoted before the current one; if that one
+    /// does not run, it is started first and production switches once it is ready.
     #[tracing::instrument(skip(self))]
     pub async fn rollback(&self, sandbox: &SandboxName) -> Result<SandboxView, Error> {
-        {
-            let _guard = self.changes.lock().await;
-            let now = self.state.rollback(sandbox).await?;
-            self.rebuild_routes().await?;
-            tracing::info!(deployment = %now, "rolled back");
-        }
+        let previous = self.state.rollback_target(sandbox).await?;
+        let deployment = self.state.deployment(&previous).await?;
+        let phase = self.phase(&deployment).await?;
+        self.apply(&deployment, phase, Verb::Rollback, Route::Rollback)
+            .await?;
         self.sandbox(sandbox).await
     }
 
+    /// Stops a deployment: SIGTERM reaches its program, which has `timeout` (default
+    /// [`DEFAULT_STOP_TIMEOUT`], at most [`MAX_STOP_TIMEOUT`]) to end before it is killed.
     #[tracing::instrument(skip(self))]
-    pub async fn stop(&self, id: &DeploymentId) -> Result<DeploymentView, Error> {
-        let deployment = self.state.deployment(id).await?;
-        if self.is_promoted(&deployment).await? {
-            return Err(Error::Conflict(format!(
-                "deployment {id} serves production for {}; promote another deployment or `nx rollback {}` first",
-                deployment.sandbox, deployment.sandbox
+    pub async fn stop(
+        &self,
+        id: &DeploymentId,
+        timeout: Option<Duration>,
+    ) -> Result<DeploymentView, Error> {
+        let timeout = timeout.unwrap_or(DEFAULT_STOP_TIMEOUT);
+        if timeout > MAX_STOP_TIMEOUT {
+            return Err(Error::Invalid(format!(
+                "a stop timeout of {} s is too long: give at most {} s",
+                timeout.as_secs(),
+                MAX_STOP_TIMEOUT.as_secs()
             )));
         }
-        {
-            let _guard = self.changes.lock().await;
-            self.state.set_desired(id, Desired::Stopped).await?;
-            self.rebuild_routes().await?;
-        }
-        self.backend.stop(&self.backend.handle(&deployment)).await?;
+        let deployment = self.state.deployment(id).await?;
+        let phase = self.phase(&deployment).await?;
+        self.apply_with(&deployment, phase, Verb::Stop, Route::None, timeout)
+            .await?;
         self.view(&self.state.deployment(id).await?, false).await
     }
 
     #[tracing::instrument(skip(self))]
     pub async fn start_deployment(&self, id: &DeploymentId) -> Result<DeploymentView, Error> {
         let deployment = self.state.deployment(id).await?;
-        self.state.set_desired(id, Desired::Running).await?;
-        let result = self.run(&deployment).await;
-        let _guard = self.changes.lock().await;
-        self.rebuild_routes().await?;
-        result?;
+        let phase = self.phase(&deployment).await?;
+        self.apply(&deployment, phase, Verb::Start, Route::None)
+            .await?;
         self.view(&self.state.deployment(id).await?, false).await
     }
 
     #[tracing::instrument(skip(self))]
     pub async fn remove(&self, id: &DeploymentId) -> Result<(), Error> {
         let deployment = self.state.deployment(id).await?;
-        if self.is_promoted(&deployment).await? {
-            return Err(Error::Conflict(format!(
-                "deployment {id} serves production for {}; promote another deployment first",
-                deployment.sandbox
-            )));
-        }
-        {
-            let _guard = self.changes.lock().await;
-            self.state.set_desired(id, Desired::Stopped).await?;
-            self.rebuild_routes().await?;
-        }
-        self.destroy(&deployment).await?;
-        self.state.delete_deployment(id).await?;
+        let phase = self.phase(&deployment).await?;
+        self.apply(&deployment, phase, Verb::Remove, Route::None)
+            .await?;
         Ok(())
     }
 
@@ -640,13 +745,29 @@ impl Orchestrator {
         } else {
             None
         };
+        // Units and files first, records last: a destroy that fails leaves the sandbox and
+        // its (stopped) deployments listed, and `nx sandbox rm` can be run again.
+        {
+            let _guard = self.changes.lock().await;
+            for deployment in &deployments {
+                self.state
+                    .set_desired(&deployment.id, Desired::Stopped)
+                    .await?;
+            }
+            self.rebuild_routes().await?;
+        }
+        for deployment in &deployments {
+            self.destroy(deployment).await.map_err(|e| {
+                Error::Conflict(format!(
+                    "sandbox {name} is not removed: deployment {} could not be destroyed ({e}); its deployments are stopped and listed. Fix that and run `nx sandbox rm {name}` again",
+                    deployment.id
+                ))
+            })?;
+        }
         {
             let _guard = self.changes.lock().await;
             self.state.delete_sandbox(name).await?;
             self.rebuild_routes().await?;
-        }
-        for deployment in &deployments {
-            self.destroy(deployment).await?;
         }
         self.databases.drop_sandbox(name).await?;
         Ok(final_backup)
@@ -683,6 +804,7 @@ impl Orchestrator {
             artifact: d.artifact.clone(),
             port: d.port,
             desired: d.desired,
+            phase: Phase::observe(d.desired, &state),
             unit: handle.unit,
             state,
             promoted,
@@ -816,4 +938,55 @@ async fn make_backends(
         None
     };
     Ok(Arc::new(Backends::new(container, microvm)))
+}
+
+/// Where production goes when a verb's step routes (see `state_machine::Step::Route`).
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// The verb never routes.
+    None,
+    Promote {
+        swap_db: bool,
+    },
+    Rollback,
+}
+
+/// The state machine's effects on one deployment: systemd, PostgreSQL and the routes.
+struct Target<'a> {
+    app: &'a Orchestrator,
+    deployment: &'a Deployment,
+    route: Route,
+    /// Between a stop's SIGTERM and SIGKILL.
+    stop_timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl Effects for Target<'_> {
+    async fn start(&self) -> Result<(), Error> {
+        self.app.start_and_wait(self.deployment).await
+    }
+
+    async fn stop(&self) -> Result<(), Error> {
+        self.app.unroute(self.deployment).await?;
+        let handle = self.app.backend.handle(self.deployment);
+        Ok(self.app.backend.stop(&handle, self.stop_timeout).await?)
+    }
+
+    async fn destroy(&self) -> Result<(), Error> {
+        self.app.unroute(self.deployment).await?;
+        self.app.destroy(self.deployment).await?;
+        Ok(self
+            .app
+            .state
+            .delete_deployment(&self.deployment.id)
+            .await?)
+    }
+
+    async fn route(&self) -> Result<(), Error> {
+        match self.route {
+            Route::None => Ok(()),
+            Route::Promote { swap_db } => self.app.switch_to(self.deployment, swap_db).await,
+            Route::Rollback => self.app.roll_back_to(self.deployment).await,
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! `GET <path>` answers below 400; behind a VMM's port forward (which accepts before the guest
 //! listens), `GET /` gets any HTTP answer.
 
+use crate::api::systemd::{ActiveState, ServiceResult, SubState};
+use crate::api::UnitState;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,4 +38,32 @@ pub async fn probe(addr: SocketAddr, how: &Probe<'_>) -> bool {
         _ => Duration::from_secs(2),
     };
     matches!(tokio::time::timeout(limit, attempt).await, Ok(Some(true)))
+}
+
+/// How long a unit that was just started may still read `inactive` (its start job not run yet)
+/// before that means its program has already ended.
+const START_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether a deployment's program has ended while it is waited for, and how, e.g. "exit
+/// status 0" or "killed by signal 9, systemd result signal". `seen_up`: its unit was seen
+/// activating or active since it was started; `since_start`: time since the start. A program
+/// that ends with status 0 leaves no unit behind (systemd unloads it), hence `success`.
+pub fn exited(unit: &UnitState, seen_up: bool, since_start: Duration) -> Option<String> {
+    let restarting = unit.sub == SubState::AutoRestart || unit.restarts > 0;
+    let ended = unit.active == ActiveState::Failed
+        || restarting
+        || (unit.active == ActiveState::Inactive && (seen_up || since_start > START_GRACE));
+    if !ended {
+        return None;
+    }
+    // waitid(2) codes: 1 exited, 2 killed, 3 dumped core; 0: systemd no longer knows.
+    Some(match unit.exit_code {
+        1 => format!("exit status {}", unit.exit_status),
+        2 | 3 => format!(
+            "killed by signal {}, systemd result {}",
+            unit.exit_status, unit.result
+        ),
+        _ if unit.result == ServiceResult::Success => "exit status 0".to_owned(),
+        _ => format!("systemd result {}", unit.result),
+    })
 }

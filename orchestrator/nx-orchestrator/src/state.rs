@@ -18,6 +18,8 @@ pub enum StateError {
     NoDeployment(String),
     #[error("sandbox {0} has no earlier promotion to roll back to")]
     NothingToRollBack(String),
+    #[error("production of sandbox {0} changed meanwhile; look at `nx status {0}` and try again")]
+    ProductionMoved(String),
     #[error("corrupt row in the state database: {0}")]
     Corrupt(String),
 }
@@ -286,8 +288,28 @@ impl StateStore {
         Ok(())
     }
 
-    /// Drops the newest promotion of `sandbox` and returns the one now in force.
-    pub async fn rollback(&self, sandbox: &SandboxName) -> Result<DeploymentId, StateError> {
+    /// The deployment a rollback of `sandbox` would go back to: the one promoted before the
+    /// current one.
+    pub async fn rollback_target(&self, sandbox: &SandboxName) -> Result<DeploymentId, StateError> {
+        let previous: Option<String> = sqlx::query_scalar(
+            "SELECT deployment FROM promotions WHERE sandbox = $1 ORDER BY seq DESC OFFSET 1 LIMIT 1",
+        )
+        .bind(sandbox.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match previous {
+            Some(id) => Ok(DeploymentId::parse(&id)?),
+            None => Err(StateError::NothingToRollBack(sandbox.to_string())),
+        }
+    }
+
+    /// Drops the newest promotion of `sandbox`, so that `expected` (its rollback target) is in
+    /// force again; refused if the target is no longer `expected`.
+    pub async fn rollback(
+        &self,
+        sandbox: &SandboxName,
+        expected: &DeploymentId,
+    ) -> Result<(), StateError> {
         let mut tx = self.pool.begin().await?;
         let seqs: Vec<(i64, String)> = sqlx::query_as(
             "SELECT seq, deployment FROM promotions WHERE sandbox = $1 ORDER BY seq DESC LIMIT 2 FOR UPDATE",
@@ -298,11 +320,14 @@ impl StateStore {
         let [(newest, _), (_, previous)] = seqs.as_slice() else {
             return Err(StateError::NothingToRollBack(sandbox.to_string()));
         };
+        if previous != expected.as_str() {
+            return Err(StateError::ProductionMoved(sandbox.to_string()));
+        }
         sqlx::query("DELETE FROM promotions WHERE seq = $1")
             .bind(newest)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(DeploymentId::parse(previous)?)
+        Ok(())
     }
 }

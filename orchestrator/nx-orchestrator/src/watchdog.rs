@@ -48,7 +48,7 @@ impl Orchestrator {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn revive_manager(&self) -> Result<(), Error> {
+    async fn revive_manager(self: &Arc<Self>) -> Result<(), Error> {
         self.supervisor.revive().await?;
         self.supervisor
             .configure_slices(host_limits::slice_caps(&self.config.systemd))
@@ -56,10 +56,10 @@ impl Orchestrator {
         if self.embedded_db {
             embedded_db::ensure(&self.supervisor, &self.config.state_dir).await?;
         }
-        let launcher = std::env::current_exe().map_err(Error::io("locating nxd"))?;
+        let installed = crate::launcher_install::install(&self.config.state_dir)?;
         router::unit::ensure_running(
             &self.supervisor,
-            &launcher.with_file_name("nx-router"),
+            &installed.router,
             &RouterSettings::from_config(&self.config),
         )
         .await?;

@@ -31,6 +31,11 @@
 //! - `GET /ws`          a WebSocket echo
 //!
 //! With `task` as its first argument it runs once instead (see `task`).
+//!
+//! For the lifecycle tests, two variables:
+//! - `FAIL_AT_START_IF=P`: when file P exists at start, it exits 1 at once (a start that fails)
+//! - `DRAIN_ON_SIGTERM=S`: on SIGTERM it writes /data/sigterm, drains for S seconds, writes
+//!   /data/drained and exits 0
 
 mod task;
 mod ws;
@@ -44,6 +49,21 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("task") {
         std::process::exit(task::run(&args[1..]));
+    }
+    if let Some(path) = std::env::var_os("FAIL_AT_START_IF") {
+        if std::path::Path::new(&path).exists() {
+            eprintln!(
+                "nx-sample: {} exists: failing at start",
+                path.to_string_lossy()
+            );
+            std::process::exit(1);
+        }
+    }
+    if let Some(secs) = std::env::var("DRAIN_ON_SIGTERM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        drain_on_sigterm(secs);
     }
     // LISTEN_PORT overrides PORT, so that tests can make it fail to start.
     let port: u16 = std::env::var("LISTEN_PORT")
@@ -74,6 +94,25 @@ fn main() {
     for w in workers {
         let _ = w.join();
     }
+}
+
+/// Blocks SIGTERM (every thread started later inherits that) and waits for it on a thread of
+/// its own: then /data/sigterm, `secs` seconds of draining, /data/drained, exit 0.
+fn drain_on_sigterm(secs: u64) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.thread_block().expect("block SIGTERM");
+    std::thread::spawn(move || {
+        if set.wait().is_ok() {
+            let _ = std::fs::write("/data/sigterm", "received\n");
+            println!("nx-sample: SIGTERM; draining for {secs} s");
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            let _ = std::fs::write("/data/drained", "done\n");
+            println!("nx-sample: drained");
+            std::process::exit(0);
+        }
+    });
 }
 
 fn query<'a>(url: &'a str, key: &str) -> Option<&'a str> {

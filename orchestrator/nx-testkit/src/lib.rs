@@ -87,6 +87,8 @@ pub struct Host {
     nxd: Option<Child>,
     /// `NX_CRASH_AT` of the next nxd started (see `restart_nxd_crashing_at`).
     crash_at: Option<String>,
+    /// The nxd binary it runs (the workspace's, unless `start_with_nxd` names another).
+    nxd_bin: PathBuf,
     http: reqwest::blocking::Client,
 }
 
@@ -125,6 +127,11 @@ impl Host {
 
     /// Like `start`, with more config appended (TOML tables).
     pub fn start_with(extra_config: &str) -> Self {
+        Self::start_with_nxd(bin("nxd"), extra_config)
+    }
+
+    /// Like `start_with`, running the nxd binary at `nxd` (e.g. a copy under /tmp).
+    pub fn start_with_nxd(nxd: PathBuf, extra_config: &str) -> Self {
         let state_dir = tempfile::Builder::new()
             .prefix("nx-test-")
             .tempdir_in("/var/tmp")
@@ -152,6 +159,7 @@ impl Host {
             ports,
             nxd: None,
             crash_at: None,
+            nxd_bin: nxd,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -186,7 +194,7 @@ impl Host {
             .append(true)
             .open(self.state_dir.path().join("nxd.log"))
             .expect("nxd log");
-        let child = Command::new(bin("nxd"))
+        let child = Command::new(&self.nxd_bin)
             .arg("--config")
             .arg(self.config_path())
             .env("RUST_LOG", "info")
@@ -251,7 +259,13 @@ impl Host {
         child.wait().expect("wait for nxd")
     }
 
-    fn stop_nxd(&mut self) {
+    /// Starts nxd again after `stop_nxd` and returns once its API answers.
+    pub fn start_nxd(&mut self) {
+        self.spawn_nxd();
+    }
+
+    /// Stops nxd (SIGTERM); deployments keep running.
+    pub fn stop_nxd(&mut self) {
         if let Some(mut child) = self.nxd.take() {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();

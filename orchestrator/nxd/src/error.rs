@@ -69,9 +69,9 @@ impl From<Error> for ApiError {
             },
             Error::State(e) => match e {
                 StateError::NoDeployment(_) => StatusCode::NOT_FOUND,
-                StateError::NothingToRollBack(_) | StateError::NoPort { .. } => {
-                    StatusCode::CONFLICT
-                }
+                StateError::NothingToRollBack(_)
+                | StateError::ProductionMoved(_)
+                | StateError::NoPort { .. } => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Error::Backend(BackendError::Unavailable(_)) => StatusCode::BAD_REQUEST,

@@ -129,8 +129,19 @@ async fn remove(State(app): Shared, Path(id): Path<String>) -> ApiResult<Deploym
     Ok(Json(DeploymentRemoved { removed: id }))
 }
 
-async fn stop(State(app): Shared, Path(id): Path<String>) -> ApiResult<DeploymentView> {
-    Ok(Json(app.stop(&deployment_id(&id)?).await?))
+#[derive(Deserialize)]
+struct StopQuery {
+    /// Seconds between SIGTERM and SIGKILL (default 10).
+    timeout_secs: Option<u64>,
+}
+
+async fn stop(
+    State(app): Shared,
+    Path(id): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> ApiResult<DeploymentView> {
+    let timeout = q.timeout_secs.map(std::time::Duration::from_secs);
+    Ok(Json(app.stop(&deployment_id(&id)?, timeout).await?))
 }
 
 async fn start(State(app): Shared, Path(id): Path<String>) -> ApiResult<DeploymentView> {

@@ -54,12 +54,6 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Internal: what a deployment's unit runs (opens seccomp fds, execs bubblewrap).
-    #[command(hide = true)]
-    Launch { spec: PathBuf },
-    /// Internal: PID 1 of the embedded systemd manager's namespaces.
-    #[command(hide = true)]
-    ManagerInit { state_dir: PathBuf },
     /// Stops the embedded systemd manager of a state dir and every deployment it runs.
     ManagerStop {
         #[arg(long)]
@@ -94,16 +88,10 @@ impl RunArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    // `launch` and `manager-init`: what units run, re-executing this binary.
+    nx_orchestrator::reexec::dispatch();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Launch { spec }) => {
-            let reason = nx_orchestrator::backend::launcher::run(&spec);
-            anyhow::bail!("launch: {reason}")
-        }
-        Some(Command::ManagerInit { state_dir }) => {
-            let e = nx_orchestrator::supervisor::embedded::init(&state_dir);
-            anyhow::bail!("manager-init: {e}")
-        }
         Some(Command::ManagerStop { state_dir }) => {
             nx_orchestrator::supervisor::embedded::stop(&state_dir);
             Ok(())

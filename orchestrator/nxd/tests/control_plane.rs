@@ -272,6 +272,12 @@ fn kill_9_of_nxd_at_each_step_of_backup_restore_and_swap_leaves_production_usabl
         assert!(!out.ok, "promote survived the crash at {point}");
         host.wait_nxd_exit();
         host.restart_nxd();
+        // The branch's deployment, stopped when its swap is finished at start, is started
+        // again in the background (adoption does not hold the API up).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while preview(&host, "/db/list").0 != 200 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let expected_production = if point == "databases::swap" {
             r#"["a"]"#
         } else {

@@ -6,6 +6,7 @@ use super::{BackendError, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch
 use crate::api::UnitState;
 use crate::domain::{BackendKind, Deployment};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct Backends {
     container: Arc<dyn SandboxBackend>,
@@ -67,8 +68,8 @@ impl SandboxBackend for Backends {
         self.get(handle.backend)?.start(handle, spec).await
     }
 
-    async fn stop(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        self.get(handle.backend)?.stop(handle).await
+    async fn stop(&self, handle: &SandboxHandle, timeout: Duration) -> Result<(), BackendError> {
+        self.get(handle.backend)?.stop(handle, timeout).await
     }
 
     async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError> {

@@ -26,9 +26,10 @@ pub fn read_last_exit(dir: &Path) -> Option<LastExit> {
 /// the monitor end as the program did (an exit code, or a signal), but only the monitor can
 /// tell that the kernel's OOM killer was the cause.
 pub fn name_result(state: &mut UnitState, last: Option<&LastExit>) {
-    let ended = state.active != "active" && state.result != "success";
-    if let Some(last) = last.filter(|l| ended && l.result == "oom-kill") {
-        state.result = last.result.clone();
+    use crate::api::systemd::{ActiveState, ServiceResult};
+    let ended = state.active != ActiveState::Active && state.result != ServiceResult::Success;
+    if last.is_some_and(|l| ended && l.result == "oom-kill") {
+        state.result = ServiceResult::OomKill;
     }
 }
 
@@ -208,7 +209,7 @@ mod tests {
             forks_refused: 0,
         };
         let r = classify(Some(137), None, false, none, oom, limits, at);
-        assert_eq!(r.result, "oom-kill");
+        assert_eq!(r.result.to_string(), "oom-kill");
         assert_eq!(r.message, "killed: out of memory, MemoryMax 128 MiB");
         let r = classify(Some(143), None, false, none, none, limits, at);
         assert_eq!(
@@ -223,7 +224,7 @@ mod tests {
             forks_refused: 3,
         };
         let r = classify(Some(1), None, false, none, forks, limits, at);
-        assert_eq!(r.result, "exit-code");
+        assert_eq!(r.result.to_string(), "exit-code");
         assert_eq!(
             r.message,
             "exited with code 1; 3 forks were refused at the task limit (TasksMax 64)"
@@ -237,13 +238,13 @@ mod tests {
     #[test]
     fn a_failed_unit_reads_oom_kill_when_the_monitor_saw_one() {
         let mut state = UnitState {
-            active: "failed".into(),
-            sub: "failed".into(),
+            active: "failed".to_owned().into(),
+            sub: "failed".to_owned().into(),
             main_pid: 0,
             restarts: 1,
             memory_bytes: None,
             tasks: None,
-            result: "exit-code".into(),
+            result: "exit-code".to_owned().into(),
             exit_status: 137,
             exit_code: 1,
         };
@@ -255,17 +256,17 @@ mod tests {
         let limits = CgroupLimits::default();
         let exit = classify(Some(1), None, false, none, none, limits, Utc::now());
         name_result(&mut state, Some(&exit));
-        assert_eq!(state.result, "exit-code");
+        assert_eq!(state.result.to_string(), "exit-code");
         let killed = classify(Some(137), None, false, none, oom, limits, Utc::now());
         name_result(&mut state, Some(&killed));
-        assert_eq!(state.result, "oom-kill");
+        assert_eq!(state.result.to_string(), "oom-kill");
         // Running again: systemd's word stands.
         let mut running = UnitState {
-            active: "active".into(),
-            result: "success".into(),
+            active: "active".to_owned().into(),
+            result: "success".to_owned().into(),
             ..state
         };
         name_result(&mut running, Some(&killed));
-        assert_eq!(running.result, "success");
+        assert_eq!(running.result.to_string(), "success");
     }
 }

@@ -3,6 +3,9 @@
 //! and gid with no supplementary groups (numeric ids need no passwd entry, which systemd's
 //! `User=` would), replaces its environment with the program's, and execs bubblewrap (or Podman).
 //!
+//! A deployment's launcher stays the parent of its sandbox instead, to pass a stop's SIGTERM to
+//! the program ([`StopForward`]); it ends as the sandbox did, and says how in the log.
+//!
 //! `nxd launch -` does the same with a spec read from standard input: a task's unit is started
 //! ahead (the warm pool) and waits there until nxd writes the task's spec and closes the pipe.
 
@@ -39,6 +42,26 @@ pub struct LaunchSpec {
     /// `RLIMIT_NOFILE` (soft and hard) of the program; `None` keeps the unit's.
     #[serde(default)]
     pub nofile: Option<u64>,
+    /// Where a stop's signal goes (the unit sends it to the launcher alone).
+    #[serde(default)]
+    pub stop: StopForward,
+}
+
+/// How the launcher passes on the SIGTERM (SIGINT, SIGHUP) of a stop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopForward {
+    /// The launcher execs the command, which gets the signal itself (a task's unit, which is
+    /// killed as a whole).
+    #[default]
+    Exec,
+    /// The launcher runs the command as its child and signals it (`podman run`, which passes
+    /// the signal on to the container).
+    Child,
+    /// The launcher runs bubblewrap as its child and signals every process bubblewrap runs
+    /// but bubblewrap itself, which would die of SIGTERM and SIGKILL the program
+    /// (`--die-with-parent`) before it could shut down.
+    Sandboxed,
 }
 
 /// What the monitor of a deployment's unit does (see `monitor`; a task's launcher has none).

@@ -1,10 +1,13 @@
 //! The launcher itself (Linux only): what `nxd launch` runs, as `launch` describes.
 
-use super::launch::{LaunchSpec, EXIT_MARKER, OWN_CGROUP, SECCOMP_FIRST_FD};
+use super::launch::{LaunchSpec, StopForward, EXIT_MARKER, OWN_CGROUP, SECCOMP_FIRST_FD};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::os::fd::IntoRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// This process's cgroup path: the unified one where it is set, else name=systemd's.
 fn own_cgroup() -> Option<String> {
@@ -21,9 +24,42 @@ fn own_cgroup() -> Option<String> {
     })
 }
 
+/// The VMM the launcher runs, for `pass_stop` (0: none yet).
+static VMM: AtomicI32 = AtomicI32::new(0);
+
+/// A stop's signal, passed on to the VMM (kill(2) is async-signal-safe), which ends the guest.
+extern "C" fn pass_stop(signal: nix::libc::c_int) {
+    let pid = VMM.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { nix::libc::kill(pid, signal) };
+    }
+}
+
+/// The signals a stop may send (systemd sends SIGTERM; a terminal SIGINT or SIGHUP).
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(signal);
+    }
+    set
+}
+
 /// Runs a VMM and returns the guest program's exit code from its console.
 fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>) -> String {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
     use std::io::{BufRead, Write};
+    let action = SigAction::new(
+        SigHandler::Handler(pass_stop),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in stop_signals().iter() {
+        // SAFETY: the handler only calls kill(2).
+        if let Err(e) = unsafe { sigaction(signal, &action) } {
+            return format!("sigaction {signal}: {e}");
+        }
+    }
     let child = std::process::Command::new(program)
         .args(args)
         .env_clear()
@@ -34,6 +70,7 @@ fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>)
         Ok(child) => child,
         Err(e) => return format!("cannot run {program}: {e}"),
     };
+    VMM.store(child.id() as i32, Ordering::SeqCst);
     let mut code = None;
     if let Some(console) = child.stdout.take() {
         let mut out = std::io::stdout().lock();
@@ -115,7 +152,9 @@ pub fn run(spec_path: &Path) -> String {
         }
     }
     match &spec.monitor {
-        Some(monitor) => super::monitor::run(monitor, spec.data_image.as_ref(), || exec(&spec)),
+        Some(monitor) => {
+            super::monitor::run(monitor, spec.data_image.as_ref(), spec.stop, || exec(&spec))
+        }
         None => exec(&spec),
     }
 }
@@ -168,4 +207,48 @@ fn exec(spec: &LaunchSpec) -> String {
         .envs(&spec.env)
         .exec();
     format!("cannot exec {program}: {err}")
+}
+
+/// Sends `signal` to the sandbox: to `child` itself, or to each process below it that is not
+/// bubblewrap (read from /proc).
+pub(super) fn pass_on(signal: Signal, child: Pid, how: StopForward) {
+    let targets = match how {
+        StopForward::Sandboxed => sandboxed_processes(child),
+        _ => Vec::new(),
+    };
+    if targets.is_empty() {
+        let _ = kill(child, signal);
+    }
+    for pid in targets {
+        let _ = kill(pid, signal);
+    }
+}
+
+/// The processes below `root` whose command is not bubblewrap's.
+fn sandboxed_processes(root: Pid) -> Vec<Pid> {
+    // (pid, parent, command) of every process, from /proc/<pid>/stat: "pid (comm) state ppid".
+    let all: Vec<(i32, i32, String)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_owned();
+            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid, comm))
+        })
+        .collect();
+    let mut below = vec![root.as_raw()];
+    let mut i = 0;
+    while i < below.len() {
+        let parent = below[i];
+        below.extend(all.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    all.iter()
+        .filter(|(pid, _, comm)| below[1..].contains(pid) && comm != "bwrap")
+        .map(|(pid, _, _)| Pid::from_raw(*pid))
+        .collect()
 }

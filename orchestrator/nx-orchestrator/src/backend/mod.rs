@@ -30,6 +30,13 @@ use crate::supervisor::SupervisorError;
 use launch::LaunchSpec;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long `nx stop` gives a program between SIGTERM and SIGKILL unless told otherwise.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest stop timeout a stop may ask for; systemd's own (`TimeoutStopSec`) for
+/// deployments.
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -115,7 +122,8 @@ pub trait SandboxBackend: Send + Sync {
     /// Lays out what the deployment needs to run; idempotent.
     async fn prepare(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError>;
     async fn start(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError>;
-    async fn stop(&self, handle: &SandboxHandle) -> Result<(), BackendError>;
+    /// Stops it: SIGTERM to the program, SIGKILL to what still runs after `timeout`.
+    async fn stop(&self, handle: &SandboxHandle, timeout: Duration) -> Result<(), BackendError>;
     async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError>;
     /// Stops it and removes its files.
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError>;

@@ -12,14 +12,14 @@
 
 use super::data_disk::{DataImage, USAGE_FILE};
 use super::exit::{classify, CgroupCounters, CgroupLimits, LAST_EXIT_FILE};
-use super::launch::MonitorSpec;
+use super::launch::{MonitorSpec, StopForward};
 use crate::logs::writer::{note, Capture, RotatingFile, Sink};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 use nx_api::LastExit;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 /// How long output is still read after the program ended (a process it left may hold a pipe).
@@ -27,9 +27,14 @@ const DRAIN: Duration = Duration::from_secs(1);
 const USAGE_EVERY: Duration = Duration::from_secs(2);
 
 static STOPPING: AtomicBool = AtomicBool::new(false);
+/// The stop signal received (0: none), and the one not passed on to the program yet.
+static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
+static TO_PASS_ON: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_stop(_: nix::libc::c_int) {
+extern "C" fn on_stop(sig: nix::libc::c_int) {
     STOPPING.store(true, Ordering::SeqCst);
+    STOPPED_BY.store(sig, Ordering::SeqCst);
+    TO_PASS_ON.store(sig, Ordering::SeqCst);
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -40,7 +45,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Forks the program (`exec` runs in the child and returns only on failure, with the reason)
 /// and monitors it; never returns on success (the process ends as the program did).
-pub fn run(spec: &MonitorSpec, data: Option<&DataImage>, exec: impl FnOnce() -> String) -> String {
+/// A stop's signal (the unit sends it to the monitor alone) is passed on to the program as
+/// `stop` says, so that it can shut down in the stop timeout.
+pub fn run(
+    spec: &MonitorSpec,
+    data: Option<&DataImage>,
+    stop: StopForward,
+    exec: impl FnOnce() -> String,
+) -> String {
     let sink = match RotatingFile::open(spec.log.clone()) {
         Ok(sink) => sink,
         Err(e) => return format!("cannot open the log {}: {e}", spec.log.path.display()),
@@ -72,9 +84,15 @@ pub fn run(spec: &MonitorSpec, data: Option<&DataImage>, exec: impl FnOnce() -> 
         }
         Ok(ForkResult::Parent { child }) => {
             drop((out_w, err_w));
+            // No SA_RESTART: a stop interrupts waitpid(2), which passes the signal on.
+            let action = signal::SigAction::new(
+                SigHandler::Handler(on_stop),
+                signal::SaFlags::empty(),
+                signal::SigSet::empty(),
+            );
             for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-                // SAFETY: the handler only stores to an atomic.
-                let _ = unsafe { signal::signal(sig, SigHandler::Handler(on_stop)) };
+                // SAFETY: the handler only stores to atomics.
+                let _ = unsafe { signal::sigaction(sig, &action) };
             }
             let capture = Capture::start(sink, out_r, err_r);
             if let Some(data) = data.cloned() {
@@ -82,6 +100,9 @@ pub fn run(spec: &MonitorSpec, data: Option<&DataImage>, exec: impl FnOnce() -> 
                 std::thread::spawn(move || report_usage(&data, &path));
             }
             let status = loop {
+                if let Ok(sig) = Signal::try_from(TO_PASS_ON.swap(0, Ordering::SeqCst)) {
+                    super::launcher::pass_on(sig, child, stop);
+                }
                 match waitpid(child, None) {
                     Err(nix::errno::Errno::EINTR) => continue,
                     other => break other,
@@ -132,8 +153,14 @@ fn record(status: nix::Result<WaitStatus>, before: CgroupCounters) -> LastExit {
     record
 }
 
-/// Ends this process as the program ended.
+/// Ends this process as the program ended; after a stop, by the stop's signal, which systemd
+/// counts as a clean stop (and does not restart), however the program ended.
 fn end_like(status: nix::Result<WaitStatus>) -> String {
+    if let Ok(sig) = Signal::try_from(STOPPED_BY.load(Ordering::SeqCst)) {
+        // SAFETY: restoring the default action.
+        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+        let _ = signal::raise(sig);
+    }
     match status {
         Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
         Ok(WaitStatus::Signaled(_, sig, _)) => {

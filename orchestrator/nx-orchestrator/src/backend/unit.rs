@@ -46,8 +46,15 @@ impl DeploymentUnits {
         Ok(self.supervisor.start(&unit).await?)
     }
 
-    pub async fn stop(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        Ok(self.supervisor.stop(&handle.unit).await?)
+    pub async fn stop(
+        &self,
+        handle: &SandboxHandle,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        Ok(self
+            .supervisor
+            .stop_within(&handle.unit, Some(timeout))
+            .await?)
     }
 
     /// systemd's state of the unit, its `Result` named as the monitor saw the end.
@@ -107,7 +114,7 @@ impl DeploymentUnits {
 
 /// The unit of a deployment: `<launcher> launch <dir>/launch.json` (the launcher drops to the
 /// deployment's uid itself), under the deployment's limits, its output appended to its log,
-/// restarted on failure.
+/// restarted on failure; a stop's SIGTERM goes to the launcher, which passes it to the program.
 fn deployment_unit(
     handle: &SandboxHandle,
     spec: &SandboxSpec,
@@ -130,6 +137,7 @@ fn deployment_unit(
         output: UnitOutput::File(handle.log_file()),
         restart_delay: Some(restart_delay),
         slice: SliceKind::Tenants,
+        graceful_stop: Some(super::MAX_STOP_TIMEOUT),
     }
 }
 

@@ -8,6 +8,7 @@
 //! databases) [`Databases::recover`] removes at nxd's start.
 
 use super::{ident, quote, restrict_statements, Databases, DbError};
+use crate::api::systemd::ActiveState;
 use crate::embedded_db::find_binary;
 use crate::names::{DeploymentId, SandboxName};
 use crate::supervisor::{SliceKind, UnitOutput, UnitSpec};
@@ -81,6 +82,7 @@ impl Databases {
             output: UnitOutput::File(log.clone()),
             restart_delay: None,
             slice: SliceKind::Control,
+            graceful_stop: None,
         };
         let failed = |message: String| DbError::Tool { tool, message };
         self.supervisor
@@ -94,14 +96,14 @@ impl Databases {
                 .state(&spec.name)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
-            if state.active == "inactive" || state.active == "failed" {
+            if state.active.is_down() {
                 break state;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let output = std::fs::read_to_string(&log).unwrap_or_default();
         let _ = std::fs::remove_file(&log);
-        if state.active == "failed" {
+        if state.active == ActiveState::Failed {
             let _ = self.supervisor.stop(&spec.name).await;
             return Err(failed(format!(
                 "{} (exit status {})",
@@ -307,6 +309,24 @@ impl Databases {
             }
         }
         Ok(swapped)
+    }
+
+    /// Puts back the database a swap replaced (`previous`, as the swap returned it); what was
+    /// production's database meanwhile is kept, under the name this returns.
+    pub async fn swap_back(
+        &self,
+        sandbox: &SandboxName,
+        previous: &str,
+    ) -> Result<String, DbError> {
+        // A swapped-out database takes no connections; production's must.
+        sqlx::query(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            quote(previous)
+        ))
+        .execute(&self.admin)
+        .await?;
+        self.swap_in(sandbox, previous, "a failed promotion's swap was undone")
+            .await
     }
 
     fn backup_dir(&self, sandbox: &SandboxName) -> PathBuf {

@@ -42,7 +42,7 @@ pub async fn ensure_running(
     let file = RouterSettings::file(&settings.dir);
     let wanted = serde_json::to_string_pretty(settings).expect("settings serialize");
     let current = std::fs::read_to_string(&file).ok();
-    let active = supervisor.state(UNIT).await?.active == "active";
+    let active = supervisor.state(UNIT).await?.active == crate::api::systemd::ActiveState::Active;
     if active && current.as_deref() == Some(wanted.as_str()) {
         tracing::info!("router adopted: it kept serving while nxd was away");
         return Ok(RouterClient::new(&settings.control_socket()));
@@ -70,6 +70,7 @@ pub async fn ensure_running(
             output: UnitOutput::File(settings.dir.join("router.log")),
             restart_delay: Some(Duration::from_secs(1)),
             slice: SliceKind::Control,
+            graceful_stop: None,
         })
         .await?;
     wait_listening(settings).await?;

@@ -6,6 +6,7 @@ mod dbus_api;
 #[cfg(target_os = "linux")]
 pub mod embedded;
 
+use crate::api::systemd::ActiveState;
 use crate::api::UnitState;
 use crate::config::{Limits, SystemdMode};
 use dbus_api::{ManagerProxy, ServiceProxy, UnitProxy};
@@ -52,6 +53,11 @@ pub struct UnitSpec {
     pub output: UnitOutput,
     /// `Restart=on-failure` with this delay; `None` for no restart.
     pub restart_delay: Option<Duration>,
+    /// `Some(t)`: a stop sends SIGTERM to the main process alone (`KillMode=mixed`), which
+    /// passes it on, and systemd kills what still runs after `t` (`TimeoutStopSec`; a shorter
+    /// timeout is `stop_within`'s). `None`: every process gets SIGTERM, and SIGKILL after 5 s.
+    /// (systemd.kill(5))
+    pub graceful_stop: Option<Duration>,
     /// Whose work it is: the tenants' (`nx.slice`) or the control plane's ([`CONTROL_SLICE`]).
     pub slice: SliceKind,
 }
@@ -219,10 +225,16 @@ impl Supervisor {
                 .into(),
             ),
             ("MemoryAccounting", true.into()),
-            // A program that ignores SIGTERM is killed after this.
-            ("TimeoutStopUSec", STOP_TIMEOUT_USEC.into()),
             ("TasksAccounting", true.into()),
         ];
+        match spec.graceful_stop {
+            Some(timeout) => {
+                props.push(("KillMode", "mixed".into()));
+                props.push(("TimeoutStopUSec", (timeout.as_micros() as u64).into()));
+            }
+            // A program that ignores SIGTERM is killed after this.
+            None => props.push(("TimeoutStopUSec", STOP_TIMEOUT_USEC.into())),
+        }
         let log;
         match &spec.output {
             UnitOutput::File(path) => {
@@ -288,8 +300,19 @@ impl Supervisor {
     }
 
     /// Stops a unit and waits until it is gone or inactive.
-    #[tracing::instrument(skip(self))]
     pub async fn stop(&self, unit: &str) -> Result<(), SupervisorError> {
+        self.stop_within(unit, None).await
+    }
+
+    /// Stops a unit and waits until it is gone or inactive. `timeout` (when given, and when
+    /// shorter than what the unit was started with): after it, every process of the unit left
+    /// gets SIGKILL (`TimeoutStopSec` cannot change on a running unit).
+    #[tracing::instrument(skip(self))]
+    pub async fn stop_within(
+        &self,
+        unit: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(), SupervisorError> {
         let manager = self.manager().await?;
         match manager.stop_unit(unit, "replace").await {
             Ok(_) => {}
@@ -300,10 +323,18 @@ impl Supervisor {
             }
             Err(e) => return Err(e.into()),
         }
-        self.wait_for(unit, "inactive", Duration::from_secs(20), |s| {
-            s.active == "inactive" || s.active == "failed"
-        })
-        .await?;
+        let down = |s: &UnitState| s.active.is_down();
+        let wait = timeout.unwrap_or(Duration::from_secs(20));
+        match (self.wait_for(unit, "inactive", wait, down).await, timeout) {
+            (Ok(_), _) => {}
+            (Err(SupervisorError::Timeout { .. }), Some(_)) => {
+                tracing::info!("stop timeout reached: SIGKILL");
+                let _ = self.kill(unit, nix::libc::SIGKILL).await;
+                self.wait_for(unit, "inactive", Duration::from_secs(10), down)
+                    .await?;
+            }
+            (Err(e), _) => return Err(e),
+        }
         let _ = manager.reset_failed_unit(unit).await;
         Ok(())
     }
@@ -313,7 +344,7 @@ impl Supervisor {
     pub async fn restart(&self, unit: &str) -> Result<(), SupervisorError> {
         self.manager().await?.restart_unit(unit, "replace").await?;
         self.wait_for(unit, "active", Duration::from_secs(30), |s| {
-            s.active == "active"
+            s.active == ActiveState::Active
         })
         .await?;
         Ok(())
@@ -393,13 +424,13 @@ impl Supervisor {
             service.exec_main_code(),
         )?;
         Ok(UnitState {
-            active,
-            sub,
+            active: active.into(),
+            sub: sub.into(),
             main_pid,
             restarts,
             memory_bytes: known(memory),
             tasks: known(tasks),
-            result,
+            result: result.into(),
             exit_status,
             exit_code,
         })

@@ -9,6 +9,7 @@ mod pool;
 mod request;
 mod text;
 
+use crate::api::systemd::{ActiveState, ServiceResult, SubState};
 use crate::api::{TaskEvent, TaskOutcome, UnitState};
 use crate::backend::{BackendError, Program, SandboxBackend, TaskLaunch};
 use crate::config::TasksConfig;
@@ -212,7 +213,7 @@ impl Watcher {
         let state = self
             .supervisor
             .wait_for(&unit.name, "exited", EXIT_WAIT, |s| {
-                s.sub == "exited" || s.active == "failed" || s.active == "inactive"
+                s.sub == SubState::Exited || s.active.is_down()
             })
             .await;
         let outcome = outcome(state, timed_out, started.elapsed());
@@ -240,7 +241,8 @@ fn outcome(
     match state {
         Ok(s) => {
             let exited = s.exit_code == 1;
-            let unloaded_after_success = s.active == "inactive" && s.result == "success";
+            let unloaded_after_success =
+                s.active == ActiveState::Inactive && s.result == ServiceResult::Success;
             TaskOutcome {
                 exit_code: if unloaded_after_success {
                     Some(0)
@@ -257,7 +259,7 @@ fn outcome(
             exit_code: None,
             signal: None,
             timed_out,
-            result: format!("unknown ({e})"),
+            result: format!("unknown ({e})").into(),
             duration_ms,
         },
     }

@@ -103,6 +103,7 @@ impl Pool {
             })),
             restart_delay: None,
             slice: SliceKind::Tenants,
+            graceful_stop: None,
         };
         self.supervisor.start(&spec).await?;
         // systemd holds its own copies now; ours must go, or the task's end never shows as EOF.

@@ -14,7 +14,7 @@ mod seccomp;
 use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
-use crate::backend::launch::LaunchSpec;
+use crate::backend::launch::{LaunchSpec, StopForward};
 use crate::domain::{BackendKind, Deployment, Runtime};
 use crate::supervisor::Supervisor;
 use bwrap::Sandbox;
@@ -23,6 +23,7 @@ use podman::{Container, ContainerEnv};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct ContainerBackend {
     units: DeploymentUnits,
@@ -104,6 +105,7 @@ impl SandboxBackend for ContainerBackend {
                 env: spec.env.clone(),
                 seccomp: self.seccomp.clone(),
                 uid: Some(uid),
+                stop: StopForward::Sandboxed,
                 ..LaunchSpec::default()
             },
             // Podman runs as root and starts the container as the deployment's uid.
@@ -128,6 +130,7 @@ impl SandboxBackend for ContainerBackend {
                         tmp_mb: limits.tmp_mb,
                     }),
                     env: self.podman.env(),
+                    stop: StopForward::Child,
                     ..LaunchSpec::default()
                 }
             }
@@ -144,8 +147,8 @@ impl SandboxBackend for ContainerBackend {
         self.units.start(handle, spec).await
     }
 
-    async fn stop(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        self.units.stop(handle).await
+    async fn stop(&self, handle: &SandboxHandle, timeout: Duration) -> Result<(), BackendError> {
+        self.units.stop(handle, timeout).await
     }
 
     async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError> {
@@ -154,7 +157,7 @@ impl SandboxBackend for ContainerBackend {
 
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        self.units.stop(handle).await?;
+        self.units.stop(handle, super::DEFAULT_STOP_TIMEOUT).await?;
         self.podman.remove(&container_name(&handle.unit)).await;
         self.units.remove_dir(handle)
     }

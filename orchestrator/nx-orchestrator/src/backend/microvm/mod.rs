@@ -11,7 +11,7 @@ mod accel;
 mod initramfs;
 pub mod vmm;
 
-use super::launch::LaunchSpec;
+use super::launch::{LaunchSpec, StopForward};
 use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use vmm::{Accel, Guest, GUEST_DB_ADDR};
 
 /// Memory the VMM itself needs beside the guest's RAM, inside the unit's MemoryMax.
@@ -330,6 +331,7 @@ impl SandboxBackend for MicrovmBackend {
             seccomp: Vec::new(),
             uid: Some(uid),
             console_exit: true,
+            stop: StopForward::Child,
             monitor: Some(self.units.monitor(&handle, spec)),
             ..LaunchSpec::default()
         };
@@ -342,8 +344,8 @@ impl SandboxBackend for MicrovmBackend {
         self.units.start(handle, spec).await
     }
 
-    async fn stop(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        self.units.stop(handle).await
+    async fn stop(&self, handle: &SandboxHandle, timeout: Duration) -> Result<(), BackendError> {
+        self.units.stop(handle, timeout).await
     }
 
     async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError> {
@@ -352,7 +354,7 @@ impl SandboxBackend for MicrovmBackend {
 
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        self.units.stop(handle).await?;
+        self.units.stop(handle, super::DEFAULT_STOP_TIMEOUT).await?;
         self.units.remove_dir(handle)
     }
 

@@ -1,0 +1,71 @@
+//! The copies of nxd's binaries that units run, in `<state_dir>/bin`. A deployment's unit runs
+//! the launcher (`nxd launch`, this very binary), the router's unit runs `nx-router` (nxd's
+//! sibling); the embedded systemd manager has a private /tmp (and a system manager's units may
+//! have `PrivateTmp=`), so an nxd run from under /tmp would not exist where its units look.
+//! Units therefore run copies in the state dir, which every unit sees.
+
+use crate::error::Error;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The binaries units run.
+pub struct Installed {
+    /// `<state_dir>/bin/nxd-launcher`: a copy of the running nxd.
+    pub launcher: PathBuf,
+    /// `<state_dir>/bin/nx-router`: a copy of the `nx-router` beside nxd (if there is one).
+    pub router: PathBuf,
+}
+
+/// Copies the running binary and its sibling `nx-router` to `<state_dir>/bin` (0755) unless
+/// identical copies (same size and modification time) are there already.
+pub fn install(state_dir: &Path) -> Result<Installed, Error> {
+    let exe = std::env::current_exe().map_err(Error::io("locating the nxd binary"))?;
+    let dir = state_dir.join("bin");
+    std::fs::create_dir_all(&dir).map_err(Error::io(format_args!("creating {}", dir.display())))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(Error::io(
+        format_args!("setting the mode of {}", dir.display()),
+    ))?;
+    let installed = Installed {
+        launcher: dir.join("nxd-launcher"),
+        router: dir.join("nx-router"),
+    };
+    copy_if_changed(&exe, &installed.launcher)?;
+    let router = exe.with_file_name("nx-router");
+    if router.exists() {
+        copy_if_changed(&router, &installed.router)?;
+    }
+    Ok(installed)
+}
+
+/// Copies `from` to `to` (atomically, by a rename), keeping its modification time, unless `to`
+/// has its size and modification time already.
+fn copy_if_changed(from: &Path, to: &Path) -> Result<(), Error> {
+    let source =
+        std::fs::metadata(from).map_err(Error::io(format_args!("reading {}", from.display())))?;
+    let modified = source.modified().map_err(Error::io(format_args!(
+        "reading the mtime of {}",
+        from.display()
+    )))?;
+    if let Ok(copy) = std::fs::metadata(to) {
+        if copy.len() == source.len() && copy.modified().ok() == Some(modified) {
+            return Ok(());
+        }
+    }
+    let partial = to.with_extension("partial");
+    let copy = || -> std::io::Result<()> {
+        std::fs::copy(from, &partial)?;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::File::options()
+            .write(true)
+            .open(&partial)?
+            .set_modified(modified)?;
+        std::fs::rename(&partial, to)
+    };
+    copy().map_err(Error::io(format_args!(
+        "copying {} to {}",
+        from.display(),
+        to.display()
+    )))?;
+    tracing::info!(from = %from.display(), to = %to.display(), "installed for units");
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! The lifecycle's faults a new user hits, each with the outcome a user expects: on real
+//! bubblewrap, a real systemd manager over D-Bus and a real PostgreSQL.
+
+use nx_testkit::Host;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn body_of(host: &Host, sandbox: &str) -> (u16, String) {
+    host.get(&host.production_host(sandbox), "/")
+}
+
+#[test]
+fn rollback_and_promote_route_production_only_to_a_running_deployment() {
+    let host = Host::start();
+    let a = host.push_sample("web", &["-e", "APP_VERSION=va"]);
+    host.nx_json(&["promote", "web", &a]);
+    let b = host.push_sample("web", &["-e", "APP_VERSION=vb"]);
+    host.nx_json(&["promote", "web", &b]);
+    host.nx_json(&["stop", &a]);
+    assert_eq!(host.deployment("web", &a)["phase"], "stopped");
+
+    // Rolling back to the stopped A starts it, and switches only once it answers.
+    let back = host.nx_json(&["rollback", "web"]);
+    assert_eq!(back["promoted"], a.as_str());
+    assert_eq!(
+        body_of(&host, "web"),
+        (200, format!("nx-sample va deployment={a}\n"))
+    );
+    assert_eq!(host.deployment("web", &a)["phase"], "running");
+
+    // Promoting the stopped B does the same.
+    host.nx_json(&["stop", &b]);
+    host.nx_json(&["promote", "web", &b]);
+    assert_eq!(
+        body_of(&host, "web"),
+        (200, format!("nx-sample vb deployment={b}\n"))
+    );
+
+    // A target that cannot start is never routed to: production stays where it was.
+    let broken = host.push_sample("web", &["-e", "FAIL_AT_START_IF=/data/broken"]);
+    assert_eq!(
+        host.get(&host.preview_host("web", &broken), "/write?name=broken")
+            .0,
+        200
+    );
+    host.nx_json(&["stop", &broken]);
+    let out = host.nx(&["promote", "web", &broken]);
+    assert!(
+        !out.ok && out.stderr.contains("exited before it was ready"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        body_of(&host, "web"),
+        (200, format!("nx-sample vb deployment={b}\n"))
+    );
+}
+
+#[test]
+fn an_exit_before_ready_fails_the_push_at_once_naming_the_exit() {
+    let host = Host::start();
+    let sample = nx_testkit::sample_app();
+    for code in ["0", "3"] {
+        let started = Instant::now();
+        // `task exit N` prints a line and exits N: like a program that daemonizes (exit 0) or
+        // dies at start.
+        let out = host.nx(&[
+            "push",
+            sample.to_str().unwrap(),
+            "--sandbox",
+            "quick",
+            "--",
+            "task",
+            "exit",
+            code,
+        ]);
+        let took = started.elapsed();
+        assert!(!out.ok, "{}", out.stdout);
+        assert!(
+            out.stderr
+                .contains(&format!("exited before it was ready (exit status {code})")),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("exiting with {code}")),
+            "the log tail is shown: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("$PORT"), "{}", out.stderr);
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+}
+
+#[test]
+fn stop_passes_sigterm_to_the_program_and_waits_up_to_the_stop_timeout() {
+    let host = Host::start();
+    // On SIGTERM the sample logs "SIGTERM; draining", drains, then logs "drained" (its /data
+    // is a disk image only the unit mounts, so the log is what the host sees).
+    let id = host.push_sample("drain", &["-e", "DRAIN_ON_SIGTERM=2"]);
+    let started = Instant::now();
+    host.nx_json(&["stop", &id]);
+    let took = started.elapsed();
+    let logs = host.nx(&["logs", &id]).stdout;
+    assert!(
+        logs.contains("SIGTERM; draining"),
+        "the program got no SIGTERM:\n{logs}"
+    );
+    assert!(
+        logs.contains("nx-sample: drained"),
+        "the program was killed while it drained (stop took {took:?}):\n{logs}"
+    );
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+
+    // A stop timeout shorter than the drain: the program is killed when it runs out.
+    let id = host.push_sample("drain", &["-e", "DRAIN_ON_SIGTERM=30"]);
+    let started = Instant::now();
+    host.nx_json(&["stop", &id, "--stop-timeout", "1s"]);
+    let took = started.elapsed();
+    let logs = host.nx(&["logs", &id]).stdout;
+    assert!(logs.contains("SIGTERM; draining"), "{logs}");
+    assert!(!logs.contains("nx-sample: drained"), "{logs}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(host.deployment("drain", &id)["phase"], "stopped");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_nx_quietly() {
+    let host = Host::start();
+    let id = host.push_sample("web", &[]);
+    host.nx_json(&["promote", "web", &id]);
+    let nx = nx_testkit::bin("nx");
+    for args in [
+        "ls",
+        "--json ls",
+        "status web",
+        "--json status web",
+        &format!("logs {id}"),
+        &format!("--json logs {id}"),
+        &format!("promote web {id}"),
+        &format!("--json promote web {id}"),
+        "rollback web",
+        "--json rollback web",
+        "db url web",
+        "--json db backups web",
+    ] {
+        // Enough output to fill the pipe's buffer is not needed: one write after `head` is
+        // gone is enough; `sleep` makes sure it is gone.
+        let script = format!(
+            "{} {args} | (head -c 1 >/dev/null; sleep 0.1); echo \"${{PIPESTATUS[0]}}\"",
+            nx.display()
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .env("NX_HOST", format!("http://{}", host.api))
+            .env("NX_TOKEN", &host.token)
+            .env("NX_CONFIG", "/dev/null")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let status = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(!stderr.contains("panicked"), "nx {args}: {stderr}");
+        assert!(
+            status == "0" || status == "141",
+            "nx {args} ended with {status} (0, or 141: SIGPIPE, expected): {stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_nxd_under_tmp_deploys() {
+    let dir = tempfile::Builder::new()
+        .prefix("nx-test-nxd-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let nxd = dir.path().join("nxd");
+    std::fs::copy(nx_testkit::bin("nxd"), &nxd).unwrap();
+    // nxd finds the router beside itself.
+    std::fs::copy(nx_testkit::bin("nx-router"), dir.path().join("nx-router")).unwrap();
+    let host = Host::start_with_nxd(nxd, "");
+    let id = host.push_sample("web", &["-e", "APP_VERSION=tmp"]);
+    assert_eq!(
+        host.get(&host.preview_host("web", &id), "/"),
+        (200, format!("nx-sample tmp deployment={id}\n"))
+    );
+}
+
+#[test]
+fn twenty_dead_deployments_do_not_delay_the_api_at_start() {
+    let mut host = Host::start();
+    let ids: Vec<String> = (0..20).map(|_| host.push_sample("many", &[])).collect();
+    // What a start costs with nothing to restart (all 20 run and are adopted as they are).
+    host.stop_nxd();
+    let started = Instant::now();
+    host.start_nxd();
+    host.nx_json(&["ls"]);
+    let baseline = started.elapsed();
+    host.stop_nxd();
+    // SIGTERM to each launcher: the programs end, and systemd counts it as a clean stop, so
+    // it does not restart them: 20 deployments that should run and do not.
+    let state_dir = host.state_dir.path().display().to_string();
+    let launchers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let deployments = format!("{state_dir}/deployments/");
+            cmdline.contains("\0launch\0") && cmdline.contains(&deployments)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(launchers.len(), 20, "{launchers:?}");
+    assert!(Command::new("kill")
+        .arg("-TERM")
+        .args(&launchers)
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while launchers
+        .iter()
+        .any(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    {
+        assert!(Instant::now() < deadline, "the launchers did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let started = Instant::now();
+    host.start_nxd();
+    let ls = host.nx_json(&["ls"]);
+    let took = started.elapsed();
+    eprintln!("API answered after {took:?}; with nothing to restart: {baseline:?}");
+    assert!(
+        took < baseline + Duration::from_secs(1),
+        "the API answered after {took:?} (with nothing to restart: {baseline:?})"
+    );
+    assert_eq!(ls[0]["deployments"].as_array().unwrap().len(), 20);
+
+    // And all of them run again, restarted in the background.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ls = host.nx_json(&["ls"]);
+        let running = ls[0]["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["phase"] == "running")
+            .count();
+        if running == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} of 20 run again:\n{}",
+            host.nxd_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for id in &ids {
+        assert_eq!(host.get(&host.preview_host("many", id), "/").0, 200);
+    }
+}
+
+#[test]
+fn a_failed_destroy_leaves_the_sandbox_listed() {
+    let host = Host::start();
+    let id = host.push_sample("doomed", &[]);
+    // An immutable file: removing the deployment's directory fails.
+    let pinned = host.path(&format!("deployments/{id}/launch.json"));
+    assert!(Command::new("chattr")
+        .arg("+i")
+        .arg(&pinned)
+        .status()
+        .unwrap()
+        .success());
+    let out = host.nx(&["sandbox", "rm", "doomed", "--no-backup"]);
+    let _ = Command::new("chattr").arg("-i").arg(&pinned).status();
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("sandbox doomed is not removed")
+            && out.stderr.contains("nx sandbox rm doomed"),
+        "{}",
+        out.stderr
+    );
+    let ls = host.nx_json(&["ls"]);
+    assert_eq!(ls[0]["name"], "doomed", "{ls}");
+    assert_eq!(ls[0]["deployments"][0]["id"], id.as_str());
+    assert_eq!(ls[0]["deployments"][0]["phase"], "stopped");
+
+    // Once the cause is gone, the same command removes everything.
+    host.nx_json(&["sandbox", "rm", "doomed", "--no-backup"]);
+    assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]));
+    assert!(!host.path(&format!("deployments/{id}")).exists());
+}
+
+#[test]
+fn a_failed_restart_after_swap_db_leaves_production_data_as_it_was() {
+    let host = Host::start();
+    let on = |id: &str, path: &str| host.get(&host.preview_host("blog", id), path);
+    let prod = host.push_sample("blog", &[]);
+    assert_eq!(on(&prod, "/db/put?v=p1").0, 200);
+    host.nx_json(&["promote", "blog", &prod]);
+
+    let next = host.push_sample(
+        "blog",
+        &["--db-branch", "-e", "FAIL_AT_START_IF=/data/fail"],
+    );
+    assert_eq!(on(&next, "/db/put?v=n1").0, 200);
+    // From now on it cannot start again: its restart on production's database will fail.
+    assert_eq!(on(&next, "/write?name=fail").0, 200);
+    let out = host.nx(&["promote", "blog", &next, "--swap-db"]);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("production's database is as it was"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        body_of(&host, "blog").1,
+        format!("nx-sample dev deployment={prod}\n"),
+        "production moved"
+    );
+    assert_eq!(
+        host.get(&host.production_host("blog"), "/db/list"),
+        (200, r#"["p1"]"#.to_string()),
+        "production's data changed"
+    );
+}
