@@ -20,7 +20,7 @@ use crate::sandbox_settings;
 use crate::state::StateError;
 use crate::state::{NewDeployment, StateStore};
 use crate::state_machine::{self, Effects, Phase, Verb};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Supervisor, UNITS_IN_FLIGHT};
 use crate::tasks::Tasks;
 use crate::{embedded_db, host_limits, readiness};
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -37,8 +37,6 @@ const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 const ROUTER_PATIENCE: Duration = Duration::from_secs(10);
 /// Log lines returned with a failed push.
 const FAILURE_LOG_LINES: usize = 20;
-/// Deployments whose unit state `sandboxes` asks systemd for at once (nine D-Bus calls each).
-const VIEWS_IN_FLIGHT: usize = 8;
 
 /// The NX lifecycle on one host: an embedder constructs it from a [`Config`] with
 /// [`Orchestrator::start`] (which also adopts what already runs) and calls its verbs; each
@@ -164,8 +162,8 @@ impl Orchestrator {
 
     /// The routes come back from the database at once. Then every deployment that should run
     /// goes through `Start`: one that runs is adopted as it is, one that does not is started
-    /// again; all at the same time, in the background and outside the change lock, so the API
-    /// answers while they start, however many there are.
+    /// again; [`UNITS_IN_FLIGHT`] at a time, in the background and outside the change lock, so
+    /// the API answers while they start, however many there are.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn adopt(self: &Arc<Self>) -> Result<(), Error> {
         {
@@ -189,26 +187,41 @@ impl Orchestrator {
             }
             self.rebuild_routes().await?;
         }
-        for deployment in self.state.deployments().await? {
-            if deployment.desired != Desired::Running {
-                continue;
-            }
-            let app = Arc::clone(self);
-            tokio::spawn(async move {
-                let id = &deployment.id;
-                let adopted = async {
-                    let phase = app.phase(&deployment).await?;
-                    app.apply(&deployment, phase, Verb::Start, Route::None)
-                        .await
-                        .map(|now| (phase, now))
-                };
-                match adopted.await {
-                    Ok((before, now)) => tracing::info!(deployment = %id, %before, %now, "adopted"),
-                    Err(e) => tracing::error!(deployment = %id, error = %e, "could not restart"),
-                }
+        let to_run: Vec<Deployment> = self
+            .state
+            .deployments()
+            .await?
+            .into_iter()
+            .filter(|d| d.desired == Desired::Running)
+            .collect();
+        let app = Arc::clone(self);
+        tokio::spawn(async move {
+            let adoptions = to_run.into_iter().map(|deployment| {
+                let app = Arc::clone(&app);
+                async move { app.adopt_one(&deployment).await }
             });
-        }
+            stream::iter(adoptions)
+                .buffer_unordered(UNITS_IN_FLIGHT)
+                .for_each(|()| async {})
+                .await;
+        });
         Ok(())
+    }
+
+    /// One deployment's adoption: `Start` from the phase systemd reports; errors are logged
+    /// (the deployment shows as failed in `nx ls`).
+    #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
+    async fn adopt_one(&self, deployment: &Deployment) {
+        let adopted = async {
+            let phase = self.phase(deployment).await?;
+            self.apply(deployment, phase, Verb::Start, Route::None)
+                .await
+                .map(|now| (phase, now))
+        };
+        match adopted.await {
+            Ok((before, now)) => tracing::info!(%before, %now, "adopted"),
+            Err(e) => tracing::error!(error = %e, "could not restart"),
+        }
     }
 
     /// Routes from the database: a preview route per running deployment, a production route
@@ -833,16 +846,14 @@ impl Orchestrator {
             .into_iter()
             .map(|name| (name, Vec::new()))
             .collect();
-        // Asked of systemd concurrently, but at most VIEWS_IN_FLIGHT units at a time: each view
-        // is nine D-Bus calls, and the bus refuses a connection more pending replies than its
-        // limit (LimitsExceeded: dbus-daemon's max_replies_per_connection).
+        // Asked of systemd concurrently, at most UNITS_IN_FLIGHT units at a time (in order).
         let deployments = self.state.deployments().await?;
         let asks: Vec<_> = deployments
             .iter()
             .map(|d| self.view(d, promoted.get(&d.sandbox) == Some(&d.id)))
             .collect();
         let views: Vec<DeploymentView> = stream::iter(asks)
-            .buffered(VIEWS_IN_FLIGHT)
+            .buffered(UNITS_IN_FLIGHT)
             .try_collect()
             .await?;
         for view in views {

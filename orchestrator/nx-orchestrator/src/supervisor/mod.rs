@@ -119,6 +119,15 @@ fn private_log(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
+/// Units whose state nxd asks systemd for at once, on one connection and from every caller
+/// together (`nx ls`, adoption, readiness and stop waits). Each [`Supervisor::state`] is ten
+/// D-Bus calls (`LoadUnit` and nine properties), and dbus-daemon answers a connection with more
+/// pending replies than its `max_replies_per_connection` (128 on a system bus,
+/// dbus-daemon(1)) with `LimitsExceeded`: 8 × 10 leaves room for the single calls (start,
+/// stop, kill) made meanwhile. Callers that fan out over units use the same number, so that
+/// none of them queues more work than can run.
+pub const UNITS_IN_FLIGHT: usize = 8;
+
 pub struct Supervisor {
     /// Swapped for a new one when the embedded manager is started again ([`Self::revive`]).
     conn: arc_swap::ArcSwap<zbus::Connection>,
@@ -127,6 +136,8 @@ pub struct Supervisor {
     slice: String,
     /// Where the manager came from: "system" or the embedded manager's directory.
     origin: String,
+    /// [`UNITS_IN_FLIGHT`] permits, one held by each [`Self::state`] in progress.
+    asks_in_flight: tokio::sync::Semaphore,
 }
 
 impl Supervisor {
@@ -175,6 +186,7 @@ impl Supervisor {
             embedded: (origin != "system").then(|| state_dir.to_owned()),
             slice: slice.to_owned(),
             origin,
+            asks_in_flight: tokio::sync::Semaphore::new(UNITS_IN_FLIGHT),
         })
     }
 
@@ -397,8 +409,14 @@ impl Supervisor {
             .await?)
     }
 
-    /// The live state of a unit; a unit systemd does not know is `inactive`/`dead`.
+    /// The live state of a unit; a unit systemd does not know is `inactive`/`dead`. Waits its
+    /// turn when [`UNITS_IN_FLIGHT`] units are being asked about already.
     pub async fn state(&self, unit: &str) -> Result<UnitState, SupervisorError> {
+        let _turn = self
+            .asks_in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let path = self.manager().await?.load_unit(unit).await?;
         let unit_proxy = UnitProxy::builder(&self.conn.load_full())
             .path(path.clone())?
