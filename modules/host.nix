@@ -83,7 +83,8 @@ in
     };
     sandbox = {
       uidBase = mkOption { type = types.ints.unsigned; default = defaults.sandbox.uidBase; description = "Deployment uid = uidBase + (port - ports.start)."; };
-      readyTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.sandbox.readyTimeoutSecs; description = "Time a deployment has to accept connections."; };
+      readyTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.sandbox.readyTimeoutSecs; description = "Time a deployment has to become ready (accept connections, or answer the health path) when neither its push (nx push --ready-timeout) nor its sandbox (nx sandbox set --ready-timeout) says."; };
+      maxReadyTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.sandbox.maxReadyTimeoutSecs; description = "The longest readiness timeout a push or a sandbox's settings may ask for; longer ones get a 400."; };
       healthPath = mkOption { type = types.nullOr types.str; default = defaults.sandbox.healthPath; description = "If set, ready also needs GET healthPath below 400."; };
       restartDelaySecs = mkOption { type = types.ints.unsigned; default = defaults.sandbox.restartDelaySecs; description = "RestartSec of Restart=on-failure."; };
       maxArgsBytes = mkOption { type = types.ints.positive; default = defaults.sandbox.maxArgsBytes; description = "A deployment's or task's arguments, all together, in bytes (each with its NUL); larger requests get a 400."; };

@@ -31,6 +31,7 @@ withoutNulls {
   sandbox = withoutNulls {
     uid_base = cfg.sandbox.uidBase;
     ready_timeout_secs = cfg.sandbox.readyTimeoutSecs;
+    max_ready_timeout_secs = cfg.sandbox.maxReadyTimeoutSecs;
     health_path = cfg.sandbox.healthPath;
     restart_delay_secs = cfg.sandbox.restartDelaySecs;
     max_args_bytes = cfg.sandbox.maxArgsBytes;

@@ -15,6 +15,7 @@
   sandbox = {
     uidBase = 200000;
     readyTimeoutSecs = 15;
+    maxReadyTimeoutSecs = 600;
     healthPath = null;
     restartDelaySecs = 1;
     maxArgsBytes = 131072;

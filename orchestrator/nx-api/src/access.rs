@@ -207,6 +207,8 @@ pub struct SandboxSettings {
     pub args: Vec<String>,
     /// MemoryMax, CPUQuota, TasksMax; unset ones come from nxd's `[limits]`.
     pub limits: LimitsOverride,
+    /// Seconds a deployment has to become ready; none: nxd's `sandbox.ready_timeout_secs`.
+    pub ready_timeout_secs: Option<u64>,
 }
 
 impl SandboxSettings {
@@ -256,6 +258,7 @@ mod tests {
                 cpu_quota_percent: Some(50),
                 ..Default::default()
             },
+            ready_timeout_secs: None,
         };
         let (env, args, limits) = settings.under(
             BTreeMap::from([("B".into(), "2".into())]),

@@ -46,6 +46,9 @@ pub struct RequestBounds {
     pub max_tasks: u64,
     /// The largest open-files limit (`sandbox.max_nofile`).
     pub max_nofile: u64,
+    /// The longest a deployment may take to become ready, in seconds
+    /// (`sandbox.max_ready_timeout_secs`).
+    pub max_ready_timeout_secs: u64,
 }
 
 fn check_string(field: &str, value: &str) -> Result<(), FieldError> {
@@ -178,6 +181,21 @@ fn check_sandbox_sizes(limits: &Limits, bounds: &RequestBounds) -> Result<(), Fi
     )
 }
 
+/// A readiness timeout a push or a sandbox's settings ask for (`ready_timeout_secs`): 1 s to
+/// the host's `sandbox.max_ready_timeout_secs`; none asked for is fine.
+pub fn check_ready_timeout(secs: Option<u64>, bounds: &RequestBounds) -> Result<(), FieldError> {
+    match secs {
+        Some(secs) => check_range(
+            "ready_timeout_secs",
+            secs,
+            1,
+            bounds.max_ready_timeout_secs,
+            " s",
+        ),
+        None => Ok(()),
+    }
+}
+
 /// A memory limit (`field` names it), within what the sandbox needs and the host has.
 pub fn check_memory(field: &str, mb: u64, bounds: &RequestBounds) -> Result<(), FieldError> {
     check_range(field, mb, MIN_MEMORY_MB, bounds.max_memory_mb, " MiB")
@@ -194,6 +212,7 @@ mod tests {
         max_cpu_quota_percent: 200,
         max_tasks: 1000,
         max_nofile: 65_536,
+        max_ready_timeout_secs: 600,
     };
 
     fn field(r: Result<(), FieldError>) -> String {
@@ -268,5 +287,15 @@ mod tests {
         };
         assert!(check_limits(&fine, &BOUNDS).is_ok());
         assert!(check_program_input(&["a".into()], &BTreeMap::new(), &BOUNDS).is_ok());
+    }
+
+    #[test]
+    fn a_ready_timeout_is_within_one_second_and_the_hosts_maximum() {
+        assert!(check_ready_timeout(None, &BOUNDS).is_ok());
+        assert!(check_ready_timeout(Some(600), &BOUNDS).is_ok());
+        let e = check_ready_timeout(Some(601), &BOUNDS).unwrap_err();
+        assert_eq!(e.field, "ready_timeout_secs");
+        assert!(e.problem.contains("give 1 to 600 s"), "{e}");
+        assert!(check_ready_timeout(Some(0), &BOUNDS).is_err());
     }
 }

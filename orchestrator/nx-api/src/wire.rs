@@ -79,6 +79,11 @@ pub struct PushRequest {
     /// container or microvm; none: the sandbox's default (container for a new sandbox).
     #[serde(default)]
     pub backend: Option<BackendKind>,
+    /// Seconds the program has to become ready (accept connections on `$PORT`, or answer the
+    /// health path), 1 to the host's `sandbox.max_ready_timeout_secs`; none: the sandbox's
+    /// (`nx sandbox set --ready-timeout`), else nxd's `sandbox.ready_timeout_secs`.
+    #[serde(default)]
+    pub ready_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

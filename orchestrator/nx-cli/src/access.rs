@@ -57,6 +57,10 @@ pub struct SetArgs {
     unset: Vec<String>,
     #[command(flatten)]
     limits: LimitArgs,
+    /// How long a deployment may take to become ready, e.g. 60s (`nx push --ready-timeout`
+    /// overrides it); at most nxd's sandbox.max_ready_timeout_secs.
+    #[arg(long, value_name = "DURATION", value_parser = crate::push::whole_seconds)]
+    ready_timeout: Option<u64>,
     /// Drop the stored arguments.
     #[arg(long, conflicts_with = "args")]
     clear_args: bool,
@@ -199,7 +203,8 @@ pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<(
         && args.unset.is_empty()
         && limits == Default::default()
         && !args.clear_args
-        && args.args.is_empty());
+        && args.args.is_empty()
+        && args.ready_timeout.is_none());
     if changed {
         settings.env.extend(parse_env(&args.env)?);
         for key in &args.unset {
@@ -208,6 +213,9 @@ pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<(
         settings.limits = limits.over(&settings.limits);
         if args.clear_args || !args.args.is_empty() {
             settings.args = args.args;
+        }
+        if args.ready_timeout.is_some() {
+            settings.ready_timeout_secs = args.ready_timeout;
         }
         settings = client.set_settings(&s, &settings).await?;
     }
@@ -226,6 +234,10 @@ pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<(
         show(l.memory_max_mb.map(|v| v.to_string())),
         show(l.cpu_quota_percent.map(|v| v.to_string())),
         show(l.tasks_max.map(|v| v.to_string()))
+    );
+    println!(
+        "  ready within {}",
+        show(settings.ready_timeout_secs.map(|v| format!("{v} s")))
     );
     Ok(())
 }

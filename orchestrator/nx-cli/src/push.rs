@@ -43,6 +43,11 @@ pub struct PushArgs {
     /// calls go to a user-space kernel; needs `runsc` on the host).
     #[arg(long, value_parser = ["runc", "runsc"], requires = "image")]
     runtime: Option<String>,
+    /// How long the program may take to become ready (accept connections on $PORT), e.g.
+    /// 60s or 2m; default: the sandbox's (`nx sandbox set --ready-timeout`), else nxd's
+    /// (15 s unless configured); at most nxd's sandbox.max_ready_timeout_secs.
+    #[arg(long, value_name = "DURATION", value_parser = whole_seconds)]
+    ready_timeout: Option<u64>,
     /// Arguments for the program.
     #[arg(last = true)]
     args: Vec<String>,
@@ -88,6 +93,13 @@ impl LimitArgs {
             log_max_mb: self.log_max,
         }
     }
+}
+
+/// A duration (`humantime`: 30s, 2m, 1h) in whole seconds, rounded up, for the API's `*_secs`
+/// fields.
+pub fn whole_seconds(text: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 pub fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -175,6 +187,7 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
             .and_then(Runtime::parse)
             .unwrap_or_default(),
         backend: args.backend.as_deref().and_then(BackendKind::parse),
+        ready_timeout_secs: args.ready_timeout,
     };
     let view = client.push(&req).await?;
     output::pushed(&view, uploaded, json)

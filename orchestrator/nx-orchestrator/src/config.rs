@@ -226,8 +226,12 @@ pub struct PortRange {
 pub struct SandboxDefaults {
     /// Deployments run as uid `uid_base + (port - ports.start)`: one unprivileged uid each.
     pub uid_base: u32,
-    /// How long a new deployment may take to accept connections on its port.
+    /// How long a deployment may take to become ready (accept connections on its port, or
+    /// answer `health_path`) when neither its push nor its sandbox's settings say.
     pub ready_timeout_secs: u64,
+    /// The longest readiness timeout a push (`nx push --ready-timeout`) or a sandbox's settings
+    /// (`nx sandbox set --ready-timeout`) may ask for; longer ones get a 400.
+    pub max_ready_timeout_secs: u64,
     /// When set, ready also needs `GET <health_path>` to answer below 400.
     pub health_path: Option<String>,
     /// Seconds systemd waits before restarting a deployment that failed.
@@ -304,6 +308,7 @@ impl Default for SandboxDefaults {
         Self {
             uid_base: 200_000,
             ready_timeout_secs: 15,
+            max_ready_timeout_secs: 600,
             health_path: None,
             restart_delay_secs: 1,
             max_args_bytes: 131_072,

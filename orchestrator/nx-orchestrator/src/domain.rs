@@ -24,6 +24,9 @@ pub struct Deployment {
     /// The OCI runtime, for an image.
     pub runtime: Runtime,
     pub backend: BackendKind,
+    /// Seconds it has to become ready, from its push or its sandbox's settings; `None`: nxd's
+    /// `sandbox.ready_timeout_secs` (see [`crate::readiness::timeout`]).
+    pub ready_timeout_secs: Option<u64>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 

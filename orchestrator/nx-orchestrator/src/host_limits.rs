@@ -40,6 +40,7 @@ pub fn request_bounds(sandbox: &SandboxDefaults) -> RequestBounds {
         max_cpu_quota_percent: u32::try_from(cpus * 100).unwrap_or(u32::MAX),
         max_tasks: pid_max().unwrap_or(u64::MAX),
         max_nofile: sandbox.max_nofile,
+        max_ready_timeout_secs: sandbox.max_ready_timeout_secs,
     }
 }
 

@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Largest binary nxd accepts.
 const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
@@ -363,46 +363,28 @@ impl Orchestrator {
         let handle = self.backend.prepare(&spec).await?;
         self.backend.start(&handle, &spec).await?;
         let addr = SocketAddr::from(([127, 0, 0, 1], deployment.port));
-        let timeout = Duration::from_secs(self.config.sandbox.ready_timeout_secs);
-        let deadline = Instant::now() + timeout;
-        let probe = match self.config.sandbox.health_path.as_deref() {
-            Some(path) => readiness::Probe::Health(path),
-            None if self.backend.get(deployment.backend)?.port_is_forwarded() => {
-                readiness::Probe::AnyAnswer
-            }
-            None => readiness::Probe::Connect,
+        let timeout = readiness::timeout(deployment.ready_timeout_secs, &self.config.sandbox);
+        let forwarded = self.backend.get(deployment.backend)?.port_is_forwarded();
+        let probe = readiness::Probe::for_deployment(&self.config.sandbox, forwarded);
+        let why = match readiness::wait(addr, &probe, timeout, || self.backend.status(&handle))
+            .await?
+        {
+            readiness::Outcome::Ready => return Ok(()),
+            readiness::Outcome::Exited(how) => format!("exited before it was ready ({how})"),
+            readiness::Outcome::TimedOut => format!(
+                "did not accept connections on $PORT ({}) within {} s (it runs: does it listen on $HOST:$PORT? A slow starter needs `nx push --ready-timeout`)",
+                deployment.port,
+                timeout.as_secs()
+            ),
         };
-        let started = Instant::now();
-        let mut seen_up = false;
-        loop {
-            if readiness::probe(addr, &probe).await {
-                tracing::info!("deployment ready");
-                return Ok(());
-            }
-            let state = self.backend.status(&handle).await?;
-            seen_up |= !state.active.is_down();
-            let exited = readiness::exited(&state, seen_up, started.elapsed());
-            let gave_up = Instant::now() > deadline;
-            if exited.is_some() || gave_up {
-                let why = match exited {
-                    Some(how) => format!("exited before it was ready ({how})"),
-                    None => format!(
-                        "did not accept connections on $PORT ({}) within {} s (it runs: does it listen on $HOST:$PORT?)",
-                        deployment.port,
-                        timeout.as_secs()
-                    ),
-                };
-                let _ = self.backend.stop(&handle, DEFAULT_STOP_TIMEOUT).await;
-                self.state
-                    .set_desired(&deployment.id, Desired::Stopped)
-                    .await?;
-                return Err(Error::NotReady {
-                    message: format!("deployment {} {why}; it is stopped. Its last log lines follow; `nx logs {}` shows all", deployment.id, deployment.id),
-                    log_tail: crate::logs::tail(&handle.log_file(), FAILURE_LOG_LINES),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let _ = self.backend.stop(&handle, DEFAULT_STOP_TIMEOUT).await;
+        self.state
+            .set_desired(&deployment.id, Desired::Stopped)
+            .await?;
+        Err(Error::NotReady {
+            message: format!("deployment {} {why}; it is stopped. Its last log lines follow; `nx logs {}` shows all", deployment.id, deployment.id),
+            log_tail: crate::logs::tail(&handle.log_file(), FAILURE_LOG_LINES),
+        })
     }
 
     /// The sandbox a deployment belongs to. Errors: `State(NoDeployment)`.
@@ -429,6 +411,7 @@ impl Orchestrator {
         let bounds = host_limits::request_bounds(&self.config.sandbox);
         checks::check_program_input(&settings.args, &settings.env, &bounds)?;
         checks::check_limits(&settings.limits.apply(self.config.limits), &bounds)?;
+        checks::check_ready_timeout(settings.ready_timeout_secs, &bounds)?;
         if sandbox_settings::set(self.state.pool(), name, settings)
             .await
             .map_err(StateError::from)?
@@ -446,11 +429,13 @@ impl Orchestrator {
             .map_err(StateError::from)?
         {
             (req.env, req.args, req.limits) = settings.under(req.env, req.args, &req.limits);
+            req.ready_timeout_secs = req.ready_timeout_secs.or(settings.ready_timeout_secs);
         }
         let bounds = host_limits::request_bounds(&self.config.sandbox);
         let limits = req.limits.apply(self.config.limits);
         checks::check_program_input(&req.args, &req.env, &bounds)?;
         checks::check_limits(&limits, &bounds)?;
+        checks::check_ready_timeout(req.ready_timeout_secs, &bounds)?;
         let program = self.program(&req.artifact).await?;
         if req.runtime == Runtime::Runsc && !matches!(program, Program::Image { .. }) {
             return Err(Error::Invalid(
@@ -481,6 +466,7 @@ impl Orchestrator {
                     db_branch: req.db_branch,
                     runtime: req.runtime,
                     backend,
+                    ready_timeout_secs: req.ready_timeout_secs,
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,

@@ -1,20 +1,92 @@
 //! Is a deployment ready? Its port accepts a connection; when a health path is configured,
 //! `GET <path>` answers below 400; behind a VMM's port forward (which accepts before the guest
-//! listens), `GET /` gets any HTTP answer.
+//! listens), `GET /` gets any HTTP answer. [`wait`] asks until it is, until its program ends
+//! (known at once, with how it ended), or until its readiness [`timeout`] passes.
 
 use crate::api::systemd::{ActiveState, ServiceResult, SubState};
 use crate::api::UnitState;
+use crate::config::SandboxDefaults;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// How a deployment's readiness is asked.
 pub enum Probe<'a> {
+    /// Its port accepts a TCP connection.
     Connect,
+    /// `GET <path>` answers below 400 (`sandbox.health_path`).
     Health(&'a str),
+    /// `GET /` gets any HTTP answer: behind a VMM's port forward, which accepts at once.
     AnyAnswer,
 }
 
+impl<'a> Probe<'a> {
+    /// The probe for a deployment: the host's health path when one is configured, else any
+    /// answer behind a forwarded port, else a connection.
+    pub fn for_deployment(sandbox: &'a SandboxDefaults, port_is_forwarded: bool) -> Self {
+        match sandbox.health_path.as_deref() {
+            Some(path) => Probe::Health(path),
+            None if port_is_forwarded => Probe::AnyAnswer,
+            None => Probe::Connect,
+        }
+    }
+}
+
+/// The time a deployment has to become ready: its own (`own`: from its push, else its
+/// sandbox's settings), else the host's `sandbox.ready_timeout_secs`; never more than
+/// `sandbox.max_ready_timeout_secs` (a maximum lowered after the push holds too).
+pub fn timeout(own: Option<u64>, sandbox: &SandboxDefaults) -> Duration {
+    let secs = own.unwrap_or(sandbox.ready_timeout_secs);
+    Duration::from_secs(secs.min(sandbox.max_ready_timeout_secs))
+}
+
+/// How a wait for readiness ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ready,
+    /// The program ended first: how, e.g. "exit status 0" (see [`exited`]).
+    Exited(String),
+    /// The timeout passed while the program ran.
+    TimedOut,
+}
+
+/// Waits until the deployment at `addr` is ready by `probe`, asking every 10 ms; between
+/// asks, `unit_state` reports its unit, so that a program that ends stops the wait at once.
+/// `timeout` counts from the call, which is right after the unit's start. Errors: those of
+/// `unit_state`.
+#[tracing::instrument(skip_all, fields(%addr, timeout_secs = timeout.as_secs()))]
+pub async fn wait<F, Fut, E>(
+    addr: SocketAddr,
+    probe: &Probe<'_>,
+    timeout: Duration,
+    mut unit_state: F,
+) -> Result<Outcome, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<UnitState, E>>,
+{
+    let started = Instant::now();
+    let mut seen_up = false;
+    loop {
+        if self::probe(addr, probe).await {
+            tracing::info!(after_ms = started.elapsed().as_millis(), "ready");
+            return Ok(Outcome::Ready);
+        }
+        let state = unit_state().await?;
+        seen_up |= !state.active.is_down();
+        if let Some(how) = exited(&state, seen_up, started.elapsed()) {
+            return Ok(Outcome::Exited(how));
+        }
+        if started.elapsed() > timeout {
+            return Ok(Outcome::TimedOut);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One ask: whether the deployment at `addr` is ready by `how` now.
 pub async fn probe(addr: SocketAddr, how: &Probe<'_>) -> bool {
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
@@ -66,4 +138,22 @@ pub fn exited(unit: &UnitState, seen_up: bool, since_start: Duration) -> Option<
         _ if unit.result == ServiceResult::Success => "exit status 0".to_owned(),
         _ => format!("systemd result {}", unit.result),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deployments_own_timeout_wins_up_to_the_hosts_maximum() {
+        let sandbox = SandboxDefaults {
+            ready_timeout_secs: 15,
+            max_ready_timeout_secs: 60,
+            ..Default::default()
+        };
+        assert_eq!(timeout(None, &sandbox), Duration::from_secs(15));
+        assert_eq!(timeout(Some(30), &sandbox), Duration::from_secs(30));
+        // A maximum lowered after the push still holds.
+        assert_eq!(timeout(Some(600), &sandbox), Duration::from_secs(60));
+    }
 }

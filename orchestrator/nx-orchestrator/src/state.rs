@@ -44,6 +44,7 @@ pub struct NewDeployment {
     pub db_branch: bool,
     pub runtime: Runtime,
     pub backend: BackendKind,
+    pub ready_timeout_secs: Option<u64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -60,6 +61,7 @@ struct DeploymentRow {
     db_branch: bool,
     runtime: String,
     backend: String,
+    ready_timeout_secs: Option<i64>,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -80,12 +82,17 @@ impl TryFrom<DeploymentRow> for Deployment {
             db_branch: row.db_branch,
             runtime: Runtime::parse(&row.runtime).ok_or_else(|| corrupt("runtime"))?,
             backend: BackendKind::parse(&row.backend).ok_or_else(|| corrupt("backend"))?,
+            ready_timeout_secs: row
+                .ready_timeout_secs
+                .map(u64::try_from)
+                .transpose()
+                .map_err(|_| corrupt("ready timeout"))?,
             created_at: row.created_at,
         })
     }
 }
 
-const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, created_at FROM deployments";
+const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, created_at FROM deployments";
 
 impl StateStore {
     #[tracing::instrument(skip_all)]
@@ -142,10 +149,11 @@ impl StateStore {
             db_branch: new.db_branch,
             runtime: new.runtime,
             backend: new.backend,
+            ready_timeout_secs: new.ready_timeout_secs,
             created_at: chrono::Utc::now(),
         };
         sqlx::query(
-            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(deployment.id.as_str())
         .bind(deployment.sandbox.as_str())
@@ -159,6 +167,11 @@ impl StateStore {
         .bind(deployment.db_branch)
         .bind(deployment.runtime.as_str())
         .bind(deployment.backend.as_str())
+        .bind(
+            deployment
+                .ready_timeout_secs
+                .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+        )
         .bind(deployment.created_at)
         .execute(&mut *tx)
         .await?;

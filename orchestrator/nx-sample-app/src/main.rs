@@ -32,8 +32,9 @@
 //!
 //! With `task` as its first argument it runs once instead (see `task`).
 //!
-//! For the lifecycle tests, two variables:
+//! For the lifecycle tests, three variables:
 //! - `FAIL_AT_START_IF=P`: when file P exists at start, it exits 1 at once (a start that fails)
+//! - `LISTEN_AFTER=S`: it warms up for S seconds before it listens (a slow starter)
 //! - `DRAIN_ON_SIGTERM=S`: on SIGTERM it writes /data/sigterm, drains for S seconds, writes
 //!   /data/drained and exits 0
 
@@ -64,6 +65,13 @@ fn main() {
         .and_then(|s| s.parse().ok())
     {
         drain_on_sigterm(secs);
+    }
+    if let Some(secs) = std::env::var("LISTEN_AFTER")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        println!("nx-sample: warming up for {secs} s before listening");
+        std::thread::sleep(std::time::Duration::from_secs(secs));
     }
     // LISTEN_PORT overrides PORT, so that tests can make it fail to start.
     let port: u16 = std::env::var("LISTEN_PORT")

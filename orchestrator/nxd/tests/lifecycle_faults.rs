@@ -328,3 +328,63 @@ fn a_failed_restart_after_swap_db_leaves_production_data_as_it_was() {
         "production's data changed"
     );
 }
+
+#[test]
+fn a_slow_starter_deploys_with_its_ready_timeout_within_the_hosts_maximum() {
+    let host = Host::start();
+    let slow = ["-e", "LISTEN_AFTER=20"];
+    // The sandbox's default (5 s here; the host's is 60 s in tests, 15 s out of the box)
+    // is what a push without --ready-timeout gets: a 20 s warm-up fails it.
+    host.nx_json(&["sandbox", "create", "slow"]);
+    let set = host.nx_json(&["sandbox", "set", "slow", "--ready-timeout", "5s"]);
+    assert_eq!(set["ready_timeout_secs"], 5);
+    let sample = nx_testkit::sample_app();
+    let push = |extra: &[&str]| {
+        let mut args = vec!["push", sample.to_str().unwrap(), "--sandbox", "slow"];
+        args.extend_from_slice(extra);
+        let started = Instant::now();
+        (host.nx(&args), started.elapsed())
+    };
+    let (out, took) = push(&slow);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("within 5 s") && out.stderr.contains("--ready-timeout"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("warming up for 20 s"), "{}", out.stderr);
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+
+    // --ready-timeout 30s, over the sandbox's 5 s: deployed once it listens, after 20 s.
+    let (out, took) = push(&[&["--ready-timeout", "30s"][..], &slow].concat());
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert!(took >= Duration::from_secs(20), "took {took:?}");
+    let id = host.nx_json(&["status", "slow"])[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["phase"] == "running")
+        .expect("a running deployment")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(host.get(&host.preview_host("slow", &id), "/health").0, 200);
+
+    // Above the host's maximum (sandbox.max_ready_timeout_secs, 600 s by default): refused,
+    // naming the field and the bound, whether asked by a push or by the sandbox's settings.
+    let (out, _) = push(&["--ready-timeout", "2h"]);
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .contains("ready_timeout_secs: 7200 is out of range: give 1 to 600 s"),
+        "{}",
+        out.stderr
+    );
+    let out = host.nx(&["sandbox", "set", "slow", "--ready-timeout", "11m"]);
+    assert!(
+        !out.ok && out.stderr.contains("give 1 to 600 s"),
+        "{}",
+        out.stderr
+    );
+}

@@ -69,6 +69,7 @@ pub async fn deploy(
         db_branch: false,
         runtime: Default::default(),
         backend: None,
+        ready_timeout_secs: None,
     };
     let mut outcome = Outcome::refused(sandbox, file, "");
     outcome.sha256 = Some(info.sha256);
