@@ -15,7 +15,7 @@ use crate::databases::{BackupInfo, Databases, RestoreInfo};
 use crate::domain::{BackendKind, Deployment, Desired, RouteKey, Runtime};
 use crate::error::Error;
 use crate::names::{DeploymentId, SandboxName};
-use crate::router::{self, RouteTable, RouterClient, RouterSettings};
+use crate::router::{self, RouterClient};
 use crate::sandbox_settings;
 use crate::state::StateError;
 use crate::state::{NewDeployment, StateStore};
@@ -128,7 +128,7 @@ impl Orchestrator {
         let router = router::unit::ensure_running(
             &supervisor,
             &installed.router,
-            &RouterSettings::from_config(&config),
+            &router::settings(&config),
         )
         .await?;
         let tasks = Tasks::start(
@@ -250,7 +250,7 @@ impl Orchestrator {
                     .map(|addr| (RouteKey::Production(sandbox.clone()), id, *addr))
             }))
             .collect();
-        let table = RouteTable::build(
+        let table = router::table(
             &self.config.base_domain,
             keys.iter().map(|(key, id, addr)| (key, id.as_str(), *addr)),
         );

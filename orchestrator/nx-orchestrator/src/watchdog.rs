@@ -5,7 +5,7 @@
 //! every deployment that should run is started again and the routes come back. No human needed.
 
 use crate::error::Error;
-use crate::router::{self, RouterSettings};
+use crate::router;
 use crate::{embedded_db, host_limits, Orchestrator};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +60,7 @@ impl Orchestrator {
         router::unit::ensure_running(
             &self.supervisor,
             &installed.router,
-            &RouterSettings::from_config(&self.config),
+            &router::settings(&self.config),
         )
         .await?;
         self.tasks.refill_pool();

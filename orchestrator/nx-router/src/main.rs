@@ -14,7 +14,7 @@ mod table;
 
 use anyhow::Context;
 use clap::Parser;
-use nx_orchestrator::router::RouterSettings;
+use nx_router_api::RouterSettings;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;

@@ -11,7 +11,7 @@ use crate::headers::{forwarding, hop_by_hop};
 use crate::table::Table;
 use async_trait::async_trait;
 use bytes::Bytes;
-use nx_orchestrator::router::{Route, RouterConfig};
+use nx_router_api::{Route, RouterConfig};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;

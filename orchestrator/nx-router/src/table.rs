@@ -3,7 +3,7 @@
 //! router serves the last table before nxd speaks to it again.
 
 use arc_swap::ArcSwap;
-use nx_orchestrator::router::{normalize_host, Route, RouteTable};
+use nx_router_api::{normalize_host, Route, RouteTable};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{echo_app, Router};
-use nx_orchestrator::router::RouterConfig;
+use nx_router_api::RouterConfig;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -6,7 +6,7 @@ mod common;
 
 use common::Router;
 use futures_util::{SinkExt, StreamExt};
-use nx_orchestrator::router::RouterConfig;
+use nx_router_api::RouterConfig;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! A real `nx-router` process for the tests, fed its table over its control socket as nxd
 //! does, in front of real servers (hyper, tokio-tungstenite, tonic) on loopback.
 
-use nx_orchestrator::router::{Route, RouteTable, RouterClient, RouterConfig, RouterSettings};
+use nx_router_api::{Route, RouteTable, RouterClient, RouterConfig, RouterSettings};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

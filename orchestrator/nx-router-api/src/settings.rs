@@ -94,16 +94,6 @@ pub struct RouterSettings {
 }
 
 impl RouterSettings {
-    /// nxd's router: `router_listen`, `base_domain`, `[router]`, in `<state_dir>/router`.
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        Self {
-            listen: config.router_listen,
-            base_domain: config.base_domain.clone(),
-            dir: config.state_dir.join("router"),
-            config: config.router.clone(),
-        }
-    }
-
     /// The unix socket nxd sends tables to (mode 0600).
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control.sock")

@@ -3,7 +3,7 @@
 //! `PUT /v1/routes` with a [`RouteTable`] (JSON) replaces the whole table (204);
 //! `GET /v1/routes` answers the table the router holds.
 
-use super::RouteTable;
+use crate::RouteTable;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};

@@ -1,0 +1,59 @@
+//! What nxd and the router (`nx-router`) share, and nothing else: the route table nxd hands
+//! over ([`Route`], [`RouteTable`]), the router's settings ([`RouterSettings`], with `[router]`
+//! as [`RouterConfig`]) and the client of the router's control socket ([`RouterClient`]).
+//!
+//! It depends on no server crate of nxd's (no sqlx, zbus or backends), so `nx-router` builds
+//! and tests on its own: `cargo test -p nx-router`.
+
+pub mod client;
+mod settings;
+
+pub use client::{RouterClient, RouterClientError};
+pub use settings::{RouterConfig, RouterSettings};
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// One route: a host name and the deployment that answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The lower-case host name without port or trailing dot, e.g. `d1.web.nx.localhost`.
+    pub host: String,
+    /// Where the deployment listens: a full socket address (each deployment may have its own
+    /// address, e.g. in a network namespace of its own).
+    pub upstream: SocketAddr,
+    /// The sandbox and deployment, for the access log.
+    pub sandbox: String,
+    pub deployment: String,
+}
+
+/// The whole table, as nxd sends it (`PUT /v1/routes`) and the router keeps it on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+}
+
+/// A `Host` header value (or `:authority`) as the table keys it: the port and one trailing
+/// dot (a fully qualified name, RFC 1034 §3.1) removed, lower case. `[::1]:80` keeps its
+/// brackets' content only.
+pub fn normalize_host(host: &str) -> String {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_host;
+
+    #[test]
+    fn hosts_are_normalized_as_the_router_keys_them() {
+        assert_eq!(normalize_host("WEB.nx.test:7780"), "web.nx.test");
+        assert_eq!(normalize_host("web.nx.test."), "web.nx.test");
+        assert_eq!(normalize_host("web.nx.test.:80"), "web.nx.test");
+        assert_eq!(normalize_host("[::1]:7780"), "::1");
+    }
+}
