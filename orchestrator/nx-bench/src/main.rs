@@ -15,13 +15,16 @@
 //! 6. microVMs: boot-to-ready through NX against the bare VMM, memory per guest, many guests
 //!    at once (see `microvm`);
 //! 7. sandbox: log throughput through a unit's log writer, and the cost of a sized `/data`
-//!    (see `sandbox`).
+//!    (see `sandbox`);
+//! 8. views: `nx ls` and `nx status` with one deployment on the host and with a thousand more
+//!    (see `views`).
 
 mod microvm;
 mod router;
 mod sandbox;
 mod tasks;
 mod uploads;
+mod views;
 
 use clap::Parser;
 use nx_orchestrator::config::{Limits, SystemdMode};
@@ -74,8 +77,17 @@ struct Args {
     /// Uploads of a 50 MiB binary each way (sftp, nx push).
     #[arg(long, default_value_t = 5)]
     uploads: usize,
-    /// Run one part only: latency, router, databases, tasks, microvm, sandbox or uploads.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads"])]
+    /// Deployments registered on the host for the views' rows (all but --views-running stopped).
+    #[arg(long, default_value_t = 1000)]
+    views: usize,
+    /// Of those, deployments left running.
+    #[arg(long, default_value_t = 10)]
+    views_running: usize,
+    /// Samples of each view, before and after.
+    #[arg(long, default_value_t = 50)]
+    view_samples: usize,
+    /// Run one part only: latency, router, databases, tasks, microvm, sandbox, uploads or views.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "views"])]
     only: Option<String>,
 }
 
@@ -323,6 +335,9 @@ async fn main() -> anyhow::Result<()> {
     if part("uploads") {
         upload_table(&args).await?;
     }
+    if part("views") {
+        view_table(&args).await?;
+    }
     Ok(())
 }
 
@@ -376,6 +391,36 @@ Log pipeline: a deployment writes {} MiB of 100-byte lines to stdout
     row("mkfs.ext4 of a 1 GiB sparse image (per push)", images);
     row("nx start-to-ready, /data a 1 GiB image", with_disk);
     row("nx start-to-ready, /data a plain directory", plain);
+    Ok(())
+}
+
+/// On a host of its own, with ports for all the deployments.
+async fn view_table(args: &Args) -> anyhow::Result<()> {
+    let (many, running, samples) = (args.views, args.views_running, args.view_samples);
+    let f = tokio::task::spawn_blocking(move || views::run(many, running, samples)).await??;
+    let p50 = |d: &[Duration]| median(d).as_secs_f64() * 1000.0;
+    header(&format!(
+        "Views: sandbox solo (1 deployment), alone and with {} more on the host ({} running; registered in {:.0} s)",
+        f.many,
+        f.running,
+        f.registering.as_secs_f64()
+    ));
+    for (when, v) in [("alone", &f.alone), ("+ many", &f.among_many)] {
+        row(&format!("nx ls, {when}"), v.ls_cli.clone());
+        row(&format!("GET /v1/sandboxes, {when}"), v.ls_api.clone());
+        row(&format!("nx status solo, {when}"), v.status_cli.clone());
+        row(
+            &format!("GET /v1/sandboxes/solo, {when}"),
+            v.status_api.clone(),
+        );
+    }
+    println!(
+        "\nnx ls p50 with {} deployments: {:.1} ms (mark <= 20 ms)\nnx status solo p50 with them / alone: {:.2}x (CLI), {:.2}x (API)",
+        f.many + 1,
+        p50(&f.among_many.ls_cli),
+        p50(&f.among_many.status_cli) / p50(&f.alone.status_cli),
+        p50(&f.among_many.status_api) / p50(&f.alone.status_api),
+    );
     Ok(())
 }
 

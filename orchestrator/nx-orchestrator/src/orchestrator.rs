@@ -4,7 +4,7 @@
 use crate::access::{SshKeyStore, TokenStore};
 use crate::api::access::SandboxSettings;
 use crate::api::checks;
-use crate::api::{DeploymentView, PushRequest, SandboxView, UnitState};
+use crate::api::{DeploymentView, PushRequest, SandboxView};
 use crate::artifact::Artifact;
 use crate::artifact::ArtifactStore;
 use crate::backend::{
@@ -23,7 +23,7 @@ use crate::state_machine::{self, Effects, Phase, Verb};
 use crate::supervisor::{Supervisor, UNITS_IN_FLIGHT};
 use crate::tasks::Tasks;
 use crate::{embedded_db, host_limits, readiness};
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{stream, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -774,7 +774,7 @@ impl Orchestrator {
 
     /// A sandbox that exists, or a 404 that says how to list them.
     pub async fn existing(&self, name: &SandboxName) -> Result<(), Error> {
-        if self.state.sandbox_names().await?.contains(name) {
+        if self.state.sandbox_exists(name).await? {
             Ok(())
         } else {
             Err(no_sandbox(name))
@@ -795,54 +795,75 @@ impl Orchestrator {
     }
 
     async fn view(&self, d: &Deployment, promoted: bool) -> Result<DeploymentView, Error> {
-        let handle = self.backend.handle(d);
-        let state: UnitState = self.backend.status(&handle).await?;
-        Ok(DeploymentView {
-            id: d.id.clone(),
-            sandbox: d.sandbox.clone(),
-            artifact: d.artifact.clone(),
-            port: d.port,
-            desired: d.desired,
-            phase: Phase::observe(d.desired, &state),
-            unit: handle.unit,
-            state,
-            promoted,
-            preview_url: self.preview_url(d),
-            limits: d.limits,
-            db_branch: d.db_branch,
-            runtime: d.runtime,
-            backend: d.backend,
-            runs_on: self
-                .backend
-                .get(d.backend)
-                .map(|b| b.runs_on())
-                .unwrap_or_else(|e| e.to_string()),
-            created_at: d.created_at,
-            last_exit: crate::backend::exit::read_last_exit(&handle.dir),
-            disk: crate::backend::data_disk::read_usage(&handle.dir),
-        })
+        let promoted: HashMap<SandboxName, DeploymentId> = promoted
+            .then(|| (d.sandbox.clone(), d.id.clone()))
+            .into_iter()
+            .collect();
+        let mut views = self.views(std::slice::from_ref(d), &promoted).await?;
+        Ok(views.pop().expect("one view per deployment"))
     }
 
-    pub async fn sandboxes(&self) -> Result<Vec<SandboxView>, Error> {
-        let promoted = self.state.promoted().await?;
-        let mut by_sandbox: BTreeMap<SandboxName, Vec<DeploymentView>> = self
-            .state
-            .sandbox_names()
-            .await?
-            .into_iter()
-            .map(|name| (name, Vec::new()))
-            .collect();
-        // Asked of systemd concurrently, at most UNITS_IN_FLIGHT units at a time (in order).
-        let deployments = self.state.deployments().await?;
-        let asks: Vec<_> = deployments
+    /// The views of `deployments`, their units' states asked of systemd all at once (see
+    /// `Supervisor::states`), each `Result` named as its monitor saw the end.
+    #[tracing::instrument(skip_all, fields(deployments = deployments.len()))]
+    async fn views(
+        &self,
+        deployments: &[Deployment],
+        promoted: &HashMap<SandboxName, DeploymentId>,
+    ) -> Result<Vec<DeploymentView>, Error> {
+        let handles: Vec<_> = deployments.iter().map(|d| self.backend.handle(d)).collect();
+        let units: Vec<&str> = handles.iter().map(|h| h.unit.as_str()).collect();
+        let states = self
+            .supervisor
+            .states(&units)
+            .await
+            .map_err(crate::backend::BackendError::from)?;
+        Ok(deployments
             .iter()
-            .map(|d| self.view(d, promoted.get(&d.sandbox) == Some(&d.id)))
-            .collect();
-        let views: Vec<DeploymentView> = stream::iter(asks)
-            .buffered(UNITS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-        for view in views {
+            .zip(handles)
+            .zip(states)
+            .map(|((d, handle), mut state)| {
+                let last_exit = crate::backend::exit::read_last_exit(&handle.dir);
+                crate::backend::exit::name_result(&mut state, last_exit.as_ref());
+                DeploymentView {
+                    id: d.id.clone(),
+                    sandbox: d.sandbox.clone(),
+                    artifact: d.artifact.clone(),
+                    port: d.port,
+                    desired: d.desired,
+                    phase: Phase::observe(d.desired, &state),
+                    state,
+                    promoted: promoted.get(&d.sandbox) == Some(&d.id),
+                    preview_url: self.preview_url(d),
+                    limits: d.limits,
+                    db_branch: d.db_branch,
+                    runtime: d.runtime,
+                    backend: d.backend,
+                    runs_on: self
+                        .backend
+                        .get(d.backend)
+                        .map(|b| b.runs_on())
+                        .unwrap_or_else(|e| e.to_string()),
+                    created_at: d.created_at,
+                    last_exit,
+                    disk: crate::backend::data_disk::read_usage(&handle.dir),
+                    unit: handle.unit,
+                }
+            })
+            .collect())
+    }
+
+    /// Every sandbox with its deployments.
+    #[tracing::instrument(skip_all)]
+    pub async fn sandboxes(&self) -> Result<Vec<SandboxView>, Error> {
+        let (names, deployments, promoted) = tokio::try_join!(
+            self.state.sandbox_names(),
+            self.state.deployments(),
+            self.state.promoted(),
+        )?;
+        let mut by_sandbox: BTreeMap<SandboxName, Vec<DeploymentView>> =
+            names.into_iter().map(|name| (name, Vec::new())).collect();
+        for view in self.views(&deployments, &promoted).await? {
             by_sandbox
                 .entry(view.sandbox.clone())
                 .or_default()
@@ -850,21 +871,39 @@ impl Orchestrator {
         }
         Ok(by_sandbox
             .into_iter()
-            .map(|(name, deployments)| SandboxView {
-                production_url: self.url(&RouteKey::Production(name.clone())),
-                promoted: promoted.get(&name).cloned(),
-                name,
-                deployments,
-            })
+            .map(|(name, deployments)| self.sandbox_view(name, deployments, &promoted))
             .collect())
     }
 
+    /// One sandbox: only its own deployments are read and asked about.
+    #[tracing::instrument(skip(self))]
     pub async fn sandbox(&self, name: &SandboxName) -> Result<SandboxView, Error> {
-        self.sandboxes()
-            .await?
-            .into_iter()
-            .find(|s| &s.name == name)
-            .ok_or_else(|| no_sandbox(name))
+        let (exists, deployments, promoted) = tokio::try_join!(
+            self.state.sandbox_exists(name),
+            self.state.deployments_in(name),
+            self.state.promoted_in(name),
+        )?;
+        if !exists {
+            return Err(no_sandbox(name));
+        }
+        let promoted: HashMap<SandboxName, DeploymentId> =
+            promoted.map(|id| (name.clone(), id)).into_iter().collect();
+        let views = self.views(&deployments, &promoted).await?;
+        Ok(self.sandbox_view(name.clone(), views, &promoted))
+    }
+
+    fn sandbox_view(
+        &self,
+        name: SandboxName,
+        deployments: Vec<DeploymentView>,
+        promoted: &HashMap<SandboxName, DeploymentId>,
+    ) -> SandboxView {
+        SandboxView {
+            production_url: self.url(&RouteKey::Production(name.clone())),
+            promoted: promoted.get(&name).cloned(),
+            name,
+            deployments,
+        }
     }
 
     pub async fn log_file(&self, id: &DeploymentId) -> Result<PathBuf, Error> {

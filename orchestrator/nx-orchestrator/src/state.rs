@@ -188,6 +188,20 @@ impl StateStore {
         rows.into_iter().map(Deployment::try_from).collect()
     }
 
+    /// The deployments of one sandbox, oldest first.
+    pub async fn deployments_in(
+        &self,
+        sandbox: &SandboxName,
+    ) -> Result<Vec<Deployment>, StateError> {
+        let rows: Vec<DeploymentRow> = sqlx::query_as(&format!(
+            "{SELECT_DEPLOYMENTS} WHERE sandbox = $1 ORDER BY created_at"
+        ))
+        .bind(sandbox.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Deployment::try_from).collect()
+    }
+
     pub async fn deployment(&self, id: &DeploymentId) -> Result<Deployment, StateError> {
         let row: Option<DeploymentRow> =
             sqlx::query_as(&format!("{SELECT_DEPLOYMENTS} WHERE id = $1"))
@@ -259,6 +273,15 @@ impl StateStore {
         names.iter().map(|n| Ok(SandboxName::parse(n)?)).collect()
     }
 
+    pub async fn sandbox_exists(&self, name: &SandboxName) -> Result<bool, StateError> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sandboxes WHERE name = $1)")
+                .bind(name.as_str())
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Forgets a sandbox, its promotions and its deployments' records.
     pub async fn delete_sandbox(&self, name: &SandboxName) -> Result<(), StateError> {
         let mut tx = self.pool.begin().await?;
@@ -277,6 +300,20 @@ impl StateStore {
     }
 
     /// The promoted deployment of every sandbox that has one.
+    /// The deployment that serves one sandbox's production URL, if one does.
+    pub async fn promoted_in(
+        &self,
+        sandbox: &SandboxName,
+    ) -> Result<Option<DeploymentId>, StateError> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT deployment FROM promotions WHERE sandbox = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(sandbox.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id.map(|id| DeploymentId::parse(&id)).transpose()?)
+    }
+
     pub async fn promoted(&self) -> Result<HashMap<SandboxName, DeploymentId>, StateError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT DISTINCT ON (sandbox) sandbox, deployment FROM promotions ORDER BY sandbox, seq DESC",

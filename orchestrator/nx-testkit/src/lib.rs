@@ -132,16 +132,32 @@ impl Host {
 
     /// Like `start_with`, running the nxd binary at `nxd` (e.g. a copy under /tmp).
     pub fn start_with_nxd(nxd: PathBuf, extra_config: &str) -> Self {
-        let state_dir = tempfile::Builder::new()
-            .prefix("nx-test-")
-            .tempdir_in("/var/tmp")
-            .expect("state dir in /var/tmp");
         let n = HOSTS_STARTED.fetch_add(1, Ordering::SeqCst);
         // 256 blocks of 40 ports from 21000 to 31239: below the kernel's ephemeral range
         // (32768 and up), so that no client socket ever holds a deployment's port.
         let block = (std::process::id() % 64) as u16 * 4 + n % 4;
         let start = 21000 + block * PORTS_PER_HOST;
-        let ports = (start, start + PORTS_PER_HOST - 1);
+        Self::start_with_ports(
+            nxd,
+            (start, start + PORTS_PER_HOST - 1),
+            block,
+            extra_config,
+        )
+    }
+
+    /// Like `start_with_nxd`, with `[ports]` from `ports.0` to `ports.1` (a host for more
+    /// deployments than the 40 of one block; keep them below 21000 and the ephemeral range)
+    /// and deployment uids from `200000 + uid_block * 100`.
+    pub fn start_with_ports(
+        nxd: PathBuf,
+        ports: (u16, u16),
+        uid_block: u16,
+        extra_config: &str,
+    ) -> Self {
+        let state_dir = tempfile::Builder::new()
+            .prefix("nx-test-")
+            .tempdir_in("/var/tmp")
+            .expect("state dir in /var/tmp");
         let config = format!(
             "state_dir = {:?}\napi_listen = \"127.0.0.1:{}\"\nrouter_listen = \"127.0.0.1:{}\"\nbase_domain = \"{BASE_DOMAIN}\"\n\n[ports]\nstart = {}\nend = {}\n\n[sandbox]\nuid_base = {}\nready_timeout_secs = 60\n\n[systemd]\nmode = \"embedded\"\n\n{extra_config}\n",
             state_dir.path(),
@@ -149,7 +165,7 @@ impl Host {
             free_port(),
             ports.0,
             ports.1,
-            200_000 + u32::from(block) * 100,
+            200_000 + u32::from(uid_block) * 100,
         );
         std::fs::write(state_dir.path().join("nxd.toml"), config).expect("write config");
         let mut host = Self {

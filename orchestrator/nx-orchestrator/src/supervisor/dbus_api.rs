@@ -59,39 +59,10 @@ pub trait Manager {
 }
 
 #[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Unit",
-    default_service = "org.freedesktop.systemd1"
-)]
-pub trait Unit {
-    #[zbus(property)]
-    fn active_state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn sub_state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn load_state(&self) -> zbus::Result<String>;
-}
-
-#[zbus::proxy(
     interface = "org.freedesktop.systemd1.Service",
     default_service = "org.freedesktop.systemd1"
 )]
 pub trait Service {
-    #[zbus(property, name = "MainPID")]
-    fn main_pid(&self) -> zbus::Result<u32>;
-    #[zbus(property, name = "NRestarts")]
-    fn n_restarts(&self) -> zbus::Result<u32>;
-    #[zbus(property)]
-    fn memory_current(&self) -> zbus::Result<u64>;
-    #[zbus(property)]
-    fn tasks_current(&self) -> zbus::Result<u64>;
     #[zbus(property)]
     fn control_group(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn result(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn exec_main_status(&self) -> zbus::Result<i32>;
-    /// How the main process ended: 1 exited (`ExecMainStatus` is its code), 2 killed, 3 dumped
-    /// (`ExecMainStatus` is the signal); see waitid(2)'s si_code.
-    #[zbus(property)]
-    fn exec_main_code(&self) -> zbus::Result<i32>;
 }

@@ -5,11 +5,12 @@
 mod dbus_api;
 #[cfg(target_os = "linux")]
 pub mod embedded;
+pub mod unit_states;
 
 use crate::api::systemd::ActiveState;
 use crate::api::UnitState;
 use crate::config::{Limits, SystemdMode};
-use dbus_api::{ManagerProxy, ServiceProxy, UnitProxy};
+use dbus_api::{ManagerProxy, ServiceProxy};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -120,11 +121,9 @@ fn private_log(path: &Path) -> std::io::Result<()> {
 }
 
 /// Units whose state nxd asks systemd for at once, on one connection and from every caller
-/// together (`nx ls`, adoption, readiness and stop waits). Each [`Supervisor::state`] is ten
-/// D-Bus calls (`LoadUnit` and nine properties), and dbus-daemon answers a connection with more
-/// pending replies than its `max_replies_per_connection` (128 on a system bus,
-/// dbus-daemon(1)) with `LimitsExceeded`: 8 × 10 leaves room for the single calls (start,
-/// stop, kill) made meanwhile. Callers that fan out over units use the same number, so that
+/// together (`nx ls`, adoption, readiness and stop waits). Each is one `GetAll` (see
+/// `unit_states`), and dbus-daemon answers a connection with more pending replies than its
+/// `max_replies_per_connection` (128 on a system bus, dbus-daemon(1)) with `LimitsExceeded`. Callers that fan out over units use the same number, so that
 /// none of them queues more work than can run.
 pub const UNITS_IN_FLIGHT: usize = 8;
 
@@ -136,8 +135,9 @@ pub struct Supervisor {
     slice: String,
     /// Where the manager came from: "system" or the embedded manager's directory.
     origin: String,
-    /// [`UNITS_IN_FLIGHT`] permits, one held by each [`Self::state`] in progress.
-    asks_in_flight: tokio::sync::Semaphore,
+    /// Units' states, kept by systemd's signals on the current connection; it also holds the
+    /// [`UNITS_IN_FLIGHT`] permits, one taken by each unit's `GetAll` in progress.
+    units: Arc<unit_states::UnitCache>,
 }
 
 impl Supervisor {
@@ -181,12 +181,14 @@ impl Supervisor {
             },
         };
         tracing::info!(%origin, "connected to systemd");
+        let units = Arc::new(unit_states::UnitCache::default());
+        unit_states::watch(&conn, &units).await;
         Ok(Self {
             conn: arc_swap::ArcSwap::from_pointee(conn),
             embedded: (origin != "system").then(|| state_dir.to_owned()),
             slice: slice.to_owned(),
             origin,
-            asks_in_flight: tokio::sync::Semaphore::new(UNITS_IN_FLIGHT),
+            units,
         })
     }
 
@@ -210,6 +212,7 @@ impl Supervisor {
             ));
         };
         let (conn, _) = Self::connect_embedded(state_dir).await?;
+        unit_states::watch(&conn, &self.units).await;
         self.conn.store(Arc::new(conn));
         tracing::warn!("embedded systemd manager started again");
         Ok(())
@@ -409,49 +412,19 @@ impl Supervisor {
             .await?)
     }
 
-    /// The live state of a unit; a unit systemd does not know is `inactive`/`dead`. Waits its
-    /// turn when [`UNITS_IN_FLIGHT`] units are being asked about already.
+    /// The live state of a unit, asked of systemd (one D-Bus call); a unit systemd does not
+    /// know is `inactive`/`dead`. Waits its turn when [`UNITS_IN_FLIGHT`] units are being
+    /// asked about already.
     pub async fn state(&self, unit: &str) -> Result<UnitState, SupervisorError> {
-        let _turn = self
-            .asks_in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        let path = self.manager().await?.load_unit(unit).await?;
-        let unit_proxy = UnitProxy::builder(&self.conn.load_full())
-            .path(path.clone())?
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await?;
-        let service = ServiceProxy::builder(&self.conn.load_full())
-            .path(path)?
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await?;
-        let known = |v: u64| (v != u64::MAX).then_some(v);
-        // All at once: one round trip's wait, not nine, when systemd is busy.
-        let (active, sub, main_pid, restarts, memory, tasks, result, exit_status, exit_code) = tokio::try_join!(
-            unit_proxy.active_state(),
-            unit_proxy.sub_state(),
-            service.main_pid(),
-            service.n_restarts(),
-            service.memory_current(),
-            service.tasks_current(),
-            service.result(),
-            service.exec_main_status(),
-            service.exec_main_code(),
-        )?;
-        Ok(UnitState {
-            active: active.into(),
-            sub: sub.into(),
-            main_pid,
-            restarts,
-            memory_bytes: known(memory),
-            tasks: known(tasks),
-            result: result.into(),
-            exit_status,
-            exit_code,
-        })
+        Ok(unit_states::fetch(&self.conn.load_full(), &self.units, unit).await?)
+    }
+
+    /// The states of many units, in their order, for views: from the cache systemd's signals
+    /// keep where it holds them (a running unit's memory and task counts at most
+    /// [`unit_states::COUNTERS_MAX_AGE`] old), else in as few D-Bus calls as possible.
+    #[tracing::instrument(skip_all, fields(units = units.len()))]
+    pub async fn states(&self, units: &[&str]) -> Result<Vec<UnitState>, SupervisorError> {
+        Ok(unit_states::fetch_many(&self.conn.load_full(), &self.units, units).await?)
     }
 
     /// The cgroup path of a unit (relative to the hierarchy roots).
