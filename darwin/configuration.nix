@@ -15,10 +15,13 @@
   };
 
   # nx reads host and token_file from here (the token itself stays in the user's keychain
-  # export at ~/.config/nx/token, never in the store).
+  # export at ~/.config/nx/token, never in the store). The API over HTTPS on the host's router
+  # (services.nx.tls.httpsListen), its certificate from Let's Encrypt: nx verifies it against
+  # the system's roots (ca_cert = "<file>" adds a private CA) and refuses plain http:// to
+  # anything but loopback.
   environment.variables.NX_CONFIG = "/etc/nx/config.toml";
   environment.etc."nx/config.toml".text = ''
-    host = "http://aws-1.nx.example.com:7700"
+    host = "https://api.nx.example.com"
     token_file = "/Users/dev/.config/nx/token"
   '';
 

@@ -10,6 +10,9 @@
     package = self.packages.${pkgs.stdenv.hostPlatform.system}.nxd;
     baseDomain = "nx.example.com";
     routerListen = "0.0.0.0:80";
+    # HTTPS with certificates from Let's Encrypt (HTTP-01 on :80); nxd's API at
+    # https://api.nx.example.com for remote nx (the Mac, CI).
+    tls.httpsListen = "0.0.0.0:443";
     tokenFile = "/run/keys/${tokenKey}";
     openFirewall = true;
     # Uploads without the CLI: `sftp -P 2222 <sandbox>@<host>` with a key from `nx keys add`.

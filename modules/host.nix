@@ -19,6 +19,10 @@ let
   port = types.ints.between 1 65535;
   listenPort = addr: lib.toInt (lib.last (lib.splitString ":" addr));
   routerPort = listenPort cfg.routerListen;
+  # The lowest port the router binds: HTTP, or HTTPS when that is lower.
+  lowestRouterPort =
+    if cfg.tls.httpsListen == null then routerPort
+    else lib.min routerPort (listenPort cfg.tls.httpsListen);
   # The microvm backend: QEMU always (nxd's KVM/TCG probe and tasks boot QEMU guests), the
   # deployments' VMM, and socat (QEMU's guestfwd to the database). nxd finds them on its PATH, the
   # deployments' units on /run/current-system/sw/bin.
@@ -121,6 +125,19 @@ in
       maxUploadMb = mkOption { type = types.ints.positive; default = defaults.sftp.maxUploadMb; description = "The largest SFTP upload, MiB; a larger one is refused while it arrives."; };
       openFirewall = mkOption { type = types.bool; default = false; description = "Open sftp.listen's port in the firewall."; };
     };
+    tls = {
+      httpsListen = mkOption { type = types.nullOr types.str; default = defaults.tls.httpsListen; example = "0.0.0.0:443"; description = "The router's HTTPS listener (HTTP/2 and HTTP/1.1 through ALPN). Null: no HTTPS."; };
+      acme = mkOption { type = types.bool; default = defaults.tls.acme; description = "Order certificates by ACME (HTTP-01) for production hosts and custom domains that certFile does not cover."; };
+      acmeDirectoryUrl = mkOption { type = types.str; default = defaults.tls.acmeDirectoryUrl; description = "The ACME server's directory URL (https)."; };
+      acmeEmail = mkOption { type = types.nullOr types.str; default = defaults.tls.acmeEmail; description = "Contact address of the ACME account. Null: none."; };
+      acmeCaRoots = mkOption { type = types.nullOr types.str; default = defaults.tls.acmeCaRoots; description = "A PEM root trusted for the ACME server itself instead of the system's roots (test servers). Null: the system's roots."; };
+      acmeRenewBeforeDays = mkOption { type = types.ints.unsigned; default = defaults.tls.acmeRenewBeforeDays; description = "A certificate is renewed when it expires within this many days."; };
+      acmeCheckIntervalSecs = mkOption { type = types.ints.positive; default = defaults.tls.acmeCheckIntervalSecs; description = "How often nxd looks for names that need a certificate or a renewal (also at once when routes change)."; };
+      certFile = mkOption { type = types.nullOr types.str; default = defaults.tls.certFile; description = "A fixed certificate chain (PEM), served for the names it covers (e.g. a Cloudflare Origin CA or wildcard certificate). Goes with keyFile."; };
+      keyFile = mkOption { type = types.nullOr types.str; default = defaults.tls.keyFile; description = "The private key (PEM) of certFile; readable by the nx user only."; };
+      redirectHttp = mkOption { type = types.bool; default = defaults.tls.redirectHttp; description = "Redirect plain HTTP (308) to HTTPS for names that have a certificate; ACME challenges stay on HTTP."; };
+      hsts = mkOption { type = types.bool; default = defaults.tls.hsts; description = "Send Strict-Transport-Security (one year) on HTTPS responses."; };
+    };
     systemd = {
       mode = mkOption {
         type = types.enum [ "auto" "system" "embedded" ];
@@ -156,7 +173,7 @@ in
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open the router's port (the API stays closed: reach it over SSH or a VPN).";
+      description = "Open the router's ports, HTTP and tls.httpsListen (nxd's API itself stays closed; with HTTPS on, remote nx reaches it at https://api.<baseDomain>).";
     };
   };
 
@@ -276,9 +293,10 @@ in
     # capabilities: a port below 1024 must be open to unprivileged users. The sysctl is per
     # network namespace: it opens the host's ports from routerPort up, not the deployments'.
     boot.kernel.sysctl."net.ipv4.ip_unprivileged_port_start" =
-      lib.mkIf (routerPort < 1024) (lib.mkDefault routerPort);
+      lib.mkIf (lowestRouterPort < 1024) (lib.mkDefault lowestRouterPort);
 
     networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall routerPort
+      ++ lib.optional (cfg.openFirewall && cfg.tls.httpsListen != null) (listenPort cfg.tls.httpsListen)
       ++ lib.optional (cfg.sftp.openFirewall && cfg.sftp.listen != null) (listenPort cfg.sftp.listen);
   };
 }

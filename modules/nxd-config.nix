@@ -80,4 +80,16 @@ withoutNulls {
     inherit (cfg.sftp) listen;
     max_upload_mb = cfg.sftp.maxUploadMb;
   };
+  tls = withoutNulls {
+    https_listen = cfg.tls.httpsListen;
+    inherit (cfg.tls) acme hsts;
+    acme_directory_url = cfg.tls.acmeDirectoryUrl;
+    acme_email = cfg.tls.acmeEmail;
+    acme_ca_roots = cfg.tls.acmeCaRoots;
+    acme_renew_before_days = cfg.tls.acmeRenewBeforeDays;
+    acme_check_interval_secs = cfg.tls.acmeCheckIntervalSecs;
+    cert_file = cfg.tls.certFile;
+    key_file = cfg.tls.keyFile;
+    redirect_http = cfg.tls.redirectHttp;
+  };
 }

@@ -83,4 +83,17 @@
     listen = null;
     maxUploadMb = 1024;
   };
+  tls = {
+    httpsListen = null;
+    acme = true;
+    acmeDirectoryUrl = "https://acme-v02.api.letsencrypt.org/directory";
+    acmeEmail = null;
+    acmeCaRoots = null;
+    acmeRenewBeforeDays = 30;
+    acmeCheckIntervalSecs = 3600;
+    certFile = null;
+    keyFile = null;
+    redirectHttp = true;
+    hsts = false;
+  };
 }

@@ -55,8 +55,17 @@ pub struct Client {
 impl Client {
     /// `host`: the API's base URL, e.g. `http://127.0.0.1:7070` (no trailing slash).
     pub fn new(host: impl Into<String>, token: impl Into<String>) -> Self {
+        Self::with_http(reqwest::Client::new(), host, token)
+    }
+
+    /// [`Client::new`] over a client of the caller's (e.g. one that trusts an extra CA).
+    pub fn with_http(
+        http: reqwest::Client,
+        host: impl Into<String>,
+        token: impl Into<String>,
+    ) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http,
             host: host.into(),
             token: token.into(),
         }

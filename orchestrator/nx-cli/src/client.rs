@@ -2,13 +2,37 @@
 //! progress bar around uploads and streamed answers copied to stdout.
 
 use crate::settings::Settings;
+use anyhow::Context;
 use futures_util::StreamExt;
 pub use nx_api::client::{Client, ClientError};
 use std::io::Write;
 
-/// The client for the host and token the settings resolved.
-pub fn connect(settings: &Settings) -> Client {
-    Client::new(settings.host.clone(), settings.token.clone())
+/// The client for the host and token the settings resolved: HTTPS verified against the
+/// system's roots and `ca_cert`.
+pub fn connect(settings: &Settings) -> anyhow::Result<Client> {
+    let mut http = reqwest::Client::builder().use_rustls_tls();
+    if let Some(path) = &settings.ca_cert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca-cert {} is not PEM certificates", path.display()))?;
+        anyhow::ensure!(
+            !roots.is_empty(),
+            "--ca-cert {} holds no certificate",
+            path.display()
+        );
+        for root in roots {
+            http = http.add_root_certificate(root);
+        }
+    }
+    let http = http
+        .build()
+        .context("cannot set up TLS for the API client")?;
+    Ok(Client::with_http(
+        http,
+        settings.host.clone(),
+        settings.token.clone(),
+    ))
 }
 
 /// A local file as a request body that advances a progress bar (hidden when `quiet`), with its

@@ -27,6 +27,13 @@ struct Cli {
     /// The config file (default: $XDG_CONFIG_HOME/nx/config.toml or ~/.config/nx/config.toml).
     #[arg(long, global = true, env = "NX_CONFIG")]
     config: Option<PathBuf>,
+    /// An extra CA certificate (PEM) to trust for nxd's HTTPS (else NX_CA_CERT, else the config
+    /// file's ca_cert); the system's roots are always trusted.
+    #[arg(long, global = true, env = "NX_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Allow plain http:// to a host that is not loopback (the token travels in clear text).
+    #[arg(long, global = true)]
+    insecure: bool,
     /// Print JSON instead of text (errors too, as {"error": ...}).
     #[arg(long, global = true)]
     json: bool,
@@ -148,8 +155,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         output::verified(file, &info, json);
         return Ok(());
     }
-    let settings = settings::Settings::resolve(cli.host, cli.token, cli.config)?;
-    let client = client::connect(&settings);
+    let settings = settings::Settings::resolve(settings::Given {
+        host: cli.host,
+        token: cli.token,
+        config: cli.config,
+        ca_cert: cli.ca_cert,
+        insecure: cli.insecure,
+    })?;
+    let client = client::connect(&settings)?;
     match cli.command {
         Command::VerifyBinary { .. } => unreachable!("handled above"),
         Command::Push(args) => push::run(&client, args, json).await,

@@ -48,6 +48,7 @@ pub struct Config {
     pub microvm: MicrovmConfig,
     pub router: crate::router::RouterConfig,
     pub sftp: SftpConfig,
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// The SFTP server: uploads without the CLI (the SSH user is the sandbox's name; public keys
@@ -290,6 +291,7 @@ impl Default for Config {
             microvm: MicrovmConfig::default(),
             router: crate::router::RouterConfig::default(),
             sftp: SftpConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
         }
     }
 }
@@ -392,6 +394,7 @@ impl Config {
             )));
         }
         self.router.validate().map_err(ConfigError::Invalid)?;
+        self.tls.validate().map_err(ConfigError::Invalid)?;
         if self.api_max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "api_max_connections must be at least 1".into(),
@@ -485,7 +488,10 @@ mod tests {
                  sandbox = d.sandbox // { healthPath = "/healthz"; };
                  databases = d.databases // { adminUrl = "postgres:///nx?host=/run/postgresql"; socketDir = "/run/postgresql"; };
                  microvm = d.microvm // { kernelDir = "/var/lib/nx/kernel"; };
-                 sftp = d.sftp // { listen = "0.0.0.0:2222"; }; }"#,
+                 sftp = d.sftp // { listen = "0.0.0.0:2222"; };
+                 tls = d.tls // { httpsListen = "0.0.0.0:443"; acmeEmail = "ops@example.com";
+                                  acmeCaRoots = "/etc/nx/acme-root.pem"; certFile = "/etc/nx/origin.pem";
+                                  keyFile = "/etc/nx/origin.key"; }; }"#,
         );
         let parsed: Config =
             serde_json::from_value(all.clone()).expect("nxd parses the module's file");

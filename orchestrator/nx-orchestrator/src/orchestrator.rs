@@ -63,6 +63,8 @@ pub struct Orchestrator {
     pub(crate) embedded_db: bool,
     /// What the manager's watchdog found wrong, while it is wrong (see `watchdog`).
     pub(crate) problem: std::sync::Mutex<Option<String>>,
+    /// The ACME client, when `[tls]` has HTTPS and ACME on.
+    pub certificates: Option<Arc<crate::tls::acme::Acme>>,
 }
 
 impl Orchestrator {
@@ -131,6 +133,12 @@ impl Orchestrator {
             &router::settings(&config),
         )
         .await?;
+        let certificates = config
+            .tls
+            .acme_enabled()
+            .then(|| crate::tls::acme::Acme::start(&config.tls, state_dir, router.clone()))
+            .transpose()
+            .map_err(|e| Error::Setup(e.to_string()))?;
         let tasks = Tasks::start(
             Arc::clone(&supervisor),
             backend.clone(),
@@ -153,6 +161,7 @@ impl Orchestrator {
             supervisor,
             embedded_db: embedded.is_some(),
             problem: std::sync::Mutex::new(None),
+            certificates,
         });
         app.adopt().await?;
         app.schedule_backups();
@@ -250,11 +259,18 @@ impl Orchestrator {
                     .map(|addr| (RouteKey::Production(sandbox.clone()), id, *addr))
             }))
             .collect();
-        let table = router::table(
+        let mut table = router::table(
             &self.config.base_domain,
             keys.iter().map(|(key, id, addr)| (key, id.as_str(), *addr)),
         );
+        table.routes.extend(crate::tls::api_route(&self.config));
         self.router.replace(&table, ROUTER_PATIENCE).await?;
+        if let Some(acme) = &self.certificates {
+            acme.want(crate::tls::certificate_names(
+                &table,
+                &self.config.base_domain,
+            ));
+        }
         Ok(())
     }
 
@@ -931,6 +947,7 @@ async fn make_backends(
     supervisor: Arc<Supervisor>,
     launcher: PathBuf,
 ) -> Result<Arc<Backends>, Error> {
+    #[cfg(any(feature = "container", feature = "microvm"))]
     let settings = crate::backend::UnitSettings {
         restart_delay: Duration::from_secs(config.sandbox.restart_delay_secs),
         log_keep: config.logs.keep,

@@ -1,7 +1,8 @@
 //! nxd's client of the router's control socket: HTTP/1.1 over a unix socket.
 //!
 //! `PUT /v1/routes` with a [`RouteTable`] (JSON) replaces the whole table (204);
-//! `GET /v1/routes` answers the table the router holds.
+//! `GET /v1/routes` answers the table the router holds; `POST /v1/certificates` makes it
+//! re-read the certificate store.
 
 use crate::RouteTable;
 use bytes::Bytes;
@@ -18,6 +19,8 @@ pub enum RouterClientError {
     #[error("the router refused the request ({status}): {body}")]
     Refused { status: StatusCode, body: String },
 }
+
+const ROUTES: &str = "/v1/routes";
 
 /// Talks to one router's control socket.
 #[derive(Debug, Clone)]
@@ -40,7 +43,8 @@ impl RouterClient {
         patience: Duration,
     ) -> Result<(), RouterClientError> {
         let body = serde_json::to_vec(table).expect("a route table serializes");
-        self.call_retrying(Method::PUT, body, patience).await?;
+        self.call_retrying(Method::PUT, ROUTES, body, patience)
+            .await?;
         tracing::debug!(
             routes = table.routes.len(),
             "route table sent to the router"
@@ -51,7 +55,7 @@ impl RouterClient {
     /// The table the router holds now.
     pub async fn table(&self, patience: Duration) -> Result<RouteTable, RouterClientError> {
         let body = self
-            .call_retrying(Method::GET, Vec::new(), patience)
+            .call_retrying(Method::GET, ROUTES, Vec::new(), patience)
             .await?;
         serde_json::from_slice(&body).map_err(|e| RouterClientError::Refused {
             status: StatusCode::OK,
@@ -59,15 +63,23 @@ impl RouterClient {
         })
     }
 
+    /// Makes the router re-read `<state_dir>/tls/certs` (after nxd stored a certificate).
+    pub async fn reload_certificates(&self, patience: Duration) -> Result<(), RouterClientError> {
+        self.call_retrying(Method::POST, "/v1/certificates", Vec::new(), patience)
+            .await?;
+        Ok(())
+    }
+
     async fn call_retrying(
         &self,
         method: Method,
+        path: &str,
         body: Vec<u8>,
         patience: Duration,
     ) -> Result<Bytes, RouterClientError> {
         let deadline = Instant::now() + patience;
         loop {
-            match self.call(method.clone(), body.clone()).await {
+            match self.call(method.clone(), path, body.clone()).await {
                 Err(RouterClientError::Unreachable { .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -76,7 +88,12 @@ impl RouterClient {
         }
     }
 
-    async fn call(&self, method: Method, body: Vec<u8>) -> Result<Bytes, RouterClientError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Bytes, RouterClientError> {
         let unreachable = |message: String| RouterClientError::Unreachable {
             socket: self.socket.clone(),
             message,
@@ -90,7 +107,7 @@ impl RouterClient {
         tokio::spawn(conn);
         let request = Request::builder()
             .method(method)
-            .uri("/v1/routes")
+            .uri(path)
             .header(hyper::header::HOST, "nx-router")
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))

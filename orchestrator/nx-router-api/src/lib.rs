@@ -1,15 +1,17 @@
 //! What nxd and the router (`nx-router`) share, and nothing else: the route table nxd hands
 //! over ([`Route`], [`RouteTable`]), the router's settings ([`RouterSettings`], with `[router]`
-//! as [`RouterConfig`]) and the client of the router's control socket ([`RouterClient`]).
+//! as [`RouterConfig`], HTTPS as [`RouterTls`]), the client of the router's control socket
+//! ([`RouterClient`]) and the certificate store nxd writes and the router serves ([`store`]).
 //!
 //! It depends on no server crate of nxd's (no sqlx, zbus or backends), so `nx-router` builds
 //! and tests on its own: `cargo test -p nx-router`.
 
 pub mod client;
 mod settings;
+pub mod store;
 
 pub use client::{RouterClient, RouterClientError};
-pub use settings::{RouterConfig, RouterSettings};
+pub use settings::{RouterConfig, RouterSettings, RouterTls};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;

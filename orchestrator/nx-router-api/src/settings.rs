@@ -89,8 +89,31 @@ pub struct RouterSettings {
     pub base_domain: String,
     /// The router's own directory: `control.sock`, `routes.json`, `upgrade.sock`.
     pub dir: PathBuf,
+    /// HTTPS, when `tls.https_listen` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouterTls>,
     #[serde(flatten)]
     pub config: RouterConfig,
+}
+
+/// The router's HTTPS side, from `[tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouterTls {
+    /// The HTTPS listener (ALPN: `h2`, `http/1.1`).
+    pub listen: SocketAddr,
+    /// The ACME certificates, `<name>.pem` (see [`crate::store`]); re-read on
+    /// `POST /v1/certificates`.
+    pub certs_dir: PathBuf,
+    /// HTTP-01 key authorizations, one file per token.
+    pub challenges_dir: PathBuf,
+    /// A fixed certificate chain and key (PEM), served for the names it covers.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// 308 from HTTP to HTTPS for names that have a certificate.
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security` on HTTPS responses.
+    pub hsts: bool,
 }
 
 impl RouterSettings {

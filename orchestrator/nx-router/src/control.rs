@@ -1,8 +1,10 @@
 //! The control socket nxd feeds tables through: HTTP/1.1 on a unix socket (mode 0600, so only
 //! root, which nxd runs as, may connect). `PUT /v1/routes` replaces the table (204),
-//! `GET /v1/routes` answers it. Runs on a thread of its own, beside Pingora's runtimes.
+//! `GET /v1/routes` answers it; `POST /v1/certificates` re-reads the certificate store (204,
+//! or 404 without HTTPS). Runs on a thread of its own, beside Pingora's runtimes.
 
 use crate::table::Table;
+use crate::tls::Certificates;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -17,7 +19,11 @@ use std::sync::Arc;
 const MAX_TABLE_BYTES: usize = 64 << 20;
 
 /// Binds `socket` (replacing a stale one) and serves it on a new thread.
-pub fn spawn(socket: &Path, table: Arc<Table>) -> anyhow::Result<()> {
+pub fn spawn(
+    socket: &Path,
+    table: Arc<Table>,
+    certs: Option<Arc<Certificates>>,
+) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(socket);
     let listener = std::os::unix::net::UnixListener::bind(socket)
         .map_err(|e| anyhow::anyhow!("cannot bind the control socket {}: {e}", socket.display()))?;
@@ -30,12 +36,16 @@ pub fn spawn(socket: &Path, table: Arc<Table>) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .expect("the control thread's runtime");
-            runtime.block_on(serve(listener, table));
+            runtime.block_on(serve(listener, table, certs));
         })?;
     Ok(())
 }
 
-async fn serve(listener: std::os::unix::net::UnixListener, table: Arc<Table>) {
+async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    table: Arc<Table>,
+    certs: Option<Arc<Certificates>>,
+) {
     let listener = tokio::net::UnixListener::from_std(listener).expect("a tokio unix listener");
     loop {
         let stream = match listener.accept().await {
@@ -46,11 +56,13 @@ async fn serve(listener: std::os::unix::net::UnixListener, table: Arc<Table>) {
                 continue;
             }
         };
-        let table = table.clone();
+        let (table, certs) = (table.clone(), certs.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let table = table.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&table, req).await) }
+                let (table, certs) = (table.clone(), certs.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(handle(&table, certs.as_deref(), req).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -59,14 +71,34 @@ async fn serve(listener: std::os::unix::net::UnixListener, table: Arc<Table>) {
     }
 }
 
-async fn handle(table: &Table, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    table: &Table,
+    certs: Option<&Certificates>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, body: Vec<u8>| {
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
         resp
     };
-    if req.uri().path() != "/v1/routes" {
-        return reply(StatusCode::NOT_FOUND, b"only /v1/routes\n".to_vec());
+    match (req.uri().path(), req.method(), certs) {
+        ("/v1/routes", _, _) => {}
+        ("/v1/certificates", &Method::POST, Some(certs)) => {
+            certs.reload();
+            return reply(StatusCode::NO_CONTENT, Vec::new());
+        }
+        ("/v1/certificates", _, None) => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                b"HTTPS is off (tls.https_listen)\n".to_vec(),
+            )
+        }
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                b"only /v1/routes and POST /v1/certificates\n".to_vec(),
+            )
+        }
     }
     match *req.method() {
         Method::GET => reply(

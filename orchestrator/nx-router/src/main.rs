@@ -11,11 +11,14 @@ mod control;
 mod headers;
 mod proxy;
 mod table;
+mod tls;
 
 use anyhow::Context;
 use clap::Parser;
 use nx_router_api::RouterSettings;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::listening::Service;
@@ -50,7 +53,11 @@ fn main() -> anyhow::Result<()> {
     raise_open_files_limit();
 
     let table = Arc::new(table::Table::load(&settings.table_file())?);
-    control::spawn(&settings.control_socket(), table.clone())?;
+    let certs = match &settings.tls {
+        Some(tls) => Some(Arc::new(tls::Certificates::load(tls)?)),
+        None => None,
+    };
+    control::spawn(&settings.control_socket(), table.clone(), certs.clone())?;
 
     let dir = |name: &str| settings.dir.join(name).display().to_string();
     let conf = ServerConf {
@@ -68,10 +75,48 @@ fn main() -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    let http_side = settings
+        .tls
+        .clone()
+        .zip(certs.clone())
+        .map(|(settings, certs)| Arc::new(tls::HttpSide { certs, settings }));
+    let mut plain = proxy_service(&server, &settings, &table, proxy::Listener::Http(http_side));
+    plain.add_tcp(&settings.listen.to_string());
+    server.add_service(plain);
+    if let (Some(tls), Some(certs)) = (&settings.tls, certs) {
+        let mut https = proxy_service(
+            &server,
+            &settings,
+            &table,
+            proxy::Listener::Https { hsts: tls.hsts },
+        );
+        let mut tls_settings = TlsSettings::intermediate("", "")?;
+        tls_settings.set_cert_resolver(certs);
+        tls_settings.enable_h2();
+        https.add_tls_with_settings(&tls.listen.to_string(), None, tls_settings);
+        server.add_service(https);
+        tracing::info!(https_listen = %tls.listen, "HTTPS on");
+    }
+    tracing::info!(listen = %settings.listen, "nx-router ready");
+    server.run_forever()
+}
+
+/// The proxy for one listener, wrapped in the connection caps and head deadline.
+fn proxy_service(
+    server: &Server,
+    settings: &RouterSettings,
+    table: &Arc<table::Table>,
+    listener: proxy::Listener,
+) -> Service<connections::Connections<HttpProxy<proxy::NxProxy>>> {
     let config = settings.config.clone();
     let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        proxy::NxProxy::new(table, config.clone(), settings.base_domain.clone()),
+        proxy::NxProxy::new(
+            table.clone(),
+            config.clone(),
+            settings.base_domain.clone(),
+            listener,
+        ),
     );
     let idle = Duration::from_secs(config.idle_timeout_secs);
     let mut options = HttpServerOptions::default();
@@ -84,11 +129,7 @@ fn main() -> anyhow::Result<()> {
         idle,
         Duration::from_secs(config.head_timeout_secs),
     );
-    let mut service = Service::new("nx-router".into(), app);
-    service.add_tcp(&settings.listen.to_string());
-    server.add_service(service);
-    tracing::info!(listen = %settings.listen, "nx-router ready");
-    server.run_forever()
+    Service::new("nx-router".into(), app)
 }
 
 /// Raises the soft limit of open files to the hard limit (systemd's default soft limit, 1024,

@@ -9,6 +9,7 @@
 
 use crate::headers::{forwarding, hop_by_hop};
 use crate::table::Table;
+use crate::tls::{Answer, HttpSide};
 use async_trait::async_trait;
 use bytes::Bytes;
 use nx_router_api::{Route, RouterConfig};
@@ -23,6 +24,15 @@ pub struct NxProxy {
     table: Arc<Table>,
     config: RouterConfig,
     base_domain: String,
+    listener: Listener,
+}
+
+/// The listener a proxy serves.
+pub enum Listener {
+    /// Plain HTTP; with HTTPS configured it also answers ACME challenges and redirects.
+    Http(Option<Arc<HttpSide>>),
+    /// HTTPS: `X-Forwarded-Proto: https`, and HSTS when `hsts` is set.
+    Https { hsts: bool },
 }
 
 /// Per request.
@@ -35,11 +45,24 @@ pub struct Ctx {
 }
 
 impl NxProxy {
-    pub fn new(table: Arc<Table>, config: RouterConfig, base_domain: String) -> Self {
+    pub fn new(
+        table: Arc<Table>,
+        config: RouterConfig,
+        base_domain: String,
+        listener: Listener,
+    ) -> Self {
         Self {
             table,
             config,
             base_domain,
+            listener,
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self.listener {
+            Listener::Http(_) => "http",
+            Listener::Https { .. } => "https",
         }
     }
 
@@ -80,7 +103,21 @@ fn new_request_id() -> String {
 
 /// Writes a plain-text page and ends the response.
 async fn page(session: &mut Session, ctx: &Ctx, status: u16, text: String) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+    page_with(session, ctx, status, text, None).await
+}
+
+/// [`page`] with a `Location` header (redirects).
+async fn page_with(
+    session: &mut Session,
+    ctx: &Ctx,
+    status: u16,
+    text: String,
+    location: Option<&str>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    if let Some(location) = location {
+        resp.insert_header(http::header::LOCATION, location)?;
+    }
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, text.len())?;
     resp.insert_header("x-request-id", &ctx.request_id)?;
@@ -126,6 +163,26 @@ impl ProxyHttp for NxProxy {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        if let Listener::Http(Some(https)) = &self.listener {
+            let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            match https.answer(&ctx.host, target) {
+                Some(Answer::Challenge(Some(text))) => {
+                    page(session, ctx, 200, text).await?;
+                    return Ok(true);
+                }
+                Some(Answer::Challenge(None)) => {
+                    let text = "NX: no such ACME challenge here.\n".to_owned();
+                    page(session, ctx, 404, text).await?;
+                    return Ok(true);
+                }
+                Some(Answer::Redirect(location)) => {
+                    let text = format!("NX: this site is served over HTTPS: {location}\n");
+                    page_with(session, ctx, 308, text, Some(&location)).await?;
+                    return Ok(true);
+                }
+                None => {}
+            }
+        }
         ctx.route = self.table.lookup(&ctx.host);
         if ctx.route.is_none() {
             let text = not_found(&ctx.host, &self.base_domain);
@@ -191,7 +248,7 @@ impl ProxyHttp for NxProxy {
                 &upstream.headers,
                 peer,
                 self.trusted(session),
-                "http",
+                self.scheme(),
                 &ctx.host,
             );
             upstream.insert_header("x-forwarded-for", f.x_forwarded_for)?;
@@ -225,6 +282,10 @@ impl ProxyHttp for NxProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         response.insert_header("x-request-id", &ctx.request_id)?;
+        if let Listener::Https { hsts: true } = self.listener {
+            // RFC 6797 §6.1: one year.
+            response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, "max-age=31536000")?;
+        }
         Ok(())
     }
 

@@ -5,14 +5,12 @@
 mod common;
 
 use common::Router;
-use futures_util::{SinkExt, StreamExt};
 use nx_router_api::RouterConfig;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
 fn header<'a>(seen: &'a Value, name: &str) -> Vec<&'a str> {
     seen["headers"][name]
@@ -23,20 +21,7 @@ fn header<'a>(seen: &'a Value, name: &str) -> Vec<&'a str> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_frames_echo_both_ways() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        ws.send(msg).await.unwrap();
-                    }
-                }
-            });
-        }
-    });
+    let upstream = common::websocket_echo_app().await;
     let router = Router::start(RouterConfig::default(), None).await;
     router.routes(&[("chat.nx.test", upstream)]).await;
 
@@ -50,17 +35,7 @@ async fn websocket_frames_echo_both_ways() {
         .await
         .expect("WebSocket handshake through the router");
     assert_eq!(response.status(), 101);
-    for i in 0..100 {
-        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
-        let echoed = ws.next().await.expect("a frame back").unwrap();
-        assert_eq!(echoed, Message::text(format!("hello {i}")));
-    }
-    ws.send(Message::binary(vec![7u8; 100_000])).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::binary(vec![7u8; 100_000])
-    );
-    ws.close(None).await.unwrap();
+    common::websocket_round_trips(&mut ws).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

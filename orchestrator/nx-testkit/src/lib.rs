@@ -12,6 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod pebble;
+
 pub const BASE_DOMAIN: &str = "nx.test";
 /// Deployment ports handed to each host.
 const PORTS_PER_HOST: u16 = 40;
@@ -132,15 +134,27 @@ impl Host {
 
     /// Like `start_with`, running the nxd binary at `nxd` (e.g. a copy under /tmp).
     pub fn start_with_nxd(nxd: PathBuf, extra_config: &str) -> Self {
+        Self::start_in_block(nxd, extra_config, free_port())
+    }
+
+    /// Like `start_with`, with the router's HTTP listener on `router_port` (for a server that
+    /// must know it first, e.g. an ACME server's HTTP-01 validation port).
+    pub fn start_with_router_port(extra_config: &str, router_port: u16) -> Self {
+        Self::start_in_block(bin("nxd"), extra_config, router_port)
+    }
+
+    /// A host in this process's next block of ports and uids.
+    fn start_in_block(nxd: PathBuf, extra_config: &str, router_port: u16) -> Self {
         let n = HOSTS_STARTED.fetch_add(1, Ordering::SeqCst);
         // 256 blocks of 40 ports from 21000 to 31239: below the kernel's ephemeral range
         // (32768 and up), so that no client socket ever holds a deployment's port.
         let block = (std::process::id() % 64) as u16 * 4 + n % 4;
         let start = 21000 + block * PORTS_PER_HOST;
-        Self::start_with_ports(
+        Self::start_configured(
             nxd,
             (start, start + PORTS_PER_HOST - 1),
             block,
+            router_port,
             extra_config,
         )
     }
@@ -154,6 +168,16 @@ impl Host {
         uid_block: u16,
         extra_config: &str,
     ) -> Self {
+        Self::start_configured(nxd, ports, uid_block, free_port(), extra_config)
+    }
+
+    fn start_configured(
+        nxd: PathBuf,
+        ports: (u16, u16),
+        uid_block: u16,
+        router_port: u16,
+        extra_config: &str,
+    ) -> Self {
         let state_dir = tempfile::Builder::new()
             .prefix("nx-test-")
             .tempdir_in("/var/tmp")
@@ -162,7 +186,7 @@ impl Host {
             "state_dir = {:?}\napi_listen = \"127.0.0.1:{}\"\nrouter_listen = \"127.0.0.1:{}\"\nbase_domain = \"{BASE_DOMAIN}\"\n\n[ports]\nstart = {}\nend = {}\n\n[sandbox]\nuid_base = {}\nready_timeout_secs = 60\n\n[systemd]\nmode = \"embedded\"\n\n{extra_config}\n",
             state_dir.path(),
             free_port(),
-            free_port(),
+            router_port,
             ports.0,
             ports.1,
             200_000 + u32::from(uid_block) * 100,

@@ -11,7 +11,7 @@ pub mod unit;
 
 pub use nx_router_api::{
     client, normalize_host, Route, RouteTable, RouterClient, RouterClientError, RouterConfig,
-    RouterSettings,
+    RouterSettings, RouterTls,
 };
 
 use crate::config::Config;
@@ -55,6 +55,15 @@ pub fn settings(config: &Config) -> RouterSettings {
         listen: config.router_listen,
         base_domain: config.base_domain.clone(),
         dir: config.state_dir.join("router"),
+        tls: config.tls.https_listen.map(|listen| RouterTls {
+            listen,
+            certs_dir: crate::tls::certs_dir(&config.state_dir),
+            challenges_dir: crate::tls::challenges_dir(&config.state_dir),
+            cert_file: config.tls.cert_file.clone(),
+            key_file: config.tls.key_file.clone(),
+            redirect_http: config.tls.redirect_http,
+            hsts: config.tls.hsts,
+        }),
         config: config.router.clone(),
     }
 }

@@ -1,13 +1,18 @@
 //! A real `nx-router` process for the tests, fed its table over its control socket as nxd
 //! does, in front of real servers (hyper, tokio-tungstenite, tonic) on loopback.
 
-use nx_router_api::{Route, RouteTable, RouterClient, RouterConfig, RouterSettings};
+// Each test file uses a part of this module.
+#![allow(dead_code)]
+
+use nx_router_api::{Route, RouteTable, RouterClient, RouterConfig, RouterSettings, RouterTls};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Router {
     pub addr: SocketAddr,
+    /// The HTTPS listener, when started with TLS.
+    pub https: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub client: RouterClient,
     pub child: Child,
@@ -23,11 +28,21 @@ impl Router {
     /// Starts the router binary with `config`; `open_files` sets its soft open-file limit first
     /// (as systemd's default 1024 would) and checks that the router raised it.
     pub async fn start(config: RouterConfig, open_files: Option<u64>) -> Self {
+        Self::start_with_tls(config, open_files, |_| None).await
+    }
+
+    /// [`Router::start`] with the HTTPS side `tls` makes from the router's directory.
+    pub async fn start_with_tls(
+        config: RouterConfig,
+        open_files: Option<u64>,
+        tls: impl FnOnce(&std::path::Path) -> Option<RouterTls>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let settings = RouterSettings {
             listen: free_addr(),
             base_domain: "nx.test".into(),
             dir: dir.path().to_owned(),
+            tls: tls(dir.path()),
             config,
         };
         let file = RouterSettings::file(dir.path());
@@ -52,6 +67,7 @@ impl Router {
         let child = command.spawn().expect("spawn nx-router");
         let router = Self {
             addr: settings.listen,
+            https: settings.tls.as_ref().map(|t| t.listen),
             client: RouterClient::new(&settings.control_socket()),
             dir,
             child,
@@ -62,13 +78,15 @@ impl Router {
             .await
             .unwrap_or_else(|e| panic!("{e}\n{}", router.log()));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(router.addr).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "router never listened\n{}",
-                router.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        for addr in std::iter::once(router.addr).chain(router.https) {
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "router never listened on {addr}\n{}",
+                    router.log()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         if open_files.is_some() {
             let limits = std::fs::read_to_string(format!("/proc/{}/limits", router.child.id()))
@@ -177,4 +195,44 @@ pub async fn echo_app() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A WebSocket server (tokio-tungstenite) that sends back every text and binary frame.
+pub async fn websocket_echo_app() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        ws.send(msg).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// 100 text frames and one 100 KB binary frame echoed by a [`websocket_echo_app`], then close.
+pub async fn websocket_round_trips<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    for i in 0..100 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let echoed = ws.next().await.expect("a frame back").unwrap();
+        assert_eq!(echoed, Message::text(format!("hello {i}")));
+    }
+    ws.send(Message::binary(vec![7u8; 100_000])).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![7u8; 100_000])
+    );
+    ws.close(None).await.unwrap();
 }

@@ -1,0 +1,446 @@
+//! Certificates from an ACME server (RFC 8555) for the names NX routes, and only those: the
+//! production hosts `<sandbox>.<base_domain>` (and, through [`Acme::want`], whatever else nxd
+//! routes). The protocol, JWS and CSR are instant-acme's; the challenge is HTTP-01 (§8.3),
+//! answered by the router on its plain HTTP listener from `<state_dir>/tls/challenges/`.
+//!
+//! Each name has a [`CertificateStatus`] kept in `<state_dir>/tls/status.json`: valid until a
+//! date, or failed with the server's reason and the time of the next attempt (back-off from
+//! 60 s, doubling, up to a day). A certificate is stored (see [`super::store`]) and the router
+//! told to re-read the store; a renewed one replaces the old in one rename, so no handshake
+//! sees neither.
+
+use super::store::{self, StoreError};
+use super::TlsConfig;
+use crate::router::RouterClient;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The first retry after a failed order, in seconds; it doubles after each failure.
+const FIRST_BACKOFF_SECS: i64 = 60;
+/// The longest back-off, in seconds.
+const MAX_BACKOFF_SECS: i64 = 86_400;
+/// How long an order may stay pending before it counts as failed.
+const ORDER_PATIENCE: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("ACME: {0}")]
+    Protocol(#[from] instant_acme::Error),
+    #[error("the ACME server refused the order: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Where a name's certificate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateState {
+    /// No certificate yet; an order is due or running.
+    Pending,
+    /// A certificate is served.
+    Valid,
+    /// The last order failed; `next_attempt` says when the next one starts.
+    Failed,
+    /// Covered by the fixed `tls.cert_file`: no order.
+    Fixed,
+}
+
+/// A name's certificate state, as `nx domain ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    pub state: CertificateState,
+    /// The served certificate's `notAfter`, seconds since the Unix epoch.
+    pub not_after: Option<i64>,
+    /// The last failure, with the ACME server's reason when it gave one.
+    pub error: Option<String>,
+    /// Failed orders in a row.
+    pub failures: u32,
+    /// When the next order may start, seconds since the Unix epoch.
+    pub next_attempt: Option<i64>,
+}
+
+/// The stored account: its credentials, for the directory they belong to.
+#[derive(Serialize, Deserialize)]
+struct StoredAccount {
+    directory: String,
+    credentials: AccountCredentials,
+}
+
+/// nxd's ACME client: one account, the names wanted, their states.
+pub struct Acme {
+    config: TlsConfig,
+    dir: PathBuf,
+    certs_dir: PathBuf,
+    challenges_dir: PathBuf,
+    router: RouterClient,
+    account: tokio::sync::OnceCell<Account>,
+    wanted: watch::Sender<BTreeSet<String>>,
+    statuses: std::sync::Mutex<BTreeMap<String, CertificateStatus>>,
+    /// The leaf of `tls.cert_file`, to leave the names it covers alone.
+    fixed_leaf: Option<rustls_pki_types::CertificateDer<'static>>,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), AcmeError> {
+    let io = |source| AcmeError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    std::io::Write::write_all(&mut file, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+impl Acme {
+    /// Starts the ACME loop for `config` (which must have [`TlsConfig::acme_enabled`]).
+    /// Reads the fixed certificate's leaf, if any, and the stored statuses.
+    pub fn start(
+        config: &TlsConfig,
+        state_dir: &std::path::Path,
+        router: RouterClient,
+    ) -> Result<Arc<Self>, AcmeError> {
+        let fixed_leaf = match (&config.cert_file, &config.key_file) {
+            (Some(cert), Some(key)) => Some(store::read_pair(cert, key)?.chain.remove(0)),
+            _ => None,
+        };
+        let dir = super::dir(state_dir);
+        let statuses = std::fs::read(dir.join("status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let acme = Arc::new(Self {
+            config: config.clone(),
+            certs_dir: super::certs_dir(state_dir),
+            challenges_dir: super::challenges_dir(state_dir),
+            dir,
+            router,
+            account: tokio::sync::OnceCell::new(),
+            wanted: watch::Sender::new(BTreeSet::new()),
+            statuses: std::sync::Mutex::new(statuses),
+            fixed_leaf,
+        });
+        for dir in [&acme.certs_dir, &acme.challenges_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| AcmeError::Io {
+                what: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
+        tokio::spawn(acme.clone().run());
+        Ok(acme)
+    }
+
+    /// Sets the names that need certificates (lower-case DNS names); the loop looks at once.
+    pub fn want(&self, names: BTreeSet<String>) {
+        self.wanted.send_if_modified(|current| {
+            let changed = *current != names;
+            *current = names;
+            changed
+        });
+    }
+
+    /// Every wanted name's status (a name not looked at yet is pending).
+    pub fn statuses(&self) -> BTreeMap<String, CertificateStatus> {
+        let known = self.statuses.lock().expect("statuses lock");
+        self.wanted
+            .borrow()
+            .iter()
+            .map(|name| {
+                let status = known.get(name).cloned().unwrap_or(CertificateStatus {
+                    state: CertificateState::Pending,
+                    not_after: None,
+                    error: None,
+                    failures: 0,
+                    next_attempt: None,
+                });
+                (name.clone(), status)
+            })
+            .collect()
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut wanted = self.wanted.subscribe();
+        loop {
+            let names: Vec<String> = wanted.borrow_and_update().iter().cloned().collect();
+            for name in &names {
+                self.ensure(name).await;
+            }
+            let interval = Duration::from_secs(self.config.acme_check_interval_secs);
+            let wait = self.next_retry().map_or(interval, |at| {
+                Duration::from_secs((at - now()).clamp(1, interval.as_secs() as i64) as u64)
+            });
+            tokio::select! {
+                changed = wanted.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// The earliest time a failed name may be ordered again.
+    fn next_retry(&self) -> Option<i64> {
+        let statuses = self.statuses.lock().expect("statuses lock");
+        statuses.values().filter_map(|s| s.next_attempt).min()
+    }
+
+    fn set_status(&self, name: &str, status: CertificateStatus) {
+        let mut statuses = self.statuses.lock().expect("statuses lock");
+        statuses.insert(name.to_owned(), status);
+        let json = serde_json::to_vec_pretty(&*statuses).expect("statuses serialize");
+        if let Err(e) = write_private(&self.dir.join("status.json"), &json) {
+            tracing::warn!(error = %e, "cannot keep the certificate statuses");
+        }
+    }
+
+    /// Orders `name`'s certificate if it has none, it is due for renewal, and its back-off
+    /// (after a failure) is over.
+    #[tracing::instrument(skip(self))]
+    async fn ensure(&self, name: &str) {
+        if self
+            .fixed_leaf
+            .as_ref()
+            .is_some_and(|leaf| store::covers(leaf, name))
+        {
+            let fixed = CertificateStatus {
+                state: CertificateState::Fixed,
+                not_after: self
+                    .fixed_leaf
+                    .as_ref()
+                    .and_then(|l| store::not_after(l).ok()),
+                error: None,
+                failures: 0,
+                next_attempt: None,
+            };
+            self.set_status(name, fixed);
+            return;
+        }
+        let path = store::path(&self.certs_dir, name);
+        let stored = store::read_pair(&path, &path).ok().map(|p| p.not_after);
+        let renew_at =
+            |not_after: i64| not_after - i64::from(self.config.acme_renew_before_days) * 86_400;
+        let previous = self
+            .statuses
+            .lock()
+            .expect("statuses lock")
+            .get(name)
+            .cloned();
+        if let Some(not_after) = stored.filter(|n| renew_at(*n) > now()) {
+            if previous
+                .as_ref()
+                .is_none_or(|p| p.state != CertificateState::Valid)
+            {
+                self.set_status(
+                    name,
+                    CertificateStatus {
+                        state: CertificateState::Valid,
+                        not_after: Some(not_after),
+                        error: None,
+                        failures: 0,
+                        next_attempt: None,
+                    },
+                );
+            }
+            return;
+        }
+        let failures = previous.as_ref().map_or(0, |p| p.failures);
+        if previous
+            .as_ref()
+            .and_then(|p| p.next_attempt)
+            .is_some_and(|at| at > now())
+        {
+            return;
+        }
+        tracing::info!(renewal = stored.is_some(), "ordering a certificate");
+        match self.order(name).await {
+            Ok(not_after) => {
+                tracing::info!(not_after, "certificate stored");
+                self.set_status(
+                    name,
+                    CertificateStatus {
+                        state: CertificateState::Valid,
+                        not_after: Some(not_after),
+                        error: None,
+                        failures: 0,
+                        next_attempt: None,
+                    },
+                );
+                if let Err(e) = self
+                    .router
+                    .reload_certificates(Duration::from_secs(10))
+                    .await
+                {
+                    tracing::warn!(error = %e, "the router did not re-read the certificates");
+                }
+            }
+            Err(e) => {
+                let backoff = (FIRST_BACKOFF_SECS << failures.min(16)).min(MAX_BACKOFF_SECS);
+                tracing::warn!(error = %e, retry_in_secs = backoff, "certificate order failed");
+                self.set_status(
+                    name,
+                    CertificateStatus {
+                        // A renewal that failed still serves the old certificate.
+                        state: if stored.is_some() {
+                            CertificateState::Valid
+                        } else {
+                            CertificateState::Failed
+                        },
+                        not_after: stored,
+                        error: Some(e.to_string()),
+                        failures: failures + 1,
+                        next_attempt: Some(now() + backoff),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The account: the stored one for this directory, or a new one (then stored, 0600).
+    async fn account(&self) -> Result<&Account, AcmeError> {
+        self.account
+            .get_or_try_init(|| async {
+                let file = self.dir.join("account.json");
+                let directory = &self.config.acme_directory_url;
+                let builder = match &self.config.acme_ca_roots {
+                    Some(roots) => Account::builder_with_root(roots)?,
+                    None => Account::builder()?,
+                };
+                let stored = std::fs::read(&file)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<StoredAccount>(&b).ok())
+                    .filter(|a| &a.directory == directory);
+                if let Some(stored) = stored {
+                    return Ok(builder.from_credentials(stored.credentials).await?);
+                }
+                let contact = self
+                    .config
+                    .acme_email
+                    .as_ref()
+                    .map(|e| format!("mailto:{e}"));
+                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let (account, credentials) = builder
+                    .create(
+                        &NewAccount {
+                            contact: &contact,
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        directory.clone(),
+                        None,
+                    )
+                    .await?;
+                let stored = StoredAccount {
+                    directory: directory.clone(),
+                    credentials,
+                };
+                write_private(
+                    &file,
+                    &serde_json::to_vec(&stored).expect("credentials serialize"),
+                )?;
+                tracing::info!(id = account.id(), "ACME account created");
+                Ok(account)
+            })
+            .await
+    }
+
+    /// One order for `name` by HTTP-01; answers the new certificate's `notAfter`.
+    async fn order(&self, name: &str) -> Result<i64, AcmeError> {
+        let account = self.account().await?;
+        let identifiers = [Identifier::Dns(name.to_owned())];
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        let mut tokens = Vec::new();
+        let result = self.validate(&mut order, &mut tokens).await;
+        for token in tokens {
+            let _ = std::fs::remove_file(self.challenges_dir.join(token));
+        }
+        result?;
+        let key_pem = order.finalize().await?;
+        let chain_pem = order
+            .poll_certificate(&RetryPolicy::new().timeout(ORDER_PATIENCE))
+            .await?;
+        let path = store::save(&self.certs_dir, name, &chain_pem, &key_pem)?;
+        Ok(store::read_pair(&path, &path)?.not_after)
+    }
+
+    /// Puts up the HTTP-01 answers (their tokens go into `tokens`), tells the server, and waits
+    /// until the order is ready; a refusal carries the server's reasons.
+    async fn validate(
+        &self,
+        order: &mut instant_acme::Order,
+        tokens: &mut Vec<String>,
+    ) -> Result<(), AcmeError> {
+        let mut authorizations = order.authorizations();
+        while let Some(authorization) = authorizations.next().await {
+            let mut authorization = authorization?;
+            match authorization.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => {
+                    return Err(AcmeError::Refused(format!("authorization is {other:?}")));
+                }
+            }
+            let mut challenge =
+                authorization
+                    .challenge(ChallengeType::Http01)
+                    .ok_or_else(|| {
+                        AcmeError::Refused("the server offers no http-01 challenge".into())
+                    })?;
+            if !super::is_challenge_token(&challenge.token) {
+                return Err(AcmeError::Refused(format!(
+                    "the challenge token {:?} is not base64url",
+                    challenge.token
+                )));
+            }
+            let answer = challenge.key_authorization();
+            write_private(
+                &self.challenges_dir.join(&challenge.token),
+                answer.as_str().as_bytes(),
+            )?;
+            tokens.push(challenge.token.clone());
+            challenge.set_ready().await?;
+        }
+        let status = order
+            .poll_ready(&RetryPolicy::new().timeout(ORDER_PATIENCE))
+            .await?;
+        if status == OrderStatus::Ready {
+            return Ok(());
+        }
+        let mut reasons = Vec::new();
+        let mut authorizations = order.authorizations();
+        while let Some(Ok(authorization)) = authorizations.next().await {
+            reasons.extend(
+                authorization
+                    .challenges
+                    .iter()
+                    .filter_map(|c| c.error.as_ref())
+                    .map(|p| p.to_string()),
+            );
+        }
+        if reasons.is_empty() {
+            reasons.push(format!("order is {status:?}"));
+        }
+        Err(AcmeError::Refused(reasons.join("; ")))
+    }
+}

