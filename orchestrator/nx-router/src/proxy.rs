@@ -3,9 +3,10 @@
 //! and answer with pages that say what to do when there is no route or no answer.
 //!
 //! Pingora does the rest: HTTP/1.1 and HTTP/2 to clients, upgrades (WebSocket) tunnelled both
-//! ways, pooled upstream connections, and one retry on a fresh connection when a reused one
-//! fails before any response byte and the request is safe to send again (idempotent, or its
-//! body still buffered): `ProxyHttp::error_while_proxy`'s default.
+//! ways, pooled upstream connections, and sending a request again on another connection when a
+//! reused one fails before any response byte, only if its method is idempotent (RFC 9110
+//! §9.2.2) and its body is still buffered (`ProxyHttp::error_while_proxy`'s default): POST and
+//! PATCH are never sent twice, and a fresh connection's failure is not retried.
 
 use crate::headers::{forwarding, hop_by_hop};
 use crate::table::Table;
