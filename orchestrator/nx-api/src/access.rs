@@ -9,8 +9,25 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// What a deploy token may do, each on the sandboxes of its scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Verb {
     /// Upload artifacts; create, start, stop and remove deployments; create the sandbox and
     /// change its deployment settings.
@@ -36,30 +53,10 @@ impl Verb {
         Verb::Db,
         Verb::Tasks,
     ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verb::Push => "push",
-            Verb::Promote => "promote",
-            Verb::Rollback => "rollback",
-            Verb::Logs => "logs",
-            Verb::Db => "db",
-            Verb::Tasks => "tasks",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-}
-
-impl fmt::Display for Verb {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A set of verbs, e.g. parsed from `push,promote`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct VerbSet(Vec<Verb>);
@@ -75,7 +72,7 @@ impl VerbSet {
     pub fn parse(list: &str) -> Result<Self, String> {
         let mut verbs = Vec::new();
         for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-            let verb = Verb::parse(word).ok_or_else(|| {
+            let verb: Verb = word.parse().map_err(|_| {
                 format!(
                     "unknown verb {word:?}; a token can: {}",
                     VerbSet(Verb::ALL.to_vec())
@@ -111,12 +108,13 @@ impl From<Vec<Verb>> for VerbSet {
 
 impl fmt::Display for VerbSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let words: Vec<&str> = self.0.iter().map(|v| v.as_str()).collect();
+        let words: Vec<&str> = self.0.iter().map(|v| v.as_ref()).collect();
         f.write_str(&words.join(","))
     }
 }
 
 /// `POST /v1/tokens`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
@@ -130,6 +128,7 @@ pub struct CreateToken {
 }
 
 /// A token as `nx token ls` shows it: never the token itself.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenView {
     pub id: String,
@@ -146,6 +145,7 @@ impl TokenView {
 }
 
 /// The answer to `POST /v1/tokens`: the token, shown this once.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreatedToken {
     pub token: String,
@@ -154,6 +154,7 @@ pub struct CreatedToken {
 }
 
 /// A sandbox's key as `nx keys ls` shows it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KeyView {
     /// `SHA256:<base64>` of the key, as `ssh-keygen -lf key.pub` prints it.
@@ -165,6 +166,7 @@ pub struct KeyView {
 }
 
 /// `POST /v1/sandboxes/{name}/keys`: an OpenSSH public key line (`ssh-ed25519 AAAA... comment`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddKey {
@@ -172,18 +174,21 @@ pub struct AddKey {
 }
 
 /// `DELETE /v1/tokens/{id}`: the id of the token removed.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TokenRemoved {
     pub removed: String,
 }
 
 /// `DELETE /v1/sandboxes/{name}/keys?key=`: the fingerprint of the key removed.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KeyRemoved {
     pub removed: String,
 }
 
 /// `GET /v1/sftp/host-key`: what users pin (`nx keys host`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostKeyView {
     /// Where the SFTP server listens.
@@ -198,6 +203,7 @@ pub struct HostKeyView {
 /// its deployments start with. An SFTP upload runs with exactly these; `nx push` starts from
 /// them, and what it names itself wins (`-e K=V` over the same key, `-- args` over the
 /// arguments, each limit over the same limit).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxSettings {

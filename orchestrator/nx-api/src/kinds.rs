@@ -6,31 +6,20 @@ use crate::UnitState;
 use serde::{Deserialize, Serialize};
 
 /// What the user asked a deployment to be. The live state comes from systemd.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, strum::AsRefStr, strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Desired {
     Running,
     Stopped,
 }
 
-impl Desired {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Desired::Running => "running",
-            Desired::Stopped => "stopped",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "running" => Some(Desired::Running),
-            "stopped" => Some(Desired::Stopped),
-            _ => None,
-        }
-    }
-}
-
 /// Where a deployment is in its life, from what the user asked (`Desired`) and what systemd
 /// reports. `nx status` shows it; `nx_orchestrator::state_machine` says which verb moves it where.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, strum::Display)]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
@@ -69,8 +58,23 @@ impl Phase {
 }
 
 /// The backend a deployment runs on.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::AsRefStr,
+    strum::EnumString,
+    strum::Display,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum BackendKind {
     /// Namespaces: bubblewrap for a binary, Podman for an image.
     #[default]
@@ -79,25 +83,23 @@ pub enum BackendKind {
     Microvm,
 }
 
-impl BackendKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Container => "container",
-            BackendKind::Microvm => "microvm",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "container" => Some(BackendKind::Container),
-            "microvm" => Some(BackendKind::Microvm),
-            _ => None,
-        }
-    }
-}
-
 /// The OCI runtime an image runs under (a binary runs under bubblewrap either way).
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    strum::AsRefStr,
+    strum::EnumString,
+    strum::Display,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Runtime {
     /// runc: namespaces and cgroups, like bubblewrap.
     #[default]
@@ -106,23 +108,8 @@ pub enum Runtime {
     Runsc,
 }
 
-impl Runtime {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Runtime::Runc => "runc",
-            Runtime::Runsc => "runsc",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "runc" => Some(Runtime::Runc),
-            "runsc" => Some(Runtime::Runsc),
-            _ => None,
-        }
-    }
-}
-
 /// Resource limits of one deployment; the config gives the defaults, a push may lower or raise them.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {

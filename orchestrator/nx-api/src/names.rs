@@ -53,6 +53,7 @@ fn check_label(what: &'static str, name: &str) -> Result<(), NameError> {
 }
 
 /// A sandbox name: a DNS label, lowercase.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct SandboxName(String);
@@ -68,6 +69,7 @@ impl SandboxName {
 }
 
 /// A deployment id: `d` and seven base-36 characters, unique on a host.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct DeploymentId(String);

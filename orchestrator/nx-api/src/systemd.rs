@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Serialises as systemd's string and reads any string (unknown ones as `Other`).
 macro_rules! systemd_string {
-    ($t:ty) => {
+    ($t:ty, $example:literal) => {
         impl Serialize for $t {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(self)
@@ -22,6 +22,19 @@ macro_rules! systemd_string {
         impl From<String> for $t {
             fn from(s: String) -> Self {
                 s.parse().unwrap_or(Self::Other(s))
+            }
+        }
+        /// A string: systemd's word (any, since systemd may add words).
+        #[cfg(feature = "schema")]
+        impl schemars::JsonSchema for $t {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($t).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "type": "string",
+                    "description": concat!("systemd's ", stringify!($t), ", e.g. ", $example),
+                })
             }
         }
     };
@@ -44,7 +57,7 @@ pub enum ActiveState {
     #[strum(default)]
     Other(String),
 }
-systemd_string!(ActiveState);
+systemd_string!(ActiveState, "\"active\"");
 
 /// A service's `SubState` (systemd.service(5); the states of `systemctl --state=help`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, strum::Display, strum::EnumString)]
@@ -77,7 +90,7 @@ pub enum SubState {
     #[strum(default)]
     Other(String),
 }
-systemd_string!(SubState);
+systemd_string!(SubState, "\"auto-restart\"");
 
 /// A service's `Result`: how its last run ended (systemd.service(5), `$SERVICE_RESULT`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, strum::Display, strum::EnumString)]
@@ -96,7 +109,7 @@ pub enum ServiceResult {
     #[strum(default)]
     Other(String),
 }
-systemd_string!(ServiceResult);
+systemd_string!(ServiceResult, "\"exit-code\"");
 
 impl ActiveState {
     /// No process of the unit runs (`inactive` or `failed`).

@@ -6,6 +6,7 @@ use crate::systemd::{ActiveState, ServiceResult, SubState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArtifactInfo {
     pub sha256: String,
@@ -16,6 +17,7 @@ pub struct ArtifactInfo {
     pub details: String,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsOverride {
@@ -59,6 +61,7 @@ impl LimitsOverride {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushRequest {
@@ -86,6 +89,7 @@ pub struct PushRequest {
     pub ready_timeout_secs: Option<u64>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
@@ -97,6 +101,7 @@ pub struct PromoteRequest {
 }
 
 /// The live state of a deployment's unit, as systemd reports it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UnitState {
     /// systemd ActiveState: active, activating, failed, inactive, ...
@@ -116,6 +121,7 @@ pub struct UnitState {
     pub exit_code: i32,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentView {
     pub id: DeploymentId,
@@ -146,6 +152,7 @@ pub struct DeploymentView {
 
 /// How a deployment's program ended, as the monitor in its unit saw it, named as systemd names
 /// a service's `Result` (systemd.exec(5), `$SERVICE_RESULT`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastExit {
     pub at: chrono::DateTime<chrono::Utc>,
@@ -168,6 +175,7 @@ impl LastExit {
 }
 
 /// A deployment's `/data` usage (statvfs(3) of its filesystem image).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskUsage {
     pub used_bytes: u64,
@@ -176,6 +184,7 @@ pub struct DiskUsage {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxView {
     pub name: SandboxName,
@@ -185,6 +194,7 @@ pub struct SandboxView {
 }
 
 /// Every error nxd returns: what went wrong, and where it helps, the deployment's last log lines.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
@@ -192,6 +202,7 @@ pub struct ErrorBody {
     pub log_tail: Vec<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
@@ -202,6 +213,7 @@ pub struct CreateSandbox {
 }
 
 /// `nx db url`: where the sandbox's database is, from the host.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatabaseInfo {
     pub sandbox: SandboxName,
@@ -217,6 +229,7 @@ pub struct DatabaseInfo {
 }
 
 /// `POST /v1/tasks`: run a stored artifact once, in a fresh sandbox with no network.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
@@ -236,6 +249,7 @@ pub struct TaskRequest {
 
 /// One line of the answer to `POST /v1/tasks` (newline-delimited JSON): `started`, then the
 /// program's output as it comes, then `exited`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum TaskEvent {
@@ -255,6 +269,7 @@ pub enum TaskEvent {
     Exited(TaskOutcome),
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskOutcome {
     /// The program's exit code (a program killed by a signal inside the sandbox: 128 + signal).
@@ -270,6 +285,7 @@ pub struct TaskOutcome {
 }
 
 /// One backup of a sandbox's database (`pg_dump --format=custom`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackupInfo {
     /// When it was made, as `YYYYMMDDTHHMMSSmmmZ` (UTC); also its file name.
@@ -278,6 +294,7 @@ pub struct BackupInfo {
 }
 
 /// What a restore did.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreInfo {
     /// The database that was in use before, kept until the user drops it.
@@ -285,6 +302,7 @@ pub struct RestoreInfo {
 }
 
 /// `GET /v1/health`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Health {
     /// false (and HTTP 503) while something keeps nxd from serving; `problem` says what.
@@ -297,12 +315,14 @@ pub struct Health {
 }
 
 /// `DELETE /v1/deployments/{id}`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeploymentRemoved {
     pub removed: DeploymentId,
 }
 
 /// `DELETE /v1/sandboxes/{name}`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SandboxRemoved {
     pub removed: SandboxName,
@@ -311,6 +331,7 @@ pub struct SandboxRemoved {
 }
 
 /// `DELETE /v1/sandboxes/{name}/db/backups/{id}`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackupRemoved {
     /// The backup's id.
@@ -318,6 +339,7 @@ pub struct BackupRemoved {
 }
 
 /// `GET /v1/deployments/{id}/logs` (query string).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LogsQuery {
     /// Go on streaming what the program writes, across rotation.

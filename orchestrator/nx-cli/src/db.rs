@@ -4,7 +4,6 @@ use crate::client::Client;
 use crate::output::{print_json, progress_bar};
 use futures_util::StreamExt;
 use nx_api::names::SandboxName;
-use nx_api::BackendKind;
 use nx_api::CreateSandbox;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -64,7 +63,7 @@ pub async fn sandbox(client: &Client, cmd: SandboxCommand, json: bool) -> anyhow
         SandboxCommand::Create { name: n, backend } => {
             let req = CreateSandbox {
                 name: name(&n)?,
-                backend: BackendKind::parse(&backend).unwrap_or_default(),
+                backend: backend.parse().unwrap_or_default(),
             };
             let view = client.create_sandbox(&req).await?;
             if json {

@@ -145,7 +145,7 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
                 state(d),
                 d.port,
                 d.state.restarts,
-                d.backend.as_str(),
+                d.backend.as_ref(),
                 url,
                 if d.promoted { "  (production)" } else { "" }
             );

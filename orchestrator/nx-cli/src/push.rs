@@ -5,7 +5,7 @@ use crate::client::Client;
 use crate::output;
 use anyhow::Context;
 use nx_api::names::SandboxName;
-use nx_api::{BackendKind, Runtime};
+
 use nx_api::{LimitsOverride, PushRequest};
 use nx_artifact::{image, verify};
 use sha2::{Digest, Sha256};
@@ -184,9 +184,9 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
         runtime: args
             .runtime
             .as_deref()
-            .and_then(Runtime::parse)
+            .and_then(|r| r.parse().ok())
             .unwrap_or_default(),
-        backend: args.backend.as_deref().and_then(BackendKind::parse),
+        backend: args.backend.as_deref().and_then(|b| b.parse().ok()),
         ready_timeout_secs: args.ready_timeout,
     };
     let view = client.push(&req).await?;

@@ -114,22 +114,13 @@ impl Default for MicrovmConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, strum::Display)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Vmm {
     Qemu,
     CloudHypervisor,
     Firecracker,
-}
-
-impl Vmm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Vmm::Qemu => "qemu",
-            Vmm::CloudHypervisor => "cloud-hypervisor",
-            Vmm::Firecracker => "firecracker",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -78,10 +78,10 @@ impl TryFrom<DeploymentRow> for Deployment {
             env: row.env.0,
             args: row.args.0,
             limits: row.limits.0,
-            desired: Desired::parse(&row.desired).ok_or_else(|| corrupt("desired state"))?,
+            desired: row.desired.parse().map_err(|_| corrupt("desired state"))?,
             db_branch: row.db_branch,
-            runtime: Runtime::parse(&row.runtime).ok_or_else(|| corrupt("runtime"))?,
-            backend: BackendKind::parse(&row.backend).ok_or_else(|| corrupt("backend"))?,
+            runtime: row.runtime.parse().map_err(|_| corrupt("runtime"))?,
+            backend: row.backend.parse().map_err(|_| corrupt("backend"))?,
             ready_timeout_secs: row
                 .ready_timeout_secs
                 .map(u64::try_from)
@@ -163,10 +163,10 @@ impl StateStore {
         .bind(sqlx::types::Json(&deployment.env))
         .bind(sqlx::types::Json(&deployment.args))
         .bind(sqlx::types::Json(&deployment.limits))
-        .bind(deployment.desired.as_str())
+        .bind(deployment.desired.as_ref())
         .bind(deployment.db_branch)
-        .bind(deployment.runtime.as_str())
-        .bind(deployment.backend.as_str())
+        .bind(deployment.runtime.as_ref())
+        .bind(deployment.backend.as_ref())
         .bind(
             deployment
                 .ready_timeout_secs
@@ -215,7 +215,7 @@ impl StateStore {
     pub async fn set_desired(&self, id: &DeploymentId, desired: Desired) -> Result<(), StateError> {
         sqlx::query("UPDATE deployments SET desired = $2 WHERE id = $1")
             .bind(id.as_str())
-            .bind(desired.as_str())
+            .bind(desired.as_ref())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -250,7 +250,7 @@ impl StateStore {
             "INSERT INTO sandboxes (name, backend) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(name.as_str())
-        .bind(backend.as_str())
+        .bind(backend.as_ref())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -262,8 +262,9 @@ impl StateStore {
             .bind(name.as_str())
             .fetch_one(&self.pool)
             .await?;
-        BackendKind::parse(&backend)
-            .ok_or_else(|| StateError::Corrupt(format!("backend of sandbox {name}")))
+        backend
+            .parse()
+            .map_err(|_| StateError::Corrupt(format!("backend of sandbox {name}")))
     }
 
     pub async fn sandbox_names(&self) -> Result<Vec<SandboxName>, StateError> {

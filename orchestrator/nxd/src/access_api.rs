@@ -3,11 +3,11 @@
 
 use crate::error::ApiError;
 use crate::json_body::JsonBody;
+use crate::route_table::{delete, get, post, put, Route};
 use crate::sftp::host_key;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use nx_orchestrator::api::access::{
     AddKey, CreateToken, CreatedToken, HostKeyView, KeyRemoved, KeyView, SandboxSettings,
     TokenRemoved, TokenView,
@@ -21,19 +21,19 @@ use std::sync::Arc;
 type Shared = State<Arc<Orchestrator>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-pub fn routes() -> Router<Arc<Orchestrator>> {
-    Router::new()
-        .route("/v1/tokens", get(tokens).post(create_token))
-        .route("/v1/tokens/{id}", delete(remove_token))
-        .route(
-            "/v1/sandboxes/{name}/keys",
-            get(keys).post(add_key).delete(remove_key),
-        )
-        .route(
-            "/v1/sandboxes/{name}/settings",
-            get(settings).put(set_settings),
-        )
-        .route("/v1/sftp/host-key", get(host_key))
+/// These routes, for `http_api::table`.
+pub fn table() -> Vec<Route> {
+    vec![
+        get("/v1/tokens", tokens),
+        post("/v1/tokens", create_token),
+        delete("/v1/tokens/{id}", remove_token),
+        get("/v1/sandboxes/{name}/keys", keys),
+        post("/v1/sandboxes/{name}/keys", add_key),
+        delete("/v1/sandboxes/{name}/keys", remove_key),
+        get("/v1/sandboxes/{name}/settings", settings),
+        put("/v1/sandboxes/{name}/settings", set_settings),
+        get("/v1/sftp/host-key", host_key),
+    ]
 }
 
 async fn tokens(State(app): Shared) -> ApiResult<Vec<TokenView>> {

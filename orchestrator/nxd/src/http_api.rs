@@ -4,12 +4,12 @@
 use crate::auth::Token;
 use crate::error::ApiError;
 use crate::json_body::JsonBody;
+use crate::route_table::{self, delete, get, post, put, Route};
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use nx_orchestrator::api::{
@@ -26,34 +26,37 @@ use tokio::io::AsyncWriteExt;
 type Shared = State<Arc<Orchestrator>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// Every route of the API (`route_table`; `openapi.yaml` documents each).
+pub fn table() -> Vec<Route> {
+    let mut routes = vec![
+        get("/v1/health", health),
+        get("/v1/artifacts/{sha256}", artifact),
+        put("/v1/artifacts/{sha256}", upload).unlimited_body(),
+        post("/v1/deployments", push),
+        delete("/v1/deployments/{id}", remove),
+        post("/v1/deployments/{id}/stop", stop),
+        post("/v1/deployments/{id}/start", start),
+        get("/v1/deployments/{id}/logs", logs),
+        get("/v1/sandboxes", sandboxes),
+        post("/v1/sandboxes", create_sandbox),
+        get("/v1/sandboxes/{name}", sandbox),
+        delete("/v1/sandboxes/{name}", remove_sandbox),
+        get("/v1/sandboxes/{name}/db", database),
+        get("/v1/sandboxes/{name}/db/backups", backups),
+        post("/v1/sandboxes/{name}/db/backups", backup),
+        get("/v1/sandboxes/{name}/db/backups/{id}", download_backup),
+        delete("/v1/sandboxes/{name}/db/backups/{id}", remove_backup),
+        post("/v1/sandboxes/{name}/db/restore", restore).unlimited_body(),
+        post("/v1/tasks", run_task),
+        post("/v1/sandboxes/{name}/promote", promote),
+        post("/v1/sandboxes/{name}/rollback", rollback),
+    ];
+    routes.extend(crate::access_api::table());
+    routes
+}
+
 pub fn routes(app: Arc<Orchestrator>, token: Token) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route(
-            "/v1/artifacts/{sha256}",
-            get(artifact).put(upload).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/v1/deployments", post(push))
-        .route("/v1/deployments/{id}", axum::routing::delete(remove))
-        .route("/v1/deployments/{id}/stop", post(stop))
-        .route("/v1/deployments/{id}/start", post(start))
-        .route("/v1/deployments/{id}/logs", get(logs))
-        .route("/v1/sandboxes", get(sandboxes).post(create_sandbox))
-        .route("/v1/sandboxes/{name}", get(sandbox).delete(remove_sandbox))
-        .route("/v1/sandboxes/{name}/db", get(database))
-        .route("/v1/sandboxes/{name}/db/backups", get(backups).post(backup))
-        .route(
-            "/v1/sandboxes/{name}/db/backups/{id}",
-            get(download_backup).delete(remove_backup),
-        )
-        .route(
-            "/v1/sandboxes/{name}/db/restore",
-            post(restore).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/v1/tasks", post(run_task))
-        .route("/v1/sandboxes/{name}/promote", post(promote))
-        .route("/v1/sandboxes/{name}/rollback", post(rollback))
-        .merge(crate::access_api::routes())
+    route_table::router(table())
         .route_layer(middleware::from_fn_with_state(
             (Arc::clone(&app), token),
             crate::scopes::authorize,

@@ -6,6 +6,9 @@ mod error;
 mod http_api;
 mod json_body;
 mod listener;
+#[cfg(test)]
+mod openapi;
+mod route_table;
 mod scopes;
 mod sftp;
 

@@ -195,7 +195,7 @@ pub fn permits(token: &TokenView, need: Need, sandbox: Option<&SandboxName>) -> 
     if verb_ok && sandbox_ok {
         return Ok(());
     }
-    let wanted: Vec<&str> = verbs.iter().map(|v| v.as_str()).collect();
+    let wanted: Vec<&str> = verbs.iter().map(|v| v.as_ref()).collect();
     let on = match (target, sandbox) {
         (Target::Every, _) => " on every sandbox (use `nx status <sandbox>`)".to_owned(),
         (_, Some(s)) => format!(" on sandbox {s}"),

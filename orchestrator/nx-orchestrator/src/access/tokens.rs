@@ -32,7 +32,7 @@ impl TryFrom<TokenRow> for TokenView {
         let verbs = row
             .verbs
             .iter()
-            .map(|v| Verb::parse(v).ok_or_else(corrupt))
+            .map(|v| v.parse::<Verb>().map_err(|_| corrupt()))
             .collect::<Result<Vec<_>, _>>()?;
         let sandbox = match &row.sandbox {
             Some(s) => Some(SandboxName::parse(s).map_err(|_| corrupt())?),
@@ -83,7 +83,7 @@ impl TokenStore {
             ),
             None => None,
         };
-        let verbs: Vec<&str> = req.can.iter().map(Verb::as_str).collect();
+        let verbs: Vec<&str> = req.can.iter().map(<&str>::from).collect();
         let sandbox = req.sandbox.as_ref().map(SandboxName::as_str);
         sqlx::query(
             "INSERT INTO deploy_tokens (id, sha256, sandbox, verbs, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",

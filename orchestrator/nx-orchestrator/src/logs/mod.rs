@@ -26,31 +26,16 @@ use std::path::{Path, PathBuf};
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// Which stream a record came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::AsRefStr, strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Stream {
     Stdout,
     Stderr,
     /// NX's own notes about the run.
     Nx,
-}
-
-impl Stream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-            Stream::Nx => "nx",
-        }
-    }
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "stdout" => Some(Stream::Stdout),
-            "stderr" => Some(Stream::Stderr),
-            "nx" => Some(Stream::Nx),
-            _ => None,
-        }
-    }
 }
 
 /// One line of a deployment's output, as `nx logs --json` prints it.
@@ -72,7 +57,7 @@ impl Record {
             let (stream, text) = rest.split_once(' ').unwrap_or((rest, ""));
             Some(Record {
                 time: Some(time.with_timezone(&Utc)),
-                stream: Stream::parse(stream)?,
+                stream: stream.parse().ok()?,
                 text: text.to_owned(),
             })
         });
@@ -89,10 +74,10 @@ impl Record {
             Some(time) => format!(
                 "{} {} {}",
                 format_time(time),
-                self.stream.as_str(),
+                self.stream.as_ref(),
                 self.text
             ),
-            None => format!("- {} {}", self.stream.as_str(), self.text),
+            None => format!("- {} {}", self.stream.as_ref(), self.text),
         }
     }
 }
@@ -105,7 +90,7 @@ fn format_time(time: DateTime<Utc>) -> String {
 pub fn encode(out: &mut Vec<u8>, time: DateTime<Utc>, stream: Stream, text: &[u8]) {
     out.extend_from_slice(format_time(time).as_bytes());
     out.push(b' ');
-    out.extend_from_slice(stream.as_str().as_bytes());
+    out.extend_from_slice(stream.as_ref().as_bytes());
     out.push(b' ');
     out.extend_from_slice(text);
     out.push(b'\n');

@@ -136,7 +136,7 @@ impl Tasks {
             .send(TaskEvent::Started {
                 task: slot.unit.id.clone(),
                 warm,
-                backend: launch.backend.as_str().into(),
+                backend: launch.backend.to_string(),
             })
             .await;
         tokio::spawn(

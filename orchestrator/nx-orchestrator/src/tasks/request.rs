@@ -24,7 +24,7 @@ fn timeout(app: &Orchestrator, asked: Option<f64>) -> Result<Duration, Error> {
 fn backend(app: &Orchestrator, asked: Option<&str>) -> Result<BackendKind, Error> {
     let kind = match asked {
         None => BackendKind::Container,
-        Some(name) => BackendKind::parse(name).ok_or_else(|| {
+        Some(name) => name.parse().map_err(|_| {
             Error::Invalid(format!(
                 "backend {name:?} is not one of: container, microvm"
             ))

@@ -85,7 +85,7 @@ pub async fn choose(
 ) -> Result<Choice, BackendError> {
     let from_config = |accel: Accel| Choice {
         accel,
-        report: format!("{} (from the config)", accel.as_str()),
+        report: format!("{accel} (from the config)"),
     };
     match mode {
         AccelMode::Kvm => return Ok(from_config(Accel::Kvm)),
@@ -122,7 +122,7 @@ pub async fn choose(
         accel,
         report: format!(
             "{} (probed: kvm {}, tcg {})",
-            accel.as_str(),
+            accel,
             describe(kvm),
             describe(tcg)
         ),

@@ -270,7 +270,7 @@ impl SandboxBackend for MicrovmBackend {
     }
 
     fn runs_on(&self) -> String {
-        format!("microvm: {} with {}", self.vmm.as_str(), self.accel.report)
+        format!("microvm: {} with {}", self.vmm, self.accel.report)
     }
 
     fn port_is_forwarded(&self) -> bool {

@@ -7,22 +7,14 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// How the guest's CPU runs.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, strum::Display)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Accel {
     /// Hardware virtualization, /dev/kvm.
     Kvm,
     /// QEMU's software emulation.
     Tcg,
-}
-
-impl Accel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
 }
 
 /// Where the guest finds the database: QEMU forwards this address to the host's socket.
