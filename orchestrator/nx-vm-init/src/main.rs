@@ -81,6 +81,8 @@ fn start_app() -> Result<Pid, String> {
     let mut argv = vec![CString::new("/app/main").expect("literal")];
     argv.extend(strings("/nx/args"));
     let env = strings("/nx/env");
+    // SAFETY: init is single-threaded; the child only changes its ids, directory and session
+    // and execs.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {

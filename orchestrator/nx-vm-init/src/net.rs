@@ -9,6 +9,8 @@ const NETMASK: [u8; 4] = [255, 255, 255, 0];
 const LINK_WAIT: Duration = Duration::from_secs(2);
 
 fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain C data (a name array and a union of integers and sockaddrs), for
+    // which all zero bytes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
@@ -25,10 +27,14 @@ fn sockaddr(addr: [u8; 4]) -> libc::sockaddr {
         },
         sin_zero: [0; 8],
     };
+    // SAFETY: sockaddr_in and sockaddr are both 16 bytes of plain data; the kernel reads a
+    // sockaddr whose family is AF_INET as a sockaddr_in (ip(7)).
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
 fn ioctl(fd: i32, request: libc::Ioctl, req: &mut libc::ifreq, what: &str) -> Result<(), String> {
+    // SAFETY: the SIOC[GS]IF* requests read and write one ifreq (netdevice(7)), which `req`
+    // is, borrowed mutably for the call.
     if unsafe { libc::ioctl(fd, request, req as *mut libc::ifreq) } < 0 {
         return Err(format!("{what}: {}", std::io::Error::last_os_error()));
     }
@@ -43,6 +49,7 @@ fn up(fd: i32, name: &str) -> Result<(), String> {
         &mut req,
         &format!("flags of {name}"),
     )?;
+    // SAFETY: SIOCGIFFLAGS just filled the union's flags member.
     unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
     ioctl(
         fd,
@@ -54,12 +61,15 @@ fn up(fd: i32, name: &str) -> Result<(), String> {
 
 /// lo, and eth0 when the guest has a network (a task has none).
 pub fn configure(with_eth0: bool) -> Result<(), String> {
+    // SAFETY: socket(2) takes no pointers; the fd is closed below on every path that ends well
+    // (an error ends the guest's init anyway).
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
     if fd < 0 {
         return Err(format!("socket: {}", std::io::Error::last_os_error()));
     }
     up(fd, "lo")?;
     if !with_eth0 {
+        // SAFETY: fd is the socket opened above, closed once.
         unsafe { libc::close(fd) };
         return Ok(());
     }
@@ -80,6 +90,7 @@ pub fn configure(with_eth0: bool) -> Result<(), String> {
         ioctl(fd, request as libc::Ioctl, &mut req, what)?;
     }
     up(fd, "eth0")?;
+    // SAFETY: fd is the socket opened above, closed once.
     unsafe { libc::close(fd) };
     Ok(())
 }

@@ -92,12 +92,11 @@ fn an_exit_before_ready_fails_the_push_at_once_naming_the_exit() {
     }
 }
 
-#[test]
-fn stop_passes_sigterm_to_the_program_and_waits_up_to_the_stop_timeout() {
-    let host = Host::start();
-    // On SIGTERM the sample logs "SIGTERM; draining", drains, then logs "drained" (its /data
-    // is a disk image only the unit mounts, so the log is what the host sees).
-    let id = host.push_sample("drain", &["-e", "DRAIN_ON_SIGTERM=2"]);
+/// On SIGTERM the sample logs "SIGTERM; draining", drains, then logs "drained" (its /data may
+/// be a disk image only the unit mounts, so the log is what the host sees). `push` deploys it
+/// into sandbox "drain" with the extra arguments it is given and returns the deployment's id.
+fn stop_drains_then_kills_at_the_stop_timeout(host: &Host, push: impl Fn(&[&str]) -> String) {
+    let id = push(&["-e", "DRAIN_ON_SIGTERM=2"]);
     let started = Instant::now();
     host.nx_json(&["stop", &id]);
     let took = started.elapsed();
@@ -113,7 +112,7 @@ fn stop_passes_sigterm_to_the_program_and_waits_up_to_the_stop_timeout() {
     assert!(took >= Duration::from_secs(2), "{took:?}");
 
     // A stop timeout shorter than the drain: the program is killed when it runs out.
-    let id = host.push_sample("drain", &["-e", "DRAIN_ON_SIGTERM=30"]);
+    let id = push(&["-e", "DRAIN_ON_SIGTERM=30"]);
     let started = Instant::now();
     host.nx_json(&["stop", &id, "--stop-timeout", "1s"]);
     let took = started.elapsed();
@@ -122,6 +121,28 @@ fn stop_passes_sigterm_to_the_program_and_waits_up_to_the_stop_timeout() {
     assert!(!logs.contains("nx-sample: drained"), "{logs}");
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert_eq!(host.deployment("drain", &id)["phase"], "stopped");
+}
+
+#[test]
+fn stop_passes_sigterm_to_the_program_and_waits_up_to_the_stop_timeout() {
+    let host = Host::start();
+    stop_drains_then_kills_at_the_stop_timeout(&host, |extra| host.push_sample("drain", extra));
+}
+
+#[test]
+fn stop_passes_sigterm_into_a_podman_container_and_waits_up_to_the_stop_timeout() {
+    let host = Host::start();
+    let build = tempfile::tempdir().unwrap();
+    let image = nx_testkit::build_sample_image(build.path(), "linux/amd64");
+    let image = image.to_str().unwrap();
+    stop_drains_then_kills_at_the_stop_timeout(&host, |extra| {
+        let mut args = vec!["push", "--image", image, "--sandbox", "drain"];
+        args.extend_from_slice(extra);
+        host.nx_json(&args)["deployment"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
 }
 
 #[test]
