@@ -60,6 +60,14 @@ fn rollback_and_promote_route_production_only_to_a_running_deployment() {
 fn an_exit_before_ready_fails_the_push_at_once_naming_the_exit() {
     let host = Host::start();
     let sample = nx_testkit::sample_app();
+    // What a push that succeeds takes on this machine now (into the sandbox, once it and its
+    // database exist): on a loaded machine (CI's whole suite, or other builds) preparing a
+    // sandbox alone can pass 2 s.
+    host.push_sample("quick", &[]);
+    let started = Instant::now();
+    host.push_sample("quick", &[]);
+    let ready = started.elapsed();
+    let limit = Duration::from_secs(2).max(ready + Duration::from_secs(1));
     for code in ["0", "3"] {
         let started = Instant::now();
         // `task exit N` prints a line and exits N: like a program that daemonizes (exit 0) or
@@ -88,7 +96,11 @@ fn an_exit_before_ready_fails_the_push_at_once_naming_the_exit() {
             out.stderr
         );
         assert!(!out.stderr.contains("$PORT"), "{}", out.stderr);
-        assert!(took < Duration::from_secs(2), "took {took:?}");
+        eprintln!("exit {code}: the push failed after {took:?} (a push that succeeds: {ready:?})");
+        assert!(
+            took < limit,
+            "took {took:?}; a push that succeeds took {ready:?}"
+        );
     }
 }
 
