@@ -336,6 +336,38 @@ impl Client {
         self.call(Method::GET, &path, |r| r).await
     }
 
+    /// `POST /v1/sandboxes/{name}/domains` (root token only): a custom domain for the
+    /// sandbox's production deployment.
+    pub async fn add_domain(
+        &self,
+        name: &SandboxName,
+        req: &crate::domains::AddDomain,
+    ) -> Result<crate::domains::DomainView, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/domains");
+        self.call(Method::POST, &path, |r| r.json(req)).await
+    }
+
+    /// `GET /v1/domains`, or `GET /v1/sandboxes/{name}/domains` for one sandbox.
+    pub async fn domains(
+        &self,
+        name: Option<&SandboxName>,
+    ) -> Result<Vec<crate::domains::DomainView>, ClientError> {
+        let path = match name {
+            Some(name) => format!("/v1/sandboxes/{name}/domains"),
+            None => "/v1/domains".into(),
+        };
+        self.call(Method::GET, &path, |r| r).await
+    }
+
+    /// `DELETE /v1/domains/{domain}` (root token only).
+    pub async fn remove_domain(
+        &self,
+        domain: &str,
+    ) -> Result<crate::domains::DomainRemoved, ClientError> {
+        let path = format!("/v1/domains/{}", urlencode(domain));
+        self.call(Method::DELETE, &path, |r| r).await
+    }
+
     /// `POST /v1/sandboxes/{name}/keys` (root token only).
     pub async fn add_key(&self, name: &SandboxName, req: &AddKey) -> Result<KeyView, ClientError> {
         let path = format!("/v1/sandboxes/{name}/keys");

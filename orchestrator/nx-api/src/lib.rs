@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod checks;
+pub mod domains;
 pub mod kinds;
 pub mod names;
 pub mod systemd;

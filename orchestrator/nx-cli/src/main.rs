@@ -3,6 +3,7 @@
 mod access;
 mod client;
 mod db;
+mod domain;
 mod output;
 mod push;
 mod settings;
@@ -100,6 +101,9 @@ enum Command {
     /// The public keys that may upload to a sandbox over SFTP, and the server's host key.
     #[command(subcommand)]
     Keys(access::KeysCommand),
+    /// Custom domains: a name of your own for a sandbox's production deployment, with HTTPS.
+    #[command(subcommand)]
+    Domain(domain::DomainCommand),
     /// The sandbox's PostgreSQL database: URL, psql, backups, restore.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -174,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Db(cmd) => db::db(&client, cmd, json).await,
         Command::Token(cmd) => access::token(&client, cmd, json).await,
         Command::Keys(cmd) => access::keys(&client, cmd, json).await,
+        Command::Domain(cmd) => domain::run(&client, cmd, json).await,
         Command::Ls => {
             let list = client.sandboxes().await?;
             output::sandboxes(&list, json)

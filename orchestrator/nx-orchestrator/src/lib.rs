@@ -8,6 +8,7 @@ pub use nx_api as api;
 pub mod artifact;
 pub mod backend;
 pub mod config;
+pub mod custom_domains;
 pub mod databases;
 pub mod domain;
 pub mod embedded_db;

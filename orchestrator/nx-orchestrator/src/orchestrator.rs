@@ -46,7 +46,7 @@ pub struct Orchestrator {
     pub artifacts: ArtifactStore,
     pub router: RouterClient,
     pub databases: Databases,
-    state: StateStore,
+    pub(crate) state: StateStore,
     backend: Arc<Backends>,
     pub tasks: Tasks,
     /// Deploy tokens (`nx token`).
@@ -57,7 +57,7 @@ pub struct Orchestrator {
     programs: std::sync::Mutex<HashMap<String, Program>>,
     /// Serialises changes of desired state and routes, so that the route table always matches
     /// the database.
-    changes: tokio::sync::Mutex<()>,
+    pub(crate) changes: tokio::sync::Mutex<()>,
     pub(crate) supervisor: Arc<Supervisor>,
     /// Whether PostgreSQL is the embedded cluster (started again with the manager).
     pub(crate) embedded_db: bool,
@@ -235,7 +235,7 @@ impl Orchestrator {
 
     /// Routes from the database: a preview route per running deployment, a production route
     /// per promoted one.
-    async fn rebuild_routes(&self) -> Result<(), Error> {
+    pub(crate) async fn rebuild_routes(&self) -> Result<(), Error> {
         let deployments = self.state.deployments().await?;
         let promoted = self.state.promoted().await?;
         let running: HashMap<&DeploymentId, SocketAddr> = deployments
@@ -263,6 +263,9 @@ impl Orchestrator {
             &self.config.base_domain,
             keys.iter().map(|(key, id, addr)| (key, id.as_str(), *addr)),
         );
+        let domains = self.domain_rows().await?;
+        let custom = crate::custom_domains::routes(&table, &domains, &self.config.base_domain);
+        table.routes.extend(custom);
         table.routes.extend(crate::tls::api_route(&self.config));
         self.router.replace(&table, ROUTER_PATIENCE).await?;
         if let Some(acme) = &self.certificates {

@@ -52,6 +52,7 @@ pub fn table() -> Vec<Route> {
         post("/v1/sandboxes/{name}/rollback", rollback),
     ];
     routes.extend(crate::access_api::table());
+    routes.extend(crate::domains_api::table());
     routes
 }
 

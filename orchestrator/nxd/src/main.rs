@@ -2,6 +2,7 @@
 
 mod access_api;
 mod auth;
+mod domains_api;
 mod error;
 mod http_api;
 mod json_body;

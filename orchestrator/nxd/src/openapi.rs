@@ -10,6 +10,7 @@ use nx_api::access::{
     AddKey, CreateToken, CreatedToken, HostKeyView, KeyRemoved, KeyView, SandboxSettings,
     TokenRemoved, TokenView,
 };
+use nx_api::domains::{AddDomain, DomainRemoved, DomainView};
 use nx_api::{
     ArtifactInfo, BackupInfo, BackupRemoved, CreateSandbox, DatabaseInfo, DeploymentRemoved,
     DeploymentView, ErrorBody, Health, PromoteRequest, PushRequest, RestoreInfo, SandboxRemoved,
@@ -63,6 +64,9 @@ fn wire_schemas() -> Map<String, Value> {
         KeyRemoved,
         SandboxSettings,
         HostKeyView,
+        AddDomain,
+        DomainView,
+        DomainRemoved,
         ErrorBody,
     );
     generator.take_definitions(true)

@@ -220,3 +220,150 @@ fn chrono_now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// `nx domain ls --json` as (domain -> view).
+fn domains(host: &Host) -> Value {
+    let list = host.nx_json(&["domain", "ls"]);
+    let mut by_name = serde_json::Map::new();
+    for view in list.as_array().unwrap() {
+        by_name.insert(view["domain"].as_str().unwrap().to_owned(), view.clone());
+    }
+    Value::Object(by_name)
+}
+
+fn wait_domain(host: &Host, pebble: &Pebble, domain: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let view = domains(host)[domain].clone();
+        if view["certificate"]["state"] == state {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{domain}: {view}\nnxd log:\n{}\nPebble:\n{}",
+            host.nxd_log(),
+            pebble.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn custom_domains_get_certificates_bad_ones_are_refused_and_a_remote_nx_deploys_over_tls() {
+    let (router_port, https_port) = (free_port(), free_port());
+    let pebble = Pebble::start(router_port, https_port);
+    let host = host_with_acme(&pebble, router_port, https_port, "");
+    let root = host.path("pebble-root.pem");
+    std::fs::write(&root, pebble.issuing_root()).unwrap();
+    let v1 = host.push_sample("shop", &["-e", "APP_VERSION=v1"]);
+    host.nx_json(&["promote", "shop", &v1]);
+    host.push_sample("blog", &[]);
+
+    // Added in upper case: stored and served in lower case; the DNS record to create.
+    let added = host.nx_json(&["domain", "add", "shop", "WWW.Shop.Example."]);
+    assert_eq!(added["domain"], "www.shop.example");
+    assert!(added["dns_record"]
+        .as_str()
+        .unwrap()
+        .contains("CNAME shop.nx.test."));
+    let text = host.nx(&["domain", "add", "shop", "www.shop.example"]);
+    assert!(
+        text.ok && text.stdout.contains("create this DNS record"),
+        "{}",
+        text.stdout
+    );
+    wait_domain(&host, &pebble, "www.shop.example", "valid");
+    let (version, code, body) = curl_https("www.shop.example", https_port, "/", &root);
+    assert_eq!((version.as_str(), code.as_str()), ("2", "200"));
+    assert!(body.contains("v1"), "{body}");
+
+    // Bad input: refused with what to do; nothing stored.
+    let long = format!("{}.example.com", vec!["a".repeat(60); 5].join("."));
+    for (bad, says) in [
+        ("203.0.113.7", "IP address"),
+        ("shop..example", "empty label"),
+        ("*.shop.example", "wildcard"),
+        (long.as_str(), "at most 253"),
+        ("nx.test", "base_domain"),
+        ("x.nx.test", "base_domain"),
+    ] {
+        let out = host.nx(&["domain", "add", "shop", bad]);
+        assert!(!out.ok, "{bad} was accepted");
+        assert!(out.stderr.contains(says), "{bad}: {}", out.stderr);
+    }
+    let taken = host.nx(&["domain", "add", "blog", "www.shop.example"]);
+    assert!(!taken.ok);
+    assert!(
+        taken.stderr.contains("belongs to sandbox shop") && taken.stderr.contains("nx domain rm"),
+        "{}",
+        taken.stderr
+    );
+    assert_eq!(domains(&host).as_object().unwrap().len(), 1);
+
+    // A validation that fails: the ACME server's reason, shown by `nx domain ls`.
+    pebble.set_a_record("broken.shop.example", "127.0.0.2");
+    host.nx_json(&["domain", "add", "shop", "broken.shop.example"]);
+    let failed = wait_domain(&host, &pebble, "broken.shop.example", "failed");
+    let error = failed["certificate"]["error"].as_str().unwrap();
+    eprintln!("validation failure as nx domain ls shows it: {error}");
+    assert!(error.contains("127.0.0.2"), "{failed}");
+    assert!(failed["certificate"]["next_attempt"].as_i64().is_some());
+    let text = host.nx(&["domain", "ls", "shop"]);
+    assert!(
+        text.stdout.contains("FAILED") && text.stdout.contains("127.0.0.2"),
+        "{}",
+        text.stdout
+    );
+    host.nx_json(&["domain", "rm", "broken.shop.example"]);
+    assert!(!host.nx(&["domain", "rm", "broken.shop.example"]).ok);
+
+    // A remote nx: https://api.nx.test on the router's HTTPS listener, verified against
+    // Pebble's root, pushes and promotes. The name resolves through a private /etc/hosts in a
+    // mount namespace of nx's own.
+    wait_status(&host, &pebble, "api.nx.test", is_valid);
+    let hosts = host.path("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost api.nx.test\n").unwrap();
+    let remote = |args: &str| {
+        let script = format!(
+            "mount --bind {} /etc/hosts && exec {} --host https://api.nx.test:{https_port} --ca-cert {} --json {args}",
+            hosts.display(),
+            nx_testkit::bin("nx").display(),
+            root.display()
+        );
+        let out = Command::new("unshare")
+            .args(["--mount", "sh", "-c", &script])
+            .env("NX_TOKEN", &host.token)
+            .env("NX_CONFIG", "/dev/null")
+            .env_remove("NX_HOST")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "remote nx {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let sample = nx_testkit::sample_app();
+    let pushed = remote(&format!(
+        "push {} --sandbox remote -e APP_VERSION=remote1",
+        sample.display()
+    ));
+    let id = pushed["deployment"]["id"].as_str().unwrap().to_owned();
+    remote(&format!("promote remote {id}"));
+    assert!(host.get("remote.nx.test", "/").1.contains("remote1"));
+
+    // Plain http:// to a non-loopback address is refused before anything is sent.
+    let out = Command::new(nx_testkit::bin("nx"))
+        .args(["--host", "http://203.0.113.7:7700", "ls"])
+        .env("NX_TOKEN", "x")
+        .env("NX_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("clear text") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+}

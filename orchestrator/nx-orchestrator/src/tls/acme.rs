@@ -16,6 +16,7 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
     NewOrder, OrderStatus, RetryPolicy,
 };
+pub use nx_api::domains::{CertificateState, CertificateStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::OpenOptionsExt;
@@ -44,34 +45,6 @@ pub enum AcmeError {
         what: String,
         source: std::io::Error,
     },
-}
-
-/// Where a name's certificate stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CertificateState {
-    /// No certificate yet; an order is due or running.
-    Pending,
-    /// A certificate is served.
-    Valid,
-    /// The last order failed; `next_attempt` says when the next one starts.
-    Failed,
-    /// Covered by the fixed `tls.cert_file`: no order.
-    Fixed,
-}
-
-/// A name's certificate state, as `nx domain ls` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertificateStatus {
-    pub state: CertificateState,
-    /// The served certificate's `notAfter`, seconds since the Unix epoch.
-    pub not_after: Option<i64>,
-    /// The last failure, with the ACME server's reason when it gave one.
-    pub error: Option<String>,
-    /// Failed orders in a row.
-    pub failures: u32,
-    /// When the next order may start, seconds since the Unix epoch.
-    pub next_attempt: Option<i64>,
 }
 
 /// The stored account: its credentials, for the directory they belong to.
@@ -170,13 +143,10 @@ impl Acme {
             .borrow()
             .iter()
             .map(|name| {
-                let status = known.get(name).cloned().unwrap_or(CertificateStatus {
-                    state: CertificateState::Pending,
-                    not_after: None,
-                    error: None,
-                    failures: 0,
-                    next_attempt: None,
-                });
+                let status = known
+                    .get(name)
+                    .cloned()
+                    .unwrap_or(CertificateStatus::of(CertificateState::Pending));
                 (name.clone(), status)
             })
             .collect()

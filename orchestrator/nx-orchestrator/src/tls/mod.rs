@@ -52,10 +52,10 @@ pub fn api_route(config: &crate::config::Config) -> Option<crate::router::Route>
     })
 }
 
-/// The names in `table` that get certificates by ACME: one label under `base_domain`
-/// (production hosts `<sandbox>.<base_domain>` and the API). Preview hosts
-/// (`<deployment>.<sandbox>.<base_domain>`) would need a wildcard per sandbox, which only
-/// DNS-01 can prove: they stay on HTTP unless `cert_file` covers them.
+/// The names in `table` that get certificates by ACME: every routed name except preview hosts
+/// (`<deployment>.<sandbox>.<base_domain>`), i.e. production hosts, custom domains and the
+/// API. Previews would need a wildcard per sandbox, which only DNS-01 can prove: they stay on
+/// HTTP unless `cert_file` covers them.
 pub fn certificate_names(
     table: &crate::router::RouteTable,
     base_domain: &str,
@@ -67,7 +67,7 @@ pub fn certificate_names(
         .filter(|r| {
             r.host
                 .strip_suffix(&suffix)
-                .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+                .is_none_or(|label| !label.contains('.'))
         })
         .map(|r| r.host.clone())
         .collect()
