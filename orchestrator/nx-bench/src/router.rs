@@ -299,10 +299,12 @@ fn print_row(name: &str, l: &Load, direct: &Load) {
 
 pub async fn run(host: &Arc<Host>, secs: u64) -> anyhow::Result<()> {
     let h = host.clone();
+    // The sample app (tiny_http) runs a thread per connection: 256 connections need more
+    // than the default 256 tasks (TasksMax), or it cannot spawn them, errs and dies.
     let (a, b) = tokio::task::spawn_blocking(move || {
         (
-            h.push_sample("bench-router", &["-e", "APP_VERSION=a"]),
-            h.push_sample("bench-router", &["-e", "APP_VERSION=b"]),
+            h.push_sample("bench-router", &["-e", "APP_VERSION=a", "--tasks", "1024"]),
+            h.push_sample("bench-router", &["-e", "APP_VERSION=b", "--tasks", "1024"]),
         )
     })
     .await?;

@@ -65,13 +65,30 @@ impl<A> Connections<A> {
         (n < self.max).then_some(slot)
     }
 
-    /// Reads one request head (or h2c's preface) under the deadlines, then rewinds it.
-    async fn read_head(&self, mut stream: Box<TcpStream>, first: bool) -> Head {
+    /// Reads one request head (or h2c's preface) under the deadlines, then rewinds it. A kept-
+    /// alive connection (not `first`) waiting for its next request is closed when the router
+    /// shuts down (SIGTERM, or a graceful upgrade handing the listener to a new process); a new
+    /// connection is still served.
+    async fn read_head(
+        &self,
+        mut stream: Box<TcpStream>,
+        first: bool,
+        shutdown: &ShutdownWatch,
+    ) -> Head {
         let mut head = Vec::with_capacity(1024);
         let mut chunk = [0u8; 4096];
-        match timeout(self.idle_timeout, stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
-            _ => return Head::Gone,
+        let mut shutdown = shutdown.clone();
+        let idle_until_shutdown = async {
+            if first || shutdown.wait_for(|down| *down).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            read = timeout(self.idle_timeout, stream.read(&mut chunk)) => match read {
+                Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                _ => return Head::Gone,
+            },
+            () = idle_until_shutdown => return Head::Gone,
         }
         let deadline = Instant::now() + self.head_timeout;
         loop {
@@ -128,7 +145,7 @@ where
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
-            let stream_after = match self.read_head(stream, first).await {
+            let stream_after = match self.read_head(stream, first, shutdown).await {
                 Head::Gone => return None,
                 Head::Http2(s) => return ServerApp::process_new(&self.proxy, s, shutdown).await,
                 Head::Http1(s) => s,

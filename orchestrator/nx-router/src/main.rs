@@ -64,9 +64,11 @@ fn main() -> anyhow::Result<()> {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         pid_file: dir("router.pid"),
         upgrade_sock: dir("upgrade.sock"),
-        // On SIGTERM, stop accepting at once and give open requests 5 s.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(5),
+        // On SIGTERM (and after SIGQUIT has handed the listener over), stop accepting, close
+        // idle keep-alive connections, and give open requests 5 s (the grace period) before
+        // the runtimes stop; tokio drops whatever is left at once then.
+        grace_period_seconds: Some(5),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let opt = Opt {
