@@ -360,13 +360,19 @@ impl Orchestrator {
         })
     }
 
+    /// A route's URL: `https://` for a production host when HTTPS is on (it gets a
+    /// certificate), `http://` otherwise (preview hosts: see `tls::certificate_names`).
     fn url(&self, key: &RouteKey) -> String {
-        let port = self.config.router_listen.port();
         let host = router::host_name(key, &self.config.base_domain);
-        if port == 80 {
-            format!("http://{host}/")
-        } else {
-            format!("http://{host}:{port}/")
+        let tls = &self.config.tls;
+        let https = tls.https_listen.filter(|_| {
+            matches!(key, RouteKey::Production(_)) && (tls.acme || tls.cert_file.is_some())
+        });
+        match https {
+            Some(listen) if listen.port() == 443 => format!("https://{host}/"),
+            Some(listen) => format!("https://{host}:{}/", listen.port()),
+            None if self.config.router_listen.port() == 80 => format!("http://{host}/"),
+            None => format!("http://{host}:{}/", self.config.router_listen.port()),
         }
     }
 

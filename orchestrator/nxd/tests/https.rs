@@ -109,6 +109,16 @@ fn production_hosts_get_certificates_that_survive_restarts_and_renew_without_a_f
     let v1 = host.push_sample("shop", &["-e", "APP_VERSION=v1"]);
     host.nx_json(&["promote", "shop", &v1]);
     let name = host.production_host("shop");
+    // nx shows the production URL on HTTPS; previews stay on HTTP (no wildcard certificate).
+    let shown = &host.nx_json(&["status", "shop"])[0];
+    assert_eq!(
+        shown["production_url"],
+        format!("https://{name}:{https_port}/")
+    );
+    assert!(shown["deployments"][0]["preview_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://"));
     let status = wait_status(&host, &pebble, &name, is_valid);
     assert!(status["not_after"].as_i64().unwrap() > chrono_now());
 
