@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs NX for real on this machine: installs the packages, builds nxd, nx and the static sample
+# Runs NX for real on this machine: installs the packages, builds nxd, nx-router, nx and the static sample
 # app, starts nxd with its embedded defaults (a private systemd manager and PostgreSQL under
 # $NX_STATE_DIR), pushes the sample, promotes it, and curls its preview and production URLs.
 # nxd keeps running afterwards; stop it with: kill $(cat $NX_STATE_DIR/nxd.pid) &&
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 state=${NX_STATE_DIR:-/var/lib/nx-quickstart}
 bash install-deps.sh
-cargo build --release --locked -p nxd -p nx-cli
+cargo build --release --locked -p nxd -p nx-router -p nx-cli
 cargo build --release --locked -p nx-sample-app -p nx-vm-init --target x86_64-unknown-linux-musl
 sample=target/x86_64-unknown-linux-musl/release/nx-sample-app
 
@@ -29,8 +29,15 @@ EOF
 fi
 export NX_HOST=http://127.0.0.1:7700
 # (The first start probes KVM and TCG for the microvm backend: up to ~15 s.)
-for _ in $(seq 300); do [ -s "$state/token" ] && curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$state/token")" $NX_HOST/v1/health && break; sleep 0.1; done
-export NX_TOKEN=$(cat "$state/token")
+up=
+for _ in $(seq 300); do [ -s "$state/token" ] && curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$state/token")" $NX_HOST/v1/health && up=1 && break; sleep 0.1; done
+if [ -z "$up" ]; then
+  echo "nxd did not answer on $NX_HOST within 30 s; the end of $state/nxd.log:" >&2
+  tail -n 20 "$state/nxd.log" >&2
+  exit 1
+fi
+NX_TOKEN=$(cat "$state/token")
+export NX_TOKEN
 
 nx=target/release/nx
 id=$($nx --json push "$sample" --sandbox hello --env APP_VERSION=v1 | sed -n 's/^    "id": "\(.*\)",$/\1/p' | head -1)
