@@ -65,6 +65,12 @@ in
       default = defaults.apiMaxConnections;
       description = "Open API connections beyond this are closed as soon as they are accepted; open ones keep working.";
     };
+    metricsListen = mkOption {
+      type = types.nullOr types.str;
+      default = defaults.metricsListen;
+      example = "127.0.0.1:9770";
+      description = "Address where GET /metrics (Prometheus text format) answers without a token; keep it on loopback or a network only Prometheus reaches. Null: the series are only on the API, for the root token.";
+    };
     routerListen = mkOption {
       type = types.str;
       default = defaults.routerListen;

@@ -29,6 +29,9 @@ pub struct Config {
     /// Open API connections beyond this are closed as soon as they are accepted; those already
     /// open keep working.
     pub api_max_connections: usize,
+    /// `GET /metrics` without a token (Prometheus text format), e.g. `127.0.0.1:9770`. Unset: the
+    /// series are only on the API, for the root token.
+    pub metrics_listen: Option<SocketAddr>,
     /// The router: `Host: <deployment>.<sandbox>.<base_domain>` and `Host: <sandbox>.<base_domain>`.
     pub router_listen: SocketAddr,
     /// The domain under which preview and production URLs live.
@@ -268,6 +271,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/nx"),
             api_listen: "127.0.0.1:7700".parse().expect("literal"),
             api_max_connections: 4096,
+            metrics_listen: None,
             router_listen: "127.0.0.1:7780".parse().expect("literal"),
             base_domain: "nx.localhost".into(),
             token_file: None,
@@ -482,7 +486,8 @@ mod tests {
                  sftp = d.sftp // { listen = "0.0.0.0:2222"; };
                  tls = d.tls // { httpsListen = "0.0.0.0:443"; acmeEmail = "ops@example.com";
                                   acmeCaRoots = "/etc/nx/acme-root.pem"; certFile = "/etc/nx/origin.pem";
-                                  keyFile = "/etc/nx/origin.key"; }; }"#,
+                                  keyFile = "/etc/nx/origin.key"; };
+                 metricsListen = "127.0.0.1:9770"; }"#,
         );
         let parsed: Config =
             serde_json::from_value(all.clone()).expect("nxd parses the module's file");

@@ -18,6 +18,8 @@ pub mod failpoint;
 #[cfg(target_os = "linux")]
 mod launcher_install;
 pub mod logs;
+#[cfg(target_os = "linux")]
+pub mod metrics;
 pub use nx_api::names;
 pub mod host_limits;
 #[cfg(target_os = "linux")]

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::databases::{BackupInfo, Databases, RestoreInfo};
 use crate::domain::{BackendKind, Deployment, Desired, RouteKey, Runtime};
 use crate::error::Error;
+use crate::metrics::Operation;
 use crate::names::{DeploymentId, SandboxName};
 use crate::router::{self, RouterClient};
 use crate::sandbox_settings;
@@ -47,7 +48,9 @@ pub struct Orchestrator {
     pub router: RouterClient,
     pub databases: Databases,
     pub(crate) state: StateStore,
-    backend: Arc<Backends>,
+    pub(crate) backend: Arc<Backends>,
+    /// The events nxd counts for `GET /metrics` (see `metrics`).
+    pub metrics: crate::metrics::Metrics,
     pub tasks: Tasks,
     /// Deploy tokens (`nx token`).
     pub tokens: TokenStore,
@@ -162,6 +165,7 @@ impl Orchestrator {
             embedded_db: embedded.is_some(),
             problem: std::sync::Mutex::new(None),
             certificates,
+            metrics: crate::metrics::Metrics::default(),
         });
         app.adopt().await?;
         app.schedule_backups();
@@ -449,6 +453,7 @@ impl Orchestrator {
 
     #[tracing::instrument(skip_all, fields(sandbox = %req.sandbox))]
     pub async fn push(&self, mut req: PushRequest) -> Result<DeploymentView, Error> {
+        let mut timer = self.metrics.time(Operation::Push);
         if let Some(settings) = sandbox_settings::get(self.state.pool(), &req.sandbox)
             .await
             .map_err(StateError::from)?
@@ -510,6 +515,7 @@ impl Orchestrator {
         }
         self.apply(&deployment, Phase::Created, Verb::Start, Route::None)
             .await?;
+        timer.succeeded();
         self.view(&self.state.deployment(&deployment.id).await?, false)
             .await
     }
@@ -653,6 +659,7 @@ impl Orchestrator {
         id: &DeploymentId,
         swap_db: bool,
     ) -> Result<SandboxView, Error> {
+        let mut timer = self.metrics.time(Operation::Promote);
         let deployment = self.deployment_in(sandbox, id).await?;
         if swap_db && !deployment.db_branch {
             return Err(Error::Invalid(format!(
@@ -667,6 +674,7 @@ impl Orchestrator {
             Route::Promote { swap_db },
         )
         .await?;
+        timer.succeeded();
         self.sandbox(sandbox).await
     }
 
@@ -674,11 +682,13 @@ impl Orchestrator {
     /// does not run, it is started first and production switches once it is ready.
     #[tracing::instrument(skip(self))]
     pub async fn rollback(&self, sandbox: &SandboxName) -> Result<SandboxView, Error> {
+        let mut timer = self.metrics.time(Operation::Rollback);
         let previous = self.state.rollback_target(sandbox).await?;
         let deployment = self.state.deployment(&previous).await?;
         let phase = self.phase(&deployment).await?;
         self.apply(&deployment, phase, Verb::Rollback, Route::Rollback)
             .await?;
+        timer.succeeded();
         self.sandbox(sandbox).await
     }
 

@@ -2,7 +2,7 @@
 //!
 //! `PUT /v1/routes` with a [`RouteTable`] (JSON) replaces the whole table (204);
 //! `GET /v1/routes` answers the table the router holds; `POST /v1/certificates` makes it
-//! re-read the certificate store.
+//! re-read the certificate store; `GET /v1/metrics` answers the router's series.
 
 use crate::RouteTable;
 use bytes::Bytes;
@@ -20,7 +20,10 @@ pub enum RouterClientError {
     Refused { status: StatusCode, body: String },
 }
 
-const ROUTES: &str = "/v1/routes";
+/// The route table's path on the control socket.
+pub const ROUTES: &str = "/v1/routes";
+/// The router's Prometheus series.
+pub const METRICS: &str = "/v1/metrics";
 
 /// Talks to one router's control socket.
 #[derive(Debug, Clone)]
@@ -68,6 +71,12 @@ impl RouterClient {
         self.call_retrying(Method::POST, "/v1/certificates", Vec::new(), patience)
             .await?;
         Ok(())
+    }
+
+    /// The router's own series (`GET /v1/metrics`), Prometheus text format.
+    pub async fn metrics(&self) -> Result<String, RouterClientError> {
+        let body = self.call(Method::GET, METRICS, Vec::new()).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     async fn call_retrying(

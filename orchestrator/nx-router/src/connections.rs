@@ -49,10 +49,17 @@ enum Head {
 }
 
 impl<A> Connections<A> {
-    pub fn new(proxy: A, max: usize, idle_timeout: Duration, head_timeout: Duration) -> Self {
+    /// `open` counts the open connections (shared with the metrics).
+    pub fn new(
+        proxy: A,
+        open: Arc<AtomicUsize>,
+        max: usize,
+        idle_timeout: Duration,
+        head_timeout: Duration,
+    ) -> Self {
         Self {
             proxy: Arc::new(proxy),
-            open: Arc::new(AtomicUsize::new(0)),
+            open,
             max,
             idle_timeout,
             head_timeout,

@@ -1,8 +1,10 @@
 //! The control socket nxd feeds tables through: HTTP/1.1 on a unix socket (mode 0600, so only
 //! root, which nxd runs as, may connect). `PUT /v1/routes` replaces the table (204),
 //! `GET /v1/routes` answers it; `POST /v1/certificates` re-reads the certificate store (204,
-//! or 404 without HTTPS). Runs on a thread of its own, beside Pingora's runtimes.
+//! or 404 without HTTPS); `GET /v1/metrics` answers the router's series (see `metrics`). Runs on
+//! a thread of its own, beside Pingora's runtimes.
 
+use crate::metrics::RouterMetrics;
 use crate::table::Table;
 use crate::tls::Certificates;
 use bytes::Bytes;
@@ -10,7 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use nx_router_api::RouteTable;
+use nx_router_api::{client, RouteTable};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ pub fn spawn(
     socket: &Path,
     table: Arc<Table>,
     certs: Option<Arc<Certificates>>,
+    metrics: Arc<RouterMetrics>,
 ) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(socket);
     let listener = std::os::unix::net::UnixListener::bind(socket)
@@ -36,7 +39,7 @@ pub fn spawn(
                 .enable_all()
                 .build()
                 .expect("the control thread's runtime");
-            runtime.block_on(serve(listener, table, certs));
+            runtime.block_on(serve(listener, table, certs, metrics));
         })?;
     Ok(())
 }
@@ -45,6 +48,7 @@ async fn serve(
     listener: std::os::unix::net::UnixListener,
     table: Arc<Table>,
     certs: Option<Arc<Certificates>>,
+    metrics: Arc<RouterMetrics>,
 ) {
     let listener = tokio::net::UnixListener::from_std(listener).expect("a tokio unix listener");
     loop {
@@ -56,12 +60,14 @@ async fn serve(
                 continue;
             }
         };
-        let (table, certs) = (table.clone(), certs.clone());
+        let (table, certs, metrics) = (table.clone(), certs.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (table, certs) = (table.clone(), certs.clone());
+                let (table, certs, metrics) = (table.clone(), certs.clone(), metrics.clone());
                 async move {
-                    Ok::<_, std::convert::Infallible>(handle(&table, certs.as_deref(), req).await)
+                    Ok::<_, std::convert::Infallible>(
+                        handle(&table, certs.as_deref(), &metrics, req).await,
+                    )
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -74,6 +80,7 @@ async fn serve(
 async fn handle(
     table: &Table,
     certs: Option<&Certificates>,
+    metrics: &RouterMetrics,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, body: Vec<u8>| {
@@ -83,6 +90,9 @@ async fn handle(
     };
     match (req.uri().path(), req.method(), certs) {
         ("/v1/routes", _, _) => {}
+        (client::METRICS, &Method::GET, _) => {
+            return reply(StatusCode::OK, metrics.encode().into_bytes())
+        }
         ("/v1/certificates", &Method::POST, Some(certs)) => {
             certs.reload();
             return reply(StatusCode::NO_CONTENT, Vec::new());
@@ -96,7 +106,7 @@ async fn handle(
         _ => {
             return reply(
                 StatusCode::NOT_FOUND,
-                b"only /v1/routes and POST /v1/certificates\n".to_vec(),
+                b"only /v1/routes, POST /v1/certificates and GET /v1/metrics\n".to_vec(),
             )
         }
     }

@@ -9,6 +9,7 @@
 mod connections;
 mod control;
 mod headers;
+mod metrics;
 mod proxy;
 mod table;
 mod tls;
@@ -57,7 +58,13 @@ fn main() -> anyhow::Result<()> {
         Some(tls) => Some(Arc::new(tls::Certificates::load(tls)?)),
         None => None,
     };
-    control::spawn(&settings.control_socket(), table.clone(), certs.clone())?;
+    let metrics = Arc::new(metrics::RouterMetrics::default());
+    control::spawn(
+        &settings.control_socket(),
+        table.clone(),
+        certs.clone(),
+        metrics.clone(),
+    )?;
 
     let dir = |name: &str| settings.dir.join(name).display().to_string();
     let conf = ServerConf {
@@ -82,7 +89,13 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .zip(certs.clone())
         .map(|(settings, certs)| Arc::new(tls::HttpSide { certs, settings }));
-    let mut plain = proxy_service(&server, &settings, &table, proxy::Listener::Http(http_side));
+    let mut plain = proxy_service(
+        &server,
+        &settings,
+        &table,
+        &metrics,
+        proxy::Listener::Http(http_side),
+    );
     plain.add_tcp(&settings.listen.to_string());
     server.add_service(plain);
     if let (Some(tls), Some(certs)) = (&settings.tls, certs) {
@@ -90,6 +103,7 @@ fn main() -> anyhow::Result<()> {
             &server,
             &settings,
             &table,
+            &metrics,
             proxy::Listener::Https { hsts: tls.hsts },
         );
         let mut tls_settings = TlsSettings::intermediate("", "")?;
@@ -108,6 +122,7 @@ fn proxy_service(
     server: &Server,
     settings: &RouterSettings,
     table: &Arc<table::Table>,
+    metrics: &Arc<metrics::RouterMetrics>,
     listener: proxy::Listener,
 ) -> Service<connections::Connections<HttpProxy<proxy::NxProxy>>> {
     let config = settings.config.clone();
@@ -115,6 +130,7 @@ fn proxy_service(
         &server.configuration,
         proxy::NxProxy::new(
             table.clone(),
+            metrics.clone(),
             config.clone(),
             settings.base_domain.clone(),
             listener,
@@ -127,6 +143,7 @@ fn proxy_service(
     proxy.server_options = Some(options);
     let app = connections::Connections::new(
         proxy,
+        metrics.connections(),
         config.max_connections,
         idle,
         Duration::from_secs(config.head_timeout_secs),

@@ -9,6 +9,7 @@
 //! PATCH are never sent twice, and a fresh connection's failure is not retried.
 
 use crate::headers::{forwarding, hop_by_hop};
+use crate::metrics::{Finished, RouterMetrics};
 use crate::table::Table;
 use crate::tls::{Answer, HttpSide};
 use async_trait::async_trait;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub struct NxProxy {
     table: Arc<Table>,
+    metrics: Arc<RouterMetrics>,
     config: RouterConfig,
     base_domain: String,
     listener: Listener,
@@ -48,12 +50,14 @@ pub struct Ctx {
 impl NxProxy {
     pub fn new(
         table: Arc<Table>,
+        metrics: Arc<RouterMetrics>,
         config: RouterConfig,
         base_domain: String,
         listener: Listener,
     ) -> Self {
         Self {
             table,
+            metrics,
             config,
             base_domain,
             listener,
@@ -332,14 +336,22 @@ impl ProxyHttp for NxProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        if status < 500 && rand::random::<f64>() >= self.config.access_log_sample {
-            return;
-        }
-        let req = session.req_header();
         let (sandbox, deployment) = ctx
             .route
             .as_ref()
             .map_or(("", ""), |r| (r.sandbox.as_str(), r.deployment.as_str()));
+        self.metrics.record(&Finished {
+            sandbox,
+            deployment,
+            status,
+            duration: ctx.started.elapsed(),
+            bytes_received: ctx.body_bytes,
+            bytes_sent: session.body_bytes_sent() as u64,
+        });
+        if status < 500 && rand::random::<f64>() >= self.config.access_log_sample {
+            return;
+        }
+        let req = session.req_header();
         tracing::info!(
             target: "nx_router::access",
             request_id = %ctx.request_id,

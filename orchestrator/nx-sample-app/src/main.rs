@@ -2,7 +2,8 @@
 //! reports what it can see of its sandbox, so that tests can ask it to try to escape.
 //!
 //! - `GET /`            `nx-sample <APP_VERSION> deployment=<NX_DEPLOYMENT>`
-//! - `GET /health`      `ok`
+//! - `GET /health`      `ok`, or 500 `sick` after `GET /sick`
+//! - `GET /sick`        makes `/health` answer 500 until the program restarts
 //! - `GET /env`         its environment, as JSON
 //! - `GET /read?path=P` the file's first 4 KiB, or 404 with the error
 //! - `GET /ls?path=P`   the directory's entries, or 404 with the error
@@ -45,6 +46,8 @@ use std::io::Read;
 use tiny_http::{Header, Request, Response, Server};
 
 const WORKERS: usize = 4;
+/// Set by `GET /sick`: `/health` fails from then on.
+static SICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -154,7 +157,12 @@ fn handle(request: Request) {
                 std::env::var("NX_DEPLOYMENT").unwrap_or_default()
             ),
         ),
+        "/health" if SICK.load(std::sync::atomic::Ordering::Relaxed) => text(500, "sick\n"),
         "/health" => text(200, "ok\n"),
+        "/sick" => {
+            SICK.store(true, std::sync::atomic::Ordering::Relaxed);
+            text(200, "/health answers 500 from now on\n")
+        }
         "/env" => json(serde_json::json!(std::env::vars()
             .collect::<std::collections::BTreeMap<_, _>>(
         ))),

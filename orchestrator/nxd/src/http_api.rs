@@ -30,6 +30,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 pub fn table() -> Vec<Route> {
     let mut routes = vec![
         get("/v1/health", health),
+        get("/metrics", crate::metrics_api::metrics),
         get("/v1/artifacts/{sha256}", artifact),
         put("/v1/artifacts/{sha256}", upload).unlimited_body(),
         post("/v1/deployments", push),

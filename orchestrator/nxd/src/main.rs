@@ -7,6 +7,7 @@ mod error;
 mod http_api;
 mod json_body;
 mod listener;
+mod metrics_api;
 #[cfg(test)]
 mod openapi;
 mod route_table;
@@ -136,6 +137,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on metrics_listen {addr}"))?,
+        ),
+        None => None,
+    };
     let app = nx_orchestrator::Orchestrator::start(config).await?;
     tracing::info!(
         api = %api_listener.local_addr()?,
@@ -155,9 +164,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     };
+    let metrics = {
+        let app = Arc::clone(&app);
+        async move {
+            match metrics_listener {
+                Some(listener) => {
+                    tracing::info!(metrics = %listener.local_addr()?, "GET /metrics without a token");
+                    metrics_api::serve(app, listener).await
+                }
+                None => std::future::pending().await,
+            }
+        }
+    };
     let api = axum::serve(api_listener, http_api::routes(app, token));
     tokio::select! {
         r = sftp => r?,
+        r = metrics => r.context("metrics_listen")?,
         r = api => r.context("API server")?,
         _ = shutdown_signal() => tracing::info!("nxd stopping; deployments keep running"),
     }

@@ -50,6 +50,8 @@ const ANY_VERB: &[Verb] = &Verb::ALL;
 pub const POLICY: &[(&str, &str, Need)] = &[
     ("GET", "/v1/health", Need::AnyToken),
     ("GET", "/v1/sftp/host-key", Need::AnyToken),
+    // Every sandbox's series: Prometheus scrapes with the root token, or on metrics_listen.
+    ("GET", "/metrics", Need::Root),
     (
         "GET",
         "/v1/artifacts/{sha256}",

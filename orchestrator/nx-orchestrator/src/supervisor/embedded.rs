@@ -83,6 +83,17 @@ impl Layout {
     }
 }
 
+/// The cgroup directories the embedded manager of `state_dir` lives in, one per hierarchy (its
+/// units' cgroups are below them).
+pub fn hierarchy_roots(state_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string(Layout::new(state_dir).cgroups_file())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
 /// Connects to the embedded manager, starting it if it is not running.
 pub async fn connect(state_dir: &Path) -> Result<(zbus::Connection, String), SupervisorError> {
     let layout = Layout::new(state_dir);

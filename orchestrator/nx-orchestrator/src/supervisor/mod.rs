@@ -2,6 +2,7 @@
 //! The manager is the host's systemd on the system bus, or, where none answers (a dev box, CI),
 //! a private one that nxd starts and owns (see `embedded`).
 
+mod cpu_time;
 mod dbus_api;
 #[cfg(target_os = "linux")]
 pub mod embedded;
@@ -241,6 +242,7 @@ impl Supervisor {
             ),
             ("MemoryAccounting", true.into()),
             ("TasksAccounting", true.into()),
+            ("CPUAccounting", true.into()),
         ];
         match spec.graceful_stop {
             Some(timeout) => {

@@ -18,7 +18,7 @@ use crate::supervisor::{Supervisor, SupervisorError};
 use pool::{Pool, Slot, TaskUnit};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -59,6 +59,20 @@ pub struct Tasks {
     pool: Arc<Pool>,
     uid_base: u32,
     next_uid: AtomicU32,
+    /// Tasks started on a warm unit, and on one started for them (cold), since nxd started.
+    started_warm: AtomicU64,
+    started_cold: AtomicU64,
+}
+
+/// What the task pool did and holds, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskStats {
+    pub started_warm: u64,
+    pub started_cold: u64,
+    /// Warm units ready now.
+    pub pool_ready: usize,
+    /// Warm units the pool keeps (`tasks.pool_size`).
+    pub pool_size: usize,
 }
 
 impl Tasks {
@@ -87,7 +101,19 @@ impl Tasks {
             pool,
             uid_base: config.uid_base,
             next_uid: AtomicU32::new(0),
+            started_warm: AtomicU64::new(0),
+            started_cold: AtomicU64::new(0),
         })
+    }
+
+    /// Tasks started so far, warm and cold, and the pool's fill.
+    pub fn stats(&self) -> TaskStats {
+        TaskStats {
+            started_warm: self.started_warm.load(Ordering::Relaxed),
+            started_cold: self.started_cold.load(Ordering::Relaxed),
+            pool_ready: self.pool.ready(),
+            pool_size: self.pool.size(),
+        }
     }
 
     /// Refills the warm pool from scratch, after the manager that ran its units died.
@@ -130,6 +156,11 @@ impl Tasks {
             return Err(e);
         }
         let started = Instant::now();
+        match warm {
+            true => &self.started_warm,
+            false => &self.started_cold,
+        }
+        .fetch_add(1, Ordering::Relaxed);
         tracing::info!(task = %slot.unit.id, warm, uid, "task started");
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         let _ = events

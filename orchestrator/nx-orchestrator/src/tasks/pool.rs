@@ -75,6 +75,16 @@ impl Pool {
         self.limits
     }
 
+    /// Warm units ready now.
+    pub fn ready(&self) -> usize {
+        self.slots.lock().expect("pool lock").len()
+    }
+
+    /// Warm units the pool keeps.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// Starts one task unit (a cold start when the pool is empty).
     #[tracing::instrument(skip_all)]
     pub async fn start_slot(&self) -> Result<Slot, SupervisorError> {

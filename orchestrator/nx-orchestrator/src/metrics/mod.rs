@@ -1,0 +1,217 @@
+//! nxd's Prometheus metrics (prometheus-client, the Prometheus project's Rust client), served
+//! as the Prometheus text format (version 0.0.4) at `GET /metrics`.
+//!
+//! Two kinds of series: events nxd counts as they happen ([`Metrics`]: operations and their
+//! durations, health-check failures and restarts, idle stops and wakes), and state sampled at
+//! each scrape (`scrape`: every deployment's unit from systemd, its `/data`, every sandbox's
+//! database, the warm task pool, and the router's own series from its control socket).
+
+mod scrape;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Instant;
+
+/// The `Content-Type` of `GET /metrics`.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// A lifecycle verb whose count and duration nxd records.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Operation {
+    Push,
+    Promote,
+    Rollback,
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+}
+
+impl EncodeLabelValue for Operation {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        let name = match self {
+            Self::Push => "push",
+            Self::Promote => "promote",
+            Self::Rollback => "rollback",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        let name = match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: Operation,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationKind {
+    operation: Operation,
+}
+
+/// The labels of a deployment's series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    pub sandbox: String,
+    pub deployment: String,
+    pub backend: String,
+}
+
+/// The events nxd counts, registered once; clones share the same series.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    operations: Family<OperationLabels, Counter>,
+    durations: Family<OperationKind, Histogram>,
+    health_failures: Family<DeploymentLabels, Counter>,
+    health_restarts: Family<DeploymentLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let operations = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "nx_operations",
+            "Lifecycle operations (push, promote, rollback) by outcome",
+            operations.clone(),
+        );
+        // 10 ms to about 164 s: a rollback is a route swap, a push waits for readiness.
+        let durations = Family::<OperationKind, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.01, 2.0, 15))) as fn() -> Histogram,
+        );
+        registry.register(
+            "nx_operation_duration_seconds",
+            "How long lifecycle operations took, seconds",
+            durations.clone(),
+        );
+        let health_failures = Family::<DeploymentLabels, Counter>::default();
+        registry.register(
+            "nx_health_check_failures",
+            "Health checks of a deployment that failed (no answer in time, or a status of 400 and up)",
+            health_failures.clone(),
+        );
+        let health_restarts = Family::<DeploymentLabels, Counter>::default();
+        registry.register(
+            "nx_health_check_restarts",
+            "Restarts of a deployment after its health check failed the threshold's number of times in a row",
+            health_restarts.clone(),
+        );
+        Self {
+            registry,
+            operations,
+            durations,
+            health_failures,
+            health_restarts,
+        }
+    }
+}
+
+impl Metrics {
+    /// Starts timing `operation`; it counts as an error unless [`OperationTimer::succeeded`]
+    /// is called before the timer is dropped.
+    pub fn time(&self, operation: Operation) -> OperationTimer<'_> {
+        OperationTimer {
+            metrics: self,
+            operation,
+            started: Instant::now(),
+            outcome: Outcome::Error,
+        }
+    }
+
+    /// One failed health check of a deployment.
+    pub fn health_check_failed(&self, labels: &DeploymentLabels) {
+        self.health_failures.get_or_create(labels).inc();
+    }
+
+    /// One restart after the failure threshold.
+    pub fn health_check_restarted(&self, labels: &DeploymentLabels) {
+        self.health_restarts.get_or_create(labels).inc();
+    }
+
+    /// Forgets a removed deployment's event series.
+    pub fn forget(&self, labels: &DeploymentLabels) {
+        self.health_failures.remove(labels);
+        self.health_restarts.remove(labels);
+    }
+
+    /// The event series, Prometheus text format.
+    fn encode(&self, out: &mut String) {
+        prometheus_client::encoding::prometheus_text::encode(out, &self.registry)
+            .expect("writing to a String does not fail");
+    }
+}
+
+/// Records an operation's duration and outcome when dropped.
+pub struct OperationTimer<'a> {
+    metrics: &'a Metrics,
+    operation: Operation,
+    started: Instant,
+    outcome: Outcome,
+}
+
+impl OperationTimer<'_> {
+    /// The operation succeeded.
+    pub fn succeeded(&mut self) {
+        self.outcome = Outcome::Ok;
+    }
+}
+
+impl Drop for OperationTimer<'_> {
+    fn drop(&mut self) {
+        let operation = self.operation;
+        self.metrics
+            .operations
+            .get_or_create(&OperationLabels {
+                operation,
+                outcome: self.outcome,
+            })
+            .inc();
+        self.metrics
+            .durations
+            .get_or_create(&OperationKind { operation })
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_are_counted_by_outcome_and_timed() {
+        let metrics = Metrics::default();
+        metrics.time(Operation::Push).succeeded();
+        drop(metrics.time(Operation::Push));
+        let mut text = String::new();
+        metrics.encode(&mut text);
+        assert!(
+            text.contains("nx_operations_total{operation=\"push\",outcome=\"ok\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nx_operations_total{operation=\"push\",outcome=\"error\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nx_operation_duration_seconds_count{operation=\"push\"} 2\n"),
+            "{text}"
+        );
+    }
+}

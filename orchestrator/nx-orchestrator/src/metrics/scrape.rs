@@ -1,0 +1,203 @@
+//! The series sampled when Prometheus scrapes: a registry built for this scrape alone, so that a
+//! removed deployment's series end with it.
+
+use super::DeploymentLabels;
+use crate::api::systemd::ActiveState;
+use crate::api::UnitState;
+use crate::backend::{SandboxBackend, SandboxHandle};
+use crate::error::Error;
+use crate::supervisor::UNITS_IN_FLIGHT;
+use crate::Orchestrator;
+use futures_util::{stream, StreamExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SandboxLabels {
+    sandbox: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StartLabels {
+    start: &'static str,
+}
+
+/// A family registered under `name` in `registry`.
+fn family<L, M>(registry: &mut Registry, name: &str, help: &str) -> Family<L, M>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let family = Family::<L, M>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+impl Orchestrator {
+    /// CPU time of a running deployment's unit (none for one that is down).
+    async fn cpu_seconds(&self, unit: &str, state: &UnitState) -> Option<f64> {
+        if state.active.is_down() {
+            return None;
+        }
+        match self.supervisor.cpu_nsec(unit).await {
+            Ok(nsec) => nsec.map(|n| n as f64 / 1e9),
+            Err(e) => {
+                tracing::warn!(%unit, error = %e, "no CPU time");
+                None
+            }
+        }
+    }
+
+    /// Every series nxd exports, in the Prometheus text format (version 0.0.4): its counters,
+    /// then each deployment's unit, `/data` and database, the task pool, then the router's
+    /// (`nx_router_up` is 0 while the router does not answer).
+    #[tracing::instrument(skip_all)]
+    pub async fn metrics_text(&self) -> Result<String, Error> {
+        let mut out = String::new();
+        self.metrics.encode(&mut out);
+        let mut registry = Registry::default();
+        let up: Family<DeploymentLabels, Gauge> = family(
+            &mut registry,
+            "nx_deployment_up",
+            "1 while the deployment's unit is active, else 0 (stopped, idle, failed)",
+        );
+        let cpu: Family<DeploymentLabels, Counter<f64, AtomicU64>> = family(
+            &mut registry,
+            "nx_deployment_cpu_seconds",
+            "CPU time of the deployment's cgroup since its unit started, seconds",
+        );
+        let memory: Family<DeploymentLabels, Gauge> = family(
+            &mut registry,
+            "nx_deployment_memory_bytes",
+            "Memory of the deployment's cgroup, bytes (page cache included)",
+        );
+        let tasks: Family<DeploymentLabels, Gauge> = family(
+            &mut registry,
+            "nx_deployment_tasks",
+            "Processes and threads in the deployment's cgroup",
+        );
+        let restarts: Family<DeploymentLabels, Counter> = family(
+            &mut registry,
+            "nx_deployment_restarts",
+            "Restarts systemd made after the deployment's program failed, since its unit was started",
+        );
+        let disk: Family<DeploymentLabels, Gauge> = family(
+            &mut registry,
+            "nx_deployment_disk_used_bytes",
+            "Bytes used on the deployment's /data (deployments with a disk limit)",
+        );
+        let database: Family<SandboxLabels, Gauge> = family(
+            &mut registry,
+            "nx_sandbox_database_size_bytes",
+            "Size of the sandbox's PostgreSQL database, bytes (pg_database_size)",
+        );
+        let started: Family<StartLabels, Counter> = family(
+            &mut registry,
+            "nx_tasks_started",
+            "Tasks started since nxd started: on a warm unit of the pool, or a cold one",
+        );
+        let pool_ready = Gauge::<i64>::default();
+        registry.register(
+            "nx_task_pool_ready",
+            "Warm task units ready now",
+            pool_ready.clone(),
+        );
+        let pool_size = Gauge::<i64>::default();
+        registry.register(
+            "nx_task_pool_size",
+            "Warm task units the pool keeps (tasks.pool_size)",
+            pool_size.clone(),
+        );
+        let router_up = Gauge::<i64>::default();
+        registry.register(
+            "nx_router_up",
+            "1 when the router answered this scrape on its control socket",
+            router_up.clone(),
+        );
+
+        let deployments = self.state.deployments().await?;
+        let handles: Vec<SandboxHandle> =
+            deployments.iter().map(|d| self.backend.handle(d)).collect();
+        let units: Vec<&str> = handles.iter().map(|h| h.unit.as_str()).collect();
+        let states = self.supervisor.states(&units).await?;
+        let asks: Vec<_> = units
+            .iter()
+            .zip(&states)
+            .map(|(unit, state)| self.cpu_seconds(unit, state))
+            .collect();
+        let cpu_times: Vec<Option<f64>> =
+            stream::iter(asks).buffered(UNITS_IN_FLIGHT).collect().await;
+        for (((d, handle), state), cpu_time) in
+            deployments.iter().zip(&handles).zip(&states).zip(cpu_times)
+        {
+            let labels = DeploymentLabels {
+                sandbox: d.sandbox.to_string(),
+                deployment: d.id.to_string(),
+                backend: d.backend.to_string(),
+            };
+            let running = !state.active.is_down();
+            up.get_or_create(&labels)
+                .set(i64::from(state.active == ActiveState::Active));
+            restarts
+                .get_or_create(&labels)
+                .inc_by(u64::from(state.restarts));
+            if let Some(seconds) = cpu_time {
+                cpu.get_or_create(&labels).inc_by(seconds);
+            }
+            if let Some(bytes) = state.memory_bytes.filter(|_| running) {
+                memory.get_or_create(&labels).set(saturating(bytes));
+            }
+            if let Some(n) = state.tasks.filter(|_| running) {
+                tasks.get_or_create(&labels).set(saturating(n));
+            }
+            if let Some(usage) = crate::backend::data_disk::read_usage(&handle.dir) {
+                disk.get_or_create(&labels)
+                    .set(saturating(usage.used_bytes));
+            }
+        }
+        for name in self.state.sandbox_names().await? {
+            match self.databases.size(&name).await {
+                Ok(bytes) => {
+                    database
+                        .get_or_create(&SandboxLabels {
+                            sandbox: name.to_string(),
+                        })
+                        .set(saturating(bytes));
+                }
+                Err(e) => tracing::warn!(sandbox = %name, error = %e, "no database size"),
+            }
+        }
+        let stats = self.tasks.stats();
+        started
+            .get_or_create(&StartLabels { start: "warm" })
+            .inc_by(stats.started_warm);
+        started
+            .get_or_create(&StartLabels { start: "cold" })
+            .inc_by(stats.started_cold);
+        pool_ready.set(saturating(stats.pool_ready as u64));
+        pool_size.set(saturating(stats.pool_size as u64));
+        let router = self.router.metrics().await;
+        router_up.set(i64::from(router.is_ok()));
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            .expect("writing to a String does not fail");
+        match router {
+            Ok(text) => out.push_str(&text),
+            Err(e) => tracing::warn!(error = %e, "no metrics from the router"),
+        }
+        Ok(out)
+    }
+}
+
+fn saturating(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

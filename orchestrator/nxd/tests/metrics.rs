@@ -1,0 +1,151 @@
+//! `GET /metrics`: nxd's and the router's series in the Prometheus text format, with the right
+//! labels, moving as a user would check them: requests counted per status code, CPU and memory
+//! of a running deployment, a restart after a forced crash, pushes counted; root token only on
+//! the API, no token on `metrics_listen`.
+
+use nx_testkit::Host;
+use std::time::{Duration, Instant};
+
+/// The value of the series `name{labels}` (labels written as Prometheus writes them).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn scrape(host: &Host) -> String {
+    let resp = host
+        .http()
+        .get(format!("http://{}/metrics", host.api))
+        .bearer_auth(&host.token)
+        .send()
+        .expect("GET /metrics");
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    resp.text().unwrap()
+}
+
+/// Scrapes until `series` has a value that `want` accepts (or 30 s pass).
+fn wait_for(host: &Host, series: &str, want: impl Fn(f64) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape(host);
+        if value(&text, series).is_some_and(&want) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never as wanted:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn series_appear_with_their_labels_and_move() {
+    let mut host = Host::start();
+    let id = host.push_sample("web", &[]);
+    let preview = host.preview_host("web", &id);
+    let labels = format!("sandbox=\"web\",deployment=\"{id}\"");
+    let unit = format!("{labels},backend=\"container\"");
+
+    for _ in 0..3 {
+        assert_eq!(host.get(&preview, "/").0, 200);
+    }
+    assert_eq!(host.get(&preview, "/read?path=/nonexistent").0, 404);
+
+    let text = scrape(&host);
+    let get = |series: &str| value(&text, series).unwrap_or_else(|| panic!("no {series}:\n{text}"));
+    assert_eq!(get(&format!("nx_deployment_up{{{unit}}}")), 1.0);
+    let cpu = get(&format!("nx_deployment_cpu_seconds_total{{{unit}}}"));
+    assert!(get(&format!("nx_deployment_memory_bytes{{{unit}}}")) > 100_000.0);
+    assert!(get(&format!("nx_deployment_tasks{{{unit}}}")) >= 2.0);
+    assert_eq!(get(&format!("nx_deployment_restarts_total{{{unit}}}")), 0.0);
+    assert!(get("nx_sandbox_database_size_bytes{sandbox=\"web\"}") > 1_000_000.0);
+    assert_eq!(
+        get("nx_operations_total{operation=\"push\",outcome=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("nx_operation_duration_seconds_count{operation=\"push\"}"),
+        1.0
+    );
+    assert_eq!(get("nx_router_up"), 1.0);
+    assert_eq!(
+        get(&format!(
+            "nx_router_requests_total{{{labels},code=\"200\"}}"
+        )),
+        3.0
+    );
+    assert_eq!(
+        get(&format!(
+            "nx_router_requests_total{{{labels},code=\"404\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        get(&format!(
+            "nx_router_request_duration_seconds_count{{{labels}}}"
+        )),
+        4.0
+    );
+    assert!(get(&format!("nx_router_sent_bytes_total{{{labels}}}")) > 50.0);
+    assert!(
+        text.contains("# TYPE nx_router_open_connections gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nx_tasks_started_total{start=\"warm\"} 0"),
+        "{text}"
+    );
+
+    // Busy: its CPU time moves.
+    host.get(&preview, "/spin?threads=1&secs=3");
+    wait_for(
+        &host,
+        &format!("nx_deployment_cpu_seconds_total{{{unit}}}"),
+        |v| v > cpu + 0.3,
+    );
+
+    // A forced crash: systemd restarts it, and the count moves.
+    host.get(&preview, "/exit?code=3");
+    wait_for(
+        &host,
+        &format!("nx_deployment_restarts_total{{{unit}}}"),
+        |v| v == 1.0,
+    );
+
+    // A deploy token may not read every sandbox's series.
+    let token = host.nx_json(&["token", "create", "--can", "push,logs"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let denied = host
+        .http()
+        .get(format!("http://{}/metrics", host.api))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+
+    // metrics_listen: the same series, no token.
+    let listen = format!("127.0.0.1:{}", nx_testkit::free_port());
+    let config = host.path("nxd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("metrics_listen = \"{listen}\"\n{text}")).unwrap();
+    host.restart_nxd();
+    let open = host
+        .http()
+        .get(format!("http://{listen}/metrics"))
+        .send()
+        .expect("GET /metrics on metrics_listen");
+    assert_eq!(open.status(), 200);
+    let text = open.text().unwrap();
+    assert_eq!(
+        value(&text, &format!("nx_deployment_up{{{unit}}}")),
+        Some(1.0)
+    );
+}
