@@ -17,9 +17,11 @@
 //! 7. sandbox: log throughput through a unit's log writer, and the cost of a sized `/data`
 //!    (see `sandbox`);
 //! 8. views: `nx ls` and `nx status` with one deployment on the host and with a thousand more
-//!    (see `views`).
+//!    (see `views`);
+//! 9. push: push to first answer beside bare bubblewrap, and a push's steps (see `push`).
 
 mod microvm;
+mod push;
 mod router;
 mod sandbox;
 mod tasks;
@@ -86,8 +88,12 @@ struct Args {
     /// Samples of each view, before and after.
     #[arg(long, default_value_t = 50)]
     view_samples: usize,
-    /// Run one part only: latency, router, databases, tasks, microvm, sandbox, uploads or views.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "views"])]
+    /// Rounds of push to first answer (NX, bare bwrap and an API push each).
+    #[arg(long, default_value_t = 50)]
+    first_answers: usize,
+    /// Run one part only: latency, router, databases, tasks, microvm, sandbox, uploads, views
+    /// or push.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "views", "push"])]
     only: Option<String>,
 }
 
@@ -338,6 +344,9 @@ async fn main() -> anyhow::Result<()> {
     if part("views") {
         view_table(&args).await?;
     }
+    if part("push") {
+        push_table(&host, &args).await?;
+    }
     Ok(())
 }
 
@@ -391,6 +400,36 @@ Log pipeline: a deployment writes {} MiB of 100-byte lines to stdout
     row("mkfs.ext4 of a 1 GiB sparse image (per push)", images);
     row("nx start-to-ready, /data a 1 GiB image", with_disk);
     row("nx start-to-ready, /data a plain directory", plain);
+    Ok(())
+}
+
+async fn push_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
+    let (h, n) = (host.clone(), args.first_answers);
+    let f = tokio::task::spawn_blocking(move || push::run(&h, n)).await??;
+    let ratio = |p: f64| {
+        let (mut nx, mut bare) = (f.nx.clone(), f.bwrap.clone());
+        nx.sort();
+        bare.sort();
+        percentile(&nx, p).as_secs_f64() / percentile(&bare, p).as_secs_f64()
+    };
+    header("Push to first answer (the sample, bytes stored; rounds interleaved)");
+    row("nx push until the preview URL answers 200", f.nx.clone());
+    row("bare bwrap until the program answers 200", f.bwrap.clone());
+    row("POST /v1/deployments (API push, to ready)", f.api.clone());
+    println!(
+        "\nNX over bare bwrap: p50 {:.2}x (mark <= 2x), p99 {:.2}x (mark <= 3x)",
+        ratio(0.5),
+        ratio(0.99)
+    );
+    let total = median(&f.api).as_secs_f64();
+    header("A push's steps (nxd's Server-Timing, API pushes)");
+    for (name, samples) in &f.steps {
+        let share = 100.0 * median(samples).as_secs_f64() / total;
+        row(
+            &format!("{name} ({share:.0}% of the push p50)"),
+            samples.clone(),
+        );
+    }
     Ok(())
 }
 

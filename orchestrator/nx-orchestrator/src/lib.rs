@@ -35,6 +35,7 @@ pub mod state_machine;
 pub mod supervisor;
 #[cfg(target_os = "linux")]
 pub mod tasks;
+pub mod timing;
 pub mod tls;
 #[cfg(target_os = "linux")]
 mod watchdog;

@@ -23,6 +23,7 @@ use crate::state::{NewDeployment, StateStore};
 use crate::state_machine::{self, Effects, Phase, Verb};
 use crate::supervisor::{Supervisor, UNITS_IN_FLIGHT};
 use crate::tasks::Tasks;
+use crate::timing::step;
 use crate::{embedded_db, host_limits, readiness};
 use futures_util::{stream, StreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -388,16 +389,15 @@ impl Orchestrator {
     /// carries its last log lines.
     #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
     async fn run(&self, deployment: &Deployment) -> Result<(), Error> {
-        let spec = self.spec(deployment).await?;
-        let handle = self.backend.prepare(&spec).await?;
-        self.backend.start(&handle, &spec).await?;
+        let spec = step("spec", self.spec(deployment)).await?;
+        let handle = step("prepare", self.backend.prepare(&spec)).await?;
+        step("start", self.backend.start(&handle, &spec)).await?;
         let addr = SocketAddr::from(([127, 0, 0, 1], deployment.port));
         let timeout = readiness::timeout(deployment.ready_timeout_secs, &self.config.sandbox);
         let forwarded = self.backend.get(deployment.backend)?.port_is_forwarded();
         let probe = readiness::Probe::for_deployment(&self.config.sandbox, forwarded);
-        let why = match readiness::wait(addr, &probe, timeout, || self.backend.status(&handle))
-            .await?
-        {
+        let ready = readiness::wait(addr, &probe, timeout, || self.backend.status(&handle));
+        let why = match step("ready", ready).await? {
             readiness::Outcome::Ready => return Ok(()),
             readiness::Outcome::Exited(how) => format!("exited before it was ready ({how})"),
             readiness::Outcome::TimedOut => format!(
@@ -454,9 +454,12 @@ impl Orchestrator {
     #[tracing::instrument(skip_all, fields(sandbox = %req.sandbox))]
     pub async fn push(&self, mut req: PushRequest) -> Result<DeploymentView, Error> {
         let mut timer = self.metrics.time(Operation::Push);
-        if let Some(settings) = sandbox_settings::get(self.state.pool(), &req.sandbox)
-            .await
-            .map_err(StateError::from)?
+        if let Some(settings) = step(
+            "settings",
+            sandbox_settings::get(self.state.pool(), &req.sandbox),
+        )
+        .await
+        .map_err(StateError::from)?
         {
             (req.env, req.args, req.limits) = settings.under(req.env, req.args, &req.limits);
             req.ready_timeout_secs = req.ready_timeout_secs.or(settings.ready_timeout_secs);
@@ -466,7 +469,7 @@ impl Orchestrator {
         checks::check_program_input(&req.args, &req.env, &bounds)?;
         checks::check_limits(&limits, &bounds)?;
         checks::check_ready_timeout(req.ready_timeout_secs, &bounds)?;
-        let program = self.program(&req.artifact).await?;
+        let program = step("program", self.program(&req.artifact)).await?;
         if req.runtime == Runtime::Runsc && !matches!(program, Program::Image { .. }) {
             return Err(Error::Invalid(
                 "runtime runsc (gVisor) is for images; a binary runs under bubblewrap: drop --runtime, or push an image with --image".into(),
@@ -475,18 +478,22 @@ impl Orchestrator {
         if let Some(backend) = req.backend {
             self.backend.get(backend)?;
         }
-        self.state
-            .create_sandbox(&req.sandbox, req.backend.unwrap_or_default())
-            .await?;
-        let backend = match req.backend {
-            Some(backend) => backend,
-            None => self.state.sandbox_backend(&req.sandbox).await?,
+        let sandbox = async {
+            self.state
+                .create_sandbox(&req.sandbox, req.backend.unwrap_or_default())
+                .await?;
+            let backend = match req.backend {
+                Some(backend) => backend,
+                None => self.state.sandbox_backend(&req.sandbox).await?,
+            };
+            self.backend.get(backend)?;
+            self.databases.ensure_sandbox(&req.sandbox).await?;
+            Ok::<_, Error>(backend)
         };
-        self.backend.get(backend)?;
-        self.databases.ensure_sandbox(&req.sandbox).await?;
-        let deployment = self
-            .state
-            .create_deployment(
+        let backend = step("sandbox", sandbox).await?;
+        let deployment = step(
+            "record",
+            self.state.create_deployment(
                 NewDeployment {
                     sandbox: req.sandbox,
                     artifact: req.artifact,
@@ -500,8 +507,9 @@ impl Orchestrator {
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
-            )
-            .await?;
+            ),
+        )
+        .await?;
         tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");
         if deployment.db_branch {
             if let Err(e) = self
@@ -516,8 +524,11 @@ impl Orchestrator {
         self.apply(&deployment, Phase::Created, Verb::Start, Route::None)
             .await?;
         timer.succeeded();
-        self.view(&self.state.deployment(&deployment.id).await?, false)
-            .await
+        let view = async {
+            self.view(&self.state.deployment(&deployment.id).await?, false)
+                .await
+        };
+        step("view", view).await
     }
 
     /// Where a deployment is in its life, from its desired state and its unit's.
@@ -570,12 +581,20 @@ impl Orchestrator {
     /// Marks a deployment to run, starts it and waits until it is ready; the routes follow
     /// either way (a deployment that did not become ready is stopped).
     async fn start_and_wait(&self, deployment: &Deployment) -> Result<(), Error> {
-        self.state
-            .set_desired(&deployment.id, Desired::Running)
+        // A new deployment's record says so already.
+        if deployment.desired != Desired::Running {
+            step(
+                "desired",
+                self.state.set_desired(&deployment.id, Desired::Running),
+            )
             .await?;
+        }
         let result = self.run(deployment).await;
-        let _guard = self.changes.lock().await;
-        self.rebuild_routes().await?;
+        let routes = async {
+            let _guard = self.changes.lock().await;
+            self.rebuild_routes().await
+        };
+        step("routes", routes).await?;
         result
     }
 

@@ -25,6 +25,8 @@ use tokio::io::AsyncWriteExt;
 
 type Shared = State<Arc<Orchestrator>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
+/// W3C Server Timing's response header.
+const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
 
 /// Every route of the API (`route_table`; `openapi.yaml` documents each).
 pub fn table() -> Vec<Route> {
@@ -113,11 +115,15 @@ async fn upload(
     ))
 }
 
+/// Answers the deployment with a `Server-Timing` header: the push's steps and their durations
+/// (see `nx_orchestrator::timing`).
 async fn push(
     State(app): Shared,
     JsonBody(req): JsonBody<PushRequest>,
-) -> ApiResult<DeploymentView> {
-    Ok(Json(app.push(req).await?))
+) -> Result<impl IntoResponse, ApiError> {
+    let (view, steps) = nx_orchestrator::timing::collect(app.push(req)).await;
+    let timing = [(SERVER_TIMING, steps.server_timing())];
+    Ok((timing, Json::<DeploymentView>(view?)))
 }
 
 fn deployment_id(id: &str) -> Result<DeploymentId, ApiError> {

@@ -237,6 +237,13 @@ fn a_preview_branch_starts_with_production_rows_and_goes_with_its_deployment() {
     let removed = host.nx_json(&["sandbox", "rm", "blog"]);
     assert!(removed["final_backup"]["id"].is_string());
     assert!(!database_names(&host).contains(&prod_db));
+
+    // Pushed again, the sandbox gets a database and role again (nxd remembers which sandboxes
+    // it provisioned: it must forget a removed one).
+    let again = host.push_sample("blog", &[]);
+    assert!(database_names(&host).contains(&prod_db));
+    let (status, body) = host.get(&host.preview_host("blog", &again), "/db/connect");
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]

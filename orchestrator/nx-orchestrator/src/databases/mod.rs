@@ -20,7 +20,7 @@ use ident::quote;
 use rand::RngCore;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -121,6 +121,10 @@ pub struct Databases {
     retention: usize,
     /// One provisioning at a time: two first pushes to a new sandbox would both create its role.
     provisioning: tokio::sync::Mutex<()>,
+    /// Sandboxes provisioned by this process, by role: their credentials stay what they were
+    /// until the sandbox is dropped (a swap or a restore renames databases under the same
+    /// role and restricts the new one itself), so later pushes skip the DDL.
+    provisioned: std::sync::Mutex<HashMap<String, Credentials>>,
 }
 
 fn random_password() -> String {
@@ -204,6 +208,7 @@ impl Databases {
             backups,
             retention: config.backup_retention,
             provisioning: tokio::sync::Mutex::new(()),
+            provisioned: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -303,18 +308,36 @@ impl Databases {
         Ok(())
     }
 
-    /// The sandbox's role and database, created when missing.
+    /// The sandbox's role and database, created when missing (the first time this process
+    /// asks; then from memory until `drop_sandbox`).
     #[tracing::instrument(skip(self))]
     pub async fn ensure_sandbox(&self, sandbox: &SandboxName) -> Result<Credentials, DbError> {
-        let _one_at_a_time = self.provisioning.lock().await;
         let name = ident::sandbox(sandbox);
+        let known = || self.provisioned.lock().expect("lock").get(&name).cloned();
+        if let Some(creds) = known() {
+            return Ok(creds);
+        }
+        let _one_at_a_time = self.provisioning.lock().await;
+        if let Some(creds) = known() {
+            return Ok(creds);
+        }
         let creds = self.ensure_role(&name).await?;
         if !self.database_exists(&name).await? {
             self.create_database(&name, &name).await?;
             tracing::info!(database = %name, "sandbox database created");
         }
         self.restrict(&name, &name).await?;
+        self.provisioned
+            .lock()
+            .expect("lock")
+            .insert(name, creds.clone());
         Ok(creds)
+    }
+
+    /// Forgets that a sandbox was provisioned (waiting for a provisioning in progress).
+    async fn forget_provisioned(&self, role: &str) {
+        let _one_at_a_time = self.provisioning.lock().await;
+        self.provisioned.lock().expect("lock").remove(role);
     }
 
     async fn drop_database_and_role(&self, name: &str) -> Result<(), DbError> {
@@ -336,13 +359,22 @@ impl Databases {
     #[tracing::instrument(skip(self))]
     pub async fn drop_sandbox(&self, sandbox: &SandboxName) -> Result<(), DbError> {
         let role = ident::sandbox(sandbox);
+        self.forget_provisioned(&role).await;
+        let dropped = self.drop_owned(&role).await;
+        // A push during the drop may have provisioned it again meanwhile.
+        self.forget_provisioned(&role).await;
+        dropped
+    }
+
+    /// Drops `role` and every database it owns.
+    async fn drop_owned(&self, role: &str) -> Result<(), DbError> {
         let owned: Vec<String> = sqlx::query_scalar(
             "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = $1",
         )
-        .bind(&role)
+        .bind(role)
         .fetch_all(&self.admin)
         .await?;
-        for database in owned.iter().filter(|d| **d != role) {
+        for database in owned.iter().filter(|d| d.as_str() != role) {
             sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 quote(database)
@@ -350,7 +382,7 @@ impl Databases {
             .execute(&self.admin)
             .await?;
         }
-        self.drop_database_and_role(&role).await
+        self.drop_database_and_role(role).await
     }
 
     /// A copy of the sandbox's database under a role of its own, for one preview deployment.
