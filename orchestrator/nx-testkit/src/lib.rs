@@ -147,8 +147,11 @@ impl Host {
     fn start_in_block(nxd: PathBuf, extra_config: &str, router_port: u16) -> Self {
         let n = HOSTS_STARTED.fetch_add(1, Ordering::SeqCst);
         // 256 blocks of 40 ports from 21000 to 31239: below the kernel's ephemeral range
-        // (32768 and up), so that no client socket ever holds a deployment's port.
-        let block = (std::process::id() % 64) as u16 * 4 + n % 4;
+        // (32768 and up), so that no client socket ever holds a deployment's port. Sixteen
+        // blocks per test process: a host shares its block only with the 16th host after it
+        // in the same process (with 4, a long test's host shared ports with a later test's,
+        // whose program then answered the first one's readiness probe).
+        let block = (std::process::id() % 16) as u16 * 16 + n % 16;
         let start = 21000 + block * PORTS_PER_HOST;
         Self::start_configured(
             nxd,
