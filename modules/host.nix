@@ -125,6 +125,10 @@ in
       vmm = mkOption { type = types.enum [ "qemu" "cloud-hypervisor" "firecracker" ]; default = defaults.microvm.vmm; description = "The VMM; cloud-hypervisor and firecracker use the tap devices of microvm.nix's host networking."; };
       accel = mkOption { type = types.enum [ "auto" "kvm" "tcg" ]; default = defaults.microvm.accel; description = "auto probes KVM and TCG once and keeps the faster one that boots."; };
     };
+    bundles = {
+      maxMb = mkOption { type = types.ints.positive; default = defaults.bundles.maxMb; description = "The most a bundle (nx push ./dir or app.tar.gz) may hold, all files together and the largest one, MiB."; };
+      maxFiles = mkOption { type = types.ints.positive; default = defaults.bundles.maxFiles; description = "Files and links in one bundle."; };
+    };
     logs.keep = mkOption { type = types.ints.unsigned; default = defaults.logs.keep; description = "Rotated log files kept per deployment beside output.log (each rotates at limits.logMaxMb / (keep + 1)); 0: emptied when full."; };
     sftp = {
       listen = mkOption { type = types.nullOr types.str; default = defaults.sftp.listen; example = "0.0.0.0:2222"; description = "Where the SFTP upload server listens (the SSH user is the sandbox's name; keys from `nx keys add`). Null: no SFTP server."; };

@@ -41,6 +41,10 @@ withoutNulls {
   };
   limits = limitsOf cfg.limits;
   logs = { inherit (cfg.logs) keep; };
+  bundles = {
+    max_mb = cfg.bundles.maxMb;
+    max_files = cfg.bundles.maxFiles;
+  };
   systemd = {
     inherit (cfg.systemd) mode slice;
     slice_tasks_max = cfg.systemd.sliceTasksMax;

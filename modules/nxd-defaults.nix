@@ -33,6 +33,10 @@
     logMaxMb = 100;
   };
   logs.keep = 4;
+  bundles = {
+    maxMb = 2048;
+    maxFiles = 100000;
+  };
   systemd = {
     mode = "auto";
     slice = "nx.slice";

@@ -7,9 +7,9 @@ use crate::access::{
 };
 use crate::names::{DeploymentId, SandboxName};
 use crate::{
-    ArtifactInfo, BackupInfo, BackupRemoved, CreateSandbox, DatabaseInfo, DeploymentRemoved,
-    DeploymentView, ErrorBody, Health, LogsQuery, PromoteRequest, PushRequest, RestoreInfo,
-    SandboxRemoved, SandboxView, TaskEvent, TaskRequest,
+    ArtifactInfo, BackupInfo, BackupRemoved, BlobDigests, BundleInfo, CreateSandbox, DatabaseInfo,
+    DeploymentRemoved, DeploymentView, ErrorBody, Health, LogsQuery, PromoteRequest, PushRequest,
+    RestoreInfo, SandboxRemoved, SandboxView, TaskEvent, TaskRequest,
 };
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -144,6 +144,35 @@ impl Client {
             r.header(reqwest::header::CONTENT_LENGTH, size).body(body)
         })
         .await
+    }
+
+    /// `POST /v1/blobs/missing`: which of these bundle files nxd lacks.
+    pub async fn missing_blobs(&self, digests: &BlobDigests) -> Result<BlobDigests, ClientError> {
+        self.call(Method::POST, "/v1/blobs/missing", |r| r.json(digests))
+            .await
+    }
+
+    /// `PUT /v1/blobs/{sha256}`: uploads one file of a bundle (`size` bytes; any content).
+    pub async fn upload_blob(
+        &self,
+        sha256: &str,
+        body: reqwest::Body,
+        size: u64,
+    ) -> Result<ArtifactInfo, ClientError> {
+        self.call(Method::PUT, &format!("/v1/blobs/{sha256}"), |r| {
+            r.header(reqwest::header::CONTENT_LENGTH, size).body(body)
+        })
+        .await
+    }
+
+    /// `POST /v1/bundles`: makes a bundle from its manifest (`nx_artifact::bundle::
+    /// BundleManifest`) once all its files are uploaded; 409 names those that are not.
+    pub async fn create_bundle(
+        &self,
+        manifest: &impl serde::Serialize,
+    ) -> Result<BundleInfo, ClientError> {
+        self.call(Method::POST, "/v1/bundles", |r| r.json(manifest))
+            .await
     }
 
     /// `POST /v1/deployments`: a new deployment, started and ready.

@@ -11,10 +11,37 @@ use std::collections::BTreeMap;
 pub struct ArtifactInfo {
     pub sha256: String,
     pub size: u64,
-    /// "binary" or "image".
+    /// "binary", "image", or "file" (a bundle's).
     pub kind: String,
     /// A binary's linkage ("static" or its interpreter), an image's format and architecture.
     pub details: String,
+}
+
+/// What nxd made of a bundle (`POST /v1/bundles`); its id is what a push names as its
+/// `artifact`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleInfo {
+    /// The sha256 of its manifest.
+    pub id: String,
+    pub files: u64,
+    /// All files' bytes.
+    pub size: u64,
+    /// The program, relative to `/app`.
+    pub entry: String,
+    /// Its argv\[0\].
+    pub argv0: String,
+    /// The entry's linkage: "static" or its interpreter.
+    pub details: String,
+}
+
+/// `POST /v1/blobs/missing`: which of these files (by sha256) nxd lacks.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobDigests {
+    pub sha256: Vec<String>,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

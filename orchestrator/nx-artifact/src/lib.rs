@@ -2,8 +2,19 @@
 //! checked offline before anything is uploaded or stored. Used by nxd's artifact store and by
 //! the `nx` CLI, which checks a binary before it uploads it.
 
+pub mod bundle;
+pub mod closure;
 pub mod image;
 pub mod verify;
+
+/// A lowercase hex sha256, or why not.
+pub(crate) fn check_sha256_hex(hex: &str) -> Result<(), &'static str> {
+    if hex.len() == 64 && hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+        Ok(())
+    } else {
+        Err("a digest that is not 64 lowercase hex characters")
+    }
+}
 
 /// Why bytes are not an artifact NX runs.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,11 +1,14 @@
 //! `verify-binary`: is this file a Linux executable this host can run? Run by the CLI before a
 //! push and by nxd on every upload. Each refusal names the fix.
 
+use crate::closure::{self, Search};
 use goblin::elf::{header, program_header, Elf};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 const BUILD_HINT: &str = "build a static Linux binary: `cargo build --release --target x86_64-unknown-linux-musl` (Rust) or `CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build` (Go)";
+
+const LIBRARY_HINT: &str = "build without them (`CGO_ENABLED=0 go build`, or `cargo build --target x86_64-unknown-linux-musl`), put the libraries in a bundle's lib/ directory and push the directory (`nx push ./dir`), or push an image (`nx push --image`)";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
@@ -25,6 +28,8 @@ pub enum VerifyError {
         "dynamically linked against {interpreter}, which this host does not have; {BUILD_HINT}"
     )]
     MissingInterpreter { interpreter: String },
+    #[error("needs {missing}, which neither this host's library directories nor the bundle have; {LIBRARY_HINT}")]
+    MissingLibraries { missing: String },
     #[error("{path} is not executable; run `chmod +x {path}`")]
     NoExecBit { path: String },
     #[error("cannot read {path}: {message}")]
@@ -137,9 +142,25 @@ pub fn verify_bytes(
     })
 }
 
-/// Checks bytes against this host's filesystem.
+/// Checks bytes against this host's filesystem: the ELF checks, then the library closure
+/// against the host's library directories the sandbox sees.
 pub fn verify_on_host(bytes: &[u8]) -> Result<ElfInfo, VerifyError> {
-    verify_bytes(bytes, |p| Path::new(p).is_file())
+    verify_with(bytes, &Search::host())
+}
+
+/// The ELF checks, then (for a dynamically linked program) its library closure as the loader
+/// would resolve it with `search`; refuses naming every missing soname.
+pub fn verify_with(bytes: &[u8], search: &Search) -> Result<ElfInfo, VerifyError> {
+    let info = verify_bytes(bytes, |p| Path::new(p).is_file())?;
+    if let Linkage::Dynamic { .. } = info.linkage {
+        let missing = closure::missing_libraries(bytes, search);
+        if !missing.is_empty() {
+            return Err(VerifyError::MissingLibraries {
+                missing: closure::describe(&missing),
+            });
+        }
+    }
+    Ok(info)
 }
 
 /// The CLI's check of a local file: readable, executable bit, then the ELF checks.
@@ -191,6 +212,22 @@ mod tests {
         if let Linkage::Dynamic { .. } = verify_on_host(&this_test_binary()).unwrap().linkage {
             let e = verify_bytes(&this_test_binary(), |_| false).unwrap_err();
             assert!(matches!(e, VerifyError::MissingInterpreter { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_missing_library_by_its_soname_with_the_fixes() {
+        if !crate::closure::tests::is_dynamic() {
+            return;
+        }
+        let e = verify_on_host(&crate::closure::tests::needing_libq()).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("needs libq.so.6 (needed by the program)"),
+            "{shown}"
+        );
+        for fix in ["CGO_ENABLED=0", "musl", "lib/ directory", "--image"] {
+            assert!(shown.contains(fix), "{shown}");
         }
     }
 }

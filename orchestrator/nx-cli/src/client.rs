@@ -41,16 +41,25 @@ pub async fn upload_body(
     file: &std::path::Path,
     quiet: bool,
 ) -> anyhow::Result<(reqwest::Body, u64, indicatif::ProgressBar)> {
-    let file = tokio::fs::File::open(file).await?;
-    let size = file.metadata().await?.len();
+    let size = tokio::fs::metadata(file).await?.len();
     let bar = crate::output::progress_bar(size, quiet);
+    let body = counted_body(file, &bar).await?;
+    Ok((body, size, bar))
+}
+
+/// A local file as a request body that advances `bar` by the bytes sent.
+pub async fn counted_body(
+    file: &std::path::Path,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<reqwest::Body> {
+    let file = tokio::fs::File::open(file).await?;
     let counted = bar.clone();
     let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
         if let Ok(c) = chunk {
             counted.inc(c.len() as u64);
         }
     });
-    Ok((reqwest::Body::wrap_stream(stream), size, bar))
+    Ok(reqwest::Body::wrap_stream(stream))
 }
 
 /// Copies a streamed text answer to stdout as it arrives.

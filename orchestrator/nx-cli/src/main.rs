@@ -1,6 +1,7 @@
 //! nx, the NX command line: push binaries, list and inspect deployments, promote, roll back.
 
 mod access;
+mod bundle;
 mod client;
 mod db;
 mod domain;

@@ -82,9 +82,17 @@ fn details(d: &DeploymentView) -> Vec<String> {
     lines
 }
 
-pub fn pushed(d: &DeploymentView, uploaded: bool, json: bool) -> anyhow::Result<()> {
+/// A pushed deployment; `sent` is what a bundle push uploaded.
+pub fn pushed(
+    d: &DeploymentView,
+    uploaded: bool,
+    sent: Option<&crate::bundle::Sent>,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
-        return print_json(&serde_json::json!({ "uploaded": uploaded, "deployment": d }));
+        return print_json(
+            &serde_json::json!({ "uploaded": uploaded, "sent": sent, "deployment": d }),
+        );
     }
     println!("deployment {} of {} is {}", d.id, d.sandbox, state(d));
     println!("preview: {}", d.preview_url);

@@ -15,9 +15,19 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct PushArgs {
-    /// The binary: a Linux ELF executable for the host's architecture.
+    /// The binary: a Linux ELF executable for the host's architecture; or a bundle: a
+    /// directory or a .tar / .tar.gz / .tgz archive of the program and its files, run
+    /// read-only at /app (only the files nxd lacks are uploaded).
     #[arg(required_unless_present = "image", conflicts_with = "image")]
     binary: Option<PathBuf>,
+    /// For a bundle: the program to run, relative to its top. Default: `entry` in its
+    /// nx-bundle.toml, else its only executable at the top.
+    #[arg(long, value_name = "PATH")]
+    entry: Option<String>,
+    /// For a bundle: argv[0] of the program (a multi-call binary picks its applet by it).
+    /// Default: the entry's file name.
+    #[arg(long, value_name = "NAME")]
+    argv0: Option<String>,
     /// An image archive instead of a binary (`docker save`, `podman save`, an OCI archive, or
     /// `nix build .#sandbox-image`), run by Podman.
     #[arg(long, value_name = "ARCHIVE")]
@@ -149,6 +159,32 @@ pub async fn store(client: &Client, file: &Path, json: bool) -> anyhow::Result<(
 pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<()> {
     let sandbox = SandboxName::parse(&args.sandbox)?;
     let env = parse_env(&args.env)?;
+    let bundle_path = args
+        .binary
+        .as_deref()
+        .filter(|p| nx_artifact::bundle::is_bundle_path(p));
+    if bundle_path.is_none() && (args.entry.is_some() || args.argv0.is_some()) {
+        anyhow::bail!("--entry and --argv0 are for bundles: push a directory or a .tar.gz");
+    }
+    if let Some(path) = bundle_path {
+        let choices = nx_artifact::bundle::BundleChoices {
+            entry: args.entry.clone(),
+            argv0: args.argv0.clone(),
+        };
+        let (id, sent) = crate::bundle::store(client, path, &choices, json).await?;
+        if !json {
+            eprintln!(
+                "bundle {}: sent {} of {} files ({} of {} bytes); starting a deployment of {sandbox}...",
+                &id[..12],
+                sent.files,
+                sent.of_files,
+                sent.bytes,
+                sent.of_bytes
+            );
+        }
+        let view = client.push(&request(&args, sandbox, id, env)).await?;
+        return output::pushed(&view, sent.files > 0, Some(&sent), json);
+    }
     let file = match (&args.binary, &args.image) {
         (Some(binary), _) => {
             verify::verify_file(binary)?;
@@ -174,11 +210,21 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
             &sha[..12]
         );
     }
-    let req = PushRequest {
+    let view = client.push(&request(&args, sandbox, sha, env)).await?;
+    output::pushed(&view, uploaded, None, json)
+}
+
+fn request(
+    args: &PushArgs,
+    sandbox: SandboxName,
+    artifact: String,
+    env: BTreeMap<String, String>,
+) -> PushRequest {
+    PushRequest {
         sandbox,
-        artifact: sha,
+        artifact,
         env,
-        args: args.args,
+        args: args.args.clone(),
         limits: args.limits.overrides(),
         db_branch: args.db_branch,
         runtime: args
@@ -188,7 +234,5 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
             .unwrap_or_default(),
         backend: args.backend.as_deref().and_then(|b| b.parse().ok()),
         ready_timeout_secs: args.ready_timeout,
-    };
-    let view = client.push(&req).await?;
-    output::pushed(&view, uploaded, json)
+    }
 }

@@ -46,6 +46,7 @@ pub struct Config {
     pub limits: Limits,
     pub systemd: SystemdConfig,
     pub logs: LogsConfig,
+    pub bundles: BundlesConfig,
     pub databases: DatabasesConfig,
     pub tasks: TasksConfig,
     pub microvm: MicrovmConfig,
@@ -86,6 +87,35 @@ pub struct LogsConfig {
 impl Default for LogsConfig {
     fn default() -> Self {
         Self { keep: 4 }
+    }
+}
+
+/// Bundles (`nx push ./dir`, `nx push app.tar.gz`): the most one may hold.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundlesConfig {
+    /// All of a bundle's files together, in MiB (also the largest single file).
+    pub max_mb: u64,
+    /// Files and links in one bundle.
+    pub max_files: u64,
+}
+
+impl Default for BundlesConfig {
+    fn default() -> Self {
+        Self {
+            max_mb: 2048,
+            max_files: 100_000,
+        }
+    }
+}
+
+impl BundlesConfig {
+    /// The limits `nx_artifact::bundle` checks.
+    pub fn limits(&self) -> nx_artifact::bundle::BundleLimits {
+        nx_artifact::bundle::BundleLimits {
+            max_mb: self.max_mb,
+            max_files: self.max_files,
+        }
     }
 }
 
@@ -281,6 +311,7 @@ impl Default for Config {
             limits: Limits::default(),
             systemd: SystemdConfig::default(),
             logs: LogsConfig::default(),
+            bundles: BundlesConfig::default(),
             databases: DatabasesConfig::default(),
             tasks: TasksConfig::default(),
             microvm: MicrovmConfig::default(),

@@ -42,6 +42,8 @@ pub enum Error {
     #[error(transparent)]
     Artifact(#[from] StoreError),
     #[error(transparent)]
+    Bundle(#[from] crate::artifact::BundleStoreError),
+    #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -6,7 +6,7 @@ use crate::api::access::SandboxSettings;
 use crate::api::checks;
 use crate::api::{DeploymentView, PushRequest, SandboxView};
 use crate::artifact::Artifact;
-use crate::artifact::ArtifactStore;
+use crate::artifact::{ArtifactStore, BundleStore};
 use crate::backend::{
     Backends, Program, SandboxBackend, SandboxSpec, DEFAULT_STOP_TIMEOUT, MAX_STOP_TIMEOUT,
 };
@@ -46,6 +46,8 @@ const FAILURE_LOG_LINES: usize = 20;
 pub struct Orchestrator {
     pub config: Config,
     pub artifacts: ArtifactStore,
+    /// Bundles and their files (`nx push ./dir`).
+    pub bundles: BundleStore,
     pub router: RouterClient,
     pub databases: Databases,
     pub(crate) state: StateStore,
@@ -128,6 +130,7 @@ impl Orchestrator {
         )
         .await?;
         let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
+        let bundles = BundleStore::open(state_dir, config.bundles.limits())?;
         let installed = crate::launcher_install::install(state_dir)?;
         let launcher = installed.launcher;
         let backend = make_backends(&config, Arc::clone(&supervisor), launcher.clone()).await?;
@@ -154,6 +157,7 @@ impl Orchestrator {
             router,
             config,
             artifacts,
+            bundles,
             databases,
             state,
             backend,
@@ -198,6 +202,19 @@ impl Orchestrator {
                 self.backend
                     .stop(&self.backend.handle(&deployment), DEFAULT_STOP_TIMEOUT)
                     .await?;
+            }
+            let renamed = self
+                .databases
+                .rename_legacy(&self.state.sandbox_names().await?)
+                .await?;
+            for deployment in self.state.deployments().await? {
+                // Its credentials name the old role and database: it restarts with the new
+                // ones (adoption below starts what is not running).
+                if renamed.contains(&deployment.sandbox) && !deployment.db_branch {
+                    self.backend
+                        .stop(&self.backend.handle(&deployment), DEFAULT_STOP_TIMEOUT)
+                        .await?;
+                }
             }
             self.rebuild_routes().await?;
         }
@@ -312,6 +329,18 @@ impl Orchestrator {
         if let Some(program) = self.programs.lock().expect("lock").get(sha256) {
             return Ok(program.clone());
         }
+        if let Some(bundle) = self.bundles.find(sha256)? {
+            let program = Program::Bundle {
+                root: bundle.root,
+                manifest: bundle.manifest,
+                linkage: bundle.linkage,
+            };
+            self.programs
+                .lock()
+                .expect("lock")
+                .insert(sha256.to_owned(), program.clone());
+            return Ok(program);
+        }
         let path = self.artifacts.path(sha256)?;
         let bytes = tokio::fs::read(&path).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(format!("no artifact {sha256} is stored: upload it first (PUT /v1/artifacts/{sha256}; nx push and nx run-task do)"),
@@ -356,6 +385,9 @@ impl Orchestrator {
             self.databases.ensure_sandbox(&deployment.sandbox).await?
         };
         env.extend(self.databases.env(&credentials));
+        if let Program::Bundle { manifest, .. } = &program {
+            env.extend(crate::backend::bundle_env(manifest));
+        }
         env.extend(deployment.env.clone());
         Ok(SandboxSpec {
             deployment: deployment.clone(),

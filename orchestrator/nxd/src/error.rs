@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use nx_orchestrator::access::AccessError;
 use nx_orchestrator::api::ErrorBody;
-use nx_orchestrator::artifact::StoreError;
+use nx_orchestrator::artifact::{BundleStoreError, StoreError};
 use nx_orchestrator::backend::BackendError;
 use nx_orchestrator::databases::DbError;
 use nx_orchestrator::names::NameError;
@@ -67,6 +67,14 @@ impl From<Error> for ApiError {
                 StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
             },
+            Error::Bundle(e) => match e {
+                BundleStoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                BundleStoreError::Missing(_) => StatusCode::NOT_FOUND,
+                BundleStoreError::MissingFiles(_) => StatusCode::CONFLICT,
+                BundleStoreError::Store(StoreError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+                BundleStoreError::Store(StoreError::Name(_)) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            },
             Error::State(e) => match e {
                 StateError::NoDeployment(_) => StatusCode::NOT_FOUND,
                 StateError::NothingToRollBack(_)
@@ -117,4 +125,10 @@ macro_rules! through_library_error {
         }
     )*};
 }
-through_library_error!(NameError, StoreError, DbError, AccessError);
+through_library_error!(
+    NameError,
+    StoreError,
+    BundleStoreError,
+    DbError,
+    AccessError
+);

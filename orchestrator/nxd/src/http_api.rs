@@ -13,9 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use nx_orchestrator::api::{
-    ArtifactInfo, BackupRemoved, CreateSandbox, DatabaseInfo, DeploymentRemoved, DeploymentView,
-    Health, PromoteRequest, PushRequest, SandboxRemoved, SandboxView, TaskRequest,
+    ArtifactInfo, BackupRemoved, BlobDigests, BundleInfo, CreateSandbox, DatabaseInfo,
+    DeploymentRemoved, DeploymentView, Health, PromoteRequest, PushRequest, SandboxRemoved,
+    SandboxView, TaskRequest,
 };
+use nx_orchestrator::artifact::bundle::BundleManifest;
 use nx_orchestrator::databases::{BackupInfo, RestoreInfo};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
 use nx_orchestrator::Orchestrator;
@@ -35,6 +37,10 @@ pub fn table() -> Vec<Route> {
         get("/metrics", crate::metrics_api::metrics),
         get("/v1/artifacts/{sha256}", artifact),
         put("/v1/artifacts/{sha256}", upload).unlimited_body(),
+        get("/v1/blobs/{sha256}", blob),
+        put("/v1/blobs/{sha256}", upload_blob).unlimited_body(),
+        post("/v1/blobs/missing", missing_blobs),
+        post("/v1/bundles", create_bundle),
         post("/v1/deployments", push),
         delete("/v1/deployments/{id}", remove),
         post("/v1/deployments/{id}/stop", stop),
@@ -113,6 +119,39 @@ async fn upload(
     Ok(Json(
         app.artifacts.ingest(&sha, body.into_data_stream()).await?,
     ))
+}
+
+async fn blob(State(app): Shared, Path(sha): Path<String>) -> ApiResult<ArtifactInfo> {
+    Ok(Json(app.bundles.blobs.info(&sha).await?))
+}
+
+async fn upload_blob(
+    State(app): Shared,
+    Path(sha): Path<String>,
+    body: Body,
+) -> ApiResult<ArtifactInfo> {
+    Ok(Json(
+        app.bundles
+            .blobs
+            .ingest(&sha, body.into_data_stream())
+            .await?,
+    ))
+}
+
+async fn missing_blobs(
+    State(app): Shared,
+    JsonBody(req): JsonBody<BlobDigests>,
+) -> ApiResult<BlobDigests> {
+    Ok(Json(BlobDigests {
+        sha256: app.bundles.missing(&req.sha256)?,
+    }))
+}
+
+async fn create_bundle(
+    State(app): Shared,
+    JsonBody(manifest): JsonBody<BundleManifest>,
+) -> ApiResult<BundleInfo> {
+    Ok(Json(app.bundles.create(manifest).await?))
 }
 
 /// Answers the deployment with a `Server-Timing` header: the push's steps and their durations

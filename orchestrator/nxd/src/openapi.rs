@@ -12,7 +12,7 @@ use nx_api::access::{
 };
 use nx_api::domains::{AddDomain, DomainRemoved, DomainView};
 use nx_api::{
-    ArtifactInfo, BackupInfo, BackupRemoved, CreateSandbox, DatabaseInfo, DeploymentRemoved,
+    ArtifactInfo, BackupInfo, BlobDigests, BundleInfo, BackupRemoved, CreateSandbox, DatabaseInfo, DeploymentRemoved,
     DeploymentView, ErrorBody, Health, PromoteRequest, PushRequest, RestoreInfo, SandboxRemoved,
     SandboxView, TaskEvent, TaskRequest,
 };
@@ -42,6 +42,9 @@ fn wire_schemas() -> Map<String, Value> {
     bodies!(
         Health,
         ArtifactInfo,
+        BlobDigests,
+        BundleInfo,
+        nx_artifact::bundle::BundleManifest,
         PushRequest,
         DeploymentView,
         DeploymentRemoved,

@@ -63,6 +63,22 @@ pub const POLICY: &[(&str, &str, Need)] = &[
         Need::OneOf(&[Verb::Push, Verb::Tasks], Target::Nothing),
     ),
     (
+        "GET",
+        "/v1/blobs/{sha256}",
+        Need::OneOf(PUSH, Target::Nothing),
+    ),
+    (
+        "PUT",
+        "/v1/blobs/{sha256}",
+        Need::OneOf(PUSH, Target::Nothing),
+    ),
+    (
+        "POST",
+        "/v1/blobs/missing",
+        Need::OneOf(PUSH, Target::Nothing),
+    ),
+    ("POST", "/v1/bundles", Need::OneOf(PUSH, Target::Nothing)),
+    (
         "POST",
         "/v1/deployments",
         Need::OneOf(PUSH, Target::BodySandbox("sandbox")),

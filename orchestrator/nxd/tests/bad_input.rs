@@ -19,6 +19,17 @@ fn bad_binaries() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         .expect("the nx binary is dynamically linked");
     let mut missing_interp = dynamic.clone();
     missing_interp[at..at + interp.len()].copy_from_slice(b"/lib64/ld-nxnxx-x86-64.so.2");
+    // The same program needing a library no host has (its libc.so.6 renamed, same length).
+    let libc = b"libc.so.6\0";
+    let mut missing_lib = dynamic.clone();
+    let mut from = 0;
+    while let Some(i) = missing_lib[from..]
+        .windows(libc.len())
+        .position(|w| w == libc)
+    {
+        missing_lib[from + i..from + i + 4].copy_from_slice(b"libq");
+        from += i + libc.len();
+    }
     vec![
         (
             "text",
@@ -35,6 +46,11 @@ fn bad_binaries() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "no-interpreter",
             missing_interp,
             "ld-nxnxx-x86-64.so.2, which this host does not have",
+        ),
+        (
+            "missing-library",
+            missing_lib,
+            "needs libq.so.6 (needed by the program)",
         ),
         ("empty", Vec::new(), "the file is empty"),
     ]

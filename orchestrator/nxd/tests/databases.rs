@@ -306,3 +306,89 @@ fn bad_names_in_db_commands_are_refused_and_inject_nothing() {
     assert_eq!(database_names(&host), before, "the cluster changed");
     assert_eq!(host.nx_json(&["db", "url", "good"])["database"], "nx_good");
 }
+
+/// `psql -tAc sql` with a tenant's connection URL; its output.
+fn psql_with_url(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-tAc", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Everything PostgreSQL lets any role read that names databases and roles.
+const CATALOG_NAMES: &str = "SELECT datname || ' ' || coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database UNION ALL SELECT rolname FROM pg_roles";
+
+#[test]
+fn another_tenant_learns_no_sandbox_name_and_readable_names_are_migrated() {
+    let mut host = Host::start();
+    let a = host.push_sample("acme-payroll", &[]);
+    host.push_sample("beta", &[]);
+    let acme_host = host.preview_host("acme-payroll", &a);
+    assert_eq!(host.get(&acme_host, "/db/put?v=kept").0, 200);
+    // A restore keeps the old database, with a comment (every role reads comments).
+    let saved = host.path("acme.dump");
+    let backup = host.nx_json(&[
+        "db",
+        "backup",
+        "acme-payroll",
+        "-o",
+        saved.to_str().unwrap(),
+    ]);
+    let id = backup["backup"]["id"].as_str().unwrap().to_owned();
+    host.nx_json(&["db", "restore", "acme-payroll", &id]);
+
+    let beta_url = db_info(&host, "beta")["url"].as_str().unwrap().to_owned();
+    let seen = psql_with_url(&beta_url, CATALOG_NAMES);
+    assert!(seen.contains("nx_"), "{seen}");
+    for part in ["acme", "payroll", "beta"] {
+        assert!(
+            !seen.contains(part),
+            "beta's role reads {part:?} in:\n{seen}"
+        );
+    }
+
+    // A host from before: acme's role and database under their readable names, and a
+    // comment that names the sandbox. nxd renames them at start and restarts the deployment.
+    let opaque = db_info(&host, "acme-payroll")["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    psql_as_superuser(
+        &host,
+        &format!(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = '{opaque}'; \
+             ALTER DATABASE {opaque} RENAME TO nx_acme_payroll; ALTER ROLE {opaque} RENAME TO nx_acme_payroll; \
+             COMMENT ON DATABASE nx_acme_payroll IS 'NX: acme-payroll before the restore of x'"
+        ),
+    );
+    let secrets = host.path("secrets");
+    std::fs::rename(
+        secrets.join(format!("{opaque}.password")),
+        secrets.join("nx_acme_payroll.password"),
+    )
+    .unwrap();
+    host.restart_nxd();
+    assert!(!database_names(&host).contains(&"nx_acme_payroll".to_string()));
+    assert_eq!(db_info(&host, "acme-payroll")["database"], opaque.as_str());
+    // Adoption restarts it in the background: it answers from its table once it is back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut answer = host.get(&acme_host, "/db/list");
+    while answer.0 != 200 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        answer = host.get(&acme_host, "/db/list");
+    }
+    assert_eq!(
+        answer,
+        (200, r#"["kept"]"#.to_string()),
+        "the deployment reconnected under the new names"
+    );
+    let seen = psql_with_url(&beta_url, CATALOG_NAMES);
+    assert!(!seen.contains("acme"), "{seen}");
+}

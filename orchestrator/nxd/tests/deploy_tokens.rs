@@ -183,6 +183,30 @@ fn routes(sandbox: &str, deployment: &str, victim: &str) -> Vec<Route> {
             Need::Verb(&["push", "tasks"], false),
         ),
         (
+            "GET",
+            format!("/v1/blobs/{zeros}"),
+            None,
+            Need::Verb(&["push"], false),
+        ),
+        (
+            "PUT",
+            format!("/v1/blobs/{zeros}"),
+            None,
+            Need::Verb(&["push"], false),
+        ),
+        (
+            "POST",
+            "/v1/blobs/missing".into(),
+            Some(r#"{"sha256":[]}"#.into()),
+            Need::Verb(&["push"], false),
+        ),
+        (
+            "POST",
+            "/v1/bundles".into(),
+            Some(r#"{"entry":"x","files":[]}"#.into()),
+            Need::Verb(&["push"], false),
+        ),
+        (
             "POST",
             "/v1/deployments".into(),
             Some(format!(r#"{{"sandbox":"{s}","artifact":"{zeros}"}}"#)),

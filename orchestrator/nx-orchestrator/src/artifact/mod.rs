@@ -1,7 +1,9 @@
 //! Artifacts: prebuilt binaries and container image archives, verified (by `nx-artifact`) and
 //! stored by sha256.
 
+mod bundles;
 mod store;
 
-pub use nx_artifact::{image, verify, Artifact, InspectError};
+pub use bundles::{BundleStore, BundleStoreError, StoredBundle};
+pub use nx_artifact::{bundle, image, verify, Artifact, InspectError};
 pub use store::{ArtifactStore, StoreError, Upload};

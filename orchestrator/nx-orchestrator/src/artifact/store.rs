@@ -47,12 +47,32 @@ impl From<InspectError> for StoreError {
 pub struct ArtifactStore {
     dir: PathBuf,
     max_bytes: u64,
+    contents: Contents,
+}
+
+/// What a store accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contents {
+    /// Programs: each upload verifies as a binary for this host or an image archive.
+    Programs,
+    /// Any bytes (a bundle's files, `blobs`): only the digest is checked.
+    Files,
 }
 
 const INCOMING: &str = ".incoming";
 
 impl ArtifactStore {
+    /// The store of programs (binaries and images), each verified when it is stored.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_as(dir, max_bytes, Contents::Programs)
+    }
+
+    /// A store of bundles' files: any bytes, stored by their digest (see `bundles`).
+    pub fn open_files(dir: &Path, max_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_as(dir, max_bytes, Contents::Files)
+    }
+
+    fn open_as(dir: &Path, max_bytes: u64, contents: Contents) -> Result<Self, StoreError> {
         let incoming = dir.join(INCOMING);
         if incoming.exists() {
             std::fs::remove_dir_all(&incoming)?;
@@ -64,6 +84,7 @@ impl ArtifactStore {
         Ok(Self {
             dir: dir.to_owned(),
             max_bytes,
+            contents,
         })
     }
 
@@ -79,6 +100,15 @@ impl ArtifactStore {
     /// What is stored under `sha256`, if anything.
     pub async fn info(&self, sha256: &str) -> Result<ArtifactInfo, StoreError> {
         let path = self.path(sha256)?;
+        if self.contents == Contents::Files {
+            return match tokio::fs::metadata(&path).await {
+                Ok(meta) => Ok(describe_file(sha256, meta.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(StoreError::Missing(sha256.into()))
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -141,12 +171,18 @@ impl ArtifactStore {
                 actual,
             });
         }
-        let artifact = Artifact::inspect(&bytes)?;
-        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o555))?;
+        let (info, mode) = match self.contents {
+            Contents::Programs => {
+                let artifact = Artifact::inspect(&bytes)?;
+                (describe(&actual, size, &artifact), 0o555)
+            }
+            Contents::Files => (describe_file(&actual, size), 0o444),
+        };
+        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(mode))?;
         temp.persist(self.path(&actual)?)
             .map_err(|e| StoreError::Io(e.error))?;
-        tracing::info!(sha256 = %actual, kind = artifact.kind(), details = %artifact.details(), "artifact stored");
-        Ok(describe(&actual, size, &artifact))
+        tracing::info!(sha256 = %actual, kind = %info.kind, details = %info.details, "stored");
+        Ok(info)
     }
 }
 
@@ -179,6 +215,15 @@ impl Upload {
     /// Bytes so far (the end of the furthest write).
     pub fn size(&self) -> u64 {
         self.size
+    }
+}
+
+fn describe_file(sha256: &str, size: u64) -> ArtifactInfo {
+    ArtifactInfo {
+        sha256: sha256.into(),
+        size,
+        kind: "file".into(),
+        details: String::new(),
     }
 }
 

@@ -57,7 +57,29 @@ pub enum Program {
     Binary { path: PathBuf, linkage: Linkage },
     /// An image archive, loaded into Podman and run from there.
     Image { archive: PathBuf, image_id: String },
+    /// A bundle's tree (read-only at `/app`), its entry run under bubblewrap.
+    Bundle {
+        root: PathBuf,
+        manifest: nx_artifact::bundle::BundleManifest,
+        linkage: Linkage,
+    },
 }
+
+/// What a bundle's program gets in its environment: `PATH` that finds its entry under its
+/// argv\[0\] first, and `LD_LIBRARY_PATH` with its library directories (when it has some).
+pub fn bundle_env(manifest: &nx_artifact::bundle::BundleManifest) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::from([(
+        "PATH".to_owned(),
+        format!("{}:/usr/bin:/bin", BUNDLE_ARGV0_DIR),
+    )]);
+    if let Some(path) = nx_artifact::bundle::library_path(manifest) {
+        env.insert("LD_LIBRARY_PATH".into(), path);
+    }
+    env
+}
+
+/// Where a bundle's entry is linked under its argv\[0\] in the sandbox (see `container`).
+pub const BUNDLE_ARGV0_DIR: &str = "/run/nx/argv0";
 
 /// Everything a backend needs to run one deployment.
 #[derive(Debug, Clone)]

@@ -167,9 +167,10 @@ impl Databases {
         replacement: &str,
         why: &str,
     ) -> Result<String, DbError> {
-        let production = ident::sandbox(sandbox);
+        let production = self.idents.sandbox(sandbox);
         let previous = format!("nxo_{}", now_id().to_lowercase());
-        let comment = format!("NX: {sandbox} before {why}");
+        // No sandbox name: every role reads pg_shdescription.
+        let comment = format!("NX: kept before {why}");
         let mut attempt = 1;
         loop {
             match self

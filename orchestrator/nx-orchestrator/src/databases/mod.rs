@@ -9,6 +9,7 @@
 
 mod backup;
 pub mod ident;
+mod legacy_names;
 
 pub use backup::{BackupInfo, RestoreInfo};
 
@@ -16,7 +17,7 @@ use crate::config::DatabasesConfig;
 use crate::embedded_db::EmbeddedDbError;
 use crate::names::{DeploymentId, SandboxName};
 use crate::supervisor::Supervisor;
-use ident::quote;
+use ident::{quote, SandboxIdents};
 use rand::RngCore;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
@@ -117,6 +118,8 @@ pub struct Databases {
     socket_dir: PathBuf,
     port: u16,
     secrets: PathBuf,
+    /// Names sandboxes' roles and databases (opaque to other tenants).
+    idents: SandboxIdents,
     backups: PathBuf,
     retention: usize,
     /// One provisioning at a time: two first pushes to a new sandbox would both create its role.
@@ -197,6 +200,7 @@ impl Databases {
             std::fs::create_dir_all(dir)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
+        let idents = SandboxIdents::load_or_create(&secrets.join("ident.key"))?;
         Ok(Self {
             admin,
             supervisor,
@@ -205,6 +209,7 @@ impl Databases {
             socket_dir: socket_dir.to_owned(),
             port: config.port,
             secrets,
+            idents,
             backups,
             retention: config.backup_retention,
             provisioning: tokio::sync::Mutex::new(()),
@@ -312,7 +317,7 @@ impl Databases {
     /// asks; then from memory until `drop_sandbox`).
     #[tracing::instrument(skip(self))]
     pub async fn ensure_sandbox(&self, sandbox: &SandboxName) -> Result<Credentials, DbError> {
-        let name = ident::sandbox(sandbox);
+        let name = self.idents.sandbox(sandbox);
         let known = || self.provisioned.lock().expect("lock").get(&name).cloned();
         if let Some(creds) = known() {
             return Ok(creds);
@@ -358,7 +363,7 @@ impl Databases {
     /// restores and swaps kept.
     #[tracing::instrument(skip(self))]
     pub async fn drop_sandbox(&self, sandbox: &SandboxName) -> Result<(), DbError> {
-        let role = ident::sandbox(sandbox);
+        let role = self.idents.sandbox(sandbox);
         self.forget_provisioned(&role).await;
         let dropped = self.drop_owned(&role).await;
         // A push during the drop may have provisioned it again meanwhile.
@@ -480,7 +485,7 @@ impl Databases {
         sandbox: &SandboxName,
         id: &DeploymentId,
     ) -> Result<(), DbError> {
-        let production = ident::sandbox(sandbox);
+        let production = self.idents.sandbox(sandbox);
         let branch = ident::branch(id);
         let mut conn = PgConnection::connect(&self.database_url(&production)).await?;
         sqlx::query(&format!(
@@ -504,7 +509,7 @@ impl Databases {
     /// The size of the sandbox's database, in bytes (`pg_database_size`).
     pub async fn size(&self, sandbox: &SandboxName) -> Result<u64, DbError> {
         let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size($1)")
-            .bind(ident::sandbox(sandbox))
+            .bind(self.idents.sandbox(sandbox))
             .fetch_one(&self.admin)
             .await?;
         Ok(u64::try_from(bytes).unwrap_or(0))

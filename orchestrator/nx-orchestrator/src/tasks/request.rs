@@ -52,6 +52,9 @@ impl Orchestrator {
             ("PATH".to_string(), "/usr/bin:/bin".to_string()),
             ("HOME".to_string(), "/tmp".to_string()),
         ]);
+        if let crate::backend::Program::Bundle { manifest, .. } = &program {
+            env.extend(crate::backend::bundle_env(manifest));
+        }
         env.extend(req.env);
         Ok(app
             .tasks

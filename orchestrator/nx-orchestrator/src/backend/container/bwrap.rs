@@ -11,6 +11,7 @@ use super::host_files::{HOST_FILES, LOADER_FILES};
 use crate::artifact::verify::Linkage;
 use crate::backend::launch::SECCOMP_FIRST_FD;
 use crate::databases::SANDBOX_SOCKET_DIR;
+use nx_artifact::closure::SANDBOX_LIBRARY_DIRS;
 use std::path::{Path, PathBuf};
 
 /// Where the binary appears inside the sandbox.
@@ -18,17 +19,28 @@ pub const APP_PATH: &str = "/app/main";
 /// Where the data dir appears inside the sandbox.
 pub const DATA_PATH: &str = "/data";
 
-/// What a dynamically linked binary may load from.
-const LIBRARY_DIRS: &[&str] = &["/lib", "/lib64", "/usr/lib", "/usr/lib64"];
-
 fn push(argv: &mut Vec<String>, items: &[&str]) {
     argv.extend(items.iter().map(|s| s.to_string()));
+}
+
+use crate::backend::BUNDLE_ARGV0_DIR as ARGV0_DIR;
+
+/// What the sandbox runs.
+pub enum App<'a> {
+    /// One binary, at [`APP_PATH`].
+    Binary(&'a Path),
+    /// A bundle's tree at `/app`; `entry` (relative) is run as `argv0`.
+    Bundle {
+        root: &'a Path,
+        entry: &'a str,
+        argv0: &'a str,
+    },
 }
 
 /// One bubblewrap sandbox: a deployment's or a task's.
 pub struct Sandbox<'a> {
     pub hostname: &'a str,
-    pub binary: &'a Path,
+    pub app: App<'a>,
     pub linkage: &'a Linkage,
     pub args: &'a [String],
     /// The writable /data (a deployment's); without it the program starts in its private /tmp.
@@ -73,10 +85,34 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
             "--proc", "/proc", "--dev", "/dev", "--size", &tmp_bytes, "--tmpfs", "/tmp",
         ],
     );
-    push(
-        &mut argv,
-        &["--ro-bind", &sandbox.binary.display().to_string(), APP_PATH],
-    );
+    // bwrap execs with execvp(3): a bundle's entry is found through PATH (ARGV0_DIR), so
+    // that argv[0] is its name while /proc/self/exe (and $ORIGIN) stay under /app.
+    let exec = match &sandbox.app {
+        App::Binary(binary) => {
+            push(
+                &mut argv,
+                &["--ro-bind", &binary.display().to_string(), APP_PATH],
+            );
+            APP_PATH.to_owned()
+        }
+        App::Bundle { root, entry, argv0 } => {
+            let mount = nx_artifact::bundle::MOUNT_POINT;
+            push(
+                &mut argv,
+                &[
+                    "--ro-bind",
+                    &root.display().to_string(),
+                    mount,
+                    "--dir",
+                    ARGV0_DIR,
+                    "--symlink",
+                    &format!("{mount}/{entry}"),
+                    &format!("{ARGV0_DIR}/{argv0}"),
+                ],
+            );
+            (*argv0).to_owned()
+        }
+    };
     for file in HOST_FILES {
         push(&mut argv, &["--ro-bind-try", file, file]);
     }
@@ -90,7 +126,7 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
     }
     if let Linkage::Dynamic { interpreter } = sandbox.linkage {
         push(&mut argv, &["--ro-bind", interpreter, interpreter]);
-        for dir in LIBRARY_DIRS.iter().chain(LOADER_FILES) {
+        for dir in SANDBOX_LIBRARY_DIRS.iter().chain(LOADER_FILES) {
             push(&mut argv, &["--ro-bind-try", dir, dir]);
         }
     }
@@ -118,7 +154,7 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
         argv.push((SECCOMP_FIRST_FD + i as i32).to_string());
     }
     argv.push("--".into());
-    argv.push(APP_PATH.into());
+    argv.push(exec);
     argv.extend(sandbox.args.iter().cloned());
     argv
 }

@@ -14,6 +14,7 @@ mod seccomp;
 use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
+use crate::artifact::verify::Linkage;
 use crate::backend::launch::{LaunchSpec, StopForward};
 use crate::domain::{BackendKind, Deployment, Runtime};
 use crate::supervisor::Supervisor;
@@ -90,11 +91,11 @@ impl SandboxBackend for ContainerBackend {
         let hostname = spec.deployment.sandbox.as_str();
         let socket = spec.database_socket.as_deref();
         let mut launch = match &spec.program {
-            Program::Binary { path, linkage } => LaunchSpec {
+            Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
                 argv: bwrap::command(&Sandbox {
                     hostname,
-                    binary: path,
-                    linkage,
+                    app: bwrap_app(&spec.program).0,
+                    linkage: bwrap_app(&spec.program).1,
                     args: &spec.deployment.args,
                     data_dir: Some(&data),
                     database_socket: socket,
@@ -165,11 +166,11 @@ impl SandboxBackend for ContainerBackend {
     #[tracing::instrument(skip_all, fields(task = %task.id))]
     async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError> {
         Ok(match &task.program {
-            Program::Binary { path, linkage } => LaunchSpec {
+            Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
                 argv: bwrap::command(&Sandbox {
                     hostname: TASK_HOSTNAME,
-                    binary: path,
-                    linkage,
+                    app: bwrap_app(&task.program).0,
+                    linkage: bwrap_app(&task.program).1,
                     args: &task.args,
                     data_dir: None,
                     database_socket: None,
@@ -217,6 +218,27 @@ impl SandboxBackend for ContainerBackend {
         if matches!(task.program, Program::Image { .. }) {
             self.podman.remove(&task_container(&task.id)).await;
         }
+    }
+}
+
+/// What bubblewrap runs of a binary or a bundle, and its linkage. Images go to Podman: the
+/// callers match them first.
+fn bwrap_app(program: &Program) -> (bwrap::App<'_>, &Linkage) {
+    match program {
+        Program::Bundle {
+            root,
+            manifest,
+            linkage,
+        } => (
+            bwrap::App::Bundle {
+                root,
+                entry: &manifest.entry,
+                argv0: manifest.argv0(),
+            },
+            linkage,
+        ),
+        Program::Binary { path, linkage } => (bwrap::App::Binary(path), linkage),
+        Program::Image { .. } => unreachable!("images run under Podman"),
     }
 }
 

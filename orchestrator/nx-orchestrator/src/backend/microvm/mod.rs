@@ -260,6 +260,9 @@ fn static_binary(program: &Program) -> Result<&Path, BackendError> {
         Program::Image { .. } => Err(BackendError::Prepare(
             "images run on the container backend (Podman): give the microvm backend a static binary".into(),
         )),
+        Program::Bundle { .. } => Err(BackendError::Prepare(
+            "bundles run on the container backend (bubblewrap): push it with --backend container, or give the microvm backend a static binary".into(),
+        )),
     }
 }
 

@@ -1,0 +1,777 @@
+//! Bundles: a program with the files it needs (configs, templates, assets, libraries), pushed
+//! as a directory or a tar archive and run read-only at `/app`. A bundle travels as a
+//! [`BundleManifest`] (every file's path, sha256, size and executable bit; the links inside
+//! it; the entry) and its files as content-addressed blobs, so that a re-push sends only the
+//! files that changed.
+//!
+//! Checked here, by the CLI before it uploads and by nxd before it stores anything: paths are
+//! relative and plain (no `..`, no `.`, no empty or absolute ones, no duplicates), links point
+//! inside the bundle, the entry is one of its executable files, the totals are within the
+//! limits. The user may add [`SETTINGS_FILE`] at the top (`entry`, `libraries`, `argv0`).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// The optional settings file at a bundle's top.
+pub const SETTINGS_FILE: &str = "nx-bundle.toml";
+/// The library directory a bundle gets without settings, when it has one.
+pub const DEFAULT_LIBRARY_DIR: &str = "lib";
+/// Where a bundle appears in the sandbox.
+pub const MOUNT_POINT: &str = "/app";
+
+/// Why a bundle is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BundleError {
+    #[error("{path:?} in the bundle: {why}; bundles hold relative paths inside themselves (re-create the archive from inside its directory: `tar -czf app.tar.gz -C dir .`)")]
+    BadPath { path: String, why: &'static str },
+    #[error("{path:?} is a link to {target:?}, outside the bundle; copy the file into the bundle instead")]
+    LinkOutside { path: String, target: String },
+    #[error(
+        "{path:?} is a {kind}; bundles hold regular files, directories and links inside themselves"
+    )]
+    Unsupported { path: String, kind: &'static str },
+    #[error("the entry {entry:?} is not a file of the bundle; name one with --entry (files at the top: {top})")]
+    NoEntry { entry: String, top: String },
+    #[error("the entry {entry:?} is not executable; `chmod +x` it before pushing")]
+    EntryNotExecutable { entry: String },
+    #[error("which program does the bundle run? {found}; say it with --entry PATH or `entry = \"PATH\"` in {SETTINGS_FILE}")]
+    WhichEntry { found: String },
+    #[error("the library directory {dir:?} is not a directory of the bundle; fix `libraries` in {SETTINGS_FILE}")]
+    NoLibraryDir { dir: String },
+    #[error("the bundle holds {found}, more than the {limit} nxd accepts (bundles.{key} in nxd's config)")]
+    TooLarge {
+        found: String,
+        limit: String,
+        key: &'static str,
+    },
+    #[error("{SETTINGS_FILE}: {0}")]
+    Settings(String),
+    #[error("argv0 {0:?}: a file name is a-z, A-Z, 0-9, '.', '_', '-', '+' and at most 255 bytes")]
+    BadArgv0(String),
+    #[error("reading the bundle: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for BundleError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e.to_string())
+    }
+}
+
+/// One regular file of a bundle.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleFile {
+    /// Relative, '/'-separated.
+    pub path: String,
+    /// Lowercase hex sha256 of its bytes.
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+    /// Whether it is executable (mode 0555 in the sandbox, else 0444).
+    pub executable: bool,
+}
+
+/// A symbolic link of a bundle, relative or absolute within the bundle (an absolute target
+/// is read from the bundle's top, as in the sandbox at [`MOUNT_POINT`]).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleLink {
+    pub path: String,
+    pub target: String,
+}
+
+/// What a bundle is: the request body of `POST /v1/bundles`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleManifest {
+    /// The program: one of `files`, executable.
+    pub entry: String,
+    /// argv\[0\] of the program; default: the entry's file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv0: Option<String>,
+    /// Directories whose libraries the program finds (`LD_LIBRARY_PATH`), relative.
+    #[serde(default)]
+    pub library_dirs: Vec<String>,
+    /// Sorted by path.
+    pub files: Vec<BundleFile>,
+    /// Sorted by path.
+    #[serde(default)]
+    pub links: Vec<BundleLink>,
+}
+
+/// The most a bundle may hold (nxd's `[bundles]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleLimits {
+    /// All files' bytes together, in MiB.
+    pub max_mb: u64,
+    /// Files and links together.
+    pub max_files: u64,
+}
+
+/// The user's [`SETTINGS_FILE`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleSettings {
+    pub entry: Option<String>,
+    pub libraries: Option<Vec<String>>,
+    pub argv0: Option<String>,
+}
+
+/// A relative path made of plain components only, or why not.
+pub fn check_path(path: &str) -> Result<(), BundleError> {
+    let bad = |why| {
+        Err(BundleError::BadPath {
+            path: path.to_owned(),
+            why,
+        })
+    };
+    if path.is_empty() {
+        return bad("an empty path");
+    }
+    if path.starts_with('/') {
+        return bad("an absolute path");
+    }
+    if path.len() > 4096 || path.contains('\0') {
+        return bad("too long or with a NUL byte");
+    }
+    for part in path.split('/') {
+        match part {
+            "" => return bad("an empty path component"),
+            "." => return bad("a '.' component"),
+            ".." => return bad("a '..' component"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where `target` of the link at `path` leads, as a clean relative path, or `None` when it
+/// leaves the bundle. Resolved lexically, as the sandbox would resolve it under `/app` (a link
+/// to a link is checked as its own entry).
+fn resolve_link(path: &str, target: &str) -> Option<String> {
+    let mut parts: Vec<&str> = if target.starts_with('/') {
+        let inside = target.strip_prefix(MOUNT_POINT)?;
+        if !(inside.is_empty() || inside.starts_with('/')) {
+            return None;
+        }
+        return resolve_link("", inside.trim_start_matches('/'));
+    } else {
+        path.split('/').collect()
+    };
+    parts.pop();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// argv\[0\] as the user may choose it.
+fn check_argv0(argv0: &str) -> Result<(), BundleError> {
+    let ok = !argv0.is_empty()
+        && argv0.len() <= 255
+        && argv0 != "."
+        && argv0 != ".."
+        && argv0
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(BundleError::BadArgv0(argv0.to_owned()))
+    }
+}
+
+impl BundleManifest {
+    /// The bundle's id: the sha256 of its manifest as JSON (files and links sorted).
+    pub fn id(&self) -> String {
+        hex::encode(Sha256::digest(
+            serde_json::to_vec(self).expect("a manifest serialises"),
+        ))
+    }
+
+    /// All files' bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// argv\[0\]: the chosen one, else the entry's file name.
+    pub fn argv0(&self) -> &str {
+        self.argv0
+            .as_deref()
+            .unwrap_or_else(|| self.entry.rsplit('/').next().unwrap_or(&self.entry))
+    }
+
+    /// Every check of the module's docs; nothing is read from disk.
+    pub fn check(&self, limits: &BundleLimits) -> Result<(), BundleError> {
+        let count = (self.files.len() + self.links.len()) as u64;
+        if count > limits.max_files {
+            return Err(BundleError::TooLarge {
+                found: format!("{count} files"),
+                limit: limits.max_files.to_string(),
+                key: "max_files",
+            });
+        }
+        let total = self.total_bytes();
+        if total > limits.max_mb << 20 {
+            return Err(BundleError::TooLarge {
+                found: format!("{} MiB", total.div_ceil(1 << 20)),
+                limit: format!("{} MiB", limits.max_mb),
+                key: "max_mb",
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for path in self
+            .files
+            .iter()
+            .map(|f| &f.path)
+            .chain(self.links.iter().map(|l| &l.path))
+        {
+            check_path(path)?;
+            if !seen.insert(path.as_str()) {
+                return Err(BundleError::BadPath {
+                    path: path.clone(),
+                    why: "a path given twice",
+                });
+            }
+        }
+        for file in &self.files {
+            crate::check_sha256_hex(&file.sha256).map_err(|why| BundleError::BadPath {
+                path: file.path.clone(),
+                why,
+            })?;
+        }
+        for link in &self.links {
+            if link.target.is_empty() || resolve_link(&link.path, &link.target).is_none() {
+                return Err(BundleError::LinkOutside {
+                    path: link.path.clone(),
+                    target: link.target.clone(),
+                });
+            }
+        }
+        let entry = self.files.iter().find(|f| f.path == self.entry);
+        match entry {
+            None => {
+                return Err(BundleError::NoEntry {
+                    entry: self.entry.clone(),
+                    top: self.top_files(),
+                })
+            }
+            Some(f) if !f.executable => {
+                return Err(BundleError::EntryNotExecutable {
+                    entry: self.entry.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+        for dir in &self.library_dirs {
+            check_path(dir)?;
+            let prefix = format!("{dir}/");
+            if !self.files.iter().any(|f| f.path.starts_with(&prefix)) {
+                return Err(BundleError::NoLibraryDir { dir: dir.clone() });
+            }
+        }
+        if let Some(argv0) = &self.argv0 {
+            check_argv0(argv0)?;
+        }
+        Ok(())
+    }
+
+    fn top_files(&self) -> String {
+        let top: Vec<&str> = self
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .filter(|p| !p.contains('/'))
+            .collect();
+        if top.is_empty() {
+            "none".into()
+        } else {
+            top.join(", ")
+        }
+    }
+}
+
+/// What [`scan_dir`] read: the manifest and where each file is on this machine.
+#[derive(Debug)]
+pub struct ScannedBundle {
+    pub manifest: BundleManifest,
+    /// The local path of each file of the manifest, by path in the bundle.
+    pub local: std::collections::BTreeMap<String, PathBuf>,
+}
+
+/// What the user chose on the command line (which wins over the settings file).
+#[derive(Debug, Default, Clone)]
+pub struct BundleChoices {
+    pub entry: Option<String>,
+    pub argv0: Option<String>,
+}
+
+fn sha256_file(path: &Path) -> Result<String, BundleError> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Reads a local directory as a bundle: every regular file hashed, links kept (and checked),
+/// other kinds of file refused; the entry is `choices.entry`, else the settings file's, else
+/// the only executable at the top.
+pub fn scan_dir(
+    root: &Path,
+    choices: &BundleChoices,
+    limits: &BundleLimits,
+) -> Result<ScannedBundle, BundleError> {
+    let mut files = Vec::new();
+    let mut links = Vec::new();
+    let mut local = std::collections::BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry
+                .file_name()
+                .into_string()
+                .map_err(|n| BundleError::BadPath {
+                    path: n.to_string_lossy().into_owned(),
+                    why: "a name that is not UTF-8",
+                })?;
+            let rel = format!("{prefix}{name}");
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                stack.push((entry.path(), format!("{rel}/")));
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(entry.path())?;
+                links.push(BundleLink {
+                    path: rel,
+                    target: target.to_string_lossy().into_owned(),
+                });
+            } else if kind.is_file() {
+                if (files.len() + links.len()) as u64 >= limits.max_files {
+                    return Err(BundleError::TooLarge {
+                        found: format!("more than {} files", limits.max_files),
+                        limit: limits.max_files.to_string(),
+                        key: "max_files",
+                    });
+                }
+                files.push(BundleFile {
+                    sha256: sha256_file(&entry.path())?,
+                    size: meta.len(),
+                    executable: meta.permissions().mode() & 0o111 != 0,
+                    path: rel.clone(),
+                });
+                local.insert(rel, entry.path());
+            } else {
+                return Err(BundleError::Unsupported {
+                    path: rel,
+                    kind: "device, socket or FIFO",
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    links.sort_by(|a, b| a.path.cmp(&b.path));
+    let settings = match std::fs::read_to_string(root.join(SETTINGS_FILE)) {
+        Ok(text) => toml::from_str::<BundleSettings>(&text)
+            .map_err(|e| BundleError::Settings(e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BundleSettings::default(),
+        Err(e) => return Err(e.into()),
+    };
+    let entry = match choices.entry.clone().or(settings.entry) {
+        Some(entry) => entry.trim_start_matches("./").to_owned(),
+        None => {
+            let top: Vec<&BundleFile> = files
+                .iter()
+                .filter(|f| f.executable && !f.path.contains('/'))
+                .collect();
+            match top.as_slice() {
+                [only] => only.path.clone(),
+                [] => {
+                    return Err(BundleError::WhichEntry {
+                        found: "no executable file at its top".into(),
+                    })
+                }
+                many => {
+                    return Err(BundleError::WhichEntry {
+                        found: format!(
+                            "several executables at its top ({})",
+                            many.iter()
+                                .map(|f| f.path.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })
+                }
+            }
+        }
+    };
+    let library_dirs = match settings.libraries {
+        Some(dirs) => dirs,
+        None if files
+            .iter()
+            .any(|f| f.path.starts_with(&format!("{DEFAULT_LIBRARY_DIR}/"))) =>
+        {
+            vec![DEFAULT_LIBRARY_DIR.to_owned()]
+        }
+        None => Vec::new(),
+    };
+    let manifest = BundleManifest {
+        entry,
+        argv0: choices.argv0.clone().or(settings.argv0),
+        library_dirs,
+        files,
+        links,
+    };
+    manifest.check(limits)?;
+    Ok(ScannedBundle { manifest, local })
+}
+
+/// Unpacks a tar archive (gzip-compressed or not) into `dest`, refusing what a bundle may not
+/// hold before anything is written outside `dest`: absolute or `..` paths, links that leave
+/// it, hard links, devices. `dest` must be empty.
+pub fn unpack_tar(archive: &Path, dest: &Path) -> Result<(), BundleError> {
+    let mut head = [0u8; 2];
+    let gzipped = std::fs::File::open(archive)?.read(&mut head)? == 2 && head == [0x1f, 0x8b];
+    let file = std::fs::File::open(archive)?;
+    let reader: Box<dyn Read> = if gzipped {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut tar = tar::Archive::new(reader);
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let raw = entry.path()?.to_string_lossy().into_owned();
+        let path = raw
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
+        if path.is_empty() || raw == "." {
+            continue;
+        }
+        if raw.starts_with('/') {
+            return Err(BundleError::BadPath {
+                path: raw,
+                why: "an absolute path",
+            });
+        }
+        check_path(&path)?;
+        let kind = entry.header().entry_type();
+        let target = dest.join(&path);
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        // A parent created by an earlier link would lead outside: links are refused below
+        // unless they stay inside, and are made only after every check of their own.
+        if target
+            .parent()
+            .is_some_and(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()))
+        {
+            return Err(BundleError::BadPath {
+                path,
+                why: "a path through a link",
+            });
+        }
+        if kind.is_symlink() {
+            let link = entry
+                .link_name()?
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if link.is_empty() || resolve_link(&path, &link).is_none() {
+                return Err(BundleError::LinkOutside { path, target: link });
+            }
+            std::os::unix::fs::symlink(&link, &target)?;
+        } else if kind.is_file() || kind == tar::EntryType::Continuous {
+            let mode = entry.header().mode().unwrap_or(0o644);
+            let mut out = std::fs::File::create(&target)?;
+            std::io::copy(&mut entry, &mut out)?;
+            let exec = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(exec))?;
+        } else {
+            return Err(BundleError::Unsupported {
+                path,
+                kind: if kind.is_hard_link() {
+                    "hard link (re-create the archive with `tar --hard-dereference`)"
+                } else {
+                    "device, FIFO or other special file"
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a local path is a bundle (a directory or a tar archive) rather than one binary.
+pub fn is_bundle_path(path: &Path) -> bool {
+    if path.is_dir() {
+        return true;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    [".tar", ".tar.gz", ".tgz"]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
+/// The directory of the bundle's entry in the sandbox (`/app/bin` for `bin/x`).
+pub fn entry_dir_in_sandbox(entry: &str) -> String {
+    match entry.rsplit_once('/') {
+        Some((dir, _)) => format!("{MOUNT_POINT}/{dir}"),
+        None => MOUNT_POINT.to_owned(),
+    }
+}
+
+/// `LD_LIBRARY_PATH` of a bundle's program: its library directories under [`MOUNT_POINT`].
+pub fn library_path(manifest: &BundleManifest) -> Option<String> {
+    (!manifest.library_dirs.is_empty()).then(|| {
+        manifest
+            .library_dirs
+            .iter()
+            .map(|d| format!("{MOUNT_POINT}/{d}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    })
+}
+
+/// The clean path of `p` relative to nothing: used for a tree on this host.
+pub fn host_path(root: &Path, rel: &str) -> PathBuf {
+    let mut out = root.to_path_buf();
+    for c in Path::new(rel).components() {
+        if let Component::Normal(c) = c {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: BundleLimits = BundleLimits {
+        max_mb: 16,
+        max_files: 100,
+    };
+
+    fn file(path: &str, executable: bool) -> BundleFile {
+        BundleFile {
+            path: path.into(),
+            sha256: "a".repeat(64),
+            size: 10,
+            executable,
+        }
+    }
+
+    fn manifest() -> BundleManifest {
+        BundleManifest {
+            entry: "bin/app".into(),
+            argv0: None,
+            library_dirs: vec!["lib".into()],
+            files: vec![file("bin/app", true), file("lib/libx.so.1", false)],
+            links: vec![BundleLink {
+                path: "lib/libx.so".into(),
+                target: "libx.so.1".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_good_manifest_passes_and_has_a_stable_id() {
+        let m = manifest();
+        m.check(&LIMITS).unwrap();
+        assert_eq!(m.id(), manifest().id());
+        assert_eq!(m.argv0(), "app");
+        assert_eq!(library_path(&m).as_deref(), Some("/app/lib"));
+        assert_eq!(entry_dir_in_sandbox(&m.entry), "/app/bin");
+    }
+
+    #[test]
+    fn bad_paths_links_entries_and_sizes_are_refused() {
+        for bad in ["/etc/passwd", "../x", "a/../../x", "a//b", "./a", ""] {
+            let mut m = manifest();
+            m.files.push(file(bad, false));
+            assert!(
+                matches!(m.check(&LIMITS), Err(BundleError::BadPath { .. })),
+                "{bad}"
+            );
+        }
+        for target in ["../../etc/passwd", "/etc/passwd", "../..", "/application/x"] {
+            let mut m = manifest();
+            m.links[0].target = target.into();
+            let e = m.check(&LIMITS).unwrap_err();
+            assert!(
+                matches!(e, BundleError::LinkOutside { .. }),
+                "{target}: {e}"
+            );
+        }
+        for target in ["/app/bin/app", "../bin/app", "./libx.so.1"] {
+            let mut m = manifest();
+            m.links[0].target = target.into();
+            m.check(&LIMITS).unwrap();
+        }
+        let mut m = manifest();
+        m.entry = "bin/nope".into();
+        assert!(m
+            .check(&LIMITS)
+            .unwrap_err()
+            .to_string()
+            .contains("--entry"));
+        let mut m = manifest();
+        m.entry = "lib/libx.so.1".into();
+        assert!(m
+            .check(&LIMITS)
+            .unwrap_err()
+            .to_string()
+            .contains("chmod +x"));
+        let mut m = manifest();
+        m.files[0].size = 17 << 20;
+        assert!(m
+            .check(&LIMITS)
+            .unwrap_err()
+            .to_string()
+            .contains("bundles.max_mb"));
+        let mut m = manifest();
+        m.argv0 = Some("../sh".into());
+        assert!(matches!(m.check(&LIMITS), Err(BundleError::BadArgv0(_))));
+    }
+
+    fn exec(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn a_directory_is_scanned_with_its_settings_and_its_only_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        exec(&root.join("server"), "#!");
+        std::fs::create_dir(root.join("lib")).unwrap();
+        std::fs::write(root.join("lib/libq.so.1"), "lib").unwrap();
+        std::os::unix::fs::symlink("libq.so.1", root.join("lib/libq.so")).unwrap();
+        let scanned = scan_dir(root, &BundleChoices::default(), &LIMITS).unwrap();
+        let m = &scanned.manifest;
+        assert_eq!(m.entry, "server");
+        assert_eq!(m.library_dirs, ["lib"]);
+        assert_eq!(m.links.len(), 1);
+        assert_eq!(scanned.local["lib/libq.so.1"], root.join("lib/libq.so.1"));
+        // Two executables at the top: which one must be said.
+        exec(&root.join("other"), "#!");
+        let e = scan_dir(root, &BundleChoices::default(), &LIMITS).unwrap_err();
+        assert!(e.to_string().contains("other, server"), "{e}");
+        std::fs::write(
+            root.join(SETTINGS_FILE),
+            "entry = \"other\"\nargv0 = \"sh\"\n",
+        )
+        .unwrap();
+        let m = scan_dir(root, &BundleChoices::default(), &LIMITS)
+            .unwrap()
+            .manifest;
+        assert_eq!((m.entry.as_str(), m.argv0()), ("other", "sh"));
+        // The command line wins.
+        let choices = BundleChoices {
+            entry: Some("./server".into()),
+            argv0: None,
+        };
+        assert_eq!(
+            scan_dir(root, &choices, &LIMITS).unwrap().manifest.entry,
+            "server"
+        );
+        // A link out of the bundle.
+        std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).unwrap();
+        let e = scan_dir(root, &choices, &LIMITS).unwrap_err();
+        assert!(matches!(e, BundleError::LinkOutside { .. }), "{e}");
+    }
+
+    fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> tempfile::NamedTempFile {
+        let mut builder = tar::Builder::new(Vec::new());
+        build(&mut builder);
+        let bytes = builder.into_inner().unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), bytes).unwrap();
+        file
+    }
+
+    fn raw_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: &str) {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(0o755);
+        h.set_size(if kind == tar::EntryType::Regular {
+            2
+        } else {
+            0
+        });
+        h.set_cksum();
+        let data: &[u8] = if kind == tar::EntryType::Regular {
+            b"hi"
+        } else {
+            b""
+        };
+        b.append(&h, data).unwrap();
+    }
+
+    #[test]
+    fn a_tar_with_escaping_paths_or_links_is_refused_and_a_good_one_unpacks() {
+        use tar::EntryType::{Link, Regular, Symlink};
+        for (name, kind, link) in [
+            ("/etc/x", Regular, ""),
+            ("../x", Regular, ""),
+            ("a/../../x", Regular, ""),
+            ("out", Symlink, "../../etc"),
+            ("out", Symlink, "/etc/passwd"),
+            ("hard", Link, "server"),
+        ] {
+            let archive = tar_with(|b| raw_entry(b, name, kind, link));
+            let dest = tempfile::tempdir().unwrap();
+            assert!(
+                unpack_tar(archive.path(), dest.path()).is_err(),
+                "{name} -> {link}"
+            );
+        }
+        // A link inside, then a file written through it: refused too.
+        let archive = tar_with(|b| {
+            raw_entry(b, "d", Symlink, ".");
+            raw_entry(b, "d/x", Regular, "");
+        });
+        let dest = tempfile::tempdir().unwrap();
+        assert!(unpack_tar(archive.path(), dest.path()).is_err());
+        let archive = tar_with(|b| {
+            raw_entry(b, "./server", Regular, "");
+            raw_entry(b, "./lib/libq.so", Symlink, "libq.so.1");
+        });
+        let dest = tempfile::tempdir().unwrap();
+        unpack_tar(archive.path(), dest.path()).unwrap();
+        assert_eq!(std::fs::read(dest.path().join("server")).unwrap(), b"hi");
+        let mode = std::fs::metadata(dest.path().join("server"))
+            .unwrap()
+            .permissions();
+        assert_eq!(mode.mode() & 0o777, 0o755);
+    }
+}

@@ -1,0 +1,241 @@
+//! Bundles on nxd (see `nx_artifact::bundle`): their files are blobs in a store of their own
+//! (`<state_dir>/blobs/<sha256>`, any bytes, 0444), uploaded only when missing; a bundle is
+//! made from its manifest once every blob is there: checked, laid out as a read-only tree
+//! `<state_dir>/bundles/<id>/` (hard links to the blobs; executables copied, 0555), its entry
+//! verified with its library closure (the bundle's library directories first), and only then
+//! renamed into place next to its manifest `<id>.json`. A refused bundle leaves no tree.
+
+use super::store::{ArtifactStore, StoreError};
+use super::verify::{self, Linkage, VerifyError};
+use crate::api::BundleInfo;
+use nx_artifact::bundle::{self, BundleError, BundleLimits, BundleManifest};
+use nx_artifact::closure::Search;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleStoreError {
+    #[error("refused: {0}; nothing was stored")]
+    Bundle(#[from] BundleError),
+    #[error("{} of the bundle's files are not uploaded yet (first: {}); upload them (PUT /v1/blobs/{{sha256}}; nx push does) and create the bundle again", .0.len(), .0[0])]
+    MissingFiles(Vec<String>),
+    #[error("refused: the entry {entry}: {source}; nothing was stored")]
+    Entry {
+        entry: String,
+        #[source]
+        source: VerifyError,
+    },
+    #[error("no bundle {0} is stored")]
+    Missing(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("bundle store I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A stored bundle as a program runs it.
+#[derive(Debug, Clone)]
+pub struct StoredBundle {
+    /// The tree, bound read-only at `/app`.
+    pub root: PathBuf,
+    pub manifest: BundleManifest,
+    pub linkage: Linkage,
+}
+
+pub struct BundleStore {
+    /// The bundles' files, by sha256.
+    pub blobs: ArtifactStore,
+    trees: PathBuf,
+    limits: BundleLimits,
+}
+
+const INCOMING: &str = ".incoming";
+
+impl BundleStore {
+    /// Opens `<state_dir>/blobs` and `<state_dir>/bundles` (clearing what a crash left half
+    /// made).
+    pub fn open(state_dir: &Path, limits: BundleLimits) -> Result<Self, BundleStoreError> {
+        let blobs = ArtifactStore::open_files(&state_dir.join("blobs"), limits.max_mb << 20)?;
+        let trees = state_dir.join("bundles");
+        let incoming = trees.join(INCOMING);
+        if incoming.exists() {
+            std::fs::remove_dir_all(&incoming)?;
+        }
+        std::fs::create_dir_all(&incoming)?;
+        std::fs::set_permissions(&trees, std::fs::Permissions::from_mode(0o711))?;
+        std::fs::set_permissions(&incoming, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self {
+            blobs,
+            trees,
+            limits,
+        })
+    }
+
+    /// The limits bundles are held to.
+    pub fn limits(&self) -> BundleLimits {
+        self.limits
+    }
+
+    /// Which of `digests` no blob holds yet.
+    pub fn missing(&self, digests: &[String]) -> Result<Vec<String>, BundleStoreError> {
+        let mut missing = Vec::new();
+        for sha in digests {
+            if !self.blobs.path(sha)?.is_file() {
+                missing.push(sha.clone());
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        Ok(missing)
+    }
+
+    fn manifest_path(&self, id: &str) -> PathBuf {
+        self.trees.join(format!("{id}.json"))
+    }
+
+    /// Makes the bundle of `manifest` (or finds it made already) and describes it.
+    #[tracing::instrument(skip_all, fields(entry = %manifest.entry, files = manifest.files.len()))]
+    pub async fn create(&self, manifest: BundleManifest) -> Result<BundleInfo, BundleStoreError> {
+        manifest.check(&self.limits)?;
+        let id = manifest.id();
+        let root = self.trees.join(&id);
+        if !(root.is_dir() && self.manifest_path(&id).is_file()) {
+            let digests: Vec<String> = manifest.files.iter().map(|f| f.sha256.clone()).collect();
+            let missing = self.missing(&digests)?;
+            if !missing.is_empty() {
+                return Err(BundleStoreError::MissingFiles(missing));
+            }
+            let this = (self.blobs.clone(), self.trees.clone(), manifest.clone());
+            tokio::task::spawn_blocking(move || lay_out(&this.0, &this.1, &this.2))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??;
+            tracing::info!(bundle = %id, "bundle stored");
+        }
+        let stored = self.load(&id)?;
+        Ok(info(&id, &stored))
+    }
+
+    /// A stored bundle, or `Ok(None)` when `id` names none.
+    pub fn find(&self, id: &str) -> Result<Option<StoredBundle>, BundleStoreError> {
+        match self.load(id) {
+            Ok(stored) => Ok(Some(stored)),
+            Err(BundleStoreError::Missing(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn load(&self, id: &str) -> Result<StoredBundle, BundleStoreError> {
+        let root = self.blobs.path(id).map(|_| self.trees.join(id))?;
+        let manifest: BundleManifest = match std::fs::read(self.manifest_path(id)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BundleStoreError::Missing(id.into()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let entry = std::fs::read(bundle::host_path(&root, &manifest.entry))?;
+        let linkage = verify::verify_bytes(&entry, |p| Path::new(p).is_file())
+            .map_err(|source| BundleStoreError::Entry {
+                entry: manifest.entry.clone(),
+                source,
+            })?
+            .linkage;
+        Ok(StoredBundle {
+            root,
+            manifest,
+            linkage,
+        })
+    }
+}
+
+fn info(id: &str, stored: &StoredBundle) -> BundleInfo {
+    let m = &stored.manifest;
+    BundleInfo {
+        id: id.to_owned(),
+        files: m.files.len() as u64,
+        size: m.total_bytes(),
+        entry: m.entry.clone(),
+        argv0: m.argv0().to_owned(),
+        details: stored.linkage.describe(),
+    }
+}
+
+/// Lays the tree out in `.incoming`, verifies the entry there, then renames it into place and
+/// writes its manifest. Anything refused is removed with the temporary directory.
+fn lay_out(
+    blobs: &ArtifactStore,
+    trees: &Path,
+    manifest: &BundleManifest,
+) -> Result<(), BundleStoreError> {
+    let id = manifest.id();
+    let temp = tempfile::Builder::new()
+        .prefix("bundle-")
+        .tempdir_in(trees.join(INCOMING))?;
+    let root = temp.path().join("tree");
+    std::fs::create_dir(&root)?;
+    for file in &manifest.files {
+        let path = bundle::host_path(&root, &file.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let blob = blobs.path(&file.sha256)?;
+        if file.executable {
+            std::fs::copy(&blob, &path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555))?;
+        } else {
+            std::fs::hard_link(&blob, &path)?;
+        }
+    }
+    for link in &manifest.links {
+        let path = bundle::host_path(&root, &link.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::os::unix::fs::symlink(&link.target, &path)?;
+    }
+    let entry = bundle::host_path(&root, &manifest.entry);
+    let search = Search::host().with_bundle(
+        manifest
+            .library_dirs
+            .iter()
+            .map(|d| bundle::host_path(&root, d))
+            .collect(),
+        entry.parent().unwrap_or(&root).to_path_buf(),
+    );
+    let bytes = std::fs::read(&entry)?;
+    verify::verify_with(&bytes, &search).map_err(|source| BundleStoreError::Entry {
+        entry: manifest.entry.clone(),
+        source,
+    })?;
+    // Directories: readable by every deployment's uid, writable by nobody.
+    for dir in walk_dirs(&root)? {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555))?;
+    }
+    std::fs::write(
+        trees.join(format!("{id}.json")),
+        serde_json::to_vec(manifest).map_err(std::io::Error::other)?,
+    )?;
+    match std::fs::rename(&root, trees.join(&id)) {
+        Ok(()) => Ok(()),
+        // Made meanwhile by another push of the same bundle.
+        Err(_) if trees.join(&id).is_dir() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every directory under `root`, `root` included (links not followed).
+fn walk_dirs(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < dirs.len() {
+        for entry in std::fs::read_dir(&dirs[i])? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+        i += 1;
+    }
+    Ok(dirs)
+}

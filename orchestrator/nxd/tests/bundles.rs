@@ -1,0 +1,255 @@
+//! Bundles (`nx push ./dir`, `nx push app.tar.gz`): a program with its files and its own
+//! library, run read-only at /app under its own name; a re-push uploads only what changed; bad
+//! bundles are refused with what to do and nothing is stored.
+
+use nx_testkit::{files_under, Host};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The dynamically linked (glibc) build of the sample app, made to need `libq.so.6` instead of
+/// `libc.so.6` (renamed in place, same length): a library no host has.
+fn sample_needing_libq() -> Vec<u8> {
+    let mut bytes = std::fs::read(nx_testkit::bin("nx-sample-app")).unwrap();
+    let libc = b"libc.so.6\0";
+    let mut from = 0;
+    while let Some(i) = bytes[from..].windows(libc.len()).position(|w| w == libc) {
+        bytes[from + i..from + i + 4].copy_from_slice(b"libq");
+        from += i + libc.len();
+    }
+    bytes
+}
+
+/// The host's libc, which the bundle ships as `lib/libq.so.6`.
+fn host_libc() -> PathBuf {
+    [
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib64/libc.so.6",
+        "/lib64/libc.so.6",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+    .expect("the host's libc.so.6")
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// bin/server (needing libq.so.6), lib/libq.so.6, conf/app.toml and a link to it.
+fn make_bundle(dir: &Path) {
+    write(&dir.join("bin/server"), &sample_needing_libq(), 0o755);
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    std::fs::copy(host_libc(), dir.join("lib/libq.so.6")).unwrap();
+    write(&dir.join("conf/app.toml"), b"greeting = \"hello\"\n", 0o644);
+    std::os::unix::fs::symlink("conf/app.toml", dir.join("app.toml")).unwrap();
+}
+
+fn stored(host: &Host) -> (Vec<String>, Vec<String>) {
+    (
+        files_under(&host.path("blobs")),
+        files_under(&host.path("bundles")),
+    )
+}
+
+#[test]
+fn a_bundle_runs_at_app_with_its_library_its_files_and_its_name() {
+    let host = Host::start();
+    let dir = host.path("bundle");
+    make_bundle(&dir);
+    let server = dir.join("bin/server");
+
+    // The program alone: refused, naming the soname and the fixes.
+    let alone = host.nx(&["verify-binary", server.to_str().unwrap()]);
+    assert!(!alone.ok);
+    assert!(
+        alone
+            .stderr
+            .contains("needs libq.so.6 (needed by the program)"),
+        "{}",
+        alone.stderr
+    );
+    assert!(alone.stderr.contains("lib/ directory"), "{}", alone.stderr);
+    let pushed_alone = host.nx(&["push", server.to_str().unwrap(), "--sandbox", "shop"]);
+    assert!(!pushed_alone.ok);
+    assert!(
+        pushed_alone.stderr.contains("libq.so.6"),
+        "{}",
+        pushed_alone.stderr
+    );
+
+    // With the library in its bundle: deploys. The entry is named (two executables would be
+    // ambiguous; here bin/ has the only one, so it must be said).
+    let out = host.nx_json(&[
+        "push",
+        dir.to_str().unwrap(),
+        "--entry",
+        "bin/server",
+        "--sandbox",
+        "shop",
+    ]);
+    let id = out["deployment"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(out["sent"]["files"], 3, "{out}");
+    let app = |path: &str| host.get(&host.preview_host("shop", &id), path);
+    assert_eq!(app("/health"), (200, "ok\n".into()));
+    // Its files, through the link too, read-only at /app.
+    assert_eq!(
+        app("/read?path=/app/app.toml"),
+        (200, "greeting = \"hello\"\n".into())
+    );
+    let (status, body) = app("/write?name=../app/x");
+    assert_ne!(status, 200, "{body}");
+    let (_, env) = app("/env");
+    let env: serde_json::Value = serde_json::from_str(&env).unwrap();
+    assert_eq!(env["LD_LIBRARY_PATH"], "/app/lib");
+    // argv[0] is the entry's file name.
+    let (_, cmdline) = app("/read?path=/proc/self/cmdline");
+    assert!(cmdline.starts_with("server\0"), "{cmdline:?}");
+
+    // --argv0 chooses another name; only the manifest changed, so nothing is uploaded.
+    let out = host.nx_json(&[
+        "push",
+        dir.to_str().unwrap(),
+        "--entry",
+        "bin/server",
+        "--argv0",
+        "shop-server",
+        "--sandbox",
+        "shop",
+    ]);
+    assert_eq!(out["sent"]["files"], 0, "{out}");
+    let id2 = out["deployment"]["id"].as_str().unwrap().to_owned();
+    let (_, cmdline) = host.get(
+        &host.preview_host("shop", &id2),
+        "/read?path=/proc/self/cmdline",
+    );
+    assert!(cmdline.starts_with("shop-server\0"), "{cmdline:?}");
+
+    // One changed file: only it is sent.
+    write(&dir.join("conf/app.toml"), b"greeting = \"bye\"\n", 0o644);
+    let out = host.nx_json(&[
+        "push",
+        dir.to_str().unwrap(),
+        "--entry",
+        "bin/server",
+        "--sandbox",
+        "shop",
+    ]);
+    assert_eq!(out["sent"]["files"], 1, "{out}");
+    assert_eq!(out["sent"]["bytes"], 17, "{out}");
+    let id3 = out["deployment"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        host.get(&host.preview_host("shop", &id3), "/read?path=/app/app.toml"),
+        (200, "greeting = \"bye\"\n".into())
+    );
+
+    // The same bundle as a .tar.gz.
+    let archive = host.path("app.tar.gz");
+    let tar = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&dir)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let out = host.nx_json(&[
+        "push",
+        archive.to_str().unwrap(),
+        "--entry",
+        "bin/server",
+        "--sandbox",
+        "shop",
+    ]);
+    assert_eq!(out["sent"]["files"], 0, "{out}");
+    let id4 = out["deployment"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(host.get(&host.preview_host("shop", &id4), "/health").0, 200);
+}
+
+/// Runs `nx push <path> --sandbox bad` and asserts it was refused saying `says`.
+fn refused(host: &Host, path: &Path, extra: &[&str], says: &str) {
+    let mut args = vec!["push", path.to_str().unwrap(), "--sandbox", "bad"];
+    args.extend_from_slice(extra);
+    let out = host.nx(&args);
+    assert!(!out.ok, "{} pushed", path.display());
+    assert!(
+        out.stderr.contains(says),
+        "{}: {}",
+        path.display(),
+        out.stderr
+    );
+}
+
+#[test]
+fn bad_bundles_are_refused_with_what_to_do_and_nothing_is_stored() {
+    let host = Host::start();
+    let sample = std::fs::read(nx_testkit::sample_app()).unwrap();
+
+    let out_link = host.path("out-link");
+    write(&out_link.join("server"), &sample, 0o755);
+    std::os::unix::fs::symlink("/etc/passwd", out_link.join("passwd")).unwrap();
+    refused(&host, &out_link, &[], "outside the bundle");
+
+    let up_link = host.path("up-link");
+    write(&up_link.join("server"), &sample, 0o755);
+    std::os::unix::fs::symlink("../../secret", up_link.join("s")).unwrap();
+    refused(&host, &up_link, &[], "outside the bundle");
+
+    let good = host.path("good");
+    write(&good.join("server"), &sample, 0o755);
+    write(&good.join("readme.txt"), b"hi", 0o644);
+    refused(
+        &host,
+        &good,
+        &["--entry", "nope"],
+        "is not a file of the bundle",
+    );
+    refused(
+        &host,
+        &good,
+        &["--entry", "readme.txt"],
+        "is not executable",
+    );
+    write(&good.join("other"), &sample, 0o755);
+    refused(
+        &host,
+        &good,
+        &[],
+        "several executables at its top (other, server)",
+    );
+
+    // Tar archives with an absolute path and a '..' path (written raw: tar(1) strips them).
+    for (name, entry) in [("abs", "/etc/cron.d/x"), ("dotdot", "../x")] {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..entry.len()].copy_from_slice(entry.as_bytes());
+        header.set_size(2);
+        header.set_mode(0o755);
+        header.set_cksum();
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append(&header, &b"hi"[..]).unwrap();
+        let archive = host.path(&format!("{name}.tar"));
+        std::fs::write(&archive, builder.into_inner().unwrap()).unwrap();
+        refused(&host, &archive, &[], "relative paths inside themselves");
+    }
+    assert_eq!(stored(&host), (vec![], vec![]), "something was stored");
+
+    // Past the CLI: a manifest with a link out, straight to the API.
+    let manifest = serde_json::json!({
+        "entry": "server",
+        "files": [{"path": "server", "sha256": "a".repeat(64), "size": 1, "executable": true}],
+        "links": [{"path": "l", "target": "../../../etc/shadow"}],
+    });
+    let resp = host
+        .http()
+        .post(format!("http://{}/v1/bundles", host.api))
+        .bearer_auth(&host.token)
+        .json(&manifest)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    assert!(resp.text().unwrap().contains("outside the bundle"));
+    assert_eq!(stored(&host), (vec![], vec![]), "something was stored");
+}
