@@ -70,10 +70,9 @@ fn a_tenant_reaches_only_its_database_and_cannot_hold_nxd_up_or_crowd_it_out() {
     // Every lock it can take, held in a session that stays open: sqlx's migration locks of
     // every database name nxd could use, and an exclusive lock on its own table.
     assert_eq!(alpha(&host, "/db/put?v=x").0, 200);
-    let url = host.nx_json(&["db", "url", "alpha"])["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let alpha_db = host.nx_json(&["db", "url", "alpha"]);
+    let url = alpha_db["url"].as_str().unwrap().to_owned();
+    let alpha_database = alpha_db["database"].as_str().unwrap().to_owned();
     let mut holder = Command::new("psql")
         .arg(&url)
         .args(["-v", "ON_ERROR_STOP=1", "-q"])
@@ -82,7 +81,7 @@ fn a_tenant_reaches_only_its_database_and_cannot_hold_nxd_up_or_crowd_it_out() {
         .spawn()
         .unwrap();
     let mut sql = String::new();
-    for name in ["nx", "postgres", "template1", "nx_alpha"] {
+    for name in ["nx", "postgres", "template1", alpha_database.as_str()] {
         sql.push_str(&format!(
             "SELECT pg_advisory_lock({});\n",
             sqlx_lock_id(name)
