@@ -20,6 +20,7 @@
 //!    (see `views`);
 //! 9. push: push to first answer beside bare bubblewrap, and a push's steps (see `push`).
 
+mod bundles;
 mod microvm;
 mod push;
 mod router;
@@ -79,6 +80,10 @@ struct Args {
     /// Uploads of a 50 MiB binary each way (sftp, nx push).
     #[arg(long, default_value_t = 5)]
     uploads: usize,
+    /// Rounds of the bundle rows (each: a 200 MiB bundle pushed new, with one file changed,
+    /// unchanged).
+    #[arg(long, default_value_t = 3)]
+    bundles: usize,
     /// Deployments registered on the host for the views' rows (all but --views-running stopped).
     #[arg(long, default_value_t = 1000)]
     views: usize,
@@ -91,9 +96,9 @@ struct Args {
     /// Rounds of push to first answer (NX, bare bwrap and an API push each).
     #[arg(long, default_value_t = 50)]
     first_answers: usize,
-    /// Run one part only: latency, router, databases, tasks, microvm, sandbox, uploads, views
-    /// or push.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "views", "push"])]
+    /// Run one part only: latency, router, databases, tasks, microvm, sandbox, uploads,
+    /// bundles, views or push.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "bundles", "views", "push"])]
     only: Option<String>,
 }
 
@@ -178,6 +183,7 @@ async fn bare_units(host: &Host, n: usize) -> anyhow::Result<Vec<Duration>> {
             restart_delay: None,
             slice: SliceKind::Tenants,
             graceful_stop: None,
+            remain_after_exit: false,
         };
         let started = Instant::now();
         supervisor.start(&spec).await?;
@@ -341,6 +347,9 @@ async fn main() -> anyhow::Result<()> {
     if part("uploads") {
         upload_table(&args).await?;
     }
+    if part("bundles") {
+        bundle_table(&host, &args).await?;
+    }
     if part("views") {
         view_table(&args).await?;
     }
@@ -486,6 +495,38 @@ async fn upload_table(args: &Args) -> anyhow::Result<()> {
         rate(&f.nx_push),
         rate(&f.sftp),
         median(&f.sftp).as_secs_f64() / median(&f.nx_push).as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A 200 MiB bundle: every file new, one file changed, nothing changed.
+async fn bundle_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
+    let (h, rounds) = (host.clone(), args.bundles);
+    let f = tokio::task::spawn_blocking(move || bundles::run_rounds(&h, rounds)).await??;
+    let total = bundles::FILES * bundles::FILE_MIB;
+    header(&format!(
+        "Bundles: nx push ./dir of {total} MiB ({} files of {} MiB and the program) to a ready deployment",
+        bundles::FILES,
+        bundles::FILE_MIB
+    ));
+    let mib = |k: &bundles::Kind| {
+        k.sent.iter().sum::<u64>() as f64 / k.sent.len() as f64 / f64::from(1 << 20)
+    };
+    for (name, kind) in [
+        ("every file new (full upload)", &f.full),
+        ("one 4 MiB file changed", &f.one_changed),
+        ("nothing changed", &f.unchanged),
+    ] {
+        row(
+            &format!("{name}: {:.1} MiB sent", mib(kind)),
+            kind.times.clone(),
+        );
+    }
+    println!(
+        "
+re-push with one file changed vs full upload (p50): time {:.2}x, bytes sent {:.3}x",
+        median(&f.one_changed.times).as_secs_f64() / median(&f.full.times).as_secs_f64(),
+        mib(&f.one_changed) / mib(&f.full)
     );
     Ok(())
 }

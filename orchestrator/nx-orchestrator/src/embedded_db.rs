@@ -126,6 +126,7 @@ pub async fn ensure(
             output: UnitOutput::File(dir.join("postgres.log")),
             restart_delay: Some(Duration::from_secs(1)),
             slice: SliceKind::Control,
+            remain_after_exit: false,
             graceful_stop: None,
         };
         supervisor.start(&spec).await?;

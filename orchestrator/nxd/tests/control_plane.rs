@@ -110,7 +110,7 @@ fn a_tenant_reaches_only_its_database_and_cannot_hold_nxd_up_or_crowd_it_out() {
     let limit: usize = superuser(
         &host,
         "postgres",
-        "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'nx_alpha'",
+        &format!("SELECT rolconnlimit FROM pg_roles WHERE rolname = '{alpha_database}'"),
     )
     .parse()
     .unwrap();

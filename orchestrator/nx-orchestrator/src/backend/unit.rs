@@ -137,6 +137,7 @@ fn deployment_unit(
         output: UnitOutput::File(handle.log_file()),
         restart_delay: Some(restart_delay),
         slice: SliceKind::Tenants,
+        remain_after_exit: false,
         graceful_stop: Some(super::MAX_STOP_TIMEOUT),
     }
 }

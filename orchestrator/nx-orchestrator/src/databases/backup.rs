@@ -8,7 +8,7 @@
 //! databases) [`Databases::recover`] removes at nxd's start.
 
 use super::{ident, quote, restrict_statements, Databases, DbError};
-use crate::api::systemd::ActiveState;
+use crate::api::systemd::{ActiveState, SubState};
 use crate::embedded_db::find_binary;
 use crate::names::{DeploymentId, SandboxName};
 use crate::supervisor::{SliceKind, UnitOutput, UnitSpec};
@@ -83,6 +83,9 @@ impl Databases {
             restart_delay: None,
             slice: SliceKind::Control,
             graceful_stop: None,
+            // Inactive is also "not started yet": the run has ended when the unit is
+            // active/exited (success) or failed.
+            remain_after_exit: true,
         };
         let failed = |message: String| DbError::Tool { tool, message };
         self.supervisor
@@ -96,15 +99,15 @@ impl Databases {
                 .state(&spec.name)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
-            if state.active.is_down() {
+            if state.active == ActiveState::Failed || state.sub == SubState::Exited {
                 break state;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let output = std::fs::read_to_string(&log).unwrap_or_default();
         let _ = std::fs::remove_file(&log);
+        let _ = self.supervisor.stop(&spec.name).await;
         if state.active == ActiveState::Failed {
-            let _ = self.supervisor.stop(&spec.name).await;
             return Err(failed(format!(
                 "{} (exit status {})",
                 output.trim(),

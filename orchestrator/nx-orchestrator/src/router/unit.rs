@@ -70,6 +70,7 @@ pub async fn ensure_running(
             output: UnitOutput::File(settings.dir.join("router.log")),
             restart_delay: Some(Duration::from_secs(1)),
             slice: SliceKind::Control,
+            remain_after_exit: false,
             graceful_stop: None,
         })
         .await?;

@@ -62,6 +62,11 @@ pub struct UnitSpec {
     pub graceful_stop: Option<Duration>,
     /// Whose work it is: the tenants' (`nx.slice`) or the control plane's ([`CONTROL_SLICE`]).
     pub slice: SliceKind,
+    /// `RemainAfterExit=yes`: after its process exited successfully the unit stays active
+    /// (sub-state `exited`) until it is stopped, so that a caller waiting for a run to end
+    /// tells "ended" from "not started yet" (a unit whose start job still waits is inactive
+    /// too). systemd.service(5)
+    pub remain_after_exit: bool,
 }
 
 /// The slice a unit runs in.
@@ -289,6 +294,9 @@ impl Supervisor {
                 "CPUQuotaPerSecUSec",
                 (u64::from(limits.cpu_quota_percent) * 10_000).into(),
             ));
+        }
+        if spec.remain_after_exit {
+            props.push(("RemainAfterExit", true.into()));
         }
         if let Some(delay) = spec.restart_delay {
             props.push(("Restart", "on-failure".into()));

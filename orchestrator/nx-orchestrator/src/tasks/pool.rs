@@ -113,6 +113,7 @@ impl Pool {
             })),
             restart_delay: None,
             slice: SliceKind::Tenants,
+            remain_after_exit: false,
             graceful_stop: None,
         };
         self.supervisor.start(&spec).await?;
