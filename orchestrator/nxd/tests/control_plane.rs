@@ -138,7 +138,7 @@ fn a_tenant_reaches_only_its_database_and_cannot_hold_nxd_up_or_crowd_it_out() {
     let settings = superuser(
         &host,
         "postgres",
-        "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = 'nx_alpha'",
+        &format!("SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = '{alpha_database}'"),
     );
     assert!(settings.contains("statement_timeout=300s"), "{settings}");
     assert!(
