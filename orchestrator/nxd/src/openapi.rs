@@ -12,9 +12,9 @@ use nx_api::access::{
 };
 use nx_api::domains::{AddDomain, DomainRemoved, DomainView};
 use nx_api::{
-    ArtifactInfo, BackupInfo, BlobDigests, BundleInfo, BackupRemoved, CreateSandbox, DatabaseInfo, DeploymentRemoved,
-    DeploymentView, ErrorBody, Health, PromoteRequest, PushRequest, RestoreInfo, SandboxRemoved,
-    SandboxView, TaskEvent, TaskRequest,
+    ArtifactInfo, BackupInfo, BackupRemoved, BlobDigests, BundleInfo, CreateSandbox, DatabaseInfo,
+    DeploymentRemoved, DeploymentView, ErrorBody, Health, PromoteRequest, PushRequest, RestoreInfo,
+    SandboxRemoved, SandboxView, TaskEvent, TaskRequest,
 };
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
