@@ -79,15 +79,26 @@ pub fn path(dir: &Path, name: &str) -> PathBuf {
 /// Writes `name`'s chain and key (PEM text) as one 0600 file, replacing any older one whole.
 pub fn save(dir: &Path, name: &str, chain_pem: &str, key_pem: &str) -> Result<PathBuf, StoreError> {
     let target = path(dir, name);
-    let tmp = dir.join(format!(".{name}.pem.tmp"));
+    let mut text = chain_pem.trim_end().to_owned();
+    text.push('\n');
+    text.push_str(key_pem);
+    write_private(&target, text.as_bytes())?;
+    Ok(target)
+}
+
+/// Writes `bytes` to `target` as a 0600 file (created with its directory), through a synced
+/// temporary file renamed over it, so a reader sees the old file or the new one whole.
+pub fn write_private(target: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(target.file_name().unwrap_or_default());
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
     let write = |path: &Path| {
         let path = path.to_owned();
         move |source| StoreError::Write { path, source }
     };
     std::fs::create_dir_all(dir).map_err(write(dir))?;
-    let mut text = chain_pem.trim_end().to_owned();
-    text.push('\n');
-    text.push_str(key_pem);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -95,10 +106,9 @@ pub fn save(dir: &Path, name: &str, chain_pem: &str, key_pem: &str) -> Result<Pa
         .mode(0o600)
         .open(&tmp)
         .map_err(write(&tmp))?;
-    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(write(&tmp))?;
+    std::io::Write::write_all(&mut file, bytes).map_err(write(&tmp))?;
     file.sync_all().map_err(write(&tmp))?;
-    std::fs::rename(&tmp, &target).map_err(write(&target))?;
-    Ok(target)
+    std::fs::rename(&tmp, target).map_err(write(target))
 }
 
 /// Every `<name>.pem` in `dir` with its name; files that do not read are returned as errors

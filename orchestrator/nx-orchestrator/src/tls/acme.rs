@@ -19,7 +19,6 @@ use instant_acme::{
 pub use nx_api::domains::{CertificateState, CertificateStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,23 +69,6 @@ pub struct Acme {
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), AcmeError> {
-    let io = |source| AcmeError::Io {
-        what: format!("writing {}", path.display()),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    std::io::Write::write_all(&mut file, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 impl Acme {
@@ -180,7 +162,7 @@ impl Acme {
         let mut statuses = self.statuses.lock().expect("statuses lock");
         statuses.insert(name.to_owned(), status);
         let json = serde_json::to_vec_pretty(&*statuses).expect("statuses serialize");
-        if let Err(e) = write_private(&self.dir.join("status.json"), &json) {
+        if let Err(e) = store::write_private(&self.dir.join("status.json"), &json) {
             tracing::warn!(error = %e, "cannot keep the certificate statuses");
         }
     }
@@ -325,7 +307,7 @@ impl Acme {
                     directory: directory.clone(),
                     credentials,
                 };
-                write_private(
+                store::write_private(
                     &file,
                     &serde_json::to_vec(&stored).expect("credentials serialize"),
                 )?;
@@ -384,7 +366,7 @@ impl Acme {
                 )));
             }
             let answer = challenge.key_authorization();
-            write_private(
+            store::write_private(
                 &self.challenges_dir.join(&challenge.token),
                 answer.as_str().as_bytes(),
             )?;
