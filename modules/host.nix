@@ -119,6 +119,10 @@ in
       maxConnections = mkOption { type = types.ints.positive; default = defaults.router.maxConnections; description = "Open client connections beyond this are closed as soon as they are accepted; open ones keep working."; };
       accessLogSample = mkOption { type = types.numbers.between 0 1; default = defaults.router.accessLogSample; description = "Share of requests written to the access log; responses of 500 and up are always logged."; };
     };
+    network = {
+      subnet = mkOption { type = types.str; default = defaults.network.subnet; description = "IPv4 network (a /20 or larger) of the deployments' addresses, each deployment in a network namespace of its own: the first address is the gateway on the host (nx0), the lower half holds deployments pushed with --egress none, the upper half those with --egress public. Must not overlap a network the host uses."; };
+      allow = mkOption { type = types.listOf types.str; default = defaults.network.allow; description = "Private CIDRs (RFC 1918, CGNAT, link-local, ULA) that deployments with --egress public may reach nevertheless, e.g. [ \"10.20.0.0/16\" ]. Cloud metadata (169.254.169.254/32) only if listed exactly."; };
+    };
     microvm = {
       kernelDir = mkOption { type = types.nullOr types.str; default = defaults.microvm.kernelDir; description = "The guest kernel: vmlinux and modules/ (with order). Null: no microvm backend."; };
       init = mkOption { type = types.str; default = defaults.microvm.init; description = "nx-vm-init, the guest's PID 1 (a static binary of the workspace)."; };
@@ -266,7 +270,7 @@ in
       requires = lib.optional cfg.database.createLocally "postgresql.service";
       # bubblewrap and util-linux: the sandboxes; PostgreSQL's tools: pg_dump and pg_restore;
       # e2fsprogs: mkfs.ext4 makes each deployment's /data image.
-      path = [ pkgs.bubblewrap config.services.postgresql.package pkgs.util-linux pkgs.e2fsprogs ]
+      path = [ pkgs.bubblewrap config.services.postgresql.package pkgs.util-linux pkgs.e2fsprogs pkgs.nftables ]
         ++ lib.optionals microvmEnabled vmmPackages;
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/nxd --config ${configFile}";
@@ -279,8 +283,9 @@ in
         # Deployments are units of their own: stopping nxd must not stop them.
         KillMode = "process";
         # Data dirs belong to each deployment's uid: nxd needs to chown them, nothing more.
-        AmbientCapabilities = [ "CAP_CHOWN" "CAP_FOWNER" ];
-        CapabilityBoundingSet = [ "CAP_CHOWN" "CAP_FOWNER" ];
+        # CAP_NET_ADMIN: nx0 (the deployments' gateway) and the nftables table `inet nx`.
+        AmbientCapabilities = [ "CAP_CHOWN" "CAP_FOWNER" "CAP_NET_ADMIN" ];
+        CapabilityBoundingSet = [ "CAP_CHOWN" "CAP_FOWNER" "CAP_NET_ADMIN" ];
         NoNewPrivileges = true;
         ProtectSystem = "strict";
         ReadWritePaths = [ cfg.stateDir ];
@@ -289,7 +294,7 @@ in
         ProtectKernelTunables = true;
         ProtectKernelModules = true;
         ProtectControlGroups = true;
-        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ];
         RestrictNamespaces = true;
         LockPersonality = true;
         SystemCallArchitectures = "native";
@@ -304,6 +309,10 @@ in
     # network namespace: it opens the host's ports from routerPort up, not the deployments'.
     boot.kernel.sysctl."net.ipv4.ip_unprivileged_port_start" =
       lib.mkIf (lowestRouterPort < 1024) (lib.mkDefault lowestRouterPort);
+
+    # Deployments reach the internet (with --egress public) through the host: nxd's table
+    # `inet nx` masquerades them.
+    boot.kernel.sysctl."net.ipv4.ip_forward" = lib.mkDefault 1;
 
     networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall routerPort
       ++ lib.optional (cfg.openFirewall && cfg.tls.httpsListen != null) (listenPort cfg.tls.httpsListen)

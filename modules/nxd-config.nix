@@ -97,4 +97,7 @@ withoutNulls {
     key_file = cfg.tls.keyFile;
     redirect_http = cfg.tls.redirectHttp;
   };
+  network = {
+    inherit (cfg.network) subnet allow;
+  };
 }

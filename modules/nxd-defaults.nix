@@ -101,4 +101,8 @@
     redirectHttp = true;
     hsts = false;
   };
+  network = {
+    subnet = "10.213.0.0/16";
+    allow = [ ];
+  };
 }

@@ -108,6 +108,33 @@ pub enum Runtime {
     Runsc,
 }
 
+/// Whether a deployment may open connections out of its network namespace.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::AsRefStr,
+    strum::EnumString,
+    strum::Display,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum Egress {
+    /// No way out at all: only the router reaches in.
+    #[default]
+    None,
+    /// The public internet through NAT (and the host's `network.allow`); never the host,
+    /// link-local (cloud metadata), private ranges or another deployment.
+    Public,
+}
+
 /// Resource limits of one deployment; the config gives the defaults, a push may lower or raise them.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

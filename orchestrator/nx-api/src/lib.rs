@@ -14,5 +14,5 @@ mod wire;
 #[cfg(feature = "client")]
 pub mod client;
 
-pub use kinds::{check_env_name, BackendKind, Desired, Limits, Phase, Runtime};
+pub use kinds::{check_env_name, BackendKind, Desired, Egress, Limits, Phase, Runtime};
 pub use wire::*;

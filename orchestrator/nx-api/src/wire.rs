@@ -1,6 +1,6 @@
 //! The JSON request and response bodies of nxd's HTTP API, shared by nxd and its clients.
 
-use crate::kinds::{BackendKind, Desired, Limits, Phase, Runtime};
+use crate::kinds::{BackendKind, Desired, Egress, Limits, Phase, Runtime};
 use crate::names::{DeploymentId, SandboxName};
 use crate::systemd::{ActiveState, ServiceResult, SubState};
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,13 @@ pub struct PushRequest {
     /// (`nx sandbox set --ready-timeout`), else nxd's `sandbox.ready_timeout_secs`.
     #[serde(default)]
     pub ready_timeout_secs: Option<u64>,
+    /// The port the program listens on by itself (1-65535; it gets it as `PORT`). None: nxd
+    /// picks one and passes it as `PORT`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Connections out of the deployment's network namespace: none (default) or public.
+    #[serde(default)]
+    pub egress: Egress,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -154,7 +161,11 @@ pub struct DeploymentView {
     pub id: DeploymentId,
     pub sandbox: SandboxName,
     pub artifact: String,
+    /// The port the program listens on (its `PORT`).
     pub port: u16,
+    /// Where the router reaches it: its own address in its network namespace, and its port.
+    pub listen: std::net::SocketAddr,
+    pub egress: Egress,
     pub desired: Desired,
     /// Where it is in its life (from `desired` and `state`).
     pub phase: Phase,

@@ -18,10 +18,13 @@
 //!    (see `sandbox`);
 //! 8. views: `nx ls` and `nx status` with one deployment on the host and with a thousand more
 //!    (see `views`);
-//! 9. push: push to first answer beside bare bubblewrap, and a push's steps (see `push`).
+//! 9. push: push to first answer beside bare bubblewrap, and a push's steps (see `push`);
+//! 10. network: a deployment's namespace, veth, addresses and routes set up with 500 kept up,
+//!     and the memory each adds, against issue 11's mark (see `network`).
 
 mod bundles;
 mod microvm;
+mod network;
 mod push;
 mod router;
 mod sandbox;
@@ -93,12 +96,15 @@ struct Args {
     /// Samples of each view, before and after.
     #[arg(long, default_value_t = 50)]
     view_samples: usize,
+    /// Deployments' network namespaces set up (and kept up) for the network cost figures.
+    #[arg(long, default_value_t = 500)]
+    namespaces: usize,
     /// Rounds of push to first answer (NX, bare bwrap and an API push each).
     #[arg(long, default_value_t = 50)]
     first_answers: usize,
     /// Run one part only: latency, router, databases, tasks, microvm, sandbox, uploads,
-    /// bundles, views or push.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "bundles", "views", "push"])]
+    /// bundles, views, push or network.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "bundles", "views", "push", "network"])]
     only: Option<String>,
 }
 
@@ -187,7 +193,8 @@ async fn bare_units(host: &Host, n: usize) -> anyhow::Result<Vec<Duration>> {
         };
         let started = Instant::now();
         supervisor.start(&spec).await?;
-        if let Err(e) = wait_for_port(port, started + Duration::from_secs(10)) {
+        let deadline = started + Duration::from_secs(10);
+        if let Err(e) = host.netns.run(|| wait_for_port(port, deadline)) {
             let log = std::fs::read_to_string(host.path("bench-bare.log")).unwrap_or_default();
             let state = supervisor.state(&spec.name).await?;
             anyhow::bail!("{e}; unit {state:?}; output:\n{log}");
@@ -318,6 +325,10 @@ async fn round_trips(n: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)>
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.only.as_deref() == Some("network") {
+        // Needs no host: it sets up namespaces of its own.
+        return network_table(&args).await;
+    }
     let host = tokio::task::spawn_blocking(Host::start).await?;
     println!(
         "NX benchmarks: real nxd, embedded systemd over D-Bus, bubblewrap, PostgreSQL; {} cores",
@@ -330,7 +341,18 @@ async fn main() -> anyhow::Result<()> {
         latency(&host, &args).await?;
     }
     if part("router") {
-        router::run(&host, args.load_secs).await?;
+        // Inside the host's namespace (threads and processes started there stay there): the
+        // deployments' addresses are reachable only from it.
+        let (h, secs) = (host.clone(), args.load_secs);
+        tokio::task::spawn_blocking(move || {
+            h.netns.run(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(router::run(&h, secs))
+            })
+        })
+        .await??;
     }
     if part("databases") {
         databases(&host, &args).await?;
@@ -355,6 +377,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if part("push") {
         push_table(&host, &args).await?;
+    }
+    if part("network") {
+        network_table(&args).await?;
     }
     Ok(())
 }
@@ -478,6 +503,7 @@ async fn upload_table(args: &Args) -> anyhow::Result<()> {
     let f = tokio::task::spawn_blocking(move || {
         let port = nx_testkit::free_port();
         let host = Host::start_with(&format!("[sftp]\nlisten = \"127.0.0.1:{port}\"\n"));
+        host.forward(port);
         uploads::run_rounds(&host, port, rounds)
     })
     .await??;
@@ -527,6 +553,33 @@ async fn bundle_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Resul
 re-push with one file changed vs full upload (p50): time {:.2}x, bytes sent {:.3}x",
         median(&f.one_changed.times).as_secs_f64() / median(&f.full.times).as_secs_f64(),
         mib(&f.one_changed) / mib(&f.full)
+    );
+    Ok(())
+}
+
+/// The mark of issue 11: per deployment, at most 5 ms and 256 KiB.
+const NETWORK_MARK: (Duration, f64) = (Duration::from_millis(5), 256.0);
+
+async fn network_table(args: &Args) -> anyhow::Result<()> {
+    let n = args.namespaces;
+    let cost = tokio::task::spawn_blocking(move || network::setup_cost(n)).await??;
+    let p50 = median(&cost.samples);
+    let mut sorted = cost.samples.clone();
+    sorted.sort();
+    let p99 = percentile(&sorted, 0.99);
+    header(&format!(
+        "Deployment network: namespace + veth + addresses + routes, {n} kept up"
+    ));
+    row("setup per deployment (launcher's attach)", cost.samples);
+    let (available, kernel) = cost.kib_each;
+    println!(
+        "\nkernel memory per deployment (SUnreclaim + Percpu + VmallocUsed): {kernel:.0} KiB, of which an empty network namespace alone: {:.0} KiB\n(MemAvailable fell {available:.0} KiB per deployment: the whole machine's, noisy while others run)\nagainst the mark ({} ms, {:.0} KiB): p50 {:.2}x, p99 {:.2}x, memory {:.2}x",
+        cost.bare_kib_each,
+        NETWORK_MARK.0.as_millis(),
+        NETWORK_MARK.1,
+        p50.as_secs_f64() / NETWORK_MARK.0.as_secs_f64(),
+        p99.as_secs_f64() / NETWORK_MARK.0.as_secs_f64(),
+        kernel / NETWORK_MARK.1
     );
     Ok(())
 }

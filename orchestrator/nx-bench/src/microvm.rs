@@ -73,10 +73,23 @@ fn pss_kib(needle: &str) -> Vec<u64> {
     out
 }
 
-/// The bare VMM: the deployment's own argv, run by hand (the deployment is stopped).
-fn bare_boot(argv: &[String], port: u16) -> anyhow::Result<(Duration, Duration)> {
+/// The bare VMM: the deployment's own argv, run by hand in the host's network namespace with
+/// its forward on the loopback (the deployment is stopped, its namespace gone).
+fn bare_boot(host: &Host, argv: &[String], port: u16) -> anyhow::Result<(Duration, Duration)> {
+    let argv: Vec<String> = argv
+        .iter()
+        .map(|a| match a.split_once("hostfwd=tcp:") {
+            Some((head, tail)) => {
+                let (_, rest) = tail.split_once(':').unwrap_or(("", tail));
+                format!("{head}hostfwd=tcp:127.0.0.1:{rest}")
+            }
+            None => a.clone(),
+        })
+        .collect();
     let started = Instant::now();
-    let mut child = std::process::Command::new(&argv[0])
+    let mut child = host
+        .netns
+        .command(&argv[0])
         .args(&argv[1..])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -94,7 +107,7 @@ fn bare_boot(argv: &[String], port: u16) -> anyhow::Result<(Duration, Duration)>
         None
     });
     let deadline = started + Duration::from_secs(60);
-    while !answers(port) {
+    while !host.netns.run(|| answers(port)) {
         anyhow::ensure!(Instant::now() < deadline, "the bare VMM did not answer");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -126,7 +139,7 @@ pub fn run(host: &Host, boots: usize, many: usize) -> anyhow::Result<Figures> {
     let mut bare_answer = Vec::new();
     let mut bare_marker = Vec::new();
     for _ in 0..boots {
-        let (answer, marker) = bare_boot(&argv, port)?;
+        let (answer, marker) = bare_boot(host, &argv, port)?;
         bare_answer.push(answer);
         bare_marker.push(marker);
     }

@@ -3,7 +3,10 @@
 //! packages, started here on loopback with configs written here), at 16 and 256 connections;
 //! WebSocket echo messages per second through the router against direct; and promote
 //! atomicity under load for the two engines tried: NX's router (table swapped by nxd) and
-//! Caddy (configs swapped through its JSON admin API).
+//! Caddy (configs swapped through its JSON admin API). All of it runs inside the test host's
+//! network namespace (`main` enters it), where the deployments' addresses are; "direct" is
+//! over the namespace hop (the deployment's veth), and the same program with no namespace of
+//! its own (on the host's loopback) is the row beside it.
 
 use nx_testkit::Host;
 use std::net::SocketAddr;
@@ -219,9 +222,30 @@ impl Caddy {
     }
 }
 
+/// Where the router reaches a deployment: its own address and port (`listen`).
 fn deployment_addr(host: &Host, sandbox: &str, id: &str) -> SocketAddr {
-    let port = host.deployment(sandbox, id)["port"].as_u64().expect("port") as u16;
-    SocketAddr::from(([127, 0, 0, 1], port))
+    host.deployment(sandbox, id)["listen"]
+        .as_str()
+        .expect("listen")
+        .parse()
+        .expect("an address")
+}
+
+/// The sample app with no namespace of its own: on the loopback of the namespace it is
+/// started in (the test host's), killed on drop.
+fn bare_sample() -> anyhow::Result<Proxy> {
+    let listen = free_addr();
+    let child = Command::new(nx_testkit::sample_app())
+        .env("PORT", listen.port().to_string())
+        .env("HOST", "127.0.0.1")
+        .stdout(Stdio::null())
+        .spawn()?;
+    wait_listening(listen, "the sample app")?;
+    Ok(Proxy {
+        child,
+        listen,
+        _dir: tempfile::tempdir()?,
+    })
 }
 
 /// WebSocket echo round trips per second over `connections` connections for `secs`.
@@ -315,12 +339,14 @@ pub async fn run(host: &Arc<Host>, secs: u64) -> anyhow::Result<()> {
     let production = host.production_host("bench-router");
     let nginx = nginx(upstream_a)?;
     let caddy = Caddy::start(None, upstream_a)?;
+    let bare = bare_sample()?;
 
     println!(
         "\nRouter, side by side ({secs} s of wrk each, GET / of the sample app; ratio: req/s over direct; \
          Δp99: p99 minus direct's)"
     );
     for connections in [16, 256] {
+        let no_namespace = wrk(bare.listen, "localhost", connections, secs)?;
         let direct = wrk(upstream_a, "localhost", connections, secs)?;
         let router = wrk(host.router, &preview, connections, secs)?;
         let nginx_load = wrk(nginx.listen, "localhost", connections, secs)?;
@@ -335,6 +361,7 @@ pub async fn run(host: &Arc<Host>, secs: u64) -> anyhow::Result<()> {
             "", "", "", "", "", "", ""
         );
         for (name, l) in [
+            ("no namespace", &no_namespace),
             ("direct", &direct),
             ("NX router", &router),
             ("nginx", &nginx_load),
@@ -343,9 +370,11 @@ pub async fn run(host: &Arc<Host>, secs: u64) -> anyhow::Result<()> {
             print_row(name, l, &direct);
         }
         println!(
-            "\nNX router against nginx: {:.2}x the req/s, p99 {:+.2} ms",
+            "\nNX router against nginx: {:.2}x the req/s, p99 {:+.2} ms\nthe namespace hop (direct against no namespace): {:.2}x the req/s, p99 {:+.2} ms",
             router.per_sec / nginx_load.per_sec,
-            router.p99_ms - nginx_load.p99_ms
+            router.p99_ms - nginx_load.p99_ms,
+            direct.per_sec / no_namespace.per_sec,
+            direct.p99_ms - no_namespace.p99_ms
         );
     }
 

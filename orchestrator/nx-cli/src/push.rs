@@ -5,7 +5,6 @@ use crate::client::Client;
 use crate::output;
 use anyhow::Context;
 use nx_api::names::SandboxName;
-
 use nx_api::{LimitsOverride, PushRequest};
 use nx_artifact::{image, verify};
 use sha2::{Digest, Sha256};
@@ -58,7 +57,18 @@ pub struct PushArgs {
     /// (15 s unless configured); at most nxd's sandbox.max_ready_timeout_secs.
     #[arg(long, value_name = "DURATION", value_parser = whole_seconds)]
     ready_timeout: Option<u64>,
-    /// Arguments for the program.
+    /// The port the program listens on by itself (1-65535); it also gets it as PORT.
+    /// Default: nxd picks one and passes it as PORT. Every deployment has its own network
+    /// namespace, so two deployments may both listen on 8080.
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    port: Option<u16>,
+    /// Connections out of the deployment's network namespace: none (default: only the router
+    /// reaches in) or public (the internet through NAT; never the host, cloud metadata,
+    /// private ranges or other deployments, unless nxd's network.allow lists them).
+    #[arg(long, value_parser = ["none", "public"], default_value = "none")]
+    egress: String,
+    /// Arguments for the program; `$PORT` and `${PORT}` become its port, `$$` a `$` (quote
+    /// them for your shell: '$PORT').
     #[arg(last = true)]
     args: Vec<String>,
 }
@@ -110,6 +120,17 @@ impl LimitArgs {
 pub fn whole_seconds(text: &str) -> Result<u64, String> {
     let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+/// A port a program can listen on: 1-65535.
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u32>() {
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        Ok(_) => Err(format!("{s} is not a port: give 1-65535")),
+        Err(_) => Err(format!(
+            "{s:?} is not a number: give the port the program listens on, 1-65535"
+        )),
+    }
 }
 
 pub fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -234,5 +255,7 @@ fn request(
             .unwrap_or_default(),
         backend: args.backend.as_deref().and_then(|b| b.parse().ok()),
         ready_timeout_secs: args.ready_timeout,
+        port: args.port,
+        egress: args.egress.parse().unwrap_or_default(),
     }
 }

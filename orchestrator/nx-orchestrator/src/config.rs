@@ -53,6 +53,7 @@ pub struct Config {
     pub router: crate::router::RouterConfig,
     pub sftp: SftpConfig,
     pub tls: crate::tls::TlsConfig,
+    pub network: crate::network::NetworkConfig,
 }
 
 /// The SFTP server: uploads without the CLI (the SSH user is the sandbox's name; public keys
@@ -318,6 +319,7 @@ impl Default for Config {
             router: crate::router::RouterConfig::default(),
             sftp: SftpConfig::default(),
             tls: crate::tls::TlsConfig::default(),
+            network: crate::network::NetworkConfig::default(),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::config::Limits;
 use crate::names::{DeploymentId, SandboxName};
-pub use nx_api::{check_env_name, BackendKind, Desired, Runtime};
+pub use nx_api::{check_env_name, BackendKind, Desired, Egress, Runtime};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -13,7 +13,13 @@ pub struct Deployment {
     pub sandbox: SandboxName,
     /// sha256 of the binary in the artifact store.
     pub artifact: String,
+    /// The slot nxd allocated (from `[ports]`): it gives the uid and the address, and is the
+    /// program's `PORT` unless the push named one (`listen_port`).
     pub port: u16,
+    /// The port the program listens on by itself (`nx push --port`).
+    pub listen_port: Option<u16>,
+    /// Connections out of its network namespace.
+    pub egress: Egress,
     pub uid: u32,
     pub env: BTreeMap<String, String>,
     pub args: Vec<String>,
@@ -34,6 +40,11 @@ impl Deployment {
     /// The systemd unit that runs this deployment.
     pub fn unit_name(&self) -> String {
         unit_name(&self.id)
+    }
+
+    /// The port the program listens on: its `PORT`.
+    pub fn program_port(&self) -> u16 {
+        self.listen_port.unwrap_or(self.port)
     }
 }
 

@@ -7,6 +7,7 @@ use crate::backend::BackendError;
 use crate::databases::DbError;
 use crate::embedded_db::EmbeddedDbError;
 use crate::names::NameError;
+use crate::network::NetworkError;
 use crate::router::unit::RouterUnitError;
 use crate::router::RouterClientError;
 use crate::state::StateError;
@@ -63,6 +64,9 @@ pub enum Error {
     RouterUnit(#[from] RouterUnitError),
     #[error(transparent)]
     Access(#[from] AccessError),
+    /// The deployments' network (addresses, links, the firewall).
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     /// A file operation of the lifecycle itself failed; `what` names it.
     #[error("{what}: {source}")]
     Io {

@@ -20,6 +20,7 @@ mod launcher_install;
 pub mod logs;
 #[cfg(target_os = "linux")]
 pub mod metrics;
+pub mod network;
 pub use nx_api::names;
 pub mod host_limits;
 #[cfg(target_os = "linux")]

@@ -16,6 +16,7 @@ use crate::domain::{BackendKind, Deployment, Desired, RouteKey, Runtime};
 use crate::error::Error;
 use crate::metrics::Operation;
 use crate::names::{DeploymentId, SandboxName};
+use crate::network::host::HostNetwork;
 use crate::router::{self, RouterClient};
 use crate::sandbox_settings;
 use crate::state::StateError;
@@ -59,6 +60,8 @@ pub struct Orchestrator {
     pub tokens: TokenStore,
     /// The public keys that may upload to each sandbox over SFTP (`nx keys`).
     pub ssh_keys: SshKeyStore,
+    /// The host side of the deployments' network namespaces.
+    network: HostNetwork,
     /// What each artifact runs as, by sha256 (inspecting means reading the whole file).
     programs: std::sync::Mutex<HashMap<String, Program>>,
     /// Serialises changes of desired state and routes, so that the route table always matches
@@ -87,6 +90,8 @@ impl Orchestrator {
                 state_dir.display()
             )),
         )?;
+        let slots = u32::from(config.ports.end - config.ports.start) + 1;
+        let network = HostNetwork::start(&config.network, slots, state_dir).await?;
         let supervisor = Arc::new(
             Supervisor::connect(config.systemd.mode, state_dir, &config.systemd.slice).await?,
         );
@@ -164,6 +169,7 @@ impl Orchestrator {
             tasks,
             tokens: TokenStore::new(pool.clone()),
             ssh_keys: SshKeyStore::new(pool.clone()),
+            network,
             programs: std::sync::Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             supervisor,
@@ -216,6 +222,15 @@ impl Orchestrator {
                         .await?;
                 }
             }
+            // Links and the firewall table as the deployments in the database need them.
+            let known = self
+                .state
+                .deployments()
+                .await?
+                .iter()
+                .map(|d| d.id.to_string())
+                .collect();
+            self.network.reconcile(&known).await?;
             self.rebuild_routes().await?;
         }
         let to_run: Vec<Deployment> = self
@@ -260,11 +275,10 @@ impl Orchestrator {
     pub(crate) async fn rebuild_routes(&self) -> Result<(), Error> {
         let deployments = self.state.deployments().await?;
         let promoted = self.state.promoted().await?;
-        let running: HashMap<&DeploymentId, SocketAddr> = deployments
-            .iter()
-            .filter(|d| d.desired == Desired::Running)
-            .map(|d| (&d.id, SocketAddr::from(([127, 0, 0, 1], d.port))))
-            .collect();
+        let mut running: HashMap<&DeploymentId, SocketAddr> = HashMap::new();
+        for d in deployments.iter().filter(|d| d.desired == Desired::Running) {
+            running.insert(&d.id, self.upstream(d)?);
+        }
         let keys: Vec<(RouteKey, &DeploymentId, SocketAddr)> = deployments
             .iter()
             .filter_map(|d| running.get(&d.id).map(|addr| (d, *addr)))
@@ -367,13 +381,38 @@ impl Orchestrator {
         Ok(program)
     }
 
+    /// A deployment's network: its slot's address in the half of its egress.
+    fn attachment(&self, deployment: &Deployment) -> Result<crate::network::Attachment, Error> {
+        let slot = u32::from(deployment.port.saturating_sub(self.config.ports.start));
+        Ok(self
+            .network
+            .plan()
+            .attachment(deployment.id.as_str(), slot, deployment.egress)?)
+    }
+
+    /// Where the router and the readiness probe reach a deployment: its own address, its port.
+    /// (A microVM's VMM does not run in a namespace of its own yet: its forward is on the
+    /// host's loopback.)
+    fn upstream(&self, deployment: &Deployment) -> Result<SocketAddr, Error> {
+        if deployment.backend == BackendKind::Microvm {
+            return Ok(SocketAddr::from((
+                [127, 0, 0, 1],
+                deployment.program_port(),
+            )));
+        }
+        let address = self.attachment(deployment)?.address;
+        Ok(SocketAddr::from((address, deployment.program_port())))
+    }
+
     async fn spec(&self, deployment: &Deployment) -> Result<SandboxSpec, Error> {
         let program = self.program(&deployment.artifact).await?;
+        let port = deployment.program_port();
         let mut env: BTreeMap<String, String> = BTreeMap::from([
             ("PATH".into(), "/usr/bin:/bin".into()),
             ("HOME".into(), "/data".into()),
-            ("PORT".into(), deployment.port.to_string()),
-            ("HOST".into(), "127.0.0.1".into()),
+            ("PORT".into(), port.to_string()),
+            // Its own namespace: the router comes in on eth0, so listen on every address.
+            ("HOST".into(), "0.0.0.0".into()),
             ("NX_DEPLOYMENT".into(), deployment.id.to_string()),
             ("NX_SANDBOX".into(), deployment.sandbox.to_string()),
             ("NX_DATA_DIR".into(), "/data".into()),
@@ -393,7 +432,9 @@ impl Orchestrator {
             deployment: deployment.clone(),
             program,
             env,
+            args: crate::backend::args::expand_port(&deployment.args, port),
             database_socket: Some(self.databases.socket()),
+            network: self.attachment(deployment)?,
         })
     }
 
@@ -424,7 +465,7 @@ impl Orchestrator {
         let spec = step("spec", self.spec(deployment)).await?;
         let handle = step("prepare", self.backend.prepare(&spec)).await?;
         step("start", self.backend.start(&handle, &spec)).await?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], deployment.port));
+        let addr = self.upstream(deployment)?;
         let timeout = readiness::timeout(deployment.ready_timeout_secs, &self.config.sandbox);
         let forwarded = self.backend.get(deployment.backend)?.port_is_forwarded();
         let probe = readiness::Probe::for_deployment(&self.config.sandbox, forwarded);
@@ -433,8 +474,8 @@ impl Orchestrator {
             readiness::Outcome::Ready => return Ok(()),
             readiness::Outcome::Exited(how) => format!("exited before it was ready ({how})"),
             readiness::Outcome::TimedOut => format!(
-                "did not accept connections on $PORT ({}) within {} s (it runs: does it listen on $HOST:$PORT? A slow starter needs `nx push --ready-timeout`)",
-                deployment.port,
+                "did not accept connections on $PORT ({}) within {} s (it runs: does it listen on $HOST:$PORT, that is 0.0.0.0 in its own network namespace, not 127.0.0.1? A slow starter needs `nx push --ready-timeout`)",
+                deployment.program_port(),
                 timeout.as_secs()
             ),
         };
@@ -501,6 +542,11 @@ impl Orchestrator {
         checks::check_program_input(&req.args, &req.env, &bounds)?;
         checks::check_limits(&limits, &bounds)?;
         checks::check_ready_timeout(req.ready_timeout_secs, &bounds)?;
+        if req.port == Some(0) {
+            return Err(Error::Invalid(
+                "port 0 is not a port a program can listen on: give 1-65535, or no --port (nxd then picks one and passes it as PORT)".into(),
+            ));
+        }
         let program = step("program", self.program(&req.artifact)).await?;
         if req.runtime == Runtime::Runsc && !matches!(program, Program::Image { .. }) {
             return Err(Error::Invalid(
@@ -536,6 +582,8 @@ impl Orchestrator {
                     runtime: req.runtime,
                     backend,
                     ready_timeout_secs: req.ready_timeout_secs,
+                    listen_port: req.port,
+                    egress: req.egress,
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
@@ -904,18 +952,20 @@ impl Orchestrator {
             .states(&units)
             .await
             .map_err(crate::backend::BackendError::from)?;
-        Ok(deployments
+        deployments
             .iter()
             .zip(handles)
             .zip(states)
             .map(|((d, handle), mut state)| {
                 let last_exit = crate::backend::exit::read_last_exit(&handle.dir);
                 crate::backend::exit::name_result(&mut state, last_exit.as_ref());
-                DeploymentView {
+                Ok(DeploymentView {
                     id: d.id.clone(),
                     sandbox: d.sandbox.clone(),
                     artifact: d.artifact.clone(),
-                    port: d.port,
+                    port: d.program_port(),
+                    listen: self.upstream(d)?,
+                    egress: d.egress,
                     desired: d.desired,
                     phase: Phase::observe(d.desired, &state),
                     state,
@@ -934,9 +984,9 @@ impl Orchestrator {
                     last_exit,
                     disk: crate::backend::data_disk::read_usage(&handle.dir),
                     unit: handle.unit,
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Every sandbox with its deployments.

@@ -1,7 +1,7 @@
 //! nxd's state in PostgreSQL (sqlx, migrations embedded from `migrations/`).
 
 use crate::config::{Limits, PortRange};
-use crate::domain::{BackendKind, Deployment, Desired, Runtime};
+use crate::domain::{BackendKind, Deployment, Desired, Egress, Runtime};
 use crate::names::{DeploymentId, NameError, SandboxName};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +45,8 @@ pub struct NewDeployment {
     pub runtime: Runtime,
     pub backend: BackendKind,
     pub ready_timeout_secs: Option<u64>,
+    pub listen_port: Option<u16>,
+    pub egress: Egress,
 }
 
 #[derive(sqlx::FromRow)]
@@ -62,6 +64,8 @@ struct DeploymentRow {
     runtime: String,
     backend: String,
     ready_timeout_secs: Option<i64>,
+    listen_port: Option<i32>,
+    egress: String,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -74,6 +78,12 @@ impl TryFrom<DeploymentRow> for Deployment {
             sandbox: SandboxName::parse(&row.sandbox)?,
             artifact: row.artifact.clone(),
             port: u16::try_from(row.port).map_err(|_| corrupt("port"))?,
+            listen_port: row
+                .listen_port
+                .map(u16::try_from)
+                .transpose()
+                .map_err(|_| corrupt("listen port"))?,
+            egress: row.egress.parse().map_err(|_| corrupt("egress"))?,
             uid: u32::try_from(row.uid).map_err(|_| corrupt("uid"))?,
             env: row.env.0,
             args: row.args.0,
@@ -92,7 +102,7 @@ impl TryFrom<DeploymentRow> for Deployment {
     }
 }
 
-const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, created_at FROM deployments";
+const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, created_at FROM deployments";
 
 impl StateStore {
     #[tracing::instrument(skip_all)]
@@ -128,10 +138,9 @@ impl StateStore {
         let used: Vec<i32> = sqlx::query_scalar("SELECT port FROM deployments")
             .fetch_all(&mut *tx)
             .await?;
-        // Skip ports another program holds: the deployment could not listen there.
-        let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        // A deployment listens in a network namespace of its own: no host port is taken.
         let port = (ports.start..=ports.end)
-            .find(|p| !used.contains(&i32::from(*p)) && bindable(*p))
+            .find(|p| !used.contains(&i32::from(*p)))
             .ok_or(StateError::NoPort {
                 start: ports.start,
                 end: ports.end,
@@ -141,6 +150,8 @@ impl StateStore {
             sandbox: new.sandbox,
             artifact: new.artifact,
             port,
+            listen_port: new.listen_port,
+            egress: new.egress,
             uid: uid_base + u32::from(port - ports.start),
             env: new.env,
             args: new.args,
@@ -153,7 +164,7 @@ impl StateStore {
             created_at: chrono::Utc::now(),
         };
         sqlx::query(
-            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(deployment.id.as_str())
         .bind(deployment.sandbox.as_str())
@@ -172,6 +183,8 @@ impl StateStore {
                 .ready_timeout_secs
                 .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
         )
+        .bind(deployment.listen_port.map(i32::from))
+        .bind(deployment.egress.as_ref())
         .bind(deployment.created_at)
         .execute(&mut *tx)
         .await?;

@@ -5,11 +5,18 @@
 //! The binaries come from the workspace's target dir: `cargo build --workspace` and the static
 //! sample (`cargo build -p nx-sample-app --release --target x86_64-unknown-linux-musl`) first;
 //! `.ci/run` does both.
+//!
+//! Every host runs in a network namespace of its own (`netns`): `api` and `router` are
+//! reachable from the test at the same address as inside, through forwarders.
 
+pub mod netns;
+
+use netns::{Forwarder, Netns};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod pebble;
@@ -86,6 +93,9 @@ pub struct Host {
     pub router: SocketAddr,
     pub token: String,
     pub ports: (u16, u16),
+    /// The network namespace nxd and everything it runs live in.
+    pub netns: Arc<Netns>,
+    forwarders: std::sync::Mutex<Vec<Forwarder>>,
     nxd: Option<Child>,
     /// `NX_CRASH_AT` of the next nxd started (see `restart_nxd_crashing_at`).
     crash_at: Option<String>,
@@ -134,17 +144,19 @@ impl Host {
 
     /// Like `start_with`, running the nxd binary at `nxd` (e.g. a copy under /tmp).
     pub fn start_with_nxd(nxd: PathBuf, extra_config: &str) -> Self {
-        Self::start_in_block(nxd, extra_config, free_port())
+        Self::start_in_block(nxd, extra_config, free_port(), &[])
     }
 
     /// Like `start_with`, with the router's HTTP listener on `router_port` (for a server that
-    /// must know it first, e.g. an ACME server's HTTP-01 validation port).
-    pub fn start_with_router_port(extra_config: &str, router_port: u16) -> Self {
-        Self::start_in_block(bin("nxd"), extra_config, router_port)
+    /// must know it first, e.g. an ACME server's HTTP-01 validation port), and nxd reaching
+    /// 127.0.0.1:`port` for each of `outside` in the test's namespace at the same address in
+    /// its own (servers the test runs, e.g. the ACME server's directory).
+    pub fn start_with_router_port(extra_config: &str, router_port: u16, outside: &[u16]) -> Self {
+        Self::start_in_block(bin("nxd"), extra_config, router_port, outside)
     }
 
     /// A host in this process's next block of ports and uids.
-    fn start_in_block(nxd: PathBuf, extra_config: &str, router_port: u16) -> Self {
+    fn start_in_block(nxd: PathBuf, extra_config: &str, router_port: u16, outside: &[u16]) -> Self {
         let n = HOSTS_STARTED.fetch_add(1, Ordering::SeqCst);
         // 256 blocks of 40 ports from 21000 to 31239: below the kernel's ephemeral range
         // (32768 and up), so that no client socket ever holds a deployment's port. Sixteen
@@ -157,7 +169,7 @@ impl Host {
             nxd,
             (start, start + PORTS_PER_HOST - 1),
             block,
-            router_port,
+            (router_port, outside),
             extra_config,
         )
     }
@@ -171,24 +183,32 @@ impl Host {
         uid_block: u16,
         extra_config: &str,
     ) -> Self {
-        Self::start_configured(nxd, ports, uid_block, free_port(), extra_config)
+        Self::start_configured(nxd, ports, uid_block, (free_port(), &[]), extra_config)
     }
 
+    /// `links`: the router's port, and the ports of servers on the test's loopback that nxd
+    /// reaches (see `start_with_router_port`).
     fn start_configured(
         nxd: PathBuf,
         ports: (u16, u16),
         uid_block: u16,
-        router_port: u16,
+        links: (u16, &[u16]),
         extra_config: &str,
     ) -> Self {
         let state_dir = tempfile::Builder::new()
             .prefix("nx-test-")
             .tempdir_in("/var/tmp")
             .expect("state dir in /var/tmp");
+        let netns = Netns::new();
+        let (api_forwarder, router_forwarder) =
+            (Forwarder::to(&netns, 0), Forwarder::to(&netns, links.0));
+        let (api_port, router_port) = (api_forwarder.port(), router_forwarder.port());
+        let mut forwarders = vec![api_forwarder, router_forwarder];
+        forwarders.extend(links.1.iter().map(|&port| Forwarder::back(&netns, port)));
         let config = format!(
             "state_dir = {:?}\napi_listen = \"127.0.0.1:{}\"\nrouter_listen = \"127.0.0.1:{}\"\nbase_domain = \"{BASE_DOMAIN}\"\n\n[ports]\nstart = {}\nend = {}\n\n[sandbox]\nuid_base = {}\nready_timeout_secs = 60\n\n[systemd]\nmode = \"embedded\"\n\n{extra_config}\n",
             state_dir.path(),
-            free_port(),
+            api_port,
             router_port,
             ports.0,
             ports.1,
@@ -200,6 +220,8 @@ impl Host {
             router: "127.0.0.1:0".parse().expect("addr"),
             token: String::new(),
             ports,
+            netns,
+            forwarders: std::sync::Mutex::new(forwarders),
             nxd: None,
             crash_at: None,
             nxd_bin: nxd,
@@ -237,7 +259,9 @@ impl Host {
             .append(true)
             .open(self.state_dir.path().join("nxd.log"))
             .expect("nxd log");
-        let child = Command::new(&self.nxd_bin)
+        let child = self
+            .netns
+            .command(&self.nxd_bin)
             .arg("--config")
             .arg(self.config_path())
             .env("RUST_LOG", "info")
@@ -296,6 +320,15 @@ impl Host {
         self.restart_nxd();
     }
 
+    /// Kills nxd with SIGKILL, as a crash would (deployments keep running); `restart_nxd`
+    /// starts it again.
+    pub fn kill_nxd(&mut self) {
+        if let Some(mut child) = self.nxd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Waits until nxd has exited (after a crash point) and reports how it ended.
     pub fn wait_nxd_exit(&mut self) -> std::process::ExitStatus {
         let mut child = self.nxd.take().expect("nxd was started");
@@ -315,6 +348,14 @@ impl Host {
         }
     }
 
+    /// Makes a listener the test configured itself inside the host's namespace (such as
+    /// `[sftp] listen = "127.0.0.1:<port>"`) reachable from the test at 127.0.0.1:`port`, as
+    /// the API and the router are, until the host is dropped.
+    pub fn forward(&self, port: u16) {
+        let forwarder = Forwarder::to(&self.netns, port);
+        self.forwarders.lock().expect("forwarders").push(forwarder);
+    }
+
     /// Runs the CLI against this host.
     pub fn nx(&self, args: &[&str]) -> Nx {
         self.nx_as(&self.token, args)
@@ -322,7 +363,8 @@ impl Host {
 
     /// Runs the CLI against this host with another API token (a deploy token).
     pub fn nx_as(&self, token: &str, args: &[&str]) -> Nx {
-        Command::new(bin("nx"))
+        self.netns
+            .command(bin("nx"))
             .args(args)
             .env("NX_HOST", format!("http://{}", self.api))
             .env("NX_TOKEN", token)

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 pub struct Pebble {
     /// The ACME directory URL.
     pub directory: String,
+    /// Where Pebble's ACME API listens (the directory's port, on the test's loopback).
+    pub listen: SocketAddr,
     /// The root (PEM file) of Pebble's own HTTPS certificate.
     pub api_root: PathBuf,
     management: SocketAddr,
@@ -97,6 +99,7 @@ impl Pebble {
             .expect("client");
         let pebble = Self {
             directory: format!("https://localhost:{}/dir", listen.port()),
+            listen,
             api_root,
             management,
             dns_management,

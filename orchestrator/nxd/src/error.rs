@@ -101,6 +101,7 @@ impl From<Error> for ApiError {
             | Error::EmbeddedDb(_)
             | Error::Task(_)
             | Error::RouterUnit(_)
+            | Error::Network(_)
             | Error::Setup(_)
             | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -18,7 +18,11 @@ fn host_with_acme(pebble: &Pebble, router_port: u16, https_port: u16, extra: &st
         "[tls]\nhttps_listen = \"127.0.0.1:{https_port}\"\nacme_directory_url = \"{}\"\nacme_ca_roots = {:?}\nacme_check_interval_secs = 2\n{extra}",
         pebble.directory, pebble.api_root
     );
-    Host::start_with_router_port(&config, router_port)
+    // nxd runs in the host's network namespace: it reaches Pebble through a forwarder back,
+    // Pebble (and curl) the router's ports through forwarders in.
+    let host = Host::start_with_router_port(&config, router_port, &[pebble.listen.port()]);
+    host.forward(https_port);
+    host
 }
 
 fn statuses(host: &Host) -> Value {

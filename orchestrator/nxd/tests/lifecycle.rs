@@ -135,14 +135,14 @@ fn push_promote_rollback_and_restart() {
 fn a_program_that_never_listens_fails_with_its_last_log_lines() {
     let host = Host::start();
     let sample = nx_testkit::sample_app();
-    // A port it cannot bind (privileged, and the sandbox has no capabilities): it exits at once.
+    // An address its network namespace does not have: it cannot listen and exits at once.
     let out = host.nx(&[
         "push",
         sample.to_str().unwrap(),
         "--sandbox",
         "broken",
         "-e",
-        "LISTEN_PORT=80",
+        "HOST=192.0.2.1",
     ]);
     assert!(!out.ok);
     assert!(
@@ -151,7 +151,7 @@ fn a_program_that_never_listens_fails_with_its_last_log_lines() {
         out.stderr
     );
     assert!(
-        out.stderr.contains("cannot listen on 127.0.0.1:80"),
+        out.stderr.contains("cannot listen on 192.0.2.1:"),
         "log tail shown: {}",
         out.stderr
     );

@@ -361,7 +361,8 @@ fn debians_caddy_serves_with_nothing_but_its_port() {
         "--",
         "file-server",
         "--listen",
-        "127.0.0.1:{env.PORT}",
+        // Every address of its own namespace: the router comes in over its veth.
+        ":$PORT",
     ]);
     let id = out["deployment"]["id"].as_str().unwrap().to_owned();
     let response = host

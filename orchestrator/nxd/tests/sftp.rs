@@ -139,6 +139,7 @@ fn sftp_and_scp_uploads_deploy_and_bad_ones_are_refused() {
     let host = Host::start_with(&format!(
         "[sftp]\nlisten = \"127.0.0.1:{port}\"\nmax_upload_mb = {LIMIT_MB}\n"
     ));
+    host.forward(port);
     let dir = host.path("sftp-client");
     std::fs::create_dir_all(&dir).unwrap();
     let sftp = Sftp {

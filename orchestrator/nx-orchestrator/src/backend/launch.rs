@@ -5,6 +5,8 @@
 //!
 //! A deployment's launcher stays the parent of its sandbox instead, to pass a stop's SIGTERM to
 //! the program ([`StopForward`]); it ends as the sandbox did, and says how in the log.
+//! A deployment's spec names its network: the launcher first moves into a new network namespace
+//! and sets it up (`network::attach`).
 //!
 //! `nxd launch -` does the same with a spec read from standard input: a task's unit is started
 //! ahead (the warm pool) and waits there until nxd writes the task's spec and closes the pipe.
@@ -42,6 +44,11 @@ pub struct LaunchSpec {
     /// `RLIMIT_NOFILE` (soft and hard) of the program; `None` keeps the unit's.
     #[serde(default)]
     pub nofile: Option<u64>,
+    /// A deployment's network namespace: the launcher creates and sets it up as root (see
+    /// `network::attach`) before it drops privileges; what it execs stays in it. None: the
+    /// launcher's own namespace (a task's sandbox makes its own, loopback only).
+    #[serde(default)]
+    pub network: Option<crate::network::Attachment>,
     /// Where a stop's signal goes (the unit sends it to the launcher alone).
     #[serde(default)]
     pub stop: StopForward,

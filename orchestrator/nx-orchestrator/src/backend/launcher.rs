@@ -138,6 +138,11 @@ pub fn run(spec_path: &Path) -> String {
         }
         let _ = nix::unistd::close(fd);
     }
+    if let Some(attachment) = &spec.network {
+        if let Err(e) = crate::network::attach::enter(attachment) {
+            return e.to_string();
+        }
+    }
     if let Some(image) = &spec.data_image {
         if let Err(e) = image.mount() {
             return format!("mounting /data: {e}");

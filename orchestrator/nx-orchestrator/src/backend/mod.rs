@@ -4,6 +4,7 @@
 //! (QEMU's microvm machine; command lines for Cloud Hypervisor and Firecracker).
 //! Tasks (programs run once) go through the same backends: `task_launch`.
 
+pub mod args;
 mod by_kind;
 #[cfg(feature = "container")]
 pub mod container;
@@ -88,9 +89,13 @@ pub struct SandboxSpec {
     pub program: Program,
     /// The complete environment of the program: PORT, NX_*, the database's and the user's.
     pub env: BTreeMap<String, String>,
+    /// The program's arguments, `$PORT` expanded (`args::expand_port`).
+    pub args: Vec<String>,
     /// The PostgreSQL socket on the host, made visible in the sandbox (nothing else of the
     /// cluster is).
     pub database_socket: Option<PathBuf>,
+    /// Its network namespace: address, gateway, host-side link.
+    pub network: crate::network::Attachment,
 }
 
 /// One run of a task: its program, run once as `uid` with no network but its own loopback.

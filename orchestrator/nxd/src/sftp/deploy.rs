@@ -70,6 +70,8 @@ pub async fn deploy(
         runtime: Default::default(),
         backend: None,
         ready_timeout_secs: None,
+        port: None,
+        egress: Default::default(),
     };
     let mut outcome = Outcome::refused(sandbox, file, "");
     outcome.sha256 = Some(info.sha256);

@@ -3,11 +3,11 @@
 //! writable /data; the PostgreSQL socket's directory, read-only (a directory, not the socket
 //! file, so that a restarted server's new socket appears in running sandboxes); no
 //! capabilities; no nested user namespaces; dies with its parent.
-//! A deployment shares the host network so that the router reaches the port on 127.0.0.1 (a
-//! network namespace per deployment with pasta costs ~30 MiB and ~100 ms each; see the README);
-//! a task gets a network namespace of its own.
+//! A deployment runs in the network namespace its launcher set up (`network::attach`), with
+//! the gateway as its resolver; a task gets a network namespace of its own, loopback only.
 
 use super::host_files::{HOST_FILES, LOADER_FILES};
+use super::SandboxNetwork;
 use crate::artifact::verify::Linkage;
 use crate::backend::launch::SECCOMP_FIRST_FD;
 use crate::databases::SANDBOX_SOCKET_DIR;
@@ -19,6 +19,9 @@ pub const APP_PATH: &str = "/app/main";
 /// Where the data dir appears inside the sandbox.
 pub const DATA_PATH: &str = "/data";
 
+/// Where the resolver configuration appears inside the sandbox: a deployment's names the
+/// gateway (bound over the host's, which `HOST_FILES` binds first).
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 fn push(argv: &mut Vec<String>, items: &[&str]) {
     argv.extend(items.iter().map(|s| s.to_string()));
 }
@@ -47,9 +50,7 @@ pub struct Sandbox<'a> {
     pub data_dir: Option<&'a Path>,
     /// The PostgreSQL socket; its directory is bound at `/run/postgresql`.
     pub database_socket: Option<&'a Path>,
-    /// Share the host's network (a deployment's port); else a network namespace of its own,
-    /// which holds only its own loopback (a task's).
-    pub host_network: bool,
+    pub network: SandboxNetwork<'a>,
     /// The size of `/tmp` (a tmpfs), in bytes.
     pub tmp_bytes: u64,
     /// The sandbox's own `/etc/passwd` and `/etc/group` (see `host_files`).
@@ -75,7 +76,7 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
             sandbox.hostname,
         ],
     );
-    if !sandbox.host_network {
+    if let SandboxNetwork::Loopback = sandbox.network {
         argv.push("--unshare-net".into());
     }
     let tmp_bytes = sandbox.tmp_bytes.to_string();
@@ -123,6 +124,10 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
                 &["--ro-bind", &file.display().to_string(), inside],
             );
         }
+    }
+    if let SandboxNetwork::Launcher { resolv_conf } = sandbox.network {
+        let source = resolv_conf.display().to_string();
+        push(&mut argv, &["--ro-bind", &source, RESOLV_CONF]);
     }
     if let Linkage::Dynamic { interpreter } = sandbox.linkage {
         push(&mut argv, &["--ro-bind", interpreter, interpreter]);

@@ -26,6 +26,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The network of a container sandbox.
+#[derive(Debug, Clone, Copy)]
+pub enum SandboxNetwork<'a> {
+    /// A network namespace of its own that holds only its loopback (a task's).
+    Loopback,
+    /// The namespace its launcher set up (a deployment's), with this file as its
+    /// /etc/resolv.conf (the gateway as resolver).
+    Launcher { resolv_conf: &'a Path },
+}
+
 pub struct ContainerBackend {
     units: DeploymentUnits,
     /// `<state_dir>/deployments`
@@ -33,6 +43,8 @@ pub struct ContainerBackend {
     /// The seccomp programs, compiled once.
     seccomp: Vec<PathBuf>,
     podman: Podman,
+    /// The deployments' resolv.conf (see `network::dns`).
+    resolv_conf: PathBuf,
 }
 
 impl ContainerBackend {
@@ -51,6 +63,7 @@ impl ContainerBackend {
             root,
             seccomp,
             podman: Podman::new(state_dir)?,
+            resolv_conf: crate::network::resolv_conf_path(state_dir),
         })
     }
 }
@@ -90,16 +103,19 @@ impl SandboxBackend for ContainerBackend {
         let identity = host_files::write_identity(&handle.dir, uid)?;
         let hostname = spec.deployment.sandbox.as_str();
         let socket = spec.database_socket.as_deref();
+        let network = SandboxNetwork::Launcher {
+            resolv_conf: &self.resolv_conf,
+        };
         let mut launch = match &spec.program {
             Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
                 argv: bwrap::command(&Sandbox {
                     hostname,
                     app: bwrap_app(&spec.program).0,
                     linkage: bwrap_app(&spec.program).1,
-                    args: &spec.deployment.args,
+                    args: &spec.args,
                     data_dir: Some(&data),
                     database_socket: socket,
-                    host_network: true,
+                    network,
                     tmp_bytes: limits.tmp_mb << 20,
                     identity: Some(&identity),
                 }),
@@ -107,6 +123,7 @@ impl SandboxBackend for ContainerBackend {
                 seccomp: self.seccomp.clone(),
                 uid: Some(uid),
                 stop: StopForward::Sandboxed,
+                network: Some(spec.network.clone()),
                 ..LaunchSpec::default()
             },
             // Podman runs as root and starts the container as the deployment's uid.
@@ -122,16 +139,17 @@ impl SandboxBackend for ContainerBackend {
                         hostname,
                         image_id,
                         uid,
-                        args: &spec.deployment.args,
+                        args: &spec.args,
                         env: ContainerEnv::File(&env_file),
                         data_dir: Some(&data),
                         database_socket: socket,
-                        host_network: true,
+                        network,
                         runtime: spec.deployment.runtime,
                         tmp_mb: limits.tmp_mb,
                     }),
                     env: self.podman.env(),
                     stop: StopForward::Child,
+                    network: Some(spec.network.clone()),
                     ..LaunchSpec::default()
                 }
             }
@@ -174,7 +192,7 @@ impl SandboxBackend for ContainerBackend {
                     args: &task.args,
                     data_dir: None,
                     database_socket: None,
-                    host_network: false,
+                    network: SandboxNetwork::Loopback,
                     tmp_bytes: task.limits.tmp_mb << 20,
                     identity: None,
                 }),
@@ -197,7 +215,7 @@ impl SandboxBackend for ContainerBackend {
                     env: ContainerEnv::Inherited(names.collect()),
                     data_dir: None,
                     database_socket: None,
-                    host_network: false,
+                    network: SandboxNetwork::Loopback,
                     runtime: Runtime::Runc,
                     tmp_mb: task.limits.tmp_mb,
                 });

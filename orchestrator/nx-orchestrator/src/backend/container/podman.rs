@@ -3,10 +3,11 @@
 //! `<state_dir>/podman` (the embedded manager's `/` is read-only). The container's cgroups sit
 //! under the unit's (`--cgroup-parent`; runc cannot run without cgroups), so systemd's limits
 //! hold for it, and it gets what a
-//! bubblewrap deployment gets: the host network's loopback port, its data dir, the database
-//! socket, no capabilities, a read-only root, its environment from a 0600 file.
+//! bubblewrap deployment gets: the network namespace its launcher set up (`--network host`
+//! there means that namespace), its data dir, the database socket, no capabilities, a
+//! read-only root, its environment from a 0600 file.
 
-use super::BackendError;
+use super::{BackendError, SandboxNetwork};
 use crate::backend::launch::OWN_CGROUP;
 use crate::databases::SANDBOX_SOCKET_DIR;
 use crate::domain::Runtime;
@@ -38,8 +39,7 @@ pub struct Container<'a> {
     pub env: ContainerEnv<'a>,
     pub data_dir: Option<&'a Path>,
     pub database_socket: Option<&'a Path>,
-    /// The host's network (a deployment's port), else `--network none` (loopback only).
-    pub host_network: bool,
+    pub network: SandboxNetwork<'a>,
     pub runtime: Runtime,
     /// The size of `/tmp` (a tmpfs), in MiB.
     pub tmp_mb: u64,
@@ -125,7 +125,12 @@ impl Podman {
     /// `podman run` of one container (a deployment's or a task's); `--rm`, so that a container
     /// that ends leaves nothing in Podman's storage.
     pub fn command(&self, c: &Container<'_>) -> Vec<String> {
-        let network = if c.host_network { "host" } else { "none" };
+        // "host": the namespace podman runs in, which is the one the deployment's launcher
+        // made; "none": a namespace of its own with only loopback (a task's).
+        let network = match c.network {
+            SandboxNetwork::Launcher { .. } => "host",
+            SandboxNetwork::Loopback => "none",
+        };
         let mut argv: Vec<String> = vec!["podman".into()];
         if c.runtime == Runtime::Runsc {
             // gVisor's own network stack needs a namespace of its own; "host" passes the
@@ -187,6 +192,12 @@ impl Podman {
         }
         if let Some(dir) = c.data_dir {
             argv.extend(["--volume".into(), format!("{}:/data", dir.display())]);
+        }
+        if let SandboxNetwork::Launcher { resolv_conf } = c.network {
+            argv.extend([
+                "--volume".into(),
+                format!("{}:/etc/resolv.conf:ro", resolv_conf.display()),
+            ]);
         }
         // The socket's directory, so that a restarted server's new socket appears inside.
         if let Some(dir) = c.database_socket.and_then(Path::parent) {

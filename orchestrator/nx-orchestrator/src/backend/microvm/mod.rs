@@ -299,7 +299,7 @@ impl SandboxBackend for MicrovmBackend {
             &handle.dir,
             path,
             &env,
-            &spec.deployment.args,
+            &spec.args,
             spec.deployment.uid,
             true,
         )?;
@@ -311,7 +311,12 @@ impl SandboxBackend for MicrovmBackend {
             initrd: &initrd_path,
             memory_mb,
             vcpus,
-            port: Some(spec.deployment.port),
+            // Not yet in the deployment's namespace: the forward stays on the host's loopback.
+            forward: Some(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                spec.deployment.program_port(),
+            ))),
+            egress: false,
             database_socket: spec.database_socket.as_deref(),
             tsc_khz: (self.accel.accel == Accel::Tcg)
                 .then_some(self.tsc_khz)
@@ -374,7 +379,8 @@ impl SandboxBackend for MicrovmBackend {
             initrd: &initrd,
             memory_mb: guest_memory(task.limits.memory_max_mb),
             vcpus: 1,
-            port: None,
+            forward: None,
+            egress: false,
             database_socket: None,
             tsc_khz: (self.accel.accel == Accel::Tcg)
                 .then_some(self.tsc_khz)

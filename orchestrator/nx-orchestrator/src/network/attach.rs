@@ -1,0 +1,194 @@
+//! The namespace side: what a deployment's launcher does, as root, before it drops privileges
+//! and execs the sandbox (which then stays in this namespace). All over netlink in-process
+//! (rtnetlink), plus a few sysctl writes; no `ip` process.
+//!
+//! 1. Remove a previous run's `nx-<id>` (its namespace may still be being torn down);
+//!    `unshare(CLONE_NEWNET)`, then `setns` back to the host's namespace.
+//! 2. On the host: one RTM_NEWLINK creates the veth pair, `nx-<id>` here and `eth0` (up)
+//!    directly in the new namespace; the host side gets a strict reverse-path filter
+//!    (rp_filter=1: only the deployment's own address may come in on it), route_localnet (so
+//!    DNS can be DNATed to a resolver on the host's loopback), no IPv6, and a /32 route to the
+//!    deployment with the gateway as source.
+//! 3. `setns` into the new namespace: `lo` up, the deployment's /32 on `eth0`, a default route
+//!    via the gateway (on-link), `ip_unprivileged_port_start=0` (the program may bind any
+//!    port, also below 1024) and no IPv6.
+//!
+//! Sources: rtnetlink(7), veth(4), ip-sysctl.txt (rp_filter, route_localnet,
+//! ip_unprivileged_port_start) of the kernel's documentation, network_namespaces(7).
+
+use super::{Attachment, NetworkError, LINK_PREFIX};
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+/// The name of the deployment's interface inside its namespace.
+pub const INSIDE_LINK: &str = "eth0";
+/// Its index: a new namespace holds only `lo` (1), so the peer is created as 2.
+const INSIDE_INDEX: u32 = 2;
+const LOOPBACK_INDEX: u32 = 1;
+
+fn netlink(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetworkError + '_ {
+    move |e| NetworkError::Netlink {
+        what: what.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+fn sysctl(path: &str, value: &str) -> Result<(), NetworkError> {
+    std::fs::write(path, value).map_err(NetworkError::io(format!("writing {path}")))
+}
+
+/// Moves the calling thread (the launcher: the process) into a new network namespace set up
+/// for `attachment`. Needs CAP_NET_ADMIN in the starting namespace (root).
+/// Errors: a netlink request or a sysctl write that failed, named.
+pub fn enter(attachment: &Attachment) -> Result<(), NetworkError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(NetworkError::io("starting a tokio runtime"))?
+        .block_on(enter_async(attachment))
+}
+
+/// A netlink connection in the calling thread's current network namespace.
+fn connect() -> Result<Handle, NetworkError> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(NetworkError::io("opening a netlink socket"))?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+async fn index_of(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
+    let what = format!("finding {name}");
+    let link = handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .map_err(netlink(&what))?;
+    link.map(|l| l.header.index)
+        .ok_or_else(|| NetworkError::Config(format!("{name} vanished")))
+}
+
+/// Deletes a link if it exists.
+pub(crate) async fn delete_link(handle: &Handle, name: &str) -> Result<(), NetworkError> {
+    let deleted = handle
+        .link()
+        .del_with_message(LinkUnspec::new_with_name(name).build())
+        .execute()
+        .await;
+    match deleted {
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.raw_code().abs() == nix::errno::Errno::ENODEV as i32 =>
+        {
+            Ok(())
+        }
+        other => other.map_err(netlink(&format!("deleting {name}"))),
+    }
+}
+
+async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
+    let host_ns = own_namespace()?;
+    let host = connect()?;
+    let id = a.link.strip_prefix(LINK_PREFIX).unwrap_or(&a.link);
+    delete_link(&host, &a.link).await?;
+    delete_link(&host, &format!("nxp{id}")).await?;
+
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Io {
+        what: "unshare(CLONE_NEWNET)".into(),
+        source: e.into(),
+    })?;
+    let ns = own_namespace()?;
+    // Opened here, this socket stays in the new namespace wherever the thread goes.
+    let inside = connect()?;
+    // Back to the host's namespace for the host side's sysctls (/proc/sys/net is the caller's).
+    set_namespace(&host_ns)?;
+    // The peer is created in the new namespace, as eth0 with a known index: moving a device
+    // between namespaces would cost a synchronize_net() (milliseconds). (Asking for it up in
+    // the same message fails with ENOTCONN.)
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(INSIDE_LINK.to_owned())
+        .index(INSIDE_INDEX)
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    host.link()
+        .add(
+            LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                .name(a.link.clone())
+                .up()
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(netlink(&format!("creating the veth pair {}", a.link)))?;
+    let conf = format!("/proc/sys/net/ipv4/conf/{}", a.link);
+    sysctl(&format!("{conf}/rp_filter"), "1")?;
+    sysctl(&format!("{conf}/route_localnet"), "1")?;
+    // Absent where the host has IPv6 off altogether.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", a.link),
+        "1",
+    );
+    let index = index_of(&host, &a.link).await?;
+    host.route()
+        .add(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a.address, 32)
+                .output_interface(index)
+                .pref_source(a.gateway)
+                .scope(RouteScope::Link)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(netlink(&format!("routing {} to {}", a.address, a.link)))?;
+
+    set_namespace(&ns)?;
+    for (index, name) in [(LOOPBACK_INDEX, "lo"), (INSIDE_INDEX, INSIDE_LINK)] {
+        inside
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(netlink(&format!("bringing {name} up")))?;
+    }
+    inside
+        .address()
+        .add(INSIDE_INDEX, IpAddr::V4(a.address), 32)
+        .execute()
+        .await
+        .map_err(netlink(&format!("adding {} to eth0", a.address)))?;
+    inside
+        .route()
+        .add(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(a.gateway)
+                .output_interface(INSIDE_INDEX)
+                .onlink()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(netlink("adding the default route"))?;
+    sysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")?;
+    let _ = std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1");
+    Ok(())
+}
+
+/// The calling thread's network namespace.
+fn own_namespace() -> Result<std::fs::File, NetworkError> {
+    std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(NetworkError::io("opening /proc/thread-self/ns/net"))
+}
+
+fn set_namespace(ns: &std::fs::File) -> Result<(), NetworkError> {
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Io {
+        what: "setns(CLONE_NEWNET)".into(),
+        source: e.into(),
+    })
+}

@@ -1,0 +1,183 @@
+//! The egress policy: one nftables table, `inet nx`, replaced atomically (one `nft -f`
+//! transaction) when nxd starts. It is static: a deployment's rights follow from the half of
+//! `network.subnet` its address is in, so starting or removing a deployment changes no rule.
+//!
+//! For packets that come in on a deployment's link (`nx-*`):
+//! - to the host itself (input): only replies (connections the host opened, e.g. the router's)
+//!   and DNS DNATed to the host's resolver, for deployments with egress; nothing else: not the
+//!   API, the router, SSH, PostgreSQL, nor anything listening on any host address;
+//! - through the host (forward): replies; nothing at all from the no-egress half; never into
+//!   another deployment's link; never cloud metadata, link-local, loopback, RFC 1918, CGNAT,
+//!   multicast or reserved destinations unless `network.allow` lists them; no IPv6; the rest
+//!   (the public internet) masqueraded behind the host's address.
+//!
+//! And on the host, only nxd's sockets (the router, readiness: its uid, or root) may open
+//! connections into a deployment's link. Sources: nft(8), RFC 1918, RFC 6598 (CGNAT), RFC 3927 (link-local).
+
+use super::{NetworkError, Plan, LINK_PREFIX};
+use ipnet::IpNet;
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+/// Destinations no deployment reaches unless `network.allow` lists them: "this network",
+/// RFC 1918, CGNAT, loopback, link-local (with cloud metadata), multicast and reserved.
+pub const BLOCKED_V4: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+/// The table's name in the `inet` family.
+pub const TABLE: &str = "nx";
+
+/// The complete `nft -f` input that replaces the table: `allow` are the CIDRs of
+/// `network.allow` (IPv6 ones have no effect: deployments have no IPv6), `resolver` the host's
+/// DNS server that port 53 of the gateway is forwarded to, `router_uid` the uid whose sockets
+/// (besides root's) may connect into deployments: nxd's.
+pub fn ruleset(
+    plan: &Plan,
+    allow: &[IpNet],
+    resolver: Option<Ipv4Addr>,
+    router_uid: u32,
+) -> String {
+    let links = format!("\"{LINK_PREFIX}*\"");
+    // "No route to host" at once, rather than a connect that hangs until it times out.
+    let reject = "counter reject with icmpx type admin-prohibited";
+    let public = plan.half(super::Egress::Public);
+    let gateway = plan.gateway();
+    let allow4: Vec<String> = allow
+        .iter()
+        .filter_map(|net| match net {
+            IpNet::V4(v4) => Some(v4.to_string()),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    let mut t = String::new();
+    // Declaring the table first makes the delete succeed when it does not exist yet; the whole
+    // file is one transaction.
+    let _ = writeln!(
+        t,
+        "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{"
+    );
+    let _ = writeln!(t, "\tset allow4 {{\n\t\ttype ipv4_addr\n\t\tflags interval");
+    if !allow4.is_empty() {
+        let _ = writeln!(t, "\t\telements = {{ {} }}", allow4.join(", "));
+    }
+    let _ = writeln!(t, "\t}}");
+    let _ = writeln!(
+        t,
+        "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;"
+    );
+    if let Some(resolver) = resolver {
+        let _ = writeln!(
+            t,
+            "\t\tiifname {links} ip saddr {public} ip daddr {gateway} meta l4proto {{ tcp, udp }} th dport 53 dnat ip to {resolver}"
+        );
+    }
+    let _ = writeln!(t, "\t}}");
+    let _ = writeln!(
+        t,
+        "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr {public} oifname != {links} masquerade\n\t}}"
+    );
+    let _ = writeln!(
+        t,
+        "\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname != {links} accept\n\t\tct state established,related accept"
+    );
+    if let Some(resolver) = resolver {
+        let _ = writeln!(
+            t,
+            "\t\tct status dnat ip saddr {public} ip daddr {resolver} meta l4proto {{ tcp, udp }} th dport 53 accept"
+        );
+    }
+    let _ = writeln!(t, "\t\t{reject}\n\t}}");
+    let _ = writeln!(
+        t,
+        "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname != {links} oifname != {links} accept\n\t\tct state established,related accept\n\t\toifname {links} {reject}\n\t\tip saddr != {public} {reject}"
+    );
+    if let Some(resolver) = resolver {
+        let _ = writeln!(
+            t,
+            "\t\tct status dnat ip daddr {resolver} meta l4proto {{ tcp, udp }} th dport 53 accept"
+        );
+    }
+    let metadata: IpNet = "169.254.169.254/32".parse().expect("literal");
+    if !allow.contains(&metadata) {
+        let _ = writeln!(t, "\t\tip daddr 169.254.169.254 {reject}");
+    }
+    let _ = writeln!(
+        t,
+        "\t\tip daddr @allow4 accept\n\t\tip daddr {{ {} }} {reject}\n\t\tmeta nfproto ipv6 {reject}\n\t\taccept\n\t}}",
+        BLOCKED_V4.join(", ")
+    );
+    let uids = match router_uid {
+        0 => "0".to_owned(),
+        uid => format!("{{ 0, {uid} }}"),
+    };
+    let _ = writeln!(
+        t,
+        "\tchain output {{\n\t\ttype filter hook output priority filter; policy accept;\n\t\toifname {links} meta skuid != {uids} counter reject\n\t}}\n}}"
+    );
+    t
+}
+
+/// Loads a ruleset with `nft -f -` (one transaction: all of it or nothing).
+/// Errors: nft missing (install nftables) or refusing the ruleset, with its message.
+pub fn apply(ruleset: &str) -> Result<(), NetworkError> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| NetworkError::Firewall(format!("cannot run nft ({e}): install nftables")))?;
+    let written = child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(ruleset.as_bytes());
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NetworkError::Firewall(format!("waiting for nft: {e}")))?;
+    if !out.status.success() || written.is_err() {
+        return Err(NetworkError::Firewall(format!(
+            "nft refused the ruleset: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ruleset_follows_the_plan() {
+        let plan = Plan::new("10.213.0.0/16".parse().unwrap(), 100).unwrap();
+        let allow = [
+            "10.20.0.0/16".parse().unwrap(),
+            "fd12::/64".parse().unwrap(),
+        ];
+        let text = ruleset(&plan, &allow, Some(Ipv4Addr::new(127, 0, 0, 53)), 990);
+        assert!(text.contains("elements = { 10.20.0.0/16 }"), "{text}");
+        assert!(
+            text.contains("ip saddr != 10.213.128.0/17 counter reject"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "ip daddr 10.213.0.1 meta l4proto { tcp, udp } th dport 53 dnat ip to 127.0.0.53"
+        ));
+        assert!(text.contains("ip daddr 169.254.169.254 counter reject"));
+        assert!(text.contains("meta skuid != { 0, 990 }"));
+        let without = ruleset(&plan, &[], None, 0);
+        assert!(!without.contains("dnat") && !without.contains("elements"));
+        assert!(without.contains("meta skuid != 0 counter reject"));
+    }
+}

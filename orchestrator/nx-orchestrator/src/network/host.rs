@@ -1,0 +1,181 @@
+//! The host side, set up when nxd starts: `nx0` holding the gateway address, IPv4 forwarding,
+//! the firewall table, the deployments' resolv.conf; and reconciliation: links of deployments
+//! nxd no longer has are removed (after a crash, a deployment's link goes with its namespace;
+//! this catches what a kill at the wrong moment left).
+
+use super::attach::delete_link;
+use super::{dns, firewall, NetworkConfig, NetworkError, Plan, GATEWAY_LINK, LINK_PREFIX};
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// The host's network as nxd set it up.
+pub struct HostNetwork {
+    plan: Plan,
+    resolv_conf: PathBuf,
+    handle: Handle,
+}
+
+fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+    move |e| NetworkError::Netlink {
+        what: what.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+impl HostNetwork {
+    /// Sets up the host side for `slots` deployments (the size of `[ports]`); the deployments'
+    /// resolv.conf goes to `<state_dir>/network/resolv.conf`. Needs root (CAP_NET_ADMIN) and
+    /// nftables. Errors: a bad subnet, netlink, nft.
+    #[tracing::instrument(skip_all, fields(subnet = %config.subnet))]
+    pub async fn start(
+        config: &NetworkConfig,
+        slots: u32,
+        state_dir: &Path,
+    ) -> Result<Self, NetworkError> {
+        let plan = Plan::new(config.subnet, slots)?;
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(NetworkError::io("opening a netlink socket"))?;
+        tokio::spawn(connection);
+        gateway_link(&handle, &plan).await?;
+        // Written only when off: a host may set it itself (and keep /proc/sys read-only to nxd).
+        let forwarding = "/proc/sys/net/ipv4/ip_forward";
+        if std::fs::read_to_string(forwarding)
+            .map(|v| v.trim() != "1")
+            .unwrap_or(true)
+        {
+            std::fs::write(forwarding, "1").map_err(NetworkError::io(
+                "enabling IPv4 forwarding (net.ipv4.ip_forward)",
+            ))?;
+        }
+        let host_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolver = dns::host_resolver(&host_conf);
+        let allow: Vec<_> = config.allow.iter().map(|c| c.0).collect();
+        let uid = nix::unistd::geteuid().as_raw();
+        firewall::apply(&firewall::ruleset(&plan, &allow, resolver, uid))?;
+        let resolv_conf = super::resolv_conf_path(state_dir);
+        if let Some(dir) = resolv_conf.parent() {
+            std::fs::create_dir_all(dir).map_err(NetworkError::io("creating the network dir"))?;
+        }
+        std::fs::write(
+            &resolv_conf,
+            dns::sandbox_resolv_conf(&host_conf, plan.gateway()),
+        )
+        .map_err(NetworkError::io("writing the deployments' resolv.conf"))?;
+        tracing::info!(gateway = %plan.gateway(), ?resolver, "deployment network ready");
+        Ok(Self {
+            plan,
+            resolv_conf,
+            handle,
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The resolv.conf deployments see as /etc/resolv.conf.
+    pub fn resolv_conf(&self) -> &Path {
+        &self.resolv_conf
+    }
+
+    /// Names of the host-side links of deployments (`nx-<id>`, and `nxp<id>` peers a failed
+    /// start left).
+    pub async fn links(&self) -> Result<Vec<String>, NetworkError> {
+        let mut names = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links.try_next().await.map_err(netlink("listing links"))? {
+            for attr in link.attributes {
+                if let LinkAttribute::IfName(name) = attr {
+                    if deployment_of(&name).is_some() {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// Removes the links of deployments not in `keep` (ids); returns the names removed.
+    pub async fn reconcile(&self, keep: &HashSet<String>) -> Result<Vec<String>, NetworkError> {
+        let mut removed = Vec::new();
+        for name in self.links().await? {
+            let id = deployment_of(&name).unwrap_or_default();
+            if !keep.contains(id) {
+                delete_link(&self.handle, &name).await?;
+                removed.push(name);
+            }
+        }
+        if !removed.is_empty() {
+            tracing::info!(?removed, "removed links of deployments nxd no longer has");
+        }
+        Ok(removed)
+    }
+}
+
+/// The deployment id of a host-side link name.
+fn deployment_of(link: &str) -> Option<&str> {
+    link.strip_prefix(LINK_PREFIX)
+        .or_else(|| link.strip_prefix("nxp"))
+        .filter(|id| !id.is_empty())
+}
+
+/// `nx0`: a bridge with no ports, up, holding the gateway address.
+async fn gateway_link(handle: &Handle, plan: &Plan) -> Result<(), NetworkError> {
+    let existing = handle
+        .link()
+        .get()
+        .match_name(GATEWAY_LINK.to_owned())
+        .execute()
+        .try_next()
+        .await;
+    let index = match existing {
+        Ok(Some(link)) => link.header.index,
+        _ => {
+            handle
+                .link()
+                .add(LinkBridge::new(GATEWAY_LINK).build())
+                .execute()
+                .await
+                .map_err(netlink("creating nx0"))?;
+            handle
+                .link()
+                .get()
+                .match_name(GATEWAY_LINK.to_owned())
+                .execute()
+                .try_next()
+                .await
+                .map_err(netlink("finding nx0"))?
+                .ok_or_else(|| NetworkError::Config("nx0 vanished".into()))?
+                .header
+                .index
+        }
+    };
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(netlink("bringing nx0 up"))?;
+    handle
+        .address()
+        .add(index, IpAddr::V4(plan.gateway()), 32)
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink("adding the gateway address to nx0"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn link_names_map_to_deployments() {
+        assert_eq!(super::deployment_of("nx-d1234567"), Some("d1234567"));
+        assert_eq!(super::deployment_of("nxpd1234567"), Some("d1234567"));
+        assert_eq!(super::deployment_of("nx0"), None);
+        assert_eq!(super::deployment_of("eth0"), None);
+    }
+}

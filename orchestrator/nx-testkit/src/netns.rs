@@ -1,0 +1,208 @@
+//! Network namespaces for test hosts: every `Host` runs nxd (and so its manager, its
+//! deployments, its bridge and its firewall table) in a network namespace of its own, so that
+//! parallel hosts never share an interface or a rule and nothing touches the machine's real
+//! network. The test process reaches the host's API and router through forwarders on its own
+//! loopback, at the same address nxd listens on inside (and nxd a server the test runs, such
+//! as an ACME server, through a forwarder back).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A network namespace held open by a file descriptor; it ends when the last holder (this or a
+/// process in it) is gone.
+pub struct Netns {
+    fd: OwnedFd,
+}
+
+impl Netns {
+    /// A fresh namespace with its loopback up.
+    pub fn new() -> Arc<Self> {
+        let fd = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET): tests need root");
+            OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").expect("own netns"))
+        })
+        .join()
+        .expect("netns thread");
+        let ns = Arc::new(Self { fd });
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Moves the calling thread into this namespace (for good: use a thread of its own).
+    pub fn enter(&self) {
+        nix::sched::setns(self.fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("setns into the test host's network namespace");
+    }
+
+    /// Runs `f` on a thread inside this namespace: sockets it opens live there.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter();
+                f()
+            })
+            .join()
+            .expect("thread in the test host's namespace")
+        })
+    }
+
+    /// A command that runs inside this namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: setns is a plain system call, safe between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if nix::libc::setns(fd, nix::libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        cmd
+    }
+
+    /// Runs iproute2's `ip` inside this namespace and asserts it succeeded.
+    pub fn ip(&self, args: &[&str]) {
+        let out = self
+            .command("ip")
+            .args(args)
+            .output()
+            .expect("ip (install iproute2)");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Connects two namespaces with a veth pair: `local` here with `local_addr` (CIDR), `remote`
+/// in `other` with `remote_addr`, both up.
+pub fn link(ns: &Netns, local: (&str, &str), other: &Netns, remote: (&str, &str)) {
+    ns.ip(&[
+        "link", "add", local.0, "type", "veth", "peer", "name", remote.0,
+    ]);
+    // `ip link set ... netns` takes a pid: a process that lives in `other` for the moment.
+    let mut holder = other
+        .command("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep in the other namespace");
+    ns.ip(&["link", "set", remote.0, "netns", &holder.id().to_string()]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    ns.ip(&["addr", "add", local.1, "dev", local.0]);
+    ns.ip(&["link", "set", local.0, "up"]);
+    other.ip(&["addr", "add", remote.1, "dev", remote.0]);
+    other.ip(&["link", "set", remote.0, "up"]);
+}
+
+/// A TCP listener in `ns` on `addr` that accepts and closes every connection, until the
+/// process ends.
+pub fn listen(ns: &Netns, addr: SocketAddr) {
+    let listener = ns.run(|| TcpListener::bind(addr).expect("a listener in the namespace"));
+    std::thread::spawn(move || for _ in listener.incoming() {});
+}
+
+/// Copies TCP connections between the test's namespace and a host's, to the same address on
+/// the other side, until dropped.
+pub struct Forwarder {
+    stop: Arc<AtomicBool>,
+    addr: SocketAddr,
+    /// Where it listens: None, the test's namespace.
+    listens_in: Option<Arc<Netns>>,
+}
+
+impl Forwarder {
+    /// Listens on 127.0.0.1:`port` in the test's namespace (`0`: any free port) and forwards
+    /// to the same address inside `ns` (the API, the router, a listener the test configured).
+    pub fn to(ns: &Arc<Netns>, port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("a forwarder's port");
+        Self::start(listener, None, Some(ns.clone()))
+    }
+
+    /// Listens on 127.0.0.1:`port` inside `ns` and forwards to the same address in the test's
+    /// namespace (a server the test runs, such as an ACME server nxd orders from).
+    pub fn back(ns: &Arc<Netns>, port: u16) -> Self {
+        let listener = ns.run(|| {
+            TcpListener::bind(("127.0.0.1", port)).expect("a forwarder's port in the namespace")
+        });
+        Self::start(listener, Some(ns.clone()), None)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Accepts on `listener` (in `listens_in`) and connects each client to the same address
+    /// inside `connects_in` (None: the test's namespace).
+    fn start(
+        listener: TcpListener,
+        listens_in: Option<Arc<Netns>>,
+        connects_in: Option<Arc<Netns>>,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let addr = listener.local_addr().expect("listener address");
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let (Ok(client), ns) = (client, connects_in.clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    if let Some(ns) = ns {
+                        ns.enter();
+                    }
+                    if let Ok(upstream) = TcpStream::connect(addr) {
+                        pipe(client, upstream);
+                    }
+                });
+            }
+        });
+        Self {
+            stop,
+            addr,
+            listens_in,
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let addr = self.addr;
+        match &self.listens_in {
+            Some(ns) => ns.run(|| drop(TcpStream::connect(addr))),
+            None => drop(TcpStream::connect(addr)),
+        }
+    }
+}
+
+/// Copies both ways until each side has ended.
+fn pipe(a: TcpStream, b: TcpStream) {
+    let _ = a.set_nodelay(true);
+    let _ = b.set_nodelay(true);
+    let (Ok(mut a2), Ok(mut b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut b2, &mut a2);
+        let _ = a2.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut a, mut b) = (a, b);
+    let _ = std::io::copy(&mut a, &mut b);
+    let _ = b.shutdown(std::net::Shutdown::Write);
+    let _ = back.join();
+}

@@ -1,0 +1,265 @@
+//! Every deployment in a network namespace of its own. The test host runs in a network
+//! namespace the test kit made for it (never the machine's real network); an "upstream"
+//! namespace linked to it by a veth holds a stand-in for the internet (198.51.100.1, outside
+//! every blocked range) and for the cloud metadata service (169.254.169.254), each with a
+//! listener. (They sit behind the host, as on a cloud host: an address of the host itself would
+//! be blocked as the host's own whatever its range. This kernel has no `dummy` driver; the
+//! upstream's loopback holds the addresses.)
+
+use nx_testkit::netns::{link, listen, Netns};
+use nx_testkit::Host;
+use std::net::SocketAddr;
+use std::process::Command;
+
+const INTERNET: &str = "198.51.100.1:80";
+const METADATA: &str = "169.254.169.254:80";
+/// The host's address on its link to the upstream.
+const HOST_UPLINK: &str = "198.18.0.1";
+/// Where nxd's deployments' gateway lives (the default `network.subnet`).
+const GATEWAY: &str = "10.213.0.1";
+
+/// The upstream namespace; the host's default route goes there.
+fn upstream(host: &Host) -> std::sync::Arc<Netns> {
+    let up = Netns::new();
+    link(
+        &host.netns,
+        ("uplink", &format!("{HOST_UPLINK}/30")),
+        &up,
+        ("downlink", "198.18.0.2/30"),
+    );
+    host.netns
+        .ip(&["route", "add", "default", "via", "198.18.0.2"]);
+    for addr in [INTERNET, METADATA] {
+        let ip = addr.split(':').next().unwrap();
+        up.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+        listen(&up, addr.parse().unwrap());
+    }
+    up
+}
+
+/// What the deployment's `/connect?addr=` says: true when it connected.
+fn connects(host: &Host, sandbox: &str, id: &str, addr: &str) -> bool {
+    let (status, body) = host.get(
+        &host.preview_host(sandbox, id),
+        &format!("/connect?addr={addr}"),
+    );
+    assert_eq!(status, 200, "{body}");
+    body.starts_with("connected")
+}
+
+fn listen_addr(host: &Host, sandbox: &str, id: &str) -> SocketAddr {
+    host.deployment(sandbox, id)["listen"]
+        .as_str()
+        .expect("listen")
+        .parse()
+        .expect("socket address")
+}
+
+#[test]
+fn a_deployment_reaches_the_internet_and_nothing_of_the_host_or_its_neighbours() {
+    let mut host = Host::start();
+    let _up = upstream(&host);
+    // A service on every address of the host (what SSH or PostgreSQL over TCP would be).
+    let service = nx_testkit::free_port();
+    listen(&host.netns, SocketAddr::from(([0, 0, 0, 0], service)));
+    let open = host.push_sample("open", &["--egress", "public"]);
+    let closed = host.push_sample("closed", &[]);
+    let neighbour = listen_addr(&host, "closed", &closed);
+    let own = listen_addr(&host, "open", &open);
+    assert_ne!(
+        neighbour.ip(),
+        own.ip(),
+        "each deployment has its own address"
+    );
+
+    // The stand-ins answer from the host itself: what follows is the policy, not a broken net.
+    host.netns.run(|| {
+        for addr in [INTERNET, METADATA] {
+            assert!(
+                std::net::TcpStream::connect(addr).is_ok(),
+                "{addr} from the host"
+            );
+        }
+    });
+
+    assert!(connects(&host, "open", &open, INTERNET), "the internet");
+    let forbidden = [
+        METADATA.to_owned(),
+        host.api.to_string(),
+        host.router.to_string(),
+        format!("{GATEWAY}:{}", host.api.port()),
+        format!("{GATEWAY}:{}", host.router.port()),
+        format!("127.0.0.1:{service}"),
+        format!("{GATEWAY}:{service}"),
+        format!("{HOST_UPLINK}:{service}"),
+        neighbour.to_string(),
+    ];
+    for addr in &forbidden {
+        assert!(!connects(&host, "open", &open, addr), "{addr} is reachable");
+    }
+    // --egress none (the default): nothing but itself.
+    for addr in [INTERNET, &own.to_string(), &format!("{GATEWAY}:{service}")] {
+        assert!(
+            !connects(&host, "closed", &closed, addr),
+            "{addr} is reachable"
+        );
+    }
+    assert!(connects(&host, "closed", &closed, &neighbour.to_string()));
+    assert!(connects(
+        &host,
+        "closed",
+        &closed,
+        &format!("127.0.0.1:{}", neighbour.port())
+    ));
+
+    // A crash, a stray link and a lost table: nxd's restart removes the one, restores the
+    // other, and adopts the running deployments with the policy intact.
+    host.kill_nxd();
+    host.netns.ip(&[
+        "link",
+        "add",
+        "nx-dstray00",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "nxpdstray00",
+    ]);
+    let flushed = host
+        .netns
+        .command("nft")
+        .args(["delete", "table", "inet", "nx"])
+        .status()
+        .expect("nft");
+    assert!(flushed.success());
+    host.restart_nxd();
+    let links = host
+        .netns
+        .command("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("stray"), "{links}");
+    assert!(links.contains(&format!("nx-{open}")) && links.contains(&format!("nx-{closed}")));
+    assert!(connects(&host, "open", &open, INTERNET));
+    for addr in [METADATA.to_owned(), format!("{GATEWAY}:{service}")] {
+        assert!(
+            !connects(&host, "open", &open, &addr),
+            "{addr} after restart"
+        );
+    }
+
+    // nx rm takes the deployment's link and address with it.
+    host.nx_json(&["rm", &closed]);
+    let links = host
+        .netns
+        .command("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&closed));
+}
+
+#[test]
+fn ports_any_number_also_the_same_and_below_1024_and_no_squatting() {
+    let host = Host::start();
+    let a = host.push_sample("a", &["--port", "8080"]);
+    let b = host.push_sample("b", &["--port", "8080"]);
+    let low = host.push_sample("low", &["--port", "80"]);
+    for (sandbox, id) in [("a", &a), ("b", &b), ("low", &low)] {
+        let (status, body) = host.get(&host.preview_host(sandbox, id), "/");
+        assert_eq!(status, 200);
+        assert!(body.contains(&format!("deployment={id}")), "{body}");
+    }
+    assert_eq!(listen_addr(&host, "a", &a).port(), 8080);
+    assert_eq!(listen_addr(&host, "low", &low).port(), 80);
+
+    // The squatter: stop V, push W listening on V's port, start V again. V runs on its own
+    // address; its URL never serves W.
+    let v = host.push_sample("v", &[]);
+    let port = listen_addr(&host, "v", &v).port().to_string();
+    host.nx_json(&["stop", &v]);
+    let w = host.push_sample("w", &["--port", &port]);
+    host.nx_json(&["start", &v]);
+    let (_, body) = host.get(&host.preview_host("v", &v), "/");
+    assert!(body.contains(&format!("deployment={v}")), "{body}");
+    let (_, body) = host.get(&host.preview_host("w", &w), "/");
+    assert!(body.contains(&format!("deployment={w}")), "{body}");
+
+    let sample = nx_testkit::sample_app();
+    let sample = sample.to_str().unwrap();
+    for (bad, says) in [
+        ("0", "not a port"),
+        ("70000", "not a port"),
+        ("http", "not a number"),
+    ] {
+        let out = host.nx(&["push", sample, "--sandbox", "bad", "--port", bad]);
+        assert!(!out.ok, "--port {bad} was taken");
+        assert!(out.stderr.contains(says), "--port {bad}: {}", out.stderr);
+    }
+    // Past the CLI, straight at the API.
+    let (_, _, sha) = host.put_artifact(std::fs::read(sample).unwrap());
+    let resp = host
+        .http()
+        .post(format!("http://{}/v1/deployments", host.api))
+        .bearer_auth(&host.token)
+        .json(&serde_json::json!({"sandbox": "bad", "artifact": sha, "port": 0}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().unwrap().contains("port 0"));
+}
+
+#[test]
+fn a_third_party_program_takes_its_port_as_a_flag() {
+    let host = Host::start();
+    // Debian's caddy: a dynamically linked Go program that has never heard of NX.
+    let out = host.nx_json(&[
+        "push",
+        "/usr/bin/caddy",
+        "--sandbox",
+        "caddy",
+        "--",
+        "respond",
+        "--listen",
+        ":$PORT",
+        "hello from caddy on ${PORT}, $$5",
+    ]);
+    let id = out["deployment"]["id"].as_str().unwrap();
+    let port = out["deployment"]["port"].as_u64().unwrap();
+    let (status, body) = host.get(&host.preview_host("caddy", id), "/");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, format!("hello from caddy on {port}, $5"));
+}
+
+#[test]
+fn network_allow_entries_that_are_not_cidrs_refuse_to_start_with_the_line_named() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let config = dir.path().join("nxd.toml");
+    for (entry, says) in [
+        ("\"intranet\"", "not a CIDR"),
+        ("\"10.20.0.1/16\"", "did you mean 10.20.0.0/16"),
+        ("\"10.0.0.0/33\"", "not a CIDR"),
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\n\n[network]\nallow = [\"192.168.7.0/24\", {entry}]\n",
+                dir.path()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(nx_testkit::bin("nxd"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{entry} was taken");
+        assert!(
+            stderr.contains("line 4") && stderr.contains(says),
+            "{entry}: {stderr}"
+        );
+    }
+}
