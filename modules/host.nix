@@ -313,6 +313,16 @@ in
     # Deployments reach the internet (with --egress public) through the host: nxd's table
     # `inet nx` masquerades them.
     boot.kernel.sysctl."net.ipv4.ip_forward" = lib.mkDefault 1;
+    # nxd loads `inet nx` when it starts; a firewall reload that flushed the whole ruleset
+    # would drop the deployments' egress policy with it. (NixOS then flushes its own tables.)
+    networking.nftables.flushRuleset = lib.mkDefault false;
+    # DNS inside (egress public): the deployments ask their gateway, whose port 53 nxd's table
+    # forwards to the host's resolver; on a loopback resolver (systemd-resolved) that is the
+    # host's input, which NixOS' firewall closes unless the nx-* links may reach port 53.
+    networking.firewall.interfaces.${if config.networking.nftables.enable then "nx*" else "nx+"} = {
+      allowedUDPPorts = [ 53 ];
+      allowedTCPPorts = [ 53 ];
+    };
 
     networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall routerPort
       ++ lib.optional (cfg.openFirewall && cfg.tls.httpsListen != null) (listenPort cfg.tls.httpsListen)

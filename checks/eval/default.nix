@@ -91,6 +91,19 @@ let
         msg = "${name}: sftp.openFirewall, but the SFTP port ${toString sftpPort} is closed";
       }
       {
+        cond = (c.boot.kernel.sysctl."net.ipv4.ip_forward" or 0) == 1 && builtins.elem "CAP_NET_ADMIN" nxd.serviceConfig.AmbientCapabilities
+          && builtins.elem "AF_NETLINK" nxd.serviceConfig.RestrictAddressFamilies && hasAll [ pkgs.nftables ] nxd.path;
+        msg = "${name}: nxd sets up the deployments' network (nx0, the nftables table inet nx): it needs CAP_NET_ADMIN, AF_NETLINK, nft on its path and ip_forward on";
+      }
+      {
+        cond = c.networking.nftables.enable -> !c.networking.nftables.flushRuleset;
+        msg = "${name}: a firewall reload would flush nxd's nftables table inet nx (networking.nftables.flushRuleset)";
+      }
+      {
+        cond = builtins.any (i: builtins.elem 53 i.allowedUDPPorts) (builtins.attrValues c.networking.firewall.interfaces);
+        msg = "${name}: the deployments' DNS (port 53 on their gateway, on the nx-* links) is closed by the firewall";
+      }
+      {
         cond = nx.openFirewall -> builtins.elem routerPort c.networking.firewall.allowedTCPPorts;
         msg = "${name}: openFirewall, but the router's port ${toString routerPort} is closed";
       }

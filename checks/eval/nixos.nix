@@ -135,6 +135,13 @@ let
           extraInputRules = mkOption { type = types.lines; default = ""; };
           extraForwardRules = mkOption { type = types.lines; default = ""; };
           checkReversePath = mkOption { type = types.either types.bool (types.enum [ "strict" "loose" ]); default = true; };
+          interfaces = mkOption {
+            type = types.attrsOf (types.submodule {
+              options.allowedTCPPorts = mkOption { type = types.listOf port; default = [ ]; };
+              options.allowedUDPPorts = mkOption { type = types.listOf port; default = [ ]; };
+            });
+            default = { };
+          };
         };
         nftables = {
           enable = mkOption { type = types.bool; default = false; };
