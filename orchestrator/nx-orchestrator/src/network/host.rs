@@ -7,9 +7,10 @@ use super::attach::delete_link;
 use super::{dns, firewall, NetworkConfig, NetworkError, Plan, GATEWAY_LINK, LINK_PREFIX};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use rtnetlink::packet_route::route::RouteType;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 /// The host's network as nxd set it up.
@@ -166,7 +167,22 @@ async fn gateway_link(handle: &Handle, plan: &Plan) -> Result<(), NetworkError> 
         .replace()
         .execute()
         .await
-        .map_err(netlink("adding the gateway address to nx0"))
+        .map_err(netlink("adding the gateway address to nx0"))?;
+    // The subnet is unreachable but for the /32 routes of running deployments: a probe of a
+    // deployment whose namespace is not up (yet, or any more) fails at once with
+    // EHOSTUNREACH instead of leaving through the host's default route.
+    handle
+        .route()
+        .add(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(plan.subnet().network(), plan.subnet().prefix_len())
+                .kind(RouteType::Unreachable)
+                .build(),
+        )
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink("adding the unreachable route of network.subnet"))
 }
 
 #[cfg(test)]
