@@ -132,11 +132,14 @@ fn series_appear_with_their_labels_and_move() {
     assert_eq!(denied.status(), 403);
 
     // metrics_listen: the same series, no token.
-    let listen = format!("127.0.0.1:{}", nx_testkit::free_port());
+    let port = nx_testkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
     let config = host.path("nxd.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("metrics_listen = \"{listen}\"\n{text}")).unwrap();
     host.restart_nxd();
+    // nxd listens inside the host's network namespace: reach it from here as the API.
+    host.forward(port);
     let open = host
         .http()
         .get(format!("http://{listen}/metrics"))
