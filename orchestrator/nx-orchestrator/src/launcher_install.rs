@@ -17,7 +17,8 @@ pub struct Installed {
 }
 
 /// Copies the running binary and its sibling `nx-router` to `<state_dir>/bin` (0755) unless
-/// identical copies (same size and modification time) are there already.
+/// identical copies (same size and modification time) are there already. Errors: `Setup` when
+/// there is no `nx-router` beside nxd and none installed before; `Io`.
 pub fn install(state_dir: &Path) -> Result<Installed, Error> {
     let exe = std::env::current_exe().map_err(Error::io("locating the nxd binary"))?;
     let dir = state_dir.join("bin");
@@ -33,6 +34,11 @@ pub fn install(state_dir: &Path) -> Result<Installed, Error> {
     let router = exe.with_file_name("nx-router");
     if router.exists() {
         copy_if_changed(&router, &installed.router)?;
+    } else if !installed.router.exists() {
+        return Err(Error::Setup(format!(
+            "no nx-router beside nxd ({}): nxd runs it as its router; build it with `cargo build --release -p nx-router` (or install it next to nxd)",
+            router.display()
+        )));
     }
     Ok(installed)
 }
