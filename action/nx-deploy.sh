@@ -75,6 +75,12 @@ fi
 echo "nx: $("$nx" --version)"
 
 export NX_HOST="$NX_ACTION_HOST" NX_TOKEN="$NX_ACTION_TOKEN" NX_CONFIG=/dev/null
+if [[ -n "${NX_ACTION_CA_CERT:-}" ]]; then
+  printf '%s\n' "$NX_ACTION_CA_CERT" >"$work/ca.pem"
+  grep -q -- '-----BEGIN CERTIFICATE-----' "$work/ca.pem" ||
+    fail "input 'ca-cert' is not a PEM certificate (it has no '-----BEGIN CERTIFICATE-----' line)"
+  export NX_CA_CERT="$work/ca.pem"
+fi
 args=(push --sandbox "$NX_ACTION_SANDBOX")
 if [[ -n "$binary" ]]; then args+=("$binary"); else args+=(--image "$image"); fi
 while IFS= read -r line; do

@@ -367,6 +367,91 @@ fn custom_domains_get_certificates_bad_ones_are_refused_and_a_remote_nx_deploys_
     remote(&format!("promote remote {id}"));
     assert!(host.get("remote.nx.test", "/").1.contains("remote1"));
 
+    // The GitHub Action's script over TLS, as a runner runs it for a pull request: a deploy
+    // token, and the private CA passed as its `ca-cert` input (PEM text, not a path).
+    let token = host.nx_json(&[
+        "token",
+        "create",
+        "--sandbox",
+        "remote",
+        "--can",
+        "push,promote",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let work = host.path("action");
+    std::fs::create_dir_all(&work).unwrap();
+    let event = work.join("event.json");
+    let outputs = work.join("outputs");
+    std::fs::write(
+        &event,
+        r#"{"repository":{"default_branch":"main"},"pull_request":{"number":7}}"#,
+    )
+    .unwrap();
+    std::fs::write(&outputs, "").unwrap();
+    let action = |ca_cert: &str| {
+        let script = format!(
+            "mount --bind {} /etc/hosts && exec bash {}/../../action/nx-deploy.sh",
+            hosts.display(),
+            env!("CARGO_MANIFEST_DIR")
+        );
+        Command::new("unshare")
+            .args(["--mount", "sh", "-c", &script])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("HOME", &work)
+            .env("RUNNER_TEMP", &work)
+            .env("GITHUB_EVENT_PATH", &event)
+            .env("GITHUB_OUTPUT", &outputs)
+            .envs([
+                ("GITHUB_EVENT_NAME", "pull_request"),
+                ("GITHUB_REF", "refs/pull/7/merge"),
+                (
+                    "NX_ACTION_HOST",
+                    &format!("https://api.nx.test:{https_port}"),
+                ),
+                ("NX_ACTION_TOKEN", &token),
+                ("NX_ACTION_SANDBOX", "remote"),
+                ("NX_ACTION_BINARY", sample.to_str().unwrap()),
+                ("NX_ACTION_ENV", "APP_VERSION=pr7\n"),
+                ("NX_ACTION_NX", nx_testkit::bin("nx").to_str().unwrap()),
+                ("NX_ACTION_CA_CERT", ca_cert),
+            ])
+            .output()
+            .unwrap()
+    };
+    let said = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let bad = action("not a certificate");
+    assert!(!bad.status.success());
+    assert!(
+        said(&bad).contains("input 'ca-cert' is not a PEM certificate"),
+        "{}",
+        said(&bad)
+    );
+    let out = action(&pebble.issuing_root());
+    assert!(out.status.success(), "{}", said(&out));
+    let written = std::fs::read_to_string(&outputs).unwrap();
+    let field = |name: &str| {
+        written
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in the action's outputs: {written}"))
+            .to_owned()
+    };
+    assert_eq!(field("promoted"), "false");
+    let pr = field("deployment-id");
+    assert_eq!(
+        host.get(&host.preview_host("remote", &pr), "/"),
+        (200, format!("nx-sample pr7 deployment={pr}\n"))
+    );
+
     // Plain http:// to a non-loopback address is refused before anything is sent.
     let out = Command::new(nx_testkit::bin("nx"))
         .args(["--host", "http://203.0.113.7:7700", "ls"])
