@@ -1,0 +1,657 @@
+//! Real third-party programs as they ship: Debian 12's packages, fetched with `apt-get
+//! download` and unpacked with `dpkg -x` by `fetch-programs.sh` (install-deps.sh runs it), each
+//! pushed with the command the README's table gives and checked in its own protocol: HTTP
+//! through its preview URL, TCP at the deployment's own address. Go and C, static and dynamic,
+//! single files and bundles with their configuration, UI assets and libraries, a multi-call
+//! binary, one with the sandbox's PostgreSQL. A package that is not unpacked fails the test,
+//! naming the script that fetches it.
+
+use nx_testkit::Host;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where a Debian package was unpacked (its `usr/`, `etc/`...); panics when it was not.
+fn package(name: &str) -> PathBuf {
+    let dir = PathBuf::from(
+        std::env::var("NX_PROGRAMS_DIR").unwrap_or_else(|_| "/var/cache/nx/programs".into()),
+    )
+    .join(name);
+    assert!(
+        dir.join(".unpacked").is_file(),
+        "Debian's {name} is not unpacked in {}: run orchestrator/fetch-programs.sh \
+         (orchestrator/install-deps.sh runs it)",
+        dir.display()
+    );
+    dir
+}
+
+/// A file of an unpacked package, e.g. `file("caddy", "usr/bin/caddy")`.
+fn file(name: &str, path: &str) -> PathBuf {
+    let path = package(name).join(path);
+    assert!(
+        path.exists(),
+        "{} is not in Debian's {name}",
+        path.display()
+    );
+    path
+}
+
+/// A bundle directory being put together, as a user would in a shell.
+struct Bundle(PathBuf);
+
+impl Bundle {
+    fn new(host: &Host, name: &str) -> Self {
+        let dir = host.path(&format!("bundles-src/{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Copies a file, or a directory's tree without the links that point outside it (Debian
+    /// links web assets to packages of their own), to `to` inside the bundle.
+    fn copy(self, from: &Path, to: &str) -> Self {
+        let dest = self.0.join(to);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        if from.is_dir() {
+            let ok = std::process::Command::new("cp")
+                .args(["-a", "--no-preserve=ownership"])
+                .arg(from)
+                .arg(&dest)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "cp -a {}", from.display());
+            drop_dangling_links(&dest);
+        } else {
+            std::fs::copy(from, &dest).unwrap();
+        }
+        self
+    }
+
+    fn text(self, to: &str, text: &str) -> Self {
+        let dest = self.0.join(to);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::write(&dest, text).unwrap();
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644)).unwrap();
+        self
+    }
+
+    /// A symbolic link `at` (inside the bundle) to `target`.
+    fn link(self, target: &str, at: &str) -> Self {
+        std::os::unix::fs::symlink(target, self.0.join(at)).unwrap();
+        self
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+fn drop_dangling_links(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.file_type().is_symlink() {
+            if std::fs::metadata(&path).is_err() || std::fs::read_link(&path).unwrap().is_absolute()
+            {
+                std::fs::remove_file(&path).unwrap();
+            }
+        } else if meta.is_dir() {
+            drop_dangling_links(&path);
+        }
+    }
+}
+
+/// `nx push ARGS` (with --json); the deployment's id. On failure, the CLI's answer and the end of
+/// nxd's log.
+fn push(host: &Host, args: &[&str]) -> String {
+    let mut all = vec!["push"];
+    all.extend_from_slice(args);
+    host.nx_json(&all)["deployment"]["id"]
+        .as_str()
+        .expect("deployment id")
+        .to_owned()
+}
+
+/// GET through the deployment's preview URL, with the deployment's log when it did not answer.
+fn get(host: &Host, sandbox: &str, id: &str, path: &str) -> (u16, String) {
+    let answer = host.get(&host.preview_host(sandbox, id), path);
+    if answer.0 == 0 || answer.0 >= 500 {
+        let logs = host.nx(&["logs", id, "-n", "30"]);
+        eprintln!(
+            "{sandbox} {path}: {answer:?}; its log:\n{}{}",
+            logs.stdout, logs.stderr
+        );
+    }
+    answer
+}
+
+/// The deployment's own address (`nx status`' listen), where its TCP port is.
+fn address(host: &Host, sandbox: &str, id: &str) -> SocketAddr {
+    host.deployment(sandbox, id)["listen"]
+        .as_str()
+        .expect("listen")
+        .parse()
+        .expect("socket address")
+}
+
+/// Sends `request` to a TCP service inside the host's namespace; the first line it answers.
+fn tcp_line(host: &Host, addr: SocketAddr, request: &[u8]) -> String {
+    host.netns.run(|| {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    })
+}
+
+const INDEX: &str = "<h1>served by NX</h1>\n";
+
+#[test]
+fn caddy_serves_a_site_from_its_bundle() {
+    let host = Host::start();
+    let app = Bundle::new(&host, "caddy")
+        .copy(&file("caddy", "usr/bin/caddy"), "caddy")
+        .text("site/index.html", INDEX);
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "-s",
+            "caddy",
+            "--",
+            "file-server",
+            "--listen",
+            ":$PORT",
+            "--root",
+            "/app/site",
+        ],
+    );
+    assert_eq!(get(&host, "caddy", &id, "/"), (200, INDEX.into()));
+}
+
+#[test]
+fn prometheus_runs_with_its_config_and_its_web_ui_from_the_bundle() {
+    let host = Host::start();
+    let web = file("prometheus", "usr/share/prometheus/web");
+    let app = Bundle::new(&host, "prometheus")
+        .copy(&file("prometheus", "usr/bin/prometheus"), "prometheus")
+        .copy(&web.join("templates"), "web/templates")
+        .copy(&web.join("static"), "web/static")
+        .copy(
+            &file("prometheus", "etc/prometheus/console_libraries"),
+            "console_libraries",
+        )
+        .text("consoles/nx.html", "NX console: {{ 6 }} x {{ 7 }}\n")
+        .text(
+            "prometheus.yml",
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: itself\n    \
+             static_configs:\n      - targets: ['127.0.0.1:9090']\n",
+        );
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "-s",
+            "prometheus",
+            "--port",
+            "9090",
+            "--",
+            "--config.file=/app/prometheus.yml",
+            "--storage.tsdb.path=/data/prometheus",
+            "--web.local-assets=/app/web",
+            "--web.console.templates=/app/consoles",
+            "--web.console.libraries=/app/console_libraries",
+        ],
+    );
+    assert_eq!(
+        get(&host, "prometheus", &id, "/-/ready").0,
+        200,
+        "Prometheus is not ready"
+    );
+    // The UI renders its templates from the bundle; the config is the bundle's.
+    let (status, page) = get(&host, "prometheus", &id, "/graph");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<title>Prometheus"), "{page}");
+    let (status, config) = get(&host, "prometheus", &id, "/api/v1/status/config");
+    assert_eq!(status, 200, "{config}");
+    assert!(config.contains("job_name: itself"), "{config}");
+    let console = get(&host, "prometheus", &id, "/consoles/nx.html");
+    assert_eq!(console, (200, "NX console: 6 x 7\n".into()));
+}
+
+#[test]
+fn node_exporter_alone_serves_its_metrics_from_proc() {
+    // A host monitor: its default collectors read the host's /sys, which no sandbox has (it
+    // panics "failed to open sysfs"); the /proc ones describe the sandbox.
+    let host = Host::start();
+    let bin = file(
+        "prometheus-node-exporter",
+        "usr/bin/prometheus-node-exporter",
+    );
+    let id = push(
+        &host,
+        &[
+            bin.to_str().unwrap(),
+            "-s",
+            "node",
+            "--",
+            "--web.listen-address=:$PORT",
+            "--collector.disable-defaults",
+            "--collector.loadavg",
+            "--collector.meminfo",
+            "--collector.stat",
+        ],
+    );
+    let (status, metrics) = get(&host, "node", &id, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("node_exporter_build_info"), "{metrics}");
+    assert!(metrics.contains("node_memory_MemTotal_bytes"), "{metrics}");
+}
+
+#[test]
+fn pushgateway_keeps_what_is_pushed_to_it() {
+    let host = Host::start();
+    let bin = file("prometheus-pushgateway", "usr/bin/prometheus-pushgateway");
+    let id = push(
+        &host,
+        &[
+            bin.to_str().unwrap(),
+            "-s",
+            "pushgateway",
+            "--",
+            "--web.listen-address=:$PORT",
+        ],
+    );
+    let url = format!("http://{}/metrics/job/nx", host.router);
+    let pushed = host
+        .http()
+        .put(url)
+        .header("Host", host.preview_host("pushgateway", &id))
+        .body("nx_pushed_total 42\n")
+        .send()
+        .unwrap();
+    assert!(pushed.status().is_success(), "{pushed:?}");
+    let (_, metrics) = get(&host, "pushgateway", &id, "/metrics");
+    assert!(
+        metrics.contains("nx_pushed_total{instance=\"\",job=\"nx\"} 42"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn webhook_runs_the_hook_its_hooks_file_declares() {
+    // The hook's command comes with the bundle (the host's /usr/bin is not in a sandbox):
+    // busybox's echo applet, by the name of the link.
+    let host = Host::start();
+    let app = Bundle::new(&host, "webhook")
+        .copy(&file("webhook", "usr/bin/webhook"), "webhook")
+        .copy(&file("busybox-static", "bin/busybox"), "bin/busybox")
+        .link("busybox", "bin/echo")
+        .text(
+            "hooks.json",
+            r#"[{"id": "hello", "execute-command": "/app/bin/echo",
+                "include-command-output-in-response": true,
+                "pass-arguments-to-command": [{"source": "string", "name": "hello from a hook"}]}]"#,
+        );
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "-s",
+            "webhook",
+            "--",
+            "-hooks",
+            "/app/hooks.json",
+            "-port",
+            "$PORT",
+        ],
+    );
+    let (status, body) = get(&host, "webhook", &id, "/hooks/hello");
+    assert_eq!((status, body.trim()), (200, "hello from a hook"));
+}
+
+#[test]
+fn busybox_is_its_httpd_applet_by_argv0() {
+    let host = Host::start();
+    let app = Bundle::new(&host, "busybox")
+        .copy(&file("busybox-static", "bin/busybox"), "busybox")
+        .text("www/index.html", INDEX);
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "--argv0",
+            "httpd",
+            "-s",
+            "busybox",
+            "--",
+            "-f",
+            "-p",
+            "$PORT",
+            "-h",
+            "/app/www",
+        ],
+    );
+    assert_eq!(get(&host, "busybox", &id, "/"), (200, INDEX.into()));
+}
+
+#[test]
+fn hugo_needs_libsass_which_its_bundle_ships() {
+    let host = Host::start();
+    let hugo = file("hugo", "usr/bin/hugo");
+    // Alone: refused before anything is sent, naming the library.
+    let alone = host.nx(&["verify-binary", hugo.to_str().unwrap()]);
+    assert!(!alone.ok);
+    assert!(alone.stderr.contains("libsass.so.1"), "{}", alone.stderr);
+    let app = Bundle::new(&host, "hugo")
+        .copy(&hugo, "hugo")
+        .copy(
+            &file("libsass1", "usr/lib/x86_64-linux-gnu/libsass.so.1.0.0"),
+            "lib/libsass.so.1",
+        )
+        // Hugo writes its processed resources and a lock file beside the site unless told
+        // otherwise: the bundle is read-only.
+        .text(
+            "site/config.toml",
+            "title = \"NX site\"\nresourceDir = \"/tmp/hugo-resources\"\nnoBuildLock = true\n",
+        )
+        .text(
+            "site/content/_index.md",
+            "---\ntitle: home\n---\nwritten in markdown\n",
+        )
+        .text(
+            "site/layouts/index.html",
+            "<h1>{{ .Site.Title }}</h1>{{ .Content }}",
+        );
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "-s",
+            "hugo",
+            "--",
+            "server",
+            "--source",
+            "/app/site",
+            "--bind",
+            "0.0.0.0",
+            "--port",
+            "$PORT",
+            "--baseURL",
+            "/",
+            "--appendPort=false",
+            "--disableLiveReload",
+            "--watch=false",
+            "--cacheDir",
+            "/tmp/hugo",
+        ],
+    );
+    let (status, page) = get(&host, "hugo", &id, "/");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<h1>NX site</h1>"), "{page}");
+    assert!(page.contains("<p>written in markdown</p>"), "{page}");
+}
+
+#[test]
+fn lighttpd_runs_with_its_config_file() {
+    let host = Host::start();
+    let app = Bundle::new(&host, "lighttpd")
+        .copy(&file("lighttpd", "usr/sbin/lighttpd"), "lighttpd")
+        .text(
+            "lighttpd.conf",
+            "server.document-root = \"/app/www\"\nserver.port = env.PORT\n\
+             index-file.names = (\"index.html\")\nmimetype.assign = (\".html\" => \"text/html\")\n",
+        )
+        .text("www/index.html", INDEX);
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "-s",
+            "lighttpd",
+            "--",
+            "-D",
+            "-f",
+            "/app/lighttpd.conf",
+        ],
+    );
+    assert_eq!(get(&host, "lighttpd", &id, "/"), (200, INDEX.into()));
+}
+
+#[test]
+fn mini_httpd_serves_a_directory() {
+    let host = Host::start();
+    let app = Bundle::new(&host, "mini-httpd")
+        .copy(&file("mini-httpd", "usr/sbin/mini_httpd"), "mini_httpd")
+        .text("www/index.html", INDEX);
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "-s",
+            "mini-httpd",
+            "--",
+            "-D",
+            "-p",
+            "$PORT",
+            "-d",
+            "/app/www",
+        ],
+    );
+    assert_eq!(
+        get(&host, "mini-httpd", &id, "/index.html"),
+        (200, INDEX.into())
+    );
+}
+
+#[test]
+fn webfsd_serves_a_directory() {
+    let host = Host::start();
+    let app = Bundle::new(&host, "webfs")
+        .copy(&file("webfs", "usr/bin/webfsd"), "webfsd")
+        .text("www/index.html", INDEX);
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "-s",
+            "webfs",
+            "--",
+            "-F",
+            "-p",
+            "$PORT",
+            "-r",
+            "/app/www",
+            "-f",
+            "index.html",
+        ],
+    );
+    assert_eq!(get(&host, "webfs", &id, "/"), (200, INDEX.into()));
+}
+
+#[test]
+fn rclone_serves_a_directory_over_http() {
+    let host = Host::start();
+    let app = Bundle::new(&host, "rclone")
+        .copy(&file("rclone", "usr/bin/rclone"), "rclone")
+        .text("www/index.html", INDEX);
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "-s",
+            "rclone",
+            "--",
+            "serve",
+            "http",
+            "/app/www",
+            "--addr",
+            ":$PORT",
+        ],
+    );
+    assert_eq!(
+        get(&host, "rclone", &id, "/index.html"),
+        (200, INDEX.into())
+    );
+}
+
+#[test]
+fn victoria_metrics_stores_and_answers_a_sample() {
+    let host = Host::start();
+    let bin = file("victoria-metrics", "usr/bin/victoria-metrics");
+    let id = push(
+        &host,
+        &[
+            bin.to_str().unwrap(),
+            "-s",
+            "victoria",
+            "--",
+            "-httpListenAddr=:$PORT",
+            "-storageDataPath=/data/victoria-metrics",
+        ],
+    );
+    assert_eq!(get(&host, "victoria", &id, "/health"), (200, "OK".into()));
+    let imported = host
+        .http()
+        .post(format!("http://{}/api/v1/import/prometheus", host.router))
+        .header("Host", host.preview_host("victoria", &id))
+        .body("nx_sample 7\n")
+        .send()
+        .unwrap();
+    assert!(imported.status().is_success(), "{imported:?}");
+    // Imported samples become searchable after the next flush (within a second or two).
+    let found = (0..40).any(|_| {
+        std::thread::sleep(Duration::from_millis(250));
+        get(&host, "victoria", &id, "/api/v1/export?match[]=nx_sample")
+            .1
+            .contains("\"values\":[7]")
+    });
+    assert!(found, "the imported sample never showed up");
+}
+
+#[test]
+fn docker_registry_listens_on_the_port_its_config_names() {
+    let host = Host::start();
+    let app = Bundle::new(&host, "registry")
+        .copy(
+            &file("docker-registry", "usr/bin/docker-registry"),
+            "registry",
+        )
+        .text(
+            "config.yml",
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /data/registry\n\
+             http:\n  addr: :5000\n",
+        );
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "-s",
+            "registry",
+            "--port",
+            "5000",
+            "--",
+            "serve",
+            "/app/config.yml",
+        ],
+    );
+    assert_eq!(get(&host, "registry", &id, "/v2/"), (200, "{}".into()));
+}
+
+#[test]
+fn nats_answers_http_monitoring_and_its_own_protocol() {
+    let host = Host::start();
+    let bin = file("nats-server", "usr/sbin/nats-server");
+    let id = push(
+        &host,
+        &[
+            bin.to_str().unwrap(),
+            "-s",
+            "nats",
+            "--",
+            "--port",
+            "4222",
+            "--http_port",
+            "$PORT",
+        ],
+    );
+    let (status, health) = get(&host, "nats", &id, "/healthz");
+    assert_eq!(status, 200, "{health}");
+    assert!(health.contains("ok"), "{health}");
+    let mut client = address(&host, "nats", &id);
+    client.set_port(4222);
+    let info = tcp_line(&host, client, b"");
+    assert!(info.starts_with("INFO {"), "{info}");
+}
+
+#[test]
+fn redis_ships_its_libraries_and_is_redis_server_by_argv0() {
+    let host = Host::start();
+    let lib = "usr/lib/x86_64-linux-gnu";
+    let app = Bundle::new(&host, "redis")
+        .copy(
+            &file("redis-tools", "usr/bin/redis-check-rdb"),
+            "bin/redis-check-rdb",
+        )
+        .copy(
+            &file("liblzf1", &format!("{lib}/liblzf.so.1.5")),
+            "lib/liblzf.so.1",
+        )
+        .copy(
+            &file("libjemalloc2", &format!("{lib}/libjemalloc.so.2")),
+            "lib/libjemalloc.so.2",
+        );
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "--entry",
+            "bin/redis-check-rdb",
+            "--argv0",
+            "redis-server",
+            "-s",
+            "redis",
+            "--",
+            "--port",
+            "$PORT",
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+        ],
+    );
+    let redis = address(&host, "redis", &id);
+    assert_eq!(tcp_line(&host, redis, b"PING\r\n"), "+PONG\r\n");
+}
+
+#[test]
+fn memcached_answers_its_text_protocol() {
+    let host = Host::start();
+    let bin = file("memcached", "usr/bin/memcached");
+    let id = push(
+        &host,
+        &[
+            bin.to_str().unwrap(),
+            "-s",
+            "memcached",
+            "--",
+            "-p",
+            "$PORT",
+            "-U",
+            "0",
+        ],
+    );
+    let memcached = address(&host, "memcached", &id);
+    assert_eq!(
+        tcp_line(&host, memcached, b"version\r\n"),
+        "VERSION 1.6.18\r\n"
+    );
+}
