@@ -257,7 +257,12 @@ pub struct DatabaseInfo {
     pub sandbox: SandboxName,
     pub database: String,
     pub role: String,
+    /// The connection URL on the nxd host (through the server's socket directory there).
     pub url: String,
+    /// The URL a deployment uses: its `DATABASE_URL` (through the socket directory bound at
+    /// /run/postgresql in the sandbox). Refer to it as `$DATABASE_URL` in `nx push -e`.
+    #[serde(default)]
+    pub sandbox_url: String,
     /// The database's size in bytes (`pg_database_size`). PostgreSQL cannot cap it; watch it.
     #[serde(default)]
     pub size_bytes: u64,

@@ -49,7 +49,7 @@ pub enum KeysCommand {
 #[derive(clap::Args)]
 pub struct SetArgs {
     name: String,
-    /// Set an environment variable, K=V; repeatable.
+    /// Set an environment variable, K=V; repeatable; `$NAME` in V as for `nx push -e`.
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<String>,
     /// Remove an environment variable; repeatable.

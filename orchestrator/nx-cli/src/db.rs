@@ -34,7 +34,12 @@ pub enum SandboxCommand {
 #[derive(clap::Subcommand)]
 pub enum DbCommand {
     /// Print the sandbox's database URL (its unix socket, on the nxd host).
-    Url { sandbox: String },
+    Url {
+        sandbox: String,
+        /// Print the URL a deployment uses (its $DATABASE_URL) instead of the host's.
+        #[arg(long)]
+        inside: bool,
+    },
     /// Open psql on the sandbox's database (run this on the nxd host).
     Psql { sandbox: String },
     /// Back up the database (pg_dump custom format): kept on the host and saved here.
@@ -94,12 +99,20 @@ pub async fn sandbox(client: &Client, cmd: SandboxCommand, json: bool) -> anyhow
 
 pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
-        DbCommand::Url { sandbox } => {
+        DbCommand::Url { sandbox, inside } => {
             let info = client.database(&name(&sandbox)?).await?;
             if json {
                 return print_json(&info);
             }
-            println!("{}", info.url);
+            if inside {
+                println!("{}", info.sandbox_url);
+            } else {
+                println!("{}", info.url);
+                eprintln!(
+                    "(this URL works on the nxd host; a deployment's is its $DATABASE_URL, \
+                     `nx db url --inside {sandbox}`: pass it on with -e NAME='$DATABASE_URL')"
+                );
+            }
         }
         DbCommand::Psql { sandbox } => {
             let info = client.database(&name(&sandbox)?).await?;

@@ -34,7 +34,9 @@ pub struct PushArgs {
     /// The sandbox to deploy into (created on first push): a-z, 0-9 and '-', at most 63.
     #[arg(long, short)]
     sandbox: String,
-    /// Environment variable for the program, K=V; repeatable.
+    /// Environment variable for the program, K=V; repeatable. `$NAME` or `${NAME}` in V is
+    /// NX's variable (PORT, DATABASE_URL, PG*, NX_DATA_DIR, ...) or another of yours, `$$` a
+    /// `$` (quote them for your shell: -e ATUIN_DB_URI='$DATABASE_URL').
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<String>,
     #[command(flatten)]
@@ -67,8 +69,8 @@ pub struct PushArgs {
     /// private ranges or other deployments, unless nxd's network.allow lists them).
     #[arg(long, value_parser = ["none", "public"], default_value = "none")]
     egress: String,
-    /// Arguments for the program; `$PORT` and `${PORT}` become its port, `$$` a `$` (quote
-    /// them for your shell: '$PORT').
+    /// Arguments for the program; `$NAME` and `${NAME}` become the value of the program's
+    /// variable NAME (`$PORT` its port), `$$` a `$` (quote them for your shell: '$PORT').
     #[arg(last = true)]
     args: Vec<String>,
 }

@@ -427,12 +427,13 @@ impl Orchestrator {
         if let Program::Bundle { manifest, .. } = &program {
             env.extend(crate::backend::bundle_env(manifest));
         }
-        env.extend(deployment.env.clone());
+        let env = crate::backend::args::environment(env, &deployment.env);
+        let args = crate::backend::args::expand(&deployment.args, |name| env.get(name).cloned());
         Ok(SandboxSpec {
             deployment: deployment.clone(),
             program,
             env,
-            args: crate::backend::args::expand_port(&deployment.args, port),
+            args,
             database_socket: Some(self.databases.socket()),
             network: self.attachment(deployment)?,
         })

@@ -289,6 +289,7 @@ async fn database(State(app): Shared, Path(name): Path<String>) -> ApiResult<Dat
         size_bytes: app.databases.size(&name).await?,
         connection_limit: app.databases.policy().connection_limit,
         url: app.databases.host_url(&creds),
+        sandbox_url: app.databases.sandbox_url(&creds),
         database: creds.database,
         role: creds.role,
         sandbox: name,

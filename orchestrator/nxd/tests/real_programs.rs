@@ -655,3 +655,47 @@ fn memcached_answers_its_text_protocol() {
         "VERSION 1.6.18\r\n"
     );
 }
+
+#[test]
+fn postgres_exporter_reaches_the_sandboxs_database_through_a_variable_reference() {
+    let host = Host::start();
+    let bin = file(
+        "prometheus-postgres-exporter",
+        "usr/bin/prometheus-postgres-exporter",
+    );
+    // The exporter reads its own variable; NX's DATABASE_URL is passed on by reference.
+    let id = push(
+        &host,
+        &[
+            bin.to_str().unwrap(),
+            "-s",
+            "pg",
+            "-e",
+            "DATA_SOURCE_NAME=$DATABASE_URL",
+            "--",
+            "--web.listen-address=:$PORT",
+        ],
+    );
+    let (status, metrics) = get(&host, "pg", &id, "/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("\npg_up 1\n"),
+        "pg_up is not 1; the exporter's log:\n{}",
+        host.nx(&["logs", &id]).stdout
+    );
+    // `nx db url --inside` is that URL; the default one is the host's.
+    let inside = host.nx(&["db", "url", "--inside", "pg"]);
+    assert!(inside.ok, "{}", inside.stderr);
+    assert!(
+        inside.stdout.contains("?host=/run/postgresql&"),
+        "{}",
+        inside.stdout
+    );
+    let outside = host.nx(&["db", "url", "pg"]);
+    assert!(
+        !outside.stdout.contains("/run/postgresql"),
+        "{}",
+        outside.stdout
+    );
+    assert!(outside.stderr.contains("--inside"), "{}", outside.stderr);
+}

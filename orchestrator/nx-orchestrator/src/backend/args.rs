@@ -1,11 +1,29 @@
-//! A program's arguments as it receives them: `$PORT` and `${PORT}` replaced by its port (the
-//! Procfile convention: there is no shell in a sandbox to expand them), `$$` for a literal
-//! `$`. Any other `$` stays as it is, so `$PORTS` or `$HOME` are passed literally.
+//! A program's arguments and environment as it receives them: `$NAME` and `${NAME}` replaced
+//! by the variable's value (the Procfile convention: there is no shell in a sandbox to expand
+//! them; so `-- --listen ':$PORT'` or `-e ATUIN_DB_URI='$DATABASE_URL'`), `$$` for a literal
+//! `$`. A name the environment does not have stays as written, so `$PORTS` is passed
+//! literally.
 
-/// Expands `$PORT`, `${PORT}` and `$$` in each argument.
-pub fn expand_port(args: &[String], port: u16) -> Vec<String> {
-    let port = port.to_string();
-    expand(args, |name| (name == "PORT").then(|| port.clone()))
+use std::collections::BTreeMap;
+
+/// The environment a deployment starts with: `nx_env` (NX's own variables: PORT, HOST,
+/// DATABASE_URL, the PG* ones, NX_*, a bundle's LD_LIBRARY_PATH, ...) overlaid with `user`'s
+/// (`nx push -e`, `nx sandbox set -e`), whose values have their references expanded. A
+/// reference means NX's variable of that name where NX sets one (so `-e PATH='$PATH:/app/bin'`
+/// extends NX's PATH), else the user's variable as written (user values are not expanded
+/// twice, so nothing can loop).
+pub fn environment(
+    nx_env: BTreeMap<String, String>,
+    user: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let lookup = |name: &str| nx_env.get(name).or_else(|| user.get(name)).cloned();
+    let expanded: Vec<(String, String)> = user
+        .iter()
+        .map(|(k, v)| (k.clone(), expand_one(v, &lookup)))
+        .collect();
+    let mut env = nx_env;
+    env.extend(expanded);
+    env
 }
 
 /// Expands, in each argument, `$NAME` and `${NAME}` (NAME: a letter or `_`, then letters,
@@ -64,10 +82,48 @@ fn expand_one(arg: &str, value: &impl Fn(&str) -> Option<String>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{expand, expand_port};
+    use super::{environment, expand};
+    use std::collections::BTreeMap;
 
     fn one(arg: &str) -> String {
-        expand_port(&[arg.to_owned()], 8080).remove(0)
+        expand(&[arg.to_owned()], |name| {
+            (name == "PORT").then(|| "8080".to_owned())
+        })
+        .remove(0)
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn user_values_refer_to_nx_variables_first_then_to_the_users_as_written() {
+        let nx = map(&[
+            ("PORT", "8080"),
+            ("DATABASE_URL", "postgres:///x"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let user = map(&[
+            ("ATUIN_DB_URI", "$DATABASE_URL"),
+            ("PATH", "$PATH:/app/bin"),
+            ("LISTEN", "0.0.0.0:${PORT}"),
+            ("A", "[$B]"),
+            ("B", "<$A>"),
+            ("SELF", "$SELF"),
+            ("PRICE", "$$5 $NOPE"),
+        ]);
+        let env = environment(nx, &user);
+        assert_eq!(env["ATUIN_DB_URI"], "postgres:///x");
+        assert_eq!(env["PATH"], "/usr/bin:/app/bin");
+        assert_eq!(env["LISTEN"], "0.0.0.0:8080");
+        assert_eq!(env["A"], "[<$A>]");
+        assert_eq!(env["B"], "<[$B]>");
+        assert_eq!(env["SELF"], "$SELF");
+        assert_eq!(env["PRICE"], "$5 $NOPE");
+        assert_eq!(env["DATABASE_URL"], "postgres:///x");
     }
 
     #[test]

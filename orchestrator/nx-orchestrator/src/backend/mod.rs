@@ -89,7 +89,7 @@ pub struct SandboxSpec {
     pub program: Program,
     /// The complete environment of the program: PORT, NX_*, the database's and the user's.
     pub env: BTreeMap<String, String>,
-    /// The program's arguments, `$PORT` expanded (`args::expand_port`).
+    /// The program's arguments, variable references expanded (`args::expand`).
     pub args: Vec<String>,
     /// The PostgreSQL socket on the host, made visible in the sandbox (nothing else of the
     /// cluster is).

@@ -222,10 +222,14 @@ impl Databases {
         self.socket_dir.join(format!(".s.PGSQL.{}", self.port))
     }
 
+    /// A URL through the socket in `socket_dir`, in libpq's form with an empty host
+    /// (`postgres://role:password@/database?host=DIR&port=N`, PostgreSQL's "Connection URIs"):
+    /// with a host name in it (`@localhost:5432`), drivers that give the URL's host precedence
+    /// over the `host` parameter (Go's lib/pq) connect over TCP instead, and fail.
     fn url(&self, c: &Credentials, socket_dir: &str) -> String {
         format!(
-            "postgres://{}:{}@localhost:{}/{}?host={socket_dir}",
-            c.role, c.password, self.port, c.database
+            "postgres://{}:{}@/{}?host={socket_dir}&port={}",
+            c.role, c.password, c.database, self.port
         )
     }
 
@@ -234,10 +238,15 @@ impl Databases {
         self.url(c, &self.socket_dir.display().to_string())
     }
 
+    /// The connection URL inside a sandbox: a deployment's `DATABASE_URL`.
+    pub fn sandbox_url(&self, c: &Credentials) -> String {
+        self.url(c, SANDBOX_SOCKET_DIR)
+    }
+
     /// What a deployment gets: DATABASE_URL and the libpq variables, through the socket.
     pub fn env(&self, c: &Credentials) -> BTreeMap<String, String> {
         BTreeMap::from([
-            ("DATABASE_URL".into(), self.url(c, SANDBOX_SOCKET_DIR)),
+            ("DATABASE_URL".into(), self.sandbox_url(c)),
             ("PGHOST".into(), SANDBOX_SOCKET_DIR.into()),
             ("PGPORT".into(), self.port.to_string()),
             ("PGDATABASE".into(), c.database.clone()),
