@@ -275,6 +275,9 @@ async fn remove_sandbox(
 ) -> ApiResult<SandboxRemoved> {
     let name = sandbox_name(&name)?;
     let final_backup = app.remove_sandbox(&name, q.backup).await?;
+    if let Err(e) = crate::sftp::area::remove(&app.config.state_dir, &name) {
+        tracing::warn!(sandbox = %name, error = %e, "the sandbox's SFTP result files stay");
+    }
     Ok(Json(SandboxRemoved {
         removed: name,
         final_backup,

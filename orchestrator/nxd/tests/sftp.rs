@@ -337,4 +337,10 @@ fn sftp_and_scp_uploads_deploy_and_bad_ones_are_refused() {
     host.nx_json(&["keys", "rm", "web", web_pub.to_str().unwrap()]);
     let out = sftp.batch("web", "web_key", "ls\n", &[]);
     assert!(!out.status.success(), "{}", text(&out));
+
+    // Removing the sandbox removes its result files: a sandbox made again under its name
+    // starts with none.
+    assert!(host.path("uploads/web/app.result").exists());
+    host.nx_json(&["sandbox", "rm", "web", "--no-backup"]);
+    assert!(!host.path("uploads/web").exists());
 }

@@ -28,6 +28,15 @@ pub fn dir(state_dir: &std::path::Path, sandbox: &SandboxName) -> PathBuf {
     state_dir.join("uploads").join(sandbox.as_str())
 }
 
+/// Removes a sandbox's upload area (its result files), when the sandbox is removed: a sandbox
+/// made again under that name starts with none.
+pub fn remove(state_dir: &std::path::Path, sandbox: &SandboxName) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir(state_dir, sandbox)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// An open handle.
 enum Open {
     /// A file being uploaded; `refused` once a write was refused (too large).

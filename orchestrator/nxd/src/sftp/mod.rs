@@ -4,7 +4,7 @@
 //! it was added to that sandbox (`nx keys add`). No shell, no exec: only the `sftp` subsystem,
 //! which shows the user its sandbox's upload area (`area`).
 
-mod area;
+pub(crate) mod area;
 mod deploy;
 pub mod host_key;
 
