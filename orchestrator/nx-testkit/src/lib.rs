@@ -620,6 +620,12 @@ pub fn psql(socket_dir: &Path, port: u16, db: &str, sql: &str) -> (bool, String)
 /// Podman, storage and config under `dir` (NX's own Podman config), and saves it as a
 /// docker-archive; returns the archive. `platform` e.g. `linux/amd64`, `linux/arm64`.
 pub fn build_sample_image(dir: &Path, platform: &str) -> PathBuf {
+    build_sample_image_with(dir, platform, "")
+}
+
+/// Like `build_sample_image`, with more Containerfile lines after the sample's; the build
+/// context also holds `tmp/`, an empty directory of mode 0755 (as some images' /tmp is).
+pub fn build_sample_image_with(dir: &Path, platform: &str, lines: &str) -> PathBuf {
     // Storage of its own per platform: Podman's build cache would hand an arm64 build the
     // amd64 image of the same layers.
     let name = platform.replace('/', "-");
@@ -628,9 +634,10 @@ pub fn build_sample_image(dir: &Path, platform: &str) -> PathBuf {
     let context = dir.join("context");
     std::fs::create_dir_all(&context).expect("build context");
     std::fs::copy(sample_app(), context.join("nx-sample-app")).expect("copy the sample");
+    std::fs::create_dir_all(context.join("tmp")).expect("tmp/ in the build context");
     std::fs::write(
         context.join("Containerfile"),
-        "FROM scratch\nCOPY nx-sample-app /app\nENTRYPOINT [\"/app\"]\n",
+        format!("FROM scratch\nCOPY nx-sample-app /app\n{lines}ENTRYPOINT [\"/app\"]\n"),
     )
     .expect("Containerfile");
     let tag = format!("localhost/nx-sample-{name}");

@@ -205,3 +205,44 @@ fn an_image_runs_under_gvisor_when_asked() {
     ]);
     assert!(!out.ok && out.stderr.contains("--image"), "{}", out.stderr);
 }
+
+#[test]
+fn an_images_tmp_is_writable_by_its_user_whatever_mode_the_image_gives_it() {
+    let host = Host::start();
+    let build = tempfile::tempdir_in("/var/tmp").unwrap();
+    // The image's /tmp is 0755, root's; the program runs as the deployment's uid. Podman's
+    // --tmpfs would take the image's mode (runc chmods a tmpfs to the directory it covers).
+    let image = nx_testkit::build_sample_image_with(
+        build.path(),
+        "linux/amd64",
+        "COPY --chmod=0755 tmp /tmp\n",
+    );
+    let id = host.nx_json(&[
+        "push",
+        "--image",
+        image.to_str().unwrap(),
+        "-s",
+        "tmp",
+        "--tmp",
+        "8",
+    ])["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let preview = host.preview_host("tmp", &id);
+    let (status, body) = host.get(&preview, "/fill?dir=/tmp&mb=2");
+    assert_eq!(status, 200, "{body}");
+    let filled: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(filled["error"], serde_json::Value::Null, "{body}");
+    assert_eq!(filled["written_bytes"], 2 << 20, "{body}");
+    // Still its own size: 8 MiB, then ENOSPC.
+    let (_, body) = host.get(&preview, "/fill?dir=/tmp&mb=12");
+    let filled: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        filled["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("No space left"),
+        "{body}"
+    );
+}

@@ -82,22 +82,11 @@ impl DataImage {
             .map_err(|e| format!("renaming {}: {e}", partial.display()))
     }
 
-    /// In the launcher, as root: a mount namespace of this process's own (receiving, never
-    /// sending, mount events), the image mounted on `mountpoint` (nosuid, nodev), its root 0700.
+    /// In the launcher, as root, in the unit's own mount namespace (`own_mount_namespace`):
+    /// the image mounted on `mountpoint` (nosuid, nodev), its root 0700.
     #[cfg(target_os = "linux")]
     pub fn mount(&self) -> Result<(), String> {
-        use nix::mount::{mount, MsFlags};
         use std::os::unix::fs::PermissionsExt;
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-            .map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
-            None::<&str>,
-        )
-        .map_err(|e| format!("making / a mount slave: {e}"))?;
         std::fs::create_dir_all(&self.mountpoint)
             .map_err(|e| format!("creating {}: {e}", self.mountpoint.display()))?;
         run(
@@ -121,4 +110,22 @@ impl DataImage {
             at: Utc::now(),
         })
     }
+}
+
+/// In the launcher, as root: a mount namespace of this process's own, receiving but never
+/// sending mount events (`/` made a slave), so that what it mounts (/data's image, an image's
+/// /tmp) exists only while the unit runs and nothing is left mounted after it.
+#[cfg(target_os = "linux")]
+pub fn own_mount_namespace() -> Result<(), String> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making / a mount slave: {e}"))
 }

@@ -41,6 +41,9 @@ pub struct LaunchSpec {
     /// Mount this image on the data dir first, in a mount namespace of the unit's own.
     #[serde(default)]
     pub data_image: Option<DataImage>,
+    /// Mount this tmpfs (an image's /tmp, which Podman binds) first, in the same namespace.
+    #[serde(default)]
+    pub tmp: Option<super::tmp_mount::TmpMount>,
     /// `RLIMIT_NOFILE` (soft and hard) of the program; `None` keeps the unit's.
     #[serde(default)]
     pub nofile: Option<u64>,

@@ -143,9 +143,19 @@ pub fn run(spec_path: &Path) -> String {
             return e.to_string();
         }
     }
+    if spec.data_image.is_some() || spec.tmp.is_some() {
+        if let Err(e) = super::data_disk::own_mount_namespace() {
+            return e;
+        }
+    }
     if let Some(image) = &spec.data_image {
         if let Err(e) = image.mount() {
             return format!("mounting /data: {e}");
+        }
+    }
+    if let Some(tmp) = &spec.tmp {
+        if let Err(e) = tmp.mount() {
+            return format!("mounting /tmp: {e}");
         }
     }
     if let Some(n) = spec.nofile {

@@ -11,6 +11,7 @@ mod host_files;
 pub mod podman;
 mod seccomp;
 
+use super::tmp_mount::TmpMount;
 use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
@@ -20,7 +21,7 @@ use crate::domain::{BackendKind, Deployment, Runtime};
 use crate::supervisor::Supervisor;
 use bwrap::Sandbox;
 use podman::Podman;
-use podman::{Container, ContainerEnv};
+use podman::{Container, ContainerEnv, Tmp};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -130,6 +131,10 @@ impl SandboxBackend for ContainerBackend {
             Program::Image { archive, image_id } => {
                 self.podman.load(archive, image_id).await?;
                 let env_file = handle.dir.join("env");
+                let tmp = TmpMount {
+                    dir: handle.dir.join("tmp"),
+                    size_mb: limits.tmp_mb,
+                };
                 let lines: String = spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
                 std::fs::write(&env_file, lines)?;
                 set_mode(&env_file, 0o600)?;
@@ -145,11 +150,12 @@ impl SandboxBackend for ContainerBackend {
                         database_socket: socket,
                         network,
                         runtime: spec.deployment.runtime,
-                        tmp_mb: limits.tmp_mb,
+                        tmp: Tmp::Mounted(&tmp.dir),
                     }),
                     env: self.podman.env(),
                     stop: StopForward::Child,
                     network: Some(spec.network.clone()),
+                    tmp: Some(tmp.clone()),
                     ..LaunchSpec::default()
                 }
             }
@@ -217,7 +223,9 @@ impl SandboxBackend for ContainerBackend {
                     database_socket: None,
                     network: SandboxNetwork::Loopback,
                     runtime: Runtime::Runc,
-                    tmp_mb: task.limits.tmp_mb,
+                    tmp: Tmp::Tmpfs {
+                        size_mb: task.limits.tmp_mb,
+                    },
                 });
                 for (k, v) in &task.env {
                     env.entry(k.clone()).or_insert_with(|| v.clone());

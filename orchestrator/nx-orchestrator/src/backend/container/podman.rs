@@ -30,6 +30,14 @@ pub enum ContainerEnv<'a> {
 }
 
 /// One Podman container: a deployment's or a task's.
+/// A container's `/tmp`.
+pub enum Tmp<'a> {
+    /// Podman's tmpfs of this size (MiB); runc gives it the mode of the image's /tmp.
+    Tmpfs { size_mb: u64 },
+    /// A directory the launcher mounted a 1777 tmpfs on (`tmp_mount::TmpMount`), bound.
+    Mounted(&'a Path),
+}
+
 pub struct Container<'a> {
     pub name: &'a str,
     pub hostname: &'a str,
@@ -41,8 +49,7 @@ pub struct Container<'a> {
     pub database_socket: Option<&'a Path>,
     pub network: SandboxNetwork<'a>,
     pub runtime: Runtime,
-    /// The size of `/tmp` (a tmpfs), in MiB.
-    pub tmp_mb: u64,
+    pub tmp: Tmp<'a>,
 }
 
 impl Podman {
@@ -171,13 +178,18 @@ impl Podman {
             .map(|s| s.to_string()),
         );
         argv.extend(["--user".into(), format!("{}:{}", c.uid, c.uid)]);
-        argv.extend([
-            "--tmpfs".into(),
-            format!("/tmp:rw,nosuid,nodev,mode=1777,size={}m", c.tmp_mb),
-            // Podman's own limits, which the launcher set (RLIMIT_NOFILE).
-            "--ulimit".into(),
-            "host".into(),
-        ]);
+        argv.extend(match c.tmp {
+            Tmp::Tmpfs { size_mb } => [
+                "--tmpfs".into(),
+                format!("/tmp:rw,nosuid,nodev,mode=1777,size={size_mb}m"),
+            ],
+            Tmp::Mounted(dir) => [
+                "--volume".into(),
+                format!("{}:/tmp:rw,nosuid,nodev", dir.display()),
+            ],
+        });
+        // Podman's own limits, which the launcher set (RLIMIT_NOFILE).
+        argv.extend(["--ulimit".into(), "host".into()]);
         match &c.env {
             ContainerEnv::File(file) => {
                 argv.extend(["--env-file".into(), file.display().to_string()]);
