@@ -141,8 +141,9 @@ in
     };
     tls = {
       httpsListen = mkOption { type = types.nullOr types.str; default = defaults.tls.httpsListen; example = "0.0.0.0:443"; description = "The router's HTTPS listener (HTTP/2 and HTTP/1.1 through ALPN). Null: no HTTPS."; };
-      acme = mkOption { type = types.bool; default = defaults.tls.acme; description = "Order certificates by ACME (HTTP-01) for production hosts and custom domains that certFile does not cover."; };
+      acme = mkOption { type = types.bool; default = defaults.tls.acme; description = "Order certificates by ACME (acmeChallenge) for production hosts and custom domains that certFile does not cover."; };
       acmeDirectoryUrl = mkOption { type = types.str; default = defaults.tls.acmeDirectoryUrl; description = "The ACME server's directory URL (https)."; };
+      acmeChallenge = mkOption { type = types.enum [ "http-01" "tls-alpn-01" ]; default = defaults.tls.acmeChallenge; description = "The ACME challenge nxd answers: http-01 on the router's HTTP listener (port 80 must reach it) or tls-alpn-01 (RFC 8737) on its HTTPS listener alone."; };
       acmeEmail = mkOption { type = types.nullOr types.str; default = defaults.tls.acmeEmail; description = "Contact address of the ACME account. Null: none."; };
       acmeCaRoots = mkOption { type = types.nullOr types.str; default = defaults.tls.acmeCaRoots; description = "A PEM root trusted for the ACME server itself instead of the system's roots (test servers). Null: the system's roots."; };
       acmeRenewBeforeDays = mkOption { type = types.ints.unsigned; default = defaults.tls.acmeRenewBeforeDays; description = "A certificate is renewed when it expires within this many days."; };

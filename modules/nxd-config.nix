@@ -89,6 +89,7 @@ withoutNulls {
     https_listen = cfg.tls.httpsListen;
     inherit (cfg.tls) acme hsts;
     acme_directory_url = cfg.tls.acmeDirectoryUrl;
+    acme_challenge = cfg.tls.acmeChallenge;
     acme_email = cfg.tls.acmeEmail;
     acme_ca_roots = cfg.tls.acmeCaRoots;
     acme_renew_before_days = cfg.tls.acmeRenewBeforeDays;

@@ -92,6 +92,7 @@
     httpsListen = null;
     acme = true;
     acmeDirectoryUrl = "https://acme-v02.api.letsencrypt.org/directory";
+    acmeChallenge = "http-01";
     acmeEmail = null;
     acmeCaRoots = null;
     acmeRenewBeforeDays = 30;

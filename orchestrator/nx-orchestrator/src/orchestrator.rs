@@ -558,6 +558,8 @@ impl Orchestrator {
             self.backend.get(backend)?;
         }
         let sandbox = async {
+            crate::tls::check_new_sandbox(&self.state, &req.sandbox, &self.config.base_domain)
+                .await?;
             self.state
                 .create_sandbox(&req.sandbox, req.backend.unwrap_or_default())
                 .await?;
@@ -851,6 +853,7 @@ impl Orchestrator {
         backend: BackendKind,
     ) -> Result<SandboxView, Error> {
         self.backend.get(backend)?;
+        crate::tls::check_new_sandbox(&self.state, name, &self.config.base_domain).await?;
         if !self.state.create_sandbox(name, backend).await? {
             return Err(Error::Conflict(format!("sandbox {name} exists already")));
         }

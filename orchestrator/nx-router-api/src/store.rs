@@ -140,6 +140,14 @@ pub fn covers(cert: &CertificateDer<'_>, name: &str) -> bool {
         .is_ok()
 }
 
+/// Where nxd puts TLS-ALPN-01 validation certificates (RFC 8737 §3: self-signed, for the name
+/// being validated, with the `acmeIdentifier` extension) for the router's HTTPS listener to
+/// serve to a handshake that offers only ALPN `acme-tls/1`: `<challenges_dir>/tls-alpn-01/`,
+/// one `<name>.pem` each, written by [`save`] and read by [`read_pair`] like the store.
+pub fn tls_alpn_dir(challenges_dir: &Path) -> PathBuf {
+    challenges_dir.join("tls-alpn-01")
+}
+
 /// Whether `token` may name an HTTP-01 challenge file: base64url characters only (RFC 8555
 /// §8.3), so no path can be formed from it.
 pub fn is_challenge_token(token: &str) -> bool {

@@ -1,17 +1,25 @@
-//! What Pingora leaves to its user about client connections: a cap on open connections, and a
+//! What Pingora leaves to its user about client connections: a cap on open connections, a
 //! deadline for a whole request head (Pingora's timeouts are per read, so a client that sends a
-//! byte every few seconds would never be cut off).
+//! byte every few seconds would never be cut off), and one for a whole TLS handshake.
 //!
 //! [`Connections`] wraps the proxy as Pingora's `ServerApp`: it refuses connections over the cap,
 //! reads each HTTP/1 request head itself under `head_timeout` (the first byte under
 //! `idle_timeout`), puts the bytes back into the stream (Pingora's `rewind`) and hands the
 //! request to the proxy; HTTP/2 with prior knowledge (h2c) goes to Pingora's own handling.
+//!
+//! On the HTTPS listener (a plain TCP listener to Pingora) it also runs the TLS handshake, with
+//! Pingora's rustls acceptor and our `rustls::ServerConfig` (see [`crate::tls::acceptor`]), under
+//! `head_timeout` as nginx's `client_header_timeout` covers its handshakes: a client that opens
+//! TLS and never finishes is closed. A finished TLS-ALPN-01 validation handshake (RFC 8737,
+//! ALPN `acme-tls/1`) is closed at once; any other goes to Pingora's HTTP handling (h2 or
+//! HTTP/1.1 by ALPN; its per-read timeouts apply to TLS request heads).
 
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
-use pingora::protocols::{GetSocketDigest, Stream};
+use pingora::protocols::{GetSocketDigest, Ssl, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,6 +38,8 @@ pub struct Connections<A> {
     max: usize,
     idle_timeout: Duration,
     head_timeout: Duration,
+    /// The HTTPS listener's TLS; `None` on the plain HTTP listener.
+    tls: Option<Acceptor>,
 }
 
 /// Holds one of the `max` connection slots until dropped.
@@ -63,6 +73,45 @@ impl<A> Connections<A> {
             max,
             idle_timeout,
             head_timeout,
+            tls: None,
+        }
+    }
+
+    /// Serves TLS: each connection's handshake is run by `acceptor` under `head_timeout`.
+    pub fn with_tls(mut self, acceptor: Acceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// The TLS handshake of a new connection, within `head_timeout`; `None` when it failed,
+    /// did not finish in time, or was an ACME TLS-ALPN-01 validation (done once it finished).
+    async fn handshake(&self, acceptor: &Acceptor, stream: Stream) -> Option<Stream> {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned());
+        let tcp: Box<TcpStream> = stream.into_any().downcast().ok()?;
+        match timeout(self.head_timeout, acceptor.tls_handshake(*tcp)).await {
+            Ok(Ok(tls)) => {
+                if matches!(tls.selected_alpn_proto(),
+                    Some(ALPN::Custom(p)) if p.protocol() == crate::tls::ACME_TLS_ALPN)
+                {
+                    tracing::info!(?peer, "ACME TLS-ALPN-01 validation handshake answered");
+                    return None;
+                }
+                Some(Box::new(tls))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::info!(
+                    ?peer,
+                    secs = self.head_timeout.as_secs(),
+                    "TLS handshake not complete within router.head_timeout_secs: closed"
+                );
+                None
+            }
         }
     }
 
@@ -144,8 +193,12 @@ where
             );
             return None;
         };
+        if let Some(acceptor) = &self.tls {
+            let tls = self.handshake(acceptor, stream).await?;
+            // Pingora's own handling: h2 or HTTP/1.1 by ALPN, timeouts per read.
+            return ServerApp::process_new(&self.proxy, tls, shutdown).await;
+        }
         if !stream.as_any().is::<TcpStream>() {
-            // Not a plain TCP stream (e.g. TLS later): Pingora's own handling, timeouts per read.
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
         let mut stream: Box<TcpStream> = stream.into_any().downcast().ok()?;

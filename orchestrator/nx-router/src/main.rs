@@ -18,7 +18,6 @@ use anyhow::Context;
 use clap::Parser;
 use nx_router_api::RouterSettings;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -95,21 +94,22 @@ fn main() -> anyhow::Result<()> {
         &table,
         &metrics,
         proxy::Listener::Http(http_side),
+        None,
     );
     plain.add_tcp(&settings.listen.to_string());
     server.add_service(plain);
     if let (Some(tls), Some(certs)) = (&settings.tls, certs) {
+        // A TCP listener to Pingora: the handshake is ours (connections.rs), under a deadline
+        // and with ALPN acme-tls/1 beside h2 and http/1.1 (tls::acceptor).
         let mut https = proxy_service(
             &server,
             &settings,
             &table,
             &metrics,
             proxy::Listener::Https { hsts: tls.hsts },
+            Some(tls::acceptor(certs)),
         );
-        let mut tls_settings = TlsSettings::intermediate("", "")?;
-        tls_settings.set_cert_resolver(certs);
-        tls_settings.enable_h2();
-        https.add_tls_with_settings(&tls.listen.to_string(), None, tls_settings);
+        https.add_tcp(&tls.listen.to_string());
         server.add_service(https);
         tracing::info!(https_listen = %tls.listen, "HTTPS on");
     }
@@ -117,13 +117,15 @@ fn main() -> anyhow::Result<()> {
     server.run_forever()
 }
 
-/// The proxy for one listener, wrapped in the connection caps and head deadline.
+/// The proxy for one listener, wrapped in the connection caps and head deadline; `tls` makes
+/// it the HTTPS listener.
 fn proxy_service(
     server: &Server,
     settings: &RouterSettings,
     table: &Arc<table::Table>,
     metrics: &Arc<metrics::RouterMetrics>,
     listener: proxy::Listener,
+    tls: Option<pingora::listeners::tls::Acceptor>,
 ) -> Service<connections::Connections<HttpProxy<proxy::NxProxy>>> {
     let config = settings.config.clone();
     let mut proxy = pingora::proxy::http_proxy(
@@ -148,6 +150,10 @@ fn proxy_service(
         idle,
         Duration::from_secs(config.head_timeout_secs),
     );
+    let app = match tls {
+        Some(acceptor) => app.with_tls(acceptor),
+        None => app,
+    };
     Service::new("nx-router".into(), app)
 }
 

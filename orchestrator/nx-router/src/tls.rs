@@ -4,6 +4,8 @@
 //!
 //! [`Certificates`] is the rustls resolver of the HTTPS listener: it picks by SNI, so a name
 //! the router has no certificate for gets a failed handshake, not someone else's certificate.
+//! A handshake that offers only ALPN `acme-tls/1` is an ACME TLS-ALPN-01 validation (RFC 8737):
+//! it gets the validation certificate nxd put up for that name, if any, and nothing else.
 
 use arc_swap::ArcSwap;
 use nx_router_api::store::{self, CertificatePair};
@@ -15,6 +17,23 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// The ALPN protocol id of TLS-ALPN-01 validation handshakes (RFC 8737 §6.2).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The HTTPS listener's TLS: TLS 1.2 and 1.3 (ring, as Pingora's own listener), certificates by
+/// SNI from `certs`, ALPN `h2`, `http/1.1` and `acme-tls/1` (in that order of preference;
+/// Pingora's own listener takes a fixed list without the last).
+pub fn acceptor(certs: Arc<Certificates>) -> pingora::listeners::tls::Acceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    pingora::listeners::tls::Acceptor::from_server_config(Arc::new(config))
+}
+
 /// One fixed certificate and the leaf to check names against.
 #[derive(Debug)]
 struct Fixed {
@@ -25,6 +44,8 @@ struct Fixed {
 #[derive(Debug)]
 pub struct Certificates {
     certs_dir: PathBuf,
+    /// TLS-ALPN-01 validation certificates, read when a validation handshake comes.
+    alpn_dir: PathBuf,
     acme: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
     fixed: Option<Fixed>,
 }
@@ -56,6 +77,7 @@ impl Certificates {
         };
         let certs = Self {
             certs_dir: tls.certs_dir.clone(),
+            alpn_dir: store::tls_alpn_dir(&tls.challenges_dir),
             acme: ArcSwap::default(),
             fixed,
         };
@@ -94,8 +116,35 @@ impl Certificates {
     }
 }
 
+impl Certificates {
+    /// The TLS-ALPN-01 validation certificate nxd put up for `sni`, if any (read from its
+    /// file: validations are rare, and the file comes and goes with the order).
+    fn validation(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
+        let name = normalize_host(sni);
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            || name.starts_with('.')
+        {
+            return None;
+        }
+        let file = store::path(&self.alpn_dir, &name);
+        let pair = store::read_pair(&file, &file).ok()?;
+        certified(pair)
+            .inspect_err(|e| tracing::warn!(name, error = %e, "TLS-ALPN-01 certificate unusable"))
+            .ok()
+    }
+}
+
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validation = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.all(|p| p == ACME_TLS_ALPN));
+        if validation {
+            // RFC 8737 §3: the validation certificate only to a client offering only acme-tls/1.
+            return hello.server_name().and_then(|name| self.validation(name));
+        }
         let found = hello.server_name().and_then(|name| self.find(name));
         if found.is_none() {
             tracing::debug!(sni = ?hello.server_name(), "no certificate for this name: handshake refused");

@@ -4,24 +4,11 @@
 
 mod common;
 
-use common::{echo_app, Router};
+use common::{closed_within, echo_app, Router};
 use nx_router_api::RouterConfig;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Waits until the router closes `stream` (EOF or reset); `None` if still open after `limit`.
-async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout_at((start + limit).into(), stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
 
 async fn get_on(stream: &mut TcpStream, host: &str) -> String {
     let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");

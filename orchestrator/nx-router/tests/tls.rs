@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{echo_app, free_addr, Router};
+use common::{closed_within, echo_app, free_addr, Router};
 use nx_router_api::store;
 use nx_router_api::{RouterConfig, RouterTls};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -67,8 +67,13 @@ impl TestCa {
 /// A router with HTTPS whose fixed certificate (`cert.pem`, `key.pem` in its directory) covers
 /// `web.nx.test` and `*.apps.test`.
 async fn router_with_fixed_certificate(ca: &TestCa, hsts: bool) -> Router {
+    router_with_certificate_for(ca, RouterConfig::default(), hsts).await
+}
+
+/// [`router_with_fixed_certificate`] with `config`.
+async fn router_with_certificate_for(ca: &TestCa, config: RouterConfig, hsts: bool) -> Router {
     let (chain, key) = ca.leaf(&["web.nx.test", "*.apps.test"]);
-    Router::start_with_tls(RouterConfig::default(), None, |dir: &Path| {
+    Router::start_with_tls(config, None, |dir: &Path| {
         std::fs::write(dir.join("cert.pem"), &chain).unwrap();
         std::fs::write(dir.join("key.pem"), &key).unwrap();
         Some(RouterTls {
@@ -282,4 +287,165 @@ async fn websockets_pass_over_tls() {
         .expect("WebSocket handshake over TLS");
     assert_eq!(response.status(), 101);
     common::websocket_round_trips(&mut ws).await;
+}
+
+/// A router with HTTPS whose fixed certificate covers `web.nx.test`, routed to an echo app.
+async fn https_router(ca: &TestCa, config: RouterConfig) -> Router {
+    let router = router_with_certificate_for(ca, config, false).await;
+    router.routes(&[("web.nx.test", echo_app().await)]).await;
+    router
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_unfinished_tls_handshakes_are_closed_within_the_head_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let ca = TestCa::new();
+    let config = RouterConfig {
+        head_timeout_secs: 2,
+        ..RouterConfig::default()
+    };
+    let router = https_router(&ca, config).await;
+    let https = router.https.unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(https).await.unwrap();
+            let (mut read, mut write) = stream.into_split();
+            let trickle = tokio::spawn(async move {
+                // A handshake record header (RFC 8446 §5.1) announcing a 512-byte ClientHello,
+                // then one byte of it a second: never a whole hello.
+                write.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await?;
+                loop {
+                    write.write_all(&[0x01]).await?;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), std::io::Error>(())
+            });
+            let closed = closed_within(&mut read, Duration::from_secs(10)).await;
+            trickle.abort();
+            closed
+        }));
+    }
+    for client in clients {
+        let after = client
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("an unfinished handshake was still open after 10 s"));
+        assert!(
+            after > Duration::from_millis(1500) && after < Duration::from_millis(3500),
+            "closed after {after:?}, not at the 2 s deadline"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // the router's log is flushed every 200 ms
+    assert!(
+        router
+            .log()
+            .contains("TLS handshake not complete within router.head_timeout_secs"),
+        "{}",
+        router.log()
+    );
+    // The router still serves HTTPS.
+    let resp = ca
+        .client(&["web.nx.test"], https)
+        .get(format!("https://web.nx.test:{}/", https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// A TLS handshake with `name` at `addr` offering `alpn`, trusting `ca` only: the negotiated
+/// ALPN protocol and the served leaf, and the stream.
+async fn handshake(
+    ca: &TestCa,
+    addr: SocketAddr,
+    name: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<(
+    Option<Vec<u8>>,
+    Vec<u8>,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(
+            ca.issuer.der().to_vec(),
+        ))
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let server = rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server, tcp)
+        .await?;
+    let (_, connection) = tls.get_ref();
+    let alpn = connection.alpn_protocol().map(<[u8]>::to_vec);
+    let leaf = connection.peer_certificates().unwrap()[0].to_vec();
+    Ok((alpn, leaf, tls))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_alpn_01_validation_handshakes_get_the_validation_certificate_and_nothing_else() {
+    let ca = TestCa::new();
+    let router = https_router(&ca, RouterConfig::default()).await;
+    let https = router.https.unwrap();
+    let acme: &[&[u8]] = &[b"acme-tls/1"];
+
+    // No validation certificate put up: a validation handshake fails.
+    assert!(handshake(&ca, https, "web.nx.test", acme).await.is_err());
+
+    // nxd puts one up (here signed by the test CA so that the client can check it).
+    let (chain, key) = ca.leaf(&["web.nx.test"]);
+    let alpn_dir = store::tls_alpn_dir(&router.dir.path().join("challenges"));
+    store::save(&alpn_dir, "web.nx.test", &chain, &key).unwrap();
+    let validation_leaf = store::read_pair(
+        &store::path(&alpn_dir, "web.nx.test"),
+        &store::path(&alpn_dir, "web.nx.test"),
+    )
+    .unwrap()
+    .chain[0]
+        .to_vec();
+
+    let (alpn, leaf, mut stream) = handshake(&ca, https, "WEB.nx.test", acme)
+        .await
+        .unwrap_or_else(|e| panic!("validation handshake: {e}\n{}", router.log()));
+    assert_eq!(alpn.as_deref(), Some(&b"acme-tls/1"[..]));
+    assert_eq!(
+        leaf, validation_leaf,
+        "the validation certificate is served"
+    );
+    // RFC 8737 §3: nothing is served on a validation connection; the router closes it.
+    let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "the validation connection stayed open");
+
+    // Any other client gets the site's certificate, also one that offers acme-tls/1 too.
+    for offered in [&[&b"h2"[..], b"acme-tls/1"][..], &[b"http/1.1"], &[]] {
+        let (alpn, leaf, _) = handshake(&ca, https, "web.nx.test", offered).await.unwrap();
+        assert_ne!(leaf, validation_leaf, "offered {offered:?}");
+        assert_ne!(alpn.as_deref(), Some(&b"acme-tls/1"[..]));
+    }
+    let resp = ca
+        .client(&["web.nx.test"], https)
+        .get(format!("https://web.nx.test:{}/", https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+
+    // A name with a validation file but no route or certificate: only validations get it.
+    let (chain, key) = ca.leaf(&["new.example"]);
+    store::save(&alpn_dir, "new.example", &chain, &key).unwrap();
+    assert!(handshake(&ca, https, "new.example", acme).await.is_ok());
+    assert!(handshake(&ca, https, "new.example", &[b"h2"])
+        .await
+        .is_err());
 }

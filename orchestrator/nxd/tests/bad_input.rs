@@ -327,3 +327,30 @@ fn bad_request_fields_get_a_4xx_naming_the_field_and_store_nothing() {
     ));
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn a_sandbox_named_api_is_refused_because_api_dot_base_domain_is_the_api() {
+    let host = Host::start();
+    let sample = nx_testkit::sample_app();
+    let expected = format!(
+        "the sandbox name \"api\" is reserved: api.{} is nxd's own API over HTTPS",
+        nx_testkit::BASE_DOMAIN
+    );
+    let push = host.nx(&["push", sample.to_str().unwrap(), "--sandbox", "api"]);
+    assert!(!push.ok, "a push made sandbox api");
+    assert!(
+        push.stderr.contains(&expected) && push.stderr.contains("e.g. api-app"),
+        "{}",
+        push.stderr
+    );
+    let create = host.nx(&["sandbox", "create", "api"]);
+    assert!(!create.ok, "nx sandbox create api succeeded");
+    assert!(create.stderr.contains(&expected), "{}", create.stderr);
+    assert_eq!(
+        host.nx_json(&["ls"]),
+        serde_json::json!([]),
+        "something was created"
+    );
+    // Other names that start with it are fine.
+    assert!(host.nx(&["sandbox", "create", "api-app"]).ok);
+}

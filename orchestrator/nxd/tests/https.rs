@@ -3,7 +3,8 @@
 //! hosts and the API get certificates by HTTP-01 through the router, curl verifies them against
 //! Pebble's root with HTTP/2 negotiated, plain HTTP redirects, a restarted nxd serves the stored
 //! certificate without a new order, renewal swaps certificates under load without a failed
-//! request, and a failed validation is reported with the server's reason.
+//! request, and a failed validation is reported with the server's reason. With
+//! `acme_challenge = "tls-alpn-01"` the certificate comes through the HTTPS listener alone.
 
 use nx_testkit::pebble::Pebble;
 use nx_testkit::{free_port, Host};
@@ -224,6 +225,40 @@ fn production_hosts_get_certificates_that_survive_restarts_and_renew_without_a_f
 }
 
 /// How many orders Pebble finalized (its log says "Issued certificate" for each).
+#[test]
+fn with_tls_alpn_01_a_production_host_gets_its_certificate_through_the_https_listener_alone() {
+    let (router_port, https_port) = (free_port(), free_port());
+    // Pebble's HTTP-01 port has nothing behind it: only TLS-ALPN-01 (RFC 8737) can succeed.
+    let pebble = Pebble::start(free_port(), https_port);
+    let host = host_with_acme(
+        &pebble,
+        router_port,
+        https_port,
+        "acme_challenge = \"tls-alpn-01\"\n",
+    );
+    let root = host.path("pebble-root.pem");
+    std::fs::write(&root, pebble.issuing_root()).unwrap();
+    let v1 = host.push_sample("shop", &["-e", "APP_VERSION=v1"]);
+    host.nx_json(&["promote", "shop", &v1]);
+    let name = host.production_host("shop");
+    let status = wait_status(&host, &pebble, &name, is_valid);
+    assert!(status["not_after"].as_i64().unwrap() > chrono_now());
+    let (version, code, body) = curl_https(&name, https_port, "/", &root);
+    assert_eq!((version.as_str(), code.as_str()), ("2", "200"), "{body}");
+    assert!(body.contains("v1"), "{body}");
+    std::thread::sleep(Duration::from_millis(500)); // the router flushes its log every 200 ms
+    let router_log = std::fs::read_to_string(host.path("router/router.log")).unwrap_or_default();
+    assert!(
+        router_log.contains("ACME TLS-ALPN-01 validation handshake answered"),
+        "the router saw no TLS-ALPN-01 validation:\n{router_log}"
+    );
+    // The validation certificates are gone once the orders are done.
+    let left: Vec<_> = std::fs::read_dir(host.path("tls/challenges/tls-alpn-01"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "validation certificates left: {left:?}");
+}
+
 fn pebble_orders(pebble: &Pebble) -> usize {
     pebble.log().matches("Issued certificate serial").count()
 }

@@ -1,7 +1,9 @@
 //! Certificates from an ACME server (RFC 8555) for the names NX routes, and only those: the
 //! production hosts `<sandbox>.<base_domain>` (and, through [`Acme::want`], whatever else nxd
-//! routes). The protocol, JWS and CSR are instant-acme's; the challenge is HTTP-01 (§8.3),
-//! answered by the router on its plain HTTP listener from `<state_dir>/tls/challenges/`.
+//! routes). The protocol, JWS and CSR are instant-acme's, the validation certificate rcgen's;
+//! the challenge is `tls.acme_challenge`: HTTP-01 (§8.3), answered by the router on its plain
+//! HTTP listener from `<state_dir>/tls/challenges/`, or TLS-ALPN-01 (RFC 8737), answered on its
+//! HTTPS listener from `<state_dir>/tls/challenges/tls-alpn-01/`.
 //!
 //! Each name has a [`CertificateStatus`] kept in `<state_dir>/tls/status.json`: valid until a
 //! date, or failed with the server's reason and the time of the next attempt (back-off from
@@ -10,7 +12,7 @@
 //! sees neither.
 
 use super::store::{self, StoreError};
-use super::TlsConfig;
+use super::{AcmeChallenge, TlsConfig};
 use crate::router::RouterClient;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
@@ -39,6 +41,8 @@ pub enum AcmeError {
     Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot make the TLS-ALPN-01 validation certificate: {0}")]
+    ValidationCertificate(#[from] rcgen::Error),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -317,15 +321,15 @@ impl Acme {
             .await
     }
 
-    /// One order for `name` by HTTP-01; answers the new certificate's `notAfter`.
+    /// One order for `name` by `tls.acme_challenge`; answers the new certificate's `notAfter`.
     async fn order(&self, name: &str) -> Result<i64, AcmeError> {
         let account = self.account().await?;
         let identifiers = [Identifier::Dns(name.to_owned())];
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
-        let mut tokens = Vec::new();
-        let result = self.validate(&mut order, &mut tokens).await;
-        for token in tokens {
-            let _ = std::fs::remove_file(self.challenges_dir.join(token));
+        let mut answers = Vec::new();
+        let result = self.validate(name, &mut order, &mut answers).await;
+        for file in answers {
+            let _ = std::fs::remove_file(file);
         }
         result?;
         let key_pem = order.finalize().await?;
@@ -336,12 +340,13 @@ impl Acme {
         Ok(store::read_pair(&path, &path)?.not_after)
     }
 
-    /// Puts up the HTTP-01 answers (their tokens go into `tokens`), tells the server, and waits
-    /// until the order is ready; a refusal carries the server's reasons.
+    /// Puts up the answers to `name`'s challenges (their files go into `answers`), tells the
+    /// server, and waits until the order is ready; a refusal carries the server's reasons.
     async fn validate(
         &self,
+        name: &str,
         order: &mut instant_acme::Order,
-        tokens: &mut Vec<String>,
+        answers: &mut Vec<PathBuf>,
     ) -> Result<(), AcmeError> {
         let mut authorizations = order.authorizations();
         while let Some(authorization) = authorizations.next().await {
@@ -353,24 +358,34 @@ impl Acme {
                     return Err(AcmeError::Refused(format!("authorization is {other:?}")));
                 }
             }
-            let mut challenge =
-                authorization
-                    .challenge(ChallengeType::Http01)
-                    .ok_or_else(|| {
-                        AcmeError::Refused("the server offers no http-01 challenge".into())
-                    })?;
-            if !super::is_challenge_token(&challenge.token) {
-                return Err(AcmeError::Refused(format!(
-                    "the challenge token {:?} is not base64url",
-                    challenge.token
-                )));
-            }
+            let (kind, label) = match self.config.acme_challenge {
+                AcmeChallenge::Http01 => (ChallengeType::Http01, "http-01"),
+                AcmeChallenge::TlsAlpn01 => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
+            };
+            let mut challenge = authorization.challenge(kind).ok_or_else(|| {
+                AcmeError::Refused(format!(
+                    "the server offers no {label} challenge (tls.acme_challenge)"
+                ))
+            })?;
             let answer = challenge.key_authorization();
-            store::write_private(
-                &self.challenges_dir.join(&challenge.token),
-                answer.as_str().as_bytes(),
-            )?;
-            tokens.push(challenge.token.clone());
+            answers.push(match self.config.acme_challenge {
+                AcmeChallenge::Http01 => {
+                    if !super::is_challenge_token(&challenge.token) {
+                        return Err(AcmeError::Refused(format!(
+                            "the challenge token {:?} is not base64url",
+                            challenge.token
+                        )));
+                    }
+                    let file = self.challenges_dir.join(&challenge.token);
+                    store::write_private(&file, answer.as_str().as_bytes())?;
+                    file
+                }
+                AcmeChallenge::TlsAlpn01 => {
+                    let (chain, key) = validation_certificate(name, answer.digest().as_ref())?;
+                    let dir = store::tls_alpn_dir(&self.challenges_dir);
+                    store::save(&dir, name, &chain, &key)?
+                }
+            });
             challenge.set_ready().await?;
         }
         let status = order
@@ -395,4 +410,17 @@ impl Acme {
         }
         Err(AcmeError::Refused(reasons.join("; ")))
     }
+}
+
+/// RFC 8737 §3's validation certificate for `name`: self-signed, `name` as its only
+/// subjectAltName, and the critical `acmeIdentifier` extension holding `digest` (the SHA-256 of
+/// the key authorization). Answers (certificate PEM, private key PEM).
+fn validation_certificate(name: &str, digest: &[u8]) -> Result<(String, String), rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::new_acme_identifier(digest));
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }

@@ -20,6 +20,10 @@ pub struct TlsConfig {
     pub acme: bool,
     /// The ACME server's directory URL (RFC 8555 §7.1.1).
     pub acme_directory_url: String,
+    /// How the ACME server checks that this host serves a name: `http-01` (RFC 8555 §8.3, on
+    /// the router's HTTP listener: port 80 must reach it) or `tls-alpn-01` (RFC 8737, on the
+    /// HTTPS listener: port 443 alone is enough).
+    pub acme_challenge: AcmeChallenge,
     /// The contact address of the ACME account (optional at Let's Encrypt).
     pub acme_email: Option<String>,
     /// A PEM file whose (first) certificate is the root trusted for the ACME server itself,
@@ -43,12 +47,25 @@ pub struct TlsConfig {
     pub hsts: bool,
 }
 
+/// `tls.acme_challenge`: the ACME challenge type nxd answers (RFC 8555 §8, RFC 8737).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// The key authorization at `http://<name>/.well-known/acme-challenge/<token>`.
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A self-signed certificate with the `acmeIdentifier` extension, served on the HTTPS
+    /// listener to a handshake that offers only ALPN `acme-tls/1`.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
 impl Default for TlsConfig {
     fn default() -> Self {
         Self {
             https_listen: None,
             acme: true,
             acme_directory_url: LETS_ENCRYPT.into(),
+            acme_challenge: AcmeChallenge::Http01,
             acme_email: None,
             acme_ca_roots: None,
             acme_renew_before_days: 30,

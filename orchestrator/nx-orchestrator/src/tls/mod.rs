@@ -3,12 +3,13 @@
 //!
 //! Layout under `<state_dir>/tls/`: `certs/<name>.pem` (see [`store`], shared with the router), `challenges/<token>`
 //! (HTTP-01 key authorizations the router answers at `/.well-known/acme-challenge/<token>`,
-//! RFC 8555 §8.3).
+//! RFC 8555 §8.3), `challenges/tls-alpn-01/<name>.pem` (TLS-ALPN-01 validation certificates
+//! the router serves to `acme-tls/1` handshakes, RFC 8737, see [`store::tls_alpn_dir`]).
 
 pub mod acme;
 pub mod config;
 
-pub use config::TlsConfig;
+pub use config::{AcmeChallenge, TlsConfig};
 pub use nx_router_api::store;
 pub use nx_router_api::store::is_challenge_token;
 use std::path::{Path, PathBuf};
@@ -28,9 +29,32 @@ pub fn challenges_dir(state_dir: &Path) -> PathBuf {
     dir(state_dir).join("challenges")
 }
 
+/// The first label of the API's host name, and so a sandbox name nobody may take.
+pub const API_LABEL: &str = "api";
+
 /// The API's host name on the router: `api.<base_domain>` (lower case).
 pub fn api_host(base_domain: &str) -> String {
-    format!("api.{}", base_domain.to_ascii_lowercase())
+    format!("{API_LABEL}.{}", base_domain.to_ascii_lowercase())
+}
+
+/// Refuses to create a sandbox named `api`: its production host would be `api.<base_domain>`,
+/// which the router gives to nxd's own API when HTTPS is on (also if it is turned on later).
+/// A sandbox of that name made before this check keeps working.
+///
+/// Errors: [`Error::Invalid`] with what to do instead; a state read failure.
+pub async fn check_new_sandbox(
+    state: &crate::state::StateStore,
+    name: &crate::names::SandboxName,
+    base_domain: &str,
+) -> Result<(), crate::error::Error> {
+    if name.as_str() != API_LABEL || state.sandbox_exists(name).await? {
+        return Ok(());
+    }
+    Err(crate::error::Error::Invalid(format!(
+        "the sandbox name {API_LABEL:?} is reserved: {} is nxd's own API over HTTPS \
+         (tls.https_listen). Choose another name, e.g. {API_LABEL}-app",
+        api_host(base_domain)
+    )))
 }
 
 /// With HTTPS on, the route of `api.<base_domain>` to nxd's own API (`api_listen`, on
