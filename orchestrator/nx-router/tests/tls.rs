@@ -346,13 +346,17 @@ async fn fifty_unfinished_tls_handshakes_are_closed_within_the_head_timeout() {
         router.log()
     );
     // The router still serves HTTPS.
-    let resp = ca
-        .client(&["web.nx.test"], https)
+    let resp = get_web(&ca, https).await;
+    assert_eq!(resp.status(), 200);
+}
+
+/// `GET https://web.nx.test/` at `https`, trusting `ca`.
+async fn get_web(ca: &TestCa, https: SocketAddr) -> reqwest::Response {
+    ca.client(&["web.nx.test"], https)
         .get(format!("https://web.nx.test:{}/", https.port()))
         .send()
         .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .unwrap()
 }
 
 /// A TLS handshake with `name` at `addr` offering `alpn`, trusting `ca` only: the negotiated
@@ -432,12 +436,7 @@ async fn tls_alpn_01_validation_handshakes_get_the_validation_certificate_and_no
         assert_ne!(leaf, validation_leaf, "offered {offered:?}");
         assert_ne!(alpn.as_deref(), Some(&b"acme-tls/1"[..]));
     }
-    let resp = ca
-        .client(&["web.nx.test"], https)
-        .get(format!("https://web.nx.test:{}/", https.port()))
-        .send()
-        .await
-        .unwrap();
+    let resp = get_web(&ca, https).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
 
