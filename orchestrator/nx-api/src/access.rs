@@ -3,7 +3,7 @@
 //! set`).
 
 use crate::names::SandboxName;
-use crate::LimitsOverride;
+use crate::{Egress, LimitsOverride};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -215,6 +215,9 @@ pub struct SandboxSettings {
     pub limits: LimitsOverride,
     /// Seconds a deployment has to become ready; none: nxd's `sandbox.ready_timeout_secs`.
     pub ready_timeout_secs: Option<u64>,
+    /// Connections out of a deployment's network namespace (`nx push --egress` overrides
+    /// it); none: no way out.
+    pub egress: Option<Egress>,
 }
 
 impl SandboxSettings {
@@ -265,6 +268,7 @@ mod tests {
                 ..Default::default()
             },
             ready_timeout_secs: None,
+            egress: None,
         };
         let (env, args, limits) = settings.under(
             BTreeMap::from([("B".into(), "2".into())]),

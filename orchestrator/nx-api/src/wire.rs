@@ -118,9 +118,10 @@ pub struct PushRequest {
     /// picks one and passes it as `PORT`.
     #[serde(default)]
     pub port: Option<u16>,
-    /// Connections out of the deployment's network namespace: none (default) or public.
+    /// Connections out of the deployment's network namespace: none or public; absent: the
+    /// sandbox's (`nx sandbox set --egress`), else none.
     #[serde(default)]
-    pub egress: Egress,
+    pub egress: Option<Egress>,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -61,6 +61,10 @@ pub struct SetArgs {
     /// overrides it); at most nxd's sandbox.max_ready_timeout_secs.
     #[arg(long, value_name = "DURATION", value_parser = crate::push::whole_seconds)]
     ready_timeout: Option<u64>,
+    /// Connections out of a deployment's network namespace, none or public (`nx push
+    /// --egress` overrides it; see there).
+    #[arg(long, value_parser = crate::push::EGRESS)]
+    egress: Option<String>,
     /// Drop the stored arguments.
     #[arg(long, conflicts_with = "args")]
     clear_args: bool,
@@ -204,7 +208,8 @@ pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<(
         && limits == Default::default()
         && !args.clear_args
         && args.args.is_empty()
-        && args.ready_timeout.is_none());
+        && args.ready_timeout.is_none()
+        && args.egress.is_none());
     if changed {
         settings.env.extend(parse_env(&args.env)?);
         for key in &args.unset {
@@ -216,6 +221,9 @@ pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<(
         }
         if args.ready_timeout.is_some() {
             settings.ready_timeout_secs = args.ready_timeout;
+        }
+        if let Some(egress) = args.egress.as_deref() {
+            settings.egress = egress.parse().ok();
         }
         settings = client.set_settings(&s, &settings).await?;
     }
@@ -239,5 +247,6 @@ pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<(
         "  ready within {}",
         show(settings.ready_timeout_secs.map(|v| format!("{v} s")))
     );
+    println!("  egress {}", settings.egress.unwrap_or_default().as_ref());
     Ok(())
 }

@@ -64,11 +64,12 @@ pub struct PushArgs {
     /// namespace, so two deployments may both listen on 8080.
     #[arg(long, value_name = "PORT", value_parser = parse_port)]
     port: Option<u16>,
-    /// Connections out of the deployment's network namespace: none (default: only the router
-    /// reaches in) or public (the internet through NAT; never the host, cloud metadata,
-    /// private ranges or other deployments, unless nxd's network.allow lists them).
-    #[arg(long, value_parser = ["none", "public"], default_value = "none")]
-    egress: String,
+    /// Connections out of the deployment's network namespace: none (only the router reaches
+    /// in) or public (the internet through NAT; never the host, cloud metadata, private
+    /// ranges or other deployments, unless nxd's network.allow lists them). Default: the
+    /// sandbox's (`nx sandbox set --egress`), else none.
+    #[arg(long, value_parser = EGRESS)]
+    egress: Option<String>,
     /// Arguments for the program; `$NAME` and `${NAME}` become the value of the program's
     /// variable NAME (`$PORT` its port), `$$` a `$` (quote them for your shell: '$PORT').
     #[arg(last = true)]
@@ -237,6 +238,9 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
     output::pushed(&view, uploaded, None, json)
 }
 
+/// What `--egress` takes (nx_api::Egress).
+pub const EGRESS: [&str; 2] = ["none", "public"];
+
 fn request(
     args: &PushArgs,
     sandbox: SandboxName,
@@ -258,6 +262,6 @@ fn request(
         backend: args.backend.as_deref().and_then(|b| b.parse().ok()),
         ready_timeout_secs: args.ready_timeout,
         port: args.port,
-        egress: args.egress.parse().unwrap_or_default(),
+        egress: args.egress.as_deref().and_then(|e| e.parse().ok()),
     }
 }

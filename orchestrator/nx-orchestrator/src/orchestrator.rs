@@ -12,7 +12,7 @@ use crate::backend::{
 };
 use crate::config::Config;
 use crate::databases::{BackupInfo, Databases, RestoreInfo};
-use crate::domain::{BackendKind, Deployment, Desired, RouteKey, Runtime};
+use crate::domain::{BackendKind, Deployment, Desired, Egress, RouteKey, Runtime};
 use crate::error::Error;
 use crate::metrics::Operation;
 use crate::names::{DeploymentId, SandboxName};
@@ -537,6 +537,7 @@ impl Orchestrator {
         {
             (req.env, req.args, req.limits) = settings.under(req.env, req.args, &req.limits);
             req.ready_timeout_secs = req.ready_timeout_secs.or(settings.ready_timeout_secs);
+            req.egress = req.egress.or(settings.egress);
         }
         let bounds = host_limits::request_bounds(&self.config.sandbox);
         let limits = req.limits.apply(self.config.limits);
@@ -572,6 +573,12 @@ impl Orchestrator {
             Ok::<_, Error>(backend)
         };
         let backend = step("sandbox", sandbox).await?;
+        let egress = req.egress.unwrap_or_default();
+        if backend == BackendKind::Microvm && egress == Egress::Public {
+            return Err(Error::Invalid(
+                "a microVM's guest has no way out (QEMU user networking with restrict=on): push it with --egress none, or to the container backend (--backend container) for --egress public".into(),
+            ));
+        }
         let deployment = step(
             "record",
             self.state.create_deployment(
@@ -586,7 +593,7 @@ impl Orchestrator {
                     backend,
                     ready_timeout_secs: req.ready_timeout_secs,
                     listen_port: req.port,
-                    egress: req.egress,
+                    egress,
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,

@@ -118,8 +118,10 @@ impl StateStore {
         &self.pool
     }
 
-    /// Records a new deployment with the lowest free port of the range that nothing else on
-    /// the host listens on.
+    /// Records a new deployment with the lowest port of the range no other deployment has.
+    /// The port is also its slot: its uid and its address come from it (`network::Plan`), so
+    /// the table is locked for the search (the port is UNIQUE: a race would fail the push).
+    /// Nothing is bound on the host: the program listens in its own network namespace.
     #[tracing::instrument(skip_all, fields(sandbox = %new.sandbox))]
     pub async fn create_deployment(
         &self,

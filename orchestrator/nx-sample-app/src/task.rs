@@ -64,11 +64,14 @@ pub fn run(args: &[String]) -> i32 {
     }
 }
 
-/// Tries a TCP connection (2 s at most): `connected to A` or `cannot connect to A: why`.
+/// Tries a TCP connection (2 s at most) to `host:port`, a name resolved through
+/// /etc/resolv.conf first: `connected to A` or `cannot connect to A: why`.
 pub fn connect(addr: &str) -> String {
+    use std::net::ToSocketAddrs;
     let outcome = addr
-        .parse()
-        .map_err(|e: std::net::AddrParseError| e.to_string())
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())
+        .and_then(|mut all| all.next().ok_or_else(|| "no address".to_owned()))
         .and_then(|a| {
             std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2))
                 .map_err(|e| e.to_string())

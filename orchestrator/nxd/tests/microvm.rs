@@ -2,7 +2,9 @@
 //! only program): push, preview, database, promote, rollback, logs, the exit code of a crashing
 //! program, and what the guest can see of the host.
 
+use nx_testkit::netns::listen;
 use nx_testkit::{microvm_config, Host};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -56,10 +58,42 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     let (_, whoami) = host.get(&preview, "/whoami");
     assert!(!whoami.contains("uid=0"), "{whoami}");
 
-    // The host's other services are out of reach: only the database is forwarded.
-    let api = format!("10.0.2.2:{}", host.api.port());
-    let (_, reached) = host.get(&preview, &format!("/connect?addr={api}"));
-    assert!(reached.starts_with("cannot connect"), "{reached}");
+    // The host's other services are out of reach: only the database is forwarded. Its
+    // policy is --egress none: not the host's API (at QEMU's alias for the host, 10.0.2.2, and
+    // at the host's own loopback), not a service on every address of the host, not a
+    // stand-in for the cloud metadata service on the host's link-local address.
+    let service = nx_testkit::free_port();
+    listen(&host.netns, SocketAddr::from(([0, 0, 0, 0], service)));
+    host.netns
+        .ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"]);
+    listen(&host.netns, "169.254.169.254:80".parse().unwrap());
+    for addr in [
+        format!("10.0.2.2:{}", host.api.port()),
+        host.api.to_string(),
+        format!("10.0.2.2:{service}"),
+        format!("127.0.0.1:{service}"),
+        "169.254.169.254:80".to_owned(),
+    ] {
+        let (_, reached) = host.get(&preview, &format!("/connect?addr={addr}"));
+        assert!(reached.starts_with("cannot connect"), "{reached}");
+    }
+    // ... and it cannot be given a way out.
+    let sample = nx_testkit::sample_app();
+    let refused = host.nx(&[
+        "push",
+        sample.to_str().unwrap(),
+        "--sandbox",
+        "vm",
+        "--backend",
+        "microvm",
+        "--egress",
+        "public",
+    ]);
+    assert!(
+        !refused.ok && refused.stderr.contains("no way out"),
+        "{}",
+        refused.stderr
+    );
     let (_, reached) = host.get(&preview, "/connect?addr=10.0.2.100:5432");
     assert!(reached.starts_with("connected"), "{reached}");
 

@@ -161,6 +161,119 @@ fn a_deployment_reaches_the_internet_and_nothing_of_the_host_or_its_neighbours()
     assert!(!String::from_utf8_lossy(&links.stdout).contains(&closed));
 }
 
+/// A resolver on the host's loopback, as systemd-resolved's 127.0.0.53 is: dnsmasq in the
+/// host's namespace answers `internet.test` with the internet stand-in; it is killed on drop.
+struct LoopbackResolver(std::process::Child);
+
+impl LoopbackResolver {
+    const ADDR: &str = "127.0.0.53";
+
+    fn start(host: &Host) -> Self {
+        host.netns
+            .ip(&["addr", "add", &format!("{}/8", Self::ADDR), "dev", "lo"]);
+        let child = host
+            .netns
+            .command("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--user=root",
+                "--pid-file=",
+                // Local: it answers AAAA with no data (not REFUSED, which musl keeps waiting on).
+                "--local=/test/",
+                &format!("--listen-address={}", Self::ADDR),
+                &format!(
+                    "--host-record=internet.test,{}",
+                    INTERNET.split(':').next().unwrap()
+                ),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq (install dnsmasq-base)");
+        // Up once it answers on TCP as well.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while host
+            .netns
+            .run(|| std::net::TcpStream::connect((Self::ADDR, 53)))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dnsmasq did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for LoopbackResolver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An nxd that reads `resolv_conf` as /etc/resolv.conf (bound over it in a mount namespace of
+/// its own): a script in `dir` to start the host with.
+fn nxd_reading(dir: &std::path::Path, resolv_conf: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let conf = dir.join("resolv.conf");
+    std::fs::write(&conf, resolv_conf).unwrap();
+    let script = dir.join("nxd");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec unshare --mount --propagation private sh -c 'mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"' {:?} {:?} \"$@\"\n",
+            conf,
+            nx_testkit::bin("nxd")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn names_resolve_through_the_hosts_loopback_resolver_and_the_sandboxs_egress_is_the_default() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let host = Host::start_with_nxd(
+        nxd_reading(
+            dir.path(),
+            &format!("nameserver {}\noptions edns0\n", LoopbackResolver::ADDR),
+        ),
+        "",
+    );
+    let _up = upstream(&host);
+    let _dns = LoopbackResolver::start(&host);
+
+    // The sandbox's default: pushes that name no --egress get it.
+    host.nx_json(&["sandbox", "create", "web"]);
+    let settings = host.nx_json(&["sandbox", "set", "web", "--egress", "public"]);
+    assert_eq!(settings["egress"], "public", "{settings}");
+    let open = host.push_sample("web", &[]);
+    assert_eq!(host.deployment("web", &open)["egress"], "public");
+    let named = "internet.test:80";
+    assert!(connects(&host, "web", &open, named), "a name, resolved");
+    let (_, said) = host.get(
+        &host.preview_host("web", &open),
+        "/read?path=/etc/resolv.conf",
+    );
+    assert!(said.contains(&format!("nameserver {GATEWAY}")), "{said}");
+
+    // A push's own --egress wins over the sandbox's; with none there is no resolver either.
+    let closed = host.push_sample("web", &["--egress", "none"]);
+    assert_eq!(host.deployment("web", &closed)["egress"], "none");
+    let (_, said) = host.get(
+        &host.preview_host("web", &closed),
+        &format!("/connect?addr={named}"),
+    );
+    assert!(said.starts_with("cannot connect"), "{said}");
+}
+
 #[test]
 fn ports_any_number_also_the_same_and_below_1024_and_no_squatting() {
     let host = Host::start();

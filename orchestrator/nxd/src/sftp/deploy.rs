@@ -71,7 +71,7 @@ pub async fn deploy(
         backend: None,
         ready_timeout_secs: None,
         port: None,
-        egress: Default::default(),
+        egress: None,
     };
     let mut outcome = Outcome::refused(sandbox, file, "");
     outcome.sha256 = Some(info.sha256);

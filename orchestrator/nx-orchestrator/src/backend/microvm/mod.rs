@@ -316,7 +316,6 @@ impl SandboxBackend for MicrovmBackend {
                 [127, 0, 0, 1],
                 spec.deployment.program_port(),
             ))),
-            egress: false,
             database_socket: spec.database_socket.as_deref(),
             tsc_khz: (self.accel.accel == Accel::Tcg)
                 .then_some(self.tsc_khz)
@@ -380,7 +379,6 @@ impl SandboxBackend for MicrovmBackend {
             memory_mb: guest_memory(task.limits.memory_max_mb),
             vcpus: 1,
             forward: None,
-            egress: false,
             database_socket: None,
             tsc_khz: (self.accel.accel == Accel::Tcg)
                 .then_some(self.tsc_khz)

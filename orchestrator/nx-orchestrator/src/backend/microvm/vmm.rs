@@ -28,13 +28,11 @@ pub struct Guest<'a> {
     pub initrd: &'a Path,
     pub memory_mb: u64,
     pub vcpus: u32,
-    /// Where the VMM forwards from, to the same port in the guest: the deployment's address
-    /// and port in its network namespace. None: no network device (a task's guest, which has
-    /// only its loopback).
+    /// Where the VMM forwards from, to the same port in the guest (the host's loopback and
+    /// the deployment's port). None: no network device (a task's guest, which has only its
+    /// loopback). The guest never opens connections out (QEMU's user networking,
+    /// `restrict=on`): its policy is `--egress none`.
     pub forward: Option<std::net::SocketAddr>,
-    /// The guest may open connections out (QEMU's user networking, `restrict=off`): they leave
-    /// from the VMM's network namespace, under the deployment's firewall policy.
-    pub egress: bool,
     /// The host's PostgreSQL socket, reachable from the guest at GUEST_DB_ADDR:5432.
     pub database_socket: Option<&'a Path>,
     /// The host's TSC rate, so that a TCG guest skips calibrating it (seconds of boot).
@@ -93,9 +91,7 @@ pub fn qemu(guest: &Guest<'_>, accel: Accel) -> Vec<String> {
     };
     // restrict=on: the guest reaches nothing but the forwards below.
     let (ip, port) = (forward.ip(), forward.port());
-    let restrict = if guest.egress { "off" } else { "on" };
-    let mut netdev =
-        format!("user,id=n0,restrict={restrict},hostfwd=tcp:{ip}:{port}-{GUEST_ADDR}:{port}");
+    let mut netdev = format!("user,id=n0,restrict=on,hostfwd=tcp:{ip}:{port}-{GUEST_ADDR}:{port}");
     if let Some(socket) = guest.database_socket {
         netdev.push_str(&format!(
             ",guestfwd=tcp:{GUEST_DB_ADDR}:5432-cmd:socat STDIO UNIX-CONNECT:{}",
@@ -158,8 +154,7 @@ mod tests {
             initrd: Path::new("/d/initrd"),
             memory_mb: 192,
             vcpus: 2,
-            forward: Some("10.213.0.2:21001".parse().unwrap()),
-            egress: false,
+            forward: Some("127.0.0.1:21001".parse().unwrap()),
             database_socket: socket,
             tsc_khz: Some(2_600_000),
             tap: "nx21001",
@@ -191,20 +186,12 @@ mod tests {
         assert!(append.contains("tsc_early_khz=2600000"));
         assert_eq!(
             after(&argv, "-netdev"),
-            "user,id=n0,restrict=on,hostfwd=tcp:10.213.0.2:21001-10.0.2.15:21001,guestfwd=tcp:10.0.2.100:5432-cmd:socat STDIO UNIX-CONNECT:/s/.s.PGSQL.5432"
+            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:21001-10.0.2.15:21001,guestfwd=tcp:10.0.2.100:5432-cmd:socat STDIO UNIX-CONNECT:/s/.s.PGSQL.5432"
         );
         let kvm = qemu(&guest(None), Accel::Kvm);
         assert_eq!(after(&kvm, "-accel"), "kvm");
         assert_eq!(after(&kvm, "-cpu"), "host");
         assert!(!after(&kvm, "-netdev").contains("guestfwd"));
-        let out = qemu(
-            &Guest {
-                egress: true,
-                ..guest(None)
-            },
-            Accel::Tcg,
-        );
-        assert!(after(&out, "-netdev").starts_with("user,id=n0,restrict=off,"));
         // A task's guest: no network device at all.
         let task = qemu(
             &Guest {
