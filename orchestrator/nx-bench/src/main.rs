@@ -190,6 +190,7 @@ async fn bare_units(host: &Host, n: usize) -> anyhow::Result<Vec<Duration>> {
             slice: SliceKind::Tenants,
             graceful_stop: None,
             remain_after_exit: false,
+            ambient_capabilities: 0,
         };
         let started = Instant::now();
         supervisor.start(&spec).await?;

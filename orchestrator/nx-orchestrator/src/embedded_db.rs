@@ -127,6 +127,7 @@ pub async fn ensure(
             restart_delay: Some(Duration::from_secs(1)),
             slice: SliceKind::Control,
             remain_after_exit: false,
+            ambient_capabilities: 0,
             graceful_stop: None,
         };
         supervisor.start(&spec).await?;

@@ -1,6 +1,7 @@
 //! The router as a unit of its own, beside nxd: production keeps answering while nxd restarts
 //! under load, and neither the API nor the router stops serving under 1,100 idle connections
-//! each when nxd starts at systemd's default soft limit of 1,024 open files.
+//! each when nxd starts at systemd's default soft limit of 1,024 open files; a router that
+//! listens below port 1024 gets `CAP_NET_BIND_SERVICE` as an ambient capability.
 
 use nx_testkit::Host;
 use std::net::TcpStream;
@@ -99,4 +100,44 @@ fn eleven_hundred_idle_connections_each_leave_the_api_and_the_router_serving() {
     assert!(ls.ok, "the API stopped serving: {}", ls.stderr);
     assert!(start.elapsed() < Duration::from_secs(10));
     drop((idle_router, idle_api));
+}
+
+/// The router's ambient capability set (`CapAmb` in /proc/<pid>/status, proc(5)); the router
+/// is the process whose command line names this host's router settings.
+fn router_ambient_capabilities(host: &Host) -> u64 {
+    let settings = host.path("router/settings.json").display().to_string();
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&settings))
+        })
+        .expect("the router's process")
+        .path();
+    let status = std::fs::read_to_string(pid.join("status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapAmb:"))
+        .expect("CapAmb");
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+#[test]
+fn a_router_on_port_443_runs_with_cap_net_bind_service_and_one_on_high_ports_without() {
+    const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
+    // 443 inside the host's own network namespace (ACME off: no order leaves the machine).
+    let host = Host::start_with("[tls]\nhttps_listen = \"127.0.0.1:443\"\nacme = false\n");
+    assert_eq!(
+        router_ambient_capabilities(&host),
+        CAP_NET_BIND_SERVICE,
+        "{}",
+        host.nxd_log()
+    );
+    assert!(host
+        .netns
+        .run(|| TcpStream::connect("127.0.0.1:443"))
+        .is_ok());
+    let plain = Host::start();
+    assert_eq!(router_ambient_capabilities(&plain), 0);
 }

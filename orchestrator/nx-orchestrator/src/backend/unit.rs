@@ -138,6 +138,7 @@ fn deployment_unit(
         restart_delay: Some(restart_delay),
         slice: SliceKind::Tenants,
         remain_after_exit: false,
+        ambient_capabilities: 0,
         graceful_stop: Some(super::MAX_STOP_TIMEOUT),
     }
 }

@@ -86,6 +86,7 @@ impl Databases {
             // Inactive is also "not started yet": the run has ended when the unit is
             // active/exited (success) or failed.
             remain_after_exit: true,
+            ambient_capabilities: 0,
         };
         let failed = |message: String| DbError::Tool { tool, message };
         self.supervisor

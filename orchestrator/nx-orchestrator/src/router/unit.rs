@@ -72,11 +72,29 @@ pub async fn ensure_running(
             slice: SliceKind::Control,
             remain_after_exit: false,
             graceful_stop: None,
+            ambient_capabilities: if binds_privileged_port(settings) {
+                1 << CAP_NET_BIND_SERVICE
+            } else {
+                0
+            },
         })
         .await?;
     wait_listening(settings).await?;
     tracing::info!("router started");
     Ok(RouterClient::new(&settings.control_socket()))
+}
+
+/// `CAP_NET_BIND_SERVICE` (capability.h): binding ports below 1024.
+const CAP_NET_BIND_SERVICE: u32 = 10;
+
+/// Whether the router listens on a port below 1024 (HTTP or HTTPS): then its unit gets
+/// `CAP_NET_BIND_SERVICE` as an ambient capability, so that it binds :80 and :443 also when
+/// nxd (and so the router) runs as an unprivileged user, without lowering the host's
+/// `net.ipv4.ip_unprivileged_port_start`.
+fn binds_privileged_port(settings: &RouterSettings) -> bool {
+    std::iter::once(settings.listen)
+        .chain(settings.tls.as_ref().map(|t| t.listen))
+        .any(|addr| addr.port() < 1024)
 }
 
 /// Waits until the router accepts connections on its listener (so that nxd is ready only once

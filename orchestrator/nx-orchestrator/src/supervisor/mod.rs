@@ -67,6 +67,10 @@ pub struct UnitSpec {
     /// tells "ended" from "not started yet" (a unit whose start job still waits is inactive
     /// too). systemd.service(5)
     pub remain_after_exit: bool,
+    /// `AmbientCapabilities=`: capabilities (a capabilities(7) bit mask, bit n for capability
+    /// n, e.g. `1 << 10` for `CAP_NET_BIND_SERVICE`) the unit's process keeps when it runs as
+    /// a user other than root; 0 for none. systemd.exec(5)
+    pub ambient_capabilities: u64,
 }
 
 /// The slice a unit runs in.
@@ -297,6 +301,9 @@ impl Supervisor {
         }
         if spec.remain_after_exit {
             props.push(("RemainAfterExit", true.into()));
+        }
+        if spec.ambient_capabilities != 0 {
+            props.push(("AmbientCapabilities", spec.ambient_capabilities.into()));
         }
         if let Some(delay) = spec.restart_delay {
             props.push(("Restart", "on-failure".into()));

@@ -114,6 +114,7 @@ impl Pool {
             restart_delay: None,
             slice: SliceKind::Tenants,
             remain_after_exit: false,
+            ambient_capabilities: 0,
             graceful_stop: None,
         };
         self.supervisor.start(&spec).await?;
