@@ -34,6 +34,10 @@ withoutNulls {
     ready_timeout_secs = cfg.sandbox.readyTimeoutSecs;
     max_ready_timeout_secs = cfg.sandbox.maxReadyTimeoutSecs;
     health_path = cfg.sandbox.healthPath;
+    health_interval_secs = cfg.sandbox.healthIntervalSecs;
+    health_timeout_secs = cfg.sandbox.healthTimeoutSecs;
+    health_failure_threshold = cfg.sandbox.healthFailureThreshold;
+    preview_ttl_secs = cfg.sandbox.previewTtlSecs;
     restart_delay_secs = cfg.sandbox.restartDelaySecs;
     max_args_bytes = cfg.sandbox.maxArgsBytes;
     max_env_bytes = cfg.sandbox.maxEnvBytes;

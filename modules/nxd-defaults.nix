@@ -18,6 +18,10 @@
     readyTimeoutSecs = 15;
     maxReadyTimeoutSecs = 600;
     healthPath = null;
+    healthIntervalSecs = 10;
+    healthTimeoutSecs = 2;
+    healthFailureThreshold = 3;
+    previewTtlSecs = 604800;
     restartDelaySecs = 1;
     maxArgsBytes = 131072;
     maxEnvBytes = 131072;

@@ -218,6 +218,17 @@ pub struct SandboxSettings {
     /// Connections out of a deployment's network namespace (`nx push --egress` overrides
     /// it); none: no way out.
     pub egress: Option<Egress>,
+    /// The health check its deployments start with (a push's own fields win).
+    pub health_check: crate::HealthCheck,
+    /// Seconds with no request after which a deployment is stopped until the next one (a
+    /// push's `--idle-timeout` wins); none: never. It applies to production too only with
+    /// `idle_production`.
+    pub idle_timeout_secs: Option<u64>,
+    /// Production is stopped when idle as well (by default only previews are).
+    pub idle_production: bool,
+    /// A preview (not production, not pinned) with no request for this many seconds is
+    /// removed; none: nxd's `sandbox.preview_ttl_secs`.
+    pub preview_ttl_secs: Option<u64>,
 }
 
 impl SandboxSettings {
@@ -267,8 +278,7 @@ mod tests {
                 cpu_quota_percent: Some(50),
                 ..Default::default()
             },
-            ready_timeout_secs: None,
-            egress: None,
+            ..Default::default()
         };
         let (env, args, limits) = settings.under(
             BTreeMap::from([("B".into(), "2".into())]),

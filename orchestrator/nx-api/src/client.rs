@@ -210,6 +210,18 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/deployments/{id}/pin` (`pinned`) or `DELETE` (not): whether the preview
+    /// stays past its sandbox's time to live.
+    pub async fn pin(
+        &self,
+        id: &DeploymentId,
+        pinned: bool,
+    ) -> Result<DeploymentView, ClientError> {
+        let method = if pinned { Method::POST } else { Method::DELETE };
+        self.call(method, &format!("/v1/deployments/{id}/pin"), |r| r)
+            .await
+    }
+
     /// `GET /v1/deployments/{id}/logs`: the records `query` asks for, then (with `follow`)
     /// what it writes, as a streamed body of text or JSON lines.
     pub async fn logs(

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub enum Desired {
     Running,
     Stopped,
+    /// Stopped by nxd after its idle timeout passed with no request; the router starts it
+    /// again on the next one.
+    Idle,
 }
 
 /// Where a deployment is in its life, from what the user asked (`Desired`) and what systemd
@@ -38,6 +41,9 @@ pub enum Phase {
     Failed,
     /// Gone: its unit, files and record are removed.
     Removed,
+    /// Stopped after its idle timeout with no request; the next request starts it (scale to
+    /// zero).
+    Idle,
 }
 
 impl Phase {
@@ -53,6 +59,9 @@ impl Phase {
             (Desired::Stopped, ActiveState::Inactive | ActiveState::Failed) => Phase::Stopped,
             (Desired::Stopped, _) if restarting => Phase::Stopped,
             (Desired::Stopped, _) => Phase::Stopping,
+            (Desired::Idle, ActiveState::Inactive | ActiveState::Failed) => Phase::Idle,
+            (Desired::Idle, _) if restarting => Phase::Idle,
+            (Desired::Idle, _) => Phase::Stopping,
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod checks;
 pub mod domains;
+pub mod health;
 pub mod kinds;
 pub mod names;
 pub mod systemd;
@@ -14,5 +15,6 @@ mod wire;
 #[cfg(feature = "client")]
 pub mod client;
 
+pub use health::HealthCheck;
 pub use kinds::{check_env_name, BackendKind, Desired, Egress, Limits, Phase, Runtime};
 pub use wire::*;

@@ -122,6 +122,13 @@ pub struct PushRequest {
     /// sandbox's (`nx sandbox set --egress`), else none.
     #[serde(default)]
     pub egress: Option<Egress>,
+    /// Its health check (`--health-path` etc.); unset fields: the sandbox's, else nxd's.
+    #[serde(default)]
+    pub health_check: crate::HealthCheck,
+    /// Seconds with no request after which nxd stops it (scale to zero); the next request
+    /// starts it again. None: the sandbox's (`nx sandbox set --idle-timeout`), else never.
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -187,6 +194,18 @@ pub struct DeploymentView {
     /// `/data`'s usage, when it has a size (`limits.disk_mb`) and has run.
     #[serde(default)]
     pub disk: Option<DiskUsage>,
+    /// Its health check, every field resolved; none: it has no health path.
+    #[serde(default)]
+    pub health_check: Option<crate::HealthCheck>,
+    /// Seconds with no request after which it is stopped (phase `idle`) until the next one.
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
+    /// Kept even when no request comes for the sandbox's preview time to live (`nx pin`).
+    #[serde(default)]
+    pub pinned: bool,
+    /// When the router last passed it a request (none: never, as far as nxd knows).
+    #[serde(default)]
+    pub last_request_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// How a deployment's program ended, as the monitor in its unit saw it, named as systemd names

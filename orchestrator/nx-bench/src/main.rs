@@ -31,6 +31,7 @@ mod sandbox;
 mod tasks;
 mod uploads;
 mod views;
+mod wake;
 
 use clap::Parser;
 use nx_orchestrator::config::{Limits, SystemdMode};
@@ -102,9 +103,12 @@ struct Args {
     /// Rounds of push to first answer (NX, bare bwrap and an API push each).
     #[arg(long, default_value_t = 50)]
     first_answers: usize,
+    /// Wakes of an idle-stopped deployment (scale to zero).
+    #[arg(long, default_value_t = 50)]
+    wakes: usize,
     /// Run one part only: latency, router, databases, tasks, microvm, sandbox, uploads,
-    /// bundles, views, push or network.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "bundles", "views", "push", "network"])]
+    /// bundles, views, push, network or wake.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "bundles", "views", "push", "network", "wake"])]
     only: Option<String>,
 }
 
@@ -382,6 +386,26 @@ async fn main() -> anyhow::Result<()> {
     if part("network") {
         network_table(&args).await?;
     }
+    if part("wake") {
+        wake_table(&args).await?;
+    }
+    Ok(())
+}
+
+/// On a host of its own: requests that wake an idle-stopped deployment, and the same request
+/// to it running.
+async fn wake_table(args: &Args) -> anyhow::Result<()> {
+    let rounds = args.wakes;
+    let f = tokio::task::spawn_blocking(move || wake::run(rounds)).await??;
+    header("Scale to zero: GET / of the sample app through the router (bubblewrap)");
+    row("idle-stopped: the request wakes it", f.wake.clone());
+    row("running: the same request", f.running.clone());
+    println!(
+        "
+wake p50 {:.1} ms (mark <= 50 ms); {:.0}x the running request's p50",
+        median(&f.wake).as_secs_f64() * 1000.0,
+        median(&f.wake).as_secs_f64() / median(&f.running).as_secs_f64()
+    );
     Ok(())
 }
 

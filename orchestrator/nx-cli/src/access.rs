@@ -65,6 +65,15 @@ pub struct SetArgs {
     /// --egress` overrides it; see there).
     #[arg(long, value_parser = crate::push::EGRESS)]
     egress: Option<String>,
+    #[command(flatten)]
+    upkeep: crate::upkeep::UpkeepArgs,
+    /// Stop production too after the idle timeout (by default only previews are).
+    #[arg(long, value_name = "true|false")]
+    idle_production: Option<bool>,
+    /// Remove a preview (not production, not pinned) after this long with no request, e.g.
+    /// 7d or 12h (default: nxd's sandbox.preview_ttl_secs, 7 days unless configured).
+    #[arg(long, value_name = "DURATION", value_parser = crate::push::whole_seconds)]
+    preview_ttl: Option<u64>,
     /// Drop the stored arguments.
     #[arg(long, conflicts_with = "args")]
     clear_args: bool,
@@ -209,7 +218,11 @@ pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<(
         && !args.clear_args
         && args.args.is_empty()
         && args.ready_timeout.is_none()
-        && args.egress.is_none());
+        && args.egress.is_none()
+        && args.upkeep.health_check().is_empty()
+        && args.upkeep.idle_timeout_secs().is_none()
+        && args.idle_production.is_none()
+        && args.preview_ttl.is_none());
     if changed {
         settings.env.extend(parse_env(&args.env)?);
         for key in &args.unset {
@@ -225,6 +238,13 @@ pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<(
         if let Some(egress) = args.egress.as_deref() {
             settings.egress = egress.parse().ok();
         }
+        settings.health_check = args.upkeep.health_check().over(&settings.health_check);
+        settings.idle_timeout_secs = args
+            .upkeep
+            .idle_timeout_secs()
+            .or(settings.idle_timeout_secs);
+        settings.idle_production = args.idle_production.unwrap_or(settings.idle_production);
+        settings.preview_ttl_secs = args.preview_ttl.or(settings.preview_ttl_secs);
         settings = client.set_settings(&s, &settings).await?;
     }
     if json {
@@ -248,5 +268,25 @@ pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<(
         show(settings.ready_timeout_secs.map(|v| format!("{v} s")))
     );
     println!("  egress {}", settings.egress.unwrap_or_default().as_ref());
+    let h = &settings.health_check;
+    println!(
+        "  health check {} every {} s, timeout {} s, restart after {} failures",
+        show(h.path.clone()),
+        show(h.interval_secs.map(|v| v.to_string())),
+        show(h.timeout_secs.map(|v| v.to_string())),
+        show(h.failure_threshold.map(|v| v.to_string()))
+    );
+    println!(
+        "  idle timeout {}{}; previews expire after {}",
+        settings
+            .idle_timeout_secs
+            .map_or("none".into(), |v| format!("{v} s")),
+        if settings.idle_production {
+            " (production too)"
+        } else {
+            " (previews only)"
+        },
+        show(settings.preview_ttl_secs.map(|v| format!("{v} s")))
+    );
     Ok(())
 }

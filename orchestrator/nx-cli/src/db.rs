@@ -28,7 +28,7 @@ pub enum SandboxCommand {
     },
     /// Set the environment, arguments and limits every deployment of the sandbox starts with
     /// (SFTP uploads use exactly these; `nx push` flags override them); without flags, print them.
-    Set(crate::access::SetArgs),
+    Set(Box<crate::access::SetArgs>),
 }
 
 #[derive(clap::Subcommand)]
@@ -64,7 +64,7 @@ fn name(s: &str) -> anyhow::Result<SandboxName> {
 
 pub async fn sandbox(client: &Client, cmd: SandboxCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
-        SandboxCommand::Set(args) => crate::access::set(client, args, json).await?,
+        SandboxCommand::Set(args) => crate::access::set(client, *args, json).await?,
         SandboxCommand::Create { name: n, backend } => {
             let req = CreateSandbox {
                 name: name(&n)?,

@@ -9,6 +9,7 @@ mod output;
 mod push;
 mod settings;
 mod task;
+mod upkeep;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -46,7 +47,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Upload a Linux binary and run it as a new deployment of a sandbox.
-    Push(push::PushArgs),
+    Push(Box<push::PushArgs>),
     /// List sandboxes and their deployments.
     Ls,
     /// Show one sandbox: production URL, promoted deployment, every deployment's state.
@@ -80,6 +81,12 @@ enum Command {
     Start { deployment: String },
     /// Remove a deployment: its unit, its data dir, its preview URL.
     Rm { deployment: String },
+    /// Keep a preview however long no request comes (previews are removed after their
+    /// sandbox's time to live with no request: `nx sandbox set --preview-ttl`, 7 days unless
+    /// configured). Production is never removed.
+    Pin { deployment: String },
+    /// Let a pinned preview expire again.
+    Unpin { deployment: String },
     /// Print a deployment's output.
     Logs {
         deployment: String,
@@ -170,7 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = client::connect(&settings)?;
     match cli.command {
         Command::VerifyBinary { .. } => unreachable!("handled above"),
-        Command::Push(args) => push::run(&client, args, json).await,
+        Command::Push(args) => push::run(&client, *args, json).await,
         Command::RunTask(args) => {
             let code = task::run(&client, args, json).await?;
             std::process::exit(code)
@@ -220,6 +227,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let id = DeploymentId::parse(&deployment)?;
             output::deployment(&client.start(&id).await?, json)
         }
+        Command::Pin { deployment } => upkeep::pin(&client, &deployment, true, json).await,
+        Command::Unpin { deployment } => upkeep::pin(&client, &deployment, false, json).await,
         Command::Rm { deployment } => {
             let id = DeploymentId::parse(&deployment)?;
             let removed = client.remove_deployment(&id).await?;

@@ -56,6 +56,9 @@ fn state(d: &DeploymentView) -> String {
     let failed = d.last_exit.as_ref().filter(|e| e.failed());
     match (&d.state.active, failed) {
         (ActiveState::Active, _) => d.state.sub.to_string(),
+        (ActiveState::Inactive | ActiveState::Failed, _) if d.phase == nx_api::Phase::Idle => {
+            "idle".into()
+        }
         (_, Some(exit)) => format!("failed ({})", exit.result),
         (ActiveState::Inactive, None) if d.desired == nx_api::Desired::Stopped => "stopped".into(),
         _ => format!("{}/{}", d.state.active, d.state.sub),

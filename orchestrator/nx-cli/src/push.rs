@@ -70,6 +70,8 @@ pub struct PushArgs {
     /// sandbox's (`nx sandbox set --egress`), else none.
     #[arg(long, value_parser = EGRESS)]
     egress: Option<String>,
+    #[command(flatten)]
+    upkeep: crate::upkeep::UpkeepArgs,
     /// Arguments for the program; `$NAME` and `${NAME}` become the value of the program's
     /// variable NAME (`$PORT` its port), `$$` a `$` (quote them for your shell: '$PORT').
     #[arg(last = true)]
@@ -263,5 +265,7 @@ fn request(
         ready_timeout_secs: args.ready_timeout,
         port: args.port,
         egress: args.egress.as_deref().and_then(|e| e.parse().ok()),
+        health_check: args.upkeep.health_check(),
+        idle_timeout_secs: args.upkeep.idle_timeout_secs(),
     }
 }

@@ -258,8 +258,20 @@ pub struct SandboxDefaults {
     /// The longest readiness timeout a push (`nx push --ready-timeout`) or a sandbox's settings
     /// (`nx sandbox set --ready-timeout`) may ask for; longer ones get a 400.
     pub max_ready_timeout_secs: u64,
-    /// When set, ready also needs `GET <health_path>` to answer below 400.
+    /// The health check's path of a deployment whose push and sandbox name none: when set,
+    /// ready also needs `GET <health_path>` to answer below 400, and failing it
+    /// `health_failure_threshold` times in a row restarts the deployment.
     pub health_path: Option<String>,
+    /// Seconds between a deployment's health checks, unless its push or sandbox says.
+    pub health_interval_secs: u64,
+    /// Seconds a health check's answer may take, unless its push or sandbox says.
+    pub health_timeout_secs: u64,
+    /// Failed health checks in a row that restart a deployment, unless its push or sandbox
+    /// says.
+    pub health_failure_threshold: u32,
+    /// A preview (not production, not pinned with `nx pin`) with no request for this many
+    /// seconds is removed, unless its sandbox says (`nx sandbox set --preview-ttl`); 0: never.
+    pub preview_ttl_secs: u64,
     /// Seconds systemd waits before restarting a deployment that failed.
     pub restart_delay_secs: u64,
     /// The arguments of a deployment or task, all together, in bytes (each with its NUL).
@@ -340,6 +352,10 @@ impl Default for SandboxDefaults {
             ready_timeout_secs: 15,
             max_ready_timeout_secs: 600,
             health_path: None,
+            health_interval_secs: 10,
+            health_timeout_secs: 2,
+            health_failure_threshold: 3,
+            preview_ttl_secs: 7 * 24 * 3600,
             restart_delay_secs: 1,
             max_args_bytes: 131_072,
             max_env_bytes: 131_072,
@@ -385,6 +401,19 @@ impl Config {
                 "sandbox.uid_base must be 1000 or more: deployments run as unprivileged uids"
                     .into(),
             ));
+        }
+        let health = crate::api::HealthCheck {
+            path: self.sandbox.health_path.clone(),
+            interval_secs: Some(self.sandbox.health_interval_secs),
+            timeout_secs: Some(self.sandbox.health_timeout_secs),
+            failure_threshold: Some(self.sandbox.health_failure_threshold),
+        };
+        if let Err(e) = health.check("sandbox.health") {
+            // The keys are sandbox.health_path, sandbox.health_interval_secs, ...
+            let e = e
+                .to_string()
+                .replacen("sandbox.health.", "sandbox.health_", 1);
+            return Err(ConfigError::Invalid(e));
         }
         if self.tasks.uid_base < 1000 {
             return Err(ConfigError::Invalid(

@@ -38,6 +38,7 @@ pub mod supervisor;
 pub mod tasks;
 pub mod timing;
 pub mod tls;
+pub mod upkeep;
 #[cfg(target_os = "linux")]
 mod watchdog;
 

@@ -4,6 +4,7 @@
 use crate::access::{SshKeyStore, TokenStore};
 use crate::api::access::SandboxSettings;
 use crate::api::checks;
+use crate::api::health;
 use crate::api::{DeploymentView, PushRequest, SandboxView};
 use crate::artifact::Artifact;
 use crate::artifact::{ArtifactStore, BundleStore};
@@ -25,7 +26,7 @@ use crate::state_machine::{self, Effects, Phase, Verb};
 use crate::supervisor::{Supervisor, UNITS_IN_FLIGHT};
 use crate::tasks::Tasks;
 use crate::timing::step;
-use crate::{embedded_db, host_limits, readiness};
+use crate::{embedded_db, host_limits, readiness, upkeep};
 use futures_util::{stream, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ pub struct Orchestrator {
     pub(crate) problem: std::sync::Mutex<Option<String>>,
     /// The ACME client, when `[tls]` has HTTPS and ACME on.
     pub certificates: Option<Arc<crate::tls::acme::Acme>>,
+    /// What nxd does on its own: health checks, idle stops and wakes, expiry (see `upkeep`).
+    pub(crate) upkeep: crate::upkeep::UpkeepState,
 }
 
 impl Orchestrator {
@@ -177,8 +180,10 @@ impl Orchestrator {
             problem: std::sync::Mutex::new(None),
             certificates,
             metrics: crate::metrics::Metrics::default(),
+            upkeep: crate::upkeep::UpkeepState::default(),
         });
         app.adopt().await?;
+        app.keep_up()?;
         app.schedule_backups();
         app.watch_manager();
         Ok(app)
@@ -275,8 +280,12 @@ impl Orchestrator {
     pub(crate) async fn rebuild_routes(&self) -> Result<(), Error> {
         let deployments = self.state.deployments().await?;
         let promoted = self.state.promoted().await?;
+        // An idle deployment keeps its routes, marked for the router to wake it.
         let mut running: HashMap<&DeploymentId, SocketAddr> = HashMap::new();
-        for d in deployments.iter().filter(|d| d.desired == Desired::Running) {
+        for d in deployments
+            .iter()
+            .filter(|d| matches!(d.desired, Desired::Running | Desired::Idle))
+        {
             running.insert(&d.id, self.upstream(d)?);
         }
         let keys: Vec<(RouteKey, &DeploymentId, SocketAddr)> = deployments
@@ -302,6 +311,14 @@ impl Orchestrator {
         let domains = self.domain_rows().await?;
         let custom = crate::custom_domains::routes(&table, &domains, &self.config.base_domain);
         table.routes.extend(custom);
+        let idle: Vec<&str> = deployments
+            .iter()
+            .filter(|d| d.desired == Desired::Idle)
+            .map(|d| d.id.as_str())
+            .collect();
+        for route in &mut table.routes {
+            route.idle = idle.contains(&route.deployment.as_str());
+        }
         table.routes.extend(crate::tls::api_route(&self.config));
         self.router.replace(&table, ROUTER_PATIENCE).await?;
         if let Some(acme) = &self.certificates {
@@ -393,7 +410,7 @@ impl Orchestrator {
     /// Where the router and the readiness probe reach a deployment: its own address, its port.
     /// (A microVM's VMM does not run in a namespace of its own yet: its forward is on the
     /// host's loopback.)
-    fn upstream(&self, deployment: &Deployment) -> Result<SocketAddr, Error> {
+    pub(crate) fn upstream(&self, deployment: &Deployment) -> Result<SocketAddr, Error> {
         if deployment.backend == BackendKind::Microvm {
             return Ok(SocketAddr::from((
                 [127, 0, 0, 1],
@@ -469,7 +486,9 @@ impl Orchestrator {
         let addr = self.upstream(deployment)?;
         let timeout = readiness::timeout(deployment.ready_timeout_secs, &self.config.sandbox);
         let forwarded = self.backend.get(deployment.backend)?.port_is_forwarded();
-        let probe = readiness::Probe::for_deployment(&self.config.sandbox, forwarded);
+        let health = self.health_check(deployment).await?;
+        let path = health.as_ref().map(|h| h.path.as_str());
+        let probe = readiness::Probe::for_deployment(path, forwarded);
         let ready = readiness::wait(addr, &probe, timeout, || self.backend.status(&handle));
         let why = match step("ready", ready).await? {
             readiness::Outcome::Ready => return Ok(()),
@@ -515,6 +534,9 @@ impl Orchestrator {
         checks::check_program_input(&settings.args, &settings.env, &bounds)?;
         checks::check_limits(&settings.limits.apply(self.config.limits), &bounds)?;
         checks::check_ready_timeout(settings.ready_timeout_secs, &bounds)?;
+        settings.health_check.check("health_check")?;
+        health::check_seconds("idle_timeout_secs", settings.idle_timeout_secs)?;
+        health::check_seconds("preview_ttl_secs", settings.preview_ttl_secs)?;
         if sandbox_settings::set(self.state.pool(), name, settings)
             .await
             .map_err(StateError::from)?
@@ -538,6 +560,8 @@ impl Orchestrator {
             (req.env, req.args, req.limits) = settings.under(req.env, req.args, &req.limits);
             req.ready_timeout_secs = req.ready_timeout_secs.or(settings.ready_timeout_secs);
             req.egress = req.egress.or(settings.egress);
+            req.health_check = req.health_check.over(&settings.health_check);
+            req.idle_timeout_secs = req.idle_timeout_secs.or(settings.idle_timeout_secs);
         }
         let bounds = host_limits::request_bounds(&self.config.sandbox);
         let limits = req.limits.apply(self.config.limits);
@@ -549,6 +573,8 @@ impl Orchestrator {
                 "port 0 is not a port a program can listen on: give 1-65535, or no --port (nxd then picks one and passes it as PORT)".into(),
             ));
         }
+        req.health_check.check("health_check")?;
+        health::check_seconds("idle_timeout_secs", req.idle_timeout_secs)?;
         let program = step("program", self.program(&req.artifact)).await?;
         if req.runtime == Runtime::Runsc && !matches!(program, Program::Image { .. }) {
             return Err(Error::Invalid(
@@ -579,6 +605,7 @@ impl Orchestrator {
                 "a microVM's guest has no way out (QEMU user networking with restrict=on): push it with --egress none, or to the container backend (--backend container) for --egress public".into(),
             ));
         }
+        let (health_check, idle_timeout_secs) = (req.health_check, req.idle_timeout_secs);
         let deployment = step(
             "record",
             self.state.create_deployment(
@@ -601,6 +628,13 @@ impl Orchestrator {
         )
         .await?;
         tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");
+        let upkeep = upkeep::store::insert(
+            self.state.pool(),
+            deployment.id.as_str(),
+            &health_check,
+            idle_timeout_secs,
+        );
+        step("upkeep", upkeep).await.map_err(StateError::from)?;
         if deployment.db_branch {
             if let Err(e) = self
                 .databases
@@ -628,6 +662,17 @@ impl Orchestrator {
             .status(&self.backend.handle(deployment))
             .await?;
         Ok(Phase::observe(deployment.desired, &unit))
+    }
+
+    /// Moves a deployment from `phase` by `verb`, through the state machine, for a verb that
+    /// does not route production.
+    pub(crate) async fn apply_verb(
+        &self,
+        deployment: &Deployment,
+        phase: Phase,
+        verb: Verb,
+    ) -> Result<Phase, Error> {
+        self.apply(deployment, phase, verb, Route::None).await
     }
 
     /// Moves a deployment from `phase` by `verb`, through the state machine.
@@ -679,6 +724,7 @@ impl Orchestrator {
             )
             .await?;
         }
+        self.upkeep.started(&deployment.id);
         let result = self.run(deployment).await;
         let routes = async {
             let _guard = self.changes.lock().await;
@@ -939,7 +985,11 @@ impl Orchestrator {
         Ok(self.state.promoted().await?.get(&d.sandbox) == Some(&d.id))
     }
 
-    async fn view(&self, d: &Deployment, promoted: bool) -> Result<DeploymentView, Error> {
+    pub(crate) async fn view(
+        &self,
+        d: &Deployment,
+        promoted: bool,
+    ) -> Result<DeploymentView, Error> {
         let promoted: HashMap<SandboxName, DeploymentId> = promoted
             .then(|| (d.sandbox.clone(), d.id.clone()))
             .into_iter()
@@ -963,7 +1013,7 @@ impl Orchestrator {
             .states(&units)
             .await
             .map_err(crate::backend::BackendError::from)?;
-        deployments
+        let mut views = deployments
             .iter()
             .zip(handles)
             .zip(states)
@@ -995,9 +1045,16 @@ impl Orchestrator {
                     last_exit,
                     disk: crate::backend::data_disk::read_usage(&handle.dir),
                     unit: handle.unit,
+                    // Filled in by `add_upkeep` below.
+                    health_check: None,
+                    idle_timeout_secs: None,
+                    pinned: false,
+                    last_request_at: None,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<DeploymentView>, Error>>()?;
+        self.add_upkeep(&mut views).await?;
+        Ok(views)
     }
 
     /// Every sandbox with its deployments.
@@ -1159,6 +1216,8 @@ impl Effects for Target<'_> {
     async fn destroy(&self) -> Result<(), Error> {
         self.app.unroute(self.deployment).await?;
         self.app.destroy(self.deployment).await?;
+        let labels = crate::metrics::DeploymentLabels::of(self.deployment);
+        self.app.metrics.forget(&labels);
         Ok(self
             .app
             .state
@@ -1172,5 +1231,9 @@ impl Effects for Target<'_> {
             Route::Promote { swap_db } => self.app.switch_to(self.deployment, swap_db).await,
             Route::Rollback => self.app.roll_back_to(self.deployment).await,
         }
+    }
+
+    async fn idle(&self) -> Result<(), Error> {
+        self.app.go_idle(self.deployment).await
     }
 }

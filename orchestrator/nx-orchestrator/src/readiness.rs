@@ -16,17 +16,17 @@ use tokio::net::TcpStream;
 pub enum Probe<'a> {
     /// Its port accepts a TCP connection.
     Connect,
-    /// `GET <path>` answers below 400 (`sandbox.health_path`).
+    /// `GET <path>` answers below 400 (its health check's path).
     Health(&'a str),
     /// `GET /` gets any HTTP answer: behind a VMM's port forward, which accepts at once.
     AnyAnswer,
 }
 
 impl<'a> Probe<'a> {
-    /// The probe for a deployment: the host's health path when one is configured, else any
-    /// answer behind a forwarded port, else a connection.
-    pub fn for_deployment(sandbox: &'a SandboxDefaults, port_is_forwarded: bool) -> Self {
-        match sandbox.health_path.as_deref() {
+    /// The probe for a deployment: its health check's path when it has one (see
+    /// `health::HealthCheck`), else any answer behind a forwarded port, else a connection.
+    pub fn for_deployment(health_path: Option<&'a str>, port_is_forwarded: bool) -> Self {
+        match health_path {
             Some(path) => Probe::Health(path),
             None if port_is_forwarded => Probe::AnyAnswer,
             None => Probe::Connect,
@@ -88,28 +88,51 @@ where
 
 /// One ask: whether the deployment at `addr` is ready by `how` now.
 pub async fn probe(addr: SocketAddr, how: &Probe<'_>) -> bool {
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let path = match how {
-            Probe::Connect => return Some(true),
-            Probe::Health(path) => path,
-            Probe::AnyAnswer => "/",
-        };
-        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.ok()?;
-        // "HTTP/1.x NNN"
-        let code: u16 = std::str::from_utf8(&head[9..12]).ok()?.parse().ok()?;
-        Some(code < 400 || matches!(how, Probe::AnyAnswer))
-    };
     // Behind a VMM's forward, a guest that is not up yet leaves the request hanging: give up
     // soon and ask again.
-    let limit = match how {
-        Probe::AnyAnswer => Duration::from_millis(100),
-        _ => Duration::from_secs(2),
+    let (path, limit) = match how {
+        Probe::Connect => {
+            let connect = TcpStream::connect(addr);
+            let within = tokio::time::timeout(Duration::from_secs(2), connect).await;
+            return matches!(within, Ok(Ok(_)));
+        }
+        Probe::Health(path) => (*path, Duration::from_secs(2)),
+        Probe::AnyAnswer => ("/", Duration::from_millis(100)),
     };
-    matches!(tokio::time::timeout(limit, attempt).await, Ok(Some(true)))
+    match get_status(addr, path, limit).await {
+        Ok(code) => code < 400 || matches!(how, Probe::AnyAnswer),
+        Err(_) => false,
+    }
+}
+
+/// Why `GET` of a deployment's path got no status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoAnswer {
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// `GET <path>` (HTTP/1.0) of the deployment at `addr`: the response's status code, within
+/// `limit` (connecting included).
+pub async fn get_status(addr: SocketAddr, path: &str, limit: Duration) -> Result<u16, NoAnswer> {
+    let attempt = async {
+        let failed = |e: std::io::Error| NoAnswer::Failed(e.to_string());
+        let mut stream = TcpStream::connect(addr).await.map_err(failed)?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(failed)?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.map_err(failed)?;
+        // "HTTP/1.x NNN"
+        std::str::from_utf8(&head[9..12])
+            .ok()
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| NoAnswer::Failed("not an HTTP response".into()))
+    };
+    tokio::time::timeout(limit, attempt)
+        .await
+        .unwrap_or(Err(NoAnswer::TimedOut(limit)))
 }
 
 /// How long a unit that was just started may still read `inactive` (its start job not run yet)

@@ -24,6 +24,9 @@ pub enum Verb {
     Promote,
     /// `nx rollback`: production goes back to this (the previous) deployment.
     Rollback,
+    /// nxd, when no request came for the deployment's idle timeout: stop it, and let the
+    /// router start it again on the next request (scale to zero).
+    Idle,
 }
 
 /// What a verb does from a phase.
@@ -41,6 +44,8 @@ pub enum Step {
     Route,
     /// Start it, wait until it is ready, then switch production to it.
     StartThenRoute,
+    /// Mark its routes to wake it, then stop its unit.
+    Idle,
 }
 
 /// Why a verb is refused; each message says what to do instead.
@@ -65,15 +70,19 @@ pub fn transition(phase: Phase, verb: Verb, serves_production: bool) -> Result<S
         return Err(Refusal::ServesProduction);
     }
     Ok(match (verb, phase) {
-        (Verb::Start, Created | Stopped | Failed) => Step::Start,
+        (Verb::Start, Created | Stopped | Failed | Idle) => Step::Start,
         (Verb::Start, Starting | Running) => Step::Nothing,
         (Verb::Start, Stopping) => return Err(Refusal::Busy(phase)),
-        (Verb::Stop, Created | Starting | Running | Failed) => Step::Stop,
+        (Verb::Stop, Created | Starting | Running | Failed | Idle) => Step::Stop,
         (Verb::Stop, Stopping | Stopped) => Step::Nothing,
         (Verb::Remove, _) => Step::Destroy,
         (Verb::Promote | Verb::Rollback, Running) => Step::Route,
-        (Verb::Promote | Verb::Rollback, Created | Stopped | Failed) => Step::StartThenRoute,
+        (Verb::Promote | Verb::Rollback, Created | Stopped | Failed | Idle) => Step::StartThenRoute,
         (Verb::Promote | Verb::Rollback, Starting | Stopping) => return Err(Refusal::Busy(phase)),
+        (Verb::Idle, Running) => Step::Idle,
+        // Only what runs goes idle; a failed deployment stays failed, for its owner to see.
+        (Verb::Idle, Created | Stopped | Failed | Idle) => Step::Nothing,
+        (Verb::Idle, Starting | Stopping) => return Err(Refusal::Busy(phase)),
         (_, Removed) => unreachable!("refused above"),
     })
 }
@@ -87,6 +96,8 @@ pub trait Effects: Send + Sync {
     async fn destroy(&self) -> Result<(), Error>;
     /// Switches production to it (for the verb this was built for).
     async fn route(&self) -> Result<(), Error>;
+    /// Marks its routes to wake it on the next request, then stops its unit.
+    async fn idle(&self) -> Result<(), Error>;
 }
 
 /// Carries `verb` out on a deployment in `phase`: the step [`transition`] gives, through
@@ -120,9 +131,11 @@ pub async fn apply(
             effects.start().await?;
             effects.route().await?;
         }
+        Step::Idle => effects.idle().await?,
     }
     Ok(match verb {
         Verb::Stop => Phase::Stopped,
+        Verb::Idle => Phase::Idle,
         _ => Phase::Running,
     })
 }
@@ -135,7 +148,7 @@ mod tests {
     use std::sync::Mutex;
     use strum::IntoEnumIterator;
 
-    const PHASES: [Phase; 7] = [
+    const PHASES: [Phase; 8] = [
         Phase::Created,
         Phase::Starting,
         Phase::Running,
@@ -143,6 +156,7 @@ mod tests {
         Phase::Stopped,
         Phase::Failed,
         Phase::Removed,
+        Phase::Idle,
     ];
 
     /// A deployment in memory: its phase, whether it serves production, and what was done.
@@ -203,6 +217,11 @@ mod tests {
             *self.production.lock().unwrap() = true;
             Ok(())
         }
+        async fn idle(&self) -> Result<(), Error> {
+            self.call("idle");
+            *self.phase.lock().unwrap() = Phase::Idle;
+            Ok(())
+        }
     }
 
     /// Every (phase, verb) pair: the step, or the refusal.
@@ -212,15 +231,16 @@ mod tests {
         use Step::*;
         let busy = |p| Err(Refusal::Busy(p));
         #[rustfmt::skip]
-        let table: Vec<(Phase, [Result<Step, Refusal>; 5])> = vec![
-            //            Start          Stop           Remove         Promote               Rollback
-            (Created,  [Ok(Step::Start), Ok(Stop),     Ok(Destroy),  Ok(StartThenRoute),   Ok(StartThenRoute)]),
-            (Starting, [Ok(Nothing),     Ok(Stop),     Ok(Destroy),  busy(Starting),       busy(Starting)]),
-            (Running,  [Ok(Nothing),     Ok(Stop),     Ok(Destroy),  Ok(Route),            Ok(Route)]),
-            (Stopping, [busy(Stopping),  Ok(Nothing),  Ok(Destroy),  busy(Stopping),       busy(Stopping)]),
-            (Stopped,  [Ok(Step::Start), Ok(Nothing),  Ok(Destroy),  Ok(StartThenRoute),   Ok(StartThenRoute)]),
-            (Failed,   [Ok(Step::Start), Ok(Stop),     Ok(Destroy),  Ok(StartThenRoute),   Ok(StartThenRoute)]),
-            (Removed,  [Err(Refusal::Removed), Err(Refusal::Removed), Err(Refusal::Removed), Err(Refusal::Removed), Err(Refusal::Removed)]),
+        let table: Vec<(Phase, [Result<Step, Refusal>; 6])> = vec![
+            //            Start          Stop           Remove         Promote               Rollback              Idle
+            (Created,  [Ok(Step::Start), Ok(Stop),     Ok(Destroy),  Ok(StartThenRoute),   Ok(StartThenRoute),   Ok(Nothing)]),
+            (Starting, [Ok(Nothing),     Ok(Stop),     Ok(Destroy),  busy(Starting),       busy(Starting),       busy(Starting)]),
+            (Running,  [Ok(Nothing),     Ok(Stop),     Ok(Destroy),  Ok(Route),            Ok(Route),            Ok(Step::Idle)]),
+            (Stopping, [busy(Stopping),  Ok(Nothing),  Ok(Destroy),  busy(Stopping),       busy(Stopping),       busy(Stopping)]),
+            (Stopped,  [Ok(Step::Start), Ok(Nothing),  Ok(Destroy),  Ok(StartThenRoute),   Ok(StartThenRoute),   Ok(Nothing)]),
+            (Failed,   [Ok(Step::Start), Ok(Stop),     Ok(Destroy),  Ok(StartThenRoute),   Ok(StartThenRoute),   Ok(Nothing)]),
+            (Removed,  [Err(Refusal::Removed), Err(Refusal::Removed), Err(Refusal::Removed), Err(Refusal::Removed), Err(Refusal::Removed), Err(Refusal::Removed)]),
+            (Phase::Idle, [Ok(Step::Start), Ok(Stop),     Ok(Destroy),  Ok(StartThenRoute),   Ok(StartThenRoute),   Ok(Nothing)]),
         ];
         assert_eq!(table.len(), PHASES.len());
         for (phase, row) in &table {
@@ -273,10 +293,11 @@ mod tests {
                         assert_eq!(ended, *fake.phase.lock().unwrap(), "{phase} {verb}");
                         let expected_end = match verb {
                             Verb::Start if step == Step::Nothing => phase,
-                            Verb::Stop if step == Step::Nothing => phase,
+                            Verb::Stop | Verb::Idle if step == Step::Nothing => phase,
                             Verb::Start | Verb::Promote | Verb::Rollback => Phase::Running,
                             Verb::Stop => Phase::Stopped,
                             Verb::Remove => Phase::Removed,
+                            Verb::Idle => Phase::Idle,
                         };
                         assert_eq!(ended, expected_end, "{phase} {verb}");
                         let routed = *fake.production.lock().unwrap();
@@ -320,7 +341,7 @@ mod tests {
             exit_status: 0,
             exit_code: 0,
         };
-        use Desired::{Running as R, Stopped as S};
+        use Desired::{Idle as I, Running as R, Stopped as S};
         for (desired, active, sub, phase) in [
             (R, "active", "running", Phase::Running),
             (R, "activating", "start", Phase::Starting),
@@ -331,6 +352,8 @@ mod tests {
             (S, "deactivating", "stop-sigterm", Phase::Stopping),
             (S, "inactive", "dead", Phase::Stopped),
             (S, "failed", "failed", Phase::Stopped),
+            (I, "inactive", "dead", Phase::Idle),
+            (I, "deactivating", "stop-sigterm", Phase::Stopping),
         ] {
             assert_eq!(
                 Phase::observe(desired, &unit(active, sub)),

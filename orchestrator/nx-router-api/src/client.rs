@@ -2,9 +2,10 @@
 //!
 //! `PUT /v1/routes` with a [`RouteTable`] (JSON) replaces the whole table (204);
 //! `GET /v1/routes` answers the table the router holds; `POST /v1/certificates` makes it
-//! re-read the certificate store; `GET /v1/metrics` answers the router's series.
+//! re-read the certificate store; `GET /v1/metrics` answers the router's series;
+//! `GET /v1/traffic` what it saw of each deployment ([`Traffic`]).
 
-use crate::RouteTable;
+use crate::{RouteTable, Traffic};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -24,6 +25,8 @@ pub enum RouterClientError {
 pub const ROUTES: &str = "/v1/routes";
 /// The router's Prometheus series.
 pub const METRICS: &str = "/v1/metrics";
+/// What the router saw of each deployment.
+pub const TRAFFIC: &str = "/v1/traffic";
 
 /// Talks to one router's control socket.
 #[derive(Debug, Clone)]
@@ -79,6 +82,15 @@ impl RouterClient {
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// What the router saw of each deployment since it started (`GET /v1/traffic`).
+    pub async fn traffic(&self) -> Result<Traffic, RouterClientError> {
+        let body = self.call(Method::GET, TRAFFIC, Vec::new()).await?;
+        serde_json::from_slice(&body).map_err(|e| RouterClientError::Refused {
+            status: StatusCode::OK,
+            body: format!("not traffic: {e}"),
+        })
+    }
+
     async fn call_retrying(
         &self,
         method: Method,
@@ -103,35 +115,13 @@ impl RouterClient {
         path: &str,
         body: Vec<u8>,
     ) -> Result<Bytes, RouterClientError> {
-        let unreachable = |message: String| RouterClientError::Unreachable {
-            socket: self.socket.clone(),
-            message,
-        };
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(conn);
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, "nx-router")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("a valid request");
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
+        let (status, body) =
+            exchange(&self.socket, method, path, body)
+                .await
+                .map_err(|message| RouterClientError::Unreachable {
+                    socket: self.socket.clone(),
+                    message,
+                })?;
         if !status.is_success() {
             return Err(RouterClientError::Refused {
                 status,
@@ -140,4 +130,40 @@ impl RouterClient {
         }
         Ok(body)
     }
+}
+
+/// One HTTP/1.1 request on the unix socket `socket` (JSON `body`): the answer's status and
+/// body, or why there was none.
+pub(crate) async fn exchange(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(StatusCode, Bytes), String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "nx-router")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid request");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
 }

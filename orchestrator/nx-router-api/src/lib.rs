@@ -1,7 +1,9 @@
 //! What nxd and the router (`nx-router`) share, and nothing else: the route table nxd hands
 //! over ([`Route`], [`RouteTable`]), the router's settings ([`RouterSettings`], with `[router]`
 //! as [`RouterConfig`], HTTPS as [`RouterTls`]), the client of the router's control socket
-//! ([`RouterClient`]) and the certificate store nxd writes and the router serves ([`store`]).
+//! ([`RouterClient`]), the certificate store nxd writes and the router serves ([`store`]), what
+//! the router saw of each deployment ([`traffic`]) and how it asks nxd to start an idle one
+//! ([`wake`]).
 //!
 //! It depends on no server crate of nxd's (no sqlx, zbus or backends), so `nx-router` builds
 //! and tests on its own: `cargo test -p nx-router`.
@@ -9,9 +11,12 @@
 pub mod client;
 mod settings;
 pub mod store;
+pub mod traffic;
+pub mod wake;
 
 pub use client::{RouterClient, RouterClientError};
 pub use settings::{RouterConfig, RouterSettings, RouterTls};
+pub use traffic::{DeploymentTraffic, Traffic};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -27,6 +32,10 @@ pub struct Route {
     /// The sandbox and deployment, for the access log.
     pub sandbox: String,
     pub deployment: String,
+    /// The deployment is stopped until a request comes (scale to zero): the router asks nxd
+    /// to start it (see [`wake`]) and holds the request until it is ready.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle: bool,
 }
 
 /// The whole table, as nxd sends it (`PUT /v1/routes`) and the router keeps it on disk.

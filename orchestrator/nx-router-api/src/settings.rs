@@ -92,6 +92,10 @@ pub struct RouterSettings {
     /// HTTPS, when `tls.https_listen` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RouterTls>,
+    /// nxd's socket that starts an idle deployment (see [`crate::wake`]); none: an idle
+    /// route answers 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_socket: Option<PathBuf>,
     #[serde(flatten)]
     pub config: RouterConfig,
 }

@@ -1,12 +1,14 @@
 //! The control socket nxd feeds tables through: HTTP/1.1 on a unix socket (mode 0600, so only
 //! root, which nxd runs as, may connect). `PUT /v1/routes` replaces the table (204),
 //! `GET /v1/routes` answers it; `POST /v1/certificates` re-reads the certificate store (204,
-//! or 404 without HTTPS); `GET /v1/metrics` answers the router's series (see `metrics`). Runs on
+//! or 404 without HTTPS); `GET /v1/metrics` answers the router's series (see `metrics`);
+//! `GET /v1/traffic` what it saw of each deployment (see `traffic`). Runs on
 //! a thread of its own, beside Pingora's runtimes.
 
 use crate::metrics::RouterMetrics;
 use crate::table::Table;
 use crate::tls::Certificates;
+use crate::traffic::TrafficLog;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -26,6 +28,7 @@ pub fn spawn(
     table: Arc<Table>,
     certs: Option<Arc<Certificates>>,
     metrics: Arc<RouterMetrics>,
+    traffic: Arc<TrafficLog>,
 ) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(socket);
     let listener = std::os::unix::net::UnixListener::bind(socket)
@@ -39,7 +42,7 @@ pub fn spawn(
                 .enable_all()
                 .build()
                 .expect("the control thread's runtime");
-            runtime.block_on(serve(listener, table, certs, metrics));
+            runtime.block_on(serve(listener, table, certs, metrics, traffic));
         })?;
     Ok(())
 }
@@ -49,6 +52,7 @@ async fn serve(
     table: Arc<Table>,
     certs: Option<Arc<Certificates>>,
     metrics: Arc<RouterMetrics>,
+    traffic: Arc<TrafficLog>,
 ) {
     let listener = tokio::net::UnixListener::from_std(listener).expect("a tokio unix listener");
     loop {
@@ -60,13 +64,23 @@ async fn serve(
                 continue;
             }
         };
-        let (table, certs, metrics) = (table.clone(), certs.clone(), metrics.clone());
+        let (table, certs, metrics, traffic) = (
+            table.clone(),
+            certs.clone(),
+            metrics.clone(),
+            traffic.clone(),
+        );
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (table, certs, metrics) = (table.clone(), certs.clone(), metrics.clone());
+                let (table, certs, metrics, traffic) = (
+                    table.clone(),
+                    certs.clone(),
+                    metrics.clone(),
+                    traffic.clone(),
+                );
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        handle(&table, certs.as_deref(), &metrics, req).await,
+                        handle(&table, certs.as_deref(), &metrics, &traffic, req).await,
                     )
                 }
             });
@@ -81,6 +95,7 @@ async fn handle(
     table: &Table,
     certs: Option<&Certificates>,
     metrics: &RouterMetrics,
+    traffic: &TrafficLog,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, body: Vec<u8>| {
@@ -92,6 +107,10 @@ async fn handle(
         ("/v1/routes", _, _) => {}
         (client::METRICS, &Method::GET, _) => {
             return reply(StatusCode::OK, metrics.encode().into_bytes())
+        }
+        (client::TRAFFIC, &Method::GET, _) => {
+            let body = serde_json::to_vec(&traffic.snapshot()).expect("traffic serializes");
+            return reply(StatusCode::OK, body);
         }
         ("/v1/certificates", &Method::POST, Some(certs)) => {
             certs.reload();
@@ -106,7 +125,8 @@ async fn handle(
         _ => {
             return reply(
                 StatusCode::NOT_FOUND,
-                b"only /v1/routes, POST /v1/certificates and GET /v1/metrics\n".to_vec(),
+                b"only /v1/routes, POST /v1/certificates, GET /v1/metrics and GET /v1/traffic\n"
+                    .to_vec(),
             )
         }
     }

@@ -13,6 +13,8 @@ mod metrics;
 mod proxy;
 mod table;
 mod tls;
+mod traffic;
+mod wake;
 
 use anyhow::Context;
 use clap::Parser;
@@ -58,11 +60,16 @@ fn main() -> anyhow::Result<()> {
         None => None,
     };
     let metrics = Arc::new(metrics::RouterMetrics::default());
+    let deployments = proxy::Deployments {
+        traffic: Arc::new(traffic::TrafficLog::default()),
+        waker: Arc::new(wake::Waker::new(settings.wake_socket.as_deref())),
+    };
     control::spawn(
         &settings.control_socket(),
         table.clone(),
         certs.clone(),
         metrics.clone(),
+        deployments.traffic.clone(),
     )?;
 
     let dir = |name: &str| settings.dir.join(name).display().to_string();
@@ -93,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         &settings,
         &table,
         &metrics,
+        &deployments,
         proxy::Listener::Http(http_side),
         None,
     );
@@ -106,6 +114,7 @@ fn main() -> anyhow::Result<()> {
             &settings,
             &table,
             &metrics,
+            &deployments,
             proxy::Listener::Https { hsts: tls.hsts },
             Some(tls::acceptor(certs)),
         );
@@ -124,6 +133,7 @@ fn proxy_service(
     settings: &RouterSettings,
     table: &Arc<table::Table>,
     metrics: &Arc<metrics::RouterMetrics>,
+    deployments: &proxy::Deployments,
     listener: proxy::Listener,
     tls: Option<pingora::listeners::tls::Acceptor>,
 ) -> Service<connections::Connections<HttpProxy<proxy::NxProxy>>> {
@@ -133,6 +143,7 @@ fn proxy_service(
         proxy::NxProxy::new(
             table.clone(),
             metrics.clone(),
+            deployments,
             config.clone(),
             settings.base_domain.clone(),
             listener,

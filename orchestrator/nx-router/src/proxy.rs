@@ -12,6 +12,8 @@ use crate::headers::{forwarding, hop_by_hop};
 use crate::metrics::{Finished, RouterMetrics};
 use crate::table::Table;
 use crate::tls::{Answer, HttpSide};
+use crate::traffic::TrafficLog;
+use crate::wake::Waker;
 use async_trait::async_trait;
 use bytes::Bytes;
 use nx_router_api::{Route, RouterConfig};
@@ -25,6 +27,8 @@ use std::time::{Duration, Instant};
 pub struct NxProxy {
     table: Arc<Table>,
     metrics: Arc<RouterMetrics>,
+    traffic: Arc<TrafficLog>,
+    waker: Arc<Waker>,
     config: RouterConfig,
     base_domain: String,
     listener: Listener,
@@ -47,10 +51,17 @@ pub struct Ctx {
     body_bytes: u64,
 }
 
+/// What the router keeps of the deployments it serves: their traffic and their wakes.
+pub struct Deployments {
+    pub traffic: Arc<TrafficLog>,
+    pub waker: Arc<Waker>,
+}
+
 impl NxProxy {
     pub fn new(
         table: Arc<Table>,
         metrics: Arc<RouterMetrics>,
+        deployments: &Deployments,
         config: RouterConfig,
         base_domain: String,
         listener: Listener,
@@ -58,6 +69,8 @@ impl NxProxy {
         Self {
             table,
             metrics,
+            traffic: deployments.traffic.clone(),
+            waker: deployments.waker.clone(),
             config,
             base_domain,
             listener,
@@ -189,10 +202,22 @@ impl ProxyHttp for NxProxy {
             }
         }
         ctx.route = self.table.lookup(&ctx.host);
-        if ctx.route.is_none() {
+        let Some(route) = ctx.route.clone() else {
             let text = not_found(&ctx.host, &self.base_domain);
             page(session, ctx, 404, text).await?;
             return Ok(true);
+        };
+        self.traffic.begin(&route.deployment);
+        if route.idle {
+            if let Err(e) = self.waker.wake(&route.deployment).await {
+                tracing::warn!(deployment = %route.deployment, error = %e, "wake failed");
+                let text = format!(
+                    "NX: deployment {} was stopped for being idle and could not be started again: {e}\nCheck it with `nx status` and `nx logs`.\n",
+                    route.deployment
+                );
+                page(session, ctx, 503, text).await?;
+                return Ok(true);
+            }
         }
         if declared.is_some_and(|n| n > self.config.max_body_mb << 20) {
             let text = format!(
@@ -336,6 +361,10 @@ impl ProxyHttp for NxProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(route) = &ctx.route {
+            self.traffic
+                .end(&route.deployment, session.body_bytes_sent() as u64);
+        }
         let (sandbox, deployment) = ctx
             .route
             .as_ref()

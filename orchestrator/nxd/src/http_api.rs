@@ -45,6 +45,8 @@ pub fn table() -> Vec<Route> {
         delete("/v1/deployments/{id}", remove),
         post("/v1/deployments/{id}/stop", stop),
         post("/v1/deployments/{id}/start", start),
+        post("/v1/deployments/{id}/pin", pin),
+        delete("/v1/deployments/{id}/pin", unpin),
         get("/v1/deployments/{id}/logs", logs),
         get("/v1/sandboxes", sandboxes),
         post("/v1/sandboxes", create_sandbox),
@@ -196,6 +198,16 @@ async fn stop(
 
 async fn start(State(app): Shared, Path(id): Path<String>) -> ApiResult<DeploymentView> {
     Ok(Json(app.start_deployment(&deployment_id(&id)?).await?))
+}
+
+/// `nx pin`: the preview stays past its sandbox's time to live.
+async fn pin(State(app): Shared, Path(id): Path<String>) -> ApiResult<DeploymentView> {
+    Ok(Json(app.pin(&deployment_id(&id)?, true).await?))
+}
+
+/// `nx unpin`: the preview expires again with no request for its time to live.
+async fn unpin(State(app): Shared, Path(id): Path<String>) -> ApiResult<DeploymentView> {
+    Ok(Json(app.pin(&deployment_id(&id)?, false).await?))
 }
 
 async fn logs(

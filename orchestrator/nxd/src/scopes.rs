@@ -99,6 +99,16 @@ pub const POLICY: &[(&str, &str, Need)] = &[
         Need::OneOf(PUSH, Target::PathDeployment),
     ),
     (
+        "POST",
+        "/v1/deployments/{id}/pin",
+        Need::OneOf(PUSH, Target::PathDeployment),
+    ),
+    (
+        "DELETE",
+        "/v1/deployments/{id}/pin",
+        Need::OneOf(PUSH, Target::PathDeployment),
+    ),
+    (
         "GET",
         "/v1/deployments/{id}/logs",
         Need::OneOf(&[Verb::Logs], Target::PathDeployment),

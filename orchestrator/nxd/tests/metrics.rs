@@ -3,45 +3,13 @@
 //! of a running deployment, a restart after a forced crash, pushes counted; root token only on
 //! the API, no token on `metrics_listen`.
 
+use nx_testkit::metrics::{scrape, value};
 use nx_testkit::Host;
-use std::time::{Duration, Instant};
-
-/// The value of the series `name{labels}` (labels written as Prometheus writes them).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn scrape(host: &Host) -> String {
-    let resp = host
-        .http()
-        .get(format!("http://{}/metrics", host.api))
-        .bearer_auth(&host.token)
-        .send()
-        .expect("GET /metrics");
-    assert_eq!(resp.status(), 200);
-    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
-    resp.text().unwrap()
-}
+use std::time::Duration;
 
 /// Scrapes until `series` has a value that `want` accepts (or 30 s pass).
 fn wait_for(host: &Host, series: &str, want: impl Fn(f64) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = scrape(host);
-        if value(&text, series).is_some_and(&want) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} never as wanted:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    nx_testkit::metrics::wait_for(host, series, Duration::from_secs(30), want)
 }
 
 #[test]

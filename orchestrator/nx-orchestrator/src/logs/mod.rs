@@ -96,6 +96,23 @@ pub fn encode(out: &mut Vec<u8>, time: DateTime<Utc>, stream: Stream, text: &[u8
     out.push(b'\n');
 }
 
+/// Appends one `nx` record for `text` (which holds no newline) to the log at `path`, in one
+/// `write(2)` with `O_APPEND` beside the unit's own writer: what nxd itself did to the
+/// deployment (e.g. a restart after failed health checks) shows in `nx logs`. A failure is
+/// logged, not returned: the record is a courtesy.
+pub fn append_note(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut record = Vec::new();
+    encode(&mut record, Utc::now(), Stream::Nx, text.as_bytes());
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(&record));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot note in the deployment's log");
+    }
+}
+
 /// Where a deployment's log lives and how large it may grow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogFiles {

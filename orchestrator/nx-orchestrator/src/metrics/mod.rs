@@ -73,6 +73,22 @@ pub struct DeploymentLabels {
     pub backend: String,
 }
 
+impl DeploymentLabels {
+    /// The labels of `deployment`.
+    pub fn of(deployment: &crate::domain::Deployment) -> Self {
+        Self {
+            sandbox: deployment.sandbox.to_string(),
+            deployment: deployment.id.to_string(),
+            backend: deployment.backend.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SandboxLabel {
+    sandbox: String,
+}
+
 /// The events nxd counts, registered once; clones share the same series.
 #[derive(Debug)]
 pub struct Metrics {
@@ -81,6 +97,9 @@ pub struct Metrics {
     durations: Family<OperationKind, Histogram>,
     health_failures: Family<DeploymentLabels, Counter>,
     health_restarts: Family<DeploymentLabels, Counter>,
+    idle_stops: Family<DeploymentLabels, Counter>,
+    wakes: Family<DeploymentLabels, Counter>,
+    expired: Family<SandboxLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -113,12 +132,33 @@ impl Default for Metrics {
             "Restarts of a deployment after its health check failed the threshold's number of times in a row",
             health_restarts.clone(),
         );
+        let idle_stops = Family::<DeploymentLabels, Counter>::default();
+        registry.register(
+            "nx_idle_stops",
+            "Deployments stopped after their idle timeout passed with no request (scale to zero)",
+            idle_stops.clone(),
+        );
+        let wakes = Family::<DeploymentLabels, Counter>::default();
+        registry.register(
+            "nx_wakes",
+            "Idle deployments started again by a request",
+            wakes.clone(),
+        );
+        let expired = Family::<SandboxLabel, Counter>::default();
+        registry.register(
+            "nx_previews_expired",
+            "Previews removed after no request for their sandbox's time to live",
+            expired.clone(),
+        );
         Self {
             registry,
             operations,
             durations,
             health_failures,
             health_restarts,
+            idle_stops,
+            wakes,
+            expired,
         }
     }
 }
@@ -145,10 +185,31 @@ impl Metrics {
         self.health_restarts.get_or_create(labels).inc();
     }
 
+    /// A deployment stopped for being idle.
+    pub fn idle_stopped(&self, labels: &DeploymentLabels) {
+        self.idle_stops.get_or_create(labels).inc();
+    }
+
+    /// An idle deployment started again by a request.
+    pub fn woken(&self, labels: &DeploymentLabels) {
+        self.wakes.get_or_create(labels).inc();
+    }
+
+    /// A preview of `sandbox` removed after its time to live.
+    pub fn preview_expired(&self, sandbox: &str) {
+        self.expired
+            .get_or_create(&SandboxLabel {
+                sandbox: sandbox.to_owned(),
+            })
+            .inc();
+    }
+
     /// Forgets a removed deployment's event series.
     pub fn forget(&self, labels: &DeploymentLabels) {
         self.health_failures.remove(labels);
         self.health_restarts.remove(labels);
+        self.idle_stops.remove(labels);
+        self.wakes.remove(labels);
     }
 
     /// The event series, Prometheus text format.

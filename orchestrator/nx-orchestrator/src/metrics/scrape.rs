@@ -140,11 +140,7 @@ impl Orchestrator {
         for (((d, handle), state), cpu_time) in
             deployments.iter().zip(&handles).zip(&states).zip(cpu_times)
         {
-            let labels = DeploymentLabels {
-                sandbox: d.sandbox.to_string(),
-                deployment: d.id.to_string(),
-                backend: d.backend.to_string(),
-            };
+            let labels = DeploymentLabels::of(d);
             let running = !state.active.is_down();
             up.get_or_create(&labels)
                 .set(i64::from(state.active == ActiveState::Active));

@@ -10,8 +10,8 @@
 pub mod unit;
 
 pub use nx_router_api::{
-    client, normalize_host, Route, RouteTable, RouterClient, RouterClientError, RouterConfig,
-    RouterSettings, RouterTls,
+    client, normalize_host, DeploymentTraffic, Route, RouteTable, RouterClient, RouterClientError,
+    RouterConfig, RouterSettings, RouterTls, Traffic,
 };
 
 use crate::config::Config;
@@ -43,6 +43,7 @@ pub fn table<'a>(
                 upstream,
                 sandbox,
                 deployment: deployment.to_owned(),
+                idle: false,
             }
         })
         .collect();
@@ -64,6 +65,7 @@ pub fn settings(config: &Config) -> RouterSettings {
             redirect_http: config.tls.redirect_http,
             hsts: config.tls.hsts,
         }),
+        wake_socket: Some(crate::upkeep::wake_socket(&config.state_dir)),
         config: config.router.clone(),
     }
 }

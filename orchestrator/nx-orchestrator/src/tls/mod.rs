@@ -73,6 +73,7 @@ pub fn api_route(config: &crate::config::Config) -> Option<crate::router::Route>
         upstream,
         sandbox: String::new(),
         deployment: "nxd".into(),
+        idle: false,
     })
 }
 

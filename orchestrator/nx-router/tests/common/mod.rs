@@ -43,6 +43,7 @@ impl Router {
             base_domain: "nx.test".into(),
             dir: dir.path().to_owned(),
             tls: tls(dir.path()),
+            wake_socket: None,
             config,
         };
         let file = RouterSettings::file(dir.path());
@@ -125,6 +126,7 @@ impl Router {
                     upstream: *upstream,
                     sandbox: "web".into(),
                     deployment: "d1".into(),
+                    idle: false,
                 })
                 .collect(),
         };

@@ -72,6 +72,8 @@ pub async fn deploy(
         ready_timeout_secs: None,
         port: None,
         egress: None,
+        health_check: Default::default(),
+        idle_timeout_secs: None,
     };
     let mut outcome = Outcome::refused(sandbox, file, "");
     outcome.sha256 = Some(info.sha256);

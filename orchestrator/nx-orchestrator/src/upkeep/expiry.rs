@@ -1,0 +1,32 @@
+//! Preview expiry: a deployment that is neither its sandbox's production nor the one `nx
+//! rollback` returns to, and not pinned (`nx pin`), with no request for its sandbox's
+//! `preview_ttl_secs` (else nxd's `sandbox.preview_ttl_secs`; counted from its creation when
+//! it never had one) is removed like `nx rm` removes it.
+
+use crate::domain::Deployment;
+use crate::Orchestrator;
+
+impl Orchestrator {
+    /// Removes an expired preview, `idle_for` after its last request.
+    #[tracing::instrument(skip_all, fields(deployment = %deployment.id, sandbox = %deployment.sandbox))]
+    pub(crate) async fn expire(&self, deployment: &Deployment, idle_for: chrono::Duration) {
+        let kept = match super::store::production_and_rollback(self.state.pool()).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell production: nothing expires this round");
+                return;
+            }
+        };
+        if kept.contains(deployment.id.as_str()) {
+            return;
+        }
+        tracing::info!(
+            idle_secs = idle_for.num_seconds(),
+            "preview expired (no request for its time to live): removing it"
+        );
+        match self.remove(&deployment.id).await {
+            Ok(()) => self.metrics.preview_expired(deployment.sandbox.as_str()),
+            Err(e) => tracing::warn!(error = %e, "could not remove the expired preview"),
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! What nxd does to deployments on its own, every [`TICK`]: it reads from the router when each
+//! deployment last had a request and keeps that in its database ([`store`]); it checks the
+//! health of those with a health check and restarts one that fails its threshold in a row
+//! (`health`); it stops one that had no request for its idle timeout, which the router wakes on
+//! the next request (`idle`, `wake`: scale to zero); and it removes a preview that had no
+//! request for its sandbox's time to live unless it is pinned (`expiry`).
+
+mod expiry;
+mod health;
+mod idle;
+pub mod store;
+mod wake;
+
+pub use health::Resolved as ResolvedHealthCheck;
+pub use wake::wake_socket;
+
+use crate::api::DeploymentView;
+use crate::domain::{Deployment, Desired};
+use crate::error::Error;
+use crate::names::DeploymentId;
+use crate::router::Traffic;
+use crate::state::StateError;
+use crate::Orchestrator;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often nxd looks at the router's traffic, idle timeouts, expiry and due health checks.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// What the router last said of one deployment.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    requests: u64,
+    in_flight: u64,
+    /// Its last request (or nxd's first sight of its count).
+    at: DateTime<Utc>,
+}
+
+/// nxd's memory of what it does on its own, for as long as it runs.
+pub struct UpkeepState {
+    /// Per deployment: its idle stop and its wakes wait for each other.
+    locks: Mutex<HashMap<DeploymentId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The router's counts as last read.
+    seen: Mutex<HashMap<String, Seen>>,
+    /// When each deployment was last started by this nxd.
+    started: Mutex<HashMap<DeploymentId, DateTime<Utc>>>,
+    /// When this nxd started: the idle clock of what it adopted starts there.
+    since: DateTime<Utc>,
+    health: health::Checks,
+}
+
+impl Default for UpkeepState {
+    fn default() -> Self {
+        Self {
+            locks: Mutex::default(),
+            seen: Mutex::default(),
+            started: Mutex::default(),
+            since: Utc::now(),
+            health: health::Checks::default(),
+        }
+    }
+}
+
+impl UpkeepState {
+    /// The lock a deployment's idle stop and wakes hold.
+    fn lock(&self, id: &DeploymentId) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("upkeep lock")
+            .entry(id.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// A deployment was started (pushed, started, woken, adopted): its idle clock starts now.
+    pub fn started(&self, id: &DeploymentId) {
+        self.started
+            .lock()
+            .expect("upkeep lock")
+            .insert(id.clone(), Utc::now());
+        self.health.started(id);
+    }
+
+    /// Takes in the router's `traffic`; returns the deployments whose requests changed since
+    /// the last read, with the time of their last request.
+    fn observe(&self, traffic: &Traffic) -> Vec<(String, DateTime<Utc>)> {
+        let mut seen = self.seen.lock().expect("upkeep lock");
+        let mut changed = Vec::new();
+        for (id, t) in &traffic.deployments {
+            let at =
+                DateTime::from_timestamp_millis(i64::try_from(t.last_request_unix_ms).unwrap_or(0))
+                    .unwrap_or_else(Utc::now);
+            let before = seen.get(id).copied();
+            if before.is_none_or(|b| b.requests != t.requests || t.in_flight > 0) {
+                changed.push((id.clone(), at));
+            }
+            seen.insert(
+                id.clone(),
+                Seen {
+                    requests: t.requests,
+                    in_flight: t.in_flight,
+                    at,
+                },
+            );
+        }
+        changed
+    }
+
+    /// The router's last count for a deployment.
+    fn seen(&self, id: &str) -> Option<Seen> {
+        self.seen.lock().expect("upkeep lock").get(id).copied()
+    }
+
+    /// When a deployment last had a request as far as this nxd saw (`stored`: the database's).
+    fn last_request(&self, id: &str, stored: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        self.seen(id).map(|s| s.at).max(stored)
+    }
+}
+
+impl Orchestrator {
+    /// Runs the upkeep every [`TICK`] in the background, for as long as the orchestrator
+    /// lives; serves the router's wakes.
+    pub(crate) fn keep_up(self: &Arc<Self>) -> Result<(), Error> {
+        self.serve_wakes()?;
+        let app = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(app) = app.upgrade() else { return };
+                if let Err(e) = app.upkeep_once().await {
+                    tracing::warn!(error = %e, "upkeep: trying again next tick");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// One round: traffic in, then health checks, idle stops and expiry as due.
+    async fn upkeep_once(self: &Arc<Self>) -> Result<(), Error> {
+        let traffic = match self.router.traffic().await {
+            Ok(traffic) => Some(traffic),
+            Err(e) => {
+                tracing::debug!(error = %e, "no traffic from the router: no idle stop or expiry this round");
+                None
+            }
+        };
+        if let Some(traffic) = &traffic {
+            let changed = self.upkeep.observe(traffic);
+            store::record_requests(self.state.pool(), &changed)
+                .await
+                .map_err(StateError::from)?;
+        }
+        let pool = self.state.pool();
+        let (deployments, promoted, rows, settings) = tokio::try_join!(
+            async { Ok::<_, Error>(self.state.deployments().await?) },
+            async { Ok::<_, Error>(self.state.promoted().await?) },
+            async { Ok::<_, Error>(store::rows(pool, None).await.map_err(StateError::from)?) },
+            async {
+                Ok::<_, Error>(
+                    store::sandbox_settings(pool)
+                        .await
+                        .map_err(StateError::from)?,
+                )
+            },
+        )?;
+        let now = Utc::now();
+        for d in deployments.iter().filter(|d| d.desired == Desired::Running) {
+            let row = rows.get(d.id.as_str()).cloned().unwrap_or_default();
+            if let Some(check) = health::resolve(&row.health_check, &self.config.sandbox) {
+                if self.upkeep.health.due(&d.id, check.interval) {
+                    let (app, d) = (Arc::clone(self), d.clone());
+                    tokio::spawn(async move { app.check_health(&d, &check).await });
+                }
+            }
+        }
+        if traffic.is_none() {
+            return Ok(());
+        }
+        let serves_production = |d: &Deployment| promoted.get(&d.sandbox) == Some(&d.id);
+        for d in &deployments {
+            let row = rows.get(d.id.as_str()).cloned().unwrap_or_default();
+            let sandbox = settings
+                .get(d.sandbox.as_str())
+                .cloned()
+                .unwrap_or_default();
+            let last_request = self.upkeep.last_request(d.id.as_str(), row.last_request_at);
+            let idle_timeout = row
+                .idle_timeout_secs
+                .filter(|_| !serves_production(d) || sandbox.idle_production);
+            if let (Some(secs), Desired::Running) = (idle_timeout, d.desired) {
+                // Its idle clock starts at its last request or its last start, whichever is
+                // later (what this nxd adopted: when it started).
+                let started = self
+                    .upkeep
+                    .started
+                    .lock()
+                    .expect("upkeep lock")
+                    .get(&d.id)
+                    .copied();
+                let started = started.unwrap_or(self.upkeep.since);
+                let active = last_request.map_or(started, |r| r.max(started));
+                let in_flight = self
+                    .upkeep
+                    .seen(d.id.as_str())
+                    .is_some_and(|s| s.in_flight > 0);
+                if !in_flight && now - active >= chrono::Duration::seconds(secs as i64) {
+                    let (app, id) = (Arc::clone(self), d.id.clone());
+                    tokio::spawn(async move { app.stop_idle(&id).await });
+                }
+            }
+            if !serves_production(d) && !row.pinned {
+                let ttl = sandbox
+                    .preview_ttl_secs
+                    .unwrap_or(self.config.sandbox.preview_ttl_secs);
+                let active = last_request.unwrap_or(d.created_at).max(d.created_at);
+                if ttl > 0 && now - active >= chrono::Duration::seconds(ttl as i64) {
+                    self.expire(d, now - active).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds what nxd does on its own to each view: health check, idle timeout, pin, last
+    /// request.
+    pub(crate) async fn add_upkeep(&self, views: &mut [DeploymentView]) -> Result<(), Error> {
+        let ids: Vec<String> = views.iter().map(|v| v.id.to_string()).collect();
+        let rows = store::rows(self.state.pool(), Some(&ids))
+            .await
+            .map_err(StateError::from)?;
+        for view in views {
+            let row = rows.get(view.id.as_str()).cloned().unwrap_or_default();
+            view.health_check =
+                health::resolve(&row.health_check, &self.config.sandbox).map(|r| r.to_wire());
+            view.idle_timeout_secs = row.idle_timeout_secs;
+            view.pinned = row.pinned;
+            view.last_request_at = self
+                .upkeep
+                .last_request(view.id.as_str(), row.last_request_at);
+        }
+        Ok(())
+    }
+
+    /// A deployment's health check, every field resolved; none without a path.
+    pub(crate) async fn health_check(
+        &self,
+        deployment: &Deployment,
+    ) -> Result<Option<ResolvedHealthCheck>, Error> {
+        let rows = store::rows(self.state.pool(), Some(&[deployment.id.to_string()]))
+            .await
+            .map_err(StateError::from)?;
+        let own = rows
+            .get(deployment.id.as_str())
+            .map(|r| r.health_check.clone())
+            .unwrap_or_default();
+        Ok(health::resolve(&own, &self.config.sandbox))
+    }
+
+    /// `nx pin` (`pinned`) or `nx unpin`: whether a preview stays past its sandbox's time to
+    /// live. Errors: `State(NoDeployment)`.
+    #[tracing::instrument(skip(self))]
+    pub async fn pin(&self, id: &DeploymentId, pinned: bool) -> Result<DeploymentView, Error> {
+        let deployment = self.state.deployment(id).await?;
+        store::set_pinned(self.state.pool(), id.as_str(), pinned)
+            .await
+            .map_err(StateError::from)?;
+        tracing::info!(pinned, "pin changed");
+        let promoted = self.state.promoted_in(&deployment.sandbox).await? == Some(id.clone());
+        self.view(&deployment, promoted).await
+    }
+}

@@ -1,0 +1,181 @@
+//! What nxd does to deployments on its own, as a user sees it: a deployment that fails its
+//! health check the threshold's number of times in a row is restarted (counted, noted in `nx
+//! logs`) and healthy again; a preview with no request for its sandbox's time to live is
+//! removed unless pinned, production never; a deployment with no request for its idle timeout
+//! is stopped (`idle` in `nx ls`), and the next request, or 20 at once, start it again and
+//! all get 200.
+
+use nx_testkit::metrics::{scrape, value, wait_for};
+use nx_testkit::Host;
+use std::time::{Duration, Instant};
+
+/// Waits until `ok` holds (or `within` passes: then panics saying `what`).
+fn eventually(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ids(host: &Host, sandbox: &str) -> Vec<String> {
+    host.nx_json(&["status", sandbox])[0]["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_failing_health_check_restarts_the_deployment_after_the_threshold() {
+    let host = Host::start();
+    let id = host.push_sample(
+        "web",
+        &[
+            "--health-path",
+            "/health",
+            "--health-interval",
+            "1s",
+            "--health-timeout",
+            "1s",
+            "--health-threshold",
+            "3",
+        ],
+    );
+    let preview = host.preview_host("web", &id);
+    let shown = host.deployment("web", &id)["health_check"].clone();
+    assert_eq!(shown["path"], "/health", "{shown}");
+    assert_eq!(shown["failure_threshold"], 3, "{shown}");
+    let labels = format!("{{sandbox=\"web\",deployment=\"{id}\",backend=\"container\"}}");
+    let restarts = format!("nx_health_check_restarts_total{labels}");
+    let failures = format!("nx_health_check_failures_total{labels}");
+
+    // Healthy: nothing restarts.
+    std::thread::sleep(Duration::from_secs(4));
+    let text = scrape(&host);
+    assert_eq!(value(&text, &restarts).unwrap_or(0.0), 0.0, "{text}");
+
+    assert_eq!(host.get(&preview, "/sick").0, 200);
+    assert_eq!(host.get(&preview, "/health").0, 500);
+    let text = wait_for(&host, &restarts, Duration::from_secs(30), |v| v == 1.0);
+    assert!(value(&text, &failures).unwrap() >= 3.0, "{text}");
+
+    // The restarted program is healthy again, and stays so.
+    eventually("healthy after the restart", Duration::from_secs(30), || {
+        host.get(&preview, "/health").0 == 200
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(value(&scrape(&host), &restarts), Some(1.0));
+    assert_eq!(host.get(&preview, "/health").0, 200);
+    let logs = host.nx(&["logs", &id]);
+    assert!(
+        logs.stdout.contains(
+            "health check GET /health failed 3 times in a row (last: status 500): restarting"
+        ),
+        "{}",
+        logs.stdout
+    );
+}
+
+#[test]
+fn an_expired_preview_is_removed_a_pinned_one_and_production_stay() {
+    let host = Host::start();
+    let production = host.push_sample("web", &[]);
+    let pinned = host.push_sample("web", &[]);
+    let expiring = host.push_sample("web", &[]);
+    host.nx_json(&["promote", "web", &production, "--keep-db"]);
+    let view = host.nx_json(&["pin", &pinned]);
+    assert_eq!(view["pinned"], true, "{view}");
+    // A request now: the time to live counts from it.
+    assert_eq!(host.get(&host.preview_host("web", &expiring), "/").0, 200);
+    eventually("the request is recorded", Duration::from_secs(10), || {
+        !host.deployment("web", &expiring)["last_request_at"].is_null()
+    });
+
+    host.nx_json(&["sandbox", "set", "web", "--preview-ttl", "3s"]);
+    eventually(
+        "the unpinned preview expires",
+        Duration::from_secs(30),
+        || !ids(&host, "web").contains(&expiring),
+    );
+    // Well past the time to live: production and the pinned preview stay.
+    std::thread::sleep(Duration::from_secs(4));
+    let left = ids(&host, "web");
+    assert!(
+        left.contains(&production) && left.contains(&pinned),
+        "{left:?}"
+    );
+    assert_eq!(host.get(&host.production_host("web"), "/").0, 200);
+    let text = scrape(&host);
+    assert_eq!(
+        value(&text, "nx_previews_expired_total{sandbox=\"web\"}"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // Unpinned, it expires too.
+    host.nx_json(&["unpin", &pinned]);
+    eventually(
+        "the unpinned preview expires",
+        Duration::from_secs(30),
+        || !ids(&host, "web").contains(&pinned),
+    );
+    assert_eq!(ids(&host, "web"), [production]);
+}
+
+#[test]
+fn an_idle_deployment_is_stopped_and_woken_by_requests() {
+    // The sample app's server (tiny_http 0.12) serves each connection on a thread of its own,
+    // from a pool of 4 that grows only while no thread waits: the router's pooled keep-alive
+    // connections hold those 4, and a burst of new connections to a freshly started sample
+    // waits until they close (router.idle_timeout_secs, 60 s by default). Closing idle
+    // connections after 1 s lets the burst through.
+    let host = Host::start_with("[router]\nidle_timeout_secs = 1\n");
+    let id = host.push_sample("web", &["--idle-timeout", "2s"]);
+    let preview = host.preview_host("web", &id);
+    let labels = format!("{{sandbox=\"web\",deployment=\"{id}\",backend=\"container\"}}");
+    let is_idle = || {
+        let d = host.deployment("web", &id);
+        d["phase"] == "idle" && d["state"]["active"] != "active"
+    };
+    eventually("idle", Duration::from_secs(30), is_idle);
+    let ls = host.nx(&["ls"]).stdout;
+    assert!(
+        ls.lines().any(|l| l.contains(&id) && l.contains(" idle ")),
+        "{ls}"
+    );
+
+    // One request wakes it and gets its answer.
+    let (code, body) = host.get(&preview, "/");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(host.deployment("web", &id)["phase"], "running");
+
+    // Idle again; 20 requests at once share one start and all get 200.
+    eventually("idle again", Duration::from_secs(30), is_idle);
+    let client = host.http().clone();
+    let url = format!("http://{}/", host.router);
+    let answers: Vec<u16> = std::thread::scope(|s| {
+        let requests: Vec<_> = (0..20)
+            .map(|_| {
+                let (client, url, preview) = (client.clone(), url.clone(), preview.clone());
+                s.spawn(move || {
+                    client
+                        .get(url)
+                        .header("Host", preview)
+                        .send()
+                        .map_or(0, |r| r.status().as_u16())
+                })
+            })
+            .collect();
+        requests.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(answers, [200; 20]);
+    let text = scrape(&host);
+    assert_eq!(
+        value(&text, &format!("nx_wakes_total{labels}")),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(value(&text, &format!("nx_idle_stops_total{labels}")).unwrap() >= 2.0);
+}
