@@ -20,7 +20,9 @@
 //!    (see `views`);
 //! 9. push: push to first answer beside bare bubblewrap, and a push's steps (see `push`);
 //! 10. network: a deployment's namespace, veth, addresses and routes set up with 500 kept up,
-//!     and the memory each adds, against issue 11's mark (see `network`).
+//!     and the memory each adds, against issue 11's mark (see `network`);
+//! 11. tls: HTTPS against plain HTTP through the same router: keep-alive requests/s and p99,
+//!     new connections (TLS handshakes) per second (see `tls`).
 
 mod bundles;
 mod microvm;
@@ -29,6 +31,7 @@ mod push;
 mod router;
 mod sandbox;
 mod tasks;
+mod tls;
 mod uploads;
 mod views;
 mod wake;
@@ -107,8 +110,8 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     wakes: usize,
     /// Run one part only: latency, router, databases, tasks, microvm, sandbox, uploads,
-    /// bundles, views, push, network or wake.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "bundles", "views", "push", "network", "wake"])]
+    /// bundles, views, push, network, wake or tls.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "bundles", "views", "push", "network", "wake", "tls"])]
     only: Option<String>,
 }
 
@@ -334,6 +337,11 @@ async fn main() -> anyhow::Result<()> {
         // Needs no host: it sets up namespaces of its own.
         return network_table(&args).await;
     }
+    if args.only.as_deref() == Some("tls") {
+        // On a host of its own, with HTTPS on.
+        let secs = args.load_secs;
+        return tokio::task::spawn_blocking(move || tls::run(secs)).await?;
+    }
     let host = tokio::task::spawn_blocking(Host::start).await?;
     println!(
         "NX benchmarks: real nxd, embedded systemd over D-Bus, bubblewrap, PostgreSQL; {} cores",
@@ -388,6 +396,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if part("wake") {
         wake_table(&args).await?;
+    }
+    if part("tls") {
+        let secs = args.load_secs;
+        tokio::task::spawn_blocking(move || tls::run(secs)).await??;
     }
     Ok(())
 }

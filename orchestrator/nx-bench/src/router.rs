@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 /// One run of wrk.
 pub struct Load {
-    requests: u64,
-    errors: u64,
-    per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 fn wrk_duration_ms(s: &str) -> Option<f64> {
@@ -43,16 +43,28 @@ pub fn wrk(
     connections: usize,
     secs: u64,
 ) -> anyhow::Result<Load> {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{secs}s"),
-            "--latency",
-            "-H",
-        ])
+    let mut command = Command::new("wrk");
+    command
+        .args(wrk_args(connections, secs))
+        .arg("-H")
         .arg(format!("Host: {host_header}"))
-        .arg(format!("http://{target}/"))
+        .arg(format!("http://{target}/"));
+    run_wrk(command)
+}
+
+/// wrk's options: 2 threads, `connections`, `secs`, latency percentiles.
+pub fn wrk_args(connections: usize, secs: u64) -> [String; 4] {
+    [
+        "-t2".into(),
+        format!("-c{connections}"),
+        format!("-d{secs}s"),
+        "--latency".into(),
+    ]
+}
+
+/// Runs a prepared wrk `command` and reads its summary.
+pub fn run_wrk(mut command: Command) -> anyhow::Result<Load> {
+    let out = command
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run wrk ({e}); apt-get install wrk"))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -309,7 +321,20 @@ fn under_switches(
     Ok((load?, switches))
 }
 
-fn print_row(name: &str, l: &Load, direct: &Load) {
+/// The head of a table of [`print_row`]s; `first` names the first column.
+pub fn print_header(first: &str) {
+    println!(
+        "| {first:<14} | {:>9} | {:>7} | {:>7} | {:>7} | {:>7} | {:>6} |",
+        "req/s", "ratio", "p50 ms", "p99 ms", "Δp99 ms", "errors"
+    );
+    println!(
+        "|{:-<16}|{:->11}|{:->9}|{:->9}|{:->9}|{:->9}|{:->8}|",
+        "", "", "", "", "", "", ""
+    );
+}
+
+/// One row of a side-by-side table: `l` against `direct` (ratio of req/s, Δp99).
+pub fn print_row(name: &str, l: &Load, direct: &Load) {
     println!(
         "| {name:<14} | {:>9.0} | {:>6.2}x | {:>7.2} | {:>7.2} | {:>+7.2} | {:>6} |",
         l.per_sec,
@@ -352,14 +377,7 @@ pub async fn run(host: &Arc<Host>, secs: u64) -> anyhow::Result<()> {
         let nginx_load = wrk(nginx.listen, "localhost", connections, secs)?;
         let caddy_load = wrk(caddy.proxy.listen, "localhost", connections, secs)?;
         println!("\n{connections} connections\n");
-        println!(
-            "| {:<14} | {:>9} | {:>7} | {:>7} | {:>7} | {:>7} | {:>6} |",
-            "path", "req/s", "ratio", "p50 ms", "p99 ms", "Δp99 ms", "errors"
-        );
-        println!(
-            "|{:-<16}|{:->11}|{:->9}|{:->9}|{:->9}|{:->9}|{:->8}|",
-            "", "", "", "", "", "", ""
-        );
+        print_header("path");
         for (name, l) in [
             ("no namespace", &no_namespace),
             ("direct", &direct),
