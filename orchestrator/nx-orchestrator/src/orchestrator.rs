@@ -956,7 +956,8 @@ impl Orchestrator {
         }
         {
             let _guard = self.changes.lock().await;
-            self.state.delete_sandbox(name).await?;
+            let removed: Vec<DeploymentId> = deployments.iter().map(|d| d.id.clone()).collect();
+            self.state.delete_sandbox(name, &removed).await?;
             self.rebuild_routes().await?;
         }
         self.databases.drop_sandbox(name).await?;

@@ -22,6 +22,9 @@ pub enum StateError {
     ProductionMoved(String),
     #[error("corrupt row in the state database: {0}")]
     Corrupt(String),
+    /// A deployment was pushed into a sandbox while `nx sandbox rm` removed it.
+    #[error("sandbox {sandbox} is not removed: deployment {deployment} was pushed to it while it was being removed, and it is kept; the sandbox's other deployments are gone. Run `nx sandbox rm {sandbox}` again to remove it too")]
+    PushedDuringRemoval { sandbox: String, deployment: String },
 }
 
 impl From<NameError> for StateError {
@@ -298,9 +301,43 @@ impl StateStore {
         )
     }
 
-    /// Forgets a sandbox, its promotions and its deployments' records.
-    pub async fn delete_sandbox(&self, name: &SandboxName) -> Result<(), StateError> {
+    /// Forgets a sandbox, its promotions and its deployments' records, once `removed` (the
+    /// deployments whose units and files are gone) are all it has. With a deployment pushed
+    /// meanwhile, only `removed` are forgotten and the sandbox is kept (`PushedDuringRemoval`):
+    /// deleting the new one's record would leave its unit running with no record (and its
+    /// database dropped under it).
+    pub async fn delete_sandbox(
+        &self,
+        name: &SandboxName,
+        removed: &[DeploymentId],
+    ) -> Result<(), StateError> {
         let mut tx = self.pool.begin().await?;
+        // A new deployment's foreign key check takes a KEY SHARE lock on this row: holding it
+        // FOR UPDATE, every deployment pushed so far is visible below and later ones wait.
+        sqlx::query("SELECT 1 FROM sandboxes WHERE name = $1 FOR UPDATE")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let removed: Vec<&str> = removed.iter().map(DeploymentId::as_str).collect();
+        let pushed: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM deployments WHERE sandbox = $1 AND NOT (id = ANY($2)) LIMIT 1",
+        )
+        .bind(name.as_str())
+        .bind(&removed)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(deployment) = pushed {
+            // The removed ones are gone (units and files): their records go too.
+            sqlx::query("DELETE FROM deployments WHERE id = ANY($1)")
+                .bind(&removed)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Err(StateError::PushedDuringRemoval {
+                sandbox: name.to_string(),
+                deployment,
+            });
+        }
         for table in ["promotions", "deployments"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE sandbox = $1"))
                 .bind(name.as_str())

@@ -79,6 +79,7 @@ impl From<Error> for ApiError {
                 StateError::NoDeployment(_) => StatusCode::NOT_FOUND,
                 StateError::NothingToRollBack(_)
                 | StateError::ProductionMoved(_)
+                | StateError::PushedDuringRemoval { .. }
                 | StateError::NoPort { .. } => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },

@@ -421,3 +421,60 @@ fn a_slow_starter_deploys_with_its_ready_timeout_within_the_hosts_maximum() {
         out.stderr
     );
 }
+
+/// A push that lands while `nx sandbox rm` runs (here while its final backup waits on a table
+/// lock) is not lost as a unit with no record: the removal is refused naming the new
+/// deployment, which stays listed and keeps serving; the same command run again removes it all.
+#[test]
+fn a_push_during_sandbox_rm_is_kept_listed_and_the_rm_says_to_run_again() {
+    let host = Host::start();
+    let first = host.push_sample("racy", &[]);
+    let database = host.nx_json(&["db", "url", "racy"])["database"]
+        .as_str()
+        .expect("database name")
+        .to_owned();
+    let socket = host.path("postgres/socket");
+    let (ok, out) = nx_testkit::psql(&socket, 5432, &database, "CREATE TABLE held (x int)");
+    assert!(ok, "{out}");
+    std::thread::scope(|s| {
+        // pg_dump waits for this lock: the removal's backup takes ~4 s.
+        s.spawn(|| {
+            nx_testkit::psql(
+                &socket,
+                5432,
+                &database,
+                "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let rm = s.spawn(|| host.nx(&["sandbox", "rm", "racy"]));
+        std::thread::sleep(Duration::from_millis(1000));
+        let pushed = host.push_sample("racy", &[]);
+        let rm = rm.join().expect("rm");
+        assert!(!rm.ok, "the removal went through: {}", rm.stdout);
+        assert!(
+            rm.stderr
+                .contains(&format!("deployment {pushed} was pushed"))
+                && rm.stderr.contains("nx sandbox rm racy"),
+            "{}",
+            rm.stderr
+        );
+        let ls = host.nx_json(&["ls"]);
+        assert_eq!(ls[0]["name"], "racy", "{ls}");
+        let ids: Vec<&str> = ls[0]["deployments"]
+            .as_array()
+            .expect("deployments")
+            .iter()
+            .map(|d| d["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids, [pushed.as_str()], "{ls}");
+        assert_eq!(host.get(&host.preview_host("racy", &pushed), "/").0, 200);
+        assert!(!host.path(&format!("deployments/{first}")).exists());
+    });
+    host.nx_json(&["sandbox", "rm", "racy", "--no-backup"]);
+    assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]));
+    assert_eq!(
+        nx_testkit::files_under(&host.path("deployments")),
+        Vec::<String>::new()
+    );
+}
