@@ -320,7 +320,9 @@ pub struct BundleChoices {
     pub argv0: Option<String>,
 }
 
-fn sha256_file(path: &Path) -> Result<String, BundleError> {
+/// The SHA-256 of a file's bytes as 64 lowercase hex digits, read in 1 MiB blocks (never the
+/// whole file in memory). Errors: `BundleError::Io` when it cannot be opened or read.
+pub fn sha256_file(path: &Path) -> Result<String, BundleError> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

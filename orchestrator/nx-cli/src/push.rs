@@ -7,9 +7,7 @@ use anyhow::Context;
 use nx_api::names::SandboxName;
 use nx_api::{LimitsOverride, PushRequest};
 use nx_artifact::{image, verify};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -151,24 +149,11 @@ pub fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 /// Makes sure nxd stores a (verified) local file: asks by hash first and uploads, with a
 /// progress bar, only what nxd lacks. Returns its sha256 and whether it was uploaded.
 pub async fn store(client: &Client, file: &Path, json: bool) -> anyhow::Result<(String, bool)> {
-    let sha = sha256_file(file)?;
+    let sha = nx_artifact::bundle::sha256_file(file)
+        .with_context(|| format!("reading {}", file.display()))?;
     match client.artifact(&sha).await {
         Ok(_) => Ok((sha, false)),
         Err(e) if e.status() == Some(404) => {
