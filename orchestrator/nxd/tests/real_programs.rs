@@ -211,10 +211,20 @@ fn prometheus_runs_with_its_config_and_its_web_ui_from_the_bundle() {
             "--web.console.libraries=/app/console_libraries",
         ],
     );
+    // Prometheus listens before its TSDB is open and answers /-/ready 503 until then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while host
+        .get(&host.preview_host("prometheus", &id), "/-/ready")
+        .0
+        != 200
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     assert_eq!(
         get(&host, "prometheus", &id, "/-/ready").0,
         200,
-        "Prometheus is not ready"
+        "Prometheus is not ready within 30 s"
     );
     // The UI renders its templates from the bundle; the config is the bundle's.
     let (status, page) = get(&host, "prometheus", &id, "/graph");
