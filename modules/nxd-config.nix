@@ -74,6 +74,7 @@ withoutNulls {
   microvm = withoutNulls {
     kernel_dir = cfg.microvm.kernelDir;
     inherit (cfg.microvm) init vmm accel;
+    pool_size = cfg.microvm.poolSize;
   };
   router = {
     trusted_proxies = cfg.router.trustedProxies;

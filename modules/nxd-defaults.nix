@@ -77,6 +77,7 @@
     init = "/usr/lib/nx/nx-vm-init";
     vmm = "qemu";
     accel = "auto";
+    poolSize = 1;
   };
   router = {
     trustedProxies = [ ];

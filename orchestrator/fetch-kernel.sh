@@ -2,13 +2,14 @@
 # Lays out a guest kernel for the microvm backend from Debian's linux-image package (downloaded
 # with apt-get download and unpacked with dpkg -x: never installed as the host's kernel):
 #   $NX_KERNEL_DIR/vmlinux              the uncompressed kernel (QEMU's microvm machine boots it)
-#   $NX_KERNEL_DIR/modules/<name>.ko    the virtio modules the guest needs, and
+#   $NX_KERNEL_DIR/modules/<name>.ko    the virtio modules the guest needs (network, block), and
 #   $NX_KERNEL_DIR/modules/order        the order the guest's init loads them in.
 # Default NX_KERNEL_DIR: /var/cache/nx/kernel. Needs apt, dpkg, lz4 (or xz/zstd/gzip).
 set -euo pipefail
 dest=${NX_KERNEL_DIR:-/var/cache/nx/kernel}
-modules=(virtio_ring virtio virtio_mmio failover net_failover virtio_net)
-if [ -s "$dest/vmlinux" ] && [ -s "$dest/modules/order" ]; then
+# virtio_blk: a pooled task guest's task drive and a deployment's /data (ext4 is built in).
+modules=(virtio_ring virtio virtio_mmio failover net_failover virtio_net virtio_blk)
+if [ -s "$dest/vmlinux" ] && [ "$(cat "$dest/modules/order" 2>/dev/null)" = "${modules[*]}" ]; then
   echo "kernel already in $dest"
   exit 0
 fi

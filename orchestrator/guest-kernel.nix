@@ -3,7 +3,7 @@
 { runCommand, linuxPackages, xz }:
 let
   kernel = linuxPackages.kernel;
-  modules = [ "virtio_ring" "virtio" "virtio_mmio" "failover" "net_failover" "virtio_net" ];
+  modules = [ "virtio_ring" "virtio" "virtio_mmio" "failover" "net_failover" "virtio_net" "virtio_blk" ];
 in
 runCommand "nx-guest-kernel-${kernel.version}" { nativeBuildInputs = [ xz ]; } ''
   mkdir -p $out/modules

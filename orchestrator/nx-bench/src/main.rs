@@ -23,6 +23,8 @@
 //!     and the memory each adds, against issue 11's mark (see `network`);
 //! 11. tls: HTTPS against plain HTTP through the same router: keep-alive requests/s and p99,
 //!     new connections (TLS handshakes) per second (see `tls`).
+//! 12. microVM tasks: start-to-first-output on a guest booted for the task and on one booted
+//!     ahead (the pool), beside bubblewrap's warm pool (see `microvm_task_table`).
 
 mod bundles;
 mod microvm;
@@ -109,9 +111,12 @@ struct Args {
     /// Wakes of an idle-stopped deployment (scale to zero).
     #[arg(long, default_value_t = 50)]
     wakes: usize,
-    /// Run one part only: latency, router, databases, tasks, microvm, sandbox, uploads,
-    /// bundles, views, push, network, wake or tls.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "sandbox", "uploads", "bundles", "views", "push", "network", "wake", "tls"])]
+    /// Tasks run for each microVM task row (cold, pooled guest, and bubblewrap beside them).
+    #[arg(long, default_value_t = 30)]
+    vm_tasks: usize,
+    /// Run one part only: latency, router, databases, tasks, microvm, microvm-tasks, sandbox,
+    /// uploads, bundles, views, push, network, wake or tls.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "microvm-tasks", "sandbox", "uploads", "bundles", "views", "push", "network", "wake", "tls"])]
     only: Option<String>,
 }
 
@@ -375,6 +380,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if part("microvm") {
         microvm_table(&args).await?;
+    }
+    if part("microvm-tasks") {
+        microvm_task_table(&args).await?;
     }
     if part("sandbox") {
         sandbox_table(&host, &args).await?;
@@ -645,6 +653,54 @@ async fn microvm_table(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// microVM tasks, start to first output: on a host whose every guest boots for its task, and on
+/// one with a guest booted ahead (`[microvm] pool_size = 1`; each task waits until one waits),
+/// with bubblewrap's warm pool on that host beside them. One host at a time: the other's guests
+/// would share the CPU.
+async fn microvm_task_table(args: &Args) -> anyhow::Result<()> {
+    let n = args.vm_tasks;
+    let sample = nx_testkit::sample_app();
+    let mut rows = Vec::new();
+    let mut p50 = Vec::new();
+    for (pool, size) in [("cold, a guest booted per task", 0), ("warm pool, a guest booted ahead", 1)] {
+        let config = format!("{}pool_size = {size}\n", nx_testkit::microvm_config("auto"));
+        let program = sample.clone();
+        let (host, sha) = tokio::task::spawn_blocking(move || {
+            let host = Host::start_with(&config);
+            let sha = tasks::upload(&host, &program);
+            (host, sha)
+        })
+        .await?;
+        let sha = sha?;
+        let accel: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(host.path("microvm/accel.json"))?)?;
+        let accel = accel["accel"].as_str().unwrap_or("?").to_owned();
+        let pause = match size {
+            0 => tasks::Pause::For(Duration::from_millis(100)),
+            _ => tasks::Pause::UntilGuestReady,
+        };
+        let (samples, _) = tasks::start_to_output(&host, &sha, Some("microvm"), n, pause).await?;
+        p50.push(median(&samples));
+        rows.push((format!("microVM ({accel}), {pool}"), samples));
+        if size > 0 {
+            let pause = tasks::Pause::For(Duration::from_millis(100));
+            let (samples, warm) = tasks::start_to_output(&host, &sha, None, n, pause).await?;
+            rows.push((format!("bubblewrap, warm pool ({warm} of {n} warm)"), samples));
+        }
+        tokio::task::spawn_blocking(move || drop(host)).await?;
+    }
+    header("microVM tasks: start-to-first-output (POST /v1/tasks to the first stdout line)");
+    for (name, samples) in rows {
+        row(&name, samples);
+    }
+    println!(
+        "
+warm/cold (p50): {:.2} (mark <= 0.20)",
+        p50[1].as_secs_f64() / p50[0].as_secs_f64()
+    );
+    Ok(())
+}
+
 async fn latency(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
     let (pushes_n, units) = (args.pushes, args.units);
     let h = host.clone();
@@ -703,7 +759,9 @@ async fn task_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<
     for (program, file) in [("bubblewrap", nx_testkit::sample_app()), ("Podman", image)] {
         for (pool, h) in [("cold", &cold_host), ("warm pool", &**host)] {
             let sha = tasks::upload(h, &file)?;
-            let (samples, warm) = tasks::start_to_output(h, &sha, args.tasks, pause).await?;
+            let (samples, warm) =
+                tasks::start_to_output(h, &sha, None, args.tasks, tasks::Pause::For(pause))
+                    .await?;
             rows.push((
                 format!("{program}, {pool} ({warm} of {} warm)", args.tasks),
                 samples,

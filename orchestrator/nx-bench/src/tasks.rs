@@ -14,8 +14,13 @@ pub fn upload(host: &Host, file: &std::path::Path) -> anyhow::Result<String> {
     Ok(sha)
 }
 
-/// One task; returns the time to its first stdout and whether it ran warm.
-async fn one(client: &Client, sha: &str) -> anyhow::Result<(Duration, bool)> {
+/// One task (on `backend`, nxd's default when `None`); returns the time to its first stdout
+/// and whether it ran warm.
+async fn one(
+    client: &Client,
+    sha: &str,
+    backend: Option<&str>,
+) -> anyhow::Result<(Duration, bool)> {
     let started = Instant::now();
     let req = TaskRequest {
         artifact: sha.to_owned(),
@@ -23,7 +28,7 @@ async fn one(client: &Client, sha: &str) -> anyhow::Result<(Duration, bool)> {
         env: Default::default(),
         timeout_secs: None,
         memory_max_mb: None,
-        backend: None,
+        backend: backend.map(str::to_owned),
     };
     let mut events = client.run_task(&req).await?;
     let (mut first, mut warm, mut exit) = (None, false, None);
@@ -44,20 +49,61 @@ fn client(host: &Host) -> Client {
     Client::new(format!("http://{}", host.api), host.token.clone())
 }
 
-/// `n` tasks one after the other, `pause` between them (time for the pool to refill).
+/// What comes before each measured task: time for the pool to refill.
+#[derive(Debug, Clone, Copy)]
+pub enum Pause {
+    For(Duration),
+    /// Until a microVM guest booted ahead waits (nxd's `nx_microvm_pool_ready`).
+    UntilGuestReady,
+}
+
+/// nxd's `nx_microvm_pool_ready` now.
+async fn guests_ready(host: &Host) -> anyhow::Result<u64> {
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{}/metrics", host.api))
+        .bearer_auth(&host.token)
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nx_microvm_pool_ready "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+impl Pause {
+    async fn wait(self, host: &Host) -> anyhow::Result<()> {
+        match self {
+            Pause::For(d) => tokio::time::sleep(d).await,
+            Pause::UntilGuestReady => {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while guests_ready(host).await? == 0 {
+                    anyhow::ensure!(Instant::now() < deadline, "no guest was booted ahead");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `n` tasks on `backend` one after the other, `pause` before each.
 pub async fn start_to_output(
     host: &Host,
     sha: &str,
+    backend: Option<&str>,
     n: usize,
-    pause: Duration,
+    pause: Pause,
 ) -> anyhow::Result<(Vec<Duration>, usize)> {
     let http = client(host);
-    one(&http, sha).await?; // first use: loads the program (and the image)
+    one(&http, sha, backend).await?; // first use: loads the program (and the image)
     let mut samples = Vec::with_capacity(n);
     let mut warm = 0;
     for _ in 0..n {
-        tokio::time::sleep(pause).await;
-        let (first, was_warm) = one(&http, sha).await?;
+        pause.wait(host).await?;
+        let (first, was_warm) = one(&http, sha, backend).await?;
         samples.push(first);
         warm += usize::from(was_warm);
     }
@@ -72,7 +118,7 @@ pub async fn sustained(host: &Host, sha: &str, workers: usize, secs: u64) -> any
         let http = client(host);
         let mut done = 0usize;
         while Instant::now() < deadline {
-            one(&http, sha).await?;
+            one(&http, sha, None).await?;
             done += 1;
         }
         Ok::<_, anyhow::Error>(done)

@@ -135,6 +135,11 @@ pub struct MicrovmConfig {
     pub vmm: Vmm,
     /// `auto` probes KVM and TCG once and keeps the faster one that boots; or `kvm`, `tcg`.
     pub accel: AccelMode,
+    /// Guests booted ahead for microVM tasks (QEMU), their init waiting for a task: a task of
+    /// `tasks.limits`' memory takes one and starts without a boot; each serves one task and is
+    /// destroyed with it; refilled in the background. Each waiting guest holds its memory.
+    /// 0: every microVM task boots its own guest.
+    pub pool_size: usize,
 }
 
 impl Default for MicrovmConfig {
@@ -144,6 +149,7 @@ impl Default for MicrovmConfig {
             init: PathBuf::from("/usr/lib/nx/nx-vm-init"),
             vmm: Vmm::Qemu,
             accel: AccelMode::Auto,
+            pool_size: 1,
         }
     }
 }

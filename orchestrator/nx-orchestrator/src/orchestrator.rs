@@ -154,11 +154,16 @@ impl Orchestrator {
             .then(|| crate::tls::acme::Acme::start(&config.tls, state_dir, router.clone()))
             .transpose()
             .map_err(|e| Error::Setup(e.to_string()))?;
+        let guest_pool_size = match backend.get(BackendKind::Microvm) {
+            Ok(_) => config.microvm.pool_size,
+            Err(_) => 0,
+        };
         let tasks = Tasks::start(
             Arc::clone(&supervisor),
             backend.clone(),
             launcher,
             &config.tasks,
+            guest_pool_size,
         )
         .await?;
         let app = Arc::new(Self {

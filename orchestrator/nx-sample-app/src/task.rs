@@ -7,6 +7,8 @@
 //! - `hog`             allocates and touches memory until the limit ends it
 //! - `connect ADDR`    tries a TCP connection to ADDR, prints the outcome
 //! - `ls PATH`         prints the entries of a directory
+//! - `cat PATH`        prints a file
+//! - `write PATH TEXT` writes TEXT to a file (prints `wrote PATH`)
 
 use std::io::Write;
 
@@ -57,8 +59,28 @@ pub fn run(args: &[String]) -> i32 {
                 2
             }
         },
+        "cat" => match std::fs::read(arg(1)) {
+            Ok(bytes) => {
+                let _ = out.write_all(&bytes);
+                0
+            }
+            Err(e) => {
+                eprintln!("cannot read {}: {e}", arg(1));
+                2
+            }
+        },
+        "write" => match std::fs::write(arg(1), arg(2)) {
+            Ok(()) => {
+                let _ = writeln!(out, "wrote {}", arg(1));
+                0
+            }
+            Err(e) => {
+                eprintln!("cannot write {}: {e}", arg(1));
+                2
+            }
+        },
         other => {
-            eprintln!("unknown task command {other:?}: print, exit, sleep, fork, hog, connect, ls");
+            eprintln!("unknown task command {other:?}: print, exit, sleep, fork, hog, connect, ls, cat, write");
             64
         }
     }

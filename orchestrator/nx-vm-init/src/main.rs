@@ -1,11 +1,20 @@
 //! PID 1 of an NX microVM (a static binary in the initramfs NX builds per deployment):
 //! mounts /proc, /sys, /dev and /tmp, loads the virtio modules listed in /nx/modules/order,
 //! brings up lo and, when /nx/network exists (a deployment, not a task), eth0 (QEMU's
-//! user-mode network: 10.0.2.15/24), runs /app/main as an
-//! unprivileged uid with the environment of /nx/env and the arguments of /nx/args, reaps every
-//! child, and when /app/main ends prints `NX-EXIT <code>` on the console and reboots, which ends
-//! the VMM (run with -no-reboot / reboot=k).
+//! user-mode network: 10.0.2.15/24), turns the console's echo off (the host writes to it, see
+//! `console`), and then:
+//! - when /nx/await-task exists (a guest booted ahead for the task pool), prints `NX-READY` and
+//!   waits for `NX-GO`, then reads its task from the task drive (see `handover`);
+//! - when /nx/data exists (a deployment with a `/data`), mounts its disk (`/dev/vda`, ext4) on
+//!   /data;
+//!
+//! runs /app/main as an unprivileged uid with the environment of /nx/env and the arguments of
+//! /nx/args (standard input /dev/null), passes `NX-STOP` on as SIGTERM, reaps every child, and
+//! when /app/main ends prints `NX-EXIT <code>` on the console and reboots, which ends the VMM
+//! (run with -no-reboot / reboot=k).
 
+mod console;
+mod handover;
 mod net;
 
 use nix::mount::{mount, MsFlags};
@@ -77,16 +86,35 @@ fn strings(path: &str) -> Vec<CString> {
         .collect()
 }
 
+/// The deployment's disk on /data (nosuid, nodev; its root belongs to [`APP_UID`] since
+/// mkfs.ext4 made it).
+fn mount_data() -> Result<(), String> {
+    handover::wait_for_device(handover::DRIVE)?;
+    std::fs::create_dir_all("/data").map_err(|e| format!("/data: {e}"))?;
+    mount(
+        Some(handover::DRIVE),
+        "/data",
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting {} on /data: {e}", handover::DRIVE))
+}
+
 fn start_app() -> Result<Pid, String> {
     let mut argv = vec![CString::new("/app/main").expect("literal")];
     argv.extend(strings("/nx/args"));
     let env = strings("/nx/env");
-    // SAFETY: init is single-threaded; the child only changes its ids, directory and session
-    // and execs.
+    // SAFETY: init is single-threaded here (the console thread starts later); the child only
+    // changes its ids, directory, session and standard input, and execs.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
             let _ = nix::unistd::setsid();
+            // The console's input is the host's channel to init, not the program's.
+            if let Ok(null) = std::fs::File::open("/dev/null") {
+                let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0);
+            }
             let _ = std::env::set_current_dir("/tmp");
             let id = nix::unistd::Gid::from_raw(APP_UID);
             let dropped = nix::unistd::setgroups(&[])
@@ -127,7 +155,19 @@ fn run() -> Result<i32, String> {
     load_modules()?;
     net::configure(std::path::Path::new("/nx/network").exists())
         .map_err(|e| format!("network: {e}"))?;
+    console::quiet()?;
+    if std::path::Path::new("/nx/await-task").exists() {
+        say(console::READY);
+        if !console::wait_for_go() {
+            return Err("stopped before a task came".into());
+        }
+        handover::unpack()?;
+    }
+    if std::path::Path::new("/nx/data").exists() {
+        mount_data()?;
+    }
     let app = start_app()?;
+    console::pass_stops_to(app);
     Ok(reap_until(app))
 }
 

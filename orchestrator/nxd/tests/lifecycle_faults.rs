@@ -158,6 +158,39 @@ fn stop_passes_sigterm_into_a_podman_container_and_waits_up_to_the_stop_timeout(
 }
 
 #[test]
+fn stop_passes_sigterm_into_a_microvm_guest_whose_data_survives_the_restart() {
+    let host = Host::start_with(&format!(
+        "{}pool_size = 0\n",
+        nx_testkit::microvm_config("tcg")
+    ));
+    let push = |extra: &[&str]| {
+        let mut args = vec!["--backend", "microvm"];
+        args.extend_from_slice(extra);
+        host.push_sample("drain", &args)
+    };
+    stop_drains_then_kills_at_the_stop_timeout(&host, push);
+    // The first deployment wrote its markers on its /data (a disk of its own) while it
+    // drained; they are there when it starts again.
+    let first = host.nx_json(&["status", "drain"])[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .min_by_key(|id| host.deployment("drain", id)["created_at"].to_string())
+        .unwrap();
+    host.nx_json(&["start", &first]);
+    let preview = host.preview_host("drain", &first);
+    assert_eq!(
+        host.get(&preview, "/read?path=/data/sigterm"),
+        (200, "received\n".to_string())
+    );
+    assert_eq!(
+        host.get(&preview, "/read?path=/data/drained"),
+        (200, "done\n".to_string())
+    );
+}
+
+#[test]
 fn output_into_a_closed_pipe_ends_nx_quietly() {
     let host = Host::start();
     let id = host.push_sample("web", &[]);

@@ -44,10 +44,10 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     let (_, root) = host.get(&preview, "/ls?path=/");
     let mut root: Vec<String> = serde_json::from_str(&root).unwrap();
     root.sort();
-    // (/root is the kernel's own empty mount point.)
+    // (/root is the kernel's own empty mount point; /data the deployment's disk.)
     assert_eq!(
         root,
-        ["app", "dev", "init", "nx", "proc", "root", "sys", "tmp"]
+        ["app", "data", "dev", "init", "nx", "proc", "root", "sys", "tmp"]
     );
     assert!(host
         .get(&preview, "/ls?path=/root")
@@ -162,7 +162,8 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
 
 #[test]
 fn a_task_runs_once_in_a_microvm_with_no_network() {
-    let host = Host::start_with(&microvm_config("tcg"));
+    // No guest booted ahead: each task boots its own (a cold start).
+    let host = Host::start_with(&format!("{}pool_size = 0\n", microvm_config("tcg")));
     let sample = nx_testkit::sample_app();
     let task = |extra: &[&str], args: &[&str]| {
         let mut all = vec!["run-task", sample.to_str().unwrap(), "--backend", "microvm"];
@@ -185,4 +186,149 @@ fn a_task_runs_once_in_a_microvm_with_no_network() {
     assert_eq!(out.code, Some(124), "{}{}", out.stdout, out.stderr);
     // Nothing of the tasks is left in the backend's directory.
     assert!(nx_testkit::files_under(&host.path("microvm/tasks")).is_empty());
+}
+
+/// The QEMU processes whose command line mentions `needle`.
+fn vmms_with(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("qemu-system") && c.contains(needle))
+        .collect()
+}
+
+/// Waits until a guest booted ahead waits in the pool of `host` (nxd's
+/// `nx_microvm_pool_ready`).
+fn wait_for_pooled_guest(host: &Host) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let metrics = host
+            .http()
+            .get(format!("http://{}/metrics", host.api))
+            .bearer_auth(&host.token)
+            .send()
+            .and_then(|r| r.text())
+            .expect("GET /metrics");
+        let ready = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("nx_microvm_pool_ready "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if ready > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no guest was booted ahead:\n{metrics}\n{}",
+            host.nxd_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A task run with `--json`: its events, and the text of its stdout.
+fn run_json(host: &Host, extra: &[&str], args: &[&str]) -> (Vec<serde_json::Value>, String) {
+    let sample = nx_testkit::sample_app();
+    let mut all = vec![
+        "run-task",
+        sample.to_str().unwrap(),
+        "--backend",
+        "microvm",
+        "--json",
+    ];
+    all.extend_from_slice(extra);
+    all.push("--");
+    all.push("task");
+    all.extend_from_slice(args);
+    let out = host.nx(&all);
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let stdout = events
+        .iter()
+        .filter(|e| e["event"] == "stdout")
+        .map(|e| e["data"].as_str().unwrap().to_owned())
+        .collect();
+    (events, stdout)
+}
+
+fn started(events: &[serde_json::Value]) -> &serde_json::Value {
+    events
+        .iter()
+        .find(|e| e["event"] == "started")
+        .unwrap_or_else(|| panic!("no started event: {events:?}"))
+}
+
+fn exited(events: &[serde_json::Value]) -> &serde_json::Value {
+    events
+        .iter()
+        .find(|e| e["event"] == "exited")
+        .unwrap_or_else(|| panic!("no exited event: {events:?}"))
+}
+
+#[test]
+fn a_pooled_microvm_task_takes_a_guest_booted_ahead_once_and_leaves_nothing() {
+    let host = Host::start_with(&format!("{}pool_size = 1\n", microvm_config("tcg")));
+    wait_for_pooled_guest(&host);
+
+    // Output and exit code as a cold guest gives them.
+    let (events, stdout) = run_json(&host, &[], &["write", "/tmp/secret", "first task's"]);
+    let first = started(&events);
+    assert_eq!(first["warm"], true, "{events:?}");
+    let task = first["task"].as_str().unwrap().to_owned();
+    assert_eq!(stdout, "wrote /tmp/secret\n", "{events:?}");
+    assert_eq!(exited(&events)["exit_code"], 0, "{events:?}");
+    let (events, stdout) = run_json(&host, &["--timeout", "60s"], &["exit", "3"]);
+    assert_eq!(stdout, "exiting with 3\n", "{events:?}");
+    assert_eq!(exited(&events)["exit_code"], 3, "{events:?}");
+
+    // The first task's guest is gone: no VMM, no drive, no directory.
+    assert!(vmms_with(&task).is_empty(), "{:?}", vmms_with(&task));
+    assert!(!host.path(&format!("microvm/tasks/{task}")).exists());
+
+    // A fresh guest each time: the next pooled task sees nothing of the first's.
+    wait_for_pooled_guest(&host);
+    let (events, stdout) = run_json(&host, &[], &["ls", "/tmp"]);
+    assert_eq!(started(&events)["warm"], true, "{events:?}");
+    assert_ne!(started(&events)["task"], task.as_str());
+    assert_eq!(stdout, "", "the previous task's /tmp: {events:?}");
+    let (events, _) = run_json(&host, &[], &["cat", "/tmp/secret"]);
+    assert_eq!(exited(&events)["exit_code"], 2, "{events:?}");
+    // The task's program and secrets are init's, not the program's.
+    let (events, _) = run_json(&host, &[], &["cat", "/nx/env"]);
+    assert_eq!(exited(&events)["exit_code"], 2, "{events:?}");
+
+    // More memory than the pool's guests have (tasks.limits: 256 MiB): a guest of its own size.
+    let mem_total_kib = |events: &[serde_json::Value], stdout: &str| -> u64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{events:?}"))
+    };
+    wait_for_pooled_guest(&host);
+    let (events, stdout) = run_json(&host, &[], &["cat", "/proc/meminfo"]);
+    assert_eq!(started(&events)["warm"], true, "{events:?}");
+    let pooled = mem_total_kib(&events, &stdout);
+    let (events, stdout) = run_json(&host, &["--memory", "640M"], &["cat", "/proc/meminfo"]);
+    let big = mem_total_kib(&events, &stdout);
+    assert!(pooled < 256 * 1024, "{pooled} KiB");
+    assert!(big > 512 * 1024, "{big} KiB: the guest is not the size asked");
+
+    // After the tasks, only the one guest waiting in the pool is left.
+    wait_for_pooled_guest(&host);
+    let left: Vec<String> = std::fs::read_dir(host.path("microvm/tasks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(vmms_with("microvm/tasks/").len(), 1);
+    drop(host);
+    // nxd gone: no VMM of its state dir stays behind.
 }

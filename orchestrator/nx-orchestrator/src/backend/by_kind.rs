@@ -2,7 +2,7 @@
 //! pushed to (its `BackendKind`, kept in its handle), each task to the one it asked for.
 
 use super::launch::LaunchSpec;
-use super::{BackendError, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
+use super::{BackendError, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch, WarmSandbox};
 use crate::api::UnitState;
 use crate::domain::{BackendKind, Deployment};
 use std::sync::Arc;
@@ -87,6 +87,20 @@ impl SandboxBackend for Backends {
     async fn task_cleanup(&self, task: &TaskLaunch) {
         if let Ok(backend) = self.get(task.backend) {
             backend.task_cleanup(task).await
+        }
+    }
+
+    async fn boot_ahead(&self, warm: &WarmSandbox) -> Result<LaunchSpec, BackendError> {
+        self.get(warm.backend)?.boot_ahead(warm).await
+    }
+
+    async fn hand_over(&self, warm: &WarmSandbox, task: &TaskLaunch) -> Result<(), BackendError> {
+        self.get(warm.backend)?.hand_over(warm, task).await
+    }
+
+    async fn forget_warm(&self, warm: &WarmSandbox) {
+        if let Ok(backend) = self.get(warm.backend) {
+            backend.forget_warm(warm).await
         }
     }
 }

@@ -8,8 +8,10 @@
 //! A deployment's spec names its network: the launcher first moves into a new network namespace
 //! and sets it up (`network::attach`).
 //!
-//! `nxd launch -` does the same with a spec read from standard input: a task's unit is started
-//! ahead (the warm pool) and waits there until nxd writes the task's spec and closes the pipe.
+//! `nxd launch -` does the same with a spec read from standard input (one line of JSON): a
+//! task's unit is started ahead (the warm pool) and waits there until nxd writes the task's
+//! spec. A microVM guest booted ahead gets its VMM's spec at once, and later, on the same pipe,
+//! the line that hands the guest its task (see `microvm::handover`).
 
 use super::data_disk::DataImage;
 use crate::logs::LogFiles;

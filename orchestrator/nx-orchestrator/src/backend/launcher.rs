@@ -26,9 +26,25 @@ fn own_cgroup() -> Option<String> {
 
 /// The VMM the launcher runs, for `pass_stop` (0: none yet).
 static VMM: AtomicI32 = AtomicI32::new(0);
+/// The write end of the guest's console input (the VMM's standard input; 0: none yet).
+static GUEST_CONSOLE: AtomicI32 = AtomicI32::new(0);
 
-/// A stop's signal, passed on to the VMM (kill(2) is async-signal-safe), which ends the guest.
+/// The line that asks the guest's init to stop its program (nx-vm-init's `console::STOP`).
+const GUEST_STOP: &[u8] = b"NX-STOP\n";
+
+/// A stop's signal, passed on to the guest as a line on its console, so that its init passes
+/// SIGTERM to the program and powers off once it has ended (write(2) is async-signal-safe,
+/// and a line shorter than PIPE_BUF is written whole); to the VMM itself before the console
+/// is there.
 extern "C" fn pass_stop(signal: nix::libc::c_int) {
+    let console = GUEST_CONSOLE.load(Ordering::SeqCst);
+    if console > 0 {
+        // SAFETY: write(2) is async-signal-safe; the buffer is a static.
+        unsafe {
+            nix::libc::write(console, GUEST_STOP.as_ptr().cast(), GUEST_STOP.len())
+        };
+        return;
+    }
     let pid = VMM.load(Ordering::SeqCst);
     if pid > 0 {
         // SAFETY: kill(2) is async-signal-safe.
@@ -45,17 +61,20 @@ fn stop_signals() -> SigSet {
     set
 }
 
-/// Runs a VMM and returns the guest program's exit code from its console.
+/// Runs a VMM and returns the guest program's exit code from its console. What nxd writes on
+/// the launcher's standard input after the spec (a pooled guest's `NX-GO`) goes on to the
+/// guest's console, and so does a stop (see `pass_stop`).
 fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>) -> String {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
     use std::io::{BufRead, Write};
+    use std::os::fd::AsRawFd;
     let action = SigAction::new(
         SigHandler::Handler(pass_stop),
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
     for signal in stop_signals().iter() {
-        // SAFETY: the handler only calls kill(2).
+        // SAFETY: the handler only calls write(2) or kill(2).
         if let Err(e) = unsafe { sigaction(signal, &action) } {
             return format!("sigaction {signal}: {e}");
         }
@@ -64,6 +83,7 @@ fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>)
         .args(args)
         .env_clear()
         .envs(env)
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn();
     let mut child = match child {
@@ -71,6 +91,16 @@ fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>)
         Err(e) => return format!("cannot run {program}: {e}"),
     };
     VMM.store(child.id() as i32, Ordering::SeqCst);
+    // Kept open (and so never EOF to the guest) while the VMM runs.
+    let console_input = std::fs::File::from(std::os::fd::OwnedFd::from(
+        child.stdin.take().expect("piped"),
+    ));
+    GUEST_CONSOLE.store(console_input.as_raw_fd(), Ordering::SeqCst);
+    if let Ok(mut copy) = console_input.try_clone() {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut copy);
+        });
+    }
     let mut code = None;
     if let Some(console) = child.stdout.take() {
         let mut out = std::io::stdout().lock();
@@ -106,11 +136,12 @@ fn drop_privileges(uid: u32) -> nix::Result<()> {
     setresuid(uid, uid, uid)
 }
 
-/// Reads the spec from a file, or from standard input (to its end) when the path is `-`.
+/// Reads the spec from a file, or from standard input when the path is `-` (one line of JSON:
+/// what follows is for the guest of a VMM, see `supervise_vmm`).
 fn read(spec_path: &Path) -> Result<LaunchSpec, String> {
     let bytes = if spec_path == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line).map(|_| line.into_bytes())
     } else {
         std::fs::read(spec_path)
     };

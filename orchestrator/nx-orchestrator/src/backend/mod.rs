@@ -114,6 +114,16 @@ pub struct TaskLaunch {
     pub limits: crate::config::Limits,
 }
 
+/// A sandbox booted ahead of its task, for the task pool (a microVM guest whose init waits for
+/// its task): the unit `nxt-<id>.service` runs it as `uid`, under `limits`.
+#[derive(Debug, Clone)]
+pub struct WarmSandbox {
+    pub id: String,
+    pub uid: u32,
+    pub backend: BackendKind,
+    pub limits: crate::config::Limits,
+}
+
 /// A prepared sandbox: what the backend needs to find it again, also after nxd restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxHandle {
@@ -160,4 +170,25 @@ pub trait SandboxBackend: Send + Sync {
     async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError>;
     /// Removes what a task's run may have left outside its unit (e.g. a killed container).
     async fn task_cleanup(&self, task: &TaskLaunch);
+
+    /// What a unit of the task pool execs to boot a sandbox ahead of its task (see
+    /// [`WarmSandbox`]); the sandbox says `NX-READY` on its output once it waits.
+    /// `Unavailable` from a backend that boots nothing ahead.
+    async fn boot_ahead(&self, warm: &WarmSandbox) -> Result<LaunchSpec, BackendError> {
+        Err(BackendError::Unavailable(format!(
+            "the {} backend boots no sandbox ahead of its task ({})",
+            self.kind(),
+            warm.id
+        )))
+    }
+    /// Gives a sandbox that `boot_ahead` started its task (`task.id` and `task.uid` are the
+    /// warm sandbox's); it starts once the unit passes on `NX-GO`.
+    async fn hand_over(&self, warm: &WarmSandbox, task: &TaskLaunch) -> Result<(), BackendError> {
+        let _ = task;
+        self.boot_ahead(warm).await.map(|_| ())
+    }
+    /// Removes what `boot_ahead` made for a sandbox that never got a task.
+    async fn forget_warm(&self, warm: &WarmSandbox) {
+        let _ = warm;
+    }
 }

@@ -82,17 +82,20 @@ impl DeploymentUnits {
 
     /// The image of the deployment's `/data` (created if missing), when it has a size: `None`
     /// for `disk_mb` 0, and for a deployment whose plain data dir already holds files (made
-    /// before sizes existed; an image mounted over it would hide them).
+    /// before sizes existed; an image mounted over it would hide them). `root_owner` owns the
+    /// filesystem's root directory: the deployment's uid in a container, the guest's program uid
+    /// in a microVM.
     pub fn data_image(
         &self,
         handle: &SandboxHandle,
         spec: &SandboxSpec,
+        root_owner: u32,
     ) -> Result<Option<DataImage>, BackendError> {
         let image = DataImage {
             image: handle.dir.join("data.img"),
             mountpoint: handle.data_dir(),
             size_mb: spec.deployment.limits.disk_mb,
-            uid: spec.deployment.uid,
+            uid: root_owner,
         };
         let plain_with_files = !image.image.exists()
             && std::fs::read_dir(&image.mountpoint).is_ok_and(|mut d| d.next().is_some());

@@ -118,6 +118,18 @@ impl Orchestrator {
             "Warm task units the pool keeps (tasks.pool_size)",
             pool_size.clone(),
         );
+        let guests_ready = Gauge::<i64>::default();
+        registry.register(
+            "nx_microvm_pool_ready",
+            "microVM guests booted ahead and waiting for a task now",
+            guests_ready.clone(),
+        );
+        let guests_size = Gauge::<i64>::default();
+        registry.register(
+            "nx_microvm_pool_size",
+            "microVM guests the pool keeps booted ahead (microvm.pool_size)",
+            guests_size.clone(),
+        );
         let router_up = Gauge::<i64>::default();
         registry.register(
             "nx_router_up",
@@ -182,6 +194,8 @@ impl Orchestrator {
             .inc_by(stats.started_cold);
         pool_ready.set(saturating(stats.pool_ready as u64));
         pool_size.set(saturating(stats.pool_size as u64));
+        guests_ready.set(saturating(stats.guests_ready as u64));
+        guests_size.set(saturating(stats.guests_size as u64));
         let router = self.router.metrics().await;
         router_up.set(i64::from(router.is_ok()));
         prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)

@@ -3,7 +3,9 @@
 //! without a trace when it ends (its unit, its cgroup, its container if any).
 //!
 //! A task's unit runs `nxd launch -`, which waits for the launch spec on its stdin. A cold task
-//! starts that unit first; a warm one takes a unit the pool started ahead (see `pool`).
+//! starts that unit first; a warm one takes a unit the pool started ahead (see `pool`). A
+//! microVM task of the pool's memory takes a guest booted ahead, when one waits (`[microvm]
+//! pool_size`); any other starts its guest cold, sized as it asks.
 
 mod pool;
 mod request;
@@ -15,7 +17,7 @@ use crate::backend::{BackendError, Program, SandboxBackend, TaskLaunch};
 use crate::config::TasksConfig;
 use crate::domain::BackendKind;
 use crate::supervisor::{Supervisor, SupervisorError};
-use pool::{Pool, Slot, TaskUnit};
+use pool::{BootAhead, Pool, Slot, TaskUnit};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -53,12 +55,26 @@ const EVENT_BUFFER: usize = 256;
 /// How long a task's unit may take to report its end once its output has closed.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 
+/// The uids tasks run as: `tasks.uid_base` onwards, a different one for each task in turn.
+pub struct TaskUids {
+    base: u32,
+    next: AtomicU32,
+}
+
+impl TaskUids {
+    pub fn next(&self) -> u32 {
+        self.base + self.next.fetch_add(1, Ordering::Relaxed) % TASK_UIDS
+    }
+}
+
 pub struct Tasks {
     supervisor: Arc<Supervisor>,
     backend: Arc<dyn SandboxBackend>,
     pool: Arc<Pool>,
-    uid_base: u32,
-    next_uid: AtomicU32,
+    /// microVM guests booted ahead, of the pool's limits (`[microvm] pool_size`; 0 without a
+    /// microvm backend).
+    guests: Arc<Pool>,
+    uids: Arc<TaskUids>,
     /// Tasks started on a warm unit, and on one started for them (cold), since nxd started.
     started_warm: AtomicU64,
     started_cold: AtomicU64,
@@ -73,34 +89,57 @@ pub struct TaskStats {
     pub pool_ready: usize,
     /// Warm units the pool keeps (`tasks.pool_size`).
     pub pool_size: usize,
+    /// microVM guests booted ahead and waiting now.
+    pub guests_ready: usize,
+    /// microVM guests the pool keeps booted ahead (`microvm.pool_size`, 0 without the backend).
+    pub guests_size: usize,
 }
 
 impl Tasks {
-    /// Removes task units an earlier nxd left behind and starts filling the warm pool.
+    /// Removes task units an earlier nxd left behind and starts filling the warm pools (of
+    /// units, and of `guest_pool_size` microVM guests: 0 without a microvm backend).
     #[tracing::instrument(skip_all)]
     pub async fn start(
         supervisor: Arc<Supervisor>,
         backend: Arc<dyn SandboxBackend>,
         launcher: PathBuf,
         config: &TasksConfig,
+        guest_pool_size: usize,
     ) -> Result<Self, TaskError> {
         for unit in supervisor.list("nxt-*.service").await? {
             tracing::info!(%unit, "removing a task unit left from before");
             supervisor.stop(&unit).await?;
         }
+        let uids = Arc::new(TaskUids {
+            base: config.uid_base,
+            next: AtomicU32::new(0),
+        });
         let pool = Arc::new(Pool::new(
+            Arc::clone(&supervisor),
+            launcher.clone(),
+            config.limits,
+            config.pool_size,
+            None,
+        ));
+        pool.refill();
+        let guests = Arc::new(Pool::new(
             Arc::clone(&supervisor),
             launcher,
             config.limits,
-            config.pool_size,
+            guest_pool_size,
+            Some(BootAhead {
+                backend: Arc::clone(&backend),
+                kind: BackendKind::Microvm,
+                uids: Arc::clone(&uids),
+            }),
         ));
-        pool.refill();
+        guests.refill();
         Ok(Self {
             supervisor,
             backend,
             pool,
-            uid_base: config.uid_base,
-            next_uid: AtomicU32::new(0),
+            guests,
+            uids,
             started_warm: AtomicU64::new(0),
             started_cold: AtomicU64::new(0),
         })
@@ -113,22 +152,36 @@ impl Tasks {
             started_cold: self.started_cold.load(Ordering::Relaxed),
             pool_ready: self.pool.ready(),
             pool_size: self.pool.size(),
+            guests_ready: self.guests.ready(),
+            guests_size: self.guests.size(),
         }
     }
 
-    /// Refills the warm pool from scratch, after the manager that ran its units died.
+    /// Refills the warm pools from scratch, after the manager that ran their units died.
     pub fn refill_pool(&self) {
         self.pool.restart();
+        self.guests.restart();
+    }
+
+    /// A microVM guest booted ahead for this task, if one waits and has the task's memory.
+    fn warm_guest(&self, task: &TaskRun) -> Option<Slot> {
+        (task.backend == BackendKind::Microvm
+            && task.memory_max_mb == self.guests.limits().memory_max_mb)
+            .then(|| self.guests.take())
+            .flatten()
     }
 
     /// Starts a task; its events follow on the receiver, ending with `Exited`. Dropping the
     /// receiver kills the task.
     #[tracing::instrument(skip_all)]
     pub async fn run(&self, task: TaskRun) -> Result<mpsc::Receiver<TaskEvent>, TaskError> {
-        let uid = self.uid_base + self.next_uid.fetch_add(1, Ordering::Relaxed) % TASK_UIDS;
-        let (mut slot, warm) = match self.pool.take() {
+        let (mut slot, warm) = match self.warm_guest(&task).or_else(|| self.pool.take()) {
             Some(slot) => (slot, true),
             None => (self.pool.start_slot().await?, false),
+        };
+        let uid = match &slot.warm {
+            Some(guest) => guest.uid,
+            None => self.uids.next(),
         };
         let launch = TaskLaunch {
             id: slot.unit.id.clone(),
@@ -143,6 +196,10 @@ impl Tasks {
             },
         };
         let handover = async {
+            if let Some(guest) = slot.warm.clone() {
+                self.backend.hand_over(&guest, &launch).await?;
+                return slot.go().await.map_err(TaskError::Handover);
+            }
             let spec = self.backend.task_launch(&launch).await?;
             if task.memory_max_mb != self.pool.limits().memory_max_mb {
                 self.supervisor

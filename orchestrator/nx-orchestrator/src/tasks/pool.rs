@@ -1,17 +1,33 @@
 //! Task units: each is a transient systemd service running `nxd launch -`, which waits on its
 //! stdin for the task's launch spec. The warm pool keeps `size` of them started ahead, so that a
 //! task pays neither for the unit nor for the launcher; it refills in the background.
+//!
+//! A pool that boots ahead (`[microvm] pool_size`) goes further: each unit gets its VMM's spec
+//! at once and boots a guest whose init waits for its task (`NX-READY` on the unit's output); a
+//! task then only writes itself on the guest's task drive and says `NX-GO`. Such a guest serves
+//! one task and ends with it (it is never reused).
 
+use super::TaskUids;
 use crate::backend::launch::LaunchSpec;
+use crate::backend::{BackendError, SandboxBackend, WarmSandbox};
 use crate::config::Limits;
+use crate::domain::BackendKind;
 use crate::supervisor::{SliceKind, Supervisor, SupervisorError, TaskPipes, UnitOutput, UnitSpec};
 use rand::RngCore;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
+
+/// What a guest booted ahead prints once its init waits (nx-vm-init's `console::READY`).
+const READY: &str = "NX-READY";
+/// What hands it its task (nx-vm-init's `console::GO`).
+const GO: &[u8] = b"NX-GO\n";
+/// How long a guest may take to boot to `NX-READY` (TCG on a busy host: seconds).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A task's unit: `nxt-<id>.service`.
 pub struct TaskUnit {
@@ -19,9 +35,11 @@ pub struct TaskUnit {
     pub name: String,
 }
 
-/// A started task unit, waiting for its spec.
+/// A started task unit, waiting for its spec (or, booted ahead, for its task).
 pub struct Slot {
     pub unit: TaskUnit,
+    /// The sandbox booted ahead in it, if it was.
+    pub warm: Option<WarmSandbox>,
     stdin: pipe::Sender,
     stdout: pipe::Receiver,
     stderr: pipe::Receiver,
@@ -35,10 +53,58 @@ impl Slot {
 
     /// Hands the launch spec to the waiting launcher; it runs the task at once.
     pub async fn send(&mut self, spec: &LaunchSpec) -> std::io::Result<()> {
-        let json = serde_json::to_vec(spec)?;
-        self.stdin.write_all(&json).await?;
+        self.write_spec(spec).await?;
         self.stdin.shutdown().await
     }
+
+    /// The spec as the launcher reads it: one line of JSON.
+    async fn write_spec(&mut self, spec: &LaunchSpec) -> std::io::Result<()> {
+        let mut json = serde_json::to_vec(spec)?;
+        json.push(b'\n');
+        self.stdin.write_all(&json).await
+    }
+
+    /// Tells the guest booted ahead that its task is on its drive; it starts at once.
+    pub async fn go(&mut self) -> std::io::Result<()> {
+        self.stdin.write_all(GO).await?;
+        self.stdin.shutdown().await
+    }
+
+    /// Reads the unit's output until the guest says it waits; an error with what it said if it
+    /// ended first.
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let mut said = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read = async {
+            loop {
+                match self.stdout.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => said.extend_from_slice(&buf[..n]),
+                }
+                if String::from_utf8_lossy(&said).lines().any(|l| l.trim() == READY) {
+                    return true;
+                }
+            }
+        };
+        match tokio::time::timeout(BOOT_TIMEOUT, read).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "the guest ended before it waited for a task: {}",
+                String::from_utf8_lossy(&said).trim()
+            )),
+            Err(_) => Err(format!(
+                "the guest did not boot within {} s",
+                BOOT_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+/// What a pool that boots ahead boots with: the backend, which backend kind, and the uids.
+pub struct BootAhead {
+    pub backend: Arc<dyn SandboxBackend>,
+    pub kind: BackendKind,
+    pub uids: Arc<TaskUids>,
 }
 
 fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -52,6 +118,7 @@ pub struct Pool {
     size: usize,
     slots: Mutex<Vec<Slot>>,
     refilling: AtomicBool,
+    boot: Option<BootAhead>,
 }
 
 impl Pool {
@@ -60,6 +127,7 @@ impl Pool {
         launcher: PathBuf,
         limits: Limits,
         size: usize,
+        boot: Option<BootAhead>,
     ) -> Self {
         Self {
             supervisor,
@@ -68,6 +136,7 @@ impl Pool {
             size,
             slots: Mutex::new(Vec::new()),
             refilling: AtomicBool::new(false),
+            boot,
         }
     }
 
@@ -122,10 +191,47 @@ impl Pool {
         drop(spec);
         Ok(Slot {
             unit: TaskUnit { id, name: unit },
+            warm: None,
             stdin: pipe::Sender::from_owned_fd(stdin).map_err(io)?,
             stdout: pipe::Receiver::from_owned_fd(stdout).map_err(io)?,
             stderr: pipe::Receiver::from_owned_fd(stderr).map_err(io)?,
         })
+    }
+
+    /// A slot for the pool: a started unit, and for a pool that boots ahead, a sandbox booted in
+    /// it and waiting for its task (the unit is stopped again if that fails).
+    #[tracing::instrument(skip_all)]
+    async fn fill_one(&self) -> Result<Slot, String> {
+        let mut slot = self.start_slot().await.map_err(|e| e.to_string())?;
+        let Some(boot) = &self.boot else {
+            return Ok(slot);
+        };
+        let warm = WarmSandbox {
+            id: slot.unit.id.clone(),
+            uid: boot.uids.next(),
+            backend: boot.kind,
+            limits: self.limits,
+        };
+        let booted = async {
+            let spec = boot
+                .backend
+                .boot_ahead(&warm)
+                .await
+                .map_err(|e: BackendError| e.to_string())?;
+            slot.write_spec(&spec).await.map_err(|e| e.to_string())?;
+            slot.wait_ready().await
+        };
+        match booted.await {
+            Ok(()) => {
+                slot.warm = Some(warm);
+                Ok(slot)
+            }
+            Err(e) => {
+                let _ = self.supervisor.stop(&slot.unit.name).await;
+                boot.backend.forget_warm(&warm).await;
+                Err(e)
+            }
+        }
     }
 
     /// A warm slot, if one is ready; the pool refills in the background.
@@ -137,7 +243,15 @@ impl Pool {
 
     /// Forgets every warm slot (their units died with the manager) and refills.
     pub fn restart(self: &Arc<Self>) {
-        self.slots.lock().expect("pool lock").clear();
+        let gone = std::mem::take(&mut *self.slots.lock().expect("pool lock"));
+        if let Some(boot) = &self.boot {
+            let backend = Arc::clone(&boot.backend);
+            tokio::spawn(async move {
+                for warm in gone.iter().filter_map(|slot| slot.warm.as_ref()) {
+                    backend.forget_warm(warm).await;
+                }
+            });
+        }
         self.refill();
     }
 
@@ -150,7 +264,7 @@ impl Pool {
         tokio::spawn(async move {
             let mut failed = false;
             while !failed && pool.slots.lock().expect("pool lock").len() < pool.size {
-                match pool.start_slot().await {
+                match pool.fill_one().await {
                     Ok(slot) => pool.slots.lock().expect("pool lock").push(slot),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start a warm task unit");

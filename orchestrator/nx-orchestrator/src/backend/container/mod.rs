@@ -95,7 +95,7 @@ impl SandboxBackend for ContainerBackend {
         let data = handle.data_dir();
         std::fs::create_dir_all(&data)?;
         set_mode(&handle.dir, 0o711)?;
-        let data_image = self.units.data_image(&handle, spec)?;
+        let data_image = self.units.data_image(&handle, spec, spec.deployment.uid)?;
         if data_image.is_none() {
             // Owned by the deployment's uid, reachable by nobody else; it survives restarts.
             chown(&data, Some(uid), Some(uid))?;

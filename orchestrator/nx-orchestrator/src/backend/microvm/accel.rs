@@ -42,6 +42,7 @@ async fn boot(
             database_socket: None,
             tsc_khz: (accel == Accel::Tcg).then_some(tsc_khz).flatten(),
             tap: "",
+            disk: None,
         },
         accel,
     );

@@ -8,12 +8,15 @@
 //! PostgreSQL and nothing else.
 
 mod accel;
+mod handover;
 mod initramfs;
 pub mod vmm;
 
 use super::launch::{LaunchSpec, StopForward};
 use super::unit::{DeploymentUnits, UnitSettings};
-use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
+use super::{
+    BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch, WarmSandbox,
+};
 use crate::api::UnitState;
 use crate::artifact::verify::Linkage;
 use crate::config::{Limits, MicrovmConfig, Vmm};
@@ -25,7 +28,7 @@ use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use vmm::{Accel, Guest, GUEST_DB_ADDR};
+use vmm::{Accel, Disk, Guest, GUEST_APP_UID, GUEST_DB_ADDR};
 
 /// Memory the VMM itself needs beside the guest's RAM, inside the unit's MemoryMax.
 const VMM_OVERHEAD_MB: u64 = 64;
@@ -105,6 +108,8 @@ impl MicrovmBackend {
             })
             .collect();
         let root = state_dir.join("microvm");
+        // No task outlives the nxd that ran it (its unit is stopped at start): nor its files.
+        let _ = std::fs::remove_dir_all(root.join("tasks"));
         for sub in ["initramfs", "deployments", "tasks"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
@@ -128,6 +133,11 @@ impl MicrovmBackend {
         };
         let probe = backend.root.join("probe.cpio");
         std::fs::write(&probe, backend.guest_archive(None)?.finish()?)?;
+        // Guests booted ahead: no program, and the marker that makes init wait for its task.
+        // Nothing secret: readable by every task's uid.
+        let mut warm = backend.guest_archive(None)?;
+        warm.file("nx/await-task", 0o644, b"")?;
+        std::fs::write(backend.warm_initrd(), warm.finish()?)?;
         backend.accel = accel::choose(
             config.accel,
             &backend.root,
@@ -200,7 +210,8 @@ impl MicrovmBackend {
     }
 
     /// The guest's initramfs in `dir`: the cached base, then an archive of the environment and
-    /// arguments (and, for a guest with a network, `/nx/network`); the VMM's uid owns it, 0600.
+    /// arguments and of the empty `markers` that tell init what the guest has (`nx/network`,
+    /// `nx/data`); the VMM's uid owns it, 0600.
     fn write_initrd(
         &self,
         dir: &Path,
@@ -208,7 +219,7 @@ impl MicrovmBackend {
         env: &BTreeMap<String, String>,
         args: &[String],
         uid: u32,
-        network: bool,
+        markers: &[&str],
     ) -> Result<PathBuf, BackendError> {
         let mut initrd = self.base_initramfs(program)?;
         let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -223,8 +234,8 @@ impl MicrovmBackend {
             0o600,
             &nul_separated(args.iter().map(String::as_str)),
         )?;
-        if network {
-            own.file("nx/network", 0o644, b"")?;
+        for marker in markers {
+            own.file(marker, 0o644, b"")?;
         }
         initrd.extend(own.finish()?);
         let path = dir.join("initrd.cpio");
@@ -238,6 +249,36 @@ impl MicrovmBackend {
 
     fn task_dir(&self, id: &str) -> PathBuf {
         self.root.join("tasks").join(id)
+    }
+
+    /// The initramfs of every guest booted ahead (see `handover`).
+    fn warm_initrd(&self) -> PathBuf {
+        self.root.join("warm.cpio")
+    }
+
+    /// The VMM of a task's guest: no network device at all, only its own loopback; a disk when
+    /// it is booted ahead (its task drive).
+    fn task_vmm(&self, initrd: &Path, memory_max_mb: u64, disk: Option<Disk<'_>>) -> LaunchSpec {
+        let guest = Guest {
+            kernel: &self.kernel,
+            initrd,
+            memory_mb: guest_memory(memory_max_mb),
+            vcpus: 1,
+            forward: None,
+            database_socket: None,
+            tsc_khz: (self.accel.accel == Accel::Tcg)
+                .then_some(self.tsc_khz)
+                .flatten(),
+            tap: "",
+            disk,
+        };
+        LaunchSpec {
+            argv: vmm::qemu(&guest, self.accel.accel),
+            env: vmm_env(),
+            seccomp: Vec::new(),
+            console_exit: true,
+            ..LaunchSpec::default()
+        }
     }
 }
 
@@ -295,15 +336,18 @@ impl SandboxBackend for MicrovmBackend {
         std::fs::create_dir_all(&handle.dir)?;
         std::fs::set_permissions(&handle.dir, std::fs::Permissions::from_mode(0o711))?;
         let env = Self::guest_env(spec);
-        let initrd_path = self.write_initrd(
-            &handle.dir,
-            path,
-            &env,
-            &spec.args,
-            spec.deployment.uid,
-            true,
-        )?;
         let uid = spec.deployment.uid;
+        // `/data`: an ext4 image as the guest's disk, its root the program's (the VMM opens it).
+        let data = self.units.data_image(&handle, spec, GUEST_APP_UID)?;
+        if let Some(image) = &data {
+            chown(&image.image, Some(uid), Some(uid))?;
+        }
+        let markers: &[&str] = match data {
+            Some(_) => &["nx/network", "nx/data"],
+            None => &["nx/network"],
+        };
+        let initrd_path =
+            self.write_initrd(&handle.dir, path, &env, &spec.args, uid, markers)?;
         let (memory_mb, vcpus) = Self::guest_size(&spec.deployment.limits);
         let tap = format!("nx{}", spec.deployment.port);
         let guest = Guest {
@@ -321,6 +365,10 @@ impl SandboxBackend for MicrovmBackend {
                 .then_some(self.tsc_khz)
                 .flatten(),
             tap: &tap,
+            disk: data.as_ref().map(|image| Disk {
+                path: &image.image,
+                read_only: false,
+            }),
         };
         let argv = match self.vmm {
             Vmm::Qemu => vmm::qemu(&guest, self.accel.accel),
@@ -372,27 +420,40 @@ impl SandboxBackend for MicrovmBackend {
         let dir = self.task_dir(&task.id);
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
-        let initrd = self.write_initrd(&dir, program, &task.env, &task.args, task.uid, false)?;
-        let guest = Guest {
-            kernel: &self.kernel,
-            initrd: &initrd,
-            memory_mb: guest_memory(task.limits.memory_max_mb),
-            vcpus: 1,
-            forward: None,
-            database_socket: None,
-            tsc_khz: (self.accel.accel == Accel::Tcg)
-                .then_some(self.tsc_khz)
-                .flatten(),
-            tap: "",
+        let initrd = self.write_initrd(&dir, program, &task.env, &task.args, task.uid, &[])?;
+        Ok(LaunchSpec {
+            uid: Some(task.uid),
+            ..self.task_vmm(&initrd, task.limits.memory_max_mb, None)
+        })
+    }
+
+    /// A guest of the shared initramfs with an empty task drive; its init waits for `NX-GO`.
+    #[tracing::instrument(skip_all, fields(task = %warm.id))]
+    async fn boot_ahead(&self, warm: &WarmSandbox) -> Result<LaunchSpec, BackendError> {
+        let dir = self.task_dir(&warm.id);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        let drive = dir.join("task.img");
+        handover::create_drive(&drive, warm.uid)?;
+        let disk = Disk {
+            path: &drive,
+            read_only: true,
         };
         Ok(LaunchSpec {
-            argv: vmm::qemu(&guest, self.accel.accel),
-            env: vmm_env(),
-            seccomp: Vec::new(),
-            uid: Some(task.uid),
-            console_exit: true,
-            ..LaunchSpec::default()
+            uid: Some(warm.uid),
+            ..self.task_vmm(&self.warm_initrd(), warm.limits.memory_max_mb, Some(disk))
         })
+    }
+
+    #[tracing::instrument(skip_all, fields(task = %warm.id))]
+    async fn hand_over(&self, warm: &WarmSandbox, task: &TaskLaunch) -> Result<(), BackendError> {
+        let program = static_binary(&task.program)?;
+        let drive = self.task_dir(&warm.id).join("task.img");
+        handover::write_task(&drive, program, &task.env, &task.args)
+    }
+
+    async fn forget_warm(&self, warm: &WarmSandbox) {
+        let _ = std::fs::remove_dir_all(self.task_dir(&warm.id));
     }
 
     async fn task_cleanup(&self, task: &TaskLaunch) {

@@ -19,6 +19,8 @@ pub enum Accel {
 
 /// Where the guest finds the database: QEMU forwards this address to the host's socket.
 pub const GUEST_DB_ADDR: &str = "10.0.2.100";
+/// The uid (and gid) nx-vm-init runs the program as, inside the guest.
+pub const GUEST_APP_UID: u32 = 1000;
 /// The guest's own address on QEMU's user-mode network.
 pub const GUEST_ADDR: &str = "10.0.2.15";
 
@@ -39,6 +41,24 @@ pub struct Guest<'a> {
     pub tsc_khz: Option<u64>,
     /// The tap device of Cloud Hypervisor and Firecracker guests.
     pub tap: &'a str,
+    /// The guest's one disk (`/dev/vda`), if it has one.
+    pub disk: Option<Disk<'a>>,
+}
+
+/// A raw virtio-blk disk: a pooled guest's task drive (read-only to the guest) or a
+/// deployment's `/data` image (ext4).
+#[derive(Debug, Clone, Copy)]
+pub struct Disk<'a> {
+    pub path: &'a Path,
+    pub read_only: bool,
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
 }
 
 fn cmdline(guest: &Guest<'_>, extra: &str) -> String {
@@ -86,6 +106,19 @@ pub fn qemu(guest: &Guest<'_>, accel: Accel) -> Vec<String> {
     argv.push(guest.initrd.display().to_string());
     argv.push("-append".into());
     argv.push(cmdline(guest, "reboot=t"));
+    if let Some(disk) = guest.disk {
+        // QEMU's option syntax doubles a comma inside a value.
+        let file = disk.path.display().to_string().replace(',', ",,");
+        argv.extend([
+            "-drive".into(),
+            format!(
+                "file={file},format=raw,if=none,id=vda,readonly={}",
+                on_off(disk.read_only)
+            ),
+            "-device".into(),
+            "virtio-blk-device,drive=vda".into(),
+        ]);
+    }
     let Some(forward) = guest.forward else {
         return argv;
     };
@@ -119,6 +152,14 @@ pub fn cloud_hypervisor(guest: &Guest<'_>) -> Vec<String> {
         "--net".into(),
         format!("tap={}", guest.tap),
     ]);
+    if let Some(disk) = guest.disk {
+        argv.push("--disk".into());
+        argv.push(format!(
+            "path={},readonly={}",
+            disk.path.display(),
+            on_off(disk.read_only)
+        ));
+    }
     argv.extend(s(&["--serial", "tty", "--console", "off"]));
     argv
 }
@@ -137,7 +178,12 @@ pub fn firecracker(guest: &Guest<'_>, config_path: &Path) -> (Vec<String>, serde
             "initrd_path": guest.initrd,
             "boot_args": cmdline(guest, "reboot=k pci=off"),
         },
-        "drives": [],
+        "drives": guest.disk.map(|disk| serde_json::json!({
+            "drive_id": "vda",
+            "path_on_host": disk.path,
+            "is_root_device": false,
+            "is_read_only": disk.read_only,
+        })).into_iter().collect::<Vec<_>>(),
         "machine-config": { "vcpu_count": guest.vcpus, "mem_size_mib": guest.memory_mb },
         "network-interfaces": [{ "iface_id": "eth0", "host_dev_name": guest.tap }],
     });
@@ -158,6 +204,7 @@ mod tests {
             database_socket: socket,
             tsc_khz: Some(2_600_000),
             tap: "nx21001",
+            disk: None,
         }
     }
 
@@ -203,6 +250,22 @@ mod tests {
         assert!(!task
             .iter()
             .any(|a| a == "-netdev" || a.starts_with("virtio-net")));
+        // A disk: a raw virtio-blk device, read-only when asked.
+        let with_disk = qemu(
+            &Guest {
+                disk: Some(Disk {
+                    path: Path::new("/d/task,1.img"),
+                    read_only: true,
+                }),
+                ..guest(None)
+            },
+            Accel::Tcg,
+        );
+        assert_eq!(
+            after(&with_disk, "-drive"),
+            "file=/d/task,,1.img,format=raw,if=none,id=vda,readonly=on"
+        );
+        assert_eq!(after(&with_disk, "-device"), "virtio-blk-device,drive=vda");
     }
 
     #[test]
