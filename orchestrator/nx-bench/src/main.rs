@@ -662,7 +662,10 @@ async fn microvm_task_table(args: &Args) -> anyhow::Result<()> {
     let sample = nx_testkit::sample_app();
     let mut rows = Vec::new();
     let mut p50 = Vec::new();
-    for (pool, size) in [("cold, a guest booted per task", 0), ("warm pool, a guest booted ahead", 1)] {
+    for (pool, size) in [
+        ("cold, a guest booted per task", 0),
+        ("warm pool, a guest booted ahead", 1),
+    ] {
         let config = format!("{}pool_size = {size}\n", nx_testkit::microvm_config("auto"));
         let program = sample.clone();
         let (host, sha) = tokio::task::spawn_blocking(move || {
@@ -685,7 +688,10 @@ async fn microvm_task_table(args: &Args) -> anyhow::Result<()> {
         if size > 0 {
             let pause = tasks::Pause::For(Duration::from_millis(100));
             let (samples, warm) = tasks::start_to_output(&host, &sha, None, n, pause).await?;
-            rows.push((format!("bubblewrap, warm pool ({warm} of {n} warm)"), samples));
+            rows.push((
+                format!("bubblewrap, warm pool ({warm} of {n} warm)"),
+                samples,
+            ));
         }
         tokio::task::spawn_blocking(move || drop(host)).await?;
     }
@@ -760,8 +766,7 @@ async fn task_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<
         for (pool, h) in [("cold", &cold_host), ("warm pool", &**host)] {
             let sha = tasks::upload(h, &file)?;
             let (samples, warm) =
-                tasks::start_to_output(h, &sha, None, args.tasks, tasks::Pause::For(pause))
-                    .await?;
+                tasks::start_to_output(h, &sha, None, args.tasks, tasks::Pause::For(pause)).await?;
             rows.push((
                 format!("{program}, {pool} ({warm} of {} warm)", args.tasks),
                 samples,

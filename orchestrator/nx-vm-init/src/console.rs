@@ -23,8 +23,11 @@ pub const STOP: &str = "NX-STOP";
 pub fn quiet() -> Result<(), String> {
     let stdin = std::io::stdin();
     let mut mode = tcgetattr(&stdin).map_err(|e| format!("tcgetattr: {e}"))?;
-    mode.local_flags &=
-        !(LocalFlags::ECHO | LocalFlags::ECHOE | LocalFlags::ECHOK | LocalFlags::ECHONL | LocalFlags::ISIG);
+    mode.local_flags &= !(LocalFlags::ECHO
+        | LocalFlags::ECHOE
+        | LocalFlags::ECHOK
+        | LocalFlags::ECHONL
+        | LocalFlags::ISIG);
     tcsetattr(&stdin, SetArg::TCSANOW, &mode).map_err(|e| format!("tcsetattr: {e}"))
 }
 

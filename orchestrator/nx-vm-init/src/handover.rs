@@ -23,7 +23,9 @@ pub fn wait_for_device(path: &str) -> Result<(), String> {
     let deadline = Instant::now() + DEVICE_WAIT;
     while !std::path::Path::new(path).exists() {
         if Instant::now() > deadline {
-            return Err(format!("no {path}: is virtio_blk loaded and the drive attached?"));
+            return Err(format!(
+                "no {path}: is virtio_blk loaded and the drive attached?"
+            ));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -51,10 +53,18 @@ pub fn unpack() -> Result<(), String> {
     if &head[..8] != MAGIC {
         return Err(format!("{DRIVE} holds no task"));
     }
-    let lengths = [length(&head[8..16]), length(&head[16..24]), length(&head[24..32])];
-    for ((path, mode), len) in [("/app/main", 0o755), ("/nx/env", 0o600), ("/nx/args", 0o600)]
-        .into_iter()
-        .zip(lengths)
+    let lengths = [
+        length(&head[8..16]),
+        length(&head[16..24]),
+        length(&head[24..32]),
+    ];
+    for ((path, mode), len) in [
+        ("/app/main", 0o755),
+        ("/nx/env", 0o600),
+        ("/nx/args", 0o600),
+    ]
+    .into_iter()
+    .zip(lengths)
     {
         let mut out = std::fs::OpenOptions::new()
             .create(true)

@@ -318,7 +318,10 @@ fn a_pooled_microvm_task_takes_a_guest_booted_ahead_once_and_leaves_nothing() {
     let (events, stdout) = run_json(&host, &["--memory", "640M"], &["cat", "/proc/meminfo"]);
     let big = mem_total_kib(&events, &stdout);
     assert!(pooled < 256 * 1024, "{pooled} KiB");
-    assert!(big > 512 * 1024, "{big} KiB: the guest is not the size asked");
+    assert!(
+        big > 512 * 1024,
+        "{big} KiB: the guest is not the size asked"
+    );
 
     // After the tasks, only the one guest waiting in the pool is left.
     wait_for_pooled_guest(&host);

@@ -40,9 +40,7 @@ extern "C" fn pass_stop(signal: nix::libc::c_int) {
     let console = GUEST_CONSOLE.load(Ordering::SeqCst);
     if console > 0 {
         // SAFETY: write(2) is async-signal-safe; the buffer is a static.
-        unsafe {
-            nix::libc::write(console, GUEST_STOP.as_ptr().cast(), GUEST_STOP.len())
-        };
+        unsafe { nix::libc::write(console, GUEST_STOP.as_ptr().cast(), GUEST_STOP.len()) };
         return;
     }
     let pid = VMM.load(Ordering::SeqCst);
@@ -141,7 +139,8 @@ fn drop_privileges(uid: u32) -> nix::Result<()> {
 fn read(spec_path: &Path) -> Result<LaunchSpec, String> {
     let bytes = if spec_path == Path::new("-") {
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line).map(|_| line.into_bytes())
+        std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)
+            .map(|_| line.into_bytes())
     } else {
         std::fs::read(spec_path)
     };

@@ -81,7 +81,10 @@ impl Slot {
                     Ok(0) | Err(_) => return false,
                     Ok(n) => said.extend_from_slice(&buf[..n]),
                 }
-                if String::from_utf8_lossy(&said).lines().any(|l| l.trim() == READY) {
+                if String::from_utf8_lossy(&said)
+                    .lines()
+                    .any(|l| l.trim() == READY)
+                {
                     return true;
                 }
             }

@@ -346,8 +346,7 @@ impl SandboxBackend for MicrovmBackend {
             Some(_) => &["nx/network", "nx/data"],
             None => &["nx/network"],
         };
-        let initrd_path =
-            self.write_initrd(&handle.dir, path, &env, &spec.args, uid, markers)?;
+        let initrd_path = self.write_initrd(&handle.dir, path, &env, &spec.args, uid, markers)?;
         let (memory_mb, vcpus) = Self::guest_size(&spec.deployment.limits);
         let tap = format!("nx{}", spec.deployment.port);
         let guest = Guest {
