@@ -77,7 +77,7 @@
     init = "/usr/lib/nx/nx-vm-init";
     vmm = "qemu";
     accel = "auto";
-    poolSize = 1;
+    poolSize = 0;
   };
   router = {
     trustedProxies = [ ];

@@ -138,7 +138,8 @@ pub struct MicrovmConfig {
     /// Guests booted ahead for microVM tasks (QEMU), their init waiting for a task: a task of
     /// `tasks.limits`' memory takes one and starts without a boot; each serves one task and is
     /// destroyed with it; refilled in the background. Each waiting guest holds its memory.
-    /// 0: every microVM task boots its own guest.
+    /// 0 (the default): every microVM task boots its own guest; a host that runs microVM tasks
+    /// turns it on (1 or more), since each waiting guest holds its RAM and idles its vCPU.
     pub pool_size: usize,
 }
 
@@ -149,7 +150,7 @@ impl Default for MicrovmConfig {
             init: PathBuf::from("/usr/lib/nx/nx-vm-init"),
             vmm: Vmm::Qemu,
             accel: AccelMode::Auto,
-            pool_size: 1,
+            pool_size: 0,
         }
     }
 }

@@ -159,10 +159,7 @@ fn stop_passes_sigterm_into_a_podman_container_and_waits_up_to_the_stop_timeout(
 
 #[test]
 fn stop_passes_sigterm_into_a_microvm_guest_whose_data_survives_the_restart() {
-    let host = Host::start_with(&format!(
-        "{}pool_size = 0\n",
-        nx_testkit::microvm_config("tcg")
-    ));
+    let host = Host::start_with(&nx_testkit::microvm_config("tcg"));
     let push = |extra: &[&str]| {
         let mut args = vec!["--backend", "microvm"];
         args.extend_from_slice(extra);

@@ -162,8 +162,8 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
 
 #[test]
 fn a_task_runs_once_in_a_microvm_with_no_network() {
-    // No guest booted ahead: each task boots its own (a cold start).
-    let host = Host::start_with(&format!("{}pool_size = 0\n", microvm_config("tcg")));
+    // No guest booted ahead (`pool_size` 0, the default): each task boots its own.
+    let host = Host::start_with(&microvm_config("tcg"));
     let sample = nx_testkit::sample_app();
     let task = |extra: &[&str], args: &[&str]| {
         let mut all = vec!["run-task", sample.to_str().unwrap(), "--backend", "microvm"];
