@@ -400,6 +400,35 @@ impl Client {
         self.call(Method::GET, &path, |r| r).await
     }
 
+    /// `POST /v1/sandboxes/{name}/volumes`.
+    pub async fn create_volume(
+        &self,
+        name: &SandboxName,
+        req: &crate::volumes::CreateVolume,
+    ) -> Result<crate::volumes::VolumeView, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/volumes");
+        self.call(Method::POST, &path, |r| r.json(req)).await
+    }
+
+    /// `GET /v1/sandboxes/{name}/volumes`.
+    pub async fn volumes(
+        &self,
+        name: &SandboxName,
+    ) -> Result<Vec<crate::volumes::VolumeView>, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/volumes");
+        self.call(Method::GET, &path, |r| r).await
+    }
+
+    /// `DELETE /v1/sandboxes/{name}/volumes/{volume}`.
+    pub async fn remove_volume(
+        &self,
+        name: &SandboxName,
+        volume: &crate::names::VolumeName,
+    ) -> Result<crate::volumes::VolumeRemoved, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/volumes/{volume}");
+        self.call(Method::DELETE, &path, |r| r).await
+    }
+
     /// `DELETE /v1/domains/{domain}` (root token only).
     pub async fn remove_domain(
         &self,

@@ -92,6 +92,23 @@ impl DeploymentId {
     }
 }
 
+/// A volume's name within its sandbox (`nx volume create`): like a sandbox name, a-z, 0-9 and
+/// '-', at most 63 (so no '/', '..' or uppercase).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct VolumeName(String);
+
+impl VolumeName {
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        check_label("volume name", name)?;
+        Ok(Self(name.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 macro_rules! display_and_deserialize {
     ($t:ty) => {
         impl fmt::Display for $t {
@@ -109,6 +126,7 @@ macro_rules! display_and_deserialize {
 }
 display_and_deserialize!(SandboxName);
 display_and_deserialize!(DeploymentId);
+display_and_deserialize!(VolumeName);
 
 /// A sha256 digest in lowercase hex, as the artifact store names files.
 pub fn check_sha256(hex: &str) -> Result<(), NameError> {

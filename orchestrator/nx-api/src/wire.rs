@@ -129,6 +129,9 @@ pub struct PushRequest {
     /// starts it again. None: the sandbox's (`nx sandbox set --idle-timeout`), else never.
     #[serde(default)]
     pub idle_timeout_secs: Option<u64>,
+    /// The sandbox's volumes to mount (`nx volume create` first).
+    #[serde(default)]
+    pub volumes: Vec<crate::volumes::VolumeMount>,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -206,6 +209,9 @@ pub struct DeploymentView {
     /// When the router last passed it a request (none: never, as far as nxd knows).
     #[serde(default)]
     pub last_request_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The volumes it mounts.
+    #[serde(default)]
+    pub volumes: Vec<crate::volumes::VolumeMount>,
 }
 
 /// How a deployment's program ended, as the monitor in its unit saw it, named as systemd names

@@ -10,6 +10,7 @@ mod push;
 mod settings;
 mod task;
 mod upkeep;
+mod volume;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -112,6 +113,9 @@ enum Command {
     /// Custom domains: a name of your own for a sandbox's production deployment, with HTTPS.
     #[command(subcommand)]
     Domain(domain::DomainCommand),
+    /// Volumes: a sandbox's persistent filesystems, mounted with `nx push --volume`.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// The sandbox's PostgreSQL database: URL, psql, backups, restore.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -187,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => access::token(&client, cmd, json).await,
         Command::Keys(cmd) => access::keys(&client, cmd, json).await,
         Command::Domain(cmd) => domain::run(&client, cmd, json).await,
+        Command::Volume(cmd) => volume::run(&client, cmd, json).await,
         Command::Ls => {
             let list = client.sandboxes().await?;
             output::sandboxes(&list, json)

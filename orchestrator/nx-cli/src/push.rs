@@ -5,6 +5,7 @@ use crate::client::Client;
 use crate::output;
 use anyhow::Context;
 use nx_api::names::SandboxName;
+use nx_api::volumes::VolumeMount;
 use nx_api::{LimitsOverride, PushRequest};
 use nx_artifact::{image, verify};
 use std::collections::BTreeMap;
@@ -70,6 +71,10 @@ pub struct PushArgs {
     egress: Option<String>,
     #[command(flatten)]
     upkeep: crate::upkeep::UpkeepArgs,
+    /// Mount the sandbox's volume NAME (`nx volume create`) read-write at PATH, e.g.
+    /// files:/srv/files; repeatable. Its files outlive this deployment.
+    #[arg(long = "volume", value_name = "NAME:/PATH", value_parser = parse_volume)]
+    volumes: Vec<VolumeMount>,
     /// Arguments for the program; `$NAME` and `${NAME}` become the value of the program's
     /// variable NAME (`$PORT` its port), `$$` a `$` (quote them for your shell: '$PORT').
     #[arg(last = true)]
@@ -126,6 +131,10 @@ pub fn whole_seconds(text: &str) -> Result<u64, String> {
 }
 
 /// A port a program can listen on: 1-65535.
+fn parse_volume(s: &str) -> Result<VolumeMount, String> {
+    VolumeMount::parse(s).map_err(|e| e.problem)
+}
+
 fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u32>() {
         Ok(port @ 1..=65535) => Ok(port as u16),
@@ -252,5 +261,6 @@ fn request(
         egress: args.egress.as_deref().and_then(|e| e.parse().ok()),
         health_check: args.upkeep.health_check(),
         idle_timeout_secs: args.upkeep.idle_timeout_secs(),
+        volumes: args.volumes.clone(),
     }
 }

@@ -33,6 +33,9 @@ pub struct Deployment {
     /// Seconds it has to become ready, from its push or its sandbox's settings; `None`: nxd's
     /// `sandbox.ready_timeout_secs` (see [`crate::readiness::timeout`]).
     pub ready_timeout_secs: Option<u64>,
+    /// The sandbox's volumes it mounts (`nx push --volume`).
+    #[serde(default)]
+    pub volumes: Vec<nx_api::volumes::VolumeMount>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 

@@ -39,6 +39,7 @@ pub mod tasks;
 pub mod timing;
 pub mod tls;
 pub mod upkeep;
+pub mod volumes;
 #[cfg(target_os = "linux")]
 mod watchdog;
 

@@ -458,6 +458,9 @@ impl Orchestrator {
             args,
             database_socket: Some(self.databases.socket()),
             network: self.attachment(deployment)?,
+            volumes: self
+                .attached_volumes(&deployment.sandbox, &deployment.volumes)
+                .await?,
         })
     }
 
@@ -611,6 +614,8 @@ impl Orchestrator {
             ));
         }
         let (health_check, idle_timeout_secs) = (req.health_check, req.idle_timeout_secs);
+        self.check_volumes(&req.sandbox, &req.volumes, backend)
+            .await?;
         let deployment = step(
             "record",
             self.state.create_deployment(
@@ -626,6 +631,7 @@ impl Orchestrator {
                     ready_timeout_secs: req.ready_timeout_secs,
                     listen_port: req.port,
                     egress,
+                    volumes: req.volumes,
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
@@ -928,6 +934,7 @@ impl Orchestrator {
         backup: bool,
     ) -> Result<Option<BackupInfo>, Error> {
         self.existing(name).await?;
+        self.refuse_with_volumes(name).await?;
         let deployments: Vec<Deployment> = self
             .state
             .deployments()
@@ -1050,6 +1057,7 @@ impl Orchestrator {
                     created_at: d.created_at,
                     last_exit,
                     disk: crate::backend::data_disk::read_usage(&handle.dir),
+                    volumes: d.volumes.clone(),
                     unit: handle.unit,
                     // Filled in by `add_upkeep` below.
                     health_check: None,

@@ -50,6 +50,7 @@ pub struct NewDeployment {
     pub ready_timeout_secs: Option<u64>,
     pub listen_port: Option<u16>,
     pub egress: Egress,
+    pub volumes: Vec<nx_api::volumes::VolumeMount>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -69,6 +70,7 @@ struct DeploymentRow {
     ready_timeout_secs: Option<i64>,
     listen_port: Option<i32>,
     egress: String,
+    volumes: sqlx::types::Json<Vec<nx_api::volumes::VolumeMount>>,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -100,12 +102,13 @@ impl TryFrom<DeploymentRow> for Deployment {
                 .map(u64::try_from)
                 .transpose()
                 .map_err(|_| corrupt("ready timeout"))?,
+            volumes: row.volumes.0,
             created_at: row.created_at,
         })
     }
 }
 
-const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, created_at FROM deployments";
+const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, created_at FROM deployments";
 
 impl StateStore {
     #[tracing::instrument(skip_all)]
@@ -166,10 +169,11 @@ impl StateStore {
             runtime: new.runtime,
             backend: new.backend,
             ready_timeout_secs: new.ready_timeout_secs,
+            volumes: new.volumes,
             created_at: chrono::Utc::now(),
         };
         sqlx::query(
-            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(deployment.id.as_str())
         .bind(deployment.sandbox.as_str())
@@ -190,6 +194,7 @@ impl StateStore {
         )
         .bind(deployment.listen_port.map(i32::from))
         .bind(deployment.egress.as_ref())
+        .bind(sqlx::types::Json(&deployment.volumes))
         .bind(deployment.created_at)
         .execute(&mut *tx)
         .await?;

@@ -64,6 +64,7 @@ pub fn table() -> Vec<Route> {
     ];
     routes.extend(crate::access_api::table());
     routes.extend(crate::domains_api::table());
+    routes.extend(crate::volumes_api::table());
     routes
 }
 

@@ -11,6 +11,7 @@ use nx_api::access::{
     TokenRemoved, TokenView,
 };
 use nx_api::domains::{AddDomain, DomainRemoved, DomainView};
+use nx_api::volumes::{CreateVolume, VolumeRemoved, VolumeView};
 use nx_api::{
     ArtifactInfo, BackupInfo, BackupRemoved, BlobDigests, BundleInfo, CreateSandbox, DatabaseInfo,
     DeploymentRemoved, DeploymentView, ErrorBody, Health, PromoteRequest, PushRequest, RestoreInfo,
@@ -70,6 +71,9 @@ fn wire_schemas() -> Map<String, Value> {
         AddDomain,
         DomainView,
         DomainRemoved,
+        CreateVolume,
+        VolumeView,
+        VolumeRemoved,
         ErrorBody,
     );
     generator.take_definitions(true)

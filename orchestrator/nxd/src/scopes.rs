@@ -179,6 +179,21 @@ pub const POLICY: &[(&str, &str, Need)] = &[
     ("DELETE", "/v1/domains/{domain}", Need::Root),
     ("GET", "/v1/sandboxes/{name}/domains", Need::Root),
     ("POST", "/v1/sandboxes/{name}/domains", Need::Root),
+    (
+        "GET",
+        "/v1/sandboxes/{name}/volumes",
+        Need::OneOf(&[Verb::Push], Target::PathSandbox),
+    ),
+    (
+        "POST",
+        "/v1/sandboxes/{name}/volumes",
+        Need::OneOf(&[Verb::Push], Target::PathSandbox),
+    ),
+    (
+        "DELETE",
+        "/v1/sandboxes/{name}/volumes/{volume}",
+        Need::OneOf(&[Verb::Push], Target::PathSandbox),
+    ),
     ("GET", "/v1/sandboxes/{name}/keys", Need::Root),
     ("POST", "/v1/sandboxes/{name}/keys", Need::Root),
     ("DELETE", "/v1/sandboxes/{name}/keys", Need::Root),

@@ -129,3 +129,49 @@ pub fn own_mount_namespace() -> Result<(), String> {
     )
     .map_err(|e| format!("making / a mount slave: {e}"))
 }
+
+/// One of its sandbox's volumes as a deployment mounts it: the volume's ext4 image (made by
+/// `nx volume create`), loop-mounted by the launcher on `mountpoint` in the unit's mount
+/// namespace like /data's, and bound by the sandbox at the push's path. Deployments of the
+/// sandbox mount it at once (a preview beside production): util-linux's `mount -o loop`
+/// reuses the loop device already attached to the image, so they share one filesystem
+/// instance (never two kernels' views of one image); the launcher holds an exclusive `flock`
+/// on the image while it sets up, so two starting together do not attach two devices. The
+/// filesystem's root is root's, group `gid`, mode 2770; every deployment that mounts it has
+/// `gid` as a supplementary group and umask 002, so one deployment's files are the next one's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeDisk {
+    pub image: PathBuf,
+    pub mountpoint: PathBuf,
+    pub gid: u32,
+}
+
+impl VolumeDisk {
+    /// In the launcher, as root, in the unit's own mount namespace.
+    #[cfg(target_os = "linux")]
+    pub fn mount(&self) -> Result<(), String> {
+        use nix::fcntl::{Flock, FlockArg};
+        use std::os::unix::fs::PermissionsExt;
+        let file = std::fs::File::open(&self.image)
+            .map_err(|e| format!("opening {}: {e}", self.image.display()))?;
+        let _lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| format!("locking {}: {e}", self.image.display()))?;
+        std::fs::create_dir_all(&self.mountpoint)
+            .map_err(|e| format!("creating {}: {e}", self.mountpoint.display()))?;
+        run(
+            Command::new("mount")
+                .args(["-t", "ext4", "-o", "loop,nosuid,nodev"])
+                .arg(&self.image)
+                .arg(&self.mountpoint),
+            "mount",
+        )?;
+        nix::unistd::chown(
+            &self.mountpoint,
+            Some(nix::unistd::Uid::from_raw(0)),
+            Some(nix::unistd::Gid::from_raw(self.gid)),
+        )
+        .map_err(|e| format!("chown {}: {e}", self.mountpoint.display()))?;
+        std::fs::set_permissions(&self.mountpoint, std::fs::Permissions::from_mode(0o2770))
+            .map_err(|e| format!("chmod {}: {e}", self.mountpoint.display()))
+    }
+}

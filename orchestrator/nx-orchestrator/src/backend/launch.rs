@@ -46,6 +46,10 @@ pub struct LaunchSpec {
     /// Mount this tmpfs (an image's /tmp, which Podman binds) first, in the same namespace.
     #[serde(default)]
     pub tmp: Option<super::tmp_mount::TmpMount>,
+    /// Mount these volumes first, in the same namespace; the program gets their groups as
+    /// supplementary groups and umask 002 (`data_disk::VolumeDisk`).
+    #[serde(default)]
+    pub volumes: Vec<super::data_disk::VolumeDisk>,
     /// `RLIMIT_NOFILE` (soft and hard) of the program; `None` keeps the unit's.
     #[serde(default)]
     pub nofile: Option<u64>,

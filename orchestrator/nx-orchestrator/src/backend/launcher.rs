@@ -126,10 +126,11 @@ fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>)
     }
 }
 
-fn drop_privileges(uid: u32) -> nix::Result<()> {
+fn drop_privileges(uid: u32, groups: &[u32]) -> nix::Result<()> {
     use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
     let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(uid));
-    setgroups(&[])?;
+    let groups: Vec<Gid> = groups.iter().copied().map(Gid::from_raw).collect();
+    setgroups(&groups)?;
     setresgid(gid, gid, gid)?;
     setresuid(uid, uid, uid)
 }
@@ -173,7 +174,7 @@ pub fn run(spec_path: &Path) -> String {
             return e.to_string();
         }
     }
-    if spec.data_image.is_some() || spec.tmp.is_some() {
+    if spec.data_image.is_some() || spec.tmp.is_some() || !spec.volumes.is_empty() {
         if let Err(e) = super::data_disk::own_mount_namespace() {
             return e;
         }
@@ -187,6 +188,15 @@ pub fn run(spec_path: &Path) -> String {
         if let Err(e) = tmp.mount() {
             return format!("mounting /tmp: {e}");
         }
+    }
+    for volume in &spec.volumes {
+        if let Err(e) = volume.mount() {
+            return format!("mounting a volume: {e}");
+        }
+    }
+    if !spec.volumes.is_empty() {
+        // Files and directories a deployment makes on a volume stay writable by the next.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o002));
     }
     if let Some(n) = spec.nofile {
         match set_nofile(n) {
@@ -227,7 +237,8 @@ fn set_nofile(n: u64) -> Result<Option<String>, String> {
 /// Drops to the program's uid and execs it (or runs the VMM); returns only on failure.
 fn exec(spec: &LaunchSpec) -> String {
     if let Some(uid) = spec.uid {
-        if let Err(e) = drop_privileges(uid) {
+        let groups: Vec<u32> = spec.volumes.iter().map(|v| v.gid).collect();
+        if let Err(e) = drop_privileges(uid, &groups) {
             return format!("cannot switch to uid {uid}: {e}");
         }
     }

@@ -97,6 +97,17 @@ pub struct SandboxSpec {
     pub database_socket: Option<PathBuf>,
     /// Its network namespace: address, gateway, host-side link.
     pub network: crate::network::Attachment,
+    /// The sandbox's volumes it mounts.
+    pub volumes: Vec<AttachedVolume>,
+}
+
+/// A volume as a deployment's backend needs it: its image, its group, where it goes.
+#[derive(Debug, Clone)]
+pub struct AttachedVolume {
+    pub name: nx_api::names::VolumeName,
+    pub image: PathBuf,
+    pub gid: u32,
+    pub path: String,
 }
 
 /// One run of a task: its program, run once as `uid` with no network but its own loopback.

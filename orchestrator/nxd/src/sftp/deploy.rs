@@ -74,6 +74,7 @@ pub async fn deploy(
         egress: None,
         health_check: Default::default(),
         idle_timeout_secs: None,
+        volumes: Vec::new(),
     };
     let mut outcome = Outcome::refused(sandbox, file, "");
     outcome.sha256 = Some(info.sha256);

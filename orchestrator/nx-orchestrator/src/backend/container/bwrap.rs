@@ -55,6 +55,15 @@ pub struct Sandbox<'a> {
     pub tmp_bytes: u64,
     /// The sandbox's own `/etc/passwd` and `/etc/group` (see `host_files`).
     pub identity: Option<&'a [PathBuf; 2]>,
+    /// Volumes: mounted on the host side by the launcher, bound read-write at their paths.
+    pub volumes: &'a [VolumeBind],
+}
+
+/// A volume the launcher mounted on `mountpoint`, for the program at `path`.
+#[derive(Debug, Clone)]
+pub struct VolumeBind {
+    pub mountpoint: PathBuf,
+    pub path: String,
 }
 
 pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
@@ -153,6 +162,10 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
             ],
         ),
         None => push(&mut argv, &["--chdir", "/tmp"]),
+    }
+    for volume in sandbox.volumes {
+        let source = volume.mountpoint.display().to_string();
+        push(&mut argv, &["--bind", &source, &volume.path]);
     }
     for i in 0..super::seccomp::PROGRAMS {
         argv.push("--add-seccomp-fd".into());

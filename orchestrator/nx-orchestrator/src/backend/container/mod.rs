@@ -11,6 +11,7 @@ mod host_files;
 pub mod podman;
 mod seccomp;
 
+use super::data_disk::VolumeDisk;
 use super::tmp_mount::TmpMount;
 use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
@@ -19,7 +20,7 @@ use crate::artifact::verify::Linkage;
 use crate::backend::launch::{LaunchSpec, StopForward};
 use crate::domain::{BackendKind, Deployment, Runtime};
 use crate::supervisor::Supervisor;
-use bwrap::Sandbox;
+use bwrap::{Sandbox, VolumeBind};
 use podman::Podman;
 use podman::{Container, ContainerEnv, Tmp};
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -102,6 +103,24 @@ impl SandboxBackend for ContainerBackend {
         }
         set_mode(&data, 0o700)?;
         let identity = host_files::write_identity(&handle.dir, uid)?;
+        let disks: Vec<VolumeDisk> = spec
+            .volumes
+            .iter()
+            .map(|v| VolumeDisk {
+                image: v.image.clone(),
+                mountpoint: handle.dir.join("volumes").join(v.name.as_str()),
+                gid: v.gid,
+            })
+            .collect();
+        let binds: Vec<VolumeBind> = disks
+            .iter()
+            .zip(&spec.volumes)
+            .map(|(disk, v)| VolumeBind {
+                mountpoint: disk.mountpoint.clone(),
+                path: v.path.clone(),
+            })
+            .collect();
+        let gids: Vec<u32> = disks.iter().map(|d| d.gid).collect();
         let hostname = spec.deployment.sandbox.as_str();
         let socket = spec.database_socket.as_deref();
         let network = SandboxNetwork::Launcher {
@@ -119,6 +138,7 @@ impl SandboxBackend for ContainerBackend {
                     network,
                     tmp_bytes: limits.tmp_mb << 20,
                     identity: Some(&identity),
+                    volumes: &binds,
                 }),
                 env: spec.env.clone(),
                 seccomp: self.seccomp.clone(),
@@ -151,6 +171,8 @@ impl SandboxBackend for ContainerBackend {
                         network,
                         runtime: spec.deployment.runtime,
                         tmp: Tmp::Mounted(&tmp.dir),
+                        volumes: &binds,
+                        gids: &gids,
                     }),
                     env: self.podman.env(),
                     stop: StopForward::Child,
@@ -162,6 +184,7 @@ impl SandboxBackend for ContainerBackend {
         };
         launch.monitor = Some(self.units.monitor(&handle, spec));
         launch.data_image = data_image;
+        launch.volumes = disks;
         launch.nofile = Some(limits.nofile);
         super::unit::write_launch_spec(&handle, &launch)?;
         Ok(handle)
@@ -201,6 +224,7 @@ impl SandboxBackend for ContainerBackend {
                     network: SandboxNetwork::Loopback,
                     tmp_bytes: task.limits.tmp_mb << 20,
                     identity: None,
+                    volumes: &[],
                 }),
                 env: task.env.clone(),
                 seccomp: self.seccomp.clone(),
@@ -226,6 +250,8 @@ impl SandboxBackend for ContainerBackend {
                     tmp: Tmp::Tmpfs {
                         size_mb: task.limits.tmp_mb,
                     },
+                    volumes: &[],
+                    gids: &[],
                 });
                 for (k, v) in &task.env {
                     env.entry(k.clone()).or_insert_with(|| v.clone());

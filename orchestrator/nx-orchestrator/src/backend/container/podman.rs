@@ -50,6 +50,9 @@ pub struct Container<'a> {
     pub network: SandboxNetwork<'a>,
     pub runtime: Runtime,
     pub tmp: Tmp<'a>,
+    /// Volumes, bound at their paths; the container gets their groups (`gids`).
+    pub volumes: &'a [super::bwrap::VolumeBind],
+    pub gids: &'a [u32],
 }
 
 impl Podman {
@@ -204,6 +207,13 @@ impl Podman {
         }
         if let Some(dir) = c.data_dir {
             argv.extend(["--volume".into(), format!("{}:/data", dir.display())]);
+        }
+        for volume in c.volumes {
+            let bind = format!("{}:{}", volume.mountpoint.display(), volume.path);
+            argv.extend(["--volume".into(), bind]);
+        }
+        for gid in c.gids {
+            argv.extend(["--group-add".into(), gid.to_string()]);
         }
         if let SandboxNetwork::Launcher { resolv_conf } = c.network {
             argv.extend([

@@ -1,0 +1,142 @@
+//! Volumes (`nx volume`): named, persistent filesystems that belong to a sandbox and outlive
+//! its deployments; a push mounts them with `--volume NAME:/PATH`. The wire types and the check
+//! a mount path passes.
+
+use crate::checks::FieldError;
+use crate::names::{DeploymentId, SandboxName, VolumeName};
+use serde::{Deserialize, Serialize};
+
+/// The smallest and largest volume, in MiB (ext4 needs a few MiB for itself).
+pub const MIN_SIZE_MB: u64 = 16;
+pub const MAX_SIZE_MB: u64 = 16 << 20;
+
+/// `POST /v1/sandboxes/{name}/volumes`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolume {
+    pub name: VolumeName,
+    /// Its size, the quota of everything written to it, in MiB (16 MiB to 16 TiB).
+    pub size_mb: u64,
+}
+
+/// A volume as `nx volume ls` shows it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub sandbox: SandboxName,
+    pub name: VolumeName,
+    pub size_mb: u64,
+    /// The deployments (of any state) that mount it.
+    pub used_by: Vec<DeploymentId>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `DELETE /v1/sandboxes/{name}/volumes/{volume}`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeRemoved {
+    pub removed: VolumeName,
+}
+
+/// One `--volume NAME:/PATH` of a push: the sandbox's volume NAME, mounted read-write at PATH.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    pub volume: VolumeName,
+    pub path: String,
+}
+
+/// Where a volume may not be mounted: what NX itself puts in a sandbox.
+const RESERVED: &[&str] = &[
+    "/app", "/data", "/tmp", "/proc", "/dev", "/sys", "/run", "/etc", "/usr", "/lib", "/lib64",
+    "/bin", "/sbin",
+];
+
+impl VolumeMount {
+    /// Parses `NAME:/PATH` (the CLI's form).
+    pub fn parse(text: &str) -> Result<Self, FieldError> {
+        let (name, path) = text.split_once(':').ok_or_else(|| FieldError {
+            field: "volumes".into(),
+            problem: format!("{text:?} is not NAME:/PATH (e.g. files:/srv/files)"),
+        })?;
+        let mount = Self {
+            volume: VolumeName::parse(name).map_err(|e| FieldError {
+                field: "volumes".into(),
+                problem: e.to_string(),
+            })?,
+            path: path.to_owned(),
+        };
+        mount.check()?;
+        Ok(mount)
+    }
+
+    /// The path: absolute, normal (no `.`, `..` or empty component), at most 255 bytes, and not
+    /// `/` nor under a directory NX provides (/app, /data, /tmp, /proc, /dev, /etc, /usr, ...).
+    pub fn check(&self) -> Result<(), FieldError> {
+        let fail = |problem: String| FieldError {
+            field: "volumes".into(),
+            problem,
+        };
+        let path = &self.path;
+        let rest = path.strip_prefix('/').ok_or_else(|| {
+            fail(format!(
+                "mount path {path:?} is not absolute: give one like /srv/files"
+            ))
+        })?;
+        if path.len() > 255 || path.contains('\0') {
+            return Err(fail(format!(
+                "mount path {path:?} is too long or has a NUL"
+            )));
+        }
+        if rest.is_empty()
+            || rest
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(fail(format!(
+                "mount path {path:?} is not a plain absolute path (no /, '.', '..' or '//'): give one like /srv/files"
+            )));
+        }
+        if let Some(dir) = RESERVED
+            .iter()
+            .find(|dir| path == *dir || path.starts_with(&format!("{dir}/")))
+        {
+            return Err(fail(format!(
+                "mount path {path:?} is inside {dir}, which NX provides: mount it elsewhere, e.g. /srv/{}",
+                self.volume
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VolumeMount;
+
+    #[test]
+    fn mounts_parse_and_bad_names_and_paths_are_refused_with_what_to_do() {
+        let ok = VolumeMount::parse("files:/srv/files").unwrap();
+        assert_eq!(
+            (ok.volume.as_str(), ok.path.as_str()),
+            ("files", "/srv/files")
+        );
+        for (bad, says) in [
+            ("files", "NAME:/PATH"),
+            ("Files:/srv", "lowercase"),
+            ("a/b:/srv", "not allowed"),
+            ("..:/srv", "not allowed"),
+            ("files:srv", "not absolute"),
+            ("files:/", "plain absolute"),
+            ("files:/srv/../etc", "plain absolute"),
+            ("files:/data", "inside /data"),
+            ("files:/app/x", "inside /app"),
+            ("files:/tmp", "inside /tmp"),
+        ] {
+            let e = VolumeMount::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Volumes (`nx volume`): table `volumes`, one ext4 image per volume at
+//! `<state_dir>/volumes/<sandbox>/<name>.img` of the volume's size (its quota: a write past it
+//! is ENOSPC), made at `nx volume create` and kept across every push, promote, rollback and
+//! `nx rm` of the deployments that mount it (`nx push --volume NAME:/PATH`, see
+//! `backend::data_disk::VolumeDisk` for how several mount it at once). `nx volume rm` refuses
+//! while a deployment still mounts it; `nx sandbox rm` refuses while the sandbox has volumes.
+
+use crate::api::volumes::{CreateVolume, VolumeMount, VolumeView, MAX_SIZE_MB, MIN_SIZE_MB};
+use crate::backend::data_disk::DataImage;
+use crate::backend::AttachedVolume;
+use crate::domain::BackendKind;
+use crate::error::Error;
+use crate::names::{SandboxName, VolumeName};
+use crate::state::StateError;
+use crate::Orchestrator;
+use std::path::PathBuf;
+
+/// Volume `id`'s group is `GID_BASE + id`: above the deployments' (`sandbox.uid_base`,
+/// 200,000 + slot) and the tasks' (`tasks.uid_base`, 300,000 + 65,536) by default.
+pub const GID_BASE: u32 = 400_000;
+
+#[derive(sqlx::FromRow)]
+struct VolumeRow {
+    id: i64,
+    name: String,
+    size_mb: i64,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn gid(id: i64) -> u32 {
+    GID_BASE.saturating_add(u32::try_from(id).unwrap_or(u32::MAX - GID_BASE))
+}
+
+impl Orchestrator {
+    fn volume_image(&self, sandbox: &SandboxName, name: &str) -> PathBuf {
+        self.config
+            .state_dir
+            .join("volumes")
+            .join(sandbox.as_str())
+            .join(format!("{name}.img"))
+    }
+
+    async fn volume_rows(&self, sandbox: &SandboxName) -> Result<Vec<VolumeRow>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, size_mb, created_at FROM volumes WHERE sandbox = $1 ORDER BY name",
+        )
+        .bind(sandbox.as_str())
+        .fetch_all(self.state.pool())
+        .await
+        .map_err(StateError::from)?)
+    }
+
+    /// `nx volume create`: the row, then the image (sparse, ext4, root's). A sandbox that does
+    /// not exist yet is created, as a push would.
+    #[tracing::instrument(skip_all, fields(sandbox = %sandbox, volume = %req.name))]
+    pub async fn create_volume(
+        &self,
+        sandbox: &SandboxName,
+        req: &CreateVolume,
+    ) -> Result<VolumeView, Error> {
+        if !(MIN_SIZE_MB..=MAX_SIZE_MB).contains(&req.size_mb) {
+            return Err(Error::Invalid(format!(
+                "size_mb: {} MiB is not a volume size: give {MIN_SIZE_MB} to {MAX_SIZE_MB} MiB",
+                req.size_mb
+            )));
+        }
+        self.state
+            .create_sandbox(sandbox, BackendKind::default())
+            .await?;
+        let _guard = self.changes.lock().await;
+        let inserted = sqlx::query("INSERT INTO volumes (sandbox, name, size_mb) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(sandbox.as_str())
+            .bind(req.name.as_str())
+            .bind(i64::try_from(req.size_mb).unwrap_or(i64::MAX))
+            .execute(self.state.pool())
+            .await
+            .map_err(StateError::from)?;
+        if inserted.rows_affected() == 0 {
+            return Err(Error::Conflict(format!(
+                "sandbox {sandbox} has a volume {} already (`nx volume ls {sandbox}`)",
+                req.name
+            )));
+        }
+        let image = self.volume_image(sandbox, req.name.as_str());
+        let made = std::fs::create_dir_all(image.parent().expect("a volume image has a dir"))
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                DataImage {
+                    image: image.clone(),
+                    mountpoint: PathBuf::new(),
+                    size_mb: req.size_mb,
+                    uid: 0,
+                }
+                .create()
+            });
+        if let Err(e) = made {
+            sqlx::query("DELETE FROM volumes WHERE sandbox = $1 AND name = $2")
+                .bind(sandbox.as_str())
+                .bind(req.name.as_str())
+                .execute(self.state.pool())
+                .await
+                .map_err(StateError::from)?;
+            return Err(Error::io(format!("creating volume {}", req.name))(
+                std::io::Error::other(e),
+            ));
+        }
+        tracing::info!(size_mb = req.size_mb, "volume created");
+        self.volume(sandbox, &req.name).await
+    }
+
+    /// `nx volume ls`: the sandbox's volumes and who mounts them.
+    pub async fn volumes(&self, sandbox: &SandboxName) -> Result<Vec<VolumeView>, Error> {
+        self.existing(sandbox).await?;
+        let deployments = self.state.deployments_in(sandbox).await?;
+        Ok(self
+            .volume_rows(sandbox)
+            .await?
+            .into_iter()
+            .map(|row| VolumeView {
+                sandbox: sandbox.clone(),
+                used_by: deployments
+                    .iter()
+                    .filter(|d| d.volumes.iter().any(|m| m.volume.as_str() == row.name))
+                    .map(|d| d.id.clone())
+                    .collect(),
+                size_mb: u64::try_from(row.size_mb).unwrap_or(0),
+                created_at: row.created_at,
+                name: VolumeName::parse(&row.name)
+                    .unwrap_or_else(|_| VolumeName::parse("invalid").expect("a valid name")),
+            })
+            .collect())
+    }
+
+    async fn volume(&self, sandbox: &SandboxName, name: &VolumeName) -> Result<VolumeView, Error> {
+        self.volumes(sandbox)
+            .await?
+            .into_iter()
+            .find(|v| &v.name == name)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "sandbox {sandbox} has no volume {name}: `nx volume create {sandbox} {name} --size MIB` first"
+                ))
+            })
+    }
+
+    /// `nx volume rm`: refused while a deployment (running or not) mounts it; then the row and
+    /// the image.
+    #[tracing::instrument(skip_all, fields(sandbox = %sandbox, volume = %name))]
+    pub async fn remove_volume(
+        &self,
+        sandbox: &SandboxName,
+        name: &VolumeName,
+    ) -> Result<(), Error> {
+        let view = self.volume(sandbox, name).await?;
+        if !view.used_by.is_empty() {
+            let ids: Vec<String> = view.used_by.iter().map(ToString::to_string).collect();
+            return Err(Error::Conflict(format!(
+                "volume {name} is mounted by deployment(s) {}: `nx rm` them first (its files stay until then)",
+                ids.join(", ")
+            )));
+        }
+        let _guard = self.changes.lock().await;
+        sqlx::query("DELETE FROM volumes WHERE sandbox = $1 AND name = $2")
+            .bind(sandbox.as_str())
+            .bind(name.as_str())
+            .execute(self.state.pool())
+            .await
+            .map_err(StateError::from)?;
+        let image = self.volume_image(sandbox, name.as_str());
+        match std::fs::remove_file(&image) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("removing {}", image.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A push's `--volume`s: each the sandbox's, each path once, on the container backend.
+    pub(crate) async fn check_volumes(
+        &self,
+        sandbox: &SandboxName,
+        mounts: &[VolumeMount],
+        backend: BackendKind,
+    ) -> Result<(), Error> {
+        if mounts.is_empty() {
+            return Ok(());
+        }
+        if backend == BackendKind::Microvm {
+            return Err(Error::Invalid(
+                "volumes: a microVM has no volumes (only the container backend mounts them); push without --volume or with --backend container".into(),
+            ));
+        }
+        let rows = self.volume_rows(sandbox).await?;
+        for (i, mount) in mounts.iter().enumerate() {
+            mount.check()?;
+            if !rows.iter().any(|r| r.name == mount.volume.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "volumes: sandbox {sandbox} has no volume {}: `nx volume create {sandbox} {} --size MIB` first",
+                    mount.volume, mount.volume
+                )));
+            }
+            if mounts[..i]
+                .iter()
+                .any(|m| m.path == mount.path || m.volume == mount.volume)
+            {
+                return Err(Error::Invalid(format!(
+                    "volumes: {} or {} is given twice: mount each volume once, each at a path of its own",
+                    mount.volume, mount.path
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a deployment's backend needs of its volumes.
+    pub(crate) async fn attached_volumes(
+        &self,
+        sandbox: &SandboxName,
+        mounts: &[VolumeMount],
+    ) -> Result<Vec<AttachedVolume>, Error> {
+        if mounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self.volume_rows(sandbox).await?;
+        mounts
+            .iter()
+            .map(|m| {
+                let row = rows
+                    .iter()
+                    .find(|r| r.name == m.volume.as_str())
+                    .ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "volume {} of sandbox {sandbox} is gone; push again without it",
+                            m.volume
+                        ))
+                    })?;
+                Ok(AttachedVolume {
+                    name: m.volume.clone(),
+                    image: self.volume_image(sandbox, &row.name),
+                    gid: gid(row.id),
+                    path: m.path.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// For `nx sandbox rm`: refused while the sandbox has volumes (their files would go).
+    pub(crate) async fn refuse_with_volumes(&self, sandbox: &SandboxName) -> Result<(), Error> {
+        let rows = self.volume_rows(sandbox).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        Err(Error::Conflict(format!(
+            "sandbox {sandbox} has volumes ({}): remove them first with `nx volume rm {sandbox} NAME` (after `nx sandbox rm` nothing would be left of their files)",
+            names.join(", ")
+        )))
+    }
+}
