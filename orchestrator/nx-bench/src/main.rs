@@ -105,6 +105,10 @@ struct Args {
     /// Deployments' network namespaces set up (and kept up) for the network cost figures.
     #[arg(long, default_value_t = 500)]
     namespaces: usize,
+    /// Another nxd binary (e.g. a release build of an older commit) that serves the views'
+    /// host in turn with this one: both measured in the same run, on the same deployments.
+    #[arg(long)]
+    views_baseline_nxd: Option<std::path::PathBuf>,
     /// Rounds of push to first answer (NX, bare bwrap and an API push each).
     #[arg(long, default_value_t = 50)]
     first_answers: usize,
@@ -515,7 +519,9 @@ async fn push_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<
 /// On a host of its own, with ports for all the deployments.
 async fn view_table(args: &Args) -> anyhow::Result<()> {
     let (many, running, samples) = (args.views, args.views_running, args.view_samples);
-    let f = tokio::task::spawn_blocking(move || views::run(many, running, samples)).await??;
+    let baseline = args.views_baseline_nxd.clone();
+    let f =
+        tokio::task::spawn_blocking(move || views::run(many, running, samples, baseline)).await??;
     let p50 = |d: &[Duration]| median(d).as_secs_f64() * 1000.0;
     header(&format!(
         "Views: sandbox solo (1 deployment), alone and with {} more on the host ({} running; registered in {:.0} s)",
@@ -523,22 +529,52 @@ async fn view_table(args: &Args) -> anyhow::Result<()> {
         f.running,
         f.registering.as_secs_f64()
     ));
-    for (when, v) in [("alone", &f.alone), ("+ many", &f.among_many)] {
-        row(&format!("nx ls, {when}"), v.ls_cli.clone());
-        row(&format!("GET /v1/sandboxes, {when}"), v.ls_api.clone());
-        row(&format!("nx status solo, {when}"), v.status_cli.clone());
-        row(
-            &format!("GET /v1/sandboxes/solo, {when}"),
-            v.status_api.clone(),
+    let label = |i: usize| match (i, f.builds.len()) {
+        (_, 1) => String::new(),
+        (0, _) => " [this]".to_owned(),
+        _ => " [baseline]".to_owned(),
+    };
+    for (when, among) in [("alone", false), ("+ many", true)] {
+        for (i, b) in f.builds.iter().enumerate() {
+            let v = if among { &b.among_many } else { &b.alone };
+            let label = label(i);
+            row(&format!("nx ls, {when}{label}"), v.ls_cli.clone());
+            row(
+                &format!("GET /v1/sandboxes, {when}{label}"),
+                v.ls_api.clone(),
+            );
+            row(
+                &format!("nx status solo, {when}{label}"),
+                v.status_cli.clone(),
+            );
+            row(
+                &format!("GET /v1/sandboxes/solo, {when}{label}"),
+                v.status_api.clone(),
+            );
+        }
+    }
+    println!();
+    for (i, b) in f.builds.iter().enumerate() {
+        println!(
+            "{}{}: nx ls p50 with {} deployments: {:.1} ms (mark <= 20 ms); with them / alone (p50): GET /v1/sandboxes {:.2}x, nx status solo {:.2}x (CLI), {:.2}x (API)",
+            b.nxd.display(),
+            label(i),
+            f.many + 1,
+            p50(&b.among_many.ls_cli),
+            p50(&b.among_many.ls_api) / p50(&b.alone.ls_api),
+            p50(&b.among_many.status_cli) / p50(&b.alone.status_cli),
+            p50(&b.among_many.status_api) / p50(&b.alone.status_api),
         );
     }
-    println!(
-        "\nnx ls p50 with {} deployments: {:.1} ms (mark <= 20 ms)\nnx status solo p50 with them / alone: {:.2}x (CLI), {:.2}x (API)",
-        f.many + 1,
-        p50(&f.among_many.ls_cli),
-        p50(&f.among_many.status_cli) / p50(&f.alone.status_cli),
-        p50(&f.among_many.status_api) / p50(&f.alone.status_api),
-    );
+    if let [this, baseline] = &f.builds[..] {
+        println!(
+            "this build / the baseline, with {} deployments (p50): nx ls {:.2}x, GET /v1/sandboxes {:.2}x, GET /v1/sandboxes/solo {:.2}x",
+            f.many + 1,
+            p50(&this.among_many.ls_cli) / p50(&baseline.among_many.ls_cli),
+            p50(&this.among_many.ls_api) / p50(&baseline.among_many.ls_api),
+            p50(&this.among_many.status_api) / p50(&baseline.among_many.status_api),
+        );
+    }
     Ok(())
 }
 

@@ -2,9 +2,11 @@
 //! with one deployment, on a host with only that one and again after `many` more deployments
 //! were pushed to another sandbox (all but `running` of them stopped again), each timed as a
 //! user runs it (the CLI process, its request, nxd's view, the table printed) and as the API
-//! request alone.
+//! request alone. Given another build of nxd (a baseline), both builds serve the same host in
+//! turn, round after round, and each is measured alone and among many.
 
 use nx_testkit::Host;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The first deployment port of the bench's host: its range (one port per deployment, stopped
@@ -14,8 +16,11 @@ const FIRST_PORT: u16 = 10000;
 const UID_BLOCK: u16 = 300;
 /// Clients pushing at once while the deployments are registered.
 const PUSHERS: usize = 4;
+/// Rounds in which the samples of each view are taken (each build of nxd serving in turn).
+const ROUNDS: usize = 5;
 
 /// Samples of one view, on the host as it was then.
+#[derive(Default)]
 pub struct ViewSamples {
     pub ls_cli: Vec<Duration>,
     pub ls_api: Vec<Duration>,
@@ -23,11 +28,28 @@ pub struct ViewSamples {
     pub status_api: Vec<Duration>,
 }
 
-pub struct Figures {
+impl ViewSamples {
+    fn extend(&mut self, more: ViewSamples) {
+        self.ls_cli.extend(more.ls_cli);
+        self.ls_api.extend(more.ls_api);
+        self.status_cli.extend(more.status_cli);
+        self.status_api.extend(more.status_api);
+    }
+}
+
+/// The samples of one build of nxd.
+pub struct BuildFigures {
+    /// The nxd binary.
+    pub nxd: PathBuf,
     /// With the one deployment of the measured sandbox only.
     pub alone: ViewSamples,
     /// With `many` more, `running` of them running.
     pub among_many: ViewSamples,
+}
+
+pub struct Figures {
+    /// This workspace's nxd first, then the baseline, if one was given.
+    pub builds: Vec<BuildFigures>,
     pub many: usize,
     pub running: usize,
     /// How long registering them took.
@@ -62,12 +84,7 @@ fn nx_ok(host: &Host, args: &[&str]) {
 
 /// `samples` of each view, interleaved so that none profits from running later.
 fn measure(host: &Host, samples: usize) -> ViewSamples {
-    let mut all = ViewSamples {
-        ls_cli: Vec::new(),
-        ls_api: Vec::new(),
-        status_cli: Vec::new(),
-        status_api: Vec::new(),
-    };
+    let mut all = ViewSamples::default();
     for _ in 0..samples {
         all.ls_cli.extend(timed(1, || nx_ok(host, &["ls"])));
         all.ls_api
@@ -76,6 +93,23 @@ fn measure(host: &Host, samples: usize) -> ViewSamples {
             .extend(timed(1, || nx_ok(host, &["status", "solo"])));
         all.status_api
             .extend(timed(1, || api_get(host, "/v1/sandboxes/solo")));
+    }
+    all
+}
+
+/// About `samples` of each view from each nxd in `builds`, in [`ROUNDS`] rounds; with more
+/// than one build, nxd is restarted as each in turn (same state dir, units left running).
+fn measure_builds(host: &mut Host, builds: &[PathBuf], samples: usize) -> Vec<ViewSamples> {
+    let mut all: Vec<ViewSamples> = builds.iter().map(|_| ViewSamples::default()).collect();
+    for _ in 0..ROUNDS {
+        for (nxd, taken) in builds.iter().zip(&mut all) {
+            if builds.len() > 1 {
+                host.restart_nxd_as(nxd.clone());
+            }
+            // The first request of each kind warms nxd's connections and caches.
+            measure(host, 2);
+            taken.extend(measure(host, samples.div_ceil(ROUNDS)));
+        }
     }
     all
 }
@@ -103,26 +137,34 @@ fn register(host: &Host, many: usize, running: usize) {
     });
 }
 
-pub fn run(many: usize, running: usize, samples: usize) -> anyhow::Result<Figures> {
+pub fn run(
+    many: usize,
+    running: usize,
+    samples: usize,
+    baseline: Option<PathBuf>,
+) -> anyhow::Result<Figures> {
     let last_port = FIRST_PORT + u16::try_from(many + 50)?;
-    let host = Host::start_with_ports(
-        nx_testkit::bin("nxd"),
-        (FIRST_PORT, last_port),
-        UID_BLOCK,
-        "",
-    );
+    let builds: Vec<PathBuf> = std::iter::once(nx_testkit::bin("nxd"))
+        .chain(baseline)
+        .collect();
+    let mut host =
+        Host::start_with_ports(builds[0].clone(), (FIRST_PORT, last_port), UID_BLOCK, "");
     host.push_sample("solo", &["--disk", "0"]);
-    // The first request of each kind warms nxd's connections and caches.
-    measure(&host, 2);
-    let alone = measure(&host, samples);
+    let alone = measure_builds(&mut host, &builds, samples);
     let started = Instant::now();
     register(&host, many, running);
     let registering = started.elapsed();
-    measure(&host, 2);
-    let among_many = measure(&host, samples);
+    let among_many = measure_builds(&mut host, &builds, samples);
     Ok(Figures {
-        alone,
-        among_many,
+        builds: builds
+            .into_iter()
+            .zip(alone.into_iter().zip(among_many))
+            .map(|(nxd, (alone, among_many))| BuildFigures {
+                nxd,
+                alone,
+                among_many,
+            })
+            .collect(),
         many,
         running,
         registering,

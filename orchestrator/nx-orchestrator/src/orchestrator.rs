@@ -63,6 +63,8 @@ pub struct Orchestrator {
     pub ssh_keys: SshKeyStore,
     /// The host side of the deployments' network namespaces.
     network: HostNetwork,
+    /// What deployments' monitors wrote, as views last read it.
+    monitor_files: crate::backend::monitor_files::MonitorFilesCache,
     /// What each artifact runs as, by sha256 (inspecting means reading the whole file).
     programs: std::sync::Mutex<HashMap<String, Program>>,
     /// Serialises changes of desired state and routes, so that the route table always matches
@@ -178,6 +180,7 @@ impl Orchestrator {
             tokens: TokenStore::new(pool.clone()),
             ssh_keys: SshKeyStore::new(pool.clone()),
             network,
+            monitor_files: Default::default(),
             programs: std::sync::Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             supervisor,
@@ -1021,6 +1024,7 @@ impl Orchestrator {
     ) -> Result<Vec<DeploymentView>, Error> {
         let handles: Vec<_> = deployments.iter().map(|d| self.backend.handle(d)).collect();
         let units: Vec<&str> = handles.iter().map(|h| h.unit.as_str()).collect();
+        let versions = self.supervisor.versions(&units);
         let states = self
             .supervisor
             .states(&units)
@@ -1029,10 +1033,10 @@ impl Orchestrator {
         let mut views = deployments
             .iter()
             .zip(handles)
-            .zip(states)
-            .map(|((d, handle), mut state)| {
-                let last_exit = crate::backend::exit::read_last_exit(&handle.dir);
-                crate::backend::exit::name_result(&mut state, last_exit.as_ref());
+            .zip(states.into_iter().zip(versions))
+            .map(|((d, handle), (mut state, version))| {
+                let files = self.monitor_files.get(&handle.dir, &state, version);
+                crate::backend::exit::name_result(&mut state, files.last_exit.as_ref());
                 Ok(DeploymentView {
                     id: d.id.clone(),
                     sandbox: d.sandbox.clone(),
@@ -1055,8 +1059,8 @@ impl Orchestrator {
                         .map(|b| b.runs_on())
                         .unwrap_or_else(|e| e.to_string()),
                     created_at: d.created_at,
-                    last_exit,
-                    disk: crate::backend::data_disk::read_usage(&handle.dir),
+                    last_exit: files.last_exit,
+                    disk: files.disk,
                     volumes: d.volumes.clone(),
                     unit: handle.unit,
                     // Filled in by `add_upkeep` below.

@@ -314,6 +314,14 @@ impl Host {
         self.spawn_nxd();
     }
 
+    /// Restarts nxd on the same state dir running the binary at `nxd` from now on (another
+    /// build of nxd, e.g. to measure two builds on one host in turn).
+    pub fn restart_nxd_as(&mut self, nxd: PathBuf) {
+        self.stop_nxd();
+        self.nxd_bin = nxd;
+        self.spawn_nxd();
+    }
+
     /// Restarts nxd so that it kills itself with SIGKILL at the crash point `point` (nxd built
     /// with the `failpoints` feature, as the tests build it; see nx_orchestrator::failpoint).
     pub fn restart_nxd_crashing_at(&mut self, point: &str) {

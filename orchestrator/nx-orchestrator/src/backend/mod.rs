@@ -17,6 +17,7 @@ pub mod launcher;
 pub mod microvm;
 #[cfg(target_os = "linux")]
 mod monitor;
+pub mod monitor_files;
 pub mod tmp_mount;
 #[cfg(any(feature = "container", feature = "microvm"))]
 mod unit;
