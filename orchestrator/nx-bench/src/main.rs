@@ -480,9 +480,15 @@ Log pipeline: a deployment writes {} MiB of 100-byte lines to stdout
         100.0 * logs.lines_dropped as f64 / (logs.lines_dropped + logs.lines_stored).max(1) as f64
     );
     header("Sized /data");
-    row("mkfs.ext4 of a 1 GiB sparse image (per push)", images);
+    let ratio = median(&images.copied).as_secs_f64() / median(&images.formatted).as_secs_f64();
+    row(
+        "1 GiB image: copy of the template (per push)",
+        images.copied,
+    );
+    row("1 GiB image: mkfs.ext4 (per push before)", images.formatted);
     row("nx start-to-ready, /data a 1 GiB image", with_disk);
     row("nx start-to-ready, /data a plain directory", plain);
+    println!("\n1 GiB image, copy over mkfs.ext4 (p50): {ratio:.2}x");
     Ok(())
 }
 

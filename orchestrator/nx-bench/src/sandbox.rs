@@ -1,9 +1,10 @@
 //! Sandbox benchmarks: the log pipeline's throughput (a program writing as fast as it can to
 //! stdout, through the log writer of its unit, against the same program writing to /dev/null),
-//! and the cost of each deployment's sized `/data` (making the ext4 image; starting with it
-//! mounted against starting with a plain directory).
+//! and the cost of each deployment's sized `/data` (making the ext4 image: a copy of the
+//! host's template beside formatting each image; starting with it mounted against starting
+//! with a plain directory).
 
-use nx_orchestrator::backend::data_disk::DataImage;
+use nx_orchestrator::backend::data_disk::{DataImage, DataTemplates};
 use nx_testkit::Host;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -125,20 +126,43 @@ pub fn log_throughput(host: &Host, mib: u64) -> anyhow::Result<LogThroughput> {
     })
 }
 
-/// Making a 1 GiB `/data` image (`mkfs.ext4` on a sparse file), as a push does.
-pub fn image_creation(n: usize) -> anyhow::Result<Vec<Duration>> {
+/// Making 1 GiB `/data` images, interleaved: as a push does (a sparse copy of the host's
+/// formatted template), and by running `mkfs.ext4` on each new sparse file, as pushes did
+/// before templates (`lazy_itable_init`, which still writes the 32 MiB journal's zeros).
+pub struct ImageCreation {
+    pub copied: Vec<Duration>,
+    pub formatted: Vec<Duration>,
+}
+
+pub fn image_creation(n: usize) -> anyhow::Result<ImageCreation> {
     let dir = tempfile::tempdir_in("/var/tmp")?;
-    (0..n)
-        .map(|i| {
-            let image = DataImage {
-                image: dir.path().join(format!("data-{i}.img")),
-                mountpoint: dir.path().join(format!("data-{i}")),
-                size_mb: 1024,
-                uid: 200_000,
-            };
-            let started = Instant::now();
-            image.create().map_err(anyhow::Error::msg)?;
-            Ok(started.elapsed())
-        })
-        .collect()
+    let templates = DataTemplates::new(dir.path().join("templates"))?;
+    templates.template(1024).map_err(anyhow::Error::msg)?;
+    let mut times = ImageCreation {
+        copied: Vec::new(),
+        formatted: Vec::new(),
+    };
+    for i in 0..n {
+        let image = DataImage {
+            image: dir.path().join(format!("data-{i}.img")),
+            mountpoint: dir.path().join(format!("data-{i}")),
+            size_mb: 1024,
+            uid: 200_000,
+        };
+        let started = Instant::now();
+        image.create(&templates).map_err(anyhow::Error::msg)?;
+        times.copied.push(started.elapsed());
+
+        let formatted = dir.path().join(format!("mkfs-{i}.img"));
+        let started = Instant::now();
+        std::fs::File::create(&formatted)?.set_len(1 << 30)?;
+        let status = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-E"])
+            .arg("root_owner=200000:200000,lazy_itable_init=1,nodiscard")
+            .arg(&formatted)
+            .status()?;
+        anyhow::ensure!(status.success(), "mkfs.ext4: {status}");
+        times.formatted.push(started.elapsed());
+    }
+    Ok(times)
 }

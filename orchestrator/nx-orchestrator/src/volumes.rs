@@ -6,7 +6,7 @@
 //! while a deployment still mounts it; `nx sandbox rm` refuses while the sandbox has volumes.
 
 use crate::api::volumes::{CreateVolume, VolumeMount, VolumeView, MAX_SIZE_MB, MIN_SIZE_MB};
-use crate::backend::data_disk::DataImage;
+use crate::backend::data_disk::create_formatted;
 use crate::backend::AttachedVolume;
 use crate::domain::BackendKind;
 use crate::error::Error;
@@ -84,15 +84,7 @@ impl Orchestrator {
         let image = self.volume_image(sandbox, req.name.as_str());
         let made = std::fs::create_dir_all(image.parent().expect("a volume image has a dir"))
             .map_err(|e| e.to_string())
-            .and_then(|()| {
-                DataImage {
-                    image: image.clone(),
-                    mountpoint: PathBuf::new(),
-                    size_mb: req.size_mb,
-                    uid: 0,
-                }
-                .create()
-            });
+            .and_then(|()| create_formatted(&image, req.size_mb));
         if let Err(e) = made {
             sqlx::query("DELETE FROM volumes WHERE sandbox = $1 AND name = $2")
                 .bind(sandbox.as_str())

@@ -86,8 +86,8 @@ fn strings(path: &str) -> Vec<CString> {
         .collect()
 }
 
-/// The deployment's disk on /data (nosuid, nodev; its root belongs to [`APP_UID`] since
-/// mkfs.ext4 made it).
+/// The deployment's disk on /data (nosuid, nodev), its root directory given to [`APP_UID`]
+/// (the host copies the image from an empty filesystem whose root is root's).
 fn mount_data() -> Result<(), String> {
     handover::wait_for_device(handover::DRIVE)?;
     std::fs::create_dir_all("/data").map_err(|e| format!("/data: {e}"))?;
@@ -98,7 +98,9 @@ fn mount_data() -> Result<(), String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None::<&str>,
     )
-    .map_err(|e| format!("mounting {} on /data: {e}", handover::DRIVE))
+    .map_err(|e| format!("mounting {} on /data: {e}", handover::DRIVE))?;
+    std::os::unix::fs::chown("/data", Some(APP_UID), Some(APP_UID))
+        .map_err(|e| format!("chown /data: {e}"))
 }
 
 fn start_app() -> Result<Pid, String> {

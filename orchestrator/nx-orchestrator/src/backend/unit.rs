@@ -1,7 +1,7 @@
 //! What every backend's deployments share: the unit that runs the launcher, the launch spec it
 //! reads, and the unit's life (start, stop, state, removal of the deployment's directory).
 
-use super::data_disk::DataImage;
+use super::data_disk::{DataImage, DataTemplates};
 use super::launch::{LaunchSpec, MonitorSpec};
 use super::{BackendError, SandboxHandle, SandboxSpec};
 use crate::api::UnitState;
@@ -17,6 +17,8 @@ pub struct DeploymentUnits {
     /// The nxd binary, which doubles as the launcher.
     launcher: PathBuf,
     settings: UnitSettings,
+    /// The formatted filesystems sized `/data` images are copied from.
+    data_templates: DataTemplates,
 }
 
 /// What every deployment unit of a backend shares.
@@ -29,11 +31,17 @@ pub struct UnitSettings {
 }
 
 impl DeploymentUnits {
-    pub fn new(supervisor: Arc<Supervisor>, launcher: PathBuf, settings: UnitSettings) -> Self {
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        launcher: PathBuf,
+        settings: UnitSettings,
+        data_templates: DataTemplates,
+    ) -> Self {
         Self {
             supervisor,
             launcher,
             settings,
+            data_templates,
         }
     }
 
@@ -80,7 +88,8 @@ impl DeploymentUnits {
         }
     }
 
-    /// The image of the deployment's `/data` (created if missing), when it has a size: `None`
+    /// The image of the deployment's `/data` (created from the backend's templates if
+    /// missing), when it has a size: `None`
     /// for `disk_mb` 0, and for a deployment whose plain data dir already holds files (made
     /// before sizes existed; an image mounted over it would hide them). `root_owner` owns the
     /// filesystem's root directory: the deployment's uid in a container, the guest's program uid
@@ -102,7 +111,9 @@ impl DeploymentUnits {
         if image.size_mb == 0 || plain_with_files {
             return Ok(None);
         }
-        image.create().map_err(BackendError::Prepare)?;
+        image
+            .create(&self.data_templates)
+            .map_err(BackendError::Prepare)?;
         Ok(Some(image))
     }
 

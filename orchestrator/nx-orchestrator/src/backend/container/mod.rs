@@ -11,7 +11,7 @@ mod host_files;
 pub mod podman;
 mod seccomp;
 
-use super::data_disk::VolumeDisk;
+use super::data_disk::{DataTemplates, VolumeDisk};
 use super::tmp_mount::TmpMount;
 use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
@@ -61,7 +61,12 @@ impl ContainerBackend {
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
         let seccomp = seccomp::write_programs(&state_dir.join("seccomp"))?;
         Ok(Self {
-            units: DeploymentUnits::new(supervisor, launcher, settings),
+            units: DeploymentUnits::new(
+                supervisor,
+                launcher,
+                settings,
+                DataTemplates::new(state_dir.join("data-templates"))?,
+            ),
             root,
             seccomp,
             podman: Podman::new(state_dir)?,

@@ -12,6 +12,7 @@ mod handover;
 mod initramfs;
 pub mod vmm;
 
+use super::data_disk::DataTemplates;
 use super::launch::{LaunchSpec, StopForward};
 use super::unit::{DeploymentUnits, UnitSettings};
 use super::{
@@ -119,7 +120,12 @@ impl MicrovmBackend {
             std::fs::Permissions::from_mode(0o711),
         )?;
         let mut backend = Self {
-            units: DeploymentUnits::new(supervisor, launcher, settings),
+            units: DeploymentUnits::new(
+                supervisor,
+                launcher,
+                settings,
+                DataTemplates::new(root.join("data-templates"))?,
+            ),
             root,
             kernel,
             modules,
@@ -337,7 +343,8 @@ impl SandboxBackend for MicrovmBackend {
         std::fs::set_permissions(&handle.dir, std::fs::Permissions::from_mode(0o711))?;
         let env = Self::guest_env(spec);
         let uid = spec.deployment.uid;
-        // `/data`: an ext4 image as the guest's disk, its root the program's (the VMM opens it).
+        // `/data`: an ext4 image as the guest's disk (the VMM opens it as the deployment's uid;
+        // the guest's init gives its root to the program).
         let data = self.units.data_image(&handle, spec, GUEST_APP_UID)?;
         if let Some(image) = &data {
             chown(&image.image, Some(uid), Some(uid))?;
