@@ -126,6 +126,10 @@ in
     network = {
       subnet = mkOption { type = types.str; default = defaults.network.subnet; description = "IPv4 network (a /20 or larger) of the deployments' addresses, each deployment in a network namespace of its own: the first address is the gateway on the host (nx0), the lower half holds deployments pushed with --egress none, the upper half those with --egress public. Must not overlap a network the host uses."; };
       allow = mkOption { type = types.listOf types.str; default = defaults.network.allow; description = "Private CIDRs (RFC 1918, CGNAT, link-local, ULA) that deployments with --egress public may reach nevertheless, e.g. [ \"10.20.0.0/16\" ]. Cloud metadata (169.254.169.254/32) only if listed exactly."; };
+      tcpPorts = {
+        start = mkOption { type = port; default = defaults.network.tcpPorts.start; description = "First host port of TCP services (nx push --tcp): a sandbox's production and each TCP deployment get one, DNATed by nxd's nftables table on every address of the host; keep the range clear of the host's own services."; };
+        end = mkOption { type = port; default = defaults.network.tcpPorts.end; description = "Last host port of TCP services (inclusive)."; };
+      };
     };
     microvm = {
       kernelDir = mkOption { type = types.nullOr types.str; default = defaults.microvm.kernelDir; description = "The guest kernel: vmlinux and modules/ (with order). Null: no microvm backend."; };

@@ -105,5 +105,6 @@ withoutNulls {
   };
   network = {
     inherit (cfg.network) subnet allow;
+    tcp_ports = { inherit (cfg.network.tcpPorts) start end; };
   };
 }

@@ -110,5 +110,9 @@
   network = {
     subnet = "10.213.0.0/16";
     allow = [ ];
+    tcpPorts = {
+      start = 30000;
+      end = 30999;
+    };
   };
 }

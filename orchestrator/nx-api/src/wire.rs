@@ -132,6 +132,21 @@ pub struct PushRequest {
     /// The sandbox's volumes to mount (`nx volume create` first).
     #[serde(default)]
     pub volumes: Vec<crate::volumes::VolumeMount>,
+    /// Its port speaks raw TCP, not HTTP (`nx push --tcp`): it is reached on a host port of
+    /// nxd's `network.tcp_ports` rather than through the router. None: an HTTP deployment.
+    #[serde(default)]
+    pub tcp: Option<TcpRequest>,
+}
+
+/// `PushRequest.tcp`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpRequest {
+    /// The host port the sandbox's production is reached on, when it has none yet (or the one
+    /// it has); in nxd's `network.tcp_ports`. None: nxd picks a free one.
+    #[serde(default)]
+    pub host_port: Option<u16>,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -212,6 +227,10 @@ pub struct DeploymentView {
     /// The volumes it mounts.
     #[serde(default)]
     pub volumes: Vec<crate::volumes::VolumeMount>,
+    /// A TCP deployment's own address, `tcp://<host>:<port>` (none: an HTTP deployment, reached
+    /// at `preview_url`).
+    #[serde(default)]
+    pub tcp_url: Option<String>,
 }
 
 /// How a deployment's program ended, as the monitor in its unit saw it, named as systemd names
@@ -255,6 +274,10 @@ pub struct SandboxView {
     pub production_url: String,
     pub promoted: Option<DeploymentId>,
     pub deployments: Vec<DeploymentView>,
+    /// Production's TCP address, `tcp://<host>:<port>`, once the sandbox had a TCP deployment:
+    /// it reaches the promoted deployment when that is a TCP one.
+    #[serde(default)]
+    pub tcp_url: Option<String>,
 }
 
 /// Every error nxd returns: what went wrong, and where it helps, the deployment's last log lines.

@@ -65,6 +65,24 @@ fn state(d: &DeploymentView) -> String {
     }
 }
 
+/// Where a deployment is reached by itself: its TCP address, else its preview URL.
+fn address(d: &DeploymentView) -> &str {
+    d.tcp_url.as_deref().unwrap_or(&d.preview_url)
+}
+
+/// Where production is reached: its TCP address when the promoted deployment is a TCP one,
+/// else its URL.
+fn production(s: &SandboxView) -> &str {
+    let tcp = s
+        .deployments
+        .iter()
+        .any(|d| Some(&d.id) == s.promoted.as_ref() && d.tcp_url.is_some());
+    match &s.tcp_url {
+        Some(url) if tcp => url,
+        _ => &s.production_url,
+    }
+}
+
 /// The lines under a deployment in `nx ls`/`nx status`: how it last ended, its `/data` use.
 fn details(d: &DeploymentView) -> Vec<String> {
     let mut lines = Vec::new();
@@ -98,7 +116,10 @@ pub fn pushed(
         );
     }
     println!("deployment {} of {} is {}", d.id, d.sandbox, state(d));
-    println!("preview: {}", d.preview_url);
+    match &d.tcp_url {
+        Some(tcp) => println!("tcp: {tcp}"),
+        None => println!("preview: {}", d.preview_url),
+    }
     println!("promote: nx promote {} {}", d.sandbox, d.id);
     Ok(())
 }
@@ -107,7 +128,7 @@ pub fn deployment(d: &DeploymentView, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(d);
     }
-    println!("{} {} {} {}", d.id, d.sandbox, state(d), d.preview_url);
+    println!("{} {} {} {}", d.id, d.sandbox, state(d), address(d));
     Ok(())
 }
 
@@ -116,7 +137,7 @@ pub fn switched(s: &SandboxView, verb: &str, json: bool) -> anyhow::Result<()> {
         return print_json(s);
     }
     match &s.promoted {
-        Some(id) => println!("{} {verb} {id}: {}", s.name, s.production_url),
+        Some(id) => println!("{} {verb} {id}: {}", s.name, production(s)),
         None => println!("{} has no promoted deployment", s.name),
     }
     Ok(())
@@ -145,9 +166,9 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
     for s in list {
         for d in &s.deployments {
             let url = if d.promoted {
-                &s.production_url
+                production(s)
             } else {
-                &d.preview_url
+                address(d)
             };
             println!(
                 "{:<20} {:<10} {:<16} {:<6} {:<9} {:<9} {}{}",

@@ -6,7 +6,7 @@ use crate::output;
 use anyhow::Context;
 use nx_api::names::SandboxName;
 use nx_api::volumes::VolumeMount;
-use nx_api::{LimitsOverride, PushRequest};
+use nx_api::{LimitsOverride, PushRequest, TcpRequest};
 use nx_artifact::{image, verify};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +69,12 @@ pub struct PushArgs {
     /// sandbox's (`nx sandbox set --egress`), else none.
     #[arg(long, value_parser = EGRESS)]
     egress: Option<String>,
+    /// Its port speaks raw TCP (Redis, NATS, MQTT), not HTTP: reach it at a host port of nxd's
+    /// network.tcp_ports (`nx status` shows tcp://HOST:PORT for production and for this
+    /// deployment) instead of a URL. `--tcp=PORT` asks for that host port for the sandbox's
+    /// production (when it has none yet); plain `--tcp`: nxd picks a free one.
+    #[arg(long, value_name = "HOST_PORT", num_args = 0..=1, require_equals = true, default_missing_value = "any", value_parser = parse_tcp)]
+    tcp: Option<TcpRequest>,
     #[command(flatten)]
     upkeep: crate::upkeep::UpkeepArgs,
     /// Mount the sandbox's volume NAME (`nx volume create`) read-write at PATH, e.g.
@@ -128,6 +134,16 @@ impl LimitArgs {
 pub fn whole_seconds(text: &str) -> Result<u64, String> {
     let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+/// `--tcp` (`any`: nxd picks) or `--tcp=PORT`.
+fn parse_tcp(s: &str) -> Result<TcpRequest, String> {
+    if s == "any" {
+        return Ok(TcpRequest::default());
+    }
+    Ok(TcpRequest {
+        host_port: Some(parse_port(s)?),
+    })
 }
 
 /// A port a program can listen on: 1-65535.
@@ -262,5 +278,6 @@ fn request(
         health_check: args.upkeep.health_check(),
         idle_timeout_secs: args.upkeep.idle_timeout_secs(),
         volumes: args.volumes.clone(),
+        tcp: args.tcp.clone(),
     }
 }

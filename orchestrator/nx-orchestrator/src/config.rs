@@ -459,6 +459,7 @@ impl Config {
         }
         self.router.validate().map_err(ConfigError::Invalid)?;
         self.tls.validate().map_err(ConfigError::Invalid)?;
+        crate::tcp::check_range(self).map_err(ConfigError::Invalid)?;
         if self.api_max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "api_max_connections must be at least 1".into(),

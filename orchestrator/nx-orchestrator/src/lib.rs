@@ -36,6 +36,7 @@ pub mod state_machine;
 pub mod supervisor;
 #[cfg(target_os = "linux")]
 pub mod tasks;
+pub mod tcp;
 pub mod timing;
 pub mod tls;
 pub mod upkeep;

@@ -296,6 +296,9 @@ impl Orchestrator {
         {
             running.insert(&d.id, self.upstream(d)?);
         }
+        // TCP deployments are reached through their host ports, not the router.
+        let tcp = self.publish_tcp(&promoted, &running).await?;
+        running.retain(|id, _| !tcp.contains(*id));
         let keys: Vec<(RouteKey, &DeploymentId, SocketAddr)> = deployments
             .iter()
             .filter_map(|d| running.get(&d.id).map(|addr| (d, *addr)))
@@ -586,6 +589,7 @@ impl Orchestrator {
         }
         req.health_check.check("health_check")?;
         health::check_seconds("idle_timeout_secs", req.idle_timeout_secs)?;
+        self.check_tcp(&req).await?;
         let program = step("program", self.program(&req.artifact)).await?;
         if req.runtime == Runtime::Runsc && !matches!(program, Program::Image { .. }) {
             return Err(Error::Invalid(
@@ -616,17 +620,17 @@ impl Orchestrator {
                 "a microVM's guest has no way out (QEMU user networking with restrict=on): push it with --egress none, or to the container backend (--backend container) for --egress public".into(),
             ));
         }
-        let (health_check, idle_timeout_secs) = (req.health_check, req.idle_timeout_secs);
+        let (health_check, idle_timeout_secs) = (req.health_check.clone(), req.idle_timeout_secs);
         self.check_volumes(&req.sandbox, &req.volumes, backend)
             .await?;
         let deployment = step(
             "record",
             self.state.create_deployment(
                 NewDeployment {
-                    sandbox: req.sandbox,
-                    artifact: req.artifact,
-                    env: req.env,
-                    args: req.args,
+                    sandbox: req.sandbox.clone(),
+                    artifact: req.artifact.clone(),
+                    env: std::mem::take(&mut req.env),
+                    args: std::mem::take(&mut req.args),
                     limits,
                     db_branch: req.db_branch,
                     runtime: req.runtime,
@@ -634,7 +638,7 @@ impl Orchestrator {
                     ready_timeout_secs: req.ready_timeout_secs,
                     listen_port: req.port,
                     egress,
-                    volumes: req.volumes,
+                    volumes: std::mem::take(&mut req.volumes),
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
@@ -642,6 +646,7 @@ impl Orchestrator {
         )
         .await?;
         tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");
+        step("tcp", self.allocate_tcp(&deployment, &req)).await?;
         let upkeep = upkeep::store::insert(
             self.state.pool(),
             deployment.id.as_str(),
@@ -1068,10 +1073,13 @@ impl Orchestrator {
                     idle_timeout_secs: None,
                     pinned: false,
                     last_request_at: None,
+                    // Filled in by `add_tcp_urls` below.
+                    tcp_url: None,
                 })
             })
             .collect::<Result<Vec<DeploymentView>, Error>>()?;
         self.add_upkeep(&mut views).await?;
+        self.add_tcp_urls(&mut [], &mut views).await?;
         Ok(views)
     }
 
@@ -1091,10 +1099,12 @@ impl Orchestrator {
                 .or_default()
                 .push(view);
         }
-        Ok(by_sandbox
+        let mut list: Vec<SandboxView> = by_sandbox
             .into_iter()
             .map(|(name, deployments)| self.sandbox_view(name, deployments, &promoted))
-            .collect())
+            .collect();
+        self.add_tcp_urls(&mut list, &mut []).await?;
+        Ok(list)
     }
 
     /// One sandbox: only its own deployments are read and asked about.
@@ -1111,7 +1121,10 @@ impl Orchestrator {
         let promoted: HashMap<SandboxName, DeploymentId> =
             promoted.map(|id| (name.clone(), id)).into_iter().collect();
         let views = self.views(&deployments, &promoted).await?;
-        Ok(self.sandbox_view(name.clone(), views, &promoted))
+        let mut view = [self.sandbox_view(name.clone(), views, &promoted)];
+        self.add_tcp_urls(&mut view, &mut []).await?;
+        let [view] = view;
+        Ok(view)
     }
 
     fn sandbox_view(
@@ -1125,6 +1138,8 @@ impl Orchestrator {
             promoted: promoted.get(&name).cloned(),
             name,
             deployments,
+            // Filled in by `add_tcp_urls`.
+            tcp_url: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Real third-party programs as they ship: Debian 12's packages, fetched with `apt-get
 //! download` and unpacked with `dpkg -x` by `fetch-programs.sh` (install-deps.sh runs it), each
 //! pushed with the command the README's table gives and checked in its own protocol: HTTP
-//! through its preview URL, TCP at the deployment's own address. Go and C, static and dynamic,
+//! through its preview URL, TCP services (`nx push --tcp`) at their `tcp://` addresses, from
+//! the host and from a client in a network of its own. Go and C, static and dynamic,
 //! single files and bundles with their configuration, UI assets and libraries, a multi-call
 //! binary, one with the sandbox's PostgreSQL. A package that is not unpacked fails the test,
 //! naming the script that fetches it.
@@ -128,28 +129,72 @@ fn get(host: &Host, sandbox: &str, id: &str, path: &str) -> (u16, String) {
     answer
 }
 
-/// The deployment's own address (`nx status`' listen), where its TCP port is.
-fn address(host: &Host, sandbox: &str, id: &str) -> SocketAddr {
-    host.deployment(sandbox, id)["listen"]
+/// The port of a `tcp://HOST:PORT` address.
+fn tcp_port(url: &serde_json::Value) -> u16 {
+    let url = url
         .as_str()
-        .expect("listen")
-        .parse()
-        .expect("socket address")
+        .unwrap_or_else(|| panic!("no tcp:// address: {url}"));
+    let rest = url
+        .strip_prefix(&format!("tcp://{}:", nx_testkit::BASE_DOMAIN))
+        .unwrap_or_else(|| panic!("{url} is not tcp://{}:PORT", nx_testkit::BASE_DOMAIN));
+    rest.parse().expect("a port")
 }
 
-/// Sends `request` to a TCP service inside the host's namespace; the first line it answers.
-fn tcp_line(host: &Host, addr: SocketAddr, request: &[u8]) -> String {
-    host.netns.run(|| {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        stream.write_all(request).unwrap();
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).unwrap();
-        line
-    })
+/// A deployment's own TCP port (its `tcp_url` in `nx status`).
+fn own_tcp_port(host: &Host, sandbox: &str, id: &str) -> u16 {
+    tcp_port(&host.deployment(sandbox, id)["tcp_url"])
+}
+
+/// The sandbox's production TCP port (its `tcp_url` in `nx status`).
+fn production_tcp_port(host: &Host, sandbox: &str) -> u16 {
+    tcp_port(&host.nx_json(&["status", sandbox])[0]["tcp_url"])
+}
+
+/// Sends `request` to `addr` from the calling thread's namespace; the first line it answers.
+fn first_line(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line
+}
+
+/// Sends `request` to the host's TCP `port` from the host itself (127.0.0.1 in its namespace);
+/// the first line it answers.
+fn tcp_line(host: &Host, port: u16, request: &[u8]) -> String {
+    host.netns
+        .run(|| first_line(SocketAddr::from(([127, 0, 0, 1], port)), request))
+}
+
+/// A client in a network namespace of its own, linked to the host's by a veth pair: the host
+/// is 192.0.2.1 to it (TEST-NET-1, RFC 5737), as a host's public address is to the internet.
+struct Client {
+    netns: std::sync::Arc<nx_testkit::netns::Netns>,
+}
+
+impl Client {
+    const HOST: [u8; 4] = [192, 0, 2, 1];
+
+    fn new(host: &Host) -> Self {
+        let netns = nx_testkit::netns::Netns::new();
+        nx_testkit::netns::link(
+            &host.netns,
+            ("ext0", "192.0.2.1/24"),
+            &netns,
+            ("eth0", "192.0.2.2/24"),
+        );
+        Self { netns }
+    }
+
+    /// Sends `request` to the host's TCP `port`; the first line it answers.
+    fn tcp_line(&self, port: u16, request: &[u8]) -> String {
+        self.netns
+            .run(|| first_line(SocketAddr::from((Self::HOST, port)), request))
+    }
 }
 
 const INDEX: &str = "<h1>served by NX</h1>\n";
@@ -577,7 +622,7 @@ fn docker_registry_listens_on_the_port_its_config_names() {
 }
 
 #[test]
-fn nats_answers_http_monitoring_and_its_own_protocol() {
+fn nats_answers_its_own_protocol_at_its_tcp_address() {
     let host = Host::start();
     let bin = file("nats-server", "usr/sbin/nats-server");
     let id = push(
@@ -586,27 +631,23 @@ fn nats_answers_http_monitoring_and_its_own_protocol() {
             bin.to_str().unwrap(),
             "-s",
             "nats",
+            "--tcp",
             "--",
             "--port",
-            "4222",
-            "--http_port",
             "$PORT",
         ],
     );
-    let (status, health) = get(&host, "nats", &id, "/healthz");
-    assert_eq!(status, 200, "{health}");
-    assert!(health.contains("ok"), "{health}");
-    let mut client = address(&host, "nats", &id);
-    client.set_port(4222);
-    let info = tcp_line(&host, client, b"");
+    let info = tcp_line(&host, own_tcp_port(&host, "nats", &id), b"");
     assert!(info.starts_with("INFO {"), "{info}");
+    // A TCP deployment has no HTTP route.
+    assert_eq!(host.get(&host.preview_host("nats", &id), "/").0, 404);
 }
 
-#[test]
-fn redis_ships_its_libraries_and_is_redis_server_by_argv0() {
-    let host = Host::start();
+/// Pushes Redis (redis-check-rdb from redis-tools run as `redis-server`, liblzf and jemalloc in
+/// the bundle's lib/) as a TCP service, with `extra` nx push arguments; its id.
+fn push_redis(host: &Host, extra: &[&str]) -> String {
     let lib = "usr/lib/x86_64-linux-gnu";
-    let app = Bundle::new(&host, "redis")
+    let app = Bundle::new(host, "redis")
         .copy(
             &file("redis-tools", "usr/bin/redis-check-rdb"),
             "bin/redis-check-rdb",
@@ -619,27 +660,123 @@ fn redis_ships_its_libraries_and_is_redis_server_by_argv0() {
             &file("libjemalloc2", &format!("{lib}/libjemalloc.so.2")),
             "lib/libjemalloc.so.2",
         );
-    let id = push(
-        &host,
-        &[
-            app.path(),
-            "--entry",
-            "bin/redis-check-rdb",
-            "--argv0",
-            "redis-server",
-            "-s",
-            "redis",
-            "--",
-            "--port",
-            "$PORT",
-            "--save",
-            "",
-            "--protected-mode",
-            "no",
-        ],
+    let mut args = vec![
+        app.path(),
+        "--entry",
+        "bin/redis-check-rdb",
+        "--argv0",
+        "redis-server",
+        "-s",
+        "redis",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "--",
+        "--port",
+        "$PORT",
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+    ]);
+    push(host, &args)
+}
+
+#[test]
+fn redis_ships_its_libraries_and_is_redis_server_by_argv0() {
+    let host = Host::start();
+    let first = push_redis(&host, &["--tcp"]);
+    assert_eq!(
+        tcp_line(&host, own_tcp_port(&host, "redis", &first), b"PING\r\n"),
+        "+PONG\r\n"
     );
-    let redis = address(&host, "redis", &id);
-    assert_eq!(tcp_line(&host, redis, b"PING\r\n"), "+PONG\r\n");
+}
+
+/// Production's `tcp://` address follows promote and rollback, from the host and from a client
+/// outside it; each deployment keeps an address of its own; a TCP port outside the range or
+/// held by another sandbox is refused and nothing is stored.
+#[test]
+fn redis_production_tcp_address_moves_with_promote_and_rollback() {
+    let host = Host::start();
+    let client = Client::new(&host);
+    let first = push_redis(&host, &["--tcp=30100"]);
+    host.nx_json(&["promote", "redis", &first]);
+    assert_eq!(production_tcp_port(&host, "redis"), 30100);
+    let first_port = own_tcp_port(&host, "redis", &first);
+    assert_ne!(first_port, 30100);
+    assert_eq!(tcp_line(&host, 30100, b"SET who first\r\n"), "+OK\r\n");
+    // The value tells the deployments apart: the second one starts empty.
+    assert_eq!(client.tcp_line(30100, b"GET who\r\n"), "$5\r\n");
+
+    let second = push_redis(&host, &["--tcp"]);
+    let second_port = own_tcp_port(&host, "redis", &second);
+    assert_eq!(client.tcp_line(second_port, b"GET who\r\n"), "$-1\r\n");
+    assert_eq!(client.tcp_line(30100, b"GET who\r\n"), "$5\r\n");
+    let promoted = host.nx(&["promote", "redis", &second]);
+    assert!(promoted.ok, "{}", promoted.stderr);
+    assert!(
+        promoted.stdout.contains("tcp://nx.test:30100"),
+        "{}",
+        promoted.stdout
+    );
+    assert_eq!(client.tcp_line(30100, b"GET who\r\n"), "$-1\r\n");
+    assert_eq!(tcp_line(&host, 30100, b"GET who\r\n"), "$-1\r\n");
+    assert_eq!(client.tcp_line(first_port, b"GET who\r\n"), "$5\r\n");
+
+    host.nx_json(&["rollback", "redis"]);
+    assert_eq!(client.tcp_line(30100, b"GET who\r\n"), "$5\r\n");
+    assert_eq!(tcp_line(&host, 30100, b"GET who\r\n"), "$5\r\n");
+    let status = host.nx(&["status", "redis"]);
+    assert!(
+        status.stdout.contains("tcp://nx.test:30100  (production)"),
+        "{}",
+        status.stdout
+    );
+
+    // Refused, with what to do, and nothing stored.
+    let before = deployments(&host);
+    let outside = host.nx(&["push", "/bin/true", "-s", "other", "--tcp=29999"]);
+    assert!(!outside.ok);
+    assert!(
+        outside
+            .stderr
+            .contains("outside nxd's network.tcp_ports (30000-30999)"),
+        "{}",
+        outside.stderr
+    );
+    let taken = host.nx(&["push", "/bin/true", "-s", "other", "--tcp=30100"]);
+    assert!(!taken.ok);
+    assert!(
+        taken
+            .stderr
+            .contains("TCP port 30100 is taken (by sandbox redis's production)"),
+        "{}",
+        taken.stderr
+    );
+    let moved = host.nx(&["push", "/bin/true", "-s", "redis", "--tcp=30200"]);
+    assert!(!moved.ok);
+    assert!(
+        moved.stderr.contains("at TCP port 30100 already"),
+        "{}",
+        moved.stderr
+    );
+    assert_eq!(deployments(&host), before);
+}
+
+/// Every sandbox and its deployments' ids (`nx ls`).
+fn deployments(host: &Host) -> Vec<(String, Vec<String>)> {
+    let list = host.nx_json(&["ls"]);
+    list.as_array()
+        .expect("sandboxes")
+        .iter()
+        .map(|s| {
+            let ids = s["deployments"].as_array().expect("deployments");
+            (
+                s["name"].to_string(),
+                ids.iter().map(|d| d["id"].to_string()).collect(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -652,6 +789,7 @@ fn memcached_answers_its_text_protocol() {
             bin.to_str().unwrap(),
             "-s",
             "memcached",
+            "--tcp",
             "--",
             "-p",
             "$PORT",
@@ -659,9 +797,9 @@ fn memcached_answers_its_text_protocol() {
             "0",
         ],
     );
-    let memcached = address(&host, "memcached", &id);
+    let memcached = own_tcp_port(&host, "memcached", &id);
     assert_eq!(
-        tcp_line(&host, memcached, b"version\r\n"),
+        Client::new(&host).tcp_line(memcached, b"version\r\n"),
         "VERSION 1.6.18\r\n"
     );
 }

@@ -12,7 +12,16 @@
 //!   (the public internet) masqueraded behind the host's address.
 //!
 //! And on the host, only nxd's sockets (the router, readiness: its uid, or root) may open
-//! connections into a deployment's link. Sources: nft(8), RFC 1918, RFC 6598 (CGNAT), RFC 3927 (link-local).
+//! connections into a deployment's link.
+//!
+//! TCP services (`nx push --tcp`, see `crate::tcp`): the map `tcp_ports` (host port → a
+//! deployment's address and port) is the only thing nxd changes after start, replaced in one
+//! transaction ([`tcp_ports_update`]). A connection to one of its ports on any of the host's
+//! own addresses is DNATed to the deployment, as Docker publishes ports: from outside (any
+//! client), from the host itself (loopback sources are SNATed to the gateway, since the
+//! deployment's loopback is its own), and from deployments with egress, which reach it as any
+//! client would, through the host's address; the no-egress half does not.
+//! Sources: nft(8), RFC 1918, RFC 6598 (CGNAT), RFC 3927 (link-local).
 
 use super::{NetworkError, Plan, LINK_PREFIX};
 use ipnet::IpNet;
@@ -35,6 +44,9 @@ pub const BLOCKED_V4: &[&str] = &[
 
 /// The table's name in the `inet` family.
 pub const TABLE: &str = "nx";
+
+/// The map of TCP services: `inet_service : ipv4_addr . inet_service`.
+pub const TCP_PORTS: &str = "tcp_ports";
 
 /// The complete `nft -f` input that replaces the table: `allow` are the CIDRs of
 /// `network.allow` (IPv6 ones have no effect: deployments have no IPv6), `resolver` the host's
@@ -72,7 +84,12 @@ pub fn ruleset(
     let _ = writeln!(t, "\t}}");
     let _ = writeln!(
         t,
-        "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;"
+        "\tmap {TCP_PORTS} {{\n\t\ttype inet_service : ipv4_addr . inet_service\n\t}}"
+    );
+    let publish = format!("fib daddr type local dnat ip to tcp dport map @{TCP_PORTS}");
+    let _ = writeln!(
+        t,
+        "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tiifname != {links} {publish}\n\t\tiifname {links} ip saddr {public} {publish}"
     );
     if let Some(resolver) = resolver {
         let _ = writeln!(
@@ -81,9 +98,14 @@ pub fn ruleset(
         );
     }
     let _ = writeln!(t, "\t}}");
+    // `priority dstnat` is for prerouting only; -100 is its value (nft(8)).
     let _ = writeln!(
         t,
-        "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr {public} oifname != {links} masquerade\n\t}}"
+        "\tchain output_nat {{\n\t\ttype nat hook output priority -100; policy accept;\n\t\t{publish}\n\t}}"
+    );
+    let _ = writeln!(
+        t,
+        "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname {links} ct status dnat ip saddr 127.0.0.0/8 snat ip to {gateway}\n\t\tip saddr {public} oifname != {links} masquerade\n\t}}"
     );
     let _ = writeln!(
         t,
@@ -98,7 +120,7 @@ pub fn ruleset(
     let _ = writeln!(t, "\t\t{reject}\n\t}}");
     let _ = writeln!(
         t,
-        "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname != {links} oifname != {links} accept\n\t\tct state established,related accept\n\t\toifname {links} {reject}\n\t\tip saddr != {public} {reject}"
+        "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname != {links} oifname != {links} accept\n\t\tct state established,related accept\n\t\toifname {links} ct status dnat accept\n\t\toifname {links} {reject}\n\t\tip saddr != {public} {reject}"
     );
     if let Some(resolver) = resolver {
         let _ = writeln!(
@@ -121,8 +143,28 @@ pub fn ruleset(
     };
     let _ = writeln!(
         t,
-        "\tchain output {{\n\t\ttype filter hook output priority filter; policy accept;\n\t\toifname {links} meta skuid != {uids} counter reject\n\t}}\n}}"
+        "\tchain output {{\n\t\ttype filter hook output priority filter; policy accept;\n\t\toifname {links} ct status dnat accept\n\t\toifname {links} meta skuid != {uids} counter reject\n\t}}\n}}"
     );
+    t
+}
+
+/// The `nft -f` input that makes `elements` (host port → the deployment's address and port)
+/// the whole of the TCP services map, in one transaction: a connection that arrives during
+/// it meets the old map or the new one, never an empty one. Connections already open keep
+/// the deployment they were DNATed to (conntrack).
+pub fn tcp_ports_update(elements: &[(u16, std::net::SocketAddrV4)]) -> String {
+    let mut t = format!("flush map inet {TABLE} {TCP_PORTS}\n");
+    if !elements.is_empty() {
+        let list: Vec<String> = elements
+            .iter()
+            .map(|(port, to)| format!("{port} : {} . {}", to.ip(), to.port()))
+            .collect();
+        let _ = writeln!(
+            t,
+            "add element inet {TABLE} {TCP_PORTS} {{ {} }}",
+            list.join(", ")
+        );
+    }
     t
 }
 
@@ -177,7 +219,24 @@ mod tests {
         assert!(text.contains("ip daddr 169.254.169.254 counter reject"));
         assert!(text.contains("meta skuid != { 0, 990 }"));
         let without = ruleset(&plan, &[], None, 0);
-        assert!(!without.contains("dnat") && !without.contains("elements"));
+        assert!(!without.contains("th dport 53 dnat") && !without.contains("elements"));
         assert!(without.contains("meta skuid != 0 counter reject"));
+        assert!(text.contains(
+            "iifname \"nx-*\" ip saddr 10.213.128.0/17 fib daddr type local dnat ip to tcp dport map @tcp_ports"
+        ));
+        assert!(text.contains("ct status dnat ip saddr 127.0.0.0/8 snat ip to 10.213.0.1"));
+    }
+
+    #[test]
+    fn the_tcp_map_is_replaced_whole() {
+        let update = tcp_ports_update(&[
+            (30000, "10.213.0.5:6379".parse().unwrap()),
+            (30001, "10.213.128.9:4222".parse().unwrap()),
+        ]);
+        assert_eq!(
+            update,
+            "flush map inet nx tcp_ports\nadd element inet nx tcp_ports { 30000 : 10.213.0.5 . 6379, 30001 : 10.213.128.9 . 4222 }\n"
+        );
+        assert_eq!(tcp_ports_update(&[]), "flush map inet nx tcp_ports\n");
     }
 }

@@ -42,6 +42,11 @@ pub struct NetworkConfig {
     /// reach nevertheless: CIDRs such as `10.20.0.0/16`. Cloud metadata (169.254.169.254,
     /// fd00:ec2::254) stays blocked unless listed exactly.
     pub allow: Vec<Cidr>,
+    /// Host ports for TCP services (`nx push --tcp`): each sandbox with one gets a port of this
+    /// range for production and each TCP deployment one of its own. nftables DNATs them on
+    /// every address of the host, so keep the range clear of the host's own services (nxd
+    /// refuses one that holds its API, router, metrics or SFTP port).
+    pub tcp_ports: crate::config::PortRange,
 }
 
 impl Default for NetworkConfig {
@@ -49,6 +54,10 @@ impl Default for NetworkConfig {
         Self {
             subnet: "10.213.0.0/16".parse().expect("literal"),
             allow: Vec::new(),
+            tcp_ports: crate::config::PortRange {
+                start: 30000,
+                end: 30999,
+            },
         }
     }
 }

@@ -75,6 +75,7 @@ pub async fn deploy(
         health_check: Default::default(),
         idle_timeout_secs: None,
         volumes: Vec::new(),
+        tcp: None,
     };
     let mut outcome = Outcome::refused(sandbox, file, "");
     outcome.sha256 = Some(info.sha256);
