@@ -131,6 +131,16 @@ in
         end = mkOption { type = port; default = defaults.network.tcpPorts.end; description = "Last host port of TCP services (inclusive)."; };
       };
     };
+    usage = {
+      sampleIntervalSecs = mkOption { type = types.ints.positive; default = defaults.usage.sampleIntervalSecs; description = "Seconds between usage samples of every deployment (CPU time, memory held, bytes on /data, requests, response bytes), stored in nxd's database for nx usage."; };
+      retentionDays = mkOption { type = types.ints.positive; default = defaults.usage.retentionDays; description = "Days usage samples are kept; older ones are deleted."; };
+      currency = mkOption { type = types.str; default = defaults.usage.currency; description = "The currency the usage prices are in (a label nx usage shows with costs)."; };
+      priceCpuHour = mkOption { type = types.nullOr types.float; default = defaults.usage.priceCpuHour; description = "Price of one CPU-hour, in usage.currency (nx usage). Null: costs nothing."; };
+      priceMemoryGibHour = mkOption { type = types.nullOr types.float; default = defaults.usage.priceMemoryGibHour; description = "Price of one GiB of memory held for an hour, in usage.currency (nx usage). Null: costs nothing."; };
+      priceDiskGibMonth = mkOption { type = types.nullOr types.float; default = defaults.usage.priceDiskGibMonth; description = "Price of one GiB on /data for a month (730 hours), in usage.currency (nx usage). Null: costs nothing."; };
+      priceMillionRequests = mkOption { type = types.nullOr types.float; default = defaults.usage.priceMillionRequests; description = "Price of a million requests through the router, in usage.currency (nx usage). Null: costs nothing."; };
+      priceEgressGib = mkOption { type = types.nullOr types.float; default = defaults.usage.priceEgressGib; description = "Price of one GiB of response bodies sent to clients, in usage.currency (nx usage). Null: costs nothing."; };
+    };
     microvm = {
       kernelDir = mkOption { type = types.nullOr types.str; default = defaults.microvm.kernelDir; description = "The guest kernel: vmlinux and modules/ (with order). Null: no microvm backend."; };
       init = mkOption { type = types.str; default = defaults.microvm.init; description = "nx-vm-init, the guest's PID 1 (a static binary of the workspace)."; };

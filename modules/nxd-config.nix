@@ -107,4 +107,14 @@ withoutNulls {
     inherit (cfg.network) subnet allow;
     tcp_ports = { inherit (cfg.network.tcpPorts) start end; };
   };
+  usage = withoutNulls {
+    sample_interval_secs = cfg.usage.sampleIntervalSecs;
+    retention_days = cfg.usage.retentionDays;
+    inherit (cfg.usage) currency;
+    price_cpu_hour = cfg.usage.priceCpuHour;
+    price_memory_gib_hour = cfg.usage.priceMemoryGibHour;
+    price_disk_gib_month = cfg.usage.priceDiskGibMonth;
+    price_million_requests = cfg.usage.priceMillionRequests;
+    price_egress_gib = cfg.usage.priceEgressGib;
+  };
 }

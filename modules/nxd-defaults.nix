@@ -115,4 +115,14 @@
       end = 30999;
     };
   };
+  usage = {
+    sampleIntervalSecs = 60;
+    retentionDays = 90;
+    currency = "USD";
+    priceCpuHour = null;
+    priceMemoryGibHour = null;
+    priceDiskGibMonth = null;
+    priceMillionRequests = null;
+    priceEgressGib = null;
+  };
 }

@@ -429,6 +429,20 @@ impl Client {
         self.call(Method::DELETE, &path, |r| r).await
     }
 
+    /// `GET /v1/usage`, or `GET /v1/sandboxes/{name}/usage` for one sandbox: usage since
+    /// `query.since` (default: the last 24 hours).
+    pub async fn usage(
+        &self,
+        name: Option<&SandboxName>,
+        query: &crate::usage::UsageQuery,
+    ) -> Result<crate::usage::UsageReport, ClientError> {
+        let path = match name {
+            Some(name) => format!("/v1/sandboxes/{name}/usage"),
+            None => "/v1/usage".into(),
+        };
+        self.call(Method::GET, &path, |r| r.query(query)).await
+    }
+
     /// `DELETE /v1/domains/{domain}` (root token only).
     pub async fn remove_domain(
         &self,

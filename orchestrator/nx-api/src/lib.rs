@@ -10,6 +10,7 @@ pub mod health;
 pub mod kinds;
 pub mod names;
 pub mod systemd;
+pub mod usage;
 pub mod volumes;
 mod wire;
 

@@ -10,6 +10,7 @@ mod push;
 mod settings;
 mod task;
 mod upkeep;
+mod usage;
 mod volume;
 
 use anyhow::Context;
@@ -116,6 +117,9 @@ enum Command {
     /// Volumes: a sandbox's persistent filesystems, mounted with `nx push --volume`.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// What deployments used (CPU-seconds, memory and disk GiB-hours, requests, bytes out) per
+    /// deployment and sandbox, and what it costs at nxd's prices ([usage] in its config).
+    Usage(usage::UsageArgs),
     /// The sandbox's PostgreSQL database: URL, psql, backups, restore.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -192,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => access::keys(&client, cmd, json).await,
         Command::Domain(cmd) => domain::run(&client, cmd, json).await,
         Command::Volume(cmd) => volume::run(&client, cmd, json).await,
+        Command::Usage(args) => usage::run(&client, args, json).await,
         Command::Ls => {
             let list = client.sandboxes().await?;
             output::sandboxes(&list, json)

@@ -54,6 +54,8 @@ pub struct Config {
     pub sftp: SftpConfig,
     pub tls: crate::tls::TlsConfig,
     pub network: crate::network::NetworkConfig,
+    /// Usage sampling and prices (`nx usage`).
+    pub usage: crate::usage::UsageConfig,
 }
 
 /// The SFTP server: uploads without the CLI (the SSH user is the sandbox's name; public keys
@@ -339,6 +341,7 @@ impl Default for Config {
             sftp: SftpConfig::default(),
             tls: crate::tls::TlsConfig::default(),
             network: crate::network::NetworkConfig::default(),
+            usage: crate::usage::UsageConfig::default(),
         }
     }
 }
@@ -460,6 +463,7 @@ impl Config {
         self.router.validate().map_err(ConfigError::Invalid)?;
         self.tls.validate().map_err(ConfigError::Invalid)?;
         crate::tcp::check_range(self).map_err(ConfigError::Invalid)?;
+        self.usage.validate().map_err(ConfigError::Invalid)?;
         if self.api_max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "api_max_connections must be at least 1".into(),
@@ -557,6 +561,9 @@ mod tests {
                  tls = d.tls // { httpsListen = "0.0.0.0:443"; acmeEmail = "ops@example.com";
                                   acmeCaRoots = "/etc/nx/acme-root.pem"; certFile = "/etc/nx/origin.pem";
                                   keyFile = "/etc/nx/origin.key"; };
+                 usage = d.usage // { priceCpuHour = 0.04; priceMemoryGibHour = 0.005;
+                                      priceDiskGibMonth = 0.1; priceMillionRequests = 0.5;
+                                      priceEgressGib = 0.09; };
                  metricsListen = "127.0.0.1:9770"; }"#,
         );
         let parsed: Config =

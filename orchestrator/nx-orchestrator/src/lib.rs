@@ -40,6 +40,7 @@ pub mod tcp;
 pub mod timing;
 pub mod tls;
 pub mod upkeep;
+pub mod usage;
 pub mod volumes;
 #[cfg(target_os = "linux")]
 mod watchdog;

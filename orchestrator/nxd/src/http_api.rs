@@ -65,6 +65,7 @@ pub fn table() -> Vec<Route> {
     routes.extend(crate::access_api::table());
     routes.extend(crate::domains_api::table());
     routes.extend(crate::volumes_api::table());
+    routes.extend(crate::usage_api::table());
     routes
 }
 
@@ -211,21 +212,26 @@ async fn unpin(State(app): Shared, Path(id): Path<String>) -> ApiResult<Deployme
     Ok(Json(app.pin(&deployment_id(&id)?, false).await?))
 }
 
+/// The `since` query parameter of `logs` and `usage`: an RFC 3339 time; 400 otherwise.
+pub(crate) fn since_param(
+    since: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    match since.map(chrono::DateTime::parse_from_rfc3339) {
+        Some(Ok(t)) => Ok(Some(t.with_timezone(&chrono::Utc))),
+        Some(Err(e)) => Err(ApiError::bad_request(format!(
+            "since must be an RFC 3339 time such as 2026-11-30T03:00:00Z: {e}"
+        ))),
+        None => Ok(None),
+    }
+}
+
 async fn logs(
     State(app): Shared,
     Path(id): Path<String>,
     Query(q): Query<nx_orchestrator::api::LogsQuery>,
 ) -> Result<Response, ApiError> {
     let path = app.log_file(&deployment_id(&id)?).await?;
-    let since = match q.since.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
-        Some(Ok(t)) => Some(t.with_timezone(&chrono::Utc)),
-        Some(Err(e)) => {
-            return Err(ApiError::bad_request(format!(
-                "since must be an RFC 3339 time such as 2026-11-30T03:00:00Z: {e}"
-            )))
-        }
-        None => None,
-    };
+    let since = since_param(q.since.as_deref())?;
     let query = nx_orchestrator::logs::reader::Query {
         lines: q.lines.or(if since.is_some() { None } else { Some(100) }),
         since,

@@ -74,6 +74,7 @@ fn wire_schemas() -> Map<String, Value> {
         CreateVolume,
         VolumeView,
         VolumeRemoved,
+        nx_api::usage::UsageReport,
         ErrorBody,
     );
     generator.take_definitions(true)

@@ -175,6 +175,13 @@ pub const POLICY: &[(&str, &str, Need)] = &[
         "/v1/sandboxes/{name}/db/restore",
         Need::OneOf(&[Verb::Db], Target::PathSandbox),
     ),
+    // Usage of every sandbox: tokens scoped to every sandbox; of one: tokens of that sandbox.
+    ("GET", "/v1/usage", Need::OneOf(ANY_VERB, Target::Every)),
+    (
+        "GET",
+        "/v1/sandboxes/{name}/usage",
+        Need::OneOf(ANY_VERB, Target::PathSandbox),
+    ),
     ("GET", "/v1/domains", Need::Root),
     ("DELETE", "/v1/domains/{domain}", Need::Root),
     ("GET", "/v1/sandboxes/{name}/domains", Need::Root),

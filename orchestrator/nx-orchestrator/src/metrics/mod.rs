@@ -6,6 +6,7 @@
 //! each scrape (`scrape`: every deployment's unit from systemd, its `/data`, every sandbox's
 //! database, the warm task pool, and the router's own series from its control socket).
 
+pub(crate) mod readings;
 mod scrape;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};

@@ -3,12 +3,8 @@
 
 use super::DeploymentLabels;
 use crate::api::systemd::ActiveState;
-use crate::api::UnitState;
-use crate::backend::{SandboxBackend, SandboxHandle};
 use crate::error::Error;
-use crate::supervisor::UNITS_IN_FLIGHT;
 use crate::Orchestrator;
-use futures_util::{stream, StreamExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,20 +40,6 @@ where
 }
 
 impl Orchestrator {
-    /// CPU time of a running deployment's unit (none for one that is down).
-    async fn cpu_seconds(&self, unit: &str, state: &UnitState) -> Option<f64> {
-        if state.active.is_down() {
-            return None;
-        }
-        match self.supervisor.cpu_nsec(unit).await {
-            Ok(nsec) => nsec.map(|n| n as f64 / 1e9),
-            Err(e) => {
-                tracing::warn!(%unit, error = %e, "no CPU time");
-                None
-            }
-        }
-    }
-
     /// Every series nxd exports, in the Prometheus text format (version 0.0.4): its counters,
     /// then each deployment's unit, `/data` and database, the task pool, then the router's
     /// (`nx_router_up` is 0 while the router does not answer).
@@ -137,38 +119,24 @@ impl Orchestrator {
             router_up.clone(),
         );
 
-        let deployments = self.state.deployments().await?;
-        let handles: Vec<SandboxHandle> =
-            deployments.iter().map(|d| self.backend.handle(d)).collect();
-        let units: Vec<&str> = handles.iter().map(|h| h.unit.as_str()).collect();
-        let states = self.supervisor.states(&units).await?;
-        let asks: Vec<_> = units
-            .iter()
-            .zip(&states)
-            .map(|(unit, state)| self.cpu_seconds(unit, state))
-            .collect();
-        let cpu_times: Vec<Option<f64>> =
-            stream::iter(asks).buffered(UNITS_IN_FLIGHT).collect().await;
-        for (((d, handle), state), cpu_time) in
-            deployments.iter().zip(&handles).zip(&states).zip(cpu_times)
-        {
-            let labels = DeploymentLabels::of(d);
-            let running = !state.active.is_down();
+        for reading in self.readings().await? {
+            let labels = DeploymentLabels::of(&reading.deployment);
+            let state = &reading.state;
             up.get_or_create(&labels)
                 .set(i64::from(state.active == ActiveState::Active));
             restarts
                 .get_or_create(&labels)
                 .inc_by(u64::from(state.restarts));
-            if let Some(seconds) = cpu_time {
-                cpu.get_or_create(&labels).inc_by(seconds);
+            if let Some(nsec) = reading.cpu_nsec {
+                cpu.get_or_create(&labels).inc_by(nsec as f64 / 1e9);
             }
-            if let Some(bytes) = state.memory_bytes.filter(|_| running) {
+            if let Some(bytes) = reading.memory_bytes() {
                 memory.get_or_create(&labels).set(saturating(bytes));
             }
-            if let Some(n) = state.tasks.filter(|_| running) {
+            if let Some(n) = state.tasks.filter(|_| reading.running()) {
                 tasks.get_or_create(&labels).set(saturating(n));
             }
-            if let Some(usage) = crate::backend::data_disk::read_usage(&handle.dir) {
+            if let Some(usage) = &reading.disk {
                 disk.get_or_create(&labels)
                     .set(saturating(usage.used_bytes));
             }

@@ -49,6 +49,8 @@ pub struct UpkeepState {
     /// When this nxd started: the idle clock of what it adopted starts there.
     since: DateTime<Utc>,
     health: health::Checks,
+    /// The last usage sample (`crate::usage`).
+    pub(crate) usage: crate::usage::Sampler,
 }
 
 impl Default for UpkeepState {
@@ -59,6 +61,7 @@ impl Default for UpkeepState {
             started: Mutex::default(),
             since: Utc::now(),
             health: health::Checks::default(),
+            usage: crate::usage::Sampler::default(),
         }
     }
 }
@@ -153,6 +156,9 @@ impl Orchestrator {
             store::record_requests(self.state.pool(), &changed)
                 .await
                 .map_err(StateError::from)?;
+        }
+        if let Err(e) = self.sample_usage(traffic.as_ref()).await {
+            tracing::warn!(error = %e, "usage: no sample this round");
         }
         let pool = self.state.pool();
         let (deployments, promoted, rows, settings) = tokio::try_join!(
