@@ -8,9 +8,13 @@ pub use nx_api::client::{Client, ClientError};
 use std::io::Write;
 
 /// The client for the host and token the settings resolved: HTTPS verified against the
-/// system's roots and `ca_cert`.
+/// system's roots and `ca_cert`. For an `http://` host the system's roots are not loaded
+/// (reading `/etc/ssl/certs`, about 150 files on Debian, was most of a local `nx ls`'s start).
 pub fn connect(settings: &Settings) -> anyhow::Result<Client> {
-    let mut http = reqwest::Client::builder().use_rustls_tls();
+    let https = settings.host.starts_with("https://");
+    let mut http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_native_certs(https);
     if let Some(path) = &settings.ca_cert {
         let pem = std::fs::read(path)
             .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
