@@ -660,8 +660,10 @@ async fn network_table(args: &Args) -> anyhow::Result<()> {
     row("setup per deployment (launcher's attach)", cost.samples);
     let (available, kernel) = cost.kib_each;
     println!(
-        "\nkernel memory per deployment (SUnreclaim + Percpu + VmallocUsed): {kernel:.0} KiB, of which an empty network namespace alone: {:.0} KiB\n(MemAvailable fell {available:.0} KiB per deployment: the whole machine's, noisy while others run)\nagainst the mark ({} ms, {:.0} KiB): p50 {:.2}x, p99 {:.2}x, memory {:.2}x",
+        "\nkernel memory per deployment (SUnreclaim + Percpu + VmallocUsed, median of {} rounds): {kernel:.0} KiB\n  an empty network namespace alone: {:.0} KiB; the veth pair, addresses and routes: {:.0} KiB\n(MemAvailable fell {available:.0} KiB per deployment: the whole machine's, noisy while others run)\nagainst the mark ({} ms, {:.0} KiB): p50 {:.2}x, p99 {:.2}x, memory {:.2}x",
+        network::ROUNDS,
         cost.bare_kib_each,
+        kernel - cost.bare_kib_each,
         NETWORK_MARK.0.as_millis(),
         NETWORK_MARK.1,
         p50.as_secs_f64() / NETWORK_MARK.0.as_secs_f64(),

@@ -130,13 +130,15 @@ fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
 }
 
 /// nginx as a plain reverse proxy to `upstream`: two workers (the cores), keep-alive upstream
-/// connections, no access log.
+/// connections, no access log. Its workers run as root, like the benchmark: the firewall lets
+/// only nxd's uid and root open connections into a deployment's link, and nginx's default
+/// worker user (`nobody`) would get "connection refused" from every deployment.
 fn nginx(upstream: SocketAddr) -> anyhow::Result<Proxy> {
     let dir = tempfile::tempdir()?;
     let listen = free_addr();
     let d = dir.path().display();
     let conf = format!(
-        "worker_processes 2;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\nevents {{ worker_connections 8192; }}\n\
+        "user root;\nworker_processes 2;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\nevents {{ worker_connections 8192; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n  \
          fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  \
          upstream app {{ server {upstream}; keepalive 64; }}\n  \

@@ -13,7 +13,7 @@ use crate::backend::{
 };
 use crate::config::Config;
 use crate::databases::{BackupInfo, Databases, RestoreInfo};
-use crate::domain::{BackendKind, Deployment, Desired, Egress, RouteKey, Runtime};
+use crate::domain::{BackendKind, Deployment, Desired, RouteKey, Runtime};
 use crate::error::Error;
 use crate::metrics::Operation;
 use crate::names::{DeploymentId, SandboxName};
@@ -418,16 +418,9 @@ impl Orchestrator {
             .attachment(deployment.id.as_str(), slot, deployment.egress)?)
     }
 
-    /// Where the router and the readiness probe reach a deployment: its own address, its port.
-    /// (A microVM's VMM does not run in a namespace of its own yet: its forward is on the
-    /// host's loopback.)
+    /// Where the router and the readiness probe reach a deployment: its own address, its port
+    /// (a microVM's VMM forwards it there, in the deployment's namespace).
     pub(crate) fn upstream(&self, deployment: &Deployment) -> Result<SocketAddr, Error> {
-        if deployment.backend == BackendKind::Microvm {
-            return Ok(SocketAddr::from((
-                [127, 0, 0, 1],
-                deployment.program_port(),
-            )));
-        }
         let address = self.attachment(deployment)?.address;
         Ok(SocketAddr::from((address, deployment.program_port())))
     }
@@ -615,11 +608,6 @@ impl Orchestrator {
         };
         let backend = step("sandbox", sandbox).await?;
         let egress = req.egress.unwrap_or_default();
-        if backend == BackendKind::Microvm && egress == Egress::Public {
-            return Err(Error::Invalid(
-                "a microVM's guest has no way out (QEMU user networking with restrict=on): push it with --egress none, or to the container backend (--backend container) for --egress public".into(),
-            ));
-        }
         let (health_check, idle_timeout_secs) = (req.health_check.clone(), req.idle_timeout_secs);
         self.check_volumes(&req.sandbox, &req.volumes, backend)
             .await?;

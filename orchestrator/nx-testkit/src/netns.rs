@@ -111,6 +111,55 @@ pub fn listen(ns: &Netns, addr: SocketAddr) {
     std::thread::spawn(move || for _ in listener.incoming() {});
 }
 
+/// The internet stand-in of the network tests: outside every range deployments are kept from.
+pub const INTERNET: &str = "198.51.100.1:80";
+/// The cloud metadata stand-in (AWS's, GCP's and Azure's address).
+pub const METADATA: &str = "169.254.169.254:80";
+/// A host's address on its link to the upstream namespace.
+pub const HOST_UPLINK: &str = "198.18.0.1";
+
+/// An "upstream" namespace behind `host` (a Host's namespace), as a cloud host's network is:
+/// linked to it by a veth (`HOST_UPLINK`/30), the host's default route, holding the internet
+/// and metadata stand-ins, each with a listener. (An address of the host itself would be
+/// blocked as the host's own whatever its range. This kernel has no `dummy` driver: the
+/// upstream's loopback holds the addresses.) It lives as long as the returned handle.
+pub fn upstream(host: &Netns) -> Arc<Netns> {
+    let up = Netns::new();
+    link(
+        host,
+        ("uplink", &format!("{HOST_UPLINK}/30")),
+        &up,
+        ("downlink", "198.18.0.2/30"),
+    );
+    host.ip(&["route", "add", "default", "via", "198.18.0.2"]);
+    for addr in [INTERNET, METADATA] {
+        let ip = addr.split(':').next().expect("address:port");
+        up.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+        listen(&up, addr.parse().expect("socket address"));
+    }
+    up
+}
+
+/// What deployment `id`'s `/connect?addr=` (the sample app's) says through its preview URL:
+/// true when it connected to `addr` (`host:port`).
+pub fn connects(host: &crate::Host, sandbox: &str, id: &str, addr: &str) -> bool {
+    let (status, body) = host.get(
+        &host.preview_host(sandbox, id),
+        &format!("/connect?addr={addr}"),
+    );
+    assert_eq!(status, 200, "{body}");
+    body.starts_with("connected")
+}
+
+/// Deployment `id`'s own address and port (`listen` of its view).
+pub fn listen_addr(host: &crate::Host, sandbox: &str, id: &str) -> SocketAddr {
+    host.deployment(sandbox, id)["listen"]
+        .as_str()
+        .expect("listen")
+        .parse()
+        .expect("socket address")
+}
+
 /// Copies TCP connections between the test's namespace and a host's, to the same address on
 /// the other side, until dropped.
 pub struct Forwarder {

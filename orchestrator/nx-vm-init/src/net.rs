@@ -1,10 +1,15 @@
-//! lo and eth0 up, eth0 at 10.0.2.15/24: QEMU's user-mode network, whose host side forwards the
-//! deployment's port in and the database (10.0.2.100:5432) out, and nothing else.
+//! lo and eth0 up, eth0 at 10.0.2.15/24 with a default route via 10.0.2.2: QEMU's user-mode
+//! network, whose host side (in the deployment's network namespace) forwards the deployment's
+//! port in and the database (10.0.2.100:5432) out, and, for a deployment with `--egress
+//! public`, opens its connections out from that namespace, under the host's firewall.
+//! Source: QEMU's documentation, "Network emulation" (user networking's addresses).
 
 use std::time::{Duration, Instant};
 
 const GUEST_ADDR: [u8; 4] = [10, 0, 2, 15];
 const NETMASK: [u8; 4] = [255, 255, 255, 0];
+/// User networking's gateway (the VMM's side).
+const GATEWAY: [u8; 4] = [10, 0, 2, 2];
 /// How long eth0 may take to appear once virtio_net is loaded.
 const LINK_WAIT: Duration = Duration::from_secs(2);
 
@@ -59,6 +64,32 @@ fn up(fd: i32, name: &str) -> Result<(), String> {
     )
 }
 
+/// The default route via user networking's gateway (SIOCADDRT, route(4)'s `struct rtentry`).
+fn default_route(fd: i32) -> Result<(), String> {
+    // SAFETY: rtentry is plain C data (sockaddrs, integers and a device-name pointer), for which
+    // all zero bytes is a valid value: a null rt_dev lets the kernel pick the device.
+    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+    route.rt_dst = sockaddr([0, 0, 0, 0]);
+    route.rt_genmask = sockaddr([0, 0, 0, 0]);
+    route.rt_gateway = sockaddr(GATEWAY);
+    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    // SAFETY: SIOCADDRT reads one rtentry, which `route` is, borrowed mutably for the call.
+    if unsafe {
+        libc::ioctl(
+            fd,
+            libc::SIOCADDRT as libc::Ioctl,
+            &mut route as *mut libc::rtentry,
+        )
+    } < 0
+    {
+        return Err(format!(
+            "default route: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 /// lo, and eth0 when the guest has a network (a task has none).
 pub fn configure(with_eth0: bool) -> Result<(), String> {
     // SAFETY: socket(2) takes no pointers; the fd is closed below on every path that ends well
@@ -90,6 +121,7 @@ pub fn configure(with_eth0: bool) -> Result<(), String> {
         ioctl(fd, request as libc::Ioctl, &mut req, what)?;
     }
     up(fd, "eth0")?;
+    default_route(fd)?;
     // SAFETY: fd is the socket opened above, closed once.
     unsafe { libc::close(fd) };
     Ok(())

@@ -1,10 +1,10 @@
 //! The microvm backend on real QEMU guests (Debian's kernel, NX's init, the static sample as the
 //! only program): push, preview, database, promote, rollback, logs, the exit code of a crashing
-//! program, and what the guest can see of the host.
+//! program, and what the guest can see of the host and of the network.
 
-use nx_testkit::netns::listen;
+use nx_testkit::netns::{connects, listen, listen_addr, upstream, HOST_UPLINK, INTERNET, METADATA};
 use nx_testkit::{microvm_config, Host};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -47,7 +47,7 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     // (/root is the kernel's own empty mount point; /data the deployment's disk.)
     assert_eq!(
         root,
-        ["app", "data", "dev", "init", "nx", "proc", "root", "sys", "tmp"]
+        ["app", "data", "dev", "etc", "init", "nx", "proc", "root", "sys", "tmp"]
     );
     assert!(host
         .get(&preview, "/ls?path=/root")
@@ -58,8 +58,8 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     let (_, whoami) = host.get(&preview, "/whoami");
     assert!(!whoami.contains("uid=0"), "{whoami}");
 
-    // The host's other services are out of reach: only the database is forwarded. Its
-    // policy is --egress none: not the host's API (at QEMU's alias for the host, 10.0.2.2, and
+    // The host's other services are out of reach: only the database is forwarded. With
+    // --egress none (the default): not the host's API (at QEMU's alias for the host, 10.0.2.2, and
     // at the host's own loopback), not a service on every address of the host, not a
     // stand-in for the cloud metadata service on the host's link-local address.
     let service = nx_testkit::free_port();
@@ -77,23 +77,6 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
         let (_, reached) = host.get(&preview, &format!("/connect?addr={addr}"));
         assert!(reached.starts_with("cannot connect"), "{reached}");
     }
-    // ... and it cannot be given a way out.
-    let sample = nx_testkit::sample_app();
-    let refused = host.nx(&[
-        "push",
-        sample.to_str().unwrap(),
-        "--sandbox",
-        "vm",
-        "--backend",
-        "microvm",
-        "--egress",
-        "public",
-    ]);
-    assert!(
-        !refused.ok && refused.stderr.contains("no way out"),
-        "{}",
-        refused.stderr
-    );
     let (_, reached) = host.get(&preview, "/connect?addr=10.0.2.100:5432");
     assert!(reached.starts_with("connected"), "{reached}");
 
@@ -158,6 +141,59 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
         assert!(Instant::now() < deadline, "the VM did not come back");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The VMM runs in the deployment's network namespace: the guest's port is at the
+/// deployment's own address (not on the host's loopback), and its connections out leave under
+/// the same firewall as any deployment's.
+#[test]
+fn a_microvm_has_its_own_address_and_the_egress_policy_of_every_deployment() {
+    let host = Host::start_with(&microvm_config("tcg"));
+    let _up = upstream(&host.netns);
+    // A service on every address of the host (what SSH or PostgreSQL over TCP would be).
+    let service = nx_testkit::free_port();
+    listen(&host.netns, SocketAddr::from(([0, 0, 0, 0], service)));
+    let open = host.push_sample("vmopen", &["--backend", "microvm", "--egress", "public"]);
+    let closed = host.push_sample("vmclosed", &["--backend", "microvm"]);
+    let neighbour_id = host.push_sample("neighbour", &[]);
+    let neighbour = listen_addr(&host, "neighbour", &neighbour_id);
+    let own = listen_addr(&host, "vmopen", &open);
+    assert!(
+        own.ip().to_string().starts_with("10.213."),
+        "the deployment's own address: {own}"
+    );
+    host.netns.run(|| {
+        assert!(
+            TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], own.port()))).is_err(),
+            "the guest's port is on the host's loopback"
+        );
+        assert!(TcpStream::connect(own).is_ok(), "{own}");
+    });
+
+    assert!(connects(&host, "vmopen", &open, INTERNET), "the internet");
+    let gateway = "10.213.0.1";
+    for addr in [
+        METADATA.to_owned(),
+        format!("{gateway}:{}", host.api.port()),
+        format!("{gateway}:{}", host.router.port()),
+        format!("{gateway}:{service}"),
+        format!("{HOST_UPLINK}:{service}"),
+        // QEMU's alias for its own side: the deployment's namespace, not the host.
+        format!("10.0.2.2:{}", host.api.port()),
+        neighbour.to_string(),
+    ] {
+        assert!(
+            !connects(&host, "vmopen", &open, &addr),
+            "{addr} is reachable"
+        );
+    }
+    assert!(
+        !connects(&host, "vmclosed", &closed, INTERNET),
+        "--egress none reaches the internet"
+    );
+    // The database stays reachable through its forward with a way out too.
+    let (status, body) = host.get(&host.preview_host("vmopen", &open), "/db/put?v=out");
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]

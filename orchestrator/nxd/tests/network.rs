@@ -6,53 +6,16 @@
 //! be blocked as the host's own whatever its range. This kernel has no `dummy` driver; the
 //! upstream's loopback holds the addresses.)
 
-use nx_testkit::netns::{link, listen, Netns};
+use nx_testkit::netns::{connects, listen, listen_addr, HOST_UPLINK, INTERNET, METADATA};
 use nx_testkit::Host;
 use std::net::SocketAddr;
 use std::process::Command;
 
-const INTERNET: &str = "198.51.100.1:80";
-const METADATA: &str = "169.254.169.254:80";
-/// The host's address on its link to the upstream.
-const HOST_UPLINK: &str = "198.18.0.1";
 /// Where nxd's deployments' gateway lives (the default `network.subnet`).
 const GATEWAY: &str = "10.213.0.1";
 
-/// The upstream namespace; the host's default route goes there.
-fn upstream(host: &Host) -> std::sync::Arc<Netns> {
-    let up = Netns::new();
-    link(
-        &host.netns,
-        ("uplink", &format!("{HOST_UPLINK}/30")),
-        &up,
-        ("downlink", "198.18.0.2/30"),
-    );
-    host.netns
-        .ip(&["route", "add", "default", "via", "198.18.0.2"]);
-    for addr in [INTERNET, METADATA] {
-        let ip = addr.split(':').next().unwrap();
-        up.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
-        listen(&up, addr.parse().unwrap());
-    }
-    up
-}
-
-/// What the deployment's `/connect?addr=` says: true when it connected.
-fn connects(host: &Host, sandbox: &str, id: &str, addr: &str) -> bool {
-    let (status, body) = host.get(
-        &host.preview_host(sandbox, id),
-        &format!("/connect?addr={addr}"),
-    );
-    assert_eq!(status, 200, "{body}");
-    body.starts_with("connected")
-}
-
-fn listen_addr(host: &Host, sandbox: &str, id: &str) -> SocketAddr {
-    host.deployment(sandbox, id)["listen"]
-        .as_str()
-        .expect("listen")
-        .parse()
-        .expect("socket address")
+fn upstream(host: &Host) -> std::sync::Arc<nx_testkit::netns::Netns> {
+    nx_testkit::netns::upstream(&host.netns)
 }
 
 #[test]

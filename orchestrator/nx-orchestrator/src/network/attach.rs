@@ -3,22 +3,32 @@
 //! (rtnetlink), plus a few sysctl writes; no `ip` process.
 //!
 //! 1. Remove a previous run's `nx-<id>` (its namespace may still be being torn down);
-//!    `unshare(CLONE_NEWNET)`, then `setns` back to the host's namespace.
-//! 2. On the host: one RTM_NEWLINK creates the veth pair, `nx-<id>` here and `eth0` (up)
-//!    directly in the new namespace; the host side gets a strict reverse-path filter
-//!    (rp_filter=1: only the deployment's own address may come in on it), route_localnet (so
-//!    DNS can be DNATed to a resolver on the host's loopback), no IPv6, and a /32 route to the
-//!    deployment with the gateway as source.
-//! 3. `setns` into the new namespace: `lo` up, the deployment's /32 on `eth0`, a default route
-//!    via the gateway (on-link), `ip_unprivileged_port_start=0` (the program may bind any
-//!    port, also below 1024) and no IPv6.
+//!    `unshare(CLONE_NEWNET)`; in the new namespace, IPv6 off for every device present and to
+//!    come, and `ip_unprivileged_port_start=0` (the program may bind any port, also below
+//!    1024); then `setns` back to the host's namespace.
+//! 2. On the host: one RTM_NEWLINK creates the veth pair, `nx-<id>` here and `eth0` directly
+//!    in the new namespace, one transmit and one receive queue each; the host side gets a
+//!    strict reverse-path filter (rp_filter=1: only the deployment's own address may come in on
+//!    it), route_localnet (so DNS can be DNATed to a resolver on the host's loopback), no IPv6,
+//!    and a /32 route to the deployment with the gateway as source.
+//! 3. `setns` into the new namespace: `lo` and `eth0` up, the deployment's /32 on `eth0`, a
+//!    default route via the gateway (on-link).
 //!
-//! Sources: rtnetlink(7), veth(4), ip-sysctl.txt (rp_filter, route_localnet,
+//! Memory (issue 11's mark: 256 KiB per deployment with 500 up; `nx-bench --only network`):
+//! the empty namespace is most of it (~150-190 KiB on this kernel), then the pair of devices
+//! (~85 KiB: the kernel gives every device its sysctl tables, sysfs nodes and IPv4/IPv6
+//! per-device state whatever we ask). What is ours to choose is small: one transmit and one
+//! receive queue per end, asked for explicitly (this kernel's default for a veth is one
+//! already; a kernel that gives a veth a queue per possible CPU would multiply that state),
+//! and IPv6 off in the namespace before its devices come up, so that `lo` and `eth0` never get
+//! addresses, routes or multicast memberships they would drop again.
+//!
+//! Sources: rtnetlink(7), veth(4), ip-sysctl.txt (rp_filter, route_localnet, disable_ipv6,
 //! ip_unprivileged_port_start) of the kernel's documentation, network_namespaces(7).
 
 use super::{Attachment, NetworkError, LINK_PREFIX};
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
@@ -29,6 +39,9 @@ pub const INSIDE_LINK: &str = "eth0";
 /// Its index: a new namespace holds only `lo` (1), so the peer is created as 2.
 const INSIDE_INDEX: u32 = 2;
 const LOOPBACK_INDEX: u32 = 1;
+/// Transmit and receive queues of each end of the veth (each has its own memory and sysfs
+/// nodes; a deployment's link needs no more than one: it has no XDP and no RSS).
+const QUEUES: u32 = 1;
 
 fn netlink(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetworkError + '_ {
     move |e| NetworkError::Netlink {
@@ -103,6 +116,12 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
         source: e.into(),
     })?;
     let ns = own_namespace()?;
+    // /proc/sys/net is the namespace of the thread that opens it: these are the new one's.
+    sysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")?;
+    // Absent where the kernel has no IPv6.
+    for scope in ["all", "default"] {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"), "1");
+    }
     // Opened here, this socket stays in the new namespace wherever the thread goes.
     let inside = connect()?;
     // Back to the host's namespace for the host side's sysctls (/proc/sys/net is the caller's).
@@ -114,12 +133,16 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
         .name(INSIDE_LINK.to_owned())
         .index(INSIDE_INDEX)
         .setns_by_fd(ns.as_raw_fd())
+        .append_extra_attribute(LinkAttribute::NumTxQueues(QUEUES))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(QUEUES))
         .build();
     host.link()
         .add(
             LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
                 .name(a.link.clone())
                 .up()
+                .append_extra_attribute(LinkAttribute::NumTxQueues(QUEUES))
+                .append_extra_attribute(LinkAttribute::NumRxQueues(QUEUES))
                 .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
                 .build(),
         )
@@ -175,8 +198,6 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
         .execute()
         .await
         .map_err(netlink("adding the default route"))?;
-    sysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")?;
-    let _ = std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1");
     Ok(())
 }
 

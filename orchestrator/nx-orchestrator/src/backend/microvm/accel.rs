@@ -40,6 +40,7 @@ async fn boot(
             memory_mb: 128,
             vcpus: 1,
             forward: Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+            egress: false,
             database_socket: None,
             tsc_khz: (accel == Accel::Tcg).then_some(tsc_khz).flatten(),
             tap: "",

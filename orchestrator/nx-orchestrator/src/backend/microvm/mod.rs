@@ -4,8 +4,10 @@
 //! artifact's hash), and the deployment's environment and arguments (readable by the guest's
 //! root only). The VMM runs as the deployment's uid in a transient systemd unit, like every
 //! deployment; the launcher passes the guest's console to the log and exits with the program's
-//! exit code. The host reaches the guest's port through a forward; the guest reaches the host's
-//! PostgreSQL and nothing else.
+//! exit code. The VMM runs in the deployment's network namespace (the launcher sets it up as for
+//! every deployment): the guest's port is forwarded from the deployment's own address, the
+//! guest reaches the host's PostgreSQL through a forward and, with `--egress public`, opens
+//! connections out through the VMM, which leave the namespace under the host's firewall.
 
 mod accel;
 mod handover;
@@ -46,6 +48,9 @@ pub struct MicrovmBackend {
     vmm: Vmm,
     accel: accel::Choice,
     tsc_khz: Option<u64>,
+    /// The deployments' resolv.conf (`network::dns`): a guest's `/etc/resolv.conf`, so that
+    /// its queries go to the gateway like any deployment's.
+    resolv_conf: PathBuf,
 }
 
 /// The VMM's environment: where to find it (and socat).
@@ -136,6 +141,7 @@ impl MicrovmBackend {
                 report: String::new(),
             },
             tsc_khz: tsc_khz(),
+            resolv_conf: crate::network::resolv_conf_path(state_dir),
         };
         let probe = backend.root.join("probe.cpio");
         std::fs::write(&probe, backend.guest_archive(None)?.finish()?)?;
@@ -217,7 +223,8 @@ impl MicrovmBackend {
 
     /// The guest's initramfs in `dir`: the cached base, then an archive of the environment and
     /// arguments and of the empty `markers` that tell init what the guest has (`nx/network`,
-    /// `nx/data`); the VMM's uid owns it, 0600.
+    /// `nx/data`), and for a guest with a network `/etc/resolv.conf`; the VMM's uid owns it,
+    /// 0600.
     fn write_initrd(
         &self,
         dir: &Path,
@@ -242,6 +249,14 @@ impl MicrovmBackend {
         )?;
         for marker in markers {
             own.file(marker, 0o644, b"")?;
+        }
+        if markers.contains(&"nx/network") {
+            own.dir("etc")?;
+            own.file(
+                "etc/resolv.conf",
+                0o644,
+                &std::fs::read(&self.resolv_conf).unwrap_or_default(),
+            )?;
         }
         initrd.extend(own.finish()?);
         let path = dir.join("initrd.cpio");
@@ -271,6 +286,7 @@ impl MicrovmBackend {
             memory_mb: guest_memory(memory_max_mb),
             vcpus: 1,
             forward: None,
+            egress: false,
             database_socket: None,
             tsc_khz: (self.accel.accel == Accel::Tcg)
                 .then_some(self.tsc_khz)
@@ -361,11 +377,11 @@ impl SandboxBackend for MicrovmBackend {
             initrd: &initrd_path,
             memory_mb,
             vcpus,
-            // Not yet in the deployment's namespace: the forward stays on the host's loopback.
             forward: Some(std::net::SocketAddr::from((
-                [127, 0, 0, 1],
+                spec.network.address,
                 spec.deployment.program_port(),
             ))),
+            egress: spec.deployment.egress == crate::network::Egress::Public,
             database_socket: spec.database_socket.as_deref(),
             tsc_khz: (self.accel.accel == Accel::Tcg)
                 .then_some(self.tsc_khz)
@@ -394,6 +410,7 @@ impl SandboxBackend for MicrovmBackend {
             console_exit: true,
             stop: StopForward::Child,
             monitor: Some(self.units.monitor(&handle, spec)),
+            network: Some(spec.network.clone()),
             ..LaunchSpec::default()
         };
         super::unit::write_launch_spec(&handle, &launch)?;

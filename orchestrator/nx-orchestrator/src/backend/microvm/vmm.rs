@@ -1,5 +1,6 @@
-//! VMM command lines for one guest: QEMU's `microvm` machine (run here, user-mode network with
-//! the deployment's port forwarded in and only the database forwarded out), and Cloud
+//! VMM command lines for one guest: QEMU's `microvm` machine (run here, in the deployment's
+//! network namespace, user-mode network with the deployment's port forwarded in from its own
+//! address, the database forwarded out and, with `--egress public`, connections out), and Cloud
 //! Hypervisor and Firecracker (on NixOS, from nixpkgs and microvm.nix, on a tap device that the
 //! host's network config provides).
 
@@ -30,11 +31,14 @@ pub struct Guest<'a> {
     pub initrd: &'a Path,
     pub memory_mb: u64,
     pub vcpus: u32,
-    /// Where the VMM forwards from, to the same port in the guest (the host's loopback and
-    /// the deployment's port). None: no network device (a task's guest, which has only its
-    /// loopback). The guest never opens connections out (QEMU's user networking,
-    /// `restrict=on`): its policy is `--egress none`.
+    /// Where the VMM forwards from, to the same port in the guest (the deployment's own
+    /// address and port, in its namespace). None: no network device (a task's guest, which has
+    /// only its loopback).
     pub forward: Option<std::net::SocketAddr>,
+    /// Whether the guest may open connections out (`--egress public`): QEMU opens them from
+    /// the deployment's namespace, so the host's firewall applies its policy as to any
+    /// deployment. Without it, user networking's `restrict=on`: nothing but the forwards.
+    pub egress: bool,
     /// The host's PostgreSQL socket, reachable from the guest at GUEST_DB_ADDR:5432.
     pub database_socket: Option<&'a Path>,
     /// The host's TSC rate, so that a TCG guest skips calibrating it (seconds of boot).
@@ -123,8 +127,10 @@ pub fn qemu(guest: &Guest<'_>, accel: Accel) -> Vec<String> {
         return argv;
     };
     // restrict=on: the guest reaches nothing but the forwards below.
+    let restrict = if guest.egress { "off" } else { "on" };
     let (ip, port) = (forward.ip(), forward.port());
-    let mut netdev = format!("user,id=n0,restrict=on,hostfwd=tcp:{ip}:{port}-{GUEST_ADDR}:{port}");
+    let mut netdev =
+        format!("user,id=n0,restrict={restrict},hostfwd=tcp:{ip}:{port}-{GUEST_ADDR}:{port}");
     if let Some(socket) = guest.database_socket {
         netdev.push_str(&format!(
             ",guestfwd=tcp:{GUEST_DB_ADDR}:5432-cmd:socat STDIO UNIX-CONNECT:{}",
@@ -200,7 +206,8 @@ mod tests {
             initrd: Path::new("/d/initrd"),
             memory_mb: 192,
             vcpus: 2,
-            forward: Some("127.0.0.1:21001".parse().unwrap()),
+            forward: Some("10.213.0.7:21001".parse().unwrap()),
+            egress: false,
             database_socket: socket,
             tsc_khz: Some(2_600_000),
             tap: "nx21001",
@@ -233,8 +240,16 @@ mod tests {
         assert!(append.contains("tsc_early_khz=2600000"));
         assert_eq!(
             after(&argv, "-netdev"),
-            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:21001-10.0.2.15:21001,guestfwd=tcp:10.0.2.100:5432-cmd:socat STDIO UNIX-CONNECT:/s/.s.PGSQL.5432"
+            "user,id=n0,restrict=on,hostfwd=tcp:10.213.0.7:21001-10.0.2.15:21001,guestfwd=tcp:10.0.2.100:5432-cmd:socat STDIO UNIX-CONNECT:/s/.s.PGSQL.5432"
         );
+        let open = qemu(
+            &Guest {
+                egress: true,
+                ..guest(None)
+            },
+            Accel::Tcg,
+        );
+        assert!(after(&open, "-netdev").starts_with("user,id=n0,restrict=off,"));
         let kvm = qemu(&guest(None), Accel::Kvm);
         assert_eq!(after(&kvm, "-accel"), "kvm");
         assert_eq!(after(&kvm, "-cpu"), "host");
