@@ -147,6 +147,7 @@ in
       vmm = mkOption { type = types.enum [ "qemu" "cloud-hypervisor" "firecracker" ]; default = defaults.microvm.vmm; description = "The VMM; cloud-hypervisor and firecracker use the tap devices of microvm.nix's host networking."; };
       accel = mkOption { type = types.enum [ "auto" "kvm" "tcg" ]; default = defaults.microvm.accel; description = "auto probes KVM and TCG once and keeps the faster one that boots."; };
       poolSize = mkOption { type = types.ints.unsigned; default = defaults.microvm.poolSize; description = "Guests booted ahead for microVM tasks of tasks.limits' memory: each waits for one task and is destroyed after it; refilled in the background; each holds its memory while it waits. 0 (the default): every microVM task boots cold; set 1 or more on hosts that run microVM tasks."; };
+      snapshot = mkOption { type = types.bool; default = defaults.microvm.snapshot; description = "The task pool restores its guests from a snapshot of one booted, waiting guest (QEMU migration to a file, made once per nxd start and guest size) instead of booting each; false: each is booted. QEMU only."; };
     };
     bundles = {
       maxMb = mkOption { type = types.ints.positive; default = defaults.bundles.maxMb; description = "The most a bundle (nx push ./dir or app.tar.gz) may hold, all files together and the largest one, MiB."; };

@@ -73,7 +73,7 @@ withoutNulls {
   };
   microvm = withoutNulls {
     kernel_dir = cfg.microvm.kernelDir;
-    inherit (cfg.microvm) init vmm accel;
+    inherit (cfg.microvm) init vmm accel snapshot;
     pool_size = cfg.microvm.poolSize;
   };
   router = {

@@ -78,6 +78,7 @@
     vmm = "qemu";
     accel = "auto";
     poolSize = 0;
+    snapshot = true;
   };
   router = {
     trustedProxies = [ ];

@@ -81,7 +81,7 @@ impl Pause {
                 let deadline = Instant::now() + Duration::from_secs(120);
                 while guests_ready(host).await? == 0 {
                     anyhow::ensure!(Instant::now() < deadline, "no guest was booted ahead");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }
@@ -97,17 +97,48 @@ pub async fn start_to_output(
     n: usize,
     pause: Pause,
 ) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let run = measure(host, sha, backend, n, pause).await?;
+    Ok((run.samples, run.warm))
+}
+
+/// What `measure` saw.
+pub struct Run {
+    /// Start to first output, per task.
+    pub samples: Vec<Duration>,
+    /// Tasks that ran warm.
+    pub warm: usize,
+    /// With [`Pause::UntilGuestReady`]: from a task's start (when it took the waiting guest)
+    /// until the pool had a guest waiting again (booted or restored), per task but the last.
+    pub refills: Vec<Duration>,
+}
+
+/// `n` tasks on `backend` one after the other, `pause` before each.
+pub async fn measure(
+    host: &Host,
+    sha: &str,
+    backend: Option<&str>,
+    n: usize,
+    pause: Pause,
+) -> anyhow::Result<Run> {
     let http = client(host);
     one(&http, sha, backend).await?; // first use: loads the program (and the image)
-    let mut samples = Vec::with_capacity(n);
-    let mut warm = 0;
+    let mut run = Run {
+        samples: Vec::with_capacity(n),
+        warm: 0,
+        refills: Vec::new(),
+    };
+    let mut last_start: Option<Instant> = None;
     for _ in 0..n {
         pause.wait(host).await?;
+        if let (Pause::UntilGuestReady, Some(start)) = (pause, last_start) {
+            run.refills.push(start.elapsed());
+        }
+        last_start = Some(Instant::now());
         let (first, was_warm) = one(&http, sha, backend).await?;
-        samples.push(first);
-        warm += usize::from(was_warm);
+        run.samples.push(first);
+        run.warm += usize::from(was_warm);
     }
-    Ok((samples, warm))
+    Ok(run)
 }
 
 /// Tasks completed per second by `workers` clients running tasks back to back for `secs`.

@@ -143,6 +143,10 @@ pub struct MicrovmConfig {
     /// 0 (the default): every microVM task boots its own guest; a host that runs microVM tasks
     /// turns it on (1 or more), since each waiting guest holds its RAM and idles its vCPU.
     pub pool_size: usize,
+    /// The pool restores its guests from a snapshot of one booted guest that waits for its
+    /// task (QEMU's migration to a file, made once per nxd start and guest size) instead of
+    /// booting each; false: each is booted. Only with `vmm = "qemu"`.
+    pub snapshot: bool,
 }
 
 impl Default for MicrovmConfig {
@@ -153,6 +157,7 @@ impl Default for MicrovmConfig {
             vmm: Vmm::Qemu,
             accel: AccelMode::Auto,
             pool_size: 0,
+            snapshot: true,
         }
     }
 }

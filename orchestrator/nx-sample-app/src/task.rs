@@ -9,6 +9,7 @@
 //! - `ls PATH`         prints the entries of a directory
 //! - `cat PATH`        prints a file
 //! - `write PATH TEXT` writes TEXT to a file (prints `wrote PATH`)
+//! - `now`             prints the clock: Unix seconds
 
 use std::io::Write;
 
@@ -16,6 +17,14 @@ pub fn run(args: &[String]) -> i32 {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let mut out = std::io::stdout();
     match arg(0) {
+        "now" => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let _ = writeln!(out, "{now}");
+            0
+        }
         "print" => {
             let _ = writeln!(out, "{}", args[1..].join(" "));
             eprintln!("done");

@@ -4,16 +4,20 @@
 //! user-mode network: 10.0.2.15/24), turns the console's echo off (the host writes to it, see
 //! `console`), and then:
 //! - when /nx/await-task exists (a guest booted ahead for the task pool), prints `NX-READY` and
-//!   waits for `NX-GO`, then reads its task from the task drive (see `handover`);
+//!   waits for `NX-GO` (saying `NX-READY` again to the first `NX-PING`: a guest restored from a
+//!   snapshot of this wait), sets the clock and reseeds the kernel's CRNG from what came with it
+//!   (see `fresh`), then reads its task from the task drive (see `handover`);
 //! - when /nx/data exists (a deployment with a `/data`), mounts its disk (`/dev/vda`, ext4) on
 //!   /data;
 //!
 //! runs /app/main as an unprivileged uid with the environment of /nx/env and the arguments of
 //! /nx/args (standard input /dev/null), passes `NX-STOP` on as SIGTERM, reaps every child, and
-//! when /app/main ends prints `NX-EXIT <code>` on the console and reboots, which ends the VMM
+//! when /app/main ends prints `NX-EXIT <code>` (with ` oom-kill` when the guest's OOM killer
+//! ended it) on the console and reboots, which ends the VMM
 //! (run with -no-reboot / reboot=k).
 
 mod console;
+mod fresh;
 mod handover;
 mod net;
 
@@ -136,6 +140,23 @@ fn start_app() -> Result<Pid, String> {
     }
 }
 
+/// How many processes the guest kernel's OOM killer has killed (`oom_kill` of /proc/vmstat).
+fn oom_kills() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// How /app/main ended: its exit code (128 + signal when killed), and whether the guest's OOM
+/// killer was the killer.
+struct End {
+    code: i32,
+    oom: bool,
+}
+
 /// Reaps children until the app ends; returns its exit code (128 + signal when killed).
 fn reap_until(app: Pid) -> i32 {
     loop {
@@ -152,7 +173,7 @@ fn reap_until(app: Pid) -> i32 {
     }
 }
 
-fn run() -> Result<i32, String> {
+fn run() -> Result<End, String> {
     mounts().map_err(|e| format!("mounts: {e}"))?;
     load_modules()?;
     net::configure(std::path::Path::new("/nx/network").exists())
@@ -160,25 +181,34 @@ fn run() -> Result<i32, String> {
     console::quiet()?;
     if std::path::Path::new("/nx/await-task").exists() {
         say(console::READY);
-        if !console::wait_for_go() {
-            return Err("stopped before a task came".into());
-        }
+        let go =
+            console::wait_for_go(|| say(console::READY)).ok_or("stopped before a task came")?;
+        fresh::apply(&go)?;
         handover::unpack()?;
     }
     if std::path::Path::new("/nx/data").exists() {
         mount_data()?;
     }
+    let ooms = oom_kills();
     let app = start_app()?;
     console::pass_stops_to(app);
-    Ok(reap_until(app))
+    let code = reap_until(app);
+    let oom = code == 128 + nix::libc::SIGKILL && oom_kills() > ooms;
+    Ok(End { code, oom })
 }
 
 fn main() {
-    let code = run().unwrap_or_else(|e| {
+    let end = run().unwrap_or_else(|e| {
         say(&format!("nx-init: {e}"));
-        125
+        End {
+            code: 125,
+            oom: false,
+        }
     });
-    say(&format!("{EXIT_MARKER} {code}"));
+    // `NX-EXIT <code>`, and ` oom-kill` when the guest's OOM killer ended the program (the
+    // host's cgroup cannot see it: the guest's memory is the VMM's, and the VMM lives on).
+    let oom = if end.oom { " oom-kill" } else { "" };
+    say(&format!("{EXIT_MARKER} {}{oom}", end.code));
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     loop {

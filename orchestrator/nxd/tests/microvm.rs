@@ -37,7 +37,7 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     );
 
     // The guest holds only what NX put in its initramfs; the host's files are not there.
-    for path in ["/etc/shadow", "/etc/passwd", "/work", "/home", "/var/tmp"] {
+    for path in ["/etc/shadow", "/work", "/home", "/var/tmp"] {
         let (status, body) = host.get(&preview, &format!("/read?path={path}"));
         assert_eq!(status, 404, "{path}: {body}");
     }
@@ -47,8 +47,21 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     // (/root is the kernel's own empty mount point; /data the deployment's disk.)
     assert_eq!(
         root,
-        ["app", "data", "dev", "etc", "init", "nx", "proc", "root", "sys", "tmp"]
+        ["app", "data", "dev", "etc", "init", "nx", "proc", "root", "sys", "tmp", "usr"]
     );
+    // What the bubblewrap sandbox shows a program of the OS: its own users (not the host's),
+    // the time zones.
+    let (status, passwd) = host.get(&preview, "/read?path=/etc/passwd");
+    assert_eq!(status, 200, "{passwd}");
+    assert!(passwd.contains("app:x:1000:1000:"), "{passwd}");
+    assert!(!passwd.contains("daemon:"), "the host's users: {passwd}");
+    let (status, zone) = host.get(&preview, "/read?path=/usr/share/zoneinfo/Europe/Paris");
+    assert_eq!(status, 200);
+    assert!(zone.starts_with("TZif"), "{zone}");
+    if std::path::Path::new("/etc/localtime").exists() {
+        let (status, local) = host.get(&preview, "/read?path=/etc/localtime");
+        assert_eq!((status, &local[..4]), (200, "TZif"));
+    }
     assert!(host
         .get(&preview, "/ls?path=/root")
         .1
@@ -220,6 +233,14 @@ fn a_task_runs_once_in_a_microvm_with_no_network() {
     assert_eq!(out.stdout, "lo\n", "{}", out.stderr);
     let out = task(&["--timeout", "4s"], &["sleep", "60"]);
     assert_eq!(out.code, Some(124), "{}{}", out.stdout, out.stderr);
+    // Past its memory, the guest's OOM killer ends it: 128 + SIGKILL, and the reason.
+    let out = task(&[], &["hog"]);
+    assert_eq!(out.code, Some(137), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("killed: out of memory in the guest"),
+        "{}",
+        out.stderr
+    );
     // Nothing of the tasks is left in the backend's directory.
     assert!(nx_testkit::files_under(&host.path("microvm/tasks")).is_empty());
 }
@@ -309,7 +330,11 @@ fn exited(events: &[serde_json::Value]) -> &serde_json::Value {
 
 #[test]
 fn a_pooled_microvm_task_takes_a_guest_booted_ahead_once_and_leaves_nothing() {
-    let host = Host::start_with(&format!("{}pool_size = 1\n", microvm_config("tcg")));
+    // Booted, not restored (see the snapshot test below).
+    let host = Host::start_with(&format!(
+        "{}pool_size = 1\nsnapshot = false\n",
+        microvm_config("tcg")
+    ));
     wait_for_pooled_guest(&host);
 
     // Output and exit code as a cold guest gives them.
@@ -371,4 +396,82 @@ fn a_pooled_microvm_task_takes_a_guest_booted_ahead_once_and_leaves_nothing() {
     assert_eq!(vmms_with(&own).len(), 1, "{:?}", vmms_with(&own));
     drop(host);
     // nxd gone: no VMM of its state dir stays behind.
+}
+
+/// The Unix time a task's guest printed (`task now`).
+fn guest_clock(events: &[serde_json::Value], stdout: &str) -> u64 {
+    stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{events:?}"))
+}
+
+#[test]
+fn a_pool_guest_restored_from_a_snapshot_runs_a_task_and_leaves_nothing() {
+    let host = Host::start_with(&format!(
+        "{}pool_size = 1\nsnapshot = true\n",
+        microvm_config("tcg")
+    ));
+    wait_for_pooled_guest(&host);
+    // The waiting guest was restored from the snapshot of a booted one, not booted.
+    let own = host.path("microvm/tasks").display().to_string();
+    let vmms = vmms_with(&own);
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    assert!(vmms[0].contains(" -incoming exec:cat "), "{vmms:?}");
+    let snapshots: Vec<_> = std::fs::read_dir(host.path("microvm/snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(snapshots, ["guest-256.snap"]);
+
+    // Time passes: a guest restored from now on starts with the snapshot's clock.
+    std::thread::sleep(Duration::from_secs(12));
+    let (events, stdout) = run_json(&host, &[], &["write", "/tmp/restored", "yes"]);
+    let first = started(&events);
+    assert_eq!(first["warm"], true, "{events:?}");
+    let task = first["task"].as_str().unwrap().to_owned();
+    assert_eq!(stdout, "wrote /tmp/restored\n", "{events:?}");
+    assert_eq!(exited(&events)["exit_code"], 0, "{events:?}");
+    let (events, _) = run_json(&host, &[], &["exit", "5"]);
+    assert_eq!(exited(&events)["exit_code"], 5, "{events:?}");
+
+    // The host's clock, not the template's, and a random state of its own in each clone.
+    wait_for_pooled_guest(&host);
+    let (events, stdout) = run_json(&host, &[], &["now"]);
+    let guest = guest_clock(&events, &stdout);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        guest.abs_diff(now) <= 3,
+        "the guest's clock says {guest}, the host's {now}"
+    );
+    let mut uuids = Vec::new();
+    for _ in 0..2 {
+        wait_for_pooled_guest(&host);
+        let (events, stdout) = run_json(&host, &[], &["cat", "/proc/sys/kernel/random/uuid"]);
+        assert_eq!(exited(&events)["exit_code"], 0, "{events:?}");
+        uuids.push(stdout);
+    }
+    assert_ne!(
+        uuids[0], uuids[1],
+        "two restored guests drew the same random numbers"
+    );
+
+    // The used guests are gone: no VMM, no drive, no directory; one guest waits.
+    assert!(vmms_with(&task).is_empty(), "{:?}", vmms_with(&task));
+    assert!(!host.path(&format!("microvm/tasks/{task}")).exists());
+    wait_for_pooled_guest(&host);
+    let left = nx_testkit::files_under(&host.path("microvm/tasks"));
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(vmms_with(&own).len(), 1, "{:?}", vmms_with(&own));
+    drop(host);
+    // nxd gone: no VMM of its state dir stays behind.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !vmms_with(&own).is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", vmms_with(&own));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

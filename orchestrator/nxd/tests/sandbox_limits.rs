@@ -165,11 +165,27 @@ fn full_data_and_tmp_are_enospc_and_the_program_keeps_serving() {
 
 #[test]
 fn an_oom_kill_and_an_exit_code_are_named_in_the_log() {
-    let host = Host::start();
-    let id = host.push_sample("oom", &["--memory", "128"]);
+    oom_kill_and_exit_code_named(&Host::start(), &[], 128);
+}
+
+#[test]
+fn an_oom_kill_in_a_microvm_guest_and_an_exit_code_are_named_like_a_containers() {
+    // The guest's own OOM killer ends the program (the VMM's cgroup sees nothing); its init
+    // says so, and the log and `nx status` name it as for a container.
+    let host = Host::start_with(&nx_testkit::microvm_config("tcg"));
+    oom_kill_and_exit_code_named(&host, &["--backend", "microvm"], 256);
+}
+
+/// Pushes the sample with `--memory <mib>` (and `extra`), has it eat memory until the kill,
+/// then exit with 3; each end is named in the log and in `nx status`.
+fn oom_kill_and_exit_code_named(host: &Host, extra: &[&str], mib: u64) {
+    let memory = mib.to_string();
+    let mut args = vec!["--memory", memory.as_str()];
+    args.extend_from_slice(extra);
+    let id = host.push_sample("oom", &args);
     let preview = host.preview_host("oom", &id);
     let (status, _) = host.get(&preview, "/hog");
-    assert_ne!(status, 200, "the hog survived a 128 MiB MemoryMax");
+    assert_ne!(status, 200, "the hog survived a {mib} MiB MemoryMax");
     let deadline = Instant::now() + Duration::from_secs(20);
     let logs = loop {
         let out = host.nx(&["logs", &id, "-n", "20"]);
@@ -185,16 +201,19 @@ fn an_oom_kill_and_an_exit_code_are_named_in_the_log() {
     };
     assert!(
         logs.lines()
-            .any(|l| l.ends_with(" nx killed: out of memory, MemoryMax 128 MiB")),
+            .any(|l| l.ends_with(&format!(" nx killed: out of memory, MemoryMax {mib} MiB"))),
         "{logs}"
     );
     // nx status names it too.
     let last = host.deployment("oom", &id)["last_exit"].clone();
     assert_eq!(last["result"], "oom-kill", "{last}");
-    assert_eq!(last["message"], "killed: out of memory, MemoryMax 128 MiB");
+    assert_eq!(
+        last["message"],
+        format!("killed: out of memory, MemoryMax {mib} MiB")
+    );
     let text = host.nx(&["status", "oom"]).stdout;
     assert!(
-        text.contains("killed: out of memory, MemoryMax 128 MiB"),
+        text.contains(&format!("killed: out of memory, MemoryMax {mib} MiB")),
         "{text}"
     );
     // Restarted; then an exit code.

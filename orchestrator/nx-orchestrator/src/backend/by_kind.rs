@@ -2,7 +2,9 @@
 //! pushed to (its `BackendKind`, kept in its handle), each task to the one it asked for.
 
 use super::launch::LaunchSpec;
-use super::{BackendError, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch, WarmSandbox};
+use super::{
+    BackendError, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch, WarmLaunch, WarmSandbox,
+};
 use crate::api::UnitState;
 use crate::domain::{BackendKind, Deployment};
 use std::sync::Arc;
@@ -90,7 +92,7 @@ impl SandboxBackend for Backends {
         }
     }
 
-    async fn boot_ahead(&self, warm: &WarmSandbox) -> Result<LaunchSpec, BackendError> {
+    async fn boot_ahead(&self, warm: &WarmSandbox) -> Result<WarmLaunch, BackendError> {
         self.get(warm.backend)?.boot_ahead(warm).await
     }
 

@@ -29,6 +29,10 @@ static VMM: AtomicI32 = AtomicI32::new(0);
 /// The write end of the guest's console input (the VMM's standard input; 0: none yet).
 static GUEST_CONSOLE: AtomicI32 = AtomicI32::new(0);
 
+/// What follows the exit code on nx-vm-init's `NX-EXIT` line when the guest's OOM killer ended
+/// the program.
+const GUEST_OOM: &str = "oom-kill";
+
 /// The line that asks the guest's init to stop its program (nx-vm-init's `console::STOP`).
 const GUEST_STOP: &[u8] = b"NX-STOP\n";
 
@@ -106,10 +110,14 @@ fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>)
             .lines()
             .map_while(Result::ok)
         {
-            if let Some(n) = line.trim().strip_prefix(EXIT_MARKER) {
+            if let Some(end) = line.trim().strip_prefix(EXIT_MARKER) {
                 // On stderr: a task's stdout is the program's alone. The rest is the reboot.
-                code = n.trim().parse::<i32>().ok();
+                let mut words = end.split_whitespace();
+                code = words.next().and_then(|n| n.parse::<i32>().ok());
                 eprintln!("{}", line.trim());
+                if words.next() == Some(GUEST_OOM) {
+                    super::monitor::report_end(GUEST_OOM);
+                }
                 break;
             }
             let _ = writeln!(out, "{line}");

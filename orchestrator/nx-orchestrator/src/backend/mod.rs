@@ -10,6 +10,7 @@ mod by_kind;
 pub mod container;
 pub mod data_disk;
 pub mod exit;
+pub mod host_files;
 pub mod launch;
 #[cfg(target_os = "linux")]
 pub mod launcher;
@@ -136,6 +137,16 @@ pub struct WarmSandbox {
     pub limits: crate::config::Limits,
 }
 
+/// What a unit of the task pool runs to have a sandbox wait for its task (see
+/// [`SandboxBackend::boot_ahead`]).
+#[derive(Debug)]
+pub struct WarmLaunch {
+    pub spec: LaunchSpec,
+    /// The sandbox is restored from a snapshot of one that already said `NX-READY`: it says so
+    /// again only when asked (`NX-PING` on its input).
+    pub restored: bool,
+}
+
 /// A prepared sandbox: what the backend needs to find it again, also after nxd restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxHandle {
@@ -183,10 +194,10 @@ pub trait SandboxBackend: Send + Sync {
     /// Removes what a task's run may have left outside its unit (e.g. a killed container).
     async fn task_cleanup(&self, task: &TaskLaunch);
 
-    /// What a unit of the task pool execs to boot a sandbox ahead of its task (see
+    /// What a unit of the task pool execs to boot (or restore) a sandbox ahead of its task (see
     /// [`WarmSandbox`]); the sandbox says `NX-READY` on its output once it waits.
     /// `Unavailable` from a backend that boots nothing ahead.
-    async fn boot_ahead(&self, warm: &WarmSandbox) -> Result<LaunchSpec, BackendError> {
+    async fn boot_ahead(&self, warm: &WarmSandbox) -> Result<WarmLaunch, BackendError> {
         Err(BackendError::Unavailable(format!(
             "the {} backend boots no sandbox ahead of its task ({})",
             self.kind(),

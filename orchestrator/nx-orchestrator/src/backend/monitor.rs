@@ -27,6 +27,10 @@ const DRAIN: Duration = Duration::from_secs(1);
 const USAGE_EVERY: Duration = Duration::from_secs(2);
 
 static STOPPING: AtomicBool = AtomicBool::new(false);
+/// In the program's process (before it execs, or the launcher that supervises a VMM): the
+/// write end of the pipe on which it may name how the program ended where the cgroup's
+/// counters cannot tell (see [`report_end`]); -1: no monitor.
+static END_REPORT: AtomicI32 = AtomicI32::new(-1);
 /// The stop signal received (0: none), and the one not passed on to the program yet.
 static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
 static TO_PASS_ON: AtomicI32 = AtomicI32::new(0);
@@ -35,6 +39,18 @@ extern "C" fn on_stop(sig: nix::libc::c_int) {
     STOPPING.store(true, Ordering::SeqCst);
     STOPPED_BY.store(sig, Ordering::SeqCst);
     TO_PASS_ON.store(sig, Ordering::SeqCst);
+}
+
+/// Tells the monitor how the program ended, where its cgroup cannot see it: `oom-kill` from a
+/// microVM guest's own OOM killer. Without a monitor (a task), a note on stderr instead.
+pub(super) fn report_end(what: &str) {
+    let fd = END_REPORT.load(Ordering::SeqCst);
+    if fd < 0 {
+        eprintln!("killed: out of memory in the guest");
+        return;
+    }
+    // SAFETY: the fd is the pipe's write end, open in this process until it exits.
+    let _ = unsafe { nix::libc::write(fd, what.as_ptr().cast(), what.len()) };
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -65,6 +81,10 @@ pub fn run(
         (Ok(out), Ok(err)) => (out, err),
         (Err(e), _) | (_, Err(e)) => return format!("pipe: {e}"),
     };
+    let (report_r, report_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(pipe) => pipe,
+        Err(e) => return format!("pipe: {e}"),
+    };
     let before = CgroupCounters::read();
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     // SAFETY: the launcher is single-threaded here; the child only dup2s, writes a file and
@@ -75,6 +95,7 @@ pub fn run(
             let redirected = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&out_w), 1)
                 .and_then(|_| nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&err_w), 2));
             let _ = std::fs::write("/proc/self/oom_score_adj", "0");
+            END_REPORT.store(std::os::fd::AsRawFd::as_raw_fd(&report_w), Ordering::SeqCst);
             let reason = match redirected {
                 Ok(_) => exec(),
                 Err(e) => format!("dup2: {e}"),
@@ -83,7 +104,7 @@ pub fn run(
             std::process::exit(127);
         }
         Ok(ForkResult::Parent { child }) => {
-            drop((out_w, err_w));
+            drop((out_w, err_w, report_w));
             // No SA_RESTART: a stop interrupts waitpid(2), which passes the signal on.
             let action = signal::SigAction::new(
                 SigHandler::Handler(on_stop),
@@ -109,7 +130,10 @@ pub fn run(
                 }
             };
             let mut sink = capture.finish(DRAIN);
-            let record = record(status, before);
+            let mut reported = String::new();
+            let _ =
+                std::io::Read::read_to_string(&mut std::fs::File::from(report_r), &mut reported);
+            let record = record(status, before, &reported);
             let _ = sink.write_records(&note(&record.message));
             if let Ok(json) = serde_json::to_vec(&record) {
                 let _ = write_atomically(&spec.dir.join(LAST_EXIT_FILE), &json);
@@ -134,8 +158,13 @@ fn report_usage(data: &DataImage, path: &Path) {
     }
 }
 
-fn record(status: nix::Result<WaitStatus>, before: CgroupCounters) -> LastExit {
-    let after = CgroupCounters::read();
+/// How the program ended (`reported`: what its process said of it, see [`report_end`]).
+fn record(status: nix::Result<WaitStatus>, before: CgroupCounters, reported: &str) -> LastExit {
+    let mut after = CgroupCounters::read();
+    if reported == "oom-kill" {
+        // The guest's OOM killer, inside the unit's MemoryMax: as if the cgroup's had killed.
+        after.oom_kills = after.oom_kills.max(before.oom_kills + 1);
+    }
     let limits = CgroupLimits::read();
     let now = chrono::Utc::now();
     let (code, sig, core) = match status {

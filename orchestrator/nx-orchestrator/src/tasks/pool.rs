@@ -24,8 +24,14 @@ use tokio::net::unix::pipe;
 
 /// What a guest booted ahead prints once its init waits (nx-vm-init's `console::READY`).
 const READY: &str = "NX-READY";
-/// What hands it its task (nx-vm-init's `console::GO`).
-const GO: &[u8] = b"NX-GO\n";
+/// What hands it its task (nx-vm-init's `console::GO`), followed on its line by the host's
+/// clock and entropy (see [`Slot::go`]).
+const GO: &str = "NX-GO";
+/// What asks a restored guest to say `NX-READY` (nx-vm-init's `console::PING`): it said so
+/// before its snapshot was taken, and its console input may lose bytes while QEMU loads it,
+/// so the pool asks every [`PING_EVERY`] until it answers (it answers once).
+const PING: &[u8] = b"NX-PING\n";
+const PING_EVERY: Duration = Duration::from_millis(50);
 /// How long a guest may take to boot to `NX-READY` (TCG on a busy host: seconds).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -64,20 +70,45 @@ impl Slot {
         self.stdin.write_all(&json).await
     }
 
-    /// Tells the guest booted ahead that its task is on its drive; it starts at once.
+    /// Tells the guest booted ahead that its task is on its drive; it starts at once. The line
+    /// carries the host's clock (Unix seconds and nanoseconds) and 32 bytes of fresh entropy
+    /// (hex), since a guest restored from a snapshot has the template's clock and random state:
+    /// `NX-GO <secs>.<nanos> <hex>`.
     pub async fn go(&mut self) -> std::io::Result<()> {
-        self.stdin.write_all(GO).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut seed = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        let line = format!(
+            "{GO} {}.{:09} {}\n",
+            now.as_secs(),
+            now.subsec_nanos(),
+            hex::encode(seed)
+        );
+        self.stdin.write_all(line.as_bytes()).await?;
         self.stdin.shutdown().await
     }
 
-    /// Reads the unit's output until the guest says it waits; an error with what it said if it
-    /// ended first.
-    async fn wait_ready(&mut self) -> Result<(), String> {
+    /// Reads the unit's output until the guest says it waits (asking a restored one every
+    /// [`PING_EVERY`]); an error with what it said if it ended first.
+    async fn wait_ready(&mut self, restored: bool) -> Result<(), String> {
         let mut said = Vec::new();
         let mut buf = [0u8; 4096];
+        let (stdin, stdout) = (&mut self.stdin, &mut self.stdout);
         let read = async {
+            let mut ping = tokio::time::interval(PING_EVERY);
             loop {
-                match self.stdout.read(&mut buf).await {
+                let read = tokio::select! {
+                    read = stdout.read(&mut buf) => read,
+                    _ = ping.tick(), if restored => {
+                        if stdin.write_all(PING).await.is_err() {
+                            return false;
+                        }
+                        continue;
+                    }
+                };
+                match read {
                     Ok(0) | Err(_) => return false,
                     Ok(n) => said.extend_from_slice(&buf[..n]),
                 }
@@ -216,13 +247,22 @@ impl Pool {
             limits: self.limits,
         };
         let booted = async {
-            let spec = boot
+            let launch = boot
                 .backend
                 .boot_ahead(&warm)
                 .await
                 .map_err(|e: BackendError| e.to_string())?;
-            slot.write_spec(&spec).await.map_err(|e| e.to_string())?;
-            slot.wait_ready().await
+            let started = std::time::Instant::now();
+            slot.write_spec(&launch.spec)
+                .await
+                .map_err(|e| e.to_string())?;
+            slot.wait_ready(launch.restored).await?;
+            tracing::info!(
+                restored = launch.restored,
+                ms = started.elapsed().as_millis() as u64,
+                "a guest waits for its task"
+            );
+            Ok::<_, String>(())
         };
         match booted.await {
             Ok(()) => {

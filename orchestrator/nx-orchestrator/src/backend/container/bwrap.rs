@@ -6,9 +6,9 @@
 //! A deployment runs in the network namespace its launcher set up (`network::attach`), with
 //! the gateway as its resolver; a task gets a network namespace of its own, loopback only.
 
-use super::host_files::{HOST_FILES, LOADER_FILES};
 use super::SandboxNetwork;
 use crate::artifact::verify::Linkage;
+use crate::backend::host_files::{HOST_FILES, LOADER_FILES};
 use crate::backend::launch::SECCOMP_FIRST_FD;
 use crate::databases::SANDBOX_SOCKET_DIR;
 use nx_artifact::closure::SANDBOX_LIBRARY_DIRS;

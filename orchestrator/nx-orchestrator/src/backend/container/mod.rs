@@ -7,7 +7,6 @@
 //! /proc/*/cmdline) and execs bwrap.
 
 mod bwrap;
-mod host_files;
 pub mod podman;
 mod seccomp;
 
@@ -107,7 +106,7 @@ impl SandboxBackend for ContainerBackend {
             chown(&data, Some(uid), Some(uid))?;
         }
         set_mode(&data, 0o700)?;
-        let identity = host_files::write_identity(&handle.dir, uid)?;
+        let identity = super::host_files::write_identity(&handle.dir, uid)?;
         let disks: Vec<VolumeDisk> = spec
             .volumes
             .iter()

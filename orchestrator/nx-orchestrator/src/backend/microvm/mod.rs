@@ -12,13 +12,17 @@
 mod accel;
 mod handover;
 mod initramfs;
+mod qmp;
+mod snapshot;
 pub mod vmm;
 
 use super::data_disk::DataTemplates;
+use super::host_files::{identity, HOST_FILES};
 use super::launch::{LaunchSpec, StopForward};
 use super::unit::{DeploymentUnits, UnitSettings};
 use super::{
-    BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch, WarmSandbox,
+    BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch, WarmLaunch,
+    WarmSandbox,
 };
 use crate::api::UnitState;
 use crate::artifact::verify::Linkage;
@@ -26,6 +30,7 @@ use crate::config::{Limits, MicrovmConfig, Vmm};
 use crate::domain::{BackendKind, Deployment};
 use crate::supervisor::Supervisor;
 use initramfs::{nul_separated, Archive};
+use snapshot::{Snapshots, Template};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -51,6 +56,8 @@ pub struct MicrovmBackend {
     /// The deployments' resolv.conf (`network::dns`): a guest's `/etc/resolv.conf`, so that
     /// its queries go to the gateway like any deployment's.
     resolv_conf: PathBuf,
+    /// Snapshots the task pool restores its guests from (`[microvm] snapshot`, QEMU only).
+    snapshots: Option<Snapshots>,
 }
 
 /// The VMM's environment: where to find it (and socat).
@@ -142,7 +149,11 @@ impl MicrovmBackend {
             },
             tsc_khz: tsc_khz(),
             resolv_conf: crate::network::resolv_conf_path(state_dir),
+            snapshots: None,
         };
+        if config.snapshot && config.vmm == Vmm::Qemu {
+            backend.snapshots = Some(Snapshots::new(backend.root.join("snapshots"))?);
+        }
         let probe = backend.root.join("probe.cpio");
         std::fs::write(&probe, backend.guest_archive(None)?.finish()?)?;
         // Guests booted ahead: no program, and the marker that makes init wait for its task.
@@ -161,11 +172,30 @@ impl MicrovmBackend {
         Ok(backend)
     }
 
-    /// NX's init, the modules and (for a deployment) the program; not yet finished.
+    /// NX's init, the modules, the OS files a program reads (as a bubblewrap sandbox has them,
+    /// see `host_files`) and (for a deployment) the program; not yet finished.
     fn guest_archive(&self, program: Option<&Path>) -> Result<Archive<Vec<u8>>, BackendError> {
         let mut archive = Archive::new(Vec::new());
-        for dir in ["nx", "nx/modules", "app", "dev", "proc", "sys", "tmp"] {
+        for dir in [
+            "nx",
+            "nx/modules",
+            "app",
+            "dev",
+            "etc",
+            "proc",
+            "sys",
+            "tmp",
+        ] {
             archive.dir(dir)?;
+        }
+        // Time zones, TLS roots, services; not the host's resolver config (a guest with a network
+        // gets the deployments' own, see `write_initrd`). `right/`: the leap-second zones (2 MB)
+        // no library reads by default.
+        for path in HOST_FILES.iter().filter(|p| **p != "/etc/resolv.conf") {
+            archive.host(Path::new(path), &["right"])?;
+        }
+        for (name, text) in identity(GUEST_APP_UID) {
+            archive.file(&format!("etc/{name}"), 0o644, text.as_bytes())?;
         }
         archive.file("init", 0o755, &std::fs::read(&self.init)?)?;
         let mut order = Vec::new();
@@ -275,6 +305,21 @@ impl MicrovmBackend {
     /// The initramfs of every guest booted ahead (see `handover`).
     fn warm_initrd(&self) -> PathBuf {
         self.root.join("warm.cpio")
+    }
+
+    /// The guest a snapshot is made of: a pool guest's (see `boot_ahead`), its empty task drive
+    /// at `drive` (nxd's: the template runs as nxd).
+    fn template(&self, drive: PathBuf, memory_max_mb: u64) -> Result<Template, BackendError> {
+        let _ = std::fs::remove_file(&drive);
+        handover::create_drive(&drive, nix::unistd::geteuid().as_raw())?;
+        let disk = Disk {
+            path: &drive,
+            read_only: true,
+        };
+        let argv = self
+            .task_vmm(&self.warm_initrd(), memory_max_mb, Some(disk))
+            .argv;
+        Ok(Template { argv, drive })
     }
 
     /// The VMM of a task's guest: no network device at all, only its own loopback; a disk when
@@ -451,20 +496,37 @@ impl SandboxBackend for MicrovmBackend {
     }
 
     /// A guest of the shared initramfs with an empty task drive; its init waits for `NX-GO`.
+    /// Restored from the snapshot of such a guest where there is one (see `snapshot`).
     #[tracing::instrument(skip_all, fields(task = %warm.id))]
-    async fn boot_ahead(&self, warm: &WarmSandbox) -> Result<LaunchSpec, BackendError> {
+    async fn boot_ahead(&self, warm: &WarmSandbox) -> Result<WarmLaunch, BackendError> {
         let dir = self.task_dir(&warm.id);
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
         let drive = dir.join("task.img");
         handover::create_drive(&drive, warm.uid)?;
+        let memory_max_mb = warm.limits.memory_max_mb;
+        let snapshot = match &self.snapshots {
+            Some(snapshots) => {
+                let template =
+                    || self.template(snapshots.template_drive(memory_max_mb), memory_max_mb);
+                snapshots.get(memory_max_mb, template).await
+            }
+            None => None,
+        };
         let disk = Disk {
             path: &drive,
             read_only: true,
         };
-        Ok(LaunchSpec {
+        let mut spec = LaunchSpec {
             uid: Some(warm.uid),
-            ..self.task_vmm(&self.warm_initrd(), warm.limits.memory_max_mb, Some(disk))
+            ..self.task_vmm(&self.warm_initrd(), memory_max_mb, Some(disk))
+        };
+        if let Some(snapshot) = &snapshot {
+            spec.argv.extend(vmm::incoming(snapshot));
+        }
+        Ok(WarmLaunch {
+            spec,
+            restored: snapshot.is_some(),
         })
     }
 

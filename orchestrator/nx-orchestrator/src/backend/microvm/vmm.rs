@@ -142,6 +142,20 @@ pub fn qemu(guest: &Guest<'_>, accel: Accel) -> Vec<String> {
     argv
 }
 
+/// A path as one word of a POSIX shell command (single-quoted; a `'` inside as `'\''`).
+pub fn sh_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+/// QEMU options that restore a guest from a snapshot (see `snapshot`) instead of booting it: the
+/// rest of the command line must be the template's (the same machine, memory and devices).
+pub fn incoming(snapshot: &Path) -> [String; 2] {
+    [
+        "-incoming".into(),
+        format!("exec:cat {}", sh_quote(snapshot)),
+    ]
+}
+
 /// `cloud-hypervisor` with a direct kernel boot.
 pub fn cloud_hypervisor(guest: &Guest<'_>) -> Vec<String> {
     let mut argv = s(&["cloud-hypervisor", "--kernel"]);
@@ -281,6 +295,18 @@ mod tests {
             "file=/d/task,,1.img,format=raw,if=none,id=vda,readonly=on"
         );
         assert_eq!(after(&with_disk, "-device"), "virtio-blk-device,drive=vda");
+    }
+
+    #[test]
+    fn a_restored_guest_reads_its_snapshot_through_a_quoted_path() {
+        assert_eq!(
+            incoming(Path::new("/var/lib/nx/microvm/snapshots/guest-192.snap")),
+            [
+                "-incoming",
+                "exec:cat '/var/lib/nx/microvm/snapshots/guest-192.snap'"
+            ]
+        );
+        assert_eq!(sh_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
     }
 
     #[test]
