@@ -239,7 +239,8 @@ pub struct DeploymentView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastExit {
     pub at: chrono::DateTime<chrono::Utc>,
-    /// `success` (also a stop on request), `exit-code`, `signal`, `core-dump` or `oom-kill`.
+    /// `success` (also a stop on request), `exit-code`, `signal`, `core-dump`, `oom-kill` or
+    /// `timeout` (still running at a stop's timeout, then killed).
     pub result: String,
     /// The exit code, when it exited (for a program under bubblewrap, 128 + N when signal N
     /// ended it inside the sandbox).

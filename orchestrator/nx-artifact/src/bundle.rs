@@ -48,6 +48,14 @@ pub enum BundleError {
         limit: String,
         key: &'static str,
     },
+    #[error("{path:?} lies under {parent:?}, which is a file or a link of the bundle, not a directory; give each path once, as what it is")]
+    UnderFile { path: String, parent: String },
+    #[error("{path:?}: the manifest says {declared} bytes, the uploaded file has {stored}; give each file's true size")]
+    WrongSize {
+        path: String,
+        declared: u64,
+        stored: u64,
+    },
     #[error("{SETTINGS_FILE}: {0}")]
     Settings(String),
     #[error("argv0 {0:?}: a file name is a-z, A-Z, 0-9, '.', '_', '-', '+' and at most 255 bytes")]
@@ -245,6 +253,16 @@ impl BundleManifest {
                 return Err(BundleError::BadPath {
                     path: path.clone(),
                     why: "a path given twice",
+                });
+            }
+        }
+        // A file or a link is no directory: nothing may lie under one.
+        for path in &seen {
+            let mut ancestors = path.match_indices('/').map(|(i, _)| &path[..i]);
+            if let Some(parent) = ancestors.find(|a| seen.contains(a)) {
+                return Err(BundleError::UnderFile {
+                    path: (*path).to_owned(),
+                    parent: parent.to_owned(),
                 });
             }
         }
@@ -661,6 +679,32 @@ mod tests {
         let mut m = manifest();
         m.argv0 = Some("../sh".into());
         assert!(matches!(m.check(&LIMITS), Err(BundleError::BadArgv0(_))));
+        // Paths that collide: a file, or a link, used as a directory.
+        let mut m = manifest();
+        m.files.push(file("bin/app/x", false));
+        let e = m.check(&LIMITS).unwrap_err();
+        assert_eq!(
+            e,
+            BundleError::UnderFile {
+                path: "bin/app/x".into(),
+                parent: "bin/app".into()
+            }
+        );
+        let mut m = manifest();
+        m.files.push(file("lib/libx.so/y", false));
+        assert!(matches!(
+            m.check(&LIMITS),
+            Err(BundleError::UnderFile { .. })
+        ));
+        let mut m = manifest();
+        m.links.push(BundleLink {
+            path: "bin".into(),
+            target: "lib".into(),
+        });
+        assert!(matches!(
+            m.check(&LIMITS),
+            Err(BundleError::UnderFile { .. })
+        ));
     }
 
     fn exec(path: &Path, text: &str) {

@@ -50,14 +50,21 @@ pub fn verified(path: &Path, info: &ElfInfo, json: bool) {
     }
 }
 
-/// `running`; `failed (oom-kill)` when its program's last end was a failure and it does not
-/// run now (restarting, or stopped after it); `stopped`; else systemd's `active/sub`.
+/// `running`; `stopped`, or `stopped (timeout)` when the stop had to kill it; `failed
+/// (oom-kill)` when its program's last end was a failure and it does not run now (restarting,
+/// or not started again); else systemd's `active/sub`.
 fn state(d: &DeploymentView) -> String {
     let failed = d.last_exit.as_ref().filter(|e| e.failed());
+    let stopped = d.desired == nx_api::Desired::Stopped;
     match (&d.state.active, failed) {
         (ActiveState::Active, _) => d.state.sub.to_string(),
         (ActiveState::Inactive | ActiveState::Failed, _) if d.phase == nx_api::Phase::Idle => {
             "idle".into()
+        }
+        (ActiveState::Inactive | ActiveState::Failed, Some(exit))
+            if stopped && exit.result == "timeout" =>
+        {
+            "stopped (timeout)".into()
         }
         (_, Some(exit)) => format!("failed ({})", exit.result),
         (ActiveState::Inactive, None) if d.desired == nx_api::Desired::Stopped => "stopped".into(),

@@ -7,7 +7,7 @@ use crate::api::checks;
 use crate::api::health;
 use crate::api::{DeploymentView, PushRequest, SandboxView};
 use crate::artifact::Artifact;
-use crate::artifact::{ArtifactStore, BundleStore};
+use crate::artifact::{ArtifactStore, BundleStore, StoreError};
 use crate::backend::{
     Backends, Program, SandboxBackend, SandboxSpec, DEFAULT_STOP_TIMEOUT, MAX_STOP_TIMEOUT,
 };
@@ -384,15 +384,16 @@ impl Orchestrator {
             return Ok(program);
         }
         let path = self.artifacts.path(sha256)?;
-        let bytes = tokio::fs::read(&path).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound(format!("no artifact {sha256} is stored: upload it first (PUT /v1/artifacts/{sha256}; nx push and nx run-task do)"),
+        let artifact = crate::artifact::inspect_file(&path).await.map_err(|e| match e {
+            StoreError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => Error::NotFound(format!("no artifact {sha256} is stored: upload it first (PUT /v1/artifacts/{sha256}; nx push and nx run-task do)"),
             ),
-            _ => Error::Io {
+            StoreError::Io(e) => Error::Io {
                 what: format!("reading artifact {sha256}"),
                 source: e,
             },
+            e => e.into(),
         })?;
-        let program = match Artifact::inspect(&bytes).map_err(crate::artifact::StoreError::from)? {
+        let program = match artifact {
             Artifact::Binary(elf) => Program::Binary {
                 path,
                 linkage: elf.linkage,

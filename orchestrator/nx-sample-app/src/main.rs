@@ -27,6 +27,7 @@
 //! PGUSER, PGPASSWORD.
 //! - `GET /connect?addr=A` tries a TCP connection to A (host:port); reports the outcome
 //! - `GET /exit?code=C` exits with code C
+//! - `GET /raise?signal=N` sends itself signal N (6: a crash as abort(3) makes it)
 //! - `GET /fill?dir=D&mb=M` writes M MiB to D/fill (removed after); reports how much and the error
 //! - `GET /spew?mb=M`   writes M MiB of 100-byte lines to stdout; reports the seconds it took
 //! - `GET /ws`          a WebSocket echo
@@ -280,6 +281,16 @@ fn handle(request: Request) {
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(1);
             std::process::exit(code);
+        }
+        "/raise" => {
+            let signal = query(&url, "signal").and_then(|s| s.parse::<i32>().ok());
+            match signal.map(nix::sys::signal::Signal::try_from) {
+                Some(Ok(signal)) => match nix::sys::signal::raise(signal) {
+                    Ok(()) => text(200, format!("{signal} was not fatal\n")),
+                    Err(e) => text(500, format!("raise: {e}\n")),
+                },
+                _ => text(400, "give signal=N, a signal number\n"),
+            }
         }
         _ => text(404, "not found\n"),
     };

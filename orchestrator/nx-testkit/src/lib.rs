@@ -308,6 +308,18 @@ impl Host {
         self.nxd.as_ref().expect("nxd runs").id()
     }
 
+    /// nxd's peak resident memory (VmHWM in /proc/<pid>/status), in bytes.
+    pub fn nxd_peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.nxd_pid())).expect("status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kb << 10
+    }
+
     /// Stops nxd (SIGTERM) and starts it again on the same state dir; deployments keep running.
     pub fn restart_nxd(&mut self) {
         self.stop_nxd();
@@ -372,16 +384,23 @@ impl Host {
 
     /// Runs the CLI against this host with another API token (a deploy token).
     pub fn nx_as(&self, token: &str, args: &[&str]) -> Nx {
-        self.netns
-            .command(bin("nx"))
+        self.nx_command(token, args)
+            .output()
+            .expect("run nx")
+            .into()
+    }
+
+    /// The CLI against this host with `token`, to spawn (e.g. `nx logs -f`, which runs until
+    /// it is killed); stdin is /dev/null.
+    pub fn nx_command(&self, token: &str, args: &[&str]) -> Command {
+        let mut command = self.netns.command(bin("nx"));
+        command
             .args(args)
             .env("NX_HOST", format!("http://{}", self.api))
             .env("NX_TOKEN", token)
             .env("NX_CONFIG", "/dev/null")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run nx")
-            .into()
+            .stdin(Stdio::null());
+        command
     }
 
     /// Runs the CLI with --json and asserts it succeeded.

@@ -175,6 +175,41 @@ fn a_killed_upload_leaves_no_artifact_and_no_temp_file() {
 }
 
 #[test]
+fn a_large_upload_is_not_held_in_memory() {
+    let host = Host::start();
+    // 512 MiB with a digest that is not theirs: hashed on the way in, refused, never read back.
+    let size: u64 = 512 << 20;
+    let before = host.nxd_peak_rss();
+    let resp = host
+        .http()
+        .put(format!(
+            "http://{}/v1/artifacts/{}",
+            host.api,
+            "0".repeat(64)
+        ))
+        .bearer_auth(&host.token)
+        .timeout(Duration::from_secs(300))
+        .body(reqwest::blocking::Body::sized(
+            std::io::Read::take(std::io::repeat(7), size),
+            size,
+        ))
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("hash mismatch"), "{body}");
+    let grew = host.nxd_peak_rss() - before;
+    assert!(
+        grew < 64 << 20,
+        "a {} MiB upload raised nxd's peak memory by {} MiB",
+        size >> 20,
+        grew >> 20
+    );
+    assert!(stored_artifacts(&host).is_empty());
+}
+
+#[test]
 fn requests_without_the_token_get_401() {
     let host = Host::start();
     for (method, path) in [

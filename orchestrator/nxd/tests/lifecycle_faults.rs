@@ -132,7 +132,23 @@ fn stop_drains_then_kills_at_the_stop_timeout(host: &Host, push: impl Fn(&[&str]
     assert!(logs.contains("SIGTERM; draining"), "{logs}");
     assert!(!logs.contains("nx-sample: drained"), "{logs}");
     assert!(took < Duration::from_secs(10), "{took:?}");
-    assert_eq!(host.deployment("drain", &id)["phase"], "stopped");
+    // Named as such: in the log, by the unit's monitor, and in nx status.
+    let waited: f64 = logs
+        .lines()
+        .find_map(|l| {
+            l.split_once(" nx killed by SIGKILL at the stop timeout: still running ")?
+                .1
+                .strip_suffix(" s after SIGTERM")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("the stop's timeout is not named:\n{logs}"));
+    assert!((1.0..10.0).contains(&waited), "{waited} s");
+    let d = host.deployment("drain", &id);
+    assert_eq!(d["phase"], "stopped");
+    assert_eq!(d["last_exit"]["result"], "timeout", "{d}");
+    let ls = host.nx(&["ls"]).stdout;
+    assert!(ls.contains("stopped (timeout)"), "{ls}");
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! What a real program expects of its sandbox: a log that is capped and rotated and whose tail
 //! costs little, a sized `/data` and `/tmp` that fill up with ENOSPC instead of a kill, the OS
 //! files programs read at start (a static Go program loads a time zone; Debian's Caddy serves
-//! with nothing but its port), its open-files limit, and the reason when it is killed.
+//! with nothing but its port), its open-files limit, and the reason when it is killed (out of
+//! memory, a signal, forks refused at the task limit, a stop's timeout).
 
 use nx_testkit::Host;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The bytes of a deployment's log files on disk (`output.log`, `output.log.N`), as far as
@@ -19,17 +21,6 @@ fn log_bytes(dir: &Path) -> u64 {
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum()
-}
-
-/// nxd's peak resident memory (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb << 10
 }
 
 /// Has the program write `mb` MiB of lines, and waits until its log stops growing.
@@ -63,9 +54,9 @@ fn output_is_capped_on_disk_and_a_tail_costs_memory_in_lines_not_bytes() {
     spew(&host, "big", &big, 300);
     let on_disk = log_bytes(&host.path(&format!("deployments/{big}")));
     assert!(on_disk > 250 << 20, "{on_disk} bytes of log kept");
-    let before = peak_rss(host.nxd_pid());
+    let before = host.nxd_peak_rss();
     let out = host.nx(&["logs", &big, "-n", "2"]);
-    let after = peak_rss(host.nxd_pid());
+    let after = host.nxd_peak_rss();
     assert!(out.ok, "{}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", out.stdout);
@@ -97,6 +88,78 @@ fn output_is_capped_on_disk_and_a_tail_costs_memory_in_lines_not_bytes() {
     );
     let out = host.nx(&["logs", &big, "--since", "1h", "-n", "3"]);
     assert_eq!(out.stdout.lines().count(), 3, "{}", out.stdout);
+}
+
+/// A stored record's time (`2026-11-30T03:10:38.123456Z`: fixed width, so it sorts as text).
+fn record_time(line: &str) -> &str {
+    line.split(' ').next().unwrap_or_default()
+}
+
+#[test]
+fn nx_logs_follow_goes_on_across_rotation() {
+    let host = Host::start();
+    // 16 MiB in 5 files: each rotates at 3.2 MiB; 8 MiB of lines (10.8 MiB stamped) fill three
+    // and leave every line on disk.
+    let id = host.push_sample("follow", &["--log-max", "16"]);
+    let mut follow = host
+        .nx_command(&host.token, &["logs", &id, "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let expected = (8u64 << 20) / 100;
+    // Lines of the program and lines the writer dropped (and counted) that nx logs -f printed,
+    // and whether the records came in order.
+    let seen = std::sync::Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(1)]);
+    let reader = {
+        let seen = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut last = String::new();
+            for line in std::io::BufReader::new(stdout).lines() {
+                let line = line.unwrap();
+                let time = record_time(&line).to_owned();
+                if time.starts_with("20") {
+                    if time < last {
+                        seen[2].store(0, Ordering::SeqCst);
+                    }
+                    last = time;
+                }
+                if line.contains(" stdout ") && line.ends_with(&"x".repeat(99)) {
+                    seen[0].fetch_add(1, Ordering::SeqCst);
+                } else if let Some((_, rest)) = line.split_once(" nx dropped ") {
+                    let n: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+                    seen[1].fetch_add(n, Ordering::SeqCst);
+                }
+                if seen[0].load(Ordering::SeqCst) + seen[1].load(Ordering::SeqCst) == expected {
+                    break;
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    spew(&host, "follow", &id, 8);
+    let dir = host.path(&format!("deployments/{id}"));
+    assert!(
+        dir.join("output.log.3").exists() && !dir.join("output.log.4").exists(),
+        "three rotations expected: {:?}",
+        nx_testkit::files_under(&dir)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reader.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "nx logs -f printed {} lines and {} dropped of the {expected} on disk",
+            seen[0].load(Ordering::SeqCst),
+            seen[1].load(Ordering::SeqCst),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let program = seen[0].load(Ordering::SeqCst);
+    assert!(program > 0, "{program} lines");
+    assert_eq!(seen[2].load(Ordering::SeqCst), 1, "records out of order");
 }
 
 #[test]
@@ -216,7 +279,8 @@ fn oom_kill_and_exit_code_named(host: &Host, extra: &[&str], mib: u64) {
         text.contains(&format!("killed: out of memory, MemoryMax {mib} MiB")),
         "{text}"
     );
-    // Restarted; then an exit code.
+    // Restarted: systemd's Result of the new run is `success`, but nx status and nx logs
+    // still name the last kill.
     let deadline = Instant::now() + Duration::from_secs(20);
     while host.get(&preview, "/health").0 != 200 {
         assert!(
@@ -225,6 +289,21 @@ fn oom_kill_and_exit_code_named(host: &Host, extra: &[&str], mib: u64) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let d = host.deployment("oom", &id);
+    assert_eq!(d["state"]["active"], "active", "{d}");
+    assert!(d["state"]["restarts"].as_u64().unwrap() >= 1, "{d}");
+    assert_eq!(d["last_exit"]["result"], "oom-kill", "{d}");
+    let text = host.nx(&["status", "oom"]).stdout;
+    assert!(
+        text.contains("running") && text.contains("killed: out of memory, MemoryMax 128 MiB"),
+        "{text}"
+    );
+    assert!(
+        host.nx(&["logs", &id])
+            .stdout
+            .contains(" nx killed: out of memory, MemoryMax 128 MiB"),
+        "the kill left the log"
+    );
     host.get(&preview, "/exit?code=3");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -243,6 +322,71 @@ fn oom_kill_and_exit_code_named(host: &Host, extra: &[&str], mib: u64) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Waits up to 20 s for an `nx` line of `id`'s log whose text (after `<time> nx `) starts with
+/// `start` and ends with `end`, and returns that text.
+fn wait_for_nx_line(host: &Host, id: &str, start: &str, end: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = host.nx(&["logs", id, "-n", "50"]).stdout;
+        let found = out
+            .lines()
+            .filter_map(|l| l.split_once(" nx ").map(|(_, text)| text))
+            .find(|text| text.starts_with(start) && text.ends_with(end));
+        if let Some(text) = found {
+            return text.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no nx line {start:?}..{end:?} in the log:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_signal_and_forks_refused_at_the_task_limit_are_named() {
+    let host = Host::start();
+    let id = host.push_sample("named", &["--tasks", "40"]);
+    let preview = host.preview_host("named", &id);
+
+    // Forks refused: said while the program runs on, and again when it ends.
+    let (status, body) = host.get(&preview, "/fork");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("EAGAIN"), "{body}");
+    let refused = " forks were refused at the task limit (TasksMax 40)";
+    let note = wait_for_nx_line(&host, &id, "", refused);
+    let count: u64 = note
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a count first");
+    assert!(count >= 1, "{note}");
+    assert_eq!(host.get(&preview, "/health").0, 200);
+    host.get(&preview, "/exit?code=1");
+    wait_for_nx_line(&host, &id, "exited with code 1; ", refused);
+    let last = host.deployment("named", &id)["last_exit"].clone();
+    assert_eq!(last["result"], "exit-code", "{last}");
+
+    // A crash: SIGABRT (abort(3)), through the sandbox's exit code 128 + 6.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while host.get(&preview, "/health").0 != 200 {
+        assert!(Instant::now() < deadline, "not restarted after exit 1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    host.get(&preview, "/raise?signal=6");
+    wait_for_nx_line(
+        &host,
+        &id,
+        "killed by SIGABRT (exit code 134 from the sandbox)",
+        "",
+    );
+    let last = host.deployment("named", &id)["last_exit"].clone();
+    assert_eq!(last["result"], "signal", "{last}");
+    let text = host.nx(&["status", "named"]).stdout;
+    assert!(text.contains("killed by SIGABRT"), "{text}");
 }
 
 #[test]
@@ -280,23 +424,17 @@ fn hard_nofile() -> u64 {
 #[test]
 fn the_open_files_limit_is_65536_unless_set() {
     let host = Host::start();
-    let open_files = |id: &str| -> Vec<u64> {
+    let open_files = |id: &str| -> (u64, u64) {
         let (status, limits) = host.get(
             &host.preview_host("files", id),
             "/read?path=/proc/self/limits",
         );
         assert_eq!(status, 200, "{limits}");
-        let line = limits
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .expect("Max open files");
-        line.split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect()
+        open_files_in(&limits)
     };
     let default = host.push_sample("files", &[]);
     let expected = 65_536.min(hard_nofile());
-    assert_eq!(open_files(&default), [expected, expected]);
+    assert_eq!(open_files(&default), (expected, expected));
     if expected < 65_536 {
         let out = host.nx(&["logs", &default]);
         assert!(
@@ -306,7 +444,49 @@ fn the_open_files_limit_is_65536_unless_set() {
         );
     }
     let set = host.push_sample("files", &["--nofile", "4096"]);
-    assert_eq!(open_files(&set), [4096, 4096]);
+    assert_eq!(open_files(&set), (4096, 4096));
+}
+
+/// The soft and hard `Max open files` of a process, from /proc/<pid>/limits.
+fn open_files_of(pid: u32) -> (u64, u64) {
+    open_files_in(&std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap())
+}
+
+/// The soft and hard `Max open files` in the text of a /proc/<pid>/limits.
+fn open_files_in(limits: &str) -> (u64, u64) {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[test]
+fn nxd_raises_its_soft_open_files_limit_to_the_hard_one() {
+    use std::os::unix::fs::PermissionsExt;
+    // nxd started as systemd starts a service by default: a soft limit of 1024.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let wrapper = dir.path().join("nxd-soft-1024");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nulimit -S -n 1024\nexec {:?} \"$@\"\n",
+            nx_testkit::bin("nxd")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let host = Host::start_with_nxd(wrapper, "");
+    let (soft, hard) = open_files_of(host.nxd_pid());
+    assert!(
+        hard > 1024,
+        "this host's hard limit is {hard}: nothing to raise"
+    );
+    assert_eq!(soft, hard);
 }
 
 const GO_PROGRAM: &str = r#"package main

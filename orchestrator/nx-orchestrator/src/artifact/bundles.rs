@@ -89,6 +89,23 @@ impl BundleStore {
         Ok(missing)
     }
 
+    /// Refuses a manifest whose declared sizes are not its blobs' (`bundles.max_mb` is checked
+    /// on the declared sizes: with them true, it holds for the bytes received).
+    fn check_sizes(&self, manifest: &BundleManifest) -> Result<(), BundleStoreError> {
+        for file in &manifest.files {
+            let stored = std::fs::metadata(self.blobs.path(&file.sha256)?)?.len();
+            if stored != file.size {
+                return Err(BundleError::WrongSize {
+                    path: file.path.clone(),
+                    declared: file.size,
+                    stored,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     fn manifest_path(&self, id: &str) -> PathBuf {
         self.trees.join(format!("{id}.json"))
     }
@@ -105,6 +122,7 @@ impl BundleStore {
             if !missing.is_empty() {
                 return Err(BundleStoreError::MissingFiles(missing));
             }
+            self.check_sizes(&manifest)?;
             let this = (self.blobs.clone(), self.trees.clone(), manifest.clone());
             tokio::task::spawn_blocking(move || lay_out(&this.0, &this.1, &this.2))
                 .await

@@ -6,4 +6,4 @@ mod store;
 
 pub use bundles::{BundleStore, BundleStoreError, StoredBundle};
 pub use nx_artifact::{bundle, image, verify, Artifact, InspectError};
-pub use store::{ArtifactStore, StoreError, Upload};
+pub use store::{inspect_file, ArtifactStore, StoreError, Upload};

@@ -2,6 +2,12 @@
 //! temp file in `<dir>/.incoming` and renamed into place only when its hash matches and the
 //! binary verifies; an interrupted upload leaves nothing (the temp file is removed on drop, and
 //! whatever a crash left in `.incoming` is cleared when the store opens).
+//!
+//! No upload is held in memory: it is hashed on its way to the temp file (as long as it comes
+//! in order; SFTP writes that do not are hashed from the file after), so a wrong digest is
+//! refused without reading it again, and a program is verified from a read-only memory map of
+//! the file (page cache, not nxd's heap). What verification found is kept per digest for the
+//! store's life (stored files never change), so `info` (every `nx push` asks) reads nothing.
 
 use super::image::ImageError;
 use super::verify::VerifyError;
@@ -11,8 +17,10 @@ use crate::names::{check_sha256, NameError};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +56,8 @@ pub struct ArtifactStore {
     dir: PathBuf,
     max_bytes: u64,
     contents: Contents,
+    /// What is known of stored digests (shared by the store's clones).
+    known: Arc<Mutex<HashMap<String, ArtifactInfo>>>,
 }
 
 /// What a store accepts.
@@ -85,6 +95,7 @@ impl ArtifactStore {
             dir: dir.to_owned(),
             max_bytes,
             contents,
+            known: Arc::default(),
         })
     }
 
@@ -97,27 +108,33 @@ impl ArtifactStore {
         self.dir.join(INCOMING)
     }
 
-    /// What is stored under `sha256`, if anything.
+    /// What is stored under `sha256`, if anything: remembered from when it was stored or
+    /// first asked about.
     pub async fn info(&self, sha256: &str) -> Result<ArtifactInfo, StoreError> {
         let path = self.path(sha256)?;
-        if self.contents == Contents::Files {
-            return match tokio::fs::metadata(&path).await {
-                Ok(meta) => Ok(describe_file(sha256, meta.len())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Err(StoreError::Missing(sha256.into()))
-                }
-                Err(e) => Err(e.into()),
-            };
+        if let Some(info) = self.known.lock().expect("lock").get(sha256) {
+            return Ok(info.clone());
         }
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
+        let size = match tokio::fs::metadata(&path).await {
+            Ok(meta) => meta.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreError::Missing(sha256.into()))
             }
             Err(e) => return Err(e.into()),
         };
-        let artifact = Artifact::inspect(&bytes)?;
-        Ok(describe(sha256, bytes.len() as u64, &artifact))
+        let info = match self.contents {
+            Contents::Files => describe_file(sha256, size),
+            Contents::Programs => describe(sha256, size, &inspect_file(&path).await?),
+        };
+        self.remember(&info);
+        Ok(info)
+    }
+
+    fn remember(&self, info: &ArtifactInfo) {
+        self.known
+            .lock()
+            .expect("lock")
+            .insert(info.sha256.clone(), info.clone());
     }
 
     /// Starts an upload: a temp file in `.incoming` that takes at most `limit_bytes` (and at
@@ -130,6 +147,7 @@ impl ArtifactStore {
             temp,
             size: 0,
             limit_bytes: limit_bytes.min(self.max_bytes),
+            hashing: Some(Box::new(Sha256::new())),
         })
     }
 
@@ -161,10 +179,23 @@ impl ArtifactStore {
         upload: Upload,
         announced: Option<&str>,
     ) -> Result<ArtifactInfo, StoreError> {
-        let Upload { temp, size, .. } = upload;
+        let Upload {
+            temp,
+            size,
+            hashing,
+            ..
+        } = upload;
         temp.as_file().sync_all()?;
-        let bytes = tokio::fs::read(temp.path()).await?;
-        let actual = hex::encode(Sha256::digest(&bytes));
+        let actual = match hashing {
+            Some(hasher) => hex::encode(hasher.finalize()),
+            None => {
+                let path = temp.path().to_owned();
+                tokio::task::spawn_blocking(move || nx_artifact::bundle::sha256_file(&path))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(|e| std::io::Error::other(e.to_string()))?
+            }
+        };
         if let Some(announced) = announced.filter(|a| *a != actual) {
             return Err(StoreError::HashMismatch {
                 announced: announced.into(),
@@ -173,7 +204,7 @@ impl ArtifactStore {
         }
         let (info, mode) = match self.contents {
             Contents::Programs => {
-                let artifact = Artifact::inspect(&bytes)?;
+                let artifact = inspect_file(temp.path()).await?;
                 (describe(&actual, size, &artifact), 0o555)
             }
             Contents::Files => (describe_file(&actual, size), 0o444),
@@ -182,8 +213,28 @@ impl ArtifactStore {
         temp.persist(self.path(&actual)?)
             .map_err(|e| StoreError::Io(e.error))?;
         tracing::info!(sha256 = %actual, kind = %info.kind, details = %info.details, "stored");
+        self.remember(&info);
         Ok(info)
     }
+}
+
+/// Verifies the file at `path` as an artifact ([`Artifact::inspect`]) from a read-only memory
+/// map of it, on the blocking pool. The file must not change meanwhile (stored artifacts and
+/// finished uploads do not).
+pub async fn inspect_file(path: &Path) -> Result<Artifact, StoreError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        if file.metadata()?.len() == 0 {
+            return Ok(Artifact::inspect(&[])?);
+        }
+        // SAFETY: the file is not written while it is mapped (see above); a file truncated
+        // meanwhile would fault, not read stale memory.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(Artifact::inspect(&map)?)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// An upload on its way into the store: a temp file in `.incoming`, deleted when this is
@@ -193,6 +244,9 @@ pub struct Upload {
     temp: tempfile::NamedTempFile,
     size: u64,
     limit_bytes: u64,
+    /// The hash of the bytes so far, while every write came right after the one before
+    /// (boxed: an upload lives in every open SFTP file's state).
+    hashing: Option<Box<Sha256>>,
 }
 
 impl Upload {
@@ -208,6 +262,13 @@ impl Upload {
         }
         // Page-cache writes of at most a chunk: short enough to do on the async thread.
         self.temp.as_file().write_all_at(data, offset)?;
+        if offset != self.size {
+            // Out of order: hashed from the file when it is stored.
+            self.hashing = None;
+        }
+        if let Some(hasher) = &mut self.hashing {
+            hasher.update(data);
+        }
         self.size = self.size.max(end);
         Ok(())
     }
@@ -316,6 +377,53 @@ mod tests {
         ));
         assert!(!store.path(&sha).unwrap().exists());
         assert!(incoming_is_empty(&store));
+    }
+
+    #[tokio::test]
+    async fn an_upload_written_out_of_order_is_hashed_from_its_file() {
+        let (_d, store) = store();
+        let bin = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let sha = hex::encode(Sha256::digest(&bin));
+        // As an SFTP client may write: the second half first.
+        let mut upload = store.begin_upload(u64::MAX).unwrap();
+        let half = bin.len() / 2;
+        upload.write_at(half as u64, &bin[half..]).unwrap();
+        upload.write_at(0, &bin[..half]).unwrap();
+        let info = store.store(upload, Some(&sha)).await.unwrap();
+        assert_eq!(
+            (info.sha256.as_str(), info.size),
+            (sha.as_str(), bin.len() as u64)
+        );
+        // In order, with a wrong digest announced: refused, from the hash taken on the way.
+        let mut upload = store.begin_upload(u64::MAX).unwrap();
+        upload.write_at(0, &bin[..half]).unwrap();
+        upload.write_at(half as u64, &bin[half..]).unwrap();
+        let e = store
+            .store(upload, Some(&"1".repeat(64)))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(&sha), "{e}");
+        assert!(incoming_is_empty(&store));
+    }
+
+    #[tokio::test]
+    async fn info_answers_from_what_verification_learned() {
+        let (_d, store) = store();
+        let bin = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let sha = hex::encode(Sha256::digest(&bin));
+        let stored = store.ingest(&sha, chunks(bin)).await.unwrap();
+        // Were the file read again, this would no longer verify as a program.
+        let path = store.path(&sha).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&path, b"not a program").unwrap();
+        let info = store.info(&sha).await.unwrap();
+        assert_eq!(
+            (info.size, info.kind, info.details),
+            (stored.size, stored.kind, stored.details)
+        );
+        // A store opened afresh (nxd restarted) verifies it once.
+        let again = ArtifactStore::open(&store.dir, 1 << 30).unwrap();
+        assert!(matches!(again.info(&sha).await, Err(StoreError::Verify(_))));
     }
 
     #[tokio::test]

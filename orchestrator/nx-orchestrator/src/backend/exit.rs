@@ -7,7 +7,8 @@
 //! unit) reads its cgroup's counters before and after the run, the `oom_kill` count
 //! (v1: `memory.oom_control`; v2: `memory.events`) and the pids controller's `max` count of
 //! refused forks (`pids.events`), and writes what it found to the log and to
-//! `<deployment dir>/last-exit.json`, which nxd reads for `nx status`.
+//! `<deployment dir>/last-exit.json`, which nxd reads for `nx status`. A stop that outlasted its
+//! timeout is named `timeout`, as systemd names it, by the monitor that killed the program.
 
 use chrono::{DateTime, Utc};
 use nx_api::{LastExit, UnitState};
@@ -45,7 +46,9 @@ pub struct CgroupCounters {
 /// The limits of those cgroups, for the message (`None`: unlimited or unknown).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CgroupLimits {
+    /// `MemoryMax` (v1 `memory.limit_in_bytes`), in bytes.
     pub memory_max_bytes: Option<u64>,
+    /// `TasksMax` (`pids.max`).
     pub tasks_max: Option<u64>,
 }
 
@@ -117,6 +120,7 @@ impl CgroupCounters {
 }
 
 impl CgroupLimits {
+    /// Reads the limits of this process's cgroups.
     pub fn read() -> Self {
         let (memory, pids, unified) = own_cgroup_dirs();
         let memory_file = if unified {
@@ -128,6 +132,61 @@ impl CgroupLimits {
             memory_max_bytes: memory.and_then(|d| limit(&d.join(memory_file))),
             tasks_max: pids.and_then(|d| limit(&d.join("pids.max"))),
         }
+    }
+}
+
+/// Sends `signal` to every process of this process's cgroup (the unit's) and of the cgroups
+/// below it (a container's), but not to this process: systemd's `KillUnit` to all but the
+/// monitor. Read from the pids hierarchy (v1) or the unified one; the tree is walked twice, for
+/// processes forked while the first walk ran. Returns how many signals were sent.
+pub fn signal_unit_but_self(signal: nix::sys::signal::Signal) -> usize {
+    let (_, pids, _) = own_cgroup_dirs();
+    let Some(root) = pids else { return 0 };
+    let me = std::process::id() as i32;
+    let mut sent = 0;
+    for _ in 0..2 {
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                if pid != me && pid > 0 {
+                    let pid = nix::unistd::Pid::from_raw(pid);
+                    sent += usize::from(nix::sys::signal::kill(pid, signal).is_ok());
+                }
+            }
+            let children = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+            dirs.extend(children.filter(|e| e.path().is_dir()).map(|e| e.path()));
+        }
+    }
+    sent
+}
+
+/// What the log says of forks refused at the pids controller's limit.
+pub fn forks_refused_message(refused: u64, limits: CgroupLimits) -> String {
+    let limit = limits
+        .tasks_max
+        .map(|n| format!(" (TasksMax {n})"))
+        .unwrap_or_default();
+    format!("{refused} forks were refused at the task limit{limit}")
+}
+
+/// How a program ended that a stop had to kill: it was still running `waited` after the stop's
+/// `stop_signal` (systemd names this `Result` `timeout`).
+pub fn stop_timed_out(
+    stop_signal: i32,
+    waited: std::time::Duration,
+    at: DateTime<Utc>,
+) -> LastExit {
+    LastExit {
+        at,
+        result: "timeout".to_owned(),
+        exit_code: None,
+        signal: Some(nix::libc::SIGKILL),
+        message: format!(
+            "killed by SIGKILL at the stop timeout: still running {:.1} s after {}",
+            waited.as_secs_f64(),
+            signal_name(stop_signal)
+        ),
     }
 }
 
@@ -175,13 +234,8 @@ pub fn classify(
         }
     };
     if refused > 0 {
-        let limit = limits
-            .tasks_max
-            .map(|n| format!(" (TasksMax {n})"))
-            .unwrap_or_default();
-        message.push_str(&format!(
-            "; {refused} forks were refused at the task limit{limit}"
-        ));
+        message.push_str("; ");
+        message.push_str(&forks_refused_message(refused, limits));
     }
     LastExit {
         at,

@@ -63,6 +63,10 @@ pub struct LaunchSpec {
     pub stop: StopForward,
 }
 
+/// What nxd sends a deployment's launcher (its monitor, alone) when a stop's timeout has
+/// passed: kill the program now, and say so in the log (see `monitor`).
+pub const STOP_TIMEOUT_SIGNAL: i32 = nix::libc::SIGALRM;
+
 /// How the launcher passes on the SIGTERM (SIGINT, SIGHUP) of a stop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -2,29 +2,38 @@
 //! forks it, with stdout and stderr on pipes, and stays in the unit as root while it runs:
 //! - the program's output goes through the log writer (`logs::writer`): stamped, marked,
 //!   capped and rotated, never blocking the program;
-//! - `/data`'s usage is written to `<dir>/disk-usage.json` every few seconds;
+//! - `/data`'s usage is written to `<dir>/disk-usage.json` every few seconds, and forks the
+//!   pids controller refused since the last look are noted in the log;
 //! - when the program ends, how it ended (`exit::classify`, with the cgroup's OOM and refused
 //!   fork counters) is written to the log and to `<dir>/last-exit.json`, and the monitor ends
-//!   the same way (the same exit code, or the same signal), so systemd sees what it would have.
+//!   the same way (the same exit code, or the same signal), so systemd sees what it would have;
+//! - a stop's signal is passed on to the program; when the stop's timeout passes, nxd sends the
+//!   monitor `STOP_TIMEOUT_SIGNAL`, and the monitor kills every other process of the unit
+//!   with SIGKILL and says so (`timeout`) before it ends (were systemd to kill them all, the
+//!   monitor would die with them, and nobody would say why the program ended).
 //!
 //! The monitor is exempt from the OOM killer (`oom_score_adj` -1000; the program gets 0 back),
 //! so that it is always the program that is killed and the monitor that tells.
 
 use super::data_disk::{DataImage, USAGE_FILE};
-use super::exit::{classify, CgroupCounters, CgroupLimits, LAST_EXIT_FILE};
-use super::launch::{MonitorSpec, StopForward};
-use crate::logs::writer::{note, Capture, RotatingFile, Sink};
+use super::exit::{
+    classify, forks_refused_message, signal_unit_but_self, stop_timed_out, CgroupCounters,
+    CgroupLimits, LAST_EXIT_FILE,
+};
+use super::launch::{MonitorSpec, StopForward, STOP_TIMEOUT_SIGNAL};
+use crate::logs::writer::{note, Capture, Notes, RotatingFile, Sink};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 use nx_api::LastExit;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long output is still read after the program ended (a process it left may hold a pipe).
 const DRAIN: Duration = Duration::from_secs(1);
-const USAGE_EVERY: Duration = Duration::from_secs(2);
+/// How often `/data`'s usage and the refused forks are looked at.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 static STOPPING: AtomicBool = AtomicBool::new(false);
 /// In the program's process (before it execs, or the launcher that supervises a VMM): the
@@ -34,6 +43,8 @@ static END_REPORT: AtomicI32 = AtomicI32::new(-1);
 /// The stop signal received (0: none), and the one not passed on to the program yet.
 static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
 static TO_PASS_ON: AtomicI32 = AtomicI32::new(0);
+/// nxd said the stop's timeout passed, and the program is not killed yet.
+static TIME_IS_UP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop(sig: nix::libc::c_int) {
     STOPPING.store(true, Ordering::SeqCst);
@@ -51,6 +62,10 @@ pub(super) fn report_end(what: &str) {
     }
     // SAFETY: the fd is the pipe's write end, open in this process until it exits.
     let _ = unsafe { nix::libc::write(fd, what.as_ptr().cast(), what.len()) };
+}
+
+extern "C" fn on_stop_timeout(_: nix::libc::c_int) {
+    TIME_IS_UP.store(true, Ordering::SeqCst);
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -115,14 +130,29 @@ pub fn run(
                 // SAFETY: the handler only stores to atomics.
                 let _ = unsafe { signal::sigaction(sig, &action) };
             }
-            let capture = Capture::start(sink, out_r, err_r);
-            if let Some(data) = data.cloned() {
-                let path = spec.dir.join(USAGE_FILE);
-                std::thread::spawn(move || report_usage(&data, &path));
+            let timeout = signal::SigAction::new(
+                SigHandler::Handler(on_stop_timeout),
+                signal::SaFlags::empty(),
+                signal::SigSet::empty(),
+            );
+            if let Ok(sig) = Signal::try_from(STOP_TIMEOUT_SIGNAL) {
+                // SAFETY: the handler only stores to an atomic.
+                let _ = unsafe { signal::sigaction(sig, &timeout) };
             }
+            let capture = Capture::start(sink, out_r, err_r);
+            let watched = (data.cloned(), spec.dir.join(USAGE_FILE), capture.notes());
+            std::thread::spawn(move || watch(watched.0.as_ref(), &watched.1, &watched.2, before));
+            // When the stop's signal was passed on, and how long after it the time was up.
+            let mut stop_passed_on: Option<Instant> = None;
+            let mut killed_after: Option<Duration> = None;
             let status = loop {
                 if let Ok(sig) = Signal::try_from(TO_PASS_ON.swap(0, Ordering::SeqCst)) {
+                    stop_passed_on.get_or_insert_with(Instant::now);
                     super::launcher::pass_on(sig, child, stop);
+                }
+                if TIME_IS_UP.swap(false, Ordering::SeqCst) && STOPPING.load(Ordering::SeqCst) {
+                    killed_after = Some(stop_passed_on.map(|t| t.elapsed()).unwrap_or_default());
+                    signal_unit_but_self(Signal::SIGKILL);
                 }
                 match waitpid(child, None) {
                     Err(nix::errno::Errno::EINTR) => continue,
@@ -133,7 +163,14 @@ pub fn run(
             let mut reported = String::new();
             let _ =
                 std::io::Read::read_to_string(&mut std::fs::File::from(report_r), &mut reported);
-            let record = record(status, before, &reported);
+            let record = match killed_after {
+                Some(waited) => stop_timed_out(
+                    STOPPED_BY.load(Ordering::SeqCst),
+                    waited,
+                    chrono::Utc::now(),
+                ),
+                None => record(status, before, &reported),
+            };
             let _ = sink.write_records(&note(&record.message));
             if let Ok(json) = serde_json::to_vec(&record) {
                 let _ = write_atomically(&spec.dir.join(LAST_EXIT_FILE), &json);
@@ -143,18 +180,27 @@ pub fn run(
     }
 }
 
-fn report_usage(data: &DataImage, path: &Path) {
+/// Every [`WATCH_EVERY`] while the program runs: writes `/data`'s usage to `usage_file` when it
+/// changed, and notes in the log the forks refused at the task limit since the last look
+/// (counted from `before`, the counters at the start).
+fn watch(data: Option<&DataImage>, usage_file: &Path, notes: &Notes, before: CgroupCounters) {
     let mut last = None;
+    let mut refused = before.forks_refused;
     loop {
-        if let Some(usage) = data.usage() {
+        if let Some(usage) = data.and_then(DataImage::usage) {
             if last != Some((usage.used_bytes, usage.size_bytes)) {
                 last = Some((usage.used_bytes, usage.size_bytes));
                 if let Ok(json) = serde_json::to_vec(&usage) {
-                    let _ = write_atomically(path, &json);
+                    let _ = write_atomically(usage_file, &json);
                 }
             }
         }
-        std::thread::sleep(USAGE_EVERY);
+        let now = CgroupCounters::read().forks_refused;
+        if now > refused {
+            notes.write(&forks_refused_message(now - refused, CgroupLimits::read()));
+            refused = now;
+        }
+        std::thread::sleep(WATCH_EVERY);
     }
 }
 

@@ -6,7 +6,7 @@ use super::launch::{LaunchSpec, MonitorSpec};
 use super::{BackendError, SandboxHandle, SandboxSpec};
 use crate::api::UnitState;
 use crate::logs::LogFiles;
-use crate::supervisor::{SliceKind, Supervisor, UnitOutput, UnitSpec};
+use crate::supervisor::{SliceKind, StopTimeout, Supervisor, UnitOutput, UnitSpec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +61,13 @@ impl DeploymentUnits {
     ) -> Result<(), BackendError> {
         Ok(self
             .supervisor
-            .stop_within(&handle.unit, Some(timeout))
+            .stop_within(
+                &handle.unit,
+                Some(StopTimeout {
+                    after: timeout,
+                    tell_main: Some(super::launch::STOP_TIMEOUT_SIGNAL),
+                }),
+            )
             .await?)
     }
 

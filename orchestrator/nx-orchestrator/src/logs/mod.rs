@@ -82,13 +82,20 @@ impl Record {
     }
 }
 
+/// A record's time as stored: RFC 3339 in UTC with microseconds, always 27 bytes.
 fn format_time(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// Appends one stored record for `text` (which holds no newline) to `out`.
 pub fn encode(out: &mut Vec<u8>, time: DateTime<Utc>, stream: Stream, text: &[u8]) {
-    out.extend_from_slice(format_time(time).as_bytes());
+    encode_stamped(out, format_time(time).as_bytes(), stream, text);
+}
+
+/// [`encode`] with the time already formatted by [`format_time`] (the log writer stamps every
+/// line of one read with the same time, and formats it once).
+fn encode_stamped(out: &mut Vec<u8>, time: &[u8], stream: Stream, text: &[u8]) {
+    out.extend_from_slice(time);
     out.push(b' ');
     out.extend_from_slice(stream.as_ref().as_bytes());
     out.push(b' ');

@@ -34,6 +34,37 @@ fn existing_files(path: &Path) -> Vec<File> {
         .collect()
 }
 
+/// The log's files written after the one with inode `ino`, newest first. Rotation renames
+/// `path.N` to `path.N+1` from the oldest down, so a file may be missing for a moment: the
+/// scan goes on past one gap, and looks again once when `ino` is not found. If it is gone
+/// (rotated away), every file is newer.
+fn files_after(path: &Path, ino: u64) -> Vec<File> {
+    let scan = || {
+        let mut files = Vec::new();
+        let mut missing = 0;
+        for n in 0.. {
+            match File::open(rotated(path, n)) {
+                Ok(file) => {
+                    missing = 0;
+                    let this = file.metadata().map(|m| m.ino()).unwrap_or(0);
+                    if this == ino {
+                        return Some(files);
+                    }
+                    files.push(file);
+                }
+                Err(_) if missing == 0 => missing += 1,
+                Err(_) => break,
+            }
+        }
+        None
+    };
+    if let Some(files) = scan() {
+        return files;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    scan().unwrap_or_else(|| existing_files(path))
+}
+
 /// Whether the record starting at `offset` was written before `since`.
 fn older_than(file: &File, offset: u64, since: DateTime<Utc>) -> bool {
     let mut head = [0u8; TIME_BYTES];
@@ -219,10 +250,15 @@ impl Reader {
                 return Ok(if rest.is_empty() { None } else { Some(rest) });
             }
             match self.path.metadata() {
-                // Rotated: this file is complete; the new one starts at 0.
+                // Rotated: this file is complete; the ones written after it (more than one
+                // when the writer rotated again meanwhile) are read from their start.
                 Ok(meta) if meta.ino() != self.ino => {
                     let done = self.records(true);
-                    self.switch_to(File::open(&self.path)?, 0)?;
+                    self.newer = files_after(&self.path, self.ino);
+                    match self.newer.pop() {
+                        Some(next) => self.switch_to(next, 0)?,
+                        None => return Ok(Some(done)),
+                    }
                     if !done.is_empty() {
                         return Ok(Some(done));
                     }
@@ -307,6 +343,30 @@ mod tests {
         assert_eq!(last, ["line 19998", "line 19999"]);
         let none = read_all(&mut Reader::open(&path, query(Some(0), None)).unwrap());
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn following_reads_every_file_of_two_rotations_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        write_log(&path, 0, 2, 1);
+        let follow = Query {
+            lines: None,
+            since: None,
+            follow: true,
+        };
+        let mut reader = Reader::open(&path, follow).unwrap();
+        assert_eq!(read_all(&mut reader), ["line 0", "line 1"]);
+        // Two rotations before the reader looks again.
+        std::fs::rename(&path, rotated(&path, 1)).unwrap();
+        write_log(&path, 2, 4, 2);
+        std::fs::rename(rotated(&path, 1), rotated(&path, 2)).unwrap();
+        std::fs::rename(&path, rotated(&path, 1)).unwrap();
+        write_log(&path, 4, 6, 3);
+        assert_eq!(
+            read_all(&mut reader),
+            ["line 2", "line 3", "line 4", "line 5"]
+        );
     }
 
     #[test]

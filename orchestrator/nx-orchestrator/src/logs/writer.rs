@@ -6,7 +6,7 @@
 //! already holds [`QUEUE_BYTES`] (the disk cannot keep up), new lines are dropped and counted,
 //! and the count is written as an `nx` record as soon as the writer catches up.
 
-use super::{encode, LogFiles, Stream, MAX_LINE_BYTES};
+use super::{encode, encode_stamped, format_time, LogFiles, Stream, MAX_LINE_BYTES};
 use chrono::Utc;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -117,6 +117,15 @@ impl Queue {
         self.ready.notify_one();
     }
 
+    /// Queues an `nx` record however full the queue is (notes are few and short).
+    fn push_note(&self, text: &str) {
+        let record = note(text);
+        let mut state = self.state.lock().expect("log queue");
+        state.bytes += record.len();
+        state.chunks.push_back(record);
+        self.ready.notify_one();
+    }
+
     fn reader_done(&self) {
         self.state.lock().expect("log queue").readers -= 1;
         self.ready.notify_one();
@@ -147,6 +156,19 @@ pub struct Capture<S: Sink> {
     deadline: Arc<Mutex<Option<Instant>>>,
     readers: Vec<JoinHandle<()>>,
     writer: JoinHandle<S>,
+}
+
+/// Writes `nx` records into a running [`Capture`]'s log, between the program's lines (from
+/// another thread of the monitor, e.g. when forks were refused). Notes given after the
+/// capture finished are lost.
+#[derive(Clone)]
+pub struct Notes(Arc<Queue>);
+
+impl Notes {
+    /// Queues one `nx` record for `text` (which holds no newline).
+    pub fn write(&self, text: &str) {
+        self.0.push_note(text);
+    }
 }
 
 /// One `nx` record for `text`.
@@ -187,6 +209,11 @@ impl<S: Sink> Capture<S> {
             readers,
             writer,
         }
+    }
+
+    /// A handle to write `nx` records into this capture's log.
+    pub fn notes(&self) -> Notes {
+        Notes(Arc::clone(&self.queue))
     }
 
     /// Reads on until both pipes are closed, or `grace` from now at the latest, writes what
@@ -232,7 +259,8 @@ fn read_stream(fd: OwnedFd, stream: Stream, queue: &Queue, deadline: &Mutex<Opti
         nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES),
     );
     let mut file = File::from(fd);
-    let mut buf = vec![0u8; 64 * 1024];
+    // As much as the pipe holds: one read takes whatever the program wrote meanwhile.
+    let mut buf = vec![0u8; PIPE_BYTES as usize];
     let mut pending: Vec<u8> = Vec::new();
     let mut quiet_since = Instant::now();
     loop {
@@ -278,27 +306,47 @@ fn read_stream(fd: OwnedFd, stream: Stream, queue: &Queue, deadline: &Mutex<Opti
 }
 
 /// Encodes every complete line of `pending` + `data` (and every [`MAX_LINE_BYTES`] piece of an
-/// overlong one) as records stamped now; what is left of a line stays in `pending`.
+/// overlong one) as records stamped now; what is left of a line stays in `pending`. Only a
+/// line begun in an earlier read is copied (into `pending`); the rest is encoded from `data`.
 fn split_lines(pending: &mut Vec<u8>, data: &[u8], stream: Stream) -> (Vec<u8>, u64) {
-    let now = Utc::now();
-    let mut chunk = Vec::with_capacity(data.len() + 256);
+    let time = format_time(Utc::now());
+    let time = time.as_bytes();
+    // A stamp and a stream name per line: about half again for 100-byte lines.
+    let mut chunk = Vec::with_capacity(data.len() + data.len() / 2 + 256);
+    let mut data = data;
     let mut lines = 0;
-    pending.extend_from_slice(data);
-    let mut start = 0;
-    while start < pending.len() {
-        let rest = &pending[start..];
-        let end = match rest.iter().position(|&b| b == b'\n') {
-            Some(i) if i <= MAX_LINE_BYTES => i,
-            _ if rest.len() >= MAX_LINE_BYTES => MAX_LINE_BYTES,
-            _ => break,
-        };
-        encode(&mut chunk, now, stream, &rest[..end]);
-        lines += 1;
-        let newline = rest.get(end) == Some(&b'\n');
-        start += end + usize::from(newline);
+    if !pending.is_empty() {
+        // The line begun earlier, up to this read's first newline.
+        let cut = memchr::memchr(b'\n', data).map_or(data.len(), |i| i + 1);
+        pending.extend_from_slice(&data[..cut]);
+        let (used, n) = encode_lines(pending, time, stream, &mut chunk);
+        pending.drain(..used);
+        lines += n;
+        data = &data[cut..];
     }
-    pending.drain(..start);
-    (chunk, lines)
+    let (used, n) = encode_lines(data, time, stream, &mut chunk);
+    pending.extend_from_slice(&data[used..]);
+    (chunk, lines + n)
+}
+
+/// Encodes every complete line of `buf` (and every [`MAX_LINE_BYTES`] piece of an overlong
+/// one) into `chunk`, stamped `time`; returns the bytes of `buf` used and the records written
+/// (what is left is the start of a line).
+fn encode_lines(buf: &[u8], time: &[u8], stream: Stream, chunk: &mut Vec<u8>) -> (usize, u64) {
+    let (mut start, mut lines) = (0, 0);
+    while start < buf.len() {
+        let rest = &buf[start..];
+        let window = &rest[..rest.len().min(MAX_LINE_BYTES + 1)];
+        let (end, newline) = match memchr::memchr(b'\n', window) {
+            Some(i) => (i, 1),
+            None if rest.len() >= MAX_LINE_BYTES => (MAX_LINE_BYTES, 0),
+            None => break,
+        };
+        encode_stamped(chunk, time, stream, &rest[..end]);
+        lines += 1;
+        start += end + newline;
+    }
+    (start, lines)
 }
 
 #[cfg(test)]
@@ -322,6 +370,18 @@ mod tests {
         assert_eq!(pending, b"half");
         let texts: Vec<String> = records(&chunk).into_iter().map(|r| r.text).collect();
         assert_eq!(texts, ["partial", "next"]);
+        // A line over three reads.
+        let mut pending = Vec::new();
+        let (_, n) = split_lines(&mut pending, b"a\nb", Stream::Stdout);
+        assert_eq!((n, pending.as_slice()), (1, &b"b"[..]));
+        let (chunk, n) = split_lines(&mut pending, b"cd", Stream::Stdout);
+        assert_eq!((n, chunk.len(), pending.as_slice()), (0, 0, &b"bcd"[..]));
+        let (chunk, n) = split_lines(&mut pending, b"e\nf\n", Stream::Stdout);
+        let texts: Vec<String> = records(&chunk).into_iter().map(|r| r.text).collect();
+        assert_eq!(
+            (n, texts, pending.len()),
+            (2, vec!["bcde".to_owned(), "f".into()], 0)
+        );
         let mut pending = Vec::new();
         let long = vec![b'x'; MAX_LINE_BYTES * 2 + 5];
         let (chunk, n) = split_lines(&mut pending, &long, Stream::Stderr);

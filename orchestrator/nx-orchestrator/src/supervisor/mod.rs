@@ -42,6 +42,19 @@ pub enum SupervisorError {
 }
 
 const STOP_TIMEOUT_USEC: u64 = 5_000_000;
+/// How long a stop waits after telling a unit's main process that its timeout passed (see
+/// [`StopTimeout`]), before every process of the unit gets SIGKILL.
+pub const TOLD_MAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// What [`Supervisor::stop_within`] does when a unit outlives its stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopTimeout {
+    /// How long the unit's processes may take to end after the stop's signal.
+    pub after: Duration,
+    /// A signal for the unit's main process alone when `after` has passed (a monitor that
+    /// kills the other processes and says why); `None`: every process gets SIGKILL at once.
+    pub tell_main: Option<i32>,
+}
 
 /// What a unit runs and under which limits.
 #[derive(Debug, Clone)]
@@ -337,13 +350,16 @@ impl Supervisor {
     }
 
     /// Stops a unit and waits until it is gone or inactive. `timeout` (when given, and when
-    /// shorter than what the unit was started with): after it, every process of the unit left
-    /// gets SIGKILL (`TimeoutStopSec` cannot change on a running unit).
+    /// shorter than what the unit was started with): after `timeout.after`, the unit's main
+    /// process alone gets `timeout.tell_main` if given (a monitor that kills the rest itself
+    /// and says so), and every process of the unit still left [`TOLD_MAIN_WAIT`] later (at
+    /// once without `tell_main`) gets SIGKILL (`TimeoutStopSec` cannot change on a running
+    /// unit).
     #[tracing::instrument(skip(self))]
     pub async fn stop_within(
         &self,
         unit: &str,
-        timeout: Option<Duration>,
+        timeout: Option<StopTimeout>,
     ) -> Result<(), SupervisorError> {
         let manager = self.manager().await?;
         match manager.stop_unit(unit, "replace").await {
@@ -356,10 +372,22 @@ impl Supervisor {
             Err(e) => return Err(e.into()),
         }
         let down = |s: &UnitState| s.active.is_down();
-        let wait = timeout.unwrap_or(Duration::from_secs(20));
+        let wait = timeout.map_or(Duration::from_secs(20), |t| t.after);
         match (self.wait_for(unit, "inactive", wait, down).await, timeout) {
             (Ok(_), _) => {}
-            (Err(SupervisorError::Timeout { .. }), Some(_)) => {
+            (Err(SupervisorError::Timeout { .. }), Some(timeout)) => {
+                if let Some(signal) = timeout.tell_main {
+                    tracing::info!(signal, "stop timeout reached: telling the main process");
+                    let told = manager.kill_unit(unit, "main", signal).await.is_ok()
+                        && self
+                            .wait_for(unit, "inactive", TOLD_MAIN_WAIT, down)
+                            .await
+                            .is_ok();
+                    if told {
+                        let _ = manager.reset_failed_unit(unit).await;
+                        return Ok(());
+                    }
+                }
                 tracing::info!("stop timeout reached: SIGKILL");
                 let _ = self.kill(unit, nix::libc::SIGKILL).await;
                 self.wait_for(unit, "inactive", Duration::from_secs(10), down)
