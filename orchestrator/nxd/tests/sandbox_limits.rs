@@ -295,13 +295,14 @@ fn oom_kill_and_exit_code_named(host: &Host, extra: &[&str], mib: u64) {
     assert_eq!(d["last_exit"]["result"], "oom-kill", "{d}");
     let text = host.nx(&["status", "oom"]).stdout;
     assert!(
-        text.contains("running") && text.contains("killed: out of memory, MemoryMax 128 MiB"),
+        text.contains("running")
+            && text.contains(&format!("killed: out of memory, MemoryMax {mib} MiB")),
         "{text}"
     );
     assert!(
         host.nx(&["logs", &id])
             .stdout
-            .contains(" nx killed: out of memory, MemoryMax 128 MiB"),
+            .contains(&format!(" nx killed: out of memory, MemoryMax {mib} MiB")),
         "the kill left the log"
     );
     host.get(&preview, "/exit?code=3");
