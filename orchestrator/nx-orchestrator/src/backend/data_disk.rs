@@ -156,20 +156,7 @@ impl DataImage {
     /// its group too) and 0700.
     #[cfg(target_os = "linux")]
     pub fn mount(&self) -> Result<(), String> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(&self.mountpoint)
-            .map_err(|e| format!("creating {}: {e}", self.mountpoint.display()))?;
-        run(
-            Command::new("mount")
-                .args(["-t", "ext4", "-o", "loop,nosuid,nodev"])
-                .arg(&self.image)
-                .arg(&self.mountpoint),
-            "mount",
-        )?;
-        std::os::unix::fs::chown(&self.mountpoint, Some(self.uid), Some(self.uid))
-            .map_err(|e| format!("chown {}: {e}", self.mountpoint.display()))?;
-        std::fs::set_permissions(&self.mountpoint, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("chmod {}: {e}", self.mountpoint.display()))
+        loop_mount(&self.image, &self.mountpoint, self.uid, self.uid, 0o700)
     }
 
     /// The mounted filesystem's usage now (statvfs(3)).
@@ -182,6 +169,33 @@ impl DataImage {
             at: Utc::now(),
         })
     }
+}
+
+/// In the launcher, as root, in the unit's own mount namespace: the ext4 `image` loop-mounted
+/// (nosuid, nodev) on `mountpoint` (created if missing), its root directory then owned by
+/// `uid`:`gid` with `mode`. Errors: mount(8)'s stderr, or the chown/chmod.
+#[cfg(target_os = "linux")]
+fn loop_mount(
+    image: &Path,
+    mountpoint: &Path,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(mountpoint)
+        .map_err(|e| format!("creating {}: {e}", mountpoint.display()))?;
+    run(
+        Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop,nosuid,nodev"])
+            .arg(image)
+            .arg(mountpoint),
+        "mount",
+    )?;
+    std::os::unix::fs::chown(mountpoint, Some(uid), Some(gid))
+        .map_err(|e| format!("chown {}: {e}", mountpoint.display()))?;
+    std::fs::set_permissions(mountpoint, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", mountpoint.display()))
 }
 
 /// In the launcher, as root: a mount namespace of this process's own, receiving but never
@@ -223,28 +237,11 @@ impl VolumeDisk {
     #[cfg(target_os = "linux")]
     pub fn mount(&self) -> Result<(), String> {
         use nix::fcntl::{Flock, FlockArg};
-        use std::os::unix::fs::PermissionsExt;
         let file = std::fs::File::open(&self.image)
             .map_err(|e| format!("opening {}: {e}", self.image.display()))?;
         let _lock = Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, e)| format!("locking {}: {e}", self.image.display()))?;
-        std::fs::create_dir_all(&self.mountpoint)
-            .map_err(|e| format!("creating {}: {e}", self.mountpoint.display()))?;
-        run(
-            Command::new("mount")
-                .args(["-t", "ext4", "-o", "loop,nosuid,nodev"])
-                .arg(&self.image)
-                .arg(&self.mountpoint),
-            "mount",
-        )?;
-        nix::unistd::chown(
-            &self.mountpoint,
-            Some(nix::unistd::Uid::from_raw(0)),
-            Some(nix::unistd::Gid::from_raw(self.gid)),
-        )
-        .map_err(|e| format!("chown {}: {e}", self.mountpoint.display()))?;
-        std::fs::set_permissions(&self.mountpoint, std::fs::Permissions::from_mode(0o2770))
-            .map_err(|e| format!("chmod {}: {e}", self.mountpoint.display()))
+        loop_mount(&self.image, &self.mountpoint, 0, self.gid, 0o2770)
     }
 }
 
