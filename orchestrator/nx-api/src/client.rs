@@ -18,9 +18,7 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No HTTP answer at all (connection refused, DNS, TLS, a cut-off body).
-    #[error(
-        "cannot reach nxd at {host}: {source}; is nxd running, and is --host / NX_HOST right?"
-    )]
+    #[error("cannot reach nxd at {host} (is nxd running, and is --host / NX_HOST right?)")]
     Unreachable {
         host: String,
         #[source]

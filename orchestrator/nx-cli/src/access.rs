@@ -256,25 +256,24 @@ pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<(
     }
     println!("  args {:?}", settings.args);
     let l = &settings.limits;
-    let show = |v: Option<String>| v.unwrap_or_else(|| "nxd's default".into());
     println!(
-        "  memory {} MiB, cpu {} %, tasks {}",
-        show(l.memory_max_mb.map(|v| v.to_string())),
-        show(l.cpu_quota_percent.map(|v| v.to_string())),
-        show(l.tasks_max.map(|v| v.to_string()))
+        "  memory {}, cpu {}, tasks {}",
+        or_default(l.memory_max_mb, " MiB"),
+        or_default(l.cpu_quota_percent, " %"),
+        or_default(l.tasks_max, "")
     );
     println!(
         "  ready within {}",
-        show(settings.ready_timeout_secs.map(|v| format!("{v} s")))
+        or_default(settings.ready_timeout_secs, " s")
     );
     println!("  egress {}", settings.egress.unwrap_or_default().as_ref());
     let h = &settings.health_check;
     println!(
-        "  health check {} every {} s, timeout {} s, restart after {} failures",
-        show(h.path.clone()),
-        show(h.interval_secs.map(|v| v.to_string())),
-        show(h.timeout_secs.map(|v| v.to_string())),
-        show(h.failure_threshold.map(|v| v.to_string()))
+        "  health check {} every {}, timeout {}, restart after {} failures",
+        or_default(h.path.as_deref(), ""),
+        or_default(h.interval_secs, " s"),
+        or_default(h.timeout_secs, " s"),
+        or_default(h.failure_threshold, "")
     );
     println!(
         "  idle timeout {}{}; previews expire after {}",
@@ -286,7 +285,13 @@ pub async fn set(client: &Client, args: SetArgs, json: bool) -> anyhow::Result<(
         } else {
             " (previews only)"
         },
-        show(settings.preview_ttl_secs.map(|v| format!("{v} s")))
+        or_default(settings.preview_ttl_secs, " s")
     );
     Ok(())
+}
+
+/// A sandbox setting as `nx sandbox set` prints it: the value with its unit (`"128 MiB"`), or
+/// "nxd's default" when the sandbox leaves it to nxd's configuration.
+fn or_default(value: Option<impl std::fmt::Display>, unit: &str) -> String {
+    value.map_or_else(|| "nxd's default".into(), |v| format!("{v}{unit}"))
 }

@@ -218,7 +218,7 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
                 sent.of_bytes
             );
         }
-        let view = client.push(&request(&args, sandbox, id, env)).await?;
+        let view = start(client, &request(&args, sandbox, id, env)).await?;
         return output::pushed(&view, sent.files > 0, Some(&sent), json);
     }
     let file = match (&args.binary, &args.image) {
@@ -246,8 +246,21 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
             &sha[..12]
         );
     }
-    let view = client.push(&request(&args, sandbox, sha, env)).await?;
+    let view = start(client, &request(&args, sandbox, sha, env)).await?;
     output::pushed(&view, uploaded, None, json)
+}
+
+/// Asks nxd to start the deployment of an uploaded artifact. nxd records the deployment before
+/// it starts it, so when nxd stops answering now the deployment may exist: the error says so
+/// and how to look, so that the user does not push again blind.
+async fn start(client: &Client, request: &PushRequest) -> anyhow::Result<nx_api::DeploymentView> {
+    client.push(request).await.map_err(|e| match e {
+        crate::client::ClientError::Unreachable { .. } => anyhow::Error::new(e).context(format!(
+            "nxd stopped answering while it started the deployment; it may have been made and may be running: look with `nx status {}` once nxd answers",
+            request.sandbox
+        )),
+        e => e.into(),
+    })
 }
 
 /// What `--egress` takes (nx_api::Egress).

@@ -417,6 +417,13 @@ fn a_slow_starter_deploys_with_its_ready_timeout_within_the_hosts_maximum() {
     host.nx_json(&["sandbox", "create", "slow"]);
     let set = host.nx_json(&["sandbox", "set", "slow", "--ready-timeout", "5s"]);
     assert_eq!(set["ready_timeout_secs"], 5);
+    // Printed for a person: a set value with its unit, an unset one as nxd's default alone.
+    let shown = host.nx(&["sandbox", "set", "slow"]).stdout;
+    assert!(shown.contains("ready within 5 s"), "{shown}");
+    assert!(
+        shown.contains("memory nxd's default, cpu nxd's default,"),
+        "{shown}"
+    );
     let sample = nx_testkit::sample_app();
     let push = |extra: &[&str]| {
         let mut args = vec!["push", sample.to_str().unwrap(), "--sandbox", "slow"];
@@ -465,6 +472,60 @@ fn a_slow_starter_deploys_with_its_ready_timeout_within_the_hosts_maximum() {
         !out.ok && out.stderr.contains("give 1 to 600 s"),
         "{}",
         out.stderr
+    );
+}
+
+/// nxd killed while a push waits for its program to listen: nx says that the deployment may
+/// exist and how to look (it does: recorded before it was started), once, without the HTTP
+/// client's text twice; after nxd's restart it is listed.
+#[test]
+fn a_push_whose_nxd_dies_while_it_starts_says_the_deployment_may_exist() {
+    let mut host = Host::start();
+    let sample = nx_testkit::sample_app();
+    let push = host
+        .nx_command(
+            &host.token,
+            &[
+                "push",
+                sample.to_str().unwrap(),
+                "--sandbox",
+                "cut",
+                "-e",
+                "LISTEN_AFTER=30",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn nx push");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let recorded = |host: &Host| {
+        let out = host.nx(&["--json", "status", "cut"]);
+        out.ok && out.stdout.contains(r#""phase""#)
+    };
+    while !recorded(&host) {
+        assert!(Instant::now() < deadline, "the push made no deployment");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    host.kill_nxd();
+    let out = push.wait_with_output().expect("nx push ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("it may have been made") && stderr.contains("nx status cut"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("error sending request").count(),
+        1,
+        "{stderr}"
+    );
+    host.restart_nxd();
+    let listed = host.nx_json(&["status", "cut"]);
+    assert_eq!(
+        listed[0]["deployments"].as_array().unwrap().len(),
+        1,
+        "{listed}"
     );
 }
 
