@@ -201,6 +201,26 @@ pub fn check_memory(field: &str, mb: u64, bounds: &RequestBounds) -> Result<(), 
     check_range(field, mb, MIN_MEMORY_MB, bounds.max_memory_mb, " MiB")
 }
 
+/// A service name (`PushRequest.service`): a DNS label as RFC 1123 §2.1 has it, lower case:
+/// 1-63 of `a-z`, `0-9` and `-`, neither first nor last a `-`; not `localhost`.
+pub fn check_service_name(name: &str) -> Result<(), FieldError> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name != "localhost";
+    if ok {
+        Ok(())
+    } else {
+        fail(
+            "service",
+            format!("{name:?} is not a service name: use 1-63 lower-case letters, digits and '-' (not first or last), e.g. cache or api-v2; not localhost"),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +317,24 @@ mod tests {
         assert_eq!(e.field, "ready_timeout_secs");
         assert!(e.problem.contains("give 1 to 600 s"), "{e}");
         assert!(check_ready_timeout(Some(0), &BOUNDS).is_err());
+    }
+
+    #[test]
+    fn service_names_are_lower_case_dns_labels() {
+        for good in ["cache", "api-v2", "a", "x1"] {
+            assert!(check_service_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Cache",
+            "-a",
+            "a-",
+            "a.b",
+            "a_b",
+            "localhost",
+            &"a".repeat(64),
+        ] {
+            assert!(check_service_name(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -136,6 +136,11 @@ pub struct PushRequest {
     /// nxd's `network.tcp_ports` rather than through the router. None: an HTTP deployment.
     #[serde(default)]
     pub tcp: Option<TcpRequest>,
+    /// Declares it a service of its sandbox under this name (`nx push --service NAME`, a DNS
+    /// label): the sandbox's other deployments reach it as NAME on its port; no other
+    /// sandbox does.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 /// `PushRequest.tcp`.
@@ -231,6 +236,9 @@ pub struct DeploymentView {
     /// at `preview_url`).
     #[serde(default)]
     pub tcp_url: Option<String>,
+    /// The service name it declared (`--service`): its sandbox's deployments reach it by it.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 /// How a deployment's program ended, as the monitor in its unit saw it, named as systemd names

@@ -75,6 +75,12 @@ pub struct PushArgs {
     /// production (when it has none yet); plain `--tcp`: nxd picks a free one.
     #[arg(long, value_name = "HOST_PORT", num_args = 0..=1, require_equals = true, default_missing_value = "any", value_parser = parse_tcp)]
     tcp: Option<TcpRequest>,
+    /// Declare it a service of its sandbox named NAME (lower case, digits, '-'): the
+    /// sandbox's other deployments reach it as NAME on its port (NAME:$PORT); no other
+    /// sandbox reaches it. A newer push of the same NAME takes the name over once it runs,
+    /// unless production holds it.
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
     #[command(flatten)]
     upkeep: crate::upkeep::UpkeepArgs,
     /// Mount the sandbox's volume NAME (`nx volume create`) read-write at PATH, e.g.
@@ -292,5 +298,6 @@ fn request(
         idle_timeout_secs: args.upkeep.idle_timeout_secs(),
         volumes: args.volumes.clone(),
         tcp: args.tcp.clone(),
+        service: args.service.clone(),
     }
 }

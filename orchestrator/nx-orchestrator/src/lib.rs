@@ -30,6 +30,7 @@ pub mod readiness;
 pub mod reexec;
 pub mod router;
 pub mod sandbox_settings;
+pub mod services;
 pub mod state;
 #[cfg(target_os = "linux")]
 pub mod state_machine;

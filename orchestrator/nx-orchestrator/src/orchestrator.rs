@@ -296,6 +296,8 @@ impl Orchestrator {
         {
             running.insert(&d.id, self.upstream(d)?);
         }
+        self.publish_services(&deployments, &promoted, &running)
+            .await?;
         // TCP deployments are reached through their host ports, not the router.
         let tcp = self.publish_tcp(&promoted, &running).await?;
         running.retain(|id, _| !tcp.contains(*id));
@@ -584,6 +586,7 @@ impl Orchestrator {
         req.health_check.check("health_check")?;
         health::check_seconds("idle_timeout_secs", req.idle_timeout_secs)?;
         self.check_tcp(&req).await?;
+        self.check_service(&req, req.backend.unwrap_or_default())?;
         let program = step("program", self.program(&req.artifact)).await?;
         if req.runtime == Runtime::Runsc && !matches!(program, Program::Image { .. }) {
             return Err(Error::Invalid(
@@ -635,6 +638,7 @@ impl Orchestrator {
         )
         .await?;
         tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");
+        step("service", self.record_service(&deployment, &req)).await?;
         step("tcp", self.allocate_tcp(&deployment, &req)).await?;
         let upkeep = upkeep::store::insert(
             self.state.pool(),
@@ -1064,11 +1068,14 @@ impl Orchestrator {
                     last_request_at: None,
                     // Filled in by `add_tcp_urls` below.
                     tcp_url: None,
+                    // Filled in by `add_service_names` below.
+                    service: None,
                 })
             })
             .collect::<Result<Vec<DeploymentView>, Error>>()?;
         self.add_upkeep(&mut views).await?;
         self.add_tcp_urls(&mut [], &mut views).await?;
+        self.add_service_names(&mut views).await?;
         Ok(views)
     }
 

@@ -339,3 +339,44 @@ fn network_allow_entries_that_are_not_cidrs_refuse_to_start_with_the_line_named(
         );
     }
 }
+
+/// `--service`: the sandbox's other deployments reach the service by its name (and address),
+/// not the sandbox's deployments that declared nothing; another sandbox reaches neither; a
+/// newer push of the service takes the name over; a bad name is refused.
+#[test]
+fn a_service_is_reached_by_name_from_its_sandbox_and_not_from_another() {
+    let host = Host::start();
+    let service = host.push_sample("shop", &["--service", "cache", "--port", "7000"]);
+    let plain = host.push_sample("shop", &[]);
+    let client = host.push_sample("shop", &[]);
+    let other = host.push_sample("other", &[]);
+    assert_eq!(host.deployment("shop", &service)["service"], "cache");
+    assert!(connects(&host, "shop", &client, "cache:7000"));
+    let service_addr = listen_addr(&host, "shop", &service).to_string();
+    assert!(connects(&host, "shop", &client, &service_addr));
+    // Only what was declared.
+    let plain_addr = listen_addr(&host, "shop", &plain).to_string();
+    assert!(!connects(&host, "shop", &client, &plain_addr));
+    // Not from another sandbox: the name means nothing there, the address is closed.
+    assert!(!connects(&host, "other", &other, "cache:7000"));
+    assert!(!connects(&host, "other", &other, &service_addr));
+
+    let newer = host.push_sample("shop", &["--service", "cache", "--port", "7000"]);
+    let newer_addr = listen_addr(&host, "shop", &newer).to_string();
+    assert!(connects(&host, "shop", &client, &newer_addr));
+    // The name means the newer one: the older one's address is closed now.
+    assert!(!connects(&host, "shop", &client, &service_addr));
+    assert!(connects(&host, "shop", &client, "cache:7000"));
+
+    let sample = nx_testkit::sample_app();
+    let bad = host.nx(&[
+        "push",
+        sample.to_str().unwrap(),
+        "-s",
+        "shop",
+        "--service",
+        "Cache",
+    ]);
+    assert!(!bad.ok);
+    assert!(bad.stderr.contains("not a service name"), "{}", bad.stderr);
+}

@@ -15,8 +15,11 @@
 //! connections into a deployment's link.
 //!
 //! TCP services (`nx push --tcp`, see `crate::tcp`): the map `tcp_ports` (host port → a
-//! deployment's address and port) is the only thing nxd changes after start, replaced in one
-//! transaction ([`tcp_ports_update`]). A connection to one of its ports on any of the host's
+//! deployment's address and port) and, for services within a sandbox (`nx push --service`,
+//! see `crate::services`), the set `service_pairs` (a deployment's address → a declared
+//! service's address and port of the same sandbox: exactly those pairs pass between two
+//! deployments' links) are all nxd changes after start, each replaced in one transaction
+//! ([`tcp_ports_update`], [`service_pairs_update`]). A connection to one of its ports on any of the host's
 //! own addresses is DNATed to the deployment, as Docker publishes ports: from outside (any
 //! client), from the host itself (loopback sources are SNATed to the gateway, since the
 //! deployment's loopback is its own), and from deployments with egress, which reach it as any
@@ -47,6 +50,10 @@ pub const TABLE: &str = "nx";
 
 /// The map of TCP services: `inet_service : ipv4_addr . inet_service`.
 pub const TCP_PORTS: &str = "tcp_ports";
+
+/// The set of (client address, service address, service port) a sandbox's declared services
+/// allow (`crate::services`): `ipv4_addr . ipv4_addr . inet_service`.
+pub const SERVICE_PAIRS: &str = "service_pairs";
 
 /// The complete `nft -f` input that replaces the table: `allow` are the CIDRs of
 /// `network.allow` (IPv6 ones have no effect: deployments have no IPv6), `resolver` the host's
@@ -84,7 +91,7 @@ pub fn ruleset(
     let _ = writeln!(t, "\t}}");
     let _ = writeln!(
         t,
-        "\tmap {TCP_PORTS} {{\n\t\ttype inet_service : ipv4_addr . inet_service\n\t}}"
+        "\tmap {TCP_PORTS} {{\n\t\ttype inet_service : ipv4_addr . inet_service\n\t}}\n\tset {SERVICE_PAIRS} {{\n\t\ttype ipv4_addr . ipv4_addr . inet_service\n\t}}"
     );
     let publish = format!("fib daddr type local dnat ip to tcp dport map @{TCP_PORTS}");
     let _ = writeln!(
@@ -120,7 +127,7 @@ pub fn ruleset(
     let _ = writeln!(t, "\t\t{reject}\n\t}}");
     let _ = writeln!(
         t,
-        "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname != {links} oifname != {links} accept\n\t\tct state established,related accept\n\t\toifname {links} ct status dnat accept\n\t\toifname {links} {reject}\n\t\tip saddr != {public} {reject}"
+        "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname != {links} oifname != {links} accept\n\t\tct state established,related accept\n\t\tiifname {links} oifname {links} meta l4proto {{ tcp, udp }} ip saddr . ip daddr . th dport @{SERVICE_PAIRS} accept\n\t\toifname {links} ct status dnat accept\n\t\toifname {links} {reject}\n\t\tip saddr != {public} {reject}"
     );
     if let Some(resolver) = resolver {
         let _ = writeln!(
@@ -162,6 +169,24 @@ pub fn tcp_ports_update(elements: &[(u16, std::net::SocketAddrV4)]) -> String {
         let _ = writeln!(
             t,
             "add element inet {TABLE} {TCP_PORTS} {{ {} }}",
+            list.join(", ")
+        );
+    }
+    t
+}
+
+/// The `nft -f` input that makes `pairs` (client address, service address, service port) the
+/// whole of the service pairs set, in one transaction.
+pub fn service_pairs_update(pairs: &[(std::net::Ipv4Addr, std::net::SocketAddrV4)]) -> String {
+    let mut t = format!("flush set inet {TABLE} {SERVICE_PAIRS}\n");
+    if !pairs.is_empty() {
+        let list: Vec<String> = pairs
+            .iter()
+            .map(|(from, to)| format!("{from} . {} . {}", to.ip(), to.port()))
+            .collect();
+        let _ = writeln!(
+            t,
+            "add element inet {TABLE} {SERVICE_PAIRS} {{ {} }}",
             list.join(", ")
         );
     }
@@ -238,5 +263,12 @@ mod tests {
             "flush map inet nx tcp_ports\nadd element inet nx tcp_ports { 30000 : 10.213.0.5 . 6379, 30001 : 10.213.128.9 . 4222 }\n"
         );
         assert_eq!(tcp_ports_update(&[]), "flush map inet nx tcp_ports\n");
+        assert_eq!(
+            service_pairs_update(&[(
+                "10.213.0.3".parse().unwrap(),
+                "10.213.0.4:6379".parse().unwrap()
+            )]),
+            "flush set inet nx service_pairs\nadd element inet nx service_pairs { 10.213.0.3 . 10.213.0.4 . 6379 }\n"
+        );
     }
 }

@@ -76,6 +76,7 @@ pub async fn deploy(
         idle_timeout_secs: None,
         volumes: Vec::new(),
         tcp: None,
+        service: None,
     };
     let mut outcome = Outcome::refused(sandbox, file, "");
     outcome.sha256 = Some(info.sha256);

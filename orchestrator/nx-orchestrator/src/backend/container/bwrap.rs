@@ -123,8 +123,12 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
             (*argv0).to_owned()
         }
     };
+    let own_hosts = matches!(sandbox.network, SandboxNetwork::Launcher { .. });
     for file in HOST_FILES {
-        push(&mut argv, &["--ro-bind-try", file, file]);
+        // A deployment's /etc/hosts is its sandbox's (below).
+        if !(own_hosts && *file == "/etc/hosts") {
+            push(&mut argv, &["--ro-bind-try", file, file]);
+        }
     }
     if let Some(files) = sandbox.identity {
         for (file, inside) in files.iter().zip(["/etc/passwd", "/etc/group"]) {
@@ -134,9 +138,25 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
             );
         }
     }
-    if let SandboxNetwork::Launcher { resolv_conf } = sandbox.network {
+    if let SandboxNetwork::Launcher {
+        resolv_conf,
+        hosts_dir,
+    } = sandbox.network
+    {
         let source = resolv_conf.display().to_string();
         push(&mut argv, &["--ro-bind", &source, RESOLV_CONF]);
+        let hosts = hosts_dir.display().to_string();
+        push(
+            &mut argv,
+            &[
+                "--ro-bind",
+                &hosts,
+                crate::services::SANDBOX_DIR,
+                "--symlink",
+                crate::services::HOSTS_LINK,
+                "/etc/hosts",
+            ],
+        );
     }
     if let Linkage::Dynamic { interpreter } = sandbox.linkage {
         push(&mut argv, &["--ro-bind", interpreter, interpreter]);

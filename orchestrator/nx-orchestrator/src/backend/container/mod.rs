@@ -32,9 +32,13 @@ use std::time::Duration;
 pub enum SandboxNetwork<'a> {
     /// A network namespace of its own that holds only its loopback (a task's).
     Loopback,
-    /// The namespace its launcher set up (a deployment's), with this file as its
-    /// /etc/resolv.conf (the gateway as resolver).
-    Launcher { resolv_conf: &'a Path },
+    /// The namespace its launcher set up (a deployment's), with `resolv_conf` as its
+    /// /etc/resolv.conf (the gateway as resolver) and its sandbox's hosts file's directory
+    /// (`crate::services`).
+    Launcher {
+        resolv_conf: &'a Path,
+        hosts_dir: &'a Path,
+    },
 }
 
 pub struct ContainerBackend {
@@ -46,6 +50,8 @@ pub struct ContainerBackend {
     podman: Podman,
     /// The deployments' resolv.conf (see `network::dns`).
     resolv_conf: PathBuf,
+    /// nxd's state dir (sandboxes' hosts files: `crate::services::hosts_dir`).
+    state_dir: PathBuf,
 }
 
 impl ContainerBackend {
@@ -70,6 +76,7 @@ impl ContainerBackend {
             seccomp,
             podman: Podman::new(state_dir)?,
             resolv_conf: crate::network::resolv_conf_path(state_dir),
+            state_dir: state_dir.to_owned(),
         })
     }
 }
@@ -127,8 +134,11 @@ impl SandboxBackend for ContainerBackend {
         let gids: Vec<u32> = disks.iter().map(|d| d.gid).collect();
         let hostname = spec.deployment.sandbox.as_str();
         let socket = spec.database_socket.as_deref();
+        let hosts_dir = crate::services::hosts_dir(&self.state_dir, hostname);
+        crate::services::ensure_hosts(&hosts_dir)?;
         let network = SandboxNetwork::Launcher {
             resolv_conf: &self.resolv_conf,
+            hosts_dir: &hosts_dir,
         };
         let mut launch = match &spec.program {
             Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {

@@ -215,7 +215,7 @@ impl Podman {
         for gid in c.gids {
             argv.extend(["--group-add".into(), gid.to_string()]);
         }
-        if let SandboxNetwork::Launcher { resolv_conf } = c.network {
+        if let SandboxNetwork::Launcher { resolv_conf, .. } = c.network {
             argv.extend([
                 "--volume".into(),
                 format!("{}:/etc/resolv.conf:ro", resolv_conf.display()),

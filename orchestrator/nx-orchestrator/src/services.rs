@@ -1,0 +1,232 @@
+//! Services within a sandbox (`nx push --service NAME`): a deployment declares itself a
+//! service of its sandbox; the sandbox's other deployments reach it as `NAME` on its port, and
+//! nothing else does. This widens the network's "never another deployment" rule only inside
+//! one sandbox and only toward what was declared.
+//!
+//! - **Which deployment a name means**: the sandbox's promoted deployment if it declares the
+//!   name, else the newest running one that does (a new push of the service takes the name
+//!   over once it runs; `nx rm` of it gives the name back to the one before).
+//! - **Resolution**: every sandbox has a hosts file, `<state_dir>/network/hosts/<sandbox>/hosts`
+//!   (hosts(5): `localhost`, then `ADDRESS NAME` per service). Its directory is bound read-only
+//!   at `/etc/nx-sandbox` in each of the sandbox's bubblewrap deployments and `/etc/hosts` is a
+//!   link to the file in it, so a rewrite (a new file renamed over the old one) is seen by
+//!   running deployments at their next lookup, never half-written. Programs that resolve with
+//!   glibc or Go read /etc/hosts first (nsswitch.conf `files dns`).
+//! - **Firewall**: the set `service_pairs` of nxd's table (see `network::firewall`) holds
+//!   (client address, service address, service port) for each running deployment of the
+//!   sandbox and each of its services; the forward chain accepts exactly those between two
+//!   deployments' links (TCP and UDP). Both are rebuilt from the state whenever nxd rebuilds
+//!   the router's table.
+//!
+//! Not covered: images (Podman writes the container's own /etc/hosts; an image reaches a
+//! service at its address, which `nx status` shows, and the firewall lets it) and microVMs
+//! (no address of their own: refused at push).
+
+use crate::api::{checks, DeploymentView, PushRequest};
+use crate::domain::{BackendKind, Deployment};
+use crate::error::Error;
+use crate::names::{DeploymentId, SandboxName};
+use crate::network::{firewall, NetworkError};
+use crate::state::StateError;
+use crate::Orchestrator;
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+/// Where a sandbox's hosts file's directory appears inside its deployments.
+pub const SANDBOX_DIR: &str = "/etc/nx-sandbox";
+/// `/etc/hosts` inside: a link into [`SANDBOX_DIR`] (relative, as bubblewrap makes it).
+pub const HOSTS_LINK: &str = "nx-sandbox/hosts";
+
+/// `<state_dir>/network/hosts/<sandbox>`: the directory of a sandbox's hosts file.
+pub fn hosts_dir(state_dir: &Path, sandbox: &str) -> PathBuf {
+    state_dir.join("network").join("hosts").join(sandbox)
+}
+
+/// The text of a hosts file naming `services` (name → address).
+fn hosts_text(services: &BTreeMap<String, Ipv4Addr>) -> String {
+    let mut text = String::from(
+        "# Written by nxd: this sandbox's services (nx push --service).\n127.0.0.1\tlocalhost\n",
+    );
+    for (name, address) in services {
+        text.push_str(&format!("{address}\t{name}\n"));
+    }
+    text
+}
+
+/// Replaces the hosts file in `dir` (made if missing) atomically: a new file renamed over it.
+pub fn write_hosts(dir: &Path, services: &BTreeMap<String, Ipv4Addr>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let next = dir.join(".hosts.new");
+    std::fs::write(&next, hosts_text(services))?;
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(&next, dir.join("hosts"))
+}
+
+/// Makes sure a sandbox's hosts file exists before a deployment binds its directory.
+pub fn ensure_hosts(dir: &Path) -> std::io::Result<()> {
+    if dir.join("hosts").is_file() {
+        return Ok(());
+    }
+    write_hosts(dir, &BTreeMap::new())
+}
+
+/// Stores a deployment's service name.
+async fn insert(pool: &PgPool, deployment: &str, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO deployment_services (deployment, name) VALUES ($1, $2)")
+        .bind(deployment)
+        .bind(name)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Every deployment's service name, by deployment id.
+async fn names(pool: &PgPool) -> Result<HashMap<String, String>, sqlx::Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT deployment, name FROM deployment_services")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// For each sandbox, each service name → the deployment it means (see the module's docs):
+/// `deployments` oldest first, `running` their addresses.
+fn resolve<'a>(
+    deployments: &'a [Deployment],
+    names: &HashMap<String, String>,
+    promoted: &HashMap<SandboxName, DeploymentId>,
+    running: &HashMap<&DeploymentId, SocketAddr>,
+) -> BTreeMap<&'a SandboxName, BTreeMap<String, &'a Deployment>> {
+    let mut out: BTreeMap<&SandboxName, BTreeMap<String, &Deployment>> = BTreeMap::new();
+    for d in deployments.iter().filter(|d| running.contains_key(&d.id)) {
+        let Some(name) = names.get(d.id.as_str()) else {
+            continue;
+        };
+        let services = out.entry(&d.sandbox).or_default();
+        let holder_promoted = services
+            .get(name)
+            .is_some_and(|held| promoted.get(&held.sandbox) == Some(&held.id));
+        // Oldest first: a later one takes the name over, unless production holds it.
+        if !holder_promoted {
+            services.insert(name.clone(), d);
+        }
+    }
+    out
+}
+
+impl Orchestrator {
+    /// Refuses a bad `--service` before anything is stored.
+    pub(crate) fn check_service(
+        &self,
+        req: &PushRequest,
+        backend: BackendKind,
+    ) -> Result<(), Error> {
+        let Some(name) = &req.service else {
+            return Ok(());
+        };
+        checks::check_service_name(name)?;
+        if backend == BackendKind::Microvm {
+            return Err(Error::Invalid(
+                "--service is for the container backend: a microVM has no address of its own for its sandbox to reach; push with --backend container".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a new deployment's service name.
+    pub(crate) async fn record_service(
+        &self,
+        deployment: &Deployment,
+        req: &PushRequest,
+    ) -> Result<(), Error> {
+        if let Some(name) = &req.service {
+            insert(self.state.pool(), deployment.id.as_str(), name)
+                .await
+                .map_err(StateError::from)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every sandbox's hosts file and the firewall's service pairs what the state says
+    /// (`deployments` oldest first; `running`: the addresses of those that run).
+    pub(crate) async fn publish_services(
+        &self,
+        deployments: &[Deployment],
+        promoted: &HashMap<SandboxName, DeploymentId>,
+        running: &HashMap<&DeploymentId, SocketAddr>,
+    ) -> Result<(), Error> {
+        let names = names(self.state.pool()).await.map_err(StateError::from)?;
+        let services = resolve(deployments, &names, promoted, running);
+        let v4 = |id: &DeploymentId| match running.get(id) {
+            Some(SocketAddr::V4(addr)) => Some(*addr),
+            _ => None,
+        };
+        let mut pairs: Vec<(Ipv4Addr, SocketAddrV4)> = Vec::new();
+        let mut sandboxes: BTreeMap<&SandboxName, BTreeMap<String, Ipv4Addr>> = deployments
+            .iter()
+            .map(|d| (&d.sandbox, BTreeMap::new()))
+            .collect();
+        for (sandbox, by_name) in &services {
+            for (name, service) in by_name {
+                let Some(to) = v4(&service.id) else { continue };
+                sandboxes
+                    .entry(sandbox)
+                    .or_default()
+                    .insert(name.clone(), *to.ip());
+                let clients = deployments
+                    .iter()
+                    .filter(|d| &d.sandbox == *sandbox && d.id != service.id)
+                    .filter_map(|d| v4(&d.id));
+                pairs.extend(clients.map(|from| (*from.ip(), to)));
+            }
+        }
+        for (sandbox, entries) in &sandboxes {
+            let dir = hosts_dir(&self.config.state_dir, sandbox.as_str());
+            write_hosts(&dir, entries).map_err(NetworkError::io(format!(
+                "writing the hosts file of sandbox {sandbox}"
+            )))?;
+        }
+        let update = firewall::service_pairs_update(&pairs);
+        tokio::task::spawn_blocking(move || firewall::apply(&update))
+            .await
+            .map_err(|e| NetworkError::Firewall(format!("nft did not finish: {e}")))??;
+        Ok(())
+    }
+
+    /// Adds each deployment's service name to its view.
+    pub(crate) async fn add_service_names(
+        &self,
+        views: &mut [DeploymentView],
+    ) -> Result<(), Error> {
+        let names = names(self.state.pool()).await.map_err(StateError::from)?;
+        for view in views {
+            view.service = names.get(view.id.as_str()).cloned();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hosts_file_names_localhost_and_the_services() {
+        let text = hosts_text(&BTreeMap::from([(
+            "cache".to_string(),
+            Ipv4Addr::new(10, 213, 0, 7),
+        )]));
+        assert!(text.contains("127.0.0.1\tlocalhost\n"));
+        assert!(text.ends_with("10.213.0.7\tcache\n"), "{text}");
+        let dir = std::env::temp_dir().join(format!("nx-hosts-test-{}", std::process::id()));
+        ensure_hosts(&dir).unwrap();
+        assert!(std::fs::read_to_string(dir.join("hosts"))
+            .unwrap()
+            .contains("localhost"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
