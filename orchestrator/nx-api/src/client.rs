@@ -441,6 +441,55 @@ impl Client {
         self.call(Method::GET, &path, |r| r.query(query)).await
     }
 
+    /// `POST /v1/sandboxes/{name}/volumes/{volume}/backups`: a tar archive of the volume,
+    /// kept on the host.
+    pub async fn backup_volume(
+        &self,
+        name: &SandboxName,
+        volume: &crate::names::VolumeName,
+    ) -> Result<crate::volumes::VolumeBackup, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/volumes/{volume}/backups");
+        self.call(Method::POST, &path, |r| r).await
+    }
+
+    /// `GET /v1/sandboxes/{name}/volumes/{volume}/backups/{id}`: the archive, streamed (its
+    /// size in Content-Length).
+    pub async fn download_volume_backup(
+        &self,
+        name: &SandboxName,
+        volume: &crate::names::VolumeName,
+        id: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let path = format!(
+            "/v1/sandboxes/{name}/volumes/{volume}/backups/{}",
+            urlencode(id)
+        );
+        self.open(self.request(Method::GET, &path)).await
+    }
+
+    /// `POST /v1/sandboxes/{name}/volumes/{volume}/restore`: replaces the volume's files with
+    /// those of a tar archive: `size` bytes of `body`, or (`body` none) the host's backup `id`.
+    pub async fn restore_volume(
+        &self,
+        name: &SandboxName,
+        volume: &crate::names::VolumeName,
+        from: VolumeArchive,
+    ) -> Result<crate::volumes::VolumeRestored, ClientError> {
+        let path = format!("/v1/sandboxes/{name}/volumes/{volume}/restore");
+        match from {
+            VolumeArchive::Kept(id) => {
+                let path = format!("{path}?backup={}", urlencode(&id));
+                self.call(Method::POST, &path, |r| r).await
+            }
+            VolumeArchive::Upload { body, size } => {
+                self.call(Method::POST, &path, |r| {
+                    r.header(reqwest::header::CONTENT_LENGTH, size).body(body)
+                })
+                .await
+            }
+        }
+    }
+
     /// `DELETE /v1/domains/{domain}` (root token only).
     pub async fn remove_domain(
         &self,
@@ -534,4 +583,12 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The archive a volume is restored from.
+pub enum VolumeArchive {
+    /// A backup kept on the host, by id.
+    Kept(String),
+    /// A tar archive sent in the request: `size` bytes.
+    Upload { body: reqwest::Body, size: u64 },
 }

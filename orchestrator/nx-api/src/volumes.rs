@@ -48,6 +48,62 @@ pub struct VolumeMount {
     pub path: String,
 }
 
+/// Which filesystem a deployment mounts for one of its `--volume`s. Production always mounts
+/// `live`; a push is a preview until promoted, and a preview never writes production's files
+/// unless asked (`--volume-live`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeSource {
+    /// A new, empty filesystem of the volume's size, the deployment's own (a preview's default).
+    #[default]
+    Empty,
+    /// A copy of the volume's files made at push (`--volume-branch`), the deployment's own:
+    /// its writes stay out of production.
+    Branch,
+    /// The volume itself: production's files (production, or a preview pushed with
+    /// `--volume-live`).
+    Live,
+}
+
+/// A volume as a deployment mounts it: the mount and which filesystem it is.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountedVolume {
+    pub volume: VolumeName,
+    pub path: String,
+    /// Missing in records made before sources existed: those mounted the volume itself.
+    #[serde(default = "live")]
+    pub source: VolumeSource,
+}
+
+fn live() -> VolumeSource {
+    VolumeSource::Live
+}
+
+/// A volume's backup: a tar archive (POSIX pax format, owners 0, the volume's tree from its
+/// root) kept on the host, made by `nx volume backup` or by `nx sandbox rm`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeBackup {
+    pub volume: VolumeName,
+    /// Its id (a UTC time stamp, like a database backup's): `nx volume restore SANDBOX NAME ID`.
+    pub id: String,
+    /// The archive's size in bytes.
+    pub size: u64,
+    /// Where the archive is on the nxd host.
+    pub path: String,
+}
+
+/// `POST /v1/sandboxes/{name}/volumes/{volume}/restore`: what was restored.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeRestored {
+    pub restored: VolumeName,
+    /// The archive's size in bytes.
+    pub archive_bytes: u64,
+}
+
 /// Where a volume may not be mounted: what NX itself puts in a sandbox.
 const RESERVED: &[&str] = &[
     "/app", "/data", "/tmp", "/proc", "/dev", "/sys", "/run", "/etc", "/usr", "/lib", "/lib64",

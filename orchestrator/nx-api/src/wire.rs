@@ -132,6 +132,11 @@ pub struct PushRequest {
     /// The sandbox's volumes to mount (`nx volume create` first).
     #[serde(default)]
     pub volumes: Vec<crate::volumes::VolumeMount>,
+    /// What this deployment (a preview until promoted) mounts for them: an empty filesystem
+    /// of each volume's size (default), a copy of production's files (`--volume-branch`), or
+    /// production's live volume itself (`--volume-live`). Promoting it mounts the live ones.
+    #[serde(default)]
+    pub volume_source: crate::volumes::VolumeSource,
     /// Its port speaks raw TCP, not HTTP (`nx push --tcp`): it is reached on a host port of
     /// nxd's `network.tcp_ports` rather than through the router. None: an HTTP deployment.
     #[serde(default)]
@@ -229,9 +234,9 @@ pub struct DeploymentView {
     /// When the router last passed it a request (none: never, as far as nxd knows).
     #[serde(default)]
     pub last_request_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// The volumes it mounts.
+    /// The volumes it mounts, and whether each is the volume itself or its own copy.
     #[serde(default)]
-    pub volumes: Vec<crate::volumes::VolumeMount>,
+    pub volumes: Vec<crate::volumes::MountedVolume>,
     /// A TCP deployment's own address, `tcp://<host>:<port>` (none: an HTTP deployment, reached
     /// at `preview_url`).
     #[serde(default)]
@@ -429,6 +434,10 @@ pub struct SandboxRemoved {
     pub removed: SandboxName,
     /// The backup made just before, kept on the host; none when asked not to make one.
     pub final_backup: Option<BackupInfo>,
+    /// A final backup of each of its volumes (tar archives kept on the host); empty when
+    /// asked not to make them.
+    #[serde(default)]
+    pub final_volume_backups: Vec<crate::volumes::VolumeBackup>,
 }
 
 /// `DELETE /v1/sandboxes/{name}/db/backups/{id}`.

@@ -18,11 +18,12 @@ pub enum SandboxCommand {
         #[arg(long, value_parser = ["container", "microvm"], default_value = "container")]
         backend: String,
     },
-    /// Remove a sandbox: its deployments, then (after a final backup of the current one) its
-    /// role and every database it owns, including those kept by restores and swaps.
+    /// Remove a sandbox: its deployments, then (after a final backup of each, kept on the
+    /// host) its volumes, its role and every database it owns, including those kept by
+    /// restores and swaps. Volume backups: <state_dir>/backups/<sandbox>/volumes/<name>/.
     Rm {
         name: String,
-        /// Skip the final backup.
+        /// Skip the final backups (database and volumes): their data is gone.
         #[arg(long)]
         no_backup: bool,
     },
@@ -91,6 +92,12 @@ pub async fn sandbox(client: &Client, cmd: SandboxCommand, json: bool) -> anyhow
                     b.id
                 ),
                 None => println!("removed sandbox {n} (no final backup)"),
+            }
+            for b in &done.final_volume_backups {
+                println!(
+                    "final backup {} of volume {} kept on the host at {} (`nx volume restore SANDBOX NAME {}` after creating a volume)",
+                    b.id, b.volume, b.path, b.id
+                );
             }
         }
     }
@@ -179,7 +186,7 @@ pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<(
 }
 
 /// Saves a streamed answer of `size` bytes to `to` (via `to.partial`), with a progress bar.
-async fn download(
+pub(crate) async fn download(
     resp: reqwest::Response,
     to: &std::path::Path,
     size: u64,

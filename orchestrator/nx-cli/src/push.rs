@@ -5,7 +5,7 @@ use crate::client::Client;
 use crate::output;
 use anyhow::Context;
 use nx_api::names::SandboxName;
-use nx_api::volumes::VolumeMount;
+use nx_api::volumes::{VolumeMount, VolumeSource};
 use nx_api::{LimitsOverride, PushRequest, TcpRequest};
 use nx_artifact::{image, verify};
 use std::collections::BTreeMap;
@@ -84,9 +84,19 @@ pub struct PushArgs {
     #[command(flatten)]
     upkeep: crate::upkeep::UpkeepArgs,
     /// Mount the sandbox's volume NAME (`nx volume create`) read-write at PATH, e.g.
-    /// files:/srv/files; repeatable. Its files outlive this deployment.
+    /// files:/srv/files; repeatable. Its files outlive every deployment. Until this deployment
+    /// is promoted it mounts an empty filesystem of the volume's size (or see --volume-branch,
+    /// --volume-live); promoted, it restarts on production's volume itself.
     #[arg(long = "volume", value_name = "NAME:/PATH", value_parser = parse_volume)]
     volumes: Vec<VolumeMount>,
+    /// Mount a copy of production's volume files, made now for this preview and deleted with
+    /// it (or at its promotion): it sees production's files, its writes stay out of production.
+    #[arg(long, requires = "volumes", conflicts_with = "volume_live")]
+    volume_branch: bool,
+    /// Mount production's live volumes even though this deployment is a preview: its writes
+    /// are production's files at once.
+    #[arg(long, requires = "volumes")]
+    volume_live: bool,
     /// Arguments for the program; `$NAME` and `${NAME}` become the value of the program's
     /// variable NAME (`$PORT` its port), `$$` a `$` (quote them for your shell: '$PORT').
     #[arg(last = true)]
@@ -299,5 +309,10 @@ fn request(
         volumes: args.volumes.clone(),
         tcp: args.tcp.clone(),
         service: args.service.clone(),
+        volume_source: match (args.volume_branch, args.volume_live) {
+            (true, _) => VolumeSource::Branch,
+            (_, true) => VolumeSource::Live,
+            _ => VolumeSource::Empty,
+        },
     }
 }

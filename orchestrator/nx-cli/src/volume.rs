@@ -2,8 +2,10 @@
 
 use crate::client::Client;
 use crate::output::print_json;
+use nx_api::client::VolumeArchive;
 use nx_api::names::{SandboxName, VolumeName};
 use nx_api::volumes::CreateVolume;
+use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum VolumeCommand {
@@ -20,6 +22,24 @@ pub enum VolumeCommand {
     Ls { sandbox: String },
     /// Remove a volume and its files (refused while a deployment mounts it).
     Rm { sandbox: String, name: String },
+    /// Back up a volume: a tar archive of its files as they are now (pax format, owners 0),
+    /// kept on the host and saved here, with a progress bar.
+    Backup {
+        sandbox: String,
+        name: String,
+        /// Where to save it (default: <sandbox>-<volume>-<id>.tar in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Replace a volume's files with those of a tar archive: a local file, or the id of a
+    /// backup kept on the host (`nx volume backup`, or the final ones of `nx sandbox rm`).
+    /// The volume changes only if the whole archive unpacks; refused while a running
+    /// deployment mounts the volume itself (`nx stop` it first).
+    Restore {
+        sandbox: String,
+        name: String,
+        from: String,
+    },
 }
 
 pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Result<()> {
@@ -71,6 +91,57 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
                 return print_json(&done);
             }
             println!("volume {} removed", done.removed);
+        }
+        VolumeCommand::Backup {
+            sandbox,
+            name,
+            output,
+        } => {
+            let (sandbox, name) = (SandboxName::parse(&sandbox)?, VolumeName::parse(&name)?);
+            let made = client.backup_volume(&sandbox, &name).await?;
+            let path = output
+                .unwrap_or_else(|| PathBuf::from(format!("{sandbox}-{name}-{}.tar", made.id)));
+            let resp = client
+                .download_volume_backup(&sandbox, &name, &made.id)
+                .await?;
+            crate::db::download(resp, &path, made.size, json).await?;
+            if json {
+                return print_json(&serde_json::json!({ "backup": made, "saved": path }));
+            }
+            println!(
+                "backup {} of volume {name} ({} bytes) kept on the host at {} and saved to {}",
+                made.id,
+                made.size,
+                made.path,
+                path.display()
+            );
+        }
+        VolumeCommand::Restore {
+            sandbox,
+            name,
+            from,
+        } => {
+            let (sandbox, name) = (SandboxName::parse(&sandbox)?, VolumeName::parse(&name)?);
+            let file = PathBuf::from(&from);
+            let restored = if file.is_file() {
+                let (body, size, bar) = crate::client::upload_body(&file, json).await?;
+                let restored = client
+                    .restore_volume(&sandbox, &name, VolumeArchive::Upload { body, size })
+                    .await;
+                bar.finish_and_clear();
+                restored?
+            } else {
+                client
+                    .restore_volume(&sandbox, &name, VolumeArchive::Kept(from))
+                    .await?
+            };
+            if json {
+                return print_json(&restored);
+            }
+            println!(
+                "restored volume {name} of {sandbox} from a {} byte archive",
+                restored.archive_bytes
+            );
         }
     }
     Ok(())

@@ -35,7 +35,7 @@ pub struct Deployment {
     pub ready_timeout_secs: Option<u64>,
     /// The sandbox's volumes it mounts (`nx push --volume`).
     #[serde(default)]
-    pub volumes: Vec<nx_api::volumes::VolumeMount>,
+    pub volumes: Vec<nx_api::volumes::MountedVolume>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 

@@ -460,9 +460,7 @@ impl Orchestrator {
             args,
             database_socket: Some(self.databases.socket()),
             network: self.attachment(deployment)?,
-            volumes: self
-                .attached_volumes(&deployment.sandbox, &deployment.volumes)
-                .await?,
+            volumes: self.attached_volumes(deployment).await?,
         })
     }
 
@@ -630,7 +628,10 @@ impl Orchestrator {
                     ready_timeout_secs: req.ready_timeout_secs,
                     listen_port: req.port,
                     egress,
-                    volumes: std::mem::take(&mut req.volumes),
+                    volumes: crate::volumes::mounted(
+                        std::mem::take(&mut req.volumes),
+                        req.volume_source,
+                    ),
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
@@ -647,15 +648,20 @@ impl Orchestrator {
             idle_timeout_secs,
         );
         step("upkeep", upkeep).await.map_err(StateError::from)?;
-        if deployment.db_branch {
-            if let Err(e) = self
+        let own_volumes = step("volumes", self.make_own_volumes(&deployment)).await;
+        let branched = match own_volumes {
+            Ok(()) if deployment.db_branch => self
                 .databases
                 .branch(&deployment.sandbox, &deployment.id)
                 .await
-            {
-                self.state.delete_deployment(&deployment.id).await?;
-                return Err(e.into());
-            }
+                .map(drop)
+                .map_err(Error::from),
+            other => other,
+        };
+        if let Err(e) = branched {
+            self.drop_own_volumes(&deployment)?;
+            self.state.delete_deployment(&deployment.id).await?;
+            return Err(e);
         }
         self.apply(&deployment, Phase::Created, Verb::Start, Route::None)
             .await?;
@@ -727,7 +733,7 @@ impl Orchestrator {
 
     /// Marks a deployment to run, starts it and waits until it is ready; the routes follow
     /// either way (a deployment that did not become ready is stopped).
-    async fn start_and_wait(&self, deployment: &Deployment) -> Result<(), Error> {
+    pub(crate) async fn start_and_wait(&self, deployment: &Deployment) -> Result<(), Error> {
         // A new deployment's record says so already.
         if deployment.desired != Desired::Running {
             step(
@@ -756,15 +762,25 @@ impl Orchestrator {
     }
 
     /// Production of the deployment's sandbox goes to it (it runs): with `swap_db`, its preview
-    /// branch becomes production's database first, and if it does not come back up on it,
-    /// production's database is put back as it was and nothing is promoted.
+    /// branch becomes production's database first; its volume mounts become the volumes
+    /// themselves (`volumes::own`). When either changed it restarts on them, and if it does
+    /// not come back up, production's database and its mounts are put back as they were and
+    /// nothing is promoted. Its own volume copies are deleted once it is promoted.
     async fn switch_to(&self, deployment: &Deployment, swap_db: bool) -> Result<(), Error> {
         let (sandbox, id) = (&deployment.sandbox, &deployment.id);
-        if swap_db {
+        let previous_db = if swap_db {
             let previous = self.databases.swap_in_branch(sandbox, id).await?;
             self.state.clear_db_branch(id).await?;
             tracing::info!(%previous, "branch swapped in; production's database kept");
-            // It reconnects with production's credentials.
+            Some(previous)
+        } else {
+            None
+        };
+        let own_mounts = self
+            .mount_live_volumes(&self.state.deployment(id).await?)
+            .await?;
+        if previous_db.is_some() || own_mounts.is_some() {
+            // It reconnects with production's credentials, mounts production's volumes.
             let now = self.state.deployment(id).await?;
             let restarted = async {
                 self.backend
@@ -773,9 +789,17 @@ impl Orchestrator {
                 self.start_and_wait(&now).await
             };
             if let Err(e) = restarted.await {
-                let kept = self.databases.swap_back(sandbox, &previous).await?;
-                tracing::warn!(error = %e, %kept, "restart after the swap failed; production's database put back");
-                let undone = format!("nothing was promoted and production's database is as it was (the branch's data is kept as database {kept})");
+                let mut undone = vec!["nothing was promoted".to_owned()];
+                if let Some(previous) = previous_db {
+                    let kept = self.databases.swap_back(sandbox, &previous).await?;
+                    tracing::warn!(error = %e, %kept, "restart after the swap failed; production's database put back");
+                    undone.push(format!("production's database is as it was (the branch's data is kept as database {kept})"));
+                }
+                if let Some(mounts) = own_mounts {
+                    self.set_mounts(id, &mounts).await?;
+                    undone.push("it mounts its own volume copies again".to_owned());
+                }
+                let undone = undone.join(", ");
                 return Err(match e {
                     Error::NotReady { message, log_tail } => Error::NotReady {
                         message: format!("{message}. {undone}"),
@@ -789,6 +813,9 @@ impl Orchestrator {
         self.state.promote(sandbox, id).await?;
         self.rebuild_routes().await?;
         tracing::info!("promoted");
+        if own_mounts.is_some() {
+            self.drop_own_volumes(deployment)?;
+        }
         Ok(())
     }
 
@@ -908,7 +935,7 @@ impl Orchestrator {
         if deployment.db_branch {
             self.databases.drop_branch(&deployment.id).await?;
         }
-        Ok(())
+        self.drop_own_volumes(deployment)
     }
 
     #[tracing::instrument(skip(self))]
@@ -926,16 +953,16 @@ impl Orchestrator {
         self.sandbox(name).await
     }
 
-    /// Removes every deployment of a sandbox, then (after a final backup, unless told not to)
-    /// its database and role.
+    /// Removes every deployment of a sandbox, then its volumes and its database and role,
+    /// each after a final backup unless told not to; returns the backups (the database's, the
+    /// volumes').
     #[tracing::instrument(skip(self))]
     pub async fn remove_sandbox(
         &self,
         name: &SandboxName,
         backup: bool,
-    ) -> Result<Option<BackupInfo>, Error> {
+    ) -> Result<(Option<BackupInfo>, Vec<crate::api::volumes::VolumeBackup>), Error> {
         self.existing(name).await?;
-        self.refuse_with_volumes(name).await?;
         let deployments: Vec<Deployment> = self
             .state
             .deployments()
@@ -967,6 +994,7 @@ impl Orchestrator {
                 ))
             })?;
         }
+        let final_volume_backups = self.remove_sandbox_volumes(name, backup).await?;
         {
             let _guard = self.changes.lock().await;
             let removed: Vec<DeploymentId> = deployments.iter().map(|d| d.id.clone()).collect();
@@ -974,7 +1002,7 @@ impl Orchestrator {
             self.rebuild_routes().await?;
         }
         self.databases.drop_sandbox(name).await?;
-        Ok(final_backup)
+        Ok((final_backup, final_volume_backups))
     }
 
     /// A sandbox that exists, or a 404 that says how to list them.

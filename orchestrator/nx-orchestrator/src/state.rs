@@ -50,7 +50,7 @@ pub struct NewDeployment {
     pub ready_timeout_secs: Option<u64>,
     pub listen_port: Option<u16>,
     pub egress: Egress,
-    pub volumes: Vec<nx_api::volumes::VolumeMount>,
+    pub volumes: Vec<nx_api::volumes::MountedVolume>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -70,7 +70,7 @@ struct DeploymentRow {
     ready_timeout_secs: Option<i64>,
     listen_port: Option<i32>,
     egress: String,
-    volumes: sqlx::types::Json<Vec<nx_api::volumes::VolumeMount>>,
+    volumes: sqlx::types::Json<Vec<nx_api::volumes::MountedVolume>>,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 

@@ -293,13 +293,14 @@ async fn remove_sandbox(
     Query(q): Query<RemoveQuery>,
 ) -> ApiResult<SandboxRemoved> {
     let name = sandbox_name(&name)?;
-    let final_backup = app.remove_sandbox(&name, q.backup).await?;
+    let (final_backup, final_volume_backups) = app.remove_sandbox(&name, q.backup).await?;
     if let Err(e) = crate::sftp::area::remove(&app.config.state_dir, &name) {
         tracing::warn!(sandbox = %name, error = %e, "the sandbox's SFTP result files stay");
     }
     Ok(Json(SandboxRemoved {
         removed: name,
         final_backup,
+        final_volume_backups,
     }))
 }
 
@@ -335,7 +336,12 @@ async fn download_backup(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let path = app.databases.backup_path(&sandbox_name(&name)?, &id)?;
-    let file = tokio::fs::File::open(&path)
+    file_response(&path).await
+}
+
+/// A file on the host as a streamed answer (application/octet-stream, its Content-Length).
+pub(crate) async fn file_response(path: &std::path::Path) -> Result<Response, ApiError> {
+    let file = tokio::fs::File::open(path)
         .await
         .map_err(ApiError::internal)?;
     let size = file.metadata().await.map_err(ApiError::internal)?.len();
@@ -376,12 +382,21 @@ async fn restore(
         return Ok(Json(app.restore(&name, &path).await?));
     }
     let upload = app.databases.upload_file()?;
+    save_body(body, &upload).await?;
+    Ok(Json(app.restore(&name, upload.path()).await?))
+}
+
+/// Writes a request's body, as it streams in, to `upload` (a temp file). Errors: 400 when
+/// the upload is cut off, 500 when the file cannot be written.
+pub(crate) async fn save_body(
+    body: Body,
+    upload: &tempfile::NamedTempFile,
+) -> Result<(), ApiError> {
     let mut file = tokio::fs::File::from_std(upload.reopen().map_err(ApiError::internal)?);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload was cut off: {e}")))?;
         file.write_all(&chunk).await.map_err(ApiError::internal)?;
     }
-    file.flush().await.map_err(ApiError::internal)?;
-    Ok(Json(app.restore(&name, upload.path()).await?))
+    file.flush().await.map_err(ApiError::internal)
 }

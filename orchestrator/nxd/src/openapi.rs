@@ -11,7 +11,7 @@ use nx_api::access::{
     TokenRemoved, TokenView,
 };
 use nx_api::domains::{AddDomain, DomainRemoved, DomainView};
-use nx_api::volumes::{CreateVolume, VolumeRemoved, VolumeView};
+use nx_api::volumes::{CreateVolume, VolumeBackup, VolumeRemoved, VolumeRestored, VolumeView};
 use nx_api::{
     ArtifactInfo, BackupInfo, BackupRemoved, BlobDigests, BundleInfo, CreateSandbox, DatabaseInfo,
     DeploymentRemoved, DeploymentView, ErrorBody, Health, PromoteRequest, PushRequest, RestoreInfo,
@@ -73,6 +73,8 @@ fn wire_schemas() -> Map<String, Value> {
         DomainRemoved,
         CreateVolume,
         VolumeView,
+        VolumeBackup,
+        VolumeRestored,
         VolumeRemoved,
         nx_api::usage::UsageReport,
         ErrorBody,

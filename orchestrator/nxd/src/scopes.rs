@@ -201,6 +201,21 @@ pub const POLICY: &[(&str, &str, Need)] = &[
         "/v1/sandboxes/{name}/volumes/{volume}",
         Need::OneOf(&[Verb::Push], Target::PathSandbox),
     ),
+    (
+        "POST",
+        "/v1/sandboxes/{name}/volumes/{volume}/backups",
+        Need::OneOf(&[Verb::Push], Target::PathSandbox),
+    ),
+    (
+        "GET",
+        "/v1/sandboxes/{name}/volumes/{volume}/backups/{id}",
+        Need::OneOf(&[Verb::Push], Target::PathSandbox),
+    ),
+    (
+        "POST",
+        "/v1/sandboxes/{name}/volumes/{volume}/restore",
+        Need::OneOf(&[Verb::Push], Target::PathSandbox),
+    ),
     ("GET", "/v1/sandboxes/{name}/keys", Need::Root),
     ("POST", "/v1/sandboxes/{name}/keys", Need::Root),
     ("DELETE", "/v1/sandboxes/{name}/keys", Need::Root),

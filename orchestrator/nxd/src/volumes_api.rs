@@ -4,11 +4,16 @@
 use crate::error::ApiError;
 use crate::json_body::JsonBody;
 use crate::route_table::{delete, get, post, Route};
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
 use axum::Json;
-use nx_orchestrator::api::volumes::{CreateVolume, VolumeRemoved, VolumeView};
+use nx_orchestrator::api::volumes::{
+    CreateVolume, VolumeBackup, VolumeRemoved, VolumeRestored, VolumeView,
+};
 use nx_orchestrator::names::{SandboxName, VolumeName};
 use nx_orchestrator::Orchestrator;
+use serde::Deserialize;
 use std::sync::Arc;
 
 type Shared = State<Arc<Orchestrator>>;
@@ -20,6 +25,12 @@ pub fn table() -> Vec<Route> {
         get("/v1/sandboxes/{name}/volumes", list),
         post("/v1/sandboxes/{name}/volumes", create),
         delete("/v1/sandboxes/{name}/volumes/{volume}", remove),
+        post("/v1/sandboxes/{name}/volumes/{volume}/backups", backup),
+        get(
+            "/v1/sandboxes/{name}/volumes/{volume}/backups/{id}",
+            download,
+        ),
+        post("/v1/sandboxes/{name}/volumes/{volume}/restore", restore).unlimited_body(),
     ]
 }
 
@@ -45,4 +56,50 @@ async fn remove(
     let volume = VolumeName::parse(&volume)?;
     app.remove_volume(&name, &volume).await?;
     Ok(Json(VolumeRemoved { removed: volume }))
+}
+
+fn names(name: &str, volume: &str) -> Result<(SandboxName, VolumeName), ApiError> {
+    Ok((SandboxName::parse(name)?, VolumeName::parse(volume)?))
+}
+
+/// Makes a tar archive of the volume, kept on the host.
+async fn backup(
+    State(app): Shared,
+    Path((name, volume)): Path<(String, String)>,
+) -> ApiResult<VolumeBackup> {
+    let (name, volume) = names(&name, &volume)?;
+    Ok(Json(app.backup_volume(&name, &volume).await?))
+}
+
+/// A backup kept on the host, streamed (also after `nx sandbox rm`, for its final backups).
+async fn download(
+    State(app): Shared,
+    Path((name, volume, id)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let (name, volume) = names(&name, &volume)?;
+    crate::http_api::file_response(&app.volume_backup_path(&name, &volume, &id)?).await
+}
+
+#[derive(Deserialize)]
+struct RestoreQuery {
+    backup: Option<String>,
+}
+
+/// Restores from a backup kept on the host (`?backup=ID`) or from a tar archive in the body.
+async fn restore(
+    State(app): Shared,
+    Path((name, volume)): Path<(String, String)>,
+    Query(q): Query<RestoreQuery>,
+    body: Body,
+) -> ApiResult<VolumeRestored> {
+    let (name, volume) = names(&name, &volume)?;
+    if let Some(id) = q.backup {
+        let path = app.volume_backup_path(&name, &volume, &id)?;
+        return Ok(Json(app.restore_volume(&name, &volume, &path).await?));
+    }
+    let upload = app.volume_upload_file()?;
+    crate::http_api::save_body(body, &upload).await?;
+    Ok(Json(
+        app.restore_volume(&name, &volume, upload.path()).await?,
+    ))
 }

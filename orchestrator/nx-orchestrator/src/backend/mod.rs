@@ -22,6 +22,7 @@ pub mod monitor_files;
 pub mod tmp_mount;
 #[cfg(any(feature = "container", feature = "microvm"))]
 mod unit;
+pub mod volume_job;
 
 pub use by_kind::Backends;
 #[cfg(any(feature = "container", feature = "microvm"))]

@@ -24,7 +24,8 @@ const TOOL_UNITS: &str = "nxdb-*.service";
 /// the rename's lock (SQLSTATE 55006, object in use).
 const SWAP_ATTEMPTS: usize = 5;
 
-fn check_id(id: &str) -> Result<(), DbError> {
+/// A backup id: a UTC time stamp `YYYYMMDDTHHMMSSmmmZ` (`now_id`), else `BadBackupId`.
+pub(crate) fn check_id(id: &str) -> Result<(), DbError> {
     let ok = id.len() == 19
         && id.ends_with('Z')
         && id.as_bytes()[8] == b'T'
@@ -39,7 +40,8 @@ fn check_id(id: &str) -> Result<(), DbError> {
     }
 }
 
-fn now_id() -> String {
+/// A new backup's id: now, UTC, to the millisecond.
+pub(crate) fn now_id() -> String {
     chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string()
 }
 

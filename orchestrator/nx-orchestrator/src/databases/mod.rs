@@ -7,7 +7,7 @@
 //! `CONNECTION LIMIT` and its own `statement_timeout` and `idle_in_transaction_session_timeout`
 //! ([`RolePolicy`]). PostgreSQL cannot cap a database's size; [`Databases::size`] reports it.
 
-mod backup;
+pub(crate) mod backup;
 pub mod ident;
 mod legacy_names;
 

@@ -77,6 +77,7 @@ pub async fn deploy(
         volumes: Vec::new(),
         tcp: None,
         service: None,
+        volume_source: Default::default(),
     };
     let mut outcome = Outcome::refused(sandbox, file, "");
     outcome.sha256 = Some(info.sha256);

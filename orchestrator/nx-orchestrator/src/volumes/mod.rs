@@ -3,17 +3,24 @@
 //! is ENOSPC), made at `nx volume create` and kept across every push, promote, rollback and
 //! `nx rm` of the deployments that mount it (`nx push --volume NAME:/PATH`, see
 //! `backend::data_disk::VolumeDisk` for how several mount it at once). `nx volume rm` refuses
-//! while a deployment still mounts it; `nx sandbox rm` refuses while the sandbox has volumes.
+//! while a deployment still mounts it; `nx sandbox rm` backs each up and removes them
+//! (`archive`). Production mounts the volume itself; a preview its own copy or an empty
+//! filesystem unless asked (`own`).
 
-use crate::api::volumes::{CreateVolume, VolumeMount, VolumeView, MAX_SIZE_MB, MIN_SIZE_MB};
+mod archive;
+mod own;
+
+use crate::api::volumes::{
+    CreateVolume, MountedVolume, VolumeMount, VolumeSource, VolumeView, MAX_SIZE_MB, MIN_SIZE_MB,
+};
 use crate::backend::data_disk::create_formatted;
 use crate::backend::AttachedVolume;
-use crate::domain::BackendKind;
+use crate::domain::{BackendKind, Deployment};
 use crate::error::Error;
 use crate::names::{SandboxName, VolumeName};
 use crate::state::StateError;
 use crate::Orchestrator;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Volume `id`'s group is `GID_BASE + id`: above the deployments' (`sandbox.uid_base`,
 /// 200,000 + slot) and the tasks' (`tasks.uid_base`, 300,000 + 65,536) by default.
@@ -32,12 +39,19 @@ fn gid(id: i64) -> u32 {
 }
 
 impl Orchestrator {
+    /// `<state_dir>/volumes/<sandbox>`: the sandbox's volume images, and a directory per
+    /// deployment that has copies of its own (`own`).
+    fn volumes_dir(&self, sandbox: &SandboxName) -> PathBuf {
+        self.config.state_dir.join("volumes").join(sandbox.as_str())
+    }
+
     fn volume_image(&self, sandbox: &SandboxName, name: &str) -> PathBuf {
-        self.config
-            .state_dir
-            .join("volumes")
-            .join(sandbox.as_str())
-            .join(format!("{name}.img"))
+        self.volumes_dir(sandbox).join(format!("{name}.img"))
+    }
+
+    /// Where volume jobs (`backend::volume_job`) keep their specs and mount points.
+    fn volume_jobs_dir(&self) -> PathBuf {
+        self.config.state_dir.join("volumes").join(".jobs")
     }
 
     async fn volume_rows(&self, sandbox: &SandboxName) -> Result<Vec<VolumeRow>, Error> {
@@ -82,10 +96,7 @@ impl Orchestrator {
             )));
         }
         let image = self.volume_image(sandbox, req.name.as_str());
-        let made = std::fs::create_dir_all(image.parent().expect("a volume image has a dir"))
-            .map_err(|e| e.to_string())
-            .and_then(|()| create_formatted(&image, req.size_mb));
-        if let Err(e) = made {
+        if let Err(e) = make_image(&image, req.size_mb) {
             sqlx::query("DELETE FROM volumes WHERE sandbox = $1 AND name = $2")
                 .bind(sandbox.as_str())
                 .bind(req.name.as_str())
@@ -123,16 +134,26 @@ impl Orchestrator {
             .collect())
     }
 
+    /// A volume's row, or a 404 that says how to create it.
+    async fn volume_row(
+        &self,
+        sandbox: &SandboxName,
+        name: &VolumeName,
+    ) -> Result<VolumeRow, Error> {
+        self.existing(sandbox).await?;
+        self.volume_rows(sandbox)
+            .await?
+            .into_iter()
+            .find(|r| r.name == name.as_str())
+            .ok_or_else(|| no_volume(sandbox, name))
+    }
+
     async fn volume(&self, sandbox: &SandboxName, name: &VolumeName) -> Result<VolumeView, Error> {
         self.volumes(sandbox)
             .await?
             .into_iter()
             .find(|v| &v.name == name)
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "sandbox {sandbox} has no volume {name}: `nx volume create {sandbox} {name} --size MIB` first"
-                ))
-            })
+            .ok_or_else(|| no_volume(sandbox, name))
     }
 
     /// `nx volume rm`: refused while a deployment (running or not) mounts it; then the row and
@@ -158,13 +179,7 @@ impl Orchestrator {
             .execute(self.state.pool())
             .await
             .map_err(StateError::from)?;
-        let image = self.volume_image(sandbox, name.as_str());
-        match std::fs::remove_file(&image) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("removing {}", image.display()))(e))
-            }
-            _ => Ok(()),
-        }
+        remove_path(&self.volume_image(sandbox, name.as_str()))
     }
 
     /// A push's `--volume`s: each the sandbox's, each path once, on the container backend.
@@ -204,17 +219,19 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// What a deployment's backend needs of its volumes.
+    /// What a deployment's backend needs of its volumes: the volume's image, or the
+    /// deployment's own copy (`own`).
     pub(crate) async fn attached_volumes(
         &self,
-        sandbox: &SandboxName,
-        mounts: &[VolumeMount],
+        deployment: &Deployment,
     ) -> Result<Vec<AttachedVolume>, Error> {
-        if mounts.is_empty() {
+        if deployment.volumes.is_empty() {
             return Ok(Vec::new());
         }
+        let sandbox = &deployment.sandbox;
         let rows = self.volume_rows(sandbox).await?;
-        mounts
+        deployment
+            .volumes
             .iter()
             .map(|m| {
                 let row = rows
@@ -226,26 +243,61 @@ impl Orchestrator {
                             m.volume
                         ))
                     })?;
+                let image = match m.source {
+                    VolumeSource::Live => self.volume_image(sandbox, &row.name),
+                    VolumeSource::Branch | VolumeSource::Empty => {
+                        self.own_image(deployment, &m.volume)
+                    }
+                };
                 Ok(AttachedVolume {
                     name: m.volume.clone(),
-                    image: self.volume_image(sandbox, &row.name),
+                    image,
                     gid: gid(row.id),
                     path: m.path.clone(),
                 })
             })
             .collect()
     }
+}
 
-    /// For `nx sandbox rm`: refused while the sandbox has volumes (their files would go).
-    pub(crate) async fn refuse_with_volumes(&self, sandbox: &SandboxName) -> Result<(), Error> {
-        let rows = self.volume_rows(sandbox).await?;
-        if rows.is_empty() {
-            return Ok(());
+fn no_volume(sandbox: &SandboxName, name: &VolumeName) -> Error {
+    Error::NotFound(format!(
+        "sandbox {sandbox} has no volume {name}: `nx volume create {sandbox} {name} --size MIB` first"
+    ))
+}
+
+/// A push's `--volume`s as its deployment records them, all with the push's source.
+pub(crate) fn mounted(mounts: Vec<VolumeMount>, source: VolumeSource) -> Vec<MountedVolume> {
+    mounts
+        .into_iter()
+        .map(|m| MountedVolume {
+            volume: m.volume,
+            path: m.path,
+            source,
+        })
+        .collect()
+}
+
+/// A new, empty volume filesystem of `size_mb` MiB at `image` (its directory made if missing):
+/// /data's kind of image (`data_disk::create_formatted`), root's; its group is set when it is
+/// mounted.
+fn make_image(image: &Path, size_mb: u64) -> Result<(), String> {
+    let dir = image.parent().expect("a volume image has a dir");
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    create_formatted(image, size_mb)
+}
+
+/// Removes a file or a directory tree; one that is not there is no error.
+fn remove_path(path: &Path) -> Result<(), Error> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("removing {}", path.display()))(e))
         }
-        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-        Err(Error::Conflict(format!(
-            "sandbox {sandbox} has volumes ({}): remove them first with `nx volume rm {sandbox} NAME` (after `nx sandbox rm` nothing would be left of their files)",
-            names.join(", ")
-        )))
+        _ => Ok(()),
     }
 }
