@@ -125,7 +125,8 @@ in
     };
     network = {
       subnet = mkOption { type = types.str; default = defaults.network.subnet; description = "IPv4 network (a /20 or larger) of the deployments' addresses, each deployment in a network namespace of its own: the first address is the gateway on the host (nx0), the lower half holds deployments pushed with --egress none, the upper half those with --egress public. Must not overlap a network the host uses."; };
-      allow = mkOption { type = types.listOf types.str; default = defaults.network.allow; description = "Private CIDRs (RFC 1918, CGNAT, link-local, ULA) that deployments with --egress public may reach nevertheless, e.g. [ \"10.20.0.0/16\" ]. Cloud metadata (169.254.169.254/32) only if listed exactly."; };
+      subnet6 = mkOption { type = types.str; default = defaults.network.subnet6; description = "IPv6 network (a ULA /64 is the custom; /112 or larger) of the deployments' addresses, laid out as subnet (lower half --egress none, upper half --egress public, masqueraded behind the host's address); the gateway is fe80::1 on each deployment's link. Used where the host has IPv6 and net.ipv6.conf.all.forwarding is 1 (the module sets it), else deployments get IPv4 only. Must not overlap a network the host uses."; };
+      allow = mkOption { type = types.listOf types.str; default = defaults.network.allow; description = "Private CIDRs (RFC 1918, CGNAT, link-local, ULA) that deployments with --egress public may reach nevertheless, e.g. [ \"10.20.0.0/16\" \"fd12::/64\" ]. Cloud metadata (169.254.169.254/32, fd00:ec2::254/128) only if listed exactly."; };
       tcpPorts = {
         start = mkOption { type = port; default = defaults.network.tcpPorts.start; description = "First host port of TCP services (nx push --tcp): a sandbox's production and each TCP deployment get one, DNATed by nxd's nftables table on every address of the host; keep the range clear of the host's own services."; };
         end = mkOption { type = port; default = defaults.network.tcpPorts.end; description = "Last host port of TCP services (inclusive)."; };
@@ -334,6 +335,10 @@ in
     # Deployments reach the internet (with --egress public) through the host: nxd's table
     # `inet nx` masquerades them.
     boot.kernel.sysctl."net.ipv4.ip_forward" = lib.mkDefault 1;
+    # And their IPv6 (network.subnet6). A forwarding host ignores router advertisements where
+    # accept_ra is 1; NixOS' dhcpcd and systemd-networkd take them in user space, so the
+    # host keeps its IPv6 default route (nxd itself sets accept_ra=2 where it turns this on).
+    boot.kernel.sysctl."net.ipv6.conf.all.forwarding" = lib.mkDefault 1;
     # nxd loads `inet nx` when it starts; a firewall reload that flushed the whole ruleset
     # would drop the deployments' egress policy with it. (NixOS then flushes its own tables.)
     networking.nftables.flushRuleset = lib.mkDefault false;

@@ -104,7 +104,7 @@ withoutNulls {
     redirect_http = cfg.tls.redirectHttp;
   };
   network = {
-    inherit (cfg.network) subnet allow;
+    inherit (cfg.network) subnet subnet6 allow;
     tcp_ports = { inherit (cfg.network.tcpPorts) start end; };
   };
   usage = withoutNulls {

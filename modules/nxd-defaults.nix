@@ -110,6 +110,7 @@
   };
   network = {
     subnet = "10.213.0.0/16";
+    subnet6 = "fd6e:7800:213::/64";
     allow = [ ];
     tcpPorts = {
       start = 30000;

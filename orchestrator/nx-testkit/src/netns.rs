@@ -107,7 +107,10 @@ pub fn link(ns: &Netns, local: (&str, &str), other: &Netns, remote: (&str, &str)
 /// A TCP listener in `ns` on `addr` that accepts and closes every connection, until the
 /// process ends.
 pub fn listen(ns: &Netns, addr: SocketAddr) {
-    let listener = ns.run(|| TcpListener::bind(addr).expect("a listener in the namespace"));
+    let listener = ns.run(|| {
+        TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("a listener on {addr} in the namespace: {e}"))
+    });
     std::thread::spawn(move || for _ in listener.incoming() {});
 }
 
@@ -117,12 +120,22 @@ pub const INTERNET: &str = "198.51.100.1:80";
 pub const METADATA: &str = "169.254.169.254:80";
 /// A host's address on its link to the upstream namespace.
 pub const HOST_UPLINK: &str = "198.18.0.1";
+/// The IPv6 internet stand-in (the documentation prefix, RFC 3849: outside every blocked range).
+pub const INTERNET6: &str = "[2001:db8::1]:80";
+/// AWS's IPv6 metadata service stand-in.
+pub const METADATA6: &str = "[fd00:ec2::254]:80";
+/// A unique local address (RFC 4193) behind the host: a private network of the host's.
+pub const PRIVATE6: &str = "[fd12:3456:789a::1]:80";
+/// The host's IPv6 address on its link to the upstream namespace (the benchmarking prefix,
+/// RFC 5180: global, neither ULA nor documentation).
+pub const HOST_UPLINK6: &str = "2001:2::1";
 
 /// An "upstream" namespace behind `host` (a Host's namespace), as a cloud host's network is:
-/// linked to it by a veth (`HOST_UPLINK`/30), the host's default route, holding the internet
-/// and metadata stand-ins, each with a listener. (An address of the host itself would be
-/// blocked as the host's own whatever its range. This kernel has no `dummy` driver: the
-/// upstream's loopback holds the addresses.) It lives as long as the returned handle.
+/// linked to it by a veth (`HOST_UPLINK`/30 and `HOST_UPLINK6`/64), the host's default routes,
+/// holding the internet and metadata stand-ins of both families and a ULA (`PRIVATE6`), each
+/// with a listener. (An address of the host itself would be blocked as the host's own whatever
+/// its range. This kernel has no `dummy` driver: the upstream's loopback holds the addresses.)
+/// It lives as long as the returned handle.
 pub fn upstream(host: &Netns) -> Arc<Netns> {
     let up = Netns::new();
     link(
@@ -132,10 +145,25 @@ pub fn upstream(host: &Netns) -> Arc<Netns> {
         ("downlink", "198.18.0.2/30"),
     );
     host.ip(&["route", "add", "default", "via", "198.18.0.2"]);
-    for addr in [INTERNET, METADATA] {
-        let ip = addr.split(':').next().expect("address:port");
-        up.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
-        listen(&up, addr.parse().expect("socket address"));
+    // No duplicate address detection: usable at once.
+    host.ip(&[
+        "addr",
+        "add",
+        &format!("{HOST_UPLINK6}/64"),
+        "dev",
+        "uplink",
+        "nodad",
+    ]);
+    up.ip(&["addr", "add", "2001:2::2/64", "dev", "downlink", "nodad"]);
+    host.ip(&["-6", "route", "add", "default", "via", "2001:2::2"]);
+    for addr in [INTERNET, METADATA, INTERNET6, METADATA6, PRIVATE6] {
+        let addr: SocketAddr = addr.parse().expect("socket address");
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        // nodad: an IPv6 address is tentative until its (skipped) DAD has run, and a bind
+        // meanwhile fails with EADDRNOTAVAIL.
+        let ip = format!("{}/{prefix}", addr.ip());
+        up.ip(&["addr", "add", &ip, "dev", "lo", "nodad"]);
+        listen(&up, addr);
     }
     up
 }

@@ -2,9 +2,12 @@
 //! only program): push, preview, database, promote, rollback, logs, the exit code of a crashing
 //! program, and what the guest can see of the host and of the network.
 
-use nx_testkit::netns::{connects, listen, listen_addr, upstream, HOST_UPLINK, INTERNET, METADATA};
+use nx_testkit::netns::{
+    connects, listen, listen_addr, upstream, HOST_UPLINK, HOST_UPLINK6, INTERNET, INTERNET6,
+    METADATA, METADATA6, PRIVATE6,
+};
 use nx_testkit::{microvm_config, Host};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -203,6 +206,37 @@ fn a_microvm_has_its_own_address_and_the_egress_policy_of_every_deployment() {
     assert!(
         !connects(&host, "vmclosed", &closed, INTERNET),
         "--egress none reaches the internet"
+    );
+
+    // IPv6: the guest's kernel takes slirp's router advertisement (an address of fec0::/64
+    // and a default route), and its connections out are QEMU's sockets in the namespace, so
+    // under the deployment's IPv6 policy. The address comes a few seconds after boot.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !connects(&host, "vmopen", &open, INTERNET6) {
+        assert!(
+            Instant::now() < deadline,
+            "the guest never reached the IPv6 internet"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let service6 = nx_testkit::free_port();
+    listen(
+        &host.netns,
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, service6)),
+    );
+    for addr in [
+        METADATA6.to_owned(),
+        PRIVATE6.to_owned(),
+        format!("[{HOST_UPLINK6}]:{service6}"),
+    ] {
+        assert!(
+            !connects(&host, "vmopen", &open, &addr),
+            "{addr} is reachable"
+        );
+    }
+    assert!(
+        !connects(&host, "vmclosed", &closed, INTERNET6),
+        "--egress none reaches the IPv6 internet"
     );
     // The database stays reachable through its forward with a way out too.
     let (status, body) = host.get(&host.preview_host("vmopen", &open), "/db/put?v=out");

@@ -6,9 +6,12 @@
 //! be blocked as the host's own whatever its range. This kernel has no `dummy` driver; the
 //! upstream's loopback holds the addresses.)
 
-use nx_testkit::netns::{connects, listen, listen_addr, HOST_UPLINK, INTERNET, METADATA};
+use nx_testkit::netns::{
+    connects, listen, listen_addr, HOST_UPLINK, HOST_UPLINK6, INTERNET, INTERNET6, METADATA,
+    METADATA6, PRIVATE6,
+};
 use nx_testkit::Host;
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::process::Command;
 
 /// Where nxd's deployments' gateway lives (the default `network.subnet`).
@@ -122,6 +125,96 @@ fn a_deployment_reaches_the_internet_and_nothing_of_the_host_or_its_neighbours()
         .output()
         .expect("ip link");
     assert!(!String::from_utf8_lossy(&links.stdout).contains(&closed));
+}
+
+/// Deployment `id`'s IPv6 address: the /128 the host routes to its link.
+fn address6(host: &Host, id: &str) -> Ipv6Addr {
+    let out = host
+        .netns
+        .command("ip")
+        .args(["-6", "route", "show", "dev", &format!("nx-{id}")])
+        .output()
+        .expect("ip route");
+    let routes = String::from_utf8_lossy(&out.stdout);
+    routes
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("no IPv6 route to {id}: {routes}"))
+}
+
+/// IPv6, as the test host has it (an uplink with a global address and a default route): every
+/// deployment has an address of `network.subnet6` and the policy of IPv4. With `--egress
+/// public` it reaches the internet stand-in and a ULA `network.allow` lists, and not: the
+/// metadata stand-in fd00:ec2::254, another ULA, the host's own address, the host through its
+/// link's gateway fe80::1, a neighbour's address; with `--egress none`, nothing but itself. A
+/// program listening on [::] is reached through the router, and at its IPv6 address by the host.
+#[test]
+fn ipv6_reaches_the_internet_and_nothing_of_the_host_or_its_neighbours() {
+    let host = Host::start_with("[network]\nallow = [\"fd99::/64\"]\n");
+    let up = upstream(&host);
+    let allowed = "[fd99::1]:80";
+    up.ip(&["addr", "add", "fd99::1/128", "dev", "lo", "nodad"]);
+    listen(&up, allowed.parse().unwrap());
+    let service = nx_testkit::free_port();
+    listen(
+        &host.netns,
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, service)),
+    );
+    let on_host = format!("[{HOST_UPLINK6}]:{service}");
+    let open = host.push_sample("open", &["--egress", "public"]);
+    // Listens on [::] (dual-stack): the router reaches it over IPv4, anyone allowed over IPv6.
+    let closed = host.push_sample("closed", &["-e", "HOST=::"]);
+    let (status, body) = host.get(&host.preview_host("closed", &closed), "/");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("deployment={closed}")), "{body}");
+    let (open6, closed6) = (address6(&host, &open), address6(&host, &closed));
+    // The default network.subnet6, fd6e:7800:213::/64: which half of it.
+    let half = |a: Ipv6Addr| {
+        let subnet6 = u128::from("fd6e:7800:213::".parse::<Ipv6Addr>().unwrap());
+        u128::from(a)
+            .checked_sub(subnet6)
+            .map(|offset| offset >> 63)
+    };
+    assert_eq!(half(open6), Some(1), "{open6}: egress public, upper half");
+    assert_eq!(half(closed6), Some(0), "{closed6}: egress none, lower half");
+    let neighbour = format!(
+        "[{closed6}]:{}",
+        listen_addr(&host, "closed", &closed).port()
+    );
+
+    // Everything answers from the host itself: what follows is the policy, not a broken net.
+    host.netns.run(|| {
+        for addr in [
+            INTERNET6, METADATA6, PRIVATE6, allowed, &on_host, &neighbour,
+        ] {
+            assert!(
+                std::net::TcpStream::connect(addr).is_ok(),
+                "{addr} from the host"
+            );
+        }
+    });
+
+    assert!(connects(&host, "open", &open, INTERNET6), "the internet");
+    assert!(connects(&host, "open", &open, allowed), "network.allow");
+    // fe80::1%2: the host through the deployment's link (eth0 is interface 2).
+    let gateway = format!("[fe80::1%2]:{service}");
+    for addr in [METADATA6, PRIVATE6, &on_host, &gateway, &neighbour] {
+        // Refused by the firewall (ICMPv6 administratively prohibited, which Linux reports
+        // as EACCES), not lost on the way nor an address the program could not parse.
+        let (_, said) = host.get(
+            &host.preview_host("open", &open),
+            &format!("/connect?addr={addr}"),
+        );
+        assert!(said.contains("Permission denied"), "{addr}: {said}");
+    }
+    // --egress none: nothing but itself.
+    for addr in [INTERNET6, allowed, PRIVATE6, &gateway] {
+        assert!(
+            !connects(&host, "closed", &closed, addr),
+            "{addr} is reachable"
+        );
+    }
+    assert!(connects(&host, "closed", &closed, &neighbour), "itself");
 }
 
 /// A resolver on the host's loopback, as systemd-resolved's 127.0.0.53 is: dnsmasq in the

@@ -3,16 +3,21 @@
 //! (rtnetlink), plus a few sysctl writes; no `ip` process.
 //!
 //! 1. Remove a previous run's `nx-<id>` (its namespace may still be being torn down);
-//!    `unshare(CLONE_NEWNET)`; in the new namespace, IPv6 off for every device present and to
-//!    come, and `ip_unprivileged_port_start=0` (the program may bind any port, also below
-//!    1024); then `setns` back to the host's namespace.
+//!    `unshare(CLONE_NEWNET)`; in the new namespace `ip_unprivileged_port_start=0` (the program
+//!    may bind any port, also below 1024) and, for devices to come, IPv6 off when the
+//!    deployment has no IPv6 address, else no link-local address of their own
+//!    (`addr_gen_mode=1`: the deployment's address is all it needs on a link with two ends);
+//!    then `setns` back to the host's namespace.
 //! 2. On the host: one RTM_NEWLINK creates the veth pair, `nx-<id>` here and `eth0` directly
 //!    in the new namespace, one transmit and one receive queue each; the host side gets a
 //!    strict reverse-path filter (rp_filter=1: only the deployment's own address may come in on
-//!    it), route_localnet (so DNS can be DNATed to a resolver on the host's loopback), no IPv6,
-//!    and a /32 route to the deployment with the gateway as source.
-//! 3. `setns` into the new namespace: `lo` and `eth0` up, the deployment's /32 on `eth0`, a
-//!    default route via the gateway (on-link).
+//!    it), route_localnet (so DNS can be DNATed to a resolver on the host's loopback), and a
+//!    /32 route to the deployment with the gateway as source; with IPv6, `fe80::1` (the
+//!    deployment's IPv6 gateway, no duplicate address detection: the link has two ends, both
+//!    ours) as its only IPv6 address and a /128 route to the deployment; without, no IPv6.
+//! 3. `setns` into the new namespace: `lo` and `eth0` up, the deployment's /32 (and /128, no
+//!    duplicate address detection) on `eth0`, a default route via the gateway (on-link) and
+//!    one via `fe80::1`.
 //!
 //! Memory (issue 11's mark: 256 KiB per deployment with 500 up; `nx-bench --only network`):
 //! the empty namespace is most of it (~150-190 KiB on this kernel), then the pair of devices
@@ -20,18 +25,22 @@
 //! per-device state whatever we ask). What is ours to choose is small: one transmit and one
 //! receive queue per end, asked for explicitly (this kernel's default for a veth is one
 //! already; a kernel that gives a veth a queue per possible CPU would multiply that state),
-//! and IPv6 off in the namespace before its devices come up, so that `lo` and `eth0` never get
-//! addresses, routes or multicast memberships they would drop again.
+//! and the devices' IPv6 settings made before they come up: off for a deployment without IPv6,
+//! else no link-local addresses of the kernel's making (none needed: one address per end),
+//! so that `lo` and `eth0` never get addresses, routes or multicast memberships they would
+//! drop again or never use.
 //!
 //! Sources: rtnetlink(7), veth(4), ip-sysctl.txt (rp_filter, route_localnet, disable_ipv6,
-//! ip_unprivileged_port_start) of the kernel's documentation, network_namespaces(7).
+//! addr_gen_mode, ip_unprivileged_port_start) of the kernel's documentation,
+//! network_namespaces(7), RFC 4862 §5.4 (duplicate address detection).
 
-use super::{Attachment, NetworkError, LINK_PREFIX};
+use super::{Attachment, NetworkError, GATEWAY6, LINK_PREFIX};
 use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 /// The name of the deployment's interface inside its namespace.
@@ -118,9 +127,13 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
     let ns = own_namespace()?;
     // /proc/sys/net is the namespace of the thread that opens it: these are the new one's.
     sysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")?;
-    // Absent where the kernel has no IPv6.
-    for scope in ["all", "default"] {
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"), "1");
+    if a.address6.is_some() {
+        sysctl("/proc/sys/net/ipv6/conf/default/addr_gen_mode", "1")?;
+    } else {
+        // Absent where the kernel has no IPv6.
+        for scope in ["all", "default"] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"), "1");
+        }
     }
     // Opened here, this socket stays in the new namespace wherever the thread goes.
     let inside = connect()?;
@@ -152,11 +165,14 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
     let conf = format!("/proc/sys/net/ipv4/conf/{}", a.link);
     sysctl(&format!("{conf}/rp_filter"), "1")?;
     sysctl(&format!("{conf}/route_localnet"), "1")?;
-    // Absent where the host has IPv6 off altogether.
-    let _ = std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", a.link),
-        "1",
-    );
+    let conf6 = format!("/proc/sys/net/ipv6/conf/{}", a.link);
+    if a.address6.is_some() {
+        // Before the peer is up: the link never gets an address of the kernel's making.
+        sysctl(&format!("{conf6}/addr_gen_mode"), "1")?;
+    } else {
+        // Absent where the host has IPv6 off altogether.
+        let _ = std::fs::write(format!("{conf6}/disable_ipv6"), "1");
+    }
     let index = index_of(&host, &a.link).await?;
     host.route()
         .add(
@@ -170,6 +186,19 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
         .execute()
         .await
         .map_err(netlink(&format!("routing {} to {}", a.address, a.link)))?;
+    if let Some(address6) = a.address6 {
+        add_address_nodad(&host, index, GATEWAY6, 128).await?;
+        host.route()
+            .add(
+                RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(address6, 128)
+                    .output_interface(index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(&format!("routing {address6} to {}", a.link)))?;
+    }
 
     set_namespace(&ns)?;
     for (index, name) in [(LOOPBACK_INDEX, "lo"), (INSIDE_INDEX, INSIDE_LINK)] {
@@ -198,7 +227,40 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
         .execute()
         .await
         .map_err(netlink("adding the default route"))?;
+    if let Some(address6) = a.address6 {
+        add_address_nodad(&inside, INSIDE_INDEX, address6, 128).await?;
+        inside
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv6Addr>::new()
+                    .gateway(GATEWAY6)
+                    .output_interface(INSIDE_INDEX)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink("adding the IPv6 default route"))?;
+    }
     Ok(())
+}
+
+/// Adds an IPv6 address usable at once: no duplicate address detection (RFC 4862 §5.4), which
+/// would hold it tentative for a second on a link whose two ends are both ours.
+async fn add_address_nodad(
+    handle: &Handle,
+    index: u32,
+    address: Ipv6Addr,
+    prefix: u8,
+) -> Result<(), NetworkError> {
+    let mut request = handle.address().add(index, IpAddr::V6(address), prefix);
+    request
+        .message_mut()
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    request
+        .execute()
+        .await
+        .map_err(netlink(&format!("adding {address}")))
 }
 
 /// The calling thread's network namespace.

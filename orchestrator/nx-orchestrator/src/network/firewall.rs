@@ -8,8 +8,13 @@
 //!   API, the router, SSH, PostgreSQL, nor anything listening on any host address;
 //! - through the host (forward): replies; nothing at all from the no-egress half; never into
 //!   another deployment's link; never cloud metadata, link-local, loopback, RFC 1918, CGNAT,
-//!   multicast or reserved destinations unless `network.allow` lists them; no IPv6; the rest
-//!   (the public internet) masqueraded behind the host's address.
+//!   multicast or reserved destinations unless `network.allow` lists them, and for IPv6 the
+//!   same: never metadata (fd00:ec2::254), ULA, link-local, loopback, multicast, and no IPv4
+//!   range of those through its IPv6 forms (IPv4-mapped, NAT64, 6to4); the rest (the public
+//!   internet) masqueraded behind the host's address (no IPv6 at all where deployments have
+//!   none).
+//! - to the host itself over IPv6: only neighbour discovery (the deployment resolving its
+//!   gateway `fe80::1`), besides replies.
 //!
 //! And on the host, only nxd's sockets (the router, readiness: its uid, or root) may open
 //! connections into a deployment's link.
@@ -24,7 +29,9 @@
 //! client), from the host itself (loopback sources are SNATed to the gateway, since the
 //! deployment's loopback is its own), and from deployments with egress, which reach it as any
 //! client would, through the host's address; the no-egress half does not.
-//! Sources: nft(8), RFC 1918, RFC 6598 (CGNAT), RFC 3927 (link-local).
+//! Sources: nft(8), RFC 1918, RFC 6598 (CGNAT), RFC 3927 (link-local), RFC 6890 (special-
+//! purpose registries), RFC 4193 (ULA), RFC 4291 (IPv6 addressing), RFC 6052 (NAT64),
+//! RFC 8215 (local-use NAT64), RFC 3056 (6to4), RFC 4861 (neighbour discovery).
 
 use super::{NetworkError, Plan, LINK_PREFIX};
 use ipnet::IpNet;
@@ -45,6 +52,43 @@ pub const BLOCKED_V4: &[&str] = &[
     "240.0.0.0/4",
 ];
 
+/// IPv6 destinations no deployment reaches unless `network.allow` lists them: unspecified,
+/// loopback, IPv4-mapped, discard-only, local-use NAT64, ULA, link-local, site-local
+/// (deprecated) and multicast. IPv4's blocked ranges in their NAT64 and 6to4 forms follow from
+/// [`BLOCKED_V4`] (see [`blocked_v6`]).
+pub const BLOCKED_V6: &[&str] = &[
+    "::/128",
+    "::1/128",
+    "::ffff:0:0/96",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+];
+
+/// The cloud metadata services' addresses (AWS's, GCP's and Azure's IPv4 one; AWS's IPv6 one
+/// on Nitro): blocked even where `network.allow` opens their range, unless it lists them
+/// exactly.
+pub const METADATA: &[&str] = &["169.254.169.254/32", "fd00:ec2::254/128"];
+
+/// Every IPv6 destination blocked: [`BLOCKED_V6`], plus each of [`BLOCKED_V4`] as a NAT64
+/// well-known-prefix network (`64:ff9b::/96`, RFC 6052: a NAT64 gateway on the host's network
+/// would translate it to the IPv4 range) and as a 6to4 one (`2002::/16`, RFC 3056).
+pub fn blocked_v6() -> Vec<String> {
+    let mut all: Vec<String> = BLOCKED_V6.iter().map(|s| (*s).to_owned()).collect();
+    for v4 in BLOCKED_V4 {
+        let net: ipnet::Ipv4Net = v4.parse().expect("literal");
+        let bits = u32::from(net.network());
+        let nat64 = std::net::Ipv6Addr::from((0x64_ff9b_u128 << 96) | u128::from(bits));
+        let six_to_four = std::net::Ipv6Addr::from((0x2002_u128 << 112) | (u128::from(bits) << 80));
+        all.push(format!("{nat64}/{}", 96 + net.prefix_len()));
+        all.push(format!("{six_to_four}/{}", 16 + net.prefix_len()));
+    }
+    all
+}
+
 /// The table's name in the `inet` family.
 pub const TABLE: &str = "nx";
 
@@ -56,7 +100,7 @@ pub const TCP_PORTS: &str = "tcp_ports";
 pub const SERVICE_PAIRS: &str = "service_pairs";
 
 /// The complete `nft -f` input that replaces the table: `allow` are the CIDRs of
-/// `network.allow` (IPv6 ones have no effect: deployments have no IPv6), `resolver` the host's
+/// `network.allow` (IPv6 ones have no effect where deployments have no IPv6), `resolver` the host's
 /// DNS server that port 53 of the gateway is forwarded to, `router_uid` the uid whose sockets
 /// (besides root's) may connect into deployments: nxd's.
 pub fn ruleset(
@@ -70,13 +114,9 @@ pub fn ruleset(
     let reject = "counter reject with icmpx type admin-prohibited";
     let public = plan.half(super::Egress::Public);
     let gateway = plan.gateway();
-    let allow4: Vec<String> = allow
-        .iter()
-        .filter_map(|net| match net {
-            IpNet::V4(v4) => Some(v4.to_string()),
-            IpNet::V6(_) => None,
-        })
-        .collect();
+    let (allow6, allow4): (Vec<IpNet>, Vec<IpNet>) =
+        allow.iter().partition(|net| matches!(net, IpNet::V6(_)));
+    let public6 = plan.half6(super::Egress::Public);
     let mut t = String::new();
     // Declaring the table first makes the delete succeed when it does not exist yet; the whole
     // file is one transaction.
@@ -84,11 +124,17 @@ pub fn ruleset(
         t,
         "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{"
     );
-    let _ = writeln!(t, "\tset allow4 {{\n\t\ttype ipv4_addr\n\t\tflags interval");
-    if !allow4.is_empty() {
-        let _ = writeln!(t, "\t\telements = {{ {} }}", allow4.join(", "));
+    for (name, kind, nets) in [
+        ("allow4", "ipv4_addr", allow4),
+        ("allow6", "ipv6_addr", allow6),
+    ] {
+        let _ = writeln!(t, "\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval");
+        if !nets.is_empty() {
+            let list: Vec<String> = nets.iter().map(IpNet::to_string).collect();
+            let _ = writeln!(t, "\t\telements = {{ {} }}", list.join(", "));
+        }
+        let _ = writeln!(t, "\t}}");
     }
-    let _ = writeln!(t, "\t}}");
     let _ = writeln!(
         t,
         "\tmap {TCP_PORTS} {{\n\t\ttype inet_service : ipv4_addr . inet_service\n\t}}\n\tset {SERVICE_PAIRS} {{\n\t\ttype ipv4_addr . ipv4_addr . inet_service\n\t}}"
@@ -112,12 +158,23 @@ pub fn ruleset(
     );
     let _ = writeln!(
         t,
-        "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname {links} ct status dnat ip saddr 127.0.0.0/8 snat ip to {gateway}\n\t\tip saddr {public} oifname != {links} masquerade\n\t}}"
+        "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname {links} ct status dnat ip saddr 127.0.0.0/8 snat ip to {gateway}\n\t\tip saddr {public} oifname != {links} masquerade"
     );
+    if let Some(public6) = public6 {
+        let _ = writeln!(t, "\t\tip6 saddr {public6} oifname != {links} masquerade");
+    }
+    let _ = writeln!(t, "\t}}");
     let _ = writeln!(
         t,
         "\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname != {links} accept\n\t\tct state established,related accept"
     );
+    if public6.is_some() {
+        // A deployment resolving its gateway fe80::1 (and answering the host's questions).
+        let _ = writeln!(
+            t,
+            "\t\tip6 hoplimit 255 icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept"
+        );
+    }
     if let Some(resolver) = resolver {
         let _ = writeln!(
             t,
@@ -135,14 +192,26 @@ pub fn ruleset(
             "\t\tct status dnat ip daddr {resolver} meta l4proto {{ tcp, udp }} th dport 53 accept"
         );
     }
-    let metadata: IpNet = "169.254.169.254/32".parse().expect("literal");
-    if !allow.contains(&metadata) {
-        let _ = writeln!(t, "\t\tip daddr 169.254.169.254 {reject}");
+    match public6 {
+        Some(public6) => {
+            let _ = writeln!(t, "\t\tip6 saddr != {public6} {reject}");
+        }
+        None => {
+            let _ = writeln!(t, "\t\tmeta nfproto ipv6 {reject}");
+        }
+    }
+    for metadata in METADATA {
+        let net: IpNet = metadata.parse().expect("literal");
+        if !allow.contains(&net) {
+            let family = if net.addr().is_ipv4() { "ip" } else { "ip6" };
+            let _ = writeln!(t, "\t\t{family} daddr {} {reject}", net.addr());
+        }
     }
     let _ = writeln!(
         t,
-        "\t\tip daddr @allow4 accept\n\t\tip daddr {{ {} }} {reject}\n\t\tmeta nfproto ipv6 {reject}\n\t\taccept\n\t}}",
-        BLOCKED_V4.join(", ")
+        "\t\tip daddr @allow4 accept\n\t\tip6 daddr @allow6 accept\n\t\tip daddr {{ {} }} {reject}\n\t\tip6 daddr {{ {} }} {reject}\n\t\taccept\n\t}}",
+        BLOCKED_V4.join(", "),
+        blocked_v6().join(", ")
     );
     let uids = match router_uid {
         0 => "0".to_owned(),
@@ -227,7 +296,7 @@ mod tests {
 
     #[test]
     fn the_ruleset_follows_the_plan() {
-        let plan = Plan::new("10.213.0.0/16".parse().unwrap(), 100).unwrap();
+        let plan = Plan::new("10.213.0.0/16".parse().unwrap(), None, 100).unwrap();
         let allow = [
             "10.20.0.0/16".parse().unwrap(),
             "fd12::/64".parse().unwrap(),
@@ -250,6 +319,51 @@ mod tests {
             "iifname \"nx-*\" ip saddr 10.213.128.0/17 fib daddr type local dnat ip to tcp dport map @tcp_ports"
         ));
         assert!(text.contains("ct status dnat ip saddr 127.0.0.0/8 snat ip to 10.213.0.1"));
+        // No IPv6 for deployments: none leaves.
+        assert!(text.contains("meta nfproto ipv6 counter reject"), "{text}");
+        assert!(!text.contains("ip6 saddr"), "{text}");
+    }
+
+    #[test]
+    fn ipv6_has_the_policy_of_ipv4() {
+        let plan = Plan::new(
+            "10.213.0.0/16".parse().unwrap(),
+            Some("fd6e:7800:213::/64".parse().unwrap()),
+            100,
+        )
+        .unwrap();
+        let allow = ["fd12::/64".parse().unwrap()];
+        let text = ruleset(&plan, &allow, None, 990);
+        assert!(text.contains("set allow6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n\t\telements = { fd12::/64 }"), "{text}");
+        assert!(
+            text.contains("ip6 saddr fd6e:7800:213:0:8000::/65 oifname != \"nx-*\" masquerade"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ip6 saddr != fd6e:7800:213:0:8000::/65 counter reject"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ip6 daddr fd00:ec2::254 counter reject"),
+            "{text}"
+        );
+        assert!(!text.contains("meta nfproto ipv6"), "{text}");
+        let blocked = blocked_v6();
+        for net in [
+            "fc00::/7",
+            "fe80::/10",
+            "64:ff9b::a9fe:0/112",
+            "2002:a00::/24",
+            "64:ff9b::a00:0/104",
+        ] {
+            assert!(blocked.iter().any(|b| b == net), "{net} in {blocked:?}");
+        }
+        // Listed exactly, metadata is let through.
+        let text = ruleset(&plan, &["fd00:ec2::254/128".parse().unwrap()], None, 990);
+        assert!(
+            !text.contains("ip6 daddr fd00:ec2::254 counter reject"),
+            "{text}"
+        );
     }
 
     #[test]

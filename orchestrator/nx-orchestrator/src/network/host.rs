@@ -1,7 +1,15 @@
 //! The host side, set up when nxd starts: `nx0` holding the gateway address, IPv4 forwarding,
-//! the firewall table, the deployments' resolv.conf; and reconciliation: links of deployments
-//! nxd no longer has are removed (after a crash, a deployment's link goes with its namespace;
-//! this catches what a kill at the wrong moment left).
+//! IPv6 forwarding where the host has IPv6, the firewall table, the deployments' resolv.conf;
+//! and reconciliation: links of deployments nxd no longer has are removed (after a crash, a
+//! deployment's link goes with its namespace; this catches what a kill at the wrong moment
+//! left).
+//!
+//! IPv6 forwarding changes how the host itself takes router advertisements: with
+//! `net.ipv6.conf.all.forwarding=1` the kernel ignores them on interfaces with `accept_ra=1`
+//! and drops the default routes they gave (a router does not autoconfigure, RFC 4861 §6.2;
+//! ip-sysctl.txt `accept_ra`). So before turning it on, nxd sets `accept_ra=2` ("even when
+//! forwarding") on every interface (and `default`) that has 1: a cloud host keeps its IPv6
+//! default route.
 
 use super::attach::delete_link;
 use super::{dns, firewall, NetworkConfig, NetworkError, Plan, GATEWAY_LINK, LINK_PREFIX};
@@ -10,7 +18,7 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 /// The host's network as nxd set it up.
@@ -29,26 +37,24 @@ fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetworkError 
 
 impl HostNetwork {
     /// Sets up the host side for `slots` deployments (the size of `[ports]`); the deployments'
-    /// resolv.conf goes to `<state_dir>/network/resolv.conf`. Needs root (CAP_NET_ADMIN) and
-    /// nftables. Errors: a bad subnet, netlink, nft.
-    #[tracing::instrument(skip_all, fields(subnet = %config.subnet))]
+    /// resolv.conf goes to `<state_dir>/network/resolv.conf`. Deployments get IPv6 when the
+    /// host has it and IPv6 forwarding is on or nxd may turn it on (else a warning says why
+    /// not). Needs root (CAP_NET_ADMIN) and nftables. Errors: a bad subnet, netlink, nft.
+    #[tracing::instrument(skip_all, fields(subnet = %config.subnet, subnet6 = %config.subnet6))]
     pub async fn start(
         config: &NetworkConfig,
         slots: u32,
         state_dir: &Path,
     ) -> Result<Self, NetworkError> {
-        let plan = Plan::new(config.subnet, slots)?;
+        let subnet6 = ipv6_forwarding().then_some(config.subnet6);
+        let plan = Plan::new(config.subnet, subnet6, slots)?;
         let (connection, handle, _) =
             rtnetlink::new_connection().map_err(NetworkError::io("opening a netlink socket"))?;
         tokio::spawn(connection);
         gateway_link(&handle, &plan).await?;
         // Written only when off: a host may set it itself (and keep /proc/sys read-only to nxd).
-        let forwarding = "/proc/sys/net/ipv4/ip_forward";
-        if std::fs::read_to_string(forwarding)
-            .map(|v| v.trim() != "1")
-            .unwrap_or(true)
-        {
-            std::fs::write(forwarding, "1").map_err(NetworkError::io(
+        if !sysctl_is("/proc/sys/net/ipv4/ip_forward", "1") {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetworkError::io(
                 "enabling IPv4 forwarding (net.ipv4.ip_forward)",
             ))?;
         }
@@ -66,7 +72,7 @@ impl HostNetwork {
             dns::sandbox_resolv_conf(&host_conf, plan.gateway()),
         )
         .map_err(NetworkError::io("writing the deployments' resolv.conf"))?;
-        tracing::info!(gateway = %plan.gateway(), ?resolver, "deployment network ready");
+        tracing::info!(gateway = %plan.gateway(), subnet6 = ?plan.subnet6(), ?resolver, "deployment network ready");
         Ok(Self {
             plan,
             resolv_conf,
@@ -114,6 +120,38 @@ impl HostNetwork {
             tracing::info!(?removed, "removed links of deployments nxd no longer has");
         }
         Ok(removed)
+    }
+}
+
+fn sysctl_is(path: &str, value: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|v| v.trim() == value)
+}
+
+/// Whether deployments can have IPv6: the kernel has it, it is on, and forwarding is on (or
+/// nxd turned it on, after `accept_ra=2` where it was 1: see the module's docs). False, with
+/// a warning that names the sysctl, where forwarding is off and cannot be written.
+fn ipv6_forwarding() -> bool {
+    let conf = Path::new("/proc/sys/net/ipv6/conf");
+    if !conf.exists() || sysctl_is("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1") {
+        tracing::info!("the host has no IPv6: deployments get IPv4 only");
+        return false;
+    }
+    let forwarding = "/proc/sys/net/ipv6/conf/all/forwarding";
+    if sysctl_is(forwarding, "1") {
+        return true;
+    }
+    let interfaces = std::fs::read_dir(conf).into_iter().flatten().flatten();
+    let written = interfaces
+        .map(|entry| entry.path().join("accept_ra"))
+        .filter(|path| sysctl_is(&path.to_string_lossy(), "1"))
+        .try_for_each(|path| std::fs::write(&path, "2"))
+        .and_then(|()| std::fs::write(forwarding, "1"));
+    match written {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "deployments get IPv4 only: IPv6 forwarding is off and nxd cannot turn it on (set net.ipv6.conf.all.forwarding=1, and accept_ra=2 on interfaces that take router advertisements)");
+            false
+        }
     }
 }
 
@@ -182,7 +220,22 @@ async fn gateway_link(handle: &Handle, plan: &Plan) -> Result<(), NetworkError> 
         .replace()
         .execute()
         .await
-        .map_err(netlink("adding the unreachable route of network.subnet"))
+        .map_err(netlink("adding the unreachable route of network.subnet"))?;
+    if let Some(subnet6) = plan.subnet6() {
+        handle
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(subnet6.network(), subnet6.prefix_len())
+                    .kind(RouteType::Unreachable)
+                    .build(),
+            )
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("adding the unreachable route of network.subnet6"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

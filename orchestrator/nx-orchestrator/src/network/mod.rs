@@ -5,10 +5,13 @@
 //!   from the lower half, deployments with egress from the upper one. A deployment's address is
 //!   `half + 2 + slot`, where `slot` is its index in `[ports]` (the same index that gives its
 //!   uid), so an address is allocated and freed with the deployment, never stored apart.
+//!   IPv6 where the host has it (the kernel's, and forwarding on or nxd may turn it on):
+//!   `network.subnet6` (default `fd6e:7800:213::/64`, a ULA, RFC 4193) is laid out the same
+//!   way, halves and `half + 2 + slot`; the gateway is `fe80::1` on each deployment's link.
 //! - **Links** (`attach`): the deployment's unit's launcher creates the namespace at every start
 //!   (`unshare(CLONE_NEWNET)`), a veth pair `nx-<id>` (host) / `eth0` (inside) over netlink,
-//!   the deployment's `/32` and a default route via the gateway inside, a `/32` route to it on
-//!   the host; then it drops privileges and execs the sandbox, which stays in that namespace.
+//!   the deployment's `/32` (and `/128`) and a default route via the gateway inside, a `/32`
+//!   (and `/128`) route to it on the host; then it drops privileges and execs the sandbox, which stays in that namespace.
 //!   When the deployment's last process ends, the kernel removes the namespace and with it
 //!   both ends of the veth and the route: nothing is left to clean up.
 //! - **Policy** (`firewall`): one static nftables table `inet nx`, loaded atomically when nxd
@@ -26,9 +29,9 @@ pub mod firewall;
 #[cfg(target_os = "linux")]
 pub mod host;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// `[network]` of nxd's config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -38,9 +41,14 @@ pub struct NetworkConfig {
     /// gateway on the host, its lower half deployments with `--egress none`, its upper half
     /// deployments with `--egress public`. Must not overlap a network the host uses.
     pub subnet: Ipv4Net,
+    /// The IPv6 network of deployments' addresses (a /64 is the custom; at most a /112), laid
+    /// out as `subnet`: lower half egress none, upper half egress public (masqueraded behind
+    /// the host's address). Used where the host has IPv6; a ULA (fc00::/7) keeps it off every
+    /// other network. Must not overlap a network the host uses.
+    pub subnet6: Ipv6Net,
     /// Private destinations (RFC 1918, CGNAT, ULA, link-local) that deployments with egress may
-    /// reach nevertheless: CIDRs such as `10.20.0.0/16`. Cloud metadata (169.254.169.254,
-    /// fd00:ec2::254) stays blocked unless listed exactly.
+    /// reach nevertheless: CIDRs such as `10.20.0.0/16` or `fd12::/64`. Cloud metadata
+    /// (169.254.169.254, fd00:ec2::254) stays blocked unless listed exactly.
     pub allow: Vec<Cidr>,
     /// Host ports for TCP services (`nx push --tcp`): each sandbox with one gets a port of this
     /// range for production and each TCP deployment one of its own. nftables DNATs them on
@@ -53,6 +61,7 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
             subnet: "10.213.0.0/16".parse().expect("literal"),
+            subnet6: "fd6e:7800:213::/64".parse().expect("literal"),
             allow: Vec::new(),
             tcp_ports: crate::config::PortRange {
                 start: 30000,
@@ -126,7 +135,15 @@ pub struct Attachment {
     pub address: Ipv4Addr,
     /// The host's address on `nx0`: the deployment's default gateway and DNS server.
     pub gateway: Ipv4Addr,
+    /// The deployment's IPv6 address (a /128 on `eth0`, its gateway [`GATEWAY6`] on the host
+    /// side of the link); None: IPv6 off in its namespace (the host has none).
+    #[serde(default)]
+    pub address6: Option<Ipv6Addr>,
 }
+
+/// The deployments' IPv6 gateway: a link-local address on the host side of every deployment's
+/// link (each link its own scope, so one address serves them all).
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// The resolv.conf deployments get as /etc/resolv.conf: `<state_dir>/network/resolv.conf`.
 pub fn resolv_conf_path(state_dir: &std::path::Path) -> std::path::PathBuf {
@@ -145,27 +162,45 @@ const MAX_LINK_NAME: usize = 15;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     subnet: Ipv4Net,
+    /// None: deployments get no IPv6.
+    subnet6: Option<Ipv6Net>,
     /// How many slots each half holds.
     slots: u32,
 }
 
 impl Plan {
-    /// Checks that `slots` deployments fit in each half of the subnet.
-    pub fn new(subnet: Ipv4Net, slots: u32) -> Result<Self, NetworkError> {
+    /// Checks that `slots` deployments fit in each half of the subnet (and of `subnet6`, the
+    /// IPv6 network, None where the host has no IPv6).
+    pub fn new(
+        subnet: Ipv4Net,
+        subnet6: Option<Ipv6Net>,
+        slots: u32,
+    ) -> Result<Self, NetworkError> {
         if subnet.prefix_len() > 20 {
             return Err(NetworkError::Config(format!(
                 "network.subnet {subnet} is too small: use a /20 or larger (e.g. 10.213.0.0/16)"
             )));
         }
-        let half = 1u32 << (31 - u32::from(subnet.prefix_len()));
-        if slots + 2 > half {
+        if let Some(net) = subnet6.filter(|net| net.prefix_len() > 112) {
             return Err(NetworkError::Config(format!(
-                "network.subnet {subnet} holds {} deployments per egress mode, [ports] hands out {slots}: widen the subnet or narrow [ports]",
-                half - 2
+                "network.subnet6 {net} is too small: use a /112 or larger (a /64 is the custom, e.g. fd6e:7800:213::/64)"
             )));
+        }
+        let nets = std::iter::once(("subnet", IpNet::V4(subnet)))
+            .chain(subnet6.map(|net| ("subnet6", IpNet::V6(net))));
+        for (key, net) in nets {
+            let bits = u32::from(net.max_prefix_len() - net.prefix_len()) - 1;
+            let half = 1u64.checked_shl(bits).unwrap_or(u64::MAX);
+            if u64::from(slots) + 2 > half {
+                return Err(NetworkError::Config(format!(
+                    "network.{key} {net} holds {} deployments per egress mode, [ports] hands out {slots}: widen the subnet or narrow [ports]",
+                    half - 2
+                )));
+            }
         }
         Ok(Self {
             subnet: subnet.trunc(),
+            subnet6: subnet6.map(|net| net.trunc()),
             slots,
         })
     }
@@ -174,33 +209,56 @@ impl Plan {
         self.subnet
     }
 
+    /// The IPv6 network of deployments; None: they have no IPv6.
+    pub fn subnet6(&self) -> Option<Ipv6Net> {
+        self.subnet6
+    }
+
     /// The host's address on `nx0`.
     pub fn gateway(&self) -> Ipv4Addr {
-        offset(self.subnet.network(), 1)
+        Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
     }
 
     /// The half of the subnet whose deployments have this egress.
     pub fn half(&self, egress: Egress) -> Ipv4Net {
-        let halves: Vec<Ipv4Net> = self
-            .subnet
-            .subnets(self.subnet.prefix_len() + 1)
-            .expect("prefix below 32")
-            .collect();
-        match egress {
-            Egress::None => halves[0],
-            Egress::Public => halves[1],
-        }
+        let prefix = self.subnet.prefix_len() + 1;
+        let mut halves = self.subnet.subnets(prefix).expect("prefix below 32");
+        halves.nth(half_index(egress)).expect("two halves")
+    }
+
+    /// The half of `subnet6` whose deployments have this egress (None: no IPv6).
+    pub fn half6(&self, egress: Egress) -> Option<Ipv6Net> {
+        let subnet6 = self.subnet6?;
+        let mut halves = subnet6
+            .subnets(subnet6.prefix_len() + 1)
+            .expect("prefix below 112");
+        halves.nth(half_index(egress))
     }
 
     /// The address of the deployment in `slot` (0-based) with this egress.
     pub fn address(&self, slot: u32, egress: Egress) -> Result<Ipv4Addr, NetworkError> {
+        self.check_slot(slot)?;
+        Ok(Ipv4Addr::from(
+            u32::from(self.half(egress).network()) + 2 + slot,
+        ))
+    }
+
+    /// The IPv6 address of the deployment in `slot` with this egress (None: no IPv6).
+    pub fn address6(&self, slot: u32, egress: Egress) -> Result<Option<Ipv6Addr>, NetworkError> {
+        self.check_slot(slot)?;
+        Ok(self
+            .half6(egress)
+            .map(|half| Ipv6Addr::from(u128::from(half.network()) + 2 + u128::from(slot))))
+    }
+
+    fn check_slot(&self, slot: u32) -> Result<(), NetworkError> {
         if slot >= self.slots {
             return Err(NetworkError::Config(format!(
                 "slot {slot} is outside the {} slots of [ports]",
                 self.slots
             )));
         }
-        Ok(offset(self.half(egress).network(), 2 + slot))
+        Ok(())
     }
 
     /// Everything the launcher of deployment `id` needs.
@@ -220,12 +278,18 @@ impl Plan {
             link,
             address: self.address(slot, egress)?,
             gateway: self.gateway(),
+            address6: self.address6(slot, egress)?,
         })
     }
 }
 
-fn offset(base: Ipv4Addr, n: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(base) + n)
+/// Which of the two halves of a subnet holds deployments with this egress: the lower for
+/// none, the upper for public.
+fn half_index(egress: Egress) -> usize {
+    match egress {
+        Egress::None => 0,
+        Egress::Public => 1,
+    }
 }
 
 #[cfg(test)]
@@ -233,7 +297,12 @@ mod tests {
     use super::*;
 
     fn plan() -> Plan {
-        Plan::new("10.213.0.0/16".parse().unwrap(), 1000).unwrap()
+        Plan::new(
+            "10.213.0.0/16".parse().unwrap(),
+            Some("fd6e:7800:213::/64".parse().unwrap()),
+            1000,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -253,15 +322,37 @@ mod tests {
         assert_eq!(a.link, "nx-d1234567");
         assert!(plan.half(Egress::Public).contains(&a.address));
         assert!(plan.attachment("a-very-long-id", 3, Egress::None).is_err());
+        assert_eq!(
+            a.address6,
+            Some("fd6e:7800:213:0:8000::5".parse().unwrap()),
+            "the upper half of the /64, 2 + slot"
+        );
+        assert_eq!(
+            plan.address6(0, Egress::None).unwrap(),
+            Some("fd6e:7800:213::2".parse().unwrap())
+        );
+        let v4_only = Plan::new("10.213.0.0/16".parse().unwrap(), None, 10).unwrap();
+        assert_eq!(v4_only.address6(3, Egress::Public).unwrap(), None);
+        assert_eq!(v4_only.half6(Egress::Public), None);
     }
 
     #[test]
     fn a_subnet_too_small_for_the_ports_is_refused() {
-        let e = Plan::new("10.213.0.0/20".parse().unwrap(), 3000).unwrap_err();
+        let v4 = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let v6 = |s: &str| Some(s.parse::<Ipv6Net>().unwrap());
+        let e = Plan::new(v4("10.213.0.0/20"), None, 3000).unwrap_err();
         assert!(e.to_string().contains("widen the subnet"), "{e}");
-        let e = Plan::new("10.213.0.0/24".parse().unwrap(), 10).unwrap_err();
+        let e = Plan::new(v4("10.213.0.0/24"), None, 10).unwrap_err();
         assert!(e.to_string().contains("use a /20 or larger"), "{e}");
-        assert!(Plan::new("10.213.0.0/20".parse().unwrap(), 2046).is_ok());
+        assert!(Plan::new(v4("10.213.0.0/20"), None, 2046).is_ok());
+        let e = Plan::new(v4("10.213.0.0/16"), v6("fd00::/120"), 10).unwrap_err();
+        assert!(e.to_string().contains("use a /112 or larger"), "{e}");
+        let e = Plan::new(v4("10.0.0.0/8"), v6("fd00::/112"), 40000).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("network.subnet6 fd00::/112 holds 32766"),
+            "{e}"
+        );
     }
 
     #[test]
