@@ -732,8 +732,13 @@ impl Orchestrator {
     }
 
     /// Marks a deployment to run, starts it and waits until it is ready; the routes follow
-    /// either way (a deployment that did not become ready is stopped).
-    pub(crate) async fn start_and_wait(&self, deployment: &Deployment) -> Result<(), Error> {
+    /// either way (a deployment that did not become ready is stopped), except after a start
+    /// that succeeded with `routes_later` (then the caller calls [`Self::reroute`]).
+    pub(crate) async fn start_and_wait(
+        &self,
+        deployment: &Deployment,
+        routes_later: bool,
+    ) -> Result<(), Error> {
         // A new deployment's record says so already.
         if deployment.desired != Desired::Running {
             step(
@@ -744,12 +749,28 @@ impl Orchestrator {
         }
         self.upkeep.started(&deployment.id);
         let result = self.run(deployment).await;
-        let routes = async {
-            let _guard = self.changes.lock().await;
-            self.rebuild_routes().await
-        };
-        step("routes", routes).await?;
+        if routes_later && result.is_ok() {
+            return Ok(());
+        }
+        step("routes", self.reroute()).await?;
         result
+    }
+
+    /// Rebuilds the routes from the database, serialised with every other change.
+    pub(crate) async fn reroute(&self) -> Result<(), Error> {
+        let _guard = self.changes.lock().await;
+        self.rebuild_routes().await
+    }
+
+    /// `apply_verb(Verb::Start)` leaving the routes to the caller ([`Self::reroute`]) once the
+    /// deployment is ready (a wake).
+    pub(crate) async fn start_routes_later(
+        &self,
+        deployment: &Deployment,
+        phase: Phase,
+    ) -> Result<Phase, Error> {
+        self.apply(deployment, phase, Verb::Start, Route::Later)
+            .await
     }
 
     /// Marks a deployment stopped and takes its routes away; with `stop`, stops its unit.
@@ -786,7 +807,7 @@ impl Orchestrator {
                 self.backend
                     .stop(&self.backend.handle(&now), DEFAULT_STOP_TIMEOUT)
                     .await?;
-                self.start_and_wait(&now).await
+                self.start_and_wait(&now, false).await
             };
             if let Err(e) = restarted.await {
                 let mut undone = vec!["nothing was promoted".to_owned()];
@@ -1243,6 +1264,9 @@ async fn make_backends(
 enum Route {
     /// The verb never routes.
     None,
+    /// A start whose routes the caller rebuilds once it has answered (a wake: the router
+    /// holds the deployment's upstream already and forwards as soon as it is ready).
+    Later,
     Promote {
         swap_db: bool,
     },
@@ -1261,7 +1285,8 @@ struct Target<'a> {
 #[async_trait::async_trait]
 impl Effects for Target<'_> {
     async fn start(&self) -> Result<(), Error> {
-        self.app.start_and_wait(self.deployment).await
+        let routes_later = matches!(self.route, Route::Later);
+        self.app.start_and_wait(self.deployment, routes_later).await
     }
 
     async fn stop(&self) -> Result<(), Error> {
@@ -1284,7 +1309,7 @@ impl Effects for Target<'_> {
 
     async fn route(&self) -> Result<(), Error> {
         match self.route {
-            Route::None => Ok(()),
+            Route::None | Route::Later => Ok(()),
             Route::Promote { swap_db } => self.app.switch_to(self.deployment, swap_db).await,
             Route::Rollback => self.app.roll_back_to(self.deployment).await,
         }

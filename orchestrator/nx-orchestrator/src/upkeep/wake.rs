@@ -11,7 +11,6 @@ use crate::error::Error;
 use crate::metrics::DeploymentLabels;
 use crate::names::DeploymentId;
 use crate::state::StateError;
-use crate::state_machine::Verb;
 use crate::Orchestrator;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -72,8 +71,9 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// One request on the wake socket: its status and a line of text.
-    async fn wake_request(&self, method: &Method, path: &str) -> (StatusCode, String) {
+    /// One request on the wake socket: its status and a line of text. The routes are rebuilt
+    /// after the answer (the router forwards to the upstream its idle route names already).
+    async fn wake_request(self: &Arc<Self>, method: &Method, path: &str) -> (StatusCode, String) {
         let Some(id) = path
             .strip_prefix("/v1/wake/")
             .filter(|_| method == Method::POST)
@@ -90,7 +90,15 @@ impl Orchestrator {
             );
         };
         match self.wake(&id).await {
-            Ok(()) => (StatusCode::NO_CONTENT, String::new()),
+            Ok(()) => {
+                let app = Arc::clone(self);
+                tokio::spawn(async move {
+                    if let Err(e) = app.reroute().await {
+                        tracing::warn!(error = %e, "routes after a wake: the next change rebuilds them");
+                    }
+                });
+                (StatusCode::NO_CONTENT, String::new())
+            }
             Err(e @ Error::State(StateError::NoDeployment(_))) => {
                 (StatusCode::NOT_FOUND, format!("{e}\n"))
             }
@@ -99,7 +107,8 @@ impl Orchestrator {
         }
     }
 
-    /// Starts an idle deployment and returns once it is ready (at once when it runs).
+    /// Starts an idle deployment and returns once it is ready (at once when it runs), before
+    /// its routes are rebuilt.
     #[tracing::instrument(skip(self))]
     async fn wake(&self, id: &DeploymentId) -> Result<(), Error> {
         let lock = self.upkeep.lock(id);
@@ -112,7 +121,7 @@ impl Orchestrator {
         }
         let phase = self.phase(&deployment).await?;
         let woke = deployment.desired == Desired::Idle;
-        self.apply_verb(&deployment, phase, Verb::Start).await?;
+        self.start_routes_later(&deployment, phase).await?;
         if woke {
             self.metrics.woken(&DeploymentLabels::of(&deployment));
             tracing::info!("woken by a request");

@@ -205,7 +205,7 @@ impl Orchestrator {
         let swapped = std::fs::rename(&fresh, &image)
             .map_err(Error::io(format!("renaming {}", fresh.display())));
         for d in &users {
-            self.start_and_wait(d).await?;
+            self.start_and_wait(d, false).await?;
         }
         swapped?;
         let archive_bytes = std::fs::metadata(archive)
