@@ -135,7 +135,7 @@ fn main() {
     // SIGPIPE, instead of a failed write to stdout (which `println!` turns into a panic).
     // SAFETY: setting a signal's action to its default, before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     let json = cli.json;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -145,6 +145,30 @@ fn main() {
         output::fail(&e, json);
         std::process::exit(1);
     }
+}
+
+/// Ends nx on a command line it cannot parse: clap's text, or with `--json` (given before any
+/// `--`, after which the words are the program's) `{"error": ...}` on stdout as for every
+/// other failure; exit status 2 as clap's. `--help` and `--version` print as usual.
+fn usage_error(error: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let json = std::env::args()
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if !json
+        || matches!(
+            error.kind(),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+        )
+    {
+        error.exit()
+    }
+    let text = error.render().to_string();
+    // clap's text: "error: <what>\n\n<usage>\n\nFor more information, try '--help'."
+    let what = text.split("\n\n").next().unwrap_or(&text);
+    let what = what.strip_prefix("error: ").unwrap_or(what).trim();
+    println!("{}", serde_json::json!({ "error": what }));
+    std::process::exit(2)
 }
 
 /// On a terminal, for a deployment with a preview branch: swap the branch in? (default no)
