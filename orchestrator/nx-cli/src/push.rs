@@ -152,21 +152,27 @@ pub fn whole_seconds(text: &str) -> Result<u64, String> {
     Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
-/// `--tcp` (`any`: nxd picks) or `--tcp=PORT`.
+/// `--tcp` (`any`: nxd picks) or `--tcp=PORT`, a port of the host (nxd checks it against its
+/// `network.tcp_ports`), not the program's.
 fn parse_tcp(s: &str) -> Result<TcpRequest, String> {
     if s == "any" {
         return Ok(TcpRequest::default());
     }
-    Ok(TcpRequest {
-        host_port: Some(parse_port(s)?),
-    })
+    match s.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(TcpRequest {
+            host_port: Some(port),
+        }),
+        _ => Err(format!(
+            "{s:?} is not a port: give the host port clients connect to, one of nxd's network.tcp_ports (30000-30999 unless configured), or --tcp alone and nxd picks one"
+        )),
+    }
 }
 
-/// A port a program can listen on: 1-65535.
 fn parse_volume(s: &str) -> Result<VolumeMount, String> {
     VolumeMount::parse(s).map_err(|e| e.problem)
 }
 
+/// A port a program can listen on: 1-65535.
 fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u32>() {
         Ok(port @ 1..=65535) => Ok(port as u16),
@@ -314,5 +320,22 @@ fn request(
             (_, true) => VolumeSource::Live,
             _ => VolumeSource::Empty,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tcp_takes_a_host_port_and_says_so_when_it_is_not_one() {
+        let e = super::parse_tcp("abc").unwrap_err();
+        assert!(
+            e.contains("host port clients connect to") && e.contains("network.tcp_ports"),
+            "{e}"
+        );
+        for bad in ["0", "70000", "-1", ""] {
+            assert!(super::parse_tcp(bad).is_err(), "{bad}");
+        }
+        assert_eq!(super::parse_tcp("30100").unwrap().host_port, Some(30100));
+        assert_eq!(super::parse_tcp("any").unwrap().host_port, None);
     }
 }

@@ -568,8 +568,12 @@ impl Orchestrator {
             (req.env, req.args, req.limits) = settings.under(req.env, req.args, &req.limits);
             req.ready_timeout_secs = req.ready_timeout_secs.or(settings.ready_timeout_secs);
             req.egress = req.egress.or(settings.egress);
-            req.health_check = req.health_check.over(&settings.health_check);
-            req.idle_timeout_secs = req.idle_timeout_secs.or(settings.idle_timeout_secs);
+            // Both are HTTP (a GET, a request that wakes): a TCP push takes neither from the
+            // sandbox, whose HTTP deployments they are for (crate::tcp).
+            if req.tcp.is_none() {
+                req.health_check = req.health_check.over(&settings.health_check);
+                req.idle_timeout_secs = req.idle_timeout_secs.or(settings.idle_timeout_secs);
+            }
         }
         let bounds = host_limits::request_bounds(&self.config.sandbox);
         let limits = req.limits.apply(self.config.limits);

@@ -369,6 +369,24 @@ impl Host {
         }
     }
 
+    /// `nxd manager-stop` for this host's state dir, in its network namespace (the host
+    /// network it removes is that namespace's): stops every deployment and the embedded
+    /// manager. Stop nxd first. Its exit status and what it printed on stderr.
+    pub fn manager_stop(&self) -> (std::process::ExitStatus, String) {
+        let out = self
+            .netns
+            .command(bin("nxd"))
+            .arg("manager-stop")
+            .arg("--state-dir")
+            .arg(self.state_dir.path())
+            .output()
+            .expect("nxd manager-stop");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Makes a listener the test configured itself inside the host's namespace (such as
     /// `[sftp] listen = "127.0.0.1:<port>"`) reachable from the test at 127.0.0.1:`port`, as
     /// the API and the router are, until the host is dropped.
@@ -504,11 +522,7 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.stop_nxd();
-        let _ = Command::new(bin("nxd"))
-            .arg("manager-stop")
-            .arg("--state-dir")
-            .arg(self.state_dir.path())
-            .status();
+        let _ = self.manager_stop();
     }
 }
 

@@ -61,7 +61,9 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Stops the embedded systemd manager of a state dir and every deployment it runs.
+    /// Stops the embedded systemd manager of a state dir and every deployment it runs, then
+    /// removes the host network that state dir's nxd set up (the nftables table `inet nx`,
+    /// `nx0`, the subnet's route). Stop nxd first.
     ManagerStop {
         #[arg(long)]
         state_dir: PathBuf,
@@ -101,6 +103,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::ManagerStop { state_dir }) => {
             nx_orchestrator::supervisor::embedded::stop(&state_dir);
+            nx_orchestrator::network::teardown::remove(&state_dir)
+                .context("removing the host network (nftables table inet nx, nx0)")?;
             Ok(())
         }
         None => {

@@ -473,3 +473,106 @@ fn a_service_is_reached_by_name_from_its_sandbox_and_not_from_another() {
     assert!(!bad.ok);
     assert!(bad.stderr.contains("not a service name"), "{}", bad.stderr);
 }
+
+/// The host port of deployment `id`'s `tcp://HOST:PORT` (`nx status`).
+fn own_tcp_port(host: &Host, sandbox: &str, id: &str) -> u16 {
+    let url = host.deployment(sandbox, id)["tcp_url"].clone();
+    let url = url.as_str().unwrap_or_else(|| panic!("no tcp_url: {url}"));
+    url.rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("{url} is not tcp://HOST:PORT"))
+}
+
+/// How a TCP connect to `addr` from inside `netns` ends within 5 s: Ok, or the error's kind
+/// (`TimedOut` when nothing answered at all).
+fn connect_from(
+    netns: &nx_testkit::netns::Netns,
+    addr: SocketAddr,
+) -> Result<(), std::io::ErrorKind> {
+    netns.run(|| {
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+            .map(drop)
+            .map_err(|e| e.kind())
+    })
+}
+
+#[test]
+fn after_manager_stop_a_tcp_port_refuses_and_no_table_link_or_route_of_nx_is_left() {
+    let mut host = Host::start();
+    let id = host.push_sample("tcp", &["--tcp"]);
+    let port = SocketAddr::from(([127, 0, 0, 1], own_tcp_port(&host, "tcp", &id)));
+    assert_eq!(connect_from(&host.netns, port), Ok(()));
+
+    host.stop_nxd();
+    let (status, stderr) = host.manager_stop();
+    assert!(status.success(), "nxd manager-stop: {stderr}");
+    // Nothing listens on the port any more: refused at once, not DNATed to an address nobody
+    // has (where a connect hangs).
+    assert_eq!(
+        connect_from(&host.netns, port),
+        Err(std::io::ErrorKind::ConnectionRefused)
+    );
+    let nft = host
+        .netns
+        .command("nft")
+        .args(["list", "table", "inet", "nx"])
+        .output()
+        .unwrap();
+    assert!(!nft.status.success(), "table inet nx is left");
+    let links = host
+        .netns
+        .command("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("nx0"), "{links}");
+    let routes = host
+        .netns
+        .command("ip")
+        .args(["route", "show", "type", "unreachable"])
+        .output()
+        .unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(!routes.contains("10.213."), "{routes}");
+}
+
+#[test]
+fn a_tcp_push_leaves_its_sandboxs_http_health_check_and_idle_timeout_to_http_deployments() {
+    let host = Host::start();
+    host.push_sample("mixed", &[]);
+    let set = host.nx(&[
+        "sandbox",
+        "set",
+        "mixed",
+        "--health-path",
+        "/health",
+        "--idle-timeout",
+        "5m",
+    ]);
+    assert!(set.ok, "{}", set.stderr);
+    let web = host.push_sample("mixed", &[]);
+    let tcp = host.push_sample("mixed", &["--tcp"]);
+    let port = SocketAddr::from(([127, 0, 0, 1], own_tcp_port(&host, "mixed", &tcp)));
+    assert_eq!(connect_from(&host.netns, port), Ok(()));
+    // Given with the push itself, still refused, with what to do.
+    let sample = nx_testkit::sample_app();
+    let own = host.nx(&[
+        "push",
+        sample.to_str().unwrap(),
+        "-s",
+        "mixed",
+        "--tcp",
+        "--health-path",
+        "/health",
+    ]);
+    assert!(!own.ok);
+    assert!(own.stderr.contains("drop --health-path"), "{}", own.stderr);
+    // The HTTP deployment has the sandbox's health check and idle timeout, the TCP one neither.
+    let web = host.deployment("mixed", &web);
+    let tcp = host.deployment("mixed", &tcp);
+    assert_eq!(web["health_check"]["path"], "/health", "{web}");
+    assert_eq!(web["idle_timeout_secs"], 300, "{web}");
+    assert!(tcp["health_check"].is_null(), "{tcp}");
+    assert!(tcp["idle_timeout_secs"].is_null(), "{tcp}");
+}

@@ -1,8 +1,9 @@
 //! Real third-party programs as they ship: Debian 12's packages, fetched with `apt-get
-//! download` and unpacked with `dpkg -x` by `fetch-programs.sh` (install-deps.sh runs it), each
+//! download` and unpacked with `dpkg -x`, and crates.io's with `cargo install --locked`, by
+//! `fetch-programs.sh` (install-deps.sh runs it), each
 //! pushed with the command the README's table gives and checked in its own protocol: HTTP
 //! through its preview URL, TCP services (`nx push --tcp`) at their `tcp://` addresses, from
-//! the host and from a client in a network of its own. Go and C, static and dynamic,
+//! the host and from a client in a network of its own. Go, Rust and C, static and dynamic,
 //! single files and bundles with their configuration, UI assets and libraries, a multi-call
 //! binary, one with the sandbox's PostgreSQL. A package that is not unpacked fails the test,
 //! naming the script that fetches it.
@@ -14,7 +15,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where a Debian package was unpacked (its `usr/`, `etc/`...); panics when it was not.
+/// Where a Debian package was unpacked (its `usr/`, `etc/`...) or a crate installed (its
+/// `bin/`); panics when it was not.
 fn package(name: &str) -> PathBuf {
     let dir = PathBuf::from(
         std::env::var("NX_PROGRAMS_DIR").unwrap_or_else(|_| "/var/cache/nx/programs".into()),
@@ -22,7 +24,7 @@ fn package(name: &str) -> PathBuf {
     .join(name);
     assert!(
         dir.join(".unpacked").is_file(),
-        "Debian's {name} is not unpacked in {}: run orchestrator/fetch-programs.sh \
+        "{name} is not in {}: run orchestrator/fetch-programs.sh \
          (orchestrator/install-deps.sh runs it)",
         dir.display()
     );
@@ -32,11 +34,7 @@ fn package(name: &str) -> PathBuf {
 /// A file of an unpacked package, e.g. `file("caddy", "usr/bin/caddy")`.
 fn file(name: &str, path: &str) -> PathBuf {
     let path = package(name).join(path);
-    assert!(
-        path.exists(),
-        "{} is not in Debian's {name}",
-        path.display()
-    );
+    assert!(path.exists(), "{} is not in {name}", path.display());
     path
 }
 
@@ -194,6 +192,34 @@ impl Client {
     fn tcp_line(&self, port: u16, request: &[u8]) -> String {
         self.netns
             .run(|| first_line(SocketAddr::from((Self::HOST, port)), request))
+    }
+
+    /// A Gemini request for `url` (the URL and CRLF over TLS, the Gemini specification's
+    /// section 2) to the host's TCP `port`, as a client that trusts on first use: `openssl
+    /// s_client` with the name `url` has as SNI, verifying nothing. What it printed: the
+    /// server's certificate (`subject=CN = ...`) and, after it, the whole response.
+    fn gemini(&self, port: u16, url: &str) -> String {
+        let name = url
+            .strip_prefix("gemini://")
+            .and_then(|rest| rest.split([':', '/']).next())
+            .expect("a gemini:// URL");
+        let [a, b, c, d] = Self::HOST;
+        let out = self.netns.run(|| {
+            let mut child = std::process::Command::new("timeout")
+                .args(["10", "openssl", "s_client", "-ign_eof", "-servername", name])
+                .arg("-connect")
+                .arg(format!("{a}.{b}.{c}.{d}:{port}"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl (install-deps.sh installs it)");
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(format!("{url}\r\n").as_bytes()).unwrap();
+            drop(stdin);
+            child.wait_with_output().unwrap()
+        });
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -846,4 +872,50 @@ fn postgres_exporter_reaches_the_sandboxs_database_through_a_variable_reference(
         outside.stdout
     );
     assert!(outside.stderr.contains("--inside"), "{}", outside.stderr);
+}
+
+const CAPSULE: &str = "# served by NX\n";
+
+#[test]
+fn agate_serves_a_gemini_capsule_from_its_bundle_at_its_tcp_address() {
+    let host = Host::start();
+    let app = Bundle::new(&host, "agate")
+        .copy(&file("agate", "bin/agate"), "agate")
+        .text("content/index.gmi", CAPSULE);
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "-s",
+            "gemini",
+            "--tcp",
+            "--",
+            "--content",
+            "/app/content",
+            "--addr",
+            "0.0.0.0:$PORT",
+            "--hostname",
+            nx_testkit::BASE_DOMAIN,
+            "--skip-port-check",
+            "--certs",
+            "/data/certs",
+        ],
+    );
+    let port = own_tcp_port(&host, "gemini", &id);
+    let client = Client::new(&host);
+    let url = format!("gemini://{}:{port}/", nx_testkit::BASE_DOMAIN);
+    let answer = client.gemini(port, &url);
+    // The certificate agate made for its --hostname on its first start, then the page.
+    assert!(
+        answer.contains(&format!("subject=CN = {}\n", nx_testkit::BASE_DOMAIN)),
+        "{answer}"
+    );
+    let response = answer
+        .split_once("20 text/gemini\r\n")
+        .unwrap_or_else(|| panic!("no success header for {url}: {answer}"))
+        .1;
+    assert!(response.starts_with(CAPSULE), "{response}");
+    // A page that is not in the capsule: 51 (not found), still in Gemini.
+    let missing = client.gemini(port, &format!("{url}nowhere.gmi"));
+    assert!(missing.contains("51 Not found"), "{missing}");
 }

@@ -21,6 +21,8 @@
 //!   namespace to change its address or send raw packets anyway).
 //! - **Host** (`host`): `nx0`, forwarding, the table, and removal of links of deployments nxd
 //!   no longer has (after a crash).
+//! - **Teardown** (`teardown`): `nxd manager-stop` removes the table, `nx0` and the subnet's
+//!   route once every deployment is gone.
 
 #[cfg(target_os = "linux")]
 pub mod attach;
@@ -28,6 +30,8 @@ pub mod dns;
 pub mod firewall;
 #[cfg(target_os = "linux")]
 pub mod host;
+#[cfg(target_os = "linux")]
+pub mod teardown;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};

@@ -18,7 +18,8 @@
 //! Refused at push: a port outside the range, one another sandbox or deployment holds, one
 //! something else on the host listens on, another port for a sandbox that has one, the
 //! microVM backend (its port is QEMU's on the host's loopback), an idle timeout (the router
-//! wakes on HTTP requests only) and a health path (a health check is an HTTP GET).
+//! wakes on HTTP requests only) and a health path (a health check is an HTTP GET) given with
+//! the push; the sandbox's own are for its HTTP deployments, and a TCP push does not take them.
 
 pub mod store;
 
@@ -67,6 +68,20 @@ pub fn check_range(config: &Config) -> Result<(), String> {
 /// address fails when anything holds the port.
 fn unused_on_host(port: u16) -> bool {
     std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+/// `tcp://HOST:PORT` for a host port: HOST is `base_domain`, or `127.0.0.1` when that is
+/// `localhost` or a name under it (such as the default `nx.localhost`): RFC 6761 keeps those
+/// names for loopback, and curl and browsers resolve them so, but glibc does not (it knows
+/// `localhost` from /etc/hosts only), so redis-cli, nc or a program's client library would
+/// fail on `nx.localhost` ("Name or service not known").
+fn tcp_url(base_domain: &str, port: u16) -> String {
+    let domain = base_domain.trim_end_matches('.').to_ascii_lowercase();
+    if domain == "localhost" || domain.ends_with(".localhost") {
+        format!("tcp://127.0.0.1:{port}")
+    } else {
+        format!("tcp://{domain}:{port}")
+    }
 }
 
 impl From<AllocateError> for Error {
@@ -203,14 +218,6 @@ impl Orchestrator {
         Ok(tcp)
     }
 
-    /// `tcp://<base_domain>:<port>`.
-    fn tcp_url(&self, port: u16) -> String {
-        format!(
-            "tcp://{}:{port}",
-            self.config.base_domain.to_ascii_lowercase()
-        )
-    }
-
     /// Adds each TCP deployment's own address and each sandbox's production one.
     pub(crate) async fn add_tcp_urls(
         &self,
@@ -221,7 +228,7 @@ impl Orchestrator {
             .await
             .map_err(StateError::from)?;
         for row in rows {
-            let url = Some(self.tcp_url(row.host_port()));
+            let url = Some(tcp_url(&self.config.base_domain, row.host_port()));
             match &row.deployment {
                 Some(id) => {
                     let views = deployments
@@ -248,6 +255,17 @@ impl Orchestrator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tcp_url_under_localhost_is_loopbacks_address() {
+        assert_eq!(tcp_url("nx.localhost", 30001), "tcp://127.0.0.1:30001");
+        assert_eq!(tcp_url("localhost.", 30001), "tcp://127.0.0.1:30001");
+        assert_eq!(
+            tcp_url("Apps.Example.org", 30001),
+            "tcp://apps.example.org:30001"
+        );
+        assert_eq!(tcp_url("nx.test", 30002), "tcp://nx.test:30002");
+    }
 
     #[test]
     fn a_range_that_holds_one_of_nxds_ports_is_refused() {
