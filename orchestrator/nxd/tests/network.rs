@@ -535,6 +535,14 @@ fn after_manager_stop_a_tcp_port_refuses_and_no_table_link_or_route_of_nx_is_lef
         .unwrap();
     let routes = String::from_utf8_lossy(&routes.stdout);
     assert!(!routes.contains("10.213."), "{routes}");
+    let routes = host
+        .netns
+        .command("ip")
+        .args(["-6", "route", "show", "type", "unreachable"])
+        .output()
+        .unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(!routes.contains("fd6e:7800:213:"), "{routes}");
 }
 
 #[test]

@@ -52,6 +52,7 @@ impl HostNetwork {
             rtnetlink::new_connection().map_err(NetworkError::io("opening a netlink socket"))?;
         tokio::spawn(connection);
         gateway_link(&handle, &plan).await?;
+        super::teardown::record(state_dir, &plan)?;
         // Written only when off: a host may set it itself (and keep /proc/sys read-only to nxd).
         if !sysctl_is("/proc/sys/net/ipv4/ip_forward", "1") {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetworkError::io(

@@ -9,14 +9,13 @@
 //! when it stops, since deployments outlive it (under systemd, and in the embedded manager
 //! until `manager-stop`).
 
-use super::{firewall, NetworkError, GATEWAY_LINK};
+use super::{firewall, NetworkError, Plan, GATEWAY_LINK};
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
-use rtnetlink::packet_route::AddressFamily;
+use ipnet::IpNet;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 
 /// What [`remove`] found and removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -25,9 +24,25 @@ pub struct Removed {
     pub table: bool,
     /// `nx0` was there and is gone.
     pub gateway_link: bool,
-    /// Unreachable routes removed (the subnet's: those holding nx0's address), e.g.
-    /// `10.213.0.0/16`.
-    pub routes: Vec<String>,
+    /// The unreachable routes removed, e.g. `10.213.0.0/16`.
+    pub routes: Vec<IpNet>,
+}
+
+/// `<state_dir>/network/subnets`: the subnets nxd routed as unreachable, one CIDR a line.
+fn subnets_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("network").join("subnets")
+}
+
+/// Records the subnets of `plan` that the host routes as unreachable, for [`remove`].
+pub(crate) fn record(state_dir: &Path, plan: &Plan) -> Result<(), NetworkError> {
+    let mut lines = vec![plan.subnet().to_string()];
+    lines.extend(plan.subnet6().map(|s| s.to_string()));
+    let path = subnets_path(state_dir);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(NetworkError::io("creating the network dir"))?;
+    }
+    std::fs::write(&path, lines.join("\n") + "\n")
+        .map_err(NetworkError::io("recording the subnets (network/subnets)"))
 }
 
 /// Removes the host network of the nxd whose state dir is `state_dir`, if that nxd set one up
@@ -39,6 +54,11 @@ pub fn remove(state_dir: &Path) -> Result<Removed, NetworkError> {
     if !super::resolv_conf_path(state_dir).exists() {
         return Ok(Removed::default());
     }
+    let subnets: Vec<IpNet> = std::fs::read_to_string(subnets_path(state_dir))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
     let mut removed = Removed::default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -48,9 +68,8 @@ pub fn remove(state_dir: &Path) -> Result<Removed, NetworkError> {
         let (connection, handle, _) =
             rtnetlink::new_connection().map_err(NetworkError::io("opening a netlink socket"))?;
         tokio::spawn(connection);
+        removed.routes = remove_unreachable_routes(&handle, &subnets).await?;
         if let Some(index) = gateway_index(&handle).await? {
-            let gateways = ipv4_addresses(&handle, index).await?;
-            removed.routes = remove_unreachable_routes(&handle, &gateways).await?;
             handle
                 .link()
                 .del(index)
@@ -101,57 +120,36 @@ async fn gateway_index(handle: &Handle) -> Result<Option<u32>, NetworkError> {
     Ok(None)
 }
 
-/// The IPv4 addresses on the interface `index`.
-async fn ipv4_addresses(handle: &Handle, index: u32) -> Result<Vec<Ipv4Addr>, NetworkError> {
-    let mut found = Vec::new();
-    let mut addresses = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute();
-    while let Some(msg) = addresses
-        .try_next()
-        .await
-        .map_err(netlink("listing nx0's addresses"))?
-    {
-        for attr in msg.attributes {
-            if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
-                found.push(a);
-            }
-        }
-    }
-    Ok(found)
+/// The destination of a route, as a network.
+fn destination(route: &RouteMessage) -> Option<IpNet> {
+    let prefix = route.header.destination_prefix_length;
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(d)) => IpNet::new((*d).into(), prefix).ok(),
+        RouteAttribute::Destination(RouteAddress::Inet6(d)) => IpNet::new((*d).into(), prefix).ok(),
+        _ => None,
+    })
 }
 
-/// Removes the unreachable IPv4 routes whose prefix holds one of `gateways`; their prefixes.
+/// Removes the unreachable routes (IPv4 and IPv6) whose destination is one of `subnets`;
+/// those removed.
 async fn remove_unreachable_routes(
     handle: &Handle,
-    gateways: &[Ipv4Addr],
-) -> Result<Vec<String>, NetworkError> {
-    let mut routes = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
+    subnets: &[IpNet],
+) -> Result<Vec<IpNet>, NetworkError> {
     let mut doomed = Vec::new();
-    while let Some(route) = routes.try_next().await.map_err(netlink("listing routes"))? {
-        if route.header.kind != RouteType::Unreachable
-            || route.header.address_family != AddressFamily::Inet
-        {
-            continue;
-        }
-        let prefix = route.header.destination_prefix_length;
-        let destination = route.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
-            _ => None,
-        });
-        let Some(destination) = destination else {
-            continue;
-        };
-        let Ok(net) = ipnet::Ipv4Net::new(destination, prefix) else {
-            continue;
-        };
-        if gateways.iter().any(|g| net.contains(g)) {
-            doomed.push((route, net));
+    let requests = [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ];
+    for request in requests {
+        let mut routes = handle.route().get(request).execute();
+        while let Some(route) = routes.try_next().await.map_err(netlink("listing routes"))? {
+            if route.header.kind != RouteType::Unreachable {
+                continue;
+            }
+            if let Some(net) = destination(&route).filter(|n| subnets.contains(n)) {
+                doomed.push((route, net));
+            }
         }
     }
     let mut removed = Vec::new();
@@ -161,8 +159,8 @@ async fn remove_unreachable_routes(
             .del(route)
             .execute()
             .await
-            .map_err(netlink("removing the subnet's unreachable route"))?;
-        removed.push(net.to_string());
+            .map_err(netlink("removing a subnet's unreachable route"))?;
+        removed.push(net);
     }
     Ok(removed)
 }
