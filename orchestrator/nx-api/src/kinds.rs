@@ -144,6 +144,35 @@ pub enum Egress {
     Public,
 }
 
+/// How a deployment holds the host's CPUs: cattle (`ephemeral`, the default: its unit runs on
+/// any CPU, beside every other tenant) or a pet (`persistent`, `nx push --persistent`, microVMs
+/// only: a long-lived guest whose VMM is pinned to the same CPUs across its restarts, systemd's
+/// `CPUAffinity=`, and that has no memory balloon).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::AsRefStr,
+    strum::EnumString,
+    strum::Display,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum Tier {
+    /// Runs on any of the host's CPUs.
+    #[default]
+    Ephemeral,
+    /// A microVM pinned to CPUs (`DeploymentView.cpu_affinity`), no balloon.
+    Persistent,
+}
+
 /// Resource limits of one deployment; the config gives the defaults, a push may lower or raise them.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -18,5 +18,5 @@ mod wire;
 pub mod client;
 
 pub use health::HealthCheck;
-pub use kinds::{check_env_name, BackendKind, Desired, Egress, Limits, Phase, Runtime};
+pub use kinds::{check_env_name, BackendKind, Desired, Egress, Limits, Phase, Runtime, Tier};
 pub use wire::*;

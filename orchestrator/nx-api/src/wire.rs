@@ -146,6 +146,10 @@ pub struct PushRequest {
     /// sandbox does.
     #[serde(default)]
     pub service: Option<String>,
+    /// A pet (`nx push --persistent`, microvm backend only): its VMM pinned to CPUs and no
+    /// memory balloon (tier `persistent`). False: tier `ephemeral`.
+    #[serde(default)]
+    pub persistent: bool,
 }
 
 /// `PushRequest.tcp`.
@@ -244,6 +248,13 @@ pub struct DeploymentView {
     /// The service name it declared (`--service`): its sandbox's deployments reach it by it.
     #[serde(default)]
     pub service: Option<String>,
+    /// `ephemeral` (the default) or `persistent` (`nx push --persistent`).
+    #[serde(default)]
+    pub tier: crate::Tier,
+    /// The CPUs its unit is pinned to (systemd `CPUAffinity=`), numbered as the host numbers
+    /// them; empty: not pinned (every CPU nxd may use).
+    #[serde(default)]
+    pub cpu_affinity: Vec<u32>,
 }
 
 /// How a deployment's program ended, as the monitor in its unit saw it, named as systemd names

@@ -115,9 +115,14 @@ struct Args {
     /// Wakes of an idle-stopped deployment (scale to zero).
     #[arg(long, default_value_t = 50)]
     wakes: usize,
-    /// Tasks run for each microVM task row (cold, pooled guest, and bubblewrap beside them).
+    /// Tasks run for each microVM task row (cold, pooled guest, and bubblewrap beside them);
+    /// a few (e.g. 3) finish on a loaded host, where one TCG boot takes half a minute.
     #[arg(long, default_value_t = 30)]
     vm_tasks: usize,
+    /// The accelerator of the microVM task rows: tcg, or kvm where KVM boots the guest kernel
+    /// (named in every row; `auto`'s probe fails on a loaded host).
+    #[arg(long, default_value = "tcg", value_parser = ["tcg", "kvm"])]
+    vm_accel: String,
     /// Run one part only: latency, router, databases, tasks, microvm, microvm-tasks, sandbox,
     /// uploads, bundles, views, push, network, wake or tls.
     #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "microvm-tasks", "sandbox", "uploads", "bundles", "views", "push", "network", "wake", "tls"])]
@@ -207,6 +212,7 @@ async fn bare_units(host: &Host, n: usize) -> anyhow::Result<Vec<Duration>> {
             graceful_stop: None,
             remain_after_exit: false,
             ambient_capabilities: 0,
+            cpu_affinity: Vec::new(),
         };
         let started = Instant::now();
         supervisor.start(&spec).await?;
@@ -705,6 +711,8 @@ async fn microvm_table(args: &Args) -> anyhow::Result<()> {
 /// others' guests would share the CPU.
 async fn microvm_task_table(args: &Args) -> anyhow::Result<()> {
     let n = args.vm_tasks;
+    let accel = args.vm_accel.as_str();
+    let mut loads = vec![("start", load_average())];
     let sample = nx_testkit::sample_app();
     let mut rows = Vec::new();
     let mut refills = Vec::new();
@@ -715,12 +723,12 @@ async fn microvm_task_table(args: &Args) -> anyhow::Result<()> {
         ("warm pool, guests restored from a snapshot", 1, true),
     ];
     for (i, (pool, size, snapshot)) in hosts.into_iter().enumerate() {
-        // TCG named in the config, not probed: `auto` needs a TCG boot within 20 s, which this
-        // shared host missed at load 20+ (22-34 s per boot, 13:49 UTC, 2026-11-30), and KVM
-        // (PVM here) boots no stock kernel.
+        // The accelerator named in the config, not probed: `auto` needs a TCG boot within
+        // 20 s, which this shared host missed at load 20+ (22-34 s per boot, 13:49 UTC,
+        // 2026-11-30), and KVM (PVM here) boots no stock kernel.
         let config = format!(
             "{}pool_size = {size}\nsnapshot = {snapshot}\n",
-            nx_testkit::microvm_config("tcg")
+            nx_testkit::microvm_config(accel)
         );
         let program = sample.clone();
         let (host, sha) = tokio::task::spawn_blocking(move || {
@@ -730,7 +738,6 @@ async fn microvm_task_table(args: &Args) -> anyhow::Result<()> {
         })
         .await?;
         let sha = sha?;
-        let accel = "tcg";
         let pause = match size {
             0 => tasks::Pause::For(Duration::from_millis(100)),
             _ => tasks::Pause::UntilGuestReady,
@@ -754,6 +761,7 @@ async fn microvm_task_table(args: &Args) -> anyhow::Result<()> {
             ));
         }
         tokio::task::spawn_blocking(move || drop(host)).await?;
+        loads.push((pool, load_average()));
     }
     header("microVM tasks: start-to-first-output (POST /v1/tasks to the first stdout line)");
     for (name, samples) in rows.into_iter().chain(refills) {
@@ -765,7 +773,18 @@ async fn microvm_task_table(args: &Args) -> anyhow::Result<()> {
         ratio(1),
         ratio(2)
     );
+    println!("load average (1, 5, 15 min, /proc/loadavg) at the start and after each host:");
+    for (when, load) in loads {
+        println!("  {when}: {load}");
+    }
     Ok(())
+}
+
+/// The first three fields of /proc/loadavg (proc(5)): the 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 async fn latency(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {

@@ -14,6 +14,9 @@ pub fn upload(host: &Host, file: &std::path::Path) -> anyhow::Result<String> {
     Ok(sha)
 }
 
+/// The longest a measured task may run, in seconds.
+const TASK_TIMEOUT_SECS: f64 = 300.0;
+
 /// One task (on `backend`, nxd's default when `None`); returns the time to its first stdout
 /// and whether it ran warm.
 async fn one(
@@ -26,7 +29,8 @@ async fn one(
         artifact: sha.to_owned(),
         args: vec!["task".into(), "print".into(), "hi".into()],
         env: Default::default(),
-        timeout_secs: None,
+        // Beyond nxd's default 30 s: a cold TCG guest on a loaded host boots for as long.
+        timeout_secs: Some(TASK_TIMEOUT_SECS),
         memory_max_mb: None,
         backend: backend.map(str::to_owned),
     };

@@ -90,9 +90,17 @@ fn production(s: &SandboxView) -> &str {
     }
 }
 
-/// The lines under a deployment in `nx ls`/`nx status`: how it last ended, its `/data` use.
+/// The lines under a deployment in `nx ls`/`nx status`: how it last ended, its `/data` use,
+/// the CPUs it is pinned to.
 fn details(d: &DeploymentView) -> Vec<String> {
     let mut lines = Vec::new();
+    if !d.cpu_affinity.is_empty() {
+        let cpus: Vec<String> = d.cpu_affinity.iter().map(u32::to_string).collect();
+        lines.push(format!(
+            "pinned to CPUs {}, no memory balloon",
+            cpus.join(",")
+        ));
+    }
     if let Some(exit) = d.last_exit.as_ref().filter(|e| e.failed()) {
         lines.push(format!(
             "last exit {}: {}",
@@ -167,8 +175,8 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<10} {:<16} {:<6} {:<9} {:<9} URL",
-        "SANDBOX", "DEPLOYMENT", "STATE", "PORT", "RESTARTS", "BACKEND"
+        "{:<20} {:<10} {:<16} {:<6} {:<9} {:<9} {:<10} URL",
+        "SANDBOX", "DEPLOYMENT", "STATE", "PORT", "RESTARTS", "BACKEND", "TIER"
     );
     for s in list {
         for d in &s.deployments {
@@ -178,13 +186,14 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
                 address(d)
             };
             println!(
-                "{:<20} {:<10} {:<16} {:<6} {:<9} {:<9} {}{}",
+                "{:<20} {:<10} {:<16} {:<6} {:<9} {:<9} {:<10} {}{}",
                 s.name,
                 d.id,
                 state(d),
                 d.port,
                 d.state.restarts,
                 d.backend.as_ref(),
+                d.tier.as_ref(),
                 url,
                 if d.promoted { "  (production)" } else { "" }
             );

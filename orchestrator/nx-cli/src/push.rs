@@ -97,6 +97,11 @@ pub struct PushArgs {
     /// are production's files at once.
     #[arg(long, requires = "volumes")]
     volume_live: bool,
+    /// A pet, not cattle (microvm backend only): a long-lived guest whose VMM is pinned to CPUs
+    /// of its own (systemd CPUAffinity, as many as --cpu gives it vCPUs, spread over the
+    /// host's CPUs) and that has no memory balloon. `nx status` shows its tier and CPUs.
+    #[arg(long)]
+    persistent: bool,
     /// Arguments for the program; `$NAME` and `${NAME}` become the value of the program's
     /// variable NAME (`$PORT` its port), `$$` a `$` (quote them for your shell: '$PORT').
     #[arg(last = true)]
@@ -320,6 +325,7 @@ fn request(
             (_, true) => VolumeSource::Live,
             _ => VolumeSource::Empty,
         },
+        persistent: args.persistent,
     }
 }
 

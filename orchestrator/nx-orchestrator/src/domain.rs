@@ -3,7 +3,7 @@
 
 use crate::config::Limits;
 use crate::names::{DeploymentId, SandboxName};
-pub use nx_api::{check_env_name, BackendKind, Desired, Egress, Runtime};
+pub use nx_api::{check_env_name, BackendKind, Desired, Egress, Runtime, Tier};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -36,6 +36,9 @@ pub struct Deployment {
     /// The sandbox's volumes it mounts (`nx push --volume`).
     #[serde(default)]
     pub volumes: Vec<nx_api::volumes::MountedVolume>,
+    /// Cattle or pet (`nx push --persistent`): whether its unit is pinned to CPUs.
+    #[serde(default)]
+    pub tier: Tier,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 

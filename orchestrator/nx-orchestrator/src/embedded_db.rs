@@ -128,6 +128,7 @@ pub async fn ensure(
             slice: SliceKind::Control,
             remain_after_exit: false,
             ambient_capabilities: 0,
+            cpu_affinity: Vec::new(),
             graceful_stop: None,
         };
         supervisor.start(&spec).await?;

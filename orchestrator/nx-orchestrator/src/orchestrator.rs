@@ -613,6 +613,7 @@ impl Orchestrator {
             Ok::<_, Error>(backend)
         };
         let backend = step("sandbox", sandbox).await?;
+        let tier = crate::backend::cpu_affinity::tier(req.persistent, backend)?;
         let egress = req.egress.unwrap_or_default();
         let (health_check, idle_timeout_secs) = (req.health_check.clone(), req.idle_timeout_secs);
         self.check_volumes(&req.sandbox, &req.volumes, backend)
@@ -636,6 +637,7 @@ impl Orchestrator {
                         std::mem::take(&mut req.volumes),
                         req.volume_source,
                     ),
+                    tier,
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
@@ -1074,6 +1076,7 @@ impl Orchestrator {
         promoted: &HashMap<SandboxName, DeploymentId>,
     ) -> Result<Vec<DeploymentView>, Error> {
         let handles: Vec<_> = deployments.iter().map(|d| self.backend.handle(d)).collect();
+        let cpus = crate::backend::cpu_affinity::available();
         let units: Vec<&str> = handles.iter().map(|h| h.unit.as_str()).collect();
         let versions = self.supervisor.versions(&units);
         let states = self
@@ -1123,6 +1126,8 @@ impl Orchestrator {
                     tcp_url: None,
                     // Filled in by `add_service_names` below.
                     service: None,
+                    tier: d.tier,
+                    cpu_affinity: crate::backend::cpu_affinity::pinned(d, &cpus),
                 })
             })
             .collect::<Result<Vec<DeploymentView>, Error>>()?;

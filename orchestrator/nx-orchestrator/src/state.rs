@@ -1,7 +1,7 @@
 //! nxd's state in PostgreSQL (sqlx, migrations embedded from `migrations/`).
 
 use crate::config::{Limits, PortRange};
-use crate::domain::{BackendKind, Deployment, Desired, Egress, Runtime};
+use crate::domain::{BackendKind, Deployment, Desired, Egress, Runtime, Tier};
 use crate::names::{DeploymentId, NameError, SandboxName};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::{BTreeMap, HashMap};
@@ -51,6 +51,7 @@ pub struct NewDeployment {
     pub listen_port: Option<u16>,
     pub egress: Egress,
     pub volumes: Vec<nx_api::volumes::MountedVolume>,
+    pub tier: Tier,
 }
 
 #[derive(sqlx::FromRow)]
@@ -71,6 +72,7 @@ struct DeploymentRow {
     listen_port: Option<i32>,
     egress: String,
     volumes: sqlx::types::Json<Vec<nx_api::volumes::MountedVolume>>,
+    tier: String,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -103,12 +105,13 @@ impl TryFrom<DeploymentRow> for Deployment {
                 .transpose()
                 .map_err(|_| corrupt("ready timeout"))?,
             volumes: row.volumes.0,
+            tier: row.tier.parse().map_err(|_| corrupt("tier"))?,
             created_at: row.created_at,
         })
     }
 }
 
-const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, created_at FROM deployments";
+const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, tier, created_at FROM deployments";
 
 impl StateStore {
     #[tracing::instrument(skip_all)]
@@ -170,10 +173,11 @@ impl StateStore {
             backend: new.backend,
             ready_timeout_secs: new.ready_timeout_secs,
             volumes: new.volumes,
+            tier: new.tier,
             created_at: chrono::Utc::now(),
         };
         sqlx::query(
-            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, tier, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(deployment.id.as_str())
         .bind(deployment.sandbox.as_str())
@@ -195,6 +199,7 @@ impl StateStore {
         .bind(deployment.listen_port.map(i32::from))
         .bind(deployment.egress.as_ref())
         .bind(sqlx::types::Json(&deployment.volumes))
+        .bind(deployment.tier.as_ref())
         .bind(deployment.created_at)
         .execute(&mut *tx)
         .await?;

@@ -168,6 +168,82 @@ pub fn upstream(host: &Netns) -> Arc<Netns> {
     up
 }
 
+/// A resolver on the host's loopback, as systemd-resolved's 127.0.0.53 is: dnsmasq in the
+/// host's namespace answers `internet.test` with the internet stand-in; it is killed on drop.
+pub struct LoopbackResolver(std::process::Child);
+
+impl LoopbackResolver {
+    pub const ADDR: &str = "127.0.0.53";
+
+    pub fn start(host: &crate::Host) -> Self {
+        host.netns
+            .ip(&["addr", "add", &format!("{}/8", Self::ADDR), "dev", "lo"]);
+        let child = host
+            .netns
+            .command("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--user=root",
+                "--pid-file=",
+                // Local: it answers AAAA with no data (not REFUSED, which musl keeps waiting on).
+                "--local=/test/",
+                &format!("--listen-address={}", Self::ADDR),
+                &format!(
+                    "--host-record=internet.test,{}",
+                    INTERNET.split(':').next().unwrap()
+                ),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq (install dnsmasq-base)");
+        // Up once it answers on TCP as well.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while host
+            .netns
+            .run(|| std::net::TcpStream::connect((Self::ADDR, 53)))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dnsmasq did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for LoopbackResolver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An nxd that reads `resolv_conf` as /etc/resolv.conf (bound over it in a mount namespace of
+/// its own): a script in `dir` to start the host with.
+pub fn nxd_reading(dir: &std::path::Path, resolv_conf: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let conf = dir.join("resolv.conf");
+    std::fs::write(&conf, resolv_conf).unwrap();
+    let script = dir.join("nxd");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec unshare --mount --propagation private sh -c 'mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"' {:?} {:?} \"$@\"\n",
+            conf,
+            crate::bin("nxd")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
 /// What deployment `id`'s `/connect?addr=` (the sample app's) says through its preview URL:
 /// true when it connected to `addr` (`host:port`).
 pub fn connects(host: &crate::Host, sandbox: &str, id: &str, addr: &str) -> bool {

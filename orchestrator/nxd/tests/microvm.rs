@@ -3,8 +3,8 @@
 //! program, and what the guest can see of the host and of the network.
 
 use nx_testkit::netns::{
-    connects, listen, listen_addr, upstream, HOST_UPLINK, HOST_UPLINK6, INTERNET, INTERNET6,
-    METADATA, METADATA6, PRIVATE6,
+    connects, listen, listen_addr, nxd_reading, upstream, LoopbackResolver, HOST_UPLINK,
+    HOST_UPLINK6, INTERNET, INTERNET6, METADATA, METADATA6, PRIVATE6,
 };
 use nx_testkit::{microvm_config, Host};
 use std::net::{Ipv6Addr, SocketAddr, TcpStream};
@@ -279,16 +279,200 @@ fn a_task_runs_once_in_a_microvm_with_no_network() {
     assert!(nx_testkit::files_under(&host.path("microvm/tasks")).is_empty());
 }
 
-/// The QEMU processes whose command line mentions `needle`.
-fn vmms_with(needle: &str) -> Vec<String> {
+/// The QEMU processes whose command line mentions `needle`: pid and command line.
+fn vmm_processes(needle: &str) -> Vec<(u32, String)> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.starts_with("qemu-system") && c.contains(needle))
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
+        .filter(|(_, c)| c.starts_with("qemu-system") && c.contains(needle))
         .collect()
+}
+
+/// The command lines of the QEMU processes that mention `needle`.
+fn vmms_with(needle: &str) -> Vec<String> {
+    vmm_processes(needle).into_iter().map(|(_, c)| c).collect()
+}
+
+/// `Cpus_allowed_list` of a process's or thread's status (proc(5)), as CPU numbers:
+/// "0-2,5" is [0, 1, 2, 5].
+fn cpus_allowed(status_file: &std::path::Path) -> Vec<u32> {
+    let status = std::fs::read_to_string(status_file).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or_else(|| panic!("no Cpus_allowed_list in {status_file:?}"))
+        .trim();
+    list.split(',')
+        .flat_map(|range| {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            first.parse::<u32>().unwrap()..=last.parse::<u32>().unwrap()
+        })
+        .collect()
+}
+
+/// The CPUs every thread of deployment `id`'s VMM may run on (all threads agree).
+fn vmm_cpus(id: &str) -> Vec<u32> {
+    let vmms = vmm_processes(&format!("deployments/{id}/"));
+    assert_eq!(vmms.len(), 1, "one VMM for {id}: {vmms:?}");
+    let pid = vmms[0].0;
+    let mut all: Vec<Vec<u32>> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| cpus_allowed(&t.path().join("status")))
+        .collect();
+    all.dedup();
+    assert_eq!(all.len(), 1, "the VMM's threads differ: {all:?}");
+    all.pop().unwrap()
+}
+
+/// A pet: `--persistent` pins the VMM, each of its threads (the vCPUs' too), to the CPUs its
+/// view names (systemd's `CPUAffinity=` on its unit), its guest has no memory balloon, its
+/// `/data` and its pinning survive `nx stop`/`nx start`, and `nx ls` names its tier. Other
+/// deployments are cattle, and a container refuses `--persistent`.
+#[test]
+fn a_persistent_microvm_is_pinned_to_its_cpus_has_no_balloon_and_keeps_its_data() {
+    let host = Host::start_with(&microvm_config("tcg"));
+    let pet = host.push_sample("pet", &["--backend", "microvm", "--persistent"]);
+    let d = host.deployment("pet", &pet);
+    assert_eq!(d["tier"], "persistent", "{d}");
+    let pinned: Vec<u32> = serde_json::from_value(d["cpu_affinity"].clone()).unwrap();
+    let ours = cpus_allowed(std::path::Path::new("/proc/self/status"));
+    // One vCPU (the default 100 % CPUQuota): one of the CPUs the host may use.
+    assert_eq!(pinned.len(), 1, "{d}");
+    assert!(ours.contains(&pinned[0]), "{pinned:?} not in {ours:?}");
+    assert_eq!(vmm_cpus(&pet), pinned);
+
+    // No balloon: QEMU adds no default device, and the guest sees none of virtio type 5
+    // (virtio spec 1.2, 5.5), among the devices it has (its network and its /data disk).
+    let vmm = vmms_with(&format!("deployments/{pet}/")).pop().unwrap();
+    assert!(
+        vmm.contains("-nodefaults") && !vmm.contains("balloon"),
+        "{vmm}"
+    );
+    let preview = host.preview_host("pet", &pet);
+    let (status, devices) = host.get(&preview, "/ls?path=/sys/bus/virtio/devices");
+    assert_eq!(status, 200, "{devices}");
+    let devices: Vec<String> = serde_json::from_str(&devices).unwrap();
+    let kinds: Vec<String> = devices
+        .iter()
+        .map(|dev| {
+            host.get(
+                &preview,
+                &format!("/read?path=/sys/bus/virtio/devices/{dev}/device"),
+            )
+            .1
+            .trim()
+            .to_owned()
+        })
+        .collect();
+    assert!(
+        kinds.contains(&"0x0001".to_owned()),
+        "a network device: {kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"0x0002".to_owned()),
+        "a block device: {kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&"0x0005".to_owned()),
+        "a balloon: {kinds:?}"
+    );
+
+    assert_eq!(host.get(&preview, "/write?name=kept"), (200, "kept".into()));
+    host.nx_json(&["stop", &pet]);
+    assert!(vmms_with(&format!("deployments/{pet}/")).is_empty());
+    host.nx_json(&["start", &pet]);
+    assert_eq!(
+        host.get(&preview, "/read?path=/data/kept"),
+        (200, "kept".into())
+    );
+    assert_eq!(vmm_cpus(&pet), pinned, "pinned again after its restart");
+
+    // Cattle: a container is not pinned, and refuses --persistent with what to do.
+    let cattle = host.push_sample("cattle", &[]);
+    let d = host.deployment("cattle", &cattle);
+    assert_eq!(
+        (
+            d["tier"].as_str(),
+            d["cpu_affinity"].as_array().map(Vec::len)
+        ),
+        (Some("ephemeral"), Some(0)),
+        "{d}"
+    );
+    let sample = nx_testkit::sample_app();
+    let refused = host.nx(&[
+        "push",
+        sample.to_str().unwrap(),
+        "--sandbox",
+        "cattle",
+        "--persistent",
+    ]);
+    assert!(!refused.ok);
+    assert!(
+        refused
+            .stderr
+            .contains("--persistent is for microVM deployments")
+            && refused.stderr.contains("--backend microvm"),
+        "{}",
+        refused.stderr
+    );
+
+    let ls = host.nx(&["ls"]).stdout;
+    let line = |id: &str| {
+        ls.lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(line(&pet).contains(" persistent "), "{ls}");
+    assert!(line(&cattle).contains(" ephemeral "), "{ls}");
+    let cpus: Vec<String> = pinned.iter().map(u32::to_string).collect();
+    assert!(
+        ls.contains(&format!(
+            "pinned to CPUs {}, no memory balloon",
+            cpus.join(",")
+        )),
+        "{ls}"
+    );
+}
+
+/// Names inside a guest with `--egress public`: its resolv.conf names the deployments'
+/// gateway, whose port 53 the firewall sends to the host's resolver (here one on the host's
+/// loopback, as systemd-resolved's); QEMU's user network carries the query out of the
+/// deployment's namespace like any other datagram. With `--egress none` the name does not
+/// resolve.
+#[test]
+fn a_microvm_with_egress_resolves_names_through_the_hosts_resolver() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let host = Host::start_with_nxd(
+        nxd_reading(
+            dir.path(),
+            &format!("nameserver {}\n", LoopbackResolver::ADDR),
+        ),
+        &microvm_config("tcg"),
+    );
+    let _up = upstream(&host.netns);
+    let _dns = LoopbackResolver::start(&host);
+    let open = host.push_sample("vmnames", &["--backend", "microvm", "--egress", "public"]);
+    let preview = host.preview_host("vmnames", &open);
+    let (_, said) = host.get(&preview, "/read?path=/etc/resolv.conf");
+    assert!(said.contains("nameserver 10.213.0.1"), "{said}");
+    let named = "internet.test:80";
+    let (_, said) = host.get(&preview, &format!("/connect?addr={named}"));
+    assert!(said.starts_with("connected"), "{named}: {said}");
+
+    let closed = host.push_sample("vmnames", &["--backend", "microvm", "--egress", "none"]);
+    let (_, said) = host.get(
+        &host.preview_host("vmnames", &closed),
+        &format!("/connect?addr={named}"),
+    );
+    assert!(said.starts_with("cannot connect"), "{said}");
 }
 
 /// Waits until a guest booted ahead waits in the pool of `host` (nxd's

@@ -8,6 +8,7 @@ pub mod args;
 mod by_kind;
 #[cfg(feature = "container")]
 pub mod container;
+pub mod cpu_affinity;
 pub mod data_disk;
 pub mod exit;
 pub mod host_files;

@@ -159,6 +159,10 @@ fn deployment_unit(
         slice: SliceKind::Tenants,
         remain_after_exit: false,
         ambient_capabilities: 0,
+        cpu_affinity: super::cpu_affinity::pinned(
+            &spec.deployment,
+            &super::cpu_affinity::available(),
+        ),
         graceful_stop: Some(super::MAX_STOP_TIMEOUT),
     }
 }

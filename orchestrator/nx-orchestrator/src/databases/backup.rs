@@ -89,6 +89,7 @@ impl Databases {
             // active/exited (success) or failed.
             remain_after_exit: true,
             ambient_capabilities: 0,
+            cpu_affinity: Vec::new(),
         };
         let failed = |message: String| DbError::Tool { tool, message };
         self.supervisor

@@ -77,6 +77,7 @@ pub async fn ensure_running(
             } else {
                 0
             },
+            cpu_affinity: Vec::new(),
         })
         .await?;
     wait_listening(settings).await?;

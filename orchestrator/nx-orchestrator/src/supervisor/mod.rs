@@ -84,6 +84,9 @@ pub struct UnitSpec {
     /// n, e.g. `1 << 10` for `CAP_NET_BIND_SERVICE`) the unit's process keeps when it runs as
     /// a user other than root; 0 for none. systemd.exec(5)
     pub ambient_capabilities: u64,
+    /// `CPUAffinity=`: the CPUs its processes may run on (a persistent deployment's, see
+    /// `backend::cpu_affinity`); empty: every CPU. systemd.exec(5)
+    pub cpu_affinity: Vec<u32>,
 }
 
 /// The slice a unit runs in.
@@ -133,6 +136,26 @@ pub struct TaskPipes {
 
 /// Creates a unit's log file for root alone (0600) before systemd appends to it (systemd
 /// would create it 0644), and makes an existing one so: a program's output is its own.
+/// A CPU list as the bit mask systemd's D-Bus `CPUAffinity` property takes (`ay`: byte `i`
+/// holds CPUs `8i` to `8i + 7`, least significant bit first, as a `cpu_set_t`).
+fn cpu_set_bytes(cpus: &[u32]) -> Vec<u8> {
+    let len = cpus.iter().max().map_or(0, |&max| max as usize / 8 + 1);
+    let mut bytes = vec![0u8; len];
+    for &cpu in cpus {
+        bytes[cpu as usize / 8] |= 1 << (cpu % 8);
+    }
+    bytes
+}
+
+#[cfg(test)]
+#[test]
+fn a_cpu_list_becomes_cpu_set_bytes() {
+    assert_eq!(cpu_set_bytes(&[]), Vec::<u8>::new());
+    assert_eq!(cpu_set_bytes(&[0]), [0b1]);
+    assert_eq!(cpu_set_bytes(&[1, 3]), [0b1010]);
+    assert_eq!(cpu_set_bytes(&[9]), [0, 0b10]);
+}
+
 fn private_log(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     std::fs::OpenOptions::new()
@@ -317,6 +340,9 @@ impl Supervisor {
         }
         if spec.ambient_capabilities != 0 {
             props.push(("AmbientCapabilities", spec.ambient_capabilities.into()));
+        }
+        if !spec.cpu_affinity.is_empty() {
+            props.push(("CPUAffinity", cpu_set_bytes(&spec.cpu_affinity).into()));
         }
         if let Some(delay) = spec.restart_delay {
             props.push(("Restart", "on-failure".into()));

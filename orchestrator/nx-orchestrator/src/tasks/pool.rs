@@ -218,6 +218,7 @@ impl Pool {
             slice: SliceKind::Tenants,
             remain_after_exit: false,
             ambient_capabilities: 0,
+            cpu_affinity: Vec::new(),
             graceful_stop: None,
         };
         self.supervisor.start(&spec).await?;

@@ -78,6 +78,7 @@ pub async fn deploy(
         tcp: None,
         service: None,
         volume_source: Default::default(),
+        persistent: false,
     };
     let mut outcome = Outcome::refused(sandbox, file, "");
     outcome.sha256 = Some(info.sha256);

@@ -247,8 +247,10 @@ impl MicrovmBackend {
     }
 
     fn guest_size(limits: &Limits) -> (u64, u32) {
-        let vcpus = limits.cpu_quota_percent.div_ceil(100).max(1);
-        (guest_memory(limits.memory_max_mb), vcpus)
+        (
+            guest_memory(limits.memory_max_mb),
+            super::cpu_affinity::cpus_needed(limits),
+        )
     }
 
     /// The guest's initramfs in `dir`: the cached base, then an archive of the environment and
