@@ -244,6 +244,38 @@ fn a_microvm_has_its_own_address_and_the_egress_policy_of_every_deployment() {
 }
 
 #[test]
+fn a_microvm_is_a_tcp_service_at_a_port_of_the_host() {
+    let host = Host::start_with(&microvm_config("tcg"));
+    let id = host.push_sample("vmtcp", &["--backend", "microvm", "--tcp"]);
+    let url = host.deployment("vmtcp", &id)["tcp_url"].clone();
+    let port: u16 = url
+        .as_str()
+        .and_then(|u| u.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("no tcp://HOST:PORT: {url}"));
+    // The sample speaks HTTP; as a TCP service it answers whatever reaches the host's port.
+    let answer = host.netns.run(|| {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: vm\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    });
+    assert!(answer.starts_with("HTTP/1."), "{answer}");
+    assert!(answer.contains(&format!("deployment={id}")), "{answer}");
+}
+
+#[test]
 fn a_task_runs_once_in_a_microvm_with_no_network() {
     // No guest booted ahead (`pool_size` 0, the default): each task boots its own.
     let host = Host::start_with(&microvm_config("tcg"));

@@ -15,17 +15,20 @@
 //! - **Isolation**: the network issue's rules stand; the only new way into a deployment is its
 //!   host port, the way any client reaches it.
 //!
+//! - **MicroVMs** are published the same way: their VMM runs in the deployment's network
+//!   namespace and forwards the deployment's own address and port to the guest.
+//!
 //! Refused at push: a port outside the range, one another sandbox or deployment holds, one
-//! something else on the host listens on, another port for a sandbox that has one, the
-//! microVM backend (its port is QEMU's on the host's loopback), an idle timeout (the router
-//! wakes on HTTP requests only) and a health path (a health check is an HTTP GET) given with
-//! the push; the sandbox's own are for its HTTP deployments, and a TCP push does not take them.
+//! something else on the host listens on, another port for a sandbox that has one, an idle
+//! timeout (the router wakes on HTTP requests only) and a health path (a health check is an
+//! HTTP GET) given with the push; the sandbox's own are for its HTTP deployments, and a TCP
+//! push does not take them.
 
 pub mod store;
 
 use crate::api::{DeploymentView, PushRequest, SandboxView};
 use crate::config::Config;
-use crate::domain::{BackendKind, Deployment};
+use crate::domain::Deployment;
 use crate::error::Error;
 use crate::names::{DeploymentId, SandboxName};
 use crate::network::{firewall, NetworkError};
@@ -120,18 +123,6 @@ impl Orchestrator {
                     "TCP port {port} is in use by another program on the host: push with another port of network.tcp_ports, or with --tcp alone"
                 )));
             }
-        }
-        let backend = match req.backend {
-            Some(backend) => backend,
-            None if self.state.sandbox_exists(&req.sandbox).await? => {
-                self.state.sandbox_backend(&req.sandbox).await?
-            }
-            None => BackendKind::default(),
-        };
-        if backend == BackendKind::Microvm {
-            return Err(Error::Invalid(
-                "--tcp is for the container backend: a microVM's port is QEMU's on the host's loopback; push with --backend container".into(),
-            ));
         }
         if req.idle_timeout_secs.is_some() {
             return Err(Error::Invalid(
