@@ -59,6 +59,10 @@ struct Args {
     /// Seconds of load for each row of the router tables (16 and 256 connections).
     #[arg(long, default_value_t = 5)]
     load_secs: u64,
+    /// Rounds of the router table's rows (each path loaded in turn in each round; the median
+    /// round is shown).
+    #[arg(long, default_value_t = 3)]
+    router_rounds: usize,
     /// Sandboxes created for the provisioning figure.
     #[arg(long, default_value_t = 50)]
     provisions: usize,
@@ -371,13 +375,13 @@ async fn main() -> anyhow::Result<()> {
     if part("router") {
         // Inside the host's namespace (threads and processes started there stay there): the
         // deployments' addresses are reachable only from it.
-        let (h, secs) = (host.clone(), args.load_secs);
+        let (h, secs, rounds) = (host.clone(), args.load_secs, args.router_rounds);
         tokio::task::spawn_blocking(move || {
             h.netns.run(|| {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?
-                    .block_on(router::run(&h, secs))
+                    .block_on(router::run(&h, secs, rounds))
             })
         })
         .await??;

@@ -6,10 +6,11 @@
 //! Caddy (configs swapped through its JSON admin API). All of it runs inside the test host's
 //! network namespace (`main` enters it), where the deployments' addresses are; "direct" is
 //! over the namespace hop (the deployment's veth), and the same program with no namespace of
-//! its own (on the host's loopback) is the row beside it.
+//! its own (on the host's loopback), under the deployment's CPU quota, is the row beside it.
 
 use nx_testkit::Host;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -129,11 +130,52 @@ fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `program` started inside the cgroup whose `cgroup.procs` file is `procs`: a shell writes
+/// its own pid there, then becomes `program`, so that every process and thread it starts is
+/// inside from the first instruction.
+fn command_in_cgroup(procs: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg("echo $$ > \"$0\" && exec \"$@\"")
+        .arg(procs)
+        .arg(program);
+    command
+}
+
+/// The `cgroup.procs` file of the host's router's cgroup in the v1 `cpu` hierarchy: the
+/// proxies it is compared with run there too, with the same share of the CPU. (A test host's
+/// units all sit in one cgroup, which competes with the machine's other processes as one; a
+/// proxy outside it would get more of a loaded machine than the router.)
+fn router_cpu_cgroup(host: &Host) -> anyhow::Result<PathBuf> {
+    let pid_file = host.state_dir.path().join("router/router.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", pid_file.display()))?;
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim()))?;
+    // cgroups(7): "hierarchy-ID:controller-list:cgroup-path".
+    let path = cgroups
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let controllers = fields.nth(1)?;
+            let path = fields.next()?;
+            controllers.split(',').any(|c| c == "cpu").then_some(path)
+        })
+        .ok_or_else(|| anyhow::anyhow!("the router is in no cgroup of the cpu controller"))?;
+    Ok(Path::new(CPU_HIERARCHY)
+        .join(path.trim_start_matches('/'))
+        .join("cgroup.procs"))
+}
+
+/// Where the v1 `cpu` controller's hierarchy is mounted.
+const CPU_HIERARCHY: &str = "/sys/fs/cgroup/cpu";
+
 /// nginx as a plain reverse proxy to `upstream`: two workers (the cores), keep-alive upstream
-/// connections, no access log. Its workers run as root, like the benchmark: the firewall lets
-/// only nxd's uid and root open connections into a deployment's link, and nginx's default
-/// worker user (`nobody`) would get "connection refused" from every deployment.
-fn nginx(upstream: SocketAddr) -> anyhow::Result<Proxy> {
+/// connections, no access log, in the cgroup of `procs`. Its workers run as root, like the
+/// benchmark: the firewall lets only nxd's uid and root open connections into a deployment's
+/// link, and nginx's default worker user (`nobody`) would get "connection refused" from every
+/// deployment.
+fn nginx(upstream: SocketAddr, procs: &Path) -> anyhow::Result<Proxy> {
     let dir = tempfile::tempdir()?;
     let listen = free_addr();
     let d = dir.path().display();
@@ -146,7 +188,7 @@ fn nginx(upstream: SocketAddr) -> anyhow::Result<Proxy> {
          proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}\n}}\n"
     );
     std::fs::write(dir.path().join("nginx.conf"), conf)?;
-    let child = Command::new("nginx")
+    let child = command_in_cgroup(procs, "nginx")
         .arg("-p")
         .arg(dir.path())
         .arg("-c")
@@ -197,12 +239,13 @@ struct Caddy {
 }
 
 impl Caddy {
-    fn start(host: Option<&str>, upstream: SocketAddr) -> anyhow::Result<Self> {
+    /// Caddy serving `host` (any with `None`) from `upstream`, in the cgroup of `procs`.
+    fn start(host: Option<&str>, upstream: SocketAddr, procs: &Path) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let (listen, admin) = (free_addr(), free_addr());
         let file = dir.path().join("caddy.json");
         std::fs::write(&file, caddy_config(admin, listen, host, upstream))?;
-        let child = Command::new("caddy")
+        let child = command_in_cgroup(procs, "caddy")
             .args(["run", "--config"])
             .arg(&file)
             .env("XDG_DATA_HOME", dir.path())
@@ -245,20 +288,63 @@ fn deployment_addr(host: &Host, sandbox: &str, id: &str) -> SocketAddr {
         .expect("an address")
 }
 
+/// A cgroup (v1 `cpu` controller) with a CFS bandwidth limit, as systemd's `CPUQuota=` sets
+/// it on a deployment's unit (`cpu.cfs_quota_us` per `cpu.cfs_period_us`, systemd's default
+/// period of 100 ms; sched-bwc.rst in the kernel's docs); removed when dropped.
+struct CpuQuota(PathBuf);
+
+impl CpuQuota {
+    const PERIOD_US: u64 = 100_000;
+
+    fn new(percent: u64) -> anyhow::Result<Self> {
+        let dir = Path::new(CPU_HIERARCHY).join(format!("nx-bench-bare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot make the cgroup {}: {e}", dir.display()))?;
+        let quota = Self(dir);
+        std::fs::write(
+            quota.0.join("cpu.cfs_period_us"),
+            Self::PERIOD_US.to_string(),
+        )?;
+        std::fs::write(
+            quota.0.join("cpu.cfs_quota_us"),
+            (Self::PERIOD_US * percent / 100).to_string(),
+        )?;
+        Ok(quota)
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 /// The sample app with no namespace of its own: on the loopback of the namespace it is
-/// started in (the test host's), killed on drop.
-fn bare_sample() -> anyhow::Result<Proxy> {
+/// started in (the test host's), under the same CPU quota as the deployment (`cpu_percent`,
+/// its `CPUQuota=`), so that the rows differ by the namespace hop only; killed on drop.
+struct BareSample {
+    // Declared first: dropped (killed) before its cgroup is removed.
+    process: Proxy,
+    _quota: CpuQuota,
+}
+
+fn bare_sample(cpu_percent: u64) -> anyhow::Result<BareSample> {
+    let quota = CpuQuota::new(cpu_percent)?;
     let listen = free_addr();
-    let child = Command::new(nx_testkit::sample_app())
+    let child = command_in_cgroup(&quota.0.join("cgroup.procs"), nx_testkit::sample_app())
         .env("PORT", listen.port().to_string())
         .env("HOST", "127.0.0.1")
         .stdout(Stdio::null())
         .spawn()?;
-    wait_listening(listen, "the sample app")?;
-    Ok(Proxy {
+    let process = Proxy {
         child,
         listen,
         _dir: tempfile::tempdir()?,
+    };
+    wait_listening(listen, "the sample app")?;
+    Ok(BareSample {
+        process,
+        _quota: quota,
     })
 }
 
@@ -348,7 +434,21 @@ pub fn print_row(name: &str, l: &Load, direct: &Load) {
     );
 }
 
-pub async fn run(host: &Arc<Host>, secs: u64) -> anyhow::Result<()> {
+/// The run of `loads` (one per round) with the median requests per second, with the errors
+/// of every round.
+fn median_load(mut loads: Vec<Load>) -> Load {
+    let errors = loads.iter().map(|l| l.errors).sum();
+    loads.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
+    let mut median = loads.swap_remove(loads.len() / 2);
+    median.errors = errors;
+    median
+}
+
+/// `rounds` of `secs` of load on each of the router table's paths, one path after the other in
+/// each round (so that a busy moment of a loaded machine falls on all of them alike); for
+/// each, the round with the median requests per second, and every round's errors.
+pub async fn run(host: &Arc<Host>, secs: u64, rounds: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(rounds > 0, "--router-rounds must be at least 1");
     let h = host.clone();
     // The sample app (tiny_http) runs a thread per connection: 256 connections need more
     // than the default 256 tasks (TasksMax), or it cannot spawn them, errs and dies.
@@ -364,30 +464,42 @@ pub async fn run(host: &Arc<Host>, secs: u64) -> anyhow::Result<()> {
     let upstream_b = deployment_addr(host, "bench-router", &b);
     let preview = host.preview_host("bench-router", &a);
     let production = host.production_host("bench-router");
-    let nginx = nginx(upstream_a)?;
-    let caddy = Caddy::start(None, upstream_a)?;
-    let bare = bare_sample()?;
+    let router_cgroup = router_cpu_cgroup(host)?;
+    let nginx = nginx(upstream_a, &router_cgroup)?;
+    let caddy = Caddy::start(None, upstream_a, &router_cgroup)?;
+    let cpu_percent = host.deployment("bench-router", &a)["limits"]["cpu_quota_percent"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no cpu_quota_percent in the deployment's view"))?;
+    let bare = bare_sample(cpu_percent)?;
 
     println!(
-        "\nRouter, side by side ({secs} s of wrk each, GET / of the sample app; ratio: req/s over direct; \
-         Δp99: p99 minus direct's)"
+        "\nRouter, side by side (GET / of the sample app; {rounds} rounds of {secs} s of wrk on each \
+         path in turn, the round with the median req/s shown, errors of all rounds; ratio: req/s \
+         over direct; Δp99: p99 minus direct's). The app without a namespace runs under the \
+         deployment's CPU quota ({cpu_percent}%); nginx and Caddy run in the router's cgroup."
     );
+    let paths: [(&str, SocketAddr, &str); 5] = [
+        ("no namespace", bare.process.listen, "localhost"),
+        ("direct", upstream_a, "localhost"),
+        ("NX router", host.router, &preview),
+        ("nginx", nginx.listen, "localhost"),
+        ("Caddy", caddy.proxy.listen, "localhost"),
+    ];
     for connections in [16, 256] {
-        let no_namespace = wrk(bare.listen, "localhost", connections, secs)?;
-        let direct = wrk(upstream_a, "localhost", connections, secs)?;
-        let router = wrk(host.router, &preview, connections, secs)?;
-        let nginx_load = wrk(nginx.listen, "localhost", connections, secs)?;
-        let caddy_load = wrk(caddy.proxy.listen, "localhost", connections, secs)?;
+        let mut samples: Vec<Vec<Load>> = paths.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for ((_, target, host_header), taken) in paths.iter().zip(&mut samples) {
+                taken.push(wrk(*target, host_header, connections, secs)?);
+            }
+        }
+        let loads: Vec<Load> = samples.into_iter().map(median_load).collect();
+        let [no_namespace, direct, router, nginx_load, _caddy] = &loads[..] else {
+            unreachable!("one load per path")
+        };
         println!("\n{connections} connections\n");
         print_header("path");
-        for (name, l) in [
-            ("no namespace", &no_namespace),
-            ("direct", &direct),
-            ("NX router", &router),
-            ("nginx", &nginx_load),
-            ("Caddy", &caddy_load),
-        ] {
-            print_row(name, l, &direct);
+        for ((name, _, _), l) in paths.iter().zip(&loads) {
+            print_row(name, l, direct);
         }
         println!(
             "\nNX router against nginx: {:.2}x the req/s, p99 {:+.2} ms\nthe namespace hop (direct against no namespace): {:.2}x the req/s, p99 {:+.2} ms",
@@ -428,7 +540,11 @@ pub async fn run(host: &Arc<Host>, secs: u64) -> anyhow::Result<()> {
         "| {:<34} | {:>9} | {:>8} | {:>6} |",
         "NX router (Pingora; nx promote)", nx_load.requests, nx_switches, nx_load.errors
     );
-    let caddy = Arc::new(Caddy::start(Some("prod.bench"), upstream_a)?);
+    let caddy = Arc::new(Caddy::start(
+        Some("prod.bench"),
+        upstream_a,
+        &router_cgroup,
+    )?);
     let target = caddy.proxy.listen;
     let (caddy_load, caddy_switches) = tokio::task::spawn_blocking(move || {
         under_switches(target, "prod.bench", secs, move |to_b| {
