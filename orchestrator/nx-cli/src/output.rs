@@ -6,7 +6,7 @@ use nx_api::systemd::ActiveState;
 use nx_api::{DeploymentRemoved, DeploymentView, SandboxView};
 use nx_artifact::verify::ElfInfo;
 use serde::Serialize;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -174,10 +174,14 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
         println!("no sandboxes yet; `nx push ./app --sandbox NAME` makes one");
         return Ok(());
     }
-    println!(
+    // One write per 64 KiB, not one per line (stdout is line-buffered): a host with a
+    // thousand deployments prints a thousand lines and more.
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
+    writeln!(
+        out,
         "{:<20} {:<10} {:<16} {:<6} {:<9} {:<9} {:<10} URL",
         "SANDBOX", "DEPLOYMENT", "STATE", "PORT", "RESTARTS", "BACKEND", "TIER"
-    );
+    )?;
     for s in list {
         for d in &s.deployments {
             let url = if d.promoted {
@@ -185,7 +189,8 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
             } else {
                 address(d)
             };
-            println!(
+            writeln!(
+                out,
                 "{:<20} {:<10} {:<16} {:<6} {:<9} {:<9} {:<10} {}{}",
                 s.name,
                 d.id,
@@ -196,9 +201,9 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
                 d.tier.as_ref(),
                 url,
                 if d.promoted { "  (production)" } else { "" }
-            );
+            )?;
             for line in details(d) {
-                println!("{:<20} {line}", "");
+                writeln!(out, "{:<20} {line}", "")?;
             }
         }
     }
@@ -209,8 +214,9 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
     runs_on.sort();
     runs_on.dedup();
     for line in runs_on {
-        println!("runs on: {line}");
+        writeln!(out, "runs on: {line}")?;
     }
+    out.flush()?;
     Ok(())
 }
 

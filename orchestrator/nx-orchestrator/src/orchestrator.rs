@@ -1063,27 +1063,36 @@ impl Orchestrator {
             .then(|| (d.sandbox.clone(), d.id.clone()))
             .into_iter()
             .collect();
-        let mut views = self.views(std::slice::from_ref(d), &promoted).await?;
+        let mut views = self.views(std::slice::from_ref(d), &promoted).await?.views;
         Ok(views.pop().expect("one view per deployment"))
     }
 
     /// The views of `deployments`, their units' states asked of systemd all at once (see
-    /// `Supervisor::states`), each `Result` named as its monitor saw the end.
+    /// `Supervisor::states`) while the state database is asked for the rest, each `Result`
+    /// named as its monitor saw the end.
     #[tracing::instrument(skip_all, fields(deployments = deployments.len()))]
     async fn views(
         &self,
         deployments: &[Deployment],
         promoted: &HashMap<SandboxName, DeploymentId>,
-    ) -> Result<Vec<DeploymentView>, Error> {
+    ) -> Result<Views, Error> {
         let handles: Vec<_> = deployments.iter().map(|d| self.backend.handle(d)).collect();
         let cpus = crate::backend::cpu_affinity::available();
         let units: Vec<&str> = handles.iter().map(|h| h.unit.as_str()).collect();
         let versions = self.supervisor.versions(&units);
-        let states = self
-            .supervisor
-            .states(&units)
-            .await
-            .map_err(crate::backend::BackendError::from)?;
+        let ids: Vec<String> = deployments.iter().map(|d| d.id.to_string()).collect();
+        // The units' states and the state database's rows, asked at once: one round trip.
+        let (states, upkeep, tcp, services) = tokio::try_join!(
+            async {
+                self.supervisor
+                    .states(&units)
+                    .await
+                    .map_err(|e| Error::from(crate::backend::BackendError::from(e)))
+            },
+            self.upkeep_rows(&ids),
+            self.tcp_rows(),
+            self.service_names(),
+        )?;
         let mut views = deployments
             .iter()
             .zip(handles)
@@ -1117,24 +1126,24 @@ impl Orchestrator {
                     disk: files.disk,
                     volumes: d.volumes.clone(),
                     unit: handle.unit,
-                    // Filled in by `add_upkeep` below.
+                    // Filled in by `apply_upkeep` below.
                     health_check: None,
                     idle_timeout_secs: None,
                     pinned: false,
                     last_request_at: None,
-                    // Filled in by `add_tcp_urls` below.
+                    // Filled in by `apply_tcp_urls` below.
                     tcp_url: None,
-                    // Filled in by `add_service_names` below.
+                    // Filled in by `apply_service_names` below.
                     service: None,
                     tier: d.tier,
                     cpu_affinity: crate::backend::cpu_affinity::pinned(d, &cpus),
                 })
             })
             .collect::<Result<Vec<DeploymentView>, Error>>()?;
-        self.add_upkeep(&mut views).await?;
-        self.add_tcp_urls(&mut [], &mut views).await?;
-        self.add_service_names(&mut views).await?;
-        Ok(views)
+        self.apply_upkeep(&mut views, &upkeep);
+        self.apply_tcp_urls(&tcp, &mut [], &mut views);
+        crate::services::apply_service_names(&mut views, &services);
+        Ok(Views { views, tcp })
     }
 
     /// Every sandbox with its deployments.
@@ -1147,7 +1156,8 @@ impl Orchestrator {
         )?;
         let mut by_sandbox: BTreeMap<SandboxName, Vec<DeploymentView>> =
             names.into_iter().map(|name| (name, Vec::new())).collect();
-        for view in self.views(&deployments, &promoted).await? {
+        let Views { views, tcp } = self.views(&deployments, &promoted).await?;
+        for view in views {
             by_sandbox
                 .entry(view.sandbox.clone())
                 .or_default()
@@ -1157,7 +1167,7 @@ impl Orchestrator {
             .into_iter()
             .map(|(name, deployments)| self.sandbox_view(name, deployments, &promoted))
             .collect();
-        self.add_tcp_urls(&mut list, &mut []).await?;
+        self.apply_tcp_urls(&tcp, &mut list, &mut []);
         Ok(list)
     }
 
@@ -1174,9 +1184,9 @@ impl Orchestrator {
         }
         let promoted: HashMap<SandboxName, DeploymentId> =
             promoted.map(|id| (name.clone(), id)).into_iter().collect();
-        let views = self.views(&deployments, &promoted).await?;
+        let Views { views, tcp } = self.views(&deployments, &promoted).await?;
         let mut view = [self.sandbox_view(name.clone(), views, &promoted)];
-        self.add_tcp_urls(&mut view, &mut []).await?;
+        self.apply_tcp_urls(&tcp, &mut view, &mut []);
         let [view] = view;
         Ok(view)
     }
@@ -1192,7 +1202,7 @@ impl Orchestrator {
             promoted: promoted.get(&name).cloned(),
             name,
             deployments,
-            // Filled in by `add_tcp_urls`.
+            // Filled in by `apply_tcp_urls`.
             tcp_url: None,
         }
     }
@@ -1210,6 +1220,13 @@ impl Orchestrator {
     pub fn backend(&self, kind: BackendKind) -> Result<&Arc<dyn SandboxBackend>, Error> {
         Ok(self.backend.get(kind)?)
     }
+}
+
+/// Deployments' views, with the TCP port table read beside them (for the sandboxes' own TCP
+/// addresses).
+struct Views {
+    views: Vec<DeploymentView>,
+    tcp: Vec<crate::tcp::store::TcpPort>,
 }
 
 fn no_sandbox(name: &SandboxName) -> Error {

@@ -197,16 +197,18 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Adds each deployment's service name to its view.
-    pub(crate) async fn add_service_names(
-        &self,
-        views: &mut [DeploymentView],
-    ) -> Result<(), Error> {
-        let names = names(self.state.pool()).await.map_err(StateError::from)?;
-        for view in views {
-            view.service = names.get(view.id.as_str()).cloned();
-        }
-        Ok(())
+    /// Each deployment's service name (those without one are missing), by deployment id, for
+    /// [`apply_service_names`].
+    pub(crate) async fn service_names(&self) -> Result<HashMap<String, String>, Error> {
+        Ok(names(self.state.pool()).await.map_err(StateError::from)?)
+    }
+}
+
+/// Adds each deployment's service name (`names` from [`Orchestrator::service_names`]) to its
+/// view.
+pub(crate) fn apply_service_names(views: &mut [DeploymentView], names: &HashMap<String, String>) {
+    for view in views {
+        view.service = names.get(view.id.as_str()).cloned();
     }
 }
 

@@ -209,15 +209,21 @@ impl Orchestrator {
         Ok(tcp)
     }
 
-    /// Adds each TCP deployment's own address and each sandbox's production one.
-    pub(crate) async fn add_tcp_urls(
+    /// Every row of the TCP port table, for [`Self::apply_tcp_urls`].
+    pub(crate) async fn tcp_rows(&self) -> Result<Vec<store::TcpPort>, Error> {
+        Ok(store::all(self.state.pool())
+            .await
+            .map_err(StateError::from)?)
+    }
+
+    /// Adds each TCP deployment's own address and each sandbox's production one (`rows`
+    /// from [`Self::tcp_rows`]).
+    pub(crate) fn apply_tcp_urls(
         &self,
+        rows: &[store::TcpPort],
         sandboxes: &mut [SandboxView],
         deployments: &mut [DeploymentView],
-    ) -> Result<(), Error> {
-        let rows = store::all(self.state.pool())
-            .await
-            .map_err(StateError::from)?;
+    ) {
         for row in rows {
             let url = Some(tcp_url(&self.config.base_domain, row.host_port()));
             match &row.deployment {
@@ -239,7 +245,6 @@ impl Orchestrator {
                 }
             }
         }
-        Ok(())
     }
 }
 

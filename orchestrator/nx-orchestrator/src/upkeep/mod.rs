@@ -231,13 +231,23 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Adds what nxd does on its own to each view: health check, idle timeout, pin, last
-    /// request.
-    pub(crate) async fn add_upkeep(&self, views: &mut [DeploymentView]) -> Result<(), Error> {
-        let ids: Vec<String> = views.iter().map(|v| v.id.to_string()).collect();
-        let rows = store::rows(self.state.pool(), Some(&ids))
+    /// The upkeep rows of `ids` (those without one are missing), for [`Self::apply_upkeep`].
+    pub(crate) async fn upkeep_rows(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, store::Upkeep>, Error> {
+        Ok(store::rows(self.state.pool(), Some(ids))
             .await
-            .map_err(StateError::from)?;
+            .map_err(StateError::from)?)
+    }
+
+    /// Adds what nxd does on its own to each view (`rows` from [`Self::upkeep_rows`]): health
+    /// check, idle timeout, pin, last request.
+    pub(crate) fn apply_upkeep(
+        &self,
+        views: &mut [DeploymentView],
+        rows: &HashMap<String, store::Upkeep>,
+    ) {
         for view in views {
             let row = rows.get(view.id.as_str()).cloned().unwrap_or_default();
             view.health_check =
@@ -248,7 +258,6 @@ impl Orchestrator {
                 .upkeep
                 .last_request(view.id.as_str(), row.last_request_at);
         }
-        Ok(())
     }
 
     /// A deployment's health check, every field resolved; none without a path.
