@@ -25,8 +25,14 @@
 //!     new connections (TLS handshakes) per second (see `tls`).
 //! 12. microVM tasks: start-to-first-output on a guest booted for the task and on one booted
 //!     ahead (the pool), beside bubblewrap's warm pool (see `microvm_task_table`).
+//! 13. wake: a request to an idle-stopped deployment (scale to zero) against the same request
+//!     to it running (see `wake`).
+//! 14. density: a thousand deployments registered, two hundred running, the rest idle-stopped:
+//!     memory per running deployment, nxd's and the router's, `nx ls` and a routed request
+//!     against the same host with one deployment (see `density`).
 
 mod bundles;
+mod density;
 mod microvm;
 mod network;
 mod push;
@@ -127,9 +133,19 @@ struct Args {
     /// (named in every row; `auto`'s probe fails on a loaded host).
     #[arg(long, default_value = "tcg", value_parser = ["tcg", "kvm"])]
     vm_accel: String,
+    /// Density: deployments registered on the host (all but --running idle-stopped).
+    #[arg(long, default_value_t = 1000)]
+    deployments: usize,
+    /// Density: of those, deployments left running.
+    #[arg(long, default_value_t = 200)]
+    running: usize,
+    /// Density: samples of `nx ls` (and the other views) and of a routed request, before and
+    /// after.
+    #[arg(long, default_value_t = 50)]
+    density_samples: usize,
     /// Run one part only: latency, router, databases, tasks, microvm, microvm-tasks, sandbox,
-    /// uploads, bundles, views, push, network, wake or tls.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "microvm-tasks", "sandbox", "uploads", "bundles", "views", "push", "network", "wake", "tls"])]
+    /// uploads, bundles, views, push, network, wake, density or tls.
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "microvm-tasks", "sandbox", "uploads", "bundles", "views", "push", "network", "wake", "density", "tls"])]
     only: Option<String>,
 }
 
@@ -419,6 +435,9 @@ async fn main() -> anyhow::Result<()> {
     if part("wake") {
         wake_table(&args).await?;
     }
+    if part("density") {
+        density_table(&args).await?;
+    }
     if part("tls") {
         let secs = args.load_secs;
         tokio::task::spawn_blocking(move || tls::run(secs)).await??;
@@ -439,6 +458,124 @@ async fn wake_table(args: &Args) -> anyhow::Result<()> {
 wake p50 {:.1} ms (mark <= 50 ms); {:.0}x the running request's p50",
         median(&f.wake).as_secs_f64() * 1000.0,
         median(&f.wake).as_secs_f64() / median(&f.running).as_secs_f64()
+    );
+    let mean_ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("\nnxd's side of a wake (its metrics: nx_wake_duration_seconds and _step_; means)\n");
+    println!("| step | mean ms | share of nxd's wake |\n|---|---|---|");
+    for (step, took) in &f.steps {
+        println!(
+            "| {step} | {:.1} | {:.0}% |",
+            mean_ms(*took),
+            100.0 * took.as_secs_f64() / f.nxd_mean.as_secs_f64()
+        );
+    }
+    let mean_wake = f.wake.iter().sum::<Duration>() / f.wake.len().max(1) as u32;
+    println!(
+        "| nxd's wake in all | {:.1} | 100% |\n| the rest of the request's mean ({:.1} ms): router, test forwarder, client | {:.1} | |",
+        mean_ms(f.nxd_mean),
+        mean_ms(mean_wake),
+        mean_ms(mean_wake.saturating_sub(f.nxd_mean))
+    );
+    println!(
+        "load average (1, 5, 15 min, /proc/loadavg): {}",
+        load_average()
+    );
+    Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// p50 / p99 of `samples`, in ms.
+fn p50_p99(samples: &[Duration]) -> String {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    format!(
+        "{} / {} ms",
+        ms(percentile(&sorted, 0.5)),
+        ms(percentile(&sorted, 0.99))
+    )
+}
+
+/// On a host of its own: `--deployments` registered, `--running` of them running.
+async fn density_table(args: &Args) -> anyhow::Result<()> {
+    let (n, running, samples) = (args.deployments, args.running, args.density_samples);
+    let f = tokio::task::spawn_blocking(move || density::run(n, running, samples)).await??;
+    let (a, d) = (&f.alone, &f.dense);
+    println!(
+        "\nDensity: {} deployments of the sample registered in one sandbox, {} running, {} idle-stopped (pushed in {:.0} s, all in their phase {:.0} s later), beside one deployment alone (bubblewrap)\n",
+        f.deployments,
+        f.running,
+        f.deployments - f.running,
+        f.registering.as_secs_f64(),
+        f.settling.as_secs_f64()
+    );
+    println!(
+        "| what | 1 deployment | {} deployments ({} running) |",
+        f.deployments + 1,
+        f.running + 1
+    );
+    println!("|---|---|---|");
+    if let (Some(first), Some(last)) = (f.per_deployment.first(), f.per_deployment.last()) {
+        let mean = f.per_deployment.iter().sum::<u64>() / f.per_deployment.len() as u64;
+        println!(
+            "| memory per running deployment (its cgroup, /metrics): min / p50 / mean / max | | {} / {} / {} / {} |",
+            mib(*first),
+            mib(f.per_deployment[f.per_deployment.len() / 2]),
+            mib(mean),
+            mib(*last)
+        );
+    }
+    let added = d.units_memory.saturating_sub(a.units_memory);
+    println!(
+        "| every unit, the router and the manager (manager's memory cgroup) | {} | {} (+{} per running deployment added) |",
+        mib(a.units_memory),
+        mib(d.units_memory),
+        mib(added / f.running.max(1) as u64)
+    );
+    let mark = if f.nxd_peak_rss < 100 << 20 {
+        "holds"
+    } else {
+        "MISSED"
+    };
+    println!(
+        "| nxd resident memory (VmRSS) | {} | {} (peak VmHWM {}; mark < 100 MiB: {mark}) |",
+        mib(a.nxd_rss),
+        mib(d.nxd_rss),
+        mib(f.nxd_peak_rss)
+    );
+    println!(
+        "| nx-router resident memory (VmRSS) | {} | {} |",
+        mib(a.router_rss),
+        mib(d.router_rss)
+    );
+    println!(
+        "| nx ls, p50 / p99 (n {}) | {} | {} |",
+        a.views.ls_cli.len(),
+        p50_p99(&a.views.ls_cli),
+        p50_p99(&d.views.ls_cli)
+    );
+    println!(
+        "| GET /v1/sandboxes (nx ls's request), p50 / p99 | {} | {} |",
+        p50_p99(&a.views.ls_api),
+        p50_p99(&d.views.ls_api)
+    );
+    println!(
+        "| GET / through the router to one running deployment, p50 / p99 (n {}) | {} | {} |",
+        a.routed.len(),
+        p50_p99(&a.routed),
+        p50_p99(&d.routed)
+    );
+    println!(
+        "\nwith {} routes / with 1 (p50): routed request {:.2}x, nx ls {:.2}x",
+        f.deployments + 1,
+        median(&d.routed).as_secs_f64() / median(&a.routed).as_secs_f64(),
+        median(&d.views.ls_cli).as_secs_f64() / median(&a.views.ls_cli).as_secs_f64()
+    );
+    println!(
+        "load average (1, 5, 15 min, /proc/loadavg): {}",
+        load_average()
     );
     Ok(())
 }

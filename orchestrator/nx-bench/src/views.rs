@@ -83,7 +83,7 @@ fn nx_ok(host: &Host, args: &[&str]) {
 }
 
 /// `samples` of each view, interleaved so that none profits from running later.
-fn measure(host: &Host, samples: usize) -> ViewSamples {
+pub fn measure(host: &Host, samples: usize) -> ViewSamples {
     let mut all = ViewSamples::default();
     for _ in 0..samples {
         all.ls_cli.extend(timed(1, || nx_ok(host, &["ls"])));
@@ -114,27 +114,105 @@ fn measure_builds(host: &mut Host, builds: &[PathBuf], samples: usize) -> Vec<Vi
     all
 }
 
+/// How the deployments that are registered but not left running are put to rest.
+#[derive(Clone, Copy)]
+pub enum AtRest {
+    /// `nx stop` after its push (phase `stopped`: no route, no unit).
+    Stopped,
+    /// Pushed with a 1 s idle timeout, which nxd's upkeep stops on its own, with no call of the
+    /// bench's (phase `idle`: its route stays, the next request wakes it). Registering this way
+    /// saves an `nx stop` per deployment.
+    Idle,
+}
+
 /// Pushes `many` deployments of the sample to sandbox `many` from [`PUSHERS`] clients at once
-/// and stops all but `running` of them.
-fn register(host: &Host, many: usize, running: usize) {
+/// and puts all but `running` of them to rest (`at_rest`; with [`AtRest::Idle`] they may still
+/// run when this returns: see [`wait_for_phases`]).
+pub fn register(host: &Host, many: usize, running: usize, at_rest: AtRest) {
     let done = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for client in 0..PUSHERS {
             let done = &done;
             scope.spawn(move || {
                 for i in (client..many).step_by(PUSHERS) {
-                    let id = host.push_sample("many", &["--disk", "0"]);
-                    if i >= running {
-                        host.nx_json(&["stop", &id]);
+                    let resting = i >= running;
+                    match (resting, at_rest) {
+                        (true, AtRest::Idle) => {
+                            host.push_sample("many", &["--disk", "0", "--idle-timeout", "1s"]);
+                        }
+                        (true, AtRest::Stopped) => {
+                            let id = host.push_sample("many", &["--disk", "0"]);
+                            host.nx_json(&["stop", &id]);
+                        }
+                        (false, _) => {
+                            host.push_sample("many", &["--disk", "0"]);
+                        }
                     }
                     let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     if n.is_multiple_of(100) {
-                        eprintln!("views: {n} of {many} deployments registered");
+                        eprintln!("{n} of {many} deployments registered");
                     }
                 }
             });
         }
     });
+}
+
+/// The deployments of `sandbox` as `GET /v1/sandboxes/{sandbox}` lists them (JSON objects
+/// with `id` and `phase`).
+pub fn deployments(host: &Host, sandbox: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let view: serde_json::Value = host
+        .http()
+        .get(format!("http://{}/v1/sandboxes/{sandbox}", host.api))
+        .bearer_auth(&host.token)
+        .send()?
+        .error_for_status()?
+        .json()?;
+    Ok(view["deployments"].as_array().cloned().unwrap_or_default())
+}
+
+/// Waits until `sandbox` has `want` deployments in each phase named (e.g. `[("running", 200),
+/// ("idle", 800)]`); errors after `within`, naming what it had.
+pub fn wait_for_phases(
+    host: &Host,
+    sandbox: &str,
+    want: &[(&str, usize)],
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let listed = deployments(host, sandbox)?;
+        let count = |phase: &str| listed.iter().filter(|d| d["phase"] == phase).count();
+        if want.iter().all(|&(phase, n)| count(phase) == n) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let mut had: Vec<String> = listed
+                .iter()
+                .filter_map(|d| d["phase"].as_str().map(str::to_owned))
+                .collect();
+            had.sort();
+            had.dedup();
+            let had: Vec<String> = had.iter().map(|p| format!("{p} {}", count(p))).collect();
+            anyhow::bail!(
+                "sandbox {sandbox}: wanted {want:?} within {} s, had {}",
+                within.as_secs(),
+                had.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A host (the nxd at `nxd`) with ports for one measured deployment and `many` more.
+pub fn host_for(nxd: PathBuf, many: usize) -> anyhow::Result<Host> {
+    let last_port = FIRST_PORT + u16::try_from(many + 50)?;
+    Ok(Host::start_with_ports(
+        nxd,
+        (FIRST_PORT, last_port),
+        UID_BLOCK,
+        "",
+    ))
 }
 
 pub fn run(
@@ -143,16 +221,14 @@ pub fn run(
     samples: usize,
     baseline: Option<PathBuf>,
 ) -> anyhow::Result<Figures> {
-    let last_port = FIRST_PORT + u16::try_from(many + 50)?;
     let builds: Vec<PathBuf> = std::iter::once(nx_testkit::bin("nxd"))
         .chain(baseline)
         .collect();
-    let mut host =
-        Host::start_with_ports(builds[0].clone(), (FIRST_PORT, last_port), UID_BLOCK, "");
+    let mut host = host_for(builds[0].clone(), many)?;
     host.push_sample("solo", &["--disk", "0"]);
     let alone = measure_builds(&mut host, &builds, samples);
     let started = Instant::now();
-    register(&host, many, running);
+    register(&host, many, running, AtRest::Stopped);
     let registering = started.elapsed();
     let among_many = measure_builds(&mut host, &builds, samples);
     Ok(Figures {

@@ -1,6 +1,7 @@
 //! Scale to zero: a request to a deployment stopped for being idle, from the client's first
 //! byte to its whole answer (the router holds it, nxd starts the deployment over D-Bus and
-//! waits until it is ready, the router forwards), against the same request to it running.
+//! waits until it is ready, the router forwards), against the same request to it running; and
+//! where nxd's part of the time goes, step by step, as its metrics report it.
 
 use nx_testkit::Host;
 use std::time::{Duration, Instant};
@@ -10,24 +11,55 @@ pub struct Figures {
     pub wake: Vec<Duration>,
     /// The same request while it runs.
     pub running: Vec<Duration>,
+    /// nxd's side of the wakes (`nx_wake_duration_seconds`): its mean.
+    pub nxd_mean: Duration,
+    /// Each step of nxd's side (`nx_wake_step_duration_seconds{step}`): its mean, in the order
+    /// nxd first reported the steps.
+    pub steps: Vec<(String, Duration)>,
+}
+
+/// The mean of histogram `series` (its `_sum` over its `_count`; `labels` as Prometheus writes
+/// them, or empty) in the metrics `text`.
+fn mean(text: &str, series: &str, labels: &str) -> Option<Duration> {
+    let sum = nx_testkit::metrics::value(text, &format!("{series}_sum{labels}"))?;
+    let count = nx_testkit::metrics::value(text, &format!("{series}_count{labels}"))?;
+    (count > 0.0).then(|| Duration::from_secs_f64(sum / count))
+}
+
+/// nxd's mean wake and its steps' means, from `GET /metrics`.
+fn nxd_side(host: &Host) -> anyhow::Result<(Duration, Vec<(String, Duration)>)> {
+    let text = nx_testkit::metrics::scrape(host);
+    let total = mean(&text, "nx_wake_duration_seconds", "")
+        .ok_or_else(|| anyhow::anyhow!("nxd timed no wake (nx_wake_duration_seconds)"))?;
+    let prefix = "nx_wake_step_duration_seconds_count{step=\"";
+    let steps = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(prefix)?
+                .split_once('"')
+                .map(|(step, _)| step)
+        })
+        .filter_map(|step| {
+            let labels = format!("{{step=\"{step}\"}}");
+            Some((
+                step.to_owned(),
+                mean(&text, "nx_wake_step_duration_seconds", &labels)?,
+            ))
+        })
+        .collect();
+    Ok((total, steps))
 }
 
 /// Whether the deployment's phase is `idle` (its unit stopped).
 fn idle(host: &Host, sandbox: &str, id: &str) -> anyhow::Result<bool> {
-    let view: serde_json::Value = host
-        .http()
-        .get(format!("http://{}/v1/sandboxes/{sandbox}", host.api))
-        .bearer_auth(&host.token)
-        .send()?
-        .json()?;
-    let deployments = view["deployments"].as_array().cloned().unwrap_or_default();
-    Ok(deployments
+    Ok(crate::views::deployments(host, sandbox)?
         .iter()
         .any(|d| d["id"] == id && d["phase"] == "idle"))
 }
 
-/// One timed `GET /` through the router; its status must be 200.
-fn timed_get(host: &Host, preview: &str) -> anyhow::Result<Duration> {
+/// One timed `GET /` through the router to the deployment at `preview` (its Host); its status
+/// must be 200.
+pub fn timed_get(host: &Host, preview: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let response = host
         .http()
@@ -45,18 +77,21 @@ pub fn run(rounds: usize) -> anyhow::Result<Figures> {
     let host = Host::start();
     let id = host.push_sample("bench-wake", &["--idle-timeout", "1s"]);
     let preview = host.preview_host("bench-wake", &id);
-    let mut figures = Figures {
-        wake: Vec::new(),
-        running: Vec::new(),
-    };
+    let (mut wake, mut running) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !idle(&host, "bench-wake", &id)? {
             anyhow::ensure!(Instant::now() < deadline, "{id} never went idle");
             std::thread::sleep(Duration::from_millis(20));
         }
-        figures.wake.push(timed_get(&host, &preview)?);
-        figures.running.push(timed_get(&host, &preview)?);
+        wake.push(timed_get(&host, &preview)?);
+        running.push(timed_get(&host, &preview)?);
     }
-    Ok(figures)
+    let (nxd_mean, steps) = nxd_side(&host)?;
+    Ok(Figures {
+        wake,
+        running,
+        nxd_mean,
+        steps,
+    })
 }

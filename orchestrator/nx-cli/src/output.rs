@@ -236,9 +236,19 @@ pub fn progress_bar(size: u64, quiet: bool) -> ProgressBar {
 }
 
 /// `--since`: an RFC 3339 time, or an age such as `10m` (that long before now), as RFC 3339.
+///
+/// Errors: neither a time nor an age, or an age that reaches before 1970-01-01 (the earliest
+/// time RFC 3339 stamps here can name; `100y` is refused rather than read as "everything").
 pub fn since_time(since: &str) -> anyhow::Result<String> {
     let time = match humantime::parse_duration(since) {
-        Ok(age) => std::time::SystemTime::now() - age,
+        Ok(age) => std::time::SystemTime::now()
+            .checked_sub(age)
+            .filter(|time| *time >= std::time::UNIX_EPOCH)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--since {since:?}: that age reaches before 1970; give a shorter one (30d) or a time (2026-11-30T03:00:00Z)"
+                )
+            })?,
         Err(_) => humantime::parse_rfc3339_weak(since).map_err(|_| {
             anyhow::anyhow!(
                 "--since {since:?}: give a time (2026-11-30T03:00:00Z) or an age (10m, 2h)"

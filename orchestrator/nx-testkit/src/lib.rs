@@ -310,14 +310,7 @@ impl Host {
 
     /// nxd's peak resident memory (VmHWM in /proc/<pid>/status), in bytes.
     pub fn nxd_peak_rss(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.nxd_pid())).expect("status");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM");
-        kb << 10
+        proc_status_bytes(self.nxd_pid(), "VmHWM").expect("nxd's VmHWM")
     }
 
     /// Stops nxd (SIGTERM) and starts it again on the same state dir; deployments keep running.
@@ -527,6 +520,17 @@ impl Drop for Host {
 }
 
 /// Files in a directory, recursively (names only, sorted).
+/// A memory field of process `pid`'s /proc/<pid>/status (`VmRSS`, `VmHWM`, ...: proc(5)), in
+/// bytes; None if the process or the field is not there.
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib << 10)
+}
+
 pub fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {

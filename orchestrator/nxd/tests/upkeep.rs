@@ -178,4 +178,20 @@ fn an_idle_deployment_is_stopped_and_woken_by_requests() {
         "{text}"
     );
     assert!(value(&text, &format!("nx_idle_stops_total{labels}")).unwrap() >= 2.0);
+    // Each wake that started it was timed, in all and step by step (the 20 shared one).
+    assert_eq!(
+        value(&text, "nx_wake_duration_seconds_count"),
+        Some(2.0),
+        "{text}"
+    );
+    for step in ["record", "phase", "prepare", "start", "ready"] {
+        assert_eq!(
+            value(
+                &text,
+                &format!("nx_wake_step_duration_seconds_count{{step=\"{step}\"}}")
+            ),
+            Some(2.0),
+            "{step}: {text}"
+        );
+    }
 }

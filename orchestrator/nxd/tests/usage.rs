@@ -1,7 +1,8 @@
 //! Usage and cost attribution as a user sees it (`nx usage`): a deployment kept busy shows
 //! CPU-seconds, requests and bytes out, an idle one next to it close to no CPU; both hold
 //! memory; `--since` keeps only what came after it; prices turn amounts into a cost; bad input
-//! (`--since garbage`, a time to come, an unknown sandbox) is refused saying what to give.
+//! (`--since garbage`, an age before 1970, a time to come, an unknown sandbox) is refused
+//! saying what to give.
 
 use nx_testkit::metrics::{scrape, value};
 use nx_testkit::Host;
@@ -132,6 +133,21 @@ fn usage_shows_cpu_for_a_busy_deployment_and_near_zero_for_an_idle_one() {
         "{}",
         garbage.stderr
     );
+    // An age past 1970, or past what the clock can subtract, is refused (it once panicked
+    // the CLI), by `nx usage` and `nx logs` alike.
+    for args in [
+        vec!["usage", "--since", "100y"],
+        vec!["usage", "--since", "584000000000y"],
+        vec!["logs", busy.as_str(), "--since", "60y"],
+    ] {
+        let out = host.nx(&args);
+        assert!(
+            !out.ok && out.code == Some(1) && out.stderr.contains("before 1970"),
+            "nx {args:?}: {:?} {}",
+            out.code,
+            out.stderr
+        );
+    }
     let api = |query: &str| {
         let resp = host
             .http()

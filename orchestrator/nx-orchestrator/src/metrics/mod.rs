@@ -100,7 +100,19 @@ pub struct Metrics {
     health_restarts: Family<DeploymentLabels, Counter>,
     idle_stops: Family<DeploymentLabels, Counter>,
     wakes: Family<DeploymentLabels, Counter>,
+    wake_durations: Histogram,
+    wake_steps: Family<StepLabel, Histogram>,
     expired: Family<SandboxLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabel {
+    step: String,
+}
+
+/// 1 ms to about 16 s: most wakes take tens of milliseconds.
+fn wake_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
 impl Default for Metrics {
@@ -145,6 +157,19 @@ impl Default for Metrics {
             "Idle deployments started again by a request",
             wakes.clone(),
         );
+        let wake_durations = wake_buckets();
+        registry.register(
+            "nx_wake_duration_seconds",
+            "How long nxd took to wake an idle deployment, from the router's ask to the deployment ready, seconds",
+            wake_durations.clone(),
+        );
+        let wake_steps =
+            Family::<StepLabel, Histogram>::new_with_constructor(wake_buckets as fn() -> Histogram);
+        registry.register(
+            "nx_wake_step_duration_seconds",
+            "How long each step of a wake took (record, phase, desired, spec, prepare, start, ready), seconds",
+            wake_steps.clone(),
+        );
         let expired = Family::<SandboxLabel, Counter>::default();
         registry.register(
             "nx_previews_expired",
@@ -159,6 +184,8 @@ impl Default for Metrics {
             health_restarts,
             idle_stops,
             wakes,
+            wake_durations,
+            wake_steps,
             expired,
         }
     }
@@ -194,6 +221,18 @@ impl Metrics {
     /// An idle deployment started again by a request.
     pub fn woken(&self, labels: &DeploymentLabels) {
         self.wakes.get_or_create(labels).inc();
+    }
+
+    /// A wake that took `took` in all, in `steps` (see [`crate::timing`]).
+    pub fn wake_took(&self, took: std::time::Duration, steps: &crate::timing::Steps) {
+        self.wake_durations.observe(took.as_secs_f64());
+        for (step, took) in &steps.0 {
+            self.wake_steps
+                .get_or_create(&StepLabel {
+                    step: (*step).to_owned(),
+                })
+                .observe(took.as_secs_f64());
+        }
     }
 
     /// A preview of `sandbox` removed after its time to live.

@@ -4,13 +4,15 @@
 //! it through the state machine and answers 204 once it is ready, 404 if there is no such
 //! deployment, 409 if it was stopped on purpose (`nx stop`), 503 if it did not start. Wakes of
 //! one deployment wait for each other and for its idle stop, so concurrent requests share one
-//! start.
+//! start. Each wake that started a deployment is timed, in all and step by step
+//! (`nx_wake_duration_seconds`, `nx_wake_step_duration_seconds{step}`).
 
 use crate::domain::Desired;
 use crate::error::Error;
 use crate::metrics::DeploymentLabels;
 use crate::names::DeploymentId;
 use crate::state::StateError;
+use crate::timing::step;
 use crate::Orchestrator;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -89,8 +91,13 @@ impl Orchestrator {
                 format!("{id:?} is not a deployment id\n"),
             );
         };
-        match self.wake(&id).await {
-            Ok(()) => {
+        let started = std::time::Instant::now();
+        let (woke, steps) = crate::timing::collect(self.wake(&id)).await;
+        match woke {
+            Ok(woke) => {
+                if woke {
+                    self.metrics.wake_took(started.elapsed(), &steps);
+                }
                 let app = Arc::clone(self);
                 tokio::spawn(async move {
                     if let Err(e) = app.reroute().await {
@@ -108,24 +115,24 @@ impl Orchestrator {
     }
 
     /// Starts an idle deployment and returns once it is ready (at once when it runs), before
-    /// its routes are rebuilt.
+    /// its routes are rebuilt: whether it was idle (false: another wake started it, or it ran).
     #[tracing::instrument(skip(self))]
-    async fn wake(&self, id: &DeploymentId) -> Result<(), Error> {
+    async fn wake(&self, id: &DeploymentId) -> Result<bool, Error> {
         let lock = self.upkeep.lock(id);
         let _held = lock.lock().await;
-        let deployment = self.state.deployment(id).await?;
+        let deployment = step("record", self.state.deployment(id)).await?;
         if deployment.desired == Desired::Stopped {
             return Err(Error::Conflict(format!(
                 "deployment {id} was stopped (`nx stop`); `nx start {id}` runs it again"
             )));
         }
-        let phase = self.phase(&deployment).await?;
+        let phase = step("phase", self.phase(&deployment)).await?;
         let woke = deployment.desired == Desired::Idle;
         self.start_routes_later(&deployment, phase).await?;
         if woke {
             self.metrics.woken(&DeploymentLabels::of(&deployment));
             tracing::info!("woken by a request");
         }
-        Ok(())
+        Ok(woke)
     }
 }
