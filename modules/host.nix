@@ -142,6 +142,10 @@ in
       priceMillionRequests = mkOption { type = types.nullOr types.float; default = defaults.usage.priceMillionRequests; description = "Price of a million requests through the router, in usage.currency (nx usage). Null: costs nothing."; };
       priceEgressGib = mkOption { type = types.nullOr types.float; default = defaults.usage.priceEgressGib; description = "Price of one GiB of response bodies sent to clients, in usage.currency (nx usage). Null: costs nothing."; };
     };
+    volumes = {
+      maxPerSandbox = mkOption { type = types.ints.unsigned; default = defaults.volumes.maxPerSandbox; description = "Volumes one sandbox may have (nx volume create, which a deploy token with --can push may call); 0: none."; };
+      maxSizeMb = mkOption { type = types.ints.between 16 16777216; default = defaults.volumes.maxSizeMb; description = "The largest volume, in MiB (its quota). A volume is also refused when it is larger than the space left on the state directory's filesystem."; };
+    };
     microvm = {
       kernelDir = mkOption { type = types.nullOr types.str; default = defaults.microvm.kernelDir; description = "The guest kernel: vmlinux and modules/ (with order). Null: no microvm backend."; };
       init = mkOption { type = types.str; default = defaults.microvm.init; description = "nx-vm-init, the guest's PID 1 (a static binary of the workspace)."; };

@@ -117,4 +117,8 @@ withoutNulls {
     price_million_requests = cfg.usage.priceMillionRequests;
     price_egress_gib = cfg.usage.priceEgressGib;
   };
+  volumes = {
+    max_per_sandbox = cfg.volumes.maxPerSandbox;
+    max_size_mb = cfg.volumes.maxSizeMb;
+  };
 }

@@ -127,4 +127,8 @@
     priceMillionRequests = null;
     priceEgressGib = null;
   };
+  volumes = {
+    maxPerSandbox = 10;
+    maxSizeMb = 102400;
+  };
 }

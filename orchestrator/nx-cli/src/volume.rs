@@ -14,7 +14,8 @@ pub enum VolumeCommand {
     Create {
         sandbox: String,
         name: String,
-        /// Its size in MiB (16 to 16777216): writes past it get ENOSPC.
+        /// Its size in MiB, 16 up to the host's volumes.max_size_mb (100 GiB by default): writes
+        /// past it get ENOSPC.
         #[arg(long, value_name = "MIB")]
         size: u64,
     },

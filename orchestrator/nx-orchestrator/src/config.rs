@@ -56,6 +56,8 @@ pub struct Config {
     pub network: crate::network::NetworkConfig,
     /// Usage sampling and prices (`nx usage`).
     pub usage: crate::usage::UsageConfig,
+    /// The most volumes a sandbox may have, and the largest (`nx volume create`).
+    pub volumes: crate::volumes::VolumesConfig,
 }
 
 /// The SFTP server: uploads without the CLI (the SSH user is the sandbox's name; public keys
@@ -347,6 +349,7 @@ impl Default for Config {
             tls: crate::tls::TlsConfig::default(),
             network: crate::network::NetworkConfig::default(),
             usage: crate::usage::UsageConfig::default(),
+            volumes: crate::volumes::VolumesConfig::default(),
         }
     }
 }
@@ -469,6 +472,7 @@ impl Config {
         self.tls.validate().map_err(ConfigError::Invalid)?;
         crate::tcp::check_range(self).map_err(ConfigError::Invalid)?;
         self.usage.validate().map_err(ConfigError::Invalid)?;
+        self.volumes.validate().map_err(ConfigError::Invalid)?;
         if self.api_max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "api_max_connections must be at least 1".into(),

@@ -4,7 +4,9 @@
 //! The points are the steps of the database operations that must survive a crash:
 //! `databases::tool` (pg_dump or pg_restore running), `databases::restore` (the scratch
 //! database made, nothing restored yet), `databases::swap` (inside the swap's transaction) and
-//! `databases::swapped` (a branch swapped in, its role not yet dropped nor recorded).
+//! `databases::swapped` (a branch swapped in, its role not yet dropped nor recorded),
+//! `data_disk::copied` (a new filesystem image copied, not yet renamed into place) and
+//! `volumes::record` (a volume's image made, its row not yet committed).
 //! Code marks such a step with `fail::fail_point!("<point>")`, which compiles to nothing
 //! without the feature.
 

@@ -8,6 +8,7 @@ use crate::api::health;
 use crate::api::{DeploymentView, PushRequest, SandboxView};
 use crate::artifact::Artifact;
 use crate::artifact::{ArtifactStore, BundleStore, StoreError};
+use crate::backend::data_disk::DataTemplates;
 use crate::backend::{
     Backends, Program, SandboxBackend, SandboxSpec, DEFAULT_STOP_TIMEOUT, MAX_STOP_TIMEOUT,
 };
@@ -79,6 +80,9 @@ pub struct Orchestrator {
     pub certificates: Option<Arc<crate::tls::acme::Acme>>,
     /// What nxd does on its own: health checks, idle stops and wakes, expiry (see `upkeep`).
     pub(crate) upkeep: crate::upkeep::UpkeepState,
+    /// The empty filesystems (one per size) that containers' `/data` and volumes are copied
+    /// from (`<state_dir>/data-templates`).
+    pub(crate) data_templates: Arc<DataTemplates>,
 }
 
 impl Orchestrator {
@@ -143,7 +147,17 @@ impl Orchestrator {
         let bundles = BundleStore::open(state_dir, config.bundles.limits())?;
         let installed = crate::launcher_install::install(state_dir)?;
         let launcher = installed.launcher;
-        let backend = make_backends(&config, Arc::clone(&supervisor), launcher.clone()).await?;
+        let data_templates = Arc::new(
+            DataTemplates::new(state_dir.join("data-templates"))
+                .map_err(Error::io("creating the data templates' directory"))?,
+        );
+        let backend = make_backends(
+            &config,
+            Arc::clone(&supervisor),
+            launcher.clone(),
+            Arc::clone(&data_templates),
+        )
+        .await?;
         let router = router::unit::ensure_running(
             &supervisor,
             &installed.router,
@@ -189,6 +203,7 @@ impl Orchestrator {
             certificates,
             metrics: crate::metrics::Metrics::default(),
             upkeep: crate::upkeep::UpkeepState::default(),
+            data_templates,
         });
         app.adopt().await?;
         app.keep_up()?;
@@ -244,6 +259,7 @@ impl Orchestrator {
                 .map(|d| d.id.to_string())
                 .collect();
             self.network.reconcile(&known).await?;
+            self.reconcile_volumes().await?;
             self.rebuild_routes().await?;
         }
         let to_run: Vec<Deployment> = self
@@ -1238,6 +1254,7 @@ async fn make_backends(
     config: &Config,
     supervisor: Arc<Supervisor>,
     launcher: PathBuf,
+    data_templates: Arc<DataTemplates>,
 ) -> Result<Arc<Backends>, Error> {
     #[cfg(any(feature = "container", feature = "microvm"))]
     let settings = crate::backend::UnitSettings {
@@ -1251,9 +1268,11 @@ async fn make_backends(
             &config.state_dir,
             launcher.clone(),
             settings,
+            data_templates,
         )?);
     #[cfg(not(feature = "container"))]
     let container: Arc<dyn SandboxBackend> = {
+        let _ = data_templates;
         return Err(Error::Setup(
             "nxd was built without the container backend; enable the `container` feature".into(),
         ));

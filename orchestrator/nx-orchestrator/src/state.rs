@@ -25,6 +25,9 @@ pub enum StateError {
     /// A deployment was pushed into a sandbox while `nx sandbox rm` removed it.
     #[error("sandbox {sandbox} is not removed: deployment {deployment} was pushed to it while it was being removed, and it is kept; the sandbox's other deployments are gone. Run `nx sandbox rm {sandbox}` again to remove it too")]
     PushedDuringRemoval { sandbox: String, deployment: String },
+    /// A push's volume was removed (`nx volume rm`) before the push was recorded.
+    #[error("volume {volume} of sandbox {sandbox} was removed while this push was being made; nothing was deployed. Push again without --volume {volume}:PATH, or `nx volume create {sandbox} {volume}` first")]
+    VolumeGone { sandbox: String, volume: String },
 }
 
 impl From<NameError> for StateError {
@@ -146,6 +149,21 @@ impl StateStore {
         sqlx::query("LOCK TABLE deployments IN EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
+        // `nx volume rm` checks and deletes under a lock that conflicts with this one: each
+        // volume checked here stays until the deployment is recorded.
+        let volumes: Vec<&str> = new.volumes.iter().map(|m| m.volume.as_str()).collect();
+        let existing: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM volumes WHERE sandbox = $1 AND name = ANY($2)")
+                .bind(new.sandbox.as_str())
+                .bind(&volumes)
+                .fetch_all(&mut *tx)
+                .await?;
+        if let Some(gone) = volumes.iter().find(|v| !existing.iter().any(|e| e == *v)) {
+            return Err(StateError::VolumeGone {
+                sandbox: new.sandbox.to_string(),
+                volume: (*gone).to_owned(),
+            });
+        }
         let used: Vec<i32> = sqlx::query_scalar("SELECT port FROM deployments")
             .fetch_all(&mut *tx)
             .await?;

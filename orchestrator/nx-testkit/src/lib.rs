@@ -334,6 +334,22 @@ impl Host {
         self.restart_nxd();
     }
 
+    /// Runs `nx args` against an nxd that kills itself at the crash point `point`
+    /// (`restart_nxd_crashing_at`), asserts that the command failed and that nxd died there by
+    /// SIGKILL, then starts nxd again (a normal one) and returns once its API answers.
+    pub fn crash_during(&mut self, point: &str, args: &[&str]) {
+        self.restart_nxd_crashing_at(point);
+        let out = self.nx(args);
+        assert!(!out.ok, "nx {args:?} survived the crash at {point}");
+        let status = self.wait_nxd_exit();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "nxd did not die at {point}: {status}"
+        );
+        self.restart_nxd();
+    }
+
     /// Kills nxd with SIGKILL, as a crash would (deployments keep running); `restart_nxd`
     /// starts it again.
     pub fn kill_nxd(&mut self) {

@@ -80,6 +80,7 @@ impl From<Error> for ApiError {
                 StateError::NothingToRollBack(_)
                 | StateError::ProductionMoved(_)
                 | StateError::PushedDuringRemoval { .. }
+                | StateError::VolumeGone { .. }
                 | StateError::NoPort { .. } => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },

@@ -242,16 +242,7 @@ fn kill_9_of_nxd_at_each_step_of_backup_restore_and_swap_leaves_production_usabl
         ),
     ];
     for (point, command) in steps {
-        host.restart_nxd_crashing_at(point);
-        let out = host.nx(command);
-        assert!(!out.ok, "{command:?} survived the crash at {point}");
-        let status = host.wait_nxd_exit();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "nxd did not die at {point}: {status}"
-        );
-        host.restart_nxd();
+        host.crash_during(point, command);
         assert_eq!(
             listed(&host),
             (200, r#"["a"]"#.into()),

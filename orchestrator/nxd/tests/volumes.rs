@@ -1,8 +1,9 @@
 //! Volumes (`nx volume`, `nx push --volume NAME:/PATH`): production's files survive a push, a
 //! promote and a rollback; a preview gets an empty filesystem or a copy (`--volume-branch`)
 //! whose writes stay out of production; the size is a quota; backups are tar archives that
-//! restore; `nx sandbox rm` keeps a final one; bad names, paths and removals are refused with
-//! what to do.
+//! restore; `nx sandbox rm` keeps a final one; bad names, paths, sizes and removals are refused
+//! with what to do; `[volumes]` caps their number and size; a crash while one is made and a
+//! push racing its removal leave nothing half made.
 
 use nx_testkit::Host;
 
@@ -256,6 +257,11 @@ fn bad_volume_names_paths_and_sizes_are_refused_and_nothing_is_made() {
             vec!["volume", "create", "shop", "files", "--size", "1"],
             "16 to",
         ),
+        // The wire's largest (16 TiB) is past the host's default maximum (100 GiB).
+        (
+            vec!["volume", "create", "shop", "files", "--size", "16777216"],
+            "give 16 to 102400 MiB (the largest is nxd's volumes.max_size_mb)",
+        ),
     ] {
         let out = host.nx(&args);
         assert!(!out.ok, "{args:?}");
@@ -299,4 +305,250 @@ fn bad_volume_names_paths_and_sizes_are_refused_and_nothing_is_made() {
         host.nx_json(&["volume", "ls", "shop"]),
         serde_json::json!([])
     );
+}
+
+/// Everything under the host's `volumes/` (images, copies, leftovers).
+fn volume_files(host: &Host) -> Vec<String> {
+    nx_testkit::files_under(&host.path("volumes"))
+}
+
+#[test]
+fn a_crash_while_a_volume_is_created_leaves_nothing_half_made() {
+    let mut host = Host::start();
+    // kill -9 with the image copied but not in place, then with the image in place but its
+    // row not committed: after the next start no volume is listed, no file is left, and the
+    // name can be used.
+    for point in ["data_disk::copied", "volumes::record"] {
+        host.crash_during(
+            point,
+            &["volume", "create", "shop", "files", "--size", "16"],
+        );
+        let listed = host.nx(&["volume", "ls", "shop"]);
+        assert!(
+            !listed.ok && listed.stderr.contains("no sandbox shop"),
+            "{point}: the sandbox came with a volume that was never made: {}{}",
+            listed.stdout,
+            listed.stderr
+        );
+        assert_eq!(volume_files(&host), Vec::<String>::new(), "{point}");
+    }
+    host.nx_json(&["volume", "create", "shop", "files", "--size", "16"]);
+    assert_eq!(
+        volume_files(&host),
+        [host.path("volumes/shop/files.img").display().to_string()]
+    );
+    let a = push_with_volume_and(&host, &["--volume-live"]);
+    write(&host, &a, "made");
+}
+
+/// `POST /v1/sandboxes/{sandbox}/volumes` as a deploy token would send it: (status, error).
+fn create_raw(host: &Host, token: &str, sandbox: &str, name: &str, size_mb: u64) -> (u16, String) {
+    let answer = host
+        .http()
+        .post(format!(
+            "http://{}/v1/sandboxes/{sandbox}/volumes",
+            host.api
+        ))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "name": name, "size_mb": size_mb }))
+        .send()
+        .unwrap();
+    let status = answer.status().as_u16();
+    let body: serde_json::Value = answer.json().unwrap();
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[test]
+fn volumes_per_sandbox_and_their_size_are_capped_and_a_refusal_leaves_nothing() {
+    let host = Host::start_with("[volumes]\nmax_per_sandbox = 2\nmax_size_mb = 16777216\n");
+    host.nx_json(&["volume", "create", "shop", "keep", "--size", "16"]);
+    let token = host.nx_json(&["token", "create", "--sandbox", "shop", "--can", "push"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A deploy token fills its sandbox's allowance, then is refused with the limit named.
+    assert_eq!(create_raw(&host, &token, "shop", "two", 16).0, 200);
+    let (status, error) = create_raw(&host, &token, "shop", "three", 16);
+    assert_eq!(status, 409, "{error}");
+    assert!(error.contains("volumes.max_per_sandbox = 2"), "{error}");
+    // The largest size allowed, more than the disk has: refused before anything is made,
+    // the sandbox not even created.
+    let (status, error) = create_raw(&host, &host.token, "big", "huge", 16 << 20);
+    assert_eq!(status, 409, "{error}");
+    assert!(error.contains("MiB free"), "{error}");
+    let listed = host.nx(&["volume", "ls", "big"]);
+    assert!(
+        listed.stderr.contains("no sandbox big"),
+        "{}",
+        listed.stderr
+    );
+    assert_eq!(
+        volume_files(&host),
+        [
+            host.path("volumes/shop/keep.img").display().to_string(),
+            host.path("volumes/shop/two.img").display().to_string()
+        ]
+    );
+    // One removed, one may be made again.
+    host.nx_json(&["volume", "rm", "shop", "two"]);
+    assert_eq!(create_raw(&host, &token, "shop", "three", 16).0, 200);
+}
+
+/// `psql` as the superuser on nxd's own database, kept open: it takes `lock` on table
+/// deployments in a transaction and holds it until `release`.
+struct TableLock(std::process::Child);
+
+impl TableLock {
+    fn take(host: &Host, lock: &str) -> Self {
+        use std::io::Write;
+        let mut child = std::process::Command::new("psql")
+            .arg("-h")
+            .arg(host.path("postgres/socket"))
+            .args(["-p", "5432", "-U", "postgres", "-d", "nx", "-q"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let sql = format!("BEGIN; LOCK TABLE deployments IN {lock} MODE;\n");
+        child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(sql.as_bytes())
+            .unwrap();
+        wait_for_locks(host, &format!("{lock}Lock", lock = camel(lock)), true, 1);
+        Self(child)
+    }
+
+    fn release(mut self) {
+        use std::io::Write;
+        self.0
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"COMMIT;\n")
+            .unwrap();
+        drop(self.0.stdin.take());
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+/// `SHARE` -> `Share`, as pg_locks names modes (`ShareLock`).
+fn camel(mode: &str) -> String {
+    mode.split(' ')
+        .map(|w| w[..1].to_owned() + &w[1..].to_lowercase())
+        .collect()
+}
+
+/// Waits (up to 60 s) until `count` locks of `mode` on table deployments are granted or
+/// waiting, as `granted` says; false if they never were.
+fn wait_for_locks(host: &Host, mode: &str, granted: bool, count: usize) -> bool {
+    let sql = format!(
+        "SELECT count(*) FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = 'nx') AND relation = 'deployments'::regclass AND mode = '{mode}' AND granted = {granted}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let (ok, out) = nx_testkit::psql(&host.path("postgres/socket"), 5432, "nx", &sql);
+        if ok && out.parse::<usize>().unwrap_or(0) >= count {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_push_and_a_volume_rm_at_once_one_of_them_is_refused_and_nothing_is_left() {
+    let host = Host::start();
+    let sample = nx_testkit::sample_app();
+    let push = || {
+        host.nx_command(
+            &host.token,
+            &[
+                "--json",
+                "push",
+                sample.to_str().unwrap(),
+                "-s",
+                "race",
+                "--volume",
+                "v:/srv/v",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let rm = || {
+        host.nx_command(&host.token, &["volume", "rm", "race", "v"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let done =
+        |child: std::process::Child| -> nx_testkit::Nx { child.wait_with_output().unwrap().into() };
+    host.nx_json(&["volume", "create", "race", "v", "--size", "16"]);
+
+    // The push reaches its record first (it waits there behind a lock held for the test),
+    // then the rm: the push is recorded, the rm refused naming it.
+    let held = TableLock::take(&host, "EXCLUSIVE");
+    let pushing = push();
+    assert!(
+        wait_for_locks(&host, "ExclusiveLock", false, 1),
+        "the push never reached its record"
+    );
+    let removing = rm();
+    let rm_waited = wait_for_locks(&host, "ShareLock", false, 1);
+    held.release();
+    let (pushed, removed) = (done(pushing), done(removing));
+    assert!(pushed.ok, "{}", pushed.stderr);
+    let id = pushed.json()["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!removed.ok, "the volume went from under deployment {id}");
+    assert!(
+        removed
+            .stderr
+            .contains(&format!("mounted by deployment(s) {id}")),
+        "{}",
+        removed.stderr
+    );
+    assert!(rm_waited, "the rm did not wait for the push's record");
+    host.nx_json(&["stop", &id]);
+    host.nx_json(&["rm", &id]);
+
+    // The rm first, the push after it passed its checks: the volume goes, the push is refused
+    // and no deployment is left.
+    let held = TableLock::take(&host, "EXCLUSIVE");
+    let removing = rm();
+    assert!(
+        wait_for_locks(&host, "ShareLock", false, 1),
+        "the rm never took its lock"
+    );
+    let pushing = push();
+    assert!(
+        wait_for_locks(&host, "ExclusiveLock", false, 1),
+        "the push never reached its record"
+    );
+    held.release();
+    let (pushed, removed) = (done(pushing), done(removing));
+    assert!(removed.ok, "{}", removed.stderr);
+    assert!(!pushed.ok, "{}", pushed.stdout);
+    // --json: the error is printed as {"error": ...}.
+    assert!(
+        pushed.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("was removed while this push was being made"),
+        "{}",
+        pushed.stdout
+    );
+    let status = host.nx_json(&["status", "race"]);
+    assert_eq!(status[0]["deployments"], serde_json::json!([]), "{status}");
+    assert_eq!(volume_files(&host), Vec::<String>::new());
 }

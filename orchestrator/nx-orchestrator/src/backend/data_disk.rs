@@ -91,15 +91,49 @@ impl DataTemplates {
         }
         Ok(path)
     }
+
+    /// A new empty ext4 filesystem of `size_mb` MiB at `path` (sparse, 0600, its root
+    /// directory root's): a copy of the template of its size (`cp --sparse=always`), written
+    /// beside it (`<path>.partial`, removed if the copy fails) and renamed into place, so
+    /// `path` never holds half a filesystem. Errors: the template's, or cp's (its stderr).
+    pub fn copy_to(&self, size_mb: u64, path: &Path) -> Result<(), String> {
+        let template = self.template(size_mb)?;
+        let partial = new_sparse_file(&path.with_extension("img.partial"), 0)?;
+        let copied = run(
+            Command::new("cp")
+                .arg("--sparse=always")
+                .arg(&template)
+                .arg(&partial),
+            "cp",
+        )
+        .and_then(|()| {
+            fail::fail_point!("data_disk::copied");
+            std::fs::rename(&partial, path)
+                .map_err(|e| format!("renaming {}: {e}", partial.display()))
+        });
+        if copied.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        copied
+    }
 }
 
 /// A new empty ext4 filesystem image of `size_mb` MiB at `path` (sparse, 0600, its root
-/// directory root's), written beside it and renamed into place, so `path` never holds half a
-/// filesystem. Errors: as [`format`]'s, or the file's creation.
+/// directory root's), written beside it (`<path>.partial`, removed if formatting fails) and
+/// renamed into place, so `path` never holds half a filesystem. Errors: as [`format`]'s, or
+/// the file's creation (a size the filesystem cannot hold: EFBIG, "File too large").
 pub fn create_formatted(path: &Path, size_mb: u64) -> Result<(), String> {
-    let partial = new_sparse_file(&path.with_extension("img.partial"), size_mb)?;
-    format(&partial)?;
-    std::fs::rename(&partial, path).map_err(|e| format!("renaming {}: {e}", partial.display()))
+    let partial = path.with_extension("img.partial");
+    let made = new_sparse_file(&partial, size_mb)
+        .and_then(|partial| format(&partial))
+        .and_then(|()| {
+            std::fs::rename(&partial, path)
+                .map_err(|e| format!("renaming {}: {e}", partial.display()))
+        });
+    if made.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    made
 }
 
 /// A new sparse file of `size_mb` MiB at `path` (0600, replacing one there); returns `path`.
@@ -138,17 +172,7 @@ impl DataImage {
         if self.image.exists() {
             return Ok(());
         }
-        let template = templates.template(self.size_mb)?;
-        let partial = new_sparse_file(&self.image.with_extension("img.partial"), 0)?;
-        run(
-            Command::new("cp")
-                .arg("--sparse=always")
-                .arg(&template)
-                .arg(&partial),
-            "cp",
-        )?;
-        std::fs::rename(&partial, &self.image)
-            .map_err(|e| format!("renaming {}: {e}", partial.display()))
+        templates.copy_to(self.size_mb, &self.image)
     }
 
     /// In the launcher, as root, in the unit's own mount namespace (`own_mount_namespace`):

@@ -18,7 +18,7 @@ pub struct DeploymentUnits {
     launcher: PathBuf,
     settings: UnitSettings,
     /// The formatted filesystems sized `/data` images are copied from.
-    data_templates: DataTemplates,
+    data_templates: Arc<DataTemplates>,
 }
 
 /// What every deployment unit of a backend shares.
@@ -35,7 +35,7 @@ impl DeploymentUnits {
         supervisor: Arc<Supervisor>,
         launcher: PathBuf,
         settings: UnitSettings,
-        data_templates: DataTemplates,
+        data_templates: Arc<DataTemplates>,
     ) -> Self {
         Self {
             supervisor,

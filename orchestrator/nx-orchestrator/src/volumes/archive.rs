@@ -6,7 +6,7 @@
 //! filesystem and puts it in place of the volume only when that worked; `nx sandbox rm` makes a
 //! final one of each volume after its deployments stopped, unless told not to.
 
-use super::{gid, make_image, remove_path, VolumeRow};
+use super::{gid, remove_path, VolumeRow};
 use crate::api::volumes::{VolumeBackup, VolumeRestored, VolumeSource};
 use crate::backend::data_disk::VolumeDisk;
 use crate::backend::volume_job::{Step, VolumeJob};
@@ -152,7 +152,8 @@ impl Orchestrator {
         let image = self.volume_image(sandbox, &row.name);
         let fresh = image.with_extension("img.restoring");
         remove_path(&fresh)?;
-        make_image(&fresh, u64::try_from(row.size_mb).unwrap_or(0))
+        self.make_image(&fresh, u64::try_from(row.size_mb).unwrap_or(0))
+            .await
             .map_err(|e| Error::io("making the restored volume")(std::io::Error::other(e)))?;
         let job = self.volume_job_dir()?;
         let mountpoint = job.path().join("volume");

@@ -5,15 +5,24 @@
 //! `backend::data_disk::VolumeDisk` for how several mount it at once). `nx volume rm` refuses
 //! while a deployment still mounts it; `nx sandbox rm` backs each up and removes them
 //! (`archive`). Production mounts the volume itself; a preview its own copy or an empty
-//! filesystem unless asked (`own`).
+//! filesystem unless asked (`own`). How many and how large: `[volumes]` in nxd's config
+//! (`config`).
+//!
+//! Nothing is half made: `nx volume create` makes the image first and records the volume in
+//! the same transaction that checked its name and the sandbox's count, so a crash leaves at
+//! most an image without a row, which nxd's start removes ([`Orchestrator::reconcile_volumes`]);
+//! `nx volume rm` and a push's record take the same table lock, so a push never records a
+//! deployment on a volume being removed.
 
 mod archive;
+mod config;
 mod own;
 
+pub use config::VolumesConfig;
+
 use crate::api::volumes::{
-    CreateVolume, MountedVolume, VolumeMount, VolumeSource, VolumeView, MAX_SIZE_MB, MIN_SIZE_MB,
+    CreateVolume, MountedVolume, VolumeMount, VolumeSource, VolumeView, MIN_SIZE_MB,
 };
-use crate::backend::data_disk::create_formatted;
 use crate::backend::AttachedVolume;
 use crate::domain::{BackendKind, Deployment};
 use crate::error::Error;
@@ -21,6 +30,7 @@ use crate::names::{SandboxName, VolumeName};
 use crate::state::StateError;
 use crate::Orchestrator;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Volume `id`'s group is `GID_BASE + id`: above the deployments' (`sandbox.uid_base`,
 /// 200,000 + slot) and the tasks' (`tasks.uid_base`, 300,000 + 65,536) by default.
@@ -64,51 +74,152 @@ impl Orchestrator {
         .map_err(StateError::from)?)
     }
 
-    /// `nx volume create`: the row, then the image (sparse, ext4, root's). A sandbox that does
-    /// not exist yet is created, as a push would.
+    /// `nx volume create`: within `[volumes]`' limits and the state directory's free space,
+    /// the image (sparse, ext4, root's), then its row, committed with the sandbox's row (a
+    /// sandbox that does not exist yet is created, as a push would, only when its volume is).
+    /// Errors: `Invalid` for a size outside the limits, `Conflict` for a name taken, a sandbox
+    /// at `volumes.max_per_sandbox` or a disk without room; on any error nothing is left.
     #[tracing::instrument(skip_all, fields(sandbox = %sandbox, volume = %req.name))]
     pub async fn create_volume(
         &self,
         sandbox: &SandboxName,
         req: &CreateVolume,
     ) -> Result<VolumeView, Error> {
-        if !(MIN_SIZE_MB..=MAX_SIZE_MB).contains(&req.size_mb) {
+        let limits = self.config.volumes;
+        if !(MIN_SIZE_MB..=limits.max_size_mb).contains(&req.size_mb) {
             return Err(Error::Invalid(format!(
-                "size_mb: {} MiB is not a volume size: give {MIN_SIZE_MB} to {MAX_SIZE_MB} MiB",
-                req.size_mb
+                "size_mb: {} MiB is not a volume size on this host: give {MIN_SIZE_MB} to {} MiB (the largest is nxd's volumes.max_size_mb)",
+                req.size_mb, limits.max_size_mb
             )));
         }
-        self.state
-            .create_sandbox(sandbox, BackendKind::default())
-            .await?;
-        let _guard = self.changes.lock().await;
-        let inserted = sqlx::query("INSERT INTO volumes (sandbox, name, size_mb) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        self.check_room(req.size_mb)?;
+        crate::tls::check_new_sandbox(&self.state, sandbox, &self.config.base_domain).await?;
+        let mut tx = self.state.pool().begin().await.map_err(StateError::from)?;
+        sqlx::query("INSERT INTO sandboxes (name, backend) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(sandbox.as_str())
-            .bind(req.name.as_str())
-            .bind(i64::try_from(req.size_mb).unwrap_or(i64::MAX))
-            .execute(self.state.pool())
+            .bind(BackendKind::default().as_ref())
+            .execute(&mut *tx)
             .await
             .map_err(StateError::from)?;
-        if inserted.rows_affected() == 0 {
+        // Creations in one sandbox wait for each other here: the count and the name hold.
+        sqlx::query("SELECT name FROM sandboxes WHERE name = $1 FOR UPDATE")
+            .bind(sandbox.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(StateError::from)?;
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM volumes WHERE sandbox = $1")
+            .bind(sandbox.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StateError::from)?;
+        if names.iter().any(|n| n == req.name.as_str()) {
             return Err(Error::Conflict(format!(
                 "sandbox {sandbox} has a volume {} already (`nx volume ls {sandbox}`)",
                 req.name
             )));
         }
+        if names.len() >= usize::try_from(limits.max_per_sandbox).unwrap_or(usize::MAX) {
+            return Err(Error::Conflict(format!(
+                "sandbox {sandbox} has {} volume(s), the most this host allows (nxd's volumes.max_per_sandbox = {}): `nx volume rm {sandbox} NAME` one it no longer needs",
+                names.len(),
+                limits.max_per_sandbox
+            )));
+        }
         let image = self.volume_image(sandbox, req.name.as_str());
-        if let Err(e) = make_image(&image, req.size_mb) {
-            sqlx::query("DELETE FROM volumes WHERE sandbox = $1 AND name = $2")
+        self.make_image(&image, req.size_mb).await.map_err(|e| {
+            Error::io(format!("creating volume {}", req.name))(std::io::Error::other(e))
+        })?;
+        let recorded = async {
+            sqlx::query("INSERT INTO volumes (sandbox, name, size_mb) VALUES ($1, $2, $3)")
                 .bind(sandbox.as_str())
                 .bind(req.name.as_str())
-                .execute(self.state.pool())
-                .await
-                .map_err(StateError::from)?;
-            return Err(Error::io(format!("creating volume {}", req.name))(
-                std::io::Error::other(e),
-            ));
+                .bind(i64::try_from(req.size_mb).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?;
+            fail::fail_point!("volumes::record");
+            tx.commit().await
+        };
+        if let Err(e) = recorded.await {
+            remove_path(&image)?;
+            return Err(StateError::from(e).into());
         }
         tracing::info!(size_mb = req.size_mb, "volume created");
         self.volume(sandbox, &req.name).await
+    }
+
+    /// Refuses a volume larger than the space left on the state directory's filesystem
+    /// (statvfs(3) `f_bavail`): its quota could never be reached. (Images are sparse: volumes
+    /// made earlier may still take that space.)
+    fn check_room(&self, size_mb: u64) -> Result<(), Error> {
+        let stat = nix::sys::statvfs::statvfs(&self.config.state_dir).map_err(|e| {
+            Error::io(format!(
+                "reading the free space of {}",
+                self.config.state_dir.display()
+            ))(std::io::Error::from(e))
+        })?;
+        let free_mb = stat.blocks_available().saturating_mul(stat.fragment_size()) >> 20;
+        if size_mb > free_mb {
+            return Err(Error::Conflict(format!(
+                "a volume of {size_mb} MiB does not fit: the filesystem of nxd's state directory has {free_mb} MiB free. Give a smaller --size, or free space on the host"
+            )));
+        }
+        Ok(())
+    }
+
+    /// At nxd's start, before anything mounts a volume: what a crash left half made goes. An
+    /// image with no row (a `nx volume create` or `rm` cut short), a `.partial` or
+    /// `.restoring` image, the directory of copies of a deployment that is not recorded (a
+    /// push cut short), volume jobs' leftovers; a row whose image is missing and that no
+    /// deployment mounts (made before creation made the image first).
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn reconcile_volumes(&self) -> Result<(), Error> {
+        let root = self.config.state_dir.join("volumes");
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT sandbox, name FROM volumes")
+            .fetch_all(self.state.pool())
+            .await
+            .map_err(StateError::from)?;
+        let deployments = self.state.deployments().await?;
+        remove_path(&self.volume_jobs_dir())?;
+        for (sandbox, name) in &rows {
+            let image = root.join(sandbox).join(format!("{name}.img"));
+            let mounted = deployments.iter().any(|d| {
+                d.sandbox.as_str() == sandbox && d.volumes.iter().any(|m| m.volume.as_str() == name)
+            });
+            if !image.exists() && !mounted {
+                tracing::warn!(%sandbox, volume = %name, "a volume without its image is removed");
+                sqlx::query("DELETE FROM volumes WHERE sandbox = $1 AND name = $2")
+                    .bind(sandbox)
+                    .bind(name)
+                    .execute(self.state.pool())
+                    .await
+                    .map_err(StateError::from)?;
+            }
+        }
+        let Ok(sandboxes) = std::fs::read_dir(&root) else {
+            return Ok(());
+        };
+        for dir in sandboxes.flatten() {
+            let sandbox = dir.file_name().to_string_lossy().into_owned();
+            let Ok(entries) = std::fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                let kept = if entry.path().is_dir() {
+                    deployments
+                        .iter()
+                        .any(|d| d.id.as_str() == file && d.sandbox.as_str() == sandbox)
+                } else {
+                    file.strip_suffix(".img")
+                        .is_some_and(|name| rows.iter().any(|(s, n)| *s == sandbox && n == name))
+                };
+                if !kept {
+                    tracing::warn!(path = %entry.path().display(), "left by a crash: removed");
+                    remove_path(&entry.path())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `nx volume ls`: the sandbox's volumes and who mounts them.
@@ -157,28 +268,47 @@ impl Orchestrator {
     }
 
     /// `nx volume rm`: refused while a deployment (running or not) mounts it; then the row and
-    /// the image.
+    /// the image. The check and the delete hold a lock on `deployments` that a push's record
+    /// also takes (`StateStore::create_deployment`): a push either is recorded first and this
+    /// is refused, or finds the volume gone and records nothing.
     #[tracing::instrument(skip_all, fields(sandbox = %sandbox, volume = %name))]
     pub async fn remove_volume(
         &self,
         sandbox: &SandboxName,
         name: &VolumeName,
     ) -> Result<(), Error> {
-        let view = self.volume(sandbox, name).await?;
-        if !view.used_by.is_empty() {
-            let ids: Vec<String> = view.used_by.iter().map(ToString::to_string).collect();
-            return Err(Error::Conflict(format!(
-                "volume {name} is mounted by deployment(s) {}: `nx rm` them first (its files stay until then)",
-                ids.join(", ")
-            )));
-        }
-        let _guard = self.changes.lock().await;
-        sqlx::query("DELETE FROM volumes WHERE sandbox = $1 AND name = $2")
-            .bind(sandbox.as_str())
-            .bind(name.as_str())
-            .execute(self.state.pool())
+        self.volume_row(sandbox, name).await?;
+        let mut tx = self.state.pool().begin().await.map_err(StateError::from)?;
+        sqlx::query("LOCK TABLE deployments IN SHARE MODE")
+            .execute(&mut *tx)
             .await
             .map_err(StateError::from)?;
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM deployments WHERE sandbox = $1 AND volumes @> $2 ORDER BY created_at",
+        )
+        .bind(sandbox.as_str())
+        .bind(sqlx::types::Json(
+            serde_json::json!([{ "volume": name.as_str() }]),
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StateError::from)?;
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "volume {name} is mounted by deployment(s) {}: `nx rm` them first (its files stay until then)",
+                users.join(", ")
+            )));
+        }
+        let deleted = sqlx::query("DELETE FROM volumes WHERE sandbox = $1 AND name = $2")
+            .bind(sandbox.as_str())
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(StateError::from)?;
+        if deleted.rows_affected() == 0 {
+            return Err(no_volume(sandbox, name));
+        }
+        tx.commit().await.map_err(StateError::from)?;
         remove_path(&self.volume_image(sandbox, name.as_str()))
     }
 
@@ -278,13 +408,21 @@ pub(crate) fn mounted(mounts: Vec<VolumeMount>, source: VolumeSource) -> Vec<Mou
         .collect()
 }
 
-/// A new, empty volume filesystem of `size_mb` MiB at `image` (its directory made if missing):
-/// /data's kind of image (`data_disk::create_formatted`), root's; its group is set when it is
-/// mounted.
-fn make_image(image: &Path, size_mb: u64) -> Result<(), String> {
-    let dir = image.parent().expect("a volume image has a dir");
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    create_formatted(image, size_mb)
+impl Orchestrator {
+    /// A new, empty volume filesystem of `size_mb` MiB at `image` (its directory made if
+    /// missing): a sparse copy of the empty filesystem of that size that /data's images are
+    /// copied from (`data_disk::DataTemplates`, formatted once per size), root's; its group is
+    /// set when it is mounted. On a blocking thread. Errors: mkfs.ext4's or cp's.
+    async fn make_image(&self, image: &Path, size_mb: u64) -> Result<(), String> {
+        let (templates, image) = (Arc::clone(&self.data_templates), image.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let dir = image.parent().expect("a volume image has a dir");
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            templates.copy_to(size_mb, &image)
+        })
+        .await
+        .map_err(|e| format!("making the image: {e}"))?
+    }
 }
 
 /// Removes a file or a directory tree; one that is not there is no error.

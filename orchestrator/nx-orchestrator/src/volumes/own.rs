@@ -9,7 +9,7 @@
 //! deployment once promoted keeps production's volumes (a rollback may return to it). `nx rm`
 //! of a deployment deletes its copies.
 
-use super::{make_image, remove_path};
+use super::remove_path;
 use crate::api::volumes::{MountedVolume, VolumeSource};
 use crate::backend::data_disk::VolumeDisk;
 use crate::backend::volume_job::{Step, VolumeJob};
@@ -62,7 +62,7 @@ impl Orchestrator {
                 .ok_or_else(|| Error::NotFound(format!("volume {} is gone", m.volume)))?;
             let image = self.own_image(deployment, &m.volume);
             let size_mb = u64::try_from(row.size_mb).unwrap_or(0);
-            make_image(&image, size_mb).map_err(|e| {
+            self.make_image(&image, size_mb).await.map_err(|e| {
                 Error::io(format!(
                     "making deployment {}'s volume {}",
                     deployment.id, m.volume

@@ -60,18 +60,14 @@ impl ContainerBackend {
         state_dir: &Path,
         launcher: PathBuf,
         settings: UnitSettings,
+        data_templates: Arc<DataTemplates>,
     ) -> Result<Self, BackendError> {
         let root = state_dir.join("deployments");
         std::fs::create_dir_all(&root)?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
         let seccomp = seccomp::write_programs(&state_dir.join("seccomp"))?;
         Ok(Self {
-            units: DeploymentUnits::new(
-                supervisor,
-                launcher,
-                settings,
-                DataTemplates::new(state_dir.join("data-templates"))?,
-            ),
+            units: DeploymentUnits::new(supervisor, launcher, settings, data_templates),
             root,
             seccomp,
             podman: Podman::new(state_dir)?,

@@ -136,7 +136,7 @@ impl MicrovmBackend {
                 supervisor,
                 launcher,
                 settings,
-                DataTemplates::new(root.join("data-templates"))?,
+                Arc::new(DataTemplates::new(root.join("data-templates"))?),
             ),
             root,
             kernel,
