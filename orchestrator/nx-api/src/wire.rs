@@ -449,6 +449,11 @@ pub struct SandboxRemoved {
     /// asked not to make them.
     #[serde(default)]
     pub final_volume_backups: Vec<crate::volumes::VolumeBackup>,
+    /// Where all its backups (these and earlier ones) now are on the nxd host: a directory
+    /// only the host's operator reads, as no route serves it (a sandbox made again under the
+    /// name starts with none). `None` when it had no backups.
+    #[serde(default)]
+    pub backups_kept_at: Option<String>,
 }
 
 /// `DELETE /v1/sandboxes/{name}/db/backups/{id}`.

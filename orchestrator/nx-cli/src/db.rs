@@ -95,8 +95,13 @@ pub async fn sandbox(client: &Client, cmd: SandboxCommand, json: bool) -> anyhow
             }
             for b in &done.final_volume_backups {
                 println!(
-                    "final backup {} of volume {} kept on the host at {} (`nx volume restore SANDBOX NAME {}` after creating a volume)",
-                    b.id, b.volume, b.path, b.id
+                    "final backup {} of volume {} kept on the host at {}",
+                    b.id, b.volume, b.path
+                );
+            }
+            if let Some(dir) = &done.backups_kept_at {
+                println!(
+                    "all of {n}'s backups are set aside at {dir} on the nxd host, for its operator: a sandbox made again as {n} does not get them (restore from a copy with `nx db restore SANDBOX FILE` or `nx volume restore SANDBOX VOLUME FILE`)"
                 );
             }
         }

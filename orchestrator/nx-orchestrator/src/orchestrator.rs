@@ -5,7 +5,7 @@ use crate::access::{SshKeyStore, TokenStore};
 use crate::api::access::SandboxSettings;
 use crate::api::checks;
 use crate::api::health;
-use crate::api::{DeploymentView, PushRequest, SandboxView};
+use crate::api::{DeploymentView, PushRequest, SandboxRemoved, SandboxView};
 use crate::artifact::Artifact;
 use crate::artifact::{ArtifactStore, BundleStore, StoreError};
 use crate::backend::data_disk::DataTemplates;
@@ -13,7 +13,7 @@ use crate::backend::{
     Backends, Program, SandboxBackend, SandboxSpec, DEFAULT_STOP_TIMEOUT, MAX_STOP_TIMEOUT,
 };
 use crate::config::Config;
-use crate::databases::{BackupInfo, Databases, RestoreInfo};
+use crate::databases::{Databases, RestoreInfo};
 use crate::domain::{BackendKind, Deployment, Desired, RouteKey, Runtime};
 use crate::error::Error;
 use crate::metrics::Operation;
@@ -997,14 +997,15 @@ impl Orchestrator {
     }
 
     /// Removes every deployment of a sandbox, then its volumes and its database and role,
-    /// each after a final backup unless told not to; returns the backups (the database's, the
-    /// volumes').
+    /// each after a final backup unless told not to, then sets all its backups aside for the
+    /// host's operator (`Databases::set_backups_aside`); returns what `DELETE
+    /// /v1/sandboxes/{name}` answers.
     #[tracing::instrument(skip(self))]
     pub async fn remove_sandbox(
         &self,
         name: &SandboxName,
         backup: bool,
-    ) -> Result<(Option<BackupInfo>, Vec<crate::api::volumes::VolumeBackup>), Error> {
+    ) -> Result<SandboxRemoved, Error> {
         self.existing(name).await?;
         let deployments: Vec<Deployment> = self
             .state
@@ -1037,7 +1038,7 @@ impl Orchestrator {
                 ))
             })?;
         }
-        let final_volume_backups = self.remove_sandbox_volumes(name, backup).await?;
+        let mut final_volume_backups = self.remove_sandbox_volumes(name, backup).await?;
         {
             let _guard = self.changes.lock().await;
             let removed: Vec<DeploymentId> = deployments.iter().map(|d| d.id.clone()).collect();
@@ -1045,7 +1046,26 @@ impl Orchestrator {
             self.rebuild_routes().await?;
         }
         self.databases.drop_sandbox(name).await?;
-        Ok((final_backup, final_volume_backups))
+        let backups = self.config.state_dir.join("backups").join(name.as_str());
+        let kept_at = self.databases.set_backups_aside(name).map_err(|e| {
+            Error::Setup(format!(
+                "sandbox {name} is removed, but its backups stay at {} (a sandbox made again under this name could read them): {e}",
+                backups.display()
+            ))
+        })?;
+        if let Some(kept_at) = &kept_at {
+            for b in &mut final_volume_backups {
+                if let Ok(rest) = std::path::Path::new(&b.path).strip_prefix(&backups) {
+                    b.path = kept_at.join(rest).display().to_string();
+                }
+            }
+        }
+        Ok(SandboxRemoved {
+            removed: name.clone(),
+            final_backup,
+            final_volume_backups,
+            backups_kept_at: kept_at.map(|p| p.display().to_string()),
+        })
     }
 
     /// A sandbox that exists, or a 404 that says how to list them.

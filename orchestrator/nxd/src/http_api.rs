@@ -293,15 +293,11 @@ async fn remove_sandbox(
     Query(q): Query<RemoveQuery>,
 ) -> ApiResult<SandboxRemoved> {
     let name = sandbox_name(&name)?;
-    let (final_backup, final_volume_backups) = app.remove_sandbox(&name, q.backup).await?;
+    let removed = app.remove_sandbox(&name, q.backup).await?;
     if let Err(e) = crate::sftp::area::remove(&app.config.state_dir, &name) {
         tracing::warn!(sandbox = %name, error = %e, "the sandbox's SFTP result files stay");
     }
-    Ok(Json(SandboxRemoved {
-        removed: name,
-        final_backup,
-        final_volume_backups,
-    }))
+    Ok(Json(removed))
 }
 
 async fn database(State(app): Shared, Path(name): Path<String>) -> ApiResult<DatabaseInfo> {

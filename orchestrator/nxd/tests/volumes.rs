@@ -210,12 +210,44 @@ fn backup_restore_and_the_final_backup_of_sandbox_rm() {
     let finals = removed["final_volume_backups"].as_array().unwrap();
     assert_eq!(finals.len(), 1, "{removed}");
     let path = std::path::PathBuf::from(finals[0]["path"].as_str().unwrap());
+    let aside = removed["backups_kept_at"]
+        .as_str()
+        .expect("backups set aside");
     assert!(
-        path.starts_with(host.path("backups/shop/volumes/files")),
+        aside.starts_with(host.path("backups/.removed/shop.").to_str().unwrap())
+            && path.starts_with(std::path::Path::new(aside).join("volumes/files")),
         "{removed}"
     );
     assert!(tar_list(&path).contains(&"./kept".to_owned()));
     assert!(!host.path("volumes/shop").exists());
+    // The name is someone else's now: a sandbox made again as shop, with a token of its own,
+    // reads none of the old one's backups (volume or database).
+    host.nx_json(&["sandbox", "create", "shop"]);
+    let token = host.nx_json(&["token", "create", "--sandbox", "shop", "--can", "push,db"])
+        ["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = finals[0]["id"].as_str().unwrap();
+    let status = host
+        .http()
+        .get(format!(
+            "http://{}/v1/sandboxes/shop/volumes/files/backups/{id}",
+            host.api
+        ))
+        .bearer_auth(&token)
+        .send()
+        .expect("request")
+        .status();
+    assert_eq!(status, 404);
+    let listed = host.nx_as(&token, &["--json", "db", "backups", "shop"]);
+    assert!(
+        listed.ok && listed.stdout.trim() == "[]",
+        "{}{}",
+        listed.stdout,
+        listed.stderr
+    );
+    host.nx_json(&["sandbox", "rm", "shop", "--no-backup"]);
     host.nx_json(&["volume", "create", "scratch", "files", "--size", "16"]);
     let removed = host.nx_json(&["sandbox", "rm", "scratch", "--no-backup"]);
     assert_eq!(removed["final_volume_backups"], serde_json::json!([]));

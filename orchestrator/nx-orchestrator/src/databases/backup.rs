@@ -341,6 +341,24 @@ impl Databases {
         self.backups.join(sandbox.as_str())
     }
 
+    /// For a removed sandbox: moves its backups (database dumps, `volumes/`) from
+    /// `<state_dir>/backups/<sandbox>` to `<state_dir>/backups/.removed/<sandbox>.<id>`, out
+    /// of every API route's reach, because names are reused: a sandbox made again under the
+    /// name, and its tokens, must not read the previous holder's data. Returns where they went
+    /// (`None` when there were none). Errors: the rename's.
+    pub fn set_backups_aside(&self, sandbox: &SandboxName) -> std::io::Result<Option<PathBuf>> {
+        let from = self.backup_dir(sandbox);
+        if !from.exists() {
+            return Ok(None);
+        }
+        let removed = self.backups.join(".removed");
+        std::fs::create_dir_all(&removed)?;
+        let to = removed.join(format!("{sandbox}.{}", now_id()));
+        std::fs::rename(&from, &to)?;
+        tracing::info!(sandbox = %sandbox, to = %to.display(), "the removed sandbox's backups are set aside");
+        Ok(Some(to))
+    }
+
     pub fn backup_path(&self, sandbox: &SandboxName, id: &str) -> Result<PathBuf, DbError> {
         check_id(id)?;
         let path = self.backup_dir(sandbox).join(format!("{id}.dump"));
