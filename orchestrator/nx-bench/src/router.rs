@@ -148,10 +148,8 @@ fn command_in_cgroup(procs: &Path, program: impl AsRef<std::ffi::OsStr>) -> Comm
 /// units all sit in one cgroup, which competes with the machine's other processes as one; a
 /// proxy outside it would get more of a loaded machine than the router.)
 fn router_cpu_cgroup(host: &Host) -> anyhow::Result<PathBuf> {
-    let pid_file = host.state_dir.path().join("router/router.pid");
-    let pid = std::fs::read_to_string(&pid_file)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", pid_file.display()))?;
-    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim()))?;
+    let pid = router_pid(host)?;
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     // cgroups(7): "hierarchy-ID:controller-list:cgroup-path".
     let path = cgroups
         .lines()
@@ -165,6 +163,31 @@ fn router_cpu_cgroup(host: &Host) -> anyhow::Result<PathBuf> {
     Ok(Path::new(CPU_HIERARCHY)
         .join(path.trim_start_matches('/'))
         .join("cgroup.procs"))
+}
+
+/// The pid of the host's router: the process whose command line names the host's router
+/// settings file (`nx-router --settings <state_dir>/router/settings.json`).
+fn router_pid(host: &Host) -> anyhow::Result<u32> {
+    let settings = host.state_dir.path().join("router/settings.json");
+    let settings = settings.to_string_lossy();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
+        let program = args.next().unwrap_or_default();
+        if program.ends_with("nx-router") && args.any(|a| a == settings) {
+            return Ok(pid);
+        }
+    }
+    anyhow::bail!("no nx-router process runs with --settings {settings}")
 }
 
 /// Where the v1 `cpu` controller's hierarchy is mounted.
