@@ -205,6 +205,11 @@ pub struct DeploymentView {
     pub port: u16,
     /// Where the router reaches it: its own address in its network namespace, and its port.
     pub listen: std::net::SocketAddr,
+    /// Its IPv6 address in its network namespace (of nxd's `network.subnet6`), where the
+    /// program may listen too (`[::]` takes both families); none where the host has no IPv6.
+    /// The router reaches it at `listen`.
+    #[serde(default)]
+    pub address6: Option<std::net::Ipv6Addr>,
     pub egress: Egress,
     pub desired: Desired,
     /// Where it is in its life (from `desired` and `state`).

@@ -1,7 +1,9 @@
 //! The cost of a deployment's network: namespace + veth + addresses + routes + sysctls, as the
 //! launcher sets them up (`network::attach::enter`), timed one by one while 500 such
-//! namespaces stay up, and the kernel memory they hold, against as many empty namespaces. All inside a network namespace made
-//! for the benchmark (with nxd's host side and firewall in it), never the machine's own.
+//! namespaces stay up, and the kernel memory they hold, against as many empty namespaces; with
+//! IPv6 (what deployments get on a host that has it) and on a host without (IPv4 only). All
+//! inside a network namespace made for the benchmark (with nxd's host side and firewall in
+//! it), never the machine's own.
 
 use nx_orchestrator::network::host::HostNetwork;
 use nx_orchestrator::network::{attach, Egress, NetworkConfig};
@@ -130,10 +132,17 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Sets up `n` deployments' namespaces in a namespace of the benchmark's own, `ROUNDS` times,
-/// each time alongside as many empty namespaces measured apart.
-pub fn setup_cost(n: usize) -> anyhow::Result<SetupCost> {
+/// each time alongside as many empty namespaces measured apart. `ipv6`: that namespace has
+/// IPv6 (deployments get addresses of `network.subnet6`; an error where the kernel has none),
+/// else IPv6 is off in it, as on a host without.
+pub fn setup_cost(n: usize, ipv6: bool) -> anyhow::Result<SetupCost> {
     std::thread::spawn(move || -> anyhow::Result<SetupCost> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        if !ipv6 {
+            for scope in ["all", "default"] {
+                std::fs::write(format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"), "1")?;
+            }
+        }
         let state = tempfile::Builder::new()
             .prefix("nx-bench-net-")
             .tempdir_in("/var/tmp")?;
@@ -142,6 +151,12 @@ pub fn setup_cost(n: usize) -> anyhow::Result<SetupCost> {
             .build()?;
         let config = NetworkConfig::default();
         let network = runtime.block_on(HostNetwork::start(&config, n as u32, state.path()))?;
+        anyhow::ensure!(
+            network.plan().subnet6().is_some() == ipv6,
+            "deployments' IPv6 is {} where the benchmark asked for {}",
+            network.plan().subnet6().is_some(),
+            ipv6
+        );
         let (mut samples, mut available, mut kernel, mut bare) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {

@@ -1142,6 +1142,7 @@ impl Orchestrator {
                     artifact: d.artifact.clone(),
                     port: d.program_port(),
                     listen: self.upstream(d)?,
+                    address6: self.attachment(d)?.address6,
                     egress: d.egress,
                     desired: d.desired,
                     phase: Phase::observe(d.desired, &state),

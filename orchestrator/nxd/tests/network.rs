@@ -127,8 +127,15 @@ fn a_deployment_reaches_the_internet_and_nothing_of_the_host_or_its_neighbours()
     assert!(!String::from_utf8_lossy(&links.stdout).contains(&closed));
 }
 
-/// Deployment `id`'s IPv6 address: the /128 the host routes to its link.
-fn address6(host: &Host, id: &str) -> Ipv6Addr {
+/// Deployment `id`'s IPv6 address (`address6` of its view), and that the host routes it to
+/// the deployment's link.
+fn address6(host: &Host, sandbox: &str, id: &str) -> Ipv6Addr {
+    let view = host.deployment(sandbox, id);
+    let address: Ipv6Addr = view["address6"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address6: {view}"))
+        .parse()
+        .expect("an IPv6 address");
     let out = host
         .netns
         .command("ip")
@@ -136,10 +143,11 @@ fn address6(host: &Host, id: &str) -> Ipv6Addr {
         .output()
         .expect("ip route");
     let routes = String::from_utf8_lossy(&out.stdout);
-    routes
-        .split_whitespace()
-        .find_map(|word| word.parse().ok())
-        .unwrap_or_else(|| panic!("no IPv6 route to {id}: {routes}"))
+    assert!(
+        routes.starts_with(&format!("{address} ")),
+        "{address} is not routed to nx-{id}: {routes}"
+    );
+    address
 }
 
 /// IPv6, as the test host has it (an uplink with a global address and a default route): every
@@ -167,7 +175,10 @@ fn ipv6_reaches_the_internet_and_nothing_of_the_host_or_its_neighbours() {
     let (status, body) = host.get(&host.preview_host("closed", &closed), "/");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&format!("deployment={closed}")), "{body}");
-    let (open6, closed6) = (address6(&host, &open), address6(&host, &closed));
+    let (open6, closed6) = (
+        address6(&host, "open", &open),
+        address6(&host, "closed", &closed),
+    );
     // The default network.subnet6, fd6e:7800:213::/64: which half of it.
     let half = |a: Ipv6Addr| {
         let subnet6 = u128::from("fd6e:7800:213::".parse::<Ipv6Addr>().unwrap());
