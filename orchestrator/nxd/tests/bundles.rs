@@ -242,28 +242,6 @@ fn bad_bundles_are_refused_with_what_to_do_and_nothing_is_stored() {
         "files": [{"path": "server", "sha256": "a".repeat(64), "size": 1, "executable": true}],
         "links": [{"path": "l", "target": "../../../etc/shadow"}],
     });
-    let resp = host
-        .http()
-        .post(format!("http://{}/v1/bundles", host.api))
-        .bearer_auth(&host.token)
-        .json(&manifest)
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 422);
-    assert!(resp.text().unwrap().contains("outside the bundle"));
-    assert_eq!(stored(&host), (vec![], vec![]), "something was stored");
-
-    // With its file uploaded: paths that collide (a link used as a directory), and a size that
-    // is not the file's (bundles.max_mb holds for the bytes received, not for what is declared).
-    let sha = nx_testkit::sha256_hex(&sample);
-    let resp = host
-        .http()
-        .put(format!("http://{}/v1/blobs/{sha}", host.api))
-        .bearer_auth(&host.token)
-        .body(sample.clone())
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
     // (status, the error's text or the answer)
     let create = |manifest: serde_json::Value| -> (u16, String) {
         let resp = host
@@ -278,6 +256,22 @@ fn bad_bundles_are_refused_with_what_to_do_and_nothing_is_stored() {
         let text = body["error"].as_str().map(str::to_owned);
         (status, text.unwrap_or_else(|| body.to_string()))
     };
+    let (status, body) = create(manifest);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("outside the bundle"), "{body}");
+    assert_eq!(stored(&host), (vec![], vec![]), "something was stored");
+
+    // With its file uploaded: paths that collide (a link used as a directory), and a size that
+    // is not the file's (bundles.max_mb holds for the bytes received, not for what is declared).
+    let sha = nx_testkit::sha256_hex(&sample);
+    let resp = host
+        .http()
+        .put(format!("http://{}/v1/blobs/{sha}", host.api))
+        .bearer_auth(&host.token)
+        .body(sample.clone())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
     let size = sample.len();
     let (status, body) = create(serde_json::json!({
         "entry": "d/app",

@@ -229,33 +229,36 @@ pub fn ruleset(
 /// it meets the old map or the new one, never an empty one. Connections already open keep
 /// the deployment they were DNATed to (conntrack).
 pub fn tcp_ports_update(elements: &[(u16, std::net::SocketAddrV4)]) -> String {
-    let mut t = format!("flush map inet {TABLE} {TCP_PORTS}\n");
-    if !elements.is_empty() {
-        let list: Vec<String> = elements
+    replace_elements(
+        "map",
+        TCP_PORTS,
+        elements
             .iter()
-            .map(|(port, to)| format!("{port} : {} . {}", to.ip(), to.port()))
-            .collect();
-        let _ = writeln!(
-            t,
-            "add element inet {TABLE} {TCP_PORTS} {{ {} }}",
-            list.join(", ")
-        );
-    }
-    t
+            .map(|(port, to)| format!("{port} : {} . {}", to.ip(), to.port())),
+    )
 }
 
 /// The `nft -f` input that makes `pairs` (client address, service address, service port) the
 /// whole of the service pairs set, in one transaction.
 pub fn service_pairs_update(pairs: &[(std::net::Ipv4Addr, std::net::SocketAddrV4)]) -> String {
-    let mut t = format!("flush set inet {TABLE} {SERVICE_PAIRS}\n");
-    if !pairs.is_empty() {
-        let list: Vec<String> = pairs
+    replace_elements(
+        "set",
+        SERVICE_PAIRS,
+        pairs
             .iter()
-            .map(|(from, to)| format!("{from} . {} . {}", to.ip(), to.port()))
-            .collect();
+            .map(|(from, to)| format!("{from} . {} . {}", to.ip(), to.port())),
+    )
+}
+
+/// `flush <kind> inet nx <name>`, then one `add element` with `elements` (none: the flush
+/// alone): nft applies the file as one transaction, so readers see the old contents or the new.
+fn replace_elements(kind: &str, name: &str, elements: impl Iterator<Item = String>) -> String {
+    let mut t = format!("flush {kind} inet {TABLE} {name}\n");
+    let list: Vec<String> = elements.collect();
+    if !list.is_empty() {
         let _ = writeln!(
             t,
-            "add element inet {TABLE} {SERVICE_PAIRS} {{ {} }}",
+            "add element inet {TABLE} {name} {{ {} }}",
             list.join(", ")
         );
     }
