@@ -5,8 +5,11 @@
 //! `databases::tool` (pg_dump or pg_restore running), `databases::restore` (the scratch
 //! database made, nothing restored yet), `databases::swap` (inside the swap's transaction) and
 //! `databases::swapped` (a branch swapped in, its role not yet dropped nor recorded),
-//! `data_disk::copied` (a new filesystem image copied, not yet renamed into place) and
-//! `volumes::record` (a volume's image made, its row not yet committed).
+//! `data_disk::copied` (a new filesystem image copied, not yet renamed into place),
+//! `volumes::record` (a volume's image made, its row not yet committed), `volumes::job` (a
+//! volume job's unit started: a preview's copy, a backup, a restore), `volumes::promoting` (a
+//! preview restarted on production's volumes, its promotion not yet recorded) and
+//! `volumes::promoted` (its promotion recorded, its copies not yet deleted).
 //! Code marks such a step with `fail::fail_point!("<point>")`, which compiles to nothing
 //! without the feature.
 

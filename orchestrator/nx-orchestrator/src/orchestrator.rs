@@ -259,6 +259,7 @@ impl Orchestrator {
                 .map(|d| d.id.to_string())
                 .collect();
             self.network.reconcile(&known).await?;
+            self.recover_promotions().await?;
             self.reconcile_volumes().await?;
             self.rebuild_routes().await?;
         }
@@ -504,6 +505,8 @@ impl Orchestrator {
     /// carries its last log lines.
     #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
     async fn run(&self, deployment: &Deployment) -> Result<(), Error> {
+        // Copies a crash cut short were deleted at nxd's start: they are made again.
+        step("volumes", self.make_own_volumes(deployment)).await?;
         let spec = step("spec", self.spec(deployment)).await?;
         let handle = step("prepare", self.backend.prepare(&spec)).await?;
         step("start", self.backend.start(&handle, &spec)).await?;
@@ -808,7 +811,8 @@ impl Orchestrator {
     /// branch becomes production's database first; its volume mounts become the volumes
     /// themselves (`volumes::own`). When either changed it restarts on them, and if it does
     /// not come back up, production's database and its mounts are put back as they were and
-    /// nothing is promoted. Its own volume copies are deleted once it is promoted.
+    /// nothing is promoted. Its own volume copies are deleted once it is promoted. A crash
+    /// in between is finished or undone at nxd's start (`volumes::own`).
     async fn switch_to(&self, deployment: &Deployment, swap_db: bool) -> Result<(), Error> {
         let (sandbox, id) = (&deployment.sandbox, &deployment.id);
         let previous_db = if swap_db {
@@ -831,7 +835,11 @@ impl Orchestrator {
                     .await?;
                 self.start_and_wait(&now, false).await
             };
-            if let Err(e) = restarted.await {
+            let restarted = restarted.await;
+            if restarted.is_ok() && own_mounts.is_some() {
+                fail::fail_point!("volumes::promoting");
+            }
+            if let Err(e) = restarted {
                 let mut undone = vec!["nothing was promoted".to_owned()];
                 if let Some(previous) = previous_db {
                     let kept = self.databases.swap_back(sandbox, &previous).await?;
@@ -839,8 +847,8 @@ impl Orchestrator {
                     undone.push(format!("production's database is as it was (the branch's data is kept as database {kept})"));
                 }
                 if let Some(mounts) = own_mounts {
-                    self.set_mounts(id, &mounts).await?;
-                    undone.push("it mounts its own volume copies again".to_owned());
+                    self.put_back_mounts(deployment, &mounts).await?;
+                    undone.push(self.restart_on_own_volumes(deployment, swap_db).await);
                 }
                 let undone = undone.join(", ");
                 return Err(match e {
@@ -857,6 +865,7 @@ impl Orchestrator {
         self.rebuild_routes().await?;
         tracing::info!("promoted");
         if own_mounts.is_some() {
+            fail::fail_point!("volumes::promoted");
             self.drop_own_volumes(deployment)?;
         }
         Ok(())

@@ -373,6 +373,248 @@ fn a_crash_while_a_volume_is_created_leaves_nothing_half_made() {
     write(&host, &a, "made");
 }
 
+/// `ls_at` once the deployment behind `name` answers again (it is adopted in the background
+/// after nxd's start): within 60 s.
+fn ls_once_up(host: &Host, name: &str, dir: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, body) = host.get(name, &format!("/ls?path={dir}"));
+        if status == 200 {
+            let mut names: Vec<String> = serde_json::from_str(&body).unwrap();
+            names.retain(|n| n != "lost+found");
+            return names;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} does not answer: {status} {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The promoted deployment of `shop`, as `nx status` says.
+fn production(host: &Host) -> String {
+    let status = host.nx_json(&["status", "shop"]);
+    status[0]["promoted"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_crash_during_the_promotion_of_a_volume_preview_finishes_it_or_leaves_it_undone() {
+    let mut host = Host::start();
+    host.nx_json(&["volume", "create", "shop", "files", "--size", "32"]);
+    let mut prod = push_with_volume(&host);
+    host.nx_json(&["promote", "shop", &prod]);
+    write(&host, &prod, "from-production");
+
+    // kill -9 once the preview runs on production's volume, its promotion not recorded:
+    // after the next start it is a preview on its own filesystem again (it sees what it
+    // wrote there, not production's files), production is as it was. Then kill -9 once the
+    // promotion is recorded, its copies not yet deleted: the promotion is finished.
+    for (point, finished) in [("volumes::promoting", false), ("volumes::promoted", true)] {
+        let preview = push_with_volume(&host);
+        write(&host, &preview, &format!("preview-{point}"));
+        host.crash_during(point, &["promote", "shop", &preview]);
+        let own = host.path(&format!("volumes/shop/{preview}"));
+        let mounted = host.deployment("shop", &preview)["volumes"][0]["source"].clone();
+        if finished {
+            prod = preview.clone();
+            assert_eq!(production(&host), prod, "{point}");
+            assert_eq!(mounted, "live", "{point}");
+            assert!(!own.exists(), "{point}: its copies stayed");
+        } else {
+            assert_eq!(production(&host), prod, "{point}: production moved");
+            assert_eq!(
+                mounted, "empty",
+                "{point}: a preview mounts production's volume"
+            );
+            assert_eq!(
+                ls_once_up(&host, &host.preview_host("shop", &preview), "/srv/files"),
+                [format!("preview-{point}")],
+                "{point}: the preview does not run on its own filesystem"
+            );
+        }
+        assert_eq!(
+            ls_once_up(&host, &host.production_host("shop"), "/srv/files"),
+            ["from-production"],
+            "{point}: production's files changed"
+        );
+        assert_eq!(
+            ls_once_up(&host, &host.preview_host("shop", &prod), "/srv/files"),
+            ["from-production"],
+            "{point}"
+        );
+    }
+}
+
+#[test]
+fn a_preview_that_does_not_start_on_production_s_volume_is_not_promoted_and_runs_on_its_copy_again()
+{
+    let host = Host::start();
+    host.nx_json(&["volume", "create", "shop", "files", "--size", "16"]);
+    let prod = push_with_volume(&host);
+    host.nx_json(&["promote", "shop", &prod]);
+    write(&host, &prod, "poison");
+    // Its own (empty) filesystem has no poison: it runs; on production's it exits at start.
+    let preview = push_with_volume_and(&host, &["-e", "FAIL_AT_START_IF=/srv/files/poison"]);
+    write(&host, &preview, "own");
+    let promoted = host.nx(&["promote", "shop", &preview]);
+    assert!(!promoted.ok, "{}", promoted.stdout);
+    for said in [
+        "nothing was promoted",
+        "what it wrote there stays",
+        "it runs on its own volume copies again",
+    ] {
+        assert!(
+            promoted.stderr.contains(said),
+            "{said}: {}",
+            promoted.stderr
+        );
+    }
+    assert_eq!(production(&host), prod);
+    assert_eq!(
+        host.deployment("shop", &preview)["volumes"][0]["source"],
+        "empty"
+    );
+    assert_eq!(ls(&host, &preview, "/srv/files"), ["own"]);
+    assert_eq!(
+        ls_at(&host, &host.production_host("shop"), "/srv/files"),
+        ["poison"]
+    );
+}
+
+/// Processes whose command line names the host's volume jobs' directory (a job's `nxd
+/// volume-job`, its `cp` or `tar`), as "pid: command line".
+fn volume_job_processes(host: &Host) -> Vec<String> {
+    let jobs = host.path("volumes/.jobs").display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline
+                .contains(&jobs)
+                .then(|| format!("{}: {cmdline}", entry.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
+/// Fills a volume's image, mounted on the host while no deployment mounts it, with `count`
+/// files of 4 MiB of random bytes, `f00` to `fNN`; returns their names.
+fn fill_image(host: &Host, image: &str, count: usize) -> Vec<String> {
+    let mnt = tempfile::tempdir().unwrap();
+    let image = host.path(image);
+    let names: Vec<String> = (0..count).map(|i| format!("f{i:02}")).collect();
+    let script = format!(
+        "set -e; mount -o loop {image} {mnt}; for f in {files}; do head -c 4M /dev/urandom > {mnt}/$f; done; umount {mnt}",
+        image = image.display(),
+        mnt = mnt.path().display(),
+        files = names.join(" ")
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    names
+}
+
+#[test]
+fn kill_9_of_nxd_during_each_volume_job_leaves_no_job_running_and_nothing_half_made() {
+    let mut host = Host::start();
+    host.nx_json(&["volume", "create", "shop", "files", "--size", "512"]);
+    let files = fill_image(&host, "volumes/shop/files.img", 96);
+    let prod = push_with_volume_and(&host, &["--volume-live"]);
+    host.nx_json(&["promote", "shop", &prod]);
+    let archive = host.path("files.tar");
+    host.nx_json(&[
+        "volume",
+        "backup",
+        "shop",
+        "files",
+        "-o",
+        archive.to_str().unwrap(),
+    ]);
+
+    // kill -9 of nxd just after a backup's and a restore's job started: after the next start
+    // no process of the job runs, nothing of it is left, production's files are whole.
+    let steps: [&[&str]; 2] = [
+        &["volume", "backup", "shop", "files"],
+        &[
+            "volume",
+            "restore",
+            "shop",
+            "files",
+            archive.to_str().unwrap(),
+        ],
+    ];
+    for command in steps {
+        host.crash_during("volumes::job", command);
+        assert_eq!(
+            volume_job_processes(&host),
+            Vec::<String>::new(),
+            "{command:?}"
+        );
+        let left: Vec<String> = nx_testkit::files_under(&host.path("volumes"))
+            .into_iter()
+            .chain(nx_testkit::files_under(&host.path("backups")))
+            .filter(|f| f.contains(".jobs") || f.ends_with(".partial") || f.ends_with(".restoring"))
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "{command:?}");
+        assert_eq!(
+            ls_once_up(&host, &host.production_host("shop"), "/srv/files"),
+            files,
+            "{command:?}"
+        );
+    }
+
+    // The copy of a --volume-branch push, cut short: the preview never runs on a half-made
+    // copy; its start makes the copy again, whole.
+    let listed = host.nx_json(&["status", "shop"]);
+    let before: Vec<String> = listed[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    host.crash_during(
+        "volumes::job",
+        &[
+            "push",
+            nx_testkit::sample_app().to_str().unwrap(),
+            "-s",
+            "shop",
+            "--volume",
+            "files:/srv/files",
+            "--volume-branch",
+        ],
+    );
+    assert_eq!(volume_job_processes(&host), Vec::<String>::new());
+    let listed = host.nx_json(&["status", "shop"]);
+    let preview = listed[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .find(|id| !before.contains(id))
+        .expect("the push was recorded before its copy");
+    assert_eq!(
+        ls_once_up(&host, &host.preview_host("shop", &preview), "/srv/files"),
+        files,
+        "the preview runs on a half-made copy"
+    );
+    assert!(!host
+        .path(&format!("volumes/shop/{preview}/.copying"))
+        .exists());
+}
+
 /// `POST /v1/sandboxes/{sandbox}/volumes` as a deploy token would send it: (status, error).
 fn create_raw(host: &Host, token: &str, sandbox: &str, name: &str, size_mb: u64) -> (u16, String) {
     let answer = host

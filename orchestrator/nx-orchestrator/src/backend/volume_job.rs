@@ -1,12 +1,17 @@
 //! `volume-job <spec>`: how nxd reaches a volume's files outside any deployment (a preview's
 //! copy at push, `nx volume backup|restore`, the final backup of `nx sandbox rm`). nxd runs its
-//! own binary again (`reexec`) as a child; the child makes a mount namespace of its own
+//! own binary again (`reexec`) in a transient unit `nxvol-<what>-<id>.service` of the control
+//! plane's slice ([`UNITS`]), so that a job does not outlive the nxd that wanted it: nxd's
+//! start stops every such unit left by a crash, and systemd kills all its processes
+//! ([`crate::Orchestrator::recover_volume_jobs`]). The job makes a mount namespace of its own
 //! (`data_disk::own_mount_namespace`), mounts the images like a deployment's launcher does
 //! (`data_disk::VolumeDisk::mount`: the loop device a running deployment has attached is
 //! shared, never a second one), then runs the steps, well-known tools (`cp -a`, GNU `tar`,
 //! `chown`, `chmod`), one after the other. Its mounts end with it, whatever happens.
 
 use super::data_disk::VolumeDisk;
+use crate::api::systemd::ActiveState;
+use crate::supervisor::{SliceKind, Supervisor, UnitOutput, UnitSpec};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -43,36 +48,69 @@ impl Step {
 #[error("{0}")]
 pub struct JobError(pub String);
 
+/// The units volume jobs run in (a glob for systemd's `ListUnitsByPatterns`).
+pub const UNITS: &str = "nxvol-*.service";
+
 impl VolumeJob {
-    /// Runs the job in a child (this very binary, `volume-job <spec>`), its spec a temp file in
-    /// `work_dir`; waits for it. Errors: the child's stderr (the step that failed and why).
-    #[tracing::instrument(skip_all, fields(disks = self.disks.len(), steps = self.steps.len()))]
-    pub async fn run(&self, work_dir: &Path) -> Result<(), JobError> {
+    /// Runs the job to its end in the transient unit `nxvol-<what>-<id>.service` (`id`: the
+    /// name of `work_dir`, a directory of its own that holds its spec and its output), this
+    /// very binary's `volume-job <spec>` as root. Errors: the job's output (the step that
+    /// failed and why), or why it could not be run.
+    #[tracing::instrument(skip_all, fields(what, disks = self.disks.len(), steps = self.steps.len()))]
+    pub async fn run(
+        &self,
+        supervisor: &Supervisor,
+        what: &str,
+        work_dir: &Path,
+    ) -> Result<(), JobError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| JobError(format!("{what}: {e}"));
-        std::fs::create_dir_all(work_dir).map_err(|e| fail("creating the job's dir", &e))?;
-        let spec = tempfile::Builder::new()
-            .prefix("volume-job-")
-            .suffix(".json")
-            .tempfile_in(work_dir)
-            .map_err(|e| fail("writing the job's spec", &e))?;
-        serde_json::to_writer(spec.as_file(), self)
-            .map_err(|e| fail("writing the job's spec", &e))?;
+        let spec = work_dir.join("job.json");
+        let log = work_dir.join("job.log");
+        std::fs::write(
+            &spec,
+            serde_json::to_vec(self).map_err(|e| fail("writing the job's spec", &e))?,
+        )
+        .map_err(|e| fail("writing the job's spec", &e))?;
         let exe = std::env::current_exe().map_err(|e| fail("locating nxd's binary", &e))?;
-        let out = tokio::process::Command::new(exe)
-            .arg("volume-job")
-            .arg(spec.path())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
+        let id = work_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_start_matches('.').to_owned())
+            .unwrap_or_default();
+        let unit = UnitSpec {
+            name: format!("nxvol-{what}-{id}.service"),
+            description: format!("NX volume job ({what})"),
+            argv: vec![
+                exe.display().to_string(),
+                "volume-job".to_owned(),
+                spec.display().to_string(),
+            ],
+            user: None,
+            limits: None,
+            output: UnitOutput::File(log.clone()),
+            restart_delay: None,
+            slice: SliceKind::Control,
+            graceful_stop: None,
+            remain_after_exit: true,
+            ambient_capabilities: 0,
+            cpu_affinity: Vec::new(),
+        };
+        supervisor
+            .start(&unit)
             .await
             .map_err(|e| fail("starting the volume job", &e))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(JobError(
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ))
+        fail::fail_point!("volumes::job");
+        let ended = supervisor.wait_ended(&unit.name).await;
+        let _ = supervisor.stop(&unit.name).await;
+        let state = ended.map_err(|e| fail("waiting for the volume job", &e))?;
+        if state.active == ActiveState::Failed {
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(JobError(format!(
+                "{} (exit status {})",
+                output.trim(),
+                state.exit_status
+            )));
         }
+        Ok(())
     }
 }
 

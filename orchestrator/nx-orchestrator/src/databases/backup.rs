@@ -8,14 +8,13 @@
 //! databases) [`Databases::recover`] removes at nxd's start.
 
 use super::{ident, quote, restrict_statements, Databases, DbError};
-use crate::api::systemd::{ActiveState, SubState};
+use crate::api::systemd::ActiveState;
 use crate::embedded_db::find_binary;
 use crate::names::{DeploymentId, SandboxName};
 use crate::supervisor::{SliceKind, UnitOutput, UnitSpec};
 pub use nx_api::{BackupInfo, RestoreInfo};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 use tokio::process::Command;
 
 /// The units pg_dump and pg_restore run in.
@@ -97,17 +96,11 @@ impl Databases {
             .await
             .map_err(|e| failed(e.to_string()))?;
         fail::fail_point!("databases::tool");
-        let state = loop {
-            let state = self
-                .supervisor
-                .state(&spec.name)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            if state.active == ActiveState::Failed || state.sub == SubState::Exited {
-                break state;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let state = self
+            .supervisor
+            .wait_ended(&spec.name)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         let output = std::fs::read_to_string(&log).unwrap_or_default();
         let _ = std::fs::remove_file(&log);
         let _ = self.supervisor.stop(&spec.name).await;

@@ -8,7 +8,7 @@ mod dbus_api;
 pub mod embedded;
 pub mod unit_states;
 
-use crate::api::systemd::ActiveState;
+use crate::api::systemd::{ActiveState, SubState};
 use crate::api::UnitState;
 use crate::config::{Limits, SystemdMode};
 use dbus_api::{ManagerProxy, ServiceProxy};
@@ -526,6 +526,19 @@ impl Supervisor {
             .list_units_by_patterns(&[], &[pattern])
             .await?;
         Ok(rows.into_iter().map(|row| row.0).collect())
+    }
+
+    /// Waits until a unit started with `remain_after_exit` has run to its end (`failed`, or
+    /// `active`/`exited` after a success), polling every 50 ms, and returns its state; no
+    /// time limit (a pg_dump or a volume copy takes as long as its data).
+    pub async fn wait_ended(&self, unit: &str) -> Result<UnitState, SupervisorError> {
+        loop {
+            let state = self.state(unit).await?;
+            if state.active == ActiveState::Failed || state.sub == SubState::Exited {
+                return Ok(state);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Polls a unit until `done` holds or `timeout` passes.

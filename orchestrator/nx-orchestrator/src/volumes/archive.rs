@@ -32,6 +32,31 @@ impl Orchestrator {
             .join(volume)
     }
 
+    /// A backup's `.partial` archives (`<state_dir>/backups/*/volumes/*/`), left by a crash
+    /// while it was written: removed at nxd's start.
+    pub(super) fn remove_partial_backups(&self) -> Result<(), Error> {
+        let backups = self.config.state_dir.join("backups");
+        let volumes = std::fs::read_dir(&backups)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|sandbox| sandbox.path().join("volumes"));
+        let archives = volumes
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .flatten()
+            .filter_map(|volume| std::fs::read_dir(volume.path()).ok())
+            .flatten()
+            .flatten()
+            .map(|archive| archive.path())
+            .filter(|path| path.extension().is_some_and(|e| e == "partial"));
+        for path in archives {
+            tracing::warn!(path = %path.display(), "left by a crash: removed");
+            remove_path(&path)?;
+        }
+        Ok(())
+    }
+
     /// A backup kept on the host, by id. Errors: `Invalid` for an id that is not one,
     /// `NotFound` when there is none.
     pub fn volume_backup_path(
@@ -62,13 +87,6 @@ impl Orchestrator {
             .suffix(".tar")
             .tempfile_in(&dir)
             .map_err(Error::io("creating a file for the upload"))
-    }
-
-    /// A job's directory (its spec and mount points), removed when dropped.
-    fn volume_job_dir(&self) -> Result<tempfile::TempDir, Error> {
-        let dir = self.volume_jobs_dir();
-        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-        tempfile::tempdir_in(&dir).map_err(Error::io("creating a volume job's directory"))
     }
 
     /// `nx volume backup`: an archive of the volume's files as they are now.
@@ -114,7 +132,7 @@ impl Orchestrator {
             }],
             steps: vec![tar],
         }
-        .run(job.path())
+        .run(&self.supervisor, "backup", job.path())
         .await;
         if let Err(e) = made {
             remove_path(&partial)?;
@@ -177,7 +195,7 @@ impl Orchestrator {
                 Step::new(["chmod", "-R", "g+rwX", &target]),
             ],
         }
-        .run(job.path())
+        .run(&self.supervisor, "restore", job.path())
         .await;
         if let Err(e) = unpacked {
             remove_path(&fresh)?;

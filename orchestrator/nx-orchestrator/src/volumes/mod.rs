@@ -64,6 +64,16 @@ impl Orchestrator {
         self.config.state_dir.join("volumes").join(".jobs")
     }
 
+    /// A job's directory (its spec, output and mount points), removed when dropped.
+    fn volume_job_dir(&self) -> Result<tempfile::TempDir, Error> {
+        let dir = self.volume_jobs_dir();
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        tempfile::Builder::new()
+            .prefix("job-")
+            .tempdir_in(&dir)
+            .map_err(Error::io("creating a volume job's directory"))
+    }
+
     async fn volume_rows(&self, sandbox: &SandboxName) -> Result<Vec<VolumeRow>, Error> {
         Ok(sqlx::query_as(
             "SELECT id, name, size_mb, created_at FROM volumes WHERE sandbox = $1 ORDER BY name",
@@ -166,13 +176,24 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// At nxd's start, before anything mounts a volume: what a crash left half made goes. An
-    /// image with no row (a `nx volume create` or `rm` cut short), a `.partial` or
-    /// `.restoring` image, the directory of copies of a deployment that is not recorded (a
-    /// push cut short), volume jobs' leftovers; a row whose image is missing and that no
+    /// At nxd's start, before anything mounts a volume: volume jobs a crash left running are
+    /// stopped (their units, with every process in them: `cp`, `tar`), then what a crash left
+    /// half made goes. An image with no row (a `nx volume create` or `rm` cut short), a
+    /// `.partial` or `.restoring` image, the directory of copies of a deployment that is not
+    /// recorded (a push cut short) and copies still marked as being made (`own::COPYING`:
+    /// the deployment's next start makes them again), volume jobs' leftovers (uploads, specs,
+    /// mount points), a backup's `.partial` archive; a row whose image is missing and that no
     /// deployment mounts (made before creation made the image first).
     #[tracing::instrument(skip_all)]
     pub(crate) async fn reconcile_volumes(&self) -> Result<(), Error> {
+        for unit in self
+            .supervisor
+            .list(crate::backend::volume_job::UNITS)
+            .await?
+        {
+            tracing::warn!(%unit, "stopping a volume job left from before");
+            self.supervisor.stop(&unit).await?;
+        }
         let root = self.config.state_dir.join("volumes");
         let rows: Vec<(String, String)> = sqlx::query_as("SELECT sandbox, name FROM volumes")
             .fetch_all(self.state.pool())
@@ -180,6 +201,7 @@ impl Orchestrator {
             .map_err(StateError::from)?;
         let deployments = self.state.deployments().await?;
         remove_path(&self.volume_jobs_dir())?;
+        self.remove_partial_backups()?;
         for (sandbox, name) in &rows {
             let image = root.join(sandbox).join(format!("{name}.img"));
             let mounted = deployments.iter().any(|d| {
@@ -209,6 +231,7 @@ impl Orchestrator {
                     deployments
                         .iter()
                         .any(|d| d.id.as_str() == file && d.sandbox.as_str() == sandbox)
+                        && !entry.path().join(own::COPYING).exists()
                 } else {
                     file.strip_suffix(".img")
                         .is_some_and(|name| rows.iter().any(|(s, n)| *s == sandbox && n == name))

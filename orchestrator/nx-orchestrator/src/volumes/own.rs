@@ -8,17 +8,33 @@
 //! and its copies are deleted: what a preview wrote to them never reaches production. A
 //! deployment once promoted keeps production's volumes (a rollback may return to it). `nx rm`
 //! of a deployment deletes its copies.
+//!
+//! Crashes: while copies are made, the mark [`COPYING`] lies beside them; nxd's start deletes
+//! copies that still have it (a copy cut short) and a deployment's next start makes the
+//! missing ones again, so no deployment runs on a half-made copy. A promotion writes its
+//! intent, [`PROMOTING`] (the mounts to put back), before its mounts switch; nxd's start
+//! ([`Orchestrator::recover_promotions`]) finishes a promotion that was recorded and undoes
+//! one that was not, so a crash never leaves a preview on production's volumes.
 
 use super::remove_path;
 use crate::api::volumes::{MountedVolume, VolumeSource};
 use crate::backend::data_disk::VolumeDisk;
 use crate::backend::volume_job::{Step, VolumeJob};
-use crate::domain::Deployment;
+use crate::backend::{SandboxBackend, DEFAULT_STOP_TIMEOUT};
+use crate::domain::{Deployment, Desired};
 use crate::error::Error;
 use crate::names::{DeploymentId, VolumeName};
 use crate::state::StateError;
 use crate::Orchestrator;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The mark in a deployment's directory of copies while they are made (its absence: all of
+/// them are whole).
+pub(super) const COPYING: &str = ".copying";
+/// A promotion's intent in the deployment's directory of copies: JSON, the deployment's
+/// mounts before its promotion (`[MountedVolume]`).
+const PROMOTING: &str = ".promoting";
 
 impl Orchestrator {
     /// `<state_dir>/volumes/<sandbox>/<deployment>`: its own copies.
@@ -31,26 +47,28 @@ impl Orchestrator {
         self.own_dir(deployment).join(format!("{volume}.img"))
     }
 
-    /// At push, once it is recorded: its empty filesystems and its copies. On an error the
-    /// caller removes the deployment (and `drop_own_volumes` what was made).
+    /// Its empty filesystems and its copies that are missing: at push, once it is recorded
+    /// (all), and before each start (those a crash cut short, deleted at nxd's start). While
+    /// it works the mark [`COPYING`] lies in its directory. On an error at push the caller
+    /// removes the deployment (and `drop_own_volumes` what was made).
     #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
     pub(crate) async fn make_own_volumes(&self, deployment: &Deployment) -> Result<(), Error> {
         let own: Vec<&MountedVolume> = deployment
             .volumes
             .iter()
             .filter(|m| m.source != VolumeSource::Live)
+            .filter(|m| !self.own_image(deployment, &m.volume).exists())
             .collect();
         if own.is_empty() {
             return Ok(());
         }
+        let dir = self.own_dir(deployment);
+        let mark = dir.join(COPYING);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&mark, b""))
+            .map_err(Error::io(format!("marking {}", mark.display())))?;
         let rows = self.volume_rows(&deployment.sandbox).await?;
-        let jobs = tempfile::tempdir_in({
-            let dir = self.volume_jobs_dir();
-            std::fs::create_dir_all(&dir)
-                .map_err(Error::io(format!("creating {}", dir.display())))?;
-            dir
-        })
-        .map_err(Error::io("creating a volume job's directory"))?;
+        let jobs = self.volume_job_dir()?;
         let mut copy = VolumeJob {
             disks: Vec::new(),
             steps: Vec::new(),
@@ -93,13 +111,15 @@ impl Orchestrator {
             }
         }
         if !copy.steps.is_empty() {
-            copy.run(jobs.path()).await.map_err(|e| {
-                Error::Conflict(format!(
-                    "copying production's volume files for --volume-branch failed: {e}"
-                ))
-            })?;
+            copy.run(&self.supervisor, "copy", jobs.path())
+                .await
+                .map_err(|e| {
+                    Error::Conflict(format!(
+                        "copying production's volume files for --volume-branch failed: {e}"
+                    ))
+                })?;
         }
-        Ok(())
+        remove_path(&mark)
     }
 
     /// Deletes a deployment's own copies (at `nx rm`, on a failed push, after its promotion).
@@ -107,8 +127,10 @@ impl Orchestrator {
         remove_path(&self.own_dir(deployment))
     }
 
-    /// For a promotion: every mount of the deployment becomes the volume itself. Returns its
-    /// mounts as they were when one changed (to put back if the promotion fails), else none.
+    /// For a promotion: every mount of the deployment becomes the volume itself, after its
+    /// intent ([`PROMOTING`]: its mounts as they were) is written beside its copies. Returns
+    /// those mounts when one changed (`put_back_mounts` if the promotion fails; once it is
+    /// promoted `drop_own_volumes` deletes the intent with the copies), else none.
     pub(crate) async fn mount_live_volumes(
         &self,
         deployment: &Deployment,
@@ -120,6 +142,14 @@ impl Orchestrator {
         {
             return Ok(None);
         }
+        let intent = self.own_dir(deployment).join(PROMOTING);
+        std::fs::create_dir_all(self.own_dir(deployment))
+            .map_err(Error::io(format!("creating {}", intent.display())))?;
+        write_synced(
+            &intent,
+            &serde_json::to_vec(&deployment.volumes).expect("JSON"),
+        )
+        .map_err(Error::io(format!("writing {}", intent.display())))?;
         let live: Vec<MountedVolume> = deployment
             .volumes
             .iter()
@@ -130,6 +160,76 @@ impl Orchestrator {
             .collect();
         self.set_mounts(&deployment.id, &live).await?;
         Ok(Some(deployment.volumes.clone()))
+    }
+
+    /// A promotion that failed: the deployment mounts `mounts` (its own copies) again, and
+    /// its intent goes.
+    pub(crate) async fn put_back_mounts(
+        &self,
+        deployment: &Deployment,
+        mounts: &[MountedVolume],
+    ) -> Result<(), Error> {
+        self.set_mounts(&deployment.id, mounts).await?;
+        remove_path(&self.own_dir(deployment).join(PROMOTING))
+    }
+
+    /// After a promotion that failed and `put_back_mounts`: a deployment that ran before it
+    /// (`before`'s record) is started again on its own copies, unless its database branch
+    /// was swapped (it has none now, and would reach production's database). Says, for the
+    /// promotion's error, what became of its volumes.
+    pub(crate) async fn restart_on_own_volumes(
+        &self,
+        before: &Deployment,
+        swap_db: bool,
+    ) -> String {
+        let ran_live = "it may have written to production's volumes while it started on them: what it wrote there stays (take `nx volume backup` before such a promote to keep a way back)";
+        if swap_db || before.desired != Desired::Running {
+            return format!("{ran_live}; it mounts its own volume copies again");
+        }
+        let again = async {
+            let now = self.state.deployment(&before.id).await?;
+            self.start_and_wait(&now, false).await
+        };
+        match again.await {
+            Ok(()) => format!("{ran_live}; it runs on its own volume copies again"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the preview did not start again on its own copies");
+                format!(
+                    "{ran_live}; it mounts its own volume copies again but did not start on them (`nx logs {}`)",
+                    before.id
+                )
+            }
+        }
+    }
+
+    /// At nxd's start, before deployments are adopted: each promotion a crash interrupted
+    /// (its [`PROMOTING`] intent still there) is finished when production's record names the
+    /// deployment (its copies go), else undone: it mounts its own copies again and its unit
+    /// is stopped, so that its adoption starts it on them, never on production's volumes.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn recover_promotions(&self) -> Result<(), Error> {
+        let promoted = self.state.promoted().await?;
+        for deployment in self.state.deployments().await? {
+            let intent = self.own_dir(&deployment).join(PROMOTING);
+            remove_path(&intent.with_extension("partial"))?;
+            let Ok(before) = std::fs::read(&intent) else {
+                continue;
+            };
+            if promoted.get(&deployment.sandbox) == Some(&deployment.id) {
+                tracing::warn!(deployment = %deployment.id, "finishing a promotion a crash interrupted: its volume copies go");
+                self.drop_own_volumes(&deployment)?;
+                continue;
+            }
+            let mounts: Vec<MountedVolume> = serde_json::from_slice(&before).map_err(|e| {
+                Error::io(format!("reading {}", intent.display()))(std::io::Error::other(e))
+            })?;
+            tracing::warn!(deployment = %deployment.id, "undoing a promotion a crash interrupted: it mounts its own volume copies again");
+            self.backend
+                .stop(&self.backend.handle(&deployment), DEFAULT_STOP_TIMEOUT)
+                .await?;
+            self.put_back_mounts(&deployment, &mounts).await?;
+        }
+        Ok(())
     }
 
     /// Records which filesystems a deployment mounts (its next start uses them).
@@ -146,4 +246,15 @@ impl Orchestrator {
             .map_err(StateError::from)?;
         Ok(())
     }
+}
+
+/// Writes `path` through a `.partial` file renamed into place, each synced, so that a crash
+/// (or a power cut) leaves the whole file or none.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::File::create(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    std::fs::File::open(path.parent().expect("a file in a directory"))?.sync_all()
 }
