@@ -39,6 +39,16 @@ pub fn connect(settings: &Settings) -> anyhow::Result<Client> {
     ))
 }
 
+/// `error` as the CLI reports it, with `meanwhile` added when nxd gave no answer
+/// ([`ClientError::Unreachable`]): for a change nxd may have made, or begun, before it stopped
+/// answering, what became of it and how to look, so that the user does not repeat it blind.
+pub fn cut_off(error: ClientError, meanwhile: impl FnOnce() -> String) -> anyhow::Error {
+    match error {
+        ClientError::Unreachable { .. } => anyhow::Error::new(error).context(meanwhile()),
+        e => e.into(),
+    }
+}
+
 /// A local file as a request body that advances a progress bar (hidden when `quiet`), with its
 /// size; the bar is for the caller to finish.
 pub async fn upload_body(

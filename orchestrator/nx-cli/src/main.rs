@@ -242,7 +242,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 deployment: id,
                 swap_db,
             };
-            let view = client.promote(&name, &req).await?;
+            let view = client.promote(&name, &req).await.map_err(|e| {
+                client::cut_off(e, || format!("if nxd stopped answering during the promotion, its next start finishes it or undoes it (production is {} or as it was): look with `nx status {name}` once nxd answers", req.deployment))
+            })?;
             output::switched(&view, "promoted", json)
         }
         Command::Rollback { sandbox } => {

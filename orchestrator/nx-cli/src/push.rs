@@ -281,12 +281,11 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
 /// it starts it, so when nxd stops answering now the deployment may exist: the error says so
 /// and how to look, so that the user does not push again blind.
 async fn start(client: &Client, request: &PushRequest) -> anyhow::Result<nx_api::DeploymentView> {
-    client.push(request).await.map_err(|e| match e {
-        crate::client::ClientError::Unreachable { .. } => anyhow::Error::new(e).context(format!(
+    client.push(request).await.map_err(|e| {
+        crate::client::cut_off(e, || format!(
             "nxd stopped answering while it started the deployment; it may have been made and may be running: look with `nx status {}` once nxd answers",
             request.sandbox
-        )),
-        e => e.into(),
+        ))
     })
 }
 

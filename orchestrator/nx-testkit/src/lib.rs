@@ -336,8 +336,9 @@ impl Host {
 
     /// Runs `nx args` against an nxd that kills itself at the crash point `point`
     /// (`restart_nxd_crashing_at`), asserts that the command failed and that nxd died there by
-    /// SIGKILL, then starts nxd again (a normal one) and returns once its API answers.
-    pub fn crash_during(&mut self, point: &str, args: &[&str]) {
+    /// SIGKILL, then starts nxd again (a normal one) and returns once its API answers, with
+    /// what `nx` printed.
+    pub fn crash_during(&mut self, point: &str, args: &[&str]) -> Nx {
         self.restart_nxd_crashing_at(point);
         let out = self.nx(args);
         assert!(!out.ok, "nx {args:?} survived the crash at {point}");
@@ -348,6 +349,7 @@ impl Host {
             "nxd did not die at {point}: {status}"
         );
         self.restart_nxd();
+        out
     }
 
     /// Kills nxd with SIGKILL, as a crash would (deployments keep running); `restart_nxd`

@@ -416,7 +416,12 @@ fn a_crash_during_the_promotion_of_a_volume_preview_finishes_it_or_leaves_it_und
     for (point, finished) in [("volumes::promoting", false), ("volumes::promoted", true)] {
         let preview = push_with_volume(&host);
         write(&host, &preview, &format!("preview-{point}"));
-        host.crash_during(point, &["promote", "shop", &preview]);
+        let cut = host.crash_during(point, &["promote", "shop", &preview]);
+        assert!(
+            cut.stderr.contains("finishes it or undoes it"),
+            "{point}: {}",
+            cut.stderr
+        );
         let own = host.path(&format!("volumes/shop/{preview}"));
         let mounted = host.deployment("shop", &preview)["volumes"][0]["source"].clone();
         if finished {
@@ -613,6 +618,19 @@ fn kill_9_of_nxd_during_each_volume_job_leaves_no_job_running_and_nothing_half_m
     assert!(!host
         .path(&format!("volumes/shop/{preview}/.copying"))
         .exists());
+
+    // The final backup of `nx sandbox rm`, cut short: no job runs on, no partial archive is
+    // left, and the removal run again keeps a whole final backup.
+    host.crash_during("volumes::job", &["sandbox", "rm", "shop"]);
+    assert_eq!(volume_job_processes(&host), Vec::<String>::new());
+    let partial: Vec<String> = nx_testkit::files_under(&host.path("backups"))
+        .into_iter()
+        .filter(|f| f.ends_with(".partial"))
+        .collect();
+    assert_eq!(partial, Vec::<String>::new());
+    let removed = host.nx_json(&["sandbox", "rm", "shop"]);
+    let finals = removed["final_volume_backups"].as_array().unwrap();
+    assert_eq!(finals.len(), 1, "{removed}");
 }
 
 /// `POST /v1/sandboxes/{sandbox}/volumes` as a deploy token would send it: (status, error).
