@@ -507,6 +507,40 @@ fn volume_job_processes(host: &Host) -> Vec<String> {
         .collect()
 }
 
+/// Loop devices (losetup(8)) still attached to a file of the host's state dir that was deleted
+/// (an image removed at start while a job's mount of it lived on), waiting up to 5 s for the
+/// kernel to let go of those of a job just stopped.
+fn loop_devices_on_deleted_files(host: &Host) -> Vec<String> {
+    let state = host.state_dir.path().display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = std::process::Command::new("losetup")
+            .args(["--list", "--noheadings", "-O", "NAME,BACK-FILE"])
+            .output()
+            .unwrap();
+        let leaked: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&state) && l.contains("(deleted)"))
+            .map(str::to_owned)
+            .collect();
+        if leaked.is_empty() || std::time::Instant::now() > deadline {
+            return leaked;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// After a crash and nxd's next start: no process of a volume job runs, no loop device of one
+/// is left.
+fn assert_no_job_left(host: &Host, after: &str) {
+    assert_eq!(volume_job_processes(host), Vec::<String>::new(), "{after}");
+    assert_eq!(
+        loop_devices_on_deleted_files(host),
+        Vec::<String>::new(),
+        "{after}"
+    );
+}
+
 /// Fills a volume's image, mounted on the host while no deployment mounts it, with `count`
 /// files of 4 MiB of random bytes, `f00` to `fNN`; returns their names.
 fn fill_image(host: &Host, image: &str, count: usize) -> Vec<String> {
@@ -562,11 +596,7 @@ fn kill_9_of_nxd_during_each_volume_job_leaves_no_job_running_and_nothing_half_m
     ];
     for command in steps {
         host.crash_during("volumes::job", command);
-        assert_eq!(
-            volume_job_processes(&host),
-            Vec::<String>::new(),
-            "{command:?}"
-        );
+        assert_no_job_left(&host, &format!("{command:?}"));
         let left: Vec<String> = nx_testkit::files_under(&host.path("volumes"))
             .into_iter()
             .chain(nx_testkit::files_under(&host.path("backups")))
@@ -601,7 +631,7 @@ fn kill_9_of_nxd_during_each_volume_job_leaves_no_job_running_and_nothing_half_m
             "--volume-branch",
         ],
     );
-    assert_eq!(volume_job_processes(&host), Vec::<String>::new());
+    assert_no_job_left(&host, "a crash in a copy");
     let listed = host.nx_json(&["status", "shop"]);
     let preview = listed[0]["deployments"]
         .as_array()
@@ -622,7 +652,7 @@ fn kill_9_of_nxd_during_each_volume_job_leaves_no_job_running_and_nothing_half_m
     // The final backup of `nx sandbox rm`, cut short: no job runs on, no partial archive is
     // left, and the removal run again keeps a whole final backup.
     host.crash_during("volumes::job", &["sandbox", "rm", "shop"]);
-    assert_eq!(volume_job_processes(&host), Vec::<String>::new());
+    assert_no_job_left(&host, "a crash in sandbox rm's final backup");
     let partial: Vec<String> = nx_testkit::files_under(&host.path("backups"))
         .into_iter()
         .filter(|f| f.ends_with(".partial"))
