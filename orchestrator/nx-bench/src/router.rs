@@ -194,17 +194,19 @@ fn router_pid(host: &Host) -> anyhow::Result<u32> {
 const CPU_HIERARCHY: &str = "/sys/fs/cgroup/cpu";
 
 /// nginx as a plain reverse proxy to `upstream`: two workers (the cores), keep-alive upstream
-/// connections, no access log, in the cgroup of `procs`. Its workers run as root, like the
-/// benchmark: the firewall lets only nxd's uid and root open connections into a deployment's
-/// link, and nginx's default worker user (`nobody`) would get "connection refused" from every
-/// deployment.
+/// connections, in the cgroup of `procs`. It writes an access log line per request (its
+/// default `combined` format) through a 64 KiB buffer flushed every 200 ms, as the router does
+/// by default (`router.access_log_sample = 1.0`), so that both proxies do the same work. Its
+/// workers run as root, like the benchmark: the firewall lets only nxd's uid and root open
+/// connections into a deployment's link, and nginx's default worker user (`nobody`) would get
+/// "connection refused" from every deployment.
 fn nginx(upstream: SocketAddr, procs: &Path) -> anyhow::Result<Proxy> {
     let dir = tempfile::tempdir()?;
     let listen = free_addr();
     let d = dir.path().display();
     let conf = format!(
         "user root;\nworker_processes 2;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\nevents {{ worker_connections 8192; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n  \
+         http {{\n  access_log {d}/access.log combined buffer=64k flush=200ms;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n  \
          fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  \
          upstream app {{ server {upstream}; keepalive 64; }}\n  \
          server {{ listen {listen}; location / {{ proxy_pass http://app; proxy_http_version 1.1; \
@@ -371,40 +373,76 @@ fn bare_sample(cpu_percent: u64) -> anyhow::Result<BareSample> {
     })
 }
 
-/// WebSocket echo round trips per second over `connections` connections for `secs`.
-async fn ws_messages_per_sec(
+/// What [`ws_echo`] measured: echo round trips per second, and the echoes lost (a connection
+/// that ended or failed before its echo came back, or that could not be opened again), with the
+/// first loss's cause.
+struct WsLoad {
+    per_sec: f64,
+    lost: u64,
+    first_loss: Option<String>,
+}
+
+/// WebSocket echo round trips over `connections` connections for `secs`. A lost echo is
+/// counted and its client connects again and goes on, so that one loss does not end the row.
+async fn ws_echo(
     target: SocketAddr,
     host_header: &str,
     connections: usize,
     secs: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<WsLoad> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
+    let mut request = format!("ws://{target}/ws").into_client_request()?;
+    request.headers_mut().insert("host", host_header.parse()?);
     let count = Arc::new(AtomicU64::new(0));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     let mut clients = Vec::new();
     for _ in 0..connections {
-        let mut request = format!("ws://{target}/ws").into_client_request()?;
-        request.headers_mut().insert("host", host_header.parse()?);
-        let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
-        let count = count.clone();
+        // The first connection of each client must open: a row where none opens is an error.
+        let (first, _) = tokio_tungstenite::connect_async(request.clone()).await?;
+        let (count, request) = (count.clone(), request.clone());
         clients.push(tokio::spawn(async move {
             let payload = "x".repeat(64);
+            let mut losses: Vec<String> = Vec::new();
+            let mut ws = Some(first);
             while tokio::time::Instant::now() < deadline {
-                ws.send(Message::text(payload.clone())).await?;
-                match ws.next().await {
-                    Some(Ok(_)) => count.fetch_add(1, Ordering::Relaxed),
-                    other => anyhow::bail!("echo lost: {other:?}"),
+                let Some(socket) = ws.as_mut() else {
+                    match tokio_tungstenite::connect_async(request.clone()).await {
+                        Ok((socket, _)) => ws = Some(socket),
+                        Err(e) => {
+                            losses.push(format!("reconnect failed: {e}"));
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                    continue;
                 };
+                let sent = socket.send(Message::text(payload.clone())).await;
+                match (sent, socket.next().await) {
+                    (Ok(()), Some(Ok(_))) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (sent, answer) => {
+                        losses.push(format!("send: {sent:?}, answer: {answer:?}"));
+                        ws = None;
+                    }
+                }
             }
-            Ok(())
+            losses
         }));
     }
+    let mut lost = 0;
+    let mut first_loss = None;
     for c in clients {
-        c.await??;
+        let losses = c.await?;
+        lost += losses.len() as u64;
+        first_loss = first_loss.or(losses.into_iter().next());
     }
-    Ok(count.load(Ordering::Relaxed) as f64 / secs as f64)
+    Ok(WsLoad {
+        per_sec: count.load(Ordering::Relaxed) as f64 / secs as f64,
+        lost,
+        first_loss,
+    })
 }
 
 /// Runs `switch` in a loop while wrk loads `target`; (load, switches).
@@ -533,12 +571,21 @@ pub async fn run(host: &Arc<Host>, secs: u64, rounds: usize) -> anyhow::Result<(
         );
     }
 
-    let direct_ws = ws_messages_per_sec(upstream_a, "localhost", 16, secs).await?;
-    let router_ws = ws_messages_per_sec(host.router, &preview, 16, secs).await?;
+    let direct_ws = ws_echo(upstream_a, "localhost", 16, secs).await?;
+    let router_ws = ws_echo(host.router, &preview, 16, secs).await?;
     println!(
-        "\nWebSocket echo, 16 connections, 64-byte messages: direct {direct_ws:.0}/s, NX router {router_ws:.0}/s ({:.2}x)",
-        router_ws / direct_ws
+        "\nWebSocket echo, 16 connections, 64-byte messages: direct {:.0}/s ({} lost), NX router {:.0}/s ({} lost) ({:.2}x)",
+        direct_ws.per_sec,
+        direct_ws.lost,
+        router_ws.per_sec,
+        router_ws.lost,
+        router_ws.per_sec / direct_ws.per_sec
     );
+    for (path, ws) in [("direct", &direct_ws), ("NX router", &router_ws)] {
+        if let Some(loss) = &ws.first_loss {
+            println!("first lost echo ({path}): {loss}");
+        }
+    }
 
     drop(caddy);
     println!("\nPromote atomicity under load (wrk, 16 connections, {secs} s; production switched A↔B in a loop)\n");

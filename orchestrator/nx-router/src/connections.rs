@@ -131,8 +131,8 @@ impl<A> Connections<A> {
         first: bool,
         shutdown: &ShutdownWatch,
     ) -> Head {
+        // Read straight into the head's spare capacity (`read_buf`): no buffer to zero and copy.
         let mut head = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 4096];
         let mut shutdown = shutdown.clone();
         let idle_until_shutdown = async {
             if first || shutdown.wait_for(|down| *down).await.is_err() {
@@ -140,8 +140,8 @@ impl<A> Connections<A> {
             }
         };
         tokio::select! {
-            read = timeout(self.idle_timeout, stream.read(&mut chunk)) => match read {
-                Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+            read = timeout(self.idle_timeout, stream.read_buf(&mut head)) => match read {
+                Ok(Ok(n)) if n > 0 => {}
                 _ => return Head::Gone,
             },
             () = idle_until_shutdown => return Head::Gone,
@@ -159,8 +159,9 @@ impl<A> Connections<A> {
                 stream.rewind(&head);
                 return Head::Http1(stream);
             }
-            match timeout_at(deadline, stream.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+            head.reserve(4096);
+            match timeout_at(deadline, stream.read_buf(&mut head)).await {
+                Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return Head::Gone,
                 Err(_) => {
                     tracing::info!(

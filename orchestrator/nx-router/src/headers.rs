@@ -26,12 +26,15 @@ pub fn forwarding(
     host: &str,
 ) -> Forwarding {
     let joined = |name: &str| -> Option<String> {
+        if !trusted {
+            return None;
+        }
         let values: Vec<&str> = received
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        (trusted && !values.is_empty()).then(|| values.join(", "))
+        (!values.is_empty()).then(|| values.join(", "))
     };
     let append = |name: &str, hop: String| match joined(name) {
         Some(before) => format!("{before}, {hop}"),
@@ -39,16 +42,17 @@ pub fn forwarding(
     };
     // RFC 7239 §6: an IPv6 node is quoted and bracketed; §4: values that are not tokens
     // (a host with a port) are quoted.
+    let peer_text = peer.to_string();
     let node = match peer {
-        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V4(_) => peer_text.clone(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
     let host_value = host.replace(['"', '\\'], "");
     Forwarding {
-        x_forwarded_for: append("x-forwarded-for", peer.to_string()),
+        x_forwarded_for: append("x-forwarded-for", peer_text.clone()),
         x_forwarded_proto: joined("x-forwarded-proto").unwrap_or_else(|| proto.to_owned()),
         x_forwarded_host: joined("x-forwarded-host").unwrap_or_else(|| host_value.clone()),
-        x_real_ip: joined("x-real-ip").unwrap_or_else(|| peer.to_string()),
+        x_real_ip: joined("x-real-ip").unwrap_or(peer_text),
         forwarded: append(
             "forwarded",
             format!("for={node};host=\"{host_value}\";proto={proto}"),
@@ -60,33 +64,40 @@ pub fn forwarding(
 /// it lists, `Keep-Alive`, `Proxy-Connection`, `TE` (but `TE: trailers`, which gRPC needs end
 /// to end) and `Upgrade`. In an upgrade (`Connection: upgrade` with `Upgrade`, e.g. a WebSocket
 /// handshake or its 101) `Connection` and `Upgrade` stay: the engine tunnels it.
+///
+/// Only the names present in `headers` are returned (sorted, lower case), and nothing is
+/// allocated for a message that has none, the common case (this runs twice per request).
 pub fn hop_by_hop(headers: &HeaderMap) -> Vec<String> {
-    let listed: Vec<String> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
-        .collect();
-    let upgrade =
-        listed.iter().any(|n| n == "upgrade") && headers.contains_key(http::header::UPGRADE);
+    let listed = || {
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+    };
+    let upgrade = listed().any(|n| n.eq_ignore_ascii_case("upgrade"))
+        && headers.contains_key(http::header::UPGRADE);
     let te_trailers_only = headers.get_all(http::header::TE).iter().all(|v| {
         v.to_str()
             .is_ok_and(|v| v.trim().eq_ignore_ascii_case("trailers"))
     });
-    let mut names: Vec<String> = ["keep-alive", "proxy-connection"]
+    let fixed = ["keep-alive", "proxy-connection"]
         .into_iter()
-        .map(String::from)
-        .chain(listed.into_iter().filter(|n| n != "upgrade" && n != "te"))
-        .collect();
-    if !upgrade {
-        names.extend(["connection".into(), "upgrade".into()]);
-    }
-    if !te_trailers_only {
-        names.push("te".into());
-    }
-    names.retain(|n| headers.contains_key(n.as_str()));
+        .chain(
+            (!upgrade)
+                .then_some(["connection", "upgrade"])
+                .into_iter()
+                .flatten(),
+        )
+        .chain((!te_trailers_only).then_some("te"))
+        .filter(|n| headers.contains_key(*n))
+        .map(str::to_owned);
+    let named = listed()
+        .map(str::to_ascii_lowercase)
+        .filter(|n| n != "upgrade" && n != "te" && headers.contains_key(n.as_str()));
+    let mut names: Vec<String> = fixed.chain(named).collect();
     names.sort();
     names.dedup();
     names
