@@ -190,6 +190,19 @@ fn router_pid(host: &Host) -> anyhow::Result<u32> {
     anyhow::bail!("no nx-router process runs with --settings {settings}")
 }
 
+/// The benchmark's deployments' TasksMax (`nx push --tasks`): see [`run`].
+const APP_TASKS_MAX: u64 = 4096;
+
+/// A deployment's unit's tasks now and its restarts, from `nx status`: the sample app runs a
+/// thread per connection, so its tasks show what the proxies' idle connections hold.
+fn app_tasks(host: &Host, sandbox: &str, id: &str) -> String {
+    let state = &host.deployment(sandbox, id)["state"];
+    format!(
+        "{} tasks (TasksMax {APP_TASKS_MAX}), {} restarts",
+        state["tasks"], state["restarts"]
+    )
+}
+
 /// Where the v1 `cpu` controller's hierarchy is mounted.
 const CPU_HIERARCHY: &str = "/sys/fs/cgroup/cpu";
 
@@ -511,12 +524,16 @@ fn median_load(mut loads: Vec<Load>) -> Load {
 pub async fn run(host: &Arc<Host>, secs: u64, rounds: usize) -> anyhow::Result<()> {
     anyhow::ensure!(rounds > 0, "--router-rounds must be at least 1");
     let h = host.clone();
-    // The sample app (tiny_http) runs a thread per connection: 256 connections need more
-    // than the default 256 tasks (TasksMax), or it cannot spawn them, errs and dies.
+    // The sample app (tiny_http) runs a thread per open connection: wrk's 256, and the idle
+    // keep-alive connections each proxy keeps to it after the 256-connection rows (up to about
+    // 256 each for the router, nginx and Caddy), then two threads per WebSocket. At TasksMax
+    // tiny_http cannot start a thread, panics with its task pool's lock held and serves
+    // nothing more (a lead's run lost its WebSocket echoes so: ResetWithoutClosingHandshake).
+    let tasks = APP_TASKS_MAX.to_string();
     let (a, b) = tokio::task::spawn_blocking(move || {
         (
-            h.push_sample("bench-router", &["-e", "APP_VERSION=a", "--tasks", "1024"]),
-            h.push_sample("bench-router", &["-e", "APP_VERSION=b", "--tasks", "1024"]),
+            h.push_sample("bench-router", &["-e", "APP_VERSION=a", "--tasks", &tasks]),
+            h.push_sample("bench-router", &["-e", "APP_VERSION=b", "--tasks", &tasks]),
         )
     })
     .await?;
@@ -571,8 +588,13 @@ pub async fn run(host: &Arc<Host>, secs: u64, rounds: usize) -> anyhow::Result<(
         );
     }
 
+    let before = app_tasks(host, "bench-router", &a);
     let direct_ws = ws_echo(upstream_a, "localhost", 16, secs).await?;
     let router_ws = ws_echo(host.router, &preview, 16, secs).await?;
+    println!(
+        "\nThe sample app before the WebSocket rows: {before}; after: {}",
+        app_tasks(host, "bench-router", &a)
+    );
     println!(
         "\nWebSocket echo, 16 connections, 64-byte messages: direct {:.0}/s ({} lost), NX router {:.0}/s ({} lost) ({:.2}x)",
         direct_ws.per_sec,
