@@ -34,8 +34,11 @@ pub enum VolumeCommand {
     },
     /// Replace a volume's files with those of a tar archive: a local file, or the id of a
     /// backup kept on the host (`nx volume backup`, or the final ones of `nx sandbox rm`).
-    /// The volume changes only if the whole archive unpacks; refused while a running
-    /// deployment mounts the volume itself (`nx stop` it first).
+    /// The volume changes only if the whole archive unpacks (at most twice the volume's size
+    /// plus 1 MiB) and production starts on it: production (what mounts the volume itself) is
+    /// stopped for the swap and started on the restored files; if it does not start, the
+    /// previous files are put back and it is started on them again. Refused while another
+    /// restore of the volume runs.
     Restore {
         sandbox: String,
         name: String,
@@ -131,6 +134,10 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
                     .await;
                 bar.finish_and_clear();
                 restored?
+            } else if from.contains(['/', '.']) {
+                anyhow::bail!(
+                    "no file {from}: give a tar archive, or the id of a backup kept on the host (such as 20261129T052012123Z, from `nx volume backup`)"
+                );
             } else {
                 client
                     .restore_volume(&sandbox, &name, VolumeArchive::Kept(from))

@@ -87,4 +87,17 @@ impl Error {
         let what = what.to_string();
         move |source| Self::Io { what, source }
     }
+
+    /// The error with what was done about it (`outcome`) added to its message: a `NotReady`
+    /// keeps its log lines, any other becomes a `Conflict` (the request was carried out as
+    /// far as `outcome` says).
+    pub(crate) fn with_outcome(self, outcome: &str) -> Self {
+        match self {
+            Self::NotReady { message, log_tail } => Self::NotReady {
+                message: format!("{message}. {outcome}"),
+                log_tail,
+            },
+            e => Self::Conflict(format!("{e}; {outcome}")),
+        }
+    }
 }

@@ -8,8 +8,10 @@
 //! `data_disk::copied` (a new filesystem image copied, not yet renamed into place),
 //! `volumes::record` (a volume's image made, its row not yet committed), `volumes::job` (a
 //! volume job's unit started: a preview's copy, a backup, a restore), `volumes::promoting` (a
-//! preview restarted on production's volumes, its promotion not yet recorded) and
-//! `volumes::promoted` (its promotion recorded, its copies not yet deleted).
+//! preview restarted on production's volumes, its promotion not yet recorded),
+//! `volumes::promoted` (its promotion recorded, its copies not yet deleted) and
+//! `volumes::swapped` (a restored volume image in place, the previous one kept, production not
+//! yet started).
 //! Code marks such a step with `fail::fail_point!("<point>")`, which compiles to nothing
 //! without the feature.
 

@@ -29,6 +29,8 @@ pub mod readiness;
 #[cfg(target_os = "linux")]
 pub mod reexec;
 pub mod router;
+#[cfg(target_os = "linux")]
+pub mod sandbox_locks;
 pub mod sandbox_settings;
 pub mod services;
 pub mod state;

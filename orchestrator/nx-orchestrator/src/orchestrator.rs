@@ -20,6 +20,7 @@ use crate::metrics::Operation;
 use crate::names::{DeploymentId, SandboxName};
 use crate::network::host::HostNetwork;
 use crate::router::{self, RouterClient};
+use crate::sandbox_locks::{SandboxGuard, SandboxWork};
 use crate::sandbox_settings;
 use crate::state::StateError;
 use crate::state::{NewDeployment, StateStore};
@@ -83,6 +84,8 @@ pub struct Orchestrator {
     /// The empty filesystems (one per size) that containers' `/data` and volumes are copied
     /// from (`<state_dir>/data-templates`).
     pub(crate) data_templates: Arc<DataTemplates>,
+    /// One lock per sandbox for the work that touches its volumes (`sandbox_locks`).
+    pub sandbox_locks: crate::sandbox_locks::SandboxLocks,
 }
 
 impl Orchestrator {
@@ -204,7 +207,11 @@ impl Orchestrator {
             metrics: crate::metrics::Metrics::default(),
             upkeep: crate::upkeep::UpkeepState::default(),
             data_templates,
+            sandbox_locks: Default::default(),
         });
+        // Only here: the watchdog's re-adoption runs while volume work may be under way.
+        app.recover_promotions().await?;
+        app.reconcile_volumes().await?;
         app.adopt().await?;
         app.keep_up()?;
         app.schedule_backups();
@@ -259,8 +266,6 @@ impl Orchestrator {
                 .map(|d| d.id.to_string())
                 .collect();
             self.network.reconcile(&known).await?;
-            self.recover_promotions().await?;
-            self.reconcile_volumes().await?;
             self.rebuild_routes().await?;
         }
         let to_run: Vec<Deployment> = self
@@ -289,8 +294,14 @@ impl Orchestrator {
     #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
     async fn adopt_one(&self, deployment: &Deployment) {
         let adopted = async {
-            let phase = self.phase(deployment).await?;
-            self.apply(deployment, phase, Verb::Start, Route::None)
+            // Not in the middle of a restore's or a promotion's stop and start (the watchdog
+            // re-adopts while they may run): after them, as they left it.
+            let (deployment, _lock) = self.locked_deployment(&deployment.id, "start").await?;
+            if deployment.desired != Desired::Running {
+                return Ok((Phase::Stopped, Phase::Stopped));
+            }
+            let phase = self.phase(&deployment).await?;
+            self.apply(&deployment, phase, Verb::Start, Route::None)
                 .await
                 .map(|now| (phase, now))
         };
@@ -850,14 +861,7 @@ impl Orchestrator {
                     self.put_back_mounts(deployment, &mounts).await?;
                     undone.push(self.restart_on_own_volumes(deployment, swap_db).await);
                 }
-                let undone = undone.join(", ");
-                return Err(match e {
-                    Error::NotReady { message, log_tail } => Error::NotReady {
-                        message: format!("{message}. {undone}"),
-                        log_tail,
-                    },
-                    e => Error::Conflict(format!("{e}; {undone}")),
-                });
+                return Err(e.with_outcome(&undone.join(", ")));
             }
         }
         let _guard = self.changes.lock().await;
@@ -906,6 +910,10 @@ impl Orchestrator {
         swap_db: bool,
     ) -> Result<SandboxView, Error> {
         let mut timer = self.metrics.time(Operation::Promote);
+        let _lock = self
+            .sandbox_locks
+            .lock(sandbox, SandboxWork::Promote(id.clone()))
+            .await;
         let deployment = self.deployment_in(sandbox, id).await?;
         if swap_db && !deployment.db_branch {
             return Err(Error::Invalid(format!(
@@ -929,6 +937,10 @@ impl Orchestrator {
     #[tracing::instrument(skip(self))]
     pub async fn rollback(&self, sandbox: &SandboxName) -> Result<SandboxView, Error> {
         let mut timer = self.metrics.time(Operation::Rollback);
+        let _lock = self
+            .sandbox_locks
+            .lock(sandbox, SandboxWork::Rollback)
+            .await;
         let previous = self.state.rollback_target(sandbox).await?;
         let deployment = self.state.deployment(&previous).await?;
         let phase = self.phase(&deployment).await?;
@@ -954,7 +966,7 @@ impl Orchestrator {
                 MAX_STOP_TIMEOUT.as_secs()
             )));
         }
-        let deployment = self.state.deployment(id).await?;
+        let (deployment, _lock) = self.locked_deployment(id, "stop").await?;
         let phase = self.phase(&deployment).await?;
         self.apply_with(&deployment, phase, Verb::Stop, Route::None, timeout)
             .await?;
@@ -963,7 +975,7 @@ impl Orchestrator {
 
     #[tracing::instrument(skip(self))]
     pub async fn start_deployment(&self, id: &DeploymentId) -> Result<DeploymentView, Error> {
-        let deployment = self.state.deployment(id).await?;
+        let (deployment, _lock) = self.locked_deployment(id, "start").await?;
         let phase = self.phase(&deployment).await?;
         self.apply(&deployment, phase, Verb::Start, Route::None)
             .await?;
@@ -972,11 +984,32 @@ impl Orchestrator {
 
     #[tracing::instrument(skip(self))]
     pub async fn remove(&self, id: &DeploymentId) -> Result<(), Error> {
-        let deployment = self.state.deployment(id).await?;
+        let (deployment, _lock) = self.locked_deployment(id, "rm").await?;
         let phase = self.phase(&deployment).await?;
         self.apply(&deployment, phase, Verb::Remove, Route::None)
             .await?;
         Ok(())
+    }
+
+    /// For `nx VERB ID`: the deployment's record, read again under its sandbox's lock when
+    /// it mounts a volume (`sandbox_locks`); the lock is held until the guard is dropped.
+    async fn locked_deployment(
+        &self,
+        id: &DeploymentId,
+        verb: &'static str,
+    ) -> Result<(Deployment, Option<SandboxGuard<'_>>), Error> {
+        let deployment = self.state.deployment(id).await?;
+        if deployment.volumes.is_empty() {
+            return Ok((deployment, None));
+        }
+        let lock = self
+            .sandbox_locks
+            .lock(
+                &deployment.sandbox,
+                SandboxWork::Deployment(verb, id.clone()),
+            )
+            .await;
+        Ok((self.state.deployment(id).await?, Some(lock)))
     }
 
     /// Removes a deployment's sandbox and its preview branch, if it has one.
@@ -1015,6 +1048,10 @@ impl Orchestrator {
         name: &SandboxName,
         backup: bool,
     ) -> Result<SandboxRemoved, Error> {
+        let _lock = self
+            .sandbox_locks
+            .lock(name, SandboxWork::RemoveSandbox)
+            .await;
         self.existing(name).await?;
         let deployments: Vec<Deployment> = self
             .state

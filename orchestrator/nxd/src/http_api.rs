@@ -378,20 +378,38 @@ async fn restore(
         return Ok(Json(app.restore(&name, &path).await?));
     }
     let upload = app.databases.upload_file()?;
-    save_body(body, &upload).await?;
+    save_body(body, &upload, None).await?;
     Ok(Json(app.restore(&name, upload.path()).await?))
 }
 
-/// Writes a request's body, as it streams in, to `upload` (a temp file). Errors: 400 when
-/// the upload is cut off, 500 when the file cannot be written.
+/// The most bytes an upload may hold, and what the refusal (413 Content Too Large) says.
+pub(crate) struct UploadCap {
+    pub bytes: u64,
+    pub refusal: String,
+}
+
+/// Writes a request's body, as it streams in, to `upload` (a temp file); with a `cap`, a body
+/// larger than it is refused before it is read when its Content-Length says so, else as soon
+/// as it passes the cap (what was written goes with the temp file). Errors: 400 when the
+/// upload is cut off, 413 past the cap, 500 when the file cannot be written.
 pub(crate) async fn save_body(
     body: Body,
     upload: &tempfile::NamedTempFile,
+    cap: Option<&UploadCap>,
 ) -> Result<(), ApiError> {
+    let too_large = |cap: &UploadCap| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, &cap.refusal);
+    if let Some(cap) = cap.filter(|c| axum::body::HttpBody::size_hint(&body).lower() > c.bytes) {
+        return Err(too_large(cap));
+    }
     let mut file = tokio::fs::File::from_std(upload.reopen().map_err(ApiError::internal)?);
     let mut stream = body.into_data_stream();
+    let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload was cut off: {e}")))?;
+        written = written.saturating_add(chunk.len() as u64);
+        if let Some(cap) = cap.filter(|c| written > c.bytes) {
+            return Err(too_large(cap));
+        }
         file.write_all(&chunk).await.map_err(ApiError::internal)?;
     }
     file.flush().await.map_err(ApiError::internal)

@@ -2,6 +2,7 @@
 //! push verb on the sandbox: a volume is part of what a push deploys).
 
 use crate::error::ApiError;
+use crate::http_api::{save_body, UploadCap};
 use crate::json_body::JsonBody;
 use crate::route_table::{delete, get, post, Route};
 use axum::body::Body;
@@ -86,6 +87,9 @@ struct RestoreQuery {
 }
 
 /// Restores from a backup kept on the host (`?backup=ID`) or from a tar archive in the body.
+/// Before the body is read: 404 for a sandbox or volume that does not exist, 409 while another
+/// restore of the volume is under way; the body is cut off with 413 past
+/// `restore_max_bytes` of the volume's size.
 async fn restore(
     State(app): Shared,
     Path((name, volume)): Path<(String, String)>,
@@ -93,12 +97,19 @@ async fn restore(
     body: Body,
 ) -> ApiResult<VolumeRestored> {
     let (name, volume) = names(&name, &volume)?;
+    let max_bytes = app.check_restore(&name, &volume).await?;
     if let Some(id) = q.backup {
         let path = app.volume_backup_path(&name, &volume, &id)?;
         return Ok(Json(app.restore_volume(&name, &volume, &path).await?));
     }
+    let cap = UploadCap {
+        bytes: max_bytes,
+        refusal: format!(
+            "the archive is larger than volume {volume} can hold: it takes at most {max_bytes} bytes (twice its size plus 1 MiB, for tar's headers); nothing was changed. Restore a smaller archive, compress it (gzip, xz, zstd), or restore into a larger volume (`nx volume create`)"
+        ),
+    };
     let upload = app.volume_upload_file()?;
-    crate::http_api::save_body(body, &upload).await?;
+    save_body(body, &upload, Some(&cap)).await?;
     Ok(Json(
         app.restore_volume(&name, &volume, upload.path()).await?,
     ))

@@ -182,7 +182,7 @@ fn backup_restore_and_the_final_backup_of_sandbox_rm() {
     write(&host, &a, "later");
     let junk = out.path().join("junk.tar");
     std::fs::write(&junk, b"not a tar archive at all").unwrap();
-    let bad = host.nx(&["volume", "restore", "shop", "files", junk.to_str().unwrap()]);
+    let bad = restore_from(&host, &junk);
     assert!(!bad.ok);
     assert!(
         bad.stderr.contains("the volume is as it was"),
@@ -304,26 +304,28 @@ fn bad_volume_names_paths_and_sizes_are_refused_and_nothing_is_made() {
     assert!(!again.ok);
     assert!(again.stderr.contains("already"), "{}", again.stderr);
     let sample = nx_testkit::sample_app();
-    for (mount, says) in [
-        ("files:/data", "inside /data"),
-        ("files:/app", "inside /app"),
-        ("files:/data/x", "inside /data"),
-        ("files:/", "plain absolute"),
-        ("files:relative", "not absolute"),
-        ("files:/srv/../etc", "plain absolute"),
-        ("nope:/srv/x", "has no volume nope"),
+    // The last two: volumes one under the other (one would hide the other), in either order.
+    host.nx_json(&["volume", "create", "shop", "inner", "--size", "16"]);
+    for (mounts, says) in [
+        (vec!["files:/data"], "inside /data"),
+        (vec!["files:/app"], "inside /app"),
+        (vec!["files:/data/x"], "inside /data"),
+        (vec!["files:/"], "plain absolute"),
+        (vec!["files:relative"], "not absolute"),
+        (vec!["files:/srv/../etc"], "plain absolute"),
+        (vec!["nope:/srv/x"], "has no volume nope"),
+        (vec!["files:/srv/a/b", "inner:/srv/a"], "are nested"),
+        (vec!["inner:/srv/a", "files:/srv/a/b"], "are nested"),
     ] {
-        let out = host.nx(&[
-            "push",
-            sample.to_str().unwrap(),
-            "-s",
-            "shop",
-            "--volume",
-            mount,
-        ]);
-        assert!(!out.ok, "{mount}");
-        assert!(out.stderr.contains(says), "{mount}: {}", out.stderr);
+        let mut args = vec!["push", sample.to_str().unwrap(), "-s", "shop"];
+        for mount in &mounts {
+            args.extend(["--volume", mount]);
+        }
+        let out = host.nx(&args);
+        assert!(!out.ok, "{mounts:?}");
+        assert!(out.stderr.contains(says), "{mounts:?}: {}", out.stderr);
     }
+    host.nx_json(&["volume", "rm", "shop", "inner"]);
     let listed = host.nx_json(&["status", "shop"]);
     assert_eq!(listed[0]["deployments"], serde_json::json!([]), "{listed}");
     assert_eq!(
@@ -365,10 +367,7 @@ fn a_crash_while_a_volume_is_created_leaves_nothing_half_made() {
         assert_eq!(volume_files(&host), Vec::<String>::new(), "{point}");
     }
     host.nx_json(&["volume", "create", "shop", "files", "--size", "16"]);
-    assert_eq!(
-        volume_files(&host),
-        [host.path("volumes/shop/files.img").display().to_string()]
-    );
+    assert_only_the_image(&host);
     let a = push_with_volume_and(&host, &["--volume-live"]);
     write(&host, &a, "made");
 }
@@ -765,21 +764,16 @@ fn camel(mode: &str) -> String {
         .collect()
 }
 
-/// Waits (up to 60 s) until `count` locks of `mode` on table deployments are granted or
+/// Waits (up to 120 s) until `count` locks of `mode` on table deployments are granted or
 /// waiting, as `granted` says; false if they never were.
 fn wait_for_locks(host: &Host, mode: &str, granted: bool, count: usize) -> bool {
     let sql = format!(
         "SELECT count(*) FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = 'nx') AND relation = 'deployments'::regclass AND mode = '{mode}' AND granted = {granted}"
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
+    eventually(|| {
         let (ok, out) = nx_testkit::psql(&host.path("postgres/socket"), 5432, "nx", &sql);
-        if ok && out.parse::<usize>().unwrap_or(0) >= count {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    false
+        ok && out.parse::<usize>().unwrap_or(0) >= count
+    })
 }
 
 #[test]
@@ -787,8 +781,8 @@ fn a_push_and_a_volume_rm_at_once_one_of_them_is_refused_and_nothing_is_left() {
     let host = Host::start();
     let sample = nx_testkit::sample_app();
     let push = || {
-        host.nx_command(
-            &host.token,
+        spawn_nx(
+            &host,
             &[
                 "--json",
                 "push",
@@ -799,20 +793,9 @@ fn a_push_and_a_volume_rm_at_once_one_of_them_is_refused_and_nothing_is_left() {
                 "v:/srv/v",
             ],
         )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
     };
-    let rm = || {
-        host.nx_command(&host.token, &["volume", "rm", "race", "v"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let done =
-        |child: std::process::Child| -> nx_testkit::Nx { child.wait_with_output().unwrap().into() };
+    let rm = || spawn_nx(&host, &["volume", "rm", "race", "v"]);
+    let done = finished;
     host.nx_json(&["volume", "create", "race", "v", "--size", "16"]);
 
     // The push reaches its record first (it waits there behind a lock held for the test),
@@ -873,4 +856,312 @@ fn a_push_and_a_volume_rm_at_once_one_of_them_is_refused_and_nothing_is_left() {
     let status = host.nx_json(&["status", "race"]);
     assert_eq!(status[0]["deployments"], serde_json::json!([]), "{status}");
     assert_eq!(volume_files(&host), Vec::<String>::new());
+}
+
+/// A tar archive at `<dir>/<name>.tar` of files named `files` (each holding its name).
+fn archive(dir: &std::path::Path, name: &str, files: &[&str]) -> std::path::PathBuf {
+    let tree = dir.join(name);
+    std::fs::create_dir_all(&tree).unwrap();
+    for f in files {
+        std::fs::write(tree.join(f), f).unwrap();
+    }
+    let tar = dir.join(format!("{name}.tar"));
+    let made = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    tar
+}
+
+/// `nx volume restore shop files FILE`.
+fn restore_from(host: &Host, file: &std::path::Path) -> nx_testkit::Nx {
+    host.nx(&restore_args(file)[1..])
+}
+
+/// Nothing under `volumes/` but volume files' image of sandbox shop (no copy, no leftover of
+/// a restore).
+fn assert_only_the_image(host: &Host) {
+    assert_eq!(
+        volume_files(host),
+        [host.path("volumes/shop/files.img").display().to_string()]
+    );
+}
+
+/// `nx --json volume restore shop files FILE`'s arguments.
+fn restore_args(file: &std::path::Path) -> [&str; 6] {
+    let file = file.to_str().unwrap();
+    ["--json", "volume", "restore", "shop", "files", file]
+}
+
+/// `nx ARGS` started in the background, its output piped.
+fn spawn_nx(host: &Host, args: &[&str]) -> std::process::Child {
+    host.nx_command(&host.token, args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finished(child: std::process::Child) -> nx_testkit::Nx {
+    child.wait_with_output().unwrap().into()
+}
+
+/// Waits (up to 120 s) until `what` holds; false if it never did.
+fn eventually(mut what: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        if what() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn a_promote_and_a_restore_at_once_are_served_in_turn_and_a_second_restore_is_refused() {
+    let host = Host::start();
+    let out = tempfile::tempdir().unwrap();
+    host.nx_json(&["volume", "create", "shop", "files", "--size", "32"]);
+    // Deployments that take 3 s to listen: a promotion and a restore hold the sandbox's lock
+    // for as long as they wait for them.
+    let slow = ["-e", "LISTEN_AFTER=3"];
+    let a = push_with_volume_and(&host, &slow);
+    host.nx_json(&["promote", "shop", &a]);
+    write(&host, &a, "from-a");
+    let restored = archive(out.path(), "restored", &["restored"]);
+    let other = archive(out.path(), "other", &["other"]);
+
+    // B's promotion is under way (its mounts switched to the volume, it is starting on it)
+    // when a restore of the volume comes: the restore waits for it, then restarts B (now
+    // production) and A from their records on the restored files.
+    let b = push_with_volume_and(&host, &slow);
+    let promoting = spawn_nx(&host, &["--json", "promote", "shop", &b]);
+    assert!(eventually(|| host.deployment("shop", &b)["volumes"][0]
+        ["source"]
+        == "live"));
+    let restoring = spawn_nx(&host, &restore_args(&restored));
+    let (promoted, restore) = (finished(promoting), finished(restoring));
+    assert!(promoted.ok, "{}{}", promoted.stdout, promoted.stderr);
+    assert!(
+        restore.ok,
+        "{}{}\n{}",
+        restore.stdout,
+        restore.stderr,
+        host.nxd_log()
+    );
+    let production = host.production_host("shop");
+    assert_eq!(ls_at(&host, &production, "/srv/files"), ["restored"]);
+    assert!(host.get(&production, "/").1.contains(&b), "B is production");
+    for id in [&a, &b] {
+        let d = host.deployment("shop", id);
+        assert_eq!(d["phase"], "running", "{d}");
+        assert_eq!(d["volumes"][0]["source"], "live", "{d}");
+        assert_eq!(ls(&host, id, "/srv/files"), ["restored"]);
+    }
+
+    // A restore while another one of the same volume runs (it is starting production on the
+    // restored files: the previous image is kept meanwhile) is refused at once, saying so;
+    // the first one ends as if alone.
+    let first = spawn_nx(&host, &restore_args(&other));
+    assert!(eventually(|| host
+        .path("volumes/shop/files.img.previous")
+        .exists()));
+    let second = restore_from(&host, &restored);
+    assert!(!second.ok, "{}", second.stdout);
+    assert!(
+        second
+            .stderr
+            .contains("a restore of volume files of sandbox shop is under way already")
+            && second.stderr.contains("changed nothing"),
+        "{}",
+        second.stderr
+    );
+    let first = finished(first);
+    assert!(first.ok, "{}{}", first.stdout, first.stderr);
+    assert_eq!(ls_at(&host, &production, "/srv/files"), ["other"]);
+    assert_only_the_image(&host);
+}
+
+#[test]
+fn a_restore_production_does_not_start_on_is_undone_and_so_is_one_cut_short_by_a_crash() {
+    let mut host = Host::start();
+    let out = tempfile::tempdir().unwrap();
+    host.nx_json(&["volume", "create", "shop", "files", "--size", "16"]);
+    // Production refuses to start when the volume holds a file named poison.
+    let a = push_with_volume_and(&host, &["-e", "FAIL_AT_START_IF=/srv/files/poison"]);
+    host.nx_json(&["promote", "shop", &a]);
+    write(&host, &a, "kept");
+    let production = host.production_host("shop");
+
+    // More files than the volume has inodes: refused with the reason and a few of tar's
+    // lines, not one per file.
+    let names: Vec<String> = (0..6000).map(|i| format!("f{i}")).collect();
+    let many = archive(
+        out.path(),
+        "many",
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let full = restore_from(&host, &many);
+    assert!(!full.ok, "{}", full.stdout);
+    assert!(
+        full.stderr.contains("more lines, in nxd's log")
+            && full.stderr.contains("need more than the volume's 16 MiB")
+            && full.stderr.len() < 4096,
+        "{}",
+        full.stderr
+    );
+    assert_eq!(ls_at(&host, &production, "/srv/files"), ["kept"]);
+
+    let poison = archive(out.path(), "poison", &["poison"]);
+    let failed = restore_from(&host, &poison);
+    assert!(!failed.ok, "{}", failed.stdout);
+    for says in [
+        "exited before it was ready",
+        "volume files is as it was: its previous files were put back",
+        "production runs on the previous files again",
+    ] {
+        assert!(failed.stderr.contains(says), "{says}: {}", failed.stderr);
+    }
+    assert_eq!(ls_at(&host, &production, "/srv/files"), ["kept"]);
+    assert_eq!(host.deployment("shop", &a)["phase"], "running");
+    assert_only_the_image(&host);
+
+    // kill -9 of nxd once the restored image is in place, production stopped and not yet
+    // started on it: the restore never answered, so at the next start it did not happen.
+    let good = archive(out.path(), "good", &["restored"]);
+    host.crash_during(
+        "volumes::swapped",
+        &["volume", "restore", "shop", "files", good.to_str().unwrap()],
+    );
+    assert!(eventually(|| host.get(&production, "/health").0 == 200));
+    assert_eq!(ls_at(&host, &production, "/srv/files"), ["kept"]);
+    assert_only_the_image(&host);
+    // And a restore works after it.
+    host.nx_json(&["volume", "restore", "shop", "files", good.to_str().unwrap()]);
+    assert_eq!(ls_at(&host, &production, "/srv/files"), ["restored"]);
+}
+
+/// Sends a restore's request head (announcing `head` headers) on a new connection to the API.
+fn restore_request(host: &Host, path: &str, head: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut conn = std::net::TcpStream::connect(host.api).unwrap();
+    write!(
+        conn,
+        "POST {path} HTTP/1.1\r\nHost: nx\r\nAuthorization: Bearer {}\r\n{head}\r\n",
+        host.token
+    )
+    .unwrap();
+    conn
+}
+
+/// The answer on `conn`: (status, body as far as read).
+fn answer(conn: &mut std::net::TcpStream) -> (u16, String) {
+    use std::io::Read;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0; 4096];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if text.contains("\r\n\r\n") && text.trim_end().ends_with('}') {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn a_restore_is_refused_before_its_upload_for_unknown_names_and_cut_off_past_the_volumes_size() {
+    let host = Host::start();
+    host.nx_json(&["volume", "create", "shop", "files", "--size", "16"]);
+    // 1 GiB announced, waiting for 100 Continue: the refusal comes before any of it is sent.
+    for (path, status, says) in [
+        (
+            "/v1/sandboxes/nosuch/volumes/files/restore",
+            404,
+            "no sandbox nosuch",
+        ),
+        (
+            "/v1/sandboxes/shop/volumes/nope/restore",
+            404,
+            "has no volume nope",
+        ),
+        (
+            "/v1/sandboxes/shop/volumes/files/restore",
+            413,
+            "the archive is larger than volume files can hold: it takes at most 34603008 bytes",
+        ),
+    ] {
+        let mut conn = restore_request(
+            &host,
+            path,
+            "Content-Length: 1073741824\r\nExpect: 100-continue\r\n",
+        );
+        let (got, text) = answer(&mut conn);
+        assert_eq!(got, status, "{path}: {text}");
+        assert!(text.contains(says), "{path}: {text}");
+    }
+    // A body of unannounced length is cut off once past the cap, and nothing of it stays.
+    let mut conn = restore_request(
+        &host,
+        "/v1/sandboxes/shop/volumes/files/restore",
+        "Transfer-Encoding: chunked\r\n",
+    );
+    let mut sending = conn.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        let chunk = vec![0u8; 1 << 20];
+        let mut sent = 0u64;
+        while sent < 512 << 20 {
+            let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+            if sending.write_all(&framed).is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    let (got, text) = answer(&mut conn);
+    assert_eq!(got, 413, "{text}");
+    drop(conn);
+    let sent = sender.join().unwrap();
+    assert!(sent < 256 << 20, "nxd read {sent} bytes");
+    assert_only_the_image(&host);
+    // The CLI says the same for a file too large.
+    let out = tempfile::tempdir().unwrap();
+    let big = out.path().join("big.tar");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
+    let refused = restore_from(&host, &big);
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("larger than volume files can hold"),
+        "{}",
+        refused.stderr
+    );
+    // A file name with a typo is not taken for a backup id.
+    let typo = host.nx(&["volume", "restore", "shop", "files", "missing.tar"]);
+    assert!(
+        !typo.ok && typo.stderr.contains("no file missing.tar"),
+        "{}",
+        typo.stderr
+    );
 }

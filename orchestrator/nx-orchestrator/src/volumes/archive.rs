@@ -14,13 +14,30 @@ use crate::backend::{SandboxBackend, DEFAULT_STOP_TIMEOUT};
 use crate::databases::backup::{check_id, now_id};
 use crate::domain::{Deployment, Desired};
 use crate::error::Error;
-use crate::names::{SandboxName, VolumeName};
+use crate::names::{DeploymentId, SandboxName, VolumeName};
+use crate::sandbox_locks::SandboxWork;
 use crate::state::StateError;
 use crate::Orchestrator;
 use std::path::{Path, PathBuf};
 
 /// Exit code of GNU tar when a file changed while it was read (the archive is still made).
 const TAR_FILES_DIFFER: i32 = 1;
+/// How many lines of a failed unpacking's errors (tar prints one per file) an answer quotes;
+/// nxd's log has them all.
+const ERROR_LINES: usize = 5;
+
+/// The first `n` lines of `text`, and how many more there were.
+fn first_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= n {
+        return text.to_owned();
+    }
+    format!(
+        "{} ... and {} more lines, in nxd's log",
+        lines[..n].join("\n"),
+        lines.len() - n
+    )
+}
 
 impl Orchestrator {
     fn volume_backup_dir(&self, sandbox: &SandboxName, volume: &str) -> PathBuf {
@@ -96,6 +113,10 @@ impl Orchestrator {
         sandbox: &SandboxName,
         name: &VolumeName,
     ) -> Result<VolumeBackup, Error> {
+        let _lock = self
+            .sandbox_locks
+            .lock(sandbox, SandboxWork::Backup(name.clone()))
+            .await;
         let row = self.volume_row(sandbox, name).await?;
         self.archive(sandbox, &row).await
     }
@@ -154,11 +175,29 @@ impl Orchestrator {
         })
     }
 
-    /// `nx volume restore`: the archive's files unpacked into a new filesystem of the volume's
-    /// size (owned by root and the volume's group, group-writable, as deployments write them),
-    /// which replaces the volume only when unpacking worked: a bad archive leaves the volume as
-    /// it was. The running deployments that mount the volume itself (production) are stopped
-    /// for the swap and started again on the restored files; previews' copies are untouched.
+    /// Before `nx volume restore`'s upload is read: a 404 for a sandbox or volume that does
+    /// not exist, a 409 while another restore of the volume is under way or waiting; else the
+    /// largest archive the volume takes, in bytes ([`restore_max_bytes`]).
+    pub async fn check_restore(
+        &self,
+        sandbox: &SandboxName,
+        name: &VolumeName,
+    ) -> Result<u64, Error> {
+        let row = self.volume_row(sandbox, name).await?;
+        self.sandbox_locks
+            .check(sandbox, restore_of(name), restoring(sandbox, name))?;
+        Ok(restore_max_bytes(u64::try_from(row.size_mb).unwrap_or(0)))
+    }
+
+    /// `nx volume restore`, under the sandbox's lock (`sandbox_locks`; a second restore of the
+    /// volume meanwhile is refused): the archive's files unpacked into a new filesystem of the
+    /// volume's size (owned by root and the volume's group, group-writable, as deployments
+    /// write them); a bad archive leaves the volume as it was. Then the running deployments
+    /// that mount the volume itself (production) are stopped, the new filesystem takes the
+    /// volume's place and they are started on it, while the previous image is kept
+    /// (`<volume>.img.previous` beside it, a hard link: no copy); if one of them does not
+    /// start, the previous image is put back, they are started on it again and the error
+    /// says so. Previews' copies are untouched.
     #[tracing::instrument(skip_all, fields(sandbox = %sandbox, volume = %name))]
     pub async fn restore_volume(
         &self,
@@ -166,6 +205,15 @@ impl Orchestrator {
         name: &VolumeName,
         archive: &Path,
     ) -> Result<VolumeRestored, Error> {
+        let _lock = self
+            .sandbox_locks
+            .lock_unless(
+                sandbox,
+                SandboxWork::Restore(name.clone()),
+                restore_of(name),
+                restoring(sandbox, name),
+            )
+            .await?;
         let row = self.volume_row(sandbox, name).await?;
         let image = self.volume_image(sandbox, &row.name);
         let fresh = image.with_extension("img.restoring");
@@ -199,12 +247,24 @@ impl Orchestrator {
         .await;
         if let Err(e) = unpacked {
             remove_path(&fresh)?;
+            tracing::warn!(error = %e, "the archive did not unpack");
+            let e = e.to_string();
+            let full = if e.contains("No space left on device") {
+                format!(
+                    " Its files need more than the volume's {} MiB (a file takes at least one 4 KiB block, and one of the volume's inodes).",
+                    row.size_mb
+                )
+            } else {
+                String::new()
+            };
             return Err(Error::Invalid(format!(
-                "the archive could not be restored into volume {name} ({e}); the volume is as it was. Give a tar archive (e.g. from `nx volume backup`) that fits in its {} MiB",
+                "the archive could not be restored into volume {name} ({}); the volume is as it was.{full} Give a tar archive (e.g. from `nx volume backup`) that fits in its {} MiB",
+                first_lines(&e, ERROR_LINES),
                 row.size_mb
             )));
         }
-        let users: Vec<Deployment> = self
+        // Under the lock, the records are current: no promotion or rollback is halfway.
+        let users: Vec<DeploymentId> = self
             .state
             .deployments_in(sandbox)
             .await?
@@ -215,18 +275,15 @@ impl Orchestrator {
                         .iter()
                         .any(|m| &m.volume == name && m.source == VolumeSource::Live)
             })
+            .map(|d| d.id)
             .collect();
-        for d in &users {
-            self.backend
-                .stop(&self.backend.handle(d), DEFAULT_STOP_TIMEOUT)
-                .await?;
-        }
-        let swapped = std::fs::rename(&fresh, &image)
-            .map_err(Error::io(format!("renaming {}", fresh.display())));
-        for d in &users {
-            self.start_and_wait(d, false).await?;
-        }
-        swapped?;
+        self.swap_image(&image, &fresh, &users)
+            .await
+            .map_err(|e| {
+                e.with_outcome(&format!(
+                    "volume {name} is as it was: its previous files were put back (the restored ones are discarded). Give an archive production starts on"
+                ))
+            })?;
         let archive_bytes = std::fs::metadata(archive)
             .map_err(Error::io(format!("reading {}", archive.display())))?
             .len();
@@ -235,6 +292,119 @@ impl Orchestrator {
             restored: name.clone(),
             archive_bytes,
         })
+    }
+
+    /// Stops `users`, puts `fresh` in the place of `image` while keeping the previous image
+    /// (a hard link at `<image>.previous`) and starts them on it. If one does not start
+    /// (each is tried), it stops them, puts the previous image back and starts them on it:
+    /// the error is the first one, with whether they run again. Removes `fresh` either way.
+    async fn swap_image(
+        &self,
+        image: &Path,
+        fresh: &Path,
+        users: &[DeploymentId],
+    ) -> Result<(), Error> {
+        let previous = image.with_extension("img.previous");
+        let swapped = async {
+            self.stop_all(users).await?;
+            remove_path(&previous)?;
+            std::fs::hard_link(image, &previous)
+                .map_err(Error::io(format!("keeping {}", image.display())))?;
+            std::fs::rename(fresh, image)
+                .map_err(Error::io(format!("renaming {}", fresh.display())))?;
+            fail::fail_point!("volumes::swapped");
+            tracing::info!(previous = %previous.display(), "restored image in place; the previous one kept");
+            self.start_all(users).await
+        }
+        .await;
+        let Err(e) = swapped else {
+            return remove_path(&previous);
+        };
+        remove_path(fresh)?;
+        tracing::warn!(error = %e, "the restored volume did not work: the previous one goes back");
+        let put_back = async {
+            self.stop_all(users).await?;
+            if previous.exists() {
+                std::fs::rename(&previous, image)
+                    .map_err(Error::io(format!("renaming {}", previous.display())))?;
+            }
+            self.start_all(users).await
+        }
+        .await;
+        Err(match put_back {
+            Ok(()) => e.with_outcome("production runs on the previous files again"),
+            Err(again) => e.with_outcome(&format!(
+                "putting the previous files back worked, but production did not start on them either ({again}): `nx status` and `nx logs` show why, `nx start ID` starts it"
+            )),
+        })
+    }
+
+    /// At nxd's start: a restore that a crash cut short (`<volume>.img.previous` is still
+    /// there, so it never answered) did not happen. The previous image goes back in place, and
+    /// the deployments that mount the volume itself are stopped if they run (on the restored
+    /// image): adoption starts them again on the previous one.
+    pub(super) async fn undo_unfinished_restores(
+        &self,
+        root: &Path,
+        deployments: &[Deployment],
+    ) -> Result<(), Error> {
+        let Ok(sandboxes) = std::fs::read_dir(root) else {
+            return Ok(());
+        };
+        for dir in sandboxes.flatten() {
+            let Ok(files) = std::fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                let Some(volume) = name.strip_suffix(".img.previous") else {
+                    continue;
+                };
+                let image = dir.path().join(format!("{volume}.img"));
+                tracing::warn!(image = %image.display(), "a restore cut short: the previous image is put back");
+                std::fs::rename(file.path(), &image)
+                    .map_err(Error::io(format!("renaming {}", file.path().display())))?;
+                let sandbox = dir.file_name().to_string_lossy().into_owned();
+                for d in deployments.iter().filter(|d| {
+                    d.sandbox.as_str() == sandbox
+                        && d.volumes
+                            .iter()
+                            .any(|m| m.volume.as_str() == volume && m.source == VolumeSource::Live)
+                }) {
+                    self.backend
+                        .stop(&self.backend.handle(d), DEFAULT_STOP_TIMEOUT)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop_all(&self, users: &[DeploymentId]) -> Result<(), Error> {
+        for id in users {
+            let d = self.state.deployment(id).await?;
+            self.backend
+                .stop(&self.backend.handle(&d), DEFAULT_STOP_TIMEOUT)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts each of `users` from its record as it is now, every one even when one fails;
+    /// the first error.
+    async fn start_all(&self, users: &[DeploymentId]) -> Result<(), Error> {
+        let mut first = Ok(());
+        for id in users {
+            let started = match self.state.deployment(id).await {
+                Ok(d) => self.start_and_wait(&d, false).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = started {
+                tracing::warn!(deployment = %id, error = %e, "not started");
+                first = first.and(Err(e));
+            }
+        }
+        first
     }
 
     /// For `nx sandbox rm`, once its deployments are destroyed: a final backup of each volume
@@ -262,5 +432,34 @@ impl Orchestrator {
             .map_err(StateError::from)?;
         remove_path(&self.volumes_dir(sandbox))?;
         Ok(kept)
+    }
+}
+
+/// The largest archive `nx volume restore` takes for a volume of `size_mb` MiB, in bytes:
+/// twice its size plus 1 MiB. A tar archive (POSIX.1-2001 pax, GNU tar's) stores a file's data
+/// in 512-byte blocks, never more than ext4's 1 or 4 KiB blocks hold it in, plus a 512-byte
+/// header and at most a 1 KiB pax header per file (longer only for paths past ~400 bytes); a
+/// volume has one inode per 4 KiB at most (mkfs.ext4's `inode_ratio` for small filesystems,
+/// mke2fs.conf(5)), so headers add at most 3/8 of its size; 1 MiB covers the end blocks and
+/// a small volume's directories. Compressed archives (GNU tar reads gzip, xz, zstd, ...) are
+/// smaller.
+pub fn restore_max_bytes(size_mb: u64) -> u64 {
+    size_mb.saturating_mul(2).saturating_add(1) << 20
+}
+
+fn restore_of(name: &VolumeName) -> impl Fn(&SandboxWork) -> bool + '_ {
+    move |work| matches!(work, SandboxWork::Restore(v) if v == name)
+}
+
+/// The refusal of a second restore of a volume.
+fn restoring<'a>(
+    sandbox: &'a SandboxName,
+    name: &'a VolumeName,
+) -> impl Fn(&SandboxWork, chrono::DateTime<chrono::Utc>) -> String + 'a {
+    move |_, since| {
+        format!(
+            "a restore of volume {name} of sandbox {sandbox} is under way already (asked at {}): this one changed nothing. Wait until it ends (`nx volume restore` answers; `nx status {sandbox}`), then restore again if you still want this archive",
+            since.format("%H:%M:%S UTC")
+        )
     }
 }

@@ -15,6 +15,7 @@
 //! deployment on a volume being removed.
 
 mod archive;
+pub use archive::restore_max_bytes;
 mod config;
 mod own;
 
@@ -27,6 +28,7 @@ use crate::backend::AttachedVolume;
 use crate::domain::{BackendKind, Deployment};
 use crate::error::Error;
 use crate::names::{SandboxName, VolumeName};
+use crate::sandbox_locks::SandboxWork;
 use crate::state::StateError;
 use crate::Orchestrator;
 use std::path::{Path, PathBuf};
@@ -177,10 +179,10 @@ impl Orchestrator {
     }
 
     /// At nxd's start, before anything mounts a volume: volume jobs a crash left running are
-    /// stopped (their units, with every process in them: `cp`, `tar`), then what a crash left
-    /// half made goes. An image with no row (a `nx volume create` or `rm` cut short), a
-    /// `.partial` or `.restoring` image, the directory of copies of a deployment that is not
-    /// recorded (a push cut short) and copies still marked as being made (`own::COPYING`:
+    /// stopped (their units, with every process in them: `cp`, `tar`), a restore cut short is
+    /// undone (`archive`), then what a crash left half made goes. An image with no row (a `nx
+    /// volume create` or `rm` cut short), a `.partial` or `.restoring` image, the directory of
+    /// copies of a deployment that is not recorded (a push cut short) and copies still marked as being made (`own::COPYING`:
     /// the deployment's next start makes them again), volume jobs' leftovers (uploads, specs,
     /// mount points), a backup's `.partial` archive; a row whose image is missing and that no
     /// deployment mounts (made before creation made the image first).
@@ -202,6 +204,7 @@ impl Orchestrator {
         let deployments = self.state.deployments().await?;
         remove_path(&self.volume_jobs_dir())?;
         self.remove_partial_backups()?;
+        self.undo_unfinished_restores(&root, &deployments).await?;
         for (sandbox, name) in &rows {
             let image = root.join(sandbox).join(format!("{name}.img"));
             let mounted = deployments.iter().any(|d| {
@@ -300,6 +303,10 @@ impl Orchestrator {
         sandbox: &SandboxName,
         name: &VolumeName,
     ) -> Result<(), Error> {
+        let _lock = self
+            .sandbox_locks
+            .lock(sandbox, SandboxWork::RemoveVolume(name.clone()))
+            .await;
         self.volume_row(sandbox, name).await?;
         let mut tx = self.state.pool().begin().await.map_err(StateError::from)?;
         sqlx::query("LOCK TABLE deployments IN SHARE MODE")
@@ -335,7 +342,8 @@ impl Orchestrator {
         remove_path(&self.volume_image(sandbox, name.as_str()))
     }
 
-    /// A push's `--volume`s: each the sandbox's, each path once, on the container backend.
+    /// A push's `--volume`s: each the sandbox's, each once, at paths not under one another,
+    /// on the container backend.
     pub(crate) async fn check_volumes(
         &self,
         sandbox: &SandboxName,
@@ -366,6 +374,16 @@ impl Orchestrator {
                 return Err(Error::Invalid(format!(
                     "volumes: {} or {} is given twice: mount each volume once, each at a path of its own",
                     mount.volume, mount.path
+                )));
+            }
+            let under = |inner: &str, outer: &str| inner.starts_with(&format!("{outer}/"));
+            if let Some(other) = mounts[..i]
+                .iter()
+                .find(|m| under(&m.path, &mount.path) || under(&mount.path, &m.path))
+            {
+                return Err(Error::Invalid(format!(
+                    "volumes: {} at {} and {} at {} are nested (one would hide the other or be made inside it): mount volumes at paths side by side, e.g. /srv/{} and /srv/{}",
+                    other.volume, other.path, mount.volume, mount.path, other.volume, mount.volume
                 )));
             }
         }
