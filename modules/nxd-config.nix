@@ -66,6 +66,7 @@ withoutNulls {
   };
   tasks = {
     pool_size = cfg.tasks.poolSize;
+    pool_max = cfg.tasks.poolMax;
     uid_base = cfg.tasks.uidBase;
     default_timeout_secs = cfg.tasks.defaultTimeoutSecs;
     max_timeout_secs = cfg.tasks.maxTimeoutSecs;

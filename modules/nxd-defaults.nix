@@ -59,6 +59,7 @@
   };
   tasks = {
     poolSize = 2;
+    poolMax = 8;
     uidBase = 300000;
     defaultTimeoutSecs = 30;
     maxTimeoutSecs = 3600;

@@ -38,6 +38,7 @@ mod network;
 mod push;
 mod router;
 mod sandbox;
+mod steps;
 mod tasks;
 mod tls;
 mod uploads;
@@ -81,9 +82,14 @@ struct Args {
     /// Tasks run for each start-to-first-output row.
     #[arg(long, default_value_t = 50)]
     tasks: usize,
-    /// Seconds of back-to-back tasks for the tasks-per-second figure.
+    /// Seconds of back-to-back tasks for the tasks-per-second figure, each way (through nxd,
+    /// and bare bubblewrap), split into --task-rounds turns.
     #[arg(long, default_value_t = 60)]
     sustain_secs: u64,
+    /// Turns of that figure: each runs nxd's tasks and the bare ones for
+    /// sustain_secs / task_rounds seconds each, alternating which goes first.
+    #[arg(long, default_value_t = 6)]
+    task_rounds: usize,
     /// Clients running tasks at once for that figure.
     #[arg(long, default_value_t = 4)]
     task_clients: usize,
@@ -144,8 +150,9 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     density_samples: usize,
     /// Run one part only: latency, router, databases, tasks, microvm, microvm-tasks, sandbox,
-    /// uploads, bundles, views, push, network, wake, density or tls.
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "microvm", "microvm-tasks", "sandbox", "uploads", "bundles", "views", "push", "network", "wake", "density", "tls"])]
+    /// uploads, bundles, views, push, network, wake, density or tls; or task-throughput (of
+    /// tasks, only the tasks per second through nxd and bare, and where nxd's time goes).
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "task-throughput", "microvm", "microvm-tasks", "sandbox", "uploads", "bundles", "views", "push", "network", "wake", "density", "tls"])]
     only: Option<String>,
 }
 
@@ -407,6 +414,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if part("tasks") {
         task_table(&host, &args).await?;
+    }
+    if part("tasks") || args.only.as_deref() == Some("task-throughput") {
+        task_throughput_table(&host, &args).await?;
     }
     if part("microvm") {
         microvm_table(&args).await?;
@@ -986,10 +996,11 @@ async fn databases(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<(
     Ok(())
 }
 
-/// Start-to-first-output on this host (warm pool of 2) and on a second one with no pool.
+/// Start-to-first-output on this host (warm pool of 2 to 8) and on a second one with no pool.
 async fn task_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
     let cold_host =
-        tokio::task::spawn_blocking(|| Host::start_with("[tasks]\npool_size = 0\n")).await?;
+        tokio::task::spawn_blocking(|| Host::start_with("[tasks]\npool_size = 0\npool_max = 0\n"))
+            .await?;
     let build = tempfile::tempdir_in("/var/tmp")?;
     let dir = build.path().to_owned();
     let image =
@@ -1008,15 +1019,73 @@ async fn task_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<
             ));
         }
     }
-    let sha = tasks::upload(host, &nx_testkit::sample_app())?;
-    let per_sec = tasks::sustained(host, &sha, args.task_clients, args.sustain_secs).await?;
     header("Tasks: start-to-first-output (POST /v1/tasks to the first stdout line)");
     for (name, samples) in rows {
         row(&name, samples);
     }
+    Ok(())
+}
+
+/// Tasks per second of concurrent clients through nxd against bare bubblewrap running the
+/// same sandbox, in turns; and where an nxd task's time goes.
+async fn task_throughput_table(host: &Host, args: &Args) -> anyhow::Result<()> {
+    let sha = tasks::upload(host, &nx_testkit::sample_app())?;
+    let rounds = args.task_rounds.max(1);
+    let secs = args.sustain_secs as f64 / rounds as f64;
+    let load_before = load_average();
+    let t = tasks::throughput(host, &sha, args.task_clients, secs, rounds).await?;
+    let title = format!(
+        "Tasks per second: {} clients back to back, the sample's `task print hi`, {rounds} rounds of {secs:.0} s each way",
+        args.task_clients
+    );
+    header(&title);
+    row(
+        &format!("NX, POST /v1/tasks to its end ({} warm)", t.warm),
+        t.nx.latency.clone(),
+    );
+    row(
+        "bare bwrap, the same sandbox, to its end",
+        t.bare.latency.clone(),
+    );
+    let mut ratios = t.rounds.clone();
+    ratios.sort_by(f64::total_cmp);
     println!(
-        "\ntasks/s sustained over {} s ({} clients back to back, bubblewrap, warm pool of 2): {per_sec:.1}",
-        args.sustain_secs, args.task_clients
+        "\ntasks/s: NX {:.1}, bare bwrap {:.1}; NX / bare {:.2}x (mark >= 0.8x); rounds {:.2}x to {:.2}x",
+        t.nx.per_sec(),
+        t.bare.per_sec(),
+        t.nx.per_sec() / t.bare.per_sec(),
+        ratios[0],
+        ratios[ratios.len() - 1],
+    );
+    let mean = |d: &[Duration]| d.iter().sum::<Duration>().as_secs_f64() * 1000.0 / d.len() as f64;
+    println!("\nWhere an NX task's time goes (nxd's nx_task_step_duration_seconds, means over the NX turns)\n");
+    println!("| step | mean ms |\n|---|---|");
+    let mut nxd_total = None;
+    for (step, took) in &t.steps {
+        let ms = took.as_secs_f64() * 1000.0;
+        match step.as_str() {
+            "task" => nxd_total = Some(ms),
+            "refill" => {
+                println!("| refill (a unit started for the pool, in the background) | {ms:.2} |")
+            }
+            _ => println!("| {step} | {ms:.2} |"),
+        }
+    }
+    if let Some(total) = nxd_total {
+        println!("| all of nxd's steps (task) | {total:.2} |");
+        println!(
+            "| HTTP and client (the client's mean less nxd's) | {:.2} |",
+            mean(&t.nx.latency) - total
+        );
+    }
+    println!(
+        "| the client's mean per task | {:.2} |\n| bare bwrap's mean per task | {:.2} |",
+        mean(&t.nx.latency),
+        mean(&t.bare.latency)
+    );
+    println!(
+        "\nload average (1, 5, 15 min, /proc/loadavg): before {load_before}, after {}",
+        load_average()
     );
     Ok(())
 }

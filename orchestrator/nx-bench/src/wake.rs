@@ -18,35 +18,18 @@ pub struct Figures {
     pub steps: Vec<(String, Duration)>,
 }
 
-/// The mean of histogram `series` (its `_sum` over its `_count`; `labels` as Prometheus writes
-/// them, or empty) in the metrics `text`.
-fn mean(text: &str, series: &str, labels: &str) -> Option<Duration> {
-    let sum = nx_testkit::metrics::value(text, &format!("{series}_sum{labels}"))?;
-    let count = nx_testkit::metrics::value(text, &format!("{series}_count{labels}"))?;
-    (count > 0.0).then(|| Duration::from_secs_f64(sum / count))
-}
-
 /// nxd's mean wake and its steps' means, from `GET /metrics`.
 fn nxd_side(host: &Host) -> anyhow::Result<(Duration, Vec<(String, Duration)>)> {
     let text = nx_testkit::metrics::scrape(host);
-    let total = mean(&text, "nx_wake_duration_seconds", "")
-        .ok_or_else(|| anyhow::anyhow!("nxd timed no wake (nx_wake_duration_seconds)"))?;
-    let prefix = "nx_wake_step_duration_seconds_count{step=\"";
-    let steps = text
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix(prefix)?
-                .split_once('"')
-                .map(|(step, _)| step)
-        })
-        .filter_map(|step| {
-            let labels = format!("{{step=\"{step}\"}}");
-            Some((
-                step.to_owned(),
-                mean(&text, "nx_wake_step_duration_seconds", &labels)?,
-            ))
-        })
-        .collect();
+    let value = |name: &str| nx_testkit::metrics::value(&text, name);
+    let total = match (
+        value("nx_wake_duration_seconds_sum"),
+        value("nx_wake_duration_seconds_count"),
+    ) {
+        (Some(sum), Some(count)) if count > 0.0 => Duration::from_secs_f64(sum / count),
+        _ => anyhow::bail!("nxd timed no wake (nx_wake_duration_seconds)"),
+    };
+    let steps = crate::steps::means("nx_wake_step_duration_seconds", "", &text);
     Ok((total, steps))
 }
 

@@ -186,8 +186,13 @@ pub enum AccelMode {
 #[serde(deny_unknown_fields, default)]
 pub struct TasksConfig {
     /// Task units started ahead and kept waiting, so that a task starts without paying for the
-    /// unit and the launcher; refilled in the background. 0: every task starts cold.
+    /// unit and the launcher; refilled in the background. The fewest the pool keeps.
     pub pool_size: usize,
+    /// The most units the pool keeps when tasks come faster than it refills: each task that
+    /// finds it empty makes it keep one more, up to this; after 30 s with none it keeps one
+    /// fewer again, down to `pool_size`. Below `pool_size` it counts as `pool_size` (a fixed pool);
+    /// both 0: every task starts cold.
+    pub pool_max: usize,
     /// Tasks run as uids `uid_base` .. `uid_base + 65535`, a different one for each task in turn.
     pub uid_base: u32,
     /// A task's timeout when the request names none.
@@ -202,6 +207,7 @@ impl Default for TasksConfig {
     fn default() -> Self {
         Self {
             pool_size: 2,
+            pool_max: 8,
             uid_base: 300_000,
             default_timeout_secs: 30,
             max_timeout_secs: 3600,

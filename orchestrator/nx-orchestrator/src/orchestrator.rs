@@ -177,12 +177,14 @@ impl Orchestrator {
             Ok(_) => config.microvm.pool_size,
             Err(_) => 0,
         };
+        let metrics = crate::metrics::Metrics::default();
         let tasks = Tasks::start(
             Arc::clone(&supervisor),
             backend.clone(),
             launcher,
             &config.tasks,
             guest_pool_size,
+            metrics.task_steps(),
         )
         .await?;
         let app = Arc::new(Self {
@@ -204,7 +206,7 @@ impl Orchestrator {
             embedded_db: embedded.is_some(),
             problem: std::sync::Mutex::new(None),
             certificates,
-            metrics: crate::metrics::Metrics::default(),
+            metrics,
             upkeep: crate::upkeep::UpkeepState::default(),
             data_templates,
             sandbox_locks: Default::default(),

@@ -5,6 +5,7 @@
 use nx_testkit::{files_under, sample_app, Host};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 fn run(host: &Host, extra: &[&str], args: &[&str]) -> nx_testkit::Nx {
     let sample = sample_app();
@@ -206,11 +207,77 @@ fn five_hundred_tasks_leave_nothing_behind() {
         String::from_utf8_lossy(&units.stderr)
     );
     let units = String::from_utf8_lossy(&units.stdout);
-    // `a(ssssssouso) N ...`: N units.
+    // `a(ssssssouso) N ...`: N units, the warm pool's: four clients grew it from
+    // tasks.pool_size (2) towards tasks.pool_max (8); each is a launcher waiting for a task.
     let count: usize = units.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(count <= 2, "{units}");
+    let pool_max = nx_orchestrator::config::TasksConfig::default().pool_max;
+    assert!(count <= pool_max, "{units}");
+    assert_eq!(
+        units.matches("\"active\" \"running\"").count(),
+        count,
+        "{units}"
+    );
     assert!(
         !ids.iter().any(|id| units.contains(id.as_str())),
         "units left: {units}"
     );
+}
+
+/// Runs `n` tasks `task sleep <secs>` at once through the API; whether each started warm.
+fn concurrent_tasks(host: &Host, sha: &str, n: usize, secs: &str) -> Vec<bool> {
+    let workers: Vec<_> = (0..n)
+        .map(|_| {
+            let (api, token, sha, secs) = (
+                host.api,
+                host.token.clone(),
+                sha.to_owned(),
+                secs.to_owned(),
+            );
+            std::thread::spawn(move || {
+                let body = reqwest::blocking::Client::new()
+                    .post(format!("http://{api}/v1/tasks"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"artifact": sha, "args": ["task", "sleep", secs]}))
+                    .send()
+                    .unwrap()
+                    .text()
+                    .unwrap();
+                let events: Vec<serde_json::Value> = body
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                assert_eq!(events.last().unwrap()["exit_code"], 0, "{body}");
+                events[0]["warm"].as_bool().unwrap()
+            })
+        })
+        .collect();
+    workers.into_iter().map(|w| w.join().unwrap()).collect()
+}
+
+#[test]
+fn concurrent_tasks_that_find_the_pool_empty_grow_it_and_then_start_warm() {
+    let host = Host::start_with("[tasks]\npool_size = 1\npool_max = 3\n");
+    let (status, _, sha) = host.put_artifact(std::fs::read(sample_app()).unwrap());
+    assert_eq!(status, 200);
+    let ready = |n: f64| {
+        nx_testkit::metrics::wait_for(&host, "nx_task_pool_ready", Duration::from_secs(60), |v| {
+            v == n
+        })
+    };
+    ready(1.0);
+    // Six at once: one takes the warm unit, most of the rest start cold; each cold start makes
+    // the pool keep one more unit, up to pool_max.
+    let warm = concurrent_tasks(&host, &sha, 6, "0.5");
+    let cold = warm.iter().filter(|w| !**w).count();
+    assert!(cold >= 2, "six tasks at once on a pool of one: {warm:?}");
+    let text = nx_testkit::metrics::scrape(&host);
+    assert_eq!(
+        nx_testkit::metrics::value(&text, "nx_task_pool_size"),
+        Some(3.0),
+        "{warm:?}"
+    );
+    // Refilled to three, the next three at once all start warm.
+    ready(3.0);
+    let warm = concurrent_tasks(&host, &sha, 3, "0");
+    assert_eq!(warm, [true, true, true]);
 }

@@ -101,7 +101,8 @@ pub struct Metrics {
     idle_stops: Family<DeploymentLabels, Counter>,
     wakes: Family<DeploymentLabels, Counter>,
     wake_durations: Histogram,
-    wake_steps: Family<StepLabel, Histogram>,
+    wake_steps: StepDurations,
+    task_steps: StepDurations,
     expired: Family<SandboxLabel, Counter>,
 }
 
@@ -113,6 +114,32 @@ struct StepLabel {
 /// 1 ms to about 16 s: most wakes take tens of milliseconds.
 fn wake_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// 0.1 ms to about 26 s: a task's steps take from microseconds (a warm unit taken from the
+/// pool) to its whole run.
+fn task_step_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+/// How long each step of one kind of work took: a histogram per step (label `step`), in
+/// seconds. Clones share the same series.
+#[derive(Debug, Clone)]
+pub struct StepDurations(Family<StepLabel, Histogram>);
+
+impl StepDurations {
+    fn new(buckets: fn() -> Histogram) -> Self {
+        Self(Family::new_with_constructor(buckets))
+    }
+
+    /// One step `step` that took `took`.
+    pub fn observe(&self, step: &str, took: std::time::Duration) {
+        self.0
+            .get_or_create(&StepLabel {
+                step: step.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
 }
 
 impl Default for Metrics {
@@ -163,12 +190,17 @@ impl Default for Metrics {
             "How long nxd took to wake an idle deployment, from the router's ask to the deployment ready, seconds",
             wake_durations.clone(),
         );
-        let wake_steps =
-            Family::<StepLabel, Histogram>::new_with_constructor(wake_buckets as fn() -> Histogram);
+        let wake_steps = StepDurations::new(wake_buckets);
         registry.register(
             "nx_wake_step_duration_seconds",
             "How long each step of a wake took (record, phase, desired, spec, prepare, start, ready), seconds",
-            wake_steps.clone(),
+            wake_steps.0.clone(),
+        );
+        let task_steps = StepDurations::new(task_step_buckets);
+        registry.register(
+            "nx_task_step_duration_seconds",
+            "How long each step of a task took, seconds: take (a warm unit from the pool) or start (a cold one), spec, handover, first_output (launcher, bubblewrap's setup, the program until its first byte), output_end (until systemd closed the unit's streams), exit (the unit's end state), cleanup, task (all of them); and refill (a unit started for the pool, in the background)",
+            task_steps.0.clone(),
         );
         let expired = Family::<SandboxLabel, Counter>::default();
         registry.register(
@@ -186,6 +218,7 @@ impl Default for Metrics {
             wakes,
             wake_durations,
             wake_steps,
+            task_steps,
             expired,
         }
     }
@@ -227,12 +260,13 @@ impl Metrics {
     pub fn wake_took(&self, took: std::time::Duration, steps: &crate::timing::Steps) {
         self.wake_durations.observe(took.as_secs_f64());
         for (step, took) in &steps.0 {
-            self.wake_steps
-                .get_or_create(&StepLabel {
-                    step: (*step).to_owned(),
-                })
-                .observe(took.as_secs_f64());
+            self.wake_steps.observe(step, *took);
         }
+    }
+
+    /// Where tasks' steps are recorded (`nx_task_step_duration_seconds`).
+    pub fn task_steps(&self) -> StepDurations {
+        self.task_steps.clone()
     }
 
     /// A preview of `sandbox` removed after its time to live.

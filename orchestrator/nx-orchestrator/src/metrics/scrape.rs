@@ -97,7 +97,7 @@ impl Orchestrator {
         let pool_size = Gauge::<i64>::default();
         registry.register(
             "nx_task_pool_size",
-            "Warm task units the pool keeps (tasks.pool_size)",
+            "Warm task units the pool keeps now (tasks.pool_size, grown by demand up to tasks.pool_max)",
             pool_size.clone(),
         );
         let guests_ready = Gauge::<i64>::default();

@@ -271,8 +271,15 @@ impl Supervisor {
     /// Starts `spec` as a transient service (clearing a failed unit of the same name first).
     #[tracing::instrument(skip_all, fields(unit = %spec.name))]
     pub async fn start(&self, spec: &UnitSpec) -> Result<(), SupervisorError> {
+        let _ = self.reset_failed(&spec.name).await;
+        self.start_new(spec).await
+    }
+
+    /// Starts `spec` as a transient service under a name no unit had before (a task's random
+    /// one): one D-Bus call, no failed unit to clear first.
+    #[tracing::instrument(skip_all, fields(unit = %spec.name))]
+    pub async fn start_new(&self, spec: &UnitSpec) -> Result<(), SupervisorError> {
         let manager = self.manager().await?;
-        let _ = manager.reset_failed_unit(&spec.name).await;
         let exec = vec![(spec.argv[0].clone(), spec.argv.clone(), false)];
         let mut props: Vec<(&str, Value<'_>)> = vec![
             ("Description", spec.description.as_str().into()),
@@ -466,6 +473,13 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+
+    /// Unloads a unit that failed (systemd keeps a failed unit, its result and its cgroup's
+    /// name, until this); a unit that did not fail is left as it is. `ResetFailedUnit`,
+    /// org.freedesktop.systemd1(5).
+    pub async fn reset_failed(&self, unit: &str) -> Result<(), SupervisorError> {
+        Ok(self.manager().await?.reset_failed_unit(unit).await?)
     }
 
     /// Sends `signal` to every process of the unit.

@@ -16,12 +16,13 @@ use crate::api::{TaskEvent, TaskOutcome, UnitState};
 use crate::backend::{BackendError, Program, SandboxBackend, TaskLaunch};
 use crate::config::TasksConfig;
 use crate::domain::BackendKind;
+use crate::metrics::StepDurations;
 use crate::supervisor::{Supervisor, SupervisorError};
-use pool::{BootAhead, Pool, Slot, TaskUnit};
+use pool::{BootAhead, Pool, PoolBounds, Slot, TaskUnit};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -78,6 +79,8 @@ pub struct Tasks {
     /// Tasks started on a warm unit, and on one started for them (cold), since nxd started.
     started_warm: AtomicU64,
     started_cold: AtomicU64,
+    /// Where each task's steps are timed (`nx_task_step_duration_seconds`).
+    steps: StepDurations,
 }
 
 /// What the task pool did and holds, for the metrics.
@@ -87,7 +90,8 @@ pub struct TaskStats {
     pub started_cold: u64,
     /// Warm units ready now.
     pub pool_ready: usize,
-    /// Warm units the pool keeps (`tasks.pool_size`).
+    /// Warm units the pool keeps now: from `tasks.pool_size` up to `tasks.pool_max`, as
+    /// demand grew it.
     pub pool_size: usize,
     /// microVM guests booted ahead and waiting now.
     pub guests_ready: usize,
@@ -105,6 +109,7 @@ impl Tasks {
         launcher: PathBuf,
         config: &TasksConfig,
         guest_pool_size: usize,
+        steps: StepDurations,
     ) -> Result<Self, TaskError> {
         for unit in supervisor.list("nxt-*.service").await? {
             tracing::info!(%unit, "removing a task unit left from before");
@@ -118,20 +123,28 @@ impl Tasks {
             Arc::clone(&supervisor),
             launcher.clone(),
             config.limits,
-            config.pool_size,
+            PoolBounds {
+                min: config.pool_size,
+                max: config.pool_max,
+            },
             None,
+            Some(steps.clone()),
         ));
         pool.refill();
         let guests = Arc::new(Pool::new(
             Arc::clone(&supervisor),
             launcher,
             config.limits,
-            guest_pool_size,
+            PoolBounds {
+                min: guest_pool_size,
+                max: guest_pool_size,
+            },
             Some(BootAhead {
                 backend: Arc::clone(&backend),
                 kind: BackendKind::Microvm,
                 uids: Arc::clone(&uids),
             }),
+            None,
         ));
         guests.refill();
         Ok(Self {
@@ -142,6 +155,7 @@ impl Tasks {
             uids,
             started_warm: AtomicU64::new(0),
             started_cold: AtomicU64::new(0),
+            steps,
         })
     }
 
@@ -175,10 +189,12 @@ impl Tasks {
     /// receiver kills the task.
     #[tracing::instrument(skip_all)]
     pub async fn run(&self, task: TaskRun) -> Result<mpsc::Receiver<TaskEvent>, TaskError> {
+        let steps = StepClock::new(&self.steps);
         let (mut slot, warm) = match self.warm_guest(&task).or_else(|| self.pool.take()) {
             Some(slot) => (slot, true),
             None => (self.pool.start_slot().await?, false),
         };
+        steps.lap(if warm { "take" } else { "start" });
         let uid = match &slot.warm {
             Some(guest) => guest.uid,
             None => self.uids.next(),
@@ -206,12 +222,14 @@ impl Tasks {
                     .set_memory_max(&slot.unit.name, task.memory_max_mb << 20)
                     .await?;
             }
+            steps.lap("spec");
             slot.send(&spec).await.map_err(TaskError::Handover)
         };
         if let Err(e) = handover.await {
-            self.watcher().finish(&slot.unit, &launch).await;
+            self.watcher().finish(&slot.unit, &launch, None).await;
             return Err(e);
         }
+        steps.lap("handover");
         let started = Instant::now();
         match warm {
             true => &self.started_warm,
@@ -227,10 +245,13 @@ impl Tasks {
                 backend: launch.backend.to_string(),
             })
             .await;
-        tokio::spawn(
-            self.watcher()
-                .watch(slot, launch, task.timeout, started, events),
-        );
+        tokio::spawn(self.watcher().watch(
+            slot,
+            launch,
+            task.timeout,
+            Started { at: started, steps },
+            events,
+        ));
         Ok(receiver)
     }
 
@@ -242,23 +263,77 @@ impl Tasks {
     }
 }
 
+/// Times one task's steps, one after the other: each lap is the time since the previous one
+/// (or the task's start), recorded as that step, and the whole as the step `task`. Each step
+/// is also logged at debug level (`RUST_LOG=nx_orchestrator::tasks=debug`).
+struct StepClock {
+    steps: StepDurations,
+    started: Instant,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl StepClock {
+    fn new(steps: &StepDurations) -> Self {
+        let now = Instant::now();
+        Self {
+            steps: steps.clone(),
+            started: now,
+            last: std::sync::Mutex::new(now),
+        }
+    }
+
+    /// Ends the step `name` now.
+    fn lap(&self, name: &'static str) {
+        self.lap_at(name, Instant::now());
+    }
+
+    /// Ends the step `name` at `at` (not before the previous one ended).
+    fn lap_at(&self, name: &'static str, at: Instant) {
+        let mut last = self.last.lock().expect("step clock");
+        let took = at.saturating_duration_since(*last);
+        *last = at.max(*last);
+        tracing::debug!(
+            step = name,
+            ms = took.as_secs_f64() * 1000.0,
+            "task step done"
+        );
+        self.steps.observe(name, took);
+    }
+
+    /// The whole task, from its request to now.
+    fn finish(&self) {
+        self.steps.observe("task", self.started.elapsed());
+    }
+}
+
+/// When a task was handed over, and the clock of its steps.
+struct Started {
+    at: Instant,
+    steps: StepClock,
+}
+
 /// Follows one running task to its end.
 struct Watcher {
     supervisor: Arc<Supervisor>,
     backend: Arc<dyn SandboxBackend>,
 }
 
-/// Forwards one of the task's streams; false when nobody listens any more.
+/// Forwards one of the task's streams; false when nobody listens any more. The first byte read
+/// from either stream sets `first`.
 async fn forward(
     mut stream: pipe::Receiver,
     events: &mpsc::Sender<TaskEvent>,
+    first: &OnceLock<Instant>,
     wrap: fn(String) -> TaskEvent,
 ) -> bool {
     let mut text = text::Utf8Chunks::default();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let (chunk, ended) = match stream.read(&mut buf).await {
-            Ok(n) if n > 0 => (text.push(&buf[..n]), false),
+            Ok(n) if n > 0 => {
+                let _ = first.set(Instant::now());
+                (text.push(&buf[..n]), false)
+            }
             _ => (text.finish(), true),
         };
         if !chunk.is_empty() && events.send(wrap(chunk)).await.is_err() {
@@ -277,14 +352,15 @@ impl Watcher {
         slot: Slot,
         launch: TaskLaunch,
         timeout: Duration,
-        started: Instant,
+        started: Started,
         events: mpsc::Sender<TaskEvent>,
     ) {
         let (unit, stdout, stderr) = slot.into_output();
+        let first = OnceLock::new();
         let output = async {
             let (out, err) = tokio::join!(
-                forward(stdout, &events, |data| TaskEvent::Stdout { data }),
-                forward(stderr, &events, |data| TaskEvent::Stderr { data }),
+                forward(stdout, &events, &first, |data| TaskEvent::Stdout { data }),
+                forward(stderr, &events, &first, |data| TaskEvent::Stderr { data }),
             );
             out && err
         };
@@ -292,6 +368,11 @@ impl Watcher {
             Ok(listened) => (false, !listened),
             Err(_) => (true, false),
         };
+        let steps = &started.steps;
+        if let Some(at) = first.get() {
+            steps.lap_at("first_output", *at);
+        }
+        steps.lap("output_end");
         if timed_out || abandoned {
             tracing::info!(timed_out, abandoned, "killing the task");
             if let Err(e) = self.supervisor.kill(&unit.name, nix::libc::SIGKILL).await {
@@ -304,15 +385,27 @@ impl Watcher {
                 s.sub == SubState::Exited || s.active.is_down()
             })
             .await;
-        let outcome = outcome(state, timed_out, started.elapsed());
-        self.finish(&unit, &launch).await;
+        steps.lap("exit");
+        let outcome = outcome(state.as_ref(), timed_out, started.at.elapsed());
+        self.finish(&unit, &launch, state.ok().as_ref()).await;
+        steps.lap("cleanup");
+        steps.finish();
         tracing::info!(?outcome, "task ended");
         let _ = events.send(TaskEvent::Exited(outcome)).await;
     }
 
-    async fn finish(&self, unit: &TaskUnit, launch: &TaskLaunch) {
-        if let Err(e) = self.supervisor.stop(&unit.name).await {
-            tracing::warn!(unit = %unit.name, error = %e, "stopping a task unit");
+    /// Removes what is left of the task: its unit, and what the backend made for it. `ended`:
+    /// the unit's state once the task's output closed, when it was asked. A unit that ended
+    /// well is gone already (systemd unloads an inactive transient unit), one that failed
+    /// only needs clearing; one that still runs, or whose state is not known, is stopped.
+    async fn finish(&self, unit: &TaskUnit, launch: &TaskLaunch, ended: Option<&UnitState>) {
+        let cleared = match ended.map(|s| &s.active) {
+            Some(ActiveState::Inactive) => Ok(()),
+            Some(ActiveState::Failed) => self.supervisor.reset_failed(&unit.name).await,
+            _ => self.supervisor.stop(&unit.name).await,
+        };
+        if let Err(e) = cleared {
+            tracing::warn!(unit = %unit.name, error = %e, "removing a task unit");
         }
         self.backend.task_cleanup(launch).await;
     }
@@ -321,7 +414,7 @@ impl Watcher {
 /// The task's end, from its unit's state (waitid codes: 1 exited, 2 killed, 3 dumped). A unit
 /// that ended well is unloaded at once; systemd then reports it inactive with Result success.
 fn outcome(
-    state: Result<UnitState, SupervisorError>,
+    state: Result<&UnitState, &SupervisorError>,
     timed_out: bool,
     elapsed: Duration,
 ) -> TaskOutcome {
@@ -339,7 +432,7 @@ fn outcome(
                 },
                 signal: (!exited && s.exit_code != 0).then_some(s.exit_status),
                 timed_out,
-                result: s.result,
+                result: s.result.clone(),
                 duration_ms,
             }
         }

@@ -1,6 +1,12 @@
 //! Task units: each is a transient systemd service running `nxd launch -`, which waits on its
-//! stdin for the task's launch spec. The warm pool keeps `size` of them started ahead, so that a
-//! task pays neither for the unit nor for the launcher; it refills in the background.
+//! stdin for the task's launch spec. The warm pool keeps some of them started ahead, so that a
+//! task pays neither for the unit nor for the launcher; it refills in the background, several
+//! units at once.
+//!
+//! The pool sizes itself to demand between its bounds ([`PoolBounds`], `tasks.pool_size` and
+//! `tasks.pool_max`): each task that finds it empty (and so starts its unit cold) makes it keep
+//! one more unit ready, up to the most; after [`SHRINK_AFTER`] with no such task it keeps one
+//! fewer again (the surplus units are stopped), down to the fewest.
 //!
 //! A pool that boots ahead (`[microvm] pool_size`) goes further: each unit gets its VMM's spec
 //! at once and boots a guest whose init waits for its task (`NX-READY` on the unit's output); a
@@ -12,13 +18,13 @@ use crate::backend::launch::LaunchSpec;
 use crate::backend::{BackendError, SandboxBackend, WarmSandbox};
 use crate::config::Limits;
 use crate::domain::BackendKind;
+use crate::metrics::StepDurations;
 use crate::supervisor::{SliceKind, Supervisor, SupervisorError, TaskPipes, UnitOutput, UnitSpec};
 use rand::RngCore;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
@@ -34,6 +40,14 @@ const PING: &[u8] = b"NX-PING\n";
 const PING_EVERY: Duration = Duration::from_millis(50);
 /// How long a guest may take to boot to `NX-READY` (TCG on a busy host: seconds).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a pool grown by demand keeps its size with no task finding it empty, before it
+/// keeps one unit fewer.
+pub const SHRINK_AFTER: Duration = Duration::from_secs(30);
+/// Units a pool starts at once, at most (each is a `StartTransientUnit` and a launcher that
+/// starts; the manager handles them one at a time, but their round trips and the launchers'
+/// starts overlap). A pool that boots ahead boots one guest at a time (each boot takes a core
+/// for up to seconds).
+const STARTS_AT_ONCE: usize = 4;
 
 /// A task's unit: `nxt-<id>.service`.
 pub struct TaskUnit {
@@ -145,14 +159,77 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
+/// How many started units a pool keeps ready: `min` when tasks come seldom, up to `max` when
+/// they come faster than it refills (`max` is at least `min`; both 0: no pool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolBounds {
+    pub min: usize,
+    pub max: usize,
+}
+
+/// How many units a pool keeps ready now, as demand moves it between its bounds.
+#[derive(Debug, Clone, Copy)]
+struct Demand {
+    bounds: PoolBounds,
+    target: usize,
+    /// When a take last found the pool empty.
+    last_miss: Option<Instant>,
+}
+
+impl Demand {
+    fn new(bounds: PoolBounds) -> Self {
+        Self {
+            bounds,
+            target: bounds.min,
+            last_miss: None,
+        }
+    }
+
+    /// A take found the pool empty at `now`: keep one more, up to the most.
+    fn missed(&mut self, now: Instant) {
+        self.target = (self.target + 1).min(self.bounds.max);
+        self.last_miss = Some(now);
+    }
+
+    /// Whether the pool keeps more than its fewest (a shrink is due later).
+    fn grown(&self) -> bool {
+        self.target > self.bounds.min
+    }
+
+    /// The shrink check at `now`: one fewer if no take found the pool empty in the last
+    /// [`SHRINK_AFTER`], down to the fewest.
+    fn shrink(&mut self, now: Instant) {
+        if self
+            .last_miss
+            .is_none_or(|t| now.saturating_duration_since(t) >= SHRINK_AFTER)
+        {
+            self.target = self.target.saturating_sub(1).max(self.bounds.min);
+        }
+    }
+}
+
+/// What a pool holds and is doing, under its lock.
+struct Fill {
+    slots: Vec<Slot>,
+    demand: Demand,
+    /// Units being started for the pool now.
+    starting: usize,
+    /// Whether a shrink is scheduled.
+    shrinking: bool,
+    /// A start failed: no more until the next take (no loop against a manager that refuses).
+    failed: bool,
+    /// Bumped when the manager died: units started before are not kept.
+    generation: u64,
+}
+
 pub struct Pool {
     supervisor: Arc<Supervisor>,
     launcher: PathBuf,
     limits: Limits,
-    size: usize,
-    slots: Mutex<Vec<Slot>>,
-    refilling: AtomicBool,
+    fill: Mutex<Fill>,
     boot: Option<BootAhead>,
+    /// Where each unit started for the pool is timed (step `refill`), if anywhere.
+    steps: Option<StepDurations>,
 }
 
 impl Pool {
@@ -160,18 +237,33 @@ impl Pool {
         supervisor: Arc<Supervisor>,
         launcher: PathBuf,
         limits: Limits,
-        size: usize,
+        bounds: PoolBounds,
         boot: Option<BootAhead>,
+        steps: Option<StepDurations>,
     ) -> Self {
+        let bounds = PoolBounds {
+            min: bounds.min,
+            max: bounds.max.max(bounds.min),
+        };
         Self {
             supervisor,
             launcher,
             limits,
-            size,
-            slots: Mutex::new(Vec::new()),
-            refilling: AtomicBool::new(false),
+            fill: Mutex::new(Fill {
+                slots: Vec::new(),
+                demand: Demand::new(bounds),
+                starting: 0,
+                shrinking: false,
+                failed: false,
+                generation: 0,
+            }),
             boot,
+            steps,
         }
+    }
+
+    fn fill(&self) -> MutexGuard<'_, Fill> {
+        self.fill.lock().expect("pool lock")
     }
 
     pub fn limits(&self) -> Limits {
@@ -180,12 +272,12 @@ impl Pool {
 
     /// Warm units ready now.
     pub fn ready(&self) -> usize {
-        self.slots.lock().expect("pool lock").len()
+        self.fill().slots.len()
     }
 
-    /// Warm units the pool keeps.
+    /// Warm units the pool keeps now (within its bounds).
     pub fn size(&self) -> usize {
-        self.size
+        self.fill().demand.target
     }
 
     /// Starts one task unit (a cold start when the pool is empty).
@@ -221,7 +313,8 @@ impl Pool {
             cpu_affinity: Vec::new(),
             graceful_stop: None,
         };
-        self.supervisor.start(&spec).await?;
+        // The name is new (random): no failed unit of it to clear first.
+        self.supervisor.start_new(&spec).await?;
         // systemd holds its own copies now; ours must go, or the task's end never shows as EOF.
         drop(spec);
         Ok(Slot {
@@ -278,16 +371,31 @@ impl Pool {
         }
     }
 
-    /// A warm slot, if one is ready; the pool refills in the background.
+    /// A warm slot, if one is ready; the pool refills in the background. A take that finds
+    /// the pool empty makes it keep one more (up to its most).
     pub fn take(self: &Arc<Self>) -> Option<Slot> {
-        let slot = self.slots.lock().expect("pool lock").pop();
+        let slot = {
+            let mut fill = self.fill();
+            let slot = fill.slots.pop();
+            if slot.is_none() {
+                fill.demand.missed(Instant::now());
+                tracing::debug!(target = fill.demand.target, "a task found the pool empty");
+            }
+            fill.failed = false;
+            slot
+        };
         self.refill();
         slot
     }
 
     /// Forgets every warm slot (their units died with the manager) and refills.
     pub fn restart(self: &Arc<Self>) {
-        let gone = std::mem::take(&mut *self.slots.lock().expect("pool lock"));
+        let gone = {
+            let mut fill = self.fill();
+            fill.generation += 1;
+            fill.failed = false;
+            std::mem::take(&mut fill.slots)
+        };
         if let Some(boot) = &self.boot {
             let backend = Arc::clone(&boot.backend);
             tokio::spawn(async move {
@@ -299,28 +407,120 @@ impl Pool {
         self.refill();
     }
 
-    /// Starts units until the pool is full (one refill at a time).
+    /// Starts units until the pool holds what it keeps (up to [`STARTS_AT_ONCE`] at a time, a
+    /// pool that boots ahead one), and schedules its shrink when it keeps more than its fewest.
     pub fn refill(self: &Arc<Self>) {
-        if self.size == 0 || self.refilling.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let pool = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut failed = false;
-            while !failed && pool.slots.lock().expect("pool lock").len() < pool.size {
-                match pool.fill_one().await {
-                    Ok(slot) => pool.slots.lock().expect("pool lock").push(slot),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start a warm task unit");
-                        failed = true;
-                    }
+        let at_once = match self.boot {
+            Some(_) => 1,
+            None => STARTS_AT_ONCE,
+        };
+        let mut fill = self.fill();
+        while !fill.failed
+            && fill.slots.len() + fill.starting < fill.demand.target
+            && fill.starting < at_once
+        {
+            fill.starting += 1;
+            let (pool, generation) = (Arc::clone(self), fill.generation);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let slot = pool.fill_one().await;
+                if let (Some(steps), Ok(_)) = (&pool.steps, &slot) {
+                    steps.observe("refill", started.elapsed());
                 }
-            }
-            pool.refilling.store(false, Ordering::Release);
-            // A slot taken after the last check would otherwise wait for the next take.
-            if !failed && pool.slots.lock().expect("pool lock").len() < pool.size {
+                let stale = {
+                    let mut fill = pool.fill();
+                    fill.starting -= 1;
+                    match slot {
+                        Ok(slot) if fill.generation == generation => {
+                            fill.slots.push(slot);
+                            None
+                        }
+                        Ok(slot) => Some(slot),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start a warm task unit");
+                            fill.failed = true;
+                            None
+                        }
+                    }
+                };
+                if let Some(slot) = stale {
+                    pool.discard(vec![slot]).await;
+                }
                 pool.refill();
+            });
+        }
+        if fill.demand.grown() && !fill.shrinking {
+            fill.shrinking = true;
+            tokio::spawn(Arc::clone(self).shrink());
+        }
+    }
+
+    /// Every [`SHRINK_AFTER`] with no take that found the pool empty, keeps one unit fewer
+    /// (stopping what it holds beyond that), until it keeps its fewest.
+    async fn shrink(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(SHRINK_AFTER).await;
+            let (surplus, done) = {
+                let mut fill = self.fill();
+                fill.demand.shrink(Instant::now());
+                let keep = fill.demand.target.min(fill.slots.len());
+                let surplus = fill.slots.split_off(keep);
+                let done = !fill.demand.grown();
+                fill.shrinking = !done;
+                (surplus, done)
+            };
+            self.discard(surplus).await;
+            if done {
+                return;
             }
-        });
+        }
+    }
+
+    /// Stops the units of slots the pool no longer keeps.
+    async fn discard(&self, slots: Vec<Slot>) {
+        for slot in slots {
+            if let Err(e) = self.supervisor.stop(&slot.unit.name).await {
+                tracing::warn!(unit = %slot.unit.name, error = %e, "stopping a warm task unit");
+            }
+            if let (Some(boot), Some(warm)) = (&self.boot, &slot.warm) {
+                boot.backend.forget_warm(warm).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demand_grows_the_pool_to_its_most_and_idleness_shrinks_it_to_its_fewest() {
+        let mut demand = Demand::new(PoolBounds { min: 2, max: 4 });
+        assert_eq!(demand.target, 2);
+        assert!(!demand.grown());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            demand.missed(t0);
+        }
+        assert_eq!(demand.target, 4, "no more than the most");
+        assert!(demand.grown());
+        // A take found it empty lately: it keeps its size.
+        demand.shrink(t0 + SHRINK_AFTER / 2);
+        assert_eq!(demand.target, 4);
+        // Then one fewer per quiet period, down to the fewest.
+        demand.shrink(t0 + SHRINK_AFTER);
+        assert_eq!(demand.target, 3);
+        demand.shrink(t0 + SHRINK_AFTER * 2);
+        demand.shrink(t0 + SHRINK_AFTER * 3);
+        assert_eq!(demand.target, 2, "no fewer than the fewest");
+        assert!(!demand.grown());
+    }
+
+    #[test]
+    fn a_pool_without_room_to_grow_keeps_its_size() {
+        let mut demand = Demand::new(PoolBounds { min: 0, max: 0 });
+        demand.missed(Instant::now());
+        assert_eq!(demand.target, 0);
+        assert!(!demand.grown());
     }
 }

@@ -8,7 +8,7 @@
 
 mod bwrap;
 pub mod podman;
-mod seccomp;
+pub mod seccomp;
 
 use super::data_disk::{DataTemplates, VolumeDisk};
 use super::tmp_mount::TmpMount;
@@ -224,18 +224,7 @@ impl SandboxBackend for ContainerBackend {
     async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError> {
         Ok(match &task.program {
             Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
-                argv: bwrap::command(&Sandbox {
-                    hostname: TASK_HOSTNAME,
-                    app: bwrap_app(&task.program).0,
-                    linkage: bwrap_app(&task.program).1,
-                    args: &task.args,
-                    data_dir: None,
-                    database_socket: None,
-                    network: SandboxNetwork::Loopback,
-                    tmp_bytes: task.limits.tmp_mb << 20,
-                    identity: None,
-                    volumes: &[],
-                }),
+                argv: task_command(&task.program, &task.args, task.limits.tmp_mb << 20),
                 env: task.env.clone(),
                 seccomp: self.seccomp.clone(),
                 uid: Some(task.uid),
@@ -306,6 +295,26 @@ fn bwrap_app(program: &Program) -> (bwrap::App<'_>, &Linkage) {
 
 /// A task's hostname.
 const TASK_HOSTNAME: &str = "task";
+
+/// The bubblewrap command line (`bwrap` and its arguments) of a task that runs `program` (a
+/// binary or a bundle; an image panics: it runs under Podman) with `args` and a `/tmp` of
+/// `tmp_bytes`: what a task's launcher execs, with the seccomp programs on fds 10 and up
+/// (`seccomp::write_programs`). nx-bench runs the same command bare, as the floor of tasks.
+pub fn task_command(program: &Program, args: &[String], tmp_bytes: u64) -> Vec<String> {
+    let (app, linkage) = bwrap_app(program);
+    bwrap::command(&Sandbox {
+        hostname: TASK_HOSTNAME,
+        app,
+        linkage,
+        args,
+        data_dir: None,
+        database_socket: None,
+        network: SandboxNetwork::Loopback,
+        tmp_bytes,
+        identity: None,
+        volumes: &[],
+    })
+}
 
 /// The container of a deployment's unit `nx-<id>.service` is `nx-<id>`.
 fn container_name(unit: &str) -> String {

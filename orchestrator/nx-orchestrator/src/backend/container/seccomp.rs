@@ -25,6 +25,7 @@ use seccompiler::{
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// How many programs [`write_programs`] writes (bwrap reads them from that many fds).
 pub const PROGRAMS: usize = 2;
 
 use nix::libc;
