@@ -228,6 +228,50 @@ fn ipv6_reaches_the_internet_and_nothing_of_the_host_or_its_neighbours() {
     assert!(connects(&host, "closed", &closed, &neighbour), "itself");
 }
 
+/// gVisor (`--runtime runsc`) runs its own network stack (runsc's `network=sandbox`), which
+/// takes over the namespace's interface with the addresses and routes nxd gave it: its IPv6
+/// egress follows the same policy. With `--egress public` an image under gVisor reaches the
+/// IPv6 internet stand-in (and the IPv4 one), and not the metadata stand-in fd00:ec2::254, a
+/// ULA or the host's own IPv6 address.
+#[test]
+fn a_gvisor_deployment_has_ipv6_and_its_policy() {
+    let host = Host::start();
+    let _up = upstream(&host);
+    let service = nx_testkit::free_port();
+    listen(
+        &host.netns,
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, service)),
+    );
+    let build = tempfile::tempdir_in("/var/tmp").unwrap();
+    let image = nx_testkit::build_sample_image(build.path(), "linux/amd64");
+    let out = host.nx_json(&[
+        "push",
+        "--image",
+        image.to_str().unwrap(),
+        "--sandbox",
+        "gvisor6",
+        "--runtime",
+        "runsc",
+        "--egress",
+        "public",
+    ]);
+    assert_eq!(out["deployment"]["runtime"], "runsc", "{out}");
+    let id = out["deployment"]["id"].as_str().unwrap();
+    address6(&host, "gvisor6", id);
+    assert!(
+        connects(&host, "gvisor6", id, INTERNET6),
+        "the IPv6 internet"
+    );
+    assert!(
+        connects(&host, "gvisor6", id, INTERNET),
+        "the IPv4 internet"
+    );
+    let on_host = format!("[{HOST_UPLINK6}]:{service}");
+    for addr in [METADATA6, PRIVATE6, &on_host] {
+        assert!(!connects(&host, "gvisor6", id, addr), "{addr} is reachable");
+    }
+}
+
 #[test]
 fn names_resolve_through_the_hosts_loopback_resolver_and_the_sandboxs_egress_is_the_default() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();

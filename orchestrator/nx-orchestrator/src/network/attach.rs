@@ -13,11 +13,13 @@
 //!    strict reverse-path filter (rp_filter=1: only the deployment's own address may come in on
 //!    it), route_localnet (so DNS can be DNATed to a resolver on the host's loopback), and a
 //!    /32 route to the deployment with the gateway as source; with IPv6, `fe80::1` (the
-//!    deployment's IPv6 gateway, no duplicate address detection: the link has two ends, both
-//!    ours) as its only IPv6 address and a /128 route to the deployment; without, no IPv6.
-//! 3. `setns` into the new namespace: `lo` and `eth0` up, the deployment's /32 (and /128, no
-//!    duplicate address detection) on `eth0`, a default route via the gateway (on-link) and
-//!    one via `fe80::1`.
+//!    deployment's IPv6 gateway) as its only IPv6 address and a /128 route to the deployment;
+//!    without, no IPv6.
+//! 3. `setns` into the new namespace: `lo` and `eth0` up, the deployment's /32 (and /128) on
+//!    `eth0`, a default route via the gateway (on-link) and one via `fe80::1`.
+//!
+//! Both IPv6 addresses are added without duplicate address detection (the link has two ends,
+//! both ours) and without a prefix route (see `add_address6`).
 //!
 //! Memory (issue 11's mark: 256 KiB per deployment with 500 up; `nx-bench --only network`):
 //! the empty namespace is most of it (~150-190 KiB on this kernel), then the pair of devices
@@ -28,7 +30,14 @@
 //! and the devices' IPv6 settings made before they come up: off for a deployment without IPv6,
 //! else no link-local addresses of the kernel's making (none needed: one address per end),
 //! so that `lo` and `eth0` never get addresses, routes or multicast memberships they would
-//! drop again or never use.
+//! drop again or never use. IPv6's own share is then 3 addresses and 7 routes (`::1`'s, the
+//! two addresses' local routes, the default route, the /128 to the deployment, and the
+//! `ff00::/8` route of each end, which neighbour discovery's multicast needs to be received),
+//! ~6 KiB: an IPv6 route holds ~700 bytes (a 512-byte `fib6_info`, its tree node, per-CPU
+//! caches) and an address 512 bytes (`inet6_ifaddr`), counted with the kernel's kmem
+//! tracepoints. The rest of IPv6's per-device state (`inet6_dev` with its 4 KiB ICMPv6
+//! message counters, the `net.ipv6.conf.<dev>` and neighbour sysctl tables, ~16 KiB a device)
+//! comes with every device of a kernel that has IPv6, also with IPv6 off.
 //!
 //! Sources: rtnetlink(7), veth(4), ip-sysctl.txt (rp_filter, route_localnet, disable_ipv6,
 //! addr_gen_mode, ip_unprivileged_port_start) of the kernel's documentation,
@@ -187,7 +196,7 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
         .await
         .map_err(netlink(&format!("routing {} to {}", a.address, a.link)))?;
     if let Some(address6) = a.address6 {
-        add_address_nodad(&host, index, GATEWAY6, 128).await?;
+        add_address6(&host, index, GATEWAY6).await?;
         host.route()
             .add(
                 RouteMessageBuilder::<Ipv6Addr>::new()
@@ -228,7 +237,7 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
         .await
         .map_err(netlink("adding the default route"))?;
     if let Some(address6) = a.address6 {
-        add_address_nodad(&inside, INSIDE_INDEX, address6, 128).await?;
+        add_address6(&inside, INSIDE_INDEX, address6).await?;
         inside
             .route()
             .add(
@@ -244,19 +253,20 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// Adds an IPv6 address usable at once: no duplicate address detection (RFC 4862 §5.4), which
-/// would hold it tentative for a second on a link whose two ends are both ours.
-async fn add_address_nodad(
-    handle: &Handle,
-    index: u32,
-    address: Ipv6Addr,
-    prefix: u8,
-) -> Result<(), NetworkError> {
-    let mut request = handle.address().add(index, IpAddr::V6(address), prefix);
+/// Adds an IPv6 /128 usable at once and with no route of its own: no duplicate address
+/// detection (RFC 4862 §5.4), which would hold it tentative for a second on a link whose two
+/// ends are both ours, and no prefix route (IFA_F_NOPREFIXROUTE, rtnetlink(7)): a /128's prefix
+/// route only repeats what the address's local route and the link's one route (the default
+/// route inside, the /128 to the deployment on the host) already say, and each IPv6 route
+/// holds ~700 bytes of kernel memory (a 512-byte `fib6_info`, its tree node, per-CPU caches).
+async fn add_address6(handle: &Handle, index: u32, address: Ipv6Addr) -> Result<(), NetworkError> {
+    let mut request = handle.address().add(index, IpAddr::V6(address), 128);
     request
         .message_mut()
         .attributes
-        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        .push(AddressAttribute::Flags(
+            AddressFlags::Nodad | AddressFlags::Noprefixroute,
+        ));
     request
         .execute()
         .await
