@@ -837,7 +837,7 @@ impl Orchestrator {
             None
         };
         let own_mounts = self
-            .mount_live_volumes(&self.state.deployment(id).await?)
+            .mount_live_volumes(&self.state.deployment(id).await?, previous_db.is_some())
             .await?;
         if previous_db.is_some() || own_mounts.is_some() {
             // It reconnects with production's credentials, mounts production's volumes.

@@ -412,10 +412,23 @@ fn a_crash_during_the_promotion_of_a_volume_preview_finishes_it_or_leaves_it_und
     // after the next start it is a preview on its own filesystem again (it sees what it
     // wrote there, not production's files), production is as it was. Then kill -9 once the
     // promotion is recorded, its copies not yet deleted: the promotion is finished.
-    for (point, finished) in [("volumes::promoting", false), ("volumes::promoted", true)] {
-        let preview = push_with_volume(&host);
+    // A crash once the preview's database branch was swapped in (`--swap-db`) finishes the
+    // promotion too: production's database is the branch's already.
+    for (point, swap_db, finished) in [
+        ("volumes::promoting", false, false),
+        ("volumes::promoted", false, true),
+        ("volumes::promoting", true, true),
+    ] {
+        let (push, promote) = if swap_db {
+            (&["--db-branch"][..], &["--swap-db"][..])
+        } else {
+            (&[][..], &["--keep-db"][..])
+        };
+        let preview = push_with_volume_and(&host, push);
         write(&host, &preview, &format!("preview-{point}"));
-        let cut = host.crash_during(point, &["promote", "shop", &preview]);
+        let mut args = vec!["promote", "shop", &preview];
+        args.extend_from_slice(promote);
+        let cut = host.crash_during(point, &args);
         assert!(
             cut.stderr.contains("finishes it or undoes it"),
             "{point}: {}",

@@ -13,8 +13,9 @@
 //! copies that still have it (a copy cut short) and a deployment's next start makes the
 //! missing ones again, so no deployment runs on a half-made copy. A promotion writes its
 //! intent, [`PROMOTING`] (the mounts to put back), before its mounts switch; nxd's start
-//! ([`Orchestrator::recover_promotions`]) finishes a promotion that was recorded and undoes
-//! one that was not, so a crash never leaves a preview on production's volumes.
+//! ([`Orchestrator::recover_promotions`]) finishes a promotion that was recorded (or whose
+//! database branch was swapped in) and undoes one that was not, so a crash never leaves a
+//! preview on production's volumes.
 
 use super::remove_path;
 use crate::api::volumes::{MountedVolume, VolumeSource};
@@ -32,9 +33,18 @@ use std::path::{Path, PathBuf};
 /// The mark in a deployment's directory of copies while they are made (its absence: all of
 /// them are whole).
 pub(super) const COPYING: &str = ".copying";
-/// A promotion's intent in the deployment's directory of copies: JSON, the deployment's
-/// mounts before its promotion (`[MountedVolume]`).
+/// A promotion's intent in the deployment's directory of copies: [`Intent`] as JSON.
 const PROMOTING: &str = ".promoting";
+
+/// What a promotion that switches mounts records before it does.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Intent {
+    /// The deployment's mounts before the promotion (to put back if it is undone).
+    mounts: Vec<MountedVolume>,
+    /// Its database branch was swapped in before (`--swap-db`): the promotion is finished,
+    /// not undone.
+    swapped_db: bool,
+}
 
 impl Orchestrator {
     /// `<state_dir>/volumes/<sandbox>/<deployment>`: its own copies.
@@ -134,6 +144,7 @@ impl Orchestrator {
     pub(crate) async fn mount_live_volumes(
         &self,
         deployment: &Deployment,
+        swapped_db: bool,
     ) -> Result<Option<Vec<MountedVolume>>, Error> {
         if deployment
             .volumes
@@ -145,11 +156,12 @@ impl Orchestrator {
         let intent = self.own_dir(deployment).join(PROMOTING);
         std::fs::create_dir_all(self.own_dir(deployment))
             .map_err(Error::io(format!("creating {}", intent.display())))?;
-        write_synced(
-            &intent,
-            &serde_json::to_vec(&deployment.volumes).expect("JSON"),
-        )
-        .map_err(Error::io(format!("writing {}", intent.display())))?;
+        let written = Intent {
+            mounts: deployment.volumes.clone(),
+            swapped_db,
+        };
+        write_synced(&intent, &serde_json::to_vec(&written).expect("JSON"))
+            .map_err(Error::io(format!("writing {}", intent.display())))?;
         let live: Vec<MountedVolume> = deployment
             .volumes
             .iter()
@@ -204,8 +216,11 @@ impl Orchestrator {
 
     /// At nxd's start, before deployments are adopted: each promotion a crash interrupted
     /// (its [`PROMOTING`] intent still there) is finished when production's record names the
-    /// deployment (its copies go), else undone: it mounts its own copies again and its unit
-    /// is stopped, so that its adoption starts it on them, never on production's volumes.
+    /// deployment (its copies go) or when its database branch was swapped in already (that
+    /// cannot be undone here: it is promoted, its unit stopped and marked to run, so that its
+    /// adoption starts it on production's volumes and database); else undone: it mounts its
+    /// own copies again and its unit is stopped, so that its adoption starts it on them,
+    /// never on production's volumes.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn recover_promotions(&self) -> Result<(), Error> {
         let promoted = self.state.promoted().await?;
@@ -215,18 +230,26 @@ impl Orchestrator {
             let Ok(before) = std::fs::read(&intent) else {
                 continue;
             };
-            if promoted.get(&deployment.sandbox) == Some(&deployment.id) {
-                tracing::warn!(deployment = %deployment.id, "finishing a promotion a crash interrupted: its volume copies go");
+            let Intent { mounts, swapped_db } = serde_json::from_slice(&before).map_err(|e| {
+                Error::io(format!("reading {}", intent.display()))(std::io::Error::other(e))
+            })?;
+            let (sandbox, id) = (&deployment.sandbox, &deployment.id);
+            if promoted.get(sandbox) == Some(id) {
+                tracing::warn!(deployment = %id, "finishing a promotion a crash interrupted: its volume copies go");
                 self.drop_own_volumes(&deployment)?;
                 continue;
             }
-            let mounts: Vec<MountedVolume> = serde_json::from_slice(&before).map_err(|e| {
-                Error::io(format!("reading {}", intent.display()))(std::io::Error::other(e))
-            })?;
-            tracing::warn!(deployment = %deployment.id, "undoing a promotion a crash interrupted: it mounts its own volume copies again");
             self.backend
                 .stop(&self.backend.handle(&deployment), DEFAULT_STOP_TIMEOUT)
                 .await?;
+            if swapped_db {
+                tracing::warn!(deployment = %id, "finishing a promotion a crash interrupted after its database branch was swapped in: it is promoted");
+                self.state.set_desired(id, Desired::Running).await?;
+                self.state.promote(sandbox, id).await?;
+                self.drop_own_volumes(&deployment)?;
+                continue;
+            }
+            tracing::warn!(deployment = %id, "undoing a promotion a crash interrupted: it mounts its own volume copies again");
             self.put_back_mounts(&deployment, &mounts).await?;
         }
         Ok(())
