@@ -502,19 +502,22 @@ fn a_preview_that_does_not_start_on_production_s_volume_is_not_promoted_and_runs
     );
 }
 
-/// Processes whose command line names the host's volume jobs' directory (a job's `nxd
-/// volume-job`, its `cp` or `tar`), as "pid: command line".
+/// Processes of volume jobs left from before nxd's start (a job's `nxd volume-job`, its `cp`
+/// or `tar`), as "pid: command line": those whose command line names a job directory under
+/// the host's `volumes/.jobs` that is gone (nxd's start removes the old ones; a job the new
+/// nxd runs, such as a copy made again, has its directory).
 fn volume_job_processes(host: &Host) -> Vec<String> {
-    let jobs = host.path("volumes/.jobs").display().to_string();
+    let jobs = format!("{}/", host.path("volumes/.jobs").display());
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|entry| {
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline
-                .contains(&jobs)
-                .then(|| format!("{}: {cmdline}", entry.file_name().to_string_lossy()))
+            let (_, inside) = cmdline.split_once(&jobs)?;
+            let job = inside.split(['/', ' ']).next()?;
+            let gone = !std::path::Path::new(&jobs).join(job).exists();
+            gone.then(|| format!("{}: {cmdline}", entry.file_name().to_string_lossy()))
         })
         .collect()
 }
