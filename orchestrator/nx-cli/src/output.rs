@@ -135,6 +135,12 @@ pub fn pushed(
         Some(tcp) => println!("tcp: {tcp}"),
         None => println!("preview: {}", d.preview_url),
     }
+    if let Some(name) = &d.service {
+        println!(
+            "service: the sandbox's deployments reach {} as {name} from now on, before any promotion (the newest running push of a service holds its name unless production declares it; `nx rm {}` gives it back)",
+            d.id, d.id
+        );
+    }
     println!("promote: nx promote {} {}", d.sandbox, d.id);
     Ok(())
 }

@@ -433,14 +433,33 @@ fn a_service_is_reached_by_name_from_its_sandbox_and_not_from_another() {
     assert!(!connects(&host, "other", &other, "cache:7000"));
     assert!(!connects(&host, "other", &other, &service_addr));
 
-    let newer = host.push_sample("shop", &["--service", "cache", "--port", "7000"]);
+    // The push says that the name moves to it at once, not at a promotion.
+    let sample = nx_testkit::sample_app();
+    let pushed = host.nx(&[
+        "push",
+        sample.to_str().unwrap(),
+        "-s",
+        "shop",
+        "--service",
+        "cache",
+        "--port",
+        "7000",
+    ]);
+    assert!(pushed.ok, "{}", pushed.stderr);
+    let newer = pushed.stdout.split(' ').nth(1).unwrap().to_owned();
+    assert!(
+        pushed.stdout.contains(&format!(
+            "service: the sandbox's deployments reach {newer} as cache from now on, before any promotion"
+        )),
+        "{}",
+        pushed.stdout
+    );
     let newer_addr = listen_addr(&host, "shop", &newer).to_string();
     assert!(connects(&host, "shop", &client, &newer_addr));
     // The name means the newer one: the older one's address is closed now.
     assert!(!connects(&host, "shop", &client, &service_addr));
     assert!(connects(&host, "shop", &client, "cache:7000"));
 
-    let sample = nx_testkit::sample_app();
     let bad = host.nx(&[
         "push",
         sample.to_str().unwrap(),
