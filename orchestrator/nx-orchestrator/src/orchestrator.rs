@@ -65,6 +65,8 @@ pub struct Orchestrator {
     pub ssh_keys: SshKeyStore,
     /// The host side of the deployments' network namespaces.
     network: HostNetwork,
+    /// What the firewall's TCP port map and service pairs set were last loaded with.
+    pub(crate) firewall_elements: crate::network::firewall::LoadedElements,
     /// What deployments' monitors wrote, as views last read it.
     monitor_files: crate::backend::monitor_files::MonitorFilesCache,
     /// What each artifact runs as, by sha256 (inspecting means reading the whole file).
@@ -199,6 +201,7 @@ impl Orchestrator {
             tokens: TokenStore::new(pool.clone()),
             ssh_keys: SshKeyStore::new(pool.clone()),
             network,
+            firewall_elements: Default::default(),
             monitor_files: Default::default(),
             programs: std::sync::Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
@@ -316,8 +319,8 @@ impl Orchestrator {
     /// Routes from the database: a preview route per running deployment, a production route
     /// per promoted one.
     pub(crate) async fn rebuild_routes(&self) -> Result<(), Error> {
-        let deployments = self.state.deployments().await?;
-        let promoted = self.state.promoted().await?;
+        let (deployments, promoted) =
+            tokio::try_join!(self.state.deployments(), self.state.promoted())?;
         // An idle deployment keeps its routes, marked for the router to wake it.
         let mut running: HashMap<&DeploymentId, SocketAddr> = HashMap::new();
         for d in deployments
@@ -326,10 +329,12 @@ impl Orchestrator {
         {
             running.insert(&d.id, self.upstream(d)?);
         }
-        self.publish_services(&deployments, &promoted, &running)
-            .await?;
         // TCP deployments are reached through their host ports, not the router.
-        let tcp = self.publish_tcp(&promoted, &running).await?;
+        let ((), tcp, domains) = tokio::try_join!(
+            self.publish_services(&deployments, &promoted, &running),
+            self.publish_tcp(&promoted, &running),
+            self.domain_rows(),
+        )?;
         running.retain(|id, _| !tcp.contains(*id));
         let keys: Vec<(RouteKey, &DeploymentId, SocketAddr)> = deployments
             .iter()
@@ -351,7 +356,6 @@ impl Orchestrator {
             &self.config.base_domain,
             keys.iter().map(|(key, id, addr)| (key, id.as_str(), *addr)),
         );
-        let domains = self.domain_rows().await?;
         let custom = crate::custom_domains::routes(&table, &domains, &self.config.base_domain);
         table.routes.extend(custom);
         let idle: Vec<&str> = deployments

@@ -191,9 +191,9 @@ impl Orchestrator {
             )))?;
         }
         let update = firewall::service_pairs_update(&pairs);
-        tokio::task::spawn_blocking(move || firewall::apply(&update))
-            .await
-            .map_err(|e| NetworkError::Firewall(format!("nft did not finish: {e}")))??;
+        self.firewall_elements
+            .replace(firewall::SERVICE_PAIRS, update)
+            .await?;
         Ok(())
     }
 

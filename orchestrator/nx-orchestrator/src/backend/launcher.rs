@@ -177,20 +177,24 @@ pub fn run(spec_path: &Path) -> String {
         }
         let _ = nix::unistd::close(fd);
     }
-    if let Some(attachment) = &spec.network {
-        if let Err(e) = crate::network::attach::enter(attachment) {
-            return e.to_string();
-        }
-    }
     if spec.data_image.is_some() || spec.tmp.is_some() || !spec.volumes.is_empty() {
         if let Err(e) = super::data_disk::own_mount_namespace() {
             return e;
         }
     }
-    if let Some(image) = &spec.data_image {
-        if let Err(e) = image.mount() {
-            return format!("mounting /data: {e}");
+    // /data's mount(8) runs while the network is set up: neither needs the other.
+    let data = match spec.data_image.as_ref().map(|image| image.start_mount()) {
+        Some(Err(e)) => return format!("mounting /data: {e}"),
+        Some(Ok(mount)) => Some(mount),
+        None => None,
+    };
+    if let Some(attachment) = &spec.network {
+        if let Err(e) = crate::network::attach::enter(attachment) {
+            return e.to_string();
         }
+    }
+    if let Some(Err(e)) = data.map(|mount| mount.finish()) {
+        return format!("mounting /data: {e}");
     }
     if let Some(tmp) = &spec.tmp {
         if let Err(e) = tmp.mount() {

@@ -265,6 +265,37 @@ fn replace_elements(kind: &str, name: &str, elements: impl Iterator<Item = Strin
     t
 }
 
+/// What nxd last loaded into the table's map and set ([`TCP_PORTS`], [`SERVICE_PAIRS`]), so
+/// that a route change that leaves them as they are runs no `nft` (two `nft` processes per
+/// push took 5 to 20 ms of its time to first answer). Empty when nxd starts: its first update
+/// of each is loaded whatever it holds.
+#[derive(Default)]
+pub struct LoadedElements {
+    last: std::sync::Mutex<std::collections::HashMap<&'static str, String>>,
+}
+
+impl LoadedElements {
+    /// Loads `update` (from [`tcp_ports_update`] or [`service_pairs_update`]: the whole new
+    /// contents of `name`) unless it is what was last loaded into `name`; whether `nft` ran.
+    /// Callers serialise the updates of one name (nxd's route changes hold one lock).
+    /// Errors: [`apply`]'s; the next update of `name` is then loaded again.
+    pub async fn replace(&self, name: &'static str, update: String) -> Result<bool, NetworkError> {
+        if self.lock().get(name) == Some(&update) {
+            return Ok(false);
+        }
+        self.lock().remove(name);
+        let loaded = tokio::task::spawn_blocking(move || apply(&update).map(|()| update))
+            .await
+            .map_err(|e| NetworkError::Firewall(format!("nft did not finish: {e}")))??;
+        self.lock().insert(name, loaded);
+        Ok(true)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<&'static str, String>> {
+        self.last.lock().expect("loaded elements lock")
+    }
+}
+
 /// Loads a ruleset with `nft -f -` (one transaction: all of it or nothing).
 /// Errors: nft missing (install nftables) or refusing the ruleset, with its message.
 pub fn apply(ruleset: &str) -> Result<(), NetworkError> {

@@ -355,9 +355,12 @@ impl Supervisor {
             props.push(("Restart", "on-failure".into()));
             props.push(("RestartUSec", (delay.as_micros() as u64).into()));
         }
-        // A unit of the same name that just stopped is unloaded by systemd a moment later;
-        // until then a new transient unit of that name is refused with UnitExists.
+        // A unit of the same name that failed stays loaded until its failure is reset, and
+        // one that just stopped is unloaded by systemd a moment later; until then a new
+        // transient unit of that name is refused with UnitExists. The reset is asked only
+        // then (a new unit's start is one round trip), and the first retry is at once.
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut reset = false;
         loop {
             match manager
                 .start_transient_unit(&spec.name, "replace", &props, &[])
@@ -368,7 +371,10 @@ impl Supervisor {
                     if name.as_str() == "org.freedesktop.systemd1.UnitExists"
                         && Instant::now() < deadline =>
                 {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let _ = manager.reset_failed_unit(&spec.name).await;
+                    if std::mem::replace(&mut reset, true) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -12,8 +12,10 @@
 //!   object, `UnitNew`/`UnitRemoved` from the manager (org.freedesktop.systemd1(5); they are
 //!   sent to clients that called `Subscribe`), everything on `Reloading` or when the connection
 //!   ends. `MemoryCurrent` and `TasksCurrent` change without a signal (systemd does not mark
-//!   them as emitting one), so the state of a unit with processes is served for at most
-//!   [`COUNTERS_MAX_AGE`].
+//!   them as emitting one), so the counters of a unit with processes are served for at most
+//!   [`COUNTERS_MAX_AGE`]; then those two alone are asked again (two `Get`s of one value
+//!   each, where a `GetAll` answers some 300 properties: with 200 units running, the `GetAll`s
+//!   were most of nxd's work for `nx ls`), the rest of the state kept as the signals left it.
 //! - A signal and a reply can cross: each reply is stored only if no change signal for its unit
 //!   was received after it (zbus numbers every received message: `Message::recv_position`).
 
@@ -28,6 +30,7 @@ use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue};
 use zbus::{MatchRule, MessageStream};
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
+const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
 const UNIT_PATH_PREFIX: &str = "/org/freedesktop/systemd1/unit";
@@ -116,6 +119,15 @@ struct Entry {
     fetched: Instant,
 }
 
+/// See [`UnitCache::lookup`].
+#[derive(Debug, PartialEq)]
+enum Lookup {
+    Fresh(UnitState),
+    /// True but for `memory_bytes` and `tasks`.
+    OldCounters(UnitState),
+    Missing,
+}
+
 struct Inner<P> {
     /// Whether a watcher receives systemd's signals on the current connection; nothing is
     /// served or stored otherwise.
@@ -173,11 +185,26 @@ impl<P: Ord + Copy + Default> UnitCache<P> {
     }
 
     /// A state that is still true, if the cache holds one.
+    #[cfg(test)]
     fn get(&self, path: &OwnedObjectPath) -> Option<UnitState> {
+        match self.lookup(path) {
+            Lookup::Fresh(state) => Some(state),
+            Lookup::OldCounters(_) | Lookup::Missing => None,
+        }
+    }
+
+    /// What the cache holds of a unit: its state, or its state but for counters older than
+    /// [`COUNTERS_MAX_AGE`], or nothing.
+    fn lookup(&self, path: &OwnedObjectPath) -> Lookup {
         let inner = self.lock();
-        let entry = inner.entries.get(path).filter(|_| inner.watching)?;
-        let fresh = !has_processes(&entry.state) || entry.fetched.elapsed() < COUNTERS_MAX_AGE;
-        fresh.then(|| entry.state.clone())
+        let Some(entry) = inner.entries.get(path).filter(|_| inner.watching) else {
+            return Lookup::Missing;
+        };
+        if !has_processes(&entry.state) || entry.fetched.elapsed() < COUNTERS_MAX_AGE {
+            Lookup::Fresh(entry.state.clone())
+        } else {
+            Lookup::OldCounters(entry.state.clone())
+        }
     }
 
     /// The unit's version now; `None` while no signals arrive (nothing can be known unchanged).
@@ -341,6 +368,40 @@ async fn fetch_path(
     Ok(state)
 }
 
+/// `state` (the cache's, true but for its counters) with `MemoryCurrent` and `TasksCurrent`
+/// asked again, stored in `cache` unless a change of the unit was received after either
+/// answer; `None` when systemd does not answer them (the unit is gone: ask it all).
+async fn refresh_counters(
+    conn: &zbus::Connection,
+    cache: &UnitCache,
+    path: &OwnedObjectPath,
+    generation: u64,
+    mut state: UnitState,
+) -> Option<UnitState> {
+    let _turn = cache.turns.acquire().await.expect("never closed");
+    let get = |name: &'static str| async move {
+        let reply = conn
+            .call_method(
+                Some(SYSTEMD),
+                path,
+                Some(PROPERTIES),
+                "Get",
+                &(SERVICE_INTERFACE, name),
+            )
+            .await
+            .ok()?;
+        let value: OwnedValue = reply.body().deserialize().ok()?;
+        let counter = u64::try_from(value).ok().filter(|&v| v != u64::MAX);
+        Some((counter, reply.recv_position()))
+    };
+    let (memory, tasks) = futures_util::join!(get("MemoryCurrent"), get("TasksCurrent"));
+    let ((memory, memory_at), (tasks, tasks_at)) = (memory?, tasks?);
+    state.memory_bytes = memory;
+    state.tasks = tasks;
+    cache.store(generation, path, &state, memory_at.min(tasks_at));
+    Some(state)
+}
+
 /// The states of `units`, in their order: from the cache where it holds them, else asked of
 /// systemd (see the module's docs).
 pub async fn fetch_many(
@@ -350,7 +411,32 @@ pub async fn fetch_many(
 ) -> Result<Vec<UnitState>, zbus::Error> {
     let generation = cache.generation();
     let paths: Vec<OwnedObjectPath> = units.iter().map(|u| unit_path(u)).collect();
-    let mut states: Vec<Option<UnitState>> = paths.iter().map(|p| cache.get(p)).collect();
+    let mut states: Vec<Option<UnitState>> = Vec::with_capacity(paths.len());
+    let mut old_counters: Vec<(usize, UnitState)> = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        states.push(match cache.lookup(path) {
+            Lookup::Fresh(state) => Some(state),
+            Lookup::OldCounters(state) => {
+                old_counters.push((i, state));
+                None
+            }
+            Lookup::Missing => None,
+        });
+    }
+    let refreshed: Vec<(usize, Option<UnitState>)> = stream::iter(old_counters)
+        .map(|(i, state)| {
+            let path = &paths[i];
+            async move {
+                let state = refresh_counters(conn, cache, path, generation, state).await;
+                (i, state)
+            }
+        })
+        .buffer_unordered(super::UNITS_IN_FLIGHT)
+        .collect()
+        .await;
+    for (i, state) in refreshed {
+        states[i] = state;
+    }
     let mut misses: Vec<usize> = (0..units.len()).filter(|&i| states[i].is_none()).collect();
     if misses.len() >= LIST_FROM {
         let loaded = list_loaded(conn, units, &misses).await?;
@@ -471,6 +557,28 @@ mod tests {
         assert_eq!(cache.get(&b), None);
         cache.store(generation, &b, &unloaded(), 7);
         assert_eq!(cache.get(&b), None);
+    }
+
+    #[test]
+    fn a_running_units_counters_grow_old_and_the_rest_of_its_state_does_not() {
+        let cache = UnitCache::<u64>::default();
+        let generation = cache.begin(true);
+        let (a, b) = (path("a.service"), path("b.service"));
+        cache.store(generation, &a, &running(), 1);
+        cache.store(generation, &b, &unloaded(), 1);
+        assert_eq!(cache.lookup(&a), Lookup::Fresh(running()));
+        let long_ago = Instant::now() - COUNTERS_MAX_AGE * 2;
+        for entry in cache.lock().entries.values_mut() {
+            entry.fetched = long_ago;
+        }
+        assert_eq!(cache.lookup(&a), Lookup::OldCounters(running()));
+        // A unit without processes has no counters that move.
+        assert_eq!(cache.lookup(&b), Lookup::Fresh(unloaded()));
+        // Counters asked again are fresh again; a change of the unit still wins.
+        cache.store(generation, &a, &running(), 2);
+        assert_eq!(cache.lookup(&a), Lookup::Fresh(running()));
+        cache.changed(a.clone(), 3);
+        assert_eq!(cache.lookup(&a), Lookup::Missing);
     }
 
     #[test]

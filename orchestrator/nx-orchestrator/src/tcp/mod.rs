@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::domain::Deployment;
 use crate::error::Error;
 use crate::names::{DeploymentId, SandboxName};
-use crate::network::{firewall, NetworkError};
+use crate::network::firewall;
 use crate::state::StateError;
 use crate::Orchestrator;
 use std::collections::{HashMap, HashSet};
@@ -202,10 +202,13 @@ impl Orchestrator {
             })
             .collect();
         let update = firewall::tcp_ports_update(&elements);
-        tokio::task::spawn_blocking(move || firewall::apply(&update))
-            .await
-            .map_err(|e| NetworkError::Firewall(format!("nft did not finish: {e}")))??;
-        tracing::debug!(elements = elements.len(), "TCP services map replaced");
+        if self
+            .firewall_elements
+            .replace(firewall::TCP_PORTS, update)
+            .await?
+        {
+            tracing::debug!(elements = elements.len(), "TCP services map replaced");
+        }
         Ok(tcp)
     }
 

@@ -453,7 +453,7 @@ impl Orchestrator {
     /// A new, empty volume filesystem of `size_mb` MiB at `image` (its directory made if
     /// missing): a sparse copy of the empty filesystem of that size that /data's images are
     /// copied from (`data_disk::DataTemplates`, formatted once per size), root's; its group is
-    /// set when it is mounted. On a blocking thread. Errors: mkfs.ext4's or cp's.
+    /// set when it is mounted. On a blocking thread. Errors: mkfs.ext4's or the copy's.
     async fn make_image(&self, image: &Path, size_mb: u64) -> Result<(), String> {
         let (templates, image) = (Arc::clone(&self.data_templates), image.to_owned());
         tokio::task::spawn_blocking(move || {
