@@ -16,6 +16,12 @@ pub struct Installed {
     pub router: PathBuf,
 }
 
+/// `<state_dir>/bin/nxd-launcher`: where [`install`] puts the copy of nxd that units run
+/// (deployment launchers, tasks, volume jobs).
+pub fn launcher_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("bin").join("nxd-launcher")
+}
+
 /// Copies the running binary and its sibling `nx-router` to `<state_dir>/bin` (0755) unless
 /// identical copies (same size and modification time) are there already. Errors: `Setup` when
 /// there is no `nx-router` beside nxd and none installed before; `Io`.
@@ -27,7 +33,7 @@ pub fn install(state_dir: &Path) -> Result<Installed, Error> {
         format_args!("setting the mode of {}", dir.display()),
     ))?;
     let installed = Installed {
-        launcher: dir.join("nxd-launcher"),
+        launcher: launcher_path(state_dir),
         router: dir.join("nx-router"),
     };
     copy_if_changed(&exe, &installed.launcher)?;

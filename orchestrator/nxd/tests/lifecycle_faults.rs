@@ -248,7 +248,7 @@ fn output_into_a_closed_pipe_ends_nx_quietly() {
 }
 
 #[test]
-fn an_nxd_under_tmp_deploys() {
+fn an_nxd_under_tmp_deploys_and_runs_volume_jobs() {
     let dir = tempfile::Builder::new()
         .prefix("nx-test-nxd-")
         .tempdir_in("/tmp")
@@ -263,6 +263,23 @@ fn an_nxd_under_tmp_deploys() {
         host.get(&host.preview_host("web", &id), "/"),
         (200, format!("nx-sample tmp deployment={id}\n"))
     );
+    // Volume jobs (a --volume-branch copy, a backup) run in units of their own, from the copy
+    // of nxd in the state dir too.
+    host.nx_json(&["volume", "create", "web", "files", "--size", "64"]);
+    let live = host.push_sample("web", &["--volume", "files:/srv/files", "--volume-live"]);
+    host.nx_json(&["promote", "web", &live]);
+    let branch = host.push_sample("web", &["--volume", "files:/srv/files", "--volume-branch"]);
+    assert_eq!(host.get(&host.preview_host("web", &branch), "/").0, 200);
+    let archive = host.path("files.tar");
+    host.nx_json(&[
+        "volume",
+        "backup",
+        "web",
+        "files",
+        "-o",
+        archive.to_str().unwrap(),
+    ]);
+    assert!(archive.metadata().unwrap().len() > 0);
 }
 
 #[test]

@@ -53,13 +53,16 @@ pub const UNITS: &str = "nxvol-*.service";
 
 impl VolumeJob {
     /// Runs the job to its end in the transient unit `nxvol-<what>-<id>.service` (`id`: the
-    /// name of `work_dir`, a directory of its own that holds its spec and its output), this
-    /// very binary's `volume-job <spec>` as root. Errors: the job's output (the step that
-    /// failed and why), or why it could not be run.
+    /// name of `work_dir`, a directory of its own that holds its spec and its output):
+    /// `<launcher> volume-job <spec>` as root, `launcher` being the copy of nxd in the state
+    /// dir (`launcher_install::launcher_path`; the running binary may sit under a /tmp the
+    /// unit does not see). Errors: the job's output (the step that failed and why), or why it
+    /// could not be run.
     #[tracing::instrument(skip_all, fields(what, disks = self.disks.len(), steps = self.steps.len()))]
     pub async fn run(
         &self,
         supervisor: &Supervisor,
+        launcher: &Path,
         what: &str,
         work_dir: &Path,
     ) -> Result<(), JobError> {
@@ -71,7 +74,6 @@ impl VolumeJob {
             serde_json::to_vec(self).map_err(|e| fail("writing the job's spec", &e))?,
         )
         .map_err(|e| fail("writing the job's spec", &e))?;
-        let exe = std::env::current_exe().map_err(|e| fail("locating nxd's binary", &e))?;
         let id = work_dir
             .file_name()
             .map(|n| n.to_string_lossy().trim_start_matches('.').to_owned())
@@ -80,7 +82,7 @@ impl VolumeJob {
             name: format!("nxvol-{what}-{id}.service"),
             description: format!("NX volume job ({what})"),
             argv: vec![
-                exe.display().to_string(),
+                launcher.display().to_string(),
                 "volume-job".to_owned(),
                 spec.display().to_string(),
             ],

@@ -153,7 +153,7 @@ impl Orchestrator {
             }],
             steps: vec![tar],
         }
-        .run(&self.supervisor, "backup", job.path())
+        .run(&self.supervisor, &self.launcher(), "backup", job.path())
         .await;
         if let Err(e) = made {
             remove_path(&partial)?;
@@ -243,7 +243,7 @@ impl Orchestrator {
                 Step::new(["chmod", "-R", "g+rwX", &target]),
             ],
         }
-        .run(&self.supervisor, "restore", job.path())
+        .run(&self.supervisor, &self.launcher(), "restore", job.path())
         .await;
         if let Err(e) = unpacked {
             remove_path(&fresh)?;

@@ -66,6 +66,11 @@ impl Orchestrator {
         self.config.state_dir.join("volumes").join(".jobs")
     }
 
+    /// The copy of nxd that volume jobs run (`<state_dir>/bin/nxd-launcher`).
+    fn launcher(&self) -> PathBuf {
+        crate::launcher_install::launcher_path(&self.config.state_dir)
+    }
+
     /// A job's directory (its spec, output and mount points), removed when dropped.
     fn volume_job_dir(&self) -> Result<tempfile::TempDir, Error> {
         let dir = self.volume_jobs_dir();

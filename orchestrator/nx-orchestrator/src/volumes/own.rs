@@ -121,7 +121,7 @@ impl Orchestrator {
             }
         }
         if !copy.steps.is_empty() {
-            copy.run(&self.supervisor, "copy", jobs.path())
+            copy.run(&self.supervisor, &self.launcher(), "copy", jobs.path())
                 .await
                 .map_err(|e| {
                     Error::Conflict(format!(
