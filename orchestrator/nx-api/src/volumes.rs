@@ -168,6 +168,26 @@ impl VolumeMount {
     }
 }
 
+/// The largest archive `nx volume restore` takes for a volume of `size_mb` MiB, in bytes:
+/// twice its size plus 1 MiB. A tar archive (POSIX.1-2001 pax, GNU tar's) stores a file's data
+/// in 512-byte blocks, never more than ext4's 1 or 4 KiB blocks hold it in, plus a 512-byte
+/// header and at most a 1 KiB pax header per file (longer only for paths past ~400 bytes); a
+/// volume has one inode per 4 KiB at most (mkfs.ext4's `inode_ratio` for small filesystems,
+/// mke2fs.conf(5)), so headers add at most 3/8 of its size; 1 MiB covers the end blocks and
+/// a small volume's directories. Compressed archives (GNU tar reads gzip, xz, zstd, ...) are
+/// smaller.
+pub fn restore_max_bytes(size_mb: u64) -> u64 {
+    size_mb.saturating_mul(2).saturating_add(1) << 20
+}
+
+/// The refusal of an archive larger than [`restore_max_bytes`] of volume `volume` (413 from
+/// nxd; `nx volume restore` says it before uploading).
+pub fn restore_too_large(volume: &VolumeName, max_bytes: u64) -> String {
+    format!(
+        "the archive is larger than volume {volume} can hold: it takes at most {max_bytes} bytes (twice its size plus 1 MiB, for tar's headers); nothing was changed. Restore a smaller archive, compress it (gzip, xz, zstd), or restore into a larger volume (`nx volume create`)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::VolumeMount;

@@ -131,10 +131,8 @@ enum Command {
 }
 
 fn main() {
-    // Like coreutils: a reader that goes away (`nx ls | head -c 1`) ends nx quietly, by
-    // SIGPIPE, instead of a failed write to stdout (which `println!` turns into a panic).
-    // SAFETY: setting a signal's action to its default, before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // SAFETY: setting a signal's action, before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, on_sigpipe as *const () as libc::sighandler_t) };
     let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     let json = cli.json;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -144,6 +142,27 @@ fn main() {
     if let Err(e) = runtime.block_on(run(cli)) {
         output::fail(&e, json);
         std::process::exit(1);
+    }
+}
+
+/// SIGPIPE's handler. Like coreutils, a reader of stdout that went away (`nx ls | head -c 1`)
+/// ends nx quietly, by SIGPIPE, instead of a failed write (which `println!` turns into a
+/// panic): the write end of a pipe whose reader closed polls POLLERR (pipe(7)). A SIGPIPE from
+/// a socket whose peer closed (nxd refusing an upload before its end) returns, and the write's
+/// EPIPE becomes an error nx reports. poll, signal and raise are async-signal-safe
+/// (signal-safety(7)).
+extern "C" fn on_sigpipe(_: libc::c_int) {
+    let mut stdout = libc::pollfd {
+        fd: 1,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: a pollfd of ours; the signal's default action ends the process.
+    unsafe {
+        if libc::poll(&mut stdout, 1, 0) == 1 && stdout.revents & libc::POLLERR != 0 {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
     }
 }
 

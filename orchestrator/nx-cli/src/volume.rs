@@ -4,7 +4,7 @@ use crate::client::Client;
 use crate::output::print_json;
 use nx_api::client::VolumeArchive;
 use nx_api::names::{SandboxName, VolumeName};
-use nx_api::volumes::CreateVolume;
+use nx_api::volumes::{restore_max_bytes, restore_too_large, CreateVolume};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -128,6 +128,7 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
             let (sandbox, name) = (SandboxName::parse(&sandbox)?, VolumeName::parse(&name)?);
             let file = PathBuf::from(&from);
             let restored = if file.is_file() {
+                refuse_too_large(client, &sandbox, &name, &file).await?;
                 let (body, size, bar) = crate::client::upload_body(&file, json).await?;
                 let restored = client
                     .restore_volume(&sandbox, &name, VolumeArchive::Upload { body, size })
@@ -150,6 +151,27 @@ pub async fn run(client: &Client, cmd: VolumeCommand, json: bool) -> anyhow::Res
                 "restored volume {name} of {sandbox} from a {} byte archive",
                 restored.archive_bytes
             );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, before any upload, an archive larger than nxd takes for the volume
+/// (`restore_max_bytes`): nxd answers 413 at once and closes the connection, which can reach
+/// nx as a reset before the answer. An unknown sandbox or volume is left to nxd's 404, and so is
+/// the check when the volumes cannot be listed.
+async fn refuse_too_large(
+    client: &Client,
+    sandbox: &SandboxName,
+    name: &VolumeName,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let size = std::fs::metadata(file)?.len();
+    let volumes = client.volumes(sandbox).await.unwrap_or_default();
+    if let Some(volume) = volumes.iter().find(|v| &v.name == name) {
+        let max_bytes = restore_max_bytes(volume.size_mb);
+        if size > max_bytes {
+            anyhow::bail!(restore_too_large(name, max_bytes));
         }
     }
     Ok(())

@@ -104,9 +104,7 @@ async fn restore(
     }
     let cap = UploadCap {
         bytes: max_bytes,
-        refusal: format!(
-            "the archive is larger than volume {volume} can hold: it takes at most {max_bytes} bytes (twice its size plus 1 MiB, for tar's headers); nothing was changed. Restore a smaller archive, compress it (gzip, xz, zstd), or restore into a larger volume (`nx volume create`)"
-        ),
+        refusal: nx_orchestrator::api::volumes::restore_too_large(&volume, max_bytes),
     };
     let upload = app.volume_upload_file()?;
     save_body(body, &upload, Some(&cap)).await?;

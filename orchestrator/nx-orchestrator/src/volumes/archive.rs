@@ -177,7 +177,7 @@ impl Orchestrator {
 
     /// Before `nx volume restore`'s upload is read: a 404 for a sandbox or volume that does
     /// not exist, a 409 while another restore of the volume is under way or waiting; else the
-    /// largest archive the volume takes, in bytes ([`restore_max_bytes`]).
+    /// largest archive the volume takes, in bytes ([`super::restore_max_bytes`]).
     pub async fn check_restore(
         &self,
         sandbox: &SandboxName,
@@ -186,7 +186,9 @@ impl Orchestrator {
         let row = self.volume_row(sandbox, name).await?;
         self.sandbox_locks
             .check(sandbox, restore_of(name), restoring(sandbox, name))?;
-        Ok(restore_max_bytes(u64::try_from(row.size_mb).unwrap_or(0)))
+        Ok(super::restore_max_bytes(
+            u64::try_from(row.size_mb).unwrap_or(0),
+        ))
     }
 
     /// `nx volume restore`, under the sandbox's lock (`sandbox_locks`; a second restore of the
@@ -433,18 +435,6 @@ impl Orchestrator {
         remove_path(&self.volumes_dir(sandbox))?;
         Ok(kept)
     }
-}
-
-/// The largest archive `nx volume restore` takes for a volume of `size_mb` MiB, in bytes:
-/// twice its size plus 1 MiB. A tar archive (POSIX.1-2001 pax, GNU tar's) stores a file's data
-/// in 512-byte blocks, never more than ext4's 1 or 4 KiB blocks hold it in, plus a 512-byte
-/// header and at most a 1 KiB pax header per file (longer only for paths past ~400 bytes); a
-/// volume has one inode per 4 KiB at most (mkfs.ext4's `inode_ratio` for small filesystems,
-/// mke2fs.conf(5)), so headers add at most 3/8 of its size; 1 MiB covers the end blocks and
-/// a small volume's directories. Compressed archives (GNU tar reads gzip, xz, zstd, ...) are
-/// smaller.
-pub fn restore_max_bytes(size_mb: u64) -> u64 {
-    size_mb.saturating_mul(2).saturating_add(1) << 20
 }
 
 fn restore_of(name: &VolumeName) -> impl Fn(&SandboxWork) -> bool + '_ {

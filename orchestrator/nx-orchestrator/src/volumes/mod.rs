@@ -15,7 +15,7 @@
 //! deployment on a volume being removed.
 
 mod archive;
-pub use archive::restore_max_bytes;
+pub use crate::api::volumes::restore_max_bytes;
 mod config;
 mod own;
 
