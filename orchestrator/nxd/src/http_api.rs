@@ -75,7 +75,28 @@ pub fn routes(app: Arc<Orchestrator>, token: Token) -> Router {
             (Arc::clone(&app), token),
             crate::scopes::authorize,
         ))
+        .layer(middleware::from_fn(run_to_its_end))
         .with_state(app)
+}
+
+/// Runs each request's handler in a task of its own, so that a lifecycle step (a promotion, a
+/// restore, a push) is never cut half-way because its client went away: hyper drops a
+/// request's future when its connection closes, a spawned task runs on, and only its answer is
+/// lost. A handler that panics answers 500. (A streamed body, e.g. `nx logs -f`, still ends
+/// with its connection: it is the response, not the handler.)
+async fn run_to_its_end(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let path = request.uri().path().to_owned();
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(%path, error = %e, "a request's handler panicked");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "nxd failed on this request; its log (`nxd` output) says why",
+            )
+                .into_response()
+        }
+    }
 }
 
 /// 200 when nxd can serve; 503 with the problem while it cannot (e.g. its manager died).

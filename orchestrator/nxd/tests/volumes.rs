@@ -940,6 +940,37 @@ fn eventually(mut what: impl FnMut() -> bool) -> bool {
 }
 
 #[test]
+fn a_promotion_whose_client_goes_away_midway_is_finished() {
+    let host = Host::start();
+    host.nx_json(&["volume", "create", "shop", "files", "--size", "32"]);
+    let slow = ["-e", "LISTEN_AFTER=3"];
+    let a = push_with_volume_and(&host, &slow);
+    host.nx_json(&["promote", "shop", &a]);
+    // B's promotion is under way (its mounts switched to the volume, it takes 3 s to listen on
+    // it) when its client is killed: nxd finishes the promotion all the same.
+    let b = push_with_volume_and(&host, &slow);
+    let mut promoting = spawn_nx(&host, &["promote", "shop", &b]);
+    assert!(eventually(|| host.deployment("shop", &b)["volumes"][0]
+        ["source"]
+        == "live"));
+    promoting.kill().unwrap();
+    promoting.wait().unwrap();
+    let production = host.production_host("shop");
+    assert!(
+        eventually(|| host.get(&production, "/").1.contains(&b)),
+        "B never became production:\n{}",
+        host.nxd_log()
+    );
+    let d = host.deployment("shop", &b);
+    assert_eq!(d["phase"], "running", "{d}");
+    assert_eq!(d["volumes"][0]["source"], "live", "{d}");
+    assert!(
+        !host.path("volumes/shop").join(&b).exists(),
+        "B's own copies are gone"
+    );
+}
+
+#[test]
 fn a_promote_and_a_restore_at_once_are_served_in_turn_and_a_second_restore_is_refused() {
     let host = Host::start();
     let out = tempfile::tempdir().unwrap();
