@@ -268,8 +268,16 @@ fn an_nxd_under_tmp_deploys_and_runs_volume_jobs() {
     host.nx_json(&["volume", "create", "web", "files", "--size", "64"]);
     let live = host.push_sample("web", &["--volume", "files:/srv/files", "--volume-live"]);
     host.nx_json(&["promote", "web", &live]);
+    let name = "../srv/files/kept";
+    let wrote = host.get(&host.production_host("web"), &format!("/write?name={name}"));
+    assert_eq!(wrote, (200, name.to_owned()));
     let branch = host.push_sample("web", &["--volume", "files:/srv/files", "--volume-branch"]);
-    assert_eq!(host.get(&host.preview_host("web", &branch), "/").0, 200);
+    let (status, listed) = host.get(&host.preview_host("web", &branch), "/ls?path=/srv/files");
+    assert_eq!(status, 200);
+    assert!(
+        listed.contains("\"kept\""),
+        "the branch copy lacks production's file: {listed}"
+    );
     let archive = host.path("files.tar");
     host.nx_json(&[
         "volume",
@@ -279,7 +287,15 @@ fn an_nxd_under_tmp_deploys_and_runs_volume_jobs() {
         "-o",
         archive.to_str().unwrap(),
     ]);
-    assert!(archive.metadata().unwrap().len() > 0);
+    let listed = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("kept"),
+        "the backup lacks production's file: {listed:?}"
+    );
 }
 
 #[test]

@@ -117,6 +117,30 @@ fn dirs_naming(dir: &Path, ids: &HashSet<String>) -> Vec<PathBuf> {
     found
 }
 
+/// Runs one task of the sample app through `POST /v1/tasks`: the answer's body (NDJSON) and its
+/// events.
+fn api_task(
+    http: &reqwest::blocking::Client,
+    api: std::net::SocketAddr,
+    token: &str,
+    sha: &str,
+    args: &[&str],
+) -> (String, Vec<serde_json::Value>) {
+    let body = http
+        .post(format!("http://{api}/v1/tasks"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"artifact": sha, "args": args}))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let events = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (body, events)
+}
+
 #[test]
 fn five_hundred_tasks_leave_nothing_behind() {
     let host = Host::start();
@@ -130,20 +154,8 @@ fn five_hundred_tasks_leave_nothing_behind() {
                 (0..125)
                     .map(|i| {
                         let word = format!("task-{w}-{i}");
-                        let body = http
-                            .post(format!("http://{api}/v1/tasks"))
-                            .bearer_auth(&token)
-                            .json(&serde_json::json!({
-                                "artifact": sha, "args": ["task", "print", word],
-                            }))
-                            .send()
-                            .unwrap()
-                            .text()
-                            .unwrap();
-                        let events: Vec<serde_json::Value> = body
-                            .lines()
-                            .map(|l| serde_json::from_str(l).unwrap())
-                            .collect();
+                        let (body, events) =
+                            api_task(&http, api, &token, &sha, &["task", "print", &word]);
                         assert!(
                             events.contains(
                                 &serde_json::json!({"event": "stdout", "data": format!("{word}\n")})
@@ -234,18 +246,8 @@ fn concurrent_tasks(host: &Host, sha: &str, n: usize, secs: &str) -> Vec<bool> {
                 secs.to_owned(),
             );
             std::thread::spawn(move || {
-                let body = reqwest::blocking::Client::new()
-                    .post(format!("http://{api}/v1/tasks"))
-                    .bearer_auth(&token)
-                    .json(&serde_json::json!({"artifact": sha, "args": ["task", "sleep", secs]}))
-                    .send()
-                    .unwrap()
-                    .text()
-                    .unwrap();
-                let events: Vec<serde_json::Value> = body
-                    .lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect();
+                let http = reqwest::blocking::Client::new();
+                let (body, events) = api_task(&http, api, &token, &sha, &["task", "sleep", &secs]);
                 assert_eq!(events.last().unwrap()["exit_code"], 0, "{body}");
                 events[0]["warm"].as_bool().unwrap()
             })

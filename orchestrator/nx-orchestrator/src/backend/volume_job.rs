@@ -11,7 +11,7 @@
 
 use super::data_disk::VolumeDisk;
 use crate::api::systemd::ActiveState;
-use crate::supervisor::{SliceKind, Supervisor, UnitOutput, UnitSpec};
+use crate::supervisor::{Supervisor, UnitSpec};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -78,24 +78,16 @@ impl VolumeJob {
             .file_name()
             .map(|n| n.to_string_lossy().trim_start_matches('.').to_owned())
             .unwrap_or_default();
-        let unit = UnitSpec {
-            name: format!("nxvol-{what}-{id}.service"),
-            description: format!("NX volume job ({what})"),
-            argv: vec![
+        let unit = UnitSpec::run_to_end(
+            format!("nxvol-{what}-{id}.service"),
+            format!("NX volume job ({what})"),
+            vec![
                 launcher.display().to_string(),
                 "volume-job".to_owned(),
                 spec.display().to_string(),
             ],
-            user: None,
-            limits: None,
-            output: UnitOutput::File(log.clone()),
-            restart_delay: None,
-            slice: SliceKind::Control,
-            graceful_stop: None,
-            remain_after_exit: true,
-            ambient_capabilities: 0,
-            cpu_affinity: Vec::new(),
-        };
+            log.clone(),
+        );
         supervisor
             .start(&unit)
             .await

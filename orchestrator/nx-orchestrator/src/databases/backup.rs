@@ -11,7 +11,7 @@ use super::{ident, quote, restrict_statements, Databases, DbError};
 use crate::api::systemd::ActiveState;
 use crate::embedded_db::find_binary;
 use crate::names::{DeploymentId, SandboxName};
-use crate::supervisor::{SliceKind, UnitOutput, UnitSpec};
+use crate::supervisor::UnitSpec;
 pub use nx_api::{BackupInfo, RestoreInfo};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -74,22 +74,12 @@ impl Databases {
         let log = self.backups.join(format!("{name}.log"));
         let mut argv = vec![find_binary(tool)?.display().to_string()];
         argv.extend(args);
-        let spec = UnitSpec {
-            name: format!("{name}.service"),
-            description: format!("NX {tool}"),
+        let spec = UnitSpec::run_to_end(
+            format!("{name}.service"),
+            format!("NX {tool}"),
             argv,
-            user: None,
-            limits: None,
-            output: UnitOutput::File(log.clone()),
-            restart_delay: None,
-            slice: SliceKind::Control,
-            graceful_stop: None,
-            // Inactive is also "not started yet": the run has ended when the unit is
-            // active/exited (success) or failed.
-            remain_after_exit: true,
-            ambient_capabilities: 0,
-            cpu_affinity: Vec::new(),
-        };
+            log.clone(),
+        );
         let failed = |message: String| DbError::Tool { tool, message };
         self.supervisor
             .start(&spec)

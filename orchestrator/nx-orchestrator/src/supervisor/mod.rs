@@ -89,6 +89,29 @@ pub struct UnitSpec {
     pub cpu_affinity: Vec<u32>,
 }
 
+impl UnitSpec {
+    /// A control-plane job that runs once to its end as root (a database tool, a volume job):
+    /// its output goes to the file `log`, and it stays active after a successful exit
+    /// (`remain_after_exit`) so that [`Supervisor::wait_ended`] tells "ended" from "not started
+    /// yet"; no limits, no restart, every process stopped together.
+    pub fn run_to_end(name: String, description: String, argv: Vec<String>, log: PathBuf) -> Self {
+        Self {
+            name,
+            description,
+            argv,
+            user: None,
+            limits: None,
+            output: UnitOutput::File(log),
+            restart_delay: None,
+            slice: SliceKind::Control,
+            graceful_stop: None,
+            remain_after_exit: true,
+            ambient_capabilities: 0,
+            cpu_affinity: Vec::new(),
+        }
+    }
+}
+
 /// The slice a unit runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SliceKind {
