@@ -405,7 +405,9 @@ async fn restore(
 
 /// The most bytes an upload may hold, and what the refusal (413 Content Too Large) says.
 pub(crate) struct UploadCap {
+    /// The largest body taken, in bytes.
     pub bytes: u64,
+    /// The 413's error text: what was too large and what to do.
     pub refusal: String,
 }
 

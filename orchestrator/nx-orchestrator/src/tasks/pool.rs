@@ -163,7 +163,9 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// they come faster than it refills (`max` is at least `min`; both 0: no pool).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolBounds {
+    /// Units kept ready when tasks come seldom (`tasks.pool_size`).
     pub min: usize,
+    /// Units kept ready at most while tasks find the pool empty (`tasks.pool_max`).
     pub max: usize,
 }
 
