@@ -1018,11 +1018,14 @@ impl Orchestrator {
         Ok((self.state.deployment(id).await?, Some(lock)))
     }
 
-    /// Removes a deployment's sandbox and its preview branch, if it has one.
+    /// Removes a deployment's sandbox, its link on the host (before its record, and so its
+    /// slot and addresses, can be freed: `HostNetwork::release`) and its preview branch, if it
+    /// has one.
     async fn destroy(&self, deployment: &Deployment) -> Result<(), Error> {
         self.backend
             .destroy(&self.backend.handle(deployment))
             .await?;
+        self.network.release(deployment.id.as_str()).await?;
         if deployment.db_branch {
             self.databases.drop_branch(&deployment.id).await?;
         }

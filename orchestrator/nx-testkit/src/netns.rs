@@ -33,6 +33,24 @@ impl Netns {
         ns
     }
 
+    /// Holds the network namespace process `pid` is in (`/proc/<pid>/ns/net`): the kernel
+    /// keeps it, with its devices, while this is held, also after the process is gone.
+    /// Errors: the process is gone (or not visible).
+    pub fn of_process(pid: u32) -> std::io::Result<Arc<Self>> {
+        let file = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+        Ok(Arc::new(Self {
+            fd: OwnedFd::from(file),
+        }))
+    }
+
+    /// The namespace's inode number: two handles on one namespace have the same.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+            .expect("stat the namespace's fd")
+            .ino()
+    }
+
     /// Moves the calling thread into this namespace (for good: use a thread of its own).
     pub fn enter(&self) {
         nix::sched::setns(self.fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)

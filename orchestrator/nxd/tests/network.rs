@@ -582,3 +582,89 @@ fn a_tcp_push_leaves_its_sandboxs_http_health_check_and_idle_timeout_to_http_dep
     assert!(tcp["health_check"].is_null(), "{tcp}");
     assert!(tcp["idle_timeout_secs"].is_null(), "{tcp}");
 }
+
+/// Deployment `id`'s network namespace, held open from one of its unit's processes (found by
+/// its cgroup, `nx-<id>.service`): the kernel keeps the namespace, and with it the devices in
+/// it, while this is held, as anything holding a namespace would (an open
+/// `/proc/<pid>/ns/net`, a bind mount, a process that outlived its unit).
+fn hold_namespace(host: &Host, id: &str) -> std::sync::Arc<nx_testkit::netns::Netns> {
+    let unit = format!("/nx-{id}.service");
+    let host_ns = host.netns.inode();
+    let pids = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    for pid in pids {
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if !cgroups.lines().any(|l| l.ends_with(&unit)) {
+            continue;
+        }
+        if let Ok(ns) = nx_testkit::netns::Netns::of_process(pid) {
+            if ns.inode() != host_ns {
+                return ns;
+            }
+        }
+    }
+    panic!("no process of {unit} in a namespace of its own");
+}
+
+/// The link the test host routes `address` through (`ip route get`), e.g. `nx-<id>`.
+fn routed_through(host: &Host, address: std::net::IpAddr) -> String {
+    let out = host
+        .netns
+        .command("ip")
+        .args(["-o", "route", "get", &address.to_string()])
+        .output()
+        .expect("ip route get");
+    let route = String::from_utf8_lossy(&out.stdout);
+    let mut words = route.split_whitespace();
+    words
+        .by_ref()
+        .find(|w| *w == "dev")
+        .and_then(|_| words.next())
+        .unwrap_or_else(|| panic!("no link routes {address}: {route}"))
+        .to_owned()
+}
+
+/// `nx rm` frees a deployment's slot and with it its addresses; a push right after gets them.
+/// The removed deployment's namespace may outlive it (the kernel destroys a namespace
+/// asynchronously, and only once nothing holds it: here the test holds each one open), yet
+/// its link and routes go with `nx rm`: each new deployment routes the same addresses to its
+/// own link, answers at once, and nothing of its predecessor is left in the held namespaces.
+#[test]
+fn an_address_freed_by_nx_rm_goes_to_the_next_push_while_the_old_namespace_lingers() {
+    let host = Host::start();
+    let mut previous = host.push_sample("reuse", &[]);
+    let first = listen_addr(&host, "reuse", &previous).ip();
+    let first6 = address6(&host, "reuse", &previous);
+    let mut held = Vec::new();
+    for round in 0..4 {
+        held.push(hold_namespace(&host, &previous));
+        host.nx_json(&["rm", &previous]);
+        let next = host.push_sample("reuse", &[]);
+        let link = format!("nx-{next}");
+        assert_eq!(
+            listen_addr(&host, "reuse", &next).ip(),
+            first,
+            "round {round}: the freed slot's address"
+        );
+        assert_eq!(address6(&host, "reuse", &next), first6, "round {round}");
+        assert_eq!(routed_through(&host, first), link, "round {round}");
+        let (status, body) = host.get(&host.preview_host("reuse", &next), "/env");
+        assert_eq!(status, 200, "round {round}: {body}");
+        assert!(
+            body.contains(&next),
+            "round {round}: not {next}'s answer: {body}"
+        );
+        previous = next;
+    }
+    for ns in &held {
+        let out = ns
+            .command("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .expect("ip");
+        let links = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(links.lines().count(), 1, "only lo is left: {links}");
+    }
+}

@@ -15,6 +15,10 @@
 //!    /32 route to the deployment with the gateway as source; with IPv6, `fe80::1` (the
 //!    deployment's IPv6 gateway) as its only IPv6 address and a /128 route to the deployment;
 //!    without, no IPv6.
+//!    The /32 (and /128) is added, never replaced: a route to the address on another link
+//!    means a previous holder of the slot is still there (nxd removes a deployment's link
+//!    before its slot is freed: `HostNetwork::release`), and a live deployment's address must
+//!    never be turned to another link; the start fails instead.
 //! 3. `setns` into the new namespace: `lo` and `eth0` up, the deployment's /32 (and /128) on
 //!    `eth0`, a default route via the gateway (on-link) and one via `fe80::1`.
 //!

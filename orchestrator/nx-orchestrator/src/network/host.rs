@@ -107,6 +107,19 @@ impl HostNetwork {
         Ok(names)
     }
 
+    /// Removes what is left on the host of deployment `id` once its unit has stopped for good
+    /// (`nx rm`, `nx sandbox rm`): its link `nx-<id>`, with it the peer in its namespace and
+    /// the host's routes to its addresses (IPv4 and IPv6).
+    /// The kernel would remove them only when it destroys the namespace, asynchronously
+    /// (`cleanup_net`) and only once nothing holds the namespace any more (a process, an open
+    /// `/proc/<pid>/ns/net`, a bind mount); until then a new deployment given the same slot
+    /// could not route its address (EEXIST). So this runs before the deployment's record, and
+    /// with it its slot, is freed. A link already gone is no error. Errors: netlink.
+    #[tracing::instrument(skip(self))]
+    pub async fn release(&self, id: &str) -> Result<(), NetworkError> {
+        delete_link(&self.handle, &format!("{LINK_PREFIX}{id}")).await
+    }
+
     /// Removes the links of deployments not in `keep` (ids); returns the names removed.
     pub async fn reconcile(&self, keep: &HashSet<String>) -> Result<Vec<String>, NetworkError> {
         let mut removed = Vec::new();
