@@ -6,6 +6,7 @@
 //! socket from a running router over `<dir>/upgrade.sock` (send the old one SIGQUIT), Pingora's
 //! graceful upgrade: no connection is refused while the binary is replaced.
 
+mod access_log;
 mod connections;
 mod control;
 mod headers;
@@ -45,7 +46,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    init_logging();
+    let log = init_logging();
     let args = Args::parse();
     let text = std::fs::read(&args.settings)
         .with_context(|| format!("reading {}", args.settings.display()))?;
@@ -60,16 +61,24 @@ fn main() -> anyhow::Result<()> {
         None => None,
     };
     let metrics = Arc::new(metrics::RouterMetrics::default());
-    let deployments = proxy::Deployments {
-        traffic: Arc::new(traffic::TrafficLog::default()),
-        waker: Arc::new(wake::Waker::new(settings.wake_socket.as_deref())),
+    let shared = proxy::Shared {
+        table: table.clone(),
+        metrics: metrics.clone(),
+        deployments: proxy::Deployments {
+            traffic: Arc::new(traffic::TrafficLog::default()),
+            waker: Arc::new(wake::Waker::new(settings.wake_socket.as_deref())),
+        },
+        access_log: Arc::new(access_log::AccessLog::new(
+            log,
+            settings.config.access_log_sample,
+        )),
     };
     control::spawn(
         &settings.control_socket(),
-        table.clone(),
+        table,
         certs.clone(),
-        metrics.clone(),
-        deployments.traffic.clone(),
+        metrics,
+        shared.deployments.traffic.clone(),
     )?;
 
     let dir = |name: &str| settings.dir.join(name).display().to_string();
@@ -98,9 +107,7 @@ fn main() -> anyhow::Result<()> {
     let mut plain = proxy_service(
         &server,
         &settings,
-        &table,
-        &metrics,
-        &deployments,
+        &shared,
         proxy::Listener::Http(http_side),
         None,
     );
@@ -112,9 +119,7 @@ fn main() -> anyhow::Result<()> {
         let mut https = proxy_service(
             &server,
             &settings,
-            &table,
-            &metrics,
-            &deployments,
+            &shared,
             proxy::Listener::Https { hsts: tls.hsts },
             Some(tls::acceptor(certs)),
         );
@@ -131,9 +136,7 @@ fn main() -> anyhow::Result<()> {
 fn proxy_service(
     server: &Server,
     settings: &RouterSettings,
-    table: &Arc<table::Table>,
-    metrics: &Arc<metrics::RouterMetrics>,
-    deployments: &proxy::Deployments,
+    shared: &proxy::Shared,
     listener: proxy::Listener,
     tls: Option<pingora::listeners::tls::Acceptor>,
 ) -> Service<connections::Connections<HttpProxy<proxy::NxProxy>>> {
@@ -141,9 +144,7 @@ fn proxy_service(
     let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
         proxy::NxProxy::new(
-            table.clone(),
-            metrics.clone(),
-            deployments,
+            shared.clone(),
             config.clone(),
             settings.base_domain.clone(),
             listener,
@@ -156,7 +157,7 @@ fn proxy_service(
     proxy.server_options = Some(options);
     let app = connections::Connections::new(
         proxy,
-        metrics.connections(),
+        shared.metrics.connections(),
         config.max_connections,
         idle,
         Duration::from_secs(config.head_timeout_secs),
@@ -168,67 +169,23 @@ fn proxy_service(
     Service::new("nx-router".into(), app)
 }
 
-/// How often the log buffer is written out when it has not filled up before.
-const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
-
-/// Logs (the access log included) go to stdout (the unit's log file) through a 64 KiB buffer,
-/// written when full and every [`LOG_FLUSH_INTERVAL`] (like nginx's `access_log ... buffer=
-/// flush=`): a `write(2)` per access log line cost about a tenth of the router's time per
-/// request, and a log thread fed per line cost more in wake-ups (perf, nx-bench). Lines of the
-/// last interval are lost if the router is killed.
-fn init_logging() {
-    use std::io::{IsTerminal, Write};
-    use std::os::fd::AsFd;
-    use std::sync::Mutex;
-    let stdout = std::io::stdout();
-    let terminal = stdout.is_terminal();
-    // stdout's own handle writes line by line: write through a duplicate of its fd.
-    let file = std::fs::File::from(
-        stdout
-            .as_fd()
-            .try_clone_to_owned()
-            .expect("stdout can be duplicated"),
-    );
-    let buffer = Arc::new(Mutex::new(std::io::BufWriter::with_capacity(
-        64 << 10,
-        file,
-    )));
+/// tracing's events go to stdout through the [`access_log::LogBuffer`] the access log shares
+/// (so lines stay whole and in order); returns that buffer.
+fn init_logging() -> access_log::LogBuffer {
+    use std::io::IsTerminal;
+    let buffer = access_log::LogBuffer::stdout().expect("stdout and the log thread");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
         )
-        .with_ansi(terminal)
+        .with_ansi(std::io::stdout().is_terminal())
         .with_writer({
             let buffer = buffer.clone();
-            move || LogLine(buffer.clone())
+            move || access_log::EventWriter(buffer.clone())
         })
         .init();
-    std::thread::Builder::new()
-        .name("nx-router-log".into())
-        .spawn(move || loop {
-            std::thread::sleep(LOG_FLUSH_INTERVAL);
-            let flushed = buffer.lock().map(|mut b| b.flush());
-            if let Ok(Err(e)) = flushed {
-                eprintln!("nx-router: cannot write the log: {e}");
-            }
-        })
-        .expect("the log thread starts");
-}
-
-/// One log line's writer: appends to the shared buffer under its lock.
-struct LogLine(Arc<std::sync::Mutex<std::io::BufWriter<std::fs::File>>>);
-
-impl std::io::Write for LogLine {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let mut buffer = self.0.lock().map_err(|_| std::io::ErrorKind::Other)?;
-        buffer.write_all(bytes)?;
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    buffer
 }
 
 /// Raises the soft limit of open files to the hard limit (systemd's default soft limit, 1024,

@@ -8,6 +8,7 @@
 //! §9.2.2) and its body is still buffered (`ProxyHttp::error_while_proxy`'s default): POST and
 //! PATCH are never sent twice, and a fresh connection's failure is not retried.
 
+use crate::access_log::{AccessLog, Entry};
 use crate::headers::{forwarding, hop_by_hop};
 use crate::metrics::{Finished, RouterMetrics};
 use crate::table::Table;
@@ -29,6 +30,7 @@ pub struct NxProxy {
     metrics: Arc<RouterMetrics>,
     traffic: Arc<TrafficLog>,
     waker: Arc<Waker>,
+    access_log: Arc<AccessLog>,
     config: RouterConfig,
     base_domain: String,
     listener: Listener,
@@ -52,25 +54,34 @@ pub struct Ctx {
 }
 
 /// What the router keeps of the deployments it serves: their traffic and their wakes.
+#[derive(Clone)]
 pub struct Deployments {
     pub traffic: Arc<TrafficLog>,
     pub waker: Arc<Waker>,
 }
 
+/// What the proxies of all listeners share.
+#[derive(Clone)]
+pub struct Shared {
+    pub table: Arc<Table>,
+    pub metrics: Arc<RouterMetrics>,
+    pub deployments: Deployments,
+    pub access_log: Arc<AccessLog>,
+}
+
 impl NxProxy {
     pub fn new(
-        table: Arc<Table>,
-        metrics: Arc<RouterMetrics>,
-        deployments: &Deployments,
+        shared: Shared,
         config: RouterConfig,
         base_domain: String,
         listener: Listener,
     ) -> Self {
         Self {
-            table,
-            metrics,
-            traffic: deployments.traffic.clone(),
-            waker: deployments.waker.clone(),
+            table: shared.table,
+            metrics: shared.metrics,
+            traffic: shared.deployments.traffic,
+            waker: shared.deployments.waker,
+            access_log: shared.access_log,
             config,
             base_domain,
             listener,
@@ -377,26 +388,24 @@ impl ProxyHttp for NxProxy {
             bytes_received: ctx.body_bytes,
             bytes_sent: session.body_bytes_sent() as u64,
         });
-        if status < 500 && rand::random::<f64>() >= self.config.access_log_sample {
+        if !self.access_log.wants(status) {
             return;
         }
         let req = session.req_header();
-        tracing::info!(
-            target: "nx_router::access",
-            request_id = %ctx.request_id,
-            peer = ?peer_ip(session),
-            host = %ctx.host,
-            method = %req.method,
-            path = %req.uri.path(),
-            version = ?req.version,
+        self.access_log.write(&Entry {
+            request_id: &ctx.request_id,
+            peer: peer_ip(session),
+            host: &ctx.host,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            version: req.version,
             sandbox,
             deployment,
             status,
-            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-            bytes_sent = session.body_bytes_sent(),
-            bytes_received = ctx.body_bytes,
-            error = e.map(|e| e.to_string()),
-            "request"
-        );
+            duration: ctx.started.elapsed(),
+            bytes_sent: session.body_bytes_sent(),
+            bytes_received: ctx.body_bytes,
+            error: e.map(|e| e as &dyn std::fmt::Display),
+        });
     }
 }

@@ -206,6 +206,113 @@ async fn unknown_hosts_and_dead_deployments_get_pages_that_say_what_to_do() {
     assert!(resp.text().await.unwrap().contains("nx logs"));
 }
 
+/// The router's log until a line containing `needle` shows (the log is written every 200 ms),
+/// or all of it after 5 s.
+async fn log_with(router: &Router, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = router.log();
+        if log.contains(needle) || std::time::Instant::now() > deadline {
+            return log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The access lines of a router's log.
+fn access_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" INFO nx_router::access: request "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_request_gets_an_access_log_line_with_its_route_status_and_bytes() {
+    let router = Router::with_echo(RouterConfig::default()).await;
+    let resp = reqwest::Client::new()
+        .post(router.url("/logged?q=1"))
+        .header("host", "web.nx.test")
+        .body("twelve bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = resp.bytes().await.unwrap();
+    let log = log_with(&router, &request_id).await;
+    let lines = access_lines(&log);
+    let line = lines
+        .iter()
+        .find(|l| l.contains(&format!(" request_id={request_id} ")))
+        .unwrap_or_else(|| panic!("no access line for {request_id}:\n{log}"));
+    for field in [
+        "peer=127.0.0.1".to_owned(),
+        "host=web.nx.test".into(),
+        "method=POST".into(),
+        "path=/logged".into(),
+        "version=HTTP/1.1".into(),
+        "sandbox=web".into(),
+        "deployment=d1".into(),
+        "status=200".into(),
+        format!("bytes_sent={}", body.len()),
+        "bytes_received=12".into(),
+    ] {
+        assert!(
+            line.split(' ').any(|f| f == field),
+            "{field} is not in {line}"
+        );
+    }
+    let ms: f64 = line
+        .split(' ')
+        .find_map(|f| f.strip_prefix("duration_ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no duration_ms in {line}"));
+    assert!(ms > 0.0 && ms < 5_000.0, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_access_log_sample_0_only_5xx_answers_are_logged() {
+    let config = RouterConfig {
+        access_log_sample: 0.0,
+        ..RouterConfig::default()
+    };
+    let router = Router::start(config, None).await;
+    router
+        .routes(&[
+            ("web.nx.test", common::echo_app().await),
+            ("gone.nx.test", common::free_addr()),
+        ])
+        .await;
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let resp = client
+            .get(router.url("/"))
+            .header("host", "web.nx.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let resp = client
+        .get(router.url("/"))
+        .header("host", "gone.nx.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let log = log_with(&router, &request_id).await;
+    let lines = access_lines(&log);
+    assert_eq!(lines.len(), 1, "one line, the 502's:\n{log}");
+    assert!(
+        lines[0].contains(&format!(" request_id={request_id} ")),
+        "{log}"
+    );
+    assert!(lines[0].contains(" host=gone.nx.test "), "{log}");
+    assert!(lines[0].contains(" status=502 "), "{log}");
+    assert!(lines[0].contains(" error=\""), "the cause is logged: {log}");
+}
+
 /// An app that answers the first request of each connection (`connection <n>`) and closes the
 /// connection without a word when a second one comes (an early idle keep-alive close); it
 /// counts the request heads it received per method, answered or not.
