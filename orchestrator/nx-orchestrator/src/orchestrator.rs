@@ -781,6 +781,8 @@ impl Orchestrator {
         deployment: &Deployment,
         routes_later: bool,
     ) -> Result<(), Error> {
+        // No idle stop or expiry while it starts; its idle clock starts once it is ready.
+        let _start = self.upkeep.starting(&deployment.id).await;
         // A new deployment's record says so already.
         if deployment.desired != Desired::Running {
             step(
@@ -789,8 +791,10 @@ impl Orchestrator {
             )
             .await?;
         }
-        self.upkeep.started(&deployment.id);
         let result = self.run(deployment).await;
+        if result.is_ok() {
+            self.upkeep.ready(&deployment.id);
+        }
         if routes_later && result.is_ok() {
             return Ok(());
         }

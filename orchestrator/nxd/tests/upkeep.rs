@@ -3,7 +3,8 @@
 //! logs`) and healthy again; a preview with no request for its sandbox's time to live is
 //! removed unless pinned, production never; a deployment with no request for its idle timeout
 //! is stopped (`idle` in `nx ls`), and the next request, or 20 at once, start it again and
-//! all get 200.
+//! all get 200; nothing stops a deployment for idleness before it is ready, and its idle clock
+//! starts when it is.
 
 use nx_testkit::metrics::{scrape, value, wait_for};
 use nx_testkit::Host;
@@ -194,4 +195,38 @@ fn an_idle_deployment_is_stopped_and_woken_by_requests() {
             "{step}: {text}"
         );
     }
+}
+
+#[test]
+fn a_slow_starter_is_not_stopped_for_idleness_before_it_is_ready() {
+    let host = Host::start();
+    // It warms up for 6 s, twice its idle timeout: its push waits for it meanwhile, and no
+    // idle stop may cut that short (before, upkeep stopped it and the push failed with
+    // "exited before it was ready (exit status 0)").
+    let id = host.push_sample(
+        "slow",
+        &[
+            "--idle-timeout",
+            "3s",
+            "--ready-timeout",
+            "60s",
+            "-e",
+            "LISTEN_AFTER=6",
+        ],
+    );
+    let pushed = Instant::now();
+    let d = host.deployment("slow", &id);
+    assert_eq!(d["phase"], "running", "{d}");
+    // Its idle clock started when it became ready, just before its push answered: it goes
+    // idle 3 s after that (upkeep looks once a second), not at once for having started more
+    // than 3 s ago.
+    let is_idle = || host.deployment("slow", &id)["phase"] == "idle";
+    eventually("idle", Duration::from_secs(30), is_idle);
+    let idle_after = pushed.elapsed();
+    assert!(
+        idle_after >= Duration::from_millis(1500),
+        "idle {idle_after:?} after its push answered"
+    );
+    let (code, body) = host.get(&host.preview_host("slow", &id), "/");
+    assert_eq!(code, 200, "{body}");
 }

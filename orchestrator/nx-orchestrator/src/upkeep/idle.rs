@@ -10,18 +10,26 @@ use crate::metrics::DeploymentLabels;
 use crate::names::DeploymentId;
 use crate::state_machine::Verb;
 use crate::Orchestrator;
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
 impl Orchestrator {
-    /// Stops a deployment whose idle timeout passed, unless its wake or another idle stop
-    /// holds it.
+    /// Stops a deployment whose idle timeout passed counting from `ready_at` (when it was last
+    /// ready), unless its wake or another idle stop holds it, a start of it is under way, or
+    /// it was started again since `ready_at`.
     #[tracing::instrument(skip(self))]
-    pub(crate) async fn stop_idle(self: &Arc<Self>, id: &DeploymentId) {
+    pub(crate) async fn stop_idle(self: &Arc<Self>, id: &DeploymentId, ready_at: DateTime<Utc>) {
         let lock = self.upkeep.lock(id);
         let Ok(_held) = lock.try_lock() else { return };
+        // Starts wait until this idle stop is over.
+        let Ok(_no_start) = self.upkeep.gate(id).try_write_owned() else {
+            return;
+        };
         let stopped = async {
             let deployment = self.state.deployment(id).await?;
-            if deployment.desired != Desired::Running {
+            if deployment.desired != Desired::Running
+                || self.upkeep.ready_at(&deployment) != Some(ready_at)
+            {
                 return Ok(());
             }
             let phase = self.phase(&deployment).await?;

@@ -3,7 +3,9 @@
 //! health of those with a health check and restarts one that fails its threshold in a row
 //! (`health`); it stops one that had no request for its idle timeout, which the router wakes on
 //! the next request (`idle`, `wake`: scale to zero); and it removes a preview that had no
-//! request for its sandbox's time to live unless it is pinned (`expiry`).
+//! request for its sandbox's time to live unless it is pinned (`expiry`). Both clocks start
+//! when the deployment was last ready, and neither stops one while a start of it (a push,
+//! `nx start`, a wake, a restart) is under way (`UpkeepState::starting`).
 
 mod expiry;
 mod health;
@@ -42,11 +44,15 @@ struct Seen {
 pub struct UpkeepState {
     /// Per deployment: its idle stop and its wakes wait for each other.
     locks: Mutex<HashMap<DeploymentId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per deployment: its starts in flight (readers, any number at once: a push, `nx start`,
+    /// a wake, a restart) and its idle stop (the writer, only while no start is in flight)
+    /// exclude each other (see [`UpkeepState::starting`]).
+    starts: Mutex<HashMap<DeploymentId, Arc<tokio::sync::RwLock<()>>>>,
     /// The router's counts as last read.
     seen: Mutex<HashMap<String, Seen>>,
-    /// When each deployment was last started by this nxd.
-    started: Mutex<HashMap<DeploymentId, DateTime<Utc>>>,
-    /// When this nxd started: the idle clock of what it adopted starts there.
+    /// When each deployment last became ready after a start by this nxd.
+    ready: Mutex<HashMap<DeploymentId, DateTime<Utc>>>,
+    /// When this nxd started: the idle clock of what it adopted running starts there.
     since: DateTime<Utc>,
     health: health::Checks,
     /// The last usage sample (`crate::usage`).
@@ -57,8 +63,9 @@ impl Default for UpkeepState {
     fn default() -> Self {
         Self {
             locks: Mutex::default(),
+            starts: Mutex::default(),
             seen: Mutex::default(),
-            started: Mutex::default(),
+            ready: Mutex::default(),
             since: Utc::now(),
             health: health::Checks::default(),
             usage: crate::usage::Sampler::default(),
@@ -77,13 +84,45 @@ impl UpkeepState {
             .clone()
     }
 
-    /// A deployment was started (pushed, started, woken, adopted): its idle clock starts now.
-    pub fn started(&self, id: &DeploymentId) {
-        self.started
+    /// The gate a deployment's starts (readers) and its idle stop (writer) take.
+    fn gate(&self, id: &DeploymentId) -> Arc<tokio::sync::RwLock<()>> {
+        self.starts
+            .lock()
+            .expect("upkeep lock")
+            .entry(id.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// A start of the deployment (pushed, started, woken, restarted, adopted) is under way
+    /// until the returned guard is dropped: meanwhile no idle stop or expiry touches it. Waits
+    /// for an idle stop of it that is under way to finish first.
+    pub(crate) async fn starting(&self, id: &DeploymentId) -> StartInFlight {
+        let gate = self.gate(id).read_owned().await;
+        self.health.started(id);
+        StartInFlight { _gate: gate }
+    }
+
+    /// A start of the deployment is under way (see [`Self::starting`]).
+    fn is_starting(&self, id: &DeploymentId) -> bool {
+        self.gate(id).try_write().is_err()
+    }
+
+    /// The deployment became ready after a start: its idle clock starts now.
+    pub(crate) fn ready(&self, id: &DeploymentId) {
+        self.ready
             .lock()
             .expect("upkeep lock")
             .insert(id.clone(), Utc::now());
-        self.health.started(id);
+    }
+
+    /// When the deployment last became ready as far as this nxd knows: after its last start by
+    /// this nxd; for one created before this nxd started and not started since (adopted
+    /// running), this nxd's start. None for one this nxd created that was never ready (its
+    /// push is still waiting for it, or its start failed): it has no idle clock yet.
+    fn ready_at(&self, d: &Deployment) -> Option<DateTime<Utc>> {
+        let ready = self.ready.lock().expect("upkeep lock").get(&d.id).copied();
+        ready.or((d.created_at < self.since).then_some(self.since))
     }
 
     /// Takes in the router's `traffic`; returns the deployments whose requests changed since
@@ -120,6 +159,11 @@ impl UpkeepState {
     fn last_request(&self, id: &str, stored: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
         self.seen(id).map(|s| s.at).max(stored)
     }
+}
+
+/// A start in flight (see [`UpkeepState::starting`]); dropped when the start is over.
+pub(crate) struct StartInFlight {
+    _gate: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 impl Orchestrator {
@@ -197,32 +241,32 @@ impl Orchestrator {
             let idle_timeout = row
                 .idle_timeout_secs
                 .filter(|_| !serves_production(d) || sandbox.idle_production);
-            if let (Some(secs), Desired::Running) = (idle_timeout, d.desired) {
-                // Its idle clock starts at its last request or its last start, whichever is
-                // later (what this nxd adopted: when it started).
-                let started = self
-                    .upkeep
-                    .started
-                    .lock()
-                    .expect("upkeep lock")
-                    .get(&d.id)
-                    .copied();
-                let started = started.unwrap_or(self.upkeep.since);
-                let active = last_request.map_or(started, |r| r.max(started));
+            // Nothing stops or removes a deployment for idleness while it starts.
+            if self.upkeep.is_starting(&d.id) {
+                continue;
+            }
+            let ready_at = self.upkeep.ready_at(d);
+            if let (Some(secs), Desired::Running, Some(ready_at)) =
+                (idle_timeout, d.desired, ready_at)
+            {
+                // Its idle clock starts at its last request or when it was last ready,
+                // whichever is later.
+                let active = last_request.map_or(ready_at, |r| r.max(ready_at));
                 let in_flight = self
                     .upkeep
                     .seen(d.id.as_str())
                     .is_some_and(|s| s.in_flight > 0);
                 if !in_flight && now - active >= chrono::Duration::seconds(secs as i64) {
                     let (app, id) = (Arc::clone(self), d.id.clone());
-                    tokio::spawn(async move { app.stop_idle(&id).await });
+                    tokio::spawn(async move { app.stop_idle(&id, ready_at).await });
                 }
             }
             if !serves_production(d) && !row.pinned {
                 let ttl = sandbox
                     .preview_ttl_secs
                     .unwrap_or(self.config.sandbox.preview_ttl_secs);
-                let active = last_request.unwrap_or(d.created_at).max(d.created_at);
+                let created = ready_at.map_or(d.created_at, |r| r.max(d.created_at));
+                let active = last_request.unwrap_or(created).max(created);
                 if ttl > 0 && now - active >= chrono::Duration::seconds(ttl as i64) {
                     self.expire(d, now - active).await;
                 }
