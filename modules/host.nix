@@ -108,7 +108,7 @@ in
     limits = limitsOptions defaults.limits "a deployment";
     tasks = {
       poolSize = mkOption { type = types.ints.unsigned; default = defaults.tasks.poolSize; description = "Task units started ahead (the warm pool): the fewest it keeps."; };
-      poolMax = mkOption { type = types.ints.unsigned; default = defaults.tasks.poolMax; description = "The most task units the pool keeps when tasks come faster than it refills: each task that finds it empty makes it keep one more, up to this; after 30 s with none, one fewer, down to poolSize. Below poolSize it counts as poolSize; poolSize = poolMax = 0: every task starts cold."; };
+      poolMax = mkOption { type = types.nullOr types.ints.unsigned; default = defaults.tasks.poolMax; example = 8; description = "The most task units the pool keeps when tasks come faster than it refills: each task that finds it empty makes it keep one more, up to this; after 30 s with none, one fewer, down to poolSize. Below poolSize it counts as poolSize. Null: 4 times poolSize (8 for the default 2; poolSize = 0 then means every task starts cold)."; };
       uidBase = mkOption { type = types.ints.unsigned; default = defaults.tasks.uidBase; description = "Tasks run as uids uidBase .. uidBase + 65535, in turn."; };
       defaultTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.tasks.defaultTimeoutSecs; description = "A task's timeout when the request names none."; };
       maxTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.tasks.maxTimeoutSecs; description = "The longest timeout a request may ask for."; };

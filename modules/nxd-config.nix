@@ -64,7 +64,7 @@ withoutNulls {
     statement_timeout_secs = cfg.databases.statementTimeoutSecs;
     idle_in_transaction_timeout_secs = cfg.databases.idleInTransactionTimeoutSecs;
   };
-  tasks = {
+  tasks = withoutNulls {
     pool_size = cfg.tasks.poolSize;
     pool_max = cfg.tasks.poolMax;
     uid_base = cfg.tasks.uidBase;

@@ -59,7 +59,7 @@
   };
   tasks = {
     poolSize = 2;
-    poolMax = 8;
+    poolMax = null;
     uidBase = 300000;
     defaultTimeoutSecs = 30;
     maxTimeoutSecs = 3600;

@@ -999,8 +999,7 @@ async fn databases(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<(
 /// Start-to-first-output on this host (warm pool of 2 to 8) and on a second one with no pool.
 async fn task_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
     let cold_host =
-        tokio::task::spawn_blocking(|| Host::start_with("[tasks]\npool_size = 0\npool_max = 0\n"))
-            .await?;
+        tokio::task::spawn_blocking(|| Host::start_with("[tasks]\npool_size = 0\n")).await?;
     let build = tempfile::tempdir_in("/var/tmp")?;
     let dir = build.path().to_owned();
     let image =

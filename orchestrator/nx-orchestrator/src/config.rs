@@ -190,9 +190,10 @@ pub struct TasksConfig {
     pub pool_size: usize,
     /// The most units the pool keeps when tasks come faster than it refills: each task that
     /// finds it empty makes it keep one more, up to this; after 30 s with none it keeps one
-    /// fewer again, down to `pool_size`. Below `pool_size` it counts as `pool_size` (a fixed pool);
-    /// both 0: every task starts cold.
-    pub pool_max: usize,
+    /// fewer again, down to `pool_size`. Below `pool_size` it counts as `pool_size` (a fixed
+    /// pool). Unset: [`POOL_GROWTH`] times `pool_size` (see [`TasksConfig::pool_max`]), so a
+    /// host with `pool_size = 0` starts every task cold unless it sets this.
+    pub pool_max: Option<usize>,
     /// Tasks run as uids `uid_base` .. `uid_base + 65535`, a different one for each task in turn.
     pub uid_base: u32,
     /// A task's timeout when the request names none.
@@ -203,11 +204,26 @@ pub struct TasksConfig {
     pub limits: Limits,
 }
 
+/// How far demand grows the task pool when `tasks.pool_max` is unset: up to this many times
+/// `tasks.pool_size` (the default pool of 2 grows to 8, as four clients running tasks back to
+/// back need on a 2-core host; a pool of 0 stays 0).
+pub const POOL_GROWTH: usize = 4;
+
+impl TasksConfig {
+    /// The most units the warm pool keeps: `pool_max` if set, else [`POOL_GROWTH`] times
+    /// `pool_size`; never fewer than `pool_size`.
+    pub fn pool_max(&self) -> usize {
+        self.pool_max
+            .unwrap_or(self.pool_size.saturating_mul(POOL_GROWTH))
+            .max(self.pool_size)
+    }
+}
+
 impl Default for TasksConfig {
     fn default() -> Self {
         Self {
             pool_size: 2,
-            pool_max: 8,
+            pool_max: None,
             uid_base: 300_000,
             default_timeout_secs: 30,
             max_timeout_secs: 3600,
@@ -570,6 +586,7 @@ mod tests {
         let all = render_with_the_nixos_module(
             r#"{ tokenFile = "/run/keys/nx-token"; databaseUrl = "postgres:///nx?host=/run/postgresql";
                  sandbox = d.sandbox // { healthPath = "/healthz"; };
+                 tasks = d.tasks // { poolMax = 8; };
                  databases = d.databases // { adminUrl = "postgres:///nx?host=/run/postgresql"; socketDir = "/run/postgresql"; };
                  microvm = d.microvm // { kernelDir = "/var/lib/nx/kernel"; };
                  sftp = d.sftp // { listen = "0.0.0.0:2222"; };
@@ -589,6 +606,16 @@ mod tests {
         keys(&all, "", &mut from_module);
         keys(&serde_json::to_value(&parsed).unwrap(), "", &mut from_nxd);
         assert_eq!(from_module, from_nxd, "services.nx and nxd's config differ");
+    }
+
+    #[test]
+    fn the_task_pools_most_follows_its_fewest_unless_set() {
+        let tasks = |toml: &str| toml::from_str::<Config>(toml).unwrap().tasks;
+        assert_eq!(tasks("").pool_max(), 8, "the default pool of 2 grows to 8");
+        assert_eq!(tasks("[tasks]\npool_size = 0").pool_max(), 0, "always cold");
+        assert_eq!(tasks("[tasks]\npool_size = 3").pool_max(), 12);
+        assert_eq!(tasks("[tasks]\npool_size = 0\npool_max = 4").pool_max(), 4);
+        assert_eq!(tasks("[tasks]\npool_size = 5\npool_max = 2").pool_max(), 5);
     }
 
     #[test]

@@ -175,25 +175,36 @@ fn five_hundred_tasks_leave_nothing_behind() {
         .collect();
     assert_eq!(ids.len(), 500, "every task had its own unit");
 
+    // A task's answer ends when its sandbox has reported its end; its unit is tidied away
+    // right after: within a few seconds nothing of the 500 is left.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Err(left) = what_is_left(&host, &ids) {
+        assert!(std::time::Instant::now() < deadline, "{left}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What is left of the tasks `ids` on `host` (a unit, a cgroup, a mount, a file), if anything.
+fn what_is_left(host: &Host, ids: &HashSet<String>) -> Result<(), String> {
     // No unit's cgroup, in any hierarchy of the manager.
     let mut cgroups = Vec::new();
     for root in host.manager_cgroups() {
-        cgroups.extend(dirs_naming(&root, &ids));
+        cgroups.extend(dirs_naming(&root, ids));
     }
-    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    ensure(cgroups.is_empty(), format!("cgroups left: {cgroups:?}"))?;
     // No mount.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let left: Vec<&str> = mounts
         .lines()
         .filter(|l| ids.iter().any(|id| l.contains(id.as_str())))
         .collect();
-    assert!(left.is_empty(), "mounts left: {left:?}");
+    ensure(left.is_empty(), format!("mounts left: {left:?}"))?;
     // No file in nxd's state dir.
     let files: Vec<String> = files_under(host.state_dir.path())
         .into_iter()
         .filter(|f| ids.iter().any(|id| f.contains(id.as_str())))
         .collect();
-    assert!(files.is_empty(), "files left: {files:?}");
+    ensure(files.is_empty(), format!("files left: {files:?}"))?;
     // No unit: the manager knows only the warm pool's units, none of those that ran.
     let units = std::process::Command::new("busctl")
         .arg(format!(
@@ -219,20 +230,25 @@ fn five_hundred_tasks_leave_nothing_behind() {
         String::from_utf8_lossy(&units.stderr)
     );
     let units = String::from_utf8_lossy(&units.stdout);
+    ensure(
+        !ids.iter().any(|id| units.contains(id.as_str())),
+        format!("units left: {units}"),
+    )?;
     // `a(ssssssouso) N ...`: N units, the warm pool's: four clients grew it from
     // tasks.pool_size (2) towards tasks.pool_max (8); each is a launcher waiting for a task.
     let count: usize = units.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let pool_max = nx_orchestrator::config::TasksConfig::default().pool_max;
+    let pool_max = nx_orchestrator::config::TasksConfig::default().pool_max();
     assert!(count <= pool_max, "{units}");
     assert_eq!(
         units.matches("\"active\" \"running\"").count(),
         count,
         "{units}"
     );
-    assert!(
-        !ids.iter().any(|id| units.contains(id.as_str())),
-        "units left: {units}"
-    );
+    Ok(())
+}
+
+fn ensure(holds: bool, otherwise: String) -> Result<(), String> {
+    holds.then_some(()).ok_or(otherwise)
 }
 
 /// Runs `n` tasks `task sleep <secs>` at once through the API; whether each started warm.
@@ -282,4 +298,25 @@ fn concurrent_tasks_that_find_the_pool_empty_grow_it_and_then_start_warm() {
     ready(3.0);
     let warm = concurrent_tasks(&host, &sha, 3, "0");
     assert_eq!(warm, [true, true, true]);
+}
+
+#[test]
+fn a_host_without_a_pool_starts_every_task_cold_and_grows_none() {
+    // tasks.pool_max unset follows pool_size (4 times it): 0 stays 0.
+    let host = Host::start_with("[tasks]\npool_size = 0\n");
+    let (status, _, sha) = host.put_artifact(std::fs::read(sample_app()).unwrap());
+    assert_eq!(status, 200);
+    for _ in 0..2 {
+        let warm = concurrent_tasks(&host, &sha, 3, "0");
+        assert_eq!(warm, [false, false, false]);
+    }
+    let text = nx_testkit::metrics::scrape(&host);
+    assert_eq!(
+        nx_testkit::metrics::value(&text, "nx_task_pool_size"),
+        Some(0.0)
+    );
+    assert_eq!(
+        nx_testkit::metrics::value(&text, "nx_task_pool_ready"),
+        Some(0.0)
+    );
 }

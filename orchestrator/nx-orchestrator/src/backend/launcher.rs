@@ -1,10 +1,12 @@
 //! The launcher itself (Linux only): what `nxd launch` runs, as `launch` describes.
 
-use super::launch::{LaunchSpec, StopForward, EXIT_MARKER, OWN_CGROUP, SECCOMP_FIRST_FD};
+use super::launch::{
+    LaunchSpec, StopForward, EXIT_MARKER, EXIT_REPORT_FD, OWN_CGROUP, SECCOMP_FIRST_FD,
+};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -165,6 +167,11 @@ pub fn run(spec_path: &Path) -> String {
         Ok(spec) => spec,
         Err(e) => return e,
     };
+    if spec.exit_report {
+        if let Err(e) = report_exit_on_stdin() {
+            return e;
+        }
+    }
     for (i, path) in spec.seccomp.iter().enumerate() {
         let target = SECCOMP_FIRST_FD + i as i32;
         let fd = match std::fs::File::open(path) {
@@ -224,6 +231,17 @@ pub fn run(spec_path: &Path) -> String {
         }
         None => exec(&spec),
     }
+}
+
+/// Moves standard input (the socket nxd reads a task's exit report from) to
+/// [`EXIT_REPORT_FD`] and opens /dev/null as standard input instead (see
+/// `LaunchSpec::exit_report`).
+fn report_exit_on_stdin() -> Result<(), String> {
+    // dup2 clears FD_CLOEXEC on the new fd, so bwrap inherits it.
+    nix::unistd::dup2(0, EXIT_REPORT_FD).map_err(|e| format!("dup2 exit report fd: {e}"))?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    nix::unistd::dup2(null.as_raw_fd(), 0).map_err(|e| format!("dup2 /dev/null: {e}"))?;
+    Ok(())
 }
 
 /// Sets `RLIMIT_NOFILE` to `n` (soft and hard). Raising the hard limit needs

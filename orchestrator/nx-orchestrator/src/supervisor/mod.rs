@@ -144,8 +144,9 @@ pub struct SliceCaps {
 pub enum UnitOutput {
     /// stdout and stderr are appended to this file (a deployment's log).
     File(PathBuf),
-    /// stdin, stdout and stderr are these pipe ends, passed to systemd over D-Bus (a task's
-    /// live output). systemd holds its copies until the unit ends, so the reader sees EOF then.
+    /// stdin, stdout and stderr are these ends of pipes (stdin: of a socket pair), passed to
+    /// systemd over D-Bus (a task's live output). systemd holds its copies until the unit
+    /// ends, so the reader sees EOF then.
     Pipes(Arc<TaskPipes>),
 }
 

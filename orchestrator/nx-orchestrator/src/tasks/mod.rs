@@ -4,9 +4,12 @@
 //!
 //! A task's unit runs `nxd launch -`, which waits for the launch spec on its stdin. A cold task
 //! starts that unit first; a warm one takes a unit the pool started ahead (see `pool`). A
+//! bubblewrap task's end is known from its sandbox's own report (see `exit_report`): its
+//! `exited` event follows at once, and its unit is tidied away after it. A
 //! microVM task of the pool's memory takes a guest booted ahead, when one waits (`[microvm]
 //! pool_size`); any other starts its guest cold, sized as it asks.
 
+mod exit_report;
 mod pool;
 mod request;
 mod text;
@@ -20,13 +23,14 @@ use crate::metrics::StepDurations;
 use crate::supervisor::{Supervisor, SupervisorError};
 use pool::{BootAhead, Pool, PoolBounds, Slot, TaskUnit};
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -125,7 +129,7 @@ impl Tasks {
             config.limits,
             PoolBounds {
                 min: config.pool_size,
-                max: config.pool_max,
+                max: config.pool_max(),
             },
             None,
             Some(steps.clone()),
@@ -211,6 +215,7 @@ impl Tasks {
                 ..self.pool.limits()
             },
         };
+        let mut reports = false;
         let handover = async {
             if let Some(guest) = slot.warm.clone() {
                 self.backend.hand_over(&guest, &launch).await?;
@@ -223,6 +228,7 @@ impl Tasks {
                     .await?;
             }
             steps.lap("spec");
+            reports = spec.exit_report;
             slot.send(&spec).await.map_err(TaskError::Handover)
         };
         if let Err(e) = handover.await {
@@ -249,7 +255,11 @@ impl Tasks {
             slot,
             launch,
             task.timeout,
-            Started { at: started, steps },
+            Started {
+                at: started,
+                steps,
+                reports,
+            },
             events,
         ));
         Ok(receiver)
@@ -306,10 +316,12 @@ impl StepClock {
     }
 }
 
-/// When a task was handed over, and the clock of its steps.
+/// When a task was handed over, the clock of its steps, and whether its sandbox reports its
+/// end (`LaunchSpec::exit_report`).
 struct Started {
     at: Instant,
     steps: StepClock,
+    reports: bool,
 }
 
 /// Follows one running task to its end.
@@ -318,18 +330,39 @@ struct Watcher {
     backend: Arc<dyn SandboxBackend>,
 }
 
-/// Forwards one of the task's streams; false when nobody listens any more. The first byte read
-/// from either stream sets `first`.
+/// Forwards one of the task's streams until its EOF, or, once `exited` holds an exit code,
+/// until it has nothing more to read (the sandbox is gone: nothing writes to it any more);
+/// false when nobody listens any more. The first byte read from either stream sets `first`.
 async fn forward(
     mut stream: pipe::Receiver,
     events: &mpsc::Sender<TaskEvent>,
     first: &OnceLock<Instant>,
     wrap: fn(String) -> TaskEvent,
+    mut exited: watch::Receiver<Option<i32>>,
 ) -> bool {
     let mut text = text::Utf8Chunks::default();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut draining = false;
     loop {
-        let (chunk, ended) = match stream.read(&mut buf).await {
+        let read = if draining {
+            // read(2) itself: tokio's try_read answers WouldBlock, without reading, while its
+            // poller has not yet said the pipe is readable.
+            match nix::unistd::read(stream.as_raw_fd(), &mut buf) {
+                Ok(n) => Ok(n),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => Err(std::io::Error::from(e)),
+            }
+        } else {
+            tokio::select! {
+                biased;
+                read = stream.read(&mut buf) => read,
+                _ = exited.wait_for(Option::is_some) => {
+                    draining = true;
+                    continue;
+                }
+            }
+        };
+        let (chunk, ended) = match read {
             Ok(n) if n > 0 => {
                 let _ = first.set(Instant::now());
                 (text.push(&buf[..n]), false)
@@ -355,12 +388,33 @@ impl Watcher {
         started: Started,
         events: mpsc::Sender<TaskEvent>,
     ) {
-        let (unit, stdout, stderr) = slot.into_output();
+        let (unit, mut output) = slot.into_output();
         let first = OnceLock::new();
+        let (report, exited) = watch::channel(None);
         let output = async {
-            let (out, err) = tokio::join!(
-                forward(stdout, &events, &first, |data| TaskEvent::Stdout { data }),
-                forward(stderr, &events, &first, |data| TaskEvent::Stderr { data }),
+            let read_report = async {
+                if started.reports {
+                    if let Some(code) = exit_report::exit_code(&mut output.report).await {
+                        report.send_replace(Some(code));
+                    }
+                }
+            };
+            let (_, out, err) = tokio::join!(
+                read_report,
+                forward(
+                    output.stdout,
+                    &events,
+                    &first,
+                    |data| TaskEvent::Stdout { data },
+                    exited.clone()
+                ),
+                forward(
+                    output.stderr,
+                    &events,
+                    &first,
+                    |data| TaskEvent::Stderr { data },
+                    exited.clone()
+                ),
             );
             out && err
         };
@@ -373,6 +427,24 @@ impl Watcher {
             steps.lap_at("first_output", *at);
         }
         steps.lap("output_end");
+        let reported = *exited.borrow();
+        if let (Some(code), false, false) = (reported, timed_out, abandoned) {
+            steps.lap("exit");
+            let outcome = reported_outcome(code, started.at.elapsed());
+            steps.finish();
+            tracing::info!(?outcome, "task ended");
+            let _ = events.send(TaskEvent::Exited(outcome)).await;
+            drop(events);
+            // The unit ends with its sandbox: tidied away after the answer.
+            let state = self
+                .supervisor
+                .wait_for(&unit.name, "exited", EXIT_WAIT, |s| {
+                    s.sub == SubState::Exited || s.active.is_down()
+                })
+                .await;
+            self.finish(&unit, &launch, state.ok().as_ref()).await;
+            return;
+        }
         if timed_out || abandoned {
             tracing::info!(timed_out, abandoned, "killing the task");
             if let Err(e) = self.supervisor.kill(&unit.name, nix::libc::SIGKILL).await {
@@ -408,6 +480,22 @@ impl Watcher {
             tracing::warn!(unit = %unit.name, error = %e, "removing a task unit");
         }
         self.backend.task_cleanup(launch).await;
+    }
+}
+
+/// The task's end from its sandbox's report: bwrap's exit code (128 + the signal when one
+/// killed the program), with the result systemd will give the unit.
+fn reported_outcome(code: i32, elapsed: Duration) -> TaskOutcome {
+    TaskOutcome {
+        exit_code: Some(code),
+        signal: None,
+        timed_out: false,
+        result: if code == 0 {
+            ServiceResult::Success
+        } else {
+            ServiceResult::ExitCode
+        },
+        duration_ms: elapsed.as_millis() as u64,
     }
 }
 

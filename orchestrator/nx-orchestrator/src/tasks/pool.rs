@@ -1,5 +1,6 @@
 //! Task units: each is a transient systemd service running `nxd launch -`, which waits on its
-//! stdin for the task's launch spec. The warm pool keeps some of them started ahead, so that a
+//! stdin for the task's launch spec. That stdin is a socket (a pair nxd made): a task's
+//! sandbox reports its end back on it (see `LaunchSpec::exit_report`). The warm pool keeps some of them started ahead, so that a
 //! task pays neither for the unit nor for the launcher; it refills in the background, several
 //! units at once.
 //!
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
+use tokio::net::UnixStream;
 
 /// What a guest booted ahead prints once its init waits (nx-vm-init's `console::READY`).
 const READY: &str = "NX-READY";
@@ -60,15 +62,30 @@ pub struct Slot {
     pub unit: TaskUnit,
     /// The sandbox booted ahead in it, if it was.
     pub warm: Option<WarmSandbox>,
-    stdin: pipe::Sender,
+    /// nxd's end of the unit's standard input: a socket, written to, and read for a task's
+    /// exit report.
+    stdin: UnixStream,
     stdout: pipe::Receiver,
     stderr: pipe::Receiver,
 }
 
+/// What nxd reads of a running task: its unit's stdout and stderr, and the socket its sandbox
+/// may report its end on (see `LaunchSpec::exit_report`).
+pub struct TaskOutput {
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+    pub report: UnixStream,
+}
+
 impl Slot {
-    /// The unit and the read ends of its stdout and stderr.
-    pub fn into_output(self) -> (TaskUnit, pipe::Receiver, pipe::Receiver) {
-        (self.unit, self.stdout, self.stderr)
+    /// The unit and what to read of its task.
+    pub fn into_output(self) -> (TaskUnit, TaskOutput) {
+        let output = TaskOutput {
+            stdout: self.stdout,
+            stderr: self.stderr,
+            report: self.stdin,
+        };
+        (self.unit, output)
     }
 
     /// Hands the launch spec to the waiting launcher; it runs the task at once.
@@ -290,7 +307,8 @@ impl Pool {
         let id = hex::encode(bytes);
         let unit = format!("nxt-{id}.service");
         let io = |e: std::io::Error| SupervisorError::Embedded(format!("task pipes: {e}"));
-        let (stdin_unit, stdin) = pipe_pair().map_err(io)?;
+        // A socket, not a pipe: the task's sandbox reports its end back on it.
+        let (stdin, stdin_unit) = std::os::unix::net::UnixStream::pair().map_err(io)?;
         let (stdout, stdout_unit) = pipe_pair().map_err(io)?;
         let (stderr, stderr_unit) = pipe_pair().map_err(io)?;
         let spec = UnitSpec {
@@ -304,7 +322,7 @@ impl Pool {
             user: None,
             limits: Some(self.limits),
             output: UnitOutput::Pipes(Arc::new(TaskPipes {
-                stdin: stdin_unit,
+                stdin: stdin_unit.into(),
                 stdout: stdout_unit,
                 stderr: stderr_unit,
             })),
@@ -322,7 +340,10 @@ impl Pool {
         Ok(Slot {
             unit: TaskUnit { id, name: unit },
             warm: None,
-            stdin: pipe::Sender::from_owned_fd(stdin).map_err(io)?,
+            stdin: {
+                stdin.set_nonblocking(true).map_err(io)?;
+                UnixStream::from_std(stdin).map_err(io)?
+            },
             stdout: pipe::Receiver::from_owned_fd(stdout).map_err(io)?,
             stderr: pipe::Receiver::from_owned_fd(stderr).map_err(io)?,
         })

@@ -16,7 +16,7 @@ use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
 use crate::artifact::verify::Linkage;
-use crate::backend::launch::{LaunchSpec, StopForward};
+use crate::backend::launch::{LaunchSpec, StopForward, EXIT_REPORT_FD};
 use crate::domain::{BackendKind, Deployment, Runtime};
 use crate::supervisor::Supervisor;
 use bwrap::{Sandbox, VolumeBind};
@@ -223,14 +223,20 @@ impl SandboxBackend for ContainerBackend {
     #[tracing::instrument(skip_all, fields(task = %task.id))]
     async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError> {
         Ok(match &task.program {
-            Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
-                argv: task_command(&task.program, &task.args, task.limits.tmp_mb << 20),
-                env: task.env.clone(),
-                seccomp: self.seccomp.clone(),
-                uid: Some(task.uid),
-                nofile: Some(task.limits.nofile),
-                ..LaunchSpec::default()
-            },
+            Program::Binary { .. } | Program::Bundle { .. } => {
+                let mut argv = task_command(&task.program, &task.args, task.limits.tmp_mb << 20);
+                let report = ["--json-status-fd".to_owned(), EXIT_REPORT_FD.to_string()];
+                argv.splice(1..1, report);
+                LaunchSpec {
+                    argv,
+                    env: task.env.clone(),
+                    seccomp: self.seccomp.clone(),
+                    uid: Some(task.uid),
+                    nofile: Some(task.limits.nofile),
+                    exit_report: true,
+                    ..LaunchSpec::default()
+                }
+            }
             Program::Image { archive, image_id } => {
                 self.podman.load(archive, image_id).await?;
                 let mut env = self.podman.env();
