@@ -296,8 +296,9 @@ in
       after = [ "network.target" ] ++ lib.optional cfg.database.createLocally "postgresql.service";
       requires = lib.optional cfg.database.createLocally "postgresql.service";
       # bubblewrap and util-linux: the sandboxes; PostgreSQL's tools: pg_dump and pg_restore;
-      # e2fsprogs: mkfs.ext4 makes each deployment's /data image.
-      path = [ pkgs.bubblewrap config.services.postgresql.package pkgs.util-linux pkgs.e2fsprogs pkgs.nftables ]
+      # e2fsprogs: mkfs.ext4 makes each deployment's /data image; nftables: the egress policy;
+      # conntrack-tools: a removed deployment's tracked connections are forgotten.
+      path = [ pkgs.bubblewrap config.services.postgresql.package pkgs.util-linux pkgs.e2fsprogs pkgs.nftables pkgs.conntrack-tools ]
         ++ lib.optionals microvmEnabled vmmPackages;
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/nxd --config ${configFile}";

@@ -8,7 +8,8 @@
 # caddy (plain reverse proxies beside the router in the benchmark; Caddy is also the third-party
 # Go server of the sandbox tests), e2fsprogs (mkfs.ext4: each deployment's /data image), tzdata
 # and media-types (the zoneinfo and mime.types a sandbox sees), golang-go (the sandbox tests'
-# static Go program), nftables (the deployments' egress policy), iproute2 (the test kit's network
+# static Go program), nftables (the deployments' egress policy), conntrack (nxd forgets a removed
+# deployment's tracked connections before its address is reused), iproute2 (the test kit's network
 # namespaces; caddy is also the network test's third-party program), nix-bin (offline checks of
 # the Nix suite), the musl target (static sample binaries), the pinned Nix linters from
 # crates.io, openssh-client (the SFTP tests use the stock sftp, scp and ssh-keygen), and
@@ -18,7 +19,7 @@
 # test's resolver on the host's loopback, as systemd-resolved's 127.0.0.53 is).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils procps wrk nix-bin podman runc catatonit runsc qemu-system-x86 socat lz4 cmake nginx caddy e2fsprogs tzdata media-types golang-go openssh-client shellcheck jq pebble openssl nftables iproute2 dnsmasq-base)
+packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils procps wrk nix-bin podman runc catatonit runsc qemu-system-x86 socat lz4 cmake nginx caddy e2fsprogs tzdata media-types golang-go openssh-client shellcheck jq pebble openssl nftables conntrack iproute2 dnsmasq-base)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1029,7 +1029,7 @@ impl Orchestrator {
         self.backend
             .destroy(&self.backend.handle(deployment))
             .await?;
-        self.network.release(deployment.id.as_str()).await?;
+        self.network.release(&self.attachment(deployment)?).await?;
         if deployment.db_branch {
             self.databases.drop_branch(&deployment.id).await?;
         }

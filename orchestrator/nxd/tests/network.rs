@@ -626,11 +626,28 @@ fn routed_through(host: &Host, address: std::net::IpAddr) -> String {
         .to_owned()
 }
 
+/// The connections the test host tracks from or to `address` (`conntrack -L`, one a line).
+fn tracked_to(host: &Host, address: std::net::IpAddr) -> String {
+    let mut flows = String::new();
+    for side in ["--orig-src", "--reply-src"] {
+        let out = host
+            .netns
+            .command("conntrack")
+            .args(["-L", side, &address.to_string()])
+            .output()
+            .expect("conntrack (install conntrack)");
+        flows.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    flows
+}
+
 /// `nx rm` frees a deployment's slot and with it its addresses; a push right after gets them.
 /// The removed deployment's namespace may outlive it (the kernel destroys a namespace
 /// asynchronously, and only once nothing holds it: here the test holds each one open), yet
 /// its link and routes go with `nx rm`: each new deployment routes the same addresses to its
-/// own link, answers at once, and nothing of its predecessor is left in the held namespaces.
+/// own link, answers at once, and nothing of its predecessor is left: not in the held
+/// namespaces, and no connection the host tracked to it (a new holder of the address could
+/// send within such a flow past the firewall, which accepts established flows first).
 #[test]
 fn an_address_freed_by_nx_rm_goes_to_the_next_push_while_the_old_namespace_lingers() {
     let host = Host::start();
@@ -640,7 +657,18 @@ fn an_address_freed_by_nx_rm_goes_to_the_next_push_while_the_old_namespace_linge
     let mut held = Vec::new();
     for round in 0..4 {
         held.push(hold_namespace(&host, &previous));
+        let (status, body) = host.get(&host.preview_host("reuse", &previous), "/health");
+        assert_eq!(status, 200, "round {round}: {body}");
+        assert!(
+            !tracked_to(&host, first).is_empty(),
+            "round {round}: the router's connection is tracked"
+        );
         host.nx_json(&["rm", &previous]);
+        let left = tracked_to(&host, first);
+        assert!(
+            left.is_empty(),
+            "round {round}: tracked after nx rm: {left}"
+        );
         let next = host.push_sample("reuse", &[]);
         let link = format!("nx-{next}");
         assert_eq!(

@@ -12,7 +12,9 @@
 //! default route.
 
 use super::attach::delete_link;
-use super::{dns, firewall, NetworkConfig, NetworkError, Plan, GATEWAY_LINK, LINK_PREFIX};
+use super::{
+    dns, firewall, Attachment, NetworkConfig, NetworkError, Plan, GATEWAY_LINK, LINK_PREFIX,
+};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::RouteType;
@@ -107,17 +109,25 @@ impl HostNetwork {
         Ok(names)
     }
 
-    /// Removes what is left on the host of deployment `id` once its unit has stopped for good
+    /// Removes what is left on the host of a deployment once its unit has stopped for good
     /// (`nx rm`, `nx sandbox rm`): its link `nx-<id>`, with it the peer in its namespace and
-    /// the host's routes to its addresses (IPv4 and IPv6).
-    /// The kernel would remove them only when it destroys the namespace, asynchronously
-    /// (`cleanup_net`) and only once nothing holds the namespace any more (a process, an open
-    /// `/proc/<pid>/ns/net`, a bind mount); until then a new deployment given the same slot
-    /// could not route its address (EEXIST). So this runs before the deployment's record, and
-    /// with it its slot, is freed. A link already gone is no error. Errors: netlink.
-    #[tracing::instrument(skip(self))]
-    pub async fn release(&self, id: &str) -> Result<(), NetworkError> {
-        delete_link(&self.handle, &format!("{LINK_PREFIX}{id}")).await
+    /// the host's routes to its addresses (IPv4 and IPv6), then the connections tracked from or
+    /// to those addresses (`conntrack::forget`). The kernel would remove the link and routes
+    /// only when it destroys the namespace, asynchronously (`cleanup_net`) and only once
+    /// nothing holds the namespace any more (a process, an open `/proc/<pid>/ns/net`, a bind
+    /// mount); until then a new deployment given the same slot could not route its address
+    /// (EEXIST). So this runs before the deployment's record, and with it its slot, is freed.
+    /// A link already gone is no error. Errors: netlink, conntrack.
+    #[tracing::instrument(skip_all, fields(link = %attachment.link))]
+    pub async fn release(&self, attachment: &Attachment) -> Result<(), NetworkError> {
+        delete_link(&self.handle, &attachment.link).await?;
+        let addresses = std::iter::once(IpAddr::V4(attachment.address))
+            .chain(attachment.address6.map(IpAddr::V6));
+        for address in addresses {
+            let forgotten = super::conntrack::forget(address).await?;
+            tracing::debug!(%address, forgotten, "tracked connections forgotten");
+        }
+        Ok(())
     }
 
     /// Removes the links of deployments not in `keep` (ids); returns the names removed.

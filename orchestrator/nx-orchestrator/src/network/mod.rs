@@ -13,7 +13,10 @@
 //!   the deployment's `/32` (and `/128`) and a default route via the gateway inside, a `/32`
 //!   (and `/128`) route to it on the host; then it drops privileges and execs the sandbox, which stays in that namespace.
 //!   When the deployment's last process ends, the kernel removes the namespace and with it
-//!   both ends of the veth and the route: nothing is left to clean up.
+//!   both ends of the veth and the routes, but asynchronously and only once nothing else
+//!   holds the namespace: `nx rm` deletes the link itself and forgets the connections tracked
+//!   to the deployment's addresses before its slot is freed (`host::HostNetwork::release`,
+//!   `conntrack`).
 //! - **Policy** (`firewall`): one static nftables table `inet nx`, loaded atomically when nxd
 //!   starts. It needs no change per deployment: what a deployment may reach follows from the
 //!   half its address is in, and the host side's strict reverse-path filter drops packets whose
@@ -26,6 +29,8 @@
 
 #[cfg(target_os = "linux")]
 pub mod attach;
+#[cfg(target_os = "linux")]
+pub mod conntrack;
 pub mod dns;
 pub mod firewall;
 #[cfg(target_os = "linux")]
