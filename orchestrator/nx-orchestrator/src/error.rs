@@ -67,6 +67,10 @@ pub enum Error {
     /// The deployments' network (addresses, links, the firewall).
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// A step failed (`error`, which says how the request is answered) and `outcome` says
+    /// what was done about it: the request was carried out as far as that says.
+    #[error("{error}; {outcome}")]
+    Outcome { error: Box<Error>, outcome: String },
     /// A file operation of the lifecycle itself failed; `what` names it.
     #[error("{what}: {source}")]
     Io {
@@ -88,16 +92,19 @@ impl Error {
         move |source| Self::Io { what, source }
     }
 
-    /// The error with what was done about it (`outcome`) added to its message: a `NotReady`
-    /// keeps its log lines, any other becomes a `Conflict` (the request was carried out as
-    /// far as `outcome` says).
-    pub(crate) fn with_outcome(self, outcome: &str) -> Self {
+    /// The error with what was done about it (`outcome`) added to its message, of the same
+    /// kind (a fault of the host's stays one): a `NotReady` keeps its log lines, any other is
+    /// wrapped in an [`Error::Outcome`].
+    pub fn with_outcome(self, outcome: &str) -> Self {
         match self {
             Self::NotReady { message, log_tail } => Self::NotReady {
                 message: format!("{message}. {outcome}"),
                 log_tail,
             },
-            e => Self::Conflict(format!("{e}; {outcome}")),
+            error => Self::Outcome {
+                error: Box::new(error),
+                outcome: outcome.to_owned(),
+            },
         }
     }
 }

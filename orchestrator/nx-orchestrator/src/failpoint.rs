@@ -11,11 +11,18 @@
 //! preview restarted on production's volumes, its promotion not yet recorded),
 //! `volumes::promoted` (its promotion recorded, its copies not yet deleted) and
 //! `volumes::swapped` (a restored volume image in place, the previous one kept, production not
-//! yet started).
+//! yet started), `volumes::unpromoting` (a `--swap-db` promotion of a preview with volumes
+//! failed, its undoing recorded, production's database not yet put back) and
+//! `volumes::swapped_back` (production's database put back, the preview's mounts not yet).
 //! Code marks such a step with `fail::fail_point!("<point>")`, which compiles to nothing
 //! without the feature.
+//!
+//! `FAILPOINTS=<point>=<actions>[;...]` (the `fail` crate's own syntax, e.g.
+//! `volumes::job=sleep(3000)`) arms the other actions the crate knows, such as a pause that
+//! lets a test act on the step from outside.
 
-/// Arms the points named in `NX_CRASH_AT` (a no-op without the `failpoints` feature).
+/// Arms the points named in `NX_CRASH_AT` and `FAILPOINTS` (a no-op without the
+/// `failpoints` feature).
 pub fn arm_from_env() {
     #[cfg(feature = "failpoints")]
     for point in std::env::var("NX_CRASH_AT").unwrap_or_default().split(',') {
@@ -24,6 +31,15 @@ pub fn arm_from_env() {
             let _ = fail::cfg_callback(point, || {
                 let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
             });
+        }
+    }
+    #[cfg(feature = "failpoints")]
+    for armed in std::env::var("FAILPOINTS").unwrap_or_default().split(';') {
+        if let Some((point, actions)) = armed.split_once('=') {
+            tracing::warn!(point, actions, "fail point armed");
+            if let Err(e) = fail::cfg(point, actions) {
+                tracing::error!(point, actions, error = %e, "fail point not armed");
+            }
         }
     }
 }

@@ -863,7 +863,15 @@ impl Orchestrator {
             if let Err(e) = restarted {
                 let mut undone = vec!["nothing was promoted".to_owned()];
                 if let Some(previous) = previous_db {
+                    if let Some(mounts) = &own_mounts {
+                        // A crash from here on undoes the promotion at nxd's start.
+                        self.record_swap_back(deployment, mounts, &previous)?;
+                        fail::fail_point!("volumes::unpromoting");
+                    }
                     let kept = self.databases.swap_back(sandbox, &previous).await?;
+                    if own_mounts.is_some() {
+                        fail::fail_point!("volumes::swapped_back");
+                    }
                     tracing::warn!(error = %e, %kept, "restart after the swap failed; production's database put back");
                     undone.push(format!("production's database is as it was (the branch's data is kept as database {kept})"));
                 }

@@ -100,6 +100,8 @@ pub struct Host {
     nxd: Option<Child>,
     /// `NX_CRASH_AT` of the next nxd started (see `restart_nxd_crashing_at`).
     crash_at: Option<String>,
+    /// `FAILPOINTS` of the next nxd started (see `restart_nxd_with_failpoints`).
+    failpoints: Option<String>,
     /// The nxd binary it runs (the workspace's, unless `start_with_nxd` names another).
     nxd_bin: PathBuf,
     http: reqwest::blocking::Client,
@@ -225,6 +227,7 @@ impl Host {
             forwarders: std::sync::Mutex::new(forwarders),
             nxd: None,
             crash_at: None,
+            failpoints: None,
             nxd_bin: nxd,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -267,6 +270,7 @@ impl Host {
             .arg(self.config_path())
             .env("RUST_LOG", "info")
             .env("NX_CRASH_AT", self.crash_at.take().unwrap_or_default())
+            .env("FAILPOINTS", self.failpoints.take().unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -331,6 +335,14 @@ impl Host {
     /// with the `failpoints` feature, as the tests build it; see nx_orchestrator::failpoint).
     pub fn restart_nxd_crashing_at(&mut self, point: &str) {
         self.crash_at = Some(point.to_owned());
+        self.restart_nxd();
+    }
+
+    /// Restarts nxd with the fail points `failpoints` armed (the `fail` crate's `FAILPOINTS`
+    /// syntax, e.g. `volumes::job=sleep(3000)`; see nx_orchestrator::failpoint), for this
+    /// run of nxd only.
+    pub fn restart_nxd_with_failpoints(&mut self, failpoints: &str) {
+        self.failpoints = Some(failpoints.to_owned());
         self.restart_nxd();
     }
 

@@ -52,61 +52,67 @@ impl IntoResponse for ApiError {
 }
 
 /// The one mapping from the lifecycle's errors to HTTP status codes.
+fn status_of(e: &Error) -> StatusCode {
+    match e {
+        // What was done about an error does not change whose fault it is.
+        Error::Outcome { error, .. } => status_of(error),
+        Error::Invalid(_) | Error::Name(_) => StatusCode::BAD_REQUEST,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        // The router is away (restarting): the change is in the database, try again.
+        Error::Router(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Conflict(_) => StatusCode::CONFLICT,
+        Error::NotReady { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::Artifact(e) => match e {
+            StoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            StoreError::Missing(_) => StatusCode::NOT_FOUND,
+            StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        },
+        Error::Bundle(e) => match e {
+            BundleStoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            BundleStoreError::Missing(_) => StatusCode::NOT_FOUND,
+            BundleStoreError::MissingFiles(_) => StatusCode::CONFLICT,
+            BundleStoreError::Store(StoreError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            BundleStoreError::Store(StoreError::Name(_)) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        },
+        Error::State(e) => match e {
+            StateError::NoDeployment(_) => StatusCode::NOT_FOUND,
+            StateError::NothingToRollBack(_)
+            | StateError::ProductionMoved(_)
+            | StateError::PushedDuringRemoval { .. }
+            | StateError::VolumeGone { .. }
+            | StateError::NoPort { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        Error::Backend(BackendError::Unavailable(_)) => StatusCode::BAD_REQUEST,
+        Error::Access(e) => match e {
+            AccessError::NoSandbox(_) | AccessError::NoToken(_) | AccessError::NoKey { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            AccessError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AccessError::Db(_) | AccessError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        Error::Database(e) => match e {
+            DbError::NoBackup { .. } => StatusCode::NOT_FOUND,
+            DbError::BadBackupId(_) => StatusCode::BAD_REQUEST,
+            DbError::BadDump(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        Error::Backend(_)
+        | Error::Supervisor(_)
+        | Error::EmbeddedDb(_)
+        | Error::Task(_)
+        | Error::RouterUnit(_)
+        | Error::Network(_)
+        | Error::Setup(_)
+        | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::Invalid(_) | Error::Name(_) => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            // The router is away (restarting): the change is in the database, try again.
-            Error::Router(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::NotReady { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::Artifact(e) => match e {
-                StoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                StoreError::Missing(_) => StatusCode::NOT_FOUND,
-                StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                _ => StatusCode::UNPROCESSABLE_ENTITY,
-            },
-            Error::Bundle(e) => match e {
-                BundleStoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                BundleStoreError::Missing(_) => StatusCode::NOT_FOUND,
-                BundleStoreError::MissingFiles(_) => StatusCode::CONFLICT,
-                BundleStoreError::Store(StoreError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-                BundleStoreError::Store(StoreError::Name(_)) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::UNPROCESSABLE_ENTITY,
-            },
-            Error::State(e) => match e {
-                StateError::NoDeployment(_) => StatusCode::NOT_FOUND,
-                StateError::NothingToRollBack(_)
-                | StateError::ProductionMoved(_)
-                | StateError::PushedDuringRemoval { .. }
-                | StateError::VolumeGone { .. }
-                | StateError::NoPort { .. } => StatusCode::CONFLICT,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-            Error::Backend(BackendError::Unavailable(_)) => StatusCode::BAD_REQUEST,
-            Error::Access(e) => match e {
-                AccessError::NoSandbox(_) | AccessError::NoToken(_) | AccessError::NoKey { .. } => {
-                    StatusCode::NOT_FOUND
-                }
-                AccessError::Invalid(_) => StatusCode::BAD_REQUEST,
-                AccessError::Db(_) | AccessError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-            Error::Database(e) => match e {
-                DbError::NoBackup { .. } => StatusCode::NOT_FOUND,
-                DbError::BadBackupId(_) => StatusCode::BAD_REQUEST,
-                DbError::BadDump(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-            Error::Backend(_)
-            | Error::Supervisor(_)
-            | Error::EmbeddedDb(_)
-            | Error::Task(_)
-            | Error::RouterUnit(_)
-            | Error::Network(_)
-            | Error::Setup(_)
-            | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = status_of(&e);
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             return Self::internal(e);
         }
@@ -135,3 +141,40 @@ through_library_error!(
     DbError,
     AccessError
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_was_done_about_an_error_keeps_its_status() {
+        let disk = || Error::io("renaming the restored image")(std::io::Error::other("EIO"));
+        for (error, status) in [
+            (disk(), StatusCode::INTERNAL_SERVER_ERROR),
+            (
+                Error::Conflict("production moved".into()),
+                StatusCode::CONFLICT,
+            ),
+            (
+                Error::NotReady {
+                    message: "it exited".into(),
+                    log_tail: vec!["boom".into()],
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+        ] {
+            let answer = ApiError::from(error.with_outcome("put back").with_outcome("as it was"));
+            assert_eq!(answer.status, status, "{answer}");
+            assert!(
+                answer.body.error.ends_with("put back; as it was")
+                    || answer.body.error.ends_with("put back. as it was"),
+                "{answer}"
+            );
+        }
+        let answer = ApiError::from(disk().with_outcome("put back"));
+        assert_eq!(
+            answer.body.error,
+            "renaming the restored image: EIO; put back"
+        );
+    }
+}

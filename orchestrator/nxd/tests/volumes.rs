@@ -1212,3 +1212,208 @@ fn a_restore_is_refused_before_its_upload_for_unknown_names_and_cut_off_past_the
         typo.stderr
     );
 }
+
+/// Every volume job waits 3 s once its unit started (before nxd waits for its end): time for
+/// a test to act on the unit from outside.
+const PAUSED_JOBS: &str = "volumes::job=sleep(3000)";
+
+/// In the background: the first unit named like `pattern` that the host's embedded manager
+/// starts from now on (within 60 s; units loaded already are left alone) is stopped from
+/// outside, as `systemctl stop` would (a manager started again loses it alike: it reads
+/// inactive/dead); returns its name.
+fn stop_next_unit(host: &Host, pattern: &'static str) -> std::thread::JoinHandle<String> {
+    use nx_orchestrator::{config::SystemdMode, supervisor::Supervisor};
+    let state_dir = host.state_dir.path().to_owned();
+    let (listed, before) = std::sync::mpsc::channel();
+    let stopper = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let manager = Supervisor::connect(SystemdMode::Embedded, &state_dir, "nx.slice")
+                .await
+                .expect("the host's embedded manager");
+            let old = manager.list(pattern).await.unwrap();
+            listed.send(()).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let new = manager.list(pattern).await.unwrap();
+                if let Some(unit) = new.into_iter().find(|u| !old.contains(u)) {
+                    manager.stop(&unit).await.unwrap();
+                    return unit;
+                }
+                assert!(std::time::Instant::now() < deadline, "no {pattern} ran");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    });
+    before.recv().expect("the units loaded before");
+    stopper
+}
+
+/// What `nx` printed, once it ended within 60 s (else it is killed and the test fails).
+fn finished_within_a_minute(
+    host: &Host,
+    mut child: std::process::Child,
+    what: &str,
+) -> nx_testkit::Nx {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not end within 60 s:\n{}", host.nxd_log());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    finished(child)
+}
+
+#[test]
+fn a_volume_job_whose_unit_vanishes_ends_with_why_and_a_copy_it_left_half_made_is_made_again() {
+    let mut host = Host::start();
+    host.nx_json(&["volume", "create", "shop", "files", "--size", "32"]);
+    let prod = push_with_volume_and(&host, &["--volume-live"]);
+    host.nx_json(&["promote", "shop", &prod]);
+    write(&host, &prod, "kept");
+
+    // A backup whose unit is stopped under it ends, says why, and frees the sandbox: the
+    // next backup works.
+    host.restart_nxd_with_failpoints(PAUSED_JOBS);
+    let stopper = stop_next_unit(&host, "nxvol-backup-*");
+    let backup = spawn_nx(&host, &["volume", "backup", "shop", "files"]);
+    let unit = stopper.join().unwrap();
+    let backup = finished_within_a_minute(&host, backup, "a backup whose unit vanished");
+    assert!(!backup.ok, "{}", backup.stdout);
+    for said in [
+        unit.as_str(),
+        "is gone before it ran to its end",
+        "started again",
+    ] {
+        assert!(backup.stderr.contains(said), "{said}: {}", backup.stderr);
+    }
+    let again = spawn_nx(&host, &["--json", "volume", "backup", "shop", "files"]);
+    let again = finished_within_a_minute(&host, again, "a backup after it");
+    assert!(again.ok, "{}", again.stderr);
+    let archive = tar_list(std::path::Path::new(
+        again.json()["backup"]["path"].as_str().unwrap(),
+    ));
+    assert!(archive.contains(&"./kept".to_owned()), "{archive:?}");
+
+    // A --volume-branch preview whose copy a crash cut short; at nxd's next start its copy is
+    // made again, and that job's unit vanishes: the preview is not started. Its next start
+    // makes every copy again (the half-made one too), whole.
+    host.restart_nxd_crashing_at("volumes::job");
+    let sample = nx_testkit::sample_app();
+    let push = [
+        "push",
+        sample.to_str().unwrap(),
+        "-s",
+        "shop",
+        "--volume",
+        "files:/srv/files",
+        "--volume-branch",
+    ];
+    assert!(!host.nx(&push).ok);
+    let died = host.wait_nxd_exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&died),
+        Some(9)
+    );
+    let stopper = stop_next_unit(&host, "nxvol-copy-*");
+    host.restart_nxd_with_failpoints(PAUSED_JOBS);
+    let unit = stopper.join().unwrap();
+    let preview = host.nx_json(&["status", "shop"])[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .find(|id| *id != prod)
+        .expect("the push was recorded before its copy");
+    assert!(
+        eventually(|| host
+            .nxd_log()
+            .lines()
+            .any(|l| l.contains(&unit) && l.contains("is gone before it ran to its end"))),
+        "the adoption's copy did not end:\n{}",
+        host.nxd_log()
+    );
+    assert!(host
+        .path(&format!("volumes/shop/{preview}/.copying"))
+        .exists());
+    let start = spawn_nx(&host, &["start", &preview]);
+    let start = finished_within_a_minute(&host, start, "the preview's start");
+    assert!(start.ok, "{}", start.stderr);
+    assert_eq!(
+        ls(&host, &preview, "/srv/files"),
+        ["kept"],
+        "a half-made copy"
+    );
+    assert!(!host
+        .path(&format!("volumes/shop/{preview}/.copying"))
+        .exists());
+}
+
+/// What `path` of the deployment behind `name` answers, once it answers 200 (within 60 s).
+fn get_once_up(host: &Host, name: &str, path: &str) -> String {
+    let mut got = (0, String::new());
+    assert!(
+        eventually(|| {
+            got = host.get(name, path);
+            got.0 == 200
+        }),
+        "{name}{path}: {got:?}"
+    );
+    got.1
+}
+
+#[test]
+fn a_crash_while_a_failed_swap_db_promotion_is_undone_never_promotes_it() {
+    let mut host = Host::start();
+    host.nx_json(&["volume", "create", "shop", "files", "--size", "16"]);
+    let prod = push_with_volume(&host);
+    host.nx_json(&["promote", "shop", &prod]);
+    write(&host, &prod, "poison");
+    let production_host = host.production_host("shop");
+    assert_eq!(host.get(&production_host, "/db/put?v=kept").0, 200);
+
+    // Its own filesystem has no poison: it runs; on production's it exits at start. Its
+    // promotion with --swap-db fails after the swap, and is undone: nxd is killed once the
+    // undoing is recorded, then once production's database is back (the mounts not yet).
+    for point in ["volumes::unpromoting", "volumes::swapped_back"] {
+        let preview = push_with_volume_and(
+            &host,
+            &["--db-branch", "-e", "FAIL_AT_START_IF=/srv/files/poison"],
+        );
+        write(&host, &preview, "own");
+        let preview_host = host.preview_host("shop", &preview);
+        assert_eq!(host.get(&preview_host, "/db/put?v=branch").0, 200);
+        let cut = host.crash_during(point, &["promote", "shop", &preview, "--swap-db"]);
+        assert!(
+            cut.stderr.contains("finishes it or undoes it"),
+            "{point}: {}",
+            cut.stderr
+        );
+        assert_eq!(
+            production(&host),
+            prod,
+            "{point}: the failed preview is promoted"
+        );
+        let record = host.deployment("shop", &preview);
+        assert_eq!(record["volumes"][0]["source"], "empty", "{point}: {record}");
+        assert_eq!(record["desired"], "stopped", "{point}: {record}");
+        assert!(
+            !host
+                .path(&format!("volumes/shop/{preview}/.promoting"))
+                .exists(),
+            "{point}"
+        );
+        assert_eq!(
+            get_once_up(&host, &production_host, "/db/list"),
+            r#"["kept"]"#,
+            "{point}: production's database is not as it was"
+        );
+        assert_eq!(
+            ls_once_up(&host, &production_host, "/srv/files"),
+            ["poison"],
+            "{point}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ use super::data_disk::VolumeDisk;
 use crate::api::systemd::ActiveState;
 use crate::supervisor::{Supervisor, UnitSpec};
 use serde::{Deserialize, Serialize};
+use std::io::Read;
 use std::path::Path;
 
 /// What a job mounts and runs; written as JSON to a file that the child reads.
@@ -56,8 +57,9 @@ impl VolumeJob {
     /// name of `work_dir`, a directory of its own that holds its spec and its output):
     /// `<launcher> volume-job <spec>` as root, `launcher` being the copy of nxd in the state
     /// dir (`launcher_install::launcher_path`; the running binary may sit under a /tmp the
-    /// unit does not see). Errors: the job's output (the step that failed and why), or why it
-    /// could not be run.
+    /// unit does not see). Errors: the job's output (the step that failed and why: its first
+    /// [`ERROR_LINES`] lines, nxd's log has more), or why it could not be run or did not end
+    /// (its unit vanished: `Supervisor::wait_ended`).
     #[tracing::instrument(skip_all, fields(what, disks = self.disks.len(), steps = self.steps.len()))]
     pub async fn run(
         &self,
@@ -76,8 +78,8 @@ impl VolumeJob {
         .map_err(|e| fail("writing the job's spec", &e))?;
         let id = work_dir
             .file_name()
-            .map(|n| n.to_string_lossy().trim_start_matches('.').to_owned())
-            .unwrap_or_default();
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| JobError(format!("{} names no directory", work_dir.display())))?;
         let unit = UnitSpec::run_to_end(
             format!("nxvol-{what}-{id}.service"),
             format!("NX volume job ({what})"),
@@ -93,19 +95,49 @@ impl VolumeJob {
             .await
             .map_err(|e| fail("starting the volume job", &e))?;
         fail::fail_point!("volumes::job");
-        let ended = supervisor.wait_ended(&unit.name).await;
-        let _ = supervisor.stop(&unit.name).await;
-        let state = ended.map_err(|e| fail("waiting for the volume job", &e))?;
+        let state = supervisor
+            .wait_ended_then_stop(&unit.name)
+            .await
+            .map_err(|e| fail("waiting for the volume job", &e))?;
         if state.active == ActiveState::Failed {
-            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            let output = read_head(&log, LOG_BYTES);
+            tracing::warn!(%output, exit_status = state.exit_status, "the volume job failed");
             return Err(JobError(format!(
                 "{} (exit status {})",
-                output.trim(),
+                first_lines(output.trim(), ERROR_LINES),
                 state.exit_status
             )));
         }
         Ok(())
     }
+}
+
+/// How much of a failed job's output nxd reads (and logs): tools print a line per failing
+/// file, and a volume holds many.
+const LOG_BYTES: u64 = 64 * 1024;
+/// How many lines of a failed job's output its error quotes; nxd's log has more.
+pub const ERROR_LINES: usize = 5;
+
+/// The first `limit` bytes of the file at `path`, as text (empty when it cannot be read).
+fn read_head(path: &Path, limit: u64) -> String {
+    let mut head = Vec::new();
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = file.take(limit).read_to_end(&mut head);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// The first `n` lines of `text`, and how many more there were.
+fn first_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= n {
+        return text.to_owned();
+    }
+    format!(
+        "{} ... and {} more lines, in nxd's log",
+        lines[..n].join("\n"),
+        lines.len() - n
+    )
 }
 
 /// The child's side (`reexec`): mounts, runs the steps; `Err` says what failed.

@@ -86,14 +86,10 @@ impl Databases {
             .await
             .map_err(|e| failed(e.to_string()))?;
         fail::fail_point!("databases::tool");
-        let state = self
-            .supervisor
-            .wait_ended(&spec.name)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let ended = self.supervisor.wait_ended_then_stop(&spec.name).await;
         let output = std::fs::read_to_string(&log).unwrap_or_default();
         let _ = std::fs::remove_file(&log);
-        let _ = self.supervisor.stop(&spec.name).await;
+        let state = ended.map_err(|e| failed(e.to_string()))?;
         if state.active == ActiveState::Failed {
             return Err(failed(format!(
                 "{} (exit status {})",
@@ -318,6 +314,21 @@ impl Databases {
         .await?;
         self.swap_in(sandbox, previous, "a failed promotion's swap was undone")
             .await
+    }
+
+    /// [`Self::swap_back`] unless it was done already (a crash cut short what followed): a
+    /// swap back renames `previous` in the transaction that puts it in place, so a database
+    /// still named `previous` was not put back. Returns the name production's database
+    /// meanwhile is kept under, when it swapped it back now.
+    pub async fn swap_back_unless_done(
+        &self,
+        sandbox: &SandboxName,
+        previous: &str,
+    ) -> Result<Option<String>, DbError> {
+        if !self.database_exists(previous).await? {
+            return Ok(None);
+        }
+        self.swap_back(sandbox, previous).await.map(Some)
     }
 
     fn backup_dir(&self, sandbox: &SandboxName) -> PathBuf {

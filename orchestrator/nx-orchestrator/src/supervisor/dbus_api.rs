@@ -66,3 +66,13 @@ pub trait Service {
     #[zbus(property)]
     fn control_group(&self) -> zbus::Result<String>;
 }
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+pub trait Unit {
+    /// The job queued for the unit: its id and object path, `(0, "/")` when none.
+    #[zbus(property)]
+    fn job(&self) -> zbus::Result<(u32, zbus::zvariant::OwnedObjectPath)>;
+}

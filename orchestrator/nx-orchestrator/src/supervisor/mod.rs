@@ -11,7 +11,7 @@ pub mod unit_states;
 use crate::api::systemd::{ActiveState, SubState};
 use crate::api::UnitState;
 use crate::config::{Limits, SystemdMode};
-use dbus_api::{ManagerProxy, ServiceProxy};
+use dbus_api::{ManagerProxy, ServiceProxy, UnitProxy};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +32,11 @@ pub enum SupervisorError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A unit waited for by [`Supervisor::wait_ended`] reads `inactive`/`dead` without having
+    /// run to its end: something stopped it, or systemd lost it (a manager started again
+    /// forgets the transient units of the one before and loads the name afresh, inactive).
+    #[error("unit {unit} is gone before it ran to its end ({how}): the systemd manager was started again (which forgets transient units) or something stopped the unit")]
+    Vanished { unit: String, how: &'static str },
     #[error("unit {unit} did not reach {wanted} within {secs} s (it is {state})")]
     Timeout {
         unit: String,
@@ -572,17 +577,60 @@ impl Supervisor {
         Ok(rows.into_iter().map(|row| row.0).collect())
     }
 
-    /// Waits until a unit started with `remain_after_exit` has run to its end (`failed`, or
-    /// `active`/`exited` after a success), polling every 50 ms, and returns its state; no
-    /// time limit (a pg_dump or a volume copy takes as long as its data).
+    /// Waits until a unit started with `remain_after_exit` has run to its end, polling every
+    /// 50 ms, and returns its state: `failed`, or `active`/`exited` after a success. No time
+    /// limit (a pg_dump or a volume copy takes as long as its data), but a unit that reads
+    /// `inactive`/`dead` (it never does between its start and its end) has ended too, with
+    /// [`SupervisorError::Vanished`]: when it was seen started before (something stopped it),
+    /// or when no job of systemd's is queued to start it (the unit's `Job` property,
+    /// org.freedesktop.systemd1(5): a start that was asked for is queued until it runs, so a
+    /// unit inactive with none queued was lost, e.g. by a manager started again).
     pub async fn wait_ended(&self, unit: &str) -> Result<UnitState, SupervisorError> {
+        let mut seen_started = false;
         loop {
             let state = self.state(unit).await?;
             if state.active == ActiveState::Failed || state.sub == SubState::Exited {
                 return Ok(state);
             }
+            if state.active != ActiveState::Inactive {
+                seen_started = true;
+            } else if seen_started {
+                return Err(SupervisorError::Vanished {
+                    unit: unit.into(),
+                    how: "inactive after it ran",
+                });
+            } else if !self.job_queued(unit).await?
+                && self.state(unit).await?.active == ActiveState::Inactive
+            {
+                // Asked again after the job: a start that ran in between left it active.
+                return Err(SupervisorError::Vanished {
+                    unit: unit.into(),
+                    how: "inactive, and no start of it queued",
+                });
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// [`Self::wait_ended`], then the unit is stopped (unloaded: it stays `active`/`exited`
+    /// until then); a failed stop is logged (the unit stays loaded until nxd's next start
+    /// stops leftovers of its kind), the wait's outcome is returned.
+    pub async fn wait_ended_then_stop(&self, unit: &str) -> Result<UnitState, SupervisorError> {
+        let ended = self.wait_ended(unit).await;
+        if let Err(e) = self.stop(unit).await {
+            tracing::warn!(%unit, error = %e, "a unit that ran to its end could not be stopped: it stays loaded");
+        }
+        ended
+    }
+
+    /// Whether systemd has a job queued for the unit (its `Job` property is not `(0, "/")`).
+    async fn job_queued(&self, unit: &str) -> Result<bool, SupervisorError> {
+        let unit = UnitProxy::builder(&self.conn.load_full())
+            .path(unit_states::unit_path(unit))?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        Ok(unit.job().await?.0 != 0)
     }
 
     /// Polls a unit until `done` holds or `timeout` passes.

@@ -22,23 +22,6 @@ use std::path::{Path, PathBuf};
 
 /// Exit code of GNU tar when a file changed while it was read (the archive is still made).
 const TAR_FILES_DIFFER: i32 = 1;
-/// How many lines of a failed unpacking's errors (tar prints one per file) an answer quotes;
-/// nxd's log has them all.
-const ERROR_LINES: usize = 5;
-
-/// The first `n` lines of `text`, and how many more there were.
-fn first_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    if lines.len() <= n {
-        return text.to_owned();
-    }
-    format!(
-        "{} ... and {} more lines, in nxd's log",
-        lines[..n].join("\n"),
-        lines.len() - n
-    )
-}
-
 impl Orchestrator {
     fn volume_backup_dir(&self, sandbox: &SandboxName, volume: &str) -> PathBuf {
         self.config
@@ -261,7 +244,7 @@ impl Orchestrator {
             };
             return Err(Error::Invalid(format!(
                 "the archive could not be restored into volume {name} ({}); the volume is as it was.{full} Give a tar archive (e.g. from `nx volume backup`) that fits in its {} MiB",
-                first_lines(&e, ERROR_LINES),
+                e,
                 row.size_mb
             )));
         }
@@ -322,7 +305,10 @@ impl Orchestrator {
         let Err(e) = swapped else {
             return remove_path(&previous);
         };
-        remove_path(fresh)?;
+        // Production is to come back before anything else: a cleanup error is only logged.
+        if let Err(cleanup) = remove_path(fresh) {
+            tracing::warn!(error = %cleanup, "the restored image is left behind");
+        }
         tracing::warn!(error = %e, "the restored volume did not work: the previous one goes back");
         let put_back = async {
             self.stop_all(users).await?;

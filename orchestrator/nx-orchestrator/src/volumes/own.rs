@@ -42,8 +42,13 @@ struct Intent {
     /// The deployment's mounts before the promotion (to put back if it is undone).
     mounts: Vec<MountedVolume>,
     /// Its database branch was swapped in before (`--swap-db`): the promotion is finished,
-    /// not undone.
+    /// not undone (unless `swap_back` says it failed).
     swapped_db: bool,
+    /// The promotion failed after its branch was swapped in, and is being undone: production's
+    /// database from before the swap (the name `swap_in_branch` kept it under), which goes
+    /// back in place (`Databases::swap_back_unless_done`) before the mounts do.
+    #[serde(default)]
+    swap_back: Option<String>,
 }
 
 impl Orchestrator {
@@ -59,21 +64,30 @@ impl Orchestrator {
 
     /// Its empty filesystems and its copies that are missing: at push, once it is recorded
     /// (all), and before each start (those a crash cut short, deleted at nxd's start). While
-    /// it works the mark [`COPYING`] lies in its directory. On an error at push the caller
-    /// removes the deployment (and `drop_own_volumes` what was made).
+    /// it works the mark [`COPYING`] lies in its directory; when the mark is there already (an
+    /// earlier making failed, e.g. its copy job), every own image is deleted and made again,
+    /// none being known whole. On an error at push the caller removes the deployment (and
+    /// `drop_own_volumes` what was made).
     #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
     pub(crate) async fn make_own_volumes(&self, deployment: &Deployment) -> Result<(), Error> {
+        let dir = self.own_dir(deployment);
+        let mark = dir.join(COPYING);
+        let half_made = mark.exists();
         let own: Vec<&MountedVolume> = deployment
             .volumes
             .iter()
             .filter(|m| m.source != VolumeSource::Live)
-            .filter(|m| !self.own_image(deployment, &m.volume).exists())
+            .filter(|m| half_made || !self.own_image(deployment, &m.volume).exists())
             .collect();
         if own.is_empty() {
             return Ok(());
         }
-        let dir = self.own_dir(deployment);
-        let mark = dir.join(COPYING);
+        if half_made {
+            tracing::warn!("an earlier making of its volume copies failed: all are made again");
+            for m in &own {
+                remove_path(&self.own_image(deployment, &m.volume))?;
+            }
+        }
         std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::write(&mark, b""))
             .map_err(Error::io(format!("marking {}", mark.display())))?;
@@ -153,15 +167,14 @@ impl Orchestrator {
         {
             return Ok(None);
         }
-        let intent = self.own_dir(deployment).join(PROMOTING);
-        std::fs::create_dir_all(self.own_dir(deployment))
-            .map_err(Error::io(format!("creating {}", intent.display())))?;
-        let written = Intent {
-            mounts: deployment.volumes.clone(),
-            swapped_db,
-        };
-        write_synced(&intent, &serde_json::to_vec(&written).expect("JSON"))
-            .map_err(Error::io(format!("writing {}", intent.display())))?;
+        self.write_intent(
+            deployment,
+            &Intent {
+                mounts: deployment.volumes.clone(),
+                swapped_db,
+                swap_back: None,
+            },
+        )?;
         let live: Vec<MountedVolume> = deployment
             .volumes
             .iter()
@@ -172,6 +185,36 @@ impl Orchestrator {
             .collect();
         self.set_mounts(&deployment.id, &live).await?;
         Ok(Some(deployment.volumes.clone()))
+    }
+
+    /// Writes a promotion's intent ([`PROMOTING`]) beside the deployment's copies, whole or
+    /// not at all.
+    fn write_intent(&self, deployment: &Deployment, intent: &Intent) -> Result<(), Error> {
+        let path = self.own_dir(deployment).join(PROMOTING);
+        std::fs::create_dir_all(self.own_dir(deployment))
+            .map_err(Error::io(format!("creating {}", path.display())))?;
+        write_synced(&path, &serde_json::to_vec(intent).expect("JSON"))
+            .map_err(Error::io(format!("writing {}", path.display())))
+    }
+
+    /// A `--swap-db` promotion that failed, before production's database (`previous`, as
+    /// `swap_in_branch` kept it) is put back: from now on its intent says it is undone, so
+    /// that nxd's start after a crash puts the database back if that was not done yet, then
+    /// the mounts (`mounts`, as `mount_live_volumes` returned them), and never promotes it.
+    pub(crate) fn record_swap_back(
+        &self,
+        deployment: &Deployment,
+        mounts: &[MountedVolume],
+        previous: &str,
+    ) -> Result<(), Error> {
+        self.write_intent(
+            deployment,
+            &Intent {
+                mounts: mounts.to_vec(),
+                swapped_db: true,
+                swap_back: Some(previous.to_owned()),
+            },
+        )
     }
 
     /// A promotion that failed: the deployment mounts `mounts` (its own copies) again, and
@@ -218,9 +261,11 @@ impl Orchestrator {
     /// (its [`PROMOTING`] intent still there) is finished when production's record names the
     /// deployment (its copies go) or when its database branch was swapped in already (that
     /// cannot be undone here: it is promoted, its unit stopped and marked to run, so that its
-    /// adoption starts it on production's volumes and database); else undone: it mounts its
-    /// own copies again and its unit is stopped, so that its adoption starts it on them,
-    /// never on production's volumes.
+    /// adoption starts it on production's volumes and database), unless the promotion had
+    /// failed and was being undone (`record_swap_back`): then production's database is put
+    /// back if it was not yet, and the deployment stays stopped on its own copies; else
+    /// undone: it mounts its own copies again and its unit is stopped, so that its adoption
+    /// starts it on them, never on production's volumes.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn recover_promotions(&self) -> Result<(), Error> {
         let promoted = self.state.promoted().await?;
@@ -230,7 +275,11 @@ impl Orchestrator {
             let Ok(before) = std::fs::read(&intent) else {
                 continue;
             };
-            let Intent { mounts, swapped_db } = serde_json::from_slice(&before).map_err(|e| {
+            let Intent {
+                mounts,
+                swapped_db,
+                swap_back,
+            } = serde_json::from_slice(&before).map_err(|e| {
                 Error::io(format!("reading {}", intent.display()))(std::io::Error::other(e))
             })?;
             let (sandbox, id) = (&deployment.sandbox, &deployment.id);
@@ -242,6 +291,21 @@ impl Orchestrator {
             self.backend
                 .stop(&self.backend.handle(&deployment), DEFAULT_STOP_TIMEOUT)
                 .await?;
+            if let Some(previous) = swap_back {
+                // It did not start on production's database and volumes: it has no branch of
+                // its own any more, so it stays stopped (as a failed start leaves it).
+                if let Some(kept) = self
+                    .databases
+                    .swap_back_unless_done(sandbox, &previous)
+                    .await?
+                {
+                    tracing::warn!(deployment = %id, %kept, "production's database put back: a failed promotion's undoing was cut short by a crash");
+                }
+                tracing::warn!(deployment = %id, "undoing a failed promotion a crash interrupted: it mounts its own volume copies again, stopped");
+                self.state.set_desired(id, Desired::Stopped).await?;
+                self.put_back_mounts(&deployment, &mounts).await?;
+                continue;
+            }
             if swapped_db {
                 tracing::warn!(deployment = %id, "finishing a promotion a crash interrupted after its database branch was swapped in: it is promoted");
                 self.state.set_desired(id, Desired::Running).await?;
