@@ -1289,7 +1289,19 @@ fn a_volume_job_whose_unit_vanishes_ends_with_why_and_a_copy_it_left_half_made_i
     ] {
         assert!(backup.stderr.contains(said), "{said}: {}", backup.stderr);
     }
-    let again = spawn_nx(&host, &["--json", "volume", "backup", "shop", "files"]);
+    let saved = host.path("files.tar");
+    let again = spawn_nx(
+        &host,
+        &[
+            "--json",
+            "volume",
+            "backup",
+            "shop",
+            "files",
+            "-o",
+            saved.to_str().unwrap(),
+        ],
+    );
     let again = finished_within_a_minute(&host, again, "a backup after it");
     assert!(again.ok, "{}", again.stderr);
     let archive = tar_list(std::path::Path::new(
