@@ -386,7 +386,9 @@ struct RestoreQuery {
     backup: Option<String>,
 }
 
-/// Restores from a backup kept on the host (`?backup=ID`) or from a dump in the body.
+/// Restores from a backup kept on the host (`?backup=ID`) or from a dump in the body. Before
+/// the body is read: 404 for a sandbox that does not exist; the body is cut off with 413 past
+/// the space free where uploads are kept (`Databases::upload_room`).
 async fn restore(
     State(app): Shared,
     Path(name): Path<String>,
@@ -394,12 +396,21 @@ async fn restore(
     body: Body,
 ) -> ApiResult<RestoreInfo> {
     let name = sandbox_name(&name)?;
+    app.existing(&name).await?;
     if let Some(id) = q.backup {
         let path = app.databases.backup_path(&name, &id)?;
         return Ok(Json(app.restore(&name, &path).await?));
     }
+    let room = app.databases.upload_room()?;
+    let cap = UploadCap {
+        bytes: room,
+        refusal: format!(
+            "the dump is larger than the {} MiB free on nxd's disk where uploads are kept: free space on the nxd host, or restore a backup kept there (`nx db backups {name}`, `nx db restore {name} ID`)",
+            room >> 20
+        ),
+    };
     let upload = app.databases.upload_file()?;
-    save_body(body, &upload, None).await?;
+    save_body(body, &upload, Some(&cap)).await?;
     Ok(Json(app.restore(&name, upload.path()).await?))
 }
 

@@ -1138,6 +1138,23 @@ fn a_restore_is_refused_before_its_upload_for_unknown_names_and_cut_off_past_the
     let host = Host::start();
     host.nx_json(&["volume", "create", "shop", "files", "--size", "16"]);
     // 1 GiB announced, waiting for 100 Continue: the refusal comes before any of it is sent.
+    // A database's restore too: 404 for an unknown sandbox, 413 past the disk's free space.
+    let free = nix::sys::statvfs::statvfs(host.state_dir.path()).unwrap();
+    let past_free = (free.blocks_available() * free.fragment_size() + (1 << 30)).to_string();
+    let past_free = format!("Content-Length: {past_free}\r\nExpect: 100-continue\r\n");
+    for (path, status, says) in [
+        ("/v1/sandboxes/nosuch/db/restore", 404, "no sandbox nosuch"),
+        (
+            "/v1/sandboxes/shop/db/restore",
+            413,
+            "the dump is larger than the",
+        ),
+    ] {
+        let mut conn = restore_request(&host, path, &past_free);
+        let (got, text) = answer(&mut conn);
+        assert_eq!(got, status, "{path}: {text}");
+        assert!(text.contains(says), "{path}: {text}");
+    }
     for (path, status, says) in [
         (
             "/v1/sandboxes/nosuch/volumes/files/restore",

@@ -418,6 +418,13 @@ impl Databases {
             .tempfile_in(&self.backups)?)
     }
 
+    /// The bytes free for an upload where it is kept (statvfs(3) `f_bavail` of the backups'
+    /// filesystem): a larger dump could not be stored, so it is refused before it is read.
+    pub fn upload_room(&self) -> Result<u64, DbError> {
+        let stat = nix::sys::statvfs::statvfs(&self.backups).map_err(std::io::Error::from)?;
+        Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
+    }
+
     pub fn rm_backup(&self, sandbox: &SandboxName, id: &str) -> Result<(), DbError> {
         Ok(std::fs::remove_file(self.backup_path(sandbox, id)?)?)
     }
