@@ -123,10 +123,9 @@ impl HostNetwork {
         delete_link(&self.handle, &attachment.link).await?;
         let addresses = std::iter::once(IpAddr::V4(attachment.address))
             .chain(attachment.address6.map(IpAddr::V6));
-        for address in addresses {
-            let forgotten = super::conntrack::forget(address).await?;
-            tracing::debug!(%address, forgotten, "tracked connections forgotten");
-        }
+        let forgotten =
+            futures_util::future::try_join_all(addresses.map(super::conntrack::forget)).await?;
+        tracing::debug!(?forgotten, "tracked connections forgotten");
         Ok(())
     }
 
