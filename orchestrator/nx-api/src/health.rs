@@ -102,20 +102,45 @@ impl HealthCheck {
     }
 }
 
-/// An idle timeout or a time to live (`field` names it), in seconds: at least 1.
+/// The longest idle timeout or time to live, in seconds: 100 years of 365 days. Longer ones
+/// are refused rather than overflowing the clocks they are added to (chrono's `TimeDelta`
+/// ends near 292 million years, an `i64` of milliseconds).
+pub const MAX_SECONDS: u64 = 100 * 365 * 86_400;
+
+/// An idle timeout or a time to live (`field` names it), in seconds: 1 to [`MAX_SECONDS`].
 pub fn check_seconds(field: &str, secs: Option<u64>) -> Result<(), FieldError> {
-    match secs {
-        Some(0) => Err(FieldError {
-            field: field.to_owned(),
-            problem: "0 s is no time: give at least 1 s, or leave it unset".into(),
-        }),
-        _ => Ok(()),
-    }
+    let problem = match secs {
+        Some(0) => "0 s is no time: give at least 1 s, or leave it unset".to_owned(),
+        Some(s) if s > MAX_SECONDS => format!(
+            "{s} s is more than 100 years: give at most {MAX_SECONDS} s (100y), or leave it unset"
+        ),
+        _ => return Ok(()),
+    };
+    Err(FieldError {
+        field: field.to_owned(),
+        problem,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_are_refused_at_zero_and_past_a_hundred_years() {
+        assert!(check_seconds("idle_timeout_secs", None).is_ok());
+        assert!(check_seconds("idle_timeout_secs", Some(1)).is_ok());
+        assert!(check_seconds("preview_ttl_secs", Some(MAX_SECONDS)).is_ok());
+        let zero = check_seconds("idle_timeout_secs", Some(0)).unwrap_err();
+        assert!(zero.problem.contains("0 s is no time"), "{}", zero.problem);
+        let far = check_seconds("preview_ttl_secs", Some(u64::MAX)).unwrap_err();
+        assert_eq!(far.field, "preview_ttl_secs");
+        assert!(
+            far.problem.contains("more than 100 years"),
+            "{}",
+            far.problem
+        );
+    }
 
     #[test]
     fn a_deployments_own_fields_win_over_its_sandboxes() {

@@ -455,6 +455,13 @@ impl Config {
                 .replacen("sandbox.health.", "sandbox.health_", 1);
             return Err(ConfigError::Invalid(e));
         }
+        if self.sandbox.preview_ttl_secs > crate::api::health::MAX_SECONDS {
+            return Err(ConfigError::Invalid(format!(
+                "sandbox.preview_ttl_secs ({}) is more than 100 years: give at most {} s, or 0 for never",
+                self.sandbox.preview_ttl_secs,
+                crate::api::health::MAX_SECONDS
+            )));
+        }
         if self.tasks.uid_base < 1000 {
             return Err(ConfigError::Invalid(
                 "tasks.uid_base must be 1000 or more: tasks run as unprivileged uids".into(),

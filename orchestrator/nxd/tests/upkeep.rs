@@ -94,6 +94,14 @@ fn an_expired_preview_is_removed_a_pinned_one_and_production_stay() {
         !host.deployment("web", &expiring)["last_request_at"].is_null()
     });
 
+    // A time to live past chrono's range once panicked the upkeep loop of every sandbox.
+    let far = host.nx(&["sandbox", "set", "web", "--preview-ttl", "300000000y"]);
+    assert!(
+        !far.ok && far.stderr.contains("more than 100 years"),
+        "{} {}",
+        far.stdout,
+        far.stderr
+    );
     host.nx_json(&["sandbox", "set", "web", "--preview-ttl", "3s"]);
     eventually(
         "the unpinned preview expires",

@@ -31,6 +31,16 @@ use std::time::Duration;
 /// How often nxd looks at the router's traffic, idle timeouts, expiry and due health checks.
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// Whether `elapsed` has reached `secs` seconds. A span past chrono's range (about 292
+/// million years: a setting stored before [`crate::api::health::MAX_SECONDS`] was checked) is
+/// never reached.
+fn lasted(elapsed: chrono::TimeDelta, secs: u64) -> bool {
+    i64::try_from(secs)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .is_some_and(|limit| elapsed >= limit)
+}
+
 /// What the router last said of one deployment.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
@@ -256,7 +266,7 @@ impl Orchestrator {
                     .upkeep
                     .seen(d.id.as_str())
                     .is_some_and(|s| s.in_flight > 0);
-                if !in_flight && now - active >= chrono::Duration::seconds(secs as i64) {
+                if !in_flight && lasted(now - active, secs) {
                     let (app, id) = (Arc::clone(self), d.id.clone());
                     tokio::spawn(async move { app.stop_idle(&id, ready_at).await });
                 }
@@ -267,7 +277,7 @@ impl Orchestrator {
                     .unwrap_or(self.config.sandbox.preview_ttl_secs);
                 let created = ready_at.map_or(d.created_at, |r| r.max(d.created_at));
                 let active = last_request.unwrap_or(created).max(created);
-                if ttl > 0 && now - active >= chrono::Duration::seconds(ttl as i64) {
+                if ttl > 0 && lasted(now - active, ttl) {
                     self.expire(d, now - active).await;
                 }
             }
@@ -330,5 +340,20 @@ impl Orchestrator {
         tracing::info!(pinned, "pin changed");
         let promoted = self.state.promoted_in(&deployment.sandbox).await? == Some(id.clone());
         self.view(&deployment, promoted).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lasted;
+    use chrono::TimeDelta;
+
+    #[test]
+    fn a_span_is_reached_at_its_seconds_and_one_past_chronos_range_never() {
+        assert!(lasted(TimeDelta::seconds(60), 60));
+        assert!(!lasted(TimeDelta::seconds(59), 60));
+        // i64::MAX seconds is past TimeDelta's range: TimeDelta::seconds would panic.
+        assert!(!lasted(TimeDelta::MAX, i64::MAX as u64));
+        assert!(!lasted(TimeDelta::MAX, u64::MAX));
     }
 }
