@@ -567,14 +567,35 @@ impl Supervisor {
         Ok(service.control_group().await?)
     }
 
+    /// The active state of a unit if systemd has it loaded, else `None` (one
+    /// `ListUnitsByPatterns`: unlike a `GetAll` on its path, which makes systemd load a unit it
+    /// has unloaded, searching every unit directory for its file, this loads nothing).
+    pub async fn loaded_state(&self, unit: &str) -> Result<Option<ActiveState>, SupervisorError> {
+        Ok(self
+            .loaded(unit)
+            .await?
+            .into_iter()
+            .find(|row| row.0 == unit)
+            .map(|row| ActiveState::from(row.3)))
+    }
+
     /// Names of loaded units matching a glob, e.g. `nx-*.service`.
     pub async fn list(&self, pattern: &str) -> Result<Vec<String>, SupervisorError> {
-        let rows = self
+        Ok(self
+            .loaded(pattern)
+            .await?
+            .into_iter()
+            .map(|row| row.0)
+            .collect())
+    }
+
+    /// systemd's rows of the loaded units matching a glob.
+    async fn loaded(&self, pattern: &str) -> Result<Vec<dbus_api::UnitRow>, SupervisorError> {
+        Ok(self
             .manager()
             .await?
             .list_units_by_patterns(&[], &[pattern])
-            .await?;
-        Ok(rows.into_iter().map(|row| row.0).collect())
+            .await?)
     }
 
     /// Waits until a unit started with `remain_after_exit` has run to its end, polling every

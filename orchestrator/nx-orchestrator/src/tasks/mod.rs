@@ -59,6 +59,9 @@ const TASK_UIDS: u32 = 65_536;
 const EVENT_BUFFER: usize = 256;
 /// How long a task's unit may take to report its end once its output has closed.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
+/// How often the unit of a task that has answered is asked whether it is gone (see
+/// [`Watcher::tidy`]).
+const TIDY_EVERY: Duration = Duration::from_millis(50);
 
 /// The uids tasks run as: `tasks.uid_base` onwards, a different one for each task in turn.
 pub struct TaskUids {
@@ -435,14 +438,7 @@ impl Watcher {
             tracing::info!(?outcome, "task ended");
             let _ = events.send(TaskEvent::Exited(outcome)).await;
             drop(events);
-            // The unit ends with its sandbox: tidied away after the answer.
-            let state = self
-                .supervisor
-                .wait_for(&unit.name, "exited", EXIT_WAIT, |s| {
-                    s.sub == SubState::Exited || s.active.is_down()
-                })
-                .await;
-            self.finish(&unit, &launch, state.ok().as_ref()).await;
+            self.tidy(&unit, &launch).await;
             return;
         }
         if timed_out || abandoned {
@@ -464,6 +460,30 @@ impl Watcher {
         steps.finish();
         tracing::info!(?outcome, "task ended");
         let _ = events.send(TaskEvent::Exited(outcome)).await;
+    }
+
+    /// After a task's answer: its unit ends with its sandbox, which reported its end. Waits
+    /// (up to [`EXIT_WAIT`], asking every [`TIDY_EVERY`]) until systemd has unloaded the unit
+    /// (it ended well) or marked it failed, asking with `ListUnitsByPatterns`, which loads
+    /// nothing (see [`Supervisor::loaded_state`]); then removes what is left as
+    /// [`Watcher::finish`]. Off the task's answer, so it asks seldom: the tasks still running
+    /// need the CPU more.
+    async fn tidy(&self, unit: &TaskUnit, launch: &TaskLaunch) {
+        let deadline = Instant::now() + EXIT_WAIT;
+        let ended = loop {
+            tokio::time::sleep(TIDY_EVERY).await;
+            match self.supervisor.loaded_state(&unit.name).await {
+                Ok(None) => break Some(ActiveState::Inactive),
+                Ok(Some(ActiveState::Failed)) => break Some(ActiveState::Failed),
+                Ok(Some(_)) if Instant::now() < deadline => {}
+                _ => break None,
+            }
+        };
+        let state = ended.map(|active| UnitState {
+            active,
+            ..crate::supervisor::unit_states::unloaded()
+        });
+        self.finish(unit, launch, state.as_ref()).await;
     }
 
     /// Removes what is left of the task: its unit, and what the backend made for it. `ended`:
