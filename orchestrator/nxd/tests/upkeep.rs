@@ -238,3 +238,20 @@ fn a_slow_starter_is_not_stopped_for_idleness_before_it_is_ready() {
     let (code, body) = host.get(&host.preview_host("slow", &id), "/");
     assert_eq!(code, 200, "{body}");
 }
+
+#[test]
+fn a_previews_time_to_live_is_not_started_again_by_an_nxd_restart() {
+    let mut host = Host::start();
+    let never_requested = host.push_sample("web", &[]);
+    host.nx_json(&["sandbox", "set", "web", "--preview-ttl", "30s"]);
+    // nxd is away past the preview's time to live: what counts is its creation, which the
+    // state database holds, not the start of the nxd that comes back.
+    host.stop_nxd();
+    std::thread::sleep(Duration::from_secs(31));
+    host.start_nxd();
+    eventually(
+        "the preview expires well before 30 s after nxd's start",
+        Duration::from_secs(15),
+        || !ids(&host, "web").contains(&never_requested),
+    );
+}

@@ -275,8 +275,10 @@ impl Orchestrator {
                 let ttl = sandbox
                     .preview_ttl_secs
                     .unwrap_or(self.config.sandbox.preview_ttl_secs);
-                let created = ready_at.map_or(d.created_at, |r| r.max(d.created_at));
-                let active = last_request.unwrap_or(created).max(created);
+                // Counted from its last request, else its creation: both are in the state
+                // database, so an nxd restart does not start the clock again (`ready_at` of
+                // a deployment adopted at start is this nxd's start).
+                let active = last_request.unwrap_or(d.created_at).max(d.created_at);
                 if ttl > 0 && lasted(now - active, ttl) {
                     self.expire(d, now - active).await;
                 }
