@@ -28,7 +28,7 @@ use crate::state_machine::{self, Effects, Phase, Verb};
 use crate::supervisor::{Supervisor, UNITS_IN_FLIGHT};
 use crate::tasks::Tasks;
 use crate::timing::step;
-use crate::{embedded_db, host_limits, readiness, upkeep};
+use crate::{embedded_db, host_limits, readiness};
 use futures_util::{stream, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -677,19 +677,14 @@ impl Orchestrator {
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
+                &health_check,
+                idle_timeout_secs,
             ),
         )
         .await?;
         tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");
         step("service", self.record_service(&deployment, &req)).await?;
         step("tcp", self.allocate_tcp(&deployment, &req)).await?;
-        let upkeep = upkeep::store::insert(
-            self.state.pool(),
-            deployment.id.as_str(),
-            &health_check,
-            idle_timeout_secs,
-        );
-        step("upkeep", upkeep).await.map_err(StateError::from)?;
         let own_volumes = step("volumes", self.make_own_volumes(&deployment)).await;
         let branched = match own_volumes {
             Ok(()) if deployment.db_branch => self

@@ -133,13 +133,17 @@ impl StateStore {
     /// Records a new deployment with the lowest port of the range no other deployment has.
     /// The port is also its slot: its uid and its address come from it (`network::Plan`), so
     /// the table is locked for the search (the port is UNIQUE: a race would fail the push).
-    /// Nothing is bound on the host: the program listens in its own network namespace.
+    /// Nothing is bound on the host: the program listens in its own network namespace. Its
+    /// upkeep row (`health_check`, `idle_timeout_secs`: `upkeep::store`) is written in the same
+    /// transaction: one commit per push, and no deployment without its row after a crash.
     #[tracing::instrument(skip_all, fields(sandbox = %new.sandbox))]
     pub async fn create_deployment(
         &self,
         new: NewDeployment,
         ports: PortRange,
         uid_base: u32,
+        health_check: &crate::api::HealthCheck,
+        idle_timeout_secs: Option<u64>,
     ) -> Result<Deployment, StateError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO sandboxes (name) VALUES ($1) ON CONFLICT DO NOTHING")
@@ -220,6 +224,13 @@ impl StateStore {
         .bind(deployment.tier.as_ref())
         .bind(deployment.created_at)
         .execute(&mut *tx)
+        .await?;
+        crate::upkeep::store::insert(
+            &mut *tx,
+            deployment.id.as_str(),
+            health_check,
+            idle_timeout_secs,
+        )
         .await?;
         tx.commit().await?;
         Ok(deployment)

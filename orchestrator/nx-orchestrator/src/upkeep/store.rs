@@ -38,9 +38,10 @@ impl From<Row> for (String, Upkeep) {
     }
 }
 
-/// Stores what a new deployment was pushed with.
+/// Stores what a new deployment was pushed with; `StateStore::create_deployment` does, in the
+/// transaction that records the deployment.
 pub async fn insert(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     deployment: &str,
     health_check: &HealthCheck,
     idle_timeout_secs: Option<u64>,
@@ -51,7 +52,7 @@ pub async fn insert(
     .bind(deployment)
     .bind(sqlx::types::Json(health_check))
     .bind(idle_timeout_secs.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(())
 }
