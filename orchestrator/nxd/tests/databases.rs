@@ -399,3 +399,48 @@ fn another_tenant_learns_no_sandbox_name_and_readable_names_are_migrated() {
     let seen = psql_with_url(&beta_url, CATALOG_NAMES);
     assert!(!seen.contains("acme"), "{seen}");
 }
+
+#[test]
+fn a_dump_that_resets_its_role_is_restored_as_the_sandboxs_role_and_gains_nothing() {
+    let host = Host::start();
+    host.push_sample("tenant", &[]);
+    let url = db_info(&host, "tenant")["url"].as_str().unwrap().to_owned();
+    let role = psql_with_url(&url, "SELECT current_user").trim().to_owned();
+    // A genuine dump whose one comment is then rewritten, at the same length (the custom
+    // format has no checksum), into SQL that leaves the role pg_restore was told to take.
+    let comment = "A".repeat(200);
+    psql_with_url(
+        &url,
+        &format!("CREATE TABLE t (x int); COMMENT ON TABLE t IS '{comment}'"),
+    );
+    let saved = host.path("tenant.dump");
+    host.nx_json(&["db", "backup", "tenant", "-o", saved.to_str().unwrap()]);
+    let genuine = std::fs::read(&saved).unwrap();
+    let statement = format!("COMMENT ON TABLE public.t IS '{comment}';");
+    let mut evil = format!("RESET ROLE; ALTER ROLE \"{role}\" SUPERUSER; SET ROLE \"{role}\"; --");
+    evil.push_str(&"x".repeat(statement.len() - evil.len()));
+    let at = genuine
+        .windows(statement.len())
+        .position(|w| w == statement.as_bytes())
+        .expect("the comment's statement is in the dump");
+    let mut crafted = genuine.clone();
+    crafted[at..at + statement.len()].copy_from_slice(evil.as_bytes());
+    let crafted_path = host.path("crafted.dump");
+    std::fs::write(&crafted_path, &crafted).unwrap();
+
+    let out = host.nx(&["db", "restore", "tenant", crafted_path.to_str().unwrap()]);
+    assert!(!out.ok, "the crafted dump restored: {}", out.stdout);
+    assert!(
+        out.stderr.contains("must be superuser") || out.stderr.contains("permission denied"),
+        "{}",
+        out.stderr
+    );
+    let superuser = format!("SELECT rolsuper FROM pg_roles WHERE rolname = '{role}'");
+    assert_eq!(psql_as_superuser(&host, &superuser).trim(), "f");
+    // The genuine dump still restores, in the role's own session.
+    host.nx_json(&["db", "restore", "tenant", saved.to_str().unwrap()]);
+    assert_eq!(
+        psql_with_url(&url, "SELECT obj_description('t'::regclass)").trim(),
+        comment
+    );
+}

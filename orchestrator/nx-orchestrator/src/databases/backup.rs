@@ -121,12 +121,26 @@ async fn dump_to(dbs: &Databases, database: &str, file: &Path) -> Result<(), DbE
     .await
 }
 
+/// Restores `file` into `database` in a session OF `role` (its password given through a
+/// libpq password file of its own, `nxdb-pgpass-*`, 0600, removed after; one left by a crash
+/// goes with the other `nxdb-*` leftovers at start), never a superuser's: pg_restore runs the
+/// dump's SQL as written, and a superuser session with `--role` is undone by a `RESET ROLE` in
+/// it (pg_dump(1): a dump from an untrusted source must not be restored by a superuser).
+/// Errors: the password file's, or pg_restore's (the dump's first failing statement).
 async fn restore_into(
     dbs: &Databases,
     file: &Path,
     database: &str,
     role: &str,
 ) -> Result<(), DbError> {
+    let passfile = tempfile::Builder::new()
+        .prefix("nxdb-pgpass-")
+        .tempfile_in(&dbs.backups)?;
+    // libpq's password file: hostname:port:database:username:password (libpq-pgpass).
+    std::fs::write(
+        passfile.path(),
+        format!("*:*:*:{role}:{}\n", dbs.password(role)?),
+    )?;
     dbs.run_unit(
         "pg_restore",
         vec![
@@ -134,8 +148,7 @@ async fn restore_into(
             "--no-acl".into(),
             "--exit-on-error".into(),
             "--single-transaction".into(),
-            format!("--role={role}"),
-            format!("--dbname={}", dbs.database_url(database)),
+            format!("--dbname={}", dbs.role_url(database, role, passfile.path())),
             file.display().to_string(),
         ],
     )

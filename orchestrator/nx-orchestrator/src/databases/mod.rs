@@ -233,6 +233,17 @@ impl Databases {
         )
     }
 
+    /// A URL for nxd's own tools to connect as `role` to `database` through the socket,
+    /// its password read from the libpq password file `passfile` (never in a command line).
+    fn role_url(&self, database: &str, role: &str, passfile: &Path) -> String {
+        format!(
+            "postgres://{role}@/{database}?host={}&port={}&passfile={}",
+            self.socket_dir.display(),
+            self.port,
+            passfile.display()
+        )
+    }
+
     /// The connection URL on the host (for `nx db url`).
     pub fn host_url(&self, c: &Credentials) -> String {
         self.url(c, &self.socket_dir.display().to_string())
