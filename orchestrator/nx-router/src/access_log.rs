@@ -148,9 +148,28 @@ impl Entry<'_> {
     }
 }
 
+/// The longest value a line quotes whole, in bytes: a longer one (a 60 KB path) is cut at a
+/// character boundary and ends with `...(N bytes)`, so that a request writes at most a few
+/// KiB to the log however long its head.
+pub const MAX_VALUE_BYTES: usize = 512;
+
 /// Writes `text` as a logfmt value: as it is when it is a non-empty run of visible characters
-/// other than `"` and `=`, else quoted with Rust's escapes (`\"`, `\\`, `\n`, `\u{..}`).
+/// other than `"` and `=`, else quoted with Rust's escapes (`\"`, `\\`, `\n`, `\u{..}`);
+/// cut past [`MAX_VALUE_BYTES`].
 fn value(out: &mut Vec<u8>, text: &str) {
+    if text.len() > MAX_VALUE_BYTES {
+        let mut end = MAX_VALUE_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = format!("{}...({} bytes)", &text[..end], text.len());
+        return logfmt(out, &cut);
+    }
+    logfmt(out, text);
+}
+
+/// `text` as it is or quoted (see [`value`]).
+fn logfmt(out: &mut Vec<u8>, text: &str) {
     let plain = !text.is_empty()
         && text
             .chars()
@@ -253,5 +272,16 @@ mod tests {
             text.ends_with(" error=\"upstream said \\\"no\\\"\\nthen closed\"\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_long_value_is_cut_and_says_how_long_it_was() {
+        let path = format!("/{}", "é".repeat(30_000));
+        let mut out = Vec::new();
+        value(&mut out, &path);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.len() < MAX_VALUE_BYTES + 40, "{} bytes", text.len());
+        assert!(text.starts_with("\"/é"), "{text}");
+        assert!(text.ends_with("...(60001 bytes)\""), "{text}");
     }
 }
