@@ -859,8 +859,11 @@ impl Orchestrator {
                 let mut undone = vec!["nothing was promoted".to_owned()];
                 if let Some(previous) = previous_db {
                     if let Some(mounts) = &own_mounts {
-                        // A crash from here on undoes the promotion at nxd's start.
-                        self.record_swap_back(deployment, mounts, &previous)?;
+                        // A crash from here on undoes the promotion at nxd's start. Put
+                        // production's database back even when that record fails.
+                        if let Err(record) = self.record_swap_back(deployment, mounts, &previous) {
+                            tracing::warn!(error = %record, "recording the swap-back before it");
+                        }
                         fail::fail_point!("volumes::unpromoting");
                     }
                     let kept = self.databases.swap_back(sandbox, &previous).await?;

@@ -234,13 +234,24 @@ impl Databases {
     }
 
     /// A URL for nxd's own tools to connect as `role` to `database` through the socket,
-    /// its password read from the libpq password file `passfile` (never in a command line).
+    /// its password read from the libpq password file `passfile` (never in a command line),
+    /// without the role's `statement_timeout` and `idle_in_transaction_session_timeout`
+    /// (a restore's index builds take as long as its data; a role may lift both itself, and
+    /// a connection's `options` win over `ALTER ROLE ... SET`: PostgreSQL's "Setting
+    /// Parameters"). Paths percent-encoded (libpq's "Connection URIs").
     fn role_url(&self, database: &str, role: &str, passfile: &Path) -> String {
+        let encoded = |path: &Path| {
+            percent_encoding::utf8_percent_encode(
+                &path.display().to_string(),
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .to_string()
+        };
         format!(
-            "postgres://{role}@/{database}?host={}&port={}&passfile={}",
-            self.socket_dir.display(),
+            "postgres://{role}@/{database}?host={}&port={}&passfile={}&options=-c%20statement_timeout%3D0%20-c%20idle_in_transaction_session_timeout%3D0",
+            encoded(&self.socket_dir),
             self.port,
-            passfile.display()
+            encoded(passfile)
         )
     }
 

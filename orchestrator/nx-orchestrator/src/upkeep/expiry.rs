@@ -1,8 +1,8 @@
 //! Preview expiry: a deployment that is neither its sandbox's production nor the one `nx
 //! rollback` returns to, and not pinned (`nx pin`), with no request for its sandbox's
-//! `preview_ttl_secs` (else nxd's `sandbox.preview_ttl_secs`; counted from when it was last
-//! ready, or its creation, when it never had one) is removed like `nx rm` removes it; never
-//! while it starts.
+//! `preview_ttl_secs` (else nxd's `sandbox.preview_ttl_secs`; counted from its last request,
+//! or its creation when it never had one: both kept in the state database, so an nxd restart
+//! does not restart the clock) is removed like `nx rm` removes it; never while it starts.
 
 use crate::domain::Deployment;
 use crate::Orchestrator;

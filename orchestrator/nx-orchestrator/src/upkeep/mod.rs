@@ -3,9 +3,10 @@
 //! health of those with a health check and restarts one that fails its threshold in a row
 //! (`health`); it stops one that had no request for its idle timeout, which the router wakes on
 //! the next request (`idle`, `wake`: scale to zero); and it removes a preview that had no
-//! request for its sandbox's time to live unless it is pinned (`expiry`). Both clocks start
-//! when the deployment was last ready, and neither stops one while a start of it (a push,
-//! `nx start`, a wake, a restart) is under way (`UpkeepState::starting`).
+//! request for its sandbox's time to live unless it is pinned (`expiry`). The idle clock starts
+//! when the deployment was last ready, the time to live at its creation (both from its last
+//! request on), and neither stops one while a start of it (a push, `nx start`, a wake, a
+//! restart) is under way (`UpkeepState::starting`).
 
 mod expiry;
 mod health;
