@@ -12,6 +12,16 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+/// `GET /` through the router with `Host: host`.
+async fn get(client: &reqwest::Client, router: &Router, host: &str) -> reqwest::Response {
+    client
+        .get(router.url("/"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn header<'a>(seen: &'a Value, name: &str) -> Vec<&'a str> {
     seen["headers"][name]
         .as_array()
@@ -187,21 +197,11 @@ async fn unknown_hosts_and_dead_deployments_get_pages_that_say_what_to_do() {
         .routes(&[("gone.nx.test", common::free_addr())])
         .await;
     let client = reqwest::Client::new();
-    let resp = client
-        .get(router.url("/"))
-        .header("host", "nothing.nx.test")
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&client, &router, "nothing.nx.test").await;
     assert_eq!(resp.status(), 404);
     assert!(resp.headers().contains_key("x-request-id"));
     assert!(resp.text().await.unwrap().contains("nx promote"));
-    let resp = client
-        .get(router.url("/"))
-        .header("host", "gone.nx.test")
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&client, &router, "gone.nx.test").await;
     assert_eq!(resp.status(), 502);
     assert!(resp.text().await.unwrap().contains("nx logs"));
 }
@@ -285,20 +285,10 @@ async fn with_access_log_sample_0_only_5xx_answers_are_logged() {
         .await;
     let client = reqwest::Client::new();
     for _ in 0..20 {
-        let resp = client
-            .get(router.url("/"))
-            .header("host", "web.nx.test")
-            .send()
-            .await
-            .unwrap();
+        let resp = get(&client, &router, "web.nx.test").await;
         assert_eq!(resp.status(), 200);
     }
-    let resp = client
-        .get(router.url("/"))
-        .header("host", "gone.nx.test")
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&client, &router, "gone.nx.test").await;
     assert_eq!(resp.status(), 502);
     let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     let log = log_with(&router, &request_id).await;
