@@ -15,6 +15,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod shared_memory;
+
 pub const UNIT: &str = "nx-postgres.service";
 const OS_USER: &str = "postgres";
 /// nxd's own database: its state (sqlx migrations and tables).
@@ -236,4 +238,14 @@ fn initdb(dir: &Path, data: &Path, user: &nix::unistd::User) -> Result<(), Embed
         });
     }
     Ok(())
+}
+
+/// After the embedded manager of `state_dir` was killed (`nxd manager-stop`): removes the
+/// System V shared-memory segment its PostgreSQL could not remove (see `shared_memory`). Whether
+/// one was removed.
+///
+/// # Errors
+/// shmctl(2)'s error when the recorded segment is orphaned but cannot be removed.
+pub fn forget_killed_cluster(state_dir: &Path) -> std::io::Result<bool> {
+    shared_memory::remove_orphaned(&state_dir.join("postgres").join("data"))
 }

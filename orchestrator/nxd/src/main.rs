@@ -63,7 +63,8 @@ struct RunArgs {
 enum Command {
     /// Stops the embedded systemd manager of a state dir and every deployment it runs, then
     /// removes the host network that state dir's nxd set up (the nftables table `inet nx`,
-    /// `nx0`, the subnet's route). Stop nxd first.
+    /// `nx0`, the subnet's route) and the System V shared-memory segment the killed embedded
+    /// PostgreSQL leaves. Stop nxd first.
     ManagerStop {
         #[arg(long)]
         state_dir: PathBuf,
@@ -103,6 +104,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::ManagerStop { state_dir }) => {
             nx_orchestrator::supervisor::embedded::stop(&state_dir);
+            nx_orchestrator::embedded_db::forget_killed_cluster(&state_dir)
+                .context("removing the killed embedded PostgreSQL's shared memory segment")?;
             nx_orchestrator::network::teardown::remove(&state_dir)
                 .context("removing the host network (nftables table inet nx, nx0)")?;
             Ok(())

@@ -462,3 +462,38 @@ fn nxd_comes_first_under_a_fork_bomb_a_cpu_spin_and_a_memory_hog() {
         "nx ls p99 {p99:?} under load: {times:?}"
     );
 }
+
+/// `nxd manager-stop` kills the embedded PostgreSQL; the System V segment it leaves (named on
+/// line 7 of postmaster.pid) must go too, or every stopped state dir holds one of the host's
+/// `kernel.shmmni` segments for good.
+#[test]
+fn manager_stop_leaves_no_shared_memory_segment_of_the_embedded_postgresql() {
+    let mut host = Host::start();
+    let pid_file = std::fs::read_to_string(host.path("postgres/data/postmaster.pid"))
+        .expect("the embedded PostgreSQL's postmaster.pid");
+    let id = pid_file
+        .lines()
+        .nth(6)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("line 7: the segment's key and id")
+        .to_owned();
+    let segments = || {
+        let out = Command::new("ipcs").arg("-m").output().expect("ipcs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        segments().contains(&id),
+        "segment {id} while PostgreSQL runs"
+    );
+
+    host.stop_nxd();
+    let (status, stderr) = host.manager_stop();
+    assert!(status.success(), "nxd manager-stop: {stderr}");
+    assert!(
+        !segments().contains(&id),
+        "segment {id} is left after nxd manager-stop"
+    );
+}
