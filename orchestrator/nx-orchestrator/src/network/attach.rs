@@ -11,16 +11,20 @@
 //! 2. On the host: one RTM_NEWLINK creates the veth pair, `nx-<id>` here and `eth0` directly
 //!    in the new namespace, one transmit and one receive queue each; the host side gets a
 //!    strict reverse-path filter (rp_filter=1: only the deployment's own address may come in on
-//!    it), route_localnet (so DNS can be DNATed to a resolver on the host's loopback), and a
-//!    /32 route to the deployment with the gateway as source; with IPv6, `fe80::1` (the
-//!    deployment's IPv6 gateway) as its only IPv6 address and a /128 route to the deployment;
-//!    without, no IPv6.
+//!    it) and route_localnet (so DNS can be DNATed to a resolver on the host's loopback).
+//! 3. `setns` into the new namespace: `lo` and `eth0` up, the deployment's /32 (and /128) on
+//!    `eth0`, a default route via the gateway (on-link) and one via `fe80::1`.
+//! 4. Last, on the host: a /32 route to the deployment with the gateway as source; with IPv6,
+//!    `fe80::1` (the deployment's IPv6 gateway) as the link's only IPv6 address and a /128
+//!    route to the deployment; without, no IPv6. Only now can anything on the host reach the
+//!    address, and `eth0` answers its ARP at once: a SYN routed to the link before `eth0` was
+//!    up with its address (nxd's readiness probe asks from the unit's start) made the host's
+//!    ARP request go unanswered, and the kernel asks again only after `retrans_time_ms`
+//!    (1 s), so that push's readiness took a second more.
 //!    The /32 (and /128) is added, never replaced: a route to the address on another link
 //!    means a previous holder of the slot is still there (nxd removes a deployment's link
 //!    before its slot is freed: `HostNetwork::release`), and a live deployment's address must
 //!    never be turned to another link; the start fails instead.
-//! 3. `setns` into the new namespace: `lo` and `eth0` up, the deployment's /32 (and /128) on
-//!    `eth0`, a default route via the gateway (on-link) and one via `fe80::1`.
 //!
 //! Both IPv6 addresses are added without duplicate address detection (the link has two ends,
 //! both ours) and without a prefix route (see `add_address6`).
@@ -43,8 +47,8 @@
 //! message counters, the `net.ipv6.conf.<dev>` and neighbour sysctl tables, ~16 KiB a device)
 //! comes with every device of a kernel that has IPv6, also with IPv6 off.
 //!
-//! Sources: rtnetlink(7), veth(4), ip-sysctl.txt (rp_filter, route_localnet, disable_ipv6,
-//! addr_gen_mode, ip_unprivileged_port_start) of the kernel's documentation,
+//! Sources: rtnetlink(7), veth(4), arp(7), ip-sysctl.txt (rp_filter, route_localnet, disable_ipv6,
+//! addr_gen_mode, ip_unprivileged_port_start, neigh retrans_time_ms) of the kernel's documentation,
 //! network_namespaces(7), RFC 4862 §5.4 (duplicate address detection).
 
 use super::{Attachment, NetworkError, GATEWAY6, LINK_PREFIX};
@@ -186,33 +190,6 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
         // Absent where the host has IPv6 off altogether.
         let _ = std::fs::write(format!("{conf6}/disable_ipv6"), "1");
     }
-    let index = index_of(&host, &a.link).await?;
-    host.route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(a.address, 32)
-                .output_interface(index)
-                .pref_source(a.gateway)
-                .scope(RouteScope::Link)
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(netlink(&format!("routing {} to {}", a.address, a.link)))?;
-    if let Some(address6) = a.address6 {
-        add_address6(&host, index, GATEWAY6).await?;
-        host.route()
-            .add(
-                RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(address6, 128)
-                    .output_interface(index)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(netlink(&format!("routing {address6} to {}", a.link)))?;
-    }
-
     set_namespace(&ns)?;
     for (index, name) in [(LOOPBACK_INDEX, "lo"), (INSIDE_INDEX, INSIDE_LINK)] {
         inside
@@ -254,6 +231,38 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
             .await
             .map_err(netlink("adding the IPv6 default route"))?;
     }
+    // Last: until the host routes the address to the link, a probe's connect fails at once
+    // (network.subnet is unreachable); once it does, `eth0` answers ARP (and neighbour
+    // discovery) at once. A SYN routed here earlier would make the host ask for the address
+    // while nothing answers, and the kernel asks again only after `retrans_time_ms` (1 s,
+    // ip-sysctl.txt): every connect meanwhile waits for it.
+    let index = index_of(&host, &a.link).await?;
+    host.route()
+        .add(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a.address, 32)
+                .output_interface(index)
+                .pref_source(a.gateway)
+                .scope(RouteScope::Link)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(netlink(&format!("routing {} to {}", a.address, a.link)))?;
+    if let Some(address6) = a.address6 {
+        add_address6(&host, index, GATEWAY6).await?;
+        host.route()
+            .add(
+                RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(address6, 128)
+                    .output_interface(index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(&format!("routing {address6} to {}", a.link)))?;
+    }
+
     Ok(())
 }
 
@@ -288,4 +297,82 @@ fn set_namespace(ns: &std::fs::File) -> Result<(), NetworkError> {
         what: "setns(CLONE_NEWNET)".into(),
         source: e.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Egress, Plan};
+    use super::*;
+    use std::io::ErrorKind;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// The deployment's port in the test.
+    const PORT: u16 = 8080;
+
+    /// Connects to `addr` over and over (each connect given 200 ms, as readiness's probe),
+    /// until one succeeds; returns when it did. A refused or unroutable connect is asked again
+    /// at once.
+    fn probe_until_connected(addr: SocketAddr) -> Instant {
+        loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(_) => return Instant::now(),
+                Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+    }
+
+    /// A probe that starts while the launcher sets the deployment's namespace up (as nxd's
+    /// readiness probe does, from the unit's start) connects as soon as the program listens.
+    /// The host's route to the deployment must come last: a SYN routed to the link before
+    /// `eth0` inside is up with its address makes the host ask ARP for the address, the
+    /// request is lost, and the kernel asks again only after `retrans_time_ms` (1 s;
+    /// ip-sysctl.txt, arp(7)) while every connect meanwhile waits: the ~1 s `ready` of one
+    /// push in fifty in nx-bench. Runs in network namespaces of its own (needs root).
+    #[test]
+    fn a_probe_during_the_setup_connects_once_the_program_listens() {
+        let plan = Plan::new("10.213.0.0/16".parse().unwrap(), None, 8).unwrap();
+        let attachment = plan.attachment("dprobe01", 0, Egress::None).unwrap();
+        let addr = SocketAddr::new(IpAddr::V4(attachment.address), PORT);
+        for round in 0..5 {
+            let (host_ns_tx, host_ns_rx) = mpsc::channel();
+            let (listening_tx, listening_rx) = mpsc::channel();
+            let (attachment, plan) = (attachment.clone(), plan.clone());
+            // The launcher: in a namespace standing in for the host's, with its gateway.
+            let launcher = std::thread::spawn(move || {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        let handle = connect().unwrap();
+                        super::super::host::gateway_link(&handle, &plan).await
+                    })
+                    .expect("the gateway");
+                host_ns_tx.send(own_namespace().unwrap()).unwrap();
+                // Let the probe spin first.
+                std::thread::sleep(Duration::from_millis(20));
+                enter(&attachment).expect("entering the deployment's namespace");
+                let listener = TcpListener::bind(("0.0.0.0", PORT)).expect("listen");
+                listening_tx.send(Instant::now()).unwrap();
+                let _ = listener.accept();
+            });
+            let host_ns = host_ns_rx.recv().unwrap();
+            let prober = std::thread::spawn(move || {
+                set_namespace(&host_ns).unwrap();
+                probe_until_connected(addr)
+            });
+            let connected = prober.join().expect("the probe");
+            let listening = listening_rx.recv().unwrap();
+            launcher.join().expect("the launcher");
+            let waited = connected.saturating_duration_since(listening);
+            assert!(
+                waited < Duration::from_millis(500),
+                "round {round}: the probe connected {waited:?} after the program listened"
+            );
+        }
+    }
 }

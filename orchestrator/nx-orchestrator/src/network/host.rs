@@ -186,7 +186,7 @@ fn deployment_of(link: &str) -> Option<&str> {
 }
 
 /// `nx0`: a bridge with no ports, up, holding the gateway address.
-async fn gateway_link(handle: &Handle, plan: &Plan) -> Result<(), NetworkError> {
+pub(super) async fn gateway_link(handle: &Handle, plan: &Plan) -> Result<(), NetworkError> {
     let existing = handle
         .link()
         .get()
