@@ -676,6 +676,7 @@ async fn push_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<
             samples.clone(),
         );
     }
+    println!("\nlauncher, netns, mounts, exec_to_ready: the launcher's phases, which together make start + ready (nx_orchestrator::backend::launch_times)");
     Ok(())
 }
 

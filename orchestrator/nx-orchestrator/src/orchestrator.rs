@@ -9,6 +9,7 @@ use crate::api::{DeploymentView, PushRequest, SandboxRemoved, SandboxView};
 use crate::artifact::Artifact;
 use crate::artifact::{ArtifactStore, BundleStore, StoreError};
 use crate::backend::data_disk::DataTemplates;
+use crate::backend::launch_times::{self, LaunchTimes};
 use crate::backend::{
     Backends, Program, SandboxBackend, SandboxSpec, DEFAULT_STOP_TIMEOUT, MAX_STOP_TIMEOUT,
 };
@@ -526,6 +527,7 @@ impl Orchestrator {
         step("volumes", self.make_own_volumes(deployment)).await?;
         let spec = step("spec", self.spec(deployment)).await?;
         let handle = step("prepare", self.backend.prepare(&spec)).await?;
+        let start_ns = launch_times::now_ns();
         step("start", self.backend.start(&handle, &spec)).await?;
         let addr = self.upstream(deployment)?;
         let timeout = readiness::timeout(deployment.ready_timeout_secs, &self.config.sandbox);
@@ -535,7 +537,16 @@ impl Orchestrator {
         let probe = readiness::Probe::for_deployment(path, forwarded);
         let ready = readiness::wait(addr, &probe, timeout, || self.backend.status(&handle));
         let why = match step("ready", ready).await? {
-            readiness::Outcome::Ready => return Ok(()),
+            readiness::Outcome::Ready => {
+                let ready_ns = launch_times::now_ns();
+                // The launcher's phases inside `start` and `ready` (see `launch_times`).
+                if let Some(times) = LaunchTimes::read(&handle.dir, start_ns) {
+                    for (name, took) in times.phases(start_ns, ready_ns) {
+                        crate::timing::record(name, took);
+                    }
+                }
+                return Ok(());
+            }
             readiness::Outcome::Exited(how) => format!("exited before it was ready ({how})"),
             readiness::Outcome::TimedOut => format!(
                 "did not accept connections on $PORT ({}) within {} s (it runs: does it listen on $HOST:$PORT, that is 0.0.0.0 in its own network namespace, not 127.0.0.1? A slow starter needs `nx push --ready-timeout`)",

@@ -23,6 +23,12 @@ pub async fn step<F: Future>(name: &'static str, work: F) -> F::Output {
     out
 }
 
+/// Adds the step `name` that took `took`, timed elsewhere (e.g. by another process): logged
+/// and collected as [`step`] does.
+pub fn record(name: &'static str, took: Duration) {
+    done(&tracing::info_span!("step", step = name), name, took);
+}
+
 fn done(span: &tracing::Span, name: &'static str, took: Duration) {
     span.in_scope(|| {
         tracing::debug!(step = name, ms = took.as_secs_f64() * 1000.0, "step done");

@@ -3,6 +3,7 @@
 use super::launch::{
     LaunchSpec, StopForward, EXIT_MARKER, EXIT_REPORT_FD, OWN_CGROUP, SECCOMP_FIRST_FD,
 };
+use super::launch_times::{self, LaunchTimes};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -163,6 +164,7 @@ fn read(spec_path: &Path) -> Result<LaunchSpec, String> {
 
 /// Returns only on failure, with the reason.
 pub fn run(spec_path: &Path) -> String {
+    let started_ns = launch_times::now_ns();
     let spec = match read(spec_path) {
         Ok(spec) => spec,
         Err(e) => return e,
@@ -200,6 +202,7 @@ pub fn run(spec_path: &Path) -> String {
             return e.to_string();
         }
     }
+    let network_ns = launch_times::now_ns();
     if let Some(Err(e)) = data.map(|mount| mount.finish()) {
         return format!("mounting /data: {e}");
     }
@@ -227,6 +230,12 @@ pub fn run(spec_path: &Path) -> String {
     }
     match &spec.monitor {
         Some(monitor) => {
+            let times = LaunchTimes {
+                started_ns,
+                network_ns,
+                exec_ns: launch_times::now_ns(),
+            };
+            times.write(&monitor.dir);
             super::monitor::run(monitor, spec.data_image.as_ref(), spec.stop, || exec(&spec))
         }
         None => exec(&spec),

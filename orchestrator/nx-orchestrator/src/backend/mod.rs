@@ -13,6 +13,7 @@ pub mod data_disk;
 pub mod exit;
 pub mod host_files;
 pub mod launch;
+pub mod launch_times;
 #[cfg(target_os = "linux")]
 pub mod launcher;
 #[cfg(feature = "microvm")]
