@@ -628,17 +628,70 @@ fn routed_through(host: &Host, address: std::net::IpAddr) -> String {
 
 /// The connections the test host tracks from or to `address` (`conntrack -L`, one a line).
 fn tracked_to(host: &Host, address: std::net::IpAddr) -> String {
+    let family = if address.is_ipv6() { "ipv6" } else { "ipv4" };
     let mut flows = String::new();
     for side in ["--orig-src", "--reply-src"] {
         let out = host
             .netns
             .command("conntrack")
-            .args(["-L", side, &address.to_string()])
+            .args(["-L", "--family", family, side, &address.to_string()])
             .output()
             .expect("conntrack (install conntrack)");
         flows.push_str(&String::from_utf8_lossy(&out.stdout));
     }
     flows
+}
+
+/// nxd refuses to start on a host without `conntrack` (it could not forget a removed
+/// deployment's connections: every `nx rm` would fail after its unit was gone), saying what to
+/// install; here its PATH holds every program of the test host's but `conntrack`.
+#[test]
+fn nxd_refuses_to_start_without_conntrack_and_says_what_to_install() {
+    let mut host = Host::start();
+    host.stop_nxd();
+    let path = tempfile::tempdir_in("/var/tmp").expect("a PATH directory");
+    for dir in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"] {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let link = path.path().join(&name);
+            if name != "conntrack" && !link.exists() {
+                std::os::unix::fs::symlink(entry.path(), link).expect("symlink");
+            }
+        }
+    }
+    let log = path.path().join("nxd.log");
+    let mut nxd = host
+        .netns
+        .command(nx_testkit::bin("nxd"))
+        .arg("--config")
+        .arg(host.state_dir.path().join("nxd.toml"))
+        .env("PATH", path.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("nxd");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = nxd.try_wait().expect("nxd's status") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = nxd.kill();
+            let _ = nxd.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "nxd ran without conntrack ({status:?}): {said}"
+    );
+    assert!(
+        said.contains("cannot run it") && said.contains("apt-get install conntrack"),
+        "{said}"
+    );
 }
 
 /// `nx rm` frees a deployment's slot and with it its addresses; a push right after gets them.
@@ -647,11 +700,14 @@ fn tracked_to(host: &Host, address: std::net::IpAddr) -> String {
 /// its link and routes go with `nx rm`: each new deployment routes the same addresses to its
 /// own link, answers at once, and nothing of its predecessor is left: not in the held
 /// namespaces, and no connection the host tracked to it (a new holder of the address could
-/// send within such a flow past the firewall, which accepts established flows first).
+/// send within such a flow past the firewall, which accepts established flows first), over
+/// IPv4 (the router's) or IPv6 (the host's own connection to its IPv6 address).
 #[test]
 fn an_address_freed_by_nx_rm_goes_to_the_next_push_while_the_old_namespace_lingers() {
     let host = Host::start();
-    let mut previous = host.push_sample("reuse", &[]);
+    // Listening on [::] (dual-stack): reached over IPv4 by the router, over IPv6 by the host.
+    let dual_stack = ["-e", "HOST=::"];
+    let mut previous = host.push_sample("reuse", &dual_stack);
     let first = listen_addr(&host, "reuse", &previous).ip();
     let first6 = address6(&host, "reuse", &previous);
     let mut held = Vec::new();
@@ -659,17 +715,28 @@ fn an_address_freed_by_nx_rm_goes_to_the_next_push_while_the_old_namespace_linge
         held.push(hold_namespace(&host, &previous));
         let (status, body) = host.get(&host.preview_host("reuse", &previous), "/health");
         assert_eq!(status, 200, "round {round}: {body}");
-        assert!(
-            !tracked_to(&host, first).is_empty(),
-            "round {round}: the router's connection is tracked"
-        );
+        let port = listen_addr(&host, "reuse", &previous).port();
+        let over_ipv6 = host
+            .netns
+            .run(|| std::net::TcpStream::connect((first6, port)))
+            .unwrap_or_else(|e| panic!("round {round}: [{first6}]:{port} from the host: {e}"));
+        for address in [first, first6.into()] {
+            assert!(
+                !tracked_to(&host, address).is_empty(),
+                "round {round}: a connection to {address} is tracked"
+            );
+        }
+        // Closed: its flow stays tracked (TIME_WAIT) until nx rm forgets it.
+        drop(over_ipv6);
         host.nx_json(&["rm", &previous]);
-        let left = tracked_to(&host, first);
-        assert!(
-            left.is_empty(),
-            "round {round}: tracked after nx rm: {left}"
-        );
-        let next = host.push_sample("reuse", &[]);
+        for address in [first, first6.into()] {
+            let left = tracked_to(&host, address);
+            assert!(
+                left.is_empty(),
+                "round {round}: tracked after nx rm: {left}"
+            );
+        }
+        let next = host.push_sample("reuse", &dual_stack);
         let link = format!("nx-{next}");
         assert_eq!(
             listen_addr(&host, "reuse", &next).ip(),

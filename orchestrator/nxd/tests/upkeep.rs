@@ -255,3 +255,38 @@ fn a_previews_time_to_live_is_not_started_again_by_an_nxd_restart() {
         || !ids(&host, "web").contains(&never_requested),
     );
 }
+
+/// An expired preview whose removal fails (here conntrack, by the fail point
+/// `network::conntrack`) is tried again after 2 s, then 4 s, 8 s...: not every second; once
+/// removal works again (nxd restarted without the fail point) it goes.
+#[test]
+fn a_failed_expiry_is_tried_again_later_and_later() {
+    let mut host = Host::start();
+    let preview = host.push_sample("web", &[]);
+    host.restart_nxd_with_failpoints("network::conntrack=return");
+    let failures = |host: &Host| {
+        host.nxd_log()
+            .matches("could not remove the expired preview")
+            .count()
+    };
+    let before = failures(&host);
+    host.nx_json(&["sandbox", "set", "web", "--preview-ttl", "1s"]);
+    eventually("a first failed removal", Duration::from_secs(30), || {
+        failures(&host) > before
+    });
+    // Tries at 0, 2 and 6 s (each taking some time): three in 9 s, where one a tick made 9.
+    std::thread::sleep(Duration::from_secs(9));
+    let tries = failures(&host) - before;
+    assert!(
+        (2..=3).contains(&tries),
+        "{tries} tries in 9 s:\n{}",
+        host.nxd_log()
+    );
+    assert!(ids(&host, "web").contains(&preview));
+    host.restart_nxd();
+    eventually(
+        "the preview expires once it can be removed",
+        Duration::from_secs(30),
+        || !ids(&host, "web").contains(&preview),
+    );
+}

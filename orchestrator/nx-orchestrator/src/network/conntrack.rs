@@ -13,10 +13,44 @@
 use super::NetworkError;
 use std::net::IpAddr;
 
+/// Checks that `conntrack` runs (`conntrack --version`), for nxd's start: without it every
+/// removal (`nx rm`, `nx sandbox rm`, preview expiry) would fail after its unit was gone.
+/// Errors: `conntrack` missing or failing, with the package to install.
+pub async fn check() -> Result<(), NetworkError> {
+    let out = tokio::process::Command::new("conntrack")
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(cannot_run)?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(NetworkError::Conntrack(format!(
+        "`conntrack --version` failed ({}): {}; {INSTALL}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// What to do when `conntrack` is missing.
+const INSTALL: &str = "install conntrack (Debian: apt-get install conntrack; Nix: conntrack-tools)";
+
+fn cannot_run(e: std::io::Error) -> NetworkError {
+    NetworkError::Conntrack(format!(
+        "nxd forgets a removed deployment's connections with conntrack, and cannot run it \
+         ({e}): {INSTALL}"
+    ))
+}
+
 /// Deletes every tracked connection from or to `address` (see the module's docs); how many.
 /// Needs CAP_NET_ADMIN and `conntrack` (Debian's and Nix's `conntrack-tools`).
-/// Errors: `conntrack` missing or refused.
+/// Errors: `conntrack` missing or refused. Fail point `network::conntrack` (`return`): fails
+/// as if `conntrack` were missing.
 pub async fn forget(address: IpAddr) -> Result<u32, NetworkError> {
+    fail::fail_point!("network::conntrack", |_| Err(cannot_run(
+        std::io::ErrorKind::NotFound.into()
+    )));
     // Each side is a process of its own (tens of ms under load): both at once.
     let (from, to) = tokio::join!(
         delete(address, "--orig-src"),
@@ -37,15 +71,11 @@ async fn delete(address: IpAddr, side: &str) -> Result<u32, NetworkError> {
         .stdout(std::process::Stdio::null())
         .output()
         .await
-        .map_err(|e| {
-            NetworkError::Firewall(format!(
-                "cannot run conntrack ({e}): install conntrack (conntrack-tools)"
-            ))
-        })?;
+        .map_err(cannot_run)?;
     let said = String::from_utf8_lossy(&out.stderr);
     // It exits with 1 when nothing matched: the summary line tells that from an error.
     flows_deleted(&said).ok_or_else(|| {
-        NetworkError::Firewall(format!(
+        NetworkError::Conntrack(format!(
             "conntrack could not forget the connections of {address}: {}",
             said.trim()
         ))

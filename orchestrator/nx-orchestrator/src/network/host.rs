@@ -41,7 +41,8 @@ impl HostNetwork {
     /// Sets up the host side for `slots` deployments (the size of `[ports]`); the deployments'
     /// resolv.conf goes to `<state_dir>/network/resolv.conf`. Deployments get IPv6 when the
     /// host has it and IPv6 forwarding is on or nxd may turn it on (else a warning says why
-    /// not). Needs root (CAP_NET_ADMIN) and nftables. Errors: a bad subnet, netlink, nft.
+    /// not). Needs root (CAP_NET_ADMIN), nftables and conntrack. Errors: a bad subnet,
+    /// netlink, nft, conntrack missing (`conntrack::check`).
     #[tracing::instrument(skip_all, fields(subnet = %config.subnet, subnet6 = %config.subnet6))]
     pub async fn start(
         config: &NetworkConfig,
@@ -65,6 +66,8 @@ impl HostNetwork {
         let resolver = dns::host_resolver(&host_conf);
         let allow: Vec<_> = config.allow.iter().map(|c| c.0).collect();
         let uid = nix::unistd::geteuid().as_raw();
+        // Both tools the deployments' network needs, before anything depends on them.
+        super::conntrack::check().await?;
         firewall::apply(&firewall::ruleset(&plan, &allow, resolver, uid))?;
         let resolv_conf = super::resolv_conf_path(state_dir);
         if let Some(dir) = resolv_conf.parent() {

@@ -126,6 +126,8 @@ pub enum NetworkError {
     },
     #[error("network: nftables: {0}")]
     Firewall(String),
+    #[error("network: conntrack: {0}")]
+    Conntrack(String),
 }
 
 impl NetworkError {

@@ -66,6 +66,8 @@ pub struct UpkeepState {
     /// When this nxd started: the idle clock of what it adopted running starts there.
     since: DateTime<Utc>,
     health: health::Checks,
+    /// Expired previews whose removal failed: when to try again.
+    expiry_retries: expiry::Retries,
     /// The last usage sample (`crate::usage`).
     pub(crate) usage: crate::usage::Sampler,
 }
@@ -79,6 +81,7 @@ impl Default for UpkeepState {
             ready: Mutex::default(),
             since: Utc::now(),
             health: health::Checks::default(),
+            expiry_retries: expiry::Retries::default(),
             usage: crate::usage::Sampler::default(),
         }
     }
@@ -280,7 +283,7 @@ impl Orchestrator {
                 // database, so an nxd restart does not start the clock again (`ready_at` of
                 // a deployment adopted at start is this nxd's start).
                 let active = last_request.unwrap_or(d.created_at).max(d.created_at);
-                if ttl > 0 && lasted(now - active, ttl) {
+                if ttl > 0 && lasted(now - active, ttl) && self.upkeep.expiry_retries.due(&d.id) {
                     self.expire(d, now - active).await;
                 }
             }
