@@ -9,6 +9,7 @@ pub mod domains;
 pub mod health;
 pub mod kinds;
 pub mod names;
+pub mod signals;
 pub mod systemd;
 pub mod usage;
 pub mod volumes;

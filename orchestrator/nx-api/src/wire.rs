@@ -396,11 +396,13 @@ pub enum TaskEvent {
 pub struct TaskOutcome {
     /// The program's exit code (a program killed by a signal inside the sandbox: 128 + signal).
     pub exit_code: Option<i32>,
-    /// The signal that ended the sandbox, when one did (at the timeout: 9).
+    /// The number of the signal that ended the program (its sandbox exited 128 + N, which a
+    /// program that exits with 128 + N itself also gives) or the sandbox (at the timeout: 9).
     pub signal: Option<i32>,
     /// It ran past its timeout and was killed.
     pub timed_out: bool,
-    /// systemd's Result for the run: success, exit-code, signal, oom-kill, ...
+    /// How it ended, as systemd names a service's Result: success, exit-code, signal (`signal`
+    /// is set), oom-kill (the kernel's OOM killer, at the task's memory limit), ...
     pub result: ServiceResult,
     /// From the start of the task to its end.
     pub duration_ms: u64,

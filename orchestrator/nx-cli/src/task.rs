@@ -4,6 +4,8 @@
 use crate::client::Client;
 use crate::push::{parse_env, store};
 use anyhow::Context;
+use nx_api::signals::signal_name;
+use nx_api::systemd::ServiceResult;
 use nx_api::{TaskEvent, TaskOutcome, TaskRequest};
 use nx_artifact::Artifact;
 use std::io::Write;
@@ -61,6 +63,21 @@ pub fn exit_code(outcome: &TaskOutcome) -> i32 {
     }
 }
 
+/// What ended a task that did not end on its own, for the line text mode prints after its
+/// output (after "was killed"): its timeout (`timeout_secs`, as asked), the OOM killer at its
+/// memory limit, or a signal. `None` for a program that exited.
+fn killed(outcome: &TaskOutcome, timeout_secs: Option<f64>) -> Option<String> {
+    if outcome.timed_out {
+        let secs = timeout_secs.unwrap_or(outcome.duration_ms as f64 / 1000.0);
+        return Some(format!(": it ran past its timeout ({secs:.1} s)"));
+    }
+    if outcome.result == ServiceResult::OomKill {
+        return Some(": out of memory at its limit (give it more with --memory)".to_owned());
+    }
+    let signal = outcome.signal?;
+    Some(format!(" by {}", signal_name(signal)))
+}
+
 /// Runs the task; returns the exit code the CLI should exit with.
 pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Result<i32> {
     let env = parse_env(&args.env)?;
@@ -96,12 +113,10 @@ pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Resu
             }
             TaskEvent::Stderr { data } if !json => eprint!("{data}"),
             TaskEvent::Exited(outcome) => {
-                if outcome.timed_out && !json {
-                    eprintln!(
-                        "nx: task {task} was killed: it ran past its timeout ({:.1} s)",
-                        req.timeout_secs
-                            .unwrap_or(outcome.duration_ms as f64 / 1000.0)
-                    );
+                if !json {
+                    if let Some(why) = killed(&outcome, req.timeout_secs) {
+                        eprintln!("nx: task {task} was killed{why}");
+                    }
                 }
                 return Ok(exit_code(&outcome));
             }
@@ -114,6 +129,33 @@ pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_task_says_what_killed_it() {
+        let end = |signal: Option<i32>, result: ServiceResult, timed_out: bool| TaskOutcome {
+            exit_code: signal.map(|n| 128 + n),
+            signal,
+            timed_out,
+            result,
+            duration_ms: 2100,
+        };
+        assert_eq!(
+            killed(&end(Some(6), ServiceResult::Signal, false), None).as_deref(),
+            Some(" by SIGABRT")
+        );
+        assert_eq!(
+            killed(&end(Some(9), ServiceResult::OomKill, false), None).as_deref(),
+            Some(": out of memory at its limit (give it more with --memory)")
+        );
+        assert_eq!(
+            killed(&end(Some(9), ServiceResult::Signal, true), Some(2.0)).as_deref(),
+            Some(": it ran past its timeout (2.0 s)")
+        );
+        assert_eq!(
+            killed(&end(None, ServiceResult::ExitCode, false), None),
+            None
+        );
+    }
 
     #[test]
     fn memory_sizes() {

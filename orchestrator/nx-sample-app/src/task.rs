@@ -5,6 +5,8 @@
 //! - `sleep SECS`      prints `sleeping`, sleeps
 //! - `fork`            forks until the kernel refuses, prints how many
 //! - `hog`             allocates and touches memory until the limit ends it
+//! - `abort`           prints `aborting` and aborts (SIGABRT)
+//! - `leave SECS TEXT` leaves a child that prints TEXT after SECS, and exits 0 at once
 //! - `connect ADDR`    tries a TCP connection to ADDR, prints the outcome
 //! - `ls PATH`         prints the entries of a directory
 //! - `cat PATH`        prints a file
@@ -52,6 +54,31 @@ pub fn run(args: &[String]) -> i32 {
             let _ = writeln!(out, "still alive");
             0
         }
+        "abort" => {
+            let _ = writeln!(out, "aborting");
+            let _ = out.flush();
+            std::process::abort()
+        }
+        "leave" => {
+            let secs: f64 = arg(1).parse().unwrap_or(0.0);
+            // SAFETY: single-threaded; the child sleeps, writes and exits.
+            match unsafe { nix::unistd::fork() } {
+                Ok(nix::unistd::ForkResult::Child) => {
+                    std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+                    let _ = writeln!(out, "{}", arg(2));
+                    let _ = out.flush();
+                    std::process::exit(0)
+                }
+                Ok(nix::unistd::ForkResult::Parent { .. }) => {
+                    let _ = writeln!(out, "left a writer");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("fork: {e}");
+                    1
+                }
+            }
+        }
         "connect" => {
             let _ = writeln!(out, "{}", connect(arg(1)));
             0
@@ -89,7 +116,7 @@ pub fn run(args: &[String]) -> i32 {
             }
         },
         other => {
-            eprintln!("unknown task command {other:?}: print, exit, sleep, fork, hog, connect, ls, cat, write");
+            eprintln!("unknown task command {other:?}: print, exit, sleep, fork, hog, abort, leave, connect, ls, cat, write");
             64
         }
     }

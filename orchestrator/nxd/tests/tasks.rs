@@ -1,5 +1,6 @@
-//! Tasks on real bubblewrap under a real systemd manager: output streams back, the exit code is
-//! nx's, the timeout kills, limits hold, the network is the task's own, and hundreds of tasks
+//! Tasks on real bubblewrap under a real systemd manager: output streams back, whole, until the
+//! last process of the sandbox ends; the exit code is nx's, a signal or the OOM killer is
+//! named, the timeout kills, limits hold, the network is the task's own, and hundreds of tasks
 //! leave no unit, cgroup, mount or file behind.
 
 use nx_testkit::{files_under, sample_app, Host};
@@ -88,15 +89,66 @@ fn the_timeout_kills_within_a_second_and_limits_hold() {
         "{report}"
     );
 
-    // A memory hog is killed at its MemoryMax; it never reports surviving.
+    // A memory hog is killed at its MemoryMax; it never reports surviving, and nx says why.
     let out = run(&host, &["--memory", "48M"], &["hog"]);
     assert_eq!(out.code, Some(128 + 9), "{}{}", out.stdout, out.stderr);
     assert!(!out.stdout.contains("still alive"));
+    assert!(
+        out.stderr.contains("was killed: out of memory"),
+        "{}",
+        out.stderr
+    );
 
     // The host still runs tasks and deployments.
     assert_eq!(run(&host, &[], &["exit", "0"]).code, Some(0));
     let id = host.push_sample("after", &[]);
     assert_eq!(host.get(&host.preview_host("after", &id), "/health").0, 200);
+}
+
+#[test]
+fn a_task_ends_with_the_last_process_of_its_sandbox_and_says_what_killed_it() {
+    let host = Host::start();
+    // The program leaves a child writing and exits at once: the child's line still arrives,
+    // and the task's code is the program's.
+    let out = run(&host, &[], &["leave", "0.5", "the last line"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "left a writer\nthe last line\n");
+    // A child that never ends keeps the task to its timeout.
+    let out = run(&host, &["--timeout", "1s"], &["leave", "60", "never"]);
+    assert_eq!(out.code, Some(124), "{}", out.stderr);
+    assert_eq!(out.stdout, "left a writer\n");
+
+    // A program killed by a signal: named in the stream and on nx's stderr.
+    let out = run(&host, &["--json"], &["abort"]);
+    assert_eq!(out.code, Some(128 + 6), "{}", out.stderr);
+    let end = exited(&out);
+    assert_eq!(
+        (&end["signal"], &end["result"], &end["exit_code"]),
+        (&6.into(), &"signal".into(), &134.into()),
+        "{end}"
+    );
+    let out = run(&host, &[], &["abort"]);
+    assert_eq!(out.code, Some(128 + 6), "{}", out.stderr);
+    assert_eq!(out.stdout, "aborting\n");
+    assert!(
+        out.stderr.contains("was killed by SIGABRT"),
+        "{}",
+        out.stderr
+    );
+    // The OOM killer at the task's memory limit is named as systemd names it, not a plain
+    // SIGKILL; an exit code of its own is not a signal.
+    let end = exited(&run(&host, &["--json", "--memory", "48M"], &["hog"]));
+    assert_eq!(
+        (&end["result"], &end["signal"]),
+        (&"oom-kill".into(), &9.into()),
+        "{end}"
+    );
+    let end = exited(&run(&host, &["--json"], &["exit", "3"]));
+    assert_eq!(
+        (&end["result"], &end["signal"], &end["exit_code"]),
+        (&"exit-code".into(), &serde_json::Value::Null, &3.into()),
+        "{end}"
+    );
 }
 
 /// Every directory below `dir` whose name contains one of `ids`.

@@ -11,6 +11,7 @@
 //! timeout is named `timeout`, as systemd names it, by the monitor that killed the program.
 
 use chrono::{DateTime, Utc};
+use nx_api::signals::signal_name;
 use nx_api::{LastExit, UnitState};
 use std::path::Path;
 
@@ -188,12 +189,6 @@ pub fn stop_timed_out(
             signal_name(stop_signal)
         ),
     }
-}
-
-fn signal_name(signal: i32) -> String {
-    nix::sys::signal::Signal::try_from(signal)
-        .map(|s| s.as_str().to_owned())
-        .unwrap_or_else(|_| format!("signal {signal}"))
 }
 
 /// Names how the program ended: its wait status (`exit_code` or `signal`, `core` when it

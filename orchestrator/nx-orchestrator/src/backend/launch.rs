@@ -21,10 +21,6 @@ use std::path::PathBuf;
 
 /// bwrap reads seccomp programs from fds SECCOMP_FIRST_FD, SECCOMP_FIRST_FD + 1, ...
 pub const SECCOMP_FIRST_FD: i32 = 10;
-/// Where a task's bubblewrap reports its end (`--json-status-fd`, bwrap(1)): the unit's
-/// standard input, a socket nxd reads, moved here by the launcher (see
-/// [`LaunchSpec::exit_report`]).
-pub const EXIT_REPORT_FD: i32 = 9;
 /// An argument replaced by the cgroup the launcher runs in (the unit's), for Podman's
 /// `--cgroup-parent`: the container's cgroups then sit under the unit's and its limits hold.
 pub const OWN_CGROUP: &str = "@nx-own-cgroup@";
@@ -65,11 +61,11 @@ pub struct LaunchSpec {
     /// Where a stop's signal goes (the unit sends it to the launcher alone).
     #[serde(default)]
     pub stop: StopForward,
-    /// A task's bubblewrap reports its end on the unit's standard input, a socket nxd reads:
-    /// the launcher moves that socket to [`EXIT_REPORT_FD`] (which `argv` names in
-    /// `--json-status-fd`; bwrap keeps it from the sandbox) and gives the program /dev/null as
-    /// its standard input. nxd then learns the program's exit code as soon as its sandbox is
-    /// gone, without waiting for systemd (see `tasks::exit_report`).
+    /// A task's: the launcher runs `argv` (bubblewrap) as its child, with /dev/null as its
+    /// standard input, waits until every process of the sandbox has ended, and then reports
+    /// how the program ended on the unit's standard input, a socket nxd reads (see
+    /// `task_end`). nxd then answers at once, without waiting for systemd to notice the end
+    /// (see `tasks::exit_report`).
     #[serde(default)]
     pub exit_report: bool,
 }

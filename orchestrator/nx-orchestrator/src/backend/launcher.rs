@@ -1,13 +1,11 @@
 //! The launcher itself (Linux only): what `nxd launch` runs, as `launch` describes.
 
-use super::launch::{
-    LaunchSpec, StopForward, EXIT_MARKER, EXIT_REPORT_FD, OWN_CGROUP, SECCOMP_FIRST_FD,
-};
+use super::launch::{LaunchSpec, StopForward, EXIT_MARKER, OWN_CGROUP, SECCOMP_FIRST_FD};
 use super::launch_times::{self, LaunchTimes};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::IntoRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -170,9 +168,8 @@ pub fn run(spec_path: &Path) -> String {
         Err(e) => return e,
     };
     if spec.exit_report {
-        if let Err(e) = report_exit_on_stdin() {
-            return e;
-        }
+        // As root, before `exec` drops to the task's uid (see `task_end`).
+        super::task_end::spare_from_oom_killer();
     }
     for (i, path) in spec.seccomp.iter().enumerate() {
         let target = SECCOMP_FIRST_FD + i as i32;
@@ -242,17 +239,6 @@ pub fn run(spec_path: &Path) -> String {
     }
 }
 
-/// Moves standard input (the socket nxd reads a task's exit report from) to
-/// [`EXIT_REPORT_FD`] and opens /dev/null as standard input instead (see
-/// `LaunchSpec::exit_report`).
-fn report_exit_on_stdin() -> Result<(), String> {
-    // dup2 clears FD_CLOEXEC on the new fd, so bwrap inherits it.
-    nix::unistd::dup2(0, EXIT_REPORT_FD).map_err(|e| format!("dup2 exit report fd: {e}"))?;
-    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-    nix::unistd::dup2(null.as_raw_fd(), 0).map_err(|e| format!("dup2 /dev/null: {e}"))?;
-    Ok(())
-}
-
 /// Sets `RLIMIT_NOFILE` to `n` (soft and hard). Raising the hard limit needs
 /// `CAP_SYS_RESOURCE`; where the unit lacks it, the limit is the hard one it has, and the
 /// returned note says so.
@@ -273,7 +259,8 @@ fn set_nofile(n: u64) -> Result<Option<String>, String> {
     }
 }
 
-/// Drops to the program's uid and execs it (or runs the VMM); returns only on failure.
+/// Drops to the program's uid and execs it (or runs the VMM, or a task's sandbox as a child);
+/// returns only on failure.
 fn exec(spec: &LaunchSpec) -> String {
     if let Some(uid) = spec.uid {
         let groups: Vec<u32> = spec.volumes.iter().map(|v| v.gid).collect();
@@ -295,6 +282,9 @@ fn exec(spec: &LaunchSpec) -> String {
     };
     if spec.console_exit {
         return supervise_vmm(program, args, &spec.env);
+    }
+    if spec.exit_report {
+        return super::task_end::run(program, args, &spec.env);
     }
     let err = std::process::Command::new(program)
         .args(args)

@@ -21,6 +21,8 @@ pub mod microvm;
 #[cfg(target_os = "linux")]
 mod monitor;
 pub mod monitor_files;
+#[cfg(target_os = "linux")]
+mod task_end;
 pub mod tmp_mount;
 #[cfg(any(feature = "container", feature = "microvm"))]
 mod unit;

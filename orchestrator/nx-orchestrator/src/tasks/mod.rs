@@ -4,7 +4,8 @@
 //!
 //! A task's unit runs `nxd launch -`, which waits for the launch spec on its stdin. A cold task
 //! starts that unit first; a warm one takes a unit the pool started ahead (see `pool`). A
-//! bubblewrap task's end is known from its sandbox's own report (see `exit_report`): its
+//! bubblewrap task ends when every process in its sandbox has ended, not only its program
+//! (so that its output is whole); its launcher reports that end (see `exit_report`): its
 //! `exited` event follows at once, and its unit is tidied away after it. A
 //! microVM task of the pool's memory takes a guest booted ahead, when one waits (`[microvm]
 //! pool_size`); any other starts its guest cold, sized as it asks.
@@ -15,12 +16,13 @@ mod request;
 mod text;
 
 use crate::api::systemd::{ActiveState, ServiceResult, SubState};
-use crate::api::{TaskEvent, TaskOutcome, UnitState};
+use crate::api::{LastExit, TaskEvent, TaskOutcome, UnitState};
 use crate::backend::{BackendError, Program, SandboxBackend, TaskLaunch};
 use crate::config::TasksConfig;
 use crate::domain::BackendKind;
 use crate::metrics::StepDurations;
 use crate::supervisor::{Supervisor, SupervisorError};
+use nx_api::signals::signal_of_exit_code;
 use pool::{BootAhead, Pool, PoolBounds, Slot, TaskUnit};
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -333,7 +335,7 @@ struct Watcher {
     backend: Arc<dyn SandboxBackend>,
 }
 
-/// Forwards one of the task's streams until its EOF, or, once `exited` holds an exit code,
+/// Forwards one of the task's streams until its EOF, or, once `exited` holds the task's end,
 /// until it has nothing more to read (the sandbox is gone: nothing writes to it any more);
 /// false when nobody listens any more. The first byte read from either stream sets `first`.
 async fn forward(
@@ -341,7 +343,7 @@ async fn forward(
     events: &mpsc::Sender<TaskEvent>,
     first: &OnceLock<Instant>,
     wrap: fn(String) -> TaskEvent,
-    mut exited: watch::Receiver<Option<i32>>,
+    mut exited: watch::Receiver<Option<LastExit>>,
 ) -> bool {
     let mut text = text::Utf8Chunks::default();
     let mut buf = vec![0u8; 64 * 1024];
@@ -397,8 +399,8 @@ impl Watcher {
         let output = async {
             let read_report = async {
                 if started.reports {
-                    if let Some(code) = exit_report::exit_code(&mut output.report).await {
-                        report.send_replace(Some(code));
+                    if let Some(end) = exit_report::read(&mut output.report).await {
+                        report.send_replace(Some(end));
                     }
                 }
             };
@@ -430,10 +432,10 @@ impl Watcher {
             steps.lap_at("first_output", *at);
         }
         steps.lap("output_end");
-        let reported = *exited.borrow();
-        if let (Some(code), false, false) = (reported, timed_out, abandoned) {
+        let reported = exited.borrow().clone();
+        if let (Some(end), false, false) = (reported, timed_out, abandoned) {
             steps.lap("exit");
-            let outcome = reported_outcome(code, started.at.elapsed());
+            let outcome = reported_outcome(end, started.at.elapsed());
             steps.finish();
             tracing::info!(?outcome, "task ended");
             let _ = events.send(TaskEvent::Exited(outcome)).await;
@@ -503,18 +505,13 @@ impl Watcher {
     }
 }
 
-/// The task's end from its sandbox's report: bwrap's exit code (128 + the signal when one
-/// killed the program), with the result systemd will give the unit.
-fn reported_outcome(code: i32, elapsed: Duration) -> TaskOutcome {
+/// The task's end from its launcher's report (see `exit_report`).
+fn reported_outcome(end: LastExit, elapsed: Duration) -> TaskOutcome {
     TaskOutcome {
-        exit_code: Some(code),
-        signal: None,
+        exit_code: end.exit_code,
+        signal: end.signal,
         timed_out: false,
-        result: if code == 0 {
-            ServiceResult::Success
-        } else {
-            ServiceResult::ExitCode
-        },
+        result: end.result.into(),
         duration_ms: elapsed.as_millis() as u64,
     }
 }
@@ -532,15 +529,24 @@ fn outcome(
             let exited = s.exit_code == 1;
             let unloaded_after_success =
                 s.active == ActiveState::Inactive && s.result == ServiceResult::Success;
+            // A sandbox (bubblewrap, Podman, a guest's init) exits 128 + N when signal N
+            // killed its program: systemd sees an exit code.
+            let signal = match exited {
+                true => signal_of_exit_code(s.exit_status),
+                false => (s.exit_code != 0).then_some(s.exit_status),
+            };
             TaskOutcome {
                 exit_code: if unloaded_after_success {
                     Some(0)
                 } else {
                     exited.then_some(s.exit_status)
                 },
-                signal: (!exited && s.exit_code != 0).then_some(s.exit_status),
+                signal,
                 timed_out,
-                result: s.result.clone(),
+                result: match (&s.result, signal) {
+                    (ServiceResult::ExitCode, Some(_)) => ServiceResult::Signal,
+                    (result, _) => result.clone(),
+                },
                 duration_ms,
             }
         }

@@ -16,7 +16,7 @@ use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
 use crate::artifact::verify::Linkage;
-use crate::backend::launch::{LaunchSpec, StopForward, EXIT_REPORT_FD};
+use crate::backend::launch::{LaunchSpec, StopForward};
 use crate::domain::{BackendKind, Deployment, Runtime};
 use crate::supervisor::Supervisor;
 use bwrap::{Sandbox, VolumeBind};
@@ -149,6 +149,7 @@ impl SandboxBackend for ContainerBackend {
                     tmp_bytes: limits.tmp_mb << 20,
                     identity: Some(&identity),
                     volumes: &binds,
+                    until_empty: false,
                 }),
                 env: spec.env.clone(),
                 seccomp: self.seccomp.clone(),
@@ -223,20 +224,15 @@ impl SandboxBackend for ContainerBackend {
     #[tracing::instrument(skip_all, fields(task = %task.id))]
     async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError> {
         Ok(match &task.program {
-            Program::Binary { .. } | Program::Bundle { .. } => {
-                let mut argv = task_command(&task.program, &task.args, task.limits.tmp_mb << 20);
-                let report = ["--json-status-fd".to_owned(), EXIT_REPORT_FD.to_string()];
-                argv.splice(1..1, report);
-                LaunchSpec {
-                    argv,
-                    env: task.env.clone(),
-                    seccomp: self.seccomp.clone(),
-                    uid: Some(task.uid),
-                    nofile: Some(task.limits.nofile),
-                    exit_report: true,
-                    ..LaunchSpec::default()
-                }
-            }
+            Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
+                argv: task_command(&task.program, &task.args, task.limits.tmp_mb << 20),
+                env: task.env.clone(),
+                seccomp: self.seccomp.clone(),
+                uid: Some(task.uid),
+                nofile: Some(task.limits.nofile),
+                exit_report: true,
+                ..LaunchSpec::default()
+            },
             Program::Image { archive, image_id } => {
                 self.podman.load(archive, image_id).await?;
                 let mut env = self.podman.env();
@@ -304,8 +300,9 @@ const TASK_HOSTNAME: &str = "task";
 
 /// The bubblewrap command line (`bwrap` and its arguments) of a task that runs `program` (a
 /// binary or a bundle; an image panics: it runs under Podman) with `args` and a `/tmp` of
-/// `tmp_bytes`: what a task's launcher execs, with the seccomp programs on fds 10 and up
-/// (`seccomp::write_programs`). nx-bench runs the same command bare, as the floor of tasks.
+/// `tmp_bytes`: what a task's launcher runs (see `task_end`), with the seccomp programs on fds
+/// 10 and up (`seccomp::write_programs`); the sandbox lasts until every process in it has
+/// ended. nx-bench runs the same command bare, as the floor of tasks.
 pub fn task_command(program: &Program, args: &[String], tmp_bytes: u64) -> Vec<String> {
     let (app, linkage) = bwrap_app(program);
     bwrap::command(&Sandbox {
@@ -319,6 +316,7 @@ pub fn task_command(program: &Program, args: &[String], tmp_bytes: u64) -> Vec<S
         tmp_bytes,
         identity: None,
         volumes: &[],
+        until_empty: true,
     })
 }
 

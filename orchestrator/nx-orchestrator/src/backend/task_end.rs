@@ -1,0 +1,89 @@
+//! A task's end, as its launcher reports it (`LaunchSpec::exit_report`). The launcher runs the
+//! task's bubblewrap as its child, as a child subreaper (prctl(2) `PR_SET_CHILD_SUBREAPER`):
+//! bubblewrap exits as soon as the program has (with its exit code, or 128 + N when signal N
+//! killed it), and the sandbox's init (its pid 1, bubblewrap's own) then becomes the
+//! launcher's child and ends once every process of the sandbox has. Only when no child is
+//! left, so that nothing can write to the task's output any more, does the launcher write how
+//! the program ended on its standard input, the socket nxd reads (`tasks::exit_report`): one
+//! line of JSON, a [`LastExit`] named as a deployment's end is (`exit::classify`: the cgroup's
+//! OOM-kill count tells an `oom-kill` from a plain SIGKILL, on cgroup v1 as on v2). Then it
+//! exits as bubblewrap did, so that systemd sees the unit end as before.
+
+use super::exit::{classify, CgroupCounters, CgroupLimits};
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use nx_api::signals::signal_of_exit_code;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::os::unix::process::CommandExt;
+
+/// Makes the kernel's OOM killer pass over this process (the launcher, which waits in the
+/// task's cgroup), so that at the cgroup's `MemoryMax` it kills the program; the sandbox gets
+/// the default back (see [`run`]). Needs root: call it before dropping to the task's uid.
+pub fn spare_from_oom_killer() {
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+}
+
+/// Runs the task's sandbox, `program args` (bubblewrap) with `env` and /dev/null as its
+/// standard input, waits until it and every process it left have ended, reports the end on
+/// standard input (see the module's docs) and exits as bubblewrap did. Returns only on failure,
+/// with the reason.
+pub fn run(program: &str, args: &[String], env: &BTreeMap<String, String>) -> String {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        return format!("prctl(PR_SET_CHILD_SUBREAPER): {e}");
+    }
+    let before = CgroupCounters::read();
+    let mut command = std::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stdin(std::process::Stdio::null());
+    // SAFETY: the launcher is single-threaded; the child only writes a file before it execs.
+    unsafe {
+        command.pre_exec(|| {
+            let _ = std::fs::write("/proc/self/oom_score_adj", "0");
+            Ok(())
+        });
+    }
+    let sandbox = match command.spawn() {
+        Ok(child) => Pid::from_raw(child.id() as i32),
+        Err(e) => return format!("cannot run {program}: {e}"),
+    };
+    let code = match wait_for_all(sandbox) {
+        Some(WaitStatus::Exited(_, code)) => code,
+        Some(WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
+        _ => return format!("lost {program}'s exit status"),
+    };
+    let end = classify(
+        Some(code),
+        signal_of_exit_code(code),
+        false,
+        before,
+        CgroupCounters::read(),
+        CgroupLimits::read(),
+        chrono::Utc::now(),
+    );
+    let mut line = serde_json::to_vec(&end).expect("a LastExit is plain data");
+    line.push(b'\n');
+    // SAFETY: fd 0 is the unit's standard input, which nothing else in this process uses now;
+    // ManuallyDrop leaves it open (the process exits right after).
+    let mut report = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+    // Nobody may read it any more (nxd gave up on the task): the exit code still tells systemd.
+    let _ = report.write_all(&line);
+    std::process::exit(code)
+}
+
+/// Reaps children until none is left; the wait status of `sandbox`, once it was reaped.
+fn wait_for_all(sandbox: Pid) -> Option<WaitStatus> {
+    let mut status = None;
+    loop {
+        match waitpid(None, None) {
+            Ok(s) if s.pid() == Some(sandbox) => status = Some(s),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return status,
+        }
+    }
+}
