@@ -123,6 +123,7 @@ in
       maxBodyMb = mkOption { type = types.ints.positive; default = defaults.router.maxBodyMb; description = "Largest request body in MiB (413 beyond)."; };
       maxConnections = mkOption { type = types.ints.positive; default = defaults.router.maxConnections; description = "Open client connections beyond this are closed as soon as they are accepted; open ones keep working."; };
       accessLogSample = mkOption { type = types.numbers.between 0 1; default = defaults.router.accessLogSample; description = "Share of requests written to the access log; responses of 500 and up are always logged."; };
+      logMaxMb = mkOption { type = types.ints.positive; default = defaults.router.logMaxMb; description = "The most the router's log (<stateDir>/router/router.log and its rotated files together) holds, in MiB; it rotates like a deployment's log, at logMaxMb / (logs.keep + 1)."; };
     };
     network = {
       subnet = mkOption { type = types.str; default = defaults.network.subnet; description = "IPv4 network (a /20 or larger) of the deployments' addresses, each deployment in a network namespace of its own: the first address is the gateway on the host (nx0), the lower half holds deployments pushed with --egress none, the upper half those with --egress public. Must not overlap a network the host uses."; };
@@ -159,7 +160,7 @@ in
       maxMb = mkOption { type = types.ints.positive; default = defaults.bundles.maxMb; description = "The most a bundle (nx push ./dir or app.tar.gz) may hold, all files together and the largest one, MiB."; };
       maxFiles = mkOption { type = types.ints.positive; default = defaults.bundles.maxFiles; description = "Files and links in one bundle."; };
     };
-    logs.keep = mkOption { type = types.ints.unsigned; default = defaults.logs.keep; description = "Rotated log files kept per deployment beside output.log (each rotates at limits.logMaxMb / (keep + 1)); 0: emptied when full."; };
+    logs.keep = mkOption { type = types.ints.unsigned; default = defaults.logs.keep; description = "Rotated log files kept per deployment beside output.log, and by the router beside router.log (each rotates at limits.logMaxMb, or router.logMaxMb, / (keep + 1)); 0: emptied when full."; };
     sftp = {
       listen = mkOption { type = types.nullOr types.str; default = defaults.sftp.listen; example = "0.0.0.0:2222"; description = "Where the SFTP upload server listens (the SSH user is the sandbox's name; keys from `nx keys add`). Null: no SFTP server."; };
       maxUploadMb = mkOption { type = types.ints.positive; default = defaults.sftp.maxUploadMb; description = "The largest SFTP upload, MiB; a larger one is refused while it arrives."; };

@@ -86,6 +86,7 @@ withoutNulls {
     max_body_mb = cfg.router.maxBodyMb;
     max_connections = cfg.router.maxConnections;
     access_log_sample = cfg.router.accessLogSample;
+    log_max_mb = cfg.router.logMaxMb;
   };
   sftp = withoutNulls {
     inherit (cfg.sftp) listen;

@@ -90,6 +90,7 @@
     maxBodyMb = 1024;
     maxConnections = 16384;
     accessLogSample = 1.0;
+    logMaxMb = 100;
   };
   sftp = {
     listen = null;

@@ -84,7 +84,8 @@ impl Default for SftpConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogsConfig {
-    /// Rotated files kept beside `output.log`; each file rotates at `log_max_mb / (keep + 1)`.
+    /// Rotated files kept beside `output.log` (and the router's `router.log`); each file rotates
+    /// at `log_max_mb / (keep + 1)`.
     /// 0: `output.log` is emptied when full.
     pub keep: u32,
 }

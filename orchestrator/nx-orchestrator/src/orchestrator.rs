@@ -152,7 +152,7 @@ impl Orchestrator {
         let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
         let bundles = BundleStore::open(state_dir, config.bundles.limits())?;
         let installed = crate::launcher_install::install(state_dir)?;
-        let launcher = installed.launcher;
+        let launcher = installed.launcher.clone();
         let data_templates = Arc::new(
             DataTemplates::new(state_dir.join("data-templates"))
                 .map_err(Error::io("creating the data templates' directory"))?,
@@ -166,8 +166,9 @@ impl Orchestrator {
         .await?;
         let router = router::unit::ensure_running(
             &supervisor,
-            &installed.router,
+            &installed,
             &router::settings(&config),
+            config.logs.keep,
         )
         .await?;
         let certificates = config

@@ -59,8 +59,9 @@ impl Orchestrator {
         let installed = crate::launcher_install::install(&self.config.state_dir)?;
         router::unit::ensure_running(
             &self.supervisor,
-            &installed.router,
+            &installed,
             &router::settings(&self.config),
+            self.config.logs.keep,
         )
         .await?;
         self.tasks.refill_pool();

@@ -33,6 +33,11 @@ pub struct RouterConfig {
     /// The share of requests written to the access log, 0.0 to 1.0; responses of 500 and up
     /// are always logged.
     pub access_log_sample: f64,
+    /// The most the router's log (`<state_dir>/router/router.log` and its rotated files
+    /// together) holds, in MiB: it rotates like a deployment's log, at
+    /// `log_max_mb / ([logs] keep + 1)`. Read by nxd for the router's unit (its log writer),
+    /// not by the proxy.
+    pub log_max_mb: u64,
 }
 
 impl Default for RouterConfig {
@@ -46,12 +51,13 @@ impl Default for RouterConfig {
             max_body_mb: 1024,
             max_connections: 16384,
             access_log_sample: 1.0,
+            log_max_mb: 100,
         }
     }
 }
 
 impl RouterConfig {
-    /// Refuses zero timeouts and a sample share outside 0..=1.
+    /// Refuses zero timeouts, limits and log size, and a sample share outside 0..=1.
     pub fn validate(&self) -> Result<(), String> {
         let timeouts = [
             ("head_timeout_secs", self.head_timeout_secs),
@@ -65,8 +71,11 @@ impl RouterConfig {
         if let Some((name, _)) = timeouts.iter().find(|(_, v)| *v == 0) {
             return Err(format!("router.{name} must be at least 1"));
         }
-        if self.max_connections == 0 || self.max_body_mb == 0 {
-            return Err("router.max_connections and router.max_body_mb must be at least 1".into());
+        if self.max_connections == 0 || self.max_body_mb == 0 || self.log_max_mb == 0 {
+            return Err(
+                "router.max_connections, router.max_body_mb and router.log_max_mb must be at least 1"
+                    .into(),
+            );
         }
         if !(0.0..=1.0).contains(&self.access_log_sample) {
             return Err(format!(

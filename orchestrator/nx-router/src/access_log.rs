@@ -1,5 +1,6 @@
 //! The router's log output: every line (tracing's events and the access log) goes to stdout
-//! (the unit's log file) through one [`LogBuffer`], and the access log's line per request is
+//! (under nxd, a pipe to the unit's log writer, which stamps, caps and rotates `router.log`)
+//! through one [`LogBuffer`], and the access log's line per request is
 //! formatted here ([`Entry`]), not by tracing's formatter.
 //!
 //! Why by hand: tracing-subscriber's `fmt` layer took 4.4% of the router's CPU under wrk, about
@@ -189,6 +190,8 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// An access log that writes its lines into `buffer` (the router's one [`LogBuffer`]) and
+    /// keeps `sample` (`router.access_log_sample`, 0.0 to 1.0) of the requests below 500.
     pub fn new(buffer: LogBuffer, sample: f64) -> Self {
         Self { buffer, sample }
     }

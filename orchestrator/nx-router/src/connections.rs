@@ -13,7 +13,10 @@
 //! TLS and never finishes is closed. A finished TLS-ALPN-01 validation handshake (RFC 8737,
 //! ALPN `acme-tls/1`) is closed at once; any other goes to Pingora's HTTP handling (h2 or
 //! HTTP/1.1 by ALPN; its per-read timeouts apply to TLS request heads).
+//!
+//! Its lines about single connections are rate-limited (`log_budget::CONNECTIONS`).
 
+use crate::log_budget::CONNECTIONS;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
@@ -95,21 +98,27 @@ impl<A> Connections<A> {
                 if matches!(tls.selected_alpn_proto(),
                     Some(ALPN::Custom(p)) if p.protocol() == crate::tls::ACME_TLS_ALPN)
                 {
-                    tracing::info!(?peer, "ACME TLS-ALPN-01 validation handshake answered");
+                    if CONNECTIONS.allow() {
+                        tracing::info!(?peer, "ACME TLS-ALPN-01 validation handshake answered");
+                    }
                     return None;
                 }
                 Some(Box::new(tls))
             }
             Ok(Err(e)) => {
-                tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                if CONNECTIONS.allow() {
+                    tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                }
                 None
             }
             Err(_) => {
-                tracing::info!(
-                    ?peer,
-                    secs = self.head_timeout.as_secs(),
-                    "TLS handshake not complete within router.head_timeout_secs: closed"
-                );
+                if CONNECTIONS.allow() {
+                    tracing::info!(
+                        ?peer,
+                        secs = self.head_timeout.as_secs(),
+                        "TLS handshake not complete within router.head_timeout_secs: closed"
+                    );
+                }
                 None
             }
         }
@@ -164,12 +173,14 @@ impl<A> Connections<A> {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return Head::Gone,
                 Err(_) => {
-                    tracing::info!(
-                        peer = ?stream.get_socket_digest().and_then(|d| d.peer_addr().cloned()),
-                        bytes = head.len(),
-                        secs = self.head_timeout.as_secs(),
-                        "request head not complete within router.head_timeout_secs: closed"
-                    );
+                    if CONNECTIONS.allow() {
+                        tracing::info!(
+                            peer = ?stream.get_socket_digest().and_then(|d| d.peer_addr().cloned()),
+                            bytes = head.len(),
+                            secs = self.head_timeout.as_secs(),
+                            "request head not complete within router.head_timeout_secs: closed"
+                        );
+                    }
                     return Head::Gone;
                 }
             }
@@ -188,10 +199,12 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let Some(_slot) = self.slot() else {
-            tracing::warn!(
-                max = self.max,
-                "router.max_connections reached: connection refused"
-            );
+            if CONNECTIONS.allow() {
+                tracing::warn!(
+                    max = self.max,
+                    "router.max_connections reached: connection refused"
+                );
+            }
             return None;
         };
         if let Some(acceptor) = &self.tls {

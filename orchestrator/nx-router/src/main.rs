@@ -10,6 +10,7 @@ mod access_log;
 mod connections;
 mod control;
 mod headers;
+mod log_budget;
 mod metrics;
 mod proxy;
 mod table;
@@ -54,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("{} is not router settings", args.settings.display()))?;
     settings.config.validate().map_err(anyhow::Error::msg)?;
     raise_open_files_limit();
+    log_budget::report_suppressed().context("starting the log budget's thread")?;
 
     let table = Arc::new(table::Table::load(&settings.table_file())?);
     let certs = match &settings.tls {

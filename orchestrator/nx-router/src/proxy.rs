@@ -10,6 +10,7 @@
 
 use crate::access_log::{AccessLog, Entry};
 use crate::headers::{forwarding, hop_by_hop};
+use crate::log_budget::UNROUTED;
 use crate::metrics::{Finished, RouterMetrics};
 use crate::table::Table;
 use crate::tls::{Answer, HttpSide};
@@ -56,16 +57,22 @@ pub struct Ctx {
 /// What the router keeps of the deployments it serves: their traffic and their wakes.
 #[derive(Clone)]
 pub struct Deployments {
+    /// Requests under way and bytes sent, per deployment (nxd reads them for idle upkeep).
     pub traffic: Arc<TrafficLog>,
+    /// Starts an idle deployment through nxd's wake socket.
     pub waker: Arc<Waker>,
 }
 
 /// What the proxies of all listeners share.
 #[derive(Clone)]
 pub struct Shared {
+    /// The route table nxd sends (swapped whole on each `PUT /v1/routes`).
     pub table: Arc<Table>,
+    /// The counters `GET /metrics` on the control socket serves.
     pub metrics: Arc<RouterMetrics>,
+    /// Each deployment's traffic (for nxd's idle upkeep) and wakes (scale to zero).
     pub deployments: Deployments,
+    /// Where each finished request's line goes (see `access_log`).
     pub access_log: Arc<AccessLog>,
 }
 
@@ -388,7 +395,8 @@ impl ProxyHttp for NxProxy {
             bytes_received: ctx.body_bytes,
             bytes_sent: session.body_bytes_sent() as u64,
         });
-        if !self.access_log.wants(status) {
+        // Requests no route answers are anyone's to send: rate-limited (see `log_budget`).
+        if !self.access_log.wants(status) || (ctx.route.is_none() && !UNROUTED.allow()) {
             return;
         }
         let req = session.req_header();

@@ -1,7 +1,8 @@
 //! The router as a unit of its own, beside nxd: production keeps answering while nxd restarts
 //! under load, and neither the API nor the router stops serving under 1,100 idle connections
 //! each when nxd starts at systemd's default soft limit of 1,024 open files; a router that
-//! listens below port 1024 gets `CAP_NET_BIND_SERVICE` as an ambient capability.
+//! listens below port 1024 gets `CAP_NET_BIND_SERVICE` as an ambient capability; its log stays
+//! within `router.log_max_mb` under a flood of requests.
 
 use nx_testkit::Host;
 use std::net::TcpStream;
@@ -140,4 +141,124 @@ fn a_router_on_port_443_runs_with_cap_net_bind_service_and_one_on_high_ports_wit
         .is_ok());
     let plain = Host::start();
     assert_eq!(router_ambient_capabilities(&plain), 0);
+}
+
+/// Every file of the router's log (`router.log`, `router.log.1`, ...): (name, bytes).
+fn router_log_files(host: &Host) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(host.path("router"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("router.log"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, e.metadata().unwrap().len())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The text of all of the router's log files.
+fn router_log_text(host: &Host) -> String {
+    router_log_files(host)
+        .iter()
+        .map(|(name, _)| std::fs::read_to_string(host.path(&format!("router/{name}"))).unwrap())
+        .collect()
+}
+
+/// Sends `n` GETs of `path` with `Host: host` through the router from four keep-alive clients;
+/// returns the statuses seen.
+fn flood(host: &Host, host_header: &str, path: &str, n: usize) -> Vec<u16> {
+    let router = host.router;
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (host_header, path) = (host_header.to_owned(), path.to_owned());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .unwrap();
+                (0..n / 4)
+                    .map(|_| {
+                        client
+                            .get(format!("http://{router}{path}"))
+                            .header("host", &host_header)
+                            .send()
+                            .map_or(0, |r| r.status().as_u16())
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
+/// Attacker s7 F5: requests anyone can send (60 KB paths to unknown hosts) filled the disk
+/// through router.log at ~34 MB/s. Now the log is the deployments' rotated log, bounded by
+/// `router.log_max_mb`; unknown hosts' lines are rate-limited; a real request's line is kept.
+#[test]
+fn a_flood_of_long_requests_keeps_router_log_within_its_bound_and_a_real_requests_line() {
+    const BOUND: u64 = 1 << 20;
+    let host = Host::start_with("[logs]\nkeep = 2\n\n[router]\nlog_max_mb = 1\n");
+    let id = host.push_sample("flood", &[]);
+    let preview = host.preview_host("flood", &id);
+    let long = format!("/{}", "a".repeat(60_000));
+
+    // 2,000 unknown-host 404s of 60 KB each: 120 MB of request heads.
+    let started = Instant::now();
+    let statuses = flood(&host, "nobody.nx.test", &long, 2000);
+    let secs = started.elapsed().as_secs_f64();
+    assert!(statuses.iter().all(|&s| s == 404), "{statuses:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let unrouted = router_log_text(&host)
+        .lines()
+        .filter(|l| l.contains("host=nobody.nx.test"))
+        .count();
+    eprintln!(
+        "2,000 unknown-host requests in {secs:.1} s: {unrouted} access lines, log {:?}",
+        router_log_files(&host)
+    );
+    // A burst of 100, then 10 a second (log_budget), and some slack for timing.
+    assert!(
+        unrouted as f64 <= 100.0 + 10.0 * (secs + 2.0),
+        "{unrouted} lines for 2,000 unknown-host requests in {secs:.1} s"
+    );
+    // The lines left out are counted in the log (every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !router_log_text(&host).contains("were left out of the log") {
+        assert!(
+            Instant::now() < deadline,
+            "no count of the lines left out:\n{}",
+            router_log_text(&host)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 3,000 routed requests with long paths (each line cut at 512 B a value): ~2.5 MB of lines,
+    // more than the bound holds, so the log rotates.
+    let statuses = flood(&host, &preview, &long, 3000);
+    assert!(statuses.iter().all(|&s| s > 0), "{statuses:?}");
+    let (status, _) = host.get(&preview, "/health?after-the-flood");
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !router_log_text(&host).contains("path=/health ") {
+        assert!(
+            Instant::now() < deadline,
+            "no access line for the request after the flood; log files {:?}",
+            router_log_files(&host)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let files = router_log_files(&host);
+    let total: u64 = files.iter().map(|(_, n)| n).sum();
+    eprintln!("after 3,000 routed requests: {files:?}, {total} bytes");
+    assert!(
+        total <= BOUND,
+        "router.log files hold {total} bytes: {files:?}"
+    );
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["router.log", "router.log.1", "router.log.2"]);
 }

@@ -1,15 +1,34 @@
 //! The router's systemd unit, `nx-router.service`: started over D-Bus like a deployment's, so
 //! it outlives nxd. nxd adopts a running router whose settings are unchanged (no dropped
 //! connection across an nxd restart) and restarts one whose settings changed.
+//!
+//! Like a deployment's unit, it runs the launcher (`nxd-launcher launch <dir>/launch.json`),
+//! whose monitor forks `nx-router` with its stdout and stderr on pipes and writes them through
+//! the deployments' log writer (`logs::writer`): stamped records in `<dir>/router.log`, rotated
+//! at `router.log_max_mb / ([logs] keep + 1)` into `router.log.1` .. `router.log.<keep>`, lines
+//! dropped and counted rather than the router held up when the disk cannot keep up, and how
+//! the router ended written last (also to `<dir>/last-exit.json`).
 
 use super::{RouterClient, RouterSettings};
+use crate::backend::launch::{LaunchSpec, MonitorSpec, StopForward};
+use crate::launcher_install::Installed;
+use crate::logs::LogFiles;
 use crate::supervisor::{SliceKind, Supervisor, SupervisorError, UnitOutput, UnitSpec};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const UNIT: &str = "nx-router.service";
 /// How long a new router may take to listen.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a stop waits for the router to end after its SIGTERM: Pingora's grace period for
+/// open requests (5 s) and its shutdown (1 s, see nx-router's `main`), and some slack; then
+/// systemd kills what is left.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The router's log, `<dir>/router.log` (rotated ones beside it: `router.log.1`, ...).
+pub fn log_file(settings: &RouterSettings) -> PathBuf {
+    settings.dir.join("router.log")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterUnitError {
@@ -27,23 +46,60 @@ pub enum RouterUnitError {
     },
 }
 
-/// Makes sure `nx-router.service` runs `program` with `settings`; answers its control client.
+/// What the router's launcher runs: `nx-router --settings <file>` (`installed.router`) under
+/// the monitor, its output in [`log_file`], capped at `settings.config.log_max_mb` MiB with
+/// `log_keep` rotated files; a stop's SIGTERM passed on to the router.
+fn launch_spec(installed: &Installed, settings: &RouterSettings, log_keep: u32) -> LaunchSpec {
+    LaunchSpec {
+        argv: vec![
+            installed.router.display().to_string(),
+            "--settings".into(),
+            RouterSettings::file(&settings.dir).display().to_string(),
+        ],
+        monitor: Some(MonitorSpec {
+            log: LogFiles {
+                path: log_file(settings),
+                max_bytes: settings.config.log_max_mb << 20,
+                keep: log_keep,
+            },
+            dir: settings.dir.clone(),
+        }),
+        stop: StopForward::Child,
+        ..LaunchSpec::default()
+    }
+}
+
+/// Makes sure `nx-router.service` runs the installed `nx-router` with `settings`, its log kept
+/// as [`launch_spec`] says; answers its control client. A running router is adopted when its
+/// settings file and launch spec are those wanted, else restarted.
 #[tracing::instrument(skip_all, fields(listen = %settings.listen))]
 pub async fn ensure_running(
     supervisor: &Supervisor,
-    program: &Path,
+    installed: &Installed,
     settings: &RouterSettings,
+    log_keep: u32,
 ) -> Result<RouterClient, RouterUnitError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| RouterUnitError::Io { path, source }
     };
     std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
-    let file = RouterSettings::file(&settings.dir);
-    let wanted = serde_json::to_string_pretty(settings).expect("settings serialize");
-    let current = std::fs::read_to_string(&file).ok();
+    let files = [
+        (
+            RouterSettings::file(&settings.dir),
+            serde_json::to_string_pretty(settings).expect("settings serialize"),
+        ),
+        (
+            settings.dir.join("launch.json"),
+            serde_json::to_string_pretty(&launch_spec(installed, settings, log_keep))
+                .expect("launch spec serializes"),
+        ),
+    ];
+    let unchanged = files
+        .iter()
+        .all(|(file, wanted)| std::fs::read_to_string(file).ok().as_ref() == Some(wanted));
     let active = supervisor.state(UNIT).await?.active == crate::api::systemd::ActiveState::Active;
-    if active && current.as_deref() == Some(wanted.as_str()) {
+    if active && unchanged {
         tracing::info!("router adopted: it kept serving while nxd was away");
         return Ok(RouterClient::new(&settings.control_socket()));
     }
@@ -51,27 +107,31 @@ pub async fn ensure_running(
         tracing::warn!("router settings changed: restarting the router");
         supervisor.stop(UNIT).await?;
     }
-    let tmp = file.with_extension("json.tmp");
-    std::fs::write(&tmp, &wanted).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &file).map_err(io(&file))?;
+    for (file, wanted) in &files {
+        let tmp = file.with_extension("json.tmp");
+        std::fs::write(&tmp, wanted).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, file).map_err(io(file))?;
+    }
     supervisor
         .start(&UnitSpec {
             name: UNIT.into(),
             description: "NX router (reverse proxy of preview and production URLs)".into(),
             argv: vec![
-                program.display().to_string(),
-                "--settings".into(),
-                file.display().to_string(),
+                installed.launcher.display().to_string(),
+                "launch".into(),
+                files[1].0.display().to_string(),
             ],
             // As nxd's own user (root here, `nx` on NixOS): the control socket is that user's.
             user: (!nix::unistd::geteuid().is_root())
                 .then(|| nix::unistd::geteuid().as_raw().to_string()),
             limits: None,
-            output: UnitOutput::File(settings.dir.join("router.log")),
+            // Only what the launcher says before its monitor starts; the router's own output
+            // goes through the monitor's log writer into the same file.
+            output: UnitOutput::File(log_file(settings)),
             restart_delay: Some(Duration::from_secs(1)),
             slice: SliceKind::Control,
             remain_after_exit: false,
-            graceful_stop: None,
+            graceful_stop: Some(STOP_TIMEOUT),
             ambient_capabilities: if binds_privileged_port(settings) {
                 1 << CAP_NET_BIND_SERVICE
             } else {
@@ -113,7 +173,7 @@ async fn wait_listening(settings: &RouterSettings) -> Result<(), RouterUnitError
         if tokio::time::Instant::now() >= deadline {
             return Err(RouterUnitError::NotListening {
                 listen: settings.listen,
-                log: settings.dir.join("router.log"),
+                log: log_file(settings),
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
