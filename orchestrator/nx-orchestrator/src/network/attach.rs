@@ -51,7 +51,7 @@
 //! addr_gen_mode, ip_unprivileged_port_start, neigh retrans_time_ms) of the kernel's documentation,
 //! network_namespaces(7), RFC 4862 §5.4 (duplicate address detection).
 
-use super::{Attachment, NetworkError, GATEWAY6, LINK_PREFIX};
+use super::{Attachment, NetworkError, GATEWAY6};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
@@ -133,9 +133,7 @@ pub(crate) async fn delete_link(handle: &Handle, name: &str) -> Result<(), Netwo
 async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
     let host_ns = own_namespace()?;
     let host = connect()?;
-    let id = a.link.strip_prefix(LINK_PREFIX).unwrap_or(&a.link);
     delete_link(&host, &a.link).await?;
-    delete_link(&host, &format!("nxp{id}")).await?;
 
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Io {
         what: "unshare(CLONE_NEWNET)".into(),

@@ -95,8 +95,7 @@ impl HostNetwork {
         &self.resolv_conf
     }
 
-    /// Names of the host-side links of deployments (`nx-<id>`, and `nxp<id>` peers a failed
-    /// start left).
+    /// Names of the host-side links of deployments (`nx-<id>`).
     pub async fn links(&self) -> Result<Vec<String>, NetworkError> {
         let mut names = Vec::new();
         let mut links = self.handle.link().get().execute();
@@ -183,9 +182,7 @@ fn ipv6_forwarding() -> bool {
 
 /// The deployment id of a host-side link name.
 fn deployment_of(link: &str) -> Option<&str> {
-    link.strip_prefix(LINK_PREFIX)
-        .or_else(|| link.strip_prefix("nxp"))
-        .filter(|id| !id.is_empty())
+    link.strip_prefix(LINK_PREFIX).filter(|id| !id.is_empty())
 }
 
 /// `nx0`: a bridge with no ports, up, holding the gateway address.
@@ -269,7 +266,6 @@ mod tests {
     #[test]
     fn link_names_map_to_deployments() {
         assert_eq!(super::deployment_of("nx-d1234567"), Some("d1234567"));
-        assert_eq!(super::deployment_of("nxpd1234567"), Some("d1234567"));
         assert_eq!(super::deployment_of("nx0"), None);
         assert_eq!(super::deployment_of("eth0"), None);
     }
