@@ -30,6 +30,7 @@ memory figures are then not comparable, the trace buffers count): the kernel's k
 vmalloc tracepoints, allocations made by ip, python3, sh, kworkers and softirqs (frees by
 anyone), live bytes by call site per deployment and step: exact shares, blind to others' work
 on the machine, though the sum runs above the meminfo delta (batched frees are not all traced).
+Its tracing instance (256 MiB of buffer a CPU) is removed when the script ends.
 
 Usage: attribute-pair.py v6|v4 [N [ROUNDS [trace] [levels=ns,pair,...]]]
   v6: the throwaway host has IPv6 and forwarding (deployments get IPv6, as nxd gives them);
@@ -312,6 +313,20 @@ def main():
     deployments = Deployments(n, mode == 'v6')
     host_setup(deployments.ipv6)
     kib, slabs, traced = collections.defaultdict(list), {}, {}
+    try:
+        measure(deployments, mode, n, rounds, trace, levels, kib, slabs, traced)
+    finally:
+        if os.path.isdir(TRACEFS):
+            # The instance's buffers (256 MiB a CPU) stay allocated until it is removed.
+            write(f'{TRACEFS}/tracing_on', '0')
+            for event in ALLOCS + FREES:
+                write(f'{TRACEFS}/events/{event}/enable', '0')
+            os.rmdir(TRACEFS)
+    report(mode, n, rounds, levels, kib, slabs, traced)
+
+
+def measure(deployments, mode, n, rounds, trace, levels, kib, slabs, traced):
+    """Builds, measures and removes every level `rounds` times; fills kib, slabs, traced."""
     for r in range(rounds):
         for level in levels:
             settle()
@@ -332,7 +347,6 @@ def main():
             print(f'{mode} round {r} {level:10}: {kib[level][-1]:6.1f} KiB per deployment '
                   f'({n} up, set up in {took:.1f} s, load {os.getloadavg()[0]:.1f})', flush=True)
             deployments.remove()
-    report(mode, n, rounds, levels, kib, slabs, traced)
 
 
 main()
