@@ -35,8 +35,14 @@ pub struct ImageInfo {
 
 /// Does this look like an archive (tar, or gzip)?
 pub fn looks_like_archive(bytes: &[u8]) -> bool {
-    bytes.starts_with(&[0x1f, 0x8b]) || (bytes.len() > 262 && &bytes[257..262] == b"ustar")
+    bytes.starts_with(&[0x1f, 0x8b])
+        || (bytes.len() >= ARCHIVE_HEAD_BYTES && &bytes[257..262] == b"ustar")
 }
+
+/// The bytes [`looks_like_archive`] needs to tell a tar archive: its first header's `magic`
+/// field starts at offset 257 (POSIX.1-2001, pax(1), "ustar Interchange Format"); one byte
+/// past `ustar` (a NUL, or a space in GNU tar's) is asked for too.
+pub const ARCHIVE_HEAD_BYTES: usize = 263;
 
 pub fn host_architecture() -> &'static str {
     match std::env::consts::ARCH {

@@ -43,6 +43,22 @@ impl Artifact {
         }
     }
 
+    /// How many first bytes of an upload [`Artifact::check_head`] looks at: up to the end of
+    /// a tar header's `ustar` magic (offset 257, POSIX.1-2001 pax(1) "ustar Interchange
+    /// Format").
+    pub const HEAD_BYTES: usize = image::ARCHIVE_HEAD_BYTES;
+
+    /// Refuses, from its first [`Artifact::HEAD_BYTES`] bytes, an upload that can be neither a
+    /// binary (ELF magic) nor an image archive (gzip or tar), so that it is not read whole
+    /// first; whatever passes is verified whole when it is complete ([`Artifact::inspect`]).
+    pub fn check_head(head: &[u8]) -> Result<(), InspectError> {
+        if head.starts_with(verify::ELF_MAGIC) || image::looks_like_archive(head) {
+            Ok(())
+        } else {
+            Err(verify::not_elf(head).into())
+        }
+    }
+
     /// "binary" or "image".
     pub fn kind(&self) -> &'static str {
         match self {
@@ -57,5 +73,32 @@ impl Artifact {
             Artifact::Binary(elf) => elf.linkage.describe(),
             Artifact::Image(img) => format!("{} {}", img.format, img.architecture),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_is_told_from_its_first_bytes() {
+        let head = |start: &[u8]| {
+            let mut bytes = start.to_vec();
+            bytes.resize(Artifact::HEAD_BYTES, 0);
+            bytes
+        };
+        let image = image::tests::docker_archive(b"app", image::host_architecture());
+        for program in [
+            head(b"\x7fELF\x02\x01\x01"),
+            head(&[0x1f, 0x8b, 8]),
+            image[..Artifact::HEAD_BYTES].to_vec(),
+        ] {
+            assert_eq!(Artifact::check_head(&program), Ok(()));
+        }
+        let refused = Artifact::check_head(&head(b"\x11\x9f\"Z\\\n#!/bin/sh")).unwrap_err();
+        assert_eq!(
+            refused.to_string().split(';').next().unwrap(),
+            r#"not an ELF executable (it starts with "\x11\x9f\"Z\\\n#!/bin/sh\x00")"#
+        );
     }
 }

@@ -15,7 +15,7 @@ pub enum VerifyError {
     #[error("the file is empty; {BUILD_HINT}")]
     Empty,
     #[error(
-        "not an ELF executable (it starts with {start:?}); NX runs Linux binaries: {BUILD_HINT}"
+        "not an ELF executable (it starts with \"{start}\"); NX runs Linux binaries: {BUILD_HINT}"
     )]
     NotElf { start: String },
     #[error("truncated or corrupt ELF ({0}); push the complete binary again")]
@@ -79,6 +79,21 @@ fn machine_name(machine: u16, is_64: bool) -> String {
     }
 }
 
+/// The first bytes of every ELF file (`ELFMAG`, elf(5)).
+pub const ELF_MAGIC: &[u8] = b"\x7fELF";
+
+/// `NotElf` for bytes that do not start with [`ELF_MAGIC`]: their first 16 bytes quoted with
+/// every byte that is not printable ASCII escaped as hex (`\x11`), so that binary junk never
+/// reaches a terminal or a log raw.
+pub fn not_elf(bytes: &[u8]) -> VerifyError {
+    let start = bytes[..bytes.len().min(16)]
+        .iter()
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect();
+    VerifyError::NotElf { start }
+}
+
 /// Checks the bytes of a binary; `interpreter_exists` says whether a path exists on the host.
 pub fn verify_bytes(
     bytes: &[u8],
@@ -87,9 +102,8 @@ pub fn verify_bytes(
     if bytes.is_empty() {
         return Err(VerifyError::Empty);
     }
-    if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
-        let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(16)]).into();
-        return Err(VerifyError::NotElf { start });
+    if !bytes.starts_with(ELF_MAGIC) {
+        return Err(not_elf(bytes));
     }
     let elf = Elf::parse(bytes).map_err(|e| VerifyError::Corrupt(e.to_string()))?;
     for ph in &elf.program_headers {

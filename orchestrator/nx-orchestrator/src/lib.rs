@@ -36,6 +36,8 @@ pub mod services;
 pub mod state;
 #[cfg(target_os = "linux")]
 pub mod state_machine;
+#[cfg(target_os = "linux")]
+mod store_access;
 pub mod supervisor;
 #[cfg(target_os = "linux")]
 pub mod tasks;

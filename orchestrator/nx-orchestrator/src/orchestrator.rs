@@ -422,15 +422,18 @@ impl Orchestrator {
             return Ok(program);
         }
         let path = self.artifacts.path(sha256)?;
-        let artifact = crate::artifact::inspect_file(&path).await.map_err(|e| match e {
-            StoreError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => Error::NotFound(format!("no artifact {sha256} is stored: upload it first (PUT /v1/artifacts/{sha256}; nx push and nx run-task do)"),
-            ),
-            StoreError::Io(e) => Error::Io {
-                what: format!("reading artifact {sha256}"),
-                source: e,
-            },
-            e => e.into(),
-        })?;
+        let artifact = crate::artifact::inspect_file(&path)
+            .await
+            .map_err(|e| match e {
+                StoreError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    crate::store_access::artifact_not_stored(sha256)
+                }
+                StoreError::Io(e) => Error::Io {
+                    what: format!("reading artifact {sha256}"),
+                    source: e,
+                },
+                e => e.into(),
+            })?;
         let program = match artifact {
             Artifact::Binary(elf) => Program::Binary {
                 path,

@@ -340,7 +340,8 @@ impl StateStore {
         )
     }
 
-    /// Forgets a sandbox, its promotions and its deployments' records, once `removed` (the
+    /// Forgets a sandbox, its promotions, its deployments' records and what it owns in the content
+    /// store (`content_owners`; the files stay), once `removed` (the
     /// deployments whose units and files are gone) are all it has. With a deployment pushed
     /// meanwhile, only `removed` are forgotten and the sandbox is kept (`PushedDuringRemoval`):
     /// deleting the new one's record would leave its unit running with no record (and its
@@ -377,7 +378,9 @@ impl StateStore {
                 deployment,
             });
         }
-        for table in ["promotions", "deployments"] {
+        // Its tokens' uploads stay on disk, no longer its: a sandbox made later under the
+        // same name (another tenant's, maybe) starts owning nothing.
+        for table in ["promotions", "deployments", "content_owners"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE sandbox = $1"))
                 .bind(name.as_str())
                 .execute(&mut *tx)

@@ -524,6 +524,32 @@ impl Host {
         (status, resp.text().unwrap_or_default(), sha)
     }
 
+    /// (status, body) of an API request with `token`; a body that starts with `{` is sent as
+    /// JSON.
+    pub fn call(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (u16, String) {
+        let mut req = self
+            .http
+            .request(
+                method.parse().expect("a method"),
+                format!("http://{}{path}", self.api),
+            )
+            .bearer_auth(token);
+        if let Some(body) = body {
+            if body.starts_with(b"{") {
+                req = req.header("Content-Type", "application/json");
+            }
+            req = req.body(body);
+        }
+        let resp = req.send().expect("request");
+        (resp.status().as_u16(), resp.text().unwrap_or_default())
+    }
+
     pub fn http(&self) -> &reqwest::blocking::Client {
         &self.http
     }

@@ -62,6 +62,9 @@ fn status_of(e: &Error) -> StatusCode {
         Error::Router(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::NotReady { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::Artifact(e) | Error::Bundle(BundleStoreError::Store(e)) if store_is_full(e) => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
         Error::Artifact(e) => match e {
             StoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             StoreError::Missing(_) => StatusCode::NOT_FOUND,
@@ -108,6 +111,12 @@ fn status_of(e: &Error) -> StatusCode {
         | Error::Setup(_)
         | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
+}
+
+/// A full disk under the store: 507 Insufficient Storage (RFC 4918 section 11.5), "the server
+/// is unable to store the representation", the operator's to fix.
+fn store_is_full(e: &StoreError) -> bool {
+    matches!(e, StoreError::DiskFull { .. })
 }
 
 impl From<Error> for ApiError {

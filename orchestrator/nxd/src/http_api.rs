@@ -5,12 +5,13 @@ use crate::auth::Token;
 use crate::error::ApiError;
 use crate::json_body::JsonBody;
 use crate::route_table::{self, delete, get, post, put, Route};
+use crate::scopes::Caller;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
 use nx_orchestrator::api::{
     ArtifactInfo, BackupRemoved, BlobDigests, BundleInfo, CreateSandbox, DatabaseInfo,
@@ -18,6 +19,7 @@ use nx_orchestrator::api::{
     SandboxView, TaskRequest,
 };
 use nx_orchestrator::artifact::bundle::BundleManifest;
+use nx_orchestrator::artifact::owners::Content;
 use nx_orchestrator::databases::{BackupInfo, RestoreInfo};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
 use nx_orchestrator::Orchestrator;
@@ -117,8 +119,11 @@ async fn health(State(app): Shared) -> (StatusCode, Json<Health>) {
 /// Runs a task; the body streams its events, one JSON object per line, as they happen.
 async fn run_task(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<TaskRequest>,
 ) -> Result<Response, ApiError> {
+    app.admit_program(&caller.store_view(), None, &req.artifact)
+        .await?;
     let events = app.run_task(req).await?;
     let lines = futures_util::stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
@@ -132,59 +137,79 @@ async fn run_task(
         .map_err(ApiError::internal)
 }
 
-async fn artifact(State(app): Shared, Path(sha): Path<String>) -> ApiResult<ArtifactInfo> {
-    Ok(Json(app.artifacts.info(&sha).await?))
+/// The routes of the content store answer from the caller's view of it
+/// ([`Caller::store_view`]): a scoped token's sandbox sees only what it owns.
+async fn artifact(
+    State(app): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(sha): Path<String>,
+) -> ApiResult<ArtifactInfo> {
+    Ok(Json(app.artifact_info(&caller.store_view(), &sha).await?))
 }
 
 async fn upload(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
     Path(sha): Path<String>,
     body: Body,
 ) -> ApiResult<ArtifactInfo> {
+    let view = caller.store_view();
     Ok(Json(
-        app.artifacts.ingest(&sha, body.into_data_stream()).await?,
+        app.upload(&view, Content::Artifact, &sha, body.into_data_stream())
+            .await?,
     ))
 }
 
-async fn blob(State(app): Shared, Path(sha): Path<String>) -> ApiResult<ArtifactInfo> {
-    Ok(Json(app.bundles.blobs.info(&sha).await?))
+async fn blob(
+    State(app): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(sha): Path<String>,
+) -> ApiResult<ArtifactInfo> {
+    Ok(Json(app.blob_info(&caller.store_view(), &sha).await?))
 }
 
 async fn upload_blob(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
     Path(sha): Path<String>,
     body: Body,
 ) -> ApiResult<ArtifactInfo> {
+    let view = caller.store_view();
     Ok(Json(
-        app.bundles
-            .blobs
-            .ingest(&sha, body.into_data_stream())
+        app.upload(&view, Content::Blob, &sha, body.into_data_stream())
             .await?,
     ))
 }
 
 async fn missing_blobs(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<BlobDigests>,
 ) -> ApiResult<BlobDigests> {
     Ok(Json(BlobDigests {
-        sha256: app.bundles.missing(&req.sha256)?,
+        sha256: app.missing_blobs(&caller.store_view(), &req.sha256).await?,
     }))
 }
 
 async fn create_bundle(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
     JsonBody(manifest): JsonBody<BundleManifest>,
 ) -> ApiResult<BundleInfo> {
-    Ok(Json(app.bundles.create(manifest).await?))
+    Ok(Json(
+        app.create_bundle(&caller.store_view(), manifest).await?,
+    ))
 }
 
 /// Answers the deployment with a `Server-Timing` header: the push's steps and their durations
 /// (see `nx_orchestrator::timing`).
 async fn push(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<PushRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    app.admit_program(&caller.store_view(), Some(&req.sandbox), &req.artifact)
+        .await?;
     let (view, steps) = nx_orchestrator::timing::collect(app.push(req)).await;
     let timing = [(SERVER_TIMING, steps.server_timing())];
     Ok((timing, Json::<DeploymentView>(view?)))

@@ -13,6 +13,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use nx_orchestrator::api::access::{TokenView, Verb};
+use nx_orchestrator::artifact::owners::StoreView;
 use nx_orchestrator::names::{DeploymentId, SandboxName};
 use nx_orchestrator::Orchestrator;
 use std::sync::Arc;
@@ -229,8 +230,14 @@ pub const POLICY: &[(&str, &str, Need)] = &[
     ("DELETE", "/v1/tokens/{id}", Need::Root),
 ];
 
-/// What a route needs; root-only when the table does not name it.
+/// What a route needs; root-only when the table does not name it. HEAD needs what GET does
+/// (it is GET without the body, RFC 9110 section 9.3.2, and axum answers it from GET's handler).
 pub fn need(method: &Method, route: &str) -> Need {
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
     POLICY
         .iter()
         .find(|(m, r, _)| *m == method.as_str() && *r == route)
@@ -273,11 +280,25 @@ pub fn permits(token: &TokenView, need: Need, sandbox: Option<&SandboxName>) -> 
     Err(format!("{may}; this needs `{}`{on}", wanted.join("` or `")))
 }
 
-/// The authenticated caller.
+/// The authenticated caller; `authorize` puts it in the request's extensions for the routes.
 #[derive(Debug, Clone)]
 pub enum Caller {
     Root,
     Deploy(TokenView),
+}
+
+impl Caller {
+    /// What it sees of the content store: the root token and deploy tokens of every sandbox
+    /// the whole host's; a token scoped to a sandbox only what that sandbox owns.
+    pub fn store_view(&self) -> StoreView {
+        match self {
+            Caller::Deploy(TokenView {
+                sandbox: Some(sandbox),
+                ..
+            }) => StoreView::Sandbox(sandbox.clone()),
+            Caller::Root | Caller::Deploy(_) => StoreView::Host,
+        }
+    }
 }
 
 fn unauthorized(why: &str) -> Response {
@@ -369,13 +390,14 @@ pub async fn authorize(
     State((app, root)): State<(Arc<Orchestrator>, Token)>,
     route: MatchedPath,
     params: RawPathParams,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let caller = match authenticate(&app, &root, req.headers()).await {
         Ok(c) => c,
         Err(response) => return response,
     };
+    req.extensions_mut().insert(caller.clone());
     let Caller::Deploy(token) = caller else {
         return next.run(req).await;
     };
@@ -465,6 +487,10 @@ mod tests {
     #[test]
     fn routes_missing_from_the_table_are_root_only() {
         assert_eq!(need(&Method::GET, "/v1/something-new"), Need::Root);
+        assert_eq!(
+            need(&Method::HEAD, "/v1/blobs/{sha256}"),
+            need(&Method::GET, "/v1/blobs/{sha256}")
+        );
         assert_eq!(need(&Method::DELETE, "/v1/sandboxes/{name}"), Need::Root);
         assert_eq!(
             need(&Method::POST, "/v1/sandboxes/{name}/promote"),

@@ -174,11 +174,137 @@ fn a_killed_upload_leaves_no_artifact_and_no_temp_file() {
     );
 }
 
+/// Sends `PUT /v1/artifacts/{sha}` announcing `announced` bytes but sending only `sent`, and
+/// returns nxd's answer (status, JSON body) as it comes, without the rest of the body.
+fn put_partly(host: &Host, sha: &str, announced: u64, sent: &[u8]) -> (u16, serde_json::Value) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(host.api).unwrap();
+    write!(
+        stream,
+        "PUT /v1/artifacts/{sha} HTTP/1.1\r\nHost: nx\r\nAuthorization: Bearer {}\r\nContent-Length: {announced}\r\n\r\n",
+        host.token,
+    )
+    .unwrap();
+    // nxd may answer and stop reading before all of it is written.
+    let _ = stream.write_all(sent);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            if answer.len() >= end + 4 + length {
+                let status = head[9..12].parse().unwrap();
+                let body = serde_json::from_slice(&answer[end + 4..end + 4 + length]).unwrap();
+                return (status, body);
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!(
+                "nxd closed without a whole answer: {:?}",
+                String::from_utf8_lossy(&answer)
+            ),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!(
+                "no answer while the body was not all sent ({e}): {:?}",
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    }
+}
+
+/// A tmpfs of `size` mounted over `dir` while it lives (a disk that fills up).
+struct SmallDisk<'a>(&'a Path);
+
+impl<'a> SmallDisk<'a> {
+    fn mount(dir: &'a Path, size: &str) -> Self {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs on {}", dir.display());
+        Self(dir)
+    }
+}
+
+impl Drop for SmallDisk<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0)
+            .status();
+    }
+}
+
+#[test]
+fn an_upload_that_is_no_program_is_refused_on_its_first_bytes_and_a_full_disk_says_so() {
+    let host = Host::start();
+    // 300 MiB announced, 64 KiB sent: refused from its first bytes, quoted with hex escapes.
+    let mut junk = vec![0x11, 0x9f, b'Z', b'"', 0x1b];
+    junk.resize(64 << 10, 0xe3);
+    let (status, body) = put_partly(&host, &"1".repeat(64), 300 << 20, &junk);
+    assert_eq!(status, 422, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains(r#"refused: not an ELF executable (it starts with "\x11\x9fZ\"\x1b\xe3"#),
+        "{error}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !files_under(&host.path("artifacts/.incoming")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the refused upload's temp file stays"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A full disk where uploads are written: 507, the operator's to fix, nothing stored.
+    let sample = std::fs::read(nx_testkit::sample_app()).unwrap();
+    assert!(
+        sample.len() > 2 << 20,
+        "the sample app is larger than the disk below"
+    );
+    let sha = sha256_hex(&sample);
+    let incoming = host.path("artifacts/.incoming");
+    let disk = SmallDisk::mount(&incoming, "1m");
+    let (status, body) = put_partly(&host, &sha, sample.len() as u64, &sample);
+    drop(disk);
+    assert_eq!(status, 507, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("the host's disk is full: ask its operator"),
+        "{error}"
+    );
+    let store = host.path("artifacts");
+    assert!(
+        error.contains(store.to_str().unwrap()),
+        "names the disk: {error}"
+    );
+    assert!(!store.join(&sha).exists());
+    // With room again, the same upload is stored.
+    let (status, answer, _) = host.put_artifact(sample);
+    assert_eq!(status, 200, "{answer}");
+}
+
 #[test]
 fn a_large_upload_is_not_held_in_memory() {
     let host = Host::start();
     // 512 MiB with a digest that is not theirs: hashed on the way in, refused, never read back.
+    // It starts as a program does (else its first bytes refuse it at once).
     let size: u64 = 512 << 20;
+    let head = std::fs::read(nx_testkit::sample_app()).unwrap()[..4096].to_vec();
     let before = host.nxd_peak_rss();
     let resp = host
         .http()
@@ -190,7 +316,10 @@ fn a_large_upload_is_not_held_in_memory() {
         .bearer_auth(&host.token)
         .timeout(Duration::from_secs(300))
         .body(reqwest::blocking::Body::sized(
-            std::io::Read::take(std::io::repeat(7), size),
+            std::io::Read::chain(
+                std::io::Cursor::new(head),
+                std::io::Read::take(std::io::repeat(7), size - 4096),
+            ),
             size,
         ))
         .send()

@@ -21,20 +21,7 @@ fn create(host: &Host, args: &[&str]) -> (String, String) {
 
 /// (status, body) of a request with a token.
 fn call(host: &Host, token: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut req = host
-        .http()
-        .request(
-            method.parse().unwrap(),
-            format!("http://{}{path}", host.api),
-        )
-        .bearer_auth(token);
-    if let Some(body) = body {
-        req = req
-            .header("Content-Type", "application/json")
-            .body(body.to_owned());
-    }
-    let resp = req.send().expect("request");
-    (resp.status().as_u16(), resp.text().unwrap_or_default())
+    host.call(token, method, path, body.map(|b| b.as_bytes().to_vec()))
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! stored by sha256.
 
 mod bundles;
+pub mod owners;
 mod store;
 
 pub use bundles::{BundleStore, BundleStoreError, StoredBundle};

@@ -38,8 +38,30 @@ pub enum StoreError {
     Verify(#[from] VerifyError),
     #[error("refused: {0}")]
     Image(#[from] ImageError),
+    /// No room left (ENOSPC, or EDQUOT: a quota) on the disk that holds the store: the
+    /// operator's to fix, not the client's (HTTP 507 Insufficient Storage).
+    #[error("the host's disk is full: ask its operator (nxd could not store the upload in {}: {source}); nothing was stored", .dir.display())]
+    DiskFull {
+        /// The store's directory (on the state directory's disk).
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("artifact store I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// An I/O error while writing into the store at `dir`: `DiskFull` when the disk (or a
+    /// quota) has no room left (errno ENOSPC, EDQUOT; write(2)), else `Io`.
+    fn writing(dir: &Path) -> impl Fn(std::io::Error) -> Self + '_ {
+        move |e| match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Self::DiskFull {
+                dir: dir.to_owned(),
+                source: e,
+            },
+            _ => Self::Io(e),
+        }
+    }
 }
 
 impl From<InspectError> for StoreError {
@@ -142,9 +164,11 @@ impl ArtifactStore {
     pub fn begin_upload(&self, limit_bytes: u64) -> Result<Upload, StoreError> {
         let temp = tempfile::Builder::new()
             .prefix("upload-")
-            .tempfile_in(self.incoming_dir())?;
+            .tempfile_in(self.incoming_dir())
+            .map_err(StoreError::writing(&self.dir))?;
         Ok(Upload {
             temp,
+            dir: self.dir.clone(),
             size: 0,
             limit_bytes: limit_bytes.min(self.max_bytes),
             hashing: Some(Box::new(Sha256::new())),
@@ -164,8 +188,17 @@ impl ArtifactStore {
     {
         self.path(announced)?;
         let mut upload = self.begin_upload(self.max_bytes)?;
+        let mut head = Vec::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StoreError::Interrupted(e.to_string()))?;
+            if self.contents == Contents::Programs && head.len() < Artifact::HEAD_BYTES {
+                let wanted = Artifact::HEAD_BYTES - head.len();
+                head.extend_from_slice(&chunk[..chunk.len().min(wanted)]);
+                if head.len() == Artifact::HEAD_BYTES {
+                    // Refused on its first bytes, not after the whole body (attacker s7 F3).
+                    Artifact::check_head(&head)?;
+                }
+            }
             upload.write_at(upload.size, &chunk)?;
         }
         self.store(upload, Some(announced)).await
@@ -185,7 +218,8 @@ impl ArtifactStore {
             hashing,
             ..
         } = upload;
-        temp.as_file().sync_all()?;
+        let writing = StoreError::writing(&self.dir);
+        temp.as_file().sync_all().map_err(&writing)?;
         let actual = match hashing {
             Some(hasher) => hex::encode(hasher.finalize()),
             None => {
@@ -210,9 +244,17 @@ impl ArtifactStore {
             Contents::Files => (describe_file(&actual, size), 0o444),
         };
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(mode))?;
-        temp.persist(self.path(&actual)?)
-            .map_err(|e| StoreError::Io(e.error))?;
-        tracing::info!(sha256 = %actual, kind = %info.kind, details = %info.details, "stored");
+        // A file already stored under this digest holds these very bytes: it stays (its
+        // hard links in bundles, running programs), and the upload goes with its temp file.
+        match temp.persist_noclobber(self.path(&actual)?) {
+            Ok(_) => {
+                tracing::info!(sha256 = %actual, kind = %info.kind, details = %info.details, "stored")
+            }
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                tracing::info!(sha256 = %actual, "already stored: the upload matched it")
+            }
+            Err(e) => return Err(writing(e.error)),
+        }
         self.remember(&info);
         Ok(info)
     }
@@ -242,6 +284,8 @@ pub async fn inspect_file(path: &Path) -> Result<Artifact, StoreError> {
 #[derive(Debug)]
 pub struct Upload {
     temp: tempfile::NamedTempFile,
+    /// The store's directory (what a full disk is reported as).
+    dir: PathBuf,
     size: u64,
     limit_bytes: u64,
     /// The hash of the bytes so far, while every write came right after the one before
@@ -261,7 +305,10 @@ impl Upload {
             });
         }
         // Page-cache writes of at most a chunk: short enough to do on the async thread.
-        self.temp.as_file().write_all_at(data, offset)?;
+        self.temp
+            .as_file()
+            .write_all_at(data, offset)
+            .map_err(StoreError::writing(&self.dir))?;
         if offset != self.size {
             // Out of order: hashed from the file when it is stored.
             self.hashing = None;

@@ -53,7 +53,7 @@ pub async fn deploy(
     file: &str,
     upload: Upload,
 ) -> Outcome {
-    let info = match app.artifacts.store(upload, None).await {
+    let info = match app.store_upload_of(sandbox, upload).await {
         Ok(info) => info,
         Err(e) => {
             tracing::info!(error = %e, "SFTP upload refused");
