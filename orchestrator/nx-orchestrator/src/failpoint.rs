@@ -14,6 +14,9 @@
 //! yet started), `volumes::unpromoting` (a `--swap-db` promotion of a preview with volumes
 //! failed, its undoing recorded, production's database not yet put back) and
 //! `volumes::swapped_back` (production's database put back, the preview's mounts not yet).
+//! Points for other actions than a crash: `network::conntrack` (`return`: forgetting a removed
+//! deployment's connections fails as if `conntrack` were missing) and `upkeep::expire` (an
+//! expired preview's removal decided, its start gate not yet taken; [`wait`]s there).
 //! Code marks such a step with `fail::fail_point!("<point>")`, which compiles to nothing
 //! without the feature.
 //!
@@ -42,4 +45,17 @@ pub fn arm_from_env() {
             }
         }
     }
+}
+
+/// At a point armed with `return(<ms>)`, waits that many milliseconds without blocking the
+/// runtime's thread (the crate's own `sleep` blocks it, and with it whatever else that worker
+/// runs, such as the API's handlers); nothing without the `failpoints` feature or unarmed.
+pub async fn wait(point: &str) {
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(ms)) = fail::eval(point, |ms| ms.and_then(|m| m.parse::<u64>().ok())) {
+        tracing::warn!(point, ms, "fail point: waiting");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = point;
 }

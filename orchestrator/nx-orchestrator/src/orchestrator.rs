@@ -1045,7 +1045,7 @@ impl Orchestrator {
 
     /// Removes a deployment's sandbox, its link on the host (before its record, and so its
     /// slot and addresses, can be freed: `HostNetwork::release`) and its preview branch, if it
-    /// has one.
+    /// has one; upkeep forgets it.
     async fn destroy(&self, deployment: &Deployment) -> Result<(), Error> {
         self.backend
             .destroy(&self.backend.handle(deployment))
@@ -1054,7 +1054,9 @@ impl Orchestrator {
         if deployment.db_branch {
             self.databases.drop_branch(&deployment.id).await?;
         }
-        self.drop_own_volumes(deployment)
+        self.drop_own_volumes(deployment)?;
+        self.upkeep.forget(&deployment.id);
+        Ok(())
     }
 
     #[tracing::instrument(skip(self))]

@@ -290,3 +290,42 @@ fn a_failed_expiry_is_tried_again_later_and_later() {
         || !ids(&host, "web").contains(&preview),
     );
 }
+
+/// Expiry and a start exclude each other as an idle stop and a start do: a preview whose
+/// expiry was decided (held there by the fail point `upkeep::expire`) while `nx start` of it
+/// began is not removed under that start: the start succeeds, and the preview goes only
+/// afterwards (still expired: no request since its creation).
+#[test]
+fn an_expiry_decided_while_a_start_begins_waits_for_the_start() {
+    let mut host = Host::start();
+    // It listens 16 s after it starts: its start is under way that long. The expiry waits 8 s
+    // at the fail point (without blocking a thread of nxd's: `failpoint::wait`), and `nx start`
+    // reaches the start gate well within that.
+    let preview = host.push_sample("web", &["-e", "LISTEN_AFTER=16", "--ready-timeout", "60s"]);
+    host.nx_json(&["stop", &preview]);
+    host.restart_nxd_with_failpoints("upkeep::expire=return(8000)");
+    let decided = |host: &Host| host.nxd_log().matches("preview expired").count();
+    let before = decided(&host);
+    host.nx_json(&["sandbox", "set", "web", "--preview-ttl", "1s"]);
+    eventually("its expiry is decided", Duration::from_secs(30), || {
+        decided(&host) > before
+    });
+    let asked = Instant::now();
+    let started = host.nx(&["start", &preview]);
+    assert!(
+        started.ok,
+        "nx start (answered after {:?}): {} {}\n{}",
+        asked.elapsed(),
+        started.stdout,
+        started.stderr,
+        host.nxd_log()
+    );
+    assert!(host
+        .nxd_log()
+        .contains("a start of it is under way: it stays"));
+    eventually(
+        "the preview expires after its start",
+        Duration::from_secs(60),
+        || !ids(&host, "web").contains(&preview),
+    );
+}

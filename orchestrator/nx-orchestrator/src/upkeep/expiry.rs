@@ -2,7 +2,8 @@
 //! rollback` returns to, and not pinned (`nx pin`), with no request for its sandbox's
 //! `preview_ttl_secs` (else nxd's `sandbox.preview_ttl_secs`; counted from its last request,
 //! or its creation when it never had one: both kept in the state database, so an nxd restart
-//! does not restart the clock) is removed like `nx rm` removes it; never while it starts. A
+//! does not restart the clock) is removed like `nx rm` removes it; never while a start of it
+//! is under way (it takes the start gate, as an idle stop does: `UpkeepState::starting`). A
 //! removal that failed is tried again after [`FIRST_RETRY`], then twice as long each time up
 //! to [`LAST_RETRY`] ([`Retries`]), not every tick.
 
@@ -66,6 +67,12 @@ impl Orchestrator {
             idle_secs = idle_for.num_seconds(),
             "preview expired (no request for its time to live): removing it"
         );
+        crate::failpoint::wait("upkeep::expire").await;
+        // As an idle stop: not while a start of it is under way, and starts wait for this.
+        let Ok(_no_start) = self.upkeep.gate(&deployment.id).try_write_owned() else {
+            tracing::info!("a start of it is under way: it stays");
+            return;
+        };
         let retries = &self.upkeep.expiry_retries;
         match self.remove(&deployment.id).await {
             Ok(()) => {

@@ -104,6 +104,17 @@ impl Checks {
         true
     }
 
+    /// How many deployments have a record.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.records.lock().expect("health lock").len()
+    }
+
+    /// `id` was removed: its record goes.
+    pub fn forget(&self, id: &DeploymentId) {
+        self.records.lock().expect("health lock").remove(id);
+    }
+
     /// A (re)start of `id`: its failures are forgotten.
     pub fn started(&self, id: &DeploymentId) {
         if let Some(record) = self.records.lock().expect("health lock").get_mut(id) {

@@ -56,7 +56,7 @@ pub struct UpkeepState {
     /// Per deployment: its idle stop and its wakes wait for each other.
     locks: Mutex<HashMap<DeploymentId, Arc<tokio::sync::Mutex<()>>>>,
     /// Per deployment: its starts in flight (readers, any number at once: a push, `nx start`,
-    /// a wake, a restart) and its idle stop (the writer, only while no start is in flight)
+    /// a wake, a restart) and its idle stop or expiry (the writer, only while no start is in flight)
     /// exclude each other (see [`UpkeepState::starting`]).
     starts: Mutex<HashMap<DeploymentId, Arc<tokio::sync::RwLock<()>>>>,
     /// The router's counts as last read.
@@ -98,7 +98,7 @@ impl UpkeepState {
             .clone()
     }
 
-    /// The gate a deployment's starts (readers) and its idle stop (writer) take.
+    /// The gate a deployment's starts (readers) and its idle stop or expiry (writer) take.
     fn gate(&self, id: &DeploymentId) -> Arc<tokio::sync::RwLock<()>> {
         self.starts
             .lock()
@@ -117,9 +117,43 @@ impl UpkeepState {
         StartInFlight { _gate: gate }
     }
 
-    /// A start of the deployment is under way (see [`Self::starting`]).
+    /// A start of the deployment is under way (see [`Self::starting`]). Adds no gate: one that
+    /// never started has none.
     fn is_starting(&self, id: &DeploymentId) -> bool {
-        self.gate(id).try_write().is_err()
+        let starts = self.starts.lock().expect("upkeep lock");
+        starts.get(id).is_some_and(|gate| gate.try_write().is_err())
+    }
+
+    /// A deployment was removed: everything kept of it goes, so that these maps hold only the
+    /// deployments that exist (an agent making a preview per task makes thousands).
+    pub(crate) fn forget(&self, id: &DeploymentId) {
+        self.locks.lock().expect("upkeep lock").remove(id);
+        self.starts.lock().expect("upkeep lock").remove(id);
+        self.ready.lock().expect("upkeep lock").remove(id);
+        self.seen.lock().expect("upkeep lock").remove(id.as_str());
+        self.health.forget(id);
+        self.expiry_retries.forget(id);
+    }
+
+    /// Drops the router's counts of deployments not in `existing` (the router keeps counting
+    /// a removed deployment's requests; nxd needs only those of the deployments it has).
+    fn keep_seen(&self, existing: &[Deployment]) {
+        let ids: std::collections::HashSet<&str> = existing.iter().map(|d| d.id.as_str()).collect();
+        let mut seen = self.seen.lock().expect("upkeep lock");
+        seen.retain(|id, _| ids.contains(id.as_str()));
+    }
+
+    /// How many deployments each per-deployment map holds (locks, starts, ready, seen,
+    /// health), for the tests.
+    #[cfg(test)]
+    fn sizes(&self) -> [usize; 5] {
+        [
+            self.locks.lock().expect("upkeep lock").len(),
+            self.starts.lock().expect("upkeep lock").len(),
+            self.ready.lock().expect("upkeep lock").len(),
+            self.seen.lock().expect("upkeep lock").len(),
+            self.health.len(),
+        ]
     }
 
     /// The deployment became ready after a start: its idle clock starts now.
@@ -231,6 +265,7 @@ impl Orchestrator {
                 )
             },
         )?;
+        self.upkeep.keep_seen(&deployments);
         let now = Utc::now();
         for d in deployments.iter().filter(|d| d.desired == Desired::Running) {
             let row = rows.get(d.id.as_str()).cloned().unwrap_or_default();
@@ -353,6 +388,31 @@ impl Orchestrator {
 mod tests {
     use super::lasted;
     use chrono::TimeDelta;
+
+    #[tokio::test]
+    async fn a_removed_deployment_is_forgotten_and_asking_about_starts_adds_nothing() {
+        let upkeep = super::UpkeepState::default();
+        let id = crate::names::DeploymentId::generate();
+        assert!(!upkeep.is_starting(&id));
+        assert_eq!(upkeep.sizes(), [0; 5], "a question added an entry");
+        let start = upkeep.starting(&id).await;
+        assert!(upkeep.is_starting(&id));
+        drop(start);
+        upkeep.ready(&id);
+        let _ = upkeep.lock(&id);
+        let _ = upkeep.health.due(&id, std::time::Duration::from_secs(1));
+        upkeep.seen.lock().expect("seen").insert(
+            id.to_string(),
+            super::Seen {
+                requests: 1,
+                in_flight: 0,
+                at: chrono::Utc::now(),
+            },
+        );
+        assert_eq!(upkeep.sizes(), [1; 5]);
+        upkeep.forget(&id);
+        assert_eq!(upkeep.sizes(), [0; 5]);
+    }
 
     #[test]
     fn a_span_is_reached_at_its_seconds_and_one_past_chronos_range_never() {
