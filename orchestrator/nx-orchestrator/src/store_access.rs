@@ -205,13 +205,9 @@ impl Orchestrator {
             (StoreView::Host, Some(target)) => {
                 // Only what is stored: a grant of a digest nobody uploaded yet would show the
                 // sandbox another tenant's later upload of it.
-                if let Some(bundle) = self.bundles.find(sha256)? {
-                    let files: Vec<String> = bundle
-                        .manifest
-                        .files
-                        .iter()
-                        .map(|f| f.sha256.clone())
-                        .collect();
+                if let Some(manifest) = self.bundles.manifest(sha256)? {
+                    let files: Vec<String> =
+                        manifest.files.iter().map(|f| f.sha256.clone()).collect();
                     self.grant(target, Content::Blob, &files).await?;
                     self.grant(target, Content::Bundle, &[sha256.to_owned()])
                         .await

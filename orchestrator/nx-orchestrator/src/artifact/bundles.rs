@@ -142,16 +142,26 @@ impl BundleStore {
         }
     }
 
-    fn load(&self, id: &str) -> Result<StoredBundle, BundleStoreError> {
-        let root = self.blobs.path(id).map(|_| self.trees.join(id))?;
-        let manifest: BundleManifest = match std::fs::read(self.manifest_path(id)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(BundleStoreError::Missing(id.into()))
+    /// The manifest of a stored bundle (read alone: the tree is not looked at), or `Ok(None)`
+    /// when `id` names none.
+    pub fn manifest(&self, id: &str) -> Result<Option<BundleManifest>, BundleStoreError> {
+        self.blobs.path(id)?;
+        match std::fs::read(self.manifest_path(id)) {
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+                })?))
             }
-            Err(e) => return Err(e.into()),
-        };
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn load(&self, id: &str) -> Result<StoredBundle, BundleStoreError> {
+        let root = self.trees.join(id);
+        let manifest = self
+            .manifest(id)?
+            .ok_or_else(|| BundleStoreError::Missing(id.into()))?;
         let entry = std::fs::read(bundle::host_path(&root, &manifest.entry))?;
         let linkage = verify::verify_bytes(&entry, |p| Path::new(p).is_file())
             .map_err(|source| BundleStoreError::Entry {
