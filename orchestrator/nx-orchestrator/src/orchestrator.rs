@@ -784,8 +784,9 @@ impl Orchestrator {
     }
 
     /// Marks a deployment to run, starts it and waits until it is ready; the routes follow
-    /// either way (a deployment that did not become ready is stopped), except after a start
-    /// that succeeded with `routes_later` (then the caller calls [`Self::reroute`]).
+    /// either way (a deployment that did not become ready is stopped), except with
+    /// `routes_later` (a wake: the caller calls [`Self::reroute`], after it put a deployment
+    /// that did not start back to idle).
     pub(crate) async fn start_and_wait(
         &self,
         deployment: &Deployment,
@@ -805,8 +806,8 @@ impl Orchestrator {
         if result.is_ok() {
             self.upkeep.ready(&deployment.id);
         }
-        if routes_later && result.is_ok() {
-            return Ok(());
+        if routes_later {
+            return result;
         }
         step("routes", self.reroute()).await?;
         result
@@ -818,8 +819,8 @@ impl Orchestrator {
         self.rebuild_routes().await
     }
 
-    /// `apply_verb(Verb::Start)` leaving the routes to the caller ([`Self::reroute`]) once the
-    /// deployment is ready (a wake).
+    /// `apply_verb(Verb::Start)` leaving the routes to the caller ([`Self::reroute`]), whether
+    /// the deployment became ready or not (a wake).
     pub(crate) async fn start_routes_later(
         &self,
         deployment: &Deployment,

@@ -8,7 +8,7 @@
 use crate::{RouteTable, Traffic};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -115,13 +115,13 @@ impl RouterClient {
         path: &str,
         body: Vec<u8>,
     ) -> Result<Bytes, RouterClientError> {
-        let (status, body) =
-            exchange(&self.socket, method, path, body)
-                .await
-                .map_err(|message| RouterClientError::Unreachable {
-                    socket: self.socket.clone(),
-                    message,
-                })?;
+        let answer = exchange(&self.socket, method, path, body)
+            .await
+            .map_err(|message| RouterClientError::Unreachable {
+                socket: self.socket.clone(),
+                message,
+            })?;
+        let (status, body) = (answer.status(), answer.into_body());
         if !status.is_success() {
             return Err(RouterClientError::Refused {
                 status,
@@ -132,14 +132,14 @@ impl RouterClient {
     }
 }
 
-/// One HTTP/1.1 request on the unix socket `socket` (JSON `body`): the answer's status and
-/// body, or why there was none.
+/// One HTTP/1.1 request on the unix socket `socket` (JSON `body`): the answer (status,
+/// headers, whole body), or why there was none.
 pub(crate) async fn exchange(
     socket: &Path,
     method: Method,
     path: &str,
     body: Vec<u8>,
-) -> Result<(StatusCode, Bytes), String> {
+) -> Result<Response<Bytes>, String> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| e.to_string())?;
@@ -158,12 +158,7 @@ pub(crate) async fn exchange(
         .send_request(request)
         .await
         .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Response::from_parts(parts, body))
 }

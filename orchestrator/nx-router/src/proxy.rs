@@ -142,17 +142,17 @@ async fn page(session: &mut Session, ctx: &Ctx, status: u16, text: String) -> Re
     page_with(session, ctx, status, text, None).await
 }
 
-/// [`page`] with a `Location` header (redirects).
+/// [`page`] with one more header (`Location` of a redirect, `Retry-After` of a 503).
 async fn page_with(
     session: &mut Session,
     ctx: &Ctx,
     status: u16,
     text: String,
-    location: Option<&str>,
+    header: Option<(http::header::HeaderName, &str)>,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
-    if let Some(location) = location {
-        resp.insert_header(http::header::LOCATION, location)?;
+    if let Some((name, value)) = header {
+        resp.insert_header(name, value)?;
     }
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, text.len())?;
@@ -169,6 +169,25 @@ fn not_found(host: &str, base: &str) -> String {
          Preview URLs are <deployment>.<sandbox>.{base}; production URLs are <sandbox>.{base} once a deployment is promoted.\n\
          `nx ls` lists deployments; `nx promote <sandbox> <deployment>` sets production.\n"
     )
+}
+
+/// The page of a route whose deployment does not run and could not be started (503): what is
+/// down and when to try again, for visitors; nxd's reason is in the router's log and in
+/// `nx status` and `nx logs`, for the operator.
+fn down_page(route: &Route, retry_after_secs: u64) -> String {
+    let preview = route
+        .host
+        .strip_prefix(route.deployment.as_str())
+        .is_some_and(|rest| rest.starts_with('.'));
+    let what = if preview {
+        format!(
+            "deployment {} of {} is down",
+            route.deployment, route.sandbox
+        )
+    } else {
+        format!("production of {} is down", route.sandbox)
+    };
+    format!("NX: {what}: it does not run now. Try again in {retry_after_secs} s.\n")
 }
 
 #[async_trait]
@@ -213,7 +232,8 @@ impl ProxyHttp for NxProxy {
                 }
                 Some(Answer::Redirect(location)) => {
                     let text = format!("NX: this site is served over HTTPS: {location}\n");
-                    page_with(session, ctx, 308, text, Some(&location)).await?;
+                    let location = Some((http::header::LOCATION, location.as_str()));
+                    page_with(session, ctx, 308, text, location).await?;
                     return Ok(true);
                 }
                 None => {}
@@ -227,13 +247,11 @@ impl ProxyHttp for NxProxy {
         };
         self.traffic.begin(&route.deployment);
         if route.idle {
-            if let Err(e) = self.waker.wake(&route.deployment).await {
-                tracing::warn!(deployment = %route.deployment, error = %e, "wake failed");
-                let text = format!(
-                    "NX: deployment {} was stopped for being idle and could not be started again: {e}\nCheck it with `nx status` and `nx logs`.\n",
-                    route.deployment
-                );
-                page(session, ctx, 503, text).await?;
+            if let Err(down) = self.waker.wake(&route.deployment).await {
+                let secs = down.retry_after.as_secs();
+                let retry_after = secs.to_string();
+                let header = Some((http::header::RETRY_AFTER, retry_after.as_str()));
+                page_with(session, ctx, 503, down_page(&route, secs), header).await?;
                 return Ok(true);
             }
         }

@@ -4,7 +4,8 @@
 //! removed unless pinned, production never; a deployment with no request for its idle timeout
 //! is stopped (`idle` in `nx ls`), and the next request, or 20 at once, start it again and
 //! all get 200; nothing stops a deployment for idleness before it is ready, and its idle clock
-//! starts when it is.
+//! starts when it is; a production whose wake fails answers 503 with `Retry-After`, and is
+//! tried again after a back-off.
 
 use nx_testkit::metrics::{scrape, value, wait_for};
 use nx_testkit::Host;
@@ -328,4 +329,86 @@ fn an_expiry_decided_while_a_start_begins_waits_for_the_start() {
         Duration::from_secs(60),
         || !ids(&host, "web").contains(&preview),
     );
+}
+
+/// Attacker s7 F9: production whose wake failed answered 404 "no deployment answers ... once a
+/// deployment is promoted" for ever after. Now it stays idle and routed: its URL (and its
+/// preview's) answers 503 with `Retry-After`, saying what is down and nothing for operators;
+/// no start is tried before the back-off passed, and one is after it.
+#[test]
+fn a_production_whose_wake_fails_answers_503_with_retry_after_and_is_tried_again_later() {
+    let host = Host::start_with("[router]\nidle_timeout_secs = 1\n");
+    host.nx_json(&["sandbox", "create", "once"]);
+    host.nx_json(&[
+        "sandbox",
+        "set",
+        "once",
+        "--idle-production",
+        "true",
+        "--idle-timeout",
+        "2s",
+    ]);
+    let id = host.push_sample("once", &["-e", "FAIL_AT_START_IF=/data/broken"]);
+    host.nx_json(&["promote", "once", &id]);
+    let (production, preview) = (host.production_host("once"), host.preview_host("once", &id));
+    // It serves once; from its next start on it fails at start.
+    assert_eq!(host.get(&production, "/write?name=broken").0, 200);
+    eventually("idle", Duration::from_secs(30), || {
+        host.deployment("once", &id)["phase"] == "idle"
+    });
+    let failed_starts = || {
+        host.nx(&["logs", &id])
+            .stdout
+            .matches("failing at start")
+            .count()
+    };
+    let get = |name: &str| {
+        let r = host
+            .http()
+            .get(format!("http://{}/", host.router))
+            .header("Host", name)
+            .send()
+            .unwrap();
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+        (r.status().as_u16(), retry_after, r.text().unwrap())
+    };
+
+    // The wake fails: 503, Retry-After, what is down; no operator hints for visitors.
+    let (status, retry_after, body) = get(&production);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        retry_after.is_some_and(|s| (1..=2).contains(&s)),
+        "{retry_after:?}"
+    );
+    assert!(body.contains("production of once is down"), "{body}");
+    assert!(
+        !body.contains("nx "),
+        "operator hints in a visitor's page: {body}"
+    );
+    assert_eq!(failed_starts(), 1);
+    // At once again, and on its preview URL: 503 (not 404), and no second start.
+    let (status, _, body) = get(&production);
+    assert_eq!(status, 503, "{body}");
+    let (status, retry_after, body) = get(&preview);
+    assert_eq!(status, 503, "{body}");
+    assert!(retry_after.is_some(), "{body}");
+    assert!(
+        body.contains(&format!("deployment {id} of once is down")),
+        "{body}"
+    );
+    assert_eq!(host.deployment("once", &id)["phase"], "idle");
+    assert_eq!(failed_starts(), 1, "started again within its back-off");
+
+    // After the back-off the next request tries again, and the wait doubles.
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, retry_after, body) = get(&production);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        retry_after.is_some_and(|s| (3..=4).contains(&s)),
+        "{retry_after:?}"
+    );
+    assert_eq!(failed_starts(), 2);
 }

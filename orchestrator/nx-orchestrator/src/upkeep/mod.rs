@@ -11,6 +11,7 @@
 mod expiry;
 mod health;
 mod idle;
+mod retries;
 pub mod store;
 mod wake;
 
@@ -67,7 +68,9 @@ pub struct UpkeepState {
     since: DateTime<Utc>,
     health: health::Checks,
     /// Expired previews whose removal failed: when to try again.
-    expiry_retries: expiry::Retries,
+    expiry_retries: retries::Retries,
+    /// Idle deployments whose start by a wake failed: when a request may start them again.
+    wake_retries: retries::Retries,
     /// The last usage sample (`crate::usage`).
     pub(crate) usage: crate::usage::Sampler,
 }
@@ -81,7 +84,8 @@ impl Default for UpkeepState {
             ready: Mutex::default(),
             since: Utc::now(),
             health: health::Checks::default(),
-            expiry_retries: expiry::Retries::default(),
+            expiry_retries: retries::Retries::default(),
+            wake_retries: retries::Retries::default(),
             usage: crate::usage::Sampler::default(),
         }
     }
@@ -133,6 +137,7 @@ impl UpkeepState {
         self.seen.lock().expect("upkeep lock").remove(id.as_str());
         self.health.forget(id);
         self.expiry_retries.forget(id);
+        self.wake_retries.forget(id);
     }
 
     /// Drops the router's counts of deployments not in `existing` (the router keeps counting
@@ -162,6 +167,8 @@ impl UpkeepState {
             .lock()
             .expect("upkeep lock")
             .insert(id.clone(), Utc::now());
+        // It started (a wake, `nx start`, a promotion): a failed wake's back-off is over.
+        self.wake_retries.forget(id);
     }
 
     /// When the deployment last became ready as far as this nxd knows: after its last start by
