@@ -1,9 +1,11 @@
 //! A task's end, as its launcher reports it (`LaunchSpec::exit_report`). The launcher runs the
 //! task's bubblewrap as its child, as a child subreaper (prctl(2) `PR_SET_CHILD_SUBREAPER`):
 //! bubblewrap exits as soon as the program has (with its exit code, or 128 + N when signal N
-//! killed it), and the sandbox's init (its pid 1, bubblewrap's own) then becomes the
-//! launcher's child and ends once every process of the sandbox has. Only when no child is
-//! left, so that nothing can write to the task's output any more, does the launcher write how
+//! killed it), which kills the sandbox's init (its pid 1, bubblewrap's own;
+//! `--die-with-parent`) and so every process the program left (pid_namespaces(7)): a task ends
+//! with its program, as a container ends with its first process. The init comes to the
+//! launcher, and only when no child is left, so that nothing can write to the task's output
+//! any more, does the launcher write how
 //! the program ended on its standard input, the socket nxd reads (`tasks::exit_report`): one
 //! line of JSON, a [`LastExit`] named as a deployment's end is (`exit::classify`: the cgroup's
 //! OOM-kill count tells an `oom-kill` from a plain SIGKILL, on cgroup v1 as on v2). Then it
@@ -27,7 +29,7 @@ pub fn spare_from_oom_killer() {
 }
 
 /// Runs the task's sandbox, `program args` (bubblewrap) with `env` and /dev/null as its
-/// standard input, waits until it and every process it left have ended, reports the end on
+/// standard input, waits until it and every process it left have been killed, reports the end on
 /// standard input (see the module's docs) and exits as bubblewrap did. Returns only on failure,
 /// with the reason.
 pub fn run(program: &str, args: &[String], env: &BTreeMap<String, String>) -> String {

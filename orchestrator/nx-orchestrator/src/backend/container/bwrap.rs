@@ -2,8 +2,9 @@
 //! read-only binds of only the binary and what it needs; private /tmp, /dev and /proc; its own
 //! writable /data; the PostgreSQL socket's directory, read-only (a directory, not the socket
 //! file, so that a restarted server's new socket appears in running sandboxes); no
-//! capabilities; no nested user namespaces; dies with its parent (a deployment's; a task's
-//! lasts until every process in it has ended, see [`Sandbox::until_empty`]).
+//! capabilities; no nested user namespaces; dies with its parent (bubblewrap, which exits as
+//! soon as the program has: the sandbox's init, its pid 1, is then killed, and with it
+//! whatever the program left running, as a container ends with its first process).
 //! A deployment runs in the network namespace its launcher set up (`network::attach`), with
 //! the gateway as its resolver; a task gets a network namespace of its own, loopback only.
 
@@ -58,12 +59,6 @@ pub struct Sandbox<'a> {
     pub identity: Option<&'a [PathBuf; 2]>,
     /// Volumes: mounted on the host side by the launcher, bound read-write at their paths.
     pub volumes: &'a [VolumeBind],
-    /// The sandbox lasts until every process in it has ended, not only until the program does
-    /// (a task's: its launcher waits for them all before it reports the end, see
-    /// `backend::task_end`). Without it (a deployment's), the sandbox dies with bubblewrap
-    /// (`--die-with-parent`), which exits as soon as the program has: bubblewrap's init, the
-    /// sandbox's pid 1, is then killed, and with it whatever the program left running.
-    pub until_empty: bool,
 }
 
 /// A volume the launcher mounted on `mountpoint`, for the program at `path`.
@@ -84,6 +79,7 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
             "--unshare-uts",
             "--unshare-cgroup",
             "--disable-userns",
+            "--die-with-parent",
             "--new-session",
             "--cap-drop",
             "ALL",
@@ -91,9 +87,6 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
             sandbox.hostname,
         ],
     );
-    if !sandbox.until_empty {
-        argv.push("--die-with-parent".into());
-    }
     if let SandboxNetwork::Loopback = sandbox.network {
         argv.push("--unshare-net".into());
     }

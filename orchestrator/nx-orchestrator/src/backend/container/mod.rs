@@ -149,7 +149,6 @@ impl SandboxBackend for ContainerBackend {
                     tmp_bytes: limits.tmp_mb << 20,
                     identity: Some(&identity),
                     volumes: &binds,
-                    until_empty: false,
                 }),
                 env: spec.env.clone(),
                 seccomp: self.seccomp.clone(),
@@ -301,8 +300,8 @@ const TASK_HOSTNAME: &str = "task";
 /// The bubblewrap command line (`bwrap` and its arguments) of a task that runs `program` (a
 /// binary or a bundle; an image panics: it runs under Podman) with `args` and a `/tmp` of
 /// `tmp_bytes`: what a task's launcher runs (see `task_end`), with the seccomp programs on fds
-/// 10 and up (`seccomp::write_programs`); the sandbox lasts until every process in it has
-/// ended. nx-bench runs the same command bare, as the floor of tasks.
+/// 10 and up (`seccomp::write_programs`); the sandbox ends with the program. nx-bench runs the
+/// same command bare, as the floor of tasks.
 pub fn task_command(program: &Program, args: &[String], tmp_bytes: u64) -> Vec<String> {
     let (app, linkage) = bwrap_app(program);
     bwrap::command(&Sandbox {
@@ -316,7 +315,6 @@ pub fn task_command(program: &Program, args: &[String], tmp_bytes: u64) -> Vec<S
         tmp_bytes,
         identity: None,
         volumes: &[],
-        until_empty: true,
     })
 }
 
