@@ -5,6 +5,7 @@ mod bundle;
 mod client;
 mod db;
 mod domain;
+mod logs;
 mod output;
 mod push;
 mod settings;
@@ -101,6 +102,10 @@ enum Command {
         /// Only lines written since then: a time (2026-11-30T03:00:00Z) or an age (10m, 2h).
         #[arg(long)]
         since: Option<String>,
+        /// Print control characters (ESC, CR, NUL...) as the program wrote them; without it
+        /// they are shown escaped (`\x1b`, `\r`), tab excepted.
+        #[arg(long)]
+        raw: bool,
     },
     /// Create or remove sandboxes, or set what their deployments start with.
     #[command(subcommand)]
@@ -294,6 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             follow,
             lines,
             since,
+            raw,
         } => {
             let id = DeploymentId::parse(&deployment)?;
             let query = nx_api::LogsQuery {
@@ -303,7 +309,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 format: json.then(|| "json".to_owned()),
             };
             let resp = client.logs(&id, &query).await?;
-            client::stream_to_stdout(resp).await.context("reading logs")
+            logs::print(resp, raw || json).await.context("reading logs")
         }
     }
 }

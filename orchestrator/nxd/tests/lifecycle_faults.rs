@@ -618,3 +618,40 @@ fn a_push_during_sandbox_rm_is_kept_listed_and_the_rm_says_to_run_again() {
         Vec::<String>::new()
     );
 }
+
+/// `nx logs` shows the control characters a program wrote escaped (an untrusted program may
+/// not drive the operator's terminal), tab kept; `--raw` gives them as they are. Here the
+/// sample app's "cannot listen on <HOST>" carries ESC and CR.
+#[test]
+fn nx_logs_escapes_control_characters_and_raw_keeps_them() {
+    let host = Host::start();
+    let failed = host.nx(&[
+        "push",
+        nx_testkit::sample_app().to_str().unwrap(),
+        "-s",
+        "esc",
+        "--ready-timeout",
+        "40s",
+        "-e",
+        "HOST=\x1b[31mred\x1b[0m\tand\rcarriage",
+    ]);
+    assert!(!failed.ok, "{}", failed.stdout);
+    let id = host.nx_json(&["status", "esc"])[0]["deployments"][0]["id"]
+        .as_str()
+        .expect("its id")
+        .to_owned();
+    let shown = host.nx(&["logs", &id]).stdout;
+    assert!(
+        shown.contains("cannot listen on \\x1b[31mred\\x1b[0m\tand\\rcarriage"),
+        "{shown:?}"
+    );
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\r'),
+        "{shown:?}"
+    );
+    let raw = host.nx(&["logs", "--raw", &id]).stdout;
+    assert!(
+        raw.contains("cannot listen on \x1b[31mred\x1b[0m\tand\rcarriage"),
+        "{raw:?}"
+    );
+}
