@@ -22,7 +22,24 @@ pub enum ImageError {
     },
     #[error("the image is for {found}, but this host runs {host}; build it for linux/{host} (e.g. `podman build --platform linux/{host}`)")]
     WrongPlatform { found: String, host: String },
+    #[error("the archive grows past {limit} bytes when gunzipped ({MAX_EXPANSION} times its own size, at least {MIN_EXPANDED_BYTES} bytes): NX does not unpack it; push it uncompressed (`podman save` without gzip)")]
+    Expands { limit: u64 },
 }
+
+/// How many times its own size a gzipped archive may grow when gunzipped (at least
+/// [`MIN_EXPANDED_BYTES`]): images compress by 2-5 times, a gzip bomb by about 1,000 (zeros).
+pub const MAX_EXPANSION: u64 = 64;
+
+/// The least a gzipped archive may grow to, in bytes (256 MiB).
+pub const MIN_EXPANDED_BYTES: u64 = 256 << 20;
+
+/// The most bytes of an archive's files kept in memory while it is checked, in bytes (32 MiB):
+/// only files that can be metadata (a manifest, an index, a config: each at most
+/// [`METADATA_MAX_BYTES`]) are kept; layers are hashed as they pass.
+const KEPT_MAX_BYTES: u64 = 32 << 20;
+
+/// The largest file of an archive kept to be read as metadata, in bytes (4 MiB).
+pub const METADATA_MAX_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
@@ -52,23 +69,38 @@ pub fn host_architecture() -> &'static str {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+/// A file of an archive: its sha256 (lowercase hex) and, when it is small enough to be metadata
+/// (see [`KEPT_MAX_BYTES`]), its bytes.
+struct File {
+    sha256: String,
+    bytes: Option<Vec<u8>>,
 }
 
-/// The files of the archive, by normalised name.
-fn files(bytes: &[u8]) -> Result<HashMap<String, Vec<u8>>, ImageError> {
-    let mut plain = Vec::new();
-    let tar_bytes: &[u8] = if bytes.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(bytes)
-            .read_to_end(&mut plain)
-            .map_err(|e| ImageError::NotImage(format!("gzip: {e}")))?;
-        &plain
-    } else {
-        bytes
-    };
+/// The files of the archive, by normalised name, read as a stream: gunzipped up to
+/// [`MAX_EXPANSION`] times the archive's size, layers hashed as they pass, so that neither a
+/// large image nor a gzip bomb is held in memory.
+fn files(bytes: &[u8], min_expanded: u64) -> Result<HashMap<String, File>, ImageError> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return read_files(bytes);
+    }
+    let limit = (bytes.len() as u64)
+        .saturating_mul(MAX_EXPANSION)
+        .max(min_expanded);
+    let mut gunzipped = flate2::read::GzDecoder::new(bytes).take(limit + 1);
+    let files = read_files(&mut gunzipped);
+    if gunzipped.limit() == 0 {
+        return Err(ImageError::Expands { limit });
+    }
+    files.map_err(|e| match e {
+        ImageError::NotImage(e) => ImageError::NotImage(format!("gzip: {e}")),
+        e => e,
+    })
+}
+
+fn read_files(tar_stream: impl Read) -> Result<HashMap<String, File>, ImageError> {
     let mut files = HashMap::new();
-    let mut archive = tar::Archive::new(tar_bytes);
+    let mut kept = 0;
+    let mut archive = tar::Archive::new(tar_stream);
     let entries = archive
         .entries()
         .map_err(|e| ImageError::NotImage(e.to_string()))?;
@@ -83,32 +115,67 @@ fn files(bytes: &[u8]) -> Result<HashMap<String, Vec<u8>>, ImageError> {
             .to_string_lossy()
             .trim_start_matches("./")
             .to_owned();
-        let mut data = Vec::new();
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| ImageError::Corrupt(format!("{name}: {e}")))?;
-        files.insert(name, data);
+        let size = entry.size();
+        let keep = size <= METADATA_MAX_BYTES && kept + size <= KEPT_MAX_BYTES;
+        let mut hasher = Sha256::new();
+        let mut data = keep.then(Vec::new);
+        let mut buffer = vec![0; 64 << 10];
+        loop {
+            let n = entry
+                .read(&mut buffer)
+                .map_err(|e| ImageError::Corrupt(format!("{name}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            if let Some(data) = data.as_mut() {
+                data.extend_from_slice(&buffer[..n]);
+            }
+        }
+        if keep {
+            kept += size;
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        files.insert(
+            name,
+            File {
+                sha256,
+                bytes: data,
+            },
+        );
     }
     Ok(files)
 }
 
-fn get<'a>(files: &'a HashMap<String, Vec<u8>>, name: &str) -> Result<&'a [u8], ImageError> {
+fn file<'a>(files: &'a HashMap<String, File>, name: &str) -> Result<&'a File, ImageError> {
     files
         .get(name)
-        .map(Vec::as_slice)
         .ok_or_else(|| ImageError::Corrupt(format!("{name} is referenced but missing")))
 }
 
-fn check(what: &str, expected: &str, bytes: &[u8]) -> Result<(), ImageError> {
+/// The bytes of a metadata file of the archive.
+fn get<'a>(files: &'a HashMap<String, File>, name: &str) -> Result<&'a [u8], ImageError> {
+    file(files, name)?.bytes.as_deref().ok_or_else(|| {
+        ImageError::Corrupt(format!(
+            "{name} is too large to be an image's metadata (at most {METADATA_MAX_BYTES} bytes)"
+        ))
+    })
+}
+
+/// The sha256 of a file of the archive.
+fn digest<'a>(files: &'a HashMap<String, File>, name: &str) -> Result<&'a str, ImageError> {
+    Ok(&file(files, name)?.sha256)
+}
+
+fn check(what: &str, expected: &str, actual: &str) -> Result<(), ImageError> {
     let expected = expected.trim_start_matches("sha256:");
-    let actual = sha256_hex(bytes);
     if actual == expected {
         Ok(())
     } else {
         Err(ImageError::DigestMismatch {
             what: what.into(),
             expected: expected.into(),
-            actual,
+            actual: actual.into(),
         })
     }
 }
@@ -157,18 +224,18 @@ fn blob_name(digest: &str) -> String {
 }
 
 /// A blob of a docker-archive named by its digest (newer `docker save`) is checked by name.
-fn check_named(files: &HashMap<String, Vec<u8>>, name: &str) -> Result<(), ImageError> {
+fn check_named(files: &HashMap<String, File>, name: &str) -> Result<(), ImageError> {
     let stem = name
         .trim_start_matches("blobs/sha256/")
         .trim_end_matches(".json")
         .trim_end_matches(".tar");
     if stem.len() == 64 && stem.chars().all(|c| c.is_ascii_hexdigit()) {
-        check(name, stem, get(files, name)?)?;
+        check(name, stem, digest(files, name)?)?;
     }
     Ok(())
 }
 
-fn docker(files: &HashMap<String, Vec<u8>>) -> Result<(String, ImageConfig), ImageError> {
+fn docker(files: &HashMap<String, File>) -> Result<(String, ImageConfig), ImageError> {
     let manifests: Vec<DockerManifest> = json("manifest.json", get(files, "manifest.json")?)?;
     let manifest = manifests
         .first()
@@ -189,35 +256,49 @@ fn docker(files: &HashMap<String, Vec<u8>>) -> Result<(String, ImageConfig), Ima
         )));
     }
     for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
-        check(layer, diff_id, get(files, layer)?)?;
+        check(layer, diff_id, digest(files, layer)?)?;
     }
-    Ok((sha256_hex(config_bytes), config))
+    Ok((digest(files, &manifest.config)?.to_owned(), config))
 }
 
-fn oci(files: &HashMap<String, Vec<u8>>) -> Result<(String, ImageConfig), ImageError> {
+fn oci(files: &HashMap<String, File>) -> Result<(String, ImageConfig), ImageError> {
     let index: OciIndex = json("index.json", get(files, "index.json")?)?;
     let manifest_digest = &index
         .manifests
         .first()
         .ok_or_else(|| ImageError::Corrupt("index.json lists no manifest".into()))?
         .digest;
-    let manifest_bytes = get(files, &blob_name(manifest_digest))?;
-    check("the manifest", manifest_digest, manifest_bytes)?;
-    let manifest: OciManifest = json("the manifest", manifest_bytes)?;
+    let manifest_name = blob_name(manifest_digest);
+    check(
+        "the manifest",
+        manifest_digest,
+        digest(files, &manifest_name)?,
+    )?;
+    let manifest: OciManifest = json("the manifest", get(files, &manifest_name)?)?;
     for layer in &manifest.layers {
-        check(
-            &blob_name(&layer.digest),
-            &layer.digest,
-            get(files, &blob_name(&layer.digest))?,
-        )?;
+        let name = blob_name(&layer.digest);
+        check(&name, &layer.digest, digest(files, &name)?)?;
     }
-    let config_bytes = get(files, &blob_name(&manifest.config.digest))?;
-    check("the config", &manifest.config.digest, config_bytes)?;
-    Ok((sha256_hex(config_bytes), json("the config", config_bytes)?))
+    let config_name = blob_name(&manifest.config.digest);
+    let config_digest = digest(files, &config_name)?;
+    check("the config", &manifest.config.digest, config_digest)?;
+    Ok((
+        config_digest.to_owned(),
+        json("the config", get(files, &config_name)?)?,
+    ))
 }
 
+/// Checks an image archive (see the module's docs) without holding its layers in memory.
+///
+/// # Errors
+/// [`ImageError`]: not an image, corrupt, a digest that does not match, another platform, or
+/// a gzipped archive that grows past [`MAX_EXPANSION`] times its size.
 pub fn verify_image(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
-    let files = files(bytes)?;
+    verify_image_within(bytes, MIN_EXPANDED_BYTES)
+}
+
+fn verify_image_within(bytes: &[u8], min_expanded: u64) -> Result<ImageInfo, ImageError> {
+    let files = files(bytes, min_expanded)?;
     let (format, (id, config)) = if files.contains_key("manifest.json") {
         ("docker-archive", docker(&files)?)
     } else if files.contains_key("index.json") && files.contains_key("oci-layout") {
@@ -247,6 +328,10 @@ pub fn verify_image(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
 #[doc(hidden)]
 pub mod tests {
     use super::*;
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
 
     /// A docker-archive with one layer holding `app`, for `architecture`.
     pub fn docker_archive(app: &[u8], architecture: &str) -> Vec<u8> {
@@ -307,5 +392,96 @@ pub mod tests {
 
         let e = verify_image(&docker_archive(b"binary", "arm64")).unwrap_err();
         assert!(e.to_string().contains("linux/arm64"), "{e}");
+    }
+
+    /// A gzipped docker-archive whose one layer is `layer_bytes` zeros, written as a stream.
+    #[cfg(test)]
+    fn zeros_image_gz(layer_bytes: u64) -> Vec<u8> {
+        let zeros = || std::io::repeat(0).take(layer_bytes);
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0; 1 << 20];
+        let mut layer = zeros();
+        while let Ok(n @ 1..) = layer.read(&mut buffer) {
+            hasher.update(&buffer[..n]);
+        }
+        let config = serde_json::json!({
+            "architecture": host_architecture(), "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(hasher.finalize()))] },
+        })
+        .to_string();
+        let config_name = format!("{}.json", sha256_hex(config.as_bytes()));
+        let manifest =
+            serde_json::json!([{ "Config": config_name, "Layers": ["layer.tar"] }]).to_string();
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut archive = tar::Builder::new(gz);
+        let mut append = |name: &str, size: u64, data: &mut dyn Read| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(size);
+            header.set_mode(0o644);
+            archive.append_data(&mut header, name, data).unwrap();
+        };
+        append(
+            "manifest.json",
+            manifest.len() as u64,
+            &mut manifest.as_bytes(),
+        );
+        append(&config_name, config.len() as u64, &mut config.as_bytes());
+        append("layer.tar", layer_bytes, &mut zeros());
+        archive.into_inner().unwrap().finish().unwrap()
+    }
+
+    /// The process's peak resident memory (VmHWM, proc(5)), in KiB.
+    #[cfg(test)]
+    fn peak_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_large_layer_is_hashed_as_it_passes_not_held() {
+        let archive = zeros_image_gz(96 << 20);
+        let before = peak_kib();
+        let info = verify_image(&archive).unwrap();
+        assert_eq!(info.format, "docker-archive");
+        let grew = peak_kib() - before;
+        // Held whole, the 96 MiB layer would be in memory twice (gunzipped, then the entry).
+        assert!(grew < 32 << 10, "checking it took {grew} KiB more");
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_once_it_grows_past_its_bound() {
+        let bomb = zeros_image_gz(16 << 20);
+        // 16 MiB of zeros gzip to some 70 KB: 64 times that is under 16 MiB.
+        let e = verify_image_within(&bomb, 1 << 20).unwrap_err();
+        let limit = bomb.len() as u64 * MAX_EXPANSION;
+        assert!(limit < 16 << 20, "{limit}");
+        assert_eq!(e, ImageError::Expands { limit });
+        assert!(e.to_string().contains("push it uncompressed"), "{e}");
+        // The same image within a bound it fits is checked in full.
+        assert!(verify_image_within(&bomb, 32 << 20).is_ok());
+    }
+
+    #[test]
+    fn metadata_too_large_to_keep_is_named() {
+        let mut files = HashMap::new();
+        files.insert(
+            "manifest.json".to_owned(),
+            File {
+                sha256: String::new(),
+                bytes: None,
+            },
+        );
+        let Err(e) = docker(&files) else {
+            panic!("an unreadable manifest.json passed")
+        };
+        assert!(
+            e.to_string()
+                .contains("too large to be an image's metadata"),
+            "{e}"
+        );
     }
 }

@@ -104,10 +104,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::ManagerStop { state_dir }) => {
             nx_orchestrator::supervisor::embedded::stop(&state_dir);
-            nx_orchestrator::embedded_db::forget_killed_cluster(&state_dir)
-                .context("removing the killed embedded PostgreSQL's shared memory segment")?;
+            let segment = nx_orchestrator::embedded_db::forget_killed_cluster(&state_dir);
             nx_orchestrator::network::teardown::remove(&state_dir)
                 .context("removing the host network (nftables table inet nx, nx0)")?;
+            segment.context("removing the killed embedded PostgreSQL's shared memory segment")?;
             Ok(())
         }
         None => {

@@ -338,6 +338,45 @@ fn a_large_upload_is_not_held_in_memory() {
     assert!(stored_artifacts(&host).is_empty());
 }
 
+/// A gzip bomb: 1 GiB of zeros gzips to about 1 MB; an image archive is checked as a stream, so
+/// nxd neither holds what it gunzips nor gunzips past 64 times the upload (attacker s8 F11: nxd
+/// held 1 GiB for this upload).
+#[test]
+fn a_gzip_bomb_is_refused_without_being_unpacked_into_memory() {
+    let host = Host::start();
+    let gzip = std::process::Command::new("sh")
+        .args(["-c", "head -c 1G /dev/zero | gzip -1"])
+        .output()
+        .expect("gzip");
+    assert!(gzip.status.success());
+    let bomb = gzip.stdout;
+    let before = host.nxd_peak_rss();
+    let resp = host
+        .http()
+        .put(format!(
+            "http://{}/v1/artifacts/{}",
+            host.api,
+            sha256_hex(&bomb)
+        ))
+        .bearer_auth(&host.token)
+        .timeout(Duration::from_secs(300))
+        .body(bomb.clone())
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("not an image archive"), "{body}");
+    let grew = host.nxd_peak_rss() - before;
+    assert!(
+        grew < 64 << 20,
+        "a {} KiB gzip upload raised nxd's peak memory by {} MiB",
+        bomb.len() >> 10,
+        grew >> 20
+    );
+    assert!(stored_artifacts(&host).is_empty());
+}
+
 #[test]
 fn requests_without_the_token_get_401() {
     let host = Host::start();

@@ -131,6 +131,11 @@ fn a_task_ends_with_its_program_and_says_what_killed_it() {
         String::from_utf8_lossy(&left.stdout)
     );
 
+    // The OOM killer may pick the program like any other process (nothing of the launcher's
+    // is inherited: a -1000 there, where root may lower it, made tasks unkillable at their limit).
+    let out = run(&host, &[], &["cat", "/proc/self/oom_score_adj"]);
+    assert_eq!(out.stdout.trim(), "0", "{}", out.stderr);
+
     // A program killed by a signal: named in the stream and on nx's stderr.
     let out = run(&host, &["--json"], &["abort"]);
     assert_eq!(out.code, Some(128 + 6), "{}", out.stderr);

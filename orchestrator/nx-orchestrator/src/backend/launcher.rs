@@ -167,10 +167,6 @@ pub fn run(spec_path: &Path) -> String {
         Ok(spec) => spec,
         Err(e) => return e,
     };
-    if spec.exit_report {
-        // As root, before `exec` drops to the task's uid (see `task_end`).
-        super::task_end::spare_from_oom_killer();
-    }
     for (i, path) in spec.seccomp.iter().enumerate() {
         let target = SECCOMP_FIRST_FD + i as i32;
         let fd = match std::fs::File::open(path) {

@@ -19,14 +19,6 @@ use nx_api::signals::signal_of_exit_code;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::FromRawFd;
-use std::os::unix::process::CommandExt;
-
-/// Makes the kernel's OOM killer pass over this process (the launcher, which waits in the
-/// task's cgroup), so that at the cgroup's `MemoryMax` it kills the program; the sandbox gets
-/// the default back (see [`run`]). Needs root: call it before dropping to the task's uid.
-pub fn spare_from_oom_killer() {
-    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
-}
 
 /// Runs the task's sandbox, `program args` (bubblewrap) with `env` and /dev/null as its
 /// standard input, waits until it and every process it left have been killed, reports the end on
@@ -43,13 +35,6 @@ pub fn run(program: &str, args: &[String], env: &BTreeMap<String, String>) -> St
         .env_clear()
         .envs(env)
         .stdin(std::process::Stdio::null());
-    // SAFETY: the launcher is single-threaded; the child only writes a file before it execs.
-    unsafe {
-        command.pre_exec(|| {
-            let _ = std::fs::write("/proc/self/oom_score_adj", "0");
-            Ok(())
-        });
-    }
     let sandbox = match command.spawn() {
         Ok(child) => Pid::from_raw(child.id() as i32),
         Err(e) => return format!("cannot run {program}: {e}"),
