@@ -298,6 +298,38 @@ fn an_upload_that_is_no_program_is_refused_on_its_first_bytes_and_a_full_disk_sa
     assert_eq!(status, 200, "{answer}");
 }
 
+/// PUTs `body` (`size` bytes) as the artifact `sha` and asserts that nxd refused it with 422
+/// saying `refusal`, stored nothing, and that its peak memory grew by less than 64 MiB meanwhile.
+fn refused_without_holding_it(
+    host: &Host,
+    sha: &str,
+    size: u64,
+    body: reqwest::blocking::Body,
+    refusal: &str,
+) {
+    let before = host.nxd_peak_rss();
+    let resp = host
+        .http()
+        .put(format!("http://{}/v1/artifacts/{sha}", host.api))
+        .bearer_auth(&host.token)
+        .timeout(Duration::from_secs(300))
+        .body(body)
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains(refusal), "{body}");
+    let grew = host.nxd_peak_rss() - before;
+    assert!(
+        grew < 64 << 20,
+        "a {} KiB upload raised nxd's peak memory by {} MiB",
+        size >> 10,
+        grew >> 20
+    );
+    assert!(stored_artifacts(&host).is_empty());
+}
+
 #[test]
 fn a_large_upload_is_not_held_in_memory() {
     let host = Host::start();
@@ -305,37 +337,14 @@ fn a_large_upload_is_not_held_in_memory() {
     // It starts as a program does (else its first bytes refuse it at once).
     let size: u64 = 512 << 20;
     let head = std::fs::read(nx_testkit::sample_app()).unwrap()[..4096].to_vec();
-    let before = host.nxd_peak_rss();
-    let resp = host
-        .http()
-        .put(format!(
-            "http://{}/v1/artifacts/{}",
-            host.api,
-            "0".repeat(64)
-        ))
-        .bearer_auth(&host.token)
-        .timeout(Duration::from_secs(300))
-        .body(reqwest::blocking::Body::sized(
-            std::io::Read::chain(
-                std::io::Cursor::new(head),
-                std::io::Read::take(std::io::repeat(7), size - 4096),
-            ),
-            size,
-        ))
-        .send()
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.text().unwrap();
-    assert_eq!(status, 422, "{body}");
-    assert!(body.contains("hash mismatch"), "{body}");
-    let grew = host.nxd_peak_rss() - before;
-    assert!(
-        grew < 64 << 20,
-        "a {} MiB upload raised nxd's peak memory by {} MiB",
-        size >> 20,
-        grew >> 20
+    let body = reqwest::blocking::Body::sized(
+        std::io::Read::chain(
+            std::io::Cursor::new(head),
+            std::io::Read::take(std::io::repeat(7), size - 4096),
+        ),
+        size,
     );
-    assert!(stored_artifacts(&host).is_empty());
+    refused_without_holding_it(&host, &"0".repeat(64), size, body, "hash mismatch");
 }
 
 /// A gzip bomb: 1 GiB of zeros gzips to about 1 MB; an image archive is checked as a stream, so
@@ -350,31 +359,8 @@ fn a_gzip_bomb_is_refused_without_being_unpacked_into_memory() {
         .expect("gzip");
     assert!(gzip.status.success());
     let bomb = gzip.stdout;
-    let before = host.nxd_peak_rss();
-    let resp = host
-        .http()
-        .put(format!(
-            "http://{}/v1/artifacts/{}",
-            host.api,
-            sha256_hex(&bomb)
-        ))
-        .bearer_auth(&host.token)
-        .timeout(Duration::from_secs(300))
-        .body(bomb.clone())
-        .send()
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.text().unwrap();
-    assert_eq!(status, 422, "{body}");
-    assert!(body.contains("not an image archive"), "{body}");
-    let grew = host.nxd_peak_rss() - before;
-    assert!(
-        grew < 64 << 20,
-        "a {} KiB gzip upload raised nxd's peak memory by {} MiB",
-        bomb.len() >> 10,
-        grew >> 20
-    );
-    assert!(stored_artifacts(&host).is_empty());
+    let (sha, size) = (sha256_hex(&bomb), bomb.len() as u64);
+    refused_without_holding_it(&host, &sha, size, bomb.into(), "not an image archive");
 }
 
 #[test]
