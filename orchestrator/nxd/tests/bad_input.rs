@@ -327,7 +327,7 @@ fn refused_without_holding_it(
         size >> 10,
         grew >> 20
     );
-    assert!(stored_artifacts(&host).is_empty());
+    assert!(stored_artifacts(host).is_empty());
 }
 
 #[test]
