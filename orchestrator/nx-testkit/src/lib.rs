@@ -147,7 +147,7 @@ impl Host {
 
     /// Like `start_with`, running the nxd binary at `nxd` (e.g. a copy under /tmp).
     pub fn start_with_nxd(nxd: PathBuf, extra_config: &str) -> Self {
-        Self::start_in_block(nxd, extra_config, free_port(), &[])
+        Self::start_in_block(nxd, extra_config, 0, &[])
     }
 
     /// Like `start_with`, with the router's HTTP listener on `router_port` (for a server that
@@ -186,11 +186,12 @@ impl Host {
         uid_block: u16,
         extra_config: &str,
     ) -> Self {
-        Self::start_configured(nxd, ports, uid_block, (free_port(), &[]), extra_config)
+        Self::start_configured(nxd, ports, uid_block, (0, &[]), extra_config)
     }
 
-    /// `links`: the router's port, and the ports of servers on the test's loopback that nxd
-    /// reaches (see `start_with_router_port`).
+    /// `links`: the router's port (0: any free one, taken by its forwarder's own bind, so that no
+    /// other test can take it between a pick and the bind), and the ports of servers on the
+    /// test's loopback that nxd reaches (see `start_with_router_port`).
     fn start_configured(
         nxd: PathBuf,
         ports: (u16, u16),
