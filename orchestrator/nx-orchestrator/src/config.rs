@@ -244,8 +244,8 @@ pub struct DatabasesConfig {
     /// A superuser connection to the cluster that holds the sandboxes' databases.
     /// Default: the embedded cluster (which also holds nxd's state).
     pub admin_url: Option<String>,
-    /// The directory of that cluster's unix socket; its socket is bind-mounted into every
-    /// deployment. Default: the embedded cluster's.
+    /// The directory of that cluster's unix socket, which each sandbox's own socket (bound
+    /// into its deployments at /run/postgresql) forwards to. Default: the embedded cluster's.
     pub socket_dir: Option<PathBuf>,
     /// The cluster's port (it names the socket file `.s.PGSQL.<port>`).
     pub port: u16,

@@ -24,6 +24,10 @@ pub const STATE_DATABASE: &str = "nx";
 /// Connection slots only superusers (nxd, its pg_dump and pg_restore) may take: nxd's pools
 /// (12) and its tools, with room to spare. PostgreSQL's `superuser_reserved_connections`.
 pub const RESERVED_FOR_NXD: u32 = 20;
+/// PostgreSQL's `authentication_timeout`, in seconds (its default: 60): how long a connection
+/// may hold a backend slot before it authenticates. Deployments' connections pass their
+/// sandbox's gate (`databases::gate`), which counts them; this bounds how long each is held.
+pub const AUTHENTICATION_TIMEOUT_SECS: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedDbError {
@@ -76,6 +80,11 @@ pub struct EmbeddedCluster {
     pub socket_dir: PathBuf,
 }
 
+/// The embedded cluster's log (its output): `<state_dir>/postgres/postgres.log`.
+pub fn log_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("postgres").join("postgres.log")
+}
+
 /// Starts (or adopts) the embedded cluster.
 #[tracing::instrument(skip_all)]
 pub async fn ensure(
@@ -122,10 +131,12 @@ pub async fn ensure(
                 "listen_addresses=".into(),
                 "-c".into(),
                 format!("superuser_reserved_connections={RESERVED_FOR_NXD}"),
+                "-c".into(),
+                format!("authentication_timeout={AUTHENTICATION_TIMEOUT_SECS}s"),
             ],
             user: Some(OS_USER.into()),
             limits: None,
-            output: UnitOutput::File(dir.join("postgres.log")),
+            output: UnitOutput::File(log_path(state_dir)),
             restart_delay: Some(Duration::from_secs(1)),
             slice: SliceKind::Control,
             remain_after_exit: false,
@@ -153,7 +164,7 @@ pub async fn ensure(
             });
         }
         if Instant::now() > deadline {
-            return Err(EmbeddedDbError::NotReady(dir.join("postgres.log")));
+            return Err(EmbeddedDbError::NotReady(log_path(state_dir)));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

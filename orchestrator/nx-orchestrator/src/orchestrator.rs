@@ -282,6 +282,11 @@ impl Orchestrator {
             .into_iter()
             .filter(|d| d.desired == Desired::Running)
             .collect();
+        // Running deployments reach their database through their sandbox's gate, whose
+        // socket this process binds again in the directory they have at /run/postgresql.
+        for deployment in &to_run {
+            self.databases.sandbox_socket(&deployment.sandbox)?;
+        }
         let app = Arc::clone(self);
         tokio::spawn(async move {
             let adoptions = to_run.into_iter().map(|deployment| {
@@ -497,7 +502,7 @@ impl Orchestrator {
             program,
             env,
             args,
-            database_socket: Some(self.databases.socket()),
+            database_socket: Some(self.databases.sandbox_socket(&deployment.sandbox)?),
             network: self.attachment(deployment)?,
             volumes: self.attached_volumes(deployment).await?,
         })

@@ -72,14 +72,26 @@ impl Orchestrator {
         *self.problem.lock().expect("problem lock") = problem;
     }
 
-    /// What keeps nxd from serving, if anything: the watchdog's finding, or a manager that
-    /// does not answer now. `None`: healthy.
+    /// What keeps nxd from serving, if anything: the watchdog's finding, a manager that does
+    /// not answer now, or a PostgreSQL that refuses nxd a connection. `None`: healthy.
     pub async fn problem(&self) -> Option<String> {
         if let Some(problem) = self.problem.lock().expect("problem lock").clone() {
             return Some(problem);
         }
         if !self.supervisor.answers(ANSWER_WITHIN).await {
             return Some("the systemd manager does not answer".into());
+        }
+        if let Some(refusal) = self.databases.refusal(ANSWER_WITHIN).await {
+            let log = if self.embedded_db {
+                embedded_db::log_path(&self.config.state_dir)
+                    .display()
+                    .to_string()
+            } else {
+                "the cluster of databases.admin_url".into()
+            };
+            return Some(format!(
+                "PostgreSQL refuses nxd's connections ({refusal}): pushes, backups and deployments' databases fail until it accepts them; see its log ({log})"
+            ));
         }
         None
     }

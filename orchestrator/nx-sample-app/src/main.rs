@@ -256,6 +256,9 @@ fn handle(request: Request) {
             }
         }
         "/db/hold" => hold_connections(query(&url, "n").and_then(|n| n.parse().ok()).unwrap_or(1)),
+        "/db/hold-unauthenticated" => {
+            hold_unauthenticated(query(&url, "n").and_then(|n| n.parse().ok()).unwrap_or(1))
+        }
         "/db/put" => db(&url, |c| {
             c.batch_execute("CREATE TABLE IF NOT EXISTS items (v text)")?;
             c.execute(
@@ -407,6 +410,66 @@ fn hold_connections(n: usize) -> Response<std::io::Cursor<Vec<u8>>> {
         }
     }
     json(serde_json::json!({ "held": held.len(), "refused": refused }))
+}
+
+/// Connections `/db/hold-unauthenticated` keeps open, each asked for a password it never gets.
+static UNAUTHENTICATED: std::sync::Mutex<Vec<std::os::unix::net::UnixStream>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Opens `n` connections to `$PGHOST/.s.PGSQL.$PGPORT`, each sending a startup packet for
+/// PGUSER and PGDATABASE (protocol 3.0) and never answering the password request, and keeps
+/// those asked for one. Reports how many were asked, how many refused (and the first refusal's
+/// message) and how many ended otherwise.
+fn hold_unauthenticated(n: usize) -> Response<std::io::Cursor<Vec<u8>>> {
+    use std::io::Write;
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let socket = format!("{}/.s.PGSQL.{}", env("PGHOST"), env("PGPORT"));
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (key, value) in [("user", env("PGUSER")), ("database", env("PGDATABASE"))] {
+        body.extend(key.as_bytes().iter().chain(b"\0"));
+        body.extend(value.as_bytes().iter().chain(b"\0"));
+    }
+    body.push(0);
+    let mut startup = u32::try_from(body.len() + 4)
+        .unwrap_or(0)
+        .to_be_bytes()
+        .to_vec();
+    startup.extend(body);
+    let mut held = UNAUTHENTICATED.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut asked, mut refused, mut other) = (0, 0, Vec::new());
+    let mut refusal = None;
+    for _ in 0..n {
+        let answer = std::os::unix::net::UnixStream::connect(&socket).and_then(|mut stream| {
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            stream.write_all(&startup)?;
+            let mut head = [0u8; 5];
+            stream.read_exact(&mut head)?;
+            let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut rest = vec![0u8; length.saturating_sub(4).min(4096)];
+            stream.read_exact(&mut rest)?;
+            Ok((head[0], rest, stream))
+        });
+        match answer {
+            Ok((b'R', _, stream)) => {
+                asked += 1;
+                held.push(stream);
+            }
+            Ok((b'E', fields, _)) => {
+                refused += 1;
+                // The `M` field: its text up to its NUL.
+                let message = fields
+                    .split(|b| *b == 0)
+                    .find_map(|f| f.strip_prefix(b"M"))
+                    .map(|m| String::from_utf8_lossy(m).into_owned());
+                refusal = refusal.or(message);
+            }
+            Ok((kind, _, _)) => other.push(format!("message {:?}", kind as char)),
+            Err(e) => other.push(e.to_string()),
+        }
+    }
+    json(serde_json::json!({
+        "asked_for_password": asked, "refused": refused, "refusal": refusal, "other": other,
+    }))
 }
 
 /// libpq's view of the PG* environment, with `database` instead of PGDATABASE if given.

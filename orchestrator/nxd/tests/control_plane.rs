@@ -125,7 +125,7 @@ fn a_tenant_reaches_only_its_database_and_cannot_hold_nxd_up_or_crowd_it_out() {
         held["refused"]
             .as_str()
             .unwrap()
-            .contains("too many connections for role"),
+            .contains("too many connections for sandbox alpha's database"),
         "{held}"
     );
     assert_eq!(beta(&host, "/db/put?v=y").0, 200, "beta could not connect");
@@ -145,6 +145,84 @@ fn a_tenant_reaches_only_its_database_and_cannot_hold_nxd_up_or_crowd_it_out() {
         settings.contains("idle_in_transaction_session_timeout=60s"),
         "{settings}"
     );
+}
+
+/// (status, body) of `GET /v1/health`.
+fn health(host: &Host) -> (u16, String) {
+    host.call(&host.token, "GET", "/v1/health", None)
+}
+
+#[test]
+fn unauthenticated_connections_of_one_sandbox_leave_the_others_and_nxd_connecting() {
+    let host = Host::start();
+    let a = host.push_sample("alpha", &[]);
+    let b = host.push_sample("beta", &[]);
+    let alpha = |path: &str| host.get(&host.preview_host("alpha", &a), path);
+    let beta = |path: &str| host.get(&host.preview_host("beta", &b), path);
+    assert_eq!(beta("/db/put?v=before").0, 200);
+    let limit = host.nx_json(&["db", "url", "alpha"])["connection_limit"]
+        .as_u64()
+        .unwrap();
+
+    // Alpha's app opens 200 connections, sends each a startup packet and never answers the
+    // password request: on the cluster's own socket each held a backend slot until
+    // authentication_timeout, and every other client got "sorry, too many clients already".
+    let (status, held) = alpha("/db/hold-unauthenticated?n=200");
+    assert_eq!(status, 200, "{held}");
+    let held: serde_json::Value = serde_json::from_str(&held).unwrap();
+    let (status, body) = beta("/db/put?v=during");
+    assert_eq!(status, 200, "beta could not connect ({held}): {body}");
+    let saved = host.path("beta.dump");
+    let made = host.nx(&["db", "backup", "beta", "-o", saved.to_str().unwrap()]);
+    assert!(made.ok, "nx db backup failed ({held}): {}", made.stderr);
+    assert_eq!(health(&host).0, 200, "{held}");
+    assert_eq!(held["asked_for_password"], limit, "{held}");
+    assert_eq!(held["refused"], 200 - limit, "{held}");
+    assert!(
+        held["refusal"]
+            .as_str()
+            .unwrap()
+            .contains("too many connections for sandbox alpha's database"),
+        "{held}"
+    );
+    // PostgreSQL ends them at authentication_timeout (10 s), and alpha's slots are free again.
+    let started = Instant::now();
+    loop {
+        let (status, body) = alpha("/db/put?v=after");
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "alpha's slots stayed taken: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn health_says_when_postgresql_refuses_nxd() {
+    let host = Host::start();
+    assert_eq!(health(&host).0, 200);
+    superuser(
+        &host,
+        "nx",
+        "ALTER DATABASE postgres WITH ALLOW_CONNECTIONS false",
+    );
+    let (status, body) = health(&host);
+    superuser(
+        &host,
+        "nx",
+        "ALTER DATABASE postgres WITH ALLOW_CONNECTIONS true",
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("PostgreSQL refuses nxd's connections")
+            && body.contains("is not currently accepting connections")
+            && body.contains("postgres.log"),
+        "{body}"
+    );
+    assert_eq!(health(&host).0, 200);
 }
 
 #[test]

@@ -6,8 +6,11 @@
 //! from PUBLIC on every database NX makes and on `postgres` and `template1`), has a
 //! `CONNECTION LIMIT` and its own `statement_timeout` and `idle_in_transaction_session_timeout`
 //! ([`RolePolicy`]). PostgreSQL cannot cap a database's size; [`Databases::size`] reports it.
+//! Deployments reach the cluster through their sandbox's own socket ([`gate`]), which admits
+//! the role's connection limit at once before authentication, as PostgreSQL does only after.
 
 pub(crate) mod backup;
+mod gate;
 pub mod ident;
 mod legacy_names;
 
@@ -124,6 +127,8 @@ pub struct Databases {
     retention: usize,
     /// One provisioning at a time: two first pushes to a new sandbox would both create its role.
     provisioning: tokio::sync::Mutex<()>,
+    /// Each sandbox's own socket in front of the cluster's (see [`gate`]).
+    gates: gate::Gates,
     /// Sandboxes provisioned by this process, by role: their credentials stay what they were
     /// until the sandbox is dropped (a swap or a restore renames databases under the same
     /// role and restricts the new one itself), so later pushes skip the DDL.
@@ -201,6 +206,13 @@ impl Databases {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
         let idents = SandboxIdents::load_or_create(&secrets.join("ident.key"))?;
+        let gates = gate::Gates::new(
+            state_dir,
+            socket_dir.join(format!(".s.PGSQL.{}", config.port)),
+            config.port,
+            policy.connection_limit,
+            u32::try_from(open_slots).unwrap_or(1),
+        )?;
         Ok(Self {
             admin,
             supervisor,
@@ -213,13 +225,21 @@ impl Databases {
             backups,
             retention: config.backup_retention,
             provisioning: tokio::sync::Mutex::new(()),
+            gates,
             provisioned: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    /// The cluster's socket on the host (bind-mounted into deployments).
-    pub fn socket(&self) -> PathBuf {
-        self.socket_dir.join(format!(".s.PGSQL.{}", self.port))
+    /// The socket `sandbox`'s deployments reach the cluster by (its directory is bind-mounted
+    /// at [`SANDBOX_SOCKET_DIR`]): the sandbox's gate, opened if it is not, which admits the
+    /// role's connection limit at once (see [`gate`]).
+    ///
+    /// # Errors
+    /// [`DbError::Io`] when its directory or socket cannot be made.
+    pub fn sandbox_socket(&self, sandbox: &SandboxName) -> Result<PathBuf, DbError> {
+        Ok(self
+            .gates
+            .socket(&self.idents.sandbox(sandbox), sandbox.as_str())?)
     }
 
     /// A URL through the socket in `socket_dir`, in libpq's form with an empty host
@@ -396,6 +416,7 @@ impl Databases {
     pub async fn drop_sandbox(&self, sandbox: &SandboxName) -> Result<(), DbError> {
         let role = self.idents.sandbox(sandbox);
         self.forget_provisioned(&role).await;
+        self.gates.close(&role);
         let dropped = self.drop_owned(&role).await;
         // A push during the drop may have provisioned it again meanwhile.
         self.forget_provisioned(&role).await;
@@ -544,6 +565,20 @@ impl Databases {
             .fetch_one(&self.admin)
             .await?;
         Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
+    /// Why the cluster refuses nxd a new connection now, if it does (within `within`): e.g.
+    /// "sorry, too many clients already". A new connection, not one of the pool's, which
+    /// stay open and would hide it.
+    pub async fn refusal(&self, within: std::time::Duration) -> Option<String> {
+        match tokio::time::timeout(within, PgConnection::connect(&self.admin_url)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                None
+            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {within:?}")),
+        }
     }
 
     /// What every sandbox role is held to.
