@@ -436,3 +436,65 @@ fn a_dump_that_resets_its_role_is_restored_as_the_sandboxs_role_and_gains_nothin
         comment
     );
 }
+
+#[test]
+fn a_branch_made_after_a_restore_leaves_the_kept_databases_to_production() {
+    let host = Host::start();
+    let prod = host.push_sample("shop", &[]);
+    let on = |id: &str, path: &str| host.get(&host.preview_host("shop", id), path);
+    assert_eq!(on(&prod, "/db/put?v=a").0, 200);
+    let saved = host.path("shop.dump");
+    let backup = host.nx_json(&["db", "backup", "shop", "-o", saved.to_str().unwrap()])["backup"]
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kept = host.nx_json(&["db", "restore", "shop", &backup])["previous_database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let production_role = db_info(&host, "shop")["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let branch = host.push_sample("shop", &["--db-branch"]);
+    assert_eq!(on(&branch, "/db/list"), (200, r#"["a"]"#.to_string()));
+    let owner = format!(
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname IN ('{kept}', '{production_role}') ORDER BY datname"
+    );
+    assert_eq!(
+        psql_as_superuser(&host, &owner),
+        format!("{production_role}\n{production_role}"),
+        "the branch took production's databases"
+    );
+    // The branch's role, with its own password, can neither open nor drop the kept one.
+    let (_, env) = on(&branch, "/env");
+    let env: serde_json::Value = serde_json::from_str(&env).unwrap();
+    let branch_url = format!(
+        "postgres://{}:{}@/{}?host={}",
+        env["PGUSER"].as_str().unwrap(),
+        env["PGPASSWORD"].as_str().unwrap(),
+        env["PGDATABASE"].as_str().unwrap(),
+        host.path("postgres/socket").display()
+    );
+    let out = Command::new("psql")
+        .arg(&branch_url)
+        .args(["-c", &format!("DROP DATABASE \"{kept}\"")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be owner of database"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(database_names(&host).contains(&kept));
+
+    host.nx_json(&["rm", &branch]);
+    host.nx_json(&["sandbox", "rm", "shop", "--no-backup"]);
+    let left = database_names(&host);
+    assert!(
+        !left.contains(&kept) && !left.contains(&production_role),
+        "{left:?}"
+    );
+}

@@ -480,8 +480,10 @@ impl Databases {
     }
 
     /// The objects a template copy brought along are production's role's: give them to the
-    /// branch's role. REASSIGN OWNED also moves shared objects (production's database itself),
-    /// so that one is given back in the same transaction.
+    /// branch's role. REASSIGN OWNED also moves shared objects: every database production's
+    /// role owns (its own, and the `nxo_*` ones restores and swaps kept), so those are given
+    /// back in the same transaction; else the branch could open or drop them, and its role
+    /// could not be dropped while it owned them.
     async fn reassign_copied_objects(
         &self,
         branch: &str,
@@ -489,18 +491,25 @@ impl Databases {
     ) -> Result<(), DbError> {
         let mut conn = PgConnection::connect(&with_database(&self.admin_url, branch)).await?;
         let mut tx = conn.begin().await?;
-        for sql in [
-            format!(
-                "REASSIGN OWNED BY {} TO {}",
-                quote(production_role),
-                quote(branch)
-            ),
+        let owned: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+        )
+        .bind(production_role)
+        .fetch_all(&mut *tx)
+        .await?;
+        let give_back = owned.iter().map(|database| {
             format!(
                 "ALTER DATABASE {} OWNER TO {}",
-                quote(production_role),
+                quote(database),
                 quote(production_role)
-            ),
-        ] {
+            )
+        });
+        let reassign = format!(
+            "REASSIGN OWNED BY {} TO {}",
+            quote(production_role),
+            quote(branch)
+        );
+        for sql in std::iter::once(reassign).chain(give_back) {
             sqlx::query(&sql).execute(&mut *tx).await?;
         }
         tx.commit().await?;
