@@ -211,6 +211,9 @@ in
       connectionLimitPercent = mkOption { type = types.ints.between 1 100; default = defaults.databases.connectionLimitPercent; description = "Each sandbox role's CONNECTION LIMIT, in percent of the cluster's slots not reserved for superusers (at least 1)."; };
       statementTimeoutSecs = mkOption { type = types.ints.unsigned; default = defaults.databases.statementTimeoutSecs; description = "statement_timeout of sandbox roles, in seconds; 0: none."; };
       idleInTransactionTimeoutSecs = mkOption { type = types.ints.unsigned; default = defaults.databases.idleInTransactionTimeoutSecs; description = "idle_in_transaction_session_timeout of sandbox roles, in seconds; 0: none."; };
+      tempFileLimitMb = mkOption { type = types.ints.unsigned; default = defaults.databases.tempFileLimitMb; description = "temp_file_limit of sandbox roles, in MiB (superuser-only: a role cannot lift it); 0: none."; };
+      backendMemoryMaxMb = mkOption { type = types.ints.unsigned; default = defaults.databases.backendMemoryMaxMb; description = "nxd ends a tenant's backend whose anonymous memory passes this, in MiB (embedded cluster only); 0: none."; };
+      memoryMaxMb = mkOption { type = types.ints.unsigned; default = defaults.databases.memoryMaxMb; description = "MemoryMax of the embedded cluster's unit (nx-postgres.service), in MiB; 0: none."; };
     };
     openFirewall = mkOption {
       type = types.bool;

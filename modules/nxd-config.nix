@@ -63,6 +63,9 @@ withoutNulls {
     connection_limit_percent = cfg.databases.connectionLimitPercent;
     statement_timeout_secs = cfg.databases.statementTimeoutSecs;
     idle_in_transaction_timeout_secs = cfg.databases.idleInTransactionTimeoutSecs;
+    temp_file_limit_mb = cfg.databases.tempFileLimitMb;
+    backend_memory_max_mb = cfg.databases.backendMemoryMaxMb;
+    memory_max_mb = cfg.databases.memoryMaxMb;
   };
   tasks = withoutNulls {
     pool_size = cfg.tasks.poolSize;

@@ -56,6 +56,9 @@
     connectionLimitPercent = 25;
     statementTimeoutSecs = 300;
     idleInTransactionTimeoutSecs = 60;
+    tempFileLimitMb = 2048;
+    backendMemoryMaxMb = 1024;
+    memoryMaxMb = 4096;
   };
   tasks = {
     poolSize = 2;

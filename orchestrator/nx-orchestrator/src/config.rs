@@ -260,6 +260,15 @@ pub struct DatabasesConfig {
     pub statement_timeout_secs: u64,
     /// `idle_in_transaction_session_timeout` of sandbox roles, in seconds; 0: none.
     pub idle_in_transaction_timeout_secs: u64,
+    /// `temp_file_limit` of sandbox roles, in MiB: the temporary files one session may hold
+    /// (sorts and hashes past `work_mem`); superuser-only, so a role cannot lift it. 0: none.
+    pub temp_file_limit_mb: u64,
+    /// A tenant's backend whose anonymous memory (`RssAnon`) passes this, in MiB, is ended
+    /// by nxd (embedded cluster only; a role may `SET work_mem` as high as it likes). 0: none.
+    pub backend_memory_max_mb: u64,
+    /// systemd `MemoryMax` of the embedded cluster's unit (`nx-postgres.service`), in MiB:
+    /// all of PostgreSQL, nxd's state included. 0: none.
+    pub memory_max_mb: u64,
 }
 
 impl Default for DatabasesConfig {
@@ -273,6 +282,9 @@ impl Default for DatabasesConfig {
             connection_limit_percent: 25,
             statement_timeout_secs: 300,
             idle_in_transaction_timeout_secs: 60,
+            temp_file_limit_mb: 2048,
+            backend_memory_max_mb: 1024,
+            memory_max_mb: 4096,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use crate::api::systemd::ActiveState;
 use crate::supervisor::{SliceKind, Supervisor, SupervisorError, UnitOutput, UnitSpec};
+use std::collections::HashMap;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -85,11 +86,13 @@ pub fn log_path(state_dir: &Path) -> PathBuf {
     state_dir.join("postgres").join("postgres.log")
 }
 
-/// Starts (or adopts) the embedded cluster.
+/// Starts (or adopts) the embedded cluster, its unit's `MemoryMax` set to `memory_max_mb`
+/// MiB (0: none; `databases.memory_max_mb`).
 #[tracing::instrument(skip_all)]
 pub async fn ensure(
     supervisor: &Supervisor,
     state_dir: &Path,
+    memory_max_mb: u64,
 ) -> Result<EmbeddedCluster, EmbeddedDbError> {
     let dir = state_dir.join("postgres");
     let data = dir.join("data");
@@ -146,6 +149,12 @@ pub async fn ensure(
         };
         supervisor.start(&spec).await?;
     }
+    // Set on an adopted unit too; UINT64_MAX is systemd's "infinity".
+    let memory_max = match memory_max_mb {
+        0 => u64::MAX,
+        mb => mb << 20,
+    };
+    supervisor.set_memory_max(UNIT, memory_max).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         use sqlx::Connection;
@@ -249,6 +258,31 @@ fn initdb(dir: &Path, data: &Path, user: &nix::unistd::User) -> Result<(), Embed
         });
     }
     Ok(())
+}
+
+/// The anonymous memory (`RssAnon`, proc(5): not the shared buffers a backend maps) of each
+/// of `pids` (the cluster's processes as nxd sees them), in bytes, by the pid PostgreSQL knows
+/// it by (the last of `NSpid`: the embedded manager runs in a PID namespace of its own).
+/// Processes that ended meanwhile are left out.
+pub fn anonymous_memory(pids: &[u32]) -> HashMap<i32, u64> {
+    pids.iter()
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(str::trim)
+            };
+            let inner = field("NSpid")?.split_whitespace().last()?.parse().ok()?;
+            let kib: u64 = field("RssAnon")?
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some((inner, kib * 1024))
+        })
+        .collect()
 }
 
 /// After the embedded manager of `state_dir` was killed (`nxd manager-stop`): removes the

@@ -30,6 +30,8 @@ pub mod readiness;
 pub mod reexec;
 pub mod router;
 #[cfg(target_os = "linux")]
+mod runaway_watch;
+#[cfg(target_os = "linux")]
 pub mod sandbox_locks;
 pub mod sandbox_settings;
 pub mod services;

@@ -120,7 +120,7 @@ impl Orchestrator {
         }
         let dbs = &config.databases;
         let embedded = if config.database_url.is_none() || dbs.admin_url.is_none() {
-            Some(embedded_db::ensure(&supervisor, state_dir).await?)
+            Some(embedded_db::ensure(&supervisor, state_dir, dbs.memory_max_mb).await?)
         } else {
             None
         };
@@ -223,6 +223,7 @@ impl Orchestrator {
         app.keep_up()?;
         app.schedule_backups();
         app.watch_manager();
+        app.watch_tenant_backends();
         Ok(app)
     }
 

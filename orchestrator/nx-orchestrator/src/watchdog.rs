@@ -54,7 +54,12 @@ impl Orchestrator {
             .configure_slices(host_limits::slice_caps(&self.config.systemd))
             .await?;
         if self.embedded_db {
-            embedded_db::ensure(&self.supervisor, &self.config.state_dir).await?;
+            embedded_db::ensure(
+                &self.supervisor,
+                &self.config.state_dir,
+                self.config.databases.memory_max_mb,
+            )
+            .await?;
         }
         let installed = crate::launcher_install::install(&self.config.state_dir)?;
         router::unit::ensure_running(

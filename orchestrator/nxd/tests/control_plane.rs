@@ -575,3 +575,93 @@ fn manager_stop_leaves_no_shared_memory_segment_of_the_embedded_postgresql() {
         "segment {id} is left after nxd manager-stop"
     );
 }
+
+/// `psql URL -c sql`, given 60 s: (how long it took, its stderr). Panics when it is still
+/// running then (nothing ended it).
+fn psql_within_a_minute(url: &str, sql: &str) -> (Duration, String) {
+    let started = Instant::now();
+    let mut child = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{sql}: still running after 60 s, nothing ended it");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (started.elapsed(), stderr)
+}
+
+#[test]
+fn a_tenant_cannot_lift_its_statement_time_memory_and_temp_file_bounds() {
+    let host = Host::start_with(
+        "[databases]\nstatement_timeout_secs = 8\nbackend_memory_max_mb = 256\ntemp_file_limit_mb = 16\nmemory_max_mb = 3072\n",
+    );
+    host.nx_json(&["sandbox", "create", "alpha"]);
+    let url = host.nx_json(&["db", "url", "alpha"])["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ended = "terminating connection due to administrator command";
+    let logged = |what: &str| {
+        host.nxd_log().lines().any(|l| {
+            l.contains("ended a tenant's database session")
+                && l.contains("alpha")
+                && l.contains(what)
+        })
+    };
+
+    // The role lifts its statement_timeout: nxd ends the statement at the bound.
+    let (took, stderr) =
+        psql_within_a_minute(&url, "SET statement_timeout = 0; SELECT pg_sleep(600)");
+    assert!(stderr.contains(ended), "{stderr}");
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_secs(20),
+        "ended after {took:?}"
+    );
+    assert!(logged("its statement ran"), "{}", host.nxd_log());
+
+    // It raises work_mem and hashes a big series: ended near 256 MiB, long before the
+    // cluster's MemoryMax (which would have had the kernel kill it, or the postmaster).
+    let (_, stderr) = psql_within_a_minute(
+        &url,
+        "SET statement_timeout = 0; SET work_mem = '4GB'; SELECT count(*) FROM (SELECT DISTINCT g FROM generate_series(1, 400000000) g) s",
+    );
+    assert!(stderr.contains(ended), "{stderr}");
+    assert!(logged("MiB"), "{}", host.nxd_log());
+    assert_eq!(
+        slice_file(
+            &host,
+            "nxd.slice/nx-postgres.service",
+            "memory.limit_in_bytes"
+        ),
+        (3072u64 << 20).to_string()
+    );
+
+    // temp_file_limit is the role's, and only a superuser may change it.
+    let (_, stderr) = psql_within_a_minute(&url, "SET temp_file_limit = -1");
+    assert!(
+        stderr.contains("permission denied to set parameter \"temp_file_limit\""),
+        "{stderr}"
+    );
+    let (_, stderr) = psql_within_a_minute(
+        &url,
+        "SET work_mem = '64kB'; SELECT count(*) FROM (SELECT g FROM generate_series(1, 5000000) g ORDER BY g DESC) s",
+    );
+    assert!(
+        stderr.contains("temporary file size exceeds temp_file_limit"),
+        "{stderr}"
+    );
+
+    // The others (and nxd) kept working meanwhile.
+    assert_eq!(health(&host).0, 200);
+    let (ok, _) = nx_testkit::psql(&host.path("postgres/socket"), 5432, "nx", "SELECT 1");
+    assert!(ok);
+}

@@ -133,6 +133,7 @@ async fn restore_into(
     database: &str,
     role: &str,
 ) -> Result<(), DbError> {
+    let _nxds_own = dbs.restoring.start(database);
     let passfile = tempfile::Builder::new()
         .prefix("nxdb-pgpass-")
         .tempfile_in(&dbs.backups)?;

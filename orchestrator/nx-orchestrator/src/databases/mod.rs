@@ -13,6 +13,7 @@ pub(crate) mod backup;
 mod gate;
 pub mod ident;
 mod legacy_names;
+pub mod runaway;
 
 pub use backup::{BackupInfo, RestoreInfo};
 
@@ -80,6 +81,8 @@ pub struct RolePolicy {
     pub statement_timeout_secs: u64,
     /// `idle_in_transaction_session_timeout`, in seconds; 0: none.
     pub idle_in_transaction_timeout_secs: u64,
+    /// `temp_file_limit`, in MiB; 0: none (-1 to PostgreSQL).
+    pub temp_file_limit_mb: u64,
 }
 
 impl RolePolicy {
@@ -90,11 +93,18 @@ impl RolePolicy {
             connection_limit: (open_slots * config.connection_limit_percent / 100).max(1),
             statement_timeout_secs: config.statement_timeout_secs,
             idle_in_transaction_timeout_secs: config.idle_in_transaction_timeout_secs,
+            temp_file_limit_mb: config.temp_file_limit_mb,
         }
     }
 
     /// The `ALTER ROLE` statements that apply it to `role` (a quoted identifier).
-    fn statements(&self, role: &str) -> [String; 3] {
+    /// `temp_file_limit` is superuser-only (PGC_SUSET): set on the role, the role cannot
+    /// lift it (PostgreSQL's "Resource Consumption").
+    fn statements(&self, role: &str) -> [String; 4] {
+        let temp_file_limit = match self.temp_file_limit_mb {
+            0 => "-1".to_owned(),
+            mb => format!("'{mb}MB'"),
+        };
         [
             format!(
                 "ALTER ROLE {role} CONNECTION LIMIT {}",
@@ -108,6 +118,7 @@ impl RolePolicy {
                 "ALTER ROLE {role} SET idle_in_transaction_session_timeout = '{}s'",
                 self.idle_in_transaction_timeout_secs
             ),
+            format!("ALTER ROLE {role} SET temp_file_limit = {temp_file_limit}"),
         ]
     }
 }
@@ -129,6 +140,10 @@ pub struct Databases {
     provisioning: tokio::sync::Mutex<()>,
     /// Each sandbox's own socket in front of the cluster's (see [`gate`]).
     gates: gate::Gates,
+    /// A tenant backend past this much anonymous memory, MiB, is ended (0: never).
+    backend_memory_max_mb: u64,
+    /// Databases nxd's pg_restore writes into now (their sessions are nxd's).
+    restoring: runaway::Restoring,
     /// Sandboxes provisioned by this process, by role: their credentials stay what they were
     /// until the sandbox is dropped (a swap or a restore renames databases under the same
     /// role and restricts the new one itself), so later pushes skip the DDL.
@@ -226,6 +241,8 @@ impl Databases {
             retention: config.backup_retention,
             provisioning: tokio::sync::Mutex::new(()),
             gates,
+            backend_memory_max_mb: config.backend_memory_max_mb,
+            restoring: runaway::Restoring::default(),
             provisioned: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -595,6 +612,11 @@ impl Databases {
         self.policy
     }
 
+    /// The role (and database) of `sandbox`.
+    pub fn role(&self, sandbox: &SandboxName) -> String {
+        self.idents.sandbox(sandbox)
+    }
+
     /// The credentials of an existing preview branch.
     pub async fn branch_credentials(&self, id: &DeploymentId) -> Result<Credentials, DbError> {
         self.ensure_role(&ident::branch(id)).await
@@ -622,6 +644,7 @@ mod tests {
         let sql = RolePolicy::new(&config, 80).statements("\"nx_a\"");
         assert_eq!(sql[0], "ALTER ROLE \"nx_a\" CONNECTION LIMIT 20");
         assert_eq!(sql[1], "ALTER ROLE \"nx_a\" SET statement_timeout = '300s'");
+        assert_eq!(sql[3], "ALTER ROLE \"nx_a\" SET temp_file_limit = '2048MB'");
     }
 
     #[test]

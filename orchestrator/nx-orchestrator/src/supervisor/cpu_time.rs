@@ -13,16 +13,38 @@ impl Supervisor {
     /// CPU time of `unit`'s cgroup since the unit started, nanoseconds; `None` when it has no
     /// cgroup (it does not run) or none of the sources above answers.
     pub async fn cpu_nsec(&self, unit: &str) -> Result<Option<u64>, SupervisorError> {
+        Ok(cpu_nsec(&self.unit_dirs(unit).await?))
+    }
+
+    /// The process ids of `unit`'s processes (`cgroup.procs`), as this process sees them;
+    /// empty when it does not run.
+    pub async fn unit_pids(&self, unit: &str) -> Result<Vec<u32>, SupervisorError> {
+        Ok(self
+            .unit_dirs(unit)
+            .await?
+            .iter()
+            .find_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .map(|procs| {
+                procs
+                    .lines()
+                    .filter_map(|p| p.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The directories of `unit`'s cgroup in each hierarchy; none when it does not run.
+    async fn unit_dirs(&self, unit: &str) -> Result<Vec<PathBuf>, SupervisorError> {
         let control_group = self.control_group(unit).await?;
         if control_group.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let roots = match &self.embedded {
             #[cfg(target_os = "linux")]
             Some(state_dir) => super::embedded::hierarchy_roots(state_dir),
             _ => system_roots(),
         };
-        Ok(cpu_nsec(&unit_dirs(&roots, &control_group)))
+        Ok(unit_dirs(&roots, &control_group))
     }
 }
 
