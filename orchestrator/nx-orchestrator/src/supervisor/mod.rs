@@ -6,6 +6,8 @@ mod cpu_time;
 mod dbus_api;
 #[cfg(target_os = "linux")]
 pub mod embedded;
+#[cfg(target_os = "linux")]
+mod favordynmods;
 pub mod unit_states;
 
 use crate::api::systemd::{ActiveState, SubState};
