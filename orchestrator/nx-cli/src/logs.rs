@@ -32,8 +32,9 @@ pub async fn print(resp: reqwest::Response, raw: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `line` with its control characters but tab escaped (see the module's docs).
-fn escaped(line: &[u8]) -> String {
+/// `line` with its control characters but tab escaped (see the module's docs); also for the
+/// log tail of a failed push or start (`output::fail`).
+pub fn escaped(line: &[u8]) -> String {
     let mut text = String::with_capacity(line.len());
     for c in String::from_utf8_lossy(line).chars() {
         match c {

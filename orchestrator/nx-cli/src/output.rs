@@ -30,7 +30,8 @@ pub fn fail(error: &anyhow::Error, json: bool) {
     eprintln!("error: {error:#}");
     if let Some(body) = server {
         for line in &body.log_tail {
-            eprintln!("  | {line}");
+            // The program's own words: escaped as `nx logs` shows them.
+            eprintln!("  | {}", crate::logs::escaped(line.as_bytes()));
         }
     }
 }

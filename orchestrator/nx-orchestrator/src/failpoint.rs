@@ -16,7 +16,8 @@
 //! `volumes::swapped_back` (production's database put back, the preview's mounts not yet).
 //! Points for other actions than a crash: `network::conntrack` (`return`: forgetting a removed
 //! deployment's connections fails as if `conntrack` were missing) and `upkeep::expire` (an
-//! expired preview's removal decided, its start gate not yet taken; [`wait`]s there).
+//! expired preview's removal decided, its start gate not yet taken; [`wait`]s there) and
+//! `upkeep::removing` (its start gate taken, the removal not yet begun; [`wait`]s there).
 //! Code marks such a step with `fail::fail_point!("<point>")`, which compiles to nothing
 //! without the feature.
 //!

@@ -529,10 +529,12 @@ impl Orchestrator {
         self.url(&RouteKey::Preview(d.sandbox.clone(), d.id.clone()))
     }
 
-    /// Prepares and starts a deployment and waits until it is ready; on failure the error
-    /// carries its last log lines.
+    /// Prepares and starts a deployment (marked running) and waits until it is ready; one that
+    /// is not is stopped and marked `failed` (`Stopped`, or `Idle` for a wake) unless something
+    /// else changed its mark meanwhile (`nx stop`: that stands). On failure the error carries
+    /// its last log lines.
     #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
-    async fn run(&self, deployment: &Deployment) -> Result<(), Error> {
+    async fn run(&self, deployment: &Deployment, failed: Desired) -> Result<(), Error> {
         // Copies a crash cut short were deleted at nxd's start: they are made again.
         step("volumes", self.make_own_volumes(deployment)).await?;
         let spec = step("spec", self.spec(deployment)).await?;
@@ -565,11 +567,32 @@ impl Orchestrator {
             ),
         };
         let _ = self.backend.stop(&handle, DEFAULT_STOP_TIMEOUT).await;
-        self.state
-            .set_desired(&deployment.id, Desired::Stopped)
-            .await?;
+        let id = &deployment.id;
+        if !self
+            .state
+            .set_desired_if(id, Desired::Running, failed)
+            .await?
+        {
+            // It ended because someone stopped or removed it meanwhile: say that, not why a
+            // program exits. (`nx rm` marks it stopped first and deletes its record last.)
+            let what = match self.state.deployment(id).await {
+                Err(StateError::NoDeployment(_)) => "was removed",
+                _ => "was stopped (`nx stop`) or removed (`nx rm`)",
+            };
+            return Err(Error::Conflict(format!(
+                "deployment {id} {what} while it was starting"
+            )));
+        }
+        let now = if failed == Desired::Idle {
+            "it stays idle"
+        } else {
+            "it is stopped"
+        };
         Err(Error::NotReady {
-            message: format!("deployment {} {why}; it is stopped. Its last log lines follow; `nx logs {}` shows all", deployment.id, deployment.id),
+            message: format!(
+                "deployment {} {why}; {now}. Its last log lines follow; `nx logs {}` shows all",
+                deployment.id, deployment.id
+            ),
             log_tail: crate::logs::tail(&handle.log_file(), FAILURE_LOG_LINES),
         })
     }
@@ -791,8 +814,9 @@ impl Orchestrator {
 
     /// Marks a deployment to run, starts it and waits until it is ready; the routes follow
     /// either way (a deployment that did not become ready is stopped), except with
-    /// `routes_later` (a wake: the caller calls [`Self::reroute`], after it put a deployment
-    /// that did not start back to idle).
+    /// `routes_later` (a wake: one that did not become ready stays idle, and the caller calls
+    /// [`Self::reroute`]). Errors: `State(NoDeployment)` when an expiry or `nx rm` this start
+    /// waited for removed it.
     pub(crate) async fn start_and_wait(
         &self,
         deployment: &Deployment,
@@ -800,6 +824,9 @@ impl Orchestrator {
     ) -> Result<(), Error> {
         // No idle stop or expiry while it starts; its idle clock starts once it is ready.
         let _start = self.upkeep.starting(&deployment.id).await;
+        // The record as it is now: an expiry this start waited for may have removed it, an idle
+        // stop changed it.
+        let deployment = &self.state.deployment(&deployment.id).await?;
         // A new deployment's record says so already.
         if deployment.desired != Desired::Running {
             step(
@@ -808,7 +835,12 @@ impl Orchestrator {
             )
             .await?;
         }
-        let result = self.run(deployment).await;
+        let failed = if routes_later {
+            Desired::Idle
+        } else {
+            Desired::Stopped
+        };
+        let result = self.run(deployment, failed).await;
         if result.is_ok() {
             self.upkeep.ready(&deployment.id);
         }

@@ -278,6 +278,25 @@ impl StateStore {
         Ok(())
     }
 
+    /// Compare-and-set: marks the deployment `to` only if it is still marked `from`; whether
+    /// it was (false: something else, such as `nx stop` or `nx rm`, changed or removed it
+    /// meanwhile, and that stands).
+    pub async fn set_desired_if(
+        &self,
+        id: &DeploymentId,
+        from: Desired,
+        to: Desired,
+    ) -> Result<bool, StateError> {
+        let done =
+            sqlx::query("UPDATE deployments SET desired = $3 WHERE id = $1 AND desired = $2")
+                .bind(id.as_str())
+                .bind(from.as_ref())
+                .bind(to.as_ref())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// A branched deployment whose branch became production's database runs against it now.
     pub async fn clear_db_branch(&self, id: &DeploymentId) -> Result<(), StateError> {
         sqlx::query("UPDATE deployments SET db_branch = false WHERE id = $1")
@@ -378,9 +397,10 @@ impl StateStore {
                 deployment,
             });
         }
-        // Its tokens' uploads stay on disk, no longer its: a sandbox made later under the
-        // same name (another tenant's, maybe) starts owning nothing.
-        for table in ["promotions", "deployments", "content_owners"] {
+        // Its tokens' uploads stay on disk, no longer its (`content_owners` rows go with the
+        // sandbox's row): a sandbox made later under the same name (another tenant's, maybe)
+        // starts owning nothing.
+        for table in ["promotions", "deployments"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE sandbox = $1"))
                 .bind(name.as_str())
                 .execute(&mut *tx)

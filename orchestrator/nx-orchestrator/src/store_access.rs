@@ -45,7 +45,13 @@ impl Orchestrator {
     ) -> Result<(), Error> {
         owners::grant(self.state.pool(), sandbox, kind, digests)
             .await
-            .map_err(StateError::from)?;
+            .map_err(|e| match &e {
+                // Its sandbox was removed meanwhile (`content_owners` refers to `sandboxes`).
+                sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                    Error::NotFound(format!("no sandbox {sandbox}: it was removed"))
+                }
+                _ => StateError::from(e).into(),
+            })?;
         tracing::debug!(%sandbox, kind = kind.as_str(), count = digests.len(), "owned");
         Ok(())
     }
@@ -179,45 +185,49 @@ impl Orchestrator {
         Ok(info)
     }
 
-    /// Before a push to `target` (or a task, `None`) runs the program `sha256` (a stored
-    /// artifact or a bundle's id): a sandbox's view must own it, else it is not stored
-    /// (`NotFound`); through the host's view, `target` becomes an owner of it (of a bundle:
-    /// of its files too), so that the sandbox's own tokens may push it again.
+    /// Before a push or a task runs the program `sha256` (a stored artifact or a bundle's
+    /// id): a sandbox's view must own it, else it is not stored (`NotFound`); the host's view
+    /// holds everything stored.
     #[tracing::instrument(skip(self))]
-    pub async fn admit_program(
+    pub async fn admit_program(&self, view: &StoreView, sha256: &str) -> Result<(), Error> {
+        self.artifacts.path(sha256)?;
+        if self.holds(view, Content::Artifact, sha256).await?
+            || self.holds(view, Content::Bundle, sha256).await?
+        {
+            Ok(())
+        } else {
+            Err(artifact_not_stored(sha256))
+        }
+    }
+
+    /// After a push through the host's view made `target` (a sandbox that exists now: the
+    /// push made it) run the program `sha256`: `target` becomes an owner of it (of a bundle:
+    /// of its files too), so that the sandbox's own tokens may push it again. Nothing for a
+    /// sandbox's view (it owns what it ran). Granted only once the push made the sandbox:
+    /// a grant to a name no sandbox has would pass to a later sandbox of that name (review
+    /// s8 #7).
+    #[tracing::instrument(skip(self))]
+    pub async fn grant_pushed(
         &self,
         view: &StoreView,
-        target: Option<&SandboxName>,
+        target: &SandboxName,
         sha256: &str,
     ) -> Result<(), Error> {
-        self.artifacts.path(sha256)?;
-        match (view, target) {
-            (StoreView::Sandbox(_), _) => {
-                if self.holds(view, Content::Artifact, sha256).await?
-                    || self.holds(view, Content::Bundle, sha256).await?
-                {
-                    Ok(())
-                } else {
-                    Err(artifact_not_stored(sha256))
-                }
-            }
-            (StoreView::Host, None) => Ok(()),
-            (StoreView::Host, Some(target)) => {
-                // Only what is stored: a grant of a digest nobody uploaded yet would show the
-                // sandbox another tenant's later upload of it.
-                if let Some(manifest) = self.bundles.manifest(sha256)? {
-                    let files: Vec<String> =
-                        manifest.files.iter().map(|f| f.sha256.clone()).collect();
-                    self.grant(target, Content::Blob, &files).await?;
-                    self.grant(target, Content::Bundle, &[sha256.to_owned()])
-                        .await
-                } else if self.artifacts.path(sha256)?.is_file() {
-                    self.grant(target, Content::Artifact, &[sha256.to_owned()])
-                        .await
-                } else {
-                    Ok(())
-                }
-            }
+        if matches!(view, StoreView::Sandbox(_)) {
+            return Ok(());
+        }
+        // Only what is stored: a grant of a digest nobody uploaded yet would show the
+        // sandbox another tenant's later upload of it.
+        if let Some(manifest) = self.bundles.manifest(sha256)? {
+            let files: Vec<String> = manifest.files.iter().map(|f| f.sha256.clone()).collect();
+            self.grant(target, Content::Blob, &files).await?;
+            self.grant(target, Content::Bundle, &[sha256.to_owned()])
+                .await
+        } else if self.artifacts.path(sha256)?.is_file() {
+            self.grant(target, Content::Artifact, &[sha256.to_owned()])
+                .await
+        } else {
+            Ok(())
         }
     }
 }

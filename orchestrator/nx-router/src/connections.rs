@@ -106,7 +106,8 @@ impl<A> Connections<A> {
                 Some(Box::new(tls))
             }
             Ok(Err(e)) => {
-                if CONNECTIONS.allow() {
+                // Only a line that is written takes from the budget.
+                if tracing::enabled!(tracing::Level::DEBUG) && CONNECTIONS.allow() {
                     tracing::debug!(?peer, error = %e, "TLS handshake failed");
                 }
                 None

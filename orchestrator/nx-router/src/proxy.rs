@@ -15,7 +15,7 @@ use crate::metrics::{Finished, RouterMetrics};
 use crate::table::Table;
 use crate::tls::{Answer, HttpSide};
 use crate::traffic::TrafficLog;
-use crate::wake::Waker;
+use crate::wake::{Waker, RETRY_AFTER};
 use async_trait::async_trait;
 use bytes::Bytes;
 use nx_router_api::{Route, RouterConfig};
@@ -171,9 +171,9 @@ fn not_found(host: &str, base: &str) -> String {
     )
 }
 
-/// The page of a route whose deployment does not run and could not be started (503): what is
-/// down and when to try again, for visitors; nxd's reason is in the router's log and in
-/// `nx status` and `nx logs`, for the operator.
+/// The page of a route whose deployment does not run (503): it could not be started, or it
+/// refuses connections (it crashed). What is down and when to try again, for visitors; the
+/// reason is in the router's log and in `nx status` and `nx logs`, for the operator.
 fn down_page(route: &Route, retry_after_secs: u64) -> String {
     let preview = route
         .host
@@ -357,33 +357,51 @@ impl ProxyHttp for NxProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let host = &ctx.host;
-        let (code, text) = match (e.etype(), e.esource()) {
-            (ErrorType::HTTPStatus(413), _) => (
+        // Visitors learn what is wrong and when to come back, never the deployment's address
+        // or Pingora's error chain: those are in the access line's `error` for the operator.
+        let mut retry_after = None;
+        let route = ctx.route.clone();
+        let (code, text) = match (e.etype(), e.esource(), route.as_deref()) {
+            (ErrorType::HTTPStatus(413), ..) => (
                 413,
                 format!(
                     "NX: the request body is larger than this router accepts ({} MiB: router.max_body_mb).\n",
                     self.config.max_body_mb
                 ),
             ),
-            (ErrorType::HTTPStatus(code), _) => (*code, String::new()),
-            (_, ErrorSource::Downstream) => (0, String::new()),
+            (ErrorType::HTTPStatus(code), ..) => (*code, String::new()),
+            (_, ErrorSource::Downstream, _) => (0, String::new()),
+            // Nothing listens where it should (it crashed, or is restarting): down, as a
+            // deployment whose wake failed.
             (
-                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
-                ErrorSource::Upstream,
-            ) => (
+                ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectTimedout
+                | ErrorType::ConnectError,
+                _,
+                Some(route),
+            ) => {
+                let secs = RETRY_AFTER.as_secs();
+                retry_after = Some(secs.to_string());
+                (503, down_page(route, secs))
+            }
+            (ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Upstream, _) => (
                 504,
-                format!("NX: the deployment behind {host} did not answer in time ({e}).\nCheck it with `nx status` and `nx logs`.\n"),
+                format!("NX: the deployment behind {host} did not answer in time.\n"),
             ),
             _ => (
                 502,
-                format!("NX: the deployment behind {host} did not answer ({e}).\nCheck it with `nx status` and `nx logs`.\n"),
+                format!("NX: the deployment behind {host} did not answer.\n"),
             ),
         };
         if code > 0 && session.response_written().is_none() {
             let written = if text.is_empty() {
                 session.respond_error(code).await
             } else {
-                page(session, ctx, code, text).await
+                let header = retry_after
+                    .as_deref()
+                    .map(|secs| (http::header::RETRY_AFTER, secs));
+                page_with(session, ctx, code, text, header).await
             };
             if let Err(e) = written {
                 tracing::debug!(error = %e, "could not send the error page");

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The `Retry-After` of an answer when nxd gave none (it did not answer, or refused for
-/// another reason).
+/// The `Retry-After` of a 503 when nxd gave none (it did not answer, or refused for another
+/// reason), and of one whose deployment refused the connection (`proxy`).
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// One deployment's wakes: the lock its calls to nxd take turns on, how many succeeded, and

@@ -350,6 +350,44 @@ async fn fifty_unfinished_tls_handshakes_are_closed_within_the_head_timeout() {
     assert_eq!(resp.status(), 200);
 }
 
+/// Review s8 #5: handshakes that fail at once (logged at debug level, which the router does not
+/// write by default) leave the budget of lines about single connections alone: a handshake
+/// cut off at the head timeout while hundreds of others fail is still in the log (before,
+/// each unwritten debug line took a token and the timeout's line was left out).
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_handshakes_leave_the_log_budget_to_the_lines_written() {
+    use tokio::io::AsyncWriteExt;
+    let ca = TestCa::new();
+    let config = RouterConfig {
+        head_timeout_secs: 2,
+        ..RouterConfig::default()
+    };
+    let router = https_router(&ca, config).await;
+    let https = router.https.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(https).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut failed = 0;
+    while std::time::Instant::now() < until {
+        // Plain HTTP to the TLS port: not a ClientHello, the handshake fails at once.
+        let mut plain = tokio::net::TcpStream::connect(https).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(closed_within(&mut plain, Duration::from_secs(5))
+            .await
+            .is_some());
+        failed += 1;
+    }
+    assert!(failed > 200, "only {failed} failed handshakes in 3 s");
+    assert!(closed_within(&mut silent, Duration::from_secs(1))
+        .await
+        .is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await; // the router's log is flushed every 200 ms
+    let log = router.log();
+    assert!(
+        log.contains("TLS handshake not complete within router.head_timeout_secs"),
+        "{failed} failed handshakes:\n{log}"
+    );
+}
+
 /// `GET https://web.nx.test/` at `https`, trusting `ca`.
 async fn get_web(ca: &TestCa, https: SocketAddr) -> reqwest::Response {
     ca.client(&["web.nx.test"], https)

@@ -122,7 +122,7 @@ async fn run_task(
     Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<TaskRequest>,
 ) -> Result<Response, ApiError> {
-    app.admit_program(&caller.store_view(), None, &req.artifact)
+    app.admit_program(&caller.store_view(), &req.artifact)
         .await?;
     let events = app.run_task(req).await?;
     let lines = futures_util::stream::unfold(events, |mut events| async move {
@@ -208,11 +208,17 @@ async fn push(
     Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<PushRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    app.admit_program(&caller.store_view(), Some(&req.sandbox), &req.artifact)
-        .await?;
+    let store_view = caller.store_view();
+    app.admit_program(&store_view, &req.artifact).await?;
+    let (sandbox, artifact) = (req.sandbox.clone(), req.artifact.clone());
     let (view, steps) = nx_orchestrator::timing::collect(app.push(req)).await;
+    let view = view?;
+    // The deployment runs: a failed grant costs its sandbox's tokens an upload, nothing more.
+    if let Err(e) = app.grant_pushed(&store_view, &sandbox, &artifact).await {
+        tracing::warn!(error = %e, %sandbox, "the pushed program not granted to its sandbox");
+    }
     let timing = [(SERVER_TIMING, steps.server_timing())];
-    Ok((timing, Json::<DeploymentView>(view?)))
+    Ok((timing, Json::<DeploymentView>(view)))
 }
 
 fn deployment_id(id: &str) -> Result<DeploymentId, ApiError> {
@@ -273,10 +279,13 @@ pub(crate) fn since_param(
 
 async fn logs(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     Query(q): Query<nx_orchestrator::api::LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let path = app.log_file(&deployment_id(&id)?).await?;
+    let id = deployment_id(&id)?;
+    let path = app.log_file(&id).await?;
     let since = since_param(q.since.as_deref())?;
     let query = nx_orchestrator::logs::reader::Query {
         lines: q.lines.or(if since.is_some() { None } else { Some(100) }),
@@ -284,7 +293,8 @@ async fn logs(
         follow: q.follow,
     };
     let json = q.format.as_deref() == Some("json");
-    let body = Body::from_stream(nx_orchestrator::logs::stream(path, query, json));
+    let still = crate::scopes::still_followed(app, caller, &headers, id);
+    let body = Body::from_stream(nx_orchestrator::logs::stream(path, query, json, still));
     let content_type = if json {
         "application/x-ndjson"
     } else {

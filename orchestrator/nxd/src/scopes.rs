@@ -14,7 +14,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use nx_orchestrator::api::access::{TokenView, Verb};
 use nx_orchestrator::artifact::owners::StoreView;
+use nx_orchestrator::logs::StillFollowed;
 use nx_orchestrator::names::{DeploymentId, SandboxName};
+use nx_orchestrator::state::StateError;
 use nx_orchestrator::Orchestrator;
 use std::sync::Arc;
 
@@ -309,18 +311,52 @@ fn forbidden(why: String) -> Response {
     ApiError::new(StatusCode::FORBIDDEN, why).into_response()
 }
 
+/// The token a request presents (`Authorization: Bearer <token>`).
+fn presented(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// For a followed log (`nx logs -f`, which may run for days): whether deployment `id` still
+/// exists and the caller's deploy token (presented in `headers`) is still neither removed nor
+/// expired (attacker s8 F15, s7 F8); the stream ends when either stops holding.
+pub fn still_followed(
+    app: Arc<Orchestrator>,
+    caller: Caller,
+    headers: &axum::http::HeaderMap,
+    id: DeploymentId,
+) -> StillFollowed {
+    let presented = presented(headers).unwrap_or_default().to_owned();
+    Box::new(move || {
+        let (app, caller, presented, id) =
+            (app.clone(), caller.clone(), presented.clone(), id.clone());
+        Box::pin(async move {
+            let removed = matches!(
+                app.deployment_sandbox(&id).await,
+                Err(nx_orchestrator::Error::State(StateError::NoDeployment(_)))
+            );
+            let token_holds = match caller {
+                Caller::Root => true,
+                Caller::Deploy(_) => matches!(
+                    app.tokens.find(&presented).await,
+                    Ok(Some(token)) if !token.expired(chrono::Utc::now())
+                ),
+            };
+            !removed && token_holds
+        })
+    })
+}
+
 /// Who presented which token: the root token, a deploy token that has not expired, or 401.
 async fn authenticate(
     app: &Orchestrator,
     root: &Token,
     headers: &axum::http::HeaderMap,
 ) -> Result<Caller, Response> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(presented) = presented else {
+    let Some(presented) = presented(headers) else {
         return Err(unauthorized("no API token: pass --token, set NX_TOKEN, or put token_file in ~/.config/nx/config.toml"));
     };
     if root.matches(presented) {

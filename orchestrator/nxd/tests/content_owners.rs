@@ -331,12 +331,13 @@ fn a_root_push_gives_the_sandbox_what_it_runs_and_an_older_store_keeps_working()
     let bundle = out["deployment"]["artifact"].as_str().unwrap().to_owned();
     let site = pushed_id(&out);
 
-    // A store from before ownership (migration 0016 not yet run): nxd's start runs it.
+    // A store from before ownership (migrations 0016 and 0017 not yet run): nxd's start runs
+    // them.
     let (ok, out) = nx_testkit::psql(
         &host.path("postgres/socket"),
         5432,
         "nx",
-        "DROP TABLE content_owners; DELETE FROM _sqlx_migrations WHERE version = 16",
+        "DROP TABLE content_owners; DELETE FROM _sqlx_migrations WHERE version IN (16, 17)",
     );
     assert!(ok, "{out}");
     host.restart_nxd();
@@ -381,4 +382,45 @@ fn a_root_push_gives_the_sandbox_what_it_runs_and_an_older_store_keeps_working()
         missing(&host, &own, &[&secret_sha, &sample_sha]),
         Vec::<String>::new()
     );
+}
+
+/// Review s8 #7: a root push to a sandbox that the push then failed to make (here: port 0 is
+/// refused) grants that name nothing, so a sandbox made later under it (another tenant's)
+/// cannot read the program (before, the grant was made first and passed to it); a root push
+/// that made its sandbox still gives it what it runs.
+#[test]
+fn a_failed_root_push_grants_nothing_to_a_later_sandbox_of_that_name() {
+    let host = Host::start();
+    let (status, body, sample_sha) =
+        host.put_artifact(std::fs::read(nx_testkit::sample_app()).unwrap());
+    assert_eq!(status, 200, "{body}");
+    // (`nx push` refuses port 0 itself: the API is asked directly.)
+    let (status, body) = post_json(
+        &host,
+        &host.token,
+        "/v1/deployments",
+        &json!({"sandbox": "later", "artifact": sample_sha, "port": 0}),
+    );
+    assert!(status == 400 && body.contains("port 0"), "{status} {body}");
+    assert!(host.nx(&["sandbox", "create", "later"]).ok);
+    let tenant = token(&host, "later", "push");
+    let (status, body) = call(
+        &host,
+        &tenant,
+        "GET",
+        &format!("/v1/artifacts/{sample_sha}"),
+        None,
+    );
+    assert_eq!(status, 404, "the new sandbox was given the program: {body}");
+    // A root push that runs gives its (new) sandbox the program.
+    host.push_sample("fresh", &[]);
+    let own = token(&host, "fresh", "push");
+    let (status, body) = call(
+        &host,
+        &own,
+        "GET",
+        &format!("/v1/artifacts/{sample_sha}"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
 }

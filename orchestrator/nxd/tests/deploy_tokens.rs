@@ -1,7 +1,8 @@
 //! Deploy tokens: a token scoped to one sandbox and to verbs does those verbs there and gets
 //! 403 (with what it may do) everywhere else; the root token stays the operator's; a removed
-//! or expired token gets 401; nxd's database holds no token in clear. Every route of the API
-//! is tried with every verb, on the token's sandbox and on another.
+//! or expired token gets 401, and a log it follows ends; nxd's database holds no token in
+//! clear. Every route of the API is tried with every verb, on the token's sandbox and on
+//! another.
 
 use nx_testkit::Host;
 use std::process::Command;
@@ -399,4 +400,42 @@ fn every_route_with_every_verb_on_its_sandbox_and_on_another() {
     // The other sandbox was left alone.
     let other_view = host.nx_json(&["status", "other"]);
     assert_eq!(other_view[0]["deployments"].as_array().unwrap().len(), 2);
+}
+
+/// Attacker s8 F15 and s7 F8: `nx logs -f` ends once its deploy token is removed (it went on
+/// streaming to a revoked token), and once its deployment is removed (it hung for ever); the
+/// root token's follow is not ended by another's token.
+#[test]
+fn a_followed_log_ends_when_its_token_or_its_deployment_goes() {
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+    let host = Host::start();
+    let id = host.push_sample("web", &[]);
+    let (token, token_id) = create(&host, &["--sandbox", "web", "--can", "logs"]);
+    let follow = |token: &str| {
+        host.nx_command(token, &["logs", "-f", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nx logs -f")
+    };
+    let ends = |child: &mut Child, after: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().expect("its status").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nx logs -f still ran 10 s {after}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (mut by_token, mut by_root) = (follow(&token), follow(&host.token));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(by_token.try_wait().unwrap().is_none(), "it ended by itself");
+    host.nx_json(&["token", "rm", &token_id]);
+    ends(&mut by_token, "after `nx token rm`");
+    assert!(by_root.try_wait().unwrap().is_none(), "root's follow ended");
+    host.nx_json(&["rm", &id]);
+    ends(&mut by_root, "after `nx rm` of its deployment");
 }

@@ -562,6 +562,57 @@ fn a_push_whose_nxd_dies_while_it_starts_says_the_deployment_may_exist() {
     );
 }
 
+/// Session 7's F7: a push whose deployment `nx rm` removed while it started says so, not that
+/// its program "exited before it was ready" (the rm's stop ended it).
+#[test]
+fn a_push_whose_deployment_is_removed_while_it_starts_says_it_was_removed() {
+    let host = Host::start();
+    let sample = nx_testkit::sample_app();
+    let push = host
+        .nx_command(
+            &host.token,
+            &[
+                "push",
+                sample.to_str().unwrap(),
+                "--sandbox",
+                "cut",
+                "--ready-timeout",
+                "60s",
+                "-e",
+                "LISTEN_AFTER=30",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn nx push");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let running = |host: &Host| {
+        let out = host.nx(&["--json", "status", "cut"]);
+        let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        let d = &status[0]["deployments"][0];
+        (d["state"]["active"] == "active").then(|| d["id"].as_str().unwrap().to_owned())
+    };
+    let id = loop {
+        if let Some(id) = running(&host) {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "the push started no deployment");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    host.nx_json(&["rm", &id]);
+    let out = push.wait_with_output().expect("nx push ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("deployment {id} was"))
+            && stderr.contains("removed")
+            && stderr.contains("while it was starting"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("exited"), "{stderr}");
+}
+
 /// A push that lands while `nx sandbox rm` runs (here while its final backup waits on a table
 /// lock) is not lost as a unit with no record: the removal is refused naming the new
 /// deployment, which stays listed and keeps serving; the same command run again removes it all.
@@ -620,8 +671,9 @@ fn a_push_during_sandbox_rm_is_kept_listed_and_the_rm_says_to_run_again() {
 }
 
 /// `nx logs` shows the control characters a program wrote escaped (an untrusted program may
-/// not drive the operator's terminal), tab kept; `--raw` gives them as they are. Here the
-/// sample app's "cannot listen on <HOST>" carries ESC and CR.
+/// not drive the operator's terminal), tab kept; `--raw` gives them as they are; so does the
+/// log tail of the failed push (review s8 #6: it printed them raw). Here the sample app's
+/// "cannot listen on <HOST>" carries ESC and CR.
 #[test]
 fn nx_logs_escapes_control_characters_and_raw_keeps_them() {
     let host = Host::start();
@@ -636,6 +688,18 @@ fn nx_logs_escapes_control_characters_and_raw_keeps_them() {
         "HOST=\x1b[31mred\x1b[0m\tand\rcarriage",
     ]);
     assert!(!failed.ok, "{}", failed.stdout);
+    assert!(
+        failed
+            .stderr
+            .contains("cannot listen on \\x1b[31mred\\x1b[0m\tand\\rcarriage"),
+        "{:?}",
+        failed.stderr
+    );
+    assert!(
+        !failed.stderr.contains('\x1b') && !failed.stderr.contains('\r'),
+        "{:?}",
+        failed.stderr
+    );
     let id = host.nx_json(&["status", "esc"])[0]["deployments"][0]["id"]
         .as_str()
         .expect("its id")

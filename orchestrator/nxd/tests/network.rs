@@ -644,11 +644,13 @@ fn tracked_to(host: &Host, address: std::net::IpAddr) -> String {
 
 /// nxd refuses to start on a host without `conntrack` (it could not forget a removed
 /// deployment's connections: every `nx rm` would fail after its unit was gone), saying what to
-/// install; here its PATH holds every program of the test host's but `conntrack`.
+/// install, before it changed the host (review s8 #11: it had made its bridge `nx0` first);
+/// here its PATH holds every program of the test host's but `conntrack`.
 #[test]
 fn nxd_refuses_to_start_without_conntrack_and_says_what_to_install() {
     let mut host = Host::start();
     host.stop_nxd();
+    host.netns.ip(&["link", "del", "nx0"]);
     let path = tempfile::tempdir_in("/var/tmp").expect("a PATH directory");
     for dir in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"] {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -691,6 +693,17 @@ fn nxd_refuses_to_start_without_conntrack_and_says_what_to_install() {
     assert!(
         said.contains("cannot run it") && said.contains("apt-get install conntrack"),
         "{said}"
+    );
+    let nx0 = host
+        .netns
+        .command("ip")
+        .args(["link", "show", "nx0"])
+        .output()
+        .expect("ip");
+    assert!(
+        !nx0.status.success(),
+        "nxd made nx0 before it refused to start: {}",
+        String::from_utf8_lossy(&nx0.stdout)
     );
 }
 

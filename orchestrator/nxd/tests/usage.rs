@@ -2,7 +2,7 @@
 //! CPU-seconds, requests and bytes out, an idle one next to it close to no CPU; both hold
 //! memory; `--since` keeps only what came after it; prices turn amounts into a cost; bad input
 //! (`--since garbage`, an age before 1970, a time to come, an unknown sandbox) is refused
-//! saying what to give.
+//! saying what to give; a sandbox made again under a removed one's name starts with none.
 
 use nx_testkit::metrics::{scrape, value};
 use nx_testkit::Host;
@@ -168,5 +168,39 @@ fn usage_shows_cpu_for_a_busy_deployment_and_near_zero_for_an_idle_one() {
         !unknown.ok && unknown.stderr.contains("no sandbox nosuch"),
         "{}",
         unknown.stderr
+    );
+}
+
+/// Attacker s8 F4: a sandbox made again under a removed one's name does not inherit its usage
+/// (the samples are kept by name): its report starts empty, then holds its own deployments.
+#[test]
+fn a_sandbox_made_again_under_a_removed_name_starts_with_no_usage() {
+    let host = Host::start_with("[usage]\nsample_interval_secs = 1\n");
+    let old = host.push_sample("web", &[]);
+    assert_eq!(host.get(&host.preview_host("web", &old), "/").0, 200);
+    usage_until(&host, None, |r| {
+        r["deployments"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|d| d["deployment"] == old && d["requests"] == 1)
+        })
+    });
+    assert!(host.nx(&["sandbox", "rm", "web", "--no-backup"]).ok);
+    host.nx_json(&["sandbox", "create", "web"]);
+    let report = host.nx_json(&["usage", "web"]);
+    assert_eq!(report["deployments"], serde_json::json!([]), "{report}");
+    assert_eq!(report["total"]["requests"], 0, "{report}");
+    let new = host.push_sample("web", &[]);
+    let report = usage_until(&host, None, |r| {
+        r["deployments"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["deployment"] == new))
+    });
+    assert!(
+        report["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["deployment"] != old),
+        "{report}"
     );
 }

@@ -16,7 +16,7 @@ mod stream;
 #[cfg(target_os = "linux")]
 pub mod writer;
 
-pub use stream::{stream, tail};
+pub use stream::{stream, tail, StillFollowed};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};

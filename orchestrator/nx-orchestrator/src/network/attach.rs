@@ -312,8 +312,14 @@ mod tests {
     /// Connects to `addr` over and over (each connect given 200 ms, as readiness's probe),
     /// until one succeeds; returns when it did. A refused or unroutable connect is asked again
     /// at once.
+    /// Connects to `addr` until it accepts; panics after 10 s.
     fn probe_until_connected(addr: SocketAddr) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "no connection to {addr} within 10 s"
+            );
             match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
                 Ok(_) => return Instant::now(),
                 Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => {}

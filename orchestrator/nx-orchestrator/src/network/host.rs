@@ -49,6 +49,8 @@ impl HostNetwork {
         slots: u32,
         state_dir: &Path,
     ) -> Result<Self, NetworkError> {
+        // `conntrack`, which removing a deployment needs: before anything of the host changes.
+        super::conntrack::check().await?;
         let subnet6 = ipv6_forwarding().then_some(config.subnet6);
         let plan = Plan::new(config.subnet, subnet6, slots)?;
         let (connection, handle, _) =
@@ -66,8 +68,6 @@ impl HostNetwork {
         let resolver = dns::host_resolver(&host_conf);
         let allow: Vec<_> = config.allow.iter().map(|c| c.0).collect();
         let uid = nix::unistd::geteuid().as_raw();
-        // Both tools the deployments' network needs, before anything depends on them.
-        super::conntrack::check().await?;
         firewall::apply(&firewall::ruleset(&plan, &allow, resolver, uid))?;
         let resolv_conf = super::resolv_conf_path(state_dir);
         if let Some(dir) = resolv_conf.parent() {

@@ -2,13 +2,20 @@
 //! rollback` returns to, and not pinned (`nx pin`), with no request for its sandbox's
 //! `preview_ttl_secs` (else nxd's `sandbox.preview_ttl_secs`; counted from its last request,
 //! or its creation when it never had one: both kept in the state database, so an nxd restart
-//! does not restart the clock) is removed like `nx rm` removes it; never while a start of it
-//! is under way (it takes the start gate, as an idle stop does: `UpkeepState::starting`). A
+//! does not restart the clock) is removed like `nx rm` removes it; not while the router has
+//! requests to it under way (an open WebSocket, a long download) unless they outlast its time
+//! to live by [`HELD_OPEN_SECS`]; never while a start of it
+//! is under way (it takes the start gate, as an idle stop does: `UpkeepState::starting`), and
+//! a start that waited for its removal finds the deployment gone and runs nothing. A
 //! removal that failed is tried again after a back-off ([`super::retries`]: 2 s, then twice
 //! as long each time up to 5 min), not every tick.
 
 use crate::domain::Deployment;
 use crate::Orchestrator;
+
+/// How long past its time to live requests under way keep an expired preview: a day. A
+/// connection held open for ever does not keep a preview for ever.
+pub(super) const HELD_OPEN_SECS: u64 = 24 * 3600;
 
 impl Orchestrator {
     /// Removes an expired preview, `idle_for` after its last request.
@@ -34,6 +41,7 @@ impl Orchestrator {
             tracing::info!("a start of it is under way: it stays");
             return;
         };
+        crate::failpoint::wait("upkeep::removing").await;
         let retries = &self.upkeep.expiry_retries;
         match self.remove(&deployment.id).await {
             Ok(()) => {

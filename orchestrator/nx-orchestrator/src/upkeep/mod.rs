@@ -205,6 +205,18 @@ impl UpkeepState {
         changed
     }
 
+    /// Whether the removal of a preview that is `expired` (past its time to live, neither
+    /// pinned nor production) may be tried now: not within the back-off of a removal that
+    /// failed. One that is not expired (a request came, it was pinned or promoted) forgets
+    /// that back-off, so that its next expiry is tried at once.
+    fn expiry_due(&self, id: &DeploymentId, expired: bool) -> bool {
+        if !expired {
+            self.expiry_retries.forget(id);
+            return false;
+        }
+        self.expiry_retries.due(id)
+    }
+
     /// The router's last count for a deployment.
     fn seen(&self, id: &str) -> Option<Seen> {
         self.seen.lock().expect("upkeep lock").get(id).copied()
@@ -302,32 +314,36 @@ impl Orchestrator {
                 continue;
             }
             let ready_at = self.upkeep.ready_at(d);
+            // Requests under way (an open WebSocket, a long download), as the router said.
+            let in_flight = self
+                .upkeep
+                .seen(d.id.as_str())
+                .is_some_and(|s| s.in_flight > 0);
             if let (Some(secs), Desired::Running, Some(ready_at)) =
                 (idle_timeout, d.desired, ready_at)
             {
                 // Its idle clock starts at its last request or when it was last ready,
                 // whichever is later.
                 let active = last_request.map_or(ready_at, |r| r.max(ready_at));
-                let in_flight = self
-                    .upkeep
-                    .seen(d.id.as_str())
-                    .is_some_and(|s| s.in_flight > 0);
                 if !in_flight && lasted(now - active, secs) {
                     let (app, id) = (Arc::clone(self), d.id.clone());
                     tokio::spawn(async move { app.stop_idle(&id, ready_at).await });
                 }
             }
-            if !serves_production(d) && !row.pinned {
-                let ttl = sandbox
-                    .preview_ttl_secs
-                    .unwrap_or(self.config.sandbox.preview_ttl_secs);
-                // Counted from its last request, else its creation: both are in the state
-                // database, so an nxd restart does not start the clock again (`ready_at` of
-                // a deployment adopted at start is this nxd's start).
-                let active = last_request.unwrap_or(d.created_at).max(d.created_at);
-                if ttl > 0 && lasted(now - active, ttl) && self.upkeep.expiry_retries.due(&d.id) {
-                    self.expire(d, now - active).await;
-                }
+            let ttl = sandbox
+                .preview_ttl_secs
+                .unwrap_or(self.config.sandbox.preview_ttl_secs);
+            // Counted from its last request, else its creation: both are in the state
+            // database, so an nxd restart does not start the clock again (`ready_at` of a
+            // deployment adopted at start is this nxd's start).
+            let active = last_request.unwrap_or(d.created_at).max(d.created_at);
+            let expired = !serves_production(d)
+                && !row.pinned
+                && ttl > 0
+                && lasted(now - active, ttl)
+                && (!in_flight || lasted(now - active, ttl.saturating_add(expiry::HELD_OPEN_SECS)));
+            if self.upkeep.expiry_due(&d.id, expired) {
+                self.expire(d, now - active).await;
             }
         }
         Ok(())
@@ -419,6 +435,21 @@ mod tests {
         assert_eq!(upkeep.sizes(), [1; 5]);
         upkeep.forget(&id);
         assert_eq!(upkeep.sizes(), [0; 5]);
+    }
+
+    /// Review s8 #9: a preview whose removal failed, then had a request (no longer expired),
+    /// is removed at once when it expires again, not after the old back-off.
+    #[test]
+    fn a_preview_no_longer_expired_forgets_its_failed_removals_back_off() {
+        let upkeep = super::UpkeepState::default();
+        let id = crate::names::DeploymentId::generate();
+        assert!(upkeep.expiry_due(&id, true));
+        for _ in 0..4 {
+            upkeep.expiry_retries.failed(&id);
+        }
+        assert!(!upkeep.expiry_due(&id, true), "within its back-off");
+        assert!(!upkeep.expiry_due(&id, false), "not expired");
+        assert!(upkeep.expiry_due(&id, true), "expired again: tried at once");
     }
 
     #[test]

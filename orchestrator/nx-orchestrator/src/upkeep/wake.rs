@@ -168,7 +168,10 @@ impl Orchestrator {
             if woke {
                 let wait = retries.failed(id);
                 tracing::warn!(error = %e, retry_in_secs = wait.as_secs(), "a request woke it and it did not start: it stays idle, its URLs answer 503 until the next try");
-                self.state.set_desired(id, Desired::Idle).await?;
+                // Unless `nx stop` or `nx rm` came meanwhile: that stands.
+                self.state
+                    .set_desired_if(id, Desired::Running, Desired::Idle)
+                    .await?;
             }
             if let Err(e) = self.reroute().await {
                 tracing::warn!(error = %e, "routes after a failed wake: the next change rebuilds them");

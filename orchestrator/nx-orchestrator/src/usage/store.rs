@@ -85,7 +85,9 @@ struct Row {
 }
 
 /// Per (sandbox, deployment), by sandbox then deployment: the sums of the samples taken at or
-/// after `since` (of `sandbox` alone when given); `disk_bytes` is the latest sample's.
+/// after `since` (of `sandbox` alone when given); `disk_bytes` is the latest sample's. Samples
+/// are kept by sandbox name: those taken before the sandbox of that name was made are a removed
+/// predecessor's and are left out (attacker s8 F4); a removed sandbox's count until retention.
 pub async fn sums(
     pool: &PgPool,
     since: DateTime<Utc>,
@@ -96,7 +98,8 @@ pub async fn sums(
          sum(memory_gib_hours) AS memory_gib_hours, sum(disk_gib_hours) AS disk_gib_hours, \
          (array_agg(disk_bytes ORDER BY at DESC))[1] AS disk_bytes, \
          sum(requests)::int8 AS requests, sum(bytes_out)::int8 AS bytes_out \
-         FROM usage_samples WHERE at >= $1 AND ($2::text IS NULL OR sandbox = $2) \
+         FROM usage_samples u WHERE at >= $1 AND ($2::text IS NULL OR sandbox = $2) \
+         AND NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.name = u.sandbox AND s.created_at > u.at) \
          GROUP BY sandbox, deployment ORDER BY sandbox, deployment",
     )
     .bind(since)
