@@ -65,6 +65,11 @@ in
       default = defaults.apiMaxConnections;
       description = "Open API connections beyond this are closed as soon as they are accepted; open ones keep working.";
     };
+    apiHeadTimeoutSecs = mkOption {
+      type = types.ints.positive;
+      default = defaults.apiHeadTimeoutSecs;
+      description = "Seconds a client has to send a request's head once nxd starts reading it (a new connection, or one idle between requests); then the connection is closed.";
+    };
     metricsListen = mkOption {
       type = types.nullOr types.str;
       default = defaults.metricsListen;

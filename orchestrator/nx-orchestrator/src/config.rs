@@ -29,6 +29,10 @@ pub struct Config {
     /// Open API connections beyond this are closed as soon as they are accepted; those already
     /// open keep working.
     pub api_max_connections: usize,
+    /// Seconds a client has to send a request's head (request line and header fields) once nxd
+    /// starts reading it, on a new connection or between keep-alive requests; a connection that
+    /// has not sent it by then is closed (as the router's `router.head_timeout_secs`).
+    pub api_head_timeout_secs: u64,
     /// `GET /metrics` without a token (Prometheus text format), e.g. `127.0.0.1:9770`. Unset: the
     /// series are only on the API, for the root token.
     pub metrics_listen: Option<SocketAddr>,
@@ -365,6 +369,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/nx"),
             api_listen: "127.0.0.1:7700".parse().expect("literal"),
             api_max_connections: 4096,
+            api_head_timeout_secs: 10,
             metrics_listen: None,
             router_listen: "127.0.0.1:7780".parse().expect("literal"),
             base_domain: "nx.localhost".into(),
@@ -518,6 +523,11 @@ impl Config {
         if self.api_max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "api_max_connections must be at least 1".into(),
+            ));
+        }
+        if self.api_head_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "api_head_timeout_secs must be at least 1".into(),
             ));
         }
         if !(1..=100).contains(&self.systemd.slice_memory_max_percent)

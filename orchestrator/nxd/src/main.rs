@@ -22,6 +22,7 @@ use nx_orchestrator::config::Config;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -185,11 +186,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let api = axum::serve(api_listener, http_api::routes(app, token));
+    let head_timeout = Duration::from_secs(app.config.api_head_timeout_secs);
+    let api = listener::serve(api_listener, http_api::routes(app, token), head_timeout);
     tokio::select! {
         r = sftp => r?,
         r = metrics => r.context("metrics_listen")?,
-        r = api => r.context("API server")?,
+        never = api => match never {},
         _ = shutdown_signal() => tracing::info!("nxd stopping; deployments keep running"),
     }
     Ok(())

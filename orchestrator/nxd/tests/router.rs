@@ -2,9 +2,11 @@
 //! under load, and neither the API nor the router stops serving under 1,100 idle connections
 //! each when nxd starts at systemd's default soft limit of 1,024 open files; a router that
 //! listens below port 1024 gets `CAP_NET_BIND_SERVICE` as an ambient capability; its log stays
-//! within `router.log_max_mb` under a flood of requests.
+//! within `router.log_max_mb` under a flood of requests; the API closes connections that send no
+//! whole request head within `api_head_timeout_secs`.
 
 use nx_testkit::Host;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -261,4 +263,111 @@ fn a_flood_of_long_requests_keeps_router_log_within_its_bound_and_a_real_request
     );
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["router.log", "router.log.1", "router.log.2"]);
+}
+
+/// How long after `since` the server closed `stream` (read to its end), or None when it was
+/// still open `within` after the call.
+fn closed_after(mut stream: TcpStream, since: Instant, within: Duration) -> Option<Duration> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => Some(since.elapsed()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(since.elapsed()),
+        Err(_) => None,
+    }
+}
+
+/// `GET /v1/health` on a new API connection, its head sent in two parts `pause` apart; the
+/// answer, empty when nxd closed the connection without one.
+fn health_in_two_parts(host: &Host, pause: Duration) -> String {
+    let mut stream = TcpStream::connect(host.api).unwrap();
+    let _ = stream.write_all(b"GET /v1/health HTTP/1.1\r\nHost: nxd\r\n");
+    std::thread::sleep(pause);
+    let rest = format!(
+        "Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        host.token
+    );
+    let mut answer = String::new();
+    if stream.write_all(rest.as_bytes()).is_ok() {
+        let _ = stream.read_to_string(&mut answer);
+    }
+    answer
+}
+
+/// Attacker s8 F6: the API was served with no request-head timeout, so 4,096 connections that
+/// sent a few header bytes (or none) held every slot of `api_max_connections` for good and
+/// locked every token out. Now each is closed `api_head_timeout_secs` after nxd starts reading,
+/// slowly trickled heads included, while a head that is merely slow but whole in time is
+/// answered.
+#[test]
+fn silent_and_half_sent_request_heads_are_closed_within_the_api_head_timeout() {
+    const SLOTS: usize = 60;
+    let mut host = Host::start();
+    let config = host.path("nxd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("api_max_connections = {SLOTS}\napi_head_timeout_secs = 2\n{text}"),
+    )
+    .unwrap();
+    host.restart_nxd();
+
+    // Every slot held: a third send nothing, a third part of a head, a third a byte every 300 ms.
+    let started = Instant::now();
+    let open = |first: &[u8]| {
+        let mut stream = TcpStream::connect(host.api).unwrap();
+        stream.write_all(first).unwrap();
+        stream
+    };
+    let mut held: Vec<TcpStream> = (0..SLOTS / 3).map(|_| open(b"")).collect();
+    held.extend((0..SLOTS / 3).map(|_| open(b"GET /v1/sandboxes HTTP/1.1\r\nHost: a")));
+    for _ in 0..SLOTS / 3 {
+        let trickler = open(b"G");
+        let mut writer = trickler.try_clone().unwrap();
+        std::thread::spawn(move || {
+            // Never a whole head; stops once the connection is gone.
+            while writer.write_all(b"x").is_ok() && started.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        held.push(trickler);
+    }
+    let closing: Vec<_> = held
+        .into_iter()
+        .map(|stream| {
+            std::thread::spawn(move || closed_after(stream, started, Duration::from_secs(10)))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        health_in_two_parts(&host, Duration::ZERO),
+        "",
+        "answered with all {SLOTS} slots held: the test holds none"
+    );
+
+    // A head that takes a second but is whole within the timeout is answered, once the held
+    // connections are closed and a slot is free.
+    let answer = loop {
+        let answer = health_in_two_parts(&host, Duration::from_secs(1));
+        if !answer.is_empty() {
+            break answer;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no slot freed within 15 s"
+        );
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let closed: Vec<Option<Duration>> = closing.into_iter().map(|t| t.join().unwrap()).collect();
+    eprintln!("{SLOTS} slow heads with api_head_timeout_secs = 2 closed after {closed:?}");
+    for (i, after) in closed.iter().enumerate() {
+        let after = after.unwrap_or_else(|| panic!("slow head {i} still open after 10 s"));
+        assert!(
+            after < Duration::from_secs(5),
+            "slow head {i} closed only after {after:?}"
+        );
+    }
+    let ls = host.nx(&["ls"]);
+    assert!(ls.ok, "the API is still locked: {}", ls.stderr);
 }
