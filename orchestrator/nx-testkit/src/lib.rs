@@ -796,3 +796,32 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     let out = child.wait_with_output().expect("sha256sum output");
     String::from_utf8_lossy(&out.stdout)[..64].to_owned()
 }
+
+/// A shared library whose constructor writes `ESCAPED-PRELOAD in <argv[0]>` to standard error,
+/// built with the host's C compiler (the one cargo links with) in `dir`: a host process that
+/// loads it through a tenant's `LD_PRELOAD` says so in its output.
+pub fn preload_library(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let source = dir.join("pre.c");
+    std::fs::write(
+        &source,
+        "#include <stdio.h>\n\
+         extern char *program_invocation_name;\n\
+         __attribute__((constructor)) static void escaped(void) {\n\
+         fprintf(stderr, \"ESCAPED-PRELOAD in %s\\n\", program_invocation_name);\n}\n",
+    )
+    .unwrap();
+    let library = dir.join("pre.so");
+    let cc = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .output()
+        .expect("cc (the C compiler cargo links with)");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    library
+}

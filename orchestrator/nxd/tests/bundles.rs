@@ -298,3 +298,89 @@ fn bad_bundles_are_refused_with_what_to_do_and_nothing_is_stored() {
     }));
     assert_eq!(status, 200, "{body}");
 }
+
+/// Attacker s9 F1 (critical): the launcher ran `bwrap` by name with the program's environment,
+/// so a `PATH` naming the bundle's own directory on the host ran the bundle's `bwrap` outside
+/// any sandbox, and `LD_PRELOAD` ran a bundle's library inside bubblewrap's own process,
+/// before its namespaces. A program's environment must reach only the program, inside.
+#[test]
+fn a_programs_path_and_ld_preload_reach_only_the_program_inside_its_sandbox() {
+    let host = Host::start();
+    let dir = host.path("bundle");
+    write(
+        &dir.join("bin/server"),
+        &std::fs::read(nx_testkit::bin("nx-sample-app")).unwrap(),
+        0o755,
+    );
+    write(
+        &dir.join("bwrap"),
+        b"#!/bin/sh\necho ESCAPED-PATH uid=$(id -u) >&2\nexit 1\n",
+        0o755,
+    );
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    let library = nx_testkit::preload_library(&host.path("cc"));
+    std::fs::copy(&library, dir.join("lib/pre.so")).unwrap();
+    let push = |env: &[String]| {
+        let mut args = vec![
+            "push",
+            dir.to_str().unwrap(),
+            "--entry",
+            "bin/server",
+            "--sandbox",
+            "shop",
+        ];
+        for e in env {
+            args.extend(["-e", e.as_str()]);
+        }
+        host.nx_json(&args)
+    };
+    let first = push(&[]);
+    let bundle = first["deployment"]["artifact"].as_str().unwrap().to_owned();
+    // Where the bundle's files are on the host (its directory is what the attack names).
+    let on_host = host.path("bundles").join(&bundle);
+    assert!(on_host.join("bwrap").is_file(), "{}", on_host.display());
+    let path = format!("PATH={}:/run/nx/argv0:/usr/bin:/bin", on_host.display());
+    let preload = format!("LD_PRELOAD={}", on_host.join("lib/pre.so").display());
+
+    let out = push(&[path.clone(), preload.clone()]);
+    let id = out["deployment"]["id"].as_str().unwrap().to_owned();
+    let preview = host.preview_host("shop", &id);
+    assert_eq!(host.get(&preview, "/health"), (200, "ok\n".into()));
+    // The program has the environment it was given.
+    let (_, env) = host.get(&preview, "/env");
+    let env: serde_json::Value = serde_json::from_str(&env).unwrap();
+    assert_eq!(env["PATH"], path.trim_start_matches("PATH="), "{env}");
+    assert_eq!(
+        env["LD_PRELOAD"],
+        preload.trim_start_matches("LD_PRELOAD="),
+        "{env}"
+    );
+    let logs = host.nx(&["logs", &id, "--sandbox", "shop"]);
+    assert!(!logs.stdout.contains("ESCAPED"), "{}", logs.stdout);
+    assert!(!logs.stderr.contains("ESCAPED"), "{}", logs.stderr);
+
+    // A task of the same bundle with the same environment: the same; it prints its own.
+    let env: serde_json::Map<String, serde_json::Value> = [&path, &preload]
+        .iter()
+        .map(|e| {
+            let (k, v) = e.split_once('=').unwrap();
+            (k.to_owned(), v.into())
+        })
+        .collect();
+    let request = serde_json::json!({
+        "artifact": bundle,
+        "env": env,
+        "args": ["task", "cat", "/proc/self/environ"],
+    });
+    let (status, said) = host.call(
+        &host.token,
+        "POST",
+        "/v1/tasks",
+        Some(request.to_string().into_bytes()),
+    );
+    assert_eq!(status, 200, "{said}");
+    assert!(!said.contains("ESCAPED"), "{said}");
+    assert!(said.contains(path.as_str()), "{said}");
+    let end: serde_json::Value = serde_json::from_str(said.lines().last().unwrap()).unwrap();
+    assert_eq!(end["exit_code"], 0, "{said}");
+}

@@ -81,6 +81,34 @@ fn an_image_goes_push_preview_promote_rollback_and_runs_as_a_task() {
         &host.api.to_string(),
     ]);
     assert!(out.stdout.contains("cannot connect"), "{}", out.stdout);
+    // The task's environment reaches its program, and only it: Podman runs as root, and a
+    // tenant's LD_PRELOAD in its environment ran the tenant's library as root (attacker s9 F0).
+    let library = nx_testkit::preload_library(&host.path("cc"));
+    let preload = format!("LD_PRELOAD={}", library.display());
+    let out = host.nx(&[
+        "run-task",
+        image,
+        "-e",
+        &preload,
+        "-e",
+        "PATH=/nowhere:/bin",
+        "-e",
+        "GREETING=hello there",
+        "--",
+        "task",
+        "cat",
+        "/proc/self/environ",
+    ]);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(out.ok, "{said}");
+    assert!(!said.contains("ESCAPED"), "{said}");
+    for expected in [
+        preload.as_str(),
+        "PATH=/nowhere:/bin",
+        "GREETING=hello there",
+    ] {
+        assert!(said.contains(expected), "{expected} in {said:?}");
+    }
 
     // Removing a deployment removes its container; a task leaves none.
     host.nx_json(&["rm", &v2]);

@@ -24,10 +24,36 @@ pub const SECCOMP_FIRST_FD: i32 = 10;
 /// An argument replaced by the cgroup the launcher runs in (the unit's), for Podman's
 /// `--cgroup-parent`: the container's cgroups then sit under the unit's and its limits hold.
 pub const OWN_CGROUP: &str = "@nx-own-cgroup@";
+/// The fd on which the launcher hands the program's environment to the tool it runs (see
+/// `SandboxEnvForm`): bubblewrap reads it with `--args`, Podman opens `SANDBOX_ENV_FILE`.
+pub const SANDBOX_ENV_FD: i32 = 9;
+/// `SANDBOX_ENV_FD` as a path Podman's `--env-file` opens (a new open file of the same memfd,
+/// read from its start).
+pub const SANDBOX_ENV_FILE: &str = "/proc/self/fd/9";
+
+/// How the launcher hands the program's environment (`LaunchSpec::sandbox_env`) to the tool
+/// that starts it. The tool itself (bubblewrap, Podman: host processes, outside the sandbox)
+/// runs with `LaunchSpec::env` only, so nothing a tenant sets (`PATH`, `LD_PRELOAD`,
+/// `LD_AUDIT`, ...) is ever read by the dynamic loader or the exec of a host process.
+/// The environment travels on a memfd at `SANDBOX_ENV_FD`, never in argv (which every user of
+/// the host can read in /proc/<pid>/cmdline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxEnvForm {
+    /// No program environment to hand over (a VMM's guest gets its own through its spec).
+    #[default]
+    None,
+    /// bubblewrap's NUL-separated arguments for `--args SANDBOX_ENV_FD`: `--clearenv`, then
+    /// `--setenv NAME VALUE` for each variable (bwrap(1)).
+    BwrapArgs,
+    /// Podman's `--env-file` lines, `NAME=VALUE` (podman-run(1)).
+    EnvFile,
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct LaunchSpec {
     pub argv: Vec<String>,
+    /// The environment of the process `argv` names (bubblewrap, Podman, a VMM): NX's own, never
+    /// a tenant's (see `sandbox_env`).
     pub env: BTreeMap<String, String>,
     pub seccomp: Vec<PathBuf>,
     /// Drop to this uid before exec (None: stay root, for Podman, which drops in the container).
@@ -68,6 +94,12 @@ pub struct LaunchSpec {
     /// (see `tasks::exit_report`).
     #[serde(default)]
     pub exit_report: bool,
+    /// The program's environment inside the sandbox, handed over as `sandbox_env_form` says;
+    /// `env` is the environment of the host tool `argv` runs.
+    #[serde(default)]
+    pub sandbox_env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub sandbox_env_form: SandboxEnvForm,
 }
 
 /// What nxd sends a deployment's launcher (its monitor, alone) when a stop's timeout has

@@ -1,6 +1,9 @@
 //! The launcher itself (Linux only): what `nxd launch` runs, as `launch` describes.
 
-use super::launch::{LaunchSpec, StopForward, EXIT_MARKER, OWN_CGROUP, SECCOMP_FIRST_FD};
+use super::launch::{
+    LaunchSpec, SandboxEnvForm, StopForward, EXIT_MARKER, OWN_CGROUP, SANDBOX_ENV_FD,
+    SECCOMP_FIRST_FD,
+};
 use super::launch_times::{self, LaunchTimes};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
@@ -276,6 +279,9 @@ fn exec(spec: &LaunchSpec) -> String {
     let Some((program, args)) = argv.split_first() else {
         return "empty argv in launch spec".into();
     };
+    if let Err(e) = hand_over_env(spec) {
+        return format!("handing the program's environment to {program}: {e}");
+    }
     if spec.console_exit {
         return supervise_vmm(program, args, &spec.env);
     }
@@ -288,6 +294,41 @@ fn exec(spec: &LaunchSpec) -> String {
         .envs(&spec.env)
         .exec();
     format!("cannot exec {program}: {err}")
+}
+
+/// Puts the program's environment (`spec.sandbox_env`) on a memfd at `SANDBOX_ENV_FD`, in the
+/// form the tool reads it (`SandboxEnvForm`), so the tool itself never runs with it.
+fn hand_over_env(spec: &LaunchSpec) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    use std::os::fd::AsRawFd;
+    let mut text = Vec::new();
+    match spec.sandbox_env_form {
+        SandboxEnvForm::None => return Ok(()),
+        SandboxEnvForm::BwrapArgs => {
+            text.extend_from_slice(b"--clearenv\0");
+            for (name, value) in &spec.sandbox_env {
+                for part in ["--setenv", name, value] {
+                    text.extend_from_slice(part.as_bytes());
+                    text.push(0);
+                }
+            }
+        }
+        SandboxEnvForm::EnvFile => {
+            for (name, value) in &spec.sandbox_env {
+                text.extend_from_slice(format!("{name}={value}\n").as_bytes());
+            }
+        }
+    }
+    let fd = nix::sys::memfd::memfd_create(
+        c"nx-sandbox-env",
+        nix::sys::memfd::MemFdCreateFlag::empty(),
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&text)?;
+    file.rewind()?;
+    // dup2 clears FD_CLOEXEC on the new fd, so the tool inherits it.
+    nix::unistd::dup2(file.as_raw_fd(), SANDBOX_ENV_FD)?;
+    Ok(())
 }
 
 /// Sends `signal` to the sandbox: to `child` itself, or to each process below it that is not

@@ -11,7 +11,7 @@
 use super::SandboxNetwork;
 use crate::artifact::verify::Linkage;
 use crate::backend::host_files::{HOST_FILES, LOADER_FILES};
-use crate::backend::launch::SECCOMP_FIRST_FD;
+use crate::backend::launch::{SANDBOX_ENV_FD, SECCOMP_FIRST_FD};
 use crate::databases::SANDBOX_SOCKET_DIR;
 use nx_artifact::closure::SANDBOX_LIBRARY_DIRS;
 use std::path::{Path, PathBuf};
@@ -68,11 +68,33 @@ pub struct VolumeBind {
     pub path: String,
 }
 
+/// bubblewrap's path, found once in nxd's own `PATH` (never in a program's: the launcher runs
+/// it with NX's environment, see `launch::SandboxEnvForm`); `/usr/bin/bwrap` if none has it.
+fn program() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join("bwrap"))
+            .find(|path| path.is_absolute() && path.is_file())
+            .map_or_else(
+                || "/usr/bin/bwrap".into(),
+                |path| path.display().to_string(),
+            )
+    })
+}
+
+/// bubblewrap's argv for `sandbox`. The program's environment is not in it: the launcher hands
+/// it over on `SANDBOX_ENV_FD` (`--args`, as `SandboxEnvForm::BwrapArgs`).
 pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
-    let mut argv = vec!["bwrap".to_string()];
+    let mut argv = vec![program().to_string()];
+    let env_fd = SANDBOX_ENV_FD.to_string();
     push(
         &mut argv,
         &[
+            "--args",
+            &env_fd,
             "--unshare-user",
             "--unshare-pid",
             "--unshare-ipc",

@@ -16,12 +16,12 @@ use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
 use crate::api::UnitState;
 use crate::artifact::verify::Linkage;
-use crate::backend::launch::{LaunchSpec, StopForward};
+use crate::backend::launch::{LaunchSpec, SandboxEnvForm, StopForward, SANDBOX_ENV_FILE};
 use crate::domain::{BackendKind, Deployment, Runtime};
 use crate::supervisor::Supervisor;
 use bwrap::{Sandbox, VolumeBind};
 use podman::Podman;
-use podman::{Container, ContainerEnv, Tmp};
+use podman::{Container, Tmp};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -150,7 +150,8 @@ impl SandboxBackend for ContainerBackend {
                     identity: Some(&identity),
                     volumes: &binds,
                 }),
-                env: spec.env.clone(),
+                sandbox_env: spec.env.clone(),
+                sandbox_env_form: SandboxEnvForm::BwrapArgs,
                 seccomp: self.seccomp.clone(),
                 uid: Some(uid),
                 stop: StopForward::Sandboxed,
@@ -175,7 +176,7 @@ impl SandboxBackend for ContainerBackend {
                         image_id,
                         uid,
                         args: &spec.args,
-                        env: ContainerEnv::File(&env_file),
+                        env_file: &env_file,
                         data_dir: Some(&data),
                         database_socket: socket,
                         network,
@@ -225,7 +226,8 @@ impl SandboxBackend for ContainerBackend {
         Ok(match &task.program {
             Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
                 argv: task_command(&task.program, &task.args, task.limits.tmp_mb << 20),
-                env: task.env.clone(),
+                sandbox_env: task.env.clone(),
+                sandbox_env_form: SandboxEnvForm::BwrapArgs,
                 seccomp: self.seccomp.clone(),
                 uid: Some(task.uid),
                 nofile: Some(task.limits.nofile),
@@ -234,15 +236,13 @@ impl SandboxBackend for ContainerBackend {
             },
             Program::Image { archive, image_id } => {
                 self.podman.load(archive, image_id).await?;
-                let mut env = self.podman.env();
-                let names = task.env.keys().filter(|k| !env.contains_key(*k)).cloned();
                 let argv = self.podman.command(&Container {
                     name: &task_container(&task.id),
                     hostname: TASK_HOSTNAME,
                     image_id,
                     uid: task.uid,
                     args: &task.args,
-                    env: ContainerEnv::Inherited(names.collect()),
+                    env_file: Path::new(SANDBOX_ENV_FILE),
                     data_dir: None,
                     database_socket: None,
                     network: SandboxNetwork::Loopback,
@@ -253,12 +253,11 @@ impl SandboxBackend for ContainerBackend {
                     volumes: &[],
                     gids: &[],
                 });
-                for (k, v) in &task.env {
-                    env.entry(k.clone()).or_insert_with(|| v.clone());
-                }
                 LaunchSpec {
                     argv,
-                    env,
+                    env: self.podman.env(),
+                    sandbox_env: task.env.clone(),
+                    sandbox_env_form: SandboxEnvForm::EnvFile,
                     nofile: Some(task.limits.nofile),
                     ..LaunchSpec::default()
                 }

@@ -21,14 +21,6 @@ pub struct Podman {
     loaded: Mutex<HashSet<String>>,
 }
 
-/// Where a container's environment comes from.
-pub enum ContainerEnv<'a> {
-    /// A 0600 env file (a deployment's, written at prepare).
-    File(&'a Path),
-    /// These names, valued from podman's own environment (a task's).
-    Inherited(Vec<String>),
-}
-
 /// One Podman container: a deployment's or a task's.
 /// A container's `/tmp`.
 pub enum Tmp<'a> {
@@ -44,7 +36,9 @@ pub struct Container<'a> {
     pub image_id: &'a str,
     pub uid: u32,
     pub args: &'a [String],
-    pub env: ContainerEnv<'a>,
+    /// The program's environment: a 0600 env file (a deployment's, written at prepare) or the
+    /// launcher's memfd (a task's, `launch::SANDBOX_ENV_FILE`); never Podman's own environment.
+    pub env_file: &'a Path,
     pub data_dir: Option<&'a Path>,
     pub database_socket: Option<&'a Path>,
     pub network: SandboxNetwork<'a>,
@@ -193,18 +187,7 @@ impl Podman {
         });
         // Podman's own limits, which the launcher set (RLIMIT_NOFILE).
         argv.extend(["--ulimit".into(), "host".into()]);
-        match &c.env {
-            ContainerEnv::File(file) => {
-                argv.extend(["--env-file".into(), file.display().to_string()]);
-            }
-            // `--env NAME` takes the value from podman's own environment: values stay out of
-            // argv (and /proc/*/cmdline).
-            ContainerEnv::Inherited(names) => {
-                for name in names {
-                    argv.extend(["--env".into(), name.clone()]);
-                }
-            }
-        }
+        argv.extend(["--env-file".into(), c.env_file.display().to_string()]);
         if let Some(dir) = c.data_dir {
             argv.extend(["--volume".into(), format!("{}:/data", dir.display())]);
         }
