@@ -16,10 +16,11 @@
 # actionlint with shellcheck and jq (the GitHub workflows and the action's script), pebble
 # (Let's Encrypt's test ACME server and its DNS, pebble-challtestsrv: the HTTPS tests) and
 # openssl (the HTTPS tests read served certificates with s_client), dnsmasq-base (the network
-# test's resolver on the host's loopback, as systemd-resolved's 127.0.0.53 is).
+# test's resolver on the host's loopback, as systemd-resolved's 127.0.0.53 is), gcc (Rust's linker;
+# bad_input builds dynamically linked programs with chosen run paths and interpreters).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils procps wrk nix-bin podman runc catatonit runsc qemu-system-x86 socat lz4 cmake nginx caddy e2fsprogs tzdata media-types golang-go openssh-client shellcheck jq pebble openssl nftables conntrack iproute2 dnsmasq-base)
+packages=(bubblewrap dbus systemd postgresql util-linux curl ca-certificates coreutils procps wrk nix-bin podman runc catatonit runsc qemu-system-x86 socat lz4 cmake nginx caddy e2fsprogs tzdata media-types golang-go openssh-client shellcheck jq pebble openssl nftables conntrack iproute2 dnsmasq-base gcc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,7 +25,7 @@ pub enum VerifyError {
     #[error("this ELF is a {0}, not an executable; push the program itself")]
     NotExecutable(&'static str),
     #[error(
-        "dynamically linked against {interpreter}, which this host does not have; {BUILD_HINT}"
+        "dynamically linked against {interpreter}, which this host does not have in the library directories a sandbox sees (/lib, /lib64, /usr/lib, /usr/lib64); {BUILD_HINT}"
     )]
     MissingInterpreter { interpreter: String },
     #[error("needs {missing}, which neither this host's library directories nor the bundle have; {LIBRARY_HINT}")]
@@ -94,7 +94,8 @@ pub fn not_elf(bytes: &[u8]) -> VerifyError {
     VerifyError::NotElf { start }
 }
 
-/// Checks the bytes of a binary; `interpreter_exists` says whether a path exists on the host.
+/// Checks the bytes of a binary; `interpreter_exists` says whether the sandbox has a path
+/// (`closure::system_file`).
 pub fn verify_bytes(
     bytes: &[u8],
     interpreter_exists: impl Fn(&str) -> bool,
@@ -162,10 +163,11 @@ pub fn verify_on_host(bytes: &[u8]) -> Result<ElfInfo, VerifyError> {
     verify_with(bytes, &Search::host())
 }
 
-/// The ELF checks, then (for a dynamically linked program) its library closure as the loader
-/// would resolve it with `search`; refuses naming every missing soname.
+/// The ELF checks (an interpreter only where the sandbox sees it: `closure::system_file`, so
+/// that no other host path is looked at), then (for a dynamically linked program) its library
+/// closure as the loader would resolve it with `search`; refuses naming every missing soname.
 pub fn verify_with(bytes: &[u8], search: &Search) -> Result<ElfInfo, VerifyError> {
-    let info = verify_bytes(bytes, |p| Path::new(p).is_file())?;
+    let info = verify_bytes(bytes, |p| closure::system_file(Path::new(p)).is_some())?;
     if let Linkage::Dynamic { .. } = info.linkage {
         let missing = closure::missing_libraries(bytes, search);
         if !missing.is_empty() {

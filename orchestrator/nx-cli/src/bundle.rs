@@ -47,14 +47,7 @@ pub async fn store(
     let scanned = bundle::scan_dir(root, choices, &NO_LIMITS)?;
     let manifest = &scanned.manifest;
     let entry = &scanned.local[&manifest.entry];
-    let search = Search::host().with_bundle(
-        manifest
-            .library_dirs
-            .iter()
-            .map(|d| bundle::host_path(root, d))
-            .collect(),
-        entry.parent().unwrap_or(root).to_path_buf(),
-    );
+    let search = Search::host().with_bundle(root, manifest);
     let bytes = std::fs::read(entry).with_context(|| format!("reading {}", entry.display()))?;
     verify::verify_with(&bytes, &search)
         .with_context(|| format!("the bundle's entry {}", manifest.entry))?;

@@ -363,6 +363,97 @@ fn a_gzip_bomb_is_refused_without_being_unpacked_into_memory() {
     refused_without_holding_it(&host, &sha, size, bomb.into(), "not an image archive");
 }
 
+/// Runs `cc args` (Debian's gcc, install-deps.sh) in `dir`, asserting that it worked.
+fn cc(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("cc")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("cc (gcc: orchestrator/install-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "cc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Attacker s8 F10: a program whose `DT_RUNPATH`, `DT_NEEDED` path or interpreter names a host
+/// file outside what a sandbox sees is refused as missing it, and nxd does not read the file:
+/// here a 300 MiB one, which nxd read whole for each such upload (its peak memory grew by
+/// 300 MiB). The refusal is the same whether or not the host has the file (no oracle of the
+/// host's paths).
+#[test]
+fn host_files_a_program_names_are_not_read() {
+    let host = Host::start();
+    let dir = host.path("host-files");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("lib.c"), "int huge(void) { return 1; }\n").unwrap();
+    std::fs::write(
+        dir.join("main.c"),
+        "int huge(void);\nint main(void) { return huge(); }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("plain.c"), "int main(void) { return 0; }\n").unwrap();
+    let huge = dir.join("libhuge.so");
+    let absolute = dir.join("libabsolute.so");
+    let (huge_s, absolute_s) = (huge.to_str().unwrap(), absolute.to_str().unwrap());
+    let rpath = format!("-Wl,-rpath,{}", dir.display());
+    cc(
+        &dir,
+        &[
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libhuge.so",
+            "-o",
+            huge_s,
+            "lib.c",
+        ],
+    );
+    cc(&dir, &["-o", "runpath", "main.c", &rpath, huge_s]);
+    // No soname: the program's DT_NEEDED is the library's path as linked.
+    cc(&dir, &["-shared", "-fPIC", "-o", absolute_s, "lib.c"]);
+    cc(&dir, &["-o", "needed-path", "main.c", absolute_s]);
+    let interp = |path: &Path, out: &str| {
+        let linker = format!("-Wl,--dynamic-linker,{}", path.display());
+        cc(&dir, &["-o", out, "plain.c", &linker]);
+    };
+    interp(&huge, "interpreter");
+    interp(&dir.join("nothing-here.so"), "no-interpreter");
+    // The libraries become 300 MiB files (sparse: nothing is written).
+    for lib in [&huge, &absolute] {
+        std::fs::File::create(lib)
+            .unwrap()
+            .set_len(300 << 20)
+            .unwrap();
+    }
+    let lacks = "which this host does not have in the library directories a sandbox sees";
+    for (program, refusal) in [
+        (
+            "runpath",
+            "needs libhuge.so (needed by the program)".to_owned(),
+        ),
+        (
+            "needed-path",
+            format!("needs {absolute_s} (needed by the program)"),
+        ),
+        (
+            "interpreter",
+            format!("dynamically linked against {huge_s}, {lacks}"),
+        ),
+        (
+            "no-interpreter",
+            format!(
+                "dynamically linked against {}, {lacks}",
+                dir.join("nothing-here.so").display()
+            ),
+        ),
+    ] {
+        let bytes = std::fs::read(dir.join(program)).unwrap();
+        let (sha, size) = (sha256_hex(&bytes), bytes.len() as u64);
+        refused_without_holding_it(&host, &sha, size, bytes.into(), &refusal);
+    }
+}
+
 #[test]
 fn requests_without_the_token_get_401() {
     let host = Host::start();

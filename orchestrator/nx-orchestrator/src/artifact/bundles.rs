@@ -223,14 +223,7 @@ fn lay_out(
         std::os::unix::fs::symlink(&link.target, &path)?;
     }
     let entry = bundle::host_path(&root, &manifest.entry);
-    let search = Search::host().with_bundle(
-        manifest
-            .library_dirs
-            .iter()
-            .map(|d| bundle::host_path(&root, d))
-            .collect(),
-        entry.parent().unwrap_or(&root).to_path_buf(),
-    );
+    let search = Search::host().with_bundle(&root, manifest);
     let bytes = std::fs::read(&entry)?;
     verify::verify_with(&bytes, &search).map_err(|source| BundleStoreError::Entry {
         entry: manifest.entry.clone(),
