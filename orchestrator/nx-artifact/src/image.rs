@@ -327,11 +327,9 @@ fn verify_image_within(bytes: &[u8], min_expanded: u64) -> Result<ImageInfo, Ima
 #[cfg(any(test, feature = "fixtures"))]
 #[doc(hidden)]
 pub mod tests {
+    #[cfg(test)]
     use super::*;
-
-    fn sha256_hex(bytes: &[u8]) -> String {
-        hex::encode(Sha256::digest(bytes))
-    }
+    use crate::sha256_hex;
 
     /// A docker-archive with one layer holding `app`, for `architecture`.
     pub fn docker_archive(app: &[u8], architecture: &str) -> Vec<u8> {

@@ -7,6 +7,12 @@ pub mod closure;
 pub mod image;
 pub mod verify;
 
+/// The SHA-256 of `bytes` as 64 lowercase hex digits: the name content is stored under.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 /// A lowercase hex sha256, or why not.
 pub(crate) fn check_sha256_hex(hex: &str) -> Result<(), &'static str> {
     if hex.len() == 64 && hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {

@@ -179,8 +179,15 @@ pub fn verify_with(bytes: &[u8], search: &Search) -> Result<ElfInfo, VerifyError
     Ok(info)
 }
 
+/// A local file that passed [`verify_file`]: what it is, and its bytes, read once (for the
+/// caller to hash, e.g. with [`crate::sha256_hex`]).
+pub struct VerifiedFile {
+    pub info: ElfInfo,
+    pub bytes: Vec<u8>,
+}
+
 /// The CLI's check of a local file: readable, executable bit, then the ELF checks.
-pub fn verify_file(path: &Path) -> Result<ElfInfo, VerifyError> {
+pub fn verify_file(path: &Path) -> Result<VerifiedFile, VerifyError> {
     let shown = path.display().to_string();
     let read_err = |e: std::io::Error| VerifyError::Read {
         path: shown.clone(),
@@ -192,7 +199,7 @@ pub fn verify_file(path: &Path) -> Result<ElfInfo, VerifyError> {
     if meta.permissions().mode() & 0o111 == 0 {
         return Err(VerifyError::NoExecBit { path: shown });
     }
-    Ok(info)
+    Ok(VerifiedFile { info, bytes })
 }
 
 #[cfg(test)]

@@ -219,8 +219,8 @@ async fn ask_swap(
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     if let Command::VerifyBinary { file } = &cli.command {
-        let info = nx_artifact::verify::verify_file(file)?;
-        output::verified(file, &info, json);
+        let verified = nx_artifact::verify::verify_file(file)?;
+        output::verified(file, &verified.info, json);
         return Ok(());
     }
     let settings = settings::Settings::resolve(settings::Given {

@@ -1,5 +1,5 @@
-//! `nx push`: verify locally, ask nxd by hash, upload only what it lacks (with a progress bar),
-//! then create the deployment and wait until it is ready.
+//! `nx push`: verify locally, ask nxd for the deployment by the file's hash, and upload the file
+//! (with a progress bar) only when nxd answers that it lacks it; nxd waits until it is ready.
 
 use crate::client::Client;
 use crate::output;
@@ -201,22 +201,56 @@ pub fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
-/// Makes sure nxd stores a (verified) local file: asks by hash first and uploads, with a
-/// progress bar, only what nxd lacks. Returns its sha256 and whether it was uploaded.
-pub async fn store(client: &Client, file: &Path, json: bool) -> anyhow::Result<(String, bool)> {
-    let sha = nx_artifact::bundle::sha256_file(file)
-        .with_context(|| format!("reading {}", file.display()))?;
-    match client.artifact(&sha).await {
-        Ok(_) => Ok((sha, false)),
-        Err(e) if e.status() == Some(404) => {
-            let (body, size, bar) = crate::client::upload_body(file, json).await?;
-            let stored = client.upload_artifact(&sha, body, size).await;
-            bar.finish_and_clear();
-            stored?;
-            Ok((sha, true))
-        }
-        Err(e) => Err(e.into()),
+/// What [`uploading_on_404`] shows on stderr while it uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// Nothing (`--json`).
+    Nothing,
+    /// A progress bar on a terminal, nothing else (`nx run-task`: its stderr is the task's).
+    Bar,
+    /// A line saying that it uploads, and the bar (`nx push`).
+    LineAndBar,
+}
+
+/// Runs `call`, a request that names a local `file` by its sha256 (`sha`), and, when nxd
+/// answers 404 and does not hold that file (then asked by hash), uploads it (showing what
+/// `shown` says) and runs `call` again: a file nxd holds already costs no request of its own.
+/// Returns `call`'s answer and whether the file was uploaded. Errors: `call`'s (a 404 about
+/// something else as it is), the question's, the upload's.
+pub async fn uploading_on_404<T, F, Fut>(
+    client: &Client,
+    file: &Path,
+    sha: &str,
+    shown: Shown,
+    mut call: F,
+) -> anyhow::Result<(T, bool)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let not_found = match call().await {
+        Err(e) if status(&e) == Some(404) => e,
+        answer => return Ok((answer?, false)),
+    };
+    match client.artifact(sha).await {
+        Ok(_) => return Err(not_found),
+        Err(e) if e.status() == Some(404) => {}
+        Err(e) => return Err(e.into()),
     }
+    if shown == Shown::LineAndBar {
+        eprintln!("nxd does not have {} yet: uploading it", &sha[..12]);
+    }
+    let (body, size, bar) = crate::client::upload_body(file, shown == Shown::Nothing).await?;
+    let stored = client.upload_artifact(sha, body, size).await;
+    bar.finish_and_clear();
+    stored?;
+    Ok((call().await?, true))
+}
+
+/// The HTTP status of an error nxd answered with.
+fn status(e: &anyhow::Error) -> Option<u16> {
+    e.downcast_ref::<crate::client::ClientError>()
+        .and_then(crate::client::ClientError::status)
 }
 
 pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<()> {
@@ -248,32 +282,31 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
         let view = start(client, &request(&args, sandbox, id, env)).await?;
         return output::pushed(&view, sent.files > 0, Some(&sent), json);
     }
-    let file = match (&args.binary, &args.image) {
+    // Read once: checked, then hashed; nxd is asked for the push at once (see uploading_on_404).
+    let (file, sha) = match (&args.binary, &args.image) {
         (Some(binary), _) => {
-            verify::verify_file(binary)?;
-            binary.clone()
+            let verified = verify::verify_file(binary)?;
+            (binary, nx_artifact::sha256_hex(&verified.bytes))
         }
         (None, Some(image)) => {
             let bytes =
                 std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
             image::verify_image(&bytes)?;
-            image.clone()
+            (image, nx_artifact::sha256_hex(&bytes))
         }
         (None, None) => unreachable!("clap requires one"),
     };
-    let (sha, uploaded) = store(client, &file, json).await?;
     if !json {
-        eprintln!(
-            "{} {}; starting a deployment of {sandbox}...",
-            if uploaded {
-                "uploaded"
-            } else {
-                "already stored:"
-            },
-            &sha[..12]
-        );
+        eprintln!("starting a deployment of {} in {sandbox}...", &sha[..12]);
     }
-    let view = start(client, &request(&args, sandbox, sha, env)).await?;
+    let request = request(&args, sandbox, sha.clone(), env);
+    let shown = if json {
+        Shown::Nothing
+    } else {
+        Shown::LineAndBar
+    };
+    let (view, uploaded) =
+        uploading_on_404(client, file, &sha, shown, || start(client, &request)).await?;
     output::pushed(&view, uploaded, None, json)
 }
 

@@ -2,7 +2,7 @@
 //! sandbox, stream its stdout and stderr here as they come, and exit with its exit code.
 
 use crate::client::Client;
-use crate::push::{parse_env, store};
+use crate::push::{parse_env, uploading_on_404, Shown};
 use anyhow::Context;
 use nx_api::signals::signal_name;
 use nx_api::systemd::ServiceResult;
@@ -85,17 +85,21 @@ pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Resu
         .with_context(|| format!("cannot read {}", args.program.display()))?;
     // Its message names the fix already; anyhow's chain would repeat the cause.
     Artifact::inspect(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.program.display()))?;
+    let sha = nx_artifact::sha256_hex(&bytes);
     drop(bytes);
-    let (sha, _) = store(client, &args.program, json).await?;
     let req = TaskRequest {
-        artifact: sha,
+        artifact: sha.clone(),
         args: args.args,
         env,
         timeout_secs: args.timeout.map(|t| t.as_secs_f64()),
         memory_max_mb: args.memory,
         backend: args.backend,
     };
-    let mut events = client.run_task(&req).await?;
+    let shown = if json { Shown::Nothing } else { Shown::Bar };
+    let (mut events, _) = uploading_on_404(client, &args.program, &sha, shown, || async {
+        Ok(client.run_task(&req).await?)
+    })
+    .await?;
     let mut task = String::new();
     while let Some(event) = events.next().await.context("the task's stream broke off")? {
         if json {

@@ -160,3 +160,128 @@ fn a_program_that_never_listens_fails_with_its_last_log_lines() {
     assert_eq!(ls[0]["deployments"][0]["desired"], "stopped");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// What clients sent through an [`api_relay`]: each connection's bytes, in the order the
+/// connections were opened.
+type Sent = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// A relay to `host`'s API inside its namespace, for `NX_HOST`: its port there, and every byte
+/// clients sent through it (see `requests`).
+fn api_relay(host: &Host) -> (u16, Sent) {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = host
+        .netns
+        .run(|| TcpListener::bind("127.0.0.1:0").expect("relay"));
+    let port = listener.local_addr().expect("relay address").port();
+    let sent = Sent::default();
+    let (netns, api, recorded) = (host.netns.clone(), host.api, sent.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let upstream = netns.run(|| TcpStream::connect(api).expect("the API"));
+            let (mut answers, mut to_client) =
+                (upstream.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut answers, &mut to_client);
+                let _ = to_client.shutdown(Shutdown::Write);
+            });
+            let connection = {
+                let mut recorded = recorded.lock().unwrap();
+                recorded.push(Vec::new());
+                recorded.len() - 1
+            };
+            let (mut client, mut upstream, recorded) = (client, upstream, recorded.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n @ 1..) = client.read(&mut buf) {
+                    // Recorded before it is passed on: by the answer, the request is here.
+                    recorded.lock().unwrap()[connection].extend_from_slice(&buf[..n]);
+                    if upstream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = upstream.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    (port, sent)
+}
+
+/// The request lines (without " HTTP/1.1") of every request in `sent`, connection by
+/// connection; emptied. Each request is its head up to the blank line, then a body of its
+/// Content-Length (nx sends no chunked body: a test fails on one).
+fn requests(sent: &Sent) -> Vec<String> {
+    let mut lines = Vec::new();
+    for stream in std::mem::take(&mut *sent.lock().unwrap()) {
+        let mut rest = &stream[..];
+        while !rest.is_empty() {
+            let end = rest
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("a whole request head");
+            let head = std::str::from_utf8(&rest[..end]).expect("a UTF-8 request head");
+            let mut fields = head.split("\r\n");
+            let line = fields.next().expect("a request line");
+            lines.push(line.strip_suffix(" HTTP/1.1").unwrap_or(line).to_owned());
+            let mut length = 0;
+            for (name, value) in fields.filter_map(|f| f.split_once(':')) {
+                assert!(
+                    !name.eq_ignore_ascii_case("transfer-encoding"),
+                    "a body framed otherwise than by Content-Length: {head}"
+                );
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().expect("a Content-Length");
+                }
+            }
+            rest = &rest[end + 4 + length..];
+        }
+    }
+    lines
+}
+
+#[test]
+fn a_push_of_a_stored_binary_is_one_request_and_a_new_binary_is_uploaded_on_404() {
+    let host = Host::start();
+    let (port, sent) = api_relay(&host);
+    let sample = nx_testkit::sample_app();
+    let sha = nx_artifact::sha256_hex(&std::fs::read(&sample).unwrap());
+    let push = || {
+        let out = host
+            .nx_command(
+                &host.token,
+                &[
+                    "--json",
+                    "push",
+                    sample.to_str().unwrap(),
+                    "--sandbox",
+                    "web",
+                ],
+            )
+            .env("NX_HOST", format!("http://127.0.0.1:{port}"))
+            .output()
+            .expect("run nx");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("nx's JSON")
+    };
+    // New bytes: the push is asked for, nxd answers 404, nx asks for the file by its hash,
+    // uploads it on that 404, and asks for the push again.
+    assert_eq!(push()["uploaded"], true);
+    let deployments = "POST /v1/deployments".to_owned();
+    let artifact = format!("/v1/artifacts/{sha}");
+    assert_eq!(
+        requests(&sent),
+        [
+            deployments.clone(),
+            format!("GET {artifact}"),
+            format!("PUT {artifact}"),
+            deployments.clone()
+        ]
+    );
+    // Stored bytes: the push alone.
+    assert_eq!(push()["uploaded"], false);
+    assert_eq!(requests(&sent), [deployments]);
+}
