@@ -6,7 +6,7 @@
 
 use crate::api::{ArtifactInfo, BundleInfo};
 use crate::artifact::bundle::BundleManifest;
-use crate::artifact::owners::{self, Content, StoreView};
+use crate::artifact::owners::{self, Content, Owner, StoreView};
 use crate::artifact::{BundleStoreError, StoreError, Upload};
 use crate::error::Error;
 use crate::names::SandboxName;
@@ -24,49 +24,48 @@ pub(crate) fn artifact_not_stored(sha256: &str) -> Error {
 impl Orchestrator {
     /// Whether `view` holds `sha256` of `kind` (the host's view holds everything).
     async fn holds(&self, view: &StoreView, kind: Content, sha256: &str) -> Result<bool, Error> {
-        match view {
-            StoreView::Host => Ok(true),
-            StoreView::Sandbox(sandbox) => {
-                let digest = [sha256.to_owned()];
-                let owned = owners::owned(self.state.pool(), sandbox, kind, &digest)
-                    .await
-                    .map_err(StateError::from)?;
-                Ok(!owned.is_empty())
-            }
-        }
+        let Some(owner) = view.owner() else {
+            return Ok(true);
+        };
+        let digest = [sha256.to_owned()];
+        let owned = owners::owned(self.state.pool(), owner, kind, &digest)
+            .await
+            .map_err(StateError::from)?;
+        Ok(!owned.is_empty())
     }
 
-    /// Makes `sandbox` an owner of `digests` of `kind`.
+    /// Makes `owner` an owner of `digests` of `kind`.
     async fn grant(
         &self,
-        sandbox: &SandboxName,
+        owner: Owner<'_>,
         kind: Content,
         digests: &[String],
     ) -> Result<(), Error> {
-        owners::grant(self.state.pool(), sandbox, kind, digests)
+        owners::grant(self.state.pool(), owner, kind, digests)
             .await
             .map_err(|e| match &e {
-                // Its sandbox was removed meanwhile (`content_owners` refers to `sandboxes`).
+                // Its sandbox (or token) was removed meanwhile (the owners' tables refer to
+                // `sandboxes` and `deploy_tokens`).
                 sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
-                    Error::NotFound(format!("no sandbox {sandbox}: it was removed"))
+                    Error::NotFound(format!("no {owner}: it was removed"))
                 }
                 _ => StateError::from(e).into(),
             })?;
-        tracing::debug!(%sandbox, kind = kind.as_str(), count = digests.len(), "owned");
+        tracing::debug!(%owner, kind = kind.as_str(), count = digests.len(), "owned");
         Ok(())
     }
 
-    /// After `view` stored `sha256`: its sandbox owns it (the host's view grants nothing yet:
-    /// a push through it does, [`Orchestrator::admit_program`]).
+    /// After `view` stored `sha256`: its sandbox (or token) owns it (the host's view grants
+    /// nothing yet: a push through it does, [`Orchestrator::grant_pushed`]).
     async fn grant_to_view(
         &self,
         view: &StoreView,
         kind: Content,
         sha256: &str,
     ) -> Result<(), Error> {
-        match view {
-            StoreView::Host => Ok(()),
-            StoreView::Sandbox(sandbox) => self.grant(sandbox, kind, &[sha256.to_owned()]).await,
+        match view.owner() {
+            None => Ok(()),
+            Some(owner) => self.grant(owner, kind, &[sha256.to_owned()]).await,
         }
     }
 
@@ -133,7 +132,7 @@ impl Orchestrator {
     ) -> Result<ArtifactInfo, Error> {
         let info = self.artifacts.store(upload, None).await?;
         self.grant(
-            sandbox,
+            Owner::Sandbox(sandbox),
             Content::Artifact,
             std::slice::from_ref(&info.sha256),
         )
@@ -141,8 +140,8 @@ impl Orchestrator {
         Ok(info)
     }
 
-    /// `POST /v1/blobs/missing`: which of `digests` are not stored or, for a sandbox's view,
-    /// not owned by it (sorted, each once).
+    /// `POST /v1/blobs/missing`: which of `digests` are not stored or, for a sandbox's (or a
+    /// token's) view, not owned by it (sorted, each once).
     #[tracing::instrument(skip_all, fields(digests = digests.len()))]
     pub async fn missing_blobs(
         &self,
@@ -150,8 +149,8 @@ impl Orchestrator {
         digests: &[String],
     ) -> Result<Vec<String>, Error> {
         let mut missing = self.bundles.missing(digests)?;
-        if let StoreView::Sandbox(sandbox) = view {
-            let owned = owners::owned(self.state.pool(), sandbox, Content::Blob, digests)
+        if let Some(owner) = view.owner() {
+            let owned = owners::owned(self.state.pool(), owner, Content::Blob, digests)
                 .await
                 .map_err(StateError::from)?;
             missing.extend(digests.iter().filter(|d| !owned.contains(*d)).cloned());
@@ -162,14 +161,14 @@ impl Orchestrator {
     }
 
     /// `POST /v1/bundles`: makes the bundle of `manifest` from files `view` holds (others
-    /// are `MissingFiles`, as if not uploaded) and makes `view`'s sandbox its owner.
+    /// are `MissingFiles`, as if not uploaded) and makes `view`'s sandbox (or token) its owner.
     #[tracing::instrument(skip_all, fields(entry = %manifest.entry))]
     pub async fn create_bundle(
         &self,
         view: &StoreView,
         manifest: BundleManifest,
     ) -> Result<BundleInfo, Error> {
-        if let StoreView::Sandbox(_) = view {
+        if view.owner().is_some() {
             // What is wrong with the manifest itself is said first, as for the host's view.
             manifest
                 .check(&self.bundles.limits())
@@ -186,8 +185,8 @@ impl Orchestrator {
     }
 
     /// Before a push or a task runs the program `sha256` (a stored artifact or a bundle's
-    /// id): a sandbox's view must own it, else it is not stored (`NotFound`); the host's view
-    /// holds everything stored.
+    /// id): a sandbox's (or a token's) view must own it, else it is not stored (`NotFound`);
+    /// the host's view holds everything stored.
     #[tracing::instrument(skip(self))]
     pub async fn admit_program(&self, view: &StoreView, sha256: &str) -> Result<(), Error> {
         self.artifacts.path(sha256)?;
@@ -213,19 +212,25 @@ impl Orchestrator {
         target: &SandboxName,
         sha256: &str,
     ) -> Result<(), Error> {
-        if matches!(view, StoreView::Sandbox(_)) {
+        if view.owner().is_some() {
+            // A sandbox owns what it ran; a token's view cannot push.
             return Ok(());
         }
         // Only what is stored: a grant of a digest nobody uploaded yet would show the
         // sandbox another tenant's later upload of it.
         if let Some(manifest) = self.bundles.manifest(sha256)? {
             let files: Vec<String> = manifest.files.iter().map(|f| f.sha256.clone()).collect();
+            let target = Owner::Sandbox(target);
             self.grant(target, Content::Blob, &files).await?;
             self.grant(target, Content::Bundle, &[sha256.to_owned()])
                 .await
         } else if self.artifacts.path(sha256)?.is_file() {
-            self.grant(target, Content::Artifact, &[sha256.to_owned()])
-                .await
+            self.grant(
+                Owner::Sandbox(target),
+                Content::Artifact,
+                &[sha256.to_owned()],
+            )
+            .await
         } else {
             Ok(())
         }

@@ -290,15 +290,19 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// What it sees of the content store: the root token and deploy tokens of every sandbox
-    /// the whole host's; a token scoped to a sandbox only what that sandbox owns.
+    /// What it sees of the content store: the root token and deploy tokens for every sandbox
+    /// that may push (and so put any program in any sandbox) the whole host's; a token scoped
+    /// to a sandbox only what that sandbox owns; a token for every sandbox that may not push
+    /// (e.g. only `tasks`) only what it uploaded itself.
     pub fn store_view(&self) -> StoreView {
         match self {
+            Caller::Root => StoreView::Host,
             Caller::Deploy(TokenView {
                 sandbox: Some(sandbox),
                 ..
             }) => StoreView::Sandbox(sandbox.clone()),
-            Caller::Root | Caller::Deploy(_) => StoreView::Host,
+            Caller::Deploy(token) if token.can.contains(Verb::Push) => StoreView::Host,
+            Caller::Deploy(token) => StoreView::Token(token.id.clone()),
         }
     }
 }

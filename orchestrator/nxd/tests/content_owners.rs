@@ -3,7 +3,8 @@
 //! cannot read or run them by naming their sha256 (in a bundle manifest, as a push's or a
 //! task's artifact). Uploading the same bytes itself works and makes them its own, while the
 //! file stays one on disk. The root token sees the whole host, and its pushes give the target
-//! sandbox what it runs. Stores from before ownership keep their deployments working.
+//! sandbox what it runs; a token for every sandbox sees the host only when it may push, else
+//! what it uploaded itself. Stores from before ownership keep their deployments working.
 
 use nx_testkit::{sha256_hex, Host};
 use serde_json::{json, Value};
@@ -423,4 +424,79 @@ fn a_failed_root_push_grants_nothing_to_a_later_sandbox_of_that_name() {
         None,
     );
     assert_eq!(status, 200, "{body}");
+}
+
+/// Attacker s8 F12: a token for every sandbox with only `--can tasks` had the host's view of
+/// the store (given to every-sandbox tokens because they may push anywhere), and ran another
+/// tenant's bundle by its id. Now only every-sandbox tokens that may push see the host; one
+/// that may not sees, and runs, only what it uploaded itself.
+#[test]
+fn a_token_for_every_sandbox_that_may_not_push_runs_only_what_it_uploaded() {
+    let host = Host::start();
+    assert!(host.nx(&["sandbox", "create", "gemini"]).ok);
+    let victim = token(&host, "gemini", "push");
+    let dir = host.path("gemini-site");
+    bundle_dir(&dir, "index.conf");
+    let out = host.nx_as(
+        &victim,
+        &[
+            "--json",
+            "push",
+            dir.to_str().unwrap(),
+            "--sandbox",
+            "gemini",
+        ],
+    );
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let victim_bundle = out.json()["deployment"]["artifact"]
+        .as_str()
+        .expect("artifact")
+        .to_owned();
+    let program = std::fs::read(nx_testkit::sample_app()).unwrap();
+    let program_sha = sha256_hex(&program);
+    let artifact = format!("/v1/artifacts/{program_sha}");
+    let (status, body) = call(&host, &victim, "PUT", &artifact, Some(program.clone()));
+    assert_eq!(status, 200, "{body}");
+    let task = |args: &[&str]| json!({"artifact": program_sha, "args": args});
+
+    let out = host.nx_json(&["token", "create", "--can", "tasks"]);
+    let runner = out["token"].as_str().expect("token").to_owned();
+    assert_eq!(call(&host, &runner, "GET", &artifact, None).0, 404);
+    for sha in [&program_sha, &victim_bundle] {
+        let (status, body) = post_json(&host, &runner, "/v1/tasks", &json!({"artifact": sha}));
+        assert_eq!(status, 404, "task of another tenant's {sha}: {body}");
+        assert!(
+            body.contains(&format!("no artifact {sha} is stored")),
+            "{body}"
+        );
+    }
+
+    // Its own upload of the same bytes is its own, and runs.
+    let (status, body) = call(&host, &runner, "PUT", &artifact, Some(program));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(call(&host, &runner, "GET", &artifact, None).0, 200);
+    let (status, body) = post_json(
+        &host,
+        &runner,
+        "/v1/tasks",
+        &task(&["task", "print", "mine"]),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("mine"), "{body}");
+    // The victim's bundle is still not its to run.
+    let (status, _) = post_json(
+        &host,
+        &runner,
+        "/v1/tasks",
+        &json!({"artifact": victim_bundle}),
+    );
+    assert_eq!(status, 404);
+
+    // A token for every sandbox that may push sees the host, as the root token does.
+    let out = host.nx_json(&["token", "create", "--can", "push"]);
+    let operator = out["token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        missing(&host, &operator, &[&sha256_hex(SECRET)]),
+        Vec::<String>::new()
+    );
 }

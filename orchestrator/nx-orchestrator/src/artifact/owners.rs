@@ -1,4 +1,5 @@
-//! Which sandbox may use which stored content: rows of `content_owners` (migration 0016).
+//! Which sandbox (or token) may use which stored content: rows of `content_owners` (migration
+//! 0016) and `token_content_owners` (0018).
 //!
 //! The store keeps one file per digest for the whole host (deduplicated on disk). What a caller
 //! sees of it depends on its [`StoreView`]: a token scoped to one sandbox sees only the digests
@@ -37,25 +38,72 @@ impl Content {
 /// Whose view of the store a caller has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreView {
-    /// The whole store: the root token and deploy tokens scoped to every sandbox (which may
-    /// already push to, and read the logs of, any sandbox). A push through this view makes the
+    /// The whole store: the root token and deploy tokens for every sandbox that may push (which
+    /// may already put any stored program in any sandbox). A push through this view makes the
     /// target sandbox an owner of what it runs.
     Host,
     /// Only what this sandbox owns: a deploy token scoped to it.
     Sandbox(SandboxName),
+    /// Only what the deploy token of this id uploaded: a token for every sandbox that may not
+    /// push (e.g. `--can tasks`, whose tasks belong to no sandbox). It cannot put a program in
+    /// a sandbox, so the host's store is not its to see or run (attacker s8 F12).
+    Token(String),
 }
 
-/// Makes `sandbox` an owner of each of `digests` of `kind` (owning twice is owning).
+impl StoreView {
+    /// The owner whose rows this view sees; `None` for the host's view, which sees all.
+    pub fn owner(&self) -> Option<Owner<'_>> {
+        match self {
+            StoreView::Host => None,
+            StoreView::Sandbox(sandbox) => Some(Owner::Sandbox(sandbox)),
+            StoreView::Token(id) => Some(Owner::Token(id)),
+        }
+    }
+}
+
+/// Who owns stored content: a sandbox (rows of `content_owners`, gone with the sandbox) or a
+/// deploy token for every sandbox that may not push (rows of `token_content_owners`, migration
+/// 0018, gone with the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    /// A sandbox, by name.
+    Sandbox(&'a SandboxName),
+    /// A deploy token, by id (`deploy_tokens.id`).
+    Token(&'a str),
+}
+
+impl Owner<'_> {
+    /// Its table and the column naming it there, and its key in that column.
+    fn row(&self) -> (&'static str, &'static str, &str) {
+        match self {
+            Owner::Sandbox(sandbox) => ("content_owners", "sandbox", sandbox.as_str()),
+            Owner::Token(id) => ("token_content_owners", "token", id),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Sandbox(sandbox) => write!(f, "sandbox {sandbox}"),
+            Owner::Token(id) => write!(f, "token {id}"),
+        }
+    }
+}
+
+/// Makes `owner` an owner of each of `digests` of `kind` (owning twice is owning). An owner
+/// that does not exist (a removed sandbox or token) is a foreign key violation.
 pub async fn grant(
     pool: &PgPool,
-    sandbox: &SandboxName,
+    owner: Owner<'_>,
     kind: Content,
     digests: &[String],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO content_owners (sandbox, kind, sha256) SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING",
-    )
-    .bind(sandbox.as_str())
+    let (table, column, key) = owner.row();
+    sqlx::query(&format!(
+        "INSERT INTO {table} ({column}, kind, sha256) SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING"
+    ))
+    .bind(key)
     .bind(kind.as_str())
     .bind(digests)
     .execute(pool)
@@ -63,17 +111,18 @@ pub async fn grant(
     Ok(())
 }
 
-/// Which of `digests` of `kind` `sandbox` owns.
+/// Which of `digests` of `kind` `owner` owns.
 pub async fn owned(
     pool: &PgPool,
-    sandbox: &SandboxName,
+    owner: Owner<'_>,
     kind: Content,
     digests: &[String],
 ) -> Result<HashSet<String>, sqlx::Error> {
-    let rows: Vec<String> = sqlx::query_scalar(
-        "SELECT sha256 FROM content_owners WHERE sandbox = $1 AND kind = $2 AND sha256 = ANY($3)",
-    )
-    .bind(sandbox.as_str())
+    let (table, column, key) = owner.row();
+    let rows: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT sha256 FROM {table} WHERE {column} = $1 AND kind = $2 AND sha256 = ANY($3)"
+    ))
+    .bind(key)
     .bind(kind.as_str())
     .bind(digests)
     .fetch_all(pool)
