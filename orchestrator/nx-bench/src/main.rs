@@ -49,7 +49,7 @@ use clap::Parser;
 use nx_orchestrator::config::{Limits, SystemdMode};
 use nx_orchestrator::databases::{BranchMethod, Databases};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
-use nx_orchestrator::supervisor::{SliceKind, Supervisor, UnitOutput, UnitSpec};
+use nx_orchestrator::supervisor::{Restart, SliceKind, Supervisor, UnitOutput, UnitSpec};
 use nx_testkit::Host;
 use sqlx::Connection;
 use std::net::{SocketAddr, TcpStream};
@@ -234,7 +234,7 @@ async fn bare_units(host: &Host, n: usize) -> anyhow::Result<Vec<Duration>> {
             user: Some("nobody".into()),
             limits: Some(Limits::default()),
             output: UnitOutput::File(host.path("bench-bare.log")),
-            restart_delay: None,
+            restart: Restart::No,
             slice: SliceKind::Tenants,
             graceful_stop: None,
             remain_after_exit: false,

@@ -9,7 +9,7 @@
 //! holding every other slot cannot lock it out.
 
 use crate::api::systemd::ActiveState;
-use crate::supervisor::{SliceKind, Supervisor, SupervisorError, UnitOutput, UnitSpec};
+use crate::supervisor::{Restart, SliceKind, Supervisor, SupervisorError, UnitOutput, UnitSpec};
 use std::collections::HashMap;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -140,7 +140,7 @@ pub async fn ensure(
             user: Some(OS_USER.into()),
             limits: None,
             output: UnitOutput::File(log_path(state_dir)),
-            restart_delay: Some(Duration::from_secs(1)),
+            restart: Restart::OnFailure(Duration::from_secs(1)),
             slice: SliceKind::Control,
             remain_after_exit: false,
             ambient_capabilities: 0,

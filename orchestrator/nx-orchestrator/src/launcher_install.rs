@@ -14,6 +14,10 @@ pub struct Installed {
     pub launcher: PathBuf,
     /// `<state_dir>/bin/nx-router`: a copy of the `nx-router` beside nxd (if there is one).
     pub router: PathBuf,
+    /// Which build `router` is: `<size in bytes>-<modification time in ns since the epoch>`,
+    /// the identity [`install`] copies by (a copy keeps its source's modification time). A
+    /// running router started from another build is not adopted.
+    pub router_build: String,
 }
 
 /// `<state_dir>/bin/nxd-launcher`: where [`install`] puts the copy of nxd that units run
@@ -32,36 +36,46 @@ pub fn install(state_dir: &Path) -> Result<Installed, Error> {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(Error::io(
         format_args!("setting the mode of {}", dir.display()),
     ))?;
-    let installed = Installed {
-        launcher: launcher_path(state_dir),
-        router: dir.join("nx-router"),
-    };
-    copy_if_changed(&exe, &installed.launcher)?;
+    let launcher = launcher_path(state_dir);
+    copy_if_changed(&exe, &launcher)?;
+    let installed_router = dir.join("nx-router");
     let router = exe.with_file_name("nx-router");
     if router.exists() {
-        copy_if_changed(&router, &installed.router)?;
-    } else if !installed.router.exists() {
+        copy_if_changed(&router, &installed_router)?;
+    } else if !installed_router.exists() {
         return Err(Error::Setup(format!(
             "no nx-router beside nxd ({}): nxd runs it as its router; build it with `cargo build --release -p nx-router` (or install it next to nxd)",
             router.display()
         )));
     }
-    Ok(installed)
+    let (size, modified) = identity(&installed_router)?;
+    let since_epoch = modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Ok(Installed {
+        launcher,
+        router: installed_router,
+        router_build: format!("{size}-{}", since_epoch.as_nanos()),
+    })
+}
+
+/// A binary's size and modification time: what tells one build from another here.
+fn identity(path: &Path) -> Result<(u64, std::time::SystemTime), Error> {
+    let meta =
+        std::fs::metadata(path).map_err(Error::io(format_args!("reading {}", path.display())))?;
+    let modified = meta.modified().map_err(Error::io(format_args!(
+        "reading the mtime of {}",
+        path.display()
+    )))?;
+    Ok((meta.len(), modified))
 }
 
 /// Copies `from` to `to` (atomically, by a rename), keeping its modification time, unless `to`
 /// has its size and modification time already.
 fn copy_if_changed(from: &Path, to: &Path) -> Result<(), Error> {
-    let source =
-        std::fs::metadata(from).map_err(Error::io(format_args!("reading {}", from.display())))?;
-    let modified = source.modified().map_err(Error::io(format_args!(
-        "reading the mtime of {}",
-        from.display()
-    )))?;
-    if let Ok(copy) = std::fs::metadata(to) {
-        if copy.len() == source.len() && copy.modified().ok() == Some(modified) {
-            return Ok(());
-        }
+    let (size, modified) = identity(from)?;
+    if identity(to).is_ok_and(|copy| copy == (size, modified)) {
+        return Ok(());
     }
     let partial = to.with_extension("partial");
     let copy = || -> std::io::Result<()> {

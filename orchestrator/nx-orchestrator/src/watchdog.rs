@@ -3,7 +3,10 @@
 //! [`CHECK_EVERY`], says so in its health ([`Orchestrator::problem`]), starts the manager
 //! again, starts PostgreSQL and the router under it, refills the warm task pool and re-adopts:
 //! every deployment that should run is started again and the routes come back. No human needed.
+//! It also starts the router again when its unit stopped and systemd did not (systemd restarts
+//! a router that ended, `Restart=always`, until its start limit).
 
+use crate::api::systemd::ActiveState;
 use crate::error::Error;
 use crate::router;
 use crate::{embedded_db, host_limits, Orchestrator};
@@ -25,6 +28,7 @@ impl Orchestrator {
                 tick.tick().await;
                 let Some(app) = app.upgrade() else { return };
                 if app.supervisor.answers(ANSWER_WITHIN).await {
+                    app.keep_router_up().await;
                     continue;
                 }
                 tracing::error!("the systemd manager does not answer; starting it again");
@@ -47,6 +51,38 @@ impl Orchestrator {
         });
     }
 
+    /// Starts the router again when its unit is inactive or failed (stopped from outside, or
+    /// systemd gave up restarting it); one that systemd is about to restart is left to it.
+    async fn keep_router_up(&self) {
+        let down = match self.supervisor.state(router::unit::UNIT).await {
+            Ok(state) => matches!(state.active, ActiveState::Inactive | ActiveState::Failed),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell whether the router runs");
+                false
+            }
+        };
+        if !down {
+            return;
+        }
+        tracing::error!("the router is not running; starting it again");
+        if let Err(e) = self.start_router().await {
+            tracing::error!(error = %e, "could not start the router again; trying again");
+        }
+    }
+
+    /// Makes sure the router runs (`router::unit::ensure_running`) as the config says.
+    async fn start_router(&self) -> Result<(), Error> {
+        let installed = crate::launcher_install::install(&self.config.state_dir)?;
+        router::unit::ensure_running(
+            &self.supervisor,
+            &installed,
+            &router::settings(&self.config),
+            self.config.logs.keep,
+        )
+        .await?;
+        Ok(())
+    }
+
     #[tracing::instrument(skip_all)]
     async fn revive_manager(self: &Arc<Self>) -> Result<(), Error> {
         self.supervisor.revive().await?;
@@ -61,14 +97,7 @@ impl Orchestrator {
             )
             .await?;
         }
-        let installed = crate::launcher_install::install(&self.config.state_dir)?;
-        router::unit::ensure_running(
-            &self.supervisor,
-            &installed,
-            &router::settings(&self.config),
-            self.config.logs.keep,
-        )
-        .await?;
+        self.start_router().await?;
         self.tasks.refill_pool();
         self.adopt().await
     }
@@ -78,7 +107,8 @@ impl Orchestrator {
     }
 
     /// What keeps nxd from serving, if anything: the watchdog's finding, a manager that does
-    /// not answer now, or a PostgreSQL that refuses nxd a connection. `None`: healthy.
+    /// not answer now, a PostgreSQL that refuses nxd a connection, or a router that does not
+    /// run (no preview or production URL answers). `None`: healthy.
     pub async fn problem(&self) -> Option<String> {
         if let Some(problem) = self.problem.lock().expect("problem lock").clone() {
             return Some(problem);
@@ -98,6 +128,15 @@ impl Orchestrator {
                 "PostgreSQL refuses nxd's connections ({refusal}): pushes, backups and deployments' databases fail until it accepts them; see its log ({log})"
             ));
         }
-        None
+        match self.supervisor.state(router::unit::UNIT).await {
+            Ok(state) if state.active == ActiveState::Active => None,
+            Ok(state) => Some(format!(
+                "the router ({}) is not running ({}): no URL answers until it is started again, which systemd and nxd do by themselves; its log: {}",
+                router::unit::UNIT,
+                state.active,
+                router::unit::log_file(&router::settings(&self.config)).display()
+            )),
+            Err(e) => Some(format!("cannot tell whether the router runs: {e}")),
+        }
     }
 }

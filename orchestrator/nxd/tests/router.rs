@@ -3,11 +3,13 @@
 //! each when nxd starts at systemd's default soft limit of 1,024 open files; a router that
 //! listens below port 1024 gets `CAP_NET_BIND_SERVICE` as an ambient capability; its log stays
 //! within `router.log_max_mb` under a flood of requests; the API closes connections that send no
-//! whole request head within `api_head_timeout_secs`.
+//! whole request head within `api_head_timeout_secs`; an upgraded nxd replaces the old build's
+//! router, and a router that exits is started again while `/v1/health` says it is down.
 
 use nx_testkit::Host;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,20 +107,24 @@ fn eleven_hundred_idle_connections_each_leave_the_api_and_the_router_serving() {
     drop((idle_router, idle_api));
 }
 
-/// The router's ambient capability set (`CapAmb` in /proc/<pid>/status, proc(5)); the router
-/// is the process whose command line names this host's router settings.
-fn router_ambient_capabilities(host: &Host) -> u64 {
+/// The router's process id, if it runs: the process whose command line names this host's
+/// router settings.
+fn router_pid(host: &Host) -> Option<u32> {
     let settings = host.path("router/settings.json").display().to_string();
-    let pid = std::fs::read_dir("/proc")
+    std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(Result::ok)
-        .find(|e| {
+        .filter(|e| {
             std::fs::read(e.path().join("cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&settings))
         })
-        .expect("the router's process")
-        .path();
-    let status = std::fs::read_to_string(pid.join("status")).unwrap();
+        .find_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// The router's ambient capability set (`CapAmb` in /proc/<pid>/status, proc(5)).
+fn router_ambient_capabilities(host: &Host) -> u64 {
+    let pid = router_pid(host).expect("the router's process");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status
         .lines()
         .find_map(|l| l.strip_prefix("CapAmb:"))
@@ -370,4 +376,85 @@ fn silent_and_half_sent_request_heads_are_closed_within_the_api_head_timeout() {
     }
     let ls = host.nx(&["ls"]);
     assert!(ls.ok, "the API is still locked: {}", ls.stderr);
+}
+
+/// Attacker s8 F17: an upgraded nxd adopted the router process of the old build (the binary
+/// was not part of the adoption check), and a router that exited cleanly was never started
+/// again while `/v1/health` stayed ok. Now the launch spec names the router's build, so only a
+/// router of the same build is adopted; the unit restarts always; health says while it is down.
+#[test]
+fn an_upgraded_nxd_replaces_the_old_router_and_one_that_exits_comes_back() {
+    let upgrade = tempfile::Builder::new()
+        .prefix("nx-test-upgrade-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    // Copies made now: another modification time, as a new build has.
+    let nxd = upgrade.path().join("nxd");
+    std::fs::copy(nx_testkit::bin("nxd"), &nxd).unwrap();
+    std::fs::copy(
+        nx_testkit::bin("nx-router"),
+        upgrade.path().join("nx-router"),
+    )
+    .unwrap();
+    let mut host = Host::start();
+    let v1 = host.push_sample("steady", &["-e", "APP_VERSION=v1"]);
+    host.nx_json(&["promote", "steady", &v1]);
+    let production = host.production_host("steady");
+    let first = router_pid(&host).expect("a router");
+
+    host.restart_nxd();
+    assert_eq!(
+        router_pid(&host),
+        Some(first),
+        "the same build was not adopted"
+    );
+    host.restart_nxd_as(nxd);
+    let second = router_pid(&host).expect("a router after the upgrade");
+    assert_ne!(
+        second, first,
+        "the upgraded nxd adopted the old build's router"
+    );
+    let exe = std::fs::read_link(format!("/proc/{second}/exe")).unwrap();
+    assert_eq!(exe, host.path("bin/nx-router"), "the router runs {exe:?}");
+    assert_eq!(host.get(&production, "/").0, 200);
+
+    // SIGTERM to the router itself (not a stop of its unit): it shuts down and exits 0.
+    let killed = Command::new("kill")
+        .args(["-TERM", &second.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (mut reported, deadline) = (None, Instant::now() + Duration::from_secs(40));
+    loop {
+        let health = host
+            .http()
+            .get(format!("http://{}/v1/health", host.api))
+            .bearer_auth(&host.token)
+            .send()
+            .unwrap();
+        let status = health.status().as_u16();
+        let body = health.text().unwrap();
+        if status == 503 && body.contains("router") {
+            reported.get_or_insert(body.clone());
+        }
+        let back = router_pid(&host).is_some_and(|pid| pid != second);
+        if back && reported.is_some() && host.get(&production, "/").0 == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "router back: {back}, health said: {reported:?} (last {status} {body})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("while the router was down: {}", reported.unwrap());
+    let (status, body) = host.get(&production, "/");
+    assert_eq!((status, body.contains("v1")), (200, true), "{body}");
+    let health = host
+        .http()
+        .get(format!("http://{}/v1/health", host.api))
+        .bearer_auth(&host.token)
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 200);
 }

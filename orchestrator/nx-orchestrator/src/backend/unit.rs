@@ -6,7 +6,7 @@ use super::launch::{LaunchSpec, MonitorSpec};
 use super::{BackendError, SandboxHandle, SandboxSpec};
 use crate::api::UnitState;
 use crate::logs::LogFiles;
-use crate::supervisor::{SliceKind, StopTimeout, Supervisor, UnitOutput, UnitSpec};
+use crate::supervisor::{Restart, SliceKind, StopTimeout, Supervisor, UnitOutput, UnitSpec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,7 +155,7 @@ fn deployment_unit(
         user: None,
         limits: Some(spec.deployment.limits),
         output: UnitOutput::File(handle.log_file()),
-        restart_delay: Some(restart_delay),
+        restart: Restart::OnFailure(restart_delay),
         slice: SliceKind::Tenants,
         remain_after_exit: false,
         ambient_capabilities: 0,

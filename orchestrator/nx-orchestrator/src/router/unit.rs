@@ -1,6 +1,8 @@
 //! The router's systemd unit, `nx-router.service`: started over D-Bus like a deployment's, so
-//! it outlives nxd. nxd adopts a running router whose settings are unchanged (no dropped
-//! connection across an nxd restart) and restarts one whose settings changed.
+//! it outlives nxd. nxd adopts a running router whose settings and build are unchanged (no
+//! dropped connection across an nxd restart) and restarts one whose settings or build changed.
+//! systemd starts a router that ended again (`Restart=always`); nxd's watchdog starts one that
+//! systemd gave up on, and `/v1/health` says while it is down.
 //!
 //! Like a deployment's unit, it runs the launcher (`nxd-launcher launch <dir>/launch.json`),
 //! whose monitor forks `nx-router` with its stdout and stderr on pipes and writes them through
@@ -13,7 +15,7 @@ use super::{RouterClient, RouterSettings};
 use crate::backend::launch::{LaunchSpec, MonitorSpec, StopForward};
 use crate::launcher_install::Installed;
 use crate::logs::LogFiles;
-use crate::supervisor::{SliceKind, Supervisor, SupervisorError, UnitOutput, UnitSpec};
+use crate::supervisor::{Restart, SliceKind, Supervisor, SupervisorError, UnitOutput, UnitSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,9 +48,14 @@ pub enum RouterUnitError {
     },
 }
 
-/// What the router's launcher runs: `nx-router --settings <file>` (`installed.router`) under
-/// the monitor, its output in [`log_file`], capped at `settings.config.log_max_mb` MiB with
-/// `log_keep` rotated files; a stop's SIGTERM passed on to the router.
+/// The variable of the router's environment that names its build (`Installed::router_build`):
+/// it is in the launch spec, so a router of another build does not match and is restarted.
+const BUILD_VARIABLE: &str = "NX_ROUTER_BUILD";
+
+/// What the router's launcher runs: `nx-router --settings <file>` (`installed.router`, its
+/// build in [`BUILD_VARIABLE`]) under the monitor, its output in [`log_file`], capped at
+/// `settings.config.log_max_mb` MiB with `log_keep` rotated files; a stop's SIGTERM passed on
+/// to the router.
 fn launch_spec(installed: &Installed, settings: &RouterSettings, log_keep: u32) -> LaunchSpec {
     LaunchSpec {
         argv: vec![
@@ -56,6 +63,7 @@ fn launch_spec(installed: &Installed, settings: &RouterSettings, log_keep: u32) 
             "--settings".into(),
             RouterSettings::file(&settings.dir).display().to_string(),
         ],
+        env: [(BUILD_VARIABLE.to_owned(), installed.router_build.clone())].into(),
         monitor: Some(MonitorSpec {
             log: LogFiles {
                 path: log_file(settings),
@@ -71,7 +79,8 @@ fn launch_spec(installed: &Installed, settings: &RouterSettings, log_keep: u32) 
 
 /// Makes sure `nx-router.service` runs the installed `nx-router` with `settings`, its log kept
 /// as [`launch_spec`] says; answers its control client. A running router is adopted when its
-/// settings file and launch spec are those wanted, else restarted.
+/// settings file and launch spec (which names the router's build) are those wanted, else
+/// restarted: an upgraded nxd never keeps the old router.
 #[tracing::instrument(skip_all, fields(listen = %settings.listen))]
 pub async fn ensure_running(
     supervisor: &Supervisor,
@@ -128,7 +137,8 @@ pub async fn ensure_running(
             // Only what the launcher says before its monitor starts; the router's own output
             // goes through the monitor's log writer into the same file.
             output: UnitOutput::File(log_file(settings)),
-            restart_delay: Some(Duration::from_secs(1)),
+            // A router that ends for any reason, a clean exit too, is started again.
+            restart: Restart::Always(Duration::from_secs(1)),
             slice: SliceKind::Control,
             remain_after_exit: false,
             graceful_stop: Some(STOP_TIMEOUT),

@@ -73,8 +73,8 @@ pub struct UnitSpec {
     pub user: Option<String>,
     pub limits: Option<Limits>,
     pub output: UnitOutput,
-    /// `Restart=on-failure` with this delay; `None` for no restart.
-    pub restart_delay: Option<Duration>,
+    /// Whether and when systemd starts its process again.
+    pub restart: Restart,
     /// `Some(t)`: a stop sends SIGTERM to the main process alone (`KillMode=mixed`), which
     /// passes it on, and systemd kills what still runs after `t` (`TimeoutStopSec`; a shorter
     /// timeout is `stop_within`'s). `None`: every process gets SIGTERM, and SIGKILL after 5 s.
@@ -109,7 +109,7 @@ impl UnitSpec {
             user: None,
             limits: None,
             output: UnitOutput::File(log),
-            restart_delay: None,
+            restart: Restart::No,
             slice: SliceKind::Control,
             graceful_stop: None,
             remain_after_exit: true,
@@ -117,6 +117,18 @@ impl UnitSpec {
             cpu_affinity: Vec::new(),
         }
     }
+}
+
+/// When systemd starts a unit's process again (`Restart=`), and after how long (`RestartSec=`);
+/// systemd.service(5). A unit that was stopped is never started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Never (`Restart=no`).
+    No,
+    /// After an exit code other than 0, a signal or a timeout (`Restart=on-failure`).
+    OnFailure(Duration),
+    /// Whenever its process ends, a clean exit too (`Restart=always`).
+    Always(Duration),
 }
 
 /// The slice a unit runs in.
@@ -382,8 +394,13 @@ impl Supervisor {
         if !spec.cpu_affinity.is_empty() {
             props.push(("CPUAffinity", cpu_set_bytes(&spec.cpu_affinity).into()));
         }
-        if let Some(delay) = spec.restart_delay {
-            props.push(("Restart", "on-failure".into()));
+        let (restart, delay) = match spec.restart {
+            Restart::No => ("no", None),
+            Restart::OnFailure(delay) => ("on-failure", Some(delay)),
+            Restart::Always(delay) => ("always", Some(delay)),
+        };
+        props.push(("Restart", restart.into()));
+        if let Some(delay) = delay {
             props.push(("RestartUSec", (delay.as_micros() as u64).into()));
         }
         // A unit of the same name that failed stays loaded until its failure is reset, and

@@ -20,7 +20,9 @@ use crate::backend::{BackendError, SandboxBackend, WarmSandbox};
 use crate::config::Limits;
 use crate::domain::BackendKind;
 use crate::metrics::StepDurations;
-use crate::supervisor::{SliceKind, Supervisor, SupervisorError, TaskPipes, UnitOutput, UnitSpec};
+use crate::supervisor::{
+    Restart, SliceKind, Supervisor, SupervisorError, TaskPipes, UnitOutput, UnitSpec,
+};
 use rand::RngCore;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -326,7 +328,7 @@ impl Pool {
                 stdout: stdout_unit,
                 stderr: stderr_unit,
             })),
-            restart_delay: None,
+            restart: Restart::No,
             slice: SliceKind::Tenants,
             remain_after_exit: false,
             ambient_capabilities: 0,
