@@ -53,6 +53,7 @@ withoutNulls {
   systemd = {
     inherit (cfg.systemd) mode slice;
     slice_tasks_max = cfg.systemd.sliceTasksMax;
+    sandbox_tasks_max = cfg.systemd.sandboxTasksMax;
     slice_memory_max_percent = cfg.systemd.sliceMemoryMaxPercent;
   };
   databases = withoutNulls {

@@ -46,6 +46,7 @@
     mode = "auto";
     slice = "nx.slice";
     sliceTasksMax = 8192;
+    sandboxTasksMax = 4096;
     sliceMemoryMaxPercent = 80;
   };
   databases = {

@@ -42,7 +42,8 @@ pub struct RequestBounds {
     pub max_memory_mb: u64,
     /// The host's CPUs, in percent of one.
     pub max_cpu_quota_percent: u32,
-    /// The host's `pid_max`.
+    /// The most processes and threads one deployment or task may have: the host's `pid_max`,
+    /// or less where nxd's config says (`systemd.sandbox_tasks_max`).
     pub max_tasks: u64,
     /// The largest open-files limit (`sandbox.max_nofile`).
     pub max_nofile: u64,
@@ -133,7 +134,7 @@ pub fn check_limits(limits: &Limits, bounds: &RequestBounds) -> Result<(), Field
         limits.tasks_max,
         MIN_TASKS,
         bounds.max_tasks,
-        " processes and threads",
+        " processes and threads (systemd.sandbox_tasks_max: all of a sandbox's deployments together)",
     )?;
     check_sandbox_sizes(limits, bounds)
 }

@@ -359,6 +359,11 @@ pub struct SystemdConfig {
     /// `TasksMax` of that slice: processes and threads of all tenants together; keep it below
     /// the host's `pid_max`.
     pub slice_tasks_max: u64,
+    /// `TasksMax` of each sandbox's own slice inside it (`nx-<sandbox>.slice`, a `-` of the
+    /// name as `_`): the processes and threads of all of one sandbox's deployments together,
+    /// and so the most one deployment may ask for (`nx push --tasks`). Below `slice_tasks_max`,
+    /// so that a sandbox at its limit leaves room for every other sandbox's pushes and for tasks.
+    pub sandbox_tasks_max: u64,
     /// `MemoryMax` of that slice, in percent of the host's memory.
     pub slice_memory_max_percent: u32,
 }
@@ -428,6 +433,7 @@ impl Default for SystemdConfig {
             mode: SystemdMode::Auto,
             slice: "nx.slice".into(),
             slice_tasks_max: 8192,
+            sandbox_tasks_max: 4096,
             slice_memory_max_percent: 80,
         }
     }
@@ -537,6 +543,28 @@ impl Config {
                 "systemd.slice_memory_max_percent ({}) must be 1 to 100 and systemd.slice_tasks_max ({}) above 0",
                 self.systemd.slice_memory_max_percent, self.systemd.slice_tasks_max
             )));
+        }
+        let systemd = &self.systemd;
+        if !(nx_api::checks::MIN_TASKS..systemd.slice_tasks_max)
+            .contains(&systemd.sandbox_tasks_max)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "systemd.sandbox_tasks_max ({}) must be {} or more and below systemd.slice_tasks_max ({}): one sandbox at its limit must leave room for the others' pushes and tasks",
+                systemd.sandbox_tasks_max,
+                nx_api::checks::MIN_TASKS,
+                systemd.slice_tasks_max
+            )));
+        }
+        for (key, tasks_max) in [
+            ("limits.tasks_max", self.limits.tasks_max),
+            ("tasks.limits.tasks_max", self.tasks.limits.tasks_max),
+        ] {
+            if tasks_max > systemd.sandbox_tasks_max {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} ({tasks_max}) is above systemd.sandbox_tasks_max ({}), the most a deployment or task may have; lower it or raise that",
+                    systemd.sandbox_tasks_max
+                )));
+            }
         }
         if self.sftp.max_upload_mb == 0 {
             return Err(ConfigError::Invalid(

@@ -3,7 +3,7 @@
 //! the tenants' slice. The host's memory is `MemTotal` of /proc/meminfo, its task limit
 //! `pid_max` (/proc/sys/kernel/pid_max; see proc(5)).
 
-use crate::config::{SandboxDefaults, SystemdConfig};
+use crate::config::{Config, SystemdConfig};
 use crate::supervisor::SliceCaps;
 use nx_api::checks::RequestBounds;
 
@@ -29,27 +29,32 @@ fn pid_max() -> Option<u64> {
         .ok()
 }
 
-/// This host's bounds under `sandbox`'s sizes. Where /proc cannot say, the host's limit is
-/// taken as unbounded (systemd and the kernel still refuse what cannot be).
-pub fn request_bounds(sandbox: &SandboxDefaults) -> RequestBounds {
+/// This host's bounds under `config`'s sizes (`[sandbox]`) and the task limit of one sandbox's
+/// slice (`systemd.sandbox_tasks_max`). Where /proc cannot say, the host's limit is taken as
+/// unbounded (systemd and the kernel still refuse what cannot be).
+pub fn request_bounds(config: &Config) -> RequestBounds {
+    let sandbox = &config.sandbox;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     RequestBounds {
         max_args_bytes: sandbox.max_args_bytes,
         max_env_bytes: sandbox.max_env_bytes,
         max_memory_mb: host_memory_mb().unwrap_or(u64::MAX >> 20),
         max_cpu_quota_percent: u32::try_from(cpus * 100).unwrap_or(u32::MAX),
-        max_tasks: pid_max().unwrap_or(u64::MAX),
+        max_tasks: pid_max()
+            .unwrap_or(u64::MAX)
+            .min(config.systemd.sandbox_tasks_max),
         max_nofile: sandbox.max_nofile,
         max_ready_timeout_secs: sandbox.max_ready_timeout_secs,
     }
 }
 
 /// The tenants' slice's caps under `systemd`: `slice_tasks_max` tasks and
-/// `slice_memory_max_percent` of the host's memory.
+/// `slice_memory_max_percent` of the host's memory; each sandbox's slice `sandbox_tasks_max`.
 pub fn slice_caps(systemd: &SystemdConfig) -> SliceCaps {
     let memory_mb = host_memory_mb().unwrap_or(u64::MAX >> 20);
     SliceCaps {
         tasks_max: systemd.slice_tasks_max,
+        sandbox_tasks_max: systemd.sandbox_tasks_max,
         memory_max_bytes: (memory_mb * u64::from(systemd.slice_memory_max_percent) / 100) << 20,
     }
 }
@@ -63,6 +68,9 @@ mod tests {
         let bounds = super::request_bounds(&Default::default());
         assert!(bounds.max_memory_mb > 64 && bounds.max_memory_mb < u64::MAX >> 20);
         assert!(bounds.max_cpu_quota_percent >= 100);
-        assert!(bounds.max_tasks >= 1024 && bounds.max_tasks < u64::MAX);
+        assert_eq!(
+            bounds.max_tasks, 4096,
+            "systemd.sandbox_tasks_max, below pid_max"
+        );
     }
 }

@@ -618,7 +618,7 @@ impl Orchestrator {
         name: &SandboxName,
         settings: &SandboxSettings,
     ) -> Result<(), Error> {
-        let bounds = host_limits::request_bounds(&self.config.sandbox);
+        let bounds = host_limits::request_bounds(&self.config);
         checks::check_program_input(&settings.args, &settings.env, &bounds)?;
         checks::check_limits(&settings.limits.apply(self.config.limits), &bounds)?;
         checks::check_ready_timeout(settings.ready_timeout_secs, &bounds)?;
@@ -655,7 +655,7 @@ impl Orchestrator {
                 req.idle_timeout_secs = req.idle_timeout_secs.or(settings.idle_timeout_secs);
             }
         }
-        let bounds = host_limits::request_bounds(&self.config.sandbox);
+        let bounds = host_limits::request_bounds(&self.config);
         let limits = req.limits.apply(self.config.limits);
         checks::check_program_input(&req.args, &req.env, &bounds)?;
         checks::check_limits(&limits, &bounds)?;

@@ -10,7 +10,8 @@
 //! - `GET /ps`          the pids it can see in /proc, as JSON
 //! - `GET /whoami`      its uid and gid
 //! - `GET /write?name=N` writes /data/N and reads it back
-//! - `GET /fork`        forks until the kernel refuses; reports how many, then reaps them
+//! - `GET /fork?hold=S` forks until the kernel refuses, keeps the children S seconds (default
+//!   0), then reaps them and reports how many
 //! - `GET /hog`         allocates and touches memory until the sandbox's limit ends it
 //! - `GET /spin?threads=T&secs=S` keeps T threads busy for S seconds; answers at once
 //! - `GET /unshare`     tries to create a user namespace; reports the error
@@ -192,7 +193,11 @@ fn handle(request: Request) {
                 Err(e) => text(500, format!("error: {e}\n")),
             }
         }
-        "/fork" => json(fork_until_refused()),
+        "/fork" => json(fork_until_refused(
+            query(&url, "hold")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        )),
         "/fill" => json(fill(
             query(&url, "dir").unwrap_or("/data"),
             query(&url, "mb").and_then(|m| m.parse().ok()).unwrap_or(1),
@@ -355,7 +360,9 @@ fn pids() -> Vec<u32> {
     pids
 }
 
-fn fork_until_refused() -> serde_json::Value {
+/// Forks children that sleep until the kernel refuses one, keeps them `hold_secs`, then kills
+/// and reaps them: `{"forked": N, "error": the refusal}`.
+fn fork_until_refused(hold_secs: u64) -> serde_json::Value {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::{fork, ForkResult};
     let mut children = Vec::new();
@@ -373,6 +380,7 @@ fn fork_until_refused() -> serde_json::Value {
             }
         }
     }
+    std::thread::sleep(std::time::Duration::from_secs(hold_secs));
     for child in &children {
         let _ = kill(*child, Signal::SIGKILL);
     }

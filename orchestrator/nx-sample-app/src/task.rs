@@ -46,7 +46,7 @@ pub fn run(args: &[String]) -> i32 {
             0
         }
         "fork" => {
-            let _ = writeln!(out, "{}", crate::fork_until_refused());
+            let _ = writeln!(out, "{}", crate::fork_until_refused(0));
             0
         }
         "hog" => {

@@ -2,7 +2,8 @@
 //! defaults: a sandbox's role reaches only its own database, cannot delay nxd's start with
 //! locks nor crowd it out of connections; a PostgreSQL restart leaves running deployments
 //! connected; kill -9 of nxd at each step of a backup, a restore and a swap leaves production's
-//! database usable and nothing behind after the next start.
+//! database usable and nothing behind after the next start; one sandbox's fork bomb leaves
+//! room for the others' pushes and tasks.
 
 use nx_orchestrator::config::SystemdMode;
 use nx_orchestrator::supervisor::Supervisor;
@@ -538,6 +539,121 @@ fn nxd_comes_first_under_a_fork_bomb_a_cpu_spin_and_a_memory_hog() {
     assert!(
         p99 < Duration::from_secs(1),
         "nx ls p99 {p99:?} under load: {times:?}"
+    );
+}
+
+/// Attacker s8 F7: `--tasks` went up to `pid_max` while every tenant shared `nx.slice`'s
+/// `TasksMax`, so one sandbox's fork bomb within its own `--tasks` made every other push and
+/// task fail (and the push said "install mount"). Now each sandbox's deployments share a slice
+/// of their own capped at `systemd.sandbox_tasks_max`, below `slice_tasks_max`; `--tasks`
+/// above it is refused; a push that finds no room says so.
+#[test]
+fn one_sandboxs_fork_bomb_leaves_room_for_other_sandboxes_pushes_and_tasks() {
+    let mut host = Host::start_with("[limits]\ntasks_max = 64\n");
+    let config = host.path("nxd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let systemd = "mode = \"embedded\"\n";
+    assert!(text.contains(systemd), "{text}");
+    std::fs::write(
+        &config,
+        text.replace(
+            systemd,
+            &format!("{systemd}slice_tasks_max = 400\nsandbox_tasks_max = 150\n"),
+        ),
+    )
+    .unwrap();
+    host.restart_nxd();
+    assert_eq!(slice_file(&host, "nx.slice", "pids.max"), "400");
+    let sample = nx_testkit::sample_app();
+    let sample = sample.to_str().unwrap();
+
+    // Three deployments of one sandbox, each within its own `--tasks 150` (together more
+    // than all tenants' 400), fork until refused and hold their children 60 s.
+    let bombs: Vec<String> = (0..3)
+        .map(|_| host.push_sample("bomb", &["--tasks", "150"]))
+        .collect();
+    let forks: Vec<_> = bombs
+        .iter()
+        .map(|id| {
+            let (router, preview) = (host.router, host.preview_host("bomb", id));
+            std::thread::spawn(move || {
+                reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(120))
+                    .build()
+                    .unwrap()
+                    .get(format!("http://{router}/fork?hold=60"))
+                    .header("Host", preview)
+                    .send()
+                    .and_then(|r| r.json::<serde_json::Value>())
+                    .unwrap()
+            })
+        })
+        .collect();
+    // Until the tenants' task count has stood still for 2 s (the bombs are refused).
+    let tenants_tasks = || {
+        slice_file(&host, "nx.slice", "pids.current")
+            .parse::<u64>()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut seen, mut since) = (tenants_tasks(), Instant::now());
+    while seen < 150 || since.elapsed() < Duration::from_secs(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the fork bombs never settled: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let now = tenants_tasks();
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        }
+    }
+    eprintln!("tasks in nx.slice under the fork bombs: {seen} of 400");
+
+    // Meanwhile another sandbox's push serves and a task runs.
+    let other = host.nx(&["--json", "push", sample, "--sandbox", "other"]);
+    assert!(
+        other.ok,
+        "another sandbox's push failed: {}{}",
+        other.stdout, other.stderr
+    );
+    let other = other.json()["deployment"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        host.get(&host.preview_host("other", &other), "/health").0,
+        200
+    );
+    let task = host.nx(&["run-task", sample, "--", "task", "print", "room", "left"]);
+    assert!(task.ok, "a task failed: {}", task.stderr);
+    assert_eq!(task.stdout, "room left\n");
+    assert_eq!(
+        slice_file(&host, "nx.slice/nx-bomb.slice", "pids.max"),
+        "150"
+    );
+    // A push into the full sandbox fails and says why.
+    let full = host.nx(&["push", sample, "--sandbox", "bomb"]);
+    assert!(!full.ok, "a push into the full sandbox started");
+    assert!(
+        full.stderr.contains("a task limit is reached"),
+        "{}",
+        full.stderr
+    );
+    let forked: Vec<serde_json::Value> = forks.into_iter().map(|t| t.join().unwrap()).collect();
+    eprintln!("the three fork bombs: {forked:?}");
+    let total: u64 = forked.iter().map(|f| f["forked"].as_u64().unwrap()).sum();
+    assert!(total < 150, "{forked:?}");
+
+    // `--tasks` beyond a sandbox's share is refused, naming the key.
+    let refused = host.nx(&["push", sample, "--sandbox", "bomb", "--tasks", "400"]);
+    assert!(!refused.ok, "--tasks 400 was accepted");
+    assert!(
+        refused.stderr.contains("limits.tasks_max")
+            && refused.stderr.contains("give 4 to 150")
+            && refused.stderr.contains("systemd.sandbox_tasks_max"),
+        "{}",
+        refused.stderr
     );
 }
 

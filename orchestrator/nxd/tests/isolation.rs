@@ -110,7 +110,7 @@ fn limits_hold_a_fork_loop_and_a_memory_hog() {
     let relative = memory_cgroup
         .strip_prefix("/sys/fs/cgroup/memory")
         .unwrap()
-        .join(format!("nx.slice/nx-{id}.service"));
+        .join(format!("nx.slice/nx-limits.slice/nx-{id}.service"));
     let cgroup =
         cgroups_rs::Cgroup::load(cgroups_rs::hierarchies::auto(), relative.to_str().unwrap());
     let mem: &cgroups_rs::memory::MemController =

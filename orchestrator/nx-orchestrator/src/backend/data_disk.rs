@@ -47,7 +47,7 @@ pub fn read_usage(dir: &Path) -> Option<DiskUsage> {
 
 fn run(command: &mut Command, what: &str) -> Result<(), String> {
     let out = command.output().map_err(|e| {
-        format!("cannot run {what} ({e}); install e2fsprogs and mount (util-linux)")
+        super::spawn_failure::cannot_run(what, Some("e2fsprogs and mount (util-linux)"), &e)
     })?;
     if out.status.success() {
         Ok(())
@@ -289,7 +289,9 @@ impl LoopMount {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot run mount ({e}); install mount (util-linux)"))?;
+            .map_err(|e| {
+                super::spawn_failure::cannot_run("mount", Some("mount (util-linux)"), &e)
+            })?;
         Ok(Self {
             mount,
             mountpoint: mountpoint.to_owned(),

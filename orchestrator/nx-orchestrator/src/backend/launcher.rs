@@ -94,7 +94,7 @@ fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>)
         .spawn();
     let mut child = match child {
         Ok(child) => child,
-        Err(e) => return format!("cannot run {program}: {e}"),
+        Err(e) => return super::spawn_failure::cannot_run(program, None, &e),
     };
     VMM.store(child.id() as i32, Ordering::SeqCst);
     // Kept open (and so never EOF to the guest) while the VMM runs.

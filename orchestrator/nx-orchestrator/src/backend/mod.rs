@@ -21,6 +21,7 @@ pub mod microvm;
 #[cfg(target_os = "linux")]
 mod monitor;
 pub mod monitor_files;
+pub mod spawn_failure;
 #[cfg(target_os = "linux")]
 mod task_end;
 pub mod tmp_mount;

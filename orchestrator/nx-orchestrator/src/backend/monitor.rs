@@ -105,6 +105,7 @@ pub fn run(
     // SAFETY: the launcher is single-threaded here; the child only dup2s, writes a file and
     // execs (or returns the reason it could not).
     match unsafe { fork() } {
+        Err(nix::errno::Errno::EAGAIN) => format!("fork: {}", super::spawn_failure::NO_PIDS),
         Err(e) => format!("fork: {e}"),
         Ok(ForkResult::Child) => {
             let redirected = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&out_w), 1)

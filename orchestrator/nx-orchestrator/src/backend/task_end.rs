@@ -37,7 +37,7 @@ pub fn run(program: &str, args: &[String], env: &BTreeMap<String, String>) -> St
         .stdin(std::process::Stdio::null());
     let sandbox = match command.spawn() {
         Ok(child) => Pid::from_raw(child.id() as i32),
-        Err(e) => return format!("cannot run {program}: {e}"),
+        Err(e) => return super::spawn_failure::cannot_run(program, None, &e),
     };
     let code = match wait_for_all(sandbox) {
         Some(WaitStatus::Exited(_, code)) => code,

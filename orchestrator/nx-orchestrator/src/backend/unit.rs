@@ -156,7 +156,7 @@ fn deployment_unit(
         limits: Some(spec.deployment.limits),
         output: UnitOutput::File(handle.log_file()),
         restart: Restart::OnFailure(restart_delay),
-        slice: SliceKind::Tenants,
+        slice: SliceKind::Sandbox(spec.deployment.sandbox.to_string()),
         remain_after_exit: false,
         ambient_capabilities: 0,
         cpu_affinity: super::cpu_affinity::pinned(

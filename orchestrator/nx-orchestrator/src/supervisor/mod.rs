@@ -16,6 +16,7 @@ use crate::config::{Limits, SystemdMode};
 use dbus_api::{ManagerProxy, ServiceProxy, UnitProxy};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zbus::proxy::CacheProperties;
@@ -132,11 +133,14 @@ pub enum Restart {
 }
 
 /// The slice a unit runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SliceKind {
-    /// Deployments and tasks: the configured slice (`systemd.slice`, default `nx.slice`),
-    /// with [`TENANTS_CPU_WEIGHT`] and the overall caps of [`SliceCaps`].
+    /// Tasks: the configured slice (`systemd.slice`, default `nx.slice`), with
+    /// [`TENANTS_CPU_WEIGHT`] and the overall caps of [`SliceCaps`].
     Tenants,
+    /// A deployment of the sandbox of this name: the sandbox's own slice inside the tenants'
+    /// ([`sandbox_slice`]), capped at [`SliceCaps::sandbox_tasks_max`] tasks.
+    Sandbox(String),
     /// PostgreSQL, the router, pg_dump and pg_restore: [`CONTROL_SLICE`].
     Control,
 }
@@ -149,13 +153,49 @@ pub const CONTROL_CPU_WEIGHT: u64 = 1000;
 /// `CPUWeight` of the tenants' slice.
 pub const TENANTS_CPU_WEIGHT: u64 = 20;
 
+/// The slice of one sandbox's deployments inside `tenants` (e.g. `nx.slice`): `nx-web.slice`
+/// for sandbox `web`. A `-` in a slice's name means nesting (systemd.slice(5)), so the
+/// sandbox name's dashes become `_`, which no sandbox name holds: `my-app` is `nx-my_app.slice`.
+pub fn sandbox_slice(tenants: &str, sandbox: &str) -> String {
+    format!(
+        "{}-{}.slice",
+        tenants.trim_end_matches(".slice"),
+        sandbox.replace('-', "_")
+    )
+}
+
 /// What all tenants together may take, so that no fork bomb or memory hog starves the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SliceCaps {
     /// `TasksMax` of the tenants' slice.
     pub tasks_max: u64,
+    /// `TasksMax` of each sandbox's slice within it (below `tasks_max`: one sandbox at its
+    /// limit leaves room for the others).
+    pub sandbox_tasks_max: u64,
     /// `MemoryMax` of the tenants' slice, in bytes.
     pub memory_max_bytes: u64,
+}
+
+/// Starts `slice` as a transient unit with `props` (an idle slice that was merely loaded would
+/// be unloaded again, and its properties with it); one that exists gets them as runtime
+/// properties, as `systemctl set-property --runtime` does.
+async fn start_slice(
+    manager: &ManagerProxy<'_>,
+    slice: &str,
+    props: &[(&str, Value<'_>)],
+) -> Result<(), SupervisorError> {
+    match manager
+        .start_transient_unit(slice, "fail", props, &[])
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(zbus::Error::MethodError(name, _, _))
+            if name.as_str() == "org.freedesktop.systemd1.UnitExists" =>
+        {
+            Ok(manager.set_unit_properties(slice, true, props).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Where a unit's standard streams go.
@@ -222,6 +262,9 @@ pub struct Supervisor {
     /// The embedded manager's state dir; `None` for the host's systemd.
     embedded: Option<PathBuf>,
     slice: String,
+    /// `TasksMax` of each sandbox's slice ([`SliceCaps::sandbox_tasks_max`], set by
+    /// [`Self::configure_slices`]; `u64::MAX`, systemd's "infinity", until then).
+    sandbox_tasks_max: std::sync::atomic::AtomicU64,
     /// Where the manager came from: "system" or the embedded manager's directory.
     origin: String,
     /// Units' states, kept by systemd's signals on the current connection; it also holds the
@@ -276,6 +319,7 @@ impl Supervisor {
             conn: arc_swap::ArcSwap::from_pointee(conn),
             embedded: (origin != "system").then(|| state_dir.to_owned()),
             slice: slice.to_owned(),
+            sandbox_tasks_max: u64::MAX.into(),
             origin,
             units,
         })
@@ -323,18 +367,25 @@ impl Supervisor {
     #[tracing::instrument(skip_all, fields(unit = %spec.name))]
     pub async fn start_new(&self, spec: &UnitSpec) -> Result<(), SupervisorError> {
         let manager = self.manager().await?;
+        let slice = match &spec.slice {
+            SliceKind::Tenants => self.slice.clone(),
+            SliceKind::Sandbox(sandbox) => {
+                let slice = sandbox_slice(&self.slice, sandbox);
+                let tasks_max = self.sandbox_tasks_max.load(Ordering::Relaxed);
+                let caps = vec![
+                    ("TasksAccounting", true.into()),
+                    ("TasksMax", tasks_max.into()),
+                ];
+                start_slice(&manager, &slice, &caps).await?;
+                slice
+            }
+            SliceKind::Control => CONTROL_SLICE.to_owned(),
+        };
         let exec = vec![(spec.argv[0].clone(), spec.argv.clone(), false)];
         let mut props: Vec<(&str, Value<'_>)> = vec![
             ("Description", spec.description.as_str().into()),
             ("ExecStart", Value::from(exec)),
-            (
-                "Slice",
-                match spec.slice {
-                    SliceKind::Tenants => self.slice.as_str(),
-                    SliceKind::Control => CONTROL_SLICE,
-                }
-                .into(),
-            ),
+            ("Slice", slice.as_str().into()),
             ("MemoryAccounting", true.into()),
             ("TasksAccounting", true.into()),
             ("CPUAccounting", true.into()),
@@ -497,12 +548,12 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Sets the slices' weights and the tenants' overall caps. A slice is started as a
-    /// transient unit with them (an idle slice that was merely loaded would be unloaded again,
-    /// and its properties with it); one that exists gets them as runtime properties, as
-    /// `systemctl set-property --runtime` does.
+    /// Sets the slices' weights and the tenants' overall caps (see [`start_slice`]); each
+    /// sandbox's slice gets `caps.sandbox_tasks_max` when a deployment of it starts next.
     #[tracing::instrument(skip(self))]
     pub async fn configure_slices(&self, caps: SliceCaps) -> Result<(), SupervisorError> {
+        self.sandbox_tasks_max
+            .store(caps.sandbox_tasks_max, Ordering::Relaxed);
         let tenants: Vec<(&str, Value<'_>)> = vec![
             ("CPUWeight", TENANTS_CPU_WEIGHT.into()),
             ("TasksAccounting", true.into()),
@@ -513,18 +564,7 @@ impl Supervisor {
         let control: Vec<(&str, Value<'_>)> = vec![("CPUWeight", CONTROL_CPU_WEIGHT.into())];
         let manager = self.manager().await?;
         for (slice, props) in [(self.slice.as_str(), tenants), (CONTROL_SLICE, control)] {
-            match manager
-                .start_transient_unit(slice, "fail", &props, &[])
-                .await
-            {
-                Ok(_) => {}
-                Err(zbus::Error::MethodError(name, _, _))
-                    if name.as_str() == "org.freedesktop.systemd1.UnitExists" =>
-                {
-                    manager.set_unit_properties(slice, true, &props).await?
-                }
-                Err(e) => return Err(e.into()),
-            }
+            start_slice(&manager, slice, &props).await?;
         }
         Ok(())
     }

@@ -41,7 +41,7 @@ impl Orchestrator {
         let app = self;
         let backend = backend(app, req.backend.as_deref())?;
         let timeout = timeout(app, req.timeout_secs)?;
-        let bounds = host_limits::request_bounds(&app.config.sandbox);
+        let bounds = host_limits::request_bounds(&app.config);
         checks::check_program_input(&req.args, &req.env, &bounds)?;
         let memory_max_mb = req
             .memory_max_mb
