@@ -165,7 +165,7 @@ in
       maxMb = mkOption { type = types.ints.positive; default = defaults.bundles.maxMb; description = "The most a bundle (nx push ./dir or app.tar.gz) may hold, all files together and the largest one, MiB."; };
       maxFiles = mkOption { type = types.ints.positive; default = defaults.bundles.maxFiles; description = "Files and links in one bundle."; };
     };
-    logs.keep = mkOption { type = types.ints.unsigned; default = defaults.logs.keep; description = "Rotated log files kept per deployment beside output.log, and by the router beside router.log (each rotates at limits.logMaxMb, or router.logMaxMb, / (keep + 1)); 0: emptied when full."; };
+    logs.keep = mkOption { type = types.ints.unsigned; default = defaults.logs.keep; description = "Rotated log files kept per deployment beside output.log, by the router beside router.log and by the database gate beside gate.log (each rotates at limits.logMaxMb, or router.logMaxMb, / (keep + 1)); 0: emptied when full."; };
     sftp = {
       listen = mkOption { type = types.nullOr types.str; default = defaults.sftp.listen; example = "0.0.0.0:2222"; description = "Where the SFTP upload server listens (the SSH user is the sandbox's name; keys from `nx keys add`). Null: no SFTP server."; };
       maxUploadMb = mkOption { type = types.ints.positive; default = defaults.sftp.maxUploadMb; description = "The largest SFTP upload, MiB; a larger one is refused while it arrives."; };
@@ -220,6 +220,7 @@ in
       tempFileLimitMb = mkOption { type = types.ints.unsigned; default = defaults.databases.tempFileLimitMb; description = "temp_file_limit of sandbox roles, in MiB (superuser-only: a role cannot lift it); 0: none."; };
       backendMemoryMaxMb = mkOption { type = types.ints.unsigned; default = defaults.databases.backendMemoryMaxMb; description = "nxd ends a tenant's backend whose anonymous memory passes this, in MiB (embedded cluster only); 0: none."; };
       memoryMaxMb = mkOption { type = types.ints.unsigned; default = defaults.databases.memoryMaxMb; description = "MemoryMax of the embedded cluster's unit (nx-postgres.service), in MiB; 0: none."; };
+      gateUid = mkOption { type = types.ints.between 1000 4294967294; default = defaults.databases.gateUid; description = "The uid and gid the database gate (nx-db-gate.service, each sandbox's socket in front of PostgreSQL) runs as when nxd runs as root: no deployment's, task's or host user's, and not mapped by the cluster's pg_ident.conf, so its connections can never be a superuser's. With nxd as another user the gate runs as nxd's user."; };
     };
     openFirewall = mkOption {
       type = types.bool;

@@ -68,6 +68,7 @@ withoutNulls {
     temp_file_limit_mb = cfg.databases.tempFileLimitMb;
     backend_memory_max_mb = cfg.databases.backendMemoryMaxMb;
     memory_max_mb = cfg.databases.memoryMaxMb;
+    gate_uid = cfg.databases.gateUid;
   };
   tasks = withoutNulls {
     pool_size = cfg.tasks.poolSize;

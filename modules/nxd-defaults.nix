@@ -61,6 +61,7 @@
     tempFileLimitMb = 2048;
     backendMemoryMaxMb = 1024;
     memoryMaxMb = 4096;
+    gateUid = 199999;
   };
   tasks = {
     poolSize = 2;

@@ -304,6 +304,9 @@ async fn branches(
         host.state_dir.path(),
         &nx_orchestrator::config::DatabasesConfig::default(),
         std::sync::Arc::new(supervisor),
+        // The host's own database gate, adopted (its settings are nxd's defaults).
+        host.path("bin/nxd-launcher"),
+        nx_orchestrator::config::LogsConfig::default().keep,
     )
     .await?;
     let sandbox = SandboxName::parse("bench-big")?;

@@ -88,8 +88,8 @@ impl Default for SftpConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogsConfig {
-    /// Rotated files kept beside `output.log` (and the router's `router.log`); each file rotates
-    /// at `log_max_mb / (keep + 1)`.
+    /// Rotated files kept beside `output.log` (and the router's `router.log`, the database
+    /// gate's `gate.log`); each file rotates at `log_max_mb / (keep + 1)`.
     /// 0: `output.log` is emptied when full.
     pub keep: u32,
 }
@@ -273,6 +273,12 @@ pub struct DatabasesConfig {
     /// systemd `MemoryMax` of the embedded cluster's unit (`nx-postgres.service`), in MiB:
     /// all of PostgreSQL, nxd's state included. 0: none.
     pub memory_max_mb: u64,
+    /// The uid (and gid) the database gate (`nx-db-gate.service`) runs as when nxd runs as
+    /// root: one no deployment, task or host user has and that the cluster's `pg_ident.conf`
+    /// does not map, so the gate's own connections to the cluster can never be a superuser's
+    /// (PostgreSQL's `peer` authentication maps root to `postgres`). The embedded cluster's
+    /// socket directory is this group's. When nxd runs as another user, the gate runs as it.
+    pub gate_uid: u32,
 }
 
 impl Default for DatabasesConfig {
@@ -289,6 +295,7 @@ impl Default for DatabasesConfig {
             temp_file_limit_mb: 2048,
             backend_memory_max_mb: 1024,
             memory_max_mb: 4096,
+            gate_uid: 199_999,
         }
     }
 }
@@ -484,6 +491,16 @@ impl Config {
                 "sandbox.preview_ttl_secs ({}) is more than 100 years: give at most {} s, or 0 for never",
                 self.sandbox.preview_ttl_secs,
                 crate::api::health::MAX_SECONDS
+            )));
+        }
+        let gate = self.databases.gate_uid;
+        let deployments = self.sandbox.uid_base
+            ..self.sandbox.uid_base + u32::from(self.ports.end - self.ports.start) + 1;
+        let tasks = self.tasks.uid_base..self.tasks.uid_base.saturating_add(65_536);
+        if gate < 1000 || deployments.contains(&gate) || tasks.contains(&gate) {
+            return Err(ConfigError::Invalid(format!(
+                "databases.gate_uid ({gate}) must be 1000 or more and outside the deployments' uids ({}..{}) and the tasks' ({}..{}): the database gate runs as a uid of its own",
+                deployments.start, deployments.end, tasks.start, tasks.end
             )));
         }
         if self.tasks.uid_base < 1000 {

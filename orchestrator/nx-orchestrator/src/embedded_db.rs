@@ -25,6 +25,12 @@ pub const STATE_DATABASE: &str = "nx";
 /// Connection slots only superusers (nxd, its pg_dump and pg_restore) may take: nxd's pools
 /// (12) and its tools, with room to spare. PostgreSQL's `superuser_reserved_connections`.
 pub const RESERVED_FOR_NXD: u32 = 20;
+/// The mode of `<state_dir>/postgres`, owned by the `postgres` user and the database gate's
+/// group (`databases.gate_uid`), which may only pass through it to the socket directory.
+pub const DIR_MODE: u32 = 0o710;
+/// The mode of `<state_dir>/postgres/socket`, owned likewise: PostgreSQL and the gate (and
+/// root) reach the cluster's socket, no other user of the host does.
+pub const SOCKET_DIR_MODE: u32 = 0o750;
 /// PostgreSQL's `authentication_timeout`, in seconds (its default: 60): how long a connection
 /// may hold a backend slot before it authenticates. Deployments' connections pass their
 /// sandbox's gate (`databases::gate`), which counts them; this bounds how long each is held.
@@ -86,13 +92,14 @@ pub fn log_path(state_dir: &Path) -> PathBuf {
     state_dir.join("postgres").join("postgres.log")
 }
 
-/// Starts (or adopts) the embedded cluster, its unit's `MemoryMax` set to `memory_max_mb`
-/// MiB (0: none; `databases.memory_max_mb`).
+/// Starts (or adopts) the embedded cluster, its unit's `MemoryMax` set to
+/// `databases.memory_max_mb` MiB (0: none), its socket directory the group of
+/// `databases.gate_uid` ([`SOCKET_DIR_MODE`]).
 #[tracing::instrument(skip_all)]
 pub async fn ensure(
     supervisor: &Supervisor,
     state_dir: &Path,
-    memory_max_mb: u64,
+    config: &crate::config::DatabasesConfig,
 ) -> Result<EmbeddedCluster, EmbeddedDbError> {
     let dir = state_dir.join("postgres");
     let data = dir.join("data");
@@ -108,15 +115,14 @@ pub async fn ensure(
     if !data.join("PG_VERSION").is_file() {
         initdb(&dir, &data, &user)?;
     }
-    // Deployments' uids pass through to the socket, which bwrap binds into their sandboxes.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+    // Only PostgreSQL (their owner), the database gate (their group) and root (nxd, pg_dump)
+    // reach the cluster's socket: deployments reach it through their sandbox's gate, and the
+    // host's other users not at all (PostgreSQL makes the socket itself 0777).
     std::fs::create_dir_all(&socket_dir)?;
-    chown(
-        &socket_dir,
-        Some(user.uid.as_raw()),
-        Some(user.gid.as_raw()),
-    )?;
-    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o755))?;
+    for (path, mode) in [(&dir, DIR_MODE), (&socket_dir, SOCKET_DIR_MODE)] {
+        chown(path, Some(user.uid.as_raw()), Some(config.gate_uid))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
     std::fs::write(data.join("pg_hba.conf"), PG_HBA)?;
     std::fs::write(data.join("pg_ident.conf"), PG_IDENT)?;
     if supervisor.state(UNIT).await?.active != ActiveState::Active {
@@ -150,7 +156,7 @@ pub async fn ensure(
         supervisor.start(&spec).await?;
     }
     // Set on an adopted unit too; UINT64_MAX is systemd's "infinity".
-    let memory_max = match memory_max_mb {
+    let memory_max = match config.memory_max_mb {
         0 => u64::MAX,
         mb => mb << 20,
     };

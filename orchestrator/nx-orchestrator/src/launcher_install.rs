@@ -48,15 +48,22 @@ pub fn install(state_dir: &Path) -> Result<Installed, Error> {
             router.display()
         )));
     }
-    let (size, modified) = identity(&installed_router)?;
+    Ok(Installed {
+        launcher,
+        router_build: build(&installed_router)?,
+        router: installed_router,
+    })
+}
+
+/// Which build the binary at `path` is: `<size in bytes>-<modification time in ns since the
+/// epoch>`, the identity [`install`] copies by (a copy keeps its source's modification time).
+/// Errors: `Io` reading its metadata.
+pub fn build(path: &Path) -> Result<String, Error> {
+    let (size, modified) = identity(path)?;
     let since_epoch = modified
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    Ok(Installed {
-        launcher,
-        router: installed_router,
-        router_build: format!("{size}-{}", since_epoch.as_nanos()),
-    })
+    Ok(format!("{size}-{}", since_epoch.as_nanos()))
 }
 
 /// A binary's size and modification time: what tells one build from another here.

@@ -120,7 +120,7 @@ impl Orchestrator {
         }
         let dbs = &config.databases;
         let embedded = if config.database_url.is_none() || dbs.admin_url.is_none() {
-            Some(embedded_db::ensure(&supervisor, state_dir, dbs.memory_max_mb).await?)
+            Some(embedded_db::ensure(&supervisor, state_dir, dbs).await?)
         } else {
             None
         };
@@ -141,18 +141,20 @@ impl Orchestrator {
         };
         let state = StateStore::connect(&state_url).await?;
         let pool = state.pool().clone();
+        let installed = crate::launcher_install::install(state_dir)?;
+        let launcher = installed.launcher.clone();
         let databases = Databases::connect(
             &admin_url,
             &socket_dir,
             state_dir,
             dbs,
             Arc::clone(&supervisor),
+            launcher.clone(),
+            config.logs.keep,
         )
         .await?;
         let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
         let bundles = BundleStore::open(state_dir, config.bundles.limits())?;
-        let installed = crate::launcher_install::install(state_dir)?;
-        let launcher = installed.launcher.clone();
         let data_templates = Arc::new(
             DataTemplates::new(state_dir.join("data-templates"))
                 .map_err(Error::io("creating the data templates' directory"))?,
@@ -286,7 +288,7 @@ impl Orchestrator {
         // Running deployments reach their database through their sandbox's gate, whose
         // socket this process binds again in the directory they have at /run/postgresql.
         for deployment in &to_run {
-            self.databases.sandbox_socket(&deployment.sandbox)?;
+            self.databases.sandbox_socket(&deployment.sandbox).await?;
         }
         let app = Arc::clone(self);
         tokio::spawn(async move {
@@ -503,7 +505,7 @@ impl Orchestrator {
             program,
             env,
             args,
-            database_socket: Some(self.databases.sandbox_socket(&deployment.sandbox)?),
+            database_socket: Some(self.databases.sandbox_socket(&deployment.sandbox).await?),
             network: self.attachment(deployment)?,
             volumes: self.attached_volumes(deployment).await?,
         })

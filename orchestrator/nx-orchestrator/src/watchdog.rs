@@ -93,10 +93,11 @@ impl Orchestrator {
             embedded_db::ensure(
                 &self.supervisor,
                 &self.config.state_dir,
-                self.config.databases.memory_max_mb,
+                &self.config.databases,
             )
             .await?;
         }
+        self.databases.ensure_gate().await?;
         self.start_router().await?;
         self.tasks.refill_pool();
         self.adopt().await

@@ -23,7 +23,10 @@
 //! - `GET /db/connect?db=D` connects to database D with its own credentials; reports the error
 //! - `GET /db/hold?n=N` opens N more connections and keeps them open; reports how many it holds
 //!   and the first refusal
+//! - `GET /db/held`     asks each connection `/db/hold` keeps for its server process's pid
+//!   (`pg_backend_pid()`): the same pids later show the same sessions; 500 with the error
 //!
+
 //! The database is reached as libpq would: PGHOST (a socket dir or a host), PGPORT, PGDATABASE,
 //! PGUSER, PGPASSWORD.
 //! - `GET /connect?addr=A` tries a TCP connection to A (host:port); reports the outcome
@@ -261,6 +264,7 @@ fn handle(request: Request) {
             }
         }
         "/db/hold" => hold_connections(query(&url, "n").and_then(|n| n.parse().ok()).unwrap_or(1)),
+        "/db/held" => held_sessions(),
         "/db/hold-unauthenticated" => {
             hold_unauthenticated(query(&url, "n").and_then(|n| n.parse().ok()).unwrap_or(1))
         }
@@ -401,6 +405,19 @@ fn hog() {
 
 /// Connections `/db/hold` keeps open.
 static HELD: std::sync::Mutex<Vec<postgres::Client>> = std::sync::Mutex::new(Vec::new());
+
+/// The server process id of each connection in [`HELD`], or 500 with the first error.
+fn held_sessions() -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    let pids: Result<Vec<i32>, postgres::Error> = held
+        .iter_mut()
+        .map(|client| Ok(client.query_one("SELECT pg_backend_pid()", &[])?.get(0)))
+        .collect();
+    match pids {
+        Ok(pids) => json(serde_json::json!(pids)),
+        Err(e) => text(500, format!("error: {e}\n")),
+    }
+}
 
 fn hold_connections(n: usize) -> Response<std::io::Cursor<Vec<u8>>> {
     let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,9 +1,10 @@
 //! The control plane against its tenants and its own crashes, on a host with the embedded
 //! defaults: a sandbox's role reaches only its own database, cannot delay nxd's start with
 //! locks nor crowd it out of connections; a PostgreSQL restart leaves running deployments
-//! connected; kill -9 of nxd at each step of a backup, a restore and a swap leaves production's
-//! database usable and nothing behind after the next start; one sandbox's fork bomb leaves
-//! room for the others' pushes and tasks.
+//! connected, and so do kill -9 and a restart of nxd (their gate is a process of its own); the
+//! cluster's socket is closed to the host's other users; kill -9 of nxd at each step of a
+//! backup, a restore and a swap leaves production's database usable and nothing behind after
+//! the next start; one sandbox's fork bomb leaves room for the others' pushes and tasks.
 
 use nx_orchestrator::config::SystemdMode;
 use nx_orchestrator::supervisor::Supervisor;
@@ -265,6 +266,135 @@ fn restarting_postgres_leaves_running_deployments_connected() {
         let now = host.deployment(["one", "two"][i], &ids[i])["state"]["main_pid"].clone();
         assert_eq!(now, pids[i], "deployment {i} was restarted");
     }
+}
+
+/// The uid (and gid) the database gate runs as: `databases.gate_uid`'s default.
+const GATE_UID: u32 = 199_999;
+
+/// The pid of the database gate process of `host` (`nxd-launcher db-gate <state_dir>/...`).
+fn gate_pid(host: &Host) -> i32 {
+    let state_dir = host.state_dir.path();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.get(1) == Some(&&b"db-gate"[..])
+            && args.get(2).is_some_and(|a| {
+                std::path::Path::new(std::str::from_utf8(a).unwrap_or("")).starts_with(state_dir)
+            })
+        {
+            return pid;
+        }
+    }
+    panic!("no database gate process of {}", state_dir.display())
+}
+
+/// Attacker s9: when each sandbox's gate was a socket of nxd's own, kill -9 of nxd cut every
+/// deployment's open database session and refused new connections until nxd was back.
+#[test]
+fn database_sessions_and_new_connections_outlive_a_kill_9_and_restart_of_nxd() {
+    let mut host = Host::start();
+    let id = host.push_sample("keep", &[]);
+    let app = |host: &Host, path: &str| host.get(&host.preview_host("keep", &id), path);
+    let (status, body) = app(&host, "/db/hold?n=1");
+    assert_eq!(status, 200, "{body}");
+    let (status, sessions) = app(&host, "/db/held");
+    assert_eq!(status, 200, "{sessions}");
+
+    let same_session = |host: &Host, after: &str| {
+        let (status, body) = app(host, "/db/held");
+        assert_eq!(
+            (status, body.as_str()),
+            (200, sessions.as_str()),
+            "the open session did not survive {after}"
+        );
+    };
+    host.kill_nxd();
+    same_session(&host, "kill -9 of nxd");
+    let (status, body) = app(&host, "/db/put?v=while-nxd-was-down");
+    assert_eq!(status, 200, "a new connection while nxd was down: {body}");
+
+    host.restart_nxd();
+    same_session(&host, "nxd's restart (the gate was not adopted)");
+    assert_eq!(
+        app(&host, "/db/list"),
+        (200, r#"["while-nxd-was-down"]"#.to_owned())
+    );
+
+    // The gate runs as a uid of its own, which pg_ident.conf does not map to `postgres`.
+    let gate = gate_pid(&host);
+    let status = std::fs::read_to_string(format!("/proc/{gate}/status")).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let gate_uid = GATE_UID.to_string();
+    assert!(
+        uids.split_whitespace().skip(1).all(|uid| uid == gate_uid),
+        "{uids}"
+    );
+
+    // A gate process that dies is started again, and new connections pass again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gate),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    loop {
+        let (status, body) = app(&host, "/db/put?v=after-the-gate-died");
+        if status == 200 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the gate was not started again: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("gate back in {:?}", killed.elapsed());
+}
+
+/// Attacker s9: the embedded cluster's socket directory was 0755 and PostgreSQL's socket 0777,
+/// so every user of the host reached the cluster (and could fill its slots before
+/// authentication, past every gate). Now only PostgreSQL, the gate's group and root do.
+#[test]
+fn the_clusters_socket_is_closed_to_the_hosts_other_users() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let host = Host::start();
+    let socket_dir = host.path("postgres/socket");
+    let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    for (dir, mode) in [(host.path("postgres"), 0o710), (socket_dir.clone(), 0o750)] {
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o777, meta.uid(), meta.gid()),
+            (mode, postgres.uid.as_raw(), GATE_UID),
+            "{}",
+            dir.display()
+        );
+    }
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            socket_dir.to_str().unwrap(),
+            "-p",
+            "5432",
+            "-d",
+            "postgres",
+        ])
+        .args(["-w", "-c", "SELECT 1"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Permission denied"),
+        "user nobody reached the cluster's socket: {stderr}"
+    );
+    // nxd and its tools still do.
+    assert_eq!(superuser(&host, "postgres", "SELECT 1"), "1");
+    assert_eq!(health(&host).0, 200);
 }
 
 /// What an interrupted database operation could leave: tool units, partial and uploaded

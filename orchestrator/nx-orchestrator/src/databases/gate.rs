@@ -17,44 +17,269 @@
 //! `max_client_conn`, so one tenant could still fill it; the only thing that tells tenants
 //! apart before authentication is which socket they came in on, and one PgBouncer per sandbox
 //! is a process (and a configuration with every role's password) per sandbox.
+//!
+//! The gates live in a process of their own, `<launcher> db-gate <settings.json>` ([`main`]),
+//! the transient unit [`UNIT`] of the deployments' manager, so that deployments' open sessions
+//! and new connections go on while nxd is stopped, restarting or crashed, as the deployments
+//! themselves do. nxd writes the table of gates ([`GateSettings::table`]) whole and connects
+//! to the gate's control socket; the gate re-reads the table at its start and at each such
+//! connection, opens and closes sockets as it says, and answers `ok` or what failed. nxd's
+//! side, the unit adopted (same settings and build) or (re)started and the table ([`Gates`]),
+//! is in `unit`.
 
-use std::collections::HashMap;
+mod unit;
+
+pub(super) use unit::Gates;
+
+use crate::supervisor::service::ServiceError;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
+/// The gate's unit.
+pub const UNIT: &str = "nx-db-gate.service";
+
+/// Why a gate is not open, or the gate process not running.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("database gate: {what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "database gate: {path} is not what nxd writes ({source}); restart nxd to write it again"
+    )]
+    BadFile {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("database gate unit: {0}")]
+    Unit(#[from] ServiceError),
+    #[error("database gate: which build is nxd's launcher? {0}")]
+    Build(String),
+    #[error(
+        "the database gate ({UNIT}) does not answer on {control} ({source}); see its log {log}"
+    )]
+    Unreachable {
+        control: PathBuf,
+        log: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the database gate could not open every sandbox's socket: {0}")]
+    NotOpened(String),
+    #[error("{0}; see the database gate's log")]
+    Answered(String),
+}
+
+impl GateError {
+    fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// What the gate process runs with, `<state_dir>/db-gate/settings.json` (written by nxd; a
+/// change restarts the gate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateSettings {
+    /// `<state_dir>/db-gates`: a directory per sandbox's role, bind-mounted at
+    /// `/run/postgresql` in its deployments, holding its gate's socket.
+    pub sockets_dir: PathBuf,
+    /// The cluster's own socket, where admitted connections are forwarded.
+    pub upstream: PathBuf,
+    /// The sockets' file name, `.s.PGSQL.<port>` (libpq finds it by `PGPORT`).
+    pub file_name: String,
+    /// Connections one sandbox may hold at once (its role's `CONNECTION LIMIT`).
+    pub per_sandbox: u32,
+    /// Connections all sandboxes together may hold: the slots not reserved for superusers.
+    pub open_slots: u32,
+    /// The table of gates, `<state_dir>/db-gate/gates.json`: a JSON object of sandboxes'
+    /// names by their roles' names, replaced whole by nxd.
+    pub table: PathBuf,
+    /// The control socket, `<state_dir>/db-gate/control.sock` (0600): a connection to it has
+    /// the gate apply the table and answer `ok` or what failed, one line.
+    pub control: PathBuf,
+}
+
+impl GateSettings {
+    /// `role`'s socket: `<sockets_dir>/<role>/<file_name>`.
+    pub fn socket(&self, role: &str) -> PathBuf {
+        self.sockets_dir.join(role).join(&self.file_name)
+    }
+
+    fn read(path: &Path) -> Result<Self, GateError> {
+        let text = std::fs::read(path)
+            .map_err(|e| GateError::io(format!("reading {}", path.display()), e))?;
+        serde_json::from_slice(&text).map_err(|source| GateError::BadFile {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// The table at `path` (none there: no gate).
+fn read_table(path: &Path) -> Result<BTreeMap<String, String>, GateError> {
+    match std::fs::read(path) {
+        Ok(text) => serde_json::from_slice(&text).map_err(|source| GateError::BadFile {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(GateError::io(format!("reading {}", path.display()), e)),
+    }
+}
+
 /// How long a refused connection is kept open to read what the client sends (its startup
 /// packet) before it is closed, so that the client reads the refusal instead of a reset.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// How long the control socket's answer may take to be taken by nxd.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
-/// The gates of one cluster, one per sandbox, opened on first use.
-pub(super) struct Gates {
-    /// `<state_dir>/db-gates`: a directory per sandbox, bind-mounted at `/run/postgresql`.
-    dir: PathBuf,
-    /// The cluster's own socket.
-    upstream: PathBuf,
-    /// The socket's file name, `.s.PGSQL.<port>` (libpq finds it by `PGPORT`).
-    file_name: String,
-    /// Connections one sandbox may hold at once.
-    per_sandbox: usize,
+/// Runs the gate process with the settings in `settings_file` until it is killed; returns only
+/// when it cannot start (its settings unreadable, its control socket not bound).
+pub fn main(settings_file: &Path) -> GateError {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = match GateSettings::read(settings_file) {
+        Ok(settings) => settings,
+        Err(e) => return e,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => match runtime.block_on(serve(settings)) {
+            Err(e) => e,
+            Ok(never) => match never {},
+        },
+        Err(e) => GateError::io("starting the gate's runtime", e),
+    }
+}
+
+/// Opens the table's gates, then answers its control socket: each connection to it re-reads
+/// the table and is answered `ok` or why a gate could not be opened.
+async fn serve(settings: GateSettings) -> Result<Infallible, GateError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut gates = Open {
+        all: Arc::new(Semaphore::new(settings.open_slots as usize)),
+        open: HashMap::new(),
+        settings,
+    };
+    if let Err(e) = gates.apply() {
+        tracing::error!(error = %e, "database gate: not every sandbox's socket is open");
+    }
+    let control = &gates.settings.control;
+    match std::fs::remove_file(control) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(GateError::io(format!("removing {}", control.display()), e))
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(control)
+        .map_err(|e| GateError::io(format!("binding {}", control.display()), e))?;
+    std::fs::set_permissions(control, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| GateError::io(format!("setting the mode of {}", control.display()), e))?;
+    tracing::info!(control = %control.display(), "database gate ready");
+    loop {
+        let mut nxd = match listener.accept().await {
+            Ok((nxd, _)) => nxd,
+            Err(e) => {
+                tracing::warn!(error = %e, "database gate: control accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let answer = match gates.apply() {
+            Ok(()) => "ok\n".to_owned(),
+            Err(e) => format!("{e}\n"),
+        };
+        let _ = tokio::time::timeout(ANSWER_WITHIN, nxd.write_all(answer.as_bytes())).await;
+    }
+}
+
+/// The open gates and what they share.
+struct Open {
+    settings: GateSettings,
     /// Connections all sandboxes together may hold: the slots not reserved for superusers.
     all: Arc<Semaphore>,
     /// Open gates by the sandbox's role name.
-    open: Mutex<HashMap<String, Gate>>,
+    open: HashMap<String, tokio::task::AbortHandle>,
 }
 
-/// One sandbox's gate: its socket and the task that accepts on it.
-struct Gate {
-    socket: PathBuf,
-    accepting: tokio::task::AbortHandle,
-}
+impl Open {
+    /// Opens the gates of the table's sandboxes not open yet and closes (and removes the
+    /// directories of) those no longer in it; connections open through a closed gate stay
+    /// until they end. Every gate is tried; the error names those that failed.
+    #[tracing::instrument(skip_all)]
+    fn apply(&mut self) -> Result<(), GateError> {
+        let table = read_table(&self.settings.table)?;
+        self.open.retain(|role, accepting| {
+            let keep = table.contains_key(role);
+            if !keep {
+                accepting.abort();
+                let _ = std::fs::remove_dir_all(self.settings.sockets_dir.join(role));
+                tracing::info!(role, "database gate closed");
+            }
+            keep
+        });
+        let mut failed = Vec::new();
+        for (role, sandbox) in &table {
+            if self.open.contains_key(role) {
+                continue;
+            }
+            match self.open_one(role, sandbox) {
+                Ok(accepting) => {
+                    self.open.insert(role.clone(), accepting);
+                }
+                Err(e) => failed.push(format!("sandbox {sandbox}: {e}")),
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(GateError::NotOpened(failed.join("; ")))
+        }
+    }
 
-impl Drop for Gate {
-    fn drop(&mut self) {
-        self.accepting.abort();
+    /// Binds `role`'s socket (in place of a previous gate process's) and accepts on it.
+    fn open_one(&self, role: &str, sandbox: &str) -> std::io::Result<tokio::task::AbortHandle> {
+        use std::os::unix::fs::PermissionsExt;
+        let socket = self.settings.socket(role);
+        let dir = socket
+            .parent()
+            .expect("a socket in its sandbox's directory");
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        // A previous gate's socket: running deployments see the new one in its place.
+        match std::fs::remove_file(&socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = UnixListener::bind(&socket)?;
+        // Deployments' uids connect to it.
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
+        let per_sandbox = self.settings.per_sandbox as usize;
+        tracing::info!(sandbox, socket = %socket.display(), limit = per_sandbox, "database gate open");
+        Ok(tokio::spawn(accept(
+            listener,
+            self.settings.upstream.clone(),
+            Arc::new(Semaphore::new(per_sandbox)),
+            Arc::clone(&self.all),
+            sandbox.to_owned(),
+        ))
+        .abort_handle())
     }
 }
 
@@ -62,80 +287,6 @@ impl Drop for Gate {
 struct Admitted {
     _sandbox: tokio::sync::OwnedSemaphorePermit,
     _all: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Gates {
-    /// Gates in `<state_dir>/db-gates` in front of the socket `upstream`, named for `port`:
-    /// `per_sandbox` connections per sandbox, `open_slots` in all.
-    pub(super) fn new(
-        state_dir: &Path,
-        upstream: PathBuf,
-        port: u16,
-        per_sandbox: u32,
-        open_slots: u32,
-    ) -> std::io::Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = state_dir.join("db-gates");
-        std::fs::create_dir_all(&dir)?;
-        // Deployments' uids pass through to the sockets inside (bound into their sandboxes).
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
-        Ok(Self {
-            dir,
-            upstream,
-            file_name: format!(".s.PGSQL.{port}"),
-            per_sandbox: per_sandbox as usize,
-            all: Arc::new(Semaphore::new(open_slots as usize)),
-            open: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// The socket of `role`'s sandbox, its gate opened if it is not (its directory is what a
-    /// deployment gets at `/run/postgresql`). `sandbox` names it in logs and refusals.
-    ///
-    /// # Errors
-    /// Making the directory or binding the socket.
-    pub(super) fn socket(&self, role: &str, sandbox: &str) -> std::io::Result<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        let mut open = self.open.lock().expect("gates lock");
-        if let Some(gate) = open.get(role) {
-            return Ok(gate.socket.clone());
-        }
-        let dir = self.dir.join(role);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        let socket = dir.join(&self.file_name);
-        // A previous nxd's socket: running deployments see the new one in its place.
-        match std::fs::remove_file(&socket) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let listener = UnixListener::bind(&socket)?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
-        let accepting = tokio::spawn(accept(
-            listener,
-            self.upstream.clone(),
-            Arc::new(Semaphore::new(self.per_sandbox)),
-            Arc::clone(&self.all),
-            sandbox.to_owned(),
-        ))
-        .abort_handle();
-        tracing::info!(sandbox, socket = %socket.display(), limit = self.per_sandbox, "database gate open");
-        open.insert(
-            role.to_owned(),
-            Gate {
-                socket: socket.clone(),
-                accepting,
-            },
-        );
-        Ok(socket)
-    }
-
-    /// Closes `role`'s gate and removes its directory (connections open through it stay
-    /// until they end).
-    pub(super) fn close(&self, role: &str) {
-        self.open.lock().expect("gates lock").remove(role);
-        let _ = std::fs::remove_dir_all(self.dir.join(role));
-    }
 }
 
 /// Accepts on one sandbox's gate until aborted.

@@ -10,12 +10,13 @@
 //! the role's connection limit at once before authentication, as PostgreSQL does only after.
 
 pub(crate) mod backup;
-mod gate;
+pub mod gate;
 pub mod ident;
 mod legacy_names;
 pub mod runaway;
 
 pub use backup::{BackupInfo, RestoreInfo};
+pub use gate::GateError;
 
 use crate::config::DatabasesConfig;
 use crate::embedded_db::EmbeddedDbError;
@@ -52,6 +53,8 @@ pub enum DbError {
     BadBackupId(String),
     #[error("not a usable PostgreSQL custom-format dump: {0}; nothing was changed")]
     BadDump(String),
+    #[error(transparent)]
+    Gate(#[from] GateError),
 }
 
 /// A role, its password and its database.
@@ -184,6 +187,9 @@ fn with_database(admin_url: &str, database: &str) -> String {
 }
 
 impl Databases {
+    /// Connects to the cluster at `admin_url` (its socket in `socket_dir`) and makes sure the
+    /// gate process runs in front of it, run by the installed `launcher` as
+    /// `databases.gate_uid` with `log_keep` rotated logs (see [`gate`]).
     #[tracing::instrument(skip_all)]
     pub async fn connect(
         admin_url: &str,
@@ -191,6 +197,8 @@ impl Databases {
         state_dir: &Path,
         config: &DatabasesConfig,
         supervisor: Arc<Supervisor>,
+        launcher: PathBuf,
+        log_keep: u32,
     ) -> Result<Self, DbError> {
         let admin = PgPoolOptions::new()
             .max_connections(4)
@@ -221,13 +229,18 @@ impl Databases {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
         let idents = SandboxIdents::load_or_create(&secrets.join("ident.key"))?;
-        let gates = gate::Gates::new(
+        let gates = gate::Gates::start(
+            Arc::clone(&supervisor),
+            launcher,
+            log_keep,
+            config.gate_uid,
             state_dir,
             socket_dir.join(format!(".s.PGSQL.{}", config.port)),
             config.port,
             policy.connection_limit,
             u32::try_from(open_slots).unwrap_or(1),
-        )?;
+        )
+        .await?;
         Ok(Self {
             admin,
             supervisor,
@@ -252,11 +265,21 @@ impl Databases {
     /// role's connection limit at once (see [`gate`]).
     ///
     /// # Errors
-    /// [`DbError::Io`] when its directory or socket cannot be made.
-    pub fn sandbox_socket(&self, sandbox: &SandboxName) -> Result<PathBuf, DbError> {
+    /// [`DbError::Gate`] when the gate process cannot open it or does not answer.
+    pub async fn sandbox_socket(&self, sandbox: &SandboxName) -> Result<PathBuf, DbError> {
         Ok(self
             .gates
-            .socket(&self.idents.sandbox(sandbox), sandbox.as_str())?)
+            .socket(&self.idents.sandbox(sandbox), sandbox.as_str())
+            .await?)
+    }
+
+    /// Makes sure the gate process runs and has applied the table of gates (after the manager
+    /// was started again), adopting it if it runs with the settings wanted.
+    ///
+    /// # Errors
+    /// [`DbError::Gate`] when it cannot be started or does not answer.
+    pub async fn ensure_gate(&self) -> Result<(), DbError> {
+        Ok(self.gates.ensure_running().await?)
     }
 
     /// A URL through the socket in `socket_dir`, in libpq's form with an empty host
@@ -433,7 +456,10 @@ impl Databases {
     pub async fn drop_sandbox(&self, sandbox: &SandboxName) -> Result<(), DbError> {
         let role = self.idents.sandbox(sandbox);
         self.forget_provisioned(&role).await;
-        self.gates.close(&role);
+        if let Err(e) = self.gates.close(&role).await {
+            // The table no longer names it: the gate closes it when it next applies the table.
+            tracing::warn!(%sandbox, error = %e, "database gate not closed yet");
+        }
         let dropped = self.drop_owned(&role).await;
         // A push during the drop may have provisioned it again meanwhile.
         self.forget_provisioned(&role).await;

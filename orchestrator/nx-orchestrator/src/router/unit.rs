@@ -15,7 +15,8 @@ use super::{RouterClient, RouterSettings};
 use crate::backend::launch::{LaunchSpec, MonitorSpec, StopForward};
 use crate::launcher_install::Installed;
 use crate::logs::LogFiles;
-use crate::supervisor::{Restart, SliceKind, Supervisor, SupervisorError, UnitOutput, UnitSpec};
+use crate::supervisor::service::{self, Outcome, ServiceError};
+use crate::supervisor::{Restart, SliceKind, Supervisor, UnitOutput, UnitSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ pub enum RouterUnitError {
         source: std::io::Error,
     },
     #[error("router unit: {0}")]
-    Supervisor(#[from] SupervisorError),
+    Unit(#[from] ServiceError),
     #[error("the router does not accept connections on {listen} (router_listen) after {} s: is the address taken or not this host's? Its log: {}", LISTEN_TIMEOUT.as_secs(), log.display())]
     NotListening {
         listen: std::net::SocketAddr,
@@ -93,46 +94,31 @@ pub async fn ensure_running(
         move |source| RouterUnitError::Io { path, source }
     };
     std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
+    let launch = settings.dir.join("launch.json");
     let files = [
         (
             RouterSettings::file(&settings.dir),
             serde_json::to_string_pretty(settings).expect("settings serialize"),
         ),
         (
-            settings.dir.join("launch.json"),
+            launch.clone(),
             serde_json::to_string_pretty(&launch_spec(installed, settings, log_keep))
                 .expect("launch spec serializes"),
         ),
     ];
-    let unchanged = files
-        .iter()
-        .all(|(file, wanted)| std::fs::read_to_string(file).ok().as_ref() == Some(wanted));
-    let active = supervisor.state(UNIT).await?.active == crate::api::systemd::ActiveState::Active;
-    if active && unchanged {
-        tracing::info!("router adopted: it kept serving while nxd was away");
-        return Ok(RouterClient::new(&settings.control_socket()));
-    }
-    if active {
-        tracing::warn!("router settings changed: restarting the router");
-        supervisor.stop(UNIT).await?;
-    }
-    for (file, wanted) in &files {
-        let tmp = file.with_extension("json.tmp");
-        std::fs::write(&tmp, wanted).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, file).map_err(io(file))?;
-    }
-    supervisor
-        .start(&UnitSpec {
+    let outcome = service::adopt_or_start(
+        supervisor,
+        &files,
+        &UnitSpec {
             name: UNIT.into(),
             description: "NX router (reverse proxy of preview and production URLs)".into(),
             argv: vec![
                 installed.launcher.display().to_string(),
                 "launch".into(),
-                files[1].0.display().to_string(),
+                launch.display().to_string(),
             ],
             // As nxd's own user (root here, `nx` on NixOS): the control socket is that user's.
-            user: (!nix::unistd::geteuid().is_root())
-                .then(|| nix::unistd::geteuid().as_raw().to_string()),
+            user: service::nxd_user(),
             limits: None,
             // Only what the launcher says before its monitor starts; the router's own output
             // goes through the monitor's log writer into the same file.
@@ -148,10 +134,12 @@ pub async fn ensure_running(
                 0
             },
             cpu_affinity: Vec::new(),
-        })
-        .await?;
-    wait_listening(settings).await?;
-    tracing::info!("router started");
+        },
+    )
+    .await?;
+    if outcome == Outcome::Started {
+        wait_listening(settings).await?;
+    }
     Ok(RouterClient::new(&settings.control_socket()))
 }
 

@@ -8,6 +8,7 @@ mod dbus_api;
 pub mod embedded;
 #[cfg(target_os = "linux")]
 mod favordynmods;
+pub mod service;
 pub mod unit_states;
 
 use crate::api::systemd::{ActiveState, SubState};
