@@ -37,7 +37,7 @@ let
     memoryMaxMb = mkOption { type = types.ints.positive; default = d.memoryMaxMb; description = "Default MemoryMax of ${what}, MiB."; };
     cpuQuotaPercent = mkOption { type = types.ints.positive; default = d.cpuQuotaPercent; description = "Default CPUQuota of ${what}, percent of one CPU."; };
     tasksMax = mkOption { type = types.ints.positive; default = d.tasksMax; description = "Default TasksMax of ${what}."; };
-    diskMb = mkOption { type = types.ints.unsigned; default = d.diskMb; description = "Default size of /data of ${what}, MiB (its own filesystem image; writes past it get ENOSPC); 0: no limit. A task has no /data."; };
+    diskMb = mkOption { type = types.ints.unsigned; default = d.diskMb; description = "Default size of /data of ${what}, MiB (its own filesystem image; writes past it get ENOSPC; at most the free disk less nxd's reserve); 0: no /data to write (read-only, empty). A task has no /data."; };
     tmpMb = mkOption { type = types.ints.positive; default = d.tmpMb; description = "Default size of /tmp of ${what}, MiB (a tmpfs, counted in its memory; writes past it get ENOSPC)."; };
     nofile = mkOption { type = types.ints.positive; default = d.nofile; description = "Default RLIMIT_NOFILE of ${what}."; };
     logMaxMb = mkOption { type = types.ints.positive; default = d.logMaxMb; description = "Default cap of the log of ${what} on disk, MiB, rotated files included. A task's output streams to its caller instead."; };
@@ -151,7 +151,8 @@ in
     };
     volumes = {
       maxPerSandbox = mkOption { type = types.ints.unsigned; default = defaults.volumes.maxPerSandbox; description = "Volumes one sandbox may have (nx volume create, which a deploy token with --can push may call); 0: none."; };
-      maxSizeMb = mkOption { type = types.ints.between 16 16777216; default = defaults.volumes.maxSizeMb; description = "The largest volume, in MiB (its quota). A volume is also refused when it is larger than the space left on the state directory's filesystem."; };
+      maxSizeMb = mkOption { type = types.ints.between 16 16777216; default = defaults.volumes.maxSizeMb; description = "The largest volume, in MiB (its quota). A volume is also refused when it is larger than the space left on the state directory's filesystem less 1 GiB."; };
+      backupRetention = mkOption { type = types.ints.positive; default = defaults.volumes.backupRetention; description = "Backups kept per volume on the host (nx volume backup, the final one of nx sandbox rm); older ones are deleted."; };
     };
     microvm = {
       kernelDir = mkOption { type = types.nullOr types.str; default = defaults.microvm.kernelDir; description = "The guest kernel: vmlinux and modules/ (with order). Null: no microvm backend."; };

@@ -128,5 +128,6 @@ withoutNulls {
   volumes = {
     max_per_sandbox = cfg.volumes.maxPerSandbox;
     max_size_mb = cfg.volumes.maxSizeMb;
+    backup_retention = cfg.volumes.backupRetention;
   };
 }

@@ -138,5 +138,6 @@
   volumes = {
     maxPerSandbox = 10;
     maxSizeMb = 102400;
+    backupRetention = 7;
   };
 }

@@ -50,6 +50,12 @@ pub struct RequestBounds {
     /// The longest a deployment may take to become ready, in seconds
     /// (`sandbox.max_ready_timeout_secs`).
     pub max_ready_timeout_secs: u64,
+    /// What the filesystem of nxd's state directory (which holds `/data`'s images and the
+    /// logs) has free, in MiB (statvfs(3) `f_bavail`).
+    pub disk_free_mb: u64,
+    /// What nxd keeps free of it, in MiB: a `/data` or a log cap must fit in
+    /// `disk_free_mb - disk_reserve_mb`.
+    pub disk_reserve_mb: u64,
 }
 
 fn check_string(field: &str, value: &str) -> Result<(), FieldError> {
@@ -146,9 +152,10 @@ pub const MAX_DISK_MB: u64 = 16 << 20;
 /// The fewest open files a program may be limited to (its standard streams, a socket, ...).
 pub const MIN_NOFILE: u64 = 64;
 
-/// The sizes of a deployment's sandbox: `/data` 0 (no limit) or an image of 16 MiB or more;
-/// `/tmp` at least 1 MiB and no more than its memory (it is RAM); the open-files limit within
-/// `sandbox.max_nofile`; a log cap of at least 1 MiB.
+/// The sizes of a deployment's sandbox: `/data` 0 (none to write) or an image of 16 MiB or
+/// more; `/tmp` at least 1 MiB and no more than its memory (it is RAM); the open-files limit
+/// within `sandbox.max_nofile`; a log cap of at least 1 MiB; `/data` and the log cap each
+/// within the host's free disk less its reserve ([`check_room`]).
 fn check_sandbox_sizes(limits: &Limits, bounds: &RequestBounds) -> Result<(), FieldError> {
     if limits.disk_mb != 0 {
         check_range(
@@ -156,8 +163,9 @@ fn check_sandbox_sizes(limits: &Limits, bounds: &RequestBounds) -> Result<(), Fi
             limits.disk_mb,
             MIN_DISK_MB,
             MAX_DISK_MB,
-            " MiB (or 0: no limit)",
+            " MiB (or 0: no /data to write)",
         )?;
+        check_room("limits.disk_mb", limits.disk_mb, bounds)?;
     }
     check_range(
         "limits.tmp_mb",
@@ -179,7 +187,25 @@ fn check_sandbox_sizes(limits: &Limits, bounds: &RequestBounds) -> Result<(), Fi
         1,
         MAX_DISK_MB,
         " MiB",
-    )
+    )?;
+    check_room("limits.log_max_mb", limits.log_max_mb, bounds)
+}
+
+/// Refuses `mb` of the host's disk (a `/data` image's size, a log cap) that the state
+/// directory's filesystem cannot hold beside nxd's reserve: a quota past what is free is no
+/// quota (attacker s8 F2: a 4 TiB `/data` was accepted with 29 GB free).
+fn check_room(field: &str, mb: u64, bounds: &RequestBounds) -> Result<(), FieldError> {
+    let room = bounds.disk_free_mb.saturating_sub(bounds.disk_reserve_mb);
+    if mb > room {
+        return fail(
+            field,
+            format!(
+                "{mb} MiB does not fit on this host: the filesystem of nxd's state directory has {} MiB free, of which nxd keeps {} MiB in reserve; give at most {room} MiB, or ask the host's operator to free space",
+                bounds.disk_free_mb, bounds.disk_reserve_mb
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// A readiness timeout a push or a sandbox's settings ask for (`ready_timeout_secs`): 1 s to
@@ -234,6 +260,8 @@ mod tests {
         max_tasks: 1000,
         max_nofile: 65_536,
         max_ready_timeout_secs: 600,
+        disk_free_mb: 4096,
+        disk_reserve_mb: 1024,
     };
 
     fn field(r: Result<(), FieldError>) -> String {
@@ -301,12 +329,32 @@ mod tests {
         ] {
             assert_eq!(field(check_limits(&bad, &BOUNDS)), name);
         }
+        // Past the free space less the reserve (3072 MiB here): refused with the numbers.
+        let too_large = Limits {
+            disk_mb: 3073,
+            ..Limits::default()
+        };
+        let refused = check_limits(&too_large, &BOUNDS).unwrap_err().to_string();
+        assert_eq!(
+            refused,
+            "limits.disk_mb: 3073 MiB does not fit on this host: the filesystem of nxd's state directory has 4096 MiB free, of which nxd keeps 1024 MiB in reserve; give at most 3072 MiB, or ask the host's operator to free space"
+        );
+        let log = Limits {
+            log_max_mb: 4096,
+            ..Limits::default()
+        };
+        assert_eq!(field(check_limits(&log, &BOUNDS)), "limits.log_max_mb");
         let fine = Limits {
             cpu_quota_percent: 200,
             disk_mb: 0,
             ..Limits::default()
         };
         assert!(check_limits(&fine, &BOUNDS).is_ok());
+        let fits = Limits {
+            disk_mb: 3072,
+            ..Limits::default()
+        };
+        assert!(check_limits(&fits, &BOUNDS).is_ok());
         assert!(check_program_input(&["a".into()], &BTreeMap::new(), &BOUNDS).is_ok());
     }
 

@@ -184,8 +184,9 @@ pub struct Limits {
     pub cpu_quota_percent: u32,
     /// systemd `TasksMax`: processes and threads.
     pub tasks_max: u64,
-    /// The size of `/data` in MiB (a filesystem image of its own: writes past it get ENOSPC);
-    /// 0: a plain directory on the state dir's filesystem, unlimited.
+    /// The size of `/data` in MiB (a filesystem image of its own: writes past it get ENOSPC),
+    /// at most what the host's disk has free less nxd's reserve; 0: no `/data` to write (an
+    /// empty read-only directory: writes get EROFS).
     pub disk_mb: u64,
     /// The size of `/tmp` in MiB (a tmpfs: it is RAM, counted in `memory_max_mb`; writes past
     /// it get ENOSPC).

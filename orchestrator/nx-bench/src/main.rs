@@ -647,7 +647,7 @@ Log pipeline: a deployment writes {} MiB of 100-byte lines to stdout
     );
     row("1 GiB image: mkfs.ext4 (per push before)", images.formatted);
     row("nx start-to-ready, /data a 1 GiB image", with_disk);
-    row("nx start-to-ready, /data a plain directory", plain);
+    row("nx start-to-ready, no /data to write (--disk 0)", plain);
     println!("\n1 GiB image, copy over mkfs.ext4 (p50): {ratio:.2}x");
     Ok(())
 }

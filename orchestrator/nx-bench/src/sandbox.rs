@@ -2,7 +2,7 @@
 //! stdout, through the log writer of its unit, against the same program writing to /dev/null),
 //! and the cost of each deployment's sized `/data` (making the ext4 image: a copy of the
 //! host's template beside formatting each image; starting with it mounted against starting
-//! with a plain directory).
+//! with no `/data` to write, `--disk 0`: a read-only directory).
 
 use nx_orchestrator::backend::data_disk::{DataImage, DataTemplates};
 use nx_testkit::Host;

@@ -121,7 +121,8 @@ pub struct LimitArgs {
     /// Process and thread limit (systemd TasksMax).
     #[arg(long, value_name = "N")]
     tasks: Option<u64>,
-    /// Size of /data in MiB (its own filesystem: writes past it get ENOSPC); 0: no limit.
+    /// Size of /data in MiB (its own filesystem: writes past it get ENOSPC; at most the
+    /// host's free disk less nxd's reserve); 0: no /data to write (read-only, empty).
     #[arg(long, value_name = "MIB")]
     disk: Option<u64>,
     /// Size of /tmp in MiB (RAM, counted in --memory; writes past it get ENOSPC).

@@ -6,6 +6,7 @@
 use crate::config::{Config, SystemdConfig};
 use crate::supervisor::SliceCaps;
 use nx_api::checks::RequestBounds;
+use std::path::Path;
 
 /// `MemTotal` in MiB.
 fn host_memory_mb() -> Option<u64> {
@@ -29,9 +30,22 @@ fn pid_max() -> Option<u64> {
         .ok()
 }
 
-/// This host's bounds under `config`'s sizes (`[sandbox]`) and the task limit of one sandbox's
-/// slice (`systemd.sandbox_tasks_max`). Where /proc cannot say, the host's limit is taken as
-/// unbounded (systemd and the kernel still refuse what cannot be).
+/// What nxd keeps free on the filesystem of its state directory, in MiB: a deployment's
+/// `/data`, its log cap or a volume must fit in the free space less this, so that nxd's own
+/// state, its database and the logs still have room when they are full.
+pub const DISK_RESERVE_MB: u64 = 1024;
+
+/// What the filesystem holding `dir` has free for nxd (root's reserved blocks not counted,
+/// statvfs(3) `f_bavail`), in MiB.
+pub fn disk_free_mb(dir: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(stat.blocks_available().saturating_mul(stat.fragment_size()) >> 20)
+}
+
+/// This host's bounds under `config`'s sizes (`[sandbox]`), the task limit of one sandbox's
+/// slice (`systemd.sandbox_tasks_max`) and the free space of the state directory's filesystem.
+/// Where /proc or statvfs cannot say, the host's limit is taken as unbounded (systemd, the
+/// kernel and the filesystem still refuse what cannot be).
 pub fn request_bounds(config: &Config) -> RequestBounds {
     let sandbox = &config.sandbox;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -45,6 +59,8 @@ pub fn request_bounds(config: &Config) -> RequestBounds {
             .min(config.systemd.sandbox_tasks_max),
         max_nofile: sandbox.max_nofile,
         max_ready_timeout_secs: sandbox.max_ready_timeout_secs,
+        disk_free_mb: disk_free_mb(&config.state_dir).unwrap_or(u64::MAX >> 20),
+        disk_reserve_mb: DISK_RESERVE_MB,
     }
 }
 
@@ -65,12 +81,17 @@ mod tests {
     fn this_host_has_memory_cpus_and_pids() {
         let caps = super::slice_caps(&Default::default());
         assert!(caps.memory_max_bytes > 64 << 20);
-        let bounds = super::request_bounds(&Default::default());
+        let config = crate::config::Config {
+            state_dir: "/".into(),
+            ..Default::default()
+        };
+        let bounds = super::request_bounds(&config);
         assert!(bounds.max_memory_mb > 64 && bounds.max_memory_mb < u64::MAX >> 20);
         assert!(bounds.max_cpu_quota_percent >= 100);
         assert_eq!(
             bounds.max_tasks, 4096,
             "systemd.sandbox_tasks_max, below pid_max"
         );
+        assert!(bounds.disk_free_mb > 0 && bounds.disk_free_mb < u64::MAX >> 20);
     }
 }

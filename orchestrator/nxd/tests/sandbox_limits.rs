@@ -226,6 +226,50 @@ fn full_data_and_tmp_are_enospc_and_the_program_keeps_serving() {
     assert_eq!(std::fs::metadata(image).unwrap().len(), 64 << 20);
 }
 
+/// Attacker s8 F2: `--disk 0` gave `/data` as a plain directory on the host's disk, with no
+/// bound; a `/data` larger than the host's free space was accepted (4 TiB with 29 GB free).
+/// Now 0 is no `/data` to write (read-only: nothing reaches the host's disk), and a size or a
+/// log cap that the state directory's filesystem cannot hold is refused with the numbers.
+#[test]
+fn no_disk_means_no_data_to_write_and_a_disk_larger_than_the_host_is_refused() {
+    let host = Host::start();
+    let id = host.push_sample("nodisk", &["--disk", "0"]);
+    let preview = host.preview_host("nodisk", &id);
+    let (status, body) = host.get(&preview, "/fill?dir=/data&mb=4");
+    assert_eq!(status, 200, "{body}");
+    let data: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let error = data["error"].as_str().unwrap_or_default();
+    assert!(error.contains("Read-only file system"), "{data}");
+    assert_eq!(data["written_bytes"], 0, "{data}");
+    let dir = host.path(&format!("deployments/{id}/data"));
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{dir:?}");
+    assert_eq!(host.get(&preview, "/health").0, 200);
+
+    let sample = nx_testkit::sample_app();
+    for (flag, field) in [
+        ("--disk", "limits.disk_mb"),
+        ("--log-max", "limits.log_max_mb"),
+    ] {
+        let push = host.nx(&[
+            "push",
+            sample.to_str().unwrap(),
+            "--sandbox",
+            "huge",
+            flag,
+            "4194304",
+        ]);
+        assert!(!push.ok, "a 4 TiB {flag} was accepted: {}", push.stdout);
+        let expected = format!("{field}: 4194304 MiB does not fit on this host: the filesystem of nxd's state directory has ");
+        assert!(
+            push.stderr.contains(&expected)
+                && push.stderr.contains(" MiB in reserve; give at most "),
+            "{}",
+            push.stderr
+        );
+    }
+    assert_eq!(host.nx_json(&["ls"]).as_array().map(Vec::len), Some(1));
+}
+
 #[test]
 fn an_oom_kill_and_an_exit_code_are_named_in_the_log() {
     oom_kill_and_exit_code_named(&Host::start(), &[], 128);

@@ -255,6 +255,86 @@ fn backup_restore_and_the_final_backup_of_sandbox_rm() {
     assert!(!host.path("backups/scratch/volumes").exists());
 }
 
+/// Attacker s8 F9: a backup of a volume holding a sparse file was as large as the file's length
+/// (3 GiB for 16 MiB used), and backups were never deleted. A backup now leaves the holes out
+/// (GNU tar `--sparse`; it restores them as holes) and the host keeps the newest
+/// `volumes.backup_retention` of each volume (7 by default).
+#[test]
+fn a_backup_of_a_mostly_empty_volume_is_small_and_old_backups_are_deleted() {
+    use std::os::unix::fs::FileExt;
+    let host = Host::start();
+    let out = tempfile::tempdir().unwrap();
+    host.nx_json(&["volume", "create", "shop", "files", "--size", "1024"]);
+    // A 768 MiB file that holds 1 MiB, restored into the volume (tar keeps it sparse).
+    let tree = out.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let data = vec![7u8; 1 << 20];
+    let sparse = std::fs::File::create(tree.join("sparse")).unwrap();
+    sparse.set_len(768 << 20).unwrap();
+    sparse.write_all_at(&data, 256 << 20).unwrap();
+    let archive = out.path().join("sparse.tar");
+    let made = std::process::Command::new("tar")
+        .args(["--sparse", "--format=pax", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    host.nx_json(&[
+        "volume",
+        "restore",
+        "shop",
+        "files",
+        archive.to_str().unwrap(),
+    ]);
+
+    let saved = out.path().join("backup.tar");
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let made = host.nx_json(&[
+            "volume",
+            "backup",
+            "shop",
+            "files",
+            "-o",
+            saved.to_str().unwrap(),
+        ]);
+        let size = made["backup"]["size"].as_u64().unwrap();
+        assert!(
+            size < 4 << 20,
+            "a backup of a volume holding 1 MiB took {} MiB",
+            size >> 20
+        );
+        ids.push(made["backup"]["id"].as_str().unwrap().to_owned());
+    }
+    // It holds the file as it was: its length, its data where it was written.
+    let check = out.path().join("check");
+    std::fs::create_dir(&check).unwrap();
+    let unpacked = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&saved)
+        .arg("-C")
+        .arg(&check)
+        .status()
+        .unwrap();
+    assert!(unpacked.success());
+    let file = std::fs::File::open(check.join("sparse")).unwrap();
+    assert_eq!(file.metadata().unwrap().len(), 768 << 20);
+    let mut read = vec![0u8; 1 << 20];
+    file.read_exact_at(&mut read, 256 << 20).unwrap();
+    assert!(read == data, "the data written at 256 MiB");
+    // Eight backups made, the newest seven kept.
+    let mut kept: Vec<String> = std::fs::read_dir(host.path("backups/shop/volumes/files"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    let newest: Vec<String> = ids[1..].iter().map(|id| format!("{id}.tar")).collect();
+    assert_eq!(kept, newest);
+}
+
 fn tar_list(archive: &std::path::Path) -> Vec<String> {
     let out = std::process::Command::new("tar")
         .arg("-tf")

@@ -44,6 +44,41 @@ pub(crate) fn now_id() -> String {
     chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string()
 }
 
+/// The backups in `dir`, files `<id>.<extension>` (`id` a [`now_id`]; other files are not
+/// backups), oldest first; none when `dir` does not exist.
+pub(crate) fn list_backups(dir: &Path, extension: &str) -> std::io::Result<Vec<BackupInfo>> {
+    let suffix = format!(".{extension}");
+    let mut list: Vec<BackupInfo> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let id = name.strip_suffix(&suffix)?.to_owned();
+                check_id(&id).ok()?;
+                Some(BackupInfo {
+                    id,
+                    size: e.metadata().ok()?.len(),
+                })
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(list)
+}
+
+/// Deletes the oldest of `dir`'s backups (`list_backups(dir, extension)`) beyond the newest
+/// `keep`, and logs each.
+pub(crate) fn prune_backups(dir: &Path, extension: &str, keep: usize) -> std::io::Result<()> {
+    let all = list_backups(dir, extension)?;
+    for old in &all[..all.len().saturating_sub(keep)] {
+        std::fs::remove_file(dir.join(format!("{}.{extension}", old.id)))?;
+        tracing::info!(dir = %dir.display(), id = %old.id, keep, "an old backup deleted");
+    }
+    Ok(())
+}
+
 /// Runs a PostgreSQL tool once, briefly, as a child of nxd (`pg_restore --list`); its stderr
 /// becomes the error.
 async fn run(tool: &'static str, cmd: &mut Command) -> Result<(), DbError> {
@@ -381,24 +416,7 @@ impl Databases {
 
     /// Backups kept on the host, oldest first.
     pub fn backups(&self, sandbox: &SandboxName) -> Result<Vec<BackupInfo>, DbError> {
-        let mut list: Vec<BackupInfo> = match std::fs::read_dir(self.backup_dir(sandbox)) {
-            Ok(entries) => entries
-                .flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().into_string().ok()?;
-                    let id = name.strip_suffix(".dump")?.to_owned();
-                    check_id(&id).ok()?;
-                    Some(BackupInfo {
-                        id,
-                        size: e.metadata().ok()?.len(),
-                    })
-                })
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        list.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(list)
+        Ok(list_backups(&self.backup_dir(sandbox), "dump")?)
     }
 
     /// Dumps the sandbox's database into its backup dir, then deletes the oldest backups
@@ -415,10 +433,7 @@ impl Databases {
         dump_to(self, &database, temp.path()).await?;
         let path = dir.join(format!("{id}.dump"));
         temp.persist(&path).map_err(|e| DbError::Io(e.error))?;
-        let all = self.backups(sandbox)?;
-        for old in &all[..all.len().saturating_sub(self.retention)] {
-            std::fs::remove_file(dir.join(format!("{}.dump", old.id)))?;
-        }
+        prune_backups(&dir, "dump", self.retention)?;
         let size = std::fs::metadata(&path)?.len();
         tracing::info!(%id, size, "backup made");
         Ok(BackupInfo { id, size })

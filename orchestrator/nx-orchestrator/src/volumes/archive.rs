@@ -1,17 +1,19 @@
 //! Volume backups: portable tar archives (GNU tar, POSIX pax format, owners written as 0 so
-//! that no host uid travels with them, `lost+found` left out), kept on the host at
+//! that no host uid travels with them, `lost+found` left out, sparse files' holes left out
+//! with `--sparse`), kept on the host at
 //! `<state_dir>/backups/<sandbox>/volumes/<volume>/<id>.tar` (`id` a UTC time stamp, as a
-//! database backup's). `nx volume backup` makes one of the live volume (files that change
-//! while it is read are archived as tar found them); `nx volume restore` unpacks one into a new
-//! filesystem and puts it in place of the volume only when that worked; `nx sandbox rm` makes a
-//! final one of each volume after its deployments stopped, unless told not to.
+//! database backup's), the newest `volumes.backup_retention` of each volume. `nx volume
+//! backup` makes one of the live volume (files that change while it is read are archived as
+//! tar found them); `nx volume restore` unpacks one into a new filesystem and puts it in place
+//! of the volume only when that worked; `nx sandbox rm` makes a final one of each volume after
+//! its deployments stopped, unless told not to.
 
 use super::{gid, remove_path, VolumeRow};
 use crate::api::volumes::{VolumeBackup, VolumeRestored, VolumeSource};
 use crate::backend::data_disk::VolumeDisk;
 use crate::backend::volume_job::{Step, VolumeJob};
 use crate::backend::{SandboxBackend, DEFAULT_STOP_TIMEOUT};
-use crate::databases::backup::{check_id, now_id};
+use crate::databases::backup::{check_id, now_id, prune_backups};
 use crate::domain::{Deployment, Desired};
 use crate::error::Error;
 use crate::names::{DeploymentId, SandboxName, VolumeName};
@@ -120,6 +122,7 @@ impl Orchestrator {
             "--numeric-owner",
             "--owner=0",
             "--group=0",
+            "--sparse",
             "--exclude=./lost+found",
         ]);
         tar.argv.extend([
@@ -146,6 +149,9 @@ impl Orchestrator {
         }
         std::fs::rename(&partial, &path)
             .map_err(Error::io(format!("renaming {}", partial.display())))?;
+        prune_backups(&dir, "tar", self.config.volumes.backup_retention).map_err(Error::io(
+            format!("deleting old backups in {}", dir.display()),
+        ))?;
         let size = std::fs::metadata(&path)
             .map_err(Error::io(format!("reading {}", path.display())))?
             .len();

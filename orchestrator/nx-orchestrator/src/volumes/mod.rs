@@ -165,19 +165,20 @@ impl Orchestrator {
     }
 
     /// Refuses a volume larger than the space left on the state directory's filesystem
-    /// (statvfs(3) `f_bavail`): its quota could never be reached. (Images are sparse: volumes
-    /// made earlier may still take that space.)
+    /// (statvfs(3) `f_bavail`) less nxd's reserve (`host_limits::DISK_RESERVE_MB`): its quota
+    /// could never be reached. (Images are sparse: volumes made earlier may still take that
+    /// space.)
     fn check_room(&self, size_mb: u64) -> Result<(), Error> {
-        let stat = nix::sys::statvfs::statvfs(&self.config.state_dir).map_err(|e| {
-            Error::io(format!(
-                "reading the free space of {}",
-                self.config.state_dir.display()
-            ))(std::io::Error::from(e))
-        })?;
-        let free_mb = stat.blocks_available().saturating_mul(stat.fragment_size()) >> 20;
-        if size_mb > free_mb {
+        let dir = &self.config.state_dir;
+        let free_mb = crate::host_limits::disk_free_mb(dir).map_err(Error::io(format!(
+            "reading the free space of {}",
+            dir.display()
+        )))?;
+        let reserve_mb = crate::host_limits::DISK_RESERVE_MB;
+        let room_mb = free_mb.saturating_sub(reserve_mb);
+        if size_mb > room_mb {
             return Err(Error::Conflict(format!(
-                "a volume of {size_mb} MiB does not fit: the filesystem of nxd's state directory has {free_mb} MiB free. Give a smaller --size, or free space on the host"
+                "a volume of {size_mb} MiB does not fit: the filesystem of nxd's state directory has {free_mb} MiB free, of which nxd keeps {reserve_mb} MiB in reserve. Give a --size of at most {room_mb} MiB, or free space on the host"
             )));
         }
         Ok(())

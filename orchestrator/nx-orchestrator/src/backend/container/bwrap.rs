@@ -8,7 +8,7 @@
 //! A deployment runs in the network namespace its launcher set up (`network::attach`), with
 //! the gateway as its resolver; a task gets a network namespace of its own, loopback only.
 
-use super::SandboxNetwork;
+use super::{DataDir, SandboxNetwork};
 use crate::artifact::verify::Linkage;
 use crate::backend::host_files::{HOST_FILES, LOADER_FILES};
 use crate::backend::launch::{SANDBOX_ENV_FD, SECCOMP_FIRST_FD};
@@ -48,8 +48,8 @@ pub struct Sandbox<'a> {
     pub app: App<'a>,
     pub linkage: &'a Linkage,
     pub args: &'a [String],
-    /// The writable /data (a deployment's); without it the program starts in its private /tmp.
-    pub data_dir: Option<&'a Path>,
+    /// /data (a deployment's); without it the program starts in its private /tmp.
+    pub data_dir: Option<DataDir<'a>>,
     /// The PostgreSQL socket; its directory is bound at `/run/postgresql`.
     pub database_socket: Option<&'a Path>,
     pub network: SandboxNetwork<'a>,
@@ -195,16 +195,23 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
         );
     }
     match sandbox.data_dir {
-        Some(dir) => push(
-            &mut argv,
-            &[
-                "--bind",
-                &dir.display().to_string(),
-                DATA_PATH,
-                "--chdir",
-                DATA_PATH,
-            ],
-        ),
+        Some(data) => {
+            let bind = if data.read_only {
+                "--ro-bind"
+            } else {
+                "--bind"
+            };
+            push(
+                &mut argv,
+                &[
+                    bind,
+                    &data.path.display().to_string(),
+                    DATA_PATH,
+                    "--chdir",
+                    DATA_PATH,
+                ],
+            );
+        }
         None => push(&mut argv, &["--chdir", "/tmp"]),
     }
     for volume in sandbox.volumes {

@@ -41,6 +41,16 @@ pub enum SandboxNetwork<'a> {
     },
 }
 
+/// A deployment's `/data` as its sandbox mounts it.
+#[derive(Debug, Clone, Copy)]
+pub struct DataDir<'a> {
+    /// The host's directory: the mount point of its image, or a plain directory.
+    pub path: &'a Path,
+    /// Mounted read-only: the deployment has no `/data` to write (`limits.disk_mb` 0), so that
+    /// nothing it writes lands on the host's disk unbounded (attacker s8 F2).
+    pub read_only: bool,
+}
+
 pub struct ContainerBackend {
     units: DeploymentUnits,
     /// `<state_dir>/deployments`
@@ -109,6 +119,12 @@ impl SandboxBackend for ContainerBackend {
             chown(&data, Some(uid), Some(uid))?;
         }
         set_mode(&data, 0o700)?;
+        // A plain directory is written only by a deployment made before sizes existed
+        // (`DeploymentUnits::data_image`); with `disk_mb` 0 it is empty and read-only.
+        let data_dir = DataDir {
+            path: &data,
+            read_only: limits.disk_mb == 0,
+        };
         let identity = super::host_files::write_identity(&handle.dir, uid)?;
         let disks: Vec<VolumeDisk> = spec
             .volumes
@@ -143,7 +159,7 @@ impl SandboxBackend for ContainerBackend {
                     app: bwrap_app(&spec.program).0,
                     linkage: bwrap_app(&spec.program).1,
                     args: &spec.args,
-                    data_dir: Some(&data),
+                    data_dir: Some(data_dir),
                     database_socket: socket,
                     network,
                     tmp_bytes: limits.tmp_mb << 20,
@@ -177,7 +193,7 @@ impl SandboxBackend for ContainerBackend {
                         uid,
                         args: &spec.args,
                         env_file: &env_file,
-                        data_dir: Some(&data),
+                        data_dir: Some(data_dir),
                         database_socket: socket,
                         network,
                         runtime: spec.deployment.runtime,

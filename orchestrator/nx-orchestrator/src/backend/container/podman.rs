@@ -7,7 +7,7 @@
 //! there means that namespace), its data dir, the database socket, no capabilities, a
 //! read-only root, its environment from a 0600 file.
 
-use super::{BackendError, SandboxNetwork};
+use super::{BackendError, DataDir, SandboxNetwork};
 use crate::backend::launch::OWN_CGROUP;
 use crate::databases::SANDBOX_SOCKET_DIR;
 use crate::domain::Runtime;
@@ -39,7 +39,8 @@ pub struct Container<'a> {
     /// The program's environment: a 0600 env file (a deployment's, written at prepare) or the
     /// launcher's memfd (a task's, `launch::SANDBOX_ENV_FILE`); never Podman's own environment.
     pub env_file: &'a Path,
-    pub data_dir: Option<&'a Path>,
+    /// /data (a deployment's).
+    pub data_dir: Option<DataDir<'a>>,
     pub database_socket: Option<&'a Path>,
     pub network: SandboxNetwork<'a>,
     pub runtime: Runtime,
@@ -188,8 +189,12 @@ impl Podman {
         // Podman's own limits, which the launcher set (RLIMIT_NOFILE).
         argv.extend(["--ulimit".into(), "host".into()]);
         argv.extend(["--env-file".into(), c.env_file.display().to_string()]);
-        if let Some(dir) = c.data_dir {
-            argv.extend(["--volume".into(), format!("{}:/data", dir.display())]);
+        if let Some(data) = c.data_dir {
+            let mode = if data.read_only { ":ro" } else { "" };
+            argv.extend([
+                "--volume".into(),
+                format!("{}:/data{mode}", data.path.display()),
+            ]);
         }
         for volume in c.volumes {
             let bind = format!("{}:{}", volume.mountpoint.display(), volume.path);
