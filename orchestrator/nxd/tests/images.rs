@@ -274,3 +274,30 @@ fn an_images_tmp_is_writable_by_its_user_whatever_mode_the_image_gives_it() {
         "{body}"
     );
 }
+
+/// Attacker s9 F4n: an image's `VOLUME` became an anonymous Podman volume, a directory on the
+/// host's disk that a task or a deployment could fill past every limit. It is a tmpfs, which
+/// the container's memory limit counts.
+#[test]
+fn an_images_volume_is_a_tmpfs_not_the_hosts_disk() {
+    let host = Host::start();
+    let build = tempfile::tempdir_in("/var/tmp").unwrap();
+    let image = nx_testkit::build_sample_image_with(build.path(), "linux/amd64", "VOLUME /big\n");
+    let out = host.nx(&[
+        "run-task",
+        image.to_str().unwrap(),
+        "--",
+        "task",
+        "cat",
+        "/proc/self/mountinfo",
+    ]);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    // mountinfo(5): "... <mount point> <options> [optional fields] - <fs type> <source> ...".
+    let big = out
+        .stdout
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/big"))
+        .unwrap_or_else(|| panic!("no /big in {}", out.stdout));
+    let fs_type = big.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+    assert_eq!(fs_type, Some("tmpfs"), "{big}");
+}

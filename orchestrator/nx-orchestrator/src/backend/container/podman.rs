@@ -161,6 +161,10 @@ impl Podman {
                 "--cgroup-parent",
                 OWN_CGROUP,
                 "--read-only",
+                // An image's VOLUMEs as tmpfs (charged to the container's memory cgroup), not
+                // anonymous volumes on the host's disk outside every limit (podman-run(1)).
+                "--image-volume",
+                "tmpfs",
                 "--cap-drop",
                 "all",
                 "--security-opt",
