@@ -1238,7 +1238,6 @@ impl Orchestrator {
         let handles: Vec<_> = deployments.iter().map(|d| self.backend.handle(d)).collect();
         let cpus = crate::backend::cpu_affinity::available();
         let units: Vec<&str> = handles.iter().map(|h| h.unit.as_str()).collect();
-        let versions = self.supervisor.versions(&units);
         let ids: Vec<String> = deployments.iter().map(|d| d.id.to_string()).collect();
         // The units' states and the state database's rows, asked at once: one round trip.
         let (states, upkeep, tcp, services) = tokio::try_join!(
@@ -1252,12 +1251,15 @@ impl Orchestrator {
             self.tcp_rows(),
             self.service_names(),
         )?;
+        // Read after the states: a program's end is written before its unit changes.
+        let files = self
+            .monitor_files
+            .get_many(handles.iter().map(|h| h.dir.as_path()));
         let mut views = deployments
             .iter()
             .zip(handles)
-            .zip(states.into_iter().zip(versions))
-            .map(|((d, handle), (mut state, version))| {
-                let files = self.monitor_files.get(&handle.dir, &state, version);
+            .zip(states.into_iter().zip(files))
+            .map(|((d, handle), (mut state, files))| {
                 crate::backend::exit::name_result(&mut state, files.last_exit.as_ref());
                 Ok(DeploymentView {
                     id: d.id.clone(),

@@ -172,10 +172,11 @@ pub fn run(
                 ),
                 None => record(status, before, &reported),
             };
-            let _ = sink.write_records(&note(&record.message));
+            // The file first: whoever read the end in the log finds it in `nx status`.
             if let Ok(json) = serde_json::to_vec(&record) {
                 let _ = write_atomically(&spec.dir.join(LAST_EXIT_FILE), &json);
             }
+            let _ = sink.write_records(&note(&record.message));
             end_like(status)
         }
     }

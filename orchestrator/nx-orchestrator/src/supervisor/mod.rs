@@ -607,15 +607,6 @@ impl Supervisor {
         Ok(unit_states::fetch_many(&self.conn.load_full(), &self.units, units).await?)
     }
 
-    /// The units' versions, in their order: a unit whose version is the same later had no
-    /// change reported in between (`None`: no signals arrive, nothing is known unchanged).
-    pub fn versions(&self, units: &[&str]) -> Vec<Option<unit_states::UnitVersion>> {
-        units
-            .iter()
-            .map(|u| self.units.version(&unit_states::unit_path(u)))
-            .collect()
-    }
-
     /// The cgroup path of a unit (relative to the hierarchy roots).
     pub async fn control_group(&self, unit: &str) -> Result<String, SupervisorError> {
         let path = self.manager().await?.load_unit(unit).await?;

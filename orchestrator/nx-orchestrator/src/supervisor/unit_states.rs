@@ -153,15 +153,6 @@ impl<P: Default> Default for Inner<P> {
     }
 }
 
-/// Which changes of a unit systemd had reported when this was taken: equal versions mean no
-/// change was received in between (see [`super::Supervisor::versions`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnitVersion<P = Sequence> {
-    generation: u64,
-    floor: P,
-    changed: Option<P>,
-}
-
 /// The cache of units' states of one [`super::Supervisor`], and the turns of its calls; `P`
 /// orders received messages (zbus's [`Sequence`]).
 pub struct UnitCache<P = Sequence> {
@@ -205,16 +196,6 @@ impl<P: Ord + Copy + Default> UnitCache<P> {
         } else {
             Lookup::OldCounters(entry.state.clone())
         }
-    }
-
-    /// The unit's version now; `None` while no signals arrive (nothing can be known unchanged).
-    pub fn version(&self, path: &OwnedObjectPath) -> Option<UnitVersion<P>> {
-        let inner = self.lock();
-        inner.watching.then(|| UnitVersion {
-            generation: inner.generation,
-            floor: inner.floor,
-            changed: inner.changed.get(path).copied(),
-        })
     }
 
     /// The current generation, taken before a call whose reply may be stored.
@@ -623,25 +604,6 @@ mod tests {
         let first = path("u0.service");
         cache.store(generation, &first, &unloaded(), 2);
         assert_eq!(cache.get(&first), None, "received before its change");
-    }
-
-    #[test]
-    fn a_units_version_moves_with_its_changes_only() {
-        let cache = UnitCache::<u64>::default();
-        let (a, b) = (path("a.service"), path("b.service"));
-        assert_eq!(cache.version(&a), None, "not watching");
-        cache.begin(true);
-        let before = cache.version(&a);
-        cache.changed(b.clone(), 1);
-        assert_eq!(cache.version(&a), before);
-        cache.changed(a.clone(), 2);
-        assert_ne!(cache.version(&a), before);
-        let now = cache.version(&a);
-        cache.forget_all(3);
-        assert_ne!(cache.version(&a), now);
-        let now = cache.version(&a);
-        cache.begin(true);
-        assert_ne!(cache.version(&a), now);
     }
 
     #[test]
