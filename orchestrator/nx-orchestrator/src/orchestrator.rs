@@ -288,7 +288,12 @@ impl Orchestrator {
         // Running deployments reach their database through their sandbox's gate, whose
         // socket this process binds again in the directory they have at /run/postgresql.
         for deployment in &to_run {
-            self.databases.sandbox_socket(&deployment.sandbox).await?;
+            self.databases
+                .sandbox_socket(
+                    &deployment.sandbox,
+                    deployment.db_branch.then_some(&deployment.id),
+                )
+                .await?;
         }
         let app = Arc::clone(self);
         tokio::spawn(async move {
@@ -505,7 +510,14 @@ impl Orchestrator {
             program,
             env,
             args,
-            database_socket: Some(self.databases.sandbox_socket(&deployment.sandbox).await?),
+            database_socket: Some(
+                self.databases
+                    .sandbox_socket(
+                        &deployment.sandbox,
+                        deployment.db_branch.then_some(&deployment.id),
+                    )
+                    .await?,
+            ),
             network: self.attachment(deployment)?,
             volumes: self.attached_volumes(deployment).await?,
         })

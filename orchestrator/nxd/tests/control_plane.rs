@@ -202,6 +202,61 @@ fn unauthenticated_connections_of_one_sandbox_leave_the_others_and_nxd_connectin
     }
 }
 
+/// (succeeded, output) of `psql -w` as `user` over the socket in `dir`: never a password prompt.
+fn psql_as(dir: &std::path::Path, user: &str, db: &str, sql: &str) -> (bool, String) {
+    let out = Command::new("psql")
+        .arg("-w")
+        .arg(format!(
+            "host={} port=5432 user={user} dbname={db}",
+            dir.display()
+        ))
+        .args(["-tAc", sql])
+        .output()
+        .expect("psql");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_sandboxs_database_socket_admits_only_its_own_role() {
+    let host = Host::start();
+    let a = host.push_sample("alpha", &[]);
+    let info = host.nx_json(&["db", "url", "alpha"]);
+    let role = info["role"].as_str().unwrap();
+    // The socket alpha's deployments get at /run/postgresql. nxd's connection behind it is
+    // the cluster's superuser's (peer: root is postgres), so asking for `postgres` there made
+    // any deployment the cluster's superuser: every tenant's data, nxd's own tables, COPY
+    // ... PROGRAM as the OS user postgres.
+    let gate = host.path(&format!("db-gates/{role}"));
+    for user in ["postgres", "nx", "root"] {
+        let (ok, out) = psql_as(
+            &gate,
+            user,
+            "postgres",
+            "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user",
+        );
+        assert!(!ok, "the gate let {user} in: {out}");
+        assert!(
+            out.contains(&format!(
+                "this socket admits only the sandbox's own roles ({role}"
+            )),
+            "{user}: {out}"
+        );
+    }
+    // Its own role still reaches PostgreSQL, which asks for the role's password.
+    let (ok, out) = psql_as(&gate, role, role, "SELECT 1");
+    assert!(!ok && out.contains("no password supplied"), "{out}");
+    assert_eq!(
+        host.get(&host.preview_host("alpha", &a), "/db/connect").0,
+        200
+    );
+    assert_eq!(
+        host.get(&host.preview_host("alpha", &a), "/db/put?v=x").0,
+        200
+    );
+}
+
 #[test]
 fn health_says_when_postgresql_refuses_nxd() {
     let host = Host::start();

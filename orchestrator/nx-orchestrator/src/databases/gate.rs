@@ -8,9 +8,15 @@
 //! and nxd "sorry, too many clients already". A gate admits at most the sandbox's share
 //! ([`RolePolicy::connection_limit`](super::RolePolicy)) at once, and all gates together at
 //! most the slots not reserved for superusers, so nxd's reserved slots stay free whatever
-//! tenants hold. Bytes pass through unchanged (PostgreSQL's protocol, TLS-less over a unix
-//! socket); a connection over the limit gets a PostgreSQL `ErrorResponse` (SQLSTATE 53300,
-//! `too_many_connections`) that drivers show as they show PostgreSQL's own.
+//! tenants hold. A connection over the limit gets a PostgreSQL `ErrorResponse` (SQLSTATE
+//! 53300, `too_many_connections`) that drivers show as they show PostgreSQL's own.
+//!
+//! A gate reads the client's `StartupMessage` itself and passes on only one asking for the
+//! sandbox's own role or one of its preview branches' roles (then PostgreSQL asks for that
+//! role's password); any other user, `postgres` included, is refused with SQLSTATE 28000
+//! before a byte reaches the cluster ([`super::startup`]). Whatever uid the gate connects to
+//! the cluster as, no tenant can ask for another role through it. After that message bytes
+//! pass through unchanged (PostgreSQL's protocol, TLS-less over a unix socket).
 //!
 //! Why not PgBouncer: its limits (`max_user_connections`, `max_db_connections`) apply after
 //! authentication as PostgreSQL's do, and clients waiting to authenticate share one
@@ -33,10 +39,10 @@ pub(super) use unit::Gates;
 
 use crate::supervisor::service::ServiceError;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -102,8 +108,8 @@ pub struct GateSettings {
     pub per_sandbox: u32,
     /// Connections all sandboxes together may hold: the slots not reserved for superusers.
     pub open_slots: u32,
-    /// The table of gates, `<state_dir>/db-gate/gates.json`: a JSON object of sandboxes'
-    /// names by their roles' names, replaced whole by nxd.
+    /// The table of gates, `<state_dir>/db-gate/gates.json`: a JSON object of [`GateEntry`]s
+    /// by their sandboxes' roles' names, replaced whole by nxd.
     pub table: PathBuf,
     /// The control socket, `<state_dir>/db-gate/control.sock` (0600): a connection to it has
     /// the gate apply the table and answer `ok` or what failed, one line.
@@ -126,8 +132,42 @@ impl GateSettings {
     }
 }
 
+/// One gate in the table: the sandbox it is for, and the roles of the sandbox's preview
+/// branches (`nxb_<deployment>`) it admits besides the sandbox's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EntryForm")]
+pub struct GateEntry {
+    pub sandbox: String,
+    pub branches: BTreeSet<String>,
+}
+
+/// What a [`GateEntry`] is read from: a table written before gates admitted branches (by an
+/// older nxd, read by a newer one or its gate) has the sandbox's name alone.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EntryForm {
+    Sandbox(String),
+    Entry {
+        sandbox: String,
+        #[serde(default)]
+        branches: BTreeSet<String>,
+    },
+}
+
+impl From<EntryForm> for GateEntry {
+    fn from(form: EntryForm) -> Self {
+        match form {
+            EntryForm::Sandbox(sandbox) => Self {
+                sandbox,
+                branches: BTreeSet::new(),
+            },
+            EntryForm::Entry { sandbox, branches } => Self { sandbox, branches },
+        }
+    }
+}
+
 /// The table at `path` (none there: no gate).
-fn read_table(path: &Path) -> Result<BTreeMap<String, String>, GateError> {
+fn read_table(path: &Path) -> Result<BTreeMap<String, GateEntry>, GateError> {
     match std::fs::read(path) {
         Ok(text) => serde_json::from_slice(&text).map_err(|source| GateError::BadFile {
             path: path.to_owned(),
@@ -141,6 +181,10 @@ fn read_table(path: &Path) -> Result<BTreeMap<String, String>, GateError> {
 /// How long a refused connection is kept open to read what the client sends (its startup
 /// packet) before it is closed, so that the client reads the refusal instead of a reset.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// How long a client has to send its whole startup message (PostgreSQL's own
+/// `authentication_timeout` as NX sets it on the embedded cluster, which starts counting only
+/// once the gate has passed the message on).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the control socket's answer may take to be taken by nxd.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
@@ -214,9 +258,13 @@ struct Open {
     settings: GateSettings,
     /// Connections all sandboxes together may hold: the slots not reserved for superusers.
     all: Arc<Semaphore>,
-    /// Open gates by the sandbox's role name.
-    open: HashMap<String, tokio::task::AbortHandle>,
+    /// Open gates by the sandbox's role name: the task accepting on each, and the branch
+    /// roles it admits.
+    open: HashMap<String, (tokio::task::AbortHandle, Branches)>,
 }
+
+/// The roles of a sandbox's preview branches its gate admits, shared with its task.
+type Branches = Arc<RwLock<HashSet<String>>>;
 
 impl Open {
     /// Opens the gates of the table's sandboxes not open yet and closes (and removes the
@@ -225,25 +273,28 @@ impl Open {
     #[tracing::instrument(skip_all)]
     fn apply(&mut self) -> Result<(), GateError> {
         let table = read_table(&self.settings.table)?;
-        self.open.retain(|role, accepting| {
-            let keep = table.contains_key(role);
-            if !keep {
+        self.open.retain(|role, (accepting, branches)| {
+            let Some(entry) = table.get(role) else {
                 accepting.abort();
                 let _ = std::fs::remove_dir_all(self.settings.sockets_dir.join(role));
                 tracing::info!(role, "database gate closed");
-            }
-            keep
+                return false;
+            };
+            *branches.write().expect("branches lock") = entry.branches.iter().cloned().collect();
+            true
         });
         let mut failed = Vec::new();
-        for (role, sandbox) in &table {
+        for (role, entry) in &table {
             if self.open.contains_key(role) {
                 continue;
             }
-            match self.open_one(role, sandbox) {
+            let branches: Branches =
+                Arc::new(RwLock::new(entry.branches.iter().cloned().collect()));
+            match self.open_one(role, &entry.sandbox, Arc::clone(&branches)) {
                 Ok(accepting) => {
-                    self.open.insert(role.clone(), accepting);
+                    self.open.insert(role.clone(), (accepting, branches));
                 }
-                Err(e) => failed.push(format!("sandbox {sandbox}: {e}")),
+                Err(e) => failed.push(format!("sandbox {}: {e}", entry.sandbox)),
             }
         }
         if failed.is_empty() {
@@ -253,8 +304,14 @@ impl Open {
         }
     }
 
-    /// Binds `role`'s socket (in place of a previous gate process's) and accepts on it.
-    fn open_one(&self, role: &str, sandbox: &str) -> std::io::Result<tokio::task::AbortHandle> {
+    /// Binds `role`'s socket (in place of a previous gate process's) and accepts on it,
+    /// admitting `role` and `branches`.
+    fn open_one(
+        &self,
+        role: &str,
+        sandbox: &str,
+        branches: Branches,
+    ) -> std::io::Result<tokio::task::AbortHandle> {
         use std::os::unix::fs::PermissionsExt;
         let socket = self.settings.socket(role);
         let dir = socket
@@ -278,6 +335,7 @@ impl Open {
             Arc::new(Semaphore::new(per_sandbox)),
             Arc::clone(&self.all),
             sandbox.to_owned(),
+            (role.into(), branches),
         ))
         .abort_handle())
     }
@@ -289,7 +347,7 @@ struct Admitted {
     _all: tokio::sync::OwnedSemaphorePermit,
 }
 
-/// Accepts on one sandbox's gate until aborted.
+/// Accepts on one sandbox's gate until aborted, for the sandbox's `role` and its `branches`'.
 #[tracing::instrument(skip_all, fields(sandbox = %sandbox))]
 async fn accept(
     listener: UnixListener,
@@ -297,6 +355,7 @@ async fn accept(
     sandbox_slots: Arc<Semaphore>,
     all: Arc<Semaphore>,
     sandbox: String,
+    (role, branches): (Arc<str>, Branches),
 ) {
     let limit = sandbox_slots.available_permits();
     // Refusals in flight (each lingers): beyond these, a connection is closed unanswered.
@@ -327,7 +386,13 @@ async fn accept(
         };
         match admitted {
             Ok(admitted) => {
-                tokio::spawn(forward(client, upstream.clone(), admitted));
+                let branches = branches.read().expect("branches lock").clone();
+                tokio::spawn(forward(
+                    client,
+                    upstream.clone(),
+                    (Arc::clone(&role), branches),
+                    admitted,
+                ));
             }
             Err(message) => {
                 if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
@@ -342,10 +407,31 @@ async fn accept(
     }
 }
 
-/// Passes bytes both ways until either side closes, holding the sandbox's slot meanwhile.
-/// PostgreSQL's protocol has no half-close: when the server ends a connection (e.g. at
-/// `authentication_timeout`), the client's is ended too, and the slot freed.
-async fn forward(mut client: UnixStream, upstream: PathBuf, _admitted: Admitted) {
+/// Reads the client's opening ([`super::startup::read_opening`]: a startup message for the
+/// sandbox's `role` or one of its `branches`', or a cancel request), then passes bytes both
+/// ways until either side closes, holding the sandbox's slot meanwhile. PostgreSQL's protocol
+/// has no half-close: when the server ends a connection (e.g. at `authentication_timeout`),
+/// the client's is ended too, and the slot freed.
+async fn forward(
+    mut client: UnixStream,
+    upstream: PathBuf,
+    (role, branches): (Arc<str>, HashSet<String>),
+    _admitted: Admitted,
+) {
+    let opening = match tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        super::startup::read_opening(&mut client, &role, &branches),
+    )
+    .await
+    {
+        Ok(Ok(opening)) => opening,
+        Ok(Err(super::startup::Refusal { code, message })) => {
+            tracing::info!(role = %role, %message, "database gate: startup refused");
+            let _ = client.write_all(&error_response(code, &message)).await;
+            return;
+        }
+        Err(_) => return,
+    };
     let mut server = match UnixStream::connect(&upstream).await {
         Ok(server) => server,
         Err(e) => {
@@ -357,6 +443,9 @@ async fn forward(mut client: UnixStream, upstream: PathBuf, _admitted: Admitted)
             return;
         }
     };
+    if server.write_all(&opening).await.is_err() {
+        return;
+    }
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
     tokio::select! {
@@ -368,7 +457,9 @@ async fn forward(mut client: UnixStream, upstream: PathBuf, _admitted: Admitted)
 /// Answers a connection with a PostgreSQL `ErrorResponse` (FATAL, SQLSTATE 53300) and closes
 /// it after reading what the client sent meanwhile (at most [`REFUSAL_LINGER`]).
 async fn refuse(mut client: UnixStream, message: &str) {
-    let _ = client.write_all(&error_response(message)).await;
+    let _ = client
+        .write_all(&error_response(TOO_MANY_CONNECTIONS, message))
+        .await;
     let mut sink = [0u8; 1024];
     let _ = tokio::time::timeout(REFUSAL_LINGER, async {
         while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
@@ -376,16 +467,19 @@ async fn refuse(mut client: UnixStream, message: &str) {
     .await;
 }
 
+/// SQLSTATE `too_many_connections` (PostgreSQL's "Errcodes" appendix).
+const TOO_MANY_CONNECTIONS: &str = "53300";
+
 /// A PostgreSQL `ErrorResponse` message: `E`, its length (Int32, itself included), then
 /// fields (a type byte and a NUL-terminated string each) and a final NUL. Fields: severity
-/// (`S`, and `V` non-localized) FATAL, code (`C`) 53300 `too_many_connections`, message
-/// (`M`). PostgreSQL's "Message Formats" and "Error and Notice Message Fields".
-fn error_response(message: &str) -> Vec<u8> {
+/// (`S`, and `V` non-localized) FATAL, the SQLSTATE `code` (`C`), message (`M`).
+/// PostgreSQL's "Message Formats" and "Error and Notice Message Fields".
+fn error_response(code: &str, message: &str) -> Vec<u8> {
     let mut fields = Vec::new();
     for (kind, value) in [
         (b'S', "FATAL"),
         (b'V', "FATAL"),
-        (b'C', "53300"),
+        (b'C', code),
         (b'M', message),
     ] {
         fields.push(kind);
@@ -402,14 +496,35 @@ fn error_response(message: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::error_response;
+    use super::{error_response, read_table, GateEntry, TOO_MANY_CONNECTIONS};
 
     #[test]
     fn an_error_response_is_framed_as_postgresql_frames_it() {
-        let bytes = error_response("no");
+        let bytes = error_response(TOO_MANY_CONNECTIONS, "no");
         assert_eq!(bytes[0], b'E');
         let length = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
         assert_eq!(length, bytes.len() - 1);
         assert_eq!(&bytes[5..], b"SFATAL\0VFATAL\0C53300\0Mno\0\0");
+    }
+
+    #[test]
+    fn a_table_of_an_older_nxd_reads_as_gates_without_branches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gates.json");
+        std::fs::write(
+            &path,
+            r#"{"nx_a": "alpha", "nx_b": {"sandbox": "beta", "branches": ["nxb_d1"]}}"#,
+        )
+        .unwrap();
+        let table = read_table(&path).unwrap();
+        assert_eq!(table["nx_a"].sandbox, "alpha");
+        assert!(table["nx_a"].branches.is_empty());
+        assert_eq!(
+            table["nx_b"],
+            GateEntry {
+                sandbox: "beta".into(),
+                branches: ["nxb_d1".to_owned()].into()
+            }
+        );
     }
 }

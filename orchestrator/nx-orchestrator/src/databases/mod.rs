@@ -14,6 +14,7 @@ pub mod gate;
 pub mod ident;
 mod legacy_names;
 pub mod runaway;
+mod startup;
 
 pub use backup::{BackupInfo, RestoreInfo};
 pub use gate::GateError;
@@ -262,14 +263,23 @@ impl Databases {
 
     /// The socket `sandbox`'s deployments reach the cluster by (its directory is bind-mounted
     /// at [`SANDBOX_SOCKET_DIR`]): the sandbox's gate, opened if it is not, which admits the
-    /// role's connection limit at once (see [`gate`]).
+    /// role's connection limit at once, and only the sandbox's role and those of the preview
+    /// branches named here (`branch`: a `--db-branch` deployment's) (see [`gate`]).
     ///
     /// # Errors
     /// [`DbError::Gate`] when the gate process cannot open it or does not answer.
-    pub async fn sandbox_socket(&self, sandbox: &SandboxName) -> Result<PathBuf, DbError> {
+    pub async fn sandbox_socket(
+        &self,
+        sandbox: &SandboxName,
+        branch: Option<&DeploymentId>,
+    ) -> Result<PathBuf, DbError> {
         Ok(self
             .gates
-            .socket(&self.idents.sandbox(sandbox), sandbox.as_str())
+            .socket(
+                &self.idents.sandbox(sandbox),
+                sandbox.as_str(),
+                branch.map(ident::branch),
+            )
             .await?)
     }
 

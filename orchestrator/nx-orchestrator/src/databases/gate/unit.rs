@@ -1,12 +1,12 @@
 //! nxd's side of the database gate: its unit, `nx-db-gate.service`, started or adopted, and
 //! the table of gates nxd writes and has it apply.
 
-use super::{read_table, GateError, GateSettings, UNIT};
+use super::{read_table, GateEntry, GateError, GateSettings, UNIT};
 use crate::backend::launch::{LaunchSpec, MonitorSpec, StopForward};
 use crate::logs::LogFiles;
 use crate::supervisor::service;
 use crate::supervisor::{Restart, SliceKind, Supervisor, UnitOutput, UnitSpec};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +40,7 @@ pub(in crate::databases) struct Gates {
     /// (nxd's own user) else.
     uid: Option<u32>,
     /// The table as last written; held while it is written and applied.
-    table: tokio::sync::Mutex<BTreeMap<String, String>>,
+    table: tokio::sync::Mutex<BTreeMap<String, GateEntry>>,
 }
 
 impl Gates {
@@ -208,8 +208,8 @@ impl Gates {
     }
 
     /// The socket `role`'s deployments reach the cluster by (its directory is what they get at
-    /// `/run/postgresql`), its gate opened if it is not; `sandbox` names it in the gate's log
-    /// and refusals.
+    /// `/run/postgresql`), its gate opened if it is not, admitting `branch` (a preview
+    /// branch's role) from now on too; `sandbox` names it in the gate's log and refusals.
     ///
     /// # Errors
     /// Writing the table; the gate's, when it cannot bind the socket or does not answer (then
@@ -218,12 +218,21 @@ impl Gates {
         &self,
         role: &str,
         sandbox: &str,
+        branch: Option<String>,
     ) -> Result<PathBuf, GateError> {
         let mut table = self.table.lock().await;
-        if !table.contains_key(role) {
-            table.insert(role.to_owned(), sandbox.to_owned());
+        let before = table.get(role).cloned();
+        let entry = table.entry(role.to_owned()).or_insert_with(|| GateEntry {
+            sandbox: sandbox.to_owned(),
+            branches: BTreeSet::new(),
+        });
+        entry.branches.extend(branch);
+        if before.as_ref() != table.get(role) {
             if let Err(e) = self.publish(&table).await {
-                table.remove(role);
+                match before {
+                    Some(entry) => table.insert(role.to_owned(), entry),
+                    None => table.remove(role),
+                };
                 return Err(e);
             }
         }
@@ -245,7 +254,7 @@ impl Gates {
 
     /// Replaces the table file with `table` and has the gate apply it; a gate that does not
     /// answer is started again (it reads the table at its start).
-    async fn publish(&self, table: &BTreeMap<String, String>) -> Result<(), GateError> {
+    async fn publish(&self, table: &BTreeMap<String, GateEntry>) -> Result<(), GateError> {
         let path = &self.settings.table;
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(table).expect("a table serializes");
