@@ -230,12 +230,15 @@ async fn nx_turn(
 /// The bare floor: the task's own bubblewrap command line (`task_command`, the sandbox nxd
 /// hands a task's unit), run directly by this process as an unprivileged uid (a different
 /// one each time, as nxd's tasks), with the same seccomp programs on the same fds and the
-/// same environment; its output read to the end, its exit waited for. It runs where nxd's
+/// same environment on the same fd (bubblewrap's own empty, as the launcher runs it); its
+/// output read to the end, its exit waited for. It runs where nxd's
 /// tasks run in the CPU controller's hierarchy (a cgroup of its own in the host's tenants'
 /// slice, see [`CpuPlace`]), so that on a busy machine both get the same share of the CPU.
 struct Bare {
     argv: Vec<String>,
     seccomp: Vec<std::path::PathBuf>,
+    /// The program's environment as bubblewrap reads it on `SANDBOX_ENV_FD`.
+    env: std::path::PathBuf,
     place: CpuPlace,
     /// Keeps the program's copy and the seccomp programs.
     _dir: tempfile::TempDir,
@@ -291,6 +294,15 @@ impl Bare {
         std::fs::copy(program, &copy)?;
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o555))?;
         let seccomp = seccomp::write_programs(&dir.path().join("seccomp"))?;
+        // What nxd gives a task (`tasks::request`): PATH and HOME.
+        let env = dir.path().join("env");
+        std::fs::write(
+            &env,
+            SandboxEnvForm::BwrapArgs.encode(&std::collections::BTreeMap::from([
+                ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
+                ("HOME".to_owned(), "/tmp".to_owned()),
+            ])),
+        )?;
         let tmp_bytes = nx_orchestrator::config::TasksConfig::default()
             .limits
             .tmp_mb
@@ -302,6 +314,7 @@ impl Bare {
         Ok(Self {
             argv: task_command(&program, args, tmp_bytes),
             seccomp,
+            env,
             place: CpuPlace::new(host)?,
             _dir: dir,
         })
@@ -318,12 +331,13 @@ impl Bare {
             .map(|p| std::fs::File::open(p).map(OwnedFd::from))
             .collect::<Result<_, _>>()?;
         let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        // Opened for each run: bubblewrap reads it from the file's offset.
+        let env = OwnedFd::from(std::fs::File::open(&self.env)?);
+        let env_fd = env.as_raw_fd();
         let mut command = std::process::Command::new(&self.argv[0]);
         command
             .args(&self.argv[1..])
             .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", "/tmp")
             .uid(uid)
             .gid(uid)
             .stdin(std::process::Stdio::null());
@@ -331,8 +345,9 @@ impl Bare {
         // returns. dup2 clears FD_CLOEXEC on the new fd, so bwrap inherits it.
         unsafe {
             command.pre_exec(move || {
-                for (i, fd) in raw.iter().enumerate() {
-                    if nix::libc::dup2(*fd, SECCOMP_FIRST_FD + i as i32) < 0 {
+                let targets = raw.iter().zip(SECCOMP_FIRST_FD..);
+                for (fd, target) in targets.chain([(&env_fd, SANDBOX_ENV_FD)]) {
+                    if nix::libc::dup2(*fd, target) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -340,7 +355,7 @@ impl Bare {
             });
         }
         let out = command.output()?;
-        drop(fds);
+        drop((fds, env));
         anyhow::ensure!(
             out.status.success(),
             "bare bwrap: {} {}",
@@ -351,7 +366,7 @@ impl Bare {
     }
 }
 
-use nx_orchestrator::backend::launch::SECCOMP_FIRST_FD;
+use nx_orchestrator::backend::launch::{SandboxEnvForm, SANDBOX_ENV_FD, SECCOMP_FIRST_FD};
 
 /// `clients` threads of their own (in the bare runs' cgroup, see [`CpuPlace`]) running the
 /// bare floor back to back for `secs`.

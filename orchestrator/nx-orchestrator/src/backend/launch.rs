@@ -49,6 +49,31 @@ pub enum SandboxEnvForm {
     EnvFile,
 }
 
+impl SandboxEnvForm {
+    /// `env` in this form: the bytes the tool reads on `SANDBOX_ENV_FD` (none for `None`).
+    pub fn encode(self, env: &BTreeMap<String, String>) -> Vec<u8> {
+        let mut text = Vec::new();
+        match self {
+            SandboxEnvForm::None => {}
+            SandboxEnvForm::BwrapArgs => {
+                text.extend_from_slice(b"--clearenv\0");
+                for (name, value) in env {
+                    for part in ["--setenv", name, value] {
+                        text.extend_from_slice(part.as_bytes());
+                        text.push(0);
+                    }
+                }
+            }
+            SandboxEnvForm::EnvFile => {
+                for (name, value) in env {
+                    text.extend_from_slice(format!("{name}={value}\n").as_bytes());
+                }
+            }
+        }
+        text
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct LaunchSpec {
     pub argv: Vec<String>,

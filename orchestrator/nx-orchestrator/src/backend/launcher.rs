@@ -301,24 +301,10 @@ fn exec(spec: &LaunchSpec) -> String {
 fn hand_over_env(spec: &LaunchSpec) -> std::io::Result<()> {
     use std::io::{Seek, Write};
     use std::os::fd::AsRawFd;
-    let mut text = Vec::new();
-    match spec.sandbox_env_form {
-        SandboxEnvForm::None => return Ok(()),
-        SandboxEnvForm::BwrapArgs => {
-            text.extend_from_slice(b"--clearenv\0");
-            for (name, value) in &spec.sandbox_env {
-                for part in ["--setenv", name, value] {
-                    text.extend_from_slice(part.as_bytes());
-                    text.push(0);
-                }
-            }
-        }
-        SandboxEnvForm::EnvFile => {
-            for (name, value) in &spec.sandbox_env {
-                text.extend_from_slice(format!("{name}={value}\n").as_bytes());
-            }
-        }
+    if spec.sandbox_env_form == SandboxEnvForm::None {
+        return Ok(());
     }
+    let text = spec.sandbox_env_form.encode(&spec.sandbox_env);
     let fd = nix::sys::memfd::memfd_create(
         c"nx-sandbox-env",
         nix::sys::memfd::MemFdCreateFlag::empty(),
