@@ -3,8 +3,8 @@
 //! [`CHECK_EVERY`], says so in its health ([`Orchestrator::problem`]), starts the manager
 //! again, starts PostgreSQL and the router under it, refills the warm task pool and re-adopts:
 //! every deployment that should run is started again and the routes come back. No human needed.
-//! It also starts the router again when its unit stopped and systemd did not (systemd restarts
-//! a router that ended, `Restart=always`, until its start limit).
+//! It also starts the router and the database gate again when their unit stopped and systemd
+//! did not (systemd restarts one that ended, `Restart=always`, until its start limit).
 
 use crate::api::systemd::ActiveState;
 use crate::error::Error;
@@ -28,7 +28,7 @@ impl Orchestrator {
                 tick.tick().await;
                 let Some(app) = app.upgrade() else { return };
                 if app.supervisor.answers(ANSWER_WITHIN).await {
-                    app.keep_router_up().await;
+                    app.keep_services_up().await;
                     continue;
                 }
                 tracing::error!("the systemd manager does not answer; starting it again");
@@ -51,22 +51,37 @@ impl Orchestrator {
         });
     }
 
-    /// Starts the router again when its unit is inactive or failed (stopped from outside, or
-    /// systemd gave up restarting it); one that systemd is about to restart is left to it.
-    async fn keep_router_up(&self) {
-        let down = match self.supervisor.state(router::unit::UNIT).await {
-            Ok(state) => matches!(state.active, ActiveState::Inactive | ActiveState::Failed),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot tell whether the router runs");
-                false
+    /// Starts the router or the database gate again when its unit is inactive or failed
+    /// (stopped from outside, or systemd gave up restarting it); one that systemd is about to
+    /// restart is left to it.
+    async fn keep_services_up(&self) {
+        for service in Service::ALL {
+            let down = match self.supervisor.state(service.unit()).await {
+                Ok(state) => matches!(state.active, ActiveState::Inactive | ActiveState::Failed),
+                Err(e) => {
+                    tracing::warn!(error = %e, unit = service.unit(), "cannot tell whether it runs");
+                    false
+                }
+            };
+            if !down {
+                continue;
             }
-        };
-        if !down {
-            return;
+            tracing::error!(unit = service.unit(), "not running; starting it again");
+            let started = match service {
+                Service::Router => self.start_router().await,
+                Service::DatabaseGate => self.databases.ensure_gate().await.map_err(Error::from),
+            };
+            if let Err(e) = started {
+                tracing::error!(unit = service.unit(), error = %e, "could not start it again; trying again");
+            }
         }
-        tracing::error!("the router is not running; starting it again");
-        if let Err(e) = self.start_router().await {
-            tracing::error!(error = %e, "could not start the router again; trying again");
+    }
+
+    /// The log of `service`.
+    fn service_log(&self, service: Service) -> std::path::PathBuf {
+        match service {
+            Service::Router => router::unit::log_file(&router::settings(&self.config)),
+            Service::DatabaseGate => self.databases.gate_log(),
         }
     }
 
@@ -129,15 +144,57 @@ impl Orchestrator {
                 "PostgreSQL refuses nxd's connections ({refusal}): pushes, backups and deployments' databases fail until it accepts them; see its log ({log})"
             ));
         }
-        match self.supervisor.state(router::unit::UNIT).await {
-            Ok(state) if state.active == ActiveState::Active => None,
-            Ok(state) => Some(format!(
-                "the router ({}) is not running ({}): no URL answers until it is started again, which systemd and nxd do by themselves; its log: {}",
-                router::unit::UNIT,
-                state.active,
-                router::unit::log_file(&router::settings(&self.config)).display()
-            )),
-            Err(e) => Some(format!("cannot tell whether the router runs: {e}")),
+        for service in Service::ALL {
+            match self.supervisor.state(service.unit()).await {
+                Ok(state) if state.active == ActiveState::Active => {}
+                Ok(state) => {
+                    return Some(format!(
+                        "{} ({}) is not running ({}): {} until it is started again, which systemd and nxd do by themselves; its log: {}",
+                        service.name(),
+                        service.unit(),
+                        state.active,
+                        service.outage(),
+                        self.service_log(service).display()
+                    ))
+                }
+                Err(e) => return Some(format!("cannot tell whether {} runs: {e}", service.name())),
+            }
+        }
+        None
+    }
+}
+
+/// nxd's own services that outlive it, which the watchdog keeps running.
+#[derive(Debug, Clone, Copy)]
+enum Service {
+    /// `nx-router.service`: every preview and production URL.
+    Router,
+    /// `nx-db-gate.service`: every sandbox's socket to PostgreSQL.
+    DatabaseGate,
+}
+
+impl Service {
+    const ALL: [Self; 2] = [Self::Router, Self::DatabaseGate];
+
+    fn unit(self) -> &'static str {
+        match self {
+            Self::Router => router::unit::UNIT,
+            Self::DatabaseGate => crate::databases::gate::UNIT,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Router => "the router",
+            Self::DatabaseGate => "the database gate",
+        }
+    }
+
+    /// What fails while it is down.
+    fn outage(self) -> &'static str {
+        match self {
+            Self::Router => "no URL answers",
+            Self::DatabaseGate => "deployments cannot open database connections",
         }
     }
 }

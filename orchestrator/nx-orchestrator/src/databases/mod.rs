@@ -283,6 +283,11 @@ impl Databases {
             .await?)
     }
 
+    /// The gate process's log, `<state_dir>/db-gate/gate.log`.
+    pub fn gate_log(&self) -> PathBuf {
+        self.gates.log_file()
+    }
+
     /// Makes sure the gate process runs and has applied the table of gates (after the manager
     /// was started again), adopting it if it runs with the settings wanted.
     ///
