@@ -170,6 +170,63 @@ fn a_bundle_runs_at_app_with_its_library_its_files_and_its_name() {
 }
 
 /// Runs `nx push <path> --sandbox bad` and asserts it was refused saying `says`.
+/// Attacker s10 F10: a bundle's non-executable files are hard links to the host-wide blob of
+/// their content; one tenant's bundles took a common blob to ext4's 65,000 links, and every
+/// other tenant's bundle holding that file failed with "Too many links".
+#[test]
+fn a_blob_at_the_filesystems_link_limit_still_goes_into_a_bundle() {
+    let host = Host::start();
+    let dir = host.path("bundle");
+    make_bundle(&dir);
+    let push = |sandbox: &str| {
+        host.nx(&[
+            "push",
+            dir.to_str().unwrap(),
+            "--entry",
+            "bin/server",
+            "--sandbox",
+            sandbox,
+        ])
+    };
+    let first = push("one");
+    assert!(first.ok, "{}", first.stderr);
+    let content = b"greeting = \"hello\"\n";
+    let blob = files_under(&host.path("blobs"))
+        .into_iter()
+        .map(|name| host.path("blobs").join(name))
+        .find(|path| std::fs::read(path).is_ok_and(|bytes| bytes == content))
+        .expect("conf/app.toml's blob");
+    // Links to it until the filesystem refuses one more (the state dir is on ext4 here).
+    let links = host.path("links");
+    std::fs::create_dir(&links).unwrap();
+    let mut made = 0u32;
+    loop {
+        match std::fs::hard_link(&blob, links.join(made.to_string())) {
+            Ok(()) => made += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::TooManyLinks => break,
+            Err(e) => panic!("linking {}: {e}", blob.display()),
+        }
+    }
+    assert!(made > 1000, "only {made} links");
+    // Another sandbox's bundle holding the same file (and one more, so a new tree is laid out).
+    write(&dir.join("conf/extra.txt"), b"more\n", 0o644);
+    let second = host.nx_json(&[
+        "push",
+        dir.to_str().unwrap(),
+        "--entry",
+        "bin/server",
+        "--sandbox",
+        "two",
+    ]);
+    let id = second["deployment"]["id"].as_str().unwrap().to_owned();
+    let app = |path: &str| host.get(&host.preview_host("two", &id), path);
+    assert_eq!(
+        app("/read?path=/app/conf/app.toml"),
+        (200, "greeting = \"hello\"\n".into())
+    );
+    std::fs::remove_dir_all(&links).unwrap();
+}
+
 fn refused(host: &Host, path: &Path, extra: &[&str], says: &str) {
     let mut args = vec!["push", path.to_str().unwrap(), "--sandbox", "bad"];
     args.extend_from_slice(extra);

@@ -211,8 +211,15 @@ fn lay_out(
         if file.executable {
             std::fs::copy(&blob, &path)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555))?;
-        } else {
-            std::fs::hard_link(&blob, &path)?;
+        } else if let Err(e) = std::fs::hard_link(&blob, &path) {
+            // A blob in many bundles reaches the filesystem's limit of links to one file
+            // (ext4: 65,000): this bundle gets a copy of its own. Without it, one tenant's
+            // bundles filling a common file's links made every other tenant's bundle holding
+            // it unpushable.
+            if e.kind() != std::io::ErrorKind::TooManyLinks {
+                return Err(e.into());
+            }
+            std::fs::copy(&blob, &path)?;
         }
     }
     for link in &manifest.links {
