@@ -43,6 +43,7 @@ withoutNulls {
     max_args_bytes = cfg.sandbox.maxArgsBytes;
     max_env_bytes = cfg.sandbox.maxEnvBytes;
     max_nofile = cfg.sandbox.maxNofile;
+    max_log_mb = cfg.sandbox.maxLogMb;
   };
   limits = limitsOf cfg.limits;
   logs = { inherit (cfg.logs) keep; };

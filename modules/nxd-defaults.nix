@@ -27,6 +27,7 @@
     maxArgsBytes = 131072;
     maxEnvBytes = 131072;
     maxNofile = 1048576;
+    maxLogMb = 1024;
   };
   limits = {
     memoryMaxMb = 512;

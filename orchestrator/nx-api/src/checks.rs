@@ -54,8 +54,15 @@ pub struct RequestBounds {
     /// logs) has free, in MiB (statvfs(3) `f_bavail`).
     pub disk_free_mb: u64,
     /// What nxd keeps free of it, in MiB: a `/data` or a log cap must fit in
-    /// `disk_free_mb - disk_reserve_mb`.
+    /// `disk_free_mb - disk_reserve_mb - disk_promised_mb`.
     pub disk_reserve_mb: u64,
+    /// What the logs of the deployments already on this host may still write there, in MiB:
+    /// each one's `limits.log_max_mb` less what its log files hold (0 where no deployment's
+    /// disk is at stake, e.g. a sandbox's settings).
+    pub disk_promised_mb: u64,
+    /// The largest log cap a deployment may ask for (`limits.log_max_mb`), in MiB
+    /// (`sandbox.max_log_mb`).
+    pub max_log_mb: u64,
 }
 
 fn check_string(field: &str, value: &str) -> Result<(), FieldError> {
@@ -154,8 +161,9 @@ pub const MIN_NOFILE: u64 = 64;
 
 /// The sizes of a deployment's sandbox: `/data` 0 (none to write) or an image of 16 MiB or
 /// more; `/tmp` at least 1 MiB and no more than its memory (it is RAM); the open-files limit
-/// within `sandbox.max_nofile`; a log cap of at least 1 MiB; `/data` and the log cap each
-/// within the host's free disk less its reserve ([`check_room`]).
+/// within `sandbox.max_nofile`; a log cap of 1 MiB to `sandbox.max_log_mb`; `/data` and the
+/// log cap each within the host's free disk less its reserve and what other deployments' logs
+/// may still write ([`check_room`]).
 fn check_sandbox_sizes(limits: &Limits, bounds: &RequestBounds) -> Result<(), FieldError> {
     if limits.disk_mb != 0 {
         check_range(
@@ -185,23 +193,27 @@ fn check_sandbox_sizes(limits: &Limits, bounds: &RequestBounds) -> Result<(), Fi
         "limits.log_max_mb",
         limits.log_max_mb,
         1,
-        MAX_DISK_MB,
-        " MiB",
+        bounds.max_log_mb,
+        " MiB (sandbox.max_log_mb)",
     )?;
     check_room("limits.log_max_mb", limits.log_max_mb, bounds)
 }
 
 /// Refuses `mb` of the host's disk (a `/data` image's size, a log cap) that the state
-/// directory's filesystem cannot hold beside nxd's reserve: a quota past what is free is no
-/// quota (attacker s8 F2: a 4 TiB `/data` was accepted with 29 GB free).
+/// directory's filesystem cannot hold beside nxd's reserve and what the deployments' logs may
+/// still write: a quota past what is free is no quota (attacker s8 F2: a 4 TiB `/data` was
+/// accepted with 29 GB free; s9 F2b: log caps each within the free space added up past it).
 fn check_room(field: &str, mb: u64, bounds: &RequestBounds) -> Result<(), FieldError> {
-    let room = bounds.disk_free_mb.saturating_sub(bounds.disk_reserve_mb);
+    let room = bounds
+        .disk_free_mb
+        .saturating_sub(bounds.disk_reserve_mb)
+        .saturating_sub(bounds.disk_promised_mb);
     if mb > room {
         return fail(
             field,
             format!(
-                "{mb} MiB does not fit on this host: the filesystem of nxd's state directory has {} MiB free, of which nxd keeps {} MiB in reserve; give at most {room} MiB, or ask the host's operator to free space",
-                bounds.disk_free_mb, bounds.disk_reserve_mb
+                "{mb} MiB does not fit on this host: the filesystem of nxd's state directory has {} MiB free, of which nxd keeps {} MiB in reserve and the logs of the deployments here may still write {} MiB (their caps, less what they hold); give at most {room} MiB, remove deployments you no longer need (nx rm), or ask the host's operator to free space",
+                bounds.disk_free_mb, bounds.disk_reserve_mb, bounds.disk_promised_mb
             ),
         );
     }
@@ -262,6 +274,8 @@ mod tests {
         max_ready_timeout_secs: 600,
         disk_free_mb: 4096,
         disk_reserve_mb: 1024,
+        disk_promised_mb: 0,
+        max_log_mb: 2048,
     };
 
     fn field(r: Result<(), FieldError>) -> String {
@@ -337,13 +351,34 @@ mod tests {
         let refused = check_limits(&too_large, &BOUNDS).unwrap_err().to_string();
         assert_eq!(
             refused,
-            "limits.disk_mb: 3073 MiB does not fit on this host: the filesystem of nxd's state directory has 4096 MiB free, of which nxd keeps 1024 MiB in reserve; give at most 3072 MiB, or ask the host's operator to free space"
+            "limits.disk_mb: 3073 MiB does not fit on this host: the filesystem of nxd's state directory has 4096 MiB free, of which nxd keeps 1024 MiB in reserve and the logs of the deployments here may still write 0 MiB (their caps, less what they hold); give at most 3072 MiB, remove deployments you no longer need (nx rm), or ask the host's operator to free space"
         );
+        // A log cap past sandbox.max_log_mb (2048 here) is refused naming the key.
         let log = Limits {
-            log_max_mb: 4096,
+            log_max_mb: 2049,
             ..Limits::default()
         };
-        assert_eq!(field(check_limits(&log, &BOUNDS)), "limits.log_max_mb");
+        assert_eq!(
+            check_limits(&log, &BOUNDS).unwrap_err().to_string(),
+            "limits.log_max_mb: 2049 is out of range: give 1 to 2048 MiB (sandbox.max_log_mb) on this host"
+        );
+        // Within it, but past what other deployments' logs leave (4096 - 1024 - 1500 = 1572).
+        let log = Limits {
+            log_max_mb: 2048,
+            ..Limits::default()
+        };
+        assert!(check_limits(&log, &BOUNDS).is_ok());
+        let promised = RequestBounds {
+            disk_promised_mb: 1500,
+            ..BOUNDS
+        };
+        let refused = check_limits(&log, &promised).unwrap_err().to_string();
+        assert!(
+            refused.starts_with("limits.log_max_mb: 2048 MiB does not fit on this host")
+                && refused.contains("may still write 1500 MiB")
+                && refused.contains("give at most 1572 MiB"),
+            "{refused}"
+        );
         let fine = Limits {
             cpu_quota_percent: 200,
             disk_mb: 0,

@@ -387,7 +387,14 @@ async fn main() -> anyhow::Result<()> {
         let secs = args.load_secs;
         return tokio::task::spawn_blocking(move || tls::run(secs)).await?;
     }
-    let host = tokio::task::spawn_blocking(Host::start).await?;
+    // The log throughput row's deployment keeps all it writes (`sandbox::log_throughput`).
+    let log_cap = sandbox::log_cap_mb(args.log_mib);
+    let host = tokio::task::spawn_blocking(move || {
+        let mut host = Host::start();
+        host.restart_nxd_with_sandbox_keys(&format!("max_log_mb = {}", log_cap.max(1024)));
+        host
+    })
+    .await?;
     println!(
         "NX benchmarks: real nxd, embedded systemd over D-Bus, bubblewrap, PostgreSQL; {} cores",
         std::thread::available_parallelism()?.get()

@@ -90,9 +90,16 @@ fn count(dir: &std::path::Path) -> anyhow::Result<(u64, u64, u64, SystemTime)> {
     Ok((lines, bytes, dropped, last))
 }
 
-/// A deployment writes `mib` MiB of 100-byte lines as fast as it can.
+/// The log cap, in MiB, under which a deployment's log keeps all of `mib` MiB of 100-byte lines
+/// with their stamps: the host's `sandbox.max_log_mb` must allow it.
+pub fn log_cap_mb(mib: u64) -> u64 {
+    mib * 4
+}
+
+/// A deployment writes `mib` MiB of 100-byte lines as fast as it can (its log capped at
+/// [`log_cap_mb`]).
 pub fn log_throughput(host: &Host, mib: u64) -> anyhow::Result<LogThroughput> {
-    let id = host.push_sample("bench-logs", &["--log-max", &(mib * 4).to_string()]);
+    let id = host.push_sample("bench-logs", &["--log-max", &log_cap_mb(mib).to_string()]);
     let dir = host.path(&format!("deployments/{id}"));
     let started = SystemTime::now();
     let response = reqwest::blocking::Client::builder()

@@ -204,14 +204,16 @@ pub fn wait_for_phases(
     }
 }
 
-/// A host (the nxd at `nxd`) with ports for one measured deployment and `many` more.
+/// A host (the nxd at `nxd`) with ports for one measured deployment and `many` more, whose
+/// deployments' logs are capped at 1 MiB: a push's log cap must fit in the free disk beside
+/// the caps of those already there (1,000 of the default 100 MiB would not on most hosts).
 pub fn host_for(nxd: PathBuf, many: usize) -> anyhow::Result<Host> {
     let last_port = FIRST_PORT + u16::try_from(many + 50)?;
     Ok(Host::start_with_ports(
         nxd,
         (FIRST_PORT, last_port),
         UID_BLOCK,
-        "",
+        "[limits]\nlog_max_mb = 1\n",
     ))
 }
 

@@ -343,6 +343,9 @@ pub struct SandboxDefaults {
     /// The largest `limits.nofile` a push may ask for (`RLIMIT_NOFILE`; the kernel's own
     /// ceiling is /proc/sys/fs/nr_open).
     pub max_nofile: u64,
+    /// The largest log cap (`limits.log_max_mb`, `nx push --log-max`) a push may ask for, in
+    /// MiB: one deployment's log, rotated files included, on the state directory's disk.
+    pub max_log_mb: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -430,6 +433,7 @@ impl Default for SandboxDefaults {
             max_args_bytes: 131_072,
             max_env_bytes: 131_072,
             max_nofile: 1_048_576,
+            max_log_mb: 1024,
         }
     }
 }
@@ -501,6 +505,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "databases.gate_uid ({gate}) must be 1000 or more and outside the deployments' uids ({}..{}) and the tasks' ({}..{}): the database gate runs as a uid of its own",
                 deployments.start, deployments.end, tasks.start, tasks.end
+            )));
+        }
+        if self.limits.log_max_mb == 0 || self.limits.log_max_mb > self.sandbox.max_log_mb {
+            return Err(ConfigError::Invalid(format!(
+                "limits.log_max_mb ({}) must be 1 to sandbox.max_log_mb ({}): it is what a push that names no --log-max gets",
+                self.limits.log_max_mb, self.sandbox.max_log_mb
             )));
         }
         if self.tasks.uid_base < 1000 {

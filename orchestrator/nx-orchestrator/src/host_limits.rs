@@ -43,7 +43,8 @@ pub fn disk_free_mb(dir: &Path) -> std::io::Result<u64> {
 }
 
 /// This host's bounds under `config`'s sizes (`[sandbox]`), the task limit of one sandbox's
-/// slice (`systemd.sandbox_tasks_max`) and the free space of the state directory's filesystem.
+/// slice (`systemd.sandbox_tasks_max`) and the free space of the state directory's filesystem,
+/// with nothing promised to deployments' logs (a push counts those: `Orchestrator::push`).
 /// Where /proc or statvfs cannot say, the host's limit is taken as unbounded (systemd, the
 /// kernel and the filesystem still refuse what cannot be).
 pub fn request_bounds(config: &Config) -> RequestBounds {
@@ -61,6 +62,8 @@ pub fn request_bounds(config: &Config) -> RequestBounds {
         max_ready_timeout_secs: sandbox.max_ready_timeout_secs,
         disk_free_mb: disk_free_mb(&config.state_dir).unwrap_or(u64::MAX >> 20),
         disk_reserve_mb: DISK_RESERVE_MB,
+        disk_promised_mb: 0,
+        max_log_mb: sandbox.max_log_mb,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::access::{SshKeyStore, TokenStore};
 use crate::api::access::SandboxSettings;
-use crate::api::checks;
+use crate::api::checks::{self, RequestBounds};
 use crate::api::health;
 use crate::api::{DeploymentView, PushRequest, SandboxRemoved, SandboxView};
 use crate::artifact::Artifact;
@@ -669,7 +669,10 @@ impl Orchestrator {
                 req.idle_timeout_secs = req.idle_timeout_secs.or(settings.idle_timeout_secs);
             }
         }
-        let bounds = host_limits::request_bounds(&self.config);
+        let bounds = RequestBounds {
+            disk_promised_mb: step("log_room", self.log_room_promised_mb()).await?,
+            ..host_limits::request_bounds(&self.config)
+        };
         let limits = req.limits.apply(self.config.limits);
         checks::check_program_input(&req.args, &req.env, &bounds)?;
         checks::check_limits(&limits, &bounds)?;
@@ -1379,6 +1382,26 @@ impl Orchestrator {
             // Filled in by `apply_tcp_urls`.
             tcp_url: None,
         }
+    }
+
+    /// What the logs of every deployment on this host may still write, in MiB: each one's
+    /// `limits.log_max_mb` less what its log files hold now. A push's `/data` and log cap must
+    /// fit beside it, so that the logs' caps together never promise more than the disk has
+    /// (attacker s9 F2b). Errors: `State`.
+    async fn log_room_promised_mb(&self) -> Result<u64, Error> {
+        let deployments = self.state.deployments().await?;
+        let keep = self.config.logs.keep;
+        // A stat of each log file: microseconds each, no need to leave the runtime's thread.
+        let bytes: u64 = deployments
+            .iter()
+            .map(|d| {
+                self.backend
+                    .handle(d)
+                    .log_files(&d.limits, keep)
+                    .room_bytes()
+            })
+            .sum();
+        Ok(bytes >> 20)
     }
 
     pub async fn log_file(&self, id: &DeploymentId) -> Result<PathBuf, Error> {

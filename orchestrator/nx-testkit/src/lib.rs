@@ -324,6 +324,17 @@ impl Host {
         self.spawn_nxd();
     }
 
+    /// Restarts nxd with `keys` (TOML lines, e.g. `max_log_mb = 4096`) added to its config's
+    /// `[sandbox]` table, which the host's config already holds (a table is defined once, so an
+    /// extra config of `start_with` cannot name it).
+    pub fn restart_nxd_with_sandbox_keys(&mut self, keys: &str) {
+        let config = self.path("nxd.toml");
+        let text = std::fs::read_to_string(&config).expect("read nxd.toml");
+        let text = text.replacen("[sandbox]\n", &format!("[sandbox]\n{keys}\n"), 1);
+        std::fs::write(&config, text).expect("write nxd.toml");
+        self.restart_nxd();
+    }
+
     /// Restarts nxd on the same state dir running the binary at `nxd` from now on (another
     /// build of nxd, e.g. to measure two builds on one host in turn).
     pub fn restart_nxd_as(&mut self, nxd: PathBuf) {

@@ -246,28 +246,81 @@ fn no_disk_means_no_data_to_write_and_a_disk_larger_than_the_host_is_refused() {
     assert_eq!(host.get(&preview, "/health").0, 200);
 
     let sample = nx_testkit::sample_app();
-    for (flag, field) in [
-        ("--disk", "limits.disk_mb"),
-        ("--log-max", "limits.log_max_mb"),
-    ] {
-        let push = host.nx(&[
+    let push = host.nx(&[
+        "push",
+        sample.to_str().unwrap(),
+        "--sandbox",
+        "huge",
+        "--disk",
+        "4194304",
+    ]);
+    assert!(!push.ok, "a 4 TiB --disk was accepted: {}", push.stdout);
+    assert!(
+        push.stderr.contains("limits.disk_mb: 4194304 MiB does not fit on this host: the filesystem of nxd's state directory has ")
+            && push.stderr.contains(" MiB in reserve and the logs of the deployments here may still write ")
+            && push.stderr.contains("give at most "),
+        "{}",
+        push.stderr
+    );
+    assert_eq!(host.nx_json(&["ls"]).as_array().map(Vec::len), Some(1));
+}
+
+/// Attacker s9 F2b: `--log-max 10000000` (9.5 TiB) was accepted and the log grew 40 MiB/s
+/// toward it. A log cap is at most `sandbox.max_log_mb`, and a push's cap must fit in the
+/// state directory's free disk beside nxd's reserve and what the logs already there may still
+/// write: two caps of 3/5 of that room each are not both granted.
+#[test]
+fn log_caps_are_bounded_by_the_host_and_together_by_its_free_disk() {
+    let mut host = Host::start();
+    host.restart_nxd_with_sandbox_keys("max_log_mb = 1048576");
+    let sample = nx_testkit::sample_app();
+    let push = |sandbox: &str, log_max: &str| {
+        host.nx(&[
             "push",
             sample.to_str().unwrap(),
             "--sandbox",
-            "huge",
-            flag,
-            "4194304",
-        ]);
-        assert!(!push.ok, "a 4 TiB {flag} was accepted: {}", push.stdout);
-        let expected = format!("{field}: 4194304 MiB does not fit on this host: the filesystem of nxd's state directory has ");
-        assert!(
-            push.stderr.contains(&expected)
-                && push.stderr.contains(" MiB in reserve; give at most "),
-            "{}",
-            push.stderr
-        );
-    }
-    assert_eq!(host.nx_json(&["ls"]).as_array().map(Vec::len), Some(1));
+            sandbox,
+            "--log-max",
+            log_max,
+        ])
+    };
+    let refused = push("logs", "10000000");
+    assert!(
+        !refused.ok,
+        "a 9.5 TiB --log-max was accepted: {}",
+        refused.stdout
+    );
+    assert!(
+        refused.stderr.contains(
+            "limits.log_max_mb: 10000000 is out of range: give 1 to 1048576 MiB (sandbox.max_log_mb) on this host"
+        ),
+        "{}",
+        refused.stderr
+    );
+
+    let free = nx_orchestrator::host_limits::disk_free_mb(&host.path("")).unwrap();
+    let room = free - nx_orchestrator::host_limits::DISK_RESERVE_MB;
+    let cap = room * 3 / 5;
+    let first = push("logs", &cap.to_string());
+    assert!(first.ok, "{}{}", first.stdout, first.stderr);
+    let second = push("logs2", &cap.to_string());
+    assert!(
+        !second.ok,
+        "two log caps of {cap} MiB with {room} MiB of room were both granted"
+    );
+    // The first deployment's log holds a few KiB of its cap (or nothing yet).
+    let promised = [cap - 1, cap].map(|mb| format!("may still write {mb} MiB"));
+    assert!(
+        second.stderr.contains(&format!(
+            "limits.log_max_mb: {cap} MiB does not fit on this host"
+        )) && promised.iter().any(|p| second.stderr.contains(p)),
+        "{}",
+        second.stderr
+    );
+    // Removing the first deployment's sandbox gives its room back.
+    assert!(host.nx(&["sandbox", "rm", "logs", "--no-backup"]).ok);
+    let third = push("logs2", &cap.to_string());
+    assert!(third.ok, "{}{}", third.stdout, third.stderr);
 }
 
 #[test]

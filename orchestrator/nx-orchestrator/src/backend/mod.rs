@@ -166,6 +166,15 @@ impl SandboxHandle {
     pub fn log_file(&self) -> PathBuf {
         self.dir.join("output.log")
     }
+    /// The deployment's log files under its cap (`limits.log_max_mb`) with `keep` rotated
+    /// files (`[logs] keep`).
+    pub fn log_files(&self, limits: &crate::config::Limits, keep: u32) -> crate::logs::LogFiles {
+        crate::logs::LogFiles {
+            path: self.log_file(),
+            max_bytes: limits.log_max_mb << 20,
+            keep,
+        }
+    }
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }

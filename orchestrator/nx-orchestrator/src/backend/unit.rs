@@ -5,7 +5,6 @@ use super::data_disk::{DataImage, DataTemplates};
 use super::launch::{LaunchSpec, MonitorSpec};
 use super::{BackendError, SandboxHandle, SandboxSpec};
 use crate::api::UnitState;
-use crate::logs::LogFiles;
 use crate::supervisor::{Restart, SliceKind, StopTimeout, Supervisor, UnitOutput, UnitSpec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,11 +84,7 @@ impl DeploymentUnits {
     /// `log_max_mb` with `[logs] keep` rotated files, and its directory.
     pub fn monitor(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> MonitorSpec {
         MonitorSpec {
-            log: LogFiles {
-                path: handle.log_file(),
-                max_bytes: spec.deployment.limits.log_max_mb << 20,
-                keep: self.settings.log_keep,
-            },
+            log: handle.log_files(&spec.deployment.limits, self.settings.log_keep),
             dir: handle.dir.clone(),
         }
     }

@@ -142,6 +142,21 @@ impl LogFiles {
     pub fn rotated(&self, n: u32) -> PathBuf {
         rotated(&self.path, n)
     }
+
+    /// What the current file and the kept rotated ones hold now, in bytes (a missing file
+    /// holds none).
+    pub fn held_bytes(&self) -> u64 {
+        (0..=self.keep)
+            .filter_map(|n| std::fs::metadata(self.rotated(n)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// What the log may still write before it is full, in bytes: `max_bytes` less
+    /// [`Self::held_bytes`].
+    pub fn room_bytes(&self) -> u64 {
+        self.max_bytes.saturating_sub(self.held_bytes())
+    }
 }
 
 /// The `n`th file of the log at `path` (0: `path` itself, n: `path.n`).

@@ -404,10 +404,7 @@ mod tests {
         for _ in 0..20_000 {
             log.write_records(&line).unwrap();
         }
-        let total: u64 = (0..=3)
-            .filter_map(|n| std::fs::metadata(files.rotated(n)).ok())
-            .map(|m| m.len())
-            .sum();
+        let total = files.held_bytes();
         assert!(total <= files.max_bytes, "{total} bytes on disk");
         assert!(files.rotated(2).exists() && !files.rotated(3).exists());
     }
