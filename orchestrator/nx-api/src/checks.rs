@@ -84,8 +84,24 @@ fn check_string(field: &str, value: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// An environment value is one line of text: a newline or another control character (tab
+/// aside) would end it early where a tool reads variables a line each (Podman's `--env-file`:
+/// a value `a\nLD_PRELOAD=...` set a second variable; attacker s9).
+fn check_env_value(field: &str, value: &str) -> Result<(), FieldError> {
+    match value.chars().find(|c| c.is_control() && *c != '\t') {
+        Some(c) => fail(
+            field,
+            format!(
+                "holds the control character U+{:04X}, which no environment value may: keep it to one line; pass multi-line values (keys, certificates) encoded (base64) or through a file in /data or the database",
+                u32::from(c)
+            ),
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Arguments and environment of a program: no NUL, no string the kernel would refuse, totals
-/// within the bounds, variable names the shell's and not NX's own.
+/// within the bounds, variable names the shell's and not NX's own, values of one line.
 pub fn check_program_input(
     args: &[String],
     env: &BTreeMap<String, String>,
@@ -108,6 +124,7 @@ pub fn check_program_input(
         let field = format!("env.{}", name.replace('\0', "\\0"));
         check_env_name(name).or_else(|problem| fail(&field, problem))?;
         check_string(&field, value)?;
+        check_env_value(&field, value)?;
     }
     let env_bytes: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     if env_bytes > bounds.max_env_bytes {
@@ -299,6 +316,13 @@ mod tests {
         );
         let env = BTreeMap::from([("KEY".to_string(), "a\0".to_string())]);
         assert_eq!(field(check_program_input(&[], &env, &BOUNDS)), "env.KEY");
+        let env = BTreeMap::from([("KEY".to_string(), "a\nLD_PRELOAD=/x.so".to_string())]);
+        assert_eq!(
+            check_program_input(&[], &env, &BOUNDS).unwrap_err().to_string(),
+            "env.KEY: holds the control character U+000A, which no environment value may: keep it to one line; pass multi-line values (keys, certificates) encoded (base64) or through a file in /data or the database"
+        );
+        let tab = BTreeMap::from([("KEY".to_string(), "a\tb".to_string())]);
+        assert!(check_program_input(&[], &tab, &BOUNDS).is_ok());
         let env = BTreeMap::from([("NX_X".to_string(), "a".to_string())]);
         assert_eq!(field(check_program_input(&[], &env, &BOUNDS)), "env.NX_X");
         let zero = Limits {

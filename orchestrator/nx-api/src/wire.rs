@@ -471,9 +471,11 @@ pub struct BackupRemoved {
     pub removed: String,
 }
 
-/// `GET /v1/deployments/{id}/logs` (query string).
+/// `GET /v1/deployments/{id}/logs` (query string). A parameter it does not name gets a 400
+/// (`?n=-1` answered the last 100 lines as if it were understood).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// Go on streaming what the program writes, across rotation.
     #[serde(default)]

@@ -557,6 +557,11 @@ fn bad_request_fields_get_a_4xx_naming_the_field_and_store_nothing() {
             serde_json::json!({ "env": { "NX_SECRET": "1" } }),
             "env.NX_SECRET",
         ),
+        // A second line would be a second variable in Podman's env file (attacker s9).
+        (
+            serde_json::json!({ "env": { "KEY": "a\nLD_PRELOAD=/app/x.so" } }),
+            "env.KEY: holds the control character U+000A",
+        ),
     ];
     for (extra, names) in cases {
         let (status, body) = push(base(extra.clone()));
@@ -584,6 +589,10 @@ fn bad_request_fields_get_a_4xx_naming_the_field_and_store_nothing() {
             "memory_max_mb",
         ),
         (
+            serde_json::json!({ "artifact": sha, "env": { "KEY": "a\rb" } }),
+            "env.KEY: holds the control character U+000D",
+        ),
+        (
             serde_json::json!({ "artifact": sha, "timeout": 5 }),
             "unknown field `timeout`",
         ),
@@ -606,6 +615,27 @@ fn bad_request_fields_get_a_4xx_naming_the_field_and_store_nothing() {
         serde_json::json!({ "limits": { "memory_max_mb": 64 } }),
     ));
     assert_eq!(status, 200, "{body}");
+    // A log query with a parameter nxd does not know, or a negative count, is refused, not
+    // answered as if understood.
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (query, names) in [("n=-1", "unknown field `n`"), ("lines=-1", "lines")] {
+        let resp = host
+            .http()
+            .get(format!(
+                "http://{}/v1/deployments/{id}/logs?{query}",
+                host.api
+            ))
+            .bearer_auth(&host.token)
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        assert_eq!(status, 400, "{query}: {text}");
+        assert!(text.contains(names), "{query}: {text}");
+    }
 }
 
 #[test]
