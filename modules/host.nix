@@ -65,6 +65,11 @@ in
       default = defaults.apiMaxConnections;
       description = "Open API connections beyond this are closed as soon as they are accepted; open ones keep working.";
     };
+    apiMaxConnectionsPerAddress = mkOption {
+      type = types.ints.positive;
+      default = defaults.apiMaxConnectionsPerAddress;
+      description = "Of apiMaxConnections, the most one peer (an IPv4 address, or an IPv6 /64) may hold open; beyond it its new connections are closed as soon as they are accepted (at or above apiMaxConnections: no share of its own).";
+    };
     apiHeadTimeoutSecs = mkOption {
       type = types.ints.positive;
       default = defaults.apiHeadTimeoutSecs;

@@ -23,6 +23,7 @@ withoutNulls {
   state_dir = cfg.stateDir;
   api_listen = cfg.apiListen;
   api_max_connections = cfg.apiMaxConnections;
+  api_max_connections_per_address = cfg.apiMaxConnectionsPerAddress;
   api_head_timeout_secs = cfg.apiHeadTimeoutSecs;
   metrics_listen = cfg.metricsListen;
   router_listen = cfg.routerListen;

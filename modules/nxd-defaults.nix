@@ -4,6 +4,7 @@
   stateDir = "/var/lib/nx";
   apiListen = "127.0.0.1:7700";
   apiMaxConnections = 4096;
+  apiMaxConnectionsPerAddress = 256;
   apiHeadTimeoutSecs = 10;
   metricsListen = null;
   routerListen = "127.0.0.1:7780";

@@ -29,6 +29,11 @@ pub struct Config {
     /// Open API connections beyond this are closed as soon as they are accepted; those already
     /// open keep working.
     pub api_max_connections: usize,
+    /// Of those, the most one peer may hold open (an IPv4 address, or an IPv6 /64); beyond it
+    /// its new connections are closed as soon as they are accepted, so that one client cannot
+    /// hold every connection and lock the others out (at or above `api_max_connections`: no
+    /// share of its own).
+    pub api_max_connections_per_address: usize,
     /// Seconds a client has to send a request's head (request line and header fields) once nxd
     /// starts reading it, on a new connection or between keep-alive requests; a connection that
     /// has not sent it by then is closed (as the router's `router.head_timeout_secs`).
@@ -384,6 +389,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/nx"),
             api_listen: "127.0.0.1:7700".parse().expect("literal"),
             api_max_connections: 4096,
+            api_max_connections_per_address: 256,
             api_head_timeout_secs: 10,
             metrics_listen: None,
             router_listen: "127.0.0.1:7780".parse().expect("literal"),
@@ -558,6 +564,11 @@ impl Config {
                 "api_max_connections must be at least 1".into(),
             ));
         }
+        if self.api_max_connections_per_address == 0 {
+            return Err(ConfigError::Invalid(
+                "api_max_connections_per_address must be at least 1".into(),
+            ));
+        }
         if self.api_head_timeout_secs == 0 {
             return Err(ConfigError::Invalid(
                 "api_head_timeout_secs must be at least 1".into(),
@@ -721,5 +732,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("ports.start"));
+    }
+
+    #[test]
+    fn a_sandboxs_task_share_stays_below_the_whole_and_a_peer_has_a_connection() {
+        let refusal = |config: Config| config.validate().unwrap_err().to_string();
+        let mut config = Config::default();
+        config.systemd.sandbox_tasks_max = config.systemd.slice_tasks_max;
+        assert!(refusal(config).contains("below systemd.slice_tasks_max"));
+        let mut config = Config::default();
+        config.systemd.sandbox_tasks_max = 100;
+        assert!(refusal(config.clone()).contains("limits.tasks_max (256) is above"));
+        config.limits.tasks_max = 64;
+        config.tasks.limits.tasks_max = 128;
+        assert!(refusal(config).contains("tasks.limits.tasks_max (128) is above"));
+        let config = Config {
+            api_max_connections_per_address: 0,
+            ..Config::default()
+        };
+        assert!(refusal(config).contains("api_max_connections_per_address must be at least 1"));
     }
 }

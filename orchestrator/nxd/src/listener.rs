@@ -1,5 +1,7 @@
-//! The API's listener and its server loop. Over `api_max_connections` open connections, a new
-//! one is closed as soon as it is accepted, and those already open keep working. Accept errors
+//! The API's listener and its server loop. Over `api_max_connections` open connections, or
+//! over `api_max_connections_per_address` from one peer address (an IPv6 peer's /64: one host's
+//! usual share), a new one is closed as soon as it is accepted, and those already open keep
+//! working: one client holding connections cannot lock every other client out. Accept errors
 //! (EMFILE, ENFILE, ECONNABORTED) are logged and retried by axum's `TcpListener` (after 1 s for
 //! the resource errors), never fatal. A connection whose request head (request line and header
 //! fields) is not complete within `api_head_timeout_secs` of the moment nxd starts reading it,
@@ -14,32 +16,66 @@
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A TCP listener that holds at most `max` connections open at once.
+/// A TCP listener that holds at most `max` connections open at once, and at most
+/// `per_address` of them from one peer (see [`peer_key`]).
 pub struct CappedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
     max: usize,
+    per_address: usize,
+    /// Open connections by peer (only peers with at least one).
+    by_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// Whose share a connection from `addr` counts against: its IPv4 address, or the /64 of an
+/// IPv6 one (a host is commonly given a whole /64, RFC 7421); an IPv4-mapped IPv6 address
+/// counts as the IPv4 address.
+fn peer_key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
 }
 
 impl CappedListener {
-    /// `inner` with room for `max` open connections.
-    pub fn new(inner: TcpListener, max: usize) -> Self {
+    /// `inner` with room for `max` open connections, `per_address` from one peer.
+    pub fn new(inner: TcpListener, max: usize, per_address: usize) -> Self {
         Self {
             inner,
             slots: Arc::new(Semaphore::new(max)),
             max,
+            per_address,
+            by_peer: Arc::default(),
         }
+    }
+
+    /// Counts a connection from `peer` unless it already has `per_address` open.
+    fn take_peer_slot(&self, peer: IpAddr) -> Option<PeerSlot> {
+        let mut by_peer = self.by_peer.lock().expect("peer counts");
+        let open = by_peer.entry(peer).or_default();
+        if *open >= self.per_address {
+            return None;
+        }
+        *open += 1;
+        Some(PeerSlot {
+            by_peer: self.by_peer.clone(),
+            peer,
+        })
     }
 
     /// The next connection that gets a slot (with `TCP_NODELAY`) and its peer's address; those
@@ -50,29 +86,54 @@ impl CappedListener {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, %addr, "TCP_NODELAY");
             }
+            let Some(peer_slot) = self.take_peer_slot(peer_key(addr.ip())) else {
+                // Debug only: a client over its share would otherwise fill the log.
+                tracing::debug!(max = self.per_address, %addr, "api_max_connections_per_address reached: connection closed");
+                continue;
+            };
             match self.slots.clone().try_acquire_owned() {
                 Ok(slot) => {
                     return (
                         CappedStream {
                             stream,
                             _slot: slot,
+                            _peer_slot: peer_slot,
                         },
                         addr,
                     )
                 }
                 Err(_) => {
                     tracing::warn!(max = self.max, %addr, "api_max_connections reached: connection refused");
-                    drop(stream);
                 }
             }
         }
     }
 }
 
-/// A connection holding one of the listener's slots until it is dropped.
+/// One of a peer's connections, counted until it is dropped.
+struct PeerSlot {
+    by_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    peer: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut by_peer = self.by_peer.lock().expect("peer counts");
+        if let Some(open) = by_peer.get_mut(&self.peer) {
+            *open -= 1;
+            if *open == 0 {
+                by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A connection holding one of the listener's slots, and one of its peer's, until it is
+/// dropped.
 pub struct CappedStream {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    _peer_slot: PeerSlot,
 }
 
 /// Serves `app` on `listener` over HTTP/1.1 until the future is dropped (it never ends on its
@@ -144,5 +205,19 @@ impl AsyncWrite for CappedStream {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_key;
+
+    #[test]
+    fn a_peer_is_its_ipv4_address_or_its_ipv6_64() {
+        let key = |a: &str| peer_key(a.parse().unwrap()).to_string();
+        assert_eq!(key("127.0.0.2"), "127.0.0.2");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("::1"), "::");
     }
 }

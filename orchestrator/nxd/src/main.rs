@@ -161,7 +161,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         router = %app.config.router_listen,
         "nxd ready"
     );
-    let api_listener = listener::CappedListener::new(api_listener, app.config.api_max_connections);
+    let api_listener = listener::CappedListener::new(
+        api_listener,
+        app.config.api_max_connections,
+        app.config.api_max_connections_per_address,
+    );
     let sftp = {
         let app = Arc::clone(&app);
         async move {

@@ -4,7 +4,8 @@
 //! listens below port 1024 gets `CAP_NET_BIND_SERVICE` as an ambient capability; its log stays
 //! within `router.log_max_mb` under a flood of requests; the API closes connections that send no
 //! whole request head within `api_head_timeout_secs`; an upgraded nxd replaces the old build's
-//! router, and a router that exits is started again while `/v1/health` says it is down.
+//! router, and a router that exits is started again while `/v1/health` says it is down; one
+//! peer address holds at most `api_max_connections_per_address` API connections.
 
 use nx_testkit::Host;
 use std::io::{Read, Write};
@@ -85,7 +86,9 @@ fn eleven_hundred_idle_connections_each_leave_the_api_and_the_router_serving() {
     // nxd (and through the manager, the router) start at 1,024 open files, as under systemd.
     let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
     rlimit::Resource::NOFILE.set(1024, hard).unwrap();
-    let host = Host::start();
+    let mut host = Host::start();
+    // All 1,100 come from one address: above one peer's share, which is not this test's.
+    restart_with_keys(&mut host, "api_max_connections_per_address = 4096\n");
     rlimit::Resource::NOFILE.set(hard, hard).unwrap();
     let v1 = host.push_sample("crowd", &[]);
     host.nx_json(&["promote", "crowd", &v1]);
@@ -105,6 +108,14 @@ fn eleven_hundred_idle_connections_each_leave_the_api_and_the_router_serving() {
     assert!(ls.ok, "the API stopped serving: {}", ls.stderr);
     assert!(start.elapsed() < Duration::from_secs(10));
     drop((idle_router, idle_api));
+}
+
+/// Restarts nxd with `keys` (top-level keys of nxd.toml) added to its config.
+fn restart_with_keys(host: &mut Host, keys: &str) {
+    let config = host.path("nxd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{keys}{text}")).unwrap();
+    host.restart_nxd();
 }
 
 /// The router's process id, if it runs: the process whose command line names this host's
@@ -309,14 +320,10 @@ fn health_in_two_parts(host: &Host, pause: Duration) -> String {
 fn silent_and_half_sent_request_heads_are_closed_within_the_api_head_timeout() {
     const SLOTS: usize = 60;
     let mut host = Host::start();
-    let config = host.path("nxd.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("api_max_connections = {SLOTS}\napi_head_timeout_secs = 2\n{text}"),
-    )
-    .unwrap();
-    host.restart_nxd();
+    restart_with_keys(
+        &mut host,
+        &format!("api_max_connections = {SLOTS}\napi_head_timeout_secs = 2\n"),
+    );
 
     // Every slot held: a third send nothing, a third part of a head, a third a byte every 300 ms.
     let started = Instant::now();
@@ -457,4 +464,89 @@ fn an_upgraded_nxd_replaces_the_old_router_and_one_that_exits_comes_back() {
         .send()
         .unwrap();
     assert_eq!(health.status(), 200);
+}
+
+/// Attacker s8 F6, the rest: with the head timeout alone, one client re-opening thousands of
+/// half-sent heads every few seconds still held the API's connections between timeouts (38 of
+/// 56 other requests failed). Now one peer address holds at most
+/// `api_max_connections_per_address`: its further connections are closed at accept, and
+/// another address (here 127.0.0.2) is answered while it holds all it may.
+#[test]
+fn one_address_holding_every_connection_it_may_leaves_the_api_to_another() {
+    const SLOTS: usize = 200;
+    const PER_ADDRESS: usize = 100;
+    let mut host = Host::start();
+    restart_with_keys(
+        &mut host,
+        &format!("api_max_connections = {SLOTS}\napi_max_connections_per_address = {PER_ADDRESS}\napi_head_timeout_secs = 120\n"),
+    );
+
+    // Inside the host's network namespace (the test's forwarder would make every connection
+    // one peer's), 127.0.0.1 opens more than all the API's connections, each with half a head.
+    let api = host.api;
+    let held: Vec<TcpStream> = host.netns.run(|| {
+        (0..SLOTS + PER_ADDRESS)
+            .map(|_| {
+                let mut stream = TcpStream::connect(api).unwrap();
+                let _ = stream.write_all(b"GET /v1/health HTTP/1.1\r\nHost: nxd\r\n");
+                stream
+            })
+            .collect()
+    });
+    // Meanwhile 127.0.0.2 gets its answers, each on a new connection.
+    std::thread::sleep(Duration::from_millis(500));
+    let token = host.token.clone();
+    let answers: Vec<Result<u16, String>> = host.netns.run(move || {
+        let other = reqwest::blocking::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        (0..20)
+            .map(|_| {
+                other
+                    .get(format!("http://{api}/v1/health"))
+                    .bearer_auth(&token)
+                    .send()
+                    .map(|a| a.status().as_u16())
+                    .map_err(|e| format!("{e:?}"))
+            })
+            .collect()
+    });
+    if answers.iter().any(|a| a != &Ok(200)) {
+        let log = host.nxd_log();
+        let tail = &log[log.len().saturating_sub(3000)..];
+        panic!("127.0.0.2's 20 requests: {answers:?}\nnxd's log ends:\n{tail}");
+    }
+
+    let open = held
+        .iter()
+        .filter(|&stream| {
+            stream
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            matches!(
+                (&mut &*stream).read(&mut [0; 1]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+            )
+        })
+        .count();
+    eprintln!(
+        "{} connections from 127.0.0.1: {open} held open",
+        held.len()
+    );
+    // (The test's host keeps one keep-alive connection of its own from 127.0.0.1.)
+    assert!(
+        (PER_ADDRESS - 2..=PER_ADDRESS).contains(&open),
+        "{open} of 127.0.0.1's connections open"
+    );
+
+    // Once 127.0.0.1 lets go, it is answered again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host.nx(&["ls"]).ok {
+        assert!(Instant::now() < deadline, "127.0.0.1 still locked out");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
