@@ -201,6 +201,7 @@ in
       slice = mkOption { type = types.str; default = defaults.systemd.slice; description = "Parent slice of every deployment unit."; };
       sliceTasksMax = mkOption { type = types.ints.positive; default = defaults.systemd.sliceTasksMax; description = "TasksMax of that slice: the processes and threads of all deployments and tasks together (keep it below the kernel's pid_max)."; };
       sandboxTasksMax = mkOption { type = types.ints.positive; default = defaults.systemd.sandboxTasksMax; description = "TasksMax of each sandbox's own slice inside that one (nx-<sandbox>.slice): the processes and threads of all of a sandbox's deployments together, and the most a push may ask for (--tasks). Below sliceTasksMax, so that one sandbox at its limit leaves room for the others."; };
+      tasksSliceTasksMax = mkOption { type = types.ints.positive; default = defaults.systemd.tasksSliceTasksMax; description = "TasksMax of the slice every task (nx run-task) runs in, inside that one (nx-run_task.slice): the processes and threads of all tasks together. Below sliceTasksMax, so that concurrent tasks at their limit leave room for deployments and pushes; at least tasks.limits.tasksMax."; };
       sliceMemoryMaxPercent = mkOption { type = types.ints.between 1 100; default = defaults.systemd.sliceMemoryMaxPercent; description = "MemoryMax of that slice, in percent of the host's memory."; };
     };
     database = {

@@ -56,6 +56,7 @@ withoutNulls {
     inherit (cfg.systemd) mode slice;
     slice_tasks_max = cfg.systemd.sliceTasksMax;
     sandbox_tasks_max = cfg.systemd.sandboxTasksMax;
+    tasks_slice_tasks_max = cfg.systemd.tasksSliceTasksMax;
     slice_memory_max_percent = cfg.systemd.sliceMemoryMaxPercent;
   };
   databases = withoutNulls {

@@ -49,6 +49,7 @@
     slice = "nx.slice";
     sliceTasksMax = 8192;
     sandboxTasksMax = 4096;
+    tasksSliceTasksMax = 2048;
     sliceMemoryMaxPercent = 80;
   };
   databases = {

@@ -379,6 +379,11 @@ pub struct SystemdConfig {
     /// and so the most one deployment may ask for (`nx push --tasks`). Below `slice_tasks_max`,
     /// so that a sandbox at its limit leaves room for every other sandbox's pushes and for tasks.
     pub sandbox_tasks_max: u64,
+    /// `TasksMax` of the slice every task (`nx run-task`) runs in, inside it
+    /// ([`crate::supervisor::TASKS_SLICE`] of `slice`): the processes and threads of all tasks
+    /// together. Below `slice_tasks_max`, so that concurrent tasks at their limit leave room for
+    /// deployments and pushes; at least `tasks.limits.tasks_max`.
+    pub tasks_slice_tasks_max: u64,
     /// `MemoryMax` of that slice, in percent of the host's memory.
     pub slice_memory_max_percent: u32,
 }
@@ -451,6 +456,7 @@ impl Default for SystemdConfig {
             slice: "nx.slice".into(),
             slice_tasks_max: 8192,
             sandbox_tasks_max: 4096,
+            tasks_slice_tasks_max: 2048,
             slice_memory_max_percent: 80,
         }
     }
@@ -583,24 +589,31 @@ impl Config {
             )));
         }
         let systemd = &self.systemd;
-        if !(nx_api::checks::MIN_TASKS..systemd.slice_tasks_max)
-            .contains(&systemd.sandbox_tasks_max)
-        {
-            return Err(ConfigError::Invalid(format!(
-                "systemd.sandbox_tasks_max ({}) must be {} or more and below systemd.slice_tasks_max ({}): one sandbox at its limit must leave room for the others' pushes and tasks",
+        // Each share of nx.slice, and the one limit that must fit in it.
+        for (share_key, share, key, tasks_max) in [
+            (
+                "systemd.sandbox_tasks_max",
                 systemd.sandbox_tasks_max,
-                nx_api::checks::MIN_TASKS,
-                systemd.slice_tasks_max
-            )));
-        }
-        for (key, tasks_max) in [
-            ("limits.tasks_max", self.limits.tasks_max),
-            ("tasks.limits.tasks_max", self.tasks.limits.tasks_max),
+                "limits.tasks_max",
+                self.limits.tasks_max,
+            ),
+            (
+                "systemd.tasks_slice_tasks_max",
+                systemd.tasks_slice_tasks_max,
+                "tasks.limits.tasks_max",
+                self.tasks.limits.tasks_max,
+            ),
         ] {
-            if tasks_max > systemd.sandbox_tasks_max {
+            if !(nx_api::checks::MIN_TASKS..systemd.slice_tasks_max).contains(&share) {
                 return Err(ConfigError::Invalid(format!(
-                    "{key} ({tasks_max}) is above systemd.sandbox_tasks_max ({}), the most a deployment or task may have; lower it or raise that",
-                    systemd.sandbox_tasks_max
+                    "{share_key} ({share}) must be {} or more and below systemd.slice_tasks_max ({}): one share at its limit must leave room for the others' pushes and tasks",
+                    nx_api::checks::MIN_TASKS,
+                    systemd.slice_tasks_max
+                )));
+            }
+            if tasks_max > share {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} ({tasks_max}) is above {share_key} ({share}), the most one may have; lower it or raise that"
                 )));
             }
         }
@@ -744,6 +757,7 @@ mod tests {
         config.systemd.sandbox_tasks_max = 100;
         assert!(refusal(config.clone()).contains("limits.tasks_max (256) is above"));
         config.limits.tasks_max = 64;
+        config.systemd.tasks_slice_tasks_max = 100;
         config.tasks.limits.tasks_max = 128;
         assert!(refusal(config).contains("tasks.limits.tasks_max (128) is above"));
         let config = Config {

@@ -68,12 +68,14 @@ pub fn request_bounds(config: &Config) -> RequestBounds {
 }
 
 /// The tenants' slice's caps under `systemd`: `slice_tasks_max` tasks and
-/// `slice_memory_max_percent` of the host's memory; each sandbox's slice `sandbox_tasks_max`.
+/// `slice_memory_max_percent` of the host's memory; each sandbox's slice `sandbox_tasks_max`,
+/// the tasks' slice `tasks_slice_tasks_max`.
 pub fn slice_caps(systemd: &SystemdConfig) -> SliceCaps {
     let memory_mb = host_memory_mb().unwrap_or(u64::MAX >> 20);
     SliceCaps {
         tasks_max: systemd.slice_tasks_max,
         sandbox_tasks_max: systemd.sandbox_tasks_max,
+        tasks_slice_tasks_max: systemd.tasks_slice_tasks_max,
         memory_max_bytes: (memory_mb * u64::from(systemd.slice_memory_max_percent) / 100) << 20,
     }
 }

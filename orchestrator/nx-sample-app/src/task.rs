@@ -46,7 +46,8 @@ pub fn run(args: &[String]) -> i32 {
             0
         }
         "fork" => {
-            let _ = writeln!(out, "{}", crate::fork_until_refused(0));
+            let hold_secs = arg(1).parse().unwrap_or(0);
+            let _ = writeln!(out, "{}", crate::fork_until_refused(hold_secs));
             0
         }
         "hog" => {

@@ -744,6 +744,113 @@ fn nxd_comes_first_under_a_fork_bomb_a_cpu_spin_and_a_memory_hog() {
     );
 }
 
+/// A host whose tenants' slice (`nx.slice`) holds 400 tasks, of which each sandbox's
+/// deployments (64 each by default) may take 150 and all tasks 150.
+fn host_with_400_tenant_tasks() -> Host {
+    let mut host = Host::start_with("[limits]\ntasks_max = 64\n");
+    let config = host.path("nxd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let systemd = "mode = \"embedded\"\n";
+    assert!(text.contains(systemd), "{text}");
+    let keys = format!(
+        "{systemd}slice_tasks_max = 400\nsandbox_tasks_max = 150\ntasks_slice_tasks_max = 150\n"
+    );
+    std::fs::write(&config, text.replace(systemd, &keys)).unwrap();
+    host.restart_nxd();
+    assert_eq!(slice_file(&host, "nx.slice", "pids.max"), "400");
+    host
+}
+
+/// The tenants' task count once fork bombs are refused: `at_least` or more, and still for 2 s.
+fn settled_tenant_tasks(host: &Host, at_least: u64) -> u64 {
+    let tenants_tasks = || {
+        slice_file(host, "nx.slice", "pids.current")
+            .parse::<u64>()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut seen, mut since) = (tenants_tasks(), Instant::now());
+    while seen < at_least || since.elapsed() < Duration::from_secs(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the fork bombs never settled: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let now = tenants_tasks();
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        }
+    }
+    seen
+}
+
+/// Attacker s10 F13: tasks ran in `nx.slice` itself, each at `tasks.limits.tasks_max`, so 135
+/// concurrent tasks that fork took all of the tenants' 8,192 tasks and another tenant's push
+/// failed ("install mount"). Now every task runs in `nx-run_task.slice`, whose `TasksMax`
+/// (`systemd.tasks_slice_tasks_max`) is below the tenants' whole.
+#[test]
+fn concurrent_tasks_at_their_slices_limit_leave_room_for_pushes() {
+    let host = host_with_400_tenant_tasks();
+    let sample = nx_testkit::sample_app();
+    let sample = sample.to_str().unwrap();
+    // Eight tasks of 64 each (512: more than all tenants' 400) fork until refused and hold
+    // their children 60 s.
+    let tasks: Vec<std::process::Child> = (0..8)
+        .map(|_| {
+            host.nx_command(
+                &host.token,
+                &[
+                    "run-task",
+                    sample,
+                    "--timeout",
+                    "120s",
+                    "--",
+                    "task",
+                    "fork",
+                    "60",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let seen = settled_tenant_tasks(&host, 150);
+    eprintln!("tasks in nx.slice under eight forking tasks: {seen} of 400");
+
+    // Meanwhile a push serves.
+    let pushed = host.nx(&["--json", "push", sample, "--sandbox", "other"]);
+    assert!(
+        pushed.ok,
+        "a push failed under the tasks: {}{}",
+        pushed.stdout, pushed.stderr
+    );
+    let id = pushed.json()["deployment"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(host.get(&host.preview_host("other", &id), "/health").0, 200);
+    assert_eq!(
+        slice_file(&host, "nx.slice/nx-run_task.slice", "pids.max"),
+        "150"
+    );
+    let outputs: Vec<String> = tasks
+        .into_iter()
+        .map(|task| {
+            let out = task.wait_with_output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    eprintln!("the eight tasks said: {outputs:?}");
+    let forked: u64 = outputs
+        .iter()
+        .filter_map(|o| serde_json::from_str::<serde_json::Value>(o.trim()).ok())
+        .map(|f| f["forked"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(forked < 150, "{outputs:?}");
+}
+
 /// Attacker s8 F7: `--tasks` went up to `pid_max` while every tenant shared `nx.slice`'s
 /// `TasksMax`, so one sandbox's fork bomb within its own `--tasks` made every other push and
 /// task fail (and the push said "install mount"). Now each sandbox's deployments share a slice
@@ -751,21 +858,7 @@ fn nxd_comes_first_under_a_fork_bomb_a_cpu_spin_and_a_memory_hog() {
 /// above it is refused; a push that finds no room says so.
 #[test]
 fn one_sandboxs_fork_bomb_leaves_room_for_other_sandboxes_pushes_and_tasks() {
-    let mut host = Host::start_with("[limits]\ntasks_max = 64\n");
-    let config = host.path("nxd.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let systemd = "mode = \"embedded\"\n";
-    assert!(text.contains(systemd), "{text}");
-    std::fs::write(
-        &config,
-        text.replace(
-            systemd,
-            &format!("{systemd}slice_tasks_max = 400\nsandbox_tasks_max = 150\n"),
-        ),
-    )
-    .unwrap();
-    host.restart_nxd();
-    assert_eq!(slice_file(&host, "nx.slice", "pids.max"), "400");
+    let host = host_with_400_tenant_tasks();
     let sample = nx_testkit::sample_app();
     let sample = sample.to_str().unwrap();
 
@@ -791,25 +884,7 @@ fn one_sandboxs_fork_bomb_leaves_room_for_other_sandboxes_pushes_and_tasks() {
             })
         })
         .collect();
-    // Until the tenants' task count has stood still for 2 s (the bombs are refused).
-    let tenants_tasks = || {
-        slice_file(&host, "nx.slice", "pids.current")
-            .parse::<u64>()
-            .unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut seen, mut since) = (tenants_tasks(), Instant::now());
-    while seen < 150 || since.elapsed() < Duration::from_secs(2) {
-        assert!(
-            Instant::now() < deadline,
-            "the fork bombs never settled: {seen}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        let now = tenants_tasks();
-        if now != seen {
-            (seen, since) = (now, Instant::now());
-        }
-    }
+    let seen = settled_tenant_tasks(&host, 150);
     eprintln!("tasks in nx.slice under the fork bombs: {seen} of 400");
 
     // Meanwhile another sandbox's push serves and a task runs.

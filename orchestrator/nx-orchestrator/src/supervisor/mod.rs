@@ -136,9 +136,12 @@ pub enum Restart {
 /// The slice a unit runs in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SliceKind {
-    /// Tasks: the configured slice (`systemd.slice`, default `nx.slice`), with
-    /// [`TENANTS_CPU_WEIGHT`] and the overall caps of [`SliceCaps`].
+    /// The configured slice itself (`systemd.slice`, default `nx.slice`), with
+    /// [`TENANTS_CPU_WEIGHT`] and the overall caps of [`SliceCaps`] (nx-bench's bare units).
     Tenants,
+    /// A task (`nx run-task`): [`TASKS_SLICE`] inside the tenants' slice, capped at
+    /// [`SliceCaps::tasks_slice_tasks_max`] tasks for all tasks together.
+    Tasks,
     /// A deployment of the sandbox of this name: the sandbox's own slice inside the tenants'
     /// ([`sandbox_slice`]), capped at [`SliceCaps::sandbox_tasks_max`] tasks.
     Sandbox(String),
@@ -153,6 +156,10 @@ pub const CONTROL_SLICE: &str = "nxd.slice";
 pub const CONTROL_CPU_WEIGHT: u64 = 1000;
 /// `CPUWeight` of the tenants' slice.
 pub const TENANTS_CPU_WEIGHT: u64 = 20;
+
+/// The slice of every task inside `nx.slice`, by its name's end: `nx-run_task.slice`. No
+/// sandbox's slice has this name ([`sandbox_slice`]: no sandbox name holds a `_`).
+pub const TASKS_SLICE: &str = "run_task";
 
 /// The slice of one sandbox's deployments inside `tenants` (e.g. `nx.slice`): `nx-web.slice`
 /// for sandbox `web`. A `-` in a slice's name means nesting (systemd.slice(5)), so the
@@ -173,6 +180,9 @@ pub struct SliceCaps {
     /// `TasksMax` of each sandbox's slice within it (below `tasks_max`: one sandbox at its
     /// limit leaves room for the others).
     pub sandbox_tasks_max: u64,
+    /// `TasksMax` of the tasks' slice within it (below `tasks_max`: tasks at their limit leave
+    /// room for deployments).
+    pub tasks_slice_tasks_max: u64,
     /// `MemoryMax` of the tenants' slice, in bytes.
     pub memory_max_bytes: u64,
 }
@@ -370,6 +380,7 @@ impl Supervisor {
         let manager = self.manager().await?;
         let slice = match &spec.slice {
             SliceKind::Tenants => self.slice.clone(),
+            SliceKind::Tasks => sandbox_slice(&self.slice, TASKS_SLICE),
             SliceKind::Sandbox(sandbox) => {
                 let slice = sandbox_slice(&self.slice, sandbox);
                 let tasks_max = self.sandbox_tasks_max.load(Ordering::Relaxed);
@@ -549,8 +560,9 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Sets the slices' weights and the tenants' overall caps (see [`start_slice`]); each
-    /// sandbox's slice gets `caps.sandbox_tasks_max` when a deployment of it starts next.
+    /// Sets the slices' weights, the tenants' overall caps and the tasks' slice's (see
+    /// [`start_slice`]); each sandbox's slice gets `caps.sandbox_tasks_max` when a deployment of
+    /// it starts next.
     #[tracing::instrument(skip(self))]
     pub async fn configure_slices(&self, caps: SliceCaps) -> Result<(), SupervisorError> {
         self.sandbox_tasks_max
@@ -563,8 +575,18 @@ impl Supervisor {
             ("MemoryMax", caps.memory_max_bytes.into()),
         ];
         let control: Vec<(&str, Value<'_>)> = vec![("CPUWeight", CONTROL_CPU_WEIGHT.into())];
+        let tasks: Vec<(&str, Value<'_>)> = vec![
+            ("TasksAccounting", true.into()),
+            ("TasksMax", caps.tasks_slice_tasks_max.into()),
+        ];
         let manager = self.manager().await?;
-        for (slice, props) in [(self.slice.as_str(), tenants), (CONTROL_SLICE, control)] {
+        // The tenants' slice first: the tasks' slice is inside it.
+        let tasks_slice = sandbox_slice(&self.slice, TASKS_SLICE);
+        for (slice, props) in [
+            (self.slice.as_str(), tenants),
+            (CONTROL_SLICE, control),
+            (tasks_slice.as_str(), tasks),
+        ] {
             start_slice(&manager, slice, &props).await?;
         }
         Ok(())

@@ -329,7 +329,7 @@ impl Pool {
                 stderr: stderr_unit,
             })),
             restart: Restart::No,
-            slice: SliceKind::Tenants,
+            slice: SliceKind::Tasks,
             remain_after_exit: false,
             ambient_capabilities: 0,
             cpu_affinity: Vec::new(),
