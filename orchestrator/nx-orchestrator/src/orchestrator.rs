@@ -476,8 +476,7 @@ impl Orchestrator {
     /// Where the router and the readiness probe reach a deployment: its own address, its port
     /// (a microVM's VMM forwards it there, in the deployment's namespace).
     pub(crate) fn upstream(&self, deployment: &Deployment) -> Result<SocketAddr, Error> {
-        let address = self.attachment(deployment)?.address;
-        Ok(SocketAddr::from((address, deployment.program_port())))
+        Ok(upstream_at(&self.attachment(deployment)?, deployment))
     }
 
     async fn spec(&self, deployment: &Deployment) -> Result<SandboxSpec, Error> {
@@ -1270,19 +1269,31 @@ impl Orchestrator {
         let files = self
             .monitor_files
             .get_many(handles.iter().map(|h| h.dir.as_path()));
+        // What each backend runs on, said once (a microVM's names its VMM and accelerator).
+        let runs_on = |kind| {
+            self.backend
+                .get(kind)
+                .map(|b| b.runs_on())
+                .unwrap_or_else(|e| e.to_string())
+        };
+        let (container, microvm) = (
+            runs_on(BackendKind::Container),
+            runs_on(BackendKind::Microvm),
+        );
         let mut views = deployments
             .iter()
             .zip(handles)
             .zip(states.into_iter().zip(files))
             .map(|((d, handle), (mut state, files))| {
                 crate::backend::exit::name_result(&mut state, files.last_exit.as_ref());
+                let attachment = self.attachment(d)?;
                 Ok(DeploymentView {
                     id: d.id.clone(),
                     sandbox: d.sandbox.clone(),
                     artifact: d.artifact.clone(),
                     port: d.program_port(),
-                    listen: self.upstream(d)?,
-                    address6: self.attachment(d)?.address6,
+                    listen: upstream_at(&attachment, d),
+                    address6: attachment.address6,
                     egress: d.egress,
                     desired: d.desired,
                     phase: Phase::observe(d.desired, &state),
@@ -1293,11 +1304,10 @@ impl Orchestrator {
                     db_branch: d.db_branch,
                     runtime: d.runtime,
                     backend: d.backend,
-                    runs_on: self
-                        .backend
-                        .get(d.backend)
-                        .map(|b| b.runs_on())
-                        .unwrap_or_else(|e| e.to_string()),
+                    runs_on: match d.backend {
+                        BackendKind::Container => container.clone(),
+                        BackendKind::Microvm => microvm.clone(),
+                    },
                     created_at: d.created_at,
                     last_exit: files.last_exit,
                     disk: files.disk,
@@ -1424,6 +1434,11 @@ impl Orchestrator {
 struct Views {
     views: Vec<DeploymentView>,
     tcp: Vec<crate::tcp::store::TcpPort>,
+}
+
+/// Where the router and the readiness probe reach a deployment with this attachment.
+fn upstream_at(attachment: &crate::network::Attachment, deployment: &Deployment) -> SocketAddr {
+    SocketAddr::from((attachment.address, deployment.program_port()))
 }
 
 fn no_sandbox(name: &SandboxName) -> Error {

@@ -13,6 +13,7 @@ mod openapi;
 mod route_table;
 mod scopes;
 mod sftp;
+mod sized_json;
 mod usage_api;
 mod volumes_api;
 
