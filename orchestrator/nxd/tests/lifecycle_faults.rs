@@ -672,8 +672,9 @@ fn a_push_during_sandbox_rm_is_kept_listed_and_the_rm_says_to_run_again() {
 
 /// `nx logs` shows the control characters a program wrote escaped (an untrusted program may
 /// not drive the operator's terminal), tab kept; `--raw` gives them as they are; so does the
-/// log tail of the failed push (review s8 #6: it printed them raw). Here the sample app's
-/// "cannot listen on <HOST>" carries ESC and CR.
+/// log tail of the failed push (review s8 #6: it printed them raw). Here the sample app prints
+/// a line carrying ESC and CR (`task print`, as its argument: an environment value may not
+/// hold control characters) and ends before it is ready.
 #[test]
 fn nx_logs_escapes_control_characters_and_raw_keeps_them() {
     let host = Host::start();
@@ -684,8 +685,10 @@ fn nx_logs_escapes_control_characters_and_raw_keeps_them() {
         "esc",
         "--ready-timeout",
         "40s",
-        "-e",
-        "HOST=\x1b[31mred\x1b[0m\tand\rcarriage",
+        "--",
+        "task",
+        "print",
+        "cannot listen on \x1b[31mred\x1b[0m\tand\rcarriage",
     ]);
     assert!(!failed.ok, "{}", failed.stdout);
     assert!(
