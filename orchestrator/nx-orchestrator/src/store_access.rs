@@ -186,13 +186,20 @@ impl Orchestrator {
 
     /// Before a push or a task runs the program `sha256` (a stored artifact or a bundle's
     /// id): a sandbox's (or a token's) view must own it, else it is not stored (`NotFound`);
-    /// the host's view holds everything stored.
+    /// the host's view holds everything stored, and is told here when it is not, so that a
+    /// push of a program nxd lacks (the CLI's first request for a new binary, answered 404
+    /// to have it uploaded) is no push operation in the metrics.
     #[tracing::instrument(skip(self))]
     pub async fn admit_program(&self, view: &StoreView, sha256: &str) -> Result<(), Error> {
-        self.artifacts.path(sha256)?;
-        if self.holds(view, Content::Artifact, sha256).await?
-            || self.holds(view, Content::Bundle, sha256).await?
-        {
+        let path = self.artifacts.path(sha256)?;
+        let admitted = match view.owner() {
+            None => path.exists() || self.bundles.find(sha256)?.is_some(),
+            Some(_) => {
+                self.holds(view, Content::Artifact, sha256).await?
+                    || self.holds(view, Content::Bundle, sha256).await?
+            }
+        };
+        if admitted {
             Ok(())
         } else {
             Err(artifact_not_stored(sha256))
