@@ -27,7 +27,9 @@ fn series_appear_with_their_labels_and_move() {
 
     // A unit's memory and task counts may be served up to 1 s old (supervisor::unit_states::
     // COUNTERS_MAX_AGE): the first scrape can still hold the count from the unit's start.
-    let text = wait_for(&host, &format!("nx_deployment_tasks{{{unit}}}"), |v| v >= 2.0);
+    let text = wait_for(&host, &format!("nx_deployment_tasks{{{unit}}}"), |v| {
+        v >= 2.0
+    });
     let get = |series: &str| value(&text, series).unwrap_or_else(|| panic!("no {series}:\n{text}"));
     assert_eq!(get(&format!("nx_deployment_up{{{unit}}}")), 1.0);
     let cpu = get(&format!("nx_deployment_cpu_seconds_total{{{unit}}}"));
