@@ -123,6 +123,7 @@ in
       uidBase = mkOption { type = types.ints.unsigned; default = defaults.tasks.uidBase; description = "Tasks run as uids uidBase .. uidBase + 65535, in turn."; };
       defaultTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.tasks.defaultTimeoutSecs; description = "A task's timeout when the request names none."; };
       maxTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.tasks.maxTimeoutSecs; description = "The longest timeout a request may ask for."; };
+      maxConcurrentPerToken = mkOption { type = types.ints.positive; default = defaults.tasks.maxConcurrentPerToken; description = "The most tasks one deploy token (or the root token) runs at once; one more gets HTTP 429 until one of them ends. Times tasks.limits.tasksMax it is what one caller may hold of systemd.tasksSliceTasksMax (16 x 64 = 1024 of 2048 by default): keep it below that, so one caller leaves room for the others' tasks."; };
       limits = limitsOptions defaults.tasks.limits "a task";
     };
     router = {

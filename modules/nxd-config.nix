@@ -79,6 +79,7 @@ withoutNulls {
     uid_base = cfg.tasks.uidBase;
     default_timeout_secs = cfg.tasks.defaultTimeoutSecs;
     max_timeout_secs = cfg.tasks.maxTimeoutSecs;
+    max_concurrent_per_token = cfg.tasks.maxConcurrentPerToken;
     limits = limitsOf cfg.tasks.limits;
   };
   microvm = withoutNulls {

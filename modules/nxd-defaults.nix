@@ -72,6 +72,7 @@
     uidBase = 300000;
     defaultTimeoutSecs = 30;
     maxTimeoutSecs = 3600;
+    maxConcurrentPerToken = 16;
     limits = {
       memoryMaxMb = 256;
       cpuQuotaPercent = 100;

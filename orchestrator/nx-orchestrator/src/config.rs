@@ -210,6 +210,12 @@ pub struct TasksConfig {
     pub default_timeout_secs: u64,
     /// The longest timeout a request may ask for.
     pub max_timeout_secs: u64,
+    /// The most tasks one caller (a deploy token, or the root token) runs at once; one more
+    /// gets 429 until one of them ends. All tasks share `systemd.tasks_slice_tasks_max`, and
+    /// each may hold `limits.tasks_max` of it: this many times that is what one caller may take
+    /// (the defaults: 16 × 64 = 1024 of 2048), so keep it below the slice's to leave room for
+    /// other callers' tasks.
+    pub max_concurrent_per_token: usize,
     /// A task's limits when the request names none (`memory_max_mb` may be asked per task).
     pub limits: Limits,
 }
@@ -237,6 +243,7 @@ impl Default for TasksConfig {
             uid_base: 300_000,
             default_timeout_secs: 30,
             max_timeout_secs: 3600,
+            max_concurrent_per_token: 16,
             limits: Limits {
                 memory_max_mb: 256,
                 tasks_max: 64,
@@ -528,6 +535,11 @@ impl Config {
         if self.tasks.uid_base < 1000 {
             return Err(ConfigError::Invalid(
                 "tasks.uid_base must be 1000 or more: tasks run as unprivileged uids".into(),
+            ));
+        }
+        if self.tasks.max_concurrent_per_token == 0 {
+            return Err(ConfigError::Invalid(
+                "tasks.max_concurrent_per_token must be 1 or more: it is how many tasks one token may run at once".into(),
             ));
         }
         if self.tasks.default_timeout_secs == 0

@@ -10,6 +10,7 @@ use nx_orchestrator::backend::BackendError;
 use nx_orchestrator::databases::DbError;
 use nx_orchestrator::names::NameError;
 use nx_orchestrator::state::StateError;
+use nx_orchestrator::tasks::TaskError;
 use nx_orchestrator::Error;
 
 #[derive(Debug)]
@@ -89,6 +90,8 @@ fn status_of(e: &Error) -> StatusCode {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
         Error::Backend(BackendError::Unavailable(_)) => StatusCode::BAD_REQUEST,
+        // One caller's share of the tasks' slice is taken: it may try again once one ends.
+        Error::Task(TaskError::CallerAtCap { .. }) => StatusCode::TOO_MANY_REQUESTS,
         Error::Access(e) => match e {
             AccessError::NoSandbox(_) | AccessError::NoToken(_) | AccessError::NoKey { .. } => {
                 StatusCode::NOT_FOUND

@@ -125,7 +125,7 @@ async fn run_task(
 ) -> Result<Response, ApiError> {
     app.admit_program(&caller.store_view(), &req.artifact)
         .await?;
-    let events = app.run_task(req).await?;
+    let events = app.run_task(req, &caller.name()).await?;
     let lines = futures_util::stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
         let mut line = serde_json::to_vec(&event).expect("events serialise");

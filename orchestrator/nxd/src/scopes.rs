@@ -290,6 +290,15 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// How the caller is named in answers and counted per caller (its concurrent tasks,
+    /// `tasks.max_concurrent_per_token`): `token <id>` for a deploy token, `the root token`.
+    pub fn name(&self) -> String {
+        match self {
+            Caller::Root => "the root token".to_owned(),
+            Caller::Deploy(token) => format!("token {}", token.id),
+        }
+    }
+
     /// What it sees of the content store: the root token and deploy tokens for every sandbox
     /// that may push (and so put any program in any sandbox) the whole host's; a token scoped
     /// to a sandbox only what that sandbox owns; a token for every sandbox that may not push

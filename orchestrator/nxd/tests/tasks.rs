@@ -390,3 +390,82 @@ fn a_host_without_a_pool_starts_every_task_cold_and_grows_none() {
         Some(0.0)
     );
 }
+
+/// Starts `task sleep <secs>` as `token`, returning once nxd has answered the request (its
+/// status; the task then runs on) and a thread that reads its events to the end.
+fn start_task(
+    host: &Host,
+    token: &str,
+    sha: &str,
+    secs: &str,
+) -> (u16, String, Option<std::thread::JoinHandle<String>>) {
+    let resp = host
+        .http()
+        .post(format!("http://{}/v1/tasks", host.api))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"artifact": sha, "args": ["task", "sleep", secs]}))
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return (status, resp.text().unwrap(), None);
+    }
+    (
+        status,
+        String::new(),
+        Some(std::thread::spawn(move || resp.text().unwrap())),
+    )
+}
+
+/// One caller (token) may run at most `tasks.max_concurrent_per_token` tasks at once: past it,
+/// 429 saying what to do, while another token's task still runs; its slots come back as its
+/// tasks end (attacker s10: one tenant's tasks could take every slot of nx-run_task.slice).
+#[test]
+fn one_tokens_tasks_at_its_cap_leave_room_for_another_tokens() {
+    let host = Host::start();
+    let program = std::fs::read(sample_app()).unwrap();
+    let token = || {
+        let out = host.nx_json(&["token", "create", "--can", "tasks"]);
+        let token = out["token"].as_str().expect("token").to_owned();
+        let sha = nx_testkit::sha256_hex(&program);
+        let (status, body) = host.call(
+            &token,
+            "PUT",
+            &format!("/v1/artifacts/{sha}"),
+            Some(program.clone()),
+        );
+        assert_eq!(status, 200, "{body}");
+        (token, sha)
+    };
+    let ((greedy, sha), (other, _)) = (token(), token());
+    let cap = nx_orchestrator::config::TasksConfig::default().max_concurrent_per_token;
+    let running: Vec<_> = (0..cap)
+        .map(|_| {
+            let (status, body, reader) = start_task(&host, &greedy, &sha, "20");
+            assert_eq!(status, 200, "{body}");
+            reader.unwrap()
+        })
+        .collect();
+
+    let (status, body, _) = start_task(&host, &greedy, &sha, "0");
+    assert_eq!(status, 429, "task {} of one token: {body}", cap + 1);
+    assert!(
+        body.contains(&format!("runs {cap} tasks"))
+            && body.contains("tasks.max_concurrent_per_token"),
+        "{body}"
+    );
+    // Another token's task runs meanwhile, to its end.
+    let (status, body, reader) = start_task(&host, &other, &sha, "0");
+    assert_eq!(status, 200, "{body}");
+    let events = reader.unwrap().join().unwrap();
+    assert!(events.contains("\"exit_code\":0"), "{events}");
+
+    // Once its tasks have ended, the first token runs tasks again.
+    for reader in running {
+        let events = reader.join().unwrap();
+        assert!(events.contains("\"exit_code\":0"), "{events}");
+    }
+    let (status, body, reader) = start_task(&host, &greedy, &sha, "0");
+    assert_eq!(status, 200, "{body}");
+    reader.unwrap().join().unwrap();
+}

@@ -10,6 +10,7 @@
 //! microVM task of the pool's memory takes a guest booted ahead, when one waits (`[microvm]
 //! pool_size`); any other starts its guest cold, sized as it asks.
 
+mod caller_cap;
 mod exit_report;
 mod pool;
 mod request;
@@ -42,6 +43,9 @@ pub enum TaskError {
     Supervisor(#[from] SupervisorError),
     #[error("handing the task to its unit: {0}")]
     Handover(std::io::Error),
+    /// The caller runs `cap` tasks already (`tasks.max_concurrent_per_token`).
+    #[error("{caller} already runs {cap} tasks at once, the most tasks.max_concurrent_per_token allows one caller: wait for one of them to end and try again, or ask the operator to raise that limit")]
+    CallerAtCap { caller: String, cap: usize },
 }
 
 /// One task to run.
@@ -53,6 +57,9 @@ pub struct TaskRun {
     pub timeout: Duration,
     pub memory_max_mb: u64,
     pub backend: BackendKind,
+    /// Who asked (`token <id>` or `the root token`): each caller runs at most
+    /// `tasks.max_concurrent_per_token` tasks at once.
+    pub caller: String,
 }
 
 /// How many uids tasks take in turn, from `tasks.uid_base`.
@@ -85,6 +92,8 @@ pub struct Tasks {
     /// microvm backend).
     guests: Arc<Pool>,
     uids: Arc<TaskUids>,
+    /// Tasks running now per caller, up to `tasks.max_concurrent_per_token`.
+    callers: Arc<caller_cap::CallerCaps>,
     /// Tasks started on a warm unit, and on one started for them (cold), since nxd started.
     started_warm: AtomicU64,
     started_cold: AtomicU64,
@@ -162,6 +171,7 @@ impl Tasks {
             pool,
             guests,
             uids,
+            callers: caller_cap::CallerCaps::new(config.max_concurrent_per_token),
             started_warm: AtomicU64::new(0),
             started_cold: AtomicU64::new(0),
             steps,
@@ -195,9 +205,11 @@ impl Tasks {
     }
 
     /// Starts a task; its events follow on the receiver, ending with `Exited`. Dropping the
-    /// receiver kills the task.
+    /// receiver kills the task. Errors: `CallerAtCap` when its caller runs
+    /// `tasks.max_concurrent_per_token` tasks already (before anything starts).
     #[tracing::instrument(skip_all)]
     pub async fn run(&self, task: TaskRun) -> Result<mpsc::Receiver<TaskEvent>, TaskError> {
+        let caller = self.callers.admit(&task.caller)?;
         let steps = StepClock::new(&self.steps);
         let (mut slot, warm) = match self.warm_guest(&task).or_else(|| self.pool.take()) {
             Some(slot) => (slot, true),
@@ -264,6 +276,7 @@ impl Tasks {
                 at: started,
                 steps,
                 reports,
+                caller,
             },
             events,
         ));
@@ -321,12 +334,14 @@ impl StepClock {
     }
 }
 
-/// When a task was handed over, the clock of its steps, and whether its sandbox reports its
-/// end (`LaunchSpec::exit_report`).
+/// When a task was handed over, the clock of its steps, whether its sandbox reports its end
+/// (`LaunchSpec::exit_report`), and its place among its caller's running tasks (given back
+/// when its end is known, before `exited` is sent).
 struct Started {
     at: Instant,
     steps: StepClock,
     reports: bool,
+    caller: caller_cap::CallerSlot,
 }
 
 /// Follows one running task to its end.
@@ -438,6 +453,7 @@ impl Watcher {
             let outcome = reported_outcome(end, started.at.elapsed());
             steps.finish();
             tracing::info!(?outcome, "task ended");
+            drop(started.caller);
             let _ = events.send(TaskEvent::Exited(outcome)).await;
             drop(events);
             self.tidy(&unit, &launch).await;
@@ -461,6 +477,7 @@ impl Watcher {
         steps.lap("cleanup");
         steps.finish();
         tracing::info!(?outcome, "task ended");
+        drop(started.caller);
         let _ = events.send(TaskEvent::Exited(outcome)).await;
     }
 

@@ -35,9 +35,16 @@ fn backend(app: &Orchestrator, asked: Option<&str>) -> Result<BackendKind, Error
 }
 
 impl Orchestrator {
-    /// Runs a task once; the receiver gets `started`, its output, then `exited`.
-    #[tracing::instrument(skip_all, fields(artifact = %req.artifact))]
-    pub async fn run_task(&self, req: TaskRequest) -> Result<mpsc::Receiver<TaskEvent>, Error> {
+    /// Runs a task once for `caller` (how the API names who asked: `token <id>` or `the root
+    /// token`); the receiver gets `started`, its output, then `exited`. Errors: `Invalid` for a
+    /// bad request, `Task(CallerAtCap)` when the caller runs `tasks.max_concurrent_per_token`
+    /// tasks already.
+    #[tracing::instrument(skip_all, fields(artifact = %req.artifact, %caller))]
+    pub async fn run_task(
+        &self,
+        req: TaskRequest,
+        caller: &str,
+    ) -> Result<mpsc::Receiver<TaskEvent>, Error> {
         let app = self;
         let backend = backend(app, req.backend.as_deref())?;
         let timeout = timeout(app, req.timeout_secs)?;
@@ -65,6 +72,7 @@ impl Orchestrator {
                 timeout,
                 memory_max_mb,
                 backend,
+                caller: caller.to_owned(),
             })
             .await?)
     }
