@@ -115,6 +115,7 @@ in
       maxEnvBytes = mkOption { type = types.ints.positive; default = defaults.sandbox.maxEnvBytes; description = "A deployment's or task's -e variables, all together, in bytes (KEY=value and a NUL each); larger requests get a 400."; };
       maxNofile = mkOption { type = types.ints.positive; default = defaults.sandbox.maxNofile; description = "The largest open-files limit (RLIMIT_NOFILE, nx push --nofile) a deployment may ask for; larger requests get a 400."; };
       maxLogMb = mkOption { type = types.ints.positive; default = defaults.sandbox.maxLogMb; description = "The largest log cap (limits.log_max_mb, nx push --log-max) a deployment may ask for, in MiB: its log and rotated files on the state directory's disk; larger requests get a 400. limits.logMaxMb must not be above it."; };
+      maxDeployments = mkOption { type = types.ints.positive; default = defaults.sandbox.maxDeployments; description = "The most deployments one sandbox may have (running, stopped or failed: each holds a slot of ports until nx rm); a push past it gets a 409 naming the sandbox's oldest deployments to remove."; };
     };
     limits = limitsOptions defaults.limits "a deployment";
     tasks = {

@@ -45,6 +45,7 @@ withoutNulls {
     max_env_bytes = cfg.sandbox.maxEnvBytes;
     max_nofile = cfg.sandbox.maxNofile;
     max_log_mb = cfg.sandbox.maxLogMb;
+    max_deployments = cfg.sandbox.maxDeployments;
   };
   limits = limitsOf cfg.limits;
   logs = { inherit (cfg.logs) keep; };

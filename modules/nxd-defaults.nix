@@ -29,6 +29,7 @@
     maxEnvBytes = 131072;
     maxNofile = 1048576;
     maxLogMb = 1024;
+    maxDeployments = 100;
   };
   limits = {
     memoryMaxMb = 512;

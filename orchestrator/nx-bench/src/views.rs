@@ -206,15 +206,19 @@ pub fn wait_for_phases(
 
 /// A host (the nxd at `nxd`) with ports for one measured deployment and `many` more, whose
 /// deployments' logs are capped at 1 MiB: a push's log cap must fit in the free disk beside
-/// the caps of those already there (1,000 of the default 100 MiB would not on most hosts).
+/// the caps of those already there (1,000 of the default 100 MiB would not on most hosts);
+/// sandbox `many` may hold them all (`sandbox.max_deployments`: a baseline nxd must be a
+/// build that knows the key).
 pub fn host_for(nxd: PathBuf, many: usize) -> anyhow::Result<Host> {
     let last_port = FIRST_PORT + u16::try_from(many + 50)?;
-    Ok(Host::start_with_ports(
+    let mut host = Host::start_with_ports(
         nxd,
         (FIRST_PORT, last_port),
         UID_BLOCK,
         "[limits]\nlog_max_mb = 1\n",
-    ))
+    );
+    host.restart_nxd_with_sandbox_keys(&format!("max_deployments = {}", many + 1));
+    Ok(host)
 }
 
 pub fn run(

@@ -358,6 +358,10 @@ pub struct SandboxDefaults {
     /// The largest log cap (`limits.log_max_mb`, `nx push --log-max`) a push may ask for, in
     /// MiB: one deployment's log, rotated files included, on the state directory's disk.
     pub max_log_mb: u64,
+    /// The most deployments one sandbox may have (running, stopped or failed: each holds a
+    /// slot of `[ports]` until `nx rm`); a push past it gets a 409 naming the sandbox's
+    /// oldest ones to remove.
+    pub max_deployments: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -452,6 +456,7 @@ impl Default for SandboxDefaults {
             max_env_bytes: 131_072,
             max_nofile: 1_048_576,
             max_log_mb: 1024,
+            max_deployments: 100,
         }
     }
 }
@@ -531,6 +536,11 @@ impl Config {
                 "limits.log_max_mb ({}) must be 1 to sandbox.max_log_mb ({}): it is what a push that names no --log-max gets",
                 self.limits.log_max_mb, self.sandbox.max_log_mb
             )));
+        }
+        if self.sandbox.max_deployments == 0 {
+            return Err(ConfigError::Invalid(
+                "sandbox.max_deployments must be 1 or more: it is how many deployments one sandbox may have".into(),
+            ));
         }
         if self.tasks.uid_base < 1000 {
             return Err(ConfigError::Invalid(

@@ -737,6 +737,7 @@ impl Orchestrator {
                 },
                 self.config.ports,
                 self.config.sandbox.uid_base,
+                self.config.sandbox.max_deployments,
                 &health_check,
                 idle_timeout_secs,
             ),

@@ -12,8 +12,17 @@ pub enum StateError {
     Db(#[from] sqlx::Error),
     #[error("state database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("no free port left in {start}-{end}; remove deployments (`nx rm`) or widen [ports]")]
+    #[error("the host has no deployment slot left (ports {start}-{end}, one per deployment, stopped ones too): ask its operator to widen [ports]; deployments you no longer need free theirs (`nx rm`)")]
     NoPort { start: u16, end: u16 },
+    /// A push into a sandbox that has `max` deployments already (`sandbox.max_deployments`,
+    /// attacker s10 F5): one tenant may not take every slot of the host.
+    #[error("sandbox {sandbox} has {max} deployments, the most a sandbox may have on this host (sandbox.max_deployments); remove those it no longer needs, oldest first: {}", .oldest.iter().map(|id| format!("`nx rm {id}`")).collect::<Vec<_>>().join(", "))]
+    SandboxFull {
+        sandbox: String,
+        max: u64,
+        /// Its oldest deployments but its production, oldest first (at most three).
+        oldest: Vec<String>,
+    },
     #[error("no deployment {0}; `nx ls` lists them")]
     NoDeployment(String),
     #[error("sandbox {0} has no earlier promotion to roll back to")]
@@ -133,6 +142,8 @@ impl StateStore {
     /// Records a new deployment with the lowest port of the range no other deployment has.
     /// The port is also its slot: its uid and its address come from it (`network::Plan`), so
     /// the table is locked for the search (the port is UNIQUE: a race would fail the push).
+    /// A sandbox holding `max_per_sandbox` deployments already gets `SandboxFull` (checked
+    /// under the same lock: concurrent pushes cannot pass it together).
     /// Nothing is bound on the host: the program listens in its own network namespace. Its
     /// upkeep row (`health_check`, `idle_timeout_secs`: `upkeep::store`) is written in the same
     /// transaction: one commit per push, and no deployment without its row after a crash.
@@ -142,6 +153,7 @@ impl StateStore {
         new: NewDeployment,
         ports: PortRange,
         uid_base: u32,
+        max_per_sandbox: u64,
         health_check: &crate::api::HealthCheck,
         idle_timeout_secs: Option<u64>,
     ) -> Result<Deployment, StateError> {
@@ -166,6 +178,25 @@ impl StateStore {
             return Err(StateError::VolumeGone {
                 sandbox: new.sandbox.to_string(),
                 volume: (*gone).to_owned(),
+            });
+        }
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM deployments WHERE sandbox = $1")
+            .bind(new.sandbox.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        if u64::try_from(held).unwrap_or(0) >= max_per_sandbox {
+            let oldest = sqlx::query_scalar(
+                "SELECT id FROM deployments WHERE sandbox = $1 AND id IS DISTINCT FROM \
+                 (SELECT deployment FROM promotions WHERE sandbox = $1 ORDER BY seq DESC LIMIT 1) \
+                 ORDER BY created_at, id LIMIT 3",
+            )
+            .bind(new.sandbox.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            return Err(StateError::SandboxFull {
+                sandbox: new.sandbox.to_string(),
+                max: max_per_sandbox,
+                oldest,
             });
         }
         let used: Vec<i32> = sqlx::query_scalar("SELECT port FROM deployments")

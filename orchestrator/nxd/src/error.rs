@@ -86,7 +86,8 @@ fn status_of(e: &Error) -> StatusCode {
             | StateError::ProductionMoved(_)
             | StateError::PushedDuringRemoval { .. }
             | StateError::VolumeGone { .. }
-            | StateError::NoPort { .. } => StatusCode::CONFLICT,
+            | StateError::NoPort { .. }
+            | StateError::SandboxFull { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
         Error::Backend(BackendError::Unavailable(_)) => StatusCode::BAD_REQUEST,

@@ -169,7 +169,6 @@ fn a_bundle_runs_at_app_with_its_library_its_files_and_its_name() {
     assert_eq!(host.get(&host.preview_host("shop", &id4), "/health").0, 200);
 }
 
-/// Runs `nx push <path> --sandbox bad` and asserts it was refused saying `says`.
 /// Attacker s10 F10: a bundle's non-executable files are hard links to the host-wide blob of
 /// their content; one tenant's bundles took a common blob to ext4's 65,000 links, and every
 /// other tenant's bundle holding that file failed with "Too many links".
@@ -225,6 +224,61 @@ fn a_blob_at_the_filesystems_link_limit_still_goes_into_a_bundle() {
         (200, "greeting = \"hello\"\n".into())
     );
     std::fs::remove_dir_all(&links).unwrap();
+}
+
+/// Runs `nx push <path> --sandbox bad` and asserts it was refused saying `says`.
+/// The disk space the host's stored files take (blobs, bundles' trees, executable copies),
+/// in bytes: allocated blocks, each file once however many links it has (as `du` counts).
+fn stored_bytes(host: &Host) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    ["blobs", "bundles", "executables"]
+        .iter()
+        .flat_map(|dir| files_under(&host.path(dir)))
+        .filter_map(|path| std::fs::symlink_metadata(path).ok())
+        .filter(|meta| meta.is_file() && seen.insert((meta.dev(), meta.ino())))
+        .map(|meta| meta.blocks() * 512)
+        .sum()
+}
+
+/// Attacker s10 F2: a bundle's executables were copied into its tree, so a program uploaded
+/// once and named by new manifests (a new `--argv0` is a new bundle) took its size in disk
+/// space again per push: a 1 KB request cost 100 MiB for a 100 MiB executable.
+#[test]
+fn bundles_naming_a_stored_executable_do_not_take_its_size_again() {
+    let host = Host::start();
+    let dir = host.path("bundle");
+    make_bundle(&dir);
+    let push = |argv0: &str| {
+        let out = host.nx_json(&[
+            "push",
+            dir.to_str().unwrap(),
+            "--entry",
+            "bin/server",
+            "--argv0",
+            argv0,
+            "--sandbox",
+            "shop",
+        ]);
+        out["deployment"]["id"].as_str().unwrap().to_owned()
+    };
+    push("first");
+    let before = stored_bytes(&host);
+    let executable = std::fs::metadata(dir.join("bin/server")).unwrap().len();
+    let ids: Vec<String> = ["second", "third", "fourth"].map(push).to_vec();
+    let grown = stored_bytes(&host) - before;
+    assert!(
+        grown < executable / 4,
+        "three more bundles of a {executable}-byte executable took {grown} bytes of disk"
+    );
+    // Each still runs its own tree, under its own name.
+    for (id, argv0) in ids.iter().zip(["second", "third", "fourth"]) {
+        let (_, cmdline) = host.get(
+            &host.preview_host("shop", id),
+            "/read?path=/proc/self/cmdline",
+        );
+        assert!(cmdline.starts_with(&format!("{argv0}\0")), "{cmdline:?}");
+    }
 }
 
 fn refused(host: &Host, path: &Path, extra: &[&str], says: &str) {

@@ -323,6 +323,39 @@ fn log_caps_are_bounded_by_the_host_and_together_by_its_free_disk() {
     assert!(third.ok, "{}{}", third.stdout, third.stderr);
 }
 
+/// Attacker s10 F5: one push token took every deployment slot of the host (one port each,
+/// stopped deployments too) and another tenant was told to `nx rm` what it could not. Now a
+/// sandbox holds at most `sandbox.max_deployments`; past it, the push names its oldest.
+#[test]
+fn one_sandbox_holds_at_most_max_deployments_and_is_told_its_oldest_to_remove() {
+    let mut host = Host::start();
+    host.restart_nxd_with_sandbox_keys("max_deployments = 3");
+    let ids: Vec<String> = (0..3)
+        .map(|_| host.push_sample("greedy", &["--disk", "0"]))
+        .collect();
+    // Stopped deployments keep their slot (and their uid, which owns their /data).
+    assert!(host.nx(&["stop", &ids[0]]).ok);
+    let sample = nx_testkit::sample_app();
+    let fourth = host.nx(&["push", sample.to_str().unwrap(), "--sandbox", "greedy"]);
+    assert!(
+        !fourth.ok,
+        "a fourth deployment was accepted: {}",
+        fourth.stdout
+    );
+    assert!(
+        fourth.stderr.contains(
+            "sandbox greedy has 3 deployments, the most a sandbox may have on this host (sandbox.max_deployments)"
+        ) && fourth.stderr.contains(&format!("`nx rm {}`, `nx rm {}`", ids[0], ids[1])),
+        "{}",
+        fourth.stderr
+    );
+    // Another tenant still gets a slot.
+    host.push_sample("other", &["--disk", "0"]);
+    // The oldest removed, the sandbox pushes again.
+    assert!(host.nx(&["rm", &ids[0]]).ok);
+    host.push_sample("greedy", &["--disk", "0"]);
+}
+
 #[test]
 fn an_oom_kill_and_an_exit_code_are_named_in_the_log() {
     oom_kill_and_exit_code_named(&Host::start(), &[], 128);

@@ -1,9 +1,15 @@
 //! Bundles on nxd (see `nx_artifact::bundle`): their files are blobs in a store of their own
 //! (`<state_dir>/blobs/<sha256>`, any bytes, 0444), uploaded only when missing; a bundle is
 //! made from its manifest once every blob is there: checked, laid out as a read-only tree
-//! `<state_dir>/bundles/<id>/` (hard links to the blobs; executables copied, 0555), its entry
-//! verified with its library closure (the bundle's library directories first), and only then
-//! renamed into place next to its manifest `<id>.json`. A refused bundle leaves no tree.
+//! `<state_dir>/bundles/<id>/` (hard links to the blobs; an executable file a hard link to the
+//! one 0555 copy of its blob in `<state_dir>/executables/<sha256>`), its entry verified with
+//! its library closure (the bundle's library directories first), and only then renamed into
+//! place next to its manifest `<id>.json`. A refused bundle leaves no tree.
+//!
+//! A tree costs directories and links, not its files' bytes again: a file is stored once per
+//! digest as a blob, and once more at most as an executable copy (attacker s10 F2: each
+//! bundle copied its executables, so one 100 MiB upload and 1 KB manifests naming it took
+//! 500 MiB of disk per request).
 
 use super::store::{ArtifactStore, StoreError};
 use super::verify::{self, Linkage, VerifyError};
@@ -42,31 +48,32 @@ pub struct StoredBundle {
     pub linkage: Linkage,
 }
 
+#[derive(Clone)]
 pub struct BundleStore {
     /// The bundles' files, by sha256.
     pub blobs: ArtifactStore,
     trees: PathBuf,
+    /// `<state_dir>/executables`: the executable copies of blobs, by sha256.
+    executables: PathBuf,
     limits: BundleLimits,
 }
 
 const INCOMING: &str = ".incoming";
 
 impl BundleStore {
-    /// Opens `<state_dir>/blobs` and `<state_dir>/bundles` (clearing what a crash left half
-    /// made).
+    /// Opens `<state_dir>/blobs`, `<state_dir>/bundles` and `<state_dir>/executables`
+    /// (clearing what a crash left half made).
     pub fn open(state_dir: &Path, limits: BundleLimits) -> Result<Self, BundleStoreError> {
         let blobs = ArtifactStore::open_files(&state_dir.join("blobs"), limits.max_mb << 20)?;
         let trees = state_dir.join("bundles");
-        let incoming = trees.join(INCOMING);
-        if incoming.exists() {
-            std::fs::remove_dir_all(&incoming)?;
-        }
-        std::fs::create_dir_all(&incoming)?;
-        std::fs::set_permissions(&trees, std::fs::Permissions::from_mode(0o711))?;
-        std::fs::set_permissions(&incoming, std::fs::Permissions::from_mode(0o700))?;
+        // Deployments' uids reach their trees; the executable copies only through them.
+        open_dir(&trees, 0o711)?;
+        let executables = state_dir.join("executables");
+        open_dir(&executables, 0o700)?;
         Ok(Self {
             blobs,
             trees,
+            executables,
             limits,
         })
     }
@@ -123,8 +130,8 @@ impl BundleStore {
                 return Err(BundleStoreError::MissingFiles(missing));
             }
             self.check_sizes(&manifest)?;
-            let this = (self.blobs.clone(), self.trees.clone(), manifest.clone());
-            tokio::task::spawn_blocking(move || lay_out(&this.0, &this.1, &this.2))
+            let (this, manifest) = (self.clone(), manifest.clone());
+            tokio::task::spawn_blocking(move || this.lay_out(&manifest))
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))??;
             tracing::info!(bundle = %id, "bundle stored");
@@ -175,6 +182,79 @@ impl BundleStore {
             linkage,
         })
     }
+    /// Lays the tree out in `.incoming`, verifies the entry there, then renames it into place and
+    /// writes its manifest. Anything refused is removed with the temporary directory.
+    fn lay_out(&self, manifest: &BundleManifest) -> Result<(), BundleStoreError> {
+        let trees = &self.trees;
+        let id = manifest.id();
+        let temp = tempfile::Builder::new()
+            .prefix("bundle-")
+            .tempdir_in(trees.join(INCOMING))?;
+        let root = temp.path().join("tree");
+        std::fs::create_dir(&root)?;
+        for file in &manifest.files {
+            let path = bundle::host_path(&root, &file.path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let source = if file.executable {
+                self.executable(&file.sha256)?
+            } else {
+                self.blobs.path(&file.sha256)?
+            };
+            link_or_copy(&source, &path)?;
+        }
+        for link in &manifest.links {
+            let path = bundle::host_path(&root, &link.path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::os::unix::fs::symlink(&link.target, &path)?;
+        }
+        let entry = bundle::host_path(&root, &manifest.entry);
+        let search = Search::host().with_bundle(&root, manifest);
+        let bytes = std::fs::read(&entry)?;
+        verify::verify_with(&bytes, &search).map_err(|source| BundleStoreError::Entry {
+            entry: manifest.entry.clone(),
+            source,
+        })?;
+        // Directories: readable by every deployment's uid, writable by nobody.
+        for dir in walk_dirs(&root)? {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555))?;
+        }
+        std::fs::write(
+            trees.join(format!("{id}.json")),
+            serde_json::to_vec(manifest).map_err(std::io::Error::other)?,
+        )?;
+        match std::fs::rename(&root, trees.join(&id)) {
+            Ok(()) => Ok(()),
+            // Made meanwhile by another push of the same bundle.
+            Err(_) if trees.join(&id).is_dir() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The executable copy of blob `sha256` (mode 0555, which a hard link to the 0444 blob
+    /// cannot have): made once per digest (a temp file in `executables/.incoming`, renamed
+    /// into place; one made meanwhile by another bundle is kept) and shared by every tree
+    /// that holds the file as executable.
+    fn executable(&self, sha256: &str) -> Result<PathBuf, BundleStoreError> {
+        let blob = self.blobs.path(sha256)?;
+        let path = self.executables.join(sha256);
+        if path.is_file() {
+            return Ok(path);
+        }
+        let temp = tempfile::Builder::new()
+            .prefix("executable-")
+            .tempfile_in(self.executables.join(INCOMING))?;
+        std::fs::copy(&blob, temp.path())?;
+        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o555))?;
+        match temp.persist_noclobber(&path) {
+            Ok(_) => Ok(path),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(path),
+            Err(e) => Err(e.error.into()),
+        }
+    }
 }
 
 fn info(id: &str, stored: &StoredBundle) -> BundleInfo {
@@ -189,66 +269,28 @@ fn info(id: &str, stored: &StoredBundle) -> BundleInfo {
     }
 }
 
-/// Lays the tree out in `.incoming`, verifies the entry there, then renames it into place and
-/// writes its manifest. Anything refused is removed with the temporary directory.
-fn lay_out(
-    blobs: &ArtifactStore,
-    trees: &Path,
-    manifest: &BundleManifest,
-) -> Result<(), BundleStoreError> {
-    let id = manifest.id();
-    let temp = tempfile::Builder::new()
-        .prefix("bundle-")
-        .tempdir_in(trees.join(INCOMING))?;
-    let root = temp.path().join("tree");
-    std::fs::create_dir(&root)?;
-    for file in &manifest.files {
-        let path = bundle::host_path(&root, &file.path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let blob = blobs.path(&file.sha256)?;
-        if file.executable {
-            std::fs::copy(&blob, &path)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555))?;
-        } else if let Err(e) = std::fs::hard_link(&blob, &path) {
-            // A blob in many bundles reaches the filesystem's limit of links to one file
-            // (ext4: 65,000): this bundle gets a copy of its own. Without it, one tenant's
-            // bundles filling a common file's links made every other tenant's bundle holding
-            // it unpushable.
-            if e.kind() != std::io::ErrorKind::TooManyLinks {
-                return Err(e.into());
-            }
-            std::fs::copy(&blob, &path)?;
-        }
+/// Makes `dir` (mode `mode`) with an empty `.incoming` (0700) for work in progress: whatever
+/// a crash left there goes.
+fn open_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    let incoming = dir.join(INCOMING);
+    if incoming.exists() {
+        std::fs::remove_dir_all(&incoming)?;
     }
-    for link in &manifest.links {
-        let path = bundle::host_path(&root, &link.path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+    std::fs::create_dir_all(&incoming)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    std::fs::set_permissions(&incoming, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Hard-links `source` at `path`; where `source` is at the filesystem's limit of links to
+/// one file (ext4: 65,000), `path` gets a copy of its own (with its mode). Without the copy,
+/// one tenant's bundles filling a common file's links made every other tenant's bundle
+/// holding it unpushable (attacker s10 F10).
+fn link_or_copy(source: &Path, path: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(source, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::TooManyLinks => {
+            std::fs::copy(source, path).map(drop)
         }
-        std::os::unix::fs::symlink(&link.target, &path)?;
-    }
-    let entry = bundle::host_path(&root, &manifest.entry);
-    let search = Search::host().with_bundle(&root, manifest);
-    let bytes = std::fs::read(&entry)?;
-    verify::verify_with(&bytes, &search).map_err(|source| BundleStoreError::Entry {
-        entry: manifest.entry.clone(),
-        source,
-    })?;
-    // Directories: readable by every deployment's uid, writable by nobody.
-    for dir in walk_dirs(&root)? {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555))?;
-    }
-    std::fs::write(
-        trees.join(format!("{id}.json")),
-        serde_json::to_vec(manifest).map_err(std::io::Error::other)?,
-    )?;
-    match std::fs::rename(&root, trees.join(&id)) {
-        Ok(()) => Ok(()),
-        // Made meanwhile by another push of the same bundle.
-        Err(_) if trees.join(&id).is_dir() => Ok(()),
-        Err(e) => Err(e.into()),
+        linked => linked,
     }
 }
 
