@@ -71,6 +71,7 @@ withoutNulls {
     idle_in_transaction_timeout_secs = cfg.databases.idleInTransactionTimeoutSecs;
     temp_file_limit_mb = cfg.databases.tempFileLimitMb;
     backend_memory_max_mb = cfg.databases.backendMemoryMaxMb;
+    sandbox_memory_max_mb = cfg.databases.sandboxMemoryMaxMb;
     memory_max_mb = cfg.databases.memoryMaxMb;
     gate_uid = cfg.databases.gateUid;
   };

@@ -64,6 +64,7 @@
     idleInTransactionTimeoutSecs = 60;
     tempFileLimitMb = 2048;
     backendMemoryMaxMb = 1024;
+    sandboxMemoryMaxMb = 1536;
     memoryMaxMb = 4096;
     gateUid = 199999;
   };

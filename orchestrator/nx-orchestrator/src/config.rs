@@ -282,6 +282,13 @@ pub struct DatabasesConfig {
     /// A tenant's backend whose anonymous memory (`RssAnon`) passes this, in MiB, is ended
     /// by nxd (embedded cluster only; a role may `SET work_mem` as high as it likes). 0: none.
     pub backend_memory_max_mb: u64,
+    /// A sandbox role's backends together (production's or a preview branch's role), in MiB of
+    /// anonymous memory: past it nxd ends the role's largest backends until they fit
+    /// (embedded cluster only). All tenants' backends together are held to three quarters of
+    /// `memory_max_mb` the same way, the rest left to shared buffers and nxd's own sessions, so
+    /// that no set of sessions reaches the unit's `MemoryMax` (where the kernel kills one and
+    /// PostgreSQL restarts every session of every tenant). 0: none.
+    pub sandbox_memory_max_mb: u64,
     /// systemd `MemoryMax` of the embedded cluster's unit (`nx-postgres.service`), in MiB:
     /// all of PostgreSQL, nxd's state included. 0: none.
     pub memory_max_mb: u64,
@@ -306,6 +313,7 @@ impl Default for DatabasesConfig {
             idle_in_transaction_timeout_secs: 60,
             temp_file_limit_mb: 2048,
             backend_memory_max_mb: 1024,
+            sandbox_memory_max_mb: 1536,
             memory_max_mb: 4096,
             gate_uid: 199_999,
         }

@@ -992,6 +992,68 @@ fn psql_within_a_minute(url: &str, sql: &str) -> (Duration, String) {
     (started.elapsed(), stderr)
 }
 
+/// Attacker s10 F6: one tenant's parallel sessions, each under `backend_memory_max_mb`,
+/// together reached the cluster unit's MemoryMax; the kernel killed a backend and PostgreSQL
+/// restarted every session of every tenant.
+#[test]
+fn one_tenants_parallel_sessions_leave_another_tenants_session_and_postgresql_running() {
+    let host = Host::start_with(
+        "[databases]\nbackend_memory_max_mb = 512\nsandbox_memory_max_mb = 600\nmemory_max_mb = 3072\n",
+    );
+    let url = |sandbox: &str| {
+        host.nx_json(&["sandbox", "create", sandbox]);
+        host.nx_json(&["db", "url", sandbox])["url"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (alpha, beta) = (url("alpha"), url("beta"));
+    let psql = |url: &str, sql: &str| {
+        Command::new("psql")
+            .arg(url)
+            .args(["-v", "ON_ERROR_STOP=1", "-Atc", sql])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let victim = psql(&beta, "SELECT pg_sleep(30); SELECT 'survived'");
+    // Six sessions of ~350 MiB each (under 512), 2.1 GiB together.
+    let sessions: Vec<_> = (0..6)
+        .map(|_| {
+            psql(
+                &alpha,
+                "SELECT length(x), pg_sleep(20) FROM (SELECT repeat('x', 350000000) x) s",
+            )
+        })
+        .collect();
+    let ended = sessions
+        .into_iter()
+        .map(|s| s.wait_with_output().unwrap())
+        .filter(|out| {
+            String::from_utf8_lossy(&out.stderr)
+                .contains("terminating connection due to administrator command")
+        })
+        .count();
+    assert!(ended >= 4, "only {ended} of alpha's 6 sessions were ended");
+    let victim = victim.wait_with_output().unwrap();
+    assert!(
+        victim.status.success() && String::from_utf8_lossy(&victim.stdout).contains("survived"),
+        "beta's session: {}",
+        String::from_utf8_lossy(&victim.stderr)
+    );
+    assert!(host.nxd_log().lines().any(|l| {
+        l.contains("ended a tenant's database session")
+            && l.contains("alpha")
+            && l.contains("its role's sessions held")
+    }));
+    let postgres_log = std::fs::read_to_string(host.path("postgres/postgres.log")).unwrap();
+    assert!(
+        !postgres_log.contains("terminated by signal 9"),
+        "PostgreSQL restarted: {postgres_log}"
+    );
+}
+
 #[test]
 fn a_tenant_cannot_lift_its_statement_time_memory_and_temp_file_bounds() {
     let host = Host::start_with(

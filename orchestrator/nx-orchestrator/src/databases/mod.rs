@@ -146,6 +146,10 @@ pub struct Databases {
     gates: gate::Gates,
     /// A tenant backend past this much anonymous memory, MiB, is ended (0: never).
     backend_memory_max_mb: u64,
+    /// `databases.sandbox_memory_max_mb`.
+    sandbox_memory_max_mb: u64,
+    /// All tenants' backends together: three quarters of `databases.memory_max_mb`, in MiB.
+    tenants_memory_max_mb: u64,
     /// Databases nxd's pg_restore writes into now (their sessions are nxd's).
     restoring: runaway::Restoring,
     /// Sandboxes provisioned by this process, by role: their credentials stay what they were
@@ -256,6 +260,8 @@ impl Databases {
             provisioning: tokio::sync::Mutex::new(()),
             gates,
             backend_memory_max_mb: config.backend_memory_max_mb,
+            sandbox_memory_max_mb: config.sandbox_memory_max_mb,
+            tenants_memory_max_mb: config.memory_max_mb / 4 * 3,
             restoring: runaway::Restoring::default(),
             provisioned: std::sync::Mutex::new(HashMap::new()),
         })

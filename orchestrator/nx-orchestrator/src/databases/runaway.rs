@@ -3,6 +3,11 @@
 //! backend whose statement has run longer than `databases.statement_timeout_secs`, or whose
 //! anonymous memory (`RssAnon`, proc(5): not the shared buffers it maps) passed
 //! `databases.backend_memory_max_mb` (on the embedded cluster, whose processes nxd reads).
+//! A role's backends together are held to `databases.sandbox_memory_max_mb`, and all tenants'
+//! together to three quarters of `databases.memory_max_mb`: past either, the largest are
+//! ended until the rest fit. Bounds per backend alone let one tenant's parallel sessions
+//! (each under its bound) reach the cluster unit's `MemoryMax`, where the kernel kills a
+//! backend and PostgreSQL restarts every session of every tenant (attacker s10 F6).
 //! Sessions of nxd's own pg_restore (into a restore's scratch database, or a branch's copy)
 //! are left alone: a restore takes as long as its data.
 
@@ -28,6 +33,10 @@ pub enum Overrun {
     Time(f64),
     /// Its anonymous memory reached this many bytes.
     Memory(u64),
+    /// Its role's backends together held this many bytes; it was the largest of them.
+    SandboxMemory(u64),
+    /// All tenants' backends together held this many bytes; it was the largest of them.
+    TenantsMemory(u64),
 }
 
 impl std::fmt::Display for Overrun {
@@ -35,8 +44,38 @@ impl std::fmt::Display for Overrun {
         match self {
             Self::Time(secs) => write!(f, "its statement ran {secs:.0} s"),
             Self::Memory(bytes) => write!(f, "it held {} MiB", bytes >> 20),
+            Self::SandboxMemory(bytes) => write!(
+                f,
+                "its role's sessions held {} MiB together and it was the largest",
+                bytes >> 20
+            ),
+            Self::TenantsMemory(bytes) => write!(
+                f,
+                "all tenants' sessions held {} MiB together and it was the largest",
+                bytes >> 20
+            ),
         }
     }
+}
+
+/// The largest of `backends` (with their anonymous memory, bytes) while together they hold
+/// more than `bound` bytes, each with `why` of the sum it was ended at.
+fn largest_past(
+    backends: &mut [(&TenantBackend, u64)],
+    bound: u64,
+    why: fn(u64) -> Overrun,
+) -> Vec<(TenantBackend, Overrun)> {
+    backends.sort_unstable_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    let mut total: u64 = backends.iter().map(|(_, bytes)| bytes).sum();
+    let mut ended = Vec::new();
+    for (backend, bytes) in backends.iter() {
+        if total <= bound {
+            break;
+        }
+        ended.push(((*backend).clone(), why(total)));
+        total -= bytes;
+    }
+    ended
 }
 
 /// Databases nxd's own pg_restore writes into now: their sessions are nxd's.
@@ -78,7 +117,9 @@ impl Drop for RestoringGuard<'_> {
 }
 
 impl Databases {
-    /// Tenants' client backends running a statement now, but nxd's own restores.
+    /// Tenants' client backends running a statement now, but nxd's own restores (a backend
+    /// frees its statement's memory when the statement ends; idle ones are not looked at, so
+    /// that nxd reads nothing while tenants' sessions are idle).
     ///
     /// # Errors
     /// The query's.
@@ -106,7 +147,10 @@ impl Databases {
 
     /// Which of `backends` overran their bounds: their statement ran past the role's
     /// `statement_timeout`, or `memory` (their anonymous memory, bytes, by PostgreSQL's pid,
-    /// where known) passed `databases.backend_memory_max_mb`.
+    /// where known) passed `databases.backend_memory_max_mb`; then, of the others, the largest
+    /// of a role whose backends together pass `databases.sandbox_memory_max_mb`, and the
+    /// largest of all while all together pass three quarters of `databases.memory_max_mb`,
+    /// each until the rest fit.
     pub fn overruns(
         &self,
         backends: &[TenantBackend],
@@ -114,7 +158,7 @@ impl Databases {
     ) -> Vec<(TenantBackend, Overrun)> {
         let time_bound = self.policy.statement_timeout_secs;
         let memory_bound = self.backend_memory_max_mb << 20;
-        backends
+        let mut ended: Vec<(TenantBackend, Overrun)> = backends
             .iter()
             .filter_map(|b| {
                 let overrun = if time_bound > 0 && b.running_secs > time_bound as f64 {
@@ -129,7 +173,38 @@ impl Databases {
                 };
                 Some((b.clone(), overrun))
             })
-            .collect()
+            .collect();
+        let mut left: Vec<(&TenantBackend, u64)> = backends
+            .iter()
+            .filter(|b| !ended.iter().any(|(e, _)| e.pid == b.pid))
+            .filter_map(|b| memory.get(&b.pid).map(|&bytes| (b, bytes)))
+            .collect();
+        if self.sandbox_memory_max_mb > 0 {
+            let mut roles: Vec<&str> = left.iter().map(|(b, _)| b.role.as_str()).collect();
+            roles.sort_unstable();
+            roles.dedup();
+            for role in roles {
+                let mut of_role: Vec<(&TenantBackend, u64)> = left
+                    .iter()
+                    .copied()
+                    .filter(|(b, _)| b.role == role)
+                    .collect();
+                ended.extend(largest_past(
+                    &mut of_role,
+                    self.sandbox_memory_max_mb << 20,
+                    Overrun::SandboxMemory,
+                ));
+            }
+            left.retain(|(b, _)| !ended.iter().any(|(e, _)| e.pid == b.pid));
+        }
+        if self.tenants_memory_max_mb > 0 {
+            ended.extend(largest_past(
+                &mut left,
+                self.tenants_memory_max_mb << 20,
+                Overrun::TenantsMemory,
+            ));
+        }
+        ended
     }
 
     /// Ends a backend (`pg_terminate_backend`); whether it was there to end.
