@@ -1237,34 +1237,48 @@ impl Orchestrator {
             .then(|| (d.sandbox.clone(), d.id.clone()))
             .into_iter()
             .collect();
-        let mut views = self.views(std::slice::from_ref(d), &promoted).await?.views;
+        let rows = self.view_rows(crate::upkeep::store::Of::Deployment(d.id.as_str()));
+        let mut views = self
+            .views(std::slice::from_ref(d), &promoted, rows)
+            .await?
+            .views;
         Ok(views.pop().expect("one view per deployment"))
     }
 
+    /// The state database's rows that the views of the deployments `of` names add to the
+    /// deployments' own, the three tables asked at once.
+    async fn view_rows(&self, of: crate::upkeep::store::Of<'_>) -> Result<ViewRows, Error> {
+        let (upkeep, tcp, services) =
+            tokio::try_join!(self.upkeep_rows(of), self.tcp_rows(), self.service_names())?;
+        Ok(ViewRows {
+            upkeep,
+            tcp,
+            services,
+        })
+    }
+
     /// The views of `deployments`, their units' states asked of systemd all at once (see
-    /// `Supervisor::states`) while the state database is asked for the rest, each `Result`
-    /// named as its monitor saw the end.
+    /// `Supervisor::states`) while `rows` (from [`Self::view_rows`], or already read) are
+    /// awaited, each `Result` named as its monitor saw the end.
     #[tracing::instrument(skip_all, fields(deployments = deployments.len()))]
     async fn views(
         &self,
         deployments: &[Deployment],
         promoted: &HashMap<SandboxName, DeploymentId>,
+        rows: impl std::future::Future<Output = Result<ViewRows, Error>>,
     ) -> Result<Views, Error> {
         let handles: Vec<_> = deployments.iter().map(|d| self.backend.handle(d)).collect();
         let cpus = crate::backend::cpu_affinity::available();
         let units: Vec<&str> = handles.iter().map(|h| h.unit.as_str()).collect();
-        let ids: Vec<String> = deployments.iter().map(|d| d.id.to_string()).collect();
         // The units' states and the state database's rows, asked at once: one round trip.
-        let (states, upkeep, tcp, services) = tokio::try_join!(
+        let (states, rows) = tokio::try_join!(
             async {
                 self.supervisor
                     .states(&units)
                     .await
                     .map_err(|e| Error::from(crate::backend::BackendError::from(e)))
             },
-            self.upkeep_rows(&ids),
-            self.tcp_rows(),
-            self.service_names(),
+            rows,
         )?;
         // Read after the states: a program's end is written before its unit changes.
         let files = self
@@ -1328,23 +1342,34 @@ impl Orchestrator {
                 })
             })
             .collect::<Result<Vec<DeploymentView>, Error>>()?;
-        self.apply_upkeep(&mut views, &upkeep);
-        self.apply_tcp_urls(&tcp, &mut [], &mut views);
-        crate::services::apply_service_names(&mut views, &services);
-        Ok(Views { views, tcp })
+        self.apply_upkeep(&mut views, &rows.upkeep);
+        self.apply_tcp_urls(&rows.tcp, &mut [], &mut views);
+        crate::services::apply_service_names(&mut views, &rows.services);
+        Ok(Views {
+            views,
+            tcp: rows.tcp,
+        })
     }
 
-    /// Every sandbox with its deployments.
+    /// Every sandbox with its deployments: the deployments and the rows their views add are
+    /// read at once.
     #[tracing::instrument(skip_all)]
     pub async fn sandboxes(&self) -> Result<Vec<SandboxView>, Error> {
-        let (names, deployments, promoted) = tokio::try_join!(
-            self.state.sandbox_names(),
-            self.state.deployments(),
-            self.state.promoted(),
+        let ((names, deployments, promoted), rows) = tokio::try_join!(
+            async {
+                Ok::<_, Error>(tokio::try_join!(
+                    self.state.sandbox_names(),
+                    self.state.deployments(),
+                    self.state.promoted(),
+                )?)
+            },
+            self.view_rows(crate::upkeep::store::Of::Host),
         )?;
         let mut by_sandbox: BTreeMap<SandboxName, Vec<DeploymentView>> =
             names.into_iter().map(|name| (name, Vec::new())).collect();
-        let Views { views, tcp } = self.views(&deployments, &promoted).await?;
+        let Views { views, tcp } = self
+            .views(&deployments, &promoted, std::future::ready(Ok(rows)))
+            .await?;
         for view in views {
             by_sandbox
                 .entry(view.sandbox.clone())
@@ -1362,17 +1387,24 @@ impl Orchestrator {
     /// One sandbox: only its own deployments are read and asked about.
     #[tracing::instrument(skip(self))]
     pub async fn sandbox(&self, name: &SandboxName) -> Result<SandboxView, Error> {
-        let (exists, deployments, promoted) = tokio::try_join!(
-            self.state.sandbox_exists(name),
-            self.state.deployments_in(name),
-            self.state.promoted_in(name),
+        let ((exists, deployments, promoted), rows) = tokio::try_join!(
+            async {
+                Ok::<_, Error>(tokio::try_join!(
+                    self.state.sandbox_exists(name),
+                    self.state.deployments_in(name),
+                    self.state.promoted_in(name),
+                )?)
+            },
+            self.view_rows(crate::upkeep::store::Of::Sandbox(name.as_str())),
         )?;
         if !exists {
             return Err(no_sandbox(name));
         }
         let promoted: HashMap<SandboxName, DeploymentId> =
             promoted.map(|id| (name.clone(), id)).into_iter().collect();
-        let Views { views, tcp } = self.views(&deployments, &promoted).await?;
+        let Views { views, tcp } = self
+            .views(&deployments, &promoted, std::future::ready(Ok(rows)))
+            .await?;
         let mut view = [self.sandbox_view(name.clone(), views, &promoted)];
         self.apply_tcp_urls(&tcp, &mut view, &mut []);
         let [view] = view;
@@ -1428,6 +1460,17 @@ impl Orchestrator {
     pub fn backend(&self, kind: BackendKind) -> Result<&Arc<dyn SandboxBackend>, Error> {
         Ok(self.backend.get(kind)?)
     }
+}
+
+/// What the state database's other tables add to deployments' views (see
+/// [`Orchestrator::view_rows`]).
+struct ViewRows {
+    /// Health check, idle timeout, pin, last request, by deployment id.
+    upkeep: HashMap<String, crate::upkeep::store::Upkeep>,
+    /// The whole TCP port table.
+    tcp: Vec<crate::tcp::store::TcpPort>,
+    /// Every deployment's service name, by deployment id.
+    services: HashMap<String, String>,
 }
 
 /// Deployments' views, with the TCP port table read beside them (for the sandboxes' own TCP

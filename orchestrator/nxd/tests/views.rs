@@ -103,7 +103,10 @@ fn cached_states_are_systemds_and_follow_changes_made_by_another_client() {
 fn status_shows_each_verb_at_once_and_a_program_that_ended_on_its_own() {
     let host = Host::start();
     let id = host.push_sample("web", &[]);
-    let other = host.push_sample("other", &[]);
+    let other = host.push_sample(
+        "other",
+        &["--health-path", "/health", "--idle-timeout", "60s"],
+    );
     // Warm whatever nxd caches, then change the deployment and look right away: no stale view.
     for _ in 0..3 {
         host.nx_json(&["ls"]);
@@ -150,6 +153,30 @@ fn status_shows_each_verb_at_once_and_a_program_that_ended_on_its_own() {
         .map(|d| d["id"].as_str().unwrap())
         .collect();
     assert!(all_ids.contains(&id.as_str()) && all_ids.contains(&other.as_str()));
+
+    // What nxd does on its own (health check, idle timeout, pin) is in both views, each
+    // deployment with its own, right after a pin and an unpin.
+    for pinned in [true, false] {
+        host.nx_json(&[if pinned { "pin" } else { "unpin" }, &other]);
+        for view in [host.nx_json(&["ls"]), host.nx_json(&["status", "other"])] {
+            let deployments: Vec<&serde_json::Value> = view
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|s| s["deployments"].as_array().unwrap())
+                .collect();
+            let find = |want: &str| deployments.iter().find(|d| d["id"] == want).copied();
+            let o = find(&other).unwrap_or_else(|| panic!("{other} not in {view}"));
+            assert_eq!(o["pinned"], pinned, "{o}");
+            assert_eq!(o["health_check"]["path"], "/health", "{o}");
+            assert_eq!(o["idle_timeout_secs"], 60, "{o}");
+            if let Some(web) = find(&id) {
+                assert_eq!(web["pinned"], false, "{web}");
+                assert!(web["health_check"].is_null(), "{web}");
+                assert!(web["idle_timeout_secs"].is_null(), "{web}");
+            }
+        }
+    }
     let missing = host.nx(&["status", "nosuch"]);
     assert!(
         !missing.ok && missing.stderr.contains("no sandbox nosuch"),

@@ -275,7 +275,13 @@ impl Orchestrator {
         let (deployments, promoted, rows, settings) = tokio::try_join!(
             async { Ok::<_, Error>(self.state.deployments().await?) },
             async { Ok::<_, Error>(self.state.promoted().await?) },
-            async { Ok::<_, Error>(store::rows(pool, None).await.map_err(StateError::from)?) },
+            async {
+                Ok::<_, Error>(
+                    store::rows(pool, store::Of::Host)
+                        .await
+                        .map_err(StateError::from)?,
+                )
+            },
             async {
                 Ok::<_, Error>(
                     store::sandbox_settings(pool)
@@ -349,12 +355,13 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// The upkeep rows of `ids` (those without one are missing), for [`Self::apply_upkeep`].
+    /// The upkeep rows of the deployments `of` names (those without one are missing), for
+    /// [`Self::apply_upkeep`].
     pub(crate) async fn upkeep_rows(
         &self,
-        ids: &[String],
+        of: store::Of<'_>,
     ) -> Result<HashMap<String, store::Upkeep>, Error> {
-        Ok(store::rows(self.state.pool(), Some(ids))
+        Ok(store::rows(self.state.pool(), of)
             .await
             .map_err(StateError::from)?)
     }
@@ -383,9 +390,12 @@ impl Orchestrator {
         &self,
         deployment: &Deployment,
     ) -> Result<Option<ResolvedHealthCheck>, Error> {
-        let rows = store::rows(self.state.pool(), Some(&[deployment.id.to_string()]))
-            .await
-            .map_err(StateError::from)?;
+        let rows = store::rows(
+            self.state.pool(),
+            store::Of::Deployment(deployment.id.as_str()),
+        )
+        .await
+        .map_err(StateError::from)?;
         let own = rows
             .get(deployment.id.as_str())
             .map(|r| r.health_check.clone())

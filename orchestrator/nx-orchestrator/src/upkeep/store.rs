@@ -57,18 +57,35 @@ pub async fn insert(
     Ok(())
 }
 
-/// The rows of `deployments` (all of them with `None`), by deployment id; those without a
-/// row are missing from the map.
-pub async fn rows(
-    pool: &PgPool,
-    deployments: Option<&[String]>,
-) -> Result<HashMap<String, Upkeep>, sqlx::Error> {
+/// Whose rows [`rows`] reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Of<'a> {
+    /// Every deployment's on the host (`nx ls`, the upkeep loop).
+    Host,
+    /// The deployments of one sandbox (`nx status <sandbox>`).
+    Sandbox(&'a str),
+    /// One deployment.
+    Deployment(&'a str),
+}
+
+/// The rows of the deployments `of` names, by deployment id; those without a row are missing
+/// from the map. The host's and a sandbox's are selected without binding each id (a thousand
+/// ids in `= ANY($1)` is a comparison of each row with each id).
+pub async fn rows(pool: &PgPool, of: Of<'_>) -> Result<HashMap<String, Upkeep>, sqlx::Error> {
     const SELECT: &str = "SELECT deployment, health_check, idle_timeout_secs, pinned, last_request_at FROM deployment_upkeep";
-    let rows: Vec<Row> = match deployments {
-        None => sqlx::query_as(SELECT).fetch_all(pool).await?,
-        Some(ids) => {
-            sqlx::query_as(&format!("{SELECT} WHERE deployment = ANY($1)"))
-                .bind(ids)
+    let rows: Vec<Row> = match of {
+        Of::Host => sqlx::query_as(SELECT).fetch_all(pool).await?,
+        Of::Sandbox(sandbox) => {
+            sqlx::query_as(&format!(
+                "{SELECT} WHERE deployment IN (SELECT id FROM deployments WHERE sandbox = $1)"
+            ))
+            .bind(sandbox)
+            .fetch_all(pool)
+            .await?
+        }
+        Of::Deployment(id) => {
+            sqlx::query_as(&format!("{SELECT} WHERE deployment = $1"))
+                .bind(id)
                 .fetch_all(pool)
                 .await?
         }
