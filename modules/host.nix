@@ -174,6 +174,10 @@ in
       maxMb = mkOption { type = types.ints.positive; default = defaults.bundles.maxMb; description = "The most a bundle (nx push ./dir or app.tar.gz) may hold, all files together and the largest one, MiB."; };
       maxFiles = mkOption { type = types.ints.positive; default = defaults.bundles.maxFiles; description = "Files and links in one bundle."; };
     };
+    store = {
+      maxOwnerMb = mkOption { type = types.ints.positive; default = defaults.store.maxOwnerMb; description = "The most stored content (programs, bundles' files) one owner (a sandbox; a token for every sandbox that may not push) may hold, MiB; an upload past it gets 507."; };
+      unusedGraceSecs = mkOption { type = types.ints.positive; default = defaults.store.unusedGraceSecs; description = "Seconds after its last use (an upload, a push or task naming it) that stored content no deployment runs is deleted."; };
+    };
     logs.keep = mkOption { type = types.ints.unsigned; default = defaults.logs.keep; description = "Rotated log files kept per deployment beside output.log, by the router beside router.log and by the database gate beside gate.log (each rotates at limits.logMaxMb, or router.logMaxMb, / (keep + 1)); 0: emptied when full."; };
     sftp = {
       listen = mkOption { type = types.nullOr types.str; default = defaults.sftp.listen; example = "0.0.0.0:2222"; description = "Where the SFTP upload server listens (the SSH user is the sandbox's name; keys from `nx keys add`). Null: no SFTP server."; };

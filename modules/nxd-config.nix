@@ -53,6 +53,10 @@ withoutNulls {
     max_mb = cfg.bundles.maxMb;
     max_files = cfg.bundles.maxFiles;
   };
+  store = {
+    max_owner_mb = cfg.store.maxOwnerMb;
+    unused_grace_secs = cfg.store.unusedGraceSecs;
+  };
   systemd = {
     inherit (cfg.systemd) mode slice;
     slice_tasks_max = cfg.systemd.sliceTasksMax;

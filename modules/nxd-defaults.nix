@@ -45,6 +45,10 @@
     maxMb = 2048;
     maxFiles = 100000;
   };
+  store = {
+    maxOwnerMb = 10240;
+    unusedGraceSecs = 3600;
+  };
   systemd = {
     mode = "auto";
     slice = "nx.slice";

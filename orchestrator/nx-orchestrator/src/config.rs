@@ -67,6 +67,38 @@ pub struct Config {
     pub usage: crate::usage::UsageConfig,
     /// The most volumes a sandbox may have, and the largest (`nx volume create`).
     pub volumes: crate::volumes::VolumesConfig,
+    /// The content store's bounds: what one owner may hold, and when unused content goes.
+    pub store: StoreConfig,
+}
+
+/// The content store (`<state_dir>/artifacts`, `blobs`, `bundles`, `executables`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The most stored content one owner (a sandbox; a token for every sandbox that may not
+    /// push) may hold, in MiB: the sizes of the programs and bundles' files it uploaded or had
+    /// pushed to it, each once. An upload past it gets 507.
+    pub max_owner_mb: u64,
+    /// Seconds after its last use (an upload, a push or a task naming it, a bundle holding it)
+    /// that content no deployment runs is deleted by nxd's collection, which runs every
+    /// `unused_grace_secs / 2` (at least every second, at most every 5 minutes).
+    pub unused_grace_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_owner_mb: 10_240,
+            unused_grace_secs: 3600,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// How often the collection runs: half the grace period, 1 s to 5 min.
+    pub fn collect_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs((self.unused_grace_secs / 2).clamp(1, 300))
+    }
 }
 
 /// The SFTP server: uploads without the CLI (the SSH user is the sandbox's name; public keys
@@ -435,6 +467,7 @@ impl Default for Config {
             network: crate::network::NetworkConfig::default(),
             usage: crate::usage::UsageConfig::default(),
             volumes: crate::volumes::VolumesConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -543,6 +576,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "limits.log_max_mb ({}) must be 1 to sandbox.max_log_mb ({}): it is what a push that names no --log-max gets",
                 self.limits.log_max_mb, self.sandbox.max_log_mb
+            )));
+        }
+        if self.store.max_owner_mb == 0 || self.store.unused_grace_secs == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "store.max_owner_mb ({}) and store.unused_grace_secs ({}) must be 1 or more: the most one owner may store, and how long unused content stays",
+                self.store.max_owner_mb, self.store.unused_grace_secs
             )));
         }
         if self.sandbox.max_deployments == 0 {

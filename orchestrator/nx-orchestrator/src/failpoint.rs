@@ -13,11 +13,15 @@
 //! `volumes::swapped` (a restored volume image in place, the previous one kept, production not
 //! yet started), `volumes::unpromoting` (a `--swap-db` promotion of a preview with volumes
 //! failed, its undoing recorded, production's database not yet put back) and
-//! `volumes::swapped_back` (production's database put back, the preview's mounts not yet).
+//! `volumes::swapped_back` (production's database put back, the preview's mounts not yet),
+//! `store::collected` (the store's collection renamed unused files into `.incoming`, not yet
+//! deleted them nor their owners' rows).
 //! Points for other actions than a crash: `network::conntrack` (`return`: forgetting a removed
 //! deployment's connections fails as if `conntrack` were missing) and `upkeep::expire` (an
 //! expired preview's removal decided, its start gate not yet taken; [`wait`]s there) and
-//! `upkeep::removing` (its start gate taken, the removal not yet begun; [`wait`]s there).
+//! `upkeep::removing` (its start gate taken, the removal not yet begun; [`wait`]s there) and
+//! `store::referenced` (a store collection read which programs deployments run, nothing
+//! deleted yet; [`wait`]s there).
 //! Code marks such a step with `fail::fail_point!("<point>")`, which compiles to nothing
 //! without the feature.
 //!

@@ -71,7 +71,7 @@ pub struct Orchestrator {
     /// What deployments' monitors wrote, as views last read it.
     monitor_files: crate::backend::monitor_files::MonitorFilesCache,
     /// What each artifact runs as, by sha256 (inspecting means reading the whole file).
-    programs: std::sync::Mutex<HashMap<String, Program>>,
+    pub(crate) programs: std::sync::Mutex<HashMap<String, Program>>,
     /// Serialises changes of desired state and routes, so that the route table always matches
     /// the database.
     pub(crate) changes: tokio::sync::Mutex<()>,
@@ -154,7 +154,7 @@ impl Orchestrator {
         )
         .await?;
         let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
-        let bundles = BundleStore::open(state_dir, config.bundles.limits())?;
+        let bundles = BundleStore::open(state_dir, config.bundles.limits(), artifacts.holds())?;
         let data_templates = Arc::new(
             DataTemplates::new(state_dir.join("data-templates"))
                 .map_err(Error::io("creating the data templates' directory"))?,
@@ -224,6 +224,7 @@ impl Orchestrator {
         app.adopt().await?;
         app.keep_up()?;
         app.schedule_backups();
+        app.collect_unused_content();
         app.watch_manager();
         app.watch_tenant_backends();
         Ok(app)

@@ -2,10 +2,13 @@
 //! that names a digest (existence checks, uploads, bundle manifests, a push's or a task's
 //! artifact) goes through here. For a sandbox's view a digest it does not own answers exactly
 //! as one that is not stored at all: 404 `Missing`, listed by `blobs/missing`, `MissingFiles`
-//! for a bundle, "no artifact is stored" for a push or a task.
+//! for a bundle, "no artifact is stored" for a push or a task. An owner (a sandbox's or a
+//! token's view) holds at most `store.max_owner_mb` of it: an upload past that is
+//! `OverQuota` (507).
 
 use crate::api::{ArtifactInfo, BundleInfo};
 use crate::artifact::bundle::BundleManifest;
+use crate::artifact::holds::Hold;
 use crate::artifact::owners::{self, Content, Owner, StoreView};
 use crate::artifact::{BundleStoreError, StoreError, Upload};
 use crate::error::Error;
@@ -34,12 +37,12 @@ impl Orchestrator {
         Ok(!owned.is_empty())
     }
 
-    /// Makes `owner` an owner of `digests` of `kind`.
+    /// Makes `owner` an owner of `digests` of `kind` (each with its size in bytes).
     async fn grant(
         &self,
         owner: Owner<'_>,
         kind: Content,
-        digests: &[String],
+        digests: &[(String, u64)],
     ) -> Result<(), Error> {
         owners::grant(self.state.pool(), owner, kind, digests)
             .await
@@ -55,17 +58,43 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// After `view` stored `sha256`: its sandbox (or token) owns it (the host's view grants
-    /// nothing yet: a push through it does, [`Orchestrator::grant_pushed`]).
+    /// After `view` stored `sha256` (of `size` bytes): its sandbox (or token) owns it (the
+    /// host's view grants nothing yet: a push through it does, [`Orchestrator::grant_pushed`]).
     async fn grant_to_view(
         &self,
         view: &StoreView,
         kind: Content,
         sha256: &str,
+        size: u64,
     ) -> Result<(), Error> {
         match view.owner() {
             None => Ok(()),
-            Some(owner) => self.grant(owner, kind, &[sha256.to_owned()]).await,
+            Some(owner) => self.grant(owner, kind, &[(sha256.to_owned(), size)]).await,
+        }
+    }
+
+    /// The bytes `owner` may still store before `store.max_owner_mb` (attacker s10 F2: one
+    /// push token stored blobs without end), or `OverQuota` when it has none left. Uploads of
+    /// one owner running at once each see the room as it was when they began, so together
+    /// they may pass the cap, by at most the cap again.
+    async fn room_of(&self, owner: Owner<'_>) -> Result<u64, Error> {
+        let held = owners::held_bytes(self.state.pool(), owner)
+            .await
+            .map_err(StateError::from)?;
+        let max = self.config.store.max_owner_mb.saturating_mul(1 << 20);
+        if held >= max {
+            return Err(self.over_quota(owner, held).into());
+        }
+        Ok(max - held)
+    }
+
+    /// The refusal of an upload that would take `owner`, holding `held` bytes, past its cap.
+    fn over_quota(&self, owner: Owner<'_>, held: u64) -> StoreError {
+        StoreError::OverQuota {
+            owner: owner.to_string(),
+            held_mb: held.div_ceil(1 << 20),
+            max_mb: self.config.store.max_owner_mb,
+            grace_secs: self.config.store.unused_grace_secs,
         }
     }
 
@@ -97,8 +126,10 @@ impl Orchestrator {
 
     /// `PUT /v1/artifacts/{sha256}` (`kind` `Artifact`) and `PUT /v1/blobs/{sha256}` (`Blob`):
     /// streams the upload into its store (verified, checked against the digest; a file
-    /// already on disk is kept, not written twice) and makes `view`'s sandbox its owner. A
-    /// bundle is made from its manifest, never uploaded: `Bundle` is `Invalid`.
+    /// already on disk is kept, not written twice) and makes `view`'s sandbox its owner. An
+    /// upload of what the owner does not own yet must fit in its room under
+    /// `store.max_owner_mb` (else `OverQuota`, and nothing is stored). A bundle is made from
+    /// its manifest, never uploaded: `Bundle` is `Invalid`.
     pub async fn upload<S, E>(
         &self,
         view: &StoreView,
@@ -119,22 +150,48 @@ impl Orchestrator {
                 ))
             }
         };
-        let info = store.ingest(sha256, body).await?;
-        self.grant_to_view(view, kind, &info.sha256).await?;
+        let room = match view.owner() {
+            Some(owner) if !self.holds(view, kind, sha256).await? => {
+                Some((owner, self.room_of(owner).await?))
+            }
+            _ => None,
+        };
+        let info = match store
+            .ingest(sha256, body, room.map_or(u64::MAX, |(_, room)| room))
+            .await
+        {
+            Err(StoreError::TooLarge { .. }) if room.is_some() => {
+                let (owner, room) = room.expect("checked");
+                let max = self.config.store.max_owner_mb.saturating_mul(1 << 20);
+                return Err(self.over_quota(owner, max - room).into());
+            }
+            stored => stored?,
+        };
+        self.grant_to_view(view, kind, &info.sha256, info.size)
+            .await?;
         Ok(info)
     }
 
-    /// An SFTP upload to `sandbox`'s area, complete: stored as a program that `sandbox` owns.
+    /// An SFTP upload to `sandbox`'s area, complete: stored as a program that `sandbox` owns,
+    /// if it fits in the sandbox's room under `store.max_owner_mb` (else `OverQuota`: the
+    /// file stays unowned, and the collection deletes it unused).
     pub async fn store_upload_of(
         &self,
         sandbox: &SandboxName,
         upload: Upload,
     ) -> Result<ArtifactInfo, Error> {
+        let owner = Owner::Sandbox(sandbox);
+        let room = self.room_of(owner).await?;
         let info = self.artifacts.store(upload, None).await?;
+        let view = StoreView::Sandbox(sandbox.clone());
+        if info.size > room && !self.holds(&view, Content::Artifact, &info.sha256).await? {
+            let max = self.config.store.max_owner_mb.saturating_mul(1 << 20);
+            return Err(self.over_quota(owner, max - room).into());
+        }
         self.grant(
-            Owner::Sandbox(sandbox),
+            owner,
             Content::Artifact,
-            std::slice::from_ref(&info.sha256),
+            &[(info.sha256.clone(), info.size)],
         )
         .await?;
         Ok(info)
@@ -180,7 +237,9 @@ impl Orchestrator {
             }
         }
         let info = self.bundles.create(manifest).await?;
-        self.grant_to_view(view, Content::Bundle, &info.id).await?;
+        // Its files are counted in their own rows.
+        self.grant_to_view(view, Content::Bundle, &info.id, 0)
+            .await?;
         Ok(info)
     }
 
@@ -188,19 +247,27 @@ impl Orchestrator {
     /// id): a sandbox's (or a token's) view must own it, else it is not stored (`NotFound`);
     /// the host's view holds everything stored, and is told here when it is not, so that a
     /// push of a program nxd lacks (the CLI's first request for a new binary, answered 404
-    /// to have it uploaded) is no push operation in the metrics.
+    /// to have it uploaded) is no push operation in the metrics. The program is held (the
+    /// store's collection leaves it) until the returned guard is dropped: keep it until the
+    /// push has recorded its deployment, or the task has ended.
     #[tracing::instrument(skip(self))]
-    pub async fn admit_program(&self, view: &StoreView, sha256: &str) -> Result<(), Error> {
+    pub async fn admit_program(&self, view: &StoreView, sha256: &str) -> Result<Hold, Error> {
         let path = self.artifacts.path(sha256)?;
-        let admitted = match view.owner() {
-            None => path.exists() || self.bundles.find(sha256)?.is_some(),
+        let owned = match view.owner() {
+            None => true,
             Some(_) => {
                 self.holds(view, Content::Artifact, sha256).await?
                     || self.holds(view, Content::Bundle, sha256).await?
             }
         };
-        if admitted {
-            Ok(())
+        if !owned {
+            return Err(artifact_not_stored(sha256));
+        }
+        // Held before it is looked for: the collection takes it before, or not at all.
+        let manifest = self.bundles.manifest_path(sha256);
+        let held = (self.artifacts.holds()).hold(vec![path.clone(), manifest.clone()]);
+        if path.is_file() || manifest.is_file() {
+            Ok(held)
         } else {
             Err(artifact_not_stored(sha256))
         }
@@ -226,20 +293,25 @@ impl Orchestrator {
         // Only what is stored: a grant of a digest nobody uploaded yet would show the
         // sandbox another tenant's later upload of it.
         if let Some(manifest) = self.bundles.manifest(sha256)? {
-            let files: Vec<String> = manifest.files.iter().map(|f| f.sha256.clone()).collect();
+            let files: Vec<(String, u64)> = manifest
+                .files
+                .iter()
+                .map(|f| (f.sha256.clone(), f.size))
+                .collect();
             let target = Owner::Sandbox(target);
             self.grant(target, Content::Blob, &files).await?;
-            self.grant(target, Content::Bundle, &[sha256.to_owned()])
+            self.grant(target, Content::Bundle, &[(sha256.to_owned(), 0)])
                 .await
-        } else if self.artifacts.path(sha256)?.is_file() {
-            self.grant(
-                Owner::Sandbox(target),
-                Content::Artifact,
-                &[sha256.to_owned()],
-            )
-            .await
         } else {
-            Ok(())
+            match self.artifacts.info(sha256).await {
+                Ok(info) => {
+                    let digest = [(sha256.to_owned(), info.size)];
+                    self.grant(Owner::Sandbox(target), Content::Artifact, &digest)
+                        .await
+                }
+                Err(StoreError::Missing(_)) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
         }
     }
 }

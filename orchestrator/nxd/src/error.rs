@@ -119,8 +119,12 @@ fn status_of(e: &Error) -> StatusCode {
 
 /// A full disk under the store: 507 Insufficient Storage (RFC 4918 section 11.5), "the server
 /// is unable to store the representation", the operator's to fix.
+/// An owner past `store.max_owner_mb` gets the same: the store cannot take it.
 fn store_is_full(e: &StoreError) -> bool {
-    matches!(e, StoreError::DiskFull { .. })
+    matches!(
+        e,
+        StoreError::DiskFull { .. } | StoreError::OverQuota { .. }
+    )
 }
 
 impl From<Error> for ApiError {

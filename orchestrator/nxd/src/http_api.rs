@@ -123,9 +123,10 @@ async fn run_task(
     Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<TaskRequest>,
 ) -> Result<Response, ApiError> {
-    app.admit_program(&caller.store_view(), &req.artifact)
+    let held = app
+        .admit_program(&caller.store_view(), &req.artifact)
         .await?;
-    let events = app.run_task(req, &caller.name()).await?;
+    let events = app.run_task(req, &caller.name(), held).await?;
     let lines = futures_util::stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
         let mut line = serde_json::to_vec(&event).expect("events serialise");
@@ -210,7 +211,8 @@ async fn push(
     JsonBody(req): JsonBody<PushRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let store_view = caller.store_view();
-    app.admit_program(&store_view, &req.artifact).await?;
+    // Held from the store's collection until the deployment is recorded (and granted).
+    let _held = app.admit_program(&store_view, &req.artifact).await?;
     let (sandbox, artifact) = (req.sandbox.clone(), req.artifact.clone());
     let (view, steps) = nx_orchestrator::timing::collect(app.push(req)).await;
     let view = view?;

@@ -332,13 +332,13 @@ fn a_root_push_gives_the_sandbox_what_it_runs_and_an_older_store_keeps_working()
     let bundle = out["deployment"]["artifact"].as_str().unwrap().to_owned();
     let site = pushed_id(&out);
 
-    // A store from before ownership (migrations 0016 and 0017 not yet run): nxd's start runs
-    // them.
+    // A store from before ownership (migrations 0016, 0017 and 0019, the owners' sizes, not
+    // yet run): nxd's start runs them.
     let (ok, out) = nx_testkit::psql(
         &host.path("postgres/socket"),
         5432,
         "nx",
-        "DROP TABLE content_owners; DELETE FROM _sqlx_migrations WHERE version IN (16, 17)",
+        "DROP TABLE content_owners; DELETE FROM _sqlx_migrations WHERE version IN (16, 17, 19)",
     );
     assert!(ok, "{out}");
     host.restart_nxd();

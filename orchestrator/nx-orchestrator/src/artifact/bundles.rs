@@ -11,13 +11,17 @@
 //! bundle copied its executables, so one 100 MiB upload and 1 KB manifests naming it took
 //! 500 MiB of disk per request).
 
-use super::store::{ArtifactStore, StoreError};
+use super::holds::Holds;
+use super::store::{collect_dir, remove_collected, ArtifactStore, Collected, StoreError};
 use super::verify::{self, Linkage, VerifyError};
 use crate::api::BundleInfo;
 use nx_artifact::bundle::{self, BundleError, BundleLimits, BundleManifest};
 use nx_artifact::closure::Search;
+use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleStoreError {
@@ -63,8 +67,18 @@ const INCOMING: &str = ".incoming";
 impl BundleStore {
     /// Opens `<state_dir>/blobs`, `<state_dir>/bundles` and `<state_dir>/executables`
     /// (clearing what a crash left half made).
-    pub fn open(state_dir: &Path, limits: BundleLimits) -> Result<Self, BundleStoreError> {
-        let blobs = ArtifactStore::open_files(&state_dir.join("blobs"), limits.max_mb << 20)?;
+    /// Their files are held through `holds`, the programs' store's (one lock for the whole
+    /// store's collection).
+    pub fn open(
+        state_dir: &Path,
+        limits: BundleLimits,
+        holds: &Arc<Holds>,
+    ) -> Result<Self, BundleStoreError> {
+        let blobs = ArtifactStore::open_files(
+            &state_dir.join("blobs"),
+            limits.max_mb << 20,
+            Arc::clone(holds),
+        )?;
         let trees = state_dir.join("bundles");
         // Deployments' uids reach their trees; the executable copies only through them.
         open_dir(&trees, 0o711)?;
@@ -83,14 +97,20 @@ impl BundleStore {
         self.limits
     }
 
-    /// Which of `digests` no blob holds yet.
+    /// Which of `digests` no blob holds yet. Those stored are touched (used now: the CLI's
+    /// bundle naming them follows, and the collection leaves them for its grace period).
     pub fn missing(&self, digests: &[String]) -> Result<Vec<String>, BundleStoreError> {
         let mut missing = Vec::new();
+        let mut stored = Vec::new();
         for sha in digests {
-            if !self.blobs.path(sha)?.is_file() {
+            let path = self.blobs.path(sha)?;
+            if path.is_file() {
+                stored.push(path);
+            } else {
                 missing.push(sha.clone());
             }
         }
+        self.blobs.holds().touch(&stored);
         missing.sort();
         missing.dedup();
         Ok(missing)
@@ -113,7 +133,9 @@ impl BundleStore {
         Ok(())
     }
 
-    fn manifest_path(&self, id: &str) -> PathBuf {
+    /// Where the manifest of bundle `id` is (whose mtime is the bundle's last use), stored or
+    /// not.
+    pub fn manifest_path(&self, id: &str) -> PathBuf {
         self.trees.join(format!("{id}.json"))
     }
 
@@ -123,7 +145,17 @@ impl BundleStore {
         manifest.check(&self.limits)?;
         let id = manifest.id();
         let root = self.trees.join(&id);
+        // The bundle, and while it is laid out its files, stay until it is made.
+        let _bundle = self.blobs.holds().hold(vec![self.manifest_path(&id)]);
         if !(root.is_dir() && self.manifest_path(&id).is_file()) {
+            let mut files = Vec::new();
+            for file in &manifest.files {
+                files.push(self.blobs.path(&file.sha256)?);
+                if file.executable {
+                    files.push(self.executables.join(&file.sha256));
+                }
+            }
+            let _files = self.blobs.holds().hold(files);
             let digests: Vec<String> = manifest.files.iter().map(|f| f.sha256.clone()).collect();
             let missing = self.missing(&digests)?;
             if !missing.is_empty() {
@@ -182,6 +214,81 @@ impl BundleStore {
             linkage,
         })
     }
+    /// The collection of the bundles' stores (see [`ArtifactStore::collect`]): deletes the
+    /// bundles not in `referenced` (a deployment's program), not held and last used before
+    /// `cutoff`, then the blobs and executable copies no bundle left names, on the same terms.
+    /// A bundle goes manifest first, then its tree (renamed into `.incoming`): a crash in
+    /// between leaves a tree without a manifest, which reads as no bundle, is used as it is by
+    /// the next push of that bundle, and is deleted by the next collection.
+    pub fn collect(
+        &self,
+        referenced: &HashSet<String>,
+        cutoff: SystemTime,
+    ) -> std::io::Result<BundlesCollected> {
+        let mut ids = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&self.trees)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            let id = name.strip_suffix(".json").unwrap_or(&name);
+            if crate::names::check_sha256(id).is_ok() {
+                ids.insert(id.to_owned());
+            }
+        }
+        let (mut bundles, mut files) = (Collected::default(), HashSet::new());
+        for id in ids {
+            let (manifest, tree) = (self.manifest_path(&id), self.trees.join(&id));
+            // Held as its manifest; last used when the manifest or the tree last was.
+            let removed = !referenced.contains(&id)
+                && self
+                    .blobs
+                    .holds()
+                    .remove_unused(&manifest, Some(&tree), cutoff, |_| {
+                        match std::fs::remove_file(&manifest) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                            _ => {}
+                        }
+                        match std::fs::rename(
+                            &tree,
+                            self.trees.join(INCOMING).join(format!("gc-{id}")),
+                        ) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                            _ => Ok(()),
+                        }
+                    })?;
+            if removed {
+                bundles.removed.push((id, 0));
+                continue;
+            }
+            match self.manifest(&id) {
+                Ok(Some(kept)) => files.extend(kept.files.into_iter().map(|f| f.sha256)),
+                Ok(None) => {}
+                Err(e) => {
+                    // Its files cannot be told: none of the blobs goes this time.
+                    tracing::warn!(bundle = %id, error = %e, "unreadable manifest: no blob collected");
+                    return Ok(BundlesCollected {
+                        bundles,
+                        ..BundlesCollected::default()
+                    });
+                }
+            }
+            bundles.stored.push(id);
+        }
+        remove_collected(&self.trees.join(INCOMING))?;
+        let blobs = self.blobs.collect(&files, cutoff)?;
+        let executables = collect_dir(
+            &self.executables,
+            &files,
+            cutoff,
+            self.blobs.holds(),
+            |_| {},
+        )?;
+        Ok(BundlesCollected {
+            bundles,
+            blobs,
+            executables,
+        })
+    }
+
     /// Lays the tree out in `.incoming`, verifies the entry there, then renames it into place and
     /// writes its manifest. Anything refused is removed with the temporary directory.
     fn lay_out(&self, manifest: &BundleManifest) -> Result<(), BundleStoreError> {
@@ -255,6 +362,14 @@ impl BundleStore {
             Err(e) => Err(e.error.into()),
         }
     }
+}
+
+/// What the bundles' collection did ([`BundleStore::collect`]).
+#[derive(Debug, Default)]
+pub struct BundlesCollected {
+    pub bundles: Collected,
+    pub blobs: Collected,
+    pub executables: Collected,
 }
 
 fn info(id: &str, stored: &StoredBundle) -> BundleInfo {

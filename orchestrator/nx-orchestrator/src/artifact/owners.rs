@@ -91,24 +91,72 @@ impl std::fmt::Display for Owner<'_> {
     }
 }
 
-/// Makes `owner` an owner of each of `digests` of `kind` (owning twice is owning). An owner
-/// that does not exist (a removed sandbox or token) is a foreign key violation.
+/// Makes `owner` an owner of each of `digests` of `kind`, each with its size in bytes (what
+/// it counts toward the owner's `store.max_owner_mb`; a bundle's is 0: its files are blobs).
+/// Owning twice is owning (the size is updated: rows from before migration 0019 had none; and
+/// `created_at`, which the collection's [`forget_unstored`] goes by, is the last grant). An
+/// owner that does not exist (a removed sandbox or token) is a foreign key violation.
 pub async fn grant(
     pool: &PgPool,
     owner: Owner<'_>,
     kind: Content,
-    digests: &[String],
+    digests: &[(String, u64)],
 ) -> Result<(), sqlx::Error> {
     let (table, column, key) = owner.row();
+    let (shas, sizes): (Vec<&str>, Vec<i64>) = digests
+        .iter()
+        .map(|(sha, size)| (sha.as_str(), i64::try_from(*size).unwrap_or(i64::MAX)))
+        .unzip();
     sqlx::query(&format!(
-        "INSERT INTO {table} ({column}, kind, sha256) SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING"
+        "INSERT INTO {table} ({column}, kind, sha256, size) SELECT $1, $2, d.sha256, d.size \
+         FROM unnest($3::text[], $4::bigint[]) AS d(sha256, size) \
+         ON CONFLICT ({column}, kind, sha256) DO UPDATE SET size = EXCLUDED.size, created_at = now()"
     ))
     .bind(key)
     .bind(kind.as_str())
-    .bind(digests)
+    .bind(&shas)
+    .bind(&sizes)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// The bytes of stored content `owner` holds (the sum of its rows' sizes; what
+/// `store.max_owner_mb` bounds).
+pub async fn held_bytes(pool: &PgPool, owner: Owner<'_>) -> Result<u64, sqlx::Error> {
+    let (table, column, key) = owner.row();
+    let held: i64 = sqlx::query_scalar(&format!(
+        "SELECT COALESCE(SUM(size), 0)::bigint FROM {table} WHERE {column} = $1"
+    ))
+    .bind(key)
+    .fetch_one(pool)
+    .await?;
+    Ok(u64::try_from(held).unwrap_or(0))
+}
+
+/// After the store's collection: the rows of `kind` naming a digest not in `stored` (deleted
+/// unused, or by a collection a crash cut short) go, from both owners' tables, unless granted
+/// at or after `cutoff` (an upload stored after the collection listed the store). Returns how
+/// many went.
+pub async fn forget_unstored(
+    pool: &PgPool,
+    kind: Content,
+    stored: &[String],
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, sqlx::Error> {
+    let mut gone = 0;
+    for table in ["content_owners", "token_content_owners"] {
+        gone += sqlx::query(&format!(
+            "DELETE FROM {table} WHERE kind = $1 AND created_at < $2 AND NOT (sha256 = ANY($3))"
+        ))
+        .bind(kind.as_str())
+        .bind(cutoff)
+        .bind(stored)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    }
+    Ok(gone)
 }
 
 /// Which of `digests` of `kind` `owner` owns.

@@ -9,6 +9,7 @@
 //! the file (page cache, not nxd's heap). What verification found is kept per digest for the
 //! store's life (stored files never change), so `info` (every `nx push` asks) reads nothing.
 
+use super::holds::Holds;
 use super::image::ImageError;
 use super::verify::VerifyError;
 use super::{Artifact, InspectError};
@@ -32,6 +33,16 @@ pub enum StoreError {
     Interrupted(String),
     #[error("upload is larger than the {limit_mb} MiB limit")]
     TooLarge { limit_mb: u64 },
+    /// The upload would take its owner past `store.max_owner_mb` (attacker s10 F2): HTTP 507
+    /// Insufficient Storage, with what to do.
+    #[error("{owner} holds {held_mb} MiB of stored content and may hold {max_mb} MiB (store.max_owner_mb): this upload does not fit, and nothing was stored. Remove the deployments it no longer needs (`nx rm`; what no deployment runs is deleted {grace_secs} s after its last use, store.unused_grace_secs), or ask the host's operator to raise store.max_owner_mb")]
+    OverQuota {
+        /// Who holds the content: "sandbox NAME" or "token ID".
+        owner: String,
+        held_mb: u64,
+        max_mb: u64,
+        grace_secs: u64,
+    },
     #[error("upload hash mismatch: the client announced {announced} but the bytes hash to {actual}; nothing was stored")]
     HashMismatch { announced: String, actual: String },
     #[error("refused: {0}")]
@@ -80,6 +91,8 @@ pub struct ArtifactStore {
     contents: Contents,
     /// What is known of stored digests (shared by the store's clones).
     known: Arc<Mutex<HashMap<String, ArtifactInfo>>>,
+    /// The stored files in use (shared by the store's clones; see [`Holds`]).
+    holds: Arc<Holds>,
 }
 
 /// What a store accepts.
@@ -96,15 +109,21 @@ const INCOMING: &str = ".incoming";
 impl ArtifactStore {
     /// The store of programs (binaries and images), each verified when it is stored.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, StoreError> {
-        Self::open_as(dir, max_bytes, Contents::Programs)
+        Self::open_as(dir, max_bytes, Contents::Programs, Arc::default())
     }
 
-    /// A store of bundles' files: any bytes, stored by their digest (see `bundles`).
-    pub fn open_files(dir: &Path, max_bytes: u64) -> Result<Self, StoreError> {
-        Self::open_as(dir, max_bytes, Contents::Files)
+    /// A store of bundles' files: any bytes, stored by their digest (see `bundles`), held
+    /// through `holds` (the programs' store's).
+    pub fn open_files(dir: &Path, max_bytes: u64, holds: Arc<Holds>) -> Result<Self, StoreError> {
+        Self::open_as(dir, max_bytes, Contents::Files, holds)
     }
 
-    fn open_as(dir: &Path, max_bytes: u64, contents: Contents) -> Result<Self, StoreError> {
+    fn open_as(
+        dir: &Path,
+        max_bytes: u64,
+        contents: Contents,
+        holds: Arc<Holds>,
+    ) -> Result<Self, StoreError> {
         let incoming = dir.join(INCOMING);
         if incoming.exists() {
             std::fs::remove_dir_all(&incoming)?;
@@ -118,6 +137,25 @@ impl ArtifactStore {
             max_bytes,
             contents,
             known: Arc::default(),
+            holds,
+        })
+    }
+
+    /// What keeps the store's collection from files in use (shared by the store's clones).
+    pub fn holds(&self) -> &Arc<Holds> {
+        &self.holds
+    }
+
+    /// Deletes the stored files whose digest is not in `keep`, that no hold holds and that
+    /// were last used before `cutoff` (see [`collect_dir`]). Returns what went (digest and
+    /// bytes) and the digests still stored.
+    pub fn collect(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        cutoff: std::time::SystemTime,
+    ) -> std::io::Result<Collected> {
+        collect_dir(&self.dir, keep, cutoff, &self.holds, |sha256| {
+            self.known.lock().expect("lock").remove(sha256);
         })
     }
 
@@ -175,19 +213,21 @@ impl ArtifactStore {
         })
     }
 
-    /// Streams an upload into the store under the digest the client announced.
+    /// Streams an upload of at most `limit_bytes` (and the store's own limit; more is
+    /// `TooLarge`) into the store under the digest the client announced.
     #[tracing::instrument(skip(self, body), fields(sha256 = %announced))]
     pub async fn ingest<S, E>(
         &self,
         announced: &str,
         mut body: S,
+        limit_bytes: u64,
     ) -> Result<ArtifactInfo, StoreError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         self.path(announced)?;
-        let mut upload = self.begin_upload(self.max_bytes)?;
+        let mut upload = self.begin_upload(limit_bytes)?;
         let mut head = Vec::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StoreError::Interrupted(e.to_string()))?;
@@ -246,11 +286,14 @@ impl ArtifactStore {
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(mode))?;
         // A file already stored under this digest holds these very bytes: it stays (its
         // hard links in bundles, running programs), and the upload goes with its temp file.
-        match temp.persist_noclobber(self.path(&actual)?) {
+        let path = self.path(&actual)?;
+        match temp.persist_noclobber(&path) {
             Ok(_) => {
                 tracing::info!(sha256 = %actual, kind = %info.kind, details = %info.details, "stored")
             }
             Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Used now: the collection leaves it for its grace period.
+                self.holds.touch(&[path]);
                 tracing::info!(sha256 = %actual, "already stored: the upload matched it")
             }
             Err(e) => return Err(writing(e.error)),
@@ -326,6 +369,74 @@ impl Upload {
     }
 }
 
+/// What one store's collection did ([`ArtifactStore::collect`]).
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Deleted: digest and bytes.
+    pub removed: Vec<(String, u64)>,
+    /// Still stored.
+    pub stored: Vec<String>,
+}
+
+/// Deletes the files of `dir` named by a digest not in `keep`, that no hold of `holds` holds
+/// and that were last used before `cutoff`: each is renamed into `dir/.incoming` under the
+/// holds' lock (and `forget` told its digest), then all are deleted (a crash in between
+/// leaves them there, and `.incoming` is emptied when its store opens).
+pub(super) fn collect_dir(
+    dir: &Path,
+    keep: &std::collections::HashSet<String>,
+    cutoff: std::time::SystemTime,
+    holds: &Holds,
+    forget: impl Fn(&str),
+) -> std::io::Result<Collected> {
+    let mut collected = Collected::default();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(sha256) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if check_sha256(&sha256).is_err() {
+            continue;
+        }
+        let size = entry.metadata()?.len();
+        let removed = !keep.contains(&sha256)
+            && holds.remove_unused(&entry.path(), None, cutoff, |path| {
+                forget(&sha256);
+                std::fs::rename(path, dir.join(INCOMING).join(format!("gc-{sha256}")))
+            })?;
+        if removed {
+            collected.removed.push((sha256, size));
+        } else {
+            collected.stored.push(sha256);
+        }
+    }
+    remove_collected(&dir.join(INCOMING))?;
+    Ok(collected)
+}
+
+/// Deletes what a collection renamed into `incoming` (`gc-*`): after the crash point
+/// `store::collected` (renamed, not yet deleted).
+pub(super) fn remove_collected(incoming: &Path) -> std::io::Result<()> {
+    let mut collected = Vec::new();
+    for entry in std::fs::read_dir(incoming)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("gc-") {
+            collected.push(entry);
+        }
+    }
+    if !collected.is_empty() {
+        fail::fail_point!("store::collected");
+    }
+    for entry in collected {
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn describe_file(sha256: &str, size: u64) -> ArtifactInfo {
     ArtifactInfo {
         sha256: sha256.into(),
@@ -363,6 +474,17 @@ mod tests {
         )
     }
 
+    impl ArtifactStore {
+        /// `ingest` with no limit but the store's.
+        async fn ingest_all<S, E>(&self, sha: &str, body: S) -> Result<ArtifactInfo, StoreError>
+        where
+            S: Stream<Item = Result<Bytes, E>> + Unpin,
+            E: std::fmt::Display,
+        {
+            self.ingest(sha, body, u64::MAX).await
+        }
+    }
+
     fn incoming_is_empty(store: &ArtifactStore) -> bool {
         std::fs::read_dir(store.incoming_dir())
             .unwrap()
@@ -375,7 +497,7 @@ mod tests {
         let (_d, store) = store();
         let bin = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let sha = hex::encode(Sha256::digest(&bin));
-        let info = store.ingest(&sha, chunks(bin.clone())).await.unwrap();
+        let info = store.ingest_all(&sha, chunks(bin.clone())).await.unwrap();
         assert_eq!(info.size, bin.len() as u64);
         assert_eq!(std::fs::read(store.path(&sha).unwrap()).unwrap(), bin);
         assert!(incoming_is_empty(&store));
@@ -391,12 +513,12 @@ mod tests {
             Err("connection reset".to_string()),
         ]);
         assert!(matches!(
-            store.ingest(&sha, cut).await,
+            store.ingest_all(&sha, cut).await,
             Err(StoreError::Interrupted(_))
         ));
         let wrong = "0".repeat(64);
         assert!(matches!(
-            store.ingest(&wrong, chunks(bin)).await,
+            store.ingest_all(&wrong, chunks(bin)).await,
             Err(StoreError::HashMismatch { .. })
         ));
         assert!(!store.path(&sha).unwrap().exists());
@@ -412,14 +534,14 @@ mod tests {
             crate::artifact::image::host_architecture(),
         );
         let sha = hex::encode(Sha256::digest(&image));
-        let info = store.ingest(&sha, chunks(image.clone())).await.unwrap();
+        let info = store.ingest_all(&sha, chunks(image.clone())).await.unwrap();
         assert_eq!(info.kind, "image");
         let mut tampered = image;
         let at = tampered.windows(3).position(|w| w == b"app").unwrap();
         tampered[at] = b'A';
         let sha = hex::encode(Sha256::digest(&tampered));
         assert!(matches!(
-            store.ingest(&sha, chunks(tampered)).await,
+            store.ingest_all(&sha, chunks(tampered)).await,
             Err(StoreError::Image(_))
         ));
         assert!(!store.path(&sha).unwrap().exists());
@@ -458,7 +580,7 @@ mod tests {
         let (_d, store) = store();
         let bin = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let sha = hex::encode(Sha256::digest(&bin));
-        let stored = store.ingest(&sha, chunks(bin)).await.unwrap();
+        let stored = store.ingest_all(&sha, chunks(bin)).await.unwrap();
         // Were the file read again, this would no longer verify as a program.
         let path = store.path(&sha).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -478,7 +600,7 @@ mod tests {
         let (_d, store) = store();
         let text = b"hello\n".to_vec();
         let sha = hex::encode(Sha256::digest(&text));
-        let e = store.ingest(&sha, chunks(text)).await.unwrap_err();
+        let e = store.ingest_all(&sha, chunks(text)).await.unwrap_err();
         assert!(e.to_string().contains("not an ELF"), "{e}");
         assert!(!store.path(&sha).unwrap().exists());
         assert!(incoming_is_empty(&store));

@@ -52,6 +52,8 @@ pub enum TaskError {
 #[derive(Debug, Clone)]
 pub struct TaskRun {
     pub program: Program,
+    /// The program's files, held for the store's collection until the task has ended.
+    pub held: crate::artifact::holds::Hold,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub timeout: Duration,
@@ -277,6 +279,7 @@ impl Tasks {
                 steps,
                 reports,
                 caller,
+                _held: task.held,
             },
             events,
         ));
@@ -342,6 +345,8 @@ struct Started {
     steps: StepClock,
     reports: bool,
     caller: caller_cap::CallerSlot,
+    /// The program's files: held from the store's collection until the task's watch is over.
+    _held: crate::artifact::holds::Hold,
 }
 
 /// Follows one running task to its end.

@@ -38,12 +38,14 @@ impl Orchestrator {
     /// Runs a task once for `caller` (how the API names who asked: `token <id>` or `the root
     /// token`); the receiver gets `started`, its output, then `exited`. Errors: `Invalid` for a
     /// bad request, `Task(CallerAtCap)` when the caller runs `tasks.max_concurrent_per_token`
-    /// tasks already.
+    /// tasks already. `held` (from [`Orchestrator::admit_program`]) keeps its program from the
+    /// store's collection until the task has ended.
     #[tracing::instrument(skip_all, fields(artifact = %req.artifact, %caller))]
     pub async fn run_task(
         &self,
         req: TaskRequest,
         caller: &str,
+        held: crate::artifact::holds::Hold,
     ) -> Result<mpsc::Receiver<TaskEvent>, Error> {
         let app = self;
         let backend = backend(app, req.backend.as_deref())?;
@@ -67,6 +69,7 @@ impl Orchestrator {
             .tasks
             .run(TaskRun {
                 program,
+                held,
                 args: req.args,
                 env,
                 timeout,

@@ -6,8 +6,10 @@
 //! request for its sandbox's time to live unless it is pinned (`expiry`). The idle clock starts
 //! when the deployment was last ready, the time to live at its creation (both from its last
 //! request on), and neither stops one while a start of it (a push, `nx start`, a wake, a
-//! restart) is under way (`UpkeepState::starting`).
+//! restart) is under way (`UpkeepState::starting`). On a clock of its own, it deletes stored
+//! content no deployment runs once unused for `store.unused_grace_secs` (`content`).
 
+mod content;
 mod expiry;
 mod health;
 mod idle;
