@@ -107,6 +107,7 @@ withoutNulls {
   sftp = withoutNulls {
     inherit (cfg.sftp) listen;
     max_upload_mb = cfg.sftp.maxUploadMb;
+    max_open_handles = cfg.sftp.maxOpenHandles;
   };
   tls = withoutNulls {
     https_listen = cfg.tls.httpsListen;

@@ -111,6 +111,7 @@
   sftp = {
     listen = null;
     maxUploadMb = 1024;
+    maxOpenHandles = 16;
   };
   tls = {
     httpsListen = null;

@@ -110,6 +110,10 @@ pub struct SftpConfig {
     pub listen: Option<SocketAddr>,
     /// The largest file an SFTP upload may be, in MiB; a larger one is refused while it arrives.
     pub max_upload_mb: u64,
+    /// Files and listings one SFTP session may hold open at once (each open upload holds a
+    /// file descriptor of nxd's and a temp file); beyond it an open is refused until one is
+    /// closed.
+    pub max_open_handles: usize,
 }
 
 impl Default for SftpConfig {
@@ -117,6 +121,7 @@ impl Default for SftpConfig {
         Self {
             listen: None,
             max_upload_mb: 1024,
+            max_open_handles: 16,
         }
     }
 }
@@ -689,6 +694,11 @@ impl Config {
         if self.sftp.max_upload_mb == 0 {
             return Err(ConfigError::Invalid(
                 "sftp.max_upload_mb must be at least 1".into(),
+            ));
+        }
+        if self.sftp.max_open_handles == 0 {
+            return Err(ConfigError::Invalid(
+                "sftp.max_open_handles must be at least 1".into(),
             ));
         }
         if !self.systemd.slice.ends_with(".slice") {

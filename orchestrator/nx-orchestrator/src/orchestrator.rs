@@ -1079,15 +1079,18 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// For `nx VERB ID`: the deployment's record, read again under its sandbox's lock when
-    /// it mounts a volume (`sandbox_locks`); the lock is held until the guard is dropped.
+    /// For `nx VERB ID`: the deployment's record, read again under its sandbox's lock
+    /// (`sandbox_locks`) when it mounts a volume, and always for `stop` and `rm`: their check
+    /// that it does not serve production must not fall between a promotion's or rollback's
+    /// check and its switch (they hold the lock throughout). The lock is held until the guard
+    /// is dropped.
     async fn locked_deployment(
         &self,
         id: &DeploymentId,
         verb: &'static str,
     ) -> Result<(Deployment, Option<SandboxGuard<'_>>), Error> {
         let deployment = self.state.deployment(id).await?;
-        if deployment.volumes.is_empty() {
+        if deployment.volumes.is_empty() && !matches!(verb, "stop" | "rm") {
             return Ok((deployment, None));
         }
         let lock = self

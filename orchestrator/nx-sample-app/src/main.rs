@@ -14,7 +14,8 @@
 //!   0), then reaps them and reports how many
 //! - `GET /hog`         allocates and touches memory until the sandbox's limit ends it
 //! - `GET /spin?threads=T&secs=S` keeps T threads busy for S seconds; answers at once
-//! - `GET /unshare`     tries to create a user namespace; reports the error
+//! - `GET /unshare`     tries to create a user namespace, by unshare(2) and by clone(2);
+//!   reports the errors
 //! - `GET /io-uring`    tries to set up an io_uring; reports the error
 //! - `GET /socket?family=F` tries to open a socket of address family F (a number); reports the error
 //! - `GET /db/put?v=V`  inserts V into table `items` (made if missing) of its database
@@ -233,10 +234,7 @@ fn handle(request: Request) {
             hog();
             text(200, "still alive\n")
         }
-        "/unshare" => match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
-            Ok(()) => text(200, "created a user namespace\n"),
-            Err(e) => text(403, format!("error: {e}\n")),
-        },
+        "/unshare" => user_namespace(),
         "/io-uring" => {
             let mut params = [0u8; 120];
             // SAFETY: io_uring_setup(2) reads and writes a struct io_uring_params (120 bytes).
@@ -536,6 +534,41 @@ fn db(
                 e.as_db_error()
                     .map_or(e.to_string(), |d| d.message().to_owned())
             ),
+        ),
+    }
+}
+
+/// `GET /unshare`: a user namespace made by unshare(2) (this process would enter it: only
+/// tried, the answer is what counts) or by clone(2) into a child that exits at once (how
+/// busybox's and util-linux's `unshare` start a program in one): 200 if either worked, else
+/// 403 with both errors.
+fn user_namespace() -> Response<std::io::Cursor<Vec<u8>>> {
+    // SAFETY: a fork-like clone (no new stack): the child only calls _exit(2).
+    let cloned = unsafe {
+        let pid = nix::libc::syscall(
+            nix::libc::SYS_clone,
+            nix::libc::CLONE_NEWUSER | nix::libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        );
+        if pid == 0 {
+            nix::libc::_exit(0);
+        }
+        if pid > 0 {
+            nix::libc::waitpid(pid as nix::libc::pid_t, std::ptr::null_mut(), 0);
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let unshared = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER);
+    match (cloned, unshared) {
+        (Err(c), Err(u)) => text(403, format!("error: clone: {c}; unshare: {u}\n")),
+        (c, u) => text(
+            200,
+            format!("created a user namespace (clone: {c:?}, unshare: {u:?})\n"),
         ),
     }
 }

@@ -74,3 +74,80 @@ fn promote_and_rollback_under_load_fail_no_request() {
         "the switch never happened under load"
     );
 }
+
+/// `nx promote S X` (or `nx rollback S` back to X) at the same time as `nx stop X` or
+/// `nx rm X`: whichever goes first, the other is refused or acts on what the first left, and
+/// production's URL answers with the deployment `nx status` names as promoted (attacker s10
+/// F4: both succeeded, and production answered "no deployment" until another push).
+#[test]
+fn promote_or_rollback_racing_rm_of_the_same_deployment_leaves_production_answering() {
+    let host = Arc::new(Host::start());
+    // Each deployment's APP_VERSION, which the sample app answers with.
+    let mut versions = std::collections::HashMap::new();
+    let push = |versions: &mut std::collections::HashMap<String, String>, version: String| {
+        let id = host.push_sample("race", &["-e", &format!("APP_VERSION={version}")]);
+        versions.insert(id.clone(), version);
+        id
+    };
+    let first = push(&mut versions, "first".into());
+    host.nx_json(&["promote", "race", &first]);
+    for round in 0..6 {
+        let id = push(&mut versions, format!("round{round}"));
+        // Stopped: the promotion starts it first, which leaves time for the removal to cut in.
+        host.nx_json(&["stop", &id]);
+        let rollback = round % 2 == 1;
+        if rollback {
+            // The promotion before the current one is `id`: a rollback goes back to it.
+            host.nx_json(&["promote", "race", &id]);
+            let current = push(&mut versions, format!("current{round}"));
+            host.nx_json(&["promote", "race", &current]);
+            host.nx_json(&["stop", &id]);
+        }
+        let switch = {
+            let (host, id) = (host.clone(), id.clone());
+            std::thread::spawn(move || {
+                if rollback {
+                    host.nx(&["rollback", "race"])
+                } else {
+                    host.nx(&["promote", "race", &id])
+                }
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20 + 40 * (round % 3)));
+        let verb = if round % 3 == 2 { "stop" } else { "rm" };
+        let removed = host.nx(&[verb, &id]);
+        let switched = switch.join().unwrap();
+        // A stop before the promotion is undone by it (it starts the deployment): both may
+        // succeed. A removal and a switch to what it removed may not.
+        assert!(
+            !(verb == "rm" && switched.ok && removed.ok),
+            "round {round}: both the switch and `nx rm {id}` succeeded: {} / {}",
+            switched.stdout,
+            removed.stdout
+        );
+        let status = host.nx_json(&["status", "race"]);
+        let promoted = status[0]["promoted"]
+            .as_str()
+            .expect("a promoted deployment");
+        let row = host.deployment("race", promoted);
+        let (code, body) = host.get(&host.production_host("race"), "/");
+        assert_eq!(
+            code, 200,
+            "round {round}: production ({promoted}, {}) does not answer: {body}",
+            row["phase"]
+        );
+        let version = &versions[promoted];
+        assert!(
+            body.contains(version.as_str()),
+            "round {round}: production answers {body:?}, `nx status` names {promoted} ({version}, {})",
+            row["phase"]
+        );
+        if !removed.ok {
+            assert!(
+                removed.stderr.contains("serves production"),
+                "round {round}: `nx {verb}` refused for another reason: {}",
+                removed.stderr
+            );
+        }
+    }
+}

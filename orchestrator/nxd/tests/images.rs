@@ -301,3 +301,31 @@ fn an_images_volume_is_a_tmpfs_not_the_hosts_disk() {
     let fs_type = big.split(" - ").nth(1).and_then(|r| r.split(' ').next());
     assert_eq!(fs_type, Some("tmpfs"), "{big}");
 }
+
+/// Attacker s10 F7: under Podman's default seccomp profile an image's program could create a
+/// user namespace (uid 0 with every capability in it: mounts, netfilter, the kernel code most
+/// container escapes start from). Images run under NX's own filter, as binaries do
+/// (`isolation::a_deployment_sees_nothing_of_the_host_or_its_neighbours`).
+#[test]
+fn an_image_runs_under_the_same_seccomp_filter_as_a_binary() {
+    let host = Host::start();
+    let build = tempfile::tempdir_in("/var/tmp").unwrap();
+    let image = build_sample_image(build.path(), "linux/amd64");
+    let id = host.nx_json(&["push", "--image", image.to_str().unwrap(), "-s", "filter"])
+        ["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = |path: &str| host.get(&host.preview_host("filter", &id), path);
+    let (status, body) = get("/unshare");
+    assert_eq!(status, 403, "created a user namespace: {body}");
+    let (status, body) = get("/io-uring");
+    assert_eq!(status, 403, "set up an io_uring: {body}");
+    assert!(body.contains("Operation not permitted"), "{body}");
+    for (family, allowed) in [(40, false), (17, false), (2, true), (10, true), (1, true)] {
+        let (status, body) = get(&format!("/socket?family={family}"));
+        assert_eq!(status == 200, allowed, "socket family {family}: {body}");
+    }
+    // Everything else as before: it serves.
+    assert_eq!(get("/").0, 200);
+}

@@ -344,3 +344,155 @@ fn sftp_and_scp_uploads_deploy_and_bad_ones_are_refused() {
     host.nx_json(&["sandbox", "rm", "web", "--no-backup"]);
     assert!(!host.path("uploads/web").exists());
 }
+
+/// An SSH client that trusts any host key (the session's files are this test's subject, not
+/// the host key, which the OpenSSH test above pins).
+struct AnyHostKey;
+
+impl russh::client::Handler for AnyHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// An authenticated SFTP session as `user` with `key`: the SSH connection (kept for as long as
+/// the session is used) and the SFTP client on it.
+async fn session(
+    port: u16,
+    user: &str,
+    key: &std::sync::Arc<russh::keys::PrivateKey>,
+) -> (
+    russh::client::Handle<AnyHostKey>,
+    russh_sftp::client::SftpSession,
+) {
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut ssh = russh::client::connect(config, ("127.0.0.1", port), AnyHostKey)
+        .await
+        .expect("connect");
+    let auth = ssh
+        .authenticate_publickey(
+            user,
+            russh::keys::PrivateKeyWithHashAlg::new(key.clone(), None),
+        )
+        .await
+        .unwrap();
+    assert!(auth.success(), "the key was refused");
+    let channel = ssh.channel_open_session().await.unwrap();
+    channel.request_subsystem(true, "sftp").await.unwrap();
+    let sftp = russh_sftp::client::SftpSession::new(channel.into_stream())
+        .await
+        .unwrap();
+    (ssh, sftp)
+}
+
+/// A host with SFTP on `port` and `keys` in its `[sftp]` table, sandbox `web` holding a new
+/// key; the key, loaded for russh, and its fingerprint.
+fn sftp_host(keys: &str) -> (Host, u16, std::sync::Arc<russh::keys::PrivateKey>, String) {
+    let port = nx_testkit::free_port();
+    let host = Host::start_with(&format!("[sftp]\nlisten = \"127.0.0.1:{port}\"\n{keys}"));
+    host.forward(port);
+    let dir = host.path("sftp-client");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sftp = Sftp {
+        port,
+        dir: dir.clone(),
+    };
+    host.nx_json(&["sandbox", "create", "web"]);
+    let public = sftp.keygen("web_key");
+    let added = host.nx_json(&["keys", "add", "web", public.to_str().unwrap()]);
+    let key = russh::keys::load_secret_key(dir.join("web_key"), None).unwrap();
+    let fingerprint = added["fingerprint"].as_str().unwrap().to_owned();
+    (host, port, std::sync::Arc::new(key), fingerprint)
+}
+
+/// Attacker s11 G2: one session that opened uploads and never closed them took every file
+/// descriptor of nxd (and a temp file each). A session holds at most `sftp.max_open_handles`;
+/// the next open is refused with what to do, a close makes room, and other sessions and the
+/// API are not affected.
+#[test]
+fn one_sftp_session_holds_at_most_its_share_of_open_files() {
+    const MAX: usize = 4;
+    let (host, port, key, _) = sftp_host(&format!("max_open_handles = {MAX}\n"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (_ssh, first) = session(port, "web", &key).await;
+        let mut open = Vec::new();
+        for i in 0..MAX {
+            open.push(
+                first
+                    .create(format!("f{i}"))
+                    .await
+                    .expect("an open within the cap"),
+            );
+        }
+        let refused = first
+            .create("one-more")
+            .await
+            .err()
+            .expect("an open past the cap");
+        assert!(
+            refused.to_string().contains("sftp.max_open_handles"),
+            "{refused}"
+        );
+        assert!(first.read_dir("/").await.is_err(), "a listing past the cap");
+        // Another session has its own share; the API answers meanwhile.
+        let (_other_ssh, other) = session(port, "web", &key).await;
+        other.create("other").await.expect("another session's open");
+        assert!(host.nx(&["ls"]).ok);
+        // Closing one makes room again (the empty upload itself is refused at its close).
+        let _ = open.pop().unwrap().close().await;
+        first
+            .create("after-close")
+            .await
+            .expect("an open after a close");
+    });
+    // Uploads left open are only temp files: nothing went into the store.
+    assert!(store(&host).0.is_empty(), "{:?}", store(&host));
+}
+
+/// Attacker s11 G3: a session kept deploying after its key was removed (`nx keys rm`, or
+/// `nx sandbox rm` and the name given to someone else). Its next upload is refused, and one
+/// it had begun is not deployed when it closes.
+#[test]
+fn an_sftp_session_deploys_nothing_once_its_key_is_removed() {
+    let (host, port, key, fingerprint) = sftp_host("");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let (_ssh, sftp) = session(port, "web", &key).await;
+        let mut begun = sftp
+            .create("app")
+            .await
+            .expect("an upload while the key is held");
+        begun
+            .write_all(&std::fs::read(nx_testkit::sample_app()).unwrap())
+            .await
+            .unwrap();
+        host.nx_json(&["keys", "rm", "web", &fingerprint]);
+        let closed = begun.close().await;
+        assert!(
+            closed.is_err(),
+            "the upload begun before the key's removal deployed"
+        );
+        let refused = sftp
+            .create("again")
+            .await
+            .err()
+            .expect("an upload after removal");
+        assert!(refused.to_string().contains("was removed"), "{refused}");
+    });
+    assert!(
+        host.nx_json(&["ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["deployments"].as_array().unwrap().is_empty()),
+        "a deployment came from a removed key"
+    );
+    assert!(store(&host).0.is_empty(), "{:?}", store(&host));
+}

@@ -51,12 +51,23 @@ enum Open {
     Dir(bool),
 }
 
+/// Who a session authenticated as: a key (its SHA256 fingerprint) that a sandbox holds.
+#[derive(Clone)]
+pub struct KeyHolder {
+    pub sandbox: SandboxName,
+    pub fingerprint: String,
+}
+
 /// The SFTP session of one authenticated user (one sandbox).
 pub struct UploadArea {
     app: Arc<Orchestrator>,
     sandbox: SandboxName,
+    /// The session's key, checked again before each upload begins and before it deploys.
+    fingerprint: String,
     dir: PathBuf,
     limit_bytes: u64,
+    /// `sftp.max_open_handles`.
+    max_handles: usize,
     handles: HashMap<String, Open>,
     next_handle: u64,
 }
@@ -119,19 +130,56 @@ pub fn resolve(sandbox: &SandboxName, path: &str) -> Result<Option<String>, Stat
 }
 
 impl UploadArea {
-    pub fn new(app: Arc<Orchestrator>, sandbox: SandboxName) -> std::io::Result<Self> {
+    pub fn new(app: Arc<Orchestrator>, user: KeyHolder) -> std::io::Result<Self> {
+        let KeyHolder {
+            sandbox,
+            fingerprint,
+        } = user;
         use std::os::unix::fs::PermissionsExt;
         let dir = dir(&app.config.state_dir, &sandbox);
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(Self {
             limit_bytes: app.config.sftp.max_upload_mb << 20,
+            max_handles: app.config.sftp.max_open_handles,
             app,
             sandbox,
+            fingerprint,
             dir,
             handles: HashMap::new(),
             next_handle: 0,
         })
+    }
+
+    /// Refuses a new handle while the session holds `sftp.max_open_handles` (attacker s11 G2:
+    /// one session opening uploads without closing them took every file descriptor of nxd).
+    fn room_for_one_more(&self) -> Result<(), StatusReply> {
+        if self.handles.len() >= self.max_handles {
+            return Err(failure(format!(
+                "this session has {} files open, the most one may (sftp.max_open_handles); close one first",
+                self.handles.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses work once the session's key no longer belongs to its sandbox (attacker s11 G3:
+    /// `nx keys rm` or `nx sandbox rm` left open sessions deploying, also into the next
+    /// sandbox of the same name): as a deploy token's follow ends with the token.
+    async fn key_still_held(&self) -> Result<(), StatusReply> {
+        match self
+            .app
+            .ssh_keys
+            .authorizes(&self.sandbox, &self.fingerprint)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(denied(format!(
+                "the key of this session ({}) was removed from sandbox {}: nothing is deployed; connect again with a key `nx keys ls {}` lists",
+                self.fingerprint, self.sandbox, self.sandbox
+            ))),
+            Err(e) => Err(failure(format!("cannot check this session's key: {e}"))),
+        }
     }
 
     fn add(&mut self, open: Open) -> String {
@@ -199,6 +247,7 @@ impl russh_sftp::server::Handler for UploadArea {
         pflags: OpenFlags,
         _attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
+        self.room_for_one_more()?;
         let (name, on_disk) = self.file(&filename)?;
         let open = if pflags.contains(OpenFlags::WRITE) {
             if name.ends_with(RESULT_SUFFIX) {
@@ -206,6 +255,7 @@ impl russh_sftp::server::Handler for UploadArea {
                     "{name}: nxd writes the {RESULT_SUFFIX} files; upload the program under another name"
                 )));
             }
+            self.key_still_held().await?;
             // A result from an earlier upload of the same name would now be stale.
             let _ = std::fs::remove_file(self.dir.join(format!("{name}{RESULT_SUFFIX}")));
             let upload = self
@@ -273,6 +323,7 @@ impl russh_sftp::server::Handler for UploadArea {
                 upload: Some(upload),
                 refused: None,
             }) => {
+                self.key_still_held().await?;
                 let outcome = deploy::deploy(&self.app, &self.sandbox, &name, upload).await;
                 deploy::write_result(&self.dir, &name, &outcome);
                 match outcome.error {
@@ -308,6 +359,7 @@ impl russh_sftp::server::Handler for UploadArea {
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
+        self.room_for_one_more()?;
         if self.name(&path)?.is_some() {
             return Err(failure(format!("{path} is not a directory")));
         }

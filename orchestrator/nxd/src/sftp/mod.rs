@@ -53,17 +53,17 @@ impl russh::server::Server for Server {
         Connection {
             app: Arc::clone(&self.app),
             peer,
-            sandbox: None,
+            user: None,
             channels: HashMap::new(),
         }
     }
 }
 
-/// One SSH connection: before authentication no sandbox, after it exactly one.
+/// One SSH connection: before authentication no user, after it exactly one.
 struct Connection {
     app: Arc<Orchestrator>,
     peer: Option<SocketAddr>,
-    sandbox: Option<SandboxName>,
+    user: Option<area::KeyHolder>,
     channels: HashMap<ChannelId, Channel<Msg>>,
 }
 
@@ -106,7 +106,10 @@ impl russh::server::Handler for Connection {
         match self.sandbox_for(user, key.public_key).await {
             Some(sandbox) => {
                 tracing::info!(%sandbox, %fingerprint, peer = ?self.peer, "SFTP user authenticated");
-                self.sandbox = Some(sandbox);
+                self.user = Some(area::KeyHolder {
+                    sandbox,
+                    fingerprint,
+                });
                 Ok(Auth::Accept)
             }
             None => {
@@ -134,11 +137,11 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let channel = self.channels.remove(&id);
-        let (Some(channel), Some(sandbox), "sftp") = (channel, self.sandbox.clone(), name) else {
+        let (Some(channel), Some(user), "sftp") = (channel, self.user.clone(), name) else {
             session.channel_failure(id)?;
             return Ok(());
         };
-        match area::UploadArea::new(Arc::clone(&self.app), sandbox) {
+        match area::UploadArea::new(Arc::clone(&self.app), user) {
             Ok(area) => {
                 session.channel_success(id)?;
                 russh_sftp::server::run(channel.into_stream(), area).await;

@@ -70,6 +70,11 @@ impl Podman {
             ),
         )?;
         std::fs::write(
+            podman.seccomp_profile(),
+            serde_json::to_vec_pretty(&super::seccomp::oci_profile())
+                .map_err(std::io::Error::other)?,
+        )?;
+        std::fs::write(
             podman.dir.join("storage.conf"),
             format!(
                 "# Written by nxd.\n[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n\n# No private bind mount of the storage onto itself: it would outlive nxd.\n[storage.options.overlay]\nskip_mount_home = \"true\"\n",
@@ -127,6 +132,11 @@ impl Podman {
         Ok(())
     }
 
+    /// NX's seccomp filter as the profile Podman's containers run under (`seccomp::oci_profile`).
+    fn seccomp_profile(&self) -> PathBuf {
+        self.dir.join("seccomp.json")
+    }
+
     /// `podman run` of one container (a deployment's or a task's); `--rm`, so that a container
     /// that ends leaves nothing in Podman's storage.
     pub fn command(&self, c: &Container<'_>) -> Vec<String> {
@@ -179,6 +189,10 @@ impl Podman {
             .iter()
             .map(|s| s.to_string()),
         );
+        argv.extend([
+            "--security-opt".into(),
+            format!("seccomp={}", self.seccomp_profile().display()),
+        ]);
         argv.extend(["--user".into(), format!("{}:{}", c.uid, c.uid)]);
         argv.extend(match c.tmp {
             Tmp::Tmpfs { size_mb } => [

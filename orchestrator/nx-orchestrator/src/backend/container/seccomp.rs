@@ -9,6 +9,10 @@
 //!    file handles;
 //! 2. ENOSYS for clone3, whose flags seccomp cannot inspect, so that libc falls back to clone.
 //!
+//! Podman's containers (images, under runc) get the same filter as an OCI profile
+//! ([`oci_profile`]) instead of Podman's default, which lets a container create user
+//! namespaces.
+//!
 //! What we chose, against the two best-known default profiles: Docker's (moby's
 //! `profiles/seccomp/default.json`) is an allow-list that denies the same privileged calls,
 //! io_uring (since moby 25) and AF_VSOCK sockets; Flatpak's (`common/flatpak-run.c`) is a
@@ -48,6 +52,58 @@ fn compile(
     BpfProgram::try_from(filter).map_err(|e| e.to_string())
 }
 
+/// The calls every deployment is denied outright (EPERM), by their names in syscalls(2) and
+/// their numbers on this architecture.
+const DENIED: &[(&str, i64)] = &[
+    ("add_key", libc::SYS_add_key),
+    ("request_key", libc::SYS_request_key),
+    ("keyctl", libc::SYS_keyctl),
+    ("bpf", libc::SYS_bpf),
+    ("perf_event_open", libc::SYS_perf_event_open),
+    ("kexec_load", libc::SYS_kexec_load),
+    ("init_module", libc::SYS_init_module),
+    ("finit_module", libc::SYS_finit_module),
+    ("delete_module", libc::SYS_delete_module),
+    ("ptrace", libc::SYS_ptrace),
+    ("userfaultfd", libc::SYS_userfaultfd),
+    ("mount", libc::SYS_mount),
+    ("umount2", libc::SYS_umount2),
+    ("pivot_root", libc::SYS_pivot_root),
+    ("setns", libc::SYS_setns),
+    ("open_tree", libc::SYS_open_tree),
+    ("move_mount", libc::SYS_move_mount),
+    ("fsopen", libc::SYS_fsopen),
+    ("fsconfig", libc::SYS_fsconfig),
+    ("fsmount", libc::SYS_fsmount),
+    ("fspick", libc::SYS_fspick),
+    ("mount_setattr", libc::SYS_mount_setattr),
+    ("chroot", libc::SYS_chroot),
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
+    ("process_vm_readv", libc::SYS_process_vm_readv),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
+    ("pidfd_getfd", libc::SYS_pidfd_getfd),
+    ("kcmp", libc::SYS_kcmp),
+    ("kexec_file_load", libc::SYS_kexec_file_load),
+    ("swapon", libc::SYS_swapon),
+    ("swapoff", libc::SYS_swapoff),
+    ("quotactl", libc::SYS_quotactl),
+    ("acct", libc::SYS_acct),
+    ("reboot", libc::SYS_reboot),
+    ("settimeofday", libc::SYS_settimeofday),
+    ("clock_settime", libc::SYS_clock_settime),
+    ("clock_adjtime", libc::SYS_clock_adjtime),
+    ("syslog", libc::SYS_syslog),
+    ("mbind", libc::SYS_mbind),
+    ("set_mempolicy", libc::SYS_set_mempolicy),
+    ("migrate_pages", libc::SYS_migrate_pages),
+    ("move_pages", libc::SYS_move_pages),
+    ("open_by_handle_at", libc::SYS_open_by_handle_at),
+    ("name_to_handle_at", libc::SYS_name_to_handle_at),
+    ("fanotify_init", libc::SYS_fanotify_init),
+];
+
 fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     let newuser = |arg| -> Result<Vec<SeccompRule>, String> {
         let cond = SeccompCondition::new(
@@ -65,69 +121,23 @@ fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     rules.insert(libc::SYS_clone, newuser(0)?);
     rules.insert(libc::SYS_unshare, newuser(0)?);
     rules.insert(libc::SYS_socket, other_families()?);
-    for always in [
-        libc::SYS_add_key,
-        libc::SYS_request_key,
-        libc::SYS_keyctl,
-        libc::SYS_bpf,
-        libc::SYS_perf_event_open,
-        libc::SYS_kexec_load,
-        libc::SYS_init_module,
-        libc::SYS_finit_module,
-        libc::SYS_delete_module,
-        libc::SYS_ptrace,
-        libc::SYS_userfaultfd,
-        libc::SYS_mount,
-        libc::SYS_umount2,
-        libc::SYS_pivot_root,
-        libc::SYS_setns,
-        libc::SYS_open_tree,
-        libc::SYS_move_mount,
-        libc::SYS_fsopen,
-        libc::SYS_fsconfig,
-        libc::SYS_fsmount,
-        libc::SYS_fspick,
-        libc::SYS_mount_setattr,
-        libc::SYS_chroot,
-        libc::SYS_io_uring_setup,
-        libc::SYS_io_uring_enter,
-        libc::SYS_io_uring_register,
-        libc::SYS_process_vm_readv,
-        libc::SYS_process_vm_writev,
-        libc::SYS_pidfd_getfd,
-        libc::SYS_kcmp,
-        libc::SYS_kexec_file_load,
-        libc::SYS_swapon,
-        libc::SYS_swapoff,
-        libc::SYS_quotactl,
-        libc::SYS_acct,
-        libc::SYS_reboot,
-        libc::SYS_settimeofday,
-        libc::SYS_clock_settime,
-        libc::SYS_clock_adjtime,
-        libc::SYS_syslog,
-        libc::SYS_mbind,
-        libc::SYS_set_mempolicy,
-        libc::SYS_migrate_pages,
-        libc::SYS_move_pages,
-        libc::SYS_open_by_handle_at,
-        libc::SYS_name_to_handle_at,
-        libc::SYS_fanotify_init,
-    ] {
-        rules.insert(always, vec![]);
+    for (_, always) in DENIED {
+        rules.insert(*always, vec![]);
     }
     Ok(rules)
 }
 
+/// The socket families a deployment may open: those a web service uses.
+const ALLOWED_FAMILIES: [libc::c_int; 4] = [
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
+
 /// `socket(family, ..)` for any family but those a web service uses.
 fn other_families() -> Result<Vec<SeccompRule>, String> {
-    let allowed = [
-        libc::AF_UNIX,
-        libc::AF_INET,
-        libc::AF_INET6,
-        libc::AF_NETLINK,
-    ];
-    let conditions = allowed
+    let conditions = ALLOWED_FAMILIES
         .iter()
         .map(|family| {
             SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, *family as u64)
@@ -173,4 +183,59 @@ pub fn write_programs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         paths.push(path);
     }
     Ok(paths)
+}
+
+/// Above every socket family Linux has (`AF_MAX` is 46 in Linux 6.x, include/linux/socket.h),
+/// with room for new ones: [`oci_profile`] names each family below it.
+const FAMILIES_END: libc::c_int = 64;
+
+/// libseccomp's name of [`arch`] (runtime-spec `config-linux.md`, "Seccomp").
+fn oci_arch() -> &'static str {
+    match arch() {
+        TargetArch::aarch64 => "SCMP_ARCH_AARCH64",
+        _ => "SCMP_ARCH_X86_64",
+    }
+}
+
+/// The same filter as the bubblewrap programs, as an OCI runtime seccomp profile for Podman's
+/// containers (the JSON of containers.conf(5)'s `seccomp_profile`; runtime-spec
+/// `config-linux.md`, "Seccomp"): allowed by default; EPERM for [`DENIED`], for clone and
+/// unshare with `CLONE_NEWUSER` and for sockets of families not in [`ALLOWED_FAMILIES`];
+/// ENOSYS for clone3; calls of another architecture (i386's `int 0x80`) are not in the
+/// profile, and libseccomp kills the thread that makes one.
+pub fn oci_profile() -> serde_json::Value {
+    let errno = |names: Vec<&str>, errno: i32, args: serde_json::Value| serde_json::json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": errno, "args": args});
+    let newuser = serde_json::json!([
+        {"index": 0, "value": CLONE_NEWUSER, "valueTwo": CLONE_NEWUSER, "op": "SCMP_CMP_MASKED_EQ"}
+    ]);
+    let mut syscalls = vec![
+        errno(
+            DENIED.iter().map(|(name, _)| *name).collect(),
+            libc::EPERM,
+            serde_json::json!([]),
+        ),
+        errno(vec!["clone", "unshare"], libc::EPERM, newuser),
+        errno(vec!["clone3"], libc::ENOSYS, serde_json::json!([])),
+    ];
+    // One comparison per argument in a rule (libseccomp), so one rule per family denied; the
+    // last takes every larger value, also one whose upper 32 bits are set (the comparison is
+    // of the whole register, the kernel reads an int).
+    let family = |value: i32, op: &str| serde_json::json!([{"index": 0, "value": value, "op": op}]);
+    for denied in (0..FAMILIES_END).filter(|f| !ALLOWED_FAMILIES.contains(f)) {
+        syscalls.push(errno(
+            vec!["socket"],
+            libc::EPERM,
+            family(denied, "SCMP_CMP_EQ"),
+        ));
+    }
+    syscalls.push(errno(
+        vec!["socket"],
+        libc::EPERM,
+        family(FAMILIES_END, "SCMP_CMP_GE"),
+    ));
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": [oci_arch()],
+        "syscalls": syscalls,
+    })
 }
