@@ -70,6 +70,16 @@ in
       default = defaults.apiMaxConnectionsPerAddress;
       description = "Of apiMaxConnections, the most one peer (an IPv4 address, or an IPv6 /64) may hold open; beyond it its new connections are closed as soon as they are accepted (at or above apiMaxConnections: no share of its own).";
     };
+    apiReservedConnections = mkOption {
+      type = types.ints.unsigned;
+      default = defaults.apiReservedConnections;
+      description = "Of apiMaxConnections, this many are kept for the root token (as PostgreSQL's superuser_reserved_connections): a connection accepted while no more are free serves only the root token's requests; others get 503 and the connection is closed. Below apiMaxConnections.";
+    };
+    apiMaxStreamsPerToken = mkOption {
+      type = types.ints.positive;
+      default = defaults.apiMaxStreamsPerToken;
+      description = "The most log follows (nx logs -f) one deploy token may have open at once; beyond it, 429 (tasks have tasks.maxConcurrentPerToken). The root token has no such cap.";
+    };
     apiHeadTimeoutSecs = mkOption {
       type = types.ints.positive;
       default = defaults.apiHeadTimeoutSecs;
@@ -130,11 +140,12 @@ in
     router = {
       trustedProxies = mkOption { type = types.listOf types.str; default = defaults.router.trustedProxies; description = "CIDRs (e.g. a CDN's published ranges) whose X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, Forwarded, X-Real-IP and X-Request-Id are kept and appended to; from other peers they are replaced."; };
       headTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.router.headTimeoutSecs; description = "A request head must arrive within this many seconds of its first byte."; };
-      idleTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.router.idleTimeoutSecs; description = "Idle keep-alive connections, and new ones that send nothing, are closed after this many seconds."; };
+      idleTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.router.idleTimeoutSecs; description = "Idle keep-alive connections are closed after this many seconds (new ones that send nothing after headTimeoutSecs)."; };
       connectTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.router.connectTimeoutSecs; description = "Connecting to a deployment may take this many seconds (then 502)."; };
       upstreamReadTimeoutSecs = mkOption { type = types.ints.positive; default = defaults.router.upstreamReadTimeoutSecs; description = "Longest wait for a deployment's next bytes: its response head, a streamed body, a WebSocket (then 504)."; };
       maxBodyMb = mkOption { type = types.ints.positive; default = defaults.router.maxBodyMb; description = "Largest request body in MiB (413 beyond)."; };
       maxConnections = mkOption { type = types.ints.positive; default = defaults.router.maxConnections; description = "Open client connections beyond this are closed as soon as they are accepted; open ones keep working."; };
+      maxConnectionsPerAddress = mkOption { type = types.ints.positive; default = defaults.router.maxConnectionsPerAddress; description = "Of those, one client's (an IPv4 address, an IPv6 /64): its further connections are closed as soon as they are accepted, so that one client cannot take every connection."; };
       accessLogSample = mkOption { type = types.numbers.between 0 1; default = defaults.router.accessLogSample; description = "Share of requests written to the access log; responses of 500 and up are always logged."; };
       logMaxMb = mkOption { type = types.ints.positive; default = defaults.router.logMaxMb; description = "The most the router's log (<stateDir>/router/router.log and its rotated files together) holds, in MiB; it rotates like a deployment's log, at logMaxMb / (logs.keep + 1)."; };
     };

@@ -24,6 +24,8 @@ withoutNulls {
   api_listen = cfg.apiListen;
   api_max_connections = cfg.apiMaxConnections;
   api_max_connections_per_address = cfg.apiMaxConnectionsPerAddress;
+  api_reserved_connections = cfg.apiReservedConnections;
+  api_max_streams_per_token = cfg.apiMaxStreamsPerToken;
   api_head_timeout_secs = cfg.apiHeadTimeoutSecs;
   metrics_listen = cfg.metricsListen;
   router_listen = cfg.routerListen;
@@ -101,6 +103,7 @@ withoutNulls {
     upstream_read_timeout_secs = cfg.router.upstreamReadTimeoutSecs;
     max_body_mb = cfg.router.maxBodyMb;
     max_connections = cfg.router.maxConnections;
+    max_connections_per_address = cfg.router.maxConnectionsPerAddress;
     access_log_sample = cfg.router.accessLogSample;
     log_max_mb = cfg.router.logMaxMb;
   };

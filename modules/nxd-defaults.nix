@@ -5,6 +5,8 @@
   apiListen = "127.0.0.1:7700";
   apiMaxConnections = 4096;
   apiMaxConnectionsPerAddress = 256;
+  apiReservedConnections = 16;
+  apiMaxStreamsPerToken = 32;
   apiHeadTimeoutSecs = 10;
   metricsListen = null;
   routerListen = "127.0.0.1:7780";
@@ -105,6 +107,7 @@
     upstreamReadTimeoutSecs = 300;
     maxBodyMb = 1024;
     maxConnections = 16384;
+    maxConnectionsPerAddress = 512;
     accessLogSample = 1.0;
     logMaxMb = 100;
   };

@@ -34,6 +34,16 @@ pub struct Config {
     /// hold every connection and lock the others out (at or above `api_max_connections`: no
     /// share of its own).
     pub api_max_connections_per_address: usize,
+    /// Of `api_max_connections`, this many are kept for the root token (as PostgreSQL's
+    /// `superuser_reserved_connections`): a connection accepted while no more than this many
+    /// are free serves only the root token's requests, others get 503 and the connection is
+    /// closed, so that clients holding connections (log follows) cannot lock the operator out.
+    /// Below `api_max_connections`.
+    pub api_reserved_connections: usize,
+    /// The most log follows (`nx logs -f`, which end only with their deployment or token) one
+    /// deploy token may have open at once; beyond it, 429 (tasks have
+    /// `tasks.max_concurrent_per_token`). The root token has no such cap.
+    pub api_max_streams_per_token: usize,
     /// Seconds a client has to send a request's head (request line and header fields) once nxd
     /// starts reading it, on a new connection or between keep-alive requests; a connection that
     /// has not sent it by then is closed (as the router's `router.head_timeout_secs`).
@@ -451,6 +461,8 @@ impl Default for Config {
             api_listen: "127.0.0.1:7700".parse().expect("literal"),
             api_max_connections: 4096,
             api_max_connections_per_address: 256,
+            api_reserved_connections: 16,
+            api_max_streams_per_token: 32,
             api_head_timeout_secs: 10,
             metrics_listen: None,
             router_listen: "127.0.0.1:7780".parse().expect("literal"),
@@ -649,6 +661,17 @@ impl Config {
                 "api_max_connections_per_address must be at least 1".into(),
             ));
         }
+        if self.api_reserved_connections >= self.api_max_connections {
+            return Err(ConfigError::Invalid(format!(
+                "api_reserved_connections ({}) must be below api_max_connections ({}): the rest serve every token",
+                self.api_reserved_connections, self.api_max_connections
+            )));
+        }
+        if self.api_max_streams_per_token == 0 {
+            return Err(ConfigError::Invalid(
+                "api_max_streams_per_token must be at least 1".into(),
+            ));
+        }
         if self.api_head_timeout_secs == 0 {
             return Err(ConfigError::Invalid(
                 "api_head_timeout_secs must be at least 1".into(),
@@ -844,5 +867,16 @@ mod tests {
             ..Config::default()
         };
         assert!(refusal(config).contains("api_max_connections_per_address must be at least 1"));
+        let config = Config {
+            api_max_connections: 16,
+            ..Config::default()
+        };
+        assert!(refusal(config)
+            .contains("api_reserved_connections (16) must be below api_max_connections (16)"));
+        let config = Config {
+            api_max_streams_per_token: 0,
+            ..Config::default()
+        };
+        assert!(refusal(config).contains("api_max_streams_per_token must be at least 1"));
     }
 }

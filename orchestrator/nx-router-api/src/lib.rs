@@ -3,23 +3,26 @@
 //! as [`RouterConfig`], HTTPS as [`RouterTls`]), the client of the router's control socket
 //! ([`RouterClient`]), the certificate store nxd writes and the router serves ([`store`]), what
 //! the router saw of each deployment ([`traffic`]) and how it asks nxd to start an idle one
-//! ([`wake`]).
+//! ([`wake`]), and how both count what one client holds open ([`clients`]).
 //!
 //! It depends on no server crate of nxd's (no sqlx, zbus or backends), so `nx-router` builds
 //! and tests on its own: `cargo test -p nx-router`.
 
 pub mod client;
+pub mod clients;
 mod settings;
 pub mod store;
 pub mod traffic;
 pub mod wake;
 
 pub use client::{RouterClient, RouterClientError};
+pub use clients::{client_share, ClientCounts, ClientSlot, Counts, Slot};
 pub use settings::{RouterConfig, RouterSettings, RouterTls};
 pub use traffic::{DeploymentTraffic, Traffic};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// One route: a host name and the deployment that answers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +39,16 @@ pub struct Route {
     /// to start it (see [`wake`]) and holds the request until it is ready.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub idle: bool,
+    /// A unix socket the router connects to instead of `upstream`: nxd's own API
+    /// (`api.<base_domain>`), served to the router on a socket only nxd's user may open, so
+    /// that nxd counts the router's connections apart from its local clients' addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix_socket: Option<PathBuf>,
+    /// At most this many of one client's requests (one [`client_share`]) under way on this
+    /// route at once; beyond it the router answers 429 (nxd's `api_max_connections_per_address`
+    /// for its API: behind the router, every client would otherwise be the router's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_address: Option<usize>,
 }
 
 /// The whole table, as nxd sends it (`PUT /v1/routes`) and the router keeps it on disk.

@@ -16,8 +16,8 @@ pub struct RouterConfig {
     /// A request head (request line and headers) must arrive within this many seconds of its
     /// first byte; a slower client is disconnected.
     pub head_timeout_secs: u64,
-    /// An idle keep-alive connection (no request in progress) is closed after this many seconds;
-    /// so is a new connection that sends nothing.
+    /// An idle keep-alive connection (no request in progress) is closed after this many seconds.
+    /// (A new connection that sends nothing is closed after `head_timeout_secs`.)
     pub idle_timeout_secs: u64,
     /// Connecting to a deployment may take this many seconds (then 502).
     pub connect_timeout_secs: u64,
@@ -30,6 +30,9 @@ pub struct RouterConfig {
     /// Open client connections beyond this are closed as soon as they are accepted; those
     /// already open keep working.
     pub max_connections: usize,
+    /// Of those, one client's (an IPv4 address, an IPv6 /64): its further connections are closed
+    /// as soon as they are accepted, so that one client cannot take every connection.
+    pub max_connections_per_address: usize,
     /// The share of requests written to the access log, 0.0 to 1.0; responses of 500 and up
     /// are always logged.
     pub access_log_sample: f64,
@@ -50,6 +53,7 @@ impl Default for RouterConfig {
             upstream_read_timeout_secs: 300,
             max_body_mb: 1024,
             max_connections: 16384,
+            max_connections_per_address: 512,
             access_log_sample: 1.0,
             log_max_mb: 100,
         }
@@ -71,9 +75,13 @@ impl RouterConfig {
         if let Some((name, _)) = timeouts.iter().find(|(_, v)| *v == 0) {
             return Err(format!("router.{name} must be at least 1"));
         }
-        if self.max_connections == 0 || self.max_body_mb == 0 || self.log_max_mb == 0 {
+        if self.max_connections == 0
+            || self.max_connections_per_address == 0
+            || self.max_body_mb == 0
+            || self.log_max_mb == 0
+        {
             return Err(
-                "router.max_connections, router.max_body_mb and router.log_max_mb must be at least 1"
+                "router.max_connections, router.max_connections_per_address, router.max_body_mb and router.log_max_mb must be at least 1"
                     .into(),
             );
         }

@@ -3,9 +3,13 @@
 //! byte every few seconds would never be cut off), and one for a whole TLS handshake.
 //!
 //! [`Connections`] wraps the proxy as Pingora's `ServerApp`: it refuses connections over the cap,
-//! reads each HTTP/1 request head itself under `head_timeout` (the first byte under
-//! `idle_timeout`), puts the bytes back into the stream (Pingora's `rewind`) and hands the
-//! request to the proxy; HTTP/2 with prior knowledge (h2c) goes to Pingora's own handling.
+//! and those of a client (an IPv4 address, an IPv6 /64) that holds `max_connections_per_address`
+//! already (one client's silent connections must not take every slot: attacker s10 F3); it reads
+//! each HTTP/1 request head itself under `head_timeout` (on a new connection from its accept,
+//! so that a silent one is gone after `head_timeout`, not `idle_timeout`; on a kept-alive one
+//! from the next request's first byte), puts the bytes back into the stream (Pingora's
+//! `rewind`) and hands the request to the proxy; HTTP/2 with prior knowledge (h2c) goes to
+//! Pingora's own handling.
 //!
 //! On the HTTPS listener (a plain TCP listener to Pingora) it also runs the TLS handshake, with
 //! Pingora's rustls acceptor and our `rustls::ServerConfig` (see [`crate::tls::acceptor`]), under
@@ -18,6 +22,7 @@
 
 use crate::log_budget::CONNECTIONS;
 use async_trait::async_trait;
+use nx_router_api::{ClientCounts, ClientSlot};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
@@ -37,12 +42,23 @@ const MAX_HEAD_BYTES: usize = 64 << 10;
 
 pub struct Connections<A> {
     proxy: Arc<A>,
-    open: Arc<AtomicUsize>,
-    max: usize,
+    caps: Caps,
     idle_timeout: Duration,
     head_timeout: Duration,
     /// The HTTPS listener's TLS; `None` on the plain HTTP listener.
     tls: Option<Acceptor>,
+}
+
+/// How many connections may be open: all together, and one client's.
+pub struct Caps {
+    /// The open connections (shared with the metrics).
+    pub open: Arc<AtomicUsize>,
+    /// `router.max_connections`.
+    pub max: usize,
+    /// Each client's open connections (shared by the listeners).
+    pub by_client: Arc<ClientCounts>,
+    /// `router.max_connections_per_address`.
+    pub max_per_address: usize,
 }
 
 /// Holds one of the `max` connection slots until dropped.
@@ -62,18 +78,11 @@ enum Head {
 }
 
 impl<A> Connections<A> {
-    /// `open` counts the open connections (shared with the metrics).
-    pub fn new(
-        proxy: A,
-        open: Arc<AtomicUsize>,
-        max: usize,
-        idle_timeout: Duration,
-        head_timeout: Duration,
-    ) -> Self {
+    /// `proxy` behind the connection `caps` and the timeouts.
+    pub fn new(proxy: A, caps: Caps, idle_timeout: Duration, head_timeout: Duration) -> Self {
         Self {
             proxy: Arc::new(proxy),
-            open,
-            max,
+            caps,
             idle_timeout,
             head_timeout,
             tls: None,
@@ -126,9 +135,23 @@ impl<A> Connections<A> {
     }
 
     fn slot(&self) -> Option<Slot> {
-        let n = self.open.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(self.open.clone());
-        (n < self.max).then_some(slot)
+        let n = self.caps.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(self.caps.open.clone());
+        (n < self.caps.max).then_some(slot)
+    }
+
+    /// The client's share for a connection from `peer` (none for a peer that is not an IP
+    /// address); `Err` when the client holds all it may.
+    fn client_slot(&self, peer: Option<std::net::IpAddr>) -> Result<Option<ClientSlot>, ()> {
+        match peer {
+            Some(ip) => self
+                .caps
+                .by_client
+                .take_for(ip, self.caps.max_per_address)
+                .map(Some)
+                .ok_or(()),
+            None => Ok(None),
+        }
     }
 
     /// Reads one request head (or h2c's preface) under the deadlines, then rewinds it. A kept-
@@ -149,14 +172,22 @@ impl<A> Connections<A> {
                 std::future::pending::<()>().await;
             }
         };
+        // A new connection has its head timeout from the accept (a silent one is not idle); a
+        // kept-alive one from its next request's first byte.
+        let accepted = Instant::now();
+        let first_byte = if first {
+            self.head_timeout
+        } else {
+            self.idle_timeout
+        };
         tokio::select! {
-            read = timeout(self.idle_timeout, stream.read_buf(&mut head)) => match read {
+            read = timeout(first_byte, stream.read_buf(&mut head)) => match read {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return Head::Gone,
             },
             () = idle_until_shutdown => return Head::Gone,
         }
-        let deadline = Instant::now() + self.head_timeout;
+        let deadline = if first { accepted } else { Instant::now() } + self.head_timeout;
         loop {
             if first && head.starts_with(H2_PREFACE) {
                 stream.rewind(&head);
@@ -199,10 +230,23 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let Ok(_client_slot) = self.client_slot(peer) else {
+            if CONNECTIONS.allow() {
+                tracing::info!(
+                    max = self.caps.max_per_address,
+                    ?peer,
+                    "router.max_connections_per_address reached: connection refused"
+                );
+            }
+            return None;
+        };
         let Some(_slot) = self.slot() else {
             if CONNECTIONS.allow() {
                 tracing::warn!(
-                    max = self.max,
+                    max = self.caps.max,
                     "router.max_connections reached: connection refused"
                 );
             }

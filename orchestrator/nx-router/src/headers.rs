@@ -1,6 +1,7 @@
 //! Header rules of the router: the client-address headers it sets (`X-Forwarded-For`,
-//! `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP`, and `Forwarded` of RFC 7239), and the
-//! hop-by-hop headers it removes (RFC 9110 §7.6.1).
+//! `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Real-IP`, and `Forwarded` of RFC 7239), the
+//! hop-by-hop headers it removes (RFC 9110 §7.6.1), and the cookies a deployment may not set
+//! ([`shared_cookie_domain`]).
 
 use http::HeaderMap;
 use std::net::IpAddr;
@@ -103,6 +104,35 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<String> {
     names
 }
 
+/// The `Domain` attribute of a `Set-Cookie` value when it names `base_domain` or a parent of
+/// it: a cookie every tenant's host would receive (cookie tossing: one tenant's deployment
+/// fixing another's session). `None` for a host-only cookie (no or an empty `Domain`) and for
+/// one scoped to a name that only one tenant's hosts are under (its own production host, a
+/// custom domain's parent). As a browser reads it (RFC 6265 §5.2.3, §5.3 step 4): the last
+/// `Domain` attribute counts, a leading dot is ignored, case too.
+pub fn shared_cookie_domain(set_cookie: &str, base_domain: &str) -> Option<String> {
+    let domain = set_cookie
+        .split(';')
+        .skip(1)
+        .filter_map(|attribute| attribute.split_once('='))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("domain"))
+        .last()?
+        .1
+        .trim();
+    let domain = domain
+        .strip_prefix('.')
+        .unwrap_or(domain)
+        .to_ascii_lowercase();
+    let domain = domain.strip_suffix('.').unwrap_or(&domain);
+    let base = base_domain.to_ascii_lowercase();
+    let shared = !domain.is_empty()
+        && (base == domain
+            || base
+                .strip_suffix(domain)
+                .is_some_and(|rest| rest.ends_with('.')));
+    shared.then(|| domain.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +183,38 @@ mod tests {
             f.forwarded,
             "for=6.6.6.6, for=\"[::1]\";host=\"web.nx.test\";proto=http"
         );
+    }
+
+    #[test]
+    fn cookies_for_the_base_domain_or_its_parents_are_shared_and_others_not() {
+        let shared = |v: &str| shared_cookie_domain(v, "nx.test");
+        assert_eq!(
+            shared("s=1; Domain=nx.test; Path=/").as_deref(),
+            Some("nx.test")
+        );
+        assert_eq!(
+            shared("s=1; path=/; domain=.NX.test.").as_deref(),
+            Some("nx.test")
+        );
+        assert_eq!(shared("s=1; Domain=test").as_deref(), Some("test"));
+        // The last Domain counts.
+        assert_eq!(
+            shared("s=1; Domain=web.nx.test; Domain=nx.test").as_deref(),
+            Some("nx.test")
+        );
+        assert_eq!(shared("s=1; Domain=nx.test; Domain=web.nx.test"), None);
+        for own in [
+            "s=1",
+            "s=1; Path=/; HttpOnly",
+            "s=1; Domain=",
+            "s=1; Domain=web.nx.test",
+            "s=1; Domain=d1.web.nx.test",
+            "s=1; Domain=example.com",
+            "s=1; Domain=onx.test",
+            "domain=nx.test",
+        ] {
+            assert_eq!(shared(own), None, "{own}");
+        }
     }
 
     #[test]

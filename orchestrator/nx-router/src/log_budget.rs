@@ -1,7 +1,8 @@
 //! Rate limits on the log lines anyone on the network can cause without reaching a deployment:
 //! access lines of requests no route answers (unknown hosts, ACME challenge misses), and the
 //! lines about a connection itself (a head or TLS handshake cut off at `head_timeout_secs`, a
-//! connection refused at `max_connections`). A flood of them would otherwise fill the log and
+//! connection refused at `max_connections`); and on those a deployment causes with every
+//! response (a cookie dropped for a shared domain). A flood of them would otherwise fill the log and
 //! push the lines of real requests out of its rotation.
 //!
 //! Each kind has a token bucket ([`LineBudget`]): [`PER_SECOND`] lines a second, bursts of up
@@ -25,6 +26,10 @@ pub static UNROUTED: LineBudget = LineBudget::new("access lines of requests no r
 /// Lines about single connections: head or TLS handshake timeouts, refusals at the cap.
 pub static CONNECTIONS: LineBudget =
     LineBudget::new("lines about single connections (head timeouts, refusals at the cap)");
+
+/// Lines about `Set-Cookie` headers a deployment sent for a domain other tenants share.
+pub static TOSSED_COOKIES: LineBudget =
+    LineBudget::new("lines about cookies dropped for a shared domain");
 
 /// A token bucket of log lines of one kind.
 pub struct LineBudget {
@@ -95,7 +100,7 @@ pub fn report_suppressed() -> std::io::Result<()> {
         .name("nx-router-log-budget".into())
         .spawn(|| loop {
             std::thread::sleep(SUMMARY_EVERY);
-            for budget in [&UNROUTED, &CONNECTIONS] {
+            for budget in [&UNROUTED, &CONNECTIONS, &TOSSED_COOKIES] {
                 let n = budget.take_suppressed();
                 if n > 0 {
                     tracing::warn!(

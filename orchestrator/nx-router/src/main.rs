@@ -74,6 +74,8 @@ fn main() -> anyhow::Result<()> {
             log,
             settings.config.access_log_sample,
         )),
+        requests_by_client: Arc::default(),
+        connections_by_client: Arc::default(),
     };
     control::spawn(
         &settings.control_socket(),
@@ -159,8 +161,12 @@ fn proxy_service(
     proxy.server_options = Some(options);
     let app = connections::Connections::new(
         proxy,
-        shared.metrics.connections(),
-        config.max_connections,
+        connections::Caps {
+            open: shared.metrics.connections(),
+            max: config.max_connections,
+            by_client: shared.connections_by_client.clone(),
+            max_per_address: config.max_connections_per_address,
+        },
         idle,
         Duration::from_secs(config.head_timeout_secs),
     );

@@ -9,8 +9,8 @@
 //! PATCH are never sent twice, and a fresh connection's failure is not retried.
 
 use crate::access_log::{AccessLog, Entry};
-use crate::headers::{forwarding, hop_by_hop};
-use crate::log_budget::UNROUTED;
+use crate::headers::{forwarding, hop_by_hop, shared_cookie_domain};
+use crate::log_budget::{TOSSED_COOKIES, UNROUTED};
 use crate::metrics::{Finished, RouterMetrics};
 use crate::table::Table;
 use crate::tls::{Answer, HttpSide};
@@ -18,7 +18,7 @@ use crate::traffic::TrafficLog;
 use crate::wake::{Waker, RETRY_AFTER};
 use async_trait::async_trait;
 use bytes::Bytes;
-use nx_router_api::{Route, RouterConfig};
+use nx_router_api::{ClientCounts, ClientSlot, Route, RouterConfig};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
@@ -32,6 +32,7 @@ pub struct NxProxy {
     traffic: Arc<TrafficLog>,
     waker: Arc<Waker>,
     access_log: Arc<AccessLog>,
+    requests_by_client: Arc<ClientCounts>,
     config: RouterConfig,
     base_domain: String,
     listener: Listener,
@@ -52,6 +53,8 @@ pub struct Ctx {
     host: String,
     route: Option<Arc<Route>>,
     body_bytes: u64,
+    /// The client's count on a route with `max_requests_per_address`, while the request lasts.
+    client_slot: Option<ClientSlot>,
 }
 
 /// What the router keeps of the deployments it serves: their traffic and their wakes.
@@ -74,6 +77,10 @@ pub struct Shared {
     pub deployments: Deployments,
     /// Where each finished request's line goes (see `access_log`).
     pub access_log: Arc<AccessLog>,
+    /// Each client's requests under way on routes with `max_requests_per_address` (nxd's API).
+    pub requests_by_client: Arc<ClientCounts>,
+    /// Each client's open connections, on every listener (`router.max_connections_per_address`).
+    pub connections_by_client: Arc<ClientCounts>,
 }
 
 impl NxProxy {
@@ -89,6 +96,7 @@ impl NxProxy {
             traffic: shared.deployments.traffic,
             waker: shared.deployments.waker,
             access_log: shared.access_log,
+            requests_by_client: shared.requests_by_client,
             config,
             base_domain,
             listener,
@@ -105,6 +113,43 @@ impl NxProxy {
     fn trusted(&self, session: &Session) -> bool {
         peer_ip(session)
             .is_some_and(|ip| self.config.trusted_proxies.iter().any(|n| n.contains(&ip)))
+    }
+}
+
+impl NxProxy {
+    /// Removes the `Set-Cookie` headers of a deployment's response that name `base_domain` or
+    /// a parent of it (see [`shared_cookie_domain`]), and says so in the log: one tenant must
+    /// not set cookies that every other tenant's hosts receive. Host-only cookies and those
+    /// for the deployment's own names pass.
+    fn drop_shared_cookies(&self, upstream: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+        let cookies = upstream.headers.get_all(http::header::SET_COOKIE);
+        let shared = |v: &http::HeaderValue| {
+            shared_cookie_domain(&String::from_utf8_lossy(v.as_bytes()), &self.base_domain)
+        };
+        if !cookies.iter().any(|v| shared(v).is_some()) {
+            return Ok(());
+        }
+        let all: Vec<http::HeaderValue> = cookies.iter().cloned().collect();
+        upstream.remove_header(&http::header::SET_COOKIE);
+        for cookie in all {
+            match shared(&cookie) {
+                None => upstream.append_header(http::header::SET_COOKIE, cookie)?,
+                Some(domain) => {
+                    if TOSSED_COOKIES.allow() {
+                        let route = ctx.route.as_deref();
+                        tracing::warn!(
+                            host = %ctx.host,
+                            sandbox = route.map_or("", |r| r.sandbox.as_str()),
+                            deployment = route.map_or("", |r| r.deployment.as_str()),
+                            %domain,
+                            "Set-Cookie for a domain every tenant's hosts share dropped (a cookie may name only the deployment's own host or names under it)"
+                        );
+                    }
+                    false
+                }
+            };
+        }
+        Ok(())
     }
 }
 
@@ -201,6 +246,7 @@ impl ProxyHttp for NxProxy {
             host: String::new(),
             route: None,
             body_bytes: 0,
+            client_slot: None,
         }
     }
 
@@ -246,6 +292,18 @@ impl ProxyHttp for NxProxy {
             return Ok(true);
         };
         self.traffic.begin(&route.deployment);
+        if let (Some(max), Some(peer)) = (route.max_requests_per_address, peer_ip(session)) {
+            ctx.client_slot = self.requests_by_client.take_for(peer, max);
+            if ctx.client_slot.is_none() {
+                let text = format!(
+                    "NX: {max} requests from your address are under way at {}, the most one address may have \
+                     (api_max_connections_per_address in nxd's config): end one (an `nx logs -f`, an upload) and try again.\n",
+                    ctx.host
+                );
+                page(session, ctx, 429, text).await?;
+                return Ok(true);
+            }
+        }
         if route.idle {
             if let Err(down) = self.waker.wake(&route.deployment).await {
                 let secs = down.retry_after.as_secs();
@@ -288,7 +346,10 @@ impl ProxyHttp for NxProxy {
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
-        let mut peer = HttpPeer::new(route.upstream, false, String::new());
+        let mut peer = match &route.unix_socket {
+            Some(socket) => HttpPeer::new_uds(&socket.to_string_lossy(), false, String::new())?,
+            None => HttpPeer::new(route.upstream, false, String::new()),
+        };
         let options = &mut peer.options;
         options.connection_timeout = Some(Duration::from_secs(self.config.connect_timeout_secs));
         options.read_timeout = Some(Duration::from_secs(self.config.upstream_read_timeout_secs));
@@ -331,14 +392,14 @@ impl ProxyHttp for NxProxy {
         &self,
         _session: &mut Session,
         upstream: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         if upstream.status != http::StatusCode::SWITCHING_PROTOCOLS {
             for name in hop_by_hop(&upstream.headers) {
                 upstream.remove_header(&name);
             }
         }
-        Ok(())
+        self.drop_shared_cookies(upstream, ctx)
     }
 
     async fn response_filter(

@@ -1,6 +1,7 @@
 //! HTTP semantics through a real router: WebSockets, gRPC (unary and streaming), h2c with prior
-//! knowledge, forwarded and hop-by-hop headers, Host, request ids, error pages, and the retry
-//! of a request that a reused upstream connection dropped.
+//! knowledge, forwarded and hop-by-hop headers, Host, request ids, error pages, the retry
+//! of a request that a reused upstream connection dropped, and cookies a deployment may not
+//! set for the domain every tenant shares.
 
 mod common;
 
@@ -415,4 +416,75 @@ async fn a_request_dropped_by_a_reused_upstream_connection_is_retried_only_when_
             "{method}: heads the app received"
         );
     }
+}
+
+/// An HTTP/1.1 app that answers every request with these `Set-Cookie` headers.
+async fn cookie_app(cookies: &'static [&'static str]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async move {
+                    let mut resp = hyper::Response::builder();
+                    for cookie in cookies {
+                        resp = resp.header("set-cookie", *cookie);
+                    }
+                    resp.body(http_body_util::Full::new(bytes::Bytes::from("ok")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Attacker s10 F9: a deployment's `Set-Cookie: ...; Domain=<base_domain>` passed the router,
+/// so one tenant set cookies that browsers send to every other tenant's URLs (cookie tossing).
+/// Now the router drops a cookie for `base_domain` or a parent of it, and says so in its log;
+/// host-only cookies and those for the deployment's own names pass, on a production host and
+/// on a custom domain alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn cookies_for_the_shared_base_domain_are_dropped_and_the_deployments_own_pass() {
+    const COOKIES: &[&str] = &[
+        "host=1; Path=/; HttpOnly",
+        "toss=1; Domain=nx.test; Path=/",
+        "own=1; Domain=web.nx.test",
+        "toss2=1; domain=.NX.TEST",
+        "tld=1; Domain=test",
+        "custom=1; Domain=example.com",
+    ];
+    let router = Router::start(RouterConfig::default(), None).await;
+    let app = cookie_app(COOKIES).await;
+    router
+        .routes(&[("web.nx.test", app), ("www.example.com", app)])
+        .await;
+    let client = reqwest::Client::new();
+    for host in ["web.nx.test", "www.example.com"] {
+        let resp = get(&client, &router, host).await;
+        assert_eq!(resp.status(), 200);
+        let cookies: Vec<&str> = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            cookies,
+            [
+                "host=1; Path=/; HttpOnly",
+                "own=1; Domain=web.nx.test",
+                "custom=1; Domain=example.com"
+            ],
+            "through {host}"
+        );
+    }
+    let log = log_with(&router, "every tenant's hosts share").await;
+    assert!(
+        log.contains("Set-Cookie for a domain every tenant's hosts share dropped")
+            && log.contains("domain=nx.test"),
+        "{log}"
+    );
 }

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod certs;
 pub mod metrics;
 pub mod pebble;
 

@@ -3,12 +3,12 @@
 //! the test and killed when dropped. Pebble validates HTTP-01 on `http_port` (the router's
 //! HTTP listener) and TLS-ALPN-01 on `tls_port`.
 //!
-//! Pebble's own HTTPS certificate comes from a CA made here with rcgen (`api_root`, for
+//! Pebble's own HTTPS certificate comes from a test CA ([`TestCertificate`]: `api_root`, for
 //! `tls.acme_ca_roots`); the root of the certificates Pebble issues is random per run
 //! ([`Pebble::issuing_root`]).
 
+use crate::certs::TestCertificate;
 use crate::free_port;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -35,19 +35,8 @@ impl Pebble {
             .prefix("nx-pebble-")
             .tempdir_in("/var/tmp")
             .expect("pebble dir");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key"))
-            .expect("test CA");
-        let key = KeyPair::generate().expect("key");
-        let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("params")
-            .signed_by(&key, &ca)
-            .expect("Pebble's certificate");
-        let api_root = dir.path().join("api-root.pem");
-        std::fs::write(&api_root, ca.pem()).expect("write root");
-        std::fs::write(dir.path().join("cert.pem"), leaf.pem()).expect("write cert");
-        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).expect("write key");
+        let own = TestCertificate::write(dir.path(), &["localhost", "127.0.0.1"]);
+        let api_root = own.root;
 
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let (listen, management) = (addr(free_port()), addr(free_port()));
@@ -55,8 +44,8 @@ impl Pebble {
         let config = serde_json::json!({"pebble": {
             "listenAddress": listen.to_string(),
             "managementListenAddress": management.to_string(),
-            "certificate": dir.path().join("cert.pem"),
-            "privateKey": dir.path().join("key.pem"),
+            "certificate": own.cert,
+            "privateKey": own.key,
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",

@@ -1,12 +1,19 @@
 //! The API's listener and its server loop. Over `api_max_connections` open connections, or
 //! over `api_max_connections_per_address` from one peer address (an IPv6 peer's /64: one host's
 //! usual share), a new one is closed as soon as it is accepted, and those already open keep
-//! working: one client holding connections cannot lock every other client out. Accept errors
+//! working: one client holding connections cannot lock every other client out. With HTTPS on,
+//! the router reaches the API on a unix socket of its own (`tls::api_socket`): its
+//! connections take from `api_max_connections` but from no address's share, since the router
+//! holds each of its clients to that share itself (all of them would otherwise count as the
+//! router's loopback address, and 256 of anyone's requests through the router would lock out
+//! every remote user and the local CLI). Accept errors
 //! (EMFILE, ENFILE, ECONNABORTED) are logged and retried by axum's `TcpListener` (after 1 s for
 //! the resource errors), never fatal. A connection whose request head (request line and header
 //! fields) is not complete within `api_head_timeout_secs` of the moment nxd starts reading it,
 //! on a new connection or between keep-alive requests, is closed (hyper's `header_read_timeout`),
-//! so that silent or half-sent requests cannot hold every slot.
+//! so that silent or half-sent requests cannot hold every slot. A connection accepted while no
+//! more than `api_reserved_connections` slots are free is a [`ReservedConnection`]: only the
+//! root token's requests are served on it (see `scopes::authorize`).
 //!
 //! Every accepted connection gets `TCP_NODELAY` (tcp(7)): the API streams small writes (a
 //! task's events, a log followed live, the end of a chunked body), and with Nagle's algorithm
@@ -16,124 +23,157 @@
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use std::collections::HashMap;
+use nx_orchestrator::router::{ClientCounts, ClientSlot};
 use std::convert::Infallible;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::either::Either;
 
-/// A TCP listener that holds at most `max` connections open at once, and at most
-/// `per_address` of them from one peer (see [`peer_key`]).
+/// A TCP listener (and the router's unix socket) that holds at most `max` connections open at
+/// once, and at most `per_address` of them from one TCP peer (see
+/// [`nx_orchestrator::router::client_share`]).
 pub struct CappedListener {
     inner: TcpListener,
+    router: Option<UnixListener>,
     slots: Arc<Semaphore>,
     max: usize,
+    reserved: usize,
     per_address: usize,
-    /// Open connections by peer (only peers with at least one).
-    by_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// Whose share a connection from `addr` counts against: its IPv4 address, or the /64 of an
-/// IPv6 one (a host is commonly given a whole /64, RFC 7421); an IPv4-mapped IPv6 address
-/// counts as the IPv4 address.
-fn peer_key(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        },
-        v4 => v4,
-    }
+    /// Open TCP connections by peer.
+    by_peer: Arc<ClientCounts>,
 }
 
 impl CappedListener {
-    /// `inner` with room for `max` open connections, `per_address` from one peer.
-    pub fn new(inner: TcpListener, max: usize, per_address: usize) -> Self {
+    /// `inner` with room for `max` open connections, the last `reserved` of them for the root
+    /// token, `per_address` from one peer; `router` (the router's unix socket, if any) shares
+    /// the `max`.
+    pub fn new(
+        inner: TcpListener,
+        router: Option<UnixListener>,
+        (max, reserved): (usize, usize),
+        per_address: usize,
+    ) -> Self {
         Self {
             inner,
+            router,
             slots: Arc::new(Semaphore::new(max)),
             max,
+            reserved,
             per_address,
             by_peer: Arc::default(),
         }
     }
 
-    /// Counts a connection from `peer` unless it already has `per_address` open.
-    fn take_peer_slot(&self, peer: IpAddr) -> Option<PeerSlot> {
-        let mut by_peer = self.by_peer.lock().expect("peer counts");
-        let open = by_peer.entry(peer).or_default();
-        if *open >= self.per_address {
-            return None;
-        }
-        *open += 1;
-        Some(PeerSlot {
-            by_peer: self.by_peer.clone(),
-            peer,
-        })
-    }
-
-    /// The next connection that gets a slot (with `TCP_NODELAY`) and its peer's address; those
-    /// over the cap are closed here. Never fails: accept errors are retried.
-    async fn accept(&mut self) -> (CappedStream, SocketAddr) {
+    /// The next connection that gets a slot (with `TCP_NODELAY` over TCP), who it is from (a
+    /// peer's address, or the router) and whether it took one of the reserved slots; those over
+    /// a cap are closed here. Never fails: accept errors are retried.
+    async fn accept(&mut self) -> (CappedStream, String, Option<ReservedConnection>) {
         loop {
-            let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, %addr, "TCP_NODELAY");
-            }
-            let Some(peer_slot) = self.take_peer_slot(peer_key(addr.ip())) else {
-                // Debug only: a client over its share would otherwise fill the log.
-                tracing::debug!(max = self.per_address, %addr, "api_max_connections_per_address reached: connection closed");
-                continue;
+            let accepted = tokio::select! {
+                tcp = axum::serve::Listener::accept(&mut self.inner) => Either::Left(tcp),
+                unix = accept_router(self.router.as_ref()) => Either::Right(unix),
+            };
+            let (stream, peer_slot, from) = match accepted {
+                Either::Left((stream, addr)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, %addr, "TCP_NODELAY");
+                    }
+                    let Some(peer_slot) = self.by_peer.take_for(addr.ip(), self.per_address) else {
+                        // Debug only: a client over its share would otherwise fill the log.
+                        tracing::debug!(max = self.per_address, %addr, "api_max_connections_per_address reached: connection closed");
+                        continue;
+                    };
+                    (Either::Left(stream), Some(peer_slot), addr.to_string())
+                }
+                Either::Right(stream) => (Either::Right(stream), None, "router".to_owned()),
             };
             match self.slots.clone().try_acquire_owned() {
                 Ok(slot) => {
+                    let reserved = (self.slots.available_permits() < self.reserved).then_some(
+                        ReservedConnection {
+                            reserved: self.reserved,
+                            max: self.max,
+                        },
+                    );
                     return (
                         CappedStream {
                             stream,
                             _slot: slot,
                             _peer_slot: peer_slot,
                         },
-                        addr,
-                    )
+                        from,
+                        reserved,
+                    );
                 }
                 Err(_) => {
-                    tracing::warn!(max = self.max, %addr, "api_max_connections reached: connection refused");
+                    tracing::warn!(max = self.max, %from, "api_max_connections reached: connection refused");
                 }
             }
         }
     }
 }
 
-/// One of a peer's connections, counted until it is dropped.
-struct PeerSlot {
-    by_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    peer: IpAddr,
+/// A request's extension on a connection that took one of the `reserved` slots of `max`
+/// (`api_reserved_connections` of `api_max_connections`): only the root token is served.
+#[derive(Debug, Clone, Copy)]
+pub struct ReservedConnection {
+    pub reserved: usize,
+    pub max: usize,
 }
 
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut by_peer = self.by_peer.lock().expect("peer counts");
-        if let Some(open) = by_peer.get_mut(&self.peer) {
-            *open -= 1;
-            if *open == 0 {
-                by_peer.remove(&self.peer);
+/// The next connection on the router's socket, or never without one. Accept errors are logged
+/// and retried after 1 s (EMFILE and ENFILE heal as connections close).
+async fn accept_router(router: Option<&UnixListener>) -> UnixStream {
+    let Some(router) = router else {
+        return std::future::pending().await;
+    };
+    loop {
+        match router.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "the router's API socket: accept failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 }
 
-/// A connection holding one of the listener's slots, and one of its peer's, until it is
+/// Binds the router's API socket at `path` (replacing a stale one), mode 0600: only nxd's
+/// user (the router's) may connect.
+///
+/// Errors: the directory, the bind or the mode, naming the path.
+pub fn bind_router_socket(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the directory of {shown}"))?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove the old {shown}"))
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {shown}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {shown}"))?;
+    Ok(listener)
+}
+
+/// A connection holding one of the listener's slots, and one of its TCP peer's, until it is
 /// dropped.
 pub struct CappedStream {
-    stream: TcpStream,
+    stream: Either<TcpStream, UnixStream>,
     _slot: OwnedSemaphorePermit,
-    _peer_slot: PeerSlot,
+    _peer_slot: Option<ClientSlot>,
 }
 
 /// Serves `app` on `listener` over HTTP/1.1 until the future is dropped (it never ends on its
@@ -153,8 +193,13 @@ pub async fn serve(
         .header_read_timeout(head_timeout);
     let builder = Arc::new(builder);
     loop {
-        let (stream, addr) = listener.accept().await;
-        let (builder, service) = (builder.clone(), TowerToHyperService::new(app.clone()));
+        let (stream, from, reserved) = listener.accept().await;
+        // Rare (the API nearly full): the extension layered on this connection's router only.
+        let app = match reserved {
+            Some(reserved) => app.clone().layer(axum::Extension(reserved)),
+            None => app.clone(),
+        };
+        let (builder, service) = (builder.clone(), TowerToHyperService::new(app));
         tokio::spawn(async move {
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -162,7 +207,7 @@ pub async fn serve(
             {
                 // A client that went away or sent no complete head in time: nothing to act on,
                 // and one line each would let any client fill the log.
-                tracing::debug!(error = %e, %addr, "API connection ended");
+                tracing::debug!(error = %e, %from, "API connection ended");
             }
         });
     }
@@ -205,19 +250,5 @@ impl AsyncWrite for CappedStream {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::peer_key;
-
-    #[test]
-    fn a_peer_is_its_ipv4_address_or_its_ipv6_64() {
-        let key = |a: &str| peer_key(a.parse().unwrap()).to_string();
-        assert_eq!(key("127.0.0.2"), "127.0.0.2");
-        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
-        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
-        assert_eq!(key("::1"), "::");
     }
 }

@@ -14,6 +14,7 @@ mod route_table;
 mod scopes;
 mod sftp;
 mod sized_json;
+mod streams;
 mod usage_api;
 mod volumes_api;
 
@@ -138,6 +139,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("cannot listen on api_listen {}", config.api_listen))?;
+    let router_api_listener = match config.tls.https_listen {
+        Some(_) => Some(listener::bind_router_socket(
+            &nx_orchestrator::tls::api_socket(&config.state_dir),
+        )?),
+        None => None,
+    };
     let token = auth::load_or_create(&config.token_file())?;
     let sftp_listener = match config.sftp.listen {
         Some(addr) => Some((
@@ -164,7 +171,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let api_listener = listener::CappedListener::new(
         api_listener,
-        app.config.api_max_connections,
+        router_api_listener,
+        (
+            app.config.api_max_connections,
+            app.config.api_reserved_connections,
+        ),
         app.config.api_max_connections_per_address,
     );
     let sftp = {

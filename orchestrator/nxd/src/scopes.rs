@@ -7,6 +7,7 @@
 
 use crate::auth::Token;
 use crate::error::ApiError;
+use crate::listener::ReservedConnection;
 use axum::body::Body;
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -434,7 +435,22 @@ async fn target(
     }
 }
 
-/// The middleware on every route: authenticate, then check the route's need.
+/// 503 for anyone but the root token on a reserved connection, and the connection closed.
+fn reserved_for_root(reserved: &ReservedConnection) -> Response {
+    let why = format!(
+        "nxd's API has all but {} of its {} connections in use (api_reserved_connections of api_max_connections), and those are kept for the root token: try again once other requests (e.g. `nx logs -f`) end",
+        reserved.reserved, reserved.max
+    );
+    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// The middleware on every route: authenticate, then check the route's need; on a reserved
+/// connection (see `listener`) only the root token is served.
 pub async fn authorize(
     State((app, root)): State<(Arc<Orchestrator>, Token)>,
     route: MatchedPath,
@@ -442,7 +458,12 @@ pub async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let caller = match authenticate(&app, &root, req.headers()).await {
+    let caller = authenticate(&app, &root, req.headers()).await;
+    let root_only = req.extensions().get::<ReservedConnection>();
+    if let Some(reserved) = root_only.filter(|_| !matches!(caller, Ok(Caller::Root))) {
+        return reserved_for_root(reserved);
+    }
+    let caller = match caller {
         Ok(c) => c,
         Err(response) => return response,
     };

@@ -5,7 +5,9 @@
 //! within `router.log_max_mb` under a flood of requests; the API closes connections that send no
 //! whole request head within `api_head_timeout_secs`; an upgraded nxd replaces the old build's
 //! router, and a router that exits is started again while `/v1/health` says it is down; one
-//! peer address holds at most `api_max_connections_per_address` API connections.
+//! peer address holds at most `api_max_connections_per_address` API connections, and one client
+//! of the API through the router (HTTPS) at most as many requests under way; a deploy token at
+//! most `api_max_streams_per_token` log follows, and the root token keeps reserved connections.
 
 use nx_testkit::Host;
 use std::io::{Read, Write};
@@ -86,8 +88,8 @@ fn eleven_hundred_idle_connections_each_leave_the_api_and_the_router_serving() {
     // nxd (and through the manager, the router) start at 1,024 open files, as under systemd.
     let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
     rlimit::Resource::NOFILE.set(1024, hard).unwrap();
-    let mut host = Host::start();
     // All 1,100 come from one address: above one peer's share, which is not this test's.
+    let mut host = Host::start_with("[router]\nmax_connections_per_address = 4096\n");
     restart_with_keys(&mut host, "api_max_connections_per_address = 4096\n");
     rlimit::Resource::NOFILE.set(hard, hard).unwrap();
     let v1 = host.push_sample("crowd", &[]);
@@ -549,4 +551,192 @@ fn one_address_holding_every_connection_it_may_leaves_the_api_to_another() {
         assert!(Instant::now() < deadline, "127.0.0.1 still locked out");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Closing note of session 10, "d3dd216 regression": every client of `https://api.<base_domain>`
+/// reached nxd from the router's loopback address, so one client holding
+/// `api_max_connections_per_address` requests there (log follows) locked every remote user and
+/// the local CLI out. Now the router reaches nxd on a unix socket of its own and holds each of
+/// its clients to that share itself: 127.0.0.1 holding its share of follows through the router
+/// gets 429 beyond it, while 127.0.0.2 through the router and the local CLI are answered.
+#[test]
+fn one_client_holding_its_share_of_the_api_through_the_router_leaves_it_to_others() {
+    const PER_ADDRESS: usize = 60;
+    const HTTPS_PORT: u16 = 7443;
+    let certs = tempfile::Builder::new()
+        .prefix("nx-test-certs-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let api_name = format!("api.{}", nx_testkit::BASE_DOMAIN);
+    let cert = nx_testkit::certs::TestCertificate::write(certs.path(), &[&api_name]);
+    let mut host = Host::start_with(&format!(
+        "[tls]\nhttps_listen = \"127.0.0.1:{HTTPS_PORT}\"\ncert_file = {:?}\nkey_file = {:?}\n",
+        cert.cert, cert.key
+    ));
+    restart_with_keys(
+        &mut host,
+        &format!("api_max_connections_per_address = {PER_ADDRESS}\n"),
+    );
+    let followed = host.push_sample("followed", &[]);
+
+    // A client of the API through the router, from `local` inside the host's namespace.
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&cert.root).unwrap()).unwrap();
+    let client = move |local: [u8; 4]| {
+        reqwest::blocking::Client::builder()
+            .local_address(std::net::IpAddr::from(local))
+            .add_root_certificate(root.clone())
+            .resolve(&api_name, ([127, 0, 0, 1], HTTPS_PORT).into())
+            .http1_only()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap()
+    };
+    let (token, api) = (
+        host.token.clone(),
+        format!("https://api.{}:{HTTPS_PORT}", nx_testkit::BASE_DOMAIN),
+    );
+    let follow = format!("{api}/v1/deployments/{followed}/logs?follow=true&lines=0");
+    // 127.0.0.1 opens 20 follows more than its share and keeps those answered open.
+    let (held, refused): (Vec<_>, Vec<_>) = host.netns.run(|| {
+        let one = client([127, 0, 0, 1]);
+        (0..PER_ADDRESS + 20)
+            .map(|_| one.get(&follow).bearer_auth(&token).send().unwrap())
+            .partition(|r| r.status() == 200)
+    });
+    let refused: Vec<(u16, String)> = refused
+        .into_iter()
+        .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+        .collect();
+    eprintln!(
+        "127.0.0.1 through the router: {} follows held, {} refused, first: {:?}",
+        held.len(),
+        refused.len(),
+        refused.first()
+    );
+    assert_eq!(held.len(), PER_ADDRESS, "{refused:?}");
+    assert!(
+        refused.iter().all(
+            |(status, body)| *status == 429 && body.contains("api_max_connections_per_address")
+        ),
+        "{refused:?}"
+    );
+
+    // Meanwhile another client through the router, and the local CLI, get their answers.
+    let answers: Vec<Result<u16, String>> = host.netns.run(|| {
+        let other = client([127, 0, 0, 2]);
+        (0..20)
+            .map(|_| {
+                other
+                    .get(format!("{api}/v1/sandboxes"))
+                    .bearer_auth(&token)
+                    .send()
+                    .map(|a| a.status().as_u16())
+                    .map_err(|e| format!("{e:?}"))
+            })
+            .collect()
+    });
+    assert!(
+        answers.iter().all(|a| a == &Ok(200)),
+        "127.0.0.2's requests through the router: {answers:?}"
+    );
+    let ls = host.nx(&["ls"]);
+    assert!(ls.ok, "the local CLI is locked out: {}", ls.stderr);
+    drop(held);
+}
+
+/// Attacker s10 F11: 4,200 `nx logs -f` of one `--can logs` token held every API connection and
+/// locked the operator and every tenant out until nxd restarted. Now one deploy token holds at
+/// most `api_max_streams_per_token` streams (429 beyond), and the last
+/// `api_reserved_connections` connections serve only the root token: three such tokens'
+/// follows take all they may, and the root token is still answered.
+#[test]
+fn deploy_tokens_log_follows_are_capped_and_leave_the_root_token_a_way_in() {
+    const MAX: usize = 40;
+    const RESERVED: usize = 6;
+    const STREAMS: usize = 12;
+    const TRIES: usize = 16;
+    let mut host = Host::start();
+    restart_with_keys(
+        &mut host,
+        &format!("api_max_connections = {MAX}\napi_reserved_connections = {RESERVED}\napi_max_streams_per_token = {STREAMS}\n"),
+    );
+    let followed = host.push_sample("followed", &[]);
+    let tokens: Vec<String> = (0..3)
+        .map(|_| {
+            let out = host.nx_json(&["token", "create", "--sandbox", "followed", "--can", "logs"]);
+            out["token"].as_str().expect("token").to_owned()
+        })
+        .collect();
+
+    // Each follow on a connection of its own, from inside the host's namespace.
+    let follow = format!(
+        "http://{}/v1/deployments/{followed}/logs?follow=true&lines=0",
+        host.api
+    );
+    let tries: Vec<Vec<Result<reqwest::blocking::Response, String>>> = host.netns.run(|| {
+        let client = reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        tokens
+            .iter()
+            .map(|token| {
+                (0..TRIES)
+                    .map(|_| {
+                        client
+                            .get(&follow)
+                            .bearer_auth(token)
+                            .send()
+                            .map_err(|e| format!("{e:?}"))
+                    })
+                    .collect()
+            })
+            .collect()
+    });
+    let mut held = Vec::new();
+    let mut refused: Vec<Vec<(u16, String)>> = Vec::new();
+    for token_tries in tries {
+        let mut token_refused = Vec::new();
+        for answer in token_tries {
+            match answer {
+                Ok(r) if r.status() == 200 => held.push(r),
+                Ok(r) => token_refused.push((r.status().as_u16(), r.text().unwrap_or_default())),
+                Err(e) => token_refused.push((0, e)),
+            }
+        }
+        refused.push(token_refused);
+    }
+    eprintln!(
+        "{} follows held; refused per token: {:?}",
+        held.len(),
+        refused
+            .iter()
+            .map(|r| r.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    );
+    for token_refused in &refused[..2] {
+        assert_eq!(token_refused.len(), TRIES - STREAMS, "{token_refused:?}");
+        assert!(
+            token_refused
+                .iter()
+                .all(|(s, body)| *s == 429 && body.contains("api_max_streams_per_token")),
+            "{token_refused:?}"
+        );
+    }
+    // The third token found the connections that are not reserved taken.
+    assert!(
+        refused[2]
+            .iter()
+            .any(|(s, body)| *s == 503 && body.contains("api_reserved_connections")),
+        "{:?}",
+        refused[2]
+    );
+    assert!(held.len() <= MAX - RESERVED, "{} held", held.len());
+
+    // The operator is still answered, on a reserved connection.
+    let ls = host.nx(&["ls"]);
+    assert!(ls.ok, "the root token is locked out: {}", ls.stderr);
+    drop(held);
 }

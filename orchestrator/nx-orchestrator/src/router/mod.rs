@@ -10,8 +10,9 @@
 pub mod unit;
 
 pub use nx_router_api::{
-    client, normalize_host, DeploymentTraffic, Route, RouteTable, RouterClient, RouterClientError,
-    RouterConfig, RouterSettings, RouterTls, Traffic,
+    client, client_share, normalize_host, ClientCounts, ClientSlot, Counts, DeploymentTraffic,
+    Route, RouteTable, RouterClient, RouterClientError, RouterConfig, RouterSettings, RouterTls,
+    Slot, Traffic,
 };
 
 use crate::config::Config;
@@ -44,6 +45,8 @@ pub fn table<'a>(
                 sandbox,
                 deployment: deployment.to_owned(),
                 idle: false,
+                unix_socket: None,
+                max_requests_per_address: None,
             }
         })
         .collect();

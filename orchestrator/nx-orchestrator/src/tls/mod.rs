@@ -57,8 +57,18 @@ pub async fn check_new_sandbox(
     )))
 }
 
-/// With HTTPS on, the route of `api.<base_domain>` to nxd's own API (`api_listen`, on
-/// loopback when it listens on every address), so that a remote `nx` reaches it over TLS.
+/// `<state_dir>/router/api.sock`: nxd's API for the router alone (mode 0600, nxd's user).
+/// Connections on it take from `api_max_connections` but from no address's share: the router
+/// counts each client's requests itself (see [`api_route`]).
+pub fn api_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join("router").join("api.sock")
+}
+
+/// With HTTPS on, the route of `api.<base_domain>` to nxd's own API on [`api_socket`], so
+/// that a remote `nx` reaches it over TLS; the router holds each client (its address, an IPv6
+/// /64) to `api_max_connections_per_address` requests under way, as nxd's listener holds a
+/// local one to as many connections. (`upstream` names `api_listen`, on loopback when it
+/// listens on every address; the router connects to the socket.)
 pub fn api_route(config: &crate::config::Config) -> Option<crate::router::Route> {
     config.tls.https_listen?;
     let mut upstream = config.api_listen;
@@ -74,6 +84,8 @@ pub fn api_route(config: &crate::config::Config) -> Option<crate::router::Route>
         sandbox: String::new(),
         deployment: "nxd".into(),
         idle: false,
+        unix_socket: Some(api_socket(&config.state_dir)),
+        max_requests_per_address: Some(config.api_max_connections_per_address),
     })
 }
 

@@ -127,6 +127,8 @@ impl Router {
                     sandbox: "web".into(),
                     deployment: "d1".into(),
                     idle: false,
+                    unix_socket: None,
+                    max_requests_per_address: None,
                 })
                 .collect(),
         };
