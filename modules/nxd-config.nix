@@ -79,6 +79,7 @@ withoutNulls {
     backend_memory_max_mb = cfg.databases.backendMemoryMaxMb;
     sandbox_memory_max_mb = cfg.databases.sandboxMemoryMaxMb;
     memory_max_mb = cfg.databases.memoryMaxMb;
+    max_size_mb = cfg.databases.maxSizeMb;
     gate_uid = cfg.databases.gateUid;
   };
   tasks = withoutNulls {

@@ -72,6 +72,7 @@
     backendMemoryMaxMb = 1024;
     sandboxMemoryMaxMb = 1536;
     memoryMaxMb = 4096;
+    maxSizeMb = 10240;
     gateUid = 199999;
   };
   tasks = {

@@ -342,9 +342,16 @@ pub struct DatabaseInfo {
     /// /run/postgresql in the sandbox). Refer to it as `$DATABASE_URL` in `nx push -e`.
     #[serde(default)]
     pub sandbox_url: String,
-    /// The database's size in bytes (`pg_database_size`). PostgreSQL cannot cap it; watch it.
+    /// The database's size in bytes (`pg_database_size`).
     #[serde(default)]
     pub size_bytes: u64,
+    /// The cap on the sandbox's databases together (production's, its preview branches',
+    /// those restores and swaps kept), in bytes: the size of the disk they are on
+    /// (`databases.max_size_mb`); a write past it fails with "No space left on device".
+    /// `null`: no cap (none configured, another cluster, or a database made before caps:
+    /// `nx db restore` moves it onto its disk).
+    #[serde(default)]
+    pub max_size_bytes: Option<u64>,
     /// The role's `CONNECTION LIMIT`: connections its deployments may hold at once.
     #[serde(default)]
     pub connection_limit: u32,

@@ -336,6 +336,11 @@ pub struct DatabasesConfig {
     /// that no set of sessions reaches the unit's `MemoryMax` (where the kernel kills one and
     /// PostgreSQL restarts every session of every tenant). 0: none.
     pub sandbox_memory_max_mb: u64,
+    /// Each new sandbox's databases together (production's, its preview branches', those
+    /// restores and swaps keep), in MiB: the size of the disk their tablespace is on (a sparse
+    /// ext4 image, see `databases::disk`; embedded cluster only). A write past it fails in its
+    /// session with "No space left on device"; other tenants and nxd go on. 0: no cap.
+    pub max_size_mb: u64,
     /// systemd `MemoryMax` of the embedded cluster's unit (`nx-postgres.service`), in MiB:
     /// all of PostgreSQL, nxd's state included. 0: none.
     pub memory_max_mb: u64,
@@ -345,6 +350,14 @@ pub struct DatabasesConfig {
     /// (PostgreSQL's `peer` authentication maps root to `postgres`). The embedded cluster's
     /// socket directory is this group's. When nxd runs as another user, the gate runs as it.
     pub gate_uid: u32,
+}
+
+impl DatabasesConfig {
+    /// Whether the sandboxes' databases are on the embedded cluster: unless both `admin_url`
+    /// and `socket_dir` name another.
+    pub fn sandboxes_on_embedded_cluster(&self) -> bool {
+        self.admin_url.is_none() || self.socket_dir.is_none()
+    }
 }
 
 impl Default for DatabasesConfig {
@@ -362,6 +375,7 @@ impl Default for DatabasesConfig {
             backend_memory_max_mb: 1024,
             sandbox_memory_max_mb: 1536,
             memory_max_mb: 4096,
+            max_size_mb: 10240,
             gate_uid: 199_999,
         }
     }

@@ -50,6 +50,9 @@ pub enum EmbeddedDbError {
     Supervisor(#[from] SupervisorError),
     #[error("embedded PostgreSQL: {0}")]
     Sql(#[from] sqlx::Error),
+    /// The sandboxes' database disks could not be mounted (see `databases::disk`).
+    #[error("{0}; PostgreSQL is not started without its tablespaces: check the image named (`e2fsck -f IMAGE`) and that loop devices can be attached (`losetup -f`)")]
+    Disks(String),
     #[error("embedded PostgreSQL I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -126,6 +129,10 @@ pub async fn ensure(
     std::fs::write(data.join("pg_hba.conf"), PG_HBA)?;
     std::fs::write(data.join("pg_ident.conf"), PG_IDENT)?;
     if supervisor.state(UNIT).await?.active != ActiveState::Active {
+        // The sandboxes' tablespaces are on disks of their own: there before PostgreSQL looks.
+        crate::databases::disk::mount_all(supervisor, state_dir)
+            .await
+            .map_err(EmbeddedDbError::Disks)?;
         let postgres = find_binary("postgres")?;
         let spec = UnitSpec {
             name: UNIT.into(),

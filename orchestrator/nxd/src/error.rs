@@ -104,6 +104,7 @@ fn status_of(e: &Error) -> StatusCode {
             DbError::NoBackup { .. } => StatusCode::NOT_FOUND,
             DbError::BadBackupId(_) => StatusCode::BAD_REQUEST,
             DbError::BadDump(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DbError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
         Error::Backend(_)

@@ -377,6 +377,7 @@ async fn database(State(app): Shared, Path(name): Path<String>) -> ApiResult<Dat
     let creds = app.databases.ensure_sandbox(&name).await?;
     Ok(Json(DatabaseInfo {
         size_bytes: app.databases.size(&name).await?,
+        max_size_bytes: app.databases.max_size(&name).await?,
         connection_limit: app.databases.policy().connection_limit,
         url: app.databases.host_url(&creds),
         sandbox_url: app.databases.sandbox_url(&creds),

@@ -498,3 +498,91 @@ fn a_branch_made_after_a_restore_leaves_the_kept_databases_to_production() {
         "{left:?}"
     );
 }
+
+/// Attacker s10 F2: a tenant's own role wrote 1.1 GB in 16 s and nothing capped a database,
+/// until the host's disk was full. Now a sandbox's databases live on a disk of
+/// `databases.max_size_mb`.
+#[test]
+fn a_tenant_writing_past_its_database_disk_gets_an_error_and_others_go_on() {
+    let host = Host::start_with("[databases]\nmax_size_mb = 64\n");
+    let info = |sandbox: &str| {
+        host.nx_json(&["sandbox", "create", sandbox]);
+        db_info(&host, sandbox)
+    };
+    let (alpha, beta) = (info("alpha"), info("beta"));
+    assert_eq!(alpha["max_size_bytes"], 64 << 20, "{alpha}");
+    let (alpha_url, beta_url) = (
+        alpha["url"].as_str().unwrap(),
+        beta["url"].as_str().unwrap(),
+    );
+    // Rows of ~1 KiB, under TOAST's threshold: stored as they are, not compressed.
+    let rows =
+        |n: u32| format!("SELECT repeat(md5(g::text), 32) AS v FROM generate_series(1, {n}) g");
+    let psql = |url: &str, sql: &str| {
+        Command::new("psql")
+            .arg(url)
+            .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql])
+            .output()
+            .unwrap()
+    };
+    psql_with_url(alpha_url, &format!("CREATE TABLE keep AS {}", rows(25_000)));
+    let past = psql(alpha_url, &format!("INSERT INTO keep {}", rows(40_000)));
+    let said = String::from_utf8_lossy(&past.stderr);
+    assert!(!past.status.success(), "70 MiB went into a 64 MiB disk");
+    assert!(said.contains("No space left on device"), "{said}");
+    // Nothing the role may do puts its data elsewhere (it can connect to its own database
+    // only, which PostgreSQL does not move while it is open).
+    let denied = "permission denied for tablespace pg_default";
+    for (escape, refusal) in [
+        ("CREATE TABLE out (v text) TABLESPACE pg_default", denied),
+        (
+            "SET default_tablespace = pg_default; CREATE TABLE out (v text)",
+            denied,
+        ),
+        (
+            &format!(
+                "ALTER DATABASE {} SET TABLESPACE pg_default",
+                alpha["database"].as_str().unwrap()
+            ),
+            "cannot change the tablespace of the currently open database",
+        ),
+    ] {
+        let out = psql(alpha_url, escape);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains(refusal),
+            "{escape}: {said}"
+        );
+    }
+    // Another tenant, nxd and the cluster go on.
+    psql_with_url(beta_url, &format!("CREATE TABLE mine AS {}", rows(2_000)));
+    assert_eq!(
+        psql_with_url(beta_url, "SELECT count(*) FROM mine").trim(),
+        "2000"
+    );
+    assert_eq!(db_info(&host, "beta")["max_size_bytes"], 64 << 20);
+    let postgres_log = std::fs::read_to_string(host.path("postgres/postgres.log")).unwrap();
+    assert!(
+        !postgres_log.contains("PANIC") && !postgres_log.contains("terminated by signal"),
+        "{postgres_log}"
+    );
+    // Dropping data makes room again.
+    psql_with_url(alpha_url, "DROP TABLE keep");
+    psql_with_url(
+        alpha_url,
+        &format!("CREATE TABLE again AS {}", rows(35_000)),
+    );
+    // The sandbox's removal takes its tablespace and disk along.
+    let role = alpha["role"].as_str().unwrap().to_owned();
+    assert!(host.path(&format!("postgres/disks/{role}.img")).is_file());
+    host.nx_json(&["sandbox", "rm", "alpha", "--no-backup"]);
+    assert!(!host.path(&format!("postgres/disks/{role}.img")).exists());
+    assert_eq!(
+        psql_as_superuser(
+            &host,
+            &format!("SELECT count(*) FROM pg_tablespace WHERE spcname = '{role}'")
+        )
+        .trim(),
+        "0"
+    );
+}

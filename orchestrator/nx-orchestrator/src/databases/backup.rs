@@ -8,7 +8,6 @@
 //! databases) [`Databases::recover`] removes at nxd's start.
 
 use super::{ident, quote, restrict_statements, Databases, DbError};
-use crate::api::systemd::ActiveState;
 use crate::embedded_db::find_binary;
 use crate::names::{DeploymentId, SandboxName};
 use crate::supervisor::UnitSpec;
@@ -121,18 +120,10 @@ impl Databases {
             .await
             .map_err(|e| failed(e.to_string()))?;
         fail::fail_point!("databases::tool");
-        let ended = self.supervisor.wait_ended_then_stop(&spec.name).await;
-        let output = std::fs::read_to_string(&log).unwrap_or_default();
-        let _ = std::fs::remove_file(&log);
-        let state = ended.map_err(|e| failed(e.to_string()))?;
-        if state.active == ActiveState::Failed {
-            return Err(failed(format!(
-                "{} (exit status {})",
-                output.trim(),
-                state.exit_status
-            )));
-        }
-        Ok(())
+        self.supervisor
+            .finish_job(&spec.name, &log)
+            .await
+            .map_err(failed)
     }
 }
 
@@ -478,7 +469,10 @@ impl Databases {
         let creds = self.ensure_sandbox(sandbox).await?;
         let stamp = now_id().to_lowercase();
         let fresh = format!("nxr_{stamp}");
-        self.create_database(&fresh, &creds.role).await?;
+        let tablespace = self.tablespace(&creds.role).await?;
+        self.create_database(&fresh, &creds.role, &tablespace)
+            .await
+            .map_err(|e| self.disk_full(sandbox, e))?;
         fail::fail_point!("databases::restore");
         if let Err(e) = restore_into(self, dump, &fresh, &creds.role).await {
             sqlx::query(&format!(
@@ -487,7 +481,7 @@ impl Databases {
             ))
             .execute(&self.admin)
             .await?;
-            return Err(match e {
+            return Err(match self.disk_full(sandbox, e) {
                 DbError::Tool { message, .. } => DbError::BadDump(message),
                 other => other,
             });

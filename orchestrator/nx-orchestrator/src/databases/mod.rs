@@ -5,11 +5,14 @@
 //! Isolation: a sandbox's role may connect to its own database only (`CONNECT` is revoked
 //! from PUBLIC on every database NX makes and on `postgres` and `template1`), has a
 //! `CONNECTION LIMIT` and its own `statement_timeout` and `idle_in_transaction_session_timeout`
-//! ([`RolePolicy`]). PostgreSQL cannot cap a database's size; [`Databases::size`] reports it.
+//! ([`RolePolicy`]). PostgreSQL cannot cap a database's size: on the embedded cluster each
+//! sandbox's databases live in a tablespace of their own on a disk of `databases.max_size_mb`
+//! ([`disk`]); [`Databases::size`] reports production's size, [`Databases::max_size`] the cap.
 //! Deployments reach the cluster through their sandbox's own socket ([`gate`]), which admits
 //! the role's connection limit at once before authentication, as PostgreSQL does only after.
 
 pub(crate) mod backup;
+pub mod disk;
 pub mod gate;
 pub mod ident;
 mod legacy_names;
@@ -56,6 +59,18 @@ pub enum DbError {
     BadDump(String),
     #[error(transparent)]
     Gate(#[from] GateError),
+    /// A sandbox's database disk could not be made, mounted or removed (see [`disk`]).
+    #[error("sandbox database disk: {0}")]
+    Disk(String),
+    /// A restore or a branch copy ran out of room on the sandbox's database disk.
+    #[error("sandbox {sandbox}'s databases filled their disk ({size_mb} MiB, databases.max_size_mb; `nx db url {sandbox} --json` shows it): drop tables or databases it no longer needs (those restores and swaps kept, nxo_*), or ask the host's operator for a larger databases.max_size_mb; nothing was changed")]
+    DiskFull { sandbox: String, size_mb: u64 },
+}
+
+/// Whether a tool's or PostgreSQL's error is a full filesystem (ENOSPC's text, or SQLSTATE
+/// 53100 `disk_full`).
+fn is_disk_full(message: &str) -> bool {
+    message.contains("No space left on device") || message.contains("53100")
 }
 
 /// A role, its password and its database.
@@ -152,6 +167,8 @@ pub struct Databases {
     tenants_memory_max_mb: u64,
     /// Databases nxd's pg_restore writes into now (their sessions are nxd's).
     restoring: runaway::Restoring,
+    /// Each sandbox's databases' own disk (embedded cluster, `databases.max_size_mb` > 0).
+    disks: Option<disk::DatabaseDisks>,
     /// Sandboxes provisioned by this process, by role: their credentials stay what they were
     /// until the sandbox is dropped (a swap or a restore renames databases under the same
     /// role and restricts the new one itself), so later pushes skip the DDL.
@@ -234,6 +251,12 @@ impl Databases {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
         let idents = SandboxIdents::load_or_create(&secrets.join("ident.key"))?;
+        let disks = match config.max_size_mb {
+            mb if mb > 0 && config.sandboxes_on_embedded_cluster() => Some(
+                disk::DatabaseDisks::new(state_dir, mb, Arc::clone(&supervisor))?,
+            ),
+            _ => None,
+        };
         let gates = gate::Gates::start(
             Arc::clone(&supervisor),
             launcher,
@@ -263,6 +286,7 @@ impl Databases {
             sandbox_memory_max_mb: config.sandbox_memory_max_mb,
             tenants_memory_max_mb: config.memory_max_mb / 4 * 3,
             restoring: runaway::Restoring::default(),
+            disks,
             provisioned: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -411,10 +435,76 @@ impl Databases {
         )
     }
 
-    pub(super) async fn create_database(&self, database: &str, owner: &str) -> Result<(), DbError> {
-        let sql = format!("CREATE DATABASE {} OWNER {}", quote(database), quote(owner));
+    /// Creates `database` owned by `owner` in the tablespace `tablespace` (the sandbox's disk,
+    /// see [`Self::tablespace`]).
+    pub(super) async fn create_database(
+        &self,
+        database: &str,
+        owner: &str,
+        tablespace: &str,
+    ) -> Result<(), DbError> {
+        let sql = format!(
+            "CREATE DATABASE {} OWNER {} TABLESPACE {}",
+            quote(database),
+            quote(owner),
+            quote(tablespace)
+        );
         sqlx::query(&sql).execute(&self.admin).await?;
         Ok(())
+    }
+
+    /// The tablespace new databases of the sandbox whose role is `role` go to: its own, on its
+    /// disk (made, mounted and created now where missing), or `pg_default` without disks.
+    /// Errors: the disk's, or the SQL's.
+    #[tracing::instrument(skip(self))]
+    pub(super) async fn tablespace(&self, role: &str) -> Result<String, DbError> {
+        let Some(disks) = &self.disks else {
+            return Ok("pg_default".into());
+        };
+        let location = disks.ensure(role).await.map_err(DbError::Disk)?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_tablespace WHERE spcname = $1)")
+                .bind(role)
+                .fetch_one(&self.admin)
+                .await?;
+        if !exists {
+            // A path in a string literal: quotes doubled (DDL takes no parameters).
+            let location = location.display().to_string().replace('\'', "''");
+            sqlx::query(&format!(
+                "CREATE TABLESPACE {} LOCATION '{location}'",
+                quote(role)
+            ))
+            .execute(&self.admin)
+            .await?;
+            tracing::info!(tablespace = %role, %location, "sandbox database disk created");
+        }
+        Ok(role.to_owned())
+    }
+
+    /// The tablespace `database` is in.
+    async fn tablespace_of(&self, database: &str) -> Result<String, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT t.spcname::text FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = $1",
+        )
+        .bind(database)
+        .fetch_one(&self.admin)
+        .await?)
+    }
+
+    /// `error` as [`DbError::DiskFull`] when it says the sandbox's disk is full.
+    pub(super) fn disk_full(&self, sandbox: &SandboxName, error: DbError) -> DbError {
+        let full = match &error {
+            DbError::Tool { message, .. } | DbError::BadDump(message) => is_disk_full(message),
+            DbError::Sql(sqlx::Error::Database(e)) => e.code().as_deref() == Some("53100"),
+            _ => false,
+        };
+        match (&self.disks, full) {
+            (Some(disks), true) => DbError::DiskFull {
+                sandbox: sandbox.to_string(),
+                size_mb: disks.size(&self.role(sandbox)).unwrap_or(0) >> 20,
+            },
+            _ => error,
+        }
     }
 
     /// Only its own role may connect to a database.
@@ -440,7 +530,8 @@ impl Databases {
         }
         let creds = self.ensure_role(&name).await?;
         if !self.database_exists(&name).await? {
-            self.create_database(&name, &name).await?;
+            let tablespace = self.tablespace(&name).await?;
+            self.create_database(&name, &name, &tablespace).await?;
             tracing::info!(database = %name, "sandbox database created");
         }
         self.restrict(&name, &name).await?;
@@ -484,7 +575,19 @@ impl Databases {
         let dropped = self.drop_owned(&role).await;
         // A push during the drop may have provisioned it again meanwhile.
         self.forget_provisioned(&role).await;
-        dropped
+        dropped?;
+        self.drop_disk(&role).await
+    }
+
+    /// Drops the tablespace of `role` and removes its disk, if it has them.
+    async fn drop_disk(&self, role: &str) -> Result<(), DbError> {
+        let Some(disks) = &self.disks else {
+            return Ok(());
+        };
+        sqlx::query(&format!("DROP TABLESPACE IF EXISTS {}", quote(role)))
+            .execute(&self.admin)
+            .await?;
+        disks.remove(role).await.map_err(DbError::Disk)
     }
 
     /// Drops `role` and every database it owns.
@@ -532,11 +635,14 @@ impl Databases {
             }
             // 55006: production has open connections, which a template copy cannot have.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => {
-                self.create_database(&name, &name).await?;
-                backup::copy(self, &production.database, &name, &name).await?;
+                let tablespace = self.tablespace_of(&production.database).await?;
+                self.create_database(&name, &name, &tablespace).await?;
+                backup::copy(self, &production.database, &name, &name)
+                    .await
+                    .map_err(|e| self.disk_full(sandbox, e))?;
                 BranchMethod::DumpRestore
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(self.disk_full(sandbox, e.into())),
         };
         self.restrict(&name, &name).await?;
         tracing::info!(branch = %name, ?method, "preview branch created");
@@ -638,6 +744,20 @@ impl Databases {
             .fetch_one(&self.admin)
             .await?;
         Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
+    /// The cap on the sandbox's databases together, in bytes: the size of the disk its
+    /// database is on ([`disk`]); `None` when it is on none (no disks on this host, or a
+    /// database made before them: a restore moves it onto one).
+    pub async fn max_size(&self, sandbox: &SandboxName) -> Result<Option<u64>, DbError> {
+        let Some(disks) = &self.disks else {
+            return Ok(None);
+        };
+        let role = self.role(sandbox);
+        if self.tablespace_of(&role).await? != role {
+            return Ok(None);
+        }
+        Ok(disks.size(&role))
     }
 
     /// Why the cluster refuses nxd a new connection now, if it does (within `within`): e.g.

@@ -717,6 +717,24 @@ impl Supervisor {
         ended
     }
 
+    /// Waits for a started [`UnitSpec::run_to_end`] job `unit` to end and stops it. Errors:
+    /// when it failed, its output (the file `log` it wrote, removed here) and exit status; or
+    /// the manager's error.
+    pub async fn finish_job(&self, unit: &str, log: &Path) -> Result<(), String> {
+        let ended = self.wait_ended_then_stop(unit).await;
+        let output = std::fs::read_to_string(log).unwrap_or_default();
+        let _ = std::fs::remove_file(log);
+        let state = ended.map_err(|e| e.to_string())?;
+        if state.active == ActiveState::Failed {
+            return Err(format!(
+                "{} (exit status {})",
+                output.trim(),
+                state.exit_status
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether systemd has a job queued for the unit (its `Job` property is not `(0, "/")`).
     async fn job_queued(&self, unit: &str) -> Result<bool, SupervisorError> {
         let unit = UnitProxy::builder(&self.conn.load_full())

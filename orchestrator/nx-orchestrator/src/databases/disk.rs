@@ -1,0 +1,192 @@
+//! Each sandbox's databases on a disk of their own, so that a tenant cannot fill the host's:
+//! an ext4 filesystem image of `databases.max_size_mb` (a sparse file,
+//! `<state_dir>/postgres/disks/<role>.img`, formatted as deployments' `/data` is, see
+//! `backend::data_disk`), loop-mounted on `<state_dir>/postgres/disks/<role>/`, whose
+//! directory `pg` is the location of a tablespace named after the sandbox's role. The
+//! sandbox's database is created in that tablespace (`CREATE DATABASE ... TABLESPACE`), and so
+//! are its preview branches (a template copy keeps its template's tablespace), a restore's
+//! fresh database and the databases restores and swaps keep.
+//!
+//! Why it holds: a role may create objects only in its database's default tablespace or in
+//! tablespaces it has `CREATE` on (PostgreSQL's "Tablespaces"), and it has `CREATE` on none
+//! (`pg_default` is the bootstrap superuser's alone); moving its database elsewhere
+//! (`ALTER DATABASE ... SET TABLESPACE`) needs `CREATE` on the target too; temporary objects
+//! go to `temp_tablespaces` the role may use, else to the database's default. A write past
+//! the filesystem's size gets `ENOSPC`, which PostgreSQL reports to that session ("could not
+//! extend file ...: No space left on device"), rolling its transaction back; other tenants,
+//! nxd and the cluster go on. WAL stays in the cluster's data directory, off these disks (a
+//! full disk there would stop the whole cluster).
+//!
+//! The mounts are made where PostgreSQL sees them: by a job (a transient unit run to its end,
+//! as root) of the manager the cluster runs under, whose mount namespace its units share
+//! (the embedded manager's is its own: nxd's namespace does not see them). They last as long
+//! as that namespace; [`mount_all`] mounts every disk before the cluster is started.
+//! A disk's space, once written, stays allocated on the host (the image is not trimmed), up to
+//! its size. Project quotas would need the state dir's filesystem mounted with them (see
+//! `backend::data_disk`).
+
+use crate::backend::data_disk::create_formatted;
+use crate::supervisor::{Supervisor, UnitSpec};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The mount job's script: for each pair of arguments (mountpoint, image), the image
+/// loop-mounted there unless something is (nosuid, nodev; util-linux `mount -o loop`, whose
+/// loop device is detached when it is unmounted or its namespace goes), and the tablespace's
+/// directory `pg` in it, PostgreSQL's (`postgres` user), 0700.
+const MOUNT_SCRIPT: &str = r#"set -e
+while [ "$#" -gt 1 ]; do
+  mountpoint -q "$1" || mount -t ext4 -o loop,nosuid,nodev "$2" "$1"
+  install -d -o postgres -g postgres -m 700 "$1/pg"
+  shift 2
+done"#;
+
+/// The unmount job's script: its argument unmounted if something is mounted there.
+const UNMOUNT_SCRIPT: &str = r#"if mountpoint -q "$1"; then umount "$1"; fi"#;
+
+/// The disks of the sandboxes' databases, in `<state_dir>/postgres/disks`.
+pub struct DatabaseDisks {
+    dir: PathBuf,
+    /// A new disk's size, MiB (`databases.max_size_mb`).
+    size_mb: u64,
+    supervisor: Arc<Supervisor>,
+}
+
+/// Where the disks are: `<state_dir>/postgres/disks`.
+fn disks_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("postgres").join("disks")
+}
+
+/// Runs `script` with `args` as root in a job of `supervisor`'s manager (its mount namespace),
+/// to its end. Errors: the job's output and exit status, or the manager's error.
+#[tracing::instrument(skip(supervisor, dir, args))]
+async fn run_job(
+    supervisor: &Supervisor,
+    dir: &Path,
+    what: &str,
+    script: &str,
+    args: Vec<String>,
+) -> Result<(), String> {
+    let name = format!(
+        "nxdb-disk-{what}-{}",
+        super::backup::now_id().to_lowercase()
+    );
+    let log = dir.join(format!("{name}.log"));
+    let mut argv = vec!["/bin/sh".into(), "-c".into(), script.into(), "sh".into()];
+    argv.extend(args);
+    let spec = UnitSpec::run_to_end(
+        format!("{name}.service"),
+        format!("NX database disk {what}"),
+        argv,
+        log.clone(),
+    );
+    supervisor.start(&spec).await.map_err(|e| e.to_string())?;
+    supervisor.finish_job(&spec.name, &log).await
+}
+
+/// Mounts every disk in `<state_dir>/postgres/disks` (none: nothing runs), where `supervisor`'s
+/// units see it: before the embedded cluster starts, so that its tablespaces are there.
+/// Errors: the mount job's (naming the images).
+pub async fn mount_all(supervisor: &Supervisor, state_dir: &Path) -> Result<(), String> {
+    let dir = disks_dir(state_dir);
+    let mut args = Vec::new();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let image = entry.path();
+        if image.extension().is_some_and(|e| e == "img") {
+            args.push(image.with_extension("").display().to_string());
+            args.push(image.display().to_string());
+        }
+    }
+    if args.is_empty() {
+        return Ok(());
+    }
+    run_job(supervisor, &dir, "mount", MOUNT_SCRIPT, args)
+        .await
+        .map_err(|e| {
+            format!(
+                "mounting the sandboxes' database disks in {}: {e}",
+                dir.display()
+            )
+        })
+}
+
+impl DatabaseDisks {
+    /// Disks of `size_mb` MiB in `<state_dir>/postgres/disks` (created, 0711: PostgreSQL passes
+    /// through it to the tablespaces; the images are root's, 0600).
+    pub fn new(
+        state_dir: &Path,
+        size_mb: u64,
+        supervisor: Arc<Supervisor>,
+    ) -> std::io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = disks_dir(state_dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        Ok(Self {
+            dir,
+            size_mb,
+            supervisor,
+        })
+    }
+
+    fn image(&self, role: &str) -> PathBuf {
+        self.dir.join(format!("{role}.img"))
+    }
+
+    fn mountpoint(&self, role: &str) -> PathBuf {
+        self.dir.join(role)
+    }
+
+    /// The size of `role`'s disk in bytes (its image's length), if it has one.
+    pub fn size(&self, role: &str) -> Option<u64> {
+        std::fs::metadata(self.image(role)).ok().map(|m| m.len())
+    }
+
+    /// `role`'s disk, made (an empty ext4 filesystem of `databases.max_size_mb`) unless it
+    /// exists, and mounted unless it is; returns the tablespace's location on it. Errors:
+    /// mkfs.ext4's, or the mount job's.
+    #[tracing::instrument(skip(self))]
+    pub async fn ensure(&self, role: &str) -> Result<PathBuf, String> {
+        let (image, mountpoint) = (self.image(role), self.mountpoint(role));
+        if !image.exists() {
+            let (path, size_mb) = (image.clone(), self.size_mb);
+            tokio::task::spawn_blocking(move || create_formatted(&path, size_mb))
+                .await
+                .map_err(|e| e.to_string())??;
+        }
+        std::fs::create_dir_all(&mountpoint)
+            .map_err(|e| format!("creating {}: {e}", mountpoint.display()))?;
+        run_job(
+            &self.supervisor,
+            &self.dir,
+            "mount",
+            MOUNT_SCRIPT,
+            vec![
+                mountpoint.display().to_string(),
+                image.display().to_string(),
+            ],
+        )
+        .await?;
+        Ok(mountpoint.join("pg"))
+    }
+
+    /// Unmounts `role`'s disk and deletes it (after its tablespace was dropped). Errors: the
+    /// unmount job's (the image then stays), or the files' removal.
+    #[tracing::instrument(skip(self))]
+    pub async fn remove(&self, role: &str) -> Result<(), String> {
+        let (image, mountpoint) = (self.image(role), self.mountpoint(role));
+        if !image.exists() {
+            return Ok(());
+        }
+        run_job(
+            &self.supervisor,
+            &self.dir,
+            "unmount",
+            UNMOUNT_SCRIPT,
+            vec![mountpoint.display().to_string()],
+        )
+        .await?;
+        let _ = std::fs::remove_dir(&mountpoint);
+        std::fs::remove_file(&image).map_err(|e| format!("removing {}: {e}", image.display()))
+    }
+}
