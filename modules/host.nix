@@ -194,6 +194,9 @@ in
       listen = mkOption { type = types.nullOr types.str; default = defaults.sftp.listen; example = "0.0.0.0:2222"; description = "Where the SFTP upload server listens (the SSH user is the sandbox's name; keys from `nx keys add`). Null: no SFTP server."; };
       maxUploadMb = mkOption { type = types.ints.positive; default = defaults.sftp.maxUploadMb; description = "The largest SFTP upload, MiB; a larger one is refused while it arrives."; };
       maxOpenHandles = mkOption { type = types.ints.positive; default = defaults.sftp.maxOpenHandles; description = "Files one SFTP session may hold open at once; beyond it an open is refused until one is closed."; };
+      maxConnections = mkOption { type = types.ints.positive; default = defaults.sftp.maxConnections; description = "SFTP connections open at once; one more is closed as it is accepted."; };
+      maxConnectionsPerAddress = mkOption { type = types.ints.positive; default = defaults.sftp.maxConnectionsPerAddress; description = "SFTP connections one client (an IPv4 address, an IPv6 /64) may hold open."; };
+      loginGraceSecs = mkOption { type = types.ints.positive; default = defaults.sftp.loginGraceSecs; description = "Seconds an SFTP connection may take to authenticate before it is closed (OpenSSH's LoginGraceTime)."; };
       openFirewall = mkOption { type = types.bool; default = false; description = "Open sftp.listen's port in the firewall."; };
     };
     tls = {

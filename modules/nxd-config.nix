@@ -112,6 +112,9 @@ withoutNulls {
     inherit (cfg.sftp) listen;
     max_upload_mb = cfg.sftp.maxUploadMb;
     max_open_handles = cfg.sftp.maxOpenHandles;
+    max_connections = cfg.sftp.maxConnections;
+    max_connections_per_address = cfg.sftp.maxConnectionsPerAddress;
+    login_grace_secs = cfg.sftp.loginGraceSecs;
   };
   tls = withoutNulls {
     https_listen = cfg.tls.httpsListen;

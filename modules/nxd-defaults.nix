@@ -116,6 +116,9 @@
     listen = null;
     maxUploadMb = 1024;
     maxOpenHandles = 16;
+    maxConnections = 256;
+    maxConnectionsPerAddress = 16;
+    loginGraceSecs = 30;
   };
   tls = {
     httpsListen = null;

@@ -124,6 +124,13 @@ pub struct SftpConfig {
     /// file descriptor of nxd's and a temp file); beyond it an open is refused until one is
     /// closed.
     pub max_open_handles: usize,
+    /// SFTP connections open at once; one more is closed as it is accepted.
+    pub max_connections: usize,
+    /// Of those, one client's (an IPv4 address, an IPv6 /64).
+    pub max_connections_per_address: usize,
+    /// Seconds a connection may take to authenticate before it is closed (OpenSSH's
+    /// `LoginGraceTime`).
+    pub login_grace_secs: u64,
 }
 
 impl Default for SftpConfig {
@@ -132,6 +139,9 @@ impl Default for SftpConfig {
             listen: None,
             max_upload_mb: 1024,
             max_open_handles: 16,
+            max_connections: 256,
+            max_connections_per_address: 16,
+            login_grace_secs: 30,
         }
     }
 }
@@ -733,10 +743,20 @@ impl Config {
                 "sftp.max_upload_mb must be at least 1".into(),
             ));
         }
-        if self.sftp.max_open_handles == 0 {
-            return Err(ConfigError::Invalid(
-                "sftp.max_open_handles must be at least 1".into(),
-            ));
+        for (key, value) in [
+            ("max_open_handles", self.sftp.max_open_handles),
+            ("max_connections", self.sftp.max_connections),
+            (
+                "max_connections_per_address",
+                self.sftp.max_connections_per_address,
+            ),
+            ("login_grace_secs", self.sftp.login_grace_secs as usize),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "sftp.{key} must be at least 1"
+                )));
+            }
         }
         if !self.systemd.slice.ends_with(".slice") {
             return Err(ConfigError::Invalid(format!(

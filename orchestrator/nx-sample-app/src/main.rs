@@ -10,8 +10,8 @@
 //! - `GET /ps`          the pids it can see in /proc, as JSON
 //! - `GET /whoami`      its uid and gid
 //! - `GET /write?name=N` writes /data/N and reads it back
-//! - `GET /fork?hold=S` forks until the kernel refuses, keeps the children S seconds (default
-//!   0), then reaps them and reports how many
+//! - `GET /fork?hold=S` forks until the kernel refuses for a second in a row, keeps the
+//!   children S seconds (default 0), then reaps them and reports how many
 //! - `GET /hog`         allocates and touches memory until the sandbox's limit ends it
 //! - `GET /spin?threads=T&secs=S` keeps T threads busy for S seconds; answers at once
 //! - `GET /unshare`     tries to create a user namespace, by unshare(2) and by clone(2);
@@ -369,16 +369,27 @@ fn fork_until_refused(hold_secs: u64) -> serde_json::Value {
     use nix::unistd::{fork, ForkResult};
     let mut children = Vec::new();
     let mut error = None;
+    // Refused since: a fork bomb tries again, since a refusal (EAGAIN) may come from processes
+    // that start or end beside it and count against the same limit; it gives up after a second
+    // of refusals in a row.
+    let mut refused_since: Option<std::time::Instant> = None;
     while children.len() < 100_000 {
         // SAFETY: the child only sleeps and exits; it touches no lock and allocates nothing.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => loop {
                 nix::unistd::pause();
             },
-            Ok(ForkResult::Parent { child }) => children.push(child),
+            Ok(ForkResult::Parent { child }) => {
+                children.push(child);
+                refused_since = None;
+            }
             Err(e) => {
-                error = Some(e.to_string());
-                break;
+                let since = *refused_since.get_or_insert_with(std::time::Instant::now);
+                if e != nix::errno::Errno::EAGAIN || since.elapsed().as_secs() >= 1 {
+                    error = Some(e.to_string());
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
     }

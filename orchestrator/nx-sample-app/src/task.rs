@@ -3,7 +3,7 @@
 //! - `print WORDS...`  prints the words on stdout and `done` on stderr, exits 0
 //! - `exit N`          prints `exiting with N`, exits N
 //! - `sleep SECS`      prints `sleeping`, sleeps
-//! - `fork`            forks until the kernel refuses, prints how many
+//! - `fork`            forks until the kernel refuses for a second in a row, prints how many
 //! - `hog`             allocates and touches memory until the limit ends it
 //! - `abort`           prints `aborting` and aborts (SIGABRT)
 //! - `leave SECS TEXT` leaves a child that prints TEXT after SECS, and exits 0 at once

@@ -586,3 +586,57 @@ fn a_tenant_writing_past_its_database_disk_gets_an_error_and_others_go_on() {
         "0"
     );
 }
+
+/// Attacker s11 G11 (critical): a sandbox named like another sandbox's database (`nx_` + 24
+/// hex digits, which every role reads in pg_database) whose own database was gone took the
+/// other's at nxd's next start: the start's rename of readable names took the other's
+/// database for this sandbox's old readable one, and `nx db backup` handed it over. A
+/// restart leaves every sandbox's database where it is.
+#[test]
+fn a_sandbox_named_like_another_sandboxs_database_never_takes_it() {
+    let mut host = Host::start();
+    let victim = host.push_sample("victim", &[]);
+    let preview = host.preview_host("victim", &victim);
+    assert_eq!(host.get(&preview, "/db/put?v=victims-secret").0, 200);
+    let victims = db_info(&host, "victim")["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let name = victims.strip_prefix("nx_").expect("an nx_ name").to_owned();
+    host.nx_json(&["sandbox", "create", &name]);
+    let own = db_info(&host, &name)["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Its own database gone (the attacker dropped it from a restore's scratch database).
+    psql_as_superuser(&host, &format!("DROP DATABASE {own} WITH (FORCE)"));
+    host.restart_nxd();
+    assert!(
+        database_names(&host).contains(&victims),
+        "the victim's database {victims} was renamed: {:?}",
+        database_names(&host)
+    );
+    let (ok, rows) = nx_testkit::psql(
+        &host.path("postgres/socket"),
+        5432,
+        &victims,
+        "SELECT r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = current_database()",
+    );
+    assert!(ok && rows.trim() == victims, "owner of {victims}: {rows}");
+    let dump = host.path("taken.dump");
+    if host
+        .nx(&["db", "backup", &name, "-o", dump.to_str().unwrap()])
+        .ok
+    {
+        let out = Command::new("pg_restore")
+            .args(["-f", "-"])
+            .arg(&dump)
+            .output()
+            .expect("pg_restore (postgresql-client)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !text.contains("victims-secret"),
+            "the other sandbox's backup holds the victim's rows:\n{text}"
+        );
+    }
+}

@@ -496,3 +496,85 @@ fn an_sftp_session_deploys_nothing_once_its_key_is_removed() {
     );
     assert!(store(&host).0.is_empty(), "{:?}", store(&host));
 }
+
+/// Connections to the SFTP port that never speak: each is the server's banner (those the
+/// server took) or nothing (those it closed at once); `(banners, closed)`.
+fn silent_connections(port: u16, n: usize) -> (Vec<std::net::TcpStream>, usize) {
+    use std::io::Read;
+    let streams: Vec<std::net::TcpStream> = (0..n)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut open, mut closed) = (Vec::new(), 0);
+    for mut stream in streams {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut banner = [0u8; 64];
+        match stream.read(&mut banner) {
+            Ok(n) if n > 0 && banner.starts_with(b"SSH-2.0-") => open.push(stream),
+            _ => closed += 1,
+        }
+    }
+    (open, closed)
+}
+
+/// Attacker s11 G1: 20,000 connections that never spoke made the SFTP server's accept fail
+/// (EMFILE), and nxd exited with it: API, router feed and every SFTP user gone. Now one client
+/// holds `sftp.max_connections_per_address`, the rest are closed as they come; those that do
+/// not authenticate within `sftp.login_grace_secs` are closed; and an accept error, here with
+/// nxd at 1,024 open files and the caps set above that, is retried, never fatal.
+#[test]
+fn silent_sftp_connections_neither_end_nxd_nor_lock_out_its_users() {
+    let (host, port, key, _) = sftp_host(
+        "max_connections = 4096\nmax_connections_per_address = 4096\nlogin_grace_secs = 600\n",
+    );
+    // nxd (soft and hard) at 1,024 open files, so that the flood reaches EMFILE (prlimit(1):
+    // the test's own hard limit could not be raised again without CAP_SYS_RESOURCE).
+    let limited = Command::new("prlimit")
+        .arg(format!("--pid={}", host.nxd_pid()))
+        .arg("--nofile=1024:1024")
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success());
+    let (flood, _) = silent_connections(port, 1100);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        host.nxd_log().contains("SFTP accept failed"),
+        "the flood did not reach nxd's open-file limit ({} held)",
+        flood.len()
+    );
+    drop(flood);
+    assert!(
+        host.nx(&["ls"]).ok,
+        "nxd stopped serving after its SFTP accept failed:\n{}",
+        host.nxd_log()
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (_ssh, sftp) = session(port, "web", &key).await;
+        sftp.read_dir("/")
+            .await
+            .expect("an SFTP session after the flood");
+    });
+
+    // The default shares: one client holds 16 connections; silent ones go after the grace.
+    let (host, port, key, _) = sftp_host("login_grace_secs = 2\n");
+    let (open, closed) = silent_connections(port, 40);
+    assert_eq!((open.len(), closed), (16, 24), "one client's share");
+    std::thread::sleep(Duration::from_secs(3));
+    let (after_grace, _) = silent_connections(port, 1);
+    assert_eq!(
+        after_grace.len(),
+        1,
+        "the silent ones still hold the client's share"
+    );
+    drop((open, after_grace));
+    runtime.block_on(async {
+        let (_ssh, sftp) = session(port, "web", &key).await;
+        sftp.read_dir("/")
+            .await
+            .expect("an SFTP session within the grace");
+    });
+    assert!(host.nx(&["ls"]).ok);
+}

@@ -8,8 +8,8 @@ pub(crate) mod area;
 mod deploy;
 pub mod host_key;
 
-use anyhow::Context;
 use nx_orchestrator::names::SandboxName;
+use nx_orchestrator::router::ClientCounts;
 use nx_orchestrator::Orchestrator;
 use russh::keys::{HashAlg, PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
@@ -19,12 +19,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Serves SFTP on `listener` until it fails.
+/// Serves SFTP on `listener`, forever: an accept error (EMFILE, ENFILE, ECONNABORTED) is
+/// logged and accepting goes on after a pause, never fatal (attacker s11 G1: russh's own loop,
+/// `run_on_socket`, returned on the first one, and nxd exited with it). At most
+/// `sftp.max_connections` connections are open at once and `sftp.max_connections_per_address`
+/// from one client (its IPv4 address or IPv6 /64, `router::client_share`); one over a cap is
+/// closed as it is accepted. A connection that has not authenticated within
+/// `sftp.login_grace_secs` is closed (OpenSSH's `LoginGraceTime`, sshd_config(5)).
 pub async fn serve(
     app: Arc<Orchestrator>,
     listener: tokio::net::TcpListener,
     host_key: PrivateKey,
 ) -> anyhow::Result<()> {
+    let limits = app.config.sftp.clone();
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
     let config = Arc::new(russh::server::Config {
@@ -34,29 +41,75 @@ pub async fn serve(
         // OpenSSH clients probe with "none" first: no need to make them wait for that.
         auth_rejection_time_initial: Some(Duration::ZERO),
         inactivity_timeout: Some(Duration::from_secs(600)),
+        nodelay: true,
         ..Default::default()
     });
-    let mut server = Server { app };
-    russh::server::Server::run_on_socket(&mut server, config, &listener)
-        .await
-        .context("SFTP server")
-}
-
-struct Server {
-    app: Arc<Orchestrator>,
-}
-
-impl russh::server::Server for Server {
-    type Handler = Connection;
-
-    fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
-        Connection {
-            app: Arc::clone(&self.app),
-            peer,
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let by_client = Arc::new(ClientCounts::default());
+    let grace = Duration::from_secs(limits.login_grace_secs);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "SFTP accept failed; accepting again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(client_slot) = by_client.take_for(peer.ip(), limits.max_connections_per_address)
+        else {
+            tracing::debug!(%peer, "sftp.max_connections_per_address reached: connection closed");
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "sftp.max_connections reached: connection closed");
+            continue;
+        };
+        // A second descriptor of the socket, to end a connection that has not authenticated
+        // in time whatever russh is waiting for (before the client's version line, it
+        // reads nothing else: a disconnect request would wait with it).
+        let Ok((stream, grace_end)) = with_clone(stream) else {
+            continue;
+        };
+        let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handler = Connection {
+            app: Arc::clone(&app),
+            peer: Some(peer),
             user: None,
+            authenticated: Arc::clone(&authenticated),
             channels: HashMap::new(),
-        }
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if !authenticated.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!(%peer, "not authenticated within sftp.login_grace_secs: connection closed");
+                let _ = grace_end.shutdown(std::net::Shutdown::Both);
+            }
+        });
+        let config = Arc::clone(&config);
+        tokio::spawn(async move {
+            let _slots = (slot, client_slot);
+            let session = match russh::server::run_stream(config, stream, handler).await {
+                Ok(session) => session,
+                Err(e) => {
+                    tracing::debug!(error = %e, %peer, "SFTP connection setup failed");
+                    return;
+                }
+            };
+            if let Err(e) = session.await {
+                tracing::debug!(error = %e, %peer, "SFTP connection ended");
+            }
+        });
     }
+}
+
+/// `stream` and a second descriptor of its socket (dup(2)), to shut it down from outside.
+fn with_clone(
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let std_stream = stream.into_std()?;
+    let clone = std_stream.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(std_stream)?, clone))
 }
 
 /// One SSH connection: before authentication no user, after it exactly one.
@@ -64,6 +117,8 @@ struct Connection {
     app: Arc<Orchestrator>,
     peer: Option<SocketAddr>,
     user: Option<area::KeyHolder>,
+    /// Set once a key is accepted (the login grace timer reads it).
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
     channels: HashMap<ChannelId, Channel<Msg>>,
 }
 
@@ -110,6 +165,8 @@ impl russh::server::Handler for Connection {
                     sandbox,
                     fingerprint,
                 });
+                self.authenticated
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(Auth::Accept)
             }
             None => {
