@@ -4,7 +4,8 @@
 //! connected, and so do kill -9 and a restart of nxd (their gate is a process of its own); the
 //! cluster's socket is closed to the host's other users; kill -9 of nxd at each step of a
 //! backup, a restore and a swap leaves production's database usable and nothing behind after
-//! the next start; one sandbox's fork bomb leaves room for the others' pushes and tasks.
+//! the next start; one sandbox's fork bomb leaves room for the others' pushes and tasks; a
+//! restore's scratch database is its sandbox's alone and held to the tenants' bounds.
 
 use nx_orchestrator::config::SystemdMode;
 use nx_orchestrator::supervisor::Supervisor;
@@ -204,13 +205,16 @@ fn unauthenticated_connections_of_one_sandbox_leave_the_others_and_nxd_connectin
 
 /// (succeeded, output) of `psql -w` as `user` over the socket in `dir`: never a password prompt.
 fn psql_as(dir: &std::path::Path, user: &str, db: &str, sql: &str) -> (bool, String) {
+    psql_url(
+        &format!("host={} port=5432 user={user} dbname={db}", dir.display()),
+        sql,
+    )
+}
+
+/// (succeeded, stdout then stderr) of `psql -w -tAc sql` on the connection string `url`.
+fn psql_url(url: &str, sql: &str) -> (bool, String) {
     let out = Command::new("psql")
-        .arg("-w")
-        .arg(format!(
-            "host={} port=5432 user={user} dbname={db}",
-            dir.display()
-        ))
-        .args(["-tAc", sql])
+        .args(["-w", url, "-tAc", sql])
         .output()
         .expect("psql");
     let text =
@@ -1119,4 +1123,109 @@ fn a_tenant_cannot_lift_its_statement_time_memory_and_temp_file_bounds() {
     assert_eq!(health(&host).0, 200);
     let (ok, _) = nx_testkit::psql(&host.path("postgres/socket"), 5432, "nx", "SELECT 1");
     assert!(ok);
+}
+
+/// Attacker s11 G10 (high): while a restore ran, its scratch database took any tenant's
+/// connections (PostgreSQL gives a new database `CONNECT` for PUBLIC), through the tenant's
+/// gate too, and the runaway watch left every session in it alone, whoever's: unbounded
+/// sessions there took the cluster past its `MemoryMax`. Now only the sandbox's role reaches
+/// it, from the host alone, and only nxd's own restore session goes without the time bound.
+#[test]
+fn a_restores_scratch_database_is_its_sandboxs_alone_and_held_to_its_bounds() {
+    let host = Host::start_with("[databases]\nstatement_timeout_secs = 8\n");
+    host.nx_json(&["sandbox", "create", "alpha"]);
+    host.push_sample("beta", &[]);
+    let (alpha, beta) = (
+        host.nx_json(&["db", "url", "alpha"]),
+        host.nx_json(&["db", "url", "beta"]),
+    );
+    let field = |info: &serde_json::Value, key: &str| info[key].as_str().unwrap().to_owned();
+    let (alpha_url, beta_url) = (field(&alpha, "url"), field(&beta, "url"));
+    let in_database = |url: &str, info: &serde_json::Value, database: &str| {
+        url.replace(
+            &format!("/{}?", field(info, "database")),
+            &format!("/{database}?"),
+        )
+    };
+    // A dump whose restore takes 40 s: its index's function sleeps in a scratch database.
+    let (ok, out) = psql_url(
+        &alpha_url,
+        "CREATE FUNCTION slow(int) RETURNS int IMMUTABLE LANGUAGE sql AS \
+         $$ SELECT $1 FROM pg_sleep(CASE WHEN current_database() LIKE 'nxr%' THEN 40 ELSE 0 END) $$; \
+         CREATE TABLE t AS SELECT 1 AS x; CREATE INDEX t_slow ON t (slow(x))",
+    );
+    assert!(ok, "{out}");
+    let dump = host.path("slow.dump");
+    let dump = dump.to_str().unwrap();
+    host.nx_json(&["db", "backup", "alpha", "-o", dump]);
+    let started = Instant::now();
+    let restore = host
+        .nx_command(&host.token, &["db", "restore", "alpha", dump])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let building = "SELECT datname FROM pg_stat_activity WHERE datname LIKE 'nxr\\_%' AND query LIKE '%CREATE INDEX%'";
+    let mut scratch = superuser(&host, "postgres", building);
+    while scratch.is_empty() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        scratch = superuser(&host, "postgres", building);
+    }
+    assert!(!scratch.is_empty(), "no restore is building its index");
+
+    // Another tenant: neither on the host nor through its sandbox's socket.
+    let (ok, out) = psql_url(&in_database(&beta_url, &beta, &scratch), "SELECT 1");
+    assert!(
+        !ok && out.contains("permission denied for database"),
+        "beta's role connected to alpha's scratch database {scratch}: {out}"
+    );
+    let beta_role = field(&beta, "role");
+    let gate = host.path(&format!("db-gates/{beta_role}"));
+    let (ok, out) = psql_as(&gate, &beta_role, &scratch, "SELECT 1");
+    assert!(
+        !ok && out.contains("this socket admits role"),
+        "beta's gate passed a connection to {scratch} on: {out}"
+    );
+
+    // Alpha's own role, with the application name its restore's session has (every session of
+    // the role reads it), is held to the statement bound there as anywhere.
+    let (ok, name) = psql_url(
+        &alpha_url,
+        &format!("SELECT application_name FROM pg_stat_activity WHERE datname = '{scratch}'"),
+    );
+    assert!(ok && !name.trim().is_empty(), "{name}");
+    let impostor = format!(
+        "{}&application_name={}",
+        in_database(&alpha_url, &alpha, &scratch),
+        name.trim()
+    );
+    let (took, stderr) =
+        psql_within_a_minute(&impostor, "SET statement_timeout = 0; SELECT pg_sleep(600)");
+    assert!(
+        stderr.contains("terminating connection due to administrator command")
+            && took < Duration::from_secs(20),
+        "alpha's session in {scratch} ran {took:?}: {stderr}"
+    );
+    assert!(
+        host.nxd_log().lines().any(|l| {
+            l.contains("ended a tenant's database session")
+                && l.contains("alpha")
+                && l.contains("its statement ran")
+        }),
+        "{}",
+        host.nxd_log()
+    );
+
+    // nxd's own restore session ran its 40 s, past the 8 s bound, and the restore went in.
+    let restored = restore.wait_with_output().unwrap();
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert!(started.elapsed() >= Duration::from_secs(40));
+    assert_eq!(
+        psql_url(&alpha_url, "SELECT count(*) FROM t WHERE slow(x) = 1"),
+        (true, "1\n".to_owned())
+    );
 }

@@ -196,10 +196,17 @@ fn a_preview_branch_starts_with_production_rows_and_goes_with_its_deployment() {
     assert_eq!(status, 500, "{body}");
 
     assert!(database_names(&host).contains(&format!("nxb_{branch}")));
+    let gates = || std::fs::read_to_string(host.path("db-gate/gates.json")).unwrap();
+    assert!(gates().contains(&format!("nxb_{branch}")), "{}", gates());
     host.nx_json(&["rm", &branch]);
     assert!(
         !database_names(&host).contains(&format!("nxb_{branch}")),
         "the branch outlived its deployment"
+    );
+    assert!(
+        !gates().contains(&format!("nxb_{branch}")),
+        "the gate still admits the removed branch's role: {}",
+        gates()
     );
     assert_eq!(on(&prod, "/db/list"), (200, r#"["p1"]"#.to_string()));
 
@@ -222,6 +229,7 @@ fn a_preview_branch_starts_with_production_rows_and_goes_with_its_deployment() {
     );
     let roles = format!("SELECT count(*) FROM pg_roles WHERE rolname = 'nxb_{next}'");
     assert_eq!(psql_as_superuser(&host, &roles), "0");
+    assert!(!gates().contains(&format!("nxb_{next}")), "{}", gates());
     let out = host.nx(&["promote", "blog", &prod, "--swap-db"]);
     assert!(
         !out.ok && out.stderr.contains("no preview branch"),

@@ -7,7 +7,7 @@
 //! interrupted backup or restore left (units, `.partial` files, uploaded dumps, scratch
 //! databases) [`Databases::recover`] removes at nxd's start.
 
-use super::{ident, quote, restrict_statements, Databases, DbError};
+use super::{ident, open_to_statements, quote, Contents, Databases, DbError};
 use crate::embedded_db::find_binary;
 use crate::names::{DeploymentId, SandboxName};
 use crate::supervisor::UnitSpec;
@@ -152,6 +152,7 @@ async fn dump_to(dbs: &Databases, database: &str, file: &Path) -> Result<(), DbE
 /// goes with the other `nxdb-*` leftovers at start), never a superuser's: pg_restore runs the
 /// dump's SQL as written, and a superuser session with `--role` is undone by a `RESET ROLE` in
 /// it (pg_dump(1): a dump from an untrusted source must not be restored by a superuser).
+/// The runaway watch holds that one session to the memory bounds only ([`super::runaway`]).
 /// Errors: the password file's, or pg_restore's (the dump's first failing statement).
 async fn restore_into(
     dbs: &Databases,
@@ -159,7 +160,7 @@ async fn restore_into(
     database: &str,
     role: &str,
 ) -> Result<(), DbError> {
-    let _nxds_own = dbs.restoring.start(database);
+    let nxds_own = dbs.restoring.start(database);
     let passfile = tempfile::Builder::new()
         .prefix("nxdb-pgpass-")
         .tempfile_in(&dbs.backups)?;
@@ -175,7 +176,10 @@ async fn restore_into(
             "--no-acl".into(),
             "--exit-on-error".into(),
             "--single-transaction".into(),
-            format!("--dbname={}", dbs.role_url(database, role, passfile.path())),
+            format!(
+                "--dbname={}",
+                dbs.role_url(database, role, passfile.path(), nxds_own.application_name())
+            ),
             file.display().to_string(),
         ],
     )
@@ -249,7 +253,7 @@ impl Databases {
                 ident::literal(comment)
             ),
         ];
-        statements.extend(restrict_statements(production, production));
+        statements.extend(open_to_statements(production, production));
         for (i, sql) in statements.iter().enumerate() {
             sqlx::query(sql).execute(&mut *tx).await?;
             if i == 0 {
@@ -345,13 +349,7 @@ impl Databases {
         sandbox: &SandboxName,
         previous: &str,
     ) -> Result<String, DbError> {
-        // A swapped-out database takes no connections; production's must.
-        sqlx::query(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            quote(previous)
-        ))
-        .execute(&self.admin)
-        .await?;
+        // A swapped-out database takes no connections: the swap opens it as production's.
         self.swap_in(sandbox, previous, "a failed promotion's swap was undone")
             .await
     }
@@ -470,7 +468,10 @@ impl Databases {
         let stamp = now_id().to_lowercase();
         let fresh = format!("nxr_{stamp}");
         let tablespace = self.tablespace(&creds.role).await?;
-        self.create_database(&fresh, &creds.role, &tablespace)
+        let contents = Contents::Empty {
+            tablespace: &tablespace,
+        };
+        self.create_database(&fresh, &creds.role, contents)
             .await
             .map_err(|e| self.disk_full(sandbox, e))?;
         fail::fail_point!("databases::restore");

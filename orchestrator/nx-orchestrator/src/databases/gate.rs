@@ -12,11 +12,12 @@
 //! 53300, `too_many_connections`) that drivers show as they show PostgreSQL's own.
 //!
 //! A gate reads the client's `StartupMessage` itself and passes on only one asking for the
-//! sandbox's own role or one of its preview branches' roles (then PostgreSQL asks for that
-//! role's password); any other user, `postgres` included, is refused with SQLSTATE 28000
-//! before a byte reaches the cluster ([`super::startup`]). Whatever uid the gate connects to
-//! the cluster as, no tenant can ask for another role through it. After that message bytes
-//! pass through unchanged (PostgreSQL's protocol, TLS-less over a unix socket).
+//! sandbox's own role or one of its preview branches' roles, and that role's own database
+//! (then PostgreSQL asks for that role's password); any other user, `postgres` included, is
+//! refused with SQLSTATE 28000, any other database as PostgreSQL refuses it (42501), before a
+//! byte reaches the cluster ([`super::startup`]). Whatever uid the gate connects to the cluster as, no tenant can ask
+//! for another role through it. After that message bytes pass through unchanged
+//! (PostgreSQL's protocol, TLS-less over a unix socket).
 //!
 //! Why not PgBouncer: its limits (`max_user_connections`, `max_db_connections`) apply after
 //! authentication as PostgreSQL's do, and clients waiting to authenticate share one

@@ -3,9 +3,10 @@
 //! swapped in only when the restore succeeded). Dumps restore with the stock `pg_restore`.
 //!
 //! Isolation: a sandbox's role may connect to its own database only (`CONNECT` is revoked
-//! from PUBLIC on every database NX makes and on `postgres` and `template1`), has a
-//! `CONNECTION LIMIT` and its own `statement_timeout` and `idle_in_transaction_session_timeout`
-//! ([`RolePolicy`]). PostgreSQL cannot cap a database's size: on the embedded cluster each
+//! from PUBLIC on every database NX makes, before it takes a connection, and on `postgres`
+//! and `template1`; a sandbox's gate passes on only a connection to its role's own
+//! database), has a `CONNECTION LIMIT` and its own `statement_timeout` and
+//! `idle_in_transaction_session_timeout` ([`RolePolicy`]). PostgreSQL cannot cap a database's size: on the embedded cluster each
 //! sandbox's databases live in a tablespace of their own on a disk of `databases.max_size_mb`
 //! ([`disk`]); [`Databases::size`] reports production's size, [`Databases::max_size`] the cap.
 //! Deployments reach the cluster through their sandbox's own socket ([`gate`]), which admits
@@ -181,8 +182,9 @@ fn random_password() -> String {
     hex::encode(bytes)
 }
 
-/// The statements that let only `role` connect to `database`.
-fn restrict_statements(database: &str, role: &str) -> [String; 2] {
+/// The statements that let only `role` (and superusers) connect to `database`, and let it
+/// (`ALLOW_CONNECTIONS true`: a database is made closed, see [`Databases::create_database`]).
+fn open_to_statements(database: &str, role: &str) -> [String; 3] {
     [
         format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote(database)),
         format!(
@@ -190,7 +192,17 @@ fn restrict_statements(database: &str, role: &str) -> [String; 2] {
             quote(database),
             quote(role)
         ),
+        format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote(database)),
     ]
+}
+
+/// What a new database holds at first.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Contents<'a> {
+    /// Nothing yet, in this tablespace (see [`Databases::tablespace`]).
+    Empty { tablespace: &'a str },
+    /// A file-level copy of this database (`TEMPLATE`), in its tablespace.
+    CopyOf(&'a str),
 }
 
 /// `admin_url` with its database replaced.
@@ -343,20 +355,25 @@ impl Databases {
     /// without the role's `statement_timeout` and `idle_in_transaction_session_timeout`
     /// (a restore's index builds take as long as its data; a role may lift both itself, and
     /// a connection's `options` win over `ALTER ROLE ... SET`: PostgreSQL's "Setting
-    /// Parameters"). Paths percent-encoded (libpq's "Connection URIs").
-    fn role_url(&self, database: &str, role: &str, passfile: &Path) -> String {
-        let encoded = |path: &Path| {
-            percent_encoding::utf8_percent_encode(
-                &path.display().to_string(),
-                percent_encoding::NON_ALPHANUMERIC,
-            )
-            .to_string()
+    /// Parameters"), under `application_name` (by which the runaway watch knows it).
+    /// Paths and the name percent-encoded (libpq's "Connection URIs").
+    fn role_url(
+        &self,
+        database: &str,
+        role: &str,
+        passfile: &Path,
+        application_name: &str,
+    ) -> String {
+        let encoded = |text: &str| {
+            percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
+                .to_string()
         };
         format!(
-            "postgres://{role}@/{database}?host={}&port={}&passfile={}&options=-c%20statement_timeout%3D0%20-c%20idle_in_transaction_session_timeout%3D0",
-            encoded(&self.socket_dir),
+            "postgres://{role}@/{database}?host={}&port={}&passfile={}&application_name={}&options=-c%20statement_timeout%3D0%20-c%20idle_in_transaction_session_timeout%3D0",
+            encoded(&self.socket_dir.display().to_string()),
             self.port,
-            encoded(passfile)
+            encoded(&passfile.display().to_string()),
+            encoded(application_name)
         )
     }
 
@@ -435,22 +452,32 @@ impl Databases {
         )
     }
 
-    /// Creates `database` owned by `owner` in the tablespace `tablespace` (the sandbox's disk,
-    /// see [`Self::tablespace`]).
+    /// Creates `database` owned by `owner`, holding `contents`, that only `owner` (and
+    /// superusers) may ever connect to: it is made with `ALLOW_CONNECTIONS false` (no one
+    /// connects, superusers neither), restricted, then opened ([`open_to_statements`]).
+    /// PostgreSQL gives a new database `CONNECT` for PUBLIC: a restore's scratch database and a
+    /// branch being copied took any tenant's connections, until the copy was done (attacker s11
+    /// G10: from there a tenant's sessions escaped its bounds, or dropped its own production).
+    ///
+    /// # Errors
+    /// The SQL's (e.g. 53100 when the sandbox's disk is full: see [`Self::disk_full`]).
     pub(super) async fn create_database(
         &self,
         database: &str,
         owner: &str,
-        tablespace: &str,
+        contents: Contents<'_>,
     ) -> Result<(), DbError> {
+        let from = match contents {
+            Contents::Empty { tablespace } => format!("TABLESPACE {}", quote(tablespace)),
+            Contents::CopyOf(template) => format!("TEMPLATE {}", quote(template)),
+        };
         let sql = format!(
-            "CREATE DATABASE {} OWNER {} TABLESPACE {}",
+            "CREATE DATABASE {} OWNER {} {from} ALLOW_CONNECTIONS false",
             quote(database),
             quote(owner),
-            quote(tablespace)
         );
         sqlx::query(&sql).execute(&self.admin).await?;
-        Ok(())
+        self.open_to(database, owner).await
     }
 
     /// The tablespace new databases of the sandbox whose role is `role` go to: its own, on its
@@ -507,9 +534,9 @@ impl Databases {
         }
     }
 
-    /// Only its own role may connect to a database.
-    async fn restrict(&self, database: &str, role: &str) -> Result<(), DbError> {
-        for sql in restrict_statements(database, role) {
+    /// Only its own role (and superusers) may connect to a database, and it may.
+    async fn open_to(&self, database: &str, role: &str) -> Result<(), DbError> {
+        for sql in open_to_statements(database, role) {
             sqlx::query(&sql).execute(&self.admin).await?;
         }
         Ok(())
@@ -529,12 +556,17 @@ impl Databases {
             return Ok(creds);
         }
         let creds = self.ensure_role(&name).await?;
-        if !self.database_exists(&name).await? {
+        if self.database_exists(&name).await? {
+            // Made by an older nxd, or left closed by a crash within `create_database`.
+            self.open_to(&name, &name).await?;
+        } else {
             let tablespace = self.tablespace(&name).await?;
-            self.create_database(&name, &name, &tablespace).await?;
+            let contents = Contents::Empty {
+                tablespace: &tablespace,
+            };
+            self.create_database(&name, &name, contents).await?;
             tracing::info!(database = %name, "sandbox database created");
         }
-        self.restrict(&name, &name).await?;
         self.provisioned
             .lock()
             .expect("lock")
@@ -619,32 +651,29 @@ impl Databases {
         let production = self.ensure_sandbox(sandbox).await?;
         let name = ident::branch(id);
         let creds = self.ensure_role(&name).await?;
-        let template = sqlx::query(&format!(
-            "CREATE DATABASE {} TEMPLATE {} OWNER {}",
-            quote(&name),
-            quote(&production.database),
-            quote(&name)
-        ))
-        .execute(&self.admin)
-        .await;
+        let template = self
+            .create_database(&name, &name, Contents::CopyOf(&production.database))
+            .await;
         let method = match template {
-            Ok(_) => {
+            Ok(()) => {
                 self.reassign_copied_objects(&name, &production.role)
                     .await?;
                 BranchMethod::Template
             }
             // 55006: production has open connections, which a template copy cannot have.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => {
+            Err(DbError::Sql(sqlx::Error::Database(e))) if e.code().as_deref() == Some("55006") => {
                 let tablespace = self.tablespace_of(&production.database).await?;
-                self.create_database(&name, &name, &tablespace).await?;
+                let contents = Contents::Empty {
+                    tablespace: &tablespace,
+                };
+                self.create_database(&name, &name, contents).await?;
                 backup::copy(self, &production.database, &name, &name)
                     .await
                     .map_err(|e| self.disk_full(sandbox, e))?;
                 BranchMethod::DumpRestore
             }
-            Err(e) => return Err(self.disk_full(sandbox, e.into())),
+            Err(e) => return Err(self.disk_full(sandbox, e)),
         };
-        self.restrict(&name, &name).await?;
         tracing::info!(branch = %name, ?method, "preview branch created");
         Ok((creds, method))
     }
@@ -734,7 +763,17 @@ impl Databases {
         ))
         .execute(&self.admin)
         .await?;
-        self.drop_database_and_role(&branch).await
+        self.drop_branch_role(&branch).await
+    }
+
+    /// Drops a preview branch's database and role (`branch`), and has its sandbox's gate stop
+    /// admitting the role.
+    async fn drop_branch_role(&self, branch: &str) -> Result<(), DbError> {
+        if let Err(e) = self.gates.forget_branch(branch).await {
+            // The role is gone: PostgreSQL refuses it. The gate forgets it with the next table.
+            tracing::warn!(%branch, error = %e, "database gate still admits the dropped branch's role");
+        }
+        self.drop_database_and_role(branch).await
     }
 
     /// The size of the sandbox's database, in bytes (`pg_database_size`).
@@ -791,7 +830,7 @@ impl Databases {
 
     #[tracing::instrument(skip(self))]
     pub async fn drop_branch(&self, id: &DeploymentId) -> Result<(), DbError> {
-        self.drop_database_and_role(&ident::branch(id)).await
+        self.drop_branch_role(&ident::branch(id)).await
     }
 
     fn database_url(&self, database: &str) -> String {

@@ -8,11 +8,18 @@
 //! ended until the rest fit. Bounds per backend alone let one tenant's parallel sessions
 //! (each under its bound) reach the cluster unit's `MemoryMax`, where the kernel kills a
 //! backend and PostgreSQL restarts every session of every tenant (attacker s10 F6).
-//! Sessions of nxd's own pg_restore (into a restore's scratch database, or a branch's copy)
-//! are left alone: a restore takes as long as its data.
+//! The one session of nxd's own pg_restore (into a restore's scratch database, or a branch's
+//! copy) has no statement time bound, since a restore takes as long as its data, but is held
+//! to the memory bounds: it runs the dump's SQL, which its tenant wrote. It runs as the
+//! sandbox's role, so it is told apart by what no other session of the role can have: it is
+//! the first to connect to that database with the restore's random `application_name`
+//! ([`Restoring`]). Every other session there is held to every bound (attacker s11 G10: the
+//! watch left every session in a restoring database alone, whoever's, and unbounded ones there
+//! took the cluster past its `MemoryMax`).
 
 use super::{Databases, DbError};
-use std::collections::{HashMap, HashSet};
+use rand::RngCore;
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// A tenant's backend running a statement now.
@@ -24,6 +31,8 @@ pub struct TenantBackend {
     pub role: String,
     /// How long its statement has run, in seconds.
     pub running_secs: f64,
+    /// Whether it is nxd's own restore's session, which has no statement time bound.
+    pub restore: bool,
 }
 
 /// Why a backend was ended.
@@ -78,31 +87,52 @@ fn largest_past(
     ended
 }
 
-/// Databases nxd's own pg_restore writes into now: their sessions are nxd's.
+/// Databases nxd's own pg_restore writes into now, each with the `application_name` that
+/// restore's session connects with.
 #[derive(Default)]
-pub(super) struct Restoring(Mutex<HashSet<String>>);
+pub(super) struct Restoring(Mutex<HashMap<String, String>>);
 
 /// While it lives, `database` is being restored into by nxd.
 pub(super) struct RestoringGuard<'a> {
     set: &'a Restoring,
     database: String,
+    application_name: String,
 }
 
 impl Restoring {
-    /// Marks `database` as nxd's restore target until the guard is dropped.
+    /// Marks `database` as nxd's restore target until the guard is dropped, under a new random
+    /// `application_name` (`nxd-restore-` and 32 hex digits; PostgreSQL keeps 63 bytes).
     pub(super) fn start(&self, database: &str) -> RestoringGuard<'_> {
+        let mut nonce = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let application_name = format!("nxd-restore-{}", hex::encode(nonce));
         self.0
             .lock()
             .expect("restoring lock")
-            .insert(database.to_owned());
+            .insert(database.to_owned(), application_name.clone());
         RestoringGuard {
             set: self,
             database: database.to_owned(),
+            application_name,
         }
     }
 
-    fn contains(&self, database: &str) -> bool {
-        self.0.lock().expect("restoring lock").contains(database)
+    /// The databases being restored into and their restores' application names, as two
+    /// arrays (for `unnest`).
+    fn arrays(&self) -> (Vec<String>, Vec<String>) {
+        self.0
+            .lock()
+            .expect("restoring lock")
+            .iter()
+            .map(|(database, name)| (database.clone(), name.clone()))
+            .unzip()
+    }
+}
+
+impl RestoringGuard<'_> {
+    /// The `application_name` nxd's restore session must connect with.
+    pub(super) fn application_name(&self) -> &str {
+        &self.application_name
     }
 }
 
@@ -117,37 +147,51 @@ impl Drop for RestoringGuard<'_> {
 }
 
 impl Databases {
-    /// Tenants' client backends running a statement now, but nxd's own restores (a backend
-    /// frees its statement's memory when the statement ends; idle ones are not looked at, so
-    /// that nxd reads nothing while tenants' sessions are idle).
+    /// Tenants' client backends running a statement now, nxd's own restores' sessions marked
+    /// (of each database being restored into, the earliest backend with its restore's
+    /// application name: one of the role's own sessions may take the name, read in
+    /// `pg_stat_activity`, but connects after the restore did). A backend frees its
+    /// statement's memory when the statement ends; idle ones are not looked at, so that nxd
+    /// reads nothing while tenants' sessions are idle.
     ///
     /// # Errors
     /// The query's.
     pub async fn tenant_backends(&self) -> Result<Vec<TenantBackend>, DbError> {
-        let rows: Vec<(i32, String, String, f64)> = sqlx::query_as(
-            "SELECT pid, usename::text, datname::text, \
-                    extract(epoch FROM clock_timestamp() - query_start)::float8 \
+        let (databases, names) = self.restoring.arrays();
+        let rows: Vec<(i32, String, f64, bool)> = sqlx::query_as(
+            "WITH restores AS ( \
+               SELECT DISTINCT ON (a.datname) a.pid \
+               FROM pg_stat_activity a \
+               JOIN unnest($1::text[], $2::text[]) AS r(datname, application_name) \
+                 ON a.datname = r.datname AND a.application_name = r.application_name \
+               WHERE a.backend_type = 'client backend' \
+               ORDER BY a.datname, a.backend_start, a.pid) \
+             SELECT pid, usename::text, \
+                    extract(epoch FROM clock_timestamp() - query_start)::float8, \
+                    pid IN (SELECT pid FROM restores) \
              FROM pg_stat_activity \
              WHERE backend_type = 'client backend' AND state = 'active' \
                AND query_start IS NOT NULL \
                AND (usename LIKE 'nx\\_%' OR usename LIKE 'nxb\\_%')",
         )
+        .bind(databases)
+        .bind(names)
         .fetch_all(&self.admin)
         .await?;
         Ok(rows
             .into_iter()
-            .filter(|(_, _, database, _)| !self.restoring.contains(database))
-            .map(|(pid, role, _, running_secs)| TenantBackend {
+            .map(|(pid, role, running_secs, restore)| TenantBackend {
                 pid,
                 role,
                 running_secs,
+                restore,
             })
             .collect())
     }
 
     /// Which of `backends` overran their bounds: their statement ran past the role's
-    /// `statement_timeout`, or `memory` (their anonymous memory, bytes, by PostgreSQL's pid,
-    /// where known) passed `databases.backend_memory_max_mb`; then, of the others, the largest
+    /// `statement_timeout` (not nxd's restores'), or `memory` (their anonymous memory, bytes,
+    /// by PostgreSQL's pid, where known) passed `databases.backend_memory_max_mb`; then, of the others, the largest
     /// of a role whose backends together pass `databases.sandbox_memory_max_mb`, and the
     /// largest of all while all together pass three quarters of `databases.memory_max_mb`,
     /// each until the rest fit.
@@ -161,7 +205,8 @@ impl Databases {
         let mut ended: Vec<(TenantBackend, Overrun)> = backends
             .iter()
             .filter_map(|b| {
-                let overrun = if time_bound > 0 && b.running_secs > time_bound as f64 {
+                let overrun = if time_bound > 0 && !b.restore && b.running_secs > time_bound as f64
+                {
                     Overrun::Time(b.running_secs)
                 } else {
                     match memory.get(&b.pid) {

@@ -2,8 +2,8 @@
 //! before any byte reaches the cluster: PostgreSQL's documentation, "Frontend/Backend
 //! Protocol", sections "Start-up" and "Message Formats" (`StartupMessage`, `SSLRequest`,
 //! `GSSENCRequest`, `CancelRequest`); the server's own reading is `ProcessStartupPacket`
-//! (src/backend/tcop/backend_startup.c), which [`startup_user`] follows step by step so that
-//! the gate and PostgreSQL never disagree on which user a message asks for.
+//! (src/backend/tcop/backend_startup.c), which [`startup_parameters`] follows step by step so
+//! that the gate and PostgreSQL never disagree on which user and database a message asks for.
 
 use std::collections::HashSet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,6 +20,9 @@ const PROTOCOL_MAJOR: u32 = 3;
 
 /// SQLSTATE `invalid_authorization_specification` (PostgreSQL's "Errcodes" appendix).
 const INVALID_AUTHORIZATION: &str = "28000";
+/// SQLSTATE `insufficient_privilege`, PostgreSQL's own for a database a role may not connect
+/// to ("permission denied for database").
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATE `protocol_violation`.
 const PROTOCOL_VIOLATION: &str = "08P01";
 
@@ -44,12 +47,16 @@ impl Refusal {
 /// without it answers) and reading on. Returns that message's bytes, length word included,
 /// for the cluster unchanged: a cancel request as it is (PostgreSQL checks its secret key),
 /// a startup message only if the user it asks for is the sandbox's `role` or one of its
-/// preview `branches`' roles.
+/// preview `branches`' roles, and the database that user's own (named as the role; none
+/// given: PostgreSQL takes the user's name). A role may be granted no other database, but
+/// PostgreSQL gives a new one `CONNECT` for PUBLIC until nxd revokes it: through the gate no
+/// tenant reaches another's new database, nor its own scratch ones (attacker s11 G10).
 ///
 /// # Errors
 /// A [`Refusal`] (SQLSTATE 28000) for a startup message asking for any other user or none;
-/// (08P01) for a message that is not PostgreSQL's protocol 3, longer than PostgreSQL reads,
-/// laid out as PostgreSQL would refuse, or cut short by the client.
+/// (42501, as PostgreSQL's "permission denied for database") for another database; (08P01) for a message that is not PostgreSQL's protocol 3,
+/// longer than PostgreSQL reads, laid out as PostgreSQL would refuse, or cut short by the
+/// client.
 pub(super) async fn read_opening<S>(
     client: &mut S,
     role: &str,
@@ -68,17 +75,27 @@ where
                 .map_err(|e| Refusal::protocol(format!("cannot answer: {e}")))?,
             CANCEL_REQUEST_CODE => return Ok(packet),
             version if version >> 16 == PROTOCOL_MAJOR => {
-                let user = startup_user(&packet[8..])?;
+                let Asked { user, database } = startup_parameters(&packet[8..])?;
                 let admitted = user.and_then(|u| std::str::from_utf8(u).ok());
-                return match admitted {
-                    Some(user) if user == role || branches.contains(user) => Ok(packet),
-                    _ => Err(Refusal {
+                let user = match admitted {
+                    Some(user) if user == role || branches.contains(user) => user,
+                    _ => return Err(Refusal {
                         code: INVALID_AUTHORIZATION,
                         message: format!(
                             "this socket admits only the sandbox's own roles ({role}, and its preview branches'); connect with the role and password DATABASE_URL names, not as {}",
                             user.map_or("no user".into(), String::from_utf8_lossy)
                         ),
                     }),
+                };
+                return match database.filter(|d| !d.is_empty()) {
+                    Some(database) if database != user.as_bytes() => Err(Refusal {
+                        code: INSUFFICIENT_PRIVILEGE,
+                        message: format!(
+                            "permission denied for database \"{}\": this socket admits role {user} to its own database only; connect to the database DATABASE_URL names",
+                            String::from_utf8_lossy(database)
+                        ),
+                    }),
+                    _ => Ok(packet),
                 };
             }
             version => {
@@ -114,20 +131,27 @@ async fn read_packet<S: AsyncRead + Unpin>(client: &mut S) -> Result<Vec<u8>, Re
     Ok(packet)
 }
 
-/// The user a `StartupMessage`'s parameters (`body`: what follows its version) ask for, read
-/// as `ProcessStartupPacket` reads them: NUL-terminated name and value pairs until an empty
-/// name, the last `user` winning, a value cut off by the packet's end ending the list; the
-/// terminator must then be the packet's last byte.
+/// What a `StartupMessage` asks for: its last `user` and `database` parameters, if any.
+struct Asked<'a> {
+    user: Option<&'a [u8]>,
+    database: Option<&'a [u8]>,
+}
+
+/// The user and the database a `StartupMessage`'s parameters (`body`: what follows its
+/// version) ask for, read as `ProcessStartupPacket` reads them: NUL-terminated name and value
+/// pairs until an empty name, the last `user` and the last `database` winning, a value cut off
+/// by the packet's end ending the list; the terminator must then be the packet's last byte.
+/// (PostgreSQL then takes the user's name for a database missing or empty.)
 ///
 /// # Errors
 /// (08P01) when the layout breaks that rule, as PostgreSQL refuses it.
-fn startup_user(body: &[u8]) -> Result<Option<&[u8]>, Refusal> {
+fn startup_parameters(body: &[u8]) -> Result<Asked<'_>, Refusal> {
     // PostgreSQL NUL-terminates its copy of the packet, so a string runs at most to the end.
     let c_string = |at: usize| {
         let rest = &body[at..];
         &rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())]
     };
-    let mut user = None;
+    let (mut user, mut database) = (None, None);
     let mut offset = 0;
     while offset < body.len() {
         let name = c_string(offset);
@@ -139,8 +163,10 @@ fn startup_user(body: &[u8]) -> Result<Option<&[u8]>, Refusal> {
             break;
         }
         let value = c_string(value_offset);
-        if name == b"user" {
-            user = Some(value);
+        match name {
+            b"user" => user = Some(value),
+            b"database" => database = Some(value),
+            _ => {}
         }
         offset = value_offset + value.len() + 1;
     }
@@ -149,7 +175,7 @@ fn startup_user(body: &[u8]) -> Result<Option<&[u8]>, Refusal> {
             "invalid startup packet layout: expected terminator as last byte",
         ));
     }
-    Ok(user)
+    Ok(Asked { user, database })
 }
 
 #[cfg(test)]
@@ -217,6 +243,58 @@ mod tests {
         // Two `user`s ending with the gate's: PostgreSQL takes the gate's role.
         let last = startup(&[("user", "postgres"), ("user", "nx_alpha")]);
         assert_eq!(open(&last).0, Ok(last.clone()));
+    }
+
+    #[test]
+    fn a_role_passes_only_to_its_own_database() {
+        for own in [
+            startup(&[("user", "nx_alpha")]),
+            startup(&[("user", "nx_alpha"), ("database", "")]),
+            startup(&[
+                ("database", "nxr_20261201t115509556z"),
+                ("database", "nx_alpha"),
+                ("user", "nx_alpha"),
+            ]),
+            startup(&[("user", "nxb_d1"), ("database", "nxb_d1")]),
+        ] {
+            assert_eq!(open(&own).0, Ok(own.clone()));
+        }
+        for (other, asked) in [
+            // A restore's scratch database, a branch's, production's from a branch, and the
+            // last `database` winning as PostgreSQL takes it.
+            (
+                startup(&[
+                    ("user", "nx_alpha"),
+                    ("database", "nxr_20261201t115509556z"),
+                ]),
+                "nxr_20261201t115509556z",
+            ),
+            (
+                startup(&[("user", "nx_alpha"), ("database", "nxb_d1")]),
+                "nxb_d1",
+            ),
+            (
+                startup(&[("user", "nxb_d1"), ("database", "nx_alpha")]),
+                "nx_alpha",
+            ),
+            (
+                startup(&[
+                    ("database", "nx_alpha"),
+                    ("user", "nx_alpha"),
+                    ("database", "postgres"),
+                ]),
+                "postgres",
+            ),
+        ] {
+            let refusal = open(&other).0.unwrap_err();
+            assert_eq!(refusal.code, "42501", "{refusal:?}");
+            assert!(
+                refusal
+                    .message
+                    .contains(&format!("permission denied for database \"{asked}\"")),
+                "{refusal:?}"
+            );
+        }
     }
 
     #[test]

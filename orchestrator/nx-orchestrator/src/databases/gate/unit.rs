@@ -252,6 +252,23 @@ impl Gates {
         Ok(())
     }
 
+    /// Has no gate admit `branch` (a preview branch's role, dropped with its deployment or
+    /// after its database was swapped in) any more.
+    ///
+    /// # Errors
+    /// As [`Gates::socket`].
+    pub(in crate::databases) async fn forget_branch(&self, branch: &str) -> Result<(), GateError> {
+        let mut table = self.table.lock().await;
+        let mut admitted = false;
+        for entry in table.values_mut() {
+            admitted |= entry.branches.remove(branch);
+        }
+        if admitted {
+            self.publish(&table).await?;
+        }
+        Ok(())
+    }
+
     /// Replaces the table file with `table` and has the gate apply it; a gate that does not
     /// answer is started again (it reads the table at its start).
     async fn publish(&self, table: &BTreeMap<String, GateEntry>) -> Result<(), GateError> {
