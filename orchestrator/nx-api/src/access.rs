@@ -199,6 +199,11 @@ pub struct HostKeyView {
     pub fingerprint: String,
 }
 
+/// What each `env` value of [`SandboxSettings`] reads as for a deploy token without the
+/// `push` verb: the root token and push tokens (which may set the values, and whose
+/// deployments run with them) read the values.
+pub const HIDDEN_ENV_VALUE: &str = "(hidden: only a token with the push verb reads it)";
+
 /// A sandbox's deployment settings (`nx sandbox set`): the environment, arguments and limits
 /// its deployments start with. An SFTP upload runs with exactly these; `nx push` starts from
 /// them, and what it names itself wins (`-e K=V` over the same key, `-- args` over the
@@ -207,7 +212,9 @@ pub struct HostKeyView {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxSettings {
-    /// Environment variables for the program.
+    /// Environment variables for the program. They often hold secrets: read with a deploy
+    /// token without the `push` verb, the names show and each value is `(hidden: only a token
+    /// with the push verb reads it)` ([`HIDDEN_ENV_VALUE`]).
     pub env: BTreeMap<String, String>,
     /// Arguments for the program; none: none.
     pub args: Vec<String>,

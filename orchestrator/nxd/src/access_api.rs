@@ -4,13 +4,15 @@
 use crate::error::ApiError;
 use crate::json_body::JsonBody;
 use crate::route_table::{delete, get, post, put, Route};
+use crate::scopes::Caller;
 use crate::sftp::host_key;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use nx_orchestrator::api::access::{
     AddKey, CreateToken, CreatedToken, HostKeyView, KeyRemoved, KeyView, SandboxSettings,
-    TokenRemoved, TokenView,
+    TokenRemoved, TokenView, Verb, HIDDEN_ENV_VALUE,
 };
 use nx_orchestrator::names::SandboxName;
 use nx_orchestrator::Orchestrator;
@@ -115,8 +117,22 @@ async fn remove_key(
     }))
 }
 
-async fn settings(State(app): Shared, Path(name): Path<String>) -> ApiResult<SandboxSettings> {
-    Ok(Json(app.settings(&sandbox(&name)?).await?))
+/// The sandbox's settings; for a deploy token without `push`, each `env` value is
+/// [`HIDDEN_ENV_VALUE`]: settings' env is where the operator puts what every deployment gets,
+/// API keys included, and a `logs` (or `promote`, `rollback`, `db`, `tasks`) token read them
+/// all (attacker s11 G7).
+async fn settings(
+    State(app): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<SandboxSettings> {
+    let mut settings = app.settings(&sandbox(&name)?).await?;
+    if matches!(&caller, Caller::Deploy(token) if !token.can.contains(Verb::Push)) {
+        for value in settings.env.values_mut() {
+            *value = HIDDEN_ENV_VALUE.to_owned();
+        }
+    }
+    Ok(Json(settings))
 }
 
 async fn set_settings(

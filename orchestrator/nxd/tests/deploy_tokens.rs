@@ -1,8 +1,8 @@
 //! Deploy tokens: a token scoped to one sandbox and to verbs does those verbs there and gets
 //! 403 (with what it may do) everywhere else; the root token stays the operator's; a removed
 //! or expired token gets 401, and a log it follows ends; nxd's database holds no token in
-//! clear. Every route of the API is tried with every verb, on the token's sandbox and on
-//! another.
+//! clear; only push tokens read the values of a sandbox's settings' environment. Every route
+//! of the API is tried with every verb, on the token's sandbox and on another.
 
 use nx_testkit::Host;
 use std::process::Command;
@@ -438,4 +438,51 @@ fn a_followed_log_ends_when_its_token_or_its_deployment_goes() {
     assert!(by_root.try_wait().unwrap().is_none(), "root's follow ended");
     host.nx_json(&["rm", &id]);
     ends(&mut by_root, "after `nx rm` of its deployment");
+}
+
+/// Attacker s11 G7: every token of a sandbox, `--can logs` included, read the values of the
+/// sandbox's settings' environment, where API keys go. Only the root token and tokens that may
+/// push (which may set them, and whose deployments run with them) read them; the others read
+/// the names.
+#[test]
+fn only_the_root_token_and_push_tokens_read_the_settings_env_values() {
+    let host = Host::start();
+    host.nx_json(&["sandbox", "create", "victim"]);
+    host.nx_json(&[
+        "sandbox",
+        "set",
+        "victim",
+        "-e",
+        "STRIPE_KEY=sk_live_secret123",
+    ]);
+    let path = "/v1/sandboxes/victim/settings";
+    let env_value = |token: &str| {
+        let (status, body) = call(&host, token, "GET", path, None);
+        assert_eq!(status, 200, "{body}");
+        let settings: serde_json::Value = serde_json::from_str(&body).unwrap();
+        settings["env"]["STRIPE_KEY"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(env_value(&host.token), "sk_live_secret123");
+    let hidden = "(hidden: only a token with the push verb reads it)";
+    for verb in VERBS {
+        let (token, _) = create(&host, &["--sandbox", "victim", "--can", verb]);
+        let want = if verb == "push" {
+            "sk_live_secret123"
+        } else {
+            hidden
+        };
+        assert_eq!(env_value(&token), want, "a {verb} token");
+    }
+    let (everywhere, _) = create(&host, &["--can", "logs,db,promote,rollback,tasks"]);
+    assert_eq!(env_value(&everywhere), hidden);
+    // As `nx sandbox set` shows them.
+    let (logs, _) = create(&host, &["--sandbox", "victim", "--can", "logs"]);
+    let shown = host.nx_as(&logs, &["sandbox", "set", "victim"]);
+    assert!(
+        shown.ok && shown.stdout.contains(&format!("env STRIPE_KEY={hidden}")),
+        "{}{}",
+        shown.stdout,
+        shown.stderr
+    );
+    assert!(!shown.stdout.contains("sk_live"), "{}", shown.stdout);
 }
