@@ -243,10 +243,11 @@ fn five_hundred_tasks_leave_nothing_behind() {
         .into_iter()
         .flat_map(|w| w.join().unwrap())
         .collect();
-    assert_eq!(ids.len(), 500, "every task had its own unit");
+    assert_eq!(ids.len(), 500, "every task had its own id");
 
-    // A task's answer ends when its sandbox has reported its end; its unit is tidied away
-    // right after: within a few seconds nothing of the 500 is left.
+    // A task's answer ends when its sandbox has reported its end; its unit then waits for the
+    // next task, or is tidied away right after: within a few seconds nothing of the 500 is
+    // left but the pool's units.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while let Err(left) = what_is_left(&host, &ids) {
         assert!(std::time::Instant::now() < deadline, "{left}");
@@ -254,28 +255,10 @@ fn five_hundred_tasks_leave_nothing_behind() {
     }
 }
 
-/// What is left of the tasks `ids` on `host` (a unit, a cgroup, a mount, a file), if anything.
+/// What is left of the tasks `ids` (`<unit id>-<n>`) on `host` (a unit, a cgroup, a mount, a
+/// file), if anything. A unit serves tasks one after another: the units that still serve the
+/// pool (their launchers waiting for a task, at most `tasks.pool_max`) are all that may be left.
 fn what_is_left(host: &Host, ids: &HashSet<String>) -> Result<(), String> {
-    // No unit's cgroup, in any hierarchy of the manager.
-    let mut cgroups = Vec::new();
-    for root in host.manager_cgroups() {
-        cgroups.extend(dirs_naming(&root, ids));
-    }
-    ensure(cgroups.is_empty(), format!("cgroups left: {cgroups:?}"))?;
-    // No mount.
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let left: Vec<&str> = mounts
-        .lines()
-        .filter(|l| ids.iter().any(|id| l.contains(id.as_str())))
-        .collect();
-    ensure(left.is_empty(), format!("mounts left: {left:?}"))?;
-    // No file in nxd's state dir.
-    let files: Vec<String> = files_under(host.state_dir.path())
-        .into_iter()
-        .filter(|f| ids.iter().any(|id| f.contains(id.as_str())))
-        .collect();
-    ensure(files.is_empty(), format!("files left: {files:?}"))?;
-    // No unit: the manager knows only the warm pool's units, none of those that ran.
     let units = std::process::Command::new("busctl")
         .arg(format!(
             "--address=unix:path={}",
@@ -300,20 +283,47 @@ fn what_is_left(host: &Host, ids: &HashSet<String>) -> Result<(), String> {
         String::from_utf8_lossy(&units.stderr)
     );
     let units = String::from_utf8_lossy(&units.stdout);
-    ensure(
-        !ids.iter().any(|id| units.contains(id.as_str())),
-        format!("units left: {units}"),
-    )?;
     // `a(ssssssouso) N ...`: N units, the warm pool's: four clients grew it from
     // tasks.pool_size (2) towards tasks.pool_max (8); each is a launcher waiting for a task.
     let count: usize = units.split_whitespace().nth(1).unwrap().parse().unwrap();
     let pool_max = nx_orchestrator::config::TasksConfig::default().pool_max();
-    assert!(count <= pool_max, "{units}");
+    ensure(
+        count <= pool_max,
+        format!("more units than the pool's: {units}"),
+    )?;
     assert_eq!(
         units.matches("\"active\" \"running\"").count(),
         count,
         "{units}"
     );
+    // The units the tasks ran on that no longer serve the pool: nothing of them is left.
+    let gone: HashSet<String> = ids
+        .iter()
+        .map(|id| id.rsplit_once('-').expect("<unit id>-<n>").0.to_owned())
+        .filter(|unit| !units.contains(&format!("nxt-{unit}.service")))
+        .collect();
+    // No unit's cgroup, in any hierarchy of the manager.
+    let mut cgroups = Vec::new();
+    for root in host.manager_cgroups() {
+        cgroups.extend(dirs_naming(&root, &gone));
+    }
+    ensure(cgroups.is_empty(), format!("cgroups left: {cgroups:?}"))?;
+    // No mount of any task, on any unit.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| {
+            ids.iter()
+                .any(|id| l.contains(id.split('-').next().unwrap()))
+        })
+        .collect();
+    ensure(left.is_empty(), format!("mounts left: {left:?}"))?;
+    // No file in nxd's state dir.
+    let files: Vec<String> = files_under(host.state_dir.path())
+        .into_iter()
+        .filter(|f| gone.iter().any(|unit| f.contains(unit.as_str())))
+        .collect();
+    ensure(files.is_empty(), format!("files left: {files:?}"))?;
     Ok(())
 }
 
@@ -468,4 +478,94 @@ fn one_tokens_tasks_at_its_cap_leave_room_for_another_tokens() {
     let (status, body, reader) = start_task(&host, &greedy, &sha, "0");
     assert_eq!(status, 200, "{body}");
     reader.unwrap().join().unwrap();
+}
+
+/// A unit serves tasks one after another, and nothing of one task reaches the next, another
+/// caller's: no file, no process (a writer it left behind), no environment variable, not its
+/// uid. One unit in the pool, so every task here runs on it (their ids name it).
+#[test]
+fn tasks_one_after_another_on_one_unit_see_nothing_of_each_other() {
+    let host = Host::start_with("[tasks]\npool_size = 1\npool_max = 1\n");
+    let program = std::fs::read(sample_app()).unwrap();
+    let sha = nx_testkit::sha256_hex(&program);
+    let token = || {
+        let out = host.nx_json(&["token", "create", "--can", "tasks"]);
+        let token = out["token"].as_str().expect("token").to_owned();
+        let path = format!("/v1/artifacts/{sha}");
+        let (status, body) = host.call(&token, "PUT", &path, Some(program.clone()));
+        assert_eq!(status, 200, "{body}");
+        token
+    };
+    let (first, second) = (token(), token());
+    let mut units = HashSet::new();
+    // (stdout, exit code) of one task, once the pool's unit is back and waits for it.
+    let mut task = |token: &str, args: &[&str], env: serde_json::Value| {
+        nx_testkit::metrics::wait_for(&host, "nx_task_pool_ready", Duration::from_secs(30), |v| {
+            v == 1.0
+        });
+        let body = host
+            .http()
+            .post(format!("http://{}/v1/tasks", host.api))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"artifact": sha, "args": args, "env": env}))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let events: Vec<serde_json::Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let id = events[0]["task"].as_str().expect("a task id");
+        units.insert(id.rsplit_once('-').expect("<unit>-<n>").0.to_owned());
+        let stdout: String = events
+            .iter()
+            .filter(|e| e["event"] == "stdout")
+            .map(|e| e["data"].as_str().unwrap())
+            .collect();
+        (stdout, events.last().unwrap()["exit_code"].clone())
+    };
+    let none = serde_json::json!({});
+
+    let (out, code) = task(
+        &first,
+        &["task", "write", "/tmp/secret", "first's"],
+        serde_json::json!({"FIRSTS_SECRET": "1"}),
+    );
+    assert_eq!((out.as_str(), code), ("wrote /tmp/secret\n", 0.into()));
+    let (out, _) = task(
+        &first,
+        &["task", "leave", "1", "first's writer"],
+        none.clone(),
+    );
+    assert_eq!(out, "left a writer\n");
+    let (first_status, _) = task(&first, &["task", "cat", "/proc/self/status"], none.clone());
+
+    let (out, code) = task(&second, &["task", "ls", "/tmp"], none.clone());
+    assert_eq!((out.as_str(), code), ("", 0.into()), "the first's file");
+    let (out, _) = task(
+        &second,
+        &["task", "cat", "/proc/self/environ"],
+        none.clone(),
+    );
+    assert!(!out.contains("FIRSTS_SECRET"), "the first's env: {out:?}");
+    let (out, _) = task(&second, &["task", "sleep", "2"], none.clone());
+    assert_eq!(
+        out, "sleeping\n",
+        "the first's writer wrote into the second's output"
+    );
+    let (second_status, _) = task(&second, &["task", "cat", "/proc/self/status"], none);
+    let uid = |status: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(uid(&first_status), uid(&second_status));
+    assert_eq!(
+        units.len(),
+        1,
+        "every task ran on the pool's one unit: {units:?}"
+    );
 }

@@ -148,8 +148,9 @@ fn drop_privileges(uid: u32, groups: &[u32]) -> nix::Result<()> {
 }
 
 /// Reads the spec from a file, or from standard input when the path is `-` (one line of JSON:
-/// what follows is for the guest of a VMM, see `supervise_vmm`).
-fn read(spec_path: &Path) -> Result<LaunchSpec, String> {
+/// what follows is for the guest of a VMM, see `supervise_vmm`, or the next task's spec, see
+/// `serve_tasks`). `None`: standard input ended before a line.
+fn read(spec_path: &Path) -> Result<Option<LaunchSpec>, String> {
     let bytes = if spec_path == Path::new("-") {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)
@@ -157,30 +158,89 @@ fn read(spec_path: &Path) -> Result<LaunchSpec, String> {
     } else {
         std::fs::read(spec_path)
     };
-    bytes
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|e| format!("cannot read {}: {e}", spec_path.display()))
+    match bytes {
+        Ok(b) if b.is_empty() && spec_path == Path::new("-") => Ok(None),
+        bytes => bytes
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map(Some)
+            .map_err(|e| format!("cannot read {}: {e}", spec_path.display())),
+    }
+}
+
+/// Puts the seccomp programs of `spec` at `SECCOMP_FIRST_FD` onwards, where bubblewrap reads
+/// them (`--seccomp`).
+fn hand_over_seccomp(spec: &LaunchSpec) -> Result<(), String> {
+    for (i, path) in spec.seccomp.iter().enumerate() {
+        let target = SECCOMP_FIRST_FD + i as i32;
+        let fd = match std::fs::File::open(path) {
+            Ok(f) => f.into_raw_fd(),
+            Err(e) => {
+                return Err(format!(
+                    "cannot open seccomp program {}: {e}",
+                    path.display()
+                ))
+            }
+        };
+        // dup2 clears FD_CLOEXEC on the new fd, so bwrap inherits it.
+        if let Err(e) = nix::unistd::dup2(fd, target) {
+            return Err(format!("dup2 seccomp fd: {e}"));
+        }
+        let _ = nix::unistd::close(fd);
+    }
+    Ok(())
+}
+
+/// A task unit's launcher (a spec with `exit_report`, read from standard input): runs each
+/// task's sandbox as its child, as the task's uid (it stays root itself, and runs nothing of
+/// the task's), reports the task's end on standard input once no process of it is left (see
+/// `task_end`), and then reads the next task's spec there; exits 0 when nxd closes it. So one
+/// unit serves tasks one after another without a unit start or an exec of this binary each.
+/// Returns only on failure, with the reason.
+fn serve_tasks(first: LaunchSpec, spec_path: &Path) -> String {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        return format!("prctl(PR_SET_CHILD_SUBREAPER): {e}");
+    }
+    let mut spec = first;
+    loop {
+        if let Err(e) = hand_over_seccomp(&spec) {
+            return e;
+        }
+        if let Some(n) = spec.nofile {
+            if let Err(e) = set_nofile(n) {
+                return e;
+            }
+        }
+        let Some((program, args)) = spec.argv.split_first() else {
+            return "empty argv in launch spec".into();
+        };
+        if let Err(e) = hand_over_env(&spec) {
+            return format!("handing the program's environment to {program}: {e}");
+        }
+        if let Err(e) = super::task_end::run(program, args, &spec.env, spec.uid) {
+            return e;
+        }
+        spec = match read(spec_path) {
+            Ok(Some(next)) => next,
+            Ok(None) => std::process::exit(0),
+            Err(e) => return e,
+        };
+    }
 }
 
 /// Returns only on failure, with the reason.
 pub fn run(spec_path: &Path) -> String {
     let started_ns = launch_times::now_ns();
     let spec = match read(spec_path) {
-        Ok(spec) => spec,
+        Ok(Some(spec)) => spec,
+        Ok(None) => return format!("cannot read {}: it is empty", spec_path.display()),
         Err(e) => return e,
     };
-    for (i, path) in spec.seccomp.iter().enumerate() {
-        let target = SECCOMP_FIRST_FD + i as i32;
-        let fd = match std::fs::File::open(path) {
-            Ok(f) => f.into_raw_fd(),
-            Err(e) => return format!("cannot open seccomp program {}: {e}", path.display()),
-        };
-        // dup2 clears FD_CLOEXEC on the new fd, so bwrap inherits it.
-        if let Err(e) = nix::unistd::dup2(fd, target) {
-            return format!("dup2 seccomp fd: {e}");
-        }
-        let _ = nix::unistd::close(fd);
+    if spec.exit_report {
+        return serve_tasks(spec, spec_path);
+    }
+    if let Err(e) = hand_over_seccomp(&spec) {
+        return e;
     }
     if spec.data_image.is_some() || spec.tmp.is_some() || !spec.volumes.is_empty() {
         if let Err(e) = super::data_disk::own_mount_namespace() {
@@ -284,9 +344,6 @@ fn exec(spec: &LaunchSpec) -> String {
     }
     if spec.console_exit {
         return supervise_vmm(program, args, &spec.env);
-    }
-    if spec.exit_report {
-        return super::task_end::run(program, args, &spec.env);
     }
     let err = std::process::Command::new(program)
         .args(args)

@@ -9,7 +9,9 @@
 //! the program ended on its standard input, the socket nxd reads (`tasks::exit_report`): one
 //! line of JSON, a [`LastExit`] named as a deployment's end is (`exit::classify`: the cgroup's
 //! OOM-kill count tells an `oom-kill` from a plain SIGKILL, on cgroup v1 as on v2). Then it
-//! exits as bubblewrap did, so that systemd sees the unit end as before.
+//! waits for the next task (`launcher::serve_tasks`): nothing of this one is left by then (its
+//! processes are reaped, its mount, pid, IPC and network namespaces gone with them, its files
+//! were on the sandbox's own tmpfs), and the next runs as another uid.
 
 use super::exit::{classify, CgroupCounters, CgroupLimits};
 use nix::errno::Errno;
@@ -19,15 +21,19 @@ use nx_api::signals::signal_of_exit_code;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::FromRawFd;
+use std::os::unix::process::CommandExt;
 
 /// Runs the task's sandbox, `program args` (bubblewrap) with `env` and /dev/null as its
-/// standard input, waits until it and every process it left have been killed, reports the end on
-/// standard input (see the module's docs) and exits as bubblewrap did. Returns only on failure,
-/// with the reason.
-pub fn run(program: &str, args: &[String], env: &BTreeMap<String, String>) -> String {
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        return format!("prctl(PR_SET_CHILD_SUBREAPER): {e}");
-    }
+/// standard input, as `uid` (its gid the same, no supplementary groups) when given, waits until
+/// it and every process it left have been reaped (this process must be a child subreaper),
+/// and reports the end on standard input (see the module's docs). Errors: why the sandbox
+/// could not run or its end was lost.
+pub fn run(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    uid: Option<u32>,
+) -> Result<(), String> {
     let before = CgroupCounters::read();
     let mut command = std::process::Command::new(program);
     command
@@ -35,14 +41,18 @@ pub fn run(program: &str, args: &[String], env: &BTreeMap<String, String>) -> St
         .env_clear()
         .envs(env)
         .stdin(std::process::Stdio::null());
+    if let Some(uid) = uid {
+        // As root, std drops the supplementary groups (setgroups(0)) before setgid and setuid.
+        command.uid(uid).gid(uid);
+    }
     let sandbox = match command.spawn() {
         Ok(child) => Pid::from_raw(child.id() as i32),
-        Err(e) => return super::spawn_failure::cannot_run(program, None, &e),
+        Err(e) => return Err(super::spawn_failure::cannot_run(program, None, &e)),
     };
     let code = match wait_for_all(sandbox) {
         Some(WaitStatus::Exited(_, code)) => code,
         Some(WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
-        _ => return format!("lost {program}'s exit status"),
+        _ => return Err(format!("lost {program}'s exit status")),
     };
     let end = classify(
         Some(code),
@@ -56,11 +66,12 @@ pub fn run(program: &str, args: &[String], env: &BTreeMap<String, String>) -> St
     let mut line = serde_json::to_vec(&end).expect("a LastExit is plain data");
     line.push(b'\n');
     // SAFETY: fd 0 is the unit's standard input, which nothing else in this process uses now;
-    // ManuallyDrop leaves it open (the process exits right after).
+    // ManuallyDrop leaves it open (the next task's spec comes on it).
     let mut report = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
-    // Nobody may read it any more (nxd gave up on the task): the exit code still tells systemd.
+    // Nobody may read it any more (nxd gave up on the task): it then closes it, and the next
+    // read of a spec ends this launcher.
     let _ = report.write_all(&line);
-    std::process::exit(code)
+    Ok(())
 }
 
 /// Reaps children until none is left; the wait status of `sandbox`, once it was reaped.

@@ -1,6 +1,7 @@
 //! Tasks: a program run once, in a fresh sandbox of the same backends as deployments, with no
 //! network but its own loopback, its output streamed back live, killed at its timeout, and gone
-//! without a trace when it ends (its unit, its cgroup, its container if any).
+//! without a trace when it ends (its processes, mounts and files; its container if any). A
+//! bubblewrap task's unit then serves the next task (see `pool`'s loans), as another uid.
 //!
 //! A task's unit runs `nxd launch -`, which waits for the launch spec on its stdin. A cold task
 //! starts that unit first; a warm one takes a unit the pool started ahead (see `pool`). A
@@ -24,7 +25,7 @@ use crate::domain::BackendKind;
 use crate::metrics::StepDurations;
 use crate::supervisor::{Supervisor, SupervisorError};
 use nx_api::signals::signal_of_exit_code;
-use pool::{BootAhead, Pool, PoolBounds, Slot, TaskUnit};
+use pool::{BootAhead, Loan, Pool, PoolBounds, Slot, TaskOutput, TaskUnit};
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -213,9 +214,12 @@ impl Tasks {
     pub async fn run(&self, task: TaskRun) -> Result<mpsc::Receiver<TaskEvent>, TaskError> {
         let caller = self.callers.admit(&task.caller)?;
         let steps = StepClock::new(&self.steps);
-        let (mut slot, warm) = match self.warm_guest(&task).or_else(|| self.pool.take()) {
-            Some(slot) => (slot, true),
-            None => (self.pool.start_slot().await?, false),
+        let (mut slot, warm, mut loan) = match self.warm_guest(&task) {
+            Some(slot) => (slot, true, None),
+            None => match self.pool.borrow() {
+                Some((slot, loan)) => (slot, true, Some(loan)),
+                None => (self.pool.start_slot().await?, false, None),
+            },
         };
         steps.lap(if warm { "take" } else { "start" });
         let uid = match &slot.warm {
@@ -248,9 +252,14 @@ impl Tasks {
             }
             steps.lap("spec");
             reports = spec.exit_report;
+            if !reports || task.memory_max_mb != self.pool.limits().memory_max_mb {
+                // Its unit serves no other task after it: the pool may start one in its place.
+                loan = None;
+            }
             slot.send(&spec).await.map_err(TaskError::Handover)
         };
         if let Err(e) = handover.await {
+            drop(loan);
             self.watcher().finish(&slot.unit, &launch, None).await;
             return Err(e);
         }
@@ -261,11 +270,13 @@ impl Tasks {
             false => &self.started_cold,
         }
         .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(task = %slot.unit.id, warm, uid, "task started");
+        // A unit serves tasks one after another: each has its own id.
+        let task_id = format!("{}-{}", slot.unit.id, slot.served);
+        tracing::info!(task = %task_id, warm, uid, "task started");
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         let _ = events
             .send(TaskEvent::Started {
-                task: slot.unit.id.clone(),
+                task: task_id,
                 warm,
                 backend: launch.backend.to_string(),
             })
@@ -280,6 +291,7 @@ impl Tasks {
                 reports,
                 caller,
                 _held: task.held,
+                loan,
             },
             events,
         ));
@@ -347,6 +359,8 @@ struct Started {
     caller: caller_cap::CallerSlot,
     /// The program's files: held from the store's collection until the task's watch is over.
     _held: crate::artifact::holds::Hold,
+    /// The pool's loan of the task's unit, when the unit may serve the next task after it.
+    loan: Option<Loan>,
 }
 
 /// Follows one running task to its end.
@@ -359,7 +373,7 @@ struct Watcher {
 /// until it has nothing more to read (the sandbox is gone: nothing writes to it any more);
 /// false when nobody listens any more. The first byte read from either stream sets `first`.
 async fn forward(
-    mut stream: pipe::Receiver,
+    stream: &mut pipe::Receiver,
     events: &mpsc::Sender<TaskEvent>,
     first: &OnceLock<Instant>,
     wrap: fn(String) -> TaskEvent,
@@ -413,13 +427,18 @@ impl Watcher {
         started: Started,
         events: mpsc::Sender<TaskEvent>,
     ) {
-        let (unit, mut output) = slot.into_output();
+        let (unit, mut output, served) = slot.into_output();
         let first = OnceLock::new();
         let (report, exited) = watch::channel(None);
-        let output = async {
+        let TaskOutput {
+            stdout,
+            stderr,
+            report: report_socket,
+        } = &mut output;
+        let streams = async {
             let read_report = async {
                 if started.reports {
-                    if let Some(end) = exit_report::read(&mut output.report).await {
+                    if let Some(end) = exit_report::read(report_socket).await {
                         report.send_replace(Some(end));
                     }
                 }
@@ -427,14 +446,14 @@ impl Watcher {
             let (_, out, err) = tokio::join!(
                 read_report,
                 forward(
-                    output.stdout,
+                    stdout,
                     &events,
                     &first,
                     |data| TaskEvent::Stdout { data },
                     exited.clone()
                 ),
                 forward(
-                    output.stderr,
+                    stderr,
                     &events,
                     &first,
                     |data| TaskEvent::Stderr { data },
@@ -443,7 +462,7 @@ impl Watcher {
             );
             out && err
         };
-        let (timed_out, abandoned) = match tokio::time::timeout(timeout, output).await {
+        let (timed_out, abandoned) = match tokio::time::timeout(timeout, streams).await {
             Ok(listened) => (false, !listened),
             Err(_) => (true, false),
         };
@@ -461,9 +480,22 @@ impl Watcher {
             drop(started.caller);
             let _ = events.send(TaskEvent::Exited(outcome)).await;
             drop(events);
-            self.tidy(&unit, &launch).await;
+            match started.loan {
+                // Its launcher waits for the next task: nothing of this one is left.
+                Some(loan) => {
+                    loan.give_back(Slot::after(unit, output, served));
+                    self.backend.task_cleanup(&launch).await;
+                }
+                None => {
+                    // Closing its standard input ends its launcher, and so its unit.
+                    drop(output);
+                    self.tidy(&unit, &launch).await;
+                }
+            }
             return;
         }
+        drop(started.loan);
+        drop(output);
         if timed_out || abandoned {
             tracing::info!(timed_out, abandoned, "killing the task");
             if let Err(e) = self.supervisor.kill(&unit.name, nix::libc::SIGKILL).await {

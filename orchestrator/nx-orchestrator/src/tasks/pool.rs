@@ -52,6 +52,9 @@ pub const SHRINK_AFTER: Duration = Duration::from_secs(30);
 /// starts overlap). A pool that boots ahead boots one guest at a time (each boot takes a core
 /// for up to seconds).
 const STARTS_AT_ONCE: usize = 4;
+/// Tasks one unit serves, one after another, before it is retired (its launcher ends, and a
+/// fresh unit takes its place).
+const MAX_SERVED: u32 = 256;
 
 /// A task's unit: `nxt-<id>.service`.
 pub struct TaskUnit {
@@ -69,6 +72,8 @@ pub struct Slot {
     stdin: UnixStream,
     stdout: pipe::Receiver,
     stderr: pipe::Receiver,
+    /// Tasks this unit has served before the one it serves now.
+    pub served: u32,
 }
 
 /// What nxd reads of a running task: its unit's stdout and stderr, and the socket its sandbox
@@ -81,18 +86,36 @@ pub struct TaskOutput {
 
 impl Slot {
     /// The unit and what to read of its task.
-    pub fn into_output(self) -> (TaskUnit, TaskOutput) {
+    pub fn into_output(self) -> (TaskUnit, TaskOutput, u32) {
         let output = TaskOutput {
             stdout: self.stdout,
             stderr: self.stderr,
             report: self.stdin,
         };
-        (self.unit, output)
+        (self.unit, output, self.served)
     }
 
-    /// Hands the launch spec to the waiting launcher; it runs the task at once.
+    /// The slot again, once the task of `output` has reported its end and its output is read:
+    /// its launcher waits for the next spec.
+    pub fn after(unit: TaskUnit, output: TaskOutput, served: u32) -> Self {
+        Self {
+            unit,
+            warm: None,
+            stdin: output.report,
+            stdout: output.stdout,
+            stderr: output.stderr,
+            served: served + 1,
+        }
+    }
+
+    /// Hands the launch spec to the waiting launcher; it runs the task at once. A launcher that
+    /// reports its task's end (`exit_report`) then waits for the next spec on the same socket;
+    /// any other gets the socket's end, as it runs only this one.
     pub async fn send(&mut self, spec: &LaunchSpec) -> std::io::Result<()> {
         self.write_spec(spec).await?;
+        if spec.exit_report {
+            return Ok(());
+        }
         self.stdin.shutdown().await
     }
 
@@ -174,6 +197,30 @@ pub struct BootAhead {
     pub uids: Arc<TaskUids>,
 }
 
+/// A warm slot taken with [`Pool::borrow`]: [`Loan::give_back`] returns it once its task has
+/// ended well; dropped instead, it lets the pool start a unit in its place.
+pub struct Loan {
+    pool: Arc<Pool>,
+    generation: u64,
+    open: bool,
+}
+
+impl Loan {
+    /// Returns the slot (see [`Slot::after`]) to the pool.
+    pub fn give_back(mut self, slot: Slot) {
+        self.open = false;
+        self.pool.give_back(slot, self.generation);
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        if self.open {
+            self.pool.forfeit();
+        }
+    }
+}
+
 fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
@@ -235,6 +282,8 @@ struct Fill {
     demand: Demand,
     /// Units being started for the pool now.
     starting: usize,
+    /// Units taken that may come back after their task ([`Loan`]).
+    lent: usize,
     /// Whether a shrink is scheduled.
     shrinking: bool,
     /// A start failed: no more until the next take (no loop against a manager that refuses).
@@ -274,6 +323,7 @@ impl Pool {
                 slots: Vec::new(),
                 demand: Demand::new(bounds),
                 starting: 0,
+                lent: 0,
                 shrinking: false,
                 failed: false,
                 generation: 0,
@@ -348,6 +398,7 @@ impl Pool {
             },
             stdout: pipe::Receiver::from_owned_fd(stdout).map_err(io)?,
             stderr: pipe::Receiver::from_owned_fd(stderr).map_err(io)?,
+            served: 0,
         })
     }
 
@@ -399,7 +450,19 @@ impl Pool {
     /// A warm slot, if one is ready; the pool refills in the background. A take that finds
     /// the pool empty makes it keep one more (up to its most).
     pub fn take(self: &Arc<Self>) -> Option<Slot> {
-        let slot = {
+        self.take_one(false).map(|(slot, _)| slot)
+    }
+
+    /// As [`Pool::take`], but the slot may come back once its task has ended
+    /// ([`Loan::give_back`]): until then, or until the loan is dropped, the pool does not start
+    /// a unit in its place.
+    pub fn borrow(self: &Arc<Self>) -> Option<(Slot, Loan)> {
+        self.take_one(true)
+            .map(|(slot, loan)| (slot, loan.expect("a lent slot")))
+    }
+
+    fn take_one(self: &Arc<Self>, lend: bool) -> Option<(Slot, Option<Loan>)> {
+        let taken = {
             let mut fill = self.fill();
             let slot = fill.slots.pop();
             if slot.is_none() {
@@ -407,10 +470,49 @@ impl Pool {
                 tracing::debug!(target = fill.demand.target, "a task found the pool empty");
             }
             fill.failed = false;
-            slot
+            let generation = fill.generation;
+            slot.map(|slot| {
+                let loan = lend.then(|| {
+                    fill.lent += 1;
+                    Loan {
+                        pool: Arc::clone(self),
+                        generation,
+                        open: true,
+                    }
+                });
+                (slot, loan)
+            })
         };
         self.refill();
-        slot
+        taken
+    }
+
+    /// A lent slot back: kept ready if the pool has room for it, is of the same manager and
+    /// has served fewer than [`MAX_SERVED`] tasks; else dropped, which closes its launcher's
+    /// standard input, and the launcher and its unit end.
+    fn give_back(self: &Arc<Self>, slot: Slot, generation: u64) {
+        let surplus = {
+            let mut fill = self.fill();
+            fill.lent -= 1;
+            let room = fill.slots.len() + fill.starting + fill.lent < fill.demand.target;
+            if room && generation == fill.generation && slot.served < MAX_SERVED {
+                fill.slots.push(slot);
+                None
+            } else {
+                Some(slot)
+            }
+        };
+        if let Some(slot) = surplus {
+            tracing::debug!(unit = %slot.unit.name, served = slot.served, "a task unit retires");
+            drop(slot);
+            self.refill();
+        }
+    }
+
+    /// A lent slot that does not come back: the pool may start a unit in its place.
+    fn forfeit(self: &Arc<Self>) {
+        self.fill().lent -= 1;
+        self.refill();
     }
 
     /// Forgets every warm slot (their units died with the manager) and refills.
@@ -441,7 +543,7 @@ impl Pool {
         };
         let mut fill = self.fill();
         while !fill.failed
-            && fill.slots.len() + fill.starting < fill.demand.target
+            && fill.slots.len() + fill.starting + fill.lent < fill.demand.target
             && fill.starting < at_once
         {
             fill.starting += 1;
