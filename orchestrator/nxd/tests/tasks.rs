@@ -187,19 +187,18 @@ fn dirs_naming(dir: &Path, ids: &HashSet<String>) -> Vec<PathBuf> {
     found
 }
 
-/// Runs one task of the sample app through `POST /v1/tasks`: the answer's body (NDJSON) and its
-/// events.
+/// Runs one task through `POST /v1/tasks` with `request` as its body (`{"artifact": sha,
+/// "args": [..], ..}`): the answer's body (NDJSON) and its events.
 fn api_task(
     http: &reqwest::blocking::Client,
     api: std::net::SocketAddr,
     token: &str,
-    sha: &str,
-    args: &[&str],
+    request: &serde_json::Value,
 ) -> (String, Vec<serde_json::Value>) {
     let body = http
         .post(format!("http://{api}/v1/tasks"))
         .bearer_auth(token)
-        .json(&serde_json::json!({"artifact": sha, "args": args}))
+        .json(request)
         .send()
         .unwrap()
         .text()
@@ -224,8 +223,9 @@ fn five_hundred_tasks_leave_nothing_behind() {
                 (0..125)
                     .map(|i| {
                         let word = format!("task-{w}-{i}");
-                        let (body, events) =
-                            api_task(&http, api, &token, &sha, &["task", "print", &word]);
+                        let request =
+                            serde_json::json!({"artifact": sha, "args": ["task", "print", word]});
+                        let (body, events) = api_task(&http, api, &token, &request);
                         assert!(
                             events.contains(
                                 &serde_json::json!({"event": "stdout", "data": format!("{word}\n")})
@@ -255,7 +255,13 @@ fn five_hundred_tasks_leave_nothing_behind() {
     }
 }
 
-/// What is left of the tasks `ids` (`<unit id>-<n>`) on `host` (a unit, a cgroup, a mount, a
+/// The id of the unit task `id` ran on: a unit's first task has its id, the n-th after it
+/// `<unit id>-<n>`.
+fn unit_of(id: &str) -> &str {
+    id.split('-').next().unwrap()
+}
+
+/// What is left of the tasks `ids` on `host` (a unit, a cgroup, a mount, a
 /// file), if anything. A unit serves tasks one after another: the units that still serve the
 /// pool (their launchers waiting for a task, at most `tasks.pool_max`) are all that may be left.
 fn what_is_left(host: &Host, ids: &HashSet<String>) -> Result<(), String> {
@@ -299,7 +305,7 @@ fn what_is_left(host: &Host, ids: &HashSet<String>) -> Result<(), String> {
     // The units the tasks ran on that no longer serve the pool: nothing of them is left.
     let gone: HashSet<String> = ids
         .iter()
-        .map(|id| id.rsplit_once('-').expect("<unit id>-<n>").0.to_owned())
+        .map(|id| unit_of(id).to_owned())
         .filter(|unit| !units.contains(&format!("nxt-{unit}.service")))
         .collect();
     // No unit's cgroup, in any hierarchy of the manager.
@@ -312,10 +318,7 @@ fn what_is_left(host: &Host, ids: &HashSet<String>) -> Result<(), String> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let left: Vec<&str> = mounts
         .lines()
-        .filter(|l| {
-            ids.iter()
-                .any(|id| l.contains(id.split('-').next().unwrap()))
-        })
+        .filter(|l| ids.iter().any(|id| l.contains(unit_of(id))))
         .collect();
     ensure(left.is_empty(), format!("mounts left: {left:?}"))?;
     // No file in nxd's state dir.
@@ -343,7 +346,8 @@ fn concurrent_tasks(host: &Host, sha: &str, n: usize, secs: &str) -> Vec<bool> {
             );
             std::thread::spawn(move || {
                 let http = reqwest::blocking::Client::new();
-                let (body, events) = api_task(&http, api, &token, &sha, &["task", "sleep", &secs]);
+                let request = serde_json::json!({"artifact": sha, "args": ["task", "sleep", secs]});
+                let (body, events) = api_task(&http, api, &token, &request);
                 assert_eq!(events.last().unwrap()["exit_code"], 0, "{body}");
                 events[0]["warm"].as_bool().unwrap()
             })
@@ -480,57 +484,87 @@ fn one_tokens_tasks_at_its_cap_leave_room_for_another_tokens() {
     reader.unwrap().join().unwrap();
 }
 
-/// A unit serves tasks one after another, and nothing of one task reaches the next, another
-/// caller's: no file, no process (a writer it left behind), no environment variable, not its
-/// uid. One unit in the pool, so every task here runs on it (their ids name it).
-#[test]
-fn tasks_one_after_another_on_one_unit_see_nothing_of_each_other() {
+/// A host whose warm pool is one unit (so every task that finds it ready runs on it), and a
+/// token that runs tasks, with the sample app uploaded: (host, sha).
+fn host_with_a_pool_of_one() -> (Host, String) {
     let host = Host::start_with("[tasks]\npool_size = 1\npool_max = 1\n");
+    let sha = nx_testkit::sha256_hex(&std::fs::read(sample_app()).unwrap());
+    (host, sha)
+}
+
+/// A token of `host` that runs tasks, with the sample app uploaded as `sha`.
+fn task_token(host: &Host, sha: &str) -> String {
+    let out = host.nx_json(&["token", "create", "--can", "tasks"]);
+    let token = out["token"].as_str().expect("token").to_owned();
     let program = std::fs::read(sample_app()).unwrap();
-    let sha = nx_testkit::sha256_hex(&program);
-    let token = || {
-        let out = host.nx_json(&["token", "create", "--can", "tasks"]);
-        let token = out["token"].as_str().expect("token").to_owned();
-        let path = format!("/v1/artifacts/{sha}");
-        let (status, body) = host.call(&token, "PUT", &path, Some(program.clone()));
-        assert_eq!(status, 200, "{body}");
-        token
-    };
-    let (first, second) = (token(), token());
-    let mut units = HashSet::new();
-    // (stdout, exit code) of one task, once the pool's unit is back and waits for it.
-    let mut task = |token: &str, args: &[&str], env: serde_json::Value| {
-        nx_testkit::metrics::wait_for(&host, "nx_task_pool_ready", Duration::from_secs(30), |v| {
-            v == 1.0
-        });
-        let body = host
-            .http()
-            .post(format!("http://{}/v1/tasks", host.api))
-            .bearer_auth(token)
-            .json(&serde_json::json!({"artifact": sha, "args": args, "env": env}))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        let events: Vec<serde_json::Value> = body
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let id = events[0]["task"].as_str().expect("a task id");
-        units.insert(id.rsplit_once('-').expect("<unit>-<n>").0.to_owned());
-        let stdout: String = events
+    let (status, body) = host.call(
+        &token,
+        "PUT",
+        &format!("/v1/artifacts/{sha}"),
+        Some(program),
+    );
+    assert_eq!(status, 200, "{body}");
+    token
+}
+
+/// What one task on a pool of one said: its stdout, its `exited` event and the unit it ran on
+/// (see [`unit_of`]).
+struct PoolTask {
+    stdout: String,
+    exited: serde_json::Value,
+    unit: String,
+}
+
+/// Runs one task (`more`: the request's fields beside artifact and args) once the pool's unit
+/// is ready for it, so that it runs on that unit.
+fn pool_task(
+    host: &Host,
+    token: &str,
+    sha: &str,
+    args: &[&str],
+    more: serde_json::Value,
+) -> PoolTask {
+    nx_testkit::metrics::wait_for(host, "nx_task_pool_ready", Duration::from_secs(30), |v| {
+        v == 1.0
+    });
+    let mut request = serde_json::json!({"artifact": sha, "args": args});
+    request
+        .as_object_mut()
+        .unwrap()
+        .extend(more.as_object().cloned().unwrap_or_default());
+    let (body, events) = api_task(host.http(), host.api, token, &request);
+    let id = events[0]["task"].as_str().expect("a task id");
+    assert_eq!(events[0]["warm"], true, "{body}");
+    PoolTask {
+        stdout: events
             .iter()
             .filter(|e| e["event"] == "stdout")
             .map(|e| e["data"].as_str().unwrap())
-            .collect();
-        (stdout, events.last().unwrap()["exit_code"].clone())
-    };
+            .collect(),
+        exited: events.last().unwrap().clone(),
+        unit: unit_of(id).to_owned(),
+    }
+}
+
+/// A unit serves tasks one after another, and nothing of one task reaches the next, another
+/// caller's: no file, no process (a writer it left behind), no environment variable, no open
+/// file, not its uid. One unit in the pool, so every task here runs on it (their ids name it).
+#[test]
+fn tasks_one_after_another_on_one_unit_see_nothing_of_each_other() {
+    let (host, sha) = host_with_a_pool_of_one();
+    let (first, second) = (task_token(&host, &sha), task_token(&host, &sha));
     let none = serde_json::json!({});
+    let mut units = HashSet::new();
+    let mut task = |token: &str, args: &[&str], more: serde_json::Value| {
+        let task = pool_task(&host, token, &sha, args, more);
+        units.insert(task.unit);
+        (task.stdout, task.exited["exit_code"].clone())
+    };
 
     let (out, code) = task(
         &first,
         &["task", "write", "/tmp/secret", "first's"],
-        serde_json::json!({"FIRSTS_SECRET": "1"}),
+        serde_json::json!({"env": {"FIRSTS_SECRET": "1"}}),
     );
     assert_eq!((out.as_str(), code), ("wrote /tmp/secret\n", 0.into()));
     let (out, _) = task(
@@ -539,6 +573,7 @@ fn tasks_one_after_another_on_one_unit_see_nothing_of_each_other() {
         none.clone(),
     );
     assert_eq!(out, "left a writer\n");
+    let (first_fds, _) = task(&first, &["task", "ls", "/proc/self/fd"], none.clone());
     let (first_status, _) = task(&first, &["task", "cat", "/proc/self/status"], none.clone());
 
     let (out, code) = task(&second, &["task", "ls", "/tmp"], none.clone());
@@ -554,6 +589,11 @@ fn tasks_one_after_another_on_one_unit_see_nothing_of_each_other() {
         out, "sleeping\n",
         "the first's writer wrote into the second's output"
     );
+    let (second_fds, _) = task(&second, &["task", "ls", "/proc/self/fd"], none.clone());
+    assert_eq!(
+        first_fds, second_fds,
+        "the launcher handed more open files to the second"
+    );
     let (second_status, _) = task(&second, &["task", "cat", "/proc/self/status"], none);
     let uid = |status: &str| {
         status
@@ -567,5 +607,55 @@ fn tasks_one_after_another_on_one_unit_see_nothing_of_each_other() {
         units.len(),
         1,
         "every task ran on the pool's one unit: {units:?}"
+    );
+}
+
+/// A unit whose task was killed at its timeout, or that ran a task with a memory limit of its
+/// own, serves no task after it: the next runs on a fresh unit (of the pool's own limits).
+#[test]
+fn a_unit_serves_no_task_after_one_killed_at_its_timeout_or_of_its_own_memory() {
+    let (host, sha) = host_with_a_pool_of_one();
+    let token = task_token(&host, &sha);
+    let print = ["task", "print", "hi"];
+    let none = serde_json::json!({});
+
+    let before = pool_task(&host, &token, &sha, &print, none.clone());
+    assert_eq!(before.stdout, "hi\n");
+    let killed = pool_task(
+        &host,
+        &token,
+        &sha,
+        &["task", "sleep", "30"],
+        serde_json::json!({"timeout_secs": 1}),
+    );
+    assert_eq!(
+        killed.unit, before.unit,
+        "the second task ran on the first's unit"
+    );
+    assert_eq!(killed.exited["timed_out"], true, "{}", killed.exited);
+    let after_kill = pool_task(&host, &token, &sha, &print, none.clone());
+    assert_ne!(
+        after_kill.unit, killed.unit,
+        "a killed task's unit served again"
+    );
+    assert_eq!(after_kill.stdout, "hi\n");
+
+    let own_memory = pool_task(
+        &host,
+        &token,
+        &sha,
+        &print,
+        serde_json::json!({"memory_max_mb": 128}),
+    );
+    assert_eq!(own_memory.unit, after_kill.unit);
+    let after_memory = pool_task(&host, &token, &sha, &print, none);
+    assert_ne!(
+        after_memory.unit, own_memory.unit,
+        "a unit with a task's own memory limit served again"
+    );
+    assert_eq!(
+        after_memory.exited["exit_code"], 0,
+        "{}",
+        after_memory.exited
     );
 }

@@ -270,8 +270,13 @@ impl Tasks {
             false => &self.started_cold,
         }
         .fetch_add(1, Ordering::Relaxed);
-        // A unit serves tasks one after another: each has its own id.
-        let task_id = format!("{}-{}", slot.unit.id, slot.served);
+        // A unit serves tasks one after another: the first has the unit's id (as a task that
+        // has its unit alone: an image's container and a guest's files are named by it), the
+        // n-th after it `<unit id>-<n>`.
+        let task_id = match slot.served {
+            0 => slot.unit.id.clone(),
+            n => format!("{}-{n}", slot.unit.id),
+        };
         tracing::info!(task = %task_id, warm, uid, "task started");
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         let _ = events
