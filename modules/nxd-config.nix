@@ -58,6 +58,7 @@ withoutNulls {
   store = {
     max_owner_mb = cfg.store.maxOwnerMb;
     unused_grace_secs = cfg.store.unusedGraceSecs;
+    max_image_unpacked_mb = cfg.store.maxImageUnpackedMb;
   };
   systemd = {
     inherit (cfg.systemd) mode slice;

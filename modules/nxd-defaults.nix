@@ -50,6 +50,7 @@
   store = {
     maxOwnerMb = 10240;
     unusedGraceSecs = 3600;
+    maxImageUnpackedMb = 8192;
   };
   systemd = {
     mode = "auto";

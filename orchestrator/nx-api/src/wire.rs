@@ -15,6 +15,11 @@ pub struct ArtifactInfo {
     pub kind: String,
     /// A binary's linkage ("static" or its interpreter), an image's format and architecture.
     pub details: String,
+    /// An image's layers unpacked (gunzipped), in bytes: about what Podman's storage takes
+    /// once it is loaded, counted with `size` toward its owner's `store.max_owner_mb`; 0 for
+    /// a binary or a file.
+    #[serde(default)]
+    pub unpacked_size: u64,
 }
 
 /// What nxd made of a bundle (`POST /v1/bundles`); its id is what a push names as its

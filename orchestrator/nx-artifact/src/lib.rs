@@ -40,10 +40,20 @@ pub enum Artifact {
 
 impl Artifact {
     /// Verifies bytes as an image archive when they look like one, else as a binary for this
-    /// host.
+    /// host (as [`Artifact::inspect_within`] with no bound of the host's).
     pub fn inspect(bytes: &[u8]) -> Result<Self, InspectError> {
+        Self::inspect_within(bytes, u64::MAX)
+    }
+
+    /// Verifies bytes as an image archive whose layers hold at most `max_image_unpacked`
+    /// bytes unpacked ([`image::verify_image_within`]) when they look like one, else as a
+    /// binary for this host.
+    pub fn inspect_within(bytes: &[u8], max_image_unpacked: u64) -> Result<Self, InspectError> {
         if image::looks_like_archive(bytes) {
-            Ok(Artifact::Image(image::verify_image(bytes)?))
+            Ok(Artifact::Image(image::verify_image_within(
+                bytes,
+                max_image_unpacked,
+            )?))
         } else {
             Ok(Artifact::Binary(verify::verify_on_host(bytes)?))
         }

@@ -93,6 +93,12 @@ pub struct StoreConfig {
     /// that content no deployment runs is deleted by nxd's collection, which runs every
     /// `unused_grace_secs / 2` (at least every second, at most every 5 minutes).
     pub unused_grace_secs: u64,
+    /// The most an image's layers may hold unpacked (gunzipped), in MiB: what `podman load`
+    /// writes to Podman's storage on the state directory's disk (attacker s11 G6: a 2 MB
+    /// archive of a gzipped layer of zeros put 1 GiB there). A larger image is refused (422)
+    /// before anything is stored; so is one whose layers grow past 64 times the archive's size
+    /// (at least 256 MiB).
+    pub max_image_unpacked_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -100,6 +106,7 @@ impl Default for StoreConfig {
         Self {
             max_owner_mb: 10_240,
             unused_grace_secs: 3600,
+            max_image_unpacked_mb: 8192,
         }
     }
 }
@@ -619,10 +626,13 @@ impl Config {
                 self.limits.log_max_mb, self.sandbox.max_log_mb
             )));
         }
-        if self.store.max_owner_mb == 0 || self.store.unused_grace_secs == 0 {
+        if self.store.max_owner_mb == 0
+            || self.store.unused_grace_secs == 0
+            || self.store.max_image_unpacked_mb == 0
+        {
             return Err(ConfigError::Invalid(format!(
-                "store.max_owner_mb ({}) and store.unused_grace_secs ({}) must be 1 or more: the most one owner may store, and how long unused content stays",
-                self.store.max_owner_mb, self.store.unused_grace_secs
+                "store.max_owner_mb ({}), store.unused_grace_secs ({}) and store.max_image_unpacked_mb ({}) must be 1 or more: the most one owner may store, how long unused content stays, and the most an image may unpack to",
+                self.store.max_owner_mb, self.store.unused_grace_secs, self.store.max_image_unpacked_mb
             )));
         }
         if self.sandbox.max_deployments == 0 {

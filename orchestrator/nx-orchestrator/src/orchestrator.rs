@@ -153,7 +153,11 @@ impl Orchestrator {
             config.logs.keep,
         )
         .await?;
-        let artifacts = ArtifactStore::open(&state_dir.join("artifacts"), MAX_ARTIFACT_BYTES)?;
+        let artifacts = ArtifactStore::open(
+            &state_dir.join("artifacts"),
+            MAX_ARTIFACT_BYTES,
+            config.store.max_image_unpacked_mb.saturating_mul(1 << 20),
+        )?;
         let bundles = BundleStore::open(state_dir, config.bundles.limits(), artifacts.holds())?;
         let data_templates = Arc::new(
             DataTemplates::new(state_dir.join("data-templates"))
@@ -436,18 +440,16 @@ impl Orchestrator {
             return Ok(program);
         }
         let path = self.artifacts.path(sha256)?;
-        let artifact = crate::artifact::inspect_file(&path)
-            .await
-            .map_err(|e| match e {
-                StoreError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    crate::store_access::artifact_not_stored(sha256)
-                }
-                StoreError::Io(e) => Error::Io {
-                    what: format!("reading artifact {sha256}"),
-                    source: e,
-                },
-                e => e.into(),
-            })?;
+        let artifact = (self.artifacts.inspect(&path).await).map_err(|e| match e {
+            StoreError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                crate::store_access::artifact_not_stored(sha256)
+            }
+            StoreError::Io(e) => Error::Io {
+                what: format!("reading artifact {sha256}"),
+                source: e,
+            },
+            e => e.into(),
+        })?;
         let program = match artifact {
             Artifact::Binary(elf) => Program::Binary {
                 path,
@@ -456,6 +458,7 @@ impl Orchestrator {
             Artifact::Image(image) => Program::Image {
                 archive: path,
                 image_id: image.id,
+                unpacked_bytes: image.unpacked_bytes,
             },
         };
         self.programs

@@ -18,6 +18,13 @@ use crate::Orchestrator;
 use bytes::Bytes;
 use futures_util::Stream;
 
+/// The bytes stored content counts toward its owner's `store.max_owner_mb`: its size and,
+/// for an image, its layers unpacked (what Podman's storage takes once it is loaded;
+/// attacker s11 G6).
+fn held_size(info: &ArtifactInfo) -> u64 {
+    info.size.saturating_add(info.unpacked_size)
+}
+
 /// What a push or a task answers for an artifact that is not stored (or, for a sandbox's
 /// view, not owned): `NotFound`, saying how to upload it.
 pub(crate) fn artifact_not_stored(sha256: &str) -> Error {
@@ -88,6 +95,12 @@ impl Orchestrator {
         Ok(max - held)
     }
 
+    /// The refusal of an upload that does not fit in `owner`'s `room` ([`Self::room_of`]).
+    fn past_room(&self, owner: Owner<'_>, room: u64) -> StoreError {
+        let max = self.config.store.max_owner_mb.saturating_mul(1 << 20);
+        self.over_quota(owner, max.saturating_sub(room))
+    }
+
     /// The refusal of an upload that would take `owner`, holding `held` bytes, past its cap.
     fn over_quota(&self, owner: Owner<'_>, held: u64) -> StoreError {
         StoreError::OverQuota {
@@ -128,7 +141,9 @@ impl Orchestrator {
     /// streams the upload into its store (verified, checked against the digest; a file
     /// already on disk is kept, not written twice) and makes `view`'s sandbox its owner. An
     /// upload of what the owner does not own yet must fit in its room under
-    /// `store.max_owner_mb` (else `OverQuota`, and nothing is stored). A bundle is made from
+    /// `store.max_owner_mb` (else `OverQuota`, and nothing is stored; an image counts its
+    /// layers unpacked too, checked once it is verified: past the room it is refused and
+    /// left unowned, for the collection). A bundle is made from
     /// its manifest, never uploaded: `Bundle` is `Invalid`.
     pub async fn upload<S, E>(
         &self,
@@ -162,12 +177,14 @@ impl Orchestrator {
         {
             Err(StoreError::TooLarge { .. }) if room.is_some() => {
                 let (owner, room) = room.expect("checked");
-                let max = self.config.store.max_owner_mb.saturating_mul(1 << 20);
-                return Err(self.over_quota(owner, max - room).into());
+                return Err(self.past_room(owner, room).into());
             }
             stored => stored?,
         };
-        self.grant_to_view(view, kind, &info.sha256, info.size)
+        if let Some((owner, room)) = room.filter(|(_, room)| held_size(&info) > *room) {
+            return Err(self.past_room(owner, room).into());
+        }
+        self.grant_to_view(view, kind, &info.sha256, held_size(&info))
             .await?;
         Ok(info)
     }
@@ -184,14 +201,13 @@ impl Orchestrator {
         let room = self.room_of(owner).await?;
         let info = self.artifacts.store(upload, None).await?;
         let view = StoreView::Sandbox(sandbox.clone());
-        if info.size > room && !self.holds(&view, Content::Artifact, &info.sha256).await? {
-            let max = self.config.store.max_owner_mb.saturating_mul(1 << 20);
-            return Err(self.over_quota(owner, max - room).into());
+        if held_size(&info) > room && !self.holds(&view, Content::Artifact, &info.sha256).await? {
+            return Err(self.past_room(owner, room).into());
         }
         self.grant(
             owner,
             Content::Artifact,
-            &[(info.sha256.clone(), info.size)],
+            &[(info.sha256.clone(), held_size(&info))],
         )
         .await?;
         Ok(info)
@@ -305,7 +321,7 @@ impl Orchestrator {
         } else {
             match self.artifacts.info(sha256).await {
                 Ok(info) => {
-                    let digest = [(sha256.to_owned(), info.size)];
+                    let digest = [(sha256.to_owned(), held_size(&info))];
                     self.grant(Owner::Sandbox(target), Content::Artifact, &digest)
                         .await
                 }

@@ -4,18 +4,32 @@
 //! nothing stored.
 
 use nx_testkit::{build_sample_image, files_under, Host};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-fn podman_containers(host: &Host) -> String {
+/// What `podman <args>` prints (trimmed), run on `host`'s Podman storage.
+fn podman(host: &Host, args: &[&str]) -> String {
     let podman =
         nx_orchestrator::backend::container::podman::Podman::new(host.state_dir.path()).unwrap();
     let out = std::process::Command::new("podman")
-        .args(["ps", "--all", "--format", "{{.Names}}"])
+        .args(args)
         .env_clear()
         .envs(podman.env())
         .output()
-        .expect("podman ps");
+        .expect("podman");
+    assert!(out.status.success(), "podman {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn podman_containers(host: &Host) -> String {
+    podman(host, &["ps", "--all", "--format", "{{.Names}}"])
+}
+
+/// The images in `host`'s Podman storage: one line each, repository and id.
+fn podman_images(host: &Host) -> String {
+    podman(
+        host,
+        &["images", "--all", "--format", "{{.Repository}} {{.ID}}"],
+    )
 }
 
 #[test]
@@ -328,4 +342,99 @@ fn an_image_runs_under_the_same_seccomp_filter_as_a_binary() {
     }
     // Everything else as before: it serves.
     assert_eq!(get("/").0, 200);
+}
+
+/// An OCI archive of the sample (`/app`) and `zeros` bytes of zeros in one gzipped layer
+/// (`nx_artifact::image::tests::oci_archive_gz`), written to `dir/<name>.tar`.
+fn sample_oci_archive(dir: &Path, name: &str, zeros: u64) -> PathBuf {
+    let app = std::fs::read(nx_testkit::sample_app()).unwrap();
+    let path = dir.join(format!("{name}.tar"));
+    let bytes = nx_artifact::image::tests::oci_archive_gz(name, &app, zeros);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Attacker s11 G6: an OCI archive is a plain tar whose layers are gzipped blobs, which `podman
+/// load` gunzips into Podman's storage on the state directory's disk: a 2 MB push put 1 GiB
+/// there. The layers are counted gunzipped before anything is stored or loaded.
+#[test]
+fn a_gzip_bomb_of_a_layer_is_refused_and_podman_keeps_nothing() {
+    let host = Host::start();
+    let build = tempfile::tempdir_in("/var/tmp").unwrap();
+    // 320 MiB of zeros in the one gzipped layer: past 64 times the archive's size (at least
+    // 256 MiB).
+    let bomb = sample_oci_archive(build.path(), "bomb", 320 << 20);
+    let size = std::fs::metadata(&bomb).unwrap().len();
+    assert!(size < 4 << 20, "the bomb is {size} bytes");
+    assert_refused(&host, &bomb, "layers unpack to more than 256 MiB");
+    assert_eq!(podman_images(&host), "", "Podman's storage holds the bomb");
+
+    // An image of the same shape within the bound is loaded and runs.
+    let small = sample_oci_archive(build.path(), "small", 1 << 20);
+    let id = host.nx_json(&["push", "--image", small.to_str().unwrap(), "-s", "small"])
+        ["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = host.get(&host.preview_host("small", &id), "/");
+    assert_eq!(
+        (status, body),
+        (200, format!("nx-sample dev deployment={id}\n"))
+    );
+    let images = podman_images(&host);
+    assert!(images.contains("localhost/small"), "{images}");
+}
+
+/// Attacker s11 G6 too: what an image takes in Podman's storage counts toward its owner's
+/// `store.max_owner_mb`, and leaves Podman with its archive once no deployment runs it; a
+/// push after that loads it again (nxd asks Podman, it does not trust what it loaded before).
+#[test]
+fn an_images_layers_count_toward_its_owner_and_leave_podman_with_its_archive() {
+    let host = Host::start_with("[store]\nmax_owner_mb = 16\nunused_grace_secs = 5\n");
+    let build = tempfile::tempdir_in("/var/tmp").unwrap();
+    // About 1.2 MB to upload, 26 MiB unpacked: past the sandbox's 16 MiB.
+    let mid = sample_oci_archive(build.path(), "mid", 24 << 20);
+    assert!(host.nx(&["sandbox", "create", "quota"]).ok);
+    let token = host.nx_json(&["token", "create", "--sandbox", "quota", "--can", "push"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = host.nx_as(
+        &token,
+        &["push", "--image", mid.to_str().unwrap(), "-s", "quota"],
+    );
+    assert!(!out.ok, "pushed: {}", out.stdout);
+    assert!(
+        out.stderr.contains("may hold 16 MiB (store.max_owner_mb)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(podman_images(&host), "", "loaded past the owner's cap");
+
+    let small = sample_oci_archive(build.path(), "small", 1 << 20);
+    let push = || {
+        host.nx_json(&["push", "--image", small.to_str().unwrap(), "-s", "small"])["deployment"]
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let id = push();
+    assert!(podman_images(&host).contains("localhost/small"));
+    host.nx_json(&["rm", &id]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while podman_images(&host).contains("localhost/small") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the image stayed in Podman's storage 90 s after `nx rm` of its only deployment: {}",
+            podman_images(&host)
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let id = push();
+    let (status, body) = host.get(&host.preview_host("small", &id), "/");
+    assert_eq!(
+        (status, body.trim()),
+        (200, format!("nx-sample dev deployment={id}").as_str())
+    );
 }

@@ -9,4 +9,4 @@ mod store;
 
 pub use bundles::{BundleStore, BundleStoreError, BundlesCollected, StoredBundle};
 pub use nx_artifact::{bundle, image, verify, Artifact, InspectError};
-pub use store::{inspect_file, ArtifactStore, Collected, StoreError, Upload};
+pub use store::{ArtifactStore, Collected, StoreError, Upload};

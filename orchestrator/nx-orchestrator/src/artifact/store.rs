@@ -88,6 +88,8 @@ impl From<InspectError> for StoreError {
 pub struct ArtifactStore {
     dir: PathBuf,
     max_bytes: u64,
+    /// The most bytes an image's layers may hold unpacked (`store.max_image_unpacked_mb`).
+    max_image_unpacked: u64,
     contents: Contents,
     /// What is known of stored digests (shared by the store's clones).
     known: Arc<Mutex<HashMap<String, ArtifactInfo>>>,
@@ -107,9 +109,13 @@ enum Contents {
 const INCOMING: &str = ".incoming";
 
 impl ArtifactStore {
-    /// The store of programs (binaries and images), each verified when it is stored.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, StoreError> {
-        Self::open_as(dir, max_bytes, Contents::Programs, Arc::default())
+    /// The store of programs (binaries and images), each verified when it is stored: an
+    /// upload of at most `max_bytes`, an image whose layers hold at most `max_image_unpacked`
+    /// bytes unpacked (what `podman load` writes).
+    pub fn open(dir: &Path, max_bytes: u64, max_image_unpacked: u64) -> Result<Self, StoreError> {
+        let mut store = Self::open_as(dir, max_bytes, Contents::Programs, Arc::default())?;
+        store.max_image_unpacked = max_image_unpacked;
+        Ok(store)
     }
 
     /// A store of bundles' files: any bytes, stored by their digest (see `bundles`), held
@@ -135,6 +141,7 @@ impl ArtifactStore {
         Ok(Self {
             dir: dir.to_owned(),
             max_bytes,
+            max_image_unpacked: u64::MAX,
             contents,
             known: Arc::default(),
             holds,
@@ -157,6 +164,19 @@ impl ArtifactStore {
         collect_dir(&self.dir, keep, cutoff, &self.holds, |sha256| {
             self.known.lock().expect("lock").remove(sha256);
         })
+    }
+
+    /// The digests stored now (the files named by one).
+    pub fn digests(&self) -> std::io::Result<std::collections::HashSet<String>> {
+        let mut digests = std::collections::HashSet::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            if let Some(name) = entry?.file_name().to_str() {
+                if check_sha256(name).is_ok() {
+                    digests.insert(name.to_owned());
+                }
+            }
+        }
+        Ok(digests)
     }
 
     pub fn path(&self, sha256: &str) -> Result<PathBuf, StoreError> {
@@ -184,7 +204,7 @@ impl ArtifactStore {
         };
         let info = match self.contents {
             Contents::Files => describe_file(sha256, size),
-            Contents::Programs => describe(sha256, size, &inspect_file(&path).await?),
+            Contents::Programs => describe(sha256, size, &self.inspect(&path).await?),
         };
         self.remember(&info);
         Ok(info)
@@ -278,7 +298,7 @@ impl ArtifactStore {
         }
         let (info, mode) = match self.contents {
             Contents::Programs => {
-                let artifact = inspect_file(temp.path()).await?;
+                let artifact = self.inspect(temp.path()).await?;
                 (describe(&actual, size, &artifact), 0o555)
             }
             Contents::Files => (describe_file(&actual, size), 0o444),
@@ -303,23 +323,27 @@ impl ArtifactStore {
     }
 }
 
-/// Verifies the file at `path` as an artifact ([`Artifact::inspect`]) from a read-only memory
-/// map of it, on the blocking pool. The file must not change meanwhile (stored artifacts and
-/// finished uploads do not).
-pub async fn inspect_file(path: &Path) -> Result<Artifact, StoreError> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
-        if file.metadata()?.len() == 0 {
-            return Ok(Artifact::inspect(&[])?);
-        }
-        // SAFETY: the file is not written while it is mapped (see above); a file truncated
-        // meanwhile would fault, not read stale memory.
-        let map = unsafe { memmap2::Mmap::map(&file)? };
-        Ok(Artifact::inspect(&map)?)
-    })
-    .await
-    .map_err(std::io::Error::other)?
+impl ArtifactStore {
+    /// Verifies the file at `path` as an artifact ([`Artifact::inspect_within`] the store's
+    /// bound of an image's unpacked layers) from a read-only memory map of it, on the
+    /// blocking pool. The file must not change meanwhile (stored artifacts and finished
+    /// uploads do not).
+    pub async fn inspect(&self, path: &Path) -> Result<Artifact, StoreError> {
+        let path = path.to_owned();
+        let max_image_unpacked = self.max_image_unpacked;
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            if file.metadata()?.len() == 0 {
+                return Ok(Artifact::inspect_within(&[], max_image_unpacked)?);
+            }
+            // SAFETY: the file is not written while it is mapped (see above); a file truncated
+            // meanwhile would fault, not read stale memory.
+            let map = unsafe { memmap2::Mmap::map(&file)? };
+            Ok(Artifact::inspect_within(&map, max_image_unpacked)?)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
 }
 
 /// An upload on its way into the store: a temp file in `.incoming`, deleted when this is
@@ -443,6 +467,7 @@ fn describe_file(sha256: &str, size: u64) -> ArtifactInfo {
         size,
         kind: "file".into(),
         details: String::new(),
+        unpacked_size: 0,
     }
 }
 
@@ -452,6 +477,10 @@ fn describe(sha256: &str, size: u64, artifact: &Artifact) -> ArtifactInfo {
         size,
         kind: artifact.kind().into(),
         details: artifact.details(),
+        unpacked_size: match artifact {
+            Artifact::Image(image) => image.unpacked_bytes,
+            Artifact::Binary(_) => 0,
+        },
     }
 }
 
@@ -461,7 +490,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, ArtifactStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = ArtifactStore::open(dir.path(), 1 << 30).unwrap();
+        let store = ArtifactStore::open(dir.path(), 1 << 30, 1 << 30).unwrap();
         (dir, store)
     }
 
@@ -591,7 +620,7 @@ mod tests {
             (stored.size, stored.kind, stored.details)
         );
         // A store opened afresh (nxd restarted) verifies it once.
-        let again = ArtifactStore::open(&store.dir, 1 << 30).unwrap();
+        let again = ArtifactStore::open(&store.dir, 1 << 30, 1 << 30).unwrap();
         assert!(matches!(again.info(&sha).await, Err(StoreError::Verify(_))));
     }
 

@@ -105,4 +105,13 @@ impl SandboxBackend for Backends {
             backend.forget_warm(warm).await
         }
     }
+
+    /// Images run on the container backend only.
+    async fn remove_images(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        unchanged: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Vec<String>, BackendError> {
+        self.container.remove_images(keep, unchanged).await
+    }
 }

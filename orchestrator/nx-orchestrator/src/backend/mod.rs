@@ -66,7 +66,13 @@ pub enum Program {
     /// A bare binary, run under bubblewrap.
     Binary { path: PathBuf, linkage: Linkage },
     /// An image archive, loaded into Podman and run from there.
-    Image { archive: PathBuf, image_id: String },
+    Image {
+        archive: PathBuf,
+        /// The image's id (`nx_artifact::image::ImageInfo::id`).
+        image_id: String,
+        /// What its layers take unpacked, in bytes (`ImageInfo::unpacked_bytes`).
+        unpacked_bytes: u64,
+    },
     /// A bundle's tree (read-only at `/app`), its entry run under bubblewrap.
     Bundle {
         root: PathBuf,
@@ -228,5 +234,16 @@ pub trait SandboxBackend: Send + Sync {
     /// Removes what `boot_ahead` made for a sandbox that never got a task.
     async fn forget_warm(&self, warm: &WarmSandbox) {
         let _ = warm;
+    }
+    /// Removes the images it loaded (Podman's) whose id is not in `keep` and nothing runs,
+    /// unless `unchanged()` says `keep` is out of date; returns their ids. Nothing for a
+    /// backend that loads no images.
+    async fn remove_images(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        unchanged: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Vec<String>, BackendError> {
+        let _ = (keep, unchanged);
+        Ok(Vec::new())
     }
 }

@@ -11,6 +11,7 @@
 
 use crate::artifact::owners::{self, Content};
 use crate::artifact::Collected;
+use crate::backend::{Program, SandboxBackend};
 use crate::error::Error;
 use crate::state::StateError;
 use crate::Orchestrator;
@@ -102,6 +103,30 @@ impl Orchestrator {
                 "store: deleted content no deployment runs, unused for store.unused_grace_secs"
             );
         }
+        self.remove_unused_images().await
+    }
+
+    /// Removes from Podman's storage the images no stored archive holds (attacker s11 G6: an
+    /// image stayed there after its last deployment and its archive were gone): an image goes
+    /// with its archive, which the collection deletes once no deployment runs it and it was
+    /// not used for the grace period. A push or a task of an archive stored after the listing
+    /// here makes this collection keep every image (`Podman::remove_images`); one running
+    /// keeps its own (Podman refuses to remove an image a container uses).
+    #[tracing::instrument(skip_all)]
+    async fn remove_unused_images(&self) -> Result<(), Error> {
+        let listed = (self.artifacts.digests()).map_err(Error::io("listing the artifact store"))?;
+        let mut keep = HashSet::new();
+        for sha256 in &listed {
+            if self.artifacts.info(sha256).await?.kind != "image" {
+                continue;
+            }
+            if let Program::Image { image_id, .. } = self.program(sha256).await? {
+                keep.insert(image_id);
+            }
+        }
+        let artifacts = self.artifacts.clone();
+        let unchanged = move || artifacts.digests().is_ok_and(|now| now.is_subset(&listed));
+        self.backend.remove_images(&keep, &unchanged).await?;
         Ok(())
     }
 }

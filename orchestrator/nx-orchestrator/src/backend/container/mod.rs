@@ -22,6 +22,7 @@ use crate::supervisor::Supervisor;
 use bwrap::{Sandbox, VolumeBind};
 use podman::Podman;
 use podman::{Container, Tmp};
+use std::collections::HashSet;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -175,8 +176,12 @@ impl SandboxBackend for ContainerBackend {
                 ..LaunchSpec::default()
             },
             // Podman runs as root and starts the container as the deployment's uid.
-            Program::Image { archive, image_id } => {
-                self.podman.load(archive, image_id).await?;
+            Program::Image {
+                archive,
+                image_id,
+                unpacked_bytes,
+            } => {
+                self.podman.load(archive, image_id, *unpacked_bytes).await?;
                 let env_file = handle.dir.join("env");
                 let tmp = TmpMount {
                     dir: handle.dir.join("tmp"),
@@ -250,8 +255,12 @@ impl SandboxBackend for ContainerBackend {
                 exit_report: true,
                 ..LaunchSpec::default()
             },
-            Program::Image { archive, image_id } => {
-                self.podman.load(archive, image_id).await?;
+            Program::Image {
+                archive,
+                image_id,
+                unpacked_bytes,
+            } => {
+                self.podman.load(archive, image_id, *unpacked_bytes).await?;
                 let argv = self.podman.command(&Container {
                     name: &task_container(&task.id),
                     hostname: TASK_HOSTNAME,
@@ -285,6 +294,14 @@ impl SandboxBackend for ContainerBackend {
         if matches!(task.program, Program::Image { .. }) {
             self.podman.remove(&task_container(&task.id)).await;
         }
+    }
+
+    async fn remove_images(
+        &self,
+        keep: &HashSet<String>,
+        unchanged: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Vec<String>, BackendError> {
+        self.podman.remove_images(keep, unchanged).await
     }
 }
 

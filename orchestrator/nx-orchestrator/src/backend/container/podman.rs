@@ -13,12 +13,12 @@ use crate::databases::SANDBOX_SOCKET_DIR;
 use crate::domain::Runtime;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 pub struct Podman {
     dir: PathBuf,
-    /// Images loaded since nxd started (loading again is harmless, but slow).
-    loaded: Mutex<HashSet<String>>,
+    /// Read while an image is looked for and loaded, written while unused images are removed
+    /// ([`Podman::remove_images`]): a removal never falls between a load and what it found.
+    images: tokio::sync::RwLock<()>,
 }
 
 /// One Podman container: a deployment's or a task's.
@@ -58,7 +58,7 @@ impl Podman {
         }
         let podman = Self {
             dir,
-            loaded: Mutex::new(HashSet::new()),
+            images: tokio::sync::RwLock::new(()),
         };
         std::fs::write(
             podman.dir.join("containers.conf"),
@@ -104,32 +104,107 @@ impl Podman {
         ])
     }
 
-    /// Loads an archive into Podman's storage (once per image while nxd runs).
-    pub async fn load(&self, archive: &Path, image_id: &str) -> Result<(), BackendError> {
-        if self.loaded.lock().expect("lock").contains(image_id) {
-            return Ok(());
-        }
-        let out = tokio::process::Command::new("podman")
-            .args(["load", "--quiet", "--input"])
-            .arg(archive)
+    /// `podman ARGS` with NX's environment: its output, or why podman could not run.
+    async fn run(&self, args: &[&str]) -> Result<std::process::Output, BackendError> {
+        tokio::process::Command::new("podman")
+            .args(args)
             .env_clear()
             .envs(self.env())
             .output()
             .await
             .map_err(|e| {
                 BackendError::Prepare(format!("cannot run podman ({e}); install podman and runc"))
-            })?;
+            })
+    }
+
+    /// Loads an archive into Podman's storage unless the image is there (asked of Podman each
+    /// time: an operator's `podman rmi`, or [`Podman::remove_images`], may have removed it).
+    /// Its layers take `unpacked_bytes` there: the state directory's disk must have that much
+    /// free beyond nxd's reserve (`host_limits::DISK_RESERVE_MB`), else nothing is loaded.
+    #[tracing::instrument(skip(self, archive))]
+    pub async fn load(
+        &self,
+        archive: &Path,
+        image_id: &str,
+        unpacked_bytes: u64,
+    ) -> Result<(), BackendError> {
+        let _loading = self.images.read().await;
+        if self
+            .run(&["image", "exists", image_id])
+            .await?
+            .status
+            .success()
+        {
+            return Ok(());
+        }
+        let free_mb = crate::host_limits::disk_free_mb(&self.dir)?;
+        let reserve_mb = crate::host_limits::DISK_RESERVE_MB;
+        let needed_mb = unpacked_bytes.div_ceil(1 << 20);
+        if free_mb < needed_mb.saturating_add(reserve_mb) {
+            return Err(BackendError::Prepare(format!(
+                "the image unpacks to {needed_mb} MiB, and the disk of nxd's state directory has {free_mb} MiB free, of which nxd keeps {reserve_mb} MiB in reserve: nothing was loaded. Ask the host's operator to free space (images no deployment runs leave Podman's storage with their archives, store.unused_grace_secs after their last use)"
+            )));
+        }
+        let out = self
+            .run(&["load", "--quiet", "--input", &archive.display().to_string()])
+            .await?;
         if !out.status.success() {
             return Err(BackendError::Prepare(format!(
                 "podman load: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        self.loaded
-            .lock()
-            .expect("lock")
-            .insert(image_id.to_owned());
+        tracing::info!(
+            unpacked_mib = needed_mb,
+            "image loaded into Podman's storage"
+        );
         Ok(())
+    }
+
+    /// Removes from Podman's storage every image whose id (the sha256 of its config, as
+    /// `nx_artifact::image::ImageInfo::id`) is not in `keep` and that no container uses
+    /// (Podman refuses those: a running deployment or task keeps its image), unless
+    /// `unchanged()`, asked once loads are held off, says `keep` is out of date (an image
+    /// stored since may have been loaded: the next collection sees it). Returns the ids
+    /// removed. Nothing when no image was ever loaded here, or podman cannot run.
+    #[tracing::instrument(skip_all)]
+    pub async fn remove_images(
+        &self,
+        keep: &HashSet<String>,
+        unchanged: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Vec<String>, BackendError> {
+        // containers/storage's overlay driver keeps its images' records here.
+        if !self.dir.join("storage/overlay-images").exists() {
+            return Ok(Vec::new());
+        }
+        let _removing = self.images.write().await;
+        if !unchanged() {
+            return Ok(Vec::new());
+        }
+        let out = self.run(&["images", "--quiet", "--no-trunc"]).await?;
+        if !out.status.success() {
+            return Err(BackendError::Prepare(format!(
+                "podman images: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let mut removed = Vec::new();
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let id = id.trim().trim_start_matches("sha256:");
+            if id.is_empty() || keep.contains(id) {
+                continue;
+            }
+            let out = self.run(&["rmi", id]).await?;
+            if out.status.success() {
+                removed.push(id.to_owned());
+            } else {
+                tracing::debug!(image = id, error = %String::from_utf8_lossy(&out.stderr).trim(), "kept: in use");
+            }
+        }
+        if !removed.is_empty() {
+            tracing::info!(images = ?removed, "removed images no stored archive holds from Podman's storage");
+        }
+        Ok(removed)
     }
 
     /// NX's seccomp filter as the profile Podman's containers run under (`seccomp::oci_profile`).
@@ -239,11 +314,6 @@ impl Podman {
 
     /// Removes a container a killed podman left behind.
     pub async fn remove(&self, name: &str) {
-        let _ = tokio::process::Command::new("podman")
-            .args(["rm", "--force", "--ignore", name])
-            .env_clear()
-            .envs(self.env())
-            .output()
-            .await;
+        let _ = self.run(&["rm", "--force", "--ignore", name]).await;
     }
 }
