@@ -385,13 +385,20 @@ fn a_gzip_bomb_of_a_layer_is_refused_and_podman_keeps_nothing() {
     assert!(images.contains("localhost/small"), "{images}");
 }
 
-/// Attacker s11 G6 too: what an image takes in Podman's storage counts toward its owner's
-/// `store.max_owner_mb`, and leaves Podman with its archive once no deployment runs it; a
-/// push after that loads it again (nxd asks Podman, it does not trust what it loaded before).
+/// Attacker s11 G6 too: an image unpacks to at most `store.max_image_unpacked_mb`; what it
+/// takes in Podman's storage counts toward its owner's `store.max_owner_mb`, and leaves Podman
+/// with its archive once no deployment runs it; a push after that loads it again (nxd asks
+/// Podman, it does not trust what it loaded before).
 #[test]
 fn an_images_layers_count_toward_its_owner_and_leave_podman_with_its_archive() {
-    let host = Host::start_with("[store]\nmax_owner_mb = 16\nunused_grace_secs = 5\n");
+    let host = Host::start_with(
+        "[store]\nmax_owner_mb = 16\nunused_grace_secs = 5\nmax_image_unpacked_mb = 48\n",
+    );
     let build = tempfile::tempdir_in("/var/tmp").unwrap();
+    // The host's own cap on what one image unpacks to: 64 MiB of zeros are past its 48 MiB
+    // (though within 64 times the archive's size, at least 256 MiB, which the CLI checks).
+    let big = sample_oci_archive(build.path(), "big", 64 << 20);
+    assert_refused(&host, &big, "layers unpack to more than 48 MiB");
     // About 1.2 MB to upload, 26 MiB unpacked: past the sandbox's 16 MiB.
     let mid = sample_oci_archive(build.path(), "mid", 24 << 20);
     assert!(host.nx(&["sandbox", "create", "quota"]).ok);
