@@ -4,7 +4,10 @@
 //!
 //! `nx-router --settings <dir>/settings.json` (written by nxd). `--upgrade` takes the listening
 //! socket from a running router over `<dir>/upgrade.sock` (send the old one SIGQUIT), Pingora's
-//! graceful upgrade: no connection is refused while the binary is replaced.
+//! graceful upgrade: no connection is refused while the binary is replaced. `--check` reads
+//! what a start reads (the settings, the route table, the fixed certificate and key), binds
+//! the listeners a start would and exits: 0 when a router could start with them, 1 with the
+//! error a start would end with.
 
 mod access_log;
 mod connections;
@@ -44,6 +47,9 @@ struct Args {
     /// Take the listening socket from the running router (Pingora's graceful upgrade).
     #[arg(long)]
     upgrade: bool,
+    /// Only read the settings and what they name, as a start would, then exit (0: usable).
+    #[arg(long, conflicts_with = "upgrade")]
+    check: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +68,11 @@ fn main() -> anyhow::Result<()> {
         Some(tls) => Some(Arc::new(tls::Certificates::load(tls)?)),
         None => None,
     };
+    if args.check {
+        check_listeners(&settings)?;
+        println!("{}: a router can start with these", args.settings.display());
+        return Ok(());
+    }
     let metrics = Arc::new(metrics::RouterMetrics::default());
     let shared = proxy::Shared {
         table: table.clone(),
@@ -133,6 +144,33 @@ fn main() -> anyhow::Result<()> {
     }
     tracing::info!(listen = %settings.listen, "nx-router ready");
     server.run_forever()
+}
+
+/// `--check`'s part for the listeners: each address `settings` name binds (and is let go at
+/// once), except one in use on a port the running router's settings (`<dir>/settings.json`)
+/// listen on too: that router holds it (or its address's wildcard), as far as a check can
+/// tell, and lets it go when it is stopped for the new one.
+fn check_listeners(settings: &RouterSettings) -> anyhow::Result<()> {
+    let addresses = |s: &RouterSettings| {
+        std::iter::once(s.listen)
+            .chain(s.tls.as_ref().map(|t| t.listen))
+            .collect::<Vec<_>>()
+    };
+    let running = std::fs::read(RouterSettings::file(&settings.dir))
+        .ok()
+        .and_then(|text| serde_json::from_slice::<RouterSettings>(&text).ok())
+        .map(|s| addresses(&s))
+        .unwrap_or_default();
+    for address in addresses(settings) {
+        match std::net::TcpListener::bind(address) {
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && running.iter().any(|r| r.port() == address.port()) => {}
+            Err(e) => anyhow::bail!("cannot listen on {address}: {e}"),
+        }
+    }
+    Ok(())
 }
 
 /// The proxy for one listener, wrapped in the connection caps and head deadline; `tls` makes

@@ -423,6 +423,38 @@ impl Host {
         )
     }
 
+    /// Runs one more nxd on this host's config (in its namespace, the same binary) with `args`
+    /// added, one that must end by itself within `within` (an nxd that refuses to start): how it
+    /// ended and what it printed. One that still runs then is killed and the test fails with
+    /// its output.
+    pub fn nxd_that_exits(&self, args: &[&str], within: Duration) -> Output {
+        let child = self
+            .netns
+            .command(&self.nxd_bin)
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nxd");
+        let pid = child.id().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output()));
+        if let Ok(out) = rx.recv_timeout(within) {
+            return out.expect("nxd's output");
+        }
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+        let out = rx.recv().expect("nxd's output").expect("nxd's output");
+        panic!(
+            "nxd still ran after {within:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Makes a listener the test configured itself inside the host's namespace (such as
     /// `[sftp] listen = "127.0.0.1:<port>"`) reachable from the test at 127.0.0.1:`port`, as
     /// the API and the router are, until the host is dropped.

@@ -14,6 +14,7 @@ mod route_table;
 mod scopes;
 mod sftp;
 mod sized_json;
+mod state_lock;
 mod streams;
 mod usage_api;
 mod volumes_api;
@@ -67,7 +68,7 @@ enum Command {
     /// Stops the embedded systemd manager of a state dir and every deployment it runs, then
     /// removes the host network that state dir's nxd set up (the nftables table `inet nx`,
     /// `nx0`, the subnet's route) and the System V shared-memory segment the killed embedded
-    /// PostgreSQL leaves. Stop nxd first.
+    /// PostgreSQL leaves. Stop nxd first: it refuses while an nxd holds the state dir's lock.
     ManagerStop {
         #[arg(long)]
         state_dir: PathBuf,
@@ -106,6 +107,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::ManagerStop { state_dir }) => {
+            let _lock = state_lock::acquire(&state_dir)?;
             nx_orchestrator::supervisor::embedded::stop(&state_dir);
             let segment = nx_orchestrator::embedded_db::forget_killed_cluster(&state_dir);
             nx_orchestrator::network::teardown::remove(&state_dir)
@@ -136,6 +138,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before anything touches the state dir (the router's API socket below is re-bound, the
+    // start-up recovery removes what it finds left), and held until nxd exits.
+    let _lock = state_lock::acquire(&config.state_dir)?;
     let api_listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("cannot listen on api_listen {}", config.api_listen))?;

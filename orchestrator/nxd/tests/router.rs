@@ -7,7 +7,8 @@
 //! router, and a router that exits is started again while `/v1/health` says it is down; one
 //! peer address holds at most `api_max_connections_per_address` API connections, and one client
 //! of the API through the router (HTTPS) at most as many requests under way; a deploy token at
-//! most `api_max_streams_per_token` log follows, and the root token keeps reserved connections.
+//! most `api_max_streams_per_token` log follows, and the root token keeps reserved connections;
+//! settings the router cannot use leave the running router serving.
 
 use nx_testkit::Host;
 use std::io::{Read, Write};
@@ -466,6 +467,79 @@ fn an_upgraded_nxd_replaces_the_old_router_and_one_that_exits_comes_back() {
         .send()
         .unwrap();
     assert_eq!(health.status(), 200);
+}
+
+/// Attacker s11 G12: a router setting the router cannot use (a certificate under the host's
+/// /tmp, which the manager's units do not see) made nxd stop the working router; the new one
+/// crash-looped and nxd exited 15 s later guessing "is the address taken". Now the new settings
+/// are checked where the router runs before the old router is stopped (its files read, its
+/// listeners bound): nxd exits at once with the router's own error, the old router keeps
+/// serving, and is adopted once the setting is fixed.
+#[test]
+fn settings_the_router_cannot_use_leave_the_running_router_serving_and_nxd_says_why() {
+    let mut host = Host::start();
+    let v1 = host.push_sample("kept", &[]);
+    let preview = host.preview_host("kept", &v1);
+    assert_eq!(host.get(&preview, "/").0, 200);
+    let first = router_pid(&host).expect("a router");
+
+    // A valid pair nxd itself can read, in the host's /tmp.
+    let tmp = tempfile::Builder::new()
+        .prefix("nx-test-g12-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let pair = nx_testkit::certs::TestCertificate::write(tmp.path(), &[preview.as_str()]);
+    let config = host.path("nxd.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let tls = format!(
+        "[tls]\nhttps_listen = \"127.0.0.1:{}\"\nacme = false\ncert_file = {:?}\nkey_file = {:?}\n",
+        nx_testkit::free_port(),
+        pair.cert,
+        pair.key
+    );
+    std::fs::write(&config, format!("{good}\n{tls}")).unwrap();
+    host.stop_nxd();
+    let started = Instant::now();
+    let out = host.nxd_that_exits(&[], Duration::from_secs(60));
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot read {}", pair.cert.display()))
+            && stderr.contains("left serving with its old ones"),
+        "{stderr}"
+    );
+    assert_eq!(router_pid(&host), Some(first), "the old router was stopped");
+    assert_eq!(host.get(&preview, "/").0, 200);
+    eprintln!("nxd refused the certificate in {took:?}: {stderr}");
+
+    // A router_listen another process holds: the same.
+    let held = host
+        .netns
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let taken = held.local_addr().unwrap();
+    let router_listen = format!("router_listen = \"{}\"", host.router);
+    assert!(good.contains(&router_listen), "{good}");
+    let moved = good.replace(&router_listen, &format!("router_listen = \"{taken}\""));
+    std::fs::write(&config, moved).unwrap();
+    let out = host.nxd_that_exits(&[], Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&format!("cannot listen on {taken}")),
+        "{stderr}"
+    );
+    assert_eq!(router_pid(&host), Some(first), "the old router was stopped");
+    assert_eq!(host.get(&preview, "/").0, 200);
+
+    std::fs::write(&config, good).unwrap();
+    host.start_nxd();
+    assert_eq!(
+        router_pid(&host),
+        Some(first),
+        "the old router was not adopted"
+    );
+    assert_eq!(host.get(&preview, "/").0, 200);
 }
 
 /// Attacker s8 F6, the rest: with the head timeout alone, one client re-opening thousands of

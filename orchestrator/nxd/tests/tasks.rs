@@ -659,3 +659,36 @@ fn a_unit_serves_no_task_after_one_killed_at_its_timeout_or_of_its_own_memory() 
         after_memory.exited
     );
 }
+
+/// Attacker s11 G5: a second nxd on a state dir that a running nxd owns (another `api_listen`)
+/// ran the start-up recovery against the first one's work (removed its warm task units, the
+/// next task failed "Broken pipe"). Now it exits at once naming the first one's pid, and so
+/// does `nxd manager-stop`; the first keeps its warm units and runs tasks.
+#[test]
+fn a_second_nxd_on_the_state_dir_exits_at_once_and_the_first_keeps_its_warm_tasks() {
+    let host = Host::start();
+    let (status, _, sha) = host.put_artifact(std::fs::read(sample_app()).unwrap());
+    assert_eq!(status, 200);
+    // The default pool: two warm units.
+    nx_testkit::metrics::wait_for(&host, "nx_task_pool_ready", Duration::from_secs(60), |v| {
+        v == 2.0
+    });
+
+    let api = format!("127.0.0.1:{}", nx_testkit::free_port());
+    let second = host.nxd_that_exits(&["--api-listen", &api], Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    let holder = format!("another nxd (pid {}) runs on the state dir", host.nxd_pid());
+    assert!(
+        stderr.contains(&holder) && stderr.contains("Stop it first"),
+        "{stderr}"
+    );
+
+    let (status, stderr) = host.manager_stop();
+    assert!(!status.success() && stderr.contains(&holder), "{stderr}");
+
+    // The first nxd's warm units are still there: two tasks at once both start warm.
+    assert_eq!(concurrent_tasks(&host, &sha, 2, "0"), [true, true]);
+    let out = run(&host, &[], &["print", "hello"]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "hello\n"));
+}

@@ -16,7 +16,7 @@ mod stream;
 #[cfg(target_os = "linux")]
 pub mod writer;
 
-pub use stream::{stream, tail, StillFollowed};
+pub use stream::{stream, tail, tail_records, StillFollowed};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};

@@ -20,17 +20,22 @@ pub type StillFollowed = Box<dyn FnMut() -> futures_util::future::BoxFuture<'sta
 
 /// The last `n` records of a log, as `nx logs` prints them; a missing log has none.
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    tail_records(path, n).iter().map(Record::display).collect()
+}
+
+/// The last `n` records of a log, oldest first; a missing log has none.
+pub fn tail_records(path: &Path, n: usize) -> Vec<Record> {
     let query = Query {
         lines: Some(n),
         ..Query::default()
     };
-    let mut lines = Vec::new();
+    let mut all = Vec::new();
     if let Ok(mut reader) = Reader::open(path, query) {
         while let Ok(Some(records)) = reader.read() {
-            lines.extend(records.iter().map(Record::display));
+            all.extend(records);
         }
     }
-    lines
+    all
 }
 
 fn encode(records: &[Record], json: bool) -> Bytes {

@@ -34,6 +34,14 @@ pub enum ServiceError {
     Supervisor(#[from] SupervisorError),
 }
 
+/// Whether every file of `files` (path, wanted content) holds its wanted content already: a
+/// running service with them is adopted by [`adopt_or_start`], else it is (re)started.
+pub fn unchanged(files: &[(PathBuf, String)]) -> bool {
+    files
+        .iter()
+        .all(|(file, wanted)| std::fs::read_to_string(file).ok().as_ref() == Some(wanted))
+}
+
 /// Makes sure the unit `spec.name` runs with `files` (path, wanted content) in place: adopted
 /// when it is active and every file has its wanted content, else stopped if active, the files
 /// written (each atomically, by a rename) and the unit started. The files' directories must
@@ -47,9 +55,7 @@ pub async fn adopt_or_start(
     files: &[(PathBuf, String)],
     spec: &UnitSpec,
 ) -> Result<Outcome, ServiceError> {
-    let unchanged = files
-        .iter()
-        .all(|(file, wanted)| std::fs::read_to_string(file).ok().as_ref() == Some(wanted));
+    let unchanged = unchanged(files);
     let active =
         supervisor.state(&spec.name).await?.active == crate::api::systemd::ActiveState::Active;
     if active && unchanged {
