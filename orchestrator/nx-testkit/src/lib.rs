@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 pub mod certs;
 pub mod metrics;
 pub mod pebble;
+pub mod seccomp;
 
 pub const BASE_DOMAIN: &str = "nx.test";
 /// Deployment ports handed to each host.

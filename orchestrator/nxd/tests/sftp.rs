@@ -135,23 +135,12 @@ fn deployments(host: &Host, sandbox: &str) -> usize {
 
 #[test]
 fn sftp_and_scp_uploads_deploy_and_bad_ones_are_refused() {
-    let port = nx_testkit::free_port();
-    let host = Host::start_with(&format!(
-        "[sftp]\nlisten = \"127.0.0.1:{port}\"\nmax_upload_mb = {LIMIT_MB}\n"
-    ));
-    host.forward(port);
-    let dir = host.path("sftp-client");
-    std::fs::create_dir_all(&dir).unwrap();
-    let sftp = Sftp {
-        port,
-        dir: dir.clone(),
-    };
-    host.nx_json(&["sandbox", "create", "web"]);
+    let (host, sftp, web_pub, added) =
+        sftp_host_with_web_key(&format!("max_upload_mb = {LIMIT_MB}\n"));
+    let (port, dir) = (sftp.port, sftp.dir.clone());
     host.nx_json(&["sandbox", "create", "other"]);
-    let web_pub = sftp.keygen("web_key");
     let other_pub = sftp.keygen("other_key");
     sftp.keygen("stranger_key");
-    let added = host.nx_json(&["keys", "add", "web", web_pub.to_str().unwrap()]);
     host.nx_json(&["keys", "add", "other", other_pub.to_str().unwrap()]);
     // The fingerprint is the one ssh-keygen prints.
     let printed = Command::new("ssh-keygen")
@@ -390,24 +379,29 @@ async fn session(
     (ssh, sftp)
 }
 
-/// A host with SFTP on `port` and `keys` in its `[sftp]` table, sandbox `web` holding a new
-/// key; the key, loaded for russh, and its fingerprint.
-fn sftp_host(keys: &str) -> (Host, u16, std::sync::Arc<russh::keys::PrivateKey>, String) {
+/// A host with SFTP on a free port and `keys` in its `[sftp]` table, sandbox `web` holding a
+/// new key `web_key`: the host, the client's key directory, the public key file and
+/// `nx keys add`'s answer.
+fn sftp_host_with_web_key(keys: &str) -> (Host, Sftp, PathBuf, serde_json::Value) {
     let port = nx_testkit::free_port();
     let host = Host::start_with(&format!("[sftp]\nlisten = \"127.0.0.1:{port}\"\n{keys}"));
     host.forward(port);
     let dir = host.path("sftp-client");
     std::fs::create_dir_all(&dir).unwrap();
-    let sftp = Sftp {
-        port,
-        dir: dir.clone(),
-    };
+    let sftp = Sftp { port, dir };
     host.nx_json(&["sandbox", "create", "web"]);
     let public = sftp.keygen("web_key");
     let added = host.nx_json(&["keys", "add", "web", public.to_str().unwrap()]);
-    let key = russh::keys::load_secret_key(dir.join("web_key"), None).unwrap();
+    (host, sftp, public, added)
+}
+
+/// [`sftp_host_with_web_key`] for russh clients: the host, the SFTP port, `web_key` loaded
+/// for russh and its fingerprint.
+fn sftp_host(keys: &str) -> (Host, u16, std::sync::Arc<russh::keys::PrivateKey>, String) {
+    let (host, sftp, _, added) = sftp_host_with_web_key(keys);
+    let key = russh::keys::load_secret_key(sftp.dir.join("web_key"), None).unwrap();
     let fingerprint = added["fingerprint"].as_str().unwrap().to_owned();
-    (host, port, std::sync::Arc::new(key), fingerprint)
+    (host, sftp.port, std::sync::Arc::new(key), fingerprint)
 }
 
 /// Attacker s11 G2: one session that opened uploads and never closed them took every file
