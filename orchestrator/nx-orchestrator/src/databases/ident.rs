@@ -73,6 +73,14 @@ impl SandboxIdents {
     }
 }
 
+/// Whether `name` has the form of a sandbox's opaque identifier (`nx_` and 24 lowercase hex
+/// digits, [`SandboxIdents::sandbox`]): a current sandbox's, or one left by a removed sandbox.
+pub fn has_opaque_form(name: &str) -> bool {
+    name.strip_prefix("nx_").is_some_and(|hex| {
+        hex.len() == OPAQUE_HEX && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 /// The names NX gave before they were opaque: `nx_<sandbox>` with '-' as '_' (a long name kept
 /// its first 50 characters and 8 hex of its hash). Only to find and rename them.
 pub fn legacy_sandbox(name: &SandboxName) -> String {
@@ -130,6 +138,18 @@ mod tests {
         );
         std::fs::write(&key, "short\n").unwrap();
         assert!(SandboxIdents::load_or_create(&key).is_err());
+    }
+
+    #[test]
+    fn opaque_names_are_told_from_readable_ones() {
+        let idents = SandboxIdents { key: [7; 32] };
+        let sandbox = SandboxName::parse("my-app").unwrap();
+        assert!(has_opaque_form(&idents.sandbox(&sandbox)));
+        assert!(!has_opaque_form(&legacy_sandbox(&sandbox)));
+        let hex_named = SandboxName::parse("0123456789abcdef01234567").unwrap();
+        assert!(has_opaque_form(&legacy_sandbox(&hex_named)));
+        assert!(!has_opaque_form("nx_0123456789ABCDEF01234567"));
+        assert!(!has_opaque_form("nx_0123456789abcdef0123456"));
     }
 
     #[test]

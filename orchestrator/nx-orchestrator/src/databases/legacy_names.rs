@@ -1,10 +1,11 @@
 //! The move from readable tenant names (`nx_<sandbox>`) to opaque ones (`ident`): each
 //! sandbox's role and database are renamed, its password file follows, and the comments NX
 //! put on kept databases lose the sandbox's name. Idempotent: run at every start, it renames
-//! only what still has an old name, and never a name that is another sandbox's opaque one: a
-//! sandbox may be named like an ident (24 hex digits), and its readable name is then another
-//! sandbox's database and role (attacker s11 G11: a restart gave that sandbox the other's
-//! database once its own was gone).
+//! only what still has an old name, and never a name of the opaque form: a sandbox may be
+//! named like an ident (24 hex digits), and its readable name is then another sandbox's
+//! database and role, current or left by a removed sandbox (attacker s11 G11: a restart gave
+//! that sandbox the other's database once its own was gone). A sandbox from before opaque
+//! names that was itself named with 24 hex digits is left as it is, with a warning.
 
 use super::ident::{self, literal, quote};
 use super::{Databases, DbError};
@@ -22,12 +23,10 @@ impl Databases {
         sandboxes: &[SandboxName],
     ) -> Result<Vec<SandboxName>, DbError> {
         let mut renamed = Vec::new();
-        let current: std::collections::HashSet<String> =
-            sandboxes.iter().map(|s| self.idents.sandbox(s)).collect();
         for sandbox in sandboxes {
             let old = ident::legacy_sandbox(sandbox);
-            if current.contains(&old) {
-                tracing::warn!(%sandbox, name = %old, "the sandbox's readable database name is another sandbox's: not renamed");
+            if ident::has_opaque_form(&old) {
+                tracing::warn!(%sandbox, name = %old, "the sandbox's readable database name has the form of an opaque one (maybe another sandbox's): not renamed");
                 continue;
             }
             let new = self.idents.sandbox(sandbox);
