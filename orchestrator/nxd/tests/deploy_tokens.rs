@@ -89,6 +89,13 @@ fn a_scoped_token_pushes_and_promotes_its_sandbox_and_nothing_else() {
 
     // Removed: 401.
     host.nx_json(&["token", "rm", &id]);
+    // Removing it again, or a name that is no token id (a NUL byte PostgreSQL would refuse):
+    // 404 naming `nx token ls`, not a server error.
+    for path in [format!("/v1/tokens/{id}"), "/v1/tokens/%00".to_owned()] {
+        let (status, body) = call(&host, &host.token, "DELETE", &path, None);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body.contains("nx token ls"), "{path}: {body}");
+    }
     let out = host.nx_as(&token, &["status", "web"]);
     assert!(
         !out.ok && out.stderr.contains("wrong or removed API token"),

@@ -48,6 +48,11 @@ impl TryFrom<TokenRow> for TokenView {
     }
 }
 
+/// Length of a token's id, in characters of [`ID_ALPHABET`].
+const ID_LEN: usize = 8;
+/// The characters of a token's id.
+const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
 const SELECT: &str = "SELECT id, sandbox, verbs, created_at, expires_at FROM deploy_tokens";
 
 /// Deploy tokens in nxd's state database (table `deploy_tokens`).
@@ -67,8 +72,8 @@ impl TokenStore {
     pub async fn create(&self, req: &CreateToken) -> Result<CreatedToken, AccessError> {
         let (id, token) = {
             let mut rng = rand::thread_rng();
-            let id: String = (0..8)
-                .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..36)]))
+            let id: String = (0..ID_LEN)
+                .map(|_| char::from(ID_ALPHABET[rng.gen_range(0..ID_ALPHABET.len())]))
                 .collect();
             let secret: [u8; 32] = rng.gen();
             let token = format!("{PREFIX}{id}_{}", hex::encode(secret));
@@ -131,6 +136,10 @@ impl TokenStore {
 
     /// Removes a token by its id; it is refused (401) from then on.
     pub async fn remove(&self, id: &str) -> Result<(), AccessError> {
+        if id.len() != ID_LEN || !id.bytes().all(|b| ID_ALPHABET.contains(&b)) {
+            // Not an id NX gives (PostgreSQL would refuse a NUL byte with an error of its own).
+            return Err(AccessError::NoToken(id.escape_debug().to_string()));
+        }
         let done = sqlx::query("DELETE FROM deploy_tokens WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
