@@ -234,7 +234,9 @@ where
         answer => return Ok((answer?, false)),
     };
     match client.artifact(sha).await {
-        Ok(_) => return Err(not_found),
+        // Stored meanwhile (another push of the same file at once, a CI matrix's): asked
+        // again; a 404 then is about something else.
+        Ok(_) => return Ok((call().await?, false)),
         Err(e) if e.status() == Some(404) => {}
         Err(e) => return Err(e.into()),
     }

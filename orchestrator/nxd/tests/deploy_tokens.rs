@@ -493,3 +493,31 @@ fn only_the_root_token_and_push_tokens_read_the_settings_env_values() {
     );
     assert!(!shown.stdout.contains("sk_live"), "{}", shown.stdout);
 }
+
+/// Attacker s11 (low): a CI matrix pushing one new build with a new token at once: every
+/// push asks nxd, gets 404 (its sandbox does not own the file yet) and uploads; a push whose
+/// upload check came after another's upload found the file stored and gave up with "no
+/// artifact ... upload it first" (4 of 10). Every push runs.
+#[test]
+fn concurrent_first_pushes_of_one_file_with_a_new_token_all_run() {
+    const PUSHES: usize = 8;
+    let host = Host::start();
+    host.nx_json(&["sandbox", "create", "matrix"]);
+    let (token, _) = create(&host, &["--sandbox", "matrix", "--can", "push"]);
+    let sample = nx_testkit::sample_app();
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let pushes: Vec<_> = (0..PUSHES)
+            .map(|_| {
+                s.spawn(|| {
+                    host.nx_as(
+                        &token,
+                        &["push", sample.to_str().unwrap(), "--sandbox", "matrix"],
+                    )
+                })
+            })
+            .collect();
+        pushes.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    let failed: Vec<_> = outs.iter().filter(|o| !o.ok).map(|o| &o.stderr).collect();
+    assert!(failed.is_empty(), "{} of {PUSHES} failed: {failed:?}", failed.len());
+}
