@@ -223,6 +223,21 @@ fn a_blob_at_the_filesystems_link_limit_still_goes_into_a_bundle() {
         app("/read?path=/app/conf/app.toml"),
         (200, "greeting = \"hello\"\n".into())
     );
+    // The blob was renewed once (a new file, linked by the new tree), not copied into the
+    // tree: a tree past the limit costs no copy of its own (attacker s11: 7,001 copies).
+    use std::os::unix::fs::MetadataExt;
+    let renewed = std::fs::metadata(&blob).unwrap();
+    let in_tree: Vec<_> = files_under(&host.path("bundles"))
+        .into_iter()
+        .filter(|path| path.ends_with("conf/app.toml"))
+        .map(|path| std::fs::metadata(path).unwrap())
+        .collect();
+    assert_eq!(in_tree.len(), 2, "two trees hold conf/app.toml");
+    assert!(
+        renewed.nlink() == 2 && in_tree.iter().any(|m| m.ino() == renewed.ino()),
+        "the new tree holds a copy of its own: blob links {}",
+        renewed.nlink()
+    );
     std::fs::remove_dir_all(&links).unwrap();
 }
 

@@ -309,7 +309,7 @@ impl BundleStore {
             } else {
                 self.blobs.path(&file.sha256)?
             };
-            link_or_copy(&source, &path)?;
+            link_or_renew(&source, &path)?;
         }
         for link in &manifest.links {
             let path = bundle::host_path(&root, &link.path);
@@ -396,14 +396,24 @@ fn open_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(&incoming, std::fs::Permissions::from_mode(0o700))
 }
 
-/// Hard-links `source` at `path`; where `source` is at the filesystem's limit of links to
-/// one file (ext4: 65,000), `path` gets a copy of its own (with its mode). Without the copy,
-/// one tenant's bundles filling a common file's links made every other tenant's bundle
-/// holding it unpushable (attacker s10 F10).
-fn link_or_copy(source: &Path, path: &Path) -> std::io::Result<()> {
+/// Hard-links `source` (a stored file, `<store>/<sha256>`) at `path`. Where `source` is at
+/// the filesystem's limit of links to one file (ext4: 65,000), `source` is first replaced by
+/// a copy of itself (the same bytes and mode, made in its store's `.incoming` and renamed
+/// over it): trees made before keep the old file, the next 65,000 link the new one. So a
+/// file is copied once per 65,000 trees that hold it, not once per tree (attacker s11: 7,001
+/// copies, one per tree, past the limit), and one tenant taking a common file to the limit
+/// leaves every other tenant's bundles pushable (attacker s10 F10).
+fn link_or_renew(source: &Path, path: &Path) -> std::io::Result<()> {
     match std::fs::hard_link(source, path) {
         Err(e) if e.kind() == std::io::ErrorKind::TooManyLinks => {
-            std::fs::copy(source, path).map(drop)
+            let store = source.parent().expect("a stored file is in its store");
+            let fresh = tempfile::Builder::new()
+                .prefix("renewed-")
+                .tempfile_in(store.join(INCOMING))?;
+            std::fs::copy(source, fresh.path())?;
+            fresh.persist(source).map_err(|e| e.error)?;
+            tracing::info!(file = %source.display(), "at the filesystem's link limit: renewed");
+            std::fs::hard_link(source, path)
         }
         linked => linked,
     }
