@@ -109,7 +109,9 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<String> {
 /// fixing another's session). `None` for a host-only cookie (no or an empty `Domain`) and for
 /// one scoped to a name that only one tenant's hosts are under (its own production host, a
 /// custom domain's parent). As a browser reads it (RFC 6265 §5.2.3, §5.3 step 4): the last
-/// `Domain` attribute counts, a leading dot is ignored, case too.
+/// `Domain` attribute counts, a leading dot is ignored, case too; a name that is not ASCII
+/// is taken in its ASCII form (UTS #46 processing: a full-width `．` is a dot), and one that
+/// has none is treated as shared (dropped: attacker s11, `Domain=nx．test`).
 pub fn shared_cookie_domain(set_cookie: &str, base_domain: &str) -> Option<String> {
     let domain = set_cookie
         .split(';')
@@ -119,10 +121,18 @@ pub fn shared_cookie_domain(set_cookie: &str, base_domain: &str) -> Option<Strin
         .last()?
         .1
         .trim();
+    let domain = if domain.is_ascii() {
+        domain.to_ascii_lowercase()
+    } else {
+        match idna::domain_to_ascii(domain) {
+            Ok(ascii) => ascii,
+            Err(_) => return Some(domain.to_owned()),
+        }
+    };
     let domain = domain
         .strip_prefix('.')
-        .unwrap_or(domain)
-        .to_ascii_lowercase();
+        .unwrap_or(&domain)
+        .to_owned();
     let domain = domain.strip_suffix('.').unwrap_or(&domain);
     let base = base_domain.to_ascii_lowercase();
     let shared = !domain.is_empty()
@@ -203,6 +213,12 @@ mod tests {
             Some("nx.test")
         );
         assert_eq!(shared("s=1; Domain=nx.test; Domain=web.nx.test"), None);
+        // Names a browser maps to ASCII first: full-width dots, full-width letters.
+        assert_eq!(shared("s=1; Domain=nx．test").as_deref(), Some("nx.test"));
+        assert_eq!(shared("s=1; Domain=．ｎｘ．test").as_deref(), Some("nx.test"));
+        assert_eq!(shared("s=1; Domain=web．nx．test"), None);
+        // No ASCII form: dropped as well.
+        assert!(shared("s=1; Domain=nx\u{FFFD}test").is_some());
         for own in [
             "s=1",
             "s=1; Path=/; HttpOnly",
