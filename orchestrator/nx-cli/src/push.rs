@@ -217,7 +217,7 @@ pub enum Shown {
 /// answers 404 and does not hold that file (then asked by hash), uploads it (showing what
 /// `shown` says) and runs `call` again: a file nxd holds already costs no request of its own.
 /// Returns `call`'s answer and whether the file was uploaded. Errors: `call`'s (a 404 about
-/// something else as it is), the question's, the upload's.
+/// something else as the second call answers it), the question's, the upload's.
 pub async fn uploading_on_404<T, F, Fut>(
     client: &Client,
     file: &Path,
@@ -229,10 +229,10 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let not_found = match call().await {
-        Err(e) if status(&e) == Some(404) => e,
+    match call().await {
+        Err(e) if status(&e) == Some(404) => {}
         answer => return Ok((answer?, false)),
-    };
+    }
     match client.artifact(sha).await {
         // Stored meanwhile (another push of the same file at once, a CI matrix's): asked
         // again; a 404 then is about something else.
