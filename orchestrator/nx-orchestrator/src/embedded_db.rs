@@ -25,6 +25,10 @@ pub const STATE_DATABASE: &str = "nx";
 /// Connection slots only superusers (nxd, its pg_dump and pg_restore) may take: nxd's pools
 /// (12) and its tools, with room to spare. PostgreSQL's `superuser_reserved_connections`.
 pub const RESERVED_FOR_NXD: u32 = 20;
+/// The cluster's `max_locks_per_transaction`: its shared lock table holds this many entries
+/// per connection (PostgreSQL's default is 64), so that tenants' sessions at
+/// [`crate::databases::runaway::MAX_LOCKS_PER_SESSION`] each leave room for the others.
+pub const MAX_LOCKS_PER_TRANSACTION: u32 = 256;
 /// The mode of `<state_dir>/postgres`, owned by the `postgres` user and the database gate's
 /// group (`databases.gate_uid`), which may only pass through it to the socket directory.
 pub const DIR_MODE: u32 = 0o710;
@@ -149,6 +153,8 @@ pub async fn ensure(
                 format!("superuser_reserved_connections={RESERVED_FOR_NXD}"),
                 "-c".into(),
                 format!("authentication_timeout={AUTHENTICATION_TIMEOUT_SECS}s"),
+                "-c".into(),
+                format!("max_locks_per_transaction={MAX_LOCKS_PER_TRANSACTION}"),
             ],
             user: Some(OS_USER.into()),
             limits: None,
@@ -279,23 +285,51 @@ fn initdb(dir: &Path, data: &Path, user: &nix::unistd::User) -> Result<(), Embed
 /// Processes that ended meanwhile are left out.
 pub fn anonymous_memory(pids: &[u32]) -> HashMap<i32, u64> {
     pids.iter()
-        .filter_map(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                    .map(str::trim)
-            };
-            let inner = field("NSpid")?.split_whitespace().last()?.parse().ok()?;
-            let kib: u64 = field("RssAnon")?
+        .filter_map(|&pid| {
+            let status = ProcStatus::read(pid)?;
+            let kib: u64 = status
+                .field("RssAnon")?
                 .trim_end_matches("kB")
                 .trim()
                 .parse()
                 .ok()?;
-            Some((inner, kib * 1024))
+            Some((status.postgres_pid()?, kib * 1024))
         })
         .collect()
+}
+
+/// Of `pids` (the cluster's processes as nxd sees them), the one PostgreSQL knows as
+/// `postgres_pid`, as nxd sees it: to signal a backend where PostgreSQL's own
+/// `pg_terminate_backend` cannot run (it reads the target's role from a shared catalog).
+pub fn host_pid(pids: &[u32], postgres_pid: i32) -> Option<u32> {
+    pids.iter()
+        .copied()
+        .find(|&pid| ProcStatus::read(pid).and_then(|s| s.postgres_pid()) == Some(postgres_pid))
+}
+
+/// A process's `/proc/<pid>/status` (proc(5)).
+struct ProcStatus(String);
+
+impl ProcStatus {
+    /// `None` for a process that ended.
+    fn read(pid: u32) -> Option<Self> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .map(Self)
+    }
+
+    /// The value of the line `name:`, trimmed.
+    fn field(&self, name: &str) -> Option<&str> {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+
+    /// The pid in the innermost PID namespace (the last of `NSpid`), PostgreSQL's.
+    fn postgres_pid(&self) -> Option<i32> {
+        self.field("NSpid")?.split_whitespace().last()?.parse().ok()
+    }
 }
 
 /// After the embedded manager of `state_dir` was killed (`nxd manager-stop`): removes the

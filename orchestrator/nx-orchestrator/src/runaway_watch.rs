@@ -31,6 +31,18 @@ impl Orchestrator {
 
     /// One look: ends every tenant backend past its bounds.
     async fn end_runaway_backends(&self) -> Result<(), Error> {
+        // First, and by reading functions only: while the shared lock table is full, every
+        // other query here fails.
+        for (pid, locks) in self.databases.lock_hogs().await? {
+            if self.end_lock_hog(pid).await? {
+                tracing::warn!(
+                    pid,
+                    locks,
+                    "ended a database session: it held {locks} entries of PostgreSQL's shared lock table, past its bound of {}; every other session needs room there",
+                    crate::databases::runaway::MAX_LOCKS_PER_SESSION
+                );
+            }
+        }
         let backends = self.databases.tenant_backends().await?;
         if backends.is_empty() {
             return Ok(());
@@ -53,6 +65,25 @@ impl Orchestrator {
             }
         }
         Ok(())
+    }
+
+    /// Ends the backend PostgreSQL knows as `pid`: on the embedded cluster with SIGTERM from
+    /// here (what `pg_terminate_backend` sends; PostgreSQL's function itself reads the
+    /// target's role from a shared catalog, which fails while the lock table is full), else
+    /// with `pg_terminate_backend`. Whether it was there to end.
+    async fn end_lock_hog(&self, pid: i32) -> Result<bool, Error> {
+        if !self.embedded_db {
+            return Ok(self.databases.terminate(pid).await?);
+        }
+        let pids = self.supervisor.unit_pids(embedded_db::UNIT).await?;
+        let Some(host_pid) = embedded_db::host_pid(&pids, pid) else {
+            return Ok(false);
+        };
+        let Ok(host_pid) = i32::try_from(host_pid) else {
+            return Ok(false);
+        };
+        let host_pid = nix::unistd::Pid::from_raw(host_pid);
+        Ok(nix::sys::signal::kill(host_pid, nix::sys::signal::Signal::SIGTERM).is_ok())
     }
 
     /// The sandbox whose role (production's or a preview branch's) `role` is.

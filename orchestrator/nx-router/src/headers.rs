@@ -129,10 +129,7 @@ pub fn shared_cookie_domain(set_cookie: &str, base_domain: &str) -> Option<Strin
             Err(_) => return Some(domain.to_owned()),
         }
     };
-    let domain = domain
-        .strip_prefix('.')
-        .unwrap_or(&domain)
-        .to_owned();
+    let domain = domain.strip_prefix('.').unwrap_or(&domain).to_owned();
     let domain = domain.strip_suffix('.').unwrap_or(&domain);
     let base = base_domain.to_ascii_lowercase();
     let shared = !domain.is_empty()
@@ -215,7 +212,10 @@ mod tests {
         assert_eq!(shared("s=1; Domain=nx.test; Domain=web.nx.test"), None);
         // Names a browser maps to ASCII first: full-width dots, full-width letters.
         assert_eq!(shared("s=1; Domain=nx．test").as_deref(), Some("nx.test"));
-        assert_eq!(shared("s=1; Domain=．ｎｘ．test").as_deref(), Some("nx.test"));
+        assert_eq!(
+            shared("s=1; Domain=．ｎｘ．test").as_deref(),
+            Some("nx.test")
+        );
         assert_eq!(shared("s=1; Domain=web．nx．test"), None);
         // No ASCII form: dropped as well.
         assert!(shared("s=1; Domain=nx\u{FFFD}test").is_some());

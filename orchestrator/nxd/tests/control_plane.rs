@@ -1058,6 +1058,124 @@ fn one_tenants_parallel_sessions_leave_another_tenants_session_and_postgresql_ru
     );
 }
 
+/// Attacker s12 H1 (high): what a session keeps between statements (a `set_config` value)
+/// stays in its process, and the watch looked at active sessions only: idle sessions of one
+/// tenant took the cluster to its `MemoryMax`. Idle sessions count toward their role's bound.
+#[test]
+fn idle_sessions_count_toward_their_roles_memory_bound() {
+    let host = Host::start_with("[databases]\nsandbox_memory_max_mb = 400\n");
+    host.nx_json(&["sandbox", "create", "alpha"]);
+    let alpha = host.nx_json(&["db", "url", "alpha"])["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Fourteen sessions, one after another, each keeping 40 MB or more once idle (~200 MB at
+    // most while its statement runs: under the bound alone).
+    let sessions: Vec<_> = (0..14)
+        .map(|_| {
+            let mut session = Command::new("psql")
+                .arg(&alpha)
+                .args(["-At"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdin = session.stdin.as_mut().unwrap();
+            stdin
+                .write_all(b"SELECT length(set_config('nx.kept', repeat('x', 40000000), false));\n")
+                .unwrap();
+            stdin.flush().unwrap();
+            std::thread::sleep(Duration::from_secs(1));
+            session
+        })
+        .collect();
+    let ended = |l: &str| l.contains("ended a tenant's database session") && l.contains("alpha");
+    let started = Instant::now();
+    while !host.nxd_log().lines().any(ended) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "alpha's idle sessions hold over 560 MB past its 400 MB and none was ended: {}",
+            host.nxd_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for mut session in sessions {
+        drop(session.stdin.take());
+        session.wait().unwrap();
+    }
+}
+
+/// Attacker s12 C1 (critical): PostgreSQL's lock table is the whole cluster's, and a session
+/// keeps its advisory locks after its statement. One tenant's idle session holding 100,000
+/// of them (taken in ~30 ms) made every other session, nxd's own state included, fail "out of
+/// shared memory" for as long as that session chose to stay. nxd ends it, and the others go
+/// on.
+#[test]
+fn a_session_filling_the_lock_table_is_ended_and_every_other_database_goes_on() {
+    let host = Host::start();
+    let url = |sandbox: &str| {
+        host.nx_json(&["sandbox", "create", sandbox]);
+        host.nx_json(&["db", "url", sandbox])["url"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (alpha, beta) = (url("alpha"), url("beta"));
+    let mut hog = Command::new("psql")
+        .arg(&alpha)
+        .args(["-At"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Taken, then idle (its stdin stays open).
+    let mut stdin = hog.stdin.take().unwrap();
+    stdin
+        .write_all(b"SELECT count(pg_advisory_lock(g)) FROM generate_series(1, 100000) g;\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let ended = |l: &str| l.contains("ended a database session") && l.contains("shared lock table");
+    let started = Instant::now();
+    while !host.nxd_log().lines().any(ended) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the session holding the locks was not ended in 30 s; nxd's log:\n{}",
+            host.nxd_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its client learns it at its next statement.
+    stdin.write_all(b"SELECT 'still here';\n").unwrap();
+    drop(stdin);
+    let out = hog.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("still here")
+            && stderr.contains("terminating connection due to administrator command"),
+        "{stderr}"
+    );
+    // Another tenant's database, and nxd's own state (a push), go on.
+    let other = Command::new("psql")
+        .arg(&beta)
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            "CREATE TABLE t (x int); SELECT 'ok'",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&other.stdout).contains("ok"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let id = host.push_sample("beta", &[]);
+    assert_eq!(host.get(&host.preview_host("beta", &id), "/").0, 200);
+}
+
 #[test]
 fn a_tenant_cannot_lift_its_statement_time_memory_and_temp_file_bounds() {
     let host = Host::start_with(

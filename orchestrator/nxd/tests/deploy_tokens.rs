@@ -519,5 +519,9 @@ fn concurrent_first_pushes_of_one_file_with_a_new_token_all_run() {
         pushes.into_iter().map(|p| p.join().unwrap()).collect()
     });
     let failed: Vec<_> = outs.iter().filter(|o| !o.ok).map(|o| &o.stderr).collect();
-    assert!(failed.is_empty(), "{} of {PUSHES} failed: {failed:?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {PUSHES} failed: {failed:?}",
+        failed.len()
+    );
 }

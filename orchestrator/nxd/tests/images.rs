@@ -331,7 +331,7 @@ fn an_image_runs_under_the_same_seccomp_filter_as_a_binary() {
         .unwrap()
         .to_owned();
     let get = |path: &str| host.get(&host.preview_host("filter", &id), path);
-    nx_testkit::seccomp::assert_filtered(&get);
+    nx_testkit::seccomp::assert_filtered(get);
     // Everything else as before: it serves.
     assert_eq!(get("/").0, 200);
 }

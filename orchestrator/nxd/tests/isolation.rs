@@ -58,7 +58,7 @@ fn a_deployment_sees_nothing_of_the_host_or_its_neighbours() {
 
     // The seccomp filter: no nested user namespace, no io_uring, no hypervisor (AF_VSOCK) or
     // raw (AF_PACKET) sockets; TCP and unix sockets as usual.
-    nx_testkit::seccomp::assert_filtered(&get);
+    nx_testkit::seccomp::assert_filtered(get);
 
     // Its log is root's alone (the CLI reads it through nxd).
     use std::os::unix::fs::PermissionsExt;

@@ -22,14 +22,19 @@ use rand::RngCore;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// A tenant's backend running a statement now.
+/// Entries of PostgreSQL's shared lock table one tenant session may hold (see
+/// [`Databases::lock_hogs`]); the embedded cluster's table holds
+/// `MAX_LOCKS_PER_TRANSACTION` × connections.
+pub const MAX_LOCKS_PER_SESSION: i64 = 1024;
+
+/// A tenant's backend.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantBackend {
     /// Its process id, as PostgreSQL knows it (`pg_stat_activity.pid`).
     pub pid: i32,
     /// Its role: `nx_*` (a sandbox's) or `nxb_*` (a preview branch's).
     pub role: String,
-    /// How long its statement has run, in seconds.
+    /// How long its statement has run, in seconds (0 while it is idle).
     pub running_secs: f64,
     /// Whether it is nxd's own restore's session, which has no statement time bound.
     pub restore: bool,
@@ -147,12 +152,13 @@ impl Drop for RestoringGuard<'_> {
 }
 
 impl Databases {
-    /// Tenants' client backends running a statement now, nxd's own restores' sessions marked
-    /// (of each database being restored into, the earliest backend with its restore's
-    /// application name: one of the role's own sessions may take the name, read in
-    /// `pg_stat_activity`, but connects after the restore did). A backend frees its
-    /// statement's memory when the statement ends; idle ones are not looked at, so that nxd
-    /// reads nothing while tenants' sessions are idle.
+    /// Tenants' client backends, idle ones too, nxd's own restores' sessions marked (of each
+    /// database being restored into, the earliest backend with its restore's application
+    /// name: one of the role's own sessions may take the name, read in `pg_stat_activity`,
+    /// but connects after the restore did). An idle backend's statement time is 0, but its
+    /// memory counts: what a session keeps between statements (`set_config` values, prepared
+    /// statements, temp buffers) stays in its process (attacker s12 H1: idle sessions were
+    /// not looked at, and one tenant's took the cluster to its `MemoryMax`).
     ///
     /// # Errors
     /// The query's.
@@ -167,11 +173,12 @@ impl Databases {
                WHERE a.backend_type = 'client backend' \
                ORDER BY a.datname, a.backend_start, a.pid) \
              SELECT pid, usename::text, \
-                    extract(epoch FROM clock_timestamp() - query_start)::float8, \
+                    CASE WHEN state = 'active' AND query_start IS NOT NULL \
+                         THEN extract(epoch FROM clock_timestamp() - query_start)::float8 \
+                         ELSE 0 END, \
                     pid IN (SELECT pid FROM restores) \
              FROM pg_stat_activity \
-             WHERE backend_type = 'client backend' AND state = 'active' \
-               AND query_start IS NOT NULL \
+             WHERE backend_type = 'client backend' \
                AND (usename LIKE 'nx\\_%' OR usename LIKE 'nxb\\_%')",
         )
         .bind(databases)
@@ -250,6 +257,44 @@ impl Databases {
             ));
         }
         ended
+    }
+
+    /// Client backends of roles other than nxd's own holding more than
+    /// [`MAX_LOCKS_PER_SESSION`] entries of PostgreSQL's shared lock table (locks that are not
+    /// fast-path ones: advisory locks, and relation locks past a backend's 16 fast-path
+    /// slots), idle ones too, but for nxd's own restore sessions (`pg_restore
+    /// --single-transaction` locks every object it makes): `(pid, locks)`.
+    ///
+    /// The table is the whole cluster's (`max_locks_per_transaction` × connections) and a
+    /// session keeps its advisory locks after its statement: one tenant's
+    /// `SELECT pg_advisory_lock(g) FROM generate_series(1, 100000) g` filled it in ~30 ms, and
+    /// then every other session, nxd's own state included, failed "out of shared memory"
+    /// until that session chose to end (attacker s12 C1). So the query reads functions only
+    /// (`pg_lock_status`, `pg_stat_get_activity`): a query naming `pg_stat_activity` or
+    /// `pg_roles` takes locks on shared catalogs, which fail while the table is full.
+    ///
+    /// # Errors
+    /// The query's.
+    pub async fn lock_hogs(&self) -> Result<Vec<(i32, i64)>, DbError> {
+        let (_, names) = self.restoring.arrays();
+        Ok(sqlx::query_as(
+            "WITH held AS ( \
+               SELECT pid, count(*) AS locks FROM pg_lock_status() \
+               WHERE NOT fastpath AND pid IS NOT NULL GROUP BY pid), \
+             restores AS ( \
+               SELECT DISTINCT ON (a.application_name) a.pid \
+               FROM pg_stat_get_activity(NULL) a \
+               WHERE a.application_name = ANY($2::text[]) \
+               ORDER BY a.application_name, a.backend_start, a.pid) \
+             SELECT s.pid, h.locks FROM pg_stat_get_activity(NULL) s JOIN held h ON h.pid = s.pid \
+             WHERE s.backend_type = 'client backend' AND h.locks > $1 \
+               AND s.usesysid <> (SELECT usesysid FROM pg_stat_get_activity(pg_backend_pid())) \
+               AND s.pid NOT IN (SELECT pid FROM restores)",
+        )
+        .bind(MAX_LOCKS_PER_SESSION)
+        .bind(names)
+        .fetch_all(&self.admin)
+        .await?)
     }
 
     /// Ends a backend (`pg_terminate_backend`); whether it was there to end.
