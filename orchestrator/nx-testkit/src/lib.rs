@@ -310,6 +310,20 @@ impl Host {
         std::fs::read_to_string(self.state_dir.path().join("nxd.log")).unwrap_or_default()
     }
 
+    /// Waits up to `within` for a line of nxd's log that `wanted` accepts, looking every
+    /// 100 ms; panics with `what` and the log when none came.
+    pub fn wait_for_log_line(&self, wanted: impl Fn(&str) -> bool, within: Duration, what: &str) {
+        let started = Instant::now();
+        while !self.nxd_log().lines().any(&wanted) {
+            assert!(
+                started.elapsed() < within,
+                "{what} (within {within:?}); nxd's log:\n{}",
+                self.nxd_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// nxd's process id.
     pub fn nxd_pid(&self) -> u32 {
         self.nxd.as_ref().expect("nxd runs").id()

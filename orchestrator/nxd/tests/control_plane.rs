@@ -1090,16 +1090,11 @@ fn idle_sessions_count_toward_their_roles_memory_bound() {
             session
         })
         .collect();
-    let ended = |l: &str| l.contains("ended a tenant's database session") && l.contains("alpha");
-    let started = Instant::now();
-    while !host.nxd_log().lines().any(ended) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "alpha's idle sessions hold over 560 MB past its 400 MB and none was ended: {}",
-            host.nxd_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    host.wait_for_log_line(
+        |l| l.contains("ended a tenant's database session") && l.contains("alpha"),
+        Duration::from_secs(30),
+        "alpha's idle sessions hold over 560 MB past its 400 MB and none was ended",
+    );
     for mut session in sessions {
         drop(session.stdin.take());
         session.wait().unwrap();
@@ -1136,16 +1131,11 @@ fn a_session_filling_the_lock_table_is_ended_and_every_other_database_goes_on() 
         .write_all(b"SELECT count(pg_advisory_lock(g)) FROM generate_series(1, 100000) g;\n")
         .unwrap();
     stdin.flush().unwrap();
-    let ended = |l: &str| l.contains("ended a database session") && l.contains("shared lock table");
-    let started = Instant::now();
-    while !host.nxd_log().lines().any(ended) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the session holding the locks was not ended in 30 s; nxd's log:\n{}",
-            host.nxd_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    host.wait_for_log_line(
+        |l| l.contains("ended a database session") && l.contains("shared lock table"),
+        Duration::from_secs(30),
+        "the session holding the locks was not ended",
+    );
     // Its client learns it at its next statement.
     stdin.write_all(b"SELECT 'still here';\n").unwrap();
     drop(stdin);
