@@ -190,8 +190,12 @@ impl Orchestrator {
     }
 
     /// An SFTP upload to `sandbox`'s area, complete: stored as a program that `sandbox` owns,
-    /// if it fits in the sandbox's room under `store.max_owner_mb` (else `OverQuota`: the
-    /// file stays unowned, and the collection deletes it unused).
+    /// if it fits in the sandbox's room under `store.max_owner_mb`, else `OverQuota`. An
+    /// upload whose bytes alone pass the room is refused before it is stored, unless the
+    /// sandbox holds those bytes already (attacker s12 H3: refused uploads stayed in the
+    /// store, four 152 MiB files for a sandbox capped at 200 MiB); an image that passes the
+    /// room only unpacked is known so once stored, and stays unowned until the collection
+    /// deletes it.
     pub async fn store_upload_of(
         &self,
         sandbox: &SandboxName,
@@ -199,8 +203,17 @@ impl Orchestrator {
     ) -> Result<ArtifactInfo, Error> {
         let owner = Owner::Sandbox(sandbox);
         let room = self.room_of(owner).await?;
-        let info = self.artifacts.store(upload, None).await?;
         let view = StoreView::Sandbox(sandbox.clone());
+        if upload.size() > room {
+            let held = match upload.sha256_so_far() {
+                Some(sha256) => self.holds(&view, Content::Artifact, &sha256).await?,
+                None => false,
+            };
+            if !held {
+                return Err(self.past_room(owner, room).into());
+            }
+        }
+        let info = self.artifacts.store(upload, None).await?;
         if held_size(&info) > room && !self.holds(&view, Content::Artifact, &info.sha256).await? {
             return Err(self.past_room(owner, room).into());
         }

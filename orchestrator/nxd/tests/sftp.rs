@@ -158,16 +158,6 @@ fn sftp_and_scp_uploads_deploy_and_bad_ones_are_refused() {
             .len(),
         1
     );
-    // Pin the host key that `nx keys host` prints.
-    let hostkey = host.nx_json(&["keys", "host"]);
-    std::fs::write(
-        dir.join("known_hosts"),
-        format!(
-            "[127.0.0.1]:{port} {}\n",
-            hostkey["public_key"].as_str().unwrap()
-        ),
-    )
-    .unwrap();
     host.nx_json(&["sandbox", "set", "web", "-e", "APP_VERSION=sftp"]);
     std::fs::copy(nx_testkit::sample_app(), dir.join("app")).unwrap();
 
@@ -379,20 +369,58 @@ async fn session(
     (ssh, sftp)
 }
 
-/// A host with SFTP on a free port and `keys` in its `[sftp]` table, sandbox `web` holding a
-/// new key `web_key`: the host, the client's key directory, the public key file and
-/// `nx keys add`'s answer.
+/// A host with SFTP on a free port and `keys` in its `[sftp]` table (a table after them is
+/// the host's too), sandbox `web` holding a new key `web_key`, the host key that `nx keys
+/// host` prints pinned in the client's `known_hosts`: the host, the client's key directory,
+/// the public key file and `nx keys add`'s answer.
 fn sftp_host_with_web_key(keys: &str) -> (Host, Sftp, PathBuf, serde_json::Value) {
     let port = nx_testkit::free_port();
     let host = Host::start_with(&format!("[sftp]\nlisten = \"127.0.0.1:{port}\"\n{keys}"));
     host.forward(port);
     let dir = host.path("sftp-client");
     std::fs::create_dir_all(&dir).unwrap();
+    let hostkey = host.nx_json(&["keys", "host"]);
+    std::fs::write(
+        dir.join("known_hosts"),
+        format!(
+            "[127.0.0.1]:{port} {}\n",
+            hostkey["public_key"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
     let sftp = Sftp { port, dir };
     host.nx_json(&["sandbox", "create", "web"]);
     let public = sftp.keygen("web_key");
     let added = host.nx_json(&["keys", "add", "web", public.to_str().unwrap()]);
     (host, sftp, public, added)
+}
+
+/// Attacker s12 H3: an SFTP upload past its sandbox's room under `store.max_owner_mb` was
+/// refused only once stored, and stayed in the store (four 152 MiB files for a sandbox
+/// capped at 200 MiB) until the collection. Refused before it is stored; the same bytes
+/// again are no new bytes and deploy.
+#[test]
+fn an_sftp_upload_past_its_sandboxs_room_leaves_nothing_in_the_store() {
+    // Room for the sample (2.6 MiB), not for another program (0.7 MiB) beside it.
+    let (host, sftp, _, _) = sftp_host_with_web_key("[store]\nmax_owner_mb = 3\n");
+    std::fs::copy(nx_testkit::sample_app(), sftp.dir.join("app")).unwrap();
+    let other = nx_testkit::sample_app().with_file_name("nx-vm-init");
+    std::fs::copy(&other, sftp.dir.join("other")).unwrap();
+    let out = sftp.batch("web", "web_key", "put app\nget app.result\n", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sftp.result("app.result")["ok"], true);
+    let before = store(&host);
+    let out = sftp.batch("web", "web_key", "-put other\nget other.result\n", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let refused = sftp.result("other.result");
+    assert_eq!(refused["ok"], false, "{refused}");
+    let why = refused["error"].as_str().unwrap();
+    assert!(why.contains("store.max_owner_mb"), "{why}");
+    assert_eq!(store(&host), before, "the refused upload was stored");
+    // The program it holds, again: deploys.
+    let out = sftp.batch("web", "web_key", "put app again\nget again.result\n", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sftp.result("again.result")["ok"], true);
 }
 
 /// [`sftp_host_with_web_key`] for russh clients: the host, the SFTP port, `web_key` loaded

@@ -391,6 +391,14 @@ impl Upload {
     pub fn size(&self) -> u64 {
         self.size
     }
+
+    /// The sha256 (hex) of the bytes so far, where every write came right after the one
+    /// before; `None` otherwise (the store hashes the file then).
+    pub fn sha256_so_far(&self) -> Option<String> {
+        self.hashing
+            .as_ref()
+            .map(|hasher| hex::encode(hasher.as_ref().clone().finalize()))
+    }
 }
 
 /// What one store's collection did ([`ArtifactStore::collect`]).
