@@ -996,6 +996,28 @@ fn psql_within_a_minute(url: &str, sql: &str) -> (Duration, String) {
     (started.elapsed(), stderr)
 }
 
+/// Creates `sandbox`; its database's URL (`nx db url`).
+fn sandbox_db_url(host: &Host, sandbox: &str) -> String {
+    host.nx_json(&["sandbox", "create", sandbox]);
+    host.nx_json(&["db", "url", sandbox])["url"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `psql` on `url` reading statements from its stdin (piped, as are its outputs): a session
+/// that stays, idle, while its stdin is open.
+fn psql_session(url: &str) -> std::process::Child {
+    Command::new("psql")
+        .arg(url)
+        .args(["-At"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Attacker s10 F6: one tenant's parallel sessions, each under `backend_memory_max_mb`,
 /// together reached the cluster unit's MemoryMax; the kernel killed a backend and PostgreSQL
 /// restarted every session of every tenant.
@@ -1004,13 +1026,7 @@ fn one_tenants_parallel_sessions_leave_another_tenants_session_and_postgresql_ru
     let host = Host::start_with(
         "[databases]\nbackend_memory_max_mb = 512\nsandbox_memory_max_mb = 600\nmemory_max_mb = 3072\n",
     );
-    let url = |sandbox: &str| {
-        host.nx_json(&["sandbox", "create", sandbox]);
-        host.nx_json(&["db", "url", sandbox])["url"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let url = |sandbox: &str| sandbox_db_url(&host, sandbox);
     let (alpha, beta) = (url("alpha"), url("beta"));
     let psql = |url: &str, sql: &str| {
         Command::new("psql")
@@ -1064,23 +1080,12 @@ fn one_tenants_parallel_sessions_leave_another_tenants_session_and_postgresql_ru
 #[test]
 fn idle_sessions_count_toward_their_roles_memory_bound() {
     let host = Host::start_with("[databases]\nsandbox_memory_max_mb = 400\n");
-    host.nx_json(&["sandbox", "create", "alpha"]);
-    let alpha = host.nx_json(&["db", "url", "alpha"])["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let alpha = sandbox_db_url(&host, "alpha");
     // Fourteen sessions, one after another, each keeping 40 MB or more once idle (~200 MB at
     // most while its statement runs: under the bound alone).
     let sessions: Vec<_> = (0..14)
         .map(|_| {
-            let mut session = Command::new("psql")
-                .arg(&alpha)
-                .args(["-At"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let mut session = psql_session(&alpha);
             let stdin = session.stdin.as_mut().unwrap();
             stdin
                 .write_all(b"SELECT length(set_config('nx.kept', repeat('x', 40000000), false));\n")
@@ -1109,22 +1114,9 @@ fn idle_sessions_count_toward_their_roles_memory_bound() {
 #[test]
 fn a_session_filling_the_lock_table_is_ended_and_every_other_database_goes_on() {
     let host = Host::start();
-    let url = |sandbox: &str| {
-        host.nx_json(&["sandbox", "create", sandbox]);
-        host.nx_json(&["db", "url", sandbox])["url"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let url = |sandbox: &str| sandbox_db_url(&host, sandbox);
     let (alpha, beta) = (url("alpha"), url("beta"));
-    let mut hog = Command::new("psql")
-        .arg(&alpha)
-        .args(["-At"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut hog = psql_session(&alpha);
     // Taken, then idle (its stdin stays open).
     let mut stdin = hog.stdin.take().unwrap();
     stdin
