@@ -48,7 +48,7 @@ pub async fn serve(
     let by_client = Arc::new(ClientCounts::default());
     let grace = Duration::from_secs(limits.login_grace_secs);
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, grace_end, peer) = match accept(&listener).await {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "SFTP accept failed; accepting again in 1 s");
@@ -65,12 +65,6 @@ pub async fn serve(
             tracing::warn!(%peer, "sftp.max_connections reached: connection closed");
             continue;
         };
-        // A second descriptor of the socket, to end a connection that has not authenticated
-        // in time whatever russh is waiting for (before the client's version line, it
-        // reads nothing else: a disconnect request would wait with it).
-        let Ok((stream, grace_end)) = with_clone(stream) else {
-            continue;
-        };
         let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handler = Connection {
             app: Arc::clone(&app),
@@ -79,37 +73,54 @@ pub async fn serve(
             authenticated: Arc::clone(&authenticated),
             channels: HashMap::new(),
         };
+        let config = Arc::clone(&config);
         tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
+            let _slots = (slot, client_slot);
+            let served = async {
+                let session = match russh::server::run_stream(config, stream, handler).await {
+                    Ok(session) => session,
+                    Err(e) => {
+                        tracing::debug!(error = %e, %peer, "SFTP connection setup failed");
+                        return;
+                    }
+                };
+                if let Err(e) = session.await {
+                    tracing::debug!(error = %e, %peer, "SFTP connection ended");
+                }
+            };
+            tokio::pin!(served);
+            // The second descriptor lives no longer than the connection or the grace: held
+            // for the grace after the connection ended, a flood's descriptors outlived it
+            // (`sftp.login_grace_secs`, 30 s by default) and kept nxd at its open-file limit.
+            tokio::select! {
+                () = &mut served => return,
+                () = tokio::time::sleep(grace) => {}
+            }
             if !authenticated.load(std::sync::atomic::Ordering::Relaxed) {
                 tracing::debug!(%peer, "not authenticated within sftp.login_grace_secs: connection closed");
                 let _ = grace_end.shutdown(std::net::Shutdown::Both);
             }
-        });
-        let config = Arc::clone(&config);
-        tokio::spawn(async move {
-            let _slots = (slot, client_slot);
-            let session = match russh::server::run_stream(config, stream, handler).await {
-                Ok(session) => session,
-                Err(e) => {
-                    tracing::debug!(error = %e, %peer, "SFTP connection setup failed");
-                    return;
-                }
-            };
-            if let Err(e) = session.await {
-                tracing::debug!(error = %e, %peer, "SFTP connection ended");
-            }
+            drop(grace_end);
+            served.await;
         });
     }
 }
 
-/// `stream` and a second descriptor of its socket (dup(2)), to shut it down from outside.
-fn with_clone(
-    stream: tokio::net::TcpStream,
-) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
-    let std_stream = stream.into_std()?;
-    let clone = std_stream.try_clone()?;
-    Ok((tokio::net::TcpStream::from_std(std_stream)?, clone))
+/// The next connection on `listener`: its stream, a second descriptor of its socket (dup(2))
+/// and the peer's address. The second descriptor ends a connection that has not authenticated
+/// in time whatever russh is waiting for (before the client's version line it reads nothing
+/// else: a disconnect request would wait with it).
+///
+/// Errors: accept(2)'s or dup(2)'s, such as EMFILE at nxd's open-file limit. Both are the
+/// same failure to take a connection: with one descriptor left, accept succeeds and dup fails
+/// (CI of session 12: a flood held nxd at 1,023 of 1,024 files and only dup failed, unlogged).
+async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream, SocketAddr)> {
+    let (stream, peer) = listener.accept().await?;
+    let stream = stream.into_std()?;
+    let clone = stream.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(stream)?, clone, peer))
 }
 
 /// One SSH connection: before authentication no user, after it exactly one.
