@@ -338,7 +338,8 @@ pub struct DatabasesConfig {
     pub connection_limit_percent: u32,
     /// `statement_timeout` of sandbox roles, in seconds; 0: none.
     pub statement_timeout_secs: u64,
-    /// `idle_in_transaction_session_timeout` of sandbox roles, in seconds; 0: none.
+    /// `idle_in_transaction_session_timeout` of sandbox roles, in seconds; 0: none. A session
+    /// may lift it (`SET`); nxd's runaway watch ends one idle in a transaction past it anyway.
     pub idle_in_transaction_timeout_secs: u64,
     /// `temp_file_limit` of sandbox roles, in MiB: the temporary files one session may hold
     /// (sorts and hashes past `work_mem`); superuser-only, so a role cannot lift it. 0: none.

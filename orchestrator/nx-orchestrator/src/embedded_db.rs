@@ -7,8 +7,18 @@
 //! deployments connect through the socket. `superuser_reserved_connections` keeps
 //! [`RESERVED_FOR_NXD`] connection slots for nxd, which connects as `postgres`, so tenants
 //! holding every other slot cannot lock it out.
+//!
+//! The unit runs nxd's launcher (`nxd launch`), whose monitor passes PostgreSQL's output
+//! through the log writer that deployments' logs use: `postgres.log`, rotated and capped at
+//! [`LOG_MAX_BYTES`] with `[logs] keep` rotated files. Any role may write the server log
+//! (`RAISE WARNING` in a loop wrote 304 MB in 3.6 s, attacker s12 H4), so sandboxes' roles
+//! log only what ends a session (`log_min_messages`, see `databases::RolePolicy`), and nothing
+//! written there outgrows the cap.
 
 use crate::api::systemd::ActiveState;
+use crate::backend::launch::{LaunchSpec, MonitorSpec, StopForward};
+use crate::logs::LogFiles;
+use crate::supervisor::service::{self, ServiceError};
 use crate::supervisor::{Restart, SliceKind, Supervisor, SupervisorError, UnitOutput, UnitSpec};
 use std::collections::HashMap;
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -39,6 +49,10 @@ pub const SOCKET_DIR_MODE: u32 = 0o750;
 /// may hold a backend slot before it authenticates. Deployments' connections pass their
 /// sandbox's gate (`databases::gate`), which counts them; this bounds how long each is held.
 pub const AUTHENTICATION_TIMEOUT_SECS: u32 = 10;
+/// The most `postgres.log` and its rotated copies hold together, bytes: each file rotates at
+/// this over `[logs] keep` + 1 (`logs::LogFiles`); past what the disk takes in, lines are
+/// dropped and counted, never held up.
+pub const LOG_MAX_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedDbError {
@@ -52,6 +66,8 @@ pub enum EmbeddedDbError {
     NotReady(PathBuf),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error("the embedded PostgreSQL's unit: {0}")]
+    Service(#[from] ServiceError),
     #[error("embedded PostgreSQL: {0}")]
     Sql(#[from] sqlx::Error),
     /// The sandboxes' database disks could not be mounted (see `databases::disk`).
@@ -94,19 +110,26 @@ pub struct EmbeddedCluster {
     pub socket_dir: PathBuf,
 }
 
-/// The embedded cluster's log (its output): `<state_dir>/postgres/postgres.log`.
+/// The embedded cluster's log (its output): `<state_dir>/postgres/postgres.log`, its rotated
+/// copies `postgres.log.1` (newest) .. `postgres.log.<keep>` beside it; each line stamped as a
+/// deployment's (`logs`: `<time> stderr <PostgreSQL's line>`).
 pub fn log_path(state_dir: &Path) -> PathBuf {
     state_dir.join("postgres").join("postgres.log")
 }
 
 /// Starts (or adopts) the embedded cluster, its unit's `MemoryMax` set to
 /// `databases.memory_max_mb` MiB (0: none), its socket directory the group of
-/// `databases.gate_uid` ([`SOCKET_DIR_MODE`]).
+/// `databases.gate_uid` ([`SOCKET_DIR_MODE`]), run by the installed `launcher` with its log
+/// capped ([`LOG_MAX_BYTES`], `log_keep` rotated files). A running cluster is adopted when its
+/// launch spec (`<state_dir>/postgres/launch.json`) is the one wanted, else restarted with it
+/// (once, after an upgrade from an nxd that ran it without its log cap).
 #[tracing::instrument(skip_all)]
 pub async fn ensure(
     supervisor: &Supervisor,
     state_dir: &Path,
     config: &crate::config::DatabasesConfig,
+    launcher: &Path,
+    log_keep: u32,
 ) -> Result<EmbeddedCluster, EmbeddedDbError> {
     let dir = state_dir.join("postgres");
     let data = dir.join("data");
@@ -132,42 +155,69 @@ pub async fn ensure(
     }
     std::fs::write(data.join("pg_hba.conf"), PG_HBA)?;
     std::fs::write(data.join("pg_ident.conf"), PG_IDENT)?;
-    if supervisor.state(UNIT).await?.active != ActiveState::Active {
+    let launch = LaunchSpec {
+        argv: vec![
+            find_binary("postgres")?.display().to_string(),
+            "-D".into(),
+            data.display().to_string(),
+            "-k".into(),
+            socket_dir.display().to_string(),
+            "-c".into(),
+            "listen_addresses=".into(),
+            "-c".into(),
+            format!("superuser_reserved_connections={RESERVED_FOR_NXD}"),
+            "-c".into(),
+            format!("authentication_timeout={AUTHENTICATION_TIMEOUT_SECS}s"),
+            "-c".into(),
+            format!("max_locks_per_transaction={MAX_LOCKS_PER_TRANSACTION}"),
+        ],
+        uid: Some(user.uid.as_raw()),
+        gid: Some(user.gid.as_raw()),
+        monitor: Some(MonitorSpec {
+            log: LogFiles {
+                path: log_path(state_dir),
+                max_bytes: LOG_MAX_BYTES,
+                keep: log_keep,
+            },
+            dir: dir.clone(),
+        }),
+        // SIGTERM: PostgreSQL's smart shutdown (the unit's other processes get it too).
+        stop: StopForward::Child,
+        ..LaunchSpec::default()
+    };
+    let launch_file = dir.join("launch.json");
+    let files = [(
+        launch_file.clone(),
+        serde_json::to_string_pretty(&launch).expect("launch spec serializes"),
+    )];
+    let active = supervisor.state(UNIT).await?.active == ActiveState::Active;
+    if !active || !service::unchanged(&files) {
         // The sandboxes' tablespaces are on disks of their own: there before PostgreSQL looks.
         crate::databases::disk::mount_all(supervisor, state_dir)
             .await
             .map_err(EmbeddedDbError::Disks)?;
-        let postgres = find_binary("postgres")?;
-        let spec = UnitSpec {
-            name: UNIT.into(),
-            description: "NX embedded PostgreSQL (nxd state)".into(),
-            argv: vec![
-                postgres.display().to_string(),
-                "-D".into(),
-                data.display().to_string(),
-                "-k".into(),
-                socket_dir.display().to_string(),
-                "-c".into(),
-                "listen_addresses=".into(),
-                "-c".into(),
-                format!("superuser_reserved_connections={RESERVED_FOR_NXD}"),
-                "-c".into(),
-                format!("authentication_timeout={AUTHENTICATION_TIMEOUT_SECS}s"),
-                "-c".into(),
-                format!("max_locks_per_transaction={MAX_LOCKS_PER_TRANSACTION}"),
-            ],
-            user: Some(OS_USER.into()),
-            limits: None,
-            output: UnitOutput::File(log_path(state_dir)),
-            restart: Restart::OnFailure(Duration::from_secs(1)),
-            slice: SliceKind::Control,
-            remain_after_exit: false,
-            ambient_capabilities: 0,
-            cpu_affinity: Vec::new(),
-            graceful_stop: None,
-        };
-        supervisor.start(&spec).await?;
     }
+    let spec = UnitSpec {
+        name: UNIT.into(),
+        description: "NX embedded PostgreSQL (nxd state)".into(),
+        argv: vec![
+            launcher.display().to_string(),
+            "launch".into(),
+            launch_file.display().to_string(),
+        ],
+        // The launcher's monitor stays root (it writes the log); PostgreSQL runs as its user.
+        user: None,
+        limits: None,
+        // Only what the launcher says before its monitor starts.
+        output: UnitOutput::File(log_path(state_dir)),
+        restart: Restart::OnFailure(Duration::from_secs(1)),
+        slice: SliceKind::Control,
+        remain_after_exit: false,
+        ambient_capabilities: 0,
+        cpu_affinity: Vec::new(),
+        graceful_stop: None,
+    };
+    service::adopt_or_start(supervisor, &files, &spec).await?;
     // Set on an adopted unit too; UINT64_MAX is systemd's "infinity".
     let memory_max = match config.memory_max_mb {
         0 => u64::MAX,

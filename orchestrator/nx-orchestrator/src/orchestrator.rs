@@ -118,9 +118,14 @@ impl Orchestrator {
             // with the same values (the NixOS module does).
             tracing::warn!(error = %e, "the slices keep their declared settings");
         }
+        let installed = crate::launcher_install::install(state_dir)?;
+        let launcher = installed.launcher.clone();
         let dbs = &config.databases;
         let embedded = if config.database_url.is_none() || dbs.admin_url.is_none() {
-            Some(embedded_db::ensure(&supervisor, state_dir, dbs).await?)
+            Some(
+                embedded_db::ensure(&supervisor, state_dir, dbs, &launcher, config.logs.keep)
+                    .await?,
+            )
         } else {
             None
         };
@@ -141,8 +146,6 @@ impl Orchestrator {
         };
         let state = StateStore::connect(&state_url).await?;
         let pool = state.pool().clone();
-        let installed = crate::launcher_install::install(state_dir)?;
-        let launcher = installed.launcher.clone();
         let databases = Databases::connect(
             &admin_url,
             &socket_dir,

@@ -60,7 +60,7 @@ impl Orchestrator {
                     sandbox = sandbox.as_deref().unwrap_or("(removed)"),
                     role = %backend.role,
                     pid = backend.pid,
-                    "ended a tenant's database session: {overrun}, past its bound (databases.statement_timeout_secs, backend_memory_max_mb, sandbox_memory_max_mb, memory_max_mb)"
+                    "ended a tenant's database session: {overrun}, past its bound (databases.statement_timeout_secs, idle_in_transaction_timeout_secs, backend_memory_max_mb, sandbox_memory_max_mb, memory_max_mb)"
                 );
             }
         }

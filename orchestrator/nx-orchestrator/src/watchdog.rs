@@ -109,6 +109,8 @@ impl Orchestrator {
                 &self.supervisor,
                 &self.config.state_dir,
                 &self.config.databases,
+                &crate::launcher_install::launcher_path(&self.config.state_dir),
+                self.config.logs.keep,
             )
             .await?;
         }

@@ -1225,6 +1225,62 @@ fn a_tenant_cannot_lift_its_statement_time_memory_and_temp_file_bounds() {
     assert!(ok);
 }
 
+/// Attacker s12 M1 (medium): a LISTENing session left idle in a transaction (after `SET
+/// idle_in_transaction_session_timeout = 0`, which any role may) pinned PostgreSQL's NOTIFY
+/// queue: 1 GB in `pg_notify` in 27 s, in the cluster's data directory, up to 8 GB, and then
+/// NOTIFY fails in every database. nxd ends it at `databases.idle_in_transaction_timeout_secs`.
+#[test]
+fn a_listener_idle_in_a_transaction_past_its_bound_is_ended_whatever_it_set() {
+    let host = Host::start_with("[databases]\nidle_in_transaction_timeout_secs = 5\n");
+    let alpha = sandbox_db_url(&host, "alpha");
+    let mut pin = psql_session(&alpha);
+    let mut stdin = pin.stdin.take().unwrap();
+    stdin
+        .write_all(
+            b"SET idle_in_transaction_session_timeout = 0;\nLISTEN jobs;\nBEGIN;\nSELECT 'in';\n",
+        )
+        .unwrap();
+    stdin.flush().unwrap();
+    let (ok, out) = psql_url(
+        &alpha,
+        "SELECT count(pg_notify('jobs', repeat('x', 7000))) FROM generate_series(1, 2000)",
+    );
+    assert!(ok, "{out}");
+    host.wait_for_log_line(
+        |l| {
+            l.contains("ended a tenant's database session")
+                && l.contains("alpha")
+                && l.contains("idle in a transaction")
+        },
+        Duration::from_secs(30),
+        "alpha's listener sat idle in its transaction and was not ended",
+    );
+    // Its client learns it at its next statement.
+    stdin.write_all(b"SELECT 'still here';\n").unwrap();
+    drop(stdin);
+    let out = pin.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("still here")
+            && stderr.contains("terminating connection due to administrator command"),
+        "{stderr}"
+    );
+    // A session that is idle, but in no transaction, stays.
+    let mut idle = psql_session(&alpha);
+    let mut stdin = idle.stdin.take().unwrap();
+    stdin.write_all(b"SELECT 'first';\n").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    stdin.write_all(b"SELECT 'second';\n").unwrap();
+    drop(stdin);
+    let out = idle.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("second"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Attacker s11 G10 (high): while a restore ran, its scratch database took any tenant's
 /// connections (PostgreSQL gives a new database `CONNECT` for PUBLIC), through the tenant's
 /// gate too, and the runaway watch left every session in it alone, whoever's: unbounded

@@ -648,3 +648,69 @@ fn a_sandbox_named_like_another_sandboxs_database_never_takes_it() {
         );
     }
 }
+
+/// The bytes `postgres.log` and its rotated copies hold.
+fn postgres_logs_bytes(host: &Host) -> u64 {
+    std::fs::read_dir(host.path("postgres"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("postgres.log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// Attacker s12 H4 (high): any role wrote the embedded cluster's log without bound (a `RAISE
+/// WARNING` loop: 304 MB in 3.6 s into `postgres.log`, never rotated). A sandbox's role logs
+/// only what ends its sessions, and cannot change that; what does reach the log (here a
+/// superuser's own loop) is rotated and capped like a deployment's log, and the log stays
+/// where the README and `nx doctor` point.
+#[test]
+fn no_role_writes_the_clusters_log_past_its_cap() {
+    let host = Host::start();
+    host.nx_json(&["sandbox", "create", "noisy"]);
+    let url = db_info(&host, "noisy")["url"].as_str().unwrap().to_owned();
+    // ~100 MB of warnings, none of them sent to the client.
+    let flood = "SET client_min_messages = error; DO $$ BEGIN FOR i IN 1..10000 LOOP \
+                 RAISE WARNING '%', repeat('w', 10000); END LOOP; END $$";
+    let before = postgres_logs_bytes(&host);
+    psql_with_url(&url, flood);
+    let grown = postgres_logs_bytes(&host) - before;
+    assert!(
+        grown < 1 << 20,
+        "a tenant's RAISE WARNING loop wrote {grown} bytes to the cluster's log"
+    );
+    let lifted = Command::new("psql")
+        .arg(&url)
+        .args(["-c", "SET log_min_messages = warning"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&lifted.stderr);
+    assert!(
+        said.contains("permission denied to set parameter \"log_min_messages\""),
+        "{said}"
+    );
+
+    psql_as_superuser(&host, flood);
+    let held = postgres_logs_bytes(&host);
+    assert!(
+        held <= (64 << 20) + (1 << 20),
+        "postgres.log and its rotated copies hold {held} bytes, past 64 MiB"
+    );
+    assert!(host.path("postgres/postgres.log.1").exists());
+    eprintln!("the tenant's 100 MB of warnings: +{grown} bytes; after a superuser's: {held} bytes");
+    psql_as_superuser(
+        &host,
+        "DO $$ BEGIN RAISE WARNING 'nx-after-the-flood'; END $$",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(host.path("postgres/postgres.log"))
+        .unwrap()
+        .contains("nx-after-the-flood")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "postgres.log no longer gets PostgreSQL's lines"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

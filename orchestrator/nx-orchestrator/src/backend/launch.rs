@@ -83,6 +83,11 @@ pub struct LaunchSpec {
     pub seccomp: Vec<PathBuf>,
     /// Drop to this uid before exec (None: stay root, for Podman, which drops in the container).
     pub uid: Option<u32>,
+    /// The gid dropped to with `uid`; `None`: the same number as `uid` (deployments' and
+    /// tasks' uids have no passwd entry). A system user's own group (the embedded
+    /// PostgreSQL's `postgres`), whose number is not its uid's.
+    #[serde(default)]
+    pub gid: Option<u32>,
     /// A VMM: run it as a child, pass its console through, and exit with the code the guest
     /// printed after `NX-EXIT` (the VMM itself exits 0 when the guest reboots).
     #[serde(default)]

@@ -138,9 +138,9 @@ fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>)
     }
 }
 
-fn drop_privileges(uid: u32, groups: &[u32]) -> nix::Result<()> {
+fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) -> nix::Result<()> {
     use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
-    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(uid));
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
     let groups: Vec<Gid> = groups.iter().copied().map(Gid::from_raw).collect();
     setgroups(&groups)?;
     setresgid(gid, gid, gid)?;
@@ -323,7 +323,7 @@ fn set_nofile(n: u64) -> Result<Option<String>, String> {
 fn exec(spec: &LaunchSpec) -> String {
     if let Some(uid) = spec.uid {
         let groups: Vec<u32> = spec.volumes.iter().map(|v| v.gid).collect();
-        if let Err(e) = drop_privileges(uid, &groups) {
+        if let Err(e) = drop_privileges(uid, spec.gid.unwrap_or(uid), &groups) {
             return format!("cannot switch to uid {uid}: {e}");
         }
     }

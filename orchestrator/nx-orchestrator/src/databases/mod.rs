@@ -92,6 +92,10 @@ pub enum BranchMethod {
     DumpRestore,
 }
 
+/// The `log_min_messages` of sandboxes' roles: the least severe of their messages that goes
+/// to the server log.
+pub const TENANT_LOG_MIN_MESSAGES: &str = "fatal";
+
 /// What every sandbox role (production's and preview branches') is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RolePolicy {
@@ -118,9 +122,12 @@ impl RolePolicy {
     }
 
     /// The `ALTER ROLE` statements that apply it to `role` (a quoted identifier).
-    /// `temp_file_limit` is superuser-only (PGC_SUSET): set on the role, the role cannot
-    /// lift it (PostgreSQL's "Resource Consumption").
-    fn statements(&self, role: &str) -> [String; 4] {
+    /// `temp_file_limit` and `log_min_messages` are superuser-only (PGC_SUSET): set on the
+    /// role, the role cannot lift them (PostgreSQL's "Resource Consumption" and "When to
+    /// Log"). The role's sessions write to the server log only what ends them (`FATAL`:
+    /// a session nxd ended, a timeout): its `RAISE WARNING`s and errors go to its client alone
+    /// (attacker s12 H4: a loop of them wrote 84 MB/s to the cluster's log).
+    fn statements(&self, role: &str) -> [String; 5] {
         let temp_file_limit = match self.temp_file_limit_mb {
             0 => "-1".to_owned(),
             mb => format!("'{mb}MB'"),
@@ -139,6 +146,7 @@ impl RolePolicy {
                 self.idle_in_transaction_timeout_secs
             ),
             format!("ALTER ROLE {role} SET temp_file_limit = {temp_file_limit}"),
+            format!("ALTER ROLE {role} SET log_min_messages = {TENANT_LOG_MIN_MESSAGES}"),
         ]
     }
 }

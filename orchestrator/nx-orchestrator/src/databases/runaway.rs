@@ -1,6 +1,10 @@
 //! Tenants' statements held to bounds a tenant cannot lift. A role may `SET statement_timeout
-//! = 0` and `SET work_mem = '4GB'` (both USERSET): nxd ends (`pg_terminate_backend`) a tenant
-//! backend whose statement has run longer than `databases.statement_timeout_secs`, or whose
+//! = 0`, `SET idle_in_transaction_session_timeout = 0` and `SET work_mem = '4GB'` (all
+//! USERSET): nxd ends (`pg_terminate_backend`) a tenant backend whose statement has run longer
+//! than `databases.statement_timeout_secs`, that has sat idle in a transaction longer than
+//! `databases.idle_in_transaction_timeout_secs` (a LISTENing session's open transaction pins
+//! PostgreSQL's NOTIFY queue, in the cluster's data directory: 1 GB in 27 s, up to 8 GB, then
+//! NOTIFY fails in every database; attacker s12 M1), or whose
 //! anonymous memory (`RssAnon`, proc(5): not the shared buffers it maps) passed
 //! `databases.backend_memory_max_mb` (on the embedded cluster, whose processes nxd reads).
 //! A role's backends together are held to `databases.sandbox_memory_max_mb`, and all tenants'
@@ -36,6 +40,8 @@ pub struct TenantBackend {
     pub role: String,
     /// How long its statement has run, in seconds (0 while it is idle).
     pub running_secs: f64,
+    /// How long it has sat idle in a transaction, in seconds (0 while it is not).
+    pub idle_in_transaction_secs: f64,
     /// Whether it is nxd's own restore's session, which has no statement time bound.
     pub restore: bool,
 }
@@ -45,6 +51,8 @@ pub struct TenantBackend {
 pub enum Overrun {
     /// Its statement ran this many seconds.
     Time(f64),
+    /// It sat idle in a transaction this many seconds.
+    IdleInTransaction(f64),
     /// Its anonymous memory reached this many bytes.
     Memory(u64),
     /// Its role's backends together held this many bytes; it was the largest of them.
@@ -57,6 +65,9 @@ impl std::fmt::Display for Overrun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Time(secs) => write!(f, "its statement ran {secs:.0} s"),
+            Self::IdleInTransaction(secs) => {
+                write!(f, "it sat idle in a transaction for {secs:.0} s")
+            }
             Self::Memory(bytes) => write!(f, "it held {} MiB", bytes >> 20),
             Self::SandboxMemory(bytes) => write!(
                 f,
@@ -164,7 +175,7 @@ impl Databases {
     /// The query's.
     pub async fn tenant_backends(&self) -> Result<Vec<TenantBackend>, DbError> {
         let (databases, names) = self.restoring.arrays();
-        let rows: Vec<(i32, String, f64, bool)> = sqlx::query_as(
+        let rows: Vec<(i32, String, f64, f64, bool)> = sqlx::query_as(
             "WITH restores AS ( \
                SELECT DISTINCT ON (a.datname) a.pid \
                FROM pg_stat_activity a \
@@ -175,6 +186,9 @@ impl Databases {
              SELECT pid, usename::text, \
                     CASE WHEN state = 'active' AND query_start IS NOT NULL \
                          THEN extract(epoch FROM clock_timestamp() - query_start)::float8 \
+                         ELSE 0 END, \
+                    CASE WHEN state LIKE 'idle in transaction%' \
+                         THEN extract(epoch FROM clock_timestamp() - state_change)::float8 \
                          ELSE 0 END, \
                     pid IN (SELECT pid FROM restores) \
              FROM pg_stat_activity \
@@ -187,17 +201,21 @@ impl Databases {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(pid, role, running_secs, restore)| TenantBackend {
-                pid,
-                role,
-                running_secs,
-                restore,
-            })
+            .map(
+                |(pid, role, running_secs, idle_in_transaction_secs, restore)| TenantBackend {
+                    pid,
+                    role,
+                    running_secs,
+                    idle_in_transaction_secs,
+                    restore,
+                },
+            )
             .collect())
     }
 
     /// Which of `backends` overran their bounds: their statement ran past the role's
-    /// `statement_timeout` (not nxd's restores'), or `memory` (their anonymous memory, bytes,
+    /// `statement_timeout` or they sat idle in a transaction past its
+    /// `idle_in_transaction_session_timeout` (not nxd's restores'), or `memory` (their anonymous memory, bytes,
     /// by PostgreSQL's pid, where known) passed `databases.backend_memory_max_mb`; then, of the others, the largest
     /// of a role whose backends together pass `databases.sandbox_memory_max_mb`, and the
     /// largest of all while all together pass three quarters of `databases.memory_max_mb`,
@@ -208,13 +226,16 @@ impl Databases {
         memory: &HashMap<i32, u64>,
     ) -> Vec<(TenantBackend, Overrun)> {
         let time_bound = self.policy.statement_timeout_secs;
+        let idle_bound = self.policy.idle_in_transaction_timeout_secs;
         let memory_bound = self.backend_memory_max_mb << 20;
+        let past = |bound: u64, secs: f64| bound > 0 && secs > bound as f64;
         let mut ended: Vec<(TenantBackend, Overrun)> = backends
             .iter()
             .filter_map(|b| {
-                let overrun = if time_bound > 0 && !b.restore && b.running_secs > time_bound as f64
-                {
+                let overrun = if !b.restore && past(time_bound, b.running_secs) {
                     Overrun::Time(b.running_secs)
+                } else if !b.restore && past(idle_bound, b.idle_in_transaction_secs) {
+                    Overrun::IdleInTransaction(b.idle_in_transaction_secs)
                 } else {
                     match memory.get(&b.pid) {
                         Some(&bytes) if memory_bound > 0 && bytes > memory_bound => {
