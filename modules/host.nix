@@ -197,6 +197,7 @@ in
       maxOpenHandles = mkOption { type = types.ints.positive; default = defaults.sftp.maxOpenHandles; description = "Files one SFTP session may hold open at once; beyond it an open is refused until one is closed."; };
       maxConnections = mkOption { type = types.ints.positive; default = defaults.sftp.maxConnections; description = "SFTP connections open at once; one more is closed as it is accepted."; };
       maxConnectionsPerAddress = mkOption { type = types.ints.positive; default = defaults.sftp.maxConnectionsPerAddress; description = "SFTP connections one client (an IPv4 address, an IPv6 /64) may hold open."; };
+      maxStartups = mkOption { type = types.ints.positive; default = defaults.sftp.maxStartups; description = "Of sftp.maxConnections, those not authenticated yet (OpenSSH's MaxStartups); when as many are open, a new one takes the place of the oldest of the client holding the most, so that a flood without a key never holds every connection. At most sftp.maxConnections."; };
       loginGraceSecs = mkOption { type = types.ints.positive; default = defaults.sftp.loginGraceSecs; description = "Seconds an SFTP connection may take to authenticate before it is closed (OpenSSH's LoginGraceTime)."; };
       openFirewall = mkOption { type = types.bool; default = false; description = "Open sftp.listen's port in the firewall."; };
     };

@@ -115,6 +115,7 @@ withoutNulls {
     max_open_handles = cfg.sftp.maxOpenHandles;
     max_connections = cfg.sftp.maxConnections;
     max_connections_per_address = cfg.sftp.maxConnectionsPerAddress;
+    max_startups = cfg.sftp.maxStartups;
     login_grace_secs = cfg.sftp.loginGraceSecs;
   };
   tls = withoutNulls {

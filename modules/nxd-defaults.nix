@@ -119,6 +119,7 @@
     maxOpenHandles = 16;
     maxConnections = 256;
     maxConnectionsPerAddress = 16;
+    maxStartups = 64;
     loginGraceSecs = 30;
   };
   tls = {

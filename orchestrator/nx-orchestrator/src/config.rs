@@ -135,6 +135,11 @@ pub struct SftpConfig {
     pub max_connections: usize,
     /// Of those, one client's (an IPv4 address, an IPv6 /64).
     pub max_connections_per_address: usize,
+    /// Of those, connections that have not authenticated yet (OpenSSH's `MaxStartups`); when
+    /// as many are open, a new one takes the place of the oldest of the client holding the
+    /// most, so that a flood without a key never holds every connection. At most
+    /// `max_connections`.
+    pub max_startups: usize,
     /// Seconds a connection may take to authenticate before it is closed (OpenSSH's
     /// `LoginGraceTime`).
     pub login_grace_secs: u64,
@@ -148,6 +153,7 @@ impl Default for SftpConfig {
             max_open_handles: 16,
             max_connections: 256,
             max_connections_per_address: 16,
+            max_startups: 64,
             login_grace_secs: 30,
         }
     }
@@ -761,6 +767,7 @@ impl Config {
                 "max_connections_per_address",
                 self.sftp.max_connections_per_address,
             ),
+            ("max_startups", self.sftp.max_startups),
             ("login_grace_secs", self.sftp.login_grace_secs as usize),
         ] {
             if value == 0 {
@@ -768,6 +775,12 @@ impl Config {
                     "sftp.{key} must be at least 1"
                 )));
             }
+        }
+        if self.sftp.max_startups > self.sftp.max_connections {
+            return Err(ConfigError::Invalid(format!(
+                "sftp.max_startups ({}) must be at most sftp.max_connections ({}): it is a part of them",
+                self.sftp.max_startups, self.sftp.max_connections
+            )));
         }
         if !self.systemd.slice.ends_with(".slice") {
             return Err(ConfigError::Invalid(format!(

@@ -3,13 +3,15 @@
 //! as [`RouterConfig`], HTTPS as [`RouterTls`]), the client of the router's control socket
 //! ([`RouterClient`]), the certificate store nxd writes and the router serves ([`store`]), what
 //! the router saw of each deployment ([`traffic`]) and how it asks nxd to start an idle one
-//! ([`wake`]), and how both count what one client holds open ([`clients`]).
+//! ([`wake`]), how both count what one client holds open ([`clients`]) and rate-limit the log
+//! lines anyone can cause ([`log_budget`]).
 //!
 //! It depends on no server crate of nxd's (no sqlx, zbus or backends), so `nx-router` builds
 //! and tests on its own: `cargo test -p nx-router`.
 
 pub mod client;
 pub mod clients;
+pub mod log_budget;
 mod settings;
 pub mod store;
 pub mod traffic;

@@ -1,25 +1,12 @@
-//! Rate limits on the log lines anyone on the network can cause without reaching a deployment:
-//! access lines of requests no route answers (unknown hosts, ACME challenge misses), and the
-//! lines about a connection itself (a head or TLS handshake cut off at `head_timeout_secs`, a
-//! connection refused at `max_connections`); and on those a deployment causes with every
-//! response (a cookie dropped for a shared domain). A flood of them would otherwise fill the log and
-//! push the lines of real requests out of its rotation.
-//!
-//! Each kind has a token bucket ([`LineBudget`]): [`PER_SECOND`] lines a second, bursts of up
-//! to [`BURST`]; a line past it is not written but counted, and every [`SUMMARY_EVERY`] one
-//! line per kind says how many were left out ([`report_suppressed`]). Requests that a route
-//! answers are not limited here (`access_log_sample` samples them); the log's size is bounded
-//! as a whole by its writer (`router.log_max_mb`).
+//! The router's rate-limited log lines ([`LineBudget`]s): access lines of requests that no
+//! route answers (unknown hosts, ACME challenge misses), lines about a connection itself (a
+//! head or TLS handshake cut off at `head_timeout_secs`, a connection refused at
+//! `max_connections`), and those a deployment causes with every response (a cookie dropped
+//! for a shared domain). Requests that a route answers are not limited here
+//! (`access_log_sample` samples them); the log's size is bounded as a whole by its writer
+//! (`router.log_max_mb`).
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-/// Lines a second each kind may write on average.
-pub const PER_SECOND: f64 = 10.0;
-/// Lines each kind may write at once after a quiet spell.
-pub const BURST: f64 = 100.0;
-/// How often the count of lines left out is written.
-pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+use nx_router_api::log_budget::LineBudget;
 
 /// Access lines of requests that no route answered (`404 no deployment answers`).
 pub static UNROUTED: LineBudget = LineBudget::new("access lines of requests no route answers");
@@ -31,109 +18,10 @@ pub static CONNECTIONS: LineBudget =
 pub static TOSSED_COOKIES: LineBudget =
     LineBudget::new("lines about cookies dropped for a shared domain");
 
-/// A token bucket of log lines of one kind.
-pub struct LineBudget {
-    /// What the lines are, for the summary.
-    kind: &'static str,
-    state: Mutex<State>,
-}
+/// Every kind, for the summary of lines left out.
+static ALL: [&LineBudget; 3] = [&UNROUTED, &CONNECTIONS, &TOSSED_COOKIES];
 
-struct State {
-    /// Lines that may be written now (up to [`BURST`]).
-    tokens: f64,
-    /// When `tokens` was last topped up; `None` before the first line.
-    at: Option<Instant>,
-    /// Lines left out since the last summary.
-    suppressed: u64,
-}
-
-impl LineBudget {
-    /// A full bucket.
-    pub const fn new(kind: &'static str) -> Self {
-        Self {
-            kind,
-            state: Mutex::new(State {
-                tokens: BURST,
-                at: None,
-                suppressed: 0,
-            }),
-        }
-    }
-
-    /// Whether a line may be written now (it takes a token); `false` counts it as left out.
-    pub fn allow(&self) -> bool {
-        self.allow_at(Instant::now())
-    }
-
-    fn allow_at(&self, now: Instant) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let since = state
-            .at
-            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-        state.tokens = (state.tokens + since.as_secs_f64() * PER_SECOND).min(BURST);
-        state.at = Some(now);
-        if state.tokens >= 1.0 {
-            state.tokens -= 1.0;
-            true
-        } else {
-            state.suppressed += 1;
-            false
-        }
-    }
-
-    /// The lines left out since the last call (and resets the count).
-    fn take_suppressed(&self) -> u64 {
-        std::mem::take(
-            &mut self
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .suppressed,
-        )
-    }
-}
-
-/// Every [`SUMMARY_EVERY`], for each kind that left lines out since: one warning line with
-/// their number. Runs on a thread of its own for the router's life.
+/// Starts the summary of lines left out (`nx_router_api::log_budget::report_suppressed`).
 pub fn report_suppressed() -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("nx-router-log-budget".into())
-        .spawn(|| loop {
-            std::thread::sleep(SUMMARY_EVERY);
-            for budget in [&UNROUTED, &CONNECTIONS, &TOSSED_COOKIES] {
-                let n = budget.take_suppressed();
-                if n > 0 {
-                    tracing::warn!(
-                        suppressed = n,
-                        secs = SUMMARY_EVERY.as_secs(),
-                        "{} over {PER_SECOND} a second were left out of the log",
-                        budget.kind
-                    );
-                }
-            }
-        })?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_burst_passes_then_the_rate_holds_and_the_rest_is_counted() {
-        let budget = LineBudget::new("test lines");
-        let start = Instant::now();
-        let passed = (0..1000).filter(|_| budget.allow_at(start)).count();
-        assert_eq!(passed, BURST as usize);
-        assert_eq!(budget.take_suppressed(), 1000 - BURST as u64);
-        assert_eq!(budget.take_suppressed(), 0);
-        // Two seconds later: twenty more.
-        let later = start + Duration::from_secs(2);
-        let passed = (0..1000).filter(|_| budget.allow_at(later)).count();
-        assert_eq!(passed, (2.0 * PER_SECOND) as usize);
-        // After a long quiet spell no more than a burst.
-        let quiet = later + Duration::from_secs(3600);
-        let passed = (0..1000).filter(|_| budget.allow_at(quiet)).count();
-        assert_eq!(passed, BURST as usize);
-    }
+    nx_router_api::log_budget::report_suppressed("nx-router-log-budget", &ALL)
 }

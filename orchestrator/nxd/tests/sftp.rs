@@ -577,7 +577,7 @@ fn silent_connections(port: u16, n: usize) -> (Vec<std::net::TcpStream>, usize) 
 #[test]
 fn silent_sftp_connections_neither_end_nxd_nor_lock_out_its_users() {
     let (host, port, key, _) = sftp_host(
-        "max_connections = 4096\nmax_connections_per_address = 4096\nlogin_grace_secs = 600\n",
+        "max_connections = 4096\nmax_connections_per_address = 4096\nmax_startups = 4096\nlogin_grace_secs = 600\n",
     );
     // nxd (soft and hard) at 1,024 open files, so that the flood reaches EMFILE (prlimit(1):
     // the test's own hard limit could not be raised again without CAP_SYS_RESOURCE).
@@ -641,4 +641,116 @@ fn silent_sftp_connections_neither_end_nxd_nor_lock_out_its_users() {
             .expect("an SFTP session within the grace");
     });
     assert!(host.nx(&["ls"]).ok);
+}
+
+/// Attacker s12 M3: from 20 addresses, connections that sent only their version line held
+/// every SFTP connection, so no key holder got in, and each refusal was a warning line (3,100
+/// a second). Now at most `sftp.max_startups` connections are unauthenticated, a new one takes
+/// the place of the oldest of the client holding the most, and those lines are rate-limited:
+/// a key holder gets in while the flood goes on.
+#[test]
+fn a_flood_without_a_key_from_many_addresses_leaves_key_holders_room() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (host, port, key, _) =
+        sftp_host("max_connections = 64\nmax_startups = 32\nlogin_grace_secs = 600\n");
+    // 20 addresses (fewer than the 32 startups: see `startups`) x 4 connections (80: more
+    // than every connection), each opened again as soon as nxd closes it, until stopped;
+    // `made` counts the connections opened.
+    let (stop, made) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let flood = {
+        let (ns, stop, made) = (host.netns.clone(), stop.clone(), made.clone());
+        std::thread::spawn(move || {
+            ns.enter();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                for client in 1..=20u8 {
+                    for _ in 0..4 {
+                        let made = made.clone();
+                        tokio::spawn(async move {
+                            loop {
+                                silent_until_closed(client, port).await;
+                                made.fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        })
+    };
+    host.wait_for_log_line(
+        |l| l.contains("sftp.max_startups reached"),
+        Duration::from_secs(60),
+        "the flood did not fill sftp.max_startups",
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (started, at_start) = (Instant::now(), made.load(Ordering::Relaxed));
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (_ssh, sftp) = loop {
+            match try_session(port, "web", &key).await {
+                Ok(session) => break session,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("no SFTP session within 20 s during the flood: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        };
+        sftp.read_dir("/")
+            .await
+            .expect("an SFTP session during the flood");
+    });
+    let during = made.load(Ordering::Relaxed) - at_start;
+    assert!(
+        during > 0,
+        "the flood's connections were not closed while the key holder got in"
+    );
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    // The lines about it: a burst of 100 and 10 a second at most, and summaries.
+    let lines = host
+        .nxd_log()
+        .lines()
+        .filter(|l| l.contains("sftp.max_startups reached"))
+        .count();
+    let bound = 100 + 10 * (started.elapsed().as_secs() as usize + 61);
+    assert!(
+        lines <= bound,
+        "{lines} lines about closed connections (bound {bound}) for {} connections",
+        made.load(Ordering::Relaxed)
+    );
+    assert!(host.nx(&["ls"]).ok);
+}
+
+/// One connection from 127.0.3.`client` to the SFTP port that sends its version line and
+/// nothing else, until the server closes it.
+async fn silent_until_closed(client: u8, port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 3, client], 0)))
+        .unwrap();
+    let Ok(mut stream) = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+    else {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        return;
+    };
+    let _ = stream.write_all(b"SSH-2.0-flood\r\n").await;
+    let mut buffer = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buffer).await {
+        if n == 0 {
+            break;
+        }
+    }
 }

@@ -10,9 +10,9 @@
 pub mod unit;
 
 pub use nx_router_api::{
-    client, client_share, normalize_host, ClientCounts, ClientSlot, Counts, DeploymentTraffic,
-    Route, RouteTable, RouterClient, RouterClientError, RouterConfig, RouterSettings, RouterTls,
-    Slot, Traffic,
+    client, client_share, log_budget, normalize_host, ClientCounts, ClientSlot, Counts,
+    DeploymentTraffic, Route, RouteTable, RouterClient, RouterClientError, RouterConfig,
+    RouterSettings, RouterTls, Slot, Traffic,
 };
 
 use crate::config::Config;

@@ -7,8 +7,11 @@
 pub(crate) mod area;
 mod deploy;
 pub mod host_key;
+mod startups;
 
+use anyhow::Context;
 use nx_orchestrator::names::SandboxName;
+use nx_orchestrator::router::log_budget::{self, LineBudget};
 use nx_orchestrator::router::ClientCounts;
 use nx_orchestrator::Orchestrator;
 use russh::keys::{HashAlg, PrivateKey, PublicKey};
@@ -24,14 +27,20 @@ use std::time::Duration;
 /// `run_on_socket`, returned on the first one, and nxd exited with it). At most
 /// `sftp.max_connections` connections are open at once and `sftp.max_connections_per_address`
 /// from one client (its IPv4 address or IPv6 /64, `router::client_share`); one over a cap is
-/// closed as it is accepted. A connection that has not authenticated within
-/// `sftp.login_grace_secs` is closed (OpenSSH's `LoginGraceTime`, sshd_config(5)).
+/// closed as it is accepted. Of them, at most `sftp.max_startups` have not authenticated yet
+/// (`startups`: a new one takes the place of the busiest client's oldest). A connection that
+/// has not authenticated within `sftp.login_grace_secs` is closed (OpenSSH's
+/// `LoginGraceTime`, sshd_config(5)). Lines about connections closed at a cap are
+/// rate-limited ([`CLOSED_AT_A_CAP`]).
 pub async fn serve(
     app: Arc<Orchestrator>,
     listener: tokio::net::TcpListener,
     host_key: PrivateKey,
 ) -> anyhow::Result<()> {
     let limits = app.config.sftp.clone();
+    static BUDGETS: [&LineBudget; 1] = [&CLOSED_AT_A_CAP];
+    log_budget::report_suppressed("nxd-sftp-log-budget", &BUDGETS)
+        .context("starting the SFTP log budget's thread")?;
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
     let config = Arc::new(russh::server::Config {
@@ -46,6 +55,7 @@ pub async fn serve(
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let by_client = Arc::new(ClientCounts::default());
+    let startups = startups::Startups::new(limits.max_startups);
     let grace = Duration::from_secs(limits.login_grace_secs);
     loop {
         let (stream, grace_end, peer) = match accept(&listener).await {
@@ -62,15 +72,25 @@ pub async fn serve(
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "sftp.max_connections reached: connection closed");
+            if CLOSED_AT_A_CAP.allow() {
+                tracing::warn!(%peer, "sftp.max_connections reached: connection closed");
+            }
             continue;
         };
+        let grace_end = Arc::new(grace_end);
+        let (startup, made_way) = startups.admit(peer.ip(), Arc::clone(&grace_end));
+        if let Some(client) = made_way {
+            if CLOSED_AT_A_CAP.allow() {
+                tracing::warn!(%client, %peer, "sftp.max_startups reached: the oldest unauthenticated connection of the client holding the most closed");
+            }
+        }
         let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handler = Connection {
             app: Arc::clone(&app),
             peer: Some(peer),
             user: None,
             authenticated: Arc::clone(&authenticated),
+            startup: Some(startup),
             channels: HashMap::new(),
         };
         let config = Arc::clone(&config);
@@ -106,6 +126,12 @@ pub async fn serve(
     }
 }
 
+/// Lines about connections closed at `sftp.max_connections` or `sftp.max_startups`: anyone
+/// can cause them (attacker s12 M3: 3,100 a second), so they are rate-limited; a summary every
+/// 10 s says how many were left out.
+pub static CLOSED_AT_A_CAP: LineBudget =
+    LineBudget::new("lines about SFTP connections closed at a cap");
+
 /// The next connection on `listener`: its stream, a second descriptor of its socket (dup(2))
 /// and the peer's address. The second descriptor ends a connection that has not authenticated
 /// in time whatever russh is waiting for (before the client's version line it reads nothing
@@ -130,6 +156,8 @@ struct Connection {
     user: Option<area::KeyHolder>,
     /// Set once a key is accepted (the login grace timer reads it).
     authenticated: Arc<std::sync::atomic::AtomicBool>,
+    /// Its place among the startups, given back once a key is accepted.
+    startup: Option<startups::Place>,
     channels: HashMap<ChannelId, Channel<Msg>>,
 }
 
@@ -178,6 +206,7 @@ impl russh::server::Handler for Connection {
                 });
                 self.authenticated
                     .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.startup = None;
                 Ok(Auth::Accept)
             }
             None => {
