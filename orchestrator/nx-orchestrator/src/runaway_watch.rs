@@ -1,6 +1,8 @@
 //! Every [`WATCH_EVERY`], tenants' backends that overran their bounds are ended and logged
-//! with their sandbox's name (see `databases::runaway` for the bounds and why).
+//! with their sandbox's name (see `databases::runaway` for the bounds and why), and the
+//! reserves of the sandboxes' database disks are freed or kept (see `databases::disk`).
 
+use crate::databases::disk::ReserveChange;
 use crate::databases::ident;
 use crate::error::Error;
 use crate::{embedded_db, Orchestrator};
@@ -24,6 +26,9 @@ impl Orchestrator {
                 let Some(app) = app.upgrade() else { return };
                 if let Err(e) = app.end_runaway_backends().await {
                     tracing::debug!(error = %e, "tenants' backends: trying again");
+                }
+                if let Err(e) = app.keep_disk_reserves().await {
+                    tracing::debug!(error = %e, "database disks' reserves: trying again");
                 }
             }
         });
@@ -62,6 +67,39 @@ impl Orchestrator {
                     pid = backend.pid,
                     "ended a tenant's database session: {overrun}, past its bound (databases.statement_timeout_secs, idle_in_transaction_timeout_secs, backend_memory_max_mb, sandbox_memory_max_mb, memory_max_mb)"
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees the reserve of each full database disk of the embedded cluster, and makes it
+    /// again once the disk has room, each change logged with its sandbox's name. The disks
+    /// are mounted in the cluster's manager's mount namespace, reached through a process of
+    /// the cluster's unit (`/proc/<pid>/root`).
+    async fn keep_disk_reserves(&self) -> Result<(), Error> {
+        if !self.embedded_db {
+            return Ok(());
+        }
+        let pids = self.supervisor.unit_pids(embedded_db::UNIT).await?;
+        let Some(pid) = pids.first() else {
+            return Ok(());
+        };
+        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+        for (role, change) in self.databases.keep_disk_reserves(&root) {
+            let sandbox = self.sandbox_of_role(&role).await;
+            let sandbox = sandbox.as_deref().unwrap_or("(removed)");
+            let reserve_mib = crate::databases::disk::RESERVE_BYTES >> 20;
+            match change {
+                ReserveChange::Freed => tracing::warn!(
+                    sandbox,
+                    role,
+                    "sandbox {sandbox}'s database disk is full (databases.max_size_mb): its reserve of {reserve_mib} MiB was freed so that new sessions can start and TRUNCATE or DROP TABLE can make room; stop what writes first, it would take that room too"
+                ),
+                ReserveChange::Kept => tracing::info!(
+                    sandbox,
+                    role,
+                    "sandbox {sandbox}'s database disk keeps a reserve of {reserve_mib} MiB"
+                ),
             }
         }
         Ok(())

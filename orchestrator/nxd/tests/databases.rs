@@ -714,3 +714,58 @@ fn no_role_writes_the_clusters_log_past_its_cap() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Attacker s12 M6 (medium): once a sandbox's disk was full and an `ANALYZE` had invalidated
+/// its database's relation cache file, every new session failed "FATAL: could not write init
+/// file" (PostgreSQL writes it in the database's directory as a session starts), a
+/// superuser's too, so the way out (`TRUNCATE`) could not run. nxd frees the disk's reserve
+/// when the disk is full, and keeps it again once there is room: twice over here.
+#[test]
+fn a_full_database_disk_still_takes_the_session_that_makes_room() {
+    let host = Host::start_with("[databases]\nmax_size_mb = 64\n");
+    host.nx_json(&["sandbox", "create", "full"]);
+    let url = db_info(&host, "full")["url"].as_str().unwrap().to_owned();
+    let lines = |what: &str| {
+        host.nxd_log()
+            .lines()
+            .filter(|l| l.contains("sandbox full's database disk") && l.contains(what))
+            .count()
+    };
+    // nxd's word on the reserve, waited for up to 10 s: the sessions below say whether it
+    // worked.
+    let wait_for = |what: &str, count: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while lines(what) < count && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // Rows of ~1 KiB, under TOAST's threshold: stored as they are.
+    let rows =
+        |n: u32| format!("SELECT repeat(md5(g::text), 32) AS v FROM generate_series(1, {n}) g");
+    wait_for("keeps a reserve", 1);
+    psql_with_url(&url, &format!("CREATE TABLE big AS {}", rows(25_000)));
+    for round in 1..=2 {
+        let past = Command::new("psql")
+            .arg(&url)
+            .args(["-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(format!("INSERT INTO big {}", rows(60_000)))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&past.stderr);
+        assert!(said.contains("No space left on device"), "{said}");
+        wait_for("is full", round);
+        // Invalidates the relation cache file: the next session writes it again.
+        let _ = Command::new("psql")
+            .arg(&url)
+            .args(["-c", "ANALYZE"])
+            .output();
+        psql_with_url(&url, "TRUNCATE big");
+        psql_with_url(&url, &format!("INSERT INTO big {}", rows(25_000)));
+        wait_for("keeps a reserve", round + 1);
+    }
+    assert!(
+        lines("is full") == 2 && lines("keeps a reserve") == 3,
+        "{}",
+        host.nxd_log()
+    );
+}

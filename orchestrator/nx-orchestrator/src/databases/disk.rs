@@ -22,7 +22,15 @@
 //! (the embedded manager's is its own: nxd's namespace does not see them). They last as long
 //! as that namespace; [`mount_all`] mounts every disk before the cluster is started.
 //! A disk's space, once written, stays allocated on the host (the image is not trimmed), up to
-//! its size. Project quotas would need the state dir's filesystem mounted with them (see
+//! its size.
+//!
+//! A full disk would also refuse every new session of its databases, superusers' too, so that
+//! the way out (`TRUNCATE`, `DROP TABLE`) could not run: a session starting after an
+//! invalidation of a database's catalogs (`ANALYZE`, `VACUUM` of them, autovacuum's too)
+//! writes the relation cache file `pg_internal.init` in the database's directory, and fails
+//! "FATAL: could not write init file" when it cannot (attacker s12 M6). So each disk keeps
+//! [`RESERVE_BYTES`] in a file of its own, which nxd deletes once the disk is full and makes
+//! again once the disk has room ([`DatabaseDisks::keep_reserves`]). Project quotas would need the state dir's filesystem mounted with them (see
 //! `backend::data_disk`).
 
 use crate::backend::data_disk::create_formatted;
@@ -40,6 +48,24 @@ while [ "$#" -gt 1 ]; do
   install -d -o postgres -g postgres -m 700 "$1/pg"
   shift 2
 done"#;
+
+/// The file at the root of each disk that keeps [`RESERVE_BYTES`] (root's, 0600, beside the
+/// tablespace's directory `pg`).
+const RESERVE_FILE: &str = "reserve";
+/// The room each disk's reserve keeps for PostgreSQL once the disk is full, bytes: a session's
+/// relation cache file (~200 KiB) and the catalog writes of a `TRUNCATE` or `DROP TABLE`.
+pub const RESERVE_BYTES: u64 = 4 << 20;
+/// A disk with less room than this free (statvfs(3) `f_bavail`, PostgreSQL's) is full.
+const FULL_BELOW: u64 = 1 << 20;
+
+/// What [`DatabaseDisks::keep_reserves`] did to a disk's reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveChange {
+    /// The disk was full: its reserve was deleted, and its room is PostgreSQL's.
+    Freed,
+    /// The disk had room (again, or a new disk): its reserve was made.
+    Kept,
+}
 
 /// The unmount job's script: its argument unmounted if something is mounted there.
 const UNMOUNT_SCRIPT: &str = r#"if mountpoint -q "$1"; then umount "$1"; fi"#;
@@ -170,6 +196,51 @@ impl DatabaseDisks {
         Ok(mountpoint.join("pg"))
     }
 
+    /// Each mounted disk's reserve: deleted when the disk has less than [`FULL_BELOW`] free,
+    /// made when it is missing and the disk has room for it and twice that, with the roles
+    /// whose disk's reserve changed. `root`: the root directory of the mount namespace the
+    /// disks are mounted in, as nxd reaches it (`/proc/<pid>/root` of a process there).
+    /// A disk that cannot be read (being made or removed) is passed over.
+    pub fn keep_reserves(&self, root: &Path) -> Vec<(String, ReserveChange)> {
+        use std::os::unix::fs::MetadataExt;
+        let seen = |path: &Path| root.join(path.strip_prefix("/").unwrap_or(path));
+        let Ok(dir_device) = std::fs::metadata(seen(&self.dir)).map(|m| m.dev()) else {
+            return Vec::new();
+        };
+        let mut changes = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let image = entry.path();
+            if image.extension().is_none_or(|e| e != "img") {
+                continue;
+            }
+            let Some(role) = image.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let mountpoint = seen(&self.mountpoint(role));
+            // A disk mounted there, not the directory it would be mounted on.
+            let device = std::fs::metadata(&mountpoint).map(|m| m.dev());
+            if device.map_or(true, |device| device == dir_device) {
+                continue;
+            }
+            let Ok(stat) = nix::sys::statvfs::statvfs(&mountpoint) else {
+                continue;
+            };
+            let free = stat.blocks_available() * stat.fragment_size();
+            let reserve = mountpoint.join(RESERVE_FILE);
+            let change = if reserve.exists() {
+                (free < FULL_BELOW && std::fs::remove_file(&reserve).is_ok())
+                    .then_some(ReserveChange::Freed)
+            } else {
+                (free >= RESERVE_BYTES + 2 * FULL_BELOW && make_reserve(&reserve).is_ok())
+                    .then_some(ReserveChange::Kept)
+            };
+            if let Some(change) = change {
+                changes.push((role.to_owned(), change));
+            }
+        }
+        changes
+    }
+
     /// Unmounts `role`'s disk and deletes it (after its tablespace was dropped). Errors: the
     /// unmount job's (the image then stays), or the files' removal.
     #[tracing::instrument(skip(self))]
@@ -189,4 +260,27 @@ impl DatabaseDisks {
         let _ = std::fs::remove_dir(&mountpoint);
         std::fs::remove_file(&image).map_err(|e| format!("removing {}: {e}", image.display()))
     }
+}
+
+/// Makes a disk's reserve file at `path`: [`RESERVE_BYTES`] allocated (fallocate(2)), root's,
+/// 0600; nothing is left when it cannot be.
+fn make_reserve(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let allocated = nix::fcntl::fallocate(
+        file.as_raw_fd(),
+        nix::fcntl::FallocateFlags::empty(),
+        0,
+        RESERVE_BYTES as i64,
+    )
+    .map_err(std::io::Error::from);
+    if allocated.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    allocated
 }

@@ -821,6 +821,16 @@ impl Databases {
         }
     }
 
+    /// Keeps the reserve of each sandbox's database disk (see
+    /// [`disk::DatabaseDisks::keep_reserves`], `root` as there): the roles whose disk's reserve
+    /// changed. None without disks.
+    pub fn keep_disk_reserves(&self, root: &Path) -> Vec<(String, disk::ReserveChange)> {
+        self.disks
+            .as_ref()
+            .map(|disks| disks.keep_reserves(root))
+            .unwrap_or_default()
+    }
+
     /// What every sandbox role is held to.
     pub fn policy(&self) -> RolePolicy {
         self.policy
