@@ -44,6 +44,10 @@ let
   };
 in
 {
+  # Counted log follows only until session 13; it now counts every request under way.
+  imports = [
+    (lib.mkRenamedOptionModule [ "services" "nx" "apiMaxStreamsPerToken" ] [ "services" "nx" "apiMaxRequestsPerToken" ])
+  ];
   options.services.nx = {
     enable = mkEnableOption "nxd, the NX daemon";
     package = mkOption {
@@ -75,10 +79,10 @@ in
       default = defaults.apiReservedConnections;
       description = "Of apiMaxConnections, this many are kept for the root token (as PostgreSQL's superuser_reserved_connections): a connection accepted while no more are free serves only the root token's requests; others get 503 and the connection is closed. Below apiMaxConnections.";
     };
-    apiMaxStreamsPerToken = mkOption {
+    apiMaxRequestsPerToken = mkOption {
       type = types.ints.positive;
-      default = defaults.apiMaxStreamsPerToken;
-      description = "The most log follows (nx logs -f) one deploy token may have open at once; beyond it, 429 (tasks have tasks.maxConcurrentPerToken). The root token has no such cap.";
+      default = defaults.apiMaxRequestsPerToken;
+      description = "The most requests one deploy token may have under way at once, on every route (an upload whose body is coming, a log read or follow, a task's events, until the answer is sent); beyond it, 429 (tasks also have tasks.maxConcurrentPerToken). The root token has no such cap.";
     };
     apiHeadTimeoutSecs = mkOption {
       type = types.ints.positive;

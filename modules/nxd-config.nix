@@ -25,7 +25,7 @@ withoutNulls {
   api_max_connections = cfg.apiMaxConnections;
   api_max_connections_per_address = cfg.apiMaxConnectionsPerAddress;
   api_reserved_connections = cfg.apiReservedConnections;
-  api_max_streams_per_token = cfg.apiMaxStreamsPerToken;
+  api_max_requests_per_token = cfg.apiMaxRequestsPerToken;
   api_head_timeout_secs = cfg.apiHeadTimeoutSecs;
   metrics_listen = cfg.metricsListen;
   router_listen = cfg.routerListen;

@@ -6,7 +6,7 @@
   apiMaxConnections = 4096;
   apiMaxConnectionsPerAddress = 256;
   apiReservedConnections = 16;
-  apiMaxStreamsPerToken = 32;
+  apiMaxRequestsPerToken = 32;
   apiHeadTimeoutSecs = 10;
   metricsListen = null;
   routerListen = "127.0.0.1:7780";

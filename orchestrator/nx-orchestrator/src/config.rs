@@ -40,10 +40,14 @@ pub struct Config {
     /// closed, so that clients holding connections (log follows) cannot lock the operator out.
     /// Below `api_max_connections`.
     pub api_reserved_connections: usize,
-    /// The most log follows (`nx logs -f`, which end only with their deployment or token) one
-    /// deploy token may have open at once; beyond it, 429 (tasks have
-    /// `tasks.max_concurrent_per_token`). The root token has no such cap.
-    pub api_max_streams_per_token: usize,
+    /// The most requests one deploy token may have under way at once, on every route: a
+    /// request counts from its authentication until its answer's body is sent or dropped (an
+    /// upload whose body is coming, a log read or follow, a task's events); beyond it, 429
+    /// (tasks also have `tasks.max_concurrent_per_token`). So that one token cannot hold every
+    /// API connection (attacker s12 H6). The root token has no such cap. Read under its
+    /// former name `api_max_streams_per_token` too (it counted log follows only).
+    #[serde(alias = "api_max_streams_per_token")]
+    pub api_max_requests_per_token: usize,
     /// Seconds a client has to send a request's head (request line and header fields) once nxd
     /// starts reading it, on a new connection or between keep-alive requests; a connection that
     /// has not sent it by then is closed (as the router's `router.head_timeout_secs`).
@@ -500,7 +504,7 @@ impl Default for Config {
             api_max_connections: 4096,
             api_max_connections_per_address: 256,
             api_reserved_connections: 16,
-            api_max_streams_per_token: 32,
+            api_max_requests_per_token: 32,
             api_head_timeout_secs: 10,
             metrics_listen: None,
             router_listen: "127.0.0.1:7780".parse().expect("literal"),
@@ -708,9 +712,9 @@ impl Config {
                 self.api_reserved_connections, self.api_max_connections
             )));
         }
-        if self.api_max_streams_per_token == 0 {
+        if self.api_max_requests_per_token == 0 {
             return Err(ConfigError::Invalid(
-                "api_max_streams_per_token must be at least 1".into(),
+                "api_max_requests_per_token must be at least 1".into(),
             ));
         }
         if self.api_head_timeout_secs == 0 {
@@ -932,9 +936,9 @@ mod tests {
         assert!(refusal(config)
             .contains("api_reserved_connections (16) must be below api_max_connections (16)"));
         let config = Config {
-            api_max_streams_per_token: 0,
+            api_max_requests_per_token: 0,
             ..Config::default()
         };
-        assert!(refusal(config).contains("api_max_streams_per_token must be at least 1"));
+        assert!(refusal(config).contains("api_max_requests_per_token must be at least 1"));
     }
 }

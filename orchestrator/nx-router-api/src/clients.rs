@@ -1,6 +1,6 @@
 //! What one client holds open ([`Counts`]): nxd's API listener counts connections per peer
-//! against `api_max_connections_per_address` and streams per token against
-//! `api_max_streams_per_token`; the router counts connections per client against
+//! against `api_max_connections_per_address` and requests under way per token against
+//! `api_max_requests_per_token`; the router counts connections per client against
 //! `router.max_connections_per_address` and requests under way on nxd's API route against the
 //! same `api_max_connections_per_address`. Clients by address are their [`client_share`].
 

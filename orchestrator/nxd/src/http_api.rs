@@ -296,18 +296,8 @@ async fn logs(
         follow: q.follow,
     };
     let json = q.format.as_deref() == Some("json");
-    let stream = if q.follow {
-        crate::streams::open(&caller, app.config.api_max_streams_per_token)?
-    } else {
-        None
-    };
     let still = crate::scopes::still_followed(app, caller, &headers, id);
-    let lines = nx_orchestrator::logs::stream(path, query, json, still);
-    // The follow counts against the token's streams until its body is dropped.
-    let body = Body::from_stream(futures_util::StreamExt::map(lines, move |chunk| {
-        let _held = &stream;
-        chunk
-    }));
+    let body = Body::from_stream(nx_orchestrator::logs::stream(path, query, json, still));
     let content_type = if json {
         "application/x-ndjson"
     } else {

@@ -15,7 +15,7 @@ mod scopes;
 mod sftp;
 mod sized_json;
 mod state_lock;
-mod streams;
+mod token_requests;
 mod usage_api;
 mod volumes_api;
 

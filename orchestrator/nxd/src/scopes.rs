@@ -8,6 +8,7 @@
 use crate::auth::Token;
 use crate::error::ApiError;
 use crate::listener::ReservedConnection;
+use crate::token_requests;
 use axum::body::Body;
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -449,8 +450,9 @@ fn reserved_for_root(reserved: &ReservedConnection) -> Response {
     response
 }
 
-/// The middleware on every route: authenticate, then check the route's need; on a reserved
-/// connection (see `listener`) only the root token is served.
+/// The middleware on every route: authenticate, count the request against its deploy token's
+/// `api_max_requests_per_token` (`token_requests`), then check the route's need; on a
+/// reserved connection (see `listener`) only the root token is served.
 pub async fn authorize(
     State((app, root)): State<(Arc<Orchestrator>, Token)>,
     route: MatchedPath,
@@ -468,6 +470,10 @@ pub async fn authorize(
         Err(response) => return response,
     };
     req.extensions_mut().insert(caller.clone());
+    let slot = match token_requests::take(&caller, app.config.api_max_requests_per_token) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
     let Caller::Deploy(token) = caller else {
         return next.run(req).await;
     };
@@ -480,7 +486,7 @@ pub async fn authorize(
         _ => (None, req),
     };
     match permits(&token, need, sandbox.as_ref()) {
-        Ok(()) => next.run(req).await,
+        Ok(()) => token_requests::held_until_sent(next.run(req).await, slot),
         Err(why) => {
             tracing::info!(token = %token.id, method = %req.method(), path = %req.uri().path(), "forbidden");
             forbidden(why)

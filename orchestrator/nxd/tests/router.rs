@@ -7,8 +7,9 @@
 //! router, and a router that exits is started again while `/v1/health` says it is down; one
 //! peer address holds at most `api_max_connections_per_address` API connections, and one client
 //! of the API through the router (HTTPS) at most as many requests under way; a deploy token at
-//! most `api_max_streams_per_token` log follows, and the root token keeps reserved connections;
-//! settings the router cannot use leave the running router serving.
+//! most `api_max_requests_per_token` requests under way (log follows, uploads whose body never
+//! comes), and the root token keeps reserved connections; settings the router cannot use leave
+//! the running router serving.
 
 use nx_testkit::Host;
 use std::io::{Read, Write};
@@ -721,7 +722,7 @@ fn one_client_holding_its_share_of_the_api_through_the_router_leaves_it_to_other
 
 /// Attacker s10 F11: 4,200 `nx logs -f` of one `--can logs` token held every API connection and
 /// locked the operator and every tenant out until nxd restarted. Now one deploy token holds at
-/// most `api_max_streams_per_token` streams (429 beyond), and the last
+/// most `api_max_requests_per_token` requests under way (429 beyond), and the last
 /// `api_reserved_connections` connections serve only the root token: three such tokens'
 /// follows take all they may, and the root token is still answered.
 #[test]
@@ -733,7 +734,7 @@ fn deploy_tokens_log_follows_are_capped_and_leave_the_root_token_a_way_in() {
     let mut host = Host::start();
     restart_with_keys(
         &mut host,
-        &format!("api_max_connections = {MAX}\napi_reserved_connections = {RESERVED}\napi_max_streams_per_token = {STREAMS}\n"),
+        &format!("api_max_connections = {MAX}\napi_reserved_connections = {RESERVED}\napi_max_requests_per_token = {STREAMS}\n"),
     );
     let followed = host.push_sample("followed", &[]);
     let tokens: Vec<String> = (0..3)
@@ -795,7 +796,7 @@ fn deploy_tokens_log_follows_are_capped_and_leave_the_root_token_a_way_in() {
         assert!(
             token_refused
                 .iter()
-                .all(|(s, body)| *s == 429 && body.contains("api_max_streams_per_token")),
+                .all(|(s, body)| *s == 429 && body.contains("api_max_requests_per_token")),
             "{token_refused:?}"
         );
     }
@@ -813,4 +814,106 @@ fn deploy_tokens_log_follows_are_capped_and_leave_the_root_token_a_way_in() {
     let ls = host.nx(&["ls"]);
     assert!(ls.ok, "the root token is locked out: {}", ls.stderr);
     drop(held);
+}
+
+/// A new deploy token on sandbox `sandbox` that may `can`.
+fn deploy_token(host: &Host, sandbox: &str, can: &str) -> String {
+    let out = host.nx_json(&["token", "create", "--sandbox", sandbox, "--can", can]);
+    out["token"].as_str().expect("token").to_owned()
+}
+
+/// An API connection with `PUT /v1/artifacts/<a digest>` sent by `token`, its head announcing
+/// a body of 1 MiB that never comes (`Expect: 100-continue`, so that nxd says when its handler
+/// starts reading the body).
+fn upload_head(host: &Host, token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(host.api).unwrap();
+    let head = format!(
+        "PUT /v1/artifacts/{} HTTP/1.1\r\nHost: nxd\r\nAuthorization: Bearer {token}\r\nContent-Length: 1048576\r\nExpect: 100-continue\r\n\r\n",
+        "ab".repeat(32)
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+}
+
+/// [`upload_head`] once nxd's handler waits for its body (nxd answered `100 Continue`).
+fn upload_waiting_for_its_body(host: &Host, token: &str) -> TcpStream {
+    let mut stream = upload_head(host, token);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = [0u8; 25];
+    let read = stream.read_exact(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok() && answer == "HTTP/1.1 100 Continue\r\n\r\n",
+        "the upload's head: {read:?} {answer:?}"
+    );
+    stream
+}
+
+/// What nxd answered on `stream` within `within` (until it closed the connection or the time
+/// passed), as text.
+fn answer_within(mut stream: TcpStream, within: Duration) -> String {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Attacker s12 H6: one push token's uploads whose bodies never came (and a `--can logs`
+/// token's log reads never read) held every API connection, since only log follows counted
+/// against a token. Now every request under way counts against its token's
+/// `api_max_requests_per_token`: with the token's uploads hanging, its next upload is answered
+/// 429 at once, saying what to do, while another token of the same sandbox is answered; once
+/// the uploads' connections close, the token is served again.
+#[test]
+fn one_tokens_uploads_whose_body_never_comes_are_capped_and_leave_the_api_to_others() {
+    const PER_TOKEN: usize = 4;
+    let mut host = Host::start();
+    restart_with_keys(
+        &mut host,
+        &format!("api_max_requests_per_token = {PER_TOKEN}\n"),
+    );
+    assert!(host.nx(&["sandbox", "create", "slow"]).ok);
+    let pusher = deploy_token(&host, "slow", "push");
+    let other = deploy_token(&host, "slow", "logs");
+
+    let held: Vec<TcpStream> = (0..PER_TOKEN)
+        .map(|_| upload_waiting_for_its_body(&host, &pusher))
+        .collect();
+    let answer = answer_within(upload_head(&host, &pusher), Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("api_max_requests_per_token") && answer.contains("try again"),
+        "{answer}"
+    );
+    let (status, body) = host.call(&pusher, "GET", "/v1/sandboxes/slow", None);
+    assert_eq!(
+        status, 429,
+        "the pusher's next request of another route: {body}"
+    );
+
+    let (status, body) = host.call(&other, "GET", "/v1/sandboxes/slow", None);
+    assert_eq!(status, 200, "another token of the sandbox: {body}");
+
+    drop(held);
+    let started = Instant::now();
+    loop {
+        let (status, body) = host.call(&pusher, "GET", "/v1/sandboxes/slow", None);
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the pusher still refused 15 s after its uploads' connections closed: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
