@@ -12,6 +12,11 @@
 //! - `cat PATH`        prints a file
 //! - `write PATH TEXT` writes TEXT to a file (prints `wrote PATH`)
 //! - `now`             prints the clock: Unix seconds
+//! - `unsettle`        sets `O_NONBLOCK` and `O_APPEND` on its stdout and stderr and shrinks
+//!   the stdout pipe to a page (fcntl(2)), prints `unsettled`
+//! - `outputs`         prints its stdout's and stderr's `O_NONBLOCK`, `O_APPEND` and pipe size
+//! - `burst KIB`       writes KIB lines of 1 KiB to stdout; a failed write ends it with exit
+//!   code 1 and how many bytes went out
 
 use std::io::Write;
 
@@ -116,8 +121,46 @@ pub fn run(args: &[String]) -> i32 {
                 2
             }
         },
+        "unsettle" => {
+            use nix::fcntl::{fcntl, FcntlArg, OFlag};
+            for fd in [1, 2] {
+                let flags = fcntl(fd, FcntlArg::F_GETFL).unwrap_or(0);
+                let unsettled =
+                    OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK | OFlag::O_APPEND;
+                let _ = fcntl(fd, FcntlArg::F_SETFL(unsettled));
+            }
+            let _ = fcntl(1, FcntlArg::F_SETPIPE_SZ(4096));
+            let _ = writeln!(out, "unsettled");
+            0
+        }
+        "outputs" => {
+            use nix::fcntl::{fcntl, FcntlArg, OFlag};
+            for fd in [1, 2] {
+                let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).unwrap_or(0));
+                let size = fcntl(fd, FcntlArg::F_GETPIPE_SZ).unwrap_or(-1);
+                let _ = writeln!(
+                    out,
+                    "fd {fd}: nonblock {} append {} pipe size {size}",
+                    flags.contains(OFlag::O_NONBLOCK),
+                    flags.contains(OFlag::O_APPEND)
+                );
+            }
+            0
+        }
+        "burst" => {
+            let line = [b"x".repeat(1023), b"\n".to_vec()].concat();
+            let mut sent = 0usize;
+            for _ in 0..arg(1).parse::<usize>().unwrap_or(1) {
+                if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
+                    eprintln!("write failed after {sent} bytes: {e}");
+                    return 1;
+                }
+                sent += line.len();
+            }
+            0
+        }
         other => {
-            eprintln!("unknown task command {other:?}: print, exit, sleep, fork, hog, abort, leave, connect, ls, cat, write");
+            eprintln!("unknown task command {other:?}: print, exit, sleep, fork, hog, abort, leave, connect, ls, cat, write, now, unsettle, outputs, burst");
             64
         }
     }

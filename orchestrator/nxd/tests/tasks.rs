@@ -610,6 +610,42 @@ fn tasks_one_after_another_on_one_unit_see_nothing_of_each_other() {
     );
 }
 
+/// Attacker s13 T1: a task's stdout and stderr are its unit's pipes, the same open file
+/// descriptions for every task the unit serves, so `O_NONBLOCK` set by one task stayed for
+/// the next, which lost most of its output with exit code 0. Each task starts with the flags
+/// and the pipe size the unit started with.
+#[test]
+fn a_tasks_output_flags_do_not_reach_the_next_task_on_its_unit() {
+    let (host, sha) = host_with_a_pool_of_one();
+    let token = task_token(&host, &sha);
+    let mut units = HashSet::new();
+    let mut task = |args: &[&str]| {
+        let task = pool_task(&host, &token, &sha, args, serde_json::json!({}));
+        units.insert(task.unit);
+        (task.stdout, task.exited["exit_code"].clone())
+    };
+    let (as_started, _) = task(&["task", "outputs"]);
+    assert!(
+        as_started.contains("fd 1: nonblock false append false"),
+        "{as_started}"
+    );
+    assert_eq!(
+        task(&["task", "unsettle"]),
+        ("unsettled\n".into(), 0.into())
+    );
+    let (next, _) = task(&["task", "outputs"]);
+    assert_eq!(next, as_started, "what the task before set");
+    task(&["task", "unsettle"]);
+    // 4 MiB: far past the pipe, so that a non-blocking write would fail (EAGAIN).
+    let (burst, code) = task(&["task", "burst", "4096"]);
+    assert_eq!((burst.len(), code), (4096 * 1024, 0.into()));
+    assert_eq!(
+        units.len(),
+        1,
+        "every task ran on the pool's one unit: {units:?}"
+    );
+}
+
 /// A unit whose task was killed at its timeout, or that ran a task with a memory limit of its
 /// own, serves no task after it: the next runs on a fresh unit (of the pool's own limits).
 #[test]

@@ -201,8 +201,15 @@ fn serve_tasks(first: LaunchSpec, spec_path: &Path) -> String {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         return format!("prctl(PR_SET_CHILD_SUBREAPER): {e}");
     }
+    let outputs = match super::task_end::Outputs::as_started() {
+        Ok(outputs) => outputs,
+        Err(e) => return e,
+    };
     let mut spec = first;
     loop {
+        if let Err(e) = outputs.restore() {
+            return e;
+        }
         if let Err(e) = hand_over_seccomp(&spec) {
             return e;
         }

@@ -11,17 +11,56 @@
 //! OOM-kill count tells an `oom-kill` from a plain SIGKILL, on cgroup v1 as on v2). Then it
 //! waits for the next task (`launcher::serve_tasks`): nothing of this one is left by then (its
 //! processes are reaped, its mount, pid, IPC and network namespaces gone with them, its files
-//! were on the sandbox's own tmpfs), and the next runs as another uid.
+//! were on the sandbox's own tmpfs), and the next runs as another uid. Its standard output
+//! and error are the unit's, the same pipes for every task: what a task may change of them
+//! ([`Outputs`]) is set back before the next.
 
 use super::exit::{classify, CgroupCounters, CgroupLimits};
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use nx_api::signals::signal_of_exit_code;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
+
+/// The unit's standard output and error as they were when it started: their file status
+/// flags (fcntl(2) `F_GETFL`: `O_NONBLOCK`, `O_APPEND`, `O_ASYNC`, `O_DIRECT`, which is packet
+/// mode on a pipe, pipe(7)) and, for a pipe, its size (`F_GETPIPE_SZ`). Both belong to the
+/// open file description that every task of the unit writes to, not to the task (attacker s13
+/// T1: `O_NONBLOCK` left by one task made a later one lose its output with exit code 0).
+pub struct Outputs([(RawFd, OFlag, Option<i32>); 2]);
+
+impl Outputs {
+    /// Fds 1 and 2 as they are now. Errors: fcntl(2)'s, naming the descriptor.
+    pub fn as_started() -> Result<Self, String> {
+        let read = |fd: RawFd| -> Result<(RawFd, OFlag, Option<i32>), String> {
+            let flags =
+                fcntl(fd, FcntlArg::F_GETFL).map_err(|e| format!("fcntl({fd}, F_GETFL): {e}"))?;
+            // Not a pipe (a file, a socket): EBADF, no size to keep.
+            let size = fcntl(fd, FcntlArg::F_GETPIPE_SZ).ok();
+            Ok((fd, OFlag::from_bits_truncate(flags), size))
+        };
+        Ok(Self([read(1)?, read(2)?]))
+    }
+
+    /// Sets fds 1 and 2 back to [`Outputs::as_started`]'s. A pipe holding more than its first
+    /// size (output not yet read) keeps its size (`EBUSY`): the kernel allows no shrink below
+    /// what it holds, and the next task's writes are bounded by the reader as ever. Errors:
+    /// `F_SETFL`'s.
+    pub fn restore(&self) -> Result<(), String> {
+        for &(fd, flags, size) in &self.0 {
+            fcntl(fd, FcntlArg::F_SETFL(flags))
+                .map_err(|e| format!("fcntl({fd}, F_SETFL): {e}"))?;
+            if let Some(size) = size {
+                let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(size));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Runs the task's sandbox, `program args` (bubblewrap) with `env` and /dev/null as its
 /// standard input, as `uid` (its gid the same, no supplementary groups) when given, waits until
