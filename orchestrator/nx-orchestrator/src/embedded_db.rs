@@ -227,7 +227,20 @@ pub async fn ensure(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         use sqlx::Connection;
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+        let connected = sqlx::PgConnection::connect(&url).await;
+        if let Err(e) = &connected {
+            if refused_for_shared_memory(e) {
+                let pids = supervisor.unit_pids(UNIT).await?;
+                let ended = end_tenant_sessions(&pids);
+                if ended > 0 {
+                    tracing::warn!(
+                        ended,
+                        "PostgreSQL refuses nxd's connections for lack of shared memory (a tenant's locks can fill its lock table): ended every tenant's session (SIGTERM) to reach it"
+                    );
+                }
+            }
+        }
+        if let Ok(mut conn) = connected {
             // An adopted cluster picks up the authentication files written above.
             sqlx::query("SELECT pg_reload_conf()")
                 .execute(&mut conn)
@@ -355,6 +368,50 @@ pub fn host_pid(pids: &[u32], postgres_pid: i32) -> Option<u32> {
     pids.iter()
         .copied()
         .find(|&pid| ProcStatus::read(pid).and_then(|s| s.postgres_pid()) == Some(postgres_pid))
+}
+
+/// Whether PostgreSQL refused a connection with SQLSTATE 53200, `out of memory` (its "out of
+/// shared memory" when the shared lock table is full: every new session needs an entry).
+fn refused_for_shared_memory(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "53200")
+}
+
+/// Sends SIGTERM (PostgreSQL's "terminate the session", as `pg_terminate_backend`) to every
+/// client session of `pids` (the cluster's processes as nxd sees them) whose user is not
+/// nxd's ([`OS_USER`]): a tenant's. A client session's process title is `postgres: <user>
+/// <database> [local] <activity>` (postgres(1); the cluster listens on its socket only), so
+/// background processes (`postgres: checkpointer`, `postgres: autovacuum worker <db>`,
+/// `postgres: parallel worker for PID <n>`) are never ones. For when PostgreSQL takes no new
+/// connection, not even the superuser's, so SQL cannot say whose session holds what (attacker
+/// s13 H7: a tenant's locks filling the lock table while nxd was away kept nxd from starting,
+/// and so from ending them). How many were signalled.
+fn end_tenant_sessions(pids: &[u32]) -> usize {
+    pids.iter()
+        .filter(|&&pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let title = String::from_utf8_lossy(&cmdline);
+            let fields: Vec<&str> = title
+                .strip_prefix("postgres: ")
+                .unwrap_or("")
+                .split(|c: char| c.is_whitespace() || c == '\0')
+                .filter(|f| !f.is_empty())
+                .collect();
+            matches!(fields.as_slice(), [user, _database, "[local]", ..] if *user != OS_USER)
+        })
+        .filter(|&&pid| {
+            i32::try_from(pid).is_ok_and(|pid| {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                )
+                .is_ok()
+            })
+        })
+        .count()
 }
 
 /// A process's `/proc/<pid>/status` (proc(5)).

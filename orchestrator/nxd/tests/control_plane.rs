@@ -1158,6 +1158,54 @@ fn a_session_filling_the_lock_table_is_ended_and_every_other_database_goes_on() 
     assert_eq!(host.get(&host.preview_host("beta", &id), "/").0, 200);
 }
 
+/// Attacker s13 H7: with the lock table full, PostgreSQL takes no new connection, not even
+/// nxd's: a tenant that filled it while nxd was away (an upgrade, a crash) kept nxd from
+/// starting ("did not accept connections within 30 s"), and so from ending the session, for
+/// as long as the session stayed. nxd, refused so at its start, ends the tenants' sessions by
+/// signal and starts.
+#[test]
+fn nxd_starts_while_a_tenants_session_fills_the_lock_table_and_ends_it() {
+    let mut host = Host::start();
+    let alpha = sandbox_db_url(&host, "alpha");
+    host.stop_nxd();
+    let mut hog = psql_session(&alpha);
+    let mut stdin = hog.stdin.take().unwrap();
+    stdin
+        .write_all(b"SELECT count(pg_advisory_lock(g)) FROM generate_series(1, 100000) g;\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    // Full: a new session of the tenant's is refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = Command::new("psql")
+            .arg(&alpha)
+            .args(["-Atc", "SELECT 1"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&probe.stderr).contains("out of shared memory") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lock table did not fill");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    host.start_nxd();
+    assert!(
+        host.nxd_log().contains("ended every tenant's session"),
+        "{}",
+        host.nxd_log()
+    );
+    stdin.write_all(b"SELECT 'still here';\n").unwrap();
+    drop(stdin);
+    let out = hog.wait_with_output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("still here"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = host.push_sample("alpha", &[]);
+    assert_eq!(host.get(&host.preview_host("alpha", &id), "/").0, 200);
+}
+
 #[test]
 fn a_tenant_cannot_lift_its_statement_time_memory_and_temp_file_bounds() {
     let host = Host::start_with(
