@@ -187,7 +187,7 @@ in
     };
     bundles = {
       maxMb = mkOption { type = types.ints.positive; default = defaults.bundles.maxMb; description = "The most a bundle (nx push ./dir or app.tar.gz) may hold, all files together and the largest one, MiB."; };
-      maxFiles = mkOption { type = types.ints.positive; default = defaults.bundles.maxFiles; description = "Files and links in one bundle."; };
+      maxFiles = mkOption { type = types.ints.positive; default = defaults.bundles.maxFiles; description = "Files, links and directories in one bundle (its paths are at most 64 components deep)."; };
     };
     store = {
       maxOwnerMb = mkOption { type = types.ints.positive; default = defaults.store.maxOwnerMb; description = "The most stored content (programs, bundles' files) one owner (a sandbox; a token for every sandbox that may not push) may hold, MiB; an upload past it gets 507."; };

@@ -23,6 +23,11 @@ pub const DEFAULT_LIBRARY_DIR: &str = "lib";
 /// Where a bundle appears in the sandbox.
 pub const MOUNT_POINT: &str = "/app";
 
+/// The most components a path of a bundle may have (its depth): deeper paths are refused.
+/// Each component is a directory nxd lays out (attacker s12 H2: 10 files 1,900 levels deep, a
+/// 40 KB manifest, made 19,013 directories).
+pub const MAX_DEPTH: usize = 64;
+
 /// Why a bundle is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BundleError {
@@ -48,6 +53,8 @@ pub enum BundleError {
         limit: String,
         key: &'static str,
     },
+    #[error("{path:?} is {depth} components deep, more than the {MAX_DEPTH} a bundle's paths may have; move it nearer the bundle's top")]
+    TooDeep { path: String, depth: usize },
     #[error("{path:?} lies under {parent:?}, which is a file or a link of the bundle, not a directory; give each path once, as what it is")]
     UnderFile { path: String, parent: String },
     #[error("{path:?}: the manifest says {declared} bytes, the uploaded file has {stored}; give each file's true size")]
@@ -120,7 +127,7 @@ pub struct BundleManifest {
 pub struct BundleLimits {
     /// All files' bytes together, in MiB.
     pub max_mb: u64,
-    /// Files and links together.
+    /// Files, links and directories together.
     pub max_files: u64,
 }
 
@@ -149,6 +156,13 @@ pub fn check_path(path: &str) -> Result<(), BundleError> {
     }
     if path.len() > 4096 || path.contains('\0') {
         return bad("too long or with a NUL byte");
+    }
+    let depth = path.split('/').count();
+    if depth > MAX_DEPTH {
+        return Err(BundleError::TooDeep {
+            path: path.to_owned(),
+            depth,
+        });
     }
     for part in path.split('/') {
         match part {
@@ -257,14 +271,27 @@ impl BundleManifest {
             }
         }
         // A file or a link is no directory: nothing may lie under one.
+        let mut dirs = BTreeSet::new();
         for path in &seen {
-            let mut ancestors = path.match_indices('/').map(|(i, _)| &path[..i]);
-            if let Some(parent) = ancestors.find(|a| seen.contains(a)) {
-                return Err(BundleError::UnderFile {
-                    path: (*path).to_owned(),
-                    parent: parent.to_owned(),
-                });
+            for (i, _) in path.match_indices('/') {
+                let ancestor = &path[..i];
+                if seen.contains(ancestor) {
+                    return Err(BundleError::UnderFile {
+                        path: (*path).to_owned(),
+                        parent: ancestor.to_owned(),
+                    });
+                }
+                dirs.insert(ancestor);
             }
+        }
+        // Each directory is laid out as one (an inode and a block): they count with the files.
+        let count = count + dirs.len() as u64;
+        if count > limits.max_files {
+            return Err(BundleError::TooLarge {
+                found: format!("{count} files, links and directories"),
+                limit: limits.max_files.to_string(),
+                key: "max_files",
+            });
         }
         for file in &self.files {
             crate::check_sha256_hex(&file.sha256).map_err(|why| BundleError::BadPath {
@@ -629,6 +656,52 @@ mod tests {
         assert_eq!(m.argv0(), "app");
         assert_eq!(library_path(&m).as_deref(), Some("/app/lib"));
         assert_eq!(entry_dir_in_sandbox(&m.entry), "/app/bin");
+    }
+
+    /// Attacker s12 H2: files under long chains of directories made a directory per
+    /// component, counted nowhere.
+    #[test]
+    fn paths_deeper_than_max_depth_and_directories_past_max_files_are_refused() {
+        let chain = |top: &str, depth: usize| {
+            let mut parts = vec![top; depth - 1];
+            parts.push("f");
+            parts.join("/")
+        };
+        // 64 components (MAX_DEPTH) pass, 65 do not.
+        let mut m = manifest();
+        m.files.push(file(&chain("a", 64), false));
+        m.check(&LIMITS).unwrap();
+        m.files.push(file(&chain("b", 65), false));
+        let e = m.check(&LIMITS).expect_err("a path 65 deep passed");
+        assert!(
+            e.to_string()
+                .contains("is 65 components deep, more than the 64"),
+            "{e}"
+        );
+
+        // 3 entries and 2 directories of the manifest + 3 files 40 deep (39 directories each).
+        let mut m = manifest();
+        for top in ["c", "d", "e"] {
+            m.files.push(file(&chain(top, 40), false));
+        }
+        let e = m
+            .check(&LIMITS)
+            .expect_err("125 inodes passed max_files = 100");
+        assert!(
+            matches!(
+                e,
+                BundleError::TooLarge {
+                    key: "max_files",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("125 files, links and directories, more than the 100"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! failed, its undoing recorded, production's database not yet put back) and
 //! `volumes::swapped_back` (production's database put back, the preview's mounts not yet),
 //! `store::collected` (the store's collection renamed unused files into `.incoming`, not yet
-//! deleted them nor their owners' rows).
+//! deleted them nor their owners' rows), `sandboxes::removing` (`nx sandbox rm`: the
+//! sandbox's deployments and volumes gone, its database, role, disk, backups and records not
+//! yet).
 //! Points for other actions than a crash: `network::conntrack` (`return`: forgetting a removed
 //! deployment's connections fails as if `conntrack` were missing) and `upkeep::expire` (an
 //! expired preview's removal decided, its start gate not yet taken; [`wait`]s there) and

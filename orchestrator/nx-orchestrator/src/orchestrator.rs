@@ -228,6 +228,7 @@ impl Orchestrator {
         // Only here: the watchdog's re-adoption runs while volume work may be under way.
         app.recover_promotions().await?;
         app.reconcile_volumes().await?;
+        app.finish_removals().await?;
         app.adopt().await?;
         app.keep_up()?;
         app.schedule_backups();
@@ -413,10 +414,15 @@ impl Orchestrator {
             loop {
                 tick.tick().await;
                 let Some(app) = app.upgrade() else { return };
-                let Ok(names) = app.state.sandbox_names().await else {
+                let (Ok(names), Ok(removing)) = (
+                    app.state.sandbox_names().await,
+                    app.state.removing_sandboxes().await,
+                ) else {
                     continue;
                 };
-                for name in names {
+                // A backup provisions the database again: not of one being dropped.
+                let removing: Vec<SandboxName> = removing.into_iter().map(|(n, _)| n).collect();
+                for name in names.into_iter().filter(|n| !removing.contains(n)) {
                     if let Err(e) = app.databases.backup(&name).await {
                         tracing::error!(sandbox = %name, error = %e, "scheduled backup failed");
                     }
@@ -704,9 +710,13 @@ impl Orchestrator {
         let sandbox = async {
             crate::tls::check_new_sandbox(&self.state, &req.sandbox, &self.config.base_domain)
                 .await?;
-            self.state
-                .create_sandbox(&req.sandbox, req.backend.unwrap_or_default())
+            self.record_sandbox(&req.sandbox, req.backend.unwrap_or_default())
                 .await?;
+            // Before its database is provisioned (again): `create_deployment` refuses it too,
+            // for a removal marked from here on.
+            if self.state.is_removing(&req.sandbox).await? {
+                return Err(StateError::Removing(req.sandbox.to_string()).into());
+            }
             let backend = match req.backend {
                 Some(backend) => backend,
                 None => self.state.sandbox_backend(&req.sandbox).await?,
@@ -1133,17 +1143,39 @@ impl Orchestrator {
     ) -> Result<SandboxView, Error> {
         self.backend.get(backend)?;
         crate::tls::check_new_sandbox(&self.state, name, &self.config.base_domain).await?;
-        if !self.state.create_sandbox(name, backend).await? {
+        if !self.record_sandbox(name, backend).await? {
             return Err(Error::Conflict(format!("sandbox {name} exists already")));
         }
         self.databases.ensure_sandbox(name).await?;
         self.sandbox(name).await
     }
 
+    /// Records a sandbox whose pushes run on `backend` unless they name another (false when it
+    /// exists already). A new one starts with nothing an earlier holder of its name left
+    /// (`Databases::drop_leftovers`).
+    async fn record_sandbox(
+        &self,
+        name: &SandboxName,
+        backend: BackendKind,
+    ) -> Result<bool, Error> {
+        let new = self.state.create_sandbox(name, backend).await?;
+        if new {
+            self.databases.drop_leftovers(name).await?;
+        }
+        Ok(new)
+    }
+
     /// Removes every deployment of a sandbox, then its volumes and its database and role,
     /// each after a final backup unless told not to, then sets all its backups aside for the
-    /// host's operator (`Databases::set_backups_aside`); returns what `DELETE
-    /// /v1/sandboxes/{name}` answers.
+    /// host's operator (`Databases::set_backups_aside`), then its records; returns what
+    /// `DELETE /v1/sandboxes/{name}` answers.
+    ///
+    /// Records last (attacker s12 H5): the sandbox is marked as being removed first
+    /// (`StateStore::mark_removing`: it takes no push nor API call from then on), and its rows
+    /// go only once all else is gone. A removal that fails or is cut by a crash leaves it
+    /// listed and marked: running this again finishes it, and so does nxd's start
+    /// ([`Self::finish_removals`]). The final database backup is made only while the database
+    /// is still there (a removal run again after its drop makes none).
     #[tracing::instrument(skip(self))]
     pub async fn remove_sandbox(
         &self,
@@ -1154,19 +1186,27 @@ impl Orchestrator {
             .sandbox_locks
             .lock(name, SandboxWork::RemoveSandbox)
             .await;
-        self.existing(name).await?;
-        let deployments: Vec<Deployment> = self
-            .state
-            .deployments()
-            .await?
-            .into_iter()
-            .filter(|d| &d.sandbox == name)
-            .collect();
-        let final_backup = if backup {
-            Some(self.databases.backup(name).await?)
+        let Some(resumed) = self.state.mark_removing(name, backup).await? else {
+            return Err(no_sandbox(name));
+        };
+        if resumed {
+            tracing::info!(%name, "finishing a removal that did not finish");
+        }
+        let final_backup = if backup && self.databases.has_database(name).await? {
+            match self.databases.backup(name).await {
+                Ok(made) => Some(made),
+                Err(e) if !resumed => {
+                    // Nothing is removed yet: the sandbox is as it was.
+                    self.state.unmark_removing(name).await?;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
             None
         };
+        // Every deployment recorded before the mark; none can be recorded after it.
+        let deployments = self.state.deployments_in(name).await?;
         // Units and files first, records last: a destroy that fails leaves the sandbox and
         // its (stopped) deployments listed, and `nx sandbox rm` can be run again.
         {
@@ -1187,17 +1227,12 @@ impl Orchestrator {
             })?;
         }
         let mut final_volume_backups = self.remove_sandbox_volumes(name, backup).await?;
-        {
-            let _guard = self.changes.lock().await;
-            let removed: Vec<DeploymentId> = deployments.iter().map(|d| d.id.clone()).collect();
-            self.state.delete_sandbox(name, &removed).await?;
-            self.rebuild_routes().await?;
-        }
+        fail::fail_point!("sandboxes::removing");
         self.databases.drop_sandbox(name).await?;
         let backups = self.config.state_dir.join("backups").join(name.as_str());
         let kept_at = self.databases.set_backups_aside(name).map_err(|e| {
             Error::Setup(format!(
-                "sandbox {name} is removed, but its backups stay at {} (a sandbox made again under this name could read them): {e}",
+                "sandbox {name} is not removed: its backups stay at {} ({e}). Fix that and run `nx sandbox rm {name}` again",
                 backups.display()
             ))
         })?;
@@ -1208,6 +1243,11 @@ impl Orchestrator {
                 }
             }
         }
+        {
+            let _guard = self.changes.lock().await;
+            self.state.delete_sandbox(name).await?;
+            self.rebuild_routes().await?;
+        }
         Ok(SandboxRemoved {
             removed: name.clone(),
             final_backup,
@@ -1216,12 +1256,32 @@ impl Orchestrator {
         })
     }
 
-    /// A sandbox that exists, or a 404 that says how to list them.
+    /// At nxd's start: finishes each removal that a crash (or an error) cut short
+    /// ([`Self::remove_sandbox`], with final backups unless the last `nx sandbox rm` said
+    /// `--no-backup`); a failure is logged and left to `nx sandbox rm`, which the sandbox's
+    /// refusals name.
+    #[tracing::instrument(skip_all)]
+    async fn finish_removals(&self) -> Result<(), Error> {
+        for (name, backup) in self.state.removing_sandboxes().await? {
+            match self.remove_sandbox(&name, backup).await {
+                Ok(_) => tracing::info!(sandbox = %name, "interrupted removal finished"),
+                Err(e) => {
+                    tracing::error!(sandbox = %name, error = %e, "interrupted removal not finished: run `nx sandbox rm` on it")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A sandbox that exists and is not being removed, or a 404 that says how to list them (a
+    /// 409 that says how to finish the removal).
     pub async fn existing(&self, name: &SandboxName) -> Result<(), Error> {
-        if self.state.sandbox_exists(name).await? {
-            Ok(())
-        } else {
+        if !self.state.sandbox_exists(name).await? {
             Err(no_sandbox(name))
+        } else if self.state.is_removing(name).await? {
+            Err(StateError::Removing(name.to_string()).into())
+        } else {
+            Ok(())
         }
     }
 

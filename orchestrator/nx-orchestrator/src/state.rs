@@ -31,9 +31,9 @@ pub enum StateError {
     ProductionMoved(String),
     #[error("corrupt row in the state database: {0}")]
     Corrupt(String),
-    /// A deployment was pushed into a sandbox while `nx sandbox rm` removed it.
-    #[error("sandbox {sandbox} is not removed: deployment {deployment} was pushed to it while it was being removed, and it is kept; the sandbox's other deployments are gone. Run `nx sandbox rm {sandbox}` again to remove it too")]
-    PushedDuringRemoval { sandbox: String, deployment: String },
+    /// The sandbox's removal has begun (`sandboxes.removing`): it takes nothing new.
+    #[error("sandbox {0} is being removed (`nx sandbox rm` began and did not finish): run `nx sandbox rm {0}` to finish the removal, then create it again")]
+    Removing(String),
     /// A push's volume was removed (`nx volume rm`) before the push was recorded.
     #[error("volume {volume} of sandbox {sandbox} was removed while this push was being made; nothing was deployed. Push again without --volume {volume}:PATH, or `nx volume create {sandbox} {volume}` first")]
     VolumeGone { sandbox: String, volume: String },
@@ -162,6 +162,16 @@ impl StateStore {
             .bind(new.sandbox.as_str())
             .execute(&mut *tx)
             .await?;
+        // FOR SHARE waits for a `mark_removing` under way: a removal marked before this push
+        // refuses it, one marked after it finds its record (and removes it too).
+        let removing: bool =
+            sqlx::query_scalar("SELECT removing FROM sandboxes WHERE name = $1 FOR SHARE")
+                .bind(new.sandbox.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        if removing {
+            return Err(StateError::Removing(new.sandbox.to_string()));
+        }
         sqlx::query("LOCK TABLE deployments IN EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
@@ -390,44 +400,74 @@ impl StateStore {
         )
     }
 
-    /// Forgets a sandbox, its promotions, its deployments' records and what it owns in the content
-    /// store (`content_owners`; the files stay), once `removed` (the
-    /// deployments whose units and files are gone) are all it has. With a deployment pushed
-    /// meanwhile, only `removed` are forgotten and the sandbox is kept (`PushedDuringRemoval`):
-    /// deleting the new one's record would leave its unit running with no record (and its
-    /// database dropped under it).
-    pub async fn delete_sandbox(
+    /// Marks the sandbox as being removed (`nx sandbox rm`), with final backups if `backup`
+    /// (what nxd's start finishes it with, [`Self::removing_sandboxes`]): from its commit on no
+    /// deployment is recorded in it (`create_deployment`), and every one recorded before is in
+    /// [`Self::deployments_in`]. `None` when there is no such sandbox, else whether it was
+    /// marked already (a removal that did not finish).
+    pub async fn mark_removing(
         &self,
         name: &SandboxName,
-        removed: &[DeploymentId],
-    ) -> Result<(), StateError> {
+        backup: bool,
+    ) -> Result<Option<bool>, StateError> {
         let mut tx = self.pool.begin().await?;
-        // A new deployment's foreign key check takes a KEY SHARE lock on this row: holding it
-        // FOR UPDATE, every deployment pushed so far is visible below and later ones wait.
-        sqlx::query("SELECT 1 FROM sandboxes WHERE name = $1 FOR UPDATE")
+        let was: Option<bool> =
+            sqlx::query_scalar("SELECT removing FROM sandboxes WHERE name = $1 FOR UPDATE")
+                .bind(name.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if was.is_some() {
+            sqlx::query(
+                "UPDATE sandboxes SET removing = true, removing_backup = $2 WHERE name = $1",
+            )
             .bind(name.as_str())
+            .bind(backup)
             .execute(&mut *tx)
             .await?;
-        let removed: Vec<&str> = removed.iter().map(DeploymentId::as_str).collect();
-        let pushed: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM deployments WHERE sandbox = $1 AND NOT (id = ANY($2)) LIMIT 1",
+        }
+        tx.commit().await?;
+        Ok(was)
+    }
+
+    /// Takes back [`Self::mark_removing`] when nothing was removed yet (its final backup
+    /// failed).
+    pub async fn unmark_removing(&self, name: &SandboxName) -> Result<(), StateError> {
+        sqlx::query("UPDATE sandboxes SET removing = false WHERE name = $1")
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the sandbox is being removed (false when it does not exist).
+    pub async fn is_removing(&self, name: &SandboxName) -> Result<bool, StateError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sandboxes WHERE name = $1 AND removing)",
         )
         .bind(name.as_str())
-        .bind(&removed)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The sandboxes whose removal began and did not finish (a crash, or an error), each with
+    /// whether it was to keep final backups.
+    pub async fn removing_sandboxes(&self) -> Result<Vec<(SandboxName, bool)>, StateError> {
+        let rows: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT name, removing_backup FROM sandboxes WHERE removing ORDER BY name",
+        )
+        .fetch_all(&self.pool)
         .await?;
-        if let Some(deployment) = pushed {
-            // The removed ones are gone (units and files): their records go too.
-            sqlx::query("DELETE FROM deployments WHERE id = ANY($1)")
-                .bind(&removed)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Err(StateError::PushedDuringRemoval {
-                sandbox: name.to_string(),
-                deployment,
-            });
-        }
+        rows.into_iter()
+            .map(|(name, backup)| Ok((SandboxName::parse(&name)?, backup)))
+            .collect()
+    }
+
+    /// Forgets a sandbox marked by [`Self::mark_removing`]: its promotions, its deployments'
+    /// records and what it owns in the content store (`content_owners`; the files stay). Its
+    /// units, files, volumes and database go before (attacker s12 H5: with its rows gone
+    /// first, a crash left them to the next holder of the name).
+    pub async fn delete_sandbox(&self, name: &SandboxName) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
         // Its tokens' uploads stay on disk, no longer its (`content_owners` rows go with the
         // sandbox's row): a sandbox made later under the same name (another tenant's, maybe)
         // starts owning nothing.

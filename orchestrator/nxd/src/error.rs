@@ -84,7 +84,7 @@ fn status_of(e: &Error) -> StatusCode {
             StateError::NoDeployment(_) => StatusCode::NOT_FOUND,
             StateError::NothingToRollBack(_)
             | StateError::ProductionMoved(_)
-            | StateError::PushedDuringRemoval { .. }
+            | StateError::Removing(_)
             | StateError::VolumeGone { .. }
             | StateError::NoPort { .. }
             | StateError::SandboxFull { .. } => StatusCode::CONFLICT,

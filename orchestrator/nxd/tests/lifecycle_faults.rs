@@ -617,7 +617,7 @@ fn a_push_whose_deployment_is_removed_while_it_starts_says_it_was_removed() {
 /// lock) is not lost as a unit with no record: the removal is refused naming the new
 /// deployment, which stays listed and keeps serving; the same command run again removes it all.
 #[test]
-fn a_push_during_sandbox_rm_is_kept_listed_and_the_rm_says_to_run_again() {
+fn a_push_during_sandbox_rm_is_refused_and_the_rm_removes_everything() {
     let host = Host::start();
     let first = host.push_sample("racy", &[]);
     let database = host.nx_json(&["db", "url", "racy"])["database"]
@@ -640,34 +640,118 @@ fn a_push_during_sandbox_rm_is_kept_listed_and_the_rm_says_to_run_again() {
         std::thread::sleep(Duration::from_millis(500));
         let rm = s.spawn(|| host.nx(&["sandbox", "rm", "racy"]));
         std::thread::sleep(Duration::from_millis(1000));
-        let pushed = host.push_sample("racy", &[]);
-        let rm = rm.join().expect("rm");
-        assert!(!rm.ok, "the removal went through: {}", rm.stdout);
+        // The removal is marked before its backup: the push is refused, saying what to do.
+        let pushed = host.nx(&[
+            "push",
+            nx_testkit::sample_app().to_str().unwrap(),
+            "--sandbox",
+            "racy",
+        ]);
+        assert!(!pushed.ok, "pushed during the removal: {}", pushed.stdout);
         assert!(
-            rm.stderr
-                .contains(&format!("deployment {pushed} was pushed"))
-                && rm.stderr.contains("nx sandbox rm racy"),
+            pushed.stderr.contains("sandbox racy is being removed")
+                && pushed.stderr.contains("nx sandbox rm racy"),
             "{}",
-            rm.stderr
+            pushed.stderr
         );
-        let ls = host.nx_json(&["ls"]);
-        assert_eq!(ls[0]["name"], "racy", "{ls}");
-        let ids: Vec<&str> = ls[0]["deployments"]
-            .as_array()
-            .expect("deployments")
-            .iter()
-            .map(|d| d["id"].as_str().expect("id"))
-            .collect();
-        assert_eq!(ids, [pushed.as_str()], "{ls}");
-        assert_eq!(host.get(&host.preview_host("racy", &pushed), "/").0, 200);
-        assert!(!host.path(&format!("deployments/{first}")).exists());
+        let rm = rm.join().expect("rm");
+        assert!(rm.ok, "{}", rm.stderr);
     });
-    host.nx_json(&["sandbox", "rm", "racy", "--no-backup"]);
     assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]));
+    assert!(!host.path(&format!("deployments/{first}")).exists());
     assert_eq!(
         nx_testkit::files_under(&host.path("deployments")),
         Vec::<String>::new()
     );
+}
+
+/// The superuser's one-line answer to `sql` in database `db` of the test host's cluster.
+fn superuser(host: &Host, db: &str, sql: &str) -> String {
+    let (ok, out) = nx_testkit::psql(&host.path("postgres/socket"), 5432, db, sql);
+    assert!(ok, "psql failed: {sql}: {out}");
+    out.trim().to_owned()
+}
+
+/// Asserts that sandbox `name`, just made again, starts empty: no table in its database, no
+/// backup listed (the previous holder's row `v` = 'private' was in `items`).
+fn assert_starts_empty(host: &Host, name: &str) {
+    assert_eq!(
+        host.nx_json(&["db", "backups", name]),
+        serde_json::json!([]),
+        "the new holder of {name} lists the previous holder's backups"
+    );
+    let database = host.nx_json(&["db", "url", name])["database"]
+        .as_str()
+        .expect("database name")
+        .to_owned();
+    assert_eq!(
+        superuser(
+            host,
+            &database,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0",
+        "the new holder of {name} reads the previous holder's tables"
+    );
+}
+
+/// `nx sandbox rm` cut by a crash after the sandbox's deployments went (attacker s12 H5: its
+/// records went first, and the next holder of the name adopted its database, role and
+/// backups): nxd's next start finishes the removal, and the sandbox made again under the name
+/// starts with an empty database and no backups.
+#[test]
+fn a_sandbox_rm_cut_by_a_crash_is_finished_at_start_and_the_next_holder_gets_nothing() {
+    let mut host = Host::start();
+    let id = host.push_sample("tenant", &[]);
+    assert_eq!(
+        host.get(&host.preview_host("tenant", &id), "/db/put?v=private")
+            .0,
+        200
+    );
+    let dump = host.path("tenant.dump");
+    host.nx_json(&["db", "backup", "tenant", "-o", dump.to_str().unwrap()]);
+    let database = host.nx_json(&["db", "url", "tenant"])["database"]
+        .as_str()
+        .expect("database name")
+        .to_owned();
+    host.crash_during(
+        "sandboxes::removing",
+        &["sandbox", "rm", "tenant", "--no-backup"],
+    );
+    assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]));
+    let left = superuser(
+        &host,
+        "postgres",
+        &format!(
+            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = '{database}') + (SELECT count(*) FROM pg_database WHERE datname = '{database}')"
+        ),
+    );
+    assert_eq!(left, "0", "the removed sandbox's role or database is left");
+    host.nx_json(&["sandbox", "create", "tenant"]);
+    assert_starts_empty(&host, "tenant");
+}
+
+/// A database, role and backups left without a sandbox's record (by an nxd from before
+/// removals were recorded, or by hand) are not adopted by a sandbox made under the name: they
+/// are dropped and the backups set aside.
+#[test]
+fn a_new_sandbox_never_adopts_a_database_left_without_a_record() {
+    let host = Host::start();
+    host.nx_json(&["sandbox", "create", "tenant"]);
+    let database = host.nx_json(&["db", "url", "tenant"])["database"]
+        .as_str()
+        .expect("database name")
+        .to_owned();
+    superuser(
+        &host,
+        &database,
+        "CREATE TABLE items (v text); INSERT INTO items VALUES ('private')",
+    );
+    let dump = host.path("tenant.dump");
+    host.nx_json(&["db", "backup", "tenant", "-o", dump.to_str().unwrap()]);
+    superuser(&host, "nx", "DELETE FROM sandboxes WHERE name = 'tenant'");
+    host.nx_json(&["sandbox", "create", "tenant"]);
+    assert_starts_empty(&host, "tenant");
 }
 
 /// `nx logs` shows the control characters a program wrote escaped (an untrusted program may

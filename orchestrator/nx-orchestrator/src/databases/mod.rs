@@ -582,6 +582,44 @@ impl Databases {
         Ok(creds)
     }
 
+    /// Whether the sandbox's own database exists (false once `drop_sandbox` dropped it).
+    pub async fn has_database(&self, sandbox: &SandboxName) -> Result<bool, DbError> {
+        self.database_exists(&self.idents.sandbox(sandbox)).await
+    }
+
+    /// For a sandbox just recorded: drops the role, databases, tablespace and disk that an
+    /// earlier holder of the name left without a record (a removal cut short by an nxd from
+    /// before migration 0020, or a database made again by a push that raced the removal), and
+    /// sets that holder's backups aside (`set_backups_aside`): a new holder never adopts them
+    /// (names are the HMAC of the sandbox's name; attacker s12 H5). Nothing to drop when none
+    /// are left.
+    /// Errors: the SQL's, the disk's, the rename's.
+    #[tracing::instrument(skip(self))]
+    pub async fn drop_leftovers(&self, sandbox: &SandboxName) -> Result<(), DbError> {
+        let role = self.idents.sandbox(sandbox);
+        {
+            // A first push to the sandbox at the same time provisions it after this.
+            let _one_at_a_time = self.provisioning.lock().await;
+            let role_left: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                    .bind(&role)
+                    .fetch_one(&self.admin)
+                    .await?;
+            let left = role_left
+                || self.database_exists(&role).await?
+                || self.disks.as_ref().is_some_and(|d| d.size(&role).is_some());
+            if left {
+                tracing::warn!(%sandbox, "dropping the database, role and disk an earlier sandbox of this name left without a record");
+                self.provisioned.lock().expect("lock").remove(&role);
+                self.drop_role_and_disk(&role).await?;
+            }
+        }
+        if let Some(to) = self.set_backups_aside(sandbox)? {
+            tracing::warn!(%sandbox, to = %to.display(), "an earlier sandbox of this name left backups without a record: set aside");
+        }
+        Ok(())
+    }
+
     /// Forgets that a sandbox was provisioned (waiting for a provisioning in progress).
     async fn forget_provisioned(&self, role: &str) {
         let _one_at_a_time = self.provisioning.lock().await;
@@ -608,15 +646,21 @@ impl Databases {
     pub async fn drop_sandbox(&self, sandbox: &SandboxName) -> Result<(), DbError> {
         let role = self.idents.sandbox(sandbox);
         self.forget_provisioned(&role).await;
-        if let Err(e) = self.gates.close(&role).await {
-            // The table no longer names it: the gate closes it when it next applies the table.
-            tracing::warn!(%sandbox, error = %e, "database gate not closed yet");
-        }
-        let dropped = self.drop_owned(&role).await;
+        let dropped = self.drop_role_and_disk(&role).await;
         // A push during the drop may have provisioned it again meanwhile.
         self.forget_provisioned(&role).await;
-        dropped?;
-        self.drop_disk(&role).await
+        dropped
+    }
+
+    /// Closes `role`'s gate, drops it with every database it owns, then its tablespace and
+    /// disk.
+    async fn drop_role_and_disk(&self, role: &str) -> Result<(), DbError> {
+        if let Err(e) = self.gates.close(role).await {
+            // The table no longer names it: the gate closes it when it next applies the table.
+            tracing::warn!(%role, error = %e, "database gate not closed yet");
+        }
+        self.drop_owned(role).await?;
+        self.drop_disk(role).await
     }
 
     /// Drops the tablespace of `role` and removes its disk, if it has them.
