@@ -190,7 +190,7 @@ in
       maxFiles = mkOption { type = types.ints.positive; default = defaults.bundles.maxFiles; description = "Files, links and directories in one bundle (its paths are at most 64 components deep)."; };
     };
     store = {
-      maxOwnerMb = mkOption { type = types.ints.positive; default = defaults.store.maxOwnerMb; description = "The most stored content (programs, bundles' files) one owner (a sandbox; a token for every sandbox that may not push) may hold, MiB; an upload past it gets 507."; };
+      maxOwnerMb = mkOption { type = types.ints.positive; default = defaults.store.maxOwnerMb; description = "The most stored content (programs, bundles' files) one owner (a sandbox; a token for every sandbox that may not push) may hold, MiB, its uploads under way included (each reserves its Content-Length); an upload past it gets 507."; };
       unusedGraceSecs = mkOption { type = types.ints.positive; default = defaults.store.unusedGraceSecs; description = "Seconds after its last use (an upload, a push or task naming it) that stored content no deployment runs is deleted."; };
       maxImageUnpackedMb = mkOption { type = types.ints.positive; default = defaults.store.maxImageUnpackedMb; description = "The most an image's layers may hold unpacked (gunzipped: what podman load writes to the state directory's disk), MiB; a larger image, or one growing past 64 times its archive's size (at least 256 MiB), is refused with 422 before anything is stored."; };
     };

@@ -89,6 +89,8 @@ pub struct Orchestrator {
     pub(crate) data_templates: Arc<DataTemplates>,
     /// One lock per sandbox for the work that touches its volumes (`sandbox_locks`).
     pub sandbox_locks: crate::sandbox_locks::SandboxLocks,
+    /// The room in the store that each owner's uploads under way reserved (attacker s12 M4).
+    pub(crate) store_reservations: crate::artifact::owners::Reservations,
 }
 
 impl Orchestrator {
@@ -224,6 +226,7 @@ impl Orchestrator {
             upkeep: crate::upkeep::UpkeepState::default(),
             data_templates,
             sandbox_locks: Default::default(),
+            store_reservations: Default::default(),
         });
         // Only here: the watchdog's re-adoption runs while volume work may be under way.
         app.recover_promotions().await?;

@@ -9,7 +9,7 @@
 use crate::api::{ArtifactInfo, BundleInfo};
 use crate::artifact::bundle::BundleManifest;
 use crate::artifact::holds::Hold;
-use crate::artifact::owners::{self, Content, Owner, StoreView};
+use crate::artifact::owners::{self, Content, Owner, Reservation, StoreView};
 use crate::artifact::{BundleStoreError, StoreError, Upload};
 use crate::error::Error;
 use crate::names::SandboxName;
@@ -80,25 +80,48 @@ impl Orchestrator {
         }
     }
 
-    /// The bytes `owner` may still store before `store.max_owner_mb` (attacker s10 F2: one
-    /// push token stored blobs without end), or `OverQuota` when it has none left. Uploads of
-    /// one owner running at once each see the room as it was when they began, so together
-    /// they may pass the cap, by at most the cap again.
-    async fn room_of(&self, owner: Owner<'_>) -> Result<u64, Error> {
+    /// Reserves `wanted` bytes (`None`: all the room left) of `owner`'s room under
+    /// `store.max_owner_mb` (attacker s10 F2: one push token stored blobs without end) for an
+    /// upload, until the reservation is dropped; `OverQuota` when they do not fit beside what
+    /// the owner holds and its other uploads under way reserved (attacker s12 M4: uploads at
+    /// once each saw the room as it was when they began).
+    async fn reserve(&self, owner: Owner<'_>, wanted: Option<u64>) -> Result<Reservation, Error> {
+        let reservations = &self.store_reservations;
+        let _one_at_a_time = reservations.admitting.lock().await;
+        // Reservations read before the held bytes: an upload ending in between is counted
+        // twice at worst, never missed.
+        let reserved = reservations.reserved(owner);
         let held = owners::held_bytes(self.state.pool(), owner)
             .await
             .map_err(StateError::from)?;
+        let taken = held.saturating_add(reserved);
         let max = self.config.store.max_owner_mb.saturating_mul(1 << 20);
-        if held >= max {
-            return Err(self.over_quota(owner, held).into());
+        let room = max.saturating_sub(taken);
+        match wanted {
+            _ if room == 0 => Err(self.over_quota(owner, taken).into()),
+            Some(wanted) if wanted > room => Err(self.over_quota(owner, taken).into()),
+            wanted => Ok(reservations.take(owner, wanted.unwrap_or(room))),
         }
-        Ok(max - held)
     }
 
-    /// The refusal of an upload that does not fit in `owner`'s `room` ([`Self::room_of`]).
+    /// The refusal of an upload that does not fit in the `room` it reserved.
     fn past_room(&self, owner: Owner<'_>, room: u64) -> StoreError {
         let max = self.config.store.max_owner_mb.saturating_mul(1 << 20);
         self.over_quota(owner, max.saturating_sub(room))
+    }
+
+    /// Reserves what a stored `info` holds beyond the `reserved` bytes its upload reserved (an
+    /// image's layers unpacked, known once it is verified), or `OverQuota`.
+    async fn reserve_rest(
+        &self,
+        owner: Owner<'_>,
+        info: &ArtifactInfo,
+        reserved: u64,
+    ) -> Result<Option<Reservation>, Error> {
+        match held_size(info).checked_sub(reserved) {
+            Some(rest) if rest > 0 => Ok(Some(self.reserve(owner, Some(rest)).await?)),
+            _ => Ok(None),
+        }
     }
 
     /// The refusal of an upload that would take `owner`, holding `held` bytes, past its cap.
@@ -141,16 +164,18 @@ impl Orchestrator {
     /// streams the upload into its store (verified, checked against the digest; a file
     /// already on disk is kept, not written twice) and makes `view`'s sandbox its owner. An
     /// upload of what the owner does not own yet must fit in its room under
-    /// `store.max_owner_mb` (else `OverQuota`, and nothing is stored; an image counts its
-    /// layers unpacked too, checked once it is verified: past the room it is refused and
-    /// left unowned, for the collection). A bundle is made from
-    /// its manifest, never uploaded: `Bundle` is `Invalid`.
+    /// `store.max_owner_mb`, which it reserves before its body ([`Self::reserve`]: `declared`,
+    /// its `Content-Length`, or all the room left without one; else `OverQuota` at once, and
+    /// nothing is stored; an image counts its layers unpacked too, checked once it is
+    /// verified: past the room it is refused and left unowned, for the collection). A bundle
+    /// is made from its manifest, never uploaded: `Bundle` is `Invalid`.
     pub async fn upload<S, E>(
         &self,
         view: &StoreView,
         kind: Content,
         sha256: &str,
         body: S,
+        declared: Option<u64>,
     ) -> Result<ArtifactInfo, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -165,12 +190,13 @@ impl Orchestrator {
                 ))
             }
         };
-        let room = match view.owner() {
+        let reserved = match view.owner() {
             Some(owner) if !self.holds(view, kind, sha256).await? => {
-                Some((owner, self.room_of(owner).await?))
+                Some((owner, self.reserve(owner, declared).await?))
             }
             _ => None,
         };
+        let room = reserved.as_ref().map(|(owner, r)| (*owner, r.bytes()));
         let info = match store
             .ingest(sha256, body, room.map_or(u64::MAX, |(_, room)| room))
             .await
@@ -181,9 +207,10 @@ impl Orchestrator {
             }
             stored => stored?,
         };
-        if let Some((owner, room)) = room.filter(|(_, room)| held_size(&info) > *room) {
-            return Err(self.past_room(owner, room).into());
-        }
+        let _rest = match room {
+            Some((owner, room)) => self.reserve_rest(owner, &info, room).await?,
+            None => None,
+        };
         self.grant_to_view(view, kind, &info.sha256, held_size(&info))
             .await?;
         Ok(info)
@@ -202,21 +229,21 @@ impl Orchestrator {
         upload: Upload,
     ) -> Result<ArtifactInfo, Error> {
         let owner = Owner::Sandbox(sandbox);
-        let room = self.room_of(owner).await?;
         let view = StoreView::Sandbox(sandbox.clone());
-        if upload.size() > room {
-            let held = match upload.sha256_so_far() {
-                Some(sha256) => self.holds(&view, Content::Artifact, &sha256).await?,
-                None => false,
-            };
-            if !held {
-                return Err(self.past_room(owner, room).into());
-            }
-        }
+        let held = match upload.sha256_so_far() {
+            Some(sha256) => self.holds(&view, Content::Artifact, &sha256).await?,
+            None => false,
+        };
+        let size = upload.size();
+        let _reserved = match held {
+            true => None,
+            false => Some(self.reserve(owner, Some(size)).await?),
+        };
         let info = self.artifacts.store(upload, None).await?;
-        if held_size(&info) > room && !self.holds(&view, Content::Artifact, &info.sha256).await? {
-            return Err(self.past_room(owner, room).into());
-        }
+        let _rest = match held || self.holds(&view, Content::Artifact, &info.sha256).await? {
+            true => None,
+            false => self.reserve_rest(owner, &info, size).await?,
+        };
         self.grant(
             owner,
             Content::Artifact,

@@ -156,9 +156,17 @@ async fn upload(
     body: Body,
 ) -> ApiResult<ArtifactInfo> {
     let view = caller.store_view();
+    // Its Content-Length, reserved under its owner before the body comes.
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
     Ok(Json(
-        app.upload(&view, Content::Artifact, &sha, body.into_data_stream())
-            .await?,
+        app.upload(
+            &view,
+            Content::Artifact,
+            &sha,
+            body.into_data_stream(),
+            declared,
+        )
+        .await?,
     ))
 }
 
@@ -177,9 +185,17 @@ async fn upload_blob(
     body: Body,
 ) -> ApiResult<ArtifactInfo> {
     let view = caller.store_view();
+    // Its Content-Length, reserved under its owner before the body comes.
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
     Ok(Json(
-        app.upload(&view, Content::Blob, &sha, body.into_data_stream())
-            .await?,
+        app.upload(
+            &view,
+            Content::Blob,
+            &sha,
+            body.into_data_stream(),
+            declared,
+        )
+        .await?,
     ))
 }
 

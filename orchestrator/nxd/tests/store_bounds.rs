@@ -249,3 +249,102 @@ fn one_owner_holds_at_most_max_owner_mb_and_is_told_what_to_do() {
     let other = token(&host, "other", "push");
     assert_eq!(put(&other, noise(1 << 20, 4)).0, 200);
 }
+
+/// A body that gives its first half at once and the rest `pause` later: uploads sent with it at
+/// the same moment are all under way at once.
+struct Halting {
+    bytes: Vec<u8>,
+    sent: usize,
+    pause: Duration,
+}
+
+impl std::io::Read for Halting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let half = self.bytes.len() / 2;
+        if self.sent == half && !self.pause.is_zero() {
+            std::thread::sleep(std::mem::take(&mut self.pause));
+        }
+        let end = if self.sent < half {
+            half
+        } else {
+            self.bytes.len()
+        };
+        let n = buf.len().min(end - self.sent);
+        buf[..n].copy_from_slice(&self.bytes[self.sent..self.sent + n]);
+        self.sent += n;
+        Ok(n)
+    }
+}
+
+/// Uploads of one owner at once share its room (attacker s12 M4: six at once each saw the room
+/// as it was when they began, and stored 913 MiB under a 200 MiB cap): each reserves its
+/// Content-Length before its body, so only those that fit together are stored.
+#[test]
+fn uploads_of_one_owner_at_once_share_its_room() {
+    let host = Host::start_with("[store]\nmax_owner_mb = 8\n");
+    host.push_sample("shared", &["--disk", "0"]);
+    let tenant = token(&host, "shared", "push");
+    let sample = std::fs::metadata(nx_testkit::sample_app()).unwrap().len();
+    assert!(
+        (4 << 20) + sample < 8 << 20 && (6 << 20) + sample > 8 << 20,
+        "the sample is {sample} bytes"
+    );
+    // Four 2 MiB files: two fit beside the sample, three do not.
+    let files: Vec<Vec<u8>> = (0..4).map(|i| noise(2 << 20, 20 + i)).collect();
+    let put = |bytes: &[u8]| {
+        let body = reqwest::blocking::Body::sized(
+            Halting {
+                bytes: bytes.to_vec(),
+                sent: 0,
+                pause: Duration::from_secs(3),
+            },
+            bytes.len() as u64,
+        );
+        host.http()
+            .put(format!(
+                "http://{}/v1/blobs/{}",
+                host.api,
+                sha256_hex(bytes)
+            ))
+            .bearer_auth(&tenant)
+            .body(body)
+            .send()
+            .map(|r| r.status().as_u16())
+            // An upload refused before its body may see its connection closed mid-body.
+            .unwrap_or(0)
+    };
+    let answers: Vec<u16> = std::thread::scope(|s| {
+        let uploads: Vec<_> = files.iter().map(|f| s.spawn(|| put(f))).collect();
+        uploads.into_iter().map(|u| u.join().unwrap()).collect()
+    });
+    let stored: Vec<bool> = files
+        .iter()
+        .map(|f| {
+            let path = format!("/v1/blobs/{}", sha256_hex(f));
+            host.call(&tenant, "GET", &path, None).0 == 200
+        })
+        .collect();
+    assert_eq!(
+        stored.iter().filter(|s| **s).count(),
+        2,
+        "answers {answers:?}, stored {stored:?}"
+    );
+    for (answer, stored) in answers.iter().zip(&stored) {
+        assert_eq!(*stored, *answer == 200, "answers {answers:?}");
+        assert!(matches!(answer, 200 | 507 | 0), "answers {answers:?}");
+    }
+    // The room the two took stays taken: a refused file does not fit now either.
+    let refused = files
+        .iter()
+        .zip(&stored)
+        .find_map(|(f, stored)| (!stored).then_some(f))
+        .expect("a refused file");
+    let (status, body) = host.call(
+        &tenant,
+        "PUT",
+        &format!("/v1/blobs/{}", sha256_hex(refused)),
+        Some(refused.clone()),
+    );
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("may hold 8 MiB"), "{body}");
+}

@@ -11,7 +11,70 @@
 
 use crate::names::SandboxName;
 use sqlx::PgPool;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// The bytes each owner's uploads under way have reserved toward its `store.max_owner_mb`
+/// (attacker s12 M4: each upload saw the owner's room as it was when it began, so six at once
+/// stored 913 MiB under a 200 MiB cap). An upload reserves its declared size (all the room left
+/// when it declares none) before its body, and gives it back when it ends, stored or not (its
+/// [`Reservation`] dropped, after the owner's row is written): what an owner holds and reserves
+/// together never passes the cap.
+#[derive(Debug, Default)]
+pub struct Reservations {
+    /// One admission at a time: an owner's reservations and held bytes are read, and its new
+    /// reservation made, with no other admission in between.
+    pub admitting: tokio::sync::Mutex<()>,
+    by_owner: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl Reservations {
+    /// The bytes `owner`'s uploads under way reserved.
+    pub fn reserved(&self, owner: Owner<'_>) -> u64 {
+        let by_owner = self.by_owner.lock().expect("lock");
+        by_owner.get(&owner.to_string()).copied().unwrap_or(0)
+    }
+
+    /// Reserves `bytes` under `owner` until the returned [`Reservation`] is dropped (call it
+    /// holding [`Self::admitting`], after checking the room).
+    pub fn take(&self, owner: Owner<'_>, bytes: u64) -> Reservation {
+        let owner = owner.to_string();
+        let mut by_owner = self.by_owner.lock().expect("lock");
+        *by_owner.entry(owner.clone()).or_default() += bytes;
+        Reservation {
+            by_owner: Arc::clone(&self.by_owner),
+            owner,
+            bytes,
+        }
+    }
+}
+
+/// Bytes an upload reserved under its owner ([`Reservations::take`]), given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    by_owner: Arc<Mutex<HashMap<String, u64>>>,
+    owner: String,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// The bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut by_owner = self.by_owner.lock().expect("lock");
+        if let Some(left) = by_owner.get_mut(&self.owner) {
+            *left = left.saturating_sub(self.bytes);
+            if *left == 0 {
+                by_owner.remove(&self.owner);
+            }
+        }
+    }
+}
 
 /// The three kinds of stored content, each a store of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
