@@ -3,7 +3,7 @@
 
 use crate::auth::Token;
 use crate::error::ApiError;
-use crate::json_body::JsonBody;
+use crate::json_body::{JsonBody, ManifestBody};
 use crate::route_table::{self, delete, get, post, put, Route};
 use crate::scopes::Caller;
 use crate::sized_json::{LastSize, SizedJson};
@@ -42,8 +42,8 @@ pub fn table() -> Vec<Route> {
         put("/v1/artifacts/{sha256}", upload).unlimited_body(),
         get("/v1/blobs/{sha256}", blob),
         put("/v1/blobs/{sha256}", upload_blob).unlimited_body(),
-        post("/v1/blobs/missing", missing_blobs),
-        post("/v1/bundles", create_bundle),
+        post("/v1/blobs/missing", missing_blobs).unlimited_body(),
+        post("/v1/bundles", create_bundle).unlimited_body(),
         post("/v1/deployments", push),
         delete("/v1/deployments/{id}", remove),
         post("/v1/deployments/{id}/stop", stop),
@@ -202,7 +202,7 @@ async fn upload_blob(
 async fn missing_blobs(
     State(app): Shared,
     Extension(caller): Extension<Caller>,
-    JsonBody(req): JsonBody<BlobDigests>,
+    ManifestBody(req): ManifestBody<BlobDigests>,
 ) -> ApiResult<BlobDigests> {
     Ok(Json(BlobDigests {
         sha256: app.missing_blobs(&caller.store_view(), &req.sha256).await?,
@@ -212,7 +212,7 @@ async fn missing_blobs(
 async fn create_bundle(
     State(app): Shared,
     Extension(caller): Extension<Caller>,
-    JsonBody(manifest): JsonBody<BundleManifest>,
+    ManifestBody(manifest): ManifestBody<BundleManifest>,
 ) -> ApiResult<BundleInfo> {
     Ok(Json(
         app.create_bundle(&caller.store_view(), manifest).await?,

@@ -35,7 +35,8 @@ impl Route {
         }
     }
 
-    /// The same route with no limit on its body's size (artifact and dump uploads).
+    /// The same route with no default limit on its body's size (artifact and dump uploads;
+    /// bundles' lists of files, which `json_body::ManifestBody` limits by `bundles.max_files`).
     pub fn unlimited_body(mut self) -> Self {
         self.handler = self.handler.layer(DefaultBodyLimit::disable());
         self

@@ -510,3 +510,60 @@ fn a_programs_path_and_ld_preload_reach_only_the_program_inside_its_sandbox() {
     let end: serde_json::Value = serde_json::from_str(said.lines().last().unwrap()).unwrap();
     assert_eq!(end["exit_code"], 0, "{said}");
 }
+
+/// A request listing a bundle's files is read up to 512 bytes for each of `bundles.max_files`
+/// (attacker s12 M5: a bundle of 25,000 files, a quarter of the default max_files, failed on
+/// axum's 2 MB default, "length limit exceeded"); past that the answer is 413 naming the limit.
+#[test]
+fn a_list_of_25000_files_is_read_and_one_past_its_limit_is_refused_naming_it() {
+    let host = Host::start_with("[bundles]\nmax_files = 30000\n");
+    let manifest = |count: usize, pad: usize| {
+        let files: Vec<serde_json::Value> = (0..count)
+            .map(|i| {
+                serde_json::json!({
+                    "path": format!(
+                        "node_modules/package-number-{:04}/lib/{}file-{i:05}.js",
+                        i / 50,
+                        "x".repeat(pad)
+                    ),
+                    "sha256": format!("{i:064x}"),
+                    "size": 1,
+                    "executable": i == 0,
+                })
+            })
+            .collect();
+        serde_json::json!({ "entry": files[0]["path"], "files": files })
+            .to_string()
+            .into_bytes()
+    };
+    let many = manifest(25_000, 0);
+    assert!(many.len() > 2 << 20, "{} bytes", many.len());
+    let (status, body) = host.call(&host.token, "POST", "/v1/bundles", Some(many));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("25000 of the bundle's files are not uploaded yet"),
+        "{body}"
+    );
+    let digests: Vec<String> = (0..35_000).map(|i| format!("{i:064x}")).collect();
+    let asked = serde_json::json!({ "sha256": digests })
+        .to_string()
+        .into_bytes();
+    assert!(asked.len() > 2 << 20, "{} bytes", asked.len());
+    let (status, body) = host.call(&host.token, "POST", "/v1/blobs/missing", Some(asked));
+    assert_eq!(status, 200, "{body}");
+    let missing: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(missing["sha256"].as_array().unwrap().len(), 35_000);
+
+    // 25,000 paths of 650 bytes: past 30,000 x 512 bytes.
+    let (status, body) = host.call(
+        &host.token,
+        "POST",
+        "/v1/bundles",
+        Some(manifest(25_000, 600)),
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body.contains("larger than 14 MiB") && body.contains("bundles.max_files (30000)"),
+        "{body}"
+    );
+}
