@@ -167,7 +167,7 @@ impl Orchestrator {
     /// `store.max_owner_mb`, which it reserves before its body ([`Self::reserve`]: `declared`,
     /// its `Content-Length`, or all the room left without one; else `OverQuota` at once, and
     /// nothing is stored; an image counts its layers unpacked too, checked once it is
-    /// verified: past the room it is refused and left unowned, for the collection). A bundle
+    /// verified: past the room it is refused before it is kept, and nothing is stored). A bundle
     /// is made from its manifest, never uploaded: `Bundle` is `Invalid`.
     pub async fn upload<S, E>(
         &self,
@@ -197,7 +197,7 @@ impl Orchestrator {
             _ => None,
         };
         let room = reserved.as_ref().map(|(owner, r)| (*owner, r.bytes()));
-        let info = match store
+        let verified = match store
             .ingest(sha256, body, room.map_or(u64::MAX, |(_, room)| room))
             .await
         {
@@ -205,12 +205,14 @@ impl Orchestrator {
                 let (owner, room) = room.expect("checked");
                 return Err(self.past_room(owner, room).into());
             }
-            stored => stored?,
+            verified => verified?,
         };
+        // Before it is kept: refused, it goes (attacker s13 H3b).
         let _rest = match room {
-            Some((owner, room)) => self.reserve_rest(owner, &info, room).await?,
+            Some((owner, room)) => self.reserve_rest(owner, verified.info(), room).await?,
             None => None,
         };
+        let info = store.keep(verified)?;
         self.grant_to_view(view, kind, &info.sha256, held_size(&info))
             .await?;
         Ok(info)
@@ -221,8 +223,7 @@ impl Orchestrator {
     /// upload whose bytes alone pass the room is refused before it is stored, unless the
     /// sandbox holds those bytes already (attacker s12 H3: refused uploads stayed in the
     /// store, four 152 MiB files for a sandbox capped at 200 MiB); an image that passes the
-    /// room only unpacked is known so once stored, and stays unowned until the collection
-    /// deletes it.
+    /// room only unpacked is refused once verified, before it is kept (attacker s13 H3b).
     pub async fn store_upload_of(
         &self,
         sandbox: &SandboxName,
@@ -239,11 +240,14 @@ impl Orchestrator {
             true => None,
             false => Some(self.reserve(owner, Some(size)).await?),
         };
-        let info = self.artifacts.store(upload, None).await?;
-        let _rest = match held || self.holds(&view, Content::Artifact, &info.sha256).await? {
+        let verified = self.artifacts.verify(upload, None).await?;
+        let sha256 = &verified.info().sha256;
+        // Before it is kept: refused, it goes (attacker s13 H3b).
+        let _rest = match held || self.holds(&view, Content::Artifact, sha256).await? {
             true => None,
-            false => self.reserve_rest(owner, &info, size).await?,
+            false => self.reserve_rest(owner, verified.info(), size).await?,
         };
+        let info = self.artifacts.keep(verified)?;
         self.grant(
             owner,
             Content::Artifact,

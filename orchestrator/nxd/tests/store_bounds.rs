@@ -348,3 +348,26 @@ fn uploads_of_one_owner_at_once_share_its_room() {
     assert_eq!(status, 507, "{body}");
     assert!(body.contains("may hold 8 MiB"), "{body}");
 }
+
+/// An image archive that fits its owner's room but whose layers unpack past it is refused, and
+/// nothing of it stays in the store (attacker s13 H3b: each refusal said "nothing was stored"
+/// and left the archive there, unowned, for an hour: a push token grew the store without
+/// bound).
+#[test]
+fn an_image_past_its_owners_room_unpacked_leaves_nothing_in_the_store() {
+    let host = Host::start_with("[store]\nmax_owner_mb = 8\n");
+    host.push_sample("img", &["--disk", "0"]);
+    let tenant = token(&host, "img", "push");
+    let before = stored(&host);
+    let app = std::fs::read(nx_testkit::sample_app()).unwrap();
+    for i in 0..3 {
+        // About 1 MiB, 16 MiB of zeros and the app unpacked: past the 5.4 MiB left.
+        let archive = nx_artifact::image::tests::oci_archive_gz(&format!("big{i}"), &app, 16 << 20);
+        assert!(archive.len() < 4 << 20, "{} bytes", archive.len());
+        let path = format!("/v1/artifacts/{}", sha256_hex(&archive));
+        let (status, body) = host.call(&tenant, "PUT", &path, Some(archive));
+        assert_eq!(status, 507, "{body}");
+        assert!(body.contains("nothing was stored"), "{body}");
+    }
+    assert_eq!(stored(&host), before);
+}

@@ -234,14 +234,15 @@ impl ArtifactStore {
     }
 
     /// Streams an upload of at most `limit_bytes` (and the store's own limit; more is
-    /// `TooLarge`) into the store under the digest the client announced.
+    /// `TooLarge`) and verifies it under the digest the client announced; [`Self::keep`] puts
+    /// it in the store.
     #[tracing::instrument(skip(self, body), fields(sha256 = %announced))]
     pub async fn ingest<S, E>(
         &self,
         announced: &str,
         mut body: S,
         limit_bytes: u64,
-    ) -> Result<ArtifactInfo, StoreError>
+    ) -> Result<Verified, StoreError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -261,17 +262,19 @@ impl ArtifactStore {
             }
             upload.write_at(upload.size, &chunk)?;
         }
-        self.store(upload, Some(announced)).await
+        self.verify(upload, Some(announced)).await
     }
 
-    /// Stores a complete upload under the sha256 of its bytes, once they verify (and match
-    /// the digest the client announced, if it announced one); otherwise the temp file goes.
+    /// Verifies a complete upload (and checks it against the digest the client announced, if
+    /// it announced one); it is not in the store yet: [`Self::keep`] puts it there, and a
+    /// [`Verified`] dropped instead goes with its temp file (attacker s13 H3b: an image
+    /// refused for its unpacked size, known only once verified, stayed in the store).
     #[tracing::instrument(skip_all, fields(size = upload.size))]
-    pub async fn store(
+    pub async fn verify(
         &self,
         upload: Upload,
         announced: Option<&str>,
-    ) -> Result<ArtifactInfo, StoreError> {
+    ) -> Result<Verified, StoreError> {
         let Upload {
             temp,
             size,
@@ -304,9 +307,17 @@ impl ArtifactStore {
             Contents::Files => (describe_file(&actual, size), 0o444),
         };
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(mode))?;
+        Ok(Verified { temp, info })
+    }
+
+    /// Puts a verified upload in the store under its digest and returns what it is.
+    pub fn keep(&self, verified: Verified) -> Result<ArtifactInfo, StoreError> {
+        let Verified { temp, info } = verified;
+        let writing = StoreError::writing(&self.dir);
+        let actual = &info.sha256;
         // A file already stored under this digest holds these very bytes: it stays (its
         // hard links in bundles, running programs), and the upload goes with its temp file.
-        let path = self.path(&actual)?;
+        let path = self.path(actual)?;
         match temp.persist_noclobber(&path) {
             Ok(_) => {
                 tracing::info!(sha256 = %actual, kind = %info.kind, details = %info.details, "stored")
@@ -346,8 +357,23 @@ impl ArtifactStore {
     }
 }
 
+/// A complete upload, verified ([`ArtifactStore::verify`]), not in the store yet: a temp file
+/// in `.incoming`, deleted when this is dropped before [`ArtifactStore::keep`] took it.
+#[derive(Debug)]
+pub struct Verified {
+    temp: tempfile::NamedTempFile,
+    info: ArtifactInfo,
+}
+
+impl Verified {
+    /// What the upload is (its digest, size, kind and unpacked size).
+    pub fn info(&self) -> &ArtifactInfo {
+        &self.info
+    }
+}
+
 /// An upload on its way into the store: a temp file in `.incoming`, deleted when this is
-/// dropped before `ArtifactStore::store` took it.
+/// dropped before `ArtifactStore::verify` took it.
 #[derive(Debug)]
 pub struct Upload {
     temp: tempfile::NamedTempFile,
@@ -518,7 +544,18 @@ mod tests {
             S: Stream<Item = Result<Bytes, E>> + Unpin,
             E: std::fmt::Display,
         {
-            self.ingest(sha, body, u64::MAX).await
+            let verified = self.ingest(sha, body, u64::MAX).await?;
+            self.keep(verified)
+        }
+
+        /// A complete upload verified and kept.
+        async fn store(
+            &self,
+            upload: Upload,
+            announced: Option<&str>,
+        ) -> Result<ArtifactInfo, StoreError> {
+            let verified = self.verify(upload, announced).await?;
+            self.keep(verified)
         }
     }
 
