@@ -47,6 +47,7 @@ pub mod tcp;
 pub mod timing;
 pub mod tls;
 pub mod upkeep;
+pub mod upload_room;
 pub mod usage;
 pub mod volumes;
 #[cfg(target_os = "linux")]

@@ -445,7 +445,8 @@ struct RestoreQuery {
 
 /// Restores from a backup kept on the host (`?backup=ID`) or from a dump in the body. Before
 /// the body is read: 404 for a sandbox that does not exist; the body is cut off with 413 past
-/// the space free where uploads are kept (`Databases::upload_room`).
+/// twice the sandbox's database disk, or past the room where uploads are kept less nxd's
+/// reserve and what other uploads under way claimed (`Databases::claim_upload_room`).
 async fn restore(
     State(app): Shared,
     Path(name): Path<String>,
@@ -458,13 +459,34 @@ async fn restore(
         let path = app.databases.backup_path(&name, &id)?;
         return Ok(Json(app.restore(&name, &path).await?));
     }
-    let room = app.databases.upload_room()?;
+    let wanted = axum::body::HttpBody::size_hint(&body).exact();
+    let claim = match app.databases.claim_upload_room(wanted)? {
+        Ok(claim) => claim,
+        Err(room) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the dump is larger than the {} MiB nxd's disk has room for now (free space less nxd's {} MiB reserve and other uploads under way): free space on the nxd host, try again when other uploads are done, or restore a backup kept there (`nx db backups {name}`, `nx db restore {name} ID`)",
+                    room >> 20,
+                    nx_orchestrator::host_limits::DISK_RESERVE_MB
+                ),
+            ))
+        }
+    };
+    let bound = app.databases.restore_upload_bound();
     let cap = UploadCap {
-        bytes: room,
-        refusal: format!(
-            "the dump is larger than the {} MiB free on nxd's disk where uploads are kept: free space on the nxd host, or restore a backup kept there (`nx db backups {name}`, `nx db restore {name} ID`)",
-            room >> 20
-        ),
+        bytes: claim.bytes(),
+        refusal: if claim.bytes() == bound {
+            format!(
+                "the dump is larger than {} MiB, twice the sandbox's database disk (databases.max_size_mb) and 1 MiB: it cannot be one of a database that fits there",
+                bound >> 20
+            )
+        } else {
+            format!(
+                "the dump is larger than the {} MiB nxd's disk had room for when it began (free space less nxd's reserve and other uploads under way): send its length (Content-Length), free space on the nxd host, or restore a backup kept there (`nx db backups {name}`, `nx db restore {name} ID`)",
+                claim.bytes() >> 20
+            )
+        },
     };
     let upload = app.databases.upload_file()?;
     save_body(body, &upload, Some(&cap)).await?;

@@ -7,6 +7,7 @@ use crate::json_body::JsonBody;
 use crate::route_table::{delete, get, post, Route};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use nx_orchestrator::api::volumes::{
@@ -102,9 +103,28 @@ async fn restore(
         let path = app.volume_backup_path(&name, &volume, &id)?;
         return Ok(Json(app.restore_volume(&name, &volume, &path).await?));
     }
+    let wanted = axum::body::HttpBody::size_hint(&body).exact();
+    let claim = match app.claim_volume_upload_room(wanted, max_bytes)? {
+        Ok(claim) => claim,
+        Err(room) => return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the archive is larger than the {} MiB nxd's disk has room for now (free space less nxd's {} MiB reserve and other uploads under way): free space on the nxd host, or try again when other uploads are done",
+                room >> 20,
+                nx_orchestrator::host_limits::DISK_RESERVE_MB
+            ),
+        )),
+    };
     let cap = UploadCap {
-        bytes: max_bytes,
-        refusal: nx_orchestrator::api::volumes::restore_too_large(&volume, max_bytes),
+        bytes: claim.bytes(),
+        refusal: if claim.bytes() == max_bytes {
+            nx_orchestrator::api::volumes::restore_too_large(&volume, max_bytes)
+        } else {
+            format!(
+                "the archive is larger than the {} MiB nxd's disk had room for when it began (free space less nxd's reserve and other uploads under way): send its length (Content-Length), or free space on the nxd host",
+                claim.bytes() >> 20
+            )
+        },
     };
     let upload = app.volume_upload_file()?;
     save_body(body, &upload, Some(&cap)).await?;

@@ -1221,6 +1221,62 @@ fn answer(conn: &mut std::net::TcpStream) -> (u16, String) {
     (status, text)
 }
 
+/// Attacker s13 H9: a database restore's upload was capped at all the free space of nxd's
+/// disk, its reserve not kept, and uploads at once were each told all of it. One that fits
+/// the free space but not above nxd's reserve is refused before it is read, and one under way
+/// holds its room from another until it ends.
+#[test]
+fn a_restore_upload_keeps_nxds_disk_reserve_and_uploads_at_once_share_the_room() {
+    use std::io::Read;
+    use std::time::Duration;
+    let host = Host::start_with("[databases]\nmax_size_mb = 0\n");
+    host.nx_json(&["sandbox", "create", "shop"]);
+    let path = "/v1/sandboxes/shop/db/restore";
+    let announced = |bytes: u64| format!("Content-Length: {bytes}\r\nExpect: 100-continue\r\n");
+    let stat = nix::sys::statvfs::statvfs(host.state_dir.path()).unwrap();
+    let free = stat.blocks_available() * stat.fragment_size();
+    let reserve = nx_orchestrator::host_limits::DISK_RESERVE_MB << 20;
+    let (got, text) = answer(&mut restore_request(
+        &host,
+        path,
+        &announced(free - reserve / 2),
+    ));
+    assert_eq!(got, 413, "{text}");
+    assert!(text.contains("MiB reserve"), "{text}");
+    // Two at once, each 60% of the room: the first is taken (100 Continue) and holds its room.
+    let share = (free - reserve) / 10 * 6;
+    let mut first = restore_request(&host, path, &announced(share));
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = first.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 100 Continue"), "{head}");
+    let (got, text) = answer(&mut restore_request(&host, path, &announced(share)));
+    assert_eq!(got, 413, "{text}");
+    assert!(text.contains("other uploads under way"), "{text}");
+    // The first cut off: its room is given back.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut again = restore_request(&host, path, &announced(share));
+        again
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = [0u8; 64];
+        let n = again.read(&mut head).unwrap_or(0);
+        if String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 100 Continue") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the room was not given back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn a_restore_is_refused_before_its_upload_for_unknown_names_and_cut_off_past_the_volumes_size() {
     let host = Host::start();

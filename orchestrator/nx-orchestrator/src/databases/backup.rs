@@ -436,11 +436,28 @@ impl Databases {
             .tempfile_in(&self.backups)?)
     }
 
-    /// The bytes free for an upload where it is kept (statvfs(3) `f_bavail` of the backups'
-    /// filesystem): a larger dump could not be stored, so it is refused before it is read.
-    pub fn upload_room(&self) -> Result<u64, DbError> {
-        let stat = nix::sys::statvfs::statvfs(&self.backups).map_err(std::io::Error::from)?;
-        Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
+    /// The largest dump a restore takes, bytes: twice a sandbox's database disk
+    /// (`databases.max_size_mb`; a dump that much larger than the database it makes is not
+    /// one NX can restore) and 1 MiB; unbounded without such disks.
+    pub fn restore_upload_bound(&self) -> u64 {
+        self.disks.as_ref().map_or(u64::MAX, |disks| {
+            (disks.size_mb().saturating_mul(2) + 1) << 20
+        })
+    }
+
+    /// Claims room for a dump upload of `wanted` bytes (its Content-Length; `None`: unknown)
+    /// where uploads are kept, at most [`Databases::restore_upload_bound`]
+    /// ([`crate::upload_room::claim`]): the claim, whose bytes are the upload's cap, or
+    /// `Err(room)`, the bytes left, when it does not fit. Errors: statvfs(3)'s.
+    pub fn claim_upload_room(
+        &self,
+        wanted: Option<u64>,
+    ) -> Result<Result<crate::upload_room::Claim, u64>, DbError> {
+        Ok(crate::upload_room::claim(
+            &self.backups,
+            wanted,
+            self.restore_upload_bound(),
+        )?)
     }
 
     pub fn rm_backup(&self, sandbox: &SandboxName, id: &str) -> Result<(), DbError> {

@@ -168,6 +168,11 @@ impl DatabaseDisks {
         std::fs::metadata(self.image(role)).ok().map(|m| m.len())
     }
 
+    /// A sandbox's database disk's size, MiB (`databases.max_size_mb`).
+    pub fn size_mb(&self) -> u64 {
+        self.size_mb
+    }
+
     /// `role`'s disk, made (an empty ext4 filesystem of `databases.max_size_mb`) unless it
     /// exists, and mounted unless it is; returns the tablespace's location on it. Errors:
     /// mkfs.ext4's, or the mount job's.

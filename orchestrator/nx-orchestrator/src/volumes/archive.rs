@@ -180,6 +180,20 @@ impl Orchestrator {
         ))
     }
 
+    /// Claims room on nxd's disk for a restore's upload of `wanted` bytes (its Content-Length;
+    /// `None`: unknown), at most `max_bytes` (`check_restore`'s): the claim, whose bytes are the
+    /// upload's cap, or `Err(room)`, the bytes left, when it does not fit
+    /// ([`crate::upload_room::claim`]; attacker s13 H9: the cap was twice the volume whatever
+    /// the disk had free). Errors: statvfs(3)'s.
+    pub fn claim_volume_upload_room(
+        &self,
+        wanted: Option<u64>,
+        max_bytes: u64,
+    ) -> Result<Result<crate::upload_room::Claim, u64>, Error> {
+        crate::upload_room::claim(&self.config.state_dir, wanted, max_bytes)
+            .map_err(Error::io("reading the free space of nxd's disk"))
+    }
+
     /// `nx volume restore`, under the sandbox's lock (`sandbox_locks`; a second restore of the
     /// volume meanwhile is refused): the archive's files unpacked into a new filesystem of the
     /// volume's size (owned by root and the volume's group, group-writable, as deployments
