@@ -107,10 +107,7 @@ fn files(
     min_expanded: u64,
     max_unpacked: u64,
 ) -> Result<HashMap<String, File>, ImageError> {
-    let limit = (bytes.len() as u64)
-        .saturating_mul(MAX_EXPANSION)
-        .max(min_expanded);
-    let budget = limit.min(max_unpacked);
+    let (limit, budget) = bounds(bytes, min_expanded, max_unpacked);
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return read_files(bytes, budget);
     }
@@ -126,6 +123,16 @@ fn files(
         ImageError::NotImage(e) => ImageError::NotImage(format!("gzip: {e}")),
         e => e,
     })
+}
+
+/// The most the archive `bytes` may grow to gunzipped ([`MAX_EXPANSION`] times its size, at
+/// least `min_expanded`), and the most its layers may unpack to (that, at most
+/// `max_unpacked`), in bytes.
+fn bounds(bytes: &[u8], min_expanded: u64, max_unpacked: u64) -> (u64, u64) {
+    let limit = (bytes.len() as u64)
+        .saturating_mul(MAX_EXPANSION)
+        .max(min_expanded);
+    (limit, limit.min(max_unpacked))
 }
 
 /// A reader that hashes what passes through it and keeps it in `kept` when asked to.
@@ -437,6 +444,12 @@ fn verify_bounded(
                 .into(),
         ));
     };
+    // Each file was read once, but Podman unpacks a layer once per time the manifest lists it
+    // (attacker s13 G6b: one 592 KB layer listed 8 times wrote 2 GB): the sum is bounded too.
+    let (_, budget) = bounds(bytes, min_expanded, max_unpacked);
+    if unpacked_bytes > budget {
+        return Err(ImageError::Unpacks { limit: budget });
+    }
     let host = host_architecture();
     if config.os != "linux" || config.architecture != host {
         return Err(ImageError::WrongPlatform {
@@ -514,6 +527,11 @@ pub mod tests {
     /// entrypoint) and `/zeros`, `zeros` bytes of zeros: with many, a gzip bomb of a layer
     /// (1 GiB gzips to about 1 MiB). The layer is gzipped as it is written, never held whole.
     pub fn oci_archive_gz(name: &str, app: &[u8], zeros: u64) -> Vec<u8> {
+        oci_archive_gz_listed(name, app, zeros, 1)
+    }
+
+    /// [`oci_archive_gz`] whose manifest (and config) lists its one layer `times` times.
+    pub fn oci_archive_gz_listed(name: &str, app: &[u8], zeros: u64, times: usize) -> Vec<u8> {
         use std::io::Read;
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         let mut layer = tar::Builder::new(Tee {
@@ -534,7 +552,7 @@ pub mod tests {
         let config = serde_json::json!({
             "architecture": crate::image::host_architecture(), "os": "linux",
             "config": { "Entrypoint": ["/app"] },
-            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
+            "rootfs": { "type": "layers", "diff_ids": vec![format!("sha256:{diff_id}"); times] },
         })
         .to_string();
         let descriptor = |media_type: &str, bytes: &[u8]| serde_json::json!({ "mediaType": media_type, "digest": format!("sha256:{}", sha256_hex(bytes)), "size": bytes.len() });
@@ -542,7 +560,7 @@ pub mod tests {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": descriptor("application/vnd.oci.image.config.v1+json", config.as_bytes()),
-            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+gzip", &layer)],
+            "layers": vec![descriptor("application/vnd.oci.image.layer.v1.tar+gzip", &layer); times],
         })
         .to_string();
         let mut top = descriptor(
@@ -569,6 +587,20 @@ pub mod tests {
             archive.append_data(&mut header, path, data).unwrap();
         }
         archive.into_inner().unwrap()
+    }
+
+    /// Attacker s13 G6b: a manifest listing one layer 8 times made Podman unpack it 8 times.
+    #[test]
+    fn a_layer_listed_past_the_unpacked_bound_is_refused() {
+        let once = oci_archive_gz_listed("rep", b"binary", 1 << 20, 1);
+        let info = verify_bounded(&once, 4 << 20, u64::MAX).unwrap();
+        assert!(info.unpacked_bytes > 1 << 20, "{info:?}");
+        let listed = oci_archive_gz_listed("rep", b"binary", 1 << 20, 8);
+        let e = verify_bounded(&listed, 4 << 20, u64::MAX).unwrap_err();
+        assert!(
+            matches!(e, ImageError::Unpacks { limit } if limit == 4 << 20),
+            "{e}"
+        );
     }
 
     #[test]
