@@ -3,7 +3,7 @@
 //! reserves of the sandboxes' database disks are freed or kept (see `databases::disk`).
 
 use crate::databases::disk::ReserveChange;
-use crate::databases::ident;
+use crate::databases::{ident, runaway};
 use crate::error::Error;
 use crate::{embedded_db, Orchestrator};
 use std::collections::HashMap;
@@ -38,13 +38,15 @@ impl Orchestrator {
     async fn end_runaway_backends(&self) -> Result<(), Error> {
         // First, and by reading functions only: while the shared lock table is full, every
         // other query here fails.
-        for (pid, locks) in self.databases.lock_hogs().await? {
-            if self.end_lock_hog(pid).await? {
+        let holders = self.databases.lock_holders().await?;
+        let hogs = runaway::lock_hogs(&holders, self.databases.tenants_locks_max());
+        for (hog, overrun) in hogs {
+            if self.end_lock_hog(hog.pid).await? {
                 tracing::warn!(
-                    pid,
-                    locks,
-                    "ended a database session: it held {locks} entries of PostgreSQL's shared lock table, past its bound of {}; every other session needs room there",
-                    crate::databases::runaway::MAX_LOCKS_PER_SESSION
+                    pid = hog.pid,
+                    locks = hog.locks,
+                    role_oid = hog.role,
+                    "ended a database session: {overrun}; every other session needs room there"
                 );
             }
         }

@@ -1018,6 +1018,42 @@ fn psql_session(url: &str) -> std::process::Child {
         .unwrap()
 }
 
+/// Backs `sandbox`'s database up into the host's directory as `file` (`nx db backup -o`) and
+/// starts restoring it (`nx db restore`, outputs piped).
+fn backup_and_restore(host: &Host, sandbox: &str, file: &str) -> std::process::Child {
+    let dump = host.path(file);
+    let dump = dump.to_str().unwrap();
+    host.nx_json(&["db", "backup", sandbox, "-o", dump]);
+    host.nx_command(&host.token, &["db", "restore", sandbox, dump])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Asserts that nxd ended `session` (a [`psql_session`] whose standard input is `stdin`): its
+/// client learns it at its next statement, or at once when it was ended in a statement (psql
+/// then exits, and the write finds no reader).
+fn assert_session_was_ended(session: std::process::Child, mut stdin: std::process::ChildStdin) {
+    let _ = stdin.write_all(b"SELECT 'still here';\n");
+    drop(stdin);
+    let out = session.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("still here")
+            && stderr.contains("terminating connection due to administrator command"),
+        "{stderr}"
+    );
+}
+
+/// Closes the standard input of each of `sessions` (see [`psql_session`]) and waits for it.
+fn close_sessions(sessions: Vec<std::process::Child>) {
+    for mut session in sessions {
+        drop(session.stdin.take());
+        session.wait().unwrap();
+    }
+}
+
 /// Attacker s10 F6: one tenant's parallel sessions, each under `backend_memory_max_mb`,
 /// together reached the cluster unit's MemoryMax; the kernel killed a backend and PostgreSQL
 /// restarted every session of every tenant.
@@ -1100,10 +1136,7 @@ fn idle_sessions_count_toward_their_roles_memory_bound() {
         Duration::from_secs(30),
         "alpha's idle sessions hold over 560 MB past its 400 MB and none was ended",
     );
-    for mut session in sessions {
-        drop(session.stdin.take());
-        session.wait().unwrap();
-    }
+    close_sessions(sessions);
 }
 
 /// Attacker s12 C1 (critical): PostgreSQL's lock table is the whole cluster's, and a session
@@ -1128,16 +1161,7 @@ fn a_session_filling_the_lock_table_is_ended_and_every_other_database_goes_on() 
         Duration::from_secs(30),
         "the session holding the locks was not ended",
     );
-    // Its client learns it at its next statement.
-    stdin.write_all(b"SELECT 'still here';\n").unwrap();
-    drop(stdin);
-    let out = hog.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("still here")
-            && stderr.contains("terminating connection due to administrator command"),
-        "{stderr}"
-    );
+    assert_session_was_ended(hog, stdin);
     // Another tenant's database, and nxd's own state (a push), go on.
     let other = Command::new("psql")
         .arg(&beta)
@@ -1204,6 +1228,149 @@ fn nxd_starts_while_a_tenants_session_fills_the_lock_table_and_ends_it() {
     );
     let id = host.push_sample("alpha", &[]);
     assert_eq!(host.get(&host.preview_host("alpha", &id), "/").0, 200);
+}
+
+/// Attacker s13 C2 (critical): sessions each under the 1,024-entry bound filled the lock
+/// table together (3 roles x 19 sessions x 1,000 advisory locks): every tenant's database and
+/// nxd's state failed "out of shared memory", and nxd ended none. Each role's sessions
+/// together, and all tenants' together, are bounded too.
+#[test]
+fn sessions_each_under_the_lock_bound_cannot_fill_the_lock_table_together() {
+    let host = Host::start();
+    let urls: Vec<String> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|sandbox| sandbox_db_url(&host, sandbox))
+        .collect();
+    let victim = sandbox_db_url(&host, "victim");
+    let sessions: Vec<_> = (0..57)
+        .map(|i| {
+            let mut session = psql_session(&urls[i % 3]);
+            let first = i * 1000;
+            let sql = format!(
+                "SELECT count(pg_advisory_lock(g)) FROM generate_series({first}, {}) g;\n",
+                first + 999
+            );
+            let stdin = session.stdin.as_mut().unwrap();
+            stdin.write_all(sql.as_bytes()).unwrap();
+            stdin.flush().unwrap();
+            session
+        })
+        .collect();
+    host.wait_for_log_line(
+        |l| l.contains("ended a database session") && l.contains("its role's sessions held"),
+        Duration::from_secs(60),
+        "no session was ended for its role's share of the lock table",
+    );
+    // What the sessions hold settles at their roles' bounds (3 x 4,096) or under.
+    let held = || {
+        superuser(
+            &host,
+            "postgres",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+        )
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held() > 3 * 4096 {
+        assert!(
+            Instant::now() < deadline,
+            "tenants hold {} advisory locks",
+            held()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Another tenant connects and writes, and nxd's own state takes a push.
+    let (ok, out) = psql_url(&victim, "CREATE TABLE t (x int); SELECT 'ok'");
+    assert!(ok && out.contains("ok"), "{out}");
+    let id = host.push_sample("victim", &[]);
+    assert_eq!(host.get(&host.preview_host("victim", &id), "/").0, 200);
+    close_sessions(sessions);
+}
+
+/// Attacker s13 C3 (critical): nxd's own restore session runs the dump's SQL (here a CHECK
+/// constraint whose function takes advisory locks, swallowing "out of shared memory", then
+/// sleeps) and was exempt from the lock bounds: a 2.4 KB dump filled the lock table for as
+/// long as it said, every tenant's database and nxd's state failing "out of shared memory".
+/// The restore is held to the tenants' bound: ended, it fails, and nothing is swapped.
+#[test]
+fn a_restore_whose_dump_fills_the_lock_table_is_ended_and_nothing_is_swapped() {
+    let host = Host::start();
+    let alpha = sandbox_db_url(&host, "alpha");
+    let victim = sandbox_db_url(&host, "victim");
+    let (ok, out) = psql_url(
+        &alpha,
+        "CREATE FUNCTION grab(n int) RETURNS boolean LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF current_database() NOT LIKE 'nxr\\_%' THEN RETURN true; END IF; \
+           IF n < 0 THEN PERFORM pg_sleep(-n); RETURN true; END IF; \
+           FOR g IN n * 1000 .. n * 1000 + 999 LOOP \
+             BEGIN PERFORM pg_advisory_lock(g); \
+             EXCEPTION WHEN others THEN RETURN true; END; \
+           END LOOP; \
+           RETURN true; \
+         END $$; \
+         CREATE TABLE t (n int CHECK (grab(n))); \
+         INSERT INTO t SELECT generate_series(0, 59); INSERT INTO t VALUES (-40)",
+    );
+    assert!(ok, "{out}");
+    let started = Instant::now();
+    let restore = backup_and_restore(&host, "alpha", "lockbomb.dump");
+    host.wait_for_log_line(
+        |l| l.contains("ended a database session") && l.contains("all tenants' sessions held"),
+        Duration::from_secs(60),
+        "the restore's session filling the lock table was not ended",
+    );
+    // Another tenant connects and writes (once the ended session has let its entries go).
+    let ended = Instant::now();
+    loop {
+        let (ok, out) = psql_url(&victim, "CREATE TABLE IF NOT EXISTS t (x int); SELECT 'ok'");
+        if ok && out.contains("ok") {
+            break;
+        }
+        assert!(ended.elapsed() < Duration::from_secs(10), "{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let restored = restore.wait_with_output().unwrap();
+    assert!(
+        !restored.status.success() && started.elapsed() < Duration::from_secs(40),
+        "the restore went on: {}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    // Production is as it was.
+    assert_eq!(
+        psql_url(&alpha, "SELECT count(*) FROM t"),
+        (true, "61\n".to_owned())
+    );
+}
+
+/// Attacker s13 H8 (high): `SET force_parallel_mode = on` (any role may) moved a whole sort
+/// into a parallel worker, which the watch did not look at: 4 GB in 20 s, the kernel killed it
+/// at the cluster's `MemoryMax` and PostgreSQL restarted every tenant's sessions. A backend's
+/// memory counts with its workers'.
+#[test]
+fn a_statement_run_by_parallel_workers_is_held_to_its_memory_bound() {
+    let host = Host::start_with("[databases]\nbackend_memory_max_mb = 256\nmemory_max_mb = 3072\n");
+    let alpha = sandbox_db_url(&host, "alpha");
+    let (_, stderr) = psql_within_a_minute(
+        &alpha,
+        "SET force_parallel_mode = on; SET work_mem = '4GB'; \
+         SELECT count(*) FROM (SELECT g FROM generate_series(1, 20000000) g ORDER BY g DESC) s",
+    );
+    assert!(
+        stderr.contains("terminating connection due to administrator command"),
+        "{stderr}"
+    );
+    assert!(
+        host.nxd_log().lines().any(|l| {
+            l.contains("ended a tenant's database session")
+                && l.contains("alpha")
+                && l.contains("MiB")
+        }),
+        "{}",
+        host.nxd_log()
+    );
 }
 
 #[test]
@@ -1303,16 +1470,7 @@ fn a_listener_idle_in_a_transaction_past_its_bound_is_ended_whatever_it_set() {
         Duration::from_secs(30),
         "alpha's listener sat idle in its transaction and was not ended",
     );
-    // Its client learns it at its next statement.
-    stdin.write_all(b"SELECT 'still here';\n").unwrap();
-    drop(stdin);
-    let out = pin.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("still here")
-            && stderr.contains("terminating connection due to administrator command"),
-        "{stderr}"
-    );
+    assert_session_was_ended(pin, stdin);
     // A session that is idle, but in no transaction, stays.
     let mut idle = psql_session(&alpha);
     let mut stdin = idle.stdin.take().unwrap();
@@ -1359,16 +1517,8 @@ fn a_restores_scratch_database_is_its_sandboxs_alone_and_held_to_its_bounds() {
          CREATE TABLE t AS SELECT 1 AS x; CREATE INDEX t_slow ON t (slow(x))",
     );
     assert!(ok, "{out}");
-    let dump = host.path("slow.dump");
-    let dump = dump.to_str().unwrap();
-    host.nx_json(&["db", "backup", "alpha", "-o", dump]);
     let started = Instant::now();
-    let restore = host
-        .nx_command(&host.token, &["db", "restore", "alpha", dump])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let restore = backup_and_restore(&host, "alpha", "slow.dump");
     let building = "SELECT datname FROM pg_stat_activity WHERE datname LIKE 'nxr\\_%' AND query LIKE '%CREATE INDEX%'";
     let mut scratch = superuser(&host, "postgres", building);
     while scratch.is_empty() && started.elapsed() < Duration::from_secs(30) {

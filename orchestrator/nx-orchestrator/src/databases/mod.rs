@@ -176,6 +176,9 @@ pub struct Databases {
     tenants_memory_max_mb: u64,
     /// Databases nxd's pg_restore writes into now (their sessions are nxd's).
     restoring: runaway::Restoring,
+    /// Entries of PostgreSQL's shared lock table all tenants' sessions may hold together
+    /// (see [`runaway::lock_hogs`]).
+    tenants_locks_max: u64,
     /// Each sandbox's databases' own disk (embedded cluster, `databases.max_size_mb` > 0).
     disks: Option<disk::DatabaseDisks>,
     /// Sandboxes provisioned by this process, by role: their credentials stay what they were
@@ -264,6 +267,11 @@ impl Databases {
         .fetch_one(&admin)
         .await?;
         let policy = RolePolicy::new(config, u32::try_from(open_slots).unwrap_or(1));
+        let lock_table: i64 = sqlx::query_scalar(
+            "SELECT current_setting('max_locks_per_transaction')::int8 * current_setting('max_connections')::int8",
+        )
+        .fetch_one(&admin)
+        .await?;
         let secrets = state_dir.join("secrets");
         let backups = state_dir.join("backups");
         for dir in [&secrets, &backups] {
@@ -306,6 +314,7 @@ impl Databases {
             sandbox_memory_max_mb: config.sandbox_memory_max_mb,
             tenants_memory_max_mb: config.memory_max_mb / 4 * 3,
             restoring: runaway::Restoring::default(),
+            tenants_locks_max: u64::try_from(lock_table / 2).unwrap_or(0),
             disks,
             provisioned: std::sync::Mutex::new(HashMap::new()),
         })

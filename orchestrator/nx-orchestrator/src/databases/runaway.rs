@@ -14,7 +14,8 @@
 //! backend and PostgreSQL restarts every session of every tenant (attacker s10 F6).
 //! The one session of nxd's own pg_restore (into a restore's scratch database, or a branch's
 //! copy) has no statement time bound, since a restore takes as long as its data, but is held
-//! to the memory bounds: it runs the dump's SQL, which its tenant wrote. It runs as the
+//! to the memory bounds and to the tenants' share of the lock table ([`lock_hogs`]): it runs
+//! the dump's SQL, which its tenant wrote. It runs as the
 //! sandbox's role, so it is told apart by what no other session of the role can have: it is
 //! the first to connect to that database with the restore's random `application_name`
 //! ([`Restoring`]). Every other session there is held to every bound (attacker s11 G10: the
@@ -27,9 +28,106 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Entries of PostgreSQL's shared lock table one tenant session may hold (see
-/// [`Databases::lock_hogs`]); the embedded cluster's table holds
+/// [`lock_hogs`]); the embedded cluster's table holds
 /// `MAX_LOCKS_PER_TRANSACTION` × connections.
-pub const MAX_LOCKS_PER_SESSION: i64 = 1024;
+pub const MAX_LOCKS_PER_SESSION: u64 = 1024;
+/// Entries of the shared lock table all sessions of one role may hold together: a role's
+/// `CONNECTION LIMIT` (20 on the embedded cluster) × [`MAX_LOCKS_PER_SESSION`] is 20,480 of a
+/// table of ~31,000, and three roles' sessions, each under its own bound, filled it (attacker
+/// s13 C2). All tenants' sessions together are held to half the table
+/// (`max_locks_per_transaction` × `max_connections` / 2, read at connect).
+pub const MAX_LOCKS_PER_ROLE: u64 = 4096;
+
+/// A tenant session's entries in PostgreSQL's shared lock table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockHolder {
+    /// Its process id, as PostgreSQL knows it.
+    pub pid: i32,
+    /// Its role's oid (`usesysid`: a role's name is in a shared catalog, which cannot be read
+    /// while the table is full).
+    pub role: u32,
+    /// The entries it holds (locks that are not fast-path ones).
+    pub locks: u64,
+    /// Whether it is nxd's own restore's session: held to the tenants' bound alone
+    /// (`pg_restore --single-transaction` takes an entry per object it makes, and runs the
+    /// dump's SQL, which its tenant wrote: a CHECK constraint's function took entries until
+    /// the table was full, attacker s13 C3).
+    pub restore: bool,
+}
+
+/// Why a session was ended for the entries it held in the shared lock table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LockOverrun {
+    /// It held this many, past [`MAX_LOCKS_PER_SESSION`].
+    Session(u64),
+    /// Its role's sessions held this many together, past [`MAX_LOCKS_PER_ROLE`]; it held the
+    /// most of them.
+    Role(u64),
+    /// All tenants' sessions held this many together, past the tenants' bound (the second
+    /// field); it held the most of them.
+    Tenants(u64, u64),
+}
+
+impl std::fmt::Display for LockOverrun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Session(held) => write!(
+                f,
+                "it held {held} entries of PostgreSQL's shared lock table, past its bound of {MAX_LOCKS_PER_SESSION}"
+            ),
+            Self::Role(held) => write!(
+                f,
+                "its role's sessions held {held} entries of PostgreSQL's shared lock table together, past their bound of {MAX_LOCKS_PER_ROLE}, and it held the most"
+            ),
+            Self::Tenants(held, bound) => write!(
+                f,
+                "all tenants' sessions held {held} entries of PostgreSQL's shared lock table together, past their bound of {bound}, and it held the most"
+            ),
+        }
+    }
+}
+
+/// Which of `holders` to end so that each session holds at most [`MAX_LOCKS_PER_SESSION`]
+/// entries of the shared lock table, each role's sessions together at most
+/// [`MAX_LOCKS_PER_ROLE`] and all of them together at most `tenants_bound`: first every session
+/// past its own bound, then the largest of a role past its bound, then the largest of all,
+/// each until the rest fit. nxd's restore sessions are held to the last bound alone.
+pub fn lock_hogs(holders: &[LockHolder], tenants_bound: u64) -> Vec<(LockHolder, LockOverrun)> {
+    let mut ended: Vec<(LockHolder, LockOverrun)> = holders
+        .iter()
+        .filter(|h| !h.restore && h.locks > MAX_LOCKS_PER_SESSION)
+        .map(|h| (h.clone(), LockOverrun::Session(h.locks)))
+        .collect();
+    let mut left: Vec<(&LockHolder, u64)> = holders
+        .iter()
+        .filter(|h| h.restore || h.locks <= MAX_LOCKS_PER_SESSION)
+        .map(|h| (h, h.locks))
+        .collect();
+    let mut roles: Vec<u32> = left
+        .iter()
+        .filter(|(h, _)| !h.restore)
+        .map(|(h, _)| h.role)
+        .collect();
+    roles.sort_unstable();
+    roles.dedup();
+    for role in roles {
+        let mut of_role: Vec<(&LockHolder, u64)> = left
+            .iter()
+            .copied()
+            .filter(|(h, _)| h.role == role && !h.restore)
+            .collect();
+        ended.extend(largest_past(
+            &mut of_role,
+            MAX_LOCKS_PER_ROLE,
+            LockOverrun::Role,
+        ));
+    }
+    left.retain(|(h, _)| !ended.iter().any(|(e, _)| e.pid == h.pid));
+    ended.extend(largest_past(&mut left, tenants_bound, |held| {
+        LockOverrun::Tenants(held, tenants_bound)
+    }));
+    ended
+}
 
 /// A tenant's backend.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +142,10 @@ pub struct TenantBackend {
     pub idle_in_transaction_secs: f64,
     /// Whether it is nxd's own restore's session, which has no statement time bound.
     pub restore: bool,
+    /// The parallel workers its statement runs on (`leader_pid` = its pid): their memory is
+    /// its own (attacker s13 H8: `SET force_parallel_mode = on` moved a whole sort into a
+    /// worker the watch did not look at, and it took the cluster to its `MemoryMax`).
+    pub workers: Vec<i32>,
 }
 
 /// Why a backend was ended.
@@ -83,13 +185,14 @@ impl std::fmt::Display for Overrun {
     }
 }
 
-/// The largest of `backends` (with their anonymous memory, bytes) while together they hold
-/// more than `bound` bytes, each with `why` of the sum it was ended at.
-fn largest_past(
-    backends: &mut [(&TenantBackend, u64)],
+/// The largest of `backends` (each with what it holds: bytes of memory, entries of the lock
+/// table) while together they hold more than `bound`, each with `why` of the sum it was ended
+/// at.
+fn largest_past<T: Clone, W>(
+    backends: &mut [(&T, u64)],
     bound: u64,
-    why: fn(u64) -> Overrun,
-) -> Vec<(TenantBackend, Overrun)> {
+    why: impl Fn(u64) -> W,
+) -> Vec<(T, W)> {
     backends.sort_unstable_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
     let mut total: u64 = backends.iter().map(|(_, bytes)| bytes).sum();
     let mut ended = Vec::new();
@@ -175,7 +278,7 @@ impl Databases {
     /// The query's.
     pub async fn tenant_backends(&self) -> Result<Vec<TenantBackend>, DbError> {
         let (databases, names) = self.restoring.arrays();
-        let rows: Vec<(i32, String, f64, f64, bool)> = sqlx::query_as(
+        let rows: Vec<(i32, String, f64, f64, bool, Vec<i32>)> = sqlx::query_as(
             "WITH restores AS ( \
                SELECT DISTINCT ON (a.datname) a.pid \
                FROM pg_stat_activity a \
@@ -190,8 +293,10 @@ impl Databases {
                     CASE WHEN state LIKE 'idle in transaction%' \
                          THEN extract(epoch FROM clock_timestamp() - state_change)::float8 \
                          ELSE 0 END, \
-                    pid IN (SELECT pid FROM restores) \
-             FROM pg_stat_activity \
+                    pid IN (SELECT pid FROM restores), \
+                    ARRAY(SELECT w.pid FROM pg_stat_activity w \
+                          WHERE w.leader_pid = l.pid AND w.pid <> l.pid) \
+             FROM pg_stat_activity l \
              WHERE backend_type = 'client backend' \
                AND (usename LIKE 'nx\\_%' OR usename LIKE 'nxb\\_%')",
         )
@@ -202,18 +307,22 @@ impl Databases {
         Ok(rows
             .into_iter()
             .map(
-                |(pid, role, running_secs, idle_in_transaction_secs, restore)| TenantBackend {
-                    pid,
-                    role,
-                    running_secs,
-                    idle_in_transaction_secs,
-                    restore,
+                |(pid, role, running_secs, idle_in_transaction_secs, restore, workers)| {
+                    TenantBackend {
+                        pid,
+                        role,
+                        running_secs,
+                        idle_in_transaction_secs,
+                        restore,
+                        workers,
+                    }
                 },
             )
             .collect())
     }
 
-    /// Which of `backends` overran their bounds: their statement ran past the role's
+    /// Which of `backends` overran their bounds (a backend's memory counted with its parallel
+    /// workers'): their statement ran past the role's
     /// `statement_timeout` or they sat idle in a transaction past its
     /// `idle_in_transaction_session_timeout` (not nxd's restores'), or `memory` (their anonymous memory, bytes,
     /// by PostgreSQL's pid, where known) passed `databases.backend_memory_max_mb`; then, of the others, the largest
@@ -225,6 +334,15 @@ impl Databases {
         backends: &[TenantBackend],
         memory: &HashMap<i32, u64>,
     ) -> Vec<(TenantBackend, Overrun)> {
+        // A backend's memory with its parallel workers'.
+        let with_workers: HashMap<i32, u64> = backends
+            .iter()
+            .filter_map(|b| {
+                let workers: u64 = b.workers.iter().filter_map(|w| memory.get(w)).sum();
+                memory.get(&b.pid).map(|own| (b.pid, own + workers))
+            })
+            .collect();
+        let memory = &with_workers;
         let time_bound = self.policy.statement_timeout_secs;
         let idle_bound = self.policy.idle_in_transaction_timeout_secs;
         let memory_bound = self.backend_memory_max_mb << 20;
@@ -280,11 +398,11 @@ impl Databases {
         ended
     }
 
-    /// Client backends of roles other than nxd's own holding more than
-    /// [`MAX_LOCKS_PER_SESSION`] entries of PostgreSQL's shared lock table (locks that are not
-    /// fast-path ones: advisory locks, and relation locks past a backend's 16 fast-path
-    /// slots), idle ones too, but for nxd's own restore sessions (`pg_restore
-    /// --single-transaction` locks every object it makes): `(pid, locks)`.
+    /// Client backends of roles other than nxd's own that hold entries of PostgreSQL's shared
+    /// lock table (locks that are not fast-path ones: advisory locks, and relation locks past
+    /// a backend's 16 fast-path slots), idle ones too, nxd's own restore sessions marked
+    /// (`pg_restore --single-transaction` locks every object it makes); [`lock_hogs`] says
+    /// which to end, with [`Databases::tenants_locks_max`].
     ///
     /// The table is the whole cluster's (`max_locks_per_transaction` × connections) and a
     /// session keeps its advisory locks after its statement: one tenant's
@@ -296,26 +414,40 @@ impl Databases {
     ///
     /// # Errors
     /// The query's.
-    pub async fn lock_hogs(&self) -> Result<Vec<(i32, i64)>, DbError> {
+    pub async fn lock_holders(&self) -> Result<Vec<LockHolder>, DbError> {
         let (_, names) = self.restoring.arrays();
-        Ok(sqlx::query_as(
+        let rows: Vec<(i32, i64, i64, bool)> = sqlx::query_as(
             "WITH held AS ( \
                SELECT pid, count(*) AS locks FROM pg_lock_status() \
                WHERE NOT fastpath AND pid IS NOT NULL GROUP BY pid), \
              restores AS ( \
                SELECT DISTINCT ON (a.application_name) a.pid \
                FROM pg_stat_get_activity(NULL) a \
-               WHERE a.application_name = ANY($2::text[]) \
+               WHERE a.application_name = ANY($1::text[]) \
                ORDER BY a.application_name, a.backend_start, a.pid) \
-             SELECT s.pid, h.locks FROM pg_stat_get_activity(NULL) s JOIN held h ON h.pid = s.pid \
-             WHERE s.backend_type = 'client backend' AND h.locks > $1 \
-               AND s.usesysid <> (SELECT usesysid FROM pg_stat_get_activity(pg_backend_pid())) \
-               AND s.pid NOT IN (SELECT pid FROM restores)",
+             SELECT s.pid, s.usesysid::int8, h.locks, s.pid IN (SELECT pid FROM restores) \
+             FROM pg_stat_get_activity(NULL) s JOIN held h ON h.pid = s.pid \
+             WHERE s.backend_type = 'client backend' \
+               AND s.usesysid <> (SELECT usesysid FROM pg_stat_get_activity(pg_backend_pid()))",
         )
-        .bind(MAX_LOCKS_PER_SESSION)
         .bind(names)
         .fetch_all(&self.admin)
-        .await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(pid, role, locks, restore)| LockHolder {
+                pid,
+                role: u32::try_from(role).unwrap_or(u32::MAX),
+                locks: u64::try_from(locks).unwrap_or(0),
+                restore,
+            })
+            .collect())
+    }
+
+    /// The entries of the shared lock table all tenants' sessions may hold together: half
+    /// the table (`max_locks_per_transaction` × `max_connections` / 2, read at connect).
+    pub fn tenants_locks_max(&self) -> u64 {
+        self.tenants_locks_max
     }
 
     /// Ends a backend (`pg_terminate_backend`); whether it was there to end.
@@ -328,5 +460,82 @@ impl Databases {
             .bind(pid)
             .fetch_one(&self.admin)
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{lock_hogs, LockHolder, LockOverrun};
+
+    #[test]
+    fn a_restore_session_is_held_to_the_tenants_bound_alone() {
+        let restore = LockHolder {
+            pid: 1,
+            role: 1,
+            locks: 9000,
+            restore: true,
+        };
+        let other = LockHolder {
+            pid: 2,
+            role: 1,
+            locks: 900,
+            restore: false,
+        };
+        let holders = [restore.clone(), other];
+        assert_eq!(lock_hogs(&holders, 12_800), []);
+        assert_eq!(
+            lock_hogs(&holders, 5_000),
+            [(restore, LockOverrun::Tenants(9_900, 5_000))]
+        );
+    }
+
+    #[test]
+    fn sessions_each_under_their_bound_are_held_to_their_roles_and_all_tenants_bounds() {
+        // Attacker s13 C2: 3 roles x 19 sessions x 1,000 entries, and one session of 2,000.
+        let mut holders: Vec<LockHolder> = (0..57)
+            .map(|i| LockHolder {
+                pid: i,
+                role: 1 + (i as u32 % 3),
+                locks: 1000,
+                restore: false,
+            })
+            .collect();
+        holders.push(LockHolder {
+            pid: 100,
+            role: 4,
+            locks: 2000,
+            restore: false,
+        });
+        let ended = lock_hogs(&holders, 10_000);
+        assert!(ended.contains(&(holders[57].clone(), LockOverrun::Session(2000))));
+        let ended_of = |role: u32| {
+            ended
+                .iter()
+                .filter(|(h, why)| h.role == role && matches!(why, LockOverrun::Role(_)))
+                .count()
+        };
+        // 19,000 each: 15 ended leave 4,000 under 4,096.
+        assert_eq!(
+            (1..=3).map(ended_of).collect::<Vec<_>>(),
+            [15, 15, 15],
+            "{ended:?}"
+        );
+        assert!(ended
+            .iter()
+            .any(|(_, why)| *why == LockOverrun::Role(19_000)));
+        // 12,000 left together, past 10,000: two more of the largest.
+        assert_eq!(
+            ended
+                .iter()
+                .filter(|(_, why)| matches!(why, LockOverrun::Tenants(_, 10_000)))
+                .count(),
+            2
+        );
+        let left: u64 = holders
+            .iter()
+            .filter(|h| !ended.iter().any(|(e, _)| e.pid == h.pid))
+            .map(|h| h.locks)
+            .sum();
+        assert!(left <= 10_000, "{left}");
     }
 }
