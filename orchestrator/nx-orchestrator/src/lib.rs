@@ -17,6 +17,7 @@ mod error;
 pub mod failpoint;
 #[cfg(target_os = "linux")]
 mod launcher_install;
+mod list_cache;
 pub mod logs;
 #[cfg(target_os = "linux")]
 pub mod metrics;

@@ -70,6 +70,8 @@ pub struct Orchestrator {
     pub(crate) firewall_elements: crate::network::firewall::LoadedElements,
     /// What deployments' monitors wrote, as views last read it.
     monitor_files: crate::backend::monitor_files::MonitorFilesCache,
+    /// `nx ls` as last serialized, kept while nothing it shows changed.
+    list_cache: crate::list_cache::ListCache,
     /// What each artifact runs as, by sha256 (inspecting means reading the whole file).
     pub(crate) programs: std::sync::Mutex<HashMap<String, Program>>,
     /// Serialises changes of desired state and routes, so that the route table always matches
@@ -216,6 +218,7 @@ impl Orchestrator {
             network,
             firewall_elements: Default::default(),
             monitor_files: Default::default(),
+            list_cache: Default::default(),
             programs: std::sync::Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             supervisor,
@@ -1455,6 +1458,40 @@ impl Orchestrator {
             .collect();
         self.apply_tcp_urls(&tcp, &mut list, &mut []);
         Ok(list)
+    }
+
+    /// [`Self::sandboxes`] as JSON (`GET /v1/sandboxes`, `nx ls`): the list kept from an
+    /// earlier request while nothing it shows changed (see `list_cache`), else read and kept.
+    /// Errors: those of [`Self::sandboxes`].
+    #[tracing::instrument(skip_all)]
+    pub async fn sandboxes_json(&self) -> Result<bytes::Bytes, Error> {
+        let started = std::time::Instant::now();
+        // Taken before any of the list's reads: a change during them leaves the list old.
+        let sources = crate::list_cache::Sources {
+            state: self.state.views_changes(),
+            units: self.supervisor.states_changes(),
+            files: self.monitor_files.changes(),
+            cpus: crate::backend::cpu_affinity::available(),
+        };
+        if let Some(body) = self.list_cache.get(&sources) {
+            tracing::debug!(bytes = body.len(), "the kept list");
+            return Ok(body);
+        }
+        let list = self.sandboxes().await?;
+        let mut body = self.list_cache.buffer();
+        serde_json::to_writer(&mut body, &list).map_err(|e| Error::Io {
+            what: "writing the sandboxes' list as JSON".to_owned(),
+            source: e.into(),
+        })?;
+        let body = bytes::Bytes::from(body);
+        let counters_move = list
+            .iter()
+            .flat_map(|s| &s.deployments)
+            .any(|d| crate::supervisor::unit_states::has_processes(&d.state));
+        let until =
+            counters_move.then(|| started + crate::supervisor::unit_states::COUNTERS_MAX_AGE);
+        self.list_cache.put(sources, body.clone(), until);
+        Ok(body)
     }
 
     /// One sandbox: only its own deployments are read and asked about.

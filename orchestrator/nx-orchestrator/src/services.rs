@@ -144,6 +144,7 @@ impl Orchestrator {
         req: &PushRequest,
     ) -> Result<(), Error> {
         if let Some(name) = &req.service {
+            let _write = self.state.views_write();
             insert(self.state.pool(), deployment.id.as_str(), name)
                 .await
                 .map_err(StateError::from)?;

@@ -5,6 +5,7 @@ use crate::domain::{BackendKind, Deployment, Desired, Egress, Runtime, Tier};
 use crate::names::{DeploymentId, NameError, SandboxName};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -47,6 +48,21 @@ impl From<NameError> for StateError {
 
 pub struct StateStore {
     pool: PgPool,
+    /// Writes of the tables views show ended so far (see [`StateStore::views_write`]).
+    views_changes: AtomicU64,
+}
+
+/// A write of the tables views show (sandboxes, deployments, promotions, upkeep, TCP ports,
+/// service names) in progress: counted in [`StateStore::views_changes`] when dropped, at the
+/// end of the write, after its commit (or its failure). Counted at the end, not the start: a
+/// view read while the write was in progress may not show it, and is then older than the count.
+#[must_use = "the write is counted when this is dropped, at its end"]
+pub struct ViewsWrite<'a>(&'a AtomicU64);
+
+impl Drop for ViewsWrite<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// What a push asks for; the store adds id, port and uid.
@@ -130,7 +146,22 @@ impl StateStore {
     pub async fn connect(url: &str) -> Result<Self, StateError> {
         let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            views_changes: AtomicU64::new(0),
+        })
+    }
+
+    /// Taken by every write of the tables views show, before its first statement and held to
+    /// its end (a write through [`Self::pool`] takes it too): see [`ViewsWrite`].
+    pub fn views_write(&self) -> ViewsWrite<'_> {
+        ViewsWrite(&self.views_changes)
+    }
+
+    /// How many writes of the tables views show have ended: a view read after a count was
+    /// taken is still true while the count is the same.
+    pub fn views_changes(&self) -> u64 {
+        self.views_changes.load(Ordering::SeqCst)
     }
 
     /// The connection pool, for the other stores of the same database (`access`,
@@ -157,6 +188,7 @@ impl StateStore {
         health_check: &crate::api::HealthCheck,
         idle_timeout_secs: Option<u64>,
     ) -> Result<Deployment, StateError> {
+        let _write = self.views_write();
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO sandboxes (name) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(new.sandbox.as_str())
@@ -311,6 +343,7 @@ impl StateStore {
     }
 
     pub async fn set_desired(&self, id: &DeploymentId, desired: Desired) -> Result<(), StateError> {
+        let _write = self.views_write();
         sqlx::query("UPDATE deployments SET desired = $2 WHERE id = $1")
             .bind(id.as_str())
             .bind(desired.as_ref())
@@ -328,6 +361,7 @@ impl StateStore {
         from: Desired,
         to: Desired,
     ) -> Result<bool, StateError> {
+        let _write = self.views_write();
         let done =
             sqlx::query("UPDATE deployments SET desired = $3 WHERE id = $1 AND desired = $2")
                 .bind(id.as_str())
@@ -340,6 +374,7 @@ impl StateStore {
 
     /// A branched deployment whose branch became production's database runs against it now.
     pub async fn clear_db_branch(&self, id: &DeploymentId) -> Result<(), StateError> {
+        let _write = self.views_write();
         sqlx::query("UPDATE deployments SET db_branch = false WHERE id = $1")
             .bind(id.as_str())
             .execute(&self.pool)
@@ -348,6 +383,7 @@ impl StateStore {
     }
 
     pub async fn delete_deployment(&self, id: &DeploymentId) -> Result<(), StateError> {
+        let _write = self.views_write();
         sqlx::query("DELETE FROM deployments WHERE id = $1")
             .bind(id.as_str())
             .execute(&self.pool)
@@ -363,6 +399,7 @@ impl StateStore {
         name: &SandboxName,
         backend: BackendKind,
     ) -> Result<bool, StateError> {
+        let _write = self.views_write();
         let done = sqlx::query(
             "INSERT INTO sandboxes (name, backend) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
@@ -467,6 +504,7 @@ impl StateStore {
     /// units, files, volumes and database go before (attacker s12 H5: with its rows gone
     /// first, a crash left them to the next holder of the name).
     pub async fn delete_sandbox(&self, name: &SandboxName) -> Result<(), StateError> {
+        let _write = self.views_write();
         let mut tx = self.pool.begin().await?;
         // Its tokens' uploads stay on disk, no longer its (`content_owners` rows go with the
         // sandbox's row): a sandbox made later under the same name (another tenant's, maybe)
@@ -516,6 +554,7 @@ impl StateStore {
         sandbox: &SandboxName,
         id: &DeploymentId,
     ) -> Result<(), StateError> {
+        let _write = self.views_write();
         sqlx::query("INSERT INTO promotions (sandbox, deployment) VALUES ($1, $2)")
             .bind(sandbox.as_str())
             .bind(id.as_str())
@@ -546,6 +585,7 @@ impl StateStore {
         sandbox: &SandboxName,
         expected: &DeploymentId,
     ) -> Result<(), StateError> {
+        let _write = self.views_write();
         let mut tx = self.pool.begin().await?;
         let seqs: Vec<(i64, String)> = sqlx::query_as(
             "SELECT seq, deployment FROM promotions WHERE sandbox = $1 ORDER BY seq DESC LIMIT 2 FOR UPDATE",

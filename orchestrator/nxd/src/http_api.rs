@@ -6,7 +6,6 @@ use crate::error::ApiError;
 use crate::json_body::{JsonBody, ManifestBody};
 use crate::route_table::{self, delete, get, post, put, Route};
 use crate::scopes::Caller;
-use crate::sized_json::{LastSize, SizedJson};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -322,10 +321,11 @@ async fn logs(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-async fn sandboxes(State(app): Shared) -> Result<SizedJson<Vec<SandboxView>>, ApiError> {
-    /// `nx ls`: about 1 KB per deployment on the host.
-    static LAST: LastSize = LastSize::new();
-    Ok(SizedJson(app.sandboxes().await?, &LAST))
+/// `nx ls`: a JSON array of `SandboxView`s, about 1 KB per deployment on the host, kept
+/// serialized between requests while nothing it shows changed (`Orchestrator::sandboxes_json`).
+async fn sandboxes(State(app): Shared) -> Result<Response, ApiError> {
+    let json = header::HeaderValue::from_static("application/json");
+    Ok(([(header::CONTENT_TYPE, json)], app.sandboxes_json().await?).into_response())
 }
 
 async fn sandbox(State(app): Shared, Path(name): Path<String>) -> ApiResult<SandboxView> {

@@ -13,7 +13,6 @@ mod openapi;
 mod route_table;
 mod scopes;
 mod sftp;
-mod sized_json;
 mod state_lock;
 mod token_requests;
 mod usage_api;

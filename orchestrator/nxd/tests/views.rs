@@ -1,18 +1,31 @@
 //! `nx ls` and `nx status` from units' states that systemd's signals keep (see
 //! `supervisor::unit_states`): what they show is what systemd says, right after each verb and
 //! after a program ends on its own; a state cached for a stopped deployment follows a start made
-//! by another client; one sandbox's status lists only its own deployments.
+//! by another client; one sandbox's status lists only its own deployments. `nx ls` is kept
+//! serialized between requests (`list_cache`): every change shows in the very next list, and a
+//! token scoped to one sandbox gets nothing of it.
 
 use nx_orchestrator::api::systemd::ActiveState;
 use nx_orchestrator::api::UnitState;
 use nx_orchestrator::config::SystemdMode;
 use nx_orchestrator::supervisor::Supervisor;
 use nx_testkit::Host;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// A deployment's unit state as `nx status` shows it.
 fn unit_state(host: &Host, sandbox: &str, id: &str) -> serde_json::Value {
     host.deployment(sandbox, id)["state"].clone()
+}
+
+/// The ids of a sandbox's deployments as `nx status` or `nx ls` shows them.
+fn ids(sandbox: &serde_json::Value) -> Vec<&str> {
+    sandbox["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .map(|d| d["id"].as_str().expect("id"))
+        .collect()
 }
 
 /// What two reads of the same unit must agree on (the counters move between them).
@@ -137,13 +150,7 @@ fn status_shows_each_verb_at_once_and_a_program_that_ended_on_its_own() {
 
     // One sandbox's status has its own deployments only; `nx ls` has both sandboxes'.
     let web = host.nx_json(&["status", "web"]);
-    let ids: Vec<&str> = web[0]["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [id.as_str()]);
+    assert_eq!(ids(&web[0]), [id.as_str()]);
     let all = host.nx_json(&["ls"]);
     let all_ids: Vec<&str> = all
         .as_array()
@@ -183,4 +190,96 @@ fn status_shows_each_verb_at_once_and_a_program_that_ended_on_its_own() {
         "{}",
         missing.stderr
     );
+}
+
+/// Every deployment `nx ls` shows, by id.
+fn listed(host: &Host) -> HashMap<String, serde_json::Value> {
+    host.nx_json(&["ls"])
+        .as_array()
+        .expect("sandboxes")
+        .iter()
+        .flat_map(|s| s["deployments"].as_array().expect("deployments").clone())
+        .map(|d| (d["id"].as_str().expect("id").to_owned(), d))
+        .collect()
+}
+
+#[test]
+fn the_kept_list_shows_each_change_in_the_very_next_nx_ls_and_nothing_to_a_scoped_token() {
+    let host = Host::start();
+    let first = host.push_sample("web", &[]);
+    let other = host.push_sample("other", &[]);
+    host.nx_json(&["promote", "web", &first]);
+    // Nothing changed between two lists: the same list (the second is the kept one).
+    let kept = listed(&host);
+    assert_eq!(listed(&host), kept);
+
+    // Each verb, then one list at once.
+    let second = host.push_sample("web", &[]);
+    let list = listed(&host);
+    assert_eq!(
+        list[&second]["state"]["active"], "active",
+        "pushed: {list:?}"
+    );
+    host.nx_json(&["stop", &second]);
+    let d = listed(&host).remove(&second).expect("listed");
+    assert_eq!(d["desired"], "stopped", "{d}");
+    assert_eq!(d["state"]["active"], "inactive", "{d}");
+    host.nx_json(&["start", &second]);
+    let d = listed(&host).remove(&second).expect("listed");
+    assert_eq!(d["state"]["active"], "active", "{d}");
+    assert_ne!(d["state"]["main_pid"], 0, "{d}");
+    host.nx_json(&["promote", "web", &second]);
+    let list = listed(&host);
+    assert_eq!(
+        list[&second]["promoted"], true,
+        "promoted: {}",
+        list[&second]
+    );
+    assert_eq!(list[&first]["promoted"], false, "{}", list[&first]);
+    host.nx_json(&["pin", &first]);
+    assert_eq!(listed(&host)[&first]["pinned"], true);
+
+    // The program of `first` exits on its own: once its monitor has written how it ended, the
+    // very next list names that end (and the list kept before it is not served).
+    let before = listed(&host);
+    assert!(before[&first]["last_exit"].is_null(), "{}", before[&first]);
+    let last_exit = host
+        .state_dir
+        .path()
+        .join("deployments")
+        .join(&first)
+        .join("last-exit.json");
+    let (status, _) = host.get(&host.preview_host("web", &first), "/exit?code=3");
+    assert_ne!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !last_exit.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never written",
+            last_exit.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let d = listed(&host).remove(&first).expect("listed");
+    assert_eq!(d["last_exit"]["exit_code"], 3, "{d}");
+
+    host.nx_json(&["rm", &first]);
+    let list = listed(&host);
+    assert!(!list.contains_key(&first), "removed: {list:?}");
+    assert!(list.contains_key(&second) && list.contains_key(&other));
+
+    // A token of sandbox web, right after the root token's list was kept: refused the list,
+    // and its sandbox's status has web's deployments only.
+    listed(&host);
+    let token = host.nx_json(&["token", "create", "--sandbox", "web", "--can", "push"])["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let refused = host.nx_as(&token, &["--json", "ls"]);
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(!refused.ok, "{said}");
+    assert!(said.contains("nx status"), "says what it may do: {said}");
+    assert!(!said.contains(&other) && !said.contains(&second), "{said}");
+    let web = host.nx_as(&token, &["--json", "status", "web"]).json();
+    assert_eq!(ids(&web[0]), [second.as_str()]);
 }

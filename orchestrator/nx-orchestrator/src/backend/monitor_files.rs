@@ -70,6 +70,9 @@ struct Kept {
     /// Watched directories, with their files if they were read since their last change.
     dirs: HashMap<PathBuf, Option<MonitorFiles>>,
     by_watch: HashMap<WatchDescriptor, PathBuf>,
+    /// Counts what may have changed files served before: events that forget files, and reads
+    /// of a directory that is not watched (see [`MonitorFilesCache::changes`]).
+    changes: u64,
 }
 
 impl Default for MonitorFilesCache {
@@ -82,6 +85,7 @@ impl Default for MonitorFilesCache {
                 inotify,
                 dirs: HashMap::new(),
                 by_watch: HashMap::new(),
+                changes: 0,
             }),
         }
     }
@@ -95,6 +99,16 @@ impl MonitorFilesCache {
         let mut kept = self.kept.lock().expect("monitor files lock");
         kept.take_events();
         dirs.into_iter().map(|dir| kept.get(dir)).collect()
+    }
+
+    /// How many times files served so far may have changed, the events queued until now
+    /// taken first: a view made of files served after a count was taken is still true while
+    /// the count is the same. A directory read without a watch counts as a change each time
+    /// (nothing would say when its files change).
+    pub fn changes(&self) -> u64 {
+        let mut kept = self.kept.lock().expect("monitor files lock");
+        kept.take_events();
+        kept.changes
     }
 }
 
@@ -125,6 +139,7 @@ impl Kept {
         let gone =
             AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF;
         if event.mask.intersects(gone) {
+            self.changes += 1;
             if let Some(dir) = self.by_watch.remove(&event.wd) {
                 self.dirs.remove(&dir);
             }
@@ -136,6 +151,7 @@ impl Kept {
             return;
         }
         if event.name.as_deref().is_some_and(MonitorFiles::named) {
+            self.changes += 1;
             if let Some(dir) = self.by_watch.get(&event.wd) {
                 if let Some(files) = self.dirs.get_mut(dir) {
                     *files = None;
@@ -145,6 +161,7 @@ impl Kept {
     }
 
     fn forget_all(&mut self) {
+        self.changes += 1;
         for files in self.dirs.values_mut() {
             *files = None;
         }
@@ -159,6 +176,8 @@ impl Kept {
         let files = MonitorFiles::read(dir);
         if watched {
             self.dirs.insert(dir.to_owned(), Some(files.clone()));
+        } else {
+            self.changes += 1;
         }
         files
     }
@@ -245,6 +264,22 @@ mod tests {
         assert_eq!(files.disk.map(|d| d.used_bytes), Some(7));
         std::fs::remove_file(dir.path().join(super::super::exit::LAST_EXIT_FILE)).unwrap();
         assert_eq!(code(&cache, dir.path()), None, "deleted");
+    }
+
+    #[test]
+    fn changes_count_the_monitors_writes_and_reads_without_a_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = MonitorFilesCache::default();
+        assert_eq!(code(&cache, dir.path()), None);
+        let before = cache.changes();
+        std::fs::write(dir.path().join("program.log"), "a line").unwrap();
+        assert_eq!(cache.changes(), before, "the program's log beside them");
+        write_exit(dir.path(), 1);
+        let written = cache.changes();
+        assert!(written > before, "the last exit");
+        let nosuch = dir.path().join("nosuch");
+        cache.get_many([nosuch.as_path()]);
+        assert!(cache.changes() > written, "a read without a watch");
     }
 
     #[test]

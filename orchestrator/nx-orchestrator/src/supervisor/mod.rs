@@ -629,6 +629,13 @@ impl Supervisor {
         Ok(unit_states::fetch_many(&self.conn.load_full(), &self.units, units).await?)
     }
 
+    /// How many times what [`Self::states`] serves may have changed but for running units'
+    /// counters (see [`unit_states::UnitCache::changes`]); `None` while every state is asked
+    /// of systemd.
+    pub fn states_changes(&self) -> Option<u64> {
+        self.units.changes()
+    }
+
     /// The cgroup path of a unit (relative to the hierarchy roots).
     pub async fn control_group(&self, unit: &str) -> Result<String, SupervisorError> {
         let path = self.manager().await?.load_unit(unit).await?;

@@ -110,7 +110,7 @@ fn from_properties(props: &HashMap<String, OwnedValue>) -> UnitState {
 }
 
 /// Whether a unit has processes whose counters move (anything but inactive or failed).
-fn has_processes(state: &UnitState) -> bool {
+pub fn has_processes(state: &UnitState) -> bool {
     !state.active.is_down()
 }
 
@@ -139,6 +139,9 @@ struct Inner<P> {
     changed: HashMap<OwnedObjectPath, P>,
     /// Replies received before this are not stored (changes folded when `changed` grew).
     floor: P,
+    /// Counts what may have changed a state served before: change signals, reloads and
+    /// connections begun or ended (see [`UnitCache::changes`]).
+    changes: u64,
 }
 
 impl<P: Default> Default for Inner<P> {
@@ -149,6 +152,7 @@ impl<P: Default> Default for Inner<P> {
             entries: HashMap::new(),
             changed: HashMap::new(),
             floor: P::default(),
+            changes: 0,
         }
     }
 }
@@ -198,6 +202,15 @@ impl<P: Ord + Copy + Default> UnitCache<P> {
         }
     }
 
+    /// How many times what the cache serves may have changed, other than a running unit's
+    /// counters (which age: [`COUNTERS_MAX_AGE`]); `None` while no watcher receives systemd's
+    /// signals (every state is asked of systemd then). A view made of states served after a
+    /// count was taken is still true while the count is the same.
+    pub fn changes(&self) -> Option<u64> {
+        let inner = self.lock();
+        inner.watching.then_some(inner.changes)
+    }
+
     /// The current generation, taken before a call whose reply may be stored.
     fn generation(&self) -> u64 {
         self.lock().generation
@@ -222,6 +235,7 @@ impl<P: Ord + Copy + Default> UnitCache<P> {
     /// systemd said a unit changed (the signal was received at `at`).
     fn changed(&self, path: OwnedObjectPath, at: P) {
         let mut inner = self.lock();
+        inner.changes += 1;
         inner.entries.remove(&path);
         if inner.changed.len() >= MAX_CHANGES {
             let newest = inner.changed.values().copied().max().unwrap_or_default();
@@ -234,6 +248,7 @@ impl<P: Ord + Copy + Default> UnitCache<P> {
     /// Forgets everything received up to `at` (systemd reloads, or reloaded).
     fn forget_all(&self, at: P) {
         let mut inner = self.lock();
+        inner.changes += 1;
         inner.entries.clear();
         inner.changed.clear();
         inner.floor = inner.floor.max(at);
@@ -242,6 +257,7 @@ impl<P: Ord + Copy + Default> UnitCache<P> {
     /// A new connection: nothing of the old one counts; `watching` from now on.
     fn begin(&self, watching: bool) -> u64 {
         let mut inner = self.lock();
+        inner.changes += 1;
         inner.generation += 1;
         inner.watching = watching;
         inner.entries.clear();
@@ -254,6 +270,7 @@ impl<P: Ord + Copy + Default> UnitCache<P> {
     fn end(&self, generation: u64) {
         let mut inner = self.lock();
         if inner.generation == generation {
+            inner.changes += 1;
             inner.watching = false;
             inner.entries.clear();
         }
@@ -580,6 +597,23 @@ mod tests {
         assert_eq!(cache.get(&a), Some(unloaded()));
         cache.end(new);
         assert_eq!(cache.get(&a), None);
+    }
+
+    #[test]
+    fn change_signals_reloads_and_connections_count_as_changes_and_replies_do_not() {
+        let cache = UnitCache::<u64>::default();
+        assert_eq!(cache.changes(), None, "no watcher yet");
+        let generation = cache.begin(true);
+        let at_start = cache.changes().expect("watching");
+        let a = path("a.service");
+        cache.store(generation, &a, &running(), 1);
+        assert_eq!(cache.changes(), Some(at_start), "a reply changes nothing");
+        cache.changed(a, 2);
+        assert_eq!(cache.changes(), Some(at_start + 1));
+        cache.forget_all(3);
+        assert_eq!(cache.changes(), Some(at_start + 2));
+        cache.end(generation);
+        assert_eq!(cache.changes(), None, "no watcher: nothing may be kept");
     }
 
     #[test]

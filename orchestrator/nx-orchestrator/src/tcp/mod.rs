@@ -147,6 +147,7 @@ impl Orchestrator {
         let Some(tcp) = &req.tcp else {
             return Ok(());
         };
+        let write = self.state.views_write();
         let allocated = store::allocate(
             self.state.pool(),
             deployment.sandbox.as_str(),
@@ -156,6 +157,7 @@ impl Orchestrator {
             unused_on_host,
         )
         .await;
+        drop(write);
         match allocated {
             Ok((production, own)) => {
                 tracing::info!(production, own, "TCP ports");

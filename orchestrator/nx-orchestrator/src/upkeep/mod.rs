@@ -266,6 +266,8 @@ impl Orchestrator {
         };
         if let Some(traffic) = &traffic {
             let changed = self.upkeep.observe(traffic);
+            // Only rounds that saw requests write (and change views).
+            let _write = (!changed.is_empty()).then(|| self.state.views_write());
             store::record_requests(self.state.pool(), &changed)
                 .await
                 .map_err(StateError::from)?;
@@ -410,9 +412,11 @@ impl Orchestrator {
     #[tracing::instrument(skip(self))]
     pub async fn pin(&self, id: &DeploymentId, pinned: bool) -> Result<DeploymentView, Error> {
         let deployment = self.state.deployment(id).await?;
+        let write = self.state.views_write();
         store::set_pinned(self.state.pool(), id.as_str(), pinned)
             .await
             .map_err(StateError::from)?;
+        drop(write);
         tracing::info!(pinned, "pin changed");
         let promoted = self.state.promoted_in(&deployment.sandbox).await? == Some(id.clone());
         self.view(&deployment, promoted).await

@@ -325,6 +325,7 @@ impl Orchestrator {
         id: &DeploymentId,
         mounts: &[MountedVolume],
     ) -> Result<(), Error> {
+        let _write = self.state.views_write();
         sqlx::query("UPDATE deployments SET volumes = $2 WHERE id = $1")
             .bind(id.as_str())
             .bind(sqlx::types::Json(mounts))
