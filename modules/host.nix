@@ -89,6 +89,16 @@ in
       default = defaults.apiHeadTimeoutSecs;
       description = "Seconds a client has to send a request's head once nxd starts reading it (a new connection, or one idle between requests); then the connection is closed.";
     };
+    apiBodyTimeoutSecs = mkOption {
+      type = types.ints.positive;
+      default = defaults.apiBodyTimeoutSecs;
+      description = "Seconds a request's body may send nothing while nxd waits for it; then the request ends with 408, its connection is closed and an upload's temp file goes.";
+    };
+    apiSendTimeoutSecs = mkOption {
+      type = types.ints.positive;
+      default = defaults.apiSendTimeoutSecs;
+      description = "Seconds an answer (a log, a download) may wait for the client to take any of it; then it is dropped and the connection closed, giving its token's request back.";
+    };
     metricsListen = mkOption {
       type = types.nullOr types.str;
       default = defaults.metricsListen;

@@ -27,6 +27,8 @@ withoutNulls {
   api_reserved_connections = cfg.apiReservedConnections;
   api_max_requests_per_token = cfg.apiMaxRequestsPerToken;
   api_head_timeout_secs = cfg.apiHeadTimeoutSecs;
+  api_body_timeout_secs = cfg.apiBodyTimeoutSecs;
+  api_send_timeout_secs = cfg.apiSendTimeoutSecs;
   metrics_listen = cfg.metricsListen;
   router_listen = cfg.routerListen;
   base_domain = cfg.baseDomain;

@@ -8,6 +8,8 @@
   apiReservedConnections = 16;
   apiMaxRequestsPerToken = 32;
   apiHeadTimeoutSecs = 10;
+  apiBodyTimeoutSecs = 60;
+  apiSendTimeoutSecs = 60;
   metricsListen = null;
   routerListen = "127.0.0.1:7780";
   baseDomain = "nx.localhost";

@@ -52,6 +52,16 @@ pub struct Config {
     /// starts reading it, on a new connection or between keep-alive requests; a connection that
     /// has not sent it by then is closed (as the router's `router.head_timeout_secs`).
     pub api_head_timeout_secs: u64,
+    /// Seconds a request's body may send nothing while nxd waits for it (as nginx's
+    /// `client_body_timeout`); then the request ends with 408 and its connection is closed, and
+    /// an upload's temp file goes. So that a body that never comes cannot hold a connection
+    /// (attacker s12 H6).
+    pub api_body_timeout_secs: u64,
+    /// Seconds an answer may wait for the client to take any of it (its receive window full, as
+    /// nginx's `send_timeout`); then the answer is dropped and the connection closed, which gives
+    /// its token's request back. So that an answer never read cannot hold a connection (attacker
+    /// s12 H6). A log follow with nothing new to send is not waiting on the client.
+    pub api_send_timeout_secs: u64,
     /// `GET /metrics` without a token (Prometheus text format), e.g. `127.0.0.1:9770`. Unset: the
     /// series are only on the API, for the root token.
     pub metrics_listen: Option<SocketAddr>,
@@ -506,6 +516,8 @@ impl Default for Config {
             api_reserved_connections: 16,
             api_max_requests_per_token: 32,
             api_head_timeout_secs: 10,
+            api_body_timeout_secs: 60,
+            api_send_timeout_secs: 60,
             metrics_listen: None,
             router_listen: "127.0.0.1:7780".parse().expect("literal"),
             base_domain: "nx.localhost".into(),
@@ -717,10 +729,13 @@ impl Config {
                 "api_max_requests_per_token must be at least 1".into(),
             ));
         }
-        if self.api_head_timeout_secs == 0 {
-            return Err(ConfigError::Invalid(
-                "api_head_timeout_secs must be at least 1".into(),
-            ));
+        let timeouts = [
+            ("api_head_timeout_secs", self.api_head_timeout_secs),
+            ("api_body_timeout_secs", self.api_body_timeout_secs),
+            ("api_send_timeout_secs", self.api_send_timeout_secs),
+        ];
+        if let Some((key, _)) = timeouts.iter().find(|(_, secs)| *secs == 0) {
+            return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
         }
         if !(1..=100).contains(&self.systemd.slice_memory_max_percent)
             || self.systemd.slice_tasks_max == 0
@@ -940,5 +955,10 @@ mod tests {
             ..Config::default()
         };
         assert!(refusal(config).contains("api_max_requests_per_token must be at least 1"));
+        let config = Config {
+            api_send_timeout_secs: 0,
+            ..Config::default()
+        };
+        assert!(refusal(config).contains("api_send_timeout_secs must be at least 1"));
     }
 }

@@ -71,11 +71,18 @@ pub fn table() -> Vec<Route> {
     routes
 }
 
+/// The API's router: every route of [`table`] behind `scopes::authorize`, each request's body
+/// under `api_body_timeout_secs` (`request_body`), each handler run to its end.
 pub fn routes(app: Arc<Orchestrator>, token: Token) -> Router {
+    let body_timeout = std::time::Duration::from_secs(app.config.api_body_timeout_secs);
     route_table::router(table())
         .route_layer(middleware::from_fn_with_state(
             (Arc::clone(&app), token),
             crate::scopes::authorize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            body_timeout,
+            crate::request_body::bounded,
         ))
         .layer(middleware::from_fn(run_to_its_end))
         .with_state(app)

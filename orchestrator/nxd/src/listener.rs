@@ -13,7 +13,12 @@
 //! on a new connection or between keep-alive requests, is closed (hyper's `header_read_timeout`),
 //! so that silent or half-sent requests cannot hold every slot. A connection accepted while no
 //! more than `api_reserved_connections` slots are free is a [`ReservedConnection`]: only the
-//! root token's requests are served on it (see `scopes::authorize`).
+//! root token's requests are served on it (see `scopes::authorize`). A connection whose writes
+//! stay blocked for `api_send_timeout_secs` (the client takes none of an answer: its receive
+//! window is full) fails with `TimedOut`, so hyper closes it and drops the answer, which gives
+//! its token's request back (`token_requests`); hyper has no such timer, and an answer never read
+//! held its connection for good (attacker s12 H6: 4,096 unread log answers of one `--can logs`
+//! token). Request bodies have their own bound (`request_body`).
 //!
 //! Every accepted connection gets `TCP_NODELAY` (tcp(7)): the API streams small writes (a
 //! task's events, a log followed live, the end of a chunked body), and with Nagle's algorithm
@@ -25,6 +30,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use nx_orchestrator::router::{ClientCounts, ClientSlot};
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,6 +39,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tokio_util::either::Either;
 
 /// A TCP listener (and the router's unix socket) that holds at most `max` connections open at
@@ -47,17 +54,20 @@ pub struct CappedListener {
     per_address: usize,
     /// Open TCP connections by peer.
     by_peer: Arc<ClientCounts>,
+    /// `api_send_timeout_secs`.
+    send_timeout: Duration,
 }
 
 impl CappedListener {
     /// `inner` with room for `max` open connections, the last `reserved` of them for the root
     /// token, `per_address` from one peer; `router` (the router's unix socket, if any) shares
-    /// the `max`.
+    /// the `max`. A connection whose writes stay blocked for `send_timeout` fails.
     pub fn new(
         inner: TcpListener,
         router: Option<UnixListener>,
         (max, reserved): (usize, usize),
         per_address: usize,
+        send_timeout: Duration,
     ) -> Self {
         Self {
             inner,
@@ -67,6 +77,7 @@ impl CappedListener {
             reserved,
             per_address,
             by_peer: Arc::default(),
+            send_timeout,
         }
     }
 
@@ -104,6 +115,8 @@ impl CappedListener {
                     return (
                         CappedStream {
                             stream,
+                            send_timeout: self.send_timeout,
+                            blocked: None,
                             _slot: slot,
                             _peer_slot: peer_slot,
                         },
@@ -169,11 +182,43 @@ pub fn bind_router_socket(path: &std::path::Path) -> anyhow::Result<UnixListener
 }
 
 /// A connection holding one of the listener's slots, and one of its TCP peer's, until it is
-/// dropped.
+/// dropped; its writes fail with `TimedOut` once blocked for `send_timeout`.
 pub struct CappedStream {
     stream: Either<TcpStream, UnixStream>,
+    send_timeout: Duration,
+    /// Armed when a write found the connection full; disarmed by the next write that moves.
+    blocked: Option<Pin<Box<Sleep>>>,
     _slot: OwnedSemaphorePermit,
     _peer_slot: Option<ClientSlot>,
+}
+
+impl CappedStream {
+    /// `written` (a write's outcome), or `TimedOut` once writes have been blocked for
+    /// `send_timeout` (the timer is polled with the write's waker, so it wakes the writer).
+    fn unless_blocked_too_long<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if written.is_ready() {
+            self.blocked = None;
+            return written;
+        }
+        let timeout = self.send_timeout;
+        let blocked = self
+            .blocked
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match blocked.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the client took none of the answer for {} s (api_send_timeout_secs)",
+                    timeout.as_secs()
+                ),
+            ))),
+        }
+    }
 }
 
 /// Serves `app` on `listener` over HTTP/1.1 until the future is dropped (it never ends on its
@@ -229,7 +274,8 @@ impl AsyncWrite for CappedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.unless_blocked_too_long(cx, written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -245,7 +291,8 @@ impl AsyncWrite for CappedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.unless_blocked_too_long(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

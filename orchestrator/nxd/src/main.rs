@@ -10,6 +10,7 @@ mod listener;
 mod metrics_api;
 #[cfg(test)]
 mod openapi;
+mod request_body;
 mod route_table;
 mod scopes;
 mod sftp;
@@ -181,6 +182,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             app.config.api_reserved_connections,
         ),
         app.config.api_max_connections_per_address,
+        Duration::from_secs(app.config.api_send_timeout_secs),
     );
     let sftp = {
         let app = Arc::clone(&app);

@@ -8,8 +8,10 @@
 //! peer address holds at most `api_max_connections_per_address` API connections, and one client
 //! of the API through the router (HTTPS) at most as many requests under way; a deploy token at
 //! most `api_max_requests_per_token` requests under way (log follows, uploads whose body never
-//! comes), and the root token keeps reserved connections; settings the router cannot use leave
-//! the running router serving.
+//! comes), and the root token keeps reserved connections; a request body that stops coming ends
+//! 408 after `api_body_timeout_secs`, its temp file gone, and an answer the client does not read
+//! is dropped after `api_send_timeout_secs`; settings the router cannot use leave the running
+//! router serving.
 
 use nx_testkit::Host;
 use std::io::{Read, Write};
@@ -916,4 +918,168 @@ fn one_tokens_uploads_whose_body_never_comes_are_capped_and_leave_the_api_to_oth
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Files in the artifact store's upload area (`<state_dir>/artifacts/.incoming`).
+fn incoming_files(host: &Host) -> usize {
+    std::fs::read_dir(host.path("artifacts/.incoming"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+/// Attacker s12 H6: an upload's body had no time bound (only its head had), so an upload whose
+/// body never came, or stopped, held its connection and a temp file in the store's upload area
+/// for as long as the client liked (5 still open after 140 s). Now a body that sends nothing for
+/// `api_body_timeout_secs` while nxd waits for it ends its request with 408 naming the key, its
+/// temp file removed; and the temp file comes with the first body bytes, not with the head.
+#[test]
+fn upload_bodies_that_stop_coming_end_408_after_the_api_body_timeout_and_leave_no_temp_file() {
+    const TIMEOUT_SECS: u64 = 4;
+    let mut host = Host::start();
+    restart_with_keys(
+        &mut host,
+        &format!("api_body_timeout_secs = {TIMEOUT_SECS}\n"),
+    );
+    assert!(host.nx(&["sandbox", "create", "slow"]).ok);
+    let pusher = deploy_token(&host, "slow", "push");
+
+    let started = Instant::now();
+    let silent = upload_waiting_for_its_body(&host, &pusher);
+    let mut stopped = upload_waiting_for_its_body(&host, &pusher);
+    let program = std::fs::read(nx_testkit::sample_app()).unwrap();
+    stopped.write_all(&program[..1000]).unwrap();
+    while incoming_files(&host) == 0 && started.elapsed() < Duration::from_secs(TIMEOUT_SECS - 1) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        incoming_files(&host),
+        1,
+        "temp files while one upload has sent 1,000 bytes and the other none"
+    );
+
+    let answers: Vec<_> = [silent, stopped]
+        .into_iter()
+        .map(|stream| {
+            std::thread::spawn(move || {
+                let answer = answer_within(stream, Duration::from_secs(TIMEOUT_SECS + 10));
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    for answer in answers {
+        let (answer, after) = answer.join().unwrap();
+        eprintln!("answered after {after:?}: {answer}");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(
+            answer.contains("api_body_timeout_secs") && answer.contains("send the body"),
+            "{answer}"
+        );
+        assert!(
+            after >= Duration::from_secs(TIMEOUT_SECS - 1),
+            "answered after {after:?}"
+        );
+    }
+    assert_eq!(
+        incoming_files(&host),
+        0,
+        "temp files after both uploads ended"
+    );
+}
+
+/// A connection to the API from inside the host's namespace whose receive buffer is small
+/// (`SO_RCVBUF` 4 KiB), so that an answer it does not read fills it at once.
+fn small_window_connection(host: &Host) -> TcpStream {
+    let addr = host.api;
+    host.netns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stream = runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            socket.connect(addr).await.unwrap()
+        });
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    })
+}
+
+/// Attacker s12 H6 with the least token: 4,096 `GET .../logs?lines=1000000` of a `--can logs`
+/// token, never read (a tiny receive window), held every API connection, starved nxd's state
+/// pool and tripped its watchdog. Now an answer the client does not take for
+/// `api_send_timeout_secs` is dropped and its connection closed, which gives the token's
+/// request back (`api_max_requests_per_token` 1 here: its next request is answered).
+#[test]
+fn a_log_answer_never_read_is_dropped_after_the_api_send_timeout() {
+    const TIMEOUT_SECS: u64 = 3;
+    let mut host = Host::start();
+    restart_with_keys(
+        &mut host,
+        &format!("api_send_timeout_secs = {TIMEOUT_SECS}\napi_max_requests_per_token = 1\n"),
+    );
+    let id = host.push_sample("loud", &[]);
+    let (status, body) = host.get(&host.preview_host("loud", &id), "/spew?mb=16");
+    assert_eq!(status, 200, "{body}");
+    let reader = deploy_token(&host, "loud", "logs");
+    let logs = format!("/v1/deployments/{id}/logs?lines=1000000");
+    let (status, whole) = host.call(&reader, "GET", &logs, None);
+    assert_eq!(status, 200, "{whole}");
+    assert!(whole.len() > 8 << 20, "the log holds {} bytes", whole.len());
+
+    let mut unread = small_window_connection(&host);
+    let request = format!(
+        "GET {logs} HTTP/1.1\r\nHost: nxd\r\nAuthorization: Bearer {reader}\r\nConnection: close\r\n\r\n"
+    );
+    unread.write_all(request.as_bytes()).unwrap();
+    let started = Instant::now();
+    // Held while the answer waits for the client.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, body) = host.call(&reader, "GET", "/v1/sandboxes/loud", None);
+    assert_eq!(
+        status, 429,
+        "the reader's request with its log answer unread: {body}"
+    );
+
+    // Dropped after the timeout: the token's next request is answered.
+    let answered = loop {
+        let (status, body) = host.call(&reader, "GET", "/v1/sandboxes/loud", None);
+        if status == 200 {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(TIMEOUT_SECS + 15),
+            "the unread answer still counts {:?} after it began: {status} {body}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("the token's request given back {answered:?} after the unread answer began");
+    assert!(
+        answered >= Duration::from_secs(TIMEOUT_SECS - 1),
+        "{answered:?}"
+    );
+
+    // What the client finds when it reads at last: the start of the answer, cut off.
+    unread
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let read = unread.read_to_end(&mut got);
+    eprintln!(
+        "read {} of the log's {} bytes: {read:?}",
+        got.len(),
+        whole.len()
+    );
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &got[..got.len().min(200)]
+    );
+    assert!(
+        got.len() < whole.len() && !got.ends_with(b"0\r\n\r\n"),
+        "the whole answer was kept for the client: {} bytes",
+        got.len()
+    );
 }

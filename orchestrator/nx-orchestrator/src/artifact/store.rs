@@ -248,7 +248,9 @@ impl ArtifactStore {
         E: std::fmt::Display,
     {
         self.path(announced)?;
-        let mut upload = self.begin_upload(limit_bytes)?;
+        // The temp file comes with the body's first bytes, not with the request's head: a body
+        // that never comes leaves none (attacker s12 H6).
+        let mut upload = None;
         let mut head = Vec::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StoreError::Interrupted(e.to_string()))?;
@@ -260,8 +262,16 @@ impl ArtifactStore {
                     Artifact::check_head(&head)?;
                 }
             }
+            if upload.is_none() {
+                upload = Some(self.begin_upload(limit_bytes)?);
+            }
+            let upload = upload.as_mut().expect("made above");
             upload.write_at(upload.size, &chunk)?;
         }
+        let upload = match upload {
+            Some(upload) => upload,
+            None => self.begin_upload(limit_bytes)?,
+        };
         self.verify(upload, Some(announced)).await
     }
 
