@@ -1218,14 +1218,7 @@ fn nxd_starts_while_a_tenants_session_fills_the_lock_table_and_ends_it() {
         "{}",
         host.nxd_log()
     );
-    stdin.write_all(b"SELECT 'still here';\n").unwrap();
-    drop(stdin);
-    let out = hog.wait_with_output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("still here"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_session_was_ended(hog, stdin);
     let id = host.push_sample("alpha", &[]);
     assert_eq!(host.get(&host.preview_host("alpha", &id), "/").0, 200);
 }
