@@ -174,9 +174,10 @@ fn router_log_files(host: &Host) -> Vec<(String, u64)> {
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("router.log"))
-        .map(|e| {
+        // A file rotated away between the listing and its size is left out.
+        .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            (name, e.metadata().unwrap().len())
+            Some((name, e.metadata().ok()?.len()))
         })
         .collect();
     files.sort();
@@ -187,7 +188,7 @@ fn router_log_files(host: &Host) -> Vec<(String, u64)> {
 fn router_log_text(host: &Host) -> String {
     router_log_files(host)
         .iter()
-        .map(|(name, _)| std::fs::read_to_string(host.path(&format!("router/{name}"))).unwrap())
+        .filter_map(|(name, _)| std::fs::read_to_string(host.path(&format!("router/{name}"))).ok())
         .collect()
 }
 
