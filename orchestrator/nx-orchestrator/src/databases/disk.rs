@@ -76,6 +76,11 @@ pub struct DatabaseDisks {
     /// A new disk's size, MiB (`databases.max_size_mb`).
     size_mb: u64,
     supervisor: Arc<Supervisor>,
+    /// The free bytes of each full disk (by role) at the last look, so that a reserve is freed
+    /// only once the disk stayed full, no byte written, between two looks: freed while a
+    /// writer still ran, the writer took it (CI of session 13: the INSERT that filled the disk
+    /// used the freed 4 MiB, and the TRUNCATE after it failed "No space left on device").
+    full_at_last_look: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Where the disks are: `<state_dir>/postgres/disks`.
@@ -152,6 +157,7 @@ impl DatabaseDisks {
             dir,
             size_mb,
             supervisor,
+            full_at_last_look: Default::default(),
         })
     }
 
@@ -201,7 +207,9 @@ impl DatabaseDisks {
         Ok(mountpoint.join("pg"))
     }
 
-    /// Each mounted disk's reserve: deleted when the disk has less than [`FULL_BELOW`] free,
+    /// Each mounted disk's reserve: deleted when the disk has had less than [`FULL_BELOW`]
+    /// free, the same number of bytes, at this look and the one before (nothing writes any
+    /// more),
     /// made when it is missing and the disk has room for it and twice that, with the roles
     /// whose disk's reserve changed. `root`: the root directory of the mount namespace the
     /// disks are mounted in, as nxd reaches it (`/proc/<pid>/root` of a process there).
@@ -213,6 +221,12 @@ impl DatabaseDisks {
             return Vec::new();
         };
         let mut changes = Vec::new();
+        let mut full = self
+            .full_at_last_look
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Only this look's full disks are kept (a removed disk's entry goes with it).
+        let before = std::mem::take(&mut *full);
         for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let image = entry.path();
             if image.extension().is_none_or(|e| e != "img") {
@@ -232,8 +246,12 @@ impl DatabaseDisks {
             };
             let free = stat.blocks_available() * stat.fragment_size();
             let reserve = mountpoint.join(RESERVE_FILE);
+            let stayed_full = free < FULL_BELOW && before.get(role) == Some(&free);
+            if free < FULL_BELOW {
+                full.insert(role.to_owned(), free);
+            }
             let change = if reserve.exists() {
-                (free < FULL_BELOW && std::fs::remove_file(&reserve).is_ok())
+                (stayed_full && std::fs::remove_file(&reserve).is_ok())
                     .then_some(ReserveChange::Freed)
             } else {
                 (free >= RESERVE_BYTES + 2 * FULL_BELOW && make_reserve(&reserve).is_ok())
