@@ -1046,6 +1046,13 @@ fn assert_session_was_ended(session: std::process::Child, mut stdin: std::proces
     );
 }
 
+/// Whether `line` of nxd's log says it ended a database session of `sandbox`'s for `why`.
+fn ends_session(line: &str, sandbox: &str, why: &str) -> bool {
+    line.contains("ended a tenant's database session")
+        && line.contains(sandbox)
+        && line.contains(why)
+}
+
 /// Closes the standard input of each of `sessions` (see [`psql_session`]) and waits for it.
 fn close_sessions(sessions: Vec<std::process::Child>) {
     for mut session in sessions {
@@ -1098,11 +1105,10 @@ fn one_tenants_parallel_sessions_leave_another_tenants_session_and_postgresql_ru
         "beta's session: {}",
         String::from_utf8_lossy(&victim.stderr)
     );
-    assert!(host.nxd_log().lines().any(|l| {
-        l.contains("ended a tenant's database session")
-            && l.contains("alpha")
-            && l.contains("its role's sessions held")
-    }));
+    assert!(host
+        .nxd_log()
+        .lines()
+        .any(|l| ends_session(l, "alpha", "its role's sessions held")));
     let postgres_log = std::fs::read_to_string(host.path("postgres/postgres.log")).unwrap();
     assert!(
         !postgres_log.contains("terminated by signal 9"),
@@ -1359,11 +1365,9 @@ fn a_statement_run_by_parallel_workers_is_held_to_its_memory_bound() {
         "{stderr}"
     );
     assert!(
-        host.nxd_log().lines().any(|l| {
-            l.contains("ended a tenant's database session")
-                && l.contains("alpha")
-                && l.contains("MiB")
-        }),
+        host.nxd_log()
+            .lines()
+            .any(|l| ends_session(l, "alpha", "MiB")),
         "{}",
         host.nxd_log()
     );
@@ -1381,11 +1385,9 @@ fn a_tenant_cannot_lift_its_statement_time_memory_and_temp_file_bounds() {
         .to_owned();
     let ended = "terminating connection due to administrator command";
     let logged = |what: &str| {
-        host.nxd_log().lines().any(|l| {
-            l.contains("ended a tenant's database session")
-                && l.contains("alpha")
-                && l.contains(what)
-        })
+        host.nxd_log()
+            .lines()
+            .any(|l| ends_session(l, "alpha", what))
     };
 
     // The role lifts its statement_timeout: nxd ends the statement at the bound.
@@ -1458,11 +1460,7 @@ fn a_listener_idle_in_a_transaction_past_its_bound_is_ended_whatever_it_set() {
     );
     assert!(ok, "{out}");
     host.wait_for_log_line(
-        |l| {
-            l.contains("ended a tenant's database session")
-                && l.contains("alpha")
-                && l.contains("idle in a transaction")
-        },
+        |l| ends_session(l, "alpha", "idle in a transaction"),
         Duration::from_secs(30),
         "alpha's listener sat idle in its transaction and was not ended",
     );
@@ -1557,11 +1555,9 @@ fn a_restores_scratch_database_is_its_sandboxs_alone_and_held_to_its_bounds() {
         "alpha's session in {scratch} ran {took:?}: {stderr}"
     );
     assert!(
-        host.nxd_log().lines().any(|l| {
-            l.contains("ended a tenant's database session")
-                && l.contains("alpha")
-                && l.contains("its statement ran")
-        }),
+        host.nxd_log()
+            .lines()
+            .any(|l| ends_session(l, "alpha", "its statement ran")),
         "{}",
         host.nxd_log()
     );
