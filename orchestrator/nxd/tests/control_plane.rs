@@ -5,12 +5,15 @@
 //! cluster's socket is closed to the host's other users; kill -9 of nxd at each step of a
 //! backup, a restore and a swap leaves production's database usable and nothing behind after
 //! the next start; one sandbox's fork bomb leaves room for the others' pushes and tasks; a
-//! restore's scratch database is its sandbox's alone and held to the tenants' bounds.
+//! restore's scratch database is its sandbox's alone and held to the tenants' bounds; a
+//! tenant's statements, fast-path function calls included, are held to their time bound.
 
 use nx_orchestrator::config::SystemdMode;
 use nx_orchestrator::supervisor::Supervisor;
 use nx_testkit::Host;
-use std::io::Write;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -1436,6 +1439,144 @@ fn a_tenant_cannot_lift_its_statement_time_memory_and_temp_file_bounds() {
     assert_eq!(health(&host).0, 200);
     let (ok, _) = nx_testkit::psql(&host.path("postgres/socket"), 5432, "nx", "SELECT 1");
     assert!(ok);
+}
+
+/// A length or count as PostgreSQL's protocol writes it: Int32, big-endian.
+fn int32(n: usize) -> [u8; 4] {
+    i32::try_from(n).unwrap().to_be_bytes()
+}
+
+/// Sends one frontend message of PostgreSQL's protocol: its type byte, its length, `body`.
+fn send_message(stream: &mut UnixStream, tag: u8, body: &[u8]) {
+    let mut message = vec![tag];
+    message.extend_from_slice(&int32(body.len() + 4));
+    message.extend_from_slice(body);
+    stream.write_all(&message).unwrap();
+}
+
+/// Reads one backend message: its type byte and body.
+fn receive_message(stream: &mut UnixStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut header = [0u8; 5];
+    stream.read_exact(&mut header)?;
+    let length = i32::from_be_bytes(header[1..].try_into().unwrap());
+    let mut body = vec![0; usize::try_from(length - 4).unwrap()];
+    stream.read_exact(&mut body)?;
+    Ok((header[0], body))
+}
+
+/// The `M` (message) field of an ErrorResponse's `body`.
+fn error_text(body: &[u8]) -> String {
+    body.split(|&b| b == 0)
+        .find_map(|field| field.strip_prefix(b"M"))
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads backend messages up to ReadyForQuery; panics on an ErrorResponse.
+fn until_ready(stream: &mut UnixStream) {
+    loop {
+        match receive_message(stream).unwrap() {
+            (b'Z', _) => return,
+            (b'E', body) => panic!("{}", error_text(&body)),
+            _ => {}
+        }
+    }
+}
+
+/// A session as the role of `url` (`nx db url`'s `postgres://role:password@/database?host=DIR&port=N`)
+/// over its socket, logged in with SCRAM-SHA-256 (PostgreSQL 15's "SASL Authentication"),
+/// ready for a query.
+fn tenant_session(url: &str) -> UnixStream {
+    let (credentials, rest) = url
+        .strip_prefix("postgres://")
+        .and_then(|u| u.split_once("@/"))
+        .unwrap();
+    let (role, password) = credentials.split_once(':').unwrap();
+    let (database, query) = rest.split_once('?').unwrap();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .unwrap()
+    };
+    let socket = format!("{}/.s.PGSQL.{}", param("host"), param("port"));
+    let mut stream = UnixStream::connect(socket).unwrap();
+    // StartupMessage: no type byte, protocol 3.0.
+    let mut startup = 196_608i32.to_be_bytes().to_vec();
+    for s in ["user", role, "database", database, ""] {
+        startup.extend_from_slice(s.as_bytes());
+        startup.push(0);
+    }
+    let mut message = int32(startup.len() + 4).to_vec();
+    message.extend_from_slice(&startup);
+    stream.write_all(&message).unwrap();
+    let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+    loop {
+        let (tag, body) = receive_message(&mut stream).unwrap();
+        let code = body
+            .get(..4)
+            .map(|c| i32::from_be_bytes(c.try_into().unwrap()));
+        match (tag, code) {
+            (b'R', Some(10)) => {
+                let mut initial = b"SCRAM-SHA-256\0".to_vec();
+                initial.extend_from_slice(&int32(scram.message().len()));
+                initial.extend_from_slice(scram.message());
+                send_message(&mut stream, b'p', &initial);
+            }
+            (b'R', Some(11)) => {
+                scram.update(&body[4..]).unwrap();
+                send_message(&mut stream, b'p', scram.message());
+            }
+            (b'R', Some(12)) => scram.finish(&body[4..]).unwrap(),
+            (b'E', _) => panic!("{}", error_text(&body)),
+            (b'Z', _) => return stream,
+            _ => {}
+        }
+    }
+}
+
+/// Attacker s13 M8 (medium): a fast-path function call (the protocol's FunctionCall message,
+/// PostgreSQL 15's "Function Call"; libpq's `PQfn`, which its large-object calls use) is in
+/// `pg_stat_activity`'s state `fastpath function call`, which nxd read as idle: after `SET
+/// statement_timeout = 0`, a fast-path `pg_sleep` ran past the bound (321 s of 300). nxd ends
+/// it at the bound.
+#[test]
+fn a_fast_path_function_call_is_held_to_the_statement_time_bound() {
+    let host = Host::start_with("[databases]\nstatement_timeout_secs = 8\n");
+    let alpha = sandbox_db_url(&host, "alpha");
+    let mut session = tenant_session(&alpha);
+    send_message(&mut session, b'Q', b"SET statement_timeout = 0\0");
+    until_ready(&mut session);
+    // FunctionCall of pg_sleep(float8) (oid 2626) for 600 s: one argument, binary.
+    let mut call = 2626i32.to_be_bytes().to_vec();
+    call.extend_from_slice(&[0, 1, 0, 1, 0, 1]);
+    call.extend_from_slice(&int32(8));
+    call.extend_from_slice(&600f64.to_be_bytes());
+    call.extend_from_slice(&[0, 1]);
+    let started = Instant::now();
+    send_message(&mut session, b'F', &call);
+    session
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let answer = receive_message(&mut session);
+    let took = started.elapsed();
+    let Ok((b'E', body)) = answer else {
+        panic!("the fast-path call was not ended (after {took:?}): {answer:?}");
+    };
+    assert_eq!(
+        error_text(&body),
+        "terminating connection due to administrator command"
+    );
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_secs(20),
+        "ended after {took:?}"
+    );
+    // Logged once pg_terminate_backend answered: maybe just after the client heard.
+    host.wait_for_log_line(
+        |l| ends_session(l, "alpha", "its statement ran"),
+        Duration::from_secs(5),
+        "nxd did not log ending the fast-path call",
+    );
 }
 
 /// Attacker s12 M1 (medium): a LISTENing session left idle in a transaction (after `SET

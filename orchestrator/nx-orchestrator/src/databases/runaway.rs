@@ -136,7 +136,8 @@ pub struct TenantBackend {
     pub pid: i32,
     /// Its role: `nx_*` (a sandbox's) or `nxb_*` (a preview branch's).
     pub role: String,
-    /// How long its statement has run, in seconds (0 while it is idle).
+    /// How long its statement, or its fast-path function call, has run, in seconds (0 while
+    /// it is idle).
     pub running_secs: f64,
     /// How long it has sat idle in a transaction, in seconds (0 while it is not).
     pub idle_in_transaction_secs: f64,
@@ -274,6 +275,13 @@ impl Databases {
     /// statements, temp buffers) stays in its process (attacker s12 H1: idle sessions were
     /// not looked at, and one tenant's took the cluster to its `MemoryMax`).
     ///
+    /// A backend runs in two of `pg_stat_activity.state`'s values (PostgreSQL 15's
+    /// "pg_stat_activity View"): `active` (a statement, since `query_start`) and `fastpath
+    /// function call` (the protocol's FunctionCall message: libpq's `PQfn`, which its
+    /// large-object calls use; since `state_change`, as a fast-path call leaves `query_start`
+    /// at the previous statement's). Attacker s13 M8: a fast-path `pg_sleep` was read as idle
+    /// and ran 321 s past the 300 s bound.
+    ///
     /// # Errors
     /// The query's.
     pub async fn tenant_backends(&self) -> Result<Vec<TenantBackend>, DbError> {
@@ -289,6 +297,8 @@ impl Databases {
              SELECT pid, usename::text, \
                     CASE WHEN state = 'active' AND query_start IS NOT NULL \
                          THEN extract(epoch FROM clock_timestamp() - query_start)::float8 \
+                         WHEN state = 'fastpath function call' \
+                         THEN extract(epoch FROM clock_timestamp() - state_change)::float8 \
                          ELSE 0 END, \
                     CASE WHEN state LIKE 'idle in transaction%' \
                          THEN extract(epoch FROM clock_timestamp() - state_change)::float8 \
