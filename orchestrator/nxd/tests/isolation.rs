@@ -37,8 +37,24 @@ fn a_deployment_sees_nothing_of_the_host_or_its_neighbours() {
     );
     let (_, usr) = get("/ls?path=/usr/share");
     assert_eq!(usr, r#"["ca-certificates","zoneinfo"]"#);
+    // Its /etc: its own passwd, group, resolv.conf and hosts (a link into nx-sandbox), and of
+    // the host's files only those a program reads at start, where the host has them.
     let (_, etc) = get("/ls?path=/etc");
-    assert!(!etc.contains("shadow"), "{etc}");
+    let etc: Vec<String> = serde_json::from_str(&etc).unwrap();
+    let mut expected: Vec<String> = ["passwd", "group", "resolv.conf", "hosts", "nx-sandbox"]
+        .map(String::from)
+        .into();
+    for file in nx_orchestrator::backend::host_files::HOST_FILES {
+        if let Some(name) = file.strip_prefix("/etc/").and_then(|f| f.split('/').next()) {
+            if std::path::Path::new(file).exists() && !expected.iter().any(|e| e == name) {
+                expected.push(name.to_owned());
+            }
+        }
+    }
+    expected.sort();
+    assert_eq!(etc, expected);
+    let (status, hosts) = get("/read?path=/etc/hosts");
+    assert_eq!(status, 200, "{hosts}");
     // Its own passwd: root, itself and nobody; none of the host's users.
     let (_, passwd) = get("/read?path=/etc/passwd");
     let users: Vec<&str> = passwd

@@ -53,14 +53,79 @@ pub fn identity(uid: u32) -> [(&'static str, String); 2] {
     [("passwd", passwd), ("group", group)]
 }
 
-/// Writes the sandbox's `passwd` and `group` (see [`identity`]) into `dir` (0644) and returns
-/// their paths.
-pub fn write_identity(dir: &Path, uid: u32) -> std::io::Result<[std::path::PathBuf; 2]> {
-    let [(passwd_name, passwd), (group_name, group)] = identity(uid);
-    let paths = [dir.join(passwd_name), dir.join(group_name)];
-    for (path, text) in paths.iter().zip([passwd, group]) {
-        std::fs::write(path, text)?;
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+/// A deployment's `/etc`, laid out in one directory that bubblewrap binds read-only at `/etc`
+/// in one mount: the host's files of [`HOST_FILES`] under `/etc` (hard links, or copies where
+/// the directory is on another filesystem: either way the inode or bytes of the start, as a
+/// bind of a file pins its inode), the sandbox's own `passwd` and `group` ([`identity`]), the
+/// deployment network's `resolv.conf`, `/etc/hosts` as a link into [`crate::services::SANDBOX_DIR`]
+/// (bound over its empty mount point here), and `/etc/ld.so.cache` for a dynamically linked
+/// program. Each bind costs bubblewrap a mount and a read-only remount: one bind per file took
+/// 2.3 ms of a 7.2–7.9 ms bubblewrap start here (session 14, 2 cores, median of 60), the tree's
+/// one bind leaves 4.9–5.9 ms. Host directories under `/etc` (`/etc/ssl/certs`) stay bound on
+/// their own over mount points made in the tree, so updates to them show as before.
+pub struct EtcTree {
+    /// The directory bound at `/etc`.
+    pub dir: std::path::PathBuf,
+    /// Host directories under `/etc` that the sandbox binds on their own (each has its mount
+    /// point in `dir`).
+    pub bound_dirs: Vec<&'static str>,
+}
+
+impl EtcTree {
+    /// Lays out `dir` (replacing what a previous start left there), for a program run as `uid`,
+    /// with `resolv_conf` as its `/etc/resolv.conf` and, when `loader`, the host's
+    /// [`LOADER_FILES`]. Errors: a file that cannot be linked, copied or written into `dir`.
+    pub fn lay_out(
+        dir: std::path::PathBuf,
+        uid: u32,
+        resolv_conf: &Path,
+        loader: bool,
+    ) -> std::io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let mut bound_dirs = Vec::new();
+        let own = ["/etc/hosts", "/etc/resolv.conf"];
+        let host = HOST_FILES
+            .iter()
+            .chain(if loader { LOADER_FILES } else { &[] });
+        for path in host.filter(|p| !own.contains(p)) {
+            let Some(inside) = path.strip_prefix("/etc/") else {
+                continue;
+            };
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_dir() => {
+                    std::fs::create_dir_all(dir.join(inside))?;
+                    bound_dirs.push(*path);
+                }
+                Ok(_) => link_or_copy(&std::fs::canonicalize(path)?, &dir.join(inside))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (name, text) in identity(uid) {
+            let path = dir.join(name);
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        }
+        link_or_copy(resolv_conf, &dir.join("resolv.conf"))?;
+        let sandbox_dir = crate::services::SANDBOX_DIR;
+        let mount_point = sandbox_dir.strip_prefix("/etc/").unwrap_or(sandbox_dir);
+        std::fs::create_dir_all(dir.join(mount_point))?;
+        std::os::unix::fs::symlink(crate::services::HOSTS_LINK, dir.join("hosts"))?;
+        Ok(Self { dir, bound_dirs })
     }
-    Ok(paths)
+}
+
+/// A hard link of `from` at `to`, or a copy where they are on different filesystems (or links
+/// are refused, e.g. `fs.protected_hardlinks`).
+fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
 }

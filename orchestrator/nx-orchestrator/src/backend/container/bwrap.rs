@@ -10,7 +10,7 @@
 
 use super::{DataDir, SandboxNetwork};
 use crate::artifact::verify::Linkage;
-use crate::backend::host_files::{HOST_FILES, LOADER_FILES};
+use crate::backend::host_files::{EtcTree, HOST_FILES, LOADER_FILES};
 use crate::backend::launch::{SANDBOX_ENV_FD, SECCOMP_FIRST_FD};
 use crate::databases::SANDBOX_SOCKET_DIR;
 use nx_artifact::closure::SANDBOX_LIBRARY_DIRS;
@@ -21,9 +21,6 @@ pub const APP_PATH: &str = "/app/main";
 /// Where the data dir appears inside the sandbox.
 pub const DATA_PATH: &str = "/data";
 
-/// Where the resolver configuration appears inside the sandbox: a deployment's names the
-/// gateway (bound over the host's, which `HOST_FILES` binds first).
-const RESOLV_CONF: &str = "/etc/resolv.conf";
 fn push(argv: &mut Vec<String>, items: &[&str]) {
     argv.extend(items.iter().map(|s| s.to_string()));
 }
@@ -55,8 +52,11 @@ pub struct Sandbox<'a> {
     pub network: SandboxNetwork<'a>,
     /// The size of `/tmp` (a tmpfs), in bytes.
     pub tmp_bytes: u64,
-    /// The sandbox's own `/etc/passwd` and `/etc/group` (see `host_files`).
-    pub identity: Option<&'a [PathBuf; 2]>,
+    /// A deployment's `/etc` (its own `passwd`, `group`, `resolv.conf` and `hosts` among the
+    /// host's files), bound in one mount, with its sandbox's hosts directory (`network`'s
+    /// `hosts_dir`) over the tree's mount point; without it (a task's) each of `HOST_FILES`
+    /// present is bound on its own.
+    pub etc: Option<&'a EtcTree>,
     /// Volumes: mounted on the host side by the launcher, bound read-write at their paths.
     pub volumes: &'a [VolumeBind],
 }
@@ -147,44 +147,42 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
             (*argv0).to_owned()
         }
     };
-    let own_hosts = matches!(sandbox.network, SandboxNetwork::Launcher { .. });
-    for file in HOST_FILES {
-        // A deployment's /etc/hosts is its sandbox's (below).
-        if !(own_hosts && *file == "/etc/hosts") {
-            push(&mut argv, &["--ro-bind-try", file, file]);
-        }
-    }
-    if let Some(files) = sandbox.identity {
-        for (file, inside) in files.iter().zip(["/etc/passwd", "/etc/group"]) {
+    match sandbox.etc {
+        Some(tree) => {
             push(
                 &mut argv,
-                &["--ro-bind", &file.display().to_string(), inside],
+                &["--ro-bind", &tree.dir.display().to_string(), "/etc"],
             );
+            for dir in &tree.bound_dirs {
+                push(&mut argv, &["--ro-bind-try", dir, dir]);
+            }
+            for file in HOST_FILES.iter().filter(|f| !f.starts_with("/etc/")) {
+                push(&mut argv, &["--ro-bind-try", file, file]);
+            }
+            if let SandboxNetwork::Launcher { hosts_dir, .. } = sandbox.network {
+                // Its mount point and the /etc/hosts link into it are in the tree.
+                let hosts = hosts_dir.display().to_string();
+                push(
+                    &mut argv,
+                    &["--ro-bind", &hosts, crate::services::SANDBOX_DIR],
+                );
+            }
         }
-    }
-    if let SandboxNetwork::Launcher {
-        resolv_conf,
-        hosts_dir,
-    } = sandbox.network
-    {
-        let source = resolv_conf.display().to_string();
-        push(&mut argv, &["--ro-bind", &source, RESOLV_CONF]);
-        let hosts = hosts_dir.display().to_string();
-        push(
-            &mut argv,
-            &[
-                "--ro-bind",
-                &hosts,
-                crate::services::SANDBOX_DIR,
-                "--symlink",
-                crate::services::HOSTS_LINK,
-                "/etc/hosts",
-            ],
-        );
+        None => {
+            for file in HOST_FILES {
+                push(&mut argv, &["--ro-bind-try", file, file]);
+            }
+        }
     }
     if let Linkage::Dynamic { interpreter } = sandbox.linkage {
         push(&mut argv, &["--ro-bind", interpreter, interpreter]);
-        for dir in SANDBOX_LIBRARY_DIRS.iter().chain(LOADER_FILES) {
+        // A tree holds the loader's files.
+        let loader: &[&str] = if sandbox.etc.is_some() {
+            &[]
+        } else {
+            LOADER_FILES
+        };
+        for dir in SANDBOX_LIBRARY_DIRS.iter().chain(loader) {
             push(&mut argv, &["--ro-bind-try", dir, dir]);
         }
     }

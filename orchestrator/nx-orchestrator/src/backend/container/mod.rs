@@ -11,6 +11,7 @@ pub mod podman;
 pub mod seccomp;
 
 use super::data_disk::{DataTemplates, VolumeDisk};
+use super::host_files::EtcTree;
 use super::tmp_mount::TmpMount;
 use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
@@ -126,7 +127,6 @@ impl SandboxBackend for ContainerBackend {
             path: &data,
             read_only: limits.disk_mb == 0,
         };
-        let identity = super::host_files::write_identity(&handle.dir, uid)?;
         let disks: Vec<VolumeDisk> = spec
             .volumes
             .iter()
@@ -153,18 +153,27 @@ impl SandboxBackend for ContainerBackend {
             resolv_conf: &self.resolv_conf,
             hosts_dir: &hosts_dir,
         };
+        let etc = match &spec.program {
+            Program::Image { .. } => None,
+            program => Some(EtcTree::lay_out(
+                handle.dir.join("etc"),
+                uid,
+                &self.resolv_conf,
+                matches!(bwrap_app(program).1, Linkage::Dynamic { .. }),
+            )?),
+        };
         let mut launch = match &spec.program {
             Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
                 argv: bwrap::command(&Sandbox {
                     hostname,
                     app: bwrap_app(&spec.program).0,
                     linkage: bwrap_app(&spec.program).1,
+                    etc: etc.as_ref(),
                     args: &spec.args,
                     data_dir: Some(data_dir),
                     database_socket: socket,
                     network,
                     tmp_bytes: limits.tmp_mb << 20,
-                    identity: Some(&identity),
                     volumes: &binds,
                 }),
                 sandbox_env: spec.env.clone(),
@@ -345,7 +354,7 @@ pub fn task_command(program: &Program, args: &[String], tmp_bytes: u64) -> Vec<S
         database_socket: None,
         network: SandboxNetwork::Loopback,
         tmp_bytes,
-        identity: None,
+        etc: None,
         volumes: &[],
     })
 }
