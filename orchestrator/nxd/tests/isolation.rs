@@ -55,6 +55,10 @@ fn a_deployment_sees_nothing_of_the_host_or_its_neighbours() {
     assert_eq!(etc, expected);
     let (status, hosts) = get("/read?path=/etc/hosts");
     assert_eq!(status, 200, "{hosts}");
+    // ... and read-only (bubblewrap's root tmpfs, where /etc was made, is the program's).
+    let (status, said) = get("/write?name=../etc/mine");
+    assert_eq!(status, 500, "{said}");
+    assert!(said.contains("Read-only file system"), "{said}");
     // Its own passwd: root, itself and nobody; none of the host's users.
     let (_, passwd) = get("/read?path=/etc/passwd");
     let users: Vec<&str> = passwd
