@@ -112,11 +112,15 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
     if let SandboxNetwork::Loopback = sandbox.network {
         argv.push("--unshare-net".into());
     }
+    // /dev/shm (POSIX shared memory, shm_overview(7)) is a tmpfs of the same size as /tmp: in
+    // bubblewrap's /dev it was a directory of /dev's tmpfs, which has no size (attacker s13 L4:
+    // 200 MiB there beside a 16 MiB /tmp).
     let tmp_bytes = sandbox.tmp_bytes.to_string();
     push(
         &mut argv,
         &[
-            "--proc", "/proc", "--dev", "/dev", "--size", &tmp_bytes, "--tmpfs", "/tmp",
+            "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", &tmp_bytes, "--tmpfs",
+            "/dev/shm", "--size", &tmp_bytes, "--tmpfs", "/tmp",
         ],
     );
     // bwrap execs with execvp(3): a bundle's entry is found through PATH (ARGV0_DIR), so
