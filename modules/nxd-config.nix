@@ -78,6 +78,7 @@ withoutNulls {
     connection_limit_percent = cfg.databases.connectionLimitPercent;
     statement_timeout_secs = cfg.databases.statementTimeoutSecs;
     idle_in_transaction_timeout_secs = cfg.databases.idleInTransactionTimeoutSecs;
+    restore_timeout_secs = cfg.databases.restoreTimeoutSecs;
     temp_file_limit_mb = cfg.databases.tempFileLimitMb;
     backend_memory_max_mb = cfg.databases.backendMemoryMaxMb;
     sandbox_memory_max_mb = cfg.databases.sandboxMemoryMaxMb;

@@ -71,6 +71,7 @@
     connectionLimitPercent = 25;
     statementTimeoutSecs = 300;
     idleInTransactionTimeoutSecs = 60;
+    restoreTimeoutSecs = 600;
     tempFileLimitMb = 2048;
     backendMemoryMaxMb = 1024;
     sandboxMemoryMaxMb = 1536;

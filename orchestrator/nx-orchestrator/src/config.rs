@@ -361,6 +361,12 @@ pub struct DatabasesConfig {
     /// `idle_in_transaction_session_timeout` of sandbox roles, in seconds; 0: none. A session
     /// may lift it (`SET`); nxd's runaway watch ends one idle in a transaction past it anyway.
     pub idle_in_transaction_timeout_secs: u64,
+    /// The longest nxd's restore of a dump may run (`nx db restore`, and a `--db-branch` copy
+    /// of production through pg_dump | pg_restore), in seconds: past it the restore's session
+    /// is ended and the restore fails, nothing swapped. The dump's SQL is its tenant's (a CHECK
+    /// constraint's or a default's function may sleep) and that session has no statement
+    /// timeout, since a restore takes as long as its data. 0: none.
+    pub restore_timeout_secs: u64,
     /// `temp_file_limit` of sandbox roles, in MiB: the temporary files one session may hold
     /// (sorts and hashes past `work_mem`); superuser-only, so a role cannot lift it. 0: none.
     pub temp_file_limit_mb: u64,
@@ -409,6 +415,7 @@ impl Default for DatabasesConfig {
             connection_limit_percent: 25,
             statement_timeout_secs: 300,
             idle_in_transaction_timeout_secs: 60,
+            restore_timeout_secs: 600,
             temp_file_limit_mb: 2048,
             backend_memory_max_mb: 1024,
             sandbox_memory_max_mb: 1536,

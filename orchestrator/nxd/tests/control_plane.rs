@@ -980,23 +980,18 @@ fn manager_stop_leaves_no_shared_memory_segment_of_the_embedded_postgresql() {
 /// running then (nothing ended it).
 fn psql_within_a_minute(url: &str, sql: &str) -> (Duration, String) {
     let started = Instant::now();
-    let mut child = Command::new("psql")
+    let child = Command::new("psql")
         .arg(url)
         .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("{sql}: still running after 60 s, nothing ended it");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (started.elapsed(), stderr)
+    let out = output_within(child, Duration::from_secs(60), sql);
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Creates `sandbox`; its database's URL (`nx db url`).
@@ -1348,6 +1343,98 @@ fn a_restore_whose_dump_fills_the_lock_table_is_ended_and_nothing_is_swapped() {
         psql_url(&alpha, "SELECT count(*) FROM t"),
         (true, "61\n".to_owned())
     );
+}
+
+/// Waits for `child` (its outputs piped) to end, given `within`: its output. Panics when it
+/// still runs then (nothing ended it), naming `what`.
+fn output_within(
+    mut child: std::process::Child,
+    within: Duration,
+    what: &str,
+) -> std::process::Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > within {
+            let _ = child.kill();
+            panic!("{what} still ran after {within:?}: nothing ended it");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Attacker s13 C3 (critical), its time half: nxd's own restore session runs the dump's SQL
+/// with no statement time bound (a restore takes as long as its data), and a dump whose CHECK
+/// constraint slept held it for as long as it said (a day with `pg_sleep(86400)`). A restore,
+/// and a `--db-branch` copy of production, past `databases.restore_timeout_secs` fail saying
+/// so: the session ended, nothing swapped, no scratch or branch database left.
+#[test]
+fn a_restore_whose_dump_sleeps_fails_at_its_time_bound_and_nothing_is_swapped() {
+    let host = Host::start_with("[databases]\nrestore_timeout_secs = 5\n");
+    let alpha = sandbox_db_url(&host, "alpha");
+    let (ok, out) = psql_url(
+        &alpha,
+        "CREATE FUNCTION slow(n int) RETURNS boolean LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF current_database() LIKE 'nxr\\_%' OR current_database() LIKE 'nxb\\_%' \
+           THEN PERFORM pg_sleep(600); END IF; \
+           RETURN true; \
+         END $$; \
+         CREATE TABLE t (n int CHECK (slow(n))); INSERT INTO t VALUES (1)",
+    );
+    assert!(ok, "{out}");
+    let scratch_left = || {
+        superuser(
+            &host,
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'nxr\\_%' OR datname LIKE 'nxb\\_%'",
+        )
+    };
+    let started = Instant::now();
+    let restore = backup_and_restore(&host, "alpha", "sleeper.dump");
+    let restored = output_within(restore, Duration::from_secs(60), "the restore");
+    let stderr = String::from_utf8_lossy(&restored.stderr);
+    assert!(
+        !restored.status.success() && stderr.contains("databases.restore_timeout_secs (5 s)"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        psql_url(&alpha, "SELECT count(*) FROM t"),
+        (true, "1\n".to_owned())
+    );
+    assert_eq!(scratch_left(), "0");
+
+    // A branch copied through pg_dump | pg_restore (production has an open session).
+    let session = psql_session(&alpha);
+    let sample = nx_testkit::sample_app();
+    let push = host
+        .nx_command(
+            &host.token,
+            &[
+                "push",
+                sample.to_str().unwrap(),
+                "--sandbox",
+                "alpha",
+                "--db-branch",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pushed = output_within(push, Duration::from_secs(60), "the push's branch copy");
+    let stderr = String::from_utf8_lossy(&pushed.stderr);
+    assert!(
+        !pushed.status.success() && stderr.contains("databases.restore_timeout_secs (5 s)"),
+        "{stderr}"
+    );
+    assert_eq!(scratch_left(), "0");
+    close_sessions(vec![session]);
 }
 
 /// Attacker s13 H8 (high): `SET force_parallel_mode = on` (any role may) moved a whole sort

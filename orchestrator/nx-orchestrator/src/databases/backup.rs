@@ -14,6 +14,7 @@ use crate::supervisor::UnitSpec;
 pub use nx_api::{BackupInfo, RestoreInfo};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 use tokio::process::Command;
 
 /// The units pg_dump and pg_restore run in.
@@ -152,8 +153,12 @@ async fn dump_to(dbs: &Databases, database: &str, file: &Path) -> Result<(), DbE
 /// goes with the other `nxdb-*` leftovers at start), never a superuser's: pg_restore runs the
 /// dump's SQL as written, and a superuser session with `--role` is undone by a `RESET ROLE` in
 /// it (pg_dump(1): a dump from an untrusted source must not be restored by a superuser).
-/// The runaway watch holds that one session to the memory bounds only ([`super::runaway`]).
-/// Errors: the password file's, or pg_restore's (the dump's first failing statement).
+/// The runaway watch holds that one session to the memory and lock bounds only
+/// ([`super::runaway`]); its time is held here to `databases.restore_timeout_secs`: past it,
+/// the sessions in `database` are ended, and pg_restore fails at its next statement
+/// (attacker s13 C3: a dump's CHECK constraint slept, for as long as it said, in nxd's session).
+/// Errors: the password file's, pg_restore's (the dump's first failing statement), or
+/// [`DbError::RestoreTimeout`].
 async fn restore_into(
     dbs: &Databases,
     file: &Path,
@@ -169,7 +174,7 @@ async fn restore_into(
         passfile.path(),
         format!("*:*:*:{role}:{}\n", dbs.password(role)?),
     )?;
-    dbs.run_unit(
+    let restore = dbs.run_unit(
         "pg_restore",
         vec![
             "--no-owner".into(),
@@ -182,8 +187,27 @@ async fn restore_into(
             ),
             file.display().to_string(),
         ],
-    )
-    .await
+    );
+    let secs = dbs.restore_timeout_secs;
+    if secs == 0 {
+        return restore.await;
+    }
+    tokio::pin!(restore);
+    if let Ok(done) = tokio::time::timeout(Duration::from_secs(secs), &mut restore).await {
+        return done;
+    }
+    tracing::warn!(
+        %database,
+        secs,
+        "a restore ran past databases.restore_timeout_secs: ending its session"
+    );
+    if let Err(e) = dbs.end_sessions_in(database).await {
+        // A full lock table: the runaway watch ends the session by signal.
+        tracing::warn!(%database, error = %e, "the restore's session was not ended yet");
+    }
+    // pg_restore fails at its next statement, and its unit is stopped.
+    let _ = restore.await;
+    Err(DbError::RestoreTimeout { secs })
 }
 
 impl Databases {
@@ -216,6 +240,17 @@ impl Databases {
                 other => return other.map(|()| previous),
             }
         }
+    }
+
+    /// Ends every session in `database` (`pg_terminate_backend`, waiting up to 5 s for each).
+    async fn end_sessions_in(&self, database: &str) -> Result<(), DbError> {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(database)
+        .execute(&self.admin)
+        .await?;
+        Ok(())
     }
 
     async fn swap_once(

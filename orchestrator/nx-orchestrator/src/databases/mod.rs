@@ -64,6 +64,9 @@ pub enum DbError {
     #[error("sandbox database disk: {0}")]
     Disk(String),
     /// A restore or a branch copy ran out of room on the sandbox's database disk.
+    /// A restore or a branch copy ran past `databases.restore_timeout_secs`.
+    #[error("restoring the dump (`nx db restore`, or a `--db-branch` copy of production) ran past databases.restore_timeout_secs ({secs} s), and its session was ended: the dump's own SQL (a function in a CHECK constraint, a default or an index expression) may sleep or loop; restore a dump without it, or ask the host's operator for a larger databases.restore_timeout_secs; nothing was changed")]
+    RestoreTimeout { secs: u64 },
     #[error("sandbox {sandbox}'s databases filled their disk ({size_mb} MiB, databases.max_size_mb; `nx db url {sandbox} --json` shows it): drop tables or databases it no longer needs (those restores and swaps kept, nxo_*), or ask the host's operator for a larger databases.max_size_mb; nothing was changed")]
     DiskFull { sandbox: String, size_mb: u64 },
 }
@@ -164,6 +167,8 @@ pub struct Databases {
     idents: SandboxIdents,
     backups: PathBuf,
     retention: usize,
+    /// `databases.restore_timeout_secs`.
+    restore_timeout_secs: u64,
     /// One provisioning at a time: two first pushes to a new sandbox would both create its role.
     provisioning: tokio::sync::Mutex<()>,
     /// Each sandbox's own socket in front of the cluster's (see [`gate`]).
@@ -308,6 +313,7 @@ impl Databases {
             idents,
             backups,
             retention: config.backup_retention,
+            restore_timeout_secs: config.restore_timeout_secs,
             provisioning: tokio::sync::Mutex::new(()),
             gates,
             backend_memory_max_mb: config.backend_memory_max_mb,
@@ -728,9 +734,13 @@ impl Databases {
                     tablespace: &tablespace,
                 };
                 self.create_database(&name, &name, contents).await?;
-                backup::copy(self, &production.database, &name, &name)
-                    .await
-                    .map_err(|e| self.disk_full(sandbox, e))?;
+                if let Err(e) = backup::copy(self, &production.database, &name, &name).await {
+                    // No half-made copy is left, nor its role.
+                    if let Err(dropped) = self.drop_branch_role(&name).await {
+                        tracing::warn!(branch = %name, error = %dropped, "a failed branch copy is left until nxd's next start");
+                    }
+                    return Err(self.disk_full(sandbox, e));
+                }
                 BranchMethod::DumpRestore
             }
             Err(e) => return Err(self.disk_full(sandbox, e)),

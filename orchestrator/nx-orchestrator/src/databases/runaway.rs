@@ -13,7 +13,8 @@
 //! (each under its bound) reach the cluster unit's `MemoryMax`, where the kernel kills a
 //! backend and PostgreSQL restarts every session of every tenant (attacker s10 F6).
 //! The one session of nxd's own pg_restore (into a restore's scratch database, or a branch's
-//! copy) has no statement time bound, since a restore takes as long as its data, but is held
+//! copy) has no statement time bound, since a restore takes as long as its data (the restore
+//! as a whole is held to `databases.restore_timeout_secs`, by the restore itself), but is held
 //! to the memory bounds and to the tenants' share of the lock table ([`lock_hogs`]): it runs
 //! the dump's SQL, which its tenant wrote. It runs as the
 //! sandbox's role, so it is told apart by what no other session of the role can have: it is
