@@ -663,6 +663,25 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The loop devices attached now, one line each: the device and its file
+/// (`losetup --list --noheadings -O NAME,BACK-FILE`, losetup(8); a deleted file ends
+/// ` (deleted)`). Panics if losetup fails.
+pub fn loop_devices() -> Vec<String> {
+    let out = Command::new("losetup")
+        .args(["--list", "--noheadings", "-O", "NAME,BACK-FILE"])
+        .output()
+        .expect("running losetup (util-linux)");
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A throwaway plain PostgreSQL cluster (the machine's `initdb` and `postgres`, run as the
 /// `postgres` user), on a socket in a temp dir and, when asked, on 127.0.0.1:`tcp_port`.
 pub struct ThrowawayPostgres {

@@ -232,6 +232,97 @@ fn full_data_and_tmp_are_enospc_and_the_program_keeps_serving() {
     assert_eq!(std::fs::metadata(image).unwrap().len(), 64 << 20);
 }
 
+/// The loop devices (losetup(8): NAME and BACK-FILE) attached to a file of deployment `id`'s
+/// directory, a deleted one included. Matched on `/deployments/<id>/` alone: once the unit's
+/// mount namespace is gone, the kernel names a device's file from the root of the filesystem
+/// that holds it (`/deployments/<id>/data.img` for a test host's state dir), not the host's.
+fn loop_devices_of(id: &str) -> Vec<String> {
+    let dir = format!("/deployments/{id}/");
+    nx_testkit::loop_devices()
+        .into_iter()
+        .filter(|l| l.contains(&dir))
+        .collect()
+}
+
+/// Waits up to 5 s for the loop devices of deployment `id` to go (the kernel detaches them
+/// once its unit's mount namespace and the mount in it are gone); returns those left.
+fn loop_devices_left(id: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = loop_devices_of(id);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The launcher attaches /data's image to a loop device itself (LOOP_CTL_GET_FREE,
+/// LOOP_CONFIGURE with autoclear): deployments started at once each get a device of their own
+/// (two launchers may be named the same free one), and none is left attached after `nx stop`
+/// or `nx rm`.
+#[test]
+fn each_data_image_has_its_own_loop_device_and_none_stays_after_stop_or_rm() {
+    let host = Host::start();
+    let ids: Vec<String> = (0..3)
+        .map(|_| host.push_sample("loops", &["--disk", "32"]))
+        .collect();
+    for id in &ids {
+        let devices = loop_devices_of(id);
+        assert_eq!(devices.len(), 1, "{id}: {devices:?}");
+        assert!(devices[0].ends_with("/data.img"), "{devices:?}");
+        host.nx_json(&["stop", id]);
+        assert_eq!(
+            loop_devices_left(id),
+            Vec::<String>::new(),
+            "{id} after nx stop"
+        );
+    }
+    // Started together, their launchers ask for a free device at about the same time.
+    let starts: Vec<_> = std::thread::scope(|s| {
+        let starting: Vec<_> = ids
+            .iter()
+            .map(|id| s.spawn(|| host.nx(&["start", id])))
+            .collect();
+        starting.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for (id, start) in ids.iter().zip(&starts) {
+        assert!(start.ok, "nx start {id}: {}{}", start.stdout, start.stderr);
+    }
+    let mut devices = Vec::new();
+    for id in &ids {
+        let (status, body) = host.get(&host.preview_host("loops", id), "/fill?dir=/data&mb=1");
+        assert_eq!(status, 200, "{body}");
+        let fill: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(fill["written_bytes"], 1 << 20, "{id}: {fill}");
+        assert!(fill["error"].is_null(), "{id}: {fill}");
+        let of_it = loop_devices_of(id);
+        assert_eq!(of_it.len(), 1, "{id}: {of_it:?}");
+        devices.push(of_it[0].split_whitespace().next().unwrap().to_owned());
+    }
+    devices.sort();
+    devices.dedup();
+    assert_eq!(
+        devices.len(),
+        ids.len(),
+        "one device for two images: {devices:?}"
+    );
+    host.nx_json(&["stop", &ids[0]]);
+    assert_eq!(
+        loop_devices_left(&ids[0]),
+        Vec::<String>::new(),
+        "after nx stop"
+    );
+    for id in &ids[1..] {
+        host.nx_json(&["rm", id]);
+        assert_eq!(
+            loop_devices_left(id),
+            Vec::<String>::new(),
+            "{id} after nx rm"
+        );
+    }
+}
+
 /// Attacker s8 F2: `--disk 0` gave `/data` as a plain directory on the host's disk, with no
 /// bound; a `/data` larger than the host's free space was accepted (4 TiB with 29 GB free).
 /// Now 0 is no `/data` to write (read-only: nothing reaches the host's disk), and a size or a

@@ -609,14 +609,9 @@ fn loop_devices_on_deleted_files(host: &Host) -> Vec<String> {
     let state = host.state_dir.path().display().to_string();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let out = std::process::Command::new("losetup")
-            .args(["--list", "--noheadings", "-O", "NAME,BACK-FILE"])
-            .output()
-            .unwrap();
-        let leaked: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
+        let leaked: Vec<String> = nx_testkit::loop_devices()
+            .into_iter()
             .filter(|l| l.contains(&state) && l.contains("(deleted)"))
-            .map(str::to_owned)
             .collect();
         if leaked.is_empty() || std::time::Instant::now() > deadline {
             return leaked;

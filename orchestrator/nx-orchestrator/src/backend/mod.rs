@@ -16,6 +16,8 @@ pub mod launch;
 pub mod launch_times;
 #[cfg(target_os = "linux")]
 pub mod launcher;
+#[cfg(target_os = "linux")]
+mod loop_device;
 #[cfg(feature = "microvm")]
 pub mod microvm;
 #[cfg(target_os = "linux")]
