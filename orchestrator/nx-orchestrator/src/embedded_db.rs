@@ -229,16 +229,7 @@ pub async fn ensure(
         use sqlx::Connection;
         let connected = sqlx::PgConnection::connect(&url).await;
         if let Err(e) = &connected {
-            if refused_for_shared_memory(e) {
-                let pids = supervisor.unit_pids(UNIT).await?;
-                let ended = end_tenant_sessions(&pids);
-                if ended > 0 {
-                    tracing::warn!(
-                        ended,
-                        "PostgreSQL refuses nxd's connections for lack of shared memory (a tenant's locks can fill its lock table): ended every tenant's session (SIGTERM) to reach it"
-                    );
-                }
-            }
+            end_tenant_sessions_if_refused(supervisor, e).await?;
         }
         if let Ok(mut conn) = connected {
             // An adopted cluster picks up the authentication files written above.
@@ -376,6 +367,32 @@ fn refused_for_shared_memory(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .and_then(|e| e.code())
         .is_some_and(|code| code == "53200")
+}
+
+/// When `e` (nxd's connection to the embedded cluster, or a query on it) is PostgreSQL
+/// refusing for lack of shared memory: ends every tenant's session of the cluster by signal
+/// ([`end_tenant_sessions`]) and logs it, so that nxd reaches it again; how many were ended
+/// (0 for any other error). Used at start and by the runaway watch, whose own connection may
+/// have been lost while a tenant's locks filled the table (attacker s13 H7).
+///
+/// # Errors
+/// The manager's, listing the cluster's processes.
+pub(crate) async fn end_tenant_sessions_if_refused(
+    supervisor: &Supervisor,
+    e: &sqlx::Error,
+) -> Result<usize, EmbeddedDbError> {
+    if !refused_for_shared_memory(e) {
+        return Ok(0);
+    }
+    let pids = supervisor.unit_pids(UNIT).await?;
+    let ended = end_tenant_sessions(&pids);
+    if ended > 0 {
+        tracing::warn!(
+            ended,
+            "PostgreSQL refuses nxd's connections for lack of shared memory (a tenant's locks can fill its lock table): ended every tenant's session (SIGTERM) to reach it"
+        );
+    }
+    Ok(ended)
 }
 
 /// Sends SIGTERM (PostgreSQL's "terminate the session", as `pg_terminate_backend`) to every

@@ -3,7 +3,7 @@
 //! reserves of the sandboxes' database disks are freed or kept (see `databases::disk`).
 
 use crate::databases::disk::ReserveChange;
-use crate::databases::{ident, runaway};
+use crate::databases::{ident, runaway, DbError};
 use crate::error::Error;
 use crate::{embedded_db, Orchestrator};
 use std::collections::HashMap;
@@ -37,8 +37,15 @@ impl Orchestrator {
     /// One look: ends every tenant backend past its bounds.
     async fn end_runaway_backends(&self) -> Result<(), Error> {
         // First, and by reading functions only: while the shared lock table is full, every
-        // other query here fails.
-        let holders = self.databases.lock_holders().await?;
+        // other query here fails. Without a connection to read on (the table filled while the
+        // pool's was lost: PostgreSQL refuses a new one), every tenant's session is ended.
+        let holders = match self.databases.lock_holders().await {
+            Err(DbError::Sql(e)) if self.embedded_db => {
+                embedded_db::end_tenant_sessions_if_refused(&self.supervisor, &e).await?;
+                return Err(DbError::Sql(e).into());
+            }
+            other => other?,
+        };
         let hogs = runaway::lock_hogs(&holders, self.databases.tenants_locks_max());
         for (hog, overrun) in hogs {
             if self.end_lock_hog(hog.pid).await? {

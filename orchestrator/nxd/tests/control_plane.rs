@@ -1191,36 +1191,89 @@ fn a_session_filling_the_lock_table_is_ended_and_every_other_database_goes_on() 
 /// starting ("did not accept connections within 30 s"), and so from ending the session, for
 /// as long as the session stayed. nxd, refused so at its start, ends the tenants' sessions by
 /// signal and starts.
-#[test]
-fn nxd_starts_while_a_tenants_session_fills_the_lock_table_and_ends_it() {
-    let mut host = Host::start();
-    let alpha = sandbox_db_url(&host, "alpha");
-    host.stop_nxd();
-    let mut hog = psql_session(&alpha);
+/// A session of `url`'s role (a [`psql_session`], with its standard input) that fills the
+/// shared lock table with advisory locks, once a new session of the role is refused "out of
+/// shared memory". For while nxd cannot end it (stopped), since it would.
+fn lock_table_filled_by(url: &str) -> (std::process::Child, std::process::ChildStdin) {
+    let mut hog = psql_session(url);
     let mut stdin = hog.stdin.take().unwrap();
     stdin
         .write_all(b"SELECT count(pg_advisory_lock(g)) FROM generate_series(1, 100000) g;\n")
         .unwrap();
     stdin.flush().unwrap();
-    // Full: a new session of the tenant's is refused.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let refused = || {
         let probe = Command::new("psql")
-            .arg(&alpha)
+            .arg(url)
             .args(["-Atc", "SELECT 1"])
             .output()
             .unwrap();
-        if String::from_utf8_lossy(&probe.stderr).contains("out of shared memory") {
-            break;
-        }
+        String::from_utf8_lossy(&probe.stderr).contains("out of shared memory")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !refused() {
         assert!(Instant::now() < deadline, "the lock table did not fill");
         std::thread::sleep(Duration::from_millis(200));
     }
+    (hog, stdin)
+}
+
+#[test]
+fn nxd_starts_while_a_tenants_session_fills_the_lock_table_and_ends_it() {
+    let mut host = Host::start();
+    let alpha = sandbox_db_url(&host, "alpha");
+    host.stop_nxd();
+    let (hog, stdin) = lock_table_filled_by(&alpha);
     host.start_nxd();
     assert!(
         host.nxd_log().contains("ended every tenant's session"),
         "{}",
         host.nxd_log()
+    );
+    assert_session_was_ended(hog, stdin);
+    let id = host.push_sample("alpha", &[]);
+    assert_eq!(host.get(&host.preview_host("alpha", &id), "/").0, 200);
+}
+
+/// Attacker s13 H7 (high), its second half: the runaway watch reads on nxd's pool of
+/// connections, and one lost while a tenant's locks filled the lock table could not be
+/// replaced (PostgreSQL refuses every new connection "out of shared memory"): nothing ended
+/// the hog. The pool keeps its connections (sqlx replaced each after 30 min), and a watch
+/// refused a connection ends every tenant's session by signal, as nxd's start does. Here
+/// nxd's connections are ended while nxd is stopped (SIGSTOP) and the table is full.
+#[test]
+fn the_watch_ends_a_lock_table_hog_after_losing_its_connections_while_the_table_is_full() {
+    let host = Host::start();
+    let alpha = sandbox_db_url(&host, "alpha");
+    let signal = |signal: &str, pid: u32| {
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    };
+    signal("-STOP", host.nxd_pid());
+    let (hog, stdin) = lock_table_filled_by(&alpha);
+    // nxd's own sessions: the cluster's client backends of its user, `postgres`.
+    let pids = with_manager(&host, async |s| {
+        s.unit_pids("nx-postgres.service").await.unwrap()
+    });
+    let nxds: Vec<u32> = pids
+        .into_iter()
+        .filter(|pid| {
+            let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let title = String::from_utf8_lossy(&title);
+            title.starts_with("postgres: postgres ") && title.contains("[local]")
+        })
+        .collect();
+    assert!(!nxds.is_empty(), "nxd holds no connection to the cluster");
+    for pid in nxds {
+        signal("-TERM", pid);
+    }
+    signal("-CONT", host.nxd_pid());
+    host.wait_for_log_line(
+        |l| l.contains("ended every tenant's session"),
+        Duration::from_secs(30),
+        "the watch did not end the tenants' sessions while it could not connect",
     );
     assert_session_was_ended(hog, stdin);
     let id = host.push_sample("alpha", &[]);

@@ -236,6 +236,19 @@ fn with_database(admin_url: &str, database: &str) -> String {
     }
 }
 
+/// nxd's pool of superuser connections to the cluster (4), on which the runaway watch reads
+/// and ends tenants' sessions: two kept open, and none closed for its age or idleness
+/// (sqlx's defaults replace one after 30 min and close idle ones after 10): while a tenant's
+/// locks fill the shared lock table PostgreSQL refuses every new connection, so a connection
+/// replaced then is the watch's way in lost (attacker s13 H7).
+fn admin_pool() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .min_connections(2)
+        .max_lifetime(None)
+        .idle_timeout(None)
+}
+
 impl Databases {
     /// Connects to the cluster at `admin_url` (its socket in `socket_dir`) and makes sure the
     /// gate process runs in front of it, run by the installed `launcher` as
@@ -250,10 +263,7 @@ impl Databases {
         launcher: PathBuf,
         log_keep: u32,
     ) -> Result<Self, DbError> {
-        let admin = PgPoolOptions::new()
-            .max_connections(4)
-            .connect(admin_url)
-            .await?;
+        let admin = admin_pool().connect(admin_url).await?;
         // Tenants' roles reach neither the maintenance databases nor the admin connection's.
         let own: String = sqlx::query_scalar("SELECT current_database()::text")
             .fetch_one(&admin)
@@ -921,7 +931,17 @@ impl Databases {
 
 #[cfg(test)]
 mod tests {
-    use super::{with_database, DatabasesConfig, RolePolicy};
+    use super::{admin_pool, with_database, DatabasesConfig, RolePolicy};
+
+    #[test]
+    fn the_admin_pool_keeps_its_connections() {
+        let pool = admin_pool();
+        assert_eq!(
+            (pool.get_max_lifetime(), pool.get_idle_timeout()),
+            (None, None)
+        );
+        assert!(pool.get_min_connections() >= 1);
+    }
 
     #[test]
     fn a_role_gets_its_share_of_the_open_slots_and_at_least_one() {
