@@ -230,6 +230,22 @@ impl DataImage {
         templates.copy_to(self.size_mb, &self.image)
     }
 
+    /// In the launcher, as root, once it is in the unit's own mount namespace
+    /// (`own_mount_namespace`): [`DataImage::mount`] begun on a thread of its own, which
+    /// shares that namespace (it is made after it), so that the kernel's part (attaching the
+    /// loop device, ext4 reading its metadata through it: 2 to 13 ms on a loaded host, measured
+    /// with `strace -T` of `mount -o loop`) goes on while the launcher sets up the network.
+    /// Errors: the thread's creation (a task limit reached, as a fork's).
+    #[cfg(target_os = "linux")]
+    pub fn start_mount(&self) -> Result<DataMount, String> {
+        let image = self.clone();
+        std::thread::Builder::new()
+            .name("mount-data".into())
+            .spawn(move || image.mount())
+            .map(DataMount)
+            .map_err(|e| super::spawn_failure::cannot_run("a thread to mount /data", None, &e))
+    }
+
     /// In the launcher, as root, in the unit's own mount namespace (`own_mount_namespace`):
     /// the image attached to a free loop device of its own (`LO_FLAGS_AUTOCLEAR`, so it
     /// detaches when the namespace and its mount go) and mounted on `mountpoint` (created if
@@ -271,6 +287,20 @@ impl DataImage {
             size_bytes: stat.blocks() * block,
             at: Utc::now(),
         })
+    }
+}
+
+/// /data's mount under way on a thread of the launcher ([`DataImage::start_mount`]).
+#[cfg(target_os = "linux")]
+pub struct DataMount(std::thread::JoinHandle<Result<(), String>>);
+
+#[cfg(target_os = "linux")]
+impl DataMount {
+    /// Waits for the mount. Errors: [`DataImage::mount`]'s.
+    pub fn finish(self) -> Result<(), String> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err("the thread mounting /data panicked".into()))
     }
 }
 

@@ -6,8 +6,9 @@
 //! - `launcher`: from nxd's call to start the unit until the launcher runs (systemd's job, its
 //!   fork and exec of the launcher, the dynamic loader);
 //! - `netns`: the deployment's network namespace set up (`network::attach`);
-//! - `mounts`: what the launcher did after that until it runs the sandbox: attach and mount
-//!   `/data`'s image, mount `/tmp` and volumes, set up its monitor;
+//! - `mounts`: what the launcher did after that until it runs the sandbox: wait for `/data`'s
+//!   loop device and mount (begun on a thread before the network), mount `/tmp` and volumes,
+//!   set up its monitor;
 //! - `exec_to_ready`: from the launcher's run of the sandbox (bubblewrap, Podman) until
 //!   readiness's probe succeeded: the sandbox's own setup, the program's start until it
 //!   listens, and the probe's cadence (readiness asks every 2 ms at first).

@@ -254,13 +254,20 @@ pub fn run(spec_path: &Path) -> String {
             return e;
         }
     }
+    // /data's loop device and mount are set up on a thread while the network is: neither
+    // needs the other.
+    let data = match spec.data_image.as_ref().map(|image| image.start_mount()) {
+        Some(Err(e)) => return format!("mounting /data: {e}"),
+        Some(Ok(mount)) => Some(mount),
+        None => None,
+    };
     if let Some(attachment) = &spec.network {
         if let Err(e) = crate::network::attach::enter(attachment) {
             return e.to_string();
         }
     }
     let network_ns = launch_times::now_ns();
-    if let Some(Err(e)) = spec.data_image.as_ref().map(|image| image.mount()) {
+    if let Some(Err(e)) = data.map(|mount| mount.finish()) {
         return format!("mounting /data: {e}");
     }
     if let Some(tmp) = &spec.tmp {
