@@ -184,6 +184,12 @@ fn full_data_and_tmp_are_enospc_and_the_program_keeps_serving() {
         "serves after a full /data"
     );
 
+    // Nothing else is writable: bubblewrap's root and /dev tmpfs have no size (attacker s13 L4).
+    for dir in ["/", "/dev", "/etc"] {
+        let (status, body) = host.get(&preview, &format!("/fill?dir={dir}&mb=1"));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("Read-only file system"), "{dir}: {body}");
+    }
     // /dev/shm is as large as /tmp (attacker s13 L4: it took 200 MiB beside a 16 MiB /tmp).
     for dir in ["/tmp", "/dev/shm"] {
         let tmp = fill(dir, 32);

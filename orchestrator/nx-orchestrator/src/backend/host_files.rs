@@ -54,9 +54,10 @@ pub fn identity(uid: u32) -> [(&'static str, String); 2] {
 }
 
 /// A deployment's `/etc`, laid out in one directory that bubblewrap binds read-only at `/etc`
-/// in one mount: the host's files of [`HOST_FILES`] under `/etc` (hard links, or copies where
-/// the directory is on another filesystem: either way the inode or bytes of the start, as a
-/// bind of a file pins its inode), the sandbox's own `passwd` and `group` ([`identity`]), the
+/// in one mount when nxd starts the deployment (a push, `nx start`; systemd's restart of a
+/// failed program reuses it): the host's regular files of [`HOST_FILES`] under `/etc` (hard
+/// links, which show the host's edits in place but not a file renamed over one, as a bind of a
+/// file pins its inode; copies where the directory is on another filesystem), the sandbox's own `passwd` and `group` ([`identity`]), the
 /// deployment network's `resolv.conf`, `/etc/hosts` as a link into [`crate::services::SANDBOX_DIR`]
 /// (bound over its empty mount point here), and `/etc/ld.so.cache` for a dynamically linked
 /// program. Each bind costs bubblewrap a mount and a read-only remount: one bind per file took
@@ -102,7 +103,11 @@ impl EtcTree {
                     std::fs::create_dir_all(dir.join(inside))?;
                     bound_dirs.push(*path);
                 }
-                Ok(_) => link_or_copy(&std::fs::canonicalize(path)?, &dir.join(inside))?,
+                // Regular files only: a device or a FIFO there is no file to show.
+                Ok(meta) if meta.is_file() => {
+                    link_or_copy(&std::fs::canonicalize(path)?, &dir.join(inside))?
+                }
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
@@ -122,10 +127,17 @@ impl EtcTree {
 }
 
 /// A hard link of `from` at `to`, or a copy where they are on different filesystems (or links
-/// are refused, e.g. `fs.protected_hardlinks`).
+/// are refused, e.g. `fs.protected_hardlinks`). Errors name both paths.
 fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
+    std::fs::hard_link(from, to)
+        .or_else(|_| std::fs::copy(from, to).map(|_| ()))
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("copying {} to {}: {e}", from.display(), to.display()),
+            )
+        })
 }

@@ -114,7 +114,7 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
     }
     // /dev/shm (POSIX shared memory, shm_overview(7)) is a tmpfs of the same size as /tmp: in
     // bubblewrap's /dev it was a directory of /dev's tmpfs, which has no size (attacker s13 L4:
-    // 200 MiB there beside a 16 MiB /tmp).
+    // 200 MiB there beside a 16 MiB /tmp); /dev itself is made read-only below.
     let tmp_bytes = sandbox.tmp_bytes.to_string();
     push(
         &mut argv,
@@ -220,6 +220,10 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
         let source = volume.mountpoint.display().to_string();
         push(&mut argv, &["--bind", &source, &volume.path]);
     }
+    // Last of the mounts: bubblewrap's root and /dev tmpfs (no size, the program's own) become
+    // read-only, so that the program writes only where it has a size: /tmp, /dev/shm, /data
+    // and volumes (attacker s13 L4; each is a mount of its own, which a remount leaves as it is).
+    push(&mut argv, &["--remount-ro", "/dev", "--remount-ro", "/"]);
     for i in 0..super::seccomp::PROGRAMS {
         argv.push("--add-seccomp-fd".into());
         argv.push((SECCOMP_FIRST_FD + i as i32).to_string());
