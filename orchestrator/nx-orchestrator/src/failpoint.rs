@@ -19,7 +19,9 @@
 //! sandbox's deployments and volumes gone, its database, role, disk, backups and records not
 //! yet).
 //! Points for other actions than a crash: `network::conntrack` (`return`: forgetting a removed
-//! deployment's connections fails as if `conntrack` were missing) and `upkeep::expire` (an
+//! deployment's connections fails as if `conntrack` were missing), `databases::end_sessions`
+//! (`return`: ending the sessions of a restore past its time bound fails, as
+//! `pg_terminate_backend` does while the shared lock table is full) and `upkeep::expire` (an
 //! expired preview's removal decided, its start gate not yet taken; [`wait`]s there) and
 //! `upkeep::removing` (its start gate taken, the removal not yet begun; [`wait`]s there) and
 //! `store::referenced` (a store collection read which programs deployments run, nothing

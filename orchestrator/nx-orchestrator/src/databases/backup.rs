@@ -155,7 +155,8 @@ async fn dump_to(dbs: &Databases, database: &str, file: &Path) -> Result<(), DbE
 /// it (pg_dump(1): a dump from an untrusted source must not be restored by a superuser).
 /// The runaway watch holds that one session to the memory and lock bounds only
 /// ([`super::runaway`]); its time is held here to `databases.restore_timeout_secs`: past it,
-/// the sessions in `database` are ended, and pg_restore fails at its next statement
+/// the sessions in `database` are ended (again each second until pg_restore has ended), and
+/// pg_restore fails at its next statement
 /// (attacker s13 C3: a dump's CHECK constraint slept, for as long as it said, in nxd's session).
 /// Errors: the password file's, pg_restore's (the dump's first failing statement), or
 /// [`DbError::RestoreTimeout`].
@@ -201,13 +202,20 @@ async fn restore_into(
         secs,
         "a restore ran past databases.restore_timeout_secs: ending its session"
     );
-    if let Err(e) = dbs.end_sessions_in(database).await {
-        // A full lock table: the runaway watch ends the session by signal.
-        tracing::warn!(%database, error = %e, "the restore's session was not ended yet");
+    // pg_restore fails at its next statement, and its unit is stopped. Until then its session
+    // is ended again each second: pg_terminate_backend fails while the shared lock table is
+    // full, which a tenant may time to the bound (the runaway watch empties it).
+    loop {
+        if let Err(e) = dbs.end_sessions_in(database).await {
+            tracing::warn!(%database, error = %e, "the restore's session was not ended yet: again in 1 s");
+        }
+        if tokio::time::timeout(Duration::from_secs(1), &mut restore)
+            .await
+            .is_ok()
+        {
+            return Err(DbError::RestoreTimeout { secs });
+        }
     }
-    // pg_restore fails at its next statement, and its unit is stopped.
-    let _ = restore.await;
-    Err(DbError::RestoreTimeout { secs })
 }
 
 impl Databases {
@@ -243,7 +251,12 @@ impl Databases {
     }
 
     /// Ends every session in `database` (`pg_terminate_backend`, waiting up to 5 s for each).
+    /// Fail point `databases::end_sessions` (`return`): fails as while the shared lock table is
+    /// full.
     async fn end_sessions_in(&self, database: &str) -> Result<(), DbError> {
+        fail::fail_point!("databases::end_sessions", |_| Err(DbError::Sql(
+            sqlx::Error::Protocol("out of shared memory (fail point)".into())
+        )));
         sqlx::query(
             "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1",
         )
