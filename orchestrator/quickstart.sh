@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 state=${NX_STATE_DIR:-/var/lib/nx-quickstart}
+# The API's and the router's ports on 127.0.0.1 (a second try beside a running nxd, or a
+# machine where 7700/7780 are taken: NX_API_PORT=7701 NX_ROUTER_PORT=7781).
+api_port=${NX_API_PORT:-7700}
+router_port=${NX_ROUTER_PORT:-7780}
 bash install-deps.sh
 cargo build --release --locked -p nxd -p nx-router -p nx-cli
 cargo build --release --locked -p nx-sample-app -p nx-vm-init --target x86_64-unknown-linux-musl
@@ -19,6 +23,8 @@ else
   # The microvm backend too: Debian's kernel (install-deps.sh fetched it) and NX's guest init.
   cat >"$state/nxd.toml" <<EOF
 state_dir = "$state"
+api_listen = "127.0.0.1:$api_port"
+router_listen = "127.0.0.1:$router_port"
 
 [microvm]
 kernel_dir = "${NX_KERNEL_DIR:-/var/cache/nx/kernel}"
@@ -27,7 +33,7 @@ EOF
   target/release/nxd --config "$state/nxd.toml" >"$state/nxd.log" 2>&1 &
   echo $! >"$state/nxd.pid"
 fi
-export NX_HOST=http://127.0.0.1:7700
+export NX_HOST=http://127.0.0.1:$api_port
 # (The first start probes KVM and TCG for the microvm backend: up to ~15 s.)
 up=
 for _ in $(seq 300); do [ -s "$state/token" ] && curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$state/token")" $NX_HOST/v1/health && up=1 && break; sleep 0.1; done
@@ -43,9 +49,9 @@ nx=target/release/nx
 id=$($nx --json push "$sample" --sandbox hello --env APP_VERSION=v1 | sed -n 's/^    "id": "\(.*\)",$/\1/p' | head -1)
 $nx promote hello "$id"
 $nx ls
-preview="http://$id.hello.nx.localhost:7780/"
-production="http://hello.nx.localhost:7780/"
-echo "preview    $preview -> $(curl -sS --resolve "$id.hello.nx.localhost:7780:127.0.0.1" "$preview")"
-echo "production $production -> $(curl -sS --resolve "hello.nx.localhost:7780:127.0.0.1" "$production")"
+preview="http://$id.hello.nx.localhost:$router_port/"
+production="http://hello.nx.localhost:$router_port/"
+echo "preview    $preview -> $(curl -sS --resolve "$id.hello.nx.localhost:$router_port:127.0.0.1" "$preview")"
+echo "production $production -> $(curl -sS --resolve "hello.nx.localhost:$router_port:127.0.0.1" "$production")"
 echo "nx is at target/release/nx; export NX_HOST=$NX_HOST NX_TOKEN=\$(cat $state/token)"
 echo "a microVM: target/release/nx push $sample --sandbox vm --backend microvm"
