@@ -329,6 +329,41 @@ fn each_data_image_has_its_own_loop_device_and_none_stays_after_stop_or_rm() {
     }
 }
 
+/// A `/data` image that is no longer a filesystem: the start fails saying which mount failed
+/// and what to check, and the loop device the launcher attached for it does not stay behind.
+#[test]
+fn a_damaged_data_image_fails_its_start_with_what_to_check_and_leaves_no_loop_device() {
+    use std::os::unix::fs::FileExt;
+    let host = Host::start();
+    let id = host.push_sample("damaged", &["--disk", "32"]);
+    host.nx_json(&["stop", &id]);
+    assert_eq!(
+        loop_devices_left(&id),
+        Vec::<String>::new(),
+        "after nx stop"
+    );
+    // Zeros over ext4's superblock (at 1024 bytes): the kernel no longer mounts it.
+    let image = host.path(&format!("deployments/{id}/data.img"));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    file.write_all_at(&[0u8; 4096], 0).unwrap();
+    drop(file);
+    let start = host.nx(&["start", &id]);
+    let said = format!("{}{}", start.stdout, start.stderr);
+    assert!(!start.ok, "a damaged /data started: {said}");
+    assert!(
+        said.contains("mounting /data: mounting /dev/loop") && said.contains("e2fsck -fn "),
+        "{said}"
+    );
+    assert_eq!(
+        loop_devices_left(&id),
+        Vec::<String>::new(),
+        "after the failed mount"
+    );
+}
+
 /// Attacker s8 F2: `--disk 0` gave `/data` as a plain directory on the host's disk, with no
 /// bound; a `/data` larger than the host's free space was accepted (4 TiB with 29 GB free).
 /// Now 0 is no `/data` to write (read-only: nothing reaches the host's disk), and a size or a
