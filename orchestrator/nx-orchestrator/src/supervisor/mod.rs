@@ -366,17 +366,11 @@ impl Supervisor {
         Ok(ManagerProxy::new(&self.conn.load_full()).await?)
     }
 
-    /// Starts `spec` as a transient service (clearing a failed unit of the same name first).
+    /// Starts `spec` as a transient service: one D-Bus call (with its sandbox's slice set up
+    /// first), and a failed unit of the same name cleared only when systemd refuses the start
+    /// for it (an upfront `ResetFailedUnit` cost every push a round trip: issue 20).
     #[tracing::instrument(skip_all, fields(unit = %spec.name))]
     pub async fn start(&self, spec: &UnitSpec) -> Result<(), SupervisorError> {
-        let _ = self.reset_failed(&spec.name).await;
-        self.start_new(spec).await
-    }
-
-    /// Starts `spec` as a transient service under a name no unit had before (a task's random
-    /// one): one D-Bus call, no failed unit to clear first.
-    #[tracing::instrument(skip_all, fields(unit = %spec.name))]
-    pub async fn start_new(&self, spec: &UnitSpec) -> Result<(), SupervisorError> {
         let manager = self.manager().await?;
         let slice = match &spec.slice {
             SliceKind::Tenants => self.slice.clone(),

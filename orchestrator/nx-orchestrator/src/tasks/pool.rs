@@ -386,7 +386,7 @@ impl Pool {
             graceful_stop: None,
         };
         // The name is new (random): no failed unit of it to clear first.
-        self.supervisor.start_new(&spec).await?;
+        self.supervisor.start(&spec).await?;
         // systemd holds its own copies now; ours must go, or the task's end never shows as EOF.
         drop(spec);
         Ok(Slot {
