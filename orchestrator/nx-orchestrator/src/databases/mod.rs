@@ -63,10 +63,10 @@ pub enum DbError {
     /// A sandbox's database disk could not be made, mounted or removed (see [`disk`]).
     #[error("sandbox database disk: {0}")]
     Disk(String),
-    /// A restore or a branch copy ran out of room on the sandbox's database disk.
     /// A restore or a branch copy ran past `databases.restore_timeout_secs`.
     #[error("restoring the dump (`nx db restore`, or a `--db-branch` copy of production) ran past databases.restore_timeout_secs ({secs} s), and its session was ended: the dump's own SQL (a function in a CHECK constraint, a default or an index expression) may sleep or loop; restore a dump without it, or ask the host's operator for a larger databases.restore_timeout_secs; nothing was changed")]
     RestoreTimeout { secs: u64 },
+    /// A restore or a branch copy ran out of room on the sandbox's database disk.
     #[error("sandbox {sandbox}'s databases filled their disk ({size_mb} MiB, databases.max_size_mb; `nx db url {sandbox} --json` shows it): drop tables or databases it no longer needs (those restores and swaps kept, nxo_*), or ask the host's operator for a larger databases.max_size_mb; nothing was changed")]
     DiskFull { sandbox: String, size_mb: u64 },
 }
