@@ -534,6 +534,24 @@ impl Host {
             .unwrap_or_else(|| panic!("{id} not in {status}"))
     }
 
+    /// `nx push <sample> --sandbox <sandbox> <extra>` with the root token, started and left
+    /// running: its stdout and stderr piped, for a test that acts while the push waits.
+    pub fn spawn_push_sample(&self, sandbox: &str, extra: &[&str]) -> Child {
+        let sample = sample_app();
+        let mut args = vec![
+            "push",
+            sample.to_str().expect("utf-8 path"),
+            "--sandbox",
+            sandbox,
+        ];
+        args.extend_from_slice(extra);
+        self.nx_command(&self.token, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nx push started")
+    }
+
     /// Pushes the sample app and returns the deployment's id.
     pub fn push_sample(&self, sandbox: &str, extra: &[&str]) -> String {
         let sample = sample_app();

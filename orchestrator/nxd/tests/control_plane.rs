@@ -1474,22 +1474,7 @@ fn a_restore_whose_dump_sleeps_fails_at_its_time_bound_and_nothing_is_swapped() 
 
     // A branch copied through pg_dump | pg_restore (production has an open session).
     let session = psql_session(&alpha);
-    let sample = nx_testkit::sample_app();
-    let push = host
-        .nx_command(
-            &host.token,
-            &[
-                "push",
-                sample.to_str().unwrap(),
-                "--sandbox",
-                "alpha",
-                "--db-branch",
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let push = host.spawn_push_sample("alpha", &["--db-branch"]);
     let pushed = output_within(push, Duration::from_secs(60), "the push's branch copy");
     let stderr = String::from_utf8_lossy(&pushed.stderr);
     assert!(

@@ -514,23 +514,7 @@ fn a_slow_starter_deploys_with_its_ready_timeout_within_the_hosts_maximum() {
 #[test]
 fn a_push_whose_nxd_dies_while_it_starts_says_the_deployment_may_exist() {
     let mut host = Host::start();
-    let sample = nx_testkit::sample_app();
-    let push = host
-        .nx_command(
-            &host.token,
-            &[
-                "push",
-                sample.to_str().unwrap(),
-                "--sandbox",
-                "cut",
-                "-e",
-                "LISTEN_AFTER=30",
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn nx push");
+    let push = host.spawn_push_sample("cut", &["-e", "LISTEN_AFTER=30"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let recorded = |host: &Host| {
         let out = host.nx(&["--json", "status", "cut"]);
