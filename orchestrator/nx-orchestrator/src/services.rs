@@ -57,21 +57,44 @@ fn hosts_text(services: &BTreeMap<String, Ipv4Addr>) -> String {
 
 /// Replaces the hosts file in `dir` (made if missing) atomically: a new file renamed over it.
 pub fn write_hosts(dir: &Path, services: &BTreeMap<String, Ipv4Addr>) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    let next = dir.join(".hosts.new");
-    std::fs::write(&next, hosts_text(services))?;
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o644))?;
+    let next = new_hosts_file(dir, services)?;
     std::fs::rename(&next, dir.join("hosts"))
 }
 
-/// Makes sure a sandbox's hosts file exists before a deployment binds its directory.
+/// Makes sure a sandbox's hosts file exists before a deployment binds its directory; one that
+/// exists (written meanwhile with the sandbox's services) is left as it is: the new file is
+/// hard-linked into place, which fails if one is there, and never renamed over it.
 pub fn ensure_hosts(dir: &Path) -> std::io::Result<()> {
     if dir.join("hosts").is_file() {
         return Ok(());
     }
-    write_hosts(dir, &BTreeMap::new())
+    let next = new_hosts_file(dir, &BTreeMap::new())?;
+    let linked = std::fs::hard_link(&next, dir.join("hosts"));
+    let _ = std::fs::remove_file(&next);
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A complete hosts file for `services` in `dir` (made if missing, 0755) under a name of its
+/// own (0644): concurrent writers (pushes to a new sandbox at once, each preparing its
+/// deployment) each have theirs, where one shared name let one writer's rename take another's
+/// file away (ENOENT: CI run 1 of session 14, 8 concurrent first pushes).
+fn new_hosts_file(
+    dir: &Path,
+    services: &BTreeMap<String, Ipv4Addr>,
+) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let next = dir.join(format!(".hosts.new.{}.{n}", std::process::id()));
+    std::fs::write(&next, hosts_text(services))?;
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o644))?;
+    Ok(next)
 }
 
 /// Stores a deployment's service name.
@@ -231,5 +254,32 @@ mod tests {
             .unwrap()
             .contains("localhost"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_sandboxs_hosts_file_all_succeed_and_keep_its_services() {
+        let root = std::env::temp_dir().join(format!("nx-hosts-race-{}", std::process::id()));
+        let services = BTreeMap::from([("db".to_string(), Ipv4Addr::new(10, 213, 0, 9))]);
+        for round in 0..50 {
+            let dir = root.join(round.to_string());
+            std::thread::scope(|s| {
+                for i in 0..8 {
+                    let (dir, services) = (&dir, &services);
+                    s.spawn(move || {
+                        match i {
+                            0 => write_hosts(dir, services),
+                            _ => ensure_hosts(dir),
+                        }
+                        .unwrap_or_else(|e| panic!("round {round}, writer {i}: {e}"))
+                    });
+                }
+            });
+            let text = std::fs::read_to_string(dir.join("hosts")).unwrap();
+            // ensure_hosts never replaces the file write_hosts made with the services.
+            assert!(text.contains("10.213.0.9\tdb\n"), "round {round}: {text}");
+            // Nothing left beside it.
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
