@@ -99,7 +99,8 @@ fn record_time(line: &str) -> &str {
 fn nx_logs_follow_goes_on_across_rotation() {
     let host = Host::start();
     // 16 MiB in 5 files: each rotates at 3.2 MiB; 8 MiB of lines (10.8 MiB stamped) fill three
-    // and leave every line on disk.
+    // and leave every line on disk. Under load the writer may drop lines (and say so: the
+    // reader counts them), so fewer files may fill.
     let id = host.push_sample("follow", &["--log-max", "16"]);
     let mut follow = host
         .nx_command(&host.token, &["logs", &id, "-f"])
@@ -139,12 +140,6 @@ fn nx_logs_follow_goes_on_across_rotation() {
     };
     std::thread::sleep(Duration::from_secs(1));
     spew(&host, "follow", &id, 8);
-    let dir = host.path(&format!("deployments/{id}"));
-    assert!(
-        dir.join("output.log.3").exists() && !dir.join("output.log.4").exists(),
-        "three rotations expected: {:?}",
-        nx_testkit::files_under(&dir)
-    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while !reader.is_finished() {
         assert!(
@@ -160,6 +155,15 @@ fn nx_logs_follow_goes_on_across_rotation() {
     let program = seen[0].load(Ordering::SeqCst);
     assert!(program > 0, "{program} lines");
     assert_eq!(seen[2].load(Ordering::SeqCst), 1, "records out of order");
+    // Every line is on disk by now (nx logs -f printed them all): the files rotated while it
+    // followed, three times unless lines were dropped, and none was deleted.
+    let dir = host.path(&format!("deployments/{id}"));
+    let rotations = if seen[1].load(Ordering::SeqCst) == 0 { 3 } else { 1 };
+    assert!(
+        dir.join(format!("output.log.{rotations}")).exists() && !dir.join("output.log.4").exists(),
+        "{rotations} rotations or more, and not 4, expected: {:?}",
+        nx_testkit::files_under(&dir)
+    );
 }
 
 #[test]
