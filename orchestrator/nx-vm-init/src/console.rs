@@ -45,12 +45,14 @@ fn next_of(wanted: &[&'static str]) -> Option<&'static str> {
         .find_map(|line| wanted.iter().find(|w| line.trim() == **w).copied())
 }
 
-/// What came with [`GO`]: `NX-GO <secs>.<nanos> <hex>`, the host's clock (Unix time) and 32
-/// bytes of entropy (nx-orchestrator's `tasks::pool::Slot::go`).
+/// What came with [`GO`]: `NX-GO <secs>.<nanos> <hex> <key>`, the host's clock (Unix time),
+/// 32 bytes of entropy and the key of the exit line (nx-orchestrator's `tasks::pool::Slot::go`
+/// and `backend::guest_exit`).
 #[derive(Debug, Default, PartialEq)]
 pub struct Go {
     pub clock: Option<(i64, i64)>,
     pub seed: Vec<u8>,
+    pub exit_key: Option<String>,
 }
 
 impl Go {
@@ -71,7 +73,12 @@ impl Go {
                     .collect()
             })
             .unwrap_or_default();
-        Self { clock, seed }
+        let exit_key = words.next().map(str::to_owned);
+        Self {
+            clock,
+            seed,
+            exit_key,
+        }
     }
 }
 
@@ -113,10 +120,11 @@ mod tests {
     #[test]
     fn go_brings_the_hosts_clock_and_entropy() {
         assert_eq!(
-            Go::parse(" 1796000000.000000042 00ff10"),
+            Go::parse(" 1796000000.000000042 00ff10 5e"),
             Go {
                 clock: Some((1_796_000_000, 42)),
-                seed: vec![0, 255, 16]
+                seed: vec![0, 255, 16],
+                exit_key: Some("5e".into()),
             }
         );
         assert_eq!(Go::parse(""), Go::default());

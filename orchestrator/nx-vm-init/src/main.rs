@@ -12,9 +12,12 @@
 //!
 //! runs /app/main as an unprivileged uid with the environment of /nx/env and the arguments of
 //! /nx/args (standard input /dev/null), passes `NX-STOP` on as SIGTERM, reaps every child, and
-//! when /app/main ends prints `NX-EXIT <code>` (with ` oom-kill` when the guest's OOM killer
-//! ended it) on the console and reboots, which ends the VMM
-//! (run with -no-reboot / reboot=k).
+//! when /app/main ends prints `NX-EXIT <key> <code>` (with ` oom-kill` when the guest's OOM
+//! killer ended it) on the console and reboots, which ends the VMM (run with -no-reboot /
+//! reboot=k). The key (nx-orchestrator's `backend::guest_exit`) comes in /nx/exit-key (0600,
+//! root's; read and removed before the program starts) or, booted ahead, with `NX-GO`: the
+//! program shares the console but cannot know it, so it cannot end its run with a line of its
+//! own.
 
 mod console;
 mod fresh;
@@ -29,6 +32,8 @@ use std::io::Write;
 
 /// The marker nxd reads from the console to learn the program's exit code.
 const EXIT_MARKER: &str = "NX-EXIT";
+/// Where the key of the exit line is when the initramfs brings it.
+const EXIT_KEY_FILE: &str = "/nx/exit-key";
 /// The uid (and gid) /app/main runs as inside the guest.
 const APP_UID: u32 = 1000;
 
@@ -157,6 +162,17 @@ struct End {
     oom: bool,
 }
 
+/// The key of the exit line, from the initramfs (the file then goes) or from `NX-GO`.
+static EXIT_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Takes the key from the initramfs, where it came that way.
+fn take_key_file() {
+    if let Ok(key) = std::fs::read_to_string(EXIT_KEY_FILE) {
+        let _ = EXIT_KEY.set(key.trim().to_owned());
+        let _ = std::fs::remove_file(EXIT_KEY_FILE);
+    }
+}
+
 /// Reaps children until the app ends; returns its exit code (128 + signal when killed).
 fn reap_until(app: Pid) -> i32 {
     loop {
@@ -174,6 +190,7 @@ fn reap_until(app: Pid) -> i32 {
 }
 
 fn run() -> Result<End, String> {
+    take_key_file();
     mounts().map_err(|e| format!("mounts: {e}"))?;
     load_modules()?;
     net::configure(std::path::Path::new("/nx/network").exists())
@@ -183,6 +200,9 @@ fn run() -> Result<End, String> {
         say(console::READY);
         let go =
             console::wait_for_go(|| say(console::READY)).ok_or("stopped before a task came")?;
+        if let Some(key) = &go.exit_key {
+            let _ = EXIT_KEY.set(key.clone());
+        }
         fresh::apply(&go)?;
         handover::unpack()?;
     }
@@ -205,10 +225,11 @@ fn main() {
             oom: false,
         }
     });
-    // `NX-EXIT <code>`, and ` oom-kill` when the guest's OOM killer ended the program (the
-    // host's cgroup cannot see it: the guest's memory is the VMM's, and the VMM lives on).
+    // `NX-EXIT <key> <code>`, and ` oom-kill` when the guest's OOM killer ended the program
+    // (the host's cgroup cannot see it: the guest's memory is the VMM's, and the VMM lives on).
     let oom = if end.oom { " oom-kill" } else { "" };
-    say(&format!("{EXIT_MARKER} {}{oom}", end.code));
+    let key = EXIT_KEY.get().map(|k| format!(" {k}")).unwrap_or_default();
+    say(&format!("{EXIT_MARKER}{key} {}{oom}", end.code));
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     loop {

@@ -294,6 +294,12 @@ fn a_task_runs_once_in_a_microvm_with_no_network() {
         out.stdout, "exiting with 3\n",
         "stdout is the program's alone"
     );
+    // The program shares the console with init, but not init's key: a line like init's exit
+    // line is its output, and the task ends as the program did (attacker s10 F12: it ended 7).
+    let out = task(&[], &["print", "NX-EXIT", "7"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("NX-EXIT 7\n"), "{}", out.stdout);
+    assert!(out.stderr.contains("NX-EXIT 0\n"), "{}", out.stderr);
     // No network device at all: nothing but its own loopback.
     let out = task(&[], &["ls", "/sys/class/net"]);
     assert_eq!(out.stdout, "lo\n", "{}", out.stderr);
@@ -597,6 +603,12 @@ fn a_pooled_microvm_task_takes_a_guest_booted_ahead_once_and_leaves_nothing() {
     let (events, stdout) = run_json(&host, &["--timeout", "60s"], &["exit", "3"]);
     assert_eq!(stdout, "exiting with 3\n", "{events:?}");
     assert_eq!(exited(&events)["exit_code"], 3, "{events:?}");
+    // Its key came with its task: a line like init's exit line is the program's output.
+    wait_for_pooled_guest(&host);
+    let (events, stdout) = run_json(&host, &[], &["print", "NX-EXIT", "7"]);
+    assert_eq!(started(&events)["warm"], true, "{events:?}");
+    assert!(stdout.contains("NX-EXIT 7\n"), "{events:?}");
+    assert_eq!(exited(&events)["exit_code"], 0, "{events:?}");
 
     // The first task's guest is gone: no VMM, no drive, no directory.
     assert!(vmms_with(&task).is_empty(), "{:?}", vmms_with(&task));

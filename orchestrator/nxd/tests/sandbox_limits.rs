@@ -158,7 +158,11 @@ fn nx_logs_follow_goes_on_across_rotation() {
     // Every line is on disk by now (nx logs -f printed them all): the files rotated while it
     // followed, three times unless lines were dropped, and none was deleted.
     let dir = host.path(&format!("deployments/{id}"));
-    let rotations = if seen[1].load(Ordering::SeqCst) == 0 { 3 } else { 1 };
+    let rotations = if seen[1].load(Ordering::SeqCst) == 0 {
+        3
+    } else {
+        1
+    };
     assert!(
         dir.join(format!("output.log.{rotations}")).exists() && !dir.join("output.log.4").exists(),
         "{rotations} rotations or more, and not 4, expected: {:?}",

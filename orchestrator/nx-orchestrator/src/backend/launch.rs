@@ -92,6 +92,10 @@ pub struct LaunchSpec {
     /// printed after `NX-EXIT` (the VMM itself exits 0 when the guest reboots).
     #[serde(default)]
     pub console_exit: bool,
+    /// The key on the guest's `NX-EXIT` line (see `guest_exit`): a line without it is the
+    /// program's output. `None`: a spec written before exit lines had keys.
+    #[serde(default)]
+    pub exit_key: Option<String>,
     /// A deployment's: fork the program and monitor it (its log, its end, its disk usage).
     /// `None` (a task's): exec it, its output on the unit's own streams.
     #[serde(default)]
@@ -160,6 +164,3 @@ pub struct MonitorSpec {
     /// The deployment's directory: `last-exit.json` and `disk-usage.json` go there.
     pub dir: PathBuf,
 }
-
-/// What the guest's init prints before it powers the VM off.
-pub const EXIT_MARKER: &str = "NX-EXIT ";

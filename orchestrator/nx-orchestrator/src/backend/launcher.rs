@@ -1,8 +1,8 @@
 //! The launcher itself (Linux only): what `nxd launch` runs, as `launch` describes.
 
+use super::guest_exit::{self, GUEST_OOM};
 use super::launch::{
-    LaunchSpec, SandboxEnvForm, StopForward, EXIT_MARKER, OWN_CGROUP, SANDBOX_ENV_FD,
-    SECCOMP_FIRST_FD,
+    LaunchSpec, SandboxEnvForm, StopForward, OWN_CGROUP, SANDBOX_ENV_FD, SECCOMP_FIRST_FD,
 };
 use super::launch_times::{self, LaunchTimes};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -32,10 +32,6 @@ fn own_cgroup() -> Option<String> {
 static VMM: AtomicI32 = AtomicI32::new(0);
 /// The write end of the guest's console input (the VMM's standard input; 0: none yet).
 static GUEST_CONSOLE: AtomicI32 = AtomicI32::new(0);
-
-/// What follows the exit code on nx-vm-init's `NX-EXIT` line when the guest's OOM killer ended
-/// the program.
-const GUEST_OOM: &str = "oom-kill";
 
 /// The line that asks the guest's init to stop its program (nx-vm-init's `console::STOP`).
 const GUEST_STOP: &[u8] = b"NX-STOP\n";
@@ -67,10 +63,16 @@ fn stop_signals() -> SigSet {
     set
 }
 
-/// Runs a VMM and returns the guest program's exit code from its console. What nxd writes on
-/// the launcher's standard input after the spec (a pooled guest's `NX-GO`) goes on to the
-/// guest's console, and so does a stop (see `pass_stop`).
-fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>) -> String {
+/// Runs a VMM and exits with the guest program's exit code from its console: the first line
+/// with `key` (see `guest_exit`). What nxd writes on the launcher's standard input after the
+/// spec (a pooled guest's `NX-GO`) goes on to the guest's console, and so does a stop (see
+/// `pass_stop`). Returns only on failure.
+fn supervise_vmm(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    key: Option<&str>,
+) -> String {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
     use std::io::{BufRead, Write};
     use std::os::fd::AsRawFd;
@@ -114,12 +116,12 @@ fn supervise_vmm(program: &str, args: &[String], env: &BTreeMap<String, String>)
             .lines()
             .map_while(Result::ok)
         {
-            if let Some(end) = line.trim().strip_prefix(EXIT_MARKER) {
-                // On stderr: a task's stdout is the program's alone. The rest is the reboot.
-                let mut words = end.split_whitespace();
-                code = words.next().and_then(|n| n.parse::<i32>().ok());
-                eprintln!("{}", line.trim());
-                if words.next() == Some(GUEST_OOM) {
+            if let Some(end) = guest_exit::parse(&line, key) {
+                // On stderr (a task's stdout is the program's alone), without the key. The
+                // rest is the reboot.
+                code = Some(end.code);
+                eprintln!("{}", end.line());
+                if end.oom {
                     super::monitor::report_end(GUEST_OOM);
                 }
                 break;
@@ -351,7 +353,7 @@ fn exec(spec: &LaunchSpec) -> String {
         return format!("handing the program's environment to {program}: {e}");
     }
     if spec.console_exit {
-        return supervise_vmm(program, args, &spec.env);
+        return supervise_vmm(program, args, &spec.env, spec.exit_key.as_deref());
     }
     let err = std::process::Command::new(program)
         .args(args)

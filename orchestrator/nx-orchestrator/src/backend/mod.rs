@@ -11,6 +11,7 @@ pub mod container;
 pub mod cpu_affinity;
 pub mod data_disk;
 pub mod exit;
+pub mod guest_exit;
 pub mod host_files;
 pub mod launch;
 pub mod launch_times;

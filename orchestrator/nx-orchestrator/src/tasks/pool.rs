@@ -74,6 +74,9 @@ pub struct Slot {
     stderr: pipe::Receiver,
     /// Tasks this unit has served before the one it serves now.
     pub served: u32,
+    /// The key of the guest's exit line, from the spec it was booted with (see
+    /// `backend::guest_exit`): it goes to the guest with its task.
+    exit_key: Option<String>,
 }
 
 /// What nxd reads of a running task: its unit's stdout and stderr, and the socket its sandbox
@@ -105,6 +108,7 @@ impl Slot {
             stdout: output.stdout,
             stderr: output.stderr,
             served: served + 1,
+            exit_key: None,
         }
     }
 
@@ -121,6 +125,7 @@ impl Slot {
 
     /// The spec as the launcher reads it: one line of JSON.
     async fn write_spec(&mut self, spec: &LaunchSpec) -> std::io::Result<()> {
+        self.exit_key.clone_from(&spec.exit_key);
         let mut json = serde_json::to_vec(spec)?;
         json.push(b'\n');
         self.stdin.write_all(&json).await
@@ -128,8 +133,9 @@ impl Slot {
 
     /// Tells the guest booted ahead that its task is on its drive; it starts at once. The line
     /// carries the host's clock (Unix seconds and nanoseconds) and 32 bytes of fresh entropy
-    /// (hex), since a guest restored from a snapshot has the template's clock and random state:
-    /// `NX-GO <secs>.<nanos> <hex>`.
+    /// (hex), since a guest restored from a snapshot has the template's clock and random state,
+    /// and the key of its exit line (`backend::guest_exit`):
+    /// `NX-GO <secs>.<nanos> <hex> <key>`.
     pub async fn go(&mut self) -> std::io::Result<()> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -137,10 +143,11 @@ impl Slot {
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
         let line = format!(
-            "{GO} {}.{:09} {}\n",
+            "{GO} {}.{:09} {} {}\n",
             now.as_secs(),
             now.subsec_nanos(),
-            hex::encode(seed)
+            hex::encode(seed),
+            self.exit_key.as_deref().unwrap_or_default()
         );
         self.stdin.write_all(line.as_bytes()).await?;
         self.stdin.shutdown().await
@@ -399,6 +406,7 @@ impl Pool {
             stdout: pipe::Receiver::from_owned_fd(stdout).map_err(io)?,
             stderr: pipe::Receiver::from_owned_fd(stderr).map_err(io)?,
             served: 0,
+            exit_key: None,
         })
     }
 

@@ -3,7 +3,7 @@
 //! faster one that reached its init; the choice and the figures are what `nx status` reports.
 
 use super::vmm::{self, Accel, Guest};
-use crate::backend::launch::EXIT_MARKER;
+use crate::backend::guest_exit::EXIT_MARKER;
 use crate::backend::BackendError;
 use crate::config::AccelMode;
 use serde::{Deserialize, Serialize};

@@ -17,6 +17,7 @@ mod snapshot;
 pub mod vmm;
 
 use super::data_disk::DataTemplates;
+use super::guest_exit;
 use super::host_files::{identity, HOST_FILES};
 use super::launch::{LaunchSpec, StopForward};
 use super::unit::{DeploymentUnits, UnitSettings};
@@ -44,7 +45,8 @@ const MIN_GUEST_MB: u64 = 64;
 
 pub struct MicrovmBackend {
     units: DeploymentUnits,
-    /// `<state_dir>/microvm`: `initramfs/` (per artifact), `deployments/`, the probe's files.
+    /// `<state_dir>/microvm`: `initramfs/` (per artifact, made again after each nxd start),
+    /// `deployments/`, the probe's files.
     root: PathBuf,
     kernel: PathBuf,
     /// Module files in the order the guest loads them.
@@ -122,7 +124,9 @@ impl MicrovmBackend {
             .collect();
         let root = state_dir.join("microvm");
         // No task outlives the nxd that ran it (its unit is stopped at start): nor its files.
+        // The cached initramfs hold nx-vm-init, which may have changed since they were made.
         let _ = std::fs::remove_dir_all(root.join("tasks"));
+        let _ = std::fs::remove_dir_all(root.join("initramfs"));
         for sub in ["initramfs", "deployments", "tasks"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
@@ -254,15 +258,17 @@ impl MicrovmBackend {
     }
 
     /// The guest's initramfs in `dir`: the cached base, then an archive of the environment and
-    /// arguments and of the empty `markers` that tell init what the guest has (`nx/network`,
-    /// `nx/data`), and for a guest with a network `/etc/resolv.conf`; the VMM's uid owns it,
-    /// 0600.
+    /// arguments, the key of its exit line (`guest_exit`), the empty `markers` that tell init
+    /// what the guest has (`nx/network`, `nx/data`), and for a guest with a network
+    /// `/etc/resolv.conf`; the VMM's uid owns it, 0600.
+    #[allow(clippy::too_many_arguments)]
     fn write_initrd(
         &self,
         dir: &Path,
         program: &Path,
         env: &BTreeMap<String, String>,
         args: &[String],
+        exit_key: &str,
         uid: u32,
         markers: &[&str],
     ) -> Result<PathBuf, BackendError> {
@@ -279,6 +285,7 @@ impl MicrovmBackend {
             0o600,
             &nul_separated(args.iter().map(String::as_str)),
         )?;
+        own.file(guest_exit::KEY_FILE, 0o600, exit_key.as_bytes())?;
         for marker in markers {
             own.file(marker, 0o644, b"")?;
         }
@@ -319,14 +326,21 @@ impl MicrovmBackend {
             read_only: true,
         };
         let argv = self
-            .task_vmm(&self.warm_initrd(), memory_max_mb, Some(disk))
+            .task_vmm(&self.warm_initrd(), memory_max_mb, Some(disk), None)
             .argv;
         Ok(Template { argv, drive })
     }
 
     /// The VMM of a task's guest: no network device at all, only its own loopback; a disk when
-    /// it is booted ahead (its task drive).
-    fn task_vmm(&self, initrd: &Path, memory_max_mb: u64, disk: Option<Disk<'_>>) -> LaunchSpec {
+    /// it is booted ahead (its task drive); the key of its exit line (`guest_exit`; none for a
+    /// snapshot's template, which runs no task).
+    fn task_vmm(
+        &self,
+        initrd: &Path,
+        memory_max_mb: u64,
+        disk: Option<Disk<'_>>,
+        exit_key: Option<String>,
+    ) -> LaunchSpec {
         let guest = Guest {
             kernel: &self.kernel,
             initrd,
@@ -346,6 +360,7 @@ impl MicrovmBackend {
             env: vmm_env(),
             seccomp: Vec::new(),
             console_exit: true,
+            exit_key,
             ..LaunchSpec::default()
         }
     }
@@ -416,7 +431,9 @@ impl SandboxBackend for MicrovmBackend {
             Some(_) => &["nx/network", "nx/data"],
             None => &["nx/network"],
         };
-        let initrd_path = self.write_initrd(&handle.dir, path, &env, &spec.args, uid, markers)?;
+        let exit_key = guest_exit::new_key();
+        let initrd_path =
+            self.write_initrd(&handle.dir, path, &env, &spec.args, &exit_key, uid, markers)?;
         let (memory_mb, vcpus) = Self::guest_size(&spec.deployment.limits);
         let tap = format!("nx{}", spec.deployment.port);
         let guest = Guest {
@@ -455,6 +472,7 @@ impl SandboxBackend for MicrovmBackend {
             seccomp: Vec::new(),
             uid: Some(uid),
             console_exit: true,
+            exit_key: Some(exit_key),
             stop: StopForward::Child,
             monitor: Some(self.units.monitor(&handle, spec)),
             network: Some(spec.network.clone()),
@@ -490,10 +508,19 @@ impl SandboxBackend for MicrovmBackend {
         let dir = self.task_dir(&task.id);
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
-        let initrd = self.write_initrd(&dir, program, &task.env, &task.args, task.uid, &[])?;
+        let exit_key = guest_exit::new_key();
+        let initrd = self.write_initrd(
+            &dir,
+            program,
+            &task.env,
+            &task.args,
+            &exit_key,
+            task.uid,
+            &[],
+        )?;
         Ok(LaunchSpec {
             uid: Some(task.uid),
-            ..self.task_vmm(&initrd, task.limits.memory_max_mb, None)
+            ..self.task_vmm(&initrd, task.limits.memory_max_mb, None, Some(exit_key))
         })
     }
 
@@ -519,9 +546,11 @@ impl SandboxBackend for MicrovmBackend {
             path: &drive,
             read_only: true,
         };
+        // The key reaches the guest with its task (`tasks::pool::Slot::go`).
+        let exit_key = Some(guest_exit::new_key());
         let mut spec = LaunchSpec {
             uid: Some(warm.uid),
-            ..self.task_vmm(&self.warm_initrd(), memory_max_mb, Some(disk))
+            ..self.task_vmm(&self.warm_initrd(), memory_max_mb, Some(disk), exit_key)
         };
         if let Some(snapshot) = &snapshot {
             spec.argv.extend(vmm::incoming(snapshot));
