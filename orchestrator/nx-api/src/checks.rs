@@ -177,7 +177,9 @@ pub const MAX_DISK_MB: u64 = 16 << 20;
 pub const MIN_NOFILE: u64 = 64;
 
 /// The sizes of a deployment's sandbox: `/data` 0 (none to write) or an image of 16 MiB or
-/// more; `/tmp` at least 1 MiB and no more than its memory (it is RAM); the open-files limit
+/// more; `/tmp` at least 1 MiB and no more than half its memory (`/tmp` and `/dev/shm` are
+/// each a tmpfs of `tmp_mb`, RAM counted in `memory_max_mb`, so both full still fit: review14
+/// #3, where both full was an OOM kill, not ENOSPC); the open-files limit
 /// within `sandbox.max_nofile`; a log cap of 1 MiB to `sandbox.max_log_mb`; `/data` and the
 /// log cap each within the host's free disk less its reserve and what other deployments' logs
 /// may still write ([`check_room`]).
@@ -196,8 +198,8 @@ fn check_sandbox_sizes(limits: &Limits, bounds: &RequestBounds) -> Result<(), Fi
         "limits.tmp_mb",
         limits.tmp_mb,
         1,
-        limits.memory_max_mb,
-        " MiB (/tmp is RAM, counted in limits.memory_max_mb)",
+        limits.memory_max_mb / 2,
+        " MiB, half of limits.memory_max_mb (/tmp and /dev/shm are each a tmpfs of this size, both RAM counted in limits.memory_max_mb: both full must fit in it, or the program is killed for memory instead of getting ENOSPC; pass a smaller --tmp or a larger --memory)",
     )?;
     check_range(
         "limits.nofile",
@@ -415,6 +417,32 @@ mod tests {
         };
         assert!(check_limits(&fits, &BOUNDS).is_ok());
         assert!(check_program_input(&["a".into()], &BTreeMap::new(), &BOUNDS).is_ok());
+    }
+
+    /// Review14 #3: `/tmp` and `/dev/shm` are each `tmp_mb` of RAM in `memory_max_mb`; a
+    /// `--tmp` equal to `--memory` let both full reach MemoryMax (an OOM kill, not ENOSPC).
+    #[test]
+    fn tmp_is_at_most_half_the_memory_as_dev_shm_is_as_large() {
+        let limits = |memory_max_mb, tmp_mb| Limits {
+            memory_max_mb,
+            tmp_mb,
+            ..Limits::default()
+        };
+        let refused = check_limits(&limits(64, 64), &BOUNDS)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.starts_with("limits.tmp_mb: 64 is out of range: give 1 to 32 MiB")
+                && refused.contains("/dev/shm")
+                && refused.contains("--tmp"),
+            "{refused}"
+        );
+        assert_eq!(
+            field(check_limits(&limits(64, 33), &BOUNDS)),
+            "limits.tmp_mb"
+        );
+        assert!(check_limits(&limits(64, 32), &BOUNDS).is_ok());
+        assert!(check_limits(&limits(16, 8), &BOUNDS).is_ok());
     }
 
     #[test]

@@ -188,8 +188,8 @@ pub struct Limits {
     /// at most what the host's disk has free less nxd's reserve; 0: no `/data` to write (an
     /// empty read-only directory: writes get EROFS).
     pub disk_mb: u64,
-    /// The size of `/tmp` in MiB (a tmpfs: it is RAM, counted in `memory_max_mb`; writes past
-    /// it get ENOSPC).
+    /// The size of `/tmp` and of `/dev/shm` in MiB (each a tmpfs: RAM counted in
+    /// `memory_max_mb`, so a deployment's is at most half of it; writes past it get ENOSPC).
     pub tmp_mb: u64,
     /// `RLIMIT_NOFILE` of the program (soft and hard), at most `sandbox.max_nofile`.
     pub nofile: u64,

@@ -54,6 +54,11 @@ pub enum DbCommand {
     Backups { sandbox: String },
     /// Restore from a backup id (see `nx db backups`) or a local dump file, into a fresh
     /// database that replaces the current one only if the restore succeeds.
+    ///
+    /// The restore may run for nxd's `databases.restore_timeout_secs` (600 s unless the host's
+    /// operator set it; 0: no bound): past it nxd ends the restore's session and it fails,
+    /// nothing swapped (a dump's SQL may sleep). A dump that needs longer: ask the operator to
+    /// raise it.
     Restore { sandbox: String, from: String },
     /// Delete a backup kept on the host.
     RmBackup { sandbox: String, id: String },

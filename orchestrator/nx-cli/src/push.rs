@@ -125,8 +125,9 @@ pub struct LimitArgs {
     /// host's free disk less nxd's reserve); 0: no /data to write (read-only, empty).
     #[arg(long, value_name = "MIB")]
     disk: Option<u64>,
-    /// Size of /tmp in MiB, and of a binary's or bundle's /dev/shm beside it (RAM, counted in
-    /// --memory; writes past it get ENOSPC).
+    /// Size of /tmp in MiB, and of /dev/shm beside it (each a tmpfs: RAM counted in --memory,
+    /// so at most half of --memory; writes past it get ENOSPC). A microVM guest's /tmp is
+    /// half its RAM, and it has no /dev/shm.
     #[arg(long, value_name = "MIB")]
     tmp: Option<u64>,
     /// Open-files limit (RLIMIT_NOFILE) of the program; default 65536, at most nxd's

@@ -50,3 +50,16 @@ fn a_bad_command_line_with_json_prints_an_error_object() {
         );
     }
 }
+
+/// `nx db restore --help` names the time bound a restore is held to (review14 #5: the help
+/// said nothing of it, and a long restore failed with no hint of why or what to change).
+#[test]
+fn db_restore_help_names_its_time_bound() {
+    let out = nx(&["db", "restore", "--help"]);
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("databases.restore_timeout_secs") && help.contains("600 s"),
+        "{help}"
+    );
+}

@@ -173,6 +173,26 @@ fn nx_logs_follow_goes_on_across_rotation() {
 #[test]
 fn full_data_and_tmp_are_enospc_and_the_program_keeps_serving() {
     let host = Host::start();
+    // /tmp and /dev/shm are each --tmp of RAM in --memory: a --tmp past half of it is refused,
+    // both full would be an OOM kill (review14 #3).
+    let sample = nx_testkit::sample_app();
+    let sample = sample.to_str().unwrap();
+    let push = host.nx(&[
+        "push", sample, "-s", "disk", "--memory", "32", "--tmp", "32",
+    ]);
+    assert!(
+        !push.ok,
+        "--tmp 32 --memory 32 was accepted: {}",
+        push.stdout
+    );
+    assert!(
+        push.stderr
+            .contains("limits.tmp_mb: 32 is out of range: give 1 to 16 MiB")
+            && push.stderr.contains("/dev/shm")
+            && push.stderr.contains("--tmp"),
+        "{}",
+        push.stderr
+    );
     let id = host.push_sample("disk", &["--disk", "64", "--tmp", "16"]);
     let preview = host.preview_host("disk", &id);
     let fill = |dir: &str, mb: u64| -> serde_json::Value {

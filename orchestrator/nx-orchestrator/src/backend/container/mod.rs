@@ -212,6 +212,7 @@ impl SandboxBackend for ContainerBackend {
                         network,
                         runtime: spec.deployment.runtime,
                         tmp: Tmp::Mounted(&tmp.dir),
+                        tmp_mb: limits.tmp_mb,
                         volumes: &binds,
                         gids: &gids,
                     }),
@@ -281,9 +282,8 @@ impl SandboxBackend for ContainerBackend {
                     database_socket: None,
                     network: SandboxNetwork::Loopback,
                     runtime: Runtime::Runc,
-                    tmp: Tmp::Tmpfs {
-                        size_mb: task.limits.tmp_mb,
-                    },
+                    tmp: Tmp::Tmpfs,
+                    tmp_mb: task.limits.tmp_mb,
                     volumes: &[],
                     gids: &[],
                 });

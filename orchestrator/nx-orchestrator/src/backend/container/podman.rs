@@ -21,15 +21,16 @@ pub struct Podman {
     images: tokio::sync::RwLock<()>,
 }
 
-/// One Podman container: a deployment's or a task's.
 /// A container's `/tmp`.
 pub enum Tmp<'a> {
-    /// Podman's tmpfs of this size (MiB); runc gives it the mode of the image's /tmp.
-    Tmpfs { size_mb: u64 },
-    /// A directory the launcher mounted a 1777 tmpfs on (`tmp_mount::TmpMount`), bound.
+    /// Podman's tmpfs of [`Container::tmp_mb`]; runc gives it the mode of the image's /tmp.
+    Tmpfs,
+    /// A directory the launcher mounted a 1777 tmpfs of [`Container::tmp_mb`] on
+    /// (`tmp_mount::TmpMount`), bound.
     Mounted(&'a Path),
 }
 
+/// One Podman container: a deployment's or a task's.
 pub struct Container<'a> {
     pub name: &'a str,
     pub hostname: &'a str,
@@ -45,6 +46,9 @@ pub struct Container<'a> {
     pub network: SandboxNetwork<'a>,
     pub runtime: Runtime,
     pub tmp: Tmp<'a>,
+    /// The size of `/tmp` and of `/dev/shm` (Podman's `--shm-size`, 64 MiB unless given), in
+    /// MiB: the deployment's or task's `limits.tmp_mb`.
+    pub tmp_mb: u64,
     /// Volumes, bound at their paths; the container gets their groups (`gids`).
     pub volumes: &'a [super::bwrap::VolumeBind],
     pub gids: &'a [u32],
@@ -270,15 +274,18 @@ impl Podman {
         ]);
         argv.extend(["--user".into(), format!("{}:{}", c.uid, c.uid)]);
         argv.extend(match c.tmp {
-            Tmp::Tmpfs { size_mb } => [
+            Tmp::Tmpfs => [
                 "--tmpfs".into(),
-                format!("/tmp:rw,nosuid,nodev,mode=1777,size={size_mb}m"),
+                format!("/tmp:rw,nosuid,nodev,mode=1777,size={}m", c.tmp_mb),
             ],
             Tmp::Mounted(dir) => [
                 "--volume".into(),
                 format!("{}:/tmp:rw,nosuid,nodev", dir.display()),
             ],
         });
+        // POSIX shared memory (shm_overview(7)) as large as /tmp, as in a bubblewrap sandbox
+        // (review14 #4: it was Podman's 64 MiB whatever --tmp said).
+        argv.extend(["--shm-size".into(), format!("{}m", c.tmp_mb)]);
         // Podman's own limits, which the launcher set (RLIMIT_NOFILE).
         argv.extend(["--ulimit".into(), "host".into()]);
         argv.extend(["--env-file".into(), c.env_file.display().to_string()]);
