@@ -332,6 +332,23 @@ fn vmm_processes(needle: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// Asserts that the one QEMU process whose command line mentions `needle` runs under a seccomp
+/// filter (QEMU's `-sandbox`) with no new privileges: `Seccomp: 2` and `NoNewPrivs: 1` in its
+/// status (proc(5)).
+fn assert_vmm_filtered(needle: &str) {
+    let vmms = vmm_processes(needle);
+    assert_eq!(vmms.len(), 1, "one VMM with {needle}: {vmms:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vmms[0].0)).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    assert_eq!(field("Seccomp:").as_deref(), Some("2"), "{status}");
+    assert_eq!(field("NoNewPrivs:").as_deref(), Some("1"), "{status}");
+}
+
 /// The command lines of the QEMU processes that mention `needle`.
 fn vmms_with(needle: &str) -> Vec<String> {
     vmm_processes(needle).into_iter().map(|(_, c)| c).collect()
@@ -385,6 +402,8 @@ fn a_persistent_microvm_is_pinned_to_its_cpus_has_no_balloon_and_keeps_its_data(
     assert_eq!(pinned.len(), 1, "{d}");
     assert!(ours.contains(&pinned[0]), "{pinned:?} not in {ours:?}");
     assert_eq!(vmm_cpus(&pet), pinned);
+    // A guest that takes over its VMM is still held by QEMU's seccomp filter (attacker s10 F8).
+    assert_vmm_filtered(&format!("deployments/{pet}/"));
 
     // No balloon: QEMU adds no default device, and the guest sees none of virtio type 5
     // (virtio spec 1.2, 5.5), among the devices it has (its network and its /data disk).
@@ -656,6 +675,7 @@ fn a_pooled_microvm_task_takes_a_guest_booted_ahead_once_and_leaves_nothing() {
     assert_eq!(left.len(), 1, "{left:?}");
     let own = host.path("microvm/tasks").display().to_string();
     assert_eq!(vmms_with(&own).len(), 1, "{:?}", vmms_with(&own));
+    assert_vmm_filtered(&own);
     drop(host);
     // nxd gone: no VMM of its state dir stays behind.
 }

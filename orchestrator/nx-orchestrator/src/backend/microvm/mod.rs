@@ -325,9 +325,11 @@ impl MicrovmBackend {
             path: &drive,
             read_only: true,
         };
-        let argv = self
+        let mut argv = self
             .task_vmm(&self.warm_initrd(), memory_max_mb, Some(disk), None)
             .argv;
+        // It is saved with an `exec:` migration (see `snapshot`).
+        vmm::allow_spawn(&mut argv);
         Ok(Template { argv, drive })
     }
 
@@ -553,7 +555,7 @@ impl SandboxBackend for MicrovmBackend {
             ..self.task_vmm(&self.warm_initrd(), memory_max_mb, Some(disk), exit_key)
         };
         if let Some(snapshot) = &snapshot {
-            spec.argv.extend(vmm::incoming(snapshot));
+            vmm::restore_from(&mut spec.argv, snapshot);
         }
         Ok(WarmLaunch {
             spec,

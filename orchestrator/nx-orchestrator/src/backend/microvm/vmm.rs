@@ -74,11 +74,34 @@ fn cmdline(guest: &Guest<'_>, extra: &str) -> String {
     line.trim_end().to_owned()
 }
 
+/// QEMU's seccomp filter (`-sandbox`, qemu(1)): the system calls of obsolete interfaces and of
+/// resource control (scheduling, affinity) are refused, so that code that takes over the VMM
+/// from inside the guest cannot use them.
+const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny";
+/// Added to [`SANDBOX`] when the VMM runs no `cmd:` forward: the set*id calls (setsid(2)
+/// among them) refused too. The database forward's `socat` does not start under it (measured:
+/// every connection to the forward closed at once).
+const NO_SET_ID: &str = ",elevateprivileges=deny";
+/// Added after [`NO_SET_ID`] when the VMM runs no command at all: fork and exec refused.
+const NO_SPAWN: &str = ",spawn=deny";
+
+/// Lets the VMM whose `argv` [`qemu`] made start commands (a snapshot's `exec:` migration).
+pub fn allow_spawn(argv: &mut [String]) {
+    for arg in argv.iter_mut() {
+        if let Some(kept) = arg.strip_suffix(NO_SPAWN) {
+            *arg = kept.to_owned();
+        }
+    }
+}
+
 fn s(items: &[&str]) -> Vec<String> {
     items.iter().map(|i| i.to_string()).collect()
 }
 
-/// `qemu-system-x86_64 -M microvm`: the guest reboots to end (reboot=t with -no-reboot).
+/// `qemu-system-x86_64 -M microvm`: the guest reboots to end (reboot=t with -no-reboot). Under
+/// QEMU's seccomp filter ([`SANDBOX`]), which also refuses set*id, fork and exec unless the
+/// guest reaches the database (QEMU runs `socat` for each connection; see [`allow_spawn`] for
+/// the other commands).
 pub fn qemu(guest: &Guest<'_>, accel: Accel) -> Vec<String> {
     let mut argv = s(&["qemu-system-x86_64", "-M", "microvm,rtc=on", "-accel"]);
     argv.push(match accel {
@@ -96,6 +119,11 @@ pub fn qemu(guest: &Guest<'_>, accel: Accel) -> Vec<String> {
         "-smp".into(),
         guest.vcpus.to_string(),
     ]);
+    let sandbox = match guest.database_socket {
+        Some(_) => SANDBOX.to_owned(),
+        None => format!("{SANDBOX}{NO_SET_ID}{NO_SPAWN}"),
+    };
+    argv.extend(["-sandbox".into(), sandbox]);
     argv.extend(s(&[
         "-nodefaults",
         "-no-user-config",
@@ -147,13 +175,15 @@ pub fn sh_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }
 
-/// QEMU options that restore a guest from a snapshot (see `snapshot`) instead of booting it: the
-/// rest of the command line must be the template's (the same machine, memory and devices).
-pub fn incoming(snapshot: &Path) -> [String; 2] {
-    [
+/// Has the VMM of `argv` (the template's command line: the same machine, memory and devices)
+/// restore a guest from a snapshot (see `snapshot`) instead of booting it: QEMU runs `cat` to
+/// read it.
+pub fn restore_from(argv: &mut Vec<String>, snapshot: &Path) {
+    argv.extend([
         "-incoming".into(),
         format!("exec:cat {}", sh_quote(snapshot)),
-    ]
+    ]);
+    allow_spawn(argv);
 }
 
 /// `cloud-hypervisor` with a direct kernel boot.
@@ -252,6 +282,8 @@ mod tests {
         let append = after(&argv, "-append");
         assert!(append.contains("console=ttyS0") && append.contains("reboot=t"));
         assert!(append.contains("tsc_early_khz=2600000"));
+        // socat runs for each connection to the database: spawning allowed.
+        assert_eq!(after(&argv, "-sandbox"), SANDBOX);
         assert_eq!(
             after(&argv, "-netdev"),
             "user,id=n0,restrict=on,hostfwd=tcp:10.213.0.7:21001-10.0.2.15:21001,guestfwd=tcp:10.0.2.100:5432-cmd:socat STDIO UNIX-CONNECT:/s/.s.PGSQL.5432"
@@ -279,6 +311,10 @@ mod tests {
         assert!(!task
             .iter()
             .any(|a| a == "-netdev" || a.starts_with("virtio-net")));
+        assert_eq!(
+            after(&task, "-sandbox"),
+            format!("{SANDBOX}{NO_SET_ID}{NO_SPAWN}")
+        );
         // A disk: a raw virtio-blk device, read-only when asked.
         let with_disk = qemu(
             &Guest {
@@ -299,13 +335,19 @@ mod tests {
 
     #[test]
     fn a_restored_guest_reads_its_snapshot_through_a_quoted_path() {
+        let mut argv = qemu(&guest(None), Accel::Tcg);
+        restore_from(
+            &mut argv,
+            Path::new("/var/lib/nx/microvm/snapshots/guest-192.snap"),
+        );
         assert_eq!(
-            incoming(Path::new("/var/lib/nx/microvm/snapshots/guest-192.snap")),
+            argv[argv.len() - 2..],
             [
                 "-incoming",
                 "exec:cat '/var/lib/nx/microvm/snapshots/guest-192.snap'"
             ]
         );
+        assert_eq!(after(&argv, "-sandbox"), format!("{SANDBOX}{NO_SET_ID}"));
         assert_eq!(sh_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
     }
 
