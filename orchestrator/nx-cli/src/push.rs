@@ -126,8 +126,7 @@ pub struct LimitArgs {
     #[arg(long, value_name = "MIB")]
     disk: Option<u64>,
     /// Size of /tmp in MiB, and of /dev/shm beside it (each a tmpfs: RAM counted in --memory,
-    /// so at most half of --memory; writes past it get ENOSPC). A microVM guest's /tmp is
-    /// half its RAM, and it has no /dev/shm.
+    /// so at most half of --memory; writes past it get ENOSPC).
     #[arg(long, value_name = "MIB")]
     tmp: Option<u64>,
     /// Open-files limit (RLIMIT_NOFILE) of the program; default 65536, at most nxd's

@@ -1637,6 +1637,7 @@ async fn make_backends(
                 launcher,
                 settings,
                 &config.microvm,
+                config.tasks.limits.tmp_mb,
             )
             .await?,
         )),

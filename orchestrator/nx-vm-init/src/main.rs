@@ -1,8 +1,8 @@
 //! PID 1 of an NX microVM (a static binary in the initramfs NX builds per deployment):
-//! mounts /proc, /sys, /dev and /tmp, loads the virtio modules listed in /nx/modules/order,
-//! brings up lo and, when /nx/network exists (a deployment, not a task), eth0 (QEMU's
-//! user-mode network: 10.0.2.15/24), turns the console's echo off (the host writes to it, see
-//! `console`), and then:
+//! mounts /proc, /sys, /dev, and /tmp and /dev/shm (each of /nx/tmp-mb MiB), loads the virtio
+//! modules listed in /nx/modules/order, brings up lo and, when /nx/network exists (a
+//! deployment, not a task), eth0 (QEMU's user-mode network: 10.0.2.15/24), turns the
+//! console's echo off (the host writes to it, see `console`), and then:
 //! - when /nx/await-task exists (a guest booted ahead for the task pool), prints `NX-READY` and
 //!   waits for `NX-GO` (saying `NX-READY` again to the first `NX-PING`: a guest restored from a
 //!   snapshot of this wait), sets the clock and reseeds the kernel's CRNG from what came with it
@@ -43,16 +43,33 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// The file that holds the size of /tmp and of /dev/shm in MiB (decimal text; nxd writes the
+/// deployment's or task's `limits.tmp_mb`); without it the kernel's default, half the RAM.
+const TMP_MB: &str = "/nx/tmp-mb";
+
+/// /dev, /proc, /sys, and /tmp and /dev/shm: each a tmpfs of [`TMP_MB`] MiB, so that a write
+/// past `--tmp` gets ENOSPC as in a container (review14 #4: /tmp was half the guest's RAM and
+/// there was no /dev/shm).
 fn mounts() -> nix::Result<()> {
-    let none: Option<&str> = None;
-    for (source, target, fstype) in [
-        ("devtmpfs", "/dev", "devtmpfs"),
-        ("proc", "/proc", "proc"),
-        ("sysfs", "/sys", "sysfs"),
-        ("tmpfs", "/tmp", "tmpfs"),
+    let tmp = std::fs::read_to_string(TMP_MB)
+        .ok()
+        .and_then(|mb| mb.trim().parse::<u64>().ok())
+        .map(|mb| format!("size={mb}m"));
+    for (source, target, fstype, options) in [
+        ("devtmpfs", "/dev", "devtmpfs", None),
+        ("proc", "/proc", "proc", None),
+        ("sysfs", "/sys", "sysfs", None),
+        ("tmpfs", "/tmp", "tmpfs", tmp.as_deref()),
+        ("tmpfs", "/dev/shm", "tmpfs", tmp.as_deref()),
     ] {
         let _ = std::fs::create_dir_all(target);
-        mount(Some(source), target, Some(fstype), MsFlags::empty(), none)?;
+        mount(
+            Some(source),
+            target,
+            Some(fstype),
+            MsFlags::empty(),
+            options,
+        )?;
     }
     Ok(())
 }

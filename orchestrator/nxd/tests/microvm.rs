@@ -20,6 +20,8 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
             &[
                 "--backend",
                 "microvm",
+                "--tmp",
+                "8",
                 "-e",
                 &format!("APP_VERSION={version}"),
             ],
@@ -73,6 +75,24 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     assert_eq!(host.get(&preview, "/read?path=/nx/env").0, 404);
     let (_, whoami) = host.get(&preview, "/whoami");
     assert!(!whoami.contains("uid=0"), "{whoami}");
+    // /tmp and /dev/shm are each --tmp (8 MiB) in the guest, as in a container (review14 #4:
+    // /tmp was half the guest's RAM, and there was no /dev/shm).
+    for dir in ["/tmp", "/dev/shm"] {
+        let (status, body) = host.get(&preview, &format!("/fill?dir={dir}&mb=12"));
+        assert_eq!(status, 200, "{dir}: {body}");
+        let filled: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            filled["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("No space left on device"),
+            "{dir}: {body}"
+        );
+        assert!(
+            filled["written_bytes"].as_u64().unwrap() <= 8 << 20,
+            "{dir}: {body}"
+        );
+    }
 
     // The host's other services are out of reach: only the database is forwarded. With
     // --egress none (the default): not the host's API (at QEMU's alias for the host, 10.0.2.2, and
@@ -639,6 +659,17 @@ fn a_pooled_microvm_task_takes_a_guest_booted_ahead_once_and_leaves_nothing() {
     assert_eq!(started(&events)["warm"], true, "{events:?}");
     assert_ne!(started(&events)["task"], task.as_str());
     assert_eq!(stdout, "", "the previous task's /tmp: {events:?}");
+    // Its /tmp and /dev/shm are tasks.limits.tmp_mb (64 MiB), mounted before the task came.
+    wait_for_pooled_guest(&host);
+    let (events, mounts) = run_json(&host, &[], &["cat", "/proc/mounts"]);
+    assert_eq!(started(&events)["warm"], true, "{events:?}");
+    for dir in ["/tmp", "/dev/shm"] {
+        let options = mounts
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("tmpfs {dir} tmpfs ")))
+            .unwrap_or_else(|| panic!("no tmpfs on {dir}: {mounts}"));
+        assert!(options.contains(",size=65536k"), "{dir}: {mounts}");
+    }
     let (events, _) = run_json(&host, &[], &["cat", "/tmp/secret"]);
     assert_eq!(exited(&events)["exit_code"], 2, "{events:?}");
     // The task's program and secrets are init's, not the program's.

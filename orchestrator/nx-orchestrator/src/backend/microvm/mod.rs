@@ -41,6 +41,11 @@ use vmm::{Accel, Disk, Guest, GUEST_APP_UID, GUEST_DB_ADDR};
 
 /// Memory the VMM itself needs beside the guest's RAM, inside the unit's MemoryMax.
 const VMM_OVERHEAD_MB: u64 = 64;
+/// The initramfs file that gives the guest's init the size of `/tmp` and of `/dev/shm` (each a
+/// tmpfs), in MiB as decimal text: the deployment's or task's `limits.tmp_mb` (nx-vm-init's
+/// `TMP_MB`). Without it (the accelerator's probe guest) they get the kernel's default size,
+/// half the guest's RAM.
+const TMP_MB: &str = "nx/tmp-mb";
 const MIN_GUEST_MB: u64 = 64;
 
 pub struct MicrovmBackend {
@@ -92,6 +97,9 @@ fn missing(what: &str, path: &Path) -> BackendError {
 }
 
 impl MicrovmBackend {
+    /// The backend of `config`, its probe and pool initramfs written; `task_tmp_mb` is every
+    /// task's `/tmp` and `/dev/shm` size (`tasks.limits.tmp_mb`), which a pool guest mounts
+    /// before its task comes.
     #[tracing::instrument(skip_all)]
     pub async fn new(
         supervisor: Arc<Supervisor>,
@@ -99,6 +107,7 @@ impl MicrovmBackend {
         launcher: PathBuf,
         settings: UnitSettings,
         config: &MicrovmConfig,
+        task_tmp_mb: u64,
     ) -> Result<Self, BackendError> {
         let kernel_dir = config
             .kernel_dir
@@ -164,6 +173,8 @@ impl MicrovmBackend {
         // Nothing secret: readable by every task's uid.
         let mut warm = backend.guest_archive(None)?;
         warm.file("nx/await-task", 0o644, b"")?;
+        // Its /tmp is mounted at boot, before a task comes: every task's size is the host's.
+        warm.file(TMP_MB, 0o644, task_tmp_mb.to_string().as_bytes())?;
         std::fs::write(backend.warm_initrd(), warm.finish()?)?;
         backend.accel = accel::choose(
             config.accel,
@@ -258,9 +269,9 @@ impl MicrovmBackend {
     }
 
     /// The guest's initramfs in `dir`: the cached base, then an archive of the environment and
-    /// arguments, the key of its exit line (`guest_exit`), the empty `markers` that tell init
-    /// what the guest has (`nx/network`, `nx/data`), and for a guest with a network
-    /// `/etc/resolv.conf`; the VMM's uid owns it, 0600.
+    /// arguments, the key of its exit line (`guest_exit`), the small `facts` files that tell
+    /// init what the guest has (`nx/network`, `nx/data`: empty markers; [`TMP_MB`]), and for a
+    /// guest with a network `/etc/resolv.conf`; the VMM's uid owns it, 0600.
     #[allow(clippy::too_many_arguments)]
     fn write_initrd(
         &self,
@@ -270,7 +281,7 @@ impl MicrovmBackend {
         args: &[String],
         exit_key: &str,
         uid: u32,
-        markers: &[&str],
+        facts: &[(&str, &[u8])],
     ) -> Result<PathBuf, BackendError> {
         let mut initrd = self.base_initramfs(program)?;
         let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -286,10 +297,10 @@ impl MicrovmBackend {
             &nul_separated(args.iter().map(String::as_str)),
         )?;
         own.file(guest_exit::KEY_FILE, 0o600, exit_key.as_bytes())?;
-        for marker in markers {
-            own.file(marker, 0o644, b"")?;
+        for (name, text) in facts {
+            own.file(name, 0o644, text)?;
         }
-        if markers.contains(&"nx/network") {
+        if facts.iter().any(|(name, _)| *name == "nx/network") {
             own.dir("etc")?;
             own.file(
                 "etc/resolv.conf",
@@ -429,13 +440,14 @@ impl SandboxBackend for MicrovmBackend {
         if let Some(image) = &data {
             chown(&image.image, Some(uid), Some(uid))?;
         }
-        let markers: &[&str] = match data {
-            Some(_) => &["nx/network", "nx/data"],
-            None => &["nx/network"],
-        };
+        let tmp = spec.deployment.limits.tmp_mb.to_string();
+        let mut facts = vec![("nx/network", &b""[..]), (TMP_MB, tmp.as_bytes())];
+        if data.is_some() {
+            facts.push(("nx/data", b""));
+        }
         let exit_key = guest_exit::new_key();
         let initrd_path =
-            self.write_initrd(&handle.dir, path, &env, &spec.args, &exit_key, uid, markers)?;
+            self.write_initrd(&handle.dir, path, &env, &spec.args, &exit_key, uid, &facts)?;
         let (memory_mb, vcpus) = Self::guest_size(&spec.deployment.limits);
         let tap = format!("nx{}", spec.deployment.port);
         let guest = Guest {
@@ -511,6 +523,7 @@ impl SandboxBackend for MicrovmBackend {
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
         let exit_key = guest_exit::new_key();
+        let tmp = task.limits.tmp_mb.to_string();
         let initrd = self.write_initrd(
             &dir,
             program,
@@ -518,7 +531,7 @@ impl SandboxBackend for MicrovmBackend {
             &task.args,
             &exit_key,
             task.uid,
-            &[],
+            &[(TMP_MB, tmp.as_bytes())],
         )?;
         Ok(LaunchSpec {
             uid: Some(task.uid),
