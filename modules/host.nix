@@ -38,7 +38,7 @@ let
     cpuQuotaPercent = mkOption { type = types.ints.positive; default = d.cpuQuotaPercent; description = "Default CPUQuota of ${what}, percent of one CPU."; };
     tasksMax = mkOption { type = types.ints.positive; default = d.tasksMax; description = "Default TasksMax of ${what}."; };
     diskMb = mkOption { type = types.ints.unsigned; default = d.diskMb; description = "Default size of /data of ${what}, MiB (its own filesystem image; writes past it get ENOSPC; at most the free disk less nxd's reserve); 0: no /data to write (read-only, empty). A task has no /data."; };
-    tmpMb = mkOption { type = types.ints.positive; default = d.tmpMb; description = "Default size of /tmp and of /dev/shm of ${what}, MiB (each a tmpfs, counted in its memory; writes past it get ENOSPC; a deployment's is at most half its memory)."; };
+    tmpMb = mkOption { type = types.ints.positive; default = d.tmpMb; description = "Default size of /tmp and of /dev/shm of ${what}, MiB (each a tmpfs, counted in its memory; writes past it get ENOSPC; a push's --tmp is at most half its memory, and one without --tmp gets this or half its memory, whichever is less)."; };
     nofile = mkOption { type = types.ints.positive; default = d.nofile; description = "Default RLIMIT_NOFILE of ${what}."; };
     logMaxMb = mkOption { type = types.ints.positive; default = d.logMaxMb; description = "Default cap of the log of ${what} on disk, MiB, rotated files included. A task's output streams to its caller instead."; };
   };

@@ -422,7 +422,7 @@ mod tests {
     /// Review14 #3: `/tmp` and `/dev/shm` are each `tmp_mb` of RAM in `memory_max_mb`; a
     /// `--tmp` equal to `--memory` let both full reach MemoryMax (an OOM kill, not ENOSPC).
     #[test]
-    fn tmp_is_at_most_half_the_memory_as_dev_shm_is_as_large() {
+    fn tmp_is_at_most_half_the_memory_as_dev_shm_is_as_large_and_lowered_there_unasked() {
         let limits = |memory_max_mb, tmp_mb| Limits {
             memory_max_mb,
             tmp_mb,
@@ -443,6 +443,23 @@ mod tests {
         );
         assert!(check_limits(&limits(64, 32), &BOUNDS).is_ok());
         assert!(check_limits(&limits(16, 8), &BOUNDS).is_ok());
+        // A push that asks for no tmp gets the default (64) or half its memory, not a refusal.
+        let asked = |memory_max_mb, tmp_mb| {
+            crate::wire::LimitsOverride {
+                memory_max_mb: Some(memory_max_mb),
+                tmp_mb,
+                ..Default::default()
+            }
+            .apply(Limits::default())
+        };
+        assert_eq!(asked(64, None).tmp_mb, 32);
+        assert!(check_limits(&asked(64, None), &BOUNDS).is_ok());
+        assert_eq!(asked(512, None).tmp_mb, 64);
+        assert_eq!(asked(64, Some(64)).tmp_mb, 64);
+        assert_eq!(
+            field(check_limits(&asked(64, Some(64)), &BOUNDS)),
+            "limits.tmp_mb"
+        );
     }
 
     #[test]

@@ -189,12 +189,26 @@ pub struct Limits {
     /// empty read-only directory: writes get EROFS).
     pub disk_mb: u64,
     /// The size of `/tmp` and of `/dev/shm` in MiB (each a tmpfs: RAM counted in
-    /// `memory_max_mb`, so a deployment's is at most half of it; writes past it get ENOSPC).
+    /// `memory_max_mb`, so at most half of it: one not asked for is lowered to half; writes past
+    /// it get ENOSPC).
     pub tmp_mb: u64,
     /// `RLIMIT_NOFILE` of the program (soft and hard), at most `sandbox.max_nofile`.
     pub nofile: u64,
     /// The most its log takes on disk, in MiB, rotated files included.
     pub log_max_mb: u64,
+}
+
+impl Limits {
+    /// These limits with `tmp_mb` lowered to half of `memory_max_mb` where it is more: the size
+    /// `/tmp` (and `/dev/shm`) gets when nobody asked for one, so that a `--memory 64` push
+    /// over the default 64 MiB gets 32 MiB instead of a refusal (`checks::check_limits`
+    /// refuses only a `tmp_mb` asked for past half).
+    pub fn with_tmp_within_memory(self) -> Self {
+        Self {
+            tmp_mb: self.tmp_mb.min(self.memory_max_mb / 2),
+            ..self
+        }
+    }
 }
 
 impl Default for Limits {

@@ -67,8 +67,10 @@ pub struct LimitsOverride {
 }
 
 impl LimitsOverride {
+    /// `base` with each limit set here in its place; a `tmp_mb` not set here is `base`'s, or
+    /// half the memory where that is less ([`Limits::with_tmp_within_memory`]).
     pub fn apply(&self, base: Limits) -> Limits {
-        Limits {
+        let limits = Limits {
             memory_max_mb: self.memory_max_mb.unwrap_or(base.memory_max_mb),
             cpu_quota_percent: self.cpu_quota_percent.unwrap_or(base.cpu_quota_percent),
             tasks_max: self.tasks_max.unwrap_or(base.tasks_max),
@@ -76,6 +78,10 @@ impl LimitsOverride {
             tmp_mb: self.tmp_mb.unwrap_or(base.tmp_mb),
             nofile: self.nofile.unwrap_or(base.nofile),
             log_max_mb: self.log_max_mb.unwrap_or(base.log_max_mb),
+        };
+        match self.tmp_mb {
+            Some(_) => limits,
+            None => limits.with_tmp_within_memory(),
         }
     }
 

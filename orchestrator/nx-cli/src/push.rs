@@ -126,7 +126,8 @@ pub struct LimitArgs {
     #[arg(long, value_name = "MIB")]
     disk: Option<u64>,
     /// Size of /tmp in MiB, and of /dev/shm beside it (each a tmpfs: RAM counted in --memory,
-    /// so at most half of --memory; writes past it get ENOSPC).
+    /// so at most half of --memory; writes past it get ENOSPC). Default: nxd's limits.tmp_mb
+    /// (64), or half of --memory where that is less.
     #[arg(long, value_name = "MIB")]
     tmp: Option<u64>,
     /// Open-files limit (RLIMIT_NOFILE) of the program; default 65536, at most nxd's

@@ -1637,7 +1637,7 @@ async fn make_backends(
                 launcher,
                 settings,
                 &config.microvm,
-                config.tasks.limits.tmp_mb,
+                config.tasks.limits.with_tmp_within_memory().tmp_mb,
             )
             .await?,
         )),

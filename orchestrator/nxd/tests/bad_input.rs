@@ -612,7 +612,7 @@ fn bad_request_fields_get_a_4xx_naming_the_field_and_store_nothing() {
     );
     // And a good push still works.
     let (status, body) = push(base(
-        serde_json::json!({ "limits": { "memory_max_mb": 64, "tmp_mb": 32 } }),
+        serde_json::json!({ "limits": { "memory_max_mb": 64 } }),
     ));
     assert_eq!(status, 200, "{body}");
     // A log query with a parameter nxd does not know, or a negative count, is refused, not

@@ -97,10 +97,7 @@ fn a_deployment_sees_nothing_of_the_host_or_its_neighbours() {
 #[test]
 fn limits_hold_a_fork_loop_and_a_memory_hog() {
     let host = Host::start();
-    let id = host.push_sample(
-        "limits",
-        &["--tasks", "40", "--memory", "64", "--tmp", "32"],
-    );
+    let id = host.push_sample("limits", &["--tasks", "40", "--memory", "64"]);
     let preview = host.preview_host("limits", &id);
 
     let (status, body) = host.get(&preview, "/fork");

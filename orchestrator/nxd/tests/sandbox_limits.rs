@@ -170,16 +170,15 @@ fn nx_logs_follow_goes_on_across_rotation() {
     );
 }
 
+/// /tmp and /dev/shm are each `tmp_mb` of RAM in `memory_max_mb`: a `--tmp` past half of
+/// `--memory` is refused (both full would be an OOM kill, review14 #3), and a push that asks
+/// for no `--tmp` gets the host's default or half its memory, whichever is less, not a refusal.
 #[test]
-fn full_data_and_tmp_are_enospc_and_the_program_keeps_serving() {
+fn a_tmp_asked_for_past_half_the_memory_is_refused_and_one_not_asked_for_fits() {
     let host = Host::start();
-    // /tmp and /dev/shm are each --tmp of RAM in --memory: a --tmp past half of it is refused,
-    // both full would be an OOM kill (review14 #3).
     let sample = nx_testkit::sample_app();
     let sample = sample.to_str().unwrap();
-    let push = host.nx(&[
-        "push", sample, "-s", "disk", "--memory", "32", "--tmp", "32",
-    ]);
+    let push = host.nx(&["push", sample, "-s", "tmp", "--memory", "32", "--tmp", "32"]);
     assert!(
         !push.ok,
         "--tmp 32 --memory 32 was accepted: {}",
@@ -193,6 +192,30 @@ fn full_data_and_tmp_are_enospc_and_the_program_keeps_serving() {
         "{}",
         push.stderr
     );
+    // --memory 64 over the default --tmp 64: /tmp and /dev/shm of 32 MiB each.
+    let id = host.push_sample("tmp", &["--memory", "64"]);
+    assert_eq!(host.deployment("tmp", &id)["limits"]["tmp_mb"], 32);
+    let preview = host.preview_host("tmp", &id);
+    for dir in ["/tmp", "/dev/shm"] {
+        let (status, body) = host.get(&preview, &format!("/fill?dir={dir}&mb=40"));
+        assert_eq!(status, 200, "{dir}: {body}");
+        let filled: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            filled["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("No space left on device"),
+            "{dir}: {body}"
+        );
+        let written = filled["written_bytes"].as_u64().unwrap();
+        assert!(written > 24 << 20 && written <= 32 << 20, "{dir}: {body}");
+    }
+    assert_eq!(host.get(&preview, "/health").0, 200);
+}
+
+#[test]
+fn full_data_and_tmp_are_enospc_and_the_program_keeps_serving() {
+    let host = Host::start();
     let id = host.push_sample("disk", &["--disk", "64", "--tmp", "16"]);
     let preview = host.preview_host("disk", &id);
     let fill = |dir: &str, mb: u64| -> serde_json::Value {

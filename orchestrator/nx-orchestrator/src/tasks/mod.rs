@@ -233,10 +233,12 @@ impl Tasks {
             env: task.env,
             uid,
             backend: task.backend,
+            // A task asks only for its memory: its /tmp is the host's, or half the memory.
             limits: crate::config::Limits {
                 memory_max_mb: task.memory_max_mb,
                 ..self.pool.limits()
-            },
+            }
+            .with_tmp_within_memory(),
         };
         let mut reports = false;
         let handover = async {
