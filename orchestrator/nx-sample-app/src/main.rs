@@ -33,7 +33,8 @@
 //! - `GET /connect?addr=A` tries a TCP connection to A (host:port); reports the outcome
 //! - `GET /exit?code=C` exits with code C
 //! - `GET /raise?signal=N` sends itself signal N (6: a crash as abort(3) makes it)
-//! - `GET /fill?dir=D&mb=M` writes M MiB to D/fill (removed after); reports how much and the error
+//! - `GET /fill?dir=D&mb=M[&keep=1]` writes M MiB to D/fill (removed after, unless `keep`);
+//!   reports how much and the error
 //! - `GET /spew?mb=M`   writes M MiB of 100-byte lines to stdout; reports the seconds it took
 //! - `GET /ws`          a WebSocket echo
 //!
@@ -205,6 +206,7 @@ fn handle(request: Request) {
         "/fill" => json(fill(
             query(&url, "dir").unwrap_or("/data"),
             query(&url, "mb").and_then(|m| m.parse().ok()).unwrap_or(1),
+            query(&url, "keep") == Some("1"),
         )),
         "/spew" => json(spew(
             query(&url, "mb").and_then(|m| m.parse().ok()).unwrap_or(1),
@@ -307,7 +309,7 @@ fn handle(request: Request) {
     let _ = request.respond(response);
 }
 
-fn fill(dir: &str, mb: u64) -> serde_json::Value {
+fn fill(dir: &str, mb: u64, keep: bool) -> serde_json::Value {
     use std::io::Write;
     let path = format!("{dir}/fill");
     let chunk = vec![7u8; 1 << 20];
@@ -319,7 +321,9 @@ fn fill(dir: &str, mb: u64) -> serde_json::Value {
         }
         f.sync_all()
     });
-    let _ = std::fs::remove_file(&path);
+    if !keep {
+        let _ = std::fs::remove_file(&path);
+    }
     serde_json::json!({
         "written_bytes": written,
         "error": result.err().map(|e| e.to_string()),

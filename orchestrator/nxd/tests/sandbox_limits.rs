@@ -550,6 +550,28 @@ fn an_oom_kill_and_an_exit_code_are_named_in_the_log() {
     oom_kill_and_exit_code_named(&Host::start(), &[], 128);
 }
 
+/// Memory held in /tmp and /dev/shm (tmpfs pages: in no process's RSS) fills MemoryMax, then
+/// the program asks for a little more: the kernel kills the program, not its monitor (whose
+/// RSS is larger), and the monitor names the kill (attacker s15 O1: on a host whose root lacks CAP_SYS_RESOURCE, the monitor was killed,
+/// the log said nothing and `nx status` had no last exit).
+#[test]
+fn memory_held_in_tmpfs_ends_the_program_and_the_monitor_names_it() {
+    let host = Host::start();
+    let id = host.push_sample("shm", &["--memory", "64", "--tmp", "32"]);
+    let preview = host.preview_host("shm", &id);
+    let (status, body) = host.get(&preview, "/fill?dir=/tmp&mb=32&keep=1");
+    assert_eq!(status, 200, "{body}");
+    // /dev/shm as much again: MemoryMax is reached while it fills or, the program's own memory
+    // still small (the monitor's RSS is ~10 MB: nxd's binary mapped), when it asks for more.
+    if host.get(&preview, "/fill?dir=/dev/shm&mb=32&keep=1").0 == 200 {
+        let (status, _) = host.get(&preview, "/hog");
+        assert_ne!(status, 200, "the hog survived a 64 MiB MemoryMax");
+    }
+    wait_for_nx_line(&host, &id, "killed: out of memory, MemoryMax 64 MiB", "");
+    let last = host.deployment("shm", &id)["last_exit"].clone();
+    assert_eq!(last["result"], "oom-kill", "{last}");
+}
+
 #[test]
 fn an_oom_kill_in_a_microvm_guest_and_an_exit_code_are_named_like_a_containers() {
     // The guest's own OOM killer ends the program (the VMM's cgroup sees nothing); its init

@@ -13,7 +13,11 @@
 //!   monitor would die with them, and nobody would say why the program ended).
 //!
 //! The monitor is exempt from the OOM killer (`oom_score_adj` -1000; the program gets 0 back),
-//! so that it is always the program that is killed and the monitor that tells.
+//! so that it is always the program that is killed and the monitor that tells. Lowering it
+//! needs `CAP_SYS_RESOURCE` (proc(5)), which root may lack (a container's root, these build
+//! machines); there the program gets 1000 instead, which only raises its own score, so that it,
+//! not the monitor, is the first the kernel picks in the unit's cgroup whatever their sizes
+//! (memory held in a tmpfs or in kernel objects is in no process's RSS: attacker s15 O1).
 
 use super::data_disk::{DataImage, USAGE_FILE};
 use super::exit::{
@@ -101,7 +105,8 @@ pub fn run(
         Err(e) => return format!("pipe: {e}"),
     };
     let before = CgroupCounters::read();
-    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    let exempt = std::fs::write("/proc/self/oom_score_adj", "-1000").is_ok();
+    let program_oom_score_adj = if exempt { "0" } else { "1000" };
     // SAFETY: the launcher is single-threaded here; the child only dup2s, writes a file and
     // execs (or returns the reason it could not).
     match unsafe { fork() } {
@@ -110,7 +115,7 @@ pub fn run(
         Ok(ForkResult::Child) => {
             let redirected = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&out_w), 1)
                 .and_then(|_| nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&err_w), 2));
-            let _ = std::fs::write("/proc/self/oom_score_adj", "0");
+            let _ = std::fs::write("/proc/self/oom_score_adj", program_oom_score_adj);
             END_REPORT.store(std::os::fd::AsRawFd::as_raw_fd(&report_w), Ordering::SeqCst);
             let reason = match redirected {
                 Ok(_) => exec(),
