@@ -35,6 +35,8 @@
 //! - `GET /raise?signal=N` sends itself signal N (6: a crash as abort(3) makes it)
 //! - `GET /fill?dir=D&mb=M[&keep=1]` writes M MiB to D/fill (removed after, unless `keep`);
 //!   reports how much and the error
+//! - `GET /ptys?n=N`   opens /dev/ptmx N more times (each a pseudo-terminal) and keeps them open;
+//!   reports how many it holds and the first error
 //! - `GET /spew?mb=M`   writes M MiB of 100-byte lines to stdout; reports the seconds it took
 //! - `GET /ws`          a WebSocket echo
 //!
@@ -208,6 +210,9 @@ fn handle(request: Request) {
             query(&url, "mb").and_then(|m| m.parse().ok()).unwrap_or(1),
             query(&url, "keep") == Some("1"),
         )),
+        "/ptys" => json(ptys(
+            query(&url, "n").and_then(|n| n.parse().ok()).unwrap_or(1),
+        )),
         "/spew" => json(spew(
             query(&url, "mb").and_then(|m| m.parse().ok()).unwrap_or(1),
         )),
@@ -328,6 +333,28 @@ fn fill(dir: &str, mb: u64, keep: bool) -> serde_json::Value {
         "written_bytes": written,
         "error": result.err().map(|e| e.to_string()),
     })
+}
+
+/// The pseudo-terminals `/ptys` holds (their masters), until the program ends.
+static PTYS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+fn ptys(n: usize) -> serde_json::Value {
+    let mut held = PTYS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut error = None;
+    for _ in 0..n {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/ptmx")
+        {
+            Ok(master) => held.push(master),
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    serde_json::json!({ "held": held.len(), "error": error })
 }
 
 fn spew(mb: u64) -> serde_json::Value {

@@ -213,6 +213,35 @@ fn a_tmp_asked_for_past_half_the_memory_is_refused_and_one_not_asked_for_fits() 
     assert_eq!(host.get(&preview, "/health").0, 200);
 }
 
+/// `/ptys?n=N` of deployment `id` of `sandbox`: how many pseudo-terminals it holds, the error.
+fn hold_ptys(host: &Host, sandbox: &str, id: &str, n: u32) -> serde_json::Value {
+    let (status, body) = host.get(&host.preview_host(sandbox, id), &format!("/ptys?n={n}"));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Attacker s15 P1: one sandbox took every pseudo-terminal the host keeps for namespaces
+/// (3,071), and every other sandbox's `/dev/ptmx` got ENOSPC. A deployment holds at most
+/// `MAX_PTYS`, and another sandbox's program still opens its own beside it.
+#[test]
+fn a_deployment_holds_at_most_its_share_of_pseudo_terminals() {
+    let host = Host::start();
+    let max = nx_orchestrator::backend::pts_mount::MAX_PTYS;
+    let a = host.push_sample("ptya", &[]);
+    let b = host.push_sample("ptyb", &[]);
+    let held = hold_ptys(&host, "ptya", &a, max + 36);
+    assert_eq!(held["held"], max, "{held}");
+    assert!(
+        held["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("No space left on device"),
+        "{held}"
+    );
+    let other = hold_ptys(&host, "ptyb", &b, 10);
+    assert_eq!(other, serde_json::json!({"held": 10, "error": null}));
+}
+
 #[test]
 fn full_data_and_tmp_are_enospc_and_the_program_keeps_serving() {
     let host = Host::start();

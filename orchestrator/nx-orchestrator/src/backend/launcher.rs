@@ -251,7 +251,11 @@ pub fn run(spec_path: &Path) -> String {
     if let Err(e) = hand_over_seccomp(&spec) {
         return e;
     }
-    if spec.data_image.is_some() || spec.tmp.is_some() || !spec.volumes.is_empty() {
+    if spec.data_image.is_some()
+        || spec.tmp.is_some()
+        || spec.ptys.is_some()
+        || !spec.volumes.is_empty()
+    {
         if let Err(e) = super::data_disk::own_mount_namespace() {
             return e;
         }
@@ -275,6 +279,11 @@ pub fn run(spec_path: &Path) -> String {
     if let Some(tmp) = &spec.tmp {
         if let Err(e) = tmp.mount() {
             return format!("mounting /tmp: {e}");
+        }
+    }
+    if let Some(ptys) = &spec.ptys {
+        if let Err(e) = ptys.mount() {
+            return format!("mounting /dev/pts: {e}");
         }
     }
     for volume in &spec.volumes {

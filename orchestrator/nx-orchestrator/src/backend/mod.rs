@@ -24,6 +24,7 @@ pub mod microvm;
 #[cfg(target_os = "linux")]
 mod monitor;
 pub mod monitor_files;
+pub mod pts_mount;
 pub mod spawn_failure;
 #[cfg(target_os = "linux")]
 mod task_end;

@@ -59,6 +59,9 @@ pub struct Sandbox<'a> {
     pub etc: Option<&'a EtcTree>,
     /// Volumes: mounted on the host side by the launcher, bound read-write at their paths.
     pub volumes: &'a [VolumeBind],
+    /// A deployment's devpts instance of at most `pts_mount::MAX_PTYS` (the launcher mounts
+    /// it), bound at `/dev/pts` over bubblewrap's own; `None` (a task's): bubblewrap's.
+    pub ptys: Option<&'a Path>,
 }
 
 /// A volume the launcher mounted on `mountpoint`, for the program at `path`.
@@ -123,6 +126,14 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
             "/dev/shm", "--size", &tmp_bytes, "--tmpfs", "/tmp",
         ],
     );
+    // /dev/ptmx is bubblewrap's link to pts/ptmx: the bounded instance's (--dev-bind: its
+    // ptmx is a device node, which --bind's nodev would refuse to open).
+    if let Some(ptys) = sandbox.ptys {
+        push(
+            &mut argv,
+            &["--dev-bind", &ptys.display().to_string(), "/dev/pts"],
+        );
+    }
     // bwrap execs with execvp(3): a bundle's entry is found through PATH (ARGV0_DIR), so
     // that argv[0] is its name while /proc/self/exe (and $ORIGIN) stay under /app.
     let exec = match &sandbox.app {

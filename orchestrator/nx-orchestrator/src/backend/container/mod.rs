@@ -12,6 +12,7 @@ pub mod seccomp;
 
 use super::data_disk::{DataTemplates, VolumeDisk};
 use super::host_files::EtcTree;
+use super::pts_mount::PtsMount;
 use super::tmp_mount::TmpMount;
 use super::unit::{DeploymentUnits, UnitSettings};
 use super::{BackendError, Program, SandboxBackend, SandboxHandle, SandboxSpec, TaskLaunch};
@@ -162,6 +163,9 @@ impl SandboxBackend for ContainerBackend {
                 matches!(bwrap_app(program).1, Linkage::Dynamic { .. }),
             )?),
         };
+        let ptys = PtsMount {
+            dir: handle.dir.join("pts"),
+        };
         let mut launch = match &spec.program {
             Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
                 argv: bwrap::command(&Sandbox {
@@ -175,6 +179,7 @@ impl SandboxBackend for ContainerBackend {
                     network,
                     tmp_bytes: limits.tmp_mb << 20,
                     volumes: &binds,
+                    ptys: Some(&ptys.dir),
                 }),
                 sandbox_env: spec.env.clone(),
                 sandbox_env_form: SandboxEnvForm::BwrapArgs,
@@ -182,6 +187,7 @@ impl SandboxBackend for ContainerBackend {
                 uid: Some(uid),
                 stop: StopForward::Sandboxed,
                 network: Some(spec.network.clone()),
+                ptys: Some(ptys),
                 ..LaunchSpec::default()
             },
             // Podman runs as root and starts the container as the deployment's uid.
@@ -356,6 +362,7 @@ pub fn task_command(program: &Program, args: &[String], tmp_bytes: u64) -> Vec<S
         tmp_bytes,
         etc: None,
         volumes: &[],
+        ptys: None,
     })
 }
 
