@@ -7,6 +7,7 @@
 //! - `GET /env`         its environment, as JSON
 //! - `GET /read?path=P` the file's first 4 KiB, or 404 with the error
 //! - `GET /ls?path=P`   the directory's entries, or 404 with the error
+//! - `GET /links?path=P` the number of hard links of file P (its st_nlink), or 404 with the error
 //! - `GET /ps`          the pids it can see in /proc, as JSON
 //! - `GET /whoami`      its uid and gid
 //! - `GET /write?name=N` writes /data/N and reads it back
@@ -176,6 +177,13 @@ fn handle(request: Request) {
             .collect::<std::collections::BTreeMap<_, _>>(
         ))),
         "/read" => read(query(&url, "path").unwrap_or("")),
+        "/links" => match std::fs::metadata(query(&url, "path").unwrap_or("/")) {
+            Ok(meta) => text(
+                200,
+                std::os::unix::fs::MetadataExt::nlink(&meta).to_string(),
+            ),
+            Err(e) => text(404, e.to_string()),
+        },
         "/ls" => match std::fs::read_dir(query(&url, "path").unwrap_or("/")) {
             Ok(entries) => {
                 let mut names: Vec<String> = entries

@@ -53,6 +53,18 @@ fn a_deployment_sees_nothing_of_the_host_or_its_neighbours() {
     }
     expected.sort();
     assert_eq!(etc, expected);
+    // Copies of the host's files: one link each, whatever other deployments the host has
+    // (attacker s15 E1: hard links counted every deployment's tree).
+    for name in etc
+        .iter()
+        .filter(|n| !["hosts", "nx-sandbox", "ssl"].contains(&n.as_str()))
+    {
+        assert_eq!(
+            get(&format!("/links?path=/etc/{name}")),
+            (200, "1".into()),
+            "{name}"
+        );
+    }
     let (status, hosts) = get("/read?path=/etc/hosts");
     assert_eq!(status, 200, "{hosts}");
     // ... and read-only (bubblewrap's root tmpfs, where /etc was made, is the program's).

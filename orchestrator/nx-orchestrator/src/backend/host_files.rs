@@ -55,10 +55,11 @@ pub fn identity(uid: u32) -> [(&'static str, String); 2] {
 
 /// A deployment's `/etc`, laid out in one directory that bubblewrap binds read-only at `/etc`
 /// in one mount when nxd starts the deployment (a push, `nx start`; systemd's restart of a
-/// failed program reuses it): the host's regular files of [`HOST_FILES`] under `/etc` (hard
-/// links, which show the host's edits in place but not a file renamed over one, as a bind of a
-/// file pins its inode; copies where the directory is on another filesystem), the sandbox's own `passwd` and `group` ([`identity`]), the
-/// deployment network's `resolv.conf`, `/etc/hosts` as a link into [`crate::services::SANDBOX_DIR`]
+/// failed program reuses it): copies of the host's regular files of [`HOST_FILES`] under
+/// `/etc` (what the host had then; not hard links, whose link count told a sandbox how many
+/// deployments' trees the host keeps, other tenants' included: attacker s15 E1), the
+/// sandbox's own `passwd` and `group` ([`identity`]), a copy of the deployment network's
+/// `resolv.conf`, `/etc/hosts` as a link into [`crate::services::SANDBOX_DIR`]
 /// (bound over its empty mount point here), and `/etc/ld.so.cache` for a dynamically linked
 /// program. Each bind costs bubblewrap a mount and a read-only remount: one bind per file took
 /// 2.3 ms of a 7.2–7.9 ms bubblewrap start here (session 14, 2 cores, median of 60), the tree's
@@ -105,7 +106,7 @@ impl EtcTree {
                 }
                 // Regular files only: a device or a FIFO there is no file to show.
                 Ok(meta) if meta.is_file() => {
-                    link_or_copy(&std::fs::canonicalize(path)?, &dir.join(inside))?
+                    copy(&std::fs::canonicalize(path)?, &dir.join(inside))?
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -117,7 +118,7 @@ impl EtcTree {
             std::fs::write(&path, text)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
         }
-        link_or_copy(resolv_conf, &dir.join("resolv.conf"))?;
+        copy(resolv_conf, &dir.join("resolv.conf"))?;
         let sandbox_dir = crate::services::SANDBOX_DIR;
         let mount_point = sandbox_dir.strip_prefix("/etc/").unwrap_or(sandbox_dir);
         std::fs::create_dir_all(dir.join(mount_point))?;
@@ -126,18 +127,15 @@ impl EtcTree {
     }
 }
 
-/// A hard link of `from` at `to`, or a copy where they are on different filesystems (or links
-/// are refused, e.g. `fs.protected_hardlinks`). Errors name both paths.
-fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+/// A copy of the regular file `from` at `to` (its bytes and mode). Errors name both paths.
+fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::hard_link(from, to)
-        .or_else(|_| std::fs::copy(from, to).map(|_| ()))
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("copying {} to {}: {e}", from.display(), to.display()),
-            )
-        })
+    std::fs::copy(from, to).map(|_| ()).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("copying {} to {}: {e}", from.display(), to.display()),
+        )
+    })
 }
