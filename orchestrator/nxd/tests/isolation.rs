@@ -106,6 +106,37 @@ fn a_deployment_sees_nothing_of_the_host_or_its_neighbours() {
     assert_eq!(get("/read?path=/data/mine"), (200, "mine".to_string()));
 }
 
+/// Review14 #8: a dynamically linked program's `/etc` holds the host's loader cache (bound
+/// file by file before the tree), and a deployment that systemd restarts after a crash starts
+/// again with the same tree (it is laid out when nxd starts it, not at each unit start).
+#[test]
+fn a_dynamic_programs_etc_has_the_loader_cache_and_a_restart_after_a_crash_keeps_it() {
+    let host = Host::start();
+    let dynamic = nx_testkit::bin("nx-sample-app");
+    let id = host.nx_json(&["push", dynamic.to_str().unwrap(), "-s", "dyn"])["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let preview = host.preview_host("dyn", &id);
+    let (status, etc) = host.get(&preview, "/ls?path=/etc");
+    assert_eq!(status, 200, "{etc}");
+    if std::path::Path::new("/etc/ld.so.cache").exists() {
+        assert!(etc.contains("\"ld.so.cache\""), "{etc}");
+    }
+    host.get(&preview, "/exit?code=3");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host.deployment("dyn", &id)["state"]["restarts"] != 1
+        || host.get(&preview, "/health").0 != 200
+    {
+        assert!(Instant::now() < deadline, "not restarted after exit 3");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(host.get(&preview, "/ls?path=/etc"), (200, etc));
+    let (status, passwd) = host.get(&preview, "/read?path=/etc/passwd");
+    assert_eq!(status, 200, "{passwd}");
+    assert!(passwd.contains("app:x:"), "{passwd}");
+}
+
 #[test]
 fn limits_hold_a_fork_loop_and_a_memory_hog() {
     let host = Host::start();
