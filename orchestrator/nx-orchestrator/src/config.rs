@@ -370,11 +370,12 @@ pub struct DatabasesConfig {
     /// `temp_file_limit` of sandbox roles, in MiB: the temporary files one session may hold
     /// (sorts and hashes past `work_mem`); superuser-only, so a role cannot lift it. 0: none.
     pub temp_file_limit_mb: u64,
-    /// A tenant's backend whose anonymous memory (`RssAnon`) passes this, in MiB, is ended
+    /// A tenant's backend whose memory (`RssAnon` and the dynamic shared memory segments it
+    /// maps: see `embedded_db::backend_memory`) passes this, in MiB, is ended
     /// by nxd (embedded cluster only; a role may `SET work_mem` as high as it likes). 0: none.
     pub backend_memory_max_mb: u64,
     /// A sandbox role's backends together (production's or a preview branch's role), in MiB of
-    /// anonymous memory: past it nxd ends the role's largest backends until they fit
+    /// memory as for `backend_memory_max_mb`: past it nxd ends the role's largest backends until they fit
     /// (embedded cluster only). All tenants' backends together are held to three quarters of
     /// `memory_max_mb` the same way, the rest left to shared buffers and nxd's own sessions, so
     /// that no set of sessions reaches the unit's `MemoryMax` (where the kernel kills one and

@@ -333,11 +333,17 @@ fn initdb(dir: &Path, data: &Path, user: &nix::unistd::User) -> Result<(), Embed
     Ok(())
 }
 
-/// The anonymous memory (`RssAnon`, proc(5): not the shared buffers a backend maps) of each
-/// of `pids` (the cluster's processes as nxd sees them), in bytes, by the pid PostgreSQL knows
-/// it by (the last of `NSpid`: the embedded manager runs in a PID namespace of its own).
-/// Processes that ended meanwhile are left out.
-pub fn anonymous_memory(pids: &[u32]) -> HashMap<i32, u64> {
+/// The memory each of `pids` (the cluster's processes as nxd sees them) holds for itself, in
+/// bytes, by the pid PostgreSQL knows it by (the last of `NSpid`: the embedded manager runs in
+/// a PID namespace of its own): its anonymous memory (`RssAnon`, proc(5): not the shared
+/// buffers every backend maps) and the dynamic shared memory segments it maps
+/// ([`DSM_PREFIX`]: a parallel query's hash tables, sized by the tenant's own `work_mem` and
+/// `hash_mem_multiplier`; attacker s15 A2 took the cluster past its MemoryMax with them), at
+/// the room each takes in its tmpfs (`st_blocks`), each counted once: for the first of `pids`
+/// that maps it (a query's leader and workers share theirs; the watch adds a backend's
+/// workers to it). Processes that ended meanwhile are left out.
+pub fn backend_memory(pids: &[u32]) -> HashMap<i32, u64> {
+    let mut counted = std::collections::HashSet::new();
     pids.iter()
         .filter_map(|&pid| {
             let status = ProcStatus::read(pid)?;
@@ -347,8 +353,30 @@ pub fn anonymous_memory(pids: &[u32]) -> HashMap<i32, u64> {
                 .trim()
                 .parse()
                 .ok()?;
-            Some((status.postgres_pid()?, kib * 1024))
+            let segments: u64 = dsm_segments(pid)
+                .into_iter()
+                .filter(|path| counted.insert(path.clone()))
+                .filter_map(|path| {
+                    let meta = std::fs::metadata(format!("/proc/{pid}/root{path}")).ok()?;
+                    Some(std::os::unix::fs::MetadataExt::blocks(&meta) * 512)
+                })
+                .sum();
+            Some((status.postgres_pid()?, kib * 1024 + segments))
         })
+        .collect()
+}
+
+/// Where PostgreSQL's dynamic shared memory segments are (`dynamic_shared_memory_type =
+/// posix`, its default on Linux: shm_open(3) names `/PostgreSQL.<n>`).
+const DSM_PREFIX: &str = "/dev/shm/PostgreSQL.";
+
+/// The dynamic shared memory segments `pid` maps (their paths, from /proc/<pid>/maps).
+fn dsm_segments(pid: u32) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|path| path.starts_with(DSM_PREFIX))
+        .map(str::to_owned)
         .collect()
 }
 
@@ -399,8 +427,11 @@ pub(crate) async fn end_tenant_sessions_if_refused(
 /// client session of `pids` (the cluster's processes as nxd sees them) whose user is not
 /// nxd's ([`OS_USER`]): a tenant's. A client session's process title is `postgres: <user>
 /// <database> [local] <activity>` (postgres(1); the cluster listens on its socket only), so
-/// background processes (`postgres: checkpointer`, `postgres: autovacuum worker <db>`,
-/// `postgres: parallel worker for PID <n>`) are never ones. For when PostgreSQL takes no new
+/// background processes (`postgres: checkpointer`, `postgres: parallel worker for PID <n>`)
+/// are never ones; and every autovacuum worker in a database not nxd's
+/// ([`STATE_DATABASE`]) but NX's (`nx...`: `postgres: autovacuum worker <db>`), which runs
+/// the database owner's expression-index functions (attacker s15 A3: one filled the lock
+/// table). For when PostgreSQL takes no new
 /// connection, not even the superuser's, so SQL cannot say whose session holds what (attacker
 /// s13 H7: a tenant's locks filling the lock table while nxd was away kept nxd from starting,
 /// and so from ending them). How many were signalled.
@@ -417,7 +448,13 @@ fn end_tenant_sessions(pids: &[u32]) -> usize {
                 .split(|c: char| c.is_whitespace() || c == '\0')
                 .filter(|f| !f.is_empty())
                 .collect();
-            matches!(fields.as_slice(), [user, _database, "[local]", ..] if *user != OS_USER)
+            match fields.as_slice() {
+                ["autovacuum", "worker", database, ..] => {
+                    *database != STATE_DATABASE && database.starts_with("nx")
+                }
+                [user, _database, "[local]", ..] => *user != OS_USER,
+                _ => false,
+            }
         })
         .filter(|&&pid| {
             i32::try_from(pid).is_ok_and(|pid| {

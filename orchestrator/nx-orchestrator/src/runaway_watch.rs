@@ -63,7 +63,7 @@ impl Orchestrator {
         }
         let memory = if self.embedded_db {
             let pids = self.supervisor.unit_pids(embedded_db::UNIT).await?;
-            embedded_db::anonymous_memory(&pids)
+            embedded_db::backend_memory(&pids)
         } else {
             HashMap::new()
         };

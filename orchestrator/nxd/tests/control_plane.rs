@@ -1511,6 +1511,97 @@ fn a_statement_run_by_parallel_workers_is_held_to_its_memory_bound() {
     );
 }
 
+/// Attacker s15 A2 (high): a parallel hash join builds its hash table in dynamic shared memory
+/// (`/dev/shm/PostgreSQL.<n>`, in every participant's `RssShmem`), sized by the tenant's own
+/// `work_mem` and `hash_mem_multiplier`, which the watch did not count (it read `RssAnon`):
+/// three such joins took the cluster past its `MemoryMax`. The segments count, once, with the
+/// backend's memory.
+#[test]
+fn a_parallel_hash_join_is_held_to_its_memory_bound_in_shared_memory() {
+    let host = Host::start_with("[databases]\nbackend_memory_max_mb = 256\nmemory_max_mb = 3072\n");
+    let alpha = sandbox_db_url(&host, "alpha");
+    let (_, stderr) = psql_within_a_minute(
+        &alpha,
+        "CREATE TABLE big AS SELECT g AS x FROM generate_series(1, 8000000) g; ANALYZE big",
+    );
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    let (_, stderr) = psql_within_a_minute(
+        &alpha,
+        "SET work_mem = '4GB'; SET hash_mem_multiplier = 4; \
+         SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; \
+         SET enable_mergejoin = off; SET enable_nestloop = off; \
+         SELECT count(*) FROM big a JOIN big b USING (x)",
+    );
+    assert!(
+        stderr.contains("terminating connection due to administrator command"),
+        "{stderr}"
+    );
+    assert!(
+        host.nxd_log()
+            .lines()
+            .any(|l| ends_session(l, "alpha", "MiB")),
+        "{}",
+        host.nxd_log()
+    );
+}
+
+/// Attacker s15 A1 and A3 (high, critical): autovacuum's ANALYZE evaluates an expression
+/// index's expressions, a function the tenant wrote, in an autovacuum worker (with
+/// `statement_timeout` 0), which the watch did not look at: 4 GB and the cluster OOM-killed,
+/// or the shared lock table filled for every tenant. The worker is held to the bounds of the
+/// database's owner, and to the lock table's.
+#[test]
+fn a_tenants_function_run_by_autovacuum_is_held_to_the_memory_and_lock_bounds() {
+    let host = Host::start_with("[databases]\nbackend_memory_max_mb = 256\nmemory_max_mb = 3072\n");
+    // Each runs its work only in autovacuum (where statement_timeout is 0), on the row x = 1.
+    let in_autovacuum = |table: &str, work: &str| {
+        format!(
+            "CREATE TABLE {table}(x int) WITH (autovacuum_analyze_threshold = 1, \
+                 autovacuum_analyze_scale_factor = 0); \
+             CREATE FUNCTION {table}_f(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ \
+             DECLARE a text; BEGIN \
+               IF $1 = 1 AND current_setting('statement_timeout') = '0' THEN {work} \
+                 PERFORM pg_sleep(100); END IF; \
+               RETURN $1; END $$; \
+             CREATE INDEX ON {table} ({table}_f(x)); \
+             INSERT INTO {table} SELECT generate_series(1, 200);"
+        )
+    };
+    let alpha = sandbox_db_url(&host, "alpha");
+    let (_, stderr) = psql_within_a_minute(
+        &alpha,
+        &in_autovacuum("hog", "a := repeat('a', 600000000);"),
+    );
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    let beta = sandbox_db_url(&host, "beta");
+    let (_, stderr) = psql_within_a_minute(
+        &beta,
+        &in_autovacuum(
+            "locks",
+            "FOR g IN 1..2000 LOOP PERFORM pg_advisory_xact_lock(g); END LOOP;",
+        ),
+    );
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    // autovacuum_naptime is 60 s: both are analyzed within it, each ends in a moment.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let log = host.nxd_log();
+        let memory = log.lines().any(|l| ends_session(l, "alpha", "MiB"));
+        let locks = log.lines().any(|l| {
+            l.contains("ended a database session")
+                && l.contains("entries of PostgreSQL's shared lock table")
+        });
+        if memory && locks {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "memory ended: {memory}, locks ended: {locks}\n{log}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 #[test]
 fn a_tenant_cannot_lift_its_statement_time_memory_and_temp_file_bounds() {
     let host = Host::start_with(

@@ -173,7 +173,8 @@ pub struct Databases {
     provisioning: tokio::sync::Mutex<()>,
     /// Each sandbox's own socket in front of the cluster's (see [`gate`]).
     gates: gate::Gates,
-    /// A tenant backend past this much anonymous memory, MiB, is ended (0: never).
+    /// A tenant backend past this much memory (anonymous and dynamic shared), MiB, is ended
+    /// (0: never).
     backend_memory_max_mb: u64,
     /// `databases.sandbox_memory_max_mb`.
     sandbox_memory_max_mb: u64,

@@ -5,7 +5,8 @@
 //! `databases.idle_in_transaction_timeout_secs` (a LISTENing session's open transaction pins
 //! PostgreSQL's NOTIFY queue, in the cluster's data directory: 1 GB in 27 s, up to 8 GB, then
 //! NOTIFY fails in every database; attacker s12 M1), or whose
-//! anonymous memory (`RssAnon`, proc(5): not the shared buffers it maps) passed
+//! memory (`RssAnon`, proc(5): not the shared buffers it maps; and the dynamic shared memory
+//! segments it maps, see `embedded_db::backend_memory`) passed
 //! `databases.backend_memory_max_mb` (on the embedded cluster, whose processes nxd reads).
 //! A role's backends together are held to `databases.sandbox_memory_max_mb`, and all tenants'
 //! together to three quarters of `databases.memory_max_mb`: past either, the largest are
@@ -157,7 +158,7 @@ pub enum Overrun {
     Time(f64),
     /// It sat idle in a transaction this many seconds.
     IdleInTransaction(f64),
-    /// Its anonymous memory reached this many bytes.
+    /// Its memory (anonymous, and dynamic shared memory) reached this many bytes.
     Memory(u64),
     /// Its role's backends together held this many bytes; it was the largest of them.
     SandboxMemory(u64),
@@ -276,6 +277,14 @@ impl Databases {
     /// statements, temp buffers) stays in its process (attacker s12 H1: idle sessions were
     /// not looked at, and one tenant's took the cluster to its `MemoryMax`).
     ///
+    /// Autovacuum workers in a tenant's database too, as its owner's: ANALYZE evaluates an
+    /// expression index's expressions, a function the tenant wrote (and may declare
+    /// IMMUTABLE), with `statement_timeout` 0 (attacker s15 A1: 4 GB in 30 s and the cluster
+    /// OOM-killed; a `pg_sleep` ran on past 5 min holding one of `autovacuum_max_workers`).
+    /// Their time counts while they analyze (`query` `autovacuum: [VACUUM ]ANALYZE ...`); a
+    /// plain VACUUM runs no tenant code and takes as long as the table. Ending one is safe:
+    /// autovacuum comes back to the table later.
+    ///
     /// A backend runs in two of `pg_stat_activity.state`'s values (PostgreSQL 15's
     /// "pg_stat_activity View"): `active` (a statement, since `query_start`) and `fastpath
     /// function call` (the protocol's FunctionCall message: libpq's `PQfn`, which its
@@ -295,21 +304,30 @@ impl Databases {
                  ON a.datname = r.datname AND a.application_name = r.application_name \
                WHERE a.backend_type = 'client backend' \
                ORDER BY a.datname, a.backend_start, a.pid) \
-             SELECT pid, usename::text, \
-                    CASE WHEN state = 'active' AND query_start IS NOT NULL \
-                         THEN extract(epoch FROM clock_timestamp() - query_start)::float8 \
-                         WHEN state = 'fastpath function call' \
-                         THEN extract(epoch FROM clock_timestamp() - state_change)::float8 \
+             SELECT l.pid, \
+                    CASE WHEN l.backend_type = 'autovacuum worker' \
+                         THEN pg_get_userbyid(d.datdba)::text ELSE l.usename::text END AS role, \
+                    CASE WHEN l.backend_type = 'autovacuum worker' \
+                         THEN CASE WHEN l.query LIKE '%ANALYZE%' \
+                              THEN extract(epoch FROM clock_timestamp() - l.query_start)::float8 \
+                              ELSE 0 END \
+                         WHEN l.state = 'active' AND l.query_start IS NOT NULL \
+                         THEN extract(epoch FROM clock_timestamp() - l.query_start)::float8 \
+                         WHEN l.state = 'fastpath function call' \
+                         THEN extract(epoch FROM clock_timestamp() - l.state_change)::float8 \
                          ELSE 0 END, \
-                    CASE WHEN state LIKE 'idle in transaction%' \
-                         THEN extract(epoch FROM clock_timestamp() - state_change)::float8 \
+                    CASE WHEN l.state LIKE 'idle in transaction%' \
+                         THEN extract(epoch FROM clock_timestamp() - l.state_change)::float8 \
                          ELSE 0 END, \
-                    pid IN (SELECT pid FROM restores), \
+                    l.pid IN (SELECT pid FROM restores), \
                     ARRAY(SELECT w.pid FROM pg_stat_activity w \
                           WHERE w.leader_pid = l.pid AND w.pid <> l.pid) \
-             FROM pg_stat_activity l \
-             WHERE backend_type = 'client backend' \
-               AND (usename LIKE 'nx\\_%' OR usename LIKE 'nxb\\_%')",
+             FROM pg_stat_activity l LEFT JOIN pg_database d ON d.oid = l.datid \
+             WHERE (l.backend_type = 'client backend' \
+                    AND (l.usename LIKE 'nx\\_%' OR l.usename LIKE 'nxb\\_%')) \
+                OR (l.backend_type = 'autovacuum worker' \
+                    AND (pg_get_userbyid(d.datdba) LIKE 'nx\\_%' \
+                         OR pg_get_userbyid(d.datdba) LIKE 'nxb\\_%'))",
         )
         .bind(databases)
         .bind(names)
@@ -335,7 +353,7 @@ impl Databases {
     /// Which of `backends` overran their bounds (a backend's memory counted with its parallel
     /// workers'): their statement ran past the role's
     /// `statement_timeout` or they sat idle in a transaction past its
-    /// `idle_in_transaction_session_timeout` (not nxd's restores'), or `memory` (their anonymous memory, bytes,
+    /// `idle_in_transaction_session_timeout` (not nxd's restores'), or `memory` (their anonymous and dynamic shared memory, bytes,
     /// by PostgreSQL's pid, where known) passed `databases.backend_memory_max_mb`; then, of the others, the largest
     /// of a role whose backends together pass `databases.sandbox_memory_max_mb`, and the
     /// largest of all while all together pass three quarters of `databases.memory_max_mb`,
@@ -412,8 +430,10 @@ impl Databases {
     /// Client backends of roles other than nxd's own that hold entries of PostgreSQL's shared
     /// lock table (locks that are not fast-path ones: advisory locks, and relation locks past
     /// a backend's 16 fast-path slots), idle ones too, nxd's own restore sessions marked
-    /// (`pg_restore --single-transaction` locks every object it makes); [`lock_hogs`] says
-    /// which to end, with [`Databases::tenants_locks_max`].
+    /// (`pg_restore --single-transaction` locks every object it makes), and autovacuum workers
+    /// (role 0: a tenant's expression-index function runs in one and took entries until the
+    /// table was full, attacker s15 A3; the database's owner is in a shared catalog);
+    /// [`lock_hogs`] says which to end, with [`Databases::tenants_locks_max`].
     ///
     /// The table is the whole cluster's (`max_locks_per_transaction` × connections) and a
     /// session keeps its advisory locks after its statement: one tenant's
@@ -436,10 +456,12 @@ impl Databases {
                FROM pg_stat_get_activity(NULL) a \
                WHERE a.application_name = ANY($1::text[]) \
                ORDER BY a.application_name, a.backend_start, a.pid) \
-             SELECT s.pid, s.usesysid::int8, h.locks, s.pid IN (SELECT pid FROM restores) \
+             SELECT s.pid, COALESCE(s.usesysid, 0)::int8, h.locks, \
+                    s.pid IN (SELECT pid FROM restores) \
              FROM pg_stat_get_activity(NULL) s JOIN held h ON h.pid = s.pid \
-             WHERE s.backend_type = 'client backend' \
-               AND s.usesysid <> (SELECT usesysid FROM pg_stat_get_activity(pg_backend_pid()))",
+             WHERE (s.backend_type = 'client backend' \
+                    AND s.usesysid <> (SELECT usesysid FROM pg_stat_get_activity(pg_backend_pid()))) \
+                OR s.backend_type = 'autovacuum worker'",
         )
         .bind(names)
         .fetch_all(&self.admin)
