@@ -249,9 +249,9 @@ fn an_image_runs_under_gvisor_when_asked() {
 }
 
 /// And its `/dev/shm` is as large as its `/tmp` (review14 #4: it was Podman's 64 MiB whatever
-/// `--tmp` said).
+/// `--tmp` said), and it holds at most `MAX_PTYS` pseudo-terminals (attacker s15 P1).
 #[test]
-fn an_images_tmp_is_writable_by_its_user_whatever_its_mode_and_its_dev_shm_is_as_large() {
+fn an_images_tmp_is_writable_whatever_its_mode_and_its_dev_shm_and_ptys_are_bounded() {
     let host = Host::start();
     let build = tempfile::tempdir_in("/var/tmp").unwrap();
     // The image's /tmp is 0755, root's; the program runs as the deployment's uid. Podman's
@@ -295,6 +295,11 @@ fn an_images_tmp_is_writable_by_its_user_whatever_its_mode_and_its_dev_shm_is_as
             "{dir}: {body}"
         );
     }
+    // At most MAX_PTYS pseudo-terminals, as a binary's (attacker s15 P1).
+    let max = nx_orchestrator::backend::pts_mount::MAX_PTYS;
+    let (_, body) = host.get(&preview, &format!("/ptys?n={}", max + 36));
+    let held: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(held["held"], max, "{body}");
 }
 
 /// Attacker s9 F4n: an image's `VOLUME` became an anonymous Podman volume, a directory on the

@@ -1,12 +1,14 @@
 //! A deployment's pseudo-terminals: a devpts instance of its own with at most [`MAX_PTYS`],
 //! mounted by the unit's launcher on `<deployment dir>/pts` in the unit's own mount namespace
-//! and bound by bubblewrap at `/dev/pts` (over the unbounded instance its `--dev` makes), so
+//! and bound at `/dev/pts` by bubblewrap (over the unbounded instance its `--dev` makes) or by
+//! Podman (over its own), so
 //! that one sandbox cannot take the host's pseudo-terminals from every other (attacker s15
 //! P1: every devpts instance but the host's own shares `kernel.pty.max` less
 //! `kernel.pty.reserve`, 3,071 here; one program opened them all and other sandboxes' programs
-//! got ENOSPC from `/dev/ptmx`). Not yet for Podman's containers: its `--mount
-//! type=devpts,max=N` takes no `ptmxmode`, so the instance's `ptmx` is 0000 and a container's
-//! non-root user gets EACCES from `/dev/ptmx`.
+//! got ENOSPC from `/dev/ptmx`). Podman's own `--mount type=devpts,max=N` does not do: it
+//! takes no `ptmxmode`, so that instance's `ptmx` is 0000 and the container's non-root user
+//! gets EACCES from `/dev/ptmx`. Tasks are not bounded yet (their launcher has no mount
+//! namespace of its own).
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -19,7 +21,7 @@ pub const MAX_PTYS: u32 = 64;
 /// The devpts instance of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PtsMount {
-    /// Where it is mounted (created if missing): the directory bubblewrap binds at /dev/pts.
+    /// Where it is mounted (created if missing): the directory bound at /dev/pts.
     pub dir: PathBuf,
 }
 

@@ -218,6 +218,7 @@ impl SandboxBackend for ContainerBackend {
                         network,
                         runtime: spec.deployment.runtime,
                         tmp: Tmp::Mounted(&tmp.dir),
+                        ptys: Some(&ptys.dir),
                         tmp_mb: limits.tmp_mb,
                         volumes: &binds,
                         gids: &gids,
@@ -226,6 +227,7 @@ impl SandboxBackend for ContainerBackend {
                     stop: StopForward::Child,
                     network: Some(spec.network.clone()),
                     tmp: Some(tmp.clone()),
+                    ptys: Some(ptys.clone()),
                     ..LaunchSpec::default()
                 }
             }
@@ -289,6 +291,7 @@ impl SandboxBackend for ContainerBackend {
                     network: SandboxNetwork::Loopback,
                     runtime: Runtime::Runc,
                     tmp: Tmp::Tmpfs,
+                    ptys: None,
                     tmp_mb: task.limits.tmp_mb,
                     volumes: &[],
                     gids: &[],

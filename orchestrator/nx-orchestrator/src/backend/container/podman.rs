@@ -49,6 +49,9 @@ pub struct Container<'a> {
     /// The size of `/tmp` and of `/dev/shm` (Podman's `--shm-size`, 64 MiB unless given), in
     /// MiB: the deployment's or task's `limits.tmp_mb`.
     pub tmp_mb: u64,
+    /// A deployment's devpts instance of at most `pts_mount::MAX_PTYS` (the launcher mounts
+    /// it), bound at `/dev/pts` over Podman's own; `None` (a task's): Podman's.
+    pub ptys: Option<&'a Path>,
     /// Volumes, bound at their paths; the container gets their groups (`gids`).
     pub volumes: &'a [super::bwrap::VolumeBind],
     pub gids: &'a [u32],
@@ -286,6 +289,12 @@ impl Podman {
         // POSIX shared memory (shm_overview(7)) as large as /tmp, as in a bubblewrap sandbox
         // (review14 #4: it was Podman's 64 MiB whatever --tmp said).
         argv.extend(["--shm-size".into(), format!("{}m", c.tmp_mb)]);
+        if let Some(ptys) = c.ptys {
+            argv.extend([
+                "--mount".into(),
+                format!("type=bind,source={},destination=/dev/pts", ptys.display()),
+            ]);
+        }
         // Podman's own limits, which the launcher set (RLIMIT_NOFILE).
         argv.extend(["--ulimit".into(), "host".into()]);
         argv.extend(["--env-file".into(), c.env_file.display().to_string()]);
