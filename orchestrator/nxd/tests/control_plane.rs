@@ -649,6 +649,57 @@ fn killing_the_managers_pid_1_is_repaired_by_nxd_alone() {
     assert_eq!(host.deployment("web", &id)["state"]["active"], "active");
 }
 
+/// Attacker s15 R1: one missed answer of a live but busy manager was taken for its death, and
+/// the re-adoption stopped every database tool in flight as left from before (a tenant's
+/// backup failed). A manager stopped (SIGSTOP) for 4 s, while a backup waits for a tenant's
+/// lock, is not revived, and the backup ends well.
+#[test]
+fn a_manager_that_stalls_for_seconds_is_not_taken_for_dead() {
+    let host = Host::start();
+    let url = sandbox_db_url(&host, "slow");
+    let (_, stderr) = psql_within_a_minute(&url, "CREATE TABLE t(x int)");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    // pg_dump waits for this lock, so the backup is in flight for as long as it is held.
+    let mut holder = psql_session(&url);
+    let stdin = holder.stdin.as_mut().unwrap();
+    writeln!(
+        stdin,
+        "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT 'locked';"
+    )
+    .unwrap();
+    let dump = host.path("slow.dump");
+    let backup = host
+        .nx_command(
+            &host.token,
+            &["db", "backup", "slow", "-o", dump.to_str().unwrap()],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid1 = nix::unistd::Pid::from_raw(manager_pid1(&host));
+    nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGCONT).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    writeln!(holder.stdin.as_mut().unwrap(), "COMMIT;").unwrap();
+    let out = output_within(backup, Duration::from_secs(60), "nx db backup");
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        host.nxd_log()
+    );
+    assert!(
+        !host.nxd_log().contains("left from before"),
+        "{}",
+        host.nxd_log()
+    );
+    close_sessions(vec![holder]);
+}
+
 /// A cgroup file of the embedded manager's `<slice>`, in whichever hierarchy has it.
 fn slice_file(host: &Host, slice: &str, file: &str) -> String {
     host.manager_cgroups()

@@ -11,7 +11,7 @@
 //! The manager outlives nxd (it runs in its own session), so deployments survive an nxd restart.
 
 use super::dbus_api::ManagerProxy;
-use super::SupervisorError;
+use super::{ManagerFound, SupervisorError};
 use nix::mount::{mount, MsFlags};
 use sha2::{Digest, Sha256};
 use std::os::unix::process::CommandExt;
@@ -95,17 +95,29 @@ pub fn hierarchy_roots(state_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Connects to the embedded manager, starting it if it is not running.
-pub async fn connect(state_dir: &Path) -> Result<(zbus::Connection, String), SupervisorError> {
+pub async fn connect(
+    state_dir: &Path,
+) -> Result<(zbus::Connection, String, ManagerFound), SupervisorError> {
     let layout = Layout::new(state_dir);
     if let Ok(conn) = try_connect(&layout).await {
         tracing::info!("adopting the running embedded systemd manager");
-        return Ok((conn, layout.dir.display().to_string()));
+        return Ok((
+            conn,
+            layout.dir.display().to_string(),
+            ManagerFound::Running,
+        ));
     }
     start(&layout)?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match try_connect(&layout).await {
-            Ok(conn) => return Ok((conn, layout.dir.display().to_string())),
+            Ok(conn) => {
+                return Ok((
+                    conn,
+                    layout.dir.display().to_string(),
+                    ManagerFound::Started,
+                ))
+            }
             Err(e) if Instant::now() > deadline => {
                 return Err(err(format!(
                     "did not answer on {} within 15 s ({e}); see {}",

@@ -283,11 +283,19 @@ pub struct Supervisor {
     units: Arc<unit_states::UnitCache>,
 }
 
+/// What connecting to the embedded manager found: one that answered (its units run on), or
+/// none, so nxd started one (whatever the last one ran died with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManagerFound {
+    Running,
+    Started,
+}
+
 impl Supervisor {
     /// The embedded manager (Linux only: it is namespaces and cgroups).
     async fn connect_embedded(
         state_dir: &Path,
-    ) -> Result<(zbus::Connection, String), SupervisorError> {
+    ) -> Result<(zbus::Connection, String, ManagerFound), SupervisorError> {
         #[cfg(target_os = "linux")]
         return embedded::connect(state_dir).await;
         #[cfg(not(target_os = "linux"))]
@@ -316,11 +324,17 @@ impl Supervisor {
                     .map_err(|e| SupervisorError::NoSystemBus(e.to_string()))?,
                 "system".to_string(),
             ),
-            SystemdMode::Embedded => Self::connect_embedded(state_dir).await?,
+            SystemdMode::Embedded => {
+                let (conn, origin, _) = Self::connect_embedded(state_dir).await?;
+                (conn, origin)
+            }
             SystemdMode::Auto => match tokio::time::timeout(Duration::from_secs(2), system()).await
             {
                 Ok(Ok(conn)) => (conn, "system".to_string()),
-                _ => Self::connect_embedded(state_dir).await?,
+                _ => {
+                    let (conn, origin, _) = Self::connect_embedded(state_dir).await?;
+                    (conn, origin)
+                }
             },
         };
         tracing::info!(%origin, "connected to systemd");
@@ -347,19 +361,23 @@ impl Supervisor {
     }
 
     /// Starts the embedded manager again after it died (everything it ran died with it) and
-    /// talks to the new one from now on. The host's systemd is not nxd's to start: an error.
+    /// talks to the new one from now on; or, when it answers again by then (it was slow, not
+    /// dead: `ManagerFound::Running`), talks to it on a new connection. The host's systemd
+    /// is not nxd's to start: an error.
     #[tracing::instrument(skip(self))]
-    pub async fn revive(&self) -> Result<(), SupervisorError> {
+    pub async fn revive(&self) -> Result<ManagerFound, SupervisorError> {
         let Some(state_dir) = &self.embedded else {
             return Err(SupervisorError::NoSystemBus(
                 "the host's systemd stopped answering".into(),
             ));
         };
-        let (conn, _) = Self::connect_embedded(state_dir).await?;
+        let (conn, _, found) = Self::connect_embedded(state_dir).await?;
         unit_states::watch(&conn, &self.units).await;
         self.conn.store(Arc::new(conn));
-        tracing::warn!("embedded systemd manager started again");
-        Ok(())
+        if found == ManagerFound::Started {
+            tracing::warn!("embedded systemd manager started again");
+        }
+        Ok(found)
     }
 
     async fn manager(&self) -> Result<ManagerProxy<'static>, SupervisorError> {
