@@ -41,8 +41,14 @@ pub enum DbCommand {
         #[arg(long)]
         inside: bool,
     },
-    /// Open psql on the sandbox's database (run this on the nxd host).
-    Psql { sandbox: String },
+    /// Open psql on the sandbox's database (run this on the nxd host). Arguments after `--`
+    /// go to psql: `nx db psql web -- -c 'select 1'`; SQL on standard input works too.
+    Psql {
+        sandbox: String,
+        /// psql's own arguments (psql(1)), after `--`.
+        #[arg(last = true)]
+        psql_args: Vec<String>,
+    },
     /// Back up the database (pg_dump custom format): kept on the host and saved here.
     Backup {
         sandbox: String,
@@ -131,9 +137,12 @@ pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<(
                 );
             }
         }
-        DbCommand::Psql { sandbox } => {
+        DbCommand::Psql { sandbox, psql_args } => {
             let info = client.database(&name(&sandbox)?).await?;
-            let err = std::process::Command::new("psql").arg(&info.url).exec();
+            let err = std::process::Command::new("psql")
+                .arg(&info.url)
+                .args(&psql_args)
+                .exec();
             anyhow::bail!("cannot run psql: {err}; install postgresql-client, or use `nx db url`");
         }
         DbCommand::Backup { sandbox, output } => {

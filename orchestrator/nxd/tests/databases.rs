@@ -33,6 +33,9 @@ fn each_sandbox_gets_its_own_database_that_others_cannot_reach() {
     assert_eq!(alpha("/db/put?v=one").0, 200);
     assert_eq!(alpha("/db/put?v=two").0, 200);
     assert_eq!(alpha("/db/list"), (200, r#"["one","two"]"#.to_string()));
+    // psql's own arguments after `--` (attacker s15 L2: refused, though clap's tip said so).
+    let out = host.nx(&["db", "psql", "alpha", "--", "-Atc", "select 41 + 1"]);
+    assert_eq!(out.stdout, "42\n", "{}", out.stderr);
     assert_eq!(
         host.get(&host.preview_host("beta", &b), "/db/list").0,
         500,
