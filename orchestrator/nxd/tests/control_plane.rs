@@ -1102,6 +1102,22 @@ fn ends_session(line: &str, sandbox: &str, why: &str) -> bool {
         && line.contains(why)
 }
 
+/// Asserts that nxd ended the session whose psql printed `stderr`, and logged that it ended
+/// one of `sandbox`'s for its memory.
+fn assert_ended_for_memory(host: &Host, sandbox: &str, stderr: &str) {
+    assert!(
+        stderr.contains("terminating connection due to administrator command"),
+        "{stderr}"
+    );
+    assert!(
+        host.nxd_log()
+            .lines()
+            .any(|l| ends_session(l, sandbox, "MiB")),
+        "{}",
+        host.nxd_log()
+    );
+}
+
 /// Closes the standard input of each of `sessions` (see [`psql_session`]) and waits for it.
 fn close_sessions(sessions: Vec<std::process::Child>) {
     for mut session in sessions {
@@ -1549,17 +1565,7 @@ fn a_statement_run_by_parallel_workers_is_held_to_its_memory_bound() {
         "SET force_parallel_mode = on; SET work_mem = '4GB'; \
          SELECT count(*) FROM (SELECT g FROM generate_series(1, 20000000) g ORDER BY g DESC) s",
     );
-    assert!(
-        stderr.contains("terminating connection due to administrator command"),
-        "{stderr}"
-    );
-    assert!(
-        host.nxd_log()
-            .lines()
-            .any(|l| ends_session(l, "alpha", "MiB")),
-        "{}",
-        host.nxd_log()
-    );
+    assert_ended_for_memory(&host, "alpha", &stderr);
 }
 
 /// Attacker s15 A2 (high): a parallel hash join builds its hash table in dynamic shared memory
@@ -1583,17 +1589,7 @@ fn a_parallel_hash_join_is_held_to_its_memory_bound_in_shared_memory() {
          SET enable_mergejoin = off; SET enable_nestloop = off; \
          SELECT count(*) FROM big a JOIN big b USING (x)",
     );
-    assert!(
-        stderr.contains("terminating connection due to administrator command"),
-        "{stderr}"
-    );
-    assert!(
-        host.nxd_log()
-            .lines()
-            .any(|l| ends_session(l, "alpha", "MiB")),
-        "{}",
-        host.nxd_log()
-    );
+    assert_ended_for_memory(&host, "alpha", &stderr);
 }
 
 /// Attacker s15 A1 and A3 (high, critical): autovacuum's ANALYZE evaluates an expression
