@@ -336,34 +336,52 @@ fn initdb(dir: &Path, data: &Path, user: &nix::unistd::User) -> Result<(), Embed
 /// The memory each of `pids` (the cluster's processes as nxd sees them) holds for itself, in
 /// bytes, by the pid PostgreSQL knows it by (the last of `NSpid`: the embedded manager runs in
 /// a PID namespace of its own): its anonymous memory (`RssAnon`, proc(5): not the shared
-/// buffers every backend maps) and the dynamic shared memory segments it maps
-/// ([`DSM_PREFIX`]: a parallel query's hash tables, sized by the tenant's own `work_mem` and
-/// `hash_mem_multiplier`; attacker s15 A2 took the cluster past its MemoryMax with them), at
-/// the room each takes in its tmpfs (`st_blocks`), each counted once: for the first of `pids`
-/// that maps it (a query's leader and workers share theirs; the watch adds a backend's
-/// workers to it). Processes that ended meanwhile are left out.
-pub fn backend_memory(pids: &[u32]) -> HashMap<i32, u64> {
-    let mut counted = std::collections::HashSet::new();
-    pids.iter()
-        .filter_map(|&pid| {
-            let status = ProcStatus::read(pid)?;
-            let kib: u64 = status
-                .field("RssAnon")?
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
-            let segments: u64 = dsm_segments(pid)
-                .into_iter()
-                .filter(|path| counted.insert(path.clone()))
-                .filter_map(|path| {
-                    let meta = std::fs::metadata(format!("/proc/{pid}/root{path}")).ok()?;
-                    Some(std::os::unix::fs::MetadataExt::blocks(&meta) * 512)
-                })
-                .sum();
-            Some((status.postgres_pid()?, kib * 1024 + segments))
-        })
-        .collect()
+/// buffers every backend maps); and, added to a backend of `groups` (each tenant backend's
+/// pid with its parallel workers' pids), the dynamic shared memory segments ([`DSM_PREFIX`])
+/// that it or its workers map and no other process does: a parallel query's hash tables,
+/// sized by the tenant's own `work_mem` and `hash_mem_multiplier` (attacker s15 A2 took the
+/// cluster past its MemoryMax with them), at the room each takes in its tmpfs (`st_blocks`).
+/// A segment other processes map too (PostgreSQL 15's shared statistics grow into such
+/// segments) is charged to nobody, so that no session is ended for memory it shares.
+/// Processes that ended meanwhile are left out.
+pub fn backend_memory(pids: &[u32], groups: &[(i32, Vec<i32>)]) -> HashMap<i32, u64> {
+    let mut memory = HashMap::new();
+    // Each segment: its size, and the processes (PostgreSQL's pids) that map it.
+    let mut segments: HashMap<String, (u64, Vec<i32>)> = HashMap::new();
+    for &pid in pids {
+        let Some(status) = ProcStatus::read(pid) else {
+            continue;
+        };
+        let (Some(postgres_pid), Some(kib)) = (
+            status.postgres_pid(),
+            status
+                .field("RssAnon")
+                .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        memory.insert(postgres_pid, kib * 1024);
+        for path in dsm_segments(pid) {
+            let segment = segments.entry(path.clone()).or_insert_with(|| {
+                let size = std::fs::metadata(format!("/proc/{pid}/root{path}"))
+                    .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+                    .unwrap_or(0);
+                (size, Vec::new())
+            });
+            segment.1.push(postgres_pid);
+        }
+    }
+    for (leader, workers) in groups {
+        let own: u64 = segments
+            .values()
+            .filter(|(_, mappers)| mappers.iter().all(|p| p == leader || workers.contains(p)))
+            .map(|(size, _)| size)
+            .sum();
+        if let Some(bytes) = memory.get_mut(leader) {
+            *bytes += own;
+        }
+    }
+    memory
 }
 
 /// Where PostgreSQL's dynamic shared memory segments are (`dynamic_shared_memory_type =

@@ -63,7 +63,11 @@ impl Orchestrator {
         }
         let memory = if self.embedded_db {
             let pids = self.supervisor.unit_pids(embedded_db::UNIT).await?;
-            embedded_db::backend_memory(&pids)
+            let groups: Vec<(i32, Vec<i32>)> = backends
+                .iter()
+                .map(|b| (b.pid, b.workers.clone()))
+                .collect();
+            embedded_db::backend_memory(&pids, &groups)
         } else {
             HashMap::new()
         };

@@ -52,7 +52,7 @@ impl Orchestrator {
                     "the systemd manager does not answer; starting it again"
                 );
                 app.set_problem(Some(
-                    "the systemd manager died: nxd is starting it again and re-adopting every deployment".into(),
+                    "the systemd manager does not answer: nxd is starting it again (if it died, re-adopting every deployment)".into(),
                 ));
                 match app.revive_manager().await {
                     Ok(ManagerFound::Started) => {

@@ -41,24 +41,35 @@ impl GuestExit {
     }
 }
 
-/// The end `line` reports, if it is init's exit line with `key`; `None` for any other line
-/// (the program's output, a line with another or no key). `key` `None`: a guest whose spec was
-/// written before exit lines had keys (a deployment restarted by systemd after an upgrade of
-/// nxd, its initramfs the old one); its line is `NX-EXIT <code>[ oom-kill]`.
-pub fn parse(line: &str, key: Option<&str>) -> Option<GuestExit> {
-    let mut words = line.trim().strip_prefix(EXIT_MARKER)?.split_whitespace();
-    if let Some(key) = key {
-        if words.next()? != key {
-            return None;
+/// The end `line` reports, if it holds init's exit line with `key`, and the program's output
+/// before it on the line (a last line the program left without its newline: init's line
+/// follows it on the console); `None` for any other line (the program's output, a line with
+/// another or no key). `key` `None`: a guest whose spec was written before exit lines had keys
+/// (a deployment restarted by systemd after an upgrade of nxd, its initramfs the old one); its
+/// line is `NX-EXIT <code>[ oom-kill]`, at the line's start.
+pub fn parse<'a>(line: &'a str, key: Option<&str>) -> Option<(&'a str, GuestExit)> {
+    let (before, mut words) = match key {
+        Some(key) => {
+            let at = line.find(&format!("{EXIT_MARKER}{key} "))?;
+            let mut words = line[at + EXIT_MARKER.len()..].split_whitespace();
+            words.next();
+            (&line[..at], words)
         }
-    }
+        None => (
+            "",
+            line.trim().strip_prefix(EXIT_MARKER)?.split_whitespace(),
+        ),
+    };
     let code = words.next()?.parse().ok()?;
     let oom = match words.next() {
         None => false,
         Some(GUEST_OOM) => true,
         Some(_) => return None,
     };
-    words.next().is_none().then_some(GuestExit { code, oom })
+    words
+        .next()
+        .is_none()
+        .then_some((before, GuestExit { code, oom }))
 }
 
 #[cfg(test)]
@@ -70,14 +81,34 @@ mod tests {
         let key = new_key();
         assert_eq!(key.len(), 32);
         assert_ne!(key, new_key());
-        let exit = |code, oom| Some(GuestExit { code, oom });
+        let exit = |code, oom| Some(("", GuestExit { code, oom }));
         assert_eq!(
             parse(&format!("NX-EXIT {key} 3"), Some(&key)),
             exit(3, false)
         );
         assert_eq!(
             parse(&format!(" NX-EXIT {key} 137 oom-kill\r"), Some(&key)),
-            exit(137, true)
+            Some((
+                " ",
+                GuestExit {
+                    code: 137,
+                    oom: true
+                }
+            ))
+        );
+        // After a last line the program left without its newline.
+        assert_eq!(
+            parse(
+                &format!("no newline: NX-EXIT 0 NX-EXIT {key} 4"),
+                Some(&key)
+            ),
+            Some((
+                "no newline: NX-EXIT 0 ",
+                GuestExit {
+                    code: 4,
+                    oom: false
+                }
+            ))
         );
         // What a program may print: no key, a wrong key, the key's place taken by the code.
         for forged in [
@@ -92,7 +123,7 @@ mod tests {
         }
         // A spec without a key (written by an nxd before keys).
         assert_eq!(parse("NX-EXIT 7", None), exit(7, false));
-        assert_eq!(exit(137, true).unwrap().line(), "NX-EXIT 137 oom-kill");
-        assert_eq!(exit(7, false).unwrap().line(), "NX-EXIT 7");
+        assert_eq!(exit(137, true).unwrap().1.line(), "NX-EXIT 137 oom-kill");
+        assert_eq!(exit(7, false).unwrap().1.line(), "NX-EXIT 7");
     }
 }

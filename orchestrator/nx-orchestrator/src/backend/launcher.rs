@@ -116,7 +116,11 @@ fn supervise_vmm(
             .lines()
             .map_while(Result::ok)
         {
-            if let Some(end) = guest_exit::parse(&line, key) {
+            if let Some((before, end)) = guest_exit::parse(&line, key) {
+                if !before.trim().is_empty() {
+                    let _ = writeln!(out, "{before}");
+                    let _ = out.flush();
+                }
                 // On stderr (a task's stdout is the program's alone), without the key. The
                 // rest is the reboot.
                 code = Some(end.code);

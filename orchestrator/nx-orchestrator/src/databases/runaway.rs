@@ -6,7 +6,7 @@
 //! PostgreSQL's NOTIFY queue, in the cluster's data directory: 1 GB in 27 s, up to 8 GB, then
 //! NOTIFY fails in every database; attacker s12 M1), or whose
 //! memory (`RssAnon`, proc(5): not the shared buffers it maps; and the dynamic shared memory
-//! segments it maps, see `embedded_db::backend_memory`) passed
+//! segments only it and its parallel workers map, see `embedded_db::backend_memory`) passed
 //! `databases.backend_memory_max_mb` (on the embedded cluster, whose processes nxd reads).
 //! A role's backends together are held to `databases.sandbox_memory_max_mb`, and all tenants'
 //! together to three quarters of `databases.memory_max_mb`: past either, the largest are
@@ -281,9 +281,11 @@ impl Databases {
     /// expression index's expressions, a function the tenant wrote (and may declare
     /// IMMUTABLE), with `statement_timeout` 0 (attacker s15 A1: 4 GB in 30 s and the cluster
     /// OOM-killed; a `pg_sleep` ran on past 5 min holding one of `autovacuum_max_workers`).
-    /// Their time counts while they analyze (`query` `autovacuum: [VACUUM ]ANALYZE ...`); a
-    /// plain VACUUM runs no tenant code and takes as long as the table. Ending one is safe:
-    /// autovacuum comes back to the table later.
+    /// Their time counts in a plain ANALYZE (`query` `autovacuum: ANALYZE <table>`), not in
+    /// `autovacuum: VACUUM [ANALYZE] ...`, whose `query_start` is the whole pass's: a VACUUM
+    /// takes as long as its table, and ending it every time would leave a large table never
+    /// vacuumed (a VACUUM ANALYZE's tenant code is held to the memory bounds alone). Ending a
+    /// worker costs that table's pass: autovacuum comes back to it later.
     ///
     /// A backend runs in two of `pg_stat_activity.state`'s values (PostgreSQL 15's
     /// "pg_stat_activity View"): `active` (a statement, since `query_start`) and `fastpath
@@ -308,7 +310,7 @@ impl Databases {
                     CASE WHEN l.backend_type = 'autovacuum worker' \
                          THEN pg_get_userbyid(d.datdba)::text ELSE l.usename::text END AS role, \
                     CASE WHEN l.backend_type = 'autovacuum worker' \
-                         THEN CASE WHEN l.query LIKE '%ANALYZE%' \
+                         THEN CASE WHEN l.query LIKE 'autovacuum: ANALYZE %' \
                               THEN extract(epoch FROM clock_timestamp() - l.query_start)::float8 \
                               ELSE 0 END \
                          WHEN l.state = 'active' AND l.query_start IS NOT NULL \

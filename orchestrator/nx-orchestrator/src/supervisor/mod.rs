@@ -362,8 +362,8 @@ impl Supervisor {
 
     /// Starts the embedded manager again after it died (everything it ran died with it) and
     /// talks to the new one from now on; or, when it answers again by then (it was slow, not
-    /// dead: `ManagerFound::Running`), talks to it on a new connection. The host's systemd
-    /// is not nxd's to start: an error.
+    /// dead: `ManagerFound::Running`), goes on with the connection it had, or a new one if
+    /// that one does not answer. The host's systemd is not nxd's to start: an error.
     #[tracing::instrument(skip(self))]
     pub async fn revive(&self) -> Result<ManagerFound, SupervisorError> {
         let Some(state_dir) = &self.embedded else {
@@ -372,6 +372,11 @@ impl Supervisor {
             ));
         };
         let (conn, _, found) = Self::connect_embedded(state_dir).await?;
+        if found == ManagerFound::Running && self.answers(Duration::from_secs(2)).await {
+            // The old connection answers again: it stays, with its watch of units' states (a
+            // second watch would feed the same cache from two connections); the new one goes.
+            return Ok(found);
+        }
         unit_states::watch(&conn, &self.units).await;
         self.conn.store(Arc::new(conn));
         if found == ManagerFound::Started {
