@@ -6,16 +6,21 @@
 use nx_testkit::{build_sample_image, files_under, Host};
 use std::path::{Path, PathBuf};
 
-/// What `podman <args>` prints (trimmed), run on `host`'s Podman storage.
-fn podman(host: &Host, args: &[&str]) -> String {
+/// `podman <args>` on `host`'s Podman storage, as nxd runs it.
+fn podman_output(host: &Host, args: &[&str]) -> std::process::Output {
     let podman =
         nx_orchestrator::backend::container::podman::Podman::new(host.state_dir.path()).unwrap();
-    let out = std::process::Command::new("podman")
+    std::process::Command::new("podman")
         .args(args)
         .env_clear()
         .envs(podman.env())
         .output()
-        .expect("podman");
+        .expect("podman")
+}
+
+/// What `podman <args>` prints (trimmed), run on `host`'s Podman storage.
+fn podman(host: &Host, args: &[&str]) -> String {
+    let out = podman_output(host, args);
     assert!(out.status.success(), "podman {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
@@ -24,12 +29,23 @@ fn podman_containers(host: &Host) -> String {
     podman(host, &["ps", "--all", "--format", "{{.Names}}"])
 }
 
-/// The images in `host`'s Podman storage: one line each, repository and id.
+/// The images in `host`'s Podman storage: one line each, repository and id. Asked again when
+/// Podman 4.3 fails its listing for an image whose layers go meanwhile ("retrieving size of
+/// image ...": nxd removing one, seen in session 15's CI while a test waited for the removal).
 fn podman_images(host: &Host) -> String {
-    podman(
-        host,
-        &["images", "--all", "--format", "{{.Repository}} {{.ID}}"],
-    )
+    let args = ["images", "--all", "--format", "{{.Repository}} {{.ID}}"];
+    for _ in 0..10 {
+        let out = podman_output(host, &args);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        }
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("retrieving size of image"),
+            "podman {args:?}: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    podman(host, &args)
 }
 
 #[test]
