@@ -49,6 +49,9 @@ impl Orchestrator {
         let hogs = runaway::lock_hogs(&holders, self.databases.tenants_locks_max());
         for (hog, overrun) in hogs {
             if self.end_lock_hog(hog.pid).await? {
+                if let Some(tool) = &hog.tool {
+                    self.databases.tool_session_ended(tool, overrun.to_string());
+                }
                 tracing::warn!(
                     pid = hog.pid,
                     locks = hog.locks,
@@ -73,6 +76,9 @@ impl Orchestrator {
         };
         for (backend, overrun) in self.databases.overruns(&backends, &memory) {
             if self.databases.terminate(backend.pid).await? {
+                if let Some(tool) = &backend.tool {
+                    self.databases.tool_session_ended(tool, overrun.to_string());
+                }
                 let sandbox = self.sandbox_of_role(&backend.role).await;
                 tracing::warn!(
                     sandbox = sandbox.as_deref().unwrap_or("(removed)"),

@@ -103,9 +103,9 @@ fn status_of(e: &Error) -> StatusCode {
         Error::Database(e) => match e {
             DbError::NoBackup { .. } => StatusCode::NOT_FOUND,
             DbError::BadBackupId(_) => StatusCode::BAD_REQUEST,
-            DbError::BadDump(_) | DbError::RestoreTimeout { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            DbError::BadDump(_)
+            | DbError::RestoreTimeout { .. }
+            | DbError::ToolSessionEnded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             DbError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },

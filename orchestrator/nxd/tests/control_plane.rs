@@ -1650,6 +1650,65 @@ fn a_tenants_function_run_by_autovacuum_is_held_to_the_memory_and_lock_bounds() 
     }
 }
 
+/// Attacker s15: nxd's pg_dump ran in a superuser session outside every bound, so a tenant's
+/// rows decided its memory (four backups of three 400 MB values held 773 MB each, toward the
+/// cluster's MemoryMax). Now it is held to its sandbox's memory bounds: a backup whose values
+/// need more fails, saying why, production's database is as it was, and the cluster runs on.
+#[test]
+fn a_backup_whose_values_pass_the_memory_bound_fails_saying_so_and_keeps_the_database() {
+    let host = Host::start_with("[databases]\nbackend_memory_max_mb = 256\nmemory_max_mb = 3072\n");
+    let alpha = sandbox_db_url(&host, "alpha");
+    // Stored as they are (no compression buffer), each inserted by its own statement in a
+    // session under the bound (the value and the row made of it: ~200 MiB); pg_dump's session
+    // holds a value, its text and its COPY line, each backslash written twice (~450 MiB).
+    let (ok, out) = psql_url(
+        &alpha,
+        "CREATE TABLE huge (v text); ALTER TABLE huge ALTER v SET STORAGE EXTERNAL",
+    );
+    assert!(ok, "{out}");
+    for _ in 0..4 {
+        let (ok, out) = psql_url(&alpha, "INSERT INTO huge SELECT repeat(E'\\\\', 100000000)");
+        assert!(ok, "{out}");
+    }
+    assert!(
+        !host
+            .nxd_log()
+            .lines()
+            .any(|l| ends_session(l, "alpha", "MiB")),
+        "the inserts were ended: make the values smaller\n{}",
+        host.nxd_log()
+    );
+    let dump = host.path("huge.dump");
+    let backup = host.nx(&["db", "backup", "alpha", "-o", dump.to_str().unwrap()]);
+    assert!(
+        !backup.ok
+            && backup
+                .stderr
+                .contains("pg_dump's database session was ended by nxd's runaway watch")
+            && backup.stderr.contains("MiB"),
+        "{}{}",
+        backup.stdout,
+        backup.stderr
+    );
+    assert!(
+        host.nxd_log()
+            .lines()
+            .any(|l| ends_session(l, "alpha", "MiB")),
+        "{}",
+        host.nxd_log()
+    );
+    assert_eq!(
+        host.nx_json(&["db", "backups", "alpha"])
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(
+        psql_url(&alpha, "SELECT count(*), sum(length(v)) FROM huge"),
+        (true, "4|400000000\n".to_owned())
+    );
+}
+
 #[test]
 fn a_tenant_cannot_lift_its_statement_time_memory_and_temp_file_bounds() {
     let host = Host::start_with(

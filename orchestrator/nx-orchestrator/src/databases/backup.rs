@@ -132,20 +132,50 @@ impl Databases {
 pub(super) async fn copy(dbs: &Databases, from: &str, to: &str, role: &str) -> Result<(), DbError> {
     let dir = tempfile::tempdir_in(&dbs.backups)?;
     let dump = dir.path().join("copy.dump");
-    dump_to(dbs, from, &dump).await?;
+    dump_to(dbs, from, &dump, role).await?;
     restore_into(dbs, &dump, to, role).await
 }
 
-async fn dump_to(dbs: &Databases, database: &str, file: &Path) -> Result<(), DbError> {
-    dbs.run_unit(
-        "pg_dump",
-        vec![
-            "--format=custom".into(),
-            format!("--file={}", file.display()),
-            format!("--dbname={}", dbs.database_url(database)),
-        ],
-    )
-    .await
+/// Dumps `database` into `file` in a superuser session that the runaway watch holds to
+/// `role`'s memory bounds and the tenants' share of the lock table, with no time bound
+/// ([`super::runaway::ToolSessions::dump`]). Errors: pg_dump's, or
+/// [`DbError::ToolSessionEnded`] when the watch ended its session.
+async fn dump_to(dbs: &Databases, database: &str, file: &Path, role: &str) -> Result<(), DbError> {
+    let session = dbs.tool_sessions.dump(database, role);
+    let dumped = dbs
+        .run_unit(
+            "pg_dump",
+            vec![
+                "--format=custom".into(),
+                format!("--file={}", file.display()),
+                format!(
+                    "--dbname={}",
+                    with_application_name(&dbs.database_url(database), session.application_name())
+                ),
+            ],
+        )
+        .await;
+    ended_by_the_watch("pg_dump", dumped, &session)
+}
+
+/// `result`, or [`DbError::ToolSessionEnded`] when it failed after the runaway watch ended
+/// the tool's session (its own error then says only that the server closed the connection).
+fn ended_by_the_watch(
+    tool: &'static str,
+    result: Result<(), DbError>,
+    session: &super::runaway::ToolGuard<'_>,
+) -> Result<(), DbError> {
+    match (result, session.ended()) {
+        (Err(_), Some(why)) => Err(DbError::ToolSessionEnded { tool, why }),
+        (result, _) => result,
+    }
+}
+
+/// A libpq connection URI with `application_name` set (libpq's "Connection URIs": a query
+/// parameter).
+fn with_application_name(url: &str, application_name: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={application_name}")
 }
 
 /// Restores `file` into `database` in a session OF `role` (its password given through a
@@ -158,15 +188,15 @@ async fn dump_to(dbs: &Databases, database: &str, file: &Path) -> Result<(), DbE
 /// the sessions in `database` are ended (again each second until pg_restore has ended), and
 /// pg_restore fails at its next statement
 /// (attacker s13 C3: a dump's CHECK constraint slept, for as long as it said, in nxd's session).
-/// Errors: the password file's, pg_restore's (the dump's first failing statement), or
-/// [`DbError::RestoreTimeout`].
+/// Errors: the password file's, pg_restore's (the dump's first failing statement),
+/// [`DbError::RestoreTimeout`], or [`DbError::ToolSessionEnded`].
 async fn restore_into(
     dbs: &Databases,
     file: &Path,
     database: &str,
     role: &str,
 ) -> Result<(), DbError> {
-    let nxds_own = dbs.restoring.start(database);
+    let nxds_own = dbs.tool_sessions.restore(database);
     let passfile = tempfile::Builder::new()
         .prefix("nxdb-pgpass-")
         .tempfile_in(&dbs.backups)?;
@@ -191,11 +221,11 @@ async fn restore_into(
     );
     let secs = dbs.restore_timeout_secs;
     if secs == 0 {
-        return restore.await;
+        return ended_by_the_watch("pg_restore", restore.await, &nxds_own);
     }
     tokio::pin!(restore);
     if let Ok(done) = tokio::time::timeout(Duration::from_secs(secs), &mut restore).await {
-        return done;
+        return ended_by_the_watch("pg_restore", done, &nxds_own);
     }
     tracing::warn!(
         %database,
@@ -460,14 +490,14 @@ impl Databases {
     /// beyond the retention count.
     #[tracing::instrument(skip(self))]
     pub async fn backup(&self, sandbox: &SandboxName) -> Result<BackupInfo, DbError> {
-        let database = self.ensure_sandbox(sandbox).await?.database;
+        let creds = self.ensure_sandbox(sandbox).await?;
         let dir = self.backup_dir(sandbox);
         std::fs::create_dir_all(&dir)?;
         let id = now_id();
         let temp = tempfile::Builder::new()
             .suffix(".partial")
             .tempfile_in(&dir)?;
-        dump_to(self, &database, temp.path()).await?;
+        dump_to(self, &creds.database, temp.path(), &creds.role).await?;
         let path = dir.join(format!("{id}.dump"));
         temp.persist(&path).map_err(|e| DbError::Io(e.error))?;
         prune_backups(&dir, "dump", self.retention)?;

@@ -66,6 +66,10 @@ pub enum DbError {
     /// A restore or a branch copy ran past `databases.restore_timeout_secs`.
     #[error("restoring the dump (`nx db restore`, or a `--db-branch` copy of production) ran past databases.restore_timeout_secs ({secs} s), and its session was ended: the dump's own SQL (a function in a CHECK constraint, a default or an index expression) may sleep or loop; restore a dump without it, or ask the host's operator for a larger databases.restore_timeout_secs; nothing was changed")]
     RestoreTimeout { secs: u64 },
+    /// nxd's runaway watch ended the pg_dump or pg_restore session of a backup, a restore or
+    /// a branch copy (`why`: the bound it passed).
+    #[error("{tool}'s database session was ended by nxd's runaway watch: {why} (databases.backend_memory_max_mb, sandbox_memory_max_mb and memory_max_mb bound it as the sandbox's own sessions are): the sandbox's data needs more memory than the host allows, such as values of hundreds of MB; make them smaller (store large files elsewhere) or ask the host's operator for larger bounds; nothing was changed")]
+    ToolSessionEnded { tool: &'static str, why: String },
     /// A restore or a branch copy ran out of room on the sandbox's database disk.
     #[error("sandbox {sandbox}'s databases filled their disk ({size_mb} MiB, databases.max_size_mb; `nx db url {sandbox} --json` shows it): drop tables or databases it no longer needs (those restores and swaps kept, nxo_*), or ask the host's operator for a larger databases.max_size_mb; nothing was changed")]
     DiskFull { sandbox: String, size_mb: u64 },
@@ -180,8 +184,8 @@ pub struct Databases {
     sandbox_memory_max_mb: u64,
     /// All tenants' backends together: three quarters of `databases.memory_max_mb`, in MiB.
     tenants_memory_max_mb: u64,
-    /// Databases nxd's pg_restore writes into now (their sessions are nxd's).
-    restoring: runaway::Restoring,
+    /// nxd's own pg_dump and pg_restore sessions under way (see [`runaway::ToolSessions`]).
+    tool_sessions: runaway::ToolSessions,
     /// Entries of PostgreSQL's shared lock table all tenants' sessions may hold together
     /// (see [`runaway::lock_hogs`]).
     tenants_locks_max: u64,
@@ -330,7 +334,7 @@ impl Databases {
             backend_memory_max_mb: config.backend_memory_max_mb,
             sandbox_memory_max_mb: config.sandbox_memory_max_mb,
             tenants_memory_max_mb: config.memory_max_mb / 4 * 3,
-            restoring: runaway::Restoring::default(),
+            tool_sessions: runaway::ToolSessions::default(),
             tenants_locks_max: u64::try_from(lock_table / 2).unwrap_or(0),
             disks,
             provisioned: std::sync::Mutex::new(HashMap::new()),

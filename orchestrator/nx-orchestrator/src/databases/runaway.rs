@@ -23,6 +23,12 @@
 //! ([`Restoring`]). Every other session there is held to every bound (attacker s11 G10: the
 //! watch left every session in a restoring database alone, whoever's, and unbounded ones there
 //! took the cluster past its `MemoryMax`).
+//! nxd's own pg_dump (a backup, or the first half of a branch's copy) runs in a superuser
+//! session, told apart by its random `application_name` and nxd's role, and is held to the
+//! same memory bounds as a session of the sandbox's role, and to the tenants' share of the
+//! lock table, with no statement time bound: the tenant's rows decide its memory (attacker
+//! s15: four backups of three 400 MB values held 773 MB each, beyond every bound). One the
+//! watch ends fails its backup saying why ([`ToolSessions::ended`]).
 
 use super::{Databases, DbError};
 use rand::RngCore;
@@ -50,11 +56,12 @@ pub struct LockHolder {
     pub role: u32,
     /// The entries it holds (locks that are not fast-path ones).
     pub locks: u64,
-    /// Whether it is nxd's own restore's session: held to the tenants' bound alone
-    /// (`pg_restore --single-transaction` takes an entry per object it makes, and runs the
-    /// dump's SQL, which its tenant wrote: a CHECK constraint's function took entries until
-    /// the table was full, attacker s13 C3).
-    pub restore: bool,
+    /// The `application_name` of nxd's own pg_restore or pg_dump session, when it is one:
+    /// held to the tenants' bound alone (`pg_restore --single-transaction` takes an entry per
+    /// object it makes, and runs the dump's SQL, which its tenant wrote: a CHECK constraint's
+    /// function took entries until the table was full, attacker s13 C3; pg_dump locks every
+    /// table it dumps).
+    pub tool: Option<String>,
 }
 
 /// Why a session was ended for the entries it held in the shared lock table.
@@ -93,21 +100,21 @@ impl std::fmt::Display for LockOverrun {
 /// entries of the shared lock table, each role's sessions together at most
 /// [`MAX_LOCKS_PER_ROLE`] and all of them together at most `tenants_bound`: first every session
 /// past its own bound, then the largest of a role past its bound, then the largest of all,
-/// each until the rest fit. nxd's restore sessions are held to the last bound alone.
+/// each until the rest fit. nxd's own pg_restore and pg_dump sessions are held to the last bound alone.
 pub fn lock_hogs(holders: &[LockHolder], tenants_bound: u64) -> Vec<(LockHolder, LockOverrun)> {
     let mut ended: Vec<(LockHolder, LockOverrun)> = holders
         .iter()
-        .filter(|h| !h.restore && h.locks > MAX_LOCKS_PER_SESSION)
+        .filter(|h| h.tool.is_none() && h.locks > MAX_LOCKS_PER_SESSION)
         .map(|h| (h.clone(), LockOverrun::Session(h.locks)))
         .collect();
     let mut left: Vec<(&LockHolder, u64)> = holders
         .iter()
-        .filter(|h| h.restore || h.locks <= MAX_LOCKS_PER_SESSION)
+        .filter(|h| h.tool.is_some() || h.locks <= MAX_LOCKS_PER_SESSION)
         .map(|h| (h, h.locks))
         .collect();
     let mut roles: Vec<u32> = left
         .iter()
-        .filter(|(h, _)| !h.restore)
+        .filter(|(h, _)| h.tool.is_none())
         .map(|(h, _)| h.role)
         .collect();
     roles.sort_unstable();
@@ -116,7 +123,7 @@ pub fn lock_hogs(holders: &[LockHolder], tenants_bound: u64) -> Vec<(LockHolder,
         let mut of_role: Vec<(&LockHolder, u64)> = left
             .iter()
             .copied()
-            .filter(|(h, _)| h.role == role && !h.restore)
+            .filter(|(h, _)| h.role == role && h.tool.is_none())
             .collect();
         ended.extend(largest_past(
             &mut of_role,
@@ -136,20 +143,25 @@ pub fn lock_hogs(holders: &[LockHolder], tenants_bound: u64) -> Vec<(LockHolder,
 pub struct TenantBackend {
     /// Its process id, as PostgreSQL knows it (`pg_stat_activity.pid`).
     pub pid: i32,
-    /// Its role: `nx_*` (a sandbox's) or `nxb_*` (a preview branch's).
+    /// Its role: `nx_*` (a sandbox's) or `nxb_*` (a preview branch's); for nxd's pg_dump, the
+    /// role of the sandbox whose database it dumps.
     pub role: String,
     /// How long its statement, or its fast-path function call, has run, in seconds (0 while
     /// it is idle).
     pub running_secs: f64,
     /// How long it has sat idle in a transaction, in seconds (0 while it is not).
     pub idle_in_transaction_secs: f64,
-    /// Whether it is nxd's own restore's session, which has no statement time bound.
-    pub restore: bool,
+    /// The `application_name` of nxd's own pg_restore or pg_dump session, when it is one: it
+    /// has no statement time bound (a restore or a dump takes as long as its data).
+    pub tool: Option<String>,
     /// The parallel workers its statement runs on (`leader_pid` = its pid): their memory is
     /// its own (attacker s13 H8: `SET force_parallel_mode = on` moved a whole sort into a
     /// worker the watch did not look at, and it took the cluster to its `MemoryMax`).
     pub workers: Vec<i32>,
 }
+
+/// A row of [`Databases::tenant_backends`]'s query: [`TenantBackend`]'s fields in order.
+type BackendRow = (i32, String, f64, f64, Option<String>, Vec<i32>);
 
 /// Why a backend was ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,62 +221,141 @@ fn largest_past<T: Clone, W>(
     ended
 }
 
-/// Databases nxd's own pg_restore writes into now, each with the `application_name` that
-/// restore's session connects with.
+/// nxd's own pg_dump and pg_restore sessions under way, by the random `application_name`
+/// each connects with, and why the watch ended one, once it did (so that the backup, restore
+/// or branch that ran it can say so).
 #[derive(Default)]
-pub(super) struct Restoring(Mutex<HashMap<String, String>>);
+pub(super) struct ToolSessions(Mutex<HashMap<String, ToolSession>>);
 
-/// While it lives, `database` is being restored into by nxd.
-pub(super) struct RestoringGuard<'a> {
-    set: &'a Restoring,
+#[derive(Debug, Clone)]
+struct ToolSession {
     database: String,
+    tool: Tool,
+    /// Why the watch ended its session (an [`Overrun`] or a [`LockOverrun`], as text).
+    ended: Option<String>,
+}
+
+/// Which of nxd's tools a session is, and so how it is told apart from tenants' sessions.
+#[derive(Debug, Clone, PartialEq)]
+enum Tool {
+    /// pg_restore, in a session of the sandbox's role: the earliest backend of its database
+    /// with its `application_name` (a session of the role may take the name, but connects
+    /// after the restore did).
+    Restore,
+    /// pg_dump, in a session of nxd's own superuser role (it reads every object of the
+    /// database; a role's `CONNECTION LIMIT` would leave a busy sandbox without backups),
+    /// held to the bounds of `role`, the sandbox's: the tenant's rows decide its memory
+    /// (attacker s15: four backups of a 14 MB table of three 400 MB values held 773 MB each,
+    /// beyond every bound).
+    Dump { role: String },
+}
+
+/// While it lives, nxd's pg_dump or pg_restore session in `database` is known to the watch.
+pub(super) struct ToolGuard<'a> {
+    set: &'a ToolSessions,
     application_name: String,
 }
 
-impl Restoring {
+impl ToolSessions {
     /// Marks `database` as nxd's restore target until the guard is dropped, under a new random
     /// `application_name` (`nxd-restore-` and 32 hex digits; PostgreSQL keeps 63 bytes).
-    pub(super) fn start(&self, database: &str) -> RestoringGuard<'_> {
+    pub(super) fn restore(&self, database: &str) -> ToolGuard<'_> {
+        self.start("nxd-restore", database, Tool::Restore)
+    }
+
+    /// Marks nxd's pg_dump of `database`, held to `role`'s bounds, until the guard is dropped,
+    /// under a new random `application_name` (`nxd-dump-` and 32 hex digits).
+    pub(super) fn dump(&self, database: &str, role: &str) -> ToolGuard<'_> {
+        let role = role.to_owned();
+        self.start("nxd-dump", database, Tool::Dump { role })
+    }
+
+    fn start(&self, prefix: &str, database: &str, tool: Tool) -> ToolGuard<'_> {
         let mut nonce = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let application_name = format!("nxd-restore-{}", hex::encode(nonce));
+        let application_name = format!("{prefix}-{}", hex::encode(nonce));
+        let session = ToolSession {
+            database: database.to_owned(),
+            tool,
+            ended: None,
+        };
         self.0
             .lock()
-            .expect("restoring lock")
-            .insert(database.to_owned(), application_name.clone());
-        RestoringGuard {
+            .expect("tool sessions lock")
+            .insert(application_name.clone(), session);
+        ToolGuard {
             set: self,
-            database: database.to_owned(),
             application_name,
         }
     }
 
-    /// The databases being restored into and their restores' application names, as two
-    /// arrays (for `unnest`).
-    fn arrays(&self) -> (Vec<String>, Vec<String>) {
-        self.0
+    /// Notes that the watch ended the session of `application_name`, and why.
+    pub(super) fn ended(&self, application_name: &str, why: String) {
+        if let Some(session) = self
+            .0
             .lock()
-            .expect("restoring lock")
-            .iter()
-            .map(|(database, name)| (database.clone(), name.clone()))
-            .unzip()
+            .expect("tool sessions lock")
+            .get_mut(application_name)
+        {
+            session.ended = Some(why);
+        }
+    }
+
+    /// The restores' databases and application names, and the dumps' databases, application
+    /// names and roles, as arrays (for `unnest`).
+    fn arrays(&self) -> ToolArrays {
+        let mut arrays = ToolArrays::default();
+        for (name, session) in self.0.lock().expect("tool sessions lock").iter() {
+            match &session.tool {
+                Tool::Restore => {
+                    arrays.restore_databases.push(session.database.clone());
+                    arrays.restore_names.push(name.clone());
+                }
+                Tool::Dump { role } => {
+                    arrays.dump_databases.push(session.database.clone());
+                    arrays.dump_names.push(name.clone());
+                    arrays.dump_roles.push(role.clone());
+                }
+            }
+        }
+        arrays
     }
 }
 
-impl RestoringGuard<'_> {
-    /// The `application_name` nxd's restore session must connect with.
+/// [`ToolSessions::arrays`].
+#[derive(Default)]
+struct ToolArrays {
+    restore_databases: Vec<String>,
+    restore_names: Vec<String>,
+    dump_databases: Vec<String>,
+    dump_names: Vec<String>,
+    dump_roles: Vec<String>,
+}
+
+impl ToolGuard<'_> {
+    /// The `application_name` nxd's session must connect with.
     pub(super) fn application_name(&self) -> &str {
         &self.application_name
     }
+
+    /// Why the watch ended the session, if it did.
+    pub(super) fn ended(&self) -> Option<String> {
+        self.set
+            .0
+            .lock()
+            .expect("tool sessions lock")
+            .get(&self.application_name)
+            .and_then(|s| s.ended.clone())
+    }
 }
 
-impl Drop for RestoringGuard<'_> {
+impl Drop for ToolGuard<'_> {
     fn drop(&mut self) {
         self.set
             .0
             .lock()
-            .expect("restoring lock")
-            .remove(&self.database);
+            .expect("tool sessions lock")
+            .remove(&self.application_name);
     }
 }
 
@@ -297,17 +388,24 @@ impl Databases {
     /// # Errors
     /// The query's.
     pub async fn tenant_backends(&self) -> Result<Vec<TenantBackend>, DbError> {
-        let (databases, names) = self.restoring.arrays();
-        let rows: Vec<(i32, String, f64, f64, bool, Vec<i32>)> = sqlx::query_as(
+        let tools = self.tool_sessions.arrays();
+        let rows: Vec<BackendRow> = sqlx::query_as(
             "WITH restores AS ( \
                SELECT DISTINCT ON (a.datname) a.pid \
                FROM pg_stat_activity a \
                JOIN unnest($1::text[], $2::text[]) AS r(datname, application_name) \
                  ON a.datname = r.datname AND a.application_name = r.application_name \
                WHERE a.backend_type = 'client backend' \
-               ORDER BY a.datname, a.backend_start, a.pid) \
+               ORDER BY a.datname, a.backend_start, a.pid), \
+             dumps AS ( \
+               SELECT a.pid, t.role \
+               FROM pg_stat_activity a \
+               JOIN unnest($3::text[], $4::text[], $5::text[]) AS t(datname, application_name, role) \
+                 ON a.datname = t.datname AND a.application_name = t.application_name \
+               WHERE a.backend_type = 'client backend' AND a.usename = current_user) \
              SELECT l.pid, \
-                    CASE WHEN l.backend_type = 'autovacuum worker' \
+                    CASE WHEN dump.pid IS NOT NULL THEN dump.role \
+                         WHEN l.backend_type = 'autovacuum worker' \
                          THEN pg_get_userbyid(d.datdba)::text ELSE l.usename::text END AS role, \
                     CASE WHEN l.backend_type = 'autovacuum worker' \
                          THEN CASE WHEN l.query LIKE 'autovacuum: ANALYZE %' \
@@ -321,30 +419,36 @@ impl Databases {
                     CASE WHEN l.state LIKE 'idle in transaction%' \
                          THEN extract(epoch FROM clock_timestamp() - l.state_change)::float8 \
                          ELSE 0 END, \
-                    l.pid IN (SELECT pid FROM restores), \
+                    CASE WHEN dump.pid IS NOT NULL OR l.pid IN (SELECT pid FROM restores) \
+                         THEN l.application_name END, \
                     ARRAY(SELECT w.pid FROM pg_stat_activity w \
                           WHERE w.leader_pid = l.pid AND w.pid <> l.pid) \
              FROM pg_stat_activity l LEFT JOIN pg_database d ON d.oid = l.datid \
+                  LEFT JOIN dumps dump ON dump.pid = l.pid \
              WHERE (l.backend_type = 'client backend' \
                     AND (l.usename LIKE 'nx\\_%' OR l.usename LIKE 'nxb\\_%')) \
+                OR dump.pid IS NOT NULL \
                 OR (l.backend_type = 'autovacuum worker' \
                     AND (pg_get_userbyid(d.datdba) LIKE 'nx\\_%' \
                          OR pg_get_userbyid(d.datdba) LIKE 'nxb\\_%'))",
         )
-        .bind(databases)
-        .bind(names)
+        .bind(tools.restore_databases)
+        .bind(tools.restore_names)
+        .bind(tools.dump_databases)
+        .bind(tools.dump_names)
+        .bind(tools.dump_roles)
         .fetch_all(&self.admin)
         .await?;
         Ok(rows
             .into_iter()
             .map(
-                |(pid, role, running_secs, idle_in_transaction_secs, restore, workers)| {
+                |(pid, role, running_secs, idle_in_transaction_secs, tool, workers)| {
                     TenantBackend {
                         pid,
                         role,
                         running_secs,
                         idle_in_transaction_secs,
-                        restore,
+                        tool,
                         workers,
                     }
                 },
@@ -355,7 +459,7 @@ impl Databases {
     /// Which of `backends` overran their bounds (a backend's memory counted with its parallel
     /// workers'): their statement ran past the role's
     /// `statement_timeout` or they sat idle in a transaction past its
-    /// `idle_in_transaction_session_timeout` (not nxd's restores'), or `memory` (their anonymous and dynamic shared memory, bytes,
+    /// `idle_in_transaction_session_timeout` (not nxd's pg_restore's and pg_dump's), or `memory` (their anonymous and dynamic shared memory, bytes,
     /// by PostgreSQL's pid, where known) passed `databases.backend_memory_max_mb`; then, of the others, the largest
     /// of a role whose backends together pass `databases.sandbox_memory_max_mb`, and the
     /// largest of all while all together pass three quarters of `databases.memory_max_mb`,
@@ -381,9 +485,9 @@ impl Databases {
         let mut ended: Vec<(TenantBackend, Overrun)> = backends
             .iter()
             .filter_map(|b| {
-                let overrun = if !b.restore && past(time_bound, b.running_secs) {
+                let overrun = if b.tool.is_none() && past(time_bound, b.running_secs) {
                     Overrun::Time(b.running_secs)
-                } else if !b.restore && past(idle_bound, b.idle_in_transaction_secs) {
+                } else if b.tool.is_none() && past(idle_bound, b.idle_in_transaction_secs) {
                     Overrun::IdleInTransaction(b.idle_in_transaction_secs)
                 } else {
                     match memory.get(&b.pid) {
@@ -431,8 +535,9 @@ impl Databases {
 
     /// Client backends of roles other than nxd's own that hold entries of PostgreSQL's shared
     /// lock table (locks that are not fast-path ones: advisory locks, and relation locks past
-    /// a backend's 16 fast-path slots), idle ones too, nxd's own restore sessions marked
-    /// (`pg_restore --single-transaction` locks every object it makes), and autovacuum workers
+    /// a backend's 16 fast-path slots), idle ones too, nxd's own pg_restore and pg_dump sessions
+    /// marked (`pg_restore --single-transaction` locks every object it makes, pg_dump every
+    /// table it dumps), and autovacuum workers
     /// (role 0: a tenant's expression-index function runs in one and took entries until the
     /// table was full, attacker s15 A3; the database's owner is in a shared catalog);
     /// [`lock_hogs`] says which to end, with [`Databases::tenants_locks_max`].
@@ -448,35 +553,51 @@ impl Databases {
     /// # Errors
     /// The query's.
     pub async fn lock_holders(&self) -> Result<Vec<LockHolder>, DbError> {
-        let (_, names) = self.restoring.arrays();
-        let rows: Vec<(i32, i64, i64, bool)> = sqlx::query_as(
+        let tools = self.tool_sessions.arrays();
+        let rows: Vec<(i32, i64, i64, Option<String>)> = sqlx::query_as(
             "WITH held AS ( \
                SELECT pid, count(*) AS locks FROM pg_lock_status() \
                WHERE NOT fastpath AND pid IS NOT NULL GROUP BY pid), \
+             own AS (SELECT usesysid FROM pg_stat_get_activity(pg_backend_pid())), \
              restores AS ( \
                SELECT DISTINCT ON (a.application_name) a.pid \
                FROM pg_stat_get_activity(NULL) a \
                WHERE a.application_name = ANY($1::text[]) \
-               ORDER BY a.application_name, a.backend_start, a.pid) \
+               ORDER BY a.application_name, a.backend_start, a.pid), \
+             dumps AS ( \
+               SELECT a.pid FROM pg_stat_get_activity(NULL) a \
+               WHERE a.application_name = ANY($2::text[]) \
+                 AND a.usesysid = (SELECT usesysid FROM own)) \
              SELECT s.pid, COALESCE(s.usesysid, 0)::int8, h.locks, \
-                    s.pid IN (SELECT pid FROM restores) \
+                    CASE WHEN s.pid IN (SELECT pid FROM restores) \
+                           OR s.pid IN (SELECT pid FROM dumps) \
+                         THEN s.application_name END \
              FROM pg_stat_get_activity(NULL) s JOIN held h ON h.pid = s.pid \
              WHERE (s.backend_type = 'client backend' \
-                    AND s.usesysid <> (SELECT usesysid FROM pg_stat_get_activity(pg_backend_pid()))) \
+                    AND s.usesysid <> (SELECT usesysid FROM own)) \
+                OR s.pid IN (SELECT pid FROM dumps) \
                 OR s.backend_type = 'autovacuum worker'",
         )
-        .bind(names)
+        .bind(tools.restore_names)
+        .bind(tools.dump_names)
         .fetch_all(&self.admin)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(pid, role, locks, restore)| LockHolder {
+            .map(|(pid, role, locks, tool)| LockHolder {
                 pid,
                 role: u32::try_from(role).unwrap_or(u32::MAX),
                 locks: u64::try_from(locks).unwrap_or(0),
-                restore,
+                tool,
             })
             .collect())
+    }
+
+    /// Notes why the watch ended nxd's own session `application_name` (a
+    /// [`TenantBackend::tool`] or [`LockHolder::tool`]), so that its backup, restore or branch
+    /// fails saying so.
+    pub fn tool_session_ended(&self, application_name: &str, why: String) {
+        self.tool_sessions.ended(application_name, why);
     }
 
     /// The entries of the shared lock table all tenants' sessions may hold together: half
@@ -508,13 +629,13 @@ mod tests {
             pid: 1,
             role: 1,
             locks: 9000,
-            restore: true,
+            tool: Some("nxd-restore-1".into()),
         };
         let other = LockHolder {
             pid: 2,
             role: 1,
             locks: 900,
-            restore: false,
+            tool: None,
         };
         let holders = [restore.clone(), other];
         assert_eq!(lock_hogs(&holders, 12_800), []);
@@ -532,14 +653,14 @@ mod tests {
                 pid: i,
                 role: 1 + (i as u32 % 3),
                 locks: 1000,
-                restore: false,
+                tool: None,
             })
             .collect();
         holders.push(LockHolder {
             pid: 100,
             role: 4,
             locks: 2000,
-            restore: false,
+            tool: None,
         });
         let ended = lock_hogs(&holders, 10_000);
         assert!(ended.contains(&(holders[57].clone(), LockOverrun::Session(2000))));
