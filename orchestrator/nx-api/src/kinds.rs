@@ -190,7 +190,8 @@ pub struct Limits {
     pub disk_mb: u64,
     /// The size of `/tmp` and of `/dev/shm` in MiB (each a tmpfs: RAM counted in
     /// `memory_max_mb`, so at most half of it: one not asked for is lowered to half; writes past
-    /// it get ENOSPC).
+    /// it get ENOSPC). At least 1.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub tmp_mb: u64,
     /// `RLIMIT_NOFILE` of the program (soft and hard), at most `sandbox.max_nofile`.
     pub nofile: u64,

@@ -59,6 +59,7 @@ pub struct LimitsOverride {
     #[serde(default)]
     pub disk_mb: Option<u64>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub tmp_mb: Option<u64>,
     #[serde(default)]
     pub nofile: Option<u64>,

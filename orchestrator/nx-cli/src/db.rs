@@ -139,10 +139,12 @@ pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<(
         }
         DbCommand::Psql { sandbox, psql_args } => {
             let info = client.database(&name(&sandbox)?).await?;
-            let err = std::process::Command::new("psql")
-                .arg(&info.url)
-                .args(&psql_args)
-                .exec();
+            let (url, password) = without_password(&info.url);
+            let mut psql = std::process::Command::new("psql");
+            if let Some(password) = password {
+                psql.env("PGPASSWORD", password);
+            }
+            let err = psql.arg(url).args(&psql_args).exec();
             anyhow::bail!("cannot run psql: {err}; install postgresql-client, or use `nx db url`");
         }
         DbCommand::Backup { sandbox, output } => {
@@ -224,4 +226,50 @@ pub(crate) async fn download(
     tokio::fs::rename(&partial, to).await?;
     bar.finish_and_clear();
     Ok(())
+}
+
+/// A connection URI (`postgres://role:password@/database?host=DIR&port=N`, as nxd gives it)
+/// without its password, and the password percent-decoded (PostgreSQL's "Connection URIs"):
+/// `nx db psql` hands it to psql as `PGPASSWORD` in psql's environment, readable only by the
+/// user and root, not in psql's arguments, which every local user reads in
+/// `/proc/<pid>/cmdline` (review15). A URI with no password comes back as it is.
+fn without_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((user, host)) = authority.rsplit_once('@') else {
+        return (url.to_owned(), None);
+    };
+    let Some((user, password)) = user.split_once(':') else {
+        return (url.to_owned(), None);
+    };
+    let password = percent_encoding::percent_decode_str(password)
+        .decode_utf8_lossy()
+        .into_owned();
+    (format!("{scheme}://{user}@{host}{path}"), Some(password))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn the_password_leaves_the_url_for_the_environment() {
+        assert_eq!(
+            without_password("postgres://nx_a:s3cr%40t@/nx_a?host=/run/pg&port=5432"),
+            (
+                "postgres://nx_a@/nx_a?host=/run/pg&port=5432".to_owned(),
+                Some("s3cr@t".to_owned())
+            )
+        );
+        for url in [
+            "postgres://nx_a@/nx_a?host=/run/pg",
+            "postgres:///nx?host=/run/pg&password=x:y@z",
+            "not a url",
+        ] {
+            assert_eq!(without_password(url), (url.to_owned(), None));
+        }
+    }
 }

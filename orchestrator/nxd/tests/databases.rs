@@ -23,6 +23,60 @@ fn db_info(host: &Host, sandbox: &str) -> serde_json::Value {
     host.nx_json(&["db", "url", sandbox])
 }
 
+/// Review15: `nx db psql` ran `psql <URL with the password>`, and every local user reads a
+/// process's arguments (`/proc/<pid>/cmdline`). While it runs, psql's arguments hold no
+/// password; its environment holds it as `PGPASSWORD` (readable by its user and root only).
+fn assert_password_not_in_psqls_arguments(host: &Host, sandbox: &str) {
+    let url = db_info(host, sandbox)["url"].as_str().unwrap().to_owned();
+    // postgres://role:password@/database?...
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(user, _)| user.split_once(':'))
+        .map(|(_, password)| password.to_owned())
+        .unwrap_or_else(|| panic!("no password in {url}"));
+    let marker = format!("psql-{}", std::process::id());
+    let sql = format!("select pg_sleep(2), '{marker}'");
+    let nx = host
+        .nx_command(&host.token, &["db", "psql", sandbox, "--", "-Atc", &sql])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let psql = loop {
+        // psql itself (Debian's /usr/bin/psql is a wrapper that execs the version's binary).
+        let found = std::fs::read_dir("/proc").unwrap().flatten().find(|e| {
+            std::fs::read_link(e.path().join("exe")).is_ok_and(|exe| exe.ends_with("psql"))
+                && std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+        });
+        if let Some(process) = found {
+            break process.path();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no psql with {marker} in 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let cmdline =
+        String::from_utf8_lossy(&std::fs::read(psql.join("cmdline")).unwrap()).replace('\0', " ");
+    let environ = std::fs::read(psql.join("environ")).unwrap();
+    let out = nx.wait_with_output().unwrap();
+    assert!(
+        !cmdline.contains(&password),
+        "psql's arguments hold the password: {cmdline}"
+    );
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|v| v == format!("PGPASSWORD={password}").as_bytes()),
+        "psql's environment has no PGPASSWORD"
+    );
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("|{marker}\n"));
+}
+
 #[test]
 fn each_sandbox_gets_its_own_database_that_others_cannot_reach() {
     let host = Host::start();
@@ -36,6 +90,7 @@ fn each_sandbox_gets_its_own_database_that_others_cannot_reach() {
     // psql's own arguments after `--` (attacker s15 L2: refused, though clap's tip said so).
     let out = host.nx(&["db", "psql", "alpha", "--", "-Atc", "select 41 + 1"]);
     assert_eq!(out.stdout, "42\n", "{}", out.stderr);
+    assert_password_not_in_psqls_arguments(&host, "alpha");
     assert_eq!(
         host.get(&host.preview_host("beta", &b), "/db/list").0,
         500,
