@@ -397,6 +397,13 @@ in
     boot.kernel.sysctl."net.ipv4.ip_unprivileged_port_start" =
       lib.mkIf (lowestRouterPort < 1024) (lib.mkDefault lowestRouterPort);
 
+    # Pseudo-terminals: each deployment and each task has a devpts instance of its own holding at
+    # most 64 (MAX_PTYS in pts_mount.rs), but every instance other than the host's draws from one
+    # pool of kernel.pty.max less kernel.pty.reserve (the kernel's 4096 less 1024: 3072, 48
+    # sandboxes that each take all they may). Sized for 1024 such sandboxes at once, 64 x 1024,
+    # plus the reserve the host's own /dev/pts keeps; a terminal costs memory only while open.
+    boot.kernel.sysctl."kernel.pty.max" = lib.mkDefault (64 * 1024 + 1024);
+
     # Deployments reach the internet (with --egress public) through the host: nxd's table
     # `inet nx` masquerades them.
     boot.kernel.sysctl."net.ipv4.ip_forward" = lib.mkDefault 1;

@@ -312,7 +312,8 @@ impl Bare {
             linkage: nx_orchestrator::artifact::verify::Linkage::Static,
         };
         Ok(Self {
-            argv: task_command(&program, args, tmp_bytes),
+            // Bubblewrap's own /dev/pts: the bounded instance is the launcher's mount.
+            argv: task_command(&program, args, tmp_bytes, None),
             seccomp,
             env,
             place: CpuPlace::new(host)?,

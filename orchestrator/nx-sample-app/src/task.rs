@@ -17,6 +17,8 @@
 //! - `outputs`         prints its stdout's and stderr's `O_NONBLOCK`, `O_APPEND` and pipe size
 //! - `burst KIB`       writes KIB lines of 1 KiB to stdout; a failed write ends it with exit
 //!   code 1 and how many bytes went out
+//! - `ptys N SECS`     opens /dev/ptmx N times (each a pseudo-terminal), prints what `GET /ptys`
+//!   answers (`{"held": H, "error": E}`), holds them SECS (0 by default), exits 0
 
 use std::io::Write;
 
@@ -159,8 +161,16 @@ pub fn run(args: &[String]) -> i32 {
             }
             0
         }
+        "ptys" => {
+            let _ = writeln!(out, "{}", crate::ptys(arg(1).parse().unwrap_or(1)));
+            let _ = out.flush();
+            std::thread::sleep(std::time::Duration::from_secs_f64(
+                arg(2).parse().unwrap_or(0.0),
+            ));
+            0
+        }
         other => {
-            eprintln!("unknown task command {other:?}: print, exit, sleep, fork, hog, abort, leave, connect, ls, cat, write, now, unsettle, outputs, burst");
+            eprintln!("unknown task command {other:?}: print, exit, sleep, fork, hog, abort, leave, connect, ls, cat, write, now, unsettle, outputs, burst, ptys");
             64
         }
     }

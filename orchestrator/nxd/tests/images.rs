@@ -111,6 +111,15 @@ fn an_image_goes_push_preview_promote_rollback_and_runs_as_a_task() {
         &host.api.to_string(),
     ]);
     assert!(out.stdout.contains("cannot connect"), "{}", out.stdout);
+    // At most MAX_PTYS pseudo-terminals, as a deployment's (review15 #4).
+    let out = host.nx(&["run-task", image, "--", "task", "ptys", "100"]);
+    let held: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {}{}", out.stdout, out.stderr));
+    assert_eq!(
+        held["held"],
+        nx_orchestrator::backend::pts_mount::MAX_PTYS,
+        "{held}"
+    );
     // The task's environment reaches its program, and only it: Podman runs as root, and a
     // tenant's LD_PRELOAD in its environment ran the tenant's library as root (attacker s9 F0).
     let library = nx_testkit::preload_library(&host.path("cc"));

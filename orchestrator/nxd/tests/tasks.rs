@@ -646,6 +646,78 @@ fn a_tasks_output_flags_do_not_reach_the_next_task_on_its_unit() {
     );
 }
 
+/// Review15 #4: a task's bubblewrap had an unbounded devpts instance, which draws from the
+/// host's shared pool (`kernel.pty.max` less `kernel.pty.reserve`, 3,071 here), so one task
+/// could take every sandbox's pseudo-terminals. A task holds at most `MAX_PTYS`, a deployment
+/// beside it still opens its own, and the next task on the same unit gets as many again.
+#[test]
+fn a_task_holds_at_most_its_share_of_pseudo_terminals() {
+    use std::io::BufRead;
+    let (host, sha) = host_with_a_pool_of_one();
+    let token = task_token(&host, &sha);
+    let max = nx_orchestrator::backend::pts_mount::MAX_PTYS;
+    let id = host.push_sample("ptys", &[]);
+    let full = |said: &str| {
+        let held: serde_json::Value = serde_json::from_str(said.trim()).unwrap();
+        assert_eq!(held["held"], max, "{said}");
+        assert!(
+            held["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("No space left on device"),
+            "{said}"
+        );
+    };
+
+    // It holds what it got for 8 s; the deployment opens one meanwhile.
+    let sample = sample_app();
+    let mut task = host
+        .nx_command(
+            &host.token,
+            &[
+                "run-task",
+                sample.to_str().unwrap(),
+                "--",
+                "task",
+                "ptys",
+                "100",
+                "8",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    std::io::BufReader::new(task.stdout.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    full(&said);
+    let (status, body) = host.get(&host.preview_host("ptys", &id), "/ptys?n=1");
+    assert_eq!(status, 200, "{body}");
+    let opened: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(opened, serde_json::json!({"held": 1, "error": null}));
+    assert!(
+        task.try_wait().unwrap().is_none(),
+        "the task ended before the deployment opened its terminal"
+    );
+    assert_eq!(task.wait().unwrap().code(), Some(0));
+
+    // Two on the pool's one unit: each has an instance of its own.
+    let mut units = HashSet::new();
+    for _ in 0..2 {
+        let task = pool_task(
+            &host,
+            &token,
+            &sha,
+            &["task", "ptys", "100"],
+            serde_json::json!({}),
+        );
+        full(&task.stdout);
+        units.insert(task.unit);
+    }
+    assert_eq!(units.len(), 1, "both ran on the pool's one unit: {units:?}");
+}
+
 /// A unit whose task was killed at its timeout, or that ran a task with a memory limit of its
 /// own, serves no task after it: the next runs on a fresh unit (of the pool's own limits).
 #[test]

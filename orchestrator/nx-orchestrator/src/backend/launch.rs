@@ -106,8 +106,9 @@ pub struct LaunchSpec {
     /// Mount this tmpfs (an image's /tmp, which Podman binds) first, in the same namespace.
     #[serde(default)]
     pub tmp: Option<super::tmp_mount::TmpMount>,
-    /// Mount this devpts instance (a deployment's pseudo-terminals, which bubblewrap or Podman
-    /// binds at `/dev/pts`) first, in the same namespace.
+    /// Mount this devpts instance (the sandbox's pseudo-terminals, which bubblewrap or Podman
+    /// binds at `/dev/pts`) first, in the same namespace; a task's launcher unmounts it after
+    /// the task (see `pts_mount`).
     #[serde(default)]
     pub ptys: Option<super::pts_mount::PtsMount>,
     /// Mount these volumes first, in the same namespace; the program gets their groups as

@@ -199,7 +199,8 @@ fn hand_over_seccomp(spec: &LaunchSpec) -> Result<(), String> {
 
 /// A task unit's launcher (a spec with `exit_report`, read from standard input): runs each
 /// task's sandbox as its child, as the task's uid (it stays root itself, and runs nothing of
-/// the task's), reports the task's end on standard input once no process of it is left (see
+/// the task's), with a devpts instance of the task's own (`spec.ptys`, see `pts_mount`),
+/// reports the task's end on standard input once no process of it is left (see
 /// `task_end`), and then reads the next task's spec there; exits 0 when nxd closes it. So one
 /// unit serves tasks one after another without a unit start or an exec of this binary each.
 /// Returns only on failure, with the reason.
@@ -212,9 +213,23 @@ fn serve_tasks(first: LaunchSpec, spec_path: &Path) -> String {
         Err(e) => return e,
     };
     let mut spec = first;
+    // A mount namespace of the launcher's own, made for the first task that has a devpts
+    // instance (every container task does): the instances are mounted there, never on the host.
+    let mut own_namespace = false;
     loop {
         if let Err(e) = outputs.restore() {
             return e;
+        }
+        if let Some(ptys) = &spec.ptys {
+            if !own_namespace {
+                if let Err(e) = super::data_disk::own_mount_namespace() {
+                    return e;
+                }
+                own_namespace = true;
+            }
+            if let Err(e) = ptys.mount() {
+                return format!("mounting /dev/pts: {e}");
+            }
         }
         if let Err(e) = hand_over_seccomp(&spec) {
             return e;
@@ -231,6 +246,9 @@ fn serve_tasks(first: LaunchSpec, spec_path: &Path) -> String {
             return format!("handing the program's environment to {program}: {e}");
         }
         if let Err(e) = super::task_end::run(program, args, &spec.env, spec.uid) {
+            return e;
+        }
+        if let Some(Err(e)) = spec.ptys.as_ref().map(|ptys| ptys.unmount()) {
             return e;
         }
         spec = match read(spec_path) {

@@ -1,24 +1,25 @@
-//! A deployment's pseudo-terminals: a devpts instance of its own with at most [`MAX_PTYS`],
-//! mounted by the unit's launcher on `<deployment dir>/pts` in the unit's own mount namespace
-//! and bound at `/dev/pts` by bubblewrap (over the unbounded instance its `--dev` makes) or by
-//! Podman (over its own), so
-//! that one sandbox cannot take the host's pseudo-terminals from every other (attacker s15
-//! P1: every devpts instance but the host's own shares `kernel.pty.max` less
-//! `kernel.pty.reserve`, 3,071 here; one program opened them all and other sandboxes' programs
-//! got ENOSPC from `/dev/ptmx`). Podman's own `--mount type=devpts,max=N` does not do: it
-//! takes no `ptmxmode`, so that instance's `ptmx` is 0000 and the container's non-root user
-//! gets EACCES from `/dev/ptmx`. Tasks are not bounded yet (their launcher has no mount
-//! namespace of its own).
+//! A sandbox's pseudo-terminals: a devpts instance of its own with at most [`MAX_PTYS`],
+//! mounted by the unit's launcher in the launcher's own mount namespace (on
+//! `<deployment dir>/pts` for a deployment, on `<state_dir>/task-pts` for each task, unmounted
+//! after it) and bound at `/dev/pts` by bubblewrap (over the unbounded instance its `--dev`
+//! makes) or by Podman (over its own), so that one sandbox cannot take the host's
+//! pseudo-terminals from every other (attacker s15 P1: every devpts instance but the host's
+//! own shares `kernel.pty.max` less `kernel.pty.reserve`, 3,071 here; one program opened them
+//! all and other sandboxes' programs got ENOSPC from `/dev/ptmx`; review15 #4: a task's
+//! bubblewrap still could). That shared pool stays the host's real bound: it holds
+//! `pool / MAX_PTYS` sandboxes that each take all they may (NixOS module: `kernel.pty.max`).
+//! Podman's own `--mount type=devpts,max=N` does not do: it takes no `ptmxmode`, so that
+//! instance's `ptmx` is 0000 and the container's non-root user gets EACCES from `/dev/ptmx`.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// The most pseudo-terminals one deployment may hold at once (devpts' `max=`, see
+/// The most pseudo-terminals one deployment or task may hold at once (devpts' `max=`, see
 /// `Documentation/filesystems/devpts.rst`): a shell server or a few terminals' worth, and
-/// 48 sandboxes' worth before the host's shared 3,071 run out.
+/// 48 sandboxes' worth before the host's shared 3,071 (Debian's default) run out.
 pub const MAX_PTYS: u32 = 64;
 
-/// The devpts instance of one deployment.
+/// The devpts instance of one deployment or task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PtsMount {
     /// Where it is mounted (created if missing): the directory bound at /dev/pts.
@@ -42,5 +43,18 @@ impl PtsMount {
             Some(format!("newinstance,ptmxmode=0666,mode=620,max={MAX_PTYS}").as_str()),
         )
         .map_err(|e| format!("mounting a devpts instance on {}: {e}", self.dir.display()))
+    }
+
+    /// In a task's launcher, after the task (nothing of it holds a terminal any more): detaches
+    /// the instance from `dir` (umount2(2) `MNT_DETACH`), so that the unit's next task mounts
+    /// a fresh one. Errors: umount2's, naming `dir`.
+    #[cfg(target_os = "linux")]
+    pub fn unmount(&self) -> Result<(), String> {
+        nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+            format!(
+                "unmounting the devpts instance on {}: {e}",
+                self.dir.display()
+            )
+        })
     }
 }

@@ -59,8 +59,8 @@ pub struct Sandbox<'a> {
     pub etc: Option<&'a EtcTree>,
     /// Volumes: mounted on the host side by the launcher, bound read-write at their paths.
     pub volumes: &'a [VolumeBind],
-    /// A deployment's devpts instance of at most `pts_mount::MAX_PTYS` (the launcher mounts
-    /// it), bound at `/dev/pts` over bubblewrap's own; `None` (a task's): bubblewrap's.
+    /// The sandbox's devpts instance of at most `pts_mount::MAX_PTYS` (the launcher mounts
+    /// it), bound at `/dev/pts` over bubblewrap's own; `None`: bubblewrap's, unbounded.
     pub ptys: Option<&'a Path>,
 }
 

@@ -65,6 +65,9 @@ pub struct ContainerBackend {
     resolv_conf: PathBuf,
     /// nxd's state dir (sandboxes' hosts files: `crate::services::hosts_dir`).
     state_dir: PathBuf,
+    /// Where each task's launcher mounts the task's devpts instance, in its own mount
+    /// namespace (`<state_dir>/task-pts`; on the host an empty directory).
+    task_ptys: PtsMount,
 }
 
 impl ContainerBackend {
@@ -79,6 +82,10 @@ impl ContainerBackend {
         std::fs::create_dir_all(&root)?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
         let seccomp = seccomp::write_programs(&state_dir.join("seccomp"))?;
+        let task_ptys = PtsMount {
+            dir: state_dir.join("task-pts"),
+        };
+        std::fs::create_dir_all(&task_ptys.dir)?;
         Ok(Self {
             units: DeploymentUnits::new(supervisor, launcher, settings, data_templates),
             root,
@@ -86,6 +93,7 @@ impl ContainerBackend {
             podman: Podman::new(state_dir)?,
             resolv_conf: crate::network::resolv_conf_path(state_dir),
             state_dir: state_dir.to_owned(),
+            task_ptys,
         })
     }
 }
@@ -264,13 +272,19 @@ impl SandboxBackend for ContainerBackend {
     async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError> {
         Ok(match &task.program {
             Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
-                argv: task_command(&task.program, &task.args, task.limits.tmp_mb << 20),
+                argv: task_command(
+                    &task.program,
+                    &task.args,
+                    task.limits.tmp_mb << 20,
+                    Some(&self.task_ptys.dir),
+                ),
                 sandbox_env: task.env.clone(),
                 sandbox_env_form: SandboxEnvForm::BwrapArgs,
                 seccomp: self.seccomp.clone(),
                 uid: Some(task.uid),
                 nofile: Some(task.limits.nofile),
                 exit_report: true,
+                ptys: Some(self.task_ptys.clone()),
                 ..LaunchSpec::default()
             },
             Program::Image {
@@ -291,7 +305,7 @@ impl SandboxBackend for ContainerBackend {
                     network: SandboxNetwork::Loopback,
                     runtime: Runtime::Runc,
                     tmp: Tmp::Tmpfs,
-                    ptys: None,
+                    ptys: Some(&self.task_ptys.dir),
                     tmp_mb: task.limits.tmp_mb,
                     volumes: &[],
                     gids: &[],
@@ -302,6 +316,7 @@ impl SandboxBackend for ContainerBackend {
                     sandbox_env: task.env.clone(),
                     sandbox_env_form: SandboxEnvForm::EnvFile,
                     nofile: Some(task.limits.nofile),
+                    ptys: Some(self.task_ptys.clone()),
                     ..LaunchSpec::default()
                 }
             }
@@ -348,11 +363,17 @@ fn bwrap_app(program: &Program) -> (bwrap::App<'_>, &Linkage) {
 const TASK_HOSTNAME: &str = "task";
 
 /// The bubblewrap command line (`bwrap` and its arguments) of a task that runs `program` (a
-/// binary or a bundle; an image panics: it runs under Podman) with `args` and a `/tmp` of
-/// `tmp_bytes`: what a task's launcher runs (see `task_end`), with the seccomp programs on fds
-/// 10 and up (`seccomp::write_programs`); the sandbox ends with the program. nx-bench runs the
-/// same command bare, as the floor of tasks.
-pub fn task_command(program: &Program, args: &[String], tmp_bytes: u64) -> Vec<String> {
+/// binary or a bundle; an image panics: it runs under Podman) with `args`, a `/tmp` of
+/// `tmp_bytes` and `ptys` (the directory the launcher mounts the task's devpts instance on,
+/// see `pts_mount`; `None`: bubblewrap's own, unbounded): what a task's launcher runs (see
+/// `task_end`), with the seccomp programs on fds 10 and up (`seccomp::write_programs`); the
+/// sandbox ends with the program. nx-bench runs the same command bare, as the floor of tasks.
+pub fn task_command(
+    program: &Program,
+    args: &[String],
+    tmp_bytes: u64,
+    ptys: Option<&Path>,
+) -> Vec<String> {
     let (app, linkage) = bwrap_app(program);
     bwrap::command(&Sandbox {
         hostname: TASK_HOSTNAME,
@@ -365,7 +386,7 @@ pub fn task_command(program: &Program, args: &[String], tmp_bytes: u64) -> Vec<S
         tmp_bytes,
         etc: None,
         volumes: &[],
-        ptys: None,
+        ptys,
     })
 }
 

@@ -49,8 +49,8 @@ pub struct Container<'a> {
     /// The size of `/tmp` and of `/dev/shm` (Podman's `--shm-size`, 64 MiB unless given), in
     /// MiB: the deployment's or task's `limits.tmp_mb`.
     pub tmp_mb: u64,
-    /// A deployment's devpts instance of at most `pts_mount::MAX_PTYS` (the launcher mounts
-    /// it), bound at `/dev/pts` over Podman's own; `None` (a task's): Podman's.
+    /// The sandbox's devpts instance of at most `pts_mount::MAX_PTYS` (the launcher mounts
+    /// it), bound at `/dev/pts` over Podman's own; `None`: Podman's, unbounded.
     pub ptys: Option<&'a Path>,
     /// Volumes, bound at their paths; the container gets their groups (`gids`).
     pub volumes: &'a [super::bwrap::VolumeBind],
