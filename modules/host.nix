@@ -34,11 +34,11 @@ let
   }.${cfg.microvm.vmm});
   # MemoryMax, CPUQuota, TasksMax, /data and /tmp sizes, RLIMIT_NOFILE, log cap of a deployment or of a task.
   limitsOptions = d: what: {
-    memoryMaxMb = mkOption { type = types.ints.positive; default = d.memoryMaxMb; description = "Default MemoryMax of ${what}, MiB."; };
+    memoryMaxMb = mkOption { type = types.ints.positive; default = d.memoryMaxMb; description = "Default MemoryMax of ${what}, MiB (a microVM's at least 192: 64 for its VMM, 128 of RAM for its guest, whose kernel boots in no less)."; };
     cpuQuotaPercent = mkOption { type = types.ints.positive; default = d.cpuQuotaPercent; description = "Default CPUQuota of ${what}, percent of one CPU."; };
     tasksMax = mkOption { type = types.ints.positive; default = d.tasksMax; description = "Default TasksMax of ${what}."; };
     diskMb = mkOption { type = types.ints.unsigned; default = d.diskMb; description = "Default size of /data of ${what}, MiB (its own filesystem image; writes past it get ENOSPC; at most the free disk less nxd's reserve); 0: no /data to write (read-only, empty). A task has no /data."; };
-    tmpMb = mkOption { type = types.ints.positive; default = d.tmpMb; description = "Default size of /tmp and of /dev/shm of ${what}, MiB (each a tmpfs, counted in its memory; writes past it get ENOSPC; a push's --tmp is at most half its memory, and one without --tmp gets this or half its memory, whichever is less)."; };
+    tmpMb = mkOption { type = types.ints.positive; default = d.tmpMb; description = "Default size of /tmp and of /dev/shm of ${what}, MiB (each a tmpfs, counted in its memory; writes past it get ENOSPC; a push's --tmp is at most half its memory, a microVM's half of its guest's RAM (memory less 64 MiB) less 80 MiB for the guest's kernel and program, and one without --tmp gets this or that most, whichever is less)."; };
     nofile = mkOption { type = types.ints.positive; default = d.nofile; description = "Default RLIMIT_NOFILE of ${what}."; };
     logMaxMb = mkOption { type = types.ints.positive; default = d.logMaxMb; description = "Default cap of the log of ${what} on disk, MiB, rotated files included. A task's output streams to its caller instead."; };
   };

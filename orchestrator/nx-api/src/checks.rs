@@ -2,12 +2,18 @@
 //! anything: a [`FieldError`] names the JSON field at fault (`limits.memory_max_mb`,
 //! `args[2]`, `env.KEY`) and says what would be accepted.
 
-use crate::kinds::{check_env_name, Limits};
+use crate::kinds::{
+    check_env_name, guest_memory_mb, BackendKind, Limits, GUEST_ROOM_MB, MIN_GUEST_MB,
+    VMM_OVERHEAD_MB,
+};
 use std::collections::BTreeMap;
 
 /// The smallest `MemoryMax` a deployment or task may ask for, in MiB: below it not even the
 /// sandbox's own processes start.
 pub const MIN_MEMORY_MB: u64 = 16;
+/// The smallest `MemoryMax` of a microVM deployment or task, in MiB: its VMM's share and the
+/// least RAM its guest boots in.
+pub const MIN_MICROVM_MEMORY_MB: u64 = VMM_OVERHEAD_MB + MIN_GUEST_MB;
 /// The smallest `TasksMax`: the launcher, bubblewrap and the program itself.
 pub const MIN_TASKS: u64 = 4;
 /// The longest single argument or environment string, in bytes: the kernel's
@@ -149,9 +155,18 @@ fn check_range(field: &str, value: u64, min: u64, max: u64, unit: &str) -> Resul
     Ok(())
 }
 
-/// A deployment's limits, within what the sandbox needs and the host has.
-pub fn check_limits(limits: &Limits, bounds: &RequestBounds) -> Result<(), FieldError> {
-    check_memory("limits.memory_max_mb", limits.memory_max_mb, bounds)?;
+/// A deployment's limits on `backend`, within what the sandbox needs and the host has.
+pub fn check_limits(
+    limits: &Limits,
+    backend: BackendKind,
+    bounds: &RequestBounds,
+) -> Result<(), FieldError> {
+    check_memory(
+        "limits.memory_max_mb",
+        limits.memory_max_mb,
+        backend,
+        bounds,
+    )?;
     check_range(
         "limits.cpu_quota_percent",
         u64::from(limits.cpu_quota_percent),
@@ -166,7 +181,7 @@ pub fn check_limits(limits: &Limits, bounds: &RequestBounds) -> Result<(), Field
         bounds.max_tasks,
         " processes and threads (systemd.sandbox_tasks_max: all of a sandbox's deployments together)",
     )?;
-    check_sandbox_sizes(limits, bounds)
+    check_sandbox_sizes(limits, backend, bounds)
 }
 
 /// The smallest `/data` image that holds an ext4 filesystem and some data, in MiB.
@@ -177,13 +192,17 @@ pub const MAX_DISK_MB: u64 = 16 << 20;
 pub const MIN_NOFILE: u64 = 64;
 
 /// The sizes of a deployment's sandbox: `/data` 0 (none to write) or an image of 16 MiB or
-/// more; `/tmp` at least 1 MiB and no more than half its memory (`/tmp` and `/dev/shm` are
-/// each a tmpfs of `tmp_mb`, RAM counted in `memory_max_mb`, so both full still fit: review14
-/// #3, where both full was an OOM kill, not ENOSPC); the open-files limit
+/// more; `/tmp` at least 1 MiB and no more than [`Limits::tmp_max_mb`] on `backend` (`/tmp`
+/// and `/dev/shm` are each a tmpfs of `tmp_mb`, RAM counted in `memory_max_mb`, so both full
+/// still fit: review14 #3 and review15 #5, where both full was an OOM kill, not ENOSPC); the open-files limit
 /// within `sandbox.max_nofile`; a log cap of 1 MiB to `sandbox.max_log_mb`; `/data` and the
 /// log cap each within the host's free disk less its reserve and what other deployments' logs
 /// may still write ([`check_room`]).
-fn check_sandbox_sizes(limits: &Limits, bounds: &RequestBounds) -> Result<(), FieldError> {
+fn check_sandbox_sizes(
+    limits: &Limits,
+    backend: BackendKind,
+    bounds: &RequestBounds,
+) -> Result<(), FieldError> {
     if limits.disk_mb != 0 {
         check_range(
             "limits.disk_mb",
@@ -194,12 +213,19 @@ fn check_sandbox_sizes(limits: &Limits, bounds: &RequestBounds) -> Result<(), Fi
         )?;
         check_room("limits.disk_mb", limits.disk_mb, bounds)?;
     }
+    let why = match backend {
+        BackendKind::Container => " MiB, half of limits.memory_max_mb (/tmp and /dev/shm are each a tmpfs of this size, both RAM counted in limits.memory_max_mb: both full must fit in it, or the program is killed for memory instead of getting ENOSPC; pass a smaller --tmp or a larger --memory)".to_owned(),
+        BackendKind::Microvm => format!(
+            " MiB in a microVM: half of its guest's RAM ({} MiB: limits.memory_max_mb less {VMM_OVERHEAD_MB} MiB for the VMM) less {GUEST_ROOM_MB} MiB for the guest's kernel and program (/tmp and /dev/shm are each a tmpfs of this size in the guest's RAM: both full must fit beside them, or the guest's OOM killer ends the program instead of it getting ENOSPC; pass a smaller --tmp or a larger --memory)",
+            guest_memory_mb(limits.memory_max_mb)
+        ),
+    };
     check_range(
         "limits.tmp_mb",
         limits.tmp_mb,
         1,
-        limits.memory_max_mb / 2,
-        " MiB, half of limits.memory_max_mb (/tmp and /dev/shm are each a tmpfs of this size, both RAM counted in limits.memory_max_mb: both full must fit in it, or the program is killed for memory instead of getting ENOSPC; pass a smaller --tmp or a larger --memory)",
+        limits.tmp_max_mb(backend),
+        &why,
     )?;
     check_range(
         "limits.nofile",
@@ -255,8 +281,22 @@ pub fn check_ready_timeout(secs: Option<u64>, bounds: &RequestBounds) -> Result<
 }
 
 /// A memory limit (`field` names it), within what the sandbox needs and the host has.
-pub fn check_memory(field: &str, mb: u64, bounds: &RequestBounds) -> Result<(), FieldError> {
-    check_range(field, mb, MIN_MEMORY_MB, bounds.max_memory_mb, " MiB")
+pub fn check_memory(
+    field: &str,
+    mb: u64,
+    backend: BackendKind,
+    bounds: &RequestBounds,
+) -> Result<(), FieldError> {
+    match backend {
+        BackendKind::Container => check_range(field, mb, MIN_MEMORY_MB, bounds.max_memory_mb, " MiB"),
+        BackendKind::Microvm => check_range(
+            field,
+            mb,
+            MIN_MICROVM_MEMORY_MB,
+            bounds.max_memory_mb,
+            &format!(" MiB for a microVM ({VMM_OVERHEAD_MB} MiB for its VMM and at least {MIN_GUEST_MB} MiB of RAM for its guest, whose kernel does not boot in less: give --memory {MIN_MICROVM_MEMORY_MB} or more)"),
+        ),
+    }
 }
 
 /// A service name (`PushRequest.service`): a DNS label as RFC 1123 §2.1 has it, lower case:
@@ -331,12 +371,18 @@ mod tests {
             memory_max_mb: 0,
             ..Limits::default()
         };
-        assert_eq!(field(check_limits(&zero, &BOUNDS)), "limits.memory_max_mb");
+        assert_eq!(
+            field(check_limits(&zero, BackendKind::Container, &BOUNDS)),
+            "limits.memory_max_mb"
+        );
         let huge = Limits {
             tasks_max: 0,
             ..Limits::default()
         };
-        assert_eq!(field(check_limits(&huge, &BOUNDS)), "limits.tasks_max");
+        assert_eq!(
+            field(check_limits(&huge, BackendKind::Container, &BOUNDS)),
+            "limits.tasks_max"
+        );
         for (bad, name) in [
             (
                 Limits {
@@ -367,14 +413,19 @@ mod tests {
                 "limits.log_max_mb",
             ),
         ] {
-            assert_eq!(field(check_limits(&bad, &BOUNDS)), name);
+            assert_eq!(
+                field(check_limits(&bad, BackendKind::Container, &BOUNDS)),
+                name
+            );
         }
         // Past the free space less the reserve (3072 MiB here): refused with the numbers.
         let too_large = Limits {
             disk_mb: 3073,
             ..Limits::default()
         };
-        let refused = check_limits(&too_large, &BOUNDS).unwrap_err().to_string();
+        let refused = check_limits(&too_large, BackendKind::Container, &BOUNDS)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             refused,
             "limits.disk_mb: 3073 MiB does not fit on this host: the filesystem of nxd's state directory has 4096 MiB free, of which nxd keeps 1024 MiB in reserve and the logs of the deployments here may still write 0 MiB (their caps, less what they hold); give at most 3072 MiB, remove deployments you no longer need (nx rm), or ask the host's operator to free space"
@@ -385,7 +436,7 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(
-            check_limits(&log, &BOUNDS).unwrap_err().to_string(),
+            check_limits(&log, BackendKind::Container, &BOUNDS).unwrap_err().to_string(),
             "limits.log_max_mb: 2049 is out of range: give 1 to 2048 MiB (sandbox.max_log_mb) on this host"
         );
         // Within it, but past what other deployments' logs leave (4096 - 1024 - 1500 = 1572).
@@ -393,12 +444,14 @@ mod tests {
             log_max_mb: 2048,
             ..Limits::default()
         };
-        assert!(check_limits(&log, &BOUNDS).is_ok());
+        assert!(check_limits(&log, BackendKind::Container, &BOUNDS).is_ok());
         let promised = RequestBounds {
             disk_promised_mb: 1500,
             ..BOUNDS
         };
-        let refused = check_limits(&log, &promised).unwrap_err().to_string();
+        let refused = check_limits(&log, BackendKind::Container, &promised)
+            .unwrap_err()
+            .to_string();
         assert!(
             refused.starts_with("limits.log_max_mb: 2048 MiB does not fit on this host")
                 && refused.contains("may still write 1500 MiB")
@@ -410,12 +463,12 @@ mod tests {
             disk_mb: 0,
             ..Limits::default()
         };
-        assert!(check_limits(&fine, &BOUNDS).is_ok());
+        assert!(check_limits(&fine, BackendKind::Container, &BOUNDS).is_ok());
         let fits = Limits {
             disk_mb: 3072,
             ..Limits::default()
         };
-        assert!(check_limits(&fits, &BOUNDS).is_ok());
+        assert!(check_limits(&fits, BackendKind::Container, &BOUNDS).is_ok());
         assert!(check_program_input(&["a".into()], &BTreeMap::new(), &BOUNDS).is_ok());
     }
 
@@ -428,7 +481,7 @@ mod tests {
             tmp_mb,
             ..Limits::default()
         };
-        let refused = check_limits(&limits(64, 64), &BOUNDS)
+        let refused = check_limits(&limits(64, 64), BackendKind::Container, &BOUNDS)
             .unwrap_err()
             .to_string();
         assert!(
@@ -438,11 +491,15 @@ mod tests {
             "{refused}"
         );
         assert_eq!(
-            field(check_limits(&limits(64, 33), &BOUNDS)),
+            field(check_limits(
+                &limits(64, 33),
+                BackendKind::Container,
+                &BOUNDS
+            )),
             "limits.tmp_mb"
         );
-        assert!(check_limits(&limits(64, 32), &BOUNDS).is_ok());
-        assert!(check_limits(&limits(16, 8), &BOUNDS).is_ok());
+        assert!(check_limits(&limits(64, 32), BackendKind::Container, &BOUNDS).is_ok());
+        assert!(check_limits(&limits(16, 8), BackendKind::Container, &BOUNDS).is_ok());
         // A push that asks for no tmp gets the default (64) or half its memory, not a refusal.
         let asked = |memory_max_mb, tmp_mb| {
             crate::wire::LimitsOverride {
@@ -450,16 +507,72 @@ mod tests {
                 tmp_mb,
                 ..Default::default()
             }
-            .apply(Limits::default())
+            .apply(Limits::default(), BackendKind::Container)
         };
         assert_eq!(asked(64, None).tmp_mb, 32);
-        assert!(check_limits(&asked(64, None), &BOUNDS).is_ok());
+        assert!(check_limits(&asked(64, None), BackendKind::Container, &BOUNDS).is_ok());
         assert_eq!(asked(512, None).tmp_mb, 64);
         assert_eq!(asked(64, Some(64)).tmp_mb, 64);
         assert_eq!(
-            field(check_limits(&asked(64, Some(64)), &BOUNDS)),
+            field(check_limits(
+                &asked(64, Some(64)),
+                BackendKind::Container,
+                &BOUNDS
+            )),
             "limits.tmp_mb"
         );
+    }
+
+    /// Review15 #5: a microVM's /tmp and /dev/shm are its guest's RAM, 64 MiB less than
+    /// `memory_max_mb`, beside its kernel and program: `--memory 192` (a 128 MiB guest) got 64
+    /// MiB of each, so filling them was the guest's OOM kill.
+    #[test]
+    fn a_microvms_tmp_is_at_most_half_its_guests_ram_less_the_kernels_room() {
+        let limits = |memory_max_mb, tmp_mb| Limits {
+            memory_max_mb,
+            tmp_mb,
+            ..Limits::default()
+        };
+        let vm = BackendKind::Microvm;
+        assert_eq!(limits(192, 0).tmp_max_mb(vm), (128 - GUEST_ROOM_MB) / 2);
+        assert_eq!(limits(192, 0).tmp_max_mb(BackendKind::Container), 96);
+        assert_eq!(limits(512, 0).tmp_max_mb(vm), (448 - GUEST_ROOM_MB) / 2);
+        let most = (128 - GUEST_ROOM_MB) / 2;
+        let refused = check_limits(&limits(192, most + 1), vm, &BOUNDS)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.starts_with(&format!(
+                "limits.tmp_mb: {} is out of range: give 1 to {most} MiB in a microVM",
+                most + 1
+            )) && refused.contains("guest's RAM (128 MiB")
+                && refused.contains("--tmp"),
+            "{refused}"
+        );
+        assert!(check_limits(&limits(192, most), vm, &BOUNDS).is_ok());
+        assert!(check_limits(&limits(192, 96), BackendKind::Container, &BOUNDS).is_ok());
+        // A guest of less than 128 MiB does not boot: refused, saying how much to give.
+        let refused = check_limits(&limits(128, 8), vm, &BOUNDS)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.starts_with(
+                "limits.memory_max_mb: 128 is out of range: give 192 to 1024 MiB for a microVM"
+            ) && refused.contains("--memory 192"),
+            "{refused}"
+        );
+        assert!(check_limits(&limits(128, 8), BackendKind::Container, &BOUNDS).is_ok());
+        // One not asked for is lowered to the most, on each backend.
+        let asked = |backend| {
+            crate::wire::LimitsOverride {
+                memory_max_mb: Some(192),
+                ..Default::default()
+            }
+            .apply(Limits::default(), backend)
+        };
+        assert_eq!(asked(vm).tmp_mb, most);
+        assert!(check_limits(&asked(vm), vm, &BOUNDS).is_ok());
+        assert_eq!(asked(BackendKind::Container).tmp_mb, 64);
     }
 
     #[test]

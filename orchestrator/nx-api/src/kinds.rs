@@ -189,8 +189,9 @@ pub struct Limits {
     /// empty read-only directory: writes get EROFS).
     pub disk_mb: u64,
     /// The size of `/tmp` and of `/dev/shm` in MiB (each a tmpfs: RAM counted in
-    /// `memory_max_mb`, so at most half of it: one not asked for is lowered to half; writes past
-    /// it get ENOSPC). At least 1.
+    /// `memory_max_mb`, so at most half of it, and in a microVM at most half of its guest's RAM
+    /// less 80 MiB for the guest's kernel and program; one not asked for is lowered to that;
+    /// writes past it get ENOSPC). At least 1.
     #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub tmp_mb: u64,
     /// `RLIMIT_NOFILE` of the program (soft and hard), at most `sandbox.max_nofile`.
@@ -199,14 +200,50 @@ pub struct Limits {
     pub log_max_mb: u64,
 }
 
+/// Memory a microVM's VMM needs beside its guest's RAM, inside the unit's `MemoryMax`, in MiB.
+pub const VMM_OVERHEAD_MB: u64 = 64;
+/// The least RAM a microVM guest gets, in MiB: Debian 12's cloud kernel with NX's initramfs
+/// does not boot in less (a 64 MiB guest panicked at boot, out of memory in the kernel's own
+/// start-up; a 128 MiB guest had `MemTotal` 93 MiB, the kernel's reserve taken).
+pub const MIN_GUEST_MB: u64 = 128;
+/// What a microVM guest's kernel, init and program keep of its RAM beside full `/tmp` and
+/// `/dev/shm`, in MiB (review15 #5: a guest's two tmpfs were as large as all its RAM, and
+/// filling them was the guest's OOM kill, not ENOSPC). Measured with Debian 12's cloud kernel
+/// and the sample app: a 128 MiB guest's `MemAvailable` at the program's start is 64 MiB (the
+/// kernel's reserve 35 MiB, the initramfs in RAM 7 MiB, the kernel's slabs and caches), and
+/// 16 MiB of it is left to the program.
+pub const GUEST_ROOM_MB: u64 = 80;
+
+/// The RAM of a microVM guest whose unit has `memory_max_mb`, in MiB: that less the VMM's
+/// [`VMM_OVERHEAD_MB`], at least [`MIN_GUEST_MB`].
+pub fn guest_memory_mb(memory_max_mb: u64) -> u64 {
+    memory_max_mb
+        .saturating_sub(VMM_OVERHEAD_MB)
+        .max(MIN_GUEST_MB)
+}
+
 impl Limits {
-    /// These limits with `tmp_mb` lowered to half of `memory_max_mb` where it is more: the size
-    /// `/tmp` (and `/dev/shm`) gets when nobody asked for one, so that a `--memory 64` push
-    /// over the default 64 MiB gets 32 MiB instead of a refusal (`checks::check_limits`
-    /// refuses only a `tmp_mb` asked for past half).
-    pub fn with_tmp_within_memory(self) -> Self {
+    /// The largest `tmp_mb` on `backend`, in MiB: `/tmp` and `/dev/shm` both full must leave
+    /// the program room. Half of `memory_max_mb` (both tmpfs are RAM counted in it); in a
+    /// microVM at most half of the guest's RAM less [`GUEST_ROOM_MB`] too (both tmpfs are the
+    /// guest's RAM, which is 64 MiB less than `memory_max_mb`).
+    pub fn tmp_max_mb(&self, backend: BackendKind) -> u64 {
+        let half = self.memory_max_mb / 2;
+        match backend {
+            BackendKind::Container => half,
+            BackendKind::Microvm => {
+                half.min(guest_memory_mb(self.memory_max_mb).saturating_sub(GUEST_ROOM_MB) / 2)
+            }
+        }
+    }
+
+    /// These limits with `tmp_mb` lowered to [`Self::tmp_max_mb`] on `backend` where it is more:
+    /// the size `/tmp` (and `/dev/shm`) gets when nobody asked for one, so that a `--memory 64`
+    /// push over the default 64 MiB gets 32 MiB instead of a refusal (`checks::check_limits`
+    /// refuses only a `tmp_mb` asked for past it).
+    pub fn with_tmp_within_memory(self, backend: BackendKind) -> Self {
         Self {
-            tmp_mb: self.tmp_mb.min(self.memory_max_mb / 2),
+            tmp_mb: self.tmp_mb.min(self.tmp_max_mb(backend)),
             ..self
         }
     }

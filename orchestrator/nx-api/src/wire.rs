@@ -68,9 +68,10 @@ pub struct LimitsOverride {
 }
 
 impl LimitsOverride {
-    /// `base` with each limit set here in its place; a `tmp_mb` not set here is `base`'s, or
-    /// half the memory where that is less ([`Limits::with_tmp_within_memory`]).
-    pub fn apply(&self, base: Limits) -> Limits {
+    /// `base` with each limit set here in its place, for a deployment on `backend`; a `tmp_mb`
+    /// not set here is `base`'s, or the most `backend` allows where that is less
+    /// ([`Limits::with_tmp_within_memory`]).
+    pub fn apply(&self, base: Limits, backend: BackendKind) -> Limits {
         let limits = Limits {
             memory_max_mb: self.memory_max_mb.unwrap_or(base.memory_max_mb),
             cpu_quota_percent: self.cpu_quota_percent.unwrap_or(base.cpu_quota_percent),
@@ -82,7 +83,7 @@ impl LimitsOverride {
         };
         match self.tmp_mb {
             Some(_) => limits,
-            None => limits.with_tmp_within_memory(),
+            None => limits.with_tmp_within_memory(backend),
         }
     }
 

@@ -190,6 +190,16 @@ pub fn sandboxes(list: &[SandboxView], json: bool) -> anyhow::Result<()> {
         "SANDBOX", "DEPLOYMENT", "STATE", "PORT", "RESTARTS", "BACKEND", "TIER"
     )?;
     for s in list {
+        if s.deployments.is_empty() {
+            // Made by `nx sandbox create`, or by a push cut off before its deployment was
+            // recorded (attacker s15 L1): it still holds a database.
+            writeln!(out, "{:<20} {:<10} {:<16}", s.name, "-", "no deployments")?;
+            writeln!(
+                out,
+                "{:<20} its database is kept: push with `nx push ./app --sandbox {}`, or remove the sandbox and its database with `nx sandbox rm {}`",
+                "", s.name, s.name
+            )?;
+        }
         for d in &s.deployments {
             let url = if d.promoted {
                 production(s)

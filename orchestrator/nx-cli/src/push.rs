@@ -112,7 +112,8 @@ pub struct PushArgs {
 /// settings (`nx sandbox set`), else from nxd's `[limits]`.
 #[derive(clap::Args)]
 pub struct LimitArgs {
-    /// Memory limit in MiB (systemd MemoryMax).
+    /// Memory limit in MiB (systemd MemoryMax); a microVM's at least 192 (64 for its VMM, 128
+    /// of RAM for its guest).
     #[arg(long, value_name = "MIB")]
     memory: Option<u64>,
     /// CPU quota in percent of one CPU (systemd CPUQuota).
@@ -126,8 +127,9 @@ pub struct LimitArgs {
     #[arg(long, value_name = "MIB")]
     disk: Option<u64>,
     /// Size of /tmp in MiB, and of /dev/shm beside it (each a tmpfs: RAM counted in --memory,
-    /// so at most half of --memory; writes past it get ENOSPC). Default: nxd's limits.tmp_mb
-    /// (64), or half of --memory where that is less.
+    /// so at most half of --memory; in a microVM at most half of the guest's RAM, --memory
+    /// less 64, less 80 for its kernel and program: 24 for --memory 192; writes past it get
+    /// ENOSPC). Default: nxd's limits.tmp_mb (64), or that most where it is less.
     #[arg(long, value_name = "MIB")]
     tmp: Option<u64>,
     /// Open-files limit (RLIMIT_NOFILE) of the program; default 65536, at most nxd's

@@ -17,7 +17,8 @@
 //! `store::collected` (the store's collection renamed unused files into `.incoming`, not yet
 //! deleted them nor their owners' rows), `sandboxes::removing` (`nx sandbox rm`: the
 //! sandbox's deployments and volumes gone, its database, role, disk, backups and records not
-//! yet).
+//! yet), `push::sandbox` (a push's sandbox recorded and its database made, its deployment
+//! not yet recorded).
 //! Points for other actions than a crash: `network::conntrack` (`return`: forgetting a removed
 //! deployment's connections fails as if `conntrack` were missing), `databases::end_sessions`
 //! (`return`: ending the sessions of a restore past its time bound fails, as

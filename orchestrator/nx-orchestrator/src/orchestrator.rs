@@ -652,7 +652,13 @@ impl Orchestrator {
     ) -> Result<(), Error> {
         let bounds = host_limits::request_bounds(&self.config);
         checks::check_program_input(&settings.args, &settings.env, &bounds)?;
-        checks::check_limits(&settings.limits.apply(self.config.limits), &bounds)?;
+        // Held to the sandbox's own backend, which its pushes run on when they name none (a
+        // push that names another is checked on that one).
+        let (_, backend) = sandbox_settings::with_backend(self.state.pool(), name)
+            .await
+            .map_err(StateError::from)?
+            .ok_or_else(|| no_sandbox(name))?;
+        self.push_limits(&settings.limits, backend, &bounds)?;
         checks::check_ready_timeout(settings.ready_timeout_secs, &bounds)?;
         settings.health_check.check("health_check")?;
         health::check_seconds("idle_timeout_secs", settings.idle_timeout_secs)?;
@@ -670,13 +676,15 @@ impl Orchestrator {
     #[tracing::instrument(skip_all, fields(sandbox = %req.sandbox))]
     pub async fn push(&self, mut req: PushRequest) -> Result<DeploymentView, Error> {
         let mut timer = self.metrics.time(Operation::Push);
-        if let Some(settings) = step(
+        let mut sandbox_backend = None;
+        if let Some((settings, backend)) = step(
             "settings",
-            sandbox_settings::get(self.state.pool(), &req.sandbox),
+            sandbox_settings::with_backend(self.state.pool(), &req.sandbox),
         )
         .await
         .map_err(StateError::from)?
         {
+            sandbox_backend = Some(backend);
             (req.env, req.args, req.limits) = settings.under(req.env, req.args, &req.limits);
             req.ready_timeout_secs = req.ready_timeout_secs.or(settings.ready_timeout_secs);
             req.egress = req.egress.or(settings.egress);
@@ -691,9 +699,10 @@ impl Orchestrator {
             disk_promised_mb: step("log_room", self.log_room_promised_mb()).await?,
             ..host_limits::request_bounds(&self.config)
         };
-        let limits = req.limits.apply(self.config.limits);
+        // Where it will run: the backend it names, else its sandbox's (a new one's: the default).
+        let asked_backend = req.backend.or(sandbox_backend).unwrap_or_default();
         checks::check_program_input(&req.args, &req.env, &bounds)?;
-        checks::check_limits(&limits, &bounds)?;
+        let mut limits = self.push_limits(&req.limits, asked_backend, &bounds)?;
         checks::check_ready_timeout(req.ready_timeout_secs, &bounds)?;
         if req.port == Some(0) {
             return Err(Error::Invalid(
@@ -732,6 +741,11 @@ impl Orchestrator {
             Ok::<_, Error>(backend)
         };
         let backend = step("sandbox", sandbox).await?;
+        fail::fail_point!("push::sandbox");
+        if backend != asked_backend {
+            // The sandbox was made meanwhile by another request, with another backend.
+            limits = self.push_limits(&req.limits, backend, &bounds)?;
+        }
         let tier = crate::backend::cpu_affinity::tier(req.persistent, backend)?;
         let egress = req.egress.unwrap_or_default();
         let (health_check, idle_timeout_secs) = (req.health_check.clone(), req.idle_timeout_secs);
@@ -792,6 +806,20 @@ impl Orchestrator {
                 .await
         };
         step("view", view).await
+    }
+
+    /// The limits of a push (or of a sandbox's settings, which pushes start from) of `asked`
+    /// over nxd's `[limits]`, for a deployment on `backend`. Errors: `Invalid`, a limit out of
+    /// the host's bounds or of what `backend` holds (`checks::check_limits`).
+    fn push_limits(
+        &self,
+        asked: &crate::api::LimitsOverride,
+        backend: BackendKind,
+        bounds: &RequestBounds,
+    ) -> Result<crate::config::Limits, Error> {
+        let limits = asked.apply(self.config.limits, backend);
+        checks::check_limits(&limits, backend, bounds)?;
+        Ok(limits)
     }
 
     /// Where a deployment is in its life, from its desired state and its unit's.
@@ -1637,7 +1665,11 @@ async fn make_backends(
                 launcher,
                 settings,
                 &config.microvm,
-                config.tasks.limits.with_tmp_within_memory().tmp_mb,
+                config
+                    .tasks
+                    .limits
+                    .with_tmp_within_memory(BackendKind::Microvm)
+                    .tmp_mb,
             )
             .await?,
         )),

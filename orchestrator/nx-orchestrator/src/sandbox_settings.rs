@@ -2,6 +2,7 @@
 //! `sandboxes.settings` (JSONB).
 
 use crate::api::access::SandboxSettings;
+use crate::domain::BackendKind;
 use crate::names::SandboxName;
 use sqlx::PgPool;
 
@@ -10,12 +11,30 @@ pub async fn get(
     pool: &PgPool,
     sandbox: &SandboxName,
 ) -> Result<Option<SandboxSettings>, sqlx::Error> {
-    let row: Option<sqlx::types::Json<SandboxSettings>> =
-        sqlx::query_scalar("SELECT settings FROM sandboxes WHERE name = $1")
+    Ok(with_backend(pool, sandbox)
+        .await?
+        .map(|(settings, _)| settings))
+}
+
+/// The settings of a sandbox and the backend its pushes run on when they name none (`nx
+/// sandbox create --backend`); `None` when there is no such sandbox. Errors: the query's, or
+/// a backend nxd does not know (`sqlx::Error::Decode`).
+pub async fn with_backend(
+    pool: &PgPool,
+    sandbox: &SandboxName,
+) -> Result<Option<(SandboxSettings, BackendKind)>, sqlx::Error> {
+    let row: Option<(sqlx::types::Json<SandboxSettings>, String)> =
+        sqlx::query_as("SELECT settings, backend FROM sandboxes WHERE name = $1")
             .bind(sandbox.as_str())
             .fetch_optional(pool)
             .await?;
-    Ok(row.map(|j| j.0))
+    row.map(|(settings, backend)| {
+        let backend = backend
+            .parse()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Ok::<_, sqlx::Error>((settings.0, backend))
+    })
+    .transpose()
 }
 
 /// Replaces the settings of a sandbox; false when there is no such sandbox.

@@ -715,6 +715,53 @@ fn a_sandbox_rm_cut_by_a_crash_is_finished_at_start_and_the_next_holder_gets_not
     assert_starts_empty(&host, "tenant");
 }
 
+/// Attacker s15 L1: a push cut off by a crash after its sandbox was made (and its database)
+/// and before its deployment was recorded leaves a sandbox with no deployment. `nx ls` and
+/// `nx status` show it, saying how to push to it or remove it (before: `nx ls` had no line
+/// for it and `nx status` printed a bare header), and `nx sandbox rm` removes it all.
+#[test]
+fn a_sandbox_left_empty_by_a_push_cut_off_is_listed_and_removable() {
+    let mut host = Host::start();
+    let sample = nx_testkit::sample_app();
+    host.crash_during(
+        "push::sandbox",
+        &["push", sample.to_str().unwrap(), "--sandbox", "cut"],
+    );
+    let database = host.nx_json(&["db", "url", "cut"])["database"]
+        .as_str()
+        .expect("database name")
+        .to_owned();
+    let ls = host.nx(&["ls"]);
+    let line = ls
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("cut "))
+        .unwrap_or_else(|| panic!("not listed: {}{}", ls.stdout, ls.stderr));
+    assert!(line.contains("no deployments"), "{}", ls.stdout);
+    let status = host.nx(&["status", "cut"]);
+    assert!(
+        status.ok
+            && status.stdout.contains("no deployments")
+            && status.stdout.contains("nx push ./app --sandbox cut")
+            && status.stdout.contains("nx sandbox rm cut"),
+        "{}{}",
+        status.stdout,
+        status.stderr
+    );
+    host.nx_json(&["sandbox", "rm", "cut", "--no-backup"]);
+    assert!(
+        host.nx(&["ls"]).stdout.starts_with("no sandboxes yet"),
+        "{}",
+        host.nx(&["ls"]).stdout
+    );
+    let left = superuser(
+        &host,
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{database}'"),
+    );
+    assert_eq!(left, "0", "the removed sandbox's database is left");
+}
+
 /// A database, role and backups left without a sandbox's record (by an nxd from before
 /// removals were recorded, or by hand) are not adopted by a sandbox made under the name: they
 /// are dropped and the backups set aside.

@@ -179,6 +179,81 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
     }
 }
 
+/// Review15 #5: a microVM's /tmp and /dev/shm are its guest's RAM, `--memory` less 64 MiB,
+/// beside the guest's kernel and program. With `--memory 192` (a 128 MiB guest, the least that
+/// boots) both full are ENOSPC and the program keeps serving; before, each was 64 MiB, and
+/// filling /tmp alone was the guest's OOM kill. A `--tmp` past what the guest holds, and a
+/// `--memory` whose guest would not boot (a 64 MiB guest panicked), are refused, saying why.
+#[test]
+fn a_small_microvms_full_tmp_and_dev_shm_are_enospc_and_the_program_keeps_serving() {
+    let host = Host::start_with(&microvm_config("tcg"));
+    let small = ["--backend", "microvm", "--memory", "192"];
+    let id = host.push_sample("small", &small);
+    let preview = host.preview_host("small", &id);
+    let logs = || host.nx(&["logs", &id]).stdout;
+    let meminfo = || {
+        let (status, meminfo) = host.get(&preview, "/read?path=/proc/meminfo");
+        assert_eq!(status, 200, "{meminfo}");
+        meminfo
+    };
+    eprintln!("the guest at the program's start:\n{}", meminfo());
+    for dir in ["/tmp", "/dev/shm"] {
+        // Kept: both are full at once.
+        let (status, body) = host.get(&preview, &format!("/fill?dir={dir}&mb=64&keep=1"));
+        assert_eq!(status, 200, "{dir}: {body}\n{}", logs());
+        let filled: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            filled["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("No space left on device"),
+            "{dir}: {body}"
+        );
+        assert!(
+            filled["written_bytes"].as_u64().unwrap() <= 24 << 20,
+            "{dir}: {body}"
+        );
+    }
+    // Both full, the program still serves from the same boot, and the guest has memory left.
+    assert_eq!(host.get(&preview, "/health").0, 200, "{}", logs());
+    eprintln!("the guest with /tmp and /dev/shm full:\n{}", meminfo());
+    let (_, tmp) = host.get(&preview, "/ls?path=/tmp");
+    assert!(tmp.contains("fill"), "/tmp was emptied: a new boot? {tmp}");
+    let state = &host.deployment("small", &id)["state"];
+    assert_eq!(state["restarts"], 0, "{state}\n{}", logs());
+
+    let sample = nx_testkit::sample_app();
+    let push = |extra: &[&str]| {
+        let mut args = vec!["push", sample.to_str().unwrap(), "--sandbox", "small"];
+        args.extend_from_slice(extra);
+        host.nx(&args)
+    };
+    let mut asked = small.to_vec();
+    asked.extend_from_slice(&["--tmp", "32"]);
+    let refused = push(&asked);
+    assert!(
+        !refused.ok
+            && refused
+                .stderr
+                .contains("limits.tmp_mb: 32 is out of range: give 1 to 24 MiB in a microVM")
+            && refused.stderr.contains("--memory"),
+        "{}{}",
+        refused.stdout,
+        refused.stderr
+    );
+    let refused = push(&["--backend", "microvm", "--memory", "128"]);
+    assert!(
+        !refused.ok
+            && refused
+                .stderr
+                .contains("limits.memory_max_mb: 128 is out of range: give 192 to ")
+            && refused.stderr.contains("give --memory 192 or more"),
+        "{}{}",
+        refused.stdout,
+        refused.stderr
+    );
+}
+
 /// The VMM runs in the deployment's network namespace: the guest's port is at the
 /// deployment's own address (not on the host's loopback), and its connections out leave under
 /// the same firewall as any deployment's.
@@ -659,7 +734,9 @@ fn a_pooled_microvm_task_takes_a_guest_booted_ahead_once_and_leaves_nothing() {
     assert_eq!(started(&events)["warm"], true, "{events:?}");
     assert_ne!(started(&events)["task"], task.as_str());
     assert_eq!(stdout, "", "the previous task's /tmp: {events:?}");
-    // Its /tmp and /dev/shm are tasks.limits.tmp_mb (64 MiB), mounted before the task came.
+    // Its /tmp and /dev/shm are tasks.limits.tmp_mb (64 MiB) lowered to what its guest holds
+    // (tasks.limits.memory_max_mb 256: a 192 MiB guest, (192 - 80) / 2 = 56 MiB each, review15
+    // #5), mounted before the task came.
     wait_for_pooled_guest(&host);
     let (events, mounts) = run_json(&host, &[], &["cat", "/proc/mounts"]);
     assert_eq!(started(&events)["warm"], true, "{events:?}");
@@ -668,7 +745,7 @@ fn a_pooled_microvm_task_takes_a_guest_booted_ahead_once_and_leaves_nothing() {
             .lines()
             .find_map(|l| l.strip_prefix(&format!("tmpfs {dir} tmpfs ")))
             .unwrap_or_else(|| panic!("no tmpfs on {dir}: {mounts}"));
-        assert!(options.contains(",size=65536k"), "{dir}: {mounts}");
+        assert!(options.contains(",size=57344k"), "{dir}: {mounts}");
     }
     let (events, _) = run_json(&host, &[], &["cat", "/tmp/secret"]);
     assert_eq!(exited(&events)["exit_code"], 2, "{events:?}");

@@ -233,12 +233,13 @@ impl Tasks {
             env: task.env,
             uid,
             backend: task.backend,
-            // A task asks only for its memory: its /tmp is the host's, or half the memory.
+            // A task asks only for its memory: its /tmp is the host's, or the most its backend
+            // holds in that memory.
             limits: crate::config::Limits {
                 memory_max_mb: task.memory_max_mb,
                 ..self.pool.limits()
             }
-            .with_tmp_within_memory(),
+            .with_tmp_within_memory(task.backend),
         };
         let mut reports = false;
         let handover = async {

@@ -55,7 +55,7 @@ impl Orchestrator {
         let memory_max_mb = req
             .memory_max_mb
             .unwrap_or(app.config.tasks.limits.memory_max_mb);
-        checks::check_memory("memory_max_mb", memory_max_mb, &bounds)?;
+        checks::check_memory("memory_max_mb", memory_max_mb, backend, &bounds)?;
         let program = app.program(&req.artifact).await?;
         let mut env = std::collections::BTreeMap::from([
             ("PATH".to_string(), "/usr/bin:/bin".to_string()),

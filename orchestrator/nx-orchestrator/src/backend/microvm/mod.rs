@@ -39,14 +39,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use vmm::{Accel, Disk, Guest, GUEST_APP_UID, GUEST_DB_ADDR};
 
-/// Memory the VMM itself needs beside the guest's RAM, inside the unit's MemoryMax.
-const VMM_OVERHEAD_MB: u64 = 64;
 /// The initramfs file that gives the guest's init the size of `/tmp` and of `/dev/shm` (each a
 /// tmpfs), in MiB as decimal text: the deployment's or task's `limits.tmp_mb` (nx-vm-init's
 /// `TMP_MB`). Without it (the accelerator's probe guest) they get the kernel's default size,
 /// half the guest's RAM.
 const TMP_MB: &str = "nx/tmp-mb";
-const MIN_GUEST_MB: u64 = 64;
 
 pub struct MicrovmBackend {
     units: DeploymentUnits,
@@ -263,7 +260,7 @@ impl MicrovmBackend {
 
     fn guest_size(limits: &Limits) -> (u64, u32) {
         (
-            guest_memory(limits.memory_max_mb),
+            crate::api::kinds::guest_memory_mb(limits.memory_max_mb),
             super::cpu_affinity::cpus_needed(limits),
         )
     }
@@ -357,7 +354,7 @@ impl MicrovmBackend {
         let guest = Guest {
             kernel: &self.kernel,
             initrd,
-            memory_mb: guest_memory(memory_max_mb),
+            memory_mb: crate::api::kinds::guest_memory_mb(memory_max_mb),
             vcpus: 1,
             forward: None,
             egress: false,
@@ -377,12 +374,6 @@ impl MicrovmBackend {
             ..LaunchSpec::default()
         }
     }
-}
-
-fn guest_memory(memory_max_mb: u64) -> u64 {
-    memory_max_mb
-        .saturating_sub(VMM_OVERHEAD_MB)
-        .max(MIN_GUEST_MB)
 }
 
 /// The guest runs static binaries only: it has no libraries.
