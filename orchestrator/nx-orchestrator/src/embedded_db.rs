@@ -180,6 +180,7 @@ pub async fn ensure(
                 keep: log_keep,
             },
             dir: dir.clone(),
+            container_scored: false,
         }),
         // SIGTERM: PostgreSQL's smart shutdown (the unit's other processes get it too).
         stop: StopForward::Child,

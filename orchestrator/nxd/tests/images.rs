@@ -327,6 +327,73 @@ fn an_images_tmp_is_writable_whatever_its_mode_and_its_dev_shm_and_ptys_are_boun
     assert_eq!(held["held"], max, "{body}");
 }
 
+/// The command names (`task=`) of the processes the kernel's OOM killer ended in `unit`'s
+/// memory cgroup, oldest first, from the kernel's log (`oom-kill:... oom_memcg=<path>/<unit>,`).
+fn oom_victims(unit: &str) -> Vec<String> {
+    let out = std::process::Command::new("dmesg").output().expect("dmesg");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("oom-kill:") && l.contains(&format!("/{unit},")))
+        .filter_map(|l| {
+            l.split(",task=")
+                .nth(1)?
+                .split(',')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Review15 #7: memory held in an image's /tmp and /dev/shm (tmpfs pages: in no process's
+/// RSS) fills MemoryMax, then the program asks for more: the kernel kills the container's
+/// program (`app`), not Podman's CLI (`podman run`, the monitor's child, whose RSS is far
+/// larger), and the monitor names the kill, as for a binary (sandbox_limits
+/// `memory_held_in_tmpfs_ends_the_program_and_the_monitor_names_it`).
+#[test]
+fn memory_held_in_an_images_tmpfs_ends_its_program_not_podman_and_is_named() {
+    let host = Host::start();
+    let build = tempfile::tempdir_in("/var/tmp").unwrap();
+    let image = build_sample_image(build.path(), "linux/amd64");
+    let id = host.nx_json(&[
+        "push",
+        "--image",
+        image.to_str().unwrap(),
+        "-s",
+        "shm",
+        "--memory",
+        "128",
+        "--tmp",
+        "64",
+    ])["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let preview = host.preview_host("shm", &id);
+    let (status, body) = host.get(&preview, "/fill?dir=/tmp&mb=64&keep=1");
+    assert_eq!(status, 200, "{body}");
+    if host.get(&preview, "/fill?dir=/dev/shm&mb=64&keep=1").0 == 200 {
+        let (status, _) = host.get(&preview, "/hog");
+        assert_ne!(status, 200, "the hog survived a 128 MiB MemoryMax");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let last = loop {
+        let last = host.deployment("shm", &id)["last_exit"].clone();
+        if !last.is_null() {
+            break last;
+        }
+        assert!(std::time::Instant::now() < deadline, "no last exit");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(last["result"], "oom-kill", "{last}");
+    assert_eq!(last["message"], "killed: out of memory, MemoryMax 128 MiB");
+    let victims = oom_victims(&format!("nx-{id}.service"));
+    assert_eq!(
+        victims.first().map(String::as_str),
+        Some("app"),
+        "the kernel's first victim: {victims:?}"
+    );
+}
+
 /// Attacker s9 F4n: an image's `VOLUME` became an anonymous Podman volume, a directory on the
 /// host's disk that a task or a deployment could fill past every limit. It is a tmpfs, which
 /// the container's memory limit counts.

@@ -168,4 +168,9 @@ pub struct MonitorSpec {
     pub log: LogFiles,
     /// The deployment's directory: `last-exit.json` and `disk-usage.json` go there.
     pub dir: PathBuf,
+    /// The program is `podman run`, which gives its container `oom_score_adj` 1000 itself
+    /// (`--oom-score-adj`): Podman's CLI keeps the monitor's score, so that the kernel kills
+    /// the container's program first, not Podman's CLI, whose RSS is far larger (review15 #7).
+    #[serde(default)]
+    pub container_scored: bool,
 }

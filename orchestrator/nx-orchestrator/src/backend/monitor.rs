@@ -18,6 +18,9 @@
 //! machines); there the program gets 1000 instead, which only raises its own score, so that it,
 //! not the monitor, is the first the kernel picks in the unit's cgroup whatever their sizes
 //! (memory held in a tmpfs or in kernel objects is in no process's RSS: attacker s15 O1).
+//! An image's program is `podman run`, whose RSS is far larger than the container's: there
+//! Podman gives the container 1000 (`--oom-score-adj`) and its CLI keeps 0 (review15 #7: the
+//! kernel killed Podman's CLI, and the container ran on until systemd stopped the unit).
 
 use super::data_disk::{DataImage, USAGE_FILE};
 use super::exit::{
@@ -106,7 +109,10 @@ pub fn run(
     };
     let before = CgroupCounters::read();
     let exempt = std::fs::write("/proc/self/oom_score_adj", "-1000").is_ok();
-    let program_oom_score_adj = if exempt { "0" } else { "1000" };
+    let program_oom_score_adj = match (exempt, spec.container_scored) {
+        (true, _) | (false, true) => "0",
+        (false, false) => "1000",
+    };
     // SAFETY: the launcher is single-threaded here; the child only dup2s, writes a file and
     // execs (or returns the reason it could not).
     match unsafe { fork() } {

@@ -86,6 +86,7 @@ impl DeploymentUnits {
         MonitorSpec {
             log: handle.log_files(&spec.deployment.limits, self.settings.log_keep),
             dir: handle.dir.clone(),
+            container_scored: matches!(spec.program, super::Program::Image { .. }),
         }
     }
 

@@ -88,6 +88,7 @@ fn launch_spec(installed: &Installed, settings: &RouterSettings, log_keep: u32) 
                 keep: log_keep,
             },
             dir: settings.dir.clone(),
+            container_scored: false,
         }),
         stop: StopForward::Child,
         ..LaunchSpec::default()

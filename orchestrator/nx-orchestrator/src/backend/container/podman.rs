@@ -286,6 +286,9 @@ impl Podman {
                 format!("{}:/tmp:rw,nosuid,nodev", dir.display()),
             ],
         });
+        // The kernel's first victim in the unit's memory cgroup, before Podman's CLI and
+        // conmon (review15 #7; see `monitor`). Raising a score needs no capability.
+        argv.extend(["--oom-score-adj".into(), "1000".into()]);
         // POSIX shared memory (shm_overview(7)) as large as /tmp, as in a bubblewrap sandbox
         // (review14 #4: it was Podman's 64 MiB whatever --tmp said).
         argv.extend(["--shm-size".into(), format!("{}m", c.tmp_mb)]);
