@@ -259,6 +259,17 @@ fn an_image_runs_under_gvisor_when_asked() {
     );
     // It still reaches its database over the socket.
     assert_eq!(host.get(&preview, "/db/put?v=gvisor").0, 200);
+    // Its pseudo-terminals are bounded as runc's are (closing-s15: nobody had looked): runsc
+    // opens them in the launcher's devpts instance (seen there: one more than the program
+    // holds, runsc's own), so the program gets MAX_PTYS less that one, then ENOSPC.
+    let (_, body) = host.get(&preview, "/ptys?n=100");
+    let held: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let max = u64::from(nx_orchestrator::backend::pts_mount::MAX_PTYS);
+    assert!(
+        (max - 1..=max).contains(&held["held"].as_u64().unwrap()),
+        "{body}"
+    );
+    assert!(body.contains("No space left on device"), "{body}");
 
     // runsc is for images: a binary is refused, with the way out.
     let sample = nx_testkit::sample_app();
