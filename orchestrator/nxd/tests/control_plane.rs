@@ -2049,3 +2049,66 @@ fn a_restores_scratch_database_is_its_sandboxs_alone_and_held_to_its_bounds() {
         (true, "1\n".to_owned())
     );
 }
+
+/// Attacker s16 C1: nxd started under `ip netns exec`, which mounts a fresh /sys without
+/// /sys/fs/cgroup, ran its embedded systemd manager at the host's root cgroups, and its
+/// database watch found no process of the cluster's unit: it bounded and ended nothing, and
+/// said nothing. Where no cgroup hierarchy is mounted, nxd refuses to start, saying what to do.
+#[test]
+fn nxd_refuses_to_start_its_manager_where_no_cgroup_hierarchy_is_mounted() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("nxd.toml");
+    std::fs::write(
+        &config,
+        format!("state_dir = {state:?}\n\n[systemd]\nmode = \"embedded\"\n"),
+    )
+    .unwrap();
+    let output = dir.path().join("nxd.out");
+    let said = std::fs::File::create(&output).unwrap();
+    let netns = nx_testkit::netns::Netns::new();
+    // What `ip netns exec` does to /sys, in a network namespace of the test's own.
+    let mut nxd = netns
+        .command("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t sysfs sysfs /sys && exec \"$0\" --config \"$1\"",
+        ])
+        .arg(nx_testkit::bin("nxd"))
+        .arg(&config)
+        .stdout(said.try_clone().unwrap())
+        .stderr(said)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = nxd.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = nxd.kill();
+            let _ = nxd.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Whatever it started goes (the manager and its units, the network in the namespace).
+    let _ = netns
+        .command(nx_testkit::bin("nxd"))
+        .arg("manager-stop")
+        .arg("--state-dir")
+        .arg(&state)
+        .output();
+    let said = std::fs::read_to_string(&output).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "nxd ran on ({status:?}): {said}"
+    );
+    assert!(
+        said.contains("no cgroup hierarchy is mounted under /sys/fs/cgroup")
+            && said.contains("nsenter --net="),
+        "{said}"
+    );
+}

@@ -151,6 +151,24 @@ fn check_state_dir(state_dir: &Path) -> Result<(), SupervisorError> {
     Ok(())
 }
 
+/// Refuses to start the manager where no cgroup hierarchy of this process is mounted under
+/// /sys/fs/cgroup (attacker s16 C1: `ip netns exec` mounts a fresh /sys without it). There the
+/// manager would mount the hierarchies itself and run at the host's root cgroups, beside the
+/// host's own, and nxd, which finds its units' processes under the directories it joins here,
+/// would see none: the database watch would bound and end nothing, and say nothing.
+fn check_cgroups(layout: &Layout) -> Result<(), SupervisorError> {
+    if !cgroup_dirs(layout).is_empty() {
+        return Ok(());
+    }
+    Err(err(
+        "no cgroup hierarchy is mounted under /sys/fs/cgroup here, so the embedded systemd \
+         manager would run at the host's root cgroups and nxd could not see its units' \
+         processes; `ip netns exec` mounts a fresh /sys without /sys/fs/cgroup: run nxd in a \
+         network namespace with `nsenter --net=/run/netns/NAME nxd ...` instead, or mount the \
+         host's cgroup hierarchies at /sys/fs/cgroup",
+    ))
+}
+
 fn find_program(candidates: &[&str]) -> Result<PathBuf, SupervisorError> {
     candidates
         .iter()
@@ -228,6 +246,7 @@ const DBUS_CONF: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus
 #[tracing::instrument(skip_all, fields(dir = %layout.dir.display()))]
 fn start(layout: &Layout) -> Result<(), SupervisorError> {
     check_state_dir(&layout.state_dir)?;
+    check_cgroups(layout)?;
     // A manager that is not answering is stale: end it before starting another.
     stop(&layout.state_dir);
     write_units(layout)?;
