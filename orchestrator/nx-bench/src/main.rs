@@ -33,6 +33,7 @@
 
 mod bundles;
 mod density;
+mod idle;
 mod microvm;
 mod network;
 mod push;
@@ -149,10 +150,16 @@ struct Args {
     /// after.
     #[arg(long, default_value_t = 50)]
     density_samples: usize,
+    /// Idle: seconds nxd's CPU is measured in each state.
+    #[arg(long, default_value_t = 20)]
+    idle_secs: u64,
+    /// Idle: idle database sessions open in the last state.
+    #[arg(long, default_value_t = 4)]
+    idle_sessions: usize,
     /// Run one part only: latency, router, databases, tasks, microvm, microvm-tasks, sandbox,
-    /// uploads, bundles, views, push, network, wake, density or tls; or task-throughput (of
+    /// uploads, bundles, views, push, network, wake, density, tls or idle; or task-throughput (of
     /// tasks, only the tasks per second through nxd and bare, and where nxd's time goes).
-    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "task-throughput", "microvm", "microvm-tasks", "sandbox", "uploads", "bundles", "views", "push", "network", "wake", "density", "tls"])]
+    #[arg(long, value_parser = ["latency", "router", "databases", "tasks", "task-throughput", "microvm", "microvm-tasks", "sandbox", "uploads", "bundles", "views", "push", "network", "wake", "density", "tls", "idle"])]
     only: Option<String>,
 }
 
@@ -457,6 +464,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if part("density") {
         density_table(&args).await?;
+    }
+    if part("idle") {
+        let (h, secs, sessions) = (host.clone(), args.idle_secs, args.idle_sessions);
+        tokio::task::spawn_blocking(move || idle::run(&h, secs, sessions)).await??;
     }
     if part("tls") {
         let secs = args.load_secs;

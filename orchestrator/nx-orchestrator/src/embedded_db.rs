@@ -344,11 +344,13 @@ fn initdb(dir: &Path, data: &Path, user: &nix::unistd::User) -> Result<(), Embed
 /// cluster past its MemoryMax with them), at the room each takes in its tmpfs (`st_blocks`).
 /// A segment other processes map too (PostgreSQL 15's shared statistics grow into such
 /// segments) is charged to nobody, so that no session is ended for memory it shares.
-/// Processes that ended meanwhile are left out.
+/// Only the groups' maps are read, and every process's only when a group maps more than
+/// [`DSM_UNCHARGED_MAX`] (to learn which of its segments others map too). Processes that
+/// ended meanwhile are left out.
 pub fn backend_memory(pids: &[u32], groups: &[(i32, Vec<i32>)]) -> HashMap<i32, u64> {
     let mut memory = HashMap::new();
-    // Each segment: its size, and the processes (PostgreSQL's pids) that map it.
-    let mut segments: HashMap<String, (u64, Vec<i32>)> = HashMap::new();
+    // PostgreSQL's pid -> nxd's.
+    let mut host_pids = HashMap::new();
     for &pid in pids {
         let Some(status) = ProcStatus::read(pid) else {
             continue;
@@ -362,23 +364,53 @@ pub fn backend_memory(pids: &[u32], groups: &[(i32, Vec<i32>)]) -> HashMap<i32, 
             continue;
         };
         memory.insert(postgres_pid, kib * 1024);
-        for path in dsm_segments(pid) {
-            let segment = segments.entry(path.clone()).or_insert_with(|| {
-                let size = std::fs::metadata(format!("/proc/{pid}/root{path}"))
-                    .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-                    .unwrap_or(0);
-                (size, Vec::new())
-            });
-            segment.1.push(postgres_pid);
+        host_pids.insert(postgres_pid, pid);
+    }
+    // Each group's segments with their sizes, where they pass the bound.
+    let mut large: Vec<(i32, HashMap<String, u64>)> = Vec::new();
+    for (leader, workers) in groups {
+        let mut segments: HashMap<String, u64> = HashMap::new();
+        for pid in std::iter::once(leader).chain(workers) {
+            let Some(&host_pid) = host_pids.get(pid) else {
+                continue;
+            };
+            for path in dsm_segments(host_pid) {
+                segments.entry(path).or_insert_with_key(|path| {
+                    std::fs::metadata(format!("/proc/{host_pid}/root{path}"))
+                        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+                        .unwrap_or(0)
+                });
+            }
+        }
+        if segments.values().sum::<u64>() > DSM_UNCHARGED_MAX {
+            large.push((*leader, segments));
         }
     }
-    for (leader, workers) in groups {
+    if large.is_empty() {
+        return memory;
+    }
+    // Which processes (PostgreSQL's pids) map each segment.
+    let mut mappers: HashMap<String, Vec<i32>> = HashMap::new();
+    for (&postgres_pid, &pid) in &host_pids {
+        for path in dsm_segments(pid) {
+            mappers.entry(path).or_default().push(postgres_pid);
+        }
+    }
+    for (leader, segments) in large {
+        let workers = groups
+            .iter()
+            .find(|(l, _)| *l == leader)
+            .map_or(&[][..], |(_, w)| w.as_slice());
         let own: u64 = segments
-            .values()
-            .filter(|(_, mappers)| mappers.iter().all(|p| p == leader || workers.contains(p)))
-            .map(|(size, _)| size)
+            .iter()
+            .filter(|(path, _)| {
+                mappers
+                    .get(*path)
+                    .is_some_and(|m| m.iter().all(|p| *p == leader || workers.contains(p)))
+            })
+            .map(|(_, size)| size)
             .sum();
-        if let Some(bytes) = memory.get_mut(leader) {
+        if let Some(bytes) = memory.get_mut(&leader) {
             *bytes += own;
         }
     }
@@ -388,6 +420,14 @@ pub fn backend_memory(pids: &[u32], groups: &[(i32, Vec<i32>)]) -> HashMap<i32, 
 /// Where PostgreSQL's dynamic shared memory segments are (`dynamic_shared_memory_type =
 /// posix`, its default on Linux: shm_open(3) names `/PostgreSQL.<n>`).
 const DSM_PREFIX: &str = "/dev/shm/PostgreSQL.";
+
+/// The bytes of dynamic shared memory segments a backend and its workers may map without
+/// them being looked at further: no more than this can matter against a backend's bound
+/// (`databases.backend_memory_max_mb`, 1,024 MiB by default), and PostgreSQL 15's shared
+/// statistics alone are a few MiB that every backend maps. Below it, the maps of the cluster's
+/// other processes are not read: reading every process's at the runaway watch's pace cost an
+/// idle nxd 3% of a core with one idle tenant session (issue 20: nxd uses no CPU when idle).
+pub const DSM_UNCHARGED_MAX: u64 = 32 << 20;
 
 /// The dynamic shared memory segments `pid` maps (their paths, from /proc/<pid>/maps).
 fn dsm_segments(pid: u32) -> Vec<String> {
