@@ -21,10 +21,13 @@ impl Orchestrator {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(WATCH_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // When each autovacuum worker's ANALYZE phase was first seen (`runaway::
+            // time_analyze_phases`).
+            let mut analyzing = HashMap::new();
             loop {
                 tick.tick().await;
                 let Some(app) = app.upgrade() else { return };
-                if let Err(e) = app.end_runaway_backends().await {
+                if let Err(e) = app.end_runaway_backends(&mut analyzing).await {
                     tracing::debug!(error = %e, "tenants' backends: trying again");
                 }
                 if let Err(e) = app.keep_disk_reserves().await {
@@ -34,8 +37,12 @@ impl Orchestrator {
         });
     }
 
-    /// One look: ends every tenant backend past its bounds.
-    async fn end_runaway_backends(&self) -> Result<(), Error> {
+    /// One look: ends every tenant backend past its bounds; `analyzing` carries when each
+    /// ANALYZE phase of an autovacuum `VACUUM ANALYZE` was first seen from look to look.
+    async fn end_runaway_backends(
+        &self,
+        analyzing: &mut HashMap<(i32, i64), std::time::Instant>,
+    ) -> Result<(), Error> {
         // First, and by reading functions only: while the shared lock table is full, every
         // other query here fails. Without a connection to read on (the table filled while the
         // pool's was lost: PostgreSQL refuses a new one), every tenant's session is ended.
@@ -60,7 +67,8 @@ impl Orchestrator {
                 );
             }
         }
-        let backends = self.databases.tenant_backends().await?;
+        let mut backends = self.databases.tenant_backends().await?;
+        runaway::time_analyze_phases(&mut backends, analyzing, std::time::Instant::now());
         if backends.is_empty() {
             return Ok(());
         }

@@ -2112,3 +2112,60 @@ fn nxd_refuses_to_start_its_manager_where_no_cgroup_hierarchy_is_mounted() {
         "{said}"
     );
 }
+
+/// Attacker s16 V1: the time bound held an autovacuum worker only in a plain ANALYZE, so a
+/// tenant's expression-index function that sleeps in the ANALYZE phase of a `VACUUM ANALYZE`
+/// pass (both due at once) held the worker with no bound, and three tables held every
+/// autovacuum worker of the cluster. That phase is timed from when nxd first sees it.
+#[test]
+fn a_tenants_function_run_by_a_vacuum_analyze_is_held_to_the_time_bound() {
+    let host = Host::start_with("[databases]\nstatement_timeout_secs = 5\n");
+    let alpha = sandbox_db_url(&host, "alpha");
+    let (_, stderr) = psql_within_a_minute(
+        &alpha,
+        "CREATE TABLE slow(x int) WITH (autovacuum_vacuum_threshold = 1, \
+             autovacuum_vacuum_scale_factor = 0, autovacuum_analyze_threshold = 1, \
+             autovacuum_analyze_scale_factor = 0); \
+         CREATE FUNCTION slow_f(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN \
+           IF $1 = 1 AND current_setting('statement_timeout') = '0' THEN \
+             PERFORM pg_sleep(600); END IF; \
+           RETURN $1; END $$; \
+         CREATE INDEX ON slow (slow_f(x)); \
+         INSERT INTO slow SELECT generate_series(1, 200); \
+         DELETE FROM slow WHERE x > 100;",
+    );
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    let database = host.nx_json(&["db", "url", "alpha"])["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // autovacuum_naptime is 60 s: the pass comes within it, and is ended 5 s into its ANALYZE.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut passes = String::new();
+    loop {
+        let now = superuser(
+            &host,
+            "postgres",
+            &format!(
+                "SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' \
+                 AND datname = '{database}'"
+            ),
+        );
+        if !now.trim().is_empty() && !passes.contains(now.trim()) {
+            passes.push_str(&now);
+        }
+        let log = host.nxd_log();
+        if log
+            .lines()
+            .any(|l| ends_session(l, "alpha", "its statement ran"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker was not ended; its passes: {passes}\n{log}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(passes.contains("autovacuum: VACUUM ANALYZE"), "{passes}");
+}

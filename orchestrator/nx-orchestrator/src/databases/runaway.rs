@@ -158,10 +158,36 @@ pub struct TenantBackend {
     /// its own (attacker s13 H8: `SET force_parallel_mode = on` moved a whole sort into a
     /// worker the watch did not look at, and it took the cluster to its `MemoryMax`).
     pub workers: Vec<i32>,
+    /// An autovacuum worker in the ANALYZE phase of a `VACUUM ANALYZE` pass: the oid of the
+    /// table it analyzes (`pg_stat_progress_analyze.relid`). Its time is that phase's, which
+    /// PostgreSQL does not record: [`time_analyze_phases`] counts it from the first look
+    /// that saw it.
+    pub analyzing: Option<i64>,
 }
 
 /// A row of [`Databases::tenant_backends`]'s query: [`TenantBackend`]'s fields in order.
-type BackendRow = (i32, String, f64, f64, Option<String>, Vec<i32>);
+type BackendRow = (i32, String, f64, f64, Option<String>, Vec<i32>, Option<i64>);
+
+/// Sets the `running_secs` of each backend in the ANALYZE phase of a `VACUUM ANALYZE` pass
+/// ([`TenantBackend::analyzing`]) to the time since `seen` first held it, at `now` (0 at the
+/// first look); forgets the phases no longer seen (attacker s16 V1: the tenant's index
+/// expressions run there too, and a `VACUUM ANALYZE` pass's `query_start` is the whole
+/// pass's, so that phase had no time bound and one tenant held every autovacuum worker).
+pub fn time_analyze_phases(
+    backends: &mut [TenantBackend],
+    seen: &mut HashMap<(i32, i64), std::time::Instant>,
+    now: std::time::Instant,
+) {
+    let mut now_seen = HashMap::new();
+    for backend in backends.iter_mut() {
+        if let Some(table) = backend.analyzing {
+            let since = seen.get(&(backend.pid, table)).copied().unwrap_or(now);
+            backend.running_secs = now.duration_since(since).as_secs_f64();
+            now_seen.insert((backend.pid, table), since);
+        }
+    }
+    *seen = now_seen;
+}
 
 /// Why a backend was ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -372,11 +398,13 @@ impl Databases {
     /// expression index's expressions, a function the tenant wrote (and may declare
     /// IMMUTABLE), with `statement_timeout` 0 (attacker s15 A1: 4 GB in 30 s and the cluster
     /// OOM-killed; a `pg_sleep` ran on past 5 min holding one of `autovacuum_max_workers`).
-    /// Their time counts in a plain ANALYZE (`query` `autovacuum: ANALYZE <table>`), not in
-    /// `autovacuum: VACUUM [ANALYZE] ...`, whose `query_start` is the whole pass's: a VACUUM
-    /// takes as long as its table, and ending it every time would leave a large table never
-    /// vacuumed (a VACUUM ANALYZE's tenant code is held to the memory bounds alone). Ending a
-    /// worker costs that table's pass: autovacuum comes back to it later.
+    /// Their time counts in a plain ANALYZE (`query` `autovacuum: ANALYZE <table>`), and in
+    /// the ANALYZE phase of `autovacuum: VACUUM ANALYZE ...` (the worker is then in
+    /// `pg_stat_progress_analyze`: [`TenantBackend::analyzing`], timed by
+    /// [`time_analyze_phases`]), not in the VACUUM itself, whose `query_start` is the whole
+    /// pass's: a VACUUM takes as long as its table, and ending it every time would leave a
+    /// large table never vacuumed. Ending a worker costs that table's pass: autovacuum comes
+    /// back to it later.
     ///
     /// A backend runs in two of `pg_stat_activity.state`'s values (PostgreSQL 15's
     /// "pg_stat_activity View"): `active` (a statement, since `query_start`) and `fastpath
@@ -422,9 +450,13 @@ impl Databases {
                     CASE WHEN dump.pid IS NOT NULL OR l.pid IN (SELECT pid FROM restores) \
                          THEN l.application_name END, \
                     ARRAY(SELECT w.pid FROM pg_stat_activity w \
-                          WHERE w.leader_pid = l.pid AND w.pid <> l.pid) \
+                          WHERE w.leader_pid = l.pid AND w.pid <> l.pid), \
+                    CASE WHEN l.backend_type = 'autovacuum worker' \
+                              AND l.query LIKE 'autovacuum: VACUUM ANALYZE %' \
+                         THEN a.relid::int8 END \
              FROM pg_stat_activity l LEFT JOIN pg_database d ON d.oid = l.datid \
                   LEFT JOIN dumps dump ON dump.pid = l.pid \
+                  LEFT JOIN pg_stat_progress_analyze a ON a.pid = l.pid \
              WHERE (l.backend_type = 'client backend' \
                     AND (l.usename LIKE 'nx\\_%' OR l.usename LIKE 'nxb\\_%')) \
                 OR dump.pid IS NOT NULL \
@@ -442,7 +474,7 @@ impl Databases {
         Ok(rows
             .into_iter()
             .map(
-                |(pid, role, running_secs, idle_in_transaction_secs, tool, workers)| {
+                |(pid, role, running_secs, idle_in_transaction_secs, tool, workers, analyzing)| {
                     TenantBackend {
                         pid,
                         role,
@@ -450,6 +482,7 @@ impl Databases {
                         idle_in_transaction_secs,
                         tool,
                         workers,
+                        analyzing,
                     }
                 },
             )
@@ -621,7 +654,42 @@ impl Databases {
 
 #[cfg(test)]
 mod tests {
-    use super::{lock_hogs, LockHolder, LockOverrun};
+    use super::{lock_hogs, time_analyze_phases, LockHolder, LockOverrun, TenantBackend};
+    use std::time::{Duration, Instant};
+
+    /// Attacker s16 V1: an autovacuum worker's ANALYZE phase of a VACUUM ANALYZE is timed from
+    /// the first look that saw it, per table; the VACUUM before it is not.
+    #[test]
+    fn an_analyze_phase_is_timed_from_when_it_was_first_seen() {
+        let worker = |analyzing| TenantBackend {
+            pid: 7,
+            role: "nx_a".into(),
+            running_secs: 0.0,
+            idle_in_transaction_secs: 0.0,
+            tool: None,
+            workers: Vec::new(),
+            analyzing,
+        };
+        let mut seen = std::collections::HashMap::new();
+        let start = Instant::now();
+        let look = |seen: &mut _, analyzing, secs| {
+            let mut backends = [worker(analyzing)];
+            time_analyze_phases(&mut backends, seen, start + Duration::from_secs(secs));
+            backends[0].running_secs
+        };
+        assert_eq!(look(&mut seen, None, 0), 0.0, "vacuuming");
+        assert_eq!(
+            look(&mut seen, Some(16384), 100),
+            0.0,
+            "first seen analyzing"
+        );
+        assert_eq!(look(&mut seen, Some(16384), 400), 300.0);
+        // The next table of the pass starts its own time.
+        assert_eq!(look(&mut seen, Some(16390), 401), 0.0);
+        assert_eq!(look(&mut seen, Some(16390), 402), 1.0);
+        assert_eq!(look(&mut seen, None, 403), 0.0);
+        assert!(seen.is_empty());
+    }
 
     #[test]
     fn a_restore_session_is_held_to_the_tenants_bound_alone() {
