@@ -1211,6 +1211,68 @@ fn idle_sessions_count_toward_their_roles_memory_bound() {
     close_sessions(sessions);
 }
 
+/// A [`psql_session`] of `url` that keeps `values` `set_config` values of `mb` MB each while
+/// it sits idle (each made alone: no large transient memory).
+fn session_keeping(url: &str, values: u32, mb: u32) -> std::process::Child {
+    let mut session = psql_session(url);
+    let stdin = session.stdin.as_mut().unwrap();
+    for i in 0..values {
+        let sql =
+            format!("SELECT length(set_config('nx.kept{i}', repeat('x', {mb}000000), false));\n");
+        stdin.write_all(sql.as_bytes()).unwrap();
+    }
+    stdin.flush().unwrap();
+    session
+}
+
+/// Attacker s16 T1: past all tenants' memory bound the watch ended the largest single session
+/// of any tenant, so a tenant whose memory was spread over many smaller sessions had another
+/// tenant's ordinary session ended, and kept its own. Now the sessions of the role holding the
+/// most give way. (No per-role bound here, as with one sandbox's many roles: its own and its
+/// `--db-branch` previews'.)
+#[test]
+fn past_the_tenants_memory_bound_the_tenant_holding_the_most_gives_way() {
+    let host = Host::start_with(
+        "[databases]\nbackend_memory_max_mb = 512\nsandbox_memory_max_mb = 0\nmemory_max_mb = 2048\n",
+    );
+    let (alpha, beta) = (
+        sandbox_db_url(&host, "alpha"),
+        sandbox_db_url(&host, "beta"),
+    );
+    // beta: one ordinary session of ~250 MB; alpha: twelve of ~140 MB, 1.7 GB together with
+    // beta's, past the tenants' 1,536 MiB.
+    let mut victim = session_keeping(&beta, 10, 25);
+    std::thread::sleep(Duration::from_secs(2));
+    let sessions: Vec<_> = (0..12)
+        .map(|_| {
+            let session = session_keeping(&alpha, 10, 14);
+            std::thread::sleep(Duration::from_millis(500));
+            session
+        })
+        .collect();
+    host.wait_for_log_line(
+        |l| ends_session(l, "alpha", "its role's the most"),
+        Duration::from_secs(30),
+        "none of alpha's sessions was ended past the tenants' bound",
+    );
+    assert!(
+        !host.nxd_log().lines().any(|l| ends_session(l, "beta", "")),
+        "beta's session was ended: {}",
+        host.nxd_log()
+    );
+    let stdin = victim.stdin.take().unwrap();
+    let mut stdin = stdin;
+    stdin.write_all(b"SELECT 'still here';\n").unwrap();
+    drop(stdin);
+    let out = victim.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("still here"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    close_sessions(sessions);
+}
+
 /// Attacker s12 C1 (critical): PostgreSQL's lock table is the whole cluster's, and a session
 /// keeps its advisory locks after its statement. One tenant's idle session holding 100,000
 /// of them (taken in ~30 ms) made every other session, nxd's own state included, fail "out of

@@ -200,7 +200,8 @@ pub enum Overrun {
     Memory(u64),
     /// Its role's backends together held this many bytes; it was the largest of them.
     SandboxMemory(u64),
-    /// All tenants' backends together held this many bytes; it was the largest of them.
+    /// All tenants' backends together held this many bytes; its role's held the most of
+    /// them, and it was its role's largest.
     TenantsMemory(u64),
 }
 
@@ -219,7 +220,7 @@ impl std::fmt::Display for Overrun {
             ),
             Self::TenantsMemory(bytes) => write!(
                 f,
-                "all tenants' sessions held {} MiB together and it was the largest",
+                "all tenants' sessions held {} MiB together, its role's the most, and it was its role's largest",
                 bytes >> 20
             ),
         }
@@ -235,6 +236,36 @@ fn largest_past<T: Clone, W>(
     why: impl Fn(u64) -> W,
 ) -> Vec<(T, W)> {
     backends.sort_unstable_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    first_past(backends, bound, why)
+}
+
+/// At all tenants' memory bound: the backends of the role whose backends together hold the
+/// most, its largest first, then of the next such role, while all together hold more than
+/// `bound`. Attacker s16 T1: the largest single backend of any tenant was ended, so a tenant
+/// that spread its memory over many small sessions (its sandbox's role and a `--db-branch`
+/// preview's, each under `sandbox_memory_max_mb`) had another tenant's ordinary session ended,
+/// again and again, and kept its own.
+fn heaviest_roles_past<'a>(
+    backends: &mut [(&'a TenantBackend, u64)],
+    bound: u64,
+) -> Vec<(TenantBackend, Overrun)> {
+    let mut held: HashMap<&'a str, u64> = HashMap::new();
+    for (backend, bytes) in backends.iter() {
+        *held.entry(backend.role.as_str()).or_default() += bytes;
+    }
+    backends.sort_unstable_by_key(|(backend, bytes)| {
+        let role = backend.role.as_str();
+        std::cmp::Reverse((held[role], role, *bytes))
+    });
+    first_past(backends, bound, Overrun::TenantsMemory)
+}
+
+/// The first of `backends`, in their order, while together they hold more than `bound`.
+fn first_past<T: Clone, W>(
+    backends: &[(&T, u64)],
+    bound: u64,
+    why: impl Fn(u64) -> W,
+) -> Vec<(T, W)> {
     let mut total: u64 = backends.iter().map(|(_, bytes)| bytes).sum();
     let mut ended = Vec::new();
     for (backend, bytes) in backends.iter() {
@@ -494,9 +525,9 @@ impl Databases {
     /// `statement_timeout` or they sat idle in a transaction past its
     /// `idle_in_transaction_session_timeout` (not nxd's pg_restore's and pg_dump's), or `memory` (their anonymous and dynamic shared memory, bytes,
     /// by PostgreSQL's pid, where known) passed `databases.backend_memory_max_mb`; then, of the others, the largest
-    /// of a role whose backends together pass `databases.sandbox_memory_max_mb`, and the
-    /// largest of all while all together pass three quarters of `databases.memory_max_mb`,
-    /// each until the rest fit.
+    /// of a role whose backends together pass `databases.sandbox_memory_max_mb`, and while
+    /// all together pass three quarters of `databases.memory_max_mb` those of the role holding
+    /// the most ([`heaviest_roles_past`]), each until the rest fit.
     pub fn overruns(
         &self,
         backends: &[TenantBackend],
@@ -557,10 +588,9 @@ impl Databases {
             left.retain(|(b, _)| !ended.iter().any(|(e, _)| e.pid == b.pid));
         }
         if self.tenants_memory_max_mb > 0 {
-            ended.extend(largest_past(
+            ended.extend(heaviest_roles_past(
                 &mut left,
                 self.tenants_memory_max_mb << 20,
-                Overrun::TenantsMemory,
             ));
         }
         ended
@@ -654,7 +684,10 @@ impl Databases {
 
 #[cfg(test)]
 mod tests {
-    use super::{lock_hogs, time_analyze_phases, LockHolder, LockOverrun, TenantBackend};
+    use super::{
+        heaviest_roles_past, lock_hogs, time_analyze_phases, LockHolder, LockOverrun, Overrun,
+        TenantBackend,
+    };
     use std::time::{Duration, Instant};
 
     /// Attacker s16 V1: an autovacuum worker's ANALYZE phase of a VACUUM ANALYZE is timed from
@@ -689,6 +722,44 @@ mod tests {
         assert_eq!(look(&mut seen, Some(16390), 402), 1.0);
         assert_eq!(look(&mut seen, None, 403), 0.0);
         assert!(seen.is_empty());
+    }
+
+    /// Attacker s16 T1: one sandbox's two roles (its own and a `--db-branch` preview's) hold
+    /// ten sessions of ~145 MiB each, each role under its bound, and another tenant one
+    /// ordinary session of 243 MiB; together past the tenants' 3,072 MiB. One session of the
+    /// role holding the most is ended, not the other tenant's.
+    #[test]
+    fn at_the_tenants_bound_the_role_holding_the_most_gives_way_not_the_largest_session() {
+        let backend = |pid: i32, role: &str| TenantBackend {
+            pid,
+            role: role.into(),
+            running_secs: 0.0,
+            idle_in_transaction_secs: 0.0,
+            tool: None,
+            workers: Vec::new(),
+            analyzing: None,
+        };
+        let mut backends: Vec<TenantBackend> = (0..20)
+            .map(|i| backend(i, if i < 10 { "nx_atk" } else { "nxb_branch" }))
+            .collect();
+        backends.push(backend(100, "nx_vic"));
+        let mut held: Vec<(&TenantBackend, u64)> = backends
+            .iter()
+            .map(|b| {
+                let mb = match b.role.as_str() {
+                    "nx_vic" => 243,
+                    "nx_atk" => 146,
+                    _ => 145,
+                };
+                (b, mb << 20)
+            })
+            .collect();
+        let held_mb: u64 = held.iter().map(|(_, bytes)| bytes >> 20).sum();
+        assert_eq!(held_mb, 3153);
+        let ended = heaviest_roles_past(&mut held, 3072 << 20);
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        assert_eq!(ended[0].0.role, "nx_atk", "{ended:?}");
+        assert_eq!(ended[0].1, Overrun::TenantsMemory(3153 << 20));
     }
 
     #[test]
