@@ -2231,3 +2231,28 @@ fn a_tenants_function_run_by_a_vacuum_analyze_is_held_to_the_time_bound() {
     }
     assert!(passes.contains("autovacuum: VACUUM ANALYZE"), "{passes}");
 }
+
+/// Attacker s16 W2: the database watch asked systemd over D-Bus where the cluster's processes
+/// are at every look, so while the manager did not answer (stopped here; slow at load) no
+/// memory bound held: a backend grew 2.4 GiB past its 1 GiB bound. They are read in the
+/// cgroup the cluster was last found in: the bound holds while the manager is stopped.
+#[test]
+fn the_memory_bound_holds_while_the_systemd_manager_does_not_answer() {
+    let host = Host::start_with("[databases]\nbackend_memory_max_mb = 256\n");
+    let alpha = sandbox_db_url(&host, "alpha");
+    let pid1 = nix::unistd::Pid::from_raw(manager_pid1(&host));
+    nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (took, stderr) = psql_within_a_minute(
+        &alpha,
+        "SELECT length(x), pg_sleep(20) FROM (SELECT repeat('x', 400000000) x) s",
+    );
+    nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(
+        stderr.contains("terminating connection due to administrator command"),
+        "not ended while the manager was stopped (it ran {took:?}): {stderr}"
+    );
+    assert!(host
+        .nxd_log()
+        .lines()
+        .any(|l| ends_session(l, "alpha", "MiB")));
+}

@@ -41,6 +41,12 @@ pub enum SupervisorError {
     /// forgets the transient units of the one before and loads the name afresh, inactive).
     #[error("unit {unit} is gone before it ran to its end ({how}): the systemd manager was started again (which forgets transient units) or something stopped the unit")]
     Vanished { unit: String, how: &'static str },
+    /// The manager did not answer a question within the time the asker waits.
+    #[error("the systemd manager did not say within {within:?} {what}")]
+    NoAnswer {
+        what: String,
+        within: std::time::Duration,
+    },
     #[error("unit {unit} did not reach {wanted} within {secs} s (it is {state})")]
     Timeout {
         unit: String,
@@ -281,6 +287,10 @@ pub struct Supervisor {
     /// Units' states, kept by systemd's signals on the current connection; it also holds the
     /// [`UNITS_IN_FLIGHT`] permits, one taken by each unit's `GetAll` in progress.
     units: Arc<unit_states::UnitCache>,
+    /// The cgroup directories each unit asked of [`Self::unit_pids`] was last found in, by
+    /// unit name: its processes are read there without asking the manager while one of them
+    /// is there (a unit's cgroup path is its slice's and its name: the same after a restart).
+    pid_dirs: std::sync::Mutex<std::collections::HashMap<String, Vec<PathBuf>>>,
 }
 
 /// What connecting to the embedded manager found: one that answered (its units run on), or
@@ -347,6 +357,7 @@ impl Supervisor {
             sandbox_tasks_max: u64::MAX.into(),
             origin,
             units,
+            pid_dirs: Default::default(),
         })
     }
 
