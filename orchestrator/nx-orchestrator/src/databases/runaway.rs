@@ -99,8 +99,8 @@ impl std::fmt::Display for LockOverrun {
 /// Which of `holders` to end so that each session holds at most [`MAX_LOCKS_PER_SESSION`]
 /// entries of the shared lock table, each role's sessions together at most
 /// [`MAX_LOCKS_PER_ROLE`] and all of them together at most `tenants_bound`: first every session
-/// past its own bound, then the largest of a role past its bound, then the largest of all,
-/// each until the rest fit. nxd's own pg_restore and pg_dump sessions are held to the last bound alone.
+/// past its own bound, then the largest of a role past its bound, then those of the role
+/// holding the most ([`heaviest_roles_past`]), each until the rest fit. nxd's own pg_restore and pg_dump sessions are held to the last bound alone.
 pub fn lock_hogs(holders: &[LockHolder], tenants_bound: u64) -> Vec<(LockHolder, LockOverrun)> {
     let mut ended: Vec<(LockHolder, LockOverrun)> = holders
         .iter()
@@ -132,9 +132,12 @@ pub fn lock_hogs(holders: &[LockHolder], tenants_bound: u64) -> Vec<(LockHolder,
         ));
     }
     left.retain(|(h, _)| !ended.iter().any(|(e, _)| e.pid == h.pid));
-    ended.extend(largest_past(&mut left, tenants_bound, |held| {
-        LockOverrun::Tenants(held, tenants_bound)
-    }));
+    ended.extend(heaviest_roles_past(
+        &mut left,
+        tenants_bound,
+        |h| h.role,
+        |held| LockOverrun::Tenants(held, tenants_bound),
+    ));
     ended
 }
 
@@ -239,25 +242,27 @@ fn largest_past<T: Clone, W>(
     first_past(backends, bound, why)
 }
 
-/// At all tenants' memory bound: the backends of the role whose backends together hold the
-/// most, its largest first, then of the next such role, while all together hold more than
-/// `bound`. Attacker s16 T1: the largest single backend of any tenant was ended, so a tenant
-/// that spread its memory over many small sessions (its sandbox's role and a `--db-branch`
-/// preview's, each under `sandbox_memory_max_mb`) had another tenant's ordinary session ended,
-/// again and again, and kept its own.
-fn heaviest_roles_past<'a>(
-    backends: &mut [(&'a TenantBackend, u64)],
+/// At all tenants' bound (memory, or entries of the lock table): the backends of the role
+/// whose backends together hold the most, its largest first, then of the next such role, while
+/// all together hold more than `bound`. Attacker s16 T1: the largest single backend of any
+/// tenant was ended, so a tenant that spread its memory over many small sessions (its
+/// sandbox's role and a `--db-branch` preview's, each under `sandbox_memory_max_mb`) had another
+/// tenant's ordinary session ended, again and again, and kept its own.
+fn heaviest_roles_past<'a, T: Clone, R: Copy + Ord + std::hash::Hash, W>(
+    backends: &mut [(&'a T, u64)],
     bound: u64,
-) -> Vec<(TenantBackend, Overrun)> {
-    let mut held: HashMap<&'a str, u64> = HashMap::new();
+    role: impl Fn(&'a T) -> R,
+    why: impl Fn(u64) -> W,
+) -> Vec<(T, W)> {
+    let mut held: HashMap<R, u64> = HashMap::new();
     for (backend, bytes) in backends.iter() {
-        *held.entry(backend.role.as_str()).or_default() += bytes;
+        *held.entry(role(backend)).or_default() += bytes;
     }
     backends.sort_unstable_by_key(|(backend, bytes)| {
-        let role = backend.role.as_str();
-        std::cmp::Reverse((held[role], role, *bytes))
+        let role = role(backend);
+        std::cmp::Reverse((held[&role], role, *bytes))
     });
-    first_past(backends, bound, Overrun::TenantsMemory)
+    first_past(backends, bound, why)
 }
 
 /// The first of `backends`, in their order, while together they hold more than `bound`.
@@ -591,6 +596,8 @@ impl Databases {
             ended.extend(heaviest_roles_past(
                 &mut left,
                 self.tenants_memory_max_mb << 20,
+                |b| b.role.as_str(),
+                Overrun::TenantsMemory,
             ));
         }
         ended
@@ -756,10 +763,34 @@ mod tests {
             .collect();
         let held_mb: u64 = held.iter().map(|(_, bytes)| bytes >> 20).sum();
         assert_eq!(held_mb, 3153);
-        let ended = heaviest_roles_past(&mut held, 3072 << 20);
+        let ended = heaviest_roles_past(
+            &mut held,
+            3072 << 20,
+            |b| b.role.as_str(),
+            Overrun::TenantsMemory,
+        );
         assert_eq!(ended.len(), 1, "{ended:?}");
         assert_eq!(ended[0].0.role, "nx_atk", "{ended:?}");
         assert_eq!(ended[0].1, Overrun::TenantsMemory(3153 << 20));
+    }
+
+    /// T1's shape in the lock table: one role's four sessions of 1,000 entries (under the
+    /// role's 4,096) and another tenant's one of 1,020; past the tenants' 4,500, one of the
+    /// first role's is ended, not the other tenant's larger one.
+    #[test]
+    fn at_the_tenants_lock_bound_the_role_holding_the_most_gives_way() {
+        let holder = |pid, role, locks| LockHolder {
+            pid,
+            role,
+            locks,
+            tool: None,
+        };
+        let mut holders: Vec<LockHolder> = (0..4).map(|pid| holder(pid, 1, 1000)).collect();
+        holders.push(holder(9, 2, 1020));
+        let ended = lock_hogs(&holders, 4500);
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        assert_eq!(ended[0].0.role, 1, "{ended:?}");
+        assert_eq!(ended[0].1, LockOverrun::Tenants(5020, 4500));
     }
 
     #[test]
