@@ -993,6 +993,42 @@ fn one_sandboxs_fork_bomb_leaves_room_for_other_sandboxes_pushes_and_tasks() {
     );
 }
 
+/// The host's pid of a process whose arguments hold `option` followed by an argument that
+/// begins with `path` (`postgres -D <data>`, `nx-router --settings <state dir>/...`).
+fn process_with(option: &str, path: &std::path::Path) -> Option<u32> {
+    let wanted = format!("\0{option}\0{}", path.display());
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&wanted)
+                .then_some(pid)
+        })
+}
+
+/// Attacker s16 O2: where the monitor cannot take oom_score_adj -1000 (no CAP_SYS_RESOURCE, as
+/// on these machines), a tenant's program gets 1000 so that the kernel kills it first; nxd's
+/// own services got it too, and were the host's first victims, before any tenant.
+#[test]
+fn nxds_own_services_are_not_the_kernels_first_oom_victims() {
+    let host = Host::start();
+    host.push_sample("app", &[]);
+    let score = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let postmaster = process_with("-D", &host.path("postgres/data")).expect("the postmaster");
+    let router = process_with("--settings", &host.path("")).expect("the router");
+    for (what, pid) in [("PostgreSQL", postmaster), ("the router", router)] {
+        assert_ne!(score(pid), "1000", "{what} (pid {pid})");
+    }
+}
+
 /// `nxd manager-stop` kills the embedded PostgreSQL; the System V segment it leaves (named on
 /// line 7 of postmaster.pid) must go too, or every stopped state dir holds one of the host's
 /// `kernel.shmmni` segments for good.
@@ -1018,6 +1054,27 @@ fn manager_stop_leaves_no_shared_memory_segment_of_the_embedded_postgresql() {
         segments().contains(&id),
         "segment {id} while PostgreSQL runs"
     );
+    // Its dynamic shared memory segments are in a /dev/shm of its own, not the host's
+    // (attacker s16 D1: each killed cluster left its segments there, 1.9 GB of RAM in all).
+    let data = host.path("postgres/data");
+    let host_pid = process_with("-D", &data).expect("the postmaster as the host sees it");
+    let maps = std::fs::read_to_string(format!("/proc/{host_pid}/maps")).unwrap();
+    let dsm: Vec<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with("/dev/shm/PostgreSQL."))
+        .collect();
+    assert!(!dsm.is_empty(), "the postmaster maps no segment:\n{maps}");
+    let in_hosts_shm = || {
+        dsm.iter()
+            .filter(|p| std::path::Path::new(p).exists())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        in_hosts_shm(),
+        Vec::<&&str>::new(),
+        "in the host's /dev/shm"
+    );
 
     host.stop_nxd();
     let (status, stderr) = host.manager_stop();
@@ -1025,6 +1082,11 @@ fn manager_stop_leaves_no_shared_memory_segment_of_the_embedded_postgresql() {
     assert!(
         !segments().contains(&id),
         "segment {id} is left after nxd manager-stop"
+    );
+    assert_eq!(
+        in_hosts_shm(),
+        Vec::<&&str>::new(),
+        "left in the host's /dev/shm"
     );
 }
 

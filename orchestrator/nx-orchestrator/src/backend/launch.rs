@@ -168,9 +168,27 @@ pub struct MonitorSpec {
     pub log: LogFiles,
     /// The deployment's directory: `last-exit.json` and `disk-usage.json` go there.
     pub dir: PathBuf,
-    /// The program is `podman run`, which gives its container `oom_score_adj` 1000 itself
-    /// (`--oom-score-adj`): Podman's CLI keeps the monitor's score, so that the kernel kills
-    /// the container's program first, not Podman's CLI, whose RSS is far larger (review15 #7).
+    /// Whose the program is, and so its `oom_score_adj` where the monitor cannot exempt itself
+    /// (see [`OomScore`]).
     #[serde(default)]
-    pub container_scored: bool,
+    pub oom_score: OomScore,
+}
+
+/// The `oom_score_adj` of a monitored program where its monitor cannot take -1000 (no
+/// `CAP_SYS_RESOURCE`: proc(5)), so that the kernel, at the unit's `MemoryMax`, kills the
+/// program and not the monitor, which then names the end (attacker s15 O1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OomScore {
+    /// A tenant's program: 1000.
+    #[default]
+    Tenant,
+    /// A tenant's `podman run`, which gives its container 1000 itself (`--oom-score-adj`):
+    /// Podman's CLI keeps the monitor's score, so that the kernel kills the container's
+    /// program first, not Podman's CLI, whose RSS is far larger (review15 #7).
+    Container,
+    /// nxd's own service (the embedded PostgreSQL, the router, the database gate): the
+    /// monitor's score, 0: with 1000 it was the host's first victim of the kernel's OOM
+    /// killer, before any tenant (attacker s16 O2).
+    Service,
 }

@@ -109,9 +109,9 @@ pub fn run(
     };
     let before = CgroupCounters::read();
     let exempt = std::fs::write("/proc/self/oom_score_adj", "-1000").is_ok();
-    let program_oom_score_adj = match (exempt, spec.container_scored) {
-        (true, _) | (false, true) => "0",
-        (false, false) => "1000",
+    let program_oom_score_adj = match (exempt, spec.oom_score) {
+        (false, super::launch::OomScore::Tenant) => "1000",
+        _ => "0",
     };
     // SAFETY: the launcher is single-threaded here; the child only dup2s, writes a file and
     // execs (or returns the reason it could not).

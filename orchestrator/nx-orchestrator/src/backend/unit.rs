@@ -2,7 +2,7 @@
 //! reads, and the unit's life (start, stop, state, removal of the deployment's directory).
 
 use super::data_disk::{DataImage, DataTemplates};
-use super::launch::{LaunchSpec, MonitorSpec};
+use super::launch::{LaunchSpec, MonitorSpec, OomScore};
 use super::{BackendError, SandboxHandle, SandboxSpec};
 use crate::api::UnitState;
 use crate::supervisor::{Restart, SliceKind, StopTimeout, Supervisor, UnitOutput, UnitSpec};
@@ -86,7 +86,10 @@ impl DeploymentUnits {
         MonitorSpec {
             log: handle.log_files(&spec.deployment.limits, self.settings.log_keep),
             dir: handle.dir.clone(),
-            container_scored: matches!(spec.program, super::Program::Image { .. }),
+            oom_score: match spec.program {
+                super::Program::Image { .. } => OomScore::Container,
+                _ => OomScore::Tenant,
+            },
         }
     }
 

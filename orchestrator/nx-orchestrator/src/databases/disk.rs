@@ -38,11 +38,18 @@ use crate::supervisor::{Supervisor, UnitSpec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The mount job's script: for each pair of arguments (mountpoint, image), the image
-/// loop-mounted there unless something is (nosuid, nodev; util-linux `mount -o loop`, whose
-/// loop device is detached when it is unmounted or its namespace goes), and the tablespace's
-/// directory `pg` in it, PostgreSQL's (`postgres` user), 0700.
+/// The mount job's script: its first argument, the disks' directory, made a shared mount point
+/// (a bind of itself, `mount --make-shared`: the embedded PostgreSQL runs in a mount namespace
+/// of its own, a slave of the manager's, for its private `/dev/shm`, and sees a disk mounted
+/// here after it started, or unmounted, only through this peer group); then for each pair of
+/// arguments (mountpoint, image), the image loop-mounted there unless something is (nosuid,
+/// nodev; util-linux `mount -o loop`, whose loop device is detached when it is unmounted or
+/// its namespace goes), and the tablespace's directory `pg` in it, PostgreSQL's (`postgres`
+/// user), 0700.
 const MOUNT_SCRIPT: &str = r#"set -e
+dir=$1; shift
+mountpoint -q "$dir" || mount --bind "$dir" "$dir"
+mount --make-shared "$dir"
 while [ "$#" -gt 1 ]; do
   mountpoint -q "$1" || mount -t ext4 -o loop,nosuid,nodev "$2" "$1"
   install -d -o postgres -g postgres -m 700 "$1/pg"
@@ -115,21 +122,23 @@ async fn run_job(
     supervisor.finish_job(&spec.name, &log).await
 }
 
-/// Mounts every disk in `<state_dir>/postgres/disks` (none: nothing runs), where `supervisor`'s
-/// units see it: before the embedded cluster starts, so that its tablespaces are there.
-/// Errors: the mount job's (naming the images).
+/// Makes `<state_dir>/postgres/disks` (created, 0711) a shared mount point and mounts every
+/// disk in it, where `supervisor`'s units see it: before the embedded cluster starts, so that
+/// its tablespaces are there and the disks mounted later reach it (see [`MOUNT_SCRIPT`]).
+/// Errors: the directory's, or the mount job's (naming the images).
 pub async fn mount_all(supervisor: &Supervisor, state_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = disks_dir(state_dir);
-    let mut args = Vec::new();
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)))
+        .map_err(|e| format!("making {}: {e}", dir.display()))?;
+    let mut args = vec![dir.display().to_string()];
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let image = entry.path();
         if image.extension().is_some_and(|e| e == "img") {
             args.push(image.with_extension("").display().to_string());
             args.push(image.display().to_string());
         }
-    }
-    if args.is_empty() {
-        return Ok(());
     }
     run_job(supervisor, &dir, "mount", MOUNT_SCRIPT, args)
         .await
@@ -199,6 +208,7 @@ impl DatabaseDisks {
             "mount",
             MOUNT_SCRIPT,
             vec![
+                self.dir.display().to_string(),
                 mountpoint.display().to_string(),
                 image.display().to_string(),
             ],

@@ -88,7 +88,7 @@ fn launch_spec(installed: &Installed, settings: &RouterSettings, log_keep: u32) 
                 keep: log_keep,
             },
             dir: settings.dir.clone(),
-            container_scored: false,
+            oom_score: crate::backend::launch::OomScore::Service,
         }),
         stop: StopForward::Child,
         ..LaunchSpec::default()

@@ -130,7 +130,7 @@ impl Gates {
                     keep: self.log_keep,
                 },
                 dir: self.dir.clone(),
-                container_scored: false,
+                oom_score: crate::backend::launch::OomScore::Service,
             }),
             nofile: Some(OPEN_FILES),
             // The monitor stays root (it writes the log); the gate itself drops to its uid.
