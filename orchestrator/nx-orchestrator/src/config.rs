@@ -388,7 +388,7 @@ pub struct DatabasesConfig {
     pub max_size_mb: u64,
     /// systemd `MemoryMax` of the embedded cluster's unit (`nx-postgres.service`), in MiB:
     /// all of PostgreSQL, nxd's state included. 0: none. The cluster's own `/dev/shm` (its
-    /// dynamic shared memory) is a tmpfs of a quarter of it (1,024 MiB for 0).
+    /// dynamic shared memory) is a tmpfs of half of it (2,048 MiB for 0).
     pub memory_max_mb: u64,
     /// The uid (and gid) the database gate (`nx-db-gate.service`) runs as when nxd runs as
     /// root: one no deployment, task or host user has and that the cluster's `pg_ident.conf`

@@ -122,8 +122,10 @@ pub fn log_path(state_dir: &Path) -> PathBuf {
 /// posix`, its default on Linux: shm_open(3)).
 const DSM_DIR: &str = "/dev/shm";
 
-/// The size of the embedded cluster's own `/dev/shm`, MiB: a quarter of
-/// `databases.memory_max_mb` (1,024 when that is 0, no bound). A tmpfs of the unit's own
+/// The size of the embedded cluster's own `/dev/shm`, MiB: half of `databases.memory_max_mb`
+/// (2,048 when that is 0, no bound), so that one backend at its bound
+/// (`databases.backend_memory_max_mb`, a quarter of it by default) leaves others room
+/// (review16 #6). A tmpfs of the unit's own
 /// mount namespace, mounted by its launcher: its dynamic shared memory segments (a parallel
 /// query's hash tables, PostgreSQL 15's statistics) are bounded there (a query past it fails
 /// "could not resize shared memory segment": No space left on device) and go with the unit;
@@ -131,8 +133,8 @@ const DSM_DIR: &str = "/dev/shm";
 /// postmaster) left its segments for good (attacker s16 D1: 3,599 files, 1.9 GB of RAM).
 fn dsm_size_mb(memory_max_mb: u64) -> u64 {
     match memory_max_mb {
-        0 => 1024,
-        mb => (mb / 4).max(64),
+        0 => 2048,
+        mb => (mb / 2).max(64),
     }
 }
 
@@ -367,9 +369,8 @@ fn initdb(dir: &Path, data: &Path, user: &nix::unistd::User) -> Result<(), Embed
 /// cluster past its MemoryMax with them), at the room each takes in its tmpfs (`st_blocks`).
 /// A segment other processes map too (PostgreSQL 15's shared statistics grow into such
 /// segments) is charged to nobody, so that no session is ended for memory it shares.
-/// Only the groups' maps are read, and every process's only when a group maps more than
-/// [`DSM_UNCHARGED_MAX`] (to learn which of its segments others map too). Processes that
-/// ended meanwhile are left out.
+/// The processes' maps are read only while the cluster's own `/dev/shm` holds more than
+/// [`DSM_UNCHARGED_MAX`]. Processes that ended meanwhile are left out.
 pub fn backend_memory(pids: &[u32], groups: &[(i32, Vec<i32>)]) -> HashMap<i32, u64> {
     let mut memory = HashMap::new();
     // PostgreSQL's pid -> nxd's.
@@ -389,51 +390,32 @@ pub fn backend_memory(pids: &[u32], groups: &[(i32, Vec<i32>)]) -> HashMap<i32, 
         memory.insert(postgres_pid, kib * 1024);
         host_pids.insert(postgres_pid, pid);
     }
-    // Each group's segments with their sizes, where they pass the bound.
-    let mut large: Vec<(i32, HashMap<String, u64>)> = Vec::new();
-    for (leader, workers) in groups {
-        let mut segments: HashMap<String, u64> = HashMap::new();
-        for pid in std::iter::once(leader).chain(workers) {
-            let Some(&host_pid) = host_pids.get(pid) else {
-                continue;
-            };
-            for path in dsm_segments(host_pid) {
-                segments.entry(path).or_insert_with_key(|path| {
-                    std::fs::metadata(format!("/proc/{host_pid}/root{path}"))
-                        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-                        .unwrap_or(0)
-                });
-            }
-        }
-        if segments.values().sum::<u64>() > DSM_UNCHARGED_MAX {
-            large.push((*leader, segments));
-        }
-    }
-    if large.is_empty() {
+    if pids
+        .first()
+        .is_none_or(|&pid| dsm_in_use(pid) <= DSM_UNCHARGED_MAX)
+    {
         return memory;
     }
-    // Which processes (PostgreSQL's pids) map each segment.
-    let mut mappers: HashMap<String, Vec<i32>> = HashMap::new();
+    // Each segment: its size, and the processes (PostgreSQL's pids) that map it.
+    let mut segments: HashMap<String, (u64, Vec<i32>)> = HashMap::new();
     for (&postgres_pid, &pid) in &host_pids {
         for path in dsm_segments(pid) {
-            mappers.entry(path).or_default().push(postgres_pid);
+            let segment = segments.entry(path).or_insert_with_key(|path| {
+                let size = std::fs::metadata(format!("/proc/{pid}/root{path}"))
+                    .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+                    .unwrap_or(0);
+                (size, Vec::new())
+            });
+            segment.1.push(postgres_pid);
         }
     }
-    for (leader, segments) in large {
-        let workers = groups
-            .iter()
-            .find(|(l, _)| *l == leader)
-            .map_or(&[][..], |(_, w)| w.as_slice());
+    for (leader, workers) in groups {
         let own: u64 = segments
-            .iter()
-            .filter(|(path, _)| {
-                mappers
-                    .get(*path)
-                    .is_some_and(|m| m.iter().all(|p| *p == leader || workers.contains(p)))
-            })
-            .map(|(_, size)| size)
+            .values()
+            .filter(|(_, mappers)| mappers.iter().all(|p| p == leader || workers.contains(p)))
+            .map(|(size, _)| size)
             .sum();
-        if let Some(bytes) = memory.get_mut(&leader) {
+        if let Some(bytes) = memory.get_mut(leader) {
             *bytes += own;
         }
     }
@@ -444,13 +426,22 @@ pub fn backend_memory(pids: &[u32], groups: &[(i32, Vec<i32>)]) -> HashMap<i32, 
 /// posix`, its default on Linux: shm_open(3) names `/PostgreSQL.<n>`).
 const DSM_PREFIX: &str = "/dev/shm/PostgreSQL.";
 
-/// The bytes of dynamic shared memory segments a backend and its workers may map without
-/// them being looked at further: no more than this can matter against a backend's bound
-/// (`databases.backend_memory_max_mb`, 1,024 MiB by default), and PostgreSQL 15's shared
-/// statistics alone are a few MiB that every backend maps. Below it, the maps of the cluster's
-/// other processes are not read: reading every process's at the runaway watch's pace cost an
-/// idle nxd 3% of a core with one idle tenant session (issue 20: nxd uses no CPU when idle).
+/// The bytes the cluster's dynamic shared memory segments may take together before its
+/// processes' maps are read to charge them: no more than this can matter against a backend's
+/// bound (`databases.backend_memory_max_mb`, 1,024 MiB by default), and PostgreSQL 15's shared
+/// statistics alone are a few MiB. Reading every process's maps at the runaway watch's pace
+/// cost an idle nxd 3-5% of a core with 4 idle tenant sessions (issue 20: nxd uses no CPU
+/// when idle); the cluster's `/dev/shm` is its own ([`DSM_DIR`]), so one statvfs(3) tells.
 pub const DSM_UNCHARGED_MAX: u64 = 32 << 20;
+
+/// The bytes in use in the cluster's own `/dev/shm`, seen through `pid`'s root (statvfs(3):
+/// `(f_blocks - f_bfree) * f_frsize`); `u64::MAX` when it cannot be read, so that the maps are.
+fn dsm_in_use(pid: u32) -> u64 {
+    match nix::sys::statvfs::statvfs(format!("/proc/{pid}/root{DSM_DIR}").as_str()) {
+        Ok(stat) => (stat.blocks() - stat.blocks_free()) * stat.fragment_size(),
+        Err(_) => u64::MAX,
+    }
+}
 
 /// The dynamic shared memory segments `pid` maps (their paths, from /proc/<pid>/maps).
 fn dsm_segments(pid: u32) -> Vec<String> {

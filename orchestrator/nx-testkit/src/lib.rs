@@ -82,6 +82,22 @@ pub fn microvm_config(accel: &str) -> String {
     )
 }
 
+/// Asserts that the sample app's `GET /fill` answer (`filled`, its JSON: `error`,
+/// `written_bytes`) ended with "No space left on device" after at most `max_bytes`: `dir` is
+/// full at its size. Returns the bytes written.
+pub fn assert_filled_to_its_size(filled: &serde_json::Value, dir: &str, max_bytes: u64) -> u64 {
+    assert!(
+        filled["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("No space left on device"),
+        "{dir}: {filled}"
+    );
+    let written = filled["written_bytes"].as_u64().expect("written_bytes");
+    assert!(written <= max_bytes, "{dir}: {filled}");
+    written
+}
+
 /// A port nothing listens on now (from the ephemeral range).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -39,7 +39,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The mount job's script: its first argument, the disks' directory, made a shared mount point
-/// (a bind of itself, `mount --make-shared`: the embedded PostgreSQL runs in a mount namespace
+/// (a recursive bind of itself, so that disks an earlier nxd mounted there stay in sight, and
+/// `mount --make-shared`: the embedded PostgreSQL runs in a mount namespace
 /// of its own, a slave of the manager's, for its private `/dev/shm`, and sees a disk mounted
 /// here after it started, or unmounted, only through this peer group); then for each pair of
 /// arguments (mountpoint, image), the image loop-mounted there unless something is (nosuid,
@@ -48,7 +49,7 @@ use std::sync::Arc;
 /// user), 0700.
 const MOUNT_SCRIPT: &str = r#"set -e
 dir=$1; shift
-mountpoint -q "$dir" || mount --bind "$dir" "$dir"
+mountpoint -q "$dir" || mount --rbind "$dir" "$dir"
 mount --make-shared "$dir"
 while [ "$#" -gt 1 ]; do
   mountpoint -q "$1" || mount -t ext4 -o loop,nosuid,nodev "$2" "$1"
@@ -74,8 +75,10 @@ pub enum ReserveChange {
     Kept,
 }
 
-/// The unmount job's script: its argument unmounted if something is mounted there.
-const UNMOUNT_SCRIPT: &str = r#"if mountpoint -q "$1"; then umount "$1"; fi"#;
+/// The unmount job's script: its argument unmounted while something is mounted there (after an
+/// upgrade, a disk an earlier nxd mounted is there twice: its own mount, under the recursive
+/// bind [`MOUNT_SCRIPT`] makes, and the bind's copy, review16 #5).
+const UNMOUNT_SCRIPT: &str = r#"while mountpoint -q "$1"; do umount "$1" || exit 1; done"#;
 
 /// The disks of the sandboxes' databases, in `<state_dir>/postgres/disks`.
 pub struct DatabaseDisks {

@@ -68,7 +68,7 @@ pub enum DbError {
     RestoreTimeout { secs: u64 },
     /// nxd's runaway watch ended the pg_dump or pg_restore session of a backup, a restore or
     /// a branch copy (`why`: the bound it passed).
-    #[error("{tool}'s database session was ended by nxd's runaway watch: {why} (databases.backend_memory_max_mb, sandbox_memory_max_mb and memory_max_mb bound it as the sandbox's own sessions are): the sandbox's data needs more memory than the host allows, such as values of hundreds of MB; make them smaller (store large files elsewhere) or ask the host's operator for larger bounds; nothing was changed")]
+    #[error("{tool}'s database session was ended by nxd's runaway watch: {why}, past a bound that holds it as the sandbox's own sessions are held (memory: databases.backend_memory_max_mb, sandbox_memory_max_mb, memory_max_mb; PostgreSQL's shared lock table: an entry per table it reads): the sandbox's data needs more than the host allows, such as values of hundreds of MB or tens of thousands of tables; make them fewer or smaller (store large files elsewhere) or ask the host's operator for larger bounds; nothing was changed")]
     ToolSessionEnded { tool: &'static str, why: String },
     /// A restore or a branch copy ran out of room on the sandbox's database disk.
     #[error("sandbox {sandbox}'s databases filled their disk ({size_mb} MiB, databases.max_size_mb; `nx db url {sandbox} --json` shows it): drop tables or databases it no longer needs (those restores and swaps kept, nxo_*), or ask the host's operator for a larger databases.max_size_mb; nothing was changed")]

@@ -99,6 +99,10 @@ pub async fn connect(
     state_dir: &Path,
 ) -> Result<(zbus::Connection, String, ManagerFound), SupervisorError> {
     let layout = Layout::new(state_dir);
+    // Before adopting too: a manager started by an earlier nxd outlives it, and an nxd without
+    // the cgroup hierarchies (under `ip netns exec`) would find none of its units' processes
+    // (review16 #4).
+    check_cgroups(&layout)?;
     if let Ok(conn) = try_connect(&layout).await {
         tracing::info!("adopting the running embedded systemd manager");
         return Ok((
