@@ -109,11 +109,16 @@ impl Orchestrator {
                 state_dir.display()
             )),
         )?;
-        let slots = u32::from(config.ports.end - config.ports.start) + 1;
-        let network = HostNetwork::start(&config.network, slots, state_dir).await?;
+        // Every refusal before anything of the host changes: `conntrack`, then the manager's
+        // (the cgroup hierarchies, the state dir), which `Supervisor::connect` checks before it
+        // starts or adopts one; `nx0` and the firewall after it (a refused start had left them
+        // until `nxd manager-stop`).
+        HostNetwork::check().await?;
         let supervisor = Arc::new(
             Supervisor::connect(config.systemd.mode, state_dir, &config.systemd.slice).await?,
         );
+        let slots = u32::from(config.ports.end - config.ports.start) + 1;
+        let network = HostNetwork::start(&config.network, slots, state_dir).await?;
         if let Err(e) = supervisor
             .configure_slices(host_limits::slice_caps(&config.systemd))
             .await

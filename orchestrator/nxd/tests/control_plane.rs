@@ -2177,7 +2177,8 @@ fn a_restores_scratch_database_is_its_sandboxs_alone_and_held_to_its_bounds() {
 /// Attacker s16 C1: nxd started under `ip netns exec`, which mounts a fresh /sys without
 /// /sys/fs/cgroup, ran its embedded systemd manager at the host's root cgroups, and its
 /// database watch found no process of the cluster's unit: it bounded and ended nothing, and
-/// said nothing. Where no cgroup hierarchy is mounted, nxd refuses to start, saying what to do.
+/// said nothing. Where no cgroup hierarchy is mounted, nxd refuses to start, saying what to do,
+/// and leaves nothing behind: no `nx0`, no nftables table (session 16's closing note).
 #[test]
 fn nxd_refuses_to_start_its_manager_where_no_cgroup_hierarchy_is_mounted() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -2218,6 +2219,19 @@ fn nxd_refuses_to_start_its_manager_where_no_cgroup_hierarchy_is_mounted() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // What the refused start left on the host (nothing: it refuses before it makes them).
+    let left: Vec<String> = [
+        ["ip", "link", "show", "nx0"].as_slice(),
+        &["nft", "list", "table", "inet", "nx"],
+    ]
+    .iter()
+    .filter_map(|cmd| {
+        let out = netns.command(cmd[0]).args(&cmd[1..]).output().unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .collect();
     // Whatever it started goes (the manager and its units, the network in the namespace).
     let _ = netns
         .command(nx_testkit::bin("nxd"))
@@ -2230,6 +2244,7 @@ fn nxd_refuses_to_start_its_manager_where_no_cgroup_hierarchy_is_mounted() {
         status.is_some_and(|s| !s.success()),
         "nxd ran on ({status:?}): {said}"
     );
+    assert!(left.is_empty(), "a refused start left {left:#?}");
     assert!(
         said.contains("no cgroup hierarchy is mounted under /sys/fs/cgroup")
             && said.contains("nsenter --net="),

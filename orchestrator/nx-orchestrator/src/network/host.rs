@@ -38,19 +38,24 @@ fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetworkError 
 }
 
 impl HostNetwork {
+    /// What [`Self::start`] needs and cannot make, checked before anything of the host changes
+    /// (nxd's other refusals come after it and before `start`): `conntrack`, which removing a
+    /// deployment needs. Errors: conntrack missing or failing (`conntrack::check`).
+    pub async fn check() -> Result<(), NetworkError> {
+        super::conntrack::check().await
+    }
+
     /// Sets up the host side for `slots` deployments (the size of `[ports]`); the deployments'
     /// resolv.conf goes to `<state_dir>/network/resolv.conf`. Deployments get IPv6 when the
     /// host has it and IPv6 forwarding is on or nxd may turn it on (else a warning says why
-    /// not). Needs root (CAP_NET_ADMIN), nftables and conntrack. Errors: a bad subnet,
-    /// netlink, nft, conntrack missing (`conntrack::check`).
+    /// not). Needs root (CAP_NET_ADMIN), nftables, and conntrack ([`Self::check`] first).
+    /// Errors: a bad subnet, netlink, nft.
     #[tracing::instrument(skip_all, fields(subnet = %config.subnet, subnet6 = %config.subnet6))]
     pub async fn start(
         config: &NetworkConfig,
         slots: u32,
         state_dir: &Path,
     ) -> Result<Self, NetworkError> {
-        // `conntrack`, which removing a deployment needs: before anything of the host changes.
-        super::conntrack::check().await?;
         let subnet6 = ipv6_forwarding().then_some(config.subnet6);
         let plan = Plan::new(config.subnet, subnet6, slots)?;
         let (connection, handle, _) =
