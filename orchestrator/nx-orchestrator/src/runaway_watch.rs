@@ -14,6 +14,44 @@ use std::time::Duration;
 /// by at most that much in between.
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);
 
+/// What one look of the watch tells the next.
+#[derive(Default)]
+struct Seen {
+    /// When each autovacuum worker's ANALYZE phase was first seen (`runaway::
+    /// time_analyze_phases`).
+    analyzing: HashMap<(i32, i64), std::time::Instant>,
+    /// Whether the last look with tenants' sessions read no process of the embedded cluster.
+    blind: bool,
+}
+
+impl Seen {
+    /// Records whether a look read any process of the embedded cluster while it served
+    /// `sessions` tenant sessions (so it runs), and says so when that changes: a look that
+    /// reads none bounds nothing (no session's memory, no lock-table hog ended by signal, no
+    /// full disk's reserve freed), and is said once, not at every look (session 16's closing
+    /// note: nxd reads the processes in the cgroup of the cluster's unit, and found none there
+    /// in silence).
+    fn cluster(&mut self, read_any: bool, sessions: usize) {
+        let blind = !read_any;
+        if blind == self.blind {
+            return;
+        }
+        self.blind = blind;
+        if blind {
+            tracing::warn!(
+                unit = embedded_db::UNIT,
+                sessions,
+                "the database watch reads no process of the embedded PostgreSQL in its unit's cgroup while {sessions} tenant sessions run: until it does, no session is held to the memory bounds, no lock-table hog is ended by signal and no full disk's reserve is freed; something moved the cluster's processes out of the unit's cgroup, or /sys/fs/cgroup is not the host's: restart the unit (with nxd's embedded systemd manager: stop nxd, run `nxd manager-stop --state-dir <state_dir>`, start nxd; its deployments start again)"
+            );
+        } else {
+            tracing::info!(
+                unit = embedded_db::UNIT,
+                "the database watch reads the embedded PostgreSQL's processes again"
+            );
+        }
+    }
+}
+
 impl Orchestrator {
     /// Watches tenants' backends in the background for as long as the orchestrator lives.
     pub(crate) fn watch_tenant_backends(self: &Arc<Self>) {
@@ -21,13 +59,11 @@ impl Orchestrator {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(WATCH_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // When each autovacuum worker's ANALYZE phase was first seen (`runaway::
-            // time_analyze_phases`).
-            let mut analyzing = HashMap::new();
+            let mut seen = Seen::default();
             loop {
                 tick.tick().await;
                 let Some(app) = app.upgrade() else { return };
-                if let Err(e) = app.end_runaway_backends(&mut analyzing).await {
+                if let Err(e) = app.end_runaway_backends(&mut seen).await {
                     tracing::debug!(error = %e, "tenants' backends: trying again");
                 }
                 if let Err(e) = app.keep_disk_reserves().await {
@@ -37,12 +73,9 @@ impl Orchestrator {
         });
     }
 
-    /// One look: ends every tenant backend past its bounds; `analyzing` carries when each
-    /// ANALYZE phase of an autovacuum `VACUUM ANALYZE` was first seen from look to look.
-    async fn end_runaway_backends(
-        &self,
-        analyzing: &mut HashMap<(i32, i64), std::time::Instant>,
-    ) -> Result<(), Error> {
+    /// One look: ends every tenant backend past its bounds; `seen` carries what one look tells
+    /// the next.
+    async fn end_runaway_backends(&self, seen: &mut Seen) -> Result<(), Error> {
         // First, and by reading functions only: while the shared lock table is full, every
         // other query here fails. Without a connection to read on (the table filled while the
         // pool's was lost: PostgreSQL refuses a new one), every tenant's session is ended.
@@ -68,7 +101,11 @@ impl Orchestrator {
             }
         }
         let mut backends = self.databases.tenant_backends().await?;
-        runaway::time_analyze_phases(&mut backends, analyzing, std::time::Instant::now());
+        runaway::time_analyze_phases(
+            &mut backends,
+            &mut seen.analyzing,
+            std::time::Instant::now(),
+        );
         if backends.is_empty() {
             return Ok(());
         }
@@ -78,7 +115,9 @@ impl Orchestrator {
                 .iter()
                 .map(|b| (b.pid, b.workers.clone()))
                 .collect();
-            embedded_db::backend_memory(&pids, &groups)
+            let memory = embedded_db::backend_memory(&pids, &groups);
+            seen.cluster(!memory.is_empty(), backends.len());
+            memory
         } else {
             HashMap::new()
         };

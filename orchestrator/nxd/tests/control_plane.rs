@@ -2333,3 +2333,67 @@ fn the_memory_bound_holds_while_the_systemd_manager_does_not_answer() {
         .lines()
         .any(|l| ends_session(l, "alpha", "MiB")));
 }
+
+/// The cgroup directory at or below `dir` whose `cgroup.procs` lists `pid`.
+fn cgroup_holding(dir: &std::path::Path, pid: u32) -> Option<std::path::PathBuf> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    if procs.lines().any(|p| p.trim() == pid.to_string()) {
+        return Some(dir.to_owned());
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|e| cgroup_holding(&e.path(), pid))
+}
+
+/// Moves each of `pids` into the cgroup `to` (those that ended meanwhile are left).
+fn move_into(to: &std::path::Path, pids: &[u32]) {
+    for pid in pids {
+        let _ = std::fs::write(to.join("cgroup.procs"), pid.to_string());
+    }
+}
+
+/// Session 16's closing note: the database watch reads the cluster's processes in the cgroup
+/// of its unit (d6ee173), and where it read none while tenants' sessions ran, it bounded
+/// nothing, in silence. Here the cluster's processes are moved out of the unit's cgroups (into
+/// the manager's own), as anything writing the host's cgroups may: the watch says so once, not
+/// at each of its looks (every 250 ms), and says when it reads them again.
+#[test]
+fn the_database_watch_says_once_when_it_reads_no_process_of_the_cluster() {
+    let host = Host::start();
+    let alpha = sandbox_db_url(&host, "alpha");
+    let session = psql_session(&alpha);
+    let postmaster = process_with("-D", &host.path("postgres/data")).expect("the postmaster");
+    // Each hierarchy's cgroup of the unit, the manager's, and the processes moved between them.
+    let moved: Vec<_> = host
+        .manager_cgroups()
+        .into_iter()
+        .filter_map(|manager| {
+            let unit = cgroup_holding(&manager, postmaster)?;
+            let pids: Vec<u32> = std::fs::read_to_string(unit.join("cgroup.procs"))
+                .unwrap()
+                .lines()
+                .filter_map(|p| p.trim().parse().ok())
+                .collect();
+            move_into(&manager, &pids);
+            Some((unit, pids))
+        })
+        .collect();
+    assert!(!moved.is_empty(), "{:?}", host.manager_cgroups());
+    let blind = |l: &str| l.contains("reads no process of the embedded PostgreSQL");
+    host.wait_for_log_line(blind, Duration::from_secs(10), "the watch said nothing");
+    // Twelve more looks.
+    std::thread::sleep(Duration::from_secs(3));
+    for (unit, pids) in &moved {
+        move_into(unit, pids);
+    }
+    host.wait_for_log_line(
+        |l| l.contains("reads the embedded PostgreSQL's processes again"),
+        Duration::from_secs(10),
+        "the watch did not say it reads them again",
+    );
+    let said = host.nxd_log().lines().filter(|l| blind(l)).count();
+    close_sessions(vec![session]);
+    assert_eq!(said, 1, "{}", host.nxd_log());
+}
