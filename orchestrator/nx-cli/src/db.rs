@@ -42,7 +42,9 @@ pub enum DbCommand {
         inside: bool,
     },
     /// Open psql on the sandbox's database (run this on the nxd host). Arguments after `--`
-    /// go to psql: `nx db psql web -- -c 'select 1'`; SQL on standard input works too.
+    /// go to psql: `nx db psql web -- -c 'select 1'`; SQL on standard input works too. The
+    /// connection comes in psql's environment (PGHOST, PGPORT, PGUSER, PGDATABASE,
+    /// PGPASSWORD), so psql's own -d/-U/-h/-p, or a database name, override its parts.
     Psql {
         sandbox: String,
         /// psql's own arguments (psql(1)), after `--`.
@@ -139,12 +141,10 @@ pub async fn db(client: &Client, cmd: DbCommand, json: bool) -> anyhow::Result<(
         }
         DbCommand::Psql { sandbox, psql_args } => {
             let info = client.database(&name(&sandbox)?).await?;
-            let (url, password) = without_password(&info.url);
-            let mut psql = std::process::Command::new("psql");
-            if let Some(password) = password {
-                psql.env("PGPASSWORD", password);
-            }
-            let err = psql.arg(url).args(&psql_args).exec();
+            let err = std::process::Command::new("psql")
+                .envs(connection_env(&info.url)?)
+                .args(&psql_args)
+                .exec();
             anyhow::bail!("cannot run psql: {err}; install postgresql-client, or use `nx db url`");
         }
         DbCommand::Backup { sandbox, output } => {
@@ -228,48 +228,111 @@ pub(crate) async fn download(
     Ok(())
 }
 
-/// A connection URI (`postgres://role:password@/database?host=DIR&port=N`, as nxd gives it)
-/// without its password, and the password percent-decoded (PostgreSQL's "Connection URIs"):
-/// `nx db psql` hands it to psql as `PGPASSWORD` in psql's environment, readable only by the
-/// user and root, not in psql's arguments, which every local user reads in
-/// `/proc/<pid>/cmdline` (review15). A URI with no password comes back as it is.
-fn without_password(url: &str) -> (String, Option<String>) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return (url.to_owned(), None);
+/// libpq's environment variable for each connection parameter a URI may carry
+/// (PostgreSQL's "Environment Variables", libpq-envars).
+const PARAMETER_ENV: &[(&str, &str)] = &[
+    ("host", "PGHOST"),
+    ("port", "PGPORT"),
+    ("user", "PGUSER"),
+    ("password", "PGPASSWORD"),
+    ("dbname", "PGDATABASE"),
+    ("passfile", "PGPASSFILE"),
+    ("options", "PGOPTIONS"),
+    ("application_name", "PGAPPNAME"),
+    ("sslmode", "PGSSLMODE"),
+    ("connect_timeout", "PGCONNECT_TIMEOUT"),
+];
+
+/// A connection URI (`postgres://role:password@/database?host=DIR&port=N`, as nxd gives it;
+/// PostgreSQL's "Connection URIs") as psql's environment (`PGHOST`, `PGPORT`, `PGUSER`,
+/// `PGDATABASE`, `PGPASSWORD`, ...), percent-decoded, for `nx db psql`. Not in psql's
+/// arguments: every local user reads those in `/proc/<pid>/cmdline` (review15: the password),
+/// and psql takes its first argument for a database name only when no -d came, else for a user
+/// name (attacker16: `nx db psql web -- -d other` made psql look for a role named after the
+/// URI); from the environment, psql's own -d/-U/-h/-p, or a database name, override its parts.
+/// Errors: not a `postgres://` or `postgresql://` URI, or a parameter psql has no variable for.
+fn connection_env(url: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "nxd gave {url:?}, not a postgres:// URI; use `nx db url` and run psql yourself"
+            )
+        })?;
+    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+    let (user, host) = authority.rsplit_once('@').unwrap_or(("", authority));
+    let (user, password) = user.split_once(':').unwrap_or((user, ""));
+    let (host, port) = match host.strip_prefix('[') {
+        // An IPv6 address: `[::1]:5432`.
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']').unwrap_or((bracketed, ""));
+            (host, after.strip_prefix(':').unwrap_or(""))
+        }
+        None => host.split_once(':').unwrap_or((host, "")),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let Some((user, host)) = authority.rsplit_once('@') else {
-        return (url.to_owned(), None);
-    };
-    let Some((user, password)) = user.split_once(':') else {
-        return (url.to_owned(), None);
-    };
-    let password = percent_encoding::percent_decode_str(password)
-        .decode_utf8_lossy()
-        .into_owned();
-    (format!("{scheme}://{user}@{host}{path}"), Some(password))
+    let parts = [
+        ("user", user),
+        ("password", password),
+        ("host", host),
+        ("port", port),
+        ("dbname", database),
+    ];
+    let params = query.split('&').filter_map(|p| p.split_once('='));
+    let mut env = Vec::new();
+    for (key, value) in parts.into_iter().chain(params) {
+        if value.is_empty() {
+            continue;
+        }
+        let var = PARAMETER_ENV
+            .iter()
+            .find(|(name, _)| *name == key)
+            .map(|(_, var)| *var)
+            .ok_or_else(|| anyhow::anyhow!("nxd's database URI has the parameter {key:?}, which `nx db psql` cannot hand to psql; run psql \"$(nx db url SANDBOX)\" instead"))?;
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8_lossy()
+            .into_owned();
+        // A later one wins, as in libpq (`?host=` after an authority's host).
+        env.retain(|(v, _)| *v != var);
+        env.push((var, value));
+    }
+    Ok(env)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::without_password;
+    use super::connection_env;
 
     #[test]
-    fn the_password_leaves_the_url_for_the_environment() {
+    fn the_uri_goes_to_psqls_environment_whole() {
         assert_eq!(
-            without_password("postgres://nx_a:s3cr%40t@/nx_a?host=/run/pg&port=5432"),
-            (
-                "postgres://nx_a@/nx_a?host=/run/pg&port=5432".to_owned(),
-                Some("s3cr@t".to_owned())
-            )
+            connection_env("postgres://nx_a:s3cr%40t@/nx_a?host=/run/pg&port=5432").unwrap(),
+            [
+                ("PGUSER", "nx_a"),
+                ("PGPASSWORD", "s3cr@t"),
+                ("PGDATABASE", "nx_a"),
+                ("PGHOST", "/run/pg"),
+                ("PGPORT", "5432"),
+            ]
+            .map(|(k, v)| (k, v.to_owned()))
         );
-        for url in [
-            "postgres://nx_a@/nx_a?host=/run/pg",
-            "postgres:///nx?host=/run/pg&password=x:y@z",
-            "not a url",
-        ] {
-            assert_eq!(without_password(url), (url.to_owned(), None));
-        }
+        assert_eq!(
+            connection_env("postgresql://u@[::1]:6432/d").unwrap(),
+            [
+                ("PGUSER", "u"),
+                ("PGHOST", "::1"),
+                ("PGPORT", "6432"),
+                ("PGDATABASE", "d")
+            ]
+            .map(|(k, v)| (k, v.to_owned()))
+        );
+        assert_eq!(
+            connection_env("postgres://[::1]/d").unwrap()[0],
+            ("PGHOST", "::1".to_owned())
+        );
+        assert!(connection_env("not a url").is_err());
+        assert!(connection_env("postgres:///d?gssencmode=disable").is_err());
     }
 }

@@ -91,6 +91,25 @@ fn each_sandbox_gets_its_own_database_that_others_cannot_reach() {
     let out = host.nx(&["db", "psql", "alpha", "--", "-Atc", "select 41 + 1"]);
     assert_eq!(out.stdout, "42\n", "{}", out.stderr);
     assert_password_not_in_psqls_arguments(&host, "alpha");
+    // And psql's connection arguments (attacker16: after `-d`, psql took the URI for a user
+    // name): the sandbox's role, socket and password stay, the database is psql's to choose.
+    let alpha_name = db_info(&host, "alpha")["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let which = "select current_database()";
+    for args in [
+        &["-d", &alpha_name, "-Atc", which][..],
+        &["-Atc", which, &alpha_name],
+    ] {
+        let out = host.nx(&[&["db", "psql", "alpha", "--"], args].concat());
+        assert_eq!(
+            out.stdout,
+            format!("{alpha_name}\n"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
     assert_eq!(
         host.get(&host.preview_host("beta", &b), "/db/list").0,
         500,
@@ -127,6 +146,14 @@ fn each_sandbox_gets_its_own_database_that_others_cannot_reach() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied for database"));
+    let out = host.nx(&[
+        "db", "psql", "alpha", "--", "-d", &beta_db, "-c", "SELECT 1",
+    ]);
+    assert!(
+        !out.ok && out.stderr.contains("permission denied for database"),
+        "{}",
+        out.stderr
+    );
 
     // Its sandbox's own socket in front of the cluster's, and nothing of the cluster.
     assert_eq!(
