@@ -93,9 +93,16 @@ pub struct DatabaseDisks {
     full_at_last_look: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
-/// Where the disks are: `<state_dir>/postgres/disks`.
-fn disks_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("postgres").join("disks")
+/// Where the disks are: `<state_dir>/postgres/disks`, created if missing and made 0711
+/// (PostgreSQL passes through it to the tablespaces; the images are root's, 0600).
+/// Errors: creating it or setting its mode, naming it.
+fn disks_dir(state_dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = state_dir.join("postgres").join("disks");
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("making {}: {e}", dir.display())))?;
+    Ok(dir)
 }
 
 /// Runs `script` with `args` as root in a job of `supervisor`'s manager (its mount namespace),
@@ -125,16 +132,12 @@ async fn run_job(
     supervisor.finish_job(&spec.name, &log).await
 }
 
-/// Makes `<state_dir>/postgres/disks` (created, 0711) a shared mount point and mounts every
+/// Makes `<state_dir>/postgres/disks` ([`disks_dir`]) a shared mount point and mounts every
 /// disk in it, where `supervisor`'s units see it: before the embedded cluster starts, so that
 /// its tablespaces are there and the disks mounted later reach it (see [`MOUNT_SCRIPT`]).
 /// Errors: the directory's, or the mount job's (naming the images).
 pub async fn mount_all(supervisor: &Supervisor, state_dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = disks_dir(state_dir);
-    std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)))
-        .map_err(|e| format!("making {}: {e}", dir.display()))?;
+    let dir = disks_dir(state_dir).map_err(|e| e.to_string())?;
     let mut args = vec![dir.display().to_string()];
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let image = entry.path();
@@ -154,19 +157,14 @@ pub async fn mount_all(supervisor: &Supervisor, state_dir: &Path) -> Result<(), 
 }
 
 impl DatabaseDisks {
-    /// Disks of `size_mb` MiB in `<state_dir>/postgres/disks` (created, 0711: PostgreSQL passes
-    /// through it to the tablespaces; the images are root's, 0600).
+    /// Disks of `size_mb` MiB in `<state_dir>/postgres/disks` ([`disks_dir`]).
     pub fn new(
         state_dir: &Path,
         size_mb: u64,
         supervisor: Arc<Supervisor>,
     ) -> std::io::Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = disks_dir(state_dir);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
         Ok(Self {
-            dir,
+            dir: disks_dir(state_dir)?,
             size_mb,
             supervisor,
             full_at_last_look: Default::default(),
