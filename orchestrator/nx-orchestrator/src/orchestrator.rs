@@ -119,6 +119,7 @@ impl Orchestrator {
         );
         let slots = u32::from(config.ports.end - config.ports.start) + 1;
         let network = HostNetwork::start(&config.network, slots, state_dir).await?;
+        crate::backend::pts_mount::size_host_pool(slots);
         if let Err(e) = supervisor
             .configure_slices(host_limits::slice_caps(&config.systemd))
             .await

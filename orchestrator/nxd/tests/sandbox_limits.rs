@@ -866,6 +866,58 @@ fn nxd_raises_its_soft_open_files_limit_to_the_hard_one() {
     assert_eq!(soft, hard);
 }
 
+/// Session 16's closing note: every sandbox's devpts instance draws from the host's one pool,
+/// `kernel.pty.max` less `kernel.pty.reserve`, which only the NixOS module raised: on Debian's
+/// 4096, 48 sandboxes took every terminal. nxd raises it for its deployments where it may
+/// write it, and where it may not (here /proc/sys/kernel/pty read-only in nxd's mount
+/// namespace, as systemd's ProtectKernelTunables makes it), says so at start.
+#[test]
+fn nxd_raises_the_hosts_pseudo_terminal_pool_for_its_sandboxes_or_says_it_cannot() {
+    use std::os::unix::fs::PermissionsExt;
+    let pty_max = "/proc/sys/kernel/pty/max";
+    let read = |name: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/sys/kernel/pty/{name}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // The kernel's default, as on a Debian host.
+    std::fs::write(pty_max, "4096").unwrap();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let wrapper = dir.path().join("nxd-pty-read-only");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare --mount sh -c 'mount --bind /proc/sys/kernel/pty \
+             /proc/sys/kernel/pty && mount -o remount,bind,ro /proc/sys/kernel/pty && \
+             exec \"$0\" \"$@\"' {:?} \"$@\"\n",
+            nx_testkit::bin("nxd")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // 1,000 deployments ([ports]' default; a test host's 40 need less than the default pool).
+    let ports = (20000, 20999);
+    let host = Host::start_with_ports(wrapper, ports, 0, "");
+    let warned = host
+        .nxd_log()
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("kernel.pty.max is 4096"))
+        .map(str::to_owned);
+    drop(host);
+    let warned = warned.expect("nxd said nothing of kernel.pty.max");
+    // 64 terminals each, and the reserve.
+    let wanted = 1000 * 64 + read("reserve");
+    assert!(
+        warned.contains("nxd serves 1000") && warned.contains(&format!("kernel.pty.max={wanted}")),
+        "{warned}"
+    );
+    assert_eq!(read("max"), 4096);
+    let host = Host::start_with_ports(nx_testkit::bin("nxd"), ports, 0, "");
+    assert_eq!(read("max"), wanted, "{}", host.nxd_log());
+}
+
 const GO_PROGRAM: &str = r#"package main
 
 import (
