@@ -57,10 +57,13 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let text = std::fs::read(&args.settings)
         .with_context(|| format!("reading {}", args.settings.display()))?;
-    let settings: RouterSettings = serde_json::from_slice(&text)
+    let mut settings: RouterSettings = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not router settings", args.settings.display()))?;
     settings.config.validate().map_err(anyhow::Error::msg)?;
-    raise_open_files_limit();
+    if let Some(open_files) = raise_open_files_limit() {
+        settings.config.max_connections =
+            connections_the_files_hold(settings.config.max_connections, open_files);
+    }
     log_budget::report_suppressed().context("starting the log budget's thread")?;
 
     let table = Arc::new(table::Table::load(&settings.table_file())?);
@@ -235,10 +238,45 @@ fn init_logging() -> access_log::LogBuffer {
 }
 
 /// Raises the soft limit of open files to the hard limit (systemd's default soft limit, 1024,
-/// would cap the router at about a thousand connections).
-fn raise_open_files_limit() {
+/// would cap the router at about a thousand connections); the limit it has then, `None` when
+/// it cannot tell.
+fn raise_open_files_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::info!(open_files = n, "open-file limit raised"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        Ok(n) => {
+            tracing::info!(open_files = n, "open-file limit raised");
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            None
+        }
     }
+}
+
+/// Open files the router keeps for all but its clients' connections: its listeners, its
+/// control socket and nxd's connections to it, its logs, its runtimes' event fds and the idle
+/// upstream connections Pingora pools (128 by default).
+const FILES_KEPT: u64 = 512;
+
+/// The most connections the router admits with `open_files`: `max_connections`, or fewer where
+/// the files would not hold them, a proxied connection taking two (the client's and the
+/// upstream's) beside [`FILES_KEPT`] (newcomer17 N5: 11,000 held requests, under
+/// `router.max_connections` 16,384, took all of a router's 20,000 files, and then every new
+/// client waited in vain and nxd's control connections failed EMFILE, so a push was never
+/// routed). Said in a warning when fewer.
+fn connections_the_files_hold(max_connections: usize, open_files: u64) -> usize {
+    let held = usize::try_from(open_files.saturating_sub(FILES_KEPT) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if held >= max_connections {
+        return max_connections;
+    }
+    tracing::warn!(
+        max_connections,
+        open_files,
+        admitted = held,
+        "router.max_connections ({max_connections}) is more than the router's {open_files} open files hold (two a proxied connection, {FILES_KEPT} kept for its listeners, control socket and logs): it admits {held} connections at once; raise the open-file limit it starts with (RLIMIT_NOFILE, its unit's LimitNOFILE) to {} or more, or lower router.max_connections",
+        max_connections as u64 * 2 + FILES_KEPT
+    );
+    held
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{closed_within, echo_app, Router};
+use common::{closed_within, echo_app, OpenFiles, Router};
 use nx_router_api::RouterConfig;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -226,7 +226,7 @@ async fn eleven_hundred_idle_connections_leave_a_router_at_1024_open_files_servi
         max_connections_per_address: 4096,
         ..RouterConfig::default()
     };
-    let router = Router::start(config, Some(1024)).await;
+    let router = Router::start(config, Some(OpenFiles::Soft(1024))).await;
     router.routes(&[("web.nx.test", echo_app().await)]).await;
     let mut idle = Vec::new();
     for _ in 0..1100 {
@@ -242,4 +242,77 @@ async fn eleven_hundred_idle_connections_leave_a_router_at_1024_open_files_servi
     assert!(get_on(&mut idle[0], "web.nx.test")
         .await
         .starts_with("HTTP/1.1 200"));
+}
+
+/// Newcomer17 N5: 11,000 held requests, under `router.max_connections` (16,384), took all of a
+/// router's 20,000 open files (two a proxied connection): every new client waited in vain and
+/// nxd's control connections failed EMFILE, so a push was never routed. The router admits only
+/// the connections its files hold and says so at start: past them a new connection is closed
+/// at once, the control socket answers, and once held ones go new ones are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_requests_take_no_more_than_the_routers_open_files_hold() {
+    rlimit::increase_nofile_limit(8192).unwrap();
+    // An upstream that takes requests and never answers.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = {
+        let held = held.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = upstream.accept().await {
+                held.lock().unwrap().push(stream);
+            }
+        })
+    };
+    let config = RouterConfig {
+        max_connections_per_address: 4096,
+        ..RouterConfig::default()
+    };
+    // (2,048 - 512 kept) / 2.
+    let router = Router::start(config, Some(OpenFiles::Both(2048))).await;
+    router.routes(&[("hold.nx.test", upstream_addr)]).await;
+    let mut clients = Vec::new();
+    for _ in 0..1100 {
+        let mut stream = TcpStream::connect(router.addr).await.unwrap();
+        if stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: hold.nx.test\r\n\r\n")
+            .await
+            .is_ok()
+        {
+            clients.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let upstreams = held.lock().unwrap().len();
+    assert!(upstreams <= 768, "{upstreams} requests held upstream");
+    // nxd's way in answers, and a new client is told at once.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        router.routes(&[
+            ("hold.nx.test", upstream_addr),
+            ("web.nx.test", echo_app().await),
+        ]),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the control socket did not answer\n{}", router.log()));
+    let mut over = TcpStream::connect(router.addr).await.unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "a connection past what the files hold waits"
+    );
+    drop(clients);
+    held.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut fresh = TcpStream::connect(router.addr).await.unwrap();
+    assert!(get_on(&mut fresh, "web.nx.test")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    holder.abort();
+    assert!(
+        router.log().contains("it admits 768 connections at once"),
+        "{}",
+        router.log()
+    );
 }

@@ -9,6 +9,16 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The open-file limits a router starts with.
+#[derive(Clone, Copy)]
+pub enum OpenFiles {
+    /// Its soft limit (as systemd's default 1024), the hard one the test's: the start checks
+    /// that the router raised the soft one.
+    Soft(u64),
+    /// Soft and hard.
+    Both(u64),
+}
+
 pub struct Router {
     pub addr: SocketAddr,
     /// The HTTPS listener, when started with TLS.
@@ -25,16 +35,15 @@ pub fn free_addr() -> SocketAddr {
 }
 
 impl Router {
-    /// Starts the router binary with `config`; `open_files` sets its soft open-file limit first
-    /// (as systemd's default 1024 would) and checks that the router raised it.
-    pub async fn start(config: RouterConfig, open_files: Option<u64>) -> Self {
+    /// Starts the router binary with `config` and `open_files` limits (see [`OpenFiles`]).
+    pub async fn start(config: RouterConfig, open_files: Option<OpenFiles>) -> Self {
         Self::start_with_tls(config, open_files, |_| None).await
     }
 
     /// [`Router::start`] with the HTTPS side `tls` makes from the router's directory.
     pub async fn start_with_tls(
         config: RouterConfig,
-        open_files: Option<u64>,
+        open_files: Option<OpenFiles>,
         tls: impl FnOnce(&std::path::Path) -> Option<RouterTls>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -56,8 +65,11 @@ impl Router {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        if let Some(soft) = open_files {
-            let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
+        if let Some(limits) = open_files {
+            let (soft, hard) = match limits {
+                OpenFiles::Soft(soft) => (soft, rlimit::Resource::NOFILE.get().unwrap().1),
+                OpenFiles::Both(n) => (n, n),
+            };
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
                 std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
@@ -89,7 +101,7 @@ impl Router {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        if open_files.is_some() {
+        if let Some(OpenFiles::Soft(_)) = open_files {
             let limits = std::fs::read_to_string(format!("/proc/{}/limits", router.child.id()))
                 .expect("the router's limits");
             let line = limits
