@@ -1613,6 +1613,87 @@ fn a_restore_whose_dump_fills_the_lock_table_is_ended_and_nothing_is_swapped() {
     );
 }
 
+/// Review16 #2: nxd told its restore's session apart by its random `application_name` alone
+/// (the earliest backend with it, in any database), which every role reads in
+/// `pg_stat_activity` and may take: another tenant's session older than the restore that took
+/// the name was held to the tenants' share of the lock table alone. The restore's session is
+/// now also of the restore's role, in its database, and started after nxd started pg_restore.
+#[test]
+fn a_session_that_takes_the_name_of_a_restore_under_way_is_held_to_every_bound() {
+    let host = Host::start();
+    let alpha = sandbox_db_url(&host, "alpha");
+    let beta = sandbox_db_url(&host, "beta");
+    // alpha's restore runs 20 s: its dump's CHECK constraint sleeps in the scratch database.
+    let (ok, out) = psql_url(
+        &alpha,
+        "CREATE FUNCTION slow(n int) RETURNS boolean LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF current_database() LIKE 'nxr\\_%' THEN PERFORM pg_sleep(n); END IF; \
+           RETURN true; \
+         END $$; \
+         CREATE TABLE t (n int CHECK (slow(n))); INSERT INTO t VALUES (20)",
+    );
+    assert!(ok, "{out}");
+    // beta's session, older than the restore, waits for the restore's name, takes it, and then
+    // 2,000 advisory locks (past a session's 1,024) and stays.
+    let mut impostor = psql_session(&beta);
+    let mut stdin = impostor.stdin.take().unwrap();
+    stdin
+        .write_all(
+            b"DO $$ DECLARE taken text; BEGIN \
+                LOOP \
+                  PERFORM pg_stat_clear_snapshot(); \
+                  SELECT application_name INTO taken FROM pg_stat_activity \
+                  WHERE application_name LIKE 'nxd-restore-%' LIMIT 1; \
+                  EXIT WHEN taken IS NOT NULL; \
+                  PERFORM pg_sleep(0.02); \
+                END LOOP; \
+                PERFORM set_config('application_name', taken, false); \
+              END $$;\n\
+              SELECT current_setting('application_name');\n\
+              SELECT count(pg_advisory_lock(g)) FROM generate_series(1, 2000) g;\n",
+        )
+        .unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut restore = backup_and_restore(&host, "alpha", "slow.dump");
+    host.wait_for_log_line(
+        |l| {
+            l.contains("ended a database session")
+                && l.contains("shared lock table, past its bound of 1024")
+        },
+        Duration::from_secs(30),
+        "beta's session holding 2,000 entries under the restore's name was not ended",
+    );
+    assert!(
+        restore.try_wait().unwrap().is_none(),
+        "beta's session was ended only once the restore was over: {}",
+        host.nxd_log()
+    );
+    let _ = stdin.write_all(b"SELECT 'still here';\n");
+    drop(stdin);
+    let out = impostor.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("nxd-restore-"),
+        "beta's session did not take the restore's name: {stdout}{stderr}"
+    );
+    assert!(
+        !stdout.contains("still here")
+            && stderr.contains("terminating connection due to administrator command"),
+        "{stdout}{stderr}"
+    );
+    let restored = restore.wait_with_output().unwrap();
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+}
+
 /// Waits for `child` (its outputs piped) to end, given `within`: its output. Panics when it
 /// still runs then (nothing ended it), naming `what`.
 fn output_within(

@@ -138,10 +138,10 @@ pub(super) async fn copy(dbs: &Databases, from: &str, to: &str, role: &str) -> R
 
 /// Dumps `database` into `file` in a superuser session that the runaway watch holds to
 /// `role`'s memory bounds and the tenants' share of the lock table, with no time bound
-/// ([`super::runaway::ToolSessions::dump`]). Errors: pg_dump's, or
+/// ([`Databases::dump_session`]). Errors: pg_dump's, or
 /// [`DbError::ToolSessionEnded`] when the watch ended its session.
 async fn dump_to(dbs: &Databases, database: &str, file: &Path, role: &str) -> Result<(), DbError> {
-    let session = dbs.tool_sessions.dump(database, role);
+    let session = dbs.dump_session(database, role).await?;
     let dumped = dbs
         .run_unit(
             "pg_dump",
@@ -196,7 +196,7 @@ async fn restore_into(
     database: &str,
     role: &str,
 ) -> Result<(), DbError> {
-    let nxds_own = dbs.tool_sessions.restore(database);
+    let nxds_own = dbs.restore_session(database, role).await?;
     let passfile = tempfile::Builder::new()
         .prefix("nxdb-pgpass-")
         .tempfile_in(&dbs.backups)?;

@@ -18,13 +18,13 @@
 //! as a whole is held to `databases.restore_timeout_secs`, by the restore itself), but is held
 //! to the memory bounds and to the tenants' share of the lock table ([`lock_hogs`]): it runs
 //! the dump's SQL, which its tenant wrote. It runs as the
-//! sandbox's role, so it is told apart by what no other session of the role can have: it is
-//! the first to connect to that database with the restore's random `application_name`
-//! ([`Restoring`]). Every other session there is held to every bound (attacker s11 G10: the
+//! sandbox's role, so it is told apart by its random `application_name`, its role and
+//! database, and its start: the first such session since nxd started pg_restore
+//! ([`ToolSessionAt`]). Every other session there is held to every bound (attacker s11 G10: the
 //! watch left every session in a restoring database alone, whoever's, and unbounded ones there
 //! took the cluster past its `MemoryMax`).
 //! nxd's own pg_dump (a backup, or the first half of a branch's copy) runs in a superuser
-//! session, told apart by its random `application_name` and nxd's role, and is held to the
+//! session, told apart the same way (its role is nxd's), and is held to the
 //! same memory bounds as a session of the sandbox's role, and to the tenants' share of the
 //! lock table, with no statement time bound: the tenant's rows decide its memory (attacker
 //! s15: four backups of three 400 MB values held 773 MB each, beyond every bound). One the
@@ -291,18 +291,34 @@ pub(super) struct ToolSessions(Mutex<HashMap<String, ToolSession>>);
 
 #[derive(Debug, Clone)]
 struct ToolSession {
-    database: String,
     tool: Tool,
+    /// As whom and where it connects, and since when.
+    at: ToolSessionAt,
+    /// Its backend's pid, from the first look that found it: later looks take no other.
+    pid: Option<i32>,
     /// Why the watch ended its session (an [`Overrun`] or a [`LockOverrun`], as text).
     ended: Option<String>,
+}
+
+/// As whom and where one of nxd's tools connects, and when nxd started it (PostgreSQL's
+/// clock): its session is the earliest client backend of that role (`usesysid`) in that
+/// database (`datid`) that started since, with the tool's `application_name` ([`TOOLS`]).
+/// Every role reads every backend's `application_name` in `pg_stat_activity`, and may take
+/// it: matched by name alone, another tenant's older session that took the name of a
+/// restore under way was the restore's, free of the bounds per session and per role, and
+/// the real pg_restore was held to them (review16 #2). Role and database are oids, which
+/// `pg_stat_get_activity` gives while the shared lock table is full.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ToolSessionAt {
+    role: i64,
+    database: i64,
+    since: chrono::DateTime<chrono::Utc>,
 }
 
 /// Which of nxd's tools a session is, and so how it is told apart from tenants' sessions.
 #[derive(Debug, Clone, PartialEq)]
 enum Tool {
-    /// pg_restore, in a session of the sandbox's role: the earliest backend of its database
-    /// with its `application_name` (a session of the role may take the name, but connects
-    /// after the restore did).
+    /// pg_restore, in a session of the sandbox's role (or the branch's it copies into).
     Restore,
     /// pg_dump, in a session of nxd's own superuser role (it reads every object of the
     /// database; a role's `CONNECTION LIMIT` would leave a busy sandbox without backups),
@@ -318,27 +334,44 @@ pub(super) struct ToolGuard<'a> {
     application_name: String,
 }
 
+/// The common table expression `tools`: nxd's own pg_restore and pg_dump sessions, each
+/// backend's `pid` and its tool's `application_name` (`name`), for the arrays of
+/// [`ToolSessions::arrays`] bound as `$1` to `$5` ([`ToolArrays::bind`]): of each tool, the
+/// earliest client backend with its name, role and database that started since the tool did
+/// (or the one backend found before). It reads `pg_stat_get_activity` only, which takes no
+/// lock ([`Databases::lock_holders`]).
+const TOOLS: &str = "tools AS ( \
+   SELECT DISTINCT ON (t.name) a.pid, t.name \
+   FROM pg_stat_get_activity(NULL) a \
+   JOIN unnest($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::timestamptz[]) \
+        AS t(name, role, datid, pid, since) \
+     ON a.application_name = t.name AND a.usesysid::int8 = t.role AND a.datid::int8 = t.datid \
+        AND a.backend_start >= t.since AND (t.pid = 0 OR a.pid = t.pid) \
+   WHERE a.backend_type = 'client backend' \
+   ORDER BY t.name, a.backend_start, a.pid)";
+
 impl ToolSessions {
-    /// Marks `database` as nxd's restore target until the guard is dropped, under a new random
+    /// Marks nxd's pg_restore `at` until the guard is dropped, under a new random
     /// `application_name` (`nxd-restore-` and 32 hex digits; PostgreSQL keeps 63 bytes).
-    pub(super) fn restore(&self, database: &str) -> ToolGuard<'_> {
-        self.start("nxd-restore", database, Tool::Restore)
+    fn restore(&self, at: ToolSessionAt) -> ToolGuard<'_> {
+        self.start("nxd-restore", at, Tool::Restore)
     }
 
-    /// Marks nxd's pg_dump of `database`, held to `role`'s bounds, until the guard is dropped,
-    /// under a new random `application_name` (`nxd-dump-` and 32 hex digits).
-    pub(super) fn dump(&self, database: &str, role: &str) -> ToolGuard<'_> {
+    /// Marks nxd's pg_dump `at`, held to `role`'s bounds, until the guard is dropped, under a
+    /// new random `application_name` (`nxd-dump-` and 32 hex digits).
+    fn dump(&self, at: ToolSessionAt, role: &str) -> ToolGuard<'_> {
         let role = role.to_owned();
-        self.start("nxd-dump", database, Tool::Dump { role })
+        self.start("nxd-dump", at, Tool::Dump { role })
     }
 
-    fn start(&self, prefix: &str, database: &str, tool: Tool) -> ToolGuard<'_> {
+    fn start(&self, prefix: &str, at: ToolSessionAt, tool: Tool) -> ToolGuard<'_> {
         let mut nonce = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut nonce);
         let application_name = format!("{prefix}-{}", hex::encode(nonce));
         let session = ToolSession {
-            database: database.to_owned(),
             tool,
+            at,
+            pid: None,
             ended: None,
         };
         self.0
@@ -363,22 +396,28 @@ impl ToolSessions {
         }
     }
 
-    /// The restores' databases and application names, and the dumps' databases, application
-    /// names and roles, as arrays (for `unnest`).
+    /// Notes that the session of `application_name` is backend `pid` (found by [`TOOLS`]),
+    /// and gives the role it is held as: a dump's sandbox role, or `None` (its own).
+    fn found(&self, application_name: &str, pid: i32) -> Option<String> {
+        let mut sessions = self.0.lock().expect("tool sessions lock");
+        let session = sessions.get_mut(application_name)?;
+        session.pid = Some(pid);
+        match &session.tool {
+            Tool::Dump { role } => Some(role.clone()),
+            Tool::Restore => None,
+        }
+    }
+
+    /// Every session's name, role and database oids, pid (0 while not found) and start, as
+    /// arrays (for [`TOOLS`]).
     fn arrays(&self) -> ToolArrays {
         let mut arrays = ToolArrays::default();
         for (name, session) in self.0.lock().expect("tool sessions lock").iter() {
-            match &session.tool {
-                Tool::Restore => {
-                    arrays.restore_databases.push(session.database.clone());
-                    arrays.restore_names.push(name.clone());
-                }
-                Tool::Dump { role } => {
-                    arrays.dump_databases.push(session.database.clone());
-                    arrays.dump_names.push(name.clone());
-                    arrays.dump_roles.push(role.clone());
-                }
-            }
+            arrays.names.push(name.clone());
+            arrays.roles.push(session.at.role);
+            arrays.databases.push(session.at.database);
+            arrays.pids.push(session.pid.unwrap_or(0));
+            arrays.since.push(session.at.since);
         }
         arrays
     }
@@ -387,11 +426,26 @@ impl ToolSessions {
 /// [`ToolSessions::arrays`].
 #[derive(Default)]
 struct ToolArrays {
-    restore_databases: Vec<String>,
-    restore_names: Vec<String>,
-    dump_databases: Vec<String>,
-    dump_names: Vec<String>,
-    dump_roles: Vec<String>,
+    names: Vec<String>,
+    roles: Vec<i64>,
+    databases: Vec<i64>,
+    pids: Vec<i32>,
+    since: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ToolArrays {
+    /// `query` with the arrays bound as [`TOOLS`]'s `$1` to `$5`.
+    fn bind<'q, O>(
+        self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.names)
+            .bind(self.roles)
+            .bind(self.databases)
+            .bind(self.pids)
+            .bind(self.since)
+    }
 }
 
 impl ToolGuard<'_> {
@@ -422,10 +476,8 @@ impl Drop for ToolGuard<'_> {
 }
 
 impl Databases {
-    /// Tenants' client backends, idle ones too, nxd's own restores' sessions marked (of each
-    /// database being restored into, the earliest backend with its restore's application
-    /// name: one of the role's own sessions may take the name, read in `pg_stat_activity`,
-    /// but connects after the restore did). An idle backend's statement time is 0, but its
+    /// Tenants' client backends, idle ones too, nxd's own pg_restore and pg_dump sessions
+    /// marked ([`ToolSessionAt`]; a dump's with the role of the sandbox it dumps). An idle backend's statement time is 0, but its
     /// memory counts: what a session keeps between statements (`set_config` values, prepared
     /// statements, temp buffers) stays in its process (attacker s12 H1: idle sessions were
     /// not looked at, and one tenant's took the cluster to its `MemoryMax`).
@@ -452,24 +504,10 @@ impl Databases {
     /// # Errors
     /// The query's.
     pub async fn tenant_backends(&self) -> Result<Vec<TenantBackend>, DbError> {
-        let tools = self.tool_sessions.arrays();
-        let rows: Vec<BackendRow> = sqlx::query_as(
-            "WITH restores AS ( \
-               SELECT DISTINCT ON (a.datname) a.pid \
-               FROM pg_stat_activity a \
-               JOIN unnest($1::text[], $2::text[]) AS r(datname, application_name) \
-                 ON a.datname = r.datname AND a.application_name = r.application_name \
-               WHERE a.backend_type = 'client backend' \
-               ORDER BY a.datname, a.backend_start, a.pid), \
-             dumps AS ( \
-               SELECT a.pid, t.role \
-               FROM pg_stat_activity a \
-               JOIN unnest($3::text[], $4::text[], $5::text[]) AS t(datname, application_name, role) \
-                 ON a.datname = t.datname AND a.application_name = t.application_name \
-               WHERE a.backend_type = 'client backend' AND a.usename = current_user) \
+        let query = format!(
+            "WITH {TOOLS} \
              SELECT l.pid, \
-                    CASE WHEN dump.pid IS NOT NULL THEN dump.role \
-                         WHEN l.backend_type = 'autovacuum worker' \
+                    CASE WHEN l.backend_type = 'autovacuum worker' \
                          THEN pg_get_userbyid(d.datdba)::text ELSE l.usename::text END AS role, \
                     CASE WHEN l.backend_type = 'autovacuum worker' \
                          THEN CASE WHEN l.query LIKE 'autovacuum: ANALYZE %' \
@@ -483,37 +521,38 @@ impl Databases {
                     CASE WHEN l.state LIKE 'idle in transaction%' \
                          THEN extract(epoch FROM clock_timestamp() - l.state_change)::float8 \
                          ELSE 0 END, \
-                    CASE WHEN dump.pid IS NOT NULL OR l.pid IN (SELECT pid FROM restores) \
-                         THEN l.application_name END, \
+                    tool.name, \
                     ARRAY(SELECT w.pid FROM pg_stat_activity w \
                           WHERE w.leader_pid = l.pid AND w.pid <> l.pid), \
                     CASE WHEN l.backend_type = 'autovacuum worker' \
                               AND l.query LIKE 'autovacuum: VACUUM ANALYZE %' \
                          THEN a.relid::int8 END \
              FROM pg_stat_activity l LEFT JOIN pg_database d ON d.oid = l.datid \
-                  LEFT JOIN dumps dump ON dump.pid = l.pid \
+                  LEFT JOIN tools tool ON tool.pid = l.pid \
                   LEFT JOIN pg_stat_progress_analyze a ON a.pid = l.pid \
              WHERE (l.backend_type = 'client backend' \
                     AND (l.usename LIKE 'nx\\_%' OR l.usename LIKE 'nxb\\_%')) \
-                OR dump.pid IS NOT NULL \
+                OR tool.pid IS NOT NULL \
                 OR (l.backend_type = 'autovacuum worker' \
                     AND (pg_get_userbyid(d.datdba) LIKE 'nx\\_%' \
-                         OR pg_get_userbyid(d.datdba) LIKE 'nxb\\_%'))",
-        )
-        .bind(tools.restore_databases)
-        .bind(tools.restore_names)
-        .bind(tools.dump_databases)
-        .bind(tools.dump_names)
-        .bind(tools.dump_roles)
-        .fetch_all(&self.admin)
-        .await?;
+                         OR pg_get_userbyid(d.datdba) LIKE 'nxb\\_%'))"
+        );
+        let rows: Vec<BackendRow> = self
+            .tool_sessions
+            .arrays()
+            .bind(sqlx::query_as(&query))
+            .fetch_all(&self.admin)
+            .await?;
         Ok(rows
             .into_iter()
             .map(
                 |(pid, role, running_secs, idle_in_transaction_secs, tool, workers, analyzing)| {
+                    let charged = tool
+                        .as_deref()
+                        .and_then(|name| self.tool_sessions.found(name, pid));
                     TenantBackend {
                         pid,
-                        role,
+                        role: charged.unwrap_or(role),
                         running_secs,
                         idle_in_transaction_secs,
                         tool,
@@ -623,44 +662,90 @@ impl Databases {
     /// # Errors
     /// The query's.
     pub async fn lock_holders(&self) -> Result<Vec<LockHolder>, DbError> {
-        let tools = self.tool_sessions.arrays();
-        let rows: Vec<(i32, i64, i64, Option<String>)> = sqlx::query_as(
+        let query = format!(
             "WITH held AS ( \
                SELECT pid, count(*) AS locks FROM pg_lock_status() \
                WHERE NOT fastpath AND pid IS NOT NULL GROUP BY pid), \
              own AS (SELECT usesysid FROM pg_stat_get_activity(pg_backend_pid())), \
-             restores AS ( \
-               SELECT DISTINCT ON (a.application_name) a.pid \
-               FROM pg_stat_get_activity(NULL) a \
-               WHERE a.application_name = ANY($1::text[]) \
-               ORDER BY a.application_name, a.backend_start, a.pid), \
-             dumps AS ( \
-               SELECT a.pid FROM pg_stat_get_activity(NULL) a \
-               WHERE a.application_name = ANY($2::text[]) \
-                 AND a.usesysid = (SELECT usesysid FROM own)) \
-             SELECT s.pid, COALESCE(s.usesysid, 0)::int8, h.locks, \
-                    CASE WHEN s.pid IN (SELECT pid FROM restores) \
-                           OR s.pid IN (SELECT pid FROM dumps) \
-                         THEN s.application_name END \
+             {TOOLS} \
+             SELECT s.pid, COALESCE(s.usesysid, 0)::int8, h.locks, tool.name \
              FROM pg_stat_get_activity(NULL) s JOIN held h ON h.pid = s.pid \
+                  LEFT JOIN tools tool ON tool.pid = s.pid \
              WHERE (s.backend_type = 'client backend' \
                     AND s.usesysid <> (SELECT usesysid FROM own)) \
-                OR s.pid IN (SELECT pid FROM dumps) \
-                OR s.backend_type = 'autovacuum worker'",
-        )
-        .bind(tools.restore_names)
-        .bind(tools.dump_names)
-        .fetch_all(&self.admin)
-        .await?;
+                OR tool.pid IS NOT NULL \
+                OR s.backend_type = 'autovacuum worker'"
+        );
+        let rows: Vec<(i32, i64, i64, Option<String>)> = self
+            .tool_sessions
+            .arrays()
+            .bind(sqlx::query_as(&query))
+            .fetch_all(&self.admin)
+            .await?;
         Ok(rows
             .into_iter()
-            .map(|(pid, role, locks, tool)| LockHolder {
-                pid,
-                role: u32::try_from(role).unwrap_or(u32::MAX),
-                locks: u64::try_from(locks).unwrap_or(0),
-                tool,
+            .map(|(pid, role, locks, tool)| {
+                if let Some(name) = &tool {
+                    self.tool_sessions.found(name, pid);
+                }
+                LockHolder {
+                    pid,
+                    role: u32::try_from(role).unwrap_or(u32::MAX),
+                    locks: u64::try_from(locks).unwrap_or(0),
+                    tool,
+                }
             })
             .collect())
+    }
+
+    /// Marks nxd's pg_restore into `database`, in a session of `role`, until the guard is
+    /// dropped ([`ToolSessionAt`]).
+    ///
+    /// # Errors
+    /// The query's (which reads the oids of `role` and `database`).
+    pub(super) async fn restore_session(
+        &self,
+        database: &str,
+        role: &str,
+    ) -> Result<ToolGuard<'_>, DbError> {
+        let at = self.tool_session_at(database, Some(role)).await?;
+        Ok(self.tool_sessions.restore(at))
+    }
+
+    /// Marks nxd's pg_dump of `database`, in a session of nxd's own role held to the bounds of
+    /// `role`, until the guard is dropped ([`ToolSessionAt`]).
+    ///
+    /// # Errors
+    /// The query's (which reads the oids of nxd's role and of `database`).
+    pub(super) async fn dump_session(
+        &self,
+        database: &str,
+        role: &str,
+    ) -> Result<ToolGuard<'_>, DbError> {
+        let at = self.tool_session_at(database, None).await?;
+        Ok(self.tool_sessions.dump(at, role))
+    }
+
+    /// The oids of `role` (nxd's own: `None`) and `database`, and PostgreSQL's clock now.
+    async fn tool_session_at(
+        &self,
+        database: &str,
+        role: Option<&str>,
+    ) -> Result<ToolSessionAt, DbError> {
+        let (role, database, since) = sqlx::query_as(
+            "SELECT (SELECT oid FROM pg_roles WHERE rolname = COALESCE($1, current_user::text))::int8, \
+                    (SELECT oid FROM pg_database WHERE datname = $2)::int8, \
+                    clock_timestamp()",
+        )
+        .bind(role)
+        .bind(database)
+        .fetch_one(&self.admin)
+        .await?;
+        Ok(ToolSessionAt {
+            role,
+            database,
+            since,
+        })
     }
 
     /// Notes why the watch ended nxd's own session `application_name` (a
