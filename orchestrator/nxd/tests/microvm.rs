@@ -113,6 +113,8 @@ fn a_deployment_runs_as_the_only_program_of_a_microvm() {
 
     host.nx_json(&["promote", "vm", &v1]);
     let v2 = push("v2");
+    // v2's VMM sees of the host's files only the system's and its own guest's: not v1's.
+    assert_vmm_jailed(&host, &v2, &v1);
     host.nx_json(&["promote", "vm", &v2]);
     assert_eq!(
         host.get(&host.production_host("vm"), "/").1,
@@ -422,6 +424,41 @@ fn assert_vmm_filtered(needle: &str) {
     };
     assert_eq!(field("Seccomp:").as_deref(), Some("2"), "{status}");
     assert_eq!(field("NoNewPrivs:").as_deref(), Some("1"), "{status}");
+}
+
+/// Asserts that the one QEMU process whose command line mentions `needle` (a deployment's
+/// id) sees, through its root (`/proc/<pid>/root`, proc(5)), nothing of the host's files but
+/// the system's and its own guest's (`microvm::jail`): no /home, no /root, no /var/log, of
+/// /etc only the loader's cache, of nxd's state dir only the way to its guest's files, and not
+/// the directory of deployment `other`.
+fn assert_vmm_jailed(host: &Host, needle: &str, other: &str) {
+    let vmms = vmm_processes(needle);
+    assert_eq!(vmms.len(), 1, "one VMM with {needle}: {vmms:?}");
+    let root = std::path::PathBuf::from(format!("/proc/{}/root", vmms[0].0));
+    for hidden in ["home", "root", "var/log", "etc/passwd", "etc/shadow"] {
+        assert!(!root.join(hidden).exists(), "the VMM sees /{hidden}");
+    }
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&root.join("etc")), ["ld.so.cache"]);
+    let state = host.state_dir.path();
+    let deployments = state.join("microvm/deployments");
+    let inside = |path: &std::path::Path| root.join(path.strip_prefix("/").unwrap());
+    assert_eq!(names(&inside(&deployments)), [needle]);
+    assert!(!inside(&deployments.join(other)).exists());
+    assert!(inside(&deployments.join(needle).join("initrd.cpio")).is_file());
+    // Of the state dir: the guest's files (microvm/) and its database socket's directory.
+    let seen = names(&inside(state));
+    assert!(
+        seen.len() <= 2 && seen.len() < names(state).len() && seen.contains(&"microvm".to_owned()),
+        "the VMM sees {seen:?} of the state dir"
+    );
 }
 
 /// The command lines of the QEMU processes that mention `needle`.

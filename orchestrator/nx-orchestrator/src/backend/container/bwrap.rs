@@ -73,7 +73,8 @@ pub struct VolumeBind {
 
 /// bubblewrap's path, found once in nxd's own `PATH` (never in a program's: the launcher runs
 /// it with NX's environment, see `launch::SandboxEnvForm`); `/usr/bin/bwrap` if none has it.
-fn program() -> &'static str {
+/// The microVM backend runs its VMM under the same bubblewrap (`microvm::jail`).
+pub(crate) fn program() -> &'static str {
     static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
         std::env::var_os("PATH")

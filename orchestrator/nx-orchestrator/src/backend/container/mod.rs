@@ -8,6 +8,8 @@
 
 mod bwrap;
 pub mod podman;
+
+pub(crate) use bwrap::program as bwrap_program;
 pub mod seccomp;
 
 use super::data_disk::{DataTemplates, VolumeDisk};

@@ -12,6 +12,7 @@
 mod accel;
 mod handover;
 mod initramfs;
+mod jail;
 mod qmp;
 mod snapshot;
 pub mod vmm;
@@ -341,6 +342,13 @@ impl MicrovmBackend {
         Ok(Template { argv, drive })
     }
 
+    /// QEMU's `argv` in its jail (see `jail`): the guest's kernel and `files`.
+    fn jailed(&self, argv: Vec<String>, files: &[(&Path, jail::Access)]) -> Vec<String> {
+        let mut all = vec![(self.kernel.as_path(), jail::Access::ReadOnly)];
+        all.extend_from_slice(files);
+        jail::wrap(argv, &all, self.accel.accel == Accel::Kvm)
+    }
+
     /// The VMM of a task's guest: no network device at all, only its own loopback; a disk when
     /// it is booted ahead (its task drive); the key of its exit line (`guest_exit`; none for a
     /// snapshot's template, which runs no task).
@@ -462,7 +470,17 @@ impl SandboxBackend for MicrovmBackend {
             }),
         };
         let argv = match self.vmm {
-            Vmm::Qemu => vmm::qemu(&guest, self.accel.accel),
+            Vmm::Qemu => {
+                let mut files = vec![(initrd_path.as_path(), jail::Access::ReadOnly)];
+                if let Some(image) = &data {
+                    files.push((image.image.as_path(), jail::Access::ReadWrite));
+                }
+                // Its directory, not the socket: PostgreSQL makes the socket anew at each start.
+                if let Some(dir) = spec.database_socket.as_deref().and_then(Path::parent) {
+                    files.push((dir, jail::Access::ReadWrite));
+                }
+                self.jailed(vmm::qemu(&guest, self.accel.accel), &files)
+            }
             Vmm::CloudHypervisor => vmm::cloud_hypervisor(&guest),
             Vmm::Firecracker => {
                 let config_path = handle.dir.join("firecracker.json");
@@ -524,9 +542,11 @@ impl SandboxBackend for MicrovmBackend {
             task.uid,
             &[(TMP_MB, tmp.as_bytes())],
         )?;
+        let mut spec = self.task_vmm(&initrd, task.limits.memory_max_mb, None, Some(exit_key));
+        spec.argv = self.jailed(spec.argv, &[(&initrd, jail::Access::ReadOnly)]);
         Ok(LaunchSpec {
             uid: Some(task.uid),
-            ..self.task_vmm(&initrd, task.limits.memory_max_mb, None, Some(exit_key))
+            ..spec
         })
     }
 
@@ -554,13 +574,20 @@ impl SandboxBackend for MicrovmBackend {
         };
         // The key reaches the guest with its task (`tasks::pool::Slot::go`).
         let exit_key = Some(guest_exit::new_key());
+        let initrd = self.warm_initrd();
         let mut spec = LaunchSpec {
             uid: Some(warm.uid),
-            ..self.task_vmm(&self.warm_initrd(), memory_max_mb, Some(disk), exit_key)
+            ..self.task_vmm(&initrd, memory_max_mb, Some(disk), exit_key)
         };
+        let mut files = vec![
+            (initrd.as_path(), jail::Access::ReadOnly),
+            (drive.as_path(), jail::Access::ReadOnly),
+        ];
         if let Some(snapshot) = &snapshot {
             vmm::restore_from(&mut spec.argv, snapshot);
+            files.push((snapshot.as_path(), jail::Access::ReadOnly));
         }
+        spec.argv = self.jailed(std::mem::take(&mut spec.argv), &files);
         Ok(WarmLaunch {
             spec,
             restored: snapshot.is_some(),
