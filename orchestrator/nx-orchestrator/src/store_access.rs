@@ -265,7 +265,7 @@ impl Orchestrator {
         view: &StoreView,
         digests: &[String],
     ) -> Result<Vec<String>, Error> {
-        let mut missing = self.bundles.missing(digests)?;
+        let mut missing = self.bundles.missing(digests).await?;
         if let Some(owner) = view.owner() {
             let owned = owners::owned(self.state.pool(), owner, Content::Blob, digests)
                 .await

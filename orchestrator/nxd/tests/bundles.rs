@@ -513,7 +513,8 @@ fn a_programs_path_and_ld_preload_reach_only_the_program_inside_its_sandbox() {
 
 /// A request listing a bundle's files is read up to 512 bytes for each of `bundles.max_files`
 /// (attacker s12 M5: a bundle of 25,000 files, a quarter of the default max_files, failed on
-/// axum's 2 MB default, "length limit exceeded"); past that the answer is 413 naming the limit.
+/// axum's 2 MB default, "length limit exceeded"); past that the answer is 413 naming the limit,
+/// and a list of more than `max_files` digests to look up is 422 naming it.
 #[test]
 fn a_list_of_25000_files_is_read_and_one_past_its_limit_is_refused_naming_it() {
     let host = Host::start_with("[bundles]\nmax_files = 30000\n");
@@ -544,15 +545,26 @@ fn a_list_of_25000_files_is_read_and_one_past_its_limit_is_refused_naming_it() {
         body.contains("25000 of the bundle's files are not uploaded yet"),
         "{body}"
     );
-    let digests: Vec<String> = (0..35_000).map(|i| format!("{i:064x}")).collect();
-    let asked = serde_json::json!({ "sha256": digests })
-        .to_string()
-        .into_bytes();
+    // max_files digests, indented: past 2 MiB.
+    let digests: Vec<String> = (0..30_000).map(|i| format!("{i:064x}")).collect();
+    let asked = serde_json::to_vec_pretty(&serde_json::json!({ "sha256": digests })).unwrap();
     assert!(asked.len() > 2 << 20, "{} bytes", asked.len());
     let (status, body) = host.call(&host.token, "POST", "/v1/blobs/missing", Some(asked));
     assert_eq!(status, 200, "{body}");
     let missing: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(missing["sha256"].as_array().unwrap().len(), 35_000);
+    assert_eq!(missing["sha256"].as_array().unwrap().len(), 30_000);
+    // A bundle's files are at most max_files: a longer list is refused before any lookup
+    // (newcomer17 N7: four lists of 700,000 held nxd's API for 37 s).
+    let digests: Vec<String> = (0..30_001).map(|i| format!("{i:064x}")).collect();
+    let asked = serde_json::json!({ "sha256": digests })
+        .to_string()
+        .into_bytes();
+    let (status, body) = host.call(&host.token, "POST", "/v1/blobs/missing", Some(asked));
+    assert_eq!(status, 422, "{}", &body[..body.len().min(300)]);
+    assert!(
+        body.contains("30001 files to look up") && body.contains("bundles.max_files"),
+        "{body}"
+    );
 
     // 25,000 paths of 650 bytes: past 30,000 x 512 bytes.
     let (status, body) = host.call(
