@@ -5,6 +5,8 @@
 //! `databases::tool` (pg_dump or pg_restore running), `databases::restore` (the scratch
 //! database made, nothing restored yet), `databases::swap` (inside the swap's transaction) and
 //! `databases::swapped` (a branch swapped in, its role not yet dropped nor recorded),
+//! `databases::promoting` (a `--swap-db` preview without volume copies restarted on
+//! production's database, its promotion not yet recorded nor routed),
 //! `data_disk::copied` (a new filesystem image copied, not yet renamed into place),
 //! `volumes::record` (a volume's image made, its row not yet committed), `volumes::job` (a
 //! volume job's unit started: a preview's copy, a backup, a restore), `volumes::promoting` (a

@@ -959,8 +959,16 @@ impl Orchestrator {
     /// in between is finished or undone at nxd's start (`volumes::own`).
     async fn switch_to(&self, deployment: &Deployment, swap_db: bool) -> Result<(), Error> {
         let (sandbox, id) = (&deployment.sandbox, &deployment.id);
+        // From here a crash is finished or undone at nxd's start (`recover_promotions`).
+        let recorded = self.record_promotion(deployment, swap_db)?;
         let previous_db = if swap_db {
-            let previous = self.databases.swap_in_branch(sandbox, id).await?;
+            let previous = match self.databases.swap_in_branch(sandbox, id).await {
+                Ok(previous) => previous,
+                Err(e) => {
+                    self.forget_promotion(deployment)?;
+                    return Err(e.into());
+                }
+            };
             self.state.clear_db_branch(id).await?;
             tracing::info!(%previous, "branch swapped in; production's database kept");
             Some(previous)
@@ -968,7 +976,7 @@ impl Orchestrator {
             None
         };
         let own_mounts = self
-            .mount_live_volumes(&self.state.deployment(id).await?, previous_db.is_some())
+            .mount_live_volumes(&self.state.deployment(id).await?)
             .await?;
         if previous_db.is_some() || own_mounts.is_some() {
             // It reconnects with production's credentials, mounts production's volumes.
@@ -980,18 +988,22 @@ impl Orchestrator {
                 self.start_and_wait(&now, false).await
             };
             let restarted = restarted.await;
-            if restarted.is_ok() && own_mounts.is_some() {
-                fail::fail_point!("volumes::promoting");
+            if restarted.is_ok() {
+                if own_mounts.is_some() {
+                    fail::fail_point!("volumes::promoting");
+                } else {
+                    fail::fail_point!("databases::promoting");
+                }
             }
             if let Err(e) = restarted {
                 let mut undone = vec!["nothing was promoted".to_owned()];
                 if let Some(previous) = previous_db {
-                    if let Some(mounts) = &own_mounts {
-                        // A crash from here on undoes the promotion at nxd's start. Put
-                        // production's database back even when that record fails.
-                        if let Err(record) = self.record_swap_back(deployment, mounts, &previous) {
-                            tracing::warn!(error = %record, "recording the swap-back before it");
-                        }
+                    // A crash from here on undoes the promotion at nxd's start. Put
+                    // production's database back even when that record fails.
+                    if let Err(record) = self.record_swap_back(deployment, &previous) {
+                        tracing::warn!(error = %record, "recording the swap-back before it");
+                    }
+                    if own_mounts.is_some() {
                         fail::fail_point!("volumes::unpromoting");
                     }
                     let kept = self.databases.swap_back(sandbox, &previous).await?;
@@ -1004,6 +1016,8 @@ impl Orchestrator {
                 if let Some(mounts) = own_mounts {
                     self.put_back_mounts(deployment, &mounts).await?;
                     undone.push(self.restart_on_own_volumes(deployment, swap_db).await);
+                } else {
+                    self.forget_promotion(deployment)?;
                 }
                 return Err(e.with_outcome(&undone.join(", ")));
             }
@@ -1012,8 +1026,10 @@ impl Orchestrator {
         self.state.promote(sandbox, id).await?;
         self.rebuild_routes().await?;
         tracing::info!("promoted");
-        if own_mounts.is_some() {
-            fail::fail_point!("volumes::promoted");
+        if recorded {
+            if own_mounts.is_some() {
+                fail::fail_point!("volumes::promoted");
+            }
             self.drop_own_volumes(deployment)?;
         }
         Ok(())

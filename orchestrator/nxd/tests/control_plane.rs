@@ -582,6 +582,103 @@ fn kill_9_of_nxd_at_each_step_of_backup_restore_and_swap_leaves_production_usabl
     assert_eq!(host.deployment("shop", &branch)["db_branch"], false);
 }
 
+/// Newcomer s17 N4: a kill -9 of nxd during `nx promote --swap-db`, after the branch was
+/// swapped in and before production was routed to it, left production on the OLD deployment,
+/// now on the preview's database, and the next nxd neither finished nor undid it. A crash
+/// inside the swap leaves both as they were; one after it is finished at the next start: the
+/// preview is production, on its branch (now production's database).
+#[test]
+fn a_crash_during_promote_swap_db_finishes_the_promotion_or_leaves_it_undone() {
+    let mut host = Host::start();
+    let old = host.push_sample("shop", &[]);
+    host.nx_json(&["promote", "shop", &old]);
+    let production = host.production_host("shop");
+    assert_eq!(host.get(&production, "/db/put?v=a").0, 200);
+    // Production's deployment and what its database holds, once it answers again.
+    let production_now = |host: &Host| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, env) = host.get(&production, "/env");
+            if status == 200 {
+                let env: serde_json::Value = serde_json::from_str(&env).unwrap();
+                let listed = host.get(&production, "/db/list");
+                return (env["NX_DEPLOYMENT"].as_str().unwrap().to_owned(), listed);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "production does not answer: {env}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let steps = [
+        ("databases::swap", false, "b"),
+        ("databases::swapped", true, "c"),
+        ("databases::promoting", true, "d"),
+    ];
+    let mut rows = vec!["a"];
+    let mut expected_production = old.clone();
+    let mut kept_branches = Vec::new();
+    for (point, finished, row) in steps {
+        let preview = host.push_sample("shop", &["--db-branch"]);
+        let preview_host = host.preview_host("shop", &preview);
+        assert_eq!(host.get(&preview_host, &format!("/db/put?v={row}")).0, 200);
+        host.crash_during(point, &["promote", "shop", &preview, "--swap-db"]);
+        let mut branch_rows = rows.clone();
+        branch_rows.push(row);
+        if finished {
+            expected_production = preview.clone();
+            rows = branch_rows.clone();
+        } else {
+            kept_branches.push(format!("nxb_{preview}"));
+        }
+        let (deployment, listed) = production_now(&host);
+        assert_eq!(
+            (deployment.as_str(), listed),
+            (
+                expected_production.as_str(),
+                (200, serde_json::to_string(&rows).unwrap())
+            ),
+            "production after a crash at {point}:\n{}",
+            host.nxd_log()
+        );
+        let status = host.nx_json(&["status", "shop"]);
+        assert_eq!(
+            status[0]["promoted"],
+            expected_production.as_str(),
+            "{point}"
+        );
+        assert_eq!(
+            host.deployment("shop", &preview)["db_branch"],
+            !finished,
+            "{point}"
+        );
+        // The preview's program serves its branch's rows: production's database when finished.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while host.get(&preview_host, "/db/list").0 != 200 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            host.get(&preview_host, "/db/list"),
+            (200, serde_json::to_string(&branch_rows).unwrap()),
+            "the preview after a crash at {point}"
+        );
+        assert!(
+            !host
+                .path(&format!("volumes/shop/{preview}/.promoting"))
+                .exists(),
+            "the promotion's intent is left after {point}"
+        );
+    }
+    let roles = superuser(
+        &host,
+        "postgres",
+        "SELECT string_agg(rolname, ',') FROM pg_roles WHERE rolname LIKE 'nxb\\_%'",
+    );
+    // Only the branches whose swap was undone are left.
+    assert_eq!(roles, kept_branches.join(","), "branch roles");
+}
+
 /// PID 1 of the embedded manager's namespace (the child of the `unshare` nxd started).
 fn manager_pid1(host: &Host) -> i32 {
     let unshare = std::fs::read_to_string(host.path("systemd/unshare.pid")).unwrap();

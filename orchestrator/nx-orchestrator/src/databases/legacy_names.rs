@@ -58,7 +58,8 @@ impl Databases {
         Ok(renamed)
     }
 
-    async fn role_exists(&self, role: &str) -> Result<bool, DbError> {
+    /// Whether PostgreSQL has the role `role` (`pg_roles`).
+    pub(super) async fn role_exists(&self, role: &str) -> Result<bool, DbError> {
         Ok(
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
                 .bind(role)

@@ -824,6 +824,25 @@ impl Databases {
         Ok(previous)
     }
 
+    /// After nxd's start cut short a `--swap-db` promotion of deployment `id`: whether its
+    /// branch was swapped in (the swap renames the branch's database in the transaction that
+    /// puts it in place, so a branch database still there was not swapped). One that was is
+    /// finished ([`Self::finish_branch_swap`]) unless its role is gone already (finished).
+    pub async fn finish_branch_swap_if_swapped(
+        &self,
+        sandbox: &SandboxName,
+        id: &DeploymentId,
+    ) -> Result<bool, DbError> {
+        let branch = ident::branch(id);
+        if self.database_exists(&branch).await? {
+            return Ok(false);
+        }
+        if self.role_exists(&branch).await? {
+            self.finish_branch_swap(sandbox, id).await?;
+        }
+        Ok(true)
+    }
+
     /// After a branch took production's name: what its role owns there (the database too)
     /// goes to production's role, and the branch's role is dropped.
     pub(super) async fn finish_branch_swap(

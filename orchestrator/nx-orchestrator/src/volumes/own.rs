@@ -11,11 +11,12 @@
 //!
 //! Crashes: while copies are made, the mark [`COPYING`] lies beside them; nxd's start deletes
 //! copies that still have it (a copy cut short) and a deployment's next start makes the
-//! missing ones again, so no deployment runs on a half-made copy. A promotion writes its
-//! intent, [`PROMOTING`] (the mounts to put back), before its mounts switch; nxd's start
+//! missing ones again, so no deployment runs on a half-made copy. A promotion that switches
+//! mounts or swaps a database branch in (`--swap-db`, with volumes or without) writes its
+//! intent, [`PROMOTING`] (the mounts to put back), before either; nxd's start
 //! ([`Orchestrator::recover_promotions`]) finishes a promotion that was recorded (or whose
 //! database branch was swapped in) and undoes one that was not, so a crash never leaves a
-//! preview on production's volumes.
+//! preview on production's volumes, nor production's deployment on the branch's database.
 
 use super::remove_path;
 use crate::api::volumes::{MountedVolume, VolumeSource};
@@ -33,17 +34,20 @@ use std::path::{Path, PathBuf};
 /// The mark in a deployment's directory of copies while they are made (its absence: all of
 /// them are whole).
 pub(super) const COPYING: &str = ".copying";
-/// A promotion's intent in the deployment's directory of copies: [`Intent`] as JSON.
+/// A promotion's intent in the deployment's directory of copies (made for it when it has no
+/// copies): [`Intent`] as JSON.
 const PROMOTING: &str = ".promoting";
 
-/// What a promotion that switches mounts records before it does.
+/// What a promotion that switches mounts or swaps a database branch in records before it does.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Intent {
     /// The deployment's mounts before the promotion (to put back if it is undone).
     mounts: Vec<MountedVolume>,
-    /// Its database branch was swapped in before (`--swap-db`): the promotion is finished,
-    /// not undone (unless `swap_back` says it failed).
-    swapped_db: bool,
+    /// Its database branch is swapped in (`--swap-db`): once it was (its branch database is
+    /// gone: `Databases::finish_branch_swap_if_swapped`) the promotion is finished, not undone
+    /// (unless `swap_back` says it failed). nxd before session 17 wrote it after the swap.
+    #[serde(alias = "swapped_db")]
+    swap_db: bool,
     /// The promotion failed after its branch was swapped in, and is being undone: production's
     /// database from before the swap (the name `swap_in_branch` kept it under), which goes
     /// back in place (`Databases::swap_back_unless_done`) before the mounts do.
@@ -151,30 +155,46 @@ impl Orchestrator {
         remove_path(&self.own_dir(deployment))
     }
 
-    /// For a promotion: every mount of the deployment becomes the volume itself, after its
-    /// intent ([`PROMOTING`]: its mounts as they were) is written beside its copies. Returns
-    /// those mounts when one changed (`put_back_mounts` if the promotion fails; once it is
-    /// promoted `drop_own_volumes` deletes the intent with the copies), else none.
-    pub(crate) async fn mount_live_volumes(
+    /// Before a promotion that swaps its database branch in (`swap_db`) or switches mounts (a
+    /// mount of the deployment is not the volume itself): writes its intent ([`PROMOTING`]:
+    /// its mounts as they are) beside its copies, and says whether it did. Once it is
+    /// promoted `drop_own_volumes` deletes the intent (with the copies); a promotion that
+    /// failed puts its mounts back (`put_back_mounts`) or `forget_promotion`.
+    pub(crate) fn record_promotion(
         &self,
         deployment: &Deployment,
-        swapped_db: bool,
-    ) -> Result<Option<Vec<MountedVolume>>, Error> {
-        if deployment
-            .volumes
-            .iter()
-            .all(|m| m.source == VolumeSource::Live)
-        {
-            return Ok(None);
+        swap_db: bool,
+    ) -> Result<bool, Error> {
+        if !swap_db && !switches_mounts(deployment) {
+            return Ok(false);
         }
         self.write_intent(
             deployment,
             &Intent {
                 mounts: deployment.volumes.clone(),
-                swapped_db,
+                swap_db,
                 swap_back: None,
             },
         )?;
+        Ok(true)
+    }
+
+    /// A recorded promotion (`record_promotion`) that failed before its mounts switched:
+    /// its intent goes.
+    pub(crate) fn forget_promotion(&self, deployment: &Deployment) -> Result<(), Error> {
+        remove_path(&self.own_dir(deployment).join(PROMOTING))
+    }
+
+    /// For a promotion, once `record_promotion` wrote its intent: every mount of the
+    /// deployment becomes the volume itself. Returns its mounts as they were when one changed
+    /// (`put_back_mounts` if the promotion fails), else none.
+    pub(crate) async fn mount_live_volumes(
+        &self,
+        deployment: &Deployment,
+    ) -> Result<Option<Vec<MountedVolume>>, Error> {
+        if !switches_mounts(deployment) {
+            return Ok(None);
+        }
         let live: Vec<MountedVolume> = deployment
             .volumes
             .iter()
@@ -200,18 +220,17 @@ impl Orchestrator {
     /// A `--swap-db` promotion that failed, before production's database (`previous`, as
     /// `swap_in_branch` kept it) is put back: from now on its intent says it is undone, so
     /// that nxd's start after a crash puts the database back if that was not done yet, then
-    /// the mounts (`mounts`, as `mount_live_volumes` returned them), and never promotes it.
+    /// the mounts (the deployment's before the promotion, `before`'s), and never promotes it.
     pub(crate) fn record_swap_back(
         &self,
-        deployment: &Deployment,
-        mounts: &[MountedVolume],
+        before: &Deployment,
         previous: &str,
     ) -> Result<(), Error> {
         self.write_intent(
-            deployment,
+            before,
             &Intent {
-                mounts: mounts.to_vec(),
-                swapped_db: true,
+                mounts: before.volumes.clone(),
+                swap_db: true,
                 swap_back: Some(previous.to_owned()),
             },
         )
@@ -260,8 +279,9 @@ impl Orchestrator {
     /// At nxd's start, before deployments are adopted: each promotion a crash interrupted
     /// (its [`PROMOTING`] intent still there) is finished when production's record names the
     /// deployment (its copies go) or when its database branch was swapped in already (that
-    /// cannot be undone here: it is promoted, its unit stopped and marked to run, so that its
-    /// adoption starts it on production's volumes and database), unless the promotion had
+    /// cannot be undone here: the swap is finished, the deployment promoted, its unit stopped
+    /// and marked to run, so that its adoption starts it on production's volumes and database
+    /// with production's role; production's routes follow it), unless the promotion had
     /// failed and was being undone (`record_swap_back`): then production's database is put
     /// back if it was not yet, and the deployment stays stopped on its own copies; else
     /// undone: it mounts its own copies again and its unit is stopped, so that its adoption
@@ -277,7 +297,7 @@ impl Orchestrator {
             };
             let Intent {
                 mounts,
-                swapped_db,
+                swap_db,
                 swap_back,
             } = serde_json::from_slice(&before).map_err(|e| {
                 Error::io(format!("reading {}", intent.display()))(std::io::Error::other(e))
@@ -306,14 +326,20 @@ impl Orchestrator {
                 self.put_back_mounts(&deployment, &mounts).await?;
                 continue;
             }
-            if swapped_db {
+            if swap_db
+                && self
+                    .databases
+                    .finish_branch_swap_if_swapped(sandbox, id)
+                    .await?
+            {
                 tracing::warn!(deployment = %id, "finishing a promotion a crash interrupted after its database branch was swapped in: it is promoted");
+                self.state.clear_db_branch(id).await?;
                 self.state.set_desired(id, Desired::Running).await?;
                 self.state.promote(sandbox, id).await?;
                 self.drop_own_volumes(&deployment)?;
                 continue;
             }
-            tracing::warn!(deployment = %id, "undoing a promotion a crash interrupted: it mounts its own volume copies again");
+            tracing::warn!(deployment = %id, "undoing a promotion a crash interrupted: it mounts its own volume copies again and keeps its database branch, if it has one");
             self.put_back_mounts(&deployment, &mounts).await?;
         }
         Ok(())
@@ -334,6 +360,14 @@ impl Orchestrator {
             .map_err(StateError::from)?;
         Ok(())
     }
+}
+
+/// Whether a promotion switches a mount of the deployment: one is not the volume itself.
+fn switches_mounts(deployment: &Deployment) -> bool {
+    deployment
+        .volumes
+        .iter()
+        .any(|m| m.source != VolumeSource::Live)
 }
 
 /// Writes `path` through a `.partial` file renamed into place, each synced, so that a crash
