@@ -279,13 +279,18 @@ impl Orchestrator {
 
     /// `POST /v1/bundles`: makes the bundle of `manifest` from files `view` holds (others
     /// are `MissingFiles`, as if not uploaded) and makes `view`'s sandbox (or token) its owner.
+    /// Its tree counts toward the owner's `store.max_owner_mb` (`BundleManifest::tree_bytes`;
+    /// its files are counted in their own rows), reserved before it is laid out: a bundle the
+    /// owner has no room for is `OverQuota`, and nothing is laid out (newcomer17 N11).
     #[tracing::instrument(skip_all, fields(entry = %manifest.entry))]
     pub async fn create_bundle(
         &self,
         view: &StoreView,
         manifest: BundleManifest,
     ) -> Result<BundleInfo, Error> {
-        if view.owner().is_some() {
+        let tree_bytes = manifest.tree_bytes();
+        let mut _reserved = None;
+        if let Some(owner) = view.owner() {
             // What is wrong with the manifest itself is said first, as for the host's view.
             manifest
                 .check(&self.bundles.limits())
@@ -295,10 +300,12 @@ impl Orchestrator {
             if !missing.is_empty() {
                 return Err(BundleStoreError::MissingFiles(missing).into());
             }
+            if !self.holds(view, Content::Bundle, &manifest.id()).await? {
+                _reserved = Some(self.reserve(owner, Some(tree_bytes)).await?);
+            }
         }
         let info = self.bundles.create(manifest).await?;
-        // Its files are counted in their own rows.
-        self.grant_to_view(view, Content::Bundle, &info.id, 0)
+        self.grant_to_view(view, Content::Bundle, &info.id, tree_bytes)
             .await?;
         Ok(info)
     }
@@ -360,8 +367,8 @@ impl Orchestrator {
                 .collect();
             let target = Owner::Sandbox(target);
             self.grant(target, Content::Blob, &files).await?;
-            self.grant(target, Content::Bundle, &[(sha256.to_owned(), 0)])
-                .await
+            let tree = [(sha256.to_owned(), manifest.tree_bytes())];
+            self.grant(target, Content::Bundle, &tree).await
         } else {
             match self.artifacts.info(sha256).await {
                 Ok(info) => {

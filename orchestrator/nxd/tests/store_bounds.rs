@@ -250,6 +250,75 @@ fn one_owner_holds_at_most_max_owner_mb_and_is_told_what_to_do() {
     assert_eq!(put(&other, noise(1 << 20, 4)).0, 200);
 }
 
+/// Newcomer17 N11: a bundle's tree counts toward its owner's room (its directories and links;
+/// its files count as blobs): before, a tree counted as nothing, and one push token's bundles of
+/// 49,990 one-file directories laid out 208 MB and 50,000 inodes each. Here trees of one-file
+/// directories fill a sandbox's room, and the one past it is refused with 507 and laid out
+/// nowhere; the same bundle again costs nothing more.
+#[test]
+fn bundle_trees_count_toward_their_owners_room_and_one_past_it_lays_out_nothing() {
+    use serde_json::json;
+    let host = Host::start_with("[store]\nmax_owner_mb = 8\n");
+    host.push_sample("trees", &["--disk", "0"]);
+    let tenant = token(&host, "trees", "push");
+    let sample = std::fs::read(nx_testkit::sample_app()).unwrap();
+    let (sample_sha, empty_sha) = (sha256_hex(&sample), sha256_hex(b""));
+    for (sha, bytes) in [(&sample_sha, sample.clone()), (&empty_sha, Vec::new())] {
+        let (status, body) = host.call(&tenant, "PUT", &format!("/v1/blobs/{sha}"), Some(bytes));
+        assert_eq!(status, 200, "{body}");
+    }
+    // Held: the sample as the pushed program and as a blob.
+    let room = (8u64 << 20) - 2 * sample.len() as u64;
+    // A directory costs 4,124 bytes here (its block, its entry, its file's entry): each tree
+    // takes 2/5 of the room, so two fit and the third does not.
+    let dirs = room * 2 / 5 / 4124;
+    let manifest = |prefix: &str| {
+        let mut files = vec![
+            json!({"path": "app", "sha256": sample_sha, "size": sample.len(), "executable": true}),
+        ];
+        files.extend((0..dirs).map(|i| {
+            json!({"path": format!("{prefix}{i:05}/f"), "sha256": empty_sha, "size": 0, "executable": false})
+        }));
+        json!({"entry": "app", "files": files, "links": []})
+    };
+    let post = |m: &serde_json::Value| {
+        host.call(
+            &tenant,
+            "POST",
+            "/v1/bundles",
+            Some(m.to_string().into_bytes()),
+        )
+    };
+    let laid_out = || {
+        std::fs::read_dir(host.state_dir.path().join("bundles"))
+            .unwrap()
+            .filter(|e| {
+                let e = e.as_ref().unwrap();
+                e.file_type().unwrap().is_dir() && !e.file_name().to_string_lossy().starts_with('.')
+            })
+            .count()
+    };
+    for prefix in ["d", "e"] {
+        let (status, body) = post(&manifest(prefix));
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(laid_out(), 2);
+    let (status, body) = post(&manifest("g"));
+    assert_eq!(
+        status, 507,
+        "a third tree of {dirs} directories was laid out: {body}"
+    );
+    assert!(
+        body.contains("sandbox trees holds")
+            && body.contains("(store.max_owner_mb)")
+            && body.contains("nothing was stored"),
+        "{body}"
+    );
+    assert_eq!(laid_out(), 2, "the refused tree was laid out");
+    let (status, body) = post(&manifest("d"));
+    assert_eq!(status, 200, "the same bundle again: {body}");
+}
+
 /// A body that gives its first half at once and the rest `pause` later: uploads sent with it at
 /// the same moment are all under way at once.
 struct Halting {

@@ -155,7 +155,8 @@ impl std::fmt::Display for Owner<'_> {
 }
 
 /// Makes `owner` an owner of each of `digests` of `kind`, each with its size in bytes (what
-/// it counts toward the owner's `store.max_owner_mb`; a bundle's is 0: its files are blobs).
+/// it counts toward the owner's `store.max_owner_mb`; a bundle's is its tree's,
+/// `BundleManifest::tree_bytes`: its files are blobs, counted in rows of their own).
 /// Owning twice is owning (the size is updated: rows from before migration 0019 had none; and
 /// `created_at`, which the collection's [`forget_unstored`] goes by, is the last grant). An
 /// owner that does not exist (a removed sandbox or token) is a foreign key violation.

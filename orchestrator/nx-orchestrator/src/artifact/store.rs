@@ -35,7 +35,7 @@ pub enum StoreError {
     TooLarge { limit_mb: u64 },
     /// The upload would take its owner past `store.max_owner_mb` (attacker s10 F2): HTTP 507
     /// Insufficient Storage, with what to do.
-    #[error("{owner} holds {held_mb} MiB of stored content and may hold {max_mb} MiB (store.max_owner_mb): this upload does not fit, and nothing was stored. Remove the deployments it no longer needs (`nx rm`; what no deployment runs is deleted {grace_secs} s after its last use, store.unused_grace_secs), or ask the host's operator to raise store.max_owner_mb")]
+    #[error("{owner} holds {held_mb} MiB of stored content and may hold {max_mb} MiB (store.max_owner_mb): this upload (or bundle) does not fit, and nothing was stored. Remove the deployments it no longer needs (`nx rm`; what no deployment runs is deleted {grace_secs} s after its last use, store.unused_grace_secs), or ask the host's operator to raise store.max_owner_mb")]
     OverQuota {
         /// Who holds the content: "sandbox NAME" or "token ID".
         owner: String,
