@@ -791,17 +791,11 @@ impl Orchestrator {
         step("tcp", self.allocate_tcp(&deployment, &req)).await?;
         let own_volumes = step("volumes", self.make_own_volumes(&deployment)).await;
         let branched = match own_volumes {
-            Ok(()) if deployment.db_branch => self
-                .databases
-                .branch(&deployment.sandbox, &deployment.id)
-                .await
-                .map(drop)
-                .map_err(Error::from),
+            Ok(()) if deployment.db_branch => self.branch_of_push(&deployment).await,
             other => other,
         };
         if let Err(e) = branched {
-            self.drop_own_volumes(&deployment)?;
-            self.state.delete_deployment(&deployment.id).await?;
+            self.discard(&deployment).await?;
             return Err(e);
         }
         self.apply(&deployment, Phase::Created, Verb::Start, Route::None)
@@ -812,6 +806,36 @@ impl Orchestrator {
                 .await
         };
         step("view", view).await
+    }
+
+    /// A `--db-branch` push's copy of its sandbox's database (`Databases::branch`). Fail
+    /// points: `push::branching` ([`crate::failpoint::wait`]s before the copy) and
+    /// `push::branched` (`return`: the copy fails). Errors: `Database`.
+    async fn branch_of_push(&self, deployment: &Deployment) -> Result<(), Error> {
+        crate::failpoint::wait("push::branching").await;
+        self.databases
+            .branch(&deployment.sandbox, &deployment.id)
+            .await?;
+        fail::fail_point!("push::branched", |_| Err(Error::Conflict(format!(
+            "fail point push::branched: the branch of deployment {} fails",
+            deployment.id
+        ))));
+        Ok(())
+    }
+
+    /// Undoes a push that failed after its deployment was recorded: as `nx rm` does, its unit
+    /// (which something may have started meanwhile: `nx start`, a promotion, an adoption) is
+    /// stopped and removed and its link and route go before its record, and so its slot, uid
+    /// and address, are freed (newcomer s17 N9: an orphan unit answered for the next push that
+    /// got its slot). Errors: systemd, the host's network or the database failing.
+    async fn discard(&self, deployment: &Deployment) -> Result<(), Error> {
+        let target = Target {
+            app: self,
+            deployment,
+            route: Route::None,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+        };
+        target.destroy().await
     }
 
     /// The limits of a push (or of a sandbox's settings, which pushes start from) of `asked`

@@ -837,3 +837,63 @@ fn nx_logs_escapes_control_characters_and_raw_keeps_them() {
         "{raw:?}"
     );
 }
+
+/// The links on the test's host side, one a line (`ip -o link show`).
+fn host_links(host: &Host) -> String {
+    let out = host
+        .netns
+        .command("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Newcomer s17 N9 (high): a push that failed after something had started its deployment
+/// (there `nx promote --swap-db` while its branch was being copied) deleted the deployment's
+/// record and so freed its slot, but left its unit running with its link, route and uid: the
+/// next push, of another sandbox, got that slot, its readiness was answered by the orphan,
+/// and it crash-looped ("routing ... File exists"). Here `nx start` runs the deployment while
+/// its push is held before its branch (`push::branching`), whose copy then fails
+/// (`push::branched`): nothing of it may run on, and the next push works in its slot.
+#[test]
+fn a_push_failing_after_its_deployment_was_started_leaves_nothing_running() {
+    let mut host = Host::start();
+    host.restart_nxd_with_failpoints("push::branching=return(8000);push::branched=return");
+    let push = host.spawn_push_sample("pgb", &["--db-branch"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let out = host.nx(&["--json", "status", "pgb"]);
+        let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        if let Some(id) = status[0]["deployments"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the push recorded no deployment");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let started = host.nx(&["start", &id]);
+    assert!(started.ok, "{} {}", started.stdout, started.stderr);
+    assert!(host_links(&host).contains(&format!("nx-{id}")));
+    let out = push.wait_with_output().expect("nx push ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("push::branched"),
+        "{stderr}"
+    );
+    // Nothing of it runs: no process in its unit's cgroup, no link.
+    for root in host.manager_cgroups() {
+        let procs = root.join(format!("nx.slice/nx-{id}.service/cgroup.procs"));
+        let left = std::fs::read_to_string(&procs).unwrap_or_default();
+        assert!(left.trim().is_empty(), "{} holds {left}", procs.display());
+    }
+    let links = host_links(&host);
+    assert!(!links.contains(&format!("nx-{id}")), "{links}");
+    // The next push (another sandbox) gets a slot nothing else uses and keeps running.
+    let next = host.push_sample("race1", &[]);
+    let preview = host.preview_host("race1", &next);
+    assert_eq!(host.get(&preview, "/").0, 200);
+    std::thread::sleep(Duration::from_secs(3));
+    let view = host.deployment("race1", &next);
+    assert_eq!(view["state"]["restarts"], 0, "{view}");
+    assert_eq!(view["state"]["active"], "active", "{view}");
+}
