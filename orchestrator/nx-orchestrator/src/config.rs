@@ -374,8 +374,9 @@ pub struct DatabasesConfig {
     /// maps: see `embedded_db::backend_memory`) passes this, in MiB, is ended
     /// by nxd (embedded cluster only; a role may `SET work_mem` as high as it likes). 0: none.
     pub backend_memory_max_mb: u64,
-    /// A sandbox role's backends together (production's or a preview branch's role), in MiB of
-    /// memory as for `backend_memory_max_mb`: past it nxd ends the role's largest backends until they fit
+    /// A sandbox's backends together (of its own role and of its preview branches' roles), in
+    /// MiB of memory as for `backend_memory_max_mb`: past it nxd ends the sandbox's largest
+    /// backends until they fit
     /// (embedded cluster only). All tenants' backends together are held to three quarters of
     /// `memory_max_mb` the same way, the rest left to shared buffers and nxd's own sessions, so
     /// that no set of sessions reaches the unit's `MemoryMax` (where the kernel kills one and

@@ -96,6 +96,7 @@ impl Orchestrator {
                     pid = hog.pid,
                     locks = hog.locks,
                     role_oid = hog.role,
+                    sandbox_role = %hog.sandbox,
                     "ended a database session: {overrun}; every other session needs room there"
                 );
             }
@@ -126,7 +127,7 @@ impl Orchestrator {
                 if let Some(tool) = &backend.tool {
                     self.databases.tool_session_ended(tool, overrun.to_string());
                 }
-                let sandbox = self.sandbox_of_role(&backend.role).await;
+                let sandbox = self.sandbox_of_role(&backend.sandbox).await;
                 tracing::warn!(
                     sandbox = sandbox.as_deref().unwrap_or("(removed)"),
                     role = %backend.role,

@@ -1353,10 +1353,11 @@ fn one_tenants_parallel_sessions_leave_another_tenants_session_and_postgresql_ru
         "beta's session: {}",
         String::from_utf8_lossy(&victim.stderr)
     );
-    assert!(host
-        .nxd_log()
-        .lines()
-        .any(|l| ends_session(l, "alpha", "its role's sessions held")));
+    assert!(host.nxd_log().lines().any(|l| ends_session(
+        l,
+        "alpha",
+        "its sandbox's sessions held"
+    )));
     let postgres_log = std::fs::read_to_string(host.path("postgres/postgres.log")).unwrap();
     assert!(
         !postgres_log.contains("terminated by signal 9"),
@@ -1433,7 +1434,7 @@ fn past_the_tenants_memory_bound_the_tenant_holding_the_most_gives_way() {
         })
         .collect();
     host.wait_for_log_line(
-        |l| ends_session(l, "alpha", "its role's the most"),
+        |l| ends_session(l, "alpha", "its sandbox's the most"),
         Duration::from_secs(30),
         "none of alpha's sessions was ended past the tenants' bound",
     );
@@ -1444,6 +1445,73 @@ fn past_the_tenants_memory_bound_the_tenant_holding_the_most_gives_way() {
     );
     let stdin = victim.stdin.take().unwrap();
     let mut stdin = stdin;
+    stdin.write_all(b"SELECT 'still here';\n").unwrap();
+    drop(stdin);
+    let out = victim.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("still here"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    close_sessions(sessions);
+}
+
+/// Review16 #1: the bounds past one session's were per role, and each `--db-branch` preview
+/// has a role of its own: a sandbox that spread its sessions over its previews' roles, each
+/// role holding less than another tenant's one session, had that tenant's session ended at
+/// the tenants' bound. A sandbox's roles are weighed as one.
+#[test]
+fn past_the_tenants_memory_bound_a_sandbox_spread_over_its_previews_gives_way() {
+    let host = Host::start_with("[databases]\nsandbox_memory_max_mb = 0\nmemory_max_mb = 1600\n");
+    let (alpha, beta) = (
+        sandbox_db_url(&host, "alpha"),
+        sandbox_db_url(&host, "beta"),
+    );
+    // alpha's own role's URL, and its two previews' (their roles' passwords are in nxd's
+    // secrets; the socket as in alpha's).
+    let socket = alpha.split_once('?').unwrap().1;
+    let mut urls = vec![alpha.clone()];
+    for _ in 0..2 {
+        let id = host.push_sample("alpha", &["--db-branch"]);
+        let branch = format!("nxb_{}", id.replace('-', "_"));
+        let password =
+            std::fs::read_to_string(host.path(&format!("secrets/{branch}.password"))).unwrap();
+        urls.push(format!(
+            "postgres://{branch}:{}@/{branch}?{socket}",
+            password.trim()
+        ));
+    }
+    // beta: one session of ~500 MB; alpha: four of ~50 MB on each of its three roles (~200 MB
+    // a role, less than half beta's), ~1.1 GB together with beta's, past the tenants' 1,200
+    // MiB with what each session holds besides (its heap's freed room, its caches).
+    let mut victim = session_keeping(&beta, 20, 25);
+    std::thread::sleep(Duration::from_secs(2));
+    let sessions: Vec<_> = urls
+        .iter()
+        .flat_map(|url| std::iter::repeat_n(url, 4))
+        .map(|url| {
+            let session = session_keeping(url, 5, 10);
+            std::thread::sleep(Duration::from_millis(300));
+            session
+        })
+        .collect();
+    host.wait_for_log_line(
+        |l| ends_session(l, "", "all tenants' sessions held"),
+        Duration::from_secs(30),
+        "no session was ended past the tenants' bound",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let log = host.nxd_log();
+    assert!(
+        !log.lines().any(|l| ends_session(l, "beta", "")),
+        "beta's session was ended: {log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| ends_session(l, "alpha", "its sandbox's the most")),
+        "{log}"
+    );
+    let mut stdin = victim.stdin.take().unwrap();
     stdin.write_all(b"SELECT 'still here';\n").unwrap();
     drop(stdin);
     let out = victim.wait_with_output().unwrap();
@@ -1619,7 +1687,7 @@ fn sessions_each_under_the_lock_bound_cannot_fill_the_lock_table_together() {
         })
         .collect();
     host.wait_for_log_line(
-        |l| l.contains("ended a database session") && l.contains("its role's sessions held"),
+        |l| l.contains("ended a database session") && l.contains("its sandbox's sessions held"),
         Duration::from_secs(60),
         "no session was ended for its role's share of the lock table",
     );

@@ -345,7 +345,8 @@ impl Databases {
     /// Removes what an interrupted backup, restore or swap left: tool units still running,
     /// `.partial` dumps, uploaded dumps and copies, scratch databases, and the branches of
     /// deployments that are gone (`branches` are the deployments with a branch, and their
-    /// sandboxes). A branch that was swapped in although nxd did not get to finish is
+    /// sandboxes); learns which sandbox each tenant role is held as by the runaway watch
+    /// ([`super::runaway::SandboxRoles`]). A branch that was swapped in although nxd did not get to finish is
     /// finished; those deployments are returned (they must reconnect as production).
     #[tracing::instrument(skip_all)]
     pub async fn recover(
@@ -397,6 +398,19 @@ impl Databases {
         for database in leftovers.iter().filter(|d| !wanted.contains(d)) {
             tracing::warn!(%database, "dropping a database left from before");
             self.drop_database_and_role(database).await?;
+        }
+        for (id, sandbox) in branches {
+            self.sandbox_roles
+                .branch(&ident::branch(id), &self.idents.sandbox(sandbox));
+        }
+        let roles: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT oid::int8, rolname::text FROM pg_roles WHERE rolname LIKE 'nx\\_%' OR rolname LIKE 'nxb\\_%'",
+        )
+        .fetch_all(&self.admin)
+        .await?;
+        for (oid, role) in roles {
+            self.sandbox_roles
+                .role(u32::try_from(oid).unwrap_or(u32::MAX), &role);
         }
         let mut swapped = Vec::new();
         for (id, sandbox) in branches {

@@ -186,6 +186,8 @@ pub struct Databases {
     tenants_memory_max_mb: u64,
     /// nxd's own pg_dump and pg_restore sessions under way (see [`runaway::ToolSessions`]).
     tool_sessions: runaway::ToolSessions,
+    /// Which sandbox each tenant role is held as by the runaway watch.
+    sandbox_roles: runaway::SandboxRoles,
     /// Entries of PostgreSQL's shared lock table all tenants' sessions may hold together
     /// (see [`runaway::lock_hogs`]).
     tenants_locks_max: u64,
@@ -335,6 +337,7 @@ impl Databases {
             sandbox_memory_max_mb: config.sandbox_memory_max_mb,
             tenants_memory_max_mb: config.memory_max_mb / 4 * 3,
             tool_sessions: runaway::ToolSessions::default(),
+            sandbox_roles: runaway::SandboxRoles::default(),
             tenants_locks_max: u64::try_from(lock_table / 2).unwrap_or(0),
             disks,
             provisioned: std::sync::Mutex::new(HashMap::new()),
@@ -474,6 +477,12 @@ impl Databases {
         for sql in self.policy.statements(&quote(role)) {
             sqlx::query(&sql).execute(&self.admin).await?;
         }
+        let oid: i64 = sqlx::query_scalar("SELECT oid::int8 FROM pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_one(&self.admin)
+            .await?;
+        self.sandbox_roles
+            .role(u32::try_from(oid).unwrap_or(u32::MAX), role);
         Ok(Credentials {
             database: role.to_owned(),
             role: role.to_owned(),
@@ -667,6 +676,7 @@ impl Databases {
             .execute(&self.admin)
             .await?;
         let _ = std::fs::remove_file(self.secrets.join(format!("{name}.password")));
+        self.sandbox_roles.forget(name);
         Ok(())
     }
 
@@ -732,6 +742,7 @@ impl Databases {
     ) -> Result<(Credentials, BranchMethod), DbError> {
         let production = self.ensure_sandbox(sandbox).await?;
         let name = ident::branch(id);
+        self.sandbox_roles.branch(&name, &production.role);
         let creds = self.ensure_role(&name).await?;
         let template = self
             .create_database(&name, &name, Contents::CopyOf(&production.database))

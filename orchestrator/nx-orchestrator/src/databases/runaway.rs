@@ -8,7 +8,8 @@
 //! memory (`RssAnon`, proc(5): not the shared buffers it maps; and the dynamic shared memory
 //! segments only it and its parallel workers map, see `embedded_db::backend_memory`) passed
 //! `databases.backend_memory_max_mb` (on the embedded cluster, whose processes nxd reads).
-//! A role's backends together are held to `databases.sandbox_memory_max_mb`, and all tenants'
+//! A sandbox's backends together (of its own role and of its `--db-branch` previews' roles,
+//! [`SandboxRoles`]) are held to `databases.sandbox_memory_max_mb`, and all tenants'
 //! together to three quarters of `databases.memory_max_mb`: past either, the largest are
 //! ended until the rest fit. Bounds per backend alone let one tenant's parallel sessions
 //! (each under its bound) reach the cluster unit's `MemoryMax`, where the kernel kills a
@@ -39,12 +40,13 @@ use std::sync::Mutex;
 /// [`lock_hogs`]); the embedded cluster's table holds
 /// `MAX_LOCKS_PER_TRANSACTION` × connections.
 pub const MAX_LOCKS_PER_SESSION: u64 = 1024;
-/// Entries of the shared lock table all sessions of one role may hold together: a role's
-/// `CONNECTION LIMIT` (20 on the embedded cluster) × [`MAX_LOCKS_PER_SESSION`] is 20,480 of a
-/// table of ~31,000, and three roles' sessions, each under its own bound, filled it (attacker
-/// s13 C2). All tenants' sessions together are held to half the table
-/// (`max_locks_per_transaction` × `max_connections` / 2, read at connect).
-pub const MAX_LOCKS_PER_ROLE: u64 = 4096;
+/// Entries of the shared lock table all sessions of one sandbox (of its own role and of its
+/// previews' roles, [`SandboxRoles`]) may hold together: a role's `CONNECTION LIMIT` (20 on
+/// the embedded cluster) × [`MAX_LOCKS_PER_SESSION`] is 20,480 of a table of ~31,000, and three
+/// roles' sessions, each under its own bound, filled it (attacker s13 C2). All tenants'
+/// sessions together are held to half the table (`max_locks_per_transaction` ×
+/// `max_connections` / 2, read at connect).
+pub const MAX_LOCKS_PER_SANDBOX: u64 = 4096;
 
 /// A tenant session's entries in PostgreSQL's shared lock table.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +56,9 @@ pub struct LockHolder {
     /// Its role's oid (`usesysid`: a role's name is in a shared catalog, which cannot be read
     /// while the table is full).
     pub role: u32,
+    /// The sandbox it is held as, by its own role's name ([`SandboxRoles::of_oid`]; a dump's:
+    /// the sandbox it dumps).
+    pub sandbox: String,
     /// The entries it holds (locks that are not fast-path ones).
     pub locks: u64,
     /// The `application_name` of nxd's own pg_restore or pg_dump session, when it is one:
@@ -69,9 +74,9 @@ pub struct LockHolder {
 pub enum LockOverrun {
     /// It held this many, past [`MAX_LOCKS_PER_SESSION`].
     Session(u64),
-    /// Its role's sessions held this many together, past [`MAX_LOCKS_PER_ROLE`]; it held the
-    /// most of them.
-    Role(u64),
+    /// Its sandbox's sessions held this many together, past [`MAX_LOCKS_PER_SANDBOX`]; it held
+    /// the most of them.
+    Sandbox(u64),
     /// All tenants' sessions held this many together, past the tenants' bound (the second
     /// field); it held the most of them.
     Tenants(u64, u64),
@@ -84,9 +89,9 @@ impl std::fmt::Display for LockOverrun {
                 f,
                 "it held {held} entries of PostgreSQL's shared lock table, past its bound of {MAX_LOCKS_PER_SESSION}"
             ),
-            Self::Role(held) => write!(
+            Self::Sandbox(held) => write!(
                 f,
-                "its role's sessions held {held} entries of PostgreSQL's shared lock table together, past their bound of {MAX_LOCKS_PER_ROLE}, and it held the most"
+                "its sandbox's sessions held {held} entries of PostgreSQL's shared lock table together, past their bound of {MAX_LOCKS_PER_SANDBOX}, and it held the most"
             ),
             Self::Tenants(held, bound) => write!(
                 f,
@@ -97,10 +102,11 @@ impl std::fmt::Display for LockOverrun {
 }
 
 /// Which of `holders` to end so that each session holds at most [`MAX_LOCKS_PER_SESSION`]
-/// entries of the shared lock table, each role's sessions together at most
-/// [`MAX_LOCKS_PER_ROLE`] and all of them together at most `tenants_bound`: first every session
-/// past its own bound, then the largest of a role past its bound, then those of the role
-/// holding the most ([`heaviest_roles_past`]), each until the rest fit. nxd's own pg_restore and pg_dump sessions are held to the last bound alone.
+/// entries of the shared lock table, each sandbox's sessions together at most
+/// [`MAX_LOCKS_PER_SANDBOX`] and all of them together at most `tenants_bound`: first every
+/// session past its own bound, then the largest of a sandbox past its bound, then those of the
+/// sandbox holding the most ([`heaviest_sandboxes_past`]), each until the rest fit. nxd's own
+/// pg_restore and pg_dump sessions are held to the last bound alone.
 pub fn lock_hogs(holders: &[LockHolder], tenants_bound: u64) -> Vec<(LockHolder, LockOverrun)> {
     let mut ended: Vec<(LockHolder, LockOverrun)> = holders
         .iter()
@@ -112,32 +118,78 @@ pub fn lock_hogs(holders: &[LockHolder], tenants_bound: u64) -> Vec<(LockHolder,
         .filter(|h| h.tool.is_some() || h.locks <= MAX_LOCKS_PER_SESSION)
         .map(|h| (h, h.locks))
         .collect();
-    let mut roles: Vec<u32> = left
+    let untooled: Vec<(&LockHolder, u64)> = left
         .iter()
+        .copied()
         .filter(|(h, _)| h.tool.is_none())
-        .map(|(h, _)| h.role)
         .collect();
-    roles.sort_unstable();
-    roles.dedup();
-    for role in roles {
-        let mut of_role: Vec<(&LockHolder, u64)> = left
-            .iter()
-            .copied()
-            .filter(|(h, _)| h.role == role && h.tool.is_none())
-            .collect();
-        ended.extend(largest_past(
-            &mut of_role,
-            MAX_LOCKS_PER_ROLE,
-            LockOverrun::Role,
-        ));
-    }
+    ended.extend(each_sandbox_past(
+        &untooled,
+        MAX_LOCKS_PER_SANDBOX,
+        |h| h.sandbox.as_str(),
+        LockOverrun::Sandbox,
+    ));
     left.retain(|(h, _)| !ended.iter().any(|(e, _)| e.pid == h.pid));
-    ended.extend(heaviest_roles_past(
+    ended.extend(heaviest_sandboxes_past(
         &mut left,
         tenants_bound,
-        |h| h.role,
+        |h| h.sandbox.as_str(),
         |held| LockOverrun::Tenants(held, tenants_bound),
     ));
+    ended
+}
+
+/// Of each sandbox (`sandbox`) whose `backends` together hold more than `bound`: its largest
+/// ([`largest_past`]).
+fn each_sandbox_past<'a, T: Clone, W>(
+    backends: &[(&'a T, u64)],
+    bound: u64,
+    sandbox: impl Fn(&'a T) -> &'a str,
+    why: impl Fn(u64) -> W,
+) -> Vec<(T, W)> {
+    let mut sandboxes: Vec<&str> = backends.iter().map(|(b, _)| sandbox(b)).collect();
+    sandboxes.sort_unstable();
+    sandboxes.dedup();
+    let mut ended = Vec::new();
+    for name in sandboxes {
+        let mut of_sandbox: Vec<(&T, u64)> = backends
+            .iter()
+            .copied()
+            .filter(|(b, _)| sandbox(b) == name)
+            .collect();
+        ended.extend(largest_past(&mut of_sandbox, bound, &why));
+    }
+    ended
+}
+
+/// What `held` (each backend's memory with its workers', bytes) takes past
+/// `databases.sandbox_memory_max_mb` (`sandbox_bound`, bytes; 0: none) and the tenants'
+/// memory bound (`tenants_bound`, bytes; 0: none): the largest of a sandbox whose backends
+/// together pass the first, then while all together pass the second those of the sandbox
+/// holding the most ([`heaviest_sandboxes_past`]), each until the rest fit.
+fn memory_hogs(
+    mut held: Vec<(&TenantBackend, u64)>,
+    sandbox_bound: u64,
+    tenants_bound: u64,
+) -> Vec<(TenantBackend, Overrun)> {
+    let mut ended = Vec::new();
+    if sandbox_bound > 0 {
+        ended = each_sandbox_past(
+            &held,
+            sandbox_bound,
+            |b| b.sandbox.as_str(),
+            Overrun::SandboxMemory,
+        );
+        held.retain(|(b, _)| !ended.iter().any(|(e, _)| e.pid == b.pid));
+    }
+    if tenants_bound > 0 {
+        ended.extend(heaviest_sandboxes_past(
+            &mut held,
+            tenants_bound,
+            |b| b.sandbox.as_str(),
+            Overrun::TenantsMemory,
+        ));
+    }
     ended
 }
 
@@ -146,9 +198,12 @@ pub fn lock_hogs(holders: &[LockHolder], tenants_bound: u64) -> Vec<(LockHolder,
 pub struct TenantBackend {
     /// Its process id, as PostgreSQL knows it (`pg_stat_activity.pid`).
     pub pid: i32,
-    /// Its role: `nx_*` (a sandbox's) or `nxb_*` (a preview branch's); for nxd's pg_dump, the
-    /// role of the sandbox whose database it dumps.
+    /// Its role: `nx_*` (a sandbox's) or `nxb_*` (a preview branch's); for nxd's pg_dump,
+    /// nxd's own.
     pub role: String,
+    /// The sandbox it is held as, by its own role's name ([`SandboxRoles::of`]; a dump's: the
+    /// sandbox it dumps).
+    pub sandbox: String,
     /// How long its statement, or its fast-path function call, has run, in seconds (0 while
     /// it is idle).
     pub running_secs: f64,
@@ -201,10 +256,10 @@ pub enum Overrun {
     IdleInTransaction(f64),
     /// Its memory (anonymous, and dynamic shared memory) reached this many bytes.
     Memory(u64),
-    /// Its role's backends together held this many bytes; it was the largest of them.
+    /// Its sandbox's backends together held this many bytes; it was the largest of them.
     SandboxMemory(u64),
-    /// All tenants' backends together held this many bytes; its role's held the most of
-    /// them, and it was its role's largest.
+    /// All tenants' backends together held this many bytes; its sandbox's held the most of
+    /// them, and it was its sandbox's largest.
     TenantsMemory(u64),
 }
 
@@ -218,12 +273,12 @@ impl std::fmt::Display for Overrun {
             Self::Memory(bytes) => write!(f, "it held {} MiB", bytes >> 20),
             Self::SandboxMemory(bytes) => write!(
                 f,
-                "its role's sessions held {} MiB together and it was the largest",
+                "its sandbox's sessions held {} MiB together and it was the largest",
                 bytes >> 20
             ),
             Self::TenantsMemory(bytes) => write!(
                 f,
-                "all tenants' sessions held {} MiB together, its role's the most, and it was its role's largest",
+                "all tenants' sessions held {} MiB together, its sandbox's the most, and it was its sandbox's largest",
                 bytes >> 20
             ),
         }
@@ -242,25 +297,26 @@ fn largest_past<T: Clone, W>(
     first_past(backends, bound, why)
 }
 
-/// At all tenants' bound (memory, or entries of the lock table): the backends of the role
-/// whose backends together hold the most, its largest first, then of the next such role, while
-/// all together hold more than `bound`. Attacker s16 T1: the largest single backend of any
-/// tenant was ended, so a tenant that spread its memory over many small sessions (its
-/// sandbox's role and a `--db-branch` preview's, each under `sandbox_memory_max_mb`) had another
-/// tenant's ordinary session ended, again and again, and kept its own.
-fn heaviest_roles_past<'a, T: Clone, R: Copy + Ord + std::hash::Hash, W>(
+/// At all tenants' bound (memory, or entries of the lock table): the backends of the sandbox
+/// (`sandbox`) whose backends together hold the most, its largest first, then of the next such
+/// sandbox, while all together hold more than `bound`. Attacker s16 T1: the largest single
+/// backend of any tenant was ended, so a tenant that spread its memory over many small
+/// sessions had another tenant's ordinary session ended, again and again, and kept its own;
+/// and weighed role by role, a sandbox that spread them over its `--db-branch` previews'
+/// roles still did (review16 #1).
+fn heaviest_sandboxes_past<'a, T: Clone, W>(
     backends: &mut [(&'a T, u64)],
     bound: u64,
-    role: impl Fn(&'a T) -> R,
+    sandbox: impl Fn(&'a T) -> &'a str,
     why: impl Fn(u64) -> W,
 ) -> Vec<(T, W)> {
-    let mut held: HashMap<R, u64> = HashMap::new();
+    let mut held: HashMap<&str, u64> = HashMap::new();
     for (backend, bytes) in backends.iter() {
-        *held.entry(role(backend)).or_default() += bytes;
+        *held.entry(sandbox(backend)).or_default() += bytes;
     }
     backends.sort_unstable_by_key(|(backend, bytes)| {
-        let role = role(backend);
-        std::cmp::Reverse((held[&role], role, *bytes))
+        let name = sandbox(backend);
+        std::cmp::Reverse((held[name], name, *bytes))
     });
     first_past(backends, bound, why)
 }
@@ -283,6 +339,77 @@ fn first_past<T: Clone, W>(
     ended
 }
 
+/// Which sandbox each tenant role is held as, by the sandbox's own role's name: a sandbox's
+/// role (`nx_*`) is its own, a `--db-branch` preview's (`nxb_*`) its sandbox's; and each
+/// tenant role's name by its oid (the lock table's holders are known by oid). Every bound past
+/// one session's is a sandbox's (review16 #1: weighed role by role, a sandbox that spread its
+/// sessions over its previews' roles held a sandbox's memory bound per preview, and had
+/// another tenant's larger session ended at the tenants' bound). Filled at nxd's start from
+/// its state's previews ([`Databases::recover`]) and PostgreSQL's roles, and as nxd makes
+/// roles and branches.
+#[derive(Default)]
+pub(super) struct SandboxRoles(Mutex<RoleMap>);
+
+#[derive(Default)]
+struct RoleMap {
+    /// A preview branch's role, and its sandbox's.
+    branches: HashMap<String, String>,
+    /// A tenant role's oid, and its name.
+    names: HashMap<u32, String>,
+}
+
+impl SandboxRoles {
+    /// The sandbox `role` is held as: its own for a sandbox's role, or a branch's not known.
+    pub(super) fn of(&self, role: &str) -> String {
+        let map = self.0.lock().expect("sandbox roles lock");
+        map.branches
+            .get(role)
+            .cloned()
+            .unwrap_or_else(|| role.to_owned())
+    }
+
+    /// The sandbox the role of oid `oid` is held as ([`Self::of`]); for a role not known
+    /// (an autovacuum worker's, 0), `oid <oid>`: held as a sandbox of its own.
+    fn of_oid(&self, oid: u32) -> String {
+        let name = self
+            .0
+            .lock()
+            .expect("sandbox roles lock")
+            .names
+            .get(&oid)
+            .cloned();
+        match name {
+            Some(name) => self.of(&name),
+            None => format!("oid {oid}"),
+        }
+    }
+
+    /// Notes that the preview branch's role `branch` is of the sandbox whose role is `sandbox`.
+    pub(super) fn branch(&self, branch: &str, sandbox: &str) {
+        self.0
+            .lock()
+            .expect("sandbox roles lock")
+            .branches
+            .insert(branch.to_owned(), sandbox.to_owned());
+    }
+
+    /// Notes that tenant role `role` has oid `oid`.
+    pub(super) fn role(&self, oid: u32, role: &str) {
+        self.0
+            .lock()
+            .expect("sandbox roles lock")
+            .names
+            .insert(oid, role.to_owned());
+    }
+
+    /// Forgets the dropped role `role`.
+    pub(super) fn forget(&self, role: &str) {
+        let mut map = self.0.lock().expect("sandbox roles lock");
+        map.branches.remove(role);
+        map.names.retain(|_, name| name != role);
+    }
+}
+
 /// nxd's own pg_dump and pg_restore sessions under way, by the random `application_name`
 /// each connects with, and why the watch ended one, once it did (so that the backup, restore
 /// or branch that ran it can say so).
@@ -291,7 +418,9 @@ pub(super) struct ToolSessions(Mutex<HashMap<String, ToolSession>>);
 
 #[derive(Debug, Clone)]
 struct ToolSession {
-    tool: Tool,
+    /// The sandbox it is held as, by its own role's name: whose database it dumps, or whose
+    /// (or whose preview's) it restores into.
+    sandbox: String,
     /// As whom and where it connects, and since when.
     at: ToolSessionAt,
     /// Its backend's pid, from the first look that found it: later looks take no other.
@@ -313,19 +442,6 @@ pub(super) struct ToolSessionAt {
     role: i64,
     database: i64,
     since: chrono::DateTime<chrono::Utc>,
-}
-
-/// Which of nxd's tools a session is, and so how it is told apart from tenants' sessions.
-#[derive(Debug, Clone, PartialEq)]
-enum Tool {
-    /// pg_restore, in a session of the sandbox's role (or the branch's it copies into).
-    Restore,
-    /// pg_dump, in a session of nxd's own superuser role (it reads every object of the
-    /// database; a role's `CONNECTION LIMIT` would leave a busy sandbox without backups),
-    /// held to the bounds of `role`, the sandbox's: the tenant's rows decide its memory
-    /// (attacker s15: four backups of a 14 MB table of three 400 MB values held 773 MB each,
-    /// beyond every bound).
-    Dump { role: String },
 }
 
 /// While it lives, nxd's pg_dump or pg_restore session in `database` is known to the watch.
@@ -351,25 +467,15 @@ const TOOLS: &str = "tools AS ( \
    ORDER BY t.name, a.backend_start, a.pid)";
 
 impl ToolSessions {
-    /// Marks nxd's pg_restore `at` until the guard is dropped, under a new random
-    /// `application_name` (`nxd-restore-` and 32 hex digits; PostgreSQL keeps 63 bytes).
-    fn restore(&self, at: ToolSessionAt) -> ToolGuard<'_> {
-        self.start("nxd-restore", at, Tool::Restore)
-    }
-
-    /// Marks nxd's pg_dump `at`, held to `role`'s bounds, until the guard is dropped, under a
-    /// new random `application_name` (`nxd-dump-` and 32 hex digits).
-    fn dump(&self, at: ToolSessionAt, role: &str) -> ToolGuard<'_> {
-        let role = role.to_owned();
-        self.start("nxd-dump", at, Tool::Dump { role })
-    }
-
-    fn start(&self, prefix: &str, at: ToolSessionAt, tool: Tool) -> ToolGuard<'_> {
+    /// Marks nxd's `tool` session (`nxd-restore` or `nxd-dump`) `at`, held as `sandbox`'s,
+    /// until the guard is dropped, under a new random `application_name` (`tool`, `-` and 32
+    /// hex digits; PostgreSQL keeps 63 bytes).
+    fn start(&self, tool: &str, at: ToolSessionAt, sandbox: String) -> ToolGuard<'_> {
         let mut nonce = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let application_name = format!("{prefix}-{}", hex::encode(nonce));
+        let application_name = format!("{tool}-{}", hex::encode(nonce));
         let session = ToolSession {
-            tool,
+            sandbox,
             at,
             pid: None,
             ended: None,
@@ -397,15 +503,12 @@ impl ToolSessions {
     }
 
     /// Notes that the session of `application_name` is backend `pid` (found by [`TOOLS`]),
-    /// and gives the role it is held as: a dump's sandbox role, or `None` (its own).
+    /// and gives the sandbox it is held as (`None`: its tool has ended meanwhile).
     fn found(&self, application_name: &str, pid: i32) -> Option<String> {
         let mut sessions = self.0.lock().expect("tool sessions lock");
         let session = sessions.get_mut(application_name)?;
         session.pid = Some(pid);
-        match &session.tool {
-            Tool::Dump { role } => Some(role.clone()),
-            Tool::Restore => None,
-        }
+        Some(session.sandbox.clone())
     }
 
     /// Every session's name, role and database oids, pid (0 while not found) and start, as
@@ -547,12 +650,14 @@ impl Databases {
             .into_iter()
             .map(
                 |(pid, role, running_secs, idle_in_transaction_secs, tool, workers, analyzing)| {
-                    let charged = tool
+                    let sandbox = tool
                         .as_deref()
-                        .and_then(|name| self.tool_sessions.found(name, pid));
+                        .and_then(|name| self.tool_sessions.found(name, pid))
+                        .unwrap_or_else(|| self.sandbox_roles.of(&role));
                     TenantBackend {
                         pid,
-                        role: charged.unwrap_or(role),
+                        role,
+                        sandbox,
                         running_secs,
                         idle_in_transaction_secs,
                         tool,
@@ -568,10 +673,8 @@ impl Databases {
     /// workers'): their statement ran past the role's
     /// `statement_timeout` or they sat idle in a transaction past its
     /// `idle_in_transaction_session_timeout` (not nxd's pg_restore's and pg_dump's), or `memory` (their anonymous and dynamic shared memory, bytes,
-    /// by PostgreSQL's pid, where known) passed `databases.backend_memory_max_mb`; then, of the others, the largest
-    /// of a role whose backends together pass `databases.sandbox_memory_max_mb`, and while
-    /// all together pass three quarters of `databases.memory_max_mb` those of the role holding
-    /// the most ([`heaviest_roles_past`]), each until the rest fit.
+    /// by PostgreSQL's pid, where known) passed `databases.backend_memory_max_mb`; then, of
+    /// the others, what [`memory_hogs`] says of the sandboxes' and all tenants' bounds.
     pub fn overruns(
         &self,
         backends: &[TenantBackend],
@@ -608,37 +711,16 @@ impl Databases {
                 Some((b.clone(), overrun))
             })
             .collect();
-        let mut left: Vec<(&TenantBackend, u64)> = backends
+        let left: Vec<(&TenantBackend, u64)> = backends
             .iter()
             .filter(|b| !ended.iter().any(|(e, _)| e.pid == b.pid))
             .filter_map(|b| memory.get(&b.pid).map(|&bytes| (b, bytes)))
             .collect();
-        if self.sandbox_memory_max_mb > 0 {
-            let mut roles: Vec<&str> = left.iter().map(|(b, _)| b.role.as_str()).collect();
-            roles.sort_unstable();
-            roles.dedup();
-            for role in roles {
-                let mut of_role: Vec<(&TenantBackend, u64)> = left
-                    .iter()
-                    .copied()
-                    .filter(|(b, _)| b.role == role)
-                    .collect();
-                ended.extend(largest_past(
-                    &mut of_role,
-                    self.sandbox_memory_max_mb << 20,
-                    Overrun::SandboxMemory,
-                ));
-            }
-            left.retain(|(b, _)| !ended.iter().any(|(e, _)| e.pid == b.pid));
-        }
-        if self.tenants_memory_max_mb > 0 {
-            ended.extend(heaviest_roles_past(
-                &mut left,
-                self.tenants_memory_max_mb << 20,
-                |b| b.role.as_str(),
-                Overrun::TenantsMemory,
-            ));
-        }
+        ended.extend(memory_hogs(
+            left,
+            self.sandbox_memory_max_mb << 20,
+            self.tenants_memory_max_mb << 20,
+        ));
         ended
     }
 
@@ -685,12 +767,15 @@ impl Databases {
         Ok(rows
             .into_iter()
             .map(|(pid, role, locks, tool)| {
-                if let Some(name) = &tool {
-                    self.tool_sessions.found(name, pid);
-                }
+                let role = u32::try_from(role).unwrap_or(u32::MAX);
+                let sandbox = tool
+                    .as_deref()
+                    .and_then(|name| self.tool_sessions.found(name, pid))
+                    .unwrap_or_else(|| self.sandbox_roles.of_oid(role));
                 LockHolder {
                     pid,
-                    role: u32::try_from(role).unwrap_or(u32::MAX),
+                    role,
+                    sandbox,
                     locks: u64::try_from(locks).unwrap_or(0),
                     tool,
                 }
@@ -698,8 +783,8 @@ impl Databases {
             .collect())
     }
 
-    /// Marks nxd's pg_restore into `database`, in a session of `role`, until the guard is
-    /// dropped ([`ToolSessionAt`]).
+    /// Marks nxd's pg_restore into `database`, in a session of `role`, held as the sandbox of
+    /// `role`, until the guard is dropped ([`ToolSessionAt`]).
     ///
     /// # Errors
     /// The query's (which reads the oids of `role` and `database`).
@@ -709,11 +794,14 @@ impl Databases {
         role: &str,
     ) -> Result<ToolGuard<'_>, DbError> {
         let at = self.tool_session_at(database, Some(role)).await?;
-        Ok(self.tool_sessions.restore(at))
+        let sandbox = self.sandbox_roles.of(role);
+        Ok(self.tool_sessions.start("nxd-restore", at, sandbox))
     }
 
-    /// Marks nxd's pg_dump of `database`, in a session of nxd's own role held to the bounds of
-    /// `role`, until the guard is dropped ([`ToolSessionAt`]).
+    /// Marks nxd's pg_dump of `database`, in a session of nxd's own role held as the sandbox
+    /// of `role` (the database's owner: the tenant's rows decide its memory; attacker s15:
+    /// four backups of three 400 MB values held 773 MB each, beyond every bound), until the
+    /// guard is dropped ([`ToolSessionAt`]).
     ///
     /// # Errors
     /// The query's (which reads the oids of nxd's role and of `database`).
@@ -723,7 +811,8 @@ impl Databases {
         role: &str,
     ) -> Result<ToolGuard<'_>, DbError> {
         let at = self.tool_session_at(database, None).await?;
-        Ok(self.tool_sessions.dump(at, role))
+        let sandbox = self.sandbox_roles.of(role);
+        Ok(self.tool_sessions.start("nxd-dump", at, sandbox))
     }
 
     /// The oids of `role` (nxd's own: `None`) and `database`, and PostgreSQL's clock now.
@@ -777,8 +866,8 @@ impl Databases {
 #[cfg(test)]
 mod tests {
     use super::{
-        heaviest_roles_past, lock_hogs, time_analyze_phases, LockHolder, LockOverrun, Overrun,
-        TenantBackend,
+        heaviest_sandboxes_past, lock_hogs, memory_hogs, time_analyze_phases, LockHolder,
+        LockOverrun, Overrun, TenantBackend,
     };
     use std::time::{Duration, Instant};
 
@@ -789,6 +878,7 @@ mod tests {
         let worker = |analyzing| TenantBackend {
             pid: 7,
             role: "nx_a".into(),
+            sandbox: "nx_a".into(),
             running_secs: 0.0,
             idle_in_transaction_secs: 0.0,
             tool: None,
@@ -825,6 +915,7 @@ mod tests {
         let backend = |pid: i32, role: &str| TenantBackend {
             pid,
             role: role.into(),
+            sandbox: role.into(),
             running_secs: 0.0,
             idle_in_transaction_secs: 0.0,
             tool: None,
@@ -848,10 +939,10 @@ mod tests {
             .collect();
         let held_mb: u64 = held.iter().map(|(_, bytes)| bytes >> 20).sum();
         assert_eq!(held_mb, 3153);
-        let ended = heaviest_roles_past(
+        let ended = heaviest_sandboxes_past(
             &mut held,
             3072 << 20,
-            |b| b.role.as_str(),
+            |b| b.sandbox.as_str(),
             Overrun::TenantsMemory,
         );
         assert_eq!(ended.len(), 1, "{ended:?}");
@@ -864,9 +955,10 @@ mod tests {
     /// first role's is ended, not the other tenant's larger one.
     #[test]
     fn at_the_tenants_lock_bound_the_role_holding_the_most_gives_way() {
-        let holder = |pid, role, locks| LockHolder {
+        let holder = |pid, role: u32, locks| LockHolder {
             pid,
             role,
+            sandbox: format!("oid {role}"),
             locks,
             tool: None,
         };
@@ -883,12 +975,14 @@ mod tests {
         let restore = LockHolder {
             pid: 1,
             role: 1,
+            sandbox: "nx_a".into(),
             locks: 9000,
             tool: Some("nxd-restore-1".into()),
         };
         let other = LockHolder {
             pid: 2,
             role: 1,
+            sandbox: "nx_a".into(),
             locks: 900,
             tool: None,
         };
@@ -907,6 +1001,7 @@ mod tests {
             .map(|i| LockHolder {
                 pid: i,
                 role: 1 + (i as u32 % 3),
+                sandbox: format!("nx_{}", i % 3),
                 locks: 1000,
                 tool: None,
             })
@@ -914,6 +1009,7 @@ mod tests {
         holders.push(LockHolder {
             pid: 100,
             role: 4,
+            sandbox: "nx_3".into(),
             locks: 2000,
             tool: None,
         });
@@ -922,7 +1018,7 @@ mod tests {
         let ended_of = |role: u32| {
             ended
                 .iter()
-                .filter(|(h, why)| h.role == role && matches!(why, LockOverrun::Role(_)))
+                .filter(|(h, why)| h.role == role && matches!(why, LockOverrun::Sandbox(_)))
                 .count()
         };
         // 19,000 each: 15 ended leave 4,000 under 4,096.
@@ -933,7 +1029,7 @@ mod tests {
         );
         assert!(ended
             .iter()
-            .any(|(_, why)| *why == LockOverrun::Role(19_000)));
+            .any(|(_, why)| *why == LockOverrun::Sandbox(19_000)));
         // 12,000 left together, past 10,000: two more of the largest.
         assert_eq!(
             ended
@@ -948,5 +1044,61 @@ mod tests {
             .map(|h| h.locks)
             .sum();
         assert!(left <= 10_000, "{left}");
+    }
+
+    /// Review16 #1: one sandbox's sessions spread over its own role and two `--db-branch`
+    /// previews' roles, three of 130 MiB each a role (390 MiB, under the bounds alone), and
+    /// another tenant's one session of 450 MiB. They are weighed as one sandbox's: past its
+    /// 1,000 MiB its largest give way, and past the tenants' 1,536 MiB its sessions, not the
+    /// other tenant's larger one.
+    #[test]
+    fn a_sandboxs_preview_roles_are_held_as_the_sandbox_at_the_memory_bounds() {
+        let backend = |pid: i32, role: &str, sandbox: &str| TenantBackend {
+            pid,
+            role: role.into(),
+            sandbox: sandbox.into(),
+            running_secs: 0.0,
+            idle_in_transaction_secs: 0.0,
+            tool: None,
+            workers: Vec::new(),
+            analyzing: None,
+        };
+        let mut backends: Vec<TenantBackend> = (0..9)
+            .map(|i| backend(i, ["nx_a", "nxb_1", "nxb_2"][i as usize / 3], "nx_a"))
+            .collect();
+        backends.push(backend(100, "nx_b", "nx_b"));
+        let held = || -> Vec<(&TenantBackend, u64)> {
+            backends
+                .iter()
+                .map(|b| (b, if b.pid == 100 { 450 << 20 } else { 130 << 20 }))
+                .collect()
+        };
+        let ended = memory_hogs(held(), 1000 << 20, 0);
+        assert_eq!(ended.len(), 2, "{ended:?}");
+        assert!(ended.iter().all(|(b, _)| b.sandbox == "nx_a"), "{ended:?}");
+        assert_eq!(ended[0].1, Overrun::SandboxMemory(1170 << 20));
+        let ended = memory_hogs(held(), 0, 1536 << 20);
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        assert_eq!(ended[0].0.sandbox, "nx_a", "{ended:?}");
+        assert_eq!(ended[0].1, Overrun::TenantsMemory(1620 << 20));
+    }
+
+    /// Review16 #1 in the lock table: five roles of one sandbox (its own and four previews'),
+    /// each one session of 1,000 entries, under a sandbox's 4,096 each alone: together 5,000,
+    /// and one gives way.
+    #[test]
+    fn a_sandboxs_preview_roles_are_held_as_the_sandbox_in_the_lock_table() {
+        let holders: Vec<LockHolder> = (0..5)
+            .map(|i| LockHolder {
+                pid: i,
+                role: 10 + i as u32,
+                sandbox: "nx_a".into(),
+                locks: 1000,
+                tool: None,
+            })
+            .collect();
+        let ended = lock_hogs(&holders, 12_800);
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        assert_eq!(ended[0].1, LockOverrun::Sandbox(5000));
     }
 }
