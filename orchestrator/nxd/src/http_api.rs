@@ -22,6 +22,7 @@ use nx_orchestrator::artifact::bundle::BundleManifest;
 use nx_orchestrator::artifact::owners::Content;
 use nx_orchestrator::databases::{BackupInfo, RestoreInfo};
 use nx_orchestrator::names::{DeploymentId, SandboxName};
+use nx_orchestrator::upload_room::Refused;
 use nx_orchestrator::Orchestrator;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -450,8 +451,19 @@ struct RestoreQuery {
     backup: Option<String>,
 }
 
+/// 409 for a restore upload of `sandbox` while it has one under way (`upload_room::claim`).
+pub(crate) fn upload_under_way(sandbox: &SandboxName) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "sandbox {sandbox} has a restore upload under way (a database dump or a volume archive): a sandbox sends one at a time, so that its uploads cannot claim the room every other sandbox's restore needs; try again when it is done, or restore a backup kept on the host by its ID"
+        ),
+    )
+}
+
 /// Restores from a backup kept on the host (`?backup=ID`) or from a dump in the body. Before
-/// the body is read: 404 for a sandbox that does not exist; the body is cut off with 413 past
+/// the body is read: 404 for a sandbox that does not exist, 409 while the sandbox has another
+/// restore upload under way; the body is cut off with 413 past
 /// twice the sandbox's database disk, or past the room where uploads are kept less nxd's
 /// reserve and what other uploads under way claimed (`Databases::claim_upload_room`).
 async fn restore(
@@ -467,9 +479,10 @@ async fn restore(
         return Ok(Json(app.restore(&name, &path).await?));
     }
     let wanted = axum::body::HttpBody::size_hint(&body).exact();
-    let claim = match app.databases.claim_upload_room(wanted)? {
+    let claim = match app.databases.claim_upload_room(&name, wanted)? {
         Ok(claim) => claim,
-        Err(room) => {
+        Err(Refused::Busy) => return Err(upload_under_way(&name)),
+        Err(Refused::Room(room)) => {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(

@@ -14,6 +14,7 @@ use nx_orchestrator::api::volumes::{
     CreateVolume, VolumeBackup, VolumeRemoved, VolumeRestored, VolumeView,
 };
 use nx_orchestrator::names::{SandboxName, VolumeName};
+use nx_orchestrator::upload_room::Refused;
 use nx_orchestrator::Orchestrator;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -89,7 +90,7 @@ struct RestoreQuery {
 
 /// Restores from a backup kept on the host (`?backup=ID`) or from a tar archive in the body.
 /// Before the body is read: 404 for a sandbox or volume that does not exist, 409 while another
-/// restore of the volume is under way; the body is cut off with 413 past
+/// restore of the volume, or another restore upload of the sandbox, is under way; the body is cut off with 413 past
 /// `restore_max_bytes` of the volume's size.
 async fn restore(
     State(app): Shared,
@@ -104,9 +105,10 @@ async fn restore(
         return Ok(Json(app.restore_volume(&name, &volume, &path).await?));
     }
     let wanted = axum::body::HttpBody::size_hint(&body).exact();
-    let claim = match app.claim_volume_upload_room(wanted, max_bytes)? {
+    let claim = match app.claim_volume_upload_room(&name, wanted, max_bytes)? {
         Ok(claim) => claim,
-        Err(room) => return Err(ApiError::new(
+        Err(Refused::Busy) => return Err(crate::http_api::upload_under_way(&name)),
+        Err(Refused::Room(room)) => return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "the archive is larger than the {} MiB nxd's disk has room for now (free space less nxd's {} MiB reserve and other uploads under way): free space on the nxd host, or try again when other uploads are done",

@@ -1262,14 +1262,25 @@ fn answer(conn: &mut std::net::TcpStream) -> (u16, String) {
 /// Attacker s13 H9: a database restore's upload was capped at all the free space of nxd's
 /// disk, its reserve not kept, and uploads at once were each told all of it. One that fits
 /// the free space but not above nxd's reserve is refused before it is read, and one under way
-/// holds its room from another until it ends.
+/// holds its room from another until it ends. Newcomer17 N12: one sandbox's slow uploads, each
+/// taking its room, claimed all of it, and every other tenant's restore got 413; a sandbox has
+/// one restore upload under way at most, a second is 409 however small, another's fits.
 #[test]
 fn a_restore_upload_keeps_nxds_disk_reserve_and_uploads_at_once_share_the_room() {
     use std::io::Read;
     use std::time::Duration;
     let host = Host::start_with("[databases]\nmax_size_mb = 0\n");
     host.nx_json(&["sandbox", "create", "shop"]);
+    host.nx_json(&["sandbox", "create", "mall"]);
     let path = "/v1/sandboxes/shop/db/restore";
+    let other = "/v1/sandboxes/mall/db/restore";
+    let continued = |conn: &mut std::net::TcpStream| {
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut head = [0u8; 64];
+        let n = conn.read(&mut head).unwrap_or(0);
+        String::from_utf8_lossy(&head[..n]).into_owned()
+    };
     let announced = |bytes: u64| format!("Content-Length: {bytes}\r\nExpect: 100-continue\r\n");
     let stat = nix::sys::statvfs::statvfs(host.state_dir.path()).unwrap();
     let free = stat.blocks_available() * stat.fragment_size();
@@ -1284,16 +1295,20 @@ fn a_restore_upload_keeps_nxds_disk_reserve_and_uploads_at_once_share_the_room()
     // Two at once, each 60% of the room: the first is taken (100 Continue) and holds its room.
     let share = (free - reserve) / 10 * 6;
     let mut first = restore_request(&host, path, &announced(share));
-    first
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut head = [0u8; 64];
-    let n = first.read(&mut head).unwrap();
-    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    let head = continued(&mut first);
     assert!(head.starts_with("HTTP/1.1 100 Continue"), "{head}");
-    let (got, text) = answer(&mut restore_request(&host, path, &announced(share)));
+    let (got, text) = answer(&mut restore_request(&host, other, &announced(share)));
     assert_eq!(got, 413, "{text}");
     assert!(text.contains("other uploads under way"), "{text}");
+    // The same sandbox's second, of 1 KiB: 409; another sandbox's of 1 KiB fits.
+    let (got, text) = answer(&mut restore_request(&host, path, &announced(1024)));
+    assert_eq!(got, 409, "{text}");
+    assert!(
+        text.contains("sandbox shop has a restore upload under way"),
+        "{text}"
+    );
+    let head = continued(&mut restore_request(&host, other, &announced(1024)));
+    assert!(head.starts_with("HTTP/1.1 100 Continue"), "{head}");
     // The first cut off: its room is given back.
     drop(first);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

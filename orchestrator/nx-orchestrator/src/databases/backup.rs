@@ -537,16 +537,18 @@ impl Databases {
         })
     }
 
-    /// Claims room for a dump upload of `wanted` bytes (its Content-Length; `None`: unknown)
-    /// where uploads are kept, at most [`Databases::restore_upload_bound`]
-    /// ([`crate::upload_room::claim`]): the claim, whose bytes are the upload's cap, or
-    /// `Err(room)`, the bytes left, when it does not fit. Errors: statvfs(3)'s.
+    /// Claims room for `sandbox`'s dump upload of `wanted` bytes (its Content-Length; `None`:
+    /// unknown) where uploads are kept, at most [`Databases::restore_upload_bound`]
+    /// ([`crate::upload_room::claim`]): the claim, whose bytes are the upload's cap, or why
+    /// not (the room left, or the sandbox's upload under way). Errors: statvfs(3)'s.
     pub fn claim_upload_room(
         &self,
+        sandbox: &SandboxName,
         wanted: Option<u64>,
-    ) -> Result<Result<crate::upload_room::Claim, u64>, DbError> {
+    ) -> Result<Result<crate::upload_room::Claim, crate::upload_room::Refused>, DbError> {
         Ok(crate::upload_room::claim(
             &self.backups,
+            sandbox.as_str(),
             wanted,
             self.restore_upload_bound(),
         )?)

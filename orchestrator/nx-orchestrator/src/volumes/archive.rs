@@ -180,17 +180,18 @@ impl Orchestrator {
         ))
     }
 
-    /// Claims room on nxd's disk for a restore's upload of `wanted` bytes (its Content-Length;
-    /// `None`: unknown), at most `max_bytes` (`check_restore`'s): the claim, whose bytes are the
-    /// upload's cap, or `Err(room)`, the bytes left, when it does not fit
-    /// ([`crate::upload_room::claim`]; attacker s13 H9: the cap was twice the volume whatever
-    /// the disk had free). Errors: statvfs(3)'s.
+    /// Claims room on nxd's disk for `sandbox`'s restore upload of `wanted` bytes (its
+    /// Content-Length; `None`: unknown), at most `max_bytes` (`check_restore`'s): the claim,
+    /// whose bytes are the upload's cap, or why not (the room left, or the sandbox's upload
+    /// under way) ([`crate::upload_room::claim`]; attacker s13 H9: the cap was twice the
+    /// volume whatever the disk had free). Errors: statvfs(3)'s.
     pub fn claim_volume_upload_room(
         &self,
+        sandbox: &SandboxName,
         wanted: Option<u64>,
         max_bytes: u64,
-    ) -> Result<Result<crate::upload_room::Claim, u64>, Error> {
-        crate::upload_room::claim(&self.config.state_dir, wanted, max_bytes)
+    ) -> Result<Result<crate::upload_room::Claim, crate::upload_room::Refused>, Error> {
+        crate::upload_room::claim(&self.config.state_dir, sandbox.as_str(), wanted, max_bytes)
             .map_err(Error::io("reading the free space of nxd's disk"))
     }
 
