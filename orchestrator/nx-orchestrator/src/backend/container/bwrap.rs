@@ -89,30 +89,31 @@ pub(crate) fn program() -> &'static str {
     })
 }
 
+/// What every process bubblewrap runs for NX is kept from (bwrap(1)): namespaces of its own
+/// but the network's (user, PID, IPC, UTS, cgroup; no user namespace of its own inside),
+/// ended with its parent, a session of its own (no terminal to inject input into), and no
+/// capabilities. The sandboxes' programs and the microVMs' VMM (`microvm::jail`).
+pub(crate) const ISOLATION: &[&str] = &[
+    "--unshare-user",
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup",
+    "--disable-userns",
+    "--die-with-parent",
+    "--new-session",
+    "--cap-drop",
+    "ALL",
+];
+
 /// bubblewrap's argv for `sandbox`. The program's environment is not in it: the launcher hands
 /// it over on `SANDBOX_ENV_FD` (`--args`, as `SandboxEnvForm::BwrapArgs`).
 pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
     let mut argv = vec![program().to_string()];
     let env_fd = SANDBOX_ENV_FD.to_string();
-    push(
-        &mut argv,
-        &[
-            "--args",
-            &env_fd,
-            "--unshare-user",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup",
-            "--disable-userns",
-            "--die-with-parent",
-            "--new-session",
-            "--cap-drop",
-            "ALL",
-            "--hostname",
-            sandbox.hostname,
-        ],
-    );
+    push(&mut argv, &["--args", &env_fd]);
+    push(&mut argv, ISOLATION);
+    push(&mut argv, &["--hostname", sandbox.hostname]);
     if let SandboxNetwork::Loopback = sandbox.network {
         argv.push("--unshare-net".into());
     }

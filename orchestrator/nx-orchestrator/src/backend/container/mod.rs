@@ -9,7 +9,7 @@
 mod bwrap;
 pub mod podman;
 
-pub(crate) use bwrap::program as bwrap_program;
+pub(crate) use bwrap::{program as bwrap_program, ISOLATION as BWRAP_ISOLATION};
 pub mod seccomp;
 
 use super::data_disk::{DataTemplates, VolumeDisk};

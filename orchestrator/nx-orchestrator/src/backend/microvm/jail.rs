@@ -1,6 +1,7 @@
 //! The VMM's own view of the host (QEMU's, as the launcher runs it): bubblewrap runs the VMM
-//! in mount, PID, IPC, UTS, cgroup and user namespaces of its own, with no capabilities, and
-//! not in a network namespace of its own (it stays in the deployment's, where its forwards
+//! as it runs a sandbox's program (`container::BWRAP_ISOLATION`: mount, PID, IPC, UTS, cgroup
+//! and user namespaces of its own, a session of its own, no capabilities), and not in a
+//! network namespace of its own (it stays in the deployment's, where its forwards
 //! listen). Of the host it sees the system's programs and libraries read-only (QEMU, its
 //! firmware, the `socat` of the database forward, the `cat` of a snapshot's restore), a
 //! `/proc` of its PID namespace, a minimal `/dev` (and `/dev/kvm` when KVM runs the guest),
@@ -44,21 +45,11 @@ pub enum Access {
 /// VMM's `argv[0]` through the `PATH` of its environment. The result runs as the deployment's
 /// uid (an unprivileged user namespace, bwrap(1)).
 pub fn wrap(vmm: Vec<String>, files: &[(&Path, Access)], kvm: bool) -> Vec<String> {
-    let mut argv: Vec<String> = [
-        crate::backend::container::bwrap_program(),
-        "--unshare-user",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-cgroup",
-        "--disable-userns",
-        "--die-with-parent",
-        "--cap-drop",
-        "ALL",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    use crate::backend::container::{bwrap_program, BWRAP_ISOLATION};
+    let mut argv: Vec<String> = std::iter::once(bwrap_program())
+        .chain(BWRAP_ISOLATION.iter().copied())
+        .map(str::to_owned)
+        .collect();
     for dir in SYSTEM_DIRS.iter().chain(ETC_FILES) {
         argv.extend(["--ro-bind-try".into(), dir.to_string(), dir.to_string()]);
     }
