@@ -679,6 +679,120 @@ fn a_crash_during_promote_swap_db_finishes_the_promotion_or_leaves_it_undone() {
     assert_eq!(roles, kept_branches.join(","), "branch roles");
 }
 
+/// Newcomer s17 N6: after a kill -9 of nxd during a restore, a session of the restore's
+/// scratch database that outlives `DROP DATABASE ... WITH (FORCE)`'s 5 s wait (there: a
+/// backend in the middle of a large COPY) made nxd's next start exit ("is being accessed by
+/// other users"). Here the session is held by a stopped (SIGSTOP) backend, resumed 7 s after
+/// nxd's start began dropping the database: the start waits for it and drops it.
+#[test]
+fn a_session_outliving_the_drop_of_a_leftover_scratch_database_does_not_end_nxds_start() {
+    let mut host = Host::start();
+    let id = host.push_sample("shop", &[]);
+    let dump = host.path("shop.dump");
+    host.nx_json(&["db", "backup", "shop", "-o", dump.to_str().unwrap()]);
+    assert_eq!(
+        host.get(&host.preview_host("shop", &id), "/db/put?v=a").0,
+        200
+    );
+    host.restart_nxd_crashing_at("databases::restore");
+    let out = host.nx(&["db", "restore", "shop", dump.to_str().unwrap()]);
+    assert!(!out.ok, "the restore survived the crash");
+    host.wait_nxd_exit();
+    let scratch = superuser(
+        &host,
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'nxr\\_%'",
+    );
+    assert!(
+        scratch.starts_with("nxr_"),
+        "no scratch database: {scratch:?}"
+    );
+    // A session of the scratch database, its backend stopped: it ends only once resumed.
+    let (mut session, backend) = held_session(&host, &scratch);
+    nix::sys::signal::kill(backend, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let log = host.path("nxd.log");
+    let resume = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let dropping = |line: &str| {
+            line.contains("dropping a database left from before") && line.contains(&scratch)
+        };
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(dropping)
+        {
+            assert!(Instant::now() < deadline, "nxd never dropped {scratch}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(7));
+        nix::sys::signal::kill(backend, nix::sys::signal::Signal::SIGCONT).unwrap();
+    });
+    host.restart_nxd();
+    resume.join().unwrap();
+    drop(session.stdin.take());
+    let _ = session.wait();
+    assert_nothing_left(&host);
+    assert_eq!(
+        host.get(&host.preview_host("shop", &id), "/db/list"),
+        (200, r#"["a"]"#.into())
+    );
+}
+
+/// A psql session on `database` as PostgreSQL's superuser, held until its stdin closes, and
+/// its backend's pid on the host.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the caller ends and waits for the session"
+)]
+fn held_session(host: &Host, database: &str) -> (std::process::Child, nix::unistd::Pid) {
+    let mut session = Command::new("psql")
+        .arg("-h")
+        .arg(host.path("postgres/socket"))
+        .args(["-p", "5432", "-U", "postgres", "-d", database])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let backend_query = format!(
+        "SELECT pid FROM pg_stat_activity WHERE datname = '{database}' AND application_name = 'psql'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(pid) = superuser(host, "postgres", &backend_query).parse() {
+            return (session, nix::unistd::Pid::from_raw(host_pid(host, pid)));
+        }
+        if Instant::now() >= deadline {
+            let _ = session.kill();
+            let _ = session.wait();
+            panic!("psql did not connect to {database}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The pid on the host of the process `pid` of the embedded manager's pid namespace (where
+/// PostgreSQL runs, and the pids pg_stat_activity shows).
+fn host_pid(host: &Host, pid: i32) -> i32 {
+    let namespace = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let managers = namespace(&manager_pid1(host).to_string());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|p| p.parse::<i32>().is_ok() && namespace(p) == managers)
+        .find(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|ids| ids.split_whitespace().last())
+                == Some(pid.to_string().as_str())
+        })
+        .expect("the process in the manager's namespace")
+        .parse()
+        .unwrap()
+}
+
 /// PID 1 of the embedded manager's namespace (the child of the `unshare` nxd started).
 fn manager_pid1(host: &Host) -> i32 {
     let unshare = std::fs::read_to_string(host.path("systemd/unshare.pid")).unwrap();

@@ -22,6 +22,11 @@ const TOOL_UNITS: &str = "nxdb-*.service";
 /// A swap retries when a client connected in the instant between ending the connections and
 /// the rename's lock (SQLSTATE 55006, object in use).
 const SWAP_ATTEMPTS: usize = 5;
+/// How long nxd's start tries again to drop a database left from before whose sessions
+/// outlive `DROP DATABASE ... WITH (FORCE)`'s own wait for them (5 s; e.g. the backend of a
+/// restore's large COPY, whose pg_restore a crash cut short, ends only at its next check for
+/// interrupts). Past it the database stays, for the next start.
+const LEFTOVER_DROP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A backup id: a UTC time stamp `YYYYMMDDTHHMMSSmmmZ` (`now_id`), else `BadBackupId`.
 pub(crate) fn check_id(id: &str) -> Result<(), DbError> {
@@ -397,7 +402,7 @@ impl Databases {
         let wanted: Vec<String> = branches.iter().map(|(id, _)| ident::branch(id)).collect();
         for database in leftovers.iter().filter(|d| !wanted.contains(d)) {
             tracing::warn!(%database, "dropping a database left from before");
-            self.drop_database_and_role(database).await?;
+            self.drop_leftover(database).await;
         }
         for (id, sandbox) in branches {
             self.sandbox_roles
@@ -432,6 +437,29 @@ impl Databases {
             }
         }
         Ok(swapped)
+    }
+
+    /// Drops a database (and its role) left from before, trying again while its sessions have
+    /// not ended (SQLSTATE 55006) for [`LEFTOVER_DROP_PATIENCE`]; never fails nxd's start (newcomer
+    /// s17 N6: it exited there): a database it could not drop is logged and left to the next start.
+    async fn drop_leftover(&self, database: &str) {
+        let deadline = std::time::Instant::now() + LEFTOVER_DROP_PATIENCE;
+        loop {
+            match self.drop_database_and_role(database).await {
+                Ok(()) => return,
+                Err(DbError::Sql(sqlx::Error::Database(e)))
+                    if e.code().as_deref() == Some("55006")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(%database, error = %e, "its sessions have not ended yet; dropping it again in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::error!(%database, error = %e, "could not drop a database left from before: nxd's next start drops it (or drop it as PostgreSQL's superuser once its sessions ended)");
+                    return;
+                }
+            }
+        }
     }
 
     /// Puts back the database a swap replaced (`previous`, as the swap returned it); what was
