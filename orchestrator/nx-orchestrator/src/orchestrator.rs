@@ -519,7 +519,9 @@ impl Orchestrator {
             ("NX_PREVIEW_URL".into(), self.preview_url(deployment)),
         ]);
         let credentials = if deployment.db_branch {
-            self.databases.branch_credentials(&deployment.id).await?
+            self.databases
+                .branch_credentials(&deployment.sandbox, &deployment.id)
+                .await?
         } else {
             self.databases.ensure_sandbox(&deployment.sandbox).await?
         };
@@ -1102,6 +1104,11 @@ impl Orchestrator {
         if swap_db && !deployment.db_branch {
             return Err(Error::Invalid(format!(
                 "deployment {id} has no preview branch to swap in (push it with --db-branch)"
+            )));
+        }
+        if swap_db && !self.databases.branch_is_whole(id).await? {
+            return Err(Error::Conflict(format!(
+                "deployment {id}'s database branch is missing or its copy was cut short (by a crash of nxd): nothing was promoted; `nx stop {id}` and `nx start {id}` make it again from production's database, or `nx rm {id}` and push again with --db-branch"
             )));
         }
         let phase = self.phase(&deployment).await?;

@@ -738,6 +738,81 @@ fn a_session_outliving_the_drop_of_a_leftover_scratch_database_does_not_end_nxds
     );
 }
 
+/// Newcomer s17 N3: a kill -9 of nxd while a `--db-branch` push copied production's database
+/// left a preview that the next nxd started and showed running, with no branch database (or,
+/// cut during pg_dump | pg_restore, an empty one). Its next start makes the branch again; and
+/// `promote --swap-db` of a deployment whose branch is missing says what to do.
+#[test]
+fn a_preview_branch_whose_copy_a_crash_cut_short_is_made_again_before_it_runs() {
+    let mut host = Host::start();
+    let id = host.push_sample("shop", &[]);
+    assert_eq!(
+        host.get(&host.preview_host("shop", &id), "/db/put?v=a").0,
+        200
+    );
+    let production_db = superuser(
+        &host,
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'nx\\_%'",
+    );
+    // A session on production's database: the branch is copied by pg_dump | pg_restore.
+    let (mut session, _) = held_session(&host, &production_db);
+    let sample = nx_testkit::sample_app();
+    host.crash_during(
+        "databases::tool",
+        &[
+            "push",
+            sample.to_str().unwrap(),
+            "--sandbox",
+            "shop",
+            "--db-branch",
+        ],
+    );
+    drop(session.stdin.take());
+    let _ = session.wait();
+    let deployments = host.nx_json(&["status", "shop"])[0]["deployments"].clone();
+    let preview = deployments
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .find(|d| d != &id)
+        .expect("the preview was recorded");
+    let preview_host = host.preview_host("shop", &preview);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while host.get(&preview_host, "/db/list").0 != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        host.get(&preview_host, "/db/list"),
+        (200, r#"["a"]"#.into()),
+        "the preview's branch after the crash:\n{}",
+        host.nxd_log()
+    );
+    assert_eq!(host.get(&preview_host, "/db/put?v=b").0, 200);
+    let marks: Vec<String> = nx_testkit::files_under(&host.path("backups"))
+        .into_iter()
+        .filter(|f| f.contains(".copying-"))
+        .collect();
+    assert!(marks.is_empty(), "branch marks left: {marks:?}");
+
+    superuser(
+        &host,
+        "postgres",
+        &format!("DROP DATABASE nxb_{preview} WITH (FORCE)"),
+    );
+    let promoted = host.nx_json(&["status", "shop"])[0]["promoted"].clone();
+    let refused = host.nx(&["promote", "shop", &preview, "--swap-db"]);
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("database branch is missing")
+            && refused.stderr.contains(&format!("nx rm {preview}")),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(host.nx_json(&["status", "shop"])[0]["promoted"], promoted);
+}
+
 /// A psql session on `database` as PostgreSQL's superuser, held until its stdin closes, and
 /// its backend's pid on the host.
 #[allow(

@@ -370,6 +370,7 @@ impl Databases {
             tracing::warn!(%unit, "stopping a database tool left from before");
             let _ = self.supervisor.stop(&unit).await;
         }
+        let wanted: Vec<String> = branches.iter().map(|(id, _)| ident::branch(id)).collect();
         let mut removed = Vec::new();
         for entry in std::fs::read_dir(&self.backups)?.flatten() {
             let path = entry.path();
@@ -386,7 +387,13 @@ impl Databases {
                         removed.push(inner.path());
                     }
                 }
-            } else if name.starts_with("upload-") || name.starts_with("nxdb-") {
+            } else if name.starts_with("upload-")
+                || name.starts_with("nxdb-")
+                || name
+                    .strip_prefix(".copying-")
+                    .is_some_and(|branch| !wanted.iter().any(|w| w == branch))
+            {
+                // A branch's mark stays only while its deployment does (made again at its start).
                 std::fs::remove_file(&path)?;
                 removed.push(path);
             }
@@ -399,7 +406,6 @@ impl Databases {
         )
         .fetch_all(&self.admin)
         .await?;
-        let wanted: Vec<String> = branches.iter().map(|(id, _)| ident::branch(id)).collect();
         for database in leftovers.iter().filter(|d| !wanted.contains(d)) {
             tracing::warn!(%database, "dropping a database left from before");
             self.drop_leftover(database).await;

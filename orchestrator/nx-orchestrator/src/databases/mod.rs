@@ -666,17 +666,23 @@ impl Databases {
     }
 
     async fn drop_database_and_role(&self, name: &str) -> Result<(), DbError> {
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote(name)
-        ))
-        .execute(&self.admin)
-        .await?;
+        self.drop_database(name).await?;
         sqlx::query(&format!("DROP ROLE IF EXISTS {}", quote(name)))
             .execute(&self.admin)
             .await?;
         let _ = std::fs::remove_file(self.secrets.join(format!("{name}.password")));
         self.sandbox_roles.forget(name);
+        Ok(())
+    }
+
+    /// Drops `database` if it is there, ending its sessions (waiting 5 s for them).
+    async fn drop_database(&self, database: &str) -> Result<(), DbError> {
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote(database)
+        ))
+        .execute(&self.admin)
+        .await?;
         Ok(())
     }
 
@@ -734,14 +740,42 @@ impl Databases {
     }
 
     /// A copy of the sandbox's database under a role of its own, for one preview deployment.
+    /// While it is made its mark ([`Self::branch_mark`]) lies in the backups' directory, and
+    /// stays when it fails: a branch with its mark is not whole ([`Self::branch_is_whole`]).
     #[tracing::instrument(skip(self))]
     pub async fn branch(
         &self,
         sandbox: &SandboxName,
         id: &DeploymentId,
     ) -> Result<(Credentials, BranchMethod), DbError> {
-        let production = self.ensure_sandbox(sandbox).await?;
         let name = ident::branch(id);
+        let mark = self.branch_mark(&name);
+        std::fs::write(&mark, b"")?;
+        let made = self.copy_branch(sandbox, &name).await?;
+        std::fs::remove_file(&mark)?;
+        Ok(made)
+    }
+
+    /// The mark of branch `name` while it is made ([`Self::branch`]):
+    /// `<state_dir>/backups/.copying-<name>`.
+    pub(super) fn branch_mark(&self, name: &str) -> PathBuf {
+        self.backups.join(format!(".copying-{name}"))
+    }
+
+    /// Whether deployment `id`'s preview branch is whole: its database is there and no copy
+    /// into it was cut short (by a crash of nxd: its mark is left).
+    pub async fn branch_is_whole(&self, id: &DeploymentId) -> Result<bool, DbError> {
+        let name = ident::branch(id);
+        Ok(self.database_exists(&name).await? && !self.branch_mark(&name).exists())
+    }
+
+    async fn copy_branch(
+        &self,
+        sandbox: &SandboxName,
+        name: &str,
+    ) -> Result<(Credentials, BranchMethod), DbError> {
+        let production = self.ensure_sandbox(sandbox).await?;
+        let name = name.to_owned();
         self.sandbox_roles.branch(&name, &production.role);
         let creds = self.ensure_role(&name).await?;
         let template = self
@@ -949,9 +983,23 @@ impl Databases {
         self.idents.sandbox(sandbox)
     }
 
-    /// The credentials of an existing preview branch.
-    pub async fn branch_credentials(&self, id: &DeploymentId) -> Result<Credentials, DbError> {
-        self.ensure_role(&ident::branch(id)).await
+    /// The credentials of deployment `id`'s preview branch, at each start of it: a branch that
+    /// is not whole ([`Self::branch_is_whole`]) is made again first, from production's database
+    /// as it is now (newcomer s17 N3: a preview whose copy a crash cut short was adopted
+    /// running, with no database). Errors: the copy's ([`Self::branch`]).
+    pub async fn branch_credentials(
+        &self,
+        sandbox: &SandboxName,
+        id: &DeploymentId,
+    ) -> Result<Credentials, DbError> {
+        if self.branch_is_whole(id).await? {
+            return self.ensure_role(&ident::branch(id)).await;
+        }
+        tracing::warn!(deployment = %id, "its preview branch is missing or its copy was cut short (by a crash of nxd): made again from production's database");
+        self.drop_database(&ident::branch(id)).await?;
+        self.branch(sandbox, id)
+            .await
+            .map(|(credentials, _)| credentials)
     }
 
     #[tracing::instrument(skip(self))]
