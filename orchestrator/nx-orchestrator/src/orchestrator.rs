@@ -31,7 +31,7 @@ use crate::tasks::Tasks;
 use crate::timing::step;
 use crate::{embedded_db, host_limits, readiness};
 use futures_util::{stream, StreamExt};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -93,6 +93,37 @@ pub struct Orchestrator {
     pub sandbox_locks: crate::sandbox_locks::SandboxLocks,
     /// The room in the store that each owner's uploads under way reserved (attacker s12 M4).
     pub(crate) store_reservations: crate::artifact::owners::Reservations,
+    /// The deployments whose push has not finished (recorded, not yet copied or started by
+    /// it): not promotable (newcomer s17 N8).
+    pushing: std::sync::Mutex<HashSet<DeploymentId>>,
+}
+
+/// A deployment's place in [`Orchestrator::pushing`] while its push runs; leaves it when the
+/// push ends, however it ends (an error, or its request dropped).
+struct Pushing<'a> {
+    set: &'a std::sync::Mutex<HashSet<DeploymentId>>,
+    id: DeploymentId,
+}
+
+impl<'a> Pushing<'a> {
+    fn enter(set: &'a std::sync::Mutex<HashSet<DeploymentId>>, id: &DeploymentId) -> Self {
+        set.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone());
+        Self {
+            set,
+            id: id.clone(),
+        }
+    }
+}
+
+impl Drop for Pushing<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
+    }
 }
 
 impl Orchestrator {
@@ -236,6 +267,7 @@ impl Orchestrator {
             data_templates,
             sandbox_locks: Default::default(),
             store_reservations: Default::default(),
+            pushing: Default::default(),
         });
         // Only here: the watchdog's re-adoption runs while volume work may be under way.
         app.recover_promotions().await?;
@@ -789,6 +821,7 @@ impl Orchestrator {
         )
         .await?;
         tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");
+        let _pushing = Pushing::enter(&self.pushing, &deployment.id);
         step("service", self.record_service(&deployment, &req)).await?;
         step("tcp", self.allocate_tcp(&deployment, &req)).await?;
         let own_volumes = step("volumes", self.make_own_volumes(&deployment)).await;
@@ -1101,6 +1134,18 @@ impl Orchestrator {
             .lock(sandbox, SandboxWork::Promote(id.clone()))
             .await;
         let deployment = self.deployment_in(sandbox, id).await?;
+        let pushing = self
+            .pushing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(id);
+        if pushing {
+            // Its branch may be half copied and its program not started by its push: a
+            // promotion would start it, and `--swap-db` swap in that copy (newcomer s17 N8).
+            return Err(Error::Conflict(format!(
+                "deployment {id} is still being pushed (its push has not finished): wait for `nx push` to end, then promote it"
+            )));
+        }
         if swap_db && !deployment.db_branch {
             return Err(Error::Invalid(format!(
                 "deployment {id} has no preview branch to swap in (push it with --db-branch)"

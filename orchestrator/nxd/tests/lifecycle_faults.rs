@@ -897,3 +897,50 @@ fn a_push_failing_after_its_deployment_was_started_leaves_nothing_running() {
     assert_eq!(view["state"]["restarts"], 0, "{view}");
     assert_eq!(view["state"]["active"], "active", "{view}");
 }
+
+/// Newcomer s17 N8 (medium): `nx promote --swap-db` of a deployment whose `--db-branch` push
+/// was still copying started it, swapped production's database for the copy in progress, and
+/// the push then failed: production ran on a copy nobody had asked for. A deployment whose
+/// push has not finished is not promotable (409); its push ends as it would have.
+#[test]
+fn a_deployment_whose_push_has_not_finished_is_not_promotable() {
+    let mut host = Host::start();
+    let production = host.push_sample("pgb", &[]);
+    host.nx_json(&["promote", "pgb", &production]);
+    host.restart_nxd_with_failpoints("push::branching=return(8000)");
+    let push = host.spawn_push_sample("pgb", &["--db-branch"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let out = host.nx(&["--json", "status", "pgb"]);
+        let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        let ids: Vec<String> = status[0]["deployments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["id"].as_str().map(str::to_owned))
+            .filter(|id| id != &production)
+            .collect();
+        if let Some(id) = ids.into_iter().next() {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "the push recorded no deployment");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let promoted = host.nx(&["promote", "pgb", &id, "--swap-db"]);
+    assert!(
+        !promoted.ok && promoted.stderr.contains("is still being pushed"),
+        "{} {}",
+        promoted.stdout,
+        promoted.stderr
+    );
+    let out = push.wait_with_output().expect("nx push ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = host.nx_json(&["status", "pgb"]);
+    assert_eq!(status[0]["promoted"], production.as_str(), "{status}");
+    // Once pushed, it is promotable.
+    host.nx_json(&["promote", "pgb", &id, "--swap-db"]);
+}
