@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 state=${NX_STATE_DIR:-/var/lib/nx-quickstart}
-# The API's and the router's ports on 127.0.0.1 (a second try beside a running nxd, or a
-# machine where 7700/7780 are taken: NX_API_PORT=7701 NX_ROUTER_PORT=7781).
+# The API's and the router's ports on 127.0.0.1 (a machine where 7700/7780 are taken:
+# NX_API_PORT=7701 NX_ROUTER_PORT=7781). A second nxd beside a running one is refused: one nxd
+# runs a network namespace's deployments' network.
 api_port=${NX_API_PORT:-7700}
 router_port=${NX_ROUTER_PORT:-7780}
 bash install-deps.sh

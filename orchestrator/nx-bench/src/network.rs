@@ -150,7 +150,10 @@ pub fn setup_cost(n: usize, ipv6: bool) -> anyhow::Result<SetupCost> {
             .enable_all()
             .build()?;
         let config = NetworkConfig::default();
-        let network = runtime.block_on(HostNetwork::start(&config, n as u32, state.path()))?;
+        let network = runtime.block_on(async {
+            let claim = HostNetwork::check(state.path()).await?;
+            HostNetwork::start(claim, &config, n as u32, state.path()).await
+        })?;
         anyhow::ensure!(
             network.plan().subnet6().is_some() == ipv6,
             "deployments' IPv6 is {} where the benchmark asked for {}",

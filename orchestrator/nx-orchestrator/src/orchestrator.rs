@@ -144,12 +144,12 @@ impl Orchestrator {
         // (the cgroup hierarchies, the state dir), which `Supervisor::connect` checks before it
         // starts or adopts one; `nx0` and the firewall after it (a refused start had left them
         // until `nxd manager-stop`).
-        HostNetwork::check().await?;
+        let claim = HostNetwork::check(state_dir).await?;
         let supervisor = Arc::new(
             Supervisor::connect(config.systemd.mode, state_dir, &config.systemd.slice).await?,
         );
         let slots = u32::from(config.ports.end - config.ports.start) + 1;
-        let network = HostNetwork::start(&config.network, slots, state_dir).await?;
+        let network = HostNetwork::start(claim, &config.network, slots, state_dir).await?;
         crate::backend::pts_mount::size_host_pool(slots);
         if let Err(e) = supervisor
             .configure_slices(host_limits::slice_caps(&config.systemd))

@@ -412,6 +412,48 @@ fn network_allow_entries_that_are_not_cidrs_refuse_to_start_with_the_line_named(
     }
 }
 
+/// Newcomer17 N13: a second nxd in the network namespace of a running one (the quick start's
+/// second try, other state dir and ports) deleted the first's links and firewall table and gave
+/// its deployments the first's addresses, so the first's URLs served the second's deployment.
+/// Now it refuses before it changes anything, naming the first nxd and what to do, and the
+/// first goes on serving.
+#[test]
+fn a_second_nxd_in_the_network_namespace_of_a_running_one_refuses_and_names_it() {
+    let host = Host::start();
+    let id = host.push_sample("first", &[]);
+    let preview = host.preview_host("first", &id);
+    let second = tempfile::Builder::new()
+        .prefix("nx-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let listen = |port: u16| format!("127.0.0.1:{port}");
+    let out = host.nxd_that_exits(
+        &[
+            "--state-dir",
+            second.path().to_str().unwrap(),
+            "--api-listen",
+            &listen(nx_testkit::free_port()),
+            "--router-listen",
+            &listen(nx_testkit::free_port()),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second nxd started: {stderr}");
+    let first = host.state_dir.path().display().to_string();
+    assert!(
+        stderr.contains("runs the deployments' network of this network namespace")
+            && stderr.contains(&format!("state dir {first}"))
+            && stderr.contains("manager-stop"),
+        "{stderr}"
+    );
+    // The first serves as before.
+    assert_eq!(host.get(&preview, "/").0, 200);
+    assert_eq!(host.get(&host.production_host("first"), "/").0, 404);
+    let again = host.push_sample("first", &[]);
+    assert_eq!(host.get(&host.preview_host("first", &again), "/").0, 200);
+}
+
 /// `--service`: the sandbox's other deployments reach the service by its name (and address),
 /// not the sandbox's deployments that declared nothing; another sandbox reaches neither; a
 /// newer push of the service takes the name over; a bad name is refused.

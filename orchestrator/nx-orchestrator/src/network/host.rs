@@ -12,6 +12,7 @@
 //! default route.
 
 use super::attach::delete_link;
+use super::claim::NetworkClaim;
 use super::{
     dns, firewall, Attachment, NetworkConfig, NetworkError, Plan, GATEWAY_LINK, LINK_PREFIX,
 };
@@ -28,6 +29,8 @@ pub struct HostNetwork {
     plan: Plan,
     resolv_conf: PathBuf,
     handle: Handle,
+    /// This nxd's claim on the namespace's network (`claim`), held as long as it runs.
+    _claim: NetworkClaim,
 }
 
 fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
@@ -39,10 +42,14 @@ fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetworkError 
 
 impl HostNetwork {
     /// What [`Self::start`] needs and cannot make, checked before anything of the host changes
-    /// (nxd's other refusals come after it and before `start`): `conntrack`, which removing a
-    /// deployment needs. Errors: conntrack missing or failing (`conntrack::check`).
-    pub async fn check() -> Result<(), NetworkError> {
-        super::conntrack::check().await
+    /// (nxd's other refusals come after it and before `start`): the network namespace's
+    /// deployments' network, which no other nxd may run (`claim`: the claim is returned, for
+    /// `start`), and `conntrack`, which removing a deployment needs. Errors: another nxd's
+    /// claim, naming it; conntrack missing or failing (`conntrack::check`).
+    pub async fn check(state_dir: &Path) -> Result<NetworkClaim, NetworkError> {
+        let claim = super::claim::claim(state_dir).await?;
+        super::conntrack::check().await?;
+        Ok(claim)
     }
 
     /// Sets up the host side for `slots` deployments (the size of `[ports]`); the deployments'
@@ -52,6 +59,7 @@ impl HostNetwork {
     /// Errors: a bad subnet, netlink, nft.
     #[tracing::instrument(skip_all, fields(subnet = %config.subnet, subnet6 = %config.subnet6))]
     pub async fn start(
+        claim: NetworkClaim,
         config: &NetworkConfig,
         slots: u32,
         state_dir: &Path,
@@ -88,6 +96,7 @@ impl HostNetwork {
             plan,
             resolv_conf,
             handle,
+            _claim: claim,
         })
     }
 

@@ -30,6 +30,8 @@
 #[cfg(target_os = "linux")]
 pub mod attach;
 #[cfg(target_os = "linux")]
+pub mod claim;
+#[cfg(target_os = "linux")]
 pub mod conntrack;
 pub mod dns;
 pub mod firewall;
