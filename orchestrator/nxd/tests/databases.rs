@@ -250,6 +250,73 @@ fn backup_drop_restore_and_the_dump_restores_into_a_plain_postgres() {
     );
 }
 
+/// Review17 #4: every tenant reads the roles' names (`pg_roles`) and may grant on its own
+/// tables to any role, and PostgreSQL's DROP ROLE refuses a role still granted anything in any
+/// database. Before, one sandbox's grants to every other role made another sandbox's `nx rm`
+/// of a --db-branch preview, its `promote --swap-db` (after the swap) and its `nx sandbox rm`
+/// fail; now each goes through, and the grants go with the roles.
+#[test]
+fn another_tenants_grants_to_a_sandboxs_roles_hold_up_neither_rm_nor_swap_db() {
+    let host = Host::start();
+    let prod = host.push_sample("victim", &[]);
+    host.nx_json(&["promote", "victim", &prod]);
+    let preview = host.push_sample("victim", &["--db-branch"]);
+    let next = host.push_sample("victim", &["--db-branch"]);
+    host.push_sample("grabby", &[]);
+    let grant_to_all = "CREATE TABLE t (x int); DO $$ DECLARE r text; BEGIN \
+        FOR r IN SELECT rolname FROM pg_roles WHERE rolname LIKE 'nx%' AND rolname <> current_user LOOP \
+        EXECUTE format('GRANT SELECT ON t TO %I', r); END LOOP; END $$";
+    let out = host.nx(&[
+        "db",
+        "psql",
+        "grabby",
+        "--",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        grant_to_all,
+    ]);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let granted = |role: &str| {
+        psql_as_superuser(
+            &host,
+            &format!("SELECT count(*) FROM pg_shdepend s JOIN pg_roles r ON r.oid = s.refobjid WHERE r.rolname = '{role}'"),
+        )
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    let roles = || psql_as_superuser(&host, "SELECT rolname FROM pg_roles ORDER BY 1");
+    let branch_role = format!("nxb_{preview}");
+    assert!(roles().contains(&branch_role), "{}", roles());
+    assert!(
+        granted(&branch_role) > 0,
+        "grabby's grant did not reach {branch_role}"
+    );
+
+    host.nx_json(&["rm", &preview]);
+    assert!(!roles().contains(&branch_role), "{}", roles());
+    host.nx_json(&["promote", "victim", &next, "--swap-db"]);
+    assert_eq!(host.get(&host.production_host("victim"), "/health").0, 200);
+    assert!(!roles().contains(&format!("nxb_{next}")), "{}", roles());
+    host.nx_json(&["sandbox", "rm", "victim"]);
+    // grabby's own database and table are as they were.
+    let out = host.nx(&[
+        "db",
+        "psql",
+        "grabby",
+        "--",
+        "-Atc",
+        "SELECT count(*) FROM t",
+    ]);
+    assert!(
+        out.ok && out.stdout.trim() == "0",
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
 #[test]
 fn a_preview_branch_starts_with_production_rows_and_goes_with_its_deployment() {
     let host = Host::start();

@@ -667,11 +667,43 @@ impl Databases {
 
     async fn drop_database_and_role(&self, name: &str) -> Result<(), DbError> {
         self.drop_database(name).await?;
+        self.drop_grants_to(name).await?;
         sqlx::query(&format!("DROP ROLE IF EXISTS {}", quote(name)))
             .execute(&self.admin)
             .await?;
         let _ = std::fs::remove_file(self.secrets.join(format!("{name}.password")));
         self.sandbox_roles.forget(name);
+        Ok(())
+    }
+
+    /// Removes what other databases hold for role `name`, database by database (those
+    /// `pg_shdepend` names: privileges granted to it, default privileges it set), with
+    /// `DROP OWNED BY`, which revokes them and drops what the role owns there; DROP ROLE
+    /// refuses a role still referenced in any database (PostgreSQL, "DROP ROLE"; REASSIGN
+    /// OWNED moves no privileges). Every tenant reads the roles' names (`pg_roles`) and may
+    /// grant on its own tables to any of them: before, one tenant's `GRANT ... TO` another's
+    /// role made that role's DROP ROLE fail, and with it the other's `nx rm` of a preview, its
+    /// `nx sandbox rm`, a `promote --swap-db` after its swap, and the next nxd start that
+    /// finished that swap (review17 #4). Call it once the role's own databases are gone or
+    /// given away (what it still owns elsewhere goes).
+    async fn drop_grants_to(&self, name: &str) -> Result<(), DbError> {
+        let databases: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT d.datname::text FROM pg_shdepend s \
+               JOIN pg_database d ON d.oid = s.dbid \
+             WHERE s.refclassid = 'pg_authid'::regclass AND d.datallowconn \
+               AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+        )
+        .bind(name)
+        .fetch_all(&self.admin)
+        .await?;
+        for database in databases {
+            let mut conn =
+                PgConnection::connect(&with_database(&self.admin_url, &database)).await?;
+            sqlx::query(&format!("DROP OWNED BY {}", quote(name)))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await?;
+        }
         Ok(())
     }
 
