@@ -419,7 +419,7 @@ fn network_allow_entries_that_are_not_cidrs_refuse_to_start_with_the_line_named(
 /// first goes on serving.
 #[test]
 fn a_second_nxd_in_the_network_namespace_of_a_running_one_refuses_and_names_it() {
-    let host = Host::start();
+    let mut host = Host::start();
     let id = host.push_sample("first", &[]);
     let preview = host.preview_host("first", &id);
     let second = tempfile::Builder::new()
@@ -451,6 +451,46 @@ fn a_second_nxd_in_the_network_namespace_of_a_running_one_refuses_and_names_it()
     assert_eq!(host.get(&preview, "/").0, 200);
     assert_eq!(host.get(&host.production_host("first"), "/").0, 404);
     let again = host.push_sample("first", &[]);
+    assert_eq!(host.get(&host.preview_host("first", &again), "/").0, 200);
+
+    // Review17 #12: any local process may take the claim's name first; one of another uid is
+    // named by the kernel's pid and uid, not by what it says of itself.
+    host.stop_nxd();
+    let squat = "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(b'\\0nx-deployment-network')\ns.listen()\nprint('bound',flush=True)\nwhile True:\n c,_=s.accept(); c.send(b'the nxd of pid 1 and state dir /x\\n'); c.close()\n";
+    let mut squatter = host
+        .netns
+        .command("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            squat,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bound = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(squatter.stdout.take().unwrap()),
+        &mut bound,
+    )
+    .unwrap();
+    assert_eq!(bound.trim(), "bound");
+    let out = host.nxd_that_exits(&[], std::time::Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!("a process of uid 65534 (pid {})", squatter.id()))
+            && !stderr.contains("pid 1 "),
+        "{stderr}"
+    );
+    host.start_nxd();
     assert_eq!(host.get(&host.preview_host("first", &again), "/").0, 200);
 }
 

@@ -6,10 +6,12 @@
 //! second's deployments. nxd therefore claims the namespace before it changes anything of the
 //! host: it binds a Unix socket with an abstract name (unix(7): abstract names belong to the
 //! network namespace and go with the process, kill -9 too), and answers whoever connects with
-//! its pid and state dir, which a second nxd names in its refusal.
+//! its pid and state dir, which a second nxd names in its refusal. Any local process may bind
+//! an abstract name: a holder of another uid than nxd's (SO_PEERCRED, unix(7)) is named by the
+//! kernel's pid and uid, not by what it answers (review17 #12).
 
 use super::NetworkError;
-use std::io::{BufRead, Write};
+use std::io::Read;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::Path;
@@ -68,14 +70,24 @@ pub async fn claim(state_dir: &Path) -> Result<NetworkClaim, NetworkError> {
     Ok(NetworkClaim { answering })
 }
 
-/// What the holder of the claim at `address` says of itself (one line), if it answers
-/// within a second.
+/// Who holds the claim at `address`: a process of nxd's own uid by what it says of itself (one
+/// line of at most 512 bytes, read within a second), any other by its pid and uid as the
+/// kernel gives them.
 fn holder(address: &SocketAddr) -> Option<String> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     let stream = UnixStream::connect_addr(address).ok()?;
+    let peer = getsockopt(&stream, PeerCredentials).ok()?;
+    if peer.uid() != nix::unistd::geteuid().as_raw() {
+        return Some(format!(
+            "a process of uid {} (pid {}), not an nxd of this user,",
+            peer.uid(),
+            peer.pid()
+        ));
+    }
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    let _ = (&stream).flush();
-    let mut line = String::new();
-    std::io::BufReader::new(stream).read_line(&mut line).ok()?;
-    let line = line.trim();
+    let mut said = [0u8; 512];
+    let n = (&stream).read(&mut said).ok()?;
+    let line = String::from_utf8_lossy(&said[..n]);
+    let line = line.lines().next().unwrap_or_default().trim();
     (!line.is_empty()).then(|| line.to_owned())
 }
