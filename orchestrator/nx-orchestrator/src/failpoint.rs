@@ -5,6 +5,8 @@
 //! `databases::tool` (pg_dump or pg_restore running), `databases::restore` (the scratch
 //! database made, nothing restored yet), `databases::swap` (inside the swap's transaction) and
 //! `databases::swapped` (a branch swapped in, its role not yet dropped nor recorded),
+//! `databases::finishing` (`return`: finishing a swapped branch fails after its objects went
+//! to production's role, before its role is dropped, as a refused DROP ROLE did),
 //! `databases::promoting` (a `--swap-db` preview without volume copies restarted on
 //! production's database, its promotion not yet recorded nor routed),
 //! `data_disk::copied` (a new filesystem image copied, not yet renamed into place),

@@ -298,8 +298,8 @@ impl Orchestrator {
                 .filter(|d| d.db_branch)
                 .map(|d| (d.id, d.sandbox))
                 .collect();
-            let swapped = self.databases.recover(&branches).await?;
-            for id in &swapped {
+            let recovered = self.databases.recover(&branches).await?;
+            for id in &recovered.swapped {
                 // Its branch is production's database now: it reconnects with production's role.
                 self.state.clear_db_branch(id).await?;
                 let deployment = self.state.deployment(id).await?;
@@ -307,6 +307,13 @@ impl Orchestrator {
                     .stop(&self.backend.handle(&deployment), DEFAULT_STOP_TIMEOUT)
                     .await?;
             }
+            // Off the start's path: a drop may wait ~35 s for sessions to end (review17 #9).
+            let app = Arc::clone(self);
+            tokio::spawn(async move {
+                app.databases
+                    .drop_left_from_before(recovered.leftovers)
+                    .await;
+            });
             let renamed = self
                 .databases
                 .rename_legacy(&self.state.sandbox_names().await?)
@@ -1012,10 +1019,11 @@ impl Orchestrator {
 
     /// Production of the deployment's sandbox goes to it (it runs): with `swap_db`, its preview
     /// branch becomes production's database first; its volume mounts become the volumes
-    /// themselves (`volumes::own`). When either changed it restarts on them, and if it does
-    /// not come back up, production's database and its mounts are put back as they were and
-    /// nothing is promoted. Its own volume copies are deleted once it is promoted. A crash
-    /// in between is finished or undone at nxd's start (`volumes::own`).
+    /// themselves (`volumes::own`). When either changed it restarts on them, and if anything
+    /// after the swap fails (finishing it, the records, the restart), production's database
+    /// and its mounts are put back as they were, the preview's branch is its own again, and
+    /// nothing is promoted. Its own volume copies are deleted once it is promoted. A crash in
+    /// between is finished or undone at nxd's start (`volumes::own`).
     async fn switch_to(&self, deployment: &Deployment, swap_db: bool) -> Result<(), Error> {
         let (sandbox, id) = (&deployment.sandbox, &deployment.id);
         // From here a crash is finished or undone at nxd's start (`recover_promotions`).
@@ -1028,58 +1036,64 @@ impl Orchestrator {
                     return Err(e.into());
                 }
             };
-            self.state.clear_db_branch(id).await?;
             tracing::info!(%previous, "branch swapped in; production's database kept");
             Some(previous)
         } else {
             None
         };
-        let own_mounts = self
-            .mount_live_volumes(&self.state.deployment(id).await?)
-            .await?;
-        if previous_db.is_some() || own_mounts.is_some() {
+        // Once the swap committed, every error goes through the undoing below (review17 #4:
+        // a `?` here left production on the branch's data and the old deployment routed).
+        let mut own_mounts = None;
+        let switched = async {
+            if previous_db.is_some() {
+                self.databases.finish_branch_swap(sandbox, id).await?;
+                self.state.clear_db_branch(id).await?;
+            }
+            own_mounts = self
+                .mount_live_volumes(&self.state.deployment(id).await?)
+                .await?;
+            if previous_db.is_none() && own_mounts.is_none() {
+                return Ok(());
+            }
             // It reconnects with production's credentials, mounts production's volumes.
             let now = self.state.deployment(id).await?;
-            let restarted = async {
-                self.backend
-                    .stop(&self.backend.handle(&now), DEFAULT_STOP_TIMEOUT)
-                    .await?;
-                self.start_and_wait(&now, false).await
-            };
-            let restarted = restarted.await;
-            if restarted.is_ok() {
+            self.backend
+                .stop(&self.backend.handle(&now), DEFAULT_STOP_TIMEOUT)
+                .await?;
+            self.start_and_wait(&now, false).await?;
+            if own_mounts.is_some() {
+                fail::fail_point!("volumes::promoting");
+            } else {
+                fail::fail_point!("databases::promoting");
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = switched {
+            let mut undone = vec!["nothing was promoted".to_owned()];
+            if let Some(previous) = previous_db {
+                // A crash from here on undoes the promotion at nxd's start. Put
+                // production's database back even when that record fails.
+                if let Err(record) = self.record_swap_back(deployment, &previous) {
+                    tracing::warn!(error = %record, "recording the swap-back before it");
+                }
                 if own_mounts.is_some() {
-                    fail::fail_point!("volumes::promoting");
-                } else {
-                    fail::fail_point!("databases::promoting");
+                    fail::fail_point!("volumes::unpromoting");
                 }
+                let kept = self.databases.swap_back(sandbox, &previous).await?;
+                if own_mounts.is_some() {
+                    fail::fail_point!("volumes::swapped_back");
+                }
+                tracing::warn!(error = %e, %kept, "the promotion failed after the swap; production's database put back");
+                undone.push(self.branch_back(deployment, &kept).await);
             }
-            if let Err(e) = restarted {
-                let mut undone = vec!["nothing was promoted".to_owned()];
-                if let Some(previous) = previous_db {
-                    // A crash from here on undoes the promotion at nxd's start. Put
-                    // production's database back even when that record fails.
-                    if let Err(record) = self.record_swap_back(deployment, &previous) {
-                        tracing::warn!(error = %record, "recording the swap-back before it");
-                    }
-                    if own_mounts.is_some() {
-                        fail::fail_point!("volumes::unpromoting");
-                    }
-                    let kept = self.databases.swap_back(sandbox, &previous).await?;
-                    if own_mounts.is_some() {
-                        fail::fail_point!("volumes::swapped_back");
-                    }
-                    tracing::warn!(error = %e, %kept, "restart after the swap failed; production's database put back");
-                    undone.push(format!("production's database is as it was (the branch's data is kept as database {kept})"));
-                }
-                if let Some(mounts) = own_mounts {
-                    self.put_back_mounts(deployment, &mounts).await?;
-                    undone.push(self.restart_on_own_volumes(deployment, swap_db).await);
-                } else {
-                    self.forget_promotion(deployment)?;
-                }
-                return Err(e.with_outcome(&undone.join(", ")));
+            if let Some(mounts) = own_mounts {
+                self.put_back_mounts(deployment, &mounts).await?;
+                undone.push(self.restart_on_own_volumes(deployment, swap_db).await);
+            } else {
+                self.forget_promotion(deployment)?;
             }
+            return Err(e.with_outcome(&undone.join(", ")));
         }
         let _guard = self.changes.lock().await;
         self.state.promote(sandbox, id).await?;
@@ -1092,6 +1106,28 @@ impl Orchestrator {
             self.drop_own_volumes(deployment)?;
         }
         Ok(())
+    }
+
+    /// After a `--swap-db` promotion of `deployment` was undone: the branch's data, kept as
+    /// database `kept`, is its preview branch again and it runs on it at its next start
+    /// (review17 #7: it ran on production's database). Says, for the promotion's error, where
+    /// the branch's data is.
+    async fn branch_back(&self, deployment: &Deployment, kept: &str) -> String {
+        let (sandbox, id) = (&deployment.sandbox, &deployment.id);
+        let given = async {
+            self.databases.give_branch_back(sandbox, id, kept).await?;
+            self.state.set_db_branch(id, true).await?;
+            // Its sandbox's gate admits the branch's role again (the swap's finish forgot it).
+            self.databases.sandbox_socket(sandbox, Some(id)).await?;
+            Ok::<(), Error>(())
+        };
+        match given.await {
+            Ok(()) => format!("production's database is as it was and the preview's branch is its own again (`nx start {id}` if it stopped)"),
+            Err(e) => {
+                tracing::warn!(error = %e, %kept, "the undone swap's branch could not be given back to the preview");
+                format!("production's database is as it was (the branch's data is kept as database {kept}; it could not be the preview's again: {e})")
+            }
+        }
     }
 
     /// Production of the deployment's sandbox goes back to it (it runs), unless production

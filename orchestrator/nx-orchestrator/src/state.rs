@@ -374,9 +374,17 @@ impl StateStore {
 
     /// A branched deployment whose branch became production's database runs against it now.
     pub async fn clear_db_branch(&self, id: &DeploymentId) -> Result<(), StateError> {
+        self.set_db_branch(id, false).await
+    }
+
+    /// Whether deployment `id` runs on a preview branch of its own (`nxb_<id>`): false once
+    /// its branch became production's database ([`Self::clear_db_branch`]), true again when
+    /// that promotion was undone and the branch given back.
+    pub async fn set_db_branch(&self, id: &DeploymentId, branch: bool) -> Result<(), StateError> {
         let _write = self.views_write();
-        sqlx::query("UPDATE deployments SET db_branch = false WHERE id = $1")
+        sqlx::query("UPDATE deployments SET db_branch = $2 WHERE id = $1")
             .bind(id.as_str())
+            .bind(branch)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -492,12 +492,24 @@ fn assert_nothing_left(host: &Host) {
         })
         .collect();
     assert!(stray.is_empty(), "files left: {stray:?}");
-    let scratch = superuser(
-        host,
-        "postgres",
-        "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'nxr\\_%'",
-    );
-    assert_eq!(scratch, "", "scratch databases left");
+    assert_eq!(scratch_left_within(host, 30), "", "scratch databases left");
+}
+
+/// The scratch databases (`nxr_*`) still there after up to `secs` seconds (nxd drops those
+/// left from before in the background, after its start), comma-separated.
+fn scratch_left_within(host: &Host, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let scratch = superuser(
+            host,
+            "postgres",
+            "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'nxr\\_%'",
+        );
+        if scratch.is_empty() || Instant::now() > deadline {
+            return scratch;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -736,6 +748,181 @@ fn a_session_outliving_the_drop_of_a_leftover_scratch_database_does_not_end_nxds
         host.get(&host.preview_host("shop", &id), "/db/list"),
         (200, r#"["a"]"#.into())
     );
+}
+
+/// Review17 #9 and crash17's untested give-up: nxd dropped the databases left from before
+/// one after another inside its start, each waiting up to ~35 s for sessions that outlive
+/// `DROP DATABASE ... WITH (FORCE)`, before its API answered. Now they are dropped in the
+/// background: nxd answers, and its deployments do, while a scratch database's session (its
+/// backend stopped) holds the drop up; past 30 s the drop is given up, logged, and the
+/// database left to the next start, which drops it.
+#[test]
+fn nxd_answers_while_a_leftover_database_cannot_be_dropped_and_drops_it_at_the_next_start() {
+    let mut host = Host::start();
+    let id = host.push_sample("shop", &[]);
+    let dump = host.path("shop.dump");
+    host.nx_json(&["db", "backup", "shop", "-o", dump.to_str().unwrap()]);
+    let app = |host: &Host, path: &str| host.get(&host.preview_host("shop", &id), path);
+    assert_eq!(app(&host, "/db/put?v=a").0, 200);
+    host.restart_nxd_crashing_at("databases::restore");
+    let out = host.nx(&["db", "restore", "shop", dump.to_str().unwrap()]);
+    assert!(!out.ok, "the restore survived the crash");
+    host.wait_nxd_exit();
+    let scratch = scratch_left_within(&host, 0);
+    assert!(
+        scratch.starts_with("nxr_"),
+        "no scratch database: {scratch:?}"
+    );
+    let (mut session, backend) = held_session(&host, &scratch);
+    nix::sys::signal::kill(backend, nix::sys::signal::Signal::SIGSTOP).unwrap();
+
+    let started = Instant::now();
+    host.restart_nxd();
+    let answered = started.elapsed();
+    assert!(
+        answered < Duration::from_secs(25),
+        "nxd answered {answered:?} after its start began (the drop of {scratch} held it up):\n{}",
+        host.nxd_log()
+    );
+    assert_eq!(app(&host, "/db/list"), (200, r#"["a"]"#.into()));
+    host.wait_for_log_line(
+        |l| l.contains("dropping a database left from before") && l.contains(&scratch),
+        Duration::from_secs(10),
+        "nxd did not begin dropping the scratch database",
+    );
+    // Past LEFTOVER_DROP_PATIENCE (30 s) and the last DROP's own 5 s: given up, left.
+    host.wait_for_log_line(
+        |l| l.contains("could not drop a database left from before") && l.contains(&scratch),
+        Duration::from_secs(60),
+        "nxd did not give the drop up",
+    );
+    assert_eq!(scratch_left_within(&host, 0), scratch);
+    assert_eq!(health(&host).0, 200);
+    nix::sys::signal::kill(backend, nix::sys::signal::Signal::SIGCONT).unwrap();
+    drop(session.stdin.take());
+    let _ = session.wait();
+    host.restart_nxd();
+    assert_nothing_left(&host);
+    assert_eq!(app(&host, "/db/list"), (200, r#"["a"]"#.into()));
+}
+
+/// Review17 #4 (its part on 3bcbf69's path): when a step after the swap of `promote --swap-db`
+/// failed (there: the branch role's DROP ROLE, refused; also the records, the volume mounts),
+/// production was left on the branch's data while the old deployment stayed routed, until
+/// nxd's next start; and review17 #7: an undone db-only swap left the preview without its
+/// branch (its next start ran it on production's database). Such a failure is undone now:
+/// production's database is as it was, the preview runs on its own branch, and a later
+/// promotion of it goes through.
+#[test]
+fn a_swap_db_promotion_failing_after_its_swap_is_undone_and_the_preview_keeps_its_branch() {
+    let mut host = Host::start();
+    let old = host.push_sample("shop", &[]);
+    host.nx_json(&["promote", "shop", &old]);
+    let production = host.production_host("shop");
+    assert_eq!(host.get(&production, "/db/put?v=a").0, 200);
+    let preview = host.push_sample("shop", &["--db-branch"]);
+    let preview_host = host.preview_host("shop", &preview);
+    assert_eq!(host.get(&preview_host, "/db/put?v=b").0, 200);
+
+    host.restart_nxd_with_failpoints("databases::finishing=return");
+    let out = host.nx(&["promote", "shop", &preview, "--swap-db"]);
+    assert!(!out.ok, "the promotion went through its failing finish");
+    assert_eq!(
+        (
+            host.get(&production, "/env").1.contains(&old),
+            host.get(&production, "/db/list")
+        ),
+        (true, (200, r#"["a"]"#.into())),
+        "production after the failed promotion:\n{}",
+        host.nxd_log()
+    );
+    assert_eq!(
+        host.nx_json(&["status", "shop"])[0]["promoted"],
+        old.as_str()
+    );
+    assert_eq!(host.deployment("shop", &preview)["db_branch"], true);
+    assert_eq!(
+        host.get(&preview_host, "/db/list"),
+        (200, r#"["a","b"]"#.into()),
+        "the preview after the failed promotion"
+    );
+    assert!(
+        out.stderr.contains("cannot be dropped") && out.stderr.contains("nothing was promoted"),
+        "{}",
+        out.stderr
+    );
+    host.nx_json(&["stop", &preview]);
+    host.nx_json(&["start", &preview]);
+    assert_eq!(
+        host.get(&preview_host, "/db/list"),
+        (200, r#"["a","b"]"#.into()),
+        "the preview started again after the failed promotion"
+    );
+    assert!(!host
+        .path(&format!("volumes/shop/{preview}/.promoting"))
+        .exists());
+
+    host.restart_nxd();
+    host.nx_json(&["promote", "shop", &preview, "--swap-db"]);
+    assert!(host.get(&production, "/env").1.contains(&preview));
+    assert_eq!(
+        host.get(&production, "/db/list"),
+        (200, r#"["a","b"]"#.into())
+    );
+}
+
+/// Review17 #4 (its start part) / 3bcbf69: a swap that nxd's start cannot finish (there: the
+/// branch role's DROP ROLE, refused) made nxd exit at every start, every tenant down. Now
+/// that start goes on (the deployment stays stopped, its promotion's intent kept) and the
+/// next one finishes the promotion.
+#[test]
+fn a_swap_that_nxds_start_cannot_finish_leaves_it_starting_and_the_next_start_finishes_it() {
+    let mut host = Host::start();
+    let old = host.push_sample("shop", &[]);
+    host.nx_json(&["promote", "shop", &old]);
+    let production = host.production_host("shop");
+    assert_eq!(host.get(&production, "/db/put?v=a").0, 200);
+    let other = host.push_sample("other", &[]);
+    let preview = host.push_sample("shop", &["--db-branch"]);
+    assert_eq!(
+        host.get(&host.preview_host("shop", &preview), "/db/put?v=b")
+            .0,
+        200
+    );
+    host.restart_nxd_crashing_at("databases::swapped");
+    assert!(!host.nx(&["promote", "shop", &preview, "--swap-db"]).ok);
+    host.wait_nxd_exit();
+
+    host.restart_nxd_with_failpoints("databases::finishing=return");
+    host.wait_for_log_line(
+        |l| l.contains("could not finish nor undo a promotion"),
+        Duration::from_secs(30),
+        "nxd's start did not say it could not finish the swap",
+    );
+    let intent = host.path(&format!("volumes/shop/{preview}/.promoting"));
+    assert!(intent.exists(), "the promotion's intent is gone");
+    let other_host = host.preview_host("other", &other);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host.get(&other_host, "/db/connect").0 != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(host.get(&other_host, "/db/connect").0, 200);
+
+    host.restart_nxd();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !host.get(&production, "/env").1.contains(&preview) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        (
+            host.get(&production, "/env").1.contains(&preview),
+            host.get(&production, "/db/list")
+        ),
+        (true, (200, r#"["a","b"]"#.into())),
+        "production after the next start:\n{}",
+        host.nxd_log()
+    );
+    assert!(!intent.exists(), "the promotion's intent is left");
 }
 
 /// Newcomer s17 N3: a kill -9 of nxd while a `--db-branch` push copied production's database

@@ -439,6 +439,16 @@ fn a_failed_restart_after_swap_db_leaves_production_data_as_it_was() {
         (200, r#"["p1"]"#.to_string()),
         "production's data changed"
     );
+    // Review17 #7: the preview's branch is its own again (it ran on production's database at
+    // its next start): its record says so and its branch database holds what it wrote.
+    assert_eq!(host.deployment("blog", &next)["db_branch"], true);
+    let (ok, rows) = nx_testkit::psql(
+        &host.path("postgres/socket"),
+        5432,
+        &format!("nxb_{next}"),
+        "SELECT string_agg(v, ',' ORDER BY v) FROM items",
+    );
+    assert_eq!((ok, rows.trim()), (true, "n1,p1"), "the preview's branch");
 }
 
 #[test]

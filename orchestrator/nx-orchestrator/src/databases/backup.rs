@@ -11,6 +11,7 @@ use super::{ident, open_to_statements, quote, Contents, Databases, DbError};
 use crate::embedded_db::find_binary;
 use crate::names::{DeploymentId, SandboxName};
 use crate::supervisor::UnitSpec;
+use futures_util::StreamExt;
 pub use nx_api::{BackupInfo, RestoreInfo};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -27,6 +28,19 @@ const SWAP_ATTEMPTS: usize = 5;
 /// restore's large COPY, whose pg_restore a crash cut short, ends only at its next check for
 /// interrupts). Past it the database stays, for the next start.
 const LEFTOVER_DROP_PATIENCE: Duration = Duration::from_secs(30);
+/// How many databases left from before [`Databases::drop_left_from_before`] drops at once.
+const LEFTOVER_DROPS_AT_ONCE: usize = 4;
+
+/// What [`Databases::recover`] found at nxd's start.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The deployments whose branch was swapped in, and the swap finished now: they must
+    /// reconnect as production.
+    pub swapped: Vec<DeploymentId>,
+    /// Scratch databases and branches of deployments that are gone, for
+    /// [`Databases::drop_left_from_before`] (off the start's path).
+    pub leftovers: Vec<String>,
+}
 
 /// A backup id: a UTC time stamp `YYYYMMDDTHHMMSSmmmZ` (`now_id`), else `BadBackupId`.
 pub(crate) fn check_id(id: &str) -> Result<(), DbError> {
@@ -348,16 +362,19 @@ impl Databases {
     }
 
     /// Removes what an interrupted backup, restore or swap left: tool units still running,
-    /// `.partial` dumps, uploaded dumps and copies, scratch databases, and the branches of
-    /// deployments that are gone (`branches` are the deployments with a branch, and their
-    /// sandboxes); learns which sandbox each tenant role is held as by the runaway watch
-    /// ([`super::runaway::SandboxRoles`]). A branch that was swapped in although nxd did not get to finish is
-    /// finished; those deployments are returned (they must reconnect as production).
+    /// `.partial` dumps, uploaded dumps and copies; returns the scratch databases and the
+    /// branches of deployments that are gone (`branches` are the deployments with a branch,
+    /// and their sandboxes) for [`Self::drop_left_from_before`], whose waits must not hold nxd's start
+    /// up (review17 #9); learns which sandbox each tenant role is held as by the runaway watch
+    /// ([`super::runaway::SandboxRoles`]). A branch that was swapped in although nxd did not
+    /// get to finish is finished; those deployments are returned (they must reconnect as
+    /// production). One whose finish fails is logged and left as it is, to the next start:
+    /// one deployment's leftover never ends nxd's start.
     #[tracing::instrument(skip_all)]
     pub async fn recover(
         &self,
         branches: &[(DeploymentId, SandboxName)],
-    ) -> Result<Vec<DeploymentId>, DbError> {
+    ) -> Result<Recovered, DbError> {
         for unit in self
             .supervisor
             .list(TOOL_UNITS)
@@ -406,10 +423,6 @@ impl Databases {
         )
         .fetch_all(&self.admin)
         .await?;
-        for database in leftovers.iter().filter(|d| !wanted.contains(d)) {
-            tracing::warn!(%database, "dropping a database left from before");
-            self.drop_leftover(database).await;
-        }
         for (id, sandbox) in branches {
             self.sandbox_roles
                 .branch(&ident::branch(id), &self.idents.sandbox(sandbox));
@@ -438,11 +451,33 @@ impl Databases {
             .await?;
             if was_swapped {
                 tracing::warn!(deployment = %id, "finishing the swap of a branch a crash interrupted");
-                self.finish_branch_swap(sandbox, id).await?;
-                swapped.push(id.clone());
+                match self.finish_branch_swap(sandbox, id).await {
+                    Ok(()) => swapped.push(id.clone()),
+                    Err(e) => {
+                        tracing::error!(deployment = %id, error = %e, "could not finish the swap of a branch a crash interrupted: the deployment stays as it is and nxd's next start tries again (see the error: `nx stop` the deployment if it fails on production's database meanwhile)")
+                    }
+                }
             }
         }
-        Ok(swapped)
+        let leftovers = leftovers
+            .into_iter()
+            .filter(|d| !wanted.contains(d))
+            .collect();
+        Ok(Recovered { swapped, leftovers })
+    }
+
+    /// Drops the databases (and their roles) [`Self::recover`] found left from before,
+    /// [`LEFTOVER_DROPS_AT_ONCE`] at a time, each as [`Self::drop_leftover`] does; returns once
+    /// each is dropped or given up. nxd runs it in the background, after its start.
+    pub async fn drop_left_from_before(&self, databases: Vec<String>) {
+        futures_util::stream::iter(databases)
+            .map(|database| async move {
+                tracing::warn!(%database, "dropping a database left from before");
+                self.drop_leftover(&database).await;
+            })
+            .buffer_unordered(LEFTOVER_DROPS_AT_ONCE)
+            .for_each(|()| async {})
+            .await;
     }
 
     /// Drops a database (and its role) left from before, trying again while its sessions have
@@ -461,7 +496,7 @@ impl Databases {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 Err(e) => {
-                    tracing::error!(%database, error = %e, "could not drop a database left from before: nxd's next start drops it (or drop it as PostgreSQL's superuser once its sessions ended)");
+                    tracing::error!(%database, error = %e, "could not drop a database left from before: nxd's next start tries again (or drop it as PostgreSQL's superuser once its sessions ended)");
                     return;
                 }
             }

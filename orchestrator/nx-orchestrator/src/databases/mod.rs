@@ -879,9 +879,12 @@ impl Databases {
     }
 
     /// Makes a preview branch the sandbox's database: it takes production's name (production's
-    /// database is kept as `nxo_<time>`), then its objects go to production's role and the
-    /// branch's role is dropped. A crash after the swap is finished by [`Databases::recover`].
-    /// Returns the kept database's name.
+    /// database is kept as `nxo_<time>`, whose name this returns). The caller then finishes it
+    /// ([`Self::finish_branch_swap`]: its objects go to production's role and the branch's
+    /// role is dropped), or puts production's database back ([`Self::swap_back`]) when that or
+    /// anything after it fails. A crash after the swap is finished at nxd's start
+    /// ([`Self::finish_branch_swap_if_swapped`], [`Databases::recover`]). An error here means
+    /// nothing was swapped.
     #[tracing::instrument(skip(self))]
     pub async fn swap_in_branch(
         &self,
@@ -897,8 +900,49 @@ impl Databases {
             )
             .await?;
         fail::fail_point!("databases::swapped");
-        self.finish_branch_swap(sandbox, id).await?;
         Ok(previous)
+    }
+
+    /// After a `--swap-db` promotion of deployment `id` was undone ([`Self::swap_back`]): the
+    /// branch's data, which the swap back kept as database `kept`, is the deployment's branch
+    /// again (`nxb_<id>`, its role made again if the swap's finish had dropped it, the objects
+    /// that finish gave to production's role given back), so that the preview's next start runs
+    /// on what it wrote, not on a new copy of production (review17 #7).
+    #[tracing::instrument(skip(self))]
+    pub async fn give_branch_back(
+        &self,
+        sandbox: &SandboxName,
+        id: &DeploymentId,
+        kept: &str,
+    ) -> Result<(), DbError> {
+        let production = self.idents.sandbox(sandbox);
+        let branch = ident::branch(id);
+        self.sandbox_roles.branch(&branch, &production);
+        self.ensure_role(&branch).await?;
+        let mut tx = self.admin.begin().await?;
+        let statements = [
+            format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote(kept),
+                quote(&branch)
+            ),
+            format!("COMMENT ON DATABASE {} IS NULL", quote(&branch)),
+            format!(
+                "ALTER DATABASE {} OWNER TO {}",
+                quote(&branch),
+                quote(&branch)
+            ),
+        ];
+        for sql in statements
+            .into_iter()
+            .chain(open_to_statements(&branch, &branch))
+        {
+            sqlx::query(&sql).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.reassign_copied_objects(&branch, &production).await?;
+        tracing::info!(%branch, %kept, "the undone swap's branch is the preview's again");
+        Ok(())
     }
 
     /// After nxd's start cut short a `--swap-db` promotion of deployment `id`: whether its
@@ -921,8 +965,10 @@ impl Databases {
     }
 
     /// After a branch took production's name: what its role owns there (the database too)
-    /// goes to production's role, and the branch's role is dropped.
-    pub(super) async fn finish_branch_swap(
+    /// goes to production's role, and the branch's role is dropped. Fail point
+    /// `databases::finishing` (`return`): fails between the two, as DROP ROLE did while
+    /// another database granted the role something (review17 #4).
+    pub async fn finish_branch_swap(
         &self,
         sandbox: &SandboxName,
         id: &DeploymentId,
@@ -945,6 +991,11 @@ impl Databases {
         ))
         .execute(&self.admin)
         .await?;
+        fail::fail_point!("databases::finishing", |_| Err(DbError::Sql(
+            sqlx::Error::Protocol(format!(
+                "role {branch} cannot be dropped because some objects depend on it (fail point)"
+            ))
+        )));
         self.drop_branch_role(&branch).await
     }
 

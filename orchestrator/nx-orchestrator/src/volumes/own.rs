@@ -25,9 +25,10 @@ use crate::backend::volume_job::{Step, VolumeJob};
 use crate::backend::{SandboxBackend, DEFAULT_STOP_TIMEOUT};
 use crate::domain::{Deployment, Desired};
 use crate::error::Error;
-use crate::names::{DeploymentId, VolumeName};
+use crate::names::{DeploymentId, SandboxName, VolumeName};
 use crate::state::StateError;
 use crate::Orchestrator;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -285,64 +286,88 @@ impl Orchestrator {
     /// failed and was being undone (`record_swap_back`): then production's database is put
     /// back if it was not yet, and the deployment stays stopped on its own copies; else
     /// undone: it mounts its own copies again and its unit is stopped, so that its adoption
-    /// starts it on them, never on production's volumes.
+    /// starts it on them, never on production's volumes. A promotion that can be neither
+    /// (e.g. finishing its swap fails) is logged and its deployment stays stopped, its intent
+    /// kept for the next start: one deployment's leftover never ends nxd's start.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn recover_promotions(&self) -> Result<(), Error> {
         let promoted = self.state.promoted().await?;
         for deployment in self.state.deployments().await? {
-            let intent = self.own_dir(&deployment).join(PROMOTING);
-            remove_path(&intent.with_extension("partial"))?;
-            let Ok(before) = std::fs::read(&intent) else {
+            let Err(e) = self.recover_promotion(&deployment, &promoted).await else {
                 continue;
             };
-            let Intent {
-                mounts,
-                swap_db,
-                swap_back,
-            } = serde_json::from_slice(&before).map_err(|e| {
-                Error::io(format!("reading {}", intent.display()))(std::io::Error::other(e))
-            })?;
-            let (sandbox, id) = (&deployment.sandbox, &deployment.id);
-            if promoted.get(sandbox) == Some(id) {
-                tracing::warn!(deployment = %id, "finishing a promotion a crash interrupted: its volume copies go");
-                self.drop_own_volumes(&deployment)?;
-                continue;
-            }
-            self.backend
-                .stop(&self.backend.handle(&deployment), DEFAULT_STOP_TIMEOUT)
-                .await?;
-            if let Some(previous) = swap_back {
-                // It did not start on production's database and volumes: it has no branch of
-                // its own any more, so it stays stopped (as a failed start leaves it).
-                if let Some(kept) = self
-                    .databases
-                    .swap_back_unless_done(sandbox, &previous)
-                    .await?
+            tracing::error!(deployment = %deployment.id, error = %e, "could not finish nor undo a promotion a crash interrupted: the deployment stays stopped and nxd's next start tries again (see the error)");
+            if promoted.get(&deployment.sandbox) != Some(&deployment.id) {
+                if let Err(e) = self
+                    .state
+                    .set_desired(&deployment.id, Desired::Stopped)
+                    .await
                 {
-                    tracing::warn!(deployment = %id, %kept, "production's database put back: a failed promotion's undoing was cut short by a crash");
+                    tracing::warn!(deployment = %deployment.id, error = %e, "marking it stopped");
                 }
-                tracing::warn!(deployment = %id, "undoing a failed promotion a crash interrupted: it mounts its own volume copies again, stopped");
-                self.state.set_desired(id, Desired::Stopped).await?;
-                self.put_back_mounts(&deployment, &mounts).await?;
-                continue;
             }
-            if swap_db
-                && self
-                    .databases
-                    .finish_branch_swap_if_swapped(sandbox, id)
-                    .await?
-            {
-                tracing::warn!(deployment = %id, "finishing a promotion a crash interrupted after its database branch was swapped in: it is promoted");
-                self.state.clear_db_branch(id).await?;
-                self.state.set_desired(id, Desired::Running).await?;
-                self.state.promote(sandbox, id).await?;
-                self.drop_own_volumes(&deployment)?;
-                continue;
-            }
-            tracing::warn!(deployment = %id, "undoing a promotion a crash interrupted: it mounts its own volume copies again and keeps its database branch, if it has one");
-            self.put_back_mounts(&deployment, &mounts).await?;
         }
         Ok(())
+    }
+
+    /// [`Self::recover_promotions`] for one deployment (`promoted`: production's deployment of
+    /// each sandbox).
+    async fn recover_promotion(
+        &self,
+        deployment: &Deployment,
+        promoted: &HashMap<SandboxName, DeploymentId>,
+    ) -> Result<(), Error> {
+        let intent = self.own_dir(deployment).join(PROMOTING);
+        remove_path(&intent.with_extension("partial"))?;
+        let Ok(before) = std::fs::read(&intent) else {
+            return Ok(());
+        };
+        let Intent {
+            mounts,
+            swap_db,
+            swap_back,
+        } = serde_json::from_slice(&before).map_err(|e| {
+            Error::io(format!("reading {}", intent.display()))(std::io::Error::other(e))
+        })?;
+        let (sandbox, id) = (&deployment.sandbox, &deployment.id);
+        if promoted.get(sandbox) == Some(id) {
+            tracing::warn!(deployment = %id, "finishing a promotion a crash interrupted: its volume copies go");
+            self.drop_own_volumes(deployment)?;
+            return Ok(());
+        }
+        self.backend
+            .stop(&self.backend.handle(deployment), DEFAULT_STOP_TIMEOUT)
+            .await?;
+        if let Some(previous) = swap_back {
+            // It did not start on production's database and volumes: it has no branch of
+            // its own any more, so it stays stopped (as a failed start leaves it).
+            if let Some(kept) = self
+                .databases
+                .swap_back_unless_done(sandbox, &previous)
+                .await?
+            {
+                tracing::warn!(deployment = %id, %kept, "production's database put back: a failed promotion's undoing was cut short by a crash");
+            }
+            tracing::warn!(deployment = %id, "undoing a failed promotion a crash interrupted: it mounts its own volume copies again, stopped");
+            self.state.set_desired(id, Desired::Stopped).await?;
+            self.put_back_mounts(deployment, &mounts).await?;
+            return Ok(());
+        }
+        if swap_db
+            && self
+                .databases
+                .finish_branch_swap_if_swapped(sandbox, id)
+                .await?
+        {
+            tracing::warn!(deployment = %id, "finishing a promotion a crash interrupted after its database branch was swapped in: it is promoted");
+            self.state.clear_db_branch(id).await?;
+            self.state.set_desired(id, Desired::Running).await?;
+            self.state.promote(sandbox, id).await?;
+            self.drop_own_volumes(deployment)?;
+            return Ok(());
+        }
+        tracing::warn!(deployment = %id, "undoing a promotion a crash interrupted: it mounts its own volume copies again and keeps its database branch, if it has one");
+        self.put_back_mounts(deployment, &mounts).await
     }
 
     /// Records which filesystems a deployment mounts (its next start uses them).
