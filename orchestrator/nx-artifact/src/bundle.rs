@@ -43,6 +43,16 @@ pub enum BundleError {
     NoEntry { entry: String, top: String },
     #[error("the entry {entry:?} is not executable; `chmod +x` it before pushing")]
     EntryNotExecutable { entry: String },
+    #[error("the entry {entry:?} is a script ({shebang}), and a bundle's entry is an ELF program; {advice}")]
+    ScriptEntry {
+        entry: String,
+        /// Its first line, at most 80 bytes, escaped as [`crate::verify::not_elf`] does.
+        shebang: String,
+        /// What to push instead ([`BundleManifest::check_entry_head`]).
+        advice: String,
+    },
+    #[error("{path:?}, a program of the bundle, is dynamically linked against {interpreter}, which this host does not have in the library directories a sandbox sees (/lib, /lib64, /usr/lib, /usr/lib64), so it could not run there; {}, or clear its executable bit (`chmod -x`) if nothing runs it", crate::verify::BUILD_HINT)]
+    ProgramInterpreter { path: String, interpreter: String },
     #[error("which program does the bundle run? {found}; say it with --entry PATH or `entry = \"PATH\"` in {SETTINGS_FILE}")]
     WhichEntry { found: String },
     #[error("the library directory {dir:?} is not a directory of the bundle; fix `libraries` in {SETTINGS_FILE}")]
@@ -361,6 +371,84 @@ impl BundleManifest {
         }
         if let Some(argv0) = &self.argv0 {
             check_argv0(argv0)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses an entry whose first bytes `head` are a `#!` script's (newcomer17 N2: the
+    /// refusal said to rebuild it as a static Rust or Go binary), saying how to run it: its
+    /// interpreter as the entry and the script as the interpreter's argument, as execve(2)
+    /// runs a script (`#!/app/bin/busybox sh` in `start.sh`: `--entry bin/busybox -- sh
+    /// /app/start.sh`), or, for an interpreter the sandbox does not have (the host's
+    /// `/bin/sh`: a sandbox sees the bundle at [`MOUNT_POINT`] and the host's libraries only),
+    /// a shell copied into the bundle.
+    pub fn check_entry_head(&self, head: &[u8]) -> Result<(), BundleError> {
+        let Some(line) = head.strip_prefix(b"#!") else {
+            return Ok(());
+        };
+        let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+        let shown = |bytes: &[u8]| -> String {
+            bytes
+                .iter()
+                .take(80)
+                .flat_map(|b| std::ascii::escape_default(*b))
+                .map(char::from)
+                .collect()
+        };
+        let text = String::from_utf8_lossy(line);
+        let mut words = text.trim().splitn(2, [' ', '\t']);
+        let interpreter = words.next().unwrap_or("");
+        let argument = words.next().map(str::trim).filter(|a| !a.is_empty());
+        let script = format!("{MOUNT_POINT}/{}", self.entry);
+        let in_bundle = interpreter
+            .strip_prefix(MOUNT_POINT)
+            .and_then(|p| p.strip_prefix('/'))
+            .filter(|p| self.files.iter().any(|f| f.path == *p && f.executable));
+        let advice = match in_bundle {
+            Some(path) => format!(
+                "push it with its interpreter as the entry and the script as its argument: `--entry {path} -- {}{script}`",
+                argument.map(|a| format!("{} ", shown(a.as_bytes()))).unwrap_or_default()
+            ),
+            None => format!(
+                "the sandbox has no {} (it sees the bundle at {MOUNT_POINT} and the host's libraries only): copy a shell into the bundle (`cp /bin/dash DIR/bin/`, or Debian's busybox-static as bin/busybox) and push with `--entry bin/dash -- {script}` (`--entry bin/busybox -- sh {script}`)",
+                shown(interpreter.as_bytes())
+            ),
+        };
+        Err(BundleError::ScriptEntry {
+            entry: self.entry.clone(),
+            shebang: format!("#!{}", shown(line)),
+            advice,
+        })
+    }
+
+    /// The bundle's executable files other than its entry that are dynamically linked
+    /// programs, in path order, with the interpreter each names
+    /// ([`crate::verify::interpreter_of`]); `file` is where a path of the bundle is on this host.
+    /// A static entry (a shell such as busybox) that runs one of them needs the loader and the
+    /// library directories in its sandbox as much as a dynamic entry (newcomer17 N1).
+    pub fn dynamic_programs<'a>(
+        &'a self,
+        file: impl Fn(&str) -> PathBuf + 'a,
+    ) -> impl Iterator<Item = (&'a str, String)> + 'a {
+        self.files
+            .iter()
+            .filter(|f| f.executable && f.path != self.entry)
+            .filter_map(move |f| {
+                crate::verify::interpreter_of(&file(&f.path)).map(|i| (f.path.as_str(), i))
+            })
+    }
+
+    /// Refuses a bundle one of whose [`Self::dynamic_programs`] names an interpreter its
+    /// sandbox would not have ([`crate::closure::system_file`]): it would fail "not found" (exit
+    /// 127) when run. Its libraries are not looked at: the loader names a missing one.
+    pub fn check_programs(&self, file: impl Fn(&str) -> PathBuf) -> Result<(), BundleError> {
+        for (path, interpreter) in self.dynamic_programs(file) {
+            if crate::closure::system_file(Path::new(&interpreter)).is_none() {
+                return Err(BundleError::ProgramInterpreter {
+                    path: path.to_owned(),
+                    interpreter,
+                });
+            }
         }
         Ok(())
     }
@@ -704,6 +792,75 @@ mod tests {
             .extend((0..1000).map(|i| file(&format!("d{i:04}/f"), false)));
         assert!(wide.tree_bytes() > m.tree_bytes() + 1000 * 4096);
         assert!(wide.tree_bytes() < m.tree_bytes() + 1000 * (4096 + 40));
+    }
+
+    /// Newcomer17 N2: a script entry was told to be rebuilt as a static Rust or Go binary.
+    #[test]
+    fn a_script_entry_is_told_to_run_through_its_interpreter() {
+        let mut m = manifest();
+        m.entry = "start.sh".into();
+        m.files.push(file("bin/busybox", true));
+        m.files.push(file("start.sh", true));
+        let e = m
+            .check_entry_head(b"#!/app/bin/busybox sh\nexec x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is a script (#!/app/bin/busybox sh)")
+                && e.contains("`--entry bin/busybox -- sh /app/start.sh`"),
+            "{e}"
+        );
+        // The host's shell is no file of the sandbox: a shell goes into the bundle.
+        let e = m.check_entry_head(b"#!/bin/sh\n").unwrap_err().to_string();
+        assert!(
+            e.contains("the sandbox has no /bin/sh")
+                && e.contains("`--entry bin/dash -- /app/start.sh`"),
+            "{e}"
+        );
+        m.check_entry_head(crate::verify::ELF_MAGIC).unwrap();
+    }
+
+    /// Newcomer17 N1: a bundle's dynamic programs besides its entry are found (so that its
+    /// sandbox gets their loader), and one whose loader no sandbox has is refused by name.
+    #[test]
+    fn a_bundles_dynamic_programs_are_found_and_one_without_its_loader_is_refused() {
+        let test_binary = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let Some(loader) = crate::verify::verify_on_host(&test_binary)
+            .ok()
+            .and_then(|i| match i.linkage {
+                crate::verify::Linkage::Dynamic { interpreter } => Some(interpreter),
+                crate::verify::Linkage::Static => None,
+            })
+        else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut m = manifest();
+        for (path, bytes) in [("bin/app", &b"#!x"[..]), ("bin/tool", &test_binary)] {
+            std::fs::create_dir_all(root.join("bin")).unwrap();
+            std::fs::write(root.join(path), bytes).unwrap();
+            m.files.push(file(path, true));
+        }
+        m.files.remove(0);
+        let on_host = |p: &str| host_path(root, p);
+        let found: Vec<(&str, String)> = m.dynamic_programs(on_host).collect();
+        assert_eq!(found, [("bin/tool", loader.clone())]);
+        m.check_programs(on_host).unwrap();
+        // The same program naming a loader of the same length that no host has.
+        let mut elsewhere = test_binary.clone();
+        let at = elsewhere
+            .windows(loader.len())
+            .position(|w| w == loader.as_bytes())
+            .unwrap();
+        elsewhere[at + loader.len() - 1] = b'~';
+        std::fs::write(root.join("bin/tool"), &elsewhere).unwrap();
+        let e = m.check_programs(on_host).unwrap_err();
+        assert!(
+            matches!(&e, BundleError::ProgramInterpreter { path, .. } if path == "bin/tool"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("chmod -x"), "{e}");
     }
 
     /// Attacker s12 H2: files under long chains of directories made a directory per

@@ -276,7 +276,7 @@ fn kind(elf: &Elf<'_>) -> (bool, u16) {
 }
 
 /// `len` bytes of `file` at `offset`, when `len` is at most `max` and the file has them.
-fn read_at(file: &std::fs::File, offset: u64, len: u64, max: u64) -> Option<Vec<u8>> {
+pub(crate) fn read_at(file: &std::fs::File, offset: u64, len: u64, max: u64) -> Option<Vec<u8>> {
     if len > max {
         return None;
     }

@@ -6,7 +6,14 @@ use goblin::elf::{header, program_header, Elf};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-const BUILD_HINT: &str = "build a static Linux binary: `cargo build --release --target x86_64-unknown-linux-musl` (Rust) or `CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build` (Go)";
+/// The build hint as a literal, for [`BUILD_HINT`] and the hints that end with it.
+macro_rules! build_hint {
+    () => {
+        "build a static Linux binary: `cargo build --release --target x86_64-unknown-linux-musl` (Rust) or `CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build` (Go)"
+    };
+}
+
+pub(crate) const BUILD_HINT: &str = build_hint!();
 
 const LIBRARY_HINT: &str = "build without them (`CGO_ENABLED=0 go build`, or `cargo build --target x86_64-unknown-linux-musl`), put the libraries in a bundle's lib/ directory and push the directory (`nx push ./dir`), or push an image (`nx push --image`)";
 
@@ -14,10 +21,12 @@ const LIBRARY_HINT: &str = "build without them (`CGO_ENABLED=0 go build`, or `ca
 pub enum VerifyError {
     #[error("the file is empty; {BUILD_HINT}")]
     Empty,
-    #[error(
-        "not an ELF executable (it starts with \"{start}\"); NX runs Linux binaries: {BUILD_HINT}"
-    )]
-    NotElf { start: String },
+    #[error("not an ELF executable (it starts with \"{start}\"); NX runs Linux binaries: {hint}")]
+    NotElf {
+        start: String,
+        /// What to do: [`SCRIPT_HINT`] for a `#!` script, else the build hint.
+        hint: &'static str,
+    },
     #[error("truncated or corrupt ELF ({0}); push the complete binary again")]
     Corrupt(String),
     #[error("built for {found}, but this host runs {host}; rebuild for {host}: {BUILD_HINT}")]
@@ -79,19 +88,70 @@ fn machine_name(machine: u16, is_64: bool) -> String {
     }
 }
 
+/// What to do with a `#!` script (newcomer17 N2: a script was told to be rebuilt as a static
+/// Rust or Go binary): run it through its interpreter as a bundle's entry.
+pub const SCRIPT_HINT: &str = concat!("a script runs through its interpreter: put the script and a shell in a directory and push the directory with the shell as its entry and the script as its argument (`nx push ./dir --entry bin/dash -- /app/start.sh`; a static busybox: `--entry bin/busybox -- sh /app/start.sh`), or ", build_hint!());
+
 /// The first bytes of every ELF file (`ELFMAG`, elf(5)).
 pub const ELF_MAGIC: &[u8] = b"\x7fELF";
 
 /// `NotElf` for bytes that do not start with [`ELF_MAGIC`]: their first 16 bytes quoted with
 /// every byte that is not printable ASCII escaped as hex (`\x11`), so that binary junk never
-/// reaches a terminal or a log raw.
+/// reaches a terminal or a log raw; a `#!` script is told [`SCRIPT_HINT`].
 pub fn not_elf(bytes: &[u8]) -> VerifyError {
     let start = bytes[..bytes.len().min(16)]
         .iter()
         .flat_map(|b| std::ascii::escape_default(*b))
         .map(char::from)
         .collect();
-    VerifyError::NotElf { start }
+    let hint = if bytes.starts_with(b"#!") {
+        SCRIPT_HINT
+    } else {
+        BUILD_HINT
+    };
+    VerifyError::NotElf { start, hint }
+}
+
+/// The program interpreter (`PT_INTERP`, elf(5)) that the file at `path` names when it is an
+/// executable ELF of this host's machine and class (`ET_EXEC`, or `ET_DYN` with an entry
+/// point): the loader a dynamically linked program needs. Read in bounded pieces, never
+/// whole: the ELF header, the program headers (at most [`closure::MAX_HEADERS_BYTES`]) and
+/// the interpreter's path (at most [`closure::MAX_NAME_BYTES`]). `None` for anything else: a
+/// static program, a library, another machine's program, a script, data, a file that cannot
+/// be read.
+pub fn interpreter_of(path: &Path) -> Option<String> {
+    use goblin::container::Ctx;
+    use goblin::elf::header::{EI_CLASS, ELFCLASS64};
+    use goblin::elf::program_header::{ProgramHeader, PT_INTERP};
+    let file = std::fs::File::open(path).ok()?;
+    let ehdr_len = header::header64::SIZEOF_EHDR as u64;
+    let head = closure::read_at(&file, 0, ehdr_len, ehdr_len)?;
+    if !head.starts_with(ELF_MAGIC) {
+        return None;
+    }
+    let header = Elf::parse_header(&head).ok()?;
+    let runs_here = (header.e_ident[EI_CLASS] == ELFCLASS64) == cfg!(target_pointer_width = "64")
+        && header.e_machine == host_machine()
+        && (header.e_type == header::ET_EXEC
+            || (header.e_type == header::ET_DYN && header.e_entry != 0));
+    if !runs_here {
+        return None;
+    }
+    let ctx = Ctx::new(header.container().ok()?, header.endianness().ok()?);
+    let table_len = u64::from(header.e_phnum) * u64::from(header.e_phentsize);
+    let table = closure::read_at(&file, header.e_phoff, table_len, closure::MAX_HEADERS_BYTES)?;
+    let interp = ProgramHeader::parse(&table, 0, header.e_phnum.into(), ctx)
+        .ok()?
+        .into_iter()
+        .find(|p| p.p_type == PT_INTERP)?;
+    let bytes = closure::read_at(
+        &file,
+        interp.p_offset,
+        interp.p_filesz,
+        closure::MAX_NAME_BYTES,
+    )?;
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8(bytes[..end].to_vec()).ok()
 }
 
 /// Checks the bytes of a binary; `interpreter_exists` says whether the sandbox has a path

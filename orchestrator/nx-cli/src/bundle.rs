@@ -1,6 +1,6 @@
-//! `nx push ./dir` and `nx push app.tar.gz`: a bundle is read (a tar is unpacked into a
+//! `nx push ./dir`, `nx push app.tar.gz` and `nx run-task ./dir`: a bundle is read (a tar is unpacked into a
 //! temporary directory first, refusing what may not be in a bundle), checked and its entry
-//! verified with its library closure, here; then nxd is asked which files it lacks, only those
+//! verified with its library closure (and its other programs' loaders), here; then nxd is asked which files it lacks, only those
 //! are uploaded (one progress bar over their bytes), and nxd makes the bundle.
 
 use crate::client::Client;
@@ -49,8 +49,10 @@ pub async fn store(
     let entry = &scanned.local[&manifest.entry];
     let search = Search::host().with_bundle(root, manifest);
     let bytes = std::fs::read(entry).with_context(|| format!("reading {}", entry.display()))?;
+    manifest.check_entry_head(&bytes)?;
     verify::verify_with(&bytes, &search)
         .with_context(|| format!("the bundle's entry {}", manifest.entry))?;
+    manifest.check_programs(|p| scanned.local[p].clone())?;
     let digests = BlobDigests {
         sha256: manifest.files.iter().map(|f| f.sha256.clone()).collect(),
     };

@@ -1,4 +1,4 @@
-//! `nx run-task`: upload a binary or an image (only what nxd lacks), run it once in a fresh
+//! `nx run-task`: upload a binary, an image or a bundle (only what nxd lacks), run it once in a fresh
 //! sandbox, stream its stdout and stderr here as they come, and exit with its exit code.
 
 use crate::client::Client;
@@ -17,9 +17,18 @@ pub const TIMED_OUT: i32 = 124;
 
 #[derive(clap::Args)]
 pub struct RunTaskArgs {
-    /// The program: a Linux binary for the host's architecture, or an image archive (run by
-    /// Podman).
+    /// The program: a Linux binary for the host's architecture, an image archive (run by
+    /// Podman), or a bundle: a directory or a .tar / .tar.gz / .tgz archive of the program
+    /// and its files, run read-only at /app (only the files nxd lacks are uploaded).
     program: PathBuf,
+    /// For a bundle: the program to run, relative to its top. Default: `entry` in its
+    /// nx-bundle.toml, else its only executable at the top.
+    #[arg(long, value_name = "PATH")]
+    entry: Option<String>,
+    /// For a bundle: argv[0] of the program (a multi-call binary picks its applet by it).
+    /// Default: the entry's file name.
+    #[arg(long, value_name = "NAME")]
+    argv0: Option<String>,
     /// Kill it after this long, e.g. 30s, 500ms, 2m (default: nxd's tasks.default_timeout_secs).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
@@ -81,12 +90,27 @@ fn killed(outcome: &TaskOutcome, timeout_secs: Option<f64>) -> Option<String> {
 /// Runs the task; returns the exit code the CLI should exit with.
 pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Result<i32> {
     let env = parse_env(&args.env)?;
-    let bytes = std::fs::read(&args.program)
-        .with_context(|| format!("cannot read {}", args.program.display()))?;
-    // Its message names the fix already; anyhow's chain would repeat the cause.
-    Artifact::inspect(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.program.display()))?;
-    let sha = nx_artifact::sha256_hex(&bytes);
-    drop(bytes);
+    let bundle = nx_artifact::bundle::is_bundle_path(&args.program);
+    if !bundle && (args.entry.is_some() || args.argv0.is_some()) {
+        anyhow::bail!("--entry and --argv0 are for bundles: run a directory or a .tar.gz");
+    }
+    // A bundle is stored first (as `nx push` stores it); a file is uploaded when nxd lacks it.
+    let sha = if bundle {
+        let choices = nx_artifact::bundle::BundleChoices {
+            entry: args.entry,
+            argv0: args.argv0,
+        };
+        crate::bundle::store(client, &args.program, &choices, json)
+            .await?
+            .0
+    } else {
+        let bytes = std::fs::read(&args.program)
+            .with_context(|| format!("cannot read {}", args.program.display()))?;
+        // Its message names the fix already; anyhow's chain would repeat the cause.
+        Artifact::inspect(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.program.display()))?;
+        nx_artifact::sha256_hex(&bytes)
+    };
     let req = TaskRequest {
         artifact: sha.clone(),
         args: args.args,
@@ -96,10 +120,15 @@ pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Resu
         backend: args.backend,
     };
     let shown = if json { Shown::Nothing } else { Shown::Bar };
-    let (mut events, _) = uploading_on_404(client, &args.program, &sha, shown, || async {
-        Ok(client.run_task(&req).await?)
-    })
-    .await?;
+    let mut events = if bundle {
+        client.run_task(&req).await?
+    } else {
+        uploading_on_404(client, &args.program, &sha, shown, || async {
+            Ok(client.run_task(&req).await?)
+        })
+        .await?
+        .0
+    };
     let mut task = String::new();
     while let Some(event) = events.next().await.context("the task's stream broke off")? {
         if json {

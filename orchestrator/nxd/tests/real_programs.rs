@@ -77,6 +77,14 @@ impl Bundle {
         self
     }
 
+    /// An executable script `to` holding `text`.
+    fn script(self, to: &str, text: &str) -> Self {
+        let dest = self.0.join(to);
+        std::fs::write(&dest, text).unwrap();
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
+        self
+    }
+
     /// A symbolic link `at` (inside the bundle) to `target`.
     fn link(self, target: &str, at: &str) -> Self {
         std::os::unix::fs::symlink(target, self.0.join(at)).unwrap();
@@ -422,6 +430,95 @@ fn busybox_is_its_httpd_applet_by_argv0() {
         ],
     );
     assert_eq!(get(&host, "busybox", &id, "/"), (200, INDEX.into()));
+}
+
+/// A bundle of a static shell (Debian's busybox-static), a start script and a dynamically
+/// linked program (pushgateway, Go with cgo).
+fn shell_bundle(host: &Host, name: &str, script: &str) -> Bundle {
+    Bundle::new(host, name)
+        .copy(&file("busybox-static", "bin/busybox"), "bin/busybox")
+        .copy(
+            &file("prometheus-pushgateway", "usr/bin/prometheus-pushgateway"),
+            "bin/pushgateway",
+        )
+        .script("start.sh", script)
+}
+
+/// Newcomer17 N1: a bundle whose entry is static (a busybox shell running a start script, the
+/// common way to start a program that reads only a config file) got no dynamic loader and no
+/// library directories, so the dynamic program its script ran failed "not found" (exit 127),
+/// and nxd had taken the bundle without a word. A bundle's sandbox now has the loader when any
+/// of its programs is dynamic.
+#[test]
+fn a_static_shell_runs_the_dynamic_program_of_its_bundle() {
+    let host = Host::start();
+    let app = shell_bundle(
+        &host,
+        "shell",
+        "#!/app/bin/busybox sh\nexec /app/bin/pushgateway --web.listen-address=:$PORT\n",
+    );
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "--entry",
+            "bin/busybox",
+            "-s",
+            "shell",
+            "--",
+            "sh",
+            "/app/start.sh",
+        ],
+    );
+    let (status, metrics) = get(&host, "shell", &id, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("pushgateway_build_info"), "{metrics}");
+}
+
+/// Newcomer17 N2: a script as a bundle's entry was refused with advice to rebuild it as a
+/// static Rust or Go binary, and `nx run-task` took no bundle (nor `--entry`). The refusal
+/// now gives the command that runs it (its interpreter as the entry, the script as its
+/// argument), and a task runs a bundle that way.
+#[test]
+fn a_script_entry_is_refused_naming_its_interpreter_and_a_task_runs_the_bundle_so() {
+    let host = Host::start();
+    let app = shell_bundle(
+        &host,
+        "job",
+        "#!/app/bin/busybox sh\necho \"job of $1\"\nexec /app/bin/pushgateway --version 2>&1\n",
+    );
+    for verb in [&["push", "-s", "job"][..], &["run-task"]] {
+        let mut args = verb.to_vec();
+        args.extend([app.path(), "--entry", "start.sh"]);
+        let refused = host.nx(&args);
+        assert!(!refused.ok, "{verb:?} of a script entry was accepted");
+        assert!(
+            refused
+                .stderr
+                .contains("is a script (#!/app/bin/busybox sh)")
+                && refused
+                    .stderr
+                    .contains("`--entry bin/busybox -- sh /app/start.sh`"),
+            "{verb:?}: {}",
+            refused.stderr
+        );
+    }
+    let task = host.nx(&[
+        "run-task",
+        app.path(),
+        "--entry",
+        "bin/busybox",
+        "--",
+        "sh",
+        "/app/start.sh",
+        "nx",
+    ]);
+    assert!(task.ok, "{:?}: {}{}", task.code, task.stdout, task.stderr);
+    assert!(
+        task.stdout.starts_with("job of nx\npushgateway, version"),
+        "{}",
+        task.stdout
+    );
 }
 
 #[test]

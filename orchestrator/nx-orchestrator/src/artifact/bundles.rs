@@ -4,7 +4,9 @@
 //! `<state_dir>/bundles/<id>/` (hard links to the blobs; an executable file a hard link to the
 //! one 0555 copy of its blob in `<state_dir>/executables/<sha256>`), its entry verified with
 //! its library closure (the bundle's library directories first), and only then renamed into
-//! place next to its manifest `<id>.json`. A refused bundle leaves no tree.
+//! place next to its manifest `<id>.json`. A refused bundle leaves no tree. A script as the
+//! entry is refused saying how to run it; so is a dynamically linked program of the bundle
+//! whose loader the sandbox would not have.
 //!
 //! A tree costs directories and links, not its files' bytes again: a file is stored once per
 //! digest as a blob, and once more at most as an executable copy (attacker s10 F2: each
@@ -16,7 +18,7 @@ use super::store::{collect_dir, remove_collected, ArtifactStore, Collected, Stor
 use super::verify::{self, Linkage, VerifyError};
 use crate::api::BundleInfo;
 use nx_artifact::bundle::{self, BundleError, BundleLimits, BundleManifest};
-use nx_artifact::closure::Search;
+use nx_artifact::closure::{system_file, Search};
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,10 @@ pub struct StoredBundle {
     /// The tree, bound read-only at `/app`.
     pub root: PathBuf,
     pub manifest: BundleManifest,
+    /// What its sandbox needs: the entry's linkage, or, for a static entry, `Dynamic` with
+    /// the interpreter of the first of its dynamically linked programs the sandbox has
+    /// ([`BundleManifest::dynamic_programs`]): the loader and library directories are bound
+    /// for the bundle, not only for a dynamic entry.
     pub linkage: Linkage,
 }
 
@@ -223,12 +229,23 @@ impl BundleStore {
             .manifest(id)?
             .ok_or_else(|| BundleStoreError::Missing(id.into()))?;
         let entry = std::fs::read(bundle::host_path(&root, &manifest.entry))?;
-        let linkage = verify::verify_bytes(&entry, |p| Path::new(p).is_file())
+        let linkage = match verify::verify_bytes(&entry, |p| Path::new(p).is_file())
             .map_err(|source| BundleStoreError::Entry {
                 entry: manifest.entry.clone(),
                 source,
             })?
-            .linkage;
+            .linkage
+        {
+            // A static entry may run the bundle's dynamic programs (newcomer17 N1: a busybox
+            // shell's script ran one, which found no loader: "not found", exit 127).
+            Linkage::Static => manifest
+                .dynamic_programs(|p| bundle::host_path(&root, p))
+                .find(|(_, interpreter)| system_file(Path::new(interpreter)).is_some())
+                .map_or(Linkage::Static, |(_, interpreter)| Linkage::Dynamic {
+                    interpreter,
+                }),
+            dynamic => dynamic,
+        };
         Ok(StoredBundle {
             root,
             manifest,
@@ -342,10 +359,12 @@ impl BundleStore {
         let entry = bundle::host_path(&root, &manifest.entry);
         let search = Search::host().with_bundle(&root, manifest);
         let bytes = std::fs::read(&entry)?;
+        manifest.check_entry_head(&bytes)?;
         verify::verify_with(&bytes, &search).map_err(|source| BundleStoreError::Entry {
             entry: manifest.entry.clone(),
             source,
         })?;
+        manifest.check_programs(|p| bundle::host_path(&root, p))?;
         // Directories: readable by every deployment's uid, writable by nobody.
         for dir in walk_dirs(&root)? {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555))?;
