@@ -28,10 +28,13 @@ pub struct RouterConfig {
     /// The largest request body, in MiB (413 beyond it).
     pub max_body_mb: u64,
     /// Open client connections beyond this are closed as soon as they are accepted; those
-    /// already open keep working.
+    /// already open keep working. Also the most requests under way to deployments (each holds
+    /// an upstream connection; an HTTP/2 stream is one): 503 beyond. The router holds it to
+    /// what its open files hold.
     pub max_connections: usize,
     /// Of those, one client's (an IPv4 address, an IPv6 /64): its further connections are closed
-    /// as soon as they are accepted, so that one client cannot take every connection.
+    /// as soon as they are accepted, and its further requests to deployments answered 429, so
+    /// that one client cannot take every connection.
     pub max_connections_per_address: usize,
     /// The share of requests written to the access log, 0.0 to 1.0; responses of 500 and up
     /// are always logged.

@@ -61,8 +61,18 @@ pub struct Caps {
     pub max_per_address: usize,
 }
 
-/// Holds one of the `max` connection slots until dropped.
-struct Slot(Arc<AtomicUsize>);
+/// Holds one of a count's places (a connection of `router.max_connections`, a request to a
+/// deployment) until dropped.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// One more of `count`, unless it already holds `max`.
+    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        let n = count.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(count.clone());
+        (n < max).then_some(slot)
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -132,12 +142,6 @@ impl<A> Connections<A> {
                 None
             }
         }
-    }
-
-    fn slot(&self) -> Option<Slot> {
-        let n = self.caps.open.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(self.caps.open.clone());
-        (n < self.caps.max).then_some(slot)
     }
 
     /// The client's share for a connection from `peer` (none for a peer that is not an IP
@@ -243,7 +247,7 @@ where
             }
             return None;
         };
-        let Some(_slot) = self.slot() else {
+        let Some(_slot) = Slot::take(&self.caps.open, self.caps.max) else {
             if CONNECTIONS.allow() {
                 tracing::warn!(
                     max = self.caps.max,

@@ -90,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         )),
         requests_by_client: Arc::default(),
         connections_by_client: Arc::default(),
+        upstream_requests: proxy::UpstreamRequests::default(),
     };
     control::spawn(
         &settings.control_socket(),
@@ -263,7 +264,8 @@ const FILES_KEPT: u64 = 512;
 /// upstream's) beside [`FILES_KEPT`] (newcomer17 N5: 11,000 held requests, under
 /// `router.max_connections` 16,384, took all of a router's 20,000 files, and then every new
 /// client waited in vain and nxd's control connections failed EMFILE, so a push was never
-/// routed). Said in a warning when fewer.
+/// routed). Said in a warning when fewer. It bounds requests under way to deployments too
+/// (`proxy::UpstreamRequests`: an HTTP/2 client's streams each hold an upstream connection).
 fn connections_the_files_hold(max_connections: usize, open_files: u64) -> usize {
     let held = usize::try_from(open_files.saturating_sub(FILES_KEPT) / 2)
         .unwrap_or(usize::MAX)

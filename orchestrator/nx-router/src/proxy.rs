@@ -2,6 +2,14 @@
 //! headers, cap the request body, speak h2c to gRPC deployments, add a request id, log access,
 //! and answer with pages that say what to do when there is no route or no answer.
 //!
+//! A request to a deployment holds an upstream connection, an open file, while it lasts, and
+//! an HTTP/2 client sends up to 100 at once on one connection (Pingora's default
+//! `max_concurrent_streams`): the router has at most `router.max_connections` of them under
+//! way at once (503 past them; `main` holds that to what its open files hold), and one client
+//! at most `router.max_connections_per_address` (429 past them), as many as its HTTP/1
+//! connections would have (review17 #1: 30 h2c connections' 3,000 held streams took all of a
+//! router's 2,048 files).
+//!
 //! Pingora does the rest: HTTP/1.1 and HTTP/2 to clients, upgrades (WebSocket) tunnelled both
 //! ways, pooled upstream connections, and sending a request again on another connection when a
 //! reused one fails before any response byte, only if its method is idempotent (RFC 9110
@@ -9,8 +17,9 @@
 //! PATCH are never sent twice, and a fresh connection's failure is not retried.
 
 use crate::access_log::{AccessLog, Entry};
+use crate::connections::Slot;
 use crate::headers::{forwarding, hop_by_hop, shared_cookie_domain};
-use crate::log_budget::{TOSSED_COOKIES, UNROUTED};
+use crate::log_budget::{CONNECTIONS, TOSSED_COOKIES, UNROUTED};
 use crate::metrics::{Finished, RouterMetrics};
 use crate::table::Table;
 use crate::tls::{Answer, HttpSide};
@@ -23,6 +32,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +43,7 @@ pub struct NxProxy {
     waker: Arc<Waker>,
     access_log: Arc<AccessLog>,
     requests_by_client: Arc<ClientCounts>,
+    upstream_requests: UpstreamRequests,
     config: RouterConfig,
     base_domain: String,
     listener: Listener,
@@ -55,6 +66,9 @@ pub struct Ctx {
     body_bytes: u64,
     /// The client's count on a route with `max_requests_per_address`, while the request lasts.
     client_slot: Option<ClientSlot>,
+    /// The request's places among those under way to deployments (all, and its client's),
+    /// from before it connects upstream until it ends.
+    upstream_slots: Option<(Slot, Option<ClientSlot>)>,
 }
 
 /// What the router keeps of the deployments it serves: their traffic and their wakes.
@@ -81,6 +95,18 @@ pub struct Shared {
     pub requests_by_client: Arc<ClientCounts>,
     /// Each client's open connections, on every listener (`router.max_connections_per_address`).
     pub connections_by_client: Arc<ClientCounts>,
+    /// Requests under way to deployments, on every listener.
+    pub upstream_requests: UpstreamRequests,
+}
+
+/// Requests under way to deployments (each holds an upstream connection): all of them, at most
+/// `router.max_connections`, and each client's, at most `router.max_connections_per_address`.
+#[derive(Clone, Default)]
+pub struct UpstreamRequests {
+    /// All of them, on every listener.
+    pub all: Arc<AtomicUsize>,
+    /// Each client's ([`nx_router_api::client_share`]).
+    pub by_client: Arc<ClientCounts>,
 }
 
 impl NxProxy {
@@ -97,6 +123,7 @@ impl NxProxy {
             waker: shared.deployments.waker,
             access_log: shared.access_log,
             requests_by_client: shared.requests_by_client,
+            upstream_requests: shared.upstream_requests,
             config,
             base_domain,
             listener,
@@ -108,6 +135,46 @@ impl NxProxy {
             Listener::Http(_) => "http",
             Listener::Https { .. } => "https",
         }
+    }
+
+    /// Takes the request's places among those under way to deployments (see
+    /// [`UpstreamRequests`]) into `ctx`; `Err` with the status and page to answer when its
+    /// client holds its share (429) or the router all it may have (503).
+    fn take_upstream_slots(&self, session: &Session, ctx: &mut Ctx) -> Result<(), (u16, String)> {
+        let per_address = self.config.max_connections_per_address;
+        let client = match peer_ip(session) {
+            None => None,
+            Some(peer) => match self.upstream_requests.by_client.take_for(peer, per_address) {
+                Some(slot) => Some(slot),
+                None => {
+                    if CONNECTIONS.allow() {
+                        tracing::info!(max = per_address, %peer, "router.max_connections_per_address requests of one client under way to deployments: answered 429");
+                    }
+                    return Err((
+                        429,
+                        format!(
+                            "NX: {per_address} requests from your address are under way through this router, the most one address may have \
+                             (router.max_connections_per_address; each HTTP/2 stream is one): end one and try again.\n"
+                        ),
+                    ));
+                }
+            },
+        };
+        let max = self.config.max_connections;
+        let Some(all) = Slot::take(&self.upstream_requests.all, max) else {
+            if CONNECTIONS.allow() {
+                tracing::warn!(max, "router.max_connections requests under way to deployments (each HTTP/2 stream is one; the most the router's open files hold): answered 503");
+            }
+            return Err((
+                503,
+                format!(
+                    "NX: this router has as many requests under way as it may ({max}): try again in {} s.\n",
+                    RETRY_AFTER.as_secs()
+                ),
+            ));
+        };
+        ctx.upstream_slots = Some((all, client));
+        Ok(())
     }
 
     fn trusted(&self, session: &Session) -> bool {
@@ -247,6 +314,7 @@ impl ProxyHttp for NxProxy {
             route: None,
             body_bytes: 0,
             client_slot: None,
+            upstream_slots: None,
         }
     }
 
@@ -319,6 +387,12 @@ impl ProxyHttp for NxProxy {
                 self.config.max_body_mb
             );
             page(session, ctx, 413, text).await?;
+            return Ok(true);
+        }
+        if let Err((status, text)) = self.take_upstream_slots(session, ctx) {
+            let retry_after = RETRY_AFTER.as_secs().to_string();
+            let header = Some((http::header::RETRY_AFTER, retry_after.as_str()));
+            page_with(session, ctx, status, text, header).await?;
             return Ok(true);
         }
         Ok(false)

@@ -2,7 +2,8 @@
 //! silent new ones at the head timeout; the connection cap refuses new connections while open
 //! ones keep working, and so does the cap of one client's connections while another client is
 //! served; the request body cap answers 413, and 1,100 idle connections do not stop a router
-//! started at 1,024 open files.
+//! started at 1,024 open files; requests held by a deployment that never answers, over HTTP/1
+//! connections or HTTP/2 streams, take no more than the router's open files hold.
 
 mod common;
 
@@ -244,18 +245,15 @@ async fn eleven_hundred_idle_connections_leave_a_router_at_1024_open_files_servi
         .starts_with("HTTP/1.1 200"));
 }
 
-/// Newcomer17 N5: 11,000 held requests, under `router.max_connections` (16,384), took all of a
-/// router's 20,000 open files (two a proxied connection): every new client waited in vain and
-/// nxd's control connections failed EMFILE, so a push was never routed. The router admits only
-/// the connections its files hold and says so at start: past them a new connection is closed
-/// at once, the control socket answers, and once held ones go new ones are served.
-#[tokio::test(flavor = "multi_thread")]
-async fn held_requests_take_no_more_than_the_routers_open_files_hold() {
-    rlimit::increase_nofile_limit(8192).unwrap();
-    // An upstream that takes requests and never answers.
+/// The connections an upstream that never answers holds (accepted, never read or closed).
+type Held = std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>;
+
+/// An upstream that takes connections and never answers: its address, what it holds, and its
+/// accepting task.
+async fn holding_upstream() -> (std::net::SocketAddr, Held, tokio::task::JoinHandle<()>) {
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream_addr = upstream.local_addr().unwrap();
-    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let addr = upstream.local_addr().unwrap();
+    let held = Held::default();
     let holder = {
         let held = held.clone();
         tokio::spawn(async move {
@@ -264,6 +262,18 @@ async fn held_requests_take_no_more_than_the_routers_open_files_hold() {
             }
         })
     };
+    (addr, held, holder)
+}
+
+/// Newcomer17 N5: 11,000 held requests, under `router.max_connections` (16,384), took all of a
+/// router's 20,000 open files (two a proxied connection): every new client waited in vain and
+/// nxd's control connections failed EMFILE, so a push was never routed. The router admits only
+/// the connections its files hold and says so at start: past them a new connection is closed
+/// at once, the control socket answers, and once held ones go new ones are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_requests_take_no_more_than_the_routers_open_files_hold() {
+    rlimit::increase_nofile_limit(8192).unwrap();
+    let (upstream_addr, held, holder) = holding_upstream().await;
     let config = RouterConfig {
         max_connections_per_address: 4096,
         ..RouterConfig::default()
@@ -315,4 +325,180 @@ async fn held_requests_take_no_more_than_the_routers_open_files_hold() {
         "{}",
         router.log()
     );
+}
+
+/// HTTP/2 streams sent from each `127.0.0.<last>` of `from` over `connections` h2c connections
+/// (prior knowledge), `streams` on each, to `http://<host>/`: each stream's task ends with its
+/// status and body once answered.
+struct Streams {
+    answers: Vec<tokio::task::JoinHandle<Option<(u16, String)>>>,
+    connections: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Streams {
+    async fn open(
+        router: std::net::SocketAddr,
+        from: &[u8],
+        connections: usize,
+        streams: usize,
+        host: &str,
+    ) -> Self {
+        use http_body_util::{BodyExt, Empty};
+        let mut all = Self {
+            answers: Vec::new(),
+            connections: Vec::new(),
+        };
+        for last in from
+            .iter()
+            .flat_map(|&last| std::iter::repeat_n(last, connections))
+        {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(([127, 0, 0, last], 0).into()).unwrap();
+            let stream = socket.connect(router).await.unwrap();
+            let (sender, connection) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .expect("an h2c connection to the router");
+            all.connections.push(tokio::spawn(async move {
+                let _ = connection.await;
+            }));
+            for _ in 0..streams {
+                let mut sender = sender.clone();
+                let request = hyper::Request::get(format!("http://{host}/"))
+                    .body(Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                all.answers.push(tokio::spawn(async move {
+                    let response = sender.send_request(request).await.ok()?;
+                    let status = response.status().as_u16();
+                    let body = response.into_body().collect().await.ok()?.to_bytes();
+                    Some((status, String::from_utf8_lossy(&body).into_owned()))
+                }));
+            }
+        }
+        all
+    }
+
+    /// The answers, by status with one body of each, once at most `held` streams are left
+    /// unanswered (or after 20 s); those are left.
+    async fn answered(&mut self, held: usize) -> std::collections::BTreeMap<u16, (usize, String)> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.answers.iter().filter(|a| !a.is_finished()).count() > held
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut by_status = std::collections::BTreeMap::new();
+        let (done, held): (Vec<_>, Vec<_>) = self.answers.drain(..).partition(|a| a.is_finished());
+        self.answers = held;
+        for answer in done {
+            if let Some((status, body)) = answer.await.unwrap() {
+                by_status.entry(status).or_insert((0, body)).0 += 1;
+            }
+        }
+        by_status
+    }
+
+    /// Closes the connections (and so their streams).
+    fn close(self) {
+        self.answers.iter().for_each(|a| a.abort());
+        self.connections.iter().for_each(|c| c.abort());
+    }
+}
+
+/// How many connections `held` holds once that stops changing for a second (at most `limit`).
+async fn held_when_still(held: &Held, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    let mut last = usize::MAX;
+    loop {
+        let now = held.lock().unwrap().len();
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Review17 #1: every HTTP/2 stream the router proxies takes an upstream connection, and
+/// Pingora gives a client 100 streams a connection, so 12 h2c connections, far under every
+/// connection cap, held 1,200 requests to a deployment that never answers and took all of a
+/// router's 1,024 files (N5 again: other URLs waited in vain, nxd's control connections failed).
+/// Now a request to a deployment holds one of as many as the router admits connections (503
+/// past them), and one client's requests at most `max_connections_per_address` of them (429
+/// past them), as many as its HTTP/1 connections would: another client is served, the control
+/// socket answers, and once the streams go new requests are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_http2_streams_take_no_more_than_the_routers_open_files_hold() {
+    rlimit::increase_nofile_limit(8192).unwrap();
+    let (upstream_addr, held, holder) = holding_upstream().await;
+    let web = echo_app().await;
+    // Admits (1,024 - 512 kept) / 2 = 256 connections, 100 of one address.
+    let config = RouterConfig {
+        max_connections_per_address: 100,
+        ..RouterConfig::default()
+    };
+    let router = Router::start(config, Some(OpenFiles::Both(1024))).await;
+    let routes = [("hold.nx.test", upstream_addr), ("web.nx.test", web)];
+    router.routes(&routes).await;
+    let addr = router.addr;
+    let get_from = move |last: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(([127, 0, 0, last], 0).into()).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), get_on(&mut stream, "web.nx.test"))
+            .await
+            .unwrap_or_default()
+    };
+    let control_answers = || async {
+        tokio::time::timeout(Duration::from_secs(10), router.routes(&routes))
+            .await
+            .unwrap_or_else(|_| panic!("the control socket did not answer\n{}", router.log()));
+    };
+
+    // 127.0.0.1: 12 connections of 100 streams each, every one held by the deployment.
+    let mut one = Streams::open(router.addr, &[1], 12, 100, "hold.nx.test").await;
+    let upstreams = held_when_still(&held, Duration::from_secs(20)).await;
+    let answer = get_from(2).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "another client's request to another URL, beside 1,200 held streams: {answer:?}\n{upstreams} requests held upstream"
+    );
+    control_answers().await;
+    assert_eq!(upstreams, 100, "requests of one address held upstream");
+    let answered = one.answered(100).await;
+    let (refused, text) = answered.get(&429).cloned().unwrap_or_default();
+    assert_eq!(
+        refused, 1100,
+        "streams past the address's share: {answered:?}"
+    );
+    assert!(
+        text.contains("router.max_connections_per_address"),
+        "{text}"
+    );
+
+    // 127.0.0.3 to 127.0.0.5 take what is left of the router's 256, and are refused past it.
+    let mut more = Streams::open(router.addr, &[3, 4, 5], 1, 100, "hold.nx.test").await;
+    let upstreams = held_when_still(&held, Duration::from_secs(20)).await;
+    assert_eq!(upstreams, 256, "requests held upstream");
+    let answered = more.answered(156).await;
+    let (refused, text) = answered.get(&503).cloned().unwrap_or_default();
+    assert_eq!(
+        refused, 144,
+        "streams past what the files hold: {answered:?}"
+    );
+    assert!(text.contains("try again"), "{text}");
+    control_answers().await;
+
+    one.close();
+    more.close();
+    held.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answer = get_from(2).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "after the streams went: {answer:?}"
+    );
+    holder.abort();
 }
