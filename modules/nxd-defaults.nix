@@ -58,7 +58,7 @@
     mode = "auto";
     slice = "nx.slice";
     sliceTasksMax = 8192;
-    sandboxTasksMax = 4096;
+    sandboxTasksMax = 2048;
     tasksSliceTasksMax = 2048;
     sliceMemoryMaxPercent = 80;
   };

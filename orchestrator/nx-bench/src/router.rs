@@ -191,7 +191,7 @@ fn router_pid(host: &Host) -> anyhow::Result<u32> {
 }
 
 /// The benchmark's deployments' TasksMax (`nx push --tasks`): see [`run`].
-const APP_TASKS_MAX: u64 = 4096;
+const APP_TASKS_MAX: u64 = 2048;
 
 /// A deployment's unit's tasks now and its restarts, from `nx status`: the sample app runs a
 /// thread per connection, so its tasks show what the proxies' idle connections hold.

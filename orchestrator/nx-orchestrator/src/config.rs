@@ -504,8 +504,10 @@ pub struct SystemdConfig {
     pub slice_tasks_max: u64,
     /// `TasksMax` of each sandbox's own slice inside it (`nx-<sandbox>.slice`, a `-` of the
     /// name as `_`): the processes and threads of all of one sandbox's deployments together,
-    /// and so the most one deployment may ask for (`nx push --tasks`). Below `slice_tasks_max`,
-    /// so that a sandbox at its limit leaves room for every other sandbox's pushes and for tasks.
+    /// and so the most one deployment may ask for (`nx push --tasks`). [`SANDBOXES_AT_THEIR_CAP`]
+    /// sandboxes at it, with every task at `tasks_slice_tasks_max` and one more deployment at
+    /// `limits.tasks_max`, fit in `slice_tasks_max`, so that sandboxes at their limit leave room
+    /// for every other sandbox's pushes and for tasks.
     pub sandbox_tasks_max: u64,
     /// `TasksMax` of the slice every task (`nx run-task`) runs in, inside it
     /// ([`crate::supervisor::TASKS_SLICE`] of `slice`): the processes and threads of all tasks
@@ -583,13 +585,20 @@ impl Default for SandboxDefaults {
     }
 }
 
+/// How many sandboxes at their `systemd.sandbox_tasks_max` the tenants' `slice_tasks_max`
+/// holds with every task at `tasks_slice_tasks_max` and one more deployment at the default
+/// `limits.tasks_max` ([`Config::validate`] refuses less): fork bombs in this many sandboxes
+/// (two tenants, or one deploy token for two sandboxes) leave room for every other sandbox's
+/// pushes and for tasks (newcomer17 N10: two sandboxes at 4,096 each filled all 8,192).
+pub const SANDBOXES_AT_THEIR_CAP: u64 = 2;
+
 impl Default for SystemdConfig {
     fn default() -> Self {
         Self {
             mode: SystemdMode::Auto,
             slice: "nx.slice".into(),
             slice_tasks_max: 8192,
-            sandbox_tasks_max: 4096,
+            sandbox_tasks_max: 2048,
             tasks_slice_tasks_max: 2048,
             slice_memory_max_percent: 80,
         }
@@ -784,6 +793,19 @@ impl Config {
                 )));
             }
         }
+        // Newcomer17 N10: two sandboxes' fork bombs at a cap of half the whole took all of it.
+        let held = SANDBOXES_AT_THEIR_CAP * systemd.sandbox_tasks_max
+            + systemd.tasks_slice_tasks_max
+            + self.limits.tasks_max;
+        if held > systemd.slice_tasks_max {
+            return Err(ConfigError::Invalid(format!(
+                "systemd.slice_tasks_max ({}) must hold {SANDBOXES_AT_THEIR_CAP} sandboxes at systemd.sandbox_tasks_max ({}), every task at systemd.tasks_slice_tasks_max ({}) and one more deployment at limits.tasks_max ({}): {held} in all, so that fork bombs in {SANDBOXES_AT_THEIR_CAP} sandboxes leave room for the others' pushes and tasks; lower systemd.sandbox_tasks_max or raise systemd.slice_tasks_max (below the kernel's pid_max)",
+                systemd.slice_tasks_max,
+                systemd.sandbox_tasks_max,
+                systemd.tasks_slice_tasks_max,
+                self.limits.tasks_max
+            )));
+        }
         if self.sftp.max_upload_mb == 0 {
             return Err(ConfigError::Invalid(
                 "sftp.max_upload_mb must be at least 1".into(),
@@ -942,6 +964,14 @@ mod tests {
         let mut config = Config::default();
         config.systemd.sandbox_tasks_max = config.systemd.slice_tasks_max;
         assert!(refusal(config).contains("below systemd.slice_tasks_max"));
+        // Two sandboxes at their cap and all tasks at theirs leave no room for a push.
+        let mut config = Config::default();
+        config.systemd.sandbox_tasks_max = 3000;
+        assert!(refusal(config.clone()).contains(
+            "must hold 2 sandboxes at systemd.sandbox_tasks_max (3000), every task at systemd.tasks_slice_tasks_max (2048) and one more deployment at limits.tasks_max (256): 8304 in all"
+        ));
+        config.systemd.sandbox_tasks_max = 2944;
+        config.validate().unwrap();
         let mut config = Config::default();
         config.systemd.sandbox_tasks_max = 100;
         assert!(refusal(config.clone()).contains("limits.tasks_max (256) is above"));

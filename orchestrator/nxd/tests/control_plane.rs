@@ -1276,20 +1276,21 @@ fn nxd_comes_first_under_a_fork_bomb_a_cpu_spin_and_a_memory_hog() {
     );
 }
 
-/// A host whose tenants' slice (`nx.slice`) holds 400 tasks, of which each sandbox's
-/// deployments (64 each by default) may take 150 and all tasks 150.
-fn host_with_400_tenant_tasks() -> Host {
+/// A host whose tenants' slice (`nx.slice`) holds 500 tasks, of which each sandbox's
+/// deployments (64 each by default) may take 150 and all tasks 100 (two sandboxes and all tasks
+/// at their caps leave 100: nxd refuses a budget that leaves less than a deployment's 64).
+fn host_with_500_tenant_tasks() -> Host {
     let mut host = Host::start_with("[limits]\ntasks_max = 64\n");
     let config = host.path("nxd.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     let systemd = "mode = \"embedded\"\n";
     assert!(text.contains(systemd), "{text}");
     let keys = format!(
-        "{systemd}slice_tasks_max = 400\nsandbox_tasks_max = 150\ntasks_slice_tasks_max = 150\n"
+        "{systemd}slice_tasks_max = 500\nsandbox_tasks_max = 150\ntasks_slice_tasks_max = 100\n"
     );
     std::fs::write(&config, text.replace(systemd, &keys)).unwrap();
     host.restart_nxd();
-    assert_eq!(slice_file(&host, "nx.slice", "pids.max"), "400");
+    assert_eq!(slice_file(&host, "nx.slice", "pids.max"), "500");
     host
 }
 
@@ -1300,7 +1301,7 @@ fn settled_tenant_tasks(host: &Host, at_least: u64) -> u64 {
             .parse::<u64>()
             .unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     let (mut seen, mut since) = (tenants_tasks(), Instant::now());
     while seen < at_least || since.elapsed() < Duration::from_secs(2) {
         assert!(
@@ -1322,10 +1323,10 @@ fn settled_tenant_tasks(host: &Host, at_least: u64) -> u64 {
 /// (`systemd.tasks_slice_tasks_max`) is below the tenants' whole.
 #[test]
 fn concurrent_tasks_at_their_slices_limit_leave_room_for_pushes() {
-    let host = host_with_400_tenant_tasks();
+    let host = host_with_500_tenant_tasks();
     let sample = nx_testkit::sample_app();
     let sample = sample.to_str().unwrap();
-    // Eight tasks of 64 each (512: more than all tenants' 400) fork until refused and hold
+    // Eight tasks of 64 each (512: more than all tenants' 500) fork until refused and hold
     // their children 60 s.
     let tasks: Vec<std::process::Child> = (0..8)
         .map(|_| {
@@ -1348,8 +1349,8 @@ fn concurrent_tasks_at_their_slices_limit_leave_room_for_pushes() {
             .unwrap()
         })
         .collect();
-    let seen = settled_tenant_tasks(&host, 150);
-    eprintln!("tasks in nx.slice under eight forking tasks: {seen} of 400");
+    let seen = settled_tenant_tasks(&host, 100);
+    eprintln!("tasks in nx.slice under eight forking tasks: {seen} of 500");
 
     // Meanwhile a push serves.
     let pushed = host.nx(&["--json", "push", sample, "--sandbox", "other"]);
@@ -1365,7 +1366,7 @@ fn concurrent_tasks_at_their_slices_limit_leave_room_for_pushes() {
     assert_eq!(host.get(&host.preview_host("other", &id), "/health").0, 200);
     assert_eq!(
         slice_file(&host, "nx.slice/nx-run_task.slice", "pids.max"),
-        "150"
+        "100"
     );
     let outputs: Vec<String> = tasks
         .into_iter()
@@ -1380,7 +1381,7 @@ fn concurrent_tasks_at_their_slices_limit_leave_room_for_pushes() {
         .filter_map(|o| serde_json::from_str::<serde_json::Value>(o.trim()).ok())
         .map(|f| f["forked"].as_u64().unwrap_or(0))
         .sum();
-    assert!(forked < 150, "{outputs:?}");
+    assert!(forked < 100, "{outputs:?}");
 }
 
 /// Attacker s8 F7: `--tasks` went up to `pid_max` while every tenant shared `nx.slice`'s
@@ -1390,12 +1391,12 @@ fn concurrent_tasks_at_their_slices_limit_leave_room_for_pushes() {
 /// above it is refused; a push that finds no room says so.
 #[test]
 fn one_sandboxs_fork_bomb_leaves_room_for_other_sandboxes_pushes_and_tasks() {
-    let host = host_with_400_tenant_tasks();
+    let host = host_with_500_tenant_tasks();
     let sample = nx_testkit::sample_app();
     let sample = sample.to_str().unwrap();
 
-    // Three deployments of one sandbox, each within its own `--tasks 150` (together more
-    // than all tenants' 400), fork until refused and hold their children 60 s.
+    // Three deployments of one sandbox, each within its own `--tasks 150` (together three
+    // times the sandbox's 150), fork until refused and hold their children 60 s.
     let bombs: Vec<String> = (0..3)
         .map(|_| host.push_sample("bomb", &["--tasks", "150"]))
         .collect();
@@ -1417,7 +1418,7 @@ fn one_sandboxs_fork_bomb_leaves_room_for_other_sandboxes_pushes_and_tasks() {
         })
         .collect();
     let seen = settled_tenant_tasks(&host, 150);
-    eprintln!("tasks in nx.slice under the fork bombs: {seen} of 400");
+    eprintln!("tasks in nx.slice under the fork bombs: {seen} of 500");
 
     // Meanwhile another sandbox's push serves and a task runs.
     let other = host.nx(&["--json", "push", sample, "--sandbox", "other"]);
@@ -1464,6 +1465,70 @@ fn one_sandboxs_fork_bomb_leaves_room_for_other_sandboxes_pushes_and_tasks() {
         "{}",
         refused.stderr
     );
+}
+
+/// Newcomer17 N10: at nxd's defaults two sandboxes' fork bombs, each at its sandbox's cap
+/// (`systemd.sandbox_tasks_max`, then 4,096), took all of the tenants' 8,192 tasks, and every
+/// other sandbox's push and every task failed. Now the default cap is 2,048 and nxd refuses a
+/// budget in which two sandboxes at their cap and all tasks at theirs leave no room for one
+/// more deployment (config's unit test), so real bombs in two sandboxes leave room.
+#[test]
+fn two_sandboxes_fork_bombs_at_nxds_defaults_leave_room_for_other_sandboxes_pushes_and_tasks() {
+    let host = Host::start();
+    let sample = nx_testkit::sample_app();
+    let sample = sample.to_str().unwrap();
+    // A sandbox's cap, as nxd sets it on its slice.
+    host.push_sample("bomb1", &[]);
+    let cap: u64 = slice_file(&host, "nx.slice/nx-bomb1.slice", "pids.max")
+        .parse()
+        .unwrap();
+    // A deployment at the cap in each of two sandboxes (3/4 MiB of memory a process); each
+    // forks until refused and holds its children 60 s.
+    let (tasks, memory) = (cap.to_string(), (cap * 3 / 4).to_string());
+    let forks: Vec<_> = ["bomb1", "bomb2"]
+        .into_iter()
+        .map(|sandbox| {
+            let id = host.push_sample(sandbox, &["--tasks", &tasks, "--memory", &memory]);
+            let (router, preview) = (host.router, host.preview_host(sandbox, &id));
+            std::thread::spawn(move || {
+                reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(180))
+                    .build()
+                    .unwrap()
+                    .get(format!("http://{router}/fork?hold=60"))
+                    .header("Host", preview)
+                    .send()
+                    .and_then(|r| r.json::<serde_json::Value>())
+                    .unwrap()
+            })
+        })
+        .collect();
+    let seen = settled_tenant_tasks(&host, 2 * cap - cap / 8);
+    eprintln!(
+        "tasks in nx.slice under two sandboxes' fork bombs at {cap} each: {seen} of {}",
+        slice_file(&host, "nx.slice", "pids.max")
+    );
+
+    // Meanwhile a third sandbox's push serves and a task runs.
+    let other = host.nx(&["--json", "push", sample, "--sandbox", "other"]);
+    assert!(
+        other.ok,
+        "another sandbox's push failed under two fork bombs at {cap} each: {}{}",
+        other.stdout, other.stderr
+    );
+    let other = other.json()["deployment"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        host.get(&host.preview_host("other", &other), "/health").0,
+        200
+    );
+    let task = host.nx(&["run-task", sample, "--", "task", "print", "room", "left"]);
+    assert!(task.ok, "a task failed: {}", task.stderr);
+    assert_eq!(task.stdout, "room left\n");
+    let forked: Vec<serde_json::Value> = forks.into_iter().map(|t| t.join().unwrap()).collect();
+    eprintln!("the two fork bombs: {forked:?}");
 }
 
 /// The host's pid of a process whose arguments hold `option` followed by an argument that
