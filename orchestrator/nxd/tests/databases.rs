@@ -257,6 +257,29 @@ fn backup_drop_restore_and_the_dump_restores_into_a_plain_postgres() {
 /// fail; now each goes through, and the grants go with the roles.
 #[test]
 fn another_tenants_grants_to_a_sandboxs_roles_hold_up_neither_rm_nor_swap_db() {
+    grants_to_another_sandboxs_roles_hold_up_nothing("SELECT 1");
+}
+
+/// Newcomer18 N1: with its grants to every role, a tenant set what every session of its
+/// database starts with (`ALTER DATABASE ... SET`), nxd's DROP OWNED there too: read-only
+/// transactions, 1 ms bounds, its own role as the session's. Another sandbox's `nx rm`,
+/// `promote --swap-db` (after its swap: production on the branch's data, the old deployment
+/// routed) and `nx sandbox rm` failed ('cannot execute DROP OWNED in a read-only
+/// transaction'); nxd's sessions there now start with their own settings.
+#[test]
+fn a_tenants_settings_on_its_database_hold_up_neither_rm_nor_swap_db_of_another() {
+    grants_to_another_sandboxs_roles_hold_up_nothing(
+        "DO $$ DECLARE s text; BEGIN \
+         FOREACH s IN ARRAY ARRAY['default_transaction_read_only = on', 'statement_timeout = ''1ms''', \
+           'lock_timeout = ''1ms''', 'search_path = pg_temp', format('role = %I', current_user)] LOOP \
+         EXECUTE format('ALTER DATABASE %I SET %s', current_database(), s); END LOOP; END $$",
+    );
+}
+
+/// Sandbox grabby grants on a table of its own to every other nx role, then runs `settings`
+/// (SQL) in its database; victim's `nx rm` of a --db-branch preview, `promote --swap-db` and
+/// `nx sandbox rm` go through.
+fn grants_to_another_sandboxs_roles_hold_up_nothing(settings: &str) {
     let host = Host::start();
     let prod = host.push_sample("victim", &[]);
     host.nx_json(&["promote", "victim", &prod]);
@@ -275,6 +298,8 @@ fn another_tenants_grants_to_a_sandboxs_roles_hold_up_neither_rm_nor_swap_db() {
         "ON_ERROR_STOP=1",
         "-c",
         grant_to_all,
+        "-c",
+        settings,
     ]);
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     let granted = |role: &str| {
@@ -306,8 +331,8 @@ fn another_tenants_grants_to_a_sandboxs_roles_hold_up_neither_rm_nor_swap_db() {
         "psql",
         "grabby",
         "--",
-        "-Atc",
-        "SELECT count(*) FROM t",
+        "-qAtc",
+        "SET statement_timeout = 0; SELECT count(*) FROM public.t",
     ]);
     assert!(
         out.ok && out.stdout.trim() == "0",

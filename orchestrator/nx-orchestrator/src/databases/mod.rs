@@ -219,6 +219,22 @@ fn open_to_statements(database: &str, role: &str) -> [String; 3] {
     ]
 }
 
+/// What nxd's own sessions in a tenant's database start with, whatever the database's owner
+/// set there ([`Databases::connect_to_tenant_database`]): its own role (`role = none`: not one
+/// the owner named), writable transactions, no time bounds, the system catalogs first (never a
+/// tenant's objects of the same names), standard string literals, and no session ended on its
+/// first error.
+const TENANT_DATABASE_OVERRIDES: [(&str, &str); 8] = [
+    ("role", "none"),
+    ("default_transaction_read_only", "off"),
+    ("statement_timeout", "0"),
+    ("lock_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+    ("search_path", "pg_catalog"),
+    ("standard_conforming_strings", "on"),
+    ("exit_on_error", "off"),
+];
+
 /// What a new database holds at first.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Contents<'a> {
@@ -697,14 +713,36 @@ impl Databases {
         .fetch_all(&self.admin)
         .await?;
         for database in databases {
-            let mut conn =
-                PgConnection::connect(&with_database(&self.admin_url, &database)).await?;
+            let mut conn = self.connect_to_tenant_database(&database).await?;
             sqlx::query(&format!("DROP OWNED BY {}", quote(name)))
                 .execute(&mut conn)
                 .await?;
             conn.close().await?;
         }
         Ok(())
+    }
+
+    /// A session of PostgreSQL's superuser (nxd's admin URL) in a tenant's database, started
+    /// with [`TENANT_DATABASE_OVERRIDES`] (and `idle_session_timeout = 0` from PostgreSQL 14):
+    /// a database's owner sets what every session there starts with (`ALTER DATABASE ... SET`),
+    /// nxd's too, and a client's startup `options` take precedence over those (PostgreSQL,
+    /// "Setting Parameters" and ALTER DATABASE). Newcomer18 N1: a tenant's
+    /// `default_transaction_read_only = on` on its own database, where it had granted something
+    /// to another tenant's role, made nxd's DROP OWNED there fail, and with it the other's
+    /// `nx sandbox rm` and `promote --swap-db`; `role = <its role>` ran nxd's session as the
+    /// tenant.
+    async fn connect_to_tenant_database(&self, database: &str) -> Result<PgConnection, DbError> {
+        let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+            .fetch_one(&self.admin)
+            .await?;
+        let mut options = self
+            .database_url(database)
+            .parse::<sqlx::postgres::PgConnectOptions>()?
+            .options(TENANT_DATABASE_OVERRIDES);
+        if version >= 140_000 {
+            options = options.options([("idle_session_timeout", "0")]);
+        }
+        Ok(PgConnection::connect_with(&options).await?)
     }
 
     /// Drops `database` if it is there, ending its sessions (waiting 5 s for them).
@@ -851,7 +889,7 @@ impl Databases {
         branch: &str,
         production_role: &str,
     ) -> Result<(), DbError> {
-        let mut conn = PgConnection::connect(&with_database(&self.admin_url, branch)).await?;
+        let mut conn = self.connect_to_tenant_database(branch).await?;
         let mut tx = conn.begin().await?;
         let owned: Vec<String> = sqlx::query_scalar(
             "SELECT datname::text FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = $1)",
@@ -975,7 +1013,7 @@ impl Databases {
     ) -> Result<(), DbError> {
         let production = self.idents.sandbox(sandbox);
         let branch = ident::branch(id);
-        let mut conn = PgConnection::connect(&self.database_url(&production)).await?;
+        let mut conn = self.connect_to_tenant_database(&production).await?;
         sqlx::query(&format!(
             "REASSIGN OWNED BY {} TO {}",
             quote(&branch),
