@@ -500,3 +500,48 @@ fn a_token_for_every_sandbox_that_may_not_push_runs_only_what_it_uploaded() {
         Vec::<String>::new()
     );
 }
+
+/// Threads of process `pid` sleeping in nanosleep(2) or clock_nanosleep(2) now (by
+/// /proc/<pid>/task/*/syscall's first field, x86_64 numbers 35 and 230).
+fn threads_sleeping(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("syscall"))
+                .is_ok_and(|s| matches!(s.split(' ').next(), Some("35" | "230")))
+        })
+        .count()
+}
+
+/// Review17 #8: each `POST /v1/blobs/missing` looked its digests up on a blocking thread of
+/// its own (up to `bundles.max_files` stat(2)s), as many at once as requests came (32 per
+/// token, any number of tokens), out of the threads `tokio::fs` and nxd's other blocking work
+/// share. Twelve lookups held on their thread (fail point `bundles::look_up=sleep(2000)`)
+/// now take two threads at once, and all twelve are answered.
+#[test]
+fn blob_lookups_take_two_blocking_threads_at_once_however_many_are_asked() {
+    let mut host = Host::start();
+    host.restart_nxd_with_failpoints("bundles::look_up=sleep(2000)");
+    let token = host.token.clone();
+    let before = threads_sleeping(host.nxd_pid());
+    let digest = sha256_hex(b"never stored");
+    let answered = std::thread::scope(|scope| {
+        let asks: Vec<_> = (0..12)
+            .map(|_| scope.spawn(|| missing(&host, &token, &[digest.as_str()])))
+            .collect();
+        let mut most = 0;
+        while !asks.iter().all(|a| a.is_finished()) {
+            most = most.max(threads_sleeping(host.nxd_pid()).saturating_sub(before));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let answered: Vec<Vec<String>> = asks.into_iter().map(|a| a.join().unwrap()).collect();
+        assert!(most <= 2, "{most} lookups held a thread at once");
+        assert!(most > 0, "no lookup was seen on its thread");
+        answered
+    });
+    assert!(
+        answered.iter().all(|m| m == std::slice::from_ref(&digest)),
+        "{answered:?}"
+    );
+}

@@ -66,9 +66,16 @@ pub struct BundleStore {
     /// `<state_dir>/executables`: the executable copies of blobs, by sha256.
     executables: PathBuf,
     limits: BundleLimits,
+    /// Permits for [`Self::missing`]'s lookups on blocking threads, [`LOOKUPS_AT_ONCE`].
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 const INCOMING: &str = ".incoming";
+/// How many `POST /v1/blobs/missing` lookups (up to `bundles.max_files` stat(2) and utimes
+/// each) run at once; the others wait without a thread (review17 #8: each took one of tokio's
+/// blocking threads, which `tokio::fs` and nxd's other blocking work share, bounded only by
+/// tokens x `api_max_requests_per_token`).
+const LOOKUPS_AT_ONCE: usize = 2;
 
 impl BundleStore {
     /// Opens `<state_dir>/blobs`, `<state_dir>/bundles` and `<state_dir>/executables`
@@ -95,6 +102,7 @@ impl BundleStore {
             trees,
             executables,
             limits,
+            lookups: Arc::new(tokio::sync::Semaphore::new(LOOKUPS_AT_ONCE)),
         })
     }
 
@@ -119,14 +127,17 @@ impl BundleStore {
             }
             .into());
         }
+        let _permit = self.lookups.acquire().await.expect("never closed");
         let (this, digests) = (self.clone(), digests.to_vec());
         tokio::task::spawn_blocking(move || this.look_up(&digests))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 
-    /// [`Self::missing`]'s lookups.
+    /// [`Self::missing`]'s lookups. Fail point `bundles::look_up` (e.g. `sleep(2000)`): a
+    /// lookup that holds its thread.
     fn look_up(&self, digests: &[String]) -> Result<Vec<String>, BundleStoreError> {
+        fail::fail_point!("bundles::look_up");
         let mut missing = Vec::new();
         let mut stored = Vec::new();
         for sha in digests {
