@@ -840,8 +840,13 @@ impl Orchestrator {
             self.discard(&deployment).await?;
             return Err(e);
         }
-        self.apply(&deployment, Phase::Created, Verb::Start, Route::None)
-            .await?;
+        let started = self
+            .apply(&deployment, Phase::Created, Verb::Start, Route::None)
+            .await;
+        if let Err(e @ Error::Router(_)) = started {
+            return Err(self.discard_unrouted(&deployment, e).await);
+        }
+        started?;
         timer.succeeded();
         let view = async {
             self.view(&self.state.deployment(&deployment.id).await?, false)
@@ -878,6 +883,44 @@ impl Orchestrator {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
         };
         target.destroy().await
+    }
+
+    /// Undoes a push whose deployment the router took no routes for (`error`: it refused the
+    /// table or did not answer), and returns the error to answer, saying what was done and
+    /// what to do (newcomer s17 N5: a router out of open files refused the table, and the
+    /// deployment stayed `running` in `nx status`, never routed). It is marked stopped and
+    /// removed as [`Self::discard`] removes one, but without asking the router (which keeps
+    /// the table it had, without it); the routes are sent again after, if the router takes
+    /// them.
+    async fn discard_unrouted(&self, deployment: &Deployment, error: Error) -> Error {
+        let id = &deployment.id;
+        let log = self.config.state_dir.join("router/router.log");
+        let removed = async {
+            self.state.set_desired(id, Desired::Stopped).await?;
+            self.remove_unrouted(deployment).await
+        };
+        if let Err(e) = removed.await {
+            return error.with_outcome(&format!(
+                "deployment {id} runs, but no URL leads to it, and removing it failed too ({e}): `nx rm {id}`, and push again once the router takes routes (its log: {})",
+                log.display()
+            ));
+        }
+        if let Err(e) = self.reroute().await {
+            tracing::warn!(error = %e, "the routes after a push the router took none for");
+        }
+        error.with_outcome(&format!(
+            "deployment {id} was removed, as no URL led to it: push again once the router takes routes (its log: {})",
+            log.display()
+        ))
+    }
+
+    /// Removes a deployment no route leads to (any more): [`Self::destroy`], its series, then
+    /// its record, which frees its slot.
+    async fn remove_unrouted(&self, deployment: &Deployment) -> Result<(), Error> {
+        self.destroy(deployment).await?;
+        let labels = crate::metrics::DeploymentLabels::of(deployment);
+        self.metrics.forget(&labels);
+        Ok(self.state.delete_deployment(&deployment.id).await?)
     }
 
     /// The limits of a push (or of a sandbox's settings, which pushes start from) of `asked`
@@ -1859,14 +1902,7 @@ impl Effects for Target<'_> {
 
     async fn destroy(&self) -> Result<(), Error> {
         self.app.unroute(self.deployment).await?;
-        self.app.destroy(self.deployment).await?;
-        let labels = crate::metrics::DeploymentLabels::of(self.deployment);
-        self.app.metrics.forget(&labels);
-        Ok(self
-            .app
-            .state
-            .delete_deployment(&self.deployment.id)
-            .await?)
+        self.app.remove_unrouted(self.deployment).await
     }
 
     async fn route(&self) -> Result<(), Error> {

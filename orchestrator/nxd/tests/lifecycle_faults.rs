@@ -911,6 +911,47 @@ fn a_push_failing_after_its_deployment_was_started_leaves_nothing_running() {
     assert_eq!(view["state"]["active"], "active", "{view}");
 }
 
+/// Newcomer s17 N5 (its rest): a push during which the router refused nxd's route table (out
+/// of open files there) failed after minutes, and its deployment stayed `running` in `nx
+/// status` but was never routed: its URL answered 404 for good. Such a push now fails saying
+/// what to do, and its deployment is removed as any failed push's is (no unit process, no
+/// link, no record); once the router takes tables again, the next push is routed.
+#[test]
+fn a_push_whose_routes_the_router_refuses_fails_and_leaves_nothing_running() {
+    let host = Host::start();
+    // The router cannot keep a new table: the name of its temporary file is a directory.
+    let blocker = host.path("router/routes.json.tmp");
+    std::fs::create_dir_all(blocker.join("held")).unwrap();
+    let sample = nx_testkit::sample_app();
+    let out = host.nx(&["push", sample.to_str().unwrap(), "--sandbox", "web"]);
+    assert!(!out.ok, "the push succeeded: {}", out.stdout);
+    let status = host.nx_json(&["status", "web"]);
+    let left = &status[0]["deployments"];
+    assert_eq!(left.as_array().map_or(0, Vec::len), 0, "{status}");
+    assert!(
+        out.stderr.contains("the router refused") && out.stderr.contains("push again"),
+        "{}",
+        out.stderr
+    );
+    // Nothing of it runs: no deployment's process in nx.slice, no deployment's link.
+    for root in host.manager_cgroups() {
+        let slice = root.join("nx.slice");
+        for unit in std::fs::read_dir(&slice).into_iter().flatten().flatten() {
+            let name = unit.file_name().to_string_lossy().into_owned();
+            if name.starts_with("nx-d") && name.ends_with(".service") {
+                let procs = std::fs::read_to_string(unit.path().join("cgroup.procs"));
+                let procs = procs.unwrap_or_default();
+                assert!(procs.trim().is_empty(), "{name} holds {procs}");
+            }
+        }
+    }
+    let links = host_links(&host);
+    assert!(!links.contains(": nx-d"), "{links}");
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let id = host.push_sample("web", &[]);
+    assert_eq!(host.get(&host.preview_host("web", &id), "/").0, 200);
+}
+
 /// Newcomer s17 N8 (medium): `nx promote --swap-db` of a deployment whose `--db-branch` push
 /// was still copying started it, swapped production's database for the copy in progress, and
 /// the push then failed: production ran on a copy nobody had asked for. A deployment whose
