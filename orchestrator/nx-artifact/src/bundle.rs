@@ -23,6 +23,11 @@ pub const DEFAULT_LIBRARY_DIR: &str = "lib";
 /// Where a bundle appears in the sandbox.
 pub const MOUNT_POINT: &str = "/app";
 
+/// The most hard links ext4 keeps to one file (`EXT4_LINK_MAX`, fs/ext4/ext4.h): past it nxd
+/// renews a stored file, a copy of it for the next this many trees, the old one kept while an
+/// older tree links it. So each file of a tree is charged this share of its size.
+pub const LINKS_PER_COPY: u64 = 65_000;
+
 /// The most components a path of a bundle may have (its depth): deeper paths are refused.
 /// Each component is a directory nxd lays out (attacker s12 H2: 10 files 1,900 levels deep, a
 /// 40 KB manifest, made 19,013 directories).
@@ -245,16 +250,26 @@ impl BundleManifest {
         self.files.iter().map(|f| f.size).sum()
     }
 
-    /// The disk its tree takes beyond its files' bytes (each file is a hard link to a blob
-    /// stored once per digest), in bytes, as nxd counts it toward an owner's
-    /// `store.max_owner_mb` (newcomer17 N11: trees of 50,000 directories each, counted as
-    /// nothing, took 208 MB and 50,000 inodes a request): a 4 KiB block for the tree's root,
-    /// each directory and each symbolic link (an inode each, and on ext4 a block for a
-    /// directory and for a link whose target passes 60 bytes: counted alike), and a directory
-    /// entry for every file, link and directory (ext4's `ext4_dir_entry_2`: 8 bytes and the
-    /// name rounded up to 4; kernel.org, "ext4 Data Structures and Algorithms", Directory
-    /// Entries). Paths are taken as given: call it on a manifest that passed [`Self::check`].
-    pub fn tree_bytes(&self) -> u64 {
+    /// The disk its tree takes beyond its files' stored bytes, in bytes, as nxd counts it
+    /// toward an owner's `store.max_owner_mb` (newcomer17 N11: trees of 50,000 directories
+    /// each, counted as nothing, took 208 MB and 50,000 inodes a request), on a filesystem that
+    /// provisions `inode_bytes` of its size per inode (statvfs(3): `f_blocks` × `f_frsize` /
+    /// `f_files`; 16 KiB on a default ext4, mke2fs.conf(5) `inode_ratio`):
+    /// - the tree's root, each directory and each symbolic link: an inode each, counted at the
+    ///   larger of `inode_bytes` and a 4 KiB block (a directory's block, and a link's when its
+    ///   target passes 60 bytes, lie within it). Review17 #3: at 4 KiB an inode, the owners'
+    ///   rooms together reached a fresh ext4's inodes at a quarter of its size, before bytes;
+    /// - a directory entry for every file, link and directory (ext4's `ext4_dir_entry_2`: 8
+    ///   bytes and the name rounded up to 4; kernel.org, "ext4 Data Structures and Algorithms",
+    ///   Directory Entries);
+    /// - each file's share of its renewals: its size / [`LINKS_PER_COPY`], rounded up. Each
+    ///   file is a hard link to a blob stored (and counted) once per digest, but every 65,000
+    ///   links make one more copy, kept while an older tree links it (review17 #3: a one-file
+    ///   bundle of a 2 GiB blob was charged about 4 KiB, so 65,000 of them, 267 MB of room,
+    ///   made an uncounted 2 GiB copy).
+    ///
+    /// Paths are taken as given: call it on a manifest that passed [`Self::check`].
+    pub fn tree_bytes(&self, inode_bytes: u64) -> u64 {
         const BLOCK: u64 = 4096;
         let paths = || {
             self.files
@@ -268,7 +283,14 @@ impl BundleManifest {
             8 + (name.len() as u64).next_multiple_of(4)
         };
         let entries: u64 = paths().chain(dirs.iter().copied()).map(entry).sum();
-        BLOCK * (1 + dirs.len() as u64 + self.links.len() as u64) + entries
+        let renewals: u64 = self
+            .files
+            .iter()
+            .map(|f| f.size.div_ceil(LINKS_PER_COPY))
+            .sum();
+        inode_bytes.max(BLOCK) * (1 + dirs.len() as u64 + self.links.len() as u64)
+            + entries
+            + renewals
     }
 
     /// argv\[0\]: the chosen one, else the entry's file name.
@@ -776,22 +798,33 @@ mod tests {
         assert_eq!(entry_dir_in_sandbox(&m.entry), "/app/bin");
     }
 
-    /// Newcomer17 N11: a tree's directories and links count, its files' bytes do not.
+    /// Newcomer17 N11: a tree's directories and links count, its files' bytes do not, but
+    /// for their share of a renewal; review17 #3: an inode counts what the filesystem
+    /// provisions for one.
     #[test]
-    fn a_trees_cost_is_its_directories_links_and_entries_not_its_files_bytes() {
-        // bin/, lib/ and the root: 3 blocks; the link: 1; entries: app (8+4), libx.so.1
-        // (8+12), libx.so (8+8), bin (8+4), lib (8+4).
+    fn a_trees_cost_is_its_inodes_entries_and_files_share_of_a_renewal() {
+        // bin/, lib/ and the root: 3 inodes; the link: 1; entries: app (8+4), libx.so.1
+        // (8+12), libx.so (8+8), bin (8+4), lib (8+4); two files of 10 bytes: 1 each.
         let m = manifest();
-        assert_eq!(m.tree_bytes(), 4 * 4096 + 12 + 20 + 16 + 12 + 12);
+        let entries = 12 + 20 + 16 + 12 + 12;
+        assert_eq!(m.tree_bytes(4096), 4 * 4096 + entries + 2);
+        // At ext4's default 16 KiB an inode (and never less than a block).
+        assert_eq!(m.tree_bytes(16384), 4 * 16384 + entries + 2);
+        assert_eq!(m.tree_bytes(512), m.tree_bytes(4096));
+        // A 1 GiB file: its share of the copy made every 65,000 links, not its bytes.
         let mut big = manifest();
         big.files[1].size = 1 << 30;
-        assert_eq!(big.tree_bytes(), m.tree_bytes());
-        // 1,000 one-file directories: 1,000 blocks more, whatever the files hold.
+        assert_eq!(
+            big.tree_bytes(4096),
+            m.tree_bytes(4096) - 1 + (1u64 << 30).div_ceil(LINKS_PER_COPY)
+        );
+        assert_eq!(LINKS_PER_COPY * 16_520, 1_073_800_000);
+        // 1,000 one-file directories: 1,000 inodes more, whatever the files hold.
         let mut wide = manifest();
         wide.files
             .extend((0..1000).map(|i| file(&format!("d{i:04}/f"), false)));
-        assert!(wide.tree_bytes() > m.tree_bytes() + 1000 * 4096);
-        assert!(wide.tree_bytes() < m.tree_bytes() + 1000 * (4096 + 40));
+        assert!(wide.tree_bytes(16384) > m.tree_bytes(16384) + 1000 * 16384);
+        assert!(wide.tree_bytes(16384) < m.tree_bytes(16384) + 1000 * (16384 + 40));
     }
 
     /// Newcomer17 N2: a script entry was told to be rebuilt as a static Rust or Go binary.

@@ -288,7 +288,7 @@ impl Orchestrator {
         view: &StoreView,
         manifest: BundleManifest,
     ) -> Result<BundleInfo, Error> {
-        let tree_bytes = manifest.tree_bytes();
+        let tree_bytes = self.bundles.tree_bytes(&manifest);
         let mut _reserved = None;
         if let Some(owner) = view.owner() {
             // What is wrong with the manifest itself is said first, as for the host's view.
@@ -367,7 +367,7 @@ impl Orchestrator {
                 .collect();
             let target = Owner::Sandbox(target);
             self.grant(target, Content::Blob, &files).await?;
-            let tree = [(sha256.to_owned(), manifest.tree_bytes())];
+            let tree = [(sha256.to_owned(), self.bundles.tree_bytes(&manifest))];
             self.grant(target, Content::Bundle, &tree).await
         } else {
             match self.artifacts.info(sha256).await {

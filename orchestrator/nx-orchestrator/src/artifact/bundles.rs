@@ -68,6 +68,8 @@ pub struct BundleStore {
     limits: BundleLimits,
     /// Permits for [`Self::missing`]'s lookups on blocking threads, [`LOOKUPS_AT_ONCE`].
     lookups: Arc<tokio::sync::Semaphore>,
+    /// What the trees' filesystem provisions per inode, in bytes ([`bytes_per_inode`]).
+    inode_bytes: u64,
 }
 
 const INCOMING: &str = ".incoming";
@@ -97,13 +99,21 @@ impl BundleStore {
         open_dir(&trees, 0o711)?;
         let executables = state_dir.join("executables");
         open_dir(&executables, 0o700)?;
+        let inode_bytes = bytes_per_inode(&trees)?;
         Ok(Self {
             blobs,
             trees,
             executables,
             limits,
             lookups: Arc::new(tokio::sync::Semaphore::new(LOOKUPS_AT_ONCE)),
+            inode_bytes,
         })
+    }
+
+    /// What the tree of `manifest` counts toward its owner's `store.max_owner_mb`, in bytes
+    /// ([`BundleManifest::tree_bytes`] on the trees' filesystem).
+    pub fn tree_bytes(&self, manifest: &BundleManifest) -> u64 {
+        manifest.tree_bytes(self.inode_bytes)
     }
 
     /// The limits bundles are held to.
@@ -468,6 +478,16 @@ fn link_or_renew(source: &Path, path: &Path) -> std::io::Result<()> {
         }
         linked => linked,
     }
+}
+
+/// The bytes of its size that the filesystem holding `dir` provides per inode (statvfs(3):
+/// `f_blocks` × `f_frsize` / `f_files`; about 16 KiB on a default ext4), or 0 for one that
+/// counts no inodes (`f_files` 0, as btrfs): [`BundleManifest::tree_bytes`] takes at least a
+/// 4 KiB block per inode. Errors: statvfs(3)'s.
+fn bytes_per_inode(dir: &Path) -> std::io::Result<u64> {
+    let fs = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    let size = fs.blocks().saturating_mul(fs.fragment_size());
+    Ok(size.checked_div(fs.files()).unwrap_or(0))
 }
 
 /// Every directory under `root`, `root` included (links not followed).
