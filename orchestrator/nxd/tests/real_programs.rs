@@ -475,6 +475,38 @@ fn a_static_shell_runs_the_dynamic_program_of_its_bundle() {
     assert!(metrics.contains("pushgateway_build_info"), "{metrics}");
 }
 
+/// Newcomer18 N3: a program could not open its own output again (`/dev/stdout`,
+/// `/proc/self/fd/2`: nginx's `access_log /dev/stdout`), since the pipes were root's, 0600.
+#[test]
+fn a_deployment_writes_to_dev_stdout_and_its_own_fd_2() {
+    let host = Host::start();
+    let app = shell_bundle(
+        &host,
+        "out",
+        "#!/app/bin/busybox sh\necho to-stdout > /dev/stdout && echo to-fd2 > /proc/self/fd/2 && exec /app/bin/pushgateway --web.listen-address=:$PORT\n",
+    );
+    let id = push(
+        &host,
+        &[
+            app.path(),
+            "--entry",
+            "bin/busybox",
+            "-s",
+            "out",
+            "--",
+            "sh",
+            "/app/start.sh",
+        ],
+    );
+    let logs = host.nx(&["logs", &id, "-n", "50"]);
+    assert!(
+        logs.stdout.contains("to-stdout") && logs.stdout.contains("to-fd2"),
+        "{}{}",
+        logs.stdout,
+        logs.stderr
+    );
+}
+
 /// Newcomer17 N2: a script as a bundle's entry was refused with advice to rebuild it as a
 /// static Rust or Go binary, and `nx run-task` took no bundle (nor `--entry`). The refusal
 /// now gives the command that runs it (its interpreter as the entry, the script as its

@@ -333,7 +333,10 @@ pub fn run(spec_path: &Path) -> String {
                 exec_ns: launch_times::now_ns(),
             };
             times.write(&monitor.dir);
-            super::monitor::run(monitor, spec.data_image.as_ref(), spec.stop, || exec(&spec))
+            let owner = spec.uid.map(|uid| (uid, spec.gid.unwrap_or(uid)));
+            super::monitor::run(monitor, spec.data_image.as_ref(), spec.stop, owner, || {
+                exec(&spec)
+            })
         }
         None => exec(&spec),
     }

@@ -82,13 +82,18 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Forks the program (`exec` runs in the child and returns only on failure, with the reason)
-/// and monitors it; never returns on success (the process ends as the program did).
+/// and monitors it; never returns on success (the process ends as the program did). The
+/// program's stdout and stderr pipes belong to `owner` (the uid and gid `exec` drops to; `None`
+/// leaves them root's), so that it may open its own output again as `/dev/stdout` or
+/// `/proc/self/fd/1`, which open(2) checks against the pipe's owner and mode, 0600 (newcomer18
+/// N3: nginx's `access_log /dev/stdout` failed "Permission denied").
 /// A stop's signal (the unit sends it to the monitor alone) is passed on to the program as
 /// `stop` says, so that it can shut down in the stop timeout.
 pub fn run(
     spec: &MonitorSpec,
     data: Option<&DataImage>,
     stop: StopForward,
+    owner: Option<(u32, u32)>,
     exec: impl FnOnce() -> String,
 ) -> String {
     let sink = match RotatingFile::open(spec.log.clone()) {
@@ -103,6 +108,18 @@ pub fn run(
         (Ok(out), Ok(err)) => (out, err),
         (Err(e), _) | (_, Err(e)) => return format!("pipe: {e}"),
     };
+    if let Some((uid, gid)) = owner {
+        let (uid, gid) = (
+            nix::unistd::Uid::from_raw(uid),
+            nix::unistd::Gid::from_raw(gid),
+        );
+        for pipe in [&out_w, &err_w] {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(pipe);
+            if let Err(e) = nix::unistd::fchown(fd, Some(uid), Some(gid)) {
+                return format!("giving the output pipes to uid {uid}: {e}");
+            }
+        }
+    }
     let (report_r, report_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(pipe) => pipe,
         Err(e) => return format!("pipe: {e}"),
