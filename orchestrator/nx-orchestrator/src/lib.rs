@@ -26,6 +26,8 @@ pub use nx_api::names;
 pub mod host_limits;
 #[cfg(target_os = "linux")]
 mod orchestrator;
+#[cfg(target_os = "linux")]
+mod pushes;
 pub mod readiness;
 #[cfg(target_os = "linux")]
 pub mod reexec;

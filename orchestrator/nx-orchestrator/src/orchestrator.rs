@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::metrics::Operation;
 use crate::names::{DeploymentId, SandboxName};
 use crate::network::host::HostNetwork;
+use crate::pushes::{Left, Pushing};
 use crate::router::{self, RouterClient};
 use crate::sandbox_locks::{SandboxGuard, SandboxWork};
 use crate::sandbox_settings;
@@ -31,7 +32,7 @@ use crate::tasks::Tasks;
 use crate::timing::step;
 use crate::{embedded_db, host_limits, readiness};
 use futures_util::{stream, StreamExt};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -93,37 +94,8 @@ pub struct Orchestrator {
     pub sandbox_locks: crate::sandbox_locks::SandboxLocks,
     /// The room in the store that each owner's uploads under way reserved (attacker s12 M4).
     pub(crate) store_reservations: crate::artifact::owners::Reservations,
-    /// The deployments whose push has not finished (recorded, not yet copied or started by
-    /// it): not promotable (newcomer s17 N8).
-    pushing: std::sync::Mutex<HashSet<DeploymentId>>,
-}
-
-/// A deployment's place in [`Orchestrator::pushing`] while its push runs; leaves it when the
-/// push ends, however it ends (an error, or its request dropped).
-struct Pushing<'a> {
-    set: &'a std::sync::Mutex<HashSet<DeploymentId>>,
-    id: DeploymentId,
-}
-
-impl<'a> Pushing<'a> {
-    fn enter(set: &'a std::sync::Mutex<HashSet<DeploymentId>>, id: &DeploymentId) -> Self {
-        set.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone());
-        Self {
-            set,
-            id: id.clone(),
-        }
-    }
-}
-
-impl Drop for Pushing<'_> {
-    fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.id);
-    }
+    /// The pushes under way: nothing but its push acts on their deployments (`pushes`).
+    pub(crate) pushes: crate::pushes::Pushes,
 }
 
 impl Orchestrator {
@@ -267,7 +239,7 @@ impl Orchestrator {
             data_templates,
             sandbox_locks: Default::default(),
             store_reservations: Default::default(),
-            pushing: Default::default(),
+            pushes: Default::default(),
         });
         // Only here: the watchdog's re-adoption runs while volume work may be under way.
         app.recover_promotions().await?;
@@ -377,7 +349,8 @@ impl Orchestrator {
             // Not in the middle of a restore's or a promotion's stop and start (the watchdog
             // re-adopts while they may run): after them, as they left it.
             let (deployment, _lock) = self.locked_deployment(&deployment.id, "start").await?;
-            if deployment.desired != Desired::Running {
+            // Its push starts it (the watchdog re-adopts while pushes run).
+            if deployment.desired != Desired::Running || self.pushes.under_way(&deployment.id) {
                 return Ok((Phase::Stopped, Phase::Stopped));
             }
             let phase = self.phase(&deployment).await?;
@@ -798,10 +771,14 @@ impl Orchestrator {
         let (health_check, idle_timeout_secs) = (req.health_check.clone(), req.idle_timeout_secs);
         self.check_volumes(&req.sandbox, &req.volumes, backend)
             .await?;
+        let id = DeploymentId::generate();
+        // Before its record: whoever reads the record finds its push (review17 #2).
+        let pushing = self.pushes.enter(&id, &req.sandbox);
         let deployment = step(
             "record",
             self.state.create_deployment(
                 NewDeployment {
+                    id,
                     sandbox: req.sandbox.clone(),
                     artifact: req.artifact.clone(),
                     env: std::mem::take(&mut req.env),
@@ -828,24 +805,23 @@ impl Orchestrator {
         )
         .await?;
         tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");
-        let _pushing = Pushing::enter(&self.pushing, &deployment.id);
-        step("service", self.record_service(&deployment, &req)).await?;
-        step("tcp", self.allocate_tcp(&deployment, &req)).await?;
-        let own_volumes = step("volumes", self.make_own_volumes(&deployment)).await;
-        let branched = match own_volumes {
-            Ok(()) if deployment.db_branch => self.branch_of_push(&deployment).await,
-            other => other,
-        };
-        if let Err(e) = branched {
-            self.discard(&deployment).await?;
-            return Err(e);
+        crate::failpoint::wait("push::recorded").await;
+        if let Err(e) = self.make_pushed(&deployment, &req, &pushing).await {
+            return Err(self.discard(&deployment, e).await);
         }
         let started = self
             .apply(&deployment, Phase::Created, Verb::Start, Route::None)
             .await;
+        // Still its push's while it is removed.
         if let Err(e @ Error::Router(_)) = started {
             return Err(self.discard_unrouted(&deployment, e).await);
         }
+        // A removal asked while it started (`nx rm` stopped it): the push removes it, whatever
+        // its start came to.
+        if pushing.leave() == Left::RemovalAsked {
+            return Err(self.discard(&deployment, pushing.removed()).await);
+        }
+        drop(pushing);
         started?;
         timer.succeeded();
         let view = async {
@@ -853,6 +829,29 @@ impl Orchestrator {
                 .await
         };
         step("view", view).await
+    }
+
+    /// What a push makes for its deployment once recorded, before it starts it: its service
+    /// name, TCP port, own volume copies and `--db-branch` copy; each is followed by a look
+    /// at whether its removal was asked meanwhile (`nx rm`: `Pushing::removed`). Fail point
+    /// `push::recorded` ([`crate::failpoint::wait`]s before, in `push`). Errors: those of the
+    /// steps; the caller removes the deployment.
+    async fn make_pushed(
+        &self,
+        deployment: &Deployment,
+        req: &PushRequest,
+        pushing: &Pushing<'_>,
+    ) -> Result<(), Error> {
+        pushing.check_removal()?;
+        step("service", self.record_service(deployment, req)).await?;
+        step("tcp", self.allocate_tcp(deployment, req)).await?;
+        step("volumes", self.make_own_volumes(deployment)).await?;
+        pushing.check_removal()?;
+        if deployment.db_branch {
+            self.branch_of_push(deployment).await?;
+            pushing.check_removal()?;
+        }
+        Ok(())
     }
 
     /// A `--db-branch` push's copy of its sandbox's database (`Databases::branch`). Fail
@@ -870,19 +869,30 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Undoes a push that failed after its deployment was recorded: as `nx rm` does, its unit
-    /// (which something may have started meanwhile: `nx start`, a promotion, an adoption) is
-    /// stopped and removed and its link and route go before its record, and so its slot, uid
-    /// and address, are freed (newcomer s17 N9: an orphan unit answered for the next push that
-    /// got its slot). Errors: systemd, the host's network or the database failing.
-    async fn discard(&self, deployment: &Deployment) -> Result<(), Error> {
+    /// Undoes a push that failed (`error`) after its deployment was recorded: as `nx rm` does,
+    /// its unit (which its own start, stopped by `nx rm`, may have left) is stopped and
+    /// removed and its link and route go before its record, and so its slot, uid and address,
+    /// are freed (newcomer s17 N9: an orphan unit answered for the next push that got its
+    /// slot). Returns the push's error; when the removal fails too (systemd, the host's
+    /// network or the database), with what is left and what to do, the removal's own error
+    /// logged (review17 #2: it replaced the push's).
+    async fn discard(&self, deployment: &Deployment, error: Error) -> Error {
         let target = Target {
             app: self,
             deployment,
             route: Route::None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
         };
-        target.destroy().await
+        match target.destroy().await {
+            Ok(()) => error,
+            Err(e) => {
+                let id = &deployment.id;
+                tracing::error!(deployment = %id, error = %e, push_error = %error, "the failed push's deployment is not removed");
+                error.with_outcome(&format!(
+                    "its deployment {id} could not be removed ({e}): `nx rm {id}` removes it"
+                ))
+            }
+        }
     }
 
     /// Undoes a push whose deployment the router took no routes for (`error`: it refused the
@@ -1213,18 +1223,9 @@ impl Orchestrator {
             .lock(sandbox, SandboxWork::Promote(id.clone()))
             .await;
         let deployment = self.deployment_in(sandbox, id).await?;
-        let pushing = self
-            .pushing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(id);
-        if pushing {
-            // Its branch may be half copied and its program not started by its push: a
-            // promotion would start it, and `--swap-db` swap in that copy (newcomer s17 N8).
-            return Err(Error::Conflict(format!(
-                "deployment {id} is still being pushed (its push has not finished): wait for `nx push` to end, then promote it"
-            )));
-        }
+        // Its branch may be half copied and its program not started by its push: a promotion
+        // would start it, and `--swap-db` swap in that copy (newcomer s17 N8).
+        self.pushes.refuse(id, "promote")?;
         if swap_db && !deployment.db_branch {
             return Err(Error::Invalid(format!(
                 "deployment {id} has no preview branch to swap in (push it with --db-branch)"
@@ -1282,6 +1283,7 @@ impl Orchestrator {
             )));
         }
         let (deployment, _lock) = self.locked_deployment(id, "stop").await?;
+        self.pushes.refuse(id, "stop")?;
         let phase = self.phase(&deployment).await?;
         self.apply_with(&deployment, phase, Verb::Stop, Route::None, timeout)
             .await?;
@@ -1291,19 +1293,51 @@ impl Orchestrator {
     #[tracing::instrument(skip(self))]
     pub async fn start_deployment(&self, id: &DeploymentId) -> Result<DeploymentView, Error> {
         let (deployment, _lock) = self.locked_deployment(id, "start").await?;
+        // It would run before its copies are made, or make its branch under the push's copy
+        // (review17 #2).
+        self.pushes.refuse(id, "start")?;
         let phase = self.phase(&deployment).await?;
         self.apply(&deployment, phase, Verb::Start, Route::None)
             .await?;
         self.view(&self.state.deployment(id).await?, false).await
     }
 
+    /// `nx rm`: stops and removes a deployment. One whose push is under way is removed by its
+    /// push (`end_push`), and this answers once it is gone.
     #[tracing::instrument(skip(self))]
     pub async fn remove(&self, id: &DeploymentId) -> Result<(), Error> {
+        if let Some(ended) = self.pushes.ask_removal(id) {
+            self.end_push(id, ended).await;
+            if let Err(StateError::NoDeployment(_)) = self.state.deployment(id).await {
+                return Ok(());
+            }
+            // Its push could not remove it (and said so): removed here as any other.
+        }
         let (deployment, _lock) = self.locked_deployment(id, "rm").await?;
         let phase = self.phase(&deployment).await?;
         self.apply(&deployment, phase, Verb::Remove, Route::None)
             .await?;
         Ok(())
+    }
+
+    /// Waits for the push of `id`, whose removal was asked (`Pushes::ask_removal`), to end
+    /// (`ended` closed): the push removes its deployment at its next step (after its
+    /// `--db-branch` copy, when one is under way). A push waiting for its program to be ready
+    /// ends once the program ends: its unit is stopped now and every second until then (a stop
+    /// that came before the push's own start of it stops what that start runs).
+    async fn end_push(&self, id: &DeploymentId, mut ended: tokio::sync::watch::Receiver<()>) {
+        loop {
+            if let Ok(deployment) = self.state.deployment(id).await {
+                let handle = self.backend.handle(&deployment);
+                if let Err(e) = self.backend.stop(&handle, DEFAULT_STOP_TIMEOUT).await {
+                    tracing::warn!(deployment = %id, error = %e, "stopping a deployment whose push is to remove it");
+                }
+            }
+            tokio::select! {
+                _ = ended.changed() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     /// For `nx VERB ID`: the deployment's record, read again under its sandbox's lock
@@ -1416,6 +1450,10 @@ impl Orchestrator {
         } else {
             None
         };
+        // Pushes under way in it remove their deployments themselves (`end_push`).
+        for (id, ended) in self.pushes.ask_removal_in(name) {
+            self.end_push(&id, ended).await;
+        }
         // Every deployment recorded before the mark; none can be recorded after it.
         let deployments = self.state.deployments_in(name).await?;
         // Units and files first, records last: a destroy that fails leaves the sandbox and

@@ -67,6 +67,9 @@ impl Drop for ViewsWrite<'_> {
 
 /// What a push asks for; the store adds id, port and uid.
 pub struct NewDeployment {
+    /// Chosen by the push, which is under way under this id before the record is written
+    /// (`pushes`).
+    pub id: DeploymentId,
     pub sandbox: SandboxName,
     pub artifact: String,
     pub env: BTreeMap<String, String>,
@@ -252,7 +255,7 @@ impl StateStore {
                 end: ports.end,
             })?;
         let deployment = Deployment {
-            id: DeploymentId::generate(),
+            id: new.id,
             sandbox: new.sandbox,
             artifact: new.artifact,
             port,

@@ -859,38 +859,64 @@ fn host_links(host: &Host) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Newcomer s17 N9 (high): a push that failed after something had started its deployment
-/// (there `nx promote --swap-db` while its branch was being copied) deleted the deployment's
-/// record and so freed its slot, but left its unit running with its link, route and uid: the
-/// next push, of another sandbox, got that slot, its readiness was answered by the orphan,
-/// and it crash-looped ("routing ... File exists"). Here `nx start` runs the deployment while
-/// its push is held before its branch (`push::branching`), whose copy then fails
-/// (`push::branched`): nothing of it may run on, and the next push works in its slot.
+/// The id of the deployment a push under way in `sandbox` recorded (none of `others`), once
+/// `nx status` lists it (within 60 s).
+fn recorded_by_push(host: &Host, sandbox: &str, others: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = host.nx(&["--json", "status", sandbox]);
+        let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        let recorded = status[0]["deployments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["id"].as_str())
+            .find(|id| !others.contains(id));
+        if let Some(id) = recorded {
+            return id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the push recorded no deployment");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts that `verb` (`nx start ID`, `nx stop ID`, `nx promote SANDBOX ID`) is refused for a
+/// deployment whose push is under way, saying what to do.
+fn assert_refused_while_pushed(host: &Host, verb: &[&str], id: &str) {
+    let out = host.nx(verb);
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .contains(&format!("deployment {id} is still being pushed"))
+            && out.stderr.contains("wait for `nx push` to end")
+            && out.stderr.contains(&format!("`nx rm {id}`")),
+        "{verb:?}: {} {}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// Newcomer s17 N9 (high), review17 #2: a push that failed after something had started its
+/// deployment (`nx promote --swap-db`, then `nx start`, while its branch was being copied)
+/// deleted the deployment's record and so freed its slot, but left its unit running with its
+/// link, route and uid: the next push, of another sandbox, got that slot, its readiness was
+/// answered by the orphan, and it crash-looped ("routing ... File exists"). Nothing but its
+/// push starts a deployment whose push is under way: `nx start` is refused while its push is
+/// held before its branch (`push::branching`), whose copy then fails (`push::branched`), at
+/// the fail point (not because the start made the branch first); nothing of it runs on, and the
+/// next push works in its slot.
 #[test]
 fn a_push_failing_after_its_deployment_was_started_leaves_nothing_running() {
     let mut host = Host::start();
     host.restart_nxd_with_failpoints("push::branching=return(8000);push::branched=return");
     let push = host.spawn_push_sample("pgb", &["--db-branch"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let id = loop {
-        let out = host.nx(&["--json", "status", "pgb"]);
-        let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
-        if let Some(id) = status[0]["deployments"][0]["id"].as_str() {
-            break id.to_owned();
-        }
-        assert!(Instant::now() < deadline, "the push recorded no deployment");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let started = host.nx(&["start", &id]);
-    assert!(started.ok, "{} {}", started.stdout, started.stderr);
-    assert!(host_links(&host).contains(&format!("nx-{id}")));
+    let id = recorded_by_push(&host, "pgb", &[]);
+    assert_refused_while_pushed(&host, &["start", &id], &id);
     let out = push.wait_with_output().expect("nx push ends");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // It fails at the fail point, or before it: the start made the missing branch itself
-    // (`branch_credentials`), which the push's own copy then finds there.
     assert!(
-        !out.status.success()
-            && (stderr.contains("push::branched") || stderr.contains("already exists")),
+        !out.status.success() && stderr.contains("push::branched"),
         "{stderr}"
     );
     // Nothing of it runs: no process in its unit's cgroup, no link.
@@ -952,10 +978,13 @@ fn a_push_whose_routes_the_router_refuses_fails_and_leaves_nothing_running() {
     assert_eq!(host.get(&host.preview_host("web", &id), "/").0, 200);
 }
 
-/// Newcomer s17 N8 (medium): `nx promote --swap-db` of a deployment whose `--db-branch` push
-/// was still copying started it, swapped production's database for the copy in progress, and
-/// the push then failed: production ran on a copy nobody had asked for. A deployment whose
-/// push has not finished is not promotable (409); its push ends as it would have.
+/// Newcomer s17 N8 (medium), review17 #2: `nx promote --swap-db` of a deployment whose
+/// `--db-branch` push was still copying started it, swapped production's database for the
+/// copy in progress, and the push then failed: production ran on a copy nobody had asked for;
+/// `nx start` then made the branch itself under the push's copy (dropping it `WITH (FORCE)`
+/// when marked), and the push failed 'already exists'. A deployment whose push has not
+/// finished is neither promotable, nor started or stopped (409); its push ends as it would
+/// have, and then every verb works.
 #[test]
 fn a_deployment_whose_push_has_not_finished_is_not_promotable() {
     let mut host = Host::start();
@@ -963,30 +992,10 @@ fn a_deployment_whose_push_has_not_finished_is_not_promotable() {
     host.nx_json(&["promote", "pgb", &production]);
     host.restart_nxd_with_failpoints("push::branching=return(8000)");
     let push = host.spawn_push_sample("pgb", &["--db-branch"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let id = loop {
-        let out = host.nx(&["--json", "status", "pgb"]);
-        let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
-        let ids: Vec<String> = status[0]["deployments"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d["id"].as_str().map(str::to_owned))
-            .filter(|id| id != &production)
-            .collect();
-        if let Some(id) = ids.into_iter().next() {
-            break id;
-        }
-        assert!(Instant::now() < deadline, "the push recorded no deployment");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let promoted = host.nx(&["promote", "pgb", &id, "--swap-db"]);
-    assert!(
-        !promoted.ok && promoted.stderr.contains("is still being pushed"),
-        "{} {}",
-        promoted.stdout,
-        promoted.stderr
-    );
+    let id = recorded_by_push(&host, "pgb", &[&production]);
+    assert_refused_while_pushed(&host, &["start", &id], &id);
+    assert_refused_while_pushed(&host, &["stop", &id], &id);
+    assert_refused_while_pushed(&host, &["promote", "pgb", &id, "--swap-db"], &id);
     let out = push.wait_with_output().expect("nx push ends");
     assert!(
         out.status.success(),
@@ -995,6 +1004,79 @@ fn a_deployment_whose_push_has_not_finished_is_not_promotable() {
     );
     let status = host.nx_json(&["status", "pgb"]);
     assert_eq!(status[0]["promoted"], production.as_str(), "{status}");
-    // Once pushed, it is promotable.
+    // Once pushed, it is stopped, started and promoted as any other.
+    host.nx_json(&["stop", &id]);
+    host.nx_json(&["start", &id]);
     host.nx_json(&["promote", "pgb", &id, "--swap-db"]);
+}
+
+/// Review17 #2: the push entered the set of pushes under way after its record was committed,
+/// and a verb in between saw the record but not the push. Held just after its record
+/// (`push::recorded`), a push's deployment is already refused to `nx start`, `nx stop` and
+/// `nx promote`; the push then serves.
+#[test]
+fn a_deployment_is_a_push_under_way_from_the_moment_it_is_listed() {
+    let mut host = Host::start();
+    host.restart_nxd_with_failpoints("push::recorded=return(6000)");
+    let push = host.spawn_push_sample("early", &[]);
+    let id = recorded_by_push(&host, "early", &[]);
+    assert_refused_while_pushed(&host, &["start", &id], &id);
+    assert_refused_while_pushed(&host, &["stop", &id], &id);
+    assert_refused_while_pushed(&host, &["promote", "early", &id], &id);
+    let out = push.wait_with_output().expect("nx push ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view = host.deployment("early", &id);
+    assert_eq!(view["state"]["restarts"], 0, "{view}");
+    assert_eq!(host.get(&host.preview_host("early", &id), "/").0, 200);
+}
+
+/// Review17 #2: `nx rm` of a deployment whose `--db-branch` push was still before (or in) its
+/// copy removed the record and dropped a branch not made yet; the push then made the branch
+/// anyway (left behind, with no deployment) and failed raw. `nx rm` ends the push instead: the
+/// push removes its deployment at its next step and says it was removed; `nx rm` answers once
+/// it is gone; no record, link or branch database is left, and the next push works.
+#[test]
+fn nx_rm_of_a_deployment_whose_push_is_under_way_ends_the_push_and_leaves_nothing() {
+    let mut host = Host::start();
+    let production = host.push_sample("pgb", &[]);
+    host.restart_nxd_with_failpoints("push::branching=return(5000)");
+    let push = host.spawn_push_sample("pgb", &["--db-branch"]);
+    let id = recorded_by_push(&host, "pgb", &[&production]);
+    let removed = host.nx(&["rm", &id]);
+    assert!(removed.ok, "{} {}", removed.stdout, removed.stderr);
+    let out = push.wait_with_output().expect("nx push ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!("deployment {id} was removed"))
+            && stderr.contains("while it was starting"),
+        "{} {stderr} (nx rm: {})",
+        String::from_utf8_lossy(&out.stdout),
+        removed.stdout
+    );
+    let status = host.nx_json(&["status", "pgb"]);
+    let ids: Vec<&str> = status[0]["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(ids, [production.as_str()], "{status}");
+    let branches = superuser(
+        &host,
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = 'nxb_{id}'"),
+    );
+    assert_eq!(
+        branches, "0",
+        "the branch of the removed deployment is left"
+    );
+    let links = host_links(&host);
+    assert!(!links.contains(&format!("nx-{id}")), "{links}");
+    let next = host.push_sample("pgb", &["--db-branch"]);
+    assert_eq!(host.get(&host.preview_host("pgb", &next), "/").0, 200);
 }

@@ -138,7 +138,7 @@ impl Orchestrator {
     }
 
     /// Gives a new TCP deployment its host port (and its sandbox production's, if it has none);
-    /// on failure the deployment's record is removed: nothing stays of the push.
+    /// on failure the push removes its deployment (`Orchestrator::discard`).
     pub(crate) async fn allocate_tcp(
         &self,
         deployment: &Deployment,
@@ -158,16 +158,9 @@ impl Orchestrator {
         )
         .await;
         drop(write);
-        match allocated {
-            Ok((production, own)) => {
-                tracing::info!(production, own, "TCP ports");
-                Ok(())
-            }
-            Err(e) => {
-                self.state.delete_deployment(&deployment.id).await?;
-                Err(e.into())
-            }
-        }
+        let (production, own) = allocated?;
+        tracing::info!(production, own, "TCP ports");
+        Ok(())
     }
 
     /// Makes the TCP services map what the state says: each held port to its deployment, a

@@ -28,7 +28,9 @@ impl Orchestrator {
                 return;
             }
         };
-        if kept.contains(deployment.id.as_str()) {
+        // Its push removes it if asked to; the removal would wait for the push's start,
+        // which waits for the start gate this takes.
+        if kept.contains(deployment.id.as_str()) || self.pushes.under_way(&deployment.id) {
             return;
         }
         tracing::info!(
