@@ -23,8 +23,9 @@
 //! sandbox's deployments and volumes gone, its database, role, disk, backups and records not
 //! yet), `push::sandbox` (a push's sandbox recorded and its database made, its deployment
 //! not yet recorded), `push::recorded` (a push's deployment recorded, nothing made for it
-//! yet; [`wait`]s there), `push::branching` (a `--db-branch` push's deployment recorded, its
-//! database not yet copied; [`wait`]s there) and `push::branched` (`return`: that copy fails).
+//! yet; [`wait`]s there), `databases::remaking` (a start found its deployment's branch
+//! missing or cut short, not yet made again; [`wait`]s there), `push::branching` (a
+//! `--db-branch` push's deployment recorded, its database not yet copied; [`wait`]s there) and `push::branched` (`return`: that copy fails).
 //! Points for other actions than a crash: `network::conntrack` (`return`: forgetting a removed
 //! deployment's connections fails as if `conntrack` were missing), `databases::end_sessions`
 //! (`return`: ending the sessions of a restore past its time bound fails, as

@@ -1015,11 +1015,17 @@ impl Orchestrator {
         deployment: &Deployment,
         routes_later: bool,
     ) -> Result<(), Error> {
-        // No idle stop or expiry while it starts; its idle clock starts once it is ready.
-        let _start = self.upkeep.starting(&deployment.id).await;
+        // No idle stop or expiry while it starts, nor another start; its idle clock starts
+        // once it is ready.
+        let start = self.upkeep.starting(&deployment.id).await;
         // The record as it is now: an expiry this start waited for may have removed it, an idle
         // stop changed it.
         let deployment = &self.state.deployment(&deployment.id).await?;
+        if start.waited && self.phase(deployment).await? == Phase::Running {
+            // The start this one waited for (an adoption's, `nx start`, a promotion's) made it
+            // run: it is not started again, nor its branch made again under it.
+            return Ok(());
+        }
         // A new deployment's record says so already.
         if deployment.desired != Desired::Running {
             step(

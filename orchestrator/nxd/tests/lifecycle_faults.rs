@@ -1080,3 +1080,48 @@ fn nx_rm_of_a_deployment_whose_push_is_under_way_ends_the_push_and_leaves_nothin
     let next = host.push_sample("pgb", &["--db-branch"]);
     assert_eq!(host.get(&host.preview_host("pgb", &next), "/").0, 200);
 }
+
+/// Newcomer18 N2 (medium): after a kill -9 during a `--db-branch` push, the next nxd's
+/// adoption made the preview's branch again, and an `nx start` of it meanwhile made it again
+/// too: the one dropped the database the other copied into, the start answered raw 'database
+/// nxb_<id> already exists' (a promote: pg_restore's 'relation already exists'), and the
+/// preview ended running with neither branch database nor role. Here two `nx start`s of a
+/// preview whose branch is missing (dropped by hand), both held where they would make it again
+/// (`databases::remaking`): starts of one deployment run one at a time, the second finds it
+/// running; both answer, and the preview serves production's rows from its branch.
+#[test]
+fn two_starts_of_a_preview_whose_branch_is_missing_make_it_once() {
+    let mut host = Host::start();
+    let production = host.push_sample("shop", &[]);
+    assert_eq!(
+        host.get(&host.preview_host("shop", &production), "/db/put?v=a")
+            .0,
+        200
+    );
+    let preview = host.push_sample("shop", &["--db-branch"]);
+    host.nx_json(&["stop", &preview]);
+    superuser(
+        &host,
+        "postgres",
+        &format!("DROP DATABASE nxb_{preview} WITH (FORCE)"),
+    );
+    host.restart_nxd_with_failpoints("databases::remaking=return(3000)");
+    let started: Vec<nx_testkit::Nx> = std::thread::scope(|s| {
+        let starts: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| host.nx(&["start", &preview])))
+            .collect();
+        starts
+            .into_iter()
+            .map(|start| start.join().expect("nx start"))
+            .collect()
+    });
+    for out in &started {
+        assert!(out.ok, "{} {}", out.stdout, out.stderr);
+    }
+    assert_eq!(
+        host.get(&host.preview_host("shop", &preview), "/db/list"),
+        (200, r#"["a"]"#.into())
+    );
+    let view = host.deployment("shop", &preview);
+    assert_eq!(view["state"]["active"], "active", "{view}");
+}

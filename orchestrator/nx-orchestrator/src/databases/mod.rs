@@ -1117,6 +1117,7 @@ impl Databases {
             return self.ensure_role(&ident::branch(id)).await;
         }
         tracing::warn!(deployment = %id, "its preview branch is missing or its copy was cut short (by a crash of nxd): made again from production's database");
+        crate::failpoint::wait("databases::remaking").await;
         self.drop_database(&ident::branch(id)).await?;
         self.branch(sandbox, id)
             .await

@@ -62,6 +62,11 @@ pub struct UpkeepState {
     /// a wake, a restart) and its idle stop or expiry (the writer, only while no start is in flight)
     /// exclude each other (see [`UpkeepState::starting`]).
     starts: Mutex<HashMap<DeploymentId, Arc<tokio::sync::RwLock<()>>>>,
+    /// Per deployment: its starts run one at a time, in the order they came (newcomer18 N2:
+    /// the next nxd's adoption of a preview whose branch copy a crash cut short and an
+    /// `nx start` of it each made its branch again, the one dropping the database the other
+    /// was copying into).
+    one_start: Mutex<HashMap<DeploymentId, Arc<tokio::sync::Mutex<()>>>>,
     /// The router's counts as last read.
     seen: Mutex<HashMap<String, Seen>>,
     /// When each deployment last became ready after a start by this nxd.
@@ -82,6 +87,7 @@ impl Default for UpkeepState {
         Self {
             locks: Mutex::default(),
             starts: Mutex::default(),
+            one_start: Mutex::default(),
             seen: Mutex::default(),
             ready: Mutex::default(),
             since: Utc::now(),
@@ -115,12 +121,28 @@ impl UpkeepState {
     }
 
     /// A start of the deployment (pushed, started, woken, restarted, adopted) is under way
-    /// until the returned guard is dropped: meanwhile no idle stop or expiry touches it. Waits
-    /// for an idle stop of it that is under way to finish first.
+    /// until the returned guard is dropped: meanwhile no idle stop or expiry touches it, and
+    /// no other start of it runs. Waits for an idle stop of it that is under way to finish
+    /// first, then for the starts of it that came before ([`StartInFlight::waited`]).
     pub(crate) async fn starting(&self, id: &DeploymentId) -> StartInFlight {
         let gate = self.gate(id).read_owned().await;
+        let one = self
+            .one_start
+            .lock()
+            .expect("upkeep lock")
+            .entry(id.clone())
+            .or_default()
+            .clone();
+        let (one, waited) = match one.clone().try_lock_owned() {
+            Ok(held) => (held, false),
+            Err(_) => (one.lock_owned().await, true),
+        };
         self.health.started(id);
-        StartInFlight { _gate: gate }
+        StartInFlight {
+            _gate: gate,
+            _one: one,
+            waited,
+        }
     }
 
     /// A start of the deployment is under way (see [`Self::starting`]). Adds no gate: one that
@@ -135,6 +157,7 @@ impl UpkeepState {
     pub(crate) fn forget(&self, id: &DeploymentId) {
         self.locks.lock().expect("upkeep lock").remove(id);
         self.starts.lock().expect("upkeep lock").remove(id);
+        self.one_start.lock().expect("upkeep lock").remove(id);
         self.ready.lock().expect("upkeep lock").remove(id);
         self.seen.lock().expect("upkeep lock").remove(id.as_str());
         self.health.forget(id);
@@ -150,13 +173,14 @@ impl UpkeepState {
         seen.retain(|id, _| ids.contains(id.as_str()));
     }
 
-    /// How many deployments each per-deployment map holds (locks, starts, ready, seen,
-    /// health), for the tests.
+    /// How many deployments each per-deployment map holds (locks, starts, one start, ready,
+    /// seen, health), for the tests.
     #[cfg(test)]
-    fn sizes(&self) -> [usize; 5] {
+    fn sizes(&self) -> [usize; 6] {
         [
             self.locks.lock().expect("upkeep lock").len(),
             self.starts.lock().expect("upkeep lock").len(),
+            self.one_start.lock().expect("upkeep lock").len(),
             self.ready.lock().expect("upkeep lock").len(),
             self.seen.lock().expect("upkeep lock").len(),
             self.health.len(),
@@ -233,6 +257,9 @@ impl UpkeepState {
 /// A start in flight (see [`UpkeepState::starting`]); dropped when the start is over.
 pub(crate) struct StartInFlight {
     _gate: tokio::sync::OwnedRwLockReadGuard<()>,
+    _one: tokio::sync::OwnedMutexGuard<()>,
+    /// Whether it waited for another start of the deployment, which may have made it run.
+    pub(crate) waited: bool,
 }
 
 impl Orchestrator {
@@ -433,7 +460,7 @@ mod tests {
         let upkeep = super::UpkeepState::default();
         let id = crate::names::DeploymentId::generate();
         assert!(!upkeep.is_starting(&id));
-        assert_eq!(upkeep.sizes(), [0; 5], "a question added an entry");
+        assert_eq!(upkeep.sizes(), [0; 6], "a question added an entry");
         let start = upkeep.starting(&id).await;
         assert!(upkeep.is_starting(&id));
         drop(start);
@@ -448,9 +475,9 @@ mod tests {
                 at: chrono::Utc::now(),
             },
         );
-        assert_eq!(upkeep.sizes(), [1; 5]);
+        assert_eq!(upkeep.sizes(), [1; 6]);
         upkeep.forget(&id);
-        assert_eq!(upkeep.sizes(), [0; 5]);
+        assert_eq!(upkeep.sizes(), [0; 6]);
     }
 
     /// Review s8 #9: a preview whose removal failed, then had a request (no longer expired),
