@@ -1254,8 +1254,9 @@ impl Orchestrator {
         self.sandbox(sandbox).await
     }
 
-    /// Production goes back to the deployment promoted before the current one; if that one
-    /// does not run, it is started first and production switches once it is ready.
+    /// Production goes back to the deployment promoted before the current one that still
+    /// exists ([`StateStore::rollback_target`]); if that one does not run, it is started first
+    /// and production switches once it is ready.
     #[tracing::instrument(skip(self))]
     pub async fn rollback(&self, sandbox: &SandboxName) -> Result<SandboxView, Error> {
         let mut timer = self.metrics.time(Operation::Rollback);

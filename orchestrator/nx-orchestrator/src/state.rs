@@ -575,7 +575,8 @@ impl StateStore {
     }
 
     /// The deployment a rollback of `sandbox` would go back to: the one promoted before the
-    /// current one.
+    /// current one. A removed deployment's promotions go with it (`ON DELETE CASCADE`), so
+    /// after `nx rm` of the target it is the one promoted before that.
     pub async fn rollback_target(&self, sandbox: &SandboxName) -> Result<DeploymentId, StateError> {
         let previous: Option<String> = sqlx::query_scalar(
             "SELECT deployment FROM promotions WHERE sandbox = $1 ORDER BY seq DESC OFFSET 1 LIMIT 1",

@@ -78,7 +78,11 @@ fn promote_and_rollback_under_load_fail_no_request() {
 /// `nx promote S X` (or `nx rollback S` back to X) at the same time as `nx stop X` or
 /// `nx rm X`: whichever goes first, the other is refused or acts on what the first left, and
 /// production's URL answers with the deployment `nx status` names as promoted (attacker s10
-/// F4: both succeeded, and production answered "no deployment" until another push).
+/// F4: both succeeded, and production answered "no deployment" until another push). An
+/// `nx rm X` that succeeded leaves X neither listed, nor promoted, nor named by the switch:
+/// a promotion of X then fails; a rollback, whose history X left, goes back to the deployment
+/// promoted before X (both succeed). Round 3 does its `nx rm` before the rollback, the order
+/// that the other rounds' timing leaves to chance (flaky18: seen in 1 run of 3).
 #[test]
 fn promote_or_rollback_racing_rm_of_the_same_deployment_leaves_production_answering() {
     let host = Arc::new(Host::start());
@@ -103,8 +107,7 @@ fn promote_or_rollback_racing_rm_of_the_same_deployment_leaves_production_answer
             host.nx_json(&["promote", "race", &current]);
             host.nx_json(&["stop", &id]);
         }
-        let switch = {
-            let (host, id) = (host.clone(), id.clone());
+        let switch = |host: Arc<Host>, id: String| {
             std::thread::spawn(move || {
                 if rollback {
                     host.nx(&["rollback", "race"])
@@ -113,22 +116,45 @@ fn promote_or_rollback_racing_rm_of_the_same_deployment_leaves_production_answer
                 }
             })
         };
-        std::thread::sleep(std::time::Duration::from_millis(20 + 40 * (round % 3)));
         let verb = if round % 3 == 2 { "stop" } else { "rm" };
-        let removed = host.nx(&[verb, &id]);
-        let switched = switch.join().unwrap();
-        // A stop before the promotion is undone by it (it starts the deployment): both may
-        // succeed. A removal and a switch to what it removed may not.
-        assert!(
-            !(verb == "rm" && switched.ok && removed.ok),
-            "round {round}: both the switch and `nx rm {id}` succeeded: {} / {}",
-            switched.stdout,
-            removed.stdout
-        );
+        let (switched, removed) = if round == 3 {
+            let removed = host.nx(&[verb, &id]);
+            (switch(host.clone(), id.clone()).join().unwrap(), removed)
+        } else {
+            let switching = switch(host.clone(), id.clone());
+            std::thread::sleep(std::time::Duration::from_millis(20 + 40 * (round % 3)));
+            let removed = host.nx(&[verb, &id]);
+            (switching.join().unwrap(), removed)
+        };
         let status = host.nx_json(&["status", "race"]);
         let promoted = status[0]["promoted"]
             .as_str()
             .expect("a promoted deployment");
+        // A stop before the promotion is undone by it (it starts the deployment): both may
+        // succeed. A removal and a switch to what it removed may not.
+        if verb == "rm" && removed.ok {
+            let listed = status[0]["deployments"]
+                .as_array()
+                .expect("deployments")
+                .iter()
+                .any(|d| d["id"] == id.as_str());
+            assert!(
+                !listed && promoted != id && (rollback || !switched.ok),
+                "round {round}: `nx rm {id}` succeeded, yet it is listed ({listed}), promoted ({promoted}) or promoted by `nx promote` ({}): {} / {}",
+                switched.ok,
+                switched.stdout,
+                removed.stdout
+            );
+        }
+        // The switch that succeeded put production where it says, and nothing moved it since
+        // (a stop or rm after it is refused: it serves production).
+        if switched.ok {
+            assert!(
+                switched.stdout.contains(&format!(" {promoted}:")),
+                "round {round}: the switch said {:?}, `nx status` names {promoted}",
+                switched.stdout
+            );
+        }
         let row = host.deployment("race", promoted);
         let (code, body) = host.get(&host.production_host("race"), "/");
         assert_eq!(
