@@ -124,6 +124,21 @@ fn restart_with_keys(host: &mut Host, keys: &str) {
     host.restart_nxd();
 }
 
+/// Newcomer17 N5 (its rest): the router's unit had no `MemoryMax`, and 11,000 held connections
+/// took 1.5 GB of the host's memory. Its unit is held to `router.memory_max_mb`.
+#[test]
+fn the_routers_unit_is_held_to_router_memory_max_mb() {
+    let host = Host::start_with("[router]\nmemory_max_mb = 300\n");
+    let limit = host
+        .manager_cgroups()
+        .iter()
+        .map(|dir| dir.join("nxd.slice/nx-router.service/memory.limit_in_bytes"))
+        .find(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap().trim().to_owned())
+        .expect("the router unit's memory cgroup");
+    assert_eq!(limit, (300u64 << 20).to_string());
+}
+
 /// The router's process id, if it runs: the process whose command line names this host's
 /// router settings.
 fn router_pid(host: &Host) -> Option<u32> {

@@ -157,6 +157,15 @@ pub async fn ensure_running(
         },
     )
     .await?;
+    // Set on an adopted unit too; UINT64_MAX is systemd's "infinity".
+    let memory_max = match settings.config.memory_max_mb {
+        0 => u64::MAX,
+        mb => mb << 20,
+    };
+    supervisor
+        .set_memory_max(UNIT, memory_max)
+        .await
+        .map_err(|e| RouterUnitError::Unit(ServiceError::Supervisor(e)))?;
     if outcome == Outcome::Started {
         wait_listening(settings).await?;
     }
