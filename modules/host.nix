@@ -140,6 +140,7 @@ in
       maxNofile = mkOption { type = types.ints.positive; default = defaults.sandbox.maxNofile; description = "The largest open-files limit (RLIMIT_NOFILE, nx push --nofile) a deployment may ask for; larger requests get a 400."; };
       maxLogMb = mkOption { type = types.ints.positive; default = defaults.sandbox.maxLogMb; description = "The largest log cap (limits.log_max_mb, nx push --log-max) a deployment may ask for, in MiB: its log and rotated files on the state directory's disk; larger requests get a 400. limits.logMaxMb must not be above it."; };
       maxDeployments = mkOption { type = types.ints.positive; default = defaults.sandbox.maxDeployments; description = "The most deployments one sandbox may have (running, stopped or failed: each holds a slot of ports until nx rm); a push past it gets a 409 naming the sandbox's oldest deployments to remove."; };
+      standby = mkOption { type = types.bool; default = defaults.sandbox.standby; description = "Keep a deployment started ahead of each sandbox's next push (needs microvm.init, nx-vm-init): a push of a single static binary with the sandbox's defaults takes it and starts without a unit start, network namespace, /data mount or sandbox set-up to wait for."; };
     };
     limits = limitsOptions defaults.limits "a deployment";
     tasks = {

@@ -50,6 +50,7 @@ withoutNulls {
     max_nofile = cfg.sandbox.maxNofile;
     max_log_mb = cfg.sandbox.maxLogMb;
     max_deployments = cfg.sandbox.maxDeployments;
+    standby = cfg.sandbox.standby;
   };
   limits = limitsOf cfg.limits;
   logs = { inherit (cfg.logs) keep; };

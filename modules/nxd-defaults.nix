@@ -34,6 +34,7 @@
     maxNofile = 1048576;
     maxLogMb = 1024;
     maxDeployments = 100;
+    standby = true;
   };
   limits = {
     memoryMaxMb = 512;

@@ -397,7 +397,11 @@ async fn main() -> anyhow::Result<()> {
     // The log throughput row's deployment keeps all it writes (`sandbox::log_throughput`).
     let log_cap = sandbox::log_cap_mb(args.log_mib);
     let host = tokio::task::spawn_blocking(move || {
-        let mut host = Host::start();
+        // With nx-vm-init, as the quick start's: nxd keeps standbys (see `push`).
+        let mut host = Host::start_with(&format!(
+            "[microvm]\ninit = {:?}\n",
+            nx_testkit::static_binary("nx-vm-init")
+        ));
         host.restart_nxd_with_sandbox_keys(&format!("max_log_mb = {}", log_cap.max(1024)));
         host
     })
@@ -681,6 +685,10 @@ async fn push_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<
     };
     header("Push to first answer (the sample, bytes stored; rounds interleaved)");
     row("nx push until the preview URL answers 200", f.nx.clone());
+    row(
+        "the same, started cold (a limit no standby has)",
+        f.cold.clone(),
+    );
     row("bare bwrap until the program answers 200", f.bwrap.clone());
     row("POST /v1/deployments (API push, to ready)", f.api.clone());
     println!(

@@ -1,7 +1,9 @@
 //! Push to first answer, beside its floor: `nx push` of the static sample (its bytes already
 //! stored) until its preview URL answers 200 through the router, against the same binary
 //! started by bare `bwrap` until it answers 200 on its port; rounds interleaved. And where a
-//! push's time goes: the steps nxd reports for each push in its `Server-Timing` header.
+//! push's time goes: the steps nxd reports for each push in its `Server-Timing` header. The
+//! host keeps standbys (`nx_orchestrator::standby`): `nx push` takes the sandbox's, and the
+//! same push with a limit no standby has shows a cold start beside it.
 
 use nx_orchestrator::timing::Steps;
 use nx_testkit::Host;
@@ -10,8 +12,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Figures {
-    /// `nx push` until the preview URL answers.
+    /// `nx push` until the preview URL answers (taking the sandbox's standby).
     pub nx: Vec<Duration>,
+    /// The same with a limit no standby has (`--tasks`), so that it starts cold.
+    pub cold: Vec<Duration>,
     /// `bwrap` until the program answers.
     pub bwrap: Vec<Duration>,
     /// `POST /v1/deployments` alone (the API's push, no CLI), until it returned.
@@ -110,18 +114,28 @@ pub fn run(host: &Host, n: usize) -> anyhow::Result<Figures> {
     host.nx_json(&["rm", &first]);
     let mut f = Figures {
         nx: Vec::new(),
+        cold: Vec::new(),
         bwrap: Vec::new(),
         api: Vec::new(),
         steps: Vec::new(),
     };
+    // Between rounds: the sandbox's next standby is made in the background after each push
+    // (`nx_orchestrator::standby`); each measurement starts once that is done.
+    let settle = || std::thread::sleep(Duration::from_millis(300));
     for _ in 0..n {
-        let started = Instant::now();
-        let id = host.push_sample("bench-first", &[]);
-        let preview = host.preview_host("bench-first", &id);
-        f.nx.push(until_200(&http, host.router, &preview, started)?);
-        host.nx_json(&["rm", &id]);
+        for (extra, times) in [(&[][..], &mut f.nx), (&["--tasks", "999"][..], &mut f.cold)] {
+            settle();
+            let started = Instant::now();
+            let id = host.push_sample("bench-first", extra);
+            let preview = host.preview_host("bench-first", &id);
+            times.push(until_200(&http, host.router, &preview, started)?);
+            host.nx_json(&["rm", &id]);
+        }
 
+        settle();
         f.bwrap.push(bwrap_once(&http, sample)?);
+
+        settle();
 
         let started = Instant::now();
         let response = host

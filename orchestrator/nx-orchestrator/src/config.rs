@@ -479,6 +479,12 @@ pub struct SandboxDefaults {
     /// slot of `[ports]` until `nx rm`); a push past it gets a 409 naming the sandbox's
     /// oldest ones to remove.
     pub max_deployments: u64,
+    /// Keep a standby per sandbox that pushes: a deployment started ahead of the next push
+    /// (a unit, its network namespace, `/data` and bubblewrap, waiting in nx-vm-init, which
+    /// `[microvm] init` names), which a push of a single static binary with the sandbox's
+    /// default limits takes, so that its program starts without waiting for any of those
+    /// (see README "Standbys"). Each holds a slot of `[ports]` and a few MiB of memory.
+    pub standby: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -581,6 +587,7 @@ impl Default for SandboxDefaults {
             max_nofile: 1_048_576,
             max_log_mb: 1024,
             max_deployments: 100,
+            standby: true,
         }
     }
 }

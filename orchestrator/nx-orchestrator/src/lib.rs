@@ -38,6 +38,7 @@ mod runaway_watch;
 pub mod sandbox_locks;
 pub mod sandbox_settings;
 pub mod services;
+pub mod standby;
 pub mod state;
 #[cfg(target_os = "linux")]
 pub mod state_machine;

@@ -25,7 +25,7 @@ use crate::router::{self, RouterClient};
 use crate::sandbox_locks::{SandboxGuard, SandboxWork};
 use crate::sandbox_settings;
 use crate::state::StateError;
-use crate::state::{NewDeployment, StateStore};
+use crate::state::{NewDeployment, Slot, StateStore};
 use crate::state_machine::{self, Effects, Phase, Verb};
 use crate::supervisor::{Supervisor, UNITS_IN_FLIGHT};
 use crate::tasks::Tasks;
@@ -66,7 +66,7 @@ pub struct Orchestrator {
     /// The public keys that may upload to each sandbox over SFTP (`nx keys`).
     pub ssh_keys: SshKeyStore,
     /// The host side of the deployments' network namespaces.
-    network: HostNetwork,
+    pub(crate) network: HostNetwork,
     /// What the firewall's TCP port map and service pairs set were last loaded with.
     pub(crate) firewall_elements: crate::network::firewall::LoadedElements,
     /// What deployments' monitors wrote, as views last read it.
@@ -96,6 +96,8 @@ pub struct Orchestrator {
     pub(crate) store_reservations: crate::artifact::owners::Reservations,
     /// The pushes under way: nothing but its push acts on their deployments (`pushes`).
     pub(crate) pushes: crate::pushes::Pushes,
+    /// Deployments started ahead of their push (see `standby`).
+    pub(crate) standbys: crate::standby::Standbys,
 }
 
 impl Orchestrator {
@@ -240,6 +242,7 @@ impl Orchestrator {
             sandbox_locks: Default::default(),
             store_reservations: Default::default(),
             pushes: Default::default(),
+            standbys: Default::default(),
         });
         // Only here: the watchdog's re-adoption runs while volume work may be under way.
         app.recover_promotions().await?;
@@ -299,6 +302,14 @@ impl Orchestrator {
                         .await?;
                 }
             }
+            let recorded = self
+                .state
+                .deployments()
+                .await?
+                .iter()
+                .map(|d| d.id.to_string())
+                .collect();
+            self.sweep_standbys(&recorded).await?;
             // Links and the firewall table as the deployments in the database need them.
             let known = self
                 .state
@@ -502,7 +513,10 @@ impl Orchestrator {
     }
 
     /// A deployment's network: its slot's address in the half of its egress.
-    fn attachment(&self, deployment: &Deployment) -> Result<crate::network::Attachment, Error> {
+    pub(crate) fn attachment(
+        &self,
+        deployment: &Deployment,
+    ) -> Result<crate::network::Attachment, Error> {
         let slot = u32::from(deployment.port.saturating_sub(self.config.ports.start));
         Ok(self
             .network
@@ -590,9 +604,15 @@ impl Orchestrator {
         // Copies a crash cut short were deleted at nxd's start: they are made again.
         step("volumes", self.make_own_volumes(deployment)).await?;
         let spec = step("spec", self.spec(deployment)).await?;
-        let handle = step("prepare", self.backend.prepare(&spec)).await?;
         let start_ns = launch_times::now_ns();
-        step("start", self.backend.start(&handle, &spec)).await?;
+        let handle = match self.standbys.taken(&deployment.id) {
+            Some(_) => step("claim", self.claim_or_start(&spec)).await?,
+            None => {
+                let handle = step("prepare", self.backend.prepare(&spec)).await?;
+                step("start", self.backend.start(&handle, &spec)).await?;
+                handle
+            }
+        };
         let addr = self.upstream(deployment)?;
         let timeout = readiness::timeout(deployment.ready_timeout_secs, &self.config.sandbox);
         let forwarded = self.backend.get(deployment.backend)?.port_is_forwarded();
@@ -649,6 +669,23 @@ impl Orchestrator {
         })
     }
 
+    /// Gives a deployment recorded from a standby its program; where the standby is not
+    /// waiting (its unit ended), stops what is left of it and starts the deployment cold.
+    async fn claim_or_start(
+        &self,
+        spec: &SandboxSpec,
+    ) -> Result<crate::backend::SandboxHandle, Error> {
+        let handle = self.backend.handle(&spec.deployment);
+        match self.backend.claim(&handle, spec).await {
+            Ok(()) => return Ok(handle),
+            Err(e) => tracing::warn!(error = %e, "the standby took no program: starting cold"),
+        }
+        self.backend.stop(&handle, DEFAULT_STOP_TIMEOUT).await?;
+        let handle = self.backend.prepare(spec).await?;
+        self.backend.start(&handle, spec).await?;
+        Ok(handle)
+    }
+
     /// The sandbox a deployment belongs to. Errors: `State(NoDeployment)`.
     pub async fn deployment_sandbox(&self, id: &DeploymentId) -> Result<SandboxName, Error> {
         Ok(self.state.deployment(id).await?.sandbox)
@@ -687,6 +724,8 @@ impl Orchestrator {
             .await
             .map_err(StateError::from)?
         {
+            // Made with the settings before: the next push makes one with these.
+            self.drop_standby(name).await;
             Ok(())
         } else {
             Err(no_sandbox(name))
@@ -694,7 +733,7 @@ impl Orchestrator {
     }
 
     #[tracing::instrument(skip_all, fields(sandbox = %req.sandbox))]
-    pub async fn push(&self, mut req: PushRequest) -> Result<DeploymentView, Error> {
+    pub async fn push(self: &Arc<Self>, mut req: PushRequest) -> Result<DeploymentView, Error> {
         let mut timer = self.metrics.time(Operation::Push);
         let mut sandbox_backend = None;
         if let Some((settings, backend)) = step(
@@ -771,39 +810,75 @@ impl Orchestrator {
         let (health_check, idle_timeout_secs) = (req.health_check.clone(), req.idle_timeout_secs);
         self.check_volumes(&req.sandbox, &req.volumes, backend)
             .await?;
-        let id = DeploymentId::generate();
+        let fit = crate::standby::Fit {
+            limits,
+            egress,
+            tier,
+        };
+        let standby = self.take_standby(&req, &program, backend, &fit);
+        let (id, slot) = match &standby {
+            Some(standby) => (
+                standby.deployment.id.clone(),
+                Slot::Standby(standby.deployment.port),
+            ),
+            None => (DeploymentId::generate(), Slot::Free(&self.standbys)),
+        };
         // Before its record: whoever reads the record finds its push (review17 #2).
         let pushing = self.pushes.enter(&id, &req.sandbox);
-        let deployment = step(
-            "record",
+        let new = NewDeployment {
+            id,
+            sandbox: req.sandbox.clone(),
+            artifact: req.artifact.clone(),
+            env: std::mem::take(&mut req.env),
+            args: std::mem::take(&mut req.args),
+            limits,
+            db_branch: req.db_branch,
+            runtime: req.runtime,
+            backend,
+            ready_timeout_secs: req.ready_timeout_secs,
+            listen_port: req.port,
+            egress,
+            volumes: crate::volumes::mounted(std::mem::take(&mut req.volumes), req.volume_source),
+            tier,
+        };
+        let record = |new, slot| {
             self.state.create_deployment(
-                NewDeployment {
-                    id,
-                    sandbox: req.sandbox.clone(),
-                    artifact: req.artifact.clone(),
-                    env: std::mem::take(&mut req.env),
-                    args: std::mem::take(&mut req.args),
-                    limits,
-                    db_branch: req.db_branch,
-                    runtime: req.runtime,
-                    backend,
-                    ready_timeout_secs: req.ready_timeout_secs,
-                    listen_port: req.port,
-                    egress,
-                    volumes: crate::volumes::mounted(
-                        std::mem::take(&mut req.volumes),
-                        req.volume_source,
-                    ),
-                    tier,
-                },
+                new,
+                slot,
                 self.config.ports,
                 self.config.sandbox.uid_base,
                 self.config.sandbox.max_deployments,
                 &health_check,
                 idle_timeout_secs,
-            ),
-        )
-        .await?;
+            )
+        };
+        // Standbys hold slots: where they hold the last free ones, they go.
+        let again =
+            (standby.is_none() && !self.standbys.reserved().is_empty()).then(|| new.clone());
+        let recorded = match (step("record", record(new, slot)).await, again) {
+            (Err(StateError::NoPort { .. }), Some(new)) => {
+                for standby in self.standbys.remove_all() {
+                    self.remove_standby(&standby).await;
+                }
+                step("record", record(new, Slot::Free(&self.standbys))).await
+            }
+            (recorded, _) => recorded,
+        };
+        let deployment = match (recorded, standby) {
+            (Ok(deployment), Some(standby)) => {
+                // Its record holds its slot now.
+                self.standbys.release(deployment.port);
+                self.standbys.taken_by(standby);
+                deployment
+            }
+            (Ok(deployment), None) => deployment,
+            (Err(e), standby) => {
+                if let Some(standby) = standby {
+                    self.remove_standby(&standby).await;
+                }
+                return Err(e.into());
+            }
+        };
         tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");
         crate::failpoint::wait("push::recorded").await;
         if let Err(e) = self.make_pushed(&deployment, &req, &pushing).await {
@@ -812,6 +887,8 @@ impl Orchestrator {
         let started = self
             .apply(&deployment, Phase::Created, Verb::Start, Route::None)
             .await;
+        // Made once this push is done, ready or not, so that it takes none of its time.
+        self.refill_standby(&deployment.sandbox);
         // Still its push's while it is removed.
         if let Err(e @ Error::Router(_)) = started {
             return Err(self.discard_unrouted(&deployment, e).await);
@@ -877,6 +954,7 @@ impl Orchestrator {
     /// network or the database), with what is left and what to do, the removal's own error
     /// logged (review17 #2: it replaced the push's).
     async fn discard(&self, deployment: &Deployment, error: Error) -> Error {
+        self.standbys.taken(&deployment.id);
         let target = Target {
             app: self,
             deployment,
@@ -1444,6 +1522,7 @@ impl Orchestrator {
         if resumed {
             tracing::info!(%name, "finishing a removal that did not finish");
         }
+        self.drop_standby(name).await;
         let final_backup = if backup && self.databases.has_database(name).await? {
             match self.databases.backup(name).await {
                 Ok(made) => Some(made),

@@ -3,6 +3,7 @@
 use crate::config::{Limits, PortRange};
 use crate::domain::{BackendKind, Deployment, Desired, Egress, Runtime, Tier};
 use crate::names::{DeploymentId, NameError, SandboxName};
+use crate::standby::Standbys;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +67,7 @@ impl Drop for ViewsWrite<'_> {
 }
 
 /// What a push asks for; the store adds id, port and uid.
+#[derive(Clone)]
 pub struct NewDeployment {
     /// Chosen by the push, which is under way under this id before the record is written
     /// (`pushes`).
@@ -142,6 +144,35 @@ impl TryFrom<DeploymentRow> for Deployment {
     }
 }
 
+/// Where [`StateStore::create_deployment`] puts a deployment.
+pub enum Slot<'a> {
+    /// The lowest port of the range that no deployment has and no standby holds.
+    Free(&'a Standbys),
+    /// The port of a standby (`crate::standby`), whose id the push took.
+    Standby(u16),
+}
+
+/// The lowest port of `ports` no deployment has and no standby holds. Called with the
+/// deployments table locked (a port is also a slot: its uid and address come from it).
+/// Errors: `NoPort`.
+async fn free_port(
+    tx: &mut sqlx::PgConnection,
+    ports: PortRange,
+    standbys: &Standbys,
+) -> Result<u16, StateError> {
+    let used: Vec<i32> = sqlx::query_scalar("SELECT port FROM deployments")
+        .fetch_all(&mut *tx)
+        .await?;
+    let reserved = standbys.reserved();
+    // A deployment listens in a network namespace of its own: no host port is taken.
+    (ports.start..=ports.end)
+        .find(|p| !used.contains(&i32::from(*p)) && !reserved.contains(p))
+        .ok_or(StateError::NoPort {
+            start: ports.start,
+            end: ports.end,
+        })
+}
+
 const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, tier, created_at FROM deployments";
 
 impl StateStore {
@@ -181,10 +212,14 @@ impl StateStore {
     /// Nothing is bound on the host: the program listens in its own network namespace. Its
     /// upkeep row (`health_check`, `idle_timeout_secs`: `upkeep::store`) is written in the same
     /// transaction: one commit per push, and no deployment without its row after a crash.
+    /// `slot` says where: the lowest free port (no standby's either), or a standby's port
+    /// (`crate::standby`).
+    #[allow(clippy::too_many_arguments)]
     #[tracing::instrument(skip_all, fields(sandbox = %new.sandbox))]
     pub async fn create_deployment(
         &self,
         new: NewDeployment,
+        slot: Slot<'_>,
         ports: PortRange,
         uid_base: u32,
         max_per_sandbox: u64,
@@ -244,36 +279,11 @@ impl StateStore {
                 oldest,
             });
         }
-        let used: Vec<i32> = sqlx::query_scalar("SELECT port FROM deployments")
-            .fetch_all(&mut *tx)
-            .await?;
-        // A deployment listens in a network namespace of its own: no host port is taken.
-        let port = (ports.start..=ports.end)
-            .find(|p| !used.contains(&i32::from(*p)))
-            .ok_or(StateError::NoPort {
-                start: ports.start,
-                end: ports.end,
-            })?;
-        let deployment = Deployment {
-            id: new.id,
-            sandbox: new.sandbox,
-            artifact: new.artifact,
-            port,
-            listen_port: new.listen_port,
-            egress: new.egress,
-            uid: uid_base + u32::from(port - ports.start),
-            env: new.env,
-            args: new.args,
-            limits: new.limits,
-            desired: Desired::Running,
-            db_branch: new.db_branch,
-            runtime: new.runtime,
-            backend: new.backend,
-            ready_timeout_secs: new.ready_timeout_secs,
-            volumes: new.volumes,
-            tier: new.tier,
-            created_at: chrono::Utc::now(),
+        let port = match slot {
+            Slot::Free(standbys) => free_port(&mut tx, ports, standbys).await?,
+            Slot::Standby(port) => port,
         };
+        let deployment = new.at(port, uid_base + u32::from(port - ports.start));
         sqlx::query(
             "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, tier, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
@@ -310,6 +320,23 @@ impl StateStore {
         .await?;
         tx.commit().await?;
         Ok(deployment)
+    }
+
+    /// A free port (slot) for a standby (`crate::standby`), reserved in `standbys` before the
+    /// deployments table's lock is let go, so that no push's record takes it. Errors: `NoPort`.
+    pub async fn reserve_port(
+        &self,
+        ports: PortRange,
+        standbys: &Standbys,
+    ) -> Result<u16, StateError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE deployments IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let port = free_port(&mut tx, ports, standbys).await?;
+        standbys.reserve(port);
+        tx.commit().await?;
+        Ok(port)
     }
 
     pub async fn deployments(&self) -> Result<Vec<Deployment>, StateError> {

@@ -55,8 +55,8 @@ pub fn sample_app() -> PathBuf {
     static_binary("nx-sample-app")
 }
 
-/// A static (musl) release build of a workspace crate's binary.
-fn static_binary(name: &str) -> PathBuf {
+/// A static (musl) release build of a workspace crate's binary (asserted to be there).
+pub fn static_binary(name: &str) -> PathBuf {
     let root = target_dir().parent().expect("target dir").to_path_buf();
     let path = root.join(format!("x86_64-unknown-linux-musl/release/{name}"));
     assert!(

@@ -18,8 +18,12 @@
 //! root's; read and removed before the program starts) or, booted ahead, with `NX-GO`: the
 //! program shares the console but cannot know it, so it cannot end its run with a line of its
 //! own.
+//!
+//! With `--exec-on-input` it is none of that: the waiter of a deployment's standby (see
+//! `exec_on_input`).
 
 mod console;
+mod exec_on_input;
 mod fresh;
 mod handover;
 mod net;
@@ -235,6 +239,14 @@ fn run() -> Result<End, String> {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some(exec_on_input::FLAG) {
+        eprintln!(
+            "nx-vm-init {}: {}",
+            exec_on_input::FLAG,
+            exec_on_input::run()
+        );
+        std::process::exit(127);
+    }
     let end = run().unwrap_or_else(|e| {
         say(&format!("nx-init: {e}"));
         End {

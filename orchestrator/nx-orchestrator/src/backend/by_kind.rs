@@ -66,6 +66,16 @@ impl SandboxBackend for Backends {
         self.get(spec.deployment.backend)?.prepare(spec).await
     }
 
+    async fn prepare_standby(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
+        self.get(spec.deployment.backend)?
+            .prepare_standby(spec)
+            .await
+    }
+
+    async fn claim(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError> {
+        self.get(handle.backend)?.claim(handle, spec).await
+    }
+
     async fn start(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError> {
         self.get(handle.backend)?.start(handle, spec).await
     }

@@ -139,6 +139,11 @@ pub struct LaunchSpec {
     pub sandbox_env: BTreeMap<String, String>,
     #[serde(default)]
     pub sandbox_env_form: SandboxEnvForm,
+    /// A standby's (see `crate::standby`): the FIFO the launcher opens (read and write, so
+    /// that its reader never sees an end) as the standard input of what it runs, on which the
+    /// waiter in the sandbox reads the program nxd gives it.
+    #[serde(default)]
+    pub standby_input: Option<PathBuf>,
 }
 
 /// What nxd sends a deployment's launcher (its monitor, alone) when a stop's timeout has

@@ -325,6 +325,11 @@ pub fn run(spec_path: &Path) -> String {
             Err(e) => return e,
         }
     }
+    if let Some(fifo) = &spec.standby_input {
+        if let Err(e) = standby_input(fifo) {
+            return format!("opening the standby's input {}: {e}", fifo.display());
+        }
+    }
     match &spec.monitor {
         Some(monitor) => {
             let times = LaunchTimes {
@@ -340,6 +345,18 @@ pub fn run(spec_path: &Path) -> String {
         }
         None => exec(&spec),
     }
+}
+
+/// The standby's FIFO as standard input (fd 0), opened for reading and writing: a FIFO read
+/// with no writer open ends at once, and nxd opens it only when it gives the program
+/// (fifo(7)).
+fn standby_input(fifo: &Path) -> nix::Result<()> {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::Mode;
+    let fd = open(fifo, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+    // dup2 clears FD_CLOEXEC on the new fd, so what the launcher runs inherits it.
+    nix::unistd::dup2(fd, 0)?;
+    nix::unistd::close(fd)
 }
 
 /// Sets `RLIMIT_NOFILE` to `n` (soft and hard). Raising the hard limit needs

@@ -214,6 +214,26 @@ pub trait SandboxBackend: Send + Sync {
     /// Stops it and removes its files.
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError>;
 
+    /// Lays out a standby (see `crate::standby`): the sandbox of `spec.deployment`, whose
+    /// program is not known yet, set up to wait for it; `spec.program` is the waiter that
+    /// execs it (nx-vm-init). Started with [`Self::start`]. `Unavailable` from a backend that
+    /// keeps no standbys.
+    async fn prepare_standby(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
+        Err(BackendError::Unavailable(format!(
+            "the {} backend keeps no standby ({})",
+            self.kind(),
+            spec.deployment.id
+        )))
+    }
+    /// Gives the running standby of `handle` its deployment's program (`spec`, prepared as
+    /// [`Self::prepare`] would, so that its unit's restarts run it as any deployment's do),
+    /// which it runs at once. Errors: the standby is not waiting (its unit ended), a file
+    /// that cannot be laid out.
+    async fn claim(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError> {
+        let _ = handle;
+        self.prepare_standby(spec).await.map(|_| ())
+    }
+
     /// What a task's unit execs (see `launch`): the task's sandbox around its program.
     async fn task_launch(&self, task: &TaskLaunch) -> Result<LaunchSpec, BackendError>;
     /// Removes what a task's run may have left outside its unit (e.g. a killed container).

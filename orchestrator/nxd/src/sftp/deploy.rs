@@ -48,7 +48,7 @@ impl Outcome {
 /// Stores and deploys a complete upload.
 #[tracing::instrument(skip(app, upload), fields(size = upload.size()))]
 pub async fn deploy(
-    app: &Orchestrator,
+    app: &std::sync::Arc<Orchestrator>,
     sandbox: &SandboxName,
     file: &str,
     upload: Upload,

@@ -37,7 +37,14 @@ pub enum App<'a> {
         entry: &'a str,
         argv0: &'a str,
     },
+    /// A standby's (`crate::standby`): `slot`, empty until its push links the binary in as
+    /// `main`, at `/app`; `waiter` (nx-vm-init) at [`STANDBY_WAITER_PATH`] is run, and execs
+    /// the program nxd gives it on standard input (its `--exec-on-input`).
+    Standby { slot: &'a Path, waiter: &'a Path },
 }
+
+/// Where a standby's waiter appears inside the sandbox.
+pub const STANDBY_WAITER_PATH: &str = "/run/nx/standby";
 
 /// One bubblewrap sandbox: a deployment's or a task's.
 pub struct Sandbox<'a> {
@@ -162,6 +169,20 @@ pub fn command(sandbox: &Sandbox<'_>) -> Vec<String> {
                 ],
             );
             (*argv0).to_owned()
+        }
+        App::Standby { slot, waiter } => {
+            push(
+                &mut argv,
+                &[
+                    "--ro-bind",
+                    &slot.display().to_string(),
+                    "/app",
+                    "--ro-bind",
+                    &waiter.display().to_string(),
+                    STANDBY_WAITER_PATH,
+                ],
+            );
+            STANDBY_WAITER_PATH.to_owned()
         }
     };
     match sandbox.etc {

@@ -120,134 +120,36 @@ impl SandboxBackend for ContainerBackend {
 
     #[tracing::instrument(skip_all, fields(deployment = %spec.deployment.id))]
     async fn prepare(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
-        let handle = self.handle(&spec.deployment);
-        let uid = spec.deployment.uid;
-        let limits = spec.deployment.limits;
-        let data = handle.data_dir();
-        std::fs::create_dir_all(&data)?;
-        set_mode(&handle.dir, 0o711)?;
-        let data_image = self.units.data_image(&handle, spec, spec.deployment.uid)?;
-        if data_image.is_none() {
-            // Owned by the deployment's uid, reachable by nobody else; it survives restarts.
-            chown(&data, Some(uid), Some(uid))?;
+        self.prepare_as(spec, false).await
+    }
+
+    #[tracing::instrument(skip_all, fields(deployment = %spec.deployment.id))]
+    async fn prepare_standby(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
+        self.prepare_as(spec, true).await
+    }
+
+    #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
+    async fn claim(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> Result<(), BackendError> {
+        let Program::Binary { path, .. } = &spec.program else {
+            return Err(BackendError::Unavailable(
+                "a standby runs a single binary, not a bundle or an image".into(),
+            ));
+        };
+        let main = standby_slot(handle).join("main");
+        // A link where the store's file system holds the deployments' (and the file has
+        // links left), else a copy.
+        if std::fs::hard_link(path, &main).is_err() {
+            std::fs::copy(path, &main)?;
         }
-        set_mode(&data, 0o700)?;
-        // A plain directory is written only by a deployment made before sizes existed
-        // (`DeploymentUnits::data_image`); with `disk_mb` 0 it is empty and read-only.
-        let data_dir = DataDir {
-            path: &data,
-            read_only: limits.disk_mb == 0,
-        };
-        let disks: Vec<VolumeDisk> = spec
-            .volumes
-            .iter()
-            .map(|v| VolumeDisk {
-                image: v.image.clone(),
-                mountpoint: handle.dir.join("volumes").join(v.name.as_str()),
-                gid: v.gid,
-            })
-            .collect();
-        let binds: Vec<VolumeBind> = disks
-            .iter()
-            .zip(&spec.volumes)
-            .map(|(disk, v)| VolumeBind {
-                mountpoint: disk.mountpoint.clone(),
-                path: v.path.clone(),
-            })
-            .collect();
-        let gids: Vec<u32> = disks.iter().map(|d| d.gid).collect();
-        let hostname = spec.deployment.sandbox.as_str();
-        let socket = spec.database_socket.as_deref();
-        let hosts_dir = crate::services::hosts_dir(&self.state_dir, hostname);
-        crate::services::ensure_hosts(&hosts_dir)?;
-        let network = SandboxNetwork::Launcher {
-            resolv_conf: &self.resolv_conf,
-            hosts_dir: &hosts_dir,
-        };
-        let etc = match &spec.program {
-            Program::Image { .. } => None,
-            program => Some(EtcTree::lay_out(
-                handle.dir.join("etc"),
-                uid,
-                &self.resolv_conf,
-                matches!(bwrap_app(program).1, Linkage::Dynamic { .. }),
-            )?),
-        };
-        let ptys = PtsMount {
-            dir: handle.dir.join("pts"),
-        };
-        let mut launch = match &spec.program {
-            Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
-                argv: bwrap::command(&Sandbox {
-                    hostname,
-                    app: bwrap_app(&spec.program).0,
-                    linkage: bwrap_app(&spec.program).1,
-                    etc: etc.as_ref(),
-                    args: &spec.args,
-                    data_dir: Some(data_dir),
-                    database_socket: socket,
-                    network,
-                    tmp_bytes: limits.tmp_mb << 20,
-                    volumes: &binds,
-                    ptys: Some(&ptys.dir),
-                }),
-                sandbox_env: spec.env.clone(),
-                sandbox_env_form: SandboxEnvForm::BwrapArgs,
-                seccomp: self.seccomp.clone(),
-                uid: Some(uid),
-                stop: StopForward::Sandboxed,
-                network: Some(spec.network.clone()),
-                ptys: Some(ptys),
-                ..LaunchSpec::default()
-            },
-            // Podman runs as root and starts the container as the deployment's uid.
-            Program::Image {
-                archive,
-                image_id,
-                unpacked_bytes,
-            } => {
-                self.podman.load(archive, image_id, *unpacked_bytes).await?;
-                let env_file = handle.dir.join("env");
-                let tmp = TmpMount {
-                    dir: handle.dir.join("tmp"),
-                    size_mb: limits.tmp_mb,
-                };
-                let lines: String = spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-                std::fs::write(&env_file, lines)?;
-                set_mode(&env_file, 0o600)?;
-                LaunchSpec {
-                    argv: self.podman.command(&Container {
-                        name: &container_name(&handle.unit),
-                        hostname,
-                        image_id,
-                        uid,
-                        args: &spec.args,
-                        env_file: &env_file,
-                        data_dir: Some(data_dir),
-                        database_socket: socket,
-                        network,
-                        runtime: spec.deployment.runtime,
-                        tmp: Tmp::Mounted(&tmp.dir),
-                        ptys: Some(&ptys.dir),
-                        tmp_mb: limits.tmp_mb,
-                        volumes: &binds,
-                        gids: &gids,
-                    }),
-                    env: self.podman.env(),
-                    stop: StopForward::Child,
-                    network: Some(spec.network.clone()),
-                    tmp: Some(tmp.clone()),
-                    ptys: Some(ptys.clone()),
-                    ..LaunchSpec::default()
-                }
-            }
-        };
-        launch.monitor = Some(self.units.monitor(&handle, spec));
-        launch.data_image = data_image;
-        launch.volumes = disks;
-        launch.nofile = Some(limits.nofile);
-        super::unit::write_launch_spec(&handle, &launch)?;
-        Ok(handle)
+        self.prepare(spec).await?;
+        let mut argv = vec![bwrap::APP_PATH.to_owned()];
+        argv.extend(spec.args.iter().cloned());
+        let message = crate::standby::message(&argv, &spec.env);
+        crate::standby::send(&handle.dir.join(STANDBY_INPUT), &message)
+            .map_err(|e| BackendError::Unavailable(format!("the standby is not waiting: {e}")))?;
+        // A deployment's directory from here on (nxd's start sweeps marked ones).
+        std::fs::remove_file(handle.dir.join(crate::standby::MARK))?;
+        Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
@@ -337,6 +239,171 @@ impl SandboxBackend for ContainerBackend {
         unchanged: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Vec<String>, BackendError> {
         self.podman.remove_images(keep, unchanged).await
+    }
+}
+
+/// The standby's FIFO in its deployment's directory (`LaunchSpec::standby_input`).
+const STANDBY_INPUT: &str = "standby-input";
+
+/// A standby's `/app`, where its push links the binary in as `main`.
+fn standby_slot(handle: &SandboxHandle) -> PathBuf {
+    handle.dir.join("app")
+}
+
+impl ContainerBackend {
+    /// `prepare`, or with `standby` a standby's: the sandbox runs `spec.program` (the waiter)
+    /// with its flag and no environment, the slot bound at `/app` and the FIFO as its input.
+    async fn prepare_as(
+        &self,
+        spec: &SandboxSpec,
+        standby: bool,
+    ) -> Result<SandboxHandle, BackendError> {
+        let handle = self.handle(&spec.deployment);
+        let uid = spec.deployment.uid;
+        let limits = spec.deployment.limits;
+        let data = handle.data_dir();
+        std::fs::create_dir_all(&data)?;
+        set_mode(&handle.dir, 0o711)?;
+        let data_image = self.units.data_image(&handle, spec, spec.deployment.uid)?;
+        if data_image.is_none() {
+            // Owned by the deployment's uid, reachable by nobody else; it survives restarts.
+            chown(&data, Some(uid), Some(uid))?;
+        }
+        set_mode(&data, 0o700)?;
+        // A plain directory is written only by a deployment made before sizes existed
+        // (`DeploymentUnits::data_image`); with `disk_mb` 0 it is empty and read-only.
+        let data_dir = DataDir {
+            path: &data,
+            read_only: limits.disk_mb == 0,
+        };
+        let disks: Vec<VolumeDisk> = spec
+            .volumes
+            .iter()
+            .map(|v| VolumeDisk {
+                image: v.image.clone(),
+                mountpoint: handle.dir.join("volumes").join(v.name.as_str()),
+                gid: v.gid,
+            })
+            .collect();
+        let binds: Vec<VolumeBind> = disks
+            .iter()
+            .zip(&spec.volumes)
+            .map(|(disk, v)| VolumeBind {
+                mountpoint: disk.mountpoint.clone(),
+                path: v.path.clone(),
+            })
+            .collect();
+        let gids: Vec<u32> = disks.iter().map(|d| d.gid).collect();
+        let hostname = spec.deployment.sandbox.as_str();
+        let socket = spec.database_socket.as_deref();
+        let hosts_dir = crate::services::hosts_dir(&self.state_dir, hostname);
+        crate::services::ensure_hosts(&hosts_dir)?;
+        let network = SandboxNetwork::Launcher {
+            resolv_conf: &self.resolv_conf,
+            hosts_dir: &hosts_dir,
+        };
+        let etc = match &spec.program {
+            Program::Image { .. } => None,
+            program => Some(EtcTree::lay_out(
+                handle.dir.join("etc"),
+                uid,
+                &self.resolv_conf,
+                matches!(bwrap_app(program).1, Linkage::Dynamic { .. }),
+            )?),
+        };
+        let ptys = PtsMount {
+            dir: handle.dir.join("pts"),
+        };
+        let standby_dir = match standby {
+            true => Some(crate::standby::lay_out(
+                &standby_slot(&handle),
+                &handle.dir.join(STANDBY_INPUT),
+            )?),
+            false => None,
+        };
+        let standby_args = [crate::standby::WAITER_FLAG.to_owned()];
+        let mut launch = match &spec.program {
+            Program::Binary { .. } | Program::Bundle { .. } => LaunchSpec {
+                argv: bwrap::command(&Sandbox {
+                    hostname,
+                    app: match (&spec.program, &standby_dir) {
+                        (Program::Binary { path, .. }, Some(slot)) => {
+                            bwrap::App::Standby { slot, waiter: path }
+                        }
+                        (program, _) => bwrap_app(program).0,
+                    },
+                    linkage: bwrap_app(&spec.program).1,
+                    etc: etc.as_ref(),
+                    args: if standby { &standby_args } else { &spec.args },
+                    data_dir: Some(data_dir),
+                    database_socket: socket,
+                    network,
+                    tmp_bytes: limits.tmp_mb << 20,
+                    volumes: &binds,
+                    ptys: Some(&ptys.dir),
+                }),
+                sandbox_env: if standby {
+                    Default::default()
+                } else {
+                    spec.env.clone()
+                },
+                sandbox_env_form: SandboxEnvForm::BwrapArgs,
+                seccomp: self.seccomp.clone(),
+                uid: Some(uid),
+                stop: StopForward::Sandboxed,
+                standby_input: standby.then(|| handle.dir.join(STANDBY_INPUT)),
+                network: Some(spec.network.clone()),
+                ptys: Some(ptys),
+                ..LaunchSpec::default()
+            },
+            // Podman runs as root and starts the container as the deployment's uid.
+            Program::Image {
+                archive,
+                image_id,
+                unpacked_bytes,
+            } => {
+                self.podman.load(archive, image_id, *unpacked_bytes).await?;
+                let env_file = handle.dir.join("env");
+                let tmp = TmpMount {
+                    dir: handle.dir.join("tmp"),
+                    size_mb: limits.tmp_mb,
+                };
+                let lines: String = spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                std::fs::write(&env_file, lines)?;
+                set_mode(&env_file, 0o600)?;
+                LaunchSpec {
+                    argv: self.podman.command(&Container {
+                        name: &container_name(&handle.unit),
+                        hostname,
+                        image_id,
+                        uid,
+                        args: &spec.args,
+                        env_file: &env_file,
+                        data_dir: Some(data_dir),
+                        database_socket: socket,
+                        network,
+                        runtime: spec.deployment.runtime,
+                        tmp: Tmp::Mounted(&tmp.dir),
+                        ptys: Some(&ptys.dir),
+                        tmp_mb: limits.tmp_mb,
+                        volumes: &binds,
+                        gids: &gids,
+                    }),
+                    env: self.podman.env(),
+                    stop: StopForward::Child,
+                    network: Some(spec.network.clone()),
+                    tmp: Some(tmp.clone()),
+                    ptys: Some(ptys.clone()),
+                    ..LaunchSpec::default()
+                }
+            }
+        };
+        launch.monitor = Some(self.units.monitor(&handle, spec));
+        launch.data_image = data_image;
+        launch.volumes = disks;
+        launch.nofile = Some(limits.nofile);
+        super::unit::write_launch_spec(&handle, &launch)?;
+        Ok(handle)
     }
 }
 

@@ -1,0 +1,419 @@
+//! Standbys: for a sandbox that pushes, nxd keeps one deployment started ahead of its next
+//! push (issue 20's fast path), so that a push runs its program without a unit start, a
+//! network namespace, a `/data` mount or a bubblewrap sandbox of its own to wait for.
+//!
+//! A standby is a deployment in all but its record: an id, a slot (port, uid, address) kept
+//! from every other push ([`Standbys::reserved`]), its directory (`/data`'s image, `/etc`), and
+//! its unit `nx-<id>.service` running, under the limits a default push of its sandbox gets,
+//! bubblewrap around nx-vm-init `--exec-on-input` (the waiter), with an empty `/app`. A push
+//! that fits it (a single static binary on the container backend, the sandbox's default
+//! limits, egress and tier, no database branch, volumes, TCP port, service or port of its own:
+//! [`Fit`]) takes it: the record is written with the standby's id and slot, the binary is
+//! linked into `/app`, the unit's launch spec is rewritten as a cold start's (so a restart
+//! runs the program as any deployment's does), and the waiter gets the program's arguments
+//! and environment on its FIFO ([`message`]) and execs it. Every other push starts cold, as
+//! before. After a push the sandbox's next standby is made in the background.
+//!
+//! nxd holds standbys in memory only: at start it removes what a previous run left (their
+//! directories hold [`MARK`]); `nx sandbox rm` removes the sandbox's. `[sandbox] standby =
+//! false` keeps none.
+
+use crate::backend::{Program, SandboxSpec};
+use crate::domain::Deployment;
+use crate::domain::{BackendKind, Desired, Runtime};
+use crate::error::Error;
+use crate::names::{DeploymentId, SandboxName};
+use crate::orchestrator::Orchestrator;
+use crate::state::NewDeployment;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+/// The waiter's flag (nx-vm-init's `exec_on_input::FLAG`).
+pub const WAITER_FLAG: &str = "--exec-on-input";
+
+/// The file that marks a deployment's directory as a standby's, removed when a push takes it.
+pub const MARK: &str = "standby";
+
+/// The message that makes the waiter exec `argv` (`argv[0]` the program's path inside the
+/// sandbox) with `env`: a decimal byte length and `\n`, then NUL-terminated fields: the number
+/// of arguments, the arguments, and the environment's `KEY=value` entries (nx-vm-init's
+/// `exec_on_input` reads it).
+pub fn message(argv: &[String], env: &std::collections::BTreeMap<String, String>) -> Vec<u8> {
+    let mut fields = Vec::new();
+    let mut field = |bytes: &[u8]| {
+        fields.extend_from_slice(bytes);
+        fields.push(0);
+    };
+    field(argv.len().to_string().as_bytes());
+    for arg in argv {
+        field(arg.as_bytes());
+    }
+    for (k, v) in env {
+        field(format!("{k}={v}").as_bytes());
+    }
+    let mut message = format!("{}\n", fields.len()).into_bytes();
+    message.extend(fields);
+    message
+}
+
+/// Writes `message` to the standby's FIFO at `fifo`. Errors: `ENXIO` when no launcher holds it
+/// open (the standby's unit is not running: fifo(7)), a write's.
+pub fn send(fifo: &Path, message: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(fifo)?;
+    // Blocking from here: a message longer than the pipe's buffer is read as it is written.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+    let blocking = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(blocking))?;
+    file.write_all(message)
+}
+
+/// Makes a standby's empty `slot` directory (0755: the program's uid reads it) and its FIFO
+/// `fifo` (0600, root's: the launcher opens it), and marks the directory above them as a
+/// standby's ([`MARK`]). Returns `slot`.
+pub fn lay_out(slot: &Path, fifo: &Path) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(slot)?;
+    std::fs::set_permissions(slot, std::fs::Permissions::from_mode(0o755))?;
+    let _ = std::fs::remove_file(fifo);
+    nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    if let Some(dir) = slot.parent() {
+        std::fs::write(dir.join(MARK), b"")?;
+    }
+    Ok(slot.to_owned())
+}
+
+/// What a push must match to take a standby: what its unit and sandbox were made with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fit {
+    pub limits: crate::config::Limits,
+    pub egress: crate::domain::Egress,
+    pub tier: crate::domain::Tier,
+}
+
+/// A standby: its deployment as it would be recorded (`artifact` empty), and what it fits.
+#[derive(Debug, Clone)]
+pub struct Standby {
+    pub deployment: Deployment,
+    pub fit: Fit,
+}
+
+/// nxd's standbys, by sandbox (at most one each), and the slots they hold.
+#[derive(Debug, Default)]
+pub struct Standbys {
+    ready: Mutex<HashMap<SandboxName, Standby>>,
+    /// Sandboxes whose standby is being made.
+    making: Mutex<HashSet<SandboxName>>,
+    /// The ports (slots) of standbys made or being made: a push's record takes none of them.
+    reserved: Mutex<HashSet<u16>>,
+    /// Deployments recorded from a standby whose program was not given to it yet.
+    taken: Mutex<HashMap<DeploymentId, Standby>>,
+}
+
+impl Standbys {
+    /// The ports no push may take (see [`Self::reserve`]).
+    pub fn reserved(&self) -> HashSet<u16> {
+        self.reserved.lock().expect("standbys").clone()
+    }
+
+    /// Holds `port` for a standby. Called under the deployments table's lock, as the port is
+    /// chosen (`StateStore::reserve_port`).
+    pub fn reserve(&self, port: u16) {
+        self.reserved.lock().expect("standbys").insert(port);
+    }
+
+    /// Frees `port` (its standby was removed, or its push recorded).
+    pub fn release(&self, port: u16) {
+        self.reserved.lock().expect("standbys").remove(&port);
+    }
+
+    /// Marks `sandbox`'s standby as being made; false when it has one or one is being made.
+    pub fn begin_making(&self, sandbox: &SandboxName) -> bool {
+        let ready = self.ready.lock().expect("standbys");
+        !ready.contains_key(sandbox)
+            && self
+                .making
+                .lock()
+                .expect("standbys")
+                .insert(sandbox.clone())
+    }
+
+    /// Ends [`Self::begin_making`]: `made` is the standby now waiting, if making it worked.
+    pub fn end_making(&self, sandbox: &SandboxName, made: Option<Standby>) {
+        let mut ready = self.ready.lock().expect("standbys");
+        self.making.lock().expect("standbys").remove(sandbox);
+        if let Some(standby) = made {
+            ready.insert(sandbox.clone(), standby);
+        }
+    }
+
+    /// Takes `sandbox`'s standby when it has one that `fit` matches.
+    pub fn take(&self, sandbox: &SandboxName, fit: &Fit) -> Option<Standby> {
+        let mut ready = self.ready.lock().expect("standbys");
+        match ready.get(sandbox) {
+            Some(standby) if standby.fit == *fit => ready.remove(sandbox),
+            _ => None,
+        }
+    }
+
+    /// Takes `sandbox`'s standby, whatever it fits (to remove it).
+    pub fn remove(&self, sandbox: &SandboxName) -> Option<Standby> {
+        self.ready.lock().expect("standbys").remove(sandbox)
+    }
+
+    /// Every standby, taken (to remove them all).
+    pub fn remove_all(&self) -> Vec<Standby> {
+        self.ready
+            .lock()
+            .expect("standbys")
+            .drain()
+            .map(|(_, s)| s)
+            .collect()
+    }
+
+    /// Notes that the deployment recorded from `standby` is to be given its program.
+    pub fn taken_by(&self, standby: Standby) {
+        self.taken
+            .lock()
+            .expect("standbys")
+            .insert(standby.deployment.id.clone(), standby);
+    }
+
+    /// The standby a deployment was recorded from, if it has not been given its program yet.
+    pub fn taken(&self, id: &DeploymentId) -> Option<Standby> {
+        self.taken.lock().expect("standbys").remove(id)
+    }
+}
+
+impl Orchestrator {
+    /// The sandbox's standby, taken, when a push of `program` with `req`'s choices fits it:
+    /// a single static binary on the container backend with no database branch, volume, TCP
+    /// port, service, port of its own or runtime but bubblewrap, and `fit`.
+    pub(crate) fn take_standby(
+        &self,
+        req: &crate::api::PushRequest,
+        program: &Program,
+        backend: BackendKind,
+        fit: &Fit,
+    ) -> Option<Standby> {
+        let single_static = matches!(
+            program,
+            Program::Binary {
+                linkage: nx_artifact::verify::Linkage::Static,
+                ..
+            }
+        );
+        let plain = !req.db_branch
+            && req.volumes.is_empty()
+            && req.tcp.is_none()
+            && req.service.is_none()
+            && req.port.is_none()
+            && req.runtime == Runtime::default();
+        (single_static && plain && backend == BackendKind::Container)
+            .then(|| self.standbys.take(&req.sandbox, fit))
+            .flatten()
+    }
+
+    /// Makes `sandbox`'s standby in the background, when nxd keeps standbys (`[sandbox]
+    /// standby`, and nx-vm-init at `[microvm] init`) and the sandbox has none.
+    pub(crate) fn refill_standby(self: &Arc<Self>, sandbox: &SandboxName) {
+        if !self.config.sandbox.standby
+            || !self.config.microvm.init.is_file()
+            || !self.standbys.begin_making(sandbox)
+        {
+            return;
+        }
+        let (app, sandbox) = (Arc::clone(self), sandbox.clone());
+        tokio::spawn(async move {
+            let made = match app.make_standby(&sandbox).await {
+                Ok(standby) => standby,
+                Err(e) => {
+                    tracing::warn!(%sandbox, error = %e, "no standby: its next push starts cold");
+                    None
+                }
+            };
+            app.standbys.end_making(&sandbox, made);
+        });
+    }
+
+    /// A standby of `sandbox` (see the module's docs), its unit started; `None` for a sandbox
+    /// whose deployments run on another backend than bubblewrap's.
+    #[tracing::instrument(skip(self))]
+    async fn make_standby(&self, sandbox: &SandboxName) -> Result<Option<Standby>, Error> {
+        let (settings, backend) = crate::sandbox_settings::with_backend(self.state.pool(), sandbox)
+            .await
+            .map_err(crate::state::StateError::from)?
+            .ok_or_else(|| Error::NotFound(format!("sandbox {sandbox}")))?;
+        if backend != BackendKind::Container {
+            return Ok(None);
+        }
+        let (_, _, limits) = settings.under(Default::default(), Vec::new(), &Default::default());
+        let fit = Fit {
+            limits: limits.apply(self.config.limits, backend),
+            egress: settings.egress.unwrap_or_default(),
+            tier: crate::backend::cpu_affinity::tier(false, backend)?,
+        };
+        let ports = self.config.ports;
+        let port = self.state.reserve_port(ports, &self.standbys).await?;
+        let deployment = NewDeployment {
+            id: DeploymentId::generate(),
+            sandbox: sandbox.clone(),
+            artifact: String::new(),
+            env: Default::default(),
+            args: Vec::new(),
+            limits: fit.limits,
+            db_branch: false,
+            runtime: Runtime::default(),
+            backend,
+            ready_timeout_secs: None,
+            listen_port: None,
+            egress: fit.egress,
+            volumes: Vec::new(),
+            tier: fit.tier,
+        }
+        .at(
+            port,
+            self.config.sandbox.uid_base + u32::from(port - ports.start),
+        );
+        let standby = Standby { deployment, fit };
+        match self.start_standby(&standby).await {
+            Ok(()) if !self.state.is_removing(sandbox).await.unwrap_or(true) => Ok(Some(standby)),
+            made => {
+                self.remove_standby(&standby).await;
+                made?;
+                Err(Error::Conflict(format!(
+                    "sandbox {sandbox} is being removed"
+                )))
+            }
+        }
+    }
+
+    /// Lays out a standby and starts its unit.
+    async fn start_standby(&self, standby: &Standby) -> Result<(), Error> {
+        let deployment = &standby.deployment;
+        let spec = SandboxSpec {
+            deployment: deployment.clone(),
+            program: Program::Binary {
+                path: self.config.microvm.init.clone(),
+                linkage: nx_artifact::verify::Linkage::Static,
+            },
+            env: Default::default(),
+            args: Vec::new(),
+            database_socket: Some(
+                self.databases
+                    .sandbox_socket(&deployment.sandbox, None)
+                    .await?,
+            ),
+            network: self.attachment(deployment)?,
+            volumes: Vec::new(),
+        };
+        let backend = self.backend.get(deployment.backend)?;
+        let handle = backend.prepare_standby(&spec).await?;
+        backend.start(&handle, &spec).await?;
+        Ok(())
+    }
+
+    /// Stops and removes a standby's unit, directory and link, and frees its slot; what fails
+    /// is logged (nxd's next start removes what is left: [`Self::sweep_standbys`]).
+    pub(crate) async fn remove_standby(&self, standby: &Standby) {
+        let deployment = &standby.deployment;
+        let removed = async {
+            let backend = self.backend.get(deployment.backend)?;
+            backend.destroy(&backend.handle(deployment)).await?;
+            self.network.release(&self.attachment(deployment)?).await?;
+            Ok::<_, Error>(())
+        };
+        match removed.await {
+            Ok(()) => self.standbys.release(deployment.port),
+            Err(e) => tracing::warn!(
+                deployment = %deployment.id,
+                error = %e,
+                "a standby is left: nxd's next start removes it"
+            ),
+        }
+    }
+
+    /// Removes `sandbox`'s standby, if it has one (`nx sandbox rm`).
+    pub(crate) async fn drop_standby(&self, sandbox: &SandboxName) {
+        if let Some(standby) = self.standbys.remove(sandbox) {
+            self.remove_standby(&standby).await;
+        }
+    }
+
+    /// At each adoption: removes every standby, those nxd holds and those a previous run left
+    /// (a directory marked [`MARK`]): the unit is stopped, and the directory removed unless a
+    /// push recorded it as its deployment (a crash before it was given its program: adoption
+    /// then starts it cold).
+    pub(crate) async fn sweep_standbys(&self, recorded: &HashSet<String>) -> Result<(), Error> {
+        for standby in self.standbys.remove_all() {
+            self.remove_standby(&standby).await;
+        }
+        let root = self.config.state_dir.join("deployments");
+        let Ok(dirs) = std::fs::read_dir(&root) else {
+            return Ok(());
+        };
+        for dir in dirs.flatten().map(|d| d.path()) {
+            let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            if !dir.join(MARK).exists() {
+                continue;
+            }
+            let unit = crate::domain::unit_name(&DeploymentId::parse(&id)?);
+            self.supervisor.stop(&unit).await?;
+            let removed = if recorded.contains(&id) {
+                std::fs::remove_file(dir.join(MARK))
+            } else {
+                std::fs::remove_dir_all(&dir)
+            };
+            removed.map_err(|e| {
+                Error::Setup(format!("removing the standby {}: {e}", dir.display()))
+            })?;
+            tracing::info!(deployment = %id, "a standby of nxd's last run removed");
+        }
+        Ok(())
+    }
+}
+
+impl NewDeployment {
+    /// The deployment this would be recorded as, at `port` with `uid`, marked running.
+    pub fn at(self, port: u16, uid: u32) -> Deployment {
+        Deployment {
+            id: self.id,
+            sandbox: self.sandbox,
+            artifact: self.artifact,
+            port,
+            listen_port: self.listen_port,
+            egress: self.egress,
+            uid,
+            env: self.env,
+            args: self.args,
+            limits: self.limits,
+            desired: Desired::Running,
+            db_branch: self.db_branch,
+            runtime: self.runtime,
+            backend: self.backend,
+            ready_timeout_secs: self.ready_timeout_secs,
+            volumes: self.volumes,
+            tier: self.tier,
+            created_at: chrono::Utc::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_message_is_its_length_then_nul_terminated_fields() {
+        let env = std::collections::BTreeMap::from([("PORT".to_owned(), "8080".to_owned())]);
+        let message = super::message(&["/app/main".to_owned(), "a b".to_owned()], &env);
+        assert_eq!(message, b"26\n2\0/app/main\0a b\0PORT=8080\0");
+    }
+}

@@ -1,0 +1,239 @@
+//! Standbys (issue 20's fast path, `nx_orchestrator::standby`): a sandbox that pushed keeps a
+//! deployment started ahead of its next push, which a push of a single static binary with the
+//! sandbox's defaults takes. What a user sees must not change: the program runs with its own
+//! arguments and environment, restarts as any deployment does, readiness still refuses a
+//! program that never listens and reports one that exits, and neither `nx ls` nor `nx status`
+//! shows a standby; nxd's start and `nx sandbox rm` remove them.
+
+use nx_testkit::Host;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A host whose `[microvm] init` is the static nx-vm-init: the standby's waiter.
+fn host() -> Host {
+    Host::start_with(&format!(
+        "[microvm]\ninit = {:?}\n",
+        nx_testkit::static_binary("nx-vm-init")
+    ))
+}
+
+/// The deployments' directories marked as a standby's.
+fn standbys(host: &Host) -> Vec<PathBuf> {
+    std::fs::read_dir(host.path("deployments"))
+        .expect("deployments dir")
+        .flatten()
+        .map(|d| d.path())
+        .filter(|d| d.join("standby").exists())
+        .collect()
+}
+
+/// Waits until `n` standbys are marked and their units run, and then for nxd's last step of
+/// making one (a query; 200 ms).
+fn wait_for_standbys(host: &Host, n: usize) -> Vec<PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let runs = |dir: &PathBuf| {
+        let id = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        unit_runs(&format!("nx-{id}.service"))
+    };
+    loop {
+        let found = standbys(host);
+        if found.len() == n && found.iter().all(runs) {
+            std::thread::sleep(Duration::from_millis(200));
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} standbys, not {n}: {found:?}\n{}",
+            found.len(),
+            host.nxd_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether a process of `unit` runs (its cgroup, in /proc/<pid>/cgroup, names it).
+fn unit_runs(unit: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|p| std::fs::read_to_string(p.path().join("cgroup")).ok())
+        .any(|cgroups| cgroups.contains(&format!("/{unit}")))
+}
+
+/// `POST /v1/deployments` of the stored sample: (status, body, the steps of its
+/// `Server-Timing`).
+fn api_push(host: &Host, body: serde_json::Value) -> (u16, serde_json::Value, Vec<String>) {
+    let response = host
+        .http()
+        .post(format!("http://{}/v1/deployments", host.api))
+        .bearer_auth(&host.token)
+        .json(&body)
+        .send()
+        .expect("push");
+    let steps = response
+        .headers()
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| s.trim().split(';').next().map(str::to_owned))
+        .collect();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or_default(), steps)
+}
+
+#[test]
+fn a_push_takes_its_sandboxs_standby_and_its_program_runs_as_a_cold_starts_would() {
+    let host = host();
+    let first = host.push_sample("warm", &[]);
+    let sha = host.deployment("warm", &first)["artifact"]
+        .as_str()
+        .expect("artifact")
+        .to_owned();
+    let waiting = wait_for_standbys(&host, 1);
+    // Neither listed nor counted.
+    let status = host.nx_json(&["status", "warm"]);
+    assert_eq!(
+        status[0]["deployments"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+
+    let (code, view, steps) = api_push(
+        &host,
+        serde_json::json!({"sandbox": "warm", "artifact": sha,
+            "env": {"GREETING": "hello there"}, "args": ["--flag", "two words"]}),
+    );
+    assert_eq!(code, 200, "{view}");
+    let id = view["id"].as_str().expect("id").to_owned();
+    assert!(
+        steps.iter().any(|s| s == "claim"),
+        "not from the standby: {steps:?}"
+    );
+    assert!(!steps.iter().any(|s| s == "start"), "{steps:?}");
+    let log = host.nxd_log();
+    assert!(!log.contains("took no program"), "{log}");
+    assert_eq!(
+        waiting[0].file_name().unwrap().to_str(),
+        Some(id.as_str()),
+        "the push took the standby's id"
+    );
+    let preview = host.preview_host("warm", &id);
+    let (code, env) = host.get(&preview, "/env");
+    assert_eq!(code, 200, "{env}");
+    let env: serde_json::Value = serde_json::from_str(&env).expect("env json");
+    assert_eq!(env["GREETING"], "hello there", "{env}");
+    assert_eq!(env["NX_DEPLOYMENT"], id.as_str(), "{env}");
+    assert!(env["PGPASSWORD"].is_string(), "its database's: {env}");
+    let (_, cmdline) = host.get(&preview, "/read?path=/proc/self/cmdline");
+    assert_eq!(cmdline, "/app/main\0--flag\0two words\0");
+    // Its database is its sandbox's, as a cold push's is.
+    assert_eq!(host.get(&preview, "/db/put?v=7").0, 200);
+    assert!(host.get(&preview, "/db/list").1.contains('7'));
+    // A crash restarts it as any deployment: with its program, not the standby's waiter.
+    host.get(&preview, "/exit?code=3");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host.get(&preview, "/").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not restarted:\n{}",
+            host.nxd_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, cmdline) = host.get(&preview, "/read?path=/proc/self/cmdline");
+    assert_eq!(cmdline, "/app/main\0--flag\0two words\0");
+
+    // The next standby is made; a push with other limits does not fit it and starts cold.
+    wait_for_standbys(&host, 1);
+    let (code, view, steps) = api_push(
+        &host,
+        serde_json::json!({"sandbox": "warm", "artifact": sha,
+            "limits": {"memory_max_mb": 200}}),
+    );
+    assert_eq!(code, 200, "{view}");
+    assert!(steps.iter().any(|s| s == "start"), "{steps:?}");
+    let listed = host.nx_json(&["ls"]);
+    let all: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["deployments"].as_array().unwrap())
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(all.len(), 3, "no standby listed: {listed}");
+}
+
+#[test]
+fn readiness_through_a_standby_still_refuses_a_program_that_never_listens_and_reports_one_that_exits(
+) {
+    let host = host();
+    let first = host.push_sample("strict", &[]);
+    let sha = host.deployment("strict", &first)["artifact"]
+        .as_str()
+        .expect("artifact")
+        .to_owned();
+    // Each failed push names the standby's id: it took it.
+    for (env, why) in [
+        (
+            serde_json::json!({"LISTEN_PORT": "9"}),
+            "did not accept connections",
+        ),
+        (
+            serde_json::json!({"FAIL_AT_START_IF": "/app/main"}),
+            "exited before it was ready",
+        ),
+    ] {
+        let standby = wait_for_standbys(&host, 1).remove(0);
+        let id = standby.file_name().unwrap().to_str().unwrap().to_owned();
+        let (code, view, _) = api_push(
+            &host,
+            serde_json::json!({"sandbox": "strict", "artifact": sha, "env": env,
+                "ready_timeout_secs": 2}),
+        );
+        assert_eq!(code, 422, "{view}");
+        let error = view.to_string();
+        assert!(error.contains(why) && error.contains(&id), "{id}: {error}");
+    }
+}
+
+#[test]
+fn nxds_start_and_sandbox_rm_remove_standbys_and_leave_no_unit() {
+    let mut host = host();
+    host.push_sample("gone", &[]);
+    let before = wait_for_standbys(&host, 1);
+    let id = before[0].file_name().unwrap().to_str().unwrap().to_owned();
+    let unit = format!("nx-{id}.service");
+    assert!(unit_runs(&unit), "the standby's unit runs");
+    host.kill_nxd();
+    host.start_nxd();
+    // The last run's standby is gone; a push makes the next.
+    assert!(!before[0].exists(), "{:?} left after a restart", before[0]);
+    assert!(!unit_runs(&unit), "{unit} left after a restart");
+    host.push_sample("gone", &[]);
+    let next = wait_for_standbys(&host, 1);
+    host.nx_json(&["sandbox", "rm", "gone", "--no-backup"]);
+    assert!(
+        standbys(&host).is_empty(),
+        "{next:?} left after nx sandbox rm"
+    );
+}
+
+#[test]
+fn a_push_that_finds_only_standbys_slots_free_takes_one_of_them() {
+    // Two slots: the first push takes one, its sandbox's standby the other.
+    let host = Host::start_with_ports(
+        nx_testkit::bin("nxd"),
+        (20990, 20991),
+        99,
+        &format!(
+            "[microvm]\ninit = {:?}\n",
+            nx_testkit::static_binary("nx-vm-init")
+        ),
+    );
+    host.push_sample("first", &[]);
+    wait_for_standbys(&host, 1);
+    let other = host.push_sample("second", &[]);
+    let (code, body) = host.get(&host.preview_host("second", &other), "/");
+    assert_eq!(code, 200, "{body}");
+}
