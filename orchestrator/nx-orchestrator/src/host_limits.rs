@@ -94,8 +94,8 @@ mod tests {
         assert!(bounds.max_memory_mb > 64 && bounds.max_memory_mb < u64::MAX >> 20);
         assert!(bounds.max_cpu_quota_percent >= 100);
         assert_eq!(
-            bounds.max_tasks, 4096,
-            "systemd.sandbox_tasks_max, below pid_max"
+            bounds.max_tasks, 2048,
+            "systemd.sandbox_tasks_max's default, below pid_max"
         );
         assert!(bounds.disk_free_mb > 0 && bounds.disk_free_mb < u64::MAX >> 20);
     }
