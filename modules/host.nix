@@ -163,6 +163,7 @@ in
       maxConnectionsPerAddress = mkOption { type = types.ints.positive; default = defaults.router.maxConnectionsPerAddress; description = "Of those, one client's (an IPv4 address, an IPv6 /64): its further connections are closed as soon as they are accepted, so that one client cannot take every connection."; };
       accessLogSample = mkOption { type = types.numbers.between 0 1; default = defaults.router.accessLogSample; description = "Share of requests written to the access log; responses of 500 and up are always logged."; };
       logMaxMb = mkOption { type = types.ints.positive; default = defaults.router.logMaxMb; description = "The most the router's log (<stateDir>/router/router.log and its rotated files together) holds, in MiB; it rotates like a deployment's log, at logMaxMb / (logs.keep + 1)."; };
+      memoryMaxMb = mkOption { type = types.ints.unsigned; default = defaults.router.memoryMaxMb; description = "The router unit's MemoryMax, in MiB (0: none): past it the kernel ends the router and systemd starts it again, rather than it taking the host's memory."; };
     };
     network = {
       subnet = mkOption { type = types.str; default = defaults.network.subnet; description = "IPv4 network (a /20 or larger) of the deployments' addresses, each deployment in a network namespace of its own: the first address is the gateway on the host (nx0), the lower half holds deployments pushed with --egress none, the upper half those with --egress public. Must not overlap a network the host uses."; };

@@ -112,6 +112,7 @@ withoutNulls {
     max_connections_per_address = cfg.router.maxConnectionsPerAddress;
     access_log_sample = cfg.router.accessLogSample;
     log_max_mb = cfg.router.logMaxMb;
+    memory_max_mb = cfg.router.memoryMaxMb;
   };
   sftp = withoutNulls {
     inherit (cfg.sftp) listen;

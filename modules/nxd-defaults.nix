@@ -116,6 +116,7 @@
     maxConnectionsPerAddress = 512;
     accessLogSample = 1.0;
     logMaxMb = 100;
+    memoryMaxMb = 2048;
   };
   sftp = {
     listen = null;
