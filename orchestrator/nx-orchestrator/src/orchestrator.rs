@@ -302,15 +302,6 @@ impl Orchestrator {
                         .await?;
                 }
             }
-            let recorded = self
-                .state
-                .deployments()
-                .await?
-                .iter()
-                .map(|d| d.id.to_string())
-                .collect();
-            self.sweep_standbys(&recorded).await?;
-            // Links and the firewall table as the deployments in the database need them.
             let known = self
                 .state
                 .deployments()
@@ -318,6 +309,8 @@ impl Orchestrator {
                 .iter()
                 .map(|d| d.id.to_string())
                 .collect();
+            self.sweep_standbys(&known).await?;
+            // Links and the firewall table as the deployments in the database need them.
             self.network.reconcile(&known).await?;
             self.rebuild_routes().await?;
         }
@@ -681,6 +674,14 @@ impl Orchestrator {
             Err(e) => tracing::warn!(error = %e, "the standby took no program: starting cold"),
         }
         self.backend.stop(&handle, DEFAULT_STOP_TIMEOUT).await?;
+        // A deployment's directory from here on: nxd's start would stop it as a standby's
+        // (review18 #2).
+        match std::fs::remove_file(handle.dir.join(crate::standby::MARK)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Setup(format!("removing its standby's mark: {e}")))
+            }
+            _ => {}
+        }
         let handle = self.backend.prepare(spec).await?;
         self.backend.start(&handle, spec).await?;
         Ok(handle)

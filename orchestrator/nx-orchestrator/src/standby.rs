@@ -109,8 +109,9 @@ pub struct Standby {
 #[derive(Debug, Default)]
 pub struct Standbys {
     ready: Mutex<HashMap<SandboxName, Standby>>,
-    /// Sandboxes whose standby is being made.
-    making: Mutex<HashSet<SandboxName>>,
+    /// Sandboxes whose standby is being made, each with whether it was removed meanwhile
+    /// (`nx sandbox rm`, `nx sandbox set`, an adoption: what is made then goes, review18 #3).
+    making: Mutex<HashMap<SandboxName, bool>>,
     /// The ports (slots) of standbys made or being made: a push's record takes none of them.
     reserved: Mutex<HashSet<u16>>,
     /// Deployments recorded from a standby whose program was not given to it yet.
@@ -137,20 +138,30 @@ impl Standbys {
     /// Marks `sandbox`'s standby as being made; false when it has one or one is being made.
     pub fn begin_making(&self, sandbox: &SandboxName) -> bool {
         let ready = self.ready.lock().expect("standbys");
-        !ready.contains_key(sandbox)
-            && self
-                .making
-                .lock()
-                .expect("standbys")
-                .insert(sandbox.clone())
+        let mut making = self.making.lock().expect("standbys");
+        if ready.contains_key(sandbox) || making.contains_key(sandbox) {
+            return false;
+        }
+        making.insert(sandbox.clone(), false);
+        true
     }
 
     /// Ends [`Self::begin_making`]: `made` is the standby now waiting, if making it worked.
-    pub fn end_making(&self, sandbox: &SandboxName, made: Option<Standby>) {
+    /// Returns it when its sandbox's standby was removed meanwhile: the caller removes it.
+    pub fn end_making(&self, sandbox: &SandboxName, made: Option<Standby>) -> Option<Standby> {
         let mut ready = self.ready.lock().expect("standbys");
-        self.making.lock().expect("standbys").remove(sandbox);
-        if let Some(standby) = made {
-            ready.insert(sandbox.clone(), standby);
+        let removed = self
+            .making
+            .lock()
+            .expect("standbys")
+            .remove(sandbox)
+            .unwrap_or(true);
+        match made {
+            Some(standby) if !removed => {
+                ready.insert(sandbox.clone(), standby);
+                None
+            }
+            made => made,
         }
     }
 
@@ -165,17 +176,20 @@ impl Standbys {
 
     /// Takes `sandbox`'s standby, whatever it fits (to remove it).
     pub fn remove(&self, sandbox: &SandboxName) -> Option<Standby> {
-        self.ready.lock().expect("standbys").remove(sandbox)
+        let mut ready = self.ready.lock().expect("standbys");
+        if let Some(removed) = self.making.lock().expect("standbys").get_mut(sandbox) {
+            *removed = true;
+        }
+        ready.remove(sandbox)
     }
 
     /// Every standby, taken (to remove them all).
     pub fn remove_all(&self) -> Vec<Standby> {
-        self.ready
-            .lock()
-            .expect("standbys")
-            .drain()
-            .map(|(_, s)| s)
-            .collect()
+        let mut ready = self.ready.lock().expect("standbys");
+        for removed in self.making.lock().expect("standbys").values_mut() {
+            *removed = true;
+        }
+        ready.drain().map(|(_, s)| s).collect()
     }
 
     /// Notes that the deployment recorded from `standby` is to be given its program.
@@ -239,7 +253,9 @@ impl Orchestrator {
                     None
                 }
             };
-            app.standbys.end_making(&sandbox, made);
+            if let Some(removed) = app.standbys.end_making(&sandbox, made) {
+                app.remove_standby(&removed).await;
+            }
         });
     }
 
@@ -251,7 +267,7 @@ impl Orchestrator {
             .await
             .map_err(crate::state::StateError::from)?
             .ok_or_else(|| Error::NotFound(format!("sandbox {sandbox}")))?;
-        if backend != BackendKind::Container {
+        if backend != BackendKind::Container || self.state.is_removing(sandbox).await? {
             return Ok(None);
         }
         let (_, _, limits) = settings.under(Default::default(), Vec::new(), &Default::default());
@@ -366,17 +382,23 @@ impl Orchestrator {
             if !dir.join(MARK).exists() {
                 continue;
             }
-            let unit = crate::domain::unit_name(&DeploymentId::parse(&id)?);
-            self.supervisor.stop(&unit).await?;
-            let removed = if recorded.contains(&id) {
-                std::fs::remove_file(dir.join(MARK))
-            } else {
-                std::fs::remove_dir_all(&dir)
+            let removed = async {
+                let unit = crate::domain::unit_name(&DeploymentId::parse(&id)?);
+                self.supervisor.stop(&unit).await?;
+                match recorded.contains(&id) {
+                    true => std::fs::remove_file(dir.join(MARK)),
+                    false => std::fs::remove_dir_all(&dir),
+                }
+                .map_err(|e| Error::Setup(format!("removing {}: {e}", dir.display())))
             };
-            removed.map_err(|e| {
-                Error::Setup(format!("removing the standby {}: {e}", dir.display()))
-            })?;
-            tracing::info!(deployment = %id, "a standby of nxd's last run removed");
+            // Best effort: nxd starts whatever is left (review18 #7); the next start tries
+            // again.
+            match removed.await {
+                Ok(()) => tracing::info!(deployment = %id, "a standby of nxd's last run removed"),
+                Err(e) => {
+                    tracing::warn!(deployment = %id, error = %e, "a standby of nxd's last run is left")
+                }
+            }
         }
         Ok(())
     }

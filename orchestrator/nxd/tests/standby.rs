@@ -127,6 +127,17 @@ fn a_push_takes_its_sandboxs_standby_and_its_program_runs_as_a_cold_starts_would
     assert!(env["PGPASSWORD"].is_string(), "its database's: {env}");
     let (_, cmdline) = host.get(&preview, "/read?path=/proc/self/cmdline");
     assert_eq!(cmdline, "/app/main\0--flag\0two words\0");
+    // Its /etc is its sandbox's tree, whole (review18 #1: laid out again under the running
+    // sandbox, it was an empty directory).
+    let (code, resolv) = host.get(&preview, "/read?path=/etc/resolv.conf");
+    assert!(
+        code == 200 && resolv.contains("nameserver"),
+        "{code} {resolv}"
+    );
+    let (code, passwd) = host.get(&preview, "/read?path=/etc/passwd");
+    assert!(code == 200 && passwd.contains(":/data:"), "{code} {passwd}");
+    let (code, certs) = host.get(&preview, "/ls?path=/etc/ssl/certs");
+    assert!(code == 200 && certs.contains(".pem"), "{code} {certs}");
     // Its database is its sandbox's, as a cold push's is.
     assert_eq!(host.get(&preview, "/db/put?v=7").0, 200);
     assert!(host.get(&preview, "/db/list").1.contains('7'));

@@ -90,7 +90,7 @@ impl EtcTree {
         }
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        let mut bound_dirs = Vec::new();
+        let bound_dirs = host_dirs(loader);
         let own = ["/etc/hosts", "/etc/resolv.conf"];
         let host = HOST_FILES
             .iter()
@@ -100,10 +100,7 @@ impl EtcTree {
                 continue;
             };
             match std::fs::metadata(path) {
-                Ok(meta) if meta.is_dir() => {
-                    std::fs::create_dir_all(dir.join(inside))?;
-                    bound_dirs.push(*path);
-                }
+                Ok(meta) if meta.is_dir() => std::fs::create_dir_all(dir.join(inside))?,
                 // Regular files only: a device or a FIFO there is no file to show.
                 Ok(meta) if meta.is_file() => {
                     copy(&std::fs::canonicalize(path)?, &dir.join(inside))?
@@ -125,6 +122,27 @@ impl EtcTree {
         std::os::unix::fs::symlink(crate::services::HOSTS_LINK, dir.join("hosts"))?;
         Ok(Self { dir, bound_dirs })
     }
+
+    /// The tree a `lay_out` with the same `loader` left at `dir`, as it is: nothing is
+    /// written (a standby's, which its running sandbox binds at `/etc`: laid out again, the
+    /// sandbox would see an empty directory, review18 #1).
+    pub fn as_laid_out(dir: std::path::PathBuf, loader: bool) -> Self {
+        Self {
+            dir,
+            bound_dirs: host_dirs(loader),
+        }
+    }
+}
+
+/// The host directories under `/etc` of [`HOST_FILES`] (and, with `loader`, [`LOADER_FILES`])
+/// there are: each bound on its own over its mount point in a tree.
+fn host_dirs(loader: bool) -> Vec<&'static str> {
+    HOST_FILES
+        .iter()
+        .chain(if loader { LOADER_FILES } else { &[] })
+        .filter(|p| p.starts_with("/etc/") && Path::new(p).is_dir())
+        .copied()
+        .collect()
 }
 
 /// A copy of the regular file `from` at `to` (its bytes and mode). Errors name both paths.

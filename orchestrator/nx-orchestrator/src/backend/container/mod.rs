@@ -120,12 +120,12 @@ impl SandboxBackend for ContainerBackend {
 
     #[tracing::instrument(skip_all, fields(deployment = %spec.deployment.id))]
     async fn prepare(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
-        self.prepare_as(spec, false).await
+        self.prepare_as(spec, Preparing::Cold).await
     }
 
     #[tracing::instrument(skip_all, fields(deployment = %spec.deployment.id))]
     async fn prepare_standby(&self, spec: &SandboxSpec) -> Result<SandboxHandle, BackendError> {
-        self.prepare_as(spec, true).await
+        self.prepare_as(spec, Preparing::Standby).await
     }
 
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
@@ -141,7 +141,8 @@ impl SandboxBackend for ContainerBackend {
         if std::fs::hard_link(path, &main).is_err() {
             std::fs::copy(path, &main)?;
         }
-        self.prepare(spec).await?;
+        // Its restarts run the program as a cold start's does.
+        self.prepare_as(spec, Preparing::Claimed).await?;
         let mut argv = vec![bwrap::APP_PATH.to_owned()];
         argv.extend(spec.args.iter().cloned());
         let message = crate::standby::message(&argv, &spec.env);
@@ -250,14 +251,27 @@ fn standby_slot(handle: &SandboxHandle) -> PathBuf {
     handle.dir.join("app")
 }
 
+/// What [`ContainerBackend::prepare_as`] lays out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preparing {
+    /// A deployment's sandbox (`prepare`).
+    Cold,
+    /// A standby's: the sandbox runs `spec.program` (the waiter) with its flag and no
+    /// environment, the slot bound at `/app` and the FIFO as its input.
+    Standby,
+    /// The launch spec of a deployment made from a standby, for its restarts: as `Cold`'s,
+    /// with the standby's `/etc` tree kept as it is (its sandbox runs on it).
+    Claimed,
+}
+
 impl ContainerBackend {
-    /// `prepare`, or with `standby` a standby's: the sandbox runs `spec.program` (the waiter)
-    /// with its flag and no environment, the slot bound at `/app` and the FIFO as its input.
+    /// Lays out what `how` says and writes the launch spec (see [`Preparing`]).
     async fn prepare_as(
         &self,
         spec: &SandboxSpec,
-        standby: bool,
+        how: Preparing,
     ) -> Result<SandboxHandle, BackendError> {
+        let standby = how == Preparing::Standby;
         let handle = self.handle(&spec.deployment);
         let uid = spec.deployment.uid;
         let limits = spec.deployment.limits;
@@ -304,12 +318,16 @@ impl ContainerBackend {
         };
         let etc = match &spec.program {
             Program::Image { .. } => None,
-            program => Some(EtcTree::lay_out(
-                handle.dir.join("etc"),
-                uid,
-                &self.resolv_conf,
-                matches!(bwrap_app(program).1, Linkage::Dynamic { .. }),
-            )?),
+            program => {
+                let (dir, loader) = (
+                    handle.dir.join("etc"),
+                    matches!(bwrap_app(program).1, Linkage::Dynamic { .. }),
+                );
+                Some(match how {
+                    Preparing::Claimed => EtcTree::as_laid_out(dir, loader),
+                    _ => EtcTree::lay_out(dir, uid, &self.resolv_conf, loader)?,
+                })
+            }
         };
         let ptys = PtsMount {
             dir: handle.dir.join("pts"),
