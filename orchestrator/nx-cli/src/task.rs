@@ -87,10 +87,19 @@ fn killed(outcome: &TaskOutcome, timeout_secs: Option<f64>) -> Option<String> {
     Some(format!(" by {}", signal_name(signal)))
 }
 
+/// Whether `path` is an image archive (a file [`Artifact::inspect`] reads as an image), which
+/// runs as an image: an image archive's name (`.tar`) is also a bundle's.
+fn is_image_archive(path: &std::path::Path) -> bool {
+    path.is_file()
+        && std::fs::read(path)
+            .is_ok_and(|bytes| matches!(Artifact::inspect(&bytes), Ok(Artifact::Image(_))))
+}
+
 /// Runs the task; returns the exit code the CLI should exit with.
 pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Result<i32> {
     let env = parse_env(&args.env)?;
-    let bundle = nx_artifact::bundle::is_bundle_path(&args.program);
+    let bundle =
+        nx_artifact::bundle::is_bundle_path(&args.program) && !is_image_archive(&args.program);
     if !bundle && (args.entry.is_some() || args.argv0.is_some()) {
         anyhow::bail!("--entry and --argv0 are for bundles: run a directory or a .tar.gz");
     }
