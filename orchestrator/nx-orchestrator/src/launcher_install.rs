@@ -55,6 +55,16 @@ pub fn install(state_dir: &Path) -> Result<Installed, Error> {
     })
 }
 
+/// `<state_dir>/bin/nx-vm-init`: a copy of `init` (`[microvm] init`), which a standby's
+/// sandbox binds as its waiter (`crate::standby`), installed as [`install`] installs nxd's
+/// binaries and for the same reason (a clone under /tmp: CI run 3 of session 18, where every
+/// standby's unit ended at once). Returns the copy's path. Errors: `Io`.
+pub fn install_waiter(state_dir: &Path, init: &Path) -> Result<PathBuf, Error> {
+    let copy = state_dir.join("bin").join("nx-vm-init");
+    copy_if_changed(init, &copy)?;
+    Ok(copy)
+}
+
 /// Which build the binary at `path` is: `<size in bytes>-<modification time in ns since the
 /// epoch>`, the identity [`install`] copies by (a copy keeps its source's modification time).
 /// Errors: `Io` reading its metadata.

@@ -314,10 +314,14 @@ impl Orchestrator {
     /// Lays out a standby and starts its unit.
     async fn start_standby(&self, standby: &Standby) -> Result<(), Error> {
         let deployment = &standby.deployment;
+        let waiter = crate::launcher_install::install_waiter(
+            &self.config.state_dir,
+            &self.config.microvm.init,
+        )?;
         let spec = SandboxSpec {
             deployment: deployment.clone(),
             program: Program::Binary {
-                path: self.config.microvm.init.clone(),
+                path: waiter,
                 linkage: nx_artifact::verify::Linkage::Static,
             },
             env: Default::default(),
