@@ -66,7 +66,7 @@ pub struct Orchestrator {
     /// The public keys that may upload to each sandbox over SFTP (`nx keys`).
     pub ssh_keys: SshKeyStore,
     /// The host side of the deployments' network namespaces.
-    pub(crate) network: HostNetwork,
+    network: HostNetwork,
     /// What the firewall's TCP port map and service pairs set were last loaded with.
     pub(crate) firewall_elements: crate::network::firewall::LoadedElements,
     /// What deployments' monitors wrote, as views last read it.
@@ -309,7 +309,7 @@ impl Orchestrator {
                 .iter()
                 .map(|d| d.id.to_string())
                 .collect();
-            self.sweep_standbys(&known).await?;
+            self.sweep_standbys(&known).await;
             // Links and the firewall table as the deployments in the database need them.
             self.network.reconcile(&known).await?;
             self.rebuild_routes().await?;
@@ -598,13 +598,12 @@ impl Orchestrator {
         step("volumes", self.make_own_volumes(deployment)).await?;
         let spec = step("spec", self.spec(deployment)).await?;
         let start_ns = launch_times::now_ns();
-        let handle = match self.standbys.taken(&deployment.id) {
-            Some(_) => step("claim", self.claim_or_start(&spec)).await?,
-            None => {
-                let handle = step("prepare", self.backend.prepare(&spec)).await?;
-                step("start", self.backend.start(&handle, &spec)).await?;
-                handle
-            }
+        let handle = if self.standbys.taken(&deployment.id) {
+            step("claim", self.claim_or_start(&spec)).await?
+        } else {
+            let handle = step("prepare", self.backend.prepare(&spec)).await?;
+            step("start", self.backend.start(&handle, &spec)).await?;
+            handle
         };
         let addr = self.upstream(deployment)?;
         let timeout = readiness::timeout(deployment.ready_timeout_secs, &self.config.sandbox);
@@ -869,7 +868,7 @@ impl Orchestrator {
             (Ok(deployment), Some(standby)) => {
                 // Its record holds its slot now.
                 self.standbys.release(deployment.port);
-                self.standbys.taken_by(standby);
+                self.standbys.taken_by(&standby.deployment.id);
                 deployment
             }
             (Ok(deployment), None) => deployment,
@@ -1453,7 +1452,7 @@ impl Orchestrator {
     /// Removes a deployment's sandbox, its link on the host (before its record, and so its
     /// slot and addresses, can be freed: `HostNetwork::release`) and its preview branch, if it
     /// has one; upkeep forgets it.
-    async fn destroy(&self, deployment: &Deployment) -> Result<(), Error> {
+    pub(crate) async fn destroy(&self, deployment: &Deployment) -> Result<(), Error> {
         self.backend
             .destroy(&self.backend.handle(deployment))
             .await?;

@@ -115,7 +115,7 @@ pub struct Standbys {
     /// The ports (slots) of standbys made or being made: a push's record takes none of them.
     reserved: Mutex<HashSet<u16>>,
     /// Deployments recorded from a standby whose program was not given to it yet.
-    taken: Mutex<HashMap<DeploymentId, Standby>>,
+    taken: Mutex<HashSet<DeploymentId>>,
 }
 
 impl Standbys {
@@ -192,16 +192,14 @@ impl Standbys {
         ready.drain().map(|(_, s)| s).collect()
     }
 
-    /// Notes that the deployment recorded from `standby` is to be given its program.
-    pub fn taken_by(&self, standby: Standby) {
-        self.taken
-            .lock()
-            .expect("standbys")
-            .insert(standby.deployment.id.clone(), standby);
+    /// Notes that deployment `id`, recorded from a standby, is to be given its program.
+    pub fn taken_by(&self, id: &DeploymentId) {
+        self.taken.lock().expect("standbys").insert(id.clone());
     }
 
-    /// The standby a deployment was recorded from, if it has not been given its program yet.
-    pub fn taken(&self, id: &DeploymentId) -> Option<Standby> {
+    /// Whether deployment `id` was recorded from a standby that has not been given its
+    /// program yet (asked once: it is forgotten here).
+    pub fn taken(&self, id: &DeploymentId) -> bool {
         self.taken.lock().expect("standbys").remove(id)
     }
 }
@@ -299,16 +297,13 @@ impl Orchestrator {
             self.config.sandbox.uid_base + u32::from(port - ports.start),
         );
         let standby = Standby { deployment, fit };
-        match self.start_standby(&standby).await {
-            Ok(()) if !self.state.is_removing(sandbox).await.unwrap_or(true) => Ok(Some(standby)),
-            made => {
-                self.remove_standby(&standby).await;
-                made?;
-                Err(Error::Conflict(format!(
-                    "sandbox {sandbox} is being removed"
-                )))
-            }
+        let started = self.start_standby(&standby).await;
+        if started.is_ok() && !self.state.is_removing(sandbox).await.unwrap_or(true) {
+            return Ok(Some(standby));
         }
+        // It failed, or its sandbox is being removed meanwhile.
+        self.remove_standby(&standby).await;
+        started.map(|()| None)
     }
 
     /// Lays out a standby and starts its unit.
@@ -344,13 +339,7 @@ impl Orchestrator {
     /// is logged (nxd's next start removes what is left: [`Self::sweep_standbys`]).
     pub(crate) async fn remove_standby(&self, standby: &Standby) {
         let deployment = &standby.deployment;
-        let removed = async {
-            let backend = self.backend.get(deployment.backend)?;
-            backend.destroy(&backend.handle(deployment)).await?;
-            self.network.release(&self.attachment(deployment)?).await?;
-            Ok::<_, Error>(())
-        };
-        match removed.await {
+        match self.destroy(deployment).await {
             Ok(()) => self.standbys.release(deployment.port),
             Err(e) => tracing::warn!(
                 deployment = %deployment.id,
@@ -371,13 +360,13 @@ impl Orchestrator {
     /// (a directory marked [`MARK`]): the unit is stopped, and the directory removed unless a
     /// push recorded it as its deployment (a crash before it was given its program: adoption
     /// then starts it cold).
-    pub(crate) async fn sweep_standbys(&self, recorded: &HashSet<String>) -> Result<(), Error> {
+    pub(crate) async fn sweep_standbys(&self, recorded: &HashSet<String>) {
         for standby in self.standbys.remove_all() {
             self.remove_standby(&standby).await;
         }
         let root = self.config.state_dir.join("deployments");
         let Ok(dirs) = std::fs::read_dir(&root) else {
-            return Ok(());
+            return;
         };
         for dir in dirs.flatten().map(|d| d.path()) {
             let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
@@ -404,7 +393,6 @@ impl Orchestrator {
                 }
             }
         }
-        Ok(())
     }
 }
 
