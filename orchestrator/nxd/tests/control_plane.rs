@@ -1421,23 +1421,7 @@ fn one_sandboxs_fork_bomb_leaves_room_for_other_sandboxes_pushes_and_tasks() {
     eprintln!("tasks in nx.slice under the fork bombs: {seen} of 500");
 
     // Meanwhile another sandbox's push serves and a task runs.
-    let other = host.nx(&["--json", "push", sample, "--sandbox", "other"]);
-    assert!(
-        other.ok,
-        "another sandbox's push failed: {}{}",
-        other.stdout, other.stderr
-    );
-    let other = other.json()["deployment"]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    assert_eq!(
-        host.get(&host.preview_host("other", &other), "/health").0,
-        200
-    );
-    let task = host.nx(&["run-task", sample, "--", "task", "print", "room", "left"]);
-    assert!(task.ok, "a task failed: {}", task.stderr);
-    assert_eq!(task.stdout, "room left\n");
+    assert_room_left(&host, sample, "under a fork bomb");
     assert_eq!(
         slice_file(&host, "nx.slice/nx-bomb.slice", "pids.max"),
         "150"
@@ -1510,23 +1494,7 @@ fn two_sandboxes_fork_bombs_at_nxds_defaults_leave_room_for_other_sandboxes_push
     );
 
     // Meanwhile a third sandbox's push serves and a task runs.
-    let other = host.nx(&["--json", "push", sample, "--sandbox", "other"]);
-    assert!(
-        other.ok,
-        "another sandbox's push failed under two fork bombs at {cap} each: {}{}",
-        other.stdout, other.stderr
-    );
-    let other = other.json()["deployment"]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    assert_eq!(
-        host.get(&host.preview_host("other", &other), "/health").0,
-        200
-    );
-    let task = host.nx(&["run-task", sample, "--", "task", "print", "room", "left"]);
-    assert!(task.ok, "a task failed: {}", task.stderr);
-    assert_eq!(task.stdout, "room left\n");
+    assert_room_left(&host, sample, &format!("under two fork bombs at {cap} each"));
     let forked: Vec<serde_json::Value> = forks.into_iter().map(|t| t.join().unwrap()).collect();
     eprintln!("the two fork bombs: {forked:?}");
 }
@@ -3106,4 +3074,26 @@ fn the_database_watch_says_once_when_it_reads_no_process_of_the_cluster() {
     let said = host.nxd_log().lines().filter(|l| blind(l)).count();
     close_sessions(vec![session]);
     assert_eq!(said, 1, "{}", host.nxd_log());
+}
+
+/// Asserts that sandbox `other`'s push of `sample` serves and that a task runs, `during` what
+/// (for the failure's message).
+fn assert_room_left(host: &Host, sample: &str, during: &str) {
+    let other = host.nx(&["--json", "push", sample, "--sandbox", "other"]);
+    assert!(
+        other.ok,
+        "another sandbox's push failed {during}: {}{}",
+        other.stdout, other.stderr
+    );
+    let other = other.json()["deployment"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        host.get(&host.preview_host("other", &other), "/health").0,
+        200
+    );
+    let task = host.nx(&["run-task", sample, "--", "task", "print", "room", "left"]);
+    assert!(task.ok, "a task failed {during}: {}", task.stderr);
+    assert_eq!(task.stdout, "room left\n");
 }
