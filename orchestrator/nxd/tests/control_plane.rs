@@ -1494,7 +1494,11 @@ fn two_sandboxes_fork_bombs_at_nxds_defaults_leave_room_for_other_sandboxes_push
     );
 
     // Meanwhile a third sandbox's push serves and a task runs.
-    assert_room_left(&host, sample, &format!("under two fork bombs at {cap} each"));
+    assert_room_left(
+        &host,
+        sample,
+        &format!("under two fork bombs at {cap} each"),
+    );
     let forked: Vec<serde_json::Value> = forks.into_iter().map(|t| t.join().unwrap()).collect();
     eprintln!("the two fork bombs: {forked:?}");
 }
