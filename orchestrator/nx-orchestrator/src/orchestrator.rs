@@ -815,7 +815,10 @@ impl Orchestrator {
             egress,
             tier,
         };
-        let standby = self.take_standby(&req, &program, backend, &fit);
+        let takes_standbys = Self::takes_standbys(&req, &program, backend);
+        let standby = takes_standbys
+            .then(|| self.standbys.take(&req.sandbox, &fit))
+            .flatten();
         let (id, slot) = match &standby {
             Some(standby) => (
                 standby.deployment.id.clone(),
@@ -874,7 +877,7 @@ impl Orchestrator {
             (Ok(deployment), None) => deployment,
             (Err(e), standby) => {
                 if let Some(standby) = standby {
-                    self.remove_standby(&standby).await;
+                    self.put_back_standby(standby).await;
                 }
                 return Err(e.into());
             }
@@ -888,7 +891,9 @@ impl Orchestrator {
             .apply(&deployment, Phase::Created, Verb::Start, Route::None)
             .await;
         // Made once this push is done, ready or not, so that it takes none of its time.
-        self.refill_standby(&deployment.sandbox);
+        if takes_standbys {
+            self.refill_standby(&deployment.sandbox, fit);
+        }
         // Still its push's while it is removed.
         if let Err(e @ Error::Router(_)) = started {
             return Err(self.discard_unrouted(&deployment, e).await);

@@ -4,15 +4,15 @@
 //!
 //! A standby is a deployment in all but its record: an id, a slot (port, uid, address) kept
 //! from every other push ([`Standbys::reserved`]), its directory (`/data`'s image, `/etc`), and
-//! its unit `nx-<id>.service` running, under the limits a default push of its sandbox gets,
-//! bubblewrap around nx-vm-init `--exec-on-input` (the waiter), with an empty `/app`. A push
-//! that fits it (a single static binary on the container backend, the sandbox's default
-//! limits, egress and tier, no database branch, volumes, TCP port, service or port of its own:
-//! [`Fit`]) takes it: the record is written with the standby's id and slot, the binary is
-//! linked into `/app`, the unit's launch spec is rewritten as a cold start's (so a restart
-//! runs the program as any deployment's does), and the waiter gets the program's arguments
-//! and environment on its FIFO ([`message`]) and execs it. Every other push starts cold, as
-//! before. After a push the sandbox's next standby is made in the background.
+//! its unit `nx-<id>.service` running, under the limits of the push that made it, bubblewrap
+//! around nx-vm-init `--exec-on-input` (the waiter), with an empty `/app`. A push that fits it
+//! (a single static binary on the container backend, no database branch, volumes, TCP port,
+//! service or port of its own, the limits, egress and tier of the push that made it: [`Fit`])
+//! takes it: the record is written with the standby's id and slot, the binary is linked into
+//! `/app`, the unit's launch spec is rewritten as a cold start's (so a restart runs the program
+//! as any deployment's does), and the waiter gets the program's arguments and environment on
+//! its FIFO ([`message`]) and execs it. Every other push starts cold, as before. After a push
+//! that could take one, the sandbox's next standby is made in the background.
 //!
 //! nxd holds standbys in memory only: at start it removes what a previous run left (their
 //! directories hold [`MARK`]); `nx sandbox rm` removes the sandbox's. `[sandbox] standby =
@@ -26,10 +26,10 @@ use crate::names::{DeploymentId, SandboxName};
 use crate::orchestrator::Orchestrator;
 use crate::state::NewDeployment;
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
+use tokio::io::AsyncWriteExt;
 
 /// The waiter's flag (nx-vm-init's `exec_on_input::FLAG`).
 pub const WAITER_FLAG: &str = "--exec-on-input";
@@ -59,20 +59,28 @@ pub fn message(argv: &[String], env: &std::collections::BTreeMap<String, String>
     message
 }
 
-/// Writes `message` to the standby's FIFO at `fifo`. Errors: `ENXIO` when no launcher holds it
-/// open (the standby's unit is not running: fifo(7)), a write's.
-pub fn send(fifo: &Path, message: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(fifo)?;
-    // Blocking from here: a message longer than the pipe's buffer is read as it is written.
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
-    let blocking = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(blocking))?;
-    file.write_all(message)
+/// How long a standby's waiter may take to read its message ([`send`]); past it, its push
+/// starts the deployment cold.
+pub const SEND_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes `message` to the standby's FIFO at `fifo` without holding a runtime thread, within
+/// [`SEND_WITHIN`] (review18 #8: a blocking write waited forever on a waiter that does not
+/// read, once the message passed the pipe's buffer, 64 KiB: pipe(7)). Errors: `ENXIO` when
+/// no launcher holds it open (the standby's unit is not running: fifo(7)), `TimedOut` when
+/// the waiter did not read it all in time, a write's.
+pub async fn send(fifo: &Path, message: &[u8]) -> std::io::Result<()> {
+    let mut fifo = tokio::net::unix::pipe::OpenOptions::new().open_sender(fifo)?;
+    tokio::time::timeout(SEND_WITHIN, fifo.write_all(message))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the waiter read no message within {} s",
+                    SEND_WITHIN.as_secs()
+                ),
+            )
+        })?
 }
 
 /// Makes a standby's empty `slot` directory (0755: the program's uid reads it) and its FIFO
@@ -135,15 +143,18 @@ impl Standbys {
         self.reserved.lock().expect("standbys").remove(&port);
     }
 
-    /// Marks `sandbox`'s standby as being made; false when it has one or one is being made.
-    pub fn begin_making(&self, sandbox: &SandboxName) -> bool {
-        let ready = self.ready.lock().expect("standbys");
+    /// Marks `sandbox`'s standby as being made for pushes that `fit` matches. `None`: none is
+    /// to be made (one is being made, or one made for `fit` waits); else the one that waits
+    /// for other choices (`nx sandbox set` since, a push with its own limits), taken out for
+    /// the caller to remove.
+    pub fn begin_making(&self, sandbox: &SandboxName, fit: &Fit) -> Option<Option<Standby>> {
+        let mut ready = self.ready.lock().expect("standbys");
         let mut making = self.making.lock().expect("standbys");
-        if ready.contains_key(sandbox) || making.contains_key(sandbox) {
-            return false;
+        if making.contains_key(sandbox) || ready.get(sandbox).is_some_and(|s| s.fit == *fit) {
+            return None;
         }
         making.insert(sandbox.clone(), false);
-        true
+        Some(ready.remove(sandbox))
     }
 
     /// Ends [`Self::begin_making`]: `made` is the standby now waiting, if making it worked.
@@ -172,6 +183,20 @@ impl Standbys {
             Some(standby) if standby.fit == *fit => ready.remove(sandbox),
             _ => None,
         }
+    }
+
+    /// Puts back a standby a push took (see [`Self::take`]); returns it when its sandbox has
+    /// another one waiting or being made meanwhile: the caller removes it.
+    pub fn put_back(&self, standby: Standby) -> Option<Standby> {
+        let mut ready = self.ready.lock().expect("standbys");
+        let sandbox = &standby.deployment.sandbox;
+        if ready.contains_key(sandbox)
+            || self.making.lock().expect("standbys").contains_key(sandbox)
+        {
+            return Some(standby);
+        }
+        ready.insert(sandbox.clone(), standby);
+        None
     }
 
     /// Takes `sandbox`'s standby, whatever it fits (to remove it).
@@ -205,16 +230,15 @@ impl Standbys {
 }
 
 impl Orchestrator {
-    /// The sandbox's standby, taken, when a push of `program` with `req`'s choices fits it:
-    /// a single static binary on the container backend with no database branch, volume, TCP
-    /// port, service, port of its own or runtime but bubblewrap, and `fit`.
-    pub(crate) fn take_standby(
-        &self,
+    /// Whether a push of `program` with `req`'s choices on `backend` can take a standby (the
+    /// one its [`Fit`] matches): a single static binary on the container backend with no
+    /// database branch, volume, TCP port, service, port of its own or runtime but bubblewrap.
+    /// Only such a push makes its sandbox's next standby ([`Self::refill_standby`]).
+    pub(crate) fn takes_standbys(
         req: &crate::api::PushRequest,
         program: &Program,
         backend: BackendKind,
-        fit: &Fit,
-    ) -> Option<Standby> {
+    ) -> bool {
         let single_static = matches!(
             program,
             Program::Binary {
@@ -228,23 +252,28 @@ impl Orchestrator {
             && req.service.is_none()
             && req.port.is_none()
             && req.runtime == Runtime::default();
-        (single_static && plain && backend == BackendKind::Container)
-            .then(|| self.standbys.take(&req.sandbox, fit))
-            .flatten()
+        single_static && plain && backend == BackendKind::Container
     }
 
-    /// Makes `sandbox`'s standby in the background, when nxd keeps standbys (`[sandbox]
-    /// standby`, and nx-vm-init at `[microvm] init`) and the sandbox has none.
-    pub(crate) fn refill_standby(self: &Arc<Self>, sandbox: &SandboxName) {
-        if !self.config.sandbox.standby
-            || !self.config.microvm.init.is_file()
-            || !self.standbys.begin_making(sandbox)
-        {
+    /// After a push that [`Self::takes_standbys`], with its `fit` (its limits held to the
+    /// host's bounds): makes `sandbox`'s next standby for pushes like it in the background,
+    /// when nxd keeps standbys (`[sandbox] standby`, and nx-vm-init at `[microvm] init`) and
+    /// the sandbox has none for `fit`; one made for other choices goes (review18 #7: it was
+    /// made after every push, with the sandbox's default limits unchecked, and pushes with
+    /// their own limits, images or ports never took it).
+    pub(crate) fn refill_standby(self: &Arc<Self>, sandbox: &SandboxName, fit: Fit) {
+        if !self.config.sandbox.standby || !self.config.microvm.init.is_file() {
             return;
         }
+        let Some(stale) = self.standbys.begin_making(sandbox, &fit) else {
+            return;
+        };
         let (app, sandbox) = (Arc::clone(self), sandbox.clone());
         tokio::spawn(async move {
-            let made = match app.make_standby(&sandbox).await {
+            if let Some(stale) = stale {
+                app.remove_standby(&stale).await;
+            }
+            let made = match app.make_standby(&sandbox, fit).await {
                 Ok(standby) => standby,
                 Err(e) => {
                     tracing::warn!(%sandbox, error = %e, "no standby: its next push starts cold");
@@ -257,23 +286,18 @@ impl Orchestrator {
         });
     }
 
-    /// A standby of `sandbox` (see the module's docs), its unit started; `None` for a sandbox
-    /// whose deployments run on another backend than bubblewrap's.
+    /// A standby of `sandbox` for pushes that `fit` matches (see the module's docs), its unit
+    /// started; `None` for a sandbox being removed.
     #[tracing::instrument(skip(self))]
-    async fn make_standby(&self, sandbox: &SandboxName) -> Result<Option<Standby>, Error> {
-        let (settings, backend) = crate::sandbox_settings::with_backend(self.state.pool(), sandbox)
-            .await
-            .map_err(crate::state::StateError::from)?
-            .ok_or_else(|| Error::NotFound(format!("sandbox {sandbox}")))?;
-        if backend != BackendKind::Container || self.state.is_removing(sandbox).await? {
+    async fn make_standby(
+        &self,
+        sandbox: &SandboxName,
+        fit: Fit,
+    ) -> Result<Option<Standby>, Error> {
+        if self.state.is_removing(sandbox).await? {
             return Ok(None);
         }
-        let (_, _, limits) = settings.under(Default::default(), Vec::new(), &Default::default());
-        let fit = Fit {
-            limits: limits.apply(self.config.limits, backend),
-            egress: settings.egress.unwrap_or_default(),
-            tier: crate::backend::cpu_affinity::tier(false, backend)?,
-        };
+        let backend = BackendKind::Container;
         let ports = self.config.ports;
         let port = self.state.reserve_port(ports, &self.standbys).await?;
         let deployment = NewDeployment {
@@ -346,6 +370,19 @@ impl Orchestrator {
                 error = %e,
                 "a standby is left: nxd's next start removes it"
             ),
+        }
+    }
+
+    /// Puts back a standby that a push took and could not record (`sandbox.max_deployments`,
+    /// a removal), for the next push (review18 #7: it was removed, and none made again);
+    /// removed instead when its sandbox is being removed or has another one meanwhile.
+    pub(crate) async fn put_back_standby(&self, standby: Standby) {
+        let sandbox = standby.deployment.sandbox.clone();
+        if let Some(left) = self.standbys.put_back(standby) {
+            self.remove_standby(&left).await;
+        } else if self.state.is_removing(&sandbox).await.unwrap_or(true) {
+            // Marked before this look: `nx sandbox rm` found no standby to remove.
+            self.drop_standby(&sandbox).await;
         }
     }
 

@@ -248,3 +248,131 @@ fn a_push_that_finds_only_standbys_slots_free_takes_one_of_them() {
     let (code, body) = host.get(&host.preview_host("second", &other), "/");
     assert_eq!(code, 200, "{body}");
 }
+
+/// The artifact (sha256) of `sandbox`'s deployment `id`.
+fn artifact(host: &Host, sandbox: &str, id: &str) -> String {
+    host.deployment(sandbox, id)["artifact"]
+        .as_str()
+        .expect("artifact")
+        .to_owned()
+}
+
+/// Review18 #7: a standby was made after every push, with the sandbox's default limits, so a
+/// sandbox whose pushes take none (a port of its own here; an image, a bundle, a TCP port or
+/// a service alike) kept a unit and a slot for nothing, and one whose pushes give their own
+/// limits never took one. A standby now follows the last push that could take one, with its
+/// limits (held to the host's bounds as the push's were).
+#[test]
+fn standbys_follow_pushes_that_can_take_them() {
+    let host = host();
+    let first = host.push_sample("own", &[]);
+    let sha = artifact(&host, "own", &first);
+    wait_for_standbys(&host, 1);
+    let (code, view, _) = api_push(
+        &host,
+        serde_json::json!({"sandbox": "own", "artifact": sha, "port": 8081}),
+    );
+    assert_eq!(code, 200, "{view}");
+    // The standby made before stays; none is made for this push.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(standbys(&host).len(), 1, "{}", host.nxd_log());
+    let fresh = host.push_sample("fresh", &["--port", "8081"]);
+    assert!(!fresh.is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(standbys(&host).len(), 1, "a standby no push takes");
+
+    // Pushes with their own limits take the standby the push before them left.
+    let limited =
+        serde_json::json!({"sandbox": "own", "artifact": sha, "limits": {"memory_max_mb": 200}});
+    let default = wait_for_standbys(&host, 1);
+    let (code, view, steps) = api_push(&host, limited.clone());
+    assert_eq!(code, 200, "{view}");
+    assert!(steps.iter().any(|s| s == "start"), "{steps:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while standbys(&host).len() != 1 || standbys(&host) == default {
+        assert!(
+            Instant::now() < deadline,
+            "no new standby\n{}",
+            host.nxd_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for_standbys(&host, 1);
+    let (code, view, steps) = api_push(&host, limited);
+    assert_eq!(code, 200, "{view}");
+    assert!(
+        steps.iter().any(|s| s == "claim"),
+        "not from the standby: {steps:?}\n{}",
+        host.nxd_log()
+    );
+}
+
+/// Review18 #7: a push that took the standby and was refused at its record (here: the
+/// sandbox holds `sandbox.max_deployments`) removed the standby, and none was made again. It
+/// is put back for the next push.
+#[test]
+fn a_push_refused_at_its_record_leaves_the_standby_it_took() {
+    let mut host = host();
+    host.restart_nxd_with_sandbox_keys("max_deployments = 1");
+    let first = host.push_sample("full", &[]);
+    let sha = artifact(&host, "full", &first);
+    let before = wait_for_standbys(&host, 1);
+    let (code, view, _) = api_push(
+        &host,
+        serde_json::json!({"sandbox": "full", "artifact": sha}),
+    );
+    assert_eq!(code, 409, "{view}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(standbys(&host), before, "{}", host.nxd_log());
+    let id = before[0].file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(unit_runs(&format!("nx-{id}.service")), "its unit runs");
+}
+
+/// The processes of `unit` (their cgroup names it).
+fn unit_pids(unit: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|cgroups| cgroups.contains(&format!("/{unit}")))
+        })
+        .collect()
+}
+
+/// Review18 #8: the claim wrote the program's arguments and environment to the standby's
+/// FIFO on one of the runtime's threads, blocking, with no time bound: a standby that does not
+/// read (stopped here; its message, past the pipe's 64 KiB, cannot all be written without a
+/// reader) held the push forever. The push now gives up on it and starts cold.
+#[test]
+fn a_push_whose_standby_does_not_read_starts_cold() {
+    let host = host();
+    let first = host.push_sample("stuck", &[]);
+    let sha = artifact(&host, "stuck", &first);
+    let standby = wait_for_standbys(&host, 1).remove(0);
+    let id = standby.file_name().unwrap().to_str().unwrap().to_owned();
+    let pids = unit_pids(&format!("nx-{id}.service"));
+    assert!(!pids.is_empty(), "the standby's processes");
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGSTOP,
+        );
+    }
+    let started = Instant::now();
+    let (code, view, steps) = api_push(
+        &host,
+        serde_json::json!({"sandbox": "stuck", "artifact": sha,
+            "env": {"BIG": "x".repeat(100_000)}}),
+    );
+    assert_eq!(code, 200, "{view}\n{}", host.nxd_log());
+    assert!(steps.iter().any(|s| s == "claim"), "{steps:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    let (code, env) = host.get(&host.preview_host("stuck", &id), "/env");
+    assert!(code == 200 && env.contains(&"x".repeat(100_000)), "{code}");
+}

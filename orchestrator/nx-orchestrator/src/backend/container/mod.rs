@@ -135,18 +135,23 @@ impl SandboxBackend for ContainerBackend {
                 "a standby runs a single binary, not a bundle or an image".into(),
             ));
         };
-        let main = standby_slot(handle).join("main");
+        let (path, main) = (path.clone(), standby_slot(handle).join("main"));
         // A link where the store's file system holds the deployments' (and the file has
-        // links left), else a copy.
-        if std::fs::hard_link(path, &main).is_err() {
-            std::fs::copy(path, &main)?;
-        }
+        // links left), else a copy (of up to the artifact cap: off the runtime's threads,
+        // review18 #8).
+        tokio::task::spawn_blocking(move || match std::fs::hard_link(&path, &main) {
+            Ok(()) => Ok(()),
+            Err(_) => std::fs::copy(&path, &main).map(drop),
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         // Its restarts run the program as a cold start's does.
         self.prepare_as(spec, Preparing::Claimed).await?;
         let mut argv = vec![bwrap::APP_PATH.to_owned()];
         argv.extend(spec.args.iter().cloned());
         let message = crate::standby::message(&argv, &spec.env);
         crate::standby::send(&handle.dir.join(STANDBY_INPUT), &message)
+            .await
             .map_err(|e| BackendError::Unavailable(format!("the standby is not waiting: {e}")))?;
         // A deployment's directory from here on (nxd's start sweeps marked ones).
         std::fs::remove_file(handle.dir.join(crate::standby::MARK))?;
