@@ -33,7 +33,8 @@
 //! expired preview's removal decided, its start gate not yet taken; [`wait`]s there) and
 //! `upkeep::removing` (its start gate taken, the removal not yet begun; [`wait`]s there) and
 //! `store::referenced` (a store collection read which programs deployments run, nothing
-//! deleted yet; [`wait`]s there) and `bundles::look_up` (a `POST /v1/blobs/missing` lookup
+//! deleted yet; [`wait`]s there), `standby::making` (a standby's slot reserved, its gate,
+//! directory and unit not made yet; [`wait`]s there) and `bundles::look_up` (a `POST /v1/blobs/missing` lookup
 //! on its blocking thread; `sleep(<ms>)` holds that thread).
 //! Code marks such a step with `fail::fail_point!("<point>")`, which compiles to nothing
 //! without the feature.

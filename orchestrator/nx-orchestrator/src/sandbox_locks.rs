@@ -1,6 +1,7 @@
 //! One lock per sandbox for the work that touches its volumes: promote, rollback, `nx volume
 //! backup|restore|rm`, `nx sandbox rm`, and the start, stop and removal of a deployment that
-//! mounts a volume. Held across the whole of that work (a promotion's restart included), so
+//! mounts a volume; and the making of its standby (`crate::standby`), which `nx sandbox rm`
+//! must find made or not begun. Held across the whole of that work (a promotion's restart included), so
 //! that none of them acts on what another one is halfway through changing: a restore counts
 //! production's users of a volume and restarts them from their records as they are under the
 //! lock, a promotion switches its mounts with no restore in between.
@@ -35,6 +36,8 @@ pub enum SandboxWork {
     RemoveVolume(VolumeName),
     /// `nx sandbox rm`.
     RemoveSandbox,
+    /// The making of the sandbox's standby (`crate::standby`).
+    Standby,
 }
 
 impl std::fmt::Display for SandboxWork {
@@ -47,6 +50,7 @@ impl std::fmt::Display for SandboxWork {
             Self::Restore(v) => write!(f, "a restore of volume {v}"),
             Self::RemoveVolume(v) => write!(f, "the removal of volume {v}"),
             Self::RemoveSandbox => f.write_str("the removal of the sandbox"),
+            Self::Standby => f.write_str("the start of the sandbox's standby"),
         }
     }
 }

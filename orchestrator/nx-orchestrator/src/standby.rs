@@ -294,6 +294,14 @@ impl Orchestrator {
         sandbox: &SandboxName,
         fit: Fit,
     ) -> Result<Option<Standby>, Error> {
+        // Under its sandbox's lock, as `nx sandbox rm`: a removal waits for the making and
+        // finds the standby (review18 #4: one made meanwhile opened the sandbox's database
+        // gate again once the removal had closed it, and kept it open), and none is made once
+        // the sandbox is marked removed.
+        let _lock = self
+            .sandbox_locks
+            .lock(sandbox, crate::sandbox_locks::SandboxWork::Standby)
+            .await;
         if self.state.is_removing(sandbox).await? {
             return Ok(None);
         }
@@ -322,16 +330,16 @@ impl Orchestrator {
         );
         let standby = Standby { deployment, fit };
         let started = self.start_standby(&standby).await;
-        if started.is_ok() && !self.state.is_removing(sandbox).await.unwrap_or(true) {
-            return Ok(Some(standby));
+        if started.is_err() {
+            self.remove_standby(&standby).await;
         }
-        // It failed, or its sandbox is being removed meanwhile.
-        self.remove_standby(&standby).await;
-        started.map(|()| None)
+        started.map(|()| Some(standby))
     }
 
-    /// Lays out a standby and starts its unit.
+    /// Lays out a standby and starts its unit. Fail point `standby::making`
+    /// ([`crate::failpoint::wait`]s before its database gate and directory are made).
     async fn start_standby(&self, standby: &Standby) -> Result<(), Error> {
+        crate::failpoint::wait("standby::making").await;
         let deployment = &standby.deployment;
         let waiter = crate::launcher_install::install_waiter(
             &self.config.state_dir,

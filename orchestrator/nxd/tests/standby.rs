@@ -376,3 +376,24 @@ fn a_push_whose_standby_does_not_read_starts_cold() {
     let (code, env) = host.get(&host.preview_host("stuck", &id), "/env");
     assert!(code == 200 && env.contains(&"x".repeat(100_000)), "{code}");
 }
+
+/// Review18 #4: a standby being made while `nx sandbox rm` ran opened the sandbox's database
+/// gate again after the removal had closed it (fail point `standby::making` holds the making
+/// 4 s before its gate), so a gate for a dropped role stayed published, a socket under
+/// `db-gates`. The removal now waits for the making and removes what it made.
+#[test]
+fn nx_sandbox_rm_while_its_standby_is_made_leaves_no_gate() {
+    let mut host = host();
+    host.restart_nxd_with_failpoints("standby::making=return(4000)");
+    host.push_sample("brief", &[]);
+    host.nx_json(&["sandbox", "rm", "brief", "--no-backup"]);
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(standbys(&host).is_empty(), "{}", host.nxd_log());
+    let gates: Vec<PathBuf> = std::fs::read_dir(host.path("db-gates"))
+        .expect("db-gates")
+        .flatten()
+        .map(|d| d.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert!(gates.is_empty(), "{gates:?}\n{}", host.nxd_log());
+}
