@@ -276,10 +276,34 @@ fn a_tenants_settings_on_its_database_hold_up_neither_rm_nor_swap_db_of_another(
     );
 }
 
+/// Review18 #11: a tenant's database settings that refuse every session there
+/// (`local_preload_libraries` naming no library: 'could not access file
+/// "$libdir/plugins/nosuch"') or end it when idle for 1 ms (`idle_session_timeout`, and
+/// `transaction_timeout` from PostgreSQL 17), with values nxd's options must escape (`DateStyle`
+/// has a space). Another sandbox's `nx rm`, `promote --swap-db` and `nx sandbox rm` failed at
+/// nxd's DROP OWNED there, and the tenant's own `nx db backup` at pg_dump's connection; nxd's
+/// sessions there now put back every setting the database holds.
+#[test]
+fn a_tenants_settings_that_refuse_sessions_on_its_database_hold_up_nothing() {
+    let host = grants_to_another_sandboxs_roles_hold_up_nothing(
+        "DO $$ DECLARE s text; BEGIN \
+         FOREACH s IN ARRAY ARRAY['local_preload_libraries = ''nosuch''', \
+           'idle_session_timeout = ''1ms''', 'DateStyle = ''SQL, DMY''', 'work_mem = ''64kB'''] LOOP \
+         EXECUTE format('ALTER DATABASE %I SET %s', current_database(), s); END LOOP; \
+         IF current_setting('server_version_num')::int >= 170000 THEN \
+           EXECUTE format('ALTER DATABASE %I SET transaction_timeout = ''1ms''', current_database()); \
+         END IF; END $$",
+    );
+    let saved = host.path("grabby.dump");
+    let made = host.nx_json(&["db", "backup", "grabby", "-o", saved.to_str().unwrap()]);
+    assert!(made["backup"]["id"].is_string(), "{made}");
+    host.nx_json(&["sandbox", "rm", "grabby"]);
+}
+
 /// Sandbox grabby grants on a table of its own to every other nx role, then runs `settings`
 /// (SQL) in its database; victim's `nx rm` of a --db-branch preview, `promote --swap-db` and
-/// `nx sandbox rm` go through.
-fn grants_to_another_sandboxs_roles_hold_up_nothing(settings: &str) {
+/// `nx sandbox rm` go through, and grabby's table is as it was.
+fn grants_to_another_sandboxs_roles_hold_up_nothing(settings: &str) -> Host {
     let host = Host::start();
     let prod = host.push_sample("victim", &[]);
     host.nx_json(&["promote", "victim", &prod]);
@@ -325,21 +349,29 @@ fn grants_to_another_sandboxs_roles_hold_up_nothing(settings: &str) {
     assert_eq!(host.get(&host.production_host("victim"), "/health").0, 200);
     assert!(!roles().contains(&format!("nxb_{next}")), "{}", roles());
     host.nx_json(&["sandbox", "rm", "victim"]);
-    // grabby's own database and table are as they were.
-    let out = host.nx(&[
-        "db",
-        "psql",
-        "grabby",
-        "--",
-        "-qAtc",
-        "SET statement_timeout = 0; SELECT count(*) FROM public.t",
-    ]);
-    assert!(
-        out.ok && out.stdout.trim() == "0",
-        "{}{}",
-        out.stdout,
-        out.stderr
+    // grabby's own database and table are as they were (read past its settings).
+    let database = db_info(&host, "grabby")["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = Command::new("psql")
+        .arg("-h")
+        .arg(host.path("postgres/socket"))
+        .args(["-U", "postgres", "-d", &database, "-qAtc"])
+        .arg("SELECT count(*) FROM public.t")
+        .env(
+            "PGOPTIONS",
+            "-c local_preload_libraries= -c idle_session_timeout=0 -c statement_timeout=0",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    host
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! interrupted backup or restore left (units, `.partial` files, uploaded dumps, scratch
 //! databases) [`Databases::recover`] removes at nxd's start.
 
-use super::{ident, open_to_statements, quote, Contents, Databases, DbError};
+use super::{ident, open_to_statements, quote, with_parameter, Contents, Databases, DbError};
 use crate::embedded_db::find_binary;
 use crate::names::{DeploymentId, SandboxName};
 use crate::supervisor::UnitSpec;
@@ -161,6 +161,7 @@ pub(super) async fn copy(dbs: &Databases, from: &str, to: &str, role: &str) -> R
 /// [`DbError::ToolSessionEnded`] when the watch ended its session.
 async fn dump_to(dbs: &Databases, database: &str, file: &Path, role: &str) -> Result<(), DbError> {
     let session = dbs.dump_session(database, role).await?;
+    let url = dbs.tenant_session_url(database).await?;
     let dumped = dbs
         .run_unit(
             "pg_dump",
@@ -169,7 +170,7 @@ async fn dump_to(dbs: &Databases, database: &str, file: &Path, role: &str) -> Re
                 format!("--file={}", file.display()),
                 format!(
                     "--dbname={}",
-                    with_application_name(&dbs.database_url(database), session.application_name())
+                    with_parameter(&url, "application_name", session.application_name())
                 ),
             ],
         )
@@ -188,13 +189,6 @@ fn ended_by_the_watch(
         (Err(_), Some(why)) => Err(DbError::ToolSessionEnded { tool, why }),
         (result, _) => result,
     }
-}
-
-/// A libpq connection URI with `application_name` set (libpq's "Connection URIs": a query
-/// parameter).
-fn with_application_name(url: &str, application_name: &str) -> String {
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}application_name={application_name}")
 }
 
 /// Restores `file` into `database` in a session OF `role` (its password given through a

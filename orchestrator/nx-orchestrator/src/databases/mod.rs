@@ -220,10 +220,10 @@ fn open_to_statements(database: &str, role: &str) -> [String; 3] {
 }
 
 /// What nxd's own sessions in a tenant's database start with, whatever the database's owner
-/// set there ([`Databases::connect_to_tenant_database`]): its own role (`role = none`: not one
+/// set there ([`Databases::tenant_session_url`]): its own role (`role = none`: not one
 /// the owner named), writable transactions, no time bounds, the system catalogs first (never a
 /// tenant's objects of the same names), standard string literals, and no session ended on its
-/// first error.
+/// first error. Every other setting the owner set there is put back to nxd's own value.
 const TENANT_DATABASE_OVERRIDES: [(&str, &str); 8] = [
     ("role", "none"),
     ("default_transaction_read_only", "off"),
@@ -242,6 +242,36 @@ pub(super) enum Contents<'a> {
     Empty { tablespace: &'a str },
     /// A file-level copy of this database (`TEMPLATE`), in its tablespace.
     CopyOf(&'a str),
+}
+
+/// `url` (a libpq connection URI) with query parameter `key` set to `value`, percent-encoded
+/// (libpq, "Connection URIs"; sqlx reads the same).
+fn with_parameter(url: &str, key: &str, value: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let value = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
+    format!("{url}{separator}{key}={value}")
+}
+
+/// libpq's `options` (the server's command-line options for the session) that set each of
+/// `settings` (`name`, `value`) with `-c name=value`, spaces and backslashes in a value
+/// escaped with a backslash (libpq, "Parameter Key Words", options).
+fn options_setting<'a>(settings: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut options = String::new();
+    for (name, value) in settings {
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str("-c ");
+        options.push_str(name);
+        options.push('=');
+        for c in value.chars() {
+            if c == '\\' || c.is_whitespace() {
+                options.push('\\');
+            }
+            options.push(c);
+        }
+    }
+    options
 }
 
 /// `admin_url` with its database replaced.
@@ -723,26 +753,54 @@ impl Databases {
     }
 
     /// A session of PostgreSQL's superuser (nxd's admin URL) in a tenant's database, started
-    /// with [`TENANT_DATABASE_OVERRIDES`] (and `idle_session_timeout = 0` from PostgreSQL 14):
-    /// a database's owner sets what every session there starts with (`ALTER DATABASE ... SET`),
-    /// nxd's too, and a client's startup `options` take precedence over those (PostgreSQL,
-    /// "Setting Parameters" and ALTER DATABASE). Newcomer18 N1: a tenant's
+    /// as [`Databases::tenant_session_url`] says.
+    async fn connect_to_tenant_database(&self, database: &str) -> Result<PgConnection, DbError> {
+        let options = self
+            .tenant_session_url(database)
+            .await?
+            .parse::<sqlx::postgres::PgConnectOptions>()?;
+        Ok(PgConnection::connect_with(&options).await?)
+    }
+
+    /// The URL of a session of PostgreSQL's superuser in tenant database `database` (DROP
+    /// OWNED, pg_dump) that starts with [`TENANT_DATABASE_OVERRIDES`] and with every other
+    /// setting the database holds (`ALTER DATABASE ... SET`, `pg_db_role_setting`) at the
+    /// value nxd's own sessions start with (`pg_settings.reset_val` in the admin pool's), as
+    /// its startup `options`, which take precedence over a database's settings (PostgreSQL,
+    /// "Setting Parameters" and ALTER DATABASE). A database's owner sets what every session
+    /// there starts with, nxd's too. Newcomer18 N1: a tenant's
     /// `default_transaction_read_only = on` on its own database, where it had granted something
     /// to another tenant's role, made nxd's DROP OWNED there fail, and with it the other's
     /// `nx sandbox rm` and `promote --swap-db`; `role = <its role>` ran nxd's session as the
-    /// tenant.
-    async fn connect_to_tenant_database(&self, database: &str) -> Result<PgConnection, DbError> {
-        let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
-            .fetch_one(&self.admin)
-            .await?;
-        let mut options = self
-            .database_url(database)
-            .parse::<sqlx::postgres::PgConnectOptions>()?
-            .options(TENANT_DATABASE_OVERRIDES);
-        if version >= 140_000 {
-            options = options.options([("idle_session_timeout", "0")]);
-        }
-        Ok(PgConnection::connect_with(&options).await?)
+    /// tenant. Review18 #11: `local_preload_libraries = 'nosuch'` refused every connection to
+    /// the database, `transaction_timeout` (PostgreSQL 17) or `idle_session_timeout` ended
+    /// them: each setting the database holds is put back, not a list that falls behind.
+    async fn tenant_session_url(&self, database: &str) -> Result<String, DbError> {
+        let held: Vec<(String, String)> = sqlx::query_as(
+            "SELECT s.name::text, s.reset_val::text FROM pg_db_role_setting r \
+               CROSS JOIN LATERAL unnest(r.setconfig) AS c(setting) \
+               JOIN pg_settings s ON lower(s.name) = lower(split_part(c.setting, '=', 1)) \
+             WHERE r.setrole = 0 \
+               AND r.setdatabase = (SELECT oid FROM pg_database WHERE datname = $1)",
+        )
+        .bind(database)
+        .fetch_all(&self.admin)
+        .await?;
+        let overridden = |name: &str| {
+            TENANT_DATABASE_OVERRIDES
+                .iter()
+                .any(|(fixed, _)| fixed.eq_ignore_ascii_case(name))
+        };
+        let put_back = held
+            .iter()
+            .filter(|(name, _)| !overridden(name))
+            .map(|(name, value)| (name.as_str(), value.as_str()));
+        let options = options_setting(TENANT_DATABASE_OVERRIDES.into_iter().chain(put_back));
+        Ok(with_parameter(
+            &self.database_url(database),
+            "options",
+            &options,
+        ))
     }
 
     /// Drops `database` if it is there, ending its sessions (waiting 5 s for them).
@@ -1136,7 +1194,19 @@ impl Databases {
 
 #[cfg(test)]
 mod tests {
-    use super::{admin_pool, with_database, DatabasesConfig, RolePolicy};
+    use super::{admin_pool, options_setting, with_database, DatabasesConfig, RolePolicy};
+
+    #[test]
+    fn options_escape_spaces_and_backslashes_and_keep_empty_values() {
+        assert_eq!(
+            options_setting([
+                ("DateStyle", "ISO, MDY"),
+                ("local_preload_libraries", ""),
+                ("x.y", r"a\b"),
+            ]),
+            r"-c DateStyle=ISO,\ MDY -c local_preload_libraries= -c x.y=a\\b"
+        );
+    }
 
     #[test]
     fn the_admin_pool_keeps_its_connections() {
