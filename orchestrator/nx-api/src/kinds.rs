@@ -29,7 +29,8 @@ pub enum Desired {
 pub enum Phase {
     /// Recorded, not started yet.
     Created,
-    /// Should run; its unit is starting, or waits to be restarted after its program ended.
+    /// Should run; its unit is starting, or waits to be restarted after its program ended, or
+    /// runs while a start (its push's, `nx start`'s, a wake's) still waits for it to be ready.
     Starting,
     /// Should run, and its unit is active.
     Running,

@@ -28,21 +28,29 @@ const NO_LIMITS: BundleLimits = BundleLimits {
     max_files: u64::MAX,
 };
 
-/// Makes sure nxd has the bundle at `path`; returns its id and what was sent.
-pub async fn store(
-    client: &Client,
-    path: &Path,
-    choices: &BundleChoices,
-    quiet: bool,
-) -> anyhow::Result<(String, Sent)> {
-    let unpacked;
+/// A bundle read and checked here ([`read`]).
+pub struct Checked {
+    /// The unpacked archive's directory, removed when dropped (none for a directory).
+    _unpacked: Option<tempfile::TempDir>,
+    pub scanned: bundle::ScannedBundle,
+    /// What its entry is (`nx verify-binary`).
+    pub entry: verify::ElfInfo,
+}
+
+/// Reads the bundle at `path` (a directory, or a tar unpacked into a temporary directory),
+/// and checks it as nxd would: its shape, its entry's head and library closure (as the
+/// sandbox sees it: the bundle at `/app`, the host's library directories), its other
+/// programs' loaders. Errors: what is wrong, naming the file.
+pub fn read(path: &Path, choices: &BundleChoices) -> anyhow::Result<Checked> {
+    let mut unpacked = None;
     let root = if path.is_dir() {
         path
     } else {
-        unpacked = tempfile::tempdir().context("a temporary directory to unpack the archive")?;
-        bundle::unpack_tar(path, unpacked.path())
+        let dir = unpacked
+            .insert(tempfile::tempdir().context("a temporary directory to unpack the archive")?);
+        bundle::unpack_tar(path, dir.path())
             .with_context(|| format!("{} is not a bundle NX takes", path.display()))?;
-        unpacked.path()
+        dir.path()
     };
     let scanned = bundle::scan_dir(root, choices, &NO_LIMITS)?;
     let manifest = &scanned.manifest;
@@ -50,9 +58,27 @@ pub async fn store(
     let search = Search::host().with_bundle(root, manifest);
     let bytes = std::fs::read(entry).with_context(|| format!("reading {}", entry.display()))?;
     manifest.check_entry_head(&bytes)?;
-    verify::verify_with(&bytes, &search)
+    let entry = verify::verify_with(&bytes, &search)
         .with_context(|| format!("the bundle's entry {}", manifest.entry))?;
     manifest.check_programs(|p| scanned.local[p].clone())?;
+    Ok(Checked {
+        _unpacked: unpacked,
+        scanned,
+        entry,
+    })
+}
+
+/// Makes sure nxd has the bundle at `path` ([`read`] first); returns its id and what was
+/// sent.
+pub async fn store(
+    client: &Client,
+    path: &Path,
+    choices: &BundleChoices,
+    quiet: bool,
+) -> anyhow::Result<(String, Sent)> {
+    let checked = read(path, choices)?;
+    let scanned = &checked.scanned;
+    let manifest = &scanned.manifest;
     let digests = BlobDigests {
         sha256: manifest.files.iter().map(|f| f.sha256.clone()).collect(),
     };

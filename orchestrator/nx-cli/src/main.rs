@@ -131,8 +131,15 @@ enum Command {
     /// Run a binary or an image once in a fresh sandbox with no network; its output streams
     /// here and nx exits with its exit code (124 when killed at the timeout).
     RunTask(task::RunTaskArgs),
-    /// Check that a file is a Linux executable this host can run (no daemon needed).
-    VerifyBinary { file: PathBuf },
+    /// Check that a file is a Linux executable this host can run, or that a bundle (a
+    /// directory, or a .tar.gz) is one `nx push` takes: its shape, its entry and the libraries
+    /// it needs as the sandbox sees them (no daemon needed).
+    VerifyBinary {
+        file: PathBuf,
+        /// For a bundle: its program, relative to its top, as `nx push --entry`.
+        #[arg(long, value_name = "PATH")]
+        entry: Option<String>,
+    },
 }
 
 fn main() {
@@ -218,9 +225,22 @@ async fn ask_swap(
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
-    if let Command::VerifyBinary { file } = &cli.command {
+    if let Command::VerifyBinary { file, entry } = &cli.command {
+        if nx_artifact::bundle::is_bundle_path(file) {
+            let choices = nx_artifact::bundle::BundleChoices {
+                entry: entry.clone(),
+                argv0: None,
+            };
+            let checked = bundle::read(file, &choices)?;
+            let entry = &checked.scanned.manifest.entry;
+            output::verified(file, Some(entry), &checked.entry, json);
+            return Ok(());
+        }
+        if entry.is_some() {
+            anyhow::bail!("--entry is for bundles: verify a directory or a .tar.gz");
+        }
         let verified = nx_artifact::verify::verify_file(file)?;
-        output::verified(file, &verified.info, json);
+        output::verified(file, None, &verified.info, json);
         return Ok(());
     }
     let settings = settings::Settings::resolve(settings::Given {

@@ -36,14 +36,20 @@ pub fn fail(error: &anyhow::Error, json: bool) {
     }
 }
 
-pub fn verified(path: &Path, info: &ElfInfo, json: bool) {
+/// What `nx verify-binary` found: `path` is ok, with its machine and linkage (of the bundle's
+/// `entry`, for a bundle).
+pub fn verified(path: &Path, entry: Option<&str>, info: &ElfInfo, json: bool) {
     if json {
         let _ = print_json(&serde_json::json!({
-            "file": path, "ok": true, "machine": info.machine, "linkage": info.linkage.describe(),
+            "file": path, "entry": entry, "ok": true, "machine": info.machine,
+            "linkage": info.linkage.describe(),
         }));
     } else {
+        let entry = entry
+            .map(|e| format!("bundle, entry {e}: "))
+            .unwrap_or_default();
         println!(
-            "{}: ok ({}, {})",
+            "{}: ok ({entry}{}, {})",
             path.display(),
             info.machine,
             info.linkage.describe()
@@ -51,13 +57,15 @@ pub fn verified(path: &Path, info: &ElfInfo, json: bool) {
     }
 }
 
-/// `running`; `stopped`, or `stopped (timeout)` when the stop had to kill it; `failed
-/// (oom-kill)` when its program's last end was a failure and it does not run now (restarting,
-/// or not started again); else systemd's `active/sub`.
+/// `running`, or `starting` while a start still waits for it to be ready; `stopped`, or
+/// `stopped (timeout)` when the stop had to kill it; `failed (oom-kill)` when its program's
+/// last end was a failure and it does not run now (restarting, or not started again); else
+/// systemd's `active/sub`.
 fn state(d: &DeploymentView) -> String {
     let failed = d.last_exit.as_ref().filter(|e| e.failed());
     let stopped = d.desired == nx_api::Desired::Stopped;
     match (&d.state.active, failed) {
+        (ActiveState::Active, _) if d.phase == nx_api::Phase::Starting => "starting".into(),
         (ActiveState::Active, _) => d.state.sub.to_string(),
         (ActiveState::Inactive | ActiveState::Failed, _) if d.phase == nx_api::Phase::Idle => {
             "idle".into()
@@ -126,12 +134,13 @@ pub fn pushed(
     sent: Option<&crate::bundle::Sent>,
     json: bool,
 ) -> anyhow::Result<()> {
+    let ended = ended_after_ready(d);
     if json {
-        return print_json(
-            &serde_json::json!({ "uploaded": uploaded, "sent": sent, "deployment": d }),
-        );
+        print_json(&serde_json::json!({ "uploaded": uploaded, "sent": sent, "deployment": d }))?;
+        return ended;
     }
     println!("deployment {} of {} is {}", d.id, d.sandbox, state(d));
+    ended?;
     match &d.tcp_url {
         Some(tcp) => println!("tcp: {tcp}"),
         None => println!("preview: {}", d.preview_url),
@@ -144,6 +153,21 @@ pub fn pushed(
     }
     println!("promote: nx promote {} {}", d.sandbox, d.id);
     Ok(())
+}
+
+/// An error when a pushed deployment, ready at its push's end, does not run now (newcomer18
+/// L1: a program that accepted readiness's connection and then ended was pushed with rc 0
+/// and a `promote` line).
+fn ended_after_ready(d: &DeploymentView) -> anyhow::Result<()> {
+    if d.phase == nx_api::Phase::Running {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "deployment {} was ready (it accepted a connection on $PORT) but it is {} now, not running: its program ended. `nx logs {}` shows why; a server must keep listening (not exit after its first connection, nor go to the background)",
+        d.id,
+        state(d),
+        d.id
+    )
 }
 
 pub fn deployment(d: &DeploymentView, json: bool) -> anyhow::Result<()> {

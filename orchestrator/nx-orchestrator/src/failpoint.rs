@@ -25,7 +25,8 @@
 //! not yet recorded), `push::recorded` (a push's deployment recorded, nothing made for it
 //! yet; [`wait`]s there), `databases::remaking` (a start found its deployment's branch
 //! missing or cut short, not yet made again; [`wait`]s there), `push::branching` (a
-//! `--db-branch` push's deployment recorded, its database not yet copied; [`wait`]s there) and `push::branched` (`return`: that copy fails).
+//! `--db-branch` push's deployment recorded, its database not yet copied; [`wait`]s there) and `push::branched` (`return`: that copy fails),
+//! `push::ready` (a push's deployment ready and routed, its view not yet read; [`wait`]s there).
 //! Points for other actions than a crash: `network::conntrack` (`return`: forgetting a removed
 //! deployment's connections fails as if `conntrack` were missing), `databases::end_sessions`
 //! (`return`: ending the sessions of a restore past its time bound fails, as

@@ -905,6 +905,7 @@ impl Orchestrator {
         }
         drop(pushing);
         started?;
+        crate::failpoint::wait("push::ready").await;
         timer.succeeded();
         let view = async {
             self.view(&self.state.deployment(&deployment.id).await?, false)
@@ -1527,12 +1528,18 @@ impl Orchestrator {
         if resumed {
             tracing::info!(%name, "finishing a removal that did not finish");
         }
+        // Pushes under way in it remove their deployments themselves (`end_push`), before the
+        // final backup: a push that became ready meanwhile answered `running` for a deployment
+        // removed a moment later (newcomer18 L2).
+        for (id, ended) in self.pushes.ask_removal_in(name) {
+            self.end_push(&id, ended).await;
+        }
         self.drop_standby(name).await;
         let final_backup = if backup && self.databases.has_database(name).await? {
             match self.databases.backup(name).await {
                 Ok(made) => Some(made),
                 Err(e) if !resumed => {
-                    // Nothing is removed yet: the sandbox is as it was.
+                    // Nothing is removed yet but the pushes under way: the sandbox is as it was.
                     self.state.unmark_removing(name).await?;
                     return Err(e.into());
                 }
@@ -1541,10 +1548,6 @@ impl Orchestrator {
         } else {
             None
         };
-        // Pushes under way in it remove their deployments themselves (`end_push`).
-        for (id, ended) in self.pushes.ask_removal_in(name) {
-            self.end_push(&id, ended).await;
-        }
         // Every deployment recorded before the mark; none can be recorded after it.
         let deployments = self.state.deployments_in(name).await?;
         // Units and files first, records last: a destroy that fails leaves the sandbox and
@@ -1721,7 +1724,11 @@ impl Orchestrator {
                     address6: attachment.address6,
                     egress: d.egress,
                     desired: d.desired,
-                    phase: Phase::observe(d.desired, &state),
+                    phase: match Phase::observe(d.desired, &state) {
+                        // Its unit runs, but its start still waits for it to be ready.
+                        Phase::Running if self.upkeep.start_under_way(&d.id) => Phase::Starting,
+                        phase => phase,
+                    },
                     state,
                     promoted: promoted.get(&d.sandbox) == Some(&d.id),
                     preview_url: self.preview_url(d),

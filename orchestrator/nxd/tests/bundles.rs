@@ -172,6 +172,54 @@ fn a_bundle_runs_at_app_with_its_library_its_files_and_its_name() {
 /// Attacker s10 F10: a bundle's non-executable files are hard links to the host-wide blob of
 /// their content; one tenant's bundles took a common blob to ext4's 65,000 links, and every
 /// other tenant's bundle holding that file failed with "Too many links".
+/// Newcomer18 L4: `nx verify-binary ./dir` said 'Is a directory (os error 21)': a bundle's
+/// library closure (its lib/) was checked only by pushing it. It checks a bundle (a directory
+/// or a .tar.gz) as `nx push` does, with no daemon: its entry's libraries as the sandbox sees
+/// them, the bundle's own lib/ included.
+#[test]
+fn verify_binary_checks_a_bundle_and_its_own_libraries_without_nxd() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    make_bundle(&bundle);
+    let verify = |args: &[&str]| {
+        let out = std::process::Command::new(nx_testkit::bin("nx"))
+            .arg("verify-binary")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let path = bundle.to_str().unwrap();
+    let (ok, stdout, stderr) = verify(&[path, "--entry", "bin/server"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("ok (bundle, entry bin/server: "),
+        "{stdout}"
+    );
+    let tar = dir.path().join("bundle.tar.gz");
+    let made = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&bundle)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (ok, stdout, stderr) = verify(&[tar.to_str().unwrap(), "--entry", "bin/server"]);
+    assert!(ok, "{stdout}{stderr}");
+
+    // Without its library: refused, naming it, as `nx push` would.
+    std::fs::remove_file(bundle.join("lib/libq.so.6")).unwrap();
+    let (ok, stdout, stderr) = verify(&[path, "--entry", "bin/server"]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("libq.so.6"), "{stderr}");
+    // --entry is a bundle's.
+    let (ok, _, stderr) = verify(&[bundle.join("bin/server").to_str().unwrap(), "--entry", "x"]);
+    assert!(!ok && stderr.contains("--entry is for bundles"), "{stderr}");
+}
+
 #[test]
 fn a_blob_at_the_filesystems_link_limit_still_goes_into_a_bundle() {
     let host = Host::start();

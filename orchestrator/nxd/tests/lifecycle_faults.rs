@@ -556,45 +556,35 @@ fn a_push_whose_nxd_dies_while_it_starts_says_the_deployment_may_exist() {
     );
 }
 
-/// Session 7's F7: a push whose deployment `nx rm` removed while it started says so, not that
-/// its program "exited before it was ready" (the rm's stop ended it).
-#[test]
-fn a_push_whose_deployment_is_removed_while_it_starts_says_it_was_removed() {
-    let host = Host::start();
-    let sample = nx_testkit::sample_app();
-    let push = host
-        .nx_command(
-            &host.token,
-            &[
-                "push",
-                sample.to_str().unwrap(),
-                "--sandbox",
-                "cut",
-                "--ready-timeout",
-                "60s",
-                "-e",
-                "LISTEN_AFTER=30",
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn nx push");
+/// `nx push` of the sample app into `sandbox`, listening only after `listen_after` seconds
+/// (60 s to be ready), spawned; returns it with its deployment's id once its unit runs (the
+/// sandbox's only deployment but production).
+fn slow_push(host: &Host, sandbox: &str, listen_after: u32) -> (std::process::Child, String) {
+    let listen_after = format!("LISTEN_AFTER={listen_after}");
+    let push = host.spawn_push_sample(sandbox, &["--ready-timeout", "60s", "-e", &listen_after]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let running = |host: &Host| {
-        let out = host.nx(&["--json", "status", "cut"]);
+        let out = host.nx(&["--json", "status", sandbox]);
         let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
-        let d = &status[0]["deployments"][0];
-        (d["state"]["active"] == "active").then(|| d["id"].as_str().unwrap().to_owned())
+        let d = status[0]["deployments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["state"]["active"] == "active" && d["promoted"] != true)?;
+        Some(d["id"].as_str().unwrap().to_owned())
     };
     let id = loop {
-        if let Some(id) = running(&host) {
+        if let Some(id) = running(host) {
             break id;
         }
         assert!(Instant::now() < deadline, "the push started no deployment");
         std::thread::sleep(Duration::from_millis(100));
     };
-    host.nx_json(&["rm", &id]);
+    (push, id)
+}
+
+/// Asserts that `push` failed saying that its deployment `id` was removed while it started.
+fn assert_push_says_removed(push: std::process::Child, id: &str) {
     let out = push.wait_with_output().expect("nx push ends");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -605,6 +595,77 @@ fn a_push_whose_deployment_is_removed_while_it_starts_says_it_was_removed() {
         "{stderr}"
     );
     assert!(!stderr.contains("exited"), "{stderr}");
+}
+
+/// Session 7's F7: a push whose deployment `nx rm` removed while it started says so, not that
+/// its program "exited before it was ready" (the rm's stop ended it).
+#[test]
+fn a_push_whose_deployment_is_removed_while_it_starts_says_it_was_removed() {
+    let host = Host::start();
+    let (push, id) = slow_push(&host, "cut", 30);
+    host.nx_json(&["rm", &id]);
+    assert_push_says_removed(push, &id);
+}
+
+/// Newcomer18 L3: while its push waited for it to be ready, a deployment whose unit runs was
+/// listed `running` (README's phases: `starting`); it is `starting` until the push's wait is
+/// over, then `running`.
+#[test]
+fn a_deployment_whose_push_waits_for_it_is_listed_starting() {
+    let host = Host::start();
+    let (push, id) = slow_push(&host, "warm", 4);
+    assert_eq!(host.deployment("warm", &id)["phase"], "starting");
+    let listed = host.nx(&["ls"]);
+    assert!(
+        listed
+            .stdout
+            .lines()
+            .any(|l| l.contains(id.as_str()) && l.contains("starting")),
+        "{}",
+        listed.stdout
+    );
+    let out = push.wait_with_output().expect("nx push ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(host.deployment("warm", &id)["phase"], "running");
+}
+
+/// Newcomer18 L2: `nx sandbox rm` while a push into the sandbox waited for its program to be
+/// ready: the removal's final backup (here ~6 s: a table lock holds pg_dump) outlasted that
+/// wait, and the push answered `running`, rc 0 and a promote line for a deployment removed a
+/// moment later. The removal now ends the pushes under way first: the push says it was
+/// removed.
+#[test]
+fn sandbox_rm_ends_a_push_under_way_before_its_final_backup() {
+    let host = Host::start();
+    let production = host.push_sample("racy", &[]);
+    host.nx_json(&["promote", "racy", &production]);
+    let database = host.nx_json(&["db", "url", "racy"])["database"]
+        .as_str()
+        .expect("database name")
+        .to_owned();
+    let socket = host.path("postgres/socket");
+    let (ok, out) = nx_testkit::psql(&socket, 5432, &database, "CREATE TABLE held (x int)");
+    assert!(ok, "{out}");
+    let (push, id) = slow_push(&host, "racy", 2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nx_testkit::psql(
+                &socket,
+                5432,
+                &database,
+                "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let rm = host.nx(&["sandbox", "rm", "racy"]);
+        assert!(rm.ok, "{}", rm.stderr);
+    });
+    assert_push_says_removed(push, &id);
+    assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]));
 }
 
 /// A push that lands while `nx sandbox rm` runs (here while its final backup waits on a table

@@ -432,6 +432,35 @@ fn busybox_is_its_httpd_applet_by_argv0() {
     assert_eq!(get(&host, "busybox", &id, "/"), (200, INDEX.into()));
 }
 
+/// Newcomer18 L1: a program that accepts readiness's connection and then ends (busybox's
+/// `nc -l`, once) was pushed with rc 0, as `failed (exit-code)` or `running`, with a `promote`
+/// line. Here nxd waits 1.5 s once it is ready (fail point `push::ready`), so that it has ended
+/// when the push answers: `nx push` fails, saying so and what to look at, with no promote line.
+#[test]
+fn a_program_that_ends_after_readinesss_connection_is_not_pushed_as_running() {
+    let mut host = Host::start();
+    host.restart_nxd_with_failpoints("push::ready=return(1500)");
+    let app = Bundle::new(&host, "once").copy(&file("busybox-static", "bin/busybox"), "busybox");
+    let out = host.nx(&[
+        "push",
+        app.path(),
+        "--argv0",
+        "sh",
+        "-s",
+        "once",
+        "--",
+        "-c",
+        "nc -l -p $PORT; exit 0",
+    ]);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("its program ended") && out.stderr.contains("nx logs"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("promote:"), "{}", out.stdout);
+}
+
 /// A bundle of a static shell (Debian's busybox-static), a start script and a dynamically
 /// linked program (pushgateway, Go with cgo).
 fn shell_bundle(host: &Host, name: &str, script: &str) -> Bundle {

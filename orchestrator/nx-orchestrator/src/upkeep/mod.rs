@@ -145,6 +145,13 @@ impl UpkeepState {
         }
     }
 
+    /// A start of the deployment (see [`Self::starting`]) holds it now: its program is being
+    /// started, or waited for until it is ready (views say `starting`, not `running`).
+    pub(crate) fn start_under_way(&self, id: &DeploymentId) -> bool {
+        let one_start = self.one_start.lock().expect("upkeep lock");
+        one_start.get(id).is_some_and(|one| one.try_lock().is_err())
+    }
+
     /// A start of the deployment is under way (see [`Self::starting`]). Adds no gate: one that
     /// never started has none.
     fn is_starting(&self, id: &DeploymentId) -> bool {
@@ -463,6 +470,7 @@ mod tests {
         assert_eq!(upkeep.sizes(), [0; 6], "a question added an entry");
         let start = upkeep.starting(&id).await;
         assert!(upkeep.is_starting(&id));
+        assert!(upkeep.start_under_way(&id));
         drop(start);
         upkeep.ready(&id);
         let _ = upkeep.lock(&id);
