@@ -358,6 +358,13 @@ impl Orchestrator {
                 return Ok((Phase::Stopped, Phase::Stopped));
             }
             let phase = self.phase(&deployment).await?;
+            // Adopted as it runs: its routes as its start made them (see `restore_routes`).
+            if phase == Phase::Running {
+                let attachment = self.attachment(&deployment)?;
+                if !self.network.restore_routes(&attachment).await? {
+                    tracing::error!(link = %attachment.link, "its link is gone, so nothing reaches it: `nx stop` and `nx start` it (or push and promote another for production)");
+                }
+            }
             self.apply(&deployment, phase, Verb::Start, Route::None)
                 .await
                 .map(|now| (phase, now))

@@ -67,8 +67,10 @@ struct RunArgs {
 enum Command {
     /// Stops the embedded systemd manager of a state dir and every deployment it runs, then
     /// removes the host network that state dir's nxd set up (the nftables table `inet nx`,
-    /// `nx0`, the subnet's route) and the System V shared-memory segment the killed embedded
-    /// PostgreSQL leaves. Stop nxd first: it refuses while an nxd holds the state dir's lock.
+    /// `nx0`, the subnet's route; left, saying so, when it is another nxd's: `nx0` names
+    /// another state dir, or another nxd runs) and the System V shared-memory segment the
+    /// killed embedded PostgreSQL leaves. Stop nxd first: it refuses while an nxd holds the
+    /// state dir's lock.
     ManagerStop {
         #[arg(long)]
         state_dir: PathBuf,
@@ -110,8 +112,13 @@ fn main() -> anyhow::Result<()> {
             let _lock = state_lock::acquire(&state_dir)?;
             nx_orchestrator::supervisor::embedded::stop(&state_dir);
             let segment = nx_orchestrator::embedded_db::forget_killed_cluster(&state_dir);
-            nx_orchestrator::network::teardown::remove(&state_dir)
+            let network = nx_orchestrator::network::teardown::remove(&state_dir)
                 .context("removing the host network (nftables table inet nx, nx0)")?;
+            if let Some(why) = network.left {
+                eprintln!(
+                    "nxd manager-stop: left the network of this network namespace (nx0, the nftables table inet nx) as it is: {why}. This state dir's network, if it has one, is in the network namespace its nxd ran in: run manager-stop there (`ip netns exec`)"
+                );
+            }
             segment.context("removing the killed embedded PostgreSQL's shared memory segment")?;
             Ok(())
         }

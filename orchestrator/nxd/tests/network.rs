@@ -494,6 +494,163 @@ fn a_second_nxd_in_the_network_namespace_of_a_running_one_refuses_and_names_it()
     assert_eq!(host.get(&host.preview_host("first", &again), "/").0, 200);
 }
 
+/// Whether the test host's namespace has `nx0` and the table `inet nx`.
+fn nx0_and_table(host: &Host) -> (bool, bool) {
+    let run = |program: &str, args: &[&str]| {
+        host.netns
+            .command(program)
+            .args(args)
+            .output()
+            .expect(program)
+            .status
+            .success()
+    };
+    (
+        run("ip", &["link", "show", "nx0"]),
+        run("nft", &["list", "table", "inet", "nx"]),
+    )
+}
+
+/// Waits up to 20 s for `url_host` to answer 200 through the test host's router; panics with
+/// what it answered last.
+fn wait_for_200(host: &Host, url_host: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, body) = host.get(url_host, "/");
+        if status == 200 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url_host} answers {status}: {body}\n{}",
+            host.nxd_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Newcomer18 N4: the claim lasted only while nxd ran, but what it guards outlives nxd (a
+/// plain stop leaves the deployments running): a second nxd of another state dir started after
+/// it removed the first's links and handed out its addresses, and the first's URLs served the
+/// second's deployments. Now nx0 names the state dir whose network it is: the second refuses,
+/// naming it and what to do, and the first's state dir starts again and serves.
+#[test]
+fn a_second_nxd_beside_a_stopped_ones_running_deployments_refuses_and_names_its_state_dir() {
+    let mut host = Host::start();
+    let id = host.push_sample("first", &[]);
+    host.nx_json(&["promote", "first", &id]);
+    let production = host.production_host("first");
+    host.stop_nxd();
+    assert_eq!(host.get(&production, "/").0, 200, "nxd's stop stopped it");
+    let second = tempfile::Builder::new()
+        .prefix("nx-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let listen = |port: u16| format!("127.0.0.1:{port}");
+    let out = host.nxd_that_exits(
+        &[
+            "--state-dir",
+            second.path().to_str().unwrap(),
+            "--api-listen",
+            &listen(nx_testkit::free_port()),
+            "--router-listen",
+            &listen(nx_testkit::free_port()),
+        ],
+        std::time::Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = host.state_dir.path().display().to_string();
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!("belongs to the nxd of state dir {first}"))
+            && stderr.contains(&format!("nxd manager-stop --state-dir {first}")),
+        "{stderr}"
+    );
+    assert_eq!(host.get(&production, "/").0, 200);
+    host.netns.ip(&["link", "show", &format!("nx-{id}")]);
+    // Its own state dir takes the network back (a restart or an upgrade keeps deployments).
+    host.start_nxd();
+    assert_eq!(host.get(&production, "/").0, 200);
+    let again = host.push_sample("first", &[]);
+    assert_eq!(host.get(&host.preview_host("first", &again), "/").0, 200);
+}
+
+/// Newcomer18 N5: `nxd manager-stop` of a state dir whose nxd ran elsewhere (README's stop
+/// recipe for an old quick start, run where another nxd now runs) removed the running nxd's
+/// nx0 and table: every URL down, unnoticed. Now manager-stop leaves a network that another
+/// nxd runs or that nx0 names another state dir for, and says so; its own it still removes.
+#[test]
+fn manager_stop_of_another_state_dir_leaves_the_network_of_the_nxd_that_runs_here() {
+    let mut host = Host::start();
+    let id = host.push_sample("shop", &[]);
+    host.nx_json(&["promote", "shop", &id]);
+    let production = host.production_host("shop");
+    // Another state dir, whose nxd ran its network in a namespace of its own.
+    let mut elsewhere = Host::start();
+    elsewhere.stop_nxd();
+    let (here, there) = (host.netns.clone(), elsewhere.state_dir.path().to_owned());
+    let stop_elsewhere_here = || {
+        here.command(nx_testkit::bin("nxd"))
+            .arg("manager-stop")
+            .arg("--state-dir")
+            .arg(&there)
+            .output()
+            .expect("nxd manager-stop")
+    };
+    let first = host.state_dir.path().display().to_string();
+    let out = stop_elsewhere_here();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && stderr.contains("left the network of this network namespace")
+            && stderr.contains(&format!("state dir {first}")),
+        "while the first runs: {stderr}"
+    );
+    assert_eq!(nx0_and_table(&host), (true, true));
+    assert_eq!(host.get(&production, "/").0, 200);
+    // The first stopped (its deployments run on): nx0 names its state dir.
+    host.stop_nxd();
+    let out = stop_elsewhere_here();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && stderr.contains(&format!("belongs to the nxd of state dir {first}")),
+        "while the first is stopped: {stderr}"
+    );
+    assert_eq!(nx0_and_table(&host), (true, true));
+    assert_eq!(host.get(&production, "/").0, 200);
+    host.start_nxd();
+    assert_eq!(host.get(&production, "/").0, 200);
+}
+
+/// Newcomer18 N5: after nx0 and the table vanished under a running nxd (an old manager-stop of
+/// another state dir, an operator's `ip link del`), a restart adopted every deployment as
+/// running while none was reachable (nx0's address went, and with it the routes to the
+/// deployments whose source it was). Now adoption puts back nx0, the table and each running
+/// deployment's route.
+#[test]
+fn a_restarted_nxd_puts_back_nx0_the_table_and_its_running_deployments_routes() {
+    let mut host = Host::start();
+    let id = host.push_sample("shop", &[]);
+    host.nx_json(&["promote", "shop", &id]);
+    let production = host.production_host("shop");
+    let tcp = host.push_sample("db", &["--tcp"]);
+    let port = SocketAddr::from(([127, 0, 0, 1], own_tcp_port(&host, "db", &tcp)));
+    host.netns.ip(&["link", "del", "nx0"]);
+    let nft = host
+        .netns
+        .command("nft")
+        .args(["delete", "table", "inet", "nx"])
+        .status()
+        .unwrap();
+    assert!(nft.success());
+    assert_ne!(host.get(&production, "/").0, 200, "still reachable");
+    host.restart_nxd();
+    assert_eq!(nx0_and_table(&host), (true, true));
+    wait_for_200(&host, &production);
+    assert_eq!(connect_from(&host.netns, port), Ok(()));
+}
+
 /// `--service`: the sandbox's other deployments reach the service by its name (and address),
 /// not the sandbox's deployments that declared nothing; another sandbox reaches neither; a
 /// newer push of the service takes the name over; a bad name is refused.

@@ -55,7 +55,7 @@ use super::{Attachment, NetworkError, GATEWAY6};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
-use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
@@ -113,6 +113,11 @@ async fn index_of(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
         .ok_or_else(|| NetworkError::Config(format!("{name} vanished")))
 }
 
+/// Whether the kernel answered a netlink request with `errno`.
+pub(super) fn failed_with(error: &rtnetlink::Error, errno: nix::errno::Errno) -> bool {
+    matches!(error, rtnetlink::Error::NetlinkError(e) if e.raw_code().abs() == errno as i32)
+}
+
 /// Deletes a link if it exists.
 pub(crate) async fn delete_link(handle: &Handle, name: &str) -> Result<(), NetworkError> {
     let deleted = handle
@@ -121,13 +126,28 @@ pub(crate) async fn delete_link(handle: &Handle, name: &str) -> Result<(), Netwo
         .execute()
         .await;
     match deleted {
-        Err(rtnetlink::Error::NetlinkError(e))
-            if e.raw_code().abs() == nix::errno::Errno::ENODEV as i32 =>
-        {
-            Ok(())
-        }
+        Err(e) if failed_with(&e, nix::errno::Errno::ENODEV) => Ok(()),
         other => other.map_err(netlink(&format!("deleting {name}"))),
     }
+}
+
+/// The host's route to the deployment of `a` through its link (index `index`): its /32 with
+/// the gateway as source (the kernel removes such a route with the gateway's address, nx0's).
+pub(super) fn host_route(a: &Attachment, index: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(a.address, 32)
+        .output_interface(index)
+        .pref_source(a.gateway)
+        .scope(RouteScope::Link)
+        .build()
+}
+
+/// The host's route to the deployment's IPv6 address `address6` through its link: its /128.
+pub(super) fn host_route6(address6: Ipv6Addr, index: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(address6, 128)
+        .output_interface(index)
+        .build()
 }
 
 async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
@@ -236,26 +256,14 @@ async fn enter_async(a: &Attachment) -> Result<(), NetworkError> {
     // ip-sysctl.txt): every connect meanwhile waits for it.
     let index = index_of(&host, &a.link).await?;
     host.route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(a.address, 32)
-                .output_interface(index)
-                .pref_source(a.gateway)
-                .scope(RouteScope::Link)
-                .build(),
-        )
+        .add(host_route(a, index))
         .execute()
         .await
         .map_err(netlink(&format!("routing {} to {}", a.address, a.link)))?;
     if let Some(address6) = a.address6 {
         add_address6(&host, index, GATEWAY6).await?;
         host.route()
-            .add(
-                RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(address6, 128)
-                    .output_interface(index)
-                    .build(),
-            )
+            .add(host_route6(address6, index))
             .execute()
             .await
             .map_err(netlink(&format!("routing {address6} to {}", a.link)))?;

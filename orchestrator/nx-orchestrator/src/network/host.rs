@@ -11,7 +11,7 @@
 //! forwarding") on every interface (and `default`) that has 1: a cloud host keeps its IPv6
 //! default route.
 
-use super::attach::delete_link;
+use super::attach::{delete_link, failed_with, host_route, host_route6};
 use super::claim::NetworkClaim;
 use super::{
     dns, firewall, Attachment, NetworkConfig, NetworkError, Plan, GATEWAY_LINK, LINK_PREFIX,
@@ -29,7 +29,8 @@ pub struct HostNetwork {
     plan: Plan,
     resolv_conf: PathBuf,
     handle: Handle,
-    /// This nxd's claim on the namespace's network (`claim`), held as long as it runs.
+    /// This nxd's claim on the namespace's network (`claim`), held as long as it runs; nx0's
+    /// mark names its state dir for longer.
     _claim: NetworkClaim,
 }
 
@@ -45,7 +46,8 @@ impl HostNetwork {
     /// (nxd's other refusals come after it and before `start`): the network namespace's
     /// deployments' network, which no other nxd may run (`claim`: the claim is returned, for
     /// `start`), and `conntrack`, which removing a deployment needs. Errors: another nxd's
-    /// claim, naming it; conntrack missing or failing (`conntrack::check`).
+    /// claim, naming it, or nx0 naming another state dir; conntrack missing or failing
+    /// (`conntrack::check`).
     pub async fn check(state_dir: &Path) -> Result<NetworkClaim, NetworkError> {
         let claim = super::claim::claim(state_dir).await?;
         super::conntrack::check().await?;
@@ -55,7 +57,8 @@ impl HostNetwork {
     /// Sets up the host side for `slots` deployments (the size of `[ports]`); the deployments'
     /// resolv.conf goes to `<state_dir>/network/resolv.conf`. Deployments get IPv6 when the
     /// host has it and IPv6 forwarding is on or nxd may turn it on (else a warning says why
-    /// not). Needs root (CAP_NET_ADMIN), nftables, and conntrack ([`Self::check`] first).
+    /// not). nx0's alias names the claim's state dir (see `claim`). Needs root
+    /// (CAP_NET_ADMIN), nftables, and conntrack ([`Self::check`] first).
     /// Errors: a bad subnet, netlink, nft.
     #[tracing::instrument(skip_all, fields(subnet = %config.subnet, subnet6 = %config.subnet6))]
     pub async fn start(
@@ -70,6 +73,7 @@ impl HostNetwork {
             rtnetlink::new_connection().map_err(NetworkError::io("opening a netlink socket"))?;
         tokio::spawn(connection);
         gateway_link(&handle, &plan).await?;
+        claim.mark(&handle).await?;
         super::teardown::record(state_dir, &plan)?;
         // Written only when off: a host may set it itself (and keep /proc/sys read-only to nxd).
         if !sysctl_is("/proc/sys/net/ipv4/ip_forward", "1") {
@@ -143,6 +147,39 @@ impl HostNetwork {
             futures_util::future::try_join_all(addresses.map(super::conntrack::forget)).await?;
         tracing::debug!(?forgotten, "tracked connections forgotten");
         Ok(())
+    }
+
+    /// Puts back the host's routes to a running deployment (its /32, and /128 with IPv6) where
+    /// they are gone: the kernel removes the /32 with its source, nx0's address, so nx0 removed
+    /// under a running nxd (newcomer18 N5) left every deployment unreachable, and adoption
+    /// found their units running. Returns false when the deployment's link is gone too (only
+    /// a start of the deployment makes it again). Errors: netlink.
+    #[tracing::instrument(skip_all, fields(link = %attachment.link))]
+    pub async fn restore_routes(&self, attachment: &Attachment) -> Result<bool, NetworkError> {
+        let found = self
+            .handle
+            .link()
+            .get()
+            .match_name(attachment.link.clone())
+            .execute()
+            .try_next()
+            .await;
+        let index = match found {
+            Ok(Some(link)) => link.header.index,
+            Ok(None) => return Ok(false),
+            Err(e) if failed_with(&e, nix::errno::Errno::ENODEV) => return Ok(false),
+            Err(e) => return Err(netlink("finding a deployment's link")(e)),
+        };
+        let routes = std::iter::once(host_route(attachment, index))
+            .chain(attachment.address6.map(|a| host_route6(a, index)));
+        for route in routes {
+            match self.handle.route().add(route).execute().await {
+                Ok(()) => tracing::warn!("put back a route to a running deployment that was gone"),
+                Err(e) if failed_with(&e, nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(netlink("putting back a route to a deployment")(e)),
+            }
+        }
+        Ok(true)
     }
 
     /// Removes the links of deployments not in `keep` (ids); returns the names removed.

@@ -7,7 +7,9 @@
 //!
 //! Never while deployments run: their isolation is that table. nxd itself does not call this
 //! when it stops, since deployments outlive it (under systemd, and in the embedded manager
-//! until `manager-stop`).
+//! until `manager-stop`). Only the state dir's own network (see `claim`): a manager-stop of
+//! another state dir, run where another nxd runs or left its deployments running, removed that
+//! one's nx0 and table, and with them every URL it served (newcomer18 N5).
 
 use super::{firewall, NetworkError, Plan, GATEWAY_LINK};
 use futures_util::TryStreamExt;
@@ -26,6 +28,10 @@ pub struct Removed {
     pub gateway_link: bool,
     /// The unreachable routes removed, e.g. `10.213.0.0/16`.
     pub routes: Vec<IpNet>,
+    /// Why the namespace's network was left as it is, though this state dir's nxd ran one (or
+    /// nx0 names no state dir): it is another nxd's, e.g. "the nxd of pid 7 and state dir
+    /// /var/lib/nx runs it". None: removed, or there was none of this state dir's.
+    pub left: Option<String>,
 }
 
 /// `<state_dir>/network/subnets`: the subnets nxd routed as unreachable, one CIDR a line.
@@ -45,29 +51,51 @@ pub(crate) fn record(state_dir: &Path, plan: &Plan) -> Result<(), NetworkError> 
         .map_err(NetworkError::io("recording the subnets (network/subnets)"))
 }
 
-/// Removes the host network of the nxd whose state dir is `state_dir`, if that nxd set one up
-/// (it wrote `<state_dir>/network/resolv.conf`): otherwise nothing is touched, so a state dir
-/// that never ran the network (or an nxd in another network namespace) leaves this one's
-/// alone. Needs root (CAP_NET_ADMIN) and nft. Errors: netlink, nft.
+/// Removes the host network of the nxd whose state dir is `state_dir` if it is that state
+/// dir's: nx0's alias names it (see `claim`), or nx0 names none (made before the mark, or gone)
+/// and that nxd set one up (it wrote `<state_dir>/network/resolv.conf`). Otherwise nothing is
+/// touched: a state dir that never ran the network here leaves this one's alone, and one that
+/// is another nxd's, running (it holds the claim) or stopped (nx0 names its state dir), is left
+/// with the reason in [`Removed::left`]. Holds the claim meanwhile, so that no nxd starts on a
+/// network half removed. Needs root (CAP_NET_ADMIN) and nft. Errors: netlink, nft.
 #[tracing::instrument]
 pub fn remove(state_dir: &Path) -> Result<Removed, NetworkError> {
-    if !super::resolv_conf_path(state_dir).exists() {
-        return Ok(Removed::default());
+    let mut removed = Removed::default();
+    let _claim = match super::claim::bind()? {
+        Ok(listener) => listener,
+        Err(holder) => {
+            removed.left = Some(format!("{holder} runs it"));
+            return Ok(removed);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(NetworkError::io("starting a runtime for netlink"))?;
+    let handle = runtime.block_on(async {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(NetworkError::io("opening a netlink socket"))?;
+        tokio::spawn(connection);
+        Ok::<_, NetworkError>(handle)
+    })?;
+    match runtime.block_on(super::claim::owner(&handle))? {
+        Some(owner) if owner != super::claim::canonical(state_dir) => {
+            removed.left = Some(format!(
+                "it belongs to the nxd of state dir {}",
+                owner.display()
+            ));
+            return Ok(removed);
+        }
+        Some(_) => {}
+        None if !super::resolv_conf_path(state_dir).exists() => return Ok(removed),
+        None => {}
     }
     let subnets: Vec<IpNet> = std::fs::read_to_string(subnets_path(state_dir))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect();
-    let mut removed = Removed::default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(NetworkError::io("starting a runtime for netlink"))?;
     runtime.block_on(async {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(NetworkError::io("opening a netlink socket"))?;
-        tokio::spawn(connection);
         removed.routes = remove_unreachable_routes(&handle, &subnets).await?;
         if let Some(index) = gateway_index(&handle).await? {
             handle
