@@ -867,9 +867,7 @@ impl Orchestrator {
             (standby.is_none() && !self.standbys.reserved().is_empty()).then(|| new.clone());
         let recorded = match (step("record", record(new, slot)).await, again) {
             (Err(StateError::NoPort { .. }), Some(new)) => {
-                for standby in self.standbys.remove_all() {
-                    self.remove_standby(&standby).await;
-                }
+                self.remove_standbys().await;
                 step("record", record(new, Slot::Free(&self.standbys))).await
             }
             (recorded, _) => recorded,

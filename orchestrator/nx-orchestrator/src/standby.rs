@@ -34,6 +34,11 @@ use tokio::io::AsyncWriteExt;
 /// The waiter's flag (nx-vm-init's `exec_on_input::FLAG`).
 pub const WAITER_FLAG: &str = "--exec-on-input";
 
+/// How long a push that found no free slot waits for the standbys being made to be made and
+/// removed ([`Orchestrator::remove_standbys`]); a standby's making is a unit start, well under
+/// it.
+pub const MADE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The file that marks a deployment's directory as a standby's, removed when a push takes it.
 pub const MARK: &str = "standby";
 
@@ -124,6 +129,9 @@ pub struct Standbys {
     reserved: Mutex<HashSet<u16>>,
     /// Deployments recorded from a standby whose program was not given to it yet.
     taken: Mutex<HashSet<DeploymentId>>,
+    /// How many makings ([`Orchestrator::refill_standby`]) are under way, each until what it
+    /// made waits or was removed.
+    in_flight: tokio::sync::watch::Sender<usize>,
 }
 
 impl Standbys {
@@ -154,6 +162,7 @@ impl Standbys {
             return None;
         }
         making.insert(sandbox.clone(), false);
+        self.in_flight.send_modify(|n| *n += 1);
         Some(ready.remove(sandbox))
     }
 
@@ -283,6 +292,7 @@ impl Orchestrator {
             if let Some(removed) = app.standbys.end_making(&sandbox, made) {
                 app.remove_standby(&removed).await;
             }
+            app.standbys.in_flight.send_modify(|n| *n -= 1);
         });
     }
 
@@ -391,6 +401,22 @@ impl Orchestrator {
         } else if self.state.is_removing(&sandbox).await.unwrap_or(true) {
             // Marked before this look: `nx sandbox rm` found no standby to remove.
             self.drop_standby(&sandbox).await;
+        }
+    }
+
+    /// Removes every standby, for a push that found no free slot: those that wait, then those
+    /// being made, once made (review18 #9: their slots stayed taken, and the push failed for
+    /// want of one), waiting up to [`MADE_WITHIN`] for them.
+    pub(crate) async fn remove_standbys(&self) {
+        for standby in self.standbys.remove_all() {
+            self.remove_standby(&standby).await;
+        }
+        let mut in_flight = self.standbys.in_flight.subscribe();
+        if tokio::time::timeout(MADE_WITHIN, in_flight.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!("standbys still being made hold their slots");
         }
     }
 

@@ -397,3 +397,25 @@ fn nx_sandbox_rm_while_its_standby_is_made_leaves_no_gate() {
         .collect();
     assert!(gates.is_empty(), "{gates:?}\n{}", host.nxd_log());
 }
+
+/// Review18 #9: a push that found no free slot removed the standbys that wait, but not one
+/// being made (fail point `standby::making` holds it 4 s), whose slot stayed taken: the push
+/// failed for want of a port while a standby no push could take held the last one. The push
+/// now waits for that standby's removal and takes its slot.
+#[test]
+fn a_push_that_finds_only_the_slot_of_a_standby_being_made_free_takes_it() {
+    let mut host = Host::start_with_ports(
+        nx_testkit::bin("nxd"),
+        (20992, 20993),
+        98,
+        &format!(
+            "[microvm]\ninit = {:?}\n",
+            nx_testkit::static_binary("nx-vm-init")
+        ),
+    );
+    host.restart_nxd_with_failpoints("standby::making=return(4000)");
+    host.push_sample("first", &[]);
+    let other = host.push_sample("second", &[]);
+    let (code, body) = host.get(&host.preview_host("second", &other), "/");
+    assert_eq!(code, 200, "{body}");
+}
