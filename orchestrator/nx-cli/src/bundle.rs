@@ -55,10 +55,9 @@ pub fn read(path: &Path, choices: &BundleChoices) -> anyhow::Result<Checked> {
     let scanned = bundle::scan_dir(root, choices, &NO_LIMITS)?;
     let manifest = &scanned.manifest;
     let entry = &scanned.local[&manifest.entry];
-    let search = Search::host().with_bundle(root, manifest);
     let bytes = std::fs::read(entry).with_context(|| format!("reading {}", entry.display()))?;
     manifest.check_entry_head(&bytes)?;
-    let entry = verify::verify_with(&bytes, &search)
+    let entry = verify::verify_with(&bytes, || Search::host().with_bundle(root, manifest))
         .with_context(|| format!("the bundle's entry {}", manifest.entry))?;
     manifest.check_programs(|p| scanned.local[p].clone())?;
     Ok(Checked {

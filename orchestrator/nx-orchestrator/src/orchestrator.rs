@@ -743,13 +743,19 @@ impl Orchestrator {
     pub async fn push(self: &Arc<Self>, mut req: PushRequest) -> Result<DeploymentView, Error> {
         let mut timer = self.metrics.time(Operation::Push);
         let mut sandbox_backend = None;
-        if let Some((settings, backend)) = step(
-            "settings",
-            sandbox_settings::with_backend(self.state.pool(), &req.sandbox),
-        )
-        .await
-        .map_err(StateError::from)?
-        {
+        // Both read the state database: asked at once.
+        let (settings, disk_promised_mb) = tokio::try_join!(
+            async {
+                step(
+                    "settings",
+                    sandbox_settings::with_backend(self.state.pool(), &req.sandbox),
+                )
+                .await
+                .map_err(|e| Error::from(StateError::from(e)))
+            },
+            step("log_room", self.log_room_promised_mb()),
+        )?;
+        if let Some((settings, backend)) = settings {
             sandbox_backend = Some(backend);
             (req.env, req.args, req.limits) = settings.under(req.env, req.args, &req.limits);
             req.ready_timeout_secs = req.ready_timeout_secs.or(settings.ready_timeout_secs);
@@ -762,7 +768,7 @@ impl Orchestrator {
             }
         }
         let bounds = RequestBounds {
-            disk_promised_mb: step("log_room", self.log_room_promised_mb()).await?,
+            disk_promised_mb,
             ..host_limits::request_bounds(&self.config)
         };
         // Where it will run: the backend it names, else its sandbox's (a new one's: the default).
@@ -893,7 +899,7 @@ impl Orchestrator {
             return Err(self.discard(&deployment, e).await);
         }
         let started = self
-            .apply(&deployment, Phase::Created, Verb::Start, Route::None)
+            .apply(&deployment, Phase::Created, Verb::Start, Route::Preview)
             .await;
         // Made once this push is done, ready or not, so that it takes none of its time.
         if takes_standbys {
@@ -912,11 +918,8 @@ impl Orchestrator {
         started?;
         crate::failpoint::wait("push::ready").await;
         timer.succeeded();
-        let view = async {
-            self.view(&self.state.deployment(&deployment.id).await?, false)
-                .await
-        };
-        step("view", view).await
+        // Its record as made: what a push's success leaves of it is what it was made with.
+        step("view", self.view(&deployment, false)).await
     }
 
     /// What a push makes for its deployment once recorded, before it starts it: its service
@@ -1094,15 +1097,14 @@ impl Orchestrator {
         .await
     }
 
-    /// Marks a deployment to run, starts it and waits until it is ready; the routes follow
-    /// either way (a deployment that did not become ready is stopped), except with
-    /// `routes_later` (a wake: one that did not become ready stays idle, and the caller calls
-    /// [`Self::reroute`]). Errors: `State(NoDeployment)` when an expiry or `nx rm` this start
-    /// waited for removed it.
+    /// Marks a deployment to run, starts it and waits until it is ready, the routes sent as
+    /// `routes` says (a deployment that did not become ready is stopped, or with
+    /// [`StartRoutes::Later`] stays idle). Errors: `State(NoDeployment)` when an expiry or
+    /// `nx rm` this start waited for removed it; `Router` when the router took no routes.
     pub(crate) async fn start_and_wait(
         &self,
         deployment: &Deployment,
-        routes_later: bool,
+        routes: StartRoutes,
     ) -> Result<(), Error> {
         // No idle stop or expiry while it starts, nor another start; its idle clock starts
         // once it is ready.
@@ -1123,19 +1125,30 @@ impl Orchestrator {
             )
             .await?;
         }
-        let failed = if routes_later {
+        let failed = if routes == StartRoutes::Later {
             Desired::Idle
         } else {
             Desired::Stopped
         };
-        let result = self.run(deployment, failed).await;
+        let result = match routes {
+            StartRoutes::WhileStarting => {
+                let (result, routed) =
+                    tokio::join!(self.run(deployment, failed), step("routes", self.reroute()));
+                routed?;
+                result
+            }
+            StartRoutes::After | StartRoutes::Later => self.run(deployment, failed).await,
+        };
         if result.is_ok() {
             self.upkeep.ready(&deployment.id);
         }
-        if routes_later {
-            return result;
+        match (routes, &result) {
+            (StartRoutes::Later, _) | (StartRoutes::WhileStarting, Ok(())) => {}
+            // Without it: it was marked stopped.
+            (StartRoutes::WhileStarting, Err(_)) | (StartRoutes::After, _) => {
+                step("routes", self.reroute()).await?;
+            }
         }
-        step("routes", self.reroute()).await?;
         result
     }
 
@@ -1208,7 +1221,7 @@ impl Orchestrator {
             self.backend
                 .stop(&self.backend.handle(&now), DEFAULT_STOP_TIMEOUT)
                 .await?;
-            self.start_and_wait(&now, false).await?;
+            self.start_and_wait(&now, StartRoutes::After).await?;
             if own_mounts.is_some() {
                 fail::fail_point!("volumes::promoting");
             } else {
@@ -2013,10 +2026,29 @@ enum Route {
     /// A start whose routes the caller rebuilds once it has answered (a wake: the router
     /// holds the deployment's upstream already and forwards as soon as it is ready).
     Later,
+    /// A push's start of its new deployment: routed while it starts
+    /// ([`StartRoutes::WhileStarting`]).
+    Preview,
     Promote {
         swap_db: bool,
     },
     Rollback,
+}
+
+/// When a start sends the routes (`Orchestrator::start_and_wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartRoutes {
+    /// Once it is ready, or stopped as not ready: what a start that may serve production
+    /// does, so that production never leads to a program not listening yet.
+    After,
+    /// While it starts (the router holds them when it is ready), and again only when it did
+    /// not become ready: a push's new deployment, whose only route is its preview, whose URL
+    /// nobody has before the push answers. Until it listens, a request there gets the
+    /// router's 502.
+    WhileStarting,
+    /// Left to the caller, who rebuilds them once it answered (a wake); one that did not
+    /// become ready stays idle.
+    Later,
 }
 
 /// The state machine's effects on one deployment: systemd, PostgreSQL and the routes.
@@ -2031,8 +2063,12 @@ struct Target<'a> {
 #[async_trait::async_trait]
 impl Effects for Target<'_> {
     async fn start(&self) -> Result<(), Error> {
-        let routes_later = matches!(self.route, Route::Later);
-        self.app.start_and_wait(self.deployment, routes_later).await
+        let routes = match self.route {
+            Route::Later => StartRoutes::Later,
+            Route::Preview => StartRoutes::WhileStarting,
+            Route::None | Route::Promote { .. } | Route::Rollback => StartRoutes::After,
+        };
+        self.app.start_and_wait(self.deployment, routes).await
     }
 
     async fn stop(&self) -> Result<(), Error> {
@@ -2048,7 +2084,7 @@ impl Effects for Target<'_> {
 
     async fn route(&self) -> Result<(), Error> {
         match self.route {
-            Route::None | Route::Later => Ok(()),
+            Route::None | Route::Later | Route::Preview => Ok(()),
             Route::Promote { swap_db } => self.app.switch_to(self.deployment, swap_db).await,
             Route::Rollback => self.app.roll_back_to(self.deployment).await,
         }

@@ -29,7 +29,14 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+
+/// How long after a push its sandbox's next standby begins: a standby's start (systemd's,
+/// bubblewrap's and the launcher's work, tens of milliseconds of CPU) would otherwise run
+/// beside the push's answer and its deployment's first requests, on hosts of a few cores.
+/// A push into the same sandbox sooner than this (plus the standby's start) starts cold.
+pub(crate) const REFILL_AFTER: Duration = Duration::from_millis(100);
 
 /// The waiter's flag (nx-vm-init's `exec_on_input::FLAG`).
 pub const WAITER_FLAG: &str = "--exec-on-input";
@@ -266,6 +273,7 @@ impl Orchestrator {
 
     /// After a push that [`Self::takes_standbys`], with its `fit` (its limits held to the
     /// host's bounds): makes `sandbox`'s next standby for pushes like it in the background,
+    /// [`REFILL_AFTER`] from now,
     /// when nxd keeps standbys (`[sandbox] standby`, and nx-vm-init at `[microvm] init`) and
     /// the sandbox has none for `fit`; one made for other choices goes (review18 #7: it was
     /// made after every push, with the sandbox's default limits unchecked, and pushes with
@@ -282,6 +290,7 @@ impl Orchestrator {
             if let Some(stale) = stale {
                 app.remove_standby(&stale).await;
             }
+            tokio::time::sleep(REFILL_AFTER).await;
             let made = match app.make_standby(&sandbox, fit).await {
                 Ok(standby) => standby,
                 Err(e) => {

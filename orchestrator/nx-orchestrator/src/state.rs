@@ -248,12 +248,15 @@ impl StateStore {
         // `nx volume rm` checks and deletes under a lock that conflicts with this one: each
         // volume checked here stays until the deployment is recorded.
         let volumes: Vec<&str> = new.volumes.iter().map(|m| m.volume.as_str()).collect();
-        let existing: Vec<String> =
+        let existing: Vec<String> = if volumes.is_empty() {
+            Vec::new()
+        } else {
             sqlx::query_scalar("SELECT name FROM volumes WHERE sandbox = $1 AND name = ANY($2)")
                 .bind(new.sandbox.as_str())
                 .bind(&volumes)
                 .fetch_all(&mut *tx)
-                .await?;
+                .await?
+        };
         if let Some(gone) = volumes.iter().find(|v| !existing.iter().any(|e| e == *v)) {
             return Err(StateError::VolumeGone {
                 sandbox: new.sandbox.to_string(),

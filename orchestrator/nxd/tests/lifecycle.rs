@@ -159,6 +159,10 @@ fn a_program_that_never_listens_fails_with_its_last_log_lines() {
     let ls = host.nx_json(&["ls"]);
     assert_eq!(ls[0]["deployments"][0]["desired"], "stopped");
     assert!(started.elapsed() < Duration::from_secs(5));
+    // A push routes its preview while the deployment starts: one that failed is routed no
+    // more, as any stopped deployment (not a 502 from a route left to a program gone).
+    let id = ls[0]["deployments"][0]["id"].as_str().unwrap();
+    assert_eq!(host.get(&host.preview_host("broken", id), "/").0, 404);
 }
 
 /// What clients sent through an [`api_relay`]: each connection's bytes, in the order the

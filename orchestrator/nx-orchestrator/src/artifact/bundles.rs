@@ -378,13 +378,14 @@ impl BundleStore {
             std::os::unix::fs::symlink(&link.target, &path)?;
         }
         let entry = bundle::host_path(&root, &manifest.entry);
-        let search = Search::host().with_bundle(&root, manifest);
         let bytes = std::fs::read(&entry)?;
         manifest.check_entry_head(&bytes)?;
-        verify::verify_with(&bytes, &search).map_err(|source| BundleStoreError::Entry {
-            entry: manifest.entry.clone(),
-            source,
-        })?;
+        verify::verify_with(&bytes, || Search::host().with_bundle(&root, manifest)).map_err(
+            |source| BundleStoreError::Entry {
+                entry: manifest.entry.clone(),
+                source,
+            },
+        )?;
         manifest.check_programs(|p| bundle::host_path(&root, p))?;
         // Directories: readable by every deployment's uid, writable by nobody.
         for dir in walk_dirs(&root)? {

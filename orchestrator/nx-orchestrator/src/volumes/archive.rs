@@ -405,7 +405,10 @@ impl Orchestrator {
         let mut first = Ok(());
         for id in users {
             let started = match self.state.deployment(id).await {
-                Ok(d) => self.start_and_wait(&d, false).await,
+                Ok(d) => {
+                    self.start_and_wait(&d, crate::orchestrator::StartRoutes::After)
+                        .await
+                }
                 Err(e) => Err(e.into()),
             };
             if let Err(e) = started {

@@ -263,7 +263,8 @@ impl Orchestrator {
         }
         let again = async {
             let now = self.state.deployment(&before.id).await?;
-            self.start_and_wait(&now, false).await
+            self.start_and_wait(&now, crate::orchestrator::StartRoutes::After)
+                .await
         };
         match again.await {
             Ok(()) => format!("{ran_live}; it runs on its own volume copies again"),
