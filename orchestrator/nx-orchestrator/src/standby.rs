@@ -306,7 +306,7 @@ impl Orchestrator {
     }
 
     /// A standby of `sandbox` for pushes that `fit` matches (see the module's docs), its unit
-    /// started; `None` for a sandbox being removed.
+    /// started; `None` for a sandbox being removed or gone.
     #[tracing::instrument(skip(self))]
     async fn make_standby(
         &self,
@@ -321,7 +321,8 @@ impl Orchestrator {
             .sandbox_locks
             .lock(sandbox, crate::sandbox_locks::SandboxWork::Standby)
             .await;
-        if self.state.is_removing(sandbox).await? {
+        // Gone, too: a making begun after the removal finished (`REFILL_AFTER`).
+        if !self.state.is_live(sandbox).await? {
             return Ok(None);
         }
         let backend = BackendKind::Container;
@@ -407,7 +408,7 @@ impl Orchestrator {
         let sandbox = standby.deployment.sandbox.clone();
         if let Some(left) = self.standbys.put_back(standby) {
             self.remove_standby(&left).await;
-        } else if self.state.is_removing(&sandbox).await.unwrap_or(true) {
+        } else if !self.state.is_live(&sandbox).await.unwrap_or(false) {
             // Marked before this look: `nx sandbox rm` found no standby to remove.
             self.drop_standby(&sandbox).await;
         }

@@ -517,6 +517,17 @@ impl StateStore {
         Ok(())
     }
 
+    /// Whether the sandbox exists and is not being removed: what a standby is made for (one
+    /// made after a removal finished would open its database gate again).
+    pub async fn is_live(&self, name: &SandboxName) -> Result<bool, StateError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sandboxes WHERE name = $1 AND NOT removing)",
+        )
+        .bind(name.as_str())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Whether the sandbox is being removed (false when it does not exist).
     pub async fn is_removing(&self, name: &SandboxName) -> Result<bool, StateError> {
         Ok(sqlx::query_scalar(
