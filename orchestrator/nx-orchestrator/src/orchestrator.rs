@@ -605,12 +605,12 @@ impl Orchestrator {
         step("volumes", self.make_own_volumes(deployment)).await?;
         let spec = step("spec", self.spec(deployment)).await?;
         let start_ns = launch_times::now_ns();
-        let handle = if self.standbys.taken(&deployment.id) {
+        let (handle, restarts_before) = if self.standbys.taken(&deployment.id) {
             step("claim", self.claim_or_start(&spec)).await?
         } else {
             let handle = step("prepare", self.backend.prepare(&spec)).await?;
             step("start", self.backend.start(&handle, &spec)).await?;
-            handle
+            (handle, 0)
         };
         let addr = self.upstream(deployment)?;
         let timeout = readiness::timeout(deployment.ready_timeout_secs, &self.config.sandbox);
@@ -618,7 +618,14 @@ impl Orchestrator {
         let health = self.health_check(deployment).await?;
         let path = health.as_ref().map(|h| h.path.as_str());
         let probe = readiness::Probe::for_deployment(path, forwarded);
-        let ready = readiness::wait(addr, &probe, timeout, || self.backend.status(&handle));
+        // Its own restarts only: a standby's unit counts its waiter's (newcomer19 N2: one
+        // restarted once failed the push that took it, as a program that ended).
+        let state = || async {
+            let mut state = self.backend.status(&handle).await?;
+            state.restarts = state.restarts.saturating_sub(restarts_before);
+            Ok::<_, crate::backend::BackendError>(state)
+        };
+        let ready = readiness::wait(addr, &probe, timeout, state);
         let why = match step("ready", ready).await? {
             readiness::Outcome::Ready => {
                 let ready_ns = launch_times::now_ns();
@@ -670,13 +677,22 @@ impl Orchestrator {
 
     /// Gives a deployment recorded from a standby its program; where the standby is not
     /// waiting (its unit ended), stops what is left of it and starts the deployment cold.
+    /// Returns its handle and the restarts its unit had before (the standby's waiter's; 0 for
+    /// a cold start), which readiness does not count as the program's.
     async fn claim_or_start(
         &self,
         spec: &SandboxSpec,
-    ) -> Result<crate::backend::SandboxHandle, Error> {
+    ) -> Result<(crate::backend::SandboxHandle, u32), Error> {
         let handle = self.backend.handle(&spec.deployment);
-        match self.backend.claim(&handle, spec).await {
-            Ok(()) => return Ok(handle),
+        // Asked beside the claim (no time of its own): a claim is no start, so systemd's
+        // NRestarts goes on counting the waiter's; the program's own restart would come a
+        // `RestartUSec` after its end, long after this answer.
+        let (claimed, before) = tokio::join!(
+            self.backend.claim(&handle, spec),
+            self.backend.status(&handle)
+        );
+        match claimed {
+            Ok(()) => return Ok((handle, before.map_or(0, |state| state.restarts))),
             Err(e) => tracing::warn!(error = %e, "the standby took no program: starting cold"),
         }
         self.backend.stop(&handle, DEFAULT_STOP_TIMEOUT).await?;
@@ -690,7 +706,7 @@ impl Orchestrator {
         }
         let handle = self.backend.prepare(spec).await?;
         self.backend.start(&handle, spec).await?;
-        Ok(handle)
+        Ok((handle, 0))
     }
 
     /// The sandbox a deployment belongs to. Errors: `State(NoDeployment)`.
@@ -898,8 +914,16 @@ impl Orchestrator {
         if let Err(e) = self.make_pushed(&deployment, &req, &pushing).await {
             return Err(self.discard(&deployment, e).await);
         }
+        // Only a preview is routed while it starts: a service name or a TCP port it takes
+        // moves to it once it is ready (review19 #1: a `--service` push's early routes took
+        // the name from the deployment that served it, for the whole start).
+        let routes = if req.service.is_none() && req.tcp.is_none() {
+            Route::Preview
+        } else {
+            Route::None
+        };
         let started = self
-            .apply(&deployment, Phase::Created, Verb::Start, Route::Preview)
+            .apply(&deployment, Phase::Created, Verb::Start, routes)
             .await;
         // Made once this push is done, ready or not, so that it takes none of its time.
         if takes_standbys {

@@ -61,9 +61,9 @@ const EAGER: Duration = Duration::from_millis(200);
 /// How often [`wait`] asks after [`EAGER`].
 const PAUSE: Duration = Duration::from_millis(10);
 
-/// Waits until the deployment at `addr` is ready by `probe`, asking every 2 ms for the first
-/// 200 ms, then every 10 ms; between asks, `unit_state` reports its unit (at most every 10 ms),
-/// so that a program that ends stops the wait at once.
+/// Waits until the deployment at `addr` is ready by `probe`, asking every 1 ms for the first
+/// 200 ms, then every 10 ms; between asks, `unit_state` reports its unit (every 10 ms, the
+/// first time 10 ms in), so that a program that ends stops the wait within 10 ms.
 /// `timeout` counts from the call, which is right after the unit's start. Errors: those of
 /// `unit_state`.
 #[tracing::instrument(skip_all, fields(%addr, timeout_secs = timeout.as_secs()))]

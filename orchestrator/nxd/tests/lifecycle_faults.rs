@@ -633,6 +633,24 @@ fn a_deployment_whose_push_waits_for_it_is_listed_starting() {
     assert_eq!(host.deployment("warm", &id)["phase"], "running");
 }
 
+/// Sandbox racy's database given a table `held`, locked for `secs` s by a session of a thread
+/// of its own (returned; the lock is held when this returns), so that `nx sandbox rm`'s final
+/// backup (pg_dump) waits for it.
+fn hold_a_table_of_racy(host: &Host, secs: u32) -> std::thread::JoinHandle<(bool, String)> {
+    let database = host.nx_json(&["db", "url", "racy"])["database"]
+        .as_str()
+        .expect("database name")
+        .to_owned();
+    let socket = host.path("postgres/socket");
+    let (ok, out) = nx_testkit::psql(&socket, 5432, &database, "CREATE TABLE held (x int)");
+    assert!(ok, "{out}");
+    let lock =
+        format!("BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({secs}); COMMIT");
+    let held = std::thread::spawn(move || nx_testkit::psql(&socket, 5432, &database, &lock));
+    std::thread::sleep(Duration::from_millis(500));
+    held
+}
+
 /// Newcomer18 L2: `nx sandbox rm` while a push into the sandbox waited for its program to be
 /// ready: the removal's final backup (here ~6 s: a table lock holds pg_dump) outlasted that
 /// wait, and the push answered `running`, rc 0 and a promote line for a deployment removed a
@@ -643,27 +661,11 @@ fn sandbox_rm_ends_a_push_under_way_before_its_final_backup() {
     let host = Host::start();
     let production = host.push_sample("racy", &[]);
     host.nx_json(&["promote", "racy", &production]);
-    let database = host.nx_json(&["db", "url", "racy"])["database"]
-        .as_str()
-        .expect("database name")
-        .to_owned();
-    let socket = host.path("postgres/socket");
-    let (ok, out) = nx_testkit::psql(&socket, 5432, &database, "CREATE TABLE held (x int)");
-    assert!(ok, "{out}");
     let (push, id) = slow_push(&host, "racy", 2);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nx_testkit::psql(
-                &socket,
-                5432,
-                &database,
-                "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT",
-            )
-        });
-        std::thread::sleep(Duration::from_millis(500));
-        let rm = host.nx(&["sandbox", "rm", "racy"]);
-        assert!(rm.ok, "{}", rm.stderr);
-    });
+    let held = hold_a_table_of_racy(&host, 6);
+    let rm = host.nx(&["sandbox", "rm", "racy"]);
+    assert!(rm.ok, "{}", rm.stderr);
+    held.join().expect("the lock's session");
     assert_push_says_removed(push, &id);
     assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]));
 }
@@ -675,24 +677,9 @@ fn sandbox_rm_ends_a_push_under_way_before_its_final_backup() {
 fn a_push_during_sandbox_rm_is_refused_and_the_rm_removes_everything() {
     let host = Host::start();
     let first = host.push_sample("racy", &[]);
-    let database = host.nx_json(&["db", "url", "racy"])["database"]
-        .as_str()
-        .expect("database name")
-        .to_owned();
-    let socket = host.path("postgres/socket");
-    let (ok, out) = nx_testkit::psql(&socket, 5432, &database, "CREATE TABLE held (x int)");
-    assert!(ok, "{out}");
+    // pg_dump waits for this lock: the removal's backup takes ~4 s.
+    let held = hold_a_table_of_racy(&host, 4);
     std::thread::scope(|s| {
-        // pg_dump waits for this lock: the removal's backup takes ~4 s.
-        s.spawn(|| {
-            nx_testkit::psql(
-                &socket,
-                5432,
-                &database,
-                "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT",
-            )
-        });
-        std::thread::sleep(Duration::from_millis(500));
         let rm = s.spawn(|| host.nx(&["sandbox", "rm", "racy"]));
         std::thread::sleep(Duration::from_millis(1000));
         // The removal is marked before its backup: the push is refused, saying what to do.
@@ -712,6 +699,7 @@ fn a_push_during_sandbox_rm_is_refused_and_the_rm_removes_everything() {
         let rm = rm.join().expect("rm");
         assert!(rm.ok, "{}", rm.stderr);
     });
+    held.join().expect("the lock's session");
     assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]));
     assert!(!host.path(&format!("deployments/{first}")).exists());
     assert_eq!(

@@ -422,22 +422,7 @@ fn a_second_nxd_in_the_network_namespace_of_a_running_one_refuses_and_names_it()
     let mut host = Host::start();
     let id = host.push_sample("first", &[]);
     let preview = host.preview_host("first", &id);
-    let second = tempfile::Builder::new()
-        .prefix("nx-test-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let listen = |port: u16| format!("127.0.0.1:{port}");
-    let out = host.nxd_that_exits(
-        &[
-            "--state-dir",
-            second.path().to_str().unwrap(),
-            "--api-listen",
-            &listen(nx_testkit::free_port()),
-            "--router-listen",
-            &listen(nx_testkit::free_port()),
-        ],
-        std::time::Duration::from_secs(60),
-    );
+    let (_second, out) = second_nxd(&host, std::time::Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the second nxd started: {stderr}");
     let first = host.state_dir.path().display().to_string();
@@ -542,22 +527,7 @@ fn a_second_nxd_beside_a_stopped_ones_running_deployments_refuses_and_names_its_
     let production = host.production_host("first");
     host.stop_nxd();
     assert_eq!(host.get(&production, "/").0, 200, "nxd's stop stopped it");
-    let second = tempfile::Builder::new()
-        .prefix("nx-test-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let listen = |port: u16| format!("127.0.0.1:{port}");
-    let out = host.nxd_that_exits(
-        &[
-            "--state-dir",
-            second.path().to_str().unwrap(),
-            "--api-listen",
-            &listen(nx_testkit::free_port()),
-            "--router-listen",
-            &listen(nx_testkit::free_port()),
-        ],
-        std::time::Duration::from_secs(30),
-    );
+    let (_second, out) = second_nxd(&host, std::time::Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let first = host.state_dir.path().display().to_string();
     assert!(
@@ -709,6 +679,38 @@ fn a_service_is_reached_by_name_from_its_sandbox_and_not_from_another() {
     ]);
     assert!(!bad.ok);
     assert!(bad.stderr.contains("not a service name"), "{}", bad.stderr);
+}
+
+/// Review19 #1: a push's routes went out while its deployment started (a52f011), and with them
+/// its sandbox's service name, so every caller of a `--service` name was refused until the new
+/// deployment listened (for its whole readiness timeout when it never did). The name moves once
+/// the new one is ready.
+#[test]
+fn a_service_push_moves_the_name_once_ready_not_while_it_starts() {
+    let host = Host::start();
+    host.push_sample("shop", &["--service", "cache", "--port", "7000"]);
+    let client = host.push_sample("shop", &[]);
+    assert!(connects(&host, "shop", &client, "cache:7000"));
+    let mut push = host.spawn_push_sample(
+        "shop",
+        &[
+            "--service",
+            "cache",
+            "--port",
+            "7000",
+            "--ready-timeout",
+            "60s",
+            "-e",
+            "LISTEN_AFTER=4",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        connects(&host, "shop", &client, "cache:7000"),
+        "the name left the service that runs while its successor started"
+    );
+    assert!(push.wait().expect("the push").success());
+    assert!(connects(&host, "shop", &client, "cache:7000"));
 }
 
 /// The host port of deployment `id`'s `tcp://HOST:PORT` (`nx status`).
@@ -1014,4 +1016,30 @@ fn an_address_freed_by_nx_rm_goes_to_the_next_push_while_the_old_namespace_linge
         let links = String::from_utf8_lossy(&out.stdout);
         assert_eq!(links.lines().count(), 1, "only lo is left: {links}");
     }
+}
+
+/// An nxd of a second, empty state dir (under /var/tmp, free ports) started in `host`'s network
+/// namespace, run until it exits (within `within`): the dir (removed when dropped) and what
+/// the nxd printed.
+fn second_nxd(
+    host: &Host,
+    within: std::time::Duration,
+) -> (tempfile::TempDir, std::process::Output) {
+    let second = tempfile::Builder::new()
+        .prefix("nx-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let listen = |port: u16| format!("127.0.0.1:{port}");
+    let out = host.nxd_that_exits(
+        &[
+            "--state-dir",
+            second.path().to_str().unwrap(),
+            "--api-listen",
+            &listen(nx_testkit::free_port()),
+            "--router-listen",
+            &listen(nx_testkit::free_port()),
+        ],
+        within,
+    );
+    (second, out)
 }

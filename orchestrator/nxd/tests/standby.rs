@@ -341,6 +341,47 @@ fn unit_pids(unit: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Newcomer19 N2: a standby whose waiter ended once (killed; an OOM kill picks waiters first)
+/// and which systemd started again failed the push that took it, "exited before it was ready
+/// (exit status 0)": readiness took the unit's restart, its waiter's, for the program's. Now
+/// only the program's own restarts count.
+#[test]
+fn a_standby_restarted_once_takes_a_push_whose_program_listens_late() {
+    let host = host();
+    host.push_sample("again", &[]);
+    let standby = wait_for_standbys(&host, 1).remove(0);
+    let id = standby.file_name().unwrap().to_str().unwrap().to_owned();
+    let unit = format!("nx-{id}.service");
+    let before = unit_pids(&unit);
+    for pid in &before {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    // systemd starts it again (`sandbox.restart_delay_secs`): new processes, still a standby.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while unit_pids(&unit).iter().all(|pid| before.contains(pid)) || unit_pids(&unit).is_empty() {
+        assert!(Instant::now() < deadline, "{unit} was not started again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_standbys(&host, 1);
+    let pushed = host.nx(&[
+        "push",
+        nx_testkit::sample_app().to_str().unwrap(),
+        "--sandbox",
+        "again",
+        "-e",
+        "LISTEN_AFTER=1",
+    ]);
+    assert!(pushed.ok, "{}\n{}", pushed.stderr, host.nxd_log());
+    assert!(
+        pushed.stdout.contains(&id),
+        "the push took the restarted standby {id}: {}",
+        pushed.stdout
+    );
+}
+
 /// Review18 #8: the claim wrote the program's arguments and environment to the standby's
 /// FIFO on one of the runtime's threads, blocking, with no time bound: a standby that does not
 /// read (stopped here; its message, past the pipe's 64 KiB, cannot all be written without a

@@ -11,7 +11,7 @@
 //!   set up its monitor;
 //! - `exec_to_ready`: from the launcher's run of the sandbox (bubblewrap, Podman) until
 //!   readiness's probe succeeded: the sandbox's own setup, the program's start until it
-//!   listens, and the probe's cadence (readiness asks every 2 ms at first).
+//!   listens, and the probe's cadence (readiness asks every 1 ms at first).
 //!
 //! Together they make the push's `start` and `ready` steps.
 

@@ -54,7 +54,7 @@
 use super::{Attachment, NetworkError, GATEWAY6};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -99,16 +99,29 @@ fn connect() -> Result<Handle, NetworkError> {
     Ok(handle)
 }
 
-async fn index_of(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
-    let what = format!("finding {name}");
-    let link = handle
+/// The link named `name`; `None` where there is none (the kernel answers ENODEV). Errors:
+/// the kernel's other answers.
+pub(super) async fn link_named(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    let found = handle
         .link()
         .get()
         .match_name(name.to_owned())
         .execute()
         .try_next()
-        .await
-        .map_err(netlink(&what))?;
+        .await;
+    match found {
+        Err(e) if failed_with(&e, nix::errno::Errno::ENODEV) => Ok(None),
+        found => found,
+    }
+}
+
+/// The index of the link named `name`. Errors: `Netlink`, `Config` when there is none.
+pub(super) async fn index_of(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
+    let what = format!("finding {name}");
+    let link = link_named(handle, name).await.map_err(netlink(&what))?;
     link.map(|l| l.header.index)
         .ok_or_else(|| NetworkError::Config(format!("{name} vanished")))
 }

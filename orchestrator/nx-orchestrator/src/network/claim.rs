@@ -21,7 +21,6 @@
 //! nx0 without an alias (made before the mark) is taken by whichever nxd starts.
 
 use super::{NetworkError, GATEWAY_LINK};
-use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{Handle, LinkUnspec};
 use std::io::Read;
@@ -85,23 +84,12 @@ pub(super) fn canonical(state_dir: &Path) -> PathBuf {
 /// The state dir whose network this namespace's is, as nx0's alias names it. None: no nx0, or
 /// one without the mark (made before it). Errors: netlink.
 pub(super) async fn owner(handle: &Handle) -> Result<Option<PathBuf>, NetworkError> {
-    let found = handle
-        .link()
-        .get()
-        .match_name(GATEWAY_LINK.to_owned())
-        .execute()
-        .try_next()
-        .await;
-    let link = match found {
-        Ok(link) => link,
-        Err(e) if super::attach::failed_with(&e, nix::errno::Errno::ENODEV) => None,
-        Err(e) => {
-            return Err(NetworkError::Netlink {
-                what: "reading nx0's alias".to_owned(),
-                source: Box::new(e),
-            })
-        }
-    };
+    let link = super::attach::link_named(handle, GATEWAY_LINK)
+        .await
+        .map_err(|e| NetworkError::Netlink {
+            what: "reading nx0's alias".to_owned(),
+            source: Box::new(e),
+        })?;
     Ok(link
         .into_iter()
         .flat_map(|l| l.attributes)

@@ -11,7 +11,7 @@
 //! forwarding") on every interface (and `default`) that has 1: a cloud host keeps its IPv6
 //! default route.
 
-use super::attach::{delete_link, failed_with, host_route, host_route6};
+use super::attach::{delete_link, failed_with, host_route, host_route6, index_of, link_named};
 use super::claim::NetworkClaim;
 use super::{
     dns, firewall, Attachment, NetworkConfig, NetworkError, Plan, GATEWAY_LINK, LINK_PREFIX,
@@ -238,14 +238,7 @@ fn deployment_of(link: &str) -> Option<&str> {
 
 /// `nx0`: a bridge with no ports, up, holding the gateway address.
 pub(super) async fn gateway_link(handle: &Handle, plan: &Plan) -> Result<(), NetworkError> {
-    let existing = handle
-        .link()
-        .get()
-        .match_name(GATEWAY_LINK.to_owned())
-        .execute()
-        .try_next()
-        .await;
-    let index = match existing {
+    let index = match link_named(handle, GATEWAY_LINK).await {
         Ok(Some(link)) => link.header.index,
         _ => {
             handle
@@ -254,17 +247,7 @@ pub(super) async fn gateway_link(handle: &Handle, plan: &Plan) -> Result<(), Net
                 .execute()
                 .await
                 .map_err(netlink("creating nx0"))?;
-            handle
-                .link()
-                .get()
-                .match_name(GATEWAY_LINK.to_owned())
-                .execute()
-                .try_next()
-                .await
-                .map_err(netlink("finding nx0"))?
-                .ok_or_else(|| NetworkError::Config("nx0 vanished".into()))?
-                .header
-                .index
+            index_of(handle, GATEWAY_LINK).await?
         }
     };
     handle
