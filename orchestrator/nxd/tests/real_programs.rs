@@ -473,6 +473,25 @@ fn shell_bundle(host: &Host, name: &str, script: &str) -> Bundle {
         .script("start.sh", script)
 }
 
+/// Pushes [`shell_bundle`] with `script` as its start script into `sandbox`, busybox's `sh`
+/// running it; the deployment's id.
+fn push_shell_script(host: &Host, sandbox: &str, script: &str) -> String {
+    let app = shell_bundle(host, sandbox, script);
+    push(
+        host,
+        &[
+            app.path(),
+            "--entry",
+            "bin/busybox",
+            "-s",
+            sandbox,
+            "--",
+            "sh",
+            "/app/start.sh",
+        ],
+    )
+}
+
 /// Newcomer17 N1: a bundle whose entry is static (a busybox shell running a start script, the
 /// common way to start a program that reads only a config file) got no dynamic loader and no
 /// library directories, so the dynamic program its script ran failed "not found" (exit 127),
@@ -481,23 +500,10 @@ fn shell_bundle(host: &Host, name: &str, script: &str) -> Bundle {
 #[test]
 fn a_static_shell_runs_the_dynamic_program_of_its_bundle() {
     let host = Host::start();
-    let app = shell_bundle(
+    let id = push_shell_script(
         &host,
         "shell",
         "#!/app/bin/busybox sh\nexec /app/bin/pushgateway --web.listen-address=:$PORT\n",
-    );
-    let id = push(
-        &host,
-        &[
-            app.path(),
-            "--entry",
-            "bin/busybox",
-            "-s",
-            "shell",
-            "--",
-            "sh",
-            "/app/start.sh",
-        ],
     );
     let (status, metrics) = get(&host, "shell", &id, "/metrics");
     assert_eq!(status, 200);
@@ -509,24 +515,7 @@ fn a_static_shell_runs_the_dynamic_program_of_its_bundle() {
 #[test]
 fn a_deployment_writes_to_dev_stdout_and_its_own_fd_2() {
     let host = Host::start();
-    let app = shell_bundle(
-        &host,
-        "out",
-        "#!/app/bin/busybox sh\necho to-stdout > /dev/stdout && echo to-fd2 > /proc/self/fd/2 && exec /app/bin/pushgateway --web.listen-address=:$PORT\n",
-    );
-    let id = push(
-        &host,
-        &[
-            app.path(),
-            "--entry",
-            "bin/busybox",
-            "-s",
-            "out",
-            "--",
-            "sh",
-            "/app/start.sh",
-        ],
-    );
+    let id = push_shell_script(&host, "out", "#!/app/bin/busybox sh\necho to-stdout > /dev/stdout && echo to-fd2 > /proc/self/fd/2 && exec /app/bin/pushgateway --web.listen-address=:$PORT\n");
     let logs = host.nx(&["logs", &id, "-n", "50"]);
     assert!(
         logs.stdout.contains("to-stdout") && logs.stdout.contains("to-fd2"),
