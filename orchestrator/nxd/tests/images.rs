@@ -386,22 +386,49 @@ fn memory_held_in_an_images_tmpfs_ends_its_program_not_podman_and_is_named() {
         let (status, _) = host.get(&preview, "/hog");
         assert_ne!(status, 200, "the hog survived a 128 MiB MemoryMax");
     }
+    let unit = format!("nx-{id}.service");
+    // What a red CI needs to tell why: the deployment as nxd sees it, the kernel's victims in
+    // the unit (the monitor, `nxd-launcher`, among them: CI of session 19), the program's log.
+    let seen = || {
+        let logs = host.nx(&["logs", &id, "--sandbox", "shm"]);
+        format!(
+            "deployment: {}\nthe kernel's OOM victims in {unit}: {:?}\nnx logs:\n{}{}",
+            host.deployment("shm", &id),
+            oom_victims(&unit),
+            logs.stdout,
+            logs.stderr
+        )
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let last = loop {
         let last = host.deployment("shm", &id)["last_exit"].clone();
         if !last.is_null() {
             break last;
         }
-        assert!(std::time::Instant::now() < deadline, "no last exit");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no last exit 30 s after MemoryMax was filled\n{}",
+            seen()
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    assert_eq!(last["result"], "oom-kill", "{last}");
-    assert_eq!(last["message"], "killed: out of memory, MemoryMax 128 MiB");
-    let victims = oom_victims(&format!("nx-{id}.service"));
+    assert_eq!(last["result"], "oom-kill", "{}", seen());
+    assert_eq!(
+        last["message"],
+        "killed: out of memory, MemoryMax 128 MiB",
+        "{}",
+        seen()
+    );
+    let victims = oom_victims(&unit);
     assert_eq!(
         victims.first().map(String::as_str),
         Some("app"),
         "the kernel's first victim: {victims:?}"
+    );
+    // The monitor outlived Podman: it ranks below Podman's CLI, conmon and its cleanup.
+    assert!(
+        !victims.iter().any(|v| v == "nxd-launcher"),
+        "the kernel killed the monitor: {victims:?}"
     );
 }
 

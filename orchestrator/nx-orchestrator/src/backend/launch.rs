@@ -189,8 +189,9 @@ pub enum OomScore {
     #[default]
     Tenant,
     /// A tenant's `podman run`, which gives its container 1000 itself (`--oom-score-adj`):
-    /// Podman's CLI keeps the monitor's score, so that the kernel kills the container's
-    /// program first, not Podman's CLI, whose RSS is far larger (review15 #7).
+    /// Podman's CLI gets less, so that the kernel kills the container's program first, not
+    /// Podman's CLI, whose RSS is far larger (review15 #7), but enough to outrank the monitor
+    /// (`monitor::podman_cli_oom_score`).
     Container,
     /// nxd's own service (the embedded PostgreSQL, the router, the database gate): the
     /// monitor's score, 0: with 1000 it was the host's first victim of the kernel's OOM

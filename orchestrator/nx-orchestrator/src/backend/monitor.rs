@@ -19,8 +19,9 @@
 //! not the monitor, is the first the kernel picks in the unit's cgroup whatever their sizes
 //! (memory held in a tmpfs or in kernel objects is in no process's RSS: attacker s15 O1).
 //! An image's program is `podman run`, whose RSS is far larger than the container's: there
-//! Podman gives the container 1000 (`--oom-score-adj`) and its CLI keeps 0 (review15 #7: the
-//! kernel killed Podman's CLI, and the container ran on until systemd stopped the unit).
+//! Podman gives the container 1000 (`--oom-score-adj`) (review15 #7: the kernel killed Podman's
+//! CLI, and the container ran on until systemd stopped the unit), and Podman's CLI a score
+//! between, above the monitor's ([`podman_cli_oom_score`]).
 
 use super::data_disk::{DataImage, USAGE_FILE};
 use super::exit::{
@@ -127,9 +128,13 @@ pub fn run(
     let before = CgroupCounters::read();
     let exempt = std::fs::write("/proc/self/oom_score_adj", "-1000").is_ok();
     let program_oom_score_adj = match (exempt, spec.oom_score) {
-        (false, super::launch::OomScore::Tenant) => "1000",
-        _ => "0",
-    };
+        (false, super::launch::OomScore::Tenant) => 1000,
+        (false, super::launch::OomScore::Container) => {
+            podman_cli_oom_score(own_resident_pages(), CgroupLimits::read().memory_max_bytes)
+        }
+        _ => 0,
+    }
+    .to_string();
     // SAFETY: the launcher is single-threaded here; the child only dup2s, writes a file and
     // execs (or returns the reason it could not).
     match unsafe { fork() } {
@@ -188,7 +193,6 @@ pub fn run(
                     other => break other,
                 }
             };
-            let mut sink = capture.finish(DRAIN);
             let mut reported = String::new();
             let _ =
                 std::io::Read::read_to_string(&mut std::fs::File::from(report_r), &mut reported);
@@ -200,14 +204,54 @@ pub fn run(
                 ),
                 None => record(status, before, &reported),
             };
-            // The file first: whoever read the end in the log finds it in `nx status`.
+            // The file first, before the output is drained: whoever read the end in the log
+            // finds it in `nx status`, and an image's end is told even if the kernel kills the
+            // monitor in the drain (conmon keeps the pipes open while Podman's cleanup runs
+            // into the unit's MemoryMax, its tmpfs pages still charged: CI of session 19).
             if let Ok(json) = serde_json::to_vec(&record) {
                 let _ = write_atomically(&spec.dir.join(LAST_EXIT_FILE), &json);
             }
+            let mut sink = capture.finish(DRAIN);
             let _ = sink.write_records(&note(&record.message));
             end_like(status)
         }
     }
+}
+
+/// This process's resident set, in pages (proc(5) `/proc/self/statm`, second field; 0 if
+/// unreadable).
+fn own_resident_pages() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `oom_score_adj` of a tenant's `podman run` where the monitor cannot exempt itself
+/// (`OomScore::Container`): the least with which even a process of no memory of its own
+/// outranks the monitor (`monitor_pages` resident, and a quarter more for what it allocates
+/// later) at the unit's `memory_max_bytes`, by the kernel's measure (mm/oom_kill.c
+/// `oom_badness`: resident pages plus `oom_score_adj` × (the limit in pages / 1000)).
+/// conmon and the `podman container cleanup` it starts inherit it, so that when the container
+/// (1000, the first victim) ended with its tmpfs pages still charged to the unit, the kernel
+/// kills Podman's processes, not the monitor, which then names the end (CI of session 19:
+/// the monitor was killed and the deployment had no last exit). At most 999, below the
+/// container; 0 without a limit (no memory cgroup OOM to rank for).
+fn podman_cli_oom_score(monitor_pages: u64, memory_max_bytes: Option<u64>) -> u64 {
+    let Some(max) = memory_max_bytes else {
+        return 0;
+    };
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096);
+    let per_point = max / page / 1000;
+    if per_point == 0 {
+        return 999;
+    }
+    // Strictly above: of equal scores the kernel may pick either.
+    (monitor_pages * 5 / 4 / per_point + 1).min(999)
 }
 
 /// Every [`WATCH_EVERY`] while the program runs: writes `/data`'s usage to `usage_file` when it
@@ -275,5 +319,23 @@ fn end_like(status: nix::Result<WaitStatus>) -> String {
             std::process::exit(128 + sig as i32)
         }
         other => format!("waiting for the program: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::podman_cli_oom_score;
+
+    #[test]
+    fn podmans_cli_outranks_the_monitor_and_not_the_container() {
+        // 128 MiB: 32 pages a point; a debug monitor of 7245 pages (CI of session 19).
+        let score = podman_cli_oom_score(7245, Some(128 << 20));
+        assert_eq!(score, 284);
+        assert!(score * 32 > 7245 * 5 / 4);
+        // The container (1000) still outranks a `podman run` of 9000 pages.
+        assert!(9000 + score * 32 < 1000 * 32);
+        assert_eq!(podman_cli_oom_score(7245, None), 0);
+        assert_eq!(podman_cli_oom_score(7245, Some(1 << 20)), 999);
+        assert_eq!(podman_cli_oom_score(0, Some(128 << 20)), 1);
     }
 }
