@@ -35,7 +35,9 @@
 //! `upkeep::removing` (its start gate taken, the removal not yet begun; [`wait`]s there) and
 //! `store::referenced` (a store collection read which programs deployments run, nothing
 //! deleted yet; [`wait`]s there), `standby::making` (a standby's slot reserved, its gate,
-//! directory and unit not made yet; [`wait`]s there) and `bundles::look_up` (a `POST /v1/blobs/missing` lookup
+//! directory and unit not made yet; [`wait`]s there), `standby::queued` (a standby's making
+//! begun, before its sandbox's lock and its slot, as one queued behind a backup; [`wait`]s
+//! there) and `bundles::look_up` (a `POST /v1/blobs/missing` lookup
 //! on its blocking thread; `sleep(<ms>)` holds that thread).
 //! Code marks such a step with `fail::fail_point!("<point>")`, which compiles to nothing
 //! without the feature.

@@ -41,9 +41,9 @@ pub(crate) const REFILL_AFTER: Duration = Duration::from_millis(100);
 /// The waiter's flag (nx-vm-init's `exec_on_input::FLAG`).
 pub const WAITER_FLAG: &str = "--exec-on-input";
 
-/// How long a push that found no free slot waits for the standbys being made to be made and
-/// removed ([`Orchestrator::remove_standbys`]); a standby's making is a unit start, well under
-/// it.
+/// How long a push that found no free slot waits for the standbys being made that hold a slot
+/// to be made and removed ([`Orchestrator::remove_standbys`]); a standby's making, from its
+/// slot on, is a unit start, well under it.
 pub const MADE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The file that marks a deployment's directory as a standby's, removed when a push takes it.
@@ -136,9 +136,11 @@ pub struct Standbys {
     reserved: Mutex<HashSet<u16>>,
     /// Deployments recorded from a standby whose program was not given to it yet.
     taken: Mutex<HashSet<DeploymentId>>,
-    /// How many makings ([`Orchestrator::refill_standby`]) are under way, each until what it
-    /// made waits or was removed.
-    in_flight: tokio::sync::watch::Sender<usize>,
+    /// How many makings ([`Orchestrator::refill_standby`]) hold a slot, each from its
+    /// reservation ([`Self::reserve`]) until what it made waits or was removed (review19 #2:
+    /// counted from the making's start, a push waited for makings that held none, in
+    /// [`REFILL_AFTER`]'s delay or queued on their sandbox's lock behind a backup).
+    holding: tokio::sync::watch::Sender<usize>,
 }
 
 impl Standbys {
@@ -147,10 +149,29 @@ impl Standbys {
         self.reserved.lock().expect("standbys").clone()
     }
 
-    /// Holds `port` for a standby. Called under the deployments table's lock, as the port is
-    /// chosen (`StateStore::reserve_port`).
+    /// Holds `port` for a standby being made, which holds a slot from now on until it waits
+    /// or was removed ([`Orchestrator::refill_standby`] says so). Called under the deployments
+    /// table's lock, as the port is chosen (`StateStore::reserve_port`).
     pub fn reserve(&self, port: u16) {
         self.reserved.lock().expect("standbys").insert(port);
+        self.holding.send_modify(|n| *n += 1);
+    }
+
+    /// A making that held a slot ([`Self::reserve`]) holds it no more as a making: what it
+    /// made waits, or was removed.
+    fn made(&self) {
+        self.holding.send_modify(|n| *n -= 1);
+    }
+
+    /// Whether `sandbox`'s standby being made was removed meanwhile ([`Self::remove`],
+    /// [`Self::remove_all`]): it is not to be made.
+    fn removed_while_made(&self, sandbox: &SandboxName) -> bool {
+        self.making
+            .lock()
+            .expect("standbys")
+            .get(sandbox)
+            .copied()
+            .unwrap_or(true)
     }
 
     /// Frees `port` (its standby was removed, or its push recorded).
@@ -169,7 +190,6 @@ impl Standbys {
             return None;
         }
         making.insert(sandbox.clone(), false);
-        self.in_flight.send_modify(|n| *n += 1);
         Some(ready.remove(sandbox))
     }
 
@@ -298,15 +318,22 @@ impl Orchestrator {
                     None
                 }
             };
+            let held = made.is_some();
             if let Some(removed) = app.standbys.end_making(&sandbox, made) {
                 app.remove_standby(&removed).await;
             }
-            app.standbys.in_flight.send_modify(|n| *n -= 1);
+            if held {
+                app.standbys.made();
+            }
         });
     }
 
     /// A standby of `sandbox` for pushes that `fit` matches (see the module's docs), its unit
-    /// started; `None` for a sandbox being removed or gone.
+    /// started; `None` for a sandbox being removed or gone, or a standby removed while it
+    /// waited for its sandbox's lock, before it took a slot. Fail point `standby::queued`
+    /// ([`crate::failpoint::wait`]s before that lock, as behind a backup that holds it).
+    /// Errors: those of the reservation (no slot left) and of the start, whose slot is
+    /// freed.
     #[tracing::instrument(skip(self))]
     async fn make_standby(
         &self,
@@ -317,12 +344,15 @@ impl Orchestrator {
         // finds the standby (review18 #4: one made meanwhile opened the sandbox's database
         // gate again once the removal had closed it, and kept it open), and none is made once
         // the sandbox is marked removed.
+        crate::failpoint::wait("standby::queued").await;
         let _lock = self
             .sandbox_locks
             .lock(sandbox, crate::sandbox_locks::SandboxWork::Standby)
             .await;
-        // Gone, too: a making begun after the removal finished (`REFILL_AFTER`).
-        if !self.state.is_live(sandbox).await? {
+        // Gone, too: a making begun after the removal finished (`REFILL_AFTER`). Removed
+        // while it waited (a push that found no free slot, `nx sandbox set`): it takes no slot
+        // and starts no unit only to be removed (review19 #2).
+        if self.standbys.removed_while_made(sandbox) || !self.state.is_live(sandbox).await? {
             return Ok(None);
         }
         let backend = BackendKind::Container;
@@ -352,6 +382,7 @@ impl Orchestrator {
         let started = self.start_standby(&standby).await;
         if started.is_err() {
             self.remove_standby(&standby).await;
+            self.standbys.made();
         }
         started.map(|()| Some(standby))
     }
@@ -415,14 +446,15 @@ impl Orchestrator {
     }
 
     /// Removes every standby, for a push that found no free slot: those that wait, then those
-    /// being made, once made (review18 #9: their slots stayed taken, and the push failed for
-    /// want of one), waiting up to [`MADE_WITHIN`] for them.
+    /// being made that hold a slot, once made (review18 #9: their slots stayed taken, and the
+    /// push failed for want of one), waiting up to [`MADE_WITHIN`] for them; those being made
+    /// that hold none yet take none ([`Self::make_standby`]).
     pub(crate) async fn remove_standbys(&self) {
         for standby in self.standbys.remove_all() {
             self.remove_standby(&standby).await;
         }
-        let mut in_flight = self.standbys.in_flight.subscribe();
-        if tokio::time::timeout(MADE_WITHIN, in_flight.wait_for(|n| *n == 0))
+        let mut holding = self.standbys.holding.subscribe();
+        if tokio::time::timeout(MADE_WITHIN, holding.wait_for(|n| *n == 0))
             .await
             .is_err()
         {

@@ -69,7 +69,7 @@ fn api_push(host: &Host, body: serde_json::Value) -> (u16, serde_json::Value, Ve
         .bearer_auth(&host.token)
         .json(&body)
         .send()
-        .expect("push");
+        .unwrap_or_else(|e| panic!("push: {e}\n{}", host.nxd_log()));
     let steps = response
         .headers()
         .get("server-timing")
@@ -459,4 +459,40 @@ fn a_push_that_finds_only_the_slot_of_a_standby_being_made_free_takes_it() {
     let other = host.push_sample("second", &[]);
     let (code, body) = host.get(&host.preview_host("second", &other), "/");
     assert_eq!(code, 200, "{body}");
+}
+
+/// Review19 #2: a push that found no free slot waited up to 10 s (`MADE_WITHIN`) for every
+/// standby being made, also for one that held no slot yet (fail point `standby::queued` holds
+/// each making 8 s before its sandbox's lock, as a backup holding that lock would), which then
+/// took the slot the push had freed, started a unit, and was removed. The push now waits only
+/// for makings that hold a slot, and a making removed meanwhile takes none.
+#[test]
+fn a_push_waits_for_no_standby_being_made_that_holds_no_slot() {
+    let mut host = Host::start_with_ports(
+        nx_testkit::bin("nxd"),
+        (20984, 20986),
+        97,
+        &format!(
+            "[microvm]\ninit = {:?}\n",
+            nx_testkit::static_binary("nx-vm-init")
+        ),
+    );
+    host.restart_nxd_with_failpoints("standby::queued=return(8000)");
+    // Three slots: a's deployment and standby, b's deployment, whose standby is being made.
+    host.push_sample("a", &[]);
+    wait_for_standbys(&host, 1);
+    host.push_sample("b", &[]);
+    let began = Instant::now();
+    let c = host.push_sample("c", &[]);
+    let took = began.elapsed();
+    let (code, body) = host.get(&host.preview_host("c", &c), "/");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the push waited {took:?} for b's standby, which held no slot\n{}",
+        host.nxd_log()
+    );
+    // b's making, removed while it waited, leaves nothing.
+    std::thread::sleep(Duration::from_secs(9));
+    assert!(standbys(&host).is_empty(), "{:?}", standbys(&host));
 }
