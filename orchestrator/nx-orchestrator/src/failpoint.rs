@@ -37,7 +37,8 @@
 //! deleted yet; [`wait`]s there), `standby::making` (a standby's slot reserved, its gate,
 //! directory and unit not made yet; [`wait`]s there), `standby::queued` (a standby's making
 //! begun, before its sandbox's lock and its slot, as one queued behind a backup; [`wait`]s
-//! there) and `bundles::look_up` (a `POST /v1/blobs/missing` lookup
+//! there), `standby::freed` (a push that found no free slot removed the standbys that held
+//! some, and has not recorded again yet; [`wait`]s there) and `bundles::look_up` (a `POST /v1/blobs/missing` lookup
 //! on its blocking thread; `sleep(<ms>)` holds that thread).
 //! Code marks such a step with `fail::fail_point!("<point>")`, which compiles to nothing
 //! without the feature.

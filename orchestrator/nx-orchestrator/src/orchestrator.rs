@@ -884,16 +884,20 @@ impl Orchestrator {
                 idle_timeout_secs,
             )
         };
-        // Standbys hold slots: where they hold the last free ones, they go.
-        let again =
-            (standby.is_none() && !self.standbys.reserved().is_empty()).then(|| new.clone());
-        let recorded = match (step("record", record(new, slot)).await, again) {
-            (Err(StateError::NoPort { .. }), Some(new)) => {
-                self.remove_standbys().await;
-                step("record", record(new, Slot::Free(&self.standbys))).await
+        // Standbys hold slots: where they hold the last free ones, they go, and no standby
+        // takes one until this push has its own (newcomer19 N1: a refill took the slot freed
+        // for it, and it was refused while that standby held it).
+        let no_port = |r: &Result<_, _>| matches!(r, Err(StateError::NoPort { .. }));
+        let again = standby.is_none().then(|| new.clone());
+        let mut recorded = step("record", record(new, slot)).await;
+        if let (true, Some(new)) = (no_port(&recorded), again) {
+            let _wanted = self.standbys.want_slot();
+            let until = tokio::time::Instant::now() + crate::standby::MADE_WITHIN;
+            while no_port(&recorded) && self.remove_standbys(until).await {
+                crate::failpoint::wait("standby::freed").await;
+                recorded = step("record", record(new.clone(), Slot::Free(&self.standbys))).await;
             }
-            (recorded, _) => recorded,
-        };
+        }
         let deployment = match (recorded, standby) {
             (Ok(deployment), Some(standby)) => {
                 // Its record holds its slot now.

@@ -41,9 +41,9 @@ pub(crate) const REFILL_AFTER: Duration = Duration::from_millis(100);
 /// The waiter's flag (nx-vm-init's `exec_on_input::FLAG`).
 pub const WAITER_FLAG: &str = "--exec-on-input";
 
-/// How long a push that found no free slot waits for the standbys being made that hold a slot
-/// to be made and removed ([`Orchestrator::remove_standbys`]); a standby's making, from its
-/// slot on, is a unit start, well under it.
+/// How long a push that found no free slot waits, in all, for the standbys being made that
+/// hold a slot to be made and removed ([`Orchestrator::remove_standbys`]); a standby's making,
+/// from its slot on, is a unit start, well under it.
 pub const MADE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The file that marks a deployment's directory as a standby's, removed when a push takes it.
@@ -132,8 +132,8 @@ pub struct Standbys {
     /// Sandboxes whose standby is being made, each with whether it was removed meanwhile
     /// (`nx sandbox rm`, `nx sandbox set`, an adoption: what is made then goes, review18 #3).
     making: Mutex<HashMap<SandboxName, bool>>,
-    /// The ports (slots) of standbys made or being made: a push's record takes none of them.
-    reserved: Mutex<HashSet<u16>>,
+    /// The slots standbys hold, and the pushes that wait for them.
+    slots: Mutex<Slots>,
     /// Deployments recorded from a standby whose program was not given to it yet.
     taken: Mutex<HashSet<DeploymentId>>,
     /// How many makings ([`Orchestrator::refill_standby`]) hold a slot, each from its
@@ -143,18 +143,51 @@ pub struct Standbys {
     holding: tokio::sync::watch::Sender<usize>,
 }
 
+/// The slots of [`Standbys`].
+#[derive(Debug, Default)]
+struct Slots {
+    /// The ports (slots) of standbys made or being made: a push's record takes none of them.
+    held: HashSet<u16>,
+    /// How many pushes found no free slot and wait for the standbys' ([`SlotWanted`]): while
+    /// one waits, no standby takes a slot (newcomer19 N1: a refill took the slot a push had
+    /// freed, and the push was refused while a standby held it).
+    wanted: usize,
+}
+
+/// A push waits for a slot that standbys hold ([`Standbys::want_slot`]) while this lives.
+pub struct SlotWanted<'a>(&'a Standbys);
+
+impl Drop for SlotWanted<'_> {
+    fn drop(&mut self) {
+        self.0.slots.lock().expect("standbys").wanted -= 1;
+    }
+}
+
 impl Standbys {
     /// The ports no push may take (see [`Self::reserve`]).
     pub fn reserved(&self) -> HashSet<u16> {
-        self.reserved.lock().expect("standbys").clone()
+        self.slots.lock().expect("standbys").held.clone()
     }
 
     /// Holds `port` for a standby being made, which holds a slot from now on until it waits
-    /// or was removed ([`Orchestrator::refill_standby`] says so). Called under the deployments
-    /// table's lock, as the port is chosen (`StateStore::reserve_port`).
-    pub fn reserve(&self, port: u16) {
-        self.reserved.lock().expect("standbys").insert(port);
+    /// or was removed ([`Orchestrator::refill_standby`] says so); `false` (nothing held) while
+    /// a push waits for a slot ([`Self::want_slot`]). Called under the deployments table's
+    /// lock, as the port is chosen (`StateStore::reserve_port`).
+    pub fn reserve(&self, port: u16) -> bool {
+        let mut slots = self.slots.lock().expect("standbys");
+        if slots.wanted > 0 {
+            return false;
+        }
+        slots.held.insert(port);
         self.holding.send_modify(|n| *n += 1);
+        true
+    }
+
+    /// Notes a push that found no free slot: until the guard is dropped, no standby takes one
+    /// ([`Self::reserve`]).
+    pub fn want_slot(&self) -> SlotWanted<'_> {
+        self.slots.lock().expect("standbys").wanted += 1;
+        SlotWanted(self)
     }
 
     /// A making that held a slot ([`Self::reserve`]) holds it no more as a making: what it
@@ -176,7 +209,7 @@ impl Standbys {
 
     /// Frees `port` (its standby was removed, or its push recorded).
     pub fn release(&self, port: u16) {
-        self.reserved.lock().expect("standbys").remove(&port);
+        self.slots.lock().expect("standbys").held.remove(&port);
     }
 
     /// Marks `sandbox`'s standby as being made for pushes that `fit` matches. `None`: none is
@@ -329,8 +362,9 @@ impl Orchestrator {
     }
 
     /// A standby of `sandbox` for pushes that `fit` matches (see the module's docs), its unit
-    /// started; `None` for a sandbox being removed or gone, or a standby removed while it
-    /// waited for its sandbox's lock, before it took a slot. Fail point `standby::queued`
+    /// started; `None` for a sandbox being removed or gone, a standby removed while it
+    /// waited for its sandbox's lock, before it took a slot, or one begun while a push waits
+    /// for a slot ([`Standbys::want_slot`]). Fail point `standby::queued`
     /// ([`crate::failpoint::wait`]s before that lock, as behind a backup that holds it).
     /// Errors: those of the reservation (no slot left) and of the start, whose slot is
     /// freed.
@@ -357,7 +391,9 @@ impl Orchestrator {
         }
         let backend = BackendKind::Container;
         let ports = self.config.ports;
-        let port = self.state.reserve_port(ports, &self.standbys).await?;
+        let Some(port) = self.state.reserve_port(ports, &self.standbys).await? else {
+            return Ok(None);
+        };
         let deployment = NewDeployment {
             id: DeploymentId::generate(),
             sandbox: sandbox.clone(),
@@ -445,21 +481,28 @@ impl Orchestrator {
         }
     }
 
-    /// Removes every standby, for a push that found no free slot: those that wait, then those
-    /// being made that hold a slot, once made (review18 #9: their slots stayed taken, and the
-    /// push failed for want of one), waiting up to [`MADE_WITHIN`] for them; those being made
-    /// that hold none yet take none ([`Self::make_standby`]).
-    pub(crate) async fn remove_standbys(&self) {
-        for standby in self.standbys.remove_all() {
+    /// Removes every standby, for a push that found no free slot and waits for one
+    /// ([`Standbys::want_slot`]): those that wait, then those being made that hold a slot,
+    /// once made (review18 #9: their slots stayed taken, and the push failed for want of one),
+    /// waiting until `until` for them; those being made that hold none yet take none
+    /// ([`Self::make_standby`]). Returns whether standbys held slots and have let them go:
+    /// the push records again.
+    pub(crate) async fn remove_standbys(&self, until: tokio::time::Instant) -> bool {
+        let removed = self.standbys.remove_all();
+        let mut freed = !removed.is_empty();
+        for standby in removed {
             self.remove_standby(&standby).await;
         }
         let mut holding = self.standbys.holding.subscribe();
-        if tokio::time::timeout(MADE_WITHIN, holding.wait_for(|n| *n == 0))
+        freed |= *holding.borrow_and_update() > 0;
+        if tokio::time::timeout_at(until, holding.wait_for(|n| *n == 0))
             .await
             .is_err()
         {
             tracing::warn!("standbys still being made hold their slots");
+            return false;
         }
+        freed
     }
 
     /// Removes `sandbox`'s standby, if it has one (`nx sandbox rm`).

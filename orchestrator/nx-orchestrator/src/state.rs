@@ -326,20 +326,21 @@ impl StateStore {
     }
 
     /// A free port (slot) for a standby (`crate::standby`), reserved in `standbys` before the
-    /// deployments table's lock is let go, so that no push's record takes it. Errors: `NoPort`.
+    /// deployments table's lock is let go, so that no push's record takes it; `None` while a
+    /// push waits for a slot (`Standbys::want_slot`). Errors: `NoPort`.
     pub async fn reserve_port(
         &self,
         ports: PortRange,
         standbys: &Standbys,
-    ) -> Result<u16, StateError> {
+    ) -> Result<Option<u16>, StateError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("LOCK TABLE deployments IN EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
         let port = free_port(&mut tx, ports, standbys).await?;
-        standbys.reserve(port);
+        let reserved = standbys.reserve(port).then_some(port);
         tx.commit().await?;
-        Ok(port)
+        Ok(reserved)
     }
 
     pub async fn deployments(&self) -> Result<Vec<Deployment>, StateError> {

@@ -496,3 +496,39 @@ fn a_push_waits_for_no_standby_being_made_that_holds_no_slot() {
     std::thread::sleep(Duration::from_secs(9));
     assert!(standbys(&host).is_empty(), "{:?}", standbys(&host));
 }
+
+/// Newcomer19 N1: a push that found no free slot removed the standbys, and the refill of
+/// another push that had just taken its sandbox's standby took the slot it had freed (fail
+/// point `standby::freed` holds the push 5 s between the removal and its record, and
+/// `push::recorded` holds the other push 2 s, so that its refill falls in between): the push
+/// was refused "the host has no deployment slot left" while a standby held a slot. No standby
+/// takes a slot now while a push waits for one.
+#[test]
+fn a_push_is_not_refused_while_a_standby_holds_a_slot() {
+    let mut host = Host::start_with_ports(
+        nx_testkit::bin("nxd"),
+        (20987, 20990),
+        96,
+        &format!(
+            "[microvm]\ninit = {:?}\n",
+            nx_testkit::static_binary("nx-vm-init")
+        ),
+    );
+    host.restart_nxd_with_failpoints("push::recorded=return(2000);standby::freed=return(5000)");
+    // Four slots: a's and b's deployments and standbys.
+    host.push_sample("a", &[]);
+    host.push_sample("b", &[]);
+    wait_for_standbys(&host, 2);
+    // a's next push takes a's standby; a's refill begins 2 s later.
+    let a = host.spawn_push_sample("a", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let c = host.nx(&[
+        "push",
+        nx_testkit::sample_app().to_str().unwrap(),
+        "-s",
+        "c",
+    ]);
+    assert!(c.ok, "{}{}\n{}", c.stdout, c.stderr, host.nxd_log());
+    let a = a.wait_with_output().expect("a's push");
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+}
