@@ -69,6 +69,8 @@ pub struct Orchestrator {
     network: HostNetwork,
     /// What the firewall's TCP port map and service pairs set were last loaded with.
     pub(crate) firewall_elements: crate::network::firewall::LoadedElements,
+    /// The sandboxes' services and the service pairs, as the routes last published them.
+    pub(crate) services: crate::services::Published,
     /// What deployments' monitors wrote, as views last read it.
     monitor_files: crate::backend::monitor_files::MonitorFilesCache,
     /// `nx ls` as last serialized, kept while nothing it shows changed.
@@ -228,6 +230,7 @@ impl Orchestrator {
             ssh_keys: SshKeyStore::new(pool.clone()),
             network,
             firewall_elements: Default::default(),
+            services: Default::default(),
             monitor_files: Default::default(),
             list_cache: Default::default(),
             programs: std::sync::Mutex::new(HashMap::new()),
@@ -1158,6 +1161,9 @@ impl Orchestrator {
         } else {
             Desired::Stopped
         };
+        // Before its program runs, so that it reaches its sandbox's services from its first
+        // instruction (review19 #1b: only once it was ready, or a few ms into a push's start).
+        step("clients", self.publish_clients(deployment)).await?;
         let result = match routes {
             StartRoutes::WhileStarting => {
                 let (result, routed) =

@@ -16,7 +16,10 @@
 //!   (client address, service address, service port) for each running deployment of the
 //!   sandbox and each of its services; the forward chain accepts exactly those between two
 //!   deployments' links (TCP and UDP). Both are rebuilt from the state whenever nxd rebuilds
-//!   the router's table.
+//!   the router's table. A deployment's own pairs, to each service of its sandbox, are added
+//!   before its program starts, so that it reaches them from its first instruction
+//!   ([`Orchestrator::publish_clients`]); a service's name moves to a new deployment only once
+//!   that one is ready.
 //!
 //! Not covered: images (Podman writes the container's own /etc/hosts; an image reaches a
 //! service at its address, which `nx status` shows, and the firewall lets it) and microVMs
@@ -30,7 +33,7 @@ use crate::network::{firewall, NetworkError};
 use crate::state::StateError;
 use crate::Orchestrator;
 use sqlx::PgPool;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
@@ -95,6 +98,30 @@ fn new_hosts_file(
     std::fs::write(&next, hosts_text(services))?;
     std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o644))?;
     Ok(next)
+}
+
+/// What [`Orchestrator::publish_services`] last made of the state, so that a starting
+/// deployment's pairs are added without reading the state again
+/// ([`Orchestrator::publish_clients`]).
+#[derive(Default)]
+pub(crate) struct Published {
+    last: std::sync::Mutex<Last>,
+}
+
+#[derive(Default)]
+struct Last {
+    /// Each sandbox's services: the deployment each name means, and its address and port.
+    services: HashMap<SandboxName, Vec<(DeploymentId, SocketAddrV4)>>,
+    /// The service pairs set as loaded (or to be loaded again after a failed load).
+    pairs: BTreeSet<(Ipv4Addr, SocketAddrV4)>,
+}
+
+impl Published {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Last> {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Stores a deployment's service name.
@@ -189,7 +216,8 @@ impl Orchestrator {
             Some(SocketAddr::V4(addr)) => Some(*addr),
             _ => None,
         };
-        let mut pairs: Vec<(Ipv4Addr, SocketAddrV4)> = Vec::new();
+        let mut pairs: BTreeSet<(Ipv4Addr, SocketAddrV4)> = BTreeSet::new();
+        let mut addresses: HashMap<SandboxName, Vec<(DeploymentId, SocketAddrV4)>> = HashMap::new();
         let mut sandboxes: BTreeMap<&SandboxName, BTreeMap<String, Ipv4Addr>> = deployments
             .iter()
             .map(|d| (&d.sandbox, BTreeMap::new()))
@@ -201,6 +229,10 @@ impl Orchestrator {
                     .entry(sandbox)
                     .or_default()
                     .insert(name.clone(), *to.ip());
+                addresses
+                    .entry((*sandbox).clone())
+                    .or_default()
+                    .push((service.id.clone(), to));
                 let clients = deployments
                     .iter()
                     .filter(|d| &d.sandbox == *sandbox && d.id != service.id)
@@ -215,6 +247,44 @@ impl Orchestrator {
             )))?;
         }
         let update = firewall::service_pairs_update(&pairs);
+        *self.services.lock() = Last {
+            services: addresses,
+            pairs,
+        };
+        self.firewall_elements
+            .replace(firewall::SERVICE_PAIRS, update)
+            .await?;
+        Ok(())
+    }
+
+    /// Lets `deployment`, about to start, reach each service of its sandbox as the last
+    /// [`Self::publish_services`] resolved them: its pairs are added to the firewall's set
+    /// (one `nft` run when its sandbox has services it lacks pairs to, none otherwise). What
+    /// its sandbox's hosts file names does not change: a name moves to a new deployment
+    /// of the service only once that one is ready (its start's full rebuild). Serialised with
+    /// the other route changes (`changes`). Errors: the firewall's.
+    pub(crate) async fn publish_clients(&self, deployment: &Deployment) -> Result<(), Error> {
+        let SocketAddr::V4(from) = self.upstream(deployment)? else {
+            return Ok(());
+        };
+        let _guard = self.changes.lock().await;
+        let update = {
+            let mut last = self.services.lock();
+            let Last { services, pairs } = &mut *last;
+            let missing: Vec<(Ipv4Addr, SocketAddrV4)> = services
+                .get(&deployment.sandbox)
+                .into_iter()
+                .flatten()
+                .filter(|(service, _)| *service != deployment.id)
+                .map(|(_, to)| (*from.ip(), *to))
+                .filter(|pair| !pairs.contains(pair))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            pairs.extend(missing);
+            firewall::service_pairs_update(pairs)
+        };
         self.firewall_elements
             .replace(firewall::SERVICE_PAIRS, update)
             .await?;

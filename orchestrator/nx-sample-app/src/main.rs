@@ -43,8 +43,10 @@
 //!
 //! With `task` as its first argument it runs once instead (see `task`).
 //!
-//! For the lifecycle tests, three variables:
+//! For the lifecycle tests, four variables:
 //! - `FAIL_AT_START_IF=P`: when file P exists at start, it exits 1 at once (a start that fails)
+//! - `CONNECT_AT_START=A`: at start it tries a TCP connection to A (host:port), as
+//!   `GET /connect` does, and exits 1 when there is none (a program that needs a service first)
 //! - `LISTEN_AFTER=S`: it warms up for S seconds before it listens (a slow starter)
 //! - `DRAIN_ON_SIGTERM=S`: on SIGTERM it writes /data/sigterm, drains for S seconds, writes
 //!   /data/drained and exits 0
@@ -70,6 +72,13 @@ fn main() {
                 "nx-sample: {} exists: failing at start",
                 path.to_string_lossy()
             );
+            std::process::exit(1);
+        }
+    }
+    if let Ok(addr) = std::env::var("CONNECT_AT_START") {
+        let outcome = task::connect(&addr);
+        eprintln!("nx-sample: {outcome}");
+        if !outcome.starts_with("connected") {
             std::process::exit(1);
         }
     }

@@ -713,6 +713,21 @@ fn a_service_push_moves_the_name_once_ready_not_while_it_starts() {
     assert!(connects(&host, "shop", &client, "cache:7000"));
 }
 
+/// Review19 #1b: a deployment's own way to its sandbox's services (the firewall's service pairs)
+/// came with its routes, so once it was ready on `nx start` (a few ms into its start on a push):
+/// a program that connects to a service before it listens was refused, and its start failed.
+/// The pairs now come before its program runs, on a push and on `nx start`.
+#[test]
+fn a_program_reaches_its_sandboxs_service_before_it_listens() {
+    let host = Host::start();
+    host.push_sample("shop", &["--service", "cache", "--port", "7000"]);
+    let client = host.push_sample("shop", &["-e", "CONNECT_AT_START=cache:7000"]);
+    host.nx_json(&["stop", &client]);
+    let started = host.nx(&["start", &client]);
+    assert!(started.ok, "{}{}", started.stdout, started.stderr);
+    assert!(connects(&host, "shop", &client, "cache:7000"));
+}
+
 /// The host port of deployment `id`'s `tcp://HOST:PORT` (`nx status`).
 fn own_tcp_port(host: &Host, sandbox: &str, id: &str) -> u16 {
     let url = host.deployment(sandbox, id)["tcp_url"].clone();

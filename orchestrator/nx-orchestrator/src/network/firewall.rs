@@ -239,8 +239,11 @@ pub fn tcp_ports_update(elements: &[(u16, std::net::SocketAddrV4)]) -> String {
 }
 
 /// The `nft -f` input that makes `pairs` (client address, service address, service port) the
-/// whole of the service pairs set, in one transaction.
-pub fn service_pairs_update(pairs: &[(std::net::Ipv4Addr, std::net::SocketAddrV4)]) -> String {
+/// whole of the service pairs set, in one transaction; a set, so that the same pairs make the
+/// same input whatever order they were found in.
+pub fn service_pairs_update(
+    pairs: &std::collections::BTreeSet<(std::net::Ipv4Addr, std::net::SocketAddrV4)>,
+) -> String {
     replace_elements(
         "set",
         SERVICE_PAIRS,
@@ -415,7 +418,8 @@ mod tests {
             service_pairs_update(&[(
                 "10.213.0.3".parse().unwrap(),
                 "10.213.0.4:6379".parse().unwrap()
-            )]),
+            )]
+            .into()),
             "flush set inet nx service_pairs\nadd element inet nx service_pairs { 10.213.0.3 . 10.213.0.4 . 6379 }\n"
         );
     }
