@@ -1166,8 +1166,10 @@ impl Orchestrator {
         step("clients", self.publish_clients(deployment)).await?;
         let result = match routes {
             StartRoutes::WhileStarting => {
-                let (result, routed) =
-                    tokio::join!(self.run(deployment, failed), step("routes", self.reroute()));
+                let (result, routed) = tokio::join!(
+                    self.run(deployment, failed),
+                    step("routes", self.route_preview(deployment))
+                );
                 routed?;
                 result
             }
@@ -1190,6 +1192,28 @@ impl Orchestrator {
     pub(crate) async fn reroute(&self) -> Result<(), Error> {
         let _guard = self.changes.lock().await;
         self.rebuild_routes().await
+    }
+
+    /// A push's new deployment's preview route, sent alone (`PUT /v1/routes/{host}`) under the
+    /// change lock: all that [`Self::rebuild_routes`] would change for a push without
+    /// `--service` or `--tcp` as it starts (its sandbox's hosts file and service names stay as
+    /// they are, its own service pairs came before its start, from
+    /// [`Self::publish_clients`]), without reading every deployment and writing every hosts
+    /// file. When the router takes no route alone, the whole table is sent instead.
+    async fn route_preview(&self, deployment: &Deployment) -> Result<(), Error> {
+        let _guard = self.changes.lock().await;
+        let key = RouteKey::Preview(deployment.sandbox.clone(), deployment.id.clone());
+        let route = router::route(
+            &self.config.base_domain,
+            &key,
+            deployment.id.as_str(),
+            self.upstream(deployment)?,
+        );
+        if let Err(e) = self.router.put_route(&route, ROUTER_PATIENCE).await {
+            tracing::warn!(host = route.host, error = %e, "the router took no route alone: sending it the whole table");
+            return self.rebuild_routes().await;
+        }
+        Ok(())
     }
 
     /// `apply_verb(Verb::Start)` leaving the routes to the caller ([`Self::reroute`]), whether

@@ -1,11 +1,12 @@
 //! nxd's client of the router's control socket: HTTP/1.1 over a unix socket.
 //!
 //! `PUT /v1/routes` with a [`RouteTable`] (JSON) replaces the whole table (204);
-//! `GET /v1/routes` answers the table the router holds; `POST /v1/certificates` makes it
+//! `PUT /v1/routes/{host}` with a [`Route`] adds the route of that host or replaces it, the
+//! others left as they are (201 or 204); `GET /v1/routes` answers the table the router holds; `POST /v1/certificates` makes it
 //! re-read the certificate store; `GET /v1/metrics` answers the router's series;
 //! `GET /v1/traffic` what it saw of each deployment ([`Traffic`]).
 
-use crate::{RouteTable, Traffic};
+use crate::{Route, RouteTable, Traffic};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
@@ -55,6 +56,22 @@ impl RouterClient {
             routes = table.routes.len(),
             "route table sent to the router"
         );
+        Ok(())
+    }
+
+    /// Adds `route` to the router's table, or replaces the route of its host; the router has
+    /// swapped the table when this returns. Retries for up to `patience` while the router is
+    /// (re)starting.
+    pub async fn put_route(
+        &self,
+        route: &Route,
+        patience: Duration,
+    ) -> Result<(), RouterClientError> {
+        let body = serde_json::to_vec(route).expect("a route serializes");
+        let path = format!("{ROUTES}/{}", route.host);
+        self.call_retrying(Method::PUT, &path, body, patience)
+            .await?;
+        tracing::debug!(host = route.host, "route sent to the router");
         Ok(())
     }
 

@@ -1,16 +1,20 @@
 //! The route table the router holds: swapped whole in one atomic store (arc-swap), so a
-//! request sees the old table or the new one, never a mix; kept on disk so that a restarted
-//! router serves the last table before nxd speaks to it again.
+//! request sees the old table or the new one, never a mix, whether nxd sent a whole table or
+//! one route; kept on disk so that a restarted router serves the last table before nxd speaks
+//! to it again.
 
 use arc_swap::ArcSwap;
 use nx_router_api::{normalize_host, Route, RouteTable};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub struct Table {
     routes: ArcSwap<HashMap<String, Arc<Route>>>,
     file: PathBuf,
+    /// Held by a change from its read of the table to its swap, so that two changes write
+    /// the file and swap in the order they read.
+    changing: Mutex<()>,
 }
 
 impl Table {
@@ -26,6 +30,7 @@ impl Table {
         Ok(Self {
             routes: ArcSwap::from_pointee(index(table)),
             file: file.to_owned(),
+            changing: Mutex::new(()),
         })
     }
 
@@ -36,25 +41,48 @@ impl Table {
 
     /// Writes `table` to disk (temp file and rename), then swaps it in.
     pub fn replace(&self, table: RouteTable) -> std::io::Result<()> {
-        let tmp = self.file.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&table)?)?;
-        std::fs::rename(&tmp, &self.file)?;
+        let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         let count = table.routes.len();
-        self.routes.store(Arc::new(index(table)));
+        self.keep(&serde_json::to_vec(&table)?, index(table))?;
         tracing::info!(routes = count, "route table replaced");
+        Ok(())
+    }
+
+    /// Adds `route`, or replaces the route of its host, leaving the others as they are: the
+    /// table written to disk, then swapped in, as [`Self::replace`] does. Returns whether the
+    /// host had no route before.
+    pub fn put(&self, route: Route) -> std::io::Result<bool> {
+        let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut routes = HashMap::clone(&self.routes.load());
+        let host = route.host.clone();
+        let new = routes
+            .insert(normalize_host(&route.host), Arc::new(route))
+            .is_none();
+        self.keep(&serde_json::to_vec(&table_of(&routes))?, routes)?;
+        tracing::info!(%host, new, "route put");
+        Ok(new)
+    }
+
+    /// Writes `json` (the table `routes` indexes) to the file (a temporary file renamed over
+    /// it), then swaps in `routes`.
+    fn keep(&self, json: &[u8], routes: HashMap<String, Arc<Route>>) -> std::io::Result<()> {
+        let tmp = self.file.with_extension("json.tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, &self.file)?;
+        self.routes.store(Arc::new(routes));
         Ok(())
     }
 
     /// The table as nxd sent it (in no particular order).
     pub fn snapshot(&self) -> RouteTable {
-        RouteTable {
-            routes: self
-                .routes
-                .load()
-                .values()
-                .map(|r| Route::clone(r))
-                .collect(),
-        }
+        table_of(&self.routes.load())
+    }
+}
+
+/// The table of the indexed `routes` (in no particular order).
+fn table_of(routes: &HashMap<String, Arc<Route>>) -> RouteTable {
+    RouteTable {
+        routes: routes.values().map(|r| Route::clone(r)).collect(),
     }
 }
 

@@ -1099,3 +1099,70 @@ fn a_log_answer_never_read_is_dropped_after_the_api_send_timeout() {
         got.len()
     );
 }
+
+/// The router's table as it answers it on its control socket (`GET /v1/routes`), sorted by host.
+fn router_table(host: &Host) -> Vec<serde_json::Value> {
+    let mut socket = std::os::unix::net::UnixStream::connect(host.path("router/control.sock"))
+        .expect("the router's control socket");
+    socket
+        .write_all(b"GET /v1/routes HTTP/1.1\r\nHost: nx-router\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let table: serde_json::Value = serde_json::from_str(body).expect("a route table");
+    let mut routes = table["routes"].as_array().expect("routes").clone();
+    routes.sort_by_key(|r| r["host"].as_str().unwrap_or_default().to_owned());
+    routes
+}
+
+/// Issue 20: a push without `--service` or `--tcp` sends its preview route alone
+/// (`PUT /v1/routes/{host}`) instead of the whole table rebuilt from the state database. After
+/// such pushes into two sandboxes, one with a service and a promoted deployment, the router holds
+/// exactly the table a rebuild makes (nxd's restart rebuilds it), each preview answers, and a
+/// plain push reaches its sandbox's service.
+#[test]
+fn previews_routed_alone_leave_the_router_the_table_a_rebuild_makes() {
+    let mut host = Host::start();
+    host.push_sample("shop", &["--service", "cache", "--port", "7000"]);
+    let first = host.push_sample("shop", &[]);
+    host.nx_json(&["promote", "shop", &first]);
+    let pushed: Vec<(&str, String)> = ["shop", "blog", "blog"]
+        .into_iter()
+        .map(|sandbox| (sandbox, host.push_sample(sandbox, &[])))
+        .collect();
+    let previews: Vec<String> = pushed
+        .iter()
+        .map(|(sandbox, id)| host.preview_host(sandbox, id))
+        .collect();
+    for preview in &previews {
+        assert_eq!(host.get(preview, "/").0, 200, "{preview}");
+    }
+    // The router's log is written a moment after (its monitor's writer).
+    let sent_alone = |log: &str| {
+        previews.iter().all(|preview| {
+            log.lines()
+                .any(|l| l.contains("route put") && l.contains(preview.as_str()))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sent_alone(&router_log_text(&host)) {
+        assert!(
+            Instant::now() < deadline,
+            "not every preview of {previews:?} was sent alone: {}",
+            router_log_text(&host)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(nx_testkit::netns::connects(
+        &host,
+        "shop",
+        &pushed[0].1,
+        "cache:7000"
+    ));
+    let routed = router_table(&host);
+    assert_eq!(routed.len(), 6, "{routed:#?}");
+    host.restart_nxd();
+    assert_eq!(router_table(&host), routed);
+}

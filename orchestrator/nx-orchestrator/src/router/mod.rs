@@ -4,8 +4,9 @@
 //! The router itself (the `nx-router` crate, on Pingora) is a process of its own: a transient
 //! unit `nx-router.service` of the same manager as the deployments, so it outlives nxd and
 //! keeps serving the last table it was given while nxd restarts or upgrades. nxd feeds it the
-//! whole table over a unix socket (`PUT /v1/routes`); the router swaps it in one atomic store
-//! and keeps a copy in `<state_dir>/router/routes.json` for its own restarts.
+//! whole table over a unix socket (`PUT /v1/routes`), or a push's new preview route alone
+//! (`PUT /v1/routes/{host}`); the router swaps it in one atomic store and keeps a copy in
+//! `<state_dir>/router/routes.json` for its own restarts.
 
 pub mod unit;
 
@@ -35,22 +36,25 @@ pub fn table<'a>(
 ) -> RouteTable {
     let routes = rows
         .into_iter()
-        .map(|(key, deployment, upstream)| {
-            let sandbox = match key {
-                RouteKey::Preview(s, _) | RouteKey::Production(s) => s.to_string(),
-            };
-            Route {
-                host: host_name(key, base_domain),
-                upstream,
-                sandbox,
-                deployment: deployment.to_owned(),
-                idle: false,
-                unix_socket: None,
-                max_requests_per_address: None,
-            }
-        })
+        .map(|(key, deployment, upstream)| route(base_domain, key, deployment, upstream))
         .collect();
     RouteTable { routes }
+}
+
+/// The route of `key` under `base_domain` to `deployment` at `upstream`.
+pub fn route(base_domain: &str, key: &RouteKey, deployment: &str, upstream: SocketAddr) -> Route {
+    let sandbox = match key {
+        RouteKey::Preview(s, _) | RouteKey::Production(s) => s.to_string(),
+    };
+    Route {
+        host: host_name(key, base_domain),
+        upstream,
+        sandbox,
+        deployment: deployment.to_owned(),
+        idle: false,
+        unix_socket: None,
+        max_requests_per_address: None,
+    }
 }
 
 /// nxd's router: `router_listen`, `base_domain`, `[router]`, in `<state_dir>/router`.
