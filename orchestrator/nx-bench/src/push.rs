@@ -3,7 +3,8 @@
 //! started by bare `bwrap` until it answers 200 on its port; rounds interleaved. And where a
 //! push's time goes: the steps nxd reports for each push in its `Server-Timing` header. The
 //! host keeps standbys (`nx_orchestrator::standby`): `nx push` takes the sandbox's, and the
-//! same push with a limit no standby has shows a cold start beside it.
+//! same push into another sandbox with a limit no standby has shows a cold start beside it;
+//! the API's pushes take standbys too, so their steps are a standby push's.
 
 use nx_orchestrator::timing::Steps;
 use nx_testkit::Host;
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 pub struct Figures {
     /// `nx push` until the preview URL answers (taking the sandbox's standby).
     pub nx: Vec<Duration>,
-    /// The same with a limit no standby has (`--tasks`), so that it starts cold.
+    /// The same into another sandbox, with a limit no standby has (`--tasks`), so that it
+    /// starts cold.
     pub cold: Vec<Duration>,
     /// `bwrap` until the program answers.
     pub bwrap: Vec<Duration>,
@@ -107,6 +109,7 @@ pub fn run(host: &Host, n: usize) -> anyhow::Result<Figures> {
     let sample = nx_testkit::sample_app();
     let sample = sample.to_str().expect("utf-8 path");
     let first = host.push_sample("bench-first", &[]); // stores the bytes, makes the sandbox
+    host.nx_json(&["rm", &host.push_sample("bench-cold", &[])]);
     let sha = host.deployment("bench-first", &first)["artifact"]
         .as_str()
         .expect("artifact")
@@ -122,12 +125,20 @@ pub fn run(host: &Host, n: usize) -> anyhow::Result<Figures> {
     // Between rounds: the sandbox's next standby is made in the background after each push
     // (`nx_orchestrator::standby`); each measurement starts once that is done.
     let settle = || std::thread::sleep(Duration::from_millis(300));
-    for _ in 0..n {
-        for (extra, times) in [(&[][..], &mut f.nx), (&["--tasks", "999"][..], &mut f.cold)] {
+    for round in 0..n {
+        // Cold pushes go to a sandbox of their own, each with a task limit no push had before
+        // (a standby follows its sandbox's last push's limits: `nx_orchestrator::standby`), so
+        // that the standby the API's push takes next is of `bench-first`'s limits.
+        let tasks = (1000 + round).to_string();
+        let pushes = [
+            ("bench-first", &[][..], &mut f.nx),
+            ("bench-cold", &["--tasks", tasks.as_str()][..], &mut f.cold),
+        ];
+        for (sandbox, extra, times) in pushes {
             settle();
             let started = Instant::now();
-            let id = host.push_sample("bench-first", extra);
-            let preview = host.preview_host("bench-first", &id);
+            let id = host.push_sample(sandbox, extra);
+            let preview = host.preview_host(sandbox, &id);
             times.push(until_200(&http, host.router, &preview, started)?);
             host.nx_json(&["rm", &id]);
         }

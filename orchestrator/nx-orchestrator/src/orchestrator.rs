@@ -6,6 +6,7 @@ use crate::api::access::SandboxSettings;
 use crate::api::checks::{self, RequestBounds};
 use crate::api::health;
 use crate::api::{DeploymentView, PushRequest, SandboxRemoved, SandboxView};
+use crate::artifact::owners::StoreView;
 use crate::artifact::Artifact;
 use crate::artifact::{ArtifactStore, BundleStore, StoreError};
 use crate::backend::data_disk::DataTemplates;
@@ -687,15 +688,16 @@ impl Orchestrator {
         spec: &SandboxSpec,
     ) -> Result<(crate::backend::SandboxHandle, u32), Error> {
         let handle = self.backend.handle(&spec.deployment);
-        // Asked beside the claim (no time of its own): a claim is no start, so systemd's
-        // NRestarts goes on counting the waiter's; the program's own restart would come a
-        // `RestartUSec` after its end, long after this answer.
+        // Asked beside the claim (one value, no time of its own: a unit's whole status took
+        // longer than the claim): a claim is no start, so systemd's NRestarts goes on counting
+        // the waiter's; the program's own restart would come a `RestartUSec` after its end,
+        // long after this answer.
         let (claimed, before) = tokio::join!(
             self.backend.claim(&handle, spec),
-            self.backend.status(&handle)
+            self.backend.restarts(&handle)
         );
         match claimed {
-            Ok(()) => return Ok((handle, before.map_or(0, |state| state.restarts))),
+            Ok(()) => return Ok((handle, before.unwrap_or(0))),
             Err(e) => tracing::warn!(error = %e, "the standby took no program: starting cold"),
         }
         self.backend.stop(&handle, DEFAULT_STOP_TIMEOUT).await?;
@@ -758,8 +760,15 @@ impl Orchestrator {
         }
     }
 
+    /// Pushes `req` for a caller whose view of the store is `view`: records the deployment,
+    /// grants its program to its sandbox (see [`Self::grant_pushed`]: beside its start, a
+    /// failed grant only logged) and starts it; answers once it is ready.
     #[tracing::instrument(skip_all, fields(sandbox = %req.sandbox))]
-    pub async fn push(self: &Arc<Self>, mut req: PushRequest) -> Result<DeploymentView, Error> {
+    pub async fn push(
+        self: &Arc<Self>,
+        mut req: PushRequest,
+        view: &StoreView,
+    ) -> Result<DeploymentView, Error> {
         let mut timer = self.metrics.time(Operation::Push);
         let mut sandbox_backend = None;
         // Both read the state database: asked at once.
@@ -814,19 +823,31 @@ impl Orchestrator {
             self.backend.get(backend)?;
         }
         let sandbox = async {
-            crate::tls::check_new_sandbox(&self.state, &req.sandbox, &self.config.base_domain)
-                .await?;
-            self.record_sandbox(&req.sandbox, req.backend.unwrap_or_default())
-                .await?;
-            // Before its database is provisioned (again): `create_deployment` refuses it too,
-            // for a removal marked from here on.
-            if self.state.is_removing(&req.sandbox).await? {
+            // Before its database is provisioned (again), whether it is being removed:
+            // `create_deployment` refuses it too, for a removal marked from here on.
+            let sandbox_row = || self.state.sandbox_removing_and_backend(&req.sandbox);
+            // The sandbox is there: one query.
+            let (removing, backend) = match sandbox_row().await? {
+                Some(row) => row,
+                None => {
+                    crate::tls::check_new_sandbox(
+                        &self.state,
+                        &req.sandbox,
+                        &self.config.base_domain,
+                    )
+                    .await?;
+                    self.record_sandbox(&req.sandbox, req.backend.unwrap_or_default())
+                        .await?;
+                    // Gone again only if its removal ran through meanwhile.
+                    sandbox_row()
+                        .await?
+                        .unwrap_or((true, BackendKind::default()))
+                }
+            };
+            if removing {
                 return Err(StateError::Removing(req.sandbox.to_string()).into());
             }
-            let backend = match req.backend {
-                Some(backend) => backend,
-                None => self.state.sandbox_backend(&req.sandbox).await?,
-            };
+            let backend = req.backend.unwrap_or(backend);
             self.backend.get(backend)?;
             self.databases.ensure_sandbox(&req.sandbox).await?;
             Ok::<_, Error>(backend)
@@ -929,9 +950,18 @@ impl Orchestrator {
         } else {
             Route::None
         };
-        let started = self
-            .apply(&deployment, Phase::Created, Verb::Start, routes)
-            .await;
+        // The deployment is recorded, so its sandbox exists: a failed grant costs the sandbox's
+        // tokens an upload, nothing more.
+        let grant = async {
+            let granted = self.grant_pushed(view, &deployment.sandbox, &deployment.artifact);
+            if let Err(e) = step("grant", granted).await {
+                tracing::warn!(error = %e, "the pushed program not granted to its sandbox");
+            }
+        };
+        let (started, ()) = tokio::join!(
+            self.apply(&deployment, Phase::Created, Verb::Start, routes),
+            grant
+        );
         // Made once this push is done, ready or not, so that it takes none of its time.
         if takes_standbys {
             self.refill_standby(&deployment.sandbox, fit);

@@ -452,15 +452,24 @@ impl StateStore {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The backend a push to the sandbox runs on when it names none.
-    pub async fn sandbox_backend(&self, name: &SandboxName) -> Result<BackendKind, StateError> {
-        let backend: String = sqlx::query_scalar("SELECT backend FROM sandboxes WHERE name = $1")
-            .bind(name.as_str())
-            .fetch_one(&self.pool)
-            .await?;
-        backend
-            .parse()
-            .map_err(|_| StateError::Corrupt(format!("backend of sandbox {name}")))
+    /// Whether the sandbox is being removed and the backend a push to it runs on when it names
+    /// none, in one query; `None` when there is no such sandbox.
+    pub async fn sandbox_removing_and_backend(
+        &self,
+        name: &SandboxName,
+    ) -> Result<Option<(bool, BackendKind)>, StateError> {
+        let row: Option<(bool, String)> =
+            sqlx::query_as("SELECT removing, backend FROM sandboxes WHERE name = $1")
+                .bind(name.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(removing, backend)| {
+            let backend = backend
+                .parse()
+                .map_err(|_| StateError::Corrupt(format!("backend of sandbox {name}")))?;
+            Ok((removing, backend))
+        })
+        .transpose()
     }
 
     pub async fn sandbox_names(&self) -> Result<Vec<SandboxName>, StateError> {

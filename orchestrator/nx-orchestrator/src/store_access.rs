@@ -340,12 +340,12 @@ impl Orchestrator {
         }
     }
 
-    /// After a push through the host's view made `target` (a sandbox that exists now: the
-    /// push made it) run the program `sha256`: `target` becomes an owner of it (of a bundle:
-    /// of its files too), so that the sandbox's own tokens may push it again. Nothing for a
-    /// sandbox's view (it owns what it ran). Granted only once the push made the sandbox:
-    /// a grant to a name no sandbox has would pass to a later sandbox of that name (review
-    /// s8 #7).
+    /// After a push through the host's view recorded a deployment of the program `sha256` in
+    /// `target` (a sandbox that exists now: the push made it): `target` becomes an owner of
+    /// it (of a bundle: of its files too), so that the sandbox's own tokens may push it
+    /// again. Nothing for a sandbox's view (it owns what it ran). Granted only once the push
+    /// made the sandbox: a grant to a name no sandbox has would pass to a later sandbox of
+    /// that name (review s8 #7).
     #[tracing::instrument(skip(self))]
     pub async fn grant_pushed(
         &self,

@@ -236,18 +236,7 @@ async fn push(
     let store_view = caller.store_view();
     // Held from the store's collection until the deployment is recorded (and granted).
     let _held = app.admit_program(&store_view, &req.artifact).await?;
-    let (sandbox, artifact) = (req.sandbox.clone(), req.artifact.clone());
-    let pushed = async {
-        let view = app.push(req).await?;
-        // The deployment runs: a failed grant costs its sandbox's tokens an upload, nothing
-        // more.
-        let granted = app.grant_pushed(&store_view, &sandbox, &artifact);
-        if let Err(e) = nx_orchestrator::timing::step("grant", granted).await {
-            tracing::warn!(error = %e, %sandbox, "the pushed program not granted to its sandbox");
-        }
-        Ok::<_, nx_orchestrator::Error>(view)
-    };
-    let (view, steps) = nx_orchestrator::timing::collect(pushed).await;
+    let (view, steps) = nx_orchestrator::timing::collect(app.push(req, &store_view)).await;
     let view = view?;
     let timing = [(SERVER_TIMING, steps.server_timing())];
     Ok((timing, Json::<DeploymentView>(view)))

@@ -649,6 +649,12 @@ impl Supervisor {
         Ok(unit_states::fetch(&self.conn.load_full(), &self.units, unit).await?)
     }
 
+    /// How many times systemd restarted the unit since it was started (its `NRestarts`, one
+    /// D-Bus call of one value; [`Self::state`] has it too, among some 300 others).
+    pub async fn restarts(&self, unit: &str) -> Result<u32, SupervisorError> {
+        Ok(unit_states::fetch_restarts(&self.conn.load_full(), unit).await?)
+    }
+
     /// The states of many units, in their order, for views: from the cache systemd's signals
     /// keep where it holds them (a running unit's memory and task counts at most
     /// [`unit_states::COUNTERS_MAX_AGE`] old), else in as few D-Bus calls as possible.

@@ -366,6 +366,24 @@ async fn fetch_path(
     Ok(state)
 }
 
+/// How many times systemd restarted `unit` since it was started (`NRestarts` of
+/// org.freedesktop.systemd1.Service, systemd.exec(5)'s `Restart=`): one `Get`, where a
+/// [`fetch`]'s `GetAll` answers some 300 properties. Errors: systemd's (a unit it does not
+/// know is no service: `UnknownProperty`).
+pub async fn fetch_restarts(conn: &zbus::Connection, unit: &str) -> Result<u32, zbus::Error> {
+    let reply = conn
+        .call_method(
+            Some(SYSTEMD),
+            &unit_path(unit),
+            Some(PROPERTIES),
+            "Get",
+            &(SERVICE_INTERFACE, "NRestarts"),
+        )
+        .await?;
+    let value: OwnedValue = reply.body().deserialize()?;
+    Ok(u32::try_from(value)?)
+}
+
 /// `state` (the cache's, true but for its counters) with `MemoryCurrent` and `TasksCurrent`
 /// asked again, stored in `cache` unless a change of the unit was received after either
 /// answer; `None` when systemd does not answer them (the unit is gone: ask it all).

@@ -4,6 +4,7 @@
 
 use super::area::RESULT_SUFFIX;
 use nx_orchestrator::api::PushRequest;
+use nx_orchestrator::artifact::owners::StoreView;
 use nx_orchestrator::artifact::Upload;
 use nx_orchestrator::names::{DeploymentId, SandboxName};
 use nx_orchestrator::Orchestrator;
@@ -82,7 +83,8 @@ pub async fn deploy(
     };
     let mut outcome = Outcome::refused(sandbox, file, "");
     outcome.sha256 = Some(info.sha256);
-    match app.push(req).await {
+    // Stored for the sandbox's view: it owns it already.
+    match app.push(req, &StoreView::Sandbox(sandbox.clone())).await {
         Ok(view) => {
             tracing::info!(deployment = %view.id, "SFTP upload deployed");
             outcome.ok = true;
