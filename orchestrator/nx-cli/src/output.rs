@@ -14,7 +14,26 @@ pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An error a `--json` command printed already, as the `error` field of its one document
+/// (`nx push` whose deployment ended after it was ready): [`fail`] prints no second document.
+#[derive(Debug)]
+pub struct InDocument(anyhow::Error);
+
+impl std::fmt::Display for InDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for InDocument {}
+
+/// How a command that failed ends: with `--json`, one JSON document on stdout (nxd's error
+/// body, or `{"error": ...}`), none when the command's own document carried the error
+/// ([`InDocument`]); else `error: ...` on stderr, with the program's last log lines nxd sent.
 pub fn fail(error: &anyhow::Error, json: bool) {
+    if json && error.downcast_ref::<InDocument>().is_some() {
+        return;
+    }
     let server = match error.downcast_ref::<ClientError>() {
         Some(ClientError::Server { body, .. }) => Some(body),
         _ => None,
@@ -127,7 +146,9 @@ fn details(d: &DeploymentView) -> Vec<String> {
     lines
 }
 
-/// A pushed deployment; `sent` is what a bundle push uploaded.
+/// A pushed deployment; `sent` is what a bundle push uploaded. With `--json`, one document:
+/// `{"uploaded", "sent", "deployment"}`, and `"error"` when it ended after it was ready (the
+/// error returned then is [`InDocument`]).
 pub fn pushed(
     d: &DeploymentView,
     uploaded: bool,
@@ -136,8 +157,13 @@ pub fn pushed(
 ) -> anyhow::Result<()> {
     let ended = ended_after_ready(d);
     if json {
-        print_json(&serde_json::json!({ "uploaded": uploaded, "sent": sent, "deployment": d }))?;
-        return ended;
+        let mut document =
+            serde_json::json!({ "uploaded": uploaded, "sent": sent, "deployment": d });
+        if let Err(e) = &ended {
+            document["error"] = format!("{e:#}").into();
+        }
+        print_json(&document)?;
+        return ended.map_err(|e| InDocument(e).into());
     }
     println!("deployment {} of {} is {}", d.id, d.sandbox, state(d));
     ended?;

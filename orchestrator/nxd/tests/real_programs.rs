@@ -436,22 +436,20 @@ fn busybox_is_its_httpd_applet_by_argv0() {
 /// `nc -l`, once) was pushed with rc 0, as `failed (exit-code)` or `running`, with a `promote`
 /// line. Here nxd waits 1.5 s once it is ready (fail point `push::ready`), so that it has ended
 /// when the push answers: `nx push` fails, saying so and what to look at, with no promote line.
+/// With `--json` it prints one document, the deployment with that `error` (review19 #5: a
+/// second one, `{"error"}`, followed it, and stdout was no JSON document).
 #[test]
 fn a_program_that_ends_after_readinesss_connection_is_not_pushed_as_running() {
     let mut host = Host::start();
     host.restart_nxd_with_failpoints("push::ready=return(1500)");
     let app = Bundle::new(&host, "once").copy(&file("busybox-static", "bin/busybox"), "busybox");
-    let out = host.nx(&[
-        "push",
-        app.path(),
-        "--argv0",
-        "sh",
-        "-s",
-        "once",
-        "--",
-        "-c",
-        "nc -l -p $PORT; exit 0",
-    ]);
+    let push = |json: &[&'static str]| {
+        let mut args = json.to_vec();
+        args.extend_from_slice(&["push", app.path(), "--argv0", "sh", "-s", "once", "--"]);
+        args.extend_from_slice(&["-c", "nc -l -p $PORT; exit 0"]);
+        host.nx(&args)
+    };
+    let out = push(&[]);
     assert!(!out.ok, "{}", out.stdout);
     assert!(
         out.stderr.contains("its program ended") && out.stderr.contains("nx logs"),
@@ -459,6 +457,12 @@ fn a_program_that_ends_after_readinesss_connection_is_not_pushed_as_running() {
         out.stderr
     );
     assert!(!out.stdout.contains("promote:"), "{}", out.stdout);
+    let out = push(&["--json"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let document = out.json();
+    let error = document["error"].as_str().unwrap_or_default();
+    assert!(error.contains("its program ended"), "{document}");
+    assert!(document["deployment"]["id"].is_string(), "{document}");
 }
 
 /// A bundle of a static shell (Debian's busybox-static), a start script and a dynamically
