@@ -183,10 +183,19 @@ pub fn pushed(
 
 /// An error when a pushed deployment, ready at its push's end, does not run now (newcomer18
 /// L1: a program that accepted readiness's connection and then ended was pushed with rc 0
-/// and a `promote` line).
+/// and a `promote` line), worded by what it is meant to be: stopped by someone (`nx stop`)
+/// since, or running, and its program ended (review19 #6).
 fn ended_after_ready(d: &DeploymentView) -> anyhow::Result<()> {
     if d.phase == nx_api::Phase::Running {
         return Ok(());
+    }
+    if d.desired != nx_api::Desired::Running {
+        anyhow::bail!(
+            "deployment {} was ready, then it was stopped (`nx stop`) before its push answered; it is {} now: `nx start {}` runs it again",
+            d.id,
+            state(d),
+            d.id
+        )
     }
     anyhow::bail!(
         "deployment {} was ready (it accepted a connection on $PORT) but it is {} now, not running: its program ended. `nx logs {}` shows why; a server must keep listening (not exit after its first connection, nor go to the background)",

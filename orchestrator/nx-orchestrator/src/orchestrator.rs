@@ -980,7 +980,22 @@ impl Orchestrator {
         crate::failpoint::wait("push::ready").await;
         timer.succeeded();
         // Its record as made: what a push's success leaves of it is what it was made with.
-        step("view", self.view(&deployment, false)).await
+        let mut view = step("view", self.view(&deployment, false)).await?;
+        if view.phase != Phase::Running {
+            // Not running once ready: its program ended, or since its start someone stopped
+            // it (`nx stop`) or removed it (`nx rm`), which its record tells (review19 #6);
+            // read only here, none of a running push's time.
+            let now = match self.state.deployment(&deployment.id).await {
+                Err(StateError::NoDeployment(_)) => return Err(Error::Conflict(format!(
+                    "deployment {} was ready, then removed (`nx rm`, or `nx sandbox rm`) before its push answered: nothing of it is left",
+                    deployment.id
+                ))),
+                now => now?,
+            };
+            view.desired = now.desired;
+            view.phase = Phase::observe(now.desired, &view.state);
+        }
+        Ok(view)
     }
 
     /// What a push makes for its deployment once recorded, before it starts it: its service

@@ -465,6 +465,60 @@ fn a_program_that_ends_after_readinesss_connection_is_not_pushed_as_running() {
     assert!(document["deployment"]["id"].is_string(), "{document}");
 }
 
+/// Review19 #6: a deployment stopped (`nx stop`, its id shown by `nx ls` while it starts)
+/// between its readiness and its push's answer was told "its program ended" (the push's view
+/// read its own record, `desired` running): it now says it was stopped, and how to start it.
+/// nxd waits 3 s once it is ready (fail point `push::ready`), and the stop comes then.
+#[test]
+fn a_push_whose_deployment_was_stopped_once_ready_says_so() {
+    let mut host = Host::start();
+    host.restart_nxd_with_failpoints("push::ready=return(3000)");
+    let sample = nx_testkit::sample_app();
+    let pushing = host
+        .nx_command(
+            &host.token,
+            &["push", sample.to_str().unwrap(), "-s", "halt"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nx push");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        assert!(std::time::Instant::now() < deadline, "no deployment listed");
+        let listed = host.nx(&["--json", "ls"]);
+        let id = listed
+            .json()
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|s| {
+                (s["name"] == "halt").then(|| s["deployments"][0]["id"].as_str().map(str::to_owned))
+            });
+        if let Some(Some(id)) = id {
+            break id;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Ready: its preview answers (routed while it starts).
+    while host.get(&host.preview_host("halt", &id), "/").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "{id} never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = host.nx(&["stop", &id]);
+    assert!(stopped.ok, "{}", stopped.stderr);
+    let out: nx_testkit::Nx = pushing.wait_with_output().expect("nx push").into();
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("it was stopped (`nx stop`)")
+            && out.stderr.contains(&format!("nx start {id}"))
+            && !out.stderr.contains("its program ended"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// A bundle of a static shell (Debian's busybox-static), a start script and a dynamically
 /// linked program (pushgateway, Go with cgo).
 fn shell_bundle(host: &Host, name: &str, script: &str) -> Bundle {
