@@ -228,17 +228,23 @@ impl StateStore {
     ) -> Result<Deployment, StateError> {
         let _write = self.views_write();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO sandboxes (name) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(new.sandbox.as_str())
-            .execute(&mut *tx)
-            .await?;
         // FOR SHARE waits for a `mark_removing` under way: a removal marked before this push
-        // refuses it, one marked after it finds its record (and removes it too).
-        let removing: bool =
+        // refuses it, one marked after it finds its record (and removes it too). A sandbox
+        // whose removal ran through since the push looked is made again.
+        let removing = || {
             sqlx::query_scalar("SELECT removing FROM sandboxes WHERE name = $1 FOR SHARE")
                 .bind(new.sandbox.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
+        };
+        let removing: bool = match removing().fetch_optional(&mut *tx).await? {
+            Some(removing) => removing,
+            None => {
+                sqlx::query("INSERT INTO sandboxes (name) VALUES ($1) ON CONFLICT DO NOTHING")
+                    .bind(new.sandbox.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                removing().fetch_one(&mut *tx).await?
+            }
+        };
         if removing {
             return Err(StateError::Removing(new.sandbox.to_string()));
         }
@@ -263,32 +269,28 @@ impl StateStore {
                 volume: (*gone).to_owned(),
             });
         }
-        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM deployments WHERE sandbox = $1")
-            .bind(new.sandbox.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-        if u64::try_from(held).unwrap_or(0) >= max_per_sandbox {
-            let oldest = sqlx::query_scalar(
-                "SELECT id FROM deployments WHERE sandbox = $1 AND id IS DISTINCT FROM \
-                 (SELECT deployment FROM promotions WHERE sandbox = $1 ORDER BY seq DESC LIMIT 1) \
-                 ORDER BY created_at, id LIMIT 3",
-            )
-            .bind(new.sandbox.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-            return Err(StateError::SandboxFull {
-                sandbox: new.sandbox.to_string(),
-                max: max_per_sandbox,
-                oldest,
-            });
-        }
         let port = match slot {
-            Slot::Free(standbys) => free_port(&mut tx, ports, standbys).await?,
+            Slot::Free(standbys) => {
+                // Before a slot is looked for: a full sandbox is told so, not that the host is.
+                let held: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM deployments WHERE sandbox = $1")
+                        .bind(new.sandbox.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if u64::try_from(held).unwrap_or(0) >= max_per_sandbox {
+                    return Err(sandbox_full(&mut tx, &new.sandbox, max_per_sandbox).await?);
+                }
+                free_port(&mut tx, ports, standbys).await?
+            }
             Slot::Standby(port) => port,
         };
         let deployment = new.at(port, uid_base + u32::from(port - ports.start));
-        sqlx::query(
-            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, tier, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        // Recorded only while its sandbox holds fewer than `max_per_sandbox` (counted under
+        // the table's lock, in the same statement).
+        let recorded = sqlx::query(
+            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, tier, created_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
+             WHERE (SELECT count(*) FROM deployments WHERE sandbox = $2) < $19",
         )
         .bind(deployment.id.as_str())
         .bind(deployment.sandbox.as_str())
@@ -312,8 +314,12 @@ impl StateStore {
         .bind(sqlx::types::Json(&deployment.volumes))
         .bind(deployment.tier.as_ref())
         .bind(deployment.created_at)
+        .bind(i64::try_from(max_per_sandbox).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await?;
+        if recorded.rows_affected() == 0 {
+            return Err(sandbox_full(&mut tx, &deployment.sandbox, max_per_sandbox).await?);
+        }
         crate::upkeep::store::insert(
             &mut *tx,
             deployment.id.as_str(),
@@ -669,4 +675,26 @@ impl StateStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// `SandboxFull` for `sandbox`, which holds `max` deployments: with its three oldest that are
+/// not in production, the ones to remove first. Errors: the query's.
+async fn sandbox_full(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    sandbox: &SandboxName,
+    max: u64,
+) -> Result<StateError, StateError> {
+    let oldest = sqlx::query_scalar(
+        "SELECT id FROM deployments WHERE sandbox = $1 AND id IS DISTINCT FROM \
+         (SELECT deployment FROM promotions WHERE sandbox = $1 ORDER BY seq DESC LIMIT 1) \
+         ORDER BY created_at, id LIMIT 3",
+    )
+    .bind(sandbox.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(StateError::SandboxFull {
+        sandbox: sandbox.to_string(),
+        max,
+        oldest,
+    })
 }
