@@ -845,7 +845,7 @@ impl Orchestrator {
                 }
             };
             if removing {
-                return Err(StateError::Removing(req.sandbox.to_string()).into());
+                return Err(self.removing(&req.sandbox));
             }
             let backend = req.backend.unwrap_or(backend);
             self.backend.get(backend)?;
@@ -1737,13 +1737,27 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// The 409 of a push or call into sandbox `name`, which is being removed: while
+    /// `nx sandbox rm` runs (it holds the sandbox's lock), to wait for its end; else, that
+    /// removal began and did not finish, `StateError::Removing` (newcomer19 L3: a push racing
+    /// `nx sandbox rm` was told it "did not finish").
+    fn removing(&self, name: &SandboxName) -> Error {
+        match self.sandbox_locks.holder(name) {
+            Some((SandboxWork::RemoveSandbox, since)) => Error::Conflict(format!(
+                "sandbox {name} is being removed: `nx sandbox rm {name}` is under way (since {}) and it takes nothing new. Once it ended, push again: to the sandbox if it stays (`nx status {name}`), else to a new one of that name",
+                since.format("%H:%M:%S UTC")
+            )),
+            _ => StateError::Removing(name.to_string()).into(),
+        }
+    }
+
     /// A sandbox that exists and is not being removed, or a 404 that says how to list them (a
-    /// 409 that says how to finish the removal).
+    /// 409 that says how to finish the removal, or to wait for it: [`Self::removing`]).
     pub async fn existing(&self, name: &SandboxName) -> Result<(), Error> {
         if !self.state.sandbox_exists(name).await? {
             Err(no_sandbox(name))
         } else if self.state.is_removing(name).await? {
-            Err(StateError::Removing(name.to_string()).into())
+            Err(self.removing(name))
         } else {
             Ok(())
         }

@@ -32,6 +32,8 @@ struct UnderWay {
     sandbox: SandboxName,
     /// Whether `nx rm` or `nx sandbox rm` asked for its deployment's removal.
     removal_asked: bool,
+    /// Whether `nx sandbox rm` asked it ([`Pushes::ask_removal_in`]).
+    by_sandbox_rm: bool,
     /// Closed when the push ends (its [`Pushing`] is dropped).
     ended: watch::Receiver<()>,
 }
@@ -71,6 +73,7 @@ impl Pushes {
             UnderWay {
                 sandbox: sandbox.clone(),
                 removal_asked: false,
+                by_sandbox_rm: false,
                 ended,
             },
         );
@@ -118,6 +121,7 @@ impl Pushes {
             .filter(|(_, push)| &push.sandbox == sandbox)
             .map(|(id, push)| {
                 push.removal_asked = true;
+                push.by_sandbox_rm = true;
                 (id.clone(), push.ended.clone())
             })
             .collect()
@@ -134,12 +138,20 @@ impl Pushing<'_> {
         }
     }
 
-    /// What a push whose deployment's removal was asked fails with.
+    /// What a push whose deployment's removal was asked fails with. One that `nx sandbox rm`
+    /// asked says that the sandbox may stay: that removal ends the pushes into it before its
+    /// final backup, which can still fail (review19 #7).
     pub(crate) fn removed(&self) -> Error {
-        Error::Conflict(format!(
-            "deployment {} was removed (`nx rm`, or `nx sandbox rm`) while it was starting, before its push ended: nothing of it is left",
-            self.id
-        ))
+        let id = &self.id;
+        match self.pushes.lock().get(id) {
+            Some(push) if push.by_sandbox_rm => Error::Conflict(format!(
+                "deployment {id} was removed while it was starting, before its push ended: `nx sandbox rm {0}` was asked, which ends the pushes into it first; nothing of the deployment is left. Should sandbox {0} stay (its removal can still fail, at its final backup: `nx status {0}`), push again",
+                push.sandbox
+            )),
+            _ => Error::Conflict(format!(
+                "deployment {id} was removed (`nx rm`) while it was starting, before its push ended: nothing of it is left"
+            )),
+        }
     }
 
     /// Leaves the set unless its deployment's removal was asked, in one step with that check:

@@ -584,7 +584,7 @@ fn slow_push(host: &Host, sandbox: &str, listen_after: u32) -> (std::process::Ch
 }
 
 /// Asserts that `push` failed saying that its deployment `id` was removed while it started.
-fn assert_push_says_removed(push: std::process::Child, id: &str) {
+fn assert_push_says_removed(push: std::process::Child, id: &str) -> String {
     let out = push.wait_with_output().expect("nx push ends");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -595,6 +595,7 @@ fn assert_push_says_removed(push: std::process::Child, id: &str) {
         "{stderr}"
     );
     assert!(!stderr.contains("exited"), "{stderr}");
+    stderr.into_owned()
 }
 
 /// Session 7's F7: a push whose deployment `nx rm` removed while it started says so, not that
@@ -655,7 +656,9 @@ fn hold_a_table_of_racy(host: &Host, secs: u32) -> std::thread::JoinHandle<(bool
 /// ready: the removal's final backup (here ~6 s: a table lock holds pg_dump) outlasted that
 /// wait, and the push answered `running`, rc 0 and a promote line for a deployment removed a
 /// moment later. The removal now ends the pushes under way first: the push says it was
-/// removed.
+/// removed, by `nx sandbox rm racy`, and to push again should the sandbox stay (review19 #7:
+/// it said "`nx rm`, or `nx sandbox rm`", as though the sandbox were gone, where that final
+/// backup may fail and leave it).
 #[test]
 fn sandbox_rm_ends_a_push_under_way_before_its_final_backup() {
     let host = Host::start();
@@ -666,7 +669,11 @@ fn sandbox_rm_ends_a_push_under_way_before_its_final_backup() {
     let rm = host.nx(&["sandbox", "rm", "racy"]);
     assert!(rm.ok, "{}", rm.stderr);
     held.join().expect("the lock's session");
-    assert_push_says_removed(push, &id);
+    let out = assert_push_says_removed(push, &id);
+    assert!(
+        out.contains("`nx sandbox rm racy` was asked") && out.contains("push again"),
+        "{out}"
+    );
     assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]));
 }
 
@@ -682,7 +689,8 @@ fn a_push_during_sandbox_rm_is_refused_and_the_rm_removes_everything() {
     std::thread::scope(|s| {
         let rm = s.spawn(|| host.nx(&["sandbox", "rm", "racy"]));
         std::thread::sleep(Duration::from_millis(1000));
-        // The removal is marked before its backup: the push is refused, saying what to do.
+        // The removal is marked before its backup: the push is refused, saying that it is
+        // under way (newcomer19 L3: it was told the removal "did not finish").
         let pushed = host.nx(&[
             "push",
             nx_testkit::sample_app().to_str().unwrap(),
@@ -692,7 +700,8 @@ fn a_push_during_sandbox_rm_is_refused_and_the_rm_removes_everything() {
         assert!(!pushed.ok, "pushed during the removal: {}", pushed.stdout);
         assert!(
             pushed.stderr.contains("sandbox racy is being removed")
-                && pushed.stderr.contains("nx sandbox rm racy"),
+                && pushed.stderr.contains("`nx sandbox rm racy` is under way")
+                && !pushed.stderr.contains("did not finish"),
             "{}",
             pushed.stderr
         );
