@@ -116,7 +116,7 @@ fn main() -> anyhow::Result<()> {
                 .context("removing the host network (nftables table inet nx, nx0)")?;
             if let Some(why) = network.left {
                 eprintln!(
-                    "nxd manager-stop: left the network of this network namespace (nx0, the nftables table inet nx) as it is: {why}. This state dir's network, if it has one, is in the network namespace its nxd ran in: run manager-stop there (`ip netns exec`)"
+                    "nxd manager-stop: left the network of this network namespace (nx0, the nftables table inet nx) as it is: {why}. This state dir's network, if it has one, is in the network namespace its nxd ran in: run manager-stop there (`nsenter --net=/run/netns/NAME`)"
                 );
             }
             segment.context("removing the killed embedded PostgreSQL's shared memory segment")?;

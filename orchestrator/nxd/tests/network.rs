@@ -429,7 +429,9 @@ fn a_second_nxd_in_the_network_namespace_of_a_running_one_refuses_and_names_it()
     assert!(
         stderr.contains("runs the deployments' network of this network namespace")
             && stderr.contains(&format!("state dir {first}"))
-            && stderr.contains("manager-stop"),
+            && stderr.contains("manager-stop")
+            // Newcomer20 Q1: what works (README's second quick start), not `ip netns exec`.
+            && stderr.contains("nsenter --net=/run/netns/NAME nxd"),
         "{stderr}"
     );
     // The first serves as before.

@@ -124,7 +124,7 @@ pub async fn claim(state_dir: &Path) -> Result<NetworkClaim, NetworkError> {
         .map_err(|e| NetworkError::io("claiming the network namespace")(e.into()))??;
     let listener = bound.map_err(|holder| {
         NetworkError::Config(format!(
-            "{holder} runs the deployments' network of this network namespace ({GATEWAY_LINK}, the nftables table inet nx, the links nx-<id>, their addresses, ports and uids): a second nxd beside it would take them over. Stop it first (kill its pid, then `nxd manager-stop --state-dir` its state dir), or run this nxd in a network namespace of its own (`ip netns exec`)",
+            "{holder} runs the deployments' network of this network namespace ({GATEWAY_LINK}, the nftables table inet nx, the links nx-<id>, their addresses, ports and uids): a second nxd beside it would take them over. Stop it first (kill its pid, then `nxd manager-stop --state-dir` its state dir), or run this nxd in a network namespace of its own (`ip netns add NAME`, then `nsenter --net=/run/netns/NAME nxd ...`: not `ip netns exec`, which mounts a /sys without cgroups)",
         ))
     })?;
     let canonical = canonical(state_dir);
@@ -141,7 +141,7 @@ pub async fn claim(state_dir: &Path) -> Result<NetworkClaim, NetworkError> {
     connection.abort();
     if let Some(owner) = owner?.filter(|owner| *owner != canonical) {
         return Err(NetworkError::Config(format!(
-            "the deployments' network of this network namespace ({GATEWAY_LINK}, the nftables table inet nx, the links nx-<id>, their addresses, ports and uids) belongs to the nxd of state dir {owner}, which is stopped while its deployments may still run: a second nxd beside them would take them over. Start that nxd again, or stop its deployments and remove its network first (`nxd manager-stop --state-dir {owner}`), or run this nxd in a network namespace of its own (`ip netns exec`)",
+            "the deployments' network of this network namespace ({GATEWAY_LINK}, the nftables table inet nx, the links nx-<id>, their addresses, ports and uids) belongs to the nxd of state dir {owner}, which is stopped while its deployments may still run: a second nxd beside them would take them over. Start that nxd again, or stop its deployments and remove its network first (`nxd manager-stop --state-dir {owner}`), or run this nxd in a network namespace of its own (`ip netns add NAME`, then `nsenter --net=/run/netns/NAME nxd ...`: not `ip netns exec`, which mounts a /sys without cgroups)",
             owner = owner.display(),
         )));
     }
