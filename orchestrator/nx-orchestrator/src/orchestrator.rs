@@ -79,8 +79,8 @@ pub struct Orchestrator {
     /// What each artifact runs as, by sha256 (inspecting means reading the whole file).
     pub(crate) programs: std::sync::Mutex<HashMap<String, Program>>,
     /// Serialises changes of desired state and routes, so that the route table always matches
-    /// the database.
-    pub(crate) changes: tokio::sync::Mutex<()>,
+    /// the database (shared with the task that sends a push's preview route, `route_preview`).
+    pub(crate) changes: Arc<tokio::sync::Mutex<()>>,
     pub(crate) supervisor: Arc<Supervisor>,
     /// Whether PostgreSQL is the embedded cluster (started again with the manager).
     pub(crate) embedded_db: bool,
@@ -235,7 +235,7 @@ impl Orchestrator {
             monitor_files: Default::default(),
             list_cache: Default::default(),
             programs: std::sync::Mutex::new(HashMap::new()),
-            changes: tokio::sync::Mutex::new(()),
+            changes: Arc::new(tokio::sync::Mutex::new(())),
             supervisor,
             embedded_db: embedded.is_some(),
             problem: std::sync::Mutex::new(None),
@@ -1211,10 +1211,8 @@ impl Orchestrator {
         step("clients", self.publish_clients(deployment)).await?;
         let result = match routes {
             StartRoutes::WhileStarting => {
-                let (result, routed) = tokio::join!(
-                    self.run(deployment, failed),
-                    step("routes", self.route_preview(deployment))
-                );
+                let (result, routed) =
+                    tokio::join!(self.run(deployment, failed), self.route_preview(deployment));
                 routed?;
                 result
             }
@@ -1244,9 +1242,14 @@ impl Orchestrator {
     /// `--service` or `--tcp` as it starts (its sandbox's hosts file and service names stay as
     /// they are, its own service pairs came before its start, from
     /// [`Self::publish_clients`]), without reading every deployment and writing every hosts
-    /// file. When the router takes no route alone, the whole table is sent instead.
+    /// file. The exchange with the router runs on a task of its own, which holds the lock until
+    /// the router answers (also when the push is dropped meanwhile), beside the start's
+    /// synchronous stretches (`tokio::join!` polls its futures in one task); the step `routes`
+    /// is the time until the router holds the route. When the router takes no route alone, the
+    /// whole table is sent instead ([`Self::reroute`], then `routes` is that rebuild).
     async fn route_preview(&self, deployment: &Deployment) -> Result<(), Error> {
-        let _guard = self.changes.lock().await;
+        let started = std::time::Instant::now();
+        let guard = Arc::clone(&self.changes).lock_owned().await;
         let key = RouteKey::Preview(deployment.sandbox.clone(), deployment.id.clone());
         let route = router::route(
             &self.config.base_domain,
@@ -1254,11 +1257,28 @@ impl Orchestrator {
             deployment.id.as_str(),
             self.upstream(deployment)?,
         );
-        if let Err(e) = self.router.put_route(&route, ROUTER_PATIENCE).await {
-            tracing::warn!(host = route.host, error = %e, "the router took no route alone: sending it the whole table");
-            return self.rebuild_routes().await;
-        }
-        Ok(())
+        let router = self.router.clone();
+        let sent = tokio::spawn(async move {
+            let sent = router.put_route(&route, ROUTER_PATIENCE).await;
+            drop(guard);
+            (
+                sent.map_err(|e| (route.host, e.to_string())),
+                started.elapsed(),
+            )
+        });
+        let why = match sent.await {
+            Ok((Ok(()), took)) => {
+                crate::timing::record("routes", took);
+                return Ok(());
+            }
+            Ok((Err((host, e)), _)) => format!("{host}: {e}"),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(
+            error = why,
+            "the router took no route alone: sending it the whole table"
+        );
+        step("routes", self.reroute()).await
     }
 
     /// `apply_verb(Verb::Start)` leaving the routes to the caller ([`Self::reroute`]), whether
