@@ -132,9 +132,11 @@ impl Pushing<'_> {
     /// `Error::Conflict` saying that its deployment was removed while it was pushed, when that
     /// removal was asked ([`Pushes::ask_removal`]): the push removes it at once.
     pub(crate) fn check_removal(&self) -> Result<(), Error> {
-        match self.pushes.lock().get(&self.id) {
-            Some(push) if push.removal_asked => Err(self.removed()),
-            _ => Ok(()),
+        // The set's lock let go first: `removed` takes it again.
+        let asked = (self.pushes.lock().get(&self.id)).is_some_and(|push| push.removal_asked);
+        match asked {
+            true => Err(self.removed()),
+            false => Ok(()),
         }
     }
 
