@@ -6,7 +6,9 @@
 //! then NUL-terminated fields:
 //! the number of arguments, the arguments (`argv[0]` is the program's path), and then the
 //! environment's `KEY=value` entries. It is read to its length (the sender may hold the
-//! input open), and is at most [`MAX_MESSAGE`] bytes.
+//! input open), and is at most [`MAX_MESSAGE`] bytes. The program gets `PWD`, the working
+//! directory bubblewrap gave the waiter, as a cold start's program gets it from bubblewrap
+//! (newcomer19 L1: a program from a standby had none), unless the message sets one.
 
 use std::ffi::CString;
 use std::io::Read;
@@ -71,15 +73,31 @@ pub fn run() -> String {
         return format!("reading the message's {len} bytes: {e}");
     }
     drop(input);
-    let (argv, env) = match decode(&body) {
+    let (argv, mut env) = match decode(&body) {
         Ok(parsed) => parsed,
         Err(e) => return e,
     };
+    match std::env::current_dir() {
+        Ok(dir) => add_pwd(&mut env, &dir),
+        Err(e) => return format!("reading the working directory: {e}"),
+    }
     if let Err(e) = null_stdin() {
         return format!("opening /dev/null as standard input: {e}");
     }
     let err = nix::unistd::execve(&argv[0], &argv, &env).unwrap_err();
     format!("cannot exec {}: {err}", argv[0].to_string_lossy())
+}
+
+/// Adds `PWD=dir` to `env` (`KEY=value` entries) unless it holds a `PWD` already.
+fn add_pwd(env: &mut Vec<CString>, dir: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if env.iter().any(|e| e.as_bytes().starts_with(b"PWD=")) {
+        return;
+    }
+    let mut entry = b"PWD=".to_vec();
+    entry.extend_from_slice(dir.as_os_str().as_bytes());
+    // A path from the kernel holds no NUL.
+    env.extend(CString::new(entry).ok());
 }
 
 /// Standard input on `/dev/null`, as a deployment's program has it.
@@ -105,6 +123,15 @@ mod tests {
         };
         assert_eq!(shown(a), ["/app/main", "--port", ""]);
         assert_eq!(shown(e), ["PORT=8080", "A=b=c"]);
+    }
+
+    #[test]
+    fn the_program_gets_the_working_directory_as_pwd_unless_the_message_sets_it() {
+        let mut env = vec![CString::new("PORT=8080").unwrap()];
+        add_pwd(&mut env, std::path::Path::new("/data"));
+        assert_eq!(env[1].to_str().unwrap(), "PWD=/data");
+        add_pwd(&mut env, std::path::Path::new("/tmp"));
+        assert_eq!(env.len(), 2);
     }
 
     #[test]

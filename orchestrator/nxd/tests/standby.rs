@@ -125,6 +125,9 @@ fn a_push_takes_its_sandboxs_standby_and_its_program_runs_as_a_cold_starts_would
     assert_eq!(env["GREETING"], "hello there", "{env}");
     assert_eq!(env["NX_DEPLOYMENT"], id.as_str(), "{env}");
     assert!(env["PGPASSWORD"].is_string(), "its database's: {env}");
+    // Its working directory's name, as bubblewrap gives a cold start's program (newcomer19 L1:
+    // the waiter passed nxd's environment alone).
+    assert_eq!(env["PWD"], "/data", "{env}");
     let (_, cmdline) = host.get(&preview, "/read?path=/proc/self/cmdline");
     assert_eq!(cmdline, "/app/main\0--flag\0two words\0");
     // Its /etc is its sandbox's tree, whole (review18 #1: laid out again under the running
@@ -164,6 +167,10 @@ fn a_push_takes_its_sandboxs_standby_and_its_program_runs_as_a_cold_starts_would
     );
     assert_eq!(code, 200, "{view}");
     assert!(steps.iter().any(|s| s == "start"), "{steps:?}");
+    let cold = host.preview_host("warm", view["id"].as_str().expect("id"));
+    let (_, cold_env) = host.get(&cold, "/env");
+    let cold_env: serde_json::Value = serde_json::from_str(&cold_env).expect("env json");
+    assert_eq!(cold_env["PWD"], "/data", "{cold_env}");
     let listed = host.nx_json(&["ls"]);
     let all: Vec<&str> = listed
         .as_array()
