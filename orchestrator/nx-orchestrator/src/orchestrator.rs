@@ -976,7 +976,7 @@ impl Orchestrator {
             return Err(self.discard(&deployment, pushing.removed()).await);
         }
         drop(pushing);
-        started?;
+        started.map_err(|e| may_come_up(e, &deployment))?;
         crate::failpoint::wait("push::ready").await;
         timer.succeeded();
         // Its record as made: what a push's success leaves of it is what it was made with.
@@ -2170,6 +2170,24 @@ enum Route {
         swap_db: bool,
     },
     Rollback,
+}
+
+/// A push's start's error `e` with what became of its recorded `deployment`, when the start
+/// did not end it (it ended as not ready, or someone stopped or removed it: its own errors say
+/// so). A fault of the host's (the systemd manager ended, killed, or PostgreSQL with it)
+/// leaves it recorded to run, and nxd's re-adoption starts it once the manager is back
+/// (newcomer20 N2: the push answered the manager's D-Bus error alone, and a user who pushed
+/// again got two).
+fn may_come_up(e: Error, deployment: &Deployment) -> Error {
+    match e {
+        Error::NotReady { .. } | Error::Conflict(_) | Error::Invalid(_) | Error::NotFound(_) => e,
+        e => {
+            let (id, sandbox) = (&deployment.id, &deployment.sandbox);
+            e.with_outcome(&format!(
+                "deployment {id} was made and may still come up (nxd starts what should run again once its systemd manager or database is back): look with `nx status {sandbox}` before pushing again; `nx rm {id}` removes it"
+            ))
+        }
+    }
 }
 
 /// When a start sends the routes (`Orchestrator::start_and_wait`).

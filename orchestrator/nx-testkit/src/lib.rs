@@ -436,6 +436,20 @@ impl Host {
         }
     }
 
+    /// PID 1 of the embedded systemd manager's namespace (the child of the `unshare` nxd
+    /// started), in the host's PID namespace.
+    pub fn manager_pid1(&self) -> i32 {
+        let unshare = std::fs::read_to_string(self.path("systemd/unshare.pid")).unwrap();
+        let unshare = unshare.trim();
+        std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .expect("the manager runs")
+            .parse()
+            .unwrap()
+    }
+
     /// `nxd manager-stop` for this host's state dir, in its network namespace (the host
     /// network it removes is that namespace's): stops every deployment and the embedded
     /// manager. Stop nxd first. Its exit status and what it printed on stderr.

@@ -1036,7 +1036,7 @@ fn held_session(host: &Host, database: &str) -> (std::process::Child, nix::unist
 /// PostgreSQL runs, and the pids pg_stat_activity shows).
 fn host_pid(host: &Host, pid: i32) -> i32 {
     let namespace = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
-    let managers = namespace(&manager_pid1(host).to_string());
+    let managers = namespace(&host.manager_pid1().to_string());
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -1051,19 +1051,6 @@ fn host_pid(host: &Host, pid: i32) -> i32 {
                 == Some(pid.to_string().as_str())
         })
         .expect("the process in the manager's namespace")
-        .parse()
-        .unwrap()
-}
-
-/// PID 1 of the embedded manager's namespace (the child of the `unshare` nxd started).
-fn manager_pid1(host: &Host) -> i32 {
-    let unshare = std::fs::read_to_string(host.path("systemd/unshare.pid")).unwrap();
-    let unshare = unshare.trim();
-    std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .expect("the manager runs")
         .parse()
         .unwrap()
 }
@@ -1086,7 +1073,7 @@ fn killing_the_managers_pid_1_is_repaired_by_nxd_alone() {
     };
     assert_eq!(health().0, 200);
 
-    let pid1 = manager_pid1(&host);
+    let pid1 = host.manager_pid1();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid1),
         nix::sys::signal::Signal::SIGKILL,
@@ -1112,7 +1099,7 @@ fn killing_the_managers_pid_1_is_repaired_by_nxd_alone() {
     let said = said.expect("health never said anything was wrong");
     assert!(said.contains("systemd manager"), "{said}");
     println!("recovered in {:?}", killed.elapsed());
-    assert_ne!(manager_pid1(&host), pid1);
+    assert_ne!(host.manager_pid1(), pid1);
     // Production serves again, from its database, without a human.
     let deadline = Instant::now() + Duration::from_secs(30);
     while host.get(&production, "/db/list") != (200, r#"["kept"]"#.into()) {
@@ -1152,7 +1139,7 @@ fn a_manager_that_stalls_for_seconds_is_not_taken_for_dead() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let pid1 = nix::unistd::Pid::from_raw(manager_pid1(&host));
+    let pid1 = nix::unistd::Pid::from_raw(host.manager_pid1());
     nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGSTOP).unwrap();
     std::thread::sleep(Duration::from_secs(12));
     nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGCONT).unwrap();
@@ -2999,7 +2986,7 @@ fn a_tenants_function_run_by_a_vacuum_analyze_is_held_to_the_time_bound() {
 fn the_memory_bound_holds_while_the_systemd_manager_does_not_answer() {
     let host = Host::start_with("[databases]\nbackend_memory_max_mb = 256\n");
     let alpha = sandbox_db_url(&host, "alpha");
-    let pid1 = nix::unistd::Pid::from_raw(manager_pid1(&host));
+    let pid1 = nix::unistd::Pid::from_raw(host.manager_pid1());
     nix::sys::signal::kill(pid1, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let (took, stderr) = psql_within_a_minute(
         &alpha,

@@ -556,6 +556,29 @@ fn a_push_whose_nxd_dies_while_it_starts_says_the_deployment_may_exist() {
     );
 }
 
+/// Newcomer20 N2: the embedded systemd manager killed (kill -9) while a push waits for its
+/// program: the push answered the manager's D-Bus error alone, and the deployment came up
+/// seconds later with nxd's re-adoption, so a user who pushed again got two. The error says
+/// that the deployment was made and may come up, and how to look.
+#[test]
+fn a_push_whose_systemd_manager_is_killed_while_it_starts_says_the_deployment_may_come_up() {
+    let host = Host::start();
+    let (push, id) = slow_push(&host, "cut", 30);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.manager_pid1()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = push.wait_with_output().expect("nx push ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("deployment {id} was made and may still come up"))
+            && stderr.contains("`nx status cut`"),
+        "{stderr}"
+    );
+}
+
 /// `nx push` of the sample app into `sandbox`, listening only after `listen_after` seconds
 /// (60 s to be ready), spawned; returns it with its deployment's id once its unit runs (the
 /// sandbox's only deployment but production).
