@@ -683,6 +683,38 @@ fn a_service_is_reached_by_name_from_its_sandbox_and_not_from_another() {
     assert!(bad.stderr.contains("not a service name"), "{}", bad.stderr);
 }
 
+/// Newcomer20 N3: a preview pushed with production's `--service` name took the name (and the
+/// firewall's way to it) from production while it was only a preview, so production's clients
+/// reached the preview. The name stays with production until the preview is promoted, and goes
+/// back with a rollback.
+#[test]
+fn a_preview_leaves_productions_service_name_alone_until_promoted() {
+    let host = Host::start();
+    let production = host.push_sample("shop", &["--service", "web", "--port", "7000"]);
+    host.nx_json(&["promote", "shop", &production]);
+    let client = host.push_sample("shop", &[]);
+    let production_addr = listen_addr(&host, "shop", &production);
+    let means = |addr: SocketAddr| {
+        let (status, hosts) =
+            host.get(&host.preview_host("shop", &client), "/read?path=/etc/hosts");
+        assert_eq!(status, 200, "{hosts}");
+        assert!(connects(&host, "shop", &client, "web:7000"), "{hosts}");
+        assert!(hosts.contains(&format!("{}\tweb\n", addr.ip())), "{hosts}");
+        assert!(connects(&host, "shop", &client, &addr.to_string()));
+    };
+    means(production_addr);
+
+    let preview = host.push_sample("shop", &["--service", "web", "--port", "7000"]);
+    let preview_addr = listen_addr(&host, "shop", &preview);
+    means(production_addr);
+    assert!(!connects(&host, "shop", &client, &preview_addr.to_string()));
+
+    host.nx_json(&["promote", "shop", &preview]);
+    means(preview_addr);
+    host.nx_json(&["rollback", "shop"]);
+    means(production_addr);
+}
+
 /// Review19 #1: a push's routes went out while its deployment started (a52f011), and with them
 /// its sandbox's service name, so every caller of a `--service` name was refused until the new
 /// deployment listened (for its whole readiness timeout when it never did). The name moves once
