@@ -22,7 +22,7 @@
 //! deleted them nor their owners' rows), `sandboxes::removing` (`nx sandbox rm`: the
 //! sandbox's deployments and volumes gone, its database, role, disk, backups and records not
 //! yet), `push::sandbox` (a push's sandbox recorded and its database made, its deployment
-//! not yet recorded), `push::recorded` (a push's deployment recorded, nothing made for it
+//! not yet recorded; [`wait`]s there too), `push::recorded` (a push's deployment recorded, nothing made for it
 //! yet; [`wait`]s there), `databases::remaking` (a start found its deployment's branch
 //! missing or cut short, not yet made again; [`wait`]s there), `push::branching` (a
 //! `--db-branch` push's deployment recorded, its database not yet copied; [`wait`]s there) and `push::branched` (`return`: that copy fails),

@@ -853,7 +853,7 @@ impl Orchestrator {
             Ok::<_, Error>(backend)
         };
         let backend = step("sandbox", sandbox).await?;
-        fail::fail_point!("push::sandbox");
+        crate::failpoint::wait("push::sandbox").await;
         if backend != asked_backend {
             // The sandbox was made meanwhile by another request, with another backend.
             limits = self.push_limits(&req.limits, backend, &bounds)?;
@@ -934,7 +934,12 @@ impl Orchestrator {
                 if let Some(standby) = standby {
                     self.put_back_standby(standby).await;
                 }
-                return Err(e.into());
+                // A removal marked since the sandbox step: told as there (review21: this
+                // push was told the removal 'did not finish' while it was under way).
+                return Err(match e {
+                    StateError::Removing(_) => self.removing(&req.sandbox),
+                    e => e.into(),
+                });
             }
         };
         tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");

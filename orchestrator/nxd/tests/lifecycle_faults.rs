@@ -740,6 +740,38 @@ fn a_push_during_sandbox_rm_is_refused_and_the_rm_removes_everything() {
     );
 }
 
+/// Review21: a push whose sandbox step came before `nx sandbox rm` marked the sandbox, and
+/// whose record came after (held 5 s at `push::sandbox`, the removal's final backup held by a
+/// table lock meanwhile), was told at its record that the removal "began and did not finish:
+/// run `nx sandbox rm`" while it ran (newcomer19 L3's message, which only the sandbox step had
+/// stopped giving): it is told that the removal is under way, as a push refused at that step.
+#[test]
+fn a_push_recorded_once_sandbox_rm_marked_its_sandbox_is_told_the_removal_is_under_way() {
+    let mut host = Host::start();
+    host.push_sample("racy", &[]);
+    host.restart_nxd_with_failpoints("push::sandbox=return(5000)");
+    let held = hold_a_table_of_racy(&host, 10);
+    let push = host.spawn_push_sample("racy", &[]);
+    // The push is at `push::sandbox` (its sandbox step passed) when the removal is marked.
+    std::thread::sleep(Duration::from_millis(2000));
+    std::thread::scope(|s| {
+        let rm = s.spawn(|| host.nx(&["sandbox", "rm", "racy"]));
+        let out = push.wait_with_output().expect("nx push ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "pushed during the removal: {stderr}");
+        assert!(
+            stderr.contains("sandbox racy is being removed")
+                && stderr.contains("`nx sandbox rm racy` is under way")
+                && !stderr.contains("did not finish"),
+            "{stderr}"
+        );
+        let rm = rm.join().expect("rm");
+        assert!(rm.ok, "{}", rm.stderr);
+    });
+    held.join().expect("the lock's session");
+    assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]));
+}
+
 /// The superuser's one-line answer to `sql` in database `db` of the test host's cluster.
 fn superuser(host: &Host, db: &str, sql: &str) -> String {
     let (ok, out) = nx_testkit::psql(&host.path("postgres/socket"), 5432, db, sql);
