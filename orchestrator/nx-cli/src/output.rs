@@ -173,7 +173,7 @@ pub fn pushed(
     }
     if let Some(name) = &d.service {
         println!(
-            "service: the sandbox's deployments reach {} as {name} from now on, before any promotion (the newest running push of a service holds its name unless production declares it; `nx rm {}` gives it back)",
+            "service: the sandbox's deployments reach {} as {name} from now on, before any promotion, unless production declares {name}: then from its promotion on (the newest running push of a service holds its name unless production declares it; `nx rm {}` gives it back)",
             d.id, d.id
         );
     }

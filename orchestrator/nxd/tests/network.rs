@@ -660,7 +660,7 @@ fn a_service_is_reached_by_name_from_its_sandbox_and_not_from_another() {
     let newer = pushed.stdout.split(' ').nth(1).unwrap().to_owned();
     assert!(
         pushed.stdout.contains(&format!(
-            "service: the sandbox's deployments reach {newer} as cache from now on, before any promotion"
+            "service: the sandbox's deployments reach {newer} as cache from now on, before any promotion, unless production declares cache: then from its promotion on"
         )),
         "{}",
         pushed.stdout
