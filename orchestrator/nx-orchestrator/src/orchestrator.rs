@@ -688,14 +688,21 @@ impl Orchestrator {
         spec: &SandboxSpec,
     ) -> Result<(crate::backend::SandboxHandle, u32), Error> {
         let handle = self.backend.handle(&spec.deployment);
-        // Asked beside the claim (one value, no time of its own: a unit's whole status took
-        // longer than the claim): a claim is no start, so systemd's NRestarts goes on counting
-        // the waiter's; the program's own restart would come a `RestartUSec` after its end,
-        // long after this answer.
+        // Its unit's state, beside the claim: a claim is no start, so systemd's NRestarts goes
+        // on counting the waiter's (the program's own restart would come a `RestartUSec` after
+        // its end, long after this answer), and the unit's state does not change with it.
+        // From the supervisor's cache, where the standby's making left it unless systemd said
+        // the unit changed since (else asked, and kept): the push's view after ready asks
+        // systemd nothing either (the counters it shows are then the claim's, as views serve
+        // them up to `COUNTERS_MAX_AGE` old).
+        let unit = [handle.unit.as_str()];
         let (claimed, before) = tokio::join!(
             self.backend.claim(&handle, spec),
-            self.backend.restarts(&handle)
+            self.supervisor.states(&unit)
         );
+        let before = before
+            .ok()
+            .and_then(|states| states.first().map(|s| s.restarts));
         match claimed {
             Ok(()) => return Ok((handle, before.unwrap_or(0))),
             Err(e) => tracing::warn!(error = %e, "the standby took no program: starting cold"),

@@ -18,7 +18,7 @@
 //! directories hold [`MARK`]); `nx sandbox rm` removes the sandbox's. `[sandbox] standby =
 //! false` keeps none.
 
-use crate::backend::{Program, SandboxSpec};
+use crate::backend::{Program, SandboxBackend, SandboxSpec};
 use crate::domain::Deployment;
 use crate::domain::{BackendKind, Desired, Runtime};
 use crate::error::Error;
@@ -37,6 +37,9 @@ use tokio::io::AsyncWriteExt;
 /// beside the push's answer and its deployment's first requests, on hosts of a few cores.
 /// A push into the same sandbox sooner than this (plus the standby's start) starts cold.
 pub(crate) const REFILL_AFTER: Duration = Duration::from_millis(100);
+/// The most times a standby's state is asked once it started, until the supervisor's cache
+/// keeps it (`Supervisor::keep_state`: 10 ms apart, so some 200 ms).
+const KEEP_STATE_TRIES: u32 = 20;
 
 /// The waiter's flag (nx-vm-init's `exec_on_input::FLAG`).
 pub const WAITER_FLAG: &str = "--exec-on-input";
@@ -351,14 +354,28 @@ impl Orchestrator {
                     None
                 }
             };
-            let held = made.is_some();
+            let unit = made
+                .as_ref()
+                .map(|s| SandboxBackend::handle(&*app.backend, &s.deployment).unit);
             if let Some(removed) = app.standbys.end_making(&sandbox, made) {
                 app.remove_standby(&removed).await;
             }
-            if held {
+            if let Some(unit) = unit {
                 app.standbys.made();
+                app.keep_standby_state(&unit).await;
             }
         });
+    }
+
+    /// Asks a standby's unit's state, off any push's time, until the supervisor's cache keeps
+    /// it (there until systemd says the unit changed): the push that takes the standby reads
+    /// its restarts there, and so does that push's view (`Orchestrator::claim_or_start`).
+    async fn keep_standby_state(&self, unit: &str) {
+        match self.supervisor.keep_state(unit, KEEP_STATE_TRIES).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(%unit, "a standby's state not kept: its push asks it"),
+            Err(e) => tracing::debug!(%unit, error = %e, "a standby's state not asked"),
+        }
     }
 
     /// A standby of `sandbox` for pushes that `fit` matches (see the module's docs), its unit

@@ -88,10 +88,6 @@ impl SandboxBackend for Backends {
         self.get(handle.backend)?.status(handle).await
     }
 
-    async fn restarts(&self, handle: &SandboxHandle) -> Result<u32, BackendError> {
-        self.get(handle.backend)?.restarts(handle).await
-    }
-
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         self.get(handle.backend)?.destroy(handle).await
     }

@@ -211,11 +211,6 @@ pub trait SandboxBackend: Send + Sync {
     /// Stops it: SIGTERM to the program, SIGKILL to what still runs after `timeout`.
     async fn stop(&self, handle: &SandboxHandle, timeout: Duration) -> Result<(), BackendError>;
     async fn status(&self, handle: &SandboxHandle) -> Result<UnitState, BackendError>;
-    /// How many times its unit was restarted since it was started ([`UnitState::restarts`]),
-    /// where a backend can ask it alone for less than [`Self::status`].
-    async fn restarts(&self, handle: &SandboxHandle) -> Result<u32, BackendError> {
-        Ok(self.status(handle).await?.restarts)
-    }
     /// Stops it and removes its files.
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError>;
 

@@ -80,12 +80,6 @@ impl DeploymentUnits {
         Ok(state)
     }
 
-    /// How many times systemd restarted the unit since it was started (see
-    /// [`crate::supervisor::Supervisor::restarts`]).
-    pub async fn restarts(&self, handle: &SandboxHandle) -> Result<u32, BackendError> {
-        Ok(self.supervisor.restarts(&handle.unit).await?)
-    }
-
     /// What the launcher's monitor does for a deployment: its log, capped at the deployment's
     /// `log_max_mb` with `[logs] keep` rotated files, and its directory.
     pub fn monitor(&self, handle: &SandboxHandle, spec: &SandboxSpec) -> MonitorSpec {

@@ -273,6 +273,9 @@ fn private_log(path: &Path) -> std::io::Result<()> {
 /// none of them queues more work than can run.
 pub const UNITS_IN_FLIGHT: usize = 8;
 
+/// Between the asks of [`Supervisor::keep_state`].
+pub const KEEP_STATE_PAUSE: Duration = Duration::from_millis(10);
+
 pub struct Supervisor {
     /// Swapped for a new one when the embedded manager is started again ([`Self::revive`]).
     conn: arc_swap::ArcSwap<zbus::Connection>,
@@ -649,18 +652,29 @@ impl Supervisor {
         Ok(unit_states::fetch(&self.conn.load_full(), &self.units, unit).await?)
     }
 
-    /// How many times systemd restarted the unit since it was started (its `NRestarts`, one
-    /// D-Bus call of one value; [`Self::state`] has it too, among some 300 others).
-    pub async fn restarts(&self, unit: &str) -> Result<u32, SupervisorError> {
-        Ok(unit_states::fetch_restarts(&self.conn.load_full(), unit).await?)
-    }
-
     /// The states of many units, in their order, for views: from the cache systemd's signals
     /// keep where it holds them (a running unit's memory and task counts at most
     /// [`unit_states::COUNTERS_MAX_AGE`] old), else in as few D-Bus calls as possible.
     #[tracing::instrument(skip_all, fields(units = units.len()))]
     pub async fn states(&self, units: &[&str]) -> Result<Vec<UnitState>, SupervisorError> {
         Ok(unit_states::fetch_many(&self.conn.load_full(), &self.units, units).await?)
+    }
+
+    /// Asks a unit's state until the cache keeps it (see [`Self::states`]), at most
+    /// `tries` times, [`KEEP_STATE_PAUSE`] apart: a unit just started goes on changing for a
+    /// few milliseconds after its start was answered (systemd sends its change signals once
+    /// its job ran), and an answer received before a change signal of its unit is not kept.
+    /// Returns whether the cache holds the unit's state. Errors: systemd's.
+    pub async fn keep_state(&self, unit: &str, tries: u32) -> Result<bool, SupervisorError> {
+        let path = unit_states::unit_path(unit);
+        for _ in 0..tries {
+            if self.units.get(&path).is_some() {
+                return Ok(true);
+            }
+            self.states(&[unit]).await?;
+            tokio::time::sleep(KEEP_STATE_PAUSE).await;
+        }
+        Ok(self.units.get(&path).is_some())
     }
 
     /// How many times what [`Self::states`] serves may have changed but for running units'

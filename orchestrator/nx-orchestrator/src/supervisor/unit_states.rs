@@ -180,8 +180,7 @@ impl<P: Ord + Copy + Default> UnitCache<P> {
     }
 
     /// A state that is still true, if the cache holds one.
-    #[cfg(test)]
-    fn get(&self, path: &OwnedObjectPath) -> Option<UnitState> {
+    pub fn get(&self, path: &OwnedObjectPath) -> Option<UnitState> {
         match self.lookup(path) {
             Lookup::Fresh(state) => Some(state),
             Lookup::OldCounters(_) | Lookup::Missing => None,
@@ -364,24 +363,6 @@ async fn fetch_path(
     let state = from_properties(&props);
     cache.store(generation, path, &state, reply.recv_position());
     Ok(state)
-}
-
-/// How many times systemd restarted `unit` since it was started (`NRestarts` of
-/// org.freedesktop.systemd1.Service, systemd.exec(5)'s `Restart=`): one `Get`, where a
-/// [`fetch`]'s `GetAll` answers some 300 properties. Errors: systemd's (a unit it does not
-/// know is no service: `UnknownProperty`).
-pub async fn fetch_restarts(conn: &zbus::Connection, unit: &str) -> Result<u32, zbus::Error> {
-    let reply = conn
-        .call_method(
-            Some(SYSTEMD),
-            &unit_path(unit),
-            Some(PROPERTIES),
-            "Get",
-            &(SERVICE_INTERFACE, "NRestarts"),
-        )
-        .await?;
-    let value: OwnedValue = reply.body().deserialize()?;
-    Ok(u32::try_from(value)?)
 }
 
 /// `state` (the cache's, true but for its counters) with `MemoryCurrent` and `TasksCurrent`

@@ -171,10 +171,6 @@ impl SandboxBackend for ContainerBackend {
         self.units.status(handle).await
     }
 
-    async fn restarts(&self, handle: &SandboxHandle) -> Result<u32, BackendError> {
-        self.units.restarts(handle).await
-    }
-
     #[tracing::instrument(skip_all, fields(unit = %handle.unit))]
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         self.units.stop(handle, super::DEFAULT_STOP_TIMEOUT).await?;
