@@ -2,7 +2,8 @@
 # Runs NX for real on this machine: installs the packages, builds nxd, nx-router, nx and the static sample
 # app, starts nxd with its embedded defaults (a private systemd manager and PostgreSQL under
 # $NX_STATE_DIR), pushes the sample, promotes it, and curls its preview and production URLs.
-# nxd keeps running afterwards; stop it with: kill $(cat $NX_STATE_DIR/nxd.pid) &&
+# nxd keeps running afterwards; stop it (manager-stop once nxd has exited) with:
+# pid=$(cat $NX_STATE_DIR/nxd.pid); kill $pid && tail --pid=$pid -s 0.2 -f /dev/null &&
 # orchestrator/target/release/nxd manager-stop --state-dir $NX_STATE_DIR
 set -euo pipefail
 cd "$(dirname "$0")"
