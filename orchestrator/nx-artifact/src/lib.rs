@@ -7,6 +7,10 @@ pub mod closure;
 pub mod image;
 pub mod verify;
 
+/// The most bytes one artifact (a binary or an image archive) may hold:
+/// 1 GiB. nxd's store refuses an upload past it; the CLI refuses the file before it reads it.
+pub const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+
 /// The SHA-256 of `bytes` as 64 lowercase hex digits: the name content is stored under.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;

@@ -289,15 +289,14 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
         let view = start(client, &request(&args, sandbox, id, env)).await?;
         return output::pushed(&view, sent.files > 0, Some(&sent), json);
     }
-    // Read once: checked, then hashed; nxd is asked for the push at once (see uploading_on_404).
+    // Mapped once (refused first when not a regular file, or too large): checked, then hashed; nxd is asked for the push at once (see uploading_on_404).
     let (file, sha) = match (&args.binary, &args.image) {
         (Some(binary), _) => {
             let verified = verify::verify_file(binary)?;
             (binary, nx_artifact::sha256_hex(&verified.bytes))
         }
         (None, Some(image)) => {
-            let bytes =
-                std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
+            let (bytes, _) = verify::map_local(image)?;
             image::verify_image(&bytes)?;
             (image, nx_artifact::sha256_hex(&bytes))
         }

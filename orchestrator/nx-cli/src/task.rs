@@ -113,8 +113,7 @@ pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Resu
             .await?
             .0
     } else {
-        let bytes = std::fs::read(&args.program)
-            .with_context(|| format!("cannot read {}", args.program.display()))?;
+        let (bytes, _) = nx_artifact::verify::map_local(&args.program)?;
         // Its message names the fix already; anyhow's chain would repeat the cause.
         Artifact::inspect(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: {e}", args.program.display()))?;

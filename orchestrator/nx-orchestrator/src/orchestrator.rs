@@ -40,8 +40,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Largest binary nxd accepts.
-const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 /// How long a route change waits for a (re)starting router.
 const ROUTER_PATIENCE: Duration = Duration::from_secs(10);
 /// Log lines returned with a failed push.
@@ -176,7 +174,7 @@ impl Orchestrator {
         .await?;
         let artifacts = ArtifactStore::open(
             &state_dir.join("artifacts"),
-            MAX_ARTIFACT_BYTES,
+            nx_artifact::MAX_ARTIFACT_BYTES,
             config.store.max_image_unpacked_mb.saturating_mul(1 << 20),
         )?;
         let bundles = BundleStore::open(state_dir, config.bundles.limits(), artifacts.holds())?;

@@ -135,6 +135,77 @@ fn bad_binaries_and_names_are_refused_and_nothing_is_stored() {
     );
 }
 
+/// `nx` with `args`, which must end within 20 s: its outcome. One that still runs then is
+/// killed and the test fails (a push of a FIFO once waited for a writer forever).
+fn nx_within(host: &Host, args: &[&str]) -> nx_testkit::Nx {
+    use std::process::Stdio;
+    let child = host
+        .nx_command(&host.token, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run nx");
+    let pid = child.id().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(out) => out.expect("nx's output").into(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status();
+            panic!("nx {args:?} still ran after 20 s");
+        }
+    }
+}
+
+#[test]
+fn a_fifo_a_device_and_a_file_over_the_limit_are_refused_before_they_are_read() {
+    let host = Host::start();
+    let dir = host.path("odd-files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    // 1.5 GiB, sparse: it costs no disk, and a CLI that read it would take seconds and then
+    // call it no ELF.
+    let huge = write_exec(&dir, "huge", b"");
+    std::fs::File::options()
+        .write(true)
+        .open(&huge)
+        .unwrap()
+        .set_len(3 << 29)
+        .unwrap();
+    let (fifo, huge) = (fifo.to_str().unwrap(), huge.to_str().unwrap());
+    for (path, says) in [
+        (fifo, "is a FIFO (named pipe): push a regular file"),
+        ("/dev/zero", "is a character device: push a regular file"),
+        (
+            huge,
+            "is 1536 MiB, and nxd stores artifacts of at most 1024 MiB",
+        ),
+    ] {
+        for args in [
+            &["push", path, "--sandbox", "odd"][..],
+            &["push", "--image", path, "--sandbox", "odd"],
+            &["run-task", path],
+            &["verify-binary", path],
+        ] {
+            let out = nx_within(&host, args);
+            assert!(
+                !out.ok && out.stderr.contains(path) && out.stderr.contains(says),
+                "nx {args:?}: {}",
+                out.stderr
+            );
+        }
+    }
+    assert_eq!(stored_artifacts(&host), Vec::<String>::new());
+    assert_eq!(host.nx_json(&["ls"]), serde_json::json!([]));
+}
+
 #[test]
 fn a_killed_upload_leaves_no_artifact_and_no_temp_file() {
     let host = Host::start();
