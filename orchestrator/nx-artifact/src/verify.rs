@@ -307,13 +307,24 @@ pub struct VerifiedFile {
 /// ([`map_local`]), its executable bit, then the ELF checks.
 pub fn verify_file(path: &Path) -> Result<VerifiedFile, VerifyError> {
     let (bytes, meta) = map_local(path)?;
-    let info = verify_on_host(&bytes)?;
+    let info = verify_mapped(path, &bytes, &meta)?;
+    Ok(VerifiedFile { info, bytes })
+}
+
+/// [`verify_file`]'s checks of a file [`map_local`] mapped: the ELF checks
+/// ([`verify_on_host`]), then its executable bit.
+pub fn verify_mapped(
+    path: &Path,
+    bytes: &[u8],
+    meta: &std::fs::Metadata,
+) -> Result<ElfInfo, VerifyError> {
+    let info = verify_on_host(bytes)?;
     if meta.permissions().mode() & 0o111 == 0 {
         return Err(VerifyError::NoExecBit {
             path: path.display().to_string(),
         });
     }
-    Ok(VerifiedFile { info, bytes })
+    Ok(info)
 }
 
 /// A local file's bytes, mapped read-only and shared with the page cache (mmap(2) with

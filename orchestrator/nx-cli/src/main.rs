@@ -4,6 +4,7 @@ mod access;
 mod bundle;
 mod client;
 mod db;
+mod digests;
 mod domain;
 mod logs;
 mod output;

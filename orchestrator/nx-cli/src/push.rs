@@ -2,7 +2,7 @@
 //! (with a progress bar) only when nxd answers that it lacks it; nxd waits until it is ready.
 
 use crate::client::Client;
-use crate::output;
+use crate::{digests, output};
 use anyhow::Context;
 use nx_api::names::SandboxName;
 use nx_api::volumes::{VolumeMount, VolumeSource};
@@ -289,17 +289,19 @@ pub async fn run(client: &Client, args: PushArgs, json: bool) -> anyhow::Result<
         let view = start(client, &request(&args, sandbox, id, env)).await?;
         return output::pushed(&view, sent.files > 0, Some(&sent), json);
     }
-    // Mapped once (refused first when not a regular file, or too large): checked, then hashed; nxd is asked for the push at once (see uploading_on_404).
+    // Checked and hashed, or known from an earlier push of the file unchanged (crate::digests);
+    // nxd is asked for the push at once (see uploading_on_404).
     let (file, sha) = match (&args.binary, &args.image) {
-        (Some(binary), _) => {
-            let verified = verify::verify_file(binary)?;
-            (binary, nx_artifact::sha256_hex(&verified.bytes))
-        }
-        (None, Some(image)) => {
-            let (bytes, _) = verify::map_local(image)?;
-            image::verify_image(&bytes)?;
-            (image, nx_artifact::sha256_hex(&bytes))
-        }
+        (Some(binary), _) => (
+            binary,
+            digests::checked_sha256(binary, |bytes, meta| {
+                Ok(verify::verify_mapped(binary, bytes, meta).map(drop)?)
+            })?,
+        ),
+        (None, Some(image)) => (
+            image,
+            digests::checked_sha256(image, |bytes, _| Ok(image::verify_image(bytes).map(drop)?))?,
+        ),
         (None, None) => unreachable!("clap requires one"),
     };
     if !json {

@@ -113,11 +113,12 @@ pub async fn run(client: &Client, args: RunTaskArgs, json: bool) -> anyhow::Resu
             .await?
             .0
     } else {
-        let (bytes, _) = nx_artifact::verify::map_local(&args.program)?;
-        // Its message names the fix already; anyhow's chain would repeat the cause.
-        Artifact::inspect(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", args.program.display()))?;
-        nx_artifact::sha256_hex(&bytes)
+        crate::digests::checked_sha256(&args.program, |bytes, _| {
+            // Its message names the fix already; anyhow's chain would repeat the cause.
+            Artifact::inspect(bytes)
+                .map(drop)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", args.program.display()))
+        })?
     };
     let req = TaskRequest {
         artifact: sha.clone(),

@@ -289,3 +289,61 @@ fn a_push_of_a_stored_binary_is_one_request_and_a_new_binary_is_uploaded_on_404(
     assert_eq!(push()["uploaded"], false);
     assert_eq!(requests(&sent), [deployments]);
 }
+
+#[test]
+fn a_binary_rewritten_in_place_with_its_old_mtime_is_pushed_as_its_new_bytes() {
+    let host = Host::start();
+    let dir = host.path("rebuilt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (app, cache) = (dir.join("app"), dir.join("cache"));
+    std::fs::copy(nx_testkit::sample_app(), &app).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    let set_mtime = |to| {
+        let file = std::fs::File::options().write(true).open(&app).unwrap();
+        file.set_modified(to).unwrap();
+    };
+    set_mtime(old);
+    // nx remembers the digest of a file left alone for 2 s (nx-cli's digests::SETTLED).
+    std::thread::sleep(Duration::from_millis(2100));
+    let push = || {
+        let out = host
+            .nx_command(
+                &host.token,
+                &["--json", "push", app.to_str().unwrap(), "--sandbox", "web"],
+            )
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .expect("run nx");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let out: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nx's JSON");
+        (
+            out["deployment"]["artifact"].clone(),
+            out["uploaded"].clone(),
+        )
+    };
+    let sha = |bytes: &[u8]| serde_json::json!(nx_artifact::sha256_hex(bytes));
+    let first = std::fs::read(&app).unwrap();
+    assert_eq!(push(), (sha(&first), true.into()));
+    assert_eq!(push(), (sha(&first), false.into()));
+    let kept = std::fs::read_dir(cache.join("nx/digests")).unwrap().count();
+    assert_eq!(kept, 1, "nx keeps the digest of the file it pushed");
+
+    // Rebuilt in place, as long as before, and given its old mtime back (utimensat, as
+    // `touch -d` or a build tool that keeps timestamps): only its ctime tells the change.
+    let text = b"called `Option::unwrap()`";
+    let at = first
+        .windows(text.len())
+        .position(|w| w == text)
+        .expect("a panic message in the sample");
+    {
+        use std::io::{Seek, Write};
+        let mut file = std::fs::File::options().write(true).open(&app).unwrap();
+        file.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+        file.write_all(b"C").unwrap();
+    }
+    set_mtime(old);
+    let second = std::fs::read(&app).unwrap();
+    assert_eq!((second.len(), second != first), (first.len(), true));
+    assert_eq!(push(), (sha(&second), true.into()));
+}
