@@ -312,7 +312,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unpin { deployment } => upkeep::pin(&client, &deployment, false, json).await,
         Command::Rm { deployment } => {
             let id = DeploymentId::parse(&deployment)?;
-            let removed = client.remove_deployment(&id).await?;
+            let removed = client.remove_deployment(&id).await.map_err(|e| {
+                client::cut_off(e, || format!(
+                    "nxd stopped answering while it removed deployment {id}; the removal may be under way, and nxd finishes it once it is back: look with `nx status SANDBOX` (its sandbox's; `nx ls` lists them) once nxd answers"
+                ))
+            })?;
             output::removed(&removed, json)
         }
         Command::Logs {

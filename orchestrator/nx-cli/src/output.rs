@@ -76,7 +76,8 @@ pub fn verified(path: &Path, entry: Option<&str>, info: &ElfInfo, json: bool) {
     }
 }
 
-/// `running`, or `starting` while a start still waits for it to be ready; `stopped`, or
+/// `running`, or `starting` while a start still waits for it to be ready, or `stopping` while
+/// it is being stopped or removed and still runs; `stopped`, or
 /// `stopped (timeout)` when the stop had to kill it; `failed (oom-kill)` when its program's
 /// last end was a failure and it does not run now (restarting, or not started again); else
 /// systemd's `active/sub`.
@@ -85,6 +86,8 @@ fn state(d: &DeploymentView) -> String {
     let stopped = d.desired == nx_api::Desired::Stopped;
     match (&d.state.active, failed) {
         (ActiveState::Active, _) if d.phase == nx_api::Phase::Starting => "starting".into(),
+        // Being stopped or removed: `running` would hide that (tester s22 F2).
+        (ActiveState::Active, _) if d.phase == nx_api::Phase::Stopping => "stopping".into(),
         (ActiveState::Active, _) => d.state.sub.to_string(),
         (ActiveState::Inactive | ActiveState::Failed, _) if d.phase == nx_api::Phase::Idle => {
             "idle".into()

@@ -21,7 +21,8 @@
 //! `store::collected` (the store's collection renamed unused files into `.incoming`, not yet
 //! deleted them nor their owners' rows), `sandboxes::removing` (`nx sandbox rm`: the
 //! sandbox's deployments and volumes gone, its database, role, disk, backups and records not
-//! yet), `push::sandbox` (a push's sandbox recorded and its database made, its deployment
+//! yet), `deployments::removing` (`nx rm`: the deployment marked as being removed and
+//! unrouted, its unit, files and record not yet gone; [`wait`]s there), `push::sandbox` (a push's sandbox recorded and its database made, its deployment
 //! not yet recorded; [`wait`]s there too), `push::recorded` (a push's deployment recorded, nothing made for it
 //! yet; [`wait`]s there), `databases::remaking` (a start found its deployment's branch
 //! missing or cut short, not yet made again; [`wait`]s there), `push::branching` (a

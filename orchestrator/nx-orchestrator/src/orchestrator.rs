@@ -1102,6 +1102,20 @@ impl Orchestrator {
         ))
     }
 
+    /// `nx rm`'s removal: the deployment is marked as being removed (and to be stopped) and its
+    /// routes go first, then its unit and files, its record last ([`Self::remove_unrouted`]).
+    /// A crash in between leaves it marked, and nxd's start finishes it
+    /// ([`Self::finish_removals`]; tester s22 F2: it ran on, unrouted, until `nx rm` again).
+    async fn remove_marked(&self, deployment: &Deployment) -> Result<(), Error> {
+        {
+            let _guard = self.changes.lock().await;
+            self.state.mark_deployment_removing(&deployment.id).await?;
+            self.rebuild_routes().await?;
+        }
+        crate::failpoint::wait("deployments::removing").await;
+        self.remove_unrouted(deployment).await
+    }
+
     /// Removes a deployment no route leads to (any more): [`Self::destroy`], its series, then
     /// its record, which frees its slot.
     async fn remove_unrouted(&self, deployment: &Deployment) -> Result<(), Error> {
@@ -1750,12 +1764,22 @@ impl Orchestrator {
         })
     }
 
-    /// At nxd's start: finishes each removal that a crash (or an error) cut short
-    /// ([`Self::remove_sandbox`], with final backups unless the last `nx sandbox rm` said
-    /// `--no-backup`); a failure is logged and left to `nx sandbox rm`, which the sandbox's
-    /// refusals name.
+    /// At nxd's start: finishes each removal that a crash (or an error) cut short: a
+    /// deployment's ([`Self::remove_marked`]), then a sandbox's ([`Self::remove_sandbox`], with
+    /// final backups unless the last `nx sandbox rm` said `--no-backup`); a failure is logged
+    /// and left to `nx rm` or `nx sandbox rm`, which the sandbox's refusals name.
     #[tracing::instrument(skip_all)]
     async fn finish_removals(&self) -> Result<(), Error> {
+        for deployment in self.state.removing_deployments().await? {
+            match self.remove_marked(&deployment).await {
+                Ok(()) => {
+                    tracing::info!(deployment = %deployment.id, "interrupted removal finished")
+                }
+                Err(e) => {
+                    tracing::error!(deployment = %deployment.id, error = %e, "interrupted removal not finished: run `nx rm` on it")
+                }
+            }
+        }
         for (name, backup) in self.state.removing_sandboxes().await? {
             match self.remove_sandbox(&name, backup).await {
                 Ok(_) => tracing::info!(sandbox = %name, "interrupted removal finished"),
@@ -2243,8 +2267,7 @@ impl Effects for Target<'_> {
     }
 
     async fn destroy(&self) -> Result<(), Error> {
-        self.app.unroute(self.deployment).await?;
-        self.app.remove_unrouted(self.deployment).await
+        self.app.remove_marked(self.deployment).await
     }
 
     async fn route(&self) -> Result<(), Error> {

@@ -392,6 +392,30 @@ impl StateStore {
         Ok(())
     }
 
+    /// Marks the deployment as being removed (`nx rm`) and to be stopped: its record goes
+    /// last ([`Self::delete_deployment`]), and nxd's start finishes a removal a crash cut
+    /// short ([`Self::removing_deployments`]).
+    pub async fn mark_deployment_removing(&self, id: &DeploymentId) -> Result<(), StateError> {
+        let _write = self.views_write();
+        sqlx::query("UPDATE deployments SET removing = true, desired = $2 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(Desired::Stopped.as_ref())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The deployments whose removal began ([`Self::mark_deployment_removing`]) and did not
+    /// finish, oldest first.
+    pub async fn removing_deployments(&self) -> Result<Vec<Deployment>, StateError> {
+        let rows: Vec<DeploymentRow> = sqlx::query_as(&format!(
+            "{SELECT_DEPLOYMENTS} WHERE removing ORDER BY created_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Deployment::try_from).collect()
+    }
+
     /// Compare-and-set: marks the deployment `to` only if it is still marked `from`; whether
     /// it was (false: something else, such as `nx stop` or `nx rm`, changed or removed it
     /// meanwhile, and that stands).

@@ -1238,3 +1238,57 @@ fn two_starts_of_a_preview_whose_branch_is_missing_make_it_once() {
     let view = host.deployment("shop", &preview);
     assert_eq!(view["state"]["active"], "active", "{view}");
 }
+
+/// Tester s22 F2: nxd killed while it runs `nx rm ID`, once the deployment is unrouted and
+/// before its unit and record go: nx says that the removal may be under way, that nxd finishes
+/// it and how to look; nxd's next start finishes it (before: it ran on, listed `stopping`,
+/// its preview 404, until `nx rm` again).
+#[test]
+fn an_rm_cut_by_a_crash_is_finished_at_start() {
+    let mut host = Host::start();
+    let id = host.push_sample("cut", &[]);
+    let out = host.crash_during("deployments::removing", &["rm", &id]);
+    assert!(
+        out.stderr.contains("the removal may be under way")
+            && out.stderr.contains("nxd finishes it")
+            && out.stderr.contains("`nx status SANDBOX`"),
+        "{}",
+        out.stderr
+    );
+    let status = host.nx_json(&["status", "cut"]);
+    assert_eq!(status[0]["deployments"], serde_json::json!([]), "{status}");
+    assert!(
+        !host.path(&format!("deployments/{id}")).exists(),
+        "the removal left its files"
+    );
+}
+
+/// Tester s22 F2: a deployment being removed whose program still runs is `stopping` in
+/// `nx status`, as its JSON phase says (before: `running`).
+#[test]
+fn a_deployment_being_removed_is_listed_stopping() {
+    let mut host = Host::start();
+    let id = host.push_sample("cut", &[]);
+    host.restart_nxd_with_failpoints("deployments::removing=return(30000)");
+    let mut rm = host
+        .nx_command(&host.token, &["rm", &id])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nx rm started");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while host.deployment("cut", &id)["phase"] != "stopping" {
+        assert!(Instant::now() < deadline, "it never was stopping");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = host.nx(&["status", "cut"]).stdout;
+    let line = text
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("stopping") && !line.contains("running"),
+        "{text}"
+    );
+    let _ = rm.kill();
+    let _ = rm.wait();
+}
