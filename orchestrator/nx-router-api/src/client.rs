@@ -18,9 +18,16 @@ use std::time::{Duration, Instant};
 pub enum RouterClientError {
     #[error("the router does not answer on {socket}: {message} (is nx-router.service running? `nx status` and the router's log in <state_dir>/router/router.log tell)")]
     Unreachable { socket: PathBuf, message: String },
+    #[error("the router on {socket} gave no answer within {} s: it is stopped (SIGSTOP) or stuck (its log, <state_dir>/router/router.log, may tell why)", after.as_secs())]
+    Hung { socket: PathBuf, after: Duration },
     #[error("the router refused the request ({status}): {body}")]
     Refused { status: StatusCode, body: String },
 }
+
+/// How long one request waits for the router's answer: it swaps a table in memory, so one
+/// that has not answered by then is stopped or stuck, and the change (which holds nxd's lock
+/// on changes meanwhile) fails as a refused one does instead of waiting for it forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The route table's path on the control socket.
 pub const ROUTES: &str = "/v1/routes";
@@ -132,12 +139,17 @@ impl RouterClient {
         path: &str,
         body: Vec<u8>,
     ) -> Result<Bytes, RouterClientError> {
-        let answer = exchange(&self.socket, method, path, body)
-            .await
-            .map_err(|message| RouterClientError::Unreachable {
-                socket: self.socket.clone(),
-                message,
-            })?;
+        let answer =
+            tokio::time::timeout(REQUEST_TIMEOUT, exchange(&self.socket, method, path, body))
+                .await
+                .map_err(|_| RouterClientError::Hung {
+                    socket: self.socket.clone(),
+                    after: REQUEST_TIMEOUT,
+                })?
+                .map_err(|message| RouterClientError::Unreachable {
+                    socket: self.socket.clone(),
+                    message,
+                })?;
         let (status, body) = (answer.status(), answer.into_body());
         if !status.is_success() {
             return Err(RouterClientError::Refused {

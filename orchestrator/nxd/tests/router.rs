@@ -11,7 +11,8 @@
 //! comes), and the root token keeps reserved connections; a request body that stops coming ends
 //! 408 after `api_body_timeout_secs`, its temp file gone, and an answer the client does not read
 //! is dropped after `api_send_timeout_secs`; settings the router cannot use leave the running
-//! router serving.
+//! router serving; a router that takes a request and never answers fails a change within
+//! seconds instead of holding every later one.
 
 use nx_testkit::Host;
 use std::io::{Read, Write};
@@ -1165,4 +1166,53 @@ fn previews_routed_alone_leave_the_router_the_table_a_rebuild_makes() {
     assert_eq!(routed.len(), 6, "{routed:#?}");
     host.restart_nxd();
     assert_eq!(router_table(&host), routed);
+}
+
+/// Review21 #4: nxd's requests to the router had no timeout, so a router that took a request
+/// and never answered (stopped with SIGSTOP, stuck) held nxd's lock on changes forever: a push
+/// hung, and every change after it. Each request now waits at most 5 s: a push while the router
+/// is stopped falls back to the whole table as a refused route does, then ends with an error
+/// that says the router gave no answer, its deployment removed; once the router runs again, a
+/// push is routed.
+#[test]
+fn a_stopped_router_fails_a_push_within_seconds_and_leaves_later_changes_to_it() {
+    let host = Host::start();
+    host.push_sample("frozen", &[]);
+    let router = router_pid(&host).expect("a router");
+    let signal = |name: &str| {
+        let sent = Command::new("kill")
+            .args([name, &router.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {name} {router}");
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let mut push = host.spawn_push_sample("frozen", &[]);
+    while push.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            push.kill().unwrap();
+            signal("-CONT");
+            panic!("a push while the router is stopped still waits after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = started.elapsed();
+    signal("-CONT");
+    let out = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("gave no answer within 5 s") && stderr.contains("was removed"),
+        "{stderr}"
+    );
+    eprintln!("push failed after {took:?}: {stderr}");
+    assert!(
+        host.nxd_log()
+            .contains("the router took no route alone: sending it the whole table"),
+        "the fallback to the whole table was not logged"
+    );
+
+    let id = host.push_sample("frozen", &[]);
+    assert_eq!(host.get(&host.preview_host("frozen", &id), "/").0, 200);
 }
