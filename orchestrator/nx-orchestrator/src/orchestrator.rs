@@ -250,7 +250,7 @@ impl Orchestrator {
         app.recover_promotions().await?;
         app.reconcile_volumes().await?;
         app.finish_removals().await?;
-        app.adopt().await?;
+        app.adopt(false).await?;
         app.keep_up()?;
         app.schedule_backups();
         app.collect_unused_content();
@@ -262,9 +262,11 @@ impl Orchestrator {
     /// The routes come back from the database at once. Then every deployment that should run
     /// goes through `Start`: one that runs is adopted as it is, one that does not is started
     /// again; [`UNITS_IN_FLIGHT`] at a time, in the background and outside the change lock, so
-    /// the API answers while they start, however many there are.
+    /// the API answers while they start, however many there are. `manager_lost`: the
+    /// watchdog's re-adoption after the systemd manager died, which killed every program with
+    /// it: each one started again says so in `nx status` and its log ([`Self::note_manager_loss`]).
     #[tracing::instrument(skip_all)]
-    pub(crate) async fn adopt(self: &Arc<Self>) -> Result<(), Error> {
+    pub(crate) async fn adopt(self: &Arc<Self>, manager_lost: bool) -> Result<(), Error> {
         {
             let _guard = self.changes.lock().await;
             let branches: Vec<(DeploymentId, SandboxName)> = self
@@ -337,7 +339,7 @@ impl Orchestrator {
         tokio::spawn(async move {
             let adoptions = to_run.into_iter().map(|deployment| {
                 let app = Arc::clone(&app);
-                async move { app.adopt_one(&deployment).await }
+                async move { app.adopt_one(&deployment, manager_lost).await }
             });
             stream::iter(adoptions)
                 .buffer_unordered(UNITS_IN_FLIGHT)
@@ -350,7 +352,7 @@ impl Orchestrator {
     /// One deployment's adoption: `Start` from the phase systemd reports; errors are logged
     /// (the deployment shows as failed in `nx ls`).
     #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
-    async fn adopt_one(&self, deployment: &Deployment) {
+    async fn adopt_one(&self, deployment: &Deployment, manager_lost: bool) {
         let adopted = async {
             // Not in the middle of a restore's or a promotion's stop and start (the watchdog
             // re-adopts while they may run): after them, as they left it.
@@ -360,6 +362,9 @@ impl Orchestrator {
                 return Ok((Phase::Stopped, Phase::Stopped));
             }
             let phase = self.phase(&deployment).await?;
+            if manager_lost && phase != Phase::Running {
+                self.note_manager_loss(&deployment);
+            }
             // Adopted as it runs: its routes as its start made them (see `restore_routes`).
             if phase == Phase::Running {
                 let attachment = self.attachment(&deployment)?;
@@ -375,6 +380,35 @@ impl Orchestrator {
             Ok((before, now)) => tracing::info!(%before, %now, "adopted"),
             Err(e) => tracing::error!(error = %e, "could not restart"),
         }
+    }
+
+    /// Records that a deployment's program was killed with the host's systemd manager and is
+    /// started again (tester s22 F1: it came back with no trace, RESTARTS 0 and no last exit):
+    /// as its last exit (`nx status`), written where its monitor would have written it had it
+    /// not been killed too, and as a line in its log (`nx logs`).
+    fn note_manager_loss(&self, deployment: &Deployment) {
+        const LOST: &str =
+            "nxd: started again after the host's systemd manager was lost (its program was killed with it)";
+        let handle = self.backend.handle(deployment);
+        let exit = crate::api::LastExit {
+            at: chrono::Utc::now(),
+            result: "signal".into(),
+            exit_code: None,
+            signal: Some(nix::libc::SIGKILL),
+            message: LOST.into(),
+        };
+        let written = serde_json::to_vec(&exit)
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                crate::backend::monitor::write_atomically(
+                    &handle.dir.join(crate::backend::exit::LAST_EXIT_FILE),
+                    &json,
+                )
+            });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot record its end with the systemd manager");
+        }
+        crate::logs::append_note(&handle.log_file(), LOST);
     }
 
     /// Routes from the database: a preview route per running deployment, a production route

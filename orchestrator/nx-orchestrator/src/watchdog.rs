@@ -148,7 +148,7 @@ impl Orchestrator {
         self.databases.ensure_gate().await?;
         self.start_router().await?;
         self.tasks.refill_pool();
-        self.adopt().await?;
+        self.adopt(true).await?;
         Ok(ManagerFound::Started)
     }
 

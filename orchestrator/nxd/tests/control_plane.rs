@@ -1107,6 +1107,14 @@ fn killing_the_managers_pid_1_is_repaired_by_nxd_alone() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(host.deployment("web", &id)["state"]["active"], "active");
+    // Tester s22 F1: its restart is told, as its last exit and in its log (it came back with
+    // no trace).
+    let lost = "started again after the host's systemd manager was lost";
+    let text = host.nx(&["status", "web"]).stdout;
+    assert!(text.contains("last exit") && text.contains(lost), "{text}");
+    assert_eq!(host.deployment("web", &id)["last_exit"]["signal"], 9);
+    let logs = host.nx(&["logs", &id]).stdout;
+    assert!(logs.contains(lost), "{logs}");
 }
 
 /// Attacker s15 R1: one missed answer of a live but busy manager was taken for its death, and

@@ -22,7 +22,7 @@ mod loop_device;
 #[cfg(feature = "microvm")]
 pub mod microvm;
 #[cfg(target_os = "linux")]
-mod monitor;
+pub(crate) mod monitor;
 pub mod monitor_files;
 pub mod pts_mount;
 pub mod spawn_failure;

@@ -76,7 +76,9 @@ extern "C" fn on_stop_timeout(_: nix::libc::c_int) {
     TIME_IS_UP.store(true, Ordering::SeqCst);
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` through a `.partial` file renamed into place: a reader sees the
+/// whole file or the one before.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let partial = path.with_extension("partial");
     std::fs::write(&partial, bytes)?;
     std::fs::rename(&partial, path)
