@@ -42,8 +42,10 @@ pub fn connect(settings: &Settings) -> anyhow::Result<Client> {
 /// `error` as the CLI reports it, with `meanwhile` added when nxd gave no answer
 /// ([`ClientError::Unreachable`]): for a change nxd may have made, or begun, before it stopped
 /// answering, what became of it and how to look, so that the user does not repeat it blind.
+/// A connection nxd refused (or that never opened) sent nothing, so nothing is added then.
 pub fn cut_off(error: ClientError, meanwhile: impl FnOnce() -> String) -> anyhow::Error {
     match error {
+        ClientError::Unreachable { ref source, .. } if source.is_connect() => error.into(),
         ClientError::Unreachable { .. } => anyhow::Error::new(error).context(meanwhile()),
         e => e.into(),
     }
@@ -85,4 +87,28 @@ pub async fn stream_to_stdout(resp: reqwest::Response) -> anyhow::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod cut_off_tests {
+    use super::*;
+
+    /// F6: a push to a port nobody listens on said the deployment "may have been made"; a
+    /// refused connection sent nothing, so the error says only that nxd is not answering.
+    #[tokio::test]
+    async fn a_refused_connection_says_only_that_nxd_is_not_answering() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host = format!("http://127.0.0.1:{port}");
+        let source = reqwest::get(&host).await.unwrap_err();
+        let error = cut_off(ClientError::Unreachable { host, source }, || {
+            "it may have been made".into()
+        });
+        let said = format!("{error:#}");
+        assert!(said.contains("cannot reach nxd at"), "{said}");
+        assert!(!said.contains("may have been made"), "{said}");
+    }
 }
