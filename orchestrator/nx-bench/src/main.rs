@@ -676,7 +676,7 @@ Log pipeline: a deployment writes {} MiB of 100-byte lines to stdout
 
 async fn push_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<()> {
     let (h, n) = (host.clone(), args.first_answers);
-    let f = tokio::task::spawn_blocking(move || push::run(&h, n)).await??;
+    let f = tokio::task::spawn_blocking(move || h.netns.run(|| push::run(&h, n))).await??;
     let ratio = |p: f64| {
         let (mut nx, mut bare) = (f.nx.clone(), f.bwrap.clone());
         nx.sort();
@@ -685,6 +685,10 @@ async fn push_table(host: &std::sync::Arc<Host>, args: &Args) -> anyhow::Result<
     };
     header("Push to first answer (the sample, bytes stored; rounds interleaved)");
     row("nx push until the preview URL answers 200", f.nx.clone());
+    row(
+        "nx push until it exits (ready; the rest: the router's first answer)",
+        f.nx_exited.clone(),
+    );
     row(
         "the same, started cold (a limit no standby has)",
         f.cold.clone(),

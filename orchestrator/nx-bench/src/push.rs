@@ -4,7 +4,11 @@
 //! push's time goes: the steps nxd reports for each push in its `Server-Timing` header. The
 //! host keeps standbys (`nx_orchestrator::standby`): `nx push` takes the sandbox's, and the
 //! same push into another sandbox with a limit no standby has shows a cold start beside it;
-//! the API's pushes take standbys too, so their steps are a standby push's.
+//! the API's pushes take standbys too, so their steps are a standby push's. Run on a thread in
+//! the host's network namespace (`Netns::run`, as `main`'s `push_table` does): every client
+//! (the polls, the API's push, `nx`, bare `bwrap` with its shared network) reaches its server
+//! directly on that namespace's loopback, as a client on nxd's machine does, with no testkit
+//! forwarder (a thread per connection) in the way of one side only.
 
 use nx_orchestrator::timing::Steps;
 use nx_testkit::Host;
@@ -15,6 +19,9 @@ use std::time::{Duration, Instant};
 pub struct Figures {
     /// `nx push` until the preview URL answers (taking the sandbox's standby).
     pub nx: Vec<Duration>,
+    /// `nx push` until it exited (having answered the deployment, ready): the rest of `nx` is
+    /// the router's first answer.
+    pub nx_exited: Vec<Duration>,
     /// The same into another sandbox, with a limit no standby has (`--tasks`), so that it
     /// starts cold.
     pub cold: Vec<Duration>,
@@ -102,6 +109,7 @@ fn bwrap_once(http: &reqwest::blocking::Client, sample: &str) -> anyhow::Result<
 
 /// `n` interleaved rounds of: `nx push` to first answer, bare `bwrap` to first answer, and a
 /// push through the API whose `Server-Timing` is kept; each deployment removed afterwards.
+/// Call it inside the host's network namespace (see the module's doc).
 pub fn run(host: &Host, n: usize) -> anyhow::Result<Figures> {
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -117,6 +125,7 @@ pub fn run(host: &Host, n: usize) -> anyhow::Result<Figures> {
     host.nx_json(&["rm", &first]);
     let mut f = Figures {
         nx: Vec::new(),
+        nx_exited: Vec::new(),
         cold: Vec::new(),
         bwrap: Vec::new(),
         api: Vec::new(),
@@ -138,8 +147,12 @@ pub fn run(host: &Host, n: usize) -> anyhow::Result<Figures> {
             settle();
             let started = Instant::now();
             let id = host.push_sample(sandbox, extra);
+            let exited = started.elapsed();
             let preview = host.preview_host(sandbox, &id);
             times.push(until_200(&http, host.router, &preview, started)?);
+            if sandbox == "bench-first" {
+                f.nx_exited.push(exited);
+            }
             host.nx_json(&["rm", &id]);
         }
 
@@ -149,8 +162,7 @@ pub fn run(host: &Host, n: usize) -> anyhow::Result<Figures> {
         settle();
 
         let started = Instant::now();
-        let response = host
-            .http()
+        let response = http
             .post(format!("http://{}/v1/deployments", host.api))
             .bearer_auth(&host.token)
             .json(&serde_json::json!({"sandbox": "bench-first", "artifact": sha}))

@@ -69,9 +69,21 @@ impl Netns {
         })
     }
 
-    /// A command that runs inside this namespace.
+    /// Whether the calling thread is in this namespace (`Self::enter`, `Self::run`).
+    pub fn holds_this_thread(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/thread-self/ns/net").is_ok_and(|m| m.ino() == self.inode())
+    }
+
+    /// A command that runs inside this namespace. Called from a thread inside it, a plain
+    /// command: std spawns it with posix_spawn (vfork), as a benchmark's floor is spawned;
+    /// from elsewhere, setns(2) runs between fork and exec, and fork copies this process's
+    /// page tables first (a bigger test process takes longer).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
+        if self.holds_this_thread() {
+            return cmd;
+        }
         let fd = self.fd.as_raw_fd();
         // SAFETY: setns is a plain system call, safe between fork and exec.
         unsafe {
