@@ -31,6 +31,7 @@ use crate::state_machine::{self, Effects, Phase, Verb};
 use crate::supervisor::{Supervisor, UNITS_IN_FLIGHT};
 use crate::tasks::Tasks;
 use crate::timing::step;
+use crate::upkeep::ResolvedHealthCheck;
 use crate::{embedded_db, host_limits, readiness};
 use futures_util::{stream, StreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -633,10 +634,16 @@ impl Orchestrator {
 
     /// Prepares and starts a deployment (marked running) and waits until it is ready; one that
     /// is not is stopped and marked `failed` (`Stopped`, or `Idle` for a wake) unless something
-    /// else changed its mark meanwhile (`nx stop`: that stands). On failure the error carries
+    /// else changed its mark meanwhile (`nx stop`: that stands); `health` is its health check
+    /// (`Upkeep::health_check`), which readiness waits for too. On failure the error carries
     /// its last log lines.
     #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
-    async fn run(&self, deployment: &Deployment, failed: Desired) -> Result<(), Error> {
+    async fn run(
+        &self,
+        deployment: &Deployment,
+        failed: Desired,
+        health: Option<ResolvedHealthCheck>,
+    ) -> Result<(), Error> {
         // Copies a crash cut short were deleted at nxd's start: they are made again.
         step("volumes", self.make_own_volumes(deployment)).await?;
         let spec = step("spec", self.spec(deployment)).await?;
@@ -651,7 +658,6 @@ impl Orchestrator {
         let addr = self.upstream(deployment)?;
         let timeout = readiness::timeout(deployment.ready_timeout_secs, &self.config.sandbox);
         let forwarded = self.backend.get(deployment.backend)?.port_is_forwarded();
-        let health = self.health_check(deployment).await?;
         let path = health.as_ref().map(|h| h.path.as_str());
         let probe = readiness::Probe::for_deployment(path, forwarded);
         // Its own restarts only: a standby's unit counts its waiter's (newcomer19 N2: one
@@ -810,8 +816,9 @@ impl Orchestrator {
     ) -> Result<DeploymentView, Error> {
         let mut timer = self.metrics.time(Operation::Push);
         let mut sandbox_backend = None;
-        // Both read the state database: asked at once.
-        let (settings, disk_promised_mb) = tokio::try_join!(
+        // All read the state database: asked at once. The sandbox's row is asked before the
+        // request is checked, read only: a sandbox is made only once it passed (below).
+        let (settings, disk_promised_mb, sandbox_row) = tokio::try_join!(
             async {
                 step(
                     "settings",
@@ -821,6 +828,10 @@ impl Orchestrator {
                 .map_err(|e| Error::from(StateError::from(e)))
             },
             step("log_room", self.log_room_promised_mb()),
+            async {
+                let row = self.state.sandbox_removing_and_backend(&req.sandbox);
+                Ok(step("sandbox_row", row).await?)
+            },
         )?;
         if let Some((settings, backend)) = settings {
             sandbox_backend = Some(backend);
@@ -864,9 +875,10 @@ impl Orchestrator {
         let sandbox = async {
             // Before its database is provisioned (again), whether it is being removed:
             // `create_deployment` refuses it too, for a removal marked from here on.
-            let sandbox_row = || self.state.sandbox_removing_and_backend(&req.sandbox);
-            // The sandbox is there: one query.
-            let (removing, backend) = match sandbox_row().await? {
+            let sandbox_row_now = || self.state.sandbox_removing_and_backend(&req.sandbox);
+            // The sandbox was there as the push began (a removal marked since is refused at the
+            // record): no query of its own.
+            let (removing, backend) = match sandbox_row {
                 Some(row) => row,
                 None => {
                     crate::tls::check_new_sandbox(
@@ -878,7 +890,7 @@ impl Orchestrator {
                     self.record_sandbox(&req.sandbox, req.backend.unwrap_or_default())
                         .await?;
                     // Gone again only if its removal ran through meanwhile.
-                    sandbox_row()
+                    sandbox_row_now()
                         .await?
                         .unwrap_or((true, BackendKind::default()))
                 }
@@ -1244,8 +1256,12 @@ impl Orchestrator {
         // once it is ready.
         let start = self.upkeep.starting(&deployment.id).await;
         // The record as it is now: an expiry this start waited for may have removed it, an idle
-        // stop changed it.
-        let deployment = &self.state.deployment(&deployment.id).await?;
+        // stop changed it. Its health check is asked beside it (both read the database).
+        let (deployment, health) = tokio::try_join!(
+            async { Ok(self.state.deployment(&deployment.id).await?) },
+            self.health_check(deployment)
+        )?;
+        let deployment = &deployment;
         if start.waited && self.phase(deployment).await? == Phase::Running {
             // The start this one waited for (an adoption's, `nx start`, a promotion's) made it
             // run: it is not started again, nor its branch made again under it.
@@ -1269,12 +1285,14 @@ impl Orchestrator {
         step("clients", self.publish_clients(deployment)).await?;
         let result = match routes {
             StartRoutes::WhileStarting => {
-                let (result, routed) =
-                    tokio::join!(self.run(deployment, failed), self.route_preview(deployment));
+                let (result, routed) = tokio::join!(
+                    self.run(deployment, failed, health),
+                    self.route_preview(deployment)
+                );
                 routed?;
                 result
             }
-            StartRoutes::After | StartRoutes::Later => self.run(deployment, failed).await,
+            StartRoutes::After | StartRoutes::Later => self.run(deployment, failed, health).await,
         };
         if result.is_ok() {
             self.upkeep.ready(&deployment.id);
@@ -1860,8 +1878,10 @@ impl Orchestrator {
         Ok(self.databases.restore(name, dump).await?)
     }
 
+    /// Whether `d` is its sandbox's production: that sandbox's latest promotion alone (one
+    /// indexed row, not every sandbox's).
     async fn is_promoted(&self, d: &Deployment) -> Result<bool, Error> {
-        Ok(self.state.promoted().await?.get(&d.sandbox) == Some(&d.id))
+        Ok(self.state.promoted_in(&d.sandbox).await?.as_ref() == Some(&d.id))
     }
 
     pub(crate) async fn view(

@@ -52,11 +52,18 @@ pub enum Outcome {
     TimedOut,
 }
 
-/// How often [`wait`] asks during its first [`EAGER`]: most programs are ready within a few
+/// How often [`wait`] asks during its first [`FINE`]: most programs are ready within a few
 /// milliseconds of their start (a push that takes a standby, within one or two), and a wake
-/// (scale to zero) waits on this. A millisecond is tokio's timer's resolution.
+/// (scale to zero) waits on this. Below tokio's timer's resolution (a `sleep` of 1 ms ends at
+/// the timer's next tick but one: 1-2 ms, which the program's first answer waited for), so
+/// slept on a blocking thread ([`pause`]). A probe is a connect over the deployment's veth,
+/// answered at once (~20 µs of CPU).
+const FINE_PAUSE: Duration = Duration::from_micros(200);
+/// How long [`wait`] asks every [`FINE_PAUSE`].
+const FINE: Duration = Duration::from_millis(20);
+/// How often [`wait`] asks after [`FINE`], during its first [`EAGER`].
 const EAGER_PAUSE: Duration = Duration::from_millis(1);
-/// How long [`wait`] asks every [`EAGER_PAUSE`].
+/// How long [`wait`] asks every [`EAGER_PAUSE`] at most.
 const EAGER: Duration = Duration::from_millis(200);
 /// How often [`wait`] asks after [`EAGER`].
 const PAUSE: Duration = Duration::from_millis(10);
@@ -99,12 +106,23 @@ where
         if started.elapsed() > timeout {
             return Ok(Outcome::TimedOut);
         }
-        let pause = if started.elapsed() < EAGER {
-            EAGER_PAUSE
-        } else {
-            PAUSE
+        let pause = match started.elapsed() {
+            e if e < FINE => FINE_PAUSE,
+            e if e < EAGER => EAGER_PAUSE,
+            _ => PAUSE,
         };
-        tokio::time::sleep(pause).await;
+        self::pause(pause).await;
+    }
+}
+
+/// Sleeps `d`: one shorter than tokio's timer's millisecond on a thread of the blocking pool
+/// (`std::thread::sleep`, within tens of µs), a longer one on tokio's timer.
+async fn pause(d: Duration) {
+    if d < Duration::from_millis(1) {
+        // A pool thread that ended the sleep cannot fail to send its unit back.
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(d)).await;
+    } else {
+        tokio::time::sleep(d).await;
     }
 }
 
