@@ -635,7 +635,7 @@ impl Orchestrator {
     /// Prepares and starts a deployment (marked running) and waits until it is ready; one that
     /// is not is stopped and marked `failed` (`Stopped`, or `Idle` for a wake) unless something
     /// else changed its mark meanwhile (`nx stop`: that stands); `health` is its health check
-    /// (`Upkeep::health_check`), which readiness waits for too. On failure the error carries
+    /// ([`Self::health_check`], asked by the caller), which readiness waits for too. On failure the error carries
     /// its last log lines.
     #[tracing::instrument(skip_all, fields(deployment = %deployment.id))]
     async fn run(
@@ -874,7 +874,7 @@ impl Orchestrator {
         }
         let sandbox = async {
             // Before its database is provisioned (again), whether it is being removed:
-            // `create_deployment` refuses it too, for a removal marked from here on.
+            // `create_deployment` refuses it too, for a removal marked since the push began.
             let sandbox_row_now = || self.state.sandbox_removing_and_backend(&req.sandbox);
             // The sandbox was there as the push began (a removal marked since is refused at the
             // record): no query of its own.
