@@ -187,25 +187,58 @@ pub fn pushed(
 /// An error when a pushed deployment, ready at its push's end, does not run now (newcomer18
 /// L1: a program that accepted readiness's connection and then ended was pushed with rc 0
 /// and a `promote` line), worded by what it is meant to be: stopped by someone (`nx stop`)
-/// since, or running, and its program ended (review19 #6).
+/// since, idle (its idle timeout passed with no request: the router starts it on the next
+/// one), or running, and its program ended (review19 #6, review21 #6).
 fn ended_after_ready(d: &DeploymentView) -> anyhow::Result<()> {
     if d.phase == nx_api::Phase::Running {
         return Ok(());
     }
-    if d.desired != nx_api::Desired::Running {
-        anyhow::bail!(
-            "deployment {} was ready, then it was stopped (`nx stop`) before its push answered; it is {} now: `nx start {}` runs it again",
-            d.id,
-            state(d),
-            d.id
-        )
+    anyhow::bail!(ended_text(&d.id, d.desired, &state(d)))
+}
+
+/// [`ended_after_ready`]'s words for deployment `id`, meant to be `desired`, now in `state`
+/// (as `nx status` shows it).
+fn ended_text(id: &nx_api::names::DeploymentId, desired: nx_api::Desired, state: &str) -> String {
+    match desired {
+        nx_api::Desired::Stopped => format!(
+            "deployment {id} was ready, then it was stopped (`nx stop`) before its push answered; it is {state} now: `nx start {id}` runs it again"
+        ),
+        nx_api::Desired::Idle => format!(
+            "deployment {id} was ready, then it went idle (its idle timeout passed with no request) before its push answered; it is {state} now: the next request to its URL starts it again"
+        ),
+        nx_api::Desired::Running => format!(
+            "deployment {id} was ready (it accepted a connection on $PORT) but it is {state} now, not running: its program ended. `nx logs {id}` shows why; a server must keep listening (not exit after its first connection, nor go to the background)"
+        ),
     }
-    anyhow::bail!(
-        "deployment {} was ready (it accepted a connection on $PORT) but it is {} now, not running: its program ended. `nx logs {}` shows why; a server must keep listening (not exit after its first connection, nor go to the background)",
-        d.id,
-        state(d),
-        d.id
-    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ended_text;
+    use nx_api::Desired;
+
+    /// review21 #6: a deployment that went idle before its push answered was said to be
+    /// stopped by `nx stop`; each desired state gets its own words and its own way back.
+    #[test]
+    fn a_push_that_ended_after_ready_says_why_by_what_it_is_meant_to_be() {
+        let id = nx_api::names::DeploymentId::parse("d1").unwrap();
+        let idle = ended_text(&id, Desired::Idle, "idle");
+        assert!(
+            idle.contains("went idle") && idle.contains("next request"),
+            "{idle}"
+        );
+        assert!(!idle.contains("nx stop"), "{idle}");
+        let stopped = ended_text(&id, Desired::Stopped, "stopped");
+        assert!(
+            stopped.contains("`nx stop`") && stopped.contains("nx start d1"),
+            "{stopped}"
+        );
+        let ended = ended_text(&id, Desired::Running, "failed");
+        assert!(
+            ended.contains("its program ended") && ended.contains("nx logs d1"),
+            "{ended}"
+        );
+    }
 }
 
 pub fn deployment(d: &DeploymentView, json: bool) -> anyhow::Result<()> {
