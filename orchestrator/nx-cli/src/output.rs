@@ -212,35 +212,6 @@ fn ended_text(id: &nx_api::names::DeploymentId, desired: nx_api::Desired, state:
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::ended_text;
-    use nx_api::Desired;
-
-    /// review21 #6: a deployment that went idle before its push answered was said to be
-    /// stopped by `nx stop`; each desired state gets its own words and its own way back.
-    #[test]
-    fn a_push_that_ended_after_ready_says_why_by_what_it_is_meant_to_be() {
-        let id = nx_api::names::DeploymentId::parse("d1").unwrap();
-        let idle = ended_text(&id, Desired::Idle, "idle");
-        assert!(
-            idle.contains("went idle") && idle.contains("next request"),
-            "{idle}"
-        );
-        assert!(!idle.contains("nx stop"), "{idle}");
-        let stopped = ended_text(&id, Desired::Stopped, "stopped");
-        assert!(
-            stopped.contains("`nx stop`") && stopped.contains("nx start d1"),
-            "{stopped}"
-        );
-        let ended = ended_text(&id, Desired::Running, "failed");
-        assert!(
-            ended.contains("its program ended") && ended.contains("nx logs d1"),
-            "{ended}"
-        );
-    }
-}
-
 pub fn deployment(d: &DeploymentView, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(d);
@@ -368,4 +339,33 @@ pub fn since_time(since: &str) -> anyhow::Result<String> {
         })?,
     };
     Ok(humantime::format_rfc3339_micros(time).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ended_text;
+    use nx_api::Desired;
+
+    /// review21 #6: a deployment that went idle before its push answered was said to be
+    /// stopped by `nx stop`; each desired state gets its own words and its own way back.
+    #[test]
+    fn a_push_that_ended_after_ready_says_why_by_what_it_is_meant_to_be() {
+        let id = nx_api::names::DeploymentId::parse("d1").unwrap();
+        let idle = ended_text(&id, Desired::Idle, "idle");
+        assert!(
+            idle.contains("went idle") && idle.contains("next request"),
+            "{idle}"
+        );
+        assert!(!idle.contains("nx stop"), "{idle}");
+        let stopped = ended_text(&id, Desired::Stopped, "stopped");
+        assert!(
+            stopped.contains("`nx stop`") && stopped.contains("nx start d1"),
+            "{stopped}"
+        );
+        let ended = ended_text(&id, Desired::Running, "failed");
+        assert!(
+            ended.contains("its program ended") && ended.contains("nx logs d1"),
+            "{ended}"
+        );
+    }
 }
