@@ -1014,9 +1014,20 @@ impl Orchestrator {
                 tracing::warn!(error = %e, "the pushed program not granted to its sandbox");
             }
         };
-        let (started, ()) = tokio::join!(
-            self.apply(&deployment, Phase::Created, Verb::Start, routes),
-            grant
+        // A preview's rows of its view (its upkeep row as written; no TCP port, no service
+        // name) stay as they are while it starts: read meanwhile, none of the push's time.
+        let early_rows = async {
+            let of = crate::upkeep::store::Of::Deployment(deployment.id.as_str());
+            match routes {
+                Route::Preview => Some(self.view_rows(of).await),
+                _ => None,
+            }
+        };
+        let health = self.resolve_health_check(&health_check);
+        let (started, (), early_rows) = tokio::join!(
+            self.start_pushed(&deployment, routes, health),
+            grant,
+            early_rows
         );
         // Made once this push is done, ready or not, so that it takes none of its time.
         if takes_standbys {
@@ -1036,7 +1047,16 @@ impl Orchestrator {
         crate::failpoint::wait("push::ready").await;
         timer.succeeded();
         // Its record as made: what a push's success leaves of it is what it was made with.
-        let mut view = step("view", self.view(&deployment, false)).await?;
+        let rows = async {
+            match early_rows {
+                Some(rows) => rows,
+                None => {
+                    let of = crate::upkeep::store::Of::Deployment(deployment.id.as_str());
+                    self.view_rows(of).await
+                }
+            }
+        };
+        let mut view = step("view", self.view_with(&deployment, false, rows)).await?;
         if view.phase != Phase::Running {
             // Not running once ready: its program ended, or since its start someone stopped
             // it (`nx stop`) or removed it (`nx rm`), which its record tells (review19 #6);
@@ -1106,6 +1126,7 @@ impl Orchestrator {
             deployment,
             route: Route::None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            known: Known::Record,
         };
         match target.destroy().await {
             Ok(()) => error,
@@ -1232,12 +1253,40 @@ impl Orchestrator {
             deployment,
             route,
             stop_timeout,
+            known: Known::Record,
         };
         state_machine::apply(
             &format!("deployment {}", deployment.id),
             phase,
             verb,
             serves_production,
+            &target,
+        )
+        .await
+    }
+
+    /// A push's start of its new deployment (`Phase::Created`, `Verb::Start`), whose health
+    /// check `health` is the one its upkeep row was written with, resolved: it serves no
+    /// production and its record is as the push made it (see [`Known::Pushed`]), so neither is
+    /// read (three queries fewer in a push's time than [`Self::apply`]).
+    async fn start_pushed(
+        &self,
+        deployment: &Deployment,
+        route: Route,
+        health: Option<ResolvedHealthCheck>,
+    ) -> Result<Phase, Error> {
+        let target = Target {
+            app: self,
+            deployment,
+            route,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            known: Known::Pushed { health },
+        };
+        state_machine::apply(
+            &format!("deployment {}", deployment.id),
+            Phase::Created,
+            Verb::Start,
+            false,
             &target,
         )
         .await
@@ -1252,15 +1301,29 @@ impl Orchestrator {
         deployment: &Deployment,
         routes: StartRoutes,
     ) -> Result<(), Error> {
+        self.start_known(deployment, routes, Known::Record).await
+    }
+
+    /// [`Self::start_and_wait`], for a start that knows what `known` says of its deployment.
+    async fn start_known(
+        &self,
+        deployment: &Deployment,
+        routes: StartRoutes,
+        known: Known,
+    ) -> Result<(), Error> {
         // No idle stop or expiry while it starts, nor another start; its idle clock starts
         // once it is ready.
         let start = self.upkeep.starting(&deployment.id).await;
-        // The record as it is now: an expiry this start waited for may have removed it, an idle
-        // stop changed it. Its health check is asked beside it (both read the database).
-        let (deployment, health) = tokio::try_join!(
-            async { Ok(self.state.deployment(&deployment.id).await?) },
-            self.health_check(deployment)
-        )?;
+        let (deployment, health) = match known {
+            Known::Pushed { health } => (deployment.clone(), health),
+            // The record as it is now: an expiry this start waited for may have removed it, an
+            // idle stop changed it. Its health check is asked beside it (both read the
+            // database).
+            Known::Record => tokio::try_join!(
+                async { Ok(self.state.deployment(&deployment.id).await?) },
+                self.health_check(deployment)
+            )?,
+        };
         let deployment = &deployment;
         if start.waited && self.phase(deployment).await? == Phase::Running {
             // The start this one waited for (an adoption's, `nx start`, a promotion's) made it
@@ -1889,11 +1952,21 @@ impl Orchestrator {
         d: &Deployment,
         promoted: bool,
     ) -> Result<DeploymentView, Error> {
+        let rows = self.view_rows(crate::upkeep::store::Of::Deployment(d.id.as_str()));
+        self.view_with(d, promoted, rows).await
+    }
+
+    /// [`Self::view`] with its rows ([`Self::view_rows`] of `d`) asked by the caller.
+    async fn view_with(
+        &self,
+        d: &Deployment,
+        promoted: bool,
+        rows: impl std::future::Future<Output = Result<ViewRows, Error>>,
+    ) -> Result<DeploymentView, Error> {
         let promoted: HashMap<SandboxName, DeploymentId> = promoted
             .then(|| (d.sandbox.clone(), d.id.clone()))
             .into_iter()
             .collect();
-        let rows = self.view_rows(crate::upkeep::store::Of::Deployment(d.id.as_str()));
         let mut views = self
             .views(std::slice::from_ref(d), &promoted, rows)
             .await?
@@ -2301,6 +2374,21 @@ struct Target<'a> {
     route: Route,
     /// Between a stop's SIGTERM and SIGKILL.
     stop_timeout: Duration,
+    /// What a start knows of the deployment as it begins.
+    known: Known,
+}
+
+/// What a start knows of its deployment before it begins (`Orchestrator::start_and_wait`).
+#[derive(Clone)]
+enum Known {
+    /// Its record as read before the start, which may have waited for another start, an idle
+    /// stop or an expiry: the record is read again as the start begins, with its health check.
+    Record,
+    /// A push's new deployment, as its push recorded it: no verb changes it while the push is
+    /// under way (`crate::pushes`: promote, stop and start are refused, `nx rm` waits for the
+    /// push), so nothing is read again; `health` is the check its upkeep row was written with,
+    /// resolved.
+    Pushed { health: Option<ResolvedHealthCheck> },
 }
 
 #[async_trait::async_trait]
@@ -2311,7 +2399,9 @@ impl Effects for Target<'_> {
             Route::Preview => StartRoutes::WhileStarting,
             Route::None | Route::Promote { .. } | Route::Rollback => StartRoutes::After,
         };
-        self.app.start_and_wait(self.deployment, routes).await
+        (self.app)
+            .start_known(self.deployment, routes, self.known.clone())
+            .await
     }
 
     async fn stop(&self) -> Result<(), Error> {

@@ -210,8 +210,10 @@ impl StateStore {
     /// A sandbox holding `max_per_sandbox` deployments already gets `SandboxFull` (checked
     /// under the same lock: concurrent pushes cannot pass it together).
     /// Nothing is bound on the host: the program listens in its own network namespace. Its
-    /// upkeep row (`health_check`, `idle_timeout_secs`: `upkeep::store`) is written in the same
-    /// transaction: one commit per push, and no deployment without its row after a crash.
+    /// upkeep row (`health_check`, `idle_timeout_secs`: `upkeep::store`) is written by the
+    /// statement that records it: no deployment without its row after a crash. Into a
+    /// standby's slot it takes two statements between `BEGIN` and `COMMIT`: the lock and that one
+    /// ([`insert_deployment`]).
     /// `slot` says where: the lowest free port (no standby's either), or a standby's port
     /// (`crate::standby`).
     #[allow(clippy::too_many_arguments)]
@@ -228,26 +230,6 @@ impl StateStore {
     ) -> Result<Deployment, StateError> {
         let _write = self.views_write();
         let mut tx = self.pool.begin().await?;
-        // FOR SHARE waits for a `mark_removing` under way: a removal marked before this push
-        // refuses it, one marked after it finds its record (and removes it too). A sandbox
-        // whose removal ran through since the push looked is made again.
-        let removing = || {
-            sqlx::query_scalar("SELECT removing FROM sandboxes WHERE name = $1 FOR SHARE")
-                .bind(new.sandbox.as_str())
-        };
-        let removing: bool = match removing().fetch_optional(&mut *tx).await? {
-            Some(removing) => removing,
-            None => {
-                sqlx::query("INSERT INTO sandboxes (name) VALUES ($1) ON CONFLICT DO NOTHING")
-                    .bind(new.sandbox.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                removing().fetch_one(&mut *tx).await?
-            }
-        };
-        if removing {
-            return Err(StateError::Removing(new.sandbox.to_string()));
-        }
         sqlx::query("LOCK TABLE deployments IN EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
@@ -271,7 +253,11 @@ impl StateStore {
         }
         let port = match slot {
             Slot::Free(standbys) => {
-                // Before a slot is looked for: a full sandbox is told so, not that the host is.
+                // Before a slot is looked for: a sandbox being removed is told so, a full one
+                // that it is, not that the host is.
+                if sandbox_removing(&mut tx, &new.sandbox).await? {
+                    return Err(StateError::Removing(new.sandbox.to_string()));
+                }
                 let held: i64 =
                     sqlx::query_scalar("SELECT count(*) FROM deployments WHERE sandbox = $1")
                         .bind(new.sandbox.as_str())
@@ -285,48 +271,29 @@ impl StateStore {
             Slot::Standby(port) => port,
         };
         let deployment = new.at(port, uid_base + u32::from(port - ports.start));
-        // Recorded only while its sandbox holds fewer than `max_per_sandbox` (counted under
-        // the table's lock, in the same statement).
-        let recorded = sqlx::query(
-            "INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, tier, created_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
-             WHERE (SELECT count(*) FROM deployments WHERE sandbox = $2) < $19",
-        )
-        .bind(deployment.id.as_str())
-        .bind(deployment.sandbox.as_str())
-        .bind(&deployment.artifact)
-        .bind(i32::from(deployment.port))
-        .bind(i64::from(deployment.uid))
-        .bind(sqlx::types::Json(&deployment.env))
-        .bind(sqlx::types::Json(&deployment.args))
-        .bind(sqlx::types::Json(&deployment.limits))
-        .bind(deployment.desired.as_ref())
-        .bind(deployment.db_branch)
-        .bind(deployment.runtime.as_ref())
-        .bind(deployment.backend.as_ref())
-        .bind(
-            deployment
-                .ready_timeout_secs
-                .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
-        )
-        .bind(deployment.listen_port.map(i32::from))
-        .bind(deployment.egress.as_ref())
-        .bind(sqlx::types::Json(&deployment.volumes))
-        .bind(deployment.tier.as_ref())
-        .bind(deployment.created_at)
-        .bind(i64::try_from(max_per_sandbox).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-        if recorded.rows_affected() == 0 {
+        let insert = || {
+            insert_deployment(
+                &deployment,
+                max_per_sandbox,
+                health_check,
+                idle_timeout_secs,
+            )
+        };
+        let (removing, recorded) = match insert().fetch_one(&mut *tx).await? {
+            // Its sandbox's row is gone: its removal ran through since the push looked. It is
+            // made again, as a first push makes it.
+            (None, _) => {
+                sandbox_removing(&mut tx, &deployment.sandbox).await?;
+                insert().fetch_one(&mut *tx).await?
+            }
+            row => row,
+        };
+        if removing != Some(false) {
+            return Err(StateError::Removing(deployment.sandbox.to_string()));
+        }
+        if !recorded {
             return Err(sandbox_full(&mut tx, &deployment.sandbox, max_per_sandbox).await?);
         }
-        crate::upkeep::store::insert(
-            &mut *tx,
-            deployment.id.as_str(),
-            health_check,
-            idle_timeout_secs,
-        )
-        .await?;
         tx.commit().await?;
         Ok(deployment)
     }
@@ -699,6 +666,77 @@ impl StateStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Whether `sandbox` is being removed (`StateStore::mark_removing`), its row locked FOR SHARE
+/// to the end of `tx`: that waits for a mark under way, so that a removal marked before the
+/// push refuses it and one marked after finds its record (and removes it too). A sandbox with
+/// no row (its removal ran through since the push looked) is made again.
+async fn sandbox_removing(
+    tx: &mut sqlx::PgConnection,
+    sandbox: &SandboxName,
+) -> Result<bool, StateError> {
+    let removing = || {
+        sqlx::query_scalar("SELECT removing FROM sandboxes WHERE name = $1 FOR SHARE")
+            .bind(sandbox.as_str())
+    };
+    if let Some(removing) = removing().fetch_optional(&mut *tx).await? {
+        return Ok(removing);
+    }
+    sqlx::query("INSERT INTO sandboxes (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(sandbox.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(removing().fetch_one(&mut *tx).await?)
+}
+
+/// One statement (one round trip) that records `deployment` and its upkeep row
+/// (`upkeep::store`: `health_check`, `idle_timeout_secs`) while its sandbox is not being
+/// removed and holds fewer than `max_per_sandbox` deployments; run with the deployments table
+/// locked (`LOCK TABLE` before it, a statement of its own: this one's snapshot then sees every
+/// record committed before the lock, so the count holds). Its sandbox's row is locked FOR
+/// SHARE as in [`sandbox_removing`]. Gives (the sandbox's `removing`, `None` without a row;
+/// whether the deployment was recorded).
+fn insert_deployment<'q>(
+    deployment: &'q Deployment,
+    max_per_sandbox: u64,
+    health_check: &'q crate::api::HealthCheck,
+    idle_timeout_secs: Option<u64>,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, (Option<bool>, bool), sqlx::postgres::PgArguments> {
+    let seconds = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+    sqlx::query_as(
+        "WITH sandbox AS (SELECT removing FROM sandboxes WHERE name = $2 FOR SHARE), \
+         recorded AS ( \
+           INSERT INTO deployments (id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, tier, created_at) \
+           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 FROM sandbox \
+           WHERE NOT sandbox.removing AND (SELECT count(*) FROM deployments WHERE sandbox = $2) < $19 \
+           RETURNING id), \
+         upkeep AS ( \
+           INSERT INTO deployment_upkeep (deployment, health_check, idle_timeout_secs) \
+           SELECT id, $20, $21 FROM recorded) \
+         SELECT (SELECT removing FROM sandbox), EXISTS (SELECT 1 FROM recorded)",
+    )
+    .bind(deployment.id.as_str())
+    .bind(deployment.sandbox.as_str())
+    .bind(&deployment.artifact)
+    .bind(i32::from(deployment.port))
+    .bind(i64::from(deployment.uid))
+    .bind(sqlx::types::Json(&deployment.env))
+    .bind(sqlx::types::Json(&deployment.args))
+    .bind(sqlx::types::Json(&deployment.limits))
+    .bind(deployment.desired.as_ref())
+    .bind(deployment.db_branch)
+    .bind(deployment.runtime.as_ref())
+    .bind(deployment.backend.as_ref())
+    .bind(deployment.ready_timeout_secs.map(seconds))
+    .bind(deployment.listen_port.map(i32::from))
+    .bind(deployment.egress.as_ref())
+    .bind(sqlx::types::Json(&deployment.volumes))
+    .bind(deployment.tier.as_ref())
+    .bind(deployment.created_at)
+    .bind(seconds(max_per_sandbox))
+    .bind(sqlx::types::Json(health_check))
+    .bind(idle_timeout_secs.map(seconds))
 }
 
 /// `SandboxFull` for `sandbox`, which holds `max` deployments: with its three oldest that are

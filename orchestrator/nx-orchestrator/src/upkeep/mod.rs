@@ -438,7 +438,17 @@ impl Orchestrator {
             .get(deployment.id.as_str())
             .map(|r| r.health_check.clone())
             .unwrap_or_default();
-        Ok(health::resolve(&own, &self.config.sandbox))
+        Ok(self.resolve_health_check(&own))
+    }
+
+    /// A deployment's own health check (`own`: its push's fields over its sandbox's, as its
+    /// upkeep row holds them) with every field resolved from nxd's `[sandbox]`; none without a
+    /// path.
+    pub(crate) fn resolve_health_check(
+        &self,
+        own: &crate::api::HealthCheck,
+    ) -> Option<ResolvedHealthCheck> {
+        health::resolve(own, &self.config.sandbox)
     }
 
     /// `nx pin` (`pinned`) or `nx unpin`: whether a preview stays past its sandbox's time to

@@ -1,6 +1,8 @@
 //! The `deployment_upkeep` table (migration `0010_upkeep.sql`): per deployment, its health
 //! check, idle timeout, pin and the time of its last request. A deployment without a row has
-//! the defaults ([`Upkeep::default`]).
+//! the defaults ([`Upkeep::default`]). A push's row is written by the statement that records
+//! its deployment (`StateStore::create_deployment`): no deployment without its row after a
+//! crash.
 
 use crate::api::HealthCheck;
 use chrono::{DateTime, Utc};
@@ -36,25 +38,6 @@ impl From<Row> for (String, Upkeep) {
         };
         (row.deployment, upkeep)
     }
-}
-
-/// Stores what a new deployment was pushed with; `StateStore::create_deployment` does, in the
-/// transaction that records the deployment.
-pub async fn insert(
-    executor: impl sqlx::PgExecutor<'_>,
-    deployment: &str,
-    health_check: &HealthCheck,
-    idle_timeout_secs: Option<u64>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO deployment_upkeep (deployment, health_check, idle_timeout_secs) VALUES ($1, $2, $3)",
-    )
-    .bind(deployment)
-    .bind(sqlx::types::Json(health_check))
-    .bind(idle_timeout_secs.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
-    .execute(executor)
-    .await?;
-    Ok(())
 }
 
 /// Whose rows [`rows`] reads.
