@@ -33,6 +33,7 @@ use crate::tasks::Tasks;
 use crate::timing::step;
 use crate::upkeep::ResolvedHealthCheck;
 use crate::{embedded_db, host_limits, readiness};
+use futures_util::FutureExt;
 use futures_util::{stream, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -653,7 +654,7 @@ impl Orchestrator {
         } else {
             let handle = step("prepare", self.backend.prepare(&spec)).await?;
             step("start", self.backend.start(&handle, &spec)).await?;
-            (handle, 0)
+            (handle, futures_util::future::ready(0).boxed().shared())
         };
         let addr = self.upstream(deployment)?;
         let timeout = readiness::timeout(deployment.ready_timeout_secs, &self.config.sandbox);
@@ -664,7 +665,7 @@ impl Orchestrator {
         // restarted once failed the push that took it, as a program that ended).
         let state = || async {
             let mut state = self.backend.status(&handle).await?;
-            state.restarts = state.restarts.saturating_sub(restarts_before);
+            state.restarts = state.restarts.saturating_sub(restarts_before.clone().await);
             Ok::<_, crate::backend::BackendError>(state)
         };
         let ready = readiness::wait(addr, &probe, timeout, state);
@@ -724,25 +725,25 @@ impl Orchestrator {
     async fn claim_or_start(
         &self,
         spec: &SandboxSpec,
-    ) -> Result<(crate::backend::SandboxHandle, u32), Error> {
+    ) -> Result<(crate::backend::SandboxHandle, RestartsBefore), Error> {
         let handle = self.backend.handle(&spec.deployment);
-        // Its unit's state, beside the claim: a claim is no start, so systemd's NRestarts goes
-        // on counting the waiter's (the program's own restart would come a `RestartUSec` after
-        // its end, long after this answer), and the unit's state does not change with it.
-        // From the supervisor's cache, where the standby's making left it unless systemd said
-        // the unit changed since (else asked, and kept): the push's view after ready asks
-        // systemd nothing either (the counters it shows are then the claim's, as views serve
-        // them up to `COUNTERS_MAX_AGE` old).
-        let unit = [handle.unit.as_str()];
-        let (claimed, before) = tokio::join!(
-            self.backend.claim(&handle, spec),
-            self.supervisor.states(&unit)
-        );
-        let before = before
-            .ok()
-            .and_then(|states| states.first().map(|s| s.restarts));
-        match claimed {
-            Ok(()) => return Ok((handle, before.unwrap_or(0))),
+        // Its unit's restarts, asked beside the claim: a claim is no start, so systemd's
+        // NRestarts goes on counting the waiter's (the program's own restart would come a
+        // `RestartUSec` after its end, long after this answer), and the unit's state does not
+        // change with it. From the supervisor's cache, where the standby's making left it
+        // unless systemd said the unit changed since (else asked, and kept): the push's view
+        // after ready asks systemd nothing either (the counters it shows are then the claim's,
+        // as views serve them up to `COUNTERS_MAX_AGE` old). Awaited only where the readiness
+        // wait first asks the unit's state (`readiness::wait`, 10 ms in): a D-Bus round trip,
+        // when the cache does not hold it, is none of the push's time.
+        let (supervisor, unit) = (Arc::clone(&self.supervisor), handle.unit.clone());
+        let before = tokio::spawn(async move {
+            let states = supervisor.states(&[unit.as_str()]).await;
+            states.ok().and_then(|s| s.first().map(|s| s.restarts))
+        });
+        let before = async { before.await.ok().flatten().unwrap_or(0) };
+        match self.backend.claim(&handle, spec).await {
+            Ok(()) => return Ok((handle, before.boxed().shared())),
             Err(e) => tracing::warn!(error = %e, "the standby took no program: starting cold"),
         }
         self.backend.stop(&handle, DEFAULT_STOP_TIMEOUT).await?;
@@ -756,7 +757,7 @@ impl Orchestrator {
         }
         let handle = self.backend.prepare(spec).await?;
         self.backend.start(&handle, spec).await?;
-        Ok((handle, 0))
+        Ok((handle, futures_util::future::ready(0).boxed().shared()))
     }
 
     /// The sandbox a deployment belongs to. Errors: `State(NoDeployment)`.
@@ -2350,6 +2351,11 @@ fn may_come_up(e: Error, deployment: &Deployment) -> Error {
         }
     }
 }
+
+/// The restarts a deployment's unit had before its program was given to it (a standby's
+/// waiter's, 0 for a cold start), which its readiness wait takes from the unit's count; shared
+/// by every ask of the unit's state, resolved at the first.
+type RestartsBefore = futures_util::future::Shared<futures_util::future::BoxFuture<'static, u32>>;
 
 /// When a start sends the routes (`Orchestrator::start_and_wait`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -137,22 +137,26 @@ impl SandboxBackend for ContainerBackend {
         };
         let (path, main) = (path.clone(), standby_slot(handle).join("main"));
         // A link where the store's file system holds the deployments' (and the file has
-        // links left), else a copy (of up to the artifact cap: off the runtime's threads,
-        // review18 #8).
-        tokio::task::spawn_blocking(move || match std::fs::hard_link(&path, &main) {
-            Ok(()) => Ok(()),
-            Err(_) => std::fs::copy(&path, &main).map(drop),
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        // Its restarts run the program as a cold start's does.
-        self.prepare_as(spec, Preparing::Claimed).await?;
+        // links left): one call, made here (a hop to a blocking thread cost more than it, on
+        // a push's critical path); else a copy (of up to the artifact cap: off the runtime's
+        // threads, review18 #8).
+        if std::fs::hard_link(&path, &main).is_err() {
+            tokio::task::spawn_blocking(move || std::fs::copy(&path, &main).map(drop))
+                .await
+                .map_err(std::io::Error::other)??;
+        }
         let mut argv = vec![bwrap::APP_PATH.to_owned()];
         argv.extend(spec.args.iter().cloned());
         let message = crate::standby::message(&argv, &spec.env);
         crate::standby::send(&handle.dir.join(STANDBY_INPUT), &message)
             .await
             .map_err(|e| BackendError::Unavailable(format!("the standby is not waiting: {e}")))?;
+        // Its restarts run the program as a cold start's does: their launch spec is written
+        // while the waiter execs it, none of the push's time before its program runs (a
+        // restart comes `sandbox.restart_delay_secs` after an end, 1 s unless configured; the
+        // readiness wait counts one that came sooner, of a program that ended at once, as its
+        // end: `readiness::exited`).
+        self.prepare_as(spec, Preparing::Claimed).await?;
         // A deployment's directory from here on (nxd's start sweeps marked ones).
         std::fs::remove_file(handle.dir.join(crate::standby::MARK))?;
         Ok(())
