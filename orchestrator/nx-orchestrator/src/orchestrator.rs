@@ -33,8 +33,7 @@ use crate::tasks::Tasks;
 use crate::timing::step;
 use crate::upkeep::ResolvedHealthCheck;
 use crate::{embedded_db, host_limits, readiness};
-use futures_util::FutureExt;
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -1017,8 +1016,8 @@ impl Orchestrator {
         };
         // A preview's rows of its view (its upkeep row as written; no TCP port, no service
         // name) stay as they are while it starts: read meanwhile, none of the push's time.
+        let of = crate::upkeep::store::Of::Deployment(deployment.id.as_str());
         let early_rows = async {
-            let of = crate::upkeep::store::Of::Deployment(deployment.id.as_str());
             match routes {
                 Route::Preview => Some(self.view_rows(of).await),
                 _ => None,
@@ -1051,10 +1050,7 @@ impl Orchestrator {
         let rows = async {
             match early_rows {
                 Some(rows) => rows,
-                None => {
-                    let of = crate::upkeep::store::Of::Deployment(deployment.id.as_str());
-                    self.view_rows(of).await
-                }
+                None => self.view_rows(of).await,
             }
         };
         let mut view = step("view", self.view_with(&deployment, false, rows)).await?;
