@@ -33,23 +33,31 @@ fn ids(host: &Host, sandbox: &str) -> Vec<String> {
 #[test]
 fn a_failing_health_check_restarts_the_deployment_after_the_threshold() {
     let host = Host::start();
-    let id = host.push_sample(
+    let sample = nx_testkit::sample_app();
+    let pushed = host.nx_json(&[
+        "push",
+        sample.to_str().expect("utf-8 path"),
+        "--sandbox",
         "web",
-        &[
-            "--health-path",
-            "/health",
-            "--health-interval",
-            "1s",
-            "--health-timeout",
-            "1s",
-            "--health-threshold",
-            "3",
-        ],
-    );
+        "--health-path",
+        "/health",
+        "--health-interval",
+        "1s",
+        "--health-timeout",
+        "1s",
+        "--health-threshold",
+        "3",
+    ]);
+    let id = pushed["deployment"]["id"].as_str().expect("id").to_owned();
     let preview = host.preview_host("web", &id);
-    let shown = host.deployment("web", &id)["health_check"].clone();
-    assert_eq!(shown["path"], "/health", "{shown}");
-    assert_eq!(shown["failure_threshold"], 3, "{shown}");
+    // The push's own answer (its view's rows read while it started) and `nx status` show it.
+    for shown in [
+        pushed["deployment"]["health_check"].clone(),
+        host.deployment("web", &id)["health_check"].clone(),
+    ] {
+        assert_eq!(shown["path"], "/health", "{shown}");
+        assert_eq!(shown["failure_threshold"], 3, "{shown}");
+    }
     let labels = format!("{{sandbox=\"web\",deployment=\"{id}\",backend=\"container\"}}");
     let restarts = format!("nx_health_check_restarts_total{labels}");
     let failures = format!("nx_health_check_failures_total{labels}");
