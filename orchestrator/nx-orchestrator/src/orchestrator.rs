@@ -784,10 +784,11 @@ impl Orchestrator {
         checks::check_program_input(&settings.args, &settings.env, &bounds)?;
         // Held to the sandbox's own backend, which its pushes run on when they name none (a
         // push that names another is checked on that one).
-        let (_, backend) = sandbox_settings::with_backend(self.state.pool(), name)
+        let backend = sandbox_settings::row(self.state.pool(), name)
             .await
             .map_err(StateError::from)?
-            .ok_or_else(|| no_sandbox(name))?;
+            .ok_or_else(|| no_sandbox(name))?
+            .backend;
         self.push_limits(&settings.limits, backend, &bounds)?;
         checks::check_ready_timeout(settings.ready_timeout_secs, &bounds)?;
         settings.health_check.check("health_check")?;
@@ -816,24 +817,24 @@ impl Orchestrator {
     ) -> Result<DeploymentView, Error> {
         let mut timer = self.metrics.time(Operation::Push);
         let mut sandbox_backend = None;
-        // All read the state database: asked at once. The sandbox's row is asked before the
+        // Both read the state database: asked at once. The sandbox's row is read before the
         // request is checked, read only: a sandbox is made only once it passed (below).
-        let (settings, disk_promised_mb, sandbox_row) = tokio::try_join!(
+        let (row, disk_promised_mb) = tokio::try_join!(
             async {
                 step(
                     "settings",
-                    sandbox_settings::with_backend(self.state.pool(), &req.sandbox),
+                    sandbox_settings::row(self.state.pool(), &req.sandbox),
                 )
                 .await
                 .map_err(|e| Error::from(StateError::from(e)))
             },
             step("log_room", self.log_room_promised_mb()),
-            async {
-                let row = self.state.sandbox_removing_and_backend(&req.sandbox);
-                Ok(step("sandbox_row", row).await?)
-            },
         )?;
-        if let Some((settings, backend)) = settings {
+        let sandbox_row = row.as_ref().map(|row| (row.removing, row.backend));
+        if let Some(sandbox_settings::SandboxRow {
+            settings, backend, ..
+        }) = row
+        {
             sandbox_backend = Some(backend);
             (req.env, req.args, req.limits) = settings.under(req.env, req.args, &req.limits);
             req.ready_timeout_secs = req.ready_timeout_secs.or(settings.ready_timeout_secs);

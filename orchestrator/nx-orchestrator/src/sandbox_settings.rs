@@ -11,28 +11,36 @@ pub async fn get(
     pool: &PgPool,
     sandbox: &SandboxName,
 ) -> Result<Option<SandboxSettings>, sqlx::Error> {
-    Ok(with_backend(pool, sandbox)
-        .await?
-        .map(|(settings, _)| settings))
+    Ok(row(pool, sandbox).await?.map(|row| row.settings))
 }
 
-/// The settings of a sandbox and the backend its pushes run on when they name none (`nx
-/// sandbox create --backend`); `None` when there is no such sandbox. Errors: the query's, or
-/// a backend nxd does not know (`sqlx::Error::Decode`).
-pub async fn with_backend(
-    pool: &PgPool,
-    sandbox: &SandboxName,
-) -> Result<Option<(SandboxSettings, BackendKind)>, sqlx::Error> {
-    let row: Option<(sqlx::types::Json<SandboxSettings>, String)> =
-        sqlx::query_as("SELECT settings, backend FROM sandboxes WHERE name = $1")
+/// A sandbox's row as a push reads it, in one query.
+pub struct SandboxRow {
+    /// What its deployments start with (`nx sandbox set`).
+    pub settings: SandboxSettings,
+    /// The backend its pushes run on when they name none (`nx sandbox create --backend`).
+    pub backend: BackendKind,
+    /// Whether its removal has begun (`sandboxes.removing`: `nx sandbox rm`).
+    pub removing: bool,
+}
+
+/// The row of a sandbox; `None` when there is no such sandbox. Errors: the query's, or a
+/// backend nxd does not know (`sqlx::Error::Decode`).
+pub async fn row(pool: &PgPool, sandbox: &SandboxName) -> Result<Option<SandboxRow>, sqlx::Error> {
+    let row: Option<(sqlx::types::Json<SandboxSettings>, String, bool)> =
+        sqlx::query_as("SELECT settings, backend, removing FROM sandboxes WHERE name = $1")
             .bind(sandbox.as_str())
             .fetch_optional(pool)
             .await?;
-    row.map(|(settings, backend)| {
+    row.map(|(settings, backend, removing)| {
         let backend = backend
             .parse()
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        Ok::<_, sqlx::Error>((settings.0, backend))
+        Ok::<_, sqlx::Error>(SandboxRow {
+            settings: settings.0,
+            backend,
+            removing,
+        })
     })
     .transpose()
 }

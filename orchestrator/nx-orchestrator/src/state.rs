@@ -173,12 +173,45 @@ async fn free_port(
         })
 }
 
+/// A pooled connection released at most this long ago is handed out without a ping of its
+/// own: sqlx pings each connection as it is released (`PoolConnection::return_to_pool`), so
+/// it answered then, and PostgreSQL does not come back from a restart this fast (its
+/// `pg_ctl start` after an immediate stop takes ~120 ms here), so a connection a restart
+/// cut was released before it and is pinged, and replaced, as before. A push's queries
+/// follow each other within milliseconds: its record, routes and view skip a round trip
+/// each. pgx's pool makes the same trade at one second (pgxpool's default `ShouldPing`:
+/// idle for more than a second); this one is smaller, as a restart is.
+const PINGED_WITHIN: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// nxd's pool of connections to its state database (8): one idle for [`PINGED_WITHIN`] or
+/// longer is pinged before it is handed out (sqlx's `test_before_acquire` pings every one).
+fn state_pool() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(8)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PINGED_WITHIN {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
+/// A transaction that holds the deployments table against other records (a push's, a
+/// standby's slot): `BEGIN` and the lock sent as one simple query, one round trip (the
+/// protocol runs a simple query's statements in order: PostgreSQL docs, "Multiple Statements
+/// in a Simple Query"). Statements after it take their snapshots after the lock, so they see
+/// every record committed before it.
+const BEGIN_LOCKED: &str = "BEGIN; LOCK TABLE deployments IN EXCLUSIVE MODE";
+
 const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, tier, created_at FROM deployments";
 
 impl StateStore {
     #[tracing::instrument(skip_all)]
     pub async fn connect(url: &str) -> Result<Self, StateError> {
-        let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
+        let pool = state_pool().connect(url).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self {
             pool,
@@ -229,10 +262,7 @@ impl StateStore {
         idle_timeout_secs: Option<u64>,
     ) -> Result<Deployment, StateError> {
         let _write = self.views_write();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("LOCK TABLE deployments IN EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.pool.begin_with(BEGIN_LOCKED).await?;
         // `nx volume rm` checks and deletes under a lock that conflicts with this one: each
         // volume checked here stays until the deployment is recorded.
         let volumes: Vec<&str> = new.volumes.iter().map(|m| m.volume.as_str()).collect();
@@ -306,10 +336,7 @@ impl StateStore {
         ports: PortRange,
         standbys: &Standbys,
     ) -> Result<Option<u16>, StateError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("LOCK TABLE deployments IN EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.pool.begin_with(BEGIN_LOCKED).await?;
         let port = free_port(&mut tx, ports, standbys).await?;
         let reserved = standbys.reserve(port).then_some(port);
         tx.commit().await?;
