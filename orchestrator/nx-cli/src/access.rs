@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum TokenCommand {
     /// Create a deploy token and print it (this once: nxd keeps only its hash). Needs the
     /// root token.
@@ -31,6 +32,7 @@ pub enum TokenCommand {
 }
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum KeysCommand {
     /// Let a public key upload to a sandbox over SFTP (`sftp <sandbox>@host`).
     Add {

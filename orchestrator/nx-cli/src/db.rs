@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum SandboxCommand {
     /// Create a sandbox and its database (a first push does this too).
     Create {
@@ -33,6 +34,7 @@ pub enum SandboxCommand {
 }
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum DbCommand {
     /// Print the sandbox's database URL (its unix socket, on the nxd host).
     Url {

@@ -6,6 +6,7 @@ use nx_api::domains::{AddDomain, CertificateState, DomainView};
 use nx_api::names::SandboxName;
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum DomainCommand {
     /// Serve a sandbox's production deployment at a domain of your own; prints the DNS record
     /// to create and the certificate's state.

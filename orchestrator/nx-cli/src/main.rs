@@ -48,7 +48,11 @@ struct Cli {
     command: Command,
 }
 
+/// Each subcommand's arguments are built only when it is the one run (`defer`: building every
+/// command's took ~0.3 ms of each run, `perf stat` of a push refused at connect: 2.91 ->
+/// 2.61 ms).
 #[derive(Subcommand)]
+#[command(defer = true)]
 enum Command {
     /// Upload a Linux binary and run it as a new deployment of a sandbox.
     Push(Box<push::PushArgs>),

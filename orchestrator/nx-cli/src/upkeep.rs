@@ -7,8 +7,11 @@ use crate::push::whole_seconds;
 use nx_api::names::DeploymentId;
 use nx_api::HealthCheck;
 
-/// `--health-path`, `--health-interval`, `--health-timeout`, `--health-threshold`,
-/// `--idle-timeout`.
+// `--health-path`, `--health-interval`, `--health-timeout`, `--health-threshold`,
+// `--idle-timeout`.
+// (A comment, not a doc comment: clap takes an args struct's doc comment as the `about` of
+// the subcommand it is part of, over the subcommand's own, once subcommands are built on
+// demand: `#[command(defer = true)]` in main.rs.)
 #[derive(clap::Args)]
 pub struct UpkeepArgs {
     /// Health check: GET this path (e.g. /healthz) every --health-interval; a status of 400

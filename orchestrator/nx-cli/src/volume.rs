@@ -8,6 +8,7 @@ use nx_api::volumes::{restore_max_bytes, restore_too_large, CreateVolume};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum VolumeCommand {
     /// Create a volume: an empty filesystem of SIZE MiB (its quota) that outlives every
     /// deployment; mount it with `nx push --volume NAME:/PATH`.
