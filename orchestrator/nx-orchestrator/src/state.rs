@@ -173,32 +173,6 @@ async fn free_port(
         })
 }
 
-/// A pooled connection released at most this long ago is handed out without a ping of its
-/// own: sqlx pings each connection as it is released (`PoolConnection::return_to_pool`), so
-/// it answered then, and PostgreSQL does not come back from a restart this fast (its
-/// `pg_ctl start` after an immediate stop takes ~120 ms here), so a connection a restart
-/// cut was released before it and is pinged, and replaced, as before. A push's queries
-/// follow each other within milliseconds: its record, routes and view skip a round trip
-/// each. pgx's pool makes the same trade at one second (pgxpool's default `ShouldPing`:
-/// idle for more than a second); this one is smaller, as a restart is.
-const PINGED_WITHIN: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// nxd's pool of connections to its state database (8): one idle for [`PINGED_WITHIN`] or
-/// longer is pinged before it is handed out (sqlx's `test_before_acquire` pings every one).
-fn state_pool() -> PgPoolOptions {
-    PgPoolOptions::new()
-        .max_connections(8)
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PINGED_WITHIN {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
-}
-
 /// A transaction that holds the deployments table against other records (a push's, a
 /// standby's slot): `BEGIN` and the lock sent as one simple query, one round trip (the
 /// protocol runs a simple query's statements in order: PostgreSQL docs, "Multiple Statements
@@ -218,7 +192,10 @@ impl StateStore {
         // statements look rows up by key, where a plan for any parameters is the plan
         // (PostgreSQL docs, `plan_cache_mode`; PREPARE, "generic plan").
         let options = options.options([("plan_cache_mode", "force_generic_plan")]);
-        let pool = state_pool().connect_with(options).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self {
             pool,

@@ -539,3 +539,36 @@ fn a_push_is_not_refused_while_a_standby_holds_a_slot() {
     let a = a.wait_with_output().expect("a's push");
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
 }
+
+/// What a push starts with is its sandbox's row as it is then, not as an earlier push (or the
+/// standby made after it) found it: a push after `nx sandbox set` starts with the new
+/// settings, and one after `nx sandbox rm` makes the sandbox again, as a first push does.
+#[test]
+fn a_push_after_its_sandboxs_settings_changed_or_it_was_removed_sees_that() {
+    let host = host();
+    let env = |id: &str| {
+        let (status, body) = host.get(&host.preview_host("kept", id), "/env");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("the sample's /env")["GREETING"]
+            .clone()
+    };
+    let first = host.push_sample("kept", &[]);
+    assert_eq!(env(&first), serde_json::Value::Null);
+    for greeting in ["hello", "again"] {
+        let set = host.nx_json(&[
+            "sandbox",
+            "set",
+            "kept",
+            "-e",
+            &format!("GREETING={greeting}"),
+        ]);
+        assert_eq!(set["env"]["GREETING"], greeting, "{set}");
+        let next = host.push_sample("kept", &[]);
+        assert_eq!(env(&next), greeting);
+    }
+    assert!(host.nx(&["sandbox", "rm", "kept", "--no-backup"]).ok);
+    let made_again = host.push_sample("kept", &[]);
+    assert_eq!(env(&made_again), serde_json::Value::Null);
+    let listed = host.nx_json(&["status", "kept"])[0]["deployments"].clone();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+}
