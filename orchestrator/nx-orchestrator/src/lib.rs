@@ -18,6 +18,7 @@ pub mod failpoint;
 #[cfg(target_os = "linux")]
 mod launcher_install;
 mod list_cache;
+mod log_room;
 pub mod logs;
 #[cfg(target_os = "linux")]
 pub mod metrics;

@@ -100,6 +100,8 @@ pub struct Orchestrator {
     pub(crate) pushes: crate::pushes::Pushes,
     /// Deployments started ahead of their push (see `standby`).
     pub(crate) standbys: crate::standby::Standbys,
+    /// What the deployments' logs may still write, as last looked at (see `log_room`).
+    log_room: crate::log_room::LogRoom,
 }
 
 impl Orchestrator {
@@ -246,6 +248,7 @@ impl Orchestrator {
             store_reservations: Default::default(),
             pushes: Default::default(),
             standbys: Default::default(),
+            log_room: Default::default(),
         });
         // Only here: the watchdog's re-adoption runs while volume work may be under way.
         app.recover_promotions().await?;
@@ -794,6 +797,7 @@ impl Orchestrator {
         settings.health_check.check("health_check")?;
         health::check_seconds("idle_timeout_secs", settings.idle_timeout_secs)?;
         health::check_seconds("preview_ttl_secs", settings.preview_ttl_secs)?;
+        let _rows = self.state.sandbox_rows().write();
         if sandbox_settings::set(self.state.pool(), name, settings)
             .await
             .map_err(StateError::from)?
@@ -821,12 +825,13 @@ impl Orchestrator {
         // request is checked, read only: a sandbox is made only once it passed (below).
         let (row, disk_promised_mb) = tokio::try_join!(
             async {
-                step(
-                    "settings",
-                    sandbox_settings::row(self.state.pool(), &req.sandbox),
-                )
-                .await
-                .map_err(|e| Error::from(StateError::from(e)))
+                let row = self
+                    .state
+                    .sandbox_rows()
+                    .row(self.state.pool(), &req.sandbox);
+                step("settings", row)
+                    .await
+                    .map_err(|e| Error::from(StateError::from(e)))
             },
             step("log_room", self.log_room_promised_mb()),
         )?;
@@ -994,6 +999,7 @@ impl Orchestrator {
                 });
             }
         };
+        self.log_room.recorded(deployment.limits.log_max_mb << 20);
         tracing::info!(deployment = %deployment.id, port = deployment.port, "deployment created");
         crate::failpoint::wait("push::recorded").await;
         if let Err(e) = self.make_pushed(&deployment, &req, &pushing).await {
@@ -1034,6 +1040,7 @@ impl Orchestrator {
         if takes_standbys {
             self.refill_standby(&deployment.sandbox, fit);
         }
+        self.look_at_log_room_later();
         // Still its push's while it is removed.
         if let Err(e @ Error::Router(_)) = started {
             return Err(self.discard_unrouted(&deployment, e).await);
@@ -1184,10 +1191,17 @@ impl Orchestrator {
     /// Removes a deployment no route leads to (any more): [`Self::destroy`], its series, then
     /// its record, which frees its slot.
     async fn remove_unrouted(&self, deployment: &Deployment) -> Result<(), Error> {
+        let log_room = self
+            .backend
+            .handle(deployment)
+            .log_files(&deployment.limits, self.config.logs.keep)
+            .room_bytes();
         self.destroy(deployment).await?;
         let labels = crate::metrics::DeploymentLabels::of(deployment);
         self.metrics.forget(&labels);
-        Ok(self.state.delete_deployment(&deployment.id).await?)
+        self.state.delete_deployment(&deployment.id).await?;
+        self.log_room.removed(log_room);
+        Ok(())
     }
 
     /// The limits of a push (or of a sandbox's settings, which pushes start from) of `asked`
@@ -1867,6 +1881,7 @@ impl Orchestrator {
         {
             let _guard = self.changes.lock().await;
             self.state.delete_sandbox(name).await?;
+            self.log_room.forget();
             self.rebuild_routes().await?;
         }
         Ok(SandboxRemoved {
@@ -2193,13 +2208,25 @@ impl Orchestrator {
     }
 
     /// What the logs of every deployment on this host may still write, in MiB: each one's
-    /// `limits.log_max_mb` less what its log files hold now. A push's `/data` and log cap must
-    /// fit beside it, so that the logs' caps together never promise more than the disk has
-    /// (attacker s9 F2b). Errors: `State`.
+    /// `limits.log_max_mb` less what its log files hold. A push's `/data` and log cap must fit
+    /// beside it, so that the logs' caps together never promise more than the disk has
+    /// (attacker s9 F2b): from the last look within `log_room::FRESH` and what was recorded
+    /// and removed since (see `log_room`), else from a look of its own. Errors: `State`.
     async fn log_room_promised_mb(&self) -> Result<u64, Error> {
+        let bytes = match self.log_room.kept() {
+            Some(bytes) => bytes,
+            None => self.look_at_log_room().await?,
+        };
+        Ok(bytes >> 20)
+    }
+
+    /// A full look at what the logs may still write, in bytes, kept for the pushes of the
+    /// next [`crate::log_room::FRESH`]: every deployment's row, and a stat of each of its log
+    /// files (microseconds each: no need to leave the runtime's thread). Errors: `State`.
+    async fn look_at_log_room(&self) -> Result<u64, Error> {
+        let looking = self.log_room.begin();
         let deployments = self.state.deployments().await?;
         let keep = self.config.logs.keep;
-        // A stat of each log file: microseconds each, no need to leave the runtime's thread.
         let bytes: u64 = deployments
             .iter()
             .map(|d| {
@@ -2209,7 +2236,20 @@ impl Orchestrator {
                     .room_bytes()
             })
             .sum();
-        Ok(bytes >> 20)
+        self.log_room.looked(looking, bytes);
+        Ok(bytes)
+    }
+
+    /// After a push, [`crate::standby::REFILL_AFTER`] from now (once its first requests are
+    /// answered): a look at the logs' room for the next pushes, none of this one's time.
+    fn look_at_log_room_later(self: &Arc<Self>) {
+        let app = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(crate::standby::REFILL_AFTER).await;
+            if let Err(e) = app.look_at_log_room().await {
+                tracing::debug!(error = %e, "the logs' room not looked at: the next push looks");
+            }
+        });
     }
 
     pub async fn log_file(&self, id: &DeploymentId) -> Result<PathBuf, Error> {

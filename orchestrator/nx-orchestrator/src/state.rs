@@ -51,6 +51,8 @@ pub struct StateStore {
     pool: PgPool,
     /// Writes of the tables views show ended so far (see [`StateStore::views_write`]).
     views_changes: AtomicU64,
+    /// Sandboxes' rows as pushes read them, kept until a write of the table.
+    sandbox_rows: crate::sandbox_settings::RowCache,
 }
 
 /// A write of the tables views show (sandboxes, deployments, promotions, upkeep, TCP ports,
@@ -173,13 +175,6 @@ async fn free_port(
         })
 }
 
-/// A transaction that holds the deployments table against other records (a push's, a
-/// standby's slot): `BEGIN` and the lock sent as one simple query, one round trip (the
-/// protocol runs a simple query's statements in order: PostgreSQL docs, "Multiple Statements
-/// in a Simple Query"). Statements after it take their snapshots after the lock, so they see
-/// every record committed before it.
-const BEGIN_LOCKED: &str = "BEGIN; LOCK TABLE deployments IN EXCLUSIVE MODE";
-
 const SELECT_DEPLOYMENTS: &str = "SELECT id, sandbox, artifact, port, uid, env, args, limits, desired, db_branch, runtime, backend, ready_timeout_secs, listen_port, egress, volumes, tier, created_at FROM deployments";
 
 impl StateStore {
@@ -200,6 +195,7 @@ impl StateStore {
         Ok(Self {
             pool,
             views_changes: AtomicU64::new(0),
+            sandbox_rows: Default::default(),
         })
     }
 
@@ -219,6 +215,12 @@ impl StateStore {
     /// `sandbox_settings`).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Sandboxes' rows as pushes read them; every write of the `sandboxes` table takes its
+    /// [`RowCache::write`](crate::sandbox_settings::RowCache::write).
+    pub fn sandbox_rows(&self) -> &crate::sandbox_settings::RowCache {
+        &self.sandbox_rows
     }
 
     /// Records a new deployment with the lowest port of the range no other deployment has.
@@ -246,7 +248,12 @@ impl StateStore {
         idle_timeout_secs: Option<u64>,
     ) -> Result<Deployment, StateError> {
         let _write = self.views_write();
-        let mut tx = self.pool.begin_with(BEGIN_LOCKED).await?;
+        // Held past the commit when the sandbox's row is made again (`sandbox_removing`).
+        let mut remade = None;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE deployments IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
         // `nx volume rm` checks and deletes under a lock that conflicts with this one: each
         // volume checked here stays until the deployment is recorded.
         let volumes: Vec<&str> = new.volumes.iter().map(|m| m.volume.as_str()).collect();
@@ -269,7 +276,7 @@ impl StateStore {
             Slot::Free(standbys) => {
                 // Before a slot is looked for: a sandbox being removed is told so, a full one
                 // that it is, not that the host is.
-                if sandbox_removing(&mut tx, &new.sandbox).await? {
+                if sandbox_removing(&mut tx, &new.sandbox, &self.sandbox_rows, &mut remade).await? {
                     return Err(StateError::Removing(new.sandbox.to_string()));
                 }
                 let held: i64 =
@@ -297,7 +304,13 @@ impl StateStore {
             // Its sandbox's row is gone: its removal ran through since the push looked. It is
             // made again, as a first push makes it.
             (None, _) => {
-                sandbox_removing(&mut tx, &deployment.sandbox).await?;
+                sandbox_removing(
+                    &mut tx,
+                    &deployment.sandbox,
+                    &self.sandbox_rows,
+                    &mut remade,
+                )
+                .await?;
                 insert().fetch_one(&mut *tx).await?
             }
             row => row,
@@ -320,7 +333,10 @@ impl StateStore {
         ports: PortRange,
         standbys: &Standbys,
     ) -> Result<Option<u16>, StateError> {
-        let mut tx = self.pool.begin_with(BEGIN_LOCKED).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE deployments IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
         let port = free_port(&mut tx, ports, standbys).await?;
         let reserved = standbys.reserve(port).then_some(port);
         tx.commit().await?;
@@ -449,7 +465,7 @@ impl StateStore {
         name: &SandboxName,
         backend: BackendKind,
     ) -> Result<bool, StateError> {
-        let _write = self.views_write();
+        let (_write, _rows) = (self.views_write(), self.sandbox_rows.write());
         let done = sqlx::query(
             "INSERT INTO sandboxes (name, backend) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
@@ -506,6 +522,7 @@ impl StateStore {
         name: &SandboxName,
         backup: bool,
     ) -> Result<Option<bool>, StateError> {
+        let _rows = self.sandbox_rows.write();
         let mut tx = self.pool.begin().await?;
         let was: Option<bool> =
             sqlx::query_scalar("SELECT removing FROM sandboxes WHERE name = $1 FOR UPDATE")
@@ -528,6 +545,7 @@ impl StateStore {
     /// Takes back [`Self::mark_removing`] when nothing was removed yet (its final backup
     /// failed).
     pub async fn unmark_removing(&self, name: &SandboxName) -> Result<(), StateError> {
+        let _rows = self.sandbox_rows.write();
         sqlx::query("UPDATE sandboxes SET removing = false WHERE name = $1")
             .bind(name.as_str())
             .execute(&self.pool)
@@ -574,7 +592,7 @@ impl StateStore {
     /// units, files, volumes and database go before (attacker s12 H5: with its rows gone
     /// first, a crash left them to the next holder of the name).
     pub async fn delete_sandbox(&self, name: &SandboxName) -> Result<(), StateError> {
-        let _write = self.views_write();
+        let (_write, _rows) = (self.views_write(), self.sandbox_rows.write());
         let mut tx = self.pool.begin().await?;
         // Its tokens' uploads stay on disk, no longer its (`content_owners` rows go with the
         // sandbox's row): a sandbox made later under the same name (another tenant's, maybe)
@@ -682,10 +700,13 @@ impl StateStore {
 /// Whether `sandbox` is being removed (`StateStore::mark_removing`), its row locked FOR SHARE
 /// to the end of `tx`: that waits for a mark under way, so that a removal marked before the
 /// push refuses it and one marked after finds its record (and removes it too). A sandbox with
-/// no row (its removal ran through since the push looked) is made again.
-async fn sandbox_removing(
+/// no row (its removal ran through since the push looked) is made again, and `remade` then
+/// holds that write of the `sandboxes` table (for the caller to hold past its commit).
+async fn sandbox_removing<'a>(
     tx: &mut sqlx::PgConnection,
     sandbox: &SandboxName,
+    rows: &'a crate::sandbox_settings::RowCache,
+    remade: &mut Option<crate::sandbox_settings::RowsWrite<'a>>,
 ) -> Result<bool, StateError> {
     let removing = || {
         sqlx::query_scalar("SELECT removing FROM sandboxes WHERE name = $1 FOR SHARE")
@@ -694,6 +715,7 @@ async fn sandbox_removing(
     if let Some(removing) = removing().fetch_optional(&mut *tx).await? {
         return Ok(removing);
     }
+    remade.get_or_insert_with(|| rows.write());
     sqlx::query("INSERT INTO sandboxes (name) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(sandbox.as_str())
         .execute(&mut *tx)

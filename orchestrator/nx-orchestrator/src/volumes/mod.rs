@@ -112,7 +112,7 @@ impl Orchestrator {
         self.check_room(req.size_mb)?;
         crate::tls::check_new_sandbox(&self.state, sandbox, &self.config.base_domain).await?;
         // The volume's sandbox may be new: `nx ls` lists it.
-        let _write = self.state.views_write();
+        let (_write, _rows) = (self.state.views_write(), self.state.sandbox_rows().write());
         let mut tx = self.state.pool().begin().await.map_err(StateError::from)?;
         sqlx::query("INSERT INTO sandboxes (name, backend) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(sandbox.as_str())
