@@ -541,10 +541,26 @@ fn log_caps_are_bounded_by_the_host_and_together_by_its_free_disk() {
         "{}",
         second.stderr
     );
-    // Removing the first deployment's sandbox gives its room back.
-    assert!(host.nx(&["sandbox", "rm", "logs", "--no-backup"]).ok);
+    // Removing the first deployment gives its room back, and so does removing the sandbox of
+    // the one made then (each push here comes within a second of the last look at the logs'
+    // room, which pushes use with what was recorded and removed since: `log_room`).
+    let first_id = host.nx_json(&["status", "logs"])[0]["deployments"][0]["id"]
+        .as_str()
+        .expect("the first deployment")
+        .to_owned();
+    assert!(host.nx(&["rm", &first_id]).ok);
     let third = push("logs2", &cap.to_string());
     assert!(third.ok, "{}{}", third.stdout, third.stderr);
+    let fourth = push("logs", &cap.to_string());
+    assert!(
+        !fourth.ok && promised.iter().any(|p| fourth.stderr.contains(p)),
+        "{}{}",
+        fourth.stdout,
+        fourth.stderr
+    );
+    assert!(host.nx(&["sandbox", "rm", "logs2", "--no-backup"]).ok);
+    let fifth = push("logs", &cap.to_string());
+    assert!(fifth.ok, "{}{}", fifth.stdout, fifth.stderr);
 }
 
 /// Attacker s10 F5: one push token took every deployment slot of the host (one port each,
