@@ -110,9 +110,7 @@ pub struct PushArgs {
 
 // `--memory`, `--cpu`, `--tasks`: a deployment's limits; unset ones come from the sandbox's
 // settings (`nx sandbox set`), else from nxd's `[limits]`.
-// (A comment, not a doc comment: clap takes an args struct's doc comment as the `about` of
-// the subcommand it is part of, over the subcommand's own, once subcommands are built on
-// demand: `#[command(defer = true)]` in main.rs.)
+// (Not a doc comment: see `defer` in main.rs.)
 #[derive(clap::Args)]
 pub struct LimitArgs {
     /// Memory limit in MiB (systemd MemoryMax); a microVM's at least 192 (64 for its VMM, 128

@@ -9,9 +9,7 @@ use nx_api::HealthCheck;
 
 // `--health-path`, `--health-interval`, `--health-timeout`, `--health-threshold`,
 // `--idle-timeout`.
-// (A comment, not a doc comment: clap takes an args struct's doc comment as the `about` of
-// the subcommand it is part of, over the subcommand's own, once subcommands are built on
-// demand: `#[command(defer = true)]` in main.rs.)
+// (Not a doc comment: see `defer` in main.rs.)
 #[derive(clap::Args)]
 pub struct UpkeepArgs {
     /// Health check: GET this path (e.g. /healthz) every --health-interval; a status of 400

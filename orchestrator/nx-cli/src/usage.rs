@@ -7,9 +7,7 @@ use nx_api::names::SandboxName;
 use nx_api::usage::{Usage, UsageQuery, UsageReport};
 
 // `nx usage [SANDBOX] [--since 24h]`.
-// (A comment, not a doc comment: clap takes an args struct's doc comment as the `about` of
-// the subcommand it is part of, over the subcommand's own, once subcommands are built on
-// demand: `#[command(defer = true)]` in main.rs.)
+// (Not a doc comment: see `defer` in main.rs.)
 #[derive(clap::Args)]
 pub struct UsageArgs {
     /// One sandbox (default: every sandbox the token may see).

@@ -821,8 +821,9 @@ impl Orchestrator {
     ) -> Result<DeploymentView, Error> {
         let mut timer = self.metrics.time(Operation::Push);
         let mut sandbox_backend = None;
-        // Both read the state database: asked at once. The sandbox's row is read before the
-        // request is checked, read only: a sandbox is made only once it passed (below).
+        // Asked at once (each from what nxd keeps, else from the state database). The
+        // sandbox's row is read before the request is checked, read only: a sandbox is made
+        // only once it passed (below).
         let (row, disk_promised_mb) = tokio::try_join!(
             async {
                 let row = self

@@ -79,21 +79,10 @@ pub struct RowCache {
     rows: Mutex<HashMap<String, (u64, SandboxRow)>>,
 }
 
-/// A write of the `sandboxes` table in progress: counted in [`RowCache`] when dropped, after
-/// its commit (a row read while it was in progress may be the one before it).
-#[must_use = "the write is counted when this is dropped, at its end"]
-pub struct RowsWrite<'a>(&'a AtomicU64);
-
-impl Drop for RowsWrite<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 impl RowCache {
     /// Taken before a write of the `sandboxes` table and held to its end (its commit).
-    pub fn write(&self) -> RowsWrite<'_> {
-        RowsWrite(&self.changes)
+    pub fn write(&self) -> crate::state::CountedWrite<'_> {
+        crate::state::CountedWrite::of(&self.changes)
     }
 
     /// The row of `sandbox` ([`row`]), from this cache while no write ended since it was

@@ -55,14 +55,23 @@ pub struct StateStore {
     sandbox_rows: crate::sandbox_settings::RowCache,
 }
 
-/// A write of the tables views show (sandboxes, deployments, promotions, upkeep, TCP ports,
-/// service names) in progress: counted in [`StateStore::views_changes`] when dropped, at the
-/// end of the write, after its commit (or its failure). Counted at the end, not the start: a
-/// view read while the write was in progress may not show it, and is then older than the count.
+/// A write in progress, counted in its counter when dropped, at the end of the write, after
+/// its commit (or its failure). Counted at the end, not the start: what was read while the
+/// write was in progress may not show it, and is then older than the count. Counters: the
+/// tables views show ([`StateStore::views_write`]: sandboxes, deployments, promotions,
+/// upkeep, TCP ports, service names), the `sandboxes` table
+/// ([`RowCache::write`](crate::sandbox_settings::RowCache::write)).
 #[must_use = "the write is counted when this is dropped, at its end"]
-pub struct ViewsWrite<'a>(&'a AtomicU64);
+pub struct CountedWrite<'a>(&'a AtomicU64);
 
-impl Drop for ViewsWrite<'_> {
+impl<'a> CountedWrite<'a> {
+    /// A write counted in `counter` once it ends.
+    pub(crate) fn of(counter: &'a AtomicU64) -> Self {
+        Self(counter)
+    }
+}
+
+impl Drop for CountedWrite<'_> {
     fn drop(&mut self) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
@@ -200,9 +209,9 @@ impl StateStore {
     }
 
     /// Taken by every write of the tables views show, before its first statement and held to
-    /// its end (a write through [`Self::pool`] takes it too): see [`ViewsWrite`].
-    pub fn views_write(&self) -> ViewsWrite<'_> {
-        ViewsWrite(&self.views_changes)
+    /// its end (a write through [`Self::pool`] takes it too): see [`CountedWrite`].
+    pub fn views_write(&self) -> CountedWrite<'_> {
+        CountedWrite::of(&self.views_changes)
     }
 
     /// How many writes of the tables views show have ended: a view read after a count was
@@ -706,7 +715,7 @@ async fn sandbox_removing<'a>(
     tx: &mut sqlx::PgConnection,
     sandbox: &SandboxName,
     rows: &'a crate::sandbox_settings::RowCache,
-    remade: &mut Option<crate::sandbox_settings::RowsWrite<'a>>,
+    remade: &mut Option<CountedWrite<'a>>,
 ) -> Result<bool, StateError> {
     let removing = || {
         sqlx::query_scalar("SELECT removing FROM sandboxes WHERE name = $1 FOR SHARE")
