@@ -424,10 +424,19 @@ fn sftp_host_with_web_key(keys: &str) -> (Host, Sftp, PathBuf, serde_json::Value
 /// again are no new bytes and deploy.
 #[test]
 fn an_sftp_upload_past_its_sandboxs_room_leaves_nothing_in_the_store() {
-    // Room for the sample (2.6 MiB), not for another program (0.7 MiB) beside it.
-    let (host, sftp, _, _) = sftp_host_with_web_key("[store]\nmax_owner_mb = 3\n");
-    std::fs::copy(nx_testkit::sample_app(), sftp.dir.join("app")).unwrap();
+    // Room for the sample (its size in MiB, rounded up), not for another program beside it.
     let other = nx_testkit::sample_app().with_file_name("nx-vm-init");
+    let size = |path: &std::path::Path| std::fs::metadata(path).unwrap().len();
+    let room_mb = size(&nx_testkit::sample_app()).div_ceil(1 << 20);
+    assert!(
+        size(&nx_testkit::sample_app()) + size(&other) > room_mb << 20,
+        "{} and {} fit in {room_mb} MiB together",
+        nx_testkit::sample_app().display(),
+        other.display()
+    );
+    let (host, sftp, _, _) =
+        sftp_host_with_web_key(&format!("[store]\nmax_owner_mb = {room_mb}\n"));
+    std::fs::copy(nx_testkit::sample_app(), sftp.dir.join("app")).unwrap();
     std::fs::copy(&other, sftp.dir.join("other")).unwrap();
     let out = sftp.batch("web", "web_key", "put app\nget app.result\n", &[]);
     assert!(out.status.success(), "{}", text(&out));
