@@ -1032,13 +1032,10 @@ impl Orchestrator {
             }
         };
         let health = self.resolve_health_check(&health_check);
-        // Its record's commit did not wait for the WAL's flush: flushed while it starts.
-        let durable = step("durable", self.state.make_durable(&deployment.id));
-        let (started, (), early_rows, durable) = tokio::join!(
+        let (started, (), early_rows) = tokio::join!(
             self.start_pushed(&deployment, routes, health),
             grant,
-            early_rows,
-            durable
+            early_rows
         );
         // Made once this push is done, ready or not, so that it takes none of its time.
         if takes_standbys {
@@ -1048,10 +1045,6 @@ impl Orchestrator {
         // Still its push's while it is removed.
         if let Err(e @ Error::Router(_)) = started {
             return Err(self.discard_unrouted(&deployment, e).await);
-        }
-        // Its record lost to a crash of the state database before that flush: it goes.
-        if let Err(e) = durable {
-            return Err(self.discard(&deployment, e.into()).await);
         }
         // A removal asked while it started (`nx rm` stopped it): the push removes it, whatever
         // its start came to.

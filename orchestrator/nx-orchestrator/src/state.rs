@@ -39,11 +39,6 @@ pub enum StateError {
     /// A push's volume was removed (`nx volume rm`) before the push was recorded.
     #[error("volume {volume} of sandbox {sandbox} was removed while this push was being made; nothing was deployed. Push again without --volume {volume}:PATH, or `nx volume create {sandbox} {volume}` first")]
     VolumeGone { sandbox: String, volume: String },
-    /// A push's record, committed without waiting for its WAL flush
-    /// ([`StateStore::create_deployment`]), was not there to be made durable
-    /// ([`StateStore::make_durable`]): the state database crashed and recovered meanwhile.
-    #[error("the state database restarted while deployment {0} was being pushed and lost its record; nothing was deployed: push again")]
-    RecordLost(String),
 }
 
 impl From<NameError> for StateError {
@@ -265,12 +260,6 @@ impl StateStore {
         // Held past the commit when the sandbox's row is made again (`sandbox_removing`).
         let mut remade = None;
         let mut tx = self.pool.begin().await?;
-        // Its commit does not wait for the WAL flush (PostgreSQL's asynchronous commit,
-        // "Reliability and the Write-Ahead Log", 30.4): the push has it flushed beside the
-        // unit's start, and answers only once it is (`make_durable`).
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
         sqlx::query("LOCK TABLE deployments IN EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
@@ -343,27 +332,6 @@ impl StateStore {
         }
         tx.commit().await?;
         Ok(deployment)
-    }
-
-    /// Makes the record of deployment `id`, committed by [`Self::create_deployment`] without
-    /// waiting for its WAL flush, durable: a transactional logical message
-    /// (`pg_logical_emit_message`, PostgreSQL's "Replication Management Functions") written
-    /// only where the record is there gives this statement's transaction an id and a WAL
-    /// record, so its commit (`synchronous_commit` on) flushes the WAL up to it, and the
-    /// record's commit before it with it (WAL is flushed in order). Errors: `RecordLost` when
-    /// the record is not there (the cluster crashed before the record's flush and recovered
-    /// without it; no removal takes a record while its push is under way), `Db`.
-    pub async fn make_durable(&self, id: &DeploymentId) -> Result<(), StateError> {
-        let flushed: Option<String> = sqlx::query_scalar(
-            "SELECT pg_logical_emit_message(true, 'nx', 'recorded ' || id)::text \
-             FROM deployments WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        flushed
-            .map(drop)
-            .ok_or_else(|| StateError::RecordLost(id.to_string()))
     }
 
     /// A free port (slot) for a standby (`crate::standby`), reserved in `standbys` before the

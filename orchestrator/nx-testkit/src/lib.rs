@@ -450,30 +450,6 @@ impl Host {
             .unwrap()
     }
 
-    /// The pid on the host of the process `pid` of the embedded manager's pid namespace (where
-    /// PostgreSQL runs, and the pids pg_stat_activity shows).
-    pub fn host_pid(&self, pid: i32) -> i32 {
-        let namespace = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
-        let managers = namespace(&self.manager_pid1().to_string());
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .filter(|p| p.parse::<i32>().is_ok() && namespace(p) == managers)
-            .find(|p| {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("NSpid:"))
-                    .and_then(|ids| ids.split_whitespace().last())
-                    == Some(pid.to_string().as_str())
-            })
-            .expect("the process in the manager's namespace")
-            .parse()
-            .unwrap()
-    }
-
     /// `nxd manager-stop` for this host's state dir, in its network namespace (the host
     /// network it removes is that namespace's): stops every deployment and the embedded
     /// manager. Stop nxd first. Its exit status and what it printed on stderr.

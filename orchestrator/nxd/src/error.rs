@@ -88,7 +88,6 @@ fn status_of(e: &Error) -> StatusCode {
             | StateError::VolumeGone { .. }
             | StateError::NoPort { .. }
             | StateError::SandboxFull { .. } => StatusCode::CONFLICT,
-            StateError::RecordLost(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         },
         Error::Backend(BackendError::Unavailable(_)) => StatusCode::BAD_REQUEST,

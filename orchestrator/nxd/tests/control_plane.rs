@@ -1021,7 +1021,7 @@ fn held_session(host: &Host, database: &str) -> (std::process::Child, nix::unist
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(pid) = superuser(host, "postgres", &backend_query).parse() {
-            return (session, nix::unistd::Pid::from_raw(host.host_pid(pid)));
+            return (session, nix::unistd::Pid::from_raw(host_pid(host, pid)));
         }
         if Instant::now() >= deadline {
             let _ = session.kill();
@@ -1030,6 +1030,29 @@ fn held_session(host: &Host, database: &str) -> (std::process::Child, nix::unist
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The pid on the host of the process `pid` of the embedded manager's pid namespace (where
+/// PostgreSQL runs, and the pids pg_stat_activity shows).
+fn host_pid(host: &Host, pid: i32) -> i32 {
+    let namespace = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let managers = namespace(&host.manager_pid1().to_string());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|p| p.parse::<i32>().is_ok() && namespace(p) == managers)
+        .find(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|ids| ids.split_whitespace().last())
+                == Some(pid.to_string().as_str())
+        })
+        .expect("the process in the manager's namespace")
+        .parse()
+        .unwrap()
 }
 
 #[test]

@@ -1147,46 +1147,6 @@ fn a_deployment_is_a_push_under_way_from_the_moment_it_is_listed() {
     assert_eq!(host.get(&host.preview_host("early", &id), "/").0, 200);
 }
 
-/// A push's record is committed without waiting for its WAL flush, which the push makes while
-/// its deployment starts (`StateStore::make_durable`), so it answers only for a record on disk.
-/// Held just after its record with PostgreSQL's WAL writer stopped (nothing flushes the record
-/// meanwhile), the cluster crashes: the WAL writer killed, PostgreSQL ends every session and
-/// recovers from the WAL on disk, without the record. The push fails saying so and to push
-/// again; nothing of it is listed or answers; the next push works.
-#[test]
-fn a_push_whose_record_a_crash_of_the_state_database_lost_fails_and_leaves_nothing() {
-    use nix::sys::signal::{kill, Signal};
-    let mut host = Host::start();
-    let production = host.push_sample("crash", &[]);
-    host.restart_nxd_with_failpoints("push::recorded=return(8000)");
-    let walwriter = superuser(
-        &host,
-        "postgres",
-        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'",
-    );
-    let walwriter = nix::unistd::Pid::from_raw(host.host_pid(walwriter.parse().unwrap()));
-    kill(walwriter, Signal::SIGSTOP).unwrap();
-    let push = host.spawn_push_sample("crash", &[]);
-    let id = recorded_by_push(&host, "crash", &[&production]);
-    kill(walwriter, Signal::SIGKILL).unwrap();
-    let out = push.wait_with_output().expect("nx push ends");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && stderr.contains(&format!(
-                "deployment {id} was being pushed and lost its record"
-            ))
-            && stderr.contains("push again"),
-        "{} {stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let listed = host.nx_json(&["status", "crash"]).to_string();
-    assert!(!listed.contains(&id), "{listed}");
-    assert_ne!(host.get(&host.preview_host("crash", &id), "/").0, 200);
-    let next = host.push_sample("crash", &[]);
-    assert_eq!(host.get(&host.preview_host("crash", &next), "/").0, 200);
-}
-
 /// Review17 #2: `nx rm` of a deployment whose `--db-branch` push was still before (or in) its
 /// copy removed the record and dropped a branch not made yet; the push then made the branch
 /// anyway (left behind, with no deployment) and failed raw. `nx rm` ends the push instead: the
