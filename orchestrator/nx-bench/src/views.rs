@@ -1,9 +1,9 @@
 //! Views against the number of deployments on the host: `nx ls` and `nx status` of a sandbox
-//! with one deployment, on a host with only that one and again after `many` more deployments
-//! were pushed to another sandbox (all but `running` of them stopped again), each timed as a
-//! user runs it (the CLI process, its request, nxd's view, the table printed) and as the API
-//! request alone. Given another build of nxd (a baseline), both builds serve the same host in
-//! turn, round after round, and each is measured alone and among many.
+//! with one deployment, on a host with only that one and on another where `many` more
+//! deployments were pushed to another sandbox (all but `running` of them stopped again), both
+//! measured in the same rounds, each view timed as a user runs it (the CLI process, its
+//! request, nxd's view, the table printed) and as the API request alone. Given another build
+//! of nxd (a baseline), both builds serve both hosts in turn, round after round.
 
 use nx_testkit::Host;
 use std::path::PathBuf;
@@ -41,7 +41,7 @@ impl ViewSamples {
 pub struct BuildFigures {
     /// The nxd binary.
     pub nxd: PathBuf,
-    /// With the one deployment of the measured sandbox only.
+    /// On the host with the measured sandbox's one deployment only.
     pub alone: ViewSamples,
     /// With `many` more, `running` of them running.
     pub among_many: ViewSamples,
@@ -82,33 +82,44 @@ fn nx_ok(host: &Host, args: &[&str]) {
     assert!(out.ok, "nx {args:?}: {}", out.stderr);
 }
 
-/// `samples` of each view, interleaved so that none profits from running later.
+/// `samples` of each view, each view's in a row. Not interleaved: on a host of many
+/// deployments, an `nx ls` prints a thousand rows from a megabyte of JSON, and a request just
+/// after it, of any kind, waited on what that left behind (caches, memory being freed) and
+/// not on its own view (`nx status solo` 1.2x its time alone when each followed an `nx ls`,
+/// 1.0x in nxd's CPU and PostgreSQL's per request: session 28). Rounds (see
+/// [`measure_builds`]) keep one view from profiting from running later.
 pub fn measure(host: &Host, samples: usize) -> ViewSamples {
-    let mut all = ViewSamples::default();
-    for _ in 0..samples {
-        all.ls_cli.extend(timed(1, || nx_ok(host, &["ls"])));
-        all.ls_api
-            .extend(timed(1, || api_get(host, "/v1/sandboxes")));
-        all.status_cli
-            .extend(timed(1, || nx_ok(host, &["status", "solo"])));
-        all.status_api
-            .extend(timed(1, || api_get(host, "/v1/sandboxes/solo")));
+    ViewSamples {
+        ls_cli: timed(samples, || nx_ok(host, &["ls"])),
+        ls_api: timed(samples, || api_get(host, "/v1/sandboxes")),
+        status_cli: timed(samples, || nx_ok(host, &["status", "solo"])),
+        status_api: timed(samples, || api_get(host, "/v1/sandboxes/solo")),
     }
-    all
 }
 
-/// About `samples` of each view from each nxd in `builds`, in [`ROUNDS`] rounds; with more
-/// than one build, nxd is restarted as each in turn (same state dir, units left running).
-fn measure_builds(host: &mut Host, builds: &[PathBuf], samples: usize) -> Vec<ViewSamples> {
-    let mut all: Vec<ViewSamples> = builds.iter().map(|_| ViewSamples::default()).collect();
+/// About `samples` of each view from each nxd in `builds` on each of `hosts`, by host then by
+/// build, in [`ROUNDS`] rounds: each round measures every host and build in turn, so that a
+/// machine that is slower for a while slows them all alike. With more than one build, each
+/// host's nxd is restarted as each in turn (same state dir, units left running).
+fn measure_builds(
+    hosts: &mut [&mut Host],
+    builds: &[PathBuf],
+    samples: usize,
+) -> Vec<Vec<ViewSamples>> {
+    let mut all: Vec<Vec<ViewSamples>> = hosts
+        .iter()
+        .map(|_| builds.iter().map(|_| ViewSamples::default()).collect())
+        .collect();
     for _ in 0..ROUNDS {
-        for (nxd, taken) in builds.iter().zip(&mut all) {
-            if builds.len() > 1 {
-                host.restart_nxd_as(nxd.clone());
+        for (nxd, b) in builds.iter().zip(0..) {
+            for (host, taken) in hosts.iter_mut().zip(&mut all) {
+                if builds.len() > 1 {
+                    host.restart_nxd_as(nxd.clone());
+                }
+                // The first request of each kind warms nxd's connections and caches.
+                measure(host, 2);
+                taken[b].extend(measure(host, samples.div_ceil(ROUNDS)));
             }
-            // The first request of each kind warms nxd's connections and caches.
-            measure(host, 2);
-            taken.extend(measure(host, samples.div_ceil(ROUNDS)));
         }
     }
     all
@@ -210,17 +221,26 @@ pub fn wait_for_phases(
 /// sandbox `many` may hold them all (`sandbox.max_deployments`: a baseline nxd must be a
 /// build that knows the key).
 pub fn host_for(nxd: PathBuf, many: usize) -> anyhow::Result<Host> {
-    let last_port = FIRST_PORT + u16::try_from(many + 50)?;
+    host_at(nxd, many, FIRST_PORT, UID_BLOCK)
+}
+
+/// [`host_for`] with its ports from `first_port` and its uids from block `uid_block`.
+fn host_at(nxd: PathBuf, many: usize, first_port: u16, uid_block: u16) -> anyhow::Result<Host> {
+    let last_port = first_port + u16::try_from(many + 50)?;
     let mut host = Host::start_with_ports(
         nxd,
-        (FIRST_PORT, last_port),
-        UID_BLOCK,
+        (first_port, last_port),
+        uid_block,
         "[limits]\nlog_max_mb = 1\n",
     );
     host.restart_nxd_with_sandbox_keys(&format!("max_deployments = {}", many + 1));
     Ok(host)
 }
 
+/// The views of sandbox `solo` (one deployment) on two hosts measured in the same rounds: one
+/// with nothing else (alone), one with `many` more deployments (`running` of them running).
+/// Measured side by side rather than before and after registering them, so that the machine's
+/// drift between the two (minutes apart, thousands of pushes between) is not taken for theirs.
 pub fn run(
     many: usize,
     running: usize,
@@ -230,13 +250,20 @@ pub fn run(
     let builds: Vec<PathBuf> = std::iter::once(nx_testkit::bin("nxd"))
         .chain(baseline)
         .collect();
+    // Its ports above the other's and its uids past theirs (a block is 100 uids).
+    let lone_port = FIRST_PORT + u16::try_from(many + 60)?;
+    let lone_block = UID_BLOCK + u16::try_from(many.div_ceil(100) + 1)?;
+    let mut lone = host_at(builds[0].clone(), 0, lone_port, lone_block)?;
+    lone.push_sample("solo", &["--disk", "0"]);
     let mut host = host_for(builds[0].clone(), many)?;
     host.push_sample("solo", &["--disk", "0"]);
-    let alone = measure_builds(&mut host, &builds, samples);
     let started = Instant::now();
     register(&host, many, running, AtRest::Stopped);
     let registering = started.elapsed();
-    let among_many = measure_builds(&mut host, &builds, samples);
+    let [alone, among_many]: [Vec<ViewSamples>; 2] =
+        measure_builds(&mut [&mut lone, &mut host], &builds, samples)
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("one set of samples per host"))?;
     Ok(Figures {
         builds: builds
             .into_iter()

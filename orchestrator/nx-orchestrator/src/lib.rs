@@ -33,6 +33,7 @@ pub mod readiness;
 #[cfg(target_os = "linux")]
 pub mod reexec;
 pub mod router;
+pub mod rows_of;
 #[cfg(target_os = "linux")]
 mod runaway_watch;
 #[cfg(target_os = "linux")]

@@ -1024,7 +1024,7 @@ impl Orchestrator {
         };
         // A preview's rows of its view (its upkeep row as written; no TCP port, no service
         // name) stay as they are while it starts: read meanwhile, none of the push's time.
-        let of = crate::upkeep::store::Of::Deployment(deployment.id.as_str());
+        let of = crate::rows_of::Of::Deployment(deployment.id.as_str());
         let early_rows = async {
             match routes {
                 Route::Preview => Some(self.view_rows(of).await),
@@ -1966,7 +1966,7 @@ impl Orchestrator {
         d: &Deployment,
         promoted: bool,
     ) -> Result<DeploymentView, Error> {
-        let rows = self.view_rows(crate::upkeep::store::Of::Deployment(d.id.as_str()));
+        let rows = self.view_rows(crate::rows_of::Of::Deployment(d.id.as_str()));
         self.view_with(d, promoted, rows).await
     }
 
@@ -1990,9 +1990,12 @@ impl Orchestrator {
 
     /// The state database's rows that the views of the deployments `of` names add to the
     /// deployments' own, the three tables asked at once.
-    async fn view_rows(&self, of: crate::upkeep::store::Of<'_>) -> Result<ViewRows, Error> {
-        let (upkeep, tcp, services) =
-            tokio::try_join!(self.upkeep_rows(of), self.tcp_rows(), self.service_names())?;
+    async fn view_rows(&self, of: crate::rows_of::Of<'_>) -> Result<ViewRows, Error> {
+        let (upkeep, tcp, services) = tokio::try_join!(
+            self.upkeep_rows(of),
+            self.tcp_rows(of),
+            self.service_names(of)
+        )?;
         Ok(ViewRows {
             upkeep,
             tcp,
@@ -2110,7 +2113,7 @@ impl Orchestrator {
                     self.state.promoted(),
                 )?)
             },
-            self.view_rows(crate::upkeep::store::Of::Host),
+            self.view_rows(crate::rows_of::Of::Host),
         )?;
         let mut by_sandbox: BTreeMap<SandboxName, Vec<DeploymentView>> =
             names.into_iter().map(|name| (name, Vec::new())).collect();
@@ -2176,7 +2179,7 @@ impl Orchestrator {
                     self.state.promoted_in(name),
                 )?)
             },
-            self.view_rows(crate::upkeep::store::Of::Sandbox(name.as_str())),
+            self.view_rows(crate::rows_of::Of::Sandbox(name.as_str())),
         )?;
         if !exists {
             return Err(no_sandbox(name));

@@ -291,10 +291,17 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Each deployment's service name (those without one are missing), by deployment id, for
-    /// [`apply_service_names`].
-    pub(crate) async fn service_names(&self) -> Result<HashMap<String, String>, Error> {
-        Ok(names(self.state.pool()).await.map_err(StateError::from)?)
+    /// The service names of the deployments `of` names (those without one are missing), by
+    /// deployment id, for [`apply_service_names`].
+    pub(crate) async fn service_names(
+        &self,
+        of: crate::rows_of::Of<'_>,
+    ) -> Result<HashMap<String, String>, Error> {
+        let rows: Vec<(String, String)> = of
+            .fetch(self.state.pool(), "deployment, name", "deployment_services")
+            .await
+            .map_err(StateError::from)?;
+        Ok(rows.into_iter().collect())
     }
 }
 

@@ -32,6 +32,7 @@ use crate::domain::Deployment;
 use crate::error::Error;
 use crate::names::{DeploymentId, SandboxName};
 use crate::network::firewall;
+use crate::rows_of::Of;
 use crate::state::StateError;
 use crate::Orchestrator;
 use std::collections::{HashMap, HashSet};
@@ -207,11 +208,19 @@ impl Orchestrator {
         Ok(tcp)
     }
 
-    /// Every row of the TCP port table, for [`Self::apply_tcp_urls`].
-    pub(crate) async fn tcp_rows(&self) -> Result<Vec<store::TcpPort>, Error> {
-        Ok(store::all(self.state.pool())
-            .await
-            .map_err(StateError::from)?)
+    /// The rows of the TCP port table that the views of the deployments `of` names show, for
+    /// [`Self::apply_tcp_urls`]: a sandbox's production port with its deployments'.
+    pub(crate) async fn tcp_rows(&self, of: Of<'_>) -> Result<Vec<store::TcpPort>, Error> {
+        let pool = self.state.pool();
+        let rows = match of {
+            Of::Host => store::all(pool).await,
+            Of::Sandbox(sandbox) => store::of_sandbox(pool, sandbox).await,
+            Of::Deployment(_) => {
+                of.fetch(pool, "port, sandbox, deployment", "tcp_ports")
+                    .await
+            }
+        };
+        Ok(rows.map_err(StateError::from)?)
     }
 
     /// Adds each TCP deployment's own address and each sandbox's production one (`rows`

@@ -25,6 +25,7 @@ use crate::domain::{Deployment, Desired};
 use crate::error::Error;
 use crate::names::DeploymentId;
 use crate::router::Traffic;
+use crate::rows_of::Of;
 use crate::state::StateError;
 use crate::Orchestrator;
 use chrono::{DateTime, Utc};
@@ -315,7 +316,7 @@ impl Orchestrator {
             async { Ok::<_, Error>(self.state.promoted().await?) },
             async {
                 Ok::<_, Error>(
-                    store::rows(pool, store::Of::Host)
+                    store::rows(pool, Of::Host)
                         .await
                         .map_err(StateError::from)?,
                 )
@@ -397,7 +398,7 @@ impl Orchestrator {
     /// [`Self::apply_upkeep`].
     pub(crate) async fn upkeep_rows(
         &self,
-        of: store::Of<'_>,
+        of: Of<'_>,
     ) -> Result<HashMap<String, store::Upkeep>, Error> {
         Ok(store::rows(self.state.pool(), of)
             .await
@@ -428,12 +429,9 @@ impl Orchestrator {
         &self,
         deployment: &Deployment,
     ) -> Result<Option<ResolvedHealthCheck>, Error> {
-        let rows = store::rows(
-            self.state.pool(),
-            store::Of::Deployment(deployment.id.as_str()),
-        )
-        .await
-        .map_err(StateError::from)?;
+        let rows = store::rows(self.state.pool(), Of::Deployment(deployment.id.as_str()))
+            .await
+            .map_err(StateError::from)?;
         let own = rows
             .get(deployment.id.as_str())
             .map(|r| r.health_check.clone())

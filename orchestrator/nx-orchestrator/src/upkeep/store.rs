@@ -40,39 +40,19 @@ impl From<Row> for (String, Upkeep) {
     }
 }
 
-/// Whose rows [`rows`] reads.
-#[derive(Debug, Clone, Copy)]
-pub enum Of<'a> {
-    /// Every deployment's on the host (`nx ls`, the upkeep loop).
-    Host,
-    /// The deployments of one sandbox (`nx status <sandbox>`).
-    Sandbox(&'a str),
-    /// One deployment.
-    Deployment(&'a str),
-}
+use crate::rows_of::Of;
 
 /// The rows of the deployments `of` names, by deployment id; those without a row are missing
 /// from the map. The host's and a sandbox's are selected without binding each id (a thousand
 /// ids in `= ANY($1)` is a comparison of each row with each id).
 pub async fn rows(pool: &PgPool, of: Of<'_>) -> Result<HashMap<String, Upkeep>, sqlx::Error> {
-    const SELECT: &str = "SELECT deployment, health_check, idle_timeout_secs, pinned, last_request_at FROM deployment_upkeep";
-    let rows: Vec<Row> = match of {
-        Of::Host => sqlx::query_as(SELECT).fetch_all(pool).await?,
-        Of::Sandbox(sandbox) => {
-            sqlx::query_as(&format!(
-                "{SELECT} WHERE deployment IN (SELECT id FROM deployments WHERE sandbox = $1)"
-            ))
-            .bind(sandbox)
-            .fetch_all(pool)
-            .await?
-        }
-        Of::Deployment(id) => {
-            sqlx::query_as(&format!("{SELECT} WHERE deployment = $1"))
-                .bind(id)
-                .fetch_all(pool)
-                .await?
-        }
-    };
+    let rows: Vec<Row> = of
+        .fetch(
+            pool,
+            "deployment, health_check, idle_timeout_secs, pinned, last_request_at",
+            "deployment_upkeep",
+        )
+        .await?;
     Ok(rows.into_iter().map(<(String, Upkeep)>::from).collect())
 }
 
