@@ -2276,14 +2276,14 @@ impl Orchestrator {
 struct ViewRows {
     /// Health check, idle timeout, pin, last request, by deployment id.
     upkeep: HashMap<String, crate::upkeep::store::Upkeep>,
-    /// The whole TCP port table.
+    /// The TCP port table's rows of the views' scope (see `Orchestrator::tcp_rows`).
     tcp: Vec<crate::tcp::store::TcpPort>,
-    /// Every deployment's service name, by deployment id.
+    /// The service names of the views' deployments, by deployment id.
     services: HashMap<String, String>,
 }
 
-/// Deployments' views, with the TCP port table read beside them (for the sandboxes' own TCP
-/// addresses).
+/// Deployments' views, with the TCP port table's rows read beside them (for the sandboxes' own
+/// TCP addresses: a sandbox's view reads its production port's row, a deployment's does not).
 struct Views {
     views: Vec<DeploymentView>,
     tcp: Vec<crate::tcp::store::TcpPort>,

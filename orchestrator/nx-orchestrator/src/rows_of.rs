@@ -1,7 +1,7 @@
 //! Whose rows a view reads from the tables that add to a deployment's own row
 //! (`deployment_upkeep`, `deployment_services`, `tcp_ports`): the host's, one sandbox's or one
-//! deployment's, so that `nx status <sandbox>` and a push's view read only their own whatever
-//! the host holds.
+//! deployment's, so that `nx status <sandbox>` and a push's view read their own rows by index
+//! whatever the host holds (but for a sandbox's `tcp_ports` rows: see `Orchestrator::tcp_rows`).
 
 use sqlx::postgres::{PgPool, PgRow};
 
@@ -30,11 +30,11 @@ impl Of<'_> {
     /// `OFFSET 0` keeps the lateral subquery from being pulled up into that same join:
     /// PostgreSQL does not flatten a subquery with OFFSET (`is_simple_subquery` in its
     /// `prepjointree.c`).
-    pub async fn fetch<R>(
+    pub(crate) async fn fetch<R>(
         self,
         pool: &PgPool,
-        columns: &str,
-        table: &str,
+        columns: &'static str,
+        table: &'static str,
     ) -> Result<Vec<R>, sqlx::Error>
     where
         R: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin,

@@ -209,7 +209,9 @@ impl Orchestrator {
     }
 
     /// The rows of the TCP port table that the views of the deployments `of` names show, for
-    /// [`Self::apply_tcp_urls`]: a sandbox's production port with its deployments'.
+    /// [`Self::apply_tcp_urls`]: the host's; a sandbox's production port with its deployments'
+    /// (by its `sandbox` column, which no full index covers: at most one row per port of
+    /// `network.tcp_ports` is read); one deployment's own.
     pub(crate) async fn tcp_rows(&self, of: Of<'_>) -> Result<Vec<store::TcpPort>, Error> {
         let pool = self.state.pool();
         let rows = match of {

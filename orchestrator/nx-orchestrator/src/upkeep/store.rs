@@ -5,6 +5,7 @@
 //! crash.
 
 use crate::api::HealthCheck;
+use crate::rows_of::Of;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
@@ -39,8 +40,6 @@ impl From<Row> for (String, Upkeep) {
         (row.deployment, upkeep)
     }
 }
-
-use crate::rows_of::Of;
 
 /// The rows of the deployments `of` names, by deployment id; those without a row are missing
 /// from the map. The host's and a sandbox's are selected without binding each id (a thousand
